@@ -1,0 +1,77 @@
+#include "server/service/clip_server.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "clipserve/v1/clip_service.grpc.pb.h"
+#include "glog/logging.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace clipserve {
+
+absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
+    const ClipServerOptions& options,
+    std::vector<std::unique_ptr<grpc::Service>> services) {
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("port ", options.port,
+                                                   " is outside 0..65535"));
+  }
+  if (options.max_receive_message_bytes <= 0 || options.max_send_message_bytes <= 0) {
+    return absl::InvalidArgumentError("message size limits must be positive");
+  }
+
+  // Both are process-wide switches that only take effect for servers built later;
+  // calling them again is harmless.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(options.host, ":", options.port);
+  int bound_port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_send_message_bytes);
+  // gRPC sets SO_REUSEPORT by default, which would let a second server silently share
+  // the port with a running one; a clear bind error is what an operator wants.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  for (const auto& service : services) builder.RegisterService(service.get());
+
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, " (address in use or invalid)"));
+  }
+
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(clipserve::v1::ClipService::service_full_name(), true);
+
+  return std::unique_ptr<ClipServer>(
+      new ClipServer(std::move(services), std::move(server), bound_port));
+}
+
+ClipServer::ClipServer(std::vector<std::unique_ptr<grpc::Service>> services,
+                       std::unique_ptr<grpc::Server> server, int port)
+    : services_(std::move(services)), server_(std::move(server)), port_(port) {}
+
+ClipServer::~ClipServer() { Shutdown(absl::ZeroDuration()); }
+
+void ClipServer::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  // grpc::Server::Shutdown first marks every health status NOT_SERVING, then refuses
+  // new calls and waits for calls in flight until the deadline, cancelling the rest.
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Wait();
+}
+
+}  // namespace clipserve

@@ -1,0 +1,79 @@
+#ifndef CLIPSERVE_SERVER_SERVICE_CLIP_SERVER_H_
+#define CLIPSERVE_SERVER_SERVICE_CLIP_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "grpcpp/impl/codegen/service_type.h"
+
+namespace clipserve {
+
+// Where and how the gRPC server listens.
+struct ClipServerOptions {
+  // Address to bind; "0.0.0.0" listens on every IPv4 interface (what a container
+  // needs), "127.0.0.1" on loopback only, "[::]" on every IPv6 and IPv4 interface.
+  std::string host = "0.0.0.0";
+  // TCP port. 0 lets the kernel pick a free one (tests); read it back with port().
+  int port = 50051;
+  // Largest request message accepted, in bytes. 64 MiB holds a batch of large
+  // photos; bigger messages are rejected by gRPC with RESOURCE_EXHAUSTED before any
+  // of our code sees them.
+  int max_receive_message_bytes = 64 << 20;
+  // Largest response message sent, in bytes.
+  int max_send_message_bytes = 64 << 20;
+};
+
+// Hosts clipserve's gRPC services together with the standard grpc.health.v1.Health
+// service and server reflection.
+//
+// Health reports SERVING for "" and for every hosted service once Create() returns:
+// everything that must happen before serving (loading and warming the model) happens
+// before the port opens, so no client can see a half-ready server. Shutdown() flips
+// health to NOT_SERVING, stops accepting calls, lets calls in flight finish within the
+// grace period, then cancels the rest.
+//
+// Thread-safe. The destructor shuts down with no grace period if Shutdown() was not
+// called.
+class ClipServer {
+ public:
+  // Builds the server, binds the port and starts serving `services` (which the server
+  // owns). Errors: UNAVAILABLE when the address cannot be bound (port in use, bad
+  // host), INVALID_ARGUMENT for options out of range.
+  static absl::StatusOr<std::unique_ptr<ClipServer>> Create(
+      const ClipServerOptions& options,
+      std::vector<std::unique_ptr<grpc::Service>> services);
+
+  ~ClipServer();
+  ClipServer(const ClipServer&) = delete;
+  ClipServer& operator=(const ClipServer&) = delete;
+
+  // The TCP port actually bound.
+  int port() const { return port_; }
+
+  // Stops serving: health turns NOT_SERVING, new calls are refused, calls in flight
+  // get up to `grace` to finish and are cancelled after. Blocks until every call has
+  // ended. Idempotent; later calls return at once.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  ClipServer(std::vector<std::unique_ptr<grpc::Service>> services,
+             std::unique_ptr<grpc::Server> server, int port);
+
+  // Declared before server_ so that they outlive it.
+  std::vector<std::unique_ptr<grpc::Service>> services_;
+  std::unique_ptr<grpc::Server> server_;
+  const int port_;
+
+  absl::Mutex mu_;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_SERVICE_CLIP_SERVER_H_

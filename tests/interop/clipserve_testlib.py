@@ -1,0 +1,121 @@
+"""Helpers for interop tests: Python stubs compiled on the fly, a real clip_server.
+
+Run with Debian's /usr/bin/python3 (python3-grpcio, python3-protobuf). The stubs are
+generated with the system protoc and grpc_python_plugin, exactly as a user of another
+language would generate theirs from proto/.
+"""
+
+import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def compile_stubs(proto_dir, googleapis_dir):
+    """Generates Python modules for the clipserve, health and reflection protos.
+
+    Returns the folder holding them, already on sys.path. The standard grpc.* protos
+    are compiled under a `stdproto` prefix so their modules do not shadow the grpcio
+    package named `grpc` (the proto packages, and so the wire names, are unchanged).
+    """
+    plugin = shutil.which("grpc_python_plugin")
+    if plugin is None:
+        raise RuntimeError("grpc_python_plugin not found (package protobuf-compiler-grpc)")
+    out = tempfile.mkdtemp(prefix="clipserve_stubs_")
+    std = os.path.join(out, "src")
+    for root, rel in ((proto_dir, "grpc/health/v1/health.proto"),
+                      (os.path.join(HERE, "protos"), "grpc/reflection/v1alpha/reflection.proto")):
+        dest = os.path.join(std, "stdproto", rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(os.path.join(root, rel), dest)
+    protos = [
+        (proto_dir, "clipserve/v1/clip_service.proto"),
+        (std, "stdproto/grpc/health/v1/health.proto"),
+        (std, "stdproto/grpc/reflection/v1alpha/reflection.proto"),
+        (googleapis_dir, "google/rpc/status.proto"),
+        (googleapis_dir, "google/rpc/error_details.proto"),
+    ]
+    for root, rel in protos:
+        subprocess.run(
+            ["protoc", f"-I{root}", f"-I{googleapis_dir}", "-I/usr/include",
+             f"--python_out={out}", f"--grpc_out={out}",
+             f"--plugin=protoc-gen-grpc={plugin}", os.path.join(root, rel)],
+            check=True)
+    sys.path.insert(0, out)
+    return out
+
+
+def import_health():
+    return (importlib.import_module("stdproto.grpc.health.v1.health_pb2"),
+            importlib.import_module("stdproto.grpc.health.v1.health_pb2_grpc"))
+
+
+def import_reflection():
+    return (importlib.import_module("stdproto.grpc.reflection.v1alpha.reflection_pb2"),
+            importlib.import_module("stdproto.grpc.reflection.v1alpha.reflection_pb2_grpc"))
+
+
+def import_clipserve():
+    return (importlib.import_module("clipserve.v1.clip_service_pb2"),
+            importlib.import_module("clipserve.v1.clip_service_pb2_grpc"))
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A clip_server child process on a loopback port."""
+
+    def __init__(self, binary, *flags):
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [binary, "--host=127.0.0.1", f"--port={self.port}", *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(self, health_pb, health_grpc, timeout_s=60):
+        """Polls the health service until SERVING and returns a channel to the server.
+
+        Each poll uses a fresh channel: a channel that failed to connect waits out
+        gRPC's reconnect backoff (1 s and growing) before it tries again.
+        Raises if the process exits first.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("clip_server exited early:\n" + self.process.stdout.read())
+            channel = grpc.insecure_channel(self.target)
+            try:
+                reply = health_grpc.HealthStub(channel).Check(
+                    health_pb.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb.HealthCheckResponse.SERVING:
+                    return channel
+            except grpc.RpcError:
+                pass
+            channel.close()
+            time.sleep(0.05)
+        raise TimeoutError(f"clip_server not SERVING after {timeout_s}s")
+
+    def terminate(self, timeout_s=60):
+        """Sends SIGTERM and returns (exit code, output)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=timeout_s)
+        return self.process.returncode, output
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
