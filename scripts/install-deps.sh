@@ -9,7 +9,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git clang-14 clang-format
   libclang-rt-14-dev
   # RPC and messages; google/rpc/*.proto come from the gogo googleapis package
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
   golang-github-gogo-googleapis-dev
   # core libraries
   libabsl-dev libgoogle-glog-dev libgflags-dev libre2-dev zlib1g-dev

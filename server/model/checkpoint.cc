@@ -1,0 +1,403 @@
+#include "server/model/checkpoint.h"
+
+#include <openssl/evp.h>
+#include <torch/script.h>
+
+#include <caffe2/serialize/inline_container.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/common/status_macros.h"
+#include "server/model/safetensors.h"
+#include "server/model/torch_pickle.h"
+
+namespace clipserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+torch::ScalarType TorchType(SafetensorsDtype dtype) {
+  switch (dtype) {
+    case SafetensorsDtype::kF32:
+      return torch::kFloat;
+    case SafetensorsDtype::kF16:
+      return torch::kHalf;
+    case SafetensorsDtype::kBF16:
+      return torch::kBFloat16;
+    case SafetensorsDtype::kI64:
+      return torch::kLong;
+  }
+  return torch::kFloat;
+}
+
+// Tensors that alias the mapped file (no copy); the mapping lives while any does.
+absl::StatusOr<TensorMap> ReadSafetensors(const std::string& path) {
+  CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> opened,
+                             SafetensorsFile::Open(path));
+  std::shared_ptr<SafetensorsFile> file = std::move(opened);
+  TensorMap out;
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        for (const SafetensorsEntry& entry : file->entries()) {
+          const auto options = torch::TensorOptions().dtype(TorchType(entry.dtype));
+          void* data = const_cast<uint8_t*>(file->data(entry));
+          const size_t element = torch::elementSize(TorchType(entry.dtype));
+          torch::Tensor tensor;
+          if (reinterpret_cast<uintptr_t>(data) % element == 0) {
+            tensor = torch::from_blob(
+                data, entry.shape, [file](void*) {}, options);
+          } else {
+            // Misaligned data (header length not a multiple of 8): copy it out.
+            tensor = torch::empty(entry.shape, options);
+            std::memcpy(tensor.data_ptr(), data, entry.end - entry.begin);
+          }
+          out.emplace(entry.name, std::move(tensor));
+        }
+      },
+      absl::StrCat("reading ", path), absl::StatusCode::kInvalidArgument));
+  return out;
+}
+
+absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchscript) {
+  TensorMap out;
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        caffe2::serialize::PyTorchStreamReader reader(path);
+        *is_torchscript = reader.hasRecord("constants.pkl");
+        if (*is_torchscript) {
+          torch::jit::Module module = torch::jit::load(path, torch::kCPU);
+          for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+            out.emplace(p.name, p.value);
+          }
+          for (const auto& b : module.named_buffers(/*recurse=*/true)) {
+            out.emplace(b.name, b.value);
+          }
+          return;
+        }
+        if (!reader.hasRecord("data.pkl")) {
+          throw std::runtime_error("zip file is neither a TorchScript archive nor torch.save");
+        }
+        auto [pickle, pickle_size] = reader.getRecord("data.pkl");
+        StorageLoader loader = [&reader](const std::string& key, torch::ScalarType dtype,
+                                         int64_t numel) -> absl::StatusOr<torch::Tensor> {
+          const std::string record = "data/" + key;
+          if (!reader.hasRecord(record)) {
+            return absl::InvalidArgumentError(absl::StrCat("missing storage record ", record));
+          }
+          auto [data, size] = reader.getRecord(record);
+          const uint64_t need = static_cast<uint64_t>(numel) * torch::elementSize(dtype);
+          if (size < need) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "storage record ", record, " has ", size, " bytes, needs ", need));
+          }
+          auto owner = std::make_shared<at::DataPtr>(std::move(data));
+          return torch::from_blob(
+              owner->get(), {numel}, [owner](void*) {},
+              torch::TensorOptions().dtype(dtype));
+        };
+        auto tensors = TensorsFromTorchPickle(
+            absl::string_view(static_cast<const char*>(pickle.get()), pickle_size), loader);
+        if (!tensors.ok()) throw std::runtime_error(std::string(tensors.status().message()));
+        out = *std::move(tensors);
+      },
+      absl::StrCat("reading ", path), absl::StatusCode::kInvalidArgument));
+  return out;
+}
+
+// What a file's first bytes say it is.
+enum class FileKind { kZip, kSafetensors, kLegacyPickle, kUnknown };
+
+absl::StatusOr<FileKind> SniffFile(const std::string& path) {
+  std::error_code ec;
+  const uint64_t size = fs::file_size(path, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot stat ", path));
+  std::ifstream in(path, std::ios::binary);
+  std::array<char, 9> head{};
+  in.read(head.data(), head.size());
+  const size_t got = static_cast<size_t>(in.gcount());
+  if (got >= 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4) {
+    return FileKind::kZip;
+  }
+  if (got >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5) {
+    return FileKind::kLegacyPickle;
+  }
+  if (got == 9 && head[8] == '{') {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(head[i]);
+    // Even a header that runs past the end is reported as broken safetensors.
+    (void)size;
+    if (n > 0) return FileKind::kSafetensors;
+  }
+  return FileKind::kUnknown;
+}
+
+ShapeMap Shapes(const TensorMap& weights) {
+  ShapeMap shapes;
+  for (const auto& [key, tensor] : weights) {
+    shapes.emplace(key, std::vector<int64_t>(tensor.sizes().begin(), tensor.sizes().end()));
+  }
+  return shapes;
+}
+
+absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
+                                           const ReadCheckpointOptions& options) {
+  CLIPSERVE_ASSIGN_OR_RETURN(FileKind kind, SniffFile(path));
+  Checkpoint checkpoint;
+  checkpoint.weights_path = path;
+  checkpoint.directory = fs::path(path).parent_path().string();
+  switch (kind) {
+    case FileKind::kZip: {
+      bool is_torchscript = false;
+      CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadTorchZip(path, &is_torchscript));
+      checkpoint.format = is_torchscript ? CheckpointFormat::kOpenAiTorchScript
+                                         : CheckpointFormat::kStateDict;
+      break;
+    }
+    case FileKind::kSafetensors: {
+      CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadSafetensors(path));
+      checkpoint.format = CheckpointFormat::kSafetensors;
+      break;
+    }
+    case FileKind::kLegacyPickle:
+      return absl::UnimplementedError(absl::StrCat(
+          path, " uses torch.save's legacy (pre-1.6) format; re-save it with a current "
+                "PyTorch (torch.save writes zip files by default)"));
+    case FileKind::kUnknown:
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, " is not a recognized checkpoint (expected a TorchScript archive, a "
+                "torch.save zip file, or safetensors)"));
+  }
+  if (options.config.has_value()) {
+    checkpoint.config = *options.config;
+  } else {
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config,
+                               InferConfigFromStateDict(Shapes(checkpoint.weights)));
+  }
+  checkpoint.config.name = fs::path(path).stem().string();
+  return checkpoint;
+}
+
+// The first of `names` present in `dir`, or NOT_FOUND.
+absl::StatusOr<std::string> FirstExisting(const fs::path& dir,
+                                          std::initializer_list<const char*> names) {
+  for (const char* name : names) {
+    if (fs::is_regular_file(dir / name)) return (dir / name).string();
+  }
+  std::string list;
+  for (const char* name : names) absl::StrAppend(&list, list.empty() ? "" : " or ", name);
+  return absl::NotFoundError(absl::StrCat(dir.string(), " has no ", list));
+}
+
+absl::StatusOr<TensorMap> ReadAnyWeights(const std::string& path) {
+  CLIPSERVE_ASSIGN_OR_RETURN(FileKind kind, SniffFile(path));
+  if (kind == FileKind::kSafetensors) return ReadSafetensors(path);
+  if (kind == FileKind::kZip) {
+    bool is_torchscript = false;
+    return ReadTorchZip(path, &is_torchscript);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(path, " is not safetensors or a torch.save zip"));
+}
+
+absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
+  Checkpoint checkpoint;
+  checkpoint.directory = dir.string();
+  const std::string name = dir.filename().empty() ? dir.parent_path().filename().string()
+                                                  : dir.filename().string();
+  if (fs::is_regular_file(dir / "open_clip_config.json")) {
+    CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
+                               ReadSmallFile((dir / "open_clip_config.json").string()));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ParseOpenClipConfig(json));
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        checkpoint.weights_path,
+        FirstExisting(dir, {"open_clip_model.safetensors", "open_clip_pytorch_model.bin"}));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadAnyWeights(checkpoint.weights_path));
+    checkpoint.format = CheckpointFormat::kOpenClip;
+  } else if (fs::is_regular_file(dir / "config.json")) {
+    CLIPSERVE_ASSIGN_OR_RETURN(std::string json, ReadSmallFile((dir / "config.json").string()));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ParseHfConfig(json));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights_path,
+                               FirstExisting(dir, {"model.safetensors", "pytorch_model.bin"}));
+    CLIPSERVE_ASSIGN_OR_RETURN(TensorMap hf, ReadAnyWeights(checkpoint.weights_path));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, MapHuggingFaceKeys(std::move(hf)));
+    checkpoint.format = CheckpointFormat::kHuggingFace;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir.string(), " is a directory without open_clip_config.json or config.json"));
+  }
+  checkpoint.config.name = name;
+  return checkpoint;
+}
+
+// Maps the part of an HF encoder-layer key after "layers.N.".
+std::optional<std::string> MapLayerSuffix(absl::string_view rest) {
+  static const std::array<std::pair<absl::string_view, absl::string_view>, 5> kRules = {{
+      {"layer_norm1.", "ln_1."},
+      {"layer_norm2.", "ln_2."},
+      {"mlp.fc1.", "mlp.c_fc."},
+      {"mlp.fc2.", "mlp.c_proj."},
+      {"self_attn.out_proj.", "attn.out_proj."},
+  }};
+  for (const auto& [from, to] : kRules) {
+    if (absl::StartsWith(rest, from)) return absl::StrCat(to, rest.substr(from.size()));
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::string_view CheckpointFormatName(CheckpointFormat format) {
+  switch (format) {
+    case CheckpointFormat::kOpenAiTorchScript:
+      return "openai_torchscript";
+    case CheckpointFormat::kStateDict:
+      return "state_dict";
+    case CheckpointFormat::kSafetensors:
+      return "safetensors";
+    case CheckpointFormat::kOpenClip:
+      return "open_clip";
+    case CheckpointFormat::kHuggingFace:
+      return "hf";
+    case CheckpointFormat::kDemo:
+      return "demo";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
+  static const std::map<std::string, std::string> kDirect = {
+      {"logit_scale", "logit_scale"},
+      {"vision_model.embeddings.class_embedding", "visual.class_embedding"},
+      {"vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"},
+      {"vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"},
+      {"vision_model.pre_layrnorm.weight", "visual.ln_pre.weight"},
+      {"vision_model.pre_layrnorm.bias", "visual.ln_pre.bias"},
+      {"vision_model.post_layernorm.weight", "visual.ln_post.weight"},
+      {"vision_model.post_layernorm.bias", "visual.ln_post.bias"},
+      {"text_model.embeddings.token_embedding.weight", "token_embedding.weight"},
+      {"text_model.embeddings.position_embedding.weight", "positional_embedding"},
+      {"text_model.final_layer_norm.weight", "ln_final.weight"},
+      {"text_model.final_layer_norm.bias", "ln_final.bias"},
+  };
+  static const std::array<std::pair<absl::string_view, absl::string_view>, 2> kLayers = {{
+      {"vision_model.encoder.layers.", "visual.transformer.resblocks."},
+      {"text_model.encoder.layers.", "transformer.resblocks."},
+  }};
+  TensorMap out;
+  // "<block prefix>|weight" -> {q, k, v}
+  std::map<std::string, std::array<torch::Tensor, 3>> qkv;
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        for (auto& [key, tensor] : hf) {
+          if (absl::EndsWith(key, "position_ids")) continue;
+          if (auto it = kDirect.find(key); it != kDirect.end()) {
+            out.emplace(it->second, std::move(tensor));
+            continue;
+          }
+          if (key == "visual_projection.weight") {
+            out.emplace("visual.proj", tensor.t().contiguous());
+            continue;
+          }
+          if (key == "text_projection.weight") {
+            out.emplace("text_projection", tensor.t().contiguous());
+            continue;
+          }
+          bool mapped = false;
+          for (const auto& [from, to] : kLayers) {
+            if (!absl::StartsWith(key, from)) continue;
+            absl::string_view rest = absl::string_view(key).substr(from.size());
+            const size_t dot = rest.find('.');
+            if (dot == absl::string_view::npos) break;
+            const std::string block = absl::StrCat(to, rest.substr(0, dot), ".");
+            rest = rest.substr(dot + 1);
+            if (auto suffix = MapLayerSuffix(rest)) {
+              out.emplace(block + *suffix, std::move(tensor));
+              mapped = true;
+            } else {
+              for (int i = 0; i < 3; ++i) {
+                const std::string proj =
+                    absl::StrCat("self_attn.", absl::string_view("qkv" + i, 1), "_proj.");
+                if (absl::StartsWith(rest, proj)) {
+                  const std::string kind(rest.substr(proj.size()));
+                  qkv[block + "|" + kind][i] = std::move(tensor);
+                  mapped = true;
+                  break;
+                }
+              }
+            }
+            break;
+          }
+          if (!mapped) {
+            throw std::invalid_argument(
+                absl::StrCat("no clipserve module for Hugging Face key '", key, "'"));
+          }
+        }
+      },
+      "mapping Hugging Face keys", absl::StatusCode::kInvalidArgument));
+  for (auto& [id, parts] : qkv) {
+    const size_t bar = id.find('|');
+    const std::string block = id.substr(0, bar);
+    const std::string kind = id.substr(bar + 1);
+    for (int i = 0; i < 3; ++i) {
+      if (!parts[i].defined()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Hugging Face checkpoint lacks the ", absl::string_view("qkv" + i, 1), "_proj.", kind,
+            " of ", block));
+      }
+    }
+    out.emplace(block + "attn.in_proj_" + kind, torch::cat({parts[0], parts[1], parts[2]}, 0));
+  }
+  return out;
+}
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
+                                          const ReadCheckpointOptions& options) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint at ", path));
+  }
+  if (fs::is_directory(status)) return ReadDirectory(fs::path(path));
+  return ReadWeightsFile(path, options);
+}
+
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!file) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("SHA-256 unavailable");
+  }
+  std::vector<unsigned char> buffer(1 << 20);
+  size_t n = 0;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), file.get())) > 0) {
+    EVP_DigestUpdate(ctx.get(), buffer.data(), n);
+  }
+  if (std::ferror(file.get())) return absl::DataLossError(absl::StrCat("read error on ", path));
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &length);
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) absl::StrAppendFormat(&hex, "%02x", digest[i]);
+  return hex;
+}
+
+}  // namespace clipserve

@@ -1,0 +1,64 @@
+#ifndef CLIPSERVE_SERVER_MODEL_CHECKPOINT_H_
+#define CLIPSERVE_SERVER_MODEL_CHECKPOINT_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/model/clip_model.h"
+#include "server/model/model_config.h"
+
+namespace clipserve {
+
+enum class CheckpointFormat {
+  kOpenAiTorchScript,  // OpenAI's released .pt: a TorchScript archive
+  kStateDict,          // torch.save(state_dict) zip, optionally {"state_dict": ...}
+  kSafetensors,        // a .safetensors file with OpenAI/open_clip key names
+  kOpenClip,           // open_clip directory: open_clip_config.json + weights
+  kHuggingFace,        // transformers directory: config.json + weights, HF key names
+  kDemo,               // no file: seeded random weights
+};
+
+// "openai_torchscript", "state_dict", "safetensors", "open_clip", "hf", "demo".
+absl::string_view CheckpointFormatName(CheckpointFormat format);
+
+// A checkpoint read into memory: its architecture and its weights under
+// OpenAI/open_clip key names (Hugging Face names already mapped, q/k/v fused).
+struct Checkpoint {
+  ClipConfig config;
+  TensorMap weights;
+  CheckpointFormat format = CheckpointFormat::kStateDict;
+  // The file the weights came from (inside a directory for open_clip/HF).
+  std::string weights_path;
+  // The directory holding the checkpoint, where tokenizer files may sit.
+  std::string directory;
+};
+
+struct ReadCheckpointOptions {
+  // Architecture to use instead of inferring it from a bare state dict's shapes
+  // (needed for checkpoints whose head width is not 64). Ignored for directories,
+  // which carry their own config.
+  std::optional<ClipConfig> config;
+};
+
+// Reads a checkpoint, detecting its format from the content, not the name: a
+// directory with open_clip_config.json (open_clip) or config.json (Hugging Face); a
+// zip holding constants.pkl (TorchScript archive) or data.pkl (torch.save); a file
+// starting with a plausible safetensors header. Errors: NOT_FOUND (no such path),
+// INVALID_ARGUMENT (unrecognized, truncated or corrupt file, bad config, HF key that
+// maps nowhere), UNIMPLEMENTED (legacy pre-1.6 torch.save format).
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
+                                          const ReadCheckpointOptions& options = {});
+
+// Renames Hugging Face CLIPModel keys to OpenAI's, fusing q/k/v projections into
+// in_proj_{weight,bias} and transposing the projections. position_ids buffers are
+// dropped. INVALID_ARGUMENT naming a key it cannot map or an incomplete q/k/v set.
+absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf);
+
+// Hex SHA-256 of a file's bytes.
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_MODEL_CHECKPOINT_H_

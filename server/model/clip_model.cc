@@ -1,0 +1,300 @@
+#include "server/model/clip_model.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "server/common/status_macros.h"
+#include "server/model/cbow_text_encoder.h"
+#include "server/model/modified_resnet.h"
+#include "server/model/text_transformer.h"
+#include "server/model/vision_transformer.h"
+
+namespace clipserve {
+namespace {
+
+std::string ShapeString(c10::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+torch::ScalarType ScalarTypeOf(Precision precision) {
+  switch (precision) {
+    case Precision::kFloat32:
+      return torch::kFloat;
+    case Precision::kBFloat16:
+      return torch::kBFloat16;
+    case Precision::kFloat16:
+      return torch::kHalf;
+  }
+  return torch::kFloat;
+}
+
+void AddNamed(const torch::nn::Module& module, const std::string& prefix, TensorMap& out) {
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    out.emplace(prefix + item.key(), item.value());
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    out.emplace(prefix + item.key(), item.value());
+  }
+}
+
+}  // namespace
+
+absl::string_view PrecisionName(Precision precision) {
+  switch (precision) {
+    case Precision::kFloat32:
+      return "fp32";
+    case Precision::kBFloat16:
+      return "bf16";
+    case Precision::kFloat16:
+      return "fp16";
+  }
+  return "fp32";
+}
+
+absl::StatusOr<Precision> ParsePrecision(absl::string_view name) {
+  if (name == "fp32") return Precision::kFloat32;
+  if (name == "bf16") return Precision::kBFloat16;
+  if (name == "fp16") return Precision::kFloat16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("precision '", name, "' is not fp32, bf16 or fp16"));
+}
+
+absl::Status CatchTorchErrors(const std::function<void()>& fn, absl::string_view what,
+                              absl::StatusCode code) {
+  try {
+    fn();
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    // LibTorch messages carry a C++ backtrace after the first line.
+    const size_t newline = message.find('\n');
+    if (newline != std::string::npos) message.resize(newline);
+    if (absl::StrContains(message, "out of memory") ||
+        absl::StrContains(message, "DefaultCPUAllocator: can't allocate")) {
+      return absl::ResourceExhaustedError(absl::StrCat(what, ": ", message));
+    }
+    return absl::Status(code, absl::StrCat(what, ": ", message));
+  }
+}
+
+torch::Tensor NormalizeRows(const torch::Tensor& features) {
+  return features / features.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
+}
+
+ClipModel::ClipModel(const ClipConfig& config) : config_(config) {
+  if (config.vision.arch == VisionArch::kVisionTransformer) {
+    auto vit = std::make_shared<VisionTransformerImpl>(config.vision, config.embed_dim,
+                                                       config.quick_gelu);
+    encode_image_ = [vit](const torch::Tensor& x) { return vit->forward(x); };
+    visual_ = vit;
+  } else {
+    auto resnet = std::make_shared<ModifiedResNetImpl>(config.vision, config.embed_dim);
+    encode_image_ = [resnet](const torch::Tensor& x) { return resnet->forward(x); };
+    visual_ = resnet;
+  }
+  if (config.text.arch == TextArch::kTransformer) {
+    auto text = std::make_shared<TextTransformerImpl>(config.text, config.embed_dim,
+                                                      config.quick_gelu);
+    encode_text_ = [text](const torch::Tensor& ids, const torch::Tensor& lengths) {
+      return text->forward(ids, lengths);
+    };
+    text_ = text;
+  } else {
+    auto cbow = std::make_shared<CbowTextEncoderImpl>(config.text, config.embed_dim);
+    encode_text_ = [cbow](const torch::Tensor& ids, const torch::Tensor& lengths) {
+      return cbow->forward(ids, lengths);
+    };
+    text_ = cbow;
+  }
+  logit_scale_ = torch::full({}, std::log(1.0 / 0.07));
+  visual_->eval();
+  text_->eval();
+}
+
+absl::StatusOr<std::unique_ptr<ClipModel>> ClipModel::Create(const ClipConfig& config,
+                                                             uint64_t seed) {
+  CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(config));
+  std::unique_ptr<ClipModel> model;
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        torch::NoGradGuard no_grad;
+        model.reset(new ClipModel(config));
+        model->InitializeRandom(seed);
+      },
+      "building the model"));
+  return model;
+}
+
+void ClipModel::InitializeRandom(uint64_t seed) {
+  // OpenAI's scheme, driven by parameter names: normal weights scaled by fan-in,
+  // small embeddings, LayerNorm/BatchNorm at identity, zero biases.
+  torch::NoGradGuard no_grad;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& [name, tensor] : NamedTensors()) {
+    if (!tensor.is_floating_point()) continue;
+    const bool is_norm = absl::StrContains(name, "ln_") || absl::StrContains(name, ".bn") ||
+                         absl::StartsWith(name, "visual.bn") ||
+                         absl::StrContains(name, "downsample.1");
+    if (name == "logit_scale" || absl::StrContains(name, "running_")) continue;
+    if (is_norm) continue;  // weight 1, bias 0 from construction
+    if (absl::EndsWith(name, "bias")) {
+      tensor.zero_();
+      continue;
+    }
+    double std = 0.02;
+    if (name == "token_embedding.weight") {
+      std = 0.02;
+    } else if (name == "positional_embedding") {
+      std = 0.01;
+    } else if (tensor.dim() == 1) {
+      std = 1.0 / std::sqrt(static_cast<double>(tensor.size(0)));
+    } else if (absl::EndsWith(name, "proj") || absl::EndsWith(name, "projection") ||
+               absl::EndsWith(name, "positional_embedding")) {
+      std = 1.0 / std::sqrt(static_cast<double>(tensor.size(0)));  // [in, out]
+    } else {
+      int64_t fan_in = 1;
+      for (int64_t d = 1; d < tensor.dim(); ++d) fan_in *= tensor.size(d);
+      std = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    }
+    tensor.normal_(0.0, std, gen);
+  }
+}
+
+TensorMap ClipModel::NamedTensors() const {
+  TensorMap out;
+  AddNamed(*visual_, "visual.", out);
+  AddNamed(*text_, "", out);
+  out.emplace("logit_scale", logit_scale_);
+  return out;
+}
+
+int64_t ClipModel::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : visual_->parameters()) n += p.numel();
+  for (const auto& p : text_->parameters()) n += p.numel();
+  return n + 1;
+}
+
+absl::Status ClipModel::LoadWeights(TensorMap weights) {
+  static const std::set<std::string> kIgnored = {"input_resolution", "context_length",
+                                                  "vocab_size"};
+  for (const std::string& key : kIgnored) weights.erase(key);
+  TensorMap targets = NamedTensors();
+  for (const auto& [key, target] : targets) {
+    auto it = weights.find(key);
+    if (it == weights.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("checkpoint is missing '", key, "' (the model expects shape ",
+                       ShapeString(target.sizes()), ")"));
+    }
+    if (it->second.sizes() != target.sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", key, "' has shape ", ShapeString(it->second.sizes()),
+          " in the checkpoint but the model expects ", ShapeString(target.sizes())));
+    }
+  }
+  for (const auto& [key, tensor] : weights) {
+    if (targets.count(key) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint has unexpected key '", key, "' with shape ", ShapeString(tensor.sizes())));
+    }
+  }
+  return CatchTorchErrors(
+      [&] {
+        torch::NoGradGuard no_grad;
+        for (auto& [key, target] : targets) {
+          auto it = weights.find(key);
+          target.copy_(it->second);
+          weights.erase(it);  // release the checkpoint's copy at once
+        }
+      },
+      "copying checkpoint weights");
+}
+
+absl::Status ClipModel::To(const torch::Device& device, Precision precision) {
+  if (device.is_cpu() && precision == Precision::kFloat16) {
+    return absl::UnimplementedError("fp16 is not supported on CPU; use fp32 or bf16");
+  }
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    return absl::UnavailableError("CUDA device requested but no CUDA device is available");
+  }
+  const torch::ScalarType dtype = ScalarTypeOf(precision);
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        torch::NoGradGuard no_grad;
+        visual_->to(device, dtype);
+        text_->to(device, dtype);
+        // BatchNorm's integer counter stays integer; logit_scale stays fp32.
+        logit_scale_ = logit_scale_.to(device, torch::kFloat);
+      },
+      "moving the model"));
+  device_ = device;
+  precision_ = precision;
+  return absl::OkStatus();
+}
+
+float ClipModel::logit_scale() const {
+  return std::min(100.0f, std::exp(logit_scale_.item<float>()));
+}
+
+absl::StatusOr<torch::Tensor> ClipModel::EncodeImage(const torch::Tensor& images,
+                                                     bool normalize) const {
+  const int64_t s = config_.vision.image_size;
+  if (images.dim() != 4 || images.size(1) != 3 || images.size(2) != s ||
+      images.size(3) != s || images.size(0) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "images must be [N, 3, ", s, ", ", s, "], got ", ShapeString(images.sizes())));
+  }
+  torch::Tensor out;
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        c10::InferenceMode guard;
+        torch::Tensor x = images.to(device_, ScalarTypeOf(precision_));
+        out = encode_image_(x).to(torch::kFloat);
+        if (normalize) out = NormalizeRows(out);
+      },
+      "encoding images"));
+  return out;
+}
+
+absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
+                                                    const torch::Tensor& lengths,
+                                                    bool normalize) const {
+  if (ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) < 1 ||
+      ids.size(1) > config_.text.context_length || ids.scalar_type() != torch::kLong) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ids must be int64 [N, L] with 1 <= L <= ", config_.text.context_length,
+                     ", got ", ShapeString(ids.sizes())));
+  }
+  if (lengths.dim() != 1 || lengths.size(0) != ids.size(0) ||
+      lengths.scalar_type() != torch::kLong) {
+    return absl::InvalidArgumentError("lengths must be int64 [N]");
+  }
+  if (lengths.min().item<int64_t>() < 1 || lengths.max().item<int64_t>() > ids.size(1)) {
+    return absl::InvalidArgumentError("every length must be in [1, L]");
+  }
+  if (ids.min().item<int64_t>() < 0 ||
+      ids.max().item<int64_t>() >= config_.text.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token ids must be in [0, ", config_.text.vocab_size, ")"));
+  }
+  torch::Tensor out;
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        c10::InferenceMode guard;
+        out = encode_text_(ids.to(device_), lengths.to(device_)).to(torch::kFloat);
+        if (normalize) out = NormalizeRows(out);
+      },
+      "encoding texts"));
+  return out;
+}
+
+}  // namespace clipserve

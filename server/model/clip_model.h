@@ -1,0 +1,108 @@
+#ifndef CLIPSERVE_SERVER_MODEL_CLIP_MODEL_H_
+#define CLIPSERVE_SERVER_MODEL_CLIP_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/model/model_config.h"
+
+namespace clipserve {
+
+// The precision a model computes in. Outputs are always fp32.
+enum class Precision { kFloat32, kBFloat16, kFloat16 };
+
+absl::string_view PrecisionName(Precision precision);  // "fp32", "bf16", "fp16"
+// Parses "fp32", "bf16", "fp16". INVALID_ARGUMENT otherwise.
+absl::StatusOr<Precision> ParsePrecision(absl::string_view name);
+
+// Tensors by checkpoint key ("visual.conv1.weight", "token_embedding.weight", ...).
+using TensorMap = std::map<std::string, torch::Tensor>;
+
+// CLIP: an image tower (ViT or ModifiedResNet), a text tower (causal Transformer or
+// CBOW), both projected to embed_dim, and the learned logit scale.
+//
+// Thread-safety: after construction and loading, EncodeImage/EncodeText may be called
+// concurrently from any number of threads (they run under InferenceMode and only read
+// the weights). LoadWeights and To must not run concurrently with anything else.
+// LibTorch exceptions never escape: they come back as absl::Status.
+class ClipModel {
+ public:
+  // Builds the networks for `config` on the CPU in fp32 with random weights drawn
+  // from a generator seeded with `seed` (OpenAI's initialization scheme), so the same
+  // seed always gives the same model. INVALID_ARGUMENT for an invalid config.
+  static absl::StatusOr<std::unique_ptr<ClipModel>> Create(const ClipConfig& config,
+                                                           uint64_t seed = 0);
+
+  // Copies checkpoint weights into the model, converting dtypes. Strict: every
+  // parameter and buffer of the model must be present with exactly its shape, and no
+  // other key may be present (OpenAI's non-tensor attributes input_resolution,
+  // context_length and vocab_size are ignored). Entries are released as they are
+  // copied, so loading holds at most one extra copy of the weights. INVALID_ARGUMENT
+  // naming the first missing, unexpected or misshapen key and both shapes.
+  absl::Status LoadWeights(TensorMap weights);
+
+  // Moves the weights to `device` in `precision`. UNIMPLEMENTED for fp16 on CPU,
+  // INVALID_ARGUMENT/UNAVAILABLE when the device cannot be used.
+  absl::Status To(const torch::Device& device, Precision precision);
+
+  // images: float [N, 3, S, S], S = config().vision.image_size, already normalized,
+  // on any device. Returns fp32 [N, embed_dim] on the model's device, L2-normalized
+  // when `normalize`. INVALID_ARGUMENT for a wrong shape; INTERNAL (or
+  // RESOURCE_EXHAUSTED for out of memory) when LibTorch fails.
+  absl::StatusOr<torch::Tensor> EncodeImage(const torch::Tensor& images,
+                                            bool normalize) const;
+
+  // ids: int64 [N, L], 1 <= L <= context_length, each row start token, tokens, end
+  // token, then padding; lengths: int64 [N], each in [1, L], the real tokens per row.
+  // Returns fp32 [N, embed_dim] on the model's device, normalized when `normalize`.
+  absl::StatusOr<torch::Tensor> EncodeText(const torch::Tensor& ids,
+                                           const torch::Tensor& lengths,
+                                           bool normalize) const;
+
+  // exp(learned logit_scale), clamped at 100 as CLIP does.
+  float logit_scale() const;
+
+  const ClipConfig& config() const { return config_; }
+  const torch::Device& device() const { return device_; }
+  Precision precision() const { return precision_; }
+  // Number of parameters.
+  int64_t num_parameters() const;
+
+  // Every parameter and buffer under its checkpoint key.
+  TensorMap NamedTensors() const;
+
+ private:
+  explicit ClipModel(const ClipConfig& config);
+  void InitializeRandom(uint64_t seed);
+
+  ClipConfig config_;
+  // The image tower's keys are prefixed "visual."; the text tower's are top-level.
+  std::shared_ptr<torch::nn::Module> visual_;
+  std::shared_ptr<torch::nn::Module> text_;
+  std::function<torch::Tensor(const torch::Tensor&)> encode_image_;
+  std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)> encode_text_;
+  torch::Tensor logit_scale_;
+  torch::Device device_ = torch::kCPU;
+  Precision precision_ = Precision::kFloat32;
+};
+
+// L2-normalizes each row (features [N, D]).
+torch::Tensor NormalizeRows(const torch::Tensor& features);
+
+// Runs `fn`, turning a LibTorch exception into `code` (RESOURCE_EXHAUSTED for out of
+// memory) with "what: " and the exception's first line. The model boundary's only
+// catch site: nothing in server/model lets an exception escape.
+absl::Status CatchTorchErrors(const std::function<void()>& fn, absl::string_view what,
+                              absl::StatusCode code = absl::StatusCode::kInternal);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_MODEL_CLIP_MODEL_H_

@@ -1,0 +1,87 @@
+#ifndef CLIPSERVE_SERVER_MODEL_LAYERS_H_
+#define CLIPSERVE_SERVER_MODEL_LAYERS_H_
+
+#include <torch/torch.h>
+
+// Building blocks shared by CLIP's towers. Submodule and parameter names equal the
+// OpenAI/open_clip checkpoint keys, so loading is a strict name-and-shape match.
+// Tensors are batch-first: [batch, sequence, width].
+
+namespace clipserve {
+
+// LayerNorm that always computes in fp32 (CLIP's fp16 trick), whatever the dtype of
+// its input and weights, and returns the input's dtype. Keys: weight, bias.
+class LayerNormImpl : public torch::nn::Module {
+ public:
+  explicit LayerNormImpl(int64_t width, double eps = 1e-5);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight;
+  torch::Tensor bias;
+
+ private:
+  int64_t width_;
+  double eps_;
+};
+TORCH_MODULE(LayerNorm);
+
+// Multi-head self-attention with nn.MultiheadAttention's parameter names:
+// in_proj_weight [3w, w], in_proj_bias [3w], out_proj.{weight,bias}.
+class SelfAttentionImpl : public torch::nn::Module {
+ public:
+  SelfAttentionImpl(int64_t width, int64_t heads);
+  // x: [N, L, w]. mask: empty, or an additive [L, L] mask (0 or -inf).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+  torch::Tensor in_proj_weight;
+  torch::Tensor in_proj_bias;
+  torch::nn::Linear out_proj{nullptr};
+
+ private:
+  int64_t width_;
+  int64_t heads_;
+};
+TORCH_MODULE(SelfAttention);
+
+// Transformer MLP: c_proj(act(c_fc(x))), act = QuickGELU or exact GELU.
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(int64_t width, int64_t hidden, bool quick_gelu);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::nn::Linear c_fc{nullptr};
+  torch::nn::Linear c_proj{nullptr};
+
+ private:
+  bool quick_gelu_;
+};
+TORCH_MODULE(Mlp);
+
+// Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+class ResidualAttentionBlockImpl : public torch::nn::Module {
+ public:
+  ResidualAttentionBlockImpl(int64_t width, int64_t heads, double mlp_ratio,
+                             bool quick_gelu);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+  LayerNorm ln_1{nullptr};
+  SelfAttention attn{nullptr};
+  LayerNorm ln_2{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(ResidualAttentionBlock);
+
+// A stack of blocks under the key prefix "resblocks.N.".
+class TransformerImpl : public torch::nn::Module {
+ public:
+  TransformerImpl(int64_t width, int64_t layers, int64_t heads, double mlp_ratio,
+                  bool quick_gelu);
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {});
+
+  torch::nn::ModuleList resblocks;
+};
+TORCH_MODULE(Transformer);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_MODEL_LAYERS_H_

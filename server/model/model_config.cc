@@ -1,0 +1,422 @@
+#include "server/model/model_config.h"
+
+#include <cmath>
+#include <optional>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "server/common/status_macros.h"
+
+namespace clipserve {
+namespace {
+
+using nlohmann::json;
+
+absl::Status Positive(int value, absl::string_view field) {
+  if (value <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " must be positive, got ", value));
+  }
+  return absl::OkStatus();
+}
+
+ClipConfig VitPreset(std::string name, int embed_dim, int image_size, int width,
+                     int layers, int patch, int text_width, int text_heads) {
+  ClipConfig c;
+  c.name = std::move(name);
+  c.embed_dim = embed_dim;
+  c.vision.arch = VisionArch::kVisionTransformer;
+  c.vision.image_size = image_size;
+  c.vision.width = width;
+  c.vision.layers = layers;
+  c.vision.patch_size = patch;
+  c.vision.heads = width / 64;
+  c.text.width = text_width;
+  c.text.heads = text_heads;
+  c.text.layers = 12;
+  return c;
+}
+
+ClipConfig ResNetPreset(std::string name, int embed_dim, int image_size, int width,
+                        std::array<int, 4> stages, int text_width, int text_heads) {
+  ClipConfig c;
+  c.name = std::move(name);
+  c.embed_dim = embed_dim;
+  c.vision.arch = VisionArch::kModifiedResNet;
+  c.vision.image_size = image_size;
+  c.vision.width = width;
+  c.vision.stage_layers = stages;
+  c.vision.layers = stages[0] + stages[1] + stages[2] + stages[3];
+  c.vision.patch_size = 0;
+  c.vision.heads = width * 32 / 64;
+  c.text.width = text_width;
+  c.text.heads = text_heads;
+  c.text.layers = 12;
+  return c;
+}
+
+const std::vector<ClipConfig>& Presets() {
+  static const auto* presets = new std::vector<ClipConfig>{
+      ResNetPreset("RN50", 1024, 224, 64, {3, 4, 6, 3}, 512, 8),
+      ResNetPreset("RN101", 512, 224, 64, {3, 4, 23, 3}, 512, 8),
+      ResNetPreset("RN50x4", 640, 288, 80, {4, 6, 10, 6}, 640, 10),
+      ResNetPreset("RN50x16", 768, 384, 96, {6, 8, 18, 8}, 768, 12),
+      ResNetPreset("RN50x64", 1024, 448, 128, {3, 15, 36, 10}, 1024, 16),
+      VitPreset("ViT-B-32", 512, 224, 768, 12, 32, 512, 8),
+      VitPreset("ViT-B-16", 512, 224, 768, 12, 16, 512, 8),
+      VitPreset("ViT-L-14", 768, 224, 1024, 24, 14, 768, 12),
+      VitPreset("ViT-L-14-336", 768, 336, 1024, 24, 14, 768, 12),
+  };
+  return *presets;
+}
+
+// Reads a JSON number field as int; `fallback` when absent.
+absl::StatusOr<int> IntField(const json& object, const char* key, absl::string_view where,
+                             std::optional<int> fallback = std::nullopt) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) {
+    if (fallback.has_value()) return *fallback;
+    return absl::InvalidArgumentError(absl::StrCat(where, ".", key, " is missing"));
+  }
+  if (!it->is_number_integer() && !it->is_number_unsigned()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".", key, " must be an integer"));
+  }
+  const int64_t value = it->get<int64_t>();
+  if (value <= 0 || value > (1 << 24)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".", key, " is out of range: ", value));
+  }
+  return static_cast<int>(value);
+}
+
+absl::StatusOr<double> DoubleField(const json& object, const char* key,
+                                   absl::string_view where, double fallback) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return fallback;
+  if (!it->is_number()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".", key, " must be a number"));
+  }
+  return it->get<double>();
+}
+
+absl::StatusOr<json> ParseJson(absl::string_view text) {
+  json parsed = json::parse(text.begin(), text.end(), /*cb=*/nullptr,
+                            /*allow_exceptions=*/false);
+  if (parsed.is_discarded() || !parsed.is_object()) {
+    return absl::InvalidArgumentError("config is not a JSON object");
+  }
+  return parsed;
+}
+
+absl::StatusOr<std::array<float, 3>> Triple(const json& value, absl::string_view where) {
+  if (!value.is_array() || value.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(where, " must be 3 numbers"));
+  }
+  std::array<float, 3> out{};
+  for (int i = 0; i < 3; ++i) {
+    if (!value[i].is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, " must be 3 numbers"));
+    }
+    out[i] = value[i].get<float>();
+  }
+  return out;
+}
+
+int Count(const ShapeMap& shapes, absl::string_view prefix, absl::string_view suffix) {
+  // Counts distinct block indices N in keys "<prefix>N<suffix>".
+  std::set<std::string> indices;
+  for (const auto& [key, shape] : shapes) {
+    if (!absl::StartsWith(key, prefix)) continue;
+    absl::string_view rest = absl::string_view(key).substr(prefix.size());
+    const size_t dot = rest.find('.');
+    if (dot == absl::string_view::npos) continue;
+    if (!absl::StartsWith(rest.substr(dot), suffix)) continue;
+    indices.insert(std::string(rest.substr(0, dot)));
+  }
+  return static_cast<int>(indices.size());
+}
+
+absl::StatusOr<std::vector<int64_t>> Shape(const ShapeMap& shapes, const std::string& key,
+                                           size_t rank) {
+  auto it = shapes.find(key);
+  if (it == shapes.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("state dict has no '", key, "'"));
+  }
+  if (it->second.size() != rank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", key, "' has rank ", it->second.size(), ", expected ", rank));
+  }
+  return it->second;
+}
+
+int IntSqrt(int64_t n) { return static_cast<int>(std::lround(std::sqrt(double(n)))); }
+
+}  // namespace
+
+absl::Status ValidateConfig(const ClipConfig& c) {
+  CLIPSERVE_RETURN_IF_ERROR(Positive(c.embed_dim, "embed_dim"));
+  const VisionConfig& v = c.vision;
+  CLIPSERVE_RETURN_IF_ERROR(Positive(v.image_size, "vision.image_size"));
+  CLIPSERVE_RETURN_IF_ERROR(Positive(v.width, "vision.width"));
+  CLIPSERVE_RETURN_IF_ERROR(Positive(v.heads, "vision.heads"));
+  if (v.arch == VisionArch::kVisionTransformer) {
+    CLIPSERVE_RETURN_IF_ERROR(Positive(v.layers, "vision.layers"));
+    CLIPSERVE_RETURN_IF_ERROR(Positive(v.patch_size, "vision.patch_size"));
+    if (v.image_size % v.patch_size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("vision.image_size ", v.image_size,
+                                                     " is not a multiple of patch_size ",
+                                                     v.patch_size));
+    }
+    if (v.width % v.heads != 0) {
+      return absl::InvalidArgumentError("vision.width is not a multiple of vision.heads");
+    }
+  } else {
+    for (int n : v.stage_layers) CLIPSERVE_RETURN_IF_ERROR(Positive(n, "vision.layers[i]"));
+    if (v.image_size % 32 != 0) {
+      return absl::InvalidArgumentError("ModifiedResNet image_size must be a multiple of 32");
+    }
+    if (v.width % 2 != 0 || (v.width * 32) % v.heads != 0) {
+      return absl::InvalidArgumentError(
+          "ModifiedResNet width must be even and width*32 a multiple of heads");
+    }
+  }
+  if (v.mlp_ratio <= 0) return absl::InvalidArgumentError("vision.mlp_ratio must be > 0");
+  const TextConfig& t = c.text;
+  CLIPSERVE_RETURN_IF_ERROR(Positive(t.context_length, "text.context_length"));
+  CLIPSERVE_RETURN_IF_ERROR(Positive(t.vocab_size, "text.vocab_size"));
+  CLIPSERVE_RETURN_IF_ERROR(Positive(t.width, "text.width"));
+  if (t.arch == TextArch::kTransformer) {
+    CLIPSERVE_RETURN_IF_ERROR(Positive(t.heads, "text.heads"));
+    CLIPSERVE_RETURN_IF_ERROR(Positive(t.layers, "text.layers"));
+    if (t.width % t.heads != 0) {
+      return absl::InvalidArgumentError("text.width is not a multiple of text.heads");
+    }
+    if (t.mlp_ratio <= 0) return absl::InvalidArgumentError("text.mlp_ratio must be > 0");
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (!(c.image_std[i] > 0)) return absl::InvalidArgumentError("image std must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> PresetNames() {
+  std::vector<std::string> names;
+  for (const ClipConfig& c : Presets()) names.push_back(c.name);
+  return names;
+}
+
+absl::StatusOr<ClipConfig> PresetConfig(absl::string_view name) {
+  for (const ClipConfig& c : Presets()) {
+    if (c.name == name) return c;
+  }
+  return absl::NotFoundError(absl::StrCat("no preset '", name, "'; known presets: ",
+                                          absl::StrJoin(PresetNames(), ", ")));
+}
+
+absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
+  CLIPSERVE_ASSIGN_OR_RETURN(json root, ParseJson(text));
+  ClipConfig c;
+  const json* model = &root;
+  if (root.contains("model_cfg")) {
+    model = &root["model_cfg"];
+    if (root.contains("preprocess_cfg")) {
+      const json& pre = root["preprocess_cfg"];
+      if (pre.contains("mean")) {
+        CLIPSERVE_ASSIGN_OR_RETURN(c.image_mean, Triple(pre["mean"], "preprocess_cfg.mean"));
+      }
+      if (pre.contains("std")) {
+        CLIPSERVE_ASSIGN_OR_RETURN(c.image_std, Triple(pre["std"], "preprocess_cfg.std"));
+      }
+    }
+  }
+  if (!model->is_object() || !model->contains("vision_cfg") ||
+      !model->contains("text_cfg")) {
+    return absl::InvalidArgumentError("open_clip config needs vision_cfg and text_cfg");
+  }
+  CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(*model, "embed_dim", "config"));
+  c.quick_gelu = model->value("quick_gelu", false);
+
+  const json& vision = (*model)["vision_cfg"];
+  if (!vision.is_object()) return absl::InvalidArgumentError("vision_cfg is not an object");
+  VisionConfig& v = c.vision;
+  CLIPSERVE_ASSIGN_OR_RETURN(v.image_size, IntField(vision, "image_size", "vision_cfg"));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.width, IntField(vision, "width", "vision_cfg"));
+  CLIPSERVE_ASSIGN_OR_RETURN(const int head_width,
+                             IntField(vision, "head_width", "vision_cfg", 64));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.mlp_ratio, DoubleField(vision, "mlp_ratio", "vision_cfg", 4.0));
+  if (!vision.contains("layers")) return absl::InvalidArgumentError("vision_cfg.layers is missing");
+  const json& layers = vision["layers"];
+  if (layers.is_array()) {
+    if (layers.size() != 4) {
+      return absl::InvalidArgumentError("vision_cfg.layers must be an int or 4 ints");
+    }
+    v.arch = VisionArch::kModifiedResNet;
+    v.layers = 0;
+    for (int i = 0; i < 4; ++i) {
+      if (!layers[i].is_number_integer()) {
+        return absl::InvalidArgumentError("vision_cfg.layers must be an int or 4 ints");
+      }
+      v.stage_layers[i] = layers[i].get<int>();
+      v.layers += v.stage_layers[i];
+    }
+    v.patch_size = 0;
+    v.heads = v.width * 32 / head_width;
+  } else {
+    v.arch = VisionArch::kVisionTransformer;
+    CLIPSERVE_ASSIGN_OR_RETURN(v.layers, IntField(vision, "layers", "vision_cfg"));
+    CLIPSERVE_ASSIGN_OR_RETURN(v.patch_size, IntField(vision, "patch_size", "vision_cfg"));
+    v.heads = v.width / head_width;
+  }
+
+  const json& textj = (*model)["text_cfg"];
+  if (!textj.is_object()) return absl::InvalidArgumentError("text_cfg is not an object");
+  TextConfig& t = c.text;
+  const std::string encoder = textj.value("encoder_type", std::string("transformer"));
+  if (encoder == "cbow") {
+    t.arch = TextArch::kCbow;
+  } else if (encoder != "transformer") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("text_cfg.encoder_type '", encoder, "' is not transformer or cbow"));
+  }
+  CLIPSERVE_ASSIGN_OR_RETURN(t.context_length,
+                             IntField(textj, "context_length", "text_cfg", 77));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.vocab_size, IntField(textj, "vocab_size", "text_cfg", 49408));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.width, IntField(textj, "width", "text_cfg"));
+  if (t.arch == TextArch::kTransformer) {
+    CLIPSERVE_ASSIGN_OR_RETURN(t.heads, IntField(textj, "heads", "text_cfg"));
+    CLIPSERVE_ASSIGN_OR_RETURN(t.layers, IntField(textj, "layers", "text_cfg"));
+    CLIPSERVE_ASSIGN_OR_RETURN(t.mlp_ratio, DoubleField(textj, "mlp_ratio", "text_cfg", 4.0));
+  } else {
+    t.heads = 0;
+    t.layers = 0;
+  }
+  CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(c));
+  return c;
+}
+
+absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
+  CLIPSERVE_ASSIGN_OR_RETURN(json root, ParseJson(text));
+  if (root.value("model_type", std::string()) != "clip") {
+    return absl::InvalidArgumentError("config.json is not a Hugging Face CLIP config "
+                                      "(model_type must be \"clip\")");
+  }
+  if (!root.contains("vision_config") || !root.contains("text_config")) {
+    return absl::InvalidArgumentError("config.json needs vision_config and text_config");
+  }
+  const json& vision = root["vision_config"];
+  const json& textj = root["text_config"];
+  ClipConfig c;
+  CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(root, "projection_dim", "config", 512));
+  VisionConfig& v = c.vision;
+  v.arch = VisionArch::kVisionTransformer;
+  CLIPSERVE_ASSIGN_OR_RETURN(v.width, IntField(vision, "hidden_size", "vision_config", 768));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.layers,
+                             IntField(vision, "num_hidden_layers", "vision_config", 12));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.heads,
+                             IntField(vision, "num_attention_heads", "vision_config", 12));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.image_size, IntField(vision, "image_size", "vision_config", 224));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.patch_size, IntField(vision, "patch_size", "vision_config", 32));
+  CLIPSERVE_ASSIGN_OR_RETURN(const int v_inter, IntField(vision, "intermediate_size",
+                                                         "vision_config", v.width * 4));
+  v.mlp_ratio = double(v_inter) / v.width;
+  TextConfig& t = c.text;
+  CLIPSERVE_ASSIGN_OR_RETURN(t.width, IntField(textj, "hidden_size", "text_config", 512));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.layers, IntField(textj, "num_hidden_layers", "text_config", 12));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.heads, IntField(textj, "num_attention_heads", "text_config", 8));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.context_length,
+                             IntField(textj, "max_position_embeddings", "text_config", 77));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.vocab_size, IntField(textj, "vocab_size", "text_config", 49408));
+  CLIPSERVE_ASSIGN_OR_RETURN(const int t_inter, IntField(textj, "intermediate_size",
+                                                         "text_config", t.width * 4));
+  t.mlp_ratio = double(t_inter) / t.width;
+  const std::string v_act = vision.value("hidden_act", std::string("quick_gelu"));
+  const std::string t_act = textj.value("hidden_act", std::string("quick_gelu"));
+  if (v_act != t_act) {
+    return absl::InvalidArgumentError("vision and text hidden_act differ; unsupported");
+  }
+  if (v_act == "quick_gelu") {
+    c.quick_gelu = true;
+  } else if (v_act == "gelu") {
+    c.quick_gelu = false;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("hidden_act '", v_act, "' unsupported"));
+  }
+  CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(c));
+  return c;
+}
+
+absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
+  ClipConfig c;
+  c.name = "checkpoint";
+  VisionConfig& v = c.vision;
+  if (shapes.count("visual.proj") > 0) {
+    v.arch = VisionArch::kVisionTransformer;
+    CLIPSERVE_ASSIGN_OR_RETURN(auto conv, Shape(shapes, "visual.conv1.weight", 4));
+    CLIPSERVE_ASSIGN_OR_RETURN(auto pos, Shape(shapes, "visual.positional_embedding", 2));
+    v.width = static_cast<int>(conv[0]);
+    v.patch_size = static_cast<int>(conv[3]);
+    v.layers = Count(shapes, "visual.transformer.resblocks.", ".attn.in_proj_weight");
+    const int grid = IntSqrt(pos[0] - 1);
+    if (int64_t(grid) * grid + 1 != pos[0]) {
+      return absl::InvalidArgumentError("visual.positional_embedding is not a square grid + 1");
+    }
+    v.image_size = grid * v.patch_size;
+    v.heads = std::max(1, v.width / 64);
+    CLIPSERVE_ASSIGN_OR_RETURN(auto fc, Shape(shapes, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2));
+    v.mlp_ratio = double(fc[0]) / v.width;
+  } else if (shapes.count("visual.attnpool.positional_embedding") > 0) {
+    v.arch = VisionArch::kModifiedResNet;
+    v.patch_size = 0;
+    v.layers = 0;
+    for (int b = 0; b < 4; ++b) {
+      v.stage_layers[b] = Count(shapes, absl::StrCat("visual.layer", b + 1, "."), ".conv1.weight");
+      v.layers += v.stage_layers[b];
+    }
+    CLIPSERVE_ASSIGN_OR_RETURN(auto conv, Shape(shapes, "visual.layer1.0.conv1.weight", 4));
+    CLIPSERVE_ASSIGN_OR_RETURN(auto pos, Shape(shapes, "visual.attnpool.positional_embedding", 2));
+    v.width = static_cast<int>(conv[0]);
+    const int grid = IntSqrt(pos[0] - 1);
+    if (int64_t(grid) * grid + 1 != pos[0]) {
+      return absl::InvalidArgumentError(
+          "visual.attnpool.positional_embedding is not a square grid + 1");
+    }
+    v.image_size = grid * 32;
+    v.heads = std::max(1, v.width * 32 / 64);
+  } else {
+    return absl::InvalidArgumentError(
+        "state dict has neither 'visual.proj' (ViT) nor "
+        "'visual.attnpool.positional_embedding' (ModifiedResNet)");
+  }
+
+  CLIPSERVE_ASSIGN_OR_RETURN(auto proj, Shape(shapes, "text_projection", 2));
+  CLIPSERVE_ASSIGN_OR_RETURN(auto tok, Shape(shapes, "token_embedding.weight", 2));
+  c.embed_dim = static_cast<int>(proj[1]);
+  TextConfig& t = c.text;
+  t.vocab_size = static_cast<int>(tok[0]);
+  t.width = static_cast<int>(tok[1]);
+  if (shapes.count("ln_final.weight") == 0 && shapes.count("positional_embedding") == 0) {
+    t.arch = TextArch::kCbow;
+    t.heads = 0;
+    t.layers = 0;
+  } else {
+    t.arch = TextArch::kTransformer;
+    CLIPSERVE_ASSIGN_OR_RETURN(auto pos, Shape(shapes, "positional_embedding", 2));
+    CLIPSERVE_ASSIGN_OR_RETURN(auto ln, Shape(shapes, "ln_final.weight", 1));
+    t.context_length = static_cast<int>(pos[0]);
+    t.width = static_cast<int>(ln[0]);
+    t.heads = std::max(1, t.width / 64);
+    t.layers = Count(shapes, "transformer.resblocks.", ".attn.in_proj_weight");
+    CLIPSERVE_ASSIGN_OR_RETURN(auto fc, Shape(shapes, "transformer.resblocks.0.mlp.c_fc.weight", 2));
+    t.mlp_ratio = double(fc[0]) / t.width;
+  }
+  // Every released OpenAI/open_clip checkpoint of this layout uses QuickGELU.
+  c.quick_gelu = true;
+  CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(c));
+  return c;
+}
+
+}  // namespace clipserve

@@ -1,0 +1,49 @@
+#ifndef CLIPSERVE_SERVER_MODEL_MODEL_LOADER_H_
+#define CLIPSERVE_SERVER_MODEL_MODEL_LOADER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/model/checkpoint.h"
+#include "server/model/clip_model.h"
+
+namespace clipserve {
+
+struct ModelLoadOptions {
+  // Where the model runs and in what precision.
+  torch::Device device = torch::kCPU;
+  Precision precision = Precision::kFloat32;
+  // An open_clip JSON config to use instead of inferring the architecture from a bare
+  // state dict (see ReadCheckpointOptions::config).
+  std::optional<std::string> config_path;
+  // Seed of the demo model's random weights.
+  uint64_t demo_seed = 0;
+};
+
+// A model ready to serve, with what GetModelInfo reports about it.
+struct LoadedModel {
+  std::unique_ptr<ClipModel> model;
+  std::string name;
+  CheckpointFormat format = CheckpointFormat::kDemo;
+  // Hex SHA-256 of the weights file; empty for the demo model.
+  std::string sha256;
+  // True for the demo model: its embeddings carry no meaning.
+  bool random_weights = false;
+  // Folder of the checkpoint, where tokenizer files may sit; empty for the demo.
+  std::string directory;
+};
+
+// Loads `spec`: "demo:PRESET" builds that preset with seeded random weights (no files
+// needed); anything else is a checkpoint path in any format ReadCheckpoint knows.
+// Then moves the model to the device and precision. Errors as ReadCheckpoint,
+// ClipModel::LoadWeights and ClipModel::To, plus NOT_FOUND for an unknown preset.
+// Blocks (reads the file); call once at start-up.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
+                                      const ModelLoadOptions& options = {});
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_MODEL_MODEL_LOADER_H_

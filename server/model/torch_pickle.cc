@@ -1,0 +1,437 @@
+#include "server/model/torch_pickle.h"
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/common/status_macros.h"
+
+namespace clipserve {
+namespace {
+
+struct Value;
+using ValuePtr = std::shared_ptr<Value>;
+
+struct Mark {};
+struct None {};
+struct Global {
+  std::string module;
+  std::string name;
+};
+struct Opaque {};  // an object of a class we do not interpret
+// Distinct types so the variant can tell them apart.
+struct Tuple : std::vector<ValuePtr> {
+  Tuple() = default;
+  explicit Tuple(std::vector<ValuePtr> items) : std::vector<ValuePtr>(std::move(items)) {}
+};
+struct List : std::vector<ValuePtr> {};
+using Dict = std::vector<std::pair<ValuePtr, ValuePtr>>;
+
+struct Value {
+  std::variant<None, Mark, bool, int64_t, double, std::string, Tuple, List, Dict, Global,
+               Opaque, torch::Tensor>
+      v;
+};
+
+template <typename T>
+ValuePtr Make(T value) {
+  auto out = std::make_shared<Value>();
+  out->v = std::move(value);
+  return out;
+}
+
+absl::Status Bad(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("malformed torch.save pickle: ", what));
+}
+
+bool StorageDtype(const std::string& name, torch::ScalarType* dtype) {
+  static const std::map<std::string, torch::ScalarType> kTypes = {
+      {"FloatStorage", torch::kFloat},    {"HalfStorage", torch::kHalf},
+      {"BFloat16Storage", torch::kBFloat16}, {"DoubleStorage", torch::kDouble},
+      {"LongStorage", torch::kLong},      {"IntStorage", torch::kInt},
+      {"ShortStorage", torch::kShort},    {"CharStorage", torch::kChar},
+      {"ByteStorage", torch::kByte},      {"BoolStorage", torch::kBool},
+  };
+  auto it = kTypes.find(name);
+  if (it == kTypes.end()) return false;
+  *dtype = it->second;
+  return true;
+}
+
+absl::StatusOr<std::vector<int64_t>> IntTuple(const ValuePtr& value, absl::string_view what) {
+  const auto* tuple = std::get_if<Tuple>(&value->v);
+  if (tuple == nullptr) return Bad(absl::StrCat(what, " is not a tuple"));
+  std::vector<int64_t> out;
+  for (const ValuePtr& item : *tuple) {
+    const auto* n = std::get_if<int64_t>(&item->v);
+    if (n == nullptr) return Bad(absl::StrCat(what, " holds a non-integer"));
+    out.push_back(*n);
+  }
+  return out;
+}
+
+class Machine {
+ public:
+  Machine(absl::string_view data, const StorageLoader& loader)
+      : data_(data), loader_(loader) {}
+
+  absl::StatusOr<ValuePtr> Run() {
+    while (true) {
+      if (pos_ >= data_.size()) return Bad("ends before STOP");
+      const uint8_t op = static_cast<uint8_t>(data_[pos_++]);
+      switch (op) {
+        case 0x80:  // PROTO
+          CLIPSERVE_RETURN_IF_ERROR(Skip(1));
+          break;
+        case 0x95:  // FRAME
+          CLIPSERVE_RETURN_IF_ERROR(Skip(8));
+          break;
+        case '.': {  // STOP
+          if (stack_.empty()) return Bad("empty stack at STOP");
+          return stack_.back();
+        }
+        case '(':
+          stack_.push_back(Make(Mark{}));
+          break;
+        case 'N':
+          stack_.push_back(Make(None{}));
+          break;
+        case 0x88:
+          stack_.push_back(Make(true));
+          break;
+        case 0x89:
+          stack_.push_back(Make(false));
+          break;
+        case '}':
+          stack_.push_back(Make(Dict{}));
+          break;
+        case ']':
+          stack_.push_back(Make(List{}));
+          break;
+        case ')':
+          stack_.push_back(Make(Tuple{}));
+          break;
+        case 'K': {
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t n, ReadUint(1));
+          stack_.push_back(Make(static_cast<int64_t>(n)));
+          break;
+        }
+        case 'M': {
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t n, ReadUint(2));
+          stack_.push_back(Make(static_cast<int64_t>(n)));
+          break;
+        }
+        case 'J': {
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t n, ReadUint(4));
+          stack_.push_back(Make(static_cast<int64_t>(static_cast<int32_t>(n))));
+          break;
+        }
+        case 0x8a: {  // LONG1: little-endian two's complement of n bytes
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t n, ReadUint(1));
+          if (n > 8) return Bad("integer wider than 64 bits");
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t raw, ReadUint(n));
+          int64_t value = static_cast<int64_t>(raw);
+          if (n > 0 && n < 8 && (raw >> (8 * n - 1)) & 1) value -= int64_t{1} << (8 * n);
+          stack_.push_back(Make(value));
+          break;
+        }
+        case 'G': {  // BINFLOAT, big-endian
+          CLIPSERVE_ASSIGN_OR_RETURN(absl::string_view bytes, Read(8));
+          uint64_t bits = 0;
+          for (char c : bytes) bits = (bits << 8) | static_cast<uint8_t>(c);
+          double d;
+          std::memcpy(&d, &bits, 8);
+          stack_.push_back(Make(d));
+          break;
+        }
+        case 'X':    // BINUNICODE
+        case 'B':    // BINBYTES
+        case 0x8c:   // SHORT_BINUNICODE
+        case 'C':    // SHORT_BINBYTES
+        case 'U': {  // SHORT_BINSTRING
+          const int width = (op == 'X' || op == 'B') ? 4 : 1;
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t n, ReadUint(width));
+          CLIPSERVE_ASSIGN_OR_RETURN(absl::string_view s, Read(n));
+          stack_.push_back(Make(std::string(s)));
+          break;
+        }
+        case 'c': {  // GLOBAL "module\nname\n"
+          CLIPSERVE_ASSIGN_OR_RETURN(std::string module, ReadLine());
+          CLIPSERVE_ASSIGN_OR_RETURN(std::string name, ReadLine());
+          stack_.push_back(Make(Global{module, name}));
+          break;
+        }
+        case 0x93: {  // STACK_GLOBAL
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr name, Pop());
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr module, Pop());
+          const auto* m = std::get_if<std::string>(&module->v);
+          const auto* n = std::get_if<std::string>(&name->v);
+          if (m == nullptr || n == nullptr) return Bad("STACK_GLOBAL needs two strings");
+          stack_.push_back(Make(Global{*m, *n}));
+          break;
+        }
+        case 'q':
+        case 'r': {  // BINPUT, LONG_BINPUT
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t index, ReadUint(op == 'q' ? 1 : 4));
+          if (stack_.empty()) return Bad("PUT on an empty stack");
+          memo_[index] = stack_.back();
+          break;
+        }
+        case 0x94:  // MEMOIZE
+          if (stack_.empty()) return Bad("MEMOIZE on an empty stack");
+          memo_[memo_.size()] = stack_.back();
+          break;
+        case 'h':
+        case 'j': {  // BINGET, LONG_BINGET
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t index, ReadUint(op == 'h' ? 1 : 4));
+          auto it = memo_.find(index);
+          if (it == memo_.end()) return Bad("GET of an unknown memo slot");
+          stack_.push_back(it->second);
+          break;
+        }
+        case 't': {  // TUPLE
+          CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
+          stack_.push_back(Make(Tuple(std::move(items))));
+          break;
+        }
+        case 0x85:
+        case 0x86:
+        case 0x87: {  // TUPLE1..3
+          const size_t n = op - 0x84;
+          if (stack_.size() < n) return Bad("TUPLEn on a short stack");
+          Tuple tuple(std::vector<ValuePtr>(stack_.end() - n, stack_.end()));
+          stack_.resize(stack_.size() - n);
+          stack_.push_back(Make(std::move(tuple)));
+          break;
+        }
+        case 's': {  // SETITEM
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr value, Pop());
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr key, Pop());
+          CLIPSERVE_RETURN_IF_ERROR(SetItems({key, value}));
+          break;
+        }
+        case 'u': {  // SETITEMS
+          CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
+          if (items.size() % 2 != 0) return Bad("SETITEMS with an odd item count");
+          CLIPSERVE_RETURN_IF_ERROR(SetItems(items));
+          break;
+        }
+        case 'a': {  // APPEND
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr value, Pop());
+          CLIPSERVE_RETURN_IF_ERROR(Append({value}));
+          break;
+        }
+        case 'e': {  // APPENDS
+          CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
+          CLIPSERVE_RETURN_IF_ERROR(Append(items));
+          break;
+        }
+        case 'Q': {  // BINPERSID
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr pid, Pop());
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr storage, PersistentLoad(pid));
+          stack_.push_back(storage);
+          break;
+        }
+        case 'R': {  // REDUCE
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr args, Pop());
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr callable, Pop());
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr result, Reduce(callable, args));
+          stack_.push_back(result);
+          break;
+        }
+        case 0x81: {  // NEWOBJ: cls.__new__(cls, *args) -> inert
+          CLIPSERVE_RETURN_IF_ERROR(Pop().status());
+          CLIPSERVE_RETURN_IF_ERROR(Pop().status());
+          stack_.push_back(Make(Opaque{}));
+          break;
+        }
+        case 'b': {  // BUILD: setstate; only objects we ignore get state
+          CLIPSERVE_RETURN_IF_ERROR(Pop().status());
+          if (stack_.empty()) return Bad("BUILD on an empty stack");
+          break;
+        }
+        default:
+          return Bad(absl::StrFormat("unsupported opcode 0x%02x at byte %d", op, pos_ - 1));
+      }
+    }
+  }
+
+ private:
+  absl::Status Skip(size_t n) { return Read(n).status(); }
+
+  absl::StatusOr<absl::string_view> Read(uint64_t n) {
+    if (n > data_.size() - pos_) return Bad("truncated");
+    absl::string_view out = data_.substr(pos_, n);
+    pos_ += n;
+    return out;
+  }
+
+  absl::StatusOr<uint64_t> ReadUint(uint64_t n) {
+    CLIPSERVE_ASSIGN_OR_RETURN(absl::string_view bytes, Read(n));
+    uint64_t value = 0;
+    for (uint64_t i = 0; i < n; ++i) value |= uint64_t{static_cast<uint8_t>(bytes[i])} << (8 * i);
+    return value;
+  }
+
+  absl::StatusOr<std::string> ReadLine() {
+    const size_t end = data_.find('\n', pos_);
+    if (end == absl::string_view::npos || end - pos_ > 256) return Bad("bad GLOBAL");
+    std::string line(data_.substr(pos_, end - pos_));
+    pos_ = end + 1;
+    return line;
+  }
+
+  absl::StatusOr<ValuePtr> Pop() {
+    if (stack_.empty()) return Bad("stack underflow");
+    ValuePtr out = std::move(stack_.back());
+    stack_.pop_back();
+    if (std::holds_alternative<Mark>(out->v)) return Bad("unexpected MARK");
+    return out;
+  }
+
+  absl::StatusOr<std::vector<ValuePtr>> PopToMark() {
+    for (size_t i = stack_.size(); i-- > 0;) {
+      if (std::holds_alternative<Mark>(stack_[i]->v)) {
+        std::vector<ValuePtr> items(stack_.begin() + i + 1, stack_.end());
+        stack_.resize(i);
+        return items;
+      }
+    }
+    return Bad("no MARK");
+  }
+
+  absl::Status SetItems(const std::vector<ValuePtr>& items) {
+    if (stack_.empty()) return Bad("SETITEM on an empty stack");
+    auto* dict = std::get_if<Dict>(&stack_.back()->v);
+    if (dict == nullptr) {
+      if (std::holds_alternative<Opaque>(stack_.back()->v)) return absl::OkStatus();
+      return Bad("SETITEM on a non-dict");
+    }
+    for (size_t i = 0; i < items.size(); i += 2) dict->emplace_back(items[i], items[i + 1]);
+    return absl::OkStatus();
+  }
+
+  absl::Status Append(const std::vector<ValuePtr>& items) {
+    if (stack_.empty()) return Bad("APPEND on an empty stack");
+    auto* list = std::get_if<List>(&stack_.back()->v);
+    if (list == nullptr) {
+      if (std::holds_alternative<Opaque>(stack_.back()->v)) return absl::OkStatus();
+      return Bad("APPEND on a non-list");
+    }
+    list->insert(list->end(), items.begin(), items.end());
+    return absl::OkStatus();
+  }
+
+  // pid = ("storage", <torch.XStorage>, key, location, numel)
+  absl::StatusOr<ValuePtr> PersistentLoad(const ValuePtr& pid) {
+    const auto* tuple = std::get_if<Tuple>(&pid->v);
+    if (tuple == nullptr || tuple->size() != 5) return Bad("persistent id is not a 5-tuple");
+    const auto* tag = std::get_if<std::string>(&(*tuple)[0]->v);
+    const auto* type = std::get_if<Global>(&(*tuple)[1]->v);
+    const auto* key = std::get_if<std::string>(&(*tuple)[2]->v);
+    const auto* numel = std::get_if<int64_t>(&(*tuple)[4]->v);
+    if (tag == nullptr || *tag != "storage" || type == nullptr || key == nullptr ||
+        numel == nullptr || *numel < 0) {
+      return Bad("persistent id is not a storage reference");
+    }
+    torch::ScalarType dtype;
+    if (type->module != "torch" || !StorageDtype(type->name, &dtype)) {
+      return Bad(absl::StrCat("unsupported storage type ", type->module, ".", type->name));
+    }
+    auto cached = storages_.find(*key);
+    if (cached != storages_.end()) return cached->second;
+    CLIPSERVE_ASSIGN_OR_RETURN(torch::Tensor storage, loader_(*key, dtype, *numel));
+    ValuePtr value = Make(storage);
+    storages_.emplace(*key, value);
+    return value;
+  }
+
+  absl::StatusOr<ValuePtr> Reduce(const ValuePtr& callable, const ValuePtr& args) {
+    const auto* global = std::get_if<Global>(&callable->v);
+    const auto* tuple = std::get_if<Tuple>(&args->v);
+    if (global == nullptr || tuple == nullptr) return Make(Opaque{});
+    if (global->module == "collections" && global->name == "OrderedDict") {
+      return Make(Dict{});
+    }
+    if (global->module == "torch._utils" && global->name == "_rebuild_parameter") {
+      if (tuple->empty()) return Bad("_rebuild_parameter without a tensor");
+      return (*tuple)[0];
+    }
+    if (global->module == "torch._utils" && global->name == "_rebuild_tensor_v2") {
+      if (tuple->size() < 4) return Bad("_rebuild_tensor_v2 needs 4+ arguments");
+      const auto* storage = std::get_if<torch::Tensor>(&(*tuple)[0]->v);
+      const auto* offset = std::get_if<int64_t>(&(*tuple)[1]->v);
+      if (storage == nullptr || offset == nullptr) return Bad("bad _rebuild_tensor_v2 args");
+      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> size, IntTuple((*tuple)[2], "size"));
+      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> stride, IntTuple((*tuple)[3], "stride"));
+      if (size.size() != stride.size()) return Bad("size and stride ranks differ");
+      // The view must stay inside its storage.
+      int64_t last = *offset;
+      bool empty = false;
+      for (size_t d = 0; d < size.size(); ++d) {
+        if (size[d] < 0 || stride[d] < 0) return Bad("negative size or stride");
+        if (size[d] == 0) empty = true;
+        if (size[d] > 0 && stride[d] > 0 &&
+            (size[d] - 1) > (std::numeric_limits<int64_t>::max() - last) / stride[d]) {
+          return Bad("tensor view overflows");
+        }
+        if (size[d] > 0) last += (size[d] - 1) * stride[d];
+      }
+      if (*offset < 0 || (!empty && last >= storage->numel())) {
+        return Bad("tensor view reaches outside its storage");
+      }
+      return Make(storage->as_strided(size, stride, *offset));
+    }
+    return Make(Opaque{});
+  }
+
+  absl::string_view data_;
+  size_t pos_ = 0;
+  const StorageLoader& loader_;
+  std::vector<ValuePtr> stack_;
+  std::unordered_map<uint64_t, ValuePtr> memo_;
+  std::map<std::string, ValuePtr> storages_;
+};
+
+}  // namespace
+
+absl::StatusOr<TensorMap> TensorsFromTorchPickle(absl::string_view pickle,
+                                                 const StorageLoader& load_storage) {
+  Machine machine(pickle, load_storage);
+  CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr root, machine.Run());
+  const Dict* dict = std::get_if<Dict>(&root->v);
+  if (dict == nullptr) return absl::InvalidArgumentError("torch.save file holds no dict");
+  for (const auto& [key, value] : *dict) {
+    const auto* name = std::get_if<std::string>(&key->v);
+    const auto* inner = std::get_if<Dict>(&value->v);
+    if (name != nullptr && *name == "state_dict" && inner != nullptr) {
+      dict = inner;
+      break;
+    }
+  }
+  TensorMap out;
+  bool all_module_prefixed = true;
+  for (const auto& [key, value] : *dict) {
+    const auto* name = std::get_if<std::string>(&key->v);
+    const auto* tensor = std::get_if<torch::Tensor>(&value->v);
+    if (name == nullptr || tensor == nullptr) continue;
+    all_module_prefixed = all_module_prefixed && absl::StartsWith(*name, "module.");
+    out.emplace(*name, *tensor);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("checkpoint holds no tensors");
+  if (all_module_prefixed) {
+    TensorMap stripped;
+    for (auto& [key, tensor] : out) stripped.emplace(key.substr(7), std::move(tensor));
+    out = std::move(stripped);
+  }
+  return out;
+}
+
+}  // namespace clipserve

@@ -1,0 +1,37 @@
+#ifndef CLIPSERVE_SERVER_MODEL_TORCH_PICKLE_H_
+#define CLIPSERVE_SERVER_MODEL_TORCH_PICKLE_H_
+
+#include <functional>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/model/clip_model.h"
+
+namespace clipserve {
+
+// Loads the raw bytes of storage `key` (the zip record "<archive>/data/<key>").
+using StorageLoader = std::function<absl::StatusOr<torch::Tensor>(
+    const std::string& key, torch::ScalarType dtype, int64_t numel)>;
+
+// Reads the tensors out of the pickle of a torch.save zip archive (`data.pkl`).
+//
+// A small, safe pickle machine: it understands the opcodes torch.save emits
+// (protocols 2-5) and the few globals a state dict uses (collections.OrderedDict,
+// torch._utils._rebuild_tensor_v2 and _rebuild_parameter, torch.*Storage); it never
+// imports or calls anything, and any other global becomes an inert placeholder (so a
+// training checkpoint's argparse.Namespace is skipped, not executed). LibTorch 1.13's
+// own unpickler cannot read state dicts (no OrderedDict, no SETITEM).
+//
+// Returns the string-keyed tensors of the top-level dict, or of its "state_dict"
+// entry when that is a dict; a "module." prefix on every key (DataParallel) is
+// stripped. INVALID_ARGUMENT for a malformed pickle, an unsupported opcode, a tensor
+// view outside its storage, or no tensors at all.
+absl::StatusOr<TensorMap> TensorsFromTorchPickle(absl::string_view pickle,
+                                                 const StorageLoader& load_storage);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_MODEL_TORCH_PICKLE_H_

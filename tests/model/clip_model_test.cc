@@ -1,0 +1,359 @@
+// The C++ CLIP model against the Python reference (tests/reference/): every tower,
+// every checkpoint layout, fp32 and bf16, batched and single.
+
+#include "server/model/clip_model.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include "absl/strings/match.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/model/checkpoint.h"
+#include "server/model/contrastive_loss.h"
+#include "server/model/model_config.h"
+#include "server/model/model_loader.h"
+
+namespace clipserve {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+const std::string kFixtures = CLIPSERVE_MODEL_FIXTURES;
+const char* const kCases[] = {"vit_transformer", "resnet_transformer", "vit_cbow",
+                              "vit_gelu"};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << "missing fixture " << path
+                         << " (ctest runs model.generate_fixtures first)";
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// Reads a torch.save'd dict of tensors written by the reference.
+std::map<std::string, torch::Tensor> LoadPt(const std::string& path) {
+  const std::string bytes = ReadFile(path);
+  std::map<std::string, torch::Tensor> out;
+  if (bytes.empty()) return out;
+  c10::IValue value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  for (const auto& item : value.toGenericDict()) {
+    out.emplace(item.key().toStringRef(), item.value().toTensor());
+  }
+  return out;
+}
+
+struct Case {
+  std::string name;
+  std::string dir;
+  nlohmann::json manifest;
+  ClipConfig config;
+  std::map<std::string, torch::Tensor> inputs;
+  std::map<std::string, torch::Tensor> expected;
+};
+
+Case LoadCase(const std::string& name) {
+  Case c;
+  c.name = name;
+  c.dir = kFixtures + "/" + name;
+  c.manifest = nlohmann::json::parse(ReadFile(c.dir + "/manifest.json"));
+  auto config = ParseOpenClipConfig(ReadFile(c.dir + "/config.json"));
+  EXPECT_TRUE(config.ok()) << config.status();
+  c.config = *config;
+  c.inputs = LoadPt(c.dir + "/inputs.pt");
+  c.expected = LoadPt(c.dir + "/expected.pt");
+  return c;
+}
+
+double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+double MinRowCosine(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::cosine_similarity(a.to(torch::kDouble), b.to(torch::kDouble), 1)
+      .min()
+      .item<double>();
+}
+
+std::unique_ptr<ClipModel> LoadEntry(const Case& c, const nlohmann::json& entry,
+                                     CheckpointFormat* format) {
+  const std::string path =
+      c.dir + "/" + (entry.contains("dir") ? entry["dir"].get<std::string>()
+                                           : entry["path"].get<std::string>());
+  ReadCheckpointOptions options;
+  options.config = c.config;  // head counts are not in the shapes of tiny models
+  auto checkpoint = ReadCheckpoint(path, options);
+  EXPECT_TRUE(checkpoint.ok()) << path << ": " << checkpoint.status();
+  if (!checkpoint.ok()) return nullptr;
+  *format = checkpoint->format;
+  auto model = ClipModel::Create(checkpoint->config);
+  EXPECT_TRUE(model.ok()) << model.status();
+  const absl::Status loaded = (*model)->LoadWeights(std::move(checkpoint->weights));
+  EXPECT_TRUE(loaded.ok()) << path << ": " << loaded;
+  return loaded.ok() ? *std::move(model) : nullptr;
+}
+
+CheckpointFormat ExpectedFormat(const std::string& layout) {
+  if (layout == "openai_torchscript") return CheckpointFormat::kOpenAiTorchScript;
+  if (layout == "torch_state_dict" || layout == "torch_training_checkpoint") {
+    return CheckpointFormat::kStateDict;
+  }
+  if (layout == "safetensors") return CheckpointFormat::kSafetensors;
+  if (layout == "open_clip_dir") return CheckpointFormat::kOpenClip;
+  return CheckpointFormat::kHuggingFace;
+}
+
+class ReferenceParityTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ReferenceParityTest, EveryLayoutMatchesTheReferenceInFp32) {
+  const Case c = LoadCase(GetParam());
+  ASSERT_FALSE(c.expected.empty());
+  const torch::Tensor& images = c.inputs.at("images");
+  const torch::Tensor& texts = c.inputs.at("texts");
+  const torch::Tensor& lengths = c.inputs.at("text_lengths");
+  int checked = 0;
+  for (const auto& entry : c.manifest["checkpoints"]) {
+    const std::string path = entry["path"];
+    SCOPED_TRACE(c.name + "/" + path);
+    CheckpointFormat format;
+    auto model = LoadEntry(c, entry, &format);
+    ASSERT_NE(model, nullptr);
+    EXPECT_EQ(format, ExpectedFormat(entry["layout"]));
+    const auto expected = LoadPt(c.dir + "/" + entry["expected"].get<std::string>());
+    auto image_features = model->EncodeImage(images, /*normalize=*/false);
+    auto text_features = model->EncodeText(texts, lengths, /*normalize=*/false);
+    ASSERT_TRUE(image_features.ok()) << image_features.status();
+    ASSERT_TRUE(text_features.ok()) << text_features.status();
+    EXPECT_LE(MaxAbsDiff(*image_features, expected.at("image_features")), 1e-4);
+    EXPECT_LE(MaxAbsDiff(*text_features, expected.at("text_features")), 1e-4);
+    EXPECT_GE(MinRowCosine(*image_features, expected.at("image_features")), 0.99999);
+    EXPECT_GE(MinRowCosine(*text_features, expected.at("text_features")), 0.99999);
+
+    EXPECT_NEAR(model->logit_scale(), expected.at("logit_scale").item<float>(), 1e-4);
+    auto logits = ScaledLogits(NormalizeRows(*image_features), NormalizeRows(*text_features),
+                               model->logit_scale());
+    ASSERT_TRUE(logits.ok());
+    EXPECT_LE(MaxAbsDiff(*logits, expected.at("logits_per_image")), 1e-3);
+    EXPECT_LE(MaxAbsDiff(logits->t(), expected.at("logits_per_text")), 1e-3);
+    auto loss = ComputeContrastiveLoss(*logits);
+    ASSERT_TRUE(loss.ok());
+    EXPECT_NEAR(loss->image_to_text, expected.at("loss_image_to_text").item<double>(), 1e-4);
+    EXPECT_NEAR(loss->text_to_image, expected.at("loss_text_to_image").item<double>(), 1e-4);
+    EXPECT_NEAR(loss->mean, expected.at("loss").item<double>(), 1e-4);
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);
+}
+
+TEST_P(ReferenceParityTest, BatchOfEightEqualsEightSingles) {
+  const Case c = LoadCase(GetParam());
+  CheckpointFormat format;
+  auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
+  ASSERT_NE(model, nullptr);
+  const torch::Tensor& images = c.inputs.at("images");
+  const torch::Tensor& texts = c.inputs.at("texts");
+  const torch::Tensor& lengths = c.inputs.at("text_lengths");
+  ASSERT_EQ(images.size(0), 8);
+  auto batch_images = model->EncodeImage(images, true);
+  auto batch_texts = model->EncodeText(texts, lengths, true);
+  ASSERT_TRUE(batch_images.ok() && batch_texts.ok());
+  for (int64_t i = 0; i < 8; ++i) {
+    auto one_image = model->EncodeImage(images.narrow(0, i, 1), true);
+    // Each text alone, padded only to its own length.
+    const int64_t len = lengths[i].item<int64_t>();
+    auto one_text = model->EncodeText(texts.narrow(0, i, 1).narrow(1, 0, len).contiguous(),
+                                      lengths.narrow(0, i, 1), true);
+    ASSERT_TRUE(one_image.ok() && one_text.ok());
+    EXPECT_LE(MaxAbsDiff(*one_image, batch_images->narrow(0, i, 1)), 1e-5) << "image " << i;
+    EXPECT_LE(MaxAbsDiff(*one_text, batch_texts->narrow(0, i, 1)), 1e-5) << "text " << i;
+  }
+}
+
+TEST_P(ReferenceParityTest, PaddingToLongestEqualsPaddingToContext) {
+  const Case c = LoadCase(GetParam());
+  CheckpointFormat format;
+  auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
+  ASSERT_NE(model, nullptr);
+  // The rows shorter than the context: padded to 77 or only to their longest member.
+  const torch::Tensor short_rows =
+      torch::nonzero(c.inputs.at("text_lengths") < c.config.text.context_length).squeeze(1);
+  ASSERT_GE(short_rows.size(0), 4);
+  const torch::Tensor texts = c.inputs.at("texts").index_select(0, short_rows);
+  const torch::Tensor lengths = c.inputs.at("text_lengths").index_select(0, short_rows);
+  const int64_t longest = lengths.max().item<int64_t>();
+  ASSERT_LT(longest, texts.size(1));
+  auto full = model->EncodeText(texts, lengths, false);
+  auto trimmed = model->EncodeText(texts.narrow(1, 0, longest).contiguous(), lengths, false);
+  ASSERT_TRUE(full.ok() && trimmed.ok());
+  EXPECT_LE(MaxAbsDiff(*full, *trimmed), 1e-5);
+}
+
+TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
+  const Case c = LoadCase(GetParam());
+  CheckpointFormat format;
+  auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
+  ASSERT_NE(model, nullptr);
+  const torch::Tensor& images = c.inputs.at("images");
+  const torch::Tensor& texts = c.inputs.at("texts");
+  const torch::Tensor& lengths = c.inputs.at("text_lengths");
+  auto image32 = model->EncodeImage(images, true);
+  auto text32 = model->EncodeText(texts, lengths, true);
+  ASSERT_TRUE(model->To(torch::kCPU, Precision::kBFloat16).ok());
+  EXPECT_EQ(model->precision(), Precision::kBFloat16);
+  auto image16 = model->EncodeImage(images, true);
+  auto text16 = model->EncodeText(texts, lengths, true);
+  ASSERT_TRUE(image16.ok() && text16.ok());
+  EXPECT_EQ(image16->scalar_type(), torch::kFloat);
+  EXPECT_GE(MinRowCosine(*image16, *image32), 0.999);
+  EXPECT_GE(MinRowCosine(*text16, *text32), 0.999);
+  EXPECT_GT(MaxAbsDiff(*image16, *image32), 0.0) << "bf16 run should not be bit-identical";
+}
+
+TEST_P(ReferenceParityTest, InferredArchitectureMatchesConfigButForHeads) {
+  const Case c = LoadCase(GetParam());
+  auto checkpoint = ReadCheckpoint(c.dir + "/state_dict.pt");
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const ClipConfig& inferred = checkpoint->config;
+  EXPECT_EQ(inferred.embed_dim, c.config.embed_dim);
+  EXPECT_EQ(inferred.vision.arch, c.config.vision.arch);
+  EXPECT_EQ(inferred.vision.image_size, c.config.vision.image_size);
+  EXPECT_EQ(inferred.vision.width, c.config.vision.width);
+  EXPECT_EQ(inferred.vision.layers, c.config.vision.layers);
+  EXPECT_EQ(inferred.vision.patch_size, c.config.vision.patch_size);
+  EXPECT_EQ(inferred.vision.stage_layers, c.config.vision.stage_layers);
+  EXPECT_EQ(inferred.text.arch, c.config.text.arch);
+  EXPECT_EQ(inferred.text.width, c.config.text.width);
+  EXPECT_EQ(inferred.text.layers, c.config.text.layers);
+  EXPECT_EQ(inferred.text.context_length, c.config.text.context_length);
+  EXPECT_EQ(inferred.text.vocab_size, c.config.text.vocab_size);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, ReferenceParityTest, ::testing::ValuesIn(kCases));
+
+// Checkpoints whose head counts follow OpenAI's width/64 rule load from the shapes
+// alone, as a real OpenAI .pt does, and still match the reference.
+TEST(InferredArchitectureTest, OpenAiShapedCheckpointsLoadWithoutConfig) {
+  for (const char* name : {"vit_openai_shapes", "resnet_openai_shapes"}) {
+    const Case c = LoadCase(name);
+    ASSERT_TRUE(c.manifest["heads_follow_openai_rule"].get<bool>());
+    for (const char* file : {"openai.pt", "state_dict.pt"}) {
+      SCOPED_TRACE(std::string(name) + "/" + file);
+      auto loaded = LoadModel(c.dir + "/" + file);
+      ASSERT_TRUE(loaded.ok()) << loaded.status();
+      EXPECT_FALSE(loaded->random_weights);
+      EXPECT_EQ(loaded->sha256.size(), 64u);
+      EXPECT_EQ(loaded->model->config().vision.heads, c.config.vision.heads);
+      auto images = loaded->model->EncodeImage(c.inputs.at("images"), false);
+      auto texts = loaded->model->EncodeText(c.inputs.at("texts"),
+                                             c.inputs.at("text_lengths"), false);
+      ASSERT_TRUE(images.ok() && texts.ok());
+      EXPECT_LE(MaxAbsDiff(*images, c.expected.at("image_features")), 1e-4);
+      EXPECT_LE(MaxAbsDiff(*texts, c.expected.at("text_features")), 1e-4);
+    }
+  }
+}
+
+TEST(CorruptCheckpointTest, EachGivesItsSpecificError) {
+  const std::string dir = kFixtures + "/corrupt";
+  const auto manifest = nlohmann::json::parse(ReadFile(dir + "/manifest.json"));
+  ASSERT_GE(manifest.size(), 10u);
+  for (const auto& entry : manifest) {
+    const std::string file = entry["file"];
+    SCOPED_TRACE(file);
+    auto config = ParseOpenClipConfig(ReadFile(dir + "/" + entry["config"].get<std::string>()));
+    ASSERT_TRUE(config.ok());
+    ReadCheckpointOptions options;
+    options.config = *config;
+    absl::Status status;
+    auto checkpoint = ReadCheckpoint(dir + "/" + file, options);
+    if (!checkpoint.ok()) {
+      status = checkpoint.status();
+    } else {
+      auto model = ClipModel::Create(checkpoint->config);
+      ASSERT_TRUE(model.ok());
+      status = (*model)->LoadWeights(std::move(checkpoint->weights));
+    }
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    if (entry.contains("key") && entry["key"].is_string()) {
+      EXPECT_THAT(status.message(), HasSubstr(entry["key"].get<std::string>()));
+    }
+  }
+}
+
+TEST(CheckpointTest, MissingPathIsNotFound) {
+  EXPECT_EQ(ReadCheckpoint("/nonexistent/model.pt").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(HuggingFaceKeysTest, UnknownKeyAndIncompleteQkvAreNamed) {
+  TensorMap unknown;
+  unknown["vision_model.mystery.weight"] = torch::zeros({1});
+  EXPECT_THAT(MapHuggingFaceKeys(unknown).status().message(),
+              HasSubstr("vision_model.mystery.weight"));
+  TensorMap partial;
+  partial["text_model.encoder.layers.0.self_attn.q_proj.weight"] = torch::zeros({4, 4});
+  partial["text_model.encoder.layers.0.self_attn.k_proj.weight"] = torch::zeros({4, 4});
+  EXPECT_THAT(MapHuggingFaceKeys(partial).status().message(), HasSubstr("v_proj.weight"));
+}
+
+TEST(DemoModelTest, SeededPresetIsDeterministicAndReportsRandomWeights) {
+  auto a = LoadModel("demo:ViT-B-32");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->random_weights);
+  EXPECT_EQ(a->format, CheckpointFormat::kDemo);
+  EXPECT_TRUE(a->sha256.empty());
+  const ClipModel& model = *a->model;
+  EXPECT_EQ(model.config().embed_dim, 512);
+  EXPECT_NEAR(model.num_parameters(), 151.3e6, 0.5e6);
+  torch::Tensor images = torch::randn({2, 3, 224, 224}, torch::Generator(
+      at::make_generator<at::CPUGeneratorImpl>(7)));
+  auto features = model.EncodeImage(images, true);
+  ASSERT_TRUE(features.ok()) << features.status();
+  EXPECT_EQ(features->sizes(), (std::vector<int64_t>{2, 512}));
+  EXPECT_NEAR(features->norm(2, 1).min().item<float>(), 1.0f, 1e-5);
+  EXPECT_FALSE(torch::isnan(*features).any().item<bool>());
+
+  auto b = LoadModel("demo:ViT-B-32");
+  ASSERT_TRUE(b.ok());
+  auto again = b->model->EncodeImage(images, true);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(torch::equal(*features, *again));
+  EXPECT_EQ(LoadModel("demo:NoSuchNet").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ClipModelTest, RejectsBadInputsWithoutThrowing) {
+  auto config = PresetConfig("ViT-B-32");
+  ASSERT_TRUE(config.ok());
+  config->vision.width = 64;
+  config->vision.heads = 1;
+  config->vision.layers = 1;
+  config->text.width = 64;
+  config->text.heads = 1;
+  config->text.layers = 1;
+  auto model = ClipModel::Create(*config);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->EncodeImage(torch::zeros({1, 3, 100, 100}), true).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  torch::Tensor ids = torch::full({1, 3}, 49407, torch::kLong);
+  EXPECT_EQ((*model)->EncodeText(ids, torch::tensor({4}, torch::kLong), true).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*model)
+                ->EncodeText(torch::full({1, 2}, 50000, torch::kLong),
+                             torch::tensor({2}, torch::kLong), true)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*model)->To(torch::kCPU, Precision::kFloat16).code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace clipserve

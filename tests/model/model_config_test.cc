@@ -1,0 +1,201 @@
+#include "server/model/model_config.h"
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(PresetConfigTest, PublishedDimensions) {
+  struct Expected {
+    const char* name;
+    int embed_dim, image_size, width, layers, patch, heads, text_width, text_heads;
+  };
+  const Expected expected[] = {
+      {"ViT-B-32", 512, 224, 768, 12, 32, 12, 512, 8},
+      {"ViT-B-16", 512, 224, 768, 12, 16, 12, 512, 8},
+      {"ViT-L-14", 768, 224, 1024, 24, 14, 16, 768, 12},
+      {"ViT-L-14-336", 768, 336, 1024, 24, 14, 16, 768, 12},
+      {"RN50", 1024, 224, 64, 16, 0, 32, 512, 8},
+      {"RN101", 512, 224, 64, 33, 0, 32, 512, 8},
+      {"RN50x4", 640, 288, 80, 26, 0, 40, 640, 10},
+      {"RN50x16", 768, 384, 96, 40, 0, 48, 768, 12},
+      {"RN50x64", 1024, 448, 128, 64, 0, 64, 1024, 16},
+  };
+  EXPECT_EQ(PresetNames().size(), std::size(expected));
+  for (const Expected& e : expected) {
+    SCOPED_TRACE(e.name);
+    auto c = PresetConfig(e.name);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->embed_dim, e.embed_dim);
+    EXPECT_EQ(c->vision.image_size, e.image_size);
+    EXPECT_EQ(c->vision.width, e.width);
+    EXPECT_EQ(c->vision.layers, e.layers);
+    EXPECT_EQ(c->vision.patch_size, e.patch);
+    EXPECT_EQ(c->vision.heads, e.heads);
+    EXPECT_EQ(c->text.width, e.text_width);
+    EXPECT_EQ(c->text.heads, e.text_heads);
+    EXPECT_EQ(c->text.layers, 12);
+    EXPECT_EQ(c->text.context_length, 77);
+    EXPECT_EQ(c->text.vocab_size, 49408);
+    EXPECT_TRUE(c->quick_gelu);
+    EXPECT_TRUE(ValidateConfig(*c).ok());
+  }
+  EXPECT_EQ(PresetConfig("ViT-H-99").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ParseOpenClipConfigTest, VitWithPreprocessing) {
+  auto c = ParseOpenClipConfig(R"({
+    "model_cfg": {"embed_dim": 32, "quick_gelu": true,
+      "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                     "head_width": 16},
+      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
+                   "layers": 2}},
+    "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->vision.arch, VisionArch::kVisionTransformer);
+  EXPECT_EQ(c->vision.heads, 4);
+  EXPECT_EQ(c->text.arch, TextArch::kTransformer);
+  EXPECT_FLOAT_EQ(c->image_mean[1], 0.5f);
+  EXPECT_FLOAT_EQ(c->image_std[2], 0.25f);
+}
+
+TEST(ParseOpenClipConfigTest, ResNetAndCbow) {
+  auto c = ParseOpenClipConfig(R"({"embed_dim": 32,
+      "vision_cfg": {"image_size": 64, "layers": [1, 2, 1, 1], "width": 16,
+                     "head_width": 16},
+      "text_cfg": {"encoder_type": "cbow", "width": 48}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->vision.arch, VisionArch::kModifiedResNet);
+  EXPECT_EQ(c->vision.stage_layers[1], 2);
+  EXPECT_EQ(c->vision.heads, 16 * 32 / 16);
+  EXPECT_EQ(c->text.arch, TextArch::kCbow);
+  EXPECT_EQ(c->text.width, 48);
+  EXPECT_FALSE(c->quick_gelu);
+}
+
+TEST(ParseOpenClipConfigTest, ErrorsNameTheField) {
+  EXPECT_THAT(ParseOpenClipConfig("not json").status().message(), HasSubstr("JSON"));
+  EXPECT_THAT(ParseOpenClipConfig(R"({"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}})")
+                  .status()
+                  .message(),
+              HasSubstr("vision_cfg.image_size"));
+  EXPECT_THAT(
+      ParseOpenClipConfig(R"({"embed_dim": 8,
+          "vision_cfg": {"image_size": 30, "layers": 1, "width": 64, "patch_size": 8},
+          "text_cfg": {"width": 64, "heads": 1, "layers": 1}})")
+          .status()
+          .message(),
+      HasSubstr("patch_size"));
+  EXPECT_EQ(ParseOpenClipConfig(R"({"embed_dim": -1, "vision_cfg": {}, "text_cfg": {}})")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ParseHfConfigTest, ReadsTheTransformersSchema) {
+  auto c = ParseHfConfig(R"({"model_type": "clip", "projection_dim": 32,
+      "text_config": {"hidden_size": 64, "intermediate_size": 256,
+        "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 77,
+        "vocab_size": 49408, "hidden_act": "quick_gelu"},
+      "vision_config": {"hidden_size": 64, "intermediate_size": 256,
+        "num_attention_heads": 4, "num_hidden_layers": 2, "image_size": 32,
+        "patch_size": 8, "hidden_act": "quick_gelu"}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->embed_dim, 32);
+  EXPECT_EQ(c->vision.patch_size, 8);
+  EXPECT_DOUBLE_EQ(c->vision.mlp_ratio, 4.0);
+  EXPECT_TRUE(c->quick_gelu);
+  EXPECT_FALSE(ParseHfConfig(R"({"model_type": "bert"})").ok());
+}
+
+ShapeMap VitB32Shapes() {
+  ShapeMap s;
+  s["visual.proj"] = {768, 512};
+  s["visual.conv1.weight"] = {768, 3, 32, 32};
+  s["visual.positional_embedding"] = {50, 768};
+  for (int i = 0; i < 12; ++i) {
+    const std::string v = "visual.transformer.resblocks." + std::to_string(i);
+    s[v + ".attn.in_proj_weight"] = {2304, 768};
+    s[v + ".mlp.c_fc.weight"] = {3072, 768};
+    const std::string t = "transformer.resblocks." + std::to_string(i);
+    s[t + ".attn.in_proj_weight"] = {1536, 512};
+    s[t + ".mlp.c_fc.weight"] = {2048, 512};
+  }
+  s["text_projection"] = {512, 512};
+  s["token_embedding.weight"] = {49408, 512};
+  s["positional_embedding"] = {77, 512};
+  s["ln_final.weight"] = {512};
+  return s;
+}
+
+TEST(InferConfigTest, ViTB32FromShapesMatchesPreset) {
+  auto inferred = InferConfigFromStateDict(VitB32Shapes());
+  ASSERT_TRUE(inferred.ok()) << inferred.status();
+  auto preset = PresetConfig("ViT-B-32");
+  EXPECT_EQ(inferred->embed_dim, preset->embed_dim);
+  EXPECT_EQ(inferred->vision.image_size, 224);
+  EXPECT_EQ(inferred->vision.patch_size, 32);
+  EXPECT_EQ(inferred->vision.layers, 12);
+  EXPECT_EQ(inferred->vision.heads, 12);
+  EXPECT_EQ(inferred->text.layers, 12);
+  EXPECT_EQ(inferred->text.heads, 8);
+  EXPECT_EQ(inferred->text.context_length, 77);
+}
+
+TEST(InferConfigTest, ResNetStagesFromKeys) {
+  ShapeMap s;
+  s["visual.attnpool.positional_embedding"] = {50, 2048};
+  s["visual.layer1.0.conv1.weight"] = {64, 64, 1, 1};
+  const int stages[4] = {3, 4, 6, 3};
+  for (int b = 0; b < 4; ++b) {
+    for (int i = 0; i < stages[b]; ++i) {
+      s["visual.layer" + std::to_string(b + 1) + "." + std::to_string(i) + ".conv1.weight"] =
+          {64, 64, 1, 1};
+    }
+  }
+  s["text_projection"] = {512, 1024};
+  s["token_embedding.weight"] = {49408, 512};
+  s["positional_embedding"] = {77, 512};
+  s["ln_final.weight"] = {512};
+  s["transformer.resblocks.0.attn.in_proj_weight"] = {1536, 512};
+  s["transformer.resblocks.0.mlp.c_fc.weight"] = {2048, 512};
+  auto c = InferConfigFromStateDict(s);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->vision.arch, VisionArch::kModifiedResNet);
+  EXPECT_EQ(c->vision.stage_layers, (std::array<int, 4>{3, 4, 6, 3}));
+  EXPECT_EQ(c->vision.image_size, 224);
+  EXPECT_EQ(c->vision.heads, 32);
+  EXPECT_EQ(c->embed_dim, 1024);
+}
+
+TEST(InferConfigTest, CbowWithoutPositionalEmbedding) {
+  ShapeMap s = VitB32Shapes();
+  for (auto it = s.begin(); it != s.end();) {
+    const bool text_transformer = it->first.rfind("transformer.", 0) == 0;
+    it = (text_transformer || it->first == "positional_embedding" ||
+          it->first == "ln_final.weight")
+             ? s.erase(it)
+             : std::next(it);
+  }
+  auto c = InferConfigFromStateDict(s);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->text.arch, TextArch::kCbow);
+  EXPECT_EQ(c->text.width, 512);
+}
+
+TEST(InferConfigTest, MissingKeysAreNamed) {
+  ShapeMap s = VitB32Shapes();
+  s.erase("text_projection");
+  EXPECT_THAT(InferConfigFromStateDict(s).status().message(), HasSubstr("text_projection"));
+  EXPECT_THAT(InferConfigFromStateDict({}).status().message(), HasSubstr("visual.proj"));
+  s = VitB32Shapes();
+  s["visual.positional_embedding"] = {51, 768};
+  EXPECT_THAT(InferConfigFromStateDict(s).status().message(), HasSubstr("square"));
+}
+
+}  // namespace
+}  // namespace clipserve

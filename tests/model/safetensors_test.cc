@@ -1,0 +1,83 @@
+#include "server/model/safetensors.h"
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Builds a safetensors byte string from a header and a data section.
+std::string File(const std::string& header, size_t data_bytes, uint64_t declared = 0) {
+  const uint64_t n = declared ? declared : header.size();
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + header + std::string(data_bytes, '\x01');
+}
+
+absl::StatusOr<std::vector<SafetensorsEntry>> Parse(const std::string& file) {
+  return ParseSafetensorsHeader(file, file.size());
+}
+
+TEST(SafetensorsHeaderTest, ParsesEntriesInNameOrder) {
+  auto entries = Parse(File(
+      R"({"b": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
+          "a": {"dtype": "F32", "shape": [3], "data_offsets": [12, 24]},
+          "__metadata__": {"format": "pt"}})",
+      24));
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 2u);
+  EXPECT_EQ((*entries)[0].name, "a");
+  EXPECT_EQ((*entries)[0].dtype, SafetensorsDtype::kF32);
+  EXPECT_EQ((*entries)[1].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ((*entries)[1].end, 12u);
+}
+
+TEST(SafetensorsHeaderTest, RejectsEveryMalformation) {
+  const struct {
+    std::string file;
+    const char* message;
+  } cases[] = {
+      {"", "8-byte"},
+      {File("{}", 0, 1000), "past the end"},
+      {File("{}", 0, 1ull << 40), "exceeds"},
+      {File("[1, 2]", 0), "not a JSON object"},
+      {File("{not json", 0), "not a JSON object"},
+      {File(R"({"x": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}})", 1), "I8"},
+      {File(R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})", 4),
+       "need 8"},
+      {File(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}})", 4),
+       "outside"},
+      {File(R"({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4),
+       "non-negative"},
+      {File(R"({"x": {"dtype": "F32", "shape": [4611686018427387904, 8],
+                "data_offsets": [0, 4]}})", 4), "overflow"},
+      {File(R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "y": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8),
+       "overlap"},
+      {File(R"({"x": {"dtype": "F32", "shape": [1]}})", 4), "data_offsets"},
+      {File(R"({"x": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]},
+                "y": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8),
+       "2-byte hole"},
+      {File(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", 6),
+       "2 bytes that belong to no tensor"},
+  };
+  for (const auto& c : cases) {
+    auto entries = Parse(c.file);
+    EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_THAT(entries.status().message(), HasSubstr(c.message));
+  }
+}
+
+TEST(SafetensorsFileTest, MissingFileIsNotFound) {
+  EXPECT_EQ(SafetensorsFile::Open("/nonexistent/x.safetensors").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace clipserve
