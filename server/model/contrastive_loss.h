@@ -1,29 +1,41 @@
 #ifndef CLIPSERVE_SERVER_MODEL_CONTRASTIVE_LOSS_H_
 #define CLIPSERVE_SERVER_MODEL_CONTRASTIVE_LOSS_H_
 
-#include <torch/torch.h>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+// CLIP's similarity logits and symmetric contrastive loss on plain float rows (no
+// LibTorch, so the service computes them where the embeddings already are). Sums are
+// accumulated in double, so results do not depend on summation order.
 
 namespace clipserve {
 
-// scale * image_features @ text_features^T: [n, m] logits_per_image from
-// L2-normalized features [n, D] and [m, D] (fp32). logits_per_text is its transpose.
-// INVALID_ARGUMENT for mismatched widths, a non-finite or non-positive scale.
-absl::StatusOr<torch::Tensor> ScaledLogits(const torch::Tensor& image_features,
-                                           const torch::Tensor& text_features,
-                                           float scale);
+// logits_per_image [n, m] = scale * image_features @ text_features^T, row-major,
+// from n and m rows of `dim` floats (L2-normalized for CLIP's cosines).
+// INVALID_ARGUMENT when a span is not a whole number of rows, dim < 1, or the scale is
+// not finite and > 0.
+absl::StatusOr<std::vector<float>> ScaledLogits(absl::Span<const float> image_features,
+                                                absl::Span<const float> text_features,
+                                                int dim, float scale);
 
-// CLIP's symmetric contrastive loss for n paired inputs, labels 0..n-1.
+// Transposes a row-major [rows, cols] matrix.
+std::vector<float> Transpose(absl::Span<const float> matrix, int rows, int cols);
+
+// Softmax of each row of a row-major [rows, cols] matrix.
+std::vector<float> RowSoftmax(absl::Span<const float> matrix, int rows, int cols);
+
+// The symmetric contrastive loss for n paired inputs, labels 0..n-1.
 struct ContrastiveLoss {
-  double image_to_text = 0;  // mean CE over the rows of logits_per_image
-  double text_to_image = 0;  // mean CE over the rows of logits_per_text
+  double image_to_text = 0;  // mean cross-entropy over the rows of logits_per_image
+  double text_to_image = 0;  // mean cross-entropy over the rows of logits_per_text
   double mean = 0;           // (image_to_text + text_to_image) / 2
 };
 
-// Computes the loss from square logits_per_image [n, n]. INVALID_ARGUMENT when it is
-// not square or empty. Computed in fp64 for a stable last digit.
-absl::StatusOr<ContrastiveLoss> ComputeContrastiveLoss(const torch::Tensor& logits_per_image);
+// From square logits_per_image [n, n], row-major. INVALID_ARGUMENT unless n >= 1 and
+// the span holds n * n values.
+absl::StatusOr<ContrastiveLoss> ComputeContrastiveLoss(absl::Span<const float> logits, int n);
 
 }  // namespace clipserve
 
