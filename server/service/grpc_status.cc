@@ -8,6 +8,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpcpp/support/error_details.h"
+#include "server/common/status_payloads.h"
 
 namespace clipserve {
 
@@ -30,24 +31,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 absl::Status InvalidArgumentForField(absl::string_view field,
                                      absl::string_view description) {
-  absl::Status status = absl::InvalidArgumentError(absl::StrCat(field, ": ", description));
-  google::rpc::BadRequest bad_request;
-  google::rpc::BadRequest::FieldViolation* violation =
-      bad_request.add_field_violations();
-  violation->set_field(std::string(field));
-  violation->set_description(std::string(description));
-  status.SetPayload(kBadRequestTypeUrl, absl::Cord(bad_request.SerializeAsString()));
-  return status;
+  return BadRequestError(field, description);
 }
 
 absl::Status ResourceExhaustedWithRetry(absl::string_view message,
                                         absl::Duration retry_after) {
+  // The payload is written by server/common so that layers without Protobuf (the
+  // batcher) attach the very same bytes.
+  static_assert(kRetryInfoTypeUrl == kRetryInfoPayloadUrl);
   absl::Status status = absl::ResourceExhaustedError(message);
-  google::rpc::RetryInfo retry_info;
-  const int64_t nanos = absl::ToInt64Nanoseconds(retry_after);
-  retry_info.mutable_retry_delay()->set_seconds(nanos / 1000000000);
-  retry_info.mutable_retry_delay()->set_nanos(static_cast<int32_t>(nanos % 1000000000));
-  status.SetPayload(kRetryInfoTypeUrl, absl::Cord(retry_info.SerializeAsString()));
+  SetRetryInfoPayload(retry_after, &status);
   return status;
 }
 

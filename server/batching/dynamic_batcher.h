@@ -1,0 +1,418 @@
+#ifndef CLIPSERVE_SERVER_BATCHING_DYNAMIC_BATCHER_H_
+#define CLIPSERVE_SERVER_BATCHING_DYNAMIC_BATCHER_H_
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/memory/memory.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/common/clock.h"
+#include "server/common/status_payloads.h"
+
+namespace clipserve {
+
+// Configuration of a DynamicBatcher. The defaults suit one CLIP modality queue of a
+// ViT-B model; the engine sets them per modality and device from its flags.
+struct DynamicBatcherOptions {
+  // Names the queue in error messages ("image queue is full"). Default "batch".
+  std::string name = "batch";
+
+  // Most items in one batch, >= 1. Default 32: a ViT-B forward pass gains little
+  // throughput per item beyond 16-32 inputs on a CPU, while its latency grows with
+  // the batch; GPUs profit from more and the engine raises it there.
+  int max_batch_size = 32;
+
+  // Longest time the oldest queued item waits for company before a partial batch runs,
+  // >= 0 (zero: run whatever is queued as soon as a worker is free). Default 5 ms:
+  // small next to the tens of milliseconds a forward pass takes, yet long enough for
+  // concurrent requests to share a batch under load.
+  absl::Duration max_queue_delay = absl::Milliseconds(5);
+
+  // Most items waiting in the queue (not counting batches being processed),
+  // >= max_batch_size. Beyond it Schedule() fails fast with RESOURCE_EXHAUSTED.
+  // Default 1024 items, 32 full batches: at ~50 ms a batch the last item would wait
+  // about 1.6 s per worker, longer than clients typically wait, so refusing early
+  // with a retry delay serves them better than queueing.
+  int max_queue_size = 1024;
+
+  // Threads that take batches off the queue and run the process callback, >= 1.
+  // Default 1: one model execution per queue at a time; LibTorch's intra-op pool
+  // already uses every CPU core, and concurrent batches on one GPU mostly time-slice.
+  // Raise it to overlap host work (stacking, copies) with the model run.
+  int num_workers = 1;
+
+  // Bounds of the RetryInfo delay attached to RESOURCE_EXHAUSTED, 0 <= min <= max.
+  // Defaults 10 ms (sooner than that a retry would meet the same full queue) and 5 s
+  // (estimates further ahead are unreliable, and clients give up before then).
+  absl::Duration min_retry_delay = absl::Milliseconds(10);
+  absl::Duration max_retry_delay = absl::Seconds(5);
+
+  // --- Test-only ---
+
+  // Time source for enqueue times, the queue delay, item deadlines and run times; not
+  // owned, must outlive the batcher. nullptr (the default) means RealClock::Get().
+  Clock* clock = nullptr;
+};
+
+// OK, or INVALID_ARGUMENT naming the first option out of its documented range.
+absl::Status ValidateDynamicBatcherOptions(const DynamicBatcherOptions& options);
+
+// How a DynamicBatcher reads an item's deadline and cancellation. The default calls
+// the item's own methods, so an Item type either has
+//   absl::Time deadline() const;  // absl::InfiniteFuture() when there is none
+//   bool cancelled() const;       // true once the caller no longer wants the result
+// or the owner specializes BatchItemTraits<Item> (for example for a
+// std::unique_ptr<Request>). Both are called by worker threads with the batcher's lock
+// held: they must be cheap, must not block or call into the batcher, and cancelled()
+// must be safe to call while another thread cancels the item (an atomic flag).
+template <typename Item>
+struct BatchItemTraits {
+  static absl::Time Deadline(const Item& item) { return item.deadline(); }
+  static bool Cancelled(const Item& item) { return item.cancelled(); }
+};
+
+// One batch handed to the process callback.
+template <typename Item>
+struct Batch {
+  // 1 to max_batch_size items in the order they were scheduled.
+  std::vector<Item> items;
+  // enqueue_times[i]: when Schedule() accepted items[i] (by the batcher's clock).
+  std::vector<absl::Time> enqueue_times;
+  // When the worker took the items off the queue.
+  absl::Time formed_time;
+
+  // How long items[i] waited in the queue (for metrics).
+  absl::Duration QueueWait(size_t i) const { return formed_time - enqueue_times[i]; }
+};
+
+namespace batching_internal {
+
+// Exponential moving average of batch run times, each new sample weighted 1/4 (about
+// the last four batches count). Thread-compatible.
+class RunTimeAverage {
+ public:
+  void Add(absl::Duration sample);
+  // nullopt until the first sample.
+  std::optional<absl::Duration> Get() const { return average_; }
+
+ private:
+  std::optional<absl::Duration> average_;
+};
+
+// The RetryInfo delay for a request refused because `items_to_free` more queue slots
+// would have to empty first: queue slots free as workers take batches, so that takes
+// ceil(ceil(items_to_free / max_batch_size) / num_workers) rounds of one batch run
+// time each (`batch_run_time`, or max_queue_delay before any batch has run), clamped
+// to [min_retry_delay, max_retry_delay].
+absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
+                                  std::optional<absl::Duration> batch_run_time,
+                                  int64_t items_to_free);
+
+}  // namespace batching_internal
+
+// Groups items scheduled by many threads into batches for a process callback, like
+// TF Serving's BasicBatchScheduler: one bounded FIFO queue served by
+// `num_workers` threads. It knows nothing of CLIP; the engine creates one per modality
+// with Item = one preprocessed image or tokenized text plus the handle to answer it.
+// A header-only template so items are moved, never type-erased or copied.
+//
+// Batches are formed greedily: a worker takes up to max_batch_size items from the
+// front of the queue as soon as max_batch_size are queued, when the oldest one has
+// waited max_queue_delay (by the clock), or at once while shutting down. Items whose
+// call was cancelled or whose deadline has passed (by the clock, at that moment) are
+// taken out too but never occupy a batch slot: they go to the drop callback with
+// CANCELLED or DEADLINE_EXCEEDED, so their owner can answer them. (An item is only
+// checked when a batch is formed, so one whose deadline falls within the queue delay is
+// answered when its batch would have run.) A request's items may so end up in several
+// batches; RequestTracker (request_tracker.h) tells its owner when all are done.
+//
+// Batches are formed in FIFO order, items keep their order inside a batch, and with
+// one worker batches also finish in order; with several they may finish out of order.
+//
+// Callbacks run on worker threads, never with the batcher's lock held; they may call
+// Schedule() but must not call Shutdown() or destroy the batcher, and must not throw
+// (clipserve does not use exceptions; one escaping a worker ends the process).
+//
+// Thread-safe: Schedule() and NumQueuedItems() may be called from any thread.
+template <typename Item>
+class DynamicBatcher {
+ public:
+  static_assert(std::is_move_constructible_v<Item>, "items are moved into batches");
+
+  using Options = DynamicBatcherOptions;
+  // Runs one batch (takes ownership of it). Blocking is fine: it is the worker's job.
+  using ProcessBatchFn = std::function<void(Batch<Item> batch)>;
+  // Takes ownership of an item dropped for `status` (CANCELLED or DEADLINE_EXCEEDED).
+  using DropItemFn = std::function<void(Item item, absl::Status status)>;
+
+  // Validates `options` and starts the workers. INVALID_ARGUMENT for options out of
+  // range (see DynamicBatcherOptions) or an empty callback.
+  static absl::StatusOr<std::unique_ptr<DynamicBatcher>> Create(
+      const Options& options, ProcessBatchFn process_batch, DropItemFn drop_item);
+
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Shutdown(): runs every item still queued, then joins the workers.
+  ~DynamicBatcher() { Shutdown(); }
+
+  // Enqueues all of `*items` at the back of the queue, or none of them.
+  //
+  // OK: the items were moved out and `*items` is left empty; each one will reach the
+  // process callback or the drop callback exactly once. On any other status `*items`
+  // is untouched (ownership stays with the caller, as in TF Serving's Schedule()):
+  //   INVALID_ARGUMENT    `items` is null or empty, or holds more than max_queue_size
+  //                       items, which could never be queued (retrying cannot help).
+  //   RESOURCE_EXHAUSTED  the queue lacks room for all of them right now. The status
+  //                       carries a google.rpc.RetryInfo payload (status_payloads.h)
+  //                       with EstimateRetryDelay(): roughly how long until workers
+  //                       have taken enough batches off the queue to make room.
+  //   UNAVAILABLE         Shutdown() has begun.
+  // Never blocks on the workers (it takes the queue's lock only). Thread-safe.
+  absl::Status Schedule(std::vector<Item>* items) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Stops accepting items (Schedule() returns UNAVAILABLE from now on), lets the
+  // workers run everything already queued at once, without waiting for the queue delay
+  // (expired and cancelled items still go to the drop callback), and joins them.
+  // Blocks until the last callback has returned. Idempotent and thread-safe; must not
+  // be called from a callback.
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mu_, join_mu_);
+
+  // Items waiting in the queue now (a gauge for metrics). Thread-safe; never blocks
+  // for long.
+  int NumQueuedItems() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  using Traits = BatchItemTraits<Item>;
+
+  struct Entry {
+    Item item;
+    absl::Time enqueue_time;
+  };
+
+  enum class DropReason { kCancelled, kDeadlineExceeded };
+
+  struct Dropped {
+    Item item;
+    DropReason reason;
+  };
+
+  DynamicBatcher(const Options& options, ProcessBatchFn process_batch,
+                 DropItemFn drop_item)
+      : options_(options),
+        clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
+        process_batch_(std::move(process_batch)),
+        drop_item_(std::move(drop_item)) {}
+
+  void StartWorkers() ABSL_LOCKS_EXCLUDED(join_mu_);
+  void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits until a batch may be formed; false when shut down with an empty queue.
+  bool WaitForBatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves up to max_batch_size live items into `*batch`, dead ones into `*dropped`.
+  void FormBatchLocked(Batch<Item>* batch, std::vector<Dropped>* dropped)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DropStatus(DropReason reason) const;
+
+  const Options options_;
+  Clock* const clock_;
+  const ProcessBatchFn process_batch_;
+  const DropItemFn drop_item_;
+
+  // Serializes Shutdown() calls while they join; taken before mu_, never inside it.
+  absl::Mutex join_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::vector<std::thread> workers_ ABSL_GUARDED_BY(join_mu_);
+
+  mutable absl::Mutex mu_;
+  // Workers wait here for work, through clock_->WaitWithDeadline().
+  absl::CondVar work_available_;
+  std::deque<Entry> queue_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  batching_internal::RunTimeAverage run_time_ ABSL_GUARDED_BY(mu_);
+};
+
+// --- Implementation ----------------------------------------------------------------
+
+template <typename Item>
+absl::StatusOr<std::unique_ptr<DynamicBatcher<Item>>> DynamicBatcher<Item>::Create(
+    const Options& options, ProcessBatchFn process_batch, DropItemFn drop_item) {
+  absl::Status status = ValidateDynamicBatcherOptions(options);
+  if (!status.ok()) return status;
+  if (!process_batch) return absl::InvalidArgumentError("process_batch is empty");
+  if (!drop_item) return absl::InvalidArgumentError("drop_item is empty");
+  auto batcher = absl::WrapUnique(
+      new DynamicBatcher(options, std::move(process_batch), std::move(drop_item)));
+  batcher->StartWorkers();
+  return batcher;
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::StartWorkers() {
+  absl::MutexLock lock(&join_mu_);
+  workers_.reserve(options_.num_workers);
+  for (int i = 0; i < options_.num_workers; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+template <typename Item>
+absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
+  if (items == nullptr || items->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options_.name, " batcher: no items to schedule"));
+  }
+  const size_t count = items->size();
+  if (count > static_cast<size_t>(options_.max_queue_size)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(count, " items are more than the ", options_.name,
+                     " queue can ever hold (", options_.max_queue_size, ")"));
+  }
+  bool notify = false;
+  std::optional<absl::Duration> retry_delay;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return absl::UnavailableError(
+          absl::StrCat(options_.name, " batcher is shutting down"));
+    }
+    const size_t queued = queue_.size();
+    if (queued + count > static_cast<size_t>(options_.max_queue_size)) {
+      retry_delay = batching_internal::EstimateRetryDelay(
+          options_, run_time_.Get(),
+          static_cast<int64_t>(queued + count) - options_.max_queue_size);
+    } else {
+      // Read under the lock so that enqueue times never decrease along the queue.
+      const absl::Time now = clock_->Now();
+      for (Item& item : *items) queue_.push_back(Entry{std::move(item), now});
+      const size_t full = static_cast<size_t>(options_.max_batch_size);
+      // Wake a worker when it has a new oldest item to time, or a full batch to take.
+      // A worker that forms a batch and leaves items behind wakes the next one.
+      notify = queued == 0 || (queued < full && queued + count >= full);
+    }
+  }
+  if (retry_delay.has_value()) {
+    absl::Status status = absl::ResourceExhaustedError(
+        absl::StrCat(options_.name, " queue is full (", options_.max_queue_size,
+                     " items); retry after ", absl::FormatDuration(*retry_delay)));
+    SetRetryInfoPayload(*retry_delay, &status);
+    return status;
+  }
+  items->clear();
+  if (notify) work_available_.Signal();
+  return absl::OkStatus();
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    shutting_down_ = true;
+  }
+  work_available_.SignalAll();
+  absl::MutexLock lock(&join_mu_);
+  for (std::thread& worker : workers_) worker.join();
+  workers_.clear();
+}
+
+template <typename Item>
+int DynamicBatcher<Item>::NumQueuedItems() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(queue_.size());
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::WorkerLoop() {
+  std::optional<absl::Duration> last_run_time;
+  while (true) {
+    Batch<Item> batch;
+    std::vector<Dropped> dropped;
+    bool more = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (last_run_time.has_value()) run_time_.Add(*last_run_time);
+      last_run_time.reset();
+      if (!WaitForBatchLocked()) return;
+      FormBatchLocked(&batch, &dropped);
+      more = !queue_.empty();
+    }
+    // Another worker may take what is left, or time the new oldest item.
+    if (more) work_available_.Signal();
+    for (Dropped& item : dropped) {
+      drop_item_(std::move(item.item), DropStatus(item.reason));
+    }
+    if (batch.items.empty()) continue;
+    const absl::Time start = clock_->Now();
+    process_batch_(std::move(batch));
+    last_run_time = clock_->Now() - start;
+  }
+}
+
+template <typename Item>
+bool DynamicBatcher<Item>::WaitForBatchLocked() {
+  while (true) {
+    if (queue_.empty()) {
+      if (shutting_down_) return false;
+      clock_->WaitWithDeadline(&mu_, &work_available_, absl::InfiniteFuture());
+      continue;
+    }
+    if (shutting_down_ || queue_.size() >= static_cast<size_t>(options_.max_batch_size)) {
+      return true;
+    }
+    const absl::Time due = queue_.front().enqueue_time + options_.max_queue_delay;
+    if (clock_->Now() >= due) return true;
+    clock_->WaitWithDeadline(&mu_, &work_available_, due);
+  }
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::FormBatchLocked(Batch<Item>* batch,
+                                           std::vector<Dropped>* dropped) {
+  const absl::Time now = clock_->Now();
+  const size_t max_size = static_cast<size_t>(options_.max_batch_size);
+  batch->formed_time = now;
+  batch->items.reserve(std::min(max_size, queue_.size()));
+  batch->enqueue_times.reserve(std::min(max_size, queue_.size()));
+  while (!queue_.empty() && batch->items.size() < max_size) {
+    Entry& entry = queue_.front();
+    if (Traits::Cancelled(entry.item)) {
+      dropped->push_back(Dropped{std::move(entry.item), DropReason::kCancelled});
+    } else if (Traits::Deadline(entry.item) <= now) {
+      dropped->push_back(Dropped{std::move(entry.item), DropReason::kDeadlineExceeded});
+    } else {
+      batch->items.push_back(std::move(entry.item));
+      batch->enqueue_times.push_back(entry.enqueue_time);
+    }
+    queue_.pop_front();
+  }
+}
+
+template <typename Item>
+absl::Status DynamicBatcher<Item>::DropStatus(DropReason reason) const {
+  switch (reason) {
+    case DropReason::kCancelled:
+      return absl::CancelledError(
+          absl::StrCat("cancelled while waiting in the ", options_.name, " queue"));
+    case DropReason::kDeadlineExceeded:
+      break;
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("deadline passed while waiting in the ", options_.name, " queue"));
+}
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_BATCHING_DYNAMIC_BATCHER_H_

@@ -1,0 +1,222 @@
+#include "server/common/clock.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "server/common/fake_clock.h"
+
+namespace clipserve {
+namespace {
+
+const absl::Time kStart = absl::FromUnixSeconds(1000);
+
+TEST(RealClockTest, IsASingletonOnTheWallClock) {
+  EXPECT_EQ(RealClock::Get(), RealClock::Get());
+  const absl::Time before = absl::Now();
+  const absl::Time now = RealClock::Get()->Now();
+  EXPECT_LE(before, now);
+  EXPECT_LE(now, absl::Now());
+}
+
+TEST(RealClockTest, PastDeadlineReturnsAtOnce) {
+  absl::Mutex mu;
+  absl::CondVar cv;
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(RealClock::Get()->WaitWithDeadline(&mu, &cv, absl::InfinitePast()));
+}
+
+TEST(RealClockTest, SignalWakesAWaiter) {
+  absl::Mutex mu;
+  absl::CondVar cv;
+  bool ready = false;
+  std::thread signaller([&] {
+    {
+      absl::MutexLock lock(&mu);
+      ready = true;
+    }
+    cv.Signal();
+  });
+  {
+    absl::MutexLock lock(&mu);
+    while (!ready) {
+      EXPECT_FALSE(RealClock::Get()->WaitWithDeadline(&mu, &cv, absl::InfiniteFuture()));
+    }
+  }
+  signaller.join();
+}
+
+TEST(FakeClockTest, TimeMovesOnlyWhenTold) {
+  FakeClock clock(kStart);
+  EXPECT_EQ(clock.Now(), kStart);
+  EXPECT_EQ(clock.Now(), kStart);
+  clock.AdvanceTime(absl::Milliseconds(5));
+  EXPECT_EQ(clock.Now(), kStart + absl::Milliseconds(5));
+  clock.AdvanceTime(-absl::Seconds(1));  // ignored
+  clock.AdvanceTime(absl::ZeroDuration());
+  EXPECT_EQ(clock.Now(), kStart + absl::Milliseconds(5));
+  clock.SetTime(kStart + absl::Seconds(2));
+  EXPECT_EQ(clock.Now(), kStart + absl::Seconds(2));
+  clock.SetTime(kStart);  // never backwards
+  EXPECT_EQ(clock.Now(), kStart + absl::Seconds(2));
+}
+
+TEST(FakeClockTest, DefaultStartIsFarFromTheEpoch) {
+  FakeClock clock;
+  EXPECT_GT(clock.Now() - absl::UnixEpoch(), absl::Hours(24 * 365));
+}
+
+TEST(FakeClockTest, ReachedDeadlineReturnsAtOnce) {
+  FakeClock clock(kStart);
+  absl::Mutex mu;
+  absl::CondVar cv;
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(clock.WaitWithDeadline(&mu, &cv, kStart));
+  EXPECT_TRUE(clock.WaitWithDeadline(&mu, &cv, kStart - absl::Nanoseconds(1)));
+}
+
+// A thread that waits on `clock` until `deadline`, re-waiting after spurious wake-ups.
+class DeadlineWaiter {
+ public:
+  DeadlineWaiter(FakeClock* clock, absl::Time deadline) : clock_(clock) {
+    thread_ = std::thread([this, deadline] {
+      absl::MutexLock lock(&mu_);
+      parked_.Notify();
+      while (!clock_->WaitWithDeadline(&mu_, &cv_, deadline)) {
+      }
+      woke_at_ = clock_->Now();
+      done_.Notify();
+    });
+    // Holding mu_ once the thread has announced itself proves that it has released
+    // mu_ inside WaitWithDeadline, i.e. it is parked on the clock.
+    parked_.WaitForNotification();
+    absl::MutexLock lock(&mu_);
+  }
+  ~DeadlineWaiter() { thread_.join(); }
+
+  bool done() const { return done_.HasBeenNotified(); }
+  absl::Time WaitDone() {
+    done_.WaitForNotification();
+    absl::MutexLock lock(&mu_);
+    return woke_at_;
+  }
+
+ private:
+  FakeClock* const clock_;
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  absl::Notification parked_;
+  absl::Notification done_;
+  absl::Time woke_at_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+TEST(FakeClockTest, AdvanceWakesAParkedWaiterExactlyAtItsDeadline) {
+  FakeClock clock(kStart);
+  const absl::Time deadline = kStart + absl::Milliseconds(10);
+  DeadlineWaiter waiter(&clock, deadline);
+  clock.AdvanceTime(absl::Milliseconds(10) - absl::Nanoseconds(1));
+  EXPECT_FALSE(waiter.done());  // it cannot return true before the deadline
+  clock.AdvanceTime(absl::Nanoseconds(1));
+  EXPECT_EQ(waiter.WaitDone(), deadline);
+}
+
+TEST(FakeClockTest, SetTimeWakesEveryDueWaiterAndOnlyThose) {
+  FakeClock clock(kStart);
+  DeadlineWaiter first(&clock, kStart + absl::Seconds(1));
+  DeadlineWaiter second(&clock, kStart + absl::Seconds(2));
+  DeadlineWaiter third(&clock, kStart + absl::Seconds(3));
+  clock.SetTime(kStart + absl::Seconds(2));
+  EXPECT_EQ(first.WaitDone(), kStart + absl::Seconds(2));
+  EXPECT_EQ(second.WaitDone(), kStart + absl::Seconds(2));
+  EXPECT_FALSE(third.done());
+  clock.AdvanceTime(absl::Seconds(5));
+  EXPECT_EQ(third.WaitDone(), kStart + absl::Seconds(7));
+}
+
+TEST(FakeClockTest, SignalWakesAWaiterBeforeItsDeadline) {
+  FakeClock clock(kStart);
+  absl::Mutex mu;
+  absl::CondVar cv;
+  bool ready = false;
+  absl::Notification parked;
+  std::thread waiter([&] {
+    absl::MutexLock lock(&mu);
+    parked.Notify();
+    while (!ready) {
+      EXPECT_FALSE(clock.WaitWithDeadline(&mu, &cv, kStart + absl::Hours(1)));
+    }
+  });
+  parked.WaitForNotification();
+  {
+    absl::MutexLock lock(&mu);
+    ready = true;
+  }
+  cv.Signal();
+  waiter.join();
+  EXPECT_EQ(clock.Now(), kStart);
+}
+
+TEST(FakeClockTest, InfiniteDeadlineWaitsForASignal) {
+  FakeClock clock(kStart);
+  absl::Mutex mu;
+  absl::CondVar cv;
+  bool ready = false;
+  std::thread waiter([&] {
+    absl::MutexLock lock(&mu);
+    while (!ready) EXPECT_FALSE(clock.WaitWithDeadline(&mu, &cv, absl::InfiniteFuture()));
+  });
+  clock.AdvanceTime(absl::Hours(24 * 365 * 1000));
+  {
+    absl::MutexLock lock(&mu);
+    ready = true;
+  }
+  cv.SignalAll();
+  waiter.join();
+}
+
+// Many threads wait on one mutex and condition variable with spread deadlines while
+// two threads advance the clock: every waiter must wake, none before its deadline.
+TEST(FakeClockTest, ConcurrentWaitersAndAdvancers) {
+  constexpr int kWaiters = 16;
+  constexpr int kSteps = 200;
+  FakeClock clock(kStart);
+  absl::Mutex mu;
+  absl::CondVar cv;
+  std::atomic<int> early{0};
+  absl::BlockingCounter woke(kWaiters);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kWaiters; ++i) {
+    threads.emplace_back([&, i] {
+      const absl::Time deadline = kStart + absl::Milliseconds(10 * (i + 1));
+      for (int round = 0; round < 3; ++round) {
+        absl::MutexLock lock(&mu);
+        const absl::Time round_deadline = deadline + absl::Milliseconds(round);
+        while (!clock.WaitWithDeadline(&mu, &cv, round_deadline)) {
+        }
+        if (clock.Now() < round_deadline) early.fetch_add(1);
+      }
+      woke.DecrementCount();
+    });
+  }
+  for (int a = 0; a < 2; ++a) {
+    threads.emplace_back([&] {
+      for (int step = 0; step < kSteps; ++step) {
+        clock.AdvanceTime(absl::Milliseconds(1));
+        if (step % 10 == 0) cv.SignalAll();  // spurious wake-ups for everyone
+      }
+    });
+  }
+  woke.Wait();
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(early.load(), 0);
+  EXPECT_EQ(clock.Now(), kStart + absl::Milliseconds(2 * kSteps));
+}
+
+}  // namespace
+}  // namespace clipserve
