@@ -1,0 +1,412 @@
+#include "server/engine/embedding_engine.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "glog/logging.h"
+#include "server/batching/dynamic_batcher.h"
+#include "server/batching/request_tracker.h"
+#include "server/common/status_macros.h"
+#include "server/common/status_payloads.h"
+#include "server/engine/thread_pool.h"
+#include "server/image/preprocessor.h"
+#include "server/tokenizer/bpe_tokenizer.h"
+
+namespace clipserve {
+
+// The state one EmbedImages/EmbedTexts call shares with its items.
+struct EngineRequest {
+  EmbedOptions options;
+  std::string field;
+  EmbedResult result;
+  EmbedCallback done;
+  std::shared_ptr<RequestTracker> tracker;
+  // Set once any item failed: the request's other queued items are then dropped.
+  std::atomic<bool> failed{false};
+
+  bool cancelled() const {
+    return failed.load(std::memory_order_acquire) ||
+           (options.cancellation != nullptr && options.cancellation->cancelled());
+  }
+  void ItemDone(const absl::Status& status) {
+    if (!status.ok()) failed.store(true, std::memory_order_release);
+    tracker->ItemDone(status);
+  }
+};
+
+struct ImageItem {
+  std::shared_ptr<EngineRequest> request;
+  int index = 0;
+  std::vector<float> pixels;  // 3 x S x S, normalized
+
+  absl::Time deadline() const { return request->options.deadline; }
+  bool cancelled() const { return request->cancelled(); }
+};
+
+struct TextItem {
+  std::shared_ptr<EngineRequest> request;
+  int index = 0;
+  std::vector<int32_t> ids;  // start ... end, unpadded
+
+  absl::Time deadline() const { return request->options.deadline; }
+  bool cancelled() const { return request->cancelled(); }
+};
+
+namespace {
+
+std::string DeviceName(const torch::Device& device) { return device.str(); }
+
+ModelDescription Describe(const LoadedModel& loaded, const BpeTokenizer& tokenizer) {
+  const ClipModel& model = *loaded.model;
+  const ClipConfig& c = model.config();
+  ModelDescription d;
+  d.name = loaded.name;
+  const bool vit = c.vision.arch == VisionArch::kVisionTransformer;
+  d.vision_architecture = vit ? "vit" : "modified_resnet";
+  d.vision_width = c.vision.width;
+  d.vision_layers = c.vision.layers;
+  d.vision_patch_size = vit ? c.vision.patch_size : 0;
+  d.vision_heads = c.vision.heads;
+  if (!vit) d.vision_stage_layers.assign(c.vision.stage_layers.begin(), c.vision.stage_layers.end());
+  d.text_architecture = c.text.arch == TextArch::kTransformer ? "transformer" : "cbow";
+  d.text_width = c.text.width;
+  d.text_layers = c.text.layers;
+  d.text_heads = c.text.heads;
+  d.embed_dim = c.embed_dim;
+  d.image_size = c.vision.image_size;
+  d.image_mean = c.image_mean;
+  d.image_std = c.image_std;
+  d.context_length = tokenizer.context_length();
+  d.vocab_size = c.text.vocab_size;
+  d.logit_scale = model.logit_scale();
+  d.precision = std::string(PrecisionName(model.precision()));
+  d.device = DeviceName(model.device());
+  d.checkpoint_format = std::string(CheckpointFormatName(loaded.format));
+  d.checkpoint_sha256 = loaded.sha256;
+  d.random_weights = loaded.random_weights;
+  return d;
+}
+
+// Writes row `features[row]` into the request's result at its item index, normalized
+// when the request asked for it (in double, so the result does not depend on batching).
+void StoreRow(const float* features, int dim, EngineRequest& request, int index) {
+  float* out = request.result.values.data() + static_cast<size_t>(index) * dim;
+  double norm = 0;
+  for (int k = 0; k < dim; ++k) norm += double(features[k]) * features[k];
+  const double scale = request.options.normalize ? 1.0 / std::max(std::sqrt(norm), 1e-12) : 1.0;
+  for (int k = 0; k < dim; ++k) out[k] = static_cast<float>(features[k] * scale);
+}
+
+std::shared_ptr<EngineRequest> NewRequest(int items, int dim, const EmbedOptions& options,
+                                          std::string field, EmbedCallback done) {
+  auto request = std::make_shared<EngineRequest>();
+  request->options = options;
+  request->field = std::move(field);
+  request->result.dim = dim;
+  request->result.values.assign(static_cast<size_t>(items) * dim, 0.0f);
+  request->done = std::move(done);
+  // The tracker's callback may only use a raw pointer: every ItemDone caller holds a
+  // shared_ptr to the request, so it is alive when the last one runs the callback.
+  EngineRequest* raw = request.get();
+  request->tracker = *RequestTracker::Create(items, [raw](absl::Status status) {
+    if (status.ok()) {
+      std::move(raw->done)(std::move(raw->result));
+    } else {
+      std::move(raw->done)(std::move(status));
+    }
+  });
+  return request;
+}
+
+absl::Status ItemError(const std::string& field, int index, const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kInvalidArgument) return status;
+  return BadRequestError(absl::StrCat(field, "[", index, "]"), status.message());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
+    LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
+    const EmbeddingEngineOptions& options) {
+  if (model.model == nullptr || tokenizer == nullptr) {
+    return absl::InvalidArgumentError("the engine needs a model and a tokenizer");
+  }
+  if (options.preprocess_threads < 1 || options.workers < 1) {
+    return absl::InvalidArgumentError("preprocess_threads and workers must be >= 1");
+  }
+  if (tokenizer->context_length() > model.model->config().text.context_length) {
+    return absl::InvalidArgumentError("the tokenizer's context exceeds the model's");
+  }
+  std::unique_ptr<EmbeddingEngine> engine(
+      new EmbeddingEngine(std::move(model), std::move(tokenizer), options));
+  CLIPSERVE_RETURN_IF_ERROR(engine->Start());
+  return engine;
+}
+
+EmbeddingEngine::EmbeddingEngine(LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
+                                 const EmbeddingEngineOptions& options)
+    : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
+  description_ = Describe(model_, *tokenizer_);
+}
+
+absl::Status EmbeddingEngine::Start() {
+  const ClipConfig& config = model_.model->config();
+  image::Preprocessor::Options pre;
+  pre.image_size = config.vision.image_size;
+  pre.mean = config.image_mean;
+  pre.stddev = config.image_std;
+  CLIPSERVE_ASSIGN_OR_RETURN(preprocessor_, image::Preprocessor::Create(pre));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      pool_, ThreadPool::Create(options_.preprocess_threads, options_.max_pending_preprocess));
+
+  if (options_.warm_up) {
+    const int64_t s = config.vision.image_size;
+    CLIPSERVE_RETURN_IF_ERROR(
+        model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false).status());
+    torch::Tensor ids = torch::tensor(
+        {int64_t{tokenizer_->start_of_text_id()}, int64_t{tokenizer_->end_of_text_id()}},
+        torch::kLong).unsqueeze(0);
+    CLIPSERVE_RETURN_IF_ERROR(
+        model_.model->EncodeText(ids, torch::tensor({int64_t{2}}), false).status());
+  }
+
+  DynamicBatcherOptions batch;
+  batch.max_batch_size = options_.max_batch_size;
+  batch.max_queue_delay = options_.max_queue_delay;
+  batch.max_queue_size = options_.max_queue_size;
+  batch.num_workers = options_.workers;
+  batch.name = "image";
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      image_batcher_,
+      DynamicBatcher<ImageItem>::Create(
+          batch, [this](Batch<ImageItem> b) { RunImageBatch(b.items); },
+          [](ImageItem item, absl::Status status) { item.request->ItemDone(status); }));
+  batch.name = "text";
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      text_batcher_,
+      DynamicBatcher<TextItem>::Create(
+          batch, [this](Batch<TextItem> b) { RunTextBatch(b.items); },
+          [](TextItem item, absl::Status status) { item.request->ItemDone(status); }));
+  watchdog_ = std::thread([this] { WatchdogLoop(); });
+  return absl::OkStatus();
+}
+
+EmbeddingEngine::~EmbeddingEngine() { Shutdown(); }
+
+void EmbeddingEngine::Shutdown() {
+  if (shut_down_.exchange(true)) return;
+  // Preprocessing first (it feeds the queues), then the queues, then the watchdog.
+  if (pool_) pool_->Shutdown();
+  if (image_batcher_) image_batcher_->Shutdown();
+  if (text_batcher_) text_batcher_->Shutdown();
+  stop_watchdog_.Notify();
+  if (watchdog_.joinable()) watchdog_.join();
+}
+
+bool EmbeddingEngine::healthy() const {
+  return !stuck_.load(std::memory_order_acquire) && !shut_down_.load(std::memory_order_acquire);
+}
+
+int EmbeddingEngine::QueuedImages() const { return image_batcher_->NumQueuedItems(); }
+int EmbeddingEngine::QueuedTexts() const { return text_batcher_->NumQueuedItems(); }
+
+void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images, const EmbedOptions& options,
+                                  std::string field, EmbedCallback done) {
+  if (images.empty()) {
+    std::move(done)(absl::InvalidArgumentError(absl::StrCat(field, " is empty")));
+    return;
+  }
+  const int n = static_cast<int>(images.size());
+  auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
+                            std::move(done));
+  // One preprocessing task per image, so a request's images decode in parallel.
+  for (int i = 0; i < n; ++i) {
+    absl::Status submitted = pool_->Submit([this, request, i,
+                                            input = std::move(images[i])]() mutable {
+      if (request->cancelled()) {
+        request->ItemDone(request->failed ? absl::AbortedError("another item failed")
+                                          : absl::CancelledError("call cancelled"));
+        return;
+      }
+      ImageItem item;
+      item.request = request;
+      item.index = i;
+      item.pixels.resize(preprocessor_->floats_per_image());
+      absl::Status status;
+      if (input.is_raw) {
+        auto view = image::RawRgbView(
+            absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(input.rgb8.data()),
+                                input.rgb8.size()),
+            input.width, input.height, options_.decode.max_pixels);
+        status = view.ok() ? preprocessor_->PreprocessInto(*view, absl::MakeSpan(item.pixels))
+                           : view.status();
+      } else {
+        auto decoded = image::DecodeImage(input.encoded, options_.decode);
+        status = decoded.ok()
+                     ? preprocessor_->PreprocessInto(*decoded, absl::MakeSpan(item.pixels))
+                     : decoded.status();
+      }
+      if (!status.ok()) {
+        request->ItemDone(ItemError(request->field, i, status));
+        return;
+      }
+      std::vector<ImageItem> one;
+      one.push_back(std::move(item));
+      absl::Status scheduled = image_batcher_->Schedule(&one);
+      if (!scheduled.ok()) request->ItemDone(scheduled);
+    });
+    if (!submitted.ok()) request->ItemDone(submitted);
+  }
+}
+
+void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
+                                 std::string field, EmbedCallback done) {
+  if (texts.empty()) {
+    std::move(done)(absl::InvalidArgumentError(absl::StrCat(field, " is empty")));
+    return;
+  }
+  const int n = static_cast<int>(texts.size());
+  auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
+                            std::move(done));
+  request->result.truncated.assign(n, false);
+  request->result.num_tokens.assign(n, 0);
+  // Tokenizing is fast (microseconds a text): one task for the whole request, which
+  // then schedules all its items at once (all or none).
+  absl::Status submitted =
+      pool_->Submit([this, request, texts = std::move(texts)]() mutable {
+        std::vector<TextItem> items;
+        items.reserve(texts.size());
+        for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+          auto encoded = tokenizer_->Encode(texts[i], request->options.truncate);
+          if (!encoded.ok()) {
+            // Fail the request once, on behalf of every item not yet scheduled.
+            const absl::Status error = ItemError(request->field, i, encoded.status());
+            for (size_t k = 0; k < texts.size(); ++k) request->ItemDone(error);
+            return;
+          }
+          request->result.truncated[i] = encoded->truncated;
+          request->result.num_tokens[i] = static_cast<int>(encoded->ids.size());
+          TextItem item;
+          item.request = request;
+          item.index = i;
+          item.ids = std::move(encoded->ids);
+          items.push_back(std::move(item));
+        }
+        absl::Status scheduled = text_batcher_->Schedule(&items);
+        if (!scheduled.ok()) {
+          for (size_t k = 0; k < items.size(); ++k) request->ItemDone(scheduled);
+        }
+      });
+  if (!submitted.ok()) {
+    for (int k = 0; k < n; ++k) request->ItemDone(submitted);
+  }
+}
+
+void EmbeddingEngine::Tokenize(std::vector<std::string> texts, bool truncate,
+                               std::string field, TokenizeCallback done) {
+  auto shared_done = std::make_shared<TokenizeCallback>(std::move(done));
+  absl::Status submitted = pool_->Submit(
+      [this, texts = std::move(texts), truncate, field, shared_done]() mutable {
+        std::vector<TokenizedResult> out;
+        out.reserve(texts.size());
+        for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+          auto encoded = tokenizer_->Encode(texts[i], truncate);
+          if (!encoded.ok()) {
+            std::move (*shared_done)(ItemError(field, i, encoded.status()));
+            return;
+          }
+          out.push_back({std::move(encoded->ids), encoded->truncated});
+        }
+        std::move(*shared_done)(std::move(out));
+      });
+  if (!submitted.ok()) std::move(*shared_done)(submitted);
+}
+
+int64_t EmbeddingEngine::BatchStarted() {
+  absl::MutexLock lock(&running_mu_);
+  const int64_t id = next_batch_id_++;
+  running_.emplace(id, absl::Now());
+  return id;
+}
+
+void EmbeddingEngine::BatchFinished(int64_t id) {
+  absl::MutexLock lock(&running_mu_);
+  running_.erase(id);
+}
+
+void EmbeddingEngine::RunImageBatch(std::vector<ImageItem>& items) {
+  const int64_t id = BatchStarted();
+  const int64_t s = description_.image_size;
+  const int64_t per_image = 3 * s * s;
+  const int dim = description_.embed_dim;
+  absl::StatusOr<torch::Tensor> features;
+  {
+    torch::Tensor batch = torch::empty({static_cast<int64_t>(items.size()), 3, s, s});
+    float* dst = batch.data_ptr<float>();
+    for (size_t i = 0; i < items.size(); ++i) {
+      std::memcpy(dst + i * per_image, items[i].pixels.data(), per_image * sizeof(float));
+    }
+    features = model_.model->EncodeImage(batch, /*normalize=*/false);
+    if (features.ok()) *features = features->to(torch::kCPU).contiguous();
+  }
+  BatchFinished(id);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (features.ok()) {
+      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request, items[i].index);
+      items[i].request->ItemDone(absl::OkStatus());
+    } else {
+      items[i].request->ItemDone(features.status());
+    }
+  }
+}
+
+void EmbeddingEngine::RunTextBatch(std::vector<TextItem>& items) {
+  const int64_t id = BatchStarted();
+  const int dim = description_.embed_dim;
+  size_t longest = 0;
+  for (const TextItem& item : items) longest = std::max(longest, item.ids.size());
+  const int64_t n = static_cast<int64_t>(items.size());
+  // Padded only to the longest text of this batch: the causal mask and end-token
+  // pooling make the padding invisible to the real tokens.
+  torch::Tensor ids = torch::zeros({n, static_cast<int64_t>(longest)}, torch::kLong);
+  torch::Tensor lengths = torch::empty({n}, torch::kLong);
+  int64_t* ids_ptr = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const std::vector<int32_t>& row = items[i].ids;
+    for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
+    lengths[i] = static_cast<int64_t>(row.size());
+  }
+  absl::StatusOr<torch::Tensor> features = model_.model->EncodeText(ids, lengths, false);
+  if (features.ok()) *features = features->to(torch::kCPU).contiguous();
+  BatchFinished(id);
+  for (int64_t i = 0; i < n; ++i) {
+    if (features.ok()) {
+      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request, items[i].index);
+      items[i].request->ItemDone(absl::OkStatus());
+    } else {
+      items[i].request->ItemDone(features.status());
+    }
+  }
+}
+
+void EmbeddingEngine::WatchdogLoop() {
+  while (!stop_watchdog_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    absl::Time oldest = absl::InfiniteFuture();
+    {
+      absl::MutexLock lock(&running_mu_);
+      for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
+    }
+    if (absl::Now() - oldest > options_.watchdog_timeout && !stuck_.exchange(true)) {
+      LOG(ERROR) << "a batch has been running for over " << options_.watchdog_timeout
+                 << "; reporting NOT_SERVING so the process gets restarted";
+    }
+  }
+}
+
+}  // namespace clipserve

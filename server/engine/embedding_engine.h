@@ -1,0 +1,128 @@
+#ifndef CLIPSERVE_SERVER_ENGINE_EMBEDDING_ENGINE_H_
+#define CLIPSERVE_SERVER_ENGINE_EMBEDDING_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "server/engine/engine.h"
+#include "server/image/image_decoder.h"
+#include "server/model/model_loader.h"
+
+namespace clipserve {
+
+class BpeTokenizer;
+namespace image {
+class Preprocessor;
+}
+template <typename Item>
+class DynamicBatcher;
+struct ImageItem;
+struct TextItem;
+class ThreadPool;
+
+struct EmbeddingEngineOptions {
+  // Items per model run. Default 32: a CPU gains little throughput per item past
+  // 16-32 ViT-B inputs, while latency grows with the batch.
+  int max_batch_size = 32;
+  // How long the first queued item waits for company. Default 2 ms: small next to a
+  // forward pass (tens of ms on CPU), enough for concurrent callers to share batches.
+  absl::Duration max_queue_delay = absl::Milliseconds(2);
+  // Items waiting per modality before requests are refused with RESOURCE_EXHAUSTED.
+  // Default 1024 (32 full batches).
+  int max_queue_size = 1024;
+  // Batch workers per modality. Default 1: LibTorch's intra-op pool already spreads a
+  // batch over every core; two batches at once would only fight for them.
+  int workers = 1;
+  // Threads decoding and resizing images and tokenizing texts. Default 2 (this
+  // machine's core count): preprocessing overlaps with the model run.
+  int preprocess_threads = 2;
+  // Preprocessing tasks waiting at most; beyond, requests get RESOURCE_EXHAUSTED.
+  int max_pending_preprocess = 4096;
+  // Image decoding limits (pixels, encoded bytes, EXIF orientation).
+  image::DecodeOptions decode;
+  // A batch running longer than this marks the engine unhealthy (health then turns
+  // NOT_SERVING so an orchestrator restarts the process). Default 120 s: far above a
+  // ViT-L batch of 64 on a slow CPU.
+  absl::Duration watchdog_timeout = absl::Seconds(120);
+  // Run one image and one text through the model before Create returns, so the first
+  // request does not pay for oneDNN's kernel selection and allocator warm-up.
+  bool warm_up = true;
+};
+
+// The real Engine: owns the model, tokenizer, preprocessor, one DynamicBatcher per
+// modality, the preprocessing pool and the watchdog.
+//
+// A request travels: caller thread (validation only) -> preprocessing pool (decode +
+// resize + normalize, or tokenize) -> modality queue -> batch worker (stack, run the
+// model, split rows, normalize per request) -> the request's callback once all its
+// items are done. A text batch is padded only to its longest member. A batch whose
+// model run fails fails only its own items.
+//
+// Thread-safe. Destruction shuts down: queued work finishes, then threads join.
+class EmbeddingEngine : public Engine {
+ public:
+  // Takes the loaded model and its tokenizer. INVALID_ARGUMENT for bad options,
+  // INTERNAL when warm-up fails.
+  static absl::StatusOr<std::unique_ptr<EmbeddingEngine>> Create(
+      LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
+      const EmbeddingEngineOptions& options);
+  ~EmbeddingEngine() override;
+
+  void EmbedImages(std::vector<ImageInput> images, const EmbedOptions& options,
+                   std::string field, EmbedCallback done) override;
+  void EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
+                  std::string field, EmbedCallback done) override;
+  void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
+                TokenizeCallback done) override;
+  const ModelDescription& description() const override { return description_; }
+  bool healthy() const override;
+
+  // Items waiting in each queue (gauges).
+  int QueuedImages() const;
+  int QueuedTexts() const;
+
+  // Finishes queued work and stops every thread. Idempotent.
+  void Shutdown();
+
+ private:
+  struct Request;
+  EmbeddingEngine(LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
+                  const EmbeddingEngineOptions& options);
+  absl::Status Start();
+  void RunImageBatch(std::vector<ImageItem>& items);
+  void RunTextBatch(std::vector<TextItem>& items);
+  void WatchdogLoop();
+  int64_t BatchStarted() ABSL_LOCKS_EXCLUDED(running_mu_);
+  void BatchFinished(int64_t id) ABSL_LOCKS_EXCLUDED(running_mu_);
+
+  const EmbeddingEngineOptions options_;
+  LoadedModel model_;
+  std::unique_ptr<BpeTokenizer> tokenizer_;
+  std::unique_ptr<image::Preprocessor> preprocessor_;
+  ModelDescription description_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<DynamicBatcher<ImageItem>> image_batcher_;
+  std::unique_ptr<DynamicBatcher<TextItem>> text_batcher_;
+
+  std::atomic<bool> stuck_{false};
+  std::atomic<bool> shut_down_{false};
+  absl::Mutex running_mu_;
+  int64_t next_batch_id_ ABSL_GUARDED_BY(running_mu_) = 0;
+  std::map<int64_t, absl::Time> running_ ABSL_GUARDED_BY(running_mu_);
+  absl::Notification stop_watchdog_;
+  std::thread watchdog_;
+};
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_ENGINE_EMBEDDING_ENGINE_H_

@@ -1,0 +1,143 @@
+#ifndef CLIPSERVE_SERVER_ENGINE_ENGINE_H_
+#define CLIPSERVE_SERVER_ENGINE_ENGINE_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+// The seam between the gRPC service and the model: what the service asks of an
+// engine. EmbeddingEngine (embedding_engine.h) is the real one; service tests plug in
+// fakes. No LibTorch, no gRPC.
+
+namespace clipserve {
+
+// One image as a client sent it: still encoded, or raw RGB8 pixels.
+struct ImageInput {
+  // Encoded file bytes (JPEG, PNG, WebP, GIF, BMP), when !is_raw.
+  std::string encoded;
+  // Raw interleaved RGB8, row-major, width * height * 3 bytes, when is_raw.
+  bool is_raw = false;
+  std::string rgb8;
+  int64_t width = 0;
+  int64_t height = 0;
+};
+
+// Shared between a call and the engine work it started: set when the client cancels
+// (or the call otherwise ends early), so queued items are dropped, not computed.
+class CancellationFlag {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_release); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+struct EmbedOptions {
+  // L2-normalize each embedding.
+  bool normalize = true;
+  // Texts: cut at the context length (else an over-long text is INVALID_ARGUMENT).
+  bool truncate = true;
+  // Items still queued at the deadline are dropped with DEADLINE_EXCEEDED.
+  absl::Time deadline = absl::InfiniteFuture();
+  // Optional: items still queued when it is set are dropped with CANCELLED.
+  std::shared_ptr<const CancellationFlag> cancellation;
+};
+
+// Embeddings of one request, rows in input order.
+struct EmbedResult {
+  int dim = 0;
+  // rows * dim floats, row-major.
+  std::vector<float> values;
+  // Texts only, per row: whether the text was truncated and the tokens it kept
+  // (start and end included). Empty for images.
+  std::vector<bool> truncated;
+  std::vector<int> num_tokens;
+
+  int rows() const { return dim == 0 ? 0 : static_cast<int>(values.size() / dim); }
+  const float* row(int i) const { return values.data() + static_cast<size_t>(i) * dim; }
+};
+
+// One tokenized text: ids with start and end tokens, no padding.
+struct TokenizedResult {
+  std::vector<int32_t> ids;
+  bool truncated = false;
+};
+
+// What GetModelInfo reports.
+struct ModelDescription {
+  std::string name;
+  std::string vision_architecture;  // "vit" or "modified_resnet"
+  int vision_width = 0;
+  int vision_layers = 0;
+  int vision_patch_size = 0;
+  int vision_heads = 0;
+  std::vector<int> vision_stage_layers;
+  std::string text_architecture;  // "transformer" or "cbow"
+  int text_width = 0;
+  int text_layers = 0;
+  int text_heads = 0;
+  int embed_dim = 0;
+  int image_size = 0;
+  std::array<float, 3> image_mean{};
+  std::array<float, 3> image_std{};
+  int context_length = 0;
+  int vocab_size = 0;
+  float logit_scale = 0;  // exp(learned), clamped at 100
+  std::string precision;  // "fp32", "bf16", "fp16"
+  std::string device;     // "cpu", "cuda:0"
+  std::string checkpoint_format;
+  std::string checkpoint_sha256;
+  bool random_weights = false;
+};
+
+// Called exactly once per request, on an engine thread (never the caller's), with the
+// embeddings or the request's error. Must not block for long.
+using EmbedCallback = absl::AnyInvocable<void(absl::StatusOr<EmbedResult>) &&>;
+using TokenizeCallback =
+    absl::AnyInvocable<void(absl::StatusOr<std::vector<TokenizedResult>>) &&>;
+
+// Turns images and texts into embeddings. Implementations are thread-safe, and their
+// methods never block the caller: work happens on the engine's own threads and ends
+// in the callback.
+//
+// Errors passed to callbacks: INVALID_ARGUMENT for a bad item, carrying a
+// google.rpc.BadRequest payload naming it as "<field>[i]" (field given by the caller,
+// e.g. "images"); RESOURCE_EXHAUSTED with RetryInfo when the queue is full;
+// DEADLINE_EXCEEDED / CANCELLED for items dropped before they ran; UNAVAILABLE while
+// shutting down; INTERNAL or RESOURCE_EXHAUSTED when the model fails a batch (only that
+// batch's requests fail).
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Embeds `images` (at least one). `field` names the request field in errors.
+  virtual void EmbedImages(std::vector<ImageInput> images, const EmbedOptions& options,
+                           std::string field, EmbedCallback done) = 0;
+
+  // Embeds `texts` (at least one, UTF-8).
+  virtual void EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
+                          std::string field, EmbedCallback done) = 0;
+
+  // Tokenizes `texts` with the model's tokenizer (no model run).
+  virtual void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
+                        TokenizeCallback done) = 0;
+
+  virtual const ModelDescription& description() const = 0;
+
+  // True while the engine can serve: false when a worker is stuck past the watchdog
+  // limit, or after shutdown began.
+  virtual bool healthy() const = 0;
+};
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_ENGINE_ENGINE_H_

@@ -1,0 +1,58 @@
+#include "server/engine/thread_pool.h"
+
+#include <utility>
+
+namespace clipserve {
+
+absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(int num_threads,
+                                                               int max_pending) {
+  if (num_threads < 1 || max_pending < 1) {
+    return absl::InvalidArgumentError("a thread pool needs >= 1 thread and >= 1 slot");
+  }
+  std::unique_ptr<ThreadPool> pool(new ThreadPool(max_pending));
+  for (int i = 0; i < num_threads; ++i) pool->threads_.emplace_back([p = pool.get()] { p->Loop(); });
+  return pool;
+}
+
+ThreadPool::~ThreadPool() { Shutdown(); }
+
+absl::Status ThreadPool::Submit(Task task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("the preprocessing pool is shutting down");
+  if (static_cast<int>(tasks_.size()) >= max_pending_) {
+    return absl::ResourceExhaustedError("the preprocessing queue is full");
+  }
+  tasks_.push_back(std::move(task));
+  return absl::OkStatus();
+}
+
+void ThreadPool::Loop() {
+  while (true) {
+    Task task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](ThreadPool* p) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return p->stopping_ || !p->tasks_.empty();
+          },
+          this));
+      if (tasks_.empty()) return;  // stopping and drained
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    std::move(task)();
+  }
+}
+
+void ThreadPool::Shutdown() {
+  absl::MutexLock join_lock(&join_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+}  // namespace clipserve

@@ -1,0 +1,245 @@
+#include "server/engine/embedding_engine.h"
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/common/status_payloads.h"
+#include "server/image/image_decoder.h"
+#include "server/image/preprocessor.h"
+#include "server/tokenizer/bpe_tokenizer.h"
+#include "server/tokenizer/bpe_vocabulary.h"
+#include "tests/testing/shared_data.h"
+
+namespace clipserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+ClipConfig TinyConfig() {
+  ClipConfig c;
+  c.name = "tiny";
+  c.embed_dim = 32;
+  c.vision.image_size = 32;
+  c.vision.patch_size = 8;
+  c.vision.width = 64;
+  c.vision.heads = 4;
+  c.vision.layers = 2;
+  c.text.width = 64;
+  c.text.heads = 4;
+  c.text.layers = 2;
+  return c;
+}
+
+std::string ReadShared(const std::string& relative) {
+  const std::string path = testing::SharedPath(relative);
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+class EmbeddingEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto model = ClipModel::Create(TinyConfig(), /*seed=*/3);
+    ASSERT_TRUE(model.ok()) << model.status();
+    reference_ = *ClipModel::Create(TinyConfig(), /*seed=*/3);
+    LoadedModel loaded;
+    loaded.model = *std::move(model);
+    loaded.name = "tiny";
+    loaded.random_weights = true;
+    auto vocab = LoadOpenAiVocabulary(testing::SharedPath("clip/bpe_simple_vocab_16e6.txt.gz"));
+    ASSERT_TRUE(vocab.ok()) << vocab.status();
+    auto tokenizer = BpeTokenizer::Create(*std::move(vocab), {});
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = *BpeTokenizer::Create(*LoadOpenAiVocabulary(
+                                           testing::SharedPath("clip/bpe_simple_vocab_16e6.txt.gz")),
+                                       {});
+    EmbeddingEngineOptions options;
+    options.max_batch_size = 4;
+    auto engine = EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = *std::move(engine);
+  }
+
+  absl::StatusOr<EmbedResult> Images(std::vector<ImageInput> images, EmbedOptions options = {}) {
+    absl::Notification done;
+    absl::StatusOr<EmbedResult> out;
+    engine_->EmbedImages(std::move(images), options, "images",
+                         [&](absl::StatusOr<EmbedResult> r) {
+                           out = std::move(r);
+                           done.Notify();
+                         });
+    done.WaitForNotification();
+    return out;
+  }
+
+  absl::StatusOr<EmbedResult> Texts(std::vector<std::string> texts, EmbedOptions options = {}) {
+    absl::Notification done;
+    absl::StatusOr<EmbedResult> out;
+    engine_->EmbedTexts(std::move(texts), options, "texts",
+                        [&](absl::StatusOr<EmbedResult> r) {
+                          out = std::move(r);
+                          done.Notify();
+                        });
+    done.WaitForNotification();
+    return out;
+  }
+
+  // The model run directly on one preprocessed image (the reference path).
+  std::vector<float> DirectImage(const std::string& encoded) {
+    auto decoded = image::DecodeImage(encoded);
+    EXPECT_TRUE(decoded.ok());
+    auto pre = image::Preprocessor::Create({32, TinyConfig().image_mean, TinyConfig().image_std});
+    torch::Tensor x = torch::empty({1, 3, 32, 32});
+    EXPECT_TRUE((*pre)->PreprocessInto(*decoded, {x.data_ptr<float>(), size_t(x.numel())}).ok());
+    auto features = reference_->EncodeImage(x, true);
+    EXPECT_TRUE(features.ok());
+    return std::vector<float>(features->data_ptr<float>(), features->data_ptr<float>() + 32);
+  }
+
+  std::vector<float> DirectText(const std::string& text) {
+    auto encoded = tokenizer_->Encode(text);
+    EXPECT_TRUE(encoded.ok());
+    torch::Tensor ids = torch::zeros({1, 77}, torch::kLong);
+    for (size_t k = 0; k < encoded->ids.size(); ++k) ids[0][k] = encoded->ids[k];
+    auto features = reference_->EncodeText(
+        ids, torch::tensor({int64_t(encoded->ids.size())}, torch::kLong), true);
+    EXPECT_TRUE(features.ok());
+    return std::vector<float>(features->data_ptr<float>(), features->data_ptr<float>() + 32);
+  }
+
+  std::unique_ptr<ClipModel> reference_;
+  std::unique_ptr<BpeTokenizer> tokenizer_;
+  std::unique_ptr<EmbeddingEngine> engine_;
+};
+
+void ExpectRowNear(const EmbedResult& result, int row, const std::vector<float>& expected,
+                   float tolerance) {
+  ASSERT_EQ(result.dim, static_cast<int>(expected.size()));
+  for (int k = 0; k < result.dim; ++k) {
+    EXPECT_NEAR(result.row(row)[k], expected[k], tolerance) << "row " << row << " dim " << k;
+  }
+}
+
+TEST_F(EmbeddingEngineTest, ImageRowsMatchTheModelRunDirectly) {
+  const char* files[] = {"images/chelsea.png", "images/rocket.jpg", "images/coffee.png",
+                         "images/chelsea.webp", "images/chelsea.gif", "images/camera.png"};
+  std::vector<ImageInput> inputs;
+  for (const char* f : files) {
+    ImageInput input;
+    input.encoded = ReadShared(f);
+    inputs.push_back(std::move(input));
+  }
+  auto result = Images(inputs);  // 6 images, max batch 4: split across batches
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->rows(), 6);
+  for (int i = 0; i < 6; ++i) ExpectRowNear(*result, i, DirectImage(inputs[i].encoded), 1e-5);
+  EXPECT_TRUE(result->truncated.empty());
+}
+
+TEST_F(EmbeddingEngineTest, RawPixelsEqualTheSameImageEncoded) {
+  ImageInput encoded;
+  encoded.encoded = ReadShared("images/chelsea.png");
+  auto decoded = image::DecodeImage(encoded.encoded);
+  ASSERT_TRUE(decoded.ok());
+  ImageInput raw;
+  raw.is_raw = true;
+  raw.width = decoded->width;
+  raw.height = decoded->height;
+  raw.rgb8.assign(decoded->pixels.begin(), decoded->pixels.end());
+  auto result = Images({encoded, raw});
+  ASSERT_TRUE(result.ok()) << result.status();
+  for (int k = 0; k < 32; ++k) EXPECT_EQ(result->row(0)[k], result->row(1)[k]);
+}
+
+TEST_F(EmbeddingEngineTest, TextRowsMatchPaddingTo77AndReportTokens) {
+  const std::vector<std::string> texts = {"a photo of a cat", "", "a diagram",
+                                          std::string(400, 'x') + " overflow"};
+  auto result = Texts(texts);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->rows(), 4);
+  for (int i = 0; i < 4; ++i) ExpectRowNear(*result, i, DirectText(texts[i]), 1e-5);
+  EXPECT_EQ(result->num_tokens[1], 2);
+  EXPECT_FALSE(result->truncated[0]);
+  EXPECT_TRUE(result->truncated[3]);
+  EXPECT_EQ(result->num_tokens[3], 77);
+}
+
+TEST_F(EmbeddingEngineTest, UnnormalizedRowsHaveTheModelsNorm) {
+  EmbedOptions options;
+  options.normalize = false;
+  auto raw = Texts({"a dog"}, options);
+  auto unit = Texts({"a dog"});
+  ASSERT_TRUE(raw.ok() && unit.ok());
+  double norm = 0;
+  for (int k = 0; k < 32; ++k) norm += double(raw->row(0)[k]) * raw->row(0)[k];
+  norm = std::sqrt(norm);
+  EXPECT_GT(std::abs(norm - 1.0), 1e-3);
+  for (int k = 0; k < 32; ++k) EXPECT_NEAR(raw->row(0)[k] / norm, unit->row(0)[k], 1e-6);
+}
+
+TEST_F(EmbeddingEngineTest, BrokenImageNamesTheItem) {
+  ImageInput good;
+  good.encoded = ReadShared("images/chelsea.png");
+  ImageInput bad;
+  bad.encoded = ReadShared("images/truncated.jpg");
+  auto result = Images({good, bad});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(result.status().message(), HasSubstr("images[1]"));
+  EXPECT_TRUE(result.status().GetPayload(kBadRequestPayloadUrl).has_value());
+}
+
+TEST_F(EmbeddingEngineTest, OverLongTextWithoutTruncationIsRejected) {
+  EmbedOptions options;
+  options.truncate = false;
+  auto result = Texts({"fine", std::string(400, 'x') + " too long"}, options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(result.status().message(), HasSubstr("texts[1]"));
+}
+
+TEST_F(EmbeddingEngineTest, CancelledAndExpiredRequestsAreNotComputed) {
+  auto flag = std::make_shared<CancellationFlag>();
+  flag->Cancel();
+  EmbedOptions cancelled;
+  cancelled.cancellation = flag;
+  EXPECT_EQ(Texts({"a"}, cancelled).status().code(), absl::StatusCode::kCancelled);
+  EmbedOptions expired;
+  expired.deadline = absl::Now() - absl::Seconds(1);
+  EXPECT_EQ(Texts({"a"}, expired).status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(EmbeddingEngineTest, TokenizeAndDescription) {
+  absl::Notification done;
+  absl::StatusOr<std::vector<TokenizedResult>> out;
+  engine_->Tokenize({"a photo of a cat"}, true, "texts",
+                    [&](absl::StatusOr<std::vector<TokenizedResult>> r) {
+                      out = std::move(r);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ((*out)[0].ids, (std::vector<int32_t>{49406, 320, 1125, 539, 320, 2368, 49407}));
+  const ModelDescription& d = engine_->description();
+  EXPECT_EQ(d.embed_dim, 32);
+  EXPECT_EQ(d.vision_architecture, "vit");
+  EXPECT_EQ(d.context_length, 77);
+  EXPECT_EQ(d.precision, "fp32");
+  EXPECT_EQ(d.device, "cpu");
+  EXPECT_TRUE(d.random_weights);
+  EXPECT_TRUE(engine_->healthy());
+}
+
+TEST_F(EmbeddingEngineTest, AfterShutdownRequestsAreUnavailable) {
+  engine_->Shutdown();
+  EXPECT_FALSE(engine_->healthy());
+  EXPECT_EQ(Texts({"a"}).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace clipserve
