@@ -1,0 +1,193 @@
+#include "server/image/bicubic_resize.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace clipserve::image {
+namespace {
+
+// Pillow's fixed point: 8 bits of result, 2 of headroom for negative lobes and
+// overshoot, the rest fraction.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
+
+// Pillow's bicubic_filter, same operations in the same order (the coefficients must be
+// the same doubles).
+double BicubicFilter(double x) {
+  constexpr double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+// Pillow's clip8: the 8-bit value of a fixed-point sum, clamped to [0, 255].
+inline uint8_t Clip8(int32_t sum) {
+  const int32_t v = sum >> kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+// For each output position of one axis in [first, first + count): the first source
+// position, how many follow, and their fixed-point weights (stored back to back).
+struct AxisTaps {
+  std::vector<int> start;
+  std::vector<int> length;
+  std::vector<int> weights_offset;
+  std::vector<int32_t> weights;
+};
+
+// Pillow's precompute_coeffs() followed by normalize_coeffs_8bpc(), for the outputs
+// [first, first + count) of an in_size -> out_size resize with box (0, in_size).
+AxisTaps ComputeTaps(int in_size, int out_size, int first, int count) {
+  AxisTaps taps;
+  taps.start.resize(count);
+  taps.length.resize(count);
+  taps.weights_offset.resize(count);
+  if (in_size == out_size) {  // Pillow skips the pass; an identity tap is the same.
+    taps.weights.assign(count, int32_t{1} << kPrecisionBits);
+    for (int i = 0; i < count; ++i) {
+      taps.start[i] = first + i;
+      taps.length[i] = 1;
+      taps.weights_offset[i] = i;
+    }
+    return taps;
+  }
+  // Pillow takes the box as floats.
+  const float in0 = 0.0f;
+  const float in1 = static_cast<float>(in_size);
+  double filterscale, scale;
+  filterscale = scale = static_cast<double>(in1 - in0) / out_size;
+  if (filterscale < 1.0) filterscale = 1.0;
+  const double support = 2.0 * filterscale;  // BICUBIC support is 2.0.
+  std::vector<double> k;
+  for (int i = 0; i < count; ++i) {
+    const int xx = first + i;
+    const double center = in0 + (xx + 0.5) * scale;
+    double ww = 0.0;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    k.resize(std::max(xmax, 0));
+    for (int x = 0; x < xmax; ++x) {
+      const double w = BicubicFilter((x + xmin - center + 0.5) * ss);
+      k[x] = w;
+      ww += w;
+    }
+    for (int x = 0; x < xmax; ++x) {
+      if (ww != 0.0) k[x] /= ww;
+    }
+    taps.start[i] = xmin;
+    taps.length[i] = std::max(xmax, 0);
+    taps.weights_offset[i] = static_cast<int>(taps.weights.size());
+    for (int x = 0; x < xmax; ++x) {
+      taps.weights.push_back(
+          k[x] < 0 ? static_cast<int32_t>(-0.5 + k[x] * (1 << kPrecisionBits))
+                   : static_cast<int32_t>(0.5 + k[x] * (1 << kPrecisionBits)));
+    }
+  }
+  return taps;
+}
+
+// Horizontal pass for one source row: `width` output pixels from `src`.
+void ResampleRow(const uint8_t* src, const AxisTaps& taps, int width, uint8_t* dst) {
+  for (int xx = 0; xx < width; ++xx) {
+    const uint8_t* p = src + size_t{static_cast<unsigned>(taps.start[xx])} * 3;
+    const int32_t* k = &taps.weights[taps.weights_offset[xx]];
+    const int n = taps.length[xx];
+    int32_t s0 = kHalf, s1 = kHalf, s2 = kHalf;
+    for (int x = 0; x < n; ++x) {
+      s0 += p[x * 3 + 0] * k[x];
+      s1 += p[x * 3 + 1] * k[x];
+      s2 += p[x * 3 + 2] * k[x];
+    }
+    dst[xx * 3 + 0] = Clip8(s0);
+    dst[xx * 3 + 1] = Clip8(s1);
+    dst[xx * 3 + 2] = Clip8(s2);
+  }
+}
+
+}  // namespace
+
+absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int out_height,
+                                 int left, int top, int window_width, int window_height,
+                                 uint8_t* out) {
+  const absl::Status valid = ValidateRgbView(image);
+  if (!valid.ok()) return valid;
+  if (out_width < 1 || out_height < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("resize to an empty size ", out_width, "x", out_height));
+  }
+  if (window_width < 1 || window_height < 1 || left < 0 || top < 0 ||
+      left > out_width - window_width || top > out_height - window_height) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("window ", window_width, "x", window_height, "+", left, "+", top,
+                     " is not inside the ", out_width, "x", out_height, " output"));
+  }
+  const AxisTaps horizontal = ComputeTaps(image.width, out_width, left, window_width);
+  const AxisTaps vertical = ComputeTaps(image.height, out_height, top, window_height);
+
+  // Source rows the window's vertical taps read.
+  int row_begin = image.height, row_end = 0;
+  for (int yy = 0; yy < window_height; ++yy) {
+    if (vertical.length[yy] == 0) continue;
+    row_begin = std::min(row_begin, vertical.start[yy]);
+    row_end = std::max(row_end, vertical.start[yy] + vertical.length[yy]);
+  }
+  row_begin = std::min(row_begin, row_end);
+
+  // Horizontal pass, into 8-bit rows as Pillow's intermediate image.
+  const size_t row_values = size_t{static_cast<unsigned>(window_width)} * 3;
+  const size_t src_stride = size_t{static_cast<unsigned>(image.width)} * 3;
+  std::vector<uint8_t> temp(row_values * (row_end - row_begin));
+  for (int y = row_begin; y < row_end; ++y) {
+    ResampleRow(image.pixels.data() + y * src_stride, horizontal, window_width,
+                &temp[(y - row_begin) * row_values]);
+  }
+
+  // Vertical pass: whole rows at a time, so the inner loop runs over contiguous bytes.
+  std::vector<int32_t> sums(row_values);
+  for (int yy = 0; yy < window_height; ++yy) {
+    std::fill(sums.begin(), sums.end(), kHalf);
+    const int32_t* k = &vertical.weights[vertical.weights_offset[yy]];
+    for (int y = 0; y < vertical.length[yy]; ++y) {
+      const uint8_t* row = &temp[(vertical.start[yy] + y - row_begin) * row_values];
+      const int32_t weight = k[y];
+      int32_t* s = sums.data();
+      for (size_t i = 0; i < row_values; ++i) s[i] += row[i] * weight;
+    }
+    uint8_t* dst = out + yy * row_values;
+    for (size_t i = 0; i < row_values; ++i) dst[i] = Clip8(sums[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RgbImage> ResizeBicubic(const RgbImageView& image, int out_width,
+                                       int out_height) {
+  if (out_width < 1 || out_height < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("resize to an empty size ", out_width, "x", out_height));
+  }
+  if (int64_t{out_width} * out_height > kDefaultMaxPixels) {
+    return absl::InvalidArgumentError(absl::StrCat("resize to ", out_width, "x",
+                                                   out_height, " exceeds the limit of ",
+                                                   kDefaultMaxPixels, " pixels"));
+  }
+  RgbImage out;
+  out.width = out_width;
+  out.height = out_height;
+  out.pixels.resize(size_t{static_cast<unsigned>(out_width)} * out_height * 3);
+  const absl::Status status = ResizeBicubicWindow(
+      image, out_width, out_height, 0, 0, out_width, out_height, out.pixels.data());
+  if (!status.ok()) return status;
+  return out;
+}
+
+}  // namespace clipserve::image

@@ -1,0 +1,59 @@
+#ifndef CLIPSERVE_SERVER_IMAGE_DECODERS_H_
+#define CLIPSERVE_SERVER_IMAGE_DECODERS_H_
+
+// Internal to server/image: one decoder per container format, called by DecodeImage()
+// after it sniffed the format and checked the encoded size. Each has DecodeImage()'s
+// contract (rgb_image.h, image_decoder.h) for its format; messages start with the
+// format's name. When options.honor_exif_orientation is set, each that can carry EXIF
+// stores the orientation tag (1-8, 1 when absent) in *exif_orientation; DecodeImage()
+// applies it.
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/image/image_decoder.h"
+#include "server/image/rgb_image.h"
+
+namespace clipserve::image::internal {
+
+absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view encoded,
+                                    const DecodeOptions& options, int* exif_orientation);
+absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
+                                   const DecodeOptions& options, int* exif_orientation);
+absl::StatusOr<RgbImage> DecodeWebp(absl::string_view encoded,
+                                    const DecodeOptions& options, int* exif_orientation);
+absl::StatusOr<RgbImage> DecodeGif(absl::string_view encoded,
+                                   const DecodeOptions& options);
+absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
+                                   const DecodeOptions& options);
+
+// INVALID_ARGUMENT "<format>: <what>".
+absl::Status FormatError(absl::string_view format, absl::string_view what);
+
+// OK when the declared `width` x `height` has both sides >= 1 and at most
+// options.max_pixels pixels; INVALID_ARGUMENT naming the size and the limit otherwise.
+// Decoders call it right after parsing the header, before allocating pixel memory.
+absl::Status CheckDeclaredSize(absl::string_view format, int64_t width, int64_t height,
+                               const DecodeOptions& options);
+
+// A width x height image with zeroed pixels; the size must have passed
+// CheckDeclaredSize().
+RgbImage NewRgbImage(int width, int height);
+
+// A 256-entry color table for palette images, as Pillow builds one: entry i starts as
+// gray (i, i, i) and the file's palette overwrites the first entries, so an index past
+// the end of a short palette reads as gray, not black.
+struct Palette {
+  Palette();
+  void Set(int index, uint8_t r, uint8_t g, uint8_t b);
+  // Expands `count` indices to `count` RGB8 pixels.
+  void Expand(const uint8_t* indices, int64_t count, uint8_t* rgb) const;
+
+  uint8_t rgb[256 * 3];
+};
+
+}  // namespace clipserve::image::internal
+
+#endif  // CLIPSERVE_SERVER_IMAGE_DECODERS_H_

@@ -1,0 +1,207 @@
+// JPEG through libjpeg-turbo, with the settings Pillow 9.4 uses (libjpeg's defaults:
+// ISLOW DCT, fancy upsampling), so pixels match Pillow's bit for bit.
+
+#include <csetjmp>
+#include <cstdint>
+#include <vector>
+
+// jpeglib.h uses size_t and FILE without including their headers, and jerror.h needs
+// jpeglib.h.
+// clang-format off
+#include <cstddef>
+#include <cstdio>
+#include <jpeglib.h>
+#include <jerror.h>
+// clang-format on
+
+#include "absl/strings/str_cat.h"
+#include "server/image/decoders.h"
+#include "server/image/exif_orientation.h"
+
+namespace clipserve::image::internal {
+namespace {
+
+constexpr absl::string_view kFormat = "JPEG";
+
+// Progressive files can hold any number of scans, each a pass over the whole
+// coefficient buffer; libjpeg-turbo's own TurboJPEG API stops at 500 as well.
+constexpr int kMaxScans = 500;
+
+// Per-decode state. Error handling never touches globals: libjpeg reports through the
+// error manager, which longjmps back to the setjmp of the phase in progress.
+struct JpegContext {
+  jpeg_decompress_struct cinfo;
+  jpeg_error_mgr error_mgr;
+  jpeg_progress_mgr progress;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX] = {};
+  bool out_of_memory = false;
+  bool created = false;
+};
+
+JpegContext* ContextOf(j_common_ptr cinfo) {
+  return static_cast<JpegContext*>(cinfo->client_data);
+}
+
+[[noreturn]] void Fail(j_common_ptr cinfo) {
+  JpegContext* context = ContextOf(cinfo);
+  (*cinfo->err->format_message)(cinfo, context->message);
+  context->out_of_memory = cinfo->err->msg_code == JERR_OUT_OF_MEMORY;
+  std::longjmp(context->jump, 1);
+}
+
+void ErrorExit(j_common_ptr cinfo) { Fail(cinfo); }
+
+// libjpeg reports recoverable corruption as warnings (msg_level -1) and carries on.
+// Pillow ignores those, except that a stream ending early makes Pillow raise ("image
+// file is truncated"); libjpeg would pad it with gray, so that warning is an error here.
+void EmitMessage(j_common_ptr cinfo, int msg_level) {
+  if (msg_level != -1) return;  // Trace messages.
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF) Fail(cinfo);
+  ++cinfo->err->num_warnings;
+}
+
+void OutputMessage(j_common_ptr) {}  // Never print to stderr.
+
+void Progress(j_common_ptr cinfo) {
+  auto* dinfo = reinterpret_cast<j_decompress_ptr>(cinfo);
+  if (dinfo->input_scan_number > kMaxScans) {
+    std::snprintf(ContextOf(cinfo)->message, JMSG_LENGTH_MAX,
+                  "progressive JPEG has more than %d scans", kMaxScans);
+    std::longjmp(ContextOf(cinfo)->jump, 1);
+  }
+}
+
+// Phase 1: header. No object with a destructor lives in the setjmp frames below, so
+// longjmp skips nothing that needs cleanup; *context is cleaned up by its owner.
+bool ReadHeader(JpegContext* context, const uint8_t* data, size_t size, bool save_exif) {
+  jpeg_decompress_struct& cinfo = context->cinfo;
+  cinfo.err = jpeg_std_error(&context->error_mgr);
+  context->error_mgr.error_exit = ErrorExit;
+  context->error_mgr.emit_message = EmitMessage;
+  context->error_mgr.output_message = OutputMessage;
+  cinfo.client_data = context;  // jpeg_create_decompress keeps err and client_data.
+  if (setjmp(context->jump)) return false;
+  jpeg_create_decompress(&cinfo);
+  context->created = true;
+  context->progress.progress_monitor = Progress;
+  cinfo.progress = &context->progress;
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));  // NOLINT(runtime/int)
+  if (save_exif) jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
+  jpeg_read_header(&cinfo, TRUE);
+  return true;
+}
+
+// Pillow's CMYK -> RGB (Convert.c cmyk2rgb) on Adobe-inverted samples, which Pillow
+// un-inverts first (raw mode "CMYK;I"): with c, m, y, k the stored bytes,
+// channel = clip(nk - nk * (255 - c) / 255) with nk = k and Pillow's MULDIV255 rounding.
+inline uint8_t CmykChannel(int inverted_c, int nk) {
+  const int c = 255 - inverted_c;
+  const int t = c * nk + 128;
+  const int v = nk - (((t >> 8) + t) >> 8);
+  return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+// Phase 2: pixels, into `out` (width * height * 3 bytes). `row` holds one row of
+// 4-component samples when the file is CMYK or YCCK.
+bool Decompress(JpegContext* context, uint8_t* out, uint8_t* row) {
+  if (setjmp(context->jump)) return false;
+  jpeg_decompress_struct& cinfo = context->cinfo;
+  jpeg_start_decompress(&cinfo);
+  const size_t width = cinfo.output_width;
+  const bool cmyk = cinfo.out_color_space == JCS_CMYK;
+  while (cinfo.output_scanline < cinfo.output_height) {
+    uint8_t* dst = out + size_t{cinfo.output_scanline} * width * 3;
+    JSAMPROW rows[1] = {cmyk ? row : dst};
+    if (jpeg_read_scanlines(&cinfo, rows, 1) != 1) {
+      std::snprintf(context->message, JMSG_LENGTH_MAX, "decoder returned no scanline");
+      return false;
+    }
+    if (cmyk) {
+      for (size_t x = 0; x < width; ++x) {
+        const uint8_t* s = row + x * 4;
+        const int nk = s[3];  // 255 - K after un-inverting.
+        dst[x * 3 + 0] = CmykChannel(s[0], nk);
+        dst[x * 3 + 1] = CmykChannel(s[1], nk);
+        dst[x * 3 + 2] = CmykChannel(s[2], nk);
+      }
+    }
+  }
+  jpeg_finish_decompress(&cinfo);
+  return true;
+}
+
+absl::Status LibjpegError(const JpegContext& context) {
+  if (context.out_of_memory) {
+    return absl::ResourceExhaustedError(absl::StrCat("JPEG: ", context.message));
+  }
+  return FormatError(kFormat, context.message);
+}
+
+// Destroys the libjpeg state on every path out of DecodeJpeg.
+class ContextCleanup {
+ public:
+  explicit ContextCleanup(JpegContext* context) : context_(context) {}
+  ~ContextCleanup() {
+    if (context_->created) jpeg_destroy_decompress(&context_->cinfo);
+  }
+  ContextCleanup(const ContextCleanup&) = delete;
+  ContextCleanup& operator=(const ContextCleanup&) = delete;
+
+ private:
+  JpegContext* context_;
+};
+
+}  // namespace
+
+absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view encoded,
+                                    const DecodeOptions& options, int* exif_orientation) {
+  JpegContext context;
+  ContextCleanup cleanup(&context);
+  if (!ReadHeader(&context, reinterpret_cast<const uint8_t*>(encoded.data()),
+                  encoded.size(), options.honor_exif_orientation)) {
+    return LibjpegError(context);
+  }
+  jpeg_decompress_struct& cinfo = context.cinfo;
+  const absl::Status size_ok =
+      CheckDeclaredSize(kFormat, cinfo.image_width, cinfo.image_height, options);
+  if (!size_ok.ok()) return size_ok;
+
+  // Pillow's modes by component count: 1 -> L, 3 -> RGB, 4 -> CMYK (always read as
+  // Adobe-inverted); libjpeg picks the stored color space (YCbCr, RGB, YCCK, ...).
+  switch (cinfo.num_components) {
+    case 1:
+    case 3:
+      cinfo.out_color_space = JCS_RGB;  // Gray is replicated, as L -> RGB does.
+      break;
+    case 4:
+      cinfo.out_color_space = JCS_CMYK;
+      break;
+    default:
+      return FormatError(
+          kFormat, absl::StrCat("unsupported component count ", cinfo.num_components));
+  }
+
+  if (options.honor_exif_orientation) {
+    for (jpeg_saved_marker_ptr m = cinfo.marker_list; m != nullptr; m = m->next) {
+      const absl::string_view payload(reinterpret_cast<const char*>(m->data),
+                                      m->data_length);
+      if (m->marker == JPEG_APP0 + 1 &&
+          payload.substr(0, 6) == absl::string_view("Exif\0\0", 6)) {
+        *exif_orientation = ExifOrientation(payload);
+        break;  // Pillow reads the first Exif segment.
+      }
+    }
+  }
+
+  RgbImage image = NewRgbImage(static_cast<int>(cinfo.image_width),
+                               static_cast<int>(cinfo.image_height));
+  std::vector<uint8_t> cmyk_row(cinfo.num_components == 4 ? size_t{cinfo.image_width} * 4
+                                                          : 0);
+  if (!Decompress(&context, image.pixels.data(), cmyk_row.data())) {
+    return LibjpegError(context);
+  }
+  return image;
+}
+
+}  // namespace clipserve::image::internal

@@ -1,0 +1,164 @@
+// PNG through libpng, reproducing Pillow 9.4's PNG modes followed by convert("RGB").
+
+#include <png.h>
+
+#include <csetjmp>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/image/decoders.h"
+#include "server/image/exif_orientation.h"
+
+namespace clipserve::image::internal {
+namespace {
+
+constexpr absl::string_view kFormat = "PNG";
+
+// Per-decode state; libpng reaches it through its error and io pointers.
+struct PngContext {
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  size_t position = 0;
+  char message[256] = {};
+};
+
+void PngError(png_structp png, png_const_charp message) {
+  auto* context = static_cast<PngContext*>(png_get_error_ptr(png));
+  std::snprintf(context->message, sizeof(context->message), "%s", message);
+  png_longjmp(png, 1);
+}
+
+void PngWarning(png_structp, png_const_charp) {}  // Never print to stderr.
+
+void PngRead(png_structp png, png_bytep out, size_t length) {
+  auto* context = static_cast<PngContext*>(png_get_io_ptr(png));
+  if (length > context->size - context->position) {
+    png_error(png, "data is truncated");
+  }
+  std::memcpy(out, context->data + context->position, length);
+  context->position += length;
+}
+
+struct Header {
+  png_uint_32 width = 0;
+  png_uint_32 height = 0;
+  int bit_depth = 0;
+  int color_type = 0;
+};
+
+// Phase 1: signature and chunks up to the first IDAT. As in every setjmp frame here,
+// no object with a destructor lives in it; the caller owns and destroys the structs.
+bool ReadHeader(PngContext* context, Header* header) {
+  if (setjmp(png_jmpbuf(context->png))) return false;
+  png_set_read_fn(context->png, context, PngRead);
+  // Pillow's convert("RGB") needs only IHDR, PLTE and IDAT: skip every ancillary chunk
+  // (text, ICC profiles, ...) unparsed, so none can cost time or memory.
+  png_set_keep_unknown_chunks(context->png, PNG_HANDLE_CHUNK_NEVER, nullptr, -1);
+  // libpng's default caps each side at 1,000,000; DecodeOptions::max_pixels governs.
+  png_set_user_limits(context->png, PNG_UINT_31_MAX, PNG_UINT_31_MAX);
+  png_read_info(context->png, context->info);
+  png_get_IHDR(context->png, context->info, &header->width, &header->height,
+               &header->bit_depth, &header->color_type, nullptr, nullptr, nullptr);
+  return true;
+}
+
+// Phase 2: pixels. `rows` points at height rows of the output (RGB8) or, for palette
+// images, of the index buffer (one byte per pixel); `palette` receives the PLTE.
+bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
+                size_t row_bytes, Palette* palette) {
+  png_structp png = context->png;
+  if (setjmp(png_jmpbuf(png))) return false;
+  png_set_strip_16(png);  // 16-bit samples keep their high byte: v >> 8.
+  if (header.color_type == PNG_COLOR_TYPE_PALETTE) {
+    png_set_packing(png);  // 1/2/4-bit indices to one byte each.
+    png_colorp entries = nullptr;
+    int count = 0;
+    if (png_get_PLTE(png, context->info, &entries, &count) == PNG_INFO_PLTE) {
+      for (int i = 0; i < count && i < 256; ++i) {
+        palette->Set(i, entries[i].red, entries[i].green, entries[i].blue);
+      }
+    }
+  } else {
+    // 1/2/4-bit gray scaled by bit replication (Pillow's "1", "L;2", "L;4"), gray
+    // replicated, alpha dropped; tRNS is never expanded, as convert("RGB") ignores it.
+    png_set_expand_gray_1_2_4_to_8(png);
+    png_set_gray_to_rgb(png);
+    png_set_strip_alpha(png);
+  }
+  png_set_interlace_handling(png);
+  png_read_update_info(png, context->info);
+  if (png_get_rowbytes(png, context->info) != row_bytes) {
+    std::snprintf(context->message, sizeof(context->message),
+                  "unexpected row size after conversion");
+    return false;
+  }
+  // png_read_end() is not called: like Pillow, accept files whose chunks after the
+  // image data (IEND included) are missing or broken.
+  png_read_image(png, rows);
+  return true;
+}
+
+// The payload of the first eXIf chunk, or "" when there is none. Walks the chunk list
+// with bounds checks only (CRCs are not verified: the tag only rotates the image).
+absl::string_view FindExifChunk(absl::string_view png) {
+  size_t offset = 8;
+  while (png.size() >= 12 && offset <= png.size() - 12) {
+    const auto* p = reinterpret_cast<const uint8_t*>(png.data()) + offset;
+    const uint32_t length = (uint32_t{p[0]} << 24) | (p[1] << 16) | (p[2] << 8) | p[3];
+    const absl::string_view type = png.substr(offset + 4, 4);
+    if (length > png.size() - offset - 12) return "";
+    if (type == "eXIf") return png.substr(offset + 8, length);
+    if (type == "IEND") return "";
+    offset += size_t{length} + 12;
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
+                                   const DecodeOptions& options, int* exif_orientation) {
+  PngContext context;
+  context.data = reinterpret_cast<const uint8_t*>(encoded.data());
+  context.size = encoded.size();
+  context.png =
+      png_create_read_struct(PNG_LIBPNG_VER_STRING, &context, PngError, PngWarning);
+  if (context.png == nullptr) return absl::ResourceExhaustedError("PNG: out of memory");
+  context.info = png_create_info_struct(context.png);
+  struct Cleanup {
+    PngContext* context;
+    ~Cleanup() { png_destroy_read_struct(&context->png, &context->info, nullptr); }
+  } cleanup{&context};
+  if (context.info == nullptr) return absl::ResourceExhaustedError("PNG: out of memory");
+
+  Header header;
+  if (!ReadHeader(&context, &header)) return FormatError(kFormat, context.message);
+  const absl::Status size_ok =
+      CheckDeclaredSize(kFormat, header.width, header.height, options);
+  if (!size_ok.ok()) return size_ok;
+  if (options.honor_exif_orientation) {
+    *exif_orientation = ExifOrientation(FindExifChunk(encoded));
+  }
+
+  const int width = static_cast<int>(header.width);
+  const int height = static_cast<int>(header.height);
+  RgbImage image = NewRgbImage(width, height);
+  const bool is_palette = header.color_type == PNG_COLOR_TYPE_PALETTE;
+  std::vector<uint8_t> indices(is_palette ? image.pixels.size() / 3 : 0);
+  const size_t row_bytes = is_palette ? size_t{header.width} : size_t{header.width} * 3;
+  uint8_t* base = is_palette ? indices.data() : image.pixels.data();
+  std::vector<png_bytep> rows(height);
+  for (int y = 0; y < height; ++y) rows[y] = base + y * row_bytes;
+  Palette palette;
+  if (!ReadPixels(&context, header, rows.data(), row_bytes, &palette)) {
+    return FormatError(kFormat, context.message);
+  }
+  if (is_palette) palette.Expand(indices.data(), indices.size(), image.pixels.data());
+  return image;
+}
+
+}  // namespace clipserve::image::internal

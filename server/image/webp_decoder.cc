@@ -1,0 +1,123 @@
+// WebP through libwebp. Pillow 9.4 reads every WebP with WebPAnimDecoder (RGBA, first
+// frame on a transparent-black canvas); a still image decodes to the same RGB values
+// directly, so only animated files go through the animation decoder.
+
+#include <webp/decode.h>
+#include <webp/demux.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "server/image/decoders.h"
+#include "server/image/exif_orientation.h"
+
+namespace clipserve::image::internal {
+namespace {
+
+constexpr absl::string_view kFormat = "WebP";
+
+absl::string_view Vp8StatusText(VP8StatusCode status) {
+  switch (status) {
+    case VP8_STATUS_OUT_OF_MEMORY:
+      return "out of memory";
+    case VP8_STATUS_INVALID_PARAM:
+      return "invalid parameter";
+    case VP8_STATUS_BITSTREAM_ERROR:
+      return "corrupt bitstream";
+    case VP8_STATUS_UNSUPPORTED_FEATURE:
+      return "unsupported feature";
+    case VP8_STATUS_NOT_ENOUGH_DATA:
+      return "data is truncated";
+    default:
+      return "decoding failed";
+  }
+}
+
+absl::Status WebpError(VP8StatusCode status) {
+  if (status == VP8_STATUS_OUT_OF_MEMORY) {
+    return absl::ResourceExhaustedError("WebP: out of memory");
+  }
+  return FormatError(kFormat, Vp8StatusText(status));
+}
+
+// The payload of the RIFF chunk "EXIF", or "" when there is none.
+absl::string_view FindExifChunk(absl::string_view riff) {
+  size_t offset = 12;  // "RIFF" <size> "WEBP"
+  while (riff.size() >= 8 && offset <= riff.size() - 8) {
+    const auto* p = reinterpret_cast<const uint8_t*>(riff.data()) + offset + 4;
+    const uint32_t length = p[0] | (p[1] << 8) | (p[2] << 16) | (uint32_t{p[3]} << 24);
+    if (length > riff.size() - offset - 8) return "";
+    if (riff.substr(offset, 4) == "EXIF") return riff.substr(offset + 8, length);
+    offset += 8 + size_t{length} + (length & 1);  // Chunks are padded to even sizes.
+  }
+  return "";
+}
+
+absl::StatusOr<RgbImage> DecodeFirstAnimationFrame(absl::string_view encoded, int width,
+                                                   int height) {
+  WebPAnimDecoderOptions options;
+  if (!WebPAnimDecoderOptionsInit(&options)) {
+    return FormatError(kFormat, "libwebp ABI mismatch");
+  }
+  options.color_mode = MODE_RGBA;
+  options.use_threads = 0;
+  const WebPData data = {reinterpret_cast<const uint8_t*>(encoded.data()),
+                         encoded.size()};
+  WebPAnimDecoder* decoder = WebPAnimDecoderNew(&data, &options);
+  if (decoder == nullptr) return FormatError(kFormat, "corrupt animation");
+  struct Cleanup {
+    WebPAnimDecoder* decoder;
+    ~Cleanup() { WebPAnimDecoderDelete(decoder); }
+  } cleanup{decoder};
+  WebPAnimInfo info;
+  if (!WebPAnimDecoderGetInfo(decoder, &info) ||
+      info.canvas_width != static_cast<uint32_t>(width) ||
+      info.canvas_height != static_cast<uint32_t>(height)) {
+    return FormatError(kFormat, "inconsistent animation canvas");
+  }
+  uint8_t* rgba = nullptr;
+  int timestamp = 0;
+  if (!WebPAnimDecoderGetNext(decoder, &rgba, &timestamp)) {
+    return FormatError(kFormat, "corrupt first animation frame");
+  }
+  RgbImage image = NewRgbImage(width, height);
+  const size_t pixels = image.pixels.size() / 3;
+  for (size_t i = 0; i < pixels; ++i) std::memcpy(&image.pixels[i * 3], &rgba[i * 4], 3);
+  return image;
+}
+
+}  // namespace
+
+absl::StatusOr<RgbImage> DecodeWebp(absl::string_view encoded,
+                                    const DecodeOptions& options, int* exif_orientation) {
+  const auto* data = reinterpret_cast<const uint8_t*>(encoded.data());
+  WebPBitstreamFeatures features;
+  const VP8StatusCode status = WebPGetFeatures(data, encoded.size(), &features);
+  if (status != VP8_STATUS_OK) return WebpError(status);
+  const absl::Status size_ok =
+      CheckDeclaredSize(kFormat, features.width, features.height, options);
+  if (!size_ok.ok()) return size_ok;
+  if (options.honor_exif_orientation) {
+    *exif_orientation = ExifOrientation(FindExifChunk(encoded));
+  }
+  if (features.has_animation) {
+    return DecodeFirstAnimationFrame(encoded, features.width, features.height);
+  }
+  RgbImage image = NewRgbImage(features.width, features.height);
+  WebPDecoderConfig config;
+  if (!WebPInitDecoderConfig(&config)) {
+    return FormatError(kFormat, "libwebp ABI mismatch");
+  }
+  config.output.colorspace = MODE_RGB;
+  config.output.is_external_memory = 1;
+  config.output.u.RGBA.rgba = image.pixels.data();
+  config.output.u.RGBA.stride = features.width * 3;
+  config.output.u.RGBA.size = image.pixels.size();
+  const VP8StatusCode decoded = WebPDecode(data, encoded.size(), &config);
+  WebPFreeDecBuffer(&config.output);
+  if (decoded != VP8_STATUS_OK) return WebpError(decoded);
+  return image;
+}
+
+}  // namespace clipserve::image::internal

@@ -1,0 +1,126 @@
+#include "server/image/exif_orientation.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace clipserve::image {
+namespace {
+
+using ::testing::ElementsAreArray;
+
+// A TIFF header and one IFD holding `entries` (tag, type, value), in either byte order.
+std::string Tiff(bool little_endian, const std::vector<std::vector<uint32_t>>& entries) {
+  std::string s;
+  auto put16 = [&](uint32_t v) {
+    if (little_endian) {
+      s.push_back(static_cast<char>(v & 0xFF));
+      s.push_back(static_cast<char>(v >> 8));
+    } else {
+      s.push_back(static_cast<char>(v >> 8));
+      s.push_back(static_cast<char>(v & 0xFF));
+    }
+  };
+  auto put32 = [&](uint32_t v) {
+    if (little_endian) {
+      put16(v & 0xFFFF);
+      put16(v >> 16);
+    } else {
+      put16(v >> 16);
+      put16(v & 0xFFFF);
+    }
+  };
+  s += little_endian ? std::string("II*\0", 4) : std::string("MM\0*", 4);
+  put32(8);
+  put16(static_cast<uint32_t>(entries.size()));
+  for (const auto& e : entries) {
+    put16(e[0]);
+    put16(e[1]);
+    put32(1);
+    if (e[1] == 3) {  // SHORT: left-justified in the 4-byte value field.
+      put16(e[2]);
+      put16(0);
+    } else {
+      put32(e[2]);
+    }
+  }
+  put32(0);
+  return s;
+}
+
+TEST(ExifOrientationTest, ReadsTheTagInEitherByteOrder) {
+  for (bool le : {true, false}) {
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x010F, 2, 0}, {0x0112, 3, 6}})), 6);
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x0112, 4, 8}})), 8);  // LONG
+    EXPECT_EQ(ExifOrientation(std::string("Exif\0\0", 6) + Tiff(le, {{0x0112, 3, 3}})),
+              3);
+  }
+}
+
+TEST(ExifOrientationTest, MissingOrMalformedIsUpright) {
+  EXPECT_EQ(ExifOrientation(""), 1);
+  EXPECT_EQ(ExifOrientation("not exif at all"), 1);
+  EXPECT_EQ(ExifOrientation(Tiff(true, {})), 1);
+  EXPECT_EQ(ExifOrientation(Tiff(true, {{0x0112, 3, 9}})), 1);  // Out of range.
+  EXPECT_EQ(ExifOrientation(Tiff(true, {{0x0112, 3, 0}})), 1);
+  const std::string full = Tiff(true, {{0x0100, 3, 1}, {0x0112, 3, 5}});
+  EXPECT_EQ(ExifOrientation(full), 5);
+  // Every cut before the end of the orientation's value (byte 32) reads as upright.
+  for (size_t n = 0; n < 32; ++n) {
+    EXPECT_EQ(ExifOrientation(full.substr(0, n)), 1) << n;
+  }
+  std::string bad_offset = full;
+  bad_offset[4] = '\xF0';  // IFD offset far past the end.
+  EXPECT_EQ(ExifOrientation(bad_offset), 1);
+}
+
+// A 3 x 2 image whose pixel (x, y) is (10 * y + x, 0, 0):
+//   0  1  2
+//  10 11 12
+RgbImage Numbered() {
+  RgbImage image;
+  image.width = 3;
+  image.height = 2;
+  for (int y = 0; y < 2; ++y) {
+    for (int x = 0; x < 3; ++x)
+      image.pixels.insert(image.pixels.end(), {uint8_t(10 * y + x), 0, 0});
+  }
+  return image;
+}
+
+std::vector<int> Reds(const RgbImage& image) {
+  std::vector<int> reds;
+  for (size_t i = 0; i < image.pixels.size(); i += 3) reds.push_back(image.pixels[i]);
+  return reds;
+}
+
+TEST(ApplyExifOrientationTest, EachOrientation) {
+  struct Case {
+    int orientation, width, height;
+    std::vector<int> reds;
+  };
+  const std::vector<Case> cases = {
+      {1, 3, 2, {0, 1, 2, 10, 11, 12}},
+      {2, 3, 2, {2, 1, 0, 12, 11, 10}},  // mirror left-right
+      {3, 3, 2, {12, 11, 10, 2, 1, 0}},  // rotate 180
+      {4, 3, 2, {10, 11, 12, 0, 1, 2}},  // mirror top-bottom
+      {5, 2, 3, {0, 10, 1, 11, 2, 12}},  // transpose
+      {6, 2, 3, {10, 0, 11, 1, 12, 2}},  // rotate 90 clockwise
+      {7, 2, 3, {12, 2, 11, 1, 10, 0}},  // transverse
+      {8, 2, 3, {2, 12, 1, 11, 0, 10}},  // rotate 90 counter-clockwise
+      {9, 3, 2, {0, 1, 2, 10, 11, 12}},  // invalid: unchanged
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.orientation);
+    const RgbImage out = ApplyExifOrientation(Numbered(), c.orientation);
+    EXPECT_EQ(out.width, c.width);
+    EXPECT_EQ(out.height, c.height);
+    EXPECT_THAT(Reds(out), ElementsAreArray(c.reds));
+  }
+}
+
+}  // namespace
+}  // namespace clipserve::image

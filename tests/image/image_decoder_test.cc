@@ -1,0 +1,288 @@
+#include "server/image/image_decoder.h"
+
+// jpeglib.h uses size_t and FILE without including their headers.
+// clang-format off
+#include <cstddef>
+#include <cstdio>
+#include <jpeglib.h>
+// clang-format on
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/image/image_test_util.h"
+#include "tests/testing/shared_data.h"
+
+namespace clipserve::image {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string ReadShared(const std::string& name) {
+  const std::string path = testing::SharedPath("images/" + name);
+  std::string data;
+  EXPECT_TRUE(ReadFileBytes(path, &data)) << "cannot read " << path;
+  return data;
+}
+
+TEST(SniffImageFormatTest, UsesMagicNumbersNotNames) {
+  EXPECT_EQ(SniffImageFormat(ReadShared("rocket.jpg")), ImageFormat::kJpeg);
+  EXPECT_EQ(SniffImageFormat(ReadShared("chelsea.png")), ImageFormat::kPng);
+  EXPECT_EQ(SniffImageFormat(ReadShared("chelsea.gif")), ImageFormat::kGif);
+  EXPECT_EQ(SniffImageFormat(ReadShared("chelsea.webp")), ImageFormat::kWebp);
+  EXPECT_EQ(SniffImageFormat(ReadShared("chelsea.bmp")), ImageFormat::kBmp);
+  EXPECT_EQ(SniffImageFormat(ReadShared("not_an_image.jpg")), ImageFormat::kUnknown);
+  EXPECT_EQ(SniffImageFormat(""), ImageFormat::kUnknown);
+  EXPECT_EQ(SniffImageFormat("GIF88a"), ImageFormat::kUnknown);
+  EXPECT_EQ(SniffImageFormat("RIFF\0\0\0\0WAVE"), ImageFormat::kUnknown);
+  EXPECT_EQ(SniffImageFormat(std::string("RIFF\0\0\0\0WEBP", 12)), ImageFormat::kWebp);
+  EXPECT_EQ(ImageFormatName(ImageFormat::kWebp), "WebP");
+}
+
+TEST(DecodeImageTest, EmptyInputIsInvalidArgument) {
+  const absl::StatusOr<RgbImage> image = DecodeImage("");
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("empty"));
+}
+
+TEST(DecodeImageTest, TextIsInvalidArgument) {
+  const absl::StatusOr<RgbImage> image = DecodeImage(ReadShared("not_an_image.jpg"));
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("unrecognized image format"));
+}
+
+// libjpeg pads a short stream with gray and warns; Pillow raises, and so do we.
+TEST(DecodeImageTest, TruncatedJpegIsInvalidArgument) {
+  const absl::StatusOr<RgbImage> image = DecodeImage(ReadShared("truncated.jpg"));
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("JPEG: Premature end of JPEG file"));
+}
+
+// 100000 x 100000 declared in 74 bytes: refused from the header. Allocating the
+// declared 30 GB would throw std::bad_alloc and fail the test process, so passing
+// shows that the check came first.
+TEST(DecodeImageTest, DecompressionBombIsRefusedFromTheHeader) {
+  const std::string bomb = ReadShared("bomb_100k.png");
+  ASSERT_EQ(bomb.size(), 74u);
+  const absl::StatusOr<RgbImage> image = DecodeImage(bomb);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(),
+              HasSubstr("PNG: declared size 100000x100000 (10000000000 pixels) exceeds "
+                        "the limit of 40000000 pixels"));
+}
+
+TEST(DecodeImageTest, PixelLimitIsInclusive) {
+  const std::string png = ReadShared("chelsea.png");  // 451 x 300 = 135300 pixels.
+  DecodeOptions options;
+  options.max_pixels = 135300;
+  EXPECT_TRUE(DecodeImage(png, options).ok());
+  options.max_pixels = 135299;
+  const absl::StatusOr<RgbImage> image = DecodeImage(png, options);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("exceeds the limit of 135299 pixels"));
+}
+
+TEST(DecodeImageTest, PixelLimitAppliesToEveryFormat) {
+  DecodeOptions options;
+  options.max_pixels = 1000;
+  for (const char* name : {"chelsea.png", "chelsea_q75.jpg", "chelsea.gif",
+                           "chelsea.webp", "chelsea.bmp", "chelsea_progressive.jpg"}) {
+    SCOPED_TRACE(name);
+    const absl::StatusOr<RgbImage> image = DecodeImage(ReadShared(name), options);
+    EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(image.status().message(), HasSubstr("declared size 451x300"));
+  }
+}
+
+TEST(DecodeImageTest, EncodedSizeLimit) {
+  const std::string png = ReadShared("chelsea.png");
+  DecodeOptions options;
+  options.max_encoded_bytes = static_cast<int64_t>(png.size()) - 1;
+  const absl::StatusOr<RgbImage> image = DecodeImage(png, options);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("over the limit"));
+  options.max_encoded_bytes = static_cast<int64_t>(png.size());
+  EXPECT_TRUE(DecodeImage(png, options).ok());
+}
+
+TEST(DecodeImageTest, EdgeSizes) {
+  const absl::StatusOr<RgbImage> one = DecodeImage(ReadShared("one_pixel.png"));
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->width, 1);
+  EXPECT_EQ(one->height, 1);
+  EXPECT_EQ(one->pixels.size(), 3u);
+  const absl::StatusOr<RgbImage> wide = DecodeImage(ReadShared("very_wide.png"));
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  EXPECT_EQ(wide->width, 4000);
+  EXPECT_EQ(wide->height, 30);
+}
+
+// A zero side in the header is refused by the codec or by the size check.
+TEST(DecodeImageTest, ZeroSizedImagesAreInvalidArgument) {
+  std::string png = ReadShared("one_pixel.png");
+  png[16 + 3] = 0;  // IHDR width 1 -> 0 (the CRC no longer matches either).
+  EXPECT_EQ(DecodeImage(png).status().code(), absl::StatusCode::kInvalidArgument);
+  // GIF: 0 x 0 logical screen and frame.
+  constexpr char kGif[] = "GIF89a\0\0\0\0\0\0\0,\0\0\0\0\0\0\0\0\0\x02\x02\x44\x01\0;";
+  const std::string gif(kGif, sizeof(kGif) - 1);
+  const absl::StatusOr<RgbImage> image = DecodeImage(gif);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("GIF: declared size 0x0 is empty"));
+}
+
+// Any prefix of a valid file either decodes (formats whose tail is optional for
+// Pillow, e.g. a PNG missing IEND) or fails with INVALID_ARGUMENT; the middle of the
+// pixel data is never enough.
+TEST(DecodeImageTest, TruncatedFilesOfEveryFormat) {
+  for (const char* name :
+       {"chelsea.png", "chelsea_q75.jpg", "chelsea_progressive.jpg", "chelsea_cmyk.jpg",
+        "chelsea.gif", "chelsea.webp", "chelsea.bmp", "green_palette.png"}) {
+    SCOPED_TRACE(name);
+    const std::string data = ReadShared(name);
+    for (size_t length : {size_t{1}, size_t{8}, size_t{20}, size_t{100}, data.size() / 3,
+                          data.size() / 2, data.size() * 9 / 10}) {
+      SCOPED_TRACE(length);
+      const absl::StatusOr<RgbImage> image = DecodeImage(data.substr(0, length));
+      EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+    }
+    for (size_t cut = 1; cut <= 16; ++cut) {
+      const absl::StatusOr<RgbImage> image =
+          DecodeImage(data.substr(0, data.size() - cut));
+      EXPECT_TRUE(image.ok() ||
+                  image.status().code() == absl::StatusCode::kInvalidArgument)
+          << image.status();
+    }
+  }
+}
+
+// Decoding shares no state between calls: concurrent decodes of every shared file
+// give the single-threaded results (and TSan, in the tsan preset, sees no race).
+TEST(DecodeImageTest, ConcurrentDecodesAgree) {
+  const std::vector<std::string> names = {
+      "chelsea.png",  "chelsea_q75.jpg", "chelsea_cmyk.jpg", "chelsea.gif",
+      "chelsea.webp", "chelsea.bmp",     "truncated.jpg",    "logo.png"};
+  std::vector<std::string> files;
+  std::vector<absl::StatusOr<RgbImage>> expected;
+  for (const std::string& name : names) {
+    files.push_back(ReadShared(name));
+    expected.push_back(DecodeImage(files.back()));
+  }
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        for (size_t i = 0; i < files.size(); ++i) {
+          const size_t k = (i + t) % files.size();
+          const absl::StatusOr<RgbImage> image = DecodeImage(files[k]);
+          const bool same = image.ok() == expected[k].ok() &&
+                            (!image.ok() ? image.status() == expected[k].status()
+                                         : image->pixels == expected[k]->pixels);
+          if (!same) ++mismatches[t];
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_THAT(mismatches, ::testing::Each(0));
+}
+
+// Encodes a synthetic RGB image as a 4-component JPEG with libjpeg, stored the way
+// Adobe applications store CMYK (inverted: stored = 255 - ink, here R, G, B, 255), in
+// the given color space (JCS_CMYK, or JCS_YCCK which libjpeg transforms to).
+std::string EncodeAdobeCmyk(const std::vector<uint8_t>& rgb, int width, int height,
+                            J_COLOR_SPACE space) {
+  jpeg_compress_struct cinfo;
+  jpeg_error_mgr jerr;
+  cinfo.err = jpeg_std_error(&jerr);
+  jpeg_create_compress(&cinfo);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;  // NOLINT(runtime/int): libjpeg's type.
+  jpeg_mem_dest(&cinfo, &buffer, &size);
+  cinfo.image_width = width;
+  cinfo.image_height = height;
+  cinfo.input_components = 4;
+  cinfo.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_colorspace(&cinfo, space);
+  jpeg_set_quality(&cinfo, 100, TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  std::vector<uint8_t> row(width * 4);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    for (int x = 0; x < width; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        row[x * 4 + c] = rgb[(cinfo.next_scanline * width + x) * 3 + c];
+      }
+      row[x * 4 + 3] = 255;
+    }
+    JSAMPROW rows[1] = {row.data()};
+    jpeg_write_scanlines(&cinfo, rows, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  std::string out(reinterpret_cast<char*>(buffer), size);
+  std::free(buffer);
+  return out;
+}
+
+// YCCK (CMYK with the color channels in YCbCr) has no Pillow-written sample; its
+// CMYK after libjpeg's transform goes through the same Adobe-inverted conversion.
+TEST(DecodeImageTest, AdobeCmykAndYcckJpegsDecodeToTheirColors) {
+  const int width = 64, height = 48;
+  std::vector<uint8_t> rgb(width * height * 3);
+  std::mt19937 rng(7);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      uint8_t* p = &rgb[(y * width + x) * 3];
+      p[0] = static_cast<uint8_t>(x * 4);
+      p[1] = static_cast<uint8_t>(y * 5);
+      p[2] = static_cast<uint8_t>(128 + (rng() % 16));
+    }
+  }
+  for (J_COLOR_SPACE space : {JCS_CMYK, JCS_YCCK}) {
+    SCOPED_TRACE(space == JCS_CMYK ? "CMYK" : "YCCK");
+    const absl::StatusOr<RgbImage> image =
+        DecodeImage(EncodeAdobeCmyk(rgb, width, height, space));
+    ASSERT_TRUE(image.ok()) << image.status();
+    ASSERT_EQ(image->pixels.size(), rgb.size());
+    double total = 0;
+    int worst = 0;
+    for (size_t i = 0; i < rgb.size(); ++i) {
+      const int d = std::abs(int{image->pixels[i]} - rgb[i]);
+      total += d;
+      worst = std::max(worst, d);
+    }
+    EXPECT_LT(total / rgb.size(), 2.0);  // Quality 100: only rounding and chroma loss.
+    EXPECT_LE(worst, 24);
+  }
+}
+
+TEST(DecodeImageTest, ExifOrientationIsIgnoredByDefault) {
+  const std::string jpeg = ReadShared("chelsea_exif_rot6.jpg");
+  const absl::StatusOr<RgbImage> stored = DecodeImage(jpeg);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->width, 300);
+  EXPECT_EQ(stored->height, 451);
+  DecodeOptions options;
+  options.honor_exif_orientation = true;
+  const absl::StatusOr<RgbImage> upright = DecodeImage(jpeg, options);
+  ASSERT_TRUE(upright.ok()) << upright.status();
+  EXPECT_EQ(upright->width, 451);
+  EXPECT_EQ(upright->height, 300);
+  // Orientation 6 means "rotate 90 degrees clockwise to display": the upright top-left
+  // pixel is the stored bottom-left one.
+  const size_t bottom_left = size_t{450} * 300 * 3;
+  EXPECT_EQ(upright->pixels[0], stored->pixels[bottom_left]);
+  EXPECT_EQ(upright->pixels[1], stored->pixels[bottom_left + 1]);
+  EXPECT_EQ(upright->pixels[2], stored->pixels[bottom_left + 2]);
+}
+
+}  // namespace
+}  // namespace clipserve::image
