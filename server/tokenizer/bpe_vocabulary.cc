@@ -170,11 +170,16 @@ absl::StatusOr<BpeVocabulary> ParseOpenAiVocabulary(absl::string_view merges_tex
 
 absl::StatusOr<BpeVocabulary> LoadOpenAiVocabulary(const std::string& path) {
   CLIPSERVE_ASSIGN_OR_RETURN(const std::string compressed, ReadFile(path));
-  CLIPSERVE_ASSIGN_OR_RETURN(const std::string text, Gunzip(compressed, path));
+  return ParseOpenAiVocabularyGz(compressed, path);
+}
+
+absl::StatusOr<BpeVocabulary> ParseOpenAiVocabularyGz(absl::string_view compressed,
+                                                      const std::string& source) {
+  CLIPSERVE_ASSIGN_OR_RETURN(const std::string text, Gunzip(compressed, source));
   absl::StatusOr<BpeVocabulary> vocab = ParseOpenAiVocabulary(text);
   if (!vocab.ok()) {
     return absl::Status(vocab.status().code(),
-                        absl::StrCat(path, ": ", vocab.status().message()));
+                        absl::StrCat(source, ": ", vocab.status().message()));
   }
   return vocab;
 }

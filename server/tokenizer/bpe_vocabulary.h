@@ -65,6 +65,11 @@ absl::StatusOr<BpeVocabulary> ParseOpenAiVocabulary(absl::string_view merges_tex
 // Blocks on file I/O; thread-safe.
 absl::StatusOr<BpeVocabulary> LoadOpenAiVocabulary(const std::string& path);
 
+// Unpacks and parses the bytes of a bpe_simple_vocab_16e6.txt.gz held in memory;
+// `source` names them in errors. DATA_LOSS as LoadOpenAiVocabulary.
+absl::StatusOr<BpeVocabulary> ParseOpenAiVocabularyGz(absl::string_view compressed,
+                                                      const std::string& source);
+
 // A Hugging Face tokenizer pair, read like transformers' CLIPTokenizer: `vocab_json` is
 // one JSON object from token to id, the ids exactly 0..n-1; `merges_txt` is stripped of
 // surrounding white space, its first line (the "#version" header) skipped, and at most
