@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Builds clipserve (release preset, build/) and runs the whole test suite with CTest.
-# Installs missing Debian packages first. Extra arguments go to ctest
-# (for example: scripts/test.sh -L unit, or -R Tokenizer).
+# Builds clipserve and runs the whole test suite:
+#   1. the release preset (build/): every unit, integration and interop test (CTest);
+#   2. the fuzz preset (build-fuzz/, clang + ASan/UBSan): each libFuzzer target for
+#      CLIPSERVE_FUZZ_SECONDS (default 30), seeded from ../shared.
+# Installs missing Debian packages first. Extra arguments go to the release ctest
+# (for example: scripts/test.sh -L unit, or -R Tokenizer). CLIPSERVE_SKIP_FUZZ=1 skips
+# step 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,3 +13,9 @@ bash scripts/install-deps.sh
 cmake --preset release
 cmake --build --preset release
 ctest --preset release "$@"
+
+if [ "${CLIPSERVE_SKIP_FUZZ:-0}" != 1 ]; then
+  cmake --preset fuzz -DCLIPSERVE_FUZZ_SECONDS="${CLIPSERVE_FUZZ_SECONDS:-30}"
+  cmake --build --preset fuzz
+  ctest --preset fuzz
+fi
