@@ -62,6 +62,13 @@ ClipServer::ClipServer(std::vector<std::unique_ptr<grpc::Service>> services,
 
 ClipServer::~ClipServer() { Shutdown(absl::ZeroDuration()); }
 
+void ClipServer::SetServing(bool serving) {
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return;
+  // Updates every status Create() registered ("" and the ClipService).
+  server_->GetHealthCheckService()->SetServingStatus(serving);
+}
+
 void ClipServer::Shutdown(absl::Duration grace) {
   {
     absl::MutexLock lock(&mu_);

@@ -56,6 +56,13 @@ class ClipServer {
   // The TCP port actually bound.
   int port() const { return port_; }
 
+  // Sets the health status of "" and of every hosted service: SERVING when `serving`,
+  // else NOT_SERVING, so load balancers and Kubernetes probes stop sending traffic
+  // while the engine cannot serve (for example when its watchdog finds a worker stuck,
+  // see Engine::healthy()) and resume when it recovers. Ignored after Shutdown(),
+  // which has turned health NOT_SERVING for good. Thread-safe; never blocks for long.
+  void SetServing(bool serving);
+
   // Stops serving: health turns NOT_SERVING, new calls are refused, calls in flight
   // get up to `grace` to finish and are cancelled after. Blocks until every call has
   // ended. Idempotent; later calls return at once.

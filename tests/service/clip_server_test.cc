@@ -56,6 +56,24 @@ TEST(ClipServerTest, ServingOnceCreatedForServerAndClipService) {
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ClipServerTest, SetServingFlipsHealthUntilShutdown) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto client = Connect(server->port());
+  for (const bool serving : {false, true, false}) {
+    server->SetServing(serving);
+    const auto expected =
+        serving ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
+    for (const char* service : {"", "clipserve.v1.ClipService"}) {
+      auto health = client->CheckHealth(service);
+      ASSERT_TRUE(health.ok()) << health.status();
+      EXPECT_EQ(*health, expected) << "service '" << service << "'";
+    }
+  }
+  server->Shutdown(absl::Seconds(1));
+  server->SetServing(true);  // ignored: no crash, no effect on a stopped server
+}
+
 TEST(ClipServerTest, UnbuiltMethodsAnswerUnimplemented) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);

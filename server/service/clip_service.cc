@@ -1,0 +1,1092 @@
+#include "server/service/clip_service.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "glog/logging.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "grpcpp/support/error_details.h"
+#include "server/model/contrastive_loss.h"
+#include "server/service/grpc_status.h"
+#include "server/service/request_parsing.h"
+
+namespace clipserve {
+namespace {
+
+using google::protobuf::RepeatedPtrField;
+
+// The client's deadline as an absl::Time; gRPC reports "none" as time_point::max().
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+bool OptionalTrue(bool has, bool value) { return !has || value; }
+
+// An engine answer that is not what was asked for is the engine's bug, not the
+// client's: INTERNAL.
+absl::Status CheckShape(const EmbedResult& result, int rows, int dim, bool texts) {
+  if (result.dim != dim || result.values.size() != static_cast<size_t>(rows) * dim) {
+    return absl::InternalError(absl::StrCat("engine returned ", result.values.size(),
+                                            " values of width ", result.dim, " for ",
+                                            rows, " inputs of width ", dim));
+  }
+  if (texts && (result.truncated.size() != static_cast<size_t>(rows) ||
+                result.num_tokens.size() != static_cast<size_t>(rows))) {
+    return absl::InternalError(absl::StrCat(
+        "engine returned token counts for ", result.num_tokens.size(),
+        " and truncation flags for ", result.truncated.size(), " of ", rows, " texts"));
+  }
+  return absl::OkStatus();
+}
+
+void AddEmbeddings(const EmbedResult& result, RepeatedPtrField<v1::Embedding>* out) {
+  out->Reserve(out->size() + result.rows());
+  for (int i = 0; i < result.rows(); ++i) {
+    out->Add()->mutable_values()->Add(result.row(i), result.row(i) + result.dim);
+  }
+}
+
+void FillMatrix(int rows, int cols, const std::vector<float>& values, v1::Matrix* out) {
+  out->set_rows(rows);
+  out->set_cols(cols);
+  out->mutable_values()->Add(values.begin(), values.end());
+}
+
+// The index k when `field` is exactly "<list>[k]".
+std::optional<int> ItemIndex(absl::string_view field, absl::string_view list) {
+  if (!absl::ConsumePrefix(&field, list) || !absl::ConsumePrefix(&field, "[") ||
+      !absl::ConsumeSuffix(&field, "]")) {
+    return std::nullopt;
+  }
+  int index = 0;
+  if (!absl::SimpleAtoi(field, &index) || index < 0) return std::nullopt;
+  return index;
+}
+
+// The engine names a bad item "<field>[i]" after the list it was given. Where that
+// list is not the request's (Classify's prompts, EmbedStream's single item), this
+// renames "<engine_list>[i]" to rename(i) in the BadRequest detail and at the start
+// of the message; every other status passes unchanged.
+absl::Status RenameEngineItems(const absl::Status& status, absl::string_view engine_list,
+                               absl::FunctionRef<std::string(int)> rename) {
+  if (status.ok()) return status;
+  const auto payload = status.GetPayload(kBadRequestTypeUrl);
+  google::rpc::BadRequest bad_request;
+  if (!payload.has_value() || !bad_request.ParseFromString(std::string(*payload))) {
+    return status;
+  }
+  std::string message(status.message());
+  for (google::rpc::BadRequest::FieldViolation& violation :
+       *bad_request.mutable_field_violations()) {
+    const std::optional<int> index = ItemIndex(violation.field(), engine_list);
+    if (!index.has_value()) continue;
+    std::string renamed = rename(*index);
+    if (absl::StartsWith(message, violation.field())) {
+      message = absl::StrCat(renamed, message.substr(violation.field().size()));
+    }
+    violation.set_field(std::move(renamed));
+  }
+  absl::Status out(status.code(), message);
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& bytes) {
+    out.SetPayload(url, bytes);
+  });
+  out.SetPayload(kBadRequestTypeUrl, absl::Cord(bad_request.SerializeAsString()));
+  return out;
+}
+
+// The google.rpc.Status a client would read from a failed call with `status`, built
+// through ToGrpcStatus() so that both paths carry the same details.
+google::rpc::Status ToRpcStatus(const absl::Status& status) {
+  const grpc::Status grpc_status = ToGrpcStatus(status);
+  google::rpc::Status rpc_status;
+  if (!grpc::ExtractErrorDetails(grpc_status, &rpc_status).ok()) {
+    rpc_status.Clear();
+    rpc_status.set_code(static_cast<int32_t>(status.code()));
+    rpc_status.set_message(std::string(status.message()));
+  }
+  return rpc_status;
+}
+
+// Field names for ParseRequest(): the path of an invalid string field as it is.
+std::string KeepFieldName(absl::string_view path) { return std::string(path); }
+
+// In a SimilarityRequest the texts are at "texts.texts.texts[i]" (TextSet, TextList);
+// errors call them "texts[i]", like every other Similarity error.
+std::string SimilarityFieldName(absl::string_view path) {
+  absl::string_view item = path;
+  if (absl::ConsumePrefix(&item, "texts.texts.")) return std::string(item);
+  return std::string(path);
+}
+
+// ---------------------------------------------------------------------------
+// Unary calls
+
+// One unary call: the reactor gRPC drives, and the owner of the call's cancellation
+// flag. Created by the handler, finished exactly once (from the handler on a
+// validation error, else from an engine callback), deleted by gRPC's OnDone(), which
+// comes only after Finish() and after the handler returned, so the request and
+// response stay valid until then. OnCancel() may come at any time before OnDone(),
+// also after the engine was called or after Finish(): it only sets the flag, which
+// the engine reads, and the engine still answers (with CANCELLED), which finishes
+// the call.
+class UnaryCall : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryCall(const grpc::CallbackServerContext& context)
+      : deadline_(DeadlineOf(context)) {}
+
+  EmbedOptions MakeEmbedOptions(bool normalize, bool truncate) const {
+    EmbedOptions options;
+    options.normalize = normalize;
+    options.truncate = truncate;
+    options.deadline = deadline_;
+    options.cancellation = cancellation_;
+    return options;
+  }
+
+  // For a method with raw bytes: FinishWith(OK) serializes `response` (owned by the
+  // subclass) into `out` (owned by gRPC) first.
+  void SerializeOnFinish(const google::protobuf::Message* response,
+                         grpc::ByteBuffer* out) {
+    raw_response_ = response;
+    raw_out_ = out;
+  }
+
+  // Ends the call. `this` may be deleted on another thread as soon as this returns.
+  void FinishWith(absl::Status status) {
+    if (finished_.exchange(true, std::memory_order_acq_rel)) {
+      LOG(DFATAL) << "ClipService call finished twice; second status: " << status;
+      return;
+    }
+    if (status.ok() && raw_out_ != nullptr) {
+      status = SerializeResponse(*raw_response_, raw_out_);
+    }
+    Finish(ToGrpcStatus(status));
+  }
+
+  void OnCancel() override { cancellation_->Cancel(); }
+  void OnDone() override { delete this; }
+
+ protected:
+  // Asks the engine to drop this call's queued work.
+  void CancelEngineWork() { cancellation_->Cancel(); }
+
+ private:
+  const absl::Time deadline_;
+  const std::shared_ptr<CancellationFlag> cancellation_ =
+      std::make_shared<CancellationFlag>();
+  std::atomic<bool> finished_{false};
+  const google::protobuf::Message* raw_response_ = nullptr;
+  grpc::ByteBuffer* raw_out_ = nullptr;
+};
+
+// A unary call of a method with raw bytes (see request_parsing.h), owning its request
+// and response messages.
+template <typename Request, typename Response>
+class RawUnaryCall final : public UnaryCall {
+ public:
+  RawUnaryCall(const grpc::CallbackServerContext& context, grpc::ByteBuffer* out)
+      : UnaryCall(context) {
+    SerializeOnFinish(&response, out);
+  }
+
+  Request request;
+  Response response;
+};
+
+// A unary call that waits for several engine requests running concurrently. Each
+// engine callback stores its result in its own member and then calls Answer(); the
+// last answer finishes the call with the first error, or with Compute(). The first
+// error also cancels the other requests' queued work.
+class JoinedCall : public UnaryCall {
+ public:
+  using UnaryCall::UnaryCall;
+
+  // Sets how many answers to wait for; call before starting any engine request. With
+  // zero, finishes the call at once.
+  void Expect(int answers) {
+    {
+      absl::MutexLock lock(&mu_);
+      pending_ = answers;
+    }
+    if (answers == 0) FinishWith(Compute());
+  }
+
+  // One engine request is done with `status`; its result is stored.
+  void Answer(absl::Status status) {
+    bool cancel = false;
+    bool last = false;
+    absl::Status error;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!status.ok() && error_.ok()) {
+        error_ = std::move(status);
+        cancel = true;
+      }
+      last = --pending_ == 0;
+      error = error_;
+    }
+    if (cancel) CancelEngineWork();
+    // The mutex orders every callback's stores before this read of them.
+    if (last) FinishWith(error.ok() ? Compute() : error);
+  }
+
+ protected:
+  // Builds the response from the stored results; returns the call's status.
+  virtual absl::Status Compute() = 0;
+
+ private:
+  absl::Mutex mu_;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+};
+
+class SimilarityCall final : public JoinedCall {
+ public:
+  SimilarityCall(const grpc::CallbackServerContext& context, grpc::ByteBuffer* out,
+                 int dim)
+      : JoinedCall(context), dim_(dim) {
+    SerializeOnFinish(&response_, out);
+  }
+
+  v1::SimilarityRequest request;
+  // Set by the handler before Expect().
+  float scale = 0;
+  bool paired = false;
+  int num_images = 0;
+  int num_texts = 0;
+  // Normalized embeddings, row-major: filled by the handler for precomputed
+  // embeddings, else by that side's engine callback.
+  std::vector<float> image_rows;
+  std::vector<float> text_rows;
+
+  void OnEmbedded(absl::StatusOr<EmbedResult> result, bool texts) {
+    absl::Status status = result.status();
+    if (status.ok()) {
+      status = CheckShape(*result, texts ? num_texts : num_images, dim_, texts);
+    }
+    if (status.ok()) (texts ? text_rows : image_rows) = std::move(result->values);
+    Answer(std::move(status));
+  }
+
+ private:
+  absl::Status Compute() override {
+    absl::StatusOr<std::vector<float>> logits =
+        ScaledLogits(image_rows, text_rows, dim_, scale);
+    if (!logits.ok()) return absl::InternalError(logits.status().message());
+    FillMatrix(num_images, num_texts, *logits, response_.mutable_logits_per_image());
+    FillMatrix(num_texts, num_images, Transpose(*logits, num_images, num_texts),
+               response_.mutable_logits_per_text());
+    FillMatrix(num_images, num_texts, RowSoftmax(*logits, num_images, num_texts),
+               response_.mutable_probs());
+    response_.set_logit_scale(scale);
+    if (paired) {
+      absl::StatusOr<ContrastiveLoss> loss = ComputeContrastiveLoss(*logits, num_images);
+      if (!loss.ok()) return absl::InternalError(loss.status().message());
+      v1::ContrastiveLoss* out = response_.mutable_loss();
+      out->set_image_to_text(static_cast<float>(loss->image_to_text));
+      out->set_text_to_image(static_cast<float>(loss->text_to_image));
+      out->set_mean(static_cast<float>(loss->mean));
+    }
+    return absl::OkStatus();
+  }
+
+  v1::SimilarityResponse response_;
+  const int dim_;
+};
+
+class ClassifyCall final : public JoinedCall {
+ public:
+  ClassifyCall(const grpc::CallbackServerContext& context, grpc::ByteBuffer* out, int dim,
+               LabelEmbeddingCache* cache)
+      : JoinedCall(context), dim_(dim), cache_(cache) {
+    SerializeOnFinish(&response_, out);
+  }
+
+  v1::ClassifyRequest request;
+  // Set by the handler before Expect().
+  float scale = 0;
+  int top_k = 0;
+  int num_templates = 0;
+  std::string templates_key;
+  // Normalized image embeddings, from the engine.
+  std::vector<float> image_rows;
+  // Normalized label embeddings, row-major in request order: cached ones filled by
+  // the handler, the others by OnPromptsEmbedded().
+  std::vector<float> label_rows;
+  // Labels the cache did not have, in request order.
+  std::vector<int> missing_labels;
+
+  void OnImagesEmbedded(absl::StatusOr<EmbedResult> result) {
+    absl::Status status = result.status();
+    if (status.ok()) status = CheckShape(*result, request.images_size(), dim_, false);
+    if (status.ok()) image_rows = std::move(result->values);
+    Answer(std::move(status));
+  }
+
+  // `result` holds the prompts of missing_labels, label-major: prompt k is template
+  // k % num_templates applied to label missing_labels[k / num_templates].
+  void OnPromptsEmbedded(absl::StatusOr<EmbedResult> result) {
+    absl::Status status = result.status();
+    if (!status.ok()) {
+      status = RenameEngineItems(status, kPromptsField, [this](int k) {
+        const size_t j = static_cast<size_t>(k / num_templates);
+        return j < missing_labels.size() ? absl::StrCat("labels[", missing_labels[j], "]")
+                                         : absl::StrCat(kPromptsField, "[", k, "]");
+      });
+    } else {
+      status = CheckShape(
+          *result, static_cast<int>(missing_labels.size()) * num_templates, dim_, true);
+    }
+    if (status.ok()) status = StoreLabelEmbeddings(*result);
+    Answer(std::move(status));
+  }
+
+  static constexpr absl::string_view kPromptsField = "label_prompts";
+
+ private:
+  // Averages each missing label's prompt rows, normalizes, stores and caches them.
+  absl::Status StoreLabelEmbeddings(const EmbedResult& prompts) {
+    for (size_t j = 0; j < missing_labels.size(); ++j) {
+      std::vector<double> sum(dim_, 0.0);
+      for (int t = 0; t < num_templates; ++t) {
+        const float* row = prompts.row(static_cast<int>(j) * num_templates + t);
+        for (int d = 0; d < dim_; ++d) sum[d] += row[d];
+      }
+      auto embedding = std::make_shared<std::vector<float>>(sum.begin(), sum.end());
+      if (!L2NormalizeInPlace(absl::MakeSpan(*embedding))) {
+        return absl::InternalError(absl::StrCat("the prompt embeddings of labels[",
+                                                missing_labels[j], "] sum to zero"));
+      }
+      const int label = missing_labels[j];
+      std::copy(embedding->begin(), embedding->end(),
+                label_rows.begin() + static_cast<size_t>(label) * dim_);
+      cache_->Insert(LabelEmbeddingCache::Key(templates_key, request.labels(label)),
+                     std::move(embedding));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Compute() override {
+    const int num_images = request.images_size();
+    const int num_labels = request.labels_size();
+    absl::StatusOr<std::vector<float>> logits =
+        ScaledLogits(image_rows, label_rows, dim_, scale);
+    if (!logits.ok()) return absl::InternalError(logits.status().message());
+    const std::vector<float> probs = RowSoftmax(*logits, num_images, num_labels);
+    std::vector<int> order(num_labels);
+    for (int i = 0; i < num_images; ++i) {
+      const float* row_logits = logits->data() + static_cast<size_t>(i) * num_labels;
+      const float* row_probs = probs.data() + static_cast<size_t>(i) * num_labels;
+      std::iota(order.begin(), order.end(), 0);
+      // Softmax is monotonic, so ranking by logit ranks by probability, without ties
+      // from probabilities that underflow to zero; equal logits keep label order.
+      std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
+                        [row_logits](int a, int b) {
+                          return row_logits[a] > row_logits[b] ||
+                                 (row_logits[a] == row_logits[b] && a < b);
+                        });
+      v1::Classification* result = response_.add_results();
+      for (int r = 0; r < top_k; ++r) {
+        const int label = order[r];
+        v1::LabelScore* score = result->add_labels();
+        score->set_label(request.labels(label));
+        score->set_index(label);
+        score->set_probability(row_probs[label]);
+        score->set_logit(row_logits[label]);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  v1::ClassifyResponse response_;
+  const int dim_;
+  LabelEmbeddingCache* const cache_;
+};
+
+// ---------------------------------------------------------------------------
+// EmbedStream
+
+// One EmbedStream call, with raw bytes (request_parsing.h) so that an item that does
+// not parse fails alone. Reads one item at a time, starts its engine request (or
+// answers a bad item with its error at once), and writes answers one at a time from a
+// queue in completion order. Items count as in flight from their read until their
+// answer is written; at max_in_flight no further read is issued, which is the flow
+// control. After the client's half-close and the last answer, finishes OK.
+//
+// Cancellation (or a failed write) marks the stream broken: queued answers are
+// dropped, no further reads are issued, the engine is told to drop queued work, and
+// the call finishes CANCELLED once the outstanding read, write and engine requests
+// have all come back, because their callbacks point at this object, which OnDone()
+// deletes.
+//
+// Every decision is taken under mu_; the gRPC operations it calls for run after mu_
+// is released (Run()), and nothing touches `this` after Finish().
+class EmbedStreamCall final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  EmbedStreamCall(const grpc::CallbackServerContext& context, Engine* engine,
+                  const ClipServiceOptions& options)
+      : engine_(engine),
+        limits_(options.limits),
+        max_in_flight_(options.max_stream_items_in_flight),
+        deadline_(DeadlineOf(context)) {
+    StartRead(&read_);  // reading_ starts true
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // half-close, or the call is over
+      Actions actions;
+      {
+        absl::MutexLock lock(&mu_);
+        reading_ = false;
+        half_closed_ = true;
+        actions = NextActionsLocked();
+      }
+      Run(actions);
+      return;
+    }
+    grpc::ByteBuffer item;
+    item.Swap(&read_);
+    bool broken;
+    {
+      absl::MutexLock lock(&mu_);
+      broken = broken_;
+      if (!broken) ++in_flight_;
+    }
+    // reading_ is still true: it keeps the call from finishing while the item starts.
+    if (!broken) StartItem(item);
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      actions = NextActionsLocked();
+    }
+    Run(actions);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) cancellation_->Cancel();
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      --in_flight_;
+      if (!ok) broken_ = true;
+      actions = NextActionsLocked();
+    }
+    Run(actions);
+  }
+
+  void OnCancel() override {
+    cancellation_->Cancel();
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      broken_ = true;
+      actions = NextActionsLocked();
+    }
+    Run(actions);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // gRPC operations decided under mu_, started after it is released.
+  struct Actions {
+    bool write = false;
+    bool read = false;
+    bool finish = false;
+    grpc::Status status;
+  };
+
+  Actions NextActionsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Actions actions;
+    if (finished_) return actions;
+    if (broken_) {
+      queue_.clear();
+      if (!reading_ && !writing_ && engine_pending_ == 0) {
+        finished_ = true;
+        actions.finish = true;
+        actions.status = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled");
+      }
+      return actions;
+    }
+    if (!writing_ && !queue_.empty()) {
+      writing_ = true;
+      write_.Swap(&queue_.front());
+      queue_.pop_front();
+      actions.write = true;
+    }
+    if (!reading_ && !half_closed_ && in_flight_ < max_in_flight_) {
+      reading_ = true;
+      actions.read = true;
+    }
+    // No item in flight means nothing queued, being written, or in the engine.
+    if (half_closed_ && !reading_ && in_flight_ == 0) {
+      finished_ = true;
+      actions.finish = true;
+      actions.status = grpc::Status::OK;
+    }
+    return actions;
+  }
+
+  void Run(const Actions& actions) {
+    if (actions.write) StartWrite(&write_);
+    if (actions.read) StartRead(&read_);
+    if (actions.finish) Finish(actions.status);
+  }
+
+  // Queues the answer of an item (dropped when the stream is broken).
+  void Enqueue(const v1::EmbedStreamResponse& response, bool from_engine) {
+    grpc::ByteBuffer bytes;
+    absl::Status serialized = SerializeResponse(response, &bytes);
+    if (!serialized.ok()) {
+      v1::EmbedStreamResponse error;
+      *error.mutable_error() = ToRpcStatus(serialized);
+      SerializeResponse(error, &bytes).IgnoreError();  // a small, valid message
+    }
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      if (from_engine) --engine_pending_;
+      if (!broken_) queue_.push_back(std::move(bytes));
+      actions = NextActionsLocked();
+    }
+    Run(actions);
+  }
+
+  static v1::EmbedStreamResponse ErrorResponse(std::string id,
+                                               const absl::Status& status) {
+    v1::EmbedStreamResponse response;
+    response.set_id(std::move(id));
+    *response.mutable_error() = ToRpcStatus(status);
+    return response;
+  }
+
+  void OnEmbedded(std::string id, absl::string_view field, bool text,
+                  absl::StatusOr<EmbedResult> result) {
+    absl::Status status = result.status();
+    if (status.ok())
+      status = CheckShape(*result, 1, engine_->description().embed_dim, text);
+    if (!status.ok()) {
+      // The engine names the item "<field>[0]"; in a stream item it is just <field>.
+      status =
+          RenameEngineItems(status, field, [field](int) { return std::string(field); });
+      Enqueue(ErrorResponse(std::move(id), status), /*from_engine=*/true);
+      return;
+    }
+    v1::EmbedStreamResponse response;
+    response.set_id(std::move(id));
+    response.mutable_embedding()->mutable_values()->Add(result->values.begin(),
+                                                        result->values.end());
+    if (text) {
+      response.set_truncated(result->truncated[0]);
+      response.set_num_tokens(static_cast<uint32_t>(result->num_tokens[0]));
+    }
+    Enqueue(response, /*from_engine=*/true);
+  }
+
+  void StartItem(const grpc::ByteBuffer& bytes) {
+    v1::EmbedStreamRequest item;
+    if (absl::Status parsed = ParseRequest(bytes, &item, KeepFieldName); !parsed.ok()) {
+      // Echo the id when it can be read (and sent back) at all.
+      std::string id =
+          ReadUtf8Field(Flatten(bytes), v1::EmbedStreamRequest::kIdFieldNumber)
+              .value_or("");
+      if (id.size() > static_cast<size_t>(kMaxStreamIdBytes)) id.clear();
+      Enqueue(ErrorResponse(std::move(id), parsed), /*from_engine=*/false);
+      return;
+    }
+    std::string* item_id = item.mutable_id();
+    absl::Status invalid;
+    if (item_id->size() > static_cast<size_t>(kMaxStreamIdBytes)) {
+      invalid = InvalidArgumentForField(
+          "id", absl::StrCat("id of ", item_id->size(), " bytes is over the limit of ",
+                             kMaxStreamIdBytes, " bytes"));
+    }
+    EmbedOptions options;
+    options.normalize = OptionalTrue(item.has_normalize(), item.normalize());
+    options.truncate = OptionalTrue(item.has_truncate(), item.truncate());
+    options.deadline = deadline_;
+    options.cancellation = cancellation_;
+    switch (item.input_case()) {
+      case v1::EmbedStreamRequest::kImage: {
+        absl::StatusOr<ImageInput> image = ToImageInput(item.image(), limits_, "image");
+        if (invalid.ok()) invalid = image.status();
+        if (!invalid.ok()) break;
+        std::vector<ImageInput> images;
+        images.push_back(*std::move(image));
+        StartEngine();
+        engine_->EmbedImages(
+            std::move(images), options, "image",
+            [this, id = std::move(*item_id)](absl::StatusOr<EmbedResult> r) mutable {
+              OnEmbedded(std::move(id), "image", false, std::move(r));
+            });
+        return;
+      }
+      case v1::EmbedStreamRequest::kText: {
+        if (invalid.ok()) invalid = ValidateText(item.text(), limits_, "text");
+        if (!invalid.ok()) break;
+        std::vector<std::string> texts;
+        texts.push_back(std::move(*item.mutable_text()));
+        StartEngine();
+        engine_->EmbedTexts(
+            std::move(texts), options, "text",
+            [this, id = std::move(*item_id)](absl::StatusOr<EmbedResult> r) mutable {
+              OnEmbedded(std::move(id), "text", true, std::move(r));
+            });
+        return;
+      }
+      case v1::EmbedStreamRequest::INPUT_NOT_SET:
+        if (invalid.ok()) invalid = InvalidArgumentForField("input", "set image or text");
+        break;
+    }
+    Enqueue(ErrorResponse(std::move(*item_id), invalid), /*from_engine=*/false);
+  }
+
+  void StartEngine() {
+    absl::MutexLock lock(&mu_);
+    ++engine_pending_;
+  }
+
+  Engine* const engine_;
+  const RequestLimits limits_;
+  const int max_in_flight_;
+  const absl::Time deadline_;
+  const std::shared_ptr<CancellationFlag> cancellation_ =
+      std::make_shared<CancellationFlag>();
+
+  // The read target: written by gRPC while a read is outstanding, emptied by
+  // OnReadDone() before the next read is started.
+  grpc::ByteBuffer read_;
+  // The answer being written: set under mu_ before StartWrite(), untouched until
+  // OnWriteDone().
+  grpc::ByteBuffer write_;
+
+  absl::Mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = true;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool half_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Items read whose answer is not written yet.
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // Engine requests whose callback has not run yet.
+  int engine_pending_ ABSL_GUARDED_BY(mu_) = 0;
+  // Serialized answers waiting for their turn to be written.
+  std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// ClipService
+
+absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
+    Engine* engine, const ClipServiceOptions& options) {
+  if (engine == nullptr) return absl::InvalidArgumentError("ClipService needs an engine");
+  if (absl::Status status = ValidateLimits(options.limits); !status.ok()) return status;
+  if (options.max_stream_items_in_flight < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_stream_items_in_flight must be at least 1, got ",
+                     options.max_stream_items_in_flight));
+  }
+  if (options.max_classify_prompts < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_classify_prompts must be at least 1, got ", options.max_classify_prompts));
+  }
+  if (options.label_cache_capacity < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "label_cache_capacity must not be negative, got ", options.label_cache_capacity));
+  }
+  const ModelDescription& description = engine->description();
+  if (description.embed_dim < 1 || description.context_length < 1 ||
+      !std::isfinite(description.logit_scale) || !(description.logit_scale > 0)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the engine describes embed_dim=", description.embed_dim, " context_length=",
+        description.context_length, " logit_scale=", description.logit_scale,
+        "; each must be positive (and the scale finite)"));
+  }
+  return std::unique_ptr<ClipService>(new ClipService(engine, options));
+}
+
+ClipService::ClipService(Engine* engine, const ClipServiceOptions& options)
+    : engine_(engine),
+      options_(options),
+      label_cache_(static_cast<size_t>(options.label_cache_capacity)) {}
+
+grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* context,
+                                                  const v1::EmbedImageRequest* request,
+                                                  v1::EmbedImageResponse* response) {
+  auto* call = new UnaryCall(*context);
+  absl::StatusOr<std::vector<ImageInput>> images =
+      ToImageInputs(request->images(), options_.limits, "images");
+  if (!images.ok()) {
+    call->FinishWith(images.status());
+    return call;
+  }
+  const int count = static_cast<int>(images->size());
+  engine_->EmbedImages(
+      *std::move(images),
+      call->MakeEmbedOptions(OptionalTrue(request->has_normalize(), request->normalize()),
+                             /*truncate=*/true),
+      "images", [this, call, response, count](absl::StatusOr<EmbedResult> result) {
+        const ModelDescription& description = engine_->description();
+        absl::Status status = result.status();
+        if (status.ok())
+          status = CheckShape(*result, count, description.embed_dim, false);
+        if (status.ok()) {
+          AddEmbeddings(*result, response->mutable_embeddings());
+          response->set_dim(result->dim);
+          response->set_model(description.name);
+        }
+        call->FinishWith(status);
+      });
+  return call;
+}
+
+grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* context,
+                                                 const grpc::ByteBuffer* request_bytes,
+                                                 grpc::ByteBuffer* response_bytes) {
+  auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
+      *context, response_bytes);
+  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
+      !parsed.ok()) {
+    call->FinishWith(parsed);
+    return call;
+  }
+  const v1::EmbedTextRequest* request = &call->request;
+  v1::EmbedTextResponse* response = &call->response;
+  absl::StatusOr<std::vector<std::string>> texts =
+      ToTextInputs(request->texts(), options_.limits, "texts");
+  if (!texts.ok()) {
+    call->FinishWith(texts.status());
+    return call;
+  }
+  const int count = static_cast<int>(texts->size());
+  engine_->EmbedTexts(
+      *std::move(texts),
+      call->MakeEmbedOptions(OptionalTrue(request->has_normalize(), request->normalize()),
+                             OptionalTrue(request->has_truncate(), request->truncate())),
+      "texts", [this, call, response, count](absl::StatusOr<EmbedResult> result) {
+        const ModelDescription& description = engine_->description();
+        absl::Status status = result.status();
+        if (status.ok()) status = CheckShape(*result, count, description.embed_dim, true);
+        if (status.ok()) {
+          AddEmbeddings(*result, response->mutable_embeddings());
+          response->set_dim(result->dim);
+          response->set_model(description.name);
+          for (int i = 0; i < count; ++i) {
+            response->add_truncated(result->truncated[i]);
+            response->add_num_tokens(static_cast<uint32_t>(result->num_tokens[i]));
+          }
+        }
+        call->FinishWith(status);
+      });
+  return call;
+}
+
+grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* context,
+                                                  const grpc::ByteBuffer* request_bytes,
+                                                  grpc::ByteBuffer* response_bytes) {
+  const ModelDescription& description = engine_->description();
+  const RequestLimits& limits = options_.limits;
+  auto* call = new SimilarityCall(*context, response_bytes, description.embed_dim);
+  if (absl::Status parsed =
+          ParseRequest(*request_bytes, &call->request, SimilarityFieldName);
+      !parsed.ok()) {
+    call->FinishWith(parsed);
+    return call;
+  }
+  const v1::SimilarityRequest* request = &call->request;
+
+  // Validate everything before the engine sees anything.
+  std::vector<ImageInput> images;
+  std::vector<std::string> texts;
+  absl::Status status;
+  switch (request->images().kind_case()) {
+    case v1::ImageSet::kImages: {
+      absl::StatusOr<std::vector<ImageInput>> inputs =
+          ToImageInputs(request->images().images().images(), limits, "images");
+      status = inputs.status();
+      if (status.ok()) {
+        images = *std::move(inputs);
+        call->num_images = static_cast<int>(images.size());
+      }
+      break;
+    }
+    case v1::ImageSet::kEmbeddings: {
+      absl::StatusOr<std::vector<float>> rows =
+          ToNormalizedEmbeddings(request->images().embeddings().embeddings(),
+                                 description.embed_dim, limits, "images");
+      status = rows.status();
+      if (status.ok()) {
+        call->image_rows = *std::move(rows);
+        call->num_images = request->images().embeddings().embeddings_size();
+      }
+      break;
+    }
+    case v1::ImageSet::KIND_NOT_SET:
+      status = InvalidArgumentForField("images", "set images or embeddings");
+      break;
+  }
+  if (status.ok()) {
+    switch (request->texts().kind_case()) {
+      case v1::TextSet::kTexts: {
+        absl::StatusOr<std::vector<std::string>> inputs =
+            ToTextInputs(request->texts().texts().texts(), limits, "texts");
+        status = inputs.status();
+        if (status.ok()) {
+          texts = *std::move(inputs);
+          call->num_texts = static_cast<int>(texts.size());
+        }
+        break;
+      }
+      case v1::TextSet::kEmbeddings: {
+        absl::StatusOr<std::vector<float>> rows =
+            ToNormalizedEmbeddings(request->texts().embeddings().embeddings(),
+                                   description.embed_dim, limits, "texts");
+        status = rows.status();
+        if (status.ok()) {
+          call->text_rows = *std::move(rows);
+          call->num_texts = request->texts().embeddings().embeddings_size();
+        }
+        break;
+      }
+      case v1::TextSet::KIND_NOT_SET:
+        status = InvalidArgumentForField("texts", "set texts or embeddings");
+        break;
+    }
+  }
+  if (status.ok()) {
+    absl::StatusOr<float> scale = ResolveLogitScale(
+        request->has_temperature(), request->temperature(), description.logit_scale);
+    status = scale.status();
+    if (status.ok()) call->scale = *scale;
+  }
+  if (status.ok() && request->paired() && call->num_images != call->num_texts) {
+    status = InvalidArgumentForField(
+        "paired",
+        absl::StrCat("paired inputs need as many texts as images; got ", call->num_images,
+                     " images and ", call->num_texts, " texts"));
+  }
+  if (!status.ok()) {
+    call->FinishWith(status);
+    return call;
+  }
+  call->paired = request->paired();
+
+  // Both towers run concurrently; the last answer computes and finishes.
+  const bool embed_images = !images.empty();
+  const bool embed_texts = !texts.empty();
+  call->Expect(int{embed_images} + int{embed_texts});
+  if (embed_images) {
+    engine_->EmbedImages(std::move(images),
+                         call->MakeEmbedOptions(/*normalize=*/true, /*truncate=*/true),
+                         "images", [call](absl::StatusOr<EmbedResult> result) {
+                           call->OnEmbedded(std::move(result), /*texts=*/false);
+                         });
+  }
+  if (embed_texts) {
+    engine_->EmbedTexts(
+        std::move(texts),
+        call->MakeEmbedOptions(/*normalize=*/true, OptionalTrue(request->has_truncate(),
+                                                                request->truncate())),
+        "texts", [call](absl::StatusOr<EmbedResult> result) {
+          call->OnEmbedded(std::move(result), /*texts=*/true);
+        });
+  }
+  return call;
+}
+
+grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* context,
+                                                const grpc::ByteBuffer* request_bytes,
+                                                grpc::ByteBuffer* response_bytes) {
+  const ModelDescription& description = engine_->description();
+  const RequestLimits& limits = options_.limits;
+  const int dim = description.embed_dim;
+  auto* call = new ClassifyCall(*context, response_bytes, dim, &label_cache_);
+  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
+      !parsed.ok()) {
+    call->FinishWith(parsed);
+    return call;
+  }
+  const v1::ClassifyRequest* request = &call->request;
+
+  absl::StatusOr<std::vector<ImageInput>> images =
+      ToImageInputs(request->images(), limits, "images");
+  absl::Status status = images.status();
+  if (status.ok()) status = ValidateLabels(request->labels(), limits);
+  absl::StatusOr<std::vector<std::string>> templates;
+  if (status.ok()) {
+    templates = ResolveTemplates(request->templates(), limits);
+    status = templates.status();
+  }
+  if (status.ok()) {
+    const int64_t prompts = int64_t{request->labels_size()} * templates->size();
+    if (prompts > options_.max_classify_prompts) {
+      status = InvalidArgumentForField(
+          "labels",
+          absl::StrCat(request->labels_size(), " labels x ", templates->size(),
+                       " templates = ", prompts, " prompts is over the limit of ",
+                       options_.max_classify_prompts));
+    }
+  }
+  if (status.ok()) {
+    absl::StatusOr<float> scale = ResolveLogitScale(
+        request->has_temperature(), request->temperature(), description.logit_scale);
+    status = scale.status();
+    if (status.ok()) call->scale = *scale;
+  }
+  if (!status.ok()) {
+    call->FinishWith(status);
+    return call;
+  }
+
+  const int num_labels = request->labels_size();
+  call->top_k = ResolveTopK(request->top_k(), num_labels);
+  call->num_templates = static_cast<int>(templates->size());
+  call->templates_key = LabelEmbeddingCache::TemplatesKey(*templates);
+  call->label_rows.resize(static_cast<size_t>(num_labels) * dim);
+  std::vector<std::string> prompts;
+  for (int label = 0; label < num_labels; ++label) {
+    const LabelEmbeddingCache::Embedding cached = label_cache_.Lookup(
+        LabelEmbeddingCache::Key(call->templates_key, request->labels(label)));
+    if (cached != nullptr && cached->size() == static_cast<size_t>(dim)) {
+      std::copy(cached->begin(), cached->end(),
+                call->label_rows.begin() + static_cast<size_t>(label) * dim);
+      continue;
+    }
+    call->missing_labels.push_back(label);
+    for (const std::string& template_text : *templates) {
+      prompts.push_back(ApplyTemplate(template_text, request->labels(label)));
+    }
+  }
+
+  const bool embed_prompts = !prompts.empty();
+  call->Expect(1 + int{embed_prompts});
+  engine_->EmbedImages(*std::move(images),
+                       call->MakeEmbedOptions(/*normalize=*/true, /*truncate=*/true),
+                       "images", [call](absl::StatusOr<EmbedResult> result) {
+                         call->OnImagesEmbedded(std::move(result));
+                       });
+  if (embed_prompts) {
+    engine_->EmbedTexts(std::move(prompts),
+                        call->MakeEmbedOptions(/*normalize=*/true, /*truncate=*/true),
+                        std::string(ClassifyCall::kPromptsField),
+                        [call](absl::StatusOr<EmbedResult> result) {
+                          call->OnPromptsEmbedded(std::move(result));
+                        });
+  }
+  return call;
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ClipService::EmbedStream(
+    grpc::CallbackServerContext* context) {
+  return new EmbedStreamCall(*context, engine_, options_);
+}
+
+grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* context,
+                                                const grpc::ByteBuffer* request_bytes,
+                                                grpc::ByteBuffer* response_bytes) {
+  auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
+      *context, response_bytes);
+  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
+      !parsed.ok()) {
+    call->FinishWith(parsed);
+    return call;
+  }
+  const v1::TokenizeRequest* request = &call->request;
+  v1::TokenizeResponse* response = &call->response;
+  absl::StatusOr<std::vector<std::string>> texts =
+      ToTextInputs(request->texts(), options_.limits, "texts");
+  if (!texts.ok()) {
+    call->FinishWith(texts.status());
+    return call;
+  }
+  const size_t count = texts->size();
+  engine_->Tokenize(
+      *std::move(texts), OptionalTrue(request->has_truncate(), request->truncate()),
+      "texts",
+      [this, call, response, count](absl::StatusOr<std::vector<TokenizedResult>> result) {
+        absl::Status status = result.status();
+        if (status.ok() && result->size() != count) {
+          status = absl::InternalError(
+              absl::StrCat("engine tokenized ", result->size(), " of ", count, " texts"));
+        }
+        if (status.ok()) {
+          for (TokenizedResult& tokens : *result) {
+            v1::TokenizedText* out = response->add_texts();
+            out->mutable_ids()->Add(tokens.ids.begin(), tokens.ids.end());
+            out->set_truncated(tokens.truncated);
+          }
+          response->set_context_length(
+              static_cast<uint32_t>(engine_->description().context_length));
+        }
+        call->FinishWith(status);
+      });
+  return call;
+}
+
+grpc::ServerUnaryReactor* ClipService::GetModelInfo(
+    grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* /*request*/,
+    v1::ModelInfo* response) {
+  const ModelDescription& d = engine_->description();
+  response->set_name(d.name);
+  v1::VisionTowerInfo* vision = response->mutable_vision();
+  vision->set_architecture(d.vision_architecture);
+  vision->set_width(d.vision_width);
+  vision->set_layers(d.vision_layers);
+  vision->set_patch_size(d.vision_patch_size);
+  vision->set_heads(d.vision_heads);
+  for (const int blocks : d.vision_stage_layers) vision->add_stage_layers(blocks);
+  v1::TextTowerInfo* text = response->mutable_text();
+  text->set_architecture(d.text_architecture);
+  text->set_width(d.text_width);
+  text->set_layers(d.text_layers);
+  text->set_heads(d.text_heads);
+  response->set_embed_dim(d.embed_dim);
+  response->set_image_size(d.image_size);
+  response->mutable_image_mean()->Add(d.image_mean.begin(), d.image_mean.end());
+  response->mutable_image_std()->Add(d.image_std.begin(), d.image_std.end());
+  response->set_context_length(d.context_length);
+  response->set_vocab_size(d.vocab_size);
+  response->set_logit_scale(d.logit_scale);
+  response->set_precision(d.precision);
+  response->set_device(d.device);
+  response->set_checkpoint_format(d.checkpoint_format);
+  response->set_checkpoint_sha256(d.checkpoint_sha256);
+  response->set_random_weights(d.random_weights);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace clipserve

@@ -1,0 +1,117 @@
+#ifndef CLIPSERVE_SERVER_SERVICE_CLIP_SERVICE_H_
+#define CLIPSERVE_SERVER_SERVICE_CLIP_SERVICE_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "clipserve/v1/clip_service.grpc.pb.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/server_callback.h"
+#include "server/engine/engine.h"
+#include "server/service/label_embedding_cache.h"
+#include "server/service/request_validation.h"
+
+namespace clipserve {
+
+struct ClipServiceOptions {
+  // Per-request limits (counts, text bytes, image pixels and bytes); see
+  // RequestLimits for each default and its reason.
+  RequestLimits limits;
+  // EmbedStream flow control: items of one stream that have been read but whose
+  // response has not been written yet. At the limit the service stops reading, so a
+  // client that sends faster than the model computes (or than it reads its answers)
+  // is held back by gRPC's own flow control. 64 items keep a few engine batches' worth
+  // queued per stream without buffering unboundedly.
+  int max_stream_items_in_flight = 64;
+  // Classify: (label, templates) embeddings remembered, in entries. 4096 entries of a
+  // 512-wide model take 8 MiB (16 MiB at 1024 wide) and hold a few hundred label sets;
+  // 0 disables the cache.
+  int label_cache_capacity = 4096;
+  // Classify: labels x templates, the prompts one request may need embedded. Each is
+  // one text in the engine's queue, and a request larger than that queue could never
+  // be admitted; 512 is half the engine's default text queue (1024 items), so one
+  // Classify leaves room for other work. Counted whether or not labels are cached, so
+  // that a request's validity does not depend on the cache.
+  int max_classify_prompts = 512;
+};
+
+// The generated service with every method on gRPC's callback API. The methods whose
+// requests hold `string` fields receive the request's bytes and parse them themselves
+// (request_parsing.h): a proto3 parser rejects a message with invalid UTF-8 in any
+// string before a typed handler runs, and gRPC 1.51 then answers UNIMPLEMENTED with
+// no message, where the contract promises INVALID_ARGUMENT naming the item (and, in
+// EmbedStream, an error for that item alone). Clients see the same typed service.
+using ClipServiceBase = v1::ClipService::WithCallbackMethod_EmbedImage<
+    v1::ClipService::WithRawCallbackMethod_EmbedText<
+        v1::ClipService::WithRawCallbackMethod_Similarity<
+            v1::ClipService::WithRawCallbackMethod_Classify<
+                v1::ClipService::WithRawCallbackMethod_EmbedStream<
+                    v1::ClipService::WithRawCallbackMethod_Tokenize<
+                        v1::ClipService::WithCallbackMethod_GetModelInfo<
+                            v1::ClipService::Service>>>>>>>;
+
+// clipserve.v1.ClipService over an Engine, with gRPC's callback API.
+//
+// Handlers never block: they validate the request (INVALID_ARGUMENT with a
+// google.rpc.BadRequest naming the offending item, before the engine sees anything),
+// convert it, hand it to the engine, and return; the call is finished from the
+// engine's callback. Each call's EmbedOptions carries the client's deadline and a
+// CancellationFlag that is set when the call is cancelled (client cancel, deadline,
+// server shutdown), so its queued items are dropped. Engine errors reach the client
+// unchanged through ToGrpcStatus() (RESOURCE_EXHAUSTED keeps its RetryInfo).
+//
+// Similarity and Classify compute on the engine's L2-normalized embeddings with the
+// torch-free functions of server/model/contrastive_loss.h, running both towers
+// concurrently. Classify remembers label embeddings in a LabelEmbeddingCache.
+//
+// Thread-safe. The engine is not owned and must outlive the service; the service must
+// outlive the grpc::Server it is registered with (ClipServer takes care of that).
+class ClipService final : public ClipServiceBase {
+ public:
+  // INVALID_ARGUMENT for a null engine or options out of range (limits not positive,
+  // max_stream_items_in_flight or max_classify_prompts < 1, label_cache_capacity < 0);
+  // FAILED_PRECONDITION when the engine describes no embedding width or context
+  // length, or no finite positive logit scale.
+  static absl::StatusOr<std::unique_ptr<ClipService>> Create(
+      Engine* engine, const ClipServiceOptions& options);
+
+  ClipService(const ClipService&) = delete;
+  ClipService& operator=(const ClipService&) = delete;
+
+  grpc::ServerUnaryReactor* EmbedImage(grpc::CallbackServerContext* context,
+                                       const v1::EmbedImageRequest* request,
+                                       v1::EmbedImageResponse* response) override;
+  // The methods whose requests hold strings take raw bytes (see ClipServiceBase).
+  grpc::ServerUnaryReactor* EmbedText(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Similarity(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* EmbedStream(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+  // Classify's label cache (for metrics and tests).
+  const LabelEmbeddingCache& label_cache() const { return label_cache_; }
+
+ private:
+  ClipService(Engine* engine, const ClipServiceOptions& options);
+
+  Engine* const engine_;
+  const ClipServiceOptions options_;
+  LabelEmbeddingCache label_cache_;
+};
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_SERVICE_CLIP_SERVICE_H_

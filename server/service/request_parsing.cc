@@ -1,0 +1,113 @@
+#include "server/service/request_parsing.h"
+
+#include <climits>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/unknown_field_set.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
+#include "grpcpp/support/slice.h"
+#include "server/service/grpc_status.h"
+#include "server/service/request_validation.h"
+
+namespace clipserve {
+namespace {
+
+using google::protobuf::UnknownField;
+using google::protobuf::UnknownFieldSet;
+
+bool ParseWireFormat(absl::string_view bytes, UnknownFieldSet* fields) {
+  return bytes.size() <= static_cast<size_t>(INT_MAX) &&
+         fields->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
+}
+
+}  // namespace
+
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  out.reserve(buffer.Length());
+  for (const grpc::Slice& slice : slices) {
+    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return out;
+}
+
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
+                          google::protobuf::Message* message,
+                          absl::FunctionRef<std::string(absl::string_view)> field_name) {
+  // GenericDeserialize consumes its buffer; the copy shares the slices.
+  grpc::ByteBuffer copy(bytes);
+  if (grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(
+          &copy, message)
+          .ok()) {
+    return absl::OkStatus();
+  }
+  const google::protobuf::Descriptor& descriptor = *message->GetDescriptor();
+  message->Clear();
+  if (std::optional<std::string> field =
+          FindInvalidUtf8Field(descriptor, Flatten(bytes))) {
+    return InvalidArgumentForField(field_name(*field), "not valid UTF-8");
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("the request is not a valid ", descriptor.full_name()));
+}
+
+absl::Status SerializeResponse(const google::protobuf::Message& message,
+                               grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  const grpc::Status status =
+      grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(
+          message, out, &own_buffer);
+  if (!status.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot serialize the response: ", status.error_message()));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<std::string> FindInvalidUtf8Field(
+    const google::protobuf::Descriptor& descriptor, absl::string_view bytes) {
+  UnknownFieldSet fields;
+  if (!ParseWireFormat(bytes, &fields)) return std::nullopt;
+  absl::flat_hash_map<int, int> index_of;  // per field number, the next item index
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const UnknownField& field = fields.field(i);
+    if (field.type() != UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    const google::protobuf::FieldDescriptor* described =
+        descriptor.FindFieldByNumber(field.number());
+    if (described == nullptr) continue;
+    const int index = index_of[field.number()]++;
+    const std::string name = described->is_repeated()
+                                 ? absl::StrCat(described->name(), "[", index, "]")
+                                 : described->name();
+    if (described->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
+      if (!IsValidUtf8(field.length_delimited())) return name;
+    } else if (described->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) {
+      if (std::optional<std::string> inner = FindInvalidUtf8Field(
+              *described->message_type(), field.length_delimited())) {
+        return absl::StrCat(name, ".", *inner);
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> ReadUtf8Field(absl::string_view bytes, int field_number) {
+  UnknownFieldSet fields;
+  if (!ParseWireFormat(bytes, &fields)) return std::nullopt;
+  std::optional<std::string> value;
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const UnknownField& field = fields.field(i);
+    if (field.number() == field_number &&
+        field.type() == UnknownField::TYPE_LENGTH_DELIMITED) {
+      value = field.length_delimited();
+    }
+  }
+  if (value.has_value() && !IsValidUtf8(*value)) return std::nullopt;
+  return value;
+}
+
+}  // namespace clipserve

@@ -1,0 +1,58 @@
+#ifndef CLIPSERVE_SERVER_SERVICE_REQUEST_PARSING_H_
+#define CLIPSERVE_SERVER_SERVICE_REQUEST_PARSING_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
+#include "grpcpp/support/byte_buffer.h"
+
+// Requests and responses as raw bytes, for the ClipService methods whose requests hold
+// `string` fields.
+//
+// Why: a proto3 parser rejects a whole message when any `string` field holds invalid
+// UTF-8, before any handler runs, and gRPC 1.51's callback API then answers
+// UNIMPLEMENTED with no message, which tells a client nothing (and ends a whole
+// EmbedStream for one bad item). Those methods take the request's bytes instead, parse
+// them here, and on failure answer what the contract promises: INVALID_ARGUMENT with a
+// BadRequest naming the offending item. Every function is thread-safe and never
+// blocks.
+
+namespace clipserve {
+
+// Parses `bytes` into `message`. When they do not parse: INVALID_ARGUMENT naming, with
+// a google.rpc.BadRequest, the first string field whose value is not valid UTF-8 (its
+// path as FindInvalidUtf8Field() spells it, passed through `field_name`), else
+// INVALID_ARGUMENT saying the bytes are not a message of that type.
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
+                          google::protobuf::Message* message,
+                          absl::FunctionRef<std::string(absl::string_view)> field_name);
+
+// Serializes `message` into `out` (replacing its contents). INTERNAL if serialization
+// fails.
+absl::Status SerializeResponse(const google::protobuf::Message& message,
+                               grpc::ByteBuffer* out);
+
+// The bytes of `buffer` in one string.
+std::string Flatten(const grpc::ByteBuffer& buffer);
+
+// In `bytes`, a serialized message of type `descriptor`, the path of the first `string`
+// field (nested messages included) whose value is not valid UTF-8 (IsValidUtf8()):
+// field names joined by ".", repeated fields with their index, for example "texts[2]"
+// or "texts.texts.texts[0]". nullopt when every string is valid or the bytes are not
+// well-formed wire format.
+std::optional<std::string> FindInvalidUtf8Field(
+    const google::protobuf::Descriptor& descriptor, absl::string_view bytes);
+
+// The last value of the top-level length-delimited field `field_number` in `bytes`
+// (the value a parser keeps for a singular field), when the bytes are well-formed wire
+// format and it is present and valid UTF-8; else nullopt.
+std::optional<std::string> ReadUtf8Field(absl::string_view bytes, int field_number);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_SERVICE_REQUEST_PARSING_H_

@@ -1,0 +1,1268 @@
+#include "server/service/clip_service.h"
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "clipserve/v1/clip_service.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/error_details.h"
+#include "gtest/gtest.h"
+#include "server/model/contrastive_loss.h"
+#include "server/service/clip_server.h"
+#include "server/service/grpc_status.h"
+#include "tests/service/fake_engine.h"
+
+namespace clipserve {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using Kind = FakeEngine::Call::Kind;
+
+constexpr float kTolerance = 1e-5f;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout = absl::Seconds(10)) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  return context;
+}
+
+google::rpc::Status RpcStatus(const grpc::Status& status) {
+  google::rpc::Status out;
+  EXPECT_TRUE(grpc::ExtractErrorDetails(status, &out).ok());
+  return out;
+}
+
+// The field of the first violation in the BadRequest detail, or a marker saying why
+// there is none.
+std::string BadField(const google::rpc::Status& status) {
+  for (const google::protobuf::Any& detail : status.details()) {
+    google::rpc::BadRequest bad_request;
+    if (detail.UnpackTo(&bad_request)) {
+      if (bad_request.field_violations_size() != 1) return "<not one violation>";
+      return bad_request.field_violations(0).field();
+    }
+  }
+  return "<no BadRequest>";
+}
+std::string BadField(const grpc::Status& status) { return BadField(RpcStatus(status)); }
+
+v1::Image Encoded(std::string bytes) {
+  v1::Image image;
+  image.set_encoded(std::move(bytes));
+  return image;
+}
+
+v1::Image Raw(uint32_t width, uint32_t height, char fill, size_t bytes) {
+  v1::Image image;
+  image.mutable_raw()->set_width(width);
+  image.mutable_raw()->set_height(height);
+  image.mutable_raw()->set_rgb8(std::string(bytes, fill));
+  return image;
+}
+v1::Image Raw(uint32_t width, uint32_t height, char fill) {
+  return Raw(width, height, fill, size_t{width} * height * 3);
+}
+
+// What the fake engine computes for `image`.
+std::vector<float> FakeImage(const v1::Image& image, bool normalize = true) {
+  ImageInput input;
+  if (image.has_raw()) {
+    input.is_raw = true;
+    input.rgb8 = image.raw().rgb8();
+    input.width = image.raw().width();
+    input.height = image.raw().height();
+  } else {
+    input.encoded = image.encoded();
+  }
+  std::vector<float> v = FakeEngine::ImageVector(input, 8);
+  return normalize ? FakeEngine::Normalized(std::move(v)) : v;
+}
+std::vector<float> FakeText(const std::string& text, bool normalize = true) {
+  std::vector<float> v = FakeEngine::TextVector(text, 8);
+  return normalize ? FakeEngine::Normalized(std::move(v)) : v;
+}
+
+double Dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double sum = 0;
+  for (size_t i = 0; i < a.size(); ++i) sum += static_cast<double>(a[i]) * b[i];
+  return sum;
+}
+
+std::vector<float> Values(const v1::Embedding& e) {
+  return {e.values().begin(), e.values().end()};
+}
+
+void ExpectNear(const std::vector<float>& actual, const std::vector<float>& expected) {
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) {
+    EXPECT_NEAR(actual[i], expected[i], kTolerance) << "at " << i;
+  }
+}
+
+// Cross-entropy of `logits` (one row) against `label`, computed here from scratch.
+double CrossEntropy(const std::vector<double>& logits, int label) {
+  double max = logits[0];
+  for (double v : logits) max = std::max(max, v);
+  double sum = 0;
+  for (double v : logits) sum += std::exp(v - max);
+  return std::log(sum) + max - logits[label];
+}
+
+// CancellationFlag has no hook to be notified on, so this polls it (bounded).
+bool WaitUntilCancelled(const EmbedOptions& options) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!options.cancellation->cancelled()) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Fixture: a real ClipServer on a loopback port, ClipService over a FakeEngine.
+
+class ClipServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(ClipServiceOptions{}); }
+
+  void TearDown() override { Stop(); }
+
+  void Start(const ClipServiceOptions& options) {
+    engine_ = std::make_unique<FakeEngine>(FakeEngine::DefaultDescription());
+    absl::StatusOr<std::unique_ptr<ClipService>> service =
+        ClipService::Create(engine_.get(), options);
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = service->get();
+    std::vector<std::unique_ptr<grpc::Service>> services;
+    services.push_back(*std::move(service));
+    ClipServerOptions server_options;
+    server_options.host = "127.0.0.1";
+    server_options.port = 0;
+    absl::StatusOr<std::unique_ptr<ClipServer>> server =
+        ClipServer::Create(server_options, std::move(services));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = v1::ClipService::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials()));
+  }
+
+  // Answers whatever the engine holds, so that every call can end, then shuts down.
+  void Stop() {
+    if (engine_ != nullptr) engine_->set_hold(false);
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(10));
+    stub_.reset();
+    server_.reset();
+    engine_.reset();
+  }
+
+  void Restart(const ClipServiceOptions& options) {
+    Stop();
+    Start(options);
+  }
+
+  grpc::Status EmbedImage(const v1::EmbedImageRequest& request,
+                          v1::EmbedImageResponse* response) {
+    return stub_->EmbedImage(Context().get(), request, response);
+  }
+  grpc::Status EmbedText(const v1::EmbedTextRequest& request,
+                         v1::EmbedTextResponse* response) {
+    return stub_->EmbedText(Context().get(), request, response);
+  }
+  grpc::Status Similarity(const v1::SimilarityRequest& request,
+                          v1::SimilarityResponse* response) {
+    return stub_->Similarity(Context().get(), request, response);
+  }
+  grpc::Status Classify(const v1::ClassifyRequest& request,
+                        v1::ClassifyResponse* response) {
+    return stub_->Classify(Context().get(), request, response);
+  }
+
+  std::unique_ptr<FakeEngine> engine_;
+  ClipService* service_ = nullptr;  // owned by server_
+  std::unique_ptr<ClipServer> server_;
+  std::unique_ptr<v1::ClipService::Stub> stub_;
+};
+
+// ---------------------------------------------------------------------------
+// Create
+
+TEST(ClipServiceCreateTest, RejectsBadArguments) {
+  FakeEngine engine(FakeEngine::DefaultDescription());
+  EXPECT_EQ(ClipService::Create(nullptr, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ClipServiceOptions options;
+  options.max_stream_items_in_flight = 0;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = {};
+  options.limits.max_text_bytes = 0;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = {};
+  options.max_classify_prompts = 0;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = {};
+  options.label_cache_capacity = -1;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ClipService::Create(&engine, {}).ok());
+
+  ModelDescription no_width = FakeEngine::DefaultDescription();
+  no_width.embed_dim = 0;
+  FakeEngine widthless(no_width);
+  EXPECT_EQ(ClipService::Create(&widthless, {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// ---------------------------------------------------------------------------
+// GetModelInfo
+
+TEST_F(ClipServiceTest, GetModelInfoReportsEveryField) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(Context().get(), {}, &info).ok());
+  EXPECT_EQ(info.name(), "fake-ViT-B-32");
+  EXPECT_EQ(info.vision().architecture(), "vit");
+  EXPECT_EQ(info.vision().width(), 768u);
+  EXPECT_EQ(info.vision().layers(), 12u);
+  EXPECT_EQ(info.vision().patch_size(), 32u);
+  EXPECT_EQ(info.vision().heads(), 12u);
+  EXPECT_EQ(info.vision().stage_layers_size(), 0);
+  EXPECT_EQ(info.text().architecture(), "transformer");
+  EXPECT_EQ(info.text().width(), 512u);
+  EXPECT_EQ(info.text().layers(), 12u);
+  EXPECT_EQ(info.text().heads(), 8u);
+  EXPECT_EQ(info.embed_dim(), 8u);
+  EXPECT_EQ(info.image_size(), 224u);
+  EXPECT_THAT(info.image_mean(), ElementsAre(0.48145466f, 0.4578275f, 0.40821073f));
+  EXPECT_THAT(info.image_std(), ElementsAre(0.26862954f, 0.26130258f, 0.27577711f));
+  EXPECT_EQ(info.context_length(), 77u);
+  EXPECT_EQ(info.vocab_size(), 49408u);
+  EXPECT_EQ(info.logit_scale(), 20.0f);
+  EXPECT_EQ(info.precision(), "fp32");
+  EXPECT_EQ(info.device(), "cpu");
+  EXPECT_EQ(info.checkpoint_format(), "demo");
+  EXPECT_EQ(info.checkpoint_sha256(), "");
+  EXPECT_TRUE(info.random_weights());
+}
+
+TEST(ClipServiceModelInfoTest, ReportsResNetStages) {
+  ModelDescription description = FakeEngine::DefaultDescription();
+  description.vision_architecture = "modified_resnet";
+  description.vision_stage_layers = {3, 4, 6, 3};
+  FakeEngine engine(description);
+  auto service = ClipService::Create(&engine, {});
+  ASSERT_TRUE(service.ok());
+  std::vector<std::unique_ptr<grpc::Service>> services;
+  services.push_back(*std::move(service));
+  ClipServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  auto server = ClipServer::Create(options, std::move(services));
+  ASSERT_TRUE(server.ok());
+  auto stub = v1::ClipService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub->GetModelInfo(Context().get(), {}, &info).ok());
+  EXPECT_EQ(info.vision().architecture(), "modified_resnet");
+  EXPECT_THAT(info.vision().stage_layers(), ElementsAre(3u, 4u, 6u, 3u));
+}
+
+// ---------------------------------------------------------------------------
+// EmbedImage / EmbedText
+
+TEST_F(ClipServiceTest, EmbedImageReturnsNormalizedEmbeddingsInRequestOrder) {
+  v1::EmbedImageRequest request;
+  *request.add_images() = Encoded("png bytes of a cat");
+  *request.add_images() = Raw(2, 3, 'x');
+  *request.add_images() = Encoded("jpeg bytes of a dog");
+  v1::EmbedImageResponse response;
+  const absl::Time client_deadline = absl::Now() + absl::Seconds(10);
+  ASSERT_TRUE(EmbedImage(request, &response).ok());
+
+  EXPECT_EQ(response.dim(), 8u);
+  EXPECT_EQ(response.model(), "fake-ViT-B-32");
+  ASSERT_EQ(response.embeddings_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    ExpectNear(Values(response.embeddings(i)), FakeImage(request.images(i)));
+    EXPECT_NEAR(Dot(Values(response.embeddings(i)), Values(response.embeddings(i))), 1.0,
+                1e-5);
+  }
+  const std::vector<FakeEngine::Call> calls = engine_->calls();
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].kind, Kind::kImages);
+  EXPECT_EQ(calls[0].items, 3);
+  EXPECT_EQ(calls[0].field, "images");
+  EXPECT_TRUE(calls[0].options.normalize);
+  ASSERT_NE(calls[0].options.cancellation, nullptr);
+  EXPECT_FALSE(calls[0].options.cancellation->cancelled());
+  // The client's deadline reaches the engine (give or take transport rounding).
+  EXPECT_LT(absl::AbsDuration(calls[0].options.deadline - client_deadline),
+            absl::Seconds(1));
+}
+
+TEST_F(ClipServiceTest, EmbedImageWithoutNormalizeKeepsRawEmbeddings) {
+  v1::EmbedImageRequest request;
+  *request.add_images() = Encoded("png bytes");
+  request.set_normalize(false);
+  v1::EmbedImageResponse response;
+  ASSERT_TRUE(EmbedImage(request, &response).ok());
+  ASSERT_EQ(response.embeddings_size(), 1);
+  ExpectNear(Values(response.embeddings(0)), FakeImage(request.images(0), false));
+  EXPECT_FALSE(engine_->calls()[0].options.normalize);
+}
+
+TEST_F(ClipServiceTest, CallWithoutDeadlineGivesTheEngineNone) {
+  v1::EmbedTextRequest request;
+  request.add_texts("no deadline");
+  v1::EmbedTextResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub_->EmbedText(&context, request, &response).ok());
+  EXPECT_EQ(engine_->calls()[0].options.deadline, absl::InfiniteFuture());
+}
+
+TEST_F(ClipServiceTest, EmbedTextReportsTruncationAndTokenCounts) {
+  v1::EmbedTextRequest request;
+  request.add_texts("a cat");
+  request.add_texts("");
+  request.add_texts(std::string(100, 'z'));
+  v1::EmbedTextResponse response;
+  ASSERT_TRUE(EmbedText(request, &response).ok());
+  EXPECT_EQ(response.dim(), 8u);
+  EXPECT_EQ(response.model(), "fake-ViT-B-32");
+  ASSERT_EQ(response.embeddings_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    ExpectNear(Values(response.embeddings(i)), FakeText(request.texts(i)));
+  }
+  EXPECT_THAT(response.truncated(), ElementsAre(false, false, true));
+  EXPECT_THAT(response.num_tokens(), ElementsAre(7u, 2u, 77u));
+  const FakeEngine::Call call = engine_->calls()[0];
+  EXPECT_EQ(call.field, "texts");
+  EXPECT_TRUE(call.options.truncate);
+  EXPECT_THAT(call.texts, ElementsAreArray(request.texts()));
+}
+
+TEST_F(ClipServiceTest, EmbedTextOverLongWithoutTruncateIsTheEnginesInvalidArgument) {
+  v1::EmbedTextRequest request;
+  request.add_texts("short");
+  request.add_texts(std::string(100, 'z'));
+  request.set_truncate(false);
+  request.set_normalize(false);
+  v1::EmbedTextResponse response;
+  const grpc::Status status = EmbedText(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadField(status), "texts[1]");
+  EXPECT_FALSE(engine_->calls()[0].options.truncate);
+  EXPECT_FALSE(engine_->calls()[0].options.normalize);
+}
+
+// Each case: a request and the field its BadRequest must name.
+template <typename Request>
+struct InvalidCase {
+  std::string name;
+  Request request;
+  std::string field;
+};
+
+TEST_F(ClipServiceTest, InvalidImagesAreRejectedBeforeTheEngine) {
+  ClipServiceOptions options;
+  options.limits.max_items_per_request = 4;
+  options.limits.max_image_pixels = 100;
+  options.limits.max_image_bytes = 64;
+  Restart(options);
+
+  std::vector<InvalidCase<v1::EmbedImageRequest>> cases;
+  auto add = [&cases](std::string name, std::vector<v1::Image> images,
+                      std::string field) {
+    v1::EmbedImageRequest request;
+    for (v1::Image& image : images) *request.add_images() = std::move(image);
+    cases.push_back({std::move(name), std::move(request), std::move(field)});
+  };
+  add("empty request", {}, "images");
+  add("too many", std::vector<v1::Image>(5, Encoded("x")), "images");
+  add("no source", {Encoded("ok"), v1::Image()}, "images[1]");
+  add("raw byte count", {Encoded("ok"), Encoded("ok"), Raw(2, 2, 'a', 11)}, "images[2]");
+  add("raw zero width", {Raw(0, 3, 'a')}, "images[0]");
+  add("raw zero height", {Encoded("ok"), Raw(3, 0, 'a')}, "images[1]");
+  add("raw over pixel limit", {Raw(11, 10, 'a')}, "images[0]");
+  add("encoded empty", {Encoded("")}, "images[0]");
+  add("encoded over byte limit",
+      {Encoded("ok"), Encoded("ok"), Encoded("ok"), Encoded(std::string(65, 'b'))},
+      "images[3]");
+
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::EmbedImageResponse response;
+    const grpc::Status status = EmbedImage(c.request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(BadField(status), c.field);
+    EXPECT_THAT(status.error_message(), ::testing::StartsWith(c.field + ": "));
+  }
+  EXPECT_TRUE(engine_->calls().empty());
+
+  // At the limits everything passes: 4 images, 100 pixels, 64 bytes.
+  v1::EmbedImageRequest at_limits;
+  *at_limits.add_images() = Raw(10, 10, 'a');
+  *at_limits.add_images() = Encoded(std::string(64, 'b'));
+  *at_limits.add_images() = Raw(1, 1, 'c');
+  *at_limits.add_images() = Encoded("d");
+  v1::EmbedImageResponse response;
+  EXPECT_TRUE(EmbedImage(at_limits, &response).ok());
+}
+
+TEST_F(ClipServiceTest, InvalidTextsAreRejectedBeforeTheEngine) {
+  ClipServiceOptions options;
+  options.limits.max_items_per_request = 4;
+  options.limits.max_text_bytes = 32;
+  Restart(options);
+
+  std::vector<InvalidCase<v1::EmbedTextRequest>> cases;
+  auto add = [&cases](std::string name, std::vector<std::string> texts,
+                      std::string field) {
+    v1::EmbedTextRequest request;
+    for (std::string& text : texts) request.add_texts(std::move(text));
+    cases.push_back({std::move(name), std::move(request), std::move(field)});
+  };
+  add("empty request", {}, "texts");
+  add("too many", std::vector<std::string>(5, "a"), "texts");
+  add("over byte limit", {"a", "b", std::string(33, 'c')}, "texts[2]");
+  add("lone continuation byte", {"ok", "\x80"}, "texts[1]");
+  add("overlong slash", {"\xC0\xAF"}, "texts[0]");
+  add("overlong 3-byte", {"ok", "\xE0\x80\xAF"}, "texts[1]");
+  add("surrogate", {"ok", "ok", "\xED\xA0\x80"}, "texts[2]");
+  add("above U+10FFFF", {"\xF4\x90\x80\x80"}, "texts[0]");
+  add("truncated sequence", {"caf\xC3"}, "texts[0]");
+  add("invalid byte FF", {"ok", "a\xFF"}, "texts[1]");
+
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::EmbedTextResponse response;
+    const grpc::Status status = EmbedText(c.request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(BadField(status), c.field);
+  }
+  EXPECT_TRUE(engine_->calls().empty());
+
+  v1::EmbedTextRequest valid;
+  valid.add_texts(std::string(32, 'c'));        // exactly at the limit
+  valid.add_texts("caf\xC3\xA9 \xE2\x82\xAC");  // "café €"
+  valid.add_texts("\xF0\x9F\x90\x88");          // U+1F408 cat
+  valid.add_texts(std::string("nul\0inside", 10));
+  v1::EmbedTextResponse response;
+  EXPECT_TRUE(EmbedText(valid, &response).ok());
+}
+
+// ---------------------------------------------------------------------------
+// Engine errors, deadlines, cancellation
+
+TEST_F(ClipServiceTest, EngineResourceExhaustedReachesTheClientWithRetryInfo) {
+  engine_->set_error(
+      ResourceExhaustedWithRetry("image queue full", absl::Milliseconds(250)));
+  auto check = [](const grpc::Status& status) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_EQ(status.error_message(), "image queue full");
+    google::rpc::RetryInfo retry_info;
+    const google::rpc::Status details = RpcStatus(status);
+    ASSERT_EQ(details.details_size(), 1);
+    ASSERT_TRUE(details.details(0).UnpackTo(&retry_info));
+    EXPECT_EQ(retry_info.retry_delay().seconds(), 0);
+    EXPECT_EQ(retry_info.retry_delay().nanos(), 250000000);
+  };
+  {
+    SCOPED_TRACE("EmbedImage");
+    v1::EmbedImageRequest request;
+    *request.add_images() = Encoded("png");
+    v1::EmbedImageResponse response;
+    check(EmbedImage(request, &response));
+  }
+  {
+    SCOPED_TRACE("Similarity");
+    v1::SimilarityRequest request;
+    *request.mutable_images()->mutable_images()->add_images() = Encoded("png");
+    request.mutable_texts()->mutable_texts()->add_texts("a cat");
+    v1::SimilarityResponse response;
+    check(Similarity(request, &response));
+  }
+  {
+    SCOPED_TRACE("Tokenize");
+    v1::TokenizeRequest request;
+    request.add_texts("a cat");
+    v1::TokenizeResponse response;
+    check(stub_->Tokenize(Context().get(), request, &response));
+  }
+}
+
+TEST_F(ClipServiceTest, EngineErrorsKeepTheirCode) {
+  for (const absl::Status& error :
+       {absl::UnavailableError("shutting down"), absl::InternalError("batch failed"),
+        absl::DeadlineExceededError("deadline passed while queued")}) {
+    SCOPED_TRACE(error.ToString());
+    engine_->set_error(error);
+    v1::EmbedTextRequest request;
+    request.add_texts("a cat");
+    v1::EmbedTextResponse response;
+    const grpc::Status status = EmbedText(request, &response);
+    EXPECT_EQ(static_cast<int>(status.error_code()), static_cast<int>(error.code()));
+    EXPECT_EQ(status.error_message(), error.message());
+  }
+}
+
+TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
+  engine_->set_hold(true);
+  v1::EmbedTextRequest request;
+  request.add_texts("slow");
+  v1::EmbedTextResponse response;
+  const absl::Time client_deadline = absl::Now() + absl::Milliseconds(300);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(client_deadline));
+  EXPECT_EQ(stub_->EmbedText(&context, request, &response).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  const FakeEngine::Call call = engine_->calls()[0];
+  EXPECT_LT(absl::AbsDuration(call.options.deadline - client_deadline), absl::Seconds(1));
+  // The server's own deadline timer cancels the call, which drops the queued work.
+  EXPECT_TRUE(WaitUntilCancelled(call.options));
+  // The engine answers late (CANCELLED); the call ends cleanly and the server serves on.
+  engine_->set_hold(false);
+  v1::EmbedTextResponse next;
+  EXPECT_TRUE(EmbedText(request, &next).ok());
+}
+
+TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
+  engine_->set_hold(true);
+  v1::EmbedImageRequest request;
+  *request.add_images() = Encoded("png");
+  v1::EmbedImageResponse response;
+  grpc::ClientContext context;
+  grpc::Status status;
+  absl::Notification done;
+  stub_->async()->EmbedImage(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  const FakeEngine::Call call = engine_->calls()[0];
+  EXPECT_FALSE(call.options.cancellation->cancelled());
+  context.TryCancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitUntilCancelled(call.options));
+  // The engine's callback comes after OnCancel; the reactor must still be alive.
+  engine_->ReleaseAll();
+  engine_->set_hold(false);
+  v1::EmbedImageResponse next;
+  EXPECT_TRUE(EmbedImage(request, &next).ok());
+}
+
+// ---------------------------------------------------------------------------
+// Similarity
+
+v1::SimilarityRequest ImagesAndTexts(const std::vector<v1::Image>& images,
+                                     const std::vector<std::string>& texts) {
+  v1::SimilarityRequest request;
+  for (const v1::Image& image : images) {
+    *request.mutable_images()->mutable_images()->add_images() = image;
+  }
+  for (const std::string& text : texts) {
+    request.mutable_texts()->mutable_texts()->add_texts(text);
+  }
+  return request;
+}
+
+// logits[i][j] = scale * cos(image i, text j) from the fake's vectors, in double.
+std::vector<std::vector<double>> ExpectedLogits(const std::vector<v1::Image>& images,
+                                                const std::vector<std::string>& texts,
+                                                double scale) {
+  std::vector<std::vector<double>> logits;
+  for (const v1::Image& image : images) {
+    logits.emplace_back();
+    for (const std::string& text : texts) {
+      logits.back().push_back(scale * Dot(FakeImage(image), FakeText(text)));
+    }
+  }
+  return logits;
+}
+
+void ExpectSimilarity(const v1::SimilarityResponse& response,
+                      const std::vector<std::vector<double>>& logits, float scale) {
+  const int n = static_cast<int>(logits.size());
+  const int m = static_cast<int>(logits[0].size());
+  EXPECT_FLOAT_EQ(response.logit_scale(), scale);
+  ASSERT_EQ(response.logits_per_image().rows(), static_cast<uint32_t>(n));
+  ASSERT_EQ(response.logits_per_image().cols(), static_cast<uint32_t>(m));
+  ASSERT_EQ(response.logits_per_image().values_size(), n * m);
+  ASSERT_EQ(response.logits_per_text().rows(), static_cast<uint32_t>(m));
+  ASSERT_EQ(response.logits_per_text().cols(), static_cast<uint32_t>(n));
+  ASSERT_EQ(response.logits_per_text().values_size(), n * m);
+  ASSERT_EQ(response.probs().rows(), static_cast<uint32_t>(n));
+  ASSERT_EQ(response.probs().cols(), static_cast<uint32_t>(m));
+  ASSERT_EQ(response.probs().values_size(), n * m);
+  for (int i = 0; i < n; ++i) {
+    double max = logits[i][0];
+    for (double v : logits[i]) max = std::max(max, v);
+    double sum_exp = 0;
+    for (double v : logits[i]) sum_exp += std::exp(v - max);
+    double prob_sum = 0;
+    for (int j = 0; j < m; ++j) {
+      SCOPED_TRACE(absl::StrCat("(", i, ", ", j, ")"));
+      EXPECT_NEAR(response.logits_per_image().values(i * m + j), logits[i][j], 1e-4);
+      EXPECT_EQ(response.logits_per_text().values(j * n + i),
+                response.logits_per_image().values(i * m + j));
+      EXPECT_NEAR(response.probs().values(i * m + j),
+                  std::exp(logits[i][j] - max) / sum_exp, 1e-5);
+      prob_sum += response.probs().values(i * m + j);
+    }
+    EXPECT_NEAR(prob_sum, 1.0, 1e-5);
+  }
+}
+
+TEST_F(ClipServiceTest, SimilarityIsTheScaledCosineOfBothTowersRunConcurrently) {
+  const std::vector<v1::Image> images = {Encoded("a cat photo"), Raw(4, 4, 'q')};
+  const std::vector<std::string> texts = {"a cat", "a dog", "a diagram"};
+  const v1::SimilarityRequest request = ImagesAndTexts(images, texts);
+
+  // Hold the engine: both towers must be asked before either answers.
+  engine_->set_hold(true);
+  v1::SimilarityResponse response;
+  grpc::Status status;
+  absl::Notification done;
+  grpc::ClientContext context;
+  stub_->async()->Similarity(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  ASSERT_TRUE(engine_->AwaitHeld(2));
+  engine_->set_hold(false);
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  ExpectSimilarity(response, ExpectedLogits(images, texts, 20.0), 20.0f);
+  EXPECT_FALSE(response.has_loss());
+  const std::vector<FakeEngine::Call> calls = engine_->calls();
+  ASSERT_EQ(calls.size(), 2u);
+  for (const FakeEngine::Call& call : calls) {
+    EXPECT_TRUE(call.options.normalize);
+    EXPECT_EQ(call.field, call.kind == Kind::kImages ? "images" : "texts");
+  }
+}
+
+TEST_F(ClipServiceTest, SimilarityTemperatureReplacesTheModelScale) {
+  const std::vector<v1::Image> images = {Encoded("one"), Encoded("two")};
+  const std::vector<std::string> texts = {"first", "second"};
+  v1::SimilarityRequest request = ImagesAndTexts(images, texts);
+  request.set_temperature(0.5f);
+  v1::SimilarityResponse response;
+  ASSERT_TRUE(Similarity(request, &response).ok());
+  ExpectSimilarity(response, ExpectedLogits(images, texts, 2.0), 2.0f);
+}
+
+TEST_F(ClipServiceTest, SimilarityPairedAddsTheContrastiveLoss) {
+  const std::vector<v1::Image> images = {Encoded("im0"), Encoded("im1"), Encoded("im2")};
+  const std::vector<std::string> texts = {"t0", "t1", "t2"};
+  v1::SimilarityRequest request = ImagesAndTexts(images, texts);
+  request.set_paired(true);
+  request.set_temperature(0.25f);
+  v1::SimilarityResponse response;
+  ASSERT_TRUE(Similarity(request, &response).ok());
+  const auto logits = ExpectedLogits(images, texts, 4.0);
+  ExpectSimilarity(response, logits, 4.0f);
+  ASSERT_TRUE(response.has_loss());
+
+  // Same as the library function on the returned logits...
+  const std::vector<float> returned(response.logits_per_image().values().begin(),
+                                    response.logits_per_image().values().end());
+  absl::StatusOr<ContrastiveLoss> loss = ComputeContrastiveLoss(returned, 3);
+  ASSERT_TRUE(loss.ok());
+  EXPECT_FLOAT_EQ(response.loss().image_to_text(),
+                  static_cast<float>(loss->image_to_text));
+  EXPECT_FLOAT_EQ(response.loss().text_to_image(),
+                  static_cast<float>(loss->text_to_image));
+  EXPECT_FLOAT_EQ(response.loss().mean(), static_cast<float>(loss->mean));
+  // ...and as cross-entropy computed here from the fake's vectors.
+  double image_to_text = 0, text_to_image = 0;
+  for (int i = 0; i < 3; ++i) {
+    image_to_text += CrossEntropy(logits[i], i) / 3;
+    text_to_image += CrossEntropy({logits[0][i], logits[1][i], logits[2][i]}, i) / 3;
+  }
+  EXPECT_NEAR(response.loss().image_to_text(), image_to_text, 1e-4);
+  EXPECT_NEAR(response.loss().text_to_image(), text_to_image, 1e-4);
+  EXPECT_NEAR(response.loss().mean(), (image_to_text + text_to_image) / 2, 1e-4);
+}
+
+TEST_F(ClipServiceTest, SimilarityAcceptsPrecomputedEmbeddingsOfAnyLength) {
+  const std::vector<v1::Image> images = {Encoded("img a"), Encoded("img b")};
+  const std::vector<std::string> texts = {"x", "y", "z"};
+  // Images as raw (unnormalized, scaled) embeddings; texts embedded by the engine.
+  v1::SimilarityRequest request = ImagesAndTexts({}, texts);
+  for (const v1::Image& image : images) {
+    v1::Embedding* e = request.mutable_images()->mutable_embeddings()->add_embeddings();
+    for (const float v : FakeImage(image, /*normalize=*/false)) e->add_values(3.0f * v);
+  }
+  v1::SimilarityResponse response;
+  ASSERT_TRUE(Similarity(request, &response).ok());
+  ExpectSimilarity(response, ExpectedLogits(images, texts, 20.0), 20.0f);
+  EXPECT_EQ(engine_->CountCalls(Kind::kImages), 0);
+  EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 1);
+
+  // Both sides precomputed: no engine at all.
+  for (const std::string& text : texts) {
+    v1::Embedding* e = request.mutable_texts()->mutable_embeddings()->add_embeddings();
+    for (const float v : FakeText(text)) e->add_values(v);
+  }
+  request.set_paired(false);
+  v1::SimilarityResponse precomputed;
+  ASSERT_TRUE(Similarity(request, &precomputed).ok());
+  ExpectSimilarity(precomputed, ExpectedLogits(images, texts, 20.0), 20.0f);
+  EXPECT_EQ(engine_->calls().size(), 1u);
+}
+
+TEST_F(ClipServiceTest, InvalidSimilarityRequestsAreRejectedBeforeTheEngine) {
+  const v1::SimilarityRequest base = ImagesAndTexts({Encoded("a"), Encoded("b")}, {"t"});
+  std::vector<InvalidCase<v1::SimilarityRequest>> cases;
+  auto add = [&cases](std::string name, v1::SimilarityRequest request,
+                      std::string field) {
+    cases.push_back({std::move(name), std::move(request), std::move(field)});
+  };
+  auto embeddings = [](std::vector<std::vector<float>> rows) {
+    v1::EmbeddingList list;
+    for (const auto& row : rows) {
+      v1::Embedding* e = list.add_embeddings();
+      for (float v : row) e->add_values(v);
+    }
+    return list;
+  };
+  const std::vector<float> good(8, 0.5f);
+
+  v1::SimilarityRequest r = base;
+  r.clear_images();
+  add("no images", r, "images");
+  r = base;
+  r.clear_texts();
+  add("no texts", r, "texts");
+  r = base;
+  r.mutable_images()->mutable_images();  // an empty list
+  r.mutable_images()->mutable_images()->clear_images();
+  add("empty image list", r, "images");
+  r = base;
+  *r.mutable_images()->mutable_images()->mutable_images(1) = v1::Image();
+  add("image without source", r, "images[1]");
+  r = base;
+  *r.mutable_images()->mutable_embeddings() =
+      embeddings({good, std::vector<float>(7, 1)});
+  add("embedding of the wrong width", r, "images[1]");
+  r = base;
+  *r.mutable_texts()->mutable_embeddings() =
+      embeddings({{1, 2, 3, 4, 5, 6, 7, std::nanf("")}});
+  add("NaN embedding", r, "texts[0]");
+  r = base;
+  *r.mutable_texts()->mutable_embeddings() =
+      embeddings({good, {1, 2, 3, 4, 5, 6, 7, INFINITY}});
+  add("infinite embedding", r, "texts[1]");
+  r = base;
+  *r.mutable_images()->mutable_embeddings() = embeddings({std::vector<float>(8, 0)});
+  add("zero embedding", r, "images[0]");
+  r = base;
+  r.mutable_texts()->mutable_texts()->add_texts("\xC0\xAF");
+  add("invalid UTF-8", r, "texts[1]");
+  for (const float t : {0.0f, -1.0f, std::nanf(""), INFINITY, 1e-45f}) {
+    r = base;
+    r.set_temperature(t);
+    add(absl::StrCat("temperature ", t), r, "temperature");
+  }
+  r = base;
+  r.set_paired(true);
+  add("paired 2 images with 1 text", r, "paired");
+
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::SimilarityResponse response;
+    const grpc::Status status = Similarity(c.request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(BadField(status), c.field);
+  }
+  EXPECT_TRUE(engine_->calls().empty());
+}
+
+TEST_F(ClipServiceTest, SimilarityEngineFailureOfOneTowerFailsTheCall) {
+  // The fake rejects this image, as a decoder would; the text tower succeeds.
+  const v1::SimilarityRequest request =
+      ImagesAndTexts({Encoded("fine"), Encoded("undecodable bytes")}, {"a", "b"});
+  v1::SimilarityResponse response;
+  const grpc::Status status = Similarity(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadField(status), "images[1]");
+  EXPECT_FALSE(response.has_logits_per_image());
+}
+
+// ---------------------------------------------------------------------------
+// Classify
+
+// normalize(mean over templates of normalize(text embedding of the prompt)).
+std::vector<float> ExpectedLabel(const std::string& label,
+                                 const std::vector<std::string>& templates) {
+  std::vector<double> sum(8, 0.0);
+  for (const std::string& t : templates) {
+    std::string prompt = t;
+    prompt.replace(prompt.find("{}"), 2, label);
+    const std::vector<float> v = FakeText(prompt);
+    for (int d = 0; d < 8; ++d) sum[d] += v[d];
+  }
+  return FakeEngine::Normalized(std::vector<float>(sum.begin(), sum.end()));
+}
+
+struct ExpectedScore {
+  int index;
+  double logit;
+  double probability;
+};
+
+// Every label's score for `image`, best first.
+std::vector<ExpectedScore> ExpectedRanking(const v1::Image& image,
+                                           const std::vector<std::string>& labels,
+                                           const std::vector<std::string>& templates,
+                                           double scale) {
+  std::vector<ExpectedScore> scores;
+  double max = -INFINITY;
+  for (size_t l = 0; l < labels.size(); ++l) {
+    const double logit =
+        scale * Dot(FakeImage(image), ExpectedLabel(labels[l], templates));
+    scores.push_back({static_cast<int>(l), logit, 0});
+    max = std::max(max, logit);
+  }
+  double sum = 0;
+  for (const auto& s : scores) sum += std::exp(s.logit - max);
+  for (auto& s : scores) s.probability = std::exp(s.logit - max) / sum;
+  std::sort(
+      scores.begin(), scores.end(),
+      [](const ExpectedScore& a, const ExpectedScore& b) { return a.logit > b.logit; });
+  return scores;
+}
+
+v1::ClassifyRequest ClassifyRequest(const std::vector<v1::Image>& images,
+                                    const std::vector<std::string>& labels,
+                                    const std::vector<std::string>& templates,
+                                    uint32_t top_k) {
+  v1::ClassifyRequest request;
+  for (const v1::Image& image : images) *request.add_images() = image;
+  for (const std::string& label : labels) request.add_labels(label);
+  for (const std::string& t : templates) request.add_templates(t);
+  request.set_top_k(top_k);
+  return request;
+}
+
+TEST_F(ClipServiceTest, ClassifyRanksLabelsBestFirst) {
+  const std::vector<v1::Image> images = {Encoded("cat.jpg"), Raw(3, 3, 'k')};
+  const std::vector<std::string> labels = {"cat", "dog", "car", "plane", "tree"};
+  const std::vector<std::string> templates = {"a photo of a {}.", "a sketch of a {}"};
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(Classify(ClassifyRequest(images, labels, templates, 3), &response).ok());
+
+  ASSERT_EQ(response.results_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    SCOPED_TRACE(i);
+    const auto expected = ExpectedRanking(images[i], labels, templates, 20.0);
+    const v1::Classification& result = response.results(i);
+    ASSERT_EQ(result.labels_size(), 3);
+    for (int r = 0; r < 3; ++r) {
+      SCOPED_TRACE(r);
+      const v1::LabelScore& score = result.labels(r);
+      EXPECT_EQ(score.index(), static_cast<uint32_t>(expected[r].index));
+      EXPECT_EQ(score.label(), labels[expected[r].index]);
+      EXPECT_NEAR(score.logit(), expected[r].logit, 1e-4);
+      EXPECT_NEAR(score.probability(), expected[r].probability, 1e-5);
+      if (r > 0) {
+        EXPECT_GE(result.labels(r - 1).probability(), score.probability());
+      }
+    }
+  }
+  // One text call with every prompt, label-major.
+  std::vector<std::string> prompts;
+  for (const std::string& label : labels) {
+    prompts.push_back("a photo of a " + label + ".");
+    prompts.push_back("a sketch of a " + label);
+  }
+  ASSERT_EQ(engine_->CountCalls(Kind::kTexts), 1);
+  for (const FakeEngine::Call& call : engine_->calls()) {
+    EXPECT_TRUE(call.options.normalize);
+    if (call.kind == Kind::kTexts) {
+      EXPECT_THAT(call.texts, ElementsAreArray(prompts));
+    }
+  }
+}
+
+TEST_F(ClipServiceTest, ClassifyTopKDefaultsToFiveAndIsClampedToTheLabels) {
+  const std::vector<v1::Image> images = {Encoded("x")};
+  const std::vector<std::string> seven = {"a", "b", "c", "d", "e", "f", "g"};
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(Classify(ClassifyRequest(images, seven, {}, 0), &response).ok());
+  EXPECT_EQ(response.results(0).labels_size(), 5);
+  response.Clear();
+  ASSERT_TRUE(Classify(ClassifyRequest(images, seven, {}, 100), &response).ok());
+  ASSERT_EQ(response.results(0).labels_size(), 7);
+  // All labels: probabilities sum to one.
+  double sum = 0;
+  for (const auto& score : response.results(0).labels()) sum += score.probability();
+  EXPECT_NEAR(sum, 1.0, 1e-5);
+  response.Clear();
+  ASSERT_TRUE(
+      Classify(ClassifyRequest(images, {"yes", "no", "maybe"}, {}, 0), &response).ok());
+  EXPECT_EQ(response.results(0).labels_size(), 3);
+}
+
+TEST_F(ClipServiceTest, ClassifyUsesTheDefaultTemplate) {
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(
+      Classify(ClassifyRequest({Encoded("x")}, {"cat", "dog"}, {}, 0), &response).ok());
+  const auto expected =
+      ExpectedRanking(Encoded("x"), {"cat", "dog"}, {"a photo of a {}."}, 20.0);
+  EXPECT_EQ(response.results(0).labels(0).index(),
+            static_cast<uint32_t>(expected[0].index));
+  EXPECT_NEAR(response.results(0).labels(0).logit(), expected[0].logit, 1e-4);
+  for (const FakeEngine::Call& call : engine_->calls()) {
+    if (call.kind == Kind::kTexts) {
+      EXPECT_THAT(call.texts, ElementsAre("a photo of a cat.", "a photo of a dog."));
+    }
+  }
+}
+
+TEST_F(ClipServiceTest, ClassifyCachesLabelEmbeddings) {
+  const std::vector<v1::Image> images = {Encoded("img")};
+  const std::vector<std::string> templates = {"a {}", "the {}", "my {}"};
+  const v1::ClassifyRequest request =
+      ClassifyRequest(images, {"cat", "dog", "bird"}, templates, 3);
+  v1::ClassifyResponse first;
+  ASSERT_TRUE(Classify(request, &first).ok());
+  EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 1);
+  EXPECT_EQ(engine_->texts_embedded(), 9);
+
+  // The same labels and templates again: no text model, the same answer.
+  v1::ClassifyResponse second;
+  ASSERT_TRUE(Classify(request, &second).ok());
+  EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 1);
+  EXPECT_EQ(engine_->CountCalls(Kind::kImages), 2);
+  EXPECT_EQ(second.SerializeAsString(), first.SerializeAsString());
+  EXPECT_EQ(service_->label_cache().hits(), 3);
+
+  // One new label: only its prompts are embedded; the cached ones still rank right.
+  v1::ClassifyResponse third;
+  const std::vector<std::string> labels = {"cat", "fish", "bird"};
+  ASSERT_TRUE(Classify(ClassifyRequest(images, labels, templates, 3), &third).ok());
+  EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 2);
+  EXPECT_EQ(engine_->texts_embedded(), 12);
+  EXPECT_THAT(engine_->calls().back().texts,
+              ElementsAre("a fish", "the fish", "my fish"));
+  const auto expected = ExpectedRanking(images[0], labels, templates, 20.0);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(third.results(0).labels(r).index(),
+              static_cast<uint32_t>(expected[r].index));
+    EXPECT_NEAR(third.results(0).labels(r).logit(), expected[r].logit, 1e-4);
+  }
+
+  // Other templates are other keys.
+  v1::ClassifyResponse fourth;
+  ASSERT_TRUE(
+      Classify(ClassifyRequest(images, {"cat", "dog", "bird"}, {"a {}"}, 3), &fourth)
+          .ok());
+  EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 3);
+  EXPECT_EQ(engine_->texts_embedded(), 15);
+}
+
+TEST_F(ClipServiceTest, ClassifyWithoutCacheAsksTheTextModelEveryTime) {
+  ClipServiceOptions options;
+  options.label_cache_capacity = 0;
+  Restart(options);
+  const v1::ClassifyRequest request = ClassifyRequest({Encoded("i")}, {"a", "b"}, {}, 0);
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(Classify(request, &response).ok());
+  ASSERT_TRUE(Classify(request, &response).ok());
+  EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 2);
+}
+
+TEST_F(ClipServiceTest, InvalidClassifyRequestsAreRejectedBeforeTheEngine) {
+  const std::vector<v1::Image> images = {Encoded("i")};
+  std::vector<InvalidCase<v1::ClassifyRequest>> cases = {
+      {"no images", ClassifyRequest({}, {"a", "b"}, {}, 0), "images"},
+      {"bad image", ClassifyRequest({Encoded("i"), Encoded("")}, {"a", "b"}, {}, 0),
+       "images[1]"},
+      {"one label", ClassifyRequest(images, {"a"}, {}, 0), "labels"},
+      {"empty label", ClassifyRequest(images, {"a", ""}, {}, 0), "labels[1]"},
+      {"duplicate label", ClassifyRequest(images, {"a", "b", "a"}, {}, 0), "labels[2]"},
+      {"invalid UTF-8 label", ClassifyRequest(images, {"a", "b\xFF"}, {}, 0),
+       "labels[1]"},
+      {"template without {}", ClassifyRequest(images, {"a", "b"}, {"a photo"}, 0),
+       "templates[0]"},
+      {"template with two {}",
+       ClassifyRequest(images, {"a", "b"}, {"{}", "{} and {}"}, 0), "templates[1]"},
+  };
+  v1::ClassifyRequest cold = ClassifyRequest(images, {"a", "b"}, {}, 0);
+  cold.set_temperature(-2);
+  cases.push_back({"negative temperature", cold, "temperature"});
+
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::ClassifyResponse response;
+    const grpc::Status status = Classify(c.request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(BadField(status), c.field);
+  }
+  EXPECT_TRUE(engine_->calls().empty());
+}
+
+TEST_F(ClipServiceTest, ClassifyLimitsLabelsTimesTemplates) {
+  ClipServiceOptions options;
+  options.max_classify_prompts = 6;
+  Restart(options);
+  const std::vector<v1::Image> images = {Encoded("i")};
+  v1::ClassifyResponse response;
+  EXPECT_TRUE(
+      Classify(ClassifyRequest(images, {"a", "b", "c"}, {"{}", "x {}"}, 0), &response)
+          .ok());
+  const grpc::Status status = Classify(
+      ClassifyRequest(images, {"a", "b", "c", "d"}, {"{}", "x {}"}, 0), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadField(status), "labels");
+  EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 1);
+}
+
+TEST_F(ClipServiceTest, ClassifyTemperatureReplacesTheModelScale) {
+  const std::vector<v1::Image> images = {Encoded("i")};
+  v1::ClassifyRequest request = ClassifyRequest(images, {"a", "b", "c"}, {}, 3);
+  request.set_temperature(0.1f);
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(Classify(request, &response).ok());
+  const auto expected =
+      ExpectedRanking(images[0], {"a", "b", "c"}, {"a photo of a {}."}, 10.0);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_NEAR(response.results(0).labels(r).logit(), expected[r].logit, 1e-4);
+    EXPECT_NEAR(response.results(0).labels(r).probability(), expected[r].probability,
+                1e-5);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tokenize
+
+TEST_F(ClipServiceTest, TokenizeReturnsIdsAndTheContextLength) {
+  v1::TokenizeRequest request;
+  request.add_texts("ab");
+  request.add_texts(std::string(100, 'z'));
+  v1::TokenizeResponse response;
+  ASSERT_TRUE(stub_->Tokenize(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.context_length(), 77u);
+  ASSERT_EQ(response.texts_size(), 2);
+  EXPECT_THAT(response.texts(0).ids(), ElementsAre(49406, 'a' + 1, 'b' + 1, 49407));
+  EXPECT_FALSE(response.texts(0).truncated());
+  EXPECT_EQ(response.texts(1).ids_size(), 77);
+  EXPECT_EQ(response.texts(1).ids(76), 49407);
+  EXPECT_TRUE(response.texts(1).truncated());
+
+  request.set_truncate(false);
+  const grpc::Status status = stub_->Tokenize(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadField(status), "texts[1]");
+
+  v1::TokenizeRequest invalid;
+  invalid.add_texts("\xED\xBF\xBF");
+  EXPECT_EQ(BadField(stub_->Tokenize(Context().get(), invalid, &response)), "texts[0]");
+  EXPECT_EQ(engine_->CountCalls(Kind::kTokenize), 2);
+}
+
+// ---------------------------------------------------------------------------
+// EmbedStream
+
+v1::EmbedStreamRequest TextItem(std::string id, std::string text) {
+  v1::EmbedStreamRequest item;
+  item.set_id(std::move(id));
+  item.set_text(std::move(text));
+  return item;
+}
+
+v1::EmbedStreamRequest ImageItem(std::string id, v1::Image image) {
+  v1::EmbedStreamRequest item;
+  item.set_id(std::move(id));
+  *item.mutable_image() = std::move(image);
+  return item;
+}
+
+TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemselves) {
+  std::vector<v1::EmbedStreamRequest> items = {
+      ImageItem("img-ok", Encoded("png of a cat")), TextItem("txt-ok", "a dog"),
+      ImageItem("raw-bad", Raw(2, 2, 'a', 5)),      TextItem("utf8-bad", "\xFF"),
+      TextItem("long-text", std::string(100, 'l')),
+  };
+  v1::EmbedStreamRequest no_input;
+  no_input.set_id("no-input");
+  items.push_back(no_input);
+  items.push_back(TextItem(std::string(257, 'i'), "id too long"));
+  items.push_back(ImageItem("undecodable", Encoded("undecodable bytes")));
+  v1::EmbedStreamRequest raw_values = TextItem("unnormalized", "raw please");
+  raw_values.set_normalize(false);
+  items.push_back(raw_values);
+  items.push_back(TextItem("\xC0\xAF", "an id that is not UTF-8"));
+  v1::EmbedStreamRequest strict = TextItem("no-truncate", std::string(100, 's'));
+  strict.set_truncate(false);
+  items.push_back(strict);
+  items.push_back(ImageItem("raw-ok", Raw(1, 2, 'r')));
+
+  auto context = Context();
+  auto stream = stub_->EmbedStream(context.get());
+  for (const auto& item : items) ASSERT_TRUE(stream->Write(item));
+  ASSERT_TRUE(stream->WritesDone());
+  std::map<std::string, v1::EmbedStreamResponse> answers;
+  std::map<std::string, int> seen;
+  v1::EmbedStreamResponse response;
+  while (stream->Read(&response)) {
+    ++seen[response.id()];
+    answers[response.id()] = response;
+  }
+  const grpc::Status status = stream->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  // Every id once; the one that is not UTF-8 cannot be echoed and comes back empty.
+  ASSERT_EQ(seen.size(), items.size());
+  for (const auto& item : items) {
+    const std::string id = item.id() == "\xC0\xAF" ? "" : item.id();
+    EXPECT_EQ(seen[id], 1) << id;
+  }
+
+  auto expect_embedding = [&answers](const std::string& id, const std::vector<float>& v) {
+    SCOPED_TRACE(id);
+    ASSERT_TRUE(answers[id].has_embedding()) << answers[id].error().message();
+    ExpectNear(Values(answers[id].embedding()), v);
+  };
+  expect_embedding("img-ok", FakeImage(Encoded("png of a cat")));
+  expect_embedding("txt-ok", FakeText("a dog"));
+  EXPECT_EQ(answers["txt-ok"].num_tokens(), 7u);
+  EXPECT_FALSE(answers["txt-ok"].truncated());
+  expect_embedding("long-text", FakeText(std::string(100, 'l')));
+  EXPECT_EQ(answers["long-text"].num_tokens(), 77u);
+  EXPECT_TRUE(answers["long-text"].truncated());
+  expect_embedding("unnormalized", FakeText("raw please", /*normalize=*/false));
+  expect_embedding("raw-ok", FakeImage(Raw(1, 2, 'r')));
+
+  const std::map<std::string, std::string> bad = {
+      {"raw-bad", "image"},
+      {"utf8-bad", "text"},
+      {"no-input", "input"},
+      {std::string(257, 'i'), "id"},
+      {"undecodable", "image"},
+      {"no-truncate", "text"},
+      {"", "id"},
+  };
+  for (const auto& [id, field] : bad) {
+    SCOPED_TRACE(id);
+    const v1::EmbedStreamResponse& answer = answers[id];
+    ASSERT_TRUE(answer.has_error());
+    EXPECT_EQ(answer.error().code(),
+              static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+    EXPECT_EQ(BadField(answer.error()), field);
+    EXPECT_THAT(answer.error().message(), ::testing::StartsWith(field + ": "));
+  }
+  // Only the items that passed validation reached the engine, one request each.
+  EXPECT_EQ(engine_->calls().size(), 7u);
+}
+
+TEST_F(ClipServiceTest, EmbedStreamKeepsAtMostTheLimitInFlight) {
+  constexpr int kLimit = 3;
+  constexpr int kItems = 12;
+  ClipServiceOptions options;
+  options.max_stream_items_in_flight = kLimit;
+  Restart(options);
+  engine_->set_hold(true);
+
+  auto context = Context(absl::Seconds(30));
+  auto stream = stub_->EmbedStream(context.get());
+  // Everything is sent at once; only the server's reads hold it back.
+  std::thread writer([&stream] {
+    for (int i = 0; i < kItems; ++i) {
+      if (!stream->Write(TextItem(absl::StrCat("item-", i), absl::StrCat("text ", i)))) {
+        return;
+      }
+    }
+    stream->WritesDone();
+  });
+
+  // The server reads ahead up to the limit...
+  ASSERT_TRUE(engine_->AwaitHeld(kLimit));
+  std::map<std::string, int> seen;
+  v1::EmbedStreamResponse response;
+  for (int answered = 0; answered < kItems; ++answered) {
+    // ...and one more item for each answer written.
+    ASSERT_TRUE(engine_->AwaitHeld(1)) << "after " << answered << " answers";
+    ASSERT_TRUE(engine_->ReleaseOne());
+    ASSERT_TRUE(stream->Read(&response));
+    ASSERT_TRUE(response.has_embedding());
+    ExpectNear(Values(response.embedding()),
+               FakeText(absl::StrCat("text ", response.id().substr(5))));
+    ++seen[response.id()];
+  }
+  EXPECT_FALSE(stream->Read(&response));
+  writer.join();
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kItems));
+  for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << id;
+  EXPECT_EQ(engine_->max_outstanding(), kLimit);
+  EXPECT_EQ(engine_->calls().size(), static_cast<size_t>(kItems));
+}
+
+TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
+  engine_->set_hold(true);
+  grpc::ClientContext context;
+  auto stream = stub_->EmbedStream(&context);
+  ASSERT_TRUE(stream->Write(TextItem("a", "first")));
+  ASSERT_TRUE(stream->Write(ImageItem("b", Encoded("second"))));
+  ASSERT_TRUE(engine_->AwaitHeld(2));
+  context.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const std::vector<FakeEngine::Call> calls = engine_->calls();
+  ASSERT_EQ(calls.size(), 2u);
+  for (const FakeEngine::Call& call : calls)
+    EXPECT_TRUE(WaitUntilCancelled(call.options));
+
+  // The engine answers after the cancel; the stream ends cleanly and a new one works.
+  engine_->set_hold(false);
+  auto next_context = Context();
+  auto next = stub_->EmbedStream(next_context.get());
+  ASSERT_TRUE(next->Write(TextItem("c", "third")));
+  ASSERT_TRUE(next->WritesDone());
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(next->Read(&response));
+  EXPECT_EQ(response.id(), "c");
+  EXPECT_TRUE(next->Finish().ok());
+}
+
+TEST_F(ClipServiceTest, EmbedStreamWithNoItemsFinishesOk) {
+  auto context = Context();
+  auto stream = stub_->EmbedStream(context.get());
+  ASSERT_TRUE(stream->WritesDone());
+  v1::EmbedStreamResponse response;
+  EXPECT_FALSE(stream->Read(&response));
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+}  // namespace
+}  // namespace clipserve
