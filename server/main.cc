@@ -1,33 +1,73 @@
 // clip_server: serves CLIP embeddings over gRPC.
 //
-// Life cycle: parse flags -> build options -> start serving -> wait for SIGINT or
-// SIGTERM -> stop accepting, let calls in flight finish within --shutdown_grace_s ->
-// exit 0. A start-up failure exits 1 with the reason on stderr.
+// Life cycle: parse flags -> load the model and tokenizer -> start the engine (warm-up
+// included) -> open the port, health SERVING -> wait for SIGINT or SIGTERM -> health
+// NOT_SERVING, stop accepting, let calls in flight finish within --shutdown_grace_s ->
+// stop the engine -> exit 0. A start-up failure exits 1 with the reason on stderr.
 
-#include <csignal>
+#include <signal.h>
+#include <time.h>
+
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
-
-#include <pthread.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "clipserve/v1/clip_service.grpc.pb.h"
 #include "glog/logging.h"
+#include "server/common/status_macros.h"
+#include "server/engine/embedding_engine.h"
+#include "server/model/model_loader.h"
 #include "server/service/clip_server.h"
+#include "server/service/clip_service.h"
+#include "server/tokenizer/bpe_tokenizer.h"
+#include "server/tokenizer/builtin_vocabulary.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0",
           "Address to listen on: 0.0.0.0 (all IPv4 interfaces), 127.0.0.1, or [::].");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one and logs it.");
 ABSL_FLAG(std::string, model, "demo:ViT-B-32",
-          "The model: a checkpoint path, or demo:PRESET for seeded random weights.");
+          "The model: demo:PRESET (seeded random weights; presets RN50, RN101, RN50x4, "
+          "RN50x16, RN50x64, ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336), or a checkpoint: "
+          "an OpenAI .pt, a torch.save state dict, a .safetensors file, an open_clip "
+          "directory or a Hugging Face CLIP directory.");
+ABSL_FLAG(std::string, model_config, "",
+          "open_clip JSON config for a bare state dict whose architecture cannot be "
+          "inferred from its shapes (head width other than 64).");
+ABSL_FLAG(std::string, tokenizer, "",
+          "Tokenizer files: a bpe_simple_vocab_16e6.txt.gz, or a directory with "
+          "vocab.json + merges.txt. Default: the files next to the checkpoint, else the "
+          "built-in CLIP vocabulary (the demo model uses a byte-level vocabulary).");
+ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N.");
+ABSL_FLAG(std::string, precision, "auto",
+          "fp32, bf16, fp16 (CUDA only) or auto: bf16 on CPUs with AMX/AVX512-BF16, "
+          "fp32 on other CPUs, fp16 on CUDA. Outputs are always fp32.");
+ABSL_FLAG(int32_t, max_batch_size, 32, "Most items in one model run, per modality.");
+ABSL_FLAG(double, max_queue_delay_ms, 2.0,
+          "How long the first queued item waits for others to share its batch.");
+ABSL_FLAG(int32_t, max_queue_size, 1024,
+          "Items waiting per modality before requests get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int32_t, workers, 1, "Batch workers per modality.");
+ABSL_FLAG(int32_t, intra_op_threads, 0,
+          "LibTorch threads per model run; 0 = one per CPU core.");
+ABSL_FLAG(int32_t, preprocess_threads, 2, "Threads decoding images and tokenizing texts.");
+ABSL_FLAG(int32_t, max_items_per_request, 256, "Most images or texts in one request.");
+ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
+          "Largest image accepted (width x height), checked before decoding.");
+ABSL_FLAG(int32_t, max_text_bytes, 16384, "Longest text accepted, in UTF-8 bytes.");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes.");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
@@ -37,9 +77,35 @@ ABSL_FLAG(double, shutdown_grace_s, 30.0,
 namespace clipserve {
 namespace {
 
-// Blocks SIGINT and SIGTERM in the calling thread and, since threads inherit the
-// mask, in every thread started later; WaitForTermination() then receives them
-// synchronously instead of in an async-signal handler.
+std::string ReadProcCpuinfo() {
+  std::ifstream in("/proc/cpuinfo");
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& loaded) {
+  BpeTokenizer::Options options;
+  options.context_length = loaded.model->config().text.context_length;
+  options.max_input_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_text_bytes));
+  const std::string flag = absl::GetFlag(FLAGS_tokenizer);
+  if (!flag.empty()) {
+    if (absl::EndsWith(flag, ".gz")) {
+      CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, LoadOpenAiVocabulary(flag));
+      return BpeTokenizer::Create(std::move(vocab), options);
+    }
+    return LoadTokenizerNextTo(flag, options);
+  }
+  if (loaded.random_weights) return BpeTokenizer::Create(ByteLevelDemoVocabulary(), options);
+  auto next_to = LoadTokenizerNextTo(loaded.directory, options);
+  if (next_to.ok() || next_to.status().code() != absl::StatusCode::kNotFound) return next_to;
+  LOG(INFO) << "no tokenizer files next to the checkpoint; using the built-in CLIP vocabulary";
+  CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, BuiltinClipVocabulary());
+  return BpeTokenizer::Create(std::move(vocab), options);
+}
+
+// Blocks SIGINT and SIGTERM in this thread and every thread started later, so they are
+// received synchronously below rather than in an async-signal handler.
 sigset_t BlockTerminationSignals() {
   sigset_t set;
   sigemptyset(&set);
@@ -49,43 +115,85 @@ sigset_t BlockTerminationSignals() {
   return set;
 }
 
-int WaitForTermination(const sigset_t& set) {
-  int signal = 0;
-  while (sigwait(&set, &signal) != 0) {
-  }
-  return signal;
-}
-
-int Run() {
+absl::Status Run() {
   const sigset_t signals = BlockTerminationSignals();
+  const absl::Time start = absl::Now();
 
-  ClipServerOptions options;
-  options.host = absl::GetFlag(FLAGS_host);
-  options.port = absl::GetFlag(FLAGS_port);
-  options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
-
-  std::vector<std::unique_ptr<grpc::Service>> services;
-  // Every ClipService method answers UNIMPLEMENTED until the serving core lands.
-  services.push_back(std::make_unique<clipserve::v1::ClipService::CallbackService>());
-
-  auto server = ClipServer::Create(options, std::move(services));
-  if (!server.ok()) {
-    LOG(ERROR) << "clip_server failed to start: " << server.status();
-    return EXIT_FAILURE;
+  ModelLoadOptions load;
+  CLIPSERVE_ASSIGN_OR_RETURN(load.device, ParseDevice(absl::GetFlag(FLAGS_device)));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      load.precision,
+      ResolvePrecision(absl::GetFlag(FLAGS_precision), load.device, ReadProcCpuinfo()));
+  if (!absl::GetFlag(FLAGS_model_config).empty()) {
+    load.config_path = absl::GetFlag(FLAGS_model_config);
   }
-  LOG(INFO) << "clip_server listening on " << options.host << ":" << (*server)->port()
-            << " model=" << absl::GetFlag(FLAGS_model)
-            << " max_message_bytes=" << options.max_receive_message_bytes
-            << " shutdown_grace_s=" << absl::GetFlag(FLAGS_shutdown_grace_s);
+  EmbeddingEngineOptions engine_options;
+  engine_options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  engine_options.max_queue_delay = absl::Milliseconds(absl::GetFlag(FLAGS_max_queue_delay_ms));
+  engine_options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  engine_options.workers = absl::GetFlag(FLAGS_workers);
+  engine_options.preprocess_threads = absl::GetFlag(FLAGS_preprocess_threads);
+  engine_options.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  engine_options.decode.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
+  engine_options.decode.max_encoded_bytes = absl::GetFlag(FLAGS_max_message_bytes);
 
-  const int signal = WaitForTermination(signals);
+  CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(absl::GetFlag(FLAGS_model), load));
+  CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> tokenizer, MakeTokenizer(loaded));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      std::unique_ptr<EmbeddingEngine> engine,
+      EmbeddingEngine::Create(std::move(loaded), std::move(tokenizer), engine_options));
+
+  ClipServiceOptions service_options;
+  service_options.limits.max_items_per_request = absl::GetFlag(FLAGS_max_items_per_request);
+  service_options.limits.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);
+  service_options.limits.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
+  service_options.limits.max_image_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipService> service,
+                             ClipService::Create(engine.get(), service_options));
+
+  ClipServerOptions server_options;
+  server_options.host = absl::GetFlag(FLAGS_host);
+  server_options.port = absl::GetFlag(FLAGS_port);
+  server_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  server_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  std::vector<std::unique_ptr<grpc::Service>> services;
+  services.push_back(std::move(service));
+  CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipServer> server,
+                             ClipServer::Create(server_options, std::move(services)));
+
+  const ModelDescription& d = engine->description();
+  LOG(INFO) << "clip_server serving on " << server_options.host << ":" << server->port()
+            << " model=" << d.name << (d.random_weights ? " (random demo weights)" : "")
+            << " format=" << d.checkpoint_format << " vision=" << d.vision_architecture
+            << " text=" << d.text_architecture << " embed_dim=" << d.embed_dim
+            << " precision=" << d.precision << " device=" << d.device
+            << " max_batch_size=" << engine_options.max_batch_size
+            << " max_queue_delay_ms=" << absl::GetFlag(FLAGS_max_queue_delay_ms)
+            << " max_queue_size=" << engine_options.max_queue_size
+            << " workers=" << engine_options.workers
+            << " intra_op_threads=" << engine->intra_op_threads()
+            << " preprocess_threads=" << engine_options.preprocess_threads
+            << " startup=" << absl::Now() - start;
+
+  // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
+  bool serving = true;
+  int signal = 0;
+  while (signal <= 0) {
+    const timespec one_second = {1, 0};
+    signal = sigtimedwait(&signals, nullptr, &one_second);
+    if (engine->healthy() != serving) {
+      serving = !serving;
+      server->SetServing(serving);
+      LOG(WARNING) << "health is now " << (serving ? "SERVING" : "NOT_SERVING");
+    }
+  }
+  const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
   LOG(INFO) << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
             << ", draining for up to " << grace;
-  (*server)->Shutdown(grace);
+  server->Shutdown(grace);
+  engine->Shutdown();
   LOG(INFO) << "clip_server stopped";
-  return EXIT_SUCCESS;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -98,5 +206,10 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
-  return clipserve::Run();
+  const absl::Status status = clipserve::Run();
+  if (!status.ok()) {
+    LOG(ERROR) << "clip_server failed: " << status;
+    return EXIT_FAILURE;
+  }
+  return EXIT_SUCCESS;
 }

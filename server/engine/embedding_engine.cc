@@ -140,6 +140,9 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
   if (options.preprocess_threads < 1 || options.workers < 1) {
     return absl::InvalidArgumentError("preprocess_threads and workers must be >= 1");
   }
+  if (options.intra_op_threads < 0) {
+    return absl::InvalidArgumentError("intra_op_threads must be >= 0");
+  }
   if (tokenizer->context_length() > model.model->config().text.context_length) {
     return absl::InvalidArgumentError("the tokenizer's context exceeds the model's");
   }
@@ -155,7 +158,14 @@ EmbeddingEngine::EmbeddingEngine(LoadedModel model, std::unique_ptr<BpeTokenizer
   description_ = Describe(model_, *tokenizer_);
 }
 
+int EmbeddingEngine::intra_op_threads() const { return at::get_num_threads(); }
+
 absl::Status EmbeddingEngine::Start() {
+  // Explicit even for the default: LibTorch's lazy OpenMP setup can otherwise leave
+  // the calling thread's count at 1.
+  at::set_num_threads(options_.intra_op_threads > 0
+                          ? options_.intra_op_threads
+                          : std::max(1u, std::thread::hardware_concurrency()));
   const ClipConfig& config = model_.model->config();
   image::Preprocessor::Options pre;
   pre.image_size = config.vision.image_size;

@@ -46,6 +46,9 @@ struct EmbeddingEngineOptions {
   // Threads decoding and resizing images and tokenizing texts. Default 2 (this
   // machine's core count): preprocessing overlaps with the model run.
   int preprocess_threads = 2;
+  // LibTorch intra-op threads (process-wide: at::set_num_threads). 0 keeps LibTorch's
+  // default, one per core: a batch is the only work that should use every core.
+  int intra_op_threads = 0;
   // Preprocessing tasks waiting at most; beyond, requests get RESOURCE_EXHAUSTED.
   int max_pending_preprocess = 4096;
   // Image decoding limits (pixels, encoded bytes, EXIF orientation).
@@ -86,6 +89,9 @@ class EmbeddingEngine : public Engine {
                 TokenizeCallback done) override;
   const ModelDescription& description() const override { return description_; }
   bool healthy() const override;
+
+  // LibTorch's intra-op thread count in effect.
+  int intra_op_threads() const;
 
   // Items waiting in each queue (gauges).
   int QueuedImages() const;

@@ -5,10 +5,41 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "server/common/status_macros.h"
 
 namespace clipserve {
+
+bool CpuInfoHasFastBf16(absl::string_view cpuinfo) {
+  for (absl::string_view line : absl::StrSplit(cpuinfo, '\n')) {
+    if (!absl::StartsWith(line, "flags")) continue;
+    for (absl::string_view flag : absl::StrSplit(line, ' ')) {
+      if (flag == "amx_bf16" || flag == "avx512_bf16") return true;
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<torch::Device> ParseDevice(absl::string_view name) {
+  if (name == "cpu") return torch::Device(torch::kCPU);
+  if (name == "cuda") return torch::Device(torch::kCUDA, 0);
+  int index = -1;
+  if (absl::StartsWith(name, "cuda:") && absl::SimpleAtoi(name.substr(5), &index) &&
+      index >= 0 && index < 64) {
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("device '", name, "' is not cpu, cuda or cuda:N"));
+}
+
+absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag, const torch::Device& device,
+                                           absl::string_view cpuinfo) {
+  if (flag != "auto") return ParsePrecision(flag);
+  if (device.is_cuda()) return Precision::kFloat16;
+  return CpuInfoHasFastBf16(cpuinfo) ? Precision::kBFloat16 : Precision::kFloat32;
+}
 
 absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
                                       const ModelLoadOptions& options) {

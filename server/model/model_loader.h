@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "server/model/checkpoint.h"
 #include "server/model/clip_model.h"
 
@@ -35,6 +36,21 @@ struct LoadedModel {
   // Folder of the checkpoint, where tokenizer files may sit; empty for the demo.
   std::string directory;
 };
+
+// True when /proc/cpuinfo-style `cpuinfo` lists AMX-BF16 or AVX512-BF16, the
+// instructions oneDNN uses for fast bf16 matrix products.
+bool CpuInfoHasFastBf16(absl::string_view cpuinfo);
+
+// Parses --device: "cpu", "cuda" or "cuda:N". INVALID_ARGUMENT otherwise.
+absl::StatusOr<torch::Device> ParseDevice(absl::string_view name);
+
+// Resolves --precision for `device`: "fp32", "bf16", "fp16" as given; "auto" picks
+// what the device does fastest at CLIP's accuracy (bf16 embeddings stay within cosine
+// 0.999 of fp32): fp16 on CUDA, bf16 on CPUs with AMX-BF16 or AVX512-BF16 (several
+// times the fp32 throughput there), fp32 on other CPUs. `cpuinfo` is the contents of
+// /proc/cpuinfo (read by the caller, so tests can pass their own).
+absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag, const torch::Device& device,
+                                           absl::string_view cpuinfo);
 
 // Loads `spec`: "demo:PRESET" builds that preset with seeded random weights (no files
 // needed); anything else is a checkpoint path in any format ReadCheckpoint knows.

@@ -335,6 +335,23 @@ TEST(DemoModelTest, SeededPresetIsDeterministicAndReportsRandomWeights) {
   EXPECT_EQ(LoadModel("demo:NoSuchNet").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(PrecisionTest, AutoPicksBf16OnlyWithFastBf16Instructions) {
+  const char* amx = "processor : 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n";
+  const char* avx512bf16 = "flags\t\t: fpu avx512f avx512_bf16\n";
+  const char* plain = "flags\t\t: fpu sse avx2 avx512f\n";
+  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, amx), Precision::kBFloat16);
+  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, avx512bf16), Precision::kBFloat16);
+  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, plain), Precision::kFloat32);
+  EXPECT_EQ(*ResolvePrecision("auto", torch::Device(torch::kCUDA, 0), plain),
+            Precision::kFloat16);
+  EXPECT_EQ(*ResolvePrecision("fp32", torch::kCPU, amx), Precision::kFloat32);
+  EXPECT_FALSE(ResolvePrecision("fp8", torch::kCPU, amx).ok());
+  EXPECT_EQ(ParseDevice("cuda:1")->index(), 1);
+  EXPECT_TRUE(ParseDevice("cpu")->is_cpu());
+  EXPECT_FALSE(ParseDevice("tpu").ok());
+  EXPECT_FALSE(ParseDevice("cuda:x").ok());
+}
+
 TEST(ClipModelTest, RejectsBadInputsWithoutThrowing) {
   auto config = PresetConfig("ViT-B-32");
   ASSERT_TRUE(config.ok());
