@@ -104,7 +104,8 @@ void StoreRow(const float* features, int dim, EngineRequest& request, int index)
 }
 
 std::shared_ptr<EngineRequest> NewRequest(int items, int dim, const EmbedOptions& options,
-                                          std::string field, EmbedCallback done) {
+                                          std::string field, EmbedCallback done,
+                                          std::atomic<int64_t>* pending) {
   auto request = std::make_shared<EngineRequest>();
   request->options = options;
   request->field = std::move(field);
@@ -114,12 +115,14 @@ std::shared_ptr<EngineRequest> NewRequest(int items, int dim, const EmbedOptions
   // The tracker's callback may only use a raw pointer: every ItemDone caller holds a
   // shared_ptr to the request, so it is alive when the last one runs the callback.
   EngineRequest* raw = request.get();
-  request->tracker = *RequestTracker::Create(items, [raw](absl::Status status) {
+  pending->fetch_add(1, std::memory_order_acq_rel);
+  request->tracker = *RequestTracker::Create(items, [raw, pending](absl::Status status) {
     if (status.ok()) {
       std::move(raw->done)(std::move(raw->result));
     } else {
       std::move(raw->done)(std::move(status));
     }
+    pending->fetch_sub(1, std::memory_order_acq_rel);
   });
   return request;
 }
@@ -234,7 +237,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images, const EmbedOpt
   }
   const int n = static_cast<int>(images.size());
   auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
-                            std::move(done));
+                            std::move(done), &pending_requests_);
   // One preprocessing task per image, so a request's images decode in parallel.
   for (int i = 0; i < n; ++i) {
     absl::Status submitted = pool_->Submit([this, request, i,
@@ -283,7 +286,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts, const EmbedOpti
   }
   const int n = static_cast<int>(texts.size());
   auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
-                            std::move(done));
+                            std::move(done), &pending_requests_);
   request->result.truncated.assign(n, false);
   request->result.num_tokens.assign(n, 0);
   // Tokenizing is fast (microseconds a text): one task for the whole request, which
@@ -366,6 +369,7 @@ void EmbeddingEngine::RunImageBatch(std::vector<ImageItem>& items) {
     if (features.ok()) *features = features->to(torch::kCPU).contiguous();
   }
   BatchFinished(id);
+  if (features.ok()) computed_images_.fetch_add(items.size(), std::memory_order_relaxed);
   for (size_t i = 0; i < items.size(); ++i) {
     if (features.ok()) {
       StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request, items[i].index);
@@ -395,6 +399,7 @@ void EmbeddingEngine::RunTextBatch(std::vector<TextItem>& items) {
   absl::StatusOr<torch::Tensor> features = model_.model->EncodeText(ids, lengths, false);
   if (features.ok()) *features = features->to(torch::kCPU).contiguous();
   BatchFinished(id);
+  if (features.ok()) computed_texts_.fetch_add(n, std::memory_order_relaxed);
   for (int64_t i = 0; i < n; ++i) {
     if (features.ok()) {
       StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request, items[i].index);

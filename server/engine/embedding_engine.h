@@ -97,6 +97,12 @@ class EmbeddingEngine : public Engine {
   int QueuedImages() const;
   int QueuedTexts() const;
 
+  // Items that went through the model since start (counters for metrics and tests).
+  int64_t computed_images() const { return computed_images_.load(std::memory_order_relaxed); }
+  int64_t computed_texts() const { return computed_texts_.load(std::memory_order_relaxed); }
+  // Embed requests accepted whose callback has not run yet.
+  int64_t pending_requests() const { return pending_requests_.load(std::memory_order_acquire); }
+
   // Finishes queued work and stops every thread. Idempotent.
   void Shutdown();
 
@@ -120,6 +126,9 @@ class EmbeddingEngine : public Engine {
   std::unique_ptr<DynamicBatcher<ImageItem>> image_batcher_;
   std::unique_ptr<DynamicBatcher<TextItem>> text_batcher_;
 
+  std::atomic<int64_t> computed_images_{0};
+  std::atomic<int64_t> computed_texts_{0};
+  std::atomic<int64_t> pending_requests_{0};
   std::atomic<bool> stuck_{false};
   std::atomic<bool> shut_down_{false};
   absl::Mutex running_mu_;

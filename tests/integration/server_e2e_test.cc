@@ -1,0 +1,396 @@
+// The real server end to end: ClipServer + ClipService + EmbeddingEngine with a tiny
+// random CLIP model, on a loopback port, called through generated gRPC stubs.
+
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/time/clock.h"
+#include "clipserve/v1/clip_service.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/error_details.h"
+#include "gtest/gtest.h"
+#include "server/engine/embedding_engine.h"
+#include "server/model/contrastive_loss.h"
+#include "server/service/clip_server.h"
+#include "server/service/clip_service.h"
+#include "server/tokenizer/bpe_tokenizer.h"
+#include "server/tokenizer/builtin_vocabulary.h"
+#include "tests/testing/shared_data.h"
+
+namespace clipserve {
+namespace {
+
+using ::testing::HasSubstr;
+namespace pb = ::clipserve::v1;
+
+ClipConfig TinyConfig() {
+  ClipConfig c;
+  c.name = "tiny";
+  c.embed_dim = 32;
+  c.vision.image_size = 32;
+  c.vision.patch_size = 8;
+  c.vision.width = 64;
+  c.vision.heads = 4;
+  c.vision.layers = 2;
+  c.text.width = 64;
+  c.text.heads = 4;
+  c.text.layers = 2;
+  return c;
+}
+
+std::string ReadShared(const std::string& relative) {
+  std::ifstream in(testing::SharedPath(relative), std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+struct Stack {
+  std::unique_ptr<EmbeddingEngine> engine;
+  std::unique_ptr<ClipServer> server;
+  std::unique_ptr<pb::ClipService::Stub> stub;
+};
+
+Stack Start(EmbeddingEngineOptions engine_options = {}, ClipServiceOptions service_options = {}) {
+  Stack stack;
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(TinyConfig(), /*seed=*/11);
+  loaded.name = "tiny";
+  loaded.random_weights = true;
+  auto tokenizer = BpeTokenizer::Create(*BuiltinClipVocabulary(), {});
+  EXPECT_TRUE(tokenizer.ok());
+  auto engine =
+      EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), engine_options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  stack.engine = *std::move(engine);
+  auto service = ClipService::Create(stack.engine.get(), service_options);
+  EXPECT_TRUE(service.ok()) << service.status();
+  std::vector<std::unique_ptr<grpc::Service>> services;
+  services.push_back(*std::move(service));
+  ClipServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  auto server = ClipServer::Create(server_options, std::move(services));
+  EXPECT_TRUE(server.ok()) << server.status();
+  stack.server = *std::move(server);
+  stack.stub = pb::ClipService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", stack.server->port()), grpc::InsecureChannelCredentials()));
+  return stack;
+}
+
+std::unique_ptr<grpc::ClientContext> Context(absl::Duration deadline = absl::Seconds(60)) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  return context;
+}
+
+// The BadRequest field named by a failed call, or "".
+std::string BadField(const grpc::Status& status) {
+  google::rpc::Status details;
+  if (!grpc::ExtractErrorDetails(status, &details).ok()) return "";
+  for (const auto& any : details.details()) {
+    google::rpc::BadRequest bad;
+    if (any.UnpackTo(&bad) && bad.field_violations_size() > 0) {
+      return bad.field_violations(0).field();
+    }
+  }
+  return "";
+}
+
+class ServerE2ETest : public ::testing::Test {
+ protected:
+  void SetUp() override { stack_ = Start(); }
+  void TearDown() override {
+    stack_.server->Shutdown(absl::Seconds(5));
+    stack_.engine->Shutdown();
+  }
+  Stack stack_;
+};
+
+const char* const kPhotos[] = {"images/chelsea.png", "images/rocket.jpg",
+                               "images/coffee.png", "images/astronaut.png"};
+
+TEST_F(ServerE2ETest, BatchedRowsEqualOneByOneRows) {
+  pb::EmbedImageRequest all;
+  for (const char* f : kPhotos) all.add_images()->set_encoded(ReadShared(f));
+  pb::EmbedImageResponse together;
+  auto context = Context();
+  ASSERT_TRUE(stack_.stub->EmbedImage(context.get(), all, &together).ok());
+  ASSERT_EQ(together.embeddings_size(), 4);
+  EXPECT_EQ(together.dim(), 32u);
+  EXPECT_EQ(together.model(), "tiny");
+  for (int i = 0; i < 4; ++i) {
+    pb::EmbedImageRequest one;
+    *one.add_images() = all.images(i);
+    pb::EmbedImageResponse alone;
+    auto c = Context();
+    ASSERT_TRUE(stack_.stub->EmbedImage(c.get(), one, &alone).ok());
+    for (int k = 0; k < 32; ++k) {
+      EXPECT_NEAR(alone.embeddings(0).values(k), together.embeddings(i).values(k), 1e-5);
+    }
+  }
+
+  pb::EmbedTextRequest texts;
+  for (const char* t : {"a cat", "a rocket on the launch pad", "a cup of coffee"}) {
+    texts.add_texts(t);
+  }
+  pb::EmbedTextResponse text_together;
+  auto c = Context();
+  ASSERT_TRUE(stack_.stub->EmbedText(c.get(), texts, &text_together).ok());
+  for (int i = 0; i < 3; ++i) {
+    pb::EmbedTextRequest one;
+    one.add_texts(texts.texts(i));
+    pb::EmbedTextResponse alone;
+    auto c1 = Context();
+    ASSERT_TRUE(stack_.stub->EmbedText(c1.get(), one, &alone).ok());
+    EXPECT_EQ(alone.num_tokens(0), text_together.num_tokens(i));
+    for (int k = 0; k < 32; ++k) {
+      EXPECT_NEAR(alone.embeddings(0).values(k), text_together.embeddings(i).values(k), 1e-5);
+    }
+  }
+}
+
+TEST_F(ServerE2ETest, SimilarityLossEqualsTheModelUnitsLoss) {
+  pb::SimilarityRequest request;
+  for (int i = 0; i < 3; ++i) {
+    request.mutable_images()->mutable_images()->add_images()->set_encoded(ReadShared(kPhotos[i]));
+  }
+  for (const char* t : {"a cat", "a rocket", "coffee"}) {
+    request.mutable_texts()->mutable_texts()->add_texts(t);
+  }
+  request.set_paired(true);
+  pb::SimilarityResponse response;
+  auto context = Context();
+  ASSERT_TRUE(stack_.stub->Similarity(context.get(), request, &response).ok());
+
+  // The same embeddings through the plain RPCs, and the loss from the model unit.
+  pb::EmbedImageRequest images;
+  *images.mutable_images() = request.images().images().images();
+  pb::EmbedImageResponse image_rows;
+  auto c1 = Context();
+  ASSERT_TRUE(stack_.stub->EmbedImage(c1.get(), images, &image_rows).ok());
+  pb::EmbedTextRequest texts;
+  *texts.mutable_texts() = request.texts().texts().texts();
+  pb::EmbedTextResponse text_rows;
+  auto c2 = Context();
+  ASSERT_TRUE(stack_.stub->EmbedText(c2.get(), texts, &text_rows).ok());
+  std::vector<float> flat_images, flat_texts;
+  for (const auto& e : image_rows.embeddings()) flat_images.insert(flat_images.end(), e.values().begin(), e.values().end());
+  for (const auto& e : text_rows.embeddings()) flat_texts.insert(flat_texts.end(), e.values().begin(), e.values().end());
+  const float scale = stack_.engine->description().logit_scale;
+  EXPECT_FLOAT_EQ(response.logit_scale(), scale);
+  auto logits = ScaledLogits(flat_images, flat_texts, 32, scale);
+  ASSERT_TRUE(logits.ok());
+  ASSERT_EQ(response.logits_per_image().values_size(), 9);
+  for (int i = 0; i < 9; ++i) {
+    EXPECT_NEAR(response.logits_per_image().values(i), (*logits)[i], 1e-4);
+  }
+  auto loss = ComputeContrastiveLoss(*logits, 3);
+  ASSERT_TRUE(loss.ok());
+  EXPECT_NEAR(response.loss().image_to_text(), loss->image_to_text, 1e-4);
+  EXPECT_NEAR(response.loss().text_to_image(), loss->text_to_image, 1e-4);
+  EXPECT_NEAR(response.loss().mean(), loss->mean, 1e-4);
+}
+
+TEST_F(ServerE2ETest, ClassifyTokenizeAndModelInfo) {
+  pb::ClassifyRequest classify;
+  classify.add_images()->set_encoded(ReadShared(kPhotos[0]));
+  for (const char* l : {"cat", "rocket", "coffee"}) classify.add_labels(l);
+  classify.set_top_k(2);
+  pb::ClassifyResponse classes;
+  auto c1 = Context();
+  ASSERT_TRUE(stack_.stub->Classify(c1.get(), classify, &classes).ok());
+  ASSERT_EQ(classes.results_size(), 1);
+  ASSERT_EQ(classes.results(0).labels_size(), 2);
+  EXPECT_GE(classes.results(0).labels(0).probability(), classes.results(0).labels(1).probability());
+
+  pb::TokenizeRequest tokenize;
+  tokenize.add_texts("a photo of a cat");
+  pb::TokenizeResponse tokens;
+  auto c2 = Context();
+  ASSERT_TRUE(stack_.stub->Tokenize(c2.get(), tokenize, &tokens).ok());
+  EXPECT_THAT(tokens.texts(0).ids(), ::testing::ElementsAre(49406, 320, 1125, 539, 320, 2368, 49407));
+  EXPECT_EQ(tokens.context_length(), 77u);
+
+  pb::ModelInfo info;
+  auto c3 = Context();
+  ASSERT_TRUE(stack_.stub->GetModelInfo(c3.get(), pb::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.embed_dim(), 32u);
+  EXPECT_EQ(info.image_size(), 32u);
+  EXPECT_EQ(info.vision().architecture(), "vit");
+  EXPECT_EQ(info.text().architecture(), "transformer");
+  EXPECT_EQ(info.precision(), "fp32");
+  EXPECT_TRUE(info.random_weights());
+  EXPECT_EQ(info.image_mean_size(), 3);
+}
+
+TEST_F(ServerE2ETest, StreamAnswersEveryIdOnceWithMixedItems) {
+  auto context = Context();
+  auto stream = stack_.stub->EmbedStream(context.get());
+  std::set<std::string> expected_ok, expected_bad;
+  for (int i = 0; i < 12; ++i) {
+    pb::EmbedStreamRequest item;
+    item.set_id(absl::StrCat("item-", i));
+    if (i % 4 == 0) {
+      item.mutable_image()->set_encoded(ReadShared("images/not_an_image.jpg"));
+      expected_bad.insert(item.id());
+    } else if (i % 2 == 0) {
+      item.mutable_image()->set_encoded(ReadShared(kPhotos[i % 4]));
+      expected_ok.insert(item.id());
+    } else {
+      item.set_text(absl::StrCat("caption number ", i));
+      expected_ok.insert(item.id());
+    }
+    ASSERT_TRUE(stream->Write(item));
+  }
+  stream->WritesDone();
+  std::set<std::string> ok, bad;
+  pb::EmbedStreamResponse response;
+  while (stream->Read(&response)) {
+    if (response.has_embedding()) {
+      EXPECT_EQ(response.embedding().values_size(), 32);
+      EXPECT_TRUE(ok.insert(response.id()).second) << "duplicate " << response.id();
+    } else {
+      EXPECT_EQ(response.error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_TRUE(bad.insert(response.id()).second) << "duplicate " << response.id();
+    }
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(ok, expected_ok);
+  EXPECT_EQ(bad, expected_bad);
+}
+
+TEST_F(ServerE2ETest, BadInputsNameTheItemAndTheServerKeepsServing) {
+  for (const char* broken : {"images/truncated.jpg", "images/not_an_image.jpg",
+                             "images/bomb_100k.png"}) {
+    pb::EmbedImageRequest request;
+    request.add_images()->set_encoded(ReadShared(kPhotos[0]));
+    request.add_images()->set_encoded(ReadShared(broken));
+    pb::EmbedImageResponse response;
+    auto context = Context();
+    const grpc::Status status = stack_.stub->EmbedImage(context.get(), request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << broken;
+    EXPECT_EQ(BadField(status), "images[1]") << broken << ": " << status.error_message();
+  }
+  {
+    pb::EmbedImageResponse response;
+    auto context = Context();
+    EXPECT_EQ(stack_.stub->EmbedImage(context.get(), pb::EmbedImageRequest(), &response)
+                  .error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    pb::EmbedTextRequest request;
+    for (int i = 0; i < 257; ++i) request.add_texts("x");
+    pb::EmbedTextResponse response;
+    auto context = Context();
+    EXPECT_EQ(stack_.stub->EmbedText(context.get(), request, &response).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    pb::EmbedTextRequest request;
+    request.add_texts("fine");
+    request.add_texts(std::string(2000, 'w') + " very long");
+    request.set_truncate(false);
+    pb::EmbedTextResponse response;
+    auto context = Context();
+    const grpc::Status status = stack_.stub->EmbedText(context.get(), request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(BadField(status), "texts[1]");
+  }
+  {
+    pb::EmbedImageRequest request;
+    auto* raw = request.add_images()->mutable_raw();
+    raw->set_width(100000);
+    raw->set_height(100000);
+    raw->set_rgb8("abc");
+    pb::EmbedImageResponse response;
+    auto context = Context();
+    const grpc::Status status = stack_.stub->EmbedImage(context.get(), request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(BadField(status), "images[0]");
+  }
+  // Still serving.
+  pb::EmbedTextRequest request;
+  request.add_texts("still here");
+  pb::EmbedTextResponse response;
+  auto context = Context();
+  EXPECT_TRUE(stack_.stub->EmbedText(context.get(), request, &response).ok());
+}
+
+TEST_F(ServerE2ETest, ExpiredDeadlineItemsAreNeverComputed) {
+  const int64_t before = stack_.engine->computed_images();
+  pb::EmbedImageRequest request;
+  for (int i = 0; i < 8; ++i) request.add_images()->set_encoded(ReadShared("images/astronaut.png"));
+  pb::EmbedImageResponse response;
+  auto context = Context(absl::Milliseconds(1));
+  EXPECT_EQ(stack_.stub->EmbedImage(context.get(), request, &response).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  // Let the server finish what the request started, then count.
+  const absl::Time limit = absl::Now() + absl::Seconds(30);
+  while (stack_.engine->pending_requests() > 0 && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(stack_.engine->pending_requests(), 0);
+  EXPECT_EQ(stack_.engine->computed_images(), before);
+}
+
+TEST(ServerE2EOverloadTest, BurstOnATinyQueueGetsResourceExhaustedWithRetryInfo) {
+  EmbeddingEngineOptions options;
+  options.max_batch_size = 1;
+  options.max_queue_size = 2;
+  Stack stack = Start(options);
+  constexpr int kCalls = 40;
+  std::vector<grpc::Status> statuses(kCalls);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kCalls; ++t) {
+    threads.emplace_back([&, t] {
+      pb::EmbedTextRequest request;
+      request.add_texts(absl::StrCat("burst text ", t));
+      request.add_texts(absl::StrCat("second text ", t));
+      pb::EmbedTextResponse response;
+      auto context = Context();
+      statuses[t] = stack.stub->EmbedText(context.get(), request, &response);
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0, exhausted = 0;
+  for (const grpc::Status& s : statuses) {
+    if (s.ok()) {
+      ++ok;
+      continue;
+    }
+    ASSERT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+    ++exhausted;
+    google::rpc::Status details;
+    ASSERT_TRUE(grpc::ExtractErrorDetails(s, &details).ok());
+    bool has_retry = false;
+    for (const auto& any : details.details()) {
+      google::rpc::RetryInfo retry;
+      if (any.UnpackTo(&retry)) {
+        has_retry = true;
+        EXPECT_GT(retry.retry_delay().seconds() * 1000000000LL + retry.retry_delay().nanos(), 0);
+      }
+    }
+    EXPECT_TRUE(has_retry);
+  }
+  EXPECT_GT(ok, 0);
+  EXPECT_GT(exhausted, 0);
+  stack.server->Shutdown(absl::Seconds(5));
+  stack.engine->Shutdown();
+}
+
+}  // namespace
+}  // namespace clipserve
