@@ -411,13 +411,14 @@ void EmbeddingEngine::RunTextBatch(std::vector<TextItem>& items) {
 }
 
 void EmbeddingEngine::WatchdogLoop() {
-  while (!stop_watchdog_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+  while (!stop_watchdog_.WaitForNotificationWithTimeout(options_.watchdog_interval)) {
     absl::Time oldest = absl::InfiniteFuture();
     {
       absl::MutexLock lock(&running_mu_);
       for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
     }
-    if (absl::Now() - oldest > options_.watchdog_timeout && !stuck_.exchange(true)) {
+    if (oldest != absl::InfiniteFuture() && absl::Now() - oldest > options_.watchdog_timeout &&
+        !stuck_.exchange(true)) {
       LOG(ERROR) << "a batch has been running for over " << options_.watchdog_timeout
                  << "; reporting NOT_SERVING so the process gets restarted";
     }

@@ -57,6 +57,8 @@ struct EmbeddingEngineOptions {
   // NOT_SERVING so an orchestrator restarts the process). Default 120 s: far above a
   // ViT-L batch of 64 on a slow CPU.
   absl::Duration watchdog_timeout = absl::Seconds(120);
+  // How often the watchdog looks. Default 1 s.
+  absl::Duration watchdog_interval = absl::Seconds(1);
   // Run one image and one text through the model before Create returns, so the first
   // request does not pay for oneDNN's kernel selection and allocator warm-up.
   bool warm_up = true;
