@@ -117,12 +117,13 @@ std::shared_ptr<EngineRequest> NewRequest(int items, int dim, const EmbedOptions
   EngineRequest* raw = request.get();
   pending->fetch_add(1, std::memory_order_acq_rel);
   request->tracker = *RequestTracker::Create(items, [raw, pending](absl::Status status) {
+    // Counted out before the callback runs, so whoever the callback wakes sees it.
+    pending->fetch_sub(1, std::memory_order_acq_rel);
     if (status.ok()) {
       std::move(raw->done)(std::move(raw->result));
     } else {
       std::move(raw->done)(std::move(status));
     }
-    pending->fetch_sub(1, std::memory_order_acq_rel);
   });
   return request;
 }
