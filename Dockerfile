@@ -5,7 +5,8 @@
 #   docker run -p 50051:50051 -v /models:/models:ro clipserve --model=/models/ViT-B-32.pt
 #
 # The build stage installs the toolchain through scripts/install-deps.sh (the same path
-# CI takes), builds the release preset and runs the unit tests; the runtime stage holds
+# CI takes) and builds the two binaries (the tests need ../shared, outside the build
+# context, so CI runs them instead); the runtime stage holds
 # only the binaries and the shared libraries they need, and runs as a non-root user.
 
 FROM debian:bookworm AS build
