@@ -22,9 +22,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
@@ -39,11 +39,12 @@
 ABSL_FLAG(std::string, host, "0.0.0.0",
           "Address to listen on: 0.0.0.0 (all IPv4 interfaces), 127.0.0.1, or [::].");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one and logs it.");
-ABSL_FLAG(std::string, model, "demo:ViT-B-32",
-          "The model: demo:PRESET (seeded random weights; presets RN50, RN101, RN50x4, "
-          "RN50x16, RN50x64, ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336), or a checkpoint: "
-          "an OpenAI .pt, a torch.save state dict, a .safetensors file, an open_clip "
-          "directory or a Hugging Face CLIP directory.");
+ABSL_FLAG(
+    std::string, model, "demo:ViT-B-32",
+    "The model: demo:PRESET (seeded random weights; presets RN50, RN101, RN50x4, "
+    "RN50x16, RN50x64, ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336), or a checkpoint: "
+    "an OpenAI .pt, a torch.save state dict, a .safetensors file, an open_clip "
+    "directory or a Hugging Face CLIP directory.");
 ABSL_FLAG(std::string, model_config, "",
           "open_clip JSON config for a bare state dict whose architecture cannot be "
           "inferred from its shapes (head width other than 64).");
@@ -63,7 +64,8 @@ ABSL_FLAG(int32_t, max_queue_size, 1024,
 ABSL_FLAG(int32_t, workers, 1, "Batch workers per modality.");
 ABSL_FLAG(int32_t, intra_op_threads, 0,
           "LibTorch threads per model run; 0 = one per CPU core.");
-ABSL_FLAG(int32_t, preprocess_threads, 2, "Threads decoding images and tokenizing texts.");
+ABSL_FLAG(int32_t, preprocess_threads, 2,
+          "Threads decoding images and tokenizing texts.");
 ABSL_FLAG(int32_t, max_items_per_request, 256, "Most images or texts in one request.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
           "Largest image accepted (width x height), checked before decoding.");
@@ -96,10 +98,13 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
     }
     return LoadTokenizerNextTo(flag, options);
   }
-  if (loaded.random_weights) return BpeTokenizer::Create(ByteLevelDemoVocabulary(), options);
+  if (loaded.random_weights)
+    return BpeTokenizer::Create(ByteLevelDemoVocabulary(), options);
   auto next_to = LoadTokenizerNextTo(loaded.directory, options);
-  if (next_to.ok() || next_to.status().code() != absl::StatusCode::kNotFound) return next_to;
-  LOG(INFO) << "no tokenizer files next to the checkpoint; using the built-in CLIP vocabulary";
+  if (next_to.ok() || next_to.status().code() != absl::StatusCode::kNotFound)
+    return next_to;
+  LOG(INFO)
+      << "no tokenizer files next to the checkpoint; using the built-in CLIP vocabulary";
   CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, BuiltinClipVocabulary());
   return BpeTokenizer::Create(std::move(vocab), options);
 }
@@ -129,7 +134,8 @@ absl::Status Run() {
   }
   EmbeddingEngineOptions engine_options;
   engine_options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
-  engine_options.max_queue_delay = absl::Milliseconds(absl::GetFlag(FLAGS_max_queue_delay_ms));
+  engine_options.max_queue_delay =
+      absl::Milliseconds(absl::GetFlag(FLAGS_max_queue_delay_ms));
   engine_options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   engine_options.workers = absl::GetFlag(FLAGS_workers);
   engine_options.preprocess_threads = absl::GetFlag(FLAGS_preprocess_threads);
@@ -137,14 +143,17 @@ absl::Status Run() {
   engine_options.decode.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   engine_options.decode.max_encoded_bytes = absl::GetFlag(FLAGS_max_message_bytes);
 
-  CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(absl::GetFlag(FLAGS_model), load));
-  CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> tokenizer, MakeTokenizer(loaded));
+  CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded,
+                             LoadModel(absl::GetFlag(FLAGS_model), load));
+  CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> tokenizer,
+                             MakeTokenizer(loaded));
   CLIPSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<EmbeddingEngine> engine,
       EmbeddingEngine::Create(std::move(loaded), std::move(tokenizer), engine_options));
 
   ClipServiceOptions service_options;
-  service_options.limits.max_items_per_request = absl::GetFlag(FLAGS_max_items_per_request);
+  service_options.limits.max_items_per_request =
+      absl::GetFlag(FLAGS_max_items_per_request);
   service_options.limits.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);
   service_options.limits.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   service_options.limits.max_image_bytes = absl::GetFlag(FLAGS_max_message_bytes);

@@ -21,10 +21,9 @@
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); on error returns its status, otherwise
 // moves the value into `lhs`, which may be a declaration (`auto x`) or an lvalue.
-#define CLIPSERVE_ASSIGN_OR_RETURN(lhs, rexpr)                                      \
-  CLIPSERVE_ASSIGN_OR_RETURN_IMPL_(CLIPSERVE_STATUS_CONCAT_(clipserve_statusor_, \
-                                                            __LINE__),           \
-                                   lhs, rexpr)
+#define CLIPSERVE_ASSIGN_OR_RETURN(lhs, rexpr) \
+  CLIPSERVE_ASSIGN_OR_RETURN_IMPL_(            \
+      CLIPSERVE_STATUS_CONCAT_(clipserve_statusor_, __LINE__), lhs, rexpr)
 
 #define CLIPSERVE_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
   auto statusor = (rexpr);                                     \

@@ -191,7 +191,8 @@ std::string SerializeBadRequest(absl::string_view field, absl::string_view descr
 absl::Status BadRequestError(absl::string_view field, absl::string_view description) {
   absl::Status status =
       absl::InvalidArgumentError(absl::StrCat(field, ": ", description));
-  status.SetPayload(kBadRequestPayloadUrl, absl::Cord(SerializeBadRequest(field, description)));
+  status.SetPayload(kBadRequestPayloadUrl,
+                    absl::Cord(SerializeBadRequest(field, description)));
   return status;
 }
 

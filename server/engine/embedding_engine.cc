@@ -73,7 +73,9 @@ ModelDescription Describe(const LoadedModel& loaded, const BpeTokenizer& tokeniz
   d.vision_layers = c.vision.layers;
   d.vision_patch_size = vit ? c.vision.patch_size : 0;
   d.vision_heads = c.vision.heads;
-  if (!vit) d.vision_stage_layers.assign(c.vision.stage_layers.begin(), c.vision.stage_layers.end());
+  if (!vit)
+    d.vision_stage_layers.assign(c.vision.stage_layers.begin(),
+                                 c.vision.stage_layers.end());
   d.text_architecture = c.text.arch == TextArch::kTransformer ? "transformer" : "cbow";
   d.text_width = c.text.width;
   d.text_layers = c.text.layers;
@@ -99,7 +101,8 @@ void StoreRow(const float* features, int dim, EngineRequest& request, int index)
   float* out = request.result.values.data() + static_cast<size_t>(index) * dim;
   double norm = 0;
   for (int k = 0; k < dim; ++k) norm += double(features[k]) * features[k];
-  const double scale = request.options.normalize ? 1.0 / std::max(std::sqrt(norm), 1e-12) : 1.0;
+  const double scale =
+      request.options.normalize ? 1.0 / std::max(std::sqrt(norm), 1e-12) : 1.0;
   for (int k = 0; k < dim; ++k) out[k] = static_cast<float>(features[k] * scale);
 }
 
@@ -156,7 +159,8 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
   return engine;
 }
 
-EmbeddingEngine::EmbeddingEngine(LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
+EmbeddingEngine::EmbeddingEngine(LoadedModel model,
+                                 std::unique_ptr<BpeTokenizer> tokenizer,
                                  const EmbeddingEngineOptions& options)
     : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
   description_ = Describe(model_, *tokenizer_);
@@ -176,16 +180,17 @@ absl::Status EmbeddingEngine::Start() {
   pre.mean = config.image_mean;
   pre.stddev = config.image_std;
   CLIPSERVE_ASSIGN_OR_RETURN(preprocessor_, image::Preprocessor::Create(pre));
-  CLIPSERVE_ASSIGN_OR_RETURN(
-      pool_, ThreadPool::Create(options_.preprocess_threads, options_.max_pending_preprocess));
+  CLIPSERVE_ASSIGN_OR_RETURN(pool_, ThreadPool::Create(options_.preprocess_threads,
+                                                       options_.max_pending_preprocess));
 
   if (options_.warm_up) {
     const int64_t s = config.vision.image_size;
     CLIPSERVE_RETURN_IF_ERROR(
         model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false).status());
-    torch::Tensor ids = torch::tensor(
-        {int64_t{tokenizer_->start_of_text_id()}, int64_t{tokenizer_->end_of_text_id()}},
-        torch::kLong).unsqueeze(0);
+    torch::Tensor ids = torch::tensor({int64_t{tokenizer_->start_of_text_id()},
+                                       int64_t{tokenizer_->end_of_text_id()}},
+                                      torch::kLong)
+                            .unsqueeze(0);
     CLIPSERVE_RETURN_IF_ERROR(
         model_.model->EncodeText(ids, torch::tensor({int64_t{2}}), false).status());
   }
@@ -224,14 +229,16 @@ void EmbeddingEngine::Shutdown() {
 }
 
 bool EmbeddingEngine::healthy() const {
-  return !stuck_.load(std::memory_order_acquire) && !shut_down_.load(std::memory_order_acquire);
+  return !stuck_.load(std::memory_order_acquire) &&
+         !shut_down_.load(std::memory_order_acquire);
 }
 
 int EmbeddingEngine::QueuedImages() const { return image_batcher_->NumQueuedItems(); }
 int EmbeddingEngine::QueuedTexts() const { return text_batcher_->NumQueuedItems(); }
 
-void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images, const EmbedOptions& options,
-                                  std::string field, EmbedCallback done) {
+void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
+                                  const EmbedOptions& options, std::string field,
+                                  EmbedCallback done) {
   if (images.empty()) {
     std::move(done)(absl::InvalidArgumentError(absl::StrCat(field, " is empty")));
     return;
@@ -241,46 +248,48 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images, const EmbedOpt
                             std::move(done), &pending_requests_);
   // One preprocessing task per image, so a request's images decode in parallel.
   for (int i = 0; i < n; ++i) {
-    absl::Status submitted = pool_->Submit([this, request, i,
-                                            input = std::move(images[i])]() mutable {
-      if (request->cancelled()) {
-        request->ItemDone(request->failed ? absl::AbortedError("another item failed")
-                                          : absl::CancelledError("call cancelled"));
-        return;
-      }
-      ImageItem item;
-      item.request = request;
-      item.index = i;
-      item.pixels.resize(preprocessor_->floats_per_image());
-      absl::Status status;
-      if (input.is_raw) {
-        auto view = image::RawRgbView(
-            absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(input.rgb8.data()),
-                                input.rgb8.size()),
-            input.width, input.height, options_.decode.max_pixels);
-        status = view.ok() ? preprocessor_->PreprocessInto(*view, absl::MakeSpan(item.pixels))
-                           : view.status();
-      } else {
-        auto decoded = image::DecodeImage(input.encoded, options_.decode);
-        status = decoded.ok()
-                     ? preprocessor_->PreprocessInto(*decoded, absl::MakeSpan(item.pixels))
-                     : decoded.status();
-      }
-      if (!status.ok()) {
-        request->ItemDone(ItemError(request->field, i, status));
-        return;
-      }
-      std::vector<ImageItem> one;
-      one.push_back(std::move(item));
-      absl::Status scheduled = image_batcher_->Schedule(&one);
-      if (!scheduled.ok()) request->ItemDone(scheduled);
-    });
+    absl::Status submitted =
+        pool_->Submit([this, request, i, input = std::move(images[i])]() mutable {
+          if (request->cancelled()) {
+            request->ItemDone(request->failed ? absl::AbortedError("another item failed")
+                                              : absl::CancelledError("call cancelled"));
+            return;
+          }
+          ImageItem item;
+          item.request = request;
+          item.index = i;
+          item.pixels.resize(preprocessor_->floats_per_image());
+          absl::Status status;
+          if (input.is_raw) {
+            auto view = image::RawRgbView(
+                absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(input.rgb8.data()),
+                                    input.rgb8.size()),
+                input.width, input.height, options_.decode.max_pixels);
+            status = view.ok() ? preprocessor_->PreprocessInto(
+                                     *view, absl::MakeSpan(item.pixels))
+                               : view.status();
+          } else {
+            auto decoded = image::DecodeImage(input.encoded, options_.decode);
+            status = decoded.ok() ? preprocessor_->PreprocessInto(
+                                        *decoded, absl::MakeSpan(item.pixels))
+                                  : decoded.status();
+          }
+          if (!status.ok()) {
+            request->ItemDone(ItemError(request->field, i, status));
+            return;
+          }
+          std::vector<ImageItem> one;
+          one.push_back(std::move(item));
+          absl::Status scheduled = image_batcher_->Schedule(&one);
+          if (!scheduled.ok()) request->ItemDone(scheduled);
+        });
     if (!submitted.ok()) request->ItemDone(submitted);
   }
 }
 
-void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
-                                 std::string field, EmbedCallback done) {
+void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
+                                 const EmbedOptions& options, std::string field,
+                                 EmbedCallback done) {
   if (texts.empty()) {
     std::move(done)(absl::InvalidArgumentError(absl::StrCat(field, " is empty")));
     return;
@@ -337,9 +346,9 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts, bool truncate,
           }
           out.push_back({std::move(encoded->ids), encoded->truncated});
         }
-        std::move(*shared_done)(std::move(out));
+        std::move (*shared_done)(std::move(out));
       });
-  if (!submitted.ok()) std::move(*shared_done)(submitted);
+  if (!submitted.ok()) std::move (*shared_done)(submitted);
 }
 
 int64_t EmbeddingEngine::BatchStarted() {
@@ -373,7 +382,8 @@ void EmbeddingEngine::RunImageBatch(std::vector<ImageItem>& items) {
   if (features.ok()) computed_images_.fetch_add(items.size(), std::memory_order_relaxed);
   for (size_t i = 0; i < items.size(); ++i) {
     if (features.ok()) {
-      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request, items[i].index);
+      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request,
+               items[i].index);
       items[i].request->ItemDone(absl::OkStatus());
     } else {
       items[i].request->ItemDone(features.status());
@@ -403,7 +413,8 @@ void EmbeddingEngine::RunTextBatch(std::vector<TextItem>& items) {
   if (features.ok()) computed_texts_.fetch_add(n, std::memory_order_relaxed);
   for (int64_t i = 0; i < n; ++i) {
     if (features.ok()) {
-      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request, items[i].index);
+      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request,
+               items[i].index);
       items[i].request->ItemDone(absl::OkStatus());
     } else {
       items[i].request->ItemDone(features.status());
@@ -418,8 +429,8 @@ void EmbeddingEngine::WatchdogLoop() {
       absl::MutexLock lock(&running_mu_);
       for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
     }
-    if (oldest != absl::InfiniteFuture() && absl::Now() - oldest > options_.watchdog_timeout &&
-        !stuck_.exchange(true)) {
+    if (oldest != absl::InfiniteFuture() &&
+        absl::Now() - oldest > options_.watchdog_timeout && !stuck_.exchange(true)) {
       LOG(ERROR) << "a batch has been running for over " << options_.watchdog_timeout
                  << "; reporting NOT_SERVING so the process gets restarted";
     }

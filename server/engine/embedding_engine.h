@@ -100,10 +100,16 @@ class EmbeddingEngine : public Engine {
   int QueuedTexts() const;
 
   // Items that went through the model since start (counters for metrics and tests).
-  int64_t computed_images() const { return computed_images_.load(std::memory_order_relaxed); }
-  int64_t computed_texts() const { return computed_texts_.load(std::memory_order_relaxed); }
+  int64_t computed_images() const {
+    return computed_images_.load(std::memory_order_relaxed);
+  }
+  int64_t computed_texts() const {
+    return computed_texts_.load(std::memory_order_relaxed);
+  }
   // Embed requests accepted whose callback has not been called yet.
-  int64_t pending_requests() const { return pending_requests_.load(std::memory_order_acquire); }
+  int64_t pending_requests() const {
+    return pending_requests_.load(std::memory_order_acquire);
+  }
 
   // Finishes queued work and stops every thread. Idempotent.
   void Shutdown();

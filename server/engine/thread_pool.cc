@@ -10,7 +10,8 @@ absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(int num_threads,
     return absl::InvalidArgumentError("a thread pool needs >= 1 thread and >= 1 slot");
   }
   std::unique_ptr<ThreadPool> pool(new ThreadPool(max_pending));
-  for (int i = 0; i < num_threads; ++i) pool->threads_.emplace_back([p = pool.get()] { p->Loop(); });
+  for (int i = 0; i < num_threads; ++i)
+    pool->threads_.emplace_back([p = pool.get()] { p->Loop(); });
   return pool;
 }
 

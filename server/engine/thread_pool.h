@@ -23,7 +23,8 @@ class ThreadPool {
   using Task = absl::AnyInvocable<void() &&>;
 
   // Starts `num_threads` (>= 1) threads; at most `max_pending` (>= 1) tasks wait.
-  static absl::StatusOr<std::unique_ptr<ThreadPool>> Create(int num_threads, int max_pending);
+  static absl::StatusOr<std::unique_ptr<ThreadPool>> Create(int num_threads,
+                                                            int max_pending);
   ~ThreadPool();  // Shutdown()
 
   // Queues `task`. RESOURCE_EXHAUSTED when max_pending tasks already wait,

@@ -1,9 +1,8 @@
 #include "server/model/checkpoint.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <openssl/evp.h>
 #include <torch/script.h>
-
-#include <caffe2/serialize/inline_container.h>
 
 #include <array>
 #include <cstdio>
@@ -94,14 +93,16 @@ absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchsc
           return;
         }
         if (!reader.hasRecord("data.pkl")) {
-          throw std::runtime_error("zip file is neither a TorchScript archive nor torch.save");
+          throw std::runtime_error(
+              "zip file is neither a TorchScript archive nor torch.save");
         }
         auto [pickle, pickle_size] = reader.getRecord("data.pkl");
         StorageLoader loader = [&reader](const std::string& key, torch::ScalarType dtype,
                                          int64_t numel) -> absl::StatusOr<torch::Tensor> {
           const std::string record = "data/" + key;
           if (!reader.hasRecord(record)) {
-            return absl::InvalidArgumentError(absl::StrCat("missing storage record ", record));
+            return absl::InvalidArgumentError(
+                absl::StrCat("missing storage record ", record));
           }
           auto [data, size] = reader.getRecord(record);
           const uint64_t need = static_cast<uint64_t>(numel) * torch::elementSize(dtype);
@@ -115,8 +116,10 @@ absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchsc
               torch::TensorOptions().dtype(dtype));
         };
         auto tensors = TensorsFromTorchPickle(
-            absl::string_view(static_cast<const char*>(pickle.get()), pickle_size), loader);
-        if (!tensors.ok()) throw std::runtime_error(std::string(tensors.status().message()));
+            absl::string_view(static_cast<const char*>(pickle.get()), pickle_size),
+            loader);
+        if (!tensors.ok())
+          throw std::runtime_error(std::string(tensors.status().message()));
         out = *std::move(tensors);
       },
       absl::StrCat("reading ", path), absl::StatusCode::kInvalidArgument));
@@ -153,7 +156,8 @@ absl::StatusOr<FileKind> SniffFile(const std::string& path) {
 ShapeMap Shapes(const TensorMap& weights) {
   ShapeMap shapes;
   for (const auto& [key, tensor] : weights) {
-    shapes.emplace(key, std::vector<int64_t>(tensor.sizes().begin(), tensor.sizes().end()));
+    shapes.emplace(key,
+                   std::vector<int64_t>(tensor.sizes().begin(), tensor.sizes().end()));
   }
   return shapes;
 }
@@ -179,12 +183,14 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
     }
     case FileKind::kLegacyPickle:
       return absl::UnimplementedError(absl::StrCat(
-          path, " uses torch.save's legacy (pre-1.6) format; re-save it with a current "
-                "PyTorch (torch.save writes zip files by default)"));
+          path,
+          " uses torch.save's legacy (pre-1.6) format; re-save it with a current "
+          "PyTorch (torch.save writes zip files by default)"));
     case FileKind::kUnknown:
       return absl::InvalidArgumentError(absl::StrCat(
-          path, " is not a recognized checkpoint (expected a TorchScript archive, a "
-                "torch.save zip file, or safetensors)"));
+          path,
+          " is not a recognized checkpoint (expected a TorchScript archive, a "
+          "torch.save zip file, or safetensors)"));
   }
   if (options.config.has_value()) {
     checkpoint.config = *options.config;
@@ -214,7 +220,8 @@ absl::StatusOr<TensorMap> ReadAnyWeights(const std::string& path) {
     bool is_torchscript = false;
     return ReadTorchZip(path, &is_torchscript);
   }
-  return absl::InvalidArgumentError(absl::StrCat(path, " is not safetensors or a torch.save zip"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, " is not safetensors or a torch.save zip"));
 }
 
 absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
@@ -226,16 +233,19 @@ absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
     CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
                                ReadSmallFile((dir / "open_clip_config.json").string()));
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ParseOpenClipConfig(json));
-    CLIPSERVE_ASSIGN_OR_RETURN(
-        checkpoint.weights_path,
-        FirstExisting(dir, {"open_clip_model.safetensors", "open_clip_pytorch_model.bin"}));
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadAnyWeights(checkpoint.weights_path));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights_path,
+                               FirstExisting(dir, {"open_clip_model.safetensors",
+                                                   "open_clip_pytorch_model.bin"}));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights,
+                               ReadAnyWeights(checkpoint.weights_path));
     checkpoint.format = CheckpointFormat::kOpenClip;
   } else if (fs::is_regular_file(dir / "config.json")) {
-    CLIPSERVE_ASSIGN_OR_RETURN(std::string json, ReadSmallFile((dir / "config.json").string()));
+    CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
+                               ReadSmallFile((dir / "config.json").string()));
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ParseHfConfig(json));
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights_path,
-                               FirstExisting(dir, {"model.safetensors", "pytorch_model.bin"}));
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        checkpoint.weights_path,
+        FirstExisting(dir, {"model.safetensors", "pytorch_model.bin"}));
     CLIPSERVE_ASSIGN_OR_RETURN(TensorMap hf, ReadAnyWeights(checkpoint.weights_path));
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, MapHuggingFaceKeys(std::move(hf)));
     checkpoint.format = CheckpointFormat::kHuggingFace;
@@ -287,7 +297,8 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
       {"logit_scale", "logit_scale"},
       {"vision_model.embeddings.class_embedding", "visual.class_embedding"},
       {"vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"},
-      {"vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"},
+      {"vision_model.embeddings.position_embedding.weight",
+       "visual.positional_embedding"},
       {"vision_model.pre_layrnorm.weight", "visual.ln_pre.weight"},
       {"vision_model.pre_layrnorm.bias", "visual.ln_pre.bias"},
       {"vision_model.post_layernorm.weight", "visual.ln_post.weight"},
@@ -358,12 +369,13 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
     const std::string kind = id.substr(bar + 1);
     for (int i = 0; i < 3; ++i) {
       if (!parts[i].defined()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Hugging Face checkpoint lacks the ", absl::string_view("qkv" + i, 1), "_proj.", kind,
-            " of ", block));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Hugging Face checkpoint lacks the ",
+                         absl::string_view("qkv" + i, 1), "_proj.", kind, " of ", block));
       }
     }
-    out.emplace(block + "attn.in_proj_" + kind, torch::cat({parts[0], parts[1], parts[2]}, 0));
+    out.emplace(block + "attn.in_proj_" + kind,
+                torch::cat({parts[0], parts[1], parts[2]}, 0));
   }
   return out;
 }
@@ -380,9 +392,11 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
 }
 
 absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"),
+                                             &std::fclose);
   if (!file) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(),
+                                                         &EVP_MD_CTX_free);
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
     return absl::InternalError("SHA-256 unavailable");
   }
@@ -391,12 +405,14 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
   while ((n = std::fread(buffer.data(), 1, buffer.size(), file.get())) > 0) {
     EVP_DigestUpdate(ctx.get(), buffer.data(), n);
   }
-  if (std::ferror(file.get())) return absl::DataLossError(absl::StrCat("read error on ", path));
+  if (std::ferror(file.get()))
+    return absl::DataLossError(absl::StrCat("read error on ", path));
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   EVP_DigestFinal_ex(ctx.get(), digest, &length);
   std::string hex;
-  for (unsigned int i = 0; i < length; ++i) absl::StrAppendFormat(&hex, "%02x", digest[i]);
+  for (unsigned int i = 0; i < length; ++i)
+    absl::StrAppendFormat(&hex, "%02x", digest[i]);
   return hex;
 }
 

@@ -36,7 +36,8 @@ torch::ScalarType ScalarTypeOf(Precision precision) {
   return torch::kFloat;
 }
 
-void AddNamed(const torch::nn::Module& module, const std::string& prefix, TensorMap& out) {
+void AddNamed(const torch::nn::Module& module, const std::string& prefix,
+              TensorMap& out) {
   for (const auto& item : module.named_parameters(/*recurse=*/true)) {
     out.emplace(prefix + item.key(), item.value());
   }
@@ -140,9 +141,9 @@ void ClipModel::InitializeRandom(uint64_t seed) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   for (auto& [name, tensor] : NamedTensors()) {
     if (!tensor.is_floating_point()) continue;
-    const bool is_norm = absl::StrContains(name, "ln_") || absl::StrContains(name, ".bn") ||
-                         absl::StartsWith(name, "visual.bn") ||
-                         absl::StrContains(name, "downsample.1");
+    const bool is_norm =
+        absl::StrContains(name, "ln_") || absl::StrContains(name, ".bn") ||
+        absl::StartsWith(name, "visual.bn") || absl::StrContains(name, "downsample.1");
     if (name == "logit_scale" || absl::StrContains(name, "running_")) continue;
     if (is_norm) continue;  // weight 1, bias 0 from construction
     if (absl::EndsWith(name, "bias")) {
@@ -185,15 +186,15 @@ int64_t ClipModel::num_parameters() const {
 
 absl::Status ClipModel::LoadWeights(TensorMap weights) {
   static const std::set<std::string> kIgnored = {"input_resolution", "context_length",
-                                                  "vocab_size"};
+                                                 "vocab_size"};
   for (const std::string& key : kIgnored) weights.erase(key);
   TensorMap targets = NamedTensors();
   for (const auto& [key, target] : targets) {
     auto it = weights.find(key);
     if (it == weights.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("checkpoint is missing '", key, "' (the model expects shape ",
-                       ShapeString(target.sizes()), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint is missing '", key,
+                                                     "' (the model expects shape ",
+                                                     ShapeString(target.sizes()), ")"));
     }
     if (it->second.sizes() != target.sizes()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -203,8 +204,9 @@ absl::Status ClipModel::LoadWeights(TensorMap weights) {
   }
   for (const auto& [key, tensor] : weights) {
     if (targets.count(key) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "checkpoint has unexpected key '", key, "' with shape ", ShapeString(tensor.sizes())));
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint has unexpected key '",
+                                                     key, "' with shape ",
+                                                     ShapeString(tensor.sizes())));
     }
   }
   return CatchTorchErrors(
@@ -224,7 +226,8 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision) {
     return absl::UnimplementedError("fp16 is not supported on CPU; use fp32 or bf16");
   }
   if (device.is_cuda() && !torch::cuda::is_available()) {
-    return absl::UnavailableError("CUDA device requested but no CUDA device is available");
+    return absl::UnavailableError(
+        "CUDA device requested but no CUDA device is available");
   }
   const torch::ScalarType dtype = ScalarTypeOf(precision);
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
@@ -270,9 +273,9 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
                                                     bool normalize) const {
   if (ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) < 1 ||
       ids.size(1) > config_.text.context_length || ids.scalar_type() != torch::kLong) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ids must be int64 [N, L] with 1 <= L <= ", config_.text.context_length,
-                     ", got ", ShapeString(ids.sizes())));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ids must be int64 [N, L] with 1 <= L <= ", config_.text.context_length, ", got ",
+        ShapeString(ids.sizes())));
   }
   if (lengths.dim() != 1 || lengths.size(0) != ids.size(0) ||
       lengths.scalar_type() != torch::kLong) {

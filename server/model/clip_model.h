@@ -1,13 +1,13 @@
 #ifndef CLIPSERVE_SERVER_MODEL_CLIP_MODEL_H_
 #define CLIPSERVE_SERVER_MODEL_CLIP_MODEL_H_
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
-
-#include <torch/torch.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -47,7 +47,8 @@ absl::StatusOr<std::vector<float>> ScaledLogits(absl::Span<const float> image_fe
 std::vector<float> Transpose(absl::Span<const float> matrix, int rows, int cols) {
   std::vector<float> out(matrix.size());
   for (int i = 0; i < rows; ++i) {
-    for (int j = 0; j < cols; ++j) out[size_t(j) * rows + i] = matrix[size_t(i) * cols + j];
+    for (int j = 0; j < cols; ++j)
+      out[size_t(j) * rows + i] = matrix[size_t(i) * cols + j];
   }
   return out;
 }
@@ -61,7 +62,8 @@ std::vector<float> RowSoftmax(absl::Span<const float> matrix, int rows, int cols
     double sum = 0;
     for (int j = 0; j < cols; ++j) sum += std::exp(double(row[j]) - max);
     for (int j = 0; j < cols; ++j) {
-      out[size_t(i) * cols + j] = static_cast<float>(std::exp(double(row[j]) - max) / sum);
+      out[size_t(i) * cols + j] =
+          static_cast<float>(std::exp(double(row[j]) - max) / sum);
     }
   }
   return out;

@@ -35,7 +35,8 @@ struct ContrastiveLoss {
 
 // From square logits_per_image [n, n], row-major. INVALID_ARGUMENT unless n >= 1 and
 // the span holds n * n values.
-absl::StatusOr<ContrastiveLoss> ComputeContrastiveLoss(absl::Span<const float> logits, int n);
+absl::StatusOr<ContrastiveLoss> ComputeContrastiveLoss(absl::Span<const float> logits,
+                                                       int n);
 
 }  // namespace clipserve
 

@@ -27,7 +27,8 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t width, int64_t heads)
   out_proj = register_module("out_proj", torch::nn::Linear(width, width));
 }
 
-torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
+                                         const torch::Tensor& mask) {
   const int64_t n = x.size(0);
   const int64_t l = x.size(1);
   const int64_t head_dim = width_ / heads_;
@@ -40,11 +41,13 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const torch::Te
   if (mask.defined()) scores = scores + mask;
   // Softmax in fp32 whatever the compute precision: its sums are where bf16 loses.
   torch::Tensor weights = torch::softmax(scores, -1, torch::kFloat).to(x.scalar_type());
-  torch::Tensor out = torch::matmul(weights, qkv[2]).transpose(1, 2).reshape({n, l, width_});
+  torch::Tensor out =
+      torch::matmul(weights, qkv[2]).transpose(1, 2).reshape({n, l, width_});
   return out_proj(out);
 }
 
-MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu) : quick_gelu_(quick_gelu) {
+MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu)
+    : quick_gelu_(quick_gelu) {
   c_fc = register_module("c_fc", torch::nn::Linear(width, hidden));
   c_proj = register_module("c_proj", torch::nn::Linear(hidden, width));
 }
@@ -56,12 +59,14 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,
-                                                       double mlp_ratio, bool quick_gelu) {
+                                                       double mlp_ratio,
+                                                       bool quick_gelu) {
   ln_1 = register_module("ln_1", LayerNorm(width));
   attn = register_module("attn", SelfAttention(width, heads));
   ln_2 = register_module("ln_2", LayerNorm(width));
   mlp = register_module(
-      "mlp", Mlp(width, static_cast<int64_t>(std::lround(width * mlp_ratio)), quick_gelu));
+      "mlp",
+      Mlp(width, static_cast<int64_t>(std::lround(width * mlp_ratio)), quick_gelu));
 }
 
 torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x,

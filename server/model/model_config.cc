@@ -19,7 +19,8 @@ using nlohmann::json;
 
 absl::Status Positive(int value, absl::string_view field) {
   if (value <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " must be positive, got ", value));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " must be positive, got ", value));
   }
   return absl::OkStatus();
 }
@@ -83,7 +84,8 @@ absl::StatusOr<int> IntField(const json& object, const char* key, absl::string_v
     return absl::InvalidArgumentError(absl::StrCat(where, ".", key, " is missing"));
   }
   if (!it->is_number_integer() && !it->is_number_unsigned()) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ".", key, " must be an integer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".", key, " must be an integer"));
   }
   const int64_t value = it->get<int64_t>();
   if (value <= 0 || value > (1 << 24)) {
@@ -175,9 +177,11 @@ absl::Status ValidateConfig(const ClipConfig& c) {
       return absl::InvalidArgumentError("vision.width is not a multiple of vision.heads");
     }
   } else {
-    for (int n : v.stage_layers) CLIPSERVE_RETURN_IF_ERROR(Positive(n, "vision.layers[i]"));
+    for (int n : v.stage_layers)
+      CLIPSERVE_RETURN_IF_ERROR(Positive(n, "vision.layers[i]"));
     if (v.image_size % 32 != 0) {
-      return absl::InvalidArgumentError("ModifiedResNet image_size must be a multiple of 32");
+      return absl::InvalidArgumentError(
+          "ModifiedResNet image_size must be a multiple of 32");
     }
     if (v.width % 2 != 0 || (v.width * 32) % v.heads != 0) {
       return absl::InvalidArgumentError(
@@ -213,8 +217,8 @@ absl::StatusOr<ClipConfig> PresetConfig(absl::string_view name) {
   for (const ClipConfig& c : Presets()) {
     if (c.name == name) return c;
   }
-  return absl::NotFoundError(absl::StrCat("no preset '", name, "'; known presets: ",
-                                          absl::StrJoin(PresetNames(), ", ")));
+  return absl::NotFoundError(absl::StrCat(
+      "no preset '", name, "'; known presets: ", absl::StrJoin(PresetNames(), ", ")));
 }
 
 absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
@@ -226,7 +230,8 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
     if (root.contains("preprocess_cfg")) {
       const json& pre = root["preprocess_cfg"];
       if (pre.contains("mean")) {
-        CLIPSERVE_ASSIGN_OR_RETURN(c.image_mean, Triple(pre["mean"], "preprocess_cfg.mean"));
+        CLIPSERVE_ASSIGN_OR_RETURN(c.image_mean,
+                                   Triple(pre["mean"], "preprocess_cfg.mean"));
       }
       if (pre.contains("std")) {
         CLIPSERVE_ASSIGN_OR_RETURN(c.image_std, Triple(pre["std"], "preprocess_cfg.std"));
@@ -241,14 +246,17 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
   c.quick_gelu = model->value("quick_gelu", false);
 
   const json& vision = (*model)["vision_cfg"];
-  if (!vision.is_object()) return absl::InvalidArgumentError("vision_cfg is not an object");
+  if (!vision.is_object())
+    return absl::InvalidArgumentError("vision_cfg is not an object");
   VisionConfig& v = c.vision;
   CLIPSERVE_ASSIGN_OR_RETURN(v.image_size, IntField(vision, "image_size", "vision_cfg"));
   CLIPSERVE_ASSIGN_OR_RETURN(v.width, IntField(vision, "width", "vision_cfg"));
   CLIPSERVE_ASSIGN_OR_RETURN(const int head_width,
                              IntField(vision, "head_width", "vision_cfg", 64));
-  CLIPSERVE_ASSIGN_OR_RETURN(v.mlp_ratio, DoubleField(vision, "mlp_ratio", "vision_cfg", 4.0));
-  if (!vision.contains("layers")) return absl::InvalidArgumentError("vision_cfg.layers is missing");
+  CLIPSERVE_ASSIGN_OR_RETURN(v.mlp_ratio,
+                             DoubleField(vision, "mlp_ratio", "vision_cfg", 4.0));
+  if (!vision.contains("layers"))
+    return absl::InvalidArgumentError("vision_cfg.layers is missing");
   const json& layers = vision["layers"];
   if (layers.is_array()) {
     if (layers.size() != 4) {
@@ -268,7 +276,8 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
   } else {
     v.arch = VisionArch::kVisionTransformer;
     CLIPSERVE_ASSIGN_OR_RETURN(v.layers, IntField(vision, "layers", "vision_cfg"));
-    CLIPSERVE_ASSIGN_OR_RETURN(v.patch_size, IntField(vision, "patch_size", "vision_cfg"));
+    CLIPSERVE_ASSIGN_OR_RETURN(v.patch_size,
+                               IntField(vision, "patch_size", "vision_cfg"));
     v.heads = v.width / head_width;
   }
 
@@ -284,12 +293,14 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
   }
   CLIPSERVE_ASSIGN_OR_RETURN(t.context_length,
                              IntField(textj, "context_length", "text_cfg", 77));
-  CLIPSERVE_ASSIGN_OR_RETURN(t.vocab_size, IntField(textj, "vocab_size", "text_cfg", 49408));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.vocab_size,
+                             IntField(textj, "vocab_size", "text_cfg", 49408));
   CLIPSERVE_ASSIGN_OR_RETURN(t.width, IntField(textj, "width", "text_cfg"));
   if (t.arch == TextArch::kTransformer) {
     CLIPSERVE_ASSIGN_OR_RETURN(t.heads, IntField(textj, "heads", "text_cfg"));
     CLIPSERVE_ASSIGN_OR_RETURN(t.layers, IntField(textj, "layers", "text_cfg"));
-    CLIPSERVE_ASSIGN_OR_RETURN(t.mlp_ratio, DoubleField(textj, "mlp_ratio", "text_cfg", 4.0));
+    CLIPSERVE_ASSIGN_OR_RETURN(t.mlp_ratio,
+                               DoubleField(textj, "mlp_ratio", "text_cfg", 4.0));
   } else {
     t.heads = 0;
     t.layers = 0;
@@ -301,8 +312,9 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
 absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   CLIPSERVE_ASSIGN_OR_RETURN(json root, ParseJson(text));
   if (root.value("model_type", std::string()) != "clip") {
-    return absl::InvalidArgumentError("config.json is not a Hugging Face CLIP config "
-                                      "(model_type must be \"clip\")");
+    return absl::InvalidArgumentError(
+        "config.json is not a Hugging Face CLIP config "
+        "(model_type must be \"clip\")");
   }
   if (!root.contains("vision_config") || !root.contains("text_config")) {
     return absl::InvalidArgumentError("config.json needs vision_config and text_config");
@@ -310,26 +322,33 @@ absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   const json& vision = root["vision_config"];
   const json& textj = root["text_config"];
   ClipConfig c;
-  CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(root, "projection_dim", "config", 512));
+  CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim,
+                             IntField(root, "projection_dim", "config", 512));
   VisionConfig& v = c.vision;
   v.arch = VisionArch::kVisionTransformer;
-  CLIPSERVE_ASSIGN_OR_RETURN(v.width, IntField(vision, "hidden_size", "vision_config", 768));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.width,
+                             IntField(vision, "hidden_size", "vision_config", 768));
   CLIPSERVE_ASSIGN_OR_RETURN(v.layers,
                              IntField(vision, "num_hidden_layers", "vision_config", 12));
-  CLIPSERVE_ASSIGN_OR_RETURN(v.heads,
-                             IntField(vision, "num_attention_heads", "vision_config", 12));
-  CLIPSERVE_ASSIGN_OR_RETURN(v.image_size, IntField(vision, "image_size", "vision_config", 224));
-  CLIPSERVE_ASSIGN_OR_RETURN(v.patch_size, IntField(vision, "patch_size", "vision_config", 32));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      v.heads, IntField(vision, "num_attention_heads", "vision_config", 12));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.image_size,
+                             IntField(vision, "image_size", "vision_config", 224));
+  CLIPSERVE_ASSIGN_OR_RETURN(v.patch_size,
+                             IntField(vision, "patch_size", "vision_config", 32));
   CLIPSERVE_ASSIGN_OR_RETURN(const int v_inter, IntField(vision, "intermediate_size",
                                                          "vision_config", v.width * 4));
   v.mlp_ratio = double(v_inter) / v.width;
   TextConfig& t = c.text;
   CLIPSERVE_ASSIGN_OR_RETURN(t.width, IntField(textj, "hidden_size", "text_config", 512));
-  CLIPSERVE_ASSIGN_OR_RETURN(t.layers, IntField(textj, "num_hidden_layers", "text_config", 12));
-  CLIPSERVE_ASSIGN_OR_RETURN(t.heads, IntField(textj, "num_attention_heads", "text_config", 8));
-  CLIPSERVE_ASSIGN_OR_RETURN(t.context_length,
-                             IntField(textj, "max_position_embeddings", "text_config", 77));
-  CLIPSERVE_ASSIGN_OR_RETURN(t.vocab_size, IntField(textj, "vocab_size", "text_config", 49408));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.layers,
+                             IntField(textj, "num_hidden_layers", "text_config", 12));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.heads,
+                             IntField(textj, "num_attention_heads", "text_config", 8));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      t.context_length, IntField(textj, "max_position_embeddings", "text_config", 77));
+  CLIPSERVE_ASSIGN_OR_RETURN(t.vocab_size,
+                             IntField(textj, "vocab_size", "text_config", 49408));
   CLIPSERVE_ASSIGN_OR_RETURN(const int t_inter, IntField(textj, "intermediate_size",
                                                          "text_config", t.width * 4));
   t.mlp_ratio = double(t_inter) / t.width;
@@ -343,7 +362,8 @@ absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   } else if (v_act == "gelu") {
     c.quick_gelu = false;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("hidden_act '", v_act, "' unsupported"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("hidden_act '", v_act, "' unsupported"));
   }
   CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(c));
   return c;
@@ -362,22 +382,27 @@ absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
     v.layers = Count(shapes, "visual.transformer.resblocks.", ".attn.in_proj_weight");
     const int grid = IntSqrt(pos[0] - 1);
     if (int64_t(grid) * grid + 1 != pos[0]) {
-      return absl::InvalidArgumentError("visual.positional_embedding is not a square grid + 1");
+      return absl::InvalidArgumentError(
+          "visual.positional_embedding is not a square grid + 1");
     }
     v.image_size = grid * v.patch_size;
     v.heads = std::max(1, v.width / 64);
-    CLIPSERVE_ASSIGN_OR_RETURN(auto fc, Shape(shapes, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2));
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        auto fc, Shape(shapes, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2));
     v.mlp_ratio = double(fc[0]) / v.width;
   } else if (shapes.count("visual.attnpool.positional_embedding") > 0) {
     v.arch = VisionArch::kModifiedResNet;
     v.patch_size = 0;
     v.layers = 0;
     for (int b = 0; b < 4; ++b) {
-      v.stage_layers[b] = Count(shapes, absl::StrCat("visual.layer", b + 1, "."), ".conv1.weight");
+      v.stage_layers[b] =
+          Count(shapes, absl::StrCat("visual.layer", b + 1, "."), ".conv1.weight");
       v.layers += v.stage_layers[b];
     }
-    CLIPSERVE_ASSIGN_OR_RETURN(auto conv, Shape(shapes, "visual.layer1.0.conv1.weight", 4));
-    CLIPSERVE_ASSIGN_OR_RETURN(auto pos, Shape(shapes, "visual.attnpool.positional_embedding", 2));
+    CLIPSERVE_ASSIGN_OR_RETURN(auto conv,
+                               Shape(shapes, "visual.layer1.0.conv1.weight", 4));
+    CLIPSERVE_ASSIGN_OR_RETURN(auto pos,
+                               Shape(shapes, "visual.attnpool.positional_embedding", 2));
     v.width = static_cast<int>(conv[0]);
     const int grid = IntSqrt(pos[0] - 1);
     if (int64_t(grid) * grid + 1 != pos[0]) {
@@ -410,7 +435,8 @@ absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
     t.width = static_cast<int>(ln[0]);
     t.heads = std::max(1, t.width / 64);
     t.layers = Count(shapes, "transformer.resblocks.", ".attn.in_proj_weight");
-    CLIPSERVE_ASSIGN_OR_RETURN(auto fc, Shape(shapes, "transformer.resblocks.0.mlp.c_fc.weight", 2));
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        auto fc, Shape(shapes, "transformer.resblocks.0.mlp.c_fc.weight", 2));
     t.mlp_ratio = double(fc[0]) / t.width;
   }
   // Every released OpenAI/open_clip checkpoint of this layout uses QuickGELU.

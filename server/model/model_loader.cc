@@ -34,7 +34,8 @@ absl::StatusOr<torch::Device> ParseDevice(absl::string_view name) {
       absl::StrCat("device '", name, "' is not cpu, cuda or cuda:N"));
 }
 
-absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag, const torch::Device& device,
+absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,
+                                           const torch::Device& device,
                                            absl::string_view cpuinfo) {
   if (flag != "auto") return ParsePrecision(flag);
   if (device.is_cuda()) return Precision::kFloat16;
@@ -46,7 +47,8 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
   LoadedModel loaded;
   if (absl::StartsWith(spec, "demo:")) {
     CLIPSERVE_ASSIGN_OR_RETURN(ClipConfig config, PresetConfig(spec.substr(5)));
-    CLIPSERVE_ASSIGN_OR_RETURN(loaded.model, ClipModel::Create(config, options.demo_seed));
+    CLIPSERVE_ASSIGN_OR_RETURN(loaded.model,
+                               ClipModel::Create(config, options.demo_seed));
     loaded.name = spec;
     loaded.format = CheckpointFormat::kDemo;
     loaded.random_weights = true;

@@ -49,7 +49,8 @@ absl::StatusOr<torch::Device> ParseDevice(absl::string_view name);
 // 0.999 of fp32): fp16 on CUDA, bf16 on CPUs with AMX-BF16 or AVX512-BF16 (several
 // times the fp32 throughput there), fp32 on other CPUs. `cpuinfo` is the contents of
 // /proc/cpuinfo (read by the caller, so tests can pass their own).
-absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag, const torch::Device& device,
+absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,
+                                           const torch::Device& device,
                                            absl::string_view cpuinfo);
 
 // Loads `spec`: "demo:PRESET" builds that preset with seeded random weights (no files

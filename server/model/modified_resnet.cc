@@ -70,7 +70,8 @@ torch::Tensor AttentionPool2dImpl::forward(const torch::Tensor& input) {
   x = torch::cat({x.mean(1, /*keepdim=*/true), x}, 1) +
       positional_embedding.to(x.scalar_type());
   const int64_t l = x.size(1);
-  torch::Tensor q = q_proj(x.narrow(1, 0, 1)).view({n, 1, heads_, head_dim}).transpose(1, 2);
+  torch::Tensor q =
+      q_proj(x.narrow(1, 0, 1)).view({n, 1, heads_, head_dim}).transpose(1, 2);
   torch::Tensor k = k_proj(x).view({n, l, heads_, head_dim}).transpose(1, 2);
   torch::Tensor v = v_proj(x).view({n, l, heads_, head_dim}).transpose(1, 2);
   q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));

@@ -45,10 +45,12 @@ bool ParseDtype(const std::string& name, SafetensorsDtype* dtype, uint64_t* size
 
 absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
     absl::string_view prefix, uint64_t file_size) {
-  if (file_size < 8 || prefix.size() < 8) return Bad("shorter than its 8-byte header length");
+  if (file_size < 8 || prefix.size() < 8)
+    return Bad("shorter than its 8-byte header length");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(prefix[i]);
-  if (n > kMaxHeaderBytes) return Bad(absl::StrCat("header length ", n, " exceeds 100 MiB"));
+  if (n > kMaxHeaderBytes)
+    return Bad(absl::StrCat("header length ", n, " exceeds 100 MiB"));
   if (n > file_size - 8) {
     return Bad(absl::StrCat("header length ", n, " runs past the end of the ", file_size,
                             "-byte file"));
@@ -58,7 +60,8 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
   const absl::string_view text = prefix.substr(8, n);
   nlohmann::json header = nlohmann::json::parse(text.begin(), text.end(), nullptr,
                                                 /*allow_exceptions=*/false);
-  if (header.is_discarded() || !header.is_object()) return Bad("header is not a JSON object");
+  if (header.is_discarded() || !header.is_object())
+    return Bad("header is not a JSON object");
 
   std::vector<SafetensorsEntry> entries;
   for (auto it = header.begin(); it != header.end(); ++it) {
@@ -74,15 +77,17 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
     uint64_t element_size = 0;
     if (!value["dtype"].is_string() ||
         !ParseDtype(value["dtype"].get<std::string>(), &entry.dtype, &element_size)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unsupported safetensors dtype ", value["dtype"].dump(), " for ", where,
-          " (supported: F32, F16, BF16, I64)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported safetensors dtype ", value["dtype"].dump(), " for ",
+                       where, " (supported: F32, F16, BF16, I64)"));
     }
     const nlohmann::json& shape = value["shape"];
-    if (!shape.is_array() || shape.size() > 8) return Bad(absl::StrCat(where, ": bad shape"));
+    if (!shape.is_array() || shape.size() > 8)
+      return Bad(absl::StrCat(where, ": bad shape"));
     uint64_t bytes = element_size;
     for (const auto& dim : shape) {
-      if (!dim.is_number_unsigned() && !(dim.is_number_integer() && dim.get<int64_t>() >= 0)) {
+      if (!dim.is_number_unsigned() &&
+          !(dim.is_number_integer() && dim.get<int64_t>() >= 0)) {
         return Bad(absl::StrCat(where, ": shape entries must be non-negative integers"));
       }
       const uint64_t d = dim.get<uint64_t>();
@@ -124,8 +129,9 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
                               "' overlap"));
     }
     if (e.begin > expected_begin) {
-      return Bad(absl::StrCat("tensor '", e.name, "' starts at byte ", e.begin, ", leaving a ",
-                              e.begin - expected_begin, "-byte hole before it"));
+      return Bad(absl::StrCat("tensor '", e.name, "' starts at byte ", e.begin,
+                              ", leaving a ", e.begin - expected_begin,
+                              "-byte hole before it"));
     }
     expected_begin = e.end;
   }
@@ -143,8 +149,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
-    const std::string message = absl::StrCat("cannot open ", path, ": ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(message) : absl::PermissionDeniedError(message);
+    const std::string message =
+        absl::StrCat("cannot open ", path, ": ", std::strerror(err));
+    return err == ENOENT ? absl::NotFoundError(message)
+                         : absl::PermissionDeniedError(message);
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -176,7 +184,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
 
 SafetensorsFile::SafetensorsFile(void* mapping, size_t size, const uint8_t* data_start,
                                  std::vector<SafetensorsEntry> entries)
-    : mapping_(mapping), size_(size), data_start_(data_start), entries_(std::move(entries)) {}
+    : mapping_(mapping),
+      size_(size),
+      data_start_(data_start),
+      entries_(std::move(entries)) {}
 
 SafetensorsFile::~SafetensorsFile() { ::munmap(mapping_, size_); }
 

@@ -10,9 +10,9 @@ TextTransformerImpl::TextTransformerImpl(const TextConfig& config, int64_t embed
       "token_embedding", torch::nn::Embedding(config.vocab_size, config.width));
   positional_embedding = register_parameter(
       "positional_embedding", torch::zeros({config.context_length, config.width}));
-  transformer = register_module(
-      "transformer",
-      Transformer(config.width, config.layers, config.heads, config.mlp_ratio, quick_gelu));
+  transformer = register_module("transformer",
+                                Transformer(config.width, config.layers, config.heads,
+                                            config.mlp_ratio, quick_gelu));
   ln_final = register_module("ln_final", LayerNorm(config.width));
   text_projection =
       register_parameter("text_projection", torch::zeros({config.width, embed_dim}));

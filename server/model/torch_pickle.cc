@@ -53,11 +53,11 @@ absl::Status Bad(absl::string_view what) {
 
 bool StorageDtype(const std::string& name, torch::ScalarType* dtype) {
   static const std::map<std::string, torch::ScalarType> kTypes = {
-      {"FloatStorage", torch::kFloat},    {"HalfStorage", torch::kHalf},
+      {"FloatStorage", torch::kFloat},       {"HalfStorage", torch::kHalf},
       {"BFloat16Storage", torch::kBFloat16}, {"DoubleStorage", torch::kDouble},
-      {"LongStorage", torch::kLong},      {"IntStorage", torch::kInt},
-      {"ShortStorage", torch::kShort},    {"CharStorage", torch::kChar},
-      {"ByteStorage", torch::kByte},      {"BoolStorage", torch::kBool},
+      {"LongStorage", torch::kLong},         {"IntStorage", torch::kInt},
+      {"ShortStorage", torch::kShort},       {"CharStorage", torch::kChar},
+      {"ByteStorage", torch::kByte},         {"BoolStorage", torch::kBool},
   };
   auto it = kTypes.find(name);
   if (it == kTypes.end()) return false;
@@ -65,7 +65,8 @@ bool StorageDtype(const std::string& name, torch::ScalarType* dtype) {
   return true;
 }
 
-absl::StatusOr<std::vector<int64_t>> IntTuple(const ValuePtr& value, absl::string_view what) {
+absl::StatusOr<std::vector<int64_t>> IntTuple(const ValuePtr& value,
+                                              absl::string_view what) {
   const auto* tuple = std::get_if<Tuple>(&value->v);
   if (tuple == nullptr) return Bad(absl::StrCat(what, " is not a tuple"));
   std::vector<int64_t> out;
@@ -258,7 +259,8 @@ class Machine {
           break;
         }
         default:
-          return Bad(absl::StrFormat("unsupported opcode 0x%02x at byte %d", op, pos_ - 1));
+          return Bad(
+              absl::StrFormat("unsupported opcode 0x%02x at byte %d", op, pos_ - 1));
       }
     }
   }
@@ -276,7 +278,8 @@ class Machine {
   absl::StatusOr<uint64_t> ReadUint(uint64_t n) {
     CLIPSERVE_ASSIGN_OR_RETURN(absl::string_view bytes, Read(n));
     uint64_t value = 0;
-    for (uint64_t i = 0; i < n; ++i) value |= uint64_t{static_cast<uint8_t>(bytes[i])} << (8 * i);
+    for (uint64_t i = 0; i < n; ++i)
+      value |= uint64_t{static_cast<uint8_t>(bytes[i])} << (8 * i);
     return value;
   }
 
@@ -314,7 +317,8 @@ class Machine {
       if (std::holds_alternative<Opaque>(stack_.back()->v)) return absl::OkStatus();
       return Bad("SETITEM on a non-dict");
     }
-    for (size_t i = 0; i < items.size(); i += 2) dict->emplace_back(items[i], items[i + 1]);
+    for (size_t i = 0; i < items.size(); i += 2)
+      dict->emplace_back(items[i], items[i + 1]);
     return absl::OkStatus();
   }
 
@@ -332,7 +336,8 @@ class Machine {
   // pid = ("storage", <torch.XStorage>, key, location, numel)
   absl::StatusOr<ValuePtr> PersistentLoad(const ValuePtr& pid) {
     const auto* tuple = std::get_if<Tuple>(&pid->v);
-    if (tuple == nullptr || tuple->size() != 5) return Bad("persistent id is not a 5-tuple");
+    if (tuple == nullptr || tuple->size() != 5)
+      return Bad("persistent id is not a 5-tuple");
     const auto* tag = std::get_if<std::string>(&(*tuple)[0]->v);
     const auto* type = std::get_if<Global>(&(*tuple)[1]->v);
     const auto* key = std::get_if<std::string>(&(*tuple)[2]->v);
@@ -343,7 +348,8 @@ class Machine {
     }
     torch::ScalarType dtype;
     if (type->module != "torch" || !StorageDtype(type->name, &dtype)) {
-      return Bad(absl::StrCat("unsupported storage type ", type->module, ".", type->name));
+      return Bad(
+          absl::StrCat("unsupported storage type ", type->module, ".", type->name));
     }
     auto cached = storages_.find(*key);
     if (cached != storages_.end()) return cached->second;
@@ -368,9 +374,12 @@ class Machine {
       if (tuple->size() < 4) return Bad("_rebuild_tensor_v2 needs 4+ arguments");
       const auto* storage = std::get_if<torch::Tensor>(&(*tuple)[0]->v);
       const auto* offset = std::get_if<int64_t>(&(*tuple)[1]->v);
-      if (storage == nullptr || offset == nullptr) return Bad("bad _rebuild_tensor_v2 args");
-      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> size, IntTuple((*tuple)[2], "size"));
-      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> stride, IntTuple((*tuple)[3], "stride"));
+      if (storage == nullptr || offset == nullptr)
+        return Bad("bad _rebuild_tensor_v2 args");
+      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> size,
+                                 IntTuple((*tuple)[2], "size"));
+      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> stride,
+                                 IntTuple((*tuple)[3], "stride"));
       if (size.size() != stride.size()) return Bad("size and stride ranks differ");
       // The view must stay inside its storage.
       int64_t last = *offset;

@@ -1,10 +1,10 @@
 #ifndef CLIPSERVE_SERVER_MODEL_TORCH_PICKLE_H_
 #define CLIPSERVE_SERVER_MODEL_TORCH_PICKLE_H_
 
+#include <torch/torch.h>
+
 #include <functional>
 #include <string>
-
-#include <torch/torch.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"

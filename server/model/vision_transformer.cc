@@ -2,8 +2,8 @@
 
 namespace clipserve {
 
-VisionTransformerImpl::VisionTransformerImpl(const VisionConfig& config, int64_t embed_dim,
-                                             bool quick_gelu) {
+VisionTransformerImpl::VisionTransformerImpl(const VisionConfig& config,
+                                             int64_t embed_dim, bool quick_gelu) {
   const int64_t width = config.width;
   const int64_t grid = config.image_size / config.patch_size;
   conv1 = register_module(
@@ -24,7 +24,8 @@ VisionTransformerImpl::VisionTransformerImpl(const VisionConfig& config, int64_t
 torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& images) {
   // [N, w, g, g] -> [N, g*g, w]
   torch::Tensor x = conv1(images).flatten(2).transpose(1, 2);
-  torch::Tensor cls = class_embedding.to(x.scalar_type()).expand({x.size(0), 1, x.size(2)});
+  torch::Tensor cls =
+      class_embedding.to(x.scalar_type()).expand({x.size(0), 1, x.size(2)});
   x = torch::cat({cls, x}, 1) + positional_embedding.to(x.scalar_type());
   x = transformer(ln_pre(x));
   x = ln_post(x.select(1, 0));

@@ -19,8 +19,8 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
     const ClipServerOptions& options,
     std::vector<std::unique_ptr<grpc::Service>> services) {
   if (options.port < 0 || options.port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("port ", options.port,
-                                                   " is outside 0..65535"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("port ", options.port, " is outside 0..65535"));
   }
   if (options.max_receive_message_bytes <= 0 || options.max_send_message_bytes <= 0) {
     return absl::InvalidArgumentError("message size limits must be positive");

@@ -17,12 +17,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   google::rpc::Status rpc_status;
   rpc_status.set_code(static_cast<int32_t>(status.code()));
   rpc_status.set_message(std::string(status.message()));
-  status.ForEachPayload([&rpc_status](absl::string_view type_url,
-                                      const absl::Cord& payload) {
-    google::protobuf::Any* any = rpc_status.add_details();
-    any->set_type_url(std::string(type_url));
-    any->set_value(std::string(payload));
-  });
+  status.ForEachPayload(
+      [&rpc_status](absl::string_view type_url, const absl::Cord& payload) {
+        google::protobuf::Any* any = rpc_status.add_details();
+        any->set_type_url(std::string(type_url));
+        any->set_value(std::string(payload));
+      });
   grpc::Status out;
   // SetErrorDetails only fails for a null output pointer.
   grpc::SetErrorDetails(rpc_status, &out);

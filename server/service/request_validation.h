@@ -8,11 +8,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "server/tokenizer/unicode_text.h"  // IsValidUtf8, shared with the tokenizer
 #include "absl/types/span.h"
 #include "clipserve/v1/clip_service.pb.h"
 #include "google/protobuf/repeated_field.h"
 #include "server/engine/engine.h"
+#include "server/tokenizer/unicode_text.h"  // IsValidUtf8, shared with the tokenizer
 
 // Checks of ClipService requests that need no model: counts, sizes, UTF-8, raw image
 // shapes, precomputed embeddings, temperatures, labels and templates. Every function
@@ -58,7 +58,6 @@ inline constexpr int kMaxStreamIdBytes = 256;
 // Classify's template when the request gives none, and the label placeholder.
 inline constexpr absl::string_view kDefaultClassifyTemplate = "a photo of a {}.";
 inline constexpr absl::string_view kLabelPlaceholder = "{}";
-
 
 // INVALID_ARGUMENT naming `field` unless 1 <= count <= max_items_per_request.
 absl::Status ValidateItemCount(int count, const RequestLimits& limits,

@@ -53,21 +53,24 @@ class EmbeddingEngineTest : public ::testing::Test {
     loaded.model = *std::move(model);
     loaded.name = "tiny";
     loaded.random_weights = true;
-    auto vocab = LoadOpenAiVocabulary(testing::SharedPath("clip/bpe_simple_vocab_16e6.txt.gz"));
+    auto vocab =
+        LoadOpenAiVocabulary(testing::SharedPath("clip/bpe_simple_vocab_16e6.txt.gz"));
     ASSERT_TRUE(vocab.ok()) << vocab.status();
     auto tokenizer = BpeTokenizer::Create(*std::move(vocab), {});
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-    tokenizer_ = *BpeTokenizer::Create(*LoadOpenAiVocabulary(
-                                           testing::SharedPath("clip/bpe_simple_vocab_16e6.txt.gz")),
-                                       {});
+    tokenizer_ = *BpeTokenizer::Create(
+        *LoadOpenAiVocabulary(testing::SharedPath("clip/bpe_simple_vocab_16e6.txt.gz")),
+        {});
     EmbeddingEngineOptions options;
     options.max_batch_size = 4;
-    auto engine = EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
+    auto engine =
+        EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
   }
 
-  absl::StatusOr<EmbedResult> Images(std::vector<ImageInput> images, EmbedOptions options = {}) {
+  absl::StatusOr<EmbedResult> Images(std::vector<ImageInput> images,
+                                     EmbedOptions options = {}) {
     absl::Notification done;
     absl::StatusOr<EmbedResult> out;
     engine_->EmbedImages(std::move(images), options, "images",
@@ -79,7 +82,8 @@ class EmbeddingEngineTest : public ::testing::Test {
     return out;
   }
 
-  absl::StatusOr<EmbedResult> Texts(std::vector<std::string> texts, EmbedOptions options = {}) {
+  absl::StatusOr<EmbedResult> Texts(std::vector<std::string> texts,
+                                    EmbedOptions options = {}) {
     absl::Notification done;
     absl::StatusOr<EmbedResult> out;
     engine_->EmbedTexts(std::move(texts), options, "texts",
@@ -95,12 +99,15 @@ class EmbeddingEngineTest : public ::testing::Test {
   std::vector<float> DirectImage(const std::string& encoded) {
     auto decoded = image::DecodeImage(encoded);
     EXPECT_TRUE(decoded.ok());
-    auto pre = image::Preprocessor::Create({32, TinyConfig().image_mean, TinyConfig().image_std});
+    auto pre = image::Preprocessor::Create(
+        {32, TinyConfig().image_mean, TinyConfig().image_std});
     torch::Tensor x = torch::empty({1, 3, 32, 32});
-    EXPECT_TRUE((*pre)->PreprocessInto(*decoded, {x.data_ptr<float>(), size_t(x.numel())}).ok());
+    EXPECT_TRUE(
+        (*pre)->PreprocessInto(*decoded, {x.data_ptr<float>(), size_t(x.numel())}).ok());
     auto features = reference_->EncodeImage(x, true);
     EXPECT_TRUE(features.ok());
-    return std::vector<float>(features->data_ptr<float>(), features->data_ptr<float>() + 32);
+    return std::vector<float>(features->data_ptr<float>(),
+                              features->data_ptr<float>() + 32);
   }
 
   std::vector<float> DirectText(const std::string& text) {
@@ -111,7 +118,8 @@ class EmbeddingEngineTest : public ::testing::Test {
     auto features = reference_->EncodeText(
         ids, torch::tensor({int64_t(encoded->ids.size())}, torch::kLong), true);
     EXPECT_TRUE(features.ok());
-    return std::vector<float>(features->data_ptr<float>(), features->data_ptr<float>() + 32);
+    return std::vector<float>(features->data_ptr<float>(),
+                              features->data_ptr<float>() + 32);
   }
 
   std::unique_ptr<ClipModel> reference_;
@@ -123,13 +131,15 @@ void ExpectRowNear(const EmbedResult& result, int row, const std::vector<float>&
                    float tolerance) {
   ASSERT_EQ(result.dim, static_cast<int>(expected.size()));
   for (int k = 0; k < result.dim; ++k) {
-    EXPECT_NEAR(result.row(row)[k], expected[k], tolerance) << "row " << row << " dim " << k;
+    EXPECT_NEAR(result.row(row)[k], expected[k], tolerance)
+        << "row " << row << " dim " << k;
   }
 }
 
 TEST_F(EmbeddingEngineTest, ImageRowsMatchTheModelRunDirectly) {
-  const char* files[] = {"images/chelsea.png", "images/rocket.jpg", "images/coffee.png",
-                         "images/chelsea.webp", "images/chelsea.gif", "images/camera.png"};
+  const char* files[] = {"images/chelsea.png", "images/rocket.jpg",
+                         "images/coffee.png",  "images/chelsea.webp",
+                         "images/chelsea.gif", "images/camera.png"};
   std::vector<ImageInput> inputs;
   for (const char* f : files) {
     ImageInput input;
@@ -139,7 +149,8 @@ TEST_F(EmbeddingEngineTest, ImageRowsMatchTheModelRunDirectly) {
   auto result = Images(inputs);  // 6 images, max batch 4: split across batches
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows(), 6);
-  for (int i = 0; i < 6; ++i) ExpectRowNear(*result, i, DirectImage(inputs[i].encoded), 1e-5);
+  for (int i = 0; i < 6; ++i)
+    ExpectRowNear(*result, i, DirectImage(inputs[i].encoded), 1e-5);
   EXPECT_TRUE(result->truncated.empty());
 }
 
@@ -228,7 +239,8 @@ TEST_F(EmbeddingEngineTest, TokenizeAndDescription) {
                     });
   done.WaitForNotification();
   ASSERT_TRUE(out.ok());
-  EXPECT_EQ((*out)[0].ids, (std::vector<int32_t>{49406, 320, 1125, 539, 320, 2368, 49407}));
+  EXPECT_EQ((*out)[0].ids,
+            (std::vector<int32_t>{49406, 320, 1125, 539, 320, 2368, 49407}));
   const ModelDescription& d = engine_->description();
   EXPECT_EQ(d.embed_dim, 32);
   EXPECT_EQ(d.vision_architecture, "vit");
@@ -253,7 +265,8 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
   LoadedModel loaded;
   loaded.model = *ClipModel::Create(config, 5);
   BpeVocabulary vocab = ByteLevelDemoVocabulary();  // bytes, then start and end tokens
-  for (int i = 0; vocab.tokens.size() < 1200; ++i) vocab.tokens.push_back(absl::StrCat("unused", i));
+  for (int i = 0; vocab.tokens.size() < 1200; ++i)
+    vocab.tokens.push_back(absl::StrCat("unused", i));
   vocab.tokens.push_back("qq</w>");  // id 1200
   vocab.merges.emplace_back("q", "q</w>");
   auto tokenizer = BpeTokenizer::Create(std::move(vocab), {});
@@ -261,15 +274,17 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
   ASSERT_EQ((*tokenizer)->Encode("qq")->ids[1], 1200);
   EmbeddingEngineOptions options;
   options.max_queue_delay = absl::ZeroDuration();
-  auto engine = EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
+  auto engine =
+      EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   auto run = [&](std::string text) {
     absl::Notification done;
     absl::Status status;
-    (*engine)->EmbedTexts({std::move(text)}, {}, "texts", [&](absl::StatusOr<EmbedResult> r) {
-      status = r.status();
-      done.Notify();
-    });
+    (*engine)->EmbedTexts({std::move(text)}, {}, "texts",
+                          [&](absl::StatusOr<EmbedResult> r) {
+                            status = r.status();
+                            done.Notify();
+                          });
     done.WaitForNotification();
     return status;
   };
@@ -288,13 +303,15 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   EmbeddingEngineOptions options;
   options.watchdog_timeout = absl::ZeroDuration();  // any running batch is "stuck"
   options.watchdog_interval = absl::Microseconds(200);
-  auto engine = EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
+  auto engine =
+      EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
   ASSERT_TRUE(engine.ok());
   EXPECT_TRUE((*engine)->healthy());  // idle: nothing running, nothing stuck
   std::vector<std::string> texts(32, std::string(60, 'q'));
   for (int attempt = 0; attempt < 200 && (*engine)->healthy(); ++attempt) {
     absl::Notification done;
-    (*engine)->EmbedTexts(texts, {}, "texts", [&](absl::StatusOr<EmbedResult>) { done.Notify(); });
+    (*engine)->EmbedTexts(texts, {}, "texts",
+                          [&](absl::StatusOr<EmbedResult>) { done.Notify(); });
     done.WaitForNotification();
   }
   EXPECT_FALSE((*engine)->healthy());

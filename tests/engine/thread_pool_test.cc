@@ -15,10 +15,12 @@ TEST(ThreadPoolTest, RunsEveryTask) {
   std::atomic<int> sum{0};
   absl::BlockingCounter done(50);
   for (int i = 1; i <= 50; ++i) {
-    ASSERT_TRUE((*pool)->Submit([&, i] {
-      sum += i;
-      done.DecrementCount();
-    }).ok());
+    ASSERT_TRUE((*pool)
+                    ->Submit([&, i] {
+                      sum += i;
+                      done.DecrementCount();
+                    })
+                    .ok());
   }
   done.Wait();
   EXPECT_EQ(sum.load(), 50 * 51 / 2);
@@ -29,10 +31,12 @@ TEST(ThreadPoolTest, BoundedQueueRefusesAndShutdownDrains) {
   ASSERT_TRUE(pool.ok());
   absl::Notification release;
   absl::Notification started;
-  ASSERT_TRUE((*pool)->Submit([&] {
-    started.Notify();
-    release.WaitForNotification();
-  }).ok());
+  ASSERT_TRUE((*pool)
+                  ->Submit([&] {
+                    started.Notify();
+                    release.WaitForNotification();
+                  })
+                  .ok());
   started.WaitForNotification();  // the worker is busy; the queue is empty
   std::atomic<int> ran{0};
   EXPECT_TRUE((*pool)->Submit([&] { ++ran; }).ok());

@@ -63,7 +63,8 @@ struct Stack {
   std::unique_ptr<pb::ClipService::Stub> stub;
 };
 
-Stack Start(EmbeddingEngineOptions engine_options = {}, ClipServiceOptions service_options = {}) {
+Stack Start(EmbeddingEngineOptions engine_options = {},
+            ClipServiceOptions service_options = {}) {
   Stack stack;
   LoadedModel loaded;
   loaded.model = *ClipModel::Create(TinyConfig(), /*seed=*/11);
@@ -85,12 +86,14 @@ Stack Start(EmbeddingEngineOptions engine_options = {}, ClipServiceOptions servi
   auto server = ClipServer::Create(server_options, std::move(services));
   EXPECT_TRUE(server.ok()) << server.status();
   stack.server = *std::move(server);
-  stack.stub = pb::ClipService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", stack.server->port()), grpc::InsecureChannelCredentials()));
+  stack.stub = pb::ClipService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", stack.server->port()),
+                          grpc::InsecureChannelCredentials()));
   return stack;
 }
 
-std::unique_ptr<grpc::ClientContext> Context(absl::Duration deadline = absl::Seconds(60)) {
+std::unique_ptr<grpc::ClientContext> Context(
+    absl::Duration deadline = absl::Seconds(60)) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   return context;
@@ -157,7 +160,8 @@ TEST_F(ServerE2ETest, BatchedRowsEqualOneByOneRows) {
     ASSERT_TRUE(stack_.stub->EmbedText(c1.get(), one, &alone).ok());
     EXPECT_EQ(alone.num_tokens(0), text_together.num_tokens(i));
     for (int k = 0; k < 32; ++k) {
-      EXPECT_NEAR(alone.embeddings(0).values(k), text_together.embeddings(i).values(k), 1e-5);
+      EXPECT_NEAR(alone.embeddings(0).values(k), text_together.embeddings(i).values(k),
+                  1e-5);
     }
   }
 }
@@ -165,7 +169,8 @@ TEST_F(ServerE2ETest, BatchedRowsEqualOneByOneRows) {
 TEST_F(ServerE2ETest, SimilarityLossEqualsTheModelUnitsLoss) {
   pb::SimilarityRequest request;
   for (int i = 0; i < 3; ++i) {
-    request.mutable_images()->mutable_images()->add_images()->set_encoded(ReadShared(kPhotos[i]));
+    request.mutable_images()->mutable_images()->add_images()->set_encoded(
+        ReadShared(kPhotos[i]));
   }
   for (const char* t : {"a cat", "a rocket", "coffee"}) {
     request.mutable_texts()->mutable_texts()->add_texts(t);
@@ -187,8 +192,10 @@ TEST_F(ServerE2ETest, SimilarityLossEqualsTheModelUnitsLoss) {
   auto c2 = Context();
   ASSERT_TRUE(stack_.stub->EmbedText(c2.get(), texts, &text_rows).ok());
   std::vector<float> flat_images, flat_texts;
-  for (const auto& e : image_rows.embeddings()) flat_images.insert(flat_images.end(), e.values().begin(), e.values().end());
-  for (const auto& e : text_rows.embeddings()) flat_texts.insert(flat_texts.end(), e.values().begin(), e.values().end());
+  for (const auto& e : image_rows.embeddings())
+    flat_images.insert(flat_images.end(), e.values().begin(), e.values().end());
+  for (const auto& e : text_rows.embeddings())
+    flat_texts.insert(flat_texts.end(), e.values().begin(), e.values().end());
   const float scale = stack_.engine->description().logit_scale;
   EXPECT_FLOAT_EQ(response.logit_scale(), scale);
   auto logits = ScaledLogits(flat_images, flat_texts, 32, scale);
@@ -214,14 +221,16 @@ TEST_F(ServerE2ETest, ClassifyTokenizeAndModelInfo) {
   ASSERT_TRUE(stack_.stub->Classify(c1.get(), classify, &classes).ok());
   ASSERT_EQ(classes.results_size(), 1);
   ASSERT_EQ(classes.results(0).labels_size(), 2);
-  EXPECT_GE(classes.results(0).labels(0).probability(), classes.results(0).labels(1).probability());
+  EXPECT_GE(classes.results(0).labels(0).probability(),
+            classes.results(0).labels(1).probability());
 
   pb::TokenizeRequest tokenize;
   tokenize.add_texts("a photo of a cat");
   pb::TokenizeResponse tokens;
   auto c2 = Context();
   ASSERT_TRUE(stack_.stub->Tokenize(c2.get(), tokenize, &tokens).ok());
-  EXPECT_THAT(tokens.texts(0).ids(), ::testing::ElementsAre(49406, 320, 1125, 539, 320, 2368, 49407));
+  EXPECT_THAT(tokens.texts(0).ids(),
+              ::testing::ElementsAre(49406, 320, 1125, 539, 320, 2368, 49407));
   EXPECT_EQ(tokens.context_length(), 77u);
 
   pb::ModelInfo info;
@@ -273,14 +282,15 @@ TEST_F(ServerE2ETest, StreamAnswersEveryIdOnceWithMixedItems) {
 }
 
 TEST_F(ServerE2ETest, BadInputsNameTheItemAndTheServerKeepsServing) {
-  for (const char* broken : {"images/truncated.jpg", "images/not_an_image.jpg",
-                             "images/bomb_100k.png"}) {
+  for (const char* broken :
+       {"images/truncated.jpg", "images/not_an_image.jpg", "images/bomb_100k.png"}) {
     pb::EmbedImageRequest request;
     request.add_images()->set_encoded(ReadShared(kPhotos[0]));
     request.add_images()->set_encoded(ReadShared(broken));
     pb::EmbedImageResponse response;
     auto context = Context();
-    const grpc::Status status = stack_.stub->EmbedImage(context.get(), request, &response);
+    const grpc::Status status =
+        stack_.stub->EmbedImage(context.get(), request, &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << broken;
     EXPECT_EQ(BadField(status), "images[1]") << broken << ": " << status.error_message();
   }
@@ -318,7 +328,8 @@ TEST_F(ServerE2ETest, BadInputsNameTheItemAndTheServerKeepsServing) {
     raw->set_rgb8("abc");
     pb::EmbedImageResponse response;
     auto context = Context();
-    const grpc::Status status = stack_.stub->EmbedImage(context.get(), request, &response);
+    const grpc::Status status =
+        stack_.stub->EmbedImage(context.get(), request, &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_EQ(BadField(status), "images[0]");
   }
@@ -333,7 +344,8 @@ TEST_F(ServerE2ETest, BadInputsNameTheItemAndTheServerKeepsServing) {
 TEST_F(ServerE2ETest, ExpiredDeadlineItemsAreNeverComputed) {
   const int64_t before = stack_.engine->computed_images();
   pb::EmbedImageRequest request;
-  for (int i = 0; i < 8; ++i) request.add_images()->set_encoded(ReadShared("images/astronaut.png"));
+  for (int i = 0; i < 8; ++i)
+    request.add_images()->set_encoded(ReadShared("images/astronaut.png"));
   pb::EmbedImageResponse response;
   auto context = Context(absl::Milliseconds(1));
   EXPECT_EQ(stack_.stub->EmbedImage(context.get(), request, &response).error_code(),
@@ -381,7 +393,9 @@ TEST(ServerE2EOverloadTest, BurstOnATinyQueueGetsResourceExhaustedWithRetryInfo)
       google::rpc::RetryInfo retry;
       if (any.UnpackTo(&retry)) {
         has_retry = true;
-        EXPECT_GT(retry.retry_delay().seconds() * 1000000000LL + retry.retry_delay().nanos(), 0);
+        EXPECT_GT(
+            retry.retry_delay().seconds() * 1000000000LL + retry.retry_delay().nanos(),
+            0);
       }
     }
     EXPECT_TRUE(has_retry);

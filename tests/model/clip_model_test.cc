@@ -3,13 +3,13 @@
 
 #include "server/model/clip_model.h"
 
+#include <torch/csrc/jit/serialization/pickle.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <torch/csrc/jit/serialization/pickle.h>
 
 #include "absl/strings/match.h"
 #include "gmock/gmock.h"
@@ -44,7 +44,8 @@ std::map<std::string, torch::Tensor> LoadPt(const std::string& path) {
   const std::string bytes = ReadFile(path);
   std::map<std::string, torch::Tensor> out;
   if (bytes.empty()) return out;
-  c10::IValue value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  c10::IValue value =
+      torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
   for (const auto& item : value.toGenericDict()) {
     out.emplace(item.key().toStringRef(), item.value().toTensor());
   }
@@ -85,9 +86,9 @@ double MinRowCosine(const torch::Tensor& a, const torch::Tensor& b) {
 
 std::unique_ptr<ClipModel> LoadEntry(const Case& c, const nlohmann::json& entry,
                                      CheckpointFormat* format) {
-  const std::string path =
-      c.dir + "/" + (entry.contains("dir") ? entry["dir"].get<std::string>()
-                                           : entry["path"].get<std::string>());
+  const std::string path = c.dir + "/" +
+                           (entry.contains("dir") ? entry["dir"].get<std::string>()
+                                                  : entry["path"].get<std::string>());
   ReadCheckpointOptions options;
   options.config = c.config;  // head counts are not in the shapes of tiny models
   auto checkpoint = ReadCheckpoint(path, options);
@@ -151,8 +152,10 @@ TEST_P(ReferenceParityTest, EveryLayoutMatchesTheReferenceInFp32) {
     EXPECT_LE(MaxAbsDiff(logits_tensor.t(), expected.at("logits_per_text")), 1e-3);
     auto loss = ComputeContrastiveLoss(*logits, n);
     ASSERT_TRUE(loss.ok());
-    EXPECT_NEAR(loss->image_to_text, expected.at("loss_image_to_text").item<double>(), 1e-4);
-    EXPECT_NEAR(loss->text_to_image, expected.at("loss_text_to_image").item<double>(), 1e-4);
+    EXPECT_NEAR(loss->image_to_text, expected.at("loss_image_to_text").item<double>(),
+                1e-4);
+    EXPECT_NEAR(loss->text_to_image, expected.at("loss_text_to_image").item<double>(),
+                1e-4);
     EXPECT_NEAR(loss->mean, expected.at("loss").item<double>(), 1e-4);
     ++checked;
   }
@@ -175,10 +178,12 @@ TEST_P(ReferenceParityTest, BatchOfEightEqualsEightSingles) {
     auto one_image = model->EncodeImage(images.narrow(0, i, 1), true);
     // Each text alone, padded only to its own length.
     const int64_t len = lengths[i].item<int64_t>();
-    auto one_text = model->EncodeText(texts.narrow(0, i, 1).narrow(1, 0, len).contiguous(),
-                                      lengths.narrow(0, i, 1), true);
+    auto one_text =
+        model->EncodeText(texts.narrow(0, i, 1).narrow(1, 0, len).contiguous(),
+                          lengths.narrow(0, i, 1), true);
     ASSERT_TRUE(one_image.ok() && one_text.ok());
-    EXPECT_LE(MaxAbsDiff(*one_image, batch_images->narrow(0, i, 1)), 1e-5) << "image " << i;
+    EXPECT_LE(MaxAbsDiff(*one_image, batch_images->narrow(0, i, 1)), 1e-5)
+        << "image " << i;
     EXPECT_LE(MaxAbsDiff(*one_text, batch_texts->narrow(0, i, 1)), 1e-5) << "text " << i;
   }
 }
@@ -190,14 +195,16 @@ TEST_P(ReferenceParityTest, PaddingToLongestEqualsPaddingToContext) {
   ASSERT_NE(model, nullptr);
   // The rows shorter than the context: padded to 77 or only to their longest member.
   const torch::Tensor short_rows =
-      torch::nonzero(c.inputs.at("text_lengths") < c.config.text.context_length).squeeze(1);
+      torch::nonzero(c.inputs.at("text_lengths") < c.config.text.context_length)
+          .squeeze(1);
   ASSERT_GE(short_rows.size(0), 4);
   const torch::Tensor texts = c.inputs.at("texts").index_select(0, short_rows);
   const torch::Tensor lengths = c.inputs.at("text_lengths").index_select(0, short_rows);
   const int64_t longest = lengths.max().item<int64_t>();
   ASSERT_LT(longest, texts.size(1));
   auto full = model->EncodeText(texts, lengths, false);
-  auto trimmed = model->EncodeText(texts.narrow(1, 0, longest).contiguous(), lengths, false);
+  auto trimmed =
+      model->EncodeText(texts.narrow(1, 0, longest).contiguous(), lengths, false);
   ASSERT_TRUE(full.ok() && trimmed.ok());
   EXPECT_LE(MaxAbsDiff(*full, *trimmed), 1e-5);
 }
@@ -220,7 +227,8 @@ TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
   EXPECT_EQ(image16->scalar_type(), torch::kFloat);
   EXPECT_GE(MinRowCosine(*image16, *image32), 0.999);
   EXPECT_GE(MinRowCosine(*text16, *text32), 0.999);
-  EXPECT_GT(MaxAbsDiff(*image16, *image32), 0.0) << "bf16 run should not be bit-identical";
+  EXPECT_GT(MaxAbsDiff(*image16, *image32), 0.0)
+      << "bf16 run should not be bit-identical";
 }
 
 TEST_P(ReferenceParityTest, InferredArchitectureMatchesConfigButForHeads) {
@@ -274,7 +282,8 @@ TEST(CorruptCheckpointTest, EachGivesItsSpecificError) {
   for (const auto& entry : manifest) {
     const std::string file = entry["file"];
     SCOPED_TRACE(file);
-    auto config = ParseOpenClipConfig(ReadFile(dir + "/" + entry["config"].get<std::string>()));
+    auto config =
+        ParseOpenClipConfig(ReadFile(dir + "/" + entry["config"].get<std::string>()));
     ASSERT_TRUE(config.ok());
     ReadCheckpointOptions options;
     options.config = *config;
@@ -319,8 +328,8 @@ TEST(DemoModelTest, SeededPresetIsDeterministicAndReportsRandomWeights) {
   const ClipModel& model = *a->model;
   EXPECT_EQ(model.config().embed_dim, 512);
   EXPECT_NEAR(model.num_parameters(), 151.3e6, 0.5e6);
-  torch::Tensor images = torch::randn({2, 3, 224, 224}, torch::Generator(
-      at::make_generator<at::CPUGeneratorImpl>(7)));
+  torch::Tensor images = torch::randn(
+      {2, 3, 224, 224}, torch::Generator(at::make_generator<at::CPUGeneratorImpl>(7)));
   auto features = model.EncodeImage(images, true);
   ASSERT_TRUE(features.ok()) << features.status();
   EXPECT_EQ(features->sizes(), (std::vector<int64_t>{2, 512}));
@@ -366,8 +375,9 @@ TEST(ClipModelTest, RejectsBadInputsWithoutThrowing) {
   EXPECT_EQ((*model)->EncodeImage(torch::zeros({1, 3, 100, 100}), true).status().code(),
             absl::StatusCode::kInvalidArgument);
   torch::Tensor ids = torch::full({1, 3}, 49407, torch::kLong);
-  EXPECT_EQ((*model)->EncodeText(ids, torch::tensor({4}, torch::kLong), true).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      (*model)->EncodeText(ids, torch::tensor({4}, torch::kLong), true).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*model)
                 ->EncodeText(torch::full({1, 2}, 50000, torch::kLong),
                              torch::tensor({2}, torch::kLong), true)

@@ -83,13 +83,12 @@ TEST(ParseOpenClipConfigTest, ErrorsNameTheField) {
                   .status()
                   .message(),
               HasSubstr("vision_cfg.image_size"));
-  EXPECT_THAT(
-      ParseOpenClipConfig(R"({"embed_dim": 8,
+  EXPECT_THAT(ParseOpenClipConfig(R"({"embed_dim": 8,
           "vision_cfg": {"image_size": 30, "layers": 1, "width": 64, "patch_size": 8},
           "text_cfg": {"width": 64, "heads": 1, "layers": 1}})")
-          .status()
-          .message(),
-      HasSubstr("patch_size"));
+                  .status()
+                  .message(),
+              HasSubstr("patch_size"));
   EXPECT_EQ(ParseOpenClipConfig(R"({"embed_dim": -1, "vision_cfg": {}, "text_cfg": {}})")
                 .status()
                 .code(),
@@ -153,8 +152,8 @@ TEST(InferConfigTest, ResNetStagesFromKeys) {
   const int stages[4] = {3, 4, 6, 3};
   for (int b = 0; b < 4; ++b) {
     for (int i = 0; i < stages[b]; ++i) {
-      s["visual.layer" + std::to_string(b + 1) + "." + std::to_string(i) + ".conv1.weight"] =
-          {64, 64, 1, 1};
+      s["visual.layer" + std::to_string(b + 1) + "." + std::to_string(i) +
+        ".conv1.weight"] = {64, 64, 1, 1};
     }
   }
   s["text_projection"] = {512, 1024};
@@ -190,7 +189,8 @@ TEST(InferConfigTest, CbowWithoutPositionalEmbedding) {
 TEST(InferConfigTest, MissingKeysAreNamed) {
   ShapeMap s = VitB32Shapes();
   s.erase("text_projection");
-  EXPECT_THAT(InferConfigFromStateDict(s).status().message(), HasSubstr("text_projection"));
+  EXPECT_THAT(InferConfigFromStateDict(s).status().message(),
+              HasSubstr("text_projection"));
   EXPECT_THAT(InferConfigFromStateDict({}).status().message(), HasSubstr("visual.proj"));
   s = VitB32Shapes();
   s["visual.positional_embedding"] = {51, 768};

@@ -29,8 +29,8 @@ TEST(ToGrpcStatusTest, EveryCanonicalCodeKeepsItsNumberAndMessage) {
 }
 
 TEST(ToGrpcStatusTest, BadRequestNamesTheField) {
-  const grpc::Status out =
-      ToGrpcStatus(InvalidArgumentForField("images[3]", "not a JPEG, PNG, WebP, GIF or BMP"));
+  const grpc::Status out = ToGrpcStatus(
+      InvalidArgumentForField("images[3]", "not a JPEG, PNG, WebP, GIF or BMP"));
   EXPECT_EQ(out.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(out.error_message(), "images[3]: not a JPEG, PNG, WebP, GIF or BMP");
   const google::rpc::Status details = Details(out);
