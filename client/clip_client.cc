@@ -1,46 +1,422 @@
 #include "client/clip_client.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 
 namespace clipserve {
+namespace {
 
-absl::Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+// The one place where channel security is decided. TLS is a future option (see
+// ClientOptions::tls); Create() refuses it before this is reached.
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(const ClientOptions&) {
+  return grpc::InsecureChannelCredentials();
 }
 
+RetryEnvironment CompleteEnvironment(RetryEnvironment env) {
+  RetryEnvironment real = RetryEnvironment::Real();
+  if (!env.now) env.now = real.now;
+  if (!env.sleep) env.sleep = real.sleep;
+  if (!env.uniform) env.uniform = real.uniform;
+  return env;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ClipClient>> ClipClient::Create(
-    const ClipClientOptions& options) {
-  if (options.target.empty()) return absl::InvalidArgumentError("empty target");
+    const ClientOptions& options) {
   if (options.deadline <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("deadline must be positive");
   }
-  auto channel = grpc::CreateChannel(options.target, grpc::InsecureChannelCredentials());
-  return std::unique_ptr<ClipClient>(new ClipClient(options, std::move(channel)));
+  if (options.max_receive_message_bytes <= 0) {
+    return absl::InvalidArgumentError("max_receive_message_bytes must be positive");
+  }
+  if (options.load_balancing_policy != "round_robin" &&
+      options.load_balancing_policy != "pick_first") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown load_balancing_policy '",
+                                                   options.load_balancing_policy,
+                                                   "' (round_robin or pick_first)"));
+  }
+  if (absl::Status status = ValidateRetryPolicy(options.retry); !status.ok()) {
+    return status;
+  }
+  if (options.tls.enabled) {
+    return absl::UnimplementedError("TLS is not supported by clipserve yet");
+  }
+  if (!options.bearer_token.empty()) {
+    return absl::UnimplementedError("bearer tokens are not supported by clipserve yet");
+  }
+  absl::StatusOr<std::string> target =
+      ToChannelTarget(options.target, options.host_resolver ? options.host_resolver
+                                                            : SystemHostResolver());
+  if (!target.ok()) return target.status();
+
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  args.SetMaxSendMessageSize(-1);  // the server enforces its own limit
+  args.SetServiceConfigJSON(absl::StrCat(R"({"loadBalancingConfig":[{")",
+                                         options.load_balancing_policy, R"(":{}}]})"));
+  args.SetUserAgentPrefix("clipserve-client/0.1");
+  auto channel = grpc::CreateCustomChannel(*target, ChannelCredentials(options), args);
+  return std::unique_ptr<ClipClient>(
+      new ClipClient(options, *std::move(target), std::move(channel)));
 }
 
-ClipClient::ClipClient(const ClipClientOptions& options,
+ClipClient::ClipClient(const ClientOptions& options, std::string channel_target,
                        std::shared_ptr<grpc::Channel> channel)
     : options_(options),
+      env_(CompleteEnvironment(options.retry_environment)),
+      channel_target_(std::move(channel_target)),
       channel_(std::move(channel)),
+      stub_(v1::ClipService::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
+void ClipClient::PrepareContext(absl::Time deadline, grpc::ClientContext* context) const {
+  if (deadline != absl::InfiniteFuture()) {
+    context->set_deadline(absl::ToChronoTime(deadline));
+  }
+  // Future: add "authorization: Bearer ..." metadata here (ClientOptions::bearer_token).
+}
+
+absl::Time ClipClient::DeadlineOf(const CallOptions& call) const {
+  return env_.now() + call.timeout.value_or(options_.deadline);
+}
+
+template <typename Stub, typename Request, typename Response>
+absl::StatusOr<Response> ClipClient::Unary(
+    Stub* stub,
+    grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+    const Request& request, const CallOptions& call) {
+  if (call.timeout.has_value() && *call.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("call timeout must be positive");
+  }
+  const absl::Time deadline = DeadlineOf(call);
+  RetryPolicy policy = options_.retry;
+  if (!call.retry) policy.max_attempts = 1;
+  Response response;
+  absl::Status status = RunWithRetries(policy, env_, deadline, [&](int) {
+    grpc::ClientContext context;
+    PrepareContext(deadline, &context);
+    response.Clear();
+    return FromGrpcStatus((stub->*method)(&context, request, &response));
+  });
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<v1::EmbedImageResponse> ClipClient::EmbedImages(
+    const v1::EmbedImageRequest& request, const CallOptions& call) {
+  return Unary(stub_.get(), &v1::ClipService::Stub::EmbedImage, request, call);
+}
+
+absl::StatusOr<v1::EmbedTextResponse> ClipClient::EmbedTexts(
+    const v1::EmbedTextRequest& request, const CallOptions& call) {
+  return Unary(stub_.get(), &v1::ClipService::Stub::EmbedText, request, call);
+}
+
+absl::StatusOr<v1::SimilarityResponse> ClipClient::Similarity(
+    const v1::SimilarityRequest& request, const CallOptions& call) {
+  return Unary(stub_.get(), &v1::ClipService::Stub::Similarity, request, call);
+}
+
+absl::StatusOr<v1::ClassifyResponse> ClipClient::Classify(
+    const v1::ClassifyRequest& request, const CallOptions& call) {
+  return Unary(stub_.get(), &v1::ClipService::Stub::Classify, request, call);
+}
+
+absl::StatusOr<v1::TokenizeResponse> ClipClient::Tokenize(
+    const v1::TokenizeRequest& request, const CallOptions& call) {
+  return Unary(stub_.get(), &v1::ClipService::Stub::Tokenize, request, call);
+}
+
+absl::StatusOr<v1::ModelInfo> ClipClient::GetModelInfo(const CallOptions& call) {
+  return Unary(stub_.get(), &v1::ClipService::Stub::GetModelInfo,
+               v1::GetModelInfoRequest(), call);
+}
+
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
-ClipClient::CheckHealth(const std::string& service) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.deadline));
+ClipClient::CheckHealth(const std::string& service, const CallOptions& call) {
+  CallOptions once = call;
+  once.retry = false;
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
-  grpc::health::v1::HealthCheckResponse response;
-  grpc::Status status = health_->Check(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response.status();
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse> response =
+      Unary(health_.get(), &grpc::health::v1::Health::Stub::Check, request, once);
+  if (!response.ok()) return response.status();
+  return response->status();
+}
+
+// ---------------------------------------------------------------------------
+// EmbedStream
+
+namespace {
+
+// Where an item stands within the whole job.
+enum class ItemState : uint8_t {
+  kIdle,     // not part of the current pass
+  kQueued,   // in the current pass, not sent yet
+  kSent,     // sent, no answer yet
+  kRetry,    // failed transiently in this pass; may go again
+  kSettled,  // has its final result
+};
+
+// The state one EmbedStream job shares between the writer, reader and watchdog of a
+// pass. Results and states are indexed by item.
+struct StreamJob {
+  StreamJob(size_t count, const EmbedStreamOptions& options)
+      : options(options),
+        results(count, absl::UnknownError("not processed")),
+        states(count, ItemState::kIdle) {}
+
+  const EmbedStreamOptions& options;
+
+  absl::Mutex mu;
+  absl::CondVar cv;
+  std::vector<absl::StatusOr<EmbeddedItem>> results ABSL_GUARDED_BY(mu);
+  std::vector<ItemState> states ABSL_GUARDED_BY(mu);
+  // Transient errors of the items in kRetry.
+  std::vector<std::pair<size_t, absl::Status>> retry ABSL_GUARDED_BY(mu);
+  size_t settled ABSL_GUARDED_BY(mu) = 0;
+  bool stop ABSL_GUARDED_BY(mu) = false;  // stop_on_error tripped
+
+  // Per pass.
+  int in_flight ABSL_GUARDED_BY(mu) = 0;
+  bool reader_done ABSL_GUARDED_BY(mu) = false;
+  bool stalled ABSL_GUARDED_BY(mu) = false;
+  size_t answered_in_pass ABSL_GUARDED_BY(mu) = 0;
+  absl::Time last_progress ABSL_GUARDED_BY(mu);
+
+  void SettleLocked(size_t index, absl::StatusOr<EmbeddedItem> result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!result.ok() && options.stop_on_error) stop = true;
+    results[index] = std::move(result);
+    states[index] = ItemState::kSettled;
+    ++settled;
+    if (options.on_progress) options.on_progress(settled, results.size());
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStream(
+    const std::vector<EmbedItem>& items, const EmbedStreamOptions& options) {
+  return EmbedStream(
+      items.size(), [&items](size_t i) -> absl::StatusOr<EmbedItem> { return items[i]; },
+      options);
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStream(
+    size_t count, const EmbedItemLoader& load, const EmbedStreamOptions& options) {
+  if (!load) return absl::InvalidArgumentError("EmbedStream needs a loader");
+  if (options.max_in_flight < 1) {
+    return absl::InvalidArgumentError("max_in_flight must be at least 1");
+  }
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("timeout must be positive");
+  }
+  const absl::Duration stall = options.stall_timeout.value_or(options_.deadline);
+  if (stall <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("stall_timeout must be positive");
+  }
+  const absl::Time deadline = options.timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : env_.now() + options.timeout;
+
+  StreamJob job(count, options);
+  std::vector<size_t> pending(count);
+  for (size_t i = 0; i < count; ++i) pending[i] = i;
+  int attempts = 0;
+  while (!pending.empty()) {
+    ++attempts;
+    {
+      absl::MutexLock lock(&job.mu);
+      for (size_t i : pending) job.states[i] = ItemState::kQueued;
+      job.retry.clear();
+      job.in_flight = 0;
+      job.reader_done = false;
+      job.stalled = false;
+      job.answered_in_pass = 0;
+      job.last_progress = absl::Now();
+    }
+
+    grpc::ClientContext context;
+    PrepareContext(deadline, &context);
+    std::unique_ptr<
+        grpc::ClientReaderWriter<v1::EmbedStreamRequest, v1::EmbedStreamResponse>>
+        stream = stub_->EmbedStream(&context);
+
+    // Writer: loads and sends the pass's items, keeping at most max_in_flight
+    // unanswered.
+    std::thread writer([&] {
+      for (size_t index : pending) {
+        {
+          absl::MutexLock lock(&job.mu);
+          while (job.in_flight >= options.max_in_flight && !job.reader_done &&
+                 !job.stop) {
+            job.cv.Wait(&job.mu);
+          }
+          if (job.reader_done || job.stop) break;
+        }
+        absl::StatusOr<EmbedItem> item = load(index);
+        if (!item.ok()) {
+          absl::MutexLock lock(&job.mu);
+          job.SettleLocked(index, item.status());
+          if (job.stop) context.TryCancel();
+          continue;
+        }
+        v1::EmbedStreamRequest request;
+        request.set_id(absl::StrCat(index));
+        if (item->kind == EmbedItem::Kind::kImage) {
+          request.mutable_image()->set_encoded(std::move(item->data));
+        } else {
+          request.set_text(std::move(item->data));
+        }
+        request.set_normalize(options.normalize);
+        request.set_truncate(options.truncate);
+        {
+          absl::MutexLock lock(&job.mu);
+          if (job.in_flight++ == 0) job.last_progress = absl::Now();
+          job.states[index] = ItemState::kSent;
+          job.cv.SignalAll();
+        }
+        if (!stream->Write(request)) break;  // the stream is over; Finish() says why
+      }
+      stream->WritesDone();
+    });
+
+    // Watchdog: cancels the pass when no answer comes for `stall` while items are
+    // in flight.
+    std::thread watchdog([&] {
+      absl::MutexLock lock(&job.mu);
+      while (!job.reader_done) {
+        const absl::Time now = absl::Now();
+        if (job.in_flight > 0 && now - job.last_progress >= stall) {
+          job.stalled = true;
+          context.TryCancel();
+          return;
+        }
+        job.cv.WaitWithTimeout(
+            &job.mu, job.in_flight > 0 ? job.last_progress + stall - now : stall);
+      }
+    });
+
+    // Reader: this thread.
+    v1::EmbedStreamResponse response;
+    while (stream->Read(&response)) {
+      size_t index = 0;
+      absl::MutexLock lock(&job.mu);
+      if (!absl::SimpleAtoi(response.id(), &index) || index >= count ||
+          job.states[index] != ItemState::kSent) {
+        continue;  // not an answer to an outstanding item of ours: ignore it
+      }
+      --job.in_flight;
+      job.last_progress = absl::Now();
+      job.cv.SignalAll();
+      if (response.has_error()) {
+        absl::Status error = FromRpcStatus(response.error());
+        if (options.retry && IsRetryableCode(error.code())) {
+          job.states[index] = ItemState::kRetry;
+          job.retry.emplace_back(index, std::move(error));
+          continue;
+        }
+        ++job.answered_in_pass;
+        job.SettleLocked(index, std::move(error));
+        if (job.stop) context.TryCancel();
+        continue;
+      }
+      ++job.answered_in_pass;
+      if (!response.has_embedding()) {
+        job.SettleLocked(index,
+                         absl::InternalError("the server answered without a result"));
+        continue;
+      }
+      EmbeddedItem result;
+      result.embedding.assign(response.embedding().values().begin(),
+                              response.embedding().values().end());
+      result.truncated = response.truncated();
+      result.num_tokens = response.num_tokens();
+      job.SettleLocked(index, std::move(result));
+    }
+    {
+      absl::MutexLock lock(&job.mu);
+      job.reader_done = true;
+      job.cv.SignalAll();
+    }
+    writer.join();
+    watchdog.join();
+    const absl::Status stream_status = FromGrpcStatus(stream->Finish());
+
+    // Decide the fate of every item of the pass that has no final result.
+    std::vector<size_t> next;
+    absl::Status retry_reason;
+    std::optional<absl::Duration> delay;
+    {
+      absl::MutexLock lock(&job.mu);
+      absl::Status unanswered = stream_status;
+      bool unanswered_retryable = options.retry && IsRetryableCode(stream_status.code());
+      if (job.stalled) {
+        unanswered = absl::DeadlineExceededError(
+            absl::StrCat("no answer from the server for ", absl::FormatDuration(stall)));
+        unanswered_retryable = false;
+      } else if (job.stop) {
+        unanswered = absl::CancelledError("not processed: stopped at the first error");
+        unanswered_retryable = false;
+      } else if (unanswered.ok()) {
+        unanswered = absl::InternalError("the stream ended without answering this item");
+      }
+      std::optional<absl::Duration> longest_hint;
+      for (auto& [index, status] : job.retry) {
+        std::optional<absl::Duration> hint = RetryInfoDelay(status);
+        if (retry_reason.ok() || (hint && (!longest_hint || *hint > *longest_hint))) {
+          retry_reason = status;
+          longest_hint = hint;
+        }
+      }
+      if (retry_reason.ok() && unanswered_retryable) retry_reason = unanswered;
+      for (size_t index : pending) {
+        switch (job.states[index]) {
+          case ItemState::kQueued:
+          case ItemState::kSent:
+            if (unanswered_retryable) {
+              job.states[index] = ItemState::kRetry;
+              job.retry.emplace_back(index, unanswered);
+            } else {
+              job.SettleLocked(index, unanswered);
+            }
+            break;
+          default:
+            break;
+        }
+      }
+      for (auto& [index, status] : job.retry) next.push_back(index);
+      std::sort(next.begin(), next.end());
+      if (job.answered_in_pass > 0) attempts = 1;
+      if (!next.empty() && !job.stop) {
+        delay = NextRetryDelay(options_.retry, retry_reason, attempts,
+                               deadline - env_.now(), env_.uniform());
+      }
+      if (!delay.has_value()) {
+        for (auto& [index, status] : job.retry)
+          job.SettleLocked(index, std::move(status));
+        next.clear();
+      }
+    }
+    if (delay.has_value()) env_.sleep(*delay);
+    pending = std::move(next);
+  }
+  absl::MutexLock lock(&job.mu);
+  return std::move(job.results);
 }
 
 }  // namespace clipserve

@@ -1,19 +1,51 @@
 // clip_client: the command line for a clipserve server.
 //
-//   clip_client [--target HOST:PORT] [--deadline_ms N] SUBCOMMAND ...
+//   clip_client [--target HOST:PORT[,HOST:PORT...]] [--deadline_ms N] SUBCOMMAND ...
 //
-// Errors print "error: CODE: message" on stderr and exit non-zero.
+//   embed-text  [--output FILE] [--normalize=false] [--file TEXTS.txt] [--] TEXT...
+//   embed-image [--output FILE] [--normalize=false] [--recursive] [--skip_errors]
+//               [--] PATH...
+//   similarity  [--paired] [--json] [--temperature T] --images PATH... --texts TEXT...
+//   classify    IMAGE... --labels a,b,c [--templates T1 T2 ...] [--top_k K] [--json]
+//   tokenize    [--json] [--file TEXTS.txt] [--] TEXT...
+//   info        [--json]
+//   health      [--service NAME]
+//   bench       --modality image|text [--concurrency N] [--duration 30s | --requests N]
+//               [--items_per_request K] [--images DIR] [--texts_file F] [--json]
+//
+// Results go to stdout (or --output); progress bars go to stderr when it is a
+// terminal. Errors print "error: CODE: message" on stderr and exit non-zero; a failed
+// item of a bulk job names its file or text. See docs/CLIENT.md.
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/bench.h"
 #include "client/clip_client.h"
+#include "client/input_files.h"
+#include "client/npy_writer.h"
+#include "client/output_format.h"
+#include "client/progress_bar.h"
+#include "client/status_details.h"
 
+namespace clipserve {
 namespace {
+
+// Texts per EmbedText / Tokenize request: well under the server's default
+// --max_items_per_request (256), and big enough to batch well.
+constexpr size_t kTextsPerRequest = 128;
 
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
@@ -21,37 +53,601 @@ int Fail(const absl::Status& status) {
   return EXIT_FAILURE;
 }
 
+// `status` with "prefix: " before its message (details kept).
+absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
+  if (status.ok() || prefix.empty() || absl::StartsWith(status.message(), prefix)) {
+    return status;
+  }
+  absl::Status out(status.code(), absl::StrCat(prefix, ": ", status.message()));
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
+    out.SetPayload(url, payload);
+  });
+  return out;
+}
+
+// A text as it appears in an error message: quoted and shortened.
+std::string QuoteText(const std::string& text) {
+  std::string shown = text.size() > 60 ? absl::StrCat(text.substr(0, 57), "...") : text;
+  return absl::StrCat("text \"", shown, "\"");
+}
+
+// An error of a call about several items, with the offending one named when the
+// server's BadRequest points at it ("images[2]" -> the third path).
+absl::Status NameItem(const absl::Status& status, absl::string_view list,
+                      const std::vector<std::string>& names, size_t offset, bool texts) {
+  std::optional<size_t> index = BadRequestItemIndex(status, list);
+  if (!index.has_value() || offset + *index >= names.size()) return status;
+  const std::string& name = names[offset + *index];
+  return Prefixed(status, texts ? QuoteText(name) : name);
+}
+
+// Errors of whole calls: UNAVAILABLE says which server could not be reached.
+int FailCall(const absl::Status& status, const std::string& target) {
+  if (status.code() == absl::StatusCode::kUnavailable) {
+    return Fail(Prefixed(status, absl::StrCat("cannot reach the server at ", target)));
+  }
+  return Fail(status);
+}
+
+bool IsNpyPath(const std::string& path) { return absl::EndsWithIgnoreCase(path, ".npy"); }
+
+// Writes embeddings (one row per input, in order) as .npy when `output` ends with
+// .npy, else as JSON lines to `output` ("" or "-": stdout).
+absl::Status WriteEmbeddings(const std::string& output,
+                             const std::vector<std::string>& inputs,
+                             const std::vector<std::vector<float>>& rows) {
+  if (IsNpyPath(output)) {
+    const size_t dim = rows.empty() ? 0 : rows[0].size();
+    std::vector<float> flat;
+    flat.reserve(rows.size() * dim);
+    for (const std::vector<float>& row : rows) {
+      if (row.size() != dim) {
+        return absl::InternalError("the server returned embeddings of different widths");
+      }
+      flat.insert(flat.end(), row.begin(), row.end());
+    }
+    return WriteNpyFile(output, rows.size(), dim, flat);
+  }
+  std::ofstream file;
+  std::ostream* out = &std::cout;
+  if (!output.empty() && output != "-") {
+    file.open(output, std::ios::trunc);
+    if (!file) {
+      return absl::PermissionDeniedError(
+          absl::StrCat(output, ": cannot open for writing"));
+    }
+    out = &file;
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    *out << EmbeddingJsonLine(i, inputs[i], rows[i]) << '\n';
+  }
+  out->flush();
+  if (!*out)
+    return absl::DataLossError(
+        absl::StrCat(output.empty() ? "stdout" : output, ": write failed"));
+  return absl::OkStatus();
+}
+
+// Texts from arguments, then from the lines of `file` when given.
+absl::StatusOr<std::vector<std::string>> CollectTexts(std::vector<std::string> texts,
+                                                      const std::string& file) {
+  if (!file.empty()) {
+    absl::StatusOr<std::vector<std::string>> lines = ReadLines(file);
+    if (!lines.ok()) return lines.status();
+    texts.insert(texts.end(), lines->begin(), lines->end());
+  }
+  if (texts.empty()) {
+    return absl::InvalidArgumentError("no texts: give TEXT arguments or --file");
+  }
+  return texts;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadImages(
+    const std::vector<std::string>& paths) {
+  std::vector<std::string> images;
+  for (const std::string& path : paths) {
+    absl::StatusOr<std::string> bytes = ReadFileBytes(path);
+    if (!bytes.ok()) return bytes.status();
+    images.push_back(*std::move(bytes));
+  }
+  return images;
+}
+
+void PrintJson(const nlohmann::ordered_json& json) {
+  std::cout << DumpJson(json) << std::endl;
+}
+
+// ---------------------------------------------------------------------------
+// Subcommands
+
+struct EmbedTextArgs {
+  std::string output;
+  bool normalize = true;
+  bool truncate = true;
+  std::string file;
+  std::vector<std::string> texts;
+};
+
+int EmbedText(ClipClient& client, const std::string& target, const EmbedTextArgs& args) {
+  absl::StatusOr<std::vector<std::string>> texts = CollectTexts(args.texts, args.file);
+  if (!texts.ok()) return Fail(texts.status());
+  std::vector<std::vector<float>> rows;
+  rows.reserve(texts->size());
+  ProgressBar bar(StderrIsTerminal() && texts->size() > kTextsPerRequest, texts->size(),
+                  "texts");
+  for (size_t offset = 0; offset < texts->size(); offset += kTextsPerRequest) {
+    const size_t end = std::min(texts->size(), offset + kTextsPerRequest);
+    v1::EmbedTextRequest request;
+    for (size_t i = offset; i < end; ++i) request.add_texts((*texts)[i]);
+    request.set_normalize(args.normalize);
+    request.set_truncate(args.truncate);
+    absl::StatusOr<v1::EmbedTextResponse> response = client.EmbedTexts(request);
+    if (!response.ok()) {
+      bar.Finish(/*erase=*/true);
+      return FailCall(NameItem(response.status(), "texts", *texts, offset, true), target);
+    }
+    if (response->embeddings_size() != static_cast<int>(end - offset)) {
+      return Fail(
+          absl::InternalError("the server returned a wrong number of embeddings"));
+    }
+    for (const v1::Embedding& embedding : response->embeddings()) {
+      rows.emplace_back(embedding.values().begin(), embedding.values().end());
+    }
+    bar.Update(end);
+  }
+  bar.Finish();
+  if (absl::Status status = WriteEmbeddings(args.output, *texts, rows); !status.ok()) {
+    return Fail(status);
+  }
+  return EXIT_SUCCESS;
+}
+
+struct EmbedImageArgs {
+  std::string output;
+  bool normalize = true;
+  bool recursive = false;
+  bool skip_errors = false;
+  int max_in_flight = 64;
+  std::vector<std::string> paths;
+};
+
+int EmbedImage(ClipClient& client, const std::string& target,
+               const EmbedImageArgs& args) {
+  absl::StatusOr<std::vector<std::string>> paths =
+      ExpandImagePaths(args.paths, args.recursive);
+  if (!paths.ok()) return Fail(paths.status());
+  ProgressBar bar(StderrIsTerminal() && paths->size() > 1, paths->size(), "images");
+  EmbedStreamOptions options;
+  options.normalize = args.normalize;
+  options.max_in_flight = args.max_in_flight;
+  options.stop_on_error = !args.skip_errors;
+  options.on_progress = [&bar](size_t done, size_t) { bar.Update(done); };
+  absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> results = client.EmbedStream(
+      paths->size(),
+      [&paths](size_t i) -> absl::StatusOr<EmbedItem> {
+        absl::StatusOr<std::string> bytes = ReadFileBytes((*paths)[i]);
+        if (!bytes.ok()) return bytes.status();
+        return EmbedItem::Image(*std::move(bytes));
+      },
+      options);
+  if (!results.ok()) return Fail(results.status());
+  // Keep the final line (count, rate, time) on success; a failure explains itself.
+  bar.Finish(/*erase=*/std::any_of(results->begin(), results->end(),
+                                   [](const auto& r) { return !r.ok(); }));
+
+  std::vector<std::string> inputs;
+  std::vector<std::vector<float>> rows;
+  size_t failed = 0;
+  bool unreachable = false;
+  for (size_t i = 0; i < results->size(); ++i) {
+    absl::StatusOr<EmbeddedItem>& result = (*results)[i];
+    if (result.ok()) {
+      inputs.push_back((*paths)[i]);
+      rows.push_back(std::move(result->embedding));
+      continue;
+    }
+    ++failed;
+    // Items never tried because an earlier one failed need no line of their own.
+    if (result.status().code() == absl::StatusCode::kCancelled && !args.skip_errors) {
+      continue;
+    }
+    if (result.status().code() == absl::StatusCode::kUnavailable) {
+      // The server is gone for every item alike: say it once.
+      if (!unreachable) FailCall(result.status(), target);
+      unreachable = true;
+      continue;
+    }
+    const absl::Status named = Prefixed(result.status(), (*paths)[i]);
+    std::fprintf(stderr, "%s: %s: %s\n", args.skip_errors ? "warning" : "error",
+                 absl::StatusCodeToString(named.code()).c_str(),
+                 std::string(named.message()).c_str());
+  }
+  if (failed > 0 && (!args.skip_errors || rows.empty())) {
+    if (unreachable) {
+      // Said above.
+    } else if (!args.skip_errors) {
+      std::fprintf(stderr,
+                   "nothing written; --skip_errors embeds the other files and reports "
+                   "the failed ones\n");
+    } else {
+      std::fprintf(stderr, "error: every one of the %zu files failed\n", failed);
+    }
+    return EXIT_FAILURE;
+  }
+  if (failed > 0) {
+    std::fprintf(stderr, "warning: skipped %zu of %zu files\n", failed, paths->size());
+  }
+  if (absl::Status status = WriteEmbeddings(args.output, inputs, rows); !status.ok()) {
+    return Fail(status);
+  }
+  return EXIT_SUCCESS;
+}
+
+struct SimilarityArgs {
+  bool paired = false;
+  bool json = false;
+  std::optional<float> temperature;
+  std::vector<std::string> images;
+  std::vector<std::string> texts;
+};
+
+int Similarity(ClipClient& client, const std::string& target,
+               const SimilarityArgs& args) {
+  absl::StatusOr<std::vector<std::string>> images = ReadImages(args.images);
+  if (!images.ok()) return Fail(images.status());
+  v1::SimilarityRequest request;
+  for (std::string& image : *images) {
+    request.mutable_images()->mutable_images()->add_images()->set_encoded(
+        std::move(image));
+  }
+  for (const std::string& text : args.texts) {
+    request.mutable_texts()->mutable_texts()->add_texts(text);
+  }
+  if (args.temperature.has_value()) request.set_temperature(*args.temperature);
+  request.set_paired(args.paired);
+  absl::StatusOr<v1::SimilarityResponse> response = client.Similarity(request);
+  if (!response.ok()) {
+    absl::Status status = NameItem(response.status(), "images", args.images, 0, false);
+    if (status.message() == response.status().message()) {
+      status = NameItem(response.status(), "texts", args.texts, 0, true);
+    }
+    return FailCall(status, target);
+  }
+  if (args.json) {
+    PrintJson(SimilarityJson(*response, args.paired, args.images, args.texts));
+  } else {
+    std::cout << SimilarityTable(*response, args.images, args.texts, args.paired);
+  }
+  return EXIT_SUCCESS;
+}
+
+struct ClassifyArgs {
+  std::vector<std::string> images;
+  std::vector<std::string> labels;
+  std::vector<std::string> templates;
+  int top_k = 0;
+  std::optional<float> temperature;
+  bool json = false;
+};
+
+int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& args) {
+  absl::StatusOr<std::vector<std::string>> images = ReadImages(args.images);
+  if (!images.ok()) return Fail(images.status());
+  v1::ClassifyRequest request;
+  for (std::string& image : *images) request.add_images()->set_encoded(std::move(image));
+  for (const std::string& label : args.labels) request.add_labels(label);
+  for (const std::string& t : args.templates) request.add_templates(t);
+  request.set_top_k(static_cast<uint32_t>(args.top_k));
+  if (args.temperature.has_value()) request.set_temperature(*args.temperature);
+  absl::StatusOr<v1::ClassifyResponse> response = client.Classify(request);
+  if (!response.ok()) {
+    return FailCall(NameItem(response.status(), "images", args.images, 0, false), target);
+  }
+  if (args.json) {
+    PrintJson(ClassifyJson(*response, args.images));
+  } else {
+    std::cout << ClassifyText(*response, args.images);
+  }
+  return EXIT_SUCCESS;
+}
+
+struct TokenizeArgs {
+  bool json = false;
+  bool truncate = true;
+  std::string file;
+  std::vector<std::string> texts;
+};
+
+int Tokenize(ClipClient& client, const std::string& target, const TokenizeArgs& args) {
+  absl::StatusOr<std::vector<std::string>> texts = CollectTexts(args.texts, args.file);
+  if (!texts.ok()) return Fail(texts.status());
+  v1::TokenizeResponse all;
+  for (size_t offset = 0; offset < texts->size(); offset += kTextsPerRequest) {
+    const size_t end = std::min(texts->size(), offset + kTextsPerRequest);
+    v1::TokenizeRequest request;
+    for (size_t i = offset; i < end; ++i) request.add_texts((*texts)[i]);
+    request.set_truncate(args.truncate);
+    absl::StatusOr<v1::TokenizeResponse> response = client.Tokenize(request);
+    if (!response.ok()) {
+      return FailCall(NameItem(response.status(), "texts", *texts, offset, true), target);
+    }
+    all.set_context_length(response->context_length());
+    for (v1::TokenizedText& t : *response->mutable_texts())
+      *all.add_texts() = std::move(t);
+  }
+  if (args.json) {
+    PrintJson(TokenizeJson(all, *texts));
+  } else {
+    std::cout << TokenizeText(all);
+  }
+  return EXIT_SUCCESS;
+}
+
+int Info(ClipClient& client, const std::string& target, bool json) {
+  absl::StatusOr<v1::ModelInfo> info = client.GetModelInfo();
+  if (!info.ok()) return FailCall(info.status(), target);
+  if (json) {
+    PrintJson(ModelInfoJson(*info));
+  } else {
+    std::cout << ModelInfoText(*info);
+  }
+  return EXIT_SUCCESS;
+}
+
+int Health(ClipClient& client, const std::string& target, const std::string& service) {
+  auto status = client.CheckHealth(service);
+  if (!status.ok()) return FailCall(status.status(), target);
+  const std::string name =
+      grpc::health::v1::HealthCheckResponse::ServingStatus_Name(*status);
+  std::printf("%s\n", name.c_str());
+  return *status == grpc::health::v1::HealthCheckResponse::SERVING ? EXIT_SUCCESS
+                                                                   : EXIT_FAILURE;
+}
+
+struct BenchArgs {
+  std::string modality;
+  int concurrency = 4;
+  std::string duration;
+  int64_t requests = 0;
+  int items_per_request = 1;
+  std::string images;
+  std::string texts_file;
+  bool json = false;
+};
+
+int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
+          const BenchArgs& args) {
+  BenchOptions options;
+  options.modality =
+      args.modality == "image" ? BenchModality::kImage : BenchModality::kText;
+  options.concurrency = args.concurrency;
+  options.requests = args.requests;
+  options.items_per_request = args.items_per_request;
+  options.timeout = timeout;
+  options.duration = absl::Seconds(10);
+  if (!args.duration.empty()) {
+    absl::StatusOr<absl::Duration> duration = ParseBenchDuration(args.duration);
+    if (!duration.ok()) return Fail(duration.status());
+    options.duration = *duration;
+  }
+  if (options.modality == BenchModality::kImage) {
+    if (!args.images.empty()) {
+      absl::StatusOr<std::vector<std::string>> paths =
+          ExpandImagePaths({args.images}, false);
+      if (!paths.ok()) return Fail(paths.status());
+      absl::StatusOr<std::vector<std::string>> images = ReadImages(*paths);
+      if (!images.ok()) return Fail(images.status());
+      options.inputs = *std::move(images);
+    } else {
+      absl::StatusOr<std::vector<std::string>> images = DefaultBenchImages(8);
+      if (!images.ok()) return Fail(images.status());
+      options.inputs = *std::move(images);
+    }
+  } else if (!args.texts_file.empty()) {
+    absl::StatusOr<std::vector<std::string>> lines = ReadLines(args.texts_file);
+    if (!lines.ok()) return Fail(lines.status());
+    if (lines->empty()) {
+      return Fail(
+          absl::InvalidArgumentError(absl::StrCat(args.texts_file, ": no texts")));
+    }
+    options.inputs = *std::move(lines);
+  } else {
+    options.inputs = DefaultCaptions();
+  }
+
+  ProgressBar bar(StderrIsTerminal(), static_cast<size_t>(args.requests), "requests");
+  options.on_progress = [&bar](int64_t done, double fraction) {
+    bar.Update(static_cast<size_t>(done), fraction);
+  };
+  absl::StatusOr<BenchResult> result = RunBench(client, options);
+  bar.Finish(/*erase=*/true);
+  if (!result.ok()) return Fail(result.status());
+  if (args.json) {
+    PrintJson(BenchJson(*result, options));
+  } else {
+    std::cout << BenchText(*result, options);
+  }
+  if (result->succeeded == 0 && !result->errors.empty()) {
+    // Nothing got through: report why, as any failed command does.
+    auto worst = std::max_element(
+        result->errors.begin(), result->errors.end(),
+        [](const auto& a, const auto& b) { return a.second < b.second; });
+    absl::StatusCode code = absl::StatusCode::kUnknown;
+    for (int c = 1; c <= 16; ++c) {
+      if (absl::StatusCodeToString(static_cast<absl::StatusCode>(c)) == worst->first) {
+        code = static_cast<absl::StatusCode>(c);
+      }
+    }
+    return FailCall(
+        absl::Status(code, absl::StrCat("every request failed: ",
+                                        result->error_examples[worst->first])),
+        target);
+  }
+  return EXIT_SUCCESS;
+}
+
 }  // namespace
+}  // namespace clipserve
 
 int main(int argc, char** argv) {
+  using namespace clipserve;  // NOLINT(build/namespaces): main only
   CLI::App app{"clip_client: talk to a clipserve CLIP embedding server"};
   app.require_subcommand(1);
-  clipserve::ClipClientOptions options;
+  ClientOptions options;
   int64_t deadline_ms = 30000;
-  app.add_option("--target", options.target, "Server address (host:port or gRPC URI)")
+  app.add_option("--target", options.target,
+                 "Server: host:port, a comma-separated list (round-robin), or a gRPC URI "
+                 "such as dns:///name:port")
       ->capture_default_str();
-  app.add_option("--deadline_ms", deadline_ms, "Deadline per call in milliseconds")
+  app.add_option("--deadline_ms", deadline_ms,
+                 "Deadline per call in milliseconds (retries included); for embed-image, "
+                 "the longest wait for the next result")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
 
-  CLI::App* health = app.add_subcommand(
-      "health", "Exit 0 when the server reports SERVING, 1 otherwise");
+  // embed-text
+  EmbedTextArgs text_args;
+  CLI::App* embed_text =
+      app.add_subcommand("embed-text", "Embed texts (arguments and/or --file lines)");
+  embed_text->add_option(
+      "--output,-o", text_args.output,
+      "x.npy (float32 [N, D]) or x.jsonl; default: JSON lines on stdout");
+  embed_text
+      ->add_flag("--normalize", text_args.normalize,
+                 "L2-normalize the embeddings (--normalize=false for raw)")
+      ->capture_default_str();
+  embed_text
+      ->add_flag("--truncate", text_args.truncate,
+                 "Cut texts longer than the context (--truncate=false: fail instead)")
+      ->capture_default_str();
+  embed_text->add_option(
+      "--file,-f", text_args.file,
+      "Read texts from a file, one per line (blank lines skipped; - = stdin)");
+  embed_text->add_option("texts", text_args.texts, "Texts to embed");
+
+  // embed-image
+  EmbedImageArgs image_args;
+  CLI::App* embed_image = app.add_subcommand(
+      "embed-image", "Embed image files, or the images in folders (sorted by name)");
+  embed_image->add_option(
+      "--output,-o", image_args.output,
+      "x.npy (float32 [N, D]) or x.jsonl; default: JSON lines on stdout");
+  embed_image
+      ->add_flag("--normalize", image_args.normalize,
+                 "L2-normalize the embeddings (--normalize=false for raw)")
+      ->capture_default_str();
+  embed_image->add_flag("--recursive,-r", image_args.recursive,
+                        "Descend into subfolders of folders");
+  embed_image->add_flag("--skip_errors", image_args.skip_errors,
+                        "Report files that fail and write the others' embeddings");
+  embed_image
+      ->add_option("--max_in_flight", image_args.max_in_flight,
+                   "Images sent and not yet answered, at most")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  embed_image->add_option("paths", image_args.paths, "Image files or folders")
+      ->required();
+
+  // similarity
+  SimilarityArgs sim_args;
+  CLI::App* similarity = app.add_subcommand(
+      "similarity", "Scaled cosine similarities of images and texts, and the CLIP loss");
+  similarity->add_flag("--paired", sim_args.paired,
+                       "Image i goes with text i: add the contrastive loss");
+  similarity->add_flag("--json", sim_args.json, "Print JSON");
+  similarity
+      ->add_option("--temperature", sim_args.temperature,
+                   "Scale logits by 1/T instead of the model's logit scale")
+      ->check(CLI::PositiveNumber);
+  similarity->add_option("--images", sim_args.images, "Image files")->required();
+  similarity->add_option("--texts", sim_args.texts, "Texts")->required();
+
+  // classify
+  ClassifyArgs cls_args;
+  CLI::App* classify =
+      app.add_subcommand("classify", "Zero-shot classification of images among labels");
+  classify->add_option("images", cls_args.images, "Image files")->required();
+  classify->add_option("--labels", cls_args.labels, "Candidate labels, comma-separated")
+      ->delimiter(',')
+      ->required();
+  classify->add_option(
+      "--templates", cls_args.templates,
+      "Prompt templates with {} for the label (default \"a photo of a {}.\")");
+  classify->add_option("--top_k", cls_args.top_k, "Labels per image (default 5)")
+      ->check(CLI::NonNegativeNumber);
+  classify
+      ->add_option("--temperature", cls_args.temperature,
+                   "Scale logits by 1/T instead of the model's logit scale")
+      ->check(CLI::PositiveNumber);
+  classify->add_flag("--json", cls_args.json, "Print JSON");
+
+  // tokenize
+  TokenizeArgs tok_args;
+  CLI::App* tokenize =
+      app.add_subcommand("tokenize", "Token ids of texts (start/end included)");
+  tokenize->add_flag("--json", tok_args.json, "Print JSON");
+  tokenize
+      ->add_flag("--truncate", tok_args.truncate,
+                 "Cut texts longer than the context (--truncate=false: fail instead)")
+      ->capture_default_str();
+  tokenize->add_option(
+      "--file,-f", tok_args.file,
+      "Read texts from a file, one per line (blank lines skipped; - = stdin)");
+  tokenize->add_option("texts", tok_args.texts, "Texts to tokenize");
+
+  // info
+  bool info_json = false;
+  CLI::App* info = app.add_subcommand("info", "Describe the served model");
+  info->add_flag("--json", info_json, "Print JSON (snake_case keys as in the proto)");
+
+  // health
+  CLI::App* health =
+      app.add_subcommand("health", "Exit 0 when the server reports SERVING, 1 otherwise");
   std::string service;
   health->add_option("--service", service, "Service to check (default: whole server)");
+
+  // bench
+  BenchArgs bench_args;
+  CLI::App* bench = app.add_subcommand(
+      "bench", "Closed-loop load generator: N callers, each sending when answered");
+  bench->add_option("--modality", bench_args.modality, "image or text")
+      ->required()
+      ->check(CLI::IsMember({"image", "text"}));
+  bench->add_option("--concurrency,-c", bench_args.concurrency, "Parallel callers")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  CLI::Option* duration_opt = bench->add_option(
+      "--duration", bench_args.duration, "How long to run: 30s, 2m, ... (default 10s)");
+  CLI::Option* requests_opt =
+      bench->add_option("--requests,-n", bench_args.requests, "Stop after N requests")
+          ->check(CLI::PositiveNumber);
+  duration_opt->excludes(requests_opt);
+  bench
+      ->add_option("--items_per_request,-k", bench_args.items_per_request,
+                   "Images or texts per request")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--images", bench_args.images,
+                    "Folder of images to send (default: synthetic 640x480 JPEG photos)");
+  bench->add_option("--texts_file", bench_args.texts_file,
+                    "Texts to send, one per line (default: built-in captions)");
+  bench->add_flag("--json", bench_args.json, "Print JSON");
 
   CLI11_PARSE(app, argc, argv);
   options.deadline = absl::Milliseconds(deadline_ms);
 
-  auto client = clipserve::ClipClient::Create(options);
+  auto client = ClipClient::Create(options);
   if (!client.ok()) return Fail(client.status());
+  ClipClient& c = **client;
+  const std::string& target = options.target;
 
-  if (health->parsed()) {
-    auto status = (*client)->CheckHealth(service);
-    if (!status.ok()) return Fail(status.status());
-    const std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(*status);
-    std::printf("%s\n", name.c_str());
-    return *status == grpc::health::v1::HealthCheckResponse::SERVING ? EXIT_SUCCESS
-                                                                       : EXIT_FAILURE;
-  }
+  if (embed_text->parsed()) return EmbedText(c, target, text_args);
+  if (embed_image->parsed()) return EmbedImage(c, target, image_args);
+  if (similarity->parsed()) return Similarity(c, target, sim_args);
+  if (classify->parsed()) return Classify(c, target, cls_args);
+  if (tokenize->parsed()) return Tokenize(c, target, tok_args);
+  if (info->parsed()) return Info(c, target, info_json);
+  if (health->parsed()) return Health(c, target, service);
+  if (bench->parsed()) return Bench(c, target, options.deadline, bench_args);
   return EXIT_FAILURE;
 }

@@ -1,0 +1,268 @@
+#include "client/bench.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "client/output_format.h"
+#include "client/synthetic_image.h"
+
+namespace clipserve {
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+// One request of each distinct composition, prepared once so the loop only sends.
+struct PreparedRequests {
+  std::vector<v1::EmbedImageRequest> images;
+  std::vector<v1::EmbedTextRequest> texts;
+  size_t size() const { return images.empty() ? texts.size() : images.size(); }
+};
+
+PreparedRequests Prepare(const BenchOptions& options) {
+  const size_t inputs = options.inputs.size();
+  const size_t per_request = static_cast<size_t>(options.items_per_request);
+  size_t bytes_per_request = 0;
+  for (const std::string& input : options.inputs) bytes_per_request += input.size();
+  bytes_per_request = bytes_per_request / inputs * per_request + 1;
+  // Enough variety that consecutive requests differ, within ~64 MiB of copies.
+  size_t count = std::min<size_t>({inputs, 32, (64u << 20) / bytes_per_request});
+  count = std::max<size_t>(count, 1);
+  PreparedRequests prepared;
+  for (size_t r = 0; r < count; ++r) {
+    if (options.modality == BenchModality::kImage) {
+      v1::EmbedImageRequest& request = prepared.images.emplace_back();
+      for (size_t k = 0; k < per_request; ++k) {
+        request.add_images()->set_encoded(options.inputs[(r * per_request + k) % inputs]);
+      }
+    } else {
+      v1::EmbedTextRequest& request = prepared.texts.emplace_back();
+      for (size_t k = 0; k < per_request; ++k) {
+        request.add_texts(options.inputs[(r * per_request + k) % inputs]);
+      }
+    }
+  }
+  return prepared;
+}
+
+struct WorkerStats {
+  std::vector<double> ok_ms, failed_ms;
+  std::map<std::string, int64_t> errors;
+  std::map<std::string, std::string> examples;
+};
+
+}  // namespace
+
+absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& options) {
+  if (options.concurrency < 1)
+    return absl::InvalidArgumentError("concurrency must be >= 1");
+  if (options.requests < 0) return absl::InvalidArgumentError("requests must be >= 0");
+  if (options.requests == 0 && options.duration <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("duration must be positive");
+  }
+  if (options.items_per_request < 1) {
+    return absl::InvalidArgumentError("items_per_request must be >= 1");
+  }
+  if (options.inputs.empty()) return absl::InvalidArgumentError("no bench inputs");
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("timeout must be positive");
+  }
+  const PreparedRequests prepared = Prepare(options);
+  CallOptions call;
+  call.timeout = options.timeout;
+  call.retry = false;
+
+  std::atomic<int64_t> tickets{0};
+  std::atomic<int64_t> completed{0};
+  std::vector<WorkerStats> stats(static_cast<size_t>(options.concurrency));
+  const Steady::time_point start = Steady::now();
+  const Steady::time_point end =
+      start + std::chrono::nanoseconds(absl::ToInt64Nanoseconds(options.duration));
+  const double run_seconds = absl::ToDoubleSeconds(options.duration);
+  absl::Mutex progress_mu;
+
+  auto worker = [&](WorkerStats& mine) {
+    for (;;) {
+      const int64_t ticket = tickets.fetch_add(1);
+      if (options.requests > 0 ? ticket >= options.requests : Steady::now() >= end) break;
+      const size_t which = static_cast<size_t>(ticket) % prepared.size();
+      const Steady::time_point sent = Steady::now();
+      absl::Status status =
+          options.modality == BenchModality::kImage
+              ? client.EmbedImages(prepared.images[which], call).status()
+              : client.EmbedTexts(prepared.texts[which], call).status();
+      const double ms =
+          std::chrono::duration<double, std::milli>(Steady::now() - sent).count();
+      if (status.ok()) {
+        mine.ok_ms.push_back(ms);
+      } else {
+        mine.failed_ms.push_back(ms);
+        const std::string code = absl::StatusCodeToString(status.code());
+        if (mine.errors[code]++ == 0) mine.examples[code] = std::string(status.message());
+      }
+      const int64_t done = completed.fetch_add(1) + 1;
+      if (options.on_progress) {
+        const double fraction =
+            options.requests > 0
+                ? static_cast<double>(done) / options.requests
+                : std::chrono::duration<double>(Steady::now() - start).count() /
+                      run_seconds;
+        absl::MutexLock lock(&progress_mu);
+        options.on_progress(done, fraction);
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(stats.size());
+  for (WorkerStats& mine : stats) threads.emplace_back(worker, std::ref(mine));
+  for (std::thread& thread : threads) thread.join();
+
+  BenchResult result;
+  result.elapsed = absl::FromChrono(Steady::now() - start);
+  std::vector<double> ok_ms, failed_ms;
+  for (WorkerStats& mine : stats) {
+    ok_ms.insert(ok_ms.end(), mine.ok_ms.begin(), mine.ok_ms.end());
+    failed_ms.insert(failed_ms.end(), mine.failed_ms.begin(), mine.failed_ms.end());
+    for (const auto& [code, count] : mine.errors) result.errors[code] += count;
+    for (const auto& [code, message] : mine.examples)
+      result.error_examples.emplace(code, message);
+  }
+  result.succeeded = static_cast<int64_t>(ok_ms.size());
+  result.requests = result.succeeded + static_cast<int64_t>(failed_ms.size());
+  result.items = result.requests * options.items_per_request;
+  result.latency_ms = SummarizeLatencies(ok_ms.empty() ? failed_ms : ok_ms);
+  return result;
+}
+
+nlohmann::ordered_json BenchJson(const BenchResult& result, const BenchOptions& options) {
+  const double seconds = std::max(absl::ToDoubleSeconds(result.elapsed), 1e-9);
+  nlohmann::ordered_json errors = nlohmann::ordered_json::object();
+  for (const auto& [code, count] : result.errors) errors[code] = count;
+  nlohmann::ordered_json out;
+  out["requests"] = result.requests;
+  out["items"] = result.items;
+  out["errors"] = std::move(errors);
+  out["qps"] = result.requests / seconds;
+  out["items_per_s"] = result.items / seconds;
+  out["latency_ms"] = {{"p50", result.latency_ms.p50},
+                       {"p90", result.latency_ms.p90},
+                       {"p99", result.latency_ms.p99},
+                       {"max", result.latency_ms.max}};
+  out["succeeded"] = result.succeeded;
+  out["elapsed_s"] = seconds;
+  out["modality"] = options.modality == BenchModality::kImage ? "image" : "text";
+  out["concurrency"] = options.concurrency;
+  out["items_per_request"] = options.items_per_request;
+  return out;
+}
+
+std::string BenchText(const BenchResult& result, const BenchOptions& options) {
+  const double seconds = std::max(absl::ToDoubleSeconds(result.elapsed), 1e-9);
+  std::string out = absl::StrFormat(
+      "%s bench: %d callers, %d %s per request, %.2f s\n"
+      "requests:   %d (%d ok, %d failed)   %.2f requests/s\n"
+      "items:      %d   %.2f items/s\n"
+      "latency ms: p50 %.1f   p90 %.1f   p99 %.1f   max %.1f%s\n",
+      options.modality == BenchModality::kImage ? "image" : "text", options.concurrency,
+      options.items_per_request,
+      options.modality == BenchModality::kImage ? "images" : "texts", seconds,
+      result.requests, result.succeeded, result.requests - result.succeeded,
+      result.requests / seconds, result.items, result.items / seconds,
+      result.latency_ms.p50, result.latency_ms.p90, result.latency_ms.p99,
+      result.latency_ms.max, result.succeeded == 0 ? " (all failed)" : "");
+  for (const auto& [code, count] : result.errors) {
+    auto example = result.error_examples.find(code);
+    absl::StrAppend(&out, absl::StrFormat("errors:     %s %d", code, count),
+                    example == result.error_examples.end() || example->second.empty()
+                        ? ""
+                        : absl::StrCat(" (e.g. ", example->second, ")"),
+                    "\n");
+  }
+  return out;
+}
+
+absl::StatusOr<absl::Duration> ParseBenchDuration(absl::string_view text) {
+  absl::Duration duration;
+  double seconds = 0;
+  if (absl::SimpleAtod(text, &seconds)) {
+    if (!std::isfinite(seconds)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("duration '", text, "' is not finite"));
+    }
+    duration = absl::Seconds(seconds);
+  } else if (!absl::ParseDuration(text, &duration)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad duration '", text, "' (e.g. 30s, 500ms, 2m, or seconds)"));
+  }
+  if (duration <= absl::ZeroDuration() || duration == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("duration '", text, "' must be finite and positive"));
+  }
+  return duration;
+}
+
+const std::vector<std::string>& DefaultCaptions() {
+  static const std::vector<std::string>* const captions = new std::vector<std::string>{
+      "a photo of a cat",
+      "a dog catching a frisbee in a park",
+      "two people riding bicycles along the beach at sunset",
+      "a bowl of ramen with a soft-boiled egg and green onions",
+      "an aerial view of a city at night",
+      "a red double-decker bus on a busy London street",
+      "a close-up of a bee on a yellow flower",
+      "snow-covered mountains reflected in a calm lake",
+      "a child blowing out candles on a birthday cake",
+      "a vintage car parked in front of a diner",
+      "a laptop and a cup of coffee on a wooden desk",
+      "a herd of elephants crossing a dusty road",
+      "a lighthouse on a rocky coast during a storm",
+      "a plate of sushi",
+      "a man in a suit talking on the phone",
+      "fireworks over a river",
+      "a cozy living room with a fireplace and a bookshelf",
+      "a soccer player kicking a ball in a stadium",
+      "a bunch of ripe bananas on a kitchen counter",
+      "an astronaut floating inside a space station",
+      "a black and white photo of an old farmhouse",
+      "a woman reading a book on a train",
+      "a diagram of the human heart",
+      "a screenshot of a spreadsheet",
+      "a rocket launching into a clear blue sky",
+      "a toddler playing with wooden blocks",
+      "rain on a window with blurred city lights behind it",
+      "a street market selling fresh fruit and vegetables",
+      "a sailboat on the open sea",
+      "a pair of running shoes on a gravel path",
+      "an oil painting of a vase with sunflowers",
+      "a traffic jam on a highway in the evening",
+      "a golden retriever puppy sleeping on a blanket",
+      "a chef slicing vegetables in a restaurant kitchen",
+      "the northern lights over a snowy forest",
+      "a handwritten note that says thank you",
+      "a group of friends taking a selfie",
+      "a parrot with bright green and red feathers",
+      "a bridge in fog",
+      "a slice of pepperoni pizza",
+  };
+  return *captions;
+}
+
+absl::StatusOr<std::vector<std::string>> DefaultBenchImages(int count) {
+  std::vector<std::string> images;
+  for (int seed = 1; seed <= count; ++seed) {
+    absl::StatusOr<std::string> jpeg =
+        SyntheticJpeg(640, 480, static_cast<uint64_t>(seed));
+    if (!jpeg.ok()) return jpeg.status();
+    images.push_back(*std::move(jpeg));
+  }
+  return images;
+}
+
+}  // namespace clipserve

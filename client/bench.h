@@ -1,0 +1,90 @@
+#ifndef CLIPSERVE_CLIENT_BENCH_H_
+#define CLIPSERVE_CLIENT_BENCH_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "client/clip_client.h"
+#include "client/latency_stats.h"
+#include "nlohmann/json.hpp"
+
+namespace clipserve {
+
+// `clip_client bench`: a closed-loop load generator. `concurrency` threads each send
+// a request, wait for its answer, and send the next one, so the offered load adapts
+// to the server (the number of requests in flight is exactly `concurrency`) and the
+// latencies measured are those a fixed pool of callers sees. Requests are not
+// retried: every refusal counts as an error under its status code.
+
+enum class BenchModality { kImage, kText };
+
+struct BenchOptions {
+  BenchModality modality = BenchModality::kImage;
+
+  // Parallel callers, >= 1. Default 4.
+  int concurrency = 4;
+
+  // Stop after this many requests (> 0), or, when 0, after `duration`.
+  int64_t requests = 0;
+  // Time to keep sending when requests == 0, > 0. Requests in flight when it ends
+  // still complete and count. Default 30 s.
+  absl::Duration duration = absl::Seconds(30);
+
+  // Items (images or texts) per request, >= 1. Default 1.
+  int items_per_request = 1;
+
+  // The inputs, used round-robin: encoded images, or texts. At least one.
+  std::vector<std::string> inputs;
+
+  // Deadline of each request, > 0. Default 30 s.
+  absl::Duration timeout = absl::Seconds(30);
+
+  // Called after each request with the requests completed and the fraction of the
+  // run done (by count or by time). From worker threads, concurrently.
+  std::function<void(int64_t completed, double fraction)> on_progress;
+};
+
+struct BenchResult {
+  // Requests sent (succeeded + failed), and requests * items_per_request.
+  int64_t requests = 0;
+  int64_t items = 0;
+  int64_t succeeded = 0;
+  // Failed requests by status code name ("RESOURCE_EXHAUSTED"), and one message each.
+  std::map<std::string, int64_t> errors;
+  std::map<std::string, std::string> error_examples;
+  // From the first request sent to the last answer.
+  absl::Duration elapsed;
+  // Milliseconds, over successful requests (all requests when none succeeded).
+  LatencySummary latency_ms;
+};
+
+// Runs the benchmark; blocks until it is over. INVALID_ARGUMENT for bad options.
+absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& options);
+
+// {"requests": n, "items": n, "errors": {"CODE": n}, "qps": x, "items_per_s": x,
+//  "latency_ms": {"p50": a, "p90": b, "p99": c, "max": d}, ...} plus the settings.
+nlohmann::ordered_json BenchJson(const BenchResult& result, const BenchOptions& options);
+
+// The same for people, several lines.
+std::string BenchText(const BenchResult& result, const BenchOptions& options);
+
+// A --duration value: "30s", "500ms", "2m", "1h30m" (absl::ParseDuration) or a bare
+// number of seconds ("45", "2.5"). INVALID_ARGUMENT unless it is finite and > 0.
+absl::StatusOr<absl::Duration> ParseBenchDuration(absl::string_view text);
+
+// Short, varied captions of everyday scenes (the default text inputs).
+const std::vector<std::string>& DefaultCaptions();
+
+// `count` synthetic 640x480 JPEG photos with seeds 1..count (the default image
+// inputs; see synthetic_image.h).
+absl::StatusOr<std::vector<std::string>> DefaultBenchImages(int count);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_CLIENT_BENCH_H_

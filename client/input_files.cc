@@ -1,0 +1,139 @@
+#include "client/input_files.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <system_error>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace clipserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::Status ErrorFor(const std::string& path, const std::error_code& error) {
+  const std::string message = absl::StrCat(path, ": ", error.message());
+  if (error == std::errc::no_such_file_or_directory) return absl::NotFoundError(message);
+  if (error == std::errc::permission_denied) return absl::PermissionDeniedError(message);
+  return absl::UnknownError(message);
+}
+
+absl::Status AddFolder(const fs::path& folder, bool recursive,
+                       std::vector<std::string>* out) {
+  std::error_code error;
+  fs::directory_iterator it(folder, error);
+  if (error) return ErrorFor(folder.string(), error);
+  std::vector<fs::directory_entry> entries;
+  for (; it != fs::directory_iterator(); it.increment(error)) {
+    if (error) return ErrorFor(folder.string(), error);
+    if (absl::StartsWith(it->path().filename().string(), ".")) continue;
+    entries.push_back(*it);
+  }
+  if (error) return ErrorFor(folder.string(), error);
+  std::sort(entries.begin(), entries.end(),
+            [](const fs::directory_entry& a, const fs::directory_entry& b) {
+              return a.path().filename().string() < b.path().filename().string();
+            });
+  for (const fs::directory_entry& entry : entries) {
+    std::error_code status_error;
+    if (entry.is_directory(status_error)) {
+      if (!recursive) continue;
+      if (absl::Status status = AddFolder(entry.path(), recursive, out); !status.ok()) {
+        return status;
+      }
+    } else if (entry.is_regular_file(status_error) &&
+               HasImageExtension(entry.path().filename().string())) {
+      out->push_back(entry.path().string());
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool HasImageExtension(absl::string_view path) {
+  const size_t dot = path.rfind('.');
+  if (dot == absl::string_view::npos) return false;
+  const std::string extension = absl::AsciiStrToLower(path.substr(dot + 1));
+  for (const char* known : {"jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp"}) {
+    if (extension == known) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
+    const std::vector<std::string>& paths, bool recursive) {
+  std::vector<std::string> files;
+  for (const std::string& path : paths) {
+    std::error_code error;
+    const fs::file_status status = fs::status(path, error);
+    if (error) return ErrorFor(path, error);
+    if (fs::is_directory(status)) {
+      if (absl::Status added = AddFolder(path, recursive, &files); !added.ok()) {
+        return added;
+      }
+    } else {
+      files.push_back(path);
+    }
+  }
+  if (files.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no image files in ", absl::StrJoin(paths, ", "),
+                     recursive ? "" : " (use --recursive to descend into subfolders)"));
+  }
+  return files;
+}
+
+absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (error) return ErrorFor(path, error);
+  if (fs::is_directory(status)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": is a folder"));
+  }
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    const int saved = errno;
+    const std::string message =
+        absl::StrCat(path, ": cannot open: ", std::strerror(saved));
+    if (saved == EACCES) return absl::PermissionDeniedError(message);
+    if (saved == ENOENT) return absl::NotFoundError(message);
+    return absl::UnknownError(message);
+  }
+  std::string bytes((std::istreambuf_iterator<char>(file)),
+                    std::istreambuf_iterator<char>());
+  if (file.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
+  return bytes;
+}
+
+std::vector<std::string> SplitLines(absl::string_view text) {
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    absl::ConsumeSuffix(&line, "\r");
+    if (!line.empty()) lines.emplace_back(line);
+  }
+  return lines;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path) {
+  if (path == "-") {
+    std::ostringstream text;
+    text << std::cin.rdbuf();
+    return SplitLines(text.str());
+  }
+  absl::StatusOr<std::string> bytes = ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.status();
+  return SplitLines(*bytes);
+}
+
+}  // namespace clipserve

@@ -1,0 +1,42 @@
+#ifndef CLIPSERVE_CLIENT_INPUT_FILES_H_
+#define CLIPSERVE_CLIENT_INPUT_FILES_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace clipserve {
+
+// Reading the inputs of clip_client. Every error message starts with the path it is
+// about. Thread-safe (they only read the file system).
+
+// Whether a file name has an image extension clipserve decodes (.jpg .jpeg .jpe .png
+// .webp .gif .bmp, any case).
+bool HasImageExtension(absl::string_view path);
+
+// Expands command-line paths into the image files to embed, in a stable order:
+// a file is taken as given (whatever its name: the server sniffs the content); a
+// folder contributes its files with an image extension, sorted by name (byte order),
+// skipping hidden entries (".name"); with `recursive`, its subfolders too, each
+// expanded where its name sorts (depth first). Symbolic links are followed.
+// Errors: NOT_FOUND for a path that does not exist, PERMISSION_DENIED for a folder
+// that cannot be listed, INVALID_ARGUMENT when no file at all is found.
+absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
+    const std::vector<std::string>& paths, bool recursive);
+
+// The bytes of a file. NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (a folder)
+// or DATA_LOSS (a read error), each as "path: reason".
+absl::StatusOr<std::string> ReadFileBytes(const std::string& path);
+
+// The lines of a text file ("-" reads standard input), one item per line: "\n" or
+// "\r\n" endings are removed, and empty lines are skipped. Errors as ReadFileBytes().
+absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path);
+
+// Splits text into lines as ReadLines() does.
+std::vector<std::string> SplitLines(absl::string_view text);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_CLIENT_INPUT_FILES_H_

@@ -1,0 +1,472 @@
+// ClipClient against in-process fake ClipServices on loopback: retries with
+// RetryInfo, rich error details, EmbedStream ordering, per-item errors, retried
+// items and broken streams, stop-on-error, stall timeout, round-robin over two
+// servers, and the bench load generator's bookkeeping.
+
+#include "client/clip_client.h"
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/bench.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "grpcpp/support/error_details.h"
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+google::rpc::Status RpcError(int code, const std::string& message,
+                             absl::Duration retry = absl::ZeroDuration(),
+                             const std::string& bad_field = "") {
+  google::rpc::Status status;
+  status.set_code(code);
+  status.set_message(message);
+  if (retry > absl::ZeroDuration()) {
+    google::rpc::RetryInfo info;
+    info.mutable_retry_delay()->set_nanos(
+        static_cast<int32_t>(absl::ToInt64Nanoseconds(retry)));
+    auto* any = status.add_details();
+    any->set_type_url("type.googleapis.com/google.rpc.RetryInfo");
+    any->set_value(info.SerializeAsString());
+  }
+  if (!bad_field.empty()) {
+    google::rpc::BadRequest bad;
+    bad.add_field_violations()->set_field(bad_field);
+    auto* any = status.add_details();
+    any->set_type_url("type.googleapis.com/google.rpc.BadRequest");
+    any->set_value(bad.SerializeAsString());
+  }
+  return status;
+}
+
+grpc::Status GrpcError(const google::rpc::Status& rpc) {
+  grpc::Status status;
+  grpc::SetErrorDetails(rpc, &status);
+  return status;
+}
+
+// Texts drive the fake: "bad..." fails with INVALID_ARGUMENT, "busy..." is refused
+// with RESOURCE_EXHAUSTED the first time it is seen, "hang" is never answered. The
+// embedding of a text is {its length, its first byte}.
+class FakeClipService final : public v1::ClipService::Service {
+ public:
+  std::atomic<int> embed_image_calls{0};
+  std::atomic<int> stream_calls{0};
+  std::atomic<int> refuse_first_unary{0};         // unary calls to refuse with RetryInfo
+  std::atomic<int> break_first_stream_after{-1};  // answers before UNAVAILABLE
+  int stream_batch = 3;  // items read before answering them in reverse
+
+  grpc::Status EmbedImage(grpc::ServerContext*, const v1::EmbedImageRequest* request,
+                          v1::EmbedImageResponse* response) override {
+    const int call = ++embed_image_calls;
+    if (call <= refuse_first_unary) {
+      return GrpcError(RpcError(8, "image queue is full", absl::Milliseconds(30)));
+    }
+    for (int i = 0; i < request->images_size(); ++i) {
+      if (request->images(i).encoded() == "bad") {
+        return GrpcError(RpcError(3, absl::StrCat("images[", i, "]: not an image"),
+                                  absl::ZeroDuration(), absl::StrCat("images[", i, "]")));
+      }
+      response->add_embeddings()->add_values(
+          static_cast<float>(request->images(i).encoded().size()));
+    }
+    response->set_dim(1);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                            v1::ModelInfo* info) override {
+    info->set_name(name);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status EmbedStream(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::EmbedStreamResponse, v1::EmbedStreamRequest>* stream)
+      override {
+    const int call = ++stream_calls;
+    int answered = 0;
+    std::vector<v1::EmbedStreamRequest> batch;
+    bool more = true;
+    while (more) {
+      v1::EmbedStreamRequest item;
+      more = stream->Read(&item);
+      if (more) batch.push_back(item);
+      if (batch.size() < static_cast<size_t>(stream_batch) && more) continue;
+      std::reverse(batch.begin(), batch.end());
+      for (const v1::EmbedStreamRequest& request : batch) {
+        if (call == 1 && answered == break_first_stream_after) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server restarting");
+        }
+        const std::string& text = request.text();
+        v1::EmbedStreamResponse response;
+        response.set_id(request.id());
+        if (text == "hang") {
+          while (!context->IsCancelled()) absl::SleepFor(absl::Milliseconds(5));
+          return grpc::Status::CANCELLED;
+        }
+        if (text.rfind("bad", 0) == 0) {
+          *response.mutable_error() =
+              RpcError(3, "text: bad text", absl::ZeroDuration(), "text");
+        } else if (text.rfind("busy", 0) == 0 && Seen(text)) {
+          *response.mutable_error() =
+              RpcError(8, "text queue is full", absl::Milliseconds(20));
+        } else {
+          response.mutable_embedding()->add_values(static_cast<float>(text.size()));
+          response.mutable_embedding()->add_values(text.empty() ? 0.0f : text[0]);
+          response.set_num_tokens(static_cast<uint32_t>(text.size()));
+        }
+        stream->Write(response);
+        ++answered;
+      }
+      batch.clear();
+    }
+    return grpc::Status::OK;
+  }
+
+  std::string name = "fake";
+
+ private:
+  // True the first time `text` is seen.
+  bool Seen(const std::string& text) {
+    absl::MutexLock lock(&mu_);
+    if (std::find(seen_.begin(), seen_.end(), text) != seen_.end()) return false;
+    seen_.push_back(text);
+    return true;
+  }
+  absl::Mutex mu_;
+  std::vector<std::string> seen_;
+};
+
+struct FakeServer {
+  FakeClipService service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+
+  explicit FakeServer(std::string name = "fake") {
+    service.name = std::move(name);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+  }
+  ~FakeServer() { server->Shutdown(gpr_time_0(GPR_CLOCK_REALTIME)); }
+  std::string target() const { return absl::StrCat("127.0.0.1:", port); }
+};
+
+std::unique_ptr<ClipClient> Connect(const std::string& target,
+                                    std::vector<absl::Duration>* sleeps = nullptr) {
+  ClientOptions options;
+  options.target = target;
+  options.deadline = absl::Seconds(10);
+  if (sleeps != nullptr) {
+    options.retry_environment.sleep = [sleeps](absl::Duration d) {
+      sleeps->push_back(d);
+      absl::SleepFor(d);
+    };
+    options.retry_environment.uniform = [] { return 0.0; };
+  }
+  auto client = ClipClient::Create(options);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+v1::EmbedImageRequest Images(std::vector<std::string> encoded) {
+  v1::EmbedImageRequest request;
+  for (std::string& e : encoded) request.add_images()->set_encoded(std::move(e));
+  return request;
+}
+
+TEST(ClipClientTest, CreateRejectsBadOptionsAndFutureFeatures) {
+  ClientOptions options;
+  options.target = "";
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = ClientOptions();
+  options.deadline = absl::ZeroDuration();
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = ClientOptions();
+  options.load_balancing_policy = "weighted_magic";
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = ClientOptions();
+  options.tls.enabled = true;
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kUnimplemented);
+  options = ClientOptions();
+  options.bearer_token = "secret";
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+TEST(ClipClientTest, RetriesResourceExhaustedHonouringRetryInfo) {
+  FakeServer fake;
+  fake.service.refuse_first_unary = 2;
+  std::vector<absl::Duration> sleeps;
+  auto client = Connect(fake.target(), &sleeps);
+  auto response = client->EmbedImages(Images({"abc"}));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->embeddings(0).values(0), 3.0f);
+  EXPECT_EQ(fake.service.embed_image_calls, 3);
+  EXPECT_EQ(sleeps, (std::vector<absl::Duration>{absl::Milliseconds(30),
+                                                 absl::Milliseconds(30)}));
+}
+
+TEST(ClipClientTest, NoRetryWhenTheCallSaysSo) {
+  FakeServer fake;
+  fake.service.refuse_first_unary = 1;
+  auto client = Connect(fake.target());
+  CallOptions call;
+  call.retry = false;
+  auto response = client->EmbedImages(Images({"abc"}), call);
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RetryInfoDelay(response.status()), absl::Milliseconds(30));
+  EXPECT_EQ(fake.service.embed_image_calls, 1);
+}
+
+TEST(ClipClientTest, InvalidArgumentCarriesBadRequestAndIsNotRetried) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  auto response = client->EmbedImages(Images({"ok", "ok", "bad"}));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(response.status().message(), "images[2]: not an image");
+  EXPECT_EQ(BadRequestItemIndex(response.status(), "images"), 2u);
+  EXPECT_EQ(fake.service.embed_image_calls, 1);
+}
+
+TEST(ClipClientTest, UnimplementedMethodsAreUnimplemented) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  EXPECT_EQ(client->Tokenize(v1::TokenizeRequest()).status().code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+TEST(ClipClientTest, NoServerIsUnavailableAfterBoundedRetries) {
+  int port;
+  {
+    FakeServer gone;  // a port that was just free, and is closed again
+    port = gone.port;
+  }
+  std::vector<absl::Duration> sleeps;
+  auto client = Connect(absl::StrCat("127.0.0.1:", port), &sleeps);
+  const absl::Time start = absl::Now();
+  auto info = client->GetModelInfo();
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kUnavailable) << info.status();
+  EXPECT_EQ(sleeps.size(), 3u) << "4 attempts by default";
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+TEST(ClipClientTest, RoundRobinSpreadsCallsOverEveryEndpoint) {
+  FakeServer a("a"), b("b");
+  auto client = Connect(absl::StrCat(a.target(), ",", b.target()));
+  EXPECT_EQ(client->channel_target(), absl::StrCat("ipv4:", a.target(), ",", b.target()));
+  int from_a = 0, from_b = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto info = client->GetModelInfo();
+    ASSERT_TRUE(info.ok()) << info.status();
+    (info->name() == "a" ? from_a : from_b)++;
+  }
+  EXPECT_GT(from_a, 0);
+  EXPECT_GT(from_b, 0);
+}
+
+std::vector<EmbedItem> Texts(const std::vector<std::string>& texts) {
+  std::vector<EmbedItem> items;
+  for (const std::string& t : texts) items.push_back(EmbedItem::Text(t));
+  return items;
+}
+
+TEST(EmbedStreamTest, ResultsInInputOrderWithPerItemErrors) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  std::vector<std::string> texts;
+  for (int i = 0; i < 20; ++i)
+    texts.push_back(std::string(static_cast<size_t>(i), 'a' + i % 26));
+  texts[7] = "bad one";
+  EmbedStreamOptions options;
+  options.max_in_flight = 3;
+  std::vector<size_t> progress;
+  options.on_progress = [&progress](size_t done, size_t total) {
+    EXPECT_EQ(total, 20u);
+    progress.push_back(done);
+  };
+  auto results = client->EmbedStream(Texts(texts), options);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 20u);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (i == 7) {
+      EXPECT_EQ((*results)[i].status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_TRUE(BadRequestOf((*results)[i].status()).has_value());
+      continue;
+    }
+    ASSERT_TRUE((*results)[i].ok()) << i << ": " << (*results)[i].status();
+    EXPECT_EQ((*results)[i]->embedding[0], static_cast<float>(texts[i].size())) << i;
+    EXPECT_EQ((*results)[i]->num_tokens, texts[i].size());
+  }
+  ASSERT_EQ(progress.size(), 20u);
+  EXPECT_EQ(progress.back(), 20u);
+  EXPECT_TRUE(std::is_sorted(progress.begin(), progress.end()));
+}
+
+TEST(EmbedStreamTest, LoaderErrorsFailOnlyTheirItem) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  auto results = client->EmbedStream(
+      5,
+      [](size_t i) -> absl::StatusOr<EmbedItem> {
+        if (i == 3) return absl::NotFoundError("x3.jpg: No such file or directory");
+        return EmbedItem::Text(std::string(i + 1, 'x'));
+      },
+      {});
+  ASSERT_TRUE(results.ok());
+  EXPECT_EQ((*results)[3].status(),
+            absl::NotFoundError("x3.jpg: No such file or directory"));
+  for (size_t i : {0, 1, 2, 4}) {
+    ASSERT_TRUE((*results)[i].ok()) << (*results)[i].status();
+    EXPECT_EQ((*results)[i]->embedding[0], static_cast<float>(i + 1));
+  }
+}
+
+TEST(EmbedStreamTest, RefusedItemsAreRetriedOnANewStream) {
+  FakeServer fake;
+  std::vector<absl::Duration> sleeps;
+  auto client = Connect(fake.target(), &sleeps);
+  auto results = client->EmbedStream(Texts({"one", "busy two", "three", "busy four"}));
+  ASSERT_TRUE(results.ok());
+  for (const auto& result : *results) EXPECT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(fake.service.stream_calls, 2);
+  EXPECT_EQ(sleeps, std::vector<absl::Duration>{absl::Milliseconds(20)});
+}
+
+TEST(EmbedStreamTest, ABrokenStreamResumesWithTheUnansweredItems) {
+  FakeServer fake;
+  fake.service.break_first_stream_after = 2;
+  auto client = Connect(fake.target());
+  std::vector<std::string> texts;
+  for (int i = 1; i <= 10; ++i) texts.push_back(std::string(static_cast<size_t>(i), 'z'));
+  EmbedStreamOptions options;
+  options.max_in_flight = 3;
+  auto results = client->EmbedStream(Texts(texts), options);
+  ASSERT_TRUE(results.ok());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    ASSERT_TRUE((*results)[i].ok()) << i << ": " << (*results)[i].status();
+    EXPECT_EQ((*results)[i]->embedding[0], static_cast<float>(i + 1));
+  }
+  EXPECT_EQ(fake.service.stream_calls, 2);
+}
+
+TEST(EmbedStreamTest, WithoutRetriesABrokenStreamFailsTheRest) {
+  FakeServer fake;
+  fake.service.break_first_stream_after = 2;
+  auto client = Connect(fake.target());
+  EmbedStreamOptions options;
+  options.max_in_flight = 3;
+  options.retry = false;
+  auto results = client->EmbedStream(Texts({"a", "bb", "ccc", "dddd", "eeeee"}), options);
+  ASSERT_TRUE(results.ok());
+  int ok = 0, unavailable = 0;
+  for (const auto& result : *results) {
+    if (result.ok()) ++ok;
+    if (result.status().code() == absl::StatusCode::kUnavailable) ++unavailable;
+  }
+  EXPECT_EQ(ok, 2);
+  EXPECT_EQ(unavailable, 3);
+}
+
+TEST(EmbedStreamTest, StopOnErrorCancelsTheRest) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  std::vector<std::string> texts(60, "fine");
+  texts[1] = "bad";
+  EmbedStreamOptions options;
+  options.max_in_flight = 3;
+  options.stop_on_error = true;
+  auto results = client->EmbedStream(Texts(texts), options);
+  ASSERT_TRUE(results.ok());
+  EXPECT_EQ((*results)[1].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(results->back().status().code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(std::count_if(results->begin(), results->end(),
+                          [](const auto& r) { return r.ok(); }),
+            10);
+}
+
+TEST(EmbedStreamTest, StalledStreamEndsWithDeadlineExceeded) {
+  FakeServer fake;
+  fake.service.stream_batch = 1;
+  auto client = Connect(fake.target());
+  EmbedStreamOptions options;
+  options.stall_timeout = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  auto results = client->EmbedStream(Texts({"a", "hang", "c"}), options);
+  ASSERT_TRUE(results.ok());
+  EXPECT_TRUE((*results)[0].ok());
+  EXPECT_EQ((*results)[1].status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+TEST(EmbedStreamTest, RejectsBadOptions) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  EmbedStreamOptions options;
+  options.max_in_flight = 0;
+  EXPECT_EQ(client->EmbedStream(Texts({"a"}), options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(client->EmbedStream(Texts({}), {}).value().empty());
+}
+
+TEST(BenchTest, CountsAddUpAgainstAFakeServer) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  BenchOptions options;
+  options.modality = BenchModality::kImage;
+  options.concurrency = 3;
+  options.requests = 20;
+  options.items_per_request = 2;
+  options.inputs = {"jpeg-1", "jpeg-22"};
+  std::atomic<int64_t> progress_calls{0};
+  options.on_progress = [&](int64_t, double fraction) {
+    ++progress_calls;
+    EXPECT_LE(fraction, 1.0);
+  };
+  auto result = RunBench(*client, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->requests, 20);
+  EXPECT_EQ(result->items, 40);
+  EXPECT_EQ(result->succeeded, 20);
+  EXPECT_TRUE(result->errors.empty());
+  EXPECT_EQ(fake.service.embed_image_calls, 20);
+  EXPECT_EQ(progress_calls, 20);
+  EXPECT_LE(result->latency_ms.p50, result->latency_ms.p90);
+  EXPECT_LE(result->latency_ms.p90, result->latency_ms.p99);
+  EXPECT_LE(result->latency_ms.p99, result->latency_ms.max);
+}
+
+TEST(BenchTest, ErrorsAreCountedByCodeAndNotRetried) {
+  FakeServer fake;
+  fake.service.refuse_first_unary = 5;
+  auto client = Connect(fake.target());
+  BenchOptions options;
+  options.concurrency = 1;
+  options.requests = 8;
+  options.inputs = {"x"};
+  auto result = RunBench(*client, options);
+  ASSERT_TRUE(result.ok());
+  EXPECT_EQ(result->requests, 8);
+  EXPECT_EQ(result->succeeded, 3);
+  EXPECT_EQ(result->errors.at("RESOURCE_EXHAUSTED"), 5);
+}
+
+}  // namespace
+}  // namespace clipserve

@@ -1,0 +1,119 @@
+#include "client/input_files.h"
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+class InputFilesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ =
+        fs::path(::testing::TempDir()) /
+        ("input_files_test_" +
+         std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  std::string Touch(const std::string& relative, const std::string& content = "x") {
+    const fs::path path = root_ / relative;
+    fs::create_directories(path.parent_path());
+    std::ofstream(path, std::ios::binary) << content;
+    return path.string();
+  }
+  std::string P(const std::string& relative) const { return (root_ / relative).string(); }
+
+  fs::path root_;
+};
+
+TEST_F(InputFilesTest, FolderListsImagesSortedByNameSkippingOthers) {
+  Touch("b.jpg");
+  Touch("a.PNG");
+  Touch("c.webp");
+  Touch("B.gif");
+  Touch("notes.txt");
+  Touch(".hidden.jpg");
+  Touch("sub/d.jpg");
+  auto files = ExpandImagePaths({root_.string()}, false);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(*files,
+            (std::vector<std::string>{P("B.gif"), P("a.PNG"), P("b.jpg"), P("c.webp")}));
+}
+
+TEST_F(InputFilesTest, RecursiveDescendsWhereTheFolderSorts) {
+  Touch("a.jpg");
+  Touch("m/z.jpg");
+  Touch("m/n/y.jpg");
+  Touch("m/b.jpg");
+  Touch("z.jpg");
+  Touch(".git/x.jpg");
+  auto files = ExpandImagePaths({root_.string()}, true);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(*files, (std::vector<std::string>{P("a.jpg"), P("m/b.jpg"), P("m/n/y.jpg"),
+                                              P("m/z.jpg"), P("z.jpg")}));
+}
+
+TEST_F(InputFilesTest, FilesAreTakenAsGivenInArgumentOrder) {
+  const std::string second = Touch("photo.dat");
+  const std::string first = Touch("x.jpg");
+  auto files = ExpandImagePaths({second, first, second}, false);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(*files, (std::vector<std::string>{second, first, second}));
+}
+
+TEST_F(InputFilesTest, MissingPathIsNotFoundNamingIt) {
+  auto files = ExpandImagePaths({P("missing.jpg")}, false);
+  EXPECT_EQ(files.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(files.status().message().find(P("missing.jpg")), std::string::npos);
+}
+
+TEST_F(InputFilesTest, NothingFoundIsInvalidArgument) {
+  Touch("sub/a.jpg");
+  auto files = ExpandImagePaths({root_.string()}, false);
+  EXPECT_EQ(files.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(files.status().message().find("--recursive"), std::string::npos);
+}
+
+TEST_F(InputFilesTest, ReadFileBytesAndErrorsNameThePath) {
+  const std::string path = Touch("bytes.bin", std::string("\x00\x01\xff", 3));
+  auto bytes = ReadFileBytes(path);
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ(*bytes, std::string("\x00\x01\xff", 3));
+  auto missing = ReadFileBytes(P("nope.jpg"));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(missing.status().message().rfind(P("nope.jpg"), 0), 0u);
+  auto folder = ReadFileBytes(root_.string());
+  EXPECT_EQ(folder.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(InputFilesTest, ReadLinesSkipsBlankLinesAndCarriageReturns) {
+  const std::string path = Touch("texts.txt", "a cat\r\n\na dog\n  \nlast");
+  auto lines = ReadLines(path);
+  ASSERT_TRUE(lines.ok());
+  EXPECT_EQ(*lines, (std::vector<std::string>{"a cat", "a dog", "  ", "last"}));
+  EXPECT_TRUE(SplitLines("").empty());
+  EXPECT_EQ(SplitLines("one\n"), std::vector<std::string>{"one"});
+}
+
+TEST(HasImageExtensionTest, KnownExtensionsAnyCase) {
+  for (const char* yes :
+       {"a.jpg", "a.JPEG", "x/y.jpe", "p.png", "w.webp", "g.GIF", "b.bmp"}) {
+    EXPECT_TRUE(HasImageExtension(yes)) << yes;
+  }
+  for (const char* no : {"a.txt", "jpg", "a.jpg.bak", "a", "dir.d/file"}) {
+    EXPECT_FALSE(HasImageExtension(no)) << no;
+  }
+}
+
+}  // namespace
+}  // namespace clipserve

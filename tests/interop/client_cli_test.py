@@ -1,0 +1,332 @@
+"""clip_client end to end against one real clip_server on loopback.
+
+Every subcommand's output is checked against the same RPC made with the Python stubs:
+.npy files load in numpy with the right shape and equal the JSONL rows and EmbedImage,
+folders are walked in a stable order, similarity --json matches Similarity, bench
+counts add up; and failures (no server, a missing file, an undecodable image in a
+folder) give a clear message naming the culprit and a non-zero exit.
+
+Usage: /usr/bin/python3 client_cli_test.py --server PATH --client PATH
+           --proto_dir DIR --googleapis_dir DIR --images DIR
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+import clipserve_testlib as lib
+
+ARGS = None
+
+GOOD = ["rocket.jpg", "chelsea.png", "coffee.png"]  # sorted: chelsea, coffee, rocket
+# The demo model computes in bf16 on CPU, where a row's value may depend on the batch
+# it ran in; unary and streamed calls batch differently.
+ATOL = 2e-2
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class ClientCliTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
+        cls.health_pb, cls.health_grpc = lib.import_health()
+        cls.pb, cls.pb_grpc = lib.import_clipserve()
+        cls.server = lib.Server(ARGS.server, "--model=demo:ViT-B-32")
+        cls.channel = cls.server.wait_ready(cls.health_pb, cls.health_grpc, timeout_s=120)
+        cls.stub = cls.pb_grpc.ClipServiceStub(cls.channel)
+        cls.tmp = tempfile.mkdtemp(prefix="clip_client_cli_test_")
+        # good/: three photos and a subfolder; bad/: the same plus a non-image.
+        cls.good = os.path.join(cls.tmp, "good")
+        cls.bad = os.path.join(cls.tmp, "bad")
+        for folder in (cls.good, cls.bad):
+            os.makedirs(os.path.join(folder, "sub"))
+            for name in GOOD:
+                shutil.copy(os.path.join(ARGS.images, name), folder)
+            shutil.copy(os.path.join(ARGS.images, "chelsea_q75.jpg"),
+                        os.path.join(folder, "sub"))
+        shutil.copy(os.path.join(ARGS.images, "not_an_image.jpg"), cls.bad)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.kill()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def client(self, *args, target=None, check=True):
+        result = subprocess.run(
+            [ARGS.client, "--target", target or self.server.target, *args],
+            capture_output=True, text=True, timeout=120)
+        if check:
+            self.assertEqual(result.returncode, 0,
+                             f"clip_client {' '.join(args)}\nstderr: {result.stderr}")
+        return result
+
+    def out(self, name):
+        return os.path.join(self.tmp, f"{self._testMethodName}_{name}")
+
+    def rpc_images(self, paths, normalize=True):
+        reply = self.stub.EmbedImage(self.pb.EmbedImageRequest(
+            images=[self.pb.Image(encoded=read(p)) for p in paths], normalize=normalize),
+            timeout=60)
+        return np.array([list(e.values) for e in reply.embeddings], dtype=np.float32)
+
+    def rpc_texts(self, texts):
+        reply = self.stub.EmbedText(self.pb.EmbedTextRequest(texts=texts), timeout=60)
+        return np.array([list(e.values) for e in reply.embeddings], dtype=np.float32)
+
+    @staticmethod
+    def jsonl(text):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    # -- embed-image -------------------------------------------------------------
+
+    def test_embed_image_npy_equals_jsonl_and_rpc(self):
+        npy = self.out("x.npy")
+        self.client("embed-image", "--output", npy, self.good)
+        array = np.load(npy)
+        self.assertEqual(array.dtype, np.float32)
+        self.assertEqual(array.shape, (3, 512))
+        expected_paths = [os.path.join(self.good, n) for n in sorted(GOOD)]
+
+        rows = self.jsonl(self.client("embed-image", self.good).stdout)
+        self.assertEqual([r["index"] for r in rows], [0, 1, 2])
+        self.assertEqual([r["input"] for r in rows], expected_paths)
+        lines = np.array([r["embedding"] for r in rows], dtype=np.float32)
+        np.testing.assert_allclose(array, lines, atol=ATOL)
+
+        jsonl_file = self.out("x.jsonl")
+        self.client("embed-image", "--output", jsonl_file, self.good)
+        with open(jsonl_file) as f:
+            self.assertEqual([r["input"] for r in self.jsonl(f.read())], expected_paths)
+
+        np.testing.assert_allclose(array, self.rpc_images(expected_paths), atol=ATOL)
+        np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, atol=1e-3)
+
+    def test_embed_image_folders_walked_in_stable_order(self):
+        flat = [r["input"] for r in self.jsonl(self.client("embed-image", self.good).stdout)]
+        self.assertEqual(flat, [os.path.join(self.good, n) for n in sorted(GOOD)])
+        deep = [r["input"] for r in
+                self.jsonl(self.client("embed-image", "--recursive", self.good).stdout)]
+        self.assertEqual(deep, flat + [os.path.join(self.good, "sub", "chelsea_q75.jpg")])
+        again = [r["input"] for r in
+                 self.jsonl(self.client("embed-image", "--recursive", self.good).stdout)]
+        self.assertEqual(again, deep)
+        # Files are taken in argument order, before or after folders.
+        mixed = [r["input"] for r in self.jsonl(self.client(
+            "embed-image", os.path.join(self.good, "rocket.jpg"), self.good).stdout)]
+        self.assertEqual(mixed, [os.path.join(self.good, "rocket.jpg")] + flat)
+
+    def test_embed_image_normalize_false_matches_rpc(self):
+        npy = self.out("raw.npy")
+        path = os.path.join(self.good, "chelsea.png")
+        self.client("embed-image", "--normalize=false", "-o", npy, path)
+        raw = np.load(npy)
+        np.testing.assert_allclose(raw, self.rpc_images([path], normalize=False),
+                                   atol=ATOL * 10, rtol=ATOL)
+        self.assertGreater(abs(np.linalg.norm(raw) - 1.0), 1e-3)
+
+    def test_embed_image_bad_file_in_folder_fails_naming_it(self):
+        npy = self.out("x.npy")
+        result = self.client("embed-image", "--output", npy, self.bad, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        bad = os.path.join(self.bad, "not_an_image.jpg")
+        self.assertIn(f"error: INVALID_ARGUMENT: {bad}: ", result.stderr)
+        self.assertFalse(os.path.exists(npy), "nothing is written")
+
+    def test_embed_image_skip_errors_writes_the_rest(self):
+        npy = self.out("x.npy")
+        result = self.client("embed-image", "--skip_errors", "--output", npy, self.bad)
+        self.assertIn(os.path.join(self.bad, "not_an_image.jpg"), result.stderr)
+        self.assertIn("INVALID_ARGUMENT", result.stderr)
+        array = np.load(npy)
+        self.assertEqual(array.shape, (3, 512))
+        paths = [os.path.join(self.bad, n) for n in sorted(GOOD)]
+        np.testing.assert_allclose(array, self.rpc_images(paths), atol=ATOL)
+        rows = self.jsonl(self.client("embed-image", "--skip_errors", self.bad).stdout)
+        self.assertEqual([r["input"] for r in rows], paths)
+
+    def test_embed_image_missing_file_fails_naming_it(self):
+        missing = os.path.join(self.tmp, "no_such_photo.jpg")
+        result = self.client("embed-image", missing, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertRegex(result.stderr, r"^error: NOT_FOUND: .*no_such_photo\.jpg")
+
+    def test_embed_image_unreadable_file_fails_naming_it(self):
+        # A path that exists but cannot be read as a file (root reads any mode bits).
+        unreadable = os.path.join(self.tmp, "a_folder.jpg")
+        os.makedirs(unreadable, exist_ok=True)
+        os.makedirs(os.path.join(unreadable, "x"), exist_ok=True)
+        result = self.client("similarity", "--images", unreadable, "--texts", "a cat",
+                             check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertRegex(result.stderr, r"^error: [A-Z_]+: .*a_folder\.jpg")
+
+    @unittest.skipIf(os.geteuid() == 0, "root reads files whatever their mode")
+    def test_embed_image_permission_denied_names_the_file(self):
+        locked = os.path.join(self.tmp, "locked.jpg")
+        shutil.copy(os.path.join(ARGS.images, "rocket.jpg"), locked)
+        os.chmod(locked, 0)
+        result = self.client("embed-image", locked, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertRegex(result.stderr, r"^error: PERMISSION_DENIED: .*locked\.jpg")
+
+    # -- embed-text --------------------------------------------------------------
+
+    def test_embed_text_args_and_file(self):
+        texts_file = self.out("texts.txt")
+        with open(texts_file, "w") as f:
+            f.write("a photo of a dog\n\na rocket on the launch pad\n")
+        npy = self.out("t.npy")
+        self.client("embed-text", "--file", texts_file, "-o", npy, "--", "a cat", "-x-")
+        array = np.load(npy)
+        texts = ["a cat", "-x-", "a photo of a dog", "a rocket on the launch pad"]
+        self.assertEqual(array.shape, (4, 512))
+        np.testing.assert_allclose(array, self.rpc_texts(texts), atol=ATOL)
+        rows = self.jsonl(self.client("embed-text", "--file", texts_file, "a cat").stdout)
+        self.assertEqual([r["input"] for r in rows],
+                         ["a cat", "a photo of a dog", "a rocket on the launch pad"])
+
+    # -- similarity, classify, tokenize, info, health ------------------------------
+
+    def test_similarity_json_paired_matches_rpc(self):
+        paths = [os.path.join(self.good, n) for n in ("chelsea.png", "rocket.jpg")]
+        texts = ["a cat", "a rocket"]
+        result = self.client("similarity", "--paired", "--json", "--images", *paths,
+                             "--texts", *texts)
+        got = json.loads(result.stdout)
+        reply = self.stub.Similarity(self.pb.SimilarityRequest(
+            images=self.pb.ImageSet(images=self.pb.ImageList(
+                images=[self.pb.Image(encoded=read(p)) for p in paths])),
+            texts=self.pb.TextSet(texts=self.pb.TextList(texts=texts)),
+            paired=True), timeout=60)
+
+        def matrix(m):
+            return np.array(m.values, dtype=np.float32).reshape(m.rows, m.cols)
+
+        for key in ("logits_per_image", "logits_per_text", "probs"):
+            np.testing.assert_allclose(np.array(got[key], dtype=np.float32),
+                                       matrix(getattr(reply, key)), atol=ATOL, err_msg=key)
+        self.assertAlmostEqual(got["logit_scale"], reply.logit_scale, places=4)
+        for key in ("image_to_text", "text_to_image", "mean"):
+            self.assertAlmostEqual(got["loss"][key], getattr(reply.loss, key), delta=ATOL)
+        self.assertAlmostEqual(got["loss"]["mean"],
+                               (got["loss"]["image_to_text"] + got["loss"]["text_to_image"]) / 2,
+                               places=5)
+        unpaired = json.loads(self.client("similarity", "--json", "--images", *paths,
+                                          "--texts", "x").stdout)
+        self.assertNotIn("loss", unpaired)
+        self.assertEqual(np.array(unpaired["probs"]).shape, (2, 1))
+
+    def test_similarity_table_and_temperature(self):
+        path = os.path.join(self.good, "chelsea.png")
+        table = self.client("similarity", "--images", path, "--texts", "a cat", "a dog").stdout
+        self.assertIn("chelsea.png", table)
+        self.assertIn("a dog", table)
+        got = json.loads(self.client("similarity", "--json", "--temperature", "0.5",
+                                     "--images", path, "--texts", "a cat").stdout)
+        self.assertAlmostEqual(got["logit_scale"], 2.0, places=5)
+
+    def test_classify_json(self):
+        paths = [os.path.join(self.good, n) for n in ("chelsea.png", "rocket.jpg")]
+        got = json.loads(self.client("classify", *paths, "--labels", "cat,dog,rocket",
+                                     "--top_k", "2", "--json").stdout)
+        self.assertEqual([r["image"] for r in got], paths)
+        for r in got:
+            self.assertEqual(len(r["labels"]), 2)
+            self.assertGreaterEqual(r["labels"][0]["probability"],
+                                    r["labels"][1]["probability"])
+            self.assertIn(r["labels"][0]["label"], ("cat", "dog", "rocket"))
+
+    def test_tokenize_json_matches_rpc(self):
+        texts = ["a photo of a cat", "x " * 100]
+        got = json.loads(self.client("tokenize", "--json", "--", *texts).stdout)
+        reply = self.stub.Tokenize(self.pb.TokenizeRequest(texts=texts), timeout=30)
+        self.assertEqual([g["text"] for g in got], texts)
+        self.assertEqual([g["ids"] for g in got], [list(t.ids) for t in reply.texts])
+        self.assertEqual([g["truncated"] for g in got], [False, True])
+        self.assertEqual(len(got[1]["ids"]), reply.context_length)
+
+    def test_info_json_snake_case(self):
+        got = json.loads(self.client("info", "--json").stdout)
+        info = self.stub.GetModelInfo(self.pb.GetModelInfoRequest(), timeout=10)
+        self.assertEqual(got["embed_dim"], info.embed_dim)
+        self.assertEqual(got["image_size"], info.image_size)
+        self.assertEqual(got["context_length"], info.context_length)
+        self.assertEqual(got["name"], info.name)
+        self.assertEqual(got["vision"]["patch_size"], info.vision.patch_size)
+        self.assertIs(got["random_weights"], True)
+        self.assertNotIn("embedDim", got)
+
+    def test_health(self):
+        self.assertEqual(self.client("health").stdout.strip(), "SERVING")
+
+    # -- bench -------------------------------------------------------------------
+
+    def test_bench_json_counts_add_up(self):
+        for modality, k in (("image", 2), ("text", 3)):
+            got = json.loads(self.client(
+                "bench", "--modality", modality, "--requests", "20", "--concurrency", "4",
+                "--items_per_request", str(k), "--json").stdout)
+            self.assertEqual(got["requests"], 20, modality)
+            self.assertEqual(got["items"], got["requests"] * k, modality)
+            self.assertEqual(got["errors"], {}, modality)
+            latency = got["latency_ms"]
+            self.assertGreater(latency["p50"], 0)
+            self.assertLessEqual(latency["p50"], latency["p90"])
+            self.assertLessEqual(latency["p90"], latency["p99"])
+            self.assertLessEqual(latency["p99"], latency["max"])
+            self.assertGreater(got["qps"], 0)
+            self.assertAlmostEqual(got["items_per_s"], got["qps"] * k, places=6)
+
+    def test_bench_with_own_images_and_texts(self):
+        texts_file = self.out("captions.txt")
+        with open(texts_file, "w") as f:
+            f.write("a red car\na blue boat\n")
+        got = json.loads(self.client("bench", "--modality", "text", "--texts_file",
+                                     texts_file, "--requests", "5", "--json").stdout)
+        self.assertEqual(got["requests"], 5)
+        got = json.loads(self.client("bench", "--modality", "image", "--images", self.good,
+                                     "--requests", "4", "--concurrency", "2",
+                                     "--json").stdout)
+        self.assertEqual(got["requests"], 4)
+        self.assertEqual(got["errors"], {})
+
+
+class ClientWithoutServerTest(unittest.TestCase):
+
+    def test_server_down_is_a_clear_error(self):
+        target = f"127.0.0.1:{lib.free_port()}"
+        image = os.path.join(ARGS.images, "chelsea.png")
+        for args in (["info"], ["embed-text", "a cat"], ["embed-image", image],
+                     ["bench", "--modality", "text", "--requests", "3"]):
+            result = subprocess.run([ARGS.client, "--target", target, "--deadline_ms", "3000",
+                                     *args], capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(result.returncode, 0, args)
+            self.assertRegex(result.stderr, r"(?m)^error: UNAVAILABLE: cannot reach the "
+                             r"server at " + target.replace(".", r"\."), args)
+            self.assertEqual(len(re.findall(r"(?m)^error:", result.stderr)), 1,
+                             result.stderr)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--client", required=True)
+    parser.add_argument("--proto_dir", required=True)
+    parser.add_argument("--googleapis_dir", required=True)
+    parser.add_argument("--images", required=True)
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
