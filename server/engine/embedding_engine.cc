@@ -1,5 +1,6 @@
 #include "server/engine/embedding_engine.h"
 
+#include <sched.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -29,14 +30,28 @@ struct EngineRequest {
   std::shared_ptr<RequestTracker> tracker;
   // Set once any item failed: the request's other queued items are then dropped.
   std::atomic<bool> failed{false};
+  // The error that failed the request. Recorded before `failed` is set, so the
+  // CANCELLED drops that `failed` causes can never be reported in its place.
+  absl::Mutex mu;
+  absl::Status first_error ABSL_GUARDED_BY(mu);
 
   bool cancelled() const {
     return failed.load(std::memory_order_acquire) ||
            (options.cancellation != nullptr && options.cancellation->cancelled());
   }
   void ItemDone(const absl::Status& status) {
-    if (!status.ok()) failed.store(true, std::memory_order_release);
+    if (!status.ok()) {
+      {
+        absl::MutexLock lock(&mu);
+        if (first_error.ok()) first_error = status;
+      }
+      failed.store(true, std::memory_order_release);
+    }
     tracker->ItemDone(status);
+  }
+  absl::Status FirstError() {
+    absl::MutexLock lock(&mu);
+    return first_error;
   }
 };
 
@@ -61,6 +76,15 @@ struct TextItem {
 namespace {
 
 std::string DeviceName(const torch::Device& device) { return device.str(); }
+
+// CPUs this process may run on (its affinity mask, as cpusets and Kubernetes' static
+// CPU manager set it), not all the machine's.
+int UsableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
 
 ModelDescription Describe(const LoadedModel& loaded, const BpeTokenizer& tokenizer) {
   const ClipModel& model = *loaded.model;
@@ -125,7 +149,8 @@ std::shared_ptr<EngineRequest> NewRequest(int items, int dim, const EmbedOptions
     if (status.ok()) {
       std::move(raw->done)(std::move(raw->result));
     } else {
-      std::move(raw->done)(std::move(status));
+      absl::Status first = raw->FirstError();
+      std::move(raw->done)(first.ok() ? std::move(status) : std::move(first));
     }
   });
   return request;
@@ -153,6 +178,13 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
   if (tokenizer->context_length() > model.model->config().text.context_length) {
     return absl::InvalidArgumentError("the tokenizer's context exceeds the model's");
   }
+  if (tokenizer->vocab_size() > model.model->config().text.vocab_size) {
+    // Texts whose ids fall past the model's table will fail their batches (INTERNAL).
+    LOG(ERROR) << "the tokenizer has " << tokenizer->vocab_size()
+               << " tokens but the model's embedding table only "
+               << model.model->config().text.vocab_size
+               << "; texts using the extra tokens will fail. Check --tokenizer.";
+  }
   std::unique_ptr<EmbeddingEngine> engine(
       new EmbeddingEngine(std::move(model), std::move(tokenizer), options));
   CLIPSERVE_RETURN_IF_ERROR(engine->Start());
@@ -171,9 +203,8 @@ int EmbeddingEngine::intra_op_threads() const { return at::get_num_threads(); }
 absl::Status EmbeddingEngine::Start() {
   // Explicit even for the default: LibTorch's lazy OpenMP setup can otherwise leave
   // the calling thread's count at 1.
-  at::set_num_threads(options_.intra_op_threads > 0
-                          ? options_.intra_op_threads
-                          : std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(options_.intra_op_threads > 0 ? options_.intra_op_threads
+                                                    : UsableCpus());
   const ClipConfig& config = model_.model->config();
   image::Preprocessor::Options pre;
   pre.image_size = config.vision.image_size;
@@ -283,7 +314,11 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
           absl::Status scheduled = image_batcher_->Schedule(&one);
           if (!scheduled.ok()) request->ItemDone(scheduled);
         });
-    if (!submitted.ok()) request->ItemDone(submitted);
+    if (!submitted.ok()) {
+      // The pool is full: answer this item and the ones not submitted yet at once.
+      for (int k = i; k < n; ++k) request->ItemDone(submitted);
+      break;
+    }
   }
 }
 
@@ -364,61 +399,77 @@ void EmbeddingEngine::BatchFinished(int64_t id) {
 }
 
 void EmbeddingEngine::RunImageBatch(std::vector<ImageItem>& items) {
-  const int64_t id = BatchStarted();
   const int64_t s = description_.image_size;
   const int64_t per_image = 3 * s * s;
-  const int dim = description_.embed_dim;
+  const int64_t n = static_cast<int64_t>(items.size());
+  const int64_t id = BatchStarted();
   absl::StatusOr<torch::Tensor> features;
-  {
-    torch::Tensor batch = torch::empty({static_cast<int64_t>(items.size()), 3, s, s});
-    float* dst = batch.data_ptr<float>();
-    for (size_t i = 0; i < items.size(); ++i) {
-      std::memcpy(dst + i * per_image, items[i].pixels.data(), per_image * sizeof(float));
-    }
-    features = model_.model->EncodeImage(batch, /*normalize=*/false);
-    if (features.ok()) *features = features->to(torch::kCPU).contiguous();
-  }
+  const absl::Status built = CatchTorchErrors(
+      [&] {
+        torch::Tensor batch = torch::empty({n, 3, s, s});
+        float* dst = batch.data_ptr<float>();
+        for (int64_t i = 0; i < n; ++i) {
+          std::memcpy(dst + i * per_image, items[i].pixels.data(),
+                      per_image * sizeof(float));
+        }
+        features = model_.model->EncodeImage(batch, /*normalize=*/false);
+        if (features.ok()) *features = features->to(torch::kCPU).contiguous();
+      },
+      "running an image batch");
   BatchFinished(id);
-  if (features.ok()) computed_images_.fetch_add(items.size(), std::memory_order_relaxed);
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (features.ok()) {
-      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request,
-               items[i].index);
-      items[i].request->ItemDone(absl::OkStatus());
-    } else {
-      items[i].request->ItemDone(features.status());
-    }
-  }
+  FinishBatch(items, built.ok() ? std::move(features) : built, computed_images_);
 }
 
 void EmbeddingEngine::RunTextBatch(std::vector<TextItem>& items) {
-  const int64_t id = BatchStarted();
-  const int dim = description_.embed_dim;
   size_t longest = 0;
   for (const TextItem& item : items) longest = std::max(longest, item.ids.size());
   const int64_t n = static_cast<int64_t>(items.size());
-  // Padded only to the longest text of this batch: the causal mask and end-token
-  // pooling make the padding invisible to the real tokens.
-  torch::Tensor ids = torch::zeros({n, static_cast<int64_t>(longest)}, torch::kLong);
-  torch::Tensor lengths = torch::empty({n}, torch::kLong);
-  int64_t* ids_ptr = ids.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    const std::vector<int32_t>& row = items[i].ids;
-    for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
-    lengths[i] = static_cast<int64_t>(row.size());
-  }
-  absl::StatusOr<torch::Tensor> features = model_.model->EncodeText(ids, lengths, false);
-  if (features.ok()) *features = features->to(torch::kCPU).contiguous();
+  const int64_t id = BatchStarted();
+  absl::StatusOr<torch::Tensor> features;
+  const absl::Status built = CatchTorchErrors(
+      [&] {
+        // Padded only to the longest text of this batch: the causal mask and
+        // end-token pooling make the padding invisible to the real tokens.
+        torch::Tensor ids =
+            torch::zeros({n, static_cast<int64_t>(longest)}, torch::kLong);
+        torch::Tensor lengths = torch::empty({n}, torch::kLong);
+        int64_t* ids_ptr = ids.data_ptr<int64_t>();
+        int64_t* lengths_ptr = lengths.data_ptr<int64_t>();
+        for (int64_t i = 0; i < n; ++i) {
+          const std::vector<int32_t>& row = items[i].ids;
+          for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
+          lengths_ptr[i] = static_cast<int64_t>(row.size());
+        }
+        features = model_.model->EncodeText(ids, lengths, /*normalize=*/false);
+        if (features.ok()) *features = features->to(torch::kCPU).contiguous();
+      },
+      "running a text batch");
   BatchFinished(id);
-  if (features.ok()) computed_texts_.fetch_add(n, std::memory_order_relaxed);
-  for (int64_t i = 0; i < n; ++i) {
-    if (features.ok()) {
-      StoreRow(features->data_ptr<float>() + i * dim, dim, *items[i].request,
-               items[i].index);
-      items[i].request->ItemDone(absl::OkStatus());
-    } else {
-      items[i].request->ItemDone(features.status());
-    }
+  FinishBatch(items, built.ok() ? std::move(features) : built, computed_texts_);
+}
+
+template <typename Item>
+void EmbeddingEngine::FinishBatch(std::vector<Item>& items,
+                                  absl::StatusOr<torch::Tensor> features,
+                                  std::atomic<int64_t>& computed) {
+  if (!features.ok()) {
+    // Not the callers' fault: the whole batch failed in the model. Out of memory stays
+    // RESOURCE_EXHAUSTED (retryable); anything else is INTERNAL.
+    const absl::Status error =
+        features.status().code() == absl::StatusCode::kResourceExhausted
+            ? features.status()
+            : absl::InternalError(absl::StrCat("model failed on a batch of ",
+                                               items.size(), ": ",
+                                               features.status().message()));
+    for (Item& item : items) item.request->ItemDone(error);
+    return;
+  }
+  computed.fetch_add(static_cast<int64_t>(items.size()), std::memory_order_relaxed);
+  const int dim = description_.embed_dim;
+  const float* rows = features->data_ptr<float>();
+  for (size_t i = 0; i < items.size(); ++i) {
+    StoreRow(rows + i * dim, dim, *items[i].request, items[i].index);
+    items[i].request->ItemDone(absl::OkStatus());
   }
 }
 

@@ -46,8 +46,9 @@ struct EmbeddingEngineOptions {
   // Threads decoding and resizing images and tokenizing texts. Default 2 (this
   // machine's core count): preprocessing overlaps with the model run.
   int preprocess_threads = 2;
-  // LibTorch intra-op threads (process-wide: at::set_num_threads). 0 keeps LibTorch's
-  // default, one per core: a batch is the only work that should use every core.
+  // LibTorch intra-op threads (process-wide: at::set_num_threads). 0 means one per CPU
+  // this process may use (its affinity mask): a batch is the only work that should use
+  // every core.
   int intra_op_threads = 0;
   // Preprocessing tasks waiting at most; beyond, requests get RESOURCE_EXHAUSTED.
   int max_pending_preprocess = 4096;
@@ -121,6 +122,10 @@ class EmbeddingEngine : public Engine {
   absl::Status Start();
   void RunImageBatch(std::vector<ImageItem>& items);
   void RunTextBatch(std::vector<TextItem>& items);
+  // Stores each row and answers each item, or fails them all with the batch's error.
+  template <typename Item>
+  void FinishBatch(std::vector<Item>& items, absl::StatusOr<torch::Tensor> features,
+                   std::atomic<int64_t>& computed);
   void WatchdogLoop();
   int64_t BatchStarted() ABSL_LOCKS_EXCLUDED(running_mu_);
   void BatchFinished(int64_t id) ABSL_LOCKS_EXCLUDED(running_mu_);

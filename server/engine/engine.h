@@ -99,8 +99,10 @@ struct ModelDescription {
   bool random_weights = false;
 };
 
-// Called exactly once per request, on an engine thread (never the caller's), with the
-// embeddings or the request's error. Must not block for long.
+// Called exactly once per request with the embeddings or the request's error: on an
+// engine thread, or inline on the caller's thread when the request is refused at once
+// (empty, queue full, shutting down), so callers must not hold a lock the callback
+// takes. Must not block for long.
 using EmbedCallback = absl::AnyInvocable<void(absl::StatusOr<EmbedResult>) &&>;
 using TokenizeCallback =
     absl::AnyInvocable<void(absl::StatusOr<std::vector<TokenizedResult>>) &&>;

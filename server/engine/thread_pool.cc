@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "server/common/status_payloads.h"
+
 namespace clipserve {
 
 absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(int num_threads,
@@ -21,7 +23,10 @@ absl::Status ThreadPool::Submit(Task task) {
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the preprocessing pool is shutting down");
   if (static_cast<int>(tasks_.size()) >= max_pending_) {
-    return absl::ResourceExhaustedError("the preprocessing queue is full");
+    absl::Status status = absl::ResourceExhaustedError("the preprocessing queue is full");
+    // Tasks take milliseconds; by then a few hundred will have drained.
+    SetRetryInfoPayload(absl::Milliseconds(100), &status);
+    return status;
   }
   tasks_.push_back(std::move(task));
   return absl::OkStatus();

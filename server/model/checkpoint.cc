@@ -105,10 +105,11 @@ absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchsc
                 absl::StrCat("missing storage record ", record));
           }
           auto [data, size] = reader.getRecord(record);
-          const uint64_t need = static_cast<uint64_t>(numel) * torch::elementSize(dtype);
-          if (size < need) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "storage record ", record, " has ", size, " bytes, needs ", need));
+          const uint64_t element = torch::elementSize(dtype);
+          if (static_cast<uint64_t>(numel) > size / element) {  // no overflow
+            return absl::InvalidArgumentError(
+                absl::StrCat("storage record ", record, " has ", size,
+                             " bytes, fewer than ", numel, " elements need"));
           }
           auto owner = std::make_shared<at::DataPtr>(std::move(data));
           return torch::from_blob(
@@ -374,8 +375,13 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
                          absl::string_view("qkv" + i, 1), "_proj.", kind, " of ", block));
       }
     }
-    out.emplace(block + "attn.in_proj_" + kind,
-                torch::cat({parts[0], parts[1], parts[2]}, 0));
+    CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+        [&] {
+          out.emplace(block + "attn.in_proj_" + kind,
+                      torch::cat({parts[0], parts[1], parts[2]}, 0));
+        },
+        absl::StrCat("fusing the q/k/v ", kind, " of ", block),
+        absl::StatusCode::kInvalidArgument));
   }
   return out;
 }

@@ -116,8 +116,9 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
   }
   std::vector<const SafetensorsEntry*> by_offset;
   for (const auto& e : entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const auto* a, const auto* b) { return a->begin < b->begin; });
+  std::sort(by_offset.begin(), by_offset.end(), [](const auto* a, const auto* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
   // As the format requires, the tensors must tile the data section exactly: no
   // overlap, no hole (which also keeps every tensor aligned to its element size when
   // the writer aligned the first), no trailing bytes.

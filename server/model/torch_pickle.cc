@@ -38,7 +38,12 @@ struct Value {
   std::variant<None, Mark, bool, int64_t, double, std::string, Tuple, List, Dict, Global,
                Opaque, torch::Tensor>
       v;
+  // Containers nested inside this value, counting itself: bounded so that a hostile
+  // pickle cannot build chains whose recursive destruction overflows the stack.
+  int depth = 0;
 };
+
+constexpr int kMaxNesting = 256;
 
 template <typename T>
 ValuePtr Make(T value) {
@@ -199,7 +204,8 @@ class Machine {
         }
         case 't': {  // TUPLE
           CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
-          stack_.push_back(Make(Tuple(std::move(items))));
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr tuple, NewTuple(std::move(items)));
+          stack_.push_back(std::move(tuple));
           break;
         }
         case 0x85:
@@ -209,7 +215,8 @@ class Machine {
           if (stack_.size() < n) return Bad("TUPLEn on a short stack");
           Tuple tuple(std::vector<ValuePtr>(stack_.end() - n, stack_.end()));
           stack_.resize(stack_.size() - n);
-          stack_.push_back(Make(std::move(tuple)));
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr value, NewTuple(std::move(tuple)));
+          stack_.push_back(std::move(value));
           break;
         }
         case 's': {  // SETITEM
@@ -317,6 +324,7 @@ class Machine {
       if (std::holds_alternative<Opaque>(stack_.back()->v)) return absl::OkStatus();
       return Bad("SETITEM on a non-dict");
     }
+    CLIPSERVE_RETURN_IF_ERROR(Deepen(*stack_.back(), items));
     for (size_t i = 0; i < items.size(); i += 2)
       dict->emplace_back(items[i], items[i + 1]);
     return absl::OkStatus();
@@ -329,8 +337,25 @@ class Machine {
       if (std::holds_alternative<Opaque>(stack_.back()->v)) return absl::OkStatus();
       return Bad("APPEND on a non-list");
     }
+    CLIPSERVE_RETURN_IF_ERROR(Deepen(*stack_.back(), items));
     list->insert(list->end(), items.begin(), items.end());
     return absl::OkStatus();
+  }
+
+  // Raises `container`'s depth to hold `children`; INVALID_ARGUMENT past kMaxNesting.
+  static absl::Status Deepen(Value& container, const std::vector<ValuePtr>& children) {
+    for (const ValuePtr& child : children) {
+      container.depth = std::max(container.depth, child->depth + 1);
+    }
+    if (container.depth > kMaxNesting) return Bad("values nested too deeply");
+    return absl::OkStatus();
+  }
+
+  // A tuple value holding `items`, its depth checked.
+  static absl::StatusOr<ValuePtr> NewTuple(std::vector<ValuePtr> items) {
+    ValuePtr value = Make(Tuple(items));
+    CLIPSERVE_RETURN_IF_ERROR(Deepen(*value, items));
+    return value;
   }
 
   // pid = ("storage", <torch.XStorage>, key, location, numel)
@@ -382,6 +407,7 @@ class Machine {
                                  IntTuple((*tuple)[3], "stride"));
       if (size.size() != stride.size()) return Bad("size and stride ranks differ");
       // The view must stay inside its storage.
+      if (*offset < 0) return Bad("negative storage offset");
       int64_t last = *offset;
       bool empty = false;
       for (size_t d = 0; d < size.size(); ++d) {
@@ -393,7 +419,7 @@ class Machine {
         }
         if (size[d] > 0) last += (size[d] - 1) * stride[d];
       }
-      if (*offset < 0 || (!empty && last >= storage->numel())) {
+      if (!empty && last >= storage->numel()) {
         return Bad("tensor view reaches outside its storage");
       }
       return Make(storage->as_strided(size, stride, *offset));

@@ -14,26 +14,12 @@
 #include "server/tokenizer/bpe_tokenizer.h"
 #include "server/tokenizer/bpe_vocabulary.h"
 #include "tests/testing/shared_data.h"
+#include "tests/testing/tiny_clip_config.h"
 
 namespace clipserve {
 namespace {
 
 using ::testing::HasSubstr;
-
-ClipConfig TinyConfig() {
-  ClipConfig c;
-  c.name = "tiny";
-  c.embed_dim = 32;
-  c.vision.image_size = 32;
-  c.vision.patch_size = 8;
-  c.vision.width = 64;
-  c.vision.heads = 4;
-  c.vision.layers = 2;
-  c.text.width = 64;
-  c.text.heads = 4;
-  c.text.layers = 2;
-  return c;
-}
 
 std::string ReadShared(const std::string& relative) {
   const std::string path = testing::SharedPath(relative);
@@ -46,9 +32,9 @@ std::string ReadShared(const std::string& relative) {
 class EmbeddingEngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto model = ClipModel::Create(TinyConfig(), /*seed=*/3);
+    auto model = ClipModel::Create(testing::TinyClipConfig(), /*seed=*/3);
     ASSERT_TRUE(model.ok()) << model.status();
-    reference_ = *ClipModel::Create(TinyConfig(), /*seed=*/3);
+    reference_ = *ClipModel::Create(testing::TinyClipConfig(), /*seed=*/3);
     LoadedModel loaded;
     loaded.model = *std::move(model);
     loaded.name = "tiny";
@@ -100,7 +86,7 @@ class EmbeddingEngineTest : public ::testing::Test {
     auto decoded = image::DecodeImage(encoded);
     EXPECT_TRUE(decoded.ok());
     auto pre = image::Preprocessor::Create(
-        {32, TinyConfig().image_mean, TinyConfig().image_std});
+        {32, testing::TinyClipConfig().image_mean, testing::TinyClipConfig().image_std});
     torch::Tensor x = torch::empty({1, 3, 32, 32});
     EXPECT_TRUE(
         (*pre)->PreprocessInto(*decoded, {x.data_ptr<float>(), size_t(x.numel())}).ok());
@@ -260,7 +246,7 @@ TEST_F(EmbeddingEngineTest, AfterShutdownRequestsAreUnavailable) {
 // A tokenizer that can emit an id (for "qq") past the model's embedding table: the
 // model refuses the whole batch holding it, which must fail only that batch's request.
 TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
-  ClipConfig config = TinyConfig();
+  ClipConfig config = testing::TinyClipConfig();
   config.text.vocab_size = 1000;
   LoadedModel loaded;
   loaded.model = *ClipModel::Create(config, 5);
@@ -291,6 +277,7 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
   EXPECT_TRUE(run("a").ok());
   const absl::Status failed = run("qq");
   EXPECT_FALSE(failed.ok());
+  EXPECT_EQ(failed.code(), absl::StatusCode::kInternal);  // not the caller's fault
   EXPECT_THAT(failed.message(), HasSubstr("token ids"));
   EXPECT_TRUE(run("a").ok());  // the engine keeps serving
   EXPECT_TRUE((*engine)->healthy());
@@ -298,7 +285,7 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
 
 TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   LoadedModel loaded;
-  loaded.model = *ClipModel::Create(TinyConfig(), 5);
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
   auto tokenizer = BpeTokenizer::Create(ByteLevelDemoVocabulary(), {});
   EmbeddingEngineOptions options;
   options.watchdog_timeout = absl::ZeroDuration();  // any running batch is "stuck"

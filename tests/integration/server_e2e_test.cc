@@ -28,27 +28,13 @@
 #include "server/tokenizer/bpe_tokenizer.h"
 #include "server/tokenizer/builtin_vocabulary.h"
 #include "tests/testing/shared_data.h"
+#include "tests/testing/tiny_clip_config.h"
 
 namespace clipserve {
 namespace {
 
 using ::testing::HasSubstr;
 namespace pb = ::clipserve::v1;
-
-ClipConfig TinyConfig() {
-  ClipConfig c;
-  c.name = "tiny";
-  c.embed_dim = 32;
-  c.vision.image_size = 32;
-  c.vision.patch_size = 8;
-  c.vision.width = 64;
-  c.vision.heads = 4;
-  c.vision.layers = 2;
-  c.text.width = 64;
-  c.text.heads = 4;
-  c.text.layers = 2;
-  return c;
-}
 
 std::string ReadShared(const std::string& relative) {
   std::ifstream in(testing::SharedPath(relative), std::ios::binary);
@@ -67,7 +53,7 @@ Stack Start(EmbeddingEngineOptions engine_options = {},
             ClipServiceOptions service_options = {}) {
   Stack stack;
   LoadedModel loaded;
-  loaded.model = *ClipModel::Create(TinyConfig(), /*seed=*/11);
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), /*seed=*/11);
   loaded.name = "tiny";
   loaded.random_weights = true;
   auto tokenizer = BpeTokenizer::Create(*BuiltinClipVocabulary(), {});
