@@ -38,7 +38,6 @@ absl::Status ResourceExhaustedWithRetry(absl::string_view message,
                                         absl::Duration retry_after) {
   // The payload is written by server/common so that layers without Protobuf (the
   // batcher) attach the very same bytes.
-  static_assert(kRetryInfoTypeUrl == kRetryInfoPayloadUrl);
   absl::Status status = absl::ResourceExhaustedError(message);
   SetRetryInfoPayload(retry_after, &status);
   return status;

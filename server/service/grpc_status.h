@@ -7,6 +7,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/status.h"
+#include "server/common/status_payloads.h"
 
 namespace clipserve {
 
@@ -30,11 +31,10 @@ absl::Status InvalidArgumentForField(absl::string_view field,
 absl::Status ResourceExhaustedWithRetry(absl::string_view message,
                                         absl::Duration retry_after);
 
-// Type URLs of the payloads ToGrpcStatus understands.
-inline constexpr absl::string_view kBadRequestTypeUrl =
-    "type.googleapis.com/google.rpc.BadRequest";
-inline constexpr absl::string_view kRetryInfoTypeUrl =
-    "type.googleapis.com/google.rpc.RetryInfo";
+// Type URLs of the payloads ToGrpcStatus understands (defined in server/common, which
+// writes them without Protobuf).
+inline constexpr absl::string_view kBadRequestTypeUrl = kBadRequestPayloadUrl;
+inline constexpr absl::string_view kRetryInfoTypeUrl = kRetryInfoPayloadUrl;
 
 }  // namespace clipserve
 
