@@ -122,13 +122,20 @@ ClipModel::ClipModel(const ClipConfig& config) : config_(config) {
 
 absl::StatusOr<std::unique_ptr<ClipModel>> ClipModel::Create(const ClipConfig& config,
                                                              uint64_t seed) {
+  CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipModel> model, CreateForLoading(config));
+  CLIPSERVE_RETURN_IF_ERROR(
+      CatchTorchErrors([&] { model->InitializeRandom(seed); }, "initializing the model"));
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<ClipModel>> ClipModel::CreateForLoading(
+    const ClipConfig& config) {
   CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(config));
   std::unique_ptr<ClipModel> model;
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
         torch::NoGradGuard no_grad;
         model.reset(new ClipModel(config));
-        model->InitializeRandom(seed);
       },
       "building the model"));
   return model;

@@ -41,6 +41,13 @@ class ClipModel {
   static absl::StatusOr<std::unique_ptr<ClipModel>> Create(const ClipConfig& config,
                                                            uint64_t seed = 0);
 
+  // Builds the networks for `config` without drawing random weights (they keep
+  // LibTorch's construction-time values), for a caller that LoadWeights() next: the
+  // strict load overwrites every parameter and buffer. INVALID_ARGUMENT for an invalid
+  // config.
+  static absl::StatusOr<std::unique_ptr<ClipModel>> CreateForLoading(
+      const ClipConfig& config);
+
   // Copies checkpoint weights into the model, converting dtypes. Strict: every
   // parameter and buffer of the model must be present with exactly its shape, and no
   // other key may be present (OpenAI's non-tensor attributes input_resolution,

@@ -65,9 +65,8 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
     }
     CLIPSERVE_ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(spec, read_options));
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.sha256, Sha256OfFile(checkpoint.weights_path));
-    // Random init is wasted work here, but cheap next to reading the weights, and it
-    // keeps one construction path.
-    CLIPSERVE_ASSIGN_OR_RETURN(loaded.model, ClipModel::Create(checkpoint.config));
+    CLIPSERVE_ASSIGN_OR_RETURN(loaded.model,
+                               ClipModel::CreateForLoading(checkpoint.config));
     CLIPSERVE_RETURN_IF_ERROR(loaded.model->LoadWeights(std::move(checkpoint.weights)));
     loaded.name = checkpoint.config.name;
     loaded.format = checkpoint.format;
