@@ -148,7 +148,7 @@ class SigtermUnderLoadTest(unittest.TestCase):
         self.addCleanup(server.kill)
         channel = server.wait_ready(health_pb, health_grpc, timeout_s=120)
         stub = pb_grpc.ClipServiceStub(channel)
-        request = pb.EmbedImageRequest(images=[pb.Image(encoded=read("coffee.png"))] * 4)
+        request = pb.EmbedImageRequest(images=[pb.Image(encoded=read("coffee.png"))] * 8)
         stub.EmbedImage(request, timeout=60)  # warm
         calls = []  # (start, end, code)
         lock = threading.Lock()
@@ -168,7 +168,7 @@ class SigtermUnderLoadTest(unittest.TestCase):
         threads = [threading.Thread(target=load) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(2)
+        time.sleep(3)
         sigterm_at = time.monotonic()
         exit_code, output = server.terminate(timeout_s=120)
         stop.set()
@@ -176,14 +176,21 @@ class SigtermUnderLoadTest(unittest.TestCase):
             t.join()
         channel.close()
         self.assertEqual(exit_code, 0, output)
-        in_flight = [c for c in calls if c[0] < sigterm_at < c[1]]
+        # A call the client began just before the signal may reach the server only after
+        # Shutdown began; gRPC core then cancels it (CANCELLED) or refuses it
+        # (UNAVAILABLE) before any handler runs. Only calls begun well before the signal
+        # are certainly in the server's hands, and those must all finish OK.
+        margin_s = 0.5
+        in_flight = [c for c in calls if c[0] < sigterm_at - margin_s < sigterm_at < c[1]]
         self.assertGreater(len(in_flight), 0, "no call was in flight at SIGTERM")
         for start, end, code in in_flight:
             self.assertEqual(code, grpc.StatusCode.OK)
-        # Calls that started after the signal may be refused, never fail otherwise.
         for start, end, code in calls:
-            self.assertIn(code, (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE))
-
+            if start < sigterm_at - margin_s:
+                self.assertEqual(code, grpc.StatusCode.OK)
+            else:
+                self.assertIn(code, (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE,
+                                     grpc.StatusCode.CANCELLED))
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
