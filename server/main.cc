@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "glog/logging.h"
 #include "server/common/status_macros.h"
+#include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
 #include "server/model/model_loader.h"
 #include "server/service/clip_server.h"
@@ -72,12 +73,29 @@ ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
 ABSL_FLAG(int32_t, max_text_bytes, 16384, "Longest text accepted, in UTF-8 bytes.");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes.");
+ABSL_FLAG(double, text_cache_mb, 64,
+          "Text embeddings remembered (LRU, MiB); a repeated text skips the model. "
+          "0 disables.");
+ABSL_FLAG(double, image_cache_mb, 0,
+          "Image embeddings remembered (LRU, MiB), keyed by the image's bytes. "
+          "0 (default) disables.");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
           "On SIGTERM/SIGINT, seconds that calls in flight get to finish before they "
           "are cancelled. Keep it below Kubernetes' terminationGracePeriodSeconds.");
 
 namespace clipserve {
 namespace {
+
+// A size flag in MiB as bytes; INVALID_ARGUMENT when negative or absurd.
+absl::StatusOr<size_t> MebibytesFlag(absl::string_view name,
+                                     const absl::Flag<double>& flag) {
+  const double mib = absl::GetFlag(flag);
+  if (!(mib >= 0 && mib <= 1 << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " must be between 0 and 1048576, not ", mib));
+  }
+  return static_cast<size_t>(mib * (1 << 20));
+}
 
 std::string ReadProcCpuinfo() {
   std::ifstream in("/proc/cpuinfo");
@@ -151,6 +169,15 @@ absl::Status Run() {
       std::unique_ptr<EmbeddingEngine> engine,
       EmbeddingEngine::Create(std::move(loaded), std::move(tokenizer), engine_options));
 
+  CachingEngineOptions cache_options;
+  CLIPSERVE_ASSIGN_OR_RETURN(cache_options.text_cache_bytes,
+                             MebibytesFlag("text_cache_mb", FLAGS_text_cache_mb));
+  CLIPSERVE_ASSIGN_OR_RETURN(cache_options.image_cache_bytes,
+                             MebibytesFlag("image_cache_mb", FLAGS_image_cache_mb));
+  // Declared after `engine`, so destroyed before it; engine->Shutdown() below runs
+  // every callback first.
+  CachingEngine cached_engine(engine.get(), cache_options);
+
   ClipServiceOptions service_options;
   service_options.limits.max_items_per_request =
       absl::GetFlag(FLAGS_max_items_per_request);
@@ -158,7 +185,7 @@ absl::Status Run() {
   service_options.limits.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   service_options.limits.max_image_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipService> service,
-                             ClipService::Create(engine.get(), service_options));
+                             ClipService::Create(&cached_engine, service_options));
 
   ClipServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
@@ -182,6 +209,8 @@ absl::Status Run() {
             << " workers=" << engine_options.workers
             << " intra_op_threads=" << engine->intra_op_threads()
             << " preprocess_threads=" << engine_options.preprocess_threads
+            << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
+            << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb)
             << " startup=" << absl::Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.

@@ -161,6 +161,14 @@ absl::Status ItemError(const std::string& field, int index, const absl::Status& 
   return BadRequestError(absl::StrCat(field, "[", index, "]"), status.message());
 }
 
+// ItemError for item `index` of an embed request, under the caller's own numbering.
+absl::Status ItemError(const EngineRequest& request, int index,
+                       const absl::Status& status) {
+  const std::vector<int>& numbers = request.options.item_numbers;
+  const bool renumbered = index < static_cast<int>(numbers.size());
+  return ItemError(request.field, renumbered ? numbers[index] : index, status);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
@@ -306,7 +314,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
                                   : decoded.status();
           }
           if (!status.ok()) {
-            request->ItemDone(ItemError(request->field, i, status));
+            request->ItemDone(ItemError(*request, i, status));
             return;
           }
           std::vector<ImageItem> one;
@@ -344,7 +352,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           auto encoded = tokenizer_->Encode(texts[i], request->options.truncate);
           if (!encoded.ok()) {
             // Fail the request once, on behalf of every item not yet scheduled.
-            const absl::Status error = ItemError(request->field, i, encoded.status());
+            const absl::Status error = ItemError(*request, i, encoded.status());
             for (size_t k = 0; k < texts.size(); ++k) request->ItemDone(error);
             return;
           }

@@ -50,6 +50,10 @@ struct EmbedOptions {
   absl::Time deadline = absl::InfiniteFuture();
   // Optional: items still queued when it is set are dropped with CANCELLED.
   std::shared_ptr<const CancellationFlag> cancellation;
+  // Optional: the number each item has in the caller's own request, used in error
+  // field names ("texts[7]") when an engine is handed a subset of that request (as
+  // CachingEngine hands on its misses). Empty: item i is number i.
+  std::vector<int> item_numbers;
 };
 
 // Embeddings of one request, rows in input order.
@@ -100,9 +104,9 @@ struct ModelDescription {
 };
 
 // Called exactly once per request with the embeddings or the request's error: on an
-// engine thread, or inline on the caller's thread when the request is refused at once
-// (empty, queue full, shutting down), so callers must not hold a lock the callback
-// takes. Must not block for long.
+// engine thread, or inline on the caller's thread when the request is answered at once
+// (refused as empty, queue full or shutting down; or served from a cache), so callers
+// must not hold a lock the callback takes. Must not block for long.
 using EmbedCallback = absl::AnyInvocable<void(absl::StatusOr<EmbedResult>) &&>;
 using TokenizeCallback =
     absl::AnyInvocable<void(absl::StatusOr<std::vector<TokenizedResult>>) &&>;

@@ -201,6 +201,19 @@ TEST_F(EmbeddingEngineTest, OverLongTextWithoutTruncationIsRejected) {
   EXPECT_THAT(result.status().message(), HasSubstr("texts[1]"));
 }
 
+TEST_F(EmbeddingEngineTest, ErrorsUseTheCallersItemNumbersWhenGiven) {
+  EmbedOptions options;
+  options.truncate = false;
+  options.item_numbers = {5, 9};
+  auto texts = Texts({"fine", std::string(400, 'x') + " too long"}, options);
+  EXPECT_THAT(texts.status().message(), HasSubstr("texts[9]"));
+  ImageInput bad;
+  bad.encoded = ReadShared("images/truncated.jpg");
+  options.item_numbers = {4};
+  auto images = Images({bad}, options);
+  EXPECT_THAT(images.status().message(), HasSubstr("images[4]"));
+}
+
 TEST_F(EmbeddingEngineTest, CancelledAndExpiredRequestsAreNotComputed) {
   const int64_t computed = engine_->computed_texts();
   auto flag = std::make_shared<CancellationFlag>();

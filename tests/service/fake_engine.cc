@@ -42,6 +42,13 @@ std::string Item(absl::string_view field, int i) {
   return absl::StrCat(field, "[", i, "]");
 }
 
+// Item i of an embed request, under the caller's numbering when one is given.
+std::string Item(absl::string_view field, const EmbedOptions& options, int i) {
+  return Item(field, i < static_cast<int>(options.item_numbers.size())
+                         ? options.item_numbers[i]
+                         : i);
+}
+
 }  // namespace
 
 FakeEngine::FakeEngine(ModelDescription description)
@@ -233,7 +240,7 @@ void FakeEngine::EmbedImages(std::vector<ImageInput> images, const EmbedOptions&
       out.dim = description_.embed_dim;
       for (size_t i = 0; i < images.size(); ++i) {
         if (!images[i].is_raw && absl::StartsWith(images[i].encoded, kUndecodable)) {
-          return InvalidArgumentForField(Item(field, static_cast<int>(i)),
+          return InvalidArgumentForField(Item(field, options, static_cast<int>(i)),
                                          "not a JPEG, PNG, WebP, GIF or BMP");
         }
         std::vector<float> v = ImageVector(images[i], out.dim);
@@ -260,7 +267,7 @@ void FakeEngine::EmbedTexts(std::vector<std::string> texts, const EmbedOptions& 
         const int tokens = static_cast<int>(texts[i].size()) + 2;
         if (tokens > context && !options.truncate) {
           return InvalidArgumentForField(
-              Item(field, static_cast<int>(i)),
+              Item(field, options, static_cast<int>(i)),
               absl::StrCat("text is ", tokens, " tokens, over the context of ", context));
         }
         std::vector<float> v = TextVector(texts[i], out.dim);
