@@ -17,6 +17,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import unittest
 
@@ -316,6 +318,8 @@ class ManifestsTest(unittest.TestCase):
             self.assertEqual((target["apiVersion"], target["kind"], target["name"]),
                              ("apps/v1", "Deployment", r.deployment["metadata"]["name"]))
             self.assertGreaterEqual(hpa["spec"]["minReplicas"], 2, r.name)
+            # A replica count in the Deployment would reset the HPA's on every apply.
+            self.assertNotIn("replicas", r.deployment["spec"], r.name)
             self.assertGreaterEqual(hpa["spec"]["maxReplicas"], hpa["spec"]["minReplicas"])
             metrics = hpa["spec"]["metrics"]
             pods = [m["pods"]["metric"]["name"] for m in metrics if m["type"] == "Pods"]
@@ -329,6 +333,19 @@ class ManifestsTest(unittest.TestCase):
                 self.assertLess(int(pdb["minAvailable"]), hpa["spec"]["minReplicas"])
             else:
                 self.assertGreaterEqual(int(pdb["maxUnavailable"]), 1)
+
+    @unittest.skipUnless(shutil.which("kubectl"), "kubectl (with kustomize) not installed")
+    def test_renderer_agrees_with_kubectl_kustomize(self):
+        # Where the real kustomize is at hand, the checks above must have seen what it
+        # renders; resources compare as parsed YAML (kustomize sorts them by kind).
+        def by_identity(resources):
+            return sorted(resources, key=lambda r: (r["kind"], r["metadata"]["name"]))
+        for r in self.renders:
+            out = subprocess.run(
+                ["kubectl", "kustomize", os.path.join(ROOT, "deploy/k8s", r.name)],
+                check=True, capture_output=True, text=True).stdout
+            real = [d for d in kustomize_lite.yaml.safe_load_all(out) if d is not None]
+            self.assertEqual(by_identity(r.resources), by_identity(real), r.name)
 
     def test_operations_doc_names_the_adapter_metric(self):
         doc = read("docs/OPERATIONS.md")
