@@ -1,34 +1,103 @@
-# clipserve container image (CPU).
+# syntax=docker/dockerfile:1
+# clipserve container image: CPU (default) or CUDA.
 #
-#   docker build -t clipserve .
-#   docker run -p 50051:50051 clipserve                      # demo model
+#   docker build --build-context shared=../shared -t clipserve .
+#   docker build --build-context shared=../shared --build-arg VARIANT=cuda -t clipserve:cuda .
+#   docker run -p 50051:50051 clipserve                       # demo model
 #   docker run -p 50051:50051 -v /models:/models:ro clipserve --model=/models/ViT-B-32.pt
+#   docker run --gpus all -p 50051:50051 -v /models:/models:ro clipserve:cuda \
+#     --device=cuda --model=/models/ViT-B-32.pt
 #
-# The build stage installs the toolchain through scripts/install-deps.sh (the same path
-# CI takes) and builds the two binaries (the tests need ../shared, outside the build
-# context, so CI runs them instead); the runtime stage holds
-# only the binaries and the shared libraries they need, and runs as a non-root user.
+# Build stage: Debian bookworm with the toolchain from scripts/install-deps.sh (the same
+# path CI takes), everything built with the release preset, then the unit tests
+# (ctest -L unit). The tests read the team's shared/ test data, which lives beside the
+# checkout and so outside this build context: pass it as the named context `shared`
+# (above), or skip the tests with --build-arg RUN_TESTS=0.
+#
+# VARIANT=cuda also installs NVIDIA's CUDA toolkit (NVIDIA's Debian 12 apt repository)
+# and the official CUDA LibTorch archive (LIBTORCH_URL, download.pytorch.org) through
+# scripts/install-libtorch-cuda.sh, and builds against that LibTorch instead of
+# Debian's CPU one. This needs network access to developer.download.nvidia.com and
+# download.pytorch.org during the build: it cannot be built on a machine without it.
+#
+# Runtime stage: only the two binaries and the shared libraries they load (glibc,
+# libstdc++ and libgcc_s come from the runtime image), as uid 10001. The CUDA variant
+# runs on NVIDIA's CUDA base image for Ubuntu 24.04: its glibc (2.39) is new enough for
+# libraries built on bookworm (2.36), which NVIDIA's Ubuntu 22.04 images (2.35) are not;
+# the "base" flavour suffices because the LibTorch archive bundles cuDNN, cuBLAS and the
+# CUDA runtime. The NVIDIA driver comes from the host (NVIDIA Container Toolkit).
+
+ARG VARIANT=cpu
+
+# Stand-in for the team's shared/ test data; `--build-context shared=../shared`
+# replaces this stage. It holds one marker file so that copying it never fails.
+FROM scratch AS shared
+COPY README.md /no-shared-test-data/README.md
 
 FROM debian:bookworm AS build
+ARG VARIANT
+ARG RUN_TESTS=1
+ARG LIBTORCH_URL=https://download.pytorch.org/libtorch/cu126/libtorch-cxx11-abi-shared-with-deps-2.6.0%2Bcu126.zip
+ARG CUDA_PACKAGES=cuda-toolkit-12-6
 WORKDIR /src
-COPY scripts/install-deps.sh scripts/install-deps.sh
-RUN bash scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
+COPY scripts/install-deps.sh scripts/install-libtorch-cuda.sh scripts/
+RUN bash scripts/install-deps.sh \
+ && case "$VARIANT" in \
+      cpu) ;; \
+      cuda) bash scripts/install-libtorch-cuda.sh "$LIBTORCH_URL" "$CUDA_PACKAGES" ;; \
+      *) echo "VARIANT must be cpu or cuda, not '$VARIANT'" >&2; exit 1 ;; \
+    esac \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cmake --preset release -DCLIPSERVE_BUILD_BENCHMARKS=OFF \
- && cmake --build --preset release --target clip_server clip_client \
- && mkdir -p /out/lib \
- && for b in build/bin/clip_server build/bin/clip_client; do \
-      ldd "$b" | awk '/=> \//{print $3}' | xargs -r -I{} cp -Lu {} /out/lib/; \
-    done \
- && cp build/bin/clip_server build/bin/clip_client /out/
+RUN if [ "$VARIANT" = cuda ]; then \
+      torch="-DTorch_DIR=/opt/libtorch/share/cmake/Torch -DCUDAToolkit_ROOT=/usr/local/cuda"; \
+      export PATH="/usr/local/cuda/bin:$PATH"; \
+    fi \
+ && cmake --preset release -DCLIPSERVE_BUILD_BENCHMARKS=OFF ${torch:-} \
+ && cmake --build --preset release
 
-FROM debian:bookworm-slim
-RUN groupadd --system clipserve && useradd --system --gid clipserve --no-create-home clipserve
+# /src/../shared is the tests' default shared-data folder.
+COPY --from=shared / /shared/
+RUN if [ "$RUN_TESTS" = 1 ]; then \
+      if [ ! -d /shared/images ]; then \
+        echo "no shared test data: build with --build-context shared=../shared" \
+             "(or --build-arg RUN_TESTS=0 to skip the unit tests)" >&2; \
+        exit 1; \
+      fi; \
+      CLIPSERVE_SHARED_DIR=/shared ctest --preset release -L unit --output-on-failure; \
+    fi
+
+# The binaries, and every shared library they load except the C/C++ runtime the base
+# image already has (copying glibc would mix it with the image's ld.so). LibTorch's
+# own folder is copied whole: it dlopens libraries (cuDNN engines, NVRTC) ldd misses.
+RUN mkdir -p /out/bin /out/lib \
+ && cp build/bin/clip_server build/bin/clip_client /out/bin/ \
+ && for b in /out/bin/*; do ldd "$b" | awk '/=> \//{print $3}'; done | sort -u \
+    | grep -Ev '/(libc|libm|libmvec|libpthread|libdl|librt|libresolv|ld-linux-x86-64|libstdc\+\+|libgcc_s)\.so' \
+    | xargs -r cp -L -t /out/lib/ \
+ && if [ -d /opt/libtorch/lib ]; then cp -L /opt/libtorch/lib/*.so* /out/lib/; fi
+
+FROM debian:bookworm-slim AS runtime-cpu
+
+FROM nvidia/cuda:12.6.3-base-ubuntu24.04 AS runtime-cuda
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CUDA_CACHE_PATH=/tmp/cuda-cache
+
+FROM runtime-${VARIANT}
+# A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a numeric USER
+# (deploy/k8s/base/deployment.yaml runs as the same uid).
+RUN groupadd --gid 10001 clipserve \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin clipserve
 COPY --from=build /out/lib/ /usr/local/lib/clipserve/
-COPY --from=build /out/clip_server /out/clip_client /usr/local/bin/
-RUN echo /usr/local/lib/clipserve > /etc/ld.so.conf.d/clipserve.conf && ldconfig
-USER clipserve
-EXPOSE 50051
+COPY --from=build /out/bin/ /usr/local/bin/
+# Fails the build if any library the binaries need is missing from this image.
+RUN echo /usr/local/lib/clipserve > /etc/ld.so.conf.d/clipserve.conf && ldconfig \
+ && ! ldd /usr/local/bin/clip_server /usr/local/bin/clip_client | grep 'not found'
+USER 10001:10001
+# 50051: gRPC (clipserve.v1 and grpc.health.v1). 9090: Prometheus /metrics and HTTP
+# health (--metrics_port).
+EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["clip_client", "--target=localhost:50051", "--deadline_ms=2000", "health"]
 ENTRYPOINT ["clip_server", "--host=0.0.0.0", "--port=50051"]
