@@ -7,11 +7,13 @@
 
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -31,6 +33,7 @@
 #include "server/common/status_macros.h"
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
+#include "server/model/blas_kernel.h"
 #include "server/model/model_loader.h"
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
@@ -79,6 +82,11 @@ ABSL_FLAG(double, text_cache_mb, 64,
 ABSL_FLAG(double, image_cache_mb, 0,
           "Image embeddings remembered (LRU, MiB), keyed by the image's bytes. "
           "0 (default) disables.");
+ABSL_FLAG(std::string, blas_kernel, "auto",
+          "auto: when OpenBLAS runs fp32 kernels older than this CPU supports (it "
+          "misdetects some newer CPUs; OPENBLAS_CORETYPE may pin an old one), restart "
+          "once at startup with OPENBLAS_CORETYPE set to the best one. keep: leave "
+          "OpenBLAS's choice.");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
           "On SIGTERM/SIGINT, seconds that calls in flight get to finish before they "
           "are cancelled. Keep it below Kubernetes' terminationGracePeriodSeconds.");
@@ -125,6 +133,44 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
       << "no tokenizer files next to the checkpoint; using the built-in CLIP vocabulary";
   CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, BuiltinClipVocabulary());
   return BpeTokenizer::Create(std::move(vocab), options);
+}
+
+// Under --blas_kernel=auto, replaces this process (same pid, same arguments) with one
+// whose OpenBLAS runs the best fp32 kernels for this CPU, when it runs weaker ones:
+// OpenBLAS reads OPENBLAS_CORETYPE only as it loads, before main(). Returns only when
+// no restart is needed, or when it failed (then logged).
+absl::Status MaybeRestartForBetterBlas(char** argv) {
+  constexpr char kRestartedFrom[] = "CLIPSERVE_BLAS_RESTARTED_FROM";
+  const std::string mode = absl::GetFlag(FLAGS_blas_kernel);
+  if (mode != "auto" && mode != "keep") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--blas_kernel must be auto or keep, not '", mode, "'"));
+  }
+  const std::string current = OpenBlasCoreName();
+  if (current.empty()) return absl::OkStatus();  // not OpenBLAS: nothing to choose
+  if (const char* from = std::getenv(kRestartedFrom); from != nullptr) {
+    LOG(INFO) << "OpenBLAS fp32 kernels: " << current << " (restarted from " << from
+              << ")";
+    unsetenv(kRestartedFrom);
+    return absl::OkStatus();
+  }
+  const std::optional<std::string> better =
+      mode == "auto" ? BetterOpenBlasCore(current, ReadProcCpuinfo()) : std::nullopt;
+  if (!better.has_value()) {
+    LOG(INFO) << "OpenBLAS fp32 kernels: " << current;
+    return absl::OkStatus();
+  }
+  LOG(WARNING) << "OpenBLAS runs " << current
+               << " fp32 kernels, older than this CPU supports; restarting with "
+                  "OPENBLAS_CORETYPE="
+               << *better << " (--blas_kernel=keep prevents this)";
+  setenv("OPENBLAS_CORETYPE", better->c_str(), /*overwrite=*/1);
+  setenv(kRestartedFrom, current.c_str(), /*overwrite=*/1);
+  google::FlushLogFiles(google::GLOG_INFO);
+  execv("/proc/self/exe", argv);
+  PLOG(WARNING) << "restart failed; keeping " << current << " kernels";
+  unsetenv(kRestartedFrom);
+  return absl::OkStatus();
 }
 
 // Blocks SIGINT and SIGTERM in this thread and every thread started later, so they are
@@ -244,7 +290,8 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
-  const absl::Status status = clipserve::Run();
+  absl::Status status = clipserve::MaybeRestartForBetterBlas(argv);
+  if (status.ok()) status = clipserve::Run();
   if (!status.ok()) {
     LOG(ERROR) << "clip_server failed: " << status;
     return EXIT_FAILURE;

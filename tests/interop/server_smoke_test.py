@@ -5,6 +5,7 @@ Usage: /usr/bin/python3 server_smoke_test.py --server PATH --client PATH
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import unittest
@@ -68,6 +69,43 @@ class ServerSmokeTest(unittest.TestCase):
         code, output = self.server.terminate()
         self.assertEqual(code, 0, output)
         self.assertIn("received SIGTERM", output)
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+class BlasKernelTest(unittest.TestCase):
+    """OpenBLAS pinned to its 2004 kernel, as it is on CPUs it does not know."""
+
+    def run_server(self, *flags):
+        env = dict(os.environ, OPENBLAS_CORETYPE="Prescott")
+        # A missing model makes the server exit right after the kernel choice.
+        result = subprocess.run([ARGS.server, "--model=/nonexistent/model.pt", *flags],
+                                capture_output=True, text=True, timeout=60, env=env)
+        self.assertNotEqual(result.returncode, 0)
+        return result.stderr
+
+    def test_auto_restarts_with_the_kernels_the_cpu_can_run(self):
+        flags = cpu_flags()
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+            expected = "SkylakeX"
+        elif {"avx2", "fma"} <= flags:
+            expected = "Haswell"
+        else:
+            self.skipTest("this CPU has nothing better than Prescott kernels")
+        output = self.run_server()
+        self.assertIn("restarting with OPENBLAS_CORETYPE=" + expected, output)
+        self.assertIn(f"OpenBLAS fp32 kernels: {expected} (restarted from Prescott)", output)
+
+    def test_keep_leaves_the_kernels_alone(self):
+        output = self.run_server("--blas_kernel=keep")
+        self.assertIn("OpenBLAS fp32 kernels: Prescott", output)
+        self.assertNotIn("restart", output)
 
 
 class ClientAgainstNoServerTest(unittest.TestCase):
