@@ -64,6 +64,8 @@ def main():
                              "batch is always padded to the 77-token context")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--allocator", default="glibc",
+                        help="label for the malloc in use (e.g. tcmalloc via LD_PRELOAD)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -90,6 +92,7 @@ def main():
                 print(json.dumps({
                     "model": name, "tower": tower, "precision": precision,
                     "batch": args.batch, "threads": args.threads,
+                    "allocator": args.allocator,
                     "text_tokens": args.text_tokens if tower == "text" else None,
                     "items_per_s": args.batch / statistics.median(runs),
                     "runs_s": [round(s, 4) for s in runs]}), flush=True)

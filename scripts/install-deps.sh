@@ -25,6 +25,8 @@ packages=(
   # reference pipelines and interop tests (always called as /usr/bin/python3)
   python3 python3-torch python3-torchvision python3-pil python3-numpy python3-grpcio
   python3-protobuf
+  # bench/run-benchmarks.sh draws docs/performance.png
+  python3-matplotlib
   # deployment manifest checks (tests/deploy/manifests_test.py)
   python3-yaml
 )

@@ -1,0 +1,331 @@
+#!/usr/bin/python3
+"""Writes PERFORMANCE.md and performance.png from bench/run-benchmarks.sh's results.
+
+Every ratio in the report is between numbers of the same run. Usage:
+  /usr/bin/python3 bench/make_report.py --results build/bench-results --out_dir docs
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import python_baseline  # noqa: E402
+
+MODELS = ["ViT-B-32", "ViT-B-16", "RN50"]
+
+
+def gbench(path):
+    """{run name: (items/s, ms per iteration)}, medians when repeated."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    runs, medians = {}, {}
+    for b in data["benchmarks"]:
+        if b.get("error_occurred"):
+            continue
+        name = b["run_name"]
+        ms = b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
+        rate = b.get("items_per_second")
+        for key in ("tokens/s", "texts/s"):  # the tokenizer counts its own units
+            if rate is None and key in b:
+                rate = b[key]
+        value = (rate, ms)
+        if b.get("aggregate_name") == "median":
+            medians[name] = value
+        elif b.get("run_type", "iteration") == "iteration":
+            runs.setdefault(name, value)
+    runs.update(medians)
+    return runs
+
+
+def jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def fmt(x, digits=1):
+    return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+def ratio(a, b):
+    return None if not a or not b else a / b
+
+
+def machine():
+    cpu = "unknown"
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "flags": wanted,
+            "kernel": platform.release(), "commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def vit_b32_weight_mb():
+    model = python_baseline.clip_reference.build_model(python_baseline.CONFIGS["ViT-B-32"])
+    return sum(p.numel() for p in model.parameters()) * 4 / 2**20
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--command", default="bash bench/run-benchmarks.sh")
+    args = parser.parse_args()
+    r = args.results
+    model = gbench(os.path.join(r, "model.json"))
+    python = jsonl(os.path.join(r, "python.jsonl"))
+    e2e = jsonl(os.path.join(r, "e2e.jsonl"))
+    m = machine()
+    lines = []
+    add = lines.append
+
+    def tower(kind, model_index, batch, bf16, tokens=None):
+        name = f"BM_{kind}Tower/model:{model_index}/batch:{batch}/bf16:{bf16}"
+        if tokens is not None:
+            name += f"/tokens:{tokens}"
+        return model.get(name + "/real_time", (None, None))
+
+    def best_py(model_name, tower_name, tokens=77):
+        """Best of fp32 and bf16 autocast, under either allocator."""
+        values = [p["items_per_s"] for p in python
+                  if (p["model"], p["tower"]) == (model_name, tower_name)
+                  and (tower_name == "image" or p["text_tokens"] == tokens)]
+        return max(values) if values else None
+
+    def served(modality, c, label="served"):
+        for e in e2e:
+            if e.get("label") == label and e.get("modality") == modality \
+                    and e.get("concurrency") == c:
+                return e
+        return None
+
+    add("# clipserve performance")
+    add("")
+    add(f"Measured {m['date']} at commit `{m['commit']}` on {m['cpu']}, {m['cores']} cores "
+        f"({', '.join(m['flags'])}), Linux {m['kernel']}. Reproduce with "
+        f"`{args.command}` (about 15 minutes; `SMOKE=1` for a few seconds). Every "
+        "ratio below is between numbers of that one run; throughputs are medians of "
+        "repeated runs. Models are the demo presets: random weights, real cost.")
+    add("")
+
+    # Headlines.
+    add("## Headline ratios (ViT-B-32)")
+    add("")
+    add("| what | clipserve | baseline | ratio | target |")
+    add("|---|---|---|---|---|")
+    img_best = best_py("ViT-B-32", "image")
+    txt_best = best_py("ViT-B-32", "text", 20)
+    served_img = max((e["items_per_s"] for e in e2e
+                      if e.get("label") == "served" and e["modality"] == "image"), default=None)
+    served_txt = max((e["items_per_s"] for e in e2e
+                      if e.get("label") == "served" and e["modality"] == "text"), default=None)
+    add(f"| served images/s (JPEG decode included, best concurrency) vs best eager PyTorch "
+        f"image tower, batch 32 | {fmt(served_img)} | {fmt(img_best)} | "
+        f"{fmt(ratio(served_img, img_best), 2)}x | >= 2x |")
+    add(f"| served captions/s (short captions, no cache) vs best eager PyTorch text tower "
+        f"on the same 20-token captions padded to 77, batch 32 | {fmt(served_txt)} | "
+        f"{fmt(txt_best)} | {fmt(ratio(served_txt, txt_best), 2)}x | >= 3x |")
+    short = tower("Text", 0, 32, 1, 20)[0]
+    padded = tower("Text", 0, 32, 1, 77)[0]
+    add(f"| text tower, batch 32 bf16: 20-token captions vs the same padded to 77 | "
+        f"{fmt(short)} texts/s | {fmt(padded)} texts/s | {fmt(ratio(short, padded), 2)}x | >= 3x |")
+    bf16_32 = tower("Image", 0, 32, 1)[0]
+    fp32_32 = tower("Image", 0, 32, 0)[0]
+    add(f"| image tower batch 32: bf16 vs fp32 | {fmt(bf16_32)} | {fmt(fp32_32)} | "
+        f"{fmt(ratio(bf16_32, fp32_32), 2)}x | |")
+    c64 = served("image", 64)
+    b32 = tower("Image", 0, 32, 1)[0]
+    add(f"| dynamic batching: served images/s at concurrency 64, one image per request, "
+        f"vs in-process batch 32 | {fmt(c64 and c64['items_per_s'])} | {fmt(b32)} | "
+        f"{fmt(ratio(c64 and c64['items_per_s'], b32), 2)}x | >= 0.85x |")
+    c1 = served("image", 1)
+    b1_ms = tower("Image", 0, 1, 1)[1]
+    add(f"| concurrency 1: served p50 latency (ms) vs in-process batch-1 time + 2 ms | "
+        f"{fmt(c1 and c1['latency_ms']['p50'])} | {fmt(b1_ms and b1_ms + 2)} | | <= |")
+    cached = served("text", 16, "cached")
+    s16 = served("text", 16)
+    add(f"| text cache: repeated captions/s with the default cache vs without, "
+        f"concurrency 16 | {fmt(cached and cached['items_per_s'])} | "
+        f"{fmt(s16 and s16['items_per_s'])} | "
+        f"{fmt(ratio(cached and cached['items_per_s'], s16 and s16['items_per_s']), 1)}x | |")
+    add("")
+
+    # fp32 BLAS kernels.
+    add("## fp32 kernels")
+    add("")
+    add("ViT-B-32 image tower, batch 32, fp32, by the OpenBLAS kernels forced with "
+        "`OPENBLAS_CORETYPE` (clip_server picks the best the CPU supports at startup, "
+        "see `--blas_kernel`):")
+    add("")
+    add("| OpenBLAS kernels | images/s | vs Prescott |")
+    add("|---|---|---|")
+    base = gbench(os.path.join(r, "blas_Prescott.json")).get(
+        "BM_ImageTower/model:0/batch:32/bf16:0/real_time", (None,))[0]
+    for core in ("Prescott", "Haswell", "SkylakeX"):
+        v = gbench(os.path.join(r, f"blas_{core}.json")).get(
+            "BM_ImageTower/model:0/batch:32/bf16:0/real_time", (None,))[0]
+        add(f"| {core} | {fmt(v)} | {fmt(ratio(v, base), 2)}x |")
+    add("")
+
+    # Model in process.
+    add("## Model in process (items/s)")
+    add("")
+    add("`bench/model_benchmark`: preprocessed inputs straight into the towers, LibTorch "
+        "with one intra-op thread per core. Text rows: every text 20 or 77 tokens.")
+    add("")
+    add("| model | tower | precision | batch 1 | batch 8 | batch 32 | batch 64 |")
+    add("|---|---|---|---|---|---|---|")
+    for i, name in enumerate(MODELS):
+        for bf16 in (0, 1):
+            cells = [fmt(tower("Image", i, b, bf16)[0]) for b in (1, 8, 32, 64)]
+            if all(c == "n/a" for c in cells):
+                continue
+            add(f"| {name} | image | {'bf16' if bf16 else 'fp32'} | " + " | ".join(cells) + " |")
+    for bf16 in (0, 1):
+        for tokens in (20, 77):
+            cells = [fmt(tower("Text", 0, b, bf16, tokens)[0]) for b in (1, 8, 32, 64)]
+            if all(c == "n/a" for c in cells):
+                continue
+            add(f"| ViT-B-32 / B-16 / RN50 | text, {tokens} tokens | "
+                f"{'bf16' if bf16 else 'fp32'} | " + " | ".join(cells) + " |")
+    add("")
+
+    # Python baseline.
+    add("## Eager PyTorch baseline (batch 32)")
+    add("")
+    add("`bench/python_baseline.py`: the reference networks of tests/reference in eager "
+        "PyTorch (Debian's python3-torch, same LibTorch and thread count), texts padded "
+        "to 77 as `clip.tokenize` does. clipserve columns: the in-process towers above "
+        "at batch 32.")
+    add("")
+    add("The `allocator` column: Python as installed (glibc malloc), and the same with "
+        "`LD_PRELOAD` of the tcmalloc clip_server links, which on this VM removes most "
+        "of the cost of faulting in freed activation memory. The headline ratios use "
+        "the best row of either.")
+    add("")
+    add("| model | tower | precision | allocator | eager PyTorch | clipserve in process "
+        "| ratio |")
+    add("|---|---|---|---|---|---|---|")
+    for p in python:
+        i = MODELS.index(p["model"])
+        bf16 = 1 if p["precision"] == "bf16" else 0
+        if p["tower"] == "image":
+            ours = tower("Image", i, 32, bf16)[0]
+            label = "image"
+        else:
+            ours = tower("Text", 0, 32, bf16, p["text_tokens"])[0]
+            label = f"text ({p['text_tokens']} real tokens)"
+        add(f"| {p['model']} | {label} | {p['precision']} | {p.get('allocator', 'glibc')} | "
+            f"{fmt(p['items_per_s'])} | "
+            f"{fmt(ours)} | {fmt(ratio(ours, p['items_per_s']), 2)}x |")
+    add("")
+
+    # End to end.
+    add("## End to end (clip_server + clip_client bench)")
+    add("")
+    add("ViT-B-32 demo model, default flags (bf16 here) and `--text_cache_mb=0`; one "
+        "item per request; images are synthetic 640x480 JPEG photos decoded and "
+        "preprocessed by the server; texts are short captions. Closed loop: each of C "
+        "callers sends its next request when answered.")
+    add("")
+    add("| modality | concurrency | items/s | p50 ms | p99 ms | errors |")
+    add("|---|---|---|---|---|---|")
+    for e in e2e:
+        if e.get("label") != "served":
+            continue
+        add(f"| {e['modality']} | {e['concurrency']} | {fmt(e['items_per_s'])} | "
+            f"{fmt(e['latency_ms']['p50'], 2)} | {fmt(e['latency_ms']['p99'], 2)} | "
+            f"{sum(e['errors'].values()) if e['errors'] else 0} |")
+    add("")
+    add("![throughput vs concurrency](performance.png)")
+    add("")
+
+    # Memory.
+    rss = {e["label"]: e["rss_mb"] for e in e2e if e.get("label") in ("rss_start", "rss_end")}
+    rss_requests = sum(e.get("requests", 0) for e in e2e if e.get("label") == "rss")
+    weights = vit_b32_weight_mb()
+    add("## Memory")
+    add("")
+    add(f"ViT-B-32 in fp32 (`--precision=fp32`): weights {weights:.0f} MiB. Server RSS "
+        f"after warm-up {fmt(rss.get('rss_start'))} MiB, after {rss_requests:,} more "
+        f"requests (images and texts, concurrency 16) {fmt(rss.get('rss_end'))} MiB; "
+        f"target: at most weights + 300 = {weights + 300:.0f} MiB, and flat.")
+    add("")
+
+    # Microbenchmarks.
+    add("## Microbenchmarks")
+    add("")
+    add("Items are images for the image benchmarks, tokens for the tokenizer's encode "
+        "benchmarks, and queued items for the batcher's (a no-op model).")
+    add("")
+    add("| benchmark | items/s | time per iteration |")
+    add("|---|---|---|")
+    for f in ("tokenizer", "image", "batcher"):
+        for name, (ips, ms) in sorted(gbench(os.path.join(r, f + ".json")).items()):
+            add(f"| {name} | {fmt(ips)} | {fmt(ms, 3)} ms |")
+    add("")
+
+    # Threads.
+    add("## Threads")
+    add("")
+    add("- LibTorch intra-op threads (`--intra_op_threads`, default 0 = one per CPU the "
+        "process may use): a batch is the one piece of work that should use every core.")
+    add("- Batch workers per modality (`--workers`, default 1): a second concurrent batch "
+        "would only fight the first for the same cores.")
+    add("- Preprocessing threads (`--preprocess_threads`, default 2): decoding and "
+        "tokenizing overlap with the model run; they mostly wait on it, so they do not "
+        "oversubscribe the cores in practice.")
+    add("- gRPC's own threads only parse and hand off requests.")
+    add("")
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "PERFORMANCE.md"), "w") as f:
+        f.write("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for modality, marker in (("image", "o"), ("text", "s")):
+        points = sorted((e["concurrency"], e["items_per_s"]) for e in e2e
+                        if e.get("label") == "served" and e["modality"] == modality)
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
+                    label=f"{modality}s/s served")
+    if img_best:
+        ax.axhline(img_best, linestyle="--", color="C0", alpha=0.6,
+                   label="eager PyTorch image tower, batch 32")
+    if txt_best:
+        ax.axhline(txt_best, linestyle="--", color="C1", alpha=0.6,
+                   label="eager PyTorch text tower, batch 32")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent callers (one item per request)")
+    ax.set_ylabel("items per second")
+    ax.set_title(f"clipserve ViT-B-32 on {m['cores']} cores")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out_dir, "performance.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()

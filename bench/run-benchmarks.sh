@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Runs every clipserve benchmark on this machine and writes docs/PERFORMANCE.md and
+# docs/performance.png from the results (kept in build/bench-results/).
+#
+#   bash bench/run-benchmarks.sh            full run (about 15 minutes on 2 cores)
+#   SMOKE=1 bash bench/run-benchmarks.sh    a few seconds of each, report to build/
+#
+# Benchmarks share the machine with nothing else: run it on an idle machine, and
+# compare only numbers from the same run (the report does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SMOKE=${SMOKE:-0}
+OUT=$ROOT/build/bench-results
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.jsonl
+
+bash scripts/install-deps.sh
+cmake --preset release >/dev/null
+cmake --build --preset release -j2 --target clip_server clip_client tokenizer_benchmark \
+  image_benchmark batcher_benchmark model_benchmark
+BIN=$ROOT/build/bin
+
+if [ "$SMOKE" = 1 ]; then
+  REPS=1; MIN_TIME=0.01; E2E_S=2s; PY_RUNS=1
+  MODEL_FILTER='BM_(ImageTower/model:0/batch:1/|TextTower/model:0/batch:1/)'
+  PY_MODELS=(ViT-B-32); CONCURRENCY=(1 4)
+else
+  REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3
+  MODEL_FILTER='.'
+  PY_MODELS=(ViT-B-32 ViT-B-16 RN50); CONCURRENCY=(1 4 16 64)
+fi
+GB=(--benchmark_repetitions=$REPS --benchmark_min_time=$MIN_TIME
+    --benchmark_format=json)
+
+echo "== microbenchmarks"
+"$BIN/tokenizer_benchmark" "${GB[@]}" >"$OUT/tokenizer.json"
+"$BIN/image_benchmark" "${GB[@]}" >"$OUT/image.json"
+"$BIN/batcher_benchmark" "${GB[@]}" >"$OUT/batcher.json"
+
+echo "== model in process"
+"$BIN/model_benchmark" "${GB[@]}" --benchmark_filter="$MODEL_FILTER" >"$OUT/model.json"
+# fp32 on the kernels the CPU supports vs the 2004 kernels OpenBLAS falls back to.
+for core in Prescott SkylakeX Haswell; do
+  OPENBLAS_CORETYPE=$core "$BIN/model_benchmark" "${GB[@]}" \
+    --benchmark_filter='BM_ImageTower/model:0/batch:32/bf16:0' \
+    >"$OUT/blas_$core.json"
+done
+
+echo "== eager PyTorch baseline"
+/usr/bin/python3 bench/python_baseline.py --models "${PY_MODELS[@]}" --runs $PY_RUNS \
+  >"$OUT/python.jsonl"
+/usr/bin/python3 bench/python_baseline.py --models ViT-B-32 --towers text \
+  --text_tokens 20 --runs $PY_RUNS >>"$OUT/python.jsonl"
+# The same with clip_server's allocator, so that the comparison is not the allocator's.
+TCMALLOC=$(ldd "$BIN/clip_server" | awk '/tcmalloc/ {print $3}')
+if [ -n "$TCMALLOC" ]; then
+  LD_PRELOAD=$TCMALLOC /usr/bin/python3 bench/python_baseline.py --models ViT-B-32 \
+    --runs $PY_RUNS --allocator tcmalloc >>"$OUT/python.jsonl"
+  LD_PRELOAD=$TCMALLOC /usr/bin/python3 bench/python_baseline.py --models ViT-B-32 \
+    --towers text --text_tokens 20 --runs $PY_RUNS --allocator tcmalloc \
+    >>"$OUT/python.jsonl"
+fi
+
+echo "== end to end"
+PORT=$((50000 + RANDOM % 10000))
+SERVER_PID=
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; fi
+}
+trap stop_server EXIT
+start_server() {  # flags...
+  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --model=demo:ViT-B-32 "$@" \
+    >"$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 600); do
+    if "$BIN/clip_client" --target 127.0.0.1:$PORT health >/dev/null 2>&1; then return; fi
+    sleep 0.2
+  done
+  echo "server did not start"; cat "$OUT/server.log"; exit 1
+}
+rss_mb() { awk '/VmRSS/ {print $2 / 1024}' /proc/$SERVER_PID/status; }
+bench() {  # label extra-args...
+  local label=$1; shift
+  "$BIN/clip_client" --target 127.0.0.1:$PORT bench --duration $E2E_S --json "$@" |
+    /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); d['label']='$label'; \
+d['rss_mb']=float(sys.argv[1]); print(json.dumps(d))" "$(rss_mb)" >>"$OUT/e2e.jsonl"
+}
+# The model's throughput: no text cache, so every caption reaches the model.
+start_server --text_cache_mb=0
+for c in "${CONCURRENCY[@]}"; do
+  bench served --modality image -c "$c"
+  bench served --modality text -c "$c"
+done
+stop_server
+# The same captions with the default text cache: repeats skip the model.
+start_server
+bench cached --modality text -c 16
+stop_server
+# Memory: fp32 weights, images and texts through the model, RSS before and after.
+start_server --precision=fp32 --text_cache_mb=0
+echo "{\"label\": \"rss_start\", \"rss_mb\": $(rss_mb)}" >>"$OUT/e2e.jsonl"
+bench rss --modality image -c 16
+bench rss --modality text -c 16
+bench rss --modality image -c 16
+echo "{\"label\": \"rss_end\", \"rss_mb\": $(rss_mb)}" >>"$OUT/e2e.jsonl"
+stop_server
+
+echo "== report"
+REPORT_DIR=$ROOT/docs
+[ "$SMOKE" = 1 ] && REPORT_DIR=$OUT
+/usr/bin/python3 bench/make_report.py --results "$OUT" --out_dir "$REPORT_DIR" \
+  --command "bash bench/run-benchmarks.sh"
+echo "wrote $REPORT_DIR/PERFORMANCE.md"
