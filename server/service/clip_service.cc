@@ -760,7 +760,14 @@ ClipService::ClipService(Engine* engine, const ClipServiceOptions& options)
 
 absl::Status ClipService::Authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.authenticator == nullptr) return absl::OkStatus();
-  return options_.authenticator->Authenticate(context.client_metadata());
+  absl::Status status = options_.authenticator->Authenticate(context.client_metadata());
+  if (!status.ok()) {
+    // At most one line per 10 s, since a client with a bad token may call in a loop.
+    // The message names what was wrong, never what was sent.
+    LOG_EVERY_T(WARNING, 10) << "refused a call from " << context.peer() << ": "
+                             << status.message();
+  }
+  return status;
 }
 
 grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* context,
