@@ -18,10 +18,40 @@
 namespace clipserve {
 namespace {
 
-// The one place where channel security is decided. TLS is a future option (see
-// ClientOptions::tls); Create() refuses it before this is reached.
-std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(const ClientOptions&) {
-  return grpc::InsecureChannelCredentials();
+// The one place where channel security is decided (the bearer token is added per
+// call in PrepareContext()).
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
+    const ClientOptions& options) {
+  if (!options.tls.enabled) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = options.tls.root_certificates_pem;
+  ssl.pem_cert_chain = options.tls.cert_chain_pem;
+  ssl.pem_private_key = options.tls.private_key_pem;
+  return grpc::SslCredentials(ssl);
+}
+
+absl::Status ValidateSecurity(const ClientOptions& options) {
+  const ClientOptions::Tls& tls = options.tls;
+  if (!tls.enabled &&
+      (!tls.root_certificates_pem.empty() || !tls.cert_chain_pem.empty() ||
+       !tls.private_key_pem.empty() || !tls.server_name_override.empty())) {
+    return absl::InvalidArgumentError(
+        "TLS certificates or a server name are set but tls.enabled is false");
+  }
+  if (tls.cert_chain_pem.empty() != tls.private_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        tls.cert_chain_pem.empty()
+            ? "a TLS client key needs its certificate (cert_chain_pem)"
+            : "a TLS client certificate needs its private key (private_key_pem)");
+  }
+  for (const char c : options.bearer_token) {
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(
+          "the bearer token may hold only visible ASCII characters (no spaces, no "
+          "line breaks)");
+    }
+  }
+  return absl::OkStatus();
 }
 
 RetryEnvironment CompleteEnvironment(RetryEnvironment env) {
@@ -51,12 +81,7 @@ absl::StatusOr<std::unique_ptr<ClipClient>> ClipClient::Create(
   if (absl::Status status = ValidateRetryPolicy(options.retry); !status.ok()) {
     return status;
   }
-  if (options.tls.enabled) {
-    return absl::UnimplementedError("TLS is not supported by clipserve yet");
-  }
-  if (!options.bearer_token.empty()) {
-    return absl::UnimplementedError("bearer tokens are not supported by clipserve yet");
-  }
+  if (absl::Status status = ValidateSecurity(options); !status.ok()) return status;
   absl::StatusOr<std::string> target =
       ToChannelTarget(options.target, options.host_resolver ? options.host_resolver
                                                             : SystemHostResolver());
@@ -68,6 +93,9 @@ absl::StatusOr<std::unique_ptr<ClipClient>> ClipClient::Create(
   args.SetServiceConfigJSON(absl::StrCat(R"({"loadBalancingConfig":[{")",
                                          options.load_balancing_policy, R"(":{}}]})"));
   args.SetUserAgentPrefix("clipserve-client/0.1");
+  if (!options.tls.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(options.tls.server_name_override);
+  }
   auto channel = grpc::CreateCustomChannel(*target, ChannelCredentials(options), args);
   return std::unique_ptr<ClipClient>(
       new ClipClient(options, *std::move(target), std::move(channel)));
@@ -86,7 +114,9 @@ void ClipClient::PrepareContext(absl::Time deadline, grpc::ClientContext* contex
   if (deadline != absl::InfiniteFuture()) {
     context->set_deadline(absl::ToChronoTime(deadline));
   }
-  // Future: add "authorization: Bearer ..." metadata here (ClientOptions::bearer_token).
+  if (!options_.bearer_token.empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.bearer_token));
+  }
 }
 
 absl::Time ClipClient::DeadlineOf(const CallOptions& call) const {

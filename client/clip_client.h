@@ -48,20 +48,29 @@ struct ClientOptions {
   // calls over every server) or "pick_first".
   std::string load_balancing_policy = "round_robin";
 
-  // --- Future extension points. The server offers neither TLS nor authentication
-  // yet; Create() returns UNIMPLEMENTED when one of these is set instead of quietly
-  // talking in the clear. When the server gains them, ChannelCredentials() and
-  // PrepareContext() in clip_client.cc are the only places to change.
-
-  // Future: connect with TLS. PEM root certificates ("" = the system's roots) and an
-  // optional server name override for testing.
+  // TLS. Off by default (plaintext, like the server's default). When enabled, the
+  // channel verifies the server's certificate against root_certificates_pem (PEM;
+  // "" = gRPC's default roots) and the target's host name (or server_name_override),
+  // and with cert_chain_pem and private_key_pem presents a client certificate for a
+  // server that demands one (mutual TLS: the server's --tls_client_ca). Setting any
+  // field while enabled is false is INVALID_ARGUMENT, so that nothing meant to be
+  // secret goes out in the clear by mistake.
   struct Tls {
     bool enabled = false;
     std::string root_certificates_pem;
+    std::string cert_chain_pem;
+    std::string private_key_pem;
+    // The name to expect in the server's certificate instead of the target's host,
+    // e.g. when connecting by IP address to a certificate issued for a name.
     std::string server_name_override;
   } tls;
 
-  // Future: sent as "authorization: Bearer <token>" on every call ("" = none).
+  // Sent as "authorization: Bearer <token>" metadata on every call ("" = none): a
+  // token of the server's --auth_token_file. Visible ASCII only. It is added to each
+  // call's ClientContext rather than as gRPC call credentials, which gRPC only sends
+  // over TLS, so it also works in plaintext; there it crosses the network readable
+  // by anyone on the path, which is only acceptable inside a network that adds its
+  // own encryption (a service mesh).
   std::string bearer_token;
 
   // --- Test-only.
@@ -162,9 +171,11 @@ class ClipClient {
  public:
   // Creates the channel; connecting happens lazily on the first call. Errors:
   // INVALID_ARGUMENT for a bad target, a non-positive deadline or message limit, an
-  // unknown load-balancing policy, or a bad retry policy; UNIMPLEMENTED when a future
-  // option (TLS, bearer token) is set; NOT_FOUND when a name in a target list does not
-  // resolve.
+  // unknown load-balancing policy, a bad retry policy, TLS fields without
+  // tls.enabled, a client certificate without its key (or the reverse), or a bearer
+  // token with characters other than visible ASCII; NOT_FOUND when a name in a target
+  // list does not resolve. Certificates are parsed by gRPC when it connects: bad PEM
+  // then shows as UNAVAILABLE on the first call.
   static absl::StatusOr<std::unique_ptr<ClipClient>> Create(const ClientOptions& options);
 
   // The gRPC target the channel was created with (after ToChannelTarget()).
@@ -224,7 +235,7 @@ class ClipClient {
                                                               const Request&, Response*),
                                  const Request& request, const CallOptions& call);
 
-  // Sets the deadline (and, one day, credentials metadata) of one attempt.
+  // Sets the deadline and the bearer token metadata of one attempt.
   void PrepareContext(absl::Time deadline, grpc::ClientContext* context) const;
 
   absl::Time DeadlineOf(const CallOptions& call) const;

@@ -116,6 +116,24 @@ absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
   return bytes;
 }
 
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> bytes = ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.status();
+  const absl::string_view token = absl::StripAsciiWhitespace(*bytes);
+  if (token.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": holds no token"));
+  }
+  for (const char c : token) {
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path,
+          ": must hold one token of visible ASCII characters (no spaces, one "
+          "line)"));
+    }
+  }
+  return std::string(token);
+}
+
 std::vector<std::string> SplitLines(absl::string_view text) {
   std::vector<std::string> lines;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {

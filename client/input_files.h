@@ -34,6 +34,12 @@ absl::StatusOr<std::string> ReadFileBytes(const std::string& path);
 // "\r\n" endings are removed, and empty lines are skipped. Errors as ReadFileBytes().
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path);
 
+// The bearer token in a file (--token_file): its contents with surrounding whitespace
+// (a trailing newline) removed. INVALID_ARGUMENT "path: ..." when nothing is left or
+// what is left is not one token of visible ASCII characters (the message never
+// repeats the file's contents); read errors as ReadFileBytes().
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
 // Splits text into lines as ReadLines() does.
 std::vector<std::string> SplitLines(absl::string_view text);
 

@@ -1,6 +1,8 @@
 // clip_client: the command line for a clipserve server.
 //
-//   clip_client [--target HOST:PORT[,HOST:PORT...]] [--deadline_ms N] SUBCOMMAND ...
+//   clip_client [--target HOST:PORT[,HOST:PORT...]] [--deadline_ms N]
+//               [--tls] [--tls_ca CA.pem] [--tls_cert CERT.pem --tls_key KEY.pem]
+//               [--tls_server_name NAME] [--token_file TOKEN] SUBCOMMAND ...
 //
 //   embed-text  [--output FILE] [--normalize=false] [--file TEXTS.txt] [--] TEXT...
 //   embed-image [--output FILE] [--normalize=false] [--recursive] [--skip_errors]
@@ -504,6 +506,25 @@ int main(int argc, char** argv) {
                  "the longest wait for the next result")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  bool tls = false;
+  std::string tls_ca, tls_cert, tls_key, token_file;
+  app.add_flag("--tls", tls,
+               "Connect with TLS, verifying the server against gRPC's default roots "
+               "(implied by --tls_ca, --tls_cert and --tls_server_name)");
+  app.add_option("--tls_ca", tls_ca,
+                 "PEM CA certificate(s) to verify the server's certificate with");
+  CLI::Option* cert_opt = app.add_option(
+      "--tls_cert", tls_cert, "PEM client certificate, for a server that demands one");
+  CLI::Option* key_opt =
+      app.add_option("--tls_key", tls_key, "PEM private key of --tls_cert");
+  cert_opt->needs(key_opt);
+  key_opt->needs(cert_opt);
+  app.add_option(
+      "--tls_server_name", options.tls.server_name_override,
+      "Name to expect in the server's certificate instead of the target's host");
+  app.add_option("--token_file", token_file,
+                 "File holding a bearer token, sent as 'authorization: Bearer <token>' "
+                 "on every call");
 
   // embed-text
   EmbedTextArgs text_args;
@@ -635,6 +656,21 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   options.deadline = absl::Milliseconds(deadline_ms);
+  options.tls.enabled = tls || !tls_ca.empty() || !tls_cert.empty() ||
+                        !options.tls.server_name_override.empty();
+  for (auto [path, pem] : {std::pair{&tls_ca, &options.tls.root_certificates_pem},
+                           std::pair{&tls_cert, &options.tls.cert_chain_pem},
+                           std::pair{&tls_key, &options.tls.private_key_pem}}) {
+    if (path->empty()) continue;
+    absl::StatusOr<std::string> bytes = ReadFileBytes(*path);
+    if (!bytes.ok()) return Fail(bytes.status());
+    *pem = *std::move(bytes);
+  }
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile(token_file);
+    if (!token.ok()) return Fail(token.status());
+    options.bearer_token = *std::move(token);
+  }
 
   auto client = ClipClient::Create(options);
   if (!client.ok()) return Fail(client.status());

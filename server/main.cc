@@ -35,8 +35,10 @@
 #include "server/engine/embedding_engine.h"
 #include "server/model/blas_kernel.h"
 #include "server/model/model_loader.h"
+#include "server/service/bearer_auth.h"
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
+#include "server/service/server_credentials.h"
 #include "server/tokenizer/bpe_tokenizer.h"
 #include "server/tokenizer/builtin_vocabulary.h"
 
@@ -87,6 +89,17 @@ ABSL_FLAG(std::string, blas_kernel, "auto",
           "misdetects some newer CPUs; OPENBLAS_CORETYPE may pin an old one), restart "
           "once at startup with OPENBLAS_CORETYPE set to the best one. keep: leave "
           "OpenBLAS's choice.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the server (its certificate first). With --tls_key "
+          "the port speaks TLS only; without both it is plaintext.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert (unencrypted).");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificate(s): require every client to present a certificate signed "
+          "by one of them (mutual TLS). Needs --tls_cert and --tls_key.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File of accepted bearer tokens, one per line. When set, every ClipService "
+          "call must send 'authorization: Bearer <token>' or gets UNAUTHENTICATED; "
+          "health checks and reflection need none. Read once at start-up.");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
           "On SIGTERM/SIGINT, seconds that calls in flight get to finish before they "
           "are cancelled. Keep it below Kubernetes' terminationGracePeriodSeconds.");
@@ -188,6 +201,33 @@ absl::Status Run() {
   const sigset_t signals = BlockTerminationSignals();
   const absl::Time start = absl::Now();
 
+  // Security flags first: a mistake there fails in a moment, not after the model load.
+  ServerTlsFiles tls_files;
+  tls_files.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  tls_files.key_file = absl::GetFlag(FLAGS_tls_key);
+  tls_files.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  CLIPSERVE_ASSIGN_OR_RETURN(std::optional<ServerTlsConfig> tls,
+                             LoadServerTlsConfig(tls_files));
+  std::shared_ptr<const BearerAuthenticator> authenticator;
+  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+    CLIPSERVE_ASSIGN_OR_RETURN(authenticator, BearerAuthenticator::FromFile(
+                                                  absl::GetFlag(FLAGS_auth_token_file)));
+    if (!tls.has_value()) {
+      LOG(WARNING) << "--auth_token_file without TLS: bearer tokens cross the network "
+                      "in the clear; only do this behind a TLS-terminating proxy or "
+                      "service mesh";
+    }
+  }
+  const std::string security =
+      absl::StrCat(" tls=",
+                   !tls.has_value()             ? "off"
+                   : tls->client_ca_pem.empty() ? "on"
+                                                : "mutual",
+                   " auth=",
+                   authenticator == nullptr
+                       ? "none"
+                       : absl::StrCat("bearer(", authenticator->size(), " tokens)"));
+
   ModelLoadOptions load;
   CLIPSERVE_ASSIGN_OR_RETURN(load.device, ParseDevice(absl::GetFlag(FLAGS_device)));
   CLIPSERVE_ASSIGN_OR_RETURN(
@@ -230,6 +270,7 @@ absl::Status Run() {
   service_options.limits.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);
   service_options.limits.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   service_options.limits.max_image_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  service_options.authenticator = authenticator;
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipService> service,
                              ClipService::Create(&cached_engine, service_options));
 
@@ -238,6 +279,7 @@ absl::Status Run() {
   server_options.port = absl::GetFlag(FLAGS_port);
   server_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   server_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  server_options.tls = std::move(tls);
   std::vector<std::unique_ptr<grpc::Service>> services;
   services.push_back(std::move(service));
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipServer> server,
@@ -256,7 +298,7 @@ absl::Status Run() {
             << " intra_op_threads=" << engine->intra_op_threads()
             << " preprocess_threads=" << engine_options.preprocess_threads
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
-            << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb)
+            << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb) << security
             << " startup=" << absl::Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.

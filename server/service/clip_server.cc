@@ -25,6 +25,11 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
   if (options.max_receive_message_bytes <= 0 || options.max_send_message_bytes <= 0) {
     return absl::InvalidArgumentError("message size limits must be positive");
   }
+  if (options.tls.has_value()) {
+    if (absl::Status status = ValidateServerTlsConfig(*options.tls); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("TLS: ", status.message()));
+    }
+  }
 
   // Both are process-wide switches that only take effect for servers built later;
   // calling them again is harmless.
@@ -34,7 +39,7 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host, ":", options.port);
   int bound_port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(address, MakeServerCredentials(options.tls), &bound_port);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(options.max_send_message_bytes);
   // gRPC sets SO_REUSEPORT by default, which would let a second server silently share

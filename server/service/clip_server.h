@@ -2,6 +2,7 @@
 #define CLIPSERVE_SERVER_SERVICE_CLIP_SERVER_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/impl/codegen/service_type.h"
 #include "grpcpp/server.h"
+#include "server/service/server_credentials.h"
 
 namespace clipserve {
 
@@ -27,6 +29,10 @@ struct ClipServerOptions {
   int max_receive_message_bytes = 64 << 20;
   // Largest response message sent, in bytes.
   int max_send_message_bytes = 64 << 20;
+  // nullopt (the default): plaintext. Otherwise the port speaks TLS only, with this
+  // certificate, and with client_ca_pem set demands client certificates signed by
+  // that CA (mutual TLS). Read it with LoadServerTlsConfig().
+  std::optional<ServerTlsConfig> tls;
 };
 
 // Hosts clipserve's gRPC services together with the standard grpc.health.v1.Health
@@ -44,7 +50,8 @@ class ClipServer {
  public:
   // Builds the server, binds the port and starts serving `services` (which the server
   // owns). Errors: UNAVAILABLE when the address cannot be bound (port in use, bad
-  // host), INVALID_ARGUMENT for options out of range.
+  // host), INVALID_ARGUMENT for options out of range or TLS material that
+  // ValidateServerTlsConfig() refuses.
   static absl::StatusOr<std::unique_ptr<ClipServer>> Create(
       const ClipServerOptions& options,
       std::vector<std::unique_ptr<grpc::Service>> services);

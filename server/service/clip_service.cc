@@ -704,6 +704,22 @@ class EmbedStreamCall final
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
 };
 
+// Ends a unary call that failed before any work started.
+grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
+                                        const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+// A stream that failed before any work started: finishes at once without reading.
+class FinishedStream final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit FinishedStream(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -742,9 +758,24 @@ ClipService::ClipService(Engine* engine, const ClipServiceOptions& options)
       options_(options),
       label_cache_(static_cast<size_t>(options.label_cache_capacity)) {}
 
+absl::Status ClipService::Authenticate(const grpc::CallbackServerContext& context) const {
+  if (options_.authenticator == nullptr) return absl::OkStatus();
+  absl::Status status = options_.authenticator->Authenticate(context.client_metadata());
+  if (!status.ok()) {
+    // At most one line per 10 s, since a client with a bad token may call in a loop.
+    // The message names what was wrong, never what was sent.
+    LOG_EVERY_T(WARNING, 10) << "refused a call from " << context.peer() << ": "
+                             << status.message();
+  }
+  return status;
+}
+
 grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* context,
                                                   const v1::EmbedImageRequest* request,
                                                   v1::EmbedImageResponse* response) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    return FinishedUnary(context, auth);
+  }
   auto* call = new UnaryCall(*context);
   absl::StatusOr<std::vector<ImageInput>> images =
       ToImageInputs(request->images(), options_.limits, "images");
@@ -775,6 +806,9 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* context,
                                                  const grpc::ByteBuffer* request_bytes,
                                                  grpc::ByteBuffer* response_bytes) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    return FinishedUnary(context, auth);
+  }
   auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
       *context, response_bytes);
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
@@ -816,6 +850,9 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* context,
                                                   const grpc::ByteBuffer* request_bytes,
                                                   grpc::ByteBuffer* response_bytes) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    return FinishedUnary(context, auth);
+  }
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
   auto* call = new SimilarityCall(*context, response_bytes, description.embed_dim);
@@ -929,6 +966,9 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* context,
                                                 const grpc::ByteBuffer* request_bytes,
                                                 grpc::ByteBuffer* response_bytes) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    return FinishedUnary(context, auth);
+  }
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
   const int dim = description.embed_dim;
@@ -1010,12 +1050,18 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ClipService::EmbedStream(
     grpc::CallbackServerContext* context) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    return new FinishedStream(auth);
+  }
   return new EmbedStreamCall(*context, engine_, options_);
 }
 
 grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* context,
                                                 const grpc::ByteBuffer* request_bytes,
                                                 grpc::ByteBuffer* response_bytes) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    return FinishedUnary(context, auth);
+  }
   auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
       *context, response_bytes);
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
@@ -1058,6 +1104,9 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* ClipService::GetModelInfo(
     grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* /*request*/,
     v1::ModelInfo* response) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    return FinishedUnary(context, auth);
+  }
   const ModelDescription& d = engine_->description();
   response->set_name(d.name);
   v1::VisionTowerInfo* vision = response->mutable_vision();

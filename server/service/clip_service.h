@@ -9,6 +9,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/engine/engine.h"
+#include "server/service/bearer_auth.h"
 #include "server/service/label_embedding_cache.h"
 #include "server/service/request_validation.h"
 
@@ -34,6 +35,12 @@ struct ClipServiceOptions {
   // Classify leaves room for other work. Counted whether or not labels are cached, so
   // that a request's validity does not depend on the cache.
   int max_classify_prompts = 512;
+  // When set, every ClipService call must carry "authorization: Bearer <token>"
+  // metadata with a token it accepts, or it ends UNAUTHENTICATED before anything of it
+  // is looked at. nullptr (the default): no token is asked for. The health and
+  // reflection services are not part of ClipService and never ask for one (see
+  // docs/SECURITY.md).
+  std::shared_ptr<const BearerAuthenticator> authenticator;
 };
 
 // The generated service with every method on gRPC's callback API. The methods whose
@@ -64,6 +71,14 @@ using ClipServiceBase = v1::ClipService::WithCallbackMethod_EmbedImage<
 // Similarity and Classify compute on the engine's L2-normalized embeddings with the
 // torch-free functions of server/model/contrastive_loss.h, running both towers
 // concurrently. Classify remembers label embeddings in a LabelEmbeddingCache.
+//
+// With ClipServiceOptions::authenticator set, every handler first checks the call's
+// bearer token (Authenticate()) and ends the call UNAUTHENTICATED when it fails; this
+// check is the only gate, and a new RPC must start with it too (security_test calls
+// every method of the service descriptor without a token to catch one that does
+// not). It sits here rather than in a grpc::AuthMetadataProcessor, which gRPC runs
+// only on TLS ports, or a server interceptor, which in gRPC 1.51 cannot end a call
+// with a status (see docs/SECURITY.md).
 //
 // Thread-safe. The engine is not owned and must outlive the service; the service must
 // outlive the grpc::Server it is registered with (ClipServer takes care of that).
@@ -106,6 +121,9 @@ class ClipService final : public ClipServiceBase {
 
  private:
   ClipService(Engine* engine, const ClipServiceOptions& options);
+
+  // OK without an authenticator, else its verdict on the call's metadata.
+  absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
 
   Engine* const engine_;
   const ClipServiceOptions options_;

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/bench.h"
+#include "gmock/gmock.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpcpp/server.h"
@@ -25,6 +26,9 @@
 
 namespace clipserve {
 namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 google::rpc::Status RpcError(int code, const std::string& message,
                              absl::Duration retry = absl::ZeroDuration(),
@@ -201,14 +205,46 @@ TEST(ClipClientTest, CreateRejectsBadOptionsAndFutureFeatures) {
   options.load_balancing_policy = "weighted_magic";
   EXPECT_EQ(ClipClient::Create(options).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // TLS material without TLS would be ignored, and the call sent in the clear.
+  options = ClientOptions();
+  options.tls.root_certificates_pem = "-----BEGIN CERTIFICATE-----";
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = ClientOptions();
+  options.tls.server_name_override = "clipserve.internal";
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A client certificate needs its key, and the reverse.
   options = ClientOptions();
   options.tls.enabled = true;
+  options.tls.cert_chain_pem = "cert";
   EXPECT_EQ(ClipClient::Create(options).status().code(),
-            absl::StatusCode::kUnimplemented);
-  options = ClientOptions();
-  options.bearer_token = "secret";
+            absl::StatusCode::kInvalidArgument);
+  options.tls.cert_chain_pem = "";
+  options.tls.private_key_pem = "key";
   EXPECT_EQ(ClipClient::Create(options).status().code(),
-            absl::StatusCode::kUnimplemented);
+            absl::StatusCode::kInvalidArgument);
+  // A token must fit in one header value.
+  for (const char* token : {"two words", "line\nbreak", "tab\t", "caf\xc3\xa9"}) {
+    options = ClientOptions();
+    options.bearer_token = token;
+    const absl::Status status = ClipClient::Create(options).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << token;
+    EXPECT_THAT(std::string(status.message()), Not(HasSubstr(token)));
+  }
+}
+
+TEST(ClipClientTest, AcceptsTlsAndBearerTokenOptions) {
+  ClientOptions options;
+  options.tls.enabled = true;  // gRPC's default roots
+  EXPECT_TRUE(ClipClient::Create(options).ok());
+  options.tls.cert_chain_pem = "cert";
+  options.tls.private_key_pem = "key";
+  options.tls.server_name_override = "clipserve.internal";
+  options.bearer_token = "s3cr3t-Token_value.~+/=";
+  EXPECT_TRUE(ClipClient::Create(options).ok());
+  options.tls = {};
+  EXPECT_TRUE(ClipClient::Create(options).ok());  // plaintext + token
 }
 
 TEST(ClipClientTest, RetriesResourceExhaustedHonouringRetryInfo) {

@@ -105,6 +105,22 @@ TEST_F(InputFilesTest, ReadLinesSkipsBlankLinesAndCarriageReturns) {
   EXPECT_EQ(SplitLines("one\n"), std::vector<std::string>{"one"});
 }
 
+TEST_F(InputFilesTest, ReadTokenFileTrimsAndWantsOneToken) {
+  auto token = ReadTokenFile(Touch("token", "  s3cr3t-Token_v4l.~+/=\r\n"));
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(*token, "s3cr3t-Token_v4l.~+/=");
+  for (const char* contents : {"", " \n\t", "two words", "line1\nline2", "caf\xc3\xa9"}) {
+    const std::string path = Touch("bad_token", contents);
+    auto bad = ReadTokenFile(path);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << contents;
+    EXPECT_EQ(bad.status().message().rfind(path, 0), 0u);
+    // The message names the file, never what is in it.
+    EXPECT_EQ(std::string(bad.status().message()).find("words"), std::string::npos);
+    EXPECT_EQ(std::string(bad.status().message()).find("line2"), std::string::npos);
+  }
+  EXPECT_EQ(ReadTokenFile(P("missing")).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(HasImageExtensionTest, KnownExtensionsAnyCase) {
   for (const char* yes :
        {"a.jpg", "a.JPEG", "x/y.jpe", "p.png", "w.webp", "g.GIF", "b.bmp"}) {

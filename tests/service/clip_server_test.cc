@@ -14,6 +14,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 
 namespace clipserve {
@@ -114,6 +115,34 @@ TEST(ClipServerTest, PortInUseIsUnavailable) {
   services.push_back(std::make_unique<clipserve::v1::ClipService::CallbackService>());
   auto second = ClipServer::Create(options, std::move(services));
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+}
+
+// Message size limits are on without any option set: gRPC refuses a larger request
+// with RESOURCE_EXHAUSTED before the service sees it.
+TEST(ClipServerTest, MessageSizeLimitIsOnByDefault) {
+  ClipServerOptions defaults;
+  EXPECT_EQ(defaults.max_receive_message_bytes, 64 << 20);
+  EXPECT_EQ(defaults.max_send_message_bytes, 64 << 20);
+  auto server = StartServer();  // default limits
+  ASSERT_NE(server, nullptr);
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(-1);
+  auto stub = clipserve::v1::ClipService::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server->port()),
+                                grpc::InsecureChannelCredentials(), args));
+  for (const bool too_large : {true, false}) {
+    clipserve::v1::EmbedImageRequest request;
+    request.add_images()->set_encoded(
+        std::string(too_large ? (64 << 20) + 1 : (64 << 20) - 1024, 'x'));
+    clipserve::v1::EmbedImageResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    const grpc::Status status = stub->EmbedImage(&context, request, &response);
+    // Under the limit the call reaches the (unimplemented) service.
+    EXPECT_EQ(status.error_code(), too_large ? grpc::StatusCode::RESOURCE_EXHAUSTED
+                                             : grpc::StatusCode::UNIMPLEMENTED)
+        << status.error_message();
+  }
 }
 
 TEST(ClipServerTest, RejectsPortOutOfRange) {

@@ -1,0 +1,74 @@
+#include "server/service/secret_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace clipserve {
+namespace {
+
+absl::Status ErrnoError(int error, absl::string_view what, const std::string& path) {
+  const std::string message =
+      absl::StrCat("cannot read ", what, " '", path, "': ", std::strerror(error));
+  switch (error) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(message);
+    default:
+      return absl::UnknownError(message);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
+                                           absl::string_view what) {
+  if (path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("no file given for the ", what));
+  }
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, what, path);
+  struct stat info;
+  if (fstat(fd, &info) != 0) {
+    const int error = errno;
+    close(fd);
+    return ErrnoError(error, what, path);
+  }
+  if (!S_ISREG(info.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read ", what, " '", path, "': not a regular file"));
+  }
+  std::string contents;
+  char buffer[8192];
+  while (true) {
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int error = errno;
+      close(fd);
+      return ErrnoError(error, what, path);
+    }
+    if (n == 0) break;
+    contents.append(buffer, static_cast<size_t>(n));
+    if (contents.size() > kMaxSecretFileBytes) {
+      close(fd);
+      return absl::InvalidArgumentError(absl::StrCat("cannot read ", what, " '", path,
+                                                     "': larger than ",
+                                                     kMaxSecretFileBytes, " bytes"));
+    }
+  }
+  close(fd);
+  return contents;
+}
+
+}  // namespace clipserve

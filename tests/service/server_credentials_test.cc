@@ -1,0 +1,174 @@
+#include "server/service/server_credentials.h"
+
+#include <fstream>
+#include <string>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/service/secret_file.h"
+#include "tests/testing/test_certs.h"
+
+namespace clipserve {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class ServerCredentialsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pki_ = new testing::TestPki(testing::MakeTestPki());
+    expired_ = new testing::TestCert(
+        testing::MakeLeaf(pki_->ca, "localhost", {"localhost"}, {}, -48, 24));
+  }
+  static void TearDownTestSuite() {
+    delete pki_;
+    delete expired_;
+  }
+
+  static std::string Write(const std::string& name, const std::string& contents) {
+    const std::string path = ::testing::TempDir() + "/server_credentials_test_" + name;
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << contents;
+    return path;
+  }
+
+  static ServerTlsFiles Files(const testing::TestCert& cert, const std::string& ca_pem) {
+    ServerTlsFiles files;
+    files.cert_file = Write("cert.pem", cert.cert_pem);
+    files.key_file = Write("key.pem", cert.key_pem);
+    if (!ca_pem.empty()) files.client_ca_file = Write("client_ca.pem", ca_pem);
+    return files;
+  }
+
+  static absl::Status LoadError(const ServerTlsFiles& files) {
+    auto config = LoadServerTlsConfig(files);
+    if (config.ok()) return absl::OkStatus();
+    // No error may carry key material.
+    EXPECT_THAT(std::string(config.status().message()), Not(HasSubstr("PRIVATE KEY")));
+    return config.status();
+  }
+
+  static testing::TestPki* pki_;
+  static testing::TestCert* expired_;
+};
+
+testing::TestPki* ServerCredentialsTest::pki_ = nullptr;
+testing::TestCert* ServerCredentialsTest::expired_ = nullptr;
+
+TEST_F(ServerCredentialsTest, NoFilesMeansPlaintext) {
+  auto config = LoadServerTlsConfig({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->has_value());
+}
+
+TEST_F(ServerCredentialsTest, LoadsTlsAndMutualTls) {
+  auto tls = LoadServerTlsConfig(Files(pki_->server, ""));
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  ASSERT_TRUE(tls->has_value());
+  EXPECT_EQ((*tls)->cert_chain_pem, pki_->server.cert_pem);
+  EXPECT_EQ((*tls)->private_key_pem, pki_->server.key_pem);
+  EXPECT_EQ((*tls)->client_ca_pem, "");
+
+  auto mutual = LoadServerTlsConfig(Files(pki_->server, pki_->ca.cert_pem));
+  ASSERT_TRUE(mutual.ok()) << mutual.status();
+  ASSERT_TRUE(mutual->has_value());
+  EXPECT_EQ((*mutual)->client_ca_pem, pki_->ca.cert_pem);
+}
+
+TEST_F(ServerCredentialsTest, FlagCombinationsThatMakeNoSense) {
+  ServerTlsFiles files = Files(pki_->server, pki_->ca.cert_pem);
+  ServerTlsFiles cert_only;
+  cert_only.cert_file = files.cert_file;
+  absl::Status status = LoadError(cert_only);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--tls_cert needs --tls_key"));
+
+  ServerTlsFiles key_only;
+  key_only.key_file = files.key_file;
+  status = LoadError(key_only);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--tls_key needs --tls_cert"));
+
+  ServerTlsFiles ca_only;
+  ca_only.client_ca_file = files.client_ca_file;
+  status = LoadError(ca_only);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--tls_client_ca needs TLS"));
+}
+
+TEST_F(ServerCredentialsTest, UnreadableFilesNameTheFlagAndPath) {
+  ServerTlsFiles files = Files(pki_->server, pki_->ca.cert_pem);
+  files.key_file = "/no/such/key.pem";
+  absl::Status status = LoadError(files);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--tls_key"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("/no/such/key.pem"));
+
+  files = Files(pki_->server, pki_->ca.cert_pem);
+  files.client_ca_file = ::testing::TempDir();  // a directory
+  status = LoadError(files);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--tls_client_ca"));
+
+  files = Files(pki_->server, "");
+  files.cert_file = "/no/such/cert.pem";
+  EXPECT_EQ(LoadError(files).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServerCredentialsTest, WrongContentsAreInvalidArgument) {
+  struct Case {
+    const char* name;
+    std::string cert, key, ca, expected;
+  };
+  const Case cases[] = {
+      {"garbage cert", "not a certificate", pki_->server.key_pem, "",
+       "holds no PEM certificate"},
+      {"key in the cert file", pki_->server.key_pem, pki_->server.key_pem, "",
+       "holds no PEM certificate"},
+      {"cert in the key file", pki_->server.cert_pem, pki_->server.cert_pem, "",
+       "not an unencrypted PEM private key"},
+      {"key of another cert", pki_->server.cert_pem, pki_->client.key_pem, "",
+       "does not match"},
+      {"expired", expired_->cert_pem, expired_->key_pem, "", "expired"},
+      {"garbage client CA", pki_->server.cert_pem, pki_->server.key_pem, "garbage",
+       "client CA file holds no PEM certificate"},
+  };
+  for (const Case& c : cases) {
+    ServerTlsFiles files;
+    files.cert_file = Write("c.pem", c.cert);
+    files.key_file = Write("k.pem", c.key);
+    if (!c.ca.empty()) files.client_ca_file = Write("ca.pem", c.ca);
+    const absl::Status status = LoadError(files);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(c.expected)) << c.name;
+  }
+  ServerTlsFiles empty_ca = Files(pki_->server, "");
+  empty_ca.client_ca_file = Write("empty_ca.pem", "");
+  EXPECT_EQ(LoadError(empty_ca).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServerCredentialsTest, ValidateChecksAConfigBuiltInMemory) {
+  ServerTlsConfig config{pki_->server.cert_pem, pki_->server.key_pem, ""};
+  EXPECT_TRUE(ValidateServerTlsConfig(config).ok());
+  // A chain: the leaf first, then the CA.
+  config.cert_chain_pem = pki_->server.cert_pem + pki_->ca.cert_pem;
+  EXPECT_TRUE(ValidateServerTlsConfig(config).ok());
+  // The CA first: the key matches the first certificate only.
+  config.cert_chain_pem = pki_->ca.cert_pem + pki_->server.cert_pem;
+  EXPECT_EQ(ValidateServerTlsConfig(config).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SecretFileTest, RefusesHugeFiles) {
+  const std::string path = ::testing::TempDir() + "/secret_file_test_big";
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      << std::string(kMaxSecretFileBytes + 1, 'x');
+  auto read = ReadSecretFile(path, "test file");
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(read.status().message()), HasSubstr("larger than"));
+  EXPECT_EQ(ReadSecretFile("/dev/zero", "test file").status().code(),
+            absl::StatusCode::kInvalidArgument);  // not a regular file
+}
+
+}  // namespace
+}  // namespace clipserve
