@@ -267,10 +267,18 @@ def main():
     weights = vit_b32_weight_mb()
     add("## Memory")
     add("")
-    add(f"ViT-B-32 in fp32 (`--precision=fp32`): weights {weights:.0f} MiB. Server RSS "
-        f"after warm-up {fmt(rss.get('rss_start'))} MiB, after {rss_requests:,} more "
-        f"requests (images and texts, concurrency 16) {fmt(rss.get('rss_end'))} MiB; "
-        f"target: at most weights + 300 = {weights + 300:.0f} MiB, and flat.")
+    phases = [e for e in e2e if e.get("label") == "rss"]
+    add(f"ViT-B-32 in fp32 (`--precision=fp32`, default text cache): weights "
+        f"{weights:.0f} MiB; target: RSS at most weights + 300 = {weights + 300:.0f} MiB, "
+        f"and flat. {rss_requests:,} requests in all.")
+    add("")
+    add("| after | requests | RSS MiB |")
+    add("|---|---|---|")
+    add(f"| warm-up | 0 | {fmt(rss.get('rss_start'))} |")
+    for e in phases:
+        add(f"| {e['modality']} requests at concurrency {e['concurrency']} | "
+            f"{e['requests']:,} | {fmt(e['rss_mb'])} |")
+    add(f"| the end | | {fmt(rss.get('rss_end'))} |")
     add("")
 
     # Microbenchmarks.

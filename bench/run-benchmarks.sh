@@ -13,7 +13,7 @@ ROOT=$PWD
 SMOKE=${SMOKE:-0}
 OUT=$ROOT/build/bench-results
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.jsonl
+rm -f "$OUT"/*.json "$OUT"/*.jsonl "$OUT"/last.json
 
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
@@ -81,11 +81,16 @@ start_server() {  # flags...
   echo "server did not start"; cat "$OUT/server.log"; exit 1
 }
 rss_mb() { awk '/VmRSS/ {print $2 / 1024}' /proc/$SERVER_PID/status; }
-bench() {  # label extra-args...
+bench() {  # label clip_client-bench-args... (--duration E2E_S unless -n is given)
   local label=$1; shift
-  "$BIN/clip_client" --target 127.0.0.1:$PORT bench --duration $E2E_S --json "$@" |
-    /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); d['label']='$label'; \
-d['rss_mb']=float(sys.argv[1]); print(json.dumps(d))" "$(rss_mb)" >>"$OUT/e2e.jsonl"
+  local length=(--duration "$E2E_S")
+  case " $* " in *" -n "*) length=() ;; esac
+  "$BIN/clip_client" --target 127.0.0.1:$PORT bench "${length[@]}" --json "$@" \
+    >"$OUT/last.json"
+  # RSS read once the run is over.
+  /usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); \
+d['label']=sys.argv[2]; d['rss_mb']=float(sys.argv[3]); print(json.dumps(d))" \
+    "$OUT/last.json" "$label" "$(rss_mb)" >>"$OUT/e2e.jsonl"
 }
 # The model's throughput: no text cache, so every caption reaches the model.
 start_server --text_cache_mb=0
@@ -98,11 +103,14 @@ stop_server
 start_server
 bench cached --modality text -c 16
 stop_server
-# Memory: fp32 weights, images and texts through the model, RSS before and after.
-start_server --precision=fp32 --text_cache_mb=0
+# Memory: fp32 weights; 100,000 text requests (the built-in captions, so mostly cache
+# hits: the request path at full speed), then images through the model; RSS after
+# warm-up and after each phase.
+start_server --precision=fp32
 echo "{\"label\": \"rss_start\", \"rss_mb\": $(rss_mb)}" >>"$OUT/e2e.jsonl"
-bench rss --modality image -c 16
-bench rss --modality text -c 16
+RSS_REQUESTS=100000
+[ "$SMOKE" = 1 ] && RSS_REQUESTS=2000
+bench rss --modality text -c 16 -n $RSS_REQUESTS
 bench rss --modality image -c 16
 echo "{\"label\": \"rss_end\", \"rss_mb\": $(rss_mb)}" >>"$OUT/e2e.jsonl"
 stop_server
