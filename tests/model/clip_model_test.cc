@@ -344,6 +344,36 @@ TEST(DemoModelTest, SeededPresetIsDeterministicAndReportsRandomWeights) {
   EXPECT_EQ(LoadModel("demo:NoSuchNet").status().code(), absl::StatusCode::kNotFound);
 }
 
+// The full-size network, where bf16's rounding has 12 layers of width 768 to
+// accumulate in (the reference cases above are tiny).
+TEST(DemoModelTest, FullSizeViTB32InBf16StaysWithinCosine999OfFp32) {
+  auto loaded = LoadModel("demo:ViT-B-32");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ClipModel& model = *loaded->model;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(11);
+  const torch::Tensor images = torch::randn({4, 3, 224, 224}, generator);
+  // Four texts of 5, 12, 30 and 77 tokens: start, random ids, end, zero padding.
+  const int64_t vocab = model.config().text.vocab_size;
+  torch::Tensor ids = torch::zeros({4, 77}, torch::kLong);
+  const std::vector<int64_t> lengths = {5, 12, 30, 77};
+  for (int64_t i = 0; i < 4; ++i) {
+    const int64_t n = lengths[i];
+    ids[i][0] = vocab - 2;
+    ids[i].narrow(0, 1, n - 2).copy_(torch::randint(1, vocab - 2, {n - 2}, generator));
+    ids[i][n - 1] = vocab - 1;
+  }
+  const torch::Tensor length_tensor = torch::tensor(lengths, torch::kLong);
+  auto image32 = model.EncodeImage(images, true);
+  auto text32 = model.EncodeText(ids, length_tensor, true);
+  ASSERT_TRUE(image32.ok() && text32.ok());
+  ASSERT_TRUE(model.To(torch::kCPU, Precision::kBFloat16).ok());
+  auto image16 = model.EncodeImage(images, true);
+  auto text16 = model.EncodeText(ids, length_tensor, true);
+  ASSERT_TRUE(image16.ok() && text16.ok());
+  EXPECT_GE(MinRowCosine(*image16, *image32), 0.999);
+  EXPECT_GE(MinRowCosine(*text16, *text32), 0.999);
+}
+
 TEST(PrecisionTest, AutoPicksBf16OnlyWithFastBf16Instructions) {
   const char* amx = "processor : 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n";
   const char* avx512bf16 = "flags\t\t: fpu avx512f avx512_bf16\n";
