@@ -25,7 +25,7 @@ MODELS = ["ViT-B-32", "ViT-B-16", "RN50"]
 
 
 def gbench(path):
-    """{run name: (items/s, ms per iteration)}, medians when repeated."""
+    """{run name: (items/s, ms per iteration, label)}, medians when repeated."""
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -40,7 +40,7 @@ def gbench(path):
         for key in ("tokens/s", "texts/s"):  # the tokenizer counts its own units
             if rate is None and key in b:
                 rate = b[key]
-        value = (rate, ms)
+        value = (rate, ms, b.get("label", ""))
         if b.get("aggregate_name") == "median":
             medians[name] = value
         elif b.get("run_type", "iteration") == "iteration":
@@ -104,7 +104,7 @@ def main():
         name = f"BM_{kind}Tower/model:{model_index}/batch:{batch}/bf16:{bf16}"
         if tokens is not None:
             name += f"/tokens:{tokens}"
-        return model.get(name + "/real_time", (None, None))
+        return model.get(name + "/real_time", (None, None, ""))
 
     def best_py(model_name, tower_name, tokens=77):
         """Best of fp32 and bf16 autocast, under either allocator."""
@@ -287,11 +287,11 @@ def main():
     add("Items are images for the image benchmarks, tokens for the tokenizer's encode "
         "benchmarks, and queued items for the batcher's (a no-op model).")
     add("")
-    add("| benchmark | items/s | time per iteration |")
-    add("|---|---|---|")
+    add("| benchmark | what | items/s | time per iteration |")
+    add("|---|---|---|---|")
     for f in ("tokenizer", "image", "batcher"):
-        for name, (ips, ms) in sorted(gbench(os.path.join(r, f + ".json")).items()):
-            add(f"| {name} | {fmt(ips)} | {fmt(ms, 3)} ms |")
+        for name, (ips, ms, label) in sorted(gbench(os.path.join(r, f + ".json")).items()):
+            add(f"| {name} | {label} | {fmt(ips)} | {fmt(ms, 3)} ms |")
     add("")
 
     # Threads.
