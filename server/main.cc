@@ -64,7 +64,8 @@ ABSL_FLAG(std::string, precision, "auto",
           "fp32 on other CPUs, fp16 on CUDA. Outputs are always fp32.");
 ABSL_FLAG(int32_t, max_batch_size, 32, "Most items in one model run, per modality.");
 ABSL_FLAG(double, max_queue_delay_ms, 2.0,
-          "How long the first queued item waits for others to share its batch.");
+          "How long a partial batch waits for company while more items are still being "
+          "preprocessed; with none on their way it runs at once.");
 ABSL_FLAG(int32_t, max_queue_size, 1024,
           "Items waiting per modality before requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int32_t, workers, 1, "Batch workers per modality.");

@@ -62,6 +62,13 @@ struct DynamicBatcherOptions {
   absl::Duration min_retry_delay = absl::Milliseconds(10);
   absl::Duration max_retry_delay = absl::Seconds(5);
 
+  // When true, a partial batch waits for company only while items are announced
+  // (Announce()) and not yet scheduled or withdrawn: with nothing on its way, waiting
+  // could only add latency, so the batch runs as soon as a worker is free. A lone
+  // request on an idle server then skips max_queue_delay. Default false: every
+  // partial batch waits the full delay.
+  bool wait_only_for_announced = false;
+
   // --- Test-only ---
 
   // Time source for enqueue times, the queue delay, item deadlines and run times; not
@@ -197,6 +204,13 @@ class DynamicBatcher {
   // for long.
   int NumQueuedItems() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Says that `n` more items are on their way (being preprocessed), so that under
+  // wait_only_for_announced a partial batch waits for them. Each Schedule() of k items
+  // settles up to k announced ones, whether or not it succeeds; Withdraw() settles
+  // items that will never be scheduled (failed or cancelled on the way). Thread-safe.
+  void Announce(int n) ABSL_LOCKS_EXCLUDED(mu_);
+  void Withdraw(int n) ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   using Traits = BatchItemTraits<Item>;
 
@@ -223,6 +237,9 @@ class DynamicBatcher {
   void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // Waits until a batch may be formed; false when shut down with an empty queue.
   bool WaitForBatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Settles up to `n` announced items; true when that leaves none announced while
+  // items wait, so a worker waiting for company should look again.
+  bool SettleLocked(int n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves up to max_batch_size live items into `*batch`, dead ones into `*dropped`.
   void FormBatchLocked(Batch<Item>* batch, std::vector<Dropped>* dropped)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -242,6 +259,7 @@ class DynamicBatcher {
   absl::CondVar work_available_;
   std::deque<Entry> queue_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t announced_ ABSL_GUARDED_BY(mu_) = 0;
   batching_internal::RunTimeAverage run_time_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -277,6 +295,7 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
   }
   const size_t count = items->size();
   if (count > static_cast<size_t>(options_.max_queue_size)) {
+    Withdraw(static_cast<int>(std::min<size_t>(count, 1 << 30)));
     return absl::InvalidArgumentError(
         absl::StrCat(count, " items are more than the ", options_.name,
                      " queue can ever hold (", options_.max_queue_size, ")"));
@@ -285,6 +304,8 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
   std::optional<absl::Duration> retry_delay;
   {
     absl::MutexLock lock(&mu_);
+    // These items are no longer on their way, whatever happens to them below.
+    notify = SettleLocked(static_cast<int>(count));
     if (shutting_down_) {
       return absl::UnavailableError(
           absl::StrCat(options_.name, " batcher is shutting down"));
@@ -301,10 +322,11 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
       const size_t full = static_cast<size_t>(options_.max_batch_size);
       // Wake a worker when it has a new oldest item to time, or a full batch to take.
       // A worker that forms a batch and leaves items behind wakes the next one.
-      notify = queued == 0 || (queued < full && queued + count >= full);
+      notify = notify || queued == 0 || (queued < full && queued + count >= full);
     }
   }
   if (retry_delay.has_value()) {
+    if (notify) work_available_.Signal();
     absl::Status status = absl::ResourceExhaustedError(
         absl::StrCat(options_.name, " queue is full (", options_.max_queue_size,
                      " items); retry after ", absl::FormatDuration(*retry_delay)));
@@ -314,6 +336,30 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
   items->clear();
   if (notify) work_available_.Signal();
   return absl::OkStatus();
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::Announce(int n) {
+  if (n <= 0) return;
+  absl::MutexLock lock(&mu_);
+  announced_ += n;
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::Withdraw(int n) {
+  bool notify;
+  {
+    absl::MutexLock lock(&mu_);
+    notify = SettleLocked(n);
+  }
+  if (notify) work_available_.Signal();
+}
+
+template <typename Item>
+bool DynamicBatcher<Item>::SettleLocked(int n) {
+  if (n <= 0 || announced_ == 0) return false;
+  announced_ -= std::min<int64_t>(n, announced_);
+  return announced_ == 0 && !queue_.empty() && options_.wait_only_for_announced;
 }
 
 template <typename Item>
@@ -372,6 +418,7 @@ bool DynamicBatcher<Item>::WaitForBatchLocked() {
     if (shutting_down_ || queue_.size() >= static_cast<size_t>(options_.max_batch_size)) {
       return true;
     }
+    if (options_.wait_only_for_announced && announced_ == 0) return true;
     const absl::Time due = queue_.front().enqueue_time + options_.max_queue_delay;
     if (clock_->Now() >= due) return true;
     clock_->WaitWithDeadline(&mu_, &work_available_, due);

@@ -239,6 +239,7 @@ absl::Status EmbeddingEngine::Start() {
   batch.max_queue_delay = options_.max_queue_delay;
   batch.max_queue_size = options_.max_queue_size;
   batch.num_workers = options_.workers;
+  batch.wait_only_for_announced = options_.wait_only_for_announced;
   batch.name = "image";
   CLIPSERVE_ASSIGN_OR_RETURN(
       image_batcher_,
@@ -285,11 +286,14 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
   const int n = static_cast<int>(images.size());
   auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
                             std::move(done), &pending_requests_);
-  // One preprocessing task per image, so a request's images decode in parallel.
+  // One preprocessing task per image, so a request's images decode in parallel. The
+  // batcher knows they are coming, so a partial batch can wait for them.
+  image_batcher_->Announce(n);
   for (int i = 0; i < n; ++i) {
     absl::Status submitted =
         pool_->Submit([this, request, i, input = std::move(images[i])]() mutable {
           if (request->cancelled()) {
+            image_batcher_->Withdraw(1);
             request->ItemDone(request->failed ? absl::AbortedError("another item failed")
                                               : absl::CancelledError("call cancelled"));
             return;
@@ -314,6 +318,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
                                   : decoded.status();
           }
           if (!status.ok()) {
+            image_batcher_->Withdraw(1);
             request->ItemDone(ItemError(*request, i, status));
             return;
           }
@@ -324,6 +329,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
         });
     if (!submitted.ok()) {
       // The pool is full: answer this item and the ones not submitted yet at once.
+      image_batcher_->Withdraw(n - i);
       for (int k = i; k < n; ++k) request->ItemDone(submitted);
       break;
     }
@@ -344,6 +350,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   request->result.num_tokens.assign(n, 0);
   // Tokenizing is fast (microseconds a text): one task for the whole request, which
   // then schedules all its items at once (all or none).
+  text_batcher_->Announce(n);
   absl::Status submitted =
       pool_->Submit([this, request, texts = std::move(texts)]() mutable {
         std::vector<TextItem> items;
@@ -353,6 +360,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           if (!encoded.ok()) {
             // Fail the request once, on behalf of every item not yet scheduled.
             const absl::Status error = ItemError(*request, i, encoded.status());
+            text_batcher_->Withdraw(static_cast<int>(texts.size()));
             for (size_t k = 0; k < texts.size(); ++k) request->ItemDone(error);
             return;
           }
@@ -370,6 +378,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
         }
       });
   if (!submitted.ok()) {
+    text_batcher_->Withdraw(n);
     for (int k = 0; k < n; ++k) request->ItemDone(submitted);
   }
 }

@@ -37,6 +37,10 @@ struct EmbeddingEngineOptions {
   // How long the first queued item waits for company. Default 2 ms: small next to a
   // forward pass (tens of ms on CPU), enough for concurrent callers to share batches.
   absl::Duration max_queue_delay = absl::Milliseconds(2);
+  // A partial batch waits max_queue_delay for company only while more items are being
+  // preprocessed; with none on their way it runs at once, so a lone request on an
+  // idle server does not pay the delay. Default true.
+  bool wait_only_for_announced = true;
   // Items waiting per modality before requests are refused with RESOURCE_EXHAUSTED.
   // Default 1024 (32 full batches).
   int max_queue_size = 1024;

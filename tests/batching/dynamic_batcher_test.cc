@@ -264,6 +264,68 @@ TEST_F(DynamicBatcherTest, ZeroDelayRunsWhateverIsQueued) {
   EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1)));
 }
 
+TEST_F(DynamicBatcherTest, WithNothingAnnouncedAPartialBatchRunsAtOnce) {
+  DynamicBatcherOptions options = Options(4, absl::Hours(1));
+  options.wait_only_for_announced = true;
+  auto batcher = Make(options);
+  std::vector<TestItem> items = Items({1});
+  ASSERT_TRUE(batcher->Schedule(&items).ok());
+  ASSERT_TRUE(recorder_.WaitFor(1));  // the clock never moves
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1)));
+  EXPECT_THAT(recorder_.waits()[0], ElementsAre(absl::ZeroDuration()));
+}
+
+TEST_F(DynamicBatcherTest, APartialBatchWaitsForAnnouncedItems) {
+  DynamicBatcherOptions options = Options(4, absl::Milliseconds(10));
+  options.wait_only_for_announced = true;
+  auto batcher = Make(options);
+  batcher->Announce(3);
+  std::vector<TestItem> first = Items({1});
+  ASSERT_TRUE(batcher->Schedule(&first).ok());  // two more are on their way
+  clock_.AdvanceTime(absl::Milliseconds(4));
+  EXPECT_EQ(recorder_.num_batches(), 0u);
+  std::vector<TestItem> second = Items({2});
+  ASSERT_TRUE(batcher->Schedule(&second).ok());
+  EXPECT_EQ(recorder_.num_batches(), 0u);
+  // The last announced item fails on its way: nothing more is coming, so the two
+  // queued items run now instead of at the 10 ms delay.
+  batcher->Withdraw(1);
+  ASSERT_TRUE(recorder_.WaitFor(1));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1, 2)));
+  EXPECT_THAT(recorder_.waits()[0],
+              ElementsAre(absl::Milliseconds(4), absl::ZeroDuration()));
+}
+
+TEST_F(DynamicBatcherTest, AnnouncedItemsThatNeverComeWaitOnlyTheDelay) {
+  DynamicBatcherOptions options = Options(4, absl::Milliseconds(10));
+  options.wait_only_for_announced = true;
+  auto batcher = Make(options);
+  batcher->Announce(5);
+  std::vector<TestItem> items = Items({1});
+  ASSERT_TRUE(batcher->Schedule(&items).ok());
+  clock_.AdvanceTime(absl::Milliseconds(10) - absl::Nanoseconds(1));
+  EXPECT_EQ(recorder_.num_batches(), 0u);
+  clock_.AdvanceTime(absl::Nanoseconds(1));
+  ASSERT_TRUE(recorder_.WaitFor(1));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1)));
+}
+
+TEST_F(DynamicBatcherTest, ARefusedScheduleStillSettlesItsAnnouncement) {
+  DynamicBatcherOptions options = Options(4, absl::Hours(1));
+  options.max_queue_size = 4;
+  options.wait_only_for_announced = true;
+  auto batcher = Make(options);
+  batcher->Announce(6);
+  std::vector<TestItem> first = Items({1});
+  ASSERT_TRUE(batcher->Schedule(&first).ok());
+  EXPECT_EQ(recorder_.num_batches(), 0u);  // five more announced
+  std::vector<TestItem> too_many = Items({2, 3, 4, 5, 6});
+  EXPECT_EQ(batcher->Schedule(&too_many).code(), absl::StatusCode::kInvalidArgument);
+  // Refused, yet no longer on their way: {1} runs though the clock never moves.
+  ASSERT_TRUE(recorder_.WaitFor(1));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1)));
+}
+
 TEST_F(DynamicBatcherTest, OrderIsPreservedAcrossBatches) {
   auto batcher = Make(Options(3, absl::Milliseconds(5)));
   for (int id = 0; id < 10; ++id) {

@@ -258,6 +258,41 @@ TEST_F(EmbeddingEngineTest, AfterShutdownRequestsAreUnavailable) {
 
 // A tokenizer that can emit an id (for "qq") past the model's embedding table: the
 // model refuses the whole batch holding it, which must fail only that batch's request.
+// With an hour of queue delay, a lone request would hang if its partial batch waited
+// for company that is not on its way.
+TEST(EmbeddingEngineLatencyTest, ALoneRequestDoesNotWaitForTheQueueDelay) {
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), /*seed=*/3);
+  loaded.name = "tiny";
+  auto tokenizer = BpeTokenizer::Create(
+      *LoadOpenAiVocabulary(testing::SharedPath("clip/bpe_simple_vocab_16e6.txt.gz")),
+      {});
+  ASSERT_TRUE(tokenizer.ok());
+  EmbeddingEngineOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_delay = absl::Hours(1);
+  auto engine =
+      EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  for (int round = 0; round < 3; ++round) {
+    absl::Notification texts_done, images_done;
+    (*engine)->EmbedTexts({"a lone caption", "and its friend"}, {}, "texts",
+                          [&](absl::StatusOr<EmbedResult> r) {
+                            EXPECT_TRUE(r.ok()) << r.status();
+                            texts_done.Notify();
+                          });
+    ImageInput image;
+    image.encoded = ReadShared("images/chelsea.png");
+    (*engine)->EmbedImages({image, image}, {}, "images",
+                           [&](absl::StatusOr<EmbedResult> r) {
+                             EXPECT_TRUE(r.ok()) << r.status();
+                             images_done.Notify();
+                           });
+    EXPECT_TRUE(texts_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    EXPECT_TRUE(images_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  }
+}
+
 TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
   ClipConfig config = testing::TinyClipConfig();
   config.text.vocab_size = 1000;
