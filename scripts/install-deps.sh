@@ -14,6 +14,8 @@ packages=(
   # core libraries
   libabsl-dev libgoogle-glog-dev libgflags-dev libre2-dev zlib1g-dev
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
+  # metrics registry and Prometheus text format (clipserve links only its core part)
+  prometheus-cpp-dev
   # tensors; without libopenblas0-openmp Debian's LibTorch falls back to reference BLAS
   libtorch-dev libopenblas0-openmp
   # images
