@@ -28,7 +28,8 @@ COPY --from=build /out/lib/ /usr/local/lib/clipserve/
 COPY --from=build /out/clip_server /out/clip_client /usr/local/bin/
 RUN echo /usr/local/lib/clipserve > /etc/ld.so.conf.d/clipserve.conf && ldconfig
 USER clipserve
-EXPOSE 50051
+# gRPC; HTTP /metrics, /healthz, /readyz (--metrics_port)
+EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["clip_client", "--target=localhost:50051", "--deadline_ms=2000", "health"]
 ENTRYPOINT ["clip_server", "--host=0.0.0.0", "--port=50051"]
