@@ -4,10 +4,12 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -224,6 +226,50 @@ TEST_F(MetricsE2ETest, AnUnhealthyEngineIsNotReady) {
   EXPECT_EQ(HttpStatus(http_->port(), "/readyz"), 200);
   engine_->Shutdown();  // healthy() turns false
   EXPECT_EQ(HttpStatus(http_->port(), "/readyz"), 503);
+}
+
+TEST_F(MetricsE2ETest, NotReadyWhileDrainingAndTheStreamIsCounted) {
+  StartServing();
+  const int port = http_->port();
+  // A stream that stays open keeps the server draining until the client ends it.
+  grpc::ClientContext context;
+  auto stream = stub_->EmbedStream(&context);
+  pb::EmbedStreamRequest item;
+  item.set_id("1");
+  item.set_text("a cat");
+  ASSERT_TRUE(stream->Write(item));
+  pb::EmbedStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));  // the call has surely reached the server
+  EXPECT_EQ(answer.id(), "1");
+  EXPECT_THAT(FindSample(Scrape(), "clipserve_requests_in_flight"), Optional(1.0));
+
+  absl::Notification drained;
+  std::thread shutdown([this, &drained] {
+    server_->Shutdown(absl::Seconds(60));
+    drained.Notify();
+  });
+  // Readiness drops as soon as the drain begins (polled: the drain starts on the
+  // other thread), while the stream is still open.
+  int status = 0;
+  for (int attempt = 0; attempt < 1000 && (status = HttpStatus(port, "/readyz")) == 200;
+       ++attempt) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(status, 503);
+  EXPECT_FALSE(drained.HasBeenNotified());
+  EXPECT_EQ(HttpStatus(port, "/healthz"), 200);
+
+  ASSERT_TRUE(stream->WritesDone());
+  while (stream->Read(&answer)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  shutdown.join();
+  EXPECT_TRUE(drained.HasBeenNotified());
+  const std::string text = Scrape();
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_requests_total{code="OK",rpc="EmbedStream"})"),
+      Optional(1.0));
+  EXPECT_THAT(FindSample(text, "clipserve_requests_in_flight"), Optional(0.0));
 }
 
 }  // namespace
