@@ -81,8 +81,9 @@ ABSL_FLAG(int32_t, metrics_port, 9090,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; 0 picks a free "
           "one and logs it; -1 turns the endpoint off.");
 ABSL_FLAG(int32_t, slow_request_ms, 1000,
-          "Log one WARNING line for each successful call that takes at least this "
-          "many milliseconds; 0 turns it off. Failed calls are always logged.");
+          "Log one WARNING line for each successful call (EmbedStream excepted) that "
+          "takes at least this many milliseconds; 0 turns it off. Failed calls are "
+          "always logged.");
 ABSL_FLAG(std::string, log_format, "text",
           "text (glog's lines) or json (one JSON object per line on stderr: time, "
           "severity, source, thread, message and the line's fields).");

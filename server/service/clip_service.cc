@@ -466,7 +466,8 @@ class EmbedStreamCall final
         max_in_flight_(options.max_stream_items_in_flight),
         deadline_(DeadlineOf(context)),
         recorder_(recorder),
-        record_(recorder->Start("EmbedStream", context.peer())) {
+        record_(
+            recorder->Start("EmbedStream", context.peer(), RpcRecorder::Kind::kStream)) {
     StartRead(&read_);  // reading_ starts true
   }
 

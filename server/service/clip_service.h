@@ -43,7 +43,8 @@ struct ClipServiceOptions {
   // flight are tracked, and label cache lookups are counted (metrics.h). Not owned;
   // must outlive the service. nullptr records no metrics.
   Metrics* metrics = nullptr;
-  // A successful call taking at least this long is logged as slow; zero disables.
+  // A successful unary call taking at least this long is logged as slow (streams
+  // never are); zero disables.
   // Default 1 s (see RpcRecorderOptions). Failed calls are always logged.
   absl::Duration slow_request_threshold = absl::Seconds(1);
 

@@ -29,8 +29,10 @@ RpcRecorder::RpcRecorder(const RpcRecorderOptions& options)
     : options_(options),
       clock_(options.clock != nullptr ? options.clock : RealClock::Get()) {}
 
-RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer) const {
+RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer,
+                                     Kind kind) const {
   Call call;
+  call.stream_ = kind == Kind::kStream;
   call.rpc_ = std::string(rpc);
   call.peer_ = std::move(peer);
   call.start_ = clock_->Now();
@@ -48,7 +50,8 @@ void RpcRecorder::End(Call& call, const absl::Status& status) const {
   if (options_.metrics != nullptr) {
     options_.metrics->RequestFinished(call.rpc_, status.code(), elapsed);
   }
-  const bool slow = options_.slow_request_threshold > absl::ZeroDuration() &&
+  const bool slow = !call.stream_ &&
+                    options_.slow_request_threshold > absl::ZeroDuration() &&
                     elapsed >= options_.slow_request_threshold;
   if (status.ok() && !slow) return;
 

@@ -16,8 +16,8 @@ struct RpcRecorderOptions {
   // Where calls are counted and timed; not owned, must outlive the recorder. nullptr:
   // nothing is counted (calls are still logged).
   Metrics* metrics = nullptr;
-  // A successful call that took at least this long is logged as slow (one WARNING
-  // line). Zero or negative: slow calls are not logged. Default 1 s: well above a
+  // A successful unary call that took at least this long is logged as slow (one
+  // WARNING line). Zero or negative: slow calls are not logged. Default 1 s: well above a
   // batch of a ViT-B model on a CPU, so a slow line means queueing or an overload.
   absl::Duration slow_request_threshold = absl::Seconds(1);
   // Longest error message copied into a log line, in bytes; longer ones are cut.
@@ -48,6 +48,7 @@ class RpcRecorder {
     std::string rpc_;
     std::string peer_;
     absl::Time start_;
+    bool stream_ = false;
     bool started_ = false;
   };
 
@@ -55,9 +56,13 @@ class RpcRecorder {
   RpcRecorder(const RpcRecorder&) = delete;
   RpcRecorder& operator=(const RpcRecorder&) = delete;
 
+  // Whether a call is a long-lived stream, whose duration the client decides: it is
+  // timed and counted like any call, but never logged as slow.
+  enum class Kind { kUnary, kStream };
+
   // A call of `rpc` (the method name, "EmbedText") from `peer` (grpc's peer(),
   // "ipv4:10.0.0.7:51234") has started: counted in flight from now.
-  Call Start(absl::string_view rpc, std::string peer) const;
+  Call Start(absl::string_view rpc, std::string peer, Kind kind = Kind::kUnary) const;
 
   // `call` ended with `status` (the code and message its client receives). Call it
   // once per Start(), just before the RPC's Finish(), so that a client reading the

@@ -155,6 +155,23 @@ TEST_F(RpcRecorderTest, SlowSuccessfulCallsAreLoggedAtTheThreshold) {
             "slow request rpc=EmbedImage code=OK peer=ipv6:[::1]:4000 duration_ms=1000");
 }
 
+TEST_F(RpcRecorderTest, StreamsAreTimedButNeverSlow) {
+  RpcRecorder recorder(Options(absl::Seconds(1)));
+  RpcRecorder::Call stream =
+      recorder.Start("EmbedStream", "peer", RpcRecorder::Kind::kStream);
+  clock_.AdvanceTime(absl::Minutes(10));
+  recorder.End(stream, absl::OkStatus());
+  EXPECT_TRUE(sink_.lines().empty());
+  EXPECT_THAT(FindSample(metrics_.Serialize(),
+                         R"(clipserve_request_duration_seconds_sum{rpc="EmbedStream"})"),
+              Optional(600.0));
+  // A failed stream is logged like any failed call.
+  RpcRecorder::Call failed =
+      recorder.Start("EmbedStream", "peer", RpcRecorder::Kind::kStream);
+  recorder.End(failed, absl::CancelledError("stream cancelled"));
+  EXPECT_EQ(sink_.lines().size(), 1u);
+}
+
 TEST_F(RpcRecorderTest, ZeroThresholdTurnsSlowLogsOff) {
   RpcRecorder recorder(Options(absl::ZeroDuration()));
   RpcRecorder::Call call = recorder.Start("EmbedImage", "peer");
