@@ -16,6 +16,8 @@ packages=(
   # tcmalloc: keeps freed activation memory instead of faulting it in every batch
   libgoogle-perftools-dev
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
+  # metrics registry and Prometheus text format (clipserve links only its core part)
+  prometheus-cpp-dev
   # tensors; without libopenblas0-openmp Debian's LibTorch falls back to reference BLAS
   libtorch-dev libopenblas0-openmp
   # images

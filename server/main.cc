@@ -34,6 +34,9 @@
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
 #include "server/model/blas_kernel.h"
+#include "server/logging/json_log_sink.h"
+#include "server/metrics/metrics.h"
+#include "server/metrics/metrics_http_server.h"
 #include "server/model/model_loader.h"
 #include "server/service/bearer_auth.h"
 #include "server/service/clip_server.h"
@@ -101,6 +104,18 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "File of accepted bearer tokens, one per line. When set, every ClipService "
           "call must send 'authorization: Bearer <token>' or gets UNAUTHENTICATED; "
           "health checks and reflection need none. Read once at start-up.");
+ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
+          "Address the HTTP endpoint (/metrics, /healthz, /readyz) listens on.");
+ABSL_FLAG(int32_t, metrics_port, 9090,
+          "HTTP port for /metrics (Prometheus), /healthz and /readyz; 0 picks a free "
+          "one and logs it; -1 turns the endpoint off.");
+ABSL_FLAG(int32_t, slow_request_ms, 1000,
+          "Log one WARNING line for each successful call (EmbedStream excepted) that "
+          "takes at least this many milliseconds; 0 turns it off. Failed calls are "
+          "always logged.");
+ABSL_FLAG(std::string, log_format, "text",
+          "text (glog's lines) or json (one JSON object per line on stderr: time, "
+          "severity, source, thread, message and the line's fields).");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
           "On SIGTERM/SIGINT, seconds that calls in flight get to finish before they "
           "are cancelled. Keep it below Kubernetes' terminationGracePeriodSeconds.");
@@ -229,6 +244,29 @@ absl::Status Run() {
                        ? "none"
                        : absl::StrCat("bearer(", authenticator->size(), " tokens)"));
 
+  // Metrics first: the engine and the service report into it, so it outlives both.
+  Metrics metrics;
+  // The HTTP endpoint answers from the start, before the model loads: /healthz says
+  // the process is alive, /readyz 503 until gRPC serves (SetReadinessCheck below).
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port >= 0) {
+    MetricsHttpServerOptions http_options;
+    http_options.host = absl::GetFlag(FLAGS_metrics_host);
+    http_options.port = metrics_port;
+    CLIPSERVE_ASSIGN_OR_RETURN(metrics_http,
+                               MetricsHttpServer::Create(http_options, &metrics));
+    LOG(INFO) << "metrics, /healthz and /readyz on http://" << http_options.host << ":"
+              << metrics_http->port();
+  } else {
+    LOG(INFO) << "metrics endpoint off (--metrics_port=" << metrics_port << ")";
+  }
+  const int slow_request_ms = absl::GetFlag(FLAGS_slow_request_ms);
+  if (slow_request_ms < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--slow_request_ms must be >= 0, got ", slow_request_ms));
+  }
+
   ModelLoadOptions load;
   CLIPSERVE_ASSIGN_OR_RETURN(load.device, ParseDevice(absl::GetFlag(FLAGS_device)));
   CLIPSERVE_ASSIGN_OR_RETURN(
@@ -247,6 +285,7 @@ absl::Status Run() {
   engine_options.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
   engine_options.decode.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   engine_options.decode.max_encoded_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  engine_options.observer = &metrics;
 
   CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded,
                              LoadModel(absl::GetFlag(FLAGS_model), load));
@@ -257,6 +296,7 @@ absl::Status Run() {
       EmbeddingEngine::Create(std::move(loaded), std::move(tokenizer), engine_options));
 
   CachingEngineOptions cache_options;
+  cache_options.observer = &metrics;
   CLIPSERVE_ASSIGN_OR_RETURN(cache_options.text_cache_bytes,
                              MebibytesFlag("text_cache_mb", FLAGS_text_cache_mb));
   CLIPSERVE_ASSIGN_OR_RETURN(cache_options.image_cache_bytes,
@@ -272,6 +312,8 @@ absl::Status Run() {
   service_options.limits.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   service_options.limits.max_image_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   service_options.authenticator = authenticator;
+  service_options.metrics = &metrics;
+  service_options.slow_request_threshold = absl::Milliseconds(slow_request_ms);
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipService> service,
                              ClipService::Create(&cached_engine, service_options));
 
@@ -287,6 +329,14 @@ absl::Status Run() {
                              ClipServer::Create(server_options, std::move(services)));
 
   const ModelDescription& d = engine->description();
+  metrics.SetModelInfo(d);
+  if (metrics_http != nullptr) {
+    // Ready while gRPC serves: not before the port opened, not while the engine is
+    // unhealthy, not once draining began.
+    metrics_http->SetReadinessCheck([server = server.get(), engine = engine.get()] {
+      return server->serving() && engine->healthy();
+    });
+  }
   LOG(INFO) << "clip_server serving on " << server_options.host << ":" << server->port()
             << " model=" << d.name << (d.random_weights ? " (random demo weights)" : "")
             << " format=" << d.checkpoint_format << " vision=" << d.vision_architecture
@@ -315,11 +365,14 @@ absl::Status Run() {
     }
   }
   const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
+  const absl::Time drain_start = absl::Now();
   LOG(INFO) << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
             << ", draining for up to " << grace;
   server->Shutdown(grace);
   engine->Shutdown();
-  LOG(INFO) << "clip_server stopped";
+  // Before the server and engine its readiness check reads are destroyed.
+  if (metrics_http != nullptr) metrics_http->Stop();
+  LOG(INFO) << "clip_server stopped after draining for " << absl::Now() - drain_start;
   return absl::OkStatus();
 }
 
@@ -333,7 +386,8 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
-  absl::Status status = clipserve::MaybeRestartForBetterBlas(argv);
+  absl::Status status = clipserve::SetLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (status.ok()) status = clipserve::MaybeRestartForBetterBlas(argv);
   if (status.ok()) status = clipserve::Run();
   if (!status.ok()) {
     LOG(ERROR) << "clip_server failed: " << status;

@@ -24,6 +24,7 @@ std::string ModelKey(const ModelDescription& d) {
 
 CachingEngine::CachingEngine(Engine* inner, const CachingEngineOptions& options)
     : inner_(inner),
+      observer_(options.observer),
       model_key_(ModelKey(inner->description())),
       text_cache_(options.text_cache_bytes),
       image_cache_(options.image_cache_bytes) {}
@@ -103,6 +104,10 @@ void CachingEngine::Embed(EmbeddingCache& cache, bool texts, std::vector<Input> 
       continue;
     }
     hits[i] = cache.Lookup(keys[i]);
+    if (observer_ != nullptr) {
+      observer_->OnCacheLookup(texts ? Modality::kText : Modality::kImage,
+                               hits[i] != nullptr);
+    }
     if (hits[i] != nullptr) continue;
     miss_row[i] = static_cast<int>(misses.size());
     row_of_key.emplace(keys[i], miss_row[i]);

@@ -18,6 +18,8 @@ struct CachingEngineOptions {
   // Bytes of image embeddings kept (0 disables, the default): repeated images are
   // rarer, and hashing each image's bytes is then pure overhead.
   size_t image_cache_bytes = 0;
+  // Optional: told of every lookup (hit or miss). Not owned; must outlive the engine.
+  EngineObserver* observer = nullptr;
 };
 
 // An Engine that remembers embeddings: an item whose key (model, modality, options,
@@ -56,6 +58,7 @@ class CachingEngine : public Engine {
              std::string field, EmbedCallback done, Forward forward);
 
   Engine* const inner_;
+  EngineObserver* const observer_;
   // Identifies the model in every key: name, checkpoint digest, precision, device.
   const std::string model_key_;
   EmbeddingCache text_cache_;

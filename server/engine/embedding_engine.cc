@@ -244,13 +244,13 @@ absl::Status EmbeddingEngine::Start() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       image_batcher_,
       DynamicBatcher<ImageItem>::Create(
-          batch, [this](Batch<ImageItem> b) { RunImageBatch(b.items); },
+          batch, [this](Batch<ImageItem> b) { RunImageBatch(b); },
           [](ImageItem item, absl::Status status) { item.request->ItemDone(status); }));
   batch.name = "text";
   CLIPSERVE_ASSIGN_OR_RETURN(
       text_batcher_,
       DynamicBatcher<TextItem>::Create(
-          batch, [this](Batch<TextItem> b) { RunTextBatch(b.items); },
+          batch, [this](Batch<TextItem> b) { RunTextBatch(b); },
           [](TextItem item, absl::Status status) { item.request->ItemDone(status); }));
   watchdog_ = std::thread([this] { WatchdogLoop(); });
   return absl::OkStatus();
@@ -298,6 +298,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
                                               : absl::CancelledError("call cancelled"));
             return;
           }
+          const absl::Time started = absl::Now();
           ImageItem item;
           item.request = request;
           item.index = i;
@@ -317,6 +318,9 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
                                         *decoded, absl::MakeSpan(item.pixels))
                                   : decoded.status();
           }
+          if (options_.observer != nullptr) {
+            options_.observer->OnPreprocessed(Modality::kImage, absl::Now() - started);
+          }
           if (!status.ok()) {
             image_batcher_->Withdraw(1);
             request->ItemDone(ItemError(*request, i, status));
@@ -326,6 +330,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
           one.push_back(std::move(item));
           absl::Status scheduled = image_batcher_->Schedule(&one);
           if (!scheduled.ok()) request->ItemDone(scheduled);
+          ReportQueueDepth(Modality::kImage);
         });
     if (!submitted.ok()) {
       // The pool is full: answer this item and the ones not submitted yet at once.
@@ -353,6 +358,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   text_batcher_->Announce(n);
   absl::Status submitted =
       pool_->Submit([this, request, texts = std::move(texts)]() mutable {
+        const absl::Time started = absl::Now();
         std::vector<TextItem> items;
         items.reserve(texts.size());
         for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
@@ -361,6 +367,9 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
             // Fail the request once, on behalf of every item not yet scheduled.
             const absl::Status error = ItemError(*request, i, encoded.status());
             text_batcher_->Withdraw(static_cast<int>(texts.size()));
+            if (options_.observer != nullptr) {
+              options_.observer->OnPreprocessed(Modality::kText, absl::Now() - started);
+            }
             for (size_t k = 0; k < texts.size(); ++k) request->ItemDone(error);
             return;
           }
@@ -372,10 +381,14 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           item.ids = std::move(encoded->ids);
           items.push_back(std::move(item));
         }
+        if (options_.observer != nullptr) {
+          options_.observer->OnPreprocessed(Modality::kText, absl::Now() - started);
+        }
         absl::Status scheduled = text_batcher_->Schedule(&items);
         if (!scheduled.ok()) {
           for (size_t k = 0; k < items.size(); ++k) request->ItemDone(scheduled);
         }
+        ReportQueueDepth(Modality::kText);
       });
   if (!submitted.ok()) {
     text_batcher_->Withdraw(n);
@@ -415,7 +428,27 @@ void EmbeddingEngine::BatchFinished(int64_t id) {
   running_.erase(id);
 }
 
-void EmbeddingEngine::RunImageBatch(std::vector<ImageItem>& items) {
+void EmbeddingEngine::ReportQueueDepth(Modality modality) {
+  if (options_.observer == nullptr) return;
+  options_.observer->OnQueueDepth(modality, modality == Modality::kImage
+                                                ? image_batcher_->NumQueuedItems()
+                                                : text_batcher_->NumQueuedItems());
+}
+
+template <typename Item>
+void EmbeddingEngine::ReportBatch(Modality modality, const Batch<Item>& batch,
+                                  absl::Time start) {
+  if (options_.observer == nullptr) return;
+  const absl::Duration inference = absl::Now() - start;
+  std::vector<absl::Duration> waits(batch.items.size());
+  for (size_t i = 0; i < waits.size(); ++i) waits[i] = batch.QueueWait(i);
+  options_.observer->OnBatch(modality, waits, inference);
+}
+
+void EmbeddingEngine::RunImageBatch(Batch<ImageItem>& batch) {
+  ReportQueueDepth(Modality::kImage);
+  const absl::Time start = absl::Now();
+  std::vector<ImageItem>& items = batch.items;
   const int64_t s = description_.image_size;
   const int64_t per_image = 3 * s * s;
   const int64_t n = static_cast<int64_t>(items.size());
@@ -434,10 +467,16 @@ void EmbeddingEngine::RunImageBatch(std::vector<ImageItem>& items) {
       },
       "running an image batch");
   BatchFinished(id);
+  // Before the items are answered, so a client that reads the metrics after its
+  // answer finds its batch counted.
+  ReportBatch(Modality::kImage, batch, start);
   FinishBatch(items, built.ok() ? std::move(features) : built, computed_images_);
 }
 
-void EmbeddingEngine::RunTextBatch(std::vector<TextItem>& items) {
+void EmbeddingEngine::RunTextBatch(Batch<TextItem>& batch) {
+  ReportQueueDepth(Modality::kText);
+  const absl::Time start = absl::Now();
+  std::vector<TextItem>& items = batch.items;
   size_t longest = 0;
   for (const TextItem& item : items) longest = std::max(longest, item.ids.size());
   const int64_t n = static_cast<int64_t>(items.size());
@@ -462,6 +501,7 @@ void EmbeddingEngine::RunTextBatch(std::vector<TextItem>& items) {
       },
       "running a text batch");
   BatchFinished(id);
+  ReportBatch(Modality::kText, batch, start);
   FinishBatch(items, built.ok() ? std::move(features) : built, computed_texts_);
 }
 

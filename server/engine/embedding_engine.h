@@ -26,6 +26,8 @@ class Preprocessor;
 }
 template <typename Item>
 class DynamicBatcher;
+template <typename Item>
+struct Batch;
 struct ImageItem;
 struct TextItem;
 class ThreadPool;
@@ -67,6 +69,10 @@ struct EmbeddingEngineOptions {
   // Run one image and one text through the model before Create returns, so the first
   // request does not pay for oneDNN's kernel selection and allocator warm-up.
   bool warm_up = true;
+  // Optional: told about preprocessing times, batches (size, queue waits, model run
+  // time) and queue depths, for metrics. Not owned; must outlive the engine. nullptr
+  // (the default) reports nothing.
+  EngineObserver* observer = nullptr;
 };
 
 // The real Engine: owns the model, tokenizer, preprocessor, one DynamicBatcher per
@@ -124,8 +130,13 @@ class EmbeddingEngine : public Engine {
   EmbeddingEngine(LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
                   const EmbeddingEngineOptions& options);
   absl::Status Start();
-  void RunImageBatch(std::vector<ImageItem>& items);
-  void RunTextBatch(std::vector<TextItem>& items);
+  void RunImageBatch(Batch<ImageItem>& batch);
+  void RunTextBatch(Batch<TextItem>& batch);
+  // Reports a batch that ran from `start` until now to the observer, if any.
+  template <typename Item>
+  void ReportBatch(Modality modality, const Batch<Item>& batch, absl::Time start);
+  // Reports the modality's queue depth to the observer, if any.
+  void ReportQueueDepth(Modality modality);
   // Stores each row and answers each item, or fails them all with the batch's error.
   template <typename Item>
   void FinishBatch(std::vector<Item>& items, absl::StatusOr<torch::Tensor> features,

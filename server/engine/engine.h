@@ -11,7 +11,9 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 // The seam between the gRPC service and the model: what the service asks of an
 // engine. EmbeddingEngine (embedding_engine.h) is the real one; service tests plug in
@@ -101,6 +103,41 @@ struct ModelDescription {
   std::string checkpoint_format;
   std::string checkpoint_sha256;
   bool random_weights = false;
+};
+
+// Which tower an input goes through (metrics label values "image" and "text").
+enum class Modality { kImage, kText };
+
+inline absl::string_view ModalityName(Modality modality) {
+  return modality == Modality::kImage ? "image" : "text";
+}
+
+// What an engine reports about its work as it happens, for metrics. The engine does
+// not own the observer, which must outlive it. Methods are called from the engine's
+// preprocessing and batch worker threads, concurrently: implementations are
+// thread-safe, must not block for long and must not call back into the engine. Every
+// method has an empty default, so an observer overrides only what it needs.
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+
+  // One preprocessing task is done (successfully or not): decode + resize + normalize
+  // of one image, or cleaning + BPE of one request's texts. `elapsed` is its run time.
+  virtual void OnPreprocessed(Modality /*modality*/, absl::Duration /*elapsed*/) {}
+
+  // A batch of `queue_waits.size()` items went through the model (or failed there):
+  // queue_waits[i] is how long item i waited in its queue before the batch formed,
+  // `inference` how long the model run took (stacking and copying included).
+  virtual void OnBatch(Modality /*modality*/,
+                       absl::Span<const absl::Duration> /*queue_waits*/,
+                       absl::Duration /*inference*/) {}
+
+  // Items now waiting in the modality's queue; reported after each enqueue and when a
+  // batch starts, so between reports the depth is unchanged.
+  virtual void OnQueueDepth(Modality /*modality*/, int /*items*/) {}
+
+  // One lookup in an embedding cache (CachingEngine) found its item or did not.
+  virtual void OnCacheLookup(Modality /*modality*/, bool /*hit*/) {}
 };
 
 // Called exactly once per request with the embeddings or the request's error: on an

@@ -70,8 +70,14 @@ ClipServer::~ClipServer() { Shutdown(absl::ZeroDuration()); }
 void ClipServer::SetServing(bool serving) {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return;
+  serving_ = serving;
   // Updates every status Create() registered ("" and the ClipService).
   server_->GetHealthCheckService()->SetServingStatus(serving);
+}
+
+bool ClipServer::serving() const {
+  absl::MutexLock lock(&mu_);
+  return serving_ && !shut_down_;
 }
 
 void ClipServer::Shutdown(absl::Duration grace) {

@@ -70,6 +70,10 @@ class ClipServer {
   // which has turned health NOT_SERVING for good. Thread-safe; never blocks for long.
   void SetServing(bool serving);
 
+  // True while health says SERVING: from Create() until SetServing(false) or the
+  // start of Shutdown(). Thread-safe.
+  bool serving() const;
+
   // Stops serving: health turns NOT_SERVING, new calls are refused, calls in flight
   // get up to `grace` to finish and are cancelled after. Blocks until every call has
   // ended. Idempotent; later calls return at once.
@@ -84,8 +88,9 @@ class ClipServer {
   std::unique_ptr<grpc::Server> server_;
   const int port_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool serving_ ABSL_GUARDED_BY(mu_) = true;
 };
 
 }  // namespace clipserve

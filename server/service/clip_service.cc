@@ -29,6 +29,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpcpp/support/error_details.h"
+#include "server/metrics/metrics.h"
 #include "server/model/contrastive_loss.h"
 #include "server/service/grpc_status.h"
 #include "server/service/request_parsing.h"
@@ -158,8 +159,11 @@ std::string SimilarityFieldName(absl::string_view path) {
 // the call.
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryCall(const grpc::CallbackServerContext& context)
-      : deadline_(DeadlineOf(context)) {}
+  UnaryCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+            absl::string_view rpc)
+      : deadline_(DeadlineOf(context)),
+        recorder_(recorder),
+        record_(recorder->Start(rpc, context.peer())) {}
 
   EmbedOptions MakeEmbedOptions(bool normalize, bool truncate) const {
     EmbedOptions options;
@@ -187,6 +191,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     if (status.ok() && raw_out_ != nullptr) {
       status = SerializeResponse(*raw_response_, raw_out_);
     }
+    recorder_->End(record_, status);
     Finish(ToGrpcStatus(status));
   }
 
@@ -199,6 +204,8 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
  private:
   const absl::Time deadline_;
+  const RpcRecorder* const recorder_;
+  RpcRecorder::Call record_;
   const std::shared_ptr<CancellationFlag> cancellation_ =
       std::make_shared<CancellationFlag>();
   std::atomic<bool> finished_{false};
@@ -211,8 +218,9 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 template <typename Request, typename Response>
 class RawUnaryCall final : public UnaryCall {
  public:
-  RawUnaryCall(const grpc::CallbackServerContext& context, grpc::ByteBuffer* out)
-      : UnaryCall(context) {
+  RawUnaryCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+               absl::string_view rpc, grpc::ByteBuffer* out)
+      : UnaryCall(context, recorder, rpc) {
     SerializeOnFinish(&response, out);
   }
 
@@ -269,9 +277,9 @@ class JoinedCall : public UnaryCall {
 
 class SimilarityCall final : public JoinedCall {
  public:
-  SimilarityCall(const grpc::CallbackServerContext& context, grpc::ByteBuffer* out,
-                 int dim)
-      : JoinedCall(context), dim_(dim) {
+  SimilarityCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+                 grpc::ByteBuffer* out, int dim)
+      : JoinedCall(context, recorder, "Similarity"), dim_(dim) {
     SerializeOnFinish(&response_, out);
   }
 
@@ -323,9 +331,9 @@ class SimilarityCall final : public JoinedCall {
 
 class ClassifyCall final : public JoinedCall {
  public:
-  ClassifyCall(const grpc::CallbackServerContext& context, grpc::ByteBuffer* out, int dim,
-               LabelEmbeddingCache* cache)
-      : JoinedCall(context), dim_(dim), cache_(cache) {
+  ClassifyCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+               grpc::ByteBuffer* out, int dim, LabelEmbeddingCache* cache)
+      : JoinedCall(context, recorder, "Classify"), dim_(dim), cache_(cache) {
     SerializeOnFinish(&response_, out);
   }
 
@@ -452,11 +460,14 @@ class EmbedStreamCall final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   EmbedStreamCall(const grpc::CallbackServerContext& context, Engine* engine,
-                  const ClipServiceOptions& options)
+                  const ClipServiceOptions& options, const RpcRecorder* recorder)
       : engine_(engine),
         limits_(options.limits),
         max_in_flight_(options.max_stream_items_in_flight),
-        deadline_(DeadlineOf(context)) {
+        deadline_(DeadlineOf(context)),
+        recorder_(recorder),
+        record_(
+            recorder->Start("EmbedStream", context.peer(), RpcRecorder::Kind::kStream)) {
     StartRead(&read_);  // reading_ starts true
   }
 
@@ -560,7 +571,13 @@ class EmbedStreamCall final
   void Run(const Actions& actions) {
     if (actions.write) StartWrite(&write_);
     if (actions.read) StartRead(&read_);
-    if (actions.finish) Finish(actions.status);
+    if (actions.finish) {
+      recorder_->End(
+          record_,
+          absl::Status(static_cast<absl::StatusCode>(actions.status.error_code()),
+                       actions.status.error_message()));
+      Finish(actions.status);
+    }
   }
 
   // Queues the answer of an item (dropped when the stream is broken).
@@ -680,6 +697,9 @@ class EmbedStreamCall final
   const RequestLimits limits_;
   const int max_in_flight_;
   const absl::Time deadline_;
+  const RpcRecorder* const recorder_;
+  // Ended by the one Run() that finishes the call.
+  RpcRecorder::Call record_;
   const std::shared_ptr<CancellationFlag> cancellation_ =
       std::make_shared<CancellationFlag>();
 
@@ -704,9 +724,13 @@ class EmbedStreamCall final
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
 };
 
-// Ends a unary call that failed before any work started.
+// Ends a unary call that failed before any work started (counted and logged like
+// any other call).
 grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
-                                        const absl::Status& status) {
+                                        const RpcRecorder& recorder,
+                                        absl::string_view rpc, const absl::Status& status) {
+  RpcRecorder::Call call = recorder.Start(rpc, context->peer());
+  recorder.End(call, status);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
@@ -716,7 +740,13 @@ grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
 class FinishedStream final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  explicit FinishedStream(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  FinishedStream(const grpc::CallbackServerContext& context, const RpcRecorder& recorder,
+                 absl::string_view rpc, const absl::Status& status) {
+    RpcRecorder::Call call =
+        recorder.Start(rpc, context.peer(), RpcRecorder::Kind::kStream);
+    recorder.End(call, status);
+    Finish(ToGrpcStatus(status));
+  }
   void OnDone() override { delete this; }
 };
 
@@ -756,6 +786,13 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
 ClipService::ClipService(Engine* engine, const ClipServiceOptions& options)
     : engine_(engine),
       options_(options),
+      recorder_([&options] {
+        RpcRecorderOptions recorder;
+        recorder.metrics = options.metrics;
+        recorder.slow_request_threshold = options.slow_request_threshold;
+        recorder.clock = options.clock;
+        return recorder;
+      }()),
       label_cache_(static_cast<size_t>(options.label_cache_capacity)) {}
 
 absl::Status ClipService::Authenticate(const grpc::CallbackServerContext& context) const {
@@ -774,9 +811,9 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
                                                   const v1::EmbedImageRequest* request,
                                                   v1::EmbedImageResponse* response) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
-    return FinishedUnary(context, auth);
+    return FinishedUnary(context, recorder_, "EmbedImage", auth);
   }
-  auto* call = new UnaryCall(*context);
+    auto* call = new UnaryCall(*context, &recorder_, "EmbedImage");
   absl::StatusOr<std::vector<ImageInput>> images =
       ToImageInputs(request->images(), options_.limits, "images");
   if (!images.ok()) {
@@ -807,10 +844,10 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
                                                  const grpc::ByteBuffer* request_bytes,
                                                  grpc::ByteBuffer* response_bytes) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
-    return FinishedUnary(context, auth);
+    return FinishedUnary(context, recorder_, "EmbedText", auth);
   }
   auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
-      *context, response_bytes);
+      *context, &recorder_, "EmbedText", response_bytes);
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);
@@ -851,11 +888,12 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
                                                   const grpc::ByteBuffer* request_bytes,
                                                   grpc::ByteBuffer* response_bytes) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
-    return FinishedUnary(context, auth);
+    return FinishedUnary(context, recorder_, "Similarity", auth);
   }
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
-  auto* call = new SimilarityCall(*context, response_bytes, description.embed_dim);
+  auto* call =
+      new SimilarityCall(*context, &recorder_, response_bytes, description.embed_dim);
   if (absl::Status parsed =
           ParseRequest(*request_bytes, &call->request, SimilarityFieldName);
       !parsed.ok()) {
@@ -967,12 +1005,12 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
                                                 const grpc::ByteBuffer* request_bytes,
                                                 grpc::ByteBuffer* response_bytes) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
-    return FinishedUnary(context, auth);
+    return FinishedUnary(context, recorder_, "Classify", auth);
   }
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
   const int dim = description.embed_dim;
-  auto* call = new ClassifyCall(*context, response_bytes, dim, &label_cache_);
+  auto* call = new ClassifyCall(*context, &recorder_, response_bytes, dim, &label_cache_);
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);
@@ -1019,7 +1057,9 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
   for (int label = 0; label < num_labels; ++label) {
     const LabelEmbeddingCache::Embedding cached = label_cache_.Lookup(
         LabelEmbeddingCache::Key(call->templates_key, request->labels(label)));
-    if (cached != nullptr && cached->size() == static_cast<size_t>(dim)) {
+    const bool hit = cached != nullptr && cached->size() == static_cast<size_t>(dim);
+    if (options_.metrics != nullptr) options_.metrics->RecordLabelCacheLookup(hit);
+    if (hit) {
       std::copy(cached->begin(), cached->end(),
                 call->label_rows.begin() + static_cast<size_t>(label) * dim);
       continue;
@@ -1051,19 +1091,19 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ClipService::EmbedStream(
     grpc::CallbackServerContext* context) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
-    return new FinishedStream(auth);
+    return new FinishedStream(*context, recorder_, "EmbedStream", auth);
   }
-  return new EmbedStreamCall(*context, engine_, options_);
+  return new EmbedStreamCall(*context, engine_, options_, &recorder_);
 }
 
 grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* context,
                                                 const grpc::ByteBuffer* request_bytes,
                                                 grpc::ByteBuffer* response_bytes) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
-    return FinishedUnary(context, auth);
+    return FinishedUnary(context, recorder_, "Tokenize", auth);
   }
   auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
-      *context, response_bytes);
+      *context, &recorder_, "Tokenize", response_bytes);
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);
@@ -1105,8 +1145,9 @@ grpc::ServerUnaryReactor* ClipService::GetModelInfo(
     grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* /*request*/,
     v1::ModelInfo* response) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
-    return FinishedUnary(context, auth);
+    return FinishedUnary(context, recorder_, "GetModelInfo", auth);
   }
+  RpcRecorder::Call record = recorder_.Start("GetModelInfo", context->peer());
   const ModelDescription& d = engine_->description();
   response->set_name(d.name);
   v1::VisionTowerInfo* vision = response->mutable_vision();
@@ -1134,6 +1175,7 @@ grpc::ServerUnaryReactor* ClipService::GetModelInfo(
   response->set_checkpoint_sha256(d.checkpoint_sha256);
   response->set_random_weights(d.random_weights);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  recorder_.End(record, absl::OkStatus());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -4,16 +4,21 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
+#include "server/common/clock.h"
 #include "server/engine/engine.h"
 #include "server/service/bearer_auth.h"
 #include "server/service/label_embedding_cache.h"
 #include "server/service/request_validation.h"
+#include "server/service/rpc_recorder.h"
 
 namespace clipserve {
+
+class Metrics;
 
 struct ClipServiceOptions {
   // Per-request limits (counts, text bytes, image pixels and bytes); see
@@ -41,6 +46,19 @@ struct ClipServiceOptions {
   // reflection services are not part of ClipService and never ask for one (see
   // docs/SECURITY.md).
   std::shared_ptr<const BearerAuthenticator> authenticator;
+  // Optional: where every call is counted by RPC and status code and timed, calls in
+  // flight are tracked, and label cache lookups are counted (metrics.h). Not owned;
+  // must outlive the service. nullptr records no metrics.
+  Metrics* metrics = nullptr;
+  // A successful unary call taking at least this long is logged as slow (streams
+  // never are); zero disables.
+  // Default 1 s (see RpcRecorderOptions). Failed calls are always logged.
+  absl::Duration slow_request_threshold = absl::Seconds(1);
+
+  // --- Test-only ---
+
+  // Time source for call durations; not owned. nullptr means RealClock::Get().
+  Clock* clock = nullptr;
 };
 
 // The generated service with every method on gRPC's callback API. The methods whose
@@ -67,6 +85,9 @@ using ClipServiceBase = v1::ClipService::WithCallbackMethod_EmbedImage<
 // CancellationFlag that is set when the call is cancelled (client cancel, deadline,
 // server shutdown), so its queued items are dropped. Engine errors reach the client
 // unchanged through ToGrpcStatus() (RESOURCE_EXHAUSTED keeps its RetryInfo).
+//
+// Every call is recorded once, as it finishes, by an RpcRecorder: metrics (when
+// options.metrics is set) and one log line per failed or slow call.
 //
 // Similarity and Classify compute on the engine's L2-normalized embeddings with the
 // torch-free functions of server/model/contrastive_loss.h, running both towers
@@ -127,6 +148,7 @@ class ClipService final : public ClipServiceBase {
 
   Engine* const engine_;
   const ClipServiceOptions options_;
+  const RpcRecorder recorder_;
   LabelEmbeddingCache label_cache_;
 };
 

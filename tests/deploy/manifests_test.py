@@ -29,7 +29,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RENDERS = ("base", "overlays/cpu", "overlays/gpu")
 GRPC_PORT = 50051
 METRICS_PORT = 9090  # --metrics_port's default (the HTTP /metrics endpoint)
-QUEUE_METRIC = "clipserve_queue_seconds_p90"
+QUEUE_METRIC = "clipserve_queue_wait_seconds_p90"
 # Flags absl itself defines (absl/flags/parse.cc) that the manifests may use.
 ABSL_BUILTIN_FLAGS = {"flagfile"}
 

@@ -168,6 +168,33 @@ TEST_F(CachingEngineTest, EngineFailuresPassThroughAndAreNotCached) {
   EXPECT_EQ(TextCalls().size(), 2u);
 }
 
+class LookupCounter : public EngineObserver {
+ public:
+  void OnCacheLookup(Modality modality, bool hit) override {
+    (modality == Modality::kText ? text : image)[hit ? 1 : 0]++;
+  }
+  int text[2] = {0, 0};   // misses, hits
+  int image[2] = {0, 0};  // misses, hits
+};
+
+TEST_F(CachingEngineTest, TheObserverHearsOfEveryLookup) {
+  LookupCounter counter;
+  CachingEngineOptions options;
+  options.image_cache_bytes = 1 << 20;
+  options.observer = &counter;
+  MakeEngine(options);
+  ASSERT_TRUE(Texts({"a", "b", "a"}).ok());  // the repeat is not looked up again
+  ASSERT_TRUE(Texts({"a", "c"}).ok());
+  ImageInput image;
+  image.encoded = "bytes";
+  ASSERT_TRUE(Images({image}).ok());
+  ASSERT_TRUE(Images({image}).ok());
+  EXPECT_EQ(counter.text[0], 3);
+  EXPECT_EQ(counter.text[1], 1);
+  EXPECT_EQ(counter.image[0], 1);
+  EXPECT_EQ(counter.image[1], 1);
+}
+
 TEST_F(CachingEngineTest, ADisabledTextCacheForwardsEveryText) {
   CachingEngineOptions options;
   options.text_cache_bytes = 0;

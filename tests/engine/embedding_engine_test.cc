@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -350,6 +351,108 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
     done.WaitForNotification();
   }
   EXPECT_FALSE((*engine)->healthy());
+}
+
+// Records what the engine reports, for the observer test below.
+class RecordingObserver : public EngineObserver {
+ public:
+  struct BatchReport {
+    Modality modality;
+    size_t items;
+    absl::Duration inference;
+  };
+  void OnPreprocessed(Modality modality, absl::Duration elapsed) override {
+    absl::MutexLock lock(&mu_);
+    ++preprocessed_[static_cast<int>(modality)];
+    EXPECT_GE(elapsed, absl::ZeroDuration());
+  }
+  void OnBatch(Modality modality, absl::Span<const absl::Duration> queue_waits,
+               absl::Duration inference) override {
+    absl::MutexLock lock(&mu_);
+    batches_.push_back({modality, queue_waits.size(), inference});
+    for (absl::Duration wait : queue_waits) EXPECT_GE(wait, absl::ZeroDuration());
+  }
+  void OnQueueDepth(Modality modality, int items) override {
+    absl::MutexLock lock(&mu_);
+    ++depth_reports_[static_cast<int>(modality)];
+    EXPECT_GE(items, 0);
+  }
+  int preprocessed(Modality m) {
+    absl::MutexLock lock(&mu_);
+    return preprocessed_[static_cast<int>(m)];
+  }
+  int depth_reports(Modality m) {
+    absl::MutexLock lock(&mu_);
+    return depth_reports_[static_cast<int>(m)];
+  }
+  std::vector<BatchReport> batches() {
+    absl::MutexLock lock(&mu_);
+    return batches_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int preprocessed_[2] = {0, 0};
+  int depth_reports_[2] = {0, 0};
+  std::vector<BatchReport> batches_;
+};
+
+TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  auto tokenizer = BpeTokenizer::Create(ByteLevelDemoVocabulary(), {});
+  RecordingObserver observer;
+  EmbeddingEngineOptions options;
+  options.observer = &observer;
+  auto engine =
+      EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  // Warm-up runs the model directly, not through the queues: nothing reported yet.
+  EXPECT_TRUE(observer.batches().empty());
+
+  auto embed_texts = [&](std::vector<std::string> texts) {
+    absl::Notification done;
+    (*engine)->EmbedTexts(std::move(texts), {}, "texts",
+                          [&](absl::StatusOr<EmbedResult> r) {
+                            EXPECT_TRUE(r.ok()) << r.status();
+                            done.Notify();
+                          });
+    done.WaitForNotification();
+  };
+  // One request after the other, so each one's texts form one batch of their own.
+  embed_texts({"a cat", "a dog", "a bird"});
+  embed_texts({"a car"});
+  ImageInput image;
+  image.encoded = ReadShared("images/chelsea.png");
+  absl::Notification image_done;
+  (*engine)->EmbedImages({image, image}, {}, "images",
+                         [&](absl::StatusOr<EmbedResult> r) {
+                           EXPECT_TRUE(r.ok()) << r.status();
+                           image_done.Notify();
+                         });
+  image_done.WaitForNotification();
+
+  // Texts: one tokenizing task per request; images: one task per image.
+  EXPECT_EQ(observer.preprocessed(Modality::kText), 2);
+  EXPECT_EQ(observer.preprocessed(Modality::kImage), 2);
+  size_t text_items = 0, image_items = 0;
+  int text_batches = 0;
+  for (const auto& batch : observer.batches()) {
+    EXPECT_GT(batch.inference, absl::ZeroDuration());
+    if (batch.modality == Modality::kText) {
+      text_items += batch.items;
+      ++text_batches;
+    } else {
+      image_items += batch.items;
+    }
+  }
+  EXPECT_EQ(text_batches, 2);
+  EXPECT_EQ(text_items, 4u);
+  // The two images are scheduled by separate tasks and may or may not share a batch.
+  EXPECT_EQ(image_items, 2u);
+  // After each enqueue and at each batch start.
+  EXPECT_GE(observer.depth_reports(Modality::kText), 4);
+  EXPECT_GE(observer.depth_reports(Modality::kImage), 3);
 }
 
 }  // namespace

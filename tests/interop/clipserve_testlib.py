@@ -81,6 +81,10 @@ class Server:
     def __init__(self, binary, *flags):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        # Tests run in parallel (and beside other servers): the HTTP endpoint takes a
+        # free port rather than the default 9090, unless a test chooses one.
+        if not any(f.startswith("--metrics_port") for f in flags):
+            flags = ("--metrics_host=127.0.0.1", "--metrics_port=0", *flags)
         self.process = subprocess.Popen(
             [binary, "--host=127.0.0.1", f"--port={self.port}", *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

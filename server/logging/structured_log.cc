@@ -1,0 +1,97 @@
+#include "server/logging/structured_log.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+
+namespace clipserve {
+namespace {
+
+thread_local const StructuredLogRecord* current_record = nullptr;
+
+bool NeedsQuotes(absl::string_view value) {
+  if (value.empty()) return true;
+  for (const char c : value) {
+    if (c == ' ' || c == '"' || c == '=' || c == '\\' ||
+        static_cast<unsigned char>(c) < 0x20) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string Quote(absl::string_view value) {
+  std::string out = "\"";
+  for (const char c : value) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          absl::StrAppend(&out, "\\x",
+                          absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+}  // namespace
+
+LogFields& LogFields::Add(absl::string_view key, absl::string_view value) {
+  fields_.push_back({std::string(key), std::string(value), false});
+  return *this;
+}
+
+LogFields& LogFields::Add(absl::string_view key, int64_t value) {
+  fields_.push_back({std::string(key), absl::StrCat(value), true});
+  return *this;
+}
+
+LogFields& LogFields::Add(absl::string_view key, double value) {
+  fields_.push_back({std::string(key), absl::StrCat(value), std::isfinite(value)});
+  return *this;
+}
+
+std::string LogFields::ToLogfmt() const {
+  std::string out;
+  for (const Field& field : fields_) {
+    absl::StrAppend(
+        &out, " ", field.key, "=",
+        !field.is_number && NeedsQuotes(field.value) ? Quote(field.value) : field.value);
+  }
+  return out;
+}
+
+void LogStructured(const char* file, int line, google::LogSeverity severity,
+                   absl::string_view message, const LogFields& fields) {
+  const StructuredLogRecord record{message, &fields};
+  const StructuredLogRecord* const outer = current_record;
+  current_record = &record;
+  {
+    // The LogMessage's destructor sends the line to every sink, on this thread.
+    google::LogMessage(file, line, severity).stream() << message << fields.ToLogfmt();
+  }
+  current_record = outer;
+}
+
+const StructuredLogRecord* CurrentStructuredLog() { return current_record; }
+
+}  // namespace clipserve

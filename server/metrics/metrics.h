@@ -1,0 +1,145 @@
+#ifndef CLIPSERVE_SERVER_METRICS_METRICS_H_
+#define CLIPSERVE_SERVER_METRICS_METRICS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/engine/engine.h"
+
+namespace clipserve {
+
+struct MetricsOptions {
+  // Upper bounds, in seconds, of the latency histograms (queue wait, preprocessing,
+  // inference, request duration). Default 0.5 ms .. 60 s, roughly x2.5 per bucket: a
+  // tiny text batch takes under a millisecond, a ViT-L image batch on a slow CPU tens
+  // of seconds, and every scrape carries each bucket, so 17 of them.
+  std::vector<double> latency_buckets_seconds = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+      0.5,    1,     2.5,    5,     10,   20,    30,   60};
+  // Upper bounds of the batch size histogram, in items. Default powers of two up to
+  // 256: --max_batch_size is typically one of them, so a full batch lands exactly on
+  // a bucket bound.
+  std::vector<double> batch_size_buckets = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+};
+
+// clipserve's metrics: a prometheus-cpp registry and typed handles to every metric,
+// every name prefixed "clipserve_" (docs/METRICS.md lists them). The service records
+// each RPC through RequestStarted()/RequestFinished(), the engine reports its work
+// through the EngineObserver interface this class implements, caches call
+// RecordCacheLookup(), and the HTTP endpoint (metrics_http_server.h) serves
+// Serialize().
+//
+// Series that are known up front (both modalities, the in-flight gauge) exist from
+// construction with value 0, so dashboards and rate() see them before the first
+// request; per-RPC series appear with the first call of that RPC and code.
+//
+// Thread-safe: every method may be called from any thread (prometheus-cpp counters
+// and gauges are atomics, histograms and label lookups take short mutexes). Never
+// blocks for long.
+class Metrics final : public EngineObserver {
+ public:
+  explicit Metrics(const MetricsOptions& options = {});
+  ~Metrics() override;
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // --- RPCs (the service) ---
+
+  // A call of any RPC started: clipserve_requests_in_flight + 1.
+  void RequestStarted();
+  // A call ended with `code` after `elapsed` (receipt to Finish): in flight - 1,
+  // clipserve_requests_total{rpc,code} + 1, clipserve_request_duration_seconds{rpc}
+  // observes `elapsed`. Call once per RequestStarted().
+  void RequestFinished(absl::string_view rpc, absl::StatusCode code,
+                       absl::Duration elapsed);
+
+  // --- The engine (EngineObserver) ---
+
+  // clipserve_preprocess_seconds{modality}.
+  void OnPreprocessed(Modality modality, absl::Duration elapsed) override;
+  // clipserve_batch_size{modality} observes queue_waits.size(),
+  // clipserve_queue_wait_seconds{modality} each wait, clipserve_inference_seconds
+  // {modality} the model run. An empty batch is ignored.
+  void OnBatch(Modality modality, absl::Span<const absl::Duration> queue_waits,
+               absl::Duration inference) override;
+  // clipserve_queue_depth{modality}.
+  void OnQueueDepth(Modality modality, int items) override;
+  void OnCacheLookup(Modality modality, bool hit) override {
+    RecordCacheLookup(modality, hit);
+  }
+
+  // --- Caches ---
+
+  // One lookup in the embedding cache for `modality`:
+  // clipserve_embedding_cache_hits_total or _misses_total{modality} + 1.
+  void RecordCacheLookup(Modality modality, bool hit);
+  // One lookup in Classify's label-embedding cache:
+  // clipserve_label_cache_hits_total or _misses_total + 1.
+  void RecordLabelCacheLookup(bool hit);
+
+  // --- The model ---
+
+  // Sets clipserve_model_info{model,vision_architecture,text_architecture,embed_dim,
+  // device,precision,checkpoint_format} to 1, replacing an earlier model's series.
+  void SetModelInfo(const ModelDescription& model);
+
+  // Every metric in the Prometheus text exposition format, version 0.0.4 (the body
+  // of GET /metrics).
+  std::string Serialize() const;
+
+  // The registry, for code that adds metrics of its own (names must start with
+  // "clipserve_"). Lives as long as this object.
+  prometheus::Registry& registry() { return *registry_; }
+
+  // The Content-Type of Serialize()'s output.
+  static constexpr absl::string_view kContentType =
+      "text/plain; version=0.0.4; charset=utf-8";
+
+ private:
+  struct PerModality {
+    prometheus::Histogram* preprocess = nullptr;
+    prometheus::Histogram* queue_wait = nullptr;
+    prometheus::Histogram* inference = nullptr;
+    prometheus::Histogram* batch_size = nullptr;
+    prometheus::Gauge* queue_depth = nullptr;
+    prometheus::Counter* cache_hits = nullptr;
+    prometheus::Counter* cache_misses = nullptr;
+  };
+  PerModality& Of(Modality modality) {
+    return modality == Modality::kImage ? image_ : text_;
+  }
+
+  const MetricsOptions options_;
+  std::shared_ptr<prometheus::Registry> registry_;
+
+  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* request_duration_ = nullptr;
+  prometheus::Gauge* in_flight_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* model_info_ = nullptr;
+  absl::Mutex model_mu_;
+  prometheus::Gauge* model_info_series_ ABSL_GUARDED_BY(model_mu_) = nullptr;
+  prometheus::Counter* label_cache_hits_ = nullptr;
+  prometheus::Counter* label_cache_misses_ = nullptr;
+  PerModality image_;
+  PerModality text_;
+};
+
+// The gRPC name of a status code as Prometheus label value: "OK", "INVALID_ARGUMENT",
+// ... (absl::StatusCode and grpc::StatusCode share numbers and names).
+std::string StatusCodeLabel(absl::StatusCode code);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_METRICS_METRICS_H_

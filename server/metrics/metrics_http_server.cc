@@ -1,0 +1,108 @@
+#include "server/metrics/metrics_http_server.h"
+
+#include <sys/socket.h>
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "httplib.h"
+#include "server/metrics/metrics.h"
+
+namespace clipserve {
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
+    const MetricsHttpServerOptions& options, const Metrics* metrics) {
+  if (metrics == nullptr) {
+    return absl::InvalidArgumentError("MetricsHttpServer needs a Metrics object");
+  }
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics port ", options.port, " is outside 0..65535"));
+  }
+  if (options.threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics threads must be at least 1, got ", options.threads));
+  }
+  auto server = std::make_unique<httplib::Server>();
+  const int threads = options.threads;
+  server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // cpp-httplib also sets SO_REUSEPORT by default, which would let a second server
+  // share the port with a running one unnoticed; a clear bind error is better.
+  server->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  int port = options.port;
+  if (port == 0) {
+    port = server->bind_to_any_port(options.host);
+  } else if (!server->bind_to_port(options.host, port)) {
+    port = -1;
+  }
+  if (port <= 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", options.host,
+                                               ":", options.port,
+                                               " (address in use or invalid)"));
+  }
+
+  std::unique_ptr<MetricsHttpServer> self(new MetricsHttpServer(std::move(server), port));
+  MetricsHttpServer* raw = self.get();
+  self->server_->Get(
+      "/metrics", [metrics](const httplib::Request&, httplib::Response& response) {
+        response.set_content(metrics->Serialize(), std::string(Metrics::kContentType));
+      });
+  self->server_->Get("/healthz",
+                     [](const httplib::Request&, httplib::Response& response) {
+                       response.set_content("ok\n", "text/plain");
+                     });
+  self->server_->Get(
+      "/readyz", [raw](const httplib::Request&, httplib::Response& response) {
+        const bool ready = raw->Ready();
+        response.status = ready ? 200 : 503;
+        response.set_content(ready ? "ready\n" : "not ready\n", "text/plain");
+      });
+  self->listener_ = std::thread([raw] { raw->server_->listen_after_bind(); });
+  // Stop() only reaches a server that has entered its accept loop; wait for it so that
+  // a Stop() right after Create() cannot be lost (and leave the thread unjoinable).
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!self->server_->is_running()) {
+    if (absl::Now() > give_up) {
+      self->server_->stop();
+      return absl::InternalError("the metrics HTTP server did not start within 10 s");
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return self;
+}
+
+MetricsHttpServer::MetricsHttpServer(std::unique_ptr<httplib::Server> server, int port)
+    : server_(std::move(server)), port_(port) {}
+
+MetricsHttpServer::~MetricsHttpServer() { Stop(); }
+
+void MetricsHttpServer::SetReadinessCheck(std::function<bool()> ready) {
+  absl::MutexLock lock(&mu_);
+  ready_ = std::move(ready);
+}
+
+bool MetricsHttpServer::Ready() const {
+  std::function<bool()> ready;
+  {
+    absl::MutexLock lock(&mu_);
+    ready = ready_;
+  }
+  // Called without mu_, so the check may take locks of its own.
+  return ready != nullptr && ready();
+}
+
+void MetricsHttpServer::Stop() {
+  absl::MutexLock lock(&stop_mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  if (server_ != nullptr) server_->stop();
+  if (listener_.joinable()) listener_.join();
+}
+
+}  // namespace clipserve

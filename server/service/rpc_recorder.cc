@@ -1,0 +1,79 @@
+#include "server/service/rpc_recorder.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "server/logging/structured_log.h"
+#include "server/metrics/metrics.h"
+
+namespace clipserve {
+namespace {
+
+// Failures that mean the server is broken (ERROR) rather than a request it could not
+// or would not serve (WARNING: bad input, overload, cancellation, deadlines).
+bool IsServerFault(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kDataLoss:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+RpcRecorder::RpcRecorder(const RpcRecorderOptions& options)
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : RealClock::Get()) {}
+
+RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer,
+                                     Kind kind) const {
+  Call call;
+  call.stream_ = kind == Kind::kStream;
+  call.rpc_ = std::string(rpc);
+  call.peer_ = std::move(peer);
+  call.start_ = clock_->Now();
+  call.started_ = true;
+  if (options_.metrics != nullptr) options_.metrics->RequestStarted();
+  return call;
+}
+
+void RpcRecorder::End(Call& call, const absl::Status& status) const {
+  if (!call.started_) return;
+  call.started_ = false;
+  // A wall clock stepped back by NTP must not produce a negative duration.
+  const absl::Duration elapsed =
+      std::max(clock_->Now() - call.start_, absl::ZeroDuration());
+  if (options_.metrics != nullptr) {
+    options_.metrics->RequestFinished(call.rpc_, status.code(), elapsed);
+  }
+  const bool slow = !call.stream_ &&
+                    options_.slow_request_threshold > absl::ZeroDuration() &&
+                    elapsed >= options_.slow_request_threshold;
+  if (status.ok() && !slow) return;
+
+  LogFields fields;
+  fields.Add("rpc", call.rpc_);
+  fields.Add("code", StatusCodeLabel(status.code()));
+  if (!status.ok()) {
+    absl::string_view message = status.message();
+    if (message.size() > options_.max_logged_message_bytes) {
+      message = message.substr(0, options_.max_logged_message_bytes);
+    }
+    fields.Add("error", message);
+  }
+  fields.Add("peer", call.peer_);
+  fields.Add("duration_ms", absl::ToDoubleMilliseconds(elapsed));
+  if (status.ok()) {
+    CLIPSERVE_LOG_FIELDS(WARNING, "slow request", fields);
+  } else if (IsServerFault(status.code())) {
+    CLIPSERVE_LOG_FIELDS(ERROR, "request failed", fields);
+  } else {
+    CLIPSERVE_LOG_FIELDS(WARNING, "request failed", fields);
+  }
+}
+
+}  // namespace clipserve

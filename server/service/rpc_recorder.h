@@ -1,0 +1,80 @@
+#ifndef CLIPSERVE_SERVER_SERVICE_RPC_RECORDER_H_
+#define CLIPSERVE_SERVER_SERVICE_RPC_RECORDER_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "server/common/clock.h"
+
+namespace clipserve {
+
+class Metrics;
+
+struct RpcRecorderOptions {
+  // Where calls are counted and timed; not owned, must outlive the recorder. nullptr:
+  // nothing is counted (calls are still logged).
+  Metrics* metrics = nullptr;
+  // A successful unary call that took at least this long is logged as slow (one
+  // WARNING line). Zero or negative: slow calls are not logged. Default 1 s: well above a
+  // batch of a ViT-B model on a CPU, so a slow line means queueing or an overload.
+  absl::Duration slow_request_threshold = absl::Seconds(1);
+  // Longest error message copied into a log line, in bytes; longer ones are cut.
+  // Default 512: enough for any message of ours, bounded for a hostile one.
+  size_t max_logged_message_bytes = 512;
+
+  // --- Test-only ---
+
+  // Time source for durations; not owned. nullptr means RealClock::Get().
+  Clock* clock = nullptr;
+};
+
+// The one place where ClipService records how each RPC ended: the request counter by
+// RPC and status code, the duration histogram, the in-flight gauge, and one log line
+// per failed call (RPC, code, message, peer, duration) and per slow successful call.
+//
+// Thread-safe; Start() and End() never block for long. The recorder must outlive
+// every Call it started.
+class RpcRecorder {
+ public:
+  // One RPC being recorded; created by Start(), ended by End().
+  class Call {
+   public:
+    Call() = default;
+
+   private:
+    friend class RpcRecorder;
+    std::string rpc_;
+    std::string peer_;
+    absl::Time start_;
+    bool stream_ = false;
+    bool started_ = false;
+  };
+
+  explicit RpcRecorder(const RpcRecorderOptions& options);
+  RpcRecorder(const RpcRecorder&) = delete;
+  RpcRecorder& operator=(const RpcRecorder&) = delete;
+
+  // Whether a call is a long-lived stream, whose duration the client decides: it is
+  // timed and counted like any call, but never logged as slow.
+  enum class Kind { kUnary, kStream };
+
+  // A call of `rpc` (the method name, "EmbedText") from `peer` (grpc's peer(),
+  // "ipv4:10.0.0.7:51234") has started: counted in flight from now.
+  Call Start(absl::string_view rpc, std::string peer, Kind kind = Kind::kUnary) const;
+
+  // `call` ended with `status` (the code and message its client receives). Call it
+  // once per Start(), just before the RPC's Finish(), so that a client reading the
+  // metrics after its answer finds its call counted. A second End() of the same call
+  // does nothing.
+  void End(Call& call, const absl::Status& status) const;
+
+ private:
+  const RpcRecorderOptions options_;
+  Clock* const clock_;
+};
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_SERVICE_RPC_RECORDER_H_

@@ -1,0 +1,233 @@
+#include "server/metrics/metrics.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/metrics/prometheus_text.h"
+
+namespace clipserve {
+namespace {
+
+using ::clipserve::testing::FindSample;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::Optional;
+using ::testing::StartsWith;
+
+TEST(MetricsTest, KnownSeriesExistAtZeroBeforeAnyWork) {
+  Metrics metrics;
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(FindSample(text, "clipserve_requests_in_flight"), Optional(0.0));
+  for (const char* modality : {"image", "text"}) {
+    const std::string labels = absl::StrCat("{modality=\"", modality, "\"}");
+    EXPECT_THAT(FindSample(text, "clipserve_queue_depth" + labels), Optional(0.0));
+    EXPECT_THAT(FindSample(text, "clipserve_batch_size_count" + labels), Optional(0.0));
+    EXPECT_THAT(FindSample(text, "clipserve_queue_wait_seconds_count" + labels),
+                Optional(0.0));
+    EXPECT_THAT(FindSample(text, "clipserve_preprocess_seconds_count" + labels),
+                Optional(0.0));
+    EXPECT_THAT(FindSample(text, "clipserve_inference_seconds_count" + labels),
+                Optional(0.0));
+    EXPECT_THAT(FindSample(text, "clipserve_embedding_cache_hits_total" + labels),
+                Optional(0.0));
+    EXPECT_THAT(FindSample(text, "clipserve_embedding_cache_misses_total" + labels),
+                Optional(0.0));
+  }
+  EXPECT_THAT(FindSample(text, "clipserve_label_cache_hits_total"), Optional(0.0));
+  EXPECT_THAT(FindSample(text, "clipserve_label_cache_misses_total"), Optional(0.0));
+  // No RPC has run, so no per-RPC series yet.
+  EXPECT_THAT(text, Not(HasSubstr("clipserve_requests_total{")));
+}
+
+TEST(MetricsTest, EveryMetricIsPrefixedAndDocumented) {
+  Metrics metrics;
+  metrics.RequestStarted();
+  metrics.RequestFinished("EmbedText", absl::StatusCode::kOk, absl::Milliseconds(3));
+  ModelDescription model;
+  model.name = "m";
+  metrics.SetModelInfo(model);
+  int help_lines = 0;
+  for (absl::string_view line : absl::StrSplit(metrics.Serialize(), '\n')) {
+    if (line.empty()) continue;
+    if (absl::StartsWith(line, "# HELP ")) ++help_lines;
+    if (line[0] == '#') {
+      EXPECT_THAT(std::string(line),
+                  ::testing::MatchesRegex("# (HELP|TYPE) clipserve_.*"));
+    } else {
+      EXPECT_THAT(std::string(line), StartsWith("clipserve_"));
+    }
+  }
+  // Requests, duration, in flight, model info, label cache x2, preprocess, queue wait,
+  // inference, batch size, queue depth, embedding cache x2.
+  EXPECT_EQ(help_lines, 13);
+}
+
+TEST(MetricsTest, RequestsAreCountedByRpcAndCodeAndTimedByRpc) {
+  Metrics metrics;
+  metrics.RequestStarted();
+  metrics.RequestStarted();
+  EXPECT_THAT(FindSample(metrics.Serialize(), "clipserve_requests_in_flight"),
+              Optional(2.0));
+  metrics.RequestFinished("EmbedText", absl::StatusCode::kOk, absl::Milliseconds(20));
+  metrics.RequestFinished("EmbedText", absl::StatusCode::kInvalidArgument,
+                          absl::Milliseconds(300));
+  metrics.RequestStarted();
+  metrics.RequestFinished("EmbedText", absl::StatusCode::kOk, absl::Milliseconds(40));
+
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(FindSample(text, "clipserve_requests_in_flight"), Optional(0.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="OK",rpc="EmbedText"})"),
+              Optional(2.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="INVALID_ARGUMENT",)"
+                               R"(rpc="EmbedText"})"),
+              Optional(1.0));
+  EXPECT_EQ(FindSample(text, R"(clipserve_requests_total{code="OK",rpc="EmbedImage"})"),
+            std::nullopt);
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_request_duration_seconds_count{rpc="EmbedText"})"),
+      Optional(3.0));
+  const std::optional<double> sum =
+      FindSample(text, R"(clipserve_request_duration_seconds_sum{rpc="EmbedText"})");
+  ASSERT_TRUE(sum.has_value());
+  EXPECT_NEAR(*sum, 0.36, 1e-9);
+  // Buckets are cumulative: 20 ms and 40 ms are <= 0.05 s, 300 ms is not.
+  EXPECT_THAT(FindSample(text, R"(clipserve_request_duration_seconds_bucket{)"
+                               R"(rpc="EmbedText",le="0.05"})"),
+              Optional(2.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_request_duration_seconds_bucket{)"
+                               R"(rpc="EmbedText",le="0.5"})"),
+              Optional(3.0));
+}
+
+TEST(MetricsTest, BatchesFillSizeQueueWaitAndInferenceHistograms) {
+  Metrics metrics;
+  const std::vector<absl::Duration> waits = {absl::Microseconds(800),
+                                             absl::Milliseconds(3), absl::Seconds(2)};
+  metrics.OnBatch(Modality::kText, waits, absl::Milliseconds(70));
+  metrics.OnBatch(Modality::kText, {absl::Milliseconds(1)}, absl::Milliseconds(10));
+  metrics.OnBatch(Modality::kImage, {}, absl::Milliseconds(10));  // ignored
+  metrics.OnPreprocessed(Modality::kImage, absl::Milliseconds(4));
+
+  const std::string text = metrics.Serialize();
+  const std::string t = R"({modality="text"})";
+  EXPECT_THAT(FindSample(text, "clipserve_batch_size_count" + t), Optional(2.0));
+  EXPECT_THAT(FindSample(text, "clipserve_batch_size_sum" + t), Optional(4.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_batch_size_bucket{modality="text",le="1"})"),
+              Optional(1.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_batch_size_bucket{modality="text",le="4"})"),
+              Optional(2.0));
+  EXPECT_THAT(FindSample(text, "clipserve_queue_wait_seconds_count" + t), Optional(4.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_queue_wait_seconds_bucket{)"
+                               R"(modality="text",le="0.001"})"),
+              Optional(2.0));  // 0.8 ms and 1 ms (bounds are inclusive)
+  EXPECT_THAT(FindSample(text, R"(clipserve_queue_wait_seconds_bucket{)"
+                               R"(modality="text",le="1"})"),
+              Optional(3.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_queue_wait_seconds_bucket{)"
+                               R"(modality="text",le="+Inf"})"),
+              Optional(4.0));
+  EXPECT_THAT(FindSample(text, "clipserve_inference_seconds_count" + t), Optional(2.0));
+  const std::optional<double> inference =
+      FindSample(text, "clipserve_inference_seconds_sum" + t);
+  ASSERT_TRUE(inference.has_value());
+  EXPECT_NEAR(*inference, 0.08, 1e-9);
+
+  const std::string i = R"({modality="image"})";
+  EXPECT_THAT(FindSample(text, "clipserve_batch_size_count" + i), Optional(0.0));
+  EXPECT_THAT(FindSample(text, "clipserve_inference_seconds_count" + i), Optional(0.0));
+  EXPECT_THAT(FindSample(text, "clipserve_preprocess_seconds_count" + i), Optional(1.0));
+  EXPECT_THAT(FindSample(text, "clipserve_preprocess_seconds_count" + t), Optional(0.0));
+}
+
+TEST(MetricsTest, QueueDepthIsTheLastReport) {
+  Metrics metrics;
+  metrics.OnQueueDepth(Modality::kImage, 17);
+  metrics.OnQueueDepth(Modality::kImage, 5);
+  metrics.OnQueueDepth(Modality::kText, 3);
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(FindSample(text, R"(clipserve_queue_depth{modality="image"})"),
+              Optional(5.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_queue_depth{modality="text"})"),
+              Optional(3.0));
+}
+
+TEST(MetricsTest, CacheLookupsAreCountedByModalityAndResult) {
+  Metrics metrics;
+  metrics.RecordCacheLookup(Modality::kText, true);
+  metrics.RecordCacheLookup(Modality::kText, true);
+  metrics.RecordCacheLookup(Modality::kText, false);
+  metrics.RecordCacheLookup(Modality::kImage, false);
+  metrics.RecordLabelCacheLookup(true);
+  metrics.RecordLabelCacheLookup(false);
+  metrics.RecordLabelCacheLookup(false);
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_embedding_cache_hits_total{modality="text"})"),
+      Optional(2.0));
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_embedding_cache_misses_total{modality="text"})"),
+      Optional(1.0));
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_embedding_cache_hits_total{modality="image"})"),
+      Optional(0.0));
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_embedding_cache_misses_total{modality="image"})"),
+      Optional(1.0));
+  EXPECT_THAT(FindSample(text, "clipserve_label_cache_hits_total"), Optional(1.0));
+  EXPECT_THAT(FindSample(text, "clipserve_label_cache_misses_total"), Optional(2.0));
+}
+
+TEST(MetricsTest, ModelInfoIsOneSeriesWithTheModelsLabels) {
+  Metrics metrics;
+  ModelDescription model;
+  model.name = "ViT-B-32";
+  model.vision_architecture = "vit";
+  model.text_architecture = "transformer";
+  model.embed_dim = 512;
+  model.device = "cpu";
+  model.precision = "fp32";
+  model.checkpoint_format = "openai";
+  metrics.SetModelInfo(model);
+  const std::string first =
+      R"(clipserve_model_info{checkpoint_format="openai",device="cpu",embed_dim="512",)"
+      R"(model="ViT-B-32",precision="fp32",text_architecture="transformer",)"
+      R"(vision_architecture="vit"})";
+  EXPECT_THAT(FindSample(metrics.Serialize(), first), Optional(1.0));
+
+  model.name = "RN50";
+  model.vision_architecture = "modified_resnet";
+  metrics.SetModelInfo(model);
+  const std::string text = metrics.Serialize();
+  EXPECT_EQ(FindSample(text, first), std::nullopt);  // replaced, not added
+  EXPECT_THAT(
+      FindSample(
+          text,
+          R"(clipserve_model_info{checkpoint_format="openai",device="cpu",)"
+          R"(embed_dim="512",model="RN50",precision="fp32",)"
+          R"(text_architecture="transformer",vision_architecture="modified_resnet"})"),
+      Optional(1.0));
+}
+
+TEST(MetricsTest, LabelValuesAreEscaped) {
+  Metrics metrics;
+  ModelDescription model;
+  model.name = "a \"quoted\"\\name\nx";
+  metrics.SetModelInfo(model);
+  EXPECT_THAT(metrics.Serialize(), HasSubstr(R"(model="a \"quoted\"\\name\nx")"));
+}
+
+TEST(MetricsTest, StatusCodeLabelsAreGrpcNames) {
+  EXPECT_EQ(StatusCodeLabel(absl::StatusCode::kOk), "OK");
+  EXPECT_EQ(StatusCodeLabel(absl::StatusCode::kResourceExhausted), "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(StatusCodeLabel(absl::StatusCode::kDeadlineExceeded), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(StatusCodeLabel(static_cast<absl::StatusCode>(42)), "42");
+}
+
+}  // namespace
+}  // namespace clipserve

@@ -1,0 +1,200 @@
+#include "server/service/rpc_recorder.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "glog/logging.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/common/fake_clock.h"
+#include "server/logging/structured_log.h"
+#include "server/metrics/metrics.h"
+#include "tests/metrics/prometheus_text.h"
+
+namespace clipserve {
+namespace {
+
+using ::clipserve::testing::FindSample;
+using ::testing::HasSubstr;
+using ::testing::Optional;
+
+// Collects the lines logged while it is installed: severity, message text and the
+// structured fields as "key=value" strings.
+class CapturingSink : public google::LogSink {
+ public:
+  struct Line {
+    google::LogSeverity severity;
+    std::string text;
+    std::vector<std::string> fields;
+  };
+  CapturingSink() { google::AddLogSink(this); }
+  ~CapturingSink() override { google::RemoveLogSink(this); }
+
+  void send(google::LogSeverity severity, const char*, const char*, int,
+            const google::LogMessageTime&, const char* message, size_t length) override {
+    Line line{severity, std::string(message, length), {}};
+    if (const StructuredLogRecord* record = CurrentStructuredLog(); record != nullptr) {
+      for (const LogFields::Field& field : record->fields->fields()) {
+        line.fields.push_back(field.key + "=" + field.value);
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    lines_.push_back(std::move(line));
+  }
+  std::vector<Line> lines() {
+    absl::MutexLock lock(&mu_);
+    return lines_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Line> lines_;
+};
+
+class RpcRecorderTest : public ::testing::Test {
+ protected:
+  RpcRecorderOptions Options(absl::Duration slow = absl::Seconds(1)) {
+    RpcRecorderOptions options;
+    options.metrics = &metrics_;
+    options.clock = &clock_;
+    options.slow_request_threshold = slow;
+    return options;
+  }
+
+  FakeClock clock_;
+  Metrics metrics_;
+  CapturingSink sink_;
+};
+
+TEST_F(RpcRecorderTest, CountsTimesAndTracksCallsInFlight) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call a = recorder.Start("EmbedText", "ipv4:127.0.0.1:1000");
+  RpcRecorder::Call b = recorder.Start("EmbedImage", "ipv4:127.0.0.1:1001");
+  EXPECT_THAT(FindSample(metrics_.Serialize(), "clipserve_requests_in_flight"),
+              Optional(2.0));
+  clock_.AdvanceTime(absl::Milliseconds(250));
+  recorder.End(a, absl::OkStatus());
+  clock_.AdvanceTime(absl::Milliseconds(250));
+  recorder.End(b, absl::OkStatus());
+  recorder.End(b, absl::OkStatus());  // a second End is ignored
+
+  const std::string text = metrics_.Serialize();
+  EXPECT_THAT(FindSample(text, "clipserve_requests_in_flight"), Optional(0.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="OK",rpc="EmbedText"})"),
+              Optional(1.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="OK",rpc="EmbedImage"})"),
+              Optional(1.0));
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_request_duration_seconds_sum{rpc="EmbedText"})"),
+      Optional(0.25));
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_request_duration_seconds_sum{rpc="EmbedImage"})"),
+      Optional(0.5));
+  EXPECT_TRUE(sink_.lines().empty());  // fast and successful: nothing logged
+}
+
+TEST_F(RpcRecorderTest, AFailedCallIsLoggedOnceWithItsDetails) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call call = recorder.Start("EmbedText", "ipv4:10.0.0.7:5555");
+  clock_.AdvanceTime(absl::Milliseconds(12));
+  recorder.End(call, absl::InvalidArgumentError("texts[1] is empty"));
+
+  EXPECT_THAT(FindSample(metrics_.Serialize(),
+                         R"(clipserve_requests_total{code="INVALID_ARGUMENT",)"
+                         R"(rpc="EmbedText"})"),
+              Optional(1.0));
+  const auto lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[0].text,
+            R"(request failed rpc=EmbedText code=INVALID_ARGUMENT )"
+            R"(error="texts[1] is empty" peer=ipv4:10.0.0.7:5555 duration_ms=12)");
+  EXPECT_THAT(lines[0].fields,
+              ::testing::ElementsAre("rpc=EmbedText", "code=INVALID_ARGUMENT",
+                                     "error=texts[1] is empty", "peer=ipv4:10.0.0.7:5555",
+                                     "duration_ms=12"));
+}
+
+TEST_F(RpcRecorderTest, ServerFaultsAreErrors) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call call = recorder.Start("Classify", "peer");
+  recorder.End(call, absl::InternalError("model failed on a batch of 3"));
+  const auto lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].severity, google::GLOG_ERROR);
+  EXPECT_THAT(lines[0].text, HasSubstr("code=INTERNAL"));
+}
+
+TEST_F(RpcRecorderTest, LongErrorMessagesAreCut) {
+  RpcRecorderOptions options = Options();
+  options.max_logged_message_bytes = 10;
+  RpcRecorder recorder(options);
+  RpcRecorder::Call call = recorder.Start("Tokenize", "peer");
+  recorder.End(call, absl::InvalidArgumentError(std::string(1000, 'z')));
+  const auto lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0].fields, ::testing::Contains("error=zzzzzzzzzz"));
+}
+
+TEST_F(RpcRecorderTest, SlowSuccessfulCallsAreLoggedAtTheThreshold) {
+  RpcRecorder recorder(Options(absl::Seconds(1)));
+  RpcRecorder::Call fast = recorder.Start("EmbedImage", "peer");
+  clock_.AdvanceTime(absl::Milliseconds(999));
+  recorder.End(fast, absl::OkStatus());
+  EXPECT_TRUE(sink_.lines().empty());
+
+  RpcRecorder::Call slow = recorder.Start("EmbedImage", "ipv6:[::1]:4000");
+  clock_.AdvanceTime(absl::Milliseconds(1000));
+  recorder.End(slow, absl::OkStatus());
+  const auto lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[0].text,
+            "slow request rpc=EmbedImage code=OK peer=ipv6:[::1]:4000 duration_ms=1000");
+}
+
+TEST_F(RpcRecorderTest, StreamsAreTimedButNeverSlow) {
+  RpcRecorder recorder(Options(absl::Seconds(1)));
+  RpcRecorder::Call stream =
+      recorder.Start("EmbedStream", "peer", RpcRecorder::Kind::kStream);
+  clock_.AdvanceTime(absl::Minutes(10));
+  recorder.End(stream, absl::OkStatus());
+  EXPECT_TRUE(sink_.lines().empty());
+  EXPECT_THAT(FindSample(metrics_.Serialize(),
+                         R"(clipserve_request_duration_seconds_sum{rpc="EmbedStream"})"),
+              Optional(600.0));
+  // A failed stream is logged like any failed call.
+  RpcRecorder::Call failed =
+      recorder.Start("EmbedStream", "peer", RpcRecorder::Kind::kStream);
+  recorder.End(failed, absl::CancelledError("stream cancelled"));
+  EXPECT_EQ(sink_.lines().size(), 1u);
+}
+
+TEST_F(RpcRecorderTest, ZeroThresholdTurnsSlowLogsOff) {
+  RpcRecorder recorder(Options(absl::ZeroDuration()));
+  RpcRecorder::Call call = recorder.Start("EmbedImage", "peer");
+  clock_.AdvanceTime(absl::Hours(1));
+  recorder.End(call, absl::OkStatus());
+  EXPECT_TRUE(sink_.lines().empty());
+  // Failures are still logged.
+  RpcRecorder::Call failed = recorder.Start("EmbedImage", "peer");
+  recorder.End(failed, absl::DeadlineExceededError("deadline"));
+  EXPECT_EQ(sink_.lines().size(), 1u);
+}
+
+TEST_F(RpcRecorderTest, WorksWithoutMetrics) {
+  RpcRecorderOptions options = Options();
+  options.metrics = nullptr;
+  RpcRecorder recorder(options);
+  RpcRecorder::Call call = recorder.Start("EmbedText", "peer");
+  recorder.End(call, absl::UnavailableError("shutting down"));
+  EXPECT_EQ(sink_.lines().size(), 1u);
+  EXPECT_EQ(FindSample(metrics_.Serialize(), R"(clipserve_requests_total{code=)"
+                                             R"("UNAVAILABLE",rpc="EmbedText"})"),
+            std::nullopt);
+}
+
+}  // namespace
+}  // namespace clipserve
