@@ -71,7 +71,8 @@ stop_server() {
 }
 trap stop_server EXIT
 start_server() {  # flags...
-  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --model=demo:ViT-B-32 "$@" \
+  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --metrics_port=-1 \
+    --model=demo:ViT-B-32 "$@" \
     >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 600); do
