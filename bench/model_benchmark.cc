@@ -7,10 +7,13 @@
 //       included) and the batch padded to T: 77 is what a server padding to the
 //       context length pays, 20 a typical caption with padding to the longest.
 //
-// M: 0 = ViT-B-32, 1 = ViT-B-16, 2 = RN50. P: 0 = fp32, 1 = bf16. Threads: LibTorch's
-// default (one per core), as clip_server uses.
+// M: 0 = ViT-B-32, 1 = ViT-B-16, 2 = RN50. P: 0 = fp32, 1 = bf16. Threads: one
+// LibTorch intra-op thread per CPU this process may use, as clip_server's default
+// (LibTorch's own default is the physical core count, 1 on a 2-vCPU VM).
 
 #include <torch/torch.h>
+
+#include <sched.h>
 
 #include <map>
 #include <memory>
@@ -27,6 +30,14 @@ constexpr const char* kPresets[] = {"ViT-B-32", "ViT-B-16", "RN50"};
 
 // One loaded model per (preset, precision), kept for the whole run.
 ClipModel* GetModel(int preset, bool bf16) {
+  static const bool threads_set = [] {
+    cpu_set_t set;
+    const int cpus =
+        sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    at::set_num_threads(cpus);
+    return true;
+  }();
+  (void)threads_set;
   static auto* const models = new std::map<std::pair<int, bool>, LoadedModel>();
   auto it = models->find({preset, bf16});
   if (it == models->end()) {

@@ -4,6 +4,8 @@
 #
 #   bash bench/run-benchmarks.sh            full run (about 15 minutes on 2 cores)
 #   SMOKE=1 bash bench/run-benchmarks.sh    a few seconds of each, report to build/
+#   STAGES="model" bash bench/run-benchmarks.sh
+#       rerun only some stages (micro, model, python, e2e), keep the other results
 #
 # Benchmarks share the machine with nothing else: run it on an idle machine, and
 # compare only numbers from the same run (the report does).
@@ -13,7 +15,8 @@ ROOT=$PWD
 SMOKE=${SMOKE:-0}
 OUT=$ROOT/build/bench-results
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.jsonl "$OUT"/last.json
+STAGES=${STAGES:-micro model python e2e}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
@@ -33,11 +36,14 @@ fi
 GB=(--benchmark_repetitions=$REPS --benchmark_min_time=$MIN_TIME
     --benchmark_format=json)
 
+if stage micro; then
 echo "== microbenchmarks"
 "$BIN/tokenizer_benchmark" "${GB[@]}" >"$OUT/tokenizer.json"
 "$BIN/image_benchmark" "${GB[@]}" >"$OUT/image.json"
 "$BIN/batcher_benchmark" "${GB[@]}" >"$OUT/batcher.json"
+fi
 
+if stage model; then
 echo "== model in process"
 "$BIN/model_benchmark" "${GB[@]}" --benchmark_filter="$MODEL_FILTER" >"$OUT/model.json"
 # fp32 on the kernels the CPU supports vs the 2004 kernels OpenBLAS falls back to.
@@ -46,7 +52,9 @@ for core in Prescott SkylakeX Haswell; do
     --benchmark_filter='BM_ImageTower/model:0/batch:32/bf16:0' \
     >"$OUT/blas_$core.json"
 done
+fi
 
+if stage python; then
 echo "== eager PyTorch baseline"
 /usr/bin/python3 bench/python_baseline.py --models "${PY_MODELS[@]}" --runs $PY_RUNS \
   >"$OUT/python.jsonl"
@@ -61,8 +69,11 @@ if [ -n "$TCMALLOC" ]; then
     --towers text --text_tokens 20 --runs $PY_RUNS --allocator tcmalloc \
     >>"$OUT/python.jsonl"
 fi
+fi
 
+if stage e2e; then
 echo "== end to end"
+rm -f "$OUT/e2e.jsonl"
 PORT=$((50000 + RANDOM % 10000))
 SERVER_PID=
 stop_server() {
@@ -115,6 +126,7 @@ bench rss --modality text -c 16 -n $RSS_REQUESTS
 bench rss --modality image -c 16
 echo "{\"label\": \"rss_end\", \"rss_mb\": $(rss_mb)}" >>"$OUT/e2e.jsonl"
 stop_server
+fi
 
 echo "== report"
 REPORT_DIR=$ROOT/docs
