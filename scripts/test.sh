@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds clipserve and runs the whole test suite:
 #   1. the release preset (build/): every unit, integration and interop test (CTest);
-#   2. the fuzz preset (build-fuzz/, clang + ASan/UBSan): each libFuzzer target for
+#   2. the tsan preset (build-tsan/, clang + ThreadSanitizer): the torch-free
+#      concurrent units (batcher, request tracker, clock, embedding cache);
+#   3. the fuzz preset (build-fuzz/, clang + ASan/UBSan): each libFuzzer target for
 #      CLIPSERVE_FUZZ_SECONDS (default 30), seeded from ../shared.
 # Installs missing Debian packages first. Extra arguments go to the release ctest
-# (for example: scripts/test.sh -L unit, or -R Tokenizer). CLIPSERVE_SKIP_FUZZ=1 skips
-# step 2.
+# (for example: scripts/test.sh -L unit, or -R Tokenizer). CLIPSERVE_SKIP_TSAN=1 skips
+# step 2, CLIPSERVE_SKIP_FUZZ=1 step 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,12 @@ bash scripts/install-deps.sh
 cmake --preset release
 cmake --build --preset release
 ctest --preset release "$@"
+
+if [ "${CLIPSERVE_SKIP_TSAN:-0}" != 1 ]; then
+  cmake --preset tsan
+  cmake --build --preset tsan
+  ctest --preset tsan
+fi
 
 if [ "${CLIPSERVE_SKIP_FUZZ:-0}" != 1 ]; then
   cmake --preset fuzz -DCLIPSERVE_FUZZ_SECONDS="${CLIPSERVE_FUZZ_SECONDS:-30}"
