@@ -96,6 +96,19 @@ def main():
     model = gbench(os.path.join(r, "model.json"))
     python = jsonl(os.path.join(r, "python.jsonl"))
     e2e = jsonl(os.path.join(r, "e2e.jsonl"))
+    for e in e2e:
+        # Throughput of answered items only: fast failures must not count.
+        if "succeeded" in e and e.get("elapsed_s"):
+            e["items_per_s"] = e["succeeded"] * e["items_per_request"] / e["elapsed_s"]
+    stages = []
+    if os.path.exists(os.path.join(r, "stages.txt")):
+        with open(os.path.join(r, "stages.txt")) as f:
+            stages = [line.split(" ", 1) for line in f.read().splitlines() if line]
+    served_precision = "bf16"
+    if os.path.exists(os.path.join(r, "served_model.json")):
+        with open(os.path.join(r, "served_model.json")) as f:
+            served_precision = json.load(f).get("precision", "bf16")
+    served_bf16 = 1 if served_precision == "bf16" else 0
     m = machine()
     lines = []
     add = lines.append
@@ -122,11 +135,16 @@ def main():
 
     add("# clipserve performance")
     add("")
-    add(f"Measured {m['date']} at commit `{m['commit']}` on {m['cpu']}, {m['cores']} cores "
-        f"({', '.join(m['flags'])}), Linux {m['kernel']}. Reproduce with "
-        f"`{args.command}` (about 15 minutes; `SMOKE=1` for a few seconds). Every "
-        "ratio below is between numbers of that one run; throughputs are medians of "
-        "repeated runs. Models are the demo presets: random weights, real cost.")
+    add(f"On {m['cpu']}, {m['cores']} cores ({', '.join(m['flags'])}), Linux "
+        f"{m['kernel']}; report written {m['date']}. Reproduce with `{args.command}` "
+        "(about 15 minutes; `SMOKE=1` for a few seconds; `STAGES=...` reruns some "
+        "stages). Throughputs are medians of repeated runs; the machine ran nothing "
+        "else. Models are the demo presets: random weights, real cost.")
+    if stages:
+        add("")
+        add("Stages (when each last ran, and at which commit): " + "; ".join(
+            f"{name} {when}" for name, when in stages) + ". Ratios between stages "
+            "compare runs minutes apart on the same idle machine.")
     add("")
 
     # Headlines.
@@ -143,8 +161,10 @@ def main():
     add(f"| served images/s (JPEG decode included, best concurrency) vs best eager PyTorch "
         f"image tower, batch 32 | {fmt(served_img)} | {fmt(img_best)} | "
         f"{fmt(ratio(served_img, img_best), 2)}x | >= 2x |")
-    add(f"| served captions/s (short captions, no cache) vs best eager PyTorch text tower "
-        f"on the same 20-token captions padded to 77, batch 32 | {fmt(served_txt)} | "
+    add(f"| served captions/s (clip_client bench's built-in captions, about 5-14 tokens, "
+        f"padded to the longest of each batch; no cache) vs best eager PyTorch text "
+        f"tower on 20-token captions padded to 77 as clip.tokenize does, batch 32 | "
+        f"{fmt(served_txt)} | "
         f"{fmt(txt_best)} | {fmt(ratio(served_txt, txt_best), 2)}x | >= 3x |")
     short = tower("Text", 0, 32, 1, 20)[0]
     padded = tower("Text", 0, 32, 1, 77)[0]
@@ -155,12 +175,12 @@ def main():
     add(f"| image tower batch 32: bf16 vs fp32 | {fmt(bf16_32)} | {fmt(fp32_32)} | "
         f"{fmt(ratio(bf16_32, fp32_32), 2)}x | |")
     c64 = served("image", 64)
-    b32 = tower("Image", 0, 32, 1)[0]
+    b32 = tower("Image", 0, 32, served_bf16)[0]
     add(f"| dynamic batching: served images/s at concurrency 64, one image per request, "
-        f"vs in-process batch 32 | {fmt(c64 and c64['items_per_s'])} | {fmt(b32)} | "
+        f"vs in-process batch 32 ({served_precision}) | {fmt(c64 and c64['items_per_s'])} | {fmt(b32)} | "
         f"{fmt(ratio(c64 and c64['items_per_s'], b32), 2)}x | >= 0.85x |")
     c1 = served("image", 1)
-    b1_ms = tower("Image", 0, 1, 1)[1]
+    b1_ms = tower("Image", 0, 1, served_bf16)[1]
     add(f"| concurrency 1: served p50 latency (ms) vs in-process batch-1 time + 2 ms | "
         f"{fmt(c1 and c1['latency_ms']['p50'])} | {fmt(b1_ms and b1_ms + 2)} | | <= |")
     cached = served("text", 16, "cached")
@@ -244,7 +264,8 @@ def main():
     # End to end.
     add("## End to end (clip_server + clip_client bench)")
     add("")
-    add("ViT-B-32 demo model, default flags (bf16 here) and `--text_cache_mb=0`; one "
+    add(f"ViT-B-32 demo model, default flags (`--precision=auto`: {served_precision} "
+        "here) and `--text_cache_mb=0`; one "
         "item per request; images are synthetic 640x480 JPEG photos decoded and "
         "preprocessed by the server; texts are short captions. Closed loop: each of C "
         "callers sends its next request when answered.")

@@ -16,7 +16,13 @@ SMOKE=${SMOKE:-0}
 OUT=$ROOT/build/bench-results
 mkdir -p "$OUT"
 STAGES=${STAGES:-micro model python e2e}
-stage() { [[ " $STAGES " == *" $1 "* ]]; }
+stage() {  # runs stage $1 when asked, recording when it ran (the report lists them)
+  [[ " $STAGES " == *" $1 "* ]] || return 1
+  [ -f "$OUT/stages.txt" ] && grep -v "^$1 " "$OUT/stages.txt" >"$OUT/stages.tmp" || true
+  touch "$OUT/stages.tmp"
+  echo "$1 $(date -u '+%Y-%m-%d %H:%M UTC') $(git rev-parse --short HEAD)" >>"$OUT/stages.tmp"
+  mv "$OUT/stages.tmp" "$OUT/stages.txt"
+}
 
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
@@ -106,6 +112,7 @@ d['label']=sys.argv[2]; d['rss_mb']=float(sys.argv[3]); print(json.dumps(d))" \
 }
 # The model's throughput: no text cache, so every caption reaches the model.
 start_server --text_cache_mb=0
+"$BIN/clip_client" --target 127.0.0.1:$PORT info --json >"$OUT/served_model.json"
 for c in "${CONCURRENCY[@]}"; do
   bench served --modality image -c "$c"
   bench served --modality text -c "$c"

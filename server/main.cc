@@ -33,10 +33,10 @@
 #include "server/common/status_macros.h"
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
-#include "server/model/blas_kernel.h"
 #include "server/logging/json_log_sink.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_http_server.h"
+#include "server/model/blas_kernel.h"
 #include "server/model/model_loader.h"
 #include "server/service/bearer_auth.h"
 #include "server/service/clip_server.h"
@@ -217,6 +217,12 @@ absl::Status Run() {
   const sigset_t signals = BlockTerminationSignals();
   const absl::Time start = absl::Now();
 
+  // Flags that need no model are checked first: a mistake there fails in a moment,
+  // not after the model load.
+  CLIPSERVE_ASSIGN_OR_RETURN(const size_t text_cache_bytes,
+                             MebibytesFlag("text_cache_mb", FLAGS_text_cache_mb));
+  CLIPSERVE_ASSIGN_OR_RETURN(const size_t image_cache_bytes,
+                             MebibytesFlag("image_cache_mb", FLAGS_image_cache_mb));
   // Security flags first: a mistake there fails in a moment, not after the model load.
   ServerTlsFiles tls_files;
   tls_files.cert_file = absl::GetFlag(FLAGS_tls_cert);
@@ -297,10 +303,8 @@ absl::Status Run() {
 
   CachingEngineOptions cache_options;
   cache_options.observer = &metrics;
-  CLIPSERVE_ASSIGN_OR_RETURN(cache_options.text_cache_bytes,
-                             MebibytesFlag("text_cache_mb", FLAGS_text_cache_mb));
-  CLIPSERVE_ASSIGN_OR_RETURN(cache_options.image_cache_bytes,
-                             MebibytesFlag("image_cache_mb", FLAGS_image_cache_mb));
+  cache_options.text_cache_bytes = text_cache_bytes;
+  cache_options.image_cache_bytes = image_cache_bytes;
   // Declared after `engine`, so destroyed before it; engine->Shutdown() below runs
   // every callback first.
   CachingEngine cached_engine(engine.get(), cache_options);

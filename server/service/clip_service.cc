@@ -724,19 +724,22 @@ class EmbedStreamCall final
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
 };
 
-// Ends a unary call that failed before any work started (counted and logged like
-// any other call).
+// Ends a unary call refused before any work started (a bad bearer token): counted
+// like any other call, but not logged per call; Authenticate() logs refusals at a
+// bounded rate, so a client looping with a bad token cannot flood the log.
 grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
                                         const RpcRecorder& recorder,
-                                        absl::string_view rpc, const absl::Status& status) {
+                                        absl::string_view rpc,
+                                        const absl::Status& status) {
   RpcRecorder::Call call = recorder.Start(rpc, context->peer());
-  recorder.End(call, status);
+  recorder.End(call, status, RpcRecorder::Logging::kQuiet);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 
-// A stream that failed before any work started: finishes at once without reading.
+// A stream refused before any work started (a bad bearer token): finishes at once
+// without reading; counted, not logged per call (as FinishedUnary).
 class FinishedStream final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
@@ -744,7 +747,7 @@ class FinishedStream final
                  absl::string_view rpc, const absl::Status& status) {
     RpcRecorder::Call call =
         recorder.Start(rpc, context.peer(), RpcRecorder::Kind::kStream);
-    recorder.End(call, status);
+    recorder.End(call, status, RpcRecorder::Logging::kQuiet);
     Finish(ToGrpcStatus(status));
   }
   void OnDone() override { delete this; }
@@ -813,7 +816,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
     return FinishedUnary(context, recorder_, "EmbedImage", auth);
   }
-    auto* call = new UnaryCall(*context, &recorder_, "EmbedImage");
+  auto* call = new UnaryCall(*context, &recorder_, "EmbedImage");
   absl::StatusOr<std::vector<ImageInput>> images =
       ToImageInputs(request->images(), options_.limits, "images");
   if (!images.ok()) {

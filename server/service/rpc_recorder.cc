@@ -41,7 +41,7 @@ RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer,
   return call;
 }
 
-void RpcRecorder::End(Call& call, const absl::Status& status) const {
+void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) const {
   if (!call.started_) return;
   call.started_ = false;
   // A wall clock stepped back by NTP must not produce a negative duration.
@@ -54,6 +54,7 @@ void RpcRecorder::End(Call& call, const absl::Status& status) const {
                     options_.slow_request_threshold > absl::ZeroDuration() &&
                     elapsed >= options_.slow_request_threshold;
   if (status.ok() && !slow) return;
+  if (!status.ok() && logging == Logging::kQuiet) return;
 
   LogFields fields;
   fields.Add("rpc", call.rpc_);

@@ -67,8 +67,11 @@ class RpcRecorder {
   // `call` ended with `status` (the code and message its client receives). Call it
   // once per Start(), just before the RPC's Finish(), so that a client reading the
   // metrics after its answer finds its call counted. A second End() of the same call
-  // does nothing.
-  void End(Call& call, const absl::Status& status) const;
+  // does nothing. With Logging::kQuiet a failure is counted but not logged: for
+  // refusals whose caller logs them itself at a bounded rate (a bad bearer token).
+  enum class Logging { kDefault, kQuiet };
+  void End(Call& call, const absl::Status& status,
+           Logging logging = Logging::kDefault) const;
 
  private:
   const RpcRecorderOptions options_;

@@ -117,6 +117,18 @@ TEST_F(RpcRecorderTest, AFailedCallIsLoggedOnceWithItsDetails) {
                                      "duration_ms=12"));
 }
 
+TEST_F(RpcRecorderTest, AQuietFailureIsCountedButNotLogged) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call call = recorder.Start("EmbedText", "peer");
+  recorder.End(call, absl::UnauthenticatedError("no bearer token"),
+               RpcRecorder::Logging::kQuiet);
+  EXPECT_THAT(FindSample(metrics_.Serialize(),
+                         R"(clipserve_requests_total{code="UNAUTHENTICATED",)"
+                         R"(rpc="EmbedText"})"),
+              Optional(1.0));
+  EXPECT_TRUE(sink_.lines().empty());
+}
+
 TEST_F(RpcRecorderTest, ServerFaultsAreErrors) {
   RpcRecorder recorder(Options());
   RpcRecorder::Call call = recorder.Start("Classify", "peer");
