@@ -11,9 +11,8 @@
 // LibTorch intra-op thread per CPU this process may use, as clip_server's default
 // (LibTorch's own default is the physical core count, 1 on a 2-vCPU VM).
 
-#include <torch/torch.h>
-
 #include <sched.h>
+#include <torch/torch.h>
 
 #include <map>
 #include <memory>
@@ -32,8 +31,7 @@ constexpr const char* kPresets[] = {"ViT-B-32", "ViT-B-16", "RN50"};
 ClipModel* GetModel(int preset, bool bf16) {
   static const bool threads_set = [] {
     cpu_set_t set;
-    const int cpus =
-        sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
     at::set_num_threads(cpus);
     return true;
   }();
