@@ -48,6 +48,27 @@ ClipModel* GetModel(int preset, bool bf16) {
   return it->second.model.get();
 }
 
+// Runs `encode` (one tower on one prepared batch of `batch` items) once untimed, then
+// in the timed loop. The untimed run pays for kernel selection and for memory the
+// allocator has not handed out yet.
+template <typename Encode>
+void TimeTower(benchmark::State& state, int preset, int64_t batch, Encode encode) {
+  if (!encode().ok()) {
+    state.SkipWithError("warm-up failed");
+    return;
+  }
+  for (auto _ : state) {
+    absl::StatusOr<torch::Tensor> features = encode();
+    if (!features.ok()) {
+      state.SkipWithError(std::string(features.status().message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(features->data_ptr<float>());
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+  state.SetLabel(kPresets[preset]);
+}
+
 void BM_ImageTower(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   const int preset = static_cast<int>(state.range(0));
@@ -60,22 +81,8 @@ void BM_ImageTower(benchmark::State& state) {
   const int64_t size = model->config().vision.image_size;
   torch::manual_seed(0);
   const torch::Tensor images = torch::randn({batch, 3, size, size});
-  // Untimed: the first run at a new size pays for kernel selection and for memory the
-  // allocator has not handed out yet.
-  if (!model->EncodeImage(images, true).ok()) {
-    state.SkipWithError("warm-up failed");
-    return;
-  }
-  for (auto _ : state) {
-    auto features = model->EncodeImage(images, /*normalize=*/true);
-    if (!features.ok()) {
-      state.SkipWithError(std::string(features.status().message()).c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(features->data_ptr<float>());
-  }
-  state.SetItemsProcessed(state.iterations() * batch);
-  state.SetLabel(kPresets[preset]);
+  TimeTower(state, preset, batch,
+            [&] { return model->EncodeImage(images, /*normalize=*/true); });
 }
 
 void BM_TextTower(benchmark::State& state) {
@@ -94,20 +101,8 @@ void BM_TextTower(benchmark::State& state) {
   ids.index_put_({torch::indexing::Slice(), 0}, vocab - 2);           // start
   ids.index_put_({torch::indexing::Slice(), tokens - 1}, vocab - 1);  // end
   const torch::Tensor lengths = torch::full({batch}, tokens, torch::kLong);
-  if (!model->EncodeText(ids, lengths, true).ok()) {  // untimed warm-up, as above
-    state.SkipWithError("warm-up failed");
-    return;
-  }
-  for (auto _ : state) {
-    auto features = model->EncodeText(ids, lengths, /*normalize=*/true);
-    if (!features.ok()) {
-      state.SkipWithError(std::string(features.status().message()).c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(features->data_ptr<float>());
-  }
-  state.SetItemsProcessed(state.iterations() * batch);
-  state.SetLabel(kPresets[preset]);
+  TimeTower(state, preset, batch,
+            [&] { return model->EncodeText(ids, lengths, /*normalize=*/true); });
 }
 
 BENCHMARK(BM_ImageTower)
