@@ -320,8 +320,9 @@ def main():
     add("")
     add("- LibTorch intra-op threads (`--intra_op_threads`, default 0 = one per CPU the "
         "process may use): a batch is the one piece of work that should use every core.")
-    add("- Batch workers per modality (`--workers`, default 1): a second concurrent batch "
-        "would only fight the first for the same cores.")
+    add("- Batch workers per modality (`--workers`, default 0 = 1 on the CPU, 2 per GPU): "
+        "on the CPU a second concurrent batch would only fight the first for the same "
+        "cores.")
     add("- Preprocessing threads (`--preprocess_threads`, default 2): decoding and "
         "tokenizing overlap with the model run; they mostly wait on it, so they do not "
         "oversubscribe the cores in practice.")

@@ -34,6 +34,7 @@
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
 #include "server/logging/json_log_sink.h"
+#include "server/metrics/gpu_stats.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_http_server.h"
 #include "server/model/blas_kernel.h"
@@ -71,7 +72,9 @@ ABSL_FLAG(double, max_queue_delay_ms, 2.0,
           "preprocessed; with none on their way it runs at once.");
 ABSL_FLAG(int32_t, max_queue_size, 1024,
           "Items waiting per modality before requests get RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int32_t, workers, 1, "Batch workers per modality.");
+ABSL_FLAG(int32_t, workers, 0,
+          "Batch workers per modality; 0 picks by device: 1 on the CPU, 2 per GPU "
+          "(each with its own CUDA stream).");
 ABSL_FLAG(int32_t, intra_op_threads, 0,
           "LibTorch threads per model run; 0 = one per CPU core.");
 ABSL_FLAG(int32_t, preprocess_threads, 2,
@@ -334,6 +337,16 @@ absl::Status Run() {
 
   const ModelDescription& d = engine->description();
   metrics.SetModelInfo(d);
+  if (load.device.is_cuda()) {
+    // GPU memory and utilization at each scrape, when the driver's NVML is there.
+    auto nvml = OpenNvml();
+    if (nvml.ok()) {
+      metrics.WatchGpu(*std::move(nvml),
+                       load.device.has_index() ? load.device.index() : 0, d.device);
+    } else {
+      LOG(WARNING) << "no GPU metrics: " << nvml.status();
+    }
+  }
   if (metrics_http != nullptr) {
     // Ready while gRPC serves: not before the port opened, not while the engine is
     // unhealthy, not once draining began.
@@ -349,7 +362,7 @@ absl::Status Run() {
             << " max_batch_size=" << engine_options.max_batch_size
             << " max_queue_delay_ms=" << absl::GetFlag(FLAGS_max_queue_delay_ms)
             << " max_queue_size=" << engine_options.max_queue_size
-            << " workers=" << engine_options.workers
+            << " workers=" << engine->workers()
             << " intra_op_threads=" << engine->intra_op_threads()
             << " preprocess_threads=" << engine_options.preprocess_threads
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)

@@ -13,10 +13,12 @@
 #include "glog/logging.h"
 #include "server/batching/dynamic_batcher.h"
 #include "server/batching/request_tracker.h"
+#include "server/batching/split_retry.h"
 #include "server/common/status_macros.h"
 #include "server/common/status_payloads.h"
 #include "server/engine/thread_pool.h"
 #include "server/image/preprocessor.h"
+#include "server/model/device.h"
 #include "server/tokenizer/bpe_tokenizer.h"
 
 namespace clipserve {
@@ -177,8 +179,9 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
   if (model.model == nullptr || tokenizer == nullptr) {
     return absl::InvalidArgumentError("the engine needs a model and a tokenizer");
   }
-  if (options.preprocess_threads < 1 || options.workers < 1) {
-    return absl::InvalidArgumentError("preprocess_threads and workers must be >= 1");
+  if (options.preprocess_threads < 1 || options.workers < 0) {
+    return absl::InvalidArgumentError(
+        "preprocess_threads must be >= 1 and workers >= 0 (0: by device)");
   }
   if (options.intra_op_threads < 0) {
     return absl::InvalidArgumentError("intra_op_threads must be >= 0");
@@ -203,6 +206,8 @@ EmbeddingEngine::EmbeddingEngine(LoadedModel model,
                                  std::unique_ptr<BpeTokenizer> tokenizer,
                                  const EmbeddingEngineOptions& options)
     : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
+  workers_ =
+      options.workers > 0 ? options.workers : (model_.model->device().is_cuda() ? 2 : 1);
   description_ = Describe(model_, *tokenizer_);
 }
 
@@ -238,7 +243,7 @@ absl::Status EmbeddingEngine::Start() {
   batch.max_batch_size = options_.max_batch_size;
   batch.max_queue_delay = options_.max_queue_delay;
   batch.max_queue_size = options_.max_queue_size;
-  batch.num_workers = options_.workers;
+  batch.num_workers = workers_;
   batch.wait_only_for_announced = options_.wait_only_for_announced;
   batch.name = "image";
   CLIPSERVE_ASSIGN_OR_RETURN(
@@ -445,89 +450,121 @@ void EmbeddingEngine::ReportBatch(Modality modality, const Batch<Item>& batch,
   options_.observer->OnBatch(modality, waits, inference);
 }
 
-void EmbeddingEngine::RunImageBatch(Batch<ImageItem>& batch) {
-  ReportQueueDepth(Modality::kImage);
+template <typename Item>
+void EmbeddingEngine::RunBatch(
+    Modality modality, Batch<Item>& batch, std::atomic<int64_t>& computed,
+    const std::function<absl::StatusOr<torch::Tensor>(int, int)>& encode) {
+  ReportQueueDepth(modality);
   const absl::Time start = absl::Now();
-  std::vector<ImageItem>& items = batch.items;
-  const int64_t s = description_.image_size;
-  const int64_t per_image = 3 * s * s;
-  const int64_t n = static_cast<int64_t>(items.size());
+  std::vector<Item>& items = batch.items;
+  const int n = static_cast<int>(items.size());
+  const torch::Device& device = model_.model->device();
   const int64_t id = BatchStarted();
-  absl::StatusOr<torch::Tensor> features;
-  const absl::Status built = CatchTorchErrors(
-      [&] {
-        torch::Tensor batch = torch::empty({n, 3, s, s});
-        float* dst = batch.data_ptr<float>();
-        for (int64_t i = 0; i < n; ++i) {
-          std::memcpy(dst + i * per_image, items[i].pixels.data(),
-                      per_image * sizeof(float));
-        }
-        features = model_.model->EncodeImage(batch, /*normalize=*/false);
-        if (features.ok()) *features = features->to(torch::kCPU).contiguous();
-      },
-      "running an image batch");
+  // The rows of each range that ran, answered only after the batch is reported.
+  std::vector<std::pair<int, torch::Tensor>> done;
+  std::vector<FailedRange> failed;
+  {
+    DeviceStreamScope stream(device);
+    failed = RunSplittingOnOutOfMemory(
+        n,
+        [&](int begin, int end) -> absl::Status {
+          absl::StatusOr<torch::Tensor> rows;
+          CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+              [&] {
+                rows = encode(begin, end);
+                if (rows.ok()) *rows = rows->to(torch::kCPU).contiguous();
+              },
+              modality == Modality::kImage ? "running an image batch"
+                                           : "running a text batch"));
+          if (!rows.ok()) return rows.status();
+          done.emplace_back(begin, *std::move(rows));
+          return absl::OkStatus();
+        },
+        [&] {
+          LOG(WARNING) << "out of memory on " << device.str() << " running a batch of "
+                       << n << (modality == Modality::kImage ? " images" : " texts")
+                       << "; retrying it in two halves";
+          ReleaseCachedDeviceMemory(device);
+        });
+  }
   BatchFinished(id);
   // Before the items are answered, so a client that reads the metrics after its
   // answer finds its batch counted.
-  ReportBatch(Modality::kImage, batch, start);
-  FinishBatch(items, built.ok() ? std::move(features) : built, computed_images_);
+  ReportBatch(modality, batch, start);
+  for (auto& [begin, rows] : done) AnswerRows(items, begin, rows, computed);
+  for (const FailedRange& range : failed) {
+    FailItems(items, range.begin, range.end, range.status);
+  }
+}
+
+void EmbeddingEngine::RunImageBatch(Batch<ImageItem>& batch) {
+  const std::vector<ImageItem>& items = batch.items;
+  const int64_t s = description_.image_size;
+  const int64_t per_image = 3 * s * s;
+  const torch::Device& device = model_.model->device();
+  RunBatch(Modality::kImage, batch, computed_images_, [&](int begin, int end) {
+    const int64_t n = end - begin;
+    // Page-locked on a GPU, so the copy to the device does not block.
+    torch::Tensor pixels =
+        torch::empty({n, 3, s, s}, HostBatchOptions(device, torch::kFloat));
+    float* dst = pixels.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(dst + i * per_image, items[begin + i].pixels.data(),
+                  per_image * sizeof(float));
+    }
+    return model_.model->EncodeImage(pixels, /*normalize=*/false);
+  });
 }
 
 void EmbeddingEngine::RunTextBatch(Batch<TextItem>& batch) {
-  ReportQueueDepth(Modality::kText);
-  const absl::Time start = absl::Now();
-  std::vector<TextItem>& items = batch.items;
-  size_t longest = 0;
-  for (const TextItem& item : items) longest = std::max(longest, item.ids.size());
-  const int64_t n = static_cast<int64_t>(items.size());
-  const int64_t id = BatchStarted();
-  absl::StatusOr<torch::Tensor> features;
-  const absl::Status built = CatchTorchErrors(
-      [&] {
-        // Padded only to the longest text of this batch: the causal mask and
-        // end-token pooling make the padding invisible to the real tokens.
-        torch::Tensor ids =
-            torch::zeros({n, static_cast<int64_t>(longest)}, torch::kLong);
-        torch::Tensor lengths = torch::empty({n}, torch::kLong);
-        int64_t* ids_ptr = ids.data_ptr<int64_t>();
-        int64_t* lengths_ptr = lengths.data_ptr<int64_t>();
-        for (int64_t i = 0; i < n; ++i) {
-          const std::vector<int32_t>& row = items[i].ids;
-          for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
-          lengths_ptr[i] = static_cast<int64_t>(row.size());
-        }
-        features = model_.model->EncodeText(ids, lengths, /*normalize=*/false);
-        if (features.ok()) *features = features->to(torch::kCPU).contiguous();
-      },
-      "running a text batch");
-  BatchFinished(id);
-  ReportBatch(Modality::kText, batch, start);
-  FinishBatch(items, built.ok() ? std::move(features) : built, computed_texts_);
+  const std::vector<TextItem>& items = batch.items;
+  const torch::Device& device = model_.model->device();
+  RunBatch(Modality::kText, batch, computed_texts_, [&](int begin, int end) {
+    const int64_t n = end - begin;
+    // Padded only to the longest text of this range: the causal mask and end-token
+    // pooling make the padding invisible to the real tokens.
+    size_t longest = 0;
+    for (int i = begin; i < end; ++i) longest = std::max(longest, items[i].ids.size());
+    torch::Tensor ids = torch::zeros({n, static_cast<int64_t>(longest)},
+                                     HostBatchOptions(device, torch::kLong));
+    torch::Tensor lengths = torch::empty({n}, HostBatchOptions(device, torch::kLong));
+    int64_t* ids_ptr = ids.data_ptr<int64_t>();
+    int64_t* lengths_ptr = lengths.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const std::vector<int32_t>& row = items[begin + i].ids;
+      for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
+      lengths_ptr[i] = static_cast<int64_t>(row.size());
+    }
+    return model_.model->EncodeText(ids, lengths, /*normalize=*/false);
+  });
 }
 
 template <typename Item>
-void EmbeddingEngine::FinishBatch(std::vector<Item>& items,
-                                  absl::StatusOr<torch::Tensor> features,
-                                  std::atomic<int64_t>& computed) {
-  if (!features.ok()) {
-    // Not the callers' fault: the whole batch failed in the model. Out of memory stays
-    // RESOURCE_EXHAUSTED (retryable); anything else is INTERNAL.
-    const absl::Status error =
-        features.status().code() == absl::StatusCode::kResourceExhausted
-            ? features.status()
-            : absl::InternalError(absl::StrCat("model failed on a batch of ",
-                                               items.size(), ": ",
-                                               features.status().message()));
-    for (Item& item : items) item.request->ItemDone(error);
-    return;
-  }
-  computed.fetch_add(static_cast<int64_t>(items.size()), std::memory_order_relaxed);
+void EmbeddingEngine::AnswerRows(std::vector<Item>& items, int begin,
+                                 const torch::Tensor& rows,
+                                 std::atomic<int64_t>& computed) {
+  const int n = static_cast<int>(rows.size(0));
+  computed.fetch_add(n, std::memory_order_relaxed);
   const int dim = description_.embed_dim;
-  const float* rows = features->data_ptr<float>();
-  for (size_t i = 0; i < items.size(); ++i) {
-    StoreRow(rows + i * dim, dim, *items[i].request, items[i].index);
-    items[i].request->ItemDone(absl::OkStatus());
+  const float* data = rows.data_ptr<float>();
+  for (int i = 0; i < n; ++i) {
+    Item& item = items[begin + i];
+    StoreRow(data + static_cast<size_t>(i) * dim, dim, *item.request, item.index);
+    item.request->ItemDone(absl::OkStatus());
   }
+}
+
+template <typename Item>
+void EmbeddingEngine::FailItems(std::vector<Item>& items, int begin, int end,
+                                const absl::Status& status) {
+  // Not the callers' fault: the model failed on these items. Out of memory stays
+  // RESOURCE_EXHAUSTED (retryable); anything else is INTERNAL.
+  const absl::Status error =
+      status.code() == absl::StatusCode::kResourceExhausted
+          ? status
+          : absl::InternalError(absl::StrCat("model failed on a batch of ", end - begin,
+                                             ": ", status.message()));
+  for (int i = begin; i < end; ++i) items[i].request->ItemDone(error);
 }
 
 void EmbeddingEngine::WatchdogLoop() {

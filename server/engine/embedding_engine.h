@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,9 +47,11 @@ struct EmbeddingEngineOptions {
   // Items waiting per modality before requests are refused with RESOURCE_EXHAUSTED.
   // Default 1024 (32 full batches).
   int max_queue_size = 1024;
-  // Batch workers per modality. Default 1: LibTorch's intra-op pool already spreads a
-  // batch over every core; two batches at once would only fight for them.
-  int workers = 1;
+  // Batch workers per modality. 0 (the default) picks by device: 1 on the CPU, where
+  // LibTorch's intra-op pool already spreads a batch over every core and two batches
+  // at once would only fight for them; 2 on a GPU, each with its own CUDA stream, so
+  // one batch's host-side assembly and copies overlap the other's kernels.
+  int workers = 0;
   // Threads decoding and resizing images and tokenizing texts. Default 2 (this
   // machine's core count): preprocessing overlaps with the model run.
   int preprocess_threads = 2;
@@ -105,6 +108,8 @@ class EmbeddingEngine : public Engine {
 
   // LibTorch's intra-op thread count in effect.
   int intra_op_threads() const;
+  // Batch workers per modality in effect (options.workers, or the device's default).
+  int workers() const { return workers_; }
 
   // Items waiting in each queue (gauges).
   int QueuedImages() const;
@@ -132,20 +137,32 @@ class EmbeddingEngine : public Engine {
   absl::Status Start();
   void RunImageBatch(Batch<ImageItem>& batch);
   void RunTextBatch(Batch<TextItem>& batch);
+  // Runs `batch` on the model's device through `encode(begin, end)` (the features of
+  // items [begin, end), on any device), on this worker's own CUDA stream, retrying in
+  // halves once on out of memory; then reports it and answers every item.
+  template <typename Item>
+  void RunBatch(Modality modality, Batch<Item>& batch, std::atomic<int64_t>& computed,
+                const std::function<absl::StatusOr<torch::Tensor>(int, int)>& encode);
   // Reports a batch that ran from `start` until now to the observer, if any.
   template <typename Item>
   void ReportBatch(Modality modality, const Batch<Item>& batch, absl::Time start);
   // Reports the modality's queue depth to the observer, if any.
   void ReportQueueDepth(Modality modality);
-  // Stores each row and answers each item, or fails them all with the batch's error.
+  // Stores row i of `rows` (fp32 [n, dim] on the CPU) as item begin + i's result and
+  // answers it.
   template <typename Item>
-  void FinishBatch(std::vector<Item>& items, absl::StatusOr<torch::Tensor> features,
-                   std::atomic<int64_t>& computed);
+  void AnswerRows(std::vector<Item>& items, int begin, const torch::Tensor& rows,
+                  std::atomic<int64_t>& computed);
+  // Fails items [begin, end) with the model's error.
+  template <typename Item>
+  void FailItems(std::vector<Item>& items, int begin, int end,
+                 const absl::Status& status);
   void WatchdogLoop();
   int64_t BatchStarted() ABSL_LOCKS_EXCLUDED(running_mu_);
   void BatchFinished(int64_t id) ABSL_LOCKS_EXCLUDED(running_mu_);
 
   const EmbeddingEngineOptions options_;
+  int workers_ = 1;
   LoadedModel model_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
   std::unique_ptr<image::Preprocessor> preprocessor_;

@@ -147,7 +147,45 @@ void Metrics::SetModelInfo(const ModelDescription& model) {
   model_info_series_->Set(1);
 }
 
+void Metrics::WatchGpu(std::unique_ptr<GpuStatsSource> source, int index,
+                       const std::string& device) {
+  prometheus::Registry& r = *registry_;
+  auto gpu = std::make_unique<Gpu>();
+  gpu->source = std::move(source);
+  gpu->index = index;
+  const prometheus::Labels labels = {{"device", device}};
+  gpu->memory_used = &GaugeFamily(r, "clipserve_gpu_memory_used_bytes",
+                                  "GPU memory in use by every process, as NVML reports "
+                                  "it at scrape time.")
+                          .Add(labels);
+  gpu->memory_total =
+      &GaugeFamily(r, "clipserve_gpu_memory_total_bytes", "GPU memory installed.")
+           .Add(labels);
+  gpu->utilization = &GaugeFamily(r, "clipserve_gpu_utilization_ratio",
+                                  "Fraction of NVML's last sample period (about 1 s) "
+                                  "during which a kernel ran on the GPU.")
+                          .Add(labels);
+  gpu->sample_errors = &CounterFamily(r, "clipserve_gpu_sample_errors_total",
+                                      "Scrapes at which the GPU could not be read.")
+                            .Add(labels);
+  absl::MutexLock lock(&gpu_mu_);
+  gpu_ = std::move(gpu);
+}
+
 std::string Metrics::Serialize() const {
+  {
+    absl::MutexLock lock(&gpu_mu_);
+    if (gpu_ != nullptr) {
+      const absl::StatusOr<GpuSample> sample = gpu_->source->Sample(gpu_->index);
+      if (sample.ok()) {
+        gpu_->memory_used->Set(static_cast<double>(sample->memory_used_bytes));
+        gpu_->memory_total->Set(static_cast<double>(sample->memory_total_bytes));
+        gpu_->utilization->Set(sample->utilization);
+      } else {
+        gpu_->sample_errors->Increment();
+      }
+    }
+  }
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 

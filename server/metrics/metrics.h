@@ -17,6 +17,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "server/engine/engine.h"
+#include "server/metrics/gpu_stats.h"
 
 namespace clipserve {
 
@@ -95,6 +96,16 @@ class Metrics final : public EngineObserver {
   // device,precision,checkpoint_format} to 1, replacing an earlier model's series.
   void SetModelInfo(const ModelDescription& model);
 
+  // --- The GPU ---
+
+  // From now on each Serialize() first reads GPU `index` from `source` and sets
+  // clipserve_gpu_memory_used_bytes, clipserve_gpu_memory_total_bytes and
+  // clipserve_gpu_utilization_ratio, each labeled device=`device` ("cuda:0"). A failed
+  // reading leaves the previous values and counts
+  // clipserve_gpu_sample_errors_total{device}. Call once, before serving.
+  void WatchGpu(std::unique_ptr<GpuStatsSource> source, int index,
+                const std::string& device);
+
   // Every metric in the Prometheus text exposition format, version 0.0.4 (the body
   // of GET /metrics).
   std::string Serialize() const;
@@ -134,6 +145,18 @@ class Metrics final : public EngineObserver {
   prometheus::Counter* label_cache_misses_ = nullptr;
   PerModality image_;
   PerModality text_;
+
+  struct Gpu {
+    std::unique_ptr<GpuStatsSource> source;
+    int index = 0;
+    prometheus::Gauge* memory_used = nullptr;
+    prometheus::Gauge* memory_total = nullptr;
+    prometheus::Gauge* utilization = nullptr;
+    prometheus::Counter* sample_errors = nullptr;
+  };
+  // Set once by WatchGpu; read (sampled) by every Serialize().
+  mutable absl::Mutex gpu_mu_;
+  std::unique_ptr<Gpu> gpu_ ABSL_GUARDED_BY(gpu_mu_);
 };
 
 // The gRPC name of a status code as Prometheus label value: "OK", "INVALID_ARGUMENT",

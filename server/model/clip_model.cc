@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "server/common/status_macros.h"
 #include "server/model/cbow_text_encoder.h"
+#include "server/model/device.h"
 #include "server/model/modified_resnet.h"
 #include "server/model/text_transformer.h"
 #include "server/model/vision_transformer.h"
@@ -232,10 +233,7 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision) {
   if (device.is_cpu() && precision == Precision::kFloat16) {
     return absl::UnimplementedError("fp16 is not supported on CPU; use fp32 or bf16");
   }
-  if (device.is_cuda() && !torch::cuda::is_available()) {
-    return absl::UnavailableError(
-        "CUDA device requested but no CUDA device is available");
-  }
+  CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(device));
   const torch::ScalarType dtype = ScalarTypeOf(precision);
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
@@ -267,7 +265,10 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeImage(const torch::Tensor& images
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
         c10::InferenceMode guard;
-        torch::Tensor x = images.to(device_, ScalarTypeOf(precision_));
+        // Copied in the caller's dtype, asynchronously when the caller's buffer is
+        // pinned (HostBatchOptions), then converted on the device.
+        torch::Tensor x = images.to(device_, images.scalar_type(), /*non_blocking=*/true)
+                              .to(ScalarTypeOf(precision_));
         out = encode_image_(x).to(torch::kFloat);
         if (normalize) out = NormalizeRows(out);
       },
@@ -300,7 +301,9 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
         c10::InferenceMode guard;
-        out = encode_text_(ids.to(device_), lengths.to(device_)).to(torch::kFloat);
+        out = encode_text_(ids.to(device_, ids.scalar_type(), /*non_blocking=*/true),
+                           lengths.to(device_, lengths.scalar_type(), true))
+                  .to(torch::kFloat);
         if (normalize) out = NormalizeRows(out);
       },
       "encoding texts"));

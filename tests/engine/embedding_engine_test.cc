@@ -249,6 +249,17 @@ TEST_F(EmbeddingEngineTest, TokenizeAndDescription) {
   EXPECT_EQ(d.device, "cpu");
   EXPECT_TRUE(d.random_weights);
   EXPECT_TRUE(engine_->healthy());
+  EXPECT_EQ(engine_->workers(), 1);  // options.workers 0: one per modality on the CPU
+}
+
+TEST(EmbeddingEngineOptionsTest, NegativeWorkersAreRejected) {
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  EmbeddingEngineOptions options;
+  options.workers = -1;
+  auto engine = EmbeddingEngine::Create(
+      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(EmbeddingEngineTest, AfterShutdownRequestsAreUnavailable) {

@@ -1,6 +1,11 @@
 #include "server/metrics/metrics.h"
 
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -227,6 +232,75 @@ TEST(MetricsTest, StatusCodeLabelsAreGrpcNames) {
   EXPECT_EQ(StatusCodeLabel(absl::StatusCode::kResourceExhausted), "RESOURCE_EXHAUSTED");
   EXPECT_EQ(StatusCodeLabel(absl::StatusCode::kDeadlineExceeded), "DEADLINE_EXCEEDED");
   EXPECT_EQ(StatusCodeLabel(static_cast<absl::StatusCode>(42)), "42");
+}
+
+// A GPU that reads as scripted: each Sample() takes the next reading (an error once
+// the script runs out) and records the index asked for.
+class FakeGpu final : public GpuStatsSource {
+ public:
+  explicit FakeGpu(std::vector<GpuSample> readings, std::vector<int>* asked)
+      : readings_(std::move(readings)), asked_(asked) {}
+  absl::StatusOr<GpuSample> Sample(int index) override {
+    asked_->push_back(index);
+    if (next_ >= readings_.size()) return absl::UnavailableError("GPU fell off the bus");
+    return readings_[next_++];
+  }
+
+ private:
+  std::vector<GpuSample> readings_;
+  size_t next_ = 0;
+  std::vector<int>* asked_;
+};
+
+TEST(MetricsTest, GpuSeriesAppearOnlyOnceWatchedAndAreReadAtEachScrape) {
+  Metrics metrics;
+  EXPECT_THAT(metrics.Serialize(), Not(HasSubstr("clipserve_gpu_")));
+  std::vector<int> asked;
+  metrics.WatchGpu(
+      std::make_unique<FakeGpu>(
+          std::vector<GpuSample>{{1000, 8000, 0.25}, {3000, 8000, 0.75}}, &asked),
+      1, "cuda:1");
+  const std::string labels = R"({device="cuda:1"})";
+  std::string text = metrics.Serialize();
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_memory_used_bytes" + labels),
+              Optional(1000.0));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_memory_total_bytes" + labels),
+              Optional(8000.0));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_utilization_ratio" + labels),
+              Optional(0.25));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_sample_errors_total" + labels),
+              Optional(0.0));
+  text = metrics.Serialize();
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_memory_used_bytes" + labels),
+              Optional(3000.0));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_utilization_ratio" + labels),
+              Optional(0.75));
+  // A failed reading keeps the last values and is counted.
+  text = metrics.Serialize();
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_memory_used_bytes" + labels),
+              Optional(3000.0));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_sample_errors_total" + labels),
+              Optional(1.0));
+  EXPECT_EQ(asked, (std::vector<int>{1, 1, 1}));
+}
+
+TEST(MetricsTest, NvmlIsUnavailableWithoutTheDriverLibrary) {
+  if (dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NOLOAD) != nullptr ||
+      access("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", F_OK) == 0) {
+    GTEST_SKIP() << "this machine has NVML";
+  }
+  EXPECT_EQ(OpenNvml().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(MetricsTest, NvmlReadsTheFirstGpu_CUDA) {
+  auto nvml = OpenNvml();
+  if (!nvml.ok()) GTEST_SKIP() << nvml.status();
+  auto sample = (*nvml)->Sample(0);
+  ASSERT_TRUE(sample.ok()) << sample.status();
+  EXPECT_GT(sample->memory_total_bytes, 0u);
+  EXPECT_LE(sample->memory_used_bytes, sample->memory_total_bytes);
+  EXPECT_GE(sample->utilization, 0.0);
+  EXPECT_LE(sample->utilization, 1.0);
 }
 
 }  // namespace

@@ -1,0 +1,93 @@
+#include "server/metrics/gpu_stats.h"
+
+#include <dlfcn.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace clipserve {
+namespace {
+
+// The few NVML declarations used, as nvml.h (CUDA toolkit) defines them; the
+// library's ABI for these entry points has been stable since NVML 2.285 (2012).
+using NvmlReturn = int;  // nvmlReturn_t; 0 is NVML_SUCCESS
+using NvmlDevice = struct NvmlDeviceOpaque*;
+struct NvmlMemory {
+  unsigned long long total;
+  unsigned long long free;
+  unsigned long long used;
+};
+struct NvmlUtilization {
+  unsigned int gpu;     // percent of time a kernel ran
+  unsigned int memory;  // percent of time memory was read or written
+};
+
+class NvmlSource final : public GpuStatsSource {
+ public:
+  ~NvmlSource() override {
+    if (shutdown_ != nullptr) shutdown_();
+    if (library_ != nullptr) dlclose(library_);
+  }
+
+  static absl::StatusOr<std::unique_ptr<GpuStatsSource>> Open() {
+    auto source = std::unique_ptr<NvmlSource>(new NvmlSource());
+    source->library_ = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (source->library_ == nullptr) {
+      return absl::UnavailableError(absl::StrCat("NVML not available: ", dlerror()));
+    }
+    void* lib = source->library_;
+    auto init = reinterpret_cast<NvmlReturn (*)()>(dlsym(lib, "nvmlInit_v2"));
+    source->handle_ = reinterpret_cast<decltype(source->handle_)>(
+        dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
+    source->memory_ = reinterpret_cast<decltype(source->memory_)>(
+        dlsym(lib, "nvmlDeviceGetMemoryInfo"));
+    source->utilization_ = reinterpret_cast<decltype(source->utilization_)>(
+        dlsym(lib, "nvmlDeviceGetUtilizationRates"));
+    auto shutdown = reinterpret_cast<NvmlReturn (*)()>(dlsym(lib, "nvmlShutdown"));
+    if (init == nullptr || shutdown == nullptr || source->handle_ == nullptr ||
+        source->memory_ == nullptr || source->utilization_ == nullptr) {
+      return absl::UnavailableError("NVML lacks the functions clipserve reads");
+    }
+    if (const NvmlReturn r = init(); r != 0) {
+      return absl::UnavailableError(absl::StrCat("nvmlInit failed with code ", r));
+    }
+    source->shutdown_ = shutdown;
+    return source;
+  }
+
+  absl::StatusOr<GpuSample> Sample(int index) override {
+    NvmlDevice device = nullptr;
+    if (const NvmlReturn r = handle_(static_cast<unsigned int>(index), &device); r != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("NVML has no device ", index, " (code ", r, ")"));
+    }
+    NvmlMemory memory{};
+    NvmlUtilization utilization{};
+    if (const NvmlReturn r = memory_(device, &memory); r != 0) {
+      return absl::UnavailableError(absl::StrCat("nvmlDeviceGetMemoryInfo: code ", r));
+    }
+    if (const NvmlReturn r = utilization_(device, &utilization); r != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("nvmlDeviceGetUtilizationRates: code ", r));
+    }
+    GpuSample sample;
+    sample.memory_used_bytes = memory.used;
+    sample.memory_total_bytes = memory.total;
+    sample.utilization = utilization.gpu / 100.0;
+    return sample;
+  }
+
+ private:
+  NvmlSource() = default;
+
+  void* library_ = nullptr;
+  NvmlReturn (*shutdown_)() = nullptr;
+  NvmlReturn (*handle_)(unsigned int, NvmlDevice*) = nullptr;
+  NvmlReturn (*memory_)(NvmlDevice, NvmlMemory*) = nullptr;
+  NvmlReturn (*utilization_)(NvmlDevice, NvmlUtilization*) = nullptr;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GpuStatsSource>> OpenNvml() { return NvmlSource::Open(); }
+
+}  // namespace clipserve

@@ -1,0 +1,70 @@
+#include "server/model/device.h"
+
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <torch/cuda.h>
+
+#include <map>
+
+#include "absl/strings/str_cat.h"
+
+#if CLIPSERVE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace clipserve {
+
+absl::Status CheckDeviceUsable(const torch::Device& device) {
+  if (device.is_cpu()) return absl::OkStatus();
+  if (!device.is_cuda()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported device type: ", device.str()));
+  }
+  const int64_t count = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
+  if (count == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        device.str(),
+        " requested but no CUDA device is available (a CPU-only LibTorch, no driver, "
+        "or CUDA_VISIBLE_DEVICES hides them)"));
+  }
+  const int64_t index = device.has_index() ? device.index() : 0;
+  if (index < 0 || index >= count) {
+    return absl::UnavailableError(absl::StrCat(device.str(), " requested but only ",
+                                               count, " CUDA device(s) are visible"));
+  }
+  return absl::OkStatus();
+}
+
+DeviceStreamScope::DeviceStreamScope(const torch::Device& device) {
+  if (!device.is_cuda()) return;
+  const torch::Device target(device.type(), device.has_index() ? device.index() : 0);
+  // One stream per thread and device, for the thread's life: a pool stream is
+  // LibTorch's to keep, so nothing needs releasing.
+  thread_local std::map<c10::DeviceIndex, c10::Stream> streams;
+  auto it = streams.find(target.index());
+  if (it == streams.end()) {
+    c10::impl::VirtualGuardImpl impl(target.type());
+    it = streams.emplace(target.index(), impl.getStreamFromGlobalPool(target)).first;
+  }
+  guard_ = std::make_unique<c10::StreamGuard>(it->second);
+}
+
+DeviceStreamScope::~DeviceStreamScope() = default;
+
+torch::TensorOptions HostBatchOptions(const torch::Device& device,
+                                      torch::ScalarType dtype) {
+  return torch::TensorOptions()
+      .dtype(dtype)
+      .device(torch::kCPU)
+      .pinned_memory(device.is_cuda());
+}
+
+void ReleaseCachedDeviceMemory(const torch::Device& device) {
+#if CLIPSERVE_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#else
+  (void)device;
+#endif
+}
+
+}  // namespace clipserve

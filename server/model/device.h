@@ -1,0 +1,57 @@
+#ifndef CLIPSERVE_SERVER_MODEL_DEVICE_H_
+#define CLIPSERVE_SERVER_MODEL_DEVICE_H_
+
+#include <torch/types.h>
+
+#include <memory>
+
+#include "absl/status/status.h"
+
+// What running on a GPU needs beyond moving tensors there: a CUDA stream per worker
+// thread, page-locked host buffers for asynchronous copies, and releasing cached
+// memory after an out-of-memory error. Everything here goes through LibTorch's
+// device-generic interfaces, so it compiles against Debian's CPU-only LibTorch and
+// does nothing for a CPU device.
+
+namespace c10 {
+struct StreamGuard;
+}
+
+namespace clipserve {
+
+// Checks that `device` can run a model: the CPU always; "cuda:N" when this LibTorch
+// was built with CUDA and N < the number of visible devices. UNAVAILABLE otherwise,
+// naming how many devices there are.
+absl::Status CheckDeviceUsable(const torch::Device& device);
+
+// While alive, the calling thread's work on `device` goes to a CUDA stream of its own
+// (taken from LibTorch's stream pool on the thread's first use and kept for the
+// thread's life), and `device` is the thread's current device. Several engine workers
+// on one GPU then overlap one batch's copies with another's kernels instead of
+// serializing on the default stream. Does nothing for a CPU device. Not copyable;
+// construct and destroy on the same thread.
+class DeviceStreamScope {
+ public:
+  explicit DeviceStreamScope(const torch::Device& device);
+  ~DeviceStreamScope();
+  DeviceStreamScope(const DeviceStreamScope&) = delete;
+  DeviceStreamScope& operator=(const DeviceStreamScope&) = delete;
+
+ private:
+  std::unique_ptr<c10::StreamGuard> guard_;  // null on CPU
+};
+
+// Options for a host tensor that assembles a batch bound for `device`: page-locked
+// (pinned) when `device` is CUDA, so its copy to the device can be non-blocking and
+// overlap other work; ordinary pageable memory for the CPU.
+torch::TensorOptions HostBatchOptions(const torch::Device& device,
+                                      torch::ScalarType dtype);
+
+// Hands the CUDA caching allocator's unused blocks back to the driver, so that a
+// retry after an out-of-memory error is not defeated by fragmentation. No-op for the
+// CPU, and in builds without CUDA (CLIPSERVE_WITH_CUDA unset).
+void ReleaseCachedDeviceMemory(const torch::Device& device);
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_MODEL_DEVICE_H_

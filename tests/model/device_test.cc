@@ -1,0 +1,84 @@
+// The GPU helpers: on the CPU they must be harmless no-ops; the *_CUDA tests check
+// what they do on a GPU and are skipped without one.
+
+#include "server/model/device.h"
+
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <thread>
+
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+TEST(DeviceTest, CpuIsAlwaysUsable) { EXPECT_TRUE(CheckDeviceUsable(torch::kCPU).ok()); }
+
+TEST(DeviceTest, CudaIndexPastTheVisibleDevicesIsUnavailable) {
+  const absl::Status status = CheckDeviceUsable(torch::Device(torch::kCUDA, 99));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("cuda:99"), absl::string_view::npos) << status;
+}
+
+TEST(DeviceTest, CudaWithoutCudaIsUnavailable) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "this machine has a CUDA device";
+  EXPECT_EQ(CheckDeviceUsable(torch::Device(torch::kCUDA, 0)).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST(DeviceTest, CpuBatchesUsePageableMemoryAndNoStream) {
+  const torch::Tensor batch =
+      torch::empty({2, 3}, HostBatchOptions(torch::kCPU, torch::kFloat));
+  EXPECT_FALSE(batch.is_pinned());
+  EXPECT_EQ(batch.scalar_type(), torch::kFloat);
+  DeviceStreamScope scope(torch::kCPU);  // must not touch CUDA
+  ReleaseCachedDeviceMemory(torch::kCPU);
+}
+
+c10::Stream CurrentCudaStream() {
+  return c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA)
+      .getStream(torch::Device(torch::kCUDA, 0));
+}
+
+TEST(DeviceTest, EachThreadGetsItsOwnNonDefaultStream_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const torch::Device gpu(torch::kCUDA, 0);
+  const c10::Stream before = CurrentCudaStream();
+  c10::Stream first = before;
+  c10::Stream again = before;
+  {
+    DeviceStreamScope scope(gpu);
+    first = CurrentCudaStream();
+  }
+  EXPECT_EQ(CurrentCudaStream(), before);  // restored
+  {
+    DeviceStreamScope scope(gpu);
+    again = CurrentCudaStream();
+  }
+  EXPECT_NE(first, before);
+  EXPECT_EQ(first, again);  // kept for the thread's life
+  c10::Stream other = before;
+  std::thread([&] {
+    DeviceStreamScope scope(gpu);
+    other = CurrentCudaStream();
+  }).join();
+  EXPECT_NE(other, first);
+}
+
+TEST(DeviceTest, CudaBatchesArePinnedAndCopyBackExactly_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const torch::Device gpu(torch::kCUDA, 0);
+  DeviceStreamScope scope(gpu);
+  torch::Tensor host = torch::empty({64, 3, 8, 8}, HostBatchOptions(gpu, torch::kFloat));
+  EXPECT_TRUE(host.is_pinned());
+  host.copy_(torch::arange(host.numel(), torch::kFloat).view(host.sizes()));
+  const torch::Tensor round_trip =
+      host.to(gpu, torch::kFloat, /*non_blocking=*/true).mul(2).to(torch::kCPU);
+  EXPECT_TRUE(torch::equal(round_trip, host * 2));
+  ReleaseCachedDeviceMemory(gpu);
+}
+
+}  // namespace
+}  // namespace clipserve
