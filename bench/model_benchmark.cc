@@ -7,16 +7,25 @@
 //       included) and the batch padded to T: 77 is what a server padding to the
 //       context length pays, 20 a typical caption with padding to the longest.
 //
-// M: 0 = ViT-B-32, 1 = ViT-B-16, 2 = RN50. P: 0 = fp32, 1 = bf16. Threads: one
-// LibTorch intra-op thread per CPU this process may use, as clip_server's default
-// (LibTorch's own default is the physical core count, 1 on a 2-vCPU VM).
+// M: 0 = ViT-B-32, 1 = ViT-B-16, 2 = RN50, 3 = ViT-L-14. P: 0 = fp32, 1 = bf16.
+// Threads: one LibTorch intra-op thread per CPU this process may use, as
+// clip_server's default (LibTorch's own default is the physical core count, 1 on a
+// 2-vCPU VM).
+//
+// With a CUDA device (a CUDA LibTorch and a GPU; scripts/gpu-check.sh), the same
+// towers also run on cuda:0 as BM_ImageTowerCuda/model:M/batch:B/fp16:H and
+// BM_TextTowerCuda/model:0/batch:B/fp16:H/tokens:T (H: 0 = bf16, 1 = fp16), inputs
+// already on the GPU, each iteration ending with the features back on the host (so
+// the timing covers every kernel).
 
 #include <sched.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "benchmark/benchmark.h"
@@ -25,10 +34,10 @@
 namespace clipserve {
 namespace {
 
-constexpr const char* kPresets[] = {"ViT-B-32", "ViT-B-16", "RN50"};
+constexpr const char* kPresets[] = {"ViT-B-32", "ViT-B-16", "RN50", "ViT-L-14"};
 
-// One loaded model per (preset, precision), kept for the whole run.
-ClipModel* GetModel(int preset, bool bf16) {
+// One loaded model per (preset, precision, device), kept for the whole run.
+ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
   static const bool threads_set = [] {
     cpu_set_t set;
     const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
@@ -36,14 +45,17 @@ ClipModel* GetModel(int preset, bool bf16) {
     return true;
   }();
   (void)threads_set;
-  static auto* const models = new std::map<std::pair<int, bool>, LoadedModel>();
-  auto it = models->find({preset, bf16});
+  using Key = std::tuple<int, Precision, bool>;
+  static auto* const models = new std::map<Key, LoadedModel>();
+  const Key key{preset, precision, cuda};
+  auto it = models->find(key);
   if (it == models->end()) {
     ModelLoadOptions options;
-    options.precision = bf16 ? Precision::kBFloat16 : Precision::kFloat32;
+    options.precision = precision;
+    if (cuda) options.device = torch::Device(torch::kCUDA, 0);
     auto loaded = LoadModel(std::string("demo:") + kPresets[preset], options);
     if (!loaded.ok()) return nullptr;
-    it = models->emplace(std::make_pair(preset, bf16), *std::move(loaded)).first;
+    it = models->emplace(key, *std::move(loaded)).first;
   }
   return it->second.model.get();
 }
@@ -63,34 +75,36 @@ void TimeTower(benchmark::State& state, int preset, int64_t batch, Encode encode
       state.SkipWithError(std::string(features.status().message()).c_str());
       return;
     }
-    benchmark::DoNotOptimize(features->data_ptr<float>());
+    // On a GPU the copy to the host waits for every kernel of the batch.
+    const torch::Tensor host = features->to(torch::kCPU);
+    benchmark::DoNotOptimize(host.data_ptr<float>());
   }
   state.SetItemsProcessed(state.iterations() * batch);
   state.SetLabel(kPresets[preset]);
 }
 
-void BM_ImageTower(benchmark::State& state) {
+void ImageTower(benchmark::State& state, Precision precision, bool cuda) {
   torch::NoGradGuard no_grad;
   const int preset = static_cast<int>(state.range(0));
   const int64_t batch = state.range(1);
-  ClipModel* model = GetModel(preset, state.range(2) != 0);
+  ClipModel* model = GetModel(preset, precision, cuda);
   if (model == nullptr) {
     state.SkipWithError("model failed to load");
     return;
   }
   const int64_t size = model->config().vision.image_size;
   torch::manual_seed(0);
-  const torch::Tensor images = torch::randn({batch, 3, size, size});
+  const torch::Tensor images = torch::randn({batch, 3, size, size}).to(model->device());
   TimeTower(state, preset, batch,
             [&] { return model->EncodeImage(images, /*normalize=*/true); });
 }
 
-void BM_TextTower(benchmark::State& state) {
+void TextTower(benchmark::State& state, Precision precision, bool cuda) {
   torch::NoGradGuard no_grad;
   const int preset = static_cast<int>(state.range(0));
   const int64_t batch = state.range(1);
   const int64_t tokens = state.range(3);
-  ClipModel* model = GetModel(preset, state.range(2) != 0);
+  ClipModel* model = GetModel(preset, precision, cuda);
   if (model == nullptr) {
     state.SkipWithError("model failed to load");
     return;
@@ -100,9 +114,31 @@ void BM_TextTower(benchmark::State& state) {
   torch::Tensor ids = torch::randint(1, vocab - 2, {batch, tokens}, torch::kLong);
   ids.index_put_({torch::indexing::Slice(), 0}, vocab - 2);           // start
   ids.index_put_({torch::indexing::Slice(), tokens - 1}, vocab - 1);  // end
-  const torch::Tensor lengths = torch::full({batch}, tokens, torch::kLong);
+  ids = ids.to(model->device());
+  const torch::Tensor lengths =
+      torch::full({batch}, tokens, torch::kLong).to(model->device());
   TimeTower(state, preset, batch,
             [&] { return model->EncodeText(ids, lengths, /*normalize=*/true); });
+}
+
+Precision CpuPrecision(const benchmark::State& state) {
+  return state.range(2) != 0 ? Precision::kBFloat16 : Precision::kFloat32;
+}
+Precision GpuPrecision(const benchmark::State& state) {
+  return state.range(2) != 0 ? Precision::kFloat16 : Precision::kBFloat16;
+}
+
+void BM_ImageTower(benchmark::State& state) {
+  ImageTower(state, CpuPrecision(state), false);
+}
+void BM_TextTower(benchmark::State& state) {
+  TextTower(state, CpuPrecision(state), false);
+}
+void BM_ImageTowerCuda(benchmark::State& state) {
+  ImageTower(state, GpuPrecision(state), true);
+}
+void BM_TextTowerCuda(benchmark::State& state) {
+  TextTower(state, GpuPrecision(state), true);
 }
 
 BENCHMARK(BM_ImageTower)
@@ -118,7 +154,30 @@ BENCHMARK(BM_TextTower)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// The GPU runs, registered only when there is a GPU: ViT-B-32 and ViT-L-14 at batch
+// 64 and 256 in bf16 and fp16, and the text tower at batch 256.
+void RegisterCudaBenchmarks() {
+  if (!torch::cuda::is_available()) return;
+  benchmark::RegisterBenchmark("BM_ImageTowerCuda", BM_ImageTowerCuda)
+      ->ArgNames({"model", "batch", "fp16"})
+      ->ArgsProduct({{0, 3}, {64, 256}, {0, 1}})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("BM_TextTowerCuda", BM_TextTowerCuda)
+      ->ArgNames({"model", "batch", "fp16", "tokens"})
+      ->ArgsProduct({{0}, {256}, {0, 1}, {20, 77}})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+
 }  // namespace
 }  // namespace clipserve
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  clipserve::RegisterCudaBenchmarks();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with an NVIDIA GPU, a CUDA build of PyTorch and no
+# network, builds clip_server against that PyTorch's LibTorch, runs the *_CUDA tests,
+# checks GPU embeddings against CPU fp32, and writes a benchmark table.
+#
+#   scripts/fetch-gpu-debs.sh          # beforehand, on a Debian machine with its archive
+#   scripts/gpu-check.sh [OUT_DIR]     # on the GPU machine; default build-gpu/report
+#
+# gRPC, Protobuf, Abseil, glog and the other libraries come from the .deb files in
+# third_party/gpu-debs (or $CLIPSERVE_GPU_DEBS), unpacked with `dpkg -x` into a private
+# prefix (build-gpu/prefix); nothing is installed on the machine. LibTorch is the one
+# inside `python3 -c 'import torch'` ($PYTHON, default python3), which must be a CUDA
+# build that sees a GPU. Needs cmake, ninja, a C++17 compiler and nvcc (LibTorch's
+# CMake config looks for the CUDA toolkit).
+#
+# Writes OUT_DIR/table.md (the benchmark table for docs/PERFORMANCE.md) and the logs
+# beside it. Exits non-zero when a step or a *_CUDA test fails. Sized to finish within
+# 8 minutes on a 16-core machine with an H100.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+out=$(mkdir -p "${1:-build-gpu/report}" && cd "${1:-build-gpu/report}" && pwd)
+debs=${CLIPSERVE_GPU_DEBS:-third_party/gpu-debs}
+python=${PYTHON:-python3}
+build=$root/build-gpu/build
+prefix=$root/build-gpu/prefix
+jobs=$(nproc)
+started=$SECONDS
+step() { echo "== $(( SECONDS - started ))s: $*" | tee -a "$out/steps.txt"; }
+: >"$out/steps.txt"
+
+step "LibTorch from $python"
+"$python" - <<'EOF' | tee "$out/torch.txt"
+import torch
+assert torch.cuda.is_available(), "this PyTorch sees no CUDA device"
+# Debian's gRPC, Abseil and Protobuf use the C++11 std::string ABI.
+assert torch._C._GLIBCXX_USE_CXX11_ABI, "this PyTorch uses the old C++ ABI"
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name(0))
+EOF
+torch_prefix=$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+
+shopt -s nullglob
+deb_files=("$debs"/*.deb)
+if [ ${#deb_files[@]} = 0 ]; then
+  echo "gpu-check: no .deb files in $debs; run scripts/fetch-gpu-debs.sh first" >&2
+  exit 1
+fi
+step "unpacking ${#deb_files[@]} .deb files into $prefix"
+rm -rf "$prefix"
+mkdir -p "$prefix"
+for deb in "${deb_files[@]}"; do dpkg -x "$deb" "$prefix"; done
+# Absolute symbolic links in the packages point into the real /usr: re-aim them.
+find "$prefix" -type l -lname '/*' | while read -r link; do
+  ln -sfn "$prefix$(readlink "$link")" "$link"
+done
+libdir=$prefix/usr/lib/x86_64-linux-gnu
+export LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}  # protoc, the tests
+export PKG_CONFIG_LIBDIR=$libdir/pkgconfig:$prefix/usr/share/pkgconfig
+export PKG_CONFIG_SYSROOT_DIR=$prefix
+pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
+
+step "configuring (LibTorch in $torch_prefix)"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" \
+  -DPKG_CONFIG_EXECUTABLE="$pkg_config" -DOPENSSL_ROOT_DIR="$prefix/usr" \
+  -DProtobuf_PROTOC_EXECUTABLE="$prefix/usr/bin/protoc" \
+  >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+grep 'clipserve: LibTorch' "$out/configure.log"
+grep -q 'CUDA support ON' "$out/configure.log" || {
+  echo "gpu-check: CMake did not find a CUDA LibTorch"; exit 1; }
+
+step "building with $jobs jobs"
+cmake --build "$build" -j "$jobs" --target clip_server clip_client device_test \
+  clip_model_test metrics_test model_benchmark image_benchmark \
+  >"$out/build.log" 2>&1 || { grep -B2 -A10 'error' "$out/build.log" | head -60; exit 1; }
+
+step "the *_CUDA tests"
+status=0
+for t in device_test clip_model_test metrics_test; do
+  "$build/tests/$t" --gtest_filter='*_CUDA' --gtest_also_run_disabled_tests \
+    >"$out/$t.log" 2>&1 || status=1
+  grep -E '^\[ +(OK|FAILED|SKIPPED) +\]' "$out/$t.log" || true
+done
+[ $status = 0 ] || { echo "gpu-check: a *_CUDA test failed (logs in $out)"; exit 1; }
+
+step "model benchmark on the GPU (from tensors already on the device)"
+"$build/bin/model_benchmark" --benchmark_filter='Cuda' --benchmark_min_time=1 \
+  --benchmark_format=json >"$out/model_benchmark.json" 2>"$out/model_benchmark.log"
+
+step "JPEG decode + preprocessing on one CPU core"
+"$build/bin/image_benchmark" --benchmark_filter='BM_DecodeAndPreprocessJpeg640x480' \
+  --benchmark_format=json >"$out/image_benchmark.json" 2>/dev/null
+
+step "end to end: clip_server --device=cuda, clip_client bench"
+port=50151
+e2e() {  # precision: runs images (JPEG) and texts against a fresh server
+  "$build/bin/clip_server" --host=127.0.0.1 --port=$port --metrics_port=-1 \
+    --model=demo:ViT-B-32 --device=cuda --precision="$1" --max_batch_size=256 \
+    --max_queue_size=8192 --preprocess_threads="$jobs" --text_cache_mb=0 \
+    >"$out/server-$1.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 300); do
+    "$build/bin/clip_client" --target 127.0.0.1:$port health >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  for modality in image text; do
+    "$build/bin/clip_client" --target 127.0.0.1:$port bench --modality $modality \
+      -c 64 -k 16 --duration 15s --json >"$out/e2e-$1-$modality.json"
+  done
+  kill -TERM $pid; wait $pid || true
+}
+e2e fp16
+e2e bf16
+
+step "writing $out/table.md"
+"$python" - "$out" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+models = {"0": "ViT-B-32", "3": "ViT-L-14"}
+rows = ["| what | precision | batch | items/s |", "|---|---|---|---|"]
+for b in json.load(open(os.path.join(out, "model_benchmark.json")))["benchmarks"]:
+    args = dict(p.split(":") for p in b["name"].split("/")[1:] if ":" in p)
+    precision = "fp16" if args.get("fp16") == "1" else "bf16"
+    if b["name"].startswith("BM_ImageTowerCuda"):
+        what = f"{models[args['model']]} images, in process from GPU tensors"
+    else:
+        what = f"text tower, {args['tokens']} tokens, in process"
+    rows.append(f"| {what} | {precision} | {args['batch']} | {b['items_per_second']:,.0f} |")
+for precision in ("fp16", "bf16"):
+    for modality in ("image", "text"):
+        d = json.load(open(os.path.join(out, f"e2e-{precision}-{modality}.json")))
+        what = ("ViT-B-32 served, 640x480 JPEG in" if modality == "image"
+                else "ViT-B-32 served, captions")
+        errors = sum(d["errors"].values())
+        note = f" ({errors} failed requests)" if errors else ""
+        rows.append(f"| {what} (c=64, 16 per request){note} | {precision} | dynamic "
+                    f"| {d['items_per_s']:,.0f} |")
+jpeg = json.load(open(os.path.join(out, "image_benchmark.json")))["benchmarks"][0]
+rows.append(f"| JPEG 640x480 decode + preprocess, one CPU core | - | 1 "
+            f"| {jpeg['items_per_second']:,.0f} |")
+open(os.path.join(out, "table.md"), "w").write("\n".join(rows) + "\n")
+print("\n".join(rows))
+EOF
+step "done"
