@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Builds clipserve and runs the whole test suite:
 #   1. the release preset (build/): every unit, integration and interop test (CTest);
-#   2. the tsan preset (build-tsan/, clang + ThreadSanitizer): the torch-free
+#   2. the asan-units preset (build-asan-units/, ASan + UBSan): every unit and
+#      integration test that does not need LibTorch (tokenizer, decoders, batcher,
+#      caches, the gRPC service and client over loopback with a fake engine, metrics,
+#      logging);
+#   3. the tsan preset (build-tsan/, clang + ThreadSanitizer): the torch-free
 #      concurrent units (batcher, request tracker, clock, embedding cache);
-#   3. the fuzz preset (build-fuzz/, clang + ASan/UBSan): each libFuzzer target for
+#   4. the fuzz preset (build-fuzz/, clang + ASan/UBSan): each libFuzzer target for
 #      CLIPSERVE_FUZZ_SECONDS (default 30), seeded from ../shared.
 # Installs missing Debian packages first. Extra arguments go to the release ctest
-# (for example: scripts/test.sh -L unit, or -R Tokenizer). CLIPSERVE_SKIP_TSAN=1 skips
-# step 2, CLIPSERVE_SKIP_FUZZ=1 step 3.
+# (for example: scripts/test.sh -L unit, or -R Tokenizer). CLIPSERVE_SKIP_ASAN=1 skips
+# step 2, CLIPSERVE_SKIP_TSAN=1 step 3, CLIPSERVE_SKIP_FUZZ=1 step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +19,12 @@ bash scripts/install-deps.sh
 cmake --preset release
 cmake --build --preset release
 ctest --preset release "$@"
+
+if [ "${CLIPSERVE_SKIP_ASAN:-0}" != 1 ]; then
+  cmake --preset asan-units
+  cmake --build --preset asan-units
+  ctest --preset asan-units
+fi
 
 if [ "${CLIPSERVE_SKIP_TSAN:-0}" != 1 ]; then
   cmake --preset tsan
