@@ -61,7 +61,7 @@ ABSL_FLAG(std::string, model_config, "",
 ABSL_FLAG(std::string, tokenizer, "",
           "Tokenizer files: a bpe_simple_vocab_16e6.txt.gz, or a directory with "
           "vocab.json + merges.txt. Default: the files next to the checkpoint, else the "
-          "built-in CLIP vocabulary (the demo model uses a byte-level vocabulary).");
+          "built-in CLIP vocabulary (which demo models use too).");
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, precision, "auto",
           "fp32, bf16, fp16 (CUDA only) or auto: bf16 on CPUs with AMX/AVX512-BF16, "
@@ -156,13 +156,15 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
     }
     return LoadTokenizerNextTo(flag, options);
   }
-  if (loaded.random_weights)
-    return BpeTokenizer::Create(ByteLevelDemoVocabulary(), options);
-  auto next_to = LoadTokenizerNextTo(loaded.directory, options);
-  if (next_to.ok() || next_to.status().code() != absl::StatusCode::kNotFound)
-    return next_to;
-  LOG(INFO)
-      << "no tokenizer files next to the checkpoint; using the built-in CLIP vocabulary";
+  // A demo model has no files; it tokenizes with CLIP's own vocabulary, so token
+  // counts, truncation and text costs are those of a real deployment.
+  if (!loaded.random_weights) {
+    auto next_to = LoadTokenizerNextTo(loaded.directory, options);
+    if (next_to.ok() || next_to.status().code() != absl::StatusCode::kNotFound)
+      return next_to;
+    LOG(INFO) << "no tokenizer files next to the checkpoint; using the built-in CLIP "
+                 "vocabulary";
+  }
   CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, BuiltinClipVocabulary());
   return BpeTokenizer::Create(std::move(vocab), options);
 }

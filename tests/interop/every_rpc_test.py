@@ -74,8 +74,8 @@ class EveryRpcTest(unittest.TestCase):
         texts = self.stub.EmbedText(self.pb.EmbedTextRequest(
             texts=["a cat", "a rocket"], normalize=False), timeout=60)
         self.assertEqual(len(texts.embeddings), 2)
-        # The demo model's byte-level vocabulary: one token per byte, plus start and end.
-        self.assertEqual(list(texts.num_tokens), [len("a cat") - 1 + 2, len("a rocket") - 1 + 2])
+        # The built-in CLIP vocabulary: start, "a", "cat</w>" or "rocket</w>", end.
+        self.assertEqual(list(texts.num_tokens), [4, 4])
         self.assertEqual(list(texts.truncated), [False, False])
 
     def test_similarity_paired(self):
@@ -105,12 +105,12 @@ class EveryRpcTest(unittest.TestCase):
         reply = self.stub.Tokenize(self.pb.TokenizeRequest(texts=["hello", "hi"]), timeout=10)
         self.assertEqual(reply.context_length, 77)
         hello, hi = list(reply.texts[0].ids), list(reply.texts[1].ids)
-        # Byte-level demo vocabulary: start, one id per byte ("o</w>" ends the word), end.
-        self.assertEqual(len(hello), 5 + 2)
-        self.assertEqual(hello[0], hi[0])
-        self.assertEqual(hello[-1], hi[-1])
-        self.assertEqual(hello[1], hi[1])  # both start with "h"
-        self.assertNotEqual(hello[0], hello[-1])
+        # The built-in CLIP vocabulary: <|startoftext|>, one word token, <|endoftext|>.
+        self.assertEqual(len(hello), 3)
+        self.assertEqual(len(hi), 3)
+        self.assertEqual((hello[0], hello[-1]), (49406, 49407))
+        self.assertEqual((hi[0], hi[-1]), (49406, 49407))
+        self.assertNotEqual(hello[1], hi[1])
 
     def test_embed_stream(self):
         items = [self.pb.EmbedStreamRequest(id="img", image=self.pb.Image(
@@ -169,6 +169,24 @@ class SigtermUnderLoadTest(unittest.TestCase):
         for t in threads:
             t.start()
         time.sleep(3)
+        # One long call (64 images: at least two full batches after the load's) begun
+        # well before the signal, so a call is surely in the server's hands at SIGTERM
+        # whatever the phase of the load's calls.
+        long_request = pb.EmbedImageRequest(images=[pb.Image(encoded=read("coffee.png"))] * 64)
+
+        def long_call():
+            start = time.monotonic()
+            try:
+                stub.EmbedImage(long_request, timeout=60)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+            with lock:
+                calls.append((start, time.monotonic(), code))
+
+        threads.append(threading.Thread(target=long_call))
+        threads[-1].start()
+        time.sleep(0.7)
         sigterm_at = time.monotonic()
         exit_code, output = server.terminate(timeout_s=120)
         stop.set()
