@@ -86,6 +86,18 @@ def vit_b32_weight_mb():
     return sum(p.numel() for p in model.parameters()) * 4 / 2**20
 
 
+def vit_b32_image_flops():
+    """FLOPs (2 per multiply-add) of one ViT-B-32 image through the image tower."""
+    width, layers, tokens, patch, embed = 768, 12, 50, 32, 512
+    macs = (tokens - 1) * 3 * patch * patch * width  # patch embedding
+    macs += layers * (tokens * width * 3 * width       # q, k, v
+                      + 2 * tokens * tokens * width    # scores, weighted sum
+                      + tokens * width * width         # attention output
+                      + 2 * tokens * width * 4 * width)  # MLP
+    macs += width * embed                              # projection of the class token
+    return 2 * macs
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", required=True)
@@ -190,6 +202,38 @@ def main():
         f"{fmt(s16 and s16['items_per_s'])} | "
         f"{fmt(ratio(cached and cached['items_per_s'], s16 and s16['items_per_s']), 1)}x | |")
     add("")
+
+    # The compute ceiling.
+    mm_bf16 = model.get("BM_Matmul/bf16:1/real_time", (None,))[0]
+    mm_fp32 = model.get("BM_Matmul/bf16:0/real_time", (None,))[0]
+    if mm_bf16:
+        flops = vit_b32_image_flops()
+        add("## Compute ceiling")
+        add("")
+        add(f"A ViT-B-32 image costs {flops / 1e9:.2f} GFLOP (multiply and add counted "
+            "apart; patch embedding, attention, MLPs, projection). `BM_Matmul` runs the "
+            "product that dominates a batch of 32 (1600 x 768 by 768 x 3072) through "
+            "the same LibTorch kernels, alone: the most this machine's cores give a "
+            "CLIP layer.")
+        add("")
+        add("| | images/s | GFLOP/s | of the bf16 matmul |")
+        add("|---|---|---|---|")
+        add(f"| bf16 matmul, 1600 x 768 x 3072 | | {fmt(mm_bf16 / 1e9)} | 100% |")
+        if mm_fp32:
+            add(f"| fp32 matmul, same shape | | {fmt(mm_fp32 / 1e9)} | "
+                f"{100 * mm_fp32 / mm_bf16:.0f}% |")
+        for label, ips in (("clipserve image tower, bf16, batch 32", bf16_32),
+                           ("served images (best concurrency)", served_img),
+                           ("eager PyTorch image tower (best)", img_best)):
+            if ips:
+                add(f"| {label} | {fmt(ips)} | {fmt(ips * flops / 1e9)} | "
+                    f"{100 * ips * flops / mm_bf16:.0f}% |")
+        add("")
+        if img_best:
+            add(f"Twice the eager baseline would need {fmt(2 * img_best * flops / 1e9)} "
+                f"GFLOP/s, {2 * img_best * flops / mm_bf16:.1f}x what the cores reach "
+                "on the product the network is made of.")
+            add("")
 
     # fp32 BLAS kernels.
     add("## fp32 kernels")
@@ -313,6 +357,19 @@ def main():
     for f in ("tokenizer", "image", "batcher"):
         for name, (ips, ms, label) in sorted(gbench(os.path.join(r, f + ".json")).items()):
             add(f"| {name} | {label} | {fmt(ips)} | {fmt(ms, 3)} ms |")
+    add("")
+
+    # GPU.
+    add("## GPU")
+    add("")
+    gpu_table = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_results.md")
+    if os.path.exists(gpu_table):
+        with open(gpu_table) as f:
+            add(f.read().strip())
+    else:
+        add("Not measured yet: no machine with an NVIDIA GPU has run "
+            "`scripts/gpu-check.sh` (see docs/OPERATIONS.md). Its table goes into "
+            "`bench/gpu_results.md`, which this report then includes.")
     add("")
 
     # Threads.

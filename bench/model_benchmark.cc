@@ -7,6 +7,8 @@
 //       included) and the batch padded to T: 77 is what a server padding to the
 //       context length pays, 20 a typical caption with padding to the longest.
 //
+//   BM_Matmul/bf16:P   FLOP/s of the product that dominates a ViT-B-32 batch of 32
+//
 // M: 0 = ViT-B-32, 1 = ViT-B-16, 2 = RN50, 3 = ViT-L-14. P: 0 = fp32, 1 = bf16.
 // Threads: one LibTorch intra-op thread per CPU this process may use, as
 // clip_server's default (LibTorch's own default is the physical core count, 1 on a
@@ -121,6 +123,27 @@ void TextTower(benchmark::State& state, Precision precision, bool cuda) {
             [&] { return model->EncodeText(ids, lengths, /*normalize=*/true); });
 }
 
+// The roofline: one matrix product of the shape that dominates a ViT-B-32 batch of 32
+// (32 x 50 tokens by width 768, into the MLP's 3072), through the same LibTorch
+// kernels the towers use. items/s are floating-point operations per second.
+void BM_Matmul(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  GetModel(0, Precision::kFloat32);  // the thread count the towers use
+  const bool bf16 = state.range(0) != 0;
+  const int64_t m = 32 * 50, k = 768, n = 3072;
+  torch::manual_seed(0);
+  const auto dtype = bf16 ? torch::kBFloat16 : torch::kFloat;
+  const torch::Tensor a = torch::randn({m, k}).to(dtype);
+  const torch::Tensor w = torch::randn({n, k}).to(dtype);
+  torch::Tensor out = torch::nn::functional::linear(a, w);  // warm-up
+  for (auto _ : state) {
+    out = torch::nn::functional::linear(a, w);
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * 2 * m * n * k);
+  state.SetLabel(bf16 ? "bf16 FLOP/s" : "fp32 FLOP/s");
+}
+
 Precision CpuPrecision(const benchmark::State& state) {
   return state.range(2) != 0 ? Precision::kBFloat16 : Precision::kFloat32;
 }
@@ -144,6 +167,13 @@ void BM_TextTowerCuda(benchmark::State& state) {
 BENCHMARK(BM_ImageTower)
     ->ArgNames({"model", "batch", "bf16"})
     ->ArgsProduct({{0, 1, 2}, {1, 8, 32, 64}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK(BM_Matmul)
+    ->ArgNames({"bf16"})
+    ->Arg(0)
+    ->Arg(1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -13,8 +13,8 @@
 # build that sees a GPU. Needs cmake, ninja, a C++17 compiler and nvcc (LibTorch's
 # CMake config looks for the CUDA toolkit).
 #
-# Writes OUT_DIR/table.md (the benchmark table for docs/PERFORMANCE.md) and the logs
-# beside it. Exits non-zero when a step or a *_CUDA test fails. Sized to finish within
+# Writes OUT_DIR/table.md (the benchmark table; copied to bench/gpu_results.md,
+# bench/make_report.py puts it in docs/PERFORMANCE.md) and the logs beside it. Exits non-zero when a step or a *_CUDA test fails. Sized to finish within
 # 8 minutes on a 16-core machine with an H100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -143,4 +143,4 @@ rows.append(f"| JPEG 640x480 decode + preprocess, one CPU core | - | 1 "
 open(os.path.join(out, "table.md"), "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
-step "done"
+step "done: copy $out/table.md to bench/gpu_results.md for docs/PERFORMANCE.md"
