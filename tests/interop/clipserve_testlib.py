@@ -85,9 +85,18 @@ class Server:
         # free port rather than the default 9090, unless a test chooses one.
         if not any(f.startswith("--metrics_port") for f in flags):
             flags = ("--metrics_host=127.0.0.1", "--metrics_port=0", *flags)
+        # The log goes to a file, not a pipe: nobody reads a pipe while the server runs,
+        # and once its 64 KiB fill up (one line per failed call adds up under load)
+        # every thread that logs blocks and the server stops answering.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [binary, "--host=127.0.0.1", f"--port={self.port}", *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def output(self):
+        """Everything the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read()
 
     def wait_ready(self, health_pb, health_grpc, timeout_s=60):
         """Polls the health service until SERVING and returns a channel to the server.
@@ -99,7 +108,7 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("clip_server exited early:\n" + self.process.stdout.read())
+                raise RuntimeError("clip_server exited early:\n" + self.output())
             channel = grpc.insecure_channel(self.target)
             try:
                 reply = health_grpc.HealthStub(channel).Check(
@@ -116,10 +125,10 @@ class Server:
         """Sends SIGTERM and returns (exit code, output)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        output, _ = self.process.communicate(timeout=timeout_s)
-        return self.process.returncode, output
+        self.process.wait(timeout=timeout_s)
+        return self.process.returncode, self.output()
 
     def kill(self):
         if self.process.poll() is None:
             self.process.kill()
-            self.process.communicate()
+            self.process.wait()

@@ -74,7 +74,7 @@ class EveryRpcTest(unittest.TestCase):
         texts = self.stub.EmbedText(self.pb.EmbedTextRequest(
             texts=["a cat", "a rocket"], normalize=False), timeout=60)
         self.assertEqual(len(texts.embeddings), 2)
-        # The built-in CLIP vocabulary: start, "a", "cat</w>" or "rocket</w>", end.
+        # The built-in CLIP vocabulary: start, "a</w>", "cat</w>" or "rocket</w>", end.
         self.assertEqual(list(texts.num_tokens), [4, 4])
         self.assertEqual(list(texts.truncated), [False, False])
 

@@ -102,12 +102,11 @@ class SecurityCliTest(unittest.TestCase):
             f"--tls_client_ca={cls.path('ca.pem')}", f"--auth_token_file={cls.tokens}")
         cls.channel = cls.wait_ready(timeout_s=180)
         # The log up to the start-up line, which comes as the port opens.
-        cls.startup_log = ""
-        while "serving on" not in cls.startup_log:
-            line = cls.server.process.stdout.readline()
-            if not line:
-                break
-            cls.startup_log += line
+        deadline = time.monotonic() + 60
+        cls.startup_log = cls.server.output()
+        while "serving on" not in cls.startup_log and time.monotonic() < deadline:
+            time.sleep(0.05)
+            cls.startup_log = cls.server.output()
 
     @classmethod
     def tearDownClass(cls):
@@ -133,8 +132,7 @@ class SecurityCliTest(unittest.TestCase):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if cls.server.process.poll() is not None:
-                raise RuntimeError("clip_server exited early:\n" +
-                                   cls.server.process.stdout.read())
+                raise RuntimeError("clip_server exited early:\n" + cls.server.output())
             channel = grpc.secure_channel(cls.server.target, cls.credentials())
             try:
                 reply = cls.health_grpc.HealthStub(channel).Check(
