@@ -38,8 +38,8 @@ namespace {
 
 constexpr const char* kPresets[] = {"ViT-B-32", "ViT-B-16", "RN50", "ViT-L-14"};
 
-// One loaded model per (preset, precision, device), kept for the whole run.
-ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
+// One LibTorch intra-op thread per CPU this process may use, set once.
+void UseEveryCpu() {
   static const bool threads_set = [] {
     cpu_set_t set;
     const int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
@@ -47,6 +47,11 @@ ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
     return true;
   }();
   (void)threads_set;
+}
+
+// One loaded model per (preset, precision, device), kept for the whole run.
+ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
+  UseEveryCpu();
   using Key = std::tuple<int, Precision, bool>;
   static auto* const models = new std::map<Key, LoadedModel>();
   const Key key{preset, precision, cuda};
@@ -128,7 +133,7 @@ void TextTower(benchmark::State& state, Precision precision, bool cuda) {
 // kernels the towers use. items/s are floating-point operations per second.
 void BM_Matmul(benchmark::State& state) {
   torch::NoGradGuard no_grad;
-  GetModel(0, Precision::kFloat32);  // the thread count the towers use
+  UseEveryCpu();  // as the towers do
   const bool bf16 = state.range(0) != 0;
   const int64_t m = 32 * 50, k = 768, n = 3072;
   torch::manual_seed(0);

@@ -14,7 +14,8 @@
 # CMake config looks for the CUDA toolkit).
 #
 # Writes OUT_DIR/table.md (the benchmark table; copied to bench/gpu_results.md,
-# bench/make_report.py puts it in docs/PERFORMANCE.md) and the logs beside it. Exits non-zero when a step or a *_CUDA test fails. Sized to finish within
+# bench/make_report.py puts it in docs/PERFORMANCE.md) and the logs beside it. Exits
+# non-zero when a step fails or a *_CUDA test fails or skips. Sized to finish within
 # 8 minutes on a 16-core machine with an H100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,8 +55,10 @@ for deb in "${deb_files[@]}"; do dpkg -x "$deb" "$prefix"; done
 find "$prefix" -type l -lname '/*' | while read -r link; do
   ln -sfn "$prefix$(readlink "$link")" "$link"
 done
-libdir=$prefix/usr/lib/x86_64-linux-gnu
-export LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}  # protoc, the tests
+arch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+libdir=$prefix/usr/lib/$arch
+# protoc and the tests load the packages' libraries (some still live under /lib).
+export LD_LIBRARY_PATH=$libdir:$prefix/lib/$arch${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PKG_CONFIG_LIBDIR=$libdir/pkgconfig:$prefix/usr/share/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$prefix
 pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
@@ -66,6 +69,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" \
   -DPKG_CONFIG_EXECUTABLE="$pkg_config" -DOPENSSL_ROOT_DIR="$prefix/usr" \
   -DProtobuf_PROTOC_EXECUTABLE="$prefix/usr/bin/protoc" \
+  -DGOOGLEAPIS_DIR="$prefix/usr/share/gocode/src/github.com/gogo/googleapis" \
   >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
 grep 'clipserve: LibTorch' "$out/configure.log"
 grep -q 'CUDA support ON' "$out/configure.log" || {
@@ -73,17 +77,18 @@ grep -q 'CUDA support ON' "$out/configure.log" || {
 
 step "building with $jobs jobs"
 cmake --build "$build" -j "$jobs" --target clip_server clip_client device_test \
-  clip_model_test metrics_test model_benchmark image_benchmark \
+  clip_model_test metrics_test embedding_engine_test model_benchmark image_benchmark \
   >"$out/build.log" 2>&1 || { grep -B2 -A10 'error' "$out/build.log" | head -60; exit 1; }
 
 step "the *_CUDA tests"
 status=0
-for t in device_test clip_model_test metrics_test; do
-  "$build/tests/$t" --gtest_filter='*_CUDA' --gtest_also_run_disabled_tests \
-    >"$out/$t.log" 2>&1 || status=1
+for t in device_test clip_model_test metrics_test embedding_engine_test; do
+  "$build/tests/$t" --gtest_filter='*_CUDA' >"$out/$t.log" 2>&1 || status=1
   grep -E '^\[ +(OK|FAILED|SKIPPED) +\]' "$out/$t.log" || true
+  # A GPU is there (checked above): a *_CUDA test that skips is a failure here.
+  if grep -qE '^\[ +SKIPPED +\]' "$out/$t.log"; then status=1; fi
 done
-[ $status = 0 ] || { echo "gpu-check: a *_CUDA test failed (logs in $out)"; exit 1; }
+[ $status = 0 ] || { echo "gpu-check: a *_CUDA test failed or skipped (logs in $out)"; exit 1; }
 
 step "model benchmark on the GPU (from tensors already on the device)"
 "$build/bin/model_benchmark" --benchmark_filter='Cuda' --benchmark_min_time=1 \
@@ -95,21 +100,33 @@ step "JPEG decode + preprocessing on one CPU core"
 
 step "end to end: clip_server --device=cuda, clip_client bench"
 port=50151
+server_pid=
+stop_server() {
+  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true; server_pid=; fi
+}
+trap stop_server EXIT
 e2e() {  # precision: runs images (JPEG) and texts against a fresh server
   "$build/bin/clip_server" --host=127.0.0.1 --port=$port --metrics_port=-1 \
     --model=demo:ViT-B-32 --device=cuda --precision="$1" --max_batch_size=256 \
     --max_queue_size=8192 --preprocess_threads="$jobs" --text_cache_mb=0 \
     >"$out/server-$1.log" 2>&1 &
-  local pid=$!
+  server_pid=$!
+  local ready=0
   for _ in $(seq 300); do
-    "$build/bin/clip_client" --target 127.0.0.1:$port health >/dev/null 2>&1 && break
+    if "$build/bin/clip_client" --target 127.0.0.1:$port health >/dev/null 2>&1; then
+      ready=1; break; fi
     sleep 0.2
   done
+  if [ $ready = 0 ]; then
+    echo "gpu-check: clip_server --device=cuda did not become healthy"
+    tail -20 "$out/server-$1.log"; exit 1
+  fi
   for modality in image text; do
     "$build/bin/clip_client" --target 127.0.0.1:$port bench --modality $modality \
       -c 64 -k 16 --duration 15s --json >"$out/e2e-$1-$modality.json"
   done
-  kill -TERM $pid; wait $pid || true
+  stop_server
 }
 e2e fp16
 e2e bf16

@@ -465,9 +465,16 @@ void EmbeddingEngine::RunBatch(
   std::vector<FailedRange> failed;
   {
     DeviceStreamScope stream(device);
+    if (!stream.status().ok()) {
+      LOG_EVERY_N(WARNING, 100) << stream.status();
+    }
     failed = RunSplittingOnOutOfMemory(
         n,
         [&](int begin, int end) -> absl::Status {
+          const int limit = options_.simulate_out_of_memory_above_for_test;
+          if (limit > 0 && end - begin > limit) {
+            return absl::ResourceExhaustedError("simulated out of memory (test)");
+          }
           absl::StatusOr<torch::Tensor> rows;
           CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
               [&] {
@@ -484,7 +491,8 @@ void EmbeddingEngine::RunBatch(
           LOG(WARNING) << "out of memory on " << device.str() << " running a batch of "
                        << n << (modality == Modality::kImage ? " images" : " texts")
                        << "; retrying it in two halves";
-          ReleaseCachedDeviceMemory(device);
+          const absl::Status released = ReleaseCachedDeviceMemory(device);
+          if (!released.ok()) LOG(WARNING) << released;
         });
   }
   BatchFinished(id);

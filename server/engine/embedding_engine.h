@@ -76,6 +76,11 @@ struct EmbeddingEngineOptions {
   // time) and queue depths, for metrics. Not owned; must outlive the engine. nullptr
   // (the default) reports nothing.
   EngineObserver* observer = nullptr;
+
+  // Test-only. When > 0, a model run over more than this many items fails with
+  // RESOURCE_EXHAUSTED before it reaches the model, as a GPU out of memory does, so
+  // tests exercise the retry in halves on any device. 0 (the default): never.
+  int simulate_out_of_memory_above_for_test = 0;
 };
 
 // The real Engine: owns the model, tokenizer, preprocessor, one DynamicBatcher per

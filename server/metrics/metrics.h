@@ -102,7 +102,9 @@ class Metrics final : public EngineObserver {
   // clipserve_gpu_memory_used_bytes, clipserve_gpu_memory_total_bytes and
   // clipserve_gpu_utilization_ratio, each labeled device=`device` ("cuda:0"). A failed
   // reading leaves the previous values and counts
-  // clipserve_gpu_sample_errors_total{device}. Call once, before serving.
+  // clipserve_gpu_sample_errors_total{device}. Call at most once; thread-safe, may
+  // run while /metrics is being served. Serialize() then blocks on the NVML reading,
+  // under a mutex, so concurrent scrapes take turns.
   void WatchGpu(std::unique_ptr<GpuStatsSource> source, int index,
                 const std::string& device);
 

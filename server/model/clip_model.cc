@@ -1,6 +1,7 @@
 #include "server/model/clip_model.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/cuda.h>
 
 #include <cmath>
 #include <set>
@@ -242,6 +243,9 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision) {
         text_->to(device, dtype);
         // BatchNorm's integer counter stays integer; logit_scale stays fp32.
         logit_scale_ = logit_scale_.to(device, torch::kFloat);
+        // Workers run on streams of their own, which do not wait for the stream
+        // these copies and conversions ran on.
+        if (device.is_cuda()) torch::cuda::synchronize(device.index());
       },
       "moving the model"));
   device_ = device;
@@ -301,8 +305,9 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
         c10::InferenceMode guard;
-        out = encode_text_(ids.to(device_, ids.scalar_type(), /*non_blocking=*/true),
-                           lengths.to(device_, lengths.scalar_type(), true))
+        out = encode_text_(
+                  ids.to(device_, ids.scalar_type(), /*non_blocking=*/true),
+                  lengths.to(device_, lengths.scalar_type(), /*non_blocking=*/true))
                   .to(torch::kFloat);
         if (normalize) out = NormalizeRows(out);
       },

@@ -61,14 +61,17 @@ class ClipModel {
   absl::Status To(const torch::Device& device, Precision precision);
 
   // images: float [N, 3, S, S], S = config().vision.image_size, already normalized,
-  // on any device. Returns fp32 [N, embed_dim] on the model's device, L2-normalized
-  // when `normalize`. INVALID_ARGUMENT for a wrong shape; INTERNAL (or
-  // RESOURCE_EXHAUSTED for out of memory) when LibTorch fails.
+  // on any device. A pinned host tensor is copied to a GPU asynchronously on the
+  // current stream: do not write to it until that stream has passed the copy (copying
+  // the result back to the host waits for it). Returns fp32 [N, embed_dim] on the model's
+  // device, L2-normalized when `normalize`. INVALID_ARGUMENT for a wrong shape; INTERNAL
+  // (or RESOURCE_EXHAUSTED for out of memory) when LibTorch fails.
   absl::StatusOr<torch::Tensor> EncodeImage(const torch::Tensor& images,
                                             bool normalize) const;
 
   // ids: int64 [N, L], 1 <= L <= context_length, each row start token, tokens, end
   // token, then padding; lengths: int64 [N], each in [1, L], the real tokens per row.
+  // Pinned host inputs are copied asynchronously, as for EncodeImage.
   // Returns fp32 [N, embed_dim] on the model's device, normalized when `normalize`.
   absl::StatusOr<torch::Tensor> EncodeText(const torch::Tensor& ids,
                                            const torch::Tensor& lengths,

@@ -4,7 +4,9 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/cuda.h>
 
+#include <exception>
 #include <map>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -13,6 +15,16 @@
 #endif
 
 namespace clipserve {
+namespace {
+
+std::string FirstLine(const char* what) {
+  std::string line(what);
+  const size_t newline = line.find('\n');
+  if (newline != std::string::npos) line.resize(newline);
+  return line;
+}
+
+}  // namespace
 
 absl::Status CheckDeviceUsable(const torch::Device& device) {
   if (device.is_cpu()) return absl::OkStatus();
@@ -41,12 +53,17 @@ DeviceStreamScope::DeviceStreamScope(const torch::Device& device) {
   // One stream per thread and device, for the thread's life: a pool stream is
   // LibTorch's to keep, so nothing needs releasing.
   thread_local std::map<c10::DeviceIndex, c10::Stream> streams;
-  auto it = streams.find(target.index());
-  if (it == streams.end()) {
-    c10::impl::VirtualGuardImpl impl(target.type());
-    it = streams.emplace(target.index(), impl.getStreamFromGlobalPool(target)).first;
+  try {
+    auto it = streams.find(target.index());
+    if (it == streams.end()) {
+      c10::impl::VirtualGuardImpl impl(target.type());
+      it = streams.emplace(target.index(), impl.getStreamFromGlobalPool(target)).first;
+    }
+    guard_ = std::make_unique<c10::StreamGuard>(it->second);
+  } catch (const std::exception& e) {
+    status_ = absl::UnavailableError(
+        absl::StrCat("no CUDA stream for this thread: ", FirstLine(e.what())));
   }
-  guard_ = std::make_unique<c10::StreamGuard>(it->second);
 }
 
 DeviceStreamScope::~DeviceStreamScope() = default;
@@ -59,12 +76,19 @@ torch::TensorOptions HostBatchOptions(const torch::Device& device,
       .pinned_memory(device.is_cuda());
 }
 
-void ReleaseCachedDeviceMemory(const torch::Device& device) {
+absl::Status ReleaseCachedDeviceMemory(const torch::Device& device) {
 #if CLIPSERVE_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+  if (!device.is_cuda()) return absl::OkStatus();
+  try {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("releasing cached CUDA memory: ", FirstLine(e.what())));
+  }
 #else
   (void)device;
 #endif
+  return absl::OkStatus();
 }
 
 }  // namespace clipserve

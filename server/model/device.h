@@ -21,15 +21,17 @@ namespace clipserve {
 
 // Checks that `device` can run a model: the CPU always; "cuda:N" when this LibTorch
 // was built with CUDA and N < the number of visible devices. UNAVAILABLE otherwise,
-// naming how many devices there are.
+// naming how many devices there are. May block while CUDA initializes (first call).
 absl::Status CheckDeviceUsable(const torch::Device& device);
 
 // While alive, the calling thread's work on `device` goes to a CUDA stream of its own
 // (taken from LibTorch's stream pool on the thread's first use and kept for the
 // thread's life), and `device` is the thread's current device. Several engine workers
 // on one GPU then overlap one batch's copies with another's kernels instead of
-// serializing on the default stream. Does nothing for a CPU device. Not copyable;
-// construct and destroy on the same thread.
+// serializing on the default stream. Does nothing for a CPU device. Never throws: when
+// CUDA refuses (a broken device), status() says why and the thread's work stays on
+// the current stream. Not copyable; construct and destroy on the same thread. May
+// block on the first use per thread while CUDA creates the stream pool.
 class DeviceStreamScope {
  public:
   explicit DeviceStreamScope(const torch::Device& device);
@@ -37,8 +39,12 @@ class DeviceStreamScope {
   DeviceStreamScope(const DeviceStreamScope&) = delete;
   DeviceStreamScope& operator=(const DeviceStreamScope&) = delete;
 
+  // OK, or UNAVAILABLE when no stream could be set.
+  const absl::Status& status() const { return status_; }
+
  private:
-  std::unique_ptr<c10::StreamGuard> guard_;  // null on CPU
+  std::unique_ptr<c10::StreamGuard> guard_;  // null on CPU or on failure
+  absl::Status status_;
 };
 
 // Options for a host tensor that assembles a batch bound for `device`: page-locked
@@ -48,9 +54,11 @@ torch::TensorOptions HostBatchOptions(const torch::Device& device,
                                       torch::ScalarType dtype);
 
 // Hands the CUDA caching allocator's unused blocks back to the driver, so that a
-// retry after an out-of-memory error is not defeated by fragmentation. No-op for the
-// CPU, and in builds without CUDA (CLIPSERVE_WITH_CUDA unset).
-void ReleaseCachedDeviceMemory(const torch::Device& device);
+// retry after an out-of-memory error is not defeated by fragmentation. Blocks: it
+// synchronizes the device, so other workers' batches pause meanwhile. No-op (OK) for
+// the CPU and in builds without CUDA (CLIPSERVE_WITH_CUDA unset); INTERNAL when CUDA
+// fails. Never throws. Thread-safe.
+absl::Status ReleaseCachedDeviceMemory(const torch::Device& device);
 
 }  // namespace clipserve
 

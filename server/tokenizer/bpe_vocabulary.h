@@ -83,9 +83,10 @@ absl::StatusOr<BpeVocabulary> ParseHuggingFaceVocabulary(absl::string_view vocab
 absl::StatusOr<BpeVocabulary> LoadHuggingFaceVocabulary(
     const std::string& vocab_json_path, const std::string& merges_path);
 
-// The byte-level demo vocabulary of the random demo model: the 256 byte symbols, the
-// same with "</w>", <|startoftext|> (512) and <|endoftext|> (513); no merges, so every
-// byte of the cleaned text becomes one token. Thread-safe; never fails.
+// A tiny byte-level vocabulary for tests and tools that need one without files: the
+// 256 byte symbols, the same with "</w>", <|startoftext|> (512) and <|endoftext|>
+// (513); no merges, so every byte of the cleaned text becomes one token. (Demo models
+// use the built-in CLIP vocabulary.) Thread-safe; never fails.
 BpeVocabulary ByteLevelDemoVocabulary();
 
 }  // namespace clipserve

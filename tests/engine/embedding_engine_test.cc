@@ -1,5 +1,7 @@
 #include "server/engine/embedding_engine.h"
 
+#include <torch/cuda.h>
+
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -341,6 +343,144 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
   EXPECT_THAT(failed.message(), HasSubstr("token ids"));
   EXPECT_TRUE(run("a").ok());  // the engine keeps serving
   EXPECT_TRUE((*engine)->healthy());
+}
+
+// A batch that runs out of memory is retried once in two halves: each item still gets
+// its own row, as computed alone; a half that runs out again fails only its items.
+class EmbeddingEngineOutOfMemoryTest : public ::testing::Test {
+ protected:
+  // An engine whose model runs fail above `limit` items; batches of up to 8, formed
+  // only once every announced item is queued (an hour of queue delay).
+  std::unique_ptr<EmbeddingEngine> MakeEngine(int limit) {
+    LoadedModel loaded;
+    loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+    EmbeddingEngineOptions options;
+    options.max_batch_size = 8;
+    options.max_queue_delay = absl::Hours(1);
+    options.simulate_out_of_memory_above_for_test = limit;
+    auto engine = EmbeddingEngine::Create(
+        std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return engine.ok() ? *std::move(engine) : nullptr;
+  }
+
+  static absl::StatusOr<EmbedResult> Texts(EmbeddingEngine& engine,
+                                           std::vector<std::string> texts) {
+    absl::Notification done;
+    absl::StatusOr<EmbedResult> out;
+    engine.EmbedTexts(std::move(texts), {}, "texts", [&](absl::StatusOr<EmbedResult> r) {
+      out = std::move(r);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  }
+
+  static absl::StatusOr<EmbedResult> Images(EmbeddingEngine& engine,
+                                            std::vector<std::string> encoded) {
+    std::vector<ImageInput> images;
+    for (std::string& e : encoded) {
+      ImageInput input;
+      input.encoded = std::move(e);
+      images.push_back(std::move(input));
+    }
+    absl::Notification done;
+    absl::StatusOr<EmbedResult> out;
+    engine.EmbedImages(std::move(images), {}, "images",
+                       [&](absl::StatusOr<EmbedResult> r) {
+                         out = std::move(r);
+                         done.Notify();
+                       });
+    done.WaitForNotification();
+    return out;
+  }
+};
+
+TEST_F(EmbeddingEngineOutOfMemoryTest, TextsRetriedInHalvesMatchTextsEmbeddedAlone) {
+  // Different lengths, so each half is padded to its own longest text.
+  const std::vector<std::string> texts = {
+      "a", "a cat on a mat", "dog", "x y z", "hello", "a long caption of a red bus",
+      "b", "two birds"};
+  auto retried = MakeEngine(/*limit=*/4);
+  const absl::StatusOr<EmbedResult> all = Texts(*retried, texts);
+  ASSERT_TRUE(all.ok()) << all.status();
+  auto plain = MakeEngine(/*limit=*/0);
+  for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+    const absl::StatusOr<EmbedResult> alone = Texts(*plain, {texts[i]});
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    for (int k = 0; k < alone->dim; ++k) {
+      EXPECT_NEAR(all->row(i)[k], alone->row(0)[k], 1e-5) << "text " << i << " dim " << k;
+    }
+  }
+  EXPECT_EQ(retried->computed_texts(), 8);
+}
+
+TEST_F(EmbeddingEngineOutOfMemoryTest, HalvesThatRunOutAgainFailWithResourceExhausted) {
+  auto engine = MakeEngine(/*limit=*/2);
+  const absl::StatusOr<EmbedResult> result =
+      Texts(*engine, {"a", "b", "c", "d", "e", "f", "g", "h"});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(engine->computed_texts(), 0);
+  // The engine keeps serving: a request within the limit runs.
+  EXPECT_TRUE(Texts(*engine, {"a", "b"}).ok());
+  EXPECT_TRUE(engine->healthy());
+}
+
+TEST_F(EmbeddingEngineOutOfMemoryTest, ImagesRetriedInHalvesMatchImagesEmbeddedAlone) {
+  const std::vector<std::string> files = {"chelsea.png", "coffee.png", "rocket.jpg",
+                                          "astronaut.png"};
+  std::vector<std::string> encoded;
+  for (const std::string& f : files) {
+    std::ifstream in(testing::SharedPath("images/" + f), std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    ASSERT_FALSE(bytes.str().empty()) << f;
+    encoded.push_back(bytes.str());
+  }
+  auto retried = MakeEngine(/*limit=*/2);
+  const absl::StatusOr<EmbedResult> all = Images(*retried, encoded);
+  ASSERT_TRUE(all.ok()) << all.status();
+  auto plain = MakeEngine(/*limit=*/0);
+  for (int i = 0; i < static_cast<int>(encoded.size()); ++i) {
+    const absl::StatusOr<EmbedResult> alone = Images(*plain, {encoded[i]});
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    for (int k = 0; k < alone->dim; ++k) {
+      EXPECT_NEAR(all->row(i)[k], alone->row(0)[k], 1e-5) << files[i] << " dim " << k;
+    }
+  }
+  // A limit of 1 fails both halves of the 4-image batch: the batch did form whole.
+  auto tight = MakeEngine(/*limit=*/1);
+  EXPECT_EQ(Images(*tight, encoded).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+// On a GPU (two workers with streams of their own, pinned batches, fp16), rows stay
+// within cosine 0.999 of the CPU's fp32 rows, through the retry in halves too.
+TEST_F(EmbeddingEngineOutOfMemoryTest, GpuRowsMatchCpuThroughTheRetry_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  ASSERT_TRUE(loaded.model->To(torch::Device(torch::kCUDA, 0), Precision::kFloat16).ok());
+  EmbeddingEngineOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_delay = absl::Hours(1);
+  options.simulate_out_of_memory_above_for_test = 4;
+  auto gpu = EmbeddingEngine::Create(
+      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  EXPECT_EQ((*gpu)->workers(), 2);
+  auto cpu = MakeEngine(/*limit=*/0);
+  const std::vector<std::string> texts = {"a",     "a cat",     "dog", "x y z",
+                                          "hello", "a red bus", "b",   "two birds"};
+  const absl::StatusOr<EmbedResult> on_gpu = Texts(**gpu, texts);
+  const absl::StatusOr<EmbedResult> on_cpu = Texts(*cpu, texts);
+  ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
+  for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+    double dot = 0;
+    for (int k = 0; k < on_cpu->dim; ++k) dot += on_gpu->row(i)[k] * on_cpu->row(i)[k];
+    EXPECT_GE(dot, 0.999) << texts[i];  // both rows are unit vectors
+  }
 }
 
 TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {

@@ -34,7 +34,8 @@ TEST(DeviceTest, CpuBatchesUsePageableMemoryAndNoStream) {
   EXPECT_FALSE(batch.is_pinned());
   EXPECT_EQ(batch.scalar_type(), torch::kFloat);
   DeviceStreamScope scope(torch::kCPU);  // must not touch CUDA
-  ReleaseCachedDeviceMemory(torch::kCPU);
+  EXPECT_TRUE(scope.status().ok());
+  EXPECT_TRUE(ReleaseCachedDeviceMemory(torch::kCPU).ok());
 }
 
 c10::Stream CurrentCudaStream() {
@@ -50,6 +51,7 @@ TEST(DeviceTest, EachThreadGetsItsOwnNonDefaultStream_CUDA) {
   c10::Stream again = before;
   {
     DeviceStreamScope scope(gpu);
+    EXPECT_TRUE(scope.status().ok()) << scope.status();
     first = CurrentCudaStream();
   }
   EXPECT_EQ(CurrentCudaStream(), before);  // restored
@@ -77,7 +79,7 @@ TEST(DeviceTest, CudaBatchesArePinnedAndCopyBackExactly_CUDA) {
   const torch::Tensor round_trip =
       host.to(gpu, torch::kFloat, /*non_blocking=*/true).mul(2).to(torch::kCPU);
   EXPECT_TRUE(torch::equal(round_trip, host * 2));
-  ReleaseCachedDeviceMemory(gpu);
+  EXPECT_TRUE(ReleaseCachedDeviceMemory(gpu).ok());
 }
 
 }  // namespace
