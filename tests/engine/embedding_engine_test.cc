@@ -3,6 +3,7 @@
 #include <torch/cuda.h>
 
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -30,6 +31,35 @@ std::string ReadShared(const std::string& relative) {
   std::ostringstream out;
   out << in.rdbuf();
   return out.str();
+}
+
+// Embeds through `engine` and waits for the answer.
+absl::StatusOr<EmbedResult> EmbedImagesAndWait(Engine& engine,
+                                               std::vector<ImageInput> images,
+                                               EmbedOptions options = {}) {
+  absl::Notification done;
+  absl::StatusOr<EmbedResult> out;
+  engine.EmbedImages(std::move(images), options, "images",
+                     [&](absl::StatusOr<EmbedResult> r) {
+                       out = std::move(r);
+                       done.Notify();
+                     });
+  done.WaitForNotification();
+  return out;
+}
+
+absl::StatusOr<EmbedResult> EmbedTextsAndWait(Engine& engine,
+                                              std::vector<std::string> texts,
+                                              EmbedOptions options = {}) {
+  absl::Notification done;
+  absl::StatusOr<EmbedResult> out;
+  engine.EmbedTexts(std::move(texts), options, "texts",
+                    [&](absl::StatusOr<EmbedResult> r) {
+                      out = std::move(r);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  return out;
 }
 
 class EmbeddingEngineTest : public ::testing::Test {
@@ -60,28 +90,12 @@ class EmbeddingEngineTest : public ::testing::Test {
 
   absl::StatusOr<EmbedResult> Images(std::vector<ImageInput> images,
                                      EmbedOptions options = {}) {
-    absl::Notification done;
-    absl::StatusOr<EmbedResult> out;
-    engine_->EmbedImages(std::move(images), options, "images",
-                         [&](absl::StatusOr<EmbedResult> r) {
-                           out = std::move(r);
-                           done.Notify();
-                         });
-    done.WaitForNotification();
-    return out;
+    return EmbedImagesAndWait(*engine_, std::move(images), options);
   }
 
   absl::StatusOr<EmbedResult> Texts(std::vector<std::string> texts,
                                     EmbedOptions options = {}) {
-    absl::Notification done;
-    absl::StatusOr<EmbedResult> out;
-    engine_->EmbedTexts(std::move(texts), options, "texts",
-                        [&](absl::StatusOr<EmbedResult> r) {
-                          out = std::move(r);
-                          done.Notify();
-                        });
-    done.WaitForNotification();
-    return out;
+    return EmbedTextsAndWait(*engine_, std::move(texts), options);
   }
 
   // The model run directly on one preprocessed image (the reference path).
@@ -326,15 +340,7 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
       EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   auto run = [&](std::string text) {
-    absl::Notification done;
-    absl::Status status;
-    (*engine)->EmbedTexts({std::move(text)}, {}, "texts",
-                          [&](absl::StatusOr<EmbedResult> r) {
-                            status = r.status();
-                            done.Notify();
-                          });
-    done.WaitForNotification();
-    return status;
+    return EmbedTextsAndWait(**engine, {std::move(text)}).status();
   };
   EXPECT_TRUE(run("a").ok());
   const absl::Status failed = run("qq");
@@ -364,35 +370,17 @@ class EmbeddingEngineOutOfMemoryTest : public ::testing::Test {
     return engine.ok() ? *std::move(engine) : nullptr;
   }
 
-  static absl::StatusOr<EmbedResult> Texts(EmbeddingEngine& engine,
-                                           std::vector<std::string> texts) {
-    absl::Notification done;
-    absl::StatusOr<EmbedResult> out;
-    engine.EmbedTexts(std::move(texts), {}, "texts", [&](absl::StatusOr<EmbedResult> r) {
-      out = std::move(r);
-      done.Notify();
-    });
-    done.WaitForNotification();
-    return out;
-  }
-
-  static absl::StatusOr<EmbedResult> Images(EmbeddingEngine& engine,
-                                            std::vector<std::string> encoded) {
-    std::vector<ImageInput> images;
-    for (std::string& e : encoded) {
-      ImageInput input;
-      input.encoded = std::move(e);
-      images.push_back(std::move(input));
+  // Expects row i of `all` to equal the single row `alone(i)` gives, for i < n.
+  static void ExpectRowsMatchAlone(
+      const EmbedResult& all, int n,
+      const std::function<absl::StatusOr<EmbedResult>(int)>& alone) {
+    for (int i = 0; i < n; ++i) {
+      const absl::StatusOr<EmbedResult> one = alone(i);
+      ASSERT_TRUE(one.ok()) << one.status();
+      for (int k = 0; k < one->dim; ++k) {
+        EXPECT_NEAR(all.row(i)[k], one->row(0)[k], 1e-5) << "item " << i << " dim " << k;
+      }
     }
-    absl::Notification done;
-    absl::StatusOr<EmbedResult> out;
-    engine.EmbedImages(std::move(images), {}, "images",
-                       [&](absl::StatusOr<EmbedResult> r) {
-                         out = std::move(r);
-                         done.Notify();
-                       });
-    done.WaitForNotification();
-    return out;
   }
 };
 
@@ -402,55 +390,42 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, TextsRetriedInHalvesMatchTextsEmbeddedAlo
       "a", "a cat on a mat", "dog", "x y z", "hello", "a long caption of a red bus",
       "b", "two birds"};
   auto retried = MakeEngine(/*limit=*/4);
-  const absl::StatusOr<EmbedResult> all = Texts(*retried, texts);
+  const absl::StatusOr<EmbedResult> all = EmbedTextsAndWait(*retried, texts);
   ASSERT_TRUE(all.ok()) << all.status();
   auto plain = MakeEngine(/*limit=*/0);
-  for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
-    const absl::StatusOr<EmbedResult> alone = Texts(*plain, {texts[i]});
-    ASSERT_TRUE(alone.ok()) << alone.status();
-    for (int k = 0; k < alone->dim; ++k) {
-      EXPECT_NEAR(all->row(i)[k], alone->row(0)[k], 1e-5) << "text " << i << " dim " << k;
-    }
-  }
+  ExpectRowsMatchAlone(*all, texts.size(),
+                       [&](int i) { return EmbedTextsAndWait(*plain, {texts[i]}); });
   EXPECT_EQ(retried->computed_texts(), 8);
 }
 
 TEST_F(EmbeddingEngineOutOfMemoryTest, HalvesThatRunOutAgainFailWithResourceExhausted) {
   auto engine = MakeEngine(/*limit=*/2);
   const absl::StatusOr<EmbedResult> result =
-      Texts(*engine, {"a", "b", "c", "d", "e", "f", "g", "h"});
+      EmbedTextsAndWait(*engine, {"a", "b", "c", "d", "e", "f", "g", "h"});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(engine->computed_texts(), 0);
   // The engine keeps serving: a request within the limit runs.
-  EXPECT_TRUE(Texts(*engine, {"a", "b"}).ok());
+  EXPECT_TRUE(EmbedTextsAndWait(*engine, {"a", "b"}).ok());
   EXPECT_TRUE(engine->healthy());
 }
 
 TEST_F(EmbeddingEngineOutOfMemoryTest, ImagesRetriedInHalvesMatchImagesEmbeddedAlone) {
-  const std::vector<std::string> files = {"chelsea.png", "coffee.png", "rocket.jpg",
-                                          "astronaut.png"};
-  std::vector<std::string> encoded;
-  for (const std::string& f : files) {
-    std::ifstream in(testing::SharedPath("images/" + f), std::ios::binary);
-    std::ostringstream bytes;
-    bytes << in.rdbuf();
-    ASSERT_FALSE(bytes.str().empty()) << f;
-    encoded.push_back(bytes.str());
+  std::vector<ImageInput> images;
+  for (const char* f : {"images/chelsea.png", "images/coffee.png", "images/rocket.jpg",
+                        "images/astronaut.png"}) {
+    ImageInput input;
+    input.encoded = ReadShared(f);
+    images.push_back(std::move(input));
   }
   auto retried = MakeEngine(/*limit=*/2);
-  const absl::StatusOr<EmbedResult> all = Images(*retried, encoded);
+  const absl::StatusOr<EmbedResult> all = EmbedImagesAndWait(*retried, images);
   ASSERT_TRUE(all.ok()) << all.status();
   auto plain = MakeEngine(/*limit=*/0);
-  for (int i = 0; i < static_cast<int>(encoded.size()); ++i) {
-    const absl::StatusOr<EmbedResult> alone = Images(*plain, {encoded[i]});
-    ASSERT_TRUE(alone.ok()) << alone.status();
-    for (int k = 0; k < alone->dim; ++k) {
-      EXPECT_NEAR(all->row(i)[k], alone->row(0)[k], 1e-5) << files[i] << " dim " << k;
-    }
-  }
+  ExpectRowsMatchAlone(*all, images.size(),
+                       [&](int i) { return EmbedImagesAndWait(*plain, {images[i]}); });
   // A limit of 1 fails both halves of the 4-image batch: the batch did form whole.
   auto tight = MakeEngine(/*limit=*/1);
-  EXPECT_EQ(Images(*tight, encoded).status().code(),
+  EXPECT_EQ(EmbedImagesAndWait(*tight, images).status().code(),
             absl::StatusCode::kResourceExhausted);
 }
 
@@ -472,8 +447,8 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, GpuRowsMatchCpuThroughTheRetry_CUDA) {
   auto cpu = MakeEngine(/*limit=*/0);
   const std::vector<std::string> texts = {"a",     "a cat",     "dog", "x y z",
                                           "hello", "a red bus", "b",   "two birds"};
-  const absl::StatusOr<EmbedResult> on_gpu = Texts(**gpu, texts);
-  const absl::StatusOr<EmbedResult> on_cpu = Texts(*cpu, texts);
+  const absl::StatusOr<EmbedResult> on_gpu = EmbedTextsAndWait(**gpu, texts);
+  const absl::StatusOr<EmbedResult> on_cpu = EmbedTextsAndWait(*cpu, texts);
   ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
   ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
   for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
@@ -496,10 +471,7 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   EXPECT_TRUE((*engine)->healthy());  // idle: nothing running, nothing stuck
   std::vector<std::string> texts(32, std::string(60, 'q'));
   for (int attempt = 0; attempt < 200 && (*engine)->healthy(); ++attempt) {
-    absl::Notification done;
-    (*engine)->EmbedTexts(texts, {}, "texts",
-                          [&](absl::StatusOr<EmbedResult>) { done.Notify(); });
-    done.WaitForNotification();
+    EmbedTextsAndWait(**engine, texts).IgnoreError();
   }
   EXPECT_FALSE((*engine)->healthy());
 }
@@ -562,26 +534,16 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   EXPECT_TRUE(observer.batches().empty());
 
   auto embed_texts = [&](std::vector<std::string> texts) {
-    absl::Notification done;
-    (*engine)->EmbedTexts(std::move(texts), {}, "texts",
-                          [&](absl::StatusOr<EmbedResult> r) {
-                            EXPECT_TRUE(r.ok()) << r.status();
-                            done.Notify();
-                          });
-    done.WaitForNotification();
+    const absl::StatusOr<EmbedResult> r = EmbedTextsAndWait(**engine, std::move(texts));
+    EXPECT_TRUE(r.ok()) << r.status();
   };
   // One request after the other, so each one's texts form one batch of their own.
   embed_texts({"a cat", "a dog", "a bird"});
   embed_texts({"a car"});
   ImageInput image;
   image.encoded = ReadShared("images/chelsea.png");
-  absl::Notification image_done;
-  (*engine)->EmbedImages({image, image}, {}, "images",
-                         [&](absl::StatusOr<EmbedResult> r) {
-                           EXPECT_TRUE(r.ok()) << r.status();
-                           image_done.Notify();
-                         });
-  image_done.WaitForNotification();
+  const absl::StatusOr<EmbedResult> images = EmbedImagesAndWait(**engine, {image, image});
+  EXPECT_TRUE(images.ok()) << images.status();
 
   // Texts: one tokenizing task per request; images: one task per image.
   EXPECT_EQ(observer.preprocessed(Modality::kText), 2);

@@ -154,16 +154,19 @@ class SigtermUnderLoadTest(unittest.TestCase):
         lock = threading.Lock()
         stop = threading.Event()
 
+        def timed_call(req):
+            start = time.monotonic()
+            try:
+                stub.EmbedImage(req, timeout=60)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+            with lock:
+                calls.append((start, time.monotonic(), code))
+
         def load():
             while not stop.is_set():
-                start = time.monotonic()
-                try:
-                    stub.EmbedImage(request, timeout=60)
-                    code = grpc.StatusCode.OK
-                except grpc.RpcError as e:
-                    code = e.code()
-                with lock:
-                    calls.append((start, time.monotonic(), code))
+                timed_call(request)
 
         threads = [threading.Thread(target=load) for _ in range(4)]
         for t in threads:
@@ -173,18 +176,7 @@ class SigtermUnderLoadTest(unittest.TestCase):
         # well before the signal, so a call is surely in the server's hands at SIGTERM
         # whatever the phase of the load's calls.
         long_request = pb.EmbedImageRequest(images=[pb.Image(encoded=read("coffee.png"))] * 64)
-
-        def long_call():
-            start = time.monotonic()
-            try:
-                stub.EmbedImage(long_request, timeout=60)
-                code = grpc.StatusCode.OK
-            except grpc.RpcError as e:
-                code = e.code()
-            with lock:
-                calls.append((start, time.monotonic(), code))
-
-        threads.append(threading.Thread(target=long_call))
+        threads.append(threading.Thread(target=timed_call, args=(long_request,)))
         threads[-1].start()
         time.sleep(0.7)
         sigterm_at = time.monotonic()
