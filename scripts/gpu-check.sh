@@ -65,6 +65,10 @@ pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
 
 step "configuring (LibTorch in $torch_prefix)"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# LibTorch's CMake config looks for nvcc; the toolkit is often installed off the PATH.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=$PATH:/usr/local/cuda/bin
+fi
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" \
   -DPKG_CONFIG_EXECUTABLE="$pkg_config" -DOPENSSL_ROOT_DIR="$prefix/usr" \
