@@ -346,7 +346,7 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
             } else {
               for (int i = 0; i < 3; ++i) {
                 const std::string proj =
-                    absl::StrCat("self_attn.", absl::string_view("qkv" + i, 1), "_proj.");
+                    absl::StrCat("self_attn.", absl::string_view(&"qkv"[i], 1), "_proj.");
                 if (absl::StartsWith(rest, proj)) {
                   const std::string kind(rest.substr(proj.size()));
                   qkv[block + "|" + kind][i] = std::move(tensor);
@@ -364,7 +364,9 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
         }
       },
       "mapping Hugging Face keys", absl::StatusCode::kInvalidArgument));
-  for (auto& [id, parts] : qkv) {
+  for (auto& entry : qkv) {
+    const std::string& id = entry.first;
+    auto& parts = entry.second;  // Not a structured binding: lambdas capture it below.
     const size_t bar = id.find('|');
     const std::string block = id.substr(0, bar);
     const std::string kind = id.substr(bar + 1);
@@ -372,7 +374,7 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
       if (!parts[i].defined()) {
         return absl::InvalidArgumentError(
             absl::StrCat("Hugging Face checkpoint lacks the ",
-                         absl::string_view("qkv" + i, 1), "_proj.", kind, " of ", block));
+                         absl::string_view(&"qkv"[i], 1), "_proj.", kind, " of ", block));
       }
     }
     CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
