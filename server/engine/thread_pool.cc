@@ -29,6 +29,7 @@ absl::Status ThreadPool::Submit(Task task) {
     return status;
   }
   tasks_.push_back(std::move(task));
+  work_available_.Signal();
   return absl::OkStatus();
 }
 
@@ -37,11 +38,7 @@ void ThreadPool::Loop() {
     Task task;
     {
       absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](ThreadPool* p) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return p->stopping_ || !p->tasks_.empty();
-          },
-          this));
+      while (!stopping_ && tasks_.empty()) work_available_.Wait(&mu_);
       if (tasks_.empty()) return;  // stopping and drained
       task = std::move(tasks_.front());
       tasks_.pop_front();
@@ -55,6 +52,7 @@ void ThreadPool::Shutdown() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
+    work_available_.SignalAll();
   }
   for (std::thread& t : threads_) {
     if (t.joinable()) t.join();

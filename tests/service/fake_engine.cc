@@ -58,11 +58,9 @@ FakeEngine::~FakeEngine() {
   {
     absl::MutexLock lock(&mu_);
     hold_ = false;
-    while (!held_.empty()) {
-      ready_.push_back(std::move(held_.front()));
-      held_.pop_front();
-    }
+    ReleaseLocked(held_.size());
     stopping_ = true;
+    changed_.SignalAll();
   }
   worker_.join();
 }
@@ -120,12 +118,7 @@ std::vector<float> FakeEngine::Normalized(std::vector<float> v) {
 void FakeEngine::set_hold(bool hold) {
   absl::MutexLock lock(&mu_);
   hold_ = hold;
-  if (!hold) {
-    while (!held_.empty()) {
-      ready_.push_back(std::move(held_.front()));
-      held_.pop_front();
-    }
-  }
+  if (!hold) ReleaseLocked(held_.size());
 }
 
 void FakeEngine::set_error(absl::Status status) {
@@ -135,26 +128,33 @@ void FakeEngine::set_error(absl::Status status) {
 
 bool FakeEngine::AwaitHeld(int n) {
   absl::MutexLock lock(&mu_);
-  auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return static_cast<int>(held_.size()) >= n;
-  };
-  return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (static_cast<int>(held_.size()) < n) {
+    if (changed_.WaitWithDeadline(&mu_, deadline)) {
+      return static_cast<int>(held_.size()) >= n;
+    }
+  }
+  return true;
 }
 
 bool FakeEngine::ReleaseOne() {
   absl::MutexLock lock(&mu_);
   if (held_.empty()) return false;
-  ready_.push_back(std::move(held_.front()));
-  held_.pop_front();
+  ReleaseLocked(1);
   return true;
 }
 
 void FakeEngine::ReleaseAll() {
   absl::MutexLock lock(&mu_);
-  while (!held_.empty()) {
+  ReleaseLocked(held_.size());
+}
+
+void FakeEngine::ReleaseLocked(size_t n) {
+  for (; n > 0 && !held_.empty(); --n) {
     ready_.push_back(std::move(held_.front()));
     held_.pop_front();
   }
+  changed_.SignalAll();
 }
 
 int FakeEngine::outstanding() const {
@@ -199,6 +199,7 @@ void FakeEngine::Submit(Call call, Answer answer) {
   ++outstanding_;
   max_outstanding_ = std::max(max_outstanding_, outstanding_);
   (hold_ ? held_ : ready_).push_back(std::move(counted));
+  changed_.SignalAll();
 }
 
 absl::Status FakeEngine::DeliveryStatus(const EmbedOptions& options) const {
@@ -217,10 +218,7 @@ void FakeEngine::Work() {
     Answer answer;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !ready_.empty();
-      };
-      mu_.Await(absl::Condition(&ready));
+      while (!stopping_ && ready_.empty()) changed_.Wait(&mu_);
       if (ready_.empty()) return;  // stopping, and everything answered
       answer = std::move(ready_.front());
       ready_.pop_front();

@@ -99,6 +99,8 @@ class FakeEngine : public Engine {
   // The status of a request at delivery time, before its items are looked at.
   absl::Status DeliveryStatus(const EmbedOptions& options) const;
   void Work();
+  // Moves up to `n` held answers to the ready queue and wakes the waiters.
+  void ReleaseLocked(size_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ModelDescription description_;
 
@@ -112,6 +114,10 @@ class FakeEngine : public Engine {
   int max_outstanding_ ABSL_GUARDED_BY(mu_) = 0;
   int texts_embedded_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
+  // Signalled whenever held_, ready_ or stopping_ change. Waits use a CondVar, not
+  // Mutex::Await(Condition), so ThreadSanitizer sees the hand-over (see
+  // server/common/tsan_absl_annotations.cc).
+  absl::CondVar changed_;
   std::thread worker_;
 };
 
