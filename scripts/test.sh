@@ -5,8 +5,9 @@
 #      integration test that does not need LibTorch (tokenizer, decoders, batcher,
 #      caches, the gRPC service and client over loopback with a fake engine, metrics,
 #      logging);
-#   3. the tsan preset (build-tsan/, clang + ThreadSanitizer): the torch-free
-#      concurrent units (batcher, request tracker, clock, embedding cache);
+#   3. the tsan preset (build-tsan/, clang + ThreadSanitizer): every unit and
+#      integration test (batcher, engine, caches, the gRPC service, the server end to
+#      end), not the interop tests;
 #   4. the fuzz preset (build-fuzz/, clang + ASan/UBSan): each libFuzzer target for
 #      CLIPSERVE_FUZZ_SECONDS (default 30), seeded from ../shared.
 # Installs missing Debian packages first. Extra arguments go to the release ctest
