@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Builds clipserve and runs the whole test suite:
 #   1. the release preset (build/): every unit, integration and interop test (CTest);
-#   2. the asan-units preset (build-asan-units/, ASan + UBSan): every unit and
-#      integration test that does not need LibTorch (tokenizer, decoders, batcher,
-#      caches, the gRPC service and client over loopback with a fake engine, metrics,
-#      logging);
+#   2. the asan preset (build-asan/, clang + ASan + UBSan, leak checks on): every
+#      unit, integration and interop test, the model, the engine and the real
+#      clip_server included;
 #   3. the tsan preset (build-tsan/, clang + ThreadSanitizer): every unit and
 #      integration test (batcher, engine, caches, the gRPC service, the server end to
 #      end), not the interop tests;
@@ -22,9 +21,9 @@ cmake --build --preset release
 ctest --preset release "$@"
 
 if [ "${CLIPSERVE_SKIP_ASAN:-0}" != 1 ]; then
-  cmake --preset asan-units
-  cmake --build --preset asan-units
-  ctest --preset asan-units
+  cmake --preset asan
+  cmake --build --preset asan
+  ctest --preset asan
 fi
 
 if [ "${CLIPSERVE_SKIP_TSAN:-0}" != 1 ]; then
