@@ -2,7 +2,8 @@
 # clipserve container image: CPU (default) or CUDA.
 #
 #   docker build --build-context shared=../shared -t clipserve .
-#   docker build --build-context shared=../shared --build-arg VARIANT=cuda -t clipserve:cuda .
+#   docker build --build-context shared=../shared --build-arg VARIANT=cuda \
+#     --build-arg RUNTIME_IMAGE=nvidia/cuda:12.6.3-base-ubuntu24.04 -t clipserve:cuda .
 #   docker run -p 50051:50051 clipserve                       # demo model
 #   docker run -p 50051:50051 -v /models:/models:ro clipserve --model=/models/ViT-B-32.pt
 #   docker run --gpus all -p 50051:50051 -v /models:/models:ro clipserve:cuda \
@@ -21,13 +22,21 @@
 # download.pytorch.org during the build: it cannot be built on a machine without it.
 #
 # Runtime stage: only the two binaries and the shared libraries they load (glibc,
-# libstdc++ and libgcc_s come from the runtime image), as uid 10001. The CUDA variant
-# runs on NVIDIA's CUDA base image for Ubuntu 24.04: its glibc (2.39) is new enough for
+# libstdc++ and libgcc_s come from the runtime image), as uid 10001, on RUNTIME_IMAGE.
+# The CUDA variant must name NVIDIA's CUDA base image for Ubuntu 24.04 there (the
+# runtime stage refuses VARIANT=cuda on an image without CUDA): its glibc (2.39) is new
+# enough for
 # libraries built on bookworm (2.36), which NVIDIA's Ubuntu 22.04 images (2.35) are not;
 # the "base" flavour suffices because the LibTorch archive bundles cuDNN, cuBLAS and the
 # CUDA runtime. The NVIDIA driver comes from the host (NVIDIA Container Toolkit).
+#
+# The runtime base is a build argument rather than a stage picked by VARIANT
+# (`FROM runtime-${VARIANT}`): podman/buildah skip stages they think unused before
+# expanding such a FROM, and then fail to find it. As it is, the file builds with
+# Docker (BuildKit) and podman alike (scripts/image-check.sh builds it with podman).
 
 ARG VARIANT=cpu
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # Stand-in for the team's shared/ test data; `--build-context shared=../shared`
 # replaces this stage. It holds one marker file so that copying it never fails.
@@ -77,13 +86,17 @@ RUN mkdir -p /out/bin /out/lib \
     | xargs -r cp -L -t /out/lib/ \
  && if [ -d /opt/libtorch/lib ]; then cp -L /opt/libtorch/lib/*.so* /out/lib/; fi
 
-FROM debian:bookworm-slim AS runtime-cpu
-
-FROM nvidia/cuda:12.6.3-base-ubuntu24.04 AS runtime-cuda
+FROM ${RUNTIME_IMAGE}
+ARG VARIANT
+# Read by the NVIDIA Container Toolkit and CUDA only; inert in the CPU image.
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     CUDA_CACHE_PATH=/tmp/cuda-cache
-
-FROM runtime-${VARIANT}
+# NVIDIA's CUDA images set CUDA_VERSION.
+RUN if [ "$VARIANT" = cuda ] && [ -z "${CUDA_VERSION:-}" ]; then \
+      echo "VARIANT=cuda needs a CUDA runtime image:" \
+           "--build-arg RUNTIME_IMAGE=nvidia/cuda:12.6.3-base-ubuntu24.04" >&2; \
+      exit 1; \
+    fi
 # A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a numeric USER
 # (deploy/k8s/base/deployment.yaml runs as the same uid).
 RUN groupadd --gid 10001 clipserve \
