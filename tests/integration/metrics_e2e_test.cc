@@ -14,8 +14,6 @@
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "server/engine/embedding_engine.h"
@@ -23,10 +21,8 @@
 #include "server/metrics/metrics_http_server.h"
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
-#include "server/tokenizer/bpe_tokenizer.h"
-#include "server/tokenizer/builtin_vocabulary.h"
+#include "tests/integration/loopback_stack.h"
 #include "tests/metrics/prometheus_text.h"
-#include "tests/testing/tiny_clip_config.h"
 
 namespace clipserve {
 namespace {
@@ -59,36 +55,20 @@ class MetricsE2ETest : public ::testing::Test {
 
   // Loads the model and starts gRPC, wired to metrics_ as main() wires them.
   void StartServing() {
-    LoadedModel loaded;
-    loaded.model = *ClipModel::Create(::clipserve::testing::TinyClipConfig(), 11);
-    loaded.name = "tiny";
-    loaded.random_weights = true;
-    auto tokenizer = BpeTokenizer::Create(*BuiltinClipVocabulary(), {});
-    ASSERT_TRUE(tokenizer.ok());
     EmbeddingEngineOptions engine_options;
     engine_options.observer = &metrics_;
-    auto engine =
-        EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), engine_options);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    engine_ = *std::move(engine);
     ClipServiceOptions service_options;
     service_options.metrics = &metrics_;
-    auto service = ClipService::Create(engine_.get(), service_options);
-    ASSERT_TRUE(service.ok()) << service.status();
-    std::vector<std::unique_ptr<grpc::Service>> services;
-    services.push_back(*std::move(service));
-    ClipServerOptions server_options;
-    server_options.host = "127.0.0.1";
-    server_options.port = 0;
-    auto server = ClipServer::Create(server_options, std::move(services));
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    absl::StatusOr<testing::LoopbackStack> stack =
+        testing::StartLoopbackStack(engine_options, service_options);
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    engine_ = std::move(stack->engine);
+    server_ = std::move(stack->server);
+    stub_ = std::move(stack->stub);
     metrics_.SetModelInfo(engine_->description());
     http_->SetReadinessCheck([server = server_.get(), engine = engine_.get()] {
       return server->serving() && engine->healthy();
     });
-    stub_ = pb::ClipService::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials()));
   }
 
   void TearDown() override {

@@ -17,18 +17,14 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/error_details.h"
 #include "gtest/gtest.h"
 #include "server/engine/embedding_engine.h"
 #include "server/model/contrastive_loss.h"
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
-#include "server/tokenizer/bpe_tokenizer.h"
-#include "server/tokenizer/builtin_vocabulary.h"
+#include "tests/integration/loopback_stack.h"
 #include "tests/testing/shared_data.h"
-#include "tests/testing/tiny_clip_config.h"
 
 namespace clipserve {
 namespace {
@@ -43,39 +39,14 @@ std::string ReadShared(const std::string& relative) {
   return out.str();
 }
 
-struct Stack {
-  std::unique_ptr<EmbeddingEngine> engine;
-  std::unique_ptr<ClipServer> server;
-  std::unique_ptr<pb::ClipService::Stub> stub;
-};
+using Stack = testing::LoopbackStack;
 
 Stack Start(EmbeddingEngineOptions engine_options = {},
             ClipServiceOptions service_options = {}) {
-  Stack stack;
-  LoadedModel loaded;
-  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), /*seed=*/11);
-  loaded.name = "tiny";
-  loaded.random_weights = true;
-  auto tokenizer = BpeTokenizer::Create(*BuiltinClipVocabulary(), {});
-  EXPECT_TRUE(tokenizer.ok());
-  auto engine =
-      EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), engine_options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  stack.engine = *std::move(engine);
-  auto service = ClipService::Create(stack.engine.get(), service_options);
-  EXPECT_TRUE(service.ok()) << service.status();
-  std::vector<std::unique_ptr<grpc::Service>> services;
-  services.push_back(*std::move(service));
-  ClipServerOptions server_options;
-  server_options.host = "127.0.0.1";
-  server_options.port = 0;
-  auto server = ClipServer::Create(server_options, std::move(services));
-  EXPECT_TRUE(server.ok()) << server.status();
-  stack.server = *std::move(server);
-  stack.stub = pb::ClipService::NewStub(
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", stack.server->port()),
-                          grpc::InsecureChannelCredentials()));
-  return stack;
+  absl::StatusOr<Stack> stack =
+      testing::StartLoopbackStack(engine_options, service_options);
+  EXPECT_TRUE(stack.ok()) << stack.status();
+  return *std::move(stack);
 }
 
 std::unique_ptr<grpc::ClientContext> Context(
