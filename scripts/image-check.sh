@@ -10,8 +10,10 @@
 # 1. Base images: when debian:bookworm is not in podman's store (no registry to pull
 #    it from), it is made with debootstrap (minbase) from deb.debian.org and imported;
 #    debian:bookworm-slim is tagged to the same image.
-# 2. `podman build --isolation chroot`: RUN steps run in a chroot, so the build needs
-#    neither cgroups nor crun; --network host lets install-deps.sh reach the archive.
+# 2. `podman build --isolation chroot --format docker`: RUN steps run in a chroot, so
+#    the build needs neither cgroups nor crun; --network host lets install-deps.sh
+#    reach the archive; the docker format keeps the HEALTHCHECK (podman's default OCI
+#    format drops it, with a warning).
 #    The shared test data comes from $CLIPSERVE_SHARED_DIR (default ../shared).
 # 3. The runtime image is checked from the outside, as `docker run` would run it:
 #    its user is numeric and not root; its root filesystem is mounted read-only and
@@ -38,8 +40,8 @@ if ! podman image exists "$base:bookworm"; then
 fi
 podman image exists "$base:bookworm-slim" || podman tag "$base:bookworm" "$base:bookworm-slim"
 
-podman build --isolation chroot --network host --build-context shared="$shared" \
-  -t "$tag" .
+podman build --isolation chroot --network host --format docker \
+  --build-context shared="$shared" -t "$tag" .
 
 user=$(podman image inspect --format '{{.Config.User}}' "$tag")
 uid=${user%%:*}
