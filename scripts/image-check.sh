@@ -78,7 +78,9 @@ unshare --mount --propagation private bash -euo pipefail -c '
     sleep 1
   done
   in_image $health
-  in_image clip_client embed-text "a photo of a cat" | head -c 300; echo
+  # Captured whole: piped into head, clip_client could die of SIGPIPE under pipefail.
+  embedding=$(in_image clip_client embed-text "a photo of a cat")
+  echo "${embedding:0:300}"
   test "$(curl -s -o /dev/null -w "%{http_code}" "http://localhost:$metrics_port/readyz")" = 200
   echo "image-check: HEALTHCHECK, embed-text and /readyz passed as uid $user"
 ' image-check "$mnt" "$user" "$entrypoint" "$health" "$metrics_port" "$log"
