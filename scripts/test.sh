@@ -2,8 +2,8 @@
 # Builds clipserve and runs the whole test suite:
 #   1. the release preset (build/): every unit, integration and interop test (CTest);
 #   2. the asan preset (build-asan/, clang + ASan + UBSan, leak checks on): every
-#      unit, integration and interop test, the model, the engine and the real
-#      clip_server included;
+#      unit and integration test, the model, the engine and the server end to end
+#      included (not the interop tests);
 #   3. the tsan preset (build-tsan/, clang + ThreadSanitizer): every unit and
 #      integration test (batcher, engine, caches, the gRPC service, the server end to
 #      end), not the interop tests;
