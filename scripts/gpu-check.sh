@@ -81,12 +81,14 @@ grep -q 'CUDA support ON' "$out/configure.log" || {
 
 step "building with $jobs jobs"
 cmake --build "$build" -j "$jobs" --target clip_server clip_client device_test \
-  clip_model_test metrics_test embedding_engine_test model_benchmark image_benchmark \
+  clip_model_test metrics_test embedding_engine_test device_image_preprocessor_test \
+  model_benchmark image_benchmark \
   >"$out/build.log" 2>&1 || { grep -B2 -A10 'error' "$out/build.log" | head -60; exit 1; }
 
 step "the *_CUDA tests"
 status=0
-for t in device_test clip_model_test metrics_test embedding_engine_test; do
+for t in device_test clip_model_test metrics_test embedding_engine_test \
+  device_image_preprocessor_test; do
   "$build/tests/$t" --gtest_filter='*_CUDA' >"$out/$t.log" 2>&1 || status=1
   grep -E '^\[ +(OK|FAILED|SKIPPED) +\]' "$out/$t.log" || true
   # A GPU is there (checked above): a *_CUDA test that skips is a failure here.
@@ -98,8 +100,8 @@ step "model benchmark on the GPU (from tensors already on the device)"
 "$build/bin/model_benchmark" --benchmark_filter='Cuda' --benchmark_min_time=1 \
   --benchmark_format=json >"$out/model_benchmark.json" 2>"$out/model_benchmark.log"
 
-step "JPEG decode + preprocessing on one CPU core"
-"$build/bin/image_benchmark" --benchmark_filter='BM_DecodeAndPreprocessJpeg640x480' \
+step "JPEG decode, with and without preprocessing, on one CPU core"
+"$build/bin/image_benchmark" --benchmark_filter='BM_Decode(AndPreprocess)?Jpeg640x480$' \
   --benchmark_format=json >"$out/image_benchmark.json" 2>/dev/null
 
 step "end to end: clip_server --device=cuda, clip_client bench"
@@ -110,11 +112,13 @@ stop_server() {
     wait "$server_pid" 2>/dev/null || true; server_pid=; fi
 }
 trap stop_server EXIT
-e2e() {  # precision: runs images (JPEG) and texts against a fresh server
+e2e() {  # precision [modalities] [label server-flags...]: a fresh server, then bench
+  local precision=$1 modalities=${2:-image text} label=${3:-$1}
+  shift; shift || true; shift || true
   "$build/bin/clip_server" --host=127.0.0.1 --port=$port --metrics_port=-1 \
-    --model=demo:ViT-B-32 --device=cuda --precision="$1" --max_batch_size=256 \
-    --max_queue_size=8192 --preprocess_threads="$jobs" --text_cache_mb=0 \
-    >"$out/server-$1.log" 2>&1 &
+    --model=demo:ViT-B-32 --device=cuda --precision="$precision" --max_batch_size=256 \
+    --max_queue_size=8192 --preprocess_threads="$jobs" --text_cache_mb=0 "$@" \
+    >"$out/server-$label.log" 2>&1 &
   server_pid=$!
   local ready=0
   for _ in $(seq 300); do
@@ -124,16 +128,18 @@ e2e() {  # precision: runs images (JPEG) and texts against a fresh server
   done
   if [ $ready = 0 ]; then
     echo "gpu-check: clip_server --device=cuda did not become healthy"
-    tail -20 "$out/server-$1.log"; exit 1
+    tail -20 "$out/server-$label.log"; exit 1
   fi
-  for modality in image text; do
+  for modality in $modalities; do
     "$build/bin/clip_client" --target 127.0.0.1:$port bench --modality $modality \
-      -c 64 -k 16 --duration 15s --json >"$out/e2e-$1-$modality.json"
+      -c 64 -k 16 --duration 15s --json >"$out/e2e-$label-$modality.json"
   done
   stop_server
 }
 e2e fp16
 e2e bf16
+# Images resized on the GPU: the CPUs only decode.
+e2e fp16 image fp16-resize-on-gpu --resize_on_device
 
 step "writing $out/table.md"
 "$python" - "$out" <<'EOF'
@@ -158,9 +164,16 @@ for precision in ("fp16", "bf16"):
         note = f" ({errors} failed requests)" if errors else ""
         rows.append(f"| {what} (c=64, 16 per request){note} | {precision} | dynamic "
                     f"| {d['items_per_s']:,.0f} |")
-jpeg = json.load(open(os.path.join(out, "image_benchmark.json")))["benchmarks"][0]
-rows.append(f"| JPEG 640x480 decode + preprocess, one CPU core | - | 1 "
-            f"| {jpeg['items_per_second']:,.0f} |")
+d = json.load(open(os.path.join(out, "e2e-fp16-resize-on-gpu-image.json")))
+errors = sum(d["errors"].values())
+note = f" ({errors} failed requests)" if errors else ""
+rows.append(f"| ViT-B-32 served, 640x480 JPEG in, resized on the GPU "
+            f"(--resize_on_device, c=64, 16 per request){note} | fp16 | dynamic "
+            f"| {d['items_per_s']:,.0f} |")
+for b in json.load(open(os.path.join(out, "image_benchmark.json")))["benchmarks"]:
+    what = ("JPEG 640x480 decode + preprocess" if "AndPreprocess" in b["name"]
+            else "JPEG 640x480 decode only (what --resize_on_device leaves the CPU)")
+    rows.append(f"| {what}, one CPU core | - | 1 | {b['items_per_second']:,.0f} |")
 open(os.path.join(out, "table.md"), "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF

@@ -79,6 +79,12 @@ ABSL_FLAG(int32_t, intra_op_threads, 0,
           "LibTorch threads per model run; 0 = one per CPU core.");
 ABSL_FLAG(int32_t, preprocess_threads, 2,
           "Threads decoding images and tokenizing texts.");
+ABSL_FLAG(bool, resize_on_device, false,
+          "Resize, crop and normalize decoded images on the model's device (the same "
+          "bits as on the CPU), so the preprocessing threads only decode. For GPUs.");
+ABSL_FLAG(double, device_resize_buffer_mb, 1024,
+          "With --resize_on_device: most MiB of decoded images waiting for their batch; "
+          "past it, images are resized on the CPU instead.");
 ABSL_FLAG(int32_t, max_items_per_request, 256, "Most images or texts in one request.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
           "Largest image accepted (width x height), checked before decoding.");
@@ -228,6 +234,9 @@ absl::Status Run() {
                              MebibytesFlag("text_cache_mb", FLAGS_text_cache_mb));
   CLIPSERVE_ASSIGN_OR_RETURN(const size_t image_cache_bytes,
                              MebibytesFlag("image_cache_mb", FLAGS_image_cache_mb));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const size_t resize_buffer_bytes,
+      MebibytesFlag("device_resize_buffer_mb", FLAGS_device_resize_buffer_mb));
   // Security flags first: a mistake there fails in a moment, not after the model load.
   ServerTlsFiles tls_files;
   tls_files.cert_file = absl::GetFlag(FLAGS_tls_cert);
@@ -294,6 +303,8 @@ absl::Status Run() {
   engine_options.workers = absl::GetFlag(FLAGS_workers);
   engine_options.preprocess_threads = absl::GetFlag(FLAGS_preprocess_threads);
   engine_options.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  engine_options.resize_on_device = absl::GetFlag(FLAGS_resize_on_device);
+  engine_options.max_device_resize_bytes = static_cast<int64_t>(resize_buffer_bytes);
   engine_options.decode.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   engine_options.decode.max_encoded_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   engine_options.observer = &metrics;
@@ -367,6 +378,8 @@ absl::Status Run() {
             << " workers=" << engine->workers()
             << " intra_op_threads=" << engine->intra_op_threads()
             << " preprocess_threads=" << engine_options.preprocess_threads
+            << " resize_on_device="
+            << (engine_options.resize_on_device ? "true" : "false")
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
             << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb) << security
             << " startup=" << absl::Now() - start;

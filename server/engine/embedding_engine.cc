@@ -16,6 +16,7 @@
 #include "server/batching/split_retry.h"
 #include "server/common/status_macros.h"
 #include "server/common/status_payloads.h"
+#include "server/engine/device_image_preprocessor.h"
 #include "server/engine/thread_pool.h"
 #include "server/image/preprocessor.h"
 #include "server/model/device.h"
@@ -57,10 +58,52 @@ struct EngineRequest {
   }
 };
 
+// A share of a byte budget, given back when the holder is destroyed. Move-only.
+class HeldBytes {
+ public:
+  HeldBytes() = default;
+  // Takes `bytes` from `budget` when that leaves it at most `limit`; else holds none.
+  static HeldBytes TryTake(std::atomic<int64_t>* budget, int64_t bytes, int64_t limit) {
+    int64_t used = budget->load(std::memory_order_relaxed);
+    do {
+      if (used + bytes > limit) return HeldBytes();
+    } while (
+        !budget->compare_exchange_weak(used, used + bytes, std::memory_order_acq_rel));
+    HeldBytes held;
+    held.budget_ = budget;
+    held.bytes_ = bytes;
+    return held;
+  }
+  HeldBytes(HeldBytes&& other) noexcept
+      : budget_(std::exchange(other.budget_, nullptr)), bytes_(other.bytes_) {}
+  HeldBytes& operator=(HeldBytes&& other) noexcept {
+    if (this != &other) {
+      Release();
+      budget_ = std::exchange(other.budget_, nullptr);
+      bytes_ = other.bytes_;
+    }
+    return *this;
+  }
+  ~HeldBytes() { Release(); }
+  bool held() const { return budget_ != nullptr; }
+
+ private:
+  void Release() {
+    if (budget_ != nullptr) budget_->fetch_sub(bytes_, std::memory_order_acq_rel);
+    budget_ = nullptr;
+  }
+  std::atomic<int64_t>* budget_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
 struct ImageItem {
   std::shared_ptr<EngineRequest> request;
   int index = 0;
-  std::vector<float> pixels;  // 3 x S x S, normalized
+  // One of the two: the normalized 3 x S x S floats, or (resize_on_device) the decoded
+  // image and its share of the engine's device-resize budget.
+  std::vector<float> pixels;
+  image::RgbImage decoded;
+  HeldBytes decoded_bytes;
 
   absl::Time deadline() const { return request->options.deadline; }
   bool cancelled() const { return request->cancelled(); }
@@ -186,6 +229,9 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
   if (options.intra_op_threads < 0) {
     return absl::InvalidArgumentError("intra_op_threads must be >= 0");
   }
+  if (options.max_device_resize_bytes < 0) {
+    return absl::InvalidArgumentError("max_device_resize_bytes must be >= 0");
+  }
   if (tokenizer->context_length() > model.model->config().text.context_length) {
     return absl::InvalidArgumentError("the tokenizer's context exceeds the model's");
   }
@@ -224,6 +270,11 @@ absl::Status EmbeddingEngine::Start() {
   pre.mean = config.image_mean;
   pre.stddev = config.image_std;
   CLIPSERVE_ASSIGN_OR_RETURN(preprocessor_, image::Preprocessor::Create(pre));
+  if (options_.resize_on_device) {
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        device_preprocessor_,
+        DeviceImagePreprocessor::Create(preprocessor_.get(), model_.model->device(), {}));
+  }
   CLIPSERVE_ASSIGN_OR_RETURN(pool_, ThreadPool::Create(options_.preprocess_threads,
                                                        options_.max_pending_preprocess));
 
@@ -307,22 +358,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
           ImageItem item;
           item.request = request;
           item.index = i;
-          item.pixels.resize(preprocessor_->floats_per_image());
-          absl::Status status;
-          if (input.is_raw) {
-            auto view = image::RawRgbView(
-                absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(input.rgb8.data()),
-                                    input.rgb8.size()),
-                input.width, input.height, options_.decode.max_pixels);
-            status = view.ok() ? preprocessor_->PreprocessInto(
-                                     *view, absl::MakeSpan(item.pixels))
-                               : view.status();
-          } else {
-            auto decoded = image::DecodeImage(input.encoded, options_.decode);
-            status = decoded.ok() ? preprocessor_->PreprocessInto(
-                                        *decoded, absl::MakeSpan(item.pixels))
-                                  : decoded.status();
-          }
+          const absl::Status status = PrepareImage(input, item);
           if (options_.observer != nullptr) {
             options_.observer->OnPreprocessed(Modality::kImage, absl::Now() - started);
           }
@@ -344,6 +380,44 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
       break;
     }
   }
+}
+
+absl::Status EmbeddingEngine::PrepareImage(ImageInput& input, ImageItem& item) {
+  image::RgbImage decoded;
+  image::RgbImageView view;
+  if (input.is_raw) {
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        view, image::RawRgbView(
+                  absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(input.rgb8.data()),
+                                      input.rgb8.size()),
+                  input.width, input.height, options_.decode.max_pixels));
+  } else {
+    CLIPSERVE_ASSIGN_OR_RETURN(decoded,
+                               image::DecodeImage(input.encoded, options_.decode));
+    view = decoded;
+  }
+  if (device_preprocessor_ != nullptr) {
+    // Refused here, not in the batch, when the resize cannot be planned.
+    CLIPSERVE_RETURN_IF_ERROR(
+        image::PlanResizeAndCrop(view.width, view.height, description_.image_size)
+            .status());
+    HeldBytes held = HeldBytes::TryTake(&device_resize_bytes_,
+                                        static_cast<int64_t>(view.pixels.size()),
+                                        options_.max_device_resize_bytes);
+    if (held.held()) {
+      if (input.is_raw) {
+        decoded.width = view.width;
+        decoded.height = view.height;
+        decoded.pixels.assign(view.pixels.begin(), view.pixels.end());
+      }
+      item.decoded = std::move(decoded);
+      item.decoded_bytes = std::move(held);
+      return absl::OkStatus();
+    }
+    // Over the budget: this one is resized here instead.
+  }
+  item.pixels.resize(preprocessor_->floats_per_image());
+  return preprocessor_->PreprocessInto(view, absl::MakeSpan(item.pixels));
 }
 
 void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
@@ -505,23 +579,49 @@ void EmbeddingEngine::RunBatch(
   }
 }
 
-void EmbeddingEngine::RunImageBatch(Batch<ImageItem>& batch) {
-  const std::vector<ImageItem>& items = batch.items;
+absl::StatusOr<torch::Tensor> EmbeddingEngine::StackImages(
+    const std::vector<ImageItem>& items, int begin, int end) {
+  const int64_t n = end - begin;
   const int64_t s = description_.image_size;
   const int64_t per_image = 3 * s * s;
   const torch::Device& device = model_.model->device();
-  RunBatch(Modality::kImage, batch, computed_images_, [&](int begin, int end) {
-    const int64_t n = end - begin;
-    // Page-locked on a GPU, so the copy to the device does not block.
-    torch::Tensor pixels =
-        torch::empty({n, 3, s, s}, HostBatchOptions(device, torch::kFloat));
-    float* dst = pixels.data_ptr<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(dst + i * per_image, items[begin + i].pixels.data(),
-                  per_image * sizeof(float));
+  std::vector<image::RgbImageView> decoded;
+  std::vector<int64_t> decoded_rows;
+  for (int64_t i = 0; i < n; ++i) {
+    if (items[begin + i].decoded_bytes.held()) {
+      decoded.emplace_back(items[begin + i].decoded);
+      decoded_rows.push_back(i);
     }
-    return model_.model->EncodeImage(pixels, /*normalize=*/false);
-  });
+  }
+  torch::Tensor pixels;
+  if (static_cast<int64_t>(decoded.size()) == n) {
+    pixels = torch::empty({n, 3, s, s}, torch::TensorOptions().device(device));
+  } else {
+    // Page-locked on a GPU, so the copy to the device does not block.
+    torch::Tensor host =
+        torch::empty({n, 3, s, s}, HostBatchOptions(device, torch::kFloat));
+    float* dst = host.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const ImageItem& item = items[begin + i];
+      if (item.decoded_bytes.held()) continue;
+      std::memcpy(dst + i * per_image, item.pixels.data(), per_image * sizeof(float));
+    }
+    if (decoded.empty()) return host;
+    pixels = host.to(device, /*non_blocking=*/true);
+  }
+  CLIPSERVE_RETURN_IF_ERROR(
+      device_preprocessor_->PreprocessInto(decoded, decoded_rows, pixels));
+  return pixels;
+}
+
+void EmbeddingEngine::RunImageBatch(Batch<ImageItem>& batch) {
+  const std::vector<ImageItem>& items = batch.items;
+  RunBatch(Modality::kImage, batch, computed_images_,
+           [&](int begin, int end) -> absl::StatusOr<torch::Tensor> {
+             CLIPSERVE_ASSIGN_OR_RETURN(torch::Tensor pixels,
+                                        StackImages(items, begin, end));
+             return model_.model->EncodeImage(pixels, /*normalize=*/false);
+           });
 }
 
 void EmbeddingEngine::RunTextBatch(Batch<TextItem>& batch) {

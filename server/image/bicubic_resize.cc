@@ -11,9 +11,7 @@
 namespace clipserve::image {
 namespace {
 
-// Pillow's fixed point: 8 bits of result, 2 of headroom for negative lobes and
-// overshoot, the rest fraction.
-constexpr int kPrecisionBits = 32 - 8 - 2;
+constexpr int kPrecisionBits = kBicubicPrecisionBits;
 constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
 
 // Pillow's bicubic_filter, same operations in the same order (the coefficients must be
@@ -32,19 +30,12 @@ inline uint8_t Clip8(int32_t sum) {
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
-// For each output position of one axis in [first, first + count): the first source
-// position, how many follow, and their fixed-point weights (stored back to back).
-struct AxisTaps {
-  std::vector<int> start;
-  std::vector<int> length;
-  std::vector<int> weights_offset;
-  std::vector<int32_t> weights;
-};
+}  // namespace
 
 // Pillow's precompute_coeffs() followed by normalize_coeffs_8bpc(), for the outputs
 // [first, first + count) of an in_size -> out_size resize with box (0, in_size).
-AxisTaps ComputeTaps(int in_size, int out_size, int first, int count) {
-  AxisTaps taps;
+BicubicTaps ComputeBicubicTaps(int in_size, int out_size, int first, int count) {
+  BicubicTaps taps;
   taps.start.resize(count);
   taps.length.resize(count);
   taps.weights_offset.resize(count);
@@ -96,8 +87,10 @@ AxisTaps ComputeTaps(int in_size, int out_size, int first, int count) {
   return taps;
 }
 
+namespace {
+
 // Horizontal pass for one source row: `width` output pixels from `src`.
-void ResampleRow(const uint8_t* src, const AxisTaps& taps, int width, uint8_t* dst) {
+void ResampleRow(const uint8_t* src, const BicubicTaps& taps, int width, uint8_t* dst) {
   for (int xx = 0; xx < width; ++xx) {
     const uint8_t* p = src + size_t{static_cast<unsigned>(taps.start[xx])} * 3;
     const int32_t* k = &taps.weights[taps.weights_offset[xx]];
@@ -131,8 +124,10 @@ absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int o
         absl::StrCat("window ", window_width, "x", window_height, "+", left, "+", top,
                      " is not inside the ", out_width, "x", out_height, " output"));
   }
-  const AxisTaps horizontal = ComputeTaps(image.width, out_width, left, window_width);
-  const AxisTaps vertical = ComputeTaps(image.height, out_height, top, window_height);
+  const BicubicTaps horizontal =
+      ComputeBicubicTaps(image.width, out_width, left, window_width);
+  const BicubicTaps vertical =
+      ComputeBicubicTaps(image.height, out_height, top, window_height);
 
   // Source rows the window's vertical taps read.
   int row_begin = image.height, row_end = 0;

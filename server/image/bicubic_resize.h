@@ -2,6 +2,7 @@
 #define CLIPSERVE_SERVER_IMAGE_BICUBIC_RESIZE_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -29,6 +30,29 @@ namespace clipserve::image {
 absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int out_height,
                                  int left, int top, int window_width, int window_height,
                                  uint8_t* out);
+
+// Fractional bits of the fixed-point weights: Pillow's PRECISION_BITS, 32 - 8 - 2 (8
+// bits of result, 2 of headroom for negative lobes and overshoot).
+inline constexpr int kBicubicPrecisionBits = 22;
+
+// The weights ResizeBicubicWindow() applies along one axis, for the outputs
+// [first, first + count) of an in_size -> out_size resize. Output i reads length[i]
+// consecutive source positions from start[i] and weights them by
+// weights[weights_offset[i] + k]; its 8-bit value is
+//   clamp((2^21 + sum_k source[start[i] + k] * weight_k) >> 22, 0, 255)
+// in int32 arithmetic (the sums cannot overflow). An axis whose size does not change
+// gets one tap of weight 2^22 per output, which leaves values as they are.
+struct BicubicTaps {
+  std::vector<int> start;
+  std::vector<int> length;
+  std::vector<int> weights_offset;
+  std::vector<int32_t> weights;
+};
+
+// For callers that run the same arithmetic elsewhere (the engine's device-side
+// resize). Requires in_size >= 1, out_size >= 1 and [first, first + count) inside
+// [0, out_size). Thread-safe.
+BicubicTaps ComputeBicubicTaps(int in_size, int out_size, int first, int count);
 
 // The whole out_width x out_height result of ResizeBicubicWindow(); also
 // INVALID_ARGUMENT when that is more than kDefaultMaxPixels pixels.

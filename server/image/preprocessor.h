@@ -59,6 +59,10 @@ class Preprocessor {
 
   const Options& options() const { return options_; }
 
+  // The float PreprocessInto() writes for 8-bit value `v` of channel `c` (0 R, 1 G,
+  // 2 B; outside that range is undefined): (float(v) / 255 - mean[c]) / stddev[c].
+  float NormalizedValue(int c, uint8_t v) const { return lut_[c][v]; }
+
   // Floats one image occupies: 3 * S * S.
   int64_t floats_per_image() const { return floats_per_image_; }
 

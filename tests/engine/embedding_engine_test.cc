@@ -458,6 +458,158 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, GpuRowsMatchCpuThroughTheRetry_CUDA) {
   }
 }
 
+// resize_on_device: the preprocessing threads only decode, the batch worker resizes on
+// the model's device (the CPU here) with the host's arithmetic, so every row equals
+// the host-resized engine's.
+class EmbeddingEngineDeviceResizeTest : public ::testing::Test {
+ protected:
+  static std::unique_ptr<EmbeddingEngine> MakeEngine(bool resize_on_device,
+                                                     int64_t budget = int64_t{1} << 30,
+                                                     int oom_limit = 0) {
+    LoadedModel loaded;
+    loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+    EmbeddingEngineOptions options;
+    options.max_batch_size = 8;
+    options.max_queue_delay = absl::Hours(1);  // each request forms one batch
+    options.resize_on_device = resize_on_device;
+    options.max_device_resize_bytes = budget;
+    options.simulate_out_of_memory_above_for_test = oom_limit;
+    auto engine = EmbeddingEngine::Create(
+        std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return engine.ok() ? *std::move(engine) : nullptr;
+  }
+
+  // Encoded photos of different sizes and formats, and one raw image.
+  static std::vector<ImageInput> Inputs() {
+    std::vector<ImageInput> images;
+    for (const char* f : {"images/rocket.jpg", "images/coffee.png", "images/chelsea.webp",
+                          "images/very_wide.png"}) {
+      ImageInput input;
+      input.encoded = ReadShared(f);
+      images.push_back(std::move(input));
+    }
+    images.push_back(Raw(ReadShared("images/astronaut.png")));
+    return images;
+  }
+
+  static ImageInput Raw(const std::string& encoded) {
+    const absl::StatusOr<image::RgbImage> decoded = image::DecodeImage(encoded);
+    EXPECT_TRUE(decoded.ok());
+    ImageInput raw;
+    raw.is_raw = true;
+    raw.width = decoded->width;
+    raw.height = decoded->height;
+    raw.rgb8.assign(decoded->pixels.begin(), decoded->pixels.end());
+    return raw;
+  }
+
+  // The inputs are the same bits (device_image_preprocessor_test); the model's own
+  // runs differ in the last bits from one run to the next.
+  static void ExpectSameRows(const EmbedResult& got, const EmbedResult& expected) {
+    ASSERT_EQ(got.rows(), expected.rows());
+    for (int i = 0; i < got.rows(); ++i) {
+      for (int k = 0; k < got.dim; ++k) {
+        EXPECT_NEAR(got.row(i)[k], expected.row(i)[k], 1e-6)
+            << "item " << i << " dim " << k;
+      }
+    }
+  }
+};
+
+TEST_F(EmbeddingEngineDeviceResizeTest, RowsEqualTheHostResizedEngines) {
+  auto device = MakeEngine(/*resize_on_device=*/true);
+  auto host = MakeEngine(/*resize_on_device=*/false);
+  const absl::StatusOr<EmbedResult> on_device = EmbedImagesAndWait(*device, Inputs());
+  const absl::StatusOr<EmbedResult> on_host = EmbedImagesAndWait(*host, Inputs());
+  ASSERT_TRUE(on_device.ok()) << on_device.status();
+  ASSERT_TRUE(on_host.ok()) << on_host.status();
+  ExpectSameRows(*on_device, *on_host);
+  EXPECT_EQ(device->computed_images(), 5);
+}
+
+TEST_F(EmbeddingEngineDeviceResizeTest, DecodedBytesAreHeldUntilTheirBatchIsDone) {
+  auto engine = MakeEngine(/*resize_on_device=*/true);
+  EXPECT_EQ(engine->device_resize_bytes(), 0);
+  ASSERT_TRUE(EmbedImagesAndWait(*engine, Inputs()).ok());
+  // The single image worker has finished the first batch (and freed its items) by the
+  // time it answers the second, whose one image may still be held.
+  const ImageInput raw = Raw(ReadShared("images/chelsea.png"));
+  ASSERT_TRUE(EmbedImagesAndWait(*engine, {raw}).ok());
+  const int64_t held = engine->device_resize_bytes();
+  EXPECT_TRUE(held == 0 || held == static_cast<int64_t>(raw.rgb8.size())) << held;
+  engine->Shutdown();
+  EXPECT_EQ(engine->device_resize_bytes(), 0);
+}
+
+TEST_F(EmbeddingEngineDeviceResizeTest, ImagesOverTheBudgetAreResizedOnTheHost) {
+  // Room for one of the two images at a time: the other is resized on the host, and
+  // the batch mixes both kinds of rows. No room at all: every image goes the host way.
+  std::vector<ImageInput> two = {Raw(ReadShared("images/chelsea.png")),
+                                 Raw(ReadShared("images/coffee.png"))};
+  const int64_t larger =
+      static_cast<int64_t>(std::max(two[0].rgb8.size(), two[1].rgb8.size()));
+  auto host = MakeEngine(/*resize_on_device=*/false);
+  const absl::StatusOr<EmbedResult> expected = EmbedImagesAndWait(*host, two);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  for (const int64_t budget : {larger, int64_t{0}}) {
+    auto engine = MakeEngine(/*resize_on_device=*/true, budget);
+    const absl::StatusOr<EmbedResult> got = EmbedImagesAndWait(*engine, two);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSameRows(*got, *expected);
+  }
+}
+
+TEST_F(EmbeddingEngineDeviceResizeTest, OutOfMemoryRetryInHalvesKeepsTheRows) {
+  auto retried = MakeEngine(/*resize_on_device=*/true, int64_t{1} << 30, /*oom_limit=*/3);
+  auto plain = MakeEngine(/*resize_on_device=*/false);
+  const std::vector<ImageInput> images = Inputs();
+  const absl::StatusOr<EmbedResult> all = EmbedImagesAndWait(*retried, images);
+  ASSERT_TRUE(all.ok()) << all.status();
+  for (int i = 0; i < static_cast<int>(images.size()); ++i) {
+    const absl::StatusOr<EmbedResult> one = EmbedImagesAndWait(*plain, {images[i]});
+    ASSERT_TRUE(one.ok()) << one.status();
+    for (int k = 0; k < one->dim; ++k) {
+      EXPECT_NEAR(all->row(i)[k], one->row(0)[k], 1e-5) << "item " << i << " dim " << k;
+    }
+  }
+}
+
+TEST_F(EmbeddingEngineDeviceResizeTest, ABrokenImageStillNamesItsItem) {
+  auto engine = MakeEngine(/*resize_on_device=*/true);
+  std::vector<ImageInput> images = Inputs();
+  images[1].encoded = ReadShared("images/truncated.jpg");
+  const absl::StatusOr<EmbedResult> result = EmbedImagesAndWait(*engine, images);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("images[1]"));
+}
+
+// On a GPU the decoded images are resized there; rows stay within cosine 0.9999 of the
+// CPU engine's (fp32 on both; the GPU's convolutions may use TF32).
+TEST_F(EmbeddingEngineDeviceResizeTest, GpuResizedRowsMatchCpu_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  ASSERT_TRUE(loaded.model->To(torch::Device(torch::kCUDA, 0), Precision::kFloat32).ok());
+  EmbeddingEngineOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_delay = absl::Hours(1);
+  options.resize_on_device = true;
+  auto gpu = EmbeddingEngine::Create(
+      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  auto cpu = MakeEngine(/*resize_on_device=*/false);
+  const absl::StatusOr<EmbedResult> on_gpu = EmbedImagesAndWait(**gpu, Inputs());
+  const absl::StatusOr<EmbedResult> on_cpu = EmbedImagesAndWait(*cpu, Inputs());
+  ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
+  for (int i = 0; i < on_cpu->rows(); ++i) {
+    double dot = 0;
+    for (int k = 0; k < on_cpu->dim; ++k) dot += on_gpu->row(i)[k] * on_cpu->row(i)[k];
+    EXPECT_GE(dot, 0.9999) << "image " << i;  // both rows are unit vectors
+  }
+}
+
 TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   LoadedModel loaded;
   loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
