@@ -38,6 +38,7 @@
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_http_server.h"
 #include "server/model/blas_kernel.h"
+#include "server/model/device.h"
 #include "server/model/model_loader.h"
 #include "server/service/bearer_auth.h"
 #include "server/service/clip_server.h"
@@ -354,8 +355,19 @@ absl::Status Run() {
     // GPU memory and utilization at each scrape, when the driver's NVML is there.
     auto nvml = OpenNvml();
     if (nvml.ok()) {
-      metrics.WatchGpu(*std::move(nvml),
-                       load.device.has_index() ? load.device.index() : 0, d.device);
+      // NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES: find CUDA's
+      // device by its PCI address; failing that, assume the numberings agree.
+      int nvml_index = load.device.has_index() ? load.device.index() : 0;
+      const absl::StatusOr<std::string> bus = PciBusId(load.device);
+      const absl::StatusOr<int> found =
+          bus.ok() ? (*nvml)->IndexOfPciBusId(*bus) : absl::StatusOr<int>(bus.status());
+      if (found.ok()) {
+        nvml_index = *found;
+      } else {
+        LOG(WARNING) << "GPU metrics read NVML's device " << nvml_index << " as "
+                     << d.device << ", unverified: " << found.status();
+      }
+      metrics.WatchGpu(*std::move(nvml), nvml_index, d.device);
     } else {
       LOG(WARNING) << "no GPU metrics: " << nvml.status();
     }

@@ -7,9 +7,11 @@
 namespace clipserve {
 namespace {
 
-// The few NVML declarations used, as nvml.h (CUDA toolkit) defines them; the
-// library's ABI for these entry points has been stable since NVML 2.285 (2012).
-using NvmlReturn = int;  // nvmlReturn_t; 0 is NVML_SUCCESS
+// The few NVML declarations used, as nvml.h (CUDA toolkit) defines them. Every entry
+// point used has kept its ABI since the R340 drivers (2014), when the _v2 PCI lookup
+// arrived.
+using NvmlReturn = int;                       // nvmlReturn_t; 0 is NVML_SUCCESS
+constexpr NvmlReturn kNvmlErrorNotFound = 6;  // NVML_ERROR_NOT_FOUND
 using NvmlDevice = struct NvmlDeviceOpaque*;
 struct NvmlMemory {
   unsigned long long total;
@@ -38,12 +40,17 @@ class NvmlSource final : public GpuStatsSource {
     auto init = reinterpret_cast<NvmlReturn (*)()>(dlsym(lib, "nvmlInit_v2"));
     source->handle_ = reinterpret_cast<decltype(source->handle_)>(
         dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
+    source->handle_by_bus_ = reinterpret_cast<decltype(source->handle_by_bus_)>(
+        dlsym(lib, "nvmlDeviceGetHandleByPciBusId_v2"));
+    source->index_ =
+        reinterpret_cast<decltype(source->index_)>(dlsym(lib, "nvmlDeviceGetIndex"));
     source->memory_ = reinterpret_cast<decltype(source->memory_)>(
         dlsym(lib, "nvmlDeviceGetMemoryInfo"));
     source->utilization_ = reinterpret_cast<decltype(source->utilization_)>(
         dlsym(lib, "nvmlDeviceGetUtilizationRates"));
     auto shutdown = reinterpret_cast<NvmlReturn (*)()>(dlsym(lib, "nvmlShutdown"));
     if (init == nullptr || shutdown == nullptr || source->handle_ == nullptr ||
+        source->handle_by_bus_ == nullptr || source->index_ == nullptr ||
         source->memory_ == nullptr || source->utilization_ == nullptr) {
       return absl::UnavailableError("NVML lacks the functions clipserve reads");
     }
@@ -52,6 +59,21 @@ class NvmlSource final : public GpuStatsSource {
     }
     source->shutdown_ = shutdown;
     return source;
+  }
+
+  absl::StatusOr<int> IndexOfPciBusId(const std::string& pci_bus_id) override {
+    NvmlDevice device = nullptr;
+    if (const NvmlReturn r = handle_by_bus_(pci_bus_id.c_str(), &device); r != 0) {
+      const std::string message =
+          absl::StrCat("NVML has no GPU at PCI address ", pci_bus_id, " (code ", r, ")");
+      return r == kNvmlErrorNotFound ? absl::NotFoundError(message)
+                                     : absl::UnavailableError(message);
+    }
+    unsigned int index = 0;
+    if (const NvmlReturn r = index_(device, &index); r != 0) {
+      return absl::UnavailableError(absl::StrCat("nvmlDeviceGetIndex: code ", r));
+    }
+    return static_cast<int>(index);
   }
 
   absl::StatusOr<GpuSample> Sample(int index) override {
@@ -82,6 +104,8 @@ class NvmlSource final : public GpuStatsSource {
   void* library_ = nullptr;
   NvmlReturn (*shutdown_)() = nullptr;
   NvmlReturn (*handle_)(unsigned int, NvmlDevice*) = nullptr;
+  NvmlReturn (*handle_by_bus_)(const char*, NvmlDevice*) = nullptr;
+  NvmlReturn (*index_)(NvmlDevice, unsigned int*) = nullptr;
   NvmlReturn (*memory_)(NvmlDevice, NvmlMemory*) = nullptr;
   NvmlReturn (*utilization_)(NvmlDevice, NvmlUtilization*) = nullptr;
 };

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 
@@ -24,14 +25,19 @@ class GpuStatsSource {
   // Reads GPU `index` (NVML's numbering). UNAVAILABLE when the device cannot be read.
   // Thread-safe.
   virtual absl::StatusOr<GpuSample> Sample(int index) = 0;
+
+  // NVML's index of the GPU at PCI address `pci_bus_id` ("0000:3b:00.0", as CUDA
+  // reports it; hexadecimal, either case). NOT_FOUND when no GPU has that address,
+  // UNAVAILABLE when it cannot be asked. Thread-safe.
+  virtual absl::StatusOr<int> IndexOfPciBusId(const std::string& pci_bus_id) = 0;
 };
 
 // NVIDIA's management library (libnvidia-ml.so.1, installed with the driver, not the
 // CUDA toolkit), loaded at run time so the same binary runs on machines without it.
 // UNAVAILABLE when the library is missing or nvmlInit fails (no driver, no device).
 //
-// NVML numbers devices in PCI order and ignores CUDA_VISIBLE_DEVICES; in a container
-// that was given one GPU (Kubernetes' nvidia.com/gpu) both numberings agree.
+// NVML numbers devices in PCI order and ignores CUDA_VISIBLE_DEVICES, so CUDA's
+// device N is not always NVML's N: look it up by PCI address (IndexOfPciBusId).
 absl::StatusOr<std::unique_ptr<GpuStatsSource>> OpenNvml();
 
 }  // namespace clipserve

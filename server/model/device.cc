@@ -12,6 +12,7 @@
 
 #if CLIPSERVE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace clipserve {
@@ -74,6 +75,26 @@ torch::TensorOptions HostBatchOptions(const torch::Device& device,
       .dtype(dtype)
       .device(torch::kCPU)
       .pinned_memory(device.is_cuda());
+}
+
+absl::StatusOr<std::string> PciBusId(const torch::Device& device) {
+  if (!device.is_cuda()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(device.str(), " is not a CUDA device; it has no PCI address here"));
+  }
+#if CLIPSERVE_WITH_CUDA
+  char id[32] = {};  // "dddd:bb:dd.f" and its terminator fit with room to spare
+  const int index = device.has_index() ? device.index() : 0;
+  const cudaError_t error =
+      cudaDeviceGetPCIBusId(id, static_cast<int>(sizeof(id)), index);
+  if (error != cudaSuccess) {
+    return absl::UnavailableError(
+        absl::StrCat("cudaDeviceGetPCIBusId(", index, "): ", cudaGetErrorString(error)));
+  }
+  return std::string(id);
+#else
+  return absl::UnavailableError("this build of clipserve has no CUDA support");
+#endif
 }
 
 absl::Status ReleaseCachedDeviceMemory(const torch::Device& device) {

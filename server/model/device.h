@@ -4,8 +4,10 @@
 #include <torch/types.h>
 
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 // What running on a GPU needs beyond moving tensors there: a CUDA stream per worker
 // thread, page-locked host buffers for asynchronous copies, and releasing cached
@@ -52,6 +54,13 @@ class DeviceStreamScope {
 // overlap other work; ordinary pageable memory for the CPU.
 torch::TensorOptions HostBatchOptions(const torch::Device& device,
                                       torch::ScalarType dtype);
+
+// The PCI address of a CUDA device as CUDA reports it ("0000:3b:00.0": domain, bus,
+// device, function), by which NVML (numbering devices in PCI order, blind to
+// CUDA_VISIBLE_DEVICES) finds the same GPU. INVALID_ARGUMENT for a CPU device;
+// UNAVAILABLE when this build has no CUDA (CLIPSERVE_WITH_CUDA unset) or CUDA fails.
+// Never throws. Thread-safe.
+absl::StatusOr<std::string> PciBusId(const torch::Device& device);
 
 // Hands the CUDA caching allocator's unused blocks back to the driver, so that a
 // retry after an out-of-memory error is not defeated by fragmentation. Blocks: it

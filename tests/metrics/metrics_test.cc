@@ -244,6 +244,9 @@ class FakeGpu final : public GpuStatsSource {
     if (next_ >= readings_.size()) return absl::UnavailableError("GPU fell off the bus");
     return readings_[next_++];
   }
+  absl::StatusOr<int> IndexOfPciBusId(const std::string& pci_bus_id) override {
+    return absl::NotFoundError(pci_bus_id);
+  }
 
  private:
   std::vector<GpuSample> readings_;

@@ -10,6 +10,8 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "re2/re2.h"
+#include "server/metrics/gpu_stats.h"
 
 namespace clipserve {
 namespace {
@@ -26,6 +28,32 @@ TEST(DeviceTest, CudaWithoutCudaIsUnavailable) {
   if (torch::cuda::is_available()) GTEST_SKIP() << "this machine has a CUDA device";
   EXPECT_EQ(CheckDeviceUsable(torch::Device(torch::kCUDA, 0)).code(),
             absl::StatusCode::kUnavailable);
+}
+
+TEST(DeviceTest, OnlyCudaDevicesHaveAPciAddress) {
+  EXPECT_EQ(PciBusId(torch::kCPU).status().code(), absl::StatusCode::kInvalidArgument);
+  if (!torch::cuda::is_available()) {
+    EXPECT_EQ(PciBusId(torch::Device(torch::kCUDA, 0)).status().code(),
+              absl::StatusCode::kUnavailable);
+  }
+}
+
+// CUDA's device 0 has a PCI address ("dddd:bb:dd.f"), and NVML (when the driver's
+// library is there) finds a GPU at it: the lookup the server's GPU metrics use.
+TEST(DeviceTest, NvmlFindsTheCudaDeviceByItsPciAddress_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const absl::StatusOr<std::string> bus = PciBusId(torch::Device(torch::kCUDA, 0));
+  ASSERT_TRUE(bus.ok()) << bus.status();
+  EXPECT_TRUE(RE2::FullMatch(*bus, "[0-9a-fA-F]+:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\\.[0-7]"))
+      << *bus;
+  absl::StatusOr<std::unique_ptr<GpuStatsSource>> nvml = OpenNvml();
+  ASSERT_TRUE(nvml.ok()) << nvml.status();
+  const absl::StatusOr<int> index = (*nvml)->IndexOfPciBusId(*bus);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_GE(*index, 0);
+  EXPECT_TRUE((*nvml)->Sample(*index).ok());
+  EXPECT_EQ((*nvml)->IndexOfPciBusId("ffff:ff:1f.7").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(DeviceTest, CpuBatchesUsePageableMemoryAndNoStream) {
