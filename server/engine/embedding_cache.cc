@@ -12,52 +12,14 @@ size_t EmbeddingCache::BytesOf(const std::string& key, const CachedEmbedding& va
   return key.size() + value.values.size() * sizeof(float) + kEntryOverheadBytes;
 }
 
-EmbeddingCache::Value EmbeddingCache::Lookup(absl::string_view key) {
-  absl::MutexLock lock(&mu_);
-  auto it = index_.find(key);
-  if (it == index_.end()) {
-    ++stats_.misses;
-    return nullptr;
-  }
-  ++stats_.hits;
-  entries_.splice(entries_.begin(), entries_, it->second);
-  return it->second->value;
-}
-
-void EmbeddingCache::Insert(std::string key, Value value) {
-  if (capacity_bytes_ == 0 || value == nullptr) return;
-  const size_t bytes = BytesOf(key, *value);
-  if (bytes > capacity_bytes_) return;
-  absl::MutexLock lock(&mu_);
-  if (auto it = index_.find(key); it != index_.end()) {
-    bytes_ -= it->second->bytes;
-    it->second->value = std::move(value);
-    it->second->bytes = bytes;
-    bytes_ += bytes;
-    entries_.splice(entries_.begin(), entries_, it->second);
-  } else {
-    entries_.push_front(Entry{std::move(key), std::move(value), bytes});
-    index_.emplace(entries_.front().key, entries_.begin());
-    bytes_ += bytes;
-  }
-  EvictToFit();
-}
-
-void EmbeddingCache::EvictToFit() {
-  while (bytes_ > capacity_bytes_ && !entries_.empty()) {
-    const Entry& last = entries_.back();
-    bytes_ -= last.bytes;
-    index_.erase(last.key);
-    entries_.pop_back();
-    ++stats_.evictions;
-  }
-}
-
 EmbeddingCache::Stats EmbeddingCache::stats() const {
-  absl::MutexLock lock(&mu_);
-  Stats stats = stats_;
-  stats.entries = static_cast<int64_t>(entries_.size());
-  stats.bytes = static_cast<int64_t>(bytes_);
+  const LruCache<CachedEmbedding>::Stats lru = lru_.stats();
+  Stats stats;
+  stats.hits = lru.hits;
+  stats.misses = lru.misses;
+  stats.evictions = lru.evictions;
+  stats.entries = lru.entries;
+  stats.bytes = lru.cost;
   return stats;
 }
 

@@ -3,15 +3,13 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "server/common/lru_cache.h"
 
 namespace clipserve {
 
@@ -38,20 +36,20 @@ class EmbeddingCache {
   // block. An estimate, so that tiny embeddings cannot make the count meaningless.
   static constexpr size_t kEntryOverheadBytes = 128;
 
-  explicit EmbeddingCache(size_t capacity_bytes) : capacity_bytes_(capacity_bytes) {}
-  EmbeddingCache(const EmbeddingCache&) = delete;
-  EmbeddingCache& operator=(const EmbeddingCache&) = delete;
+  explicit EmbeddingCache(size_t capacity_bytes) : lru_(capacity_bytes, &BytesOf) {}
 
-  bool enabled() const { return capacity_bytes_ > 0; }
+  bool enabled() const { return lru_.capacity() > 0; }
 
   // The value under `key`, now the most recently used, or nullptr. Counts a hit or a
   // miss.
-  Value Lookup(absl::string_view key) ABSL_LOCKS_EXCLUDED(mu_);
+  Value Lookup(absl::string_view key) { return lru_.Lookup(key); }
 
   // Stores `value` under `key` as the most recently used entry (an earlier value for
   // the key is replaced), then evicts from the least recently used end until the
   // cache fits its capacity. An entry larger than the whole capacity is not kept.
-  void Insert(std::string key, Value value) ABSL_LOCKS_EXCLUDED(mu_);
+  void Insert(std::string key, Value value) {
+    lru_.Insert(std::move(key), std::move(value));
+  }
 
   struct Stats {
     int64_t hits = 0;
@@ -60,25 +58,13 @@ class EmbeddingCache {
     int64_t entries = 0;
     int64_t bytes = 0;
   };
-  Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
-  size_t capacity_bytes() const { return capacity_bytes_; }
+  Stats stats() const;
+  size_t capacity_bytes() const { return lru_.capacity(); }
 
  private:
-  struct Entry {
-    std::string key;
-    Value value;
-    size_t bytes = 0;
-  };
-  using List = std::list<Entry>;
   static size_t BytesOf(const std::string& key, const CachedEmbedding& value);
-  void EvictToFit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  const size_t capacity_bytes_;
-  mutable absl::Mutex mu_;
-  List entries_ ABSL_GUARDED_BY(mu_);  // most recently used first
-  absl::flat_hash_map<absl::string_view, List::iterator> index_ ABSL_GUARDED_BY(mu_);
-  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  Stats stats_ ABSL_GUARDED_BY(mu_);
+  LruCache<CachedEmbedding> lru_;
 };
 
 // Builds cache keys: SHA-256 over length-prefixed fields, so that no two different

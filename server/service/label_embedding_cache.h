@@ -3,17 +3,14 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "server/common/lru_cache.h"
 
 namespace clipserve {
 
@@ -22,10 +19,10 @@ namespace clipserve {
 // template. Zero-shot classification asks for the same label sets over and over, so
 // remembering them spares the text model all but the first time.
 //
-// A bounded least-recently-used map: Insert() beyond `capacity` entries evicts the
-// entry looked up or inserted longest ago. Capacity 0 disables the cache (every
-// Lookup misses, Insert keeps nothing). Values are immutable and shared, so a Lookup
-// result stays valid after its entry is evicted.
+// A bounded least-recently-used map (LruCache): Insert() beyond `capacity` entries
+// evicts the entry looked up or inserted longest ago. Capacity 0 disables the cache
+// (every Lookup misses, Insert keeps nothing). Values are immutable and shared, so a
+// Lookup result stays valid after its entry is evicted.
 //
 // Thread-safe; every method holds one mutex for a hash lookup and a list splice, and
 // never blocks otherwise.
@@ -33,9 +30,7 @@ class LabelEmbeddingCache {
  public:
   using Embedding = std::shared_ptr<const std::vector<float>>;
 
-  explicit LabelEmbeddingCache(size_t capacity) : capacity_(capacity) {}
-  LabelEmbeddingCache(const LabelEmbeddingCache&) = delete;
-  LabelEmbeddingCache& operator=(const LabelEmbeddingCache&) = delete;
+  explicit LabelEmbeddingCache(size_t capacity) : lru_(capacity, &OneEntry) {}
 
   // The part of a key shared by every label of one request: an unambiguous encoding
   // of the template list (order and repeats matter, as they do for the mean).
@@ -45,29 +40,24 @@ class LabelEmbeddingCache {
 
   // The embedding stored under `key`, now the most recently used entry, or nullptr.
   // Counts a hit or a miss.
-  Embedding Lookup(absl::string_view key) ABSL_LOCKS_EXCLUDED(mu_);
+  Embedding Lookup(absl::string_view key) { return lru_.Lookup(key); }
 
   // Stores `embedding` under `key` as the most recently used entry (replacing an
   // earlier value for the key), evicting the least recently used beyond capacity.
-  void Insert(std::string key, Embedding embedding) ABSL_LOCKS_EXCLUDED(mu_);
+  void Insert(std::string key, Embedding embedding) {
+    lru_.Insert(std::move(key), std::move(embedding));
+  }
 
-  size_t capacity() const { return capacity_; }
-  size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
-  int64_t hits() const ABSL_LOCKS_EXCLUDED(mu_);
-  int64_t misses() const ABSL_LOCKS_EXCLUDED(mu_);
+  size_t capacity() const { return lru_.capacity(); }
+  size_t size() const { return static_cast<size_t>(lru_.stats().entries); }
+  int64_t hits() const { return lru_.stats().hits; }
+  int64_t misses() const { return lru_.stats().misses; }
 
  private:
-  using Entry = std::pair<std::string, Embedding>;  // key, value
-  using List = std::list<Entry>;
+  // Capacity counts entries.
+  static size_t OneEntry(const std::string&, const std::vector<float>&) { return 1; }
 
-  const size_t capacity_;
-  mutable absl::Mutex mu_;
-  // Most recently used first.
-  List entries_ ABSL_GUARDED_BY(mu_);
-  // Views into the keys held by entries_.
-  absl::flat_hash_map<absl::string_view, List::iterator> index_ ABSL_GUARDED_BY(mu_);
-  int64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
+  LruCache<std::vector<float>> lru_;
 };
 
 }  // namespace clipserve
