@@ -33,6 +33,30 @@ std::string ReadShared(const std::string& relative) {
   return out.str();
 }
 
+// The shared folder's files, as clients send them (encoded).
+std::vector<ImageInput> EncodedImages(std::initializer_list<const char*> files) {
+  std::vector<ImageInput> images;
+  for (const char* f : files) {
+    ImageInput input;
+    input.encoded = ReadShared(f);
+    images.push_back(std::move(input));
+  }
+  return images;
+}
+
+// The same image as raw RGB8 pixels, decoded here from `encoded`.
+ImageInput Raw(const std::string& encoded) {
+  const absl::StatusOr<image::RgbImage> decoded = image::DecodeImage(encoded);
+  EXPECT_TRUE(decoded.ok()) << decoded.status();
+  ImageInput raw;
+  raw.is_raw = true;
+  if (!decoded.ok()) return raw;
+  raw.width = decoded->width;
+  raw.height = decoded->height;
+  raw.rgb8.assign(decoded->pixels.begin(), decoded->pixels.end());
+  return raw;
+}
+
 // Embeds through `engine` and waits for the answer.
 absl::StatusOr<EmbedResult> EmbedImagesAndWait(Engine& engine,
                                                std::vector<ImageInput> images,
@@ -140,15 +164,9 @@ void ExpectRowNear(const EmbedResult& result, int row, const std::vector<float>&
 }
 
 TEST_F(EmbeddingEngineTest, ImageRowsMatchTheModelRunDirectly) {
-  const char* files[] = {"images/chelsea.png", "images/rocket.jpg",
-                         "images/coffee.png",  "images/chelsea.webp",
-                         "images/chelsea.gif", "images/camera.png"};
-  std::vector<ImageInput> inputs;
-  for (const char* f : files) {
-    ImageInput input;
-    input.encoded = ReadShared(f);
-    inputs.push_back(std::move(input));
-  }
+  const std::vector<ImageInput> inputs =
+      EncodedImages({"images/chelsea.png", "images/rocket.jpg", "images/coffee.png",
+                     "images/chelsea.webp", "images/chelsea.gif", "images/camera.png"});
   auto result = Images(inputs);  // 6 images, max batch 4: split across batches
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows(), 6);
@@ -160,13 +178,8 @@ TEST_F(EmbeddingEngineTest, ImageRowsMatchTheModelRunDirectly) {
 TEST_F(EmbeddingEngineTest, RawPixelsEqualTheSameImageEncoded) {
   ImageInput encoded;
   encoded.encoded = ReadShared("images/chelsea.png");
-  auto decoded = image::DecodeImage(encoded.encoded);
-  ASSERT_TRUE(decoded.ok());
-  ImageInput raw;
-  raw.is_raw = true;
-  raw.width = decoded->width;
-  raw.height = decoded->height;
-  raw.rgb8.assign(decoded->pixels.begin(), decoded->pixels.end());
+  const ImageInput raw = Raw(encoded.encoded);
+  ASSERT_GT(raw.width, 0);
   auto result = Images({encoded, raw});
   ASSERT_TRUE(result.ok()) << result.status();
   // Same pixels; rows of one batch may differ in the last bits (GEMM tiling).
@@ -351,36 +364,64 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
   EXPECT_TRUE((*engine)->healthy());
 }
 
+// An engine on the tiny model (seed 5) on `device` in `precision`, with the demo
+// vocabulary; batches of up to 8, formed only once every announced item is queued
+// (an hour of queue delay). `tune` adjusts the options further. nullptr (after
+// failing the test) when anything fails.
+std::unique_ptr<EmbeddingEngine> MakeTinyEngine(
+    const std::function<void(EmbeddingEngineOptions&)>& tune = {},
+    const torch::Device& device = torch::kCPU,
+    Precision precision = Precision::kFloat32) {
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  const absl::Status moved = loaded.model->To(device, precision);
+  EXPECT_TRUE(moved.ok()) << moved;
+  EmbeddingEngineOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_delay = absl::Hours(1);
+  if (tune) tune(options);
+  auto engine = EmbeddingEngine::Create(
+      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return moved.ok() && engine.ok() ? *std::move(engine) : nullptr;
+}
+
+// Expects row i of `all` to equal the single row `alone(i)` gives, for i < n.
+void ExpectRowsMatchAlone(const EmbedResult& all, int n,
+                          const std::function<absl::StatusOr<EmbedResult>(int)>& alone) {
+  for (int i = 0; i < n; ++i) {
+    const absl::StatusOr<EmbedResult> one = alone(i);
+    ASSERT_TRUE(one.ok()) << one.status();
+    for (int k = 0; k < one->dim; ++k) {
+      EXPECT_NEAR(all.row(i)[k], one->row(0)[k], 1e-5) << "item " << i << " dim " << k;
+    }
+  }
+}
+
+// Expects each row of `got` within cosine `at_least` of the same row of `expected`
+// (both unit vectors).
+void ExpectCosineAtLeast(const absl::StatusOr<EmbedResult>& got,
+                         const absl::StatusOr<EmbedResult>& expected, double at_least) {
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  ASSERT_EQ(got->rows(), expected->rows());
+  for (int i = 0; i < got->rows(); ++i) {
+    double dot = 0;
+    for (int k = 0; k < got->dim; ++k)
+      dot += double(got->row(i)[k]) * expected->row(i)[k];
+    EXPECT_GE(dot, at_least) << "row " << i;
+  }
+}
+
 // A batch that runs out of memory is retried once in two halves: each item still gets
 // its own row, as computed alone; a half that runs out again fails only its items.
 class EmbeddingEngineOutOfMemoryTest : public ::testing::Test {
  protected:
-  // An engine whose model runs fail above `limit` items; batches of up to 8, formed
-  // only once every announced item is queued (an hour of queue delay).
-  std::unique_ptr<EmbeddingEngine> MakeEngine(int limit) {
-    LoadedModel loaded;
-    loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
-    EmbeddingEngineOptions options;
-    options.max_batch_size = 8;
-    options.max_queue_delay = absl::Hours(1);
-    options.simulate_out_of_memory_above_for_test = limit;
-    auto engine = EmbeddingEngine::Create(
-        std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
-    EXPECT_TRUE(engine.ok()) << engine.status();
-    return engine.ok() ? *std::move(engine) : nullptr;
-  }
-
-  // Expects row i of `all` to equal the single row `alone(i)` gives, for i < n.
-  static void ExpectRowsMatchAlone(
-      const EmbedResult& all, int n,
-      const std::function<absl::StatusOr<EmbedResult>(int)>& alone) {
-    for (int i = 0; i < n; ++i) {
-      const absl::StatusOr<EmbedResult> one = alone(i);
-      ASSERT_TRUE(one.ok()) << one.status();
-      for (int k = 0; k < one->dim; ++k) {
-        EXPECT_NEAR(all.row(i)[k], one->row(0)[k], 1e-5) << "item " << i << " dim " << k;
-      }
-    }
+  // A tiny-model engine whose model runs fail above `limit` items.
+  static std::unique_ptr<EmbeddingEngine> MakeEngine(int limit) {
+    return MakeTinyEngine([limit](EmbeddingEngineOptions& options) {
+      options.simulate_out_of_memory_above_for_test = limit;
+    });
   }
 };
 
@@ -410,13 +451,9 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, HalvesThatRunOutAgainFailWithResourceExha
 }
 
 TEST_F(EmbeddingEngineOutOfMemoryTest, ImagesRetriedInHalvesMatchImagesEmbeddedAlone) {
-  std::vector<ImageInput> images;
-  for (const char* f : {"images/chelsea.png", "images/coffee.png", "images/rocket.jpg",
-                        "images/astronaut.png"}) {
-    ImageInput input;
-    input.encoded = ReadShared(f);
-    images.push_back(std::move(input));
-  }
+  const std::vector<ImageInput> images =
+      EncodedImages({"images/chelsea.png", "images/coffee.png", "images/rocket.jpg",
+                     "images/astronaut.png"});
   auto retried = MakeEngine(/*limit=*/2);
   const absl::StatusOr<EmbedResult> all = EmbedImagesAndWait(*retried, images);
   ASSERT_TRUE(all.ok()) << all.status();
@@ -433,29 +470,18 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, ImagesRetriedInHalvesMatchImagesEmbeddedA
 // within cosine 0.999 of the CPU's fp32 rows, through the retry in halves too.
 TEST_F(EmbeddingEngineOutOfMemoryTest, GpuRowsMatchCpuThroughTheRetry_CUDA) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  LoadedModel loaded;
-  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
-  ASSERT_TRUE(loaded.model->To(torch::Device(torch::kCUDA, 0), Precision::kFloat16).ok());
-  EmbeddingEngineOptions options;
-  options.max_batch_size = 8;
-  options.max_queue_delay = absl::Hours(1);
-  options.simulate_out_of_memory_above_for_test = 4;
-  auto gpu = EmbeddingEngine::Create(
-      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
-  ASSERT_TRUE(gpu.ok()) << gpu.status();
-  EXPECT_EQ((*gpu)->workers(), 2);
+  auto gpu = MakeTinyEngine(
+      [](EmbeddingEngineOptions& options) {
+        options.simulate_out_of_memory_above_for_test = 4;
+      },
+      torch::Device(torch::kCUDA, 0), Precision::kFloat16);
+  ASSERT_NE(gpu, nullptr);
+  EXPECT_EQ(gpu->workers(), 2);
   auto cpu = MakeEngine(/*limit=*/0);
   const std::vector<std::string> texts = {"a",     "a cat",     "dog", "x y z",
                                           "hello", "a red bus", "b",   "two birds"};
-  const absl::StatusOr<EmbedResult> on_gpu = EmbedTextsAndWait(**gpu, texts);
-  const absl::StatusOr<EmbedResult> on_cpu = EmbedTextsAndWait(*cpu, texts);
-  ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
-  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
-  for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
-    double dot = 0;
-    for (int k = 0; k < on_cpu->dim; ++k) dot += on_gpu->row(i)[k] * on_cpu->row(i)[k];
-    EXPECT_GE(dot, 0.999) << texts[i];  // both rows are unit vectors
-  }
+  ExpectCosineAtLeast(EmbedTextsAndWait(*gpu, texts), EmbedTextsAndWait(*cpu, texts),
+                      0.999);
 }
 
 // resize_on_device: the preprocessing threads only decode, the batch worker resizes on
@@ -463,45 +489,24 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, GpuRowsMatchCpuThroughTheRetry_CUDA) {
 // the host-resized engine's.
 class EmbeddingEngineDeviceResizeTest : public ::testing::Test {
  protected:
+  // Each request forms one batch (MakeTinyEngine).
   static std::unique_ptr<EmbeddingEngine> MakeEngine(bool resize_on_device,
                                                      int64_t budget = int64_t{1} << 30,
                                                      int oom_limit = 0) {
-    LoadedModel loaded;
-    loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
-    EmbeddingEngineOptions options;
-    options.max_batch_size = 8;
-    options.max_queue_delay = absl::Hours(1);  // each request forms one batch
-    options.resize_on_device = resize_on_device;
-    options.max_device_resize_bytes = budget;
-    options.simulate_out_of_memory_above_for_test = oom_limit;
-    auto engine = EmbeddingEngine::Create(
-        std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
-    EXPECT_TRUE(engine.ok()) << engine.status();
-    return engine.ok() ? *std::move(engine) : nullptr;
+    return MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+      options.resize_on_device = resize_on_device;
+      options.max_device_resize_bytes = budget;
+      options.simulate_out_of_memory_above_for_test = oom_limit;
+    });
   }
 
   // Encoded photos of different sizes and formats, and one raw image.
   static std::vector<ImageInput> Inputs() {
-    std::vector<ImageInput> images;
-    for (const char* f : {"images/rocket.jpg", "images/coffee.png", "images/chelsea.webp",
-                          "images/very_wide.png"}) {
-      ImageInput input;
-      input.encoded = ReadShared(f);
-      images.push_back(std::move(input));
-    }
+    std::vector<ImageInput> images =
+        EncodedImages({"images/rocket.jpg", "images/coffee.png", "images/chelsea.webp",
+                       "images/very_wide.png"});
     images.push_back(Raw(ReadShared("images/astronaut.png")));
     return images;
-  }
-
-  static ImageInput Raw(const std::string& encoded) {
-    const absl::StatusOr<image::RgbImage> decoded = image::DecodeImage(encoded);
-    EXPECT_TRUE(decoded.ok());
-    ImageInput raw;
-    raw.is_raw = true;
-    raw.width = decoded->width;
-    raw.height = decoded->height;
-    raw.rgb8.assign(decoded->pixels.begin(), decoded->pixels.end());
-    return raw;
   }
 
   // The inputs are the same bits (device_image_preprocessor_test); the model's own
@@ -566,13 +571,8 @@ TEST_F(EmbeddingEngineDeviceResizeTest, OutOfMemoryRetryInHalvesKeepsTheRows) {
   const std::vector<ImageInput> images = Inputs();
   const absl::StatusOr<EmbedResult> all = EmbedImagesAndWait(*retried, images);
   ASSERT_TRUE(all.ok()) << all.status();
-  for (int i = 0; i < static_cast<int>(images.size()); ++i) {
-    const absl::StatusOr<EmbedResult> one = EmbedImagesAndWait(*plain, {images[i]});
-    ASSERT_TRUE(one.ok()) << one.status();
-    for (int k = 0; k < one->dim; ++k) {
-      EXPECT_NEAR(all->row(i)[k], one->row(0)[k], 1e-5) << "item " << i << " dim " << k;
-    }
-  }
+  ExpectRowsMatchAlone(*all, images.size(),
+                       [&](int i) { return EmbedImagesAndWait(*plain, {images[i]}); });
 }
 
 TEST_F(EmbeddingEngineDeviceResizeTest, ABrokenImageStillNamesItsItem) {
@@ -588,26 +588,13 @@ TEST_F(EmbeddingEngineDeviceResizeTest, ABrokenImageStillNamesItsItem) {
 // CPU engine's (fp32 on both; the GPU's convolutions may use TF32).
 TEST_F(EmbeddingEngineDeviceResizeTest, GpuResizedRowsMatchCpu_CUDA) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  LoadedModel loaded;
-  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
-  ASSERT_TRUE(loaded.model->To(torch::Device(torch::kCUDA, 0), Precision::kFloat32).ok());
-  EmbeddingEngineOptions options;
-  options.max_batch_size = 8;
-  options.max_queue_delay = absl::Hours(1);
-  options.resize_on_device = true;
-  auto gpu = EmbeddingEngine::Create(
-      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
-  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  auto gpu = MakeTinyEngine(
+      [](EmbeddingEngineOptions& options) { options.resize_on_device = true; },
+      torch::Device(torch::kCUDA, 0), Precision::kFloat32);
+  ASSERT_NE(gpu, nullptr);
   auto cpu = MakeEngine(/*resize_on_device=*/false);
-  const absl::StatusOr<EmbedResult> on_gpu = EmbedImagesAndWait(**gpu, Inputs());
-  const absl::StatusOr<EmbedResult> on_cpu = EmbedImagesAndWait(*cpu, Inputs());
-  ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
-  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
-  for (int i = 0; i < on_cpu->rows(); ++i) {
-    double dot = 0;
-    for (int k = 0; k < on_cpu->dim; ++k) dot += on_gpu->row(i)[k] * on_cpu->row(i)[k];
-    EXPECT_GE(dot, 0.9999) << "image " << i;  // both rows are unit vectors
-  }
+  ExpectCosineAtLeast(EmbedImagesAndWait(*gpu, Inputs()),
+                      EmbedImagesAndWait(*cpu, Inputs()), 0.9999);
 }
 
 TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
