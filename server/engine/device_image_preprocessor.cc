@@ -89,17 +89,16 @@ torch::Tensor Resample(const torch::Tensor& values, int dim, const torch::Tensor
       // Outputs [begin, begin + n): their source rows, weighted and summed.
       const torch::Tensor rows =
           values.index_select(0, index.narrow(0, begin * k, n * k));
-      sums = rows.to(torch::kInt)
-                 .view({n, k, other, 3})
-                 .mul_(weight.narrow(0, begin * k, n * k).view({n, k, 1, 1}))
+      // uint8 or int32 times int32 is int32 (type promotion): one kernel.
+      sums = rows.view({n, k, other, 3})
+                 .mul(weight.narrow(0, begin * k, n * k).view({n, k, 1, 1}))
                  .sum(1, /*keepdim=*/false, torch::kInt);
       out.narrow(0, begin, n).copy_(RoundToByte(std::move(sums)));
     } else {
       // Source rows [begin, begin + n), every output column.
       const torch::Tensor columns = values.narrow(0, begin, n).index_select(1, index);
-      sums = columns.to(torch::kInt)
-                 .view({n, count, k, 3})
-                 .mul_(weight.view({1, count, k, 1}))
+      sums = columns.view({n, count, k, 3})
+                 .mul(weight.view({1, count, k, 1}))
                  .sum(2, /*keepdim=*/false, torch::kInt);
       out.narrow(0, begin, n).copy_(RoundToByte(std::move(sums)));
     }
