@@ -62,14 +62,15 @@ Metrics::Metrics(const MetricsOptions& options)
 
   auto& preprocess = HistogramFamily(
       r, "clipserve_preprocess_seconds",
-      "One preprocessing task: decode + resize + normalize of one image, or cleaning "
-      "+ BPE of one request's texts.");
+      "One preprocessing task: decode + resize + normalize of one image (decode "
+      "only with --resize_on_device), or cleaning + BPE of one request's texts.");
   auto& queue_wait = HistogramFamily(
       r, "clipserve_queue_wait_seconds",
       "Time an item waited in its modality queue before its batch formed.");
   auto& inference =
       HistogramFamily(r, "clipserve_inference_seconds",
-                      "One model run over a batch, stacking and copying included.");
+                      "One model run over a batch, stacking and copying included "
+                      "(and the images' resize with --resize_on_device).");
   auto& batch_size =
       HistogramFamily(r, "clipserve_batch_size", "Items in one model run.");
   auto& queue_depth = GaugeFamily(r, "clipserve_queue_depth",
