@@ -310,8 +310,12 @@ absl::Status Run() {
   engine_options.decode.max_encoded_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   engine_options.observer = &metrics;
 
-  CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded,
-                             LoadModel(absl::GetFlag(FLAGS_model), load));
+  // Loaded on a thread of its own: the OpenMP helper threads LibTorch starts for it
+  // end with that thread, so the engine's model runner holds the process's only team
+  // and its helpers keep spin-waiting between parallel regions (see ModelRunner).
+  absl::StatusOr<LoadedModel> loading;
+  std::thread([&] { loading = LoadModel(absl::GetFlag(FLAGS_model), load); }).join();
+  CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, std::move(loading));
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> tokenizer,
                              MakeTokenizer(loaded));
   CLIPSERVE_ASSIGN_OR_RETURN(

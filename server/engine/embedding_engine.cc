@@ -17,6 +17,7 @@
 #include "server/common/status_macros.h"
 #include "server/common/status_payloads.h"
 #include "server/engine/device_image_preprocessor.h"
+#include "server/engine/model_runner.h"
 #include "server/engine/thread_pool.h"
 #include "server/image/preprocessor.h"
 #include "server/model/device.h"
@@ -278,16 +279,26 @@ absl::Status EmbeddingEngine::Start() {
   CLIPSERVE_ASSIGN_OR_RETURN(pool_, ThreadPool::Create(options_.preprocess_threads,
                                                        options_.max_pending_preprocess));
 
+  if (!model_.model->device().is_cuda()) runner_ = std::make_unique<ModelRunner>();
   if (options_.warm_up) {
-    const int64_t s = config.vision.image_size;
-    CLIPSERVE_RETURN_IF_ERROR(
-        model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false).status());
-    torch::Tensor ids = torch::tensor({int64_t{tokenizer_->start_of_text_id()},
-                                       int64_t{tokenizer_->end_of_text_id()}},
-                                      torch::kLong)
-                            .unsqueeze(0);
-    CLIPSERVE_RETURN_IF_ERROR(
-        model_.model->EncodeText(ids, torch::tensor({int64_t{2}}), false).status());
+    absl::Status warmed;
+    const auto warm_up = [&] {
+      const int64_t s = config.vision.image_size;
+      warmed = model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false).status();
+      if (!warmed.ok()) return;
+      torch::Tensor ids = torch::tensor({int64_t{tokenizer_->start_of_text_id()},
+                                         int64_t{tokenizer_->end_of_text_id()}},
+                                        torch::kLong)
+                              .unsqueeze(0);
+      warmed = model_.model->EncodeText(ids, torch::tensor({int64_t{2}}), false).status();
+    };
+    // On the thread that will run the batches (its OpenMP team; see ModelRunner).
+    if (runner_ != nullptr) {
+      CLIPSERVE_RETURN_IF_ERROR(runner_->Run(0, warm_up));
+    } else {
+      warm_up();
+    }
+    CLIPSERVE_RETURN_IF_ERROR(warmed);
   }
 
   DynamicBatcherOptions batch;
@@ -316,10 +327,12 @@ EmbeddingEngine::~EmbeddingEngine() { Shutdown(); }
 
 void EmbeddingEngine::Shutdown() {
   if (shut_down_.exchange(true)) return;
-  // Preprocessing first (it feeds the queues), then the queues, then the watchdog.
+  // Preprocessing first (it feeds the queues), then the queues, then the model runner
+  // (the queues' workers use it while they drain), then the watchdog.
   if (pool_) pool_->Shutdown();
   if (image_batcher_) image_batcher_->Shutdown();
   if (text_batcher_) text_batcher_->Shutdown();
+  if (runner_) runner_->Shutdown();
   stop_watchdog_.Notify();
   if (watchdog_.joinable()) watchdog_.join();
 }
@@ -529,15 +542,17 @@ void EmbeddingEngine::RunBatch(
     Modality modality, Batch<Item>& batch, std::atomic<int64_t>& computed,
     const std::function<absl::StatusOr<torch::Tensor>(int, int)>& encode) {
   ReportQueueDepth(modality);
-  const absl::Time start = absl::Now();
   std::vector<Item>& items = batch.items;
   const int n = static_cast<int>(items.size());
   const torch::Device& device = model_.model->device();
-  const int64_t id = BatchStarted();
+  absl::Time start;
+  int64_t id = 0;
   // The rows of each range that ran, answered only after the batch is reported.
   std::vector<std::pair<int, torch::Tensor>> done;
   std::vector<FailedRange> failed;
-  {
+  const auto run = [&] {
+    start = absl::Now();
+    id = BatchStarted();
     DeviceStreamScope stream(device);
     if (!stream.status().ok()) {
       LOG_EVERY_N(WARNING, 100) << stream.status();
@@ -568,6 +583,17 @@ void EmbeddingEngine::RunBatch(
           const absl::Status released = ReleaseCachedDeviceMemory(device);
           if (!released.ok()) LOG(WARNING) << released;
         });
+  };
+  if (runner_ == nullptr) {
+    run();
+  } else {
+    // Text batches are short: they go before queued image batches.
+    const absl::Status ran = runner_->Run(modality == Modality::kText ? 1 : 0, run);
+    if (!ran.ok()) {
+      // Not reached: Shutdown() stops the runner only after the batchers drained.
+      for (Item& item : items) item.request->ItemDone(ran);
+      return;
+    }
   }
   BatchFinished(id);
   // Before the items are answered, so a client that reads the metrics after its

@@ -23,6 +23,7 @@ namespace clipserve {
 
 class BpeTokenizer;
 class DeviceImagePreprocessor;
+class ModelRunner;
 namespace image {
 class Preprocessor;
 }
@@ -49,9 +50,10 @@ struct EmbeddingEngineOptions {
   // Default 1024 (32 full batches).
   int max_queue_size = 1024;
   // Batch workers per modality. 0 (the default) picks by device: 1 on the CPU, where
-  // LibTorch's intra-op pool already spreads a batch over every core and two batches
-  // at once would only fight for them; 2 on a GPU, each with its own CUDA stream, so
-  // one batch's host-side assembly and copies overlap the other's kernels.
+  // every model run goes through one ModelRunner thread anyway (LibTorch's intra-op
+  // pool already spreads a batch over every core; see model_runner.h); 2 on a GPU,
+  // each with its own CUDA stream, so one batch's host-side assembly and copies
+  // overlap the other's kernels.
   int workers = 0;
   // Threads decoding and resizing images and tokenizing texts. Default 2 (this
   // machine's core count): preprocessing overlaps with the model run.
@@ -96,7 +98,7 @@ struct EmbeddingEngineOptions {
 };
 
 // The real Engine: owns the model, tokenizer, preprocessor, one DynamicBatcher per
-// modality, the preprocessing pool and the watchdog.
+// modality, the preprocessing pool, on the CPU the model runner, and the watchdog.
 //
 // A request travels: caller thread (validation only) -> preprocessing pool (decode +
 // resize + normalize, or tokenize) -> modality queue -> batch worker (stack, run the
@@ -202,6 +204,10 @@ class EmbeddingEngine : public Engine {
   std::atomic<int64_t> device_resize_bytes_{0};
   ModelDescription description_;
   std::unique_ptr<ThreadPool> pool_;
+  // On the CPU, the one thread every model run goes through (null on a GPU, where
+  // each worker drives its own CUDA stream). Declared before the batchers, whose
+  // workers call it, so it outlives them.
+  std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<DynamicBatcher<ImageItem>> image_batcher_;
   std::unique_ptr<DynamicBatcher<TextItem>> text_batcher_;
 

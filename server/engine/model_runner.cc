@@ -1,0 +1,62 @@
+#include "server/engine/model_runner.h"
+
+#include <algorithm>
+
+namespace clipserve {
+
+ModelRunner::ModelRunner() : thread_([this] { Loop(); }) {}
+
+ModelRunner::~ModelRunner() { Shutdown(); }
+
+absl::Status ModelRunner::Run(int priority, absl::FunctionRef<void()> task) {
+  bool done = false;
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("the model runner is shutting down");
+  const Waiting entry{priority, next_sequence_++, &task, &done};
+  const auto before = [](const Waiting& a, const Waiting& b) {
+    return a.priority != b.priority ? a.priority > b.priority : a.sequence < b.sequence;
+  };
+  waiting_.insert(std::upper_bound(waiting_.begin(), waiting_.end(), entry, before),
+                  entry);
+  work_available_.Signal();
+  while (!done) task_done_.Wait(&mu_);
+  return absl::OkStatus();
+}
+
+void ModelRunner::Loop() {
+  bool* finished = nullptr;  // the flag of the task that just ran
+  while (true) {
+    Waiting next;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished != nullptr) {
+        *finished = true;
+        // Every blocked caller wakes and checks its own flag; there are few of them.
+        task_done_.SignalAll();
+      }
+      while (waiting_.empty() && !stopping_) work_available_.Wait(&mu_);
+      if (waiting_.empty()) return;  // stopping, and nothing left
+      next = waiting_.front();
+      waiting_.erase(waiting_.begin());
+    }
+    (*next.task)();
+    finished = next.done;
+  }
+}
+
+void ModelRunner::Shutdown() {
+  absl::MutexLock join_lock(&join_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    work_available_.Signal();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+int ModelRunner::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(waiting_.size());
+}
+
+}  // namespace clipserve

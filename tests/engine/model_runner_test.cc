@@ -1,0 +1,110 @@
+#include "server/engine/model_runner.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+// Waits until `runner` has `n` tasks queued (they are queued by other threads).
+void WaitForQueued(const ModelRunner& runner, int n) {
+  while (runner.queued() < n) std::this_thread::yield();
+}
+
+TEST(ModelRunnerTest, EveryTaskRunsOnTheRunnersOneThread) {
+  ModelRunner runner;
+  std::vector<std::thread::id> ran_on(8);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 8; ++i) {
+    callers.emplace_back([&, i] {
+      ASSERT_TRUE(
+          runner.Run(i % 2, [&] { ran_on[i] = std::this_thread::get_id(); }).ok());
+    });
+  }
+  for (std::thread& caller : callers) caller.join();
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(ran_on[i], ran_on[0]);
+    EXPECT_NE(ran_on[i], std::this_thread::get_id());
+  }
+}
+
+TEST(ModelRunnerTest, RunReturnsAfterTheTaskRanSoItMayUseTheCallersStack) {
+  ModelRunner runner;
+  int value = 0;
+  ASSERT_TRUE(runner.Run(0, [&] { value = 42; }).ok());
+  EXPECT_EQ(value, 42);  // written before Run returned
+}
+
+TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
+  ModelRunner runner;
+  absl::Notification blocker_started, release;
+  std::thread blocker([&] {
+    ASSERT_TRUE(runner
+                    .Run(0,
+                         [&] {
+                           blocker_started.Notify();
+                           release.WaitForNotification();
+                         })
+                    .ok());
+  });
+  blocker_started.WaitForNotification();
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::vector<std::thread> callers;
+  // Queued while the runner is busy, one at a time so arrival order is known:
+  // priorities 0, 1, 0, 1 -> run as 1 (second), 1 (fourth), 0 (first), 0 (third).
+  const int priorities[] = {0, 1, 0, 1};
+  for (int i = 0; i < 4; ++i) {
+    callers.emplace_back([&, i] {
+      ASSERT_TRUE(runner
+                      .Run(priorities[i],
+                           [&, i] {
+                             absl::MutexLock lock(&mu);
+                             order.push_back(i);
+                           })
+                      .ok());
+    });
+    WaitForQueued(runner, i + 1);
+  }
+  release.Notify();
+  blocker.join();
+  for (std::thread& caller : callers) caller.join();
+  EXPECT_EQ(order, (std::vector<int>{1, 3, 0, 2}));
+}
+
+TEST(ModelRunnerTest, ShutdownRunsWhatIsQueuedThenRefuses) {
+  ModelRunner runner;
+  absl::Notification blocker_started, release;
+  std::thread blocker([&] {
+    ASSERT_TRUE(runner
+                    .Run(0,
+                         [&] {
+                           blocker_started.Notify();
+                           release.WaitForNotification();
+                         })
+                    .ok());
+  });
+  blocker_started.WaitForNotification();
+  std::atomic<bool> queued_ran{false};
+  std::thread queued(
+      [&] { EXPECT_TRUE(runner.Run(0, [&] { queued_ran = true; }).ok()); });
+  WaitForQueued(runner, 1);
+  std::thread stopper([&] { runner.Shutdown(); });
+  release.Notify();
+  stopper.join();
+  blocker.join();
+  queued.join();
+  EXPECT_TRUE(queued_ran);
+  bool ran = false;
+  EXPECT_EQ(runner.Run(0, [&] { ran = true; }).code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(ran);
+  runner.Shutdown();  // idempotent
+}
+
+}  // namespace
+}  // namespace clipserve
