@@ -378,8 +378,12 @@ def main():
     add("- LibTorch intra-op threads (`--intra_op_threads`, default 0 = one per CPU the "
         "process may use): a batch is the one piece of work that should use every core.")
     add("- Batch workers per modality (`--workers`, default 0 = 1 on the CPU, 2 per GPU): "
-        "on the CPU a second concurrent batch would only fight the first for the same "
-        "cores.")
+        "they form and answer batches. On the CPU every model run goes through one "
+        "model-runner thread (text batches before waiting image batches), so batches "
+        "never fight for the cores and LibTorch keeps a single OpenMP team: with more "
+        "OpenMP threads than CPUs, GNU libgomp stops spin-waiting between parallel "
+        "regions and each region pays a futex wake-up (a served caption's model run "
+        "took 11.2 ms instead of 9.6 before the runner).")
     add("- Preprocessing threads (`--preprocess_threads`, default 2): decoding and "
         "tokenizing overlap with the model run; they mostly wait on it, so they do not "
         "oversubscribe the cores in practice.")
