@@ -30,15 +30,17 @@ namespace clipserve {
 class DeviceImagePreprocessor {
  public:
   struct Options {
-    // Largest intermediate tensor of the horizontal pass, in bytes; a taller source is
-    // processed in row bands that fit. Default 64 MiB: a 12-megapixel photo shrunk to
+    // Largest int32 intermediate tensor of either pass, in bytes; a larger one is
+    // computed in bands of rows (source rows for the horizontal pass, output rows for
+    // the vertical one) that fit. Default 64 MiB: a 12-megapixel photo shrunk to
     // 224 needs about 0.4 GB in one piece, and that much per worker is not worth the
     // handful of kernels saved.
     int64_t max_scratch_bytes = int64_t{64} << 20;
   };
 
   // `host` supplies the output size and normalization table (copied; `host` need not
-  // outlive this object). INVALID_ARGUMENT when `host` is null or max_scratch_bytes < 1.
+  // outlive this object). INVALID_ARGUMENT when `host` is null or max_scratch_bytes < 1;
+  // RESOURCE_EXHAUSTED or INTERNAL when the table cannot be copied to the device.
   static absl::StatusOr<std::unique_ptr<DeviceImagePreprocessor>> Create(
       const image::Preprocessor* host, const torch::Device& device,
       const Options& options);

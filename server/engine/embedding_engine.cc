@@ -283,14 +283,22 @@ absl::Status EmbeddingEngine::Start() {
   if (options_.warm_up) {
     absl::Status warmed;
     const auto warm_up = [&] {
-      const int64_t s = config.vision.image_size;
-      warmed = model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false).status();
-      if (!warmed.ok()) return;
-      torch::Tensor ids = torch::tensor({int64_t{tokenizer_->start_of_text_id()},
-                                         int64_t{tokenizer_->end_of_text_id()}},
-                                        torch::kLong)
-                              .unsqueeze(0);
-      warmed = model_.model->EncodeText(ids, torch::tensor({int64_t{2}}), false).status();
+      absl::Status encoded;
+      warmed = CatchTorchErrors(
+          [&] {
+            const int64_t s = config.vision.image_size;
+            encoded =
+                model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false).status();
+            if (!encoded.ok()) return;
+            torch::Tensor ids = torch::tensor({int64_t{tokenizer_->start_of_text_id()},
+                                               int64_t{tokenizer_->end_of_text_id()}},
+                                              torch::kLong)
+                                    .unsqueeze(0);
+            encoded = model_.model->EncodeText(ids, torch::tensor({int64_t{2}}), false)
+                          .status();
+          },
+          "warming up the model");
+      if (warmed.ok()) warmed = encoded;
     };
     // On the thread that will run the batches (its OpenMP team; see ModelRunner).
     if (runner_ != nullptr) {
@@ -547,12 +555,14 @@ void EmbeddingEngine::RunBatch(
   const torch::Device& device = model_.model->device();
   absl::Time start;
   int64_t id = 0;
+  bool started = false;
   // The rows of each range that ran, answered only after the batch is reported.
   std::vector<std::pair<int, torch::Tensor>> done;
   std::vector<FailedRange> failed;
   const auto run = [&] {
     start = absl::Now();
     id = BatchStarted();
+    started = true;
     DeviceStreamScope stream(device);
     if (!stream.status().ok()) {
       LOG_EVERY_N(WARNING, 100) << stream.status();
@@ -590,7 +600,10 @@ void EmbeddingEngine::RunBatch(
     // Text batches are short: they go before queued image batches.
     const absl::Status ran = runner_->Run(modality == Modality::kText ? 1 : 0, run);
     if (!ran.ok()) {
-      // Not reached: Shutdown() stops the runner only after the batchers drained.
+      // The batch threw past every catch (INTERNAL), or the runner had stopped
+      // (UNAVAILABLE; not reached: Shutdown() stops it after the batchers drained).
+      // No item has been answered yet.
+      if (started) BatchFinished(id);
       for (Item& item : items) item.request->ItemDone(ran);
       return;
     }

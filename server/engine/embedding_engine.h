@@ -75,7 +75,7 @@ struct EmbeddingEngineOptions {
   // With resize_on_device: the most bytes of decoded images held between decoding and
   // their batch. An image that would exceed it is resized on the host instead, as
   // without the option, so queued work stays bounded in memory. Default 1 GiB: about
-  // 1,100 queued 640x480 photos, or 28 of 12 megapixels.
+  // 1,100 queued 640x480 photos, or 29 of 12 megapixels.
   int64_t max_device_resize_bytes = int64_t{1} << 30;
   // A batch running longer than this marks the engine unhealthy (health then turns
   // NOT_SERVING so an orchestrator restarts the process). Default 120 s: far above a

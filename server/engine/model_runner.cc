@@ -1,6 +1,9 @@
 #include "server/engine/model_runner.h"
 
 #include <algorithm>
+#include <exception>
+
+#include "absl/strings/str_cat.h"
 
 namespace clipserve {
 
@@ -10,9 +13,10 @@ ModelRunner::~ModelRunner() { Shutdown(); }
 
 absl::Status ModelRunner::Run(int priority, absl::FunctionRef<void()> task) {
   bool done = false;
+  std::string error;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the model runner is shutting down");
-  const Waiting entry{priority, next_sequence_++, &task, &done};
+  const Waiting entry{priority, next_sequence_++, &task, &done, &error};
   const auto before = [](const Waiting& a, const Waiting& b) {
     return a.priority != b.priority ? a.priority > b.priority : a.sequence < b.sequence;
   };
@@ -20,6 +24,7 @@ absl::Status ModelRunner::Run(int priority, absl::FunctionRef<void()> task) {
                   entry);
   work_available_.Signal();
   while (!done) task_done_.Wait(&mu_);
+  if (!error.empty()) return absl::InternalError(error);
   return absl::OkStatus();
 }
 
@@ -39,7 +44,14 @@ void ModelRunner::Loop() {
       next = waiting_.front();
       waiting_.erase(waiting_.begin());
     }
-    (*next.task)();
+    // Written before `finished` is set under mu_, so the caller reads it after.
+    try {
+      (*next.task)();
+    } catch (const std::exception& e) {
+      *next.error = absl::StrCat("a model runner task threw: ", e.what());
+    } catch (...) {
+      *next.error = "a model runner task threw a non-standard exception";
+    }
     finished = next.done;
   }
 }

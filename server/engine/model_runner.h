@@ -2,6 +2,7 @@
 #define CLIPSERVE_SERVER_ENGINE_MODEL_RUNNER_H_
 
 #include <cstdint>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -36,7 +37,14 @@ class ModelRunner {
 
   // Runs `task` on the runner thread after every queued task of higher `priority`
   // and every earlier one of the same priority, and returns once it has run: `task`
-  // may use the caller's stack. UNAVAILABLE (task not run) after Shutdown() began.
+  // may use the caller's stack. UNAVAILABLE (task not run) after Shutdown() began;
+  // INTERNAL, with the exception's message, when `task` threw (the runner goes on).
+  // Never throws.
+  //
+  // Priorities are strict: a caller that keeps a higher priority queued can starve
+  // lower ones. The engine queues at most one batch per batch worker, so with its
+  // default of one worker per modality an image batch waits behind at most one text
+  // batch.
   absl::Status Run(int priority, absl::FunctionRef<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Runs the tasks already queued, then joins the thread; later Run() calls return
@@ -52,6 +60,7 @@ class ModelRunner {
     int64_t sequence = 0;
     absl::FunctionRef<void()>* task = nullptr;  // the caller's, alive until done
     bool* done = nullptr;                       // the caller's; set under mu_
+    std::string* error = nullptr;  // the caller's: what the task threw, if it did
   };
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -49,8 +49,9 @@ class NvmlSource final : public GpuStatsSource {
     source->utilization_ = reinterpret_cast<decltype(source->utilization_)>(
         dlsym(lib, "nvmlDeviceGetUtilizationRates"));
     auto shutdown = reinterpret_cast<NvmlReturn (*)()>(dlsym(lib, "nvmlShutdown"));
+    // The PCI lookup (handle_by_bus_, index_) is optional: without it
+    // IndexOfPciBusId() answers UNAVAILABLE and the caller guesses the index.
     if (init == nullptr || shutdown == nullptr || source->handle_ == nullptr ||
-        source->handle_by_bus_ == nullptr || source->index_ == nullptr ||
         source->memory_ == nullptr || source->utilization_ == nullptr) {
       return absl::UnavailableError("NVML lacks the functions clipserve reads");
     }
@@ -62,6 +63,9 @@ class NvmlSource final : public GpuStatsSource {
   }
 
   absl::StatusOr<int> IndexOfPciBusId(const std::string& pci_bus_id) override {
+    if (handle_by_bus_ == nullptr || index_ == nullptr) {
+      return absl::UnavailableError("this NVML cannot look GPUs up by PCI address");
+    }
     NvmlDevice device = nullptr;
     if (const NvmlReturn r = handle_by_bus_(pci_bus_id.c_str(), &device); r != 0) {
       const std::string message =

@@ -1,6 +1,7 @@
 #include "server/engine/model_runner.h"
 
 #include <atomic>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -38,6 +39,17 @@ TEST(ModelRunnerTest, RunReturnsAfterTheTaskRanSoItMayUseTheCallersStack) {
   int value = 0;
   ASSERT_TRUE(runner.Run(0, [&] { value = 42; }).ok());
   EXPECT_EQ(value, 42);  // written before Run returned
+}
+
+TEST(ModelRunnerTest, ATaskThatThrowsFailsOnlyItsOwnRun) {
+  ModelRunner runner;
+  const absl::Status thrown =
+      runner.Run(0, [] { throw std::runtime_error("out of tensors"); });
+  EXPECT_EQ(thrown.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(thrown.message().find("out of tensors"), absl::string_view::npos) << thrown;
+  bool ran = false;
+  EXPECT_TRUE(runner.Run(0, [&] { ran = true; }).ok());
+  EXPECT_TRUE(ran);
 }
 
 TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
