@@ -17,6 +17,34 @@ void WaitForQueued(const ModelRunner& runner, int n) {
   while (runner.queued() < n) std::this_thread::yield();
 }
 
+// Keeps `runner` busy with a task of its own from construction until Release(), so a
+// test can queue tasks behind it.
+class Blocker {
+ public:
+  explicit Blocker(ModelRunner& runner)
+      : thread_([&runner, this] {
+          EXPECT_TRUE(runner
+                          .Run(0,
+                               [this] {
+                                 started_.Notify();
+                                 release_.WaitForNotification();
+                               })
+                          .ok());
+        }) {
+    started_.WaitForNotification();
+  }
+  // Lets the blocking task finish and waits for its caller.
+  void Release() {
+    release_.Notify();
+    thread_.join();
+  }
+
+ private:
+  absl::Notification started_;
+  absl::Notification release_;
+  std::thread thread_;
+};
+
 TEST(ModelRunnerTest, EveryTaskRunsOnTheRunnersOneThread) {
   ModelRunner runner;
   std::vector<std::thread::id> ran_on(8);
@@ -54,17 +82,7 @@ TEST(ModelRunnerTest, ATaskThatThrowsFailsOnlyItsOwnRun) {
 
 TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
   ModelRunner runner;
-  absl::Notification blocker_started, release;
-  std::thread blocker([&] {
-    ASSERT_TRUE(runner
-                    .Run(0,
-                         [&] {
-                           blocker_started.Notify();
-                           release.WaitForNotification();
-                         })
-                    .ok());
-  });
-  blocker_started.WaitForNotification();
+  Blocker blocker(runner);
   absl::Mutex mu;
   std::vector<int> order;
   std::vector<std::thread> callers;
@@ -83,33 +101,21 @@ TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
     });
     WaitForQueued(runner, i + 1);
   }
-  release.Notify();
-  blocker.join();
+  blocker.Release();
   for (std::thread& caller : callers) caller.join();
   EXPECT_EQ(order, (std::vector<int>{1, 3, 0, 2}));
 }
 
 TEST(ModelRunnerTest, ShutdownRunsWhatIsQueuedThenRefuses) {
   ModelRunner runner;
-  absl::Notification blocker_started, release;
-  std::thread blocker([&] {
-    ASSERT_TRUE(runner
-                    .Run(0,
-                         [&] {
-                           blocker_started.Notify();
-                           release.WaitForNotification();
-                         })
-                    .ok());
-  });
-  blocker_started.WaitForNotification();
+  Blocker blocker(runner);
   std::atomic<bool> queued_ran{false};
   std::thread queued(
       [&] { EXPECT_TRUE(runner.Run(0, [&] { queued_ran = true; }).ok()); });
   WaitForQueued(runner, 1);
   std::thread stopper([&] { runner.Shutdown(); });
-  release.Notify();
+  blocker.Release();
   stopper.join();
-  blocker.join();
   queued.join();
   EXPECT_TRUE(queued_ran);
   bool ran = false;
