@@ -93,15 +93,14 @@ torch::Tensor Resample(const torch::Tensor& values, int dim, const torch::Tensor
       sums = rows.view({n, k, other, 3})
                  .mul(weight.narrow(0, begin * k, n * k).view({n, k, 1, 1}))
                  .sum(1, /*keepdim=*/false, torch::kInt);
-      out.narrow(0, begin, n).copy_(RoundToByte(std::move(sums)));
     } else {
       // Source rows [begin, begin + n), every output column.
       const torch::Tensor columns = values.narrow(0, begin, n).index_select(1, index);
       sums = columns.view({n, count, k, 3})
                  .mul(weight.view({1, count, k, 1}))
                  .sum(2, /*keepdim=*/false, torch::kInt);
-      out.narrow(0, begin, n).copy_(RoundToByte(std::move(sums)));
     }
+    out.narrow(0, begin, n).copy_(RoundToByte(std::move(sums)));
   }
   return out;
 }
@@ -176,16 +175,10 @@ absl::Status DeviceImagePreprocessor::PreprocessInto(
     const image::BicubicTaps vertical = image::ComputeBicubicTaps(
         view.height, crop.resized_height, crop.crop_top, static_cast<int>(s));
     // Only the source rows the vertical taps read go to the device.
-    int row_begin = view.height, row_end = 0;
-    for (size_t y = 0; y < vertical.start.size(); ++y) {
-      if (vertical.length[y] == 0) continue;
-      row_begin = std::min(row_begin, vertical.start[y]);
-      row_end = std::max(row_end, vertical.start[y] + vertical.length[y]);
-    }
-    if (row_end <= row_begin) {  // cannot happen for valid sizes; no empty tensors
-      row_begin = 0;
-      row_end = 1;
-    }
+    image::SourceRange source_rows = image::TapsSourceRange(vertical);
+    if (source_rows.end == 0)
+      source_rows.end = 1;  // none: cannot happen; no empty tensors
+    const int row_begin = source_rows.begin, row_end = source_rows.end;
     ImagePlan& plan = plans[i];
     plan.width = view.width;
     plan.row_begin = row_begin;

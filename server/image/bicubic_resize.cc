@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -87,6 +88,17 @@ BicubicTaps ComputeBicubicTaps(int in_size, int out_size, int first, int count) 
   return taps;
 }
 
+SourceRange TapsSourceRange(const BicubicTaps& taps) {
+  SourceRange range{std::numeric_limits<int>::max(), 0};
+  for (size_t i = 0; i < taps.start.size(); ++i) {
+    if (taps.length[i] == 0) continue;
+    range.begin = std::min(range.begin, taps.start[i]);
+    range.end = std::max(range.end, taps.start[i] + taps.length[i]);
+  }
+  if (range.end <= range.begin) return SourceRange{};
+  return range;
+}
+
 namespace {
 
 // Horizontal pass for one source row: `width` output pixels from `src`.
@@ -130,13 +142,8 @@ absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int o
       ComputeBicubicTaps(image.height, out_height, top, window_height);
 
   // Source rows the window's vertical taps read.
-  int row_begin = image.height, row_end = 0;
-  for (int yy = 0; yy < window_height; ++yy) {
-    if (vertical.length[yy] == 0) continue;
-    row_begin = std::min(row_begin, vertical.start[yy]);
-    row_end = std::max(row_end, vertical.start[yy] + vertical.length[yy]);
-  }
-  row_begin = std::min(row_begin, row_end);
+  const SourceRange rows = TapsSourceRange(vertical);
+  const int row_begin = rows.begin, row_end = rows.end;
 
   // Horizontal pass, into 8-bit rows as Pillow's intermediate image.
   const size_t row_values = size_t{static_cast<unsigned>(window_width)} * 3;

@@ -54,6 +54,14 @@ struct BicubicTaps {
 // [0, out_size). Thread-safe.
 BicubicTaps ComputeBicubicTaps(int in_size, int out_size, int first, int count);
 
+// The source positions [begin, end) that `taps` read together; begin == end == 0 when
+// they read none. Thread-safe.
+struct SourceRange {
+  int begin = 0;
+  int end = 0;
+};
+SourceRange TapsSourceRange(const BicubicTaps& taps);
+
 // The whole out_width x out_height result of ResizeBicubicWindow(); also
 // INVALID_ARGUMENT when that is more than kDefaultMaxPixels pixels.
 absl::StatusOr<RgbImage> ResizeBicubic(const RgbImageView& image, int out_width,
