@@ -21,8 +21,8 @@ namespace clipserve::image {
 // Writes only the window [left, left + window_width) x [top, top + window_height) of
 // the out_width x out_height result into `out` (window_width * window_height * 3 bytes,
 // HWC RGB8), computing nothing outside it: a resize followed by a crop costs only the
-// crop. Coefficients are built per call (one table per axis, integer weights) and the
-// inner loops are integer multiply-adds over contiguous memory.
+// crop. Coefficients are built per call (one table per axis, integer weights); the
+// inner loops are vectorized integer multiply-adds (see ResizeIsa).
 //
 // INVALID_ARGUMENT when `image` is inconsistent (ValidateRgbView()), an output side is
 // < 1, or the window is empty or not inside the output. Blocks for the computation;
@@ -30,6 +30,20 @@ namespace clipserve::image {
 absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int out_height,
                                  int left, int top, int window_width, int window_height,
                                  uint8_t* out);
+
+// The instruction sets the resampler is compiled for. Every one gives the same bits;
+// kAuto, what ResizeBicubicWindow() uses, is the widest this CPU runs (AVX2 on x86-64
+// CPUs that have it, else the portable build: SSE2 on x86-64).
+enum class ResizeIsa { kAuto, kPortable, kAvx2 };
+
+// Whether this CPU (and this build) can run `isa`. Thread-safe.
+bool ResizeIsaSupported(ResizeIsa isa);
+
+// ResizeBicubicWindow() on a chosen instruction set, for tests and benchmarks that
+// compare them; FAILED_PRECONDITION when !ResizeIsaSupported(isa).
+absl::Status ResizeBicubicWindowOn(ResizeIsa isa, const RgbImageView& image,
+                                   int out_width, int out_height, int left, int top,
+                                   int window_width, int window_height, uint8_t* out);
 
 // Fractional bits of the fixed-point weights: Pillow's PRECISION_BITS, 32 - 8 - 2 (8
 // bits of result, 2 of headroom for negative lobes and overshoot).

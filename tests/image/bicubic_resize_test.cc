@@ -3,6 +3,7 @@
 
 #include "server/image/bicubic_resize.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -13,6 +14,72 @@
 
 namespace clipserve::image {
 namespace {
+
+// Pillow's two passes in their plainest form: one channel at a time, every tap.
+std::vector<uint8_t> PlainResize(const RgbImage& in, int out_w, int out_h, int left,
+                                 int top, int w, int h) {
+  const BicubicTaps horizontal = ComputeBicubicTaps(in.width, out_w, left, w);
+  const BicubicTaps vertical = ComputeBicubicTaps(in.height, out_h, top, h);
+  const auto clip8 = [](int32_t sum) {
+    return static_cast<uint8_t>(std::clamp(sum >> kBicubicPrecisionBits, 0, 255));
+  };
+  constexpr int32_t kHalf = 1 << (kBicubicPrecisionBits - 1);
+  std::vector<uint8_t> temp(size_t{3} * w * in.height);
+  for (int y = 0; y < in.height; ++y) {
+    for (int x = 0; x < w; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        int32_t sum = kHalf;
+        for (int k = 0; k < horizontal.length[x]; ++k) {
+          sum +=
+              in.pixels[(size_t{3} * y * in.width) + 3 * (horizontal.start[x] + k) + c] *
+              horizontal.weights[horizontal.weights_offset[x] + k];
+        }
+        temp[(size_t{3} * y * w) + 3 * x + c] = clip8(sum);
+      }
+    }
+  }
+  std::vector<uint8_t> out(size_t{3} * w * h);
+  for (int y = 0; y < h; ++y) {
+    for (int i = 0; i < 3 * w; ++i) {
+      int32_t sum = kHalf;
+      for (int k = 0; k < vertical.length[y]; ++k) {
+        sum += temp[(size_t{3} * (vertical.start[y] + k) * w) + i] *
+               vertical.weights[vertical.weights_offset[y] + k];
+      }
+      out[(size_t{3} * y * w) + i] = clip8(sum);
+    }
+  }
+  return out;
+}
+
+// Every instruction set this CPU runs gives the plain loops' bytes: shrinking and
+// enlarging, sides of 1 to 3 pixels, windows touching the last source pixel and the
+// last output byte (where the vector code reads and writes past a pixel).
+TEST(ResizeBicubicTest, EveryInstructionSetGivesThePlainLoopsBytes) {
+  std::vector<ResizeIsa> isas = {ResizeIsa::kAuto, ResizeIsa::kPortable};
+  if (ResizeIsaSupported(ResizeIsa::kAvx2)) isas.push_back(ResizeIsa::kAvx2);
+  std::mt19937 rng(16);
+  for (int trial = 0; trial < 400; ++trial) {
+    const int limit = trial < 100 ? 4 : 260;
+    const int in_w = 1 + rng() % limit, in_h = 1 + rng() % limit;
+    const int out_w = 1 + rng() % limit, out_h = 1 + rng() % limit;
+    const bool whole = trial % 2 == 0;
+    const int w = whole ? out_w : 1 + rng() % out_w;
+    const int h = whole ? out_h : 1 + rng() % out_h;
+    const int left = rng() % (out_w - w + 1), top = rng() % (out_h - h + 1);
+    const RgbImage in = RandomImage(in_w, in_h, 100 + trial);
+    const std::vector<uint8_t> want = PlainResize(in, out_w, out_h, left, top, w, h);
+    for (const ResizeIsa isa : isas) {
+      // Exactly the window's bytes, so ASan sees any write past them.
+      std::vector<uint8_t> got(want.size());
+      ASSERT_TRUE(
+          ResizeBicubicWindowOn(isa, in, out_w, out_h, left, top, w, h, got.data()).ok());
+      ASSERT_EQ(got, want) << "isa " << static_cast<int>(isa) << ": " << in_w << "x"
+                           << in_h << " -> " << out_w << "x" << out_h << ", window " << w
+                           << "x" << h << "+" << left << "+" << top;
+    }
+  }
+}
 
 // Computing only a window gives exactly that region of the whole resize, for
 // shrinking, enlarging and mixed axes.
