@@ -31,11 +31,11 @@ cmake --build --preset release -j2 --target clip_server clip_client tokenizer_be
 BIN=$ROOT/build/bin
 
 if [ "$SMOKE" = 1 ]; then
-  REPS=1; MIN_TIME=0.01; E2E_S=2s; PY_RUNS=1
+  REPS=1; MIN_TIME=0.01; E2E_S=2s; PY_RUNS=1; PAIRED_ROUNDS=1
   MODEL_FILTER='BM_(ImageTower/model:0/batch:1/|TextTower/model:0/batch:1/)'
   PY_MODELS=(ViT-B-32); CONCURRENCY=(1 4)
 else
-  REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3
+  REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3; PAIRED_ROUNDS=3
   MODEL_FILTER='.'
   PY_MODELS=(ViT-B-32 ViT-B-16 RN50); CONCURRENCY=(1 4 16 64)
 fi
@@ -116,6 +116,20 @@ start_server --text_cache_mb=0
 for c in "${CONCURRENCY[@]}"; do
   bench served --modality image -c "$c"
   bench served --modality text -c "$c"
+done
+# The dynamic-batching targets side by side: in-process batch 1 and 32 of the served
+# precision, then served images at concurrency 1 and 64, round after round, so each
+# ratio compares runs seconds apart on this VM whose speed drifts over minutes (the
+# report takes the median round). The server idles while the model benchmark runs.
+PAIRED_BF16=$(/usr/bin/python3 -c "import json,sys; \
+print(int(json.load(open(sys.argv[1])).get('precision') == 'bf16'))" "$OUT/served_model.json")
+rm -f "$OUT"/paired_model_*.json
+for round in $(seq "$PAIRED_ROUNDS"); do
+  "$BIN/model_benchmark" "${GB[@]}" \
+    --benchmark_filter="BM_ImageTower/model:0/batch:(1|32)/bf16:$PAIRED_BF16/" \
+    >"$OUT/paired_model_$round.json"
+  bench "paired$round" --modality image -c 1
+  bench "paired$round" --modality image -c 64
 done
 stop_server
 # The same captions with the default text cache: repeats skip the model.
