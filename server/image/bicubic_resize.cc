@@ -143,31 +143,6 @@ void ResampleRowPortable(const uint8_t* src, const BicubicTaps& taps, int width,
   }
 }
 
-// `taps` with every output reading the same number of source positions, the most any
-// reads: a shorter window is moved left where it would run past `in_size` and gets
-// zero weights where it grew, which add exact zeros to its sums. A loop whose length
-// never changes costs no branch mispredictions.
-BicubicTaps UniformTaps(const BicubicTaps& taps, int in_size) {
-  const int count = static_cast<int>(taps.start.size());
-  int n = 0;
-  for (int i = 0; i < count; ++i) n = std::max(n, taps.length[i]);
-  BicubicTaps uniform;
-  uniform.start.resize(count);
-  uniform.length.assign(count, n);
-  uniform.weights_offset.resize(count);
-  uniform.weights.assign(size_t{static_cast<unsigned>(count)} * n, 0);
-  for (int i = 0; i < count; ++i) {
-    const int start = std::min(taps.start[i], in_size - n);
-    uniform.start[i] = start;
-    uniform.weights_offset[i] = i * n;
-    const int shift = taps.start[i] - start;
-    for (int k = 0; k < taps.length[i]; ++k) {
-      uniform.weights[i * n + shift + k] = taps.weights[taps.weights_offset[i] + k];
-    }
-  }
-  return uniform;
-}
-
 // Both passes, with `resample_row` for the horizontal one; compiled once per
 // instruction set below, the vertical pass vectorized by the compiler for each.
 template <void (*resample_row)(const uint8_t*, const BicubicTaps&, int, uint8_t*)>
@@ -205,8 +180,9 @@ CLIPSERVE_ALWAYS_INLINE void RunResize(const ResizeJob& job) {
     for (int y = 0; y < vertical.length[yy]; ++y) {
       const uint8_t* row = &temp[(vertical.start[yy] + y - row_begin) * row_values];
       const int32_t weight = k[y];
-      int32_t* s = sums.data();
-      for (size_t i = 0; i < row_values; ++i) s[i] += row[i] * weight;
+      int32_t* __restrict s = sums.data();
+      const uint8_t* __restrict r = row;
+      for (size_t i = 0; i < row_values; ++i) s[i] += r[i] * weight;
     }
     uint8_t* dst = job.out + yy * row_values;
     for (size_t i = 0; i < row_values; ++i) dst[i] = Clip8(sums[i]);
@@ -218,10 +194,36 @@ void RunResizePortable(const ResizeJob& job) { RunResize<ResampleRowPortable>(jo
 #if defined(__x86_64__)
 #define CLIPSERVE_RESIZE_AVX2 1
 
+// `taps` with every output reading the same number of source positions, the most any
+// reads: a shorter window is moved left where it would run past `in_size` and gets
+// zero weights where it grew, which add exact zeros to its sums. A loop whose length
+// never changes costs no branch mispredictions.
+BicubicTaps UniformTaps(const BicubicTaps& taps, int in_size) {
+  const int count = static_cast<int>(taps.start.size());
+  int n = 0;
+  for (int i = 0; i < count; ++i) n = std::max(n, taps.length[i]);
+  BicubicTaps uniform;
+  uniform.start.resize(count);
+  uniform.length.assign(count, n);
+  uniform.weights_offset.resize(count);
+  uniform.weights.assign(size_t{static_cast<unsigned>(count)} * n, 0);
+  for (int i = 0; i < count; ++i) {
+    const int start = std::min(taps.start[i], in_size - n);
+    uniform.start[i] = start;
+    uniform.weights_offset[i] = i * n;
+    const int shift = taps.start[i] - start;
+    for (int k = 0; k < taps.length[i]; ++k) {
+      uniform.weights[i * n + shift + k] = taps.weights[taps.weights_offset[i] + k];
+    }
+  }
+  return uniform;
+}
+
 // The horizontal pass with an output pixel's three channels in three lanes of one
 // vector (the fourth lane carries the next pixel's red and is dropped): the same int32
-// multiply-adds in the same order as ResampleRowPortable. Reads one byte past the last
-// pixel a tap reads, and writes one byte past the last output pixel.
+// sums as ResampleRowPortable (with UniformTaps, whose extra taps add exact zeros). Reads
+// one byte past the last pixel a tap reads, and writes one byte past the last output
+// pixel.
 __attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* src,
                                                      const BicubicTaps& taps, int width,
                                                      uint8_t* dst) {

@@ -26,7 +26,7 @@ namespace clipserve::image {
 //
 // INVALID_ARGUMENT when `image` is inconsistent (ValidateRgbView()), an output side is
 // < 1, or the window is empty or not inside the output. Blocks for the computation;
-// thread-safe (no shared state); allocates O(input width + output size) scratch.
+// thread-safe (no mutable shared state); allocates O(input width + output size) scratch.
 absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int out_height,
                                  int left, int top, int window_width, int window_height,
                                  uint8_t* out);

@@ -70,7 +70,8 @@ TEST(ResizeBicubicTest, EveryInstructionSetGivesThePlainLoopsBytes) {
     const RgbImage in = RandomImage(in_w, in_h, 100 + trial);
     const std::vector<uint8_t> want = PlainResize(in, out_w, out_h, left, top, w, h);
     for (const ResizeIsa isa : isas) {
-      // Exactly the window's bytes, so ASan sees any write past them.
+      // Exactly the window's bytes; under ASan, reading past the source image or
+      // writing past the resampler's scratch rows fails the test.
       std::vector<uint8_t> got(want.size());
       ASSERT_TRUE(
           ResizeBicubicWindowOn(isa, in, out_w, out_h, left, top, w, h, got.data()).ok());
