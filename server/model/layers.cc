@@ -46,6 +46,33 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
   return out_proj(out);
 }
 
+torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
+                                           const torch::Tensor& positions,
+                                           const torch::Tensor& mask) {
+  const int64_t n = x.size(0);
+  const int64_t l = x.size(1);
+  const int64_t head_dim = width_ / heads_;
+  // Keys and values: rows [w, 3w) of the packed projection. [N, L, 2, H, hd] ->
+  // [2, N, H, L, hd]
+  torch::Tensor kv = torch::linear(x, in_proj_weight.narrow(0, width_, 2 * width_),
+                                   in_proj_bias.narrow(0, width_, 2 * width_))
+                         .view({n, l, 2, heads_, head_dim})
+                         .permute({2, 0, 3, 1, 4});
+  // The query of each sequence's one position: [N, H, 1, hd].
+  const torch::Tensor rows = torch::arange(n, positions.options());
+  torch::Tensor q =
+      torch::linear(x.index({rows, positions}), in_proj_weight.narrow(0, 0, width_),
+                    in_proj_bias.narrow(0, 0, width_))
+          .view({n, heads_, 1, head_dim});
+  q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  torch::Tensor scores = torch::matmul(q, kv[0].transpose(-2, -1));
+  if (mask.defined())
+    scores = scores + mask.index_select(0, positions).view({n, 1, 1, l});
+  torch::Tensor weights = torch::softmax(scores, -1, torch::kFloat).to(x.scalar_type());
+  torch::Tensor out = torch::matmul(weights, kv[1]).reshape({n, 1, width_});
+  return out_proj(out);
+}
+
 MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu)
     : quick_gelu_(quick_gelu) {
   c_fc = register_module("c_fc", torch::nn::Linear(width, hidden));
@@ -75,6 +102,15 @@ torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x,
   return h + mlp(ln_2(h));
 }
 
+torch::Tensor ResidualAttentionBlockImpl::ForwardAt(const torch::Tensor& x,
+                                                    const torch::Tensor& positions,
+                                                    const torch::Tensor& mask) {
+  const torch::Tensor rows = torch::arange(x.size(0), positions.options());
+  torch::Tensor h =
+      x.index({rows, positions}).unsqueeze(1) + attn->ForwardAt(ln_1(x), positions, mask);
+  return h + mlp(ln_2(h));
+}
+
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads,
                                  double mlp_ratio, bool quick_gelu) {
   resblocks = register_module("resblocks", torch::nn::ModuleList());
@@ -88,6 +124,20 @@ torch::Tensor TransformerImpl::forward(torch::Tensor x, const torch::Tensor& mas
     x = block->as<ResidualAttentionBlock>()->forward(x, mask);
   }
   return x;
+}
+
+torch::Tensor TransformerImpl::ForwardAt(torch::Tensor x, const torch::Tensor& positions,
+                                         const torch::Tensor& mask) {
+  const size_t layers = resblocks->size();
+  if (layers == 0) {
+    return x.index({torch::arange(x.size(0), positions.options()), positions});
+  }
+  for (size_t i = 0; i + 1 < layers; ++i) {
+    x = resblocks->ptr<ResidualAttentionBlockImpl>(i)->forward(x, mask);
+  }
+  return resblocks->ptr<ResidualAttentionBlockImpl>(layers - 1)
+      ->ForwardAt(x, positions, mask)
+      .squeeze(1);
 }
 
 }  // namespace clipserve

@@ -32,6 +32,11 @@ class SelfAttentionImpl : public torch::nn::Module {
   SelfAttentionImpl(int64_t width, int64_t heads);
   // x: [N, L, w]. mask: empty, or an additive [L, L] mask (0 or -inf).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // forward()'s output at one position per sequence, positions [N] (int64): [N, 1, w].
+  // Keys and values are still every token's; only that query is projected and
+  // attended, the work a tower's last layer needs when it keeps one token.
+  torch::Tensor ForwardAt(const torch::Tensor& x, const torch::Tensor& positions,
+                          const torch::Tensor& mask = {});
 
   torch::Tensor in_proj_weight;
   torch::Tensor in_proj_bias;
@@ -63,6 +68,10 @@ class ResidualAttentionBlockImpl : public torch::nn::Module {
   ResidualAttentionBlockImpl(int64_t width, int64_t heads, double mlp_ratio,
                              bool quick_gelu);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // forward()'s output at one position per sequence (see SelfAttention::ForwardAt):
+  // [N, 1, w].
+  torch::Tensor ForwardAt(const torch::Tensor& x, const torch::Tensor& positions,
+                          const torch::Tensor& mask = {});
 
   LayerNorm ln_1{nullptr};
   SelfAttention attn{nullptr};
@@ -77,6 +86,11 @@ class TransformerImpl : public torch::nn::Module {
   TransformerImpl(int64_t width, int64_t layers, int64_t heads, double mlp_ratio,
                   bool quick_gelu);
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {});
+  // forward()'s output at one position per sequence, positions [N] (int64): [N, w].
+  // The towers pool one token, so the last block computes only that one (a twelfth
+  // less work for 12 layers, less the keys and values the last block still needs).
+  torch::Tensor ForwardAt(torch::Tensor x, const torch::Tensor& positions,
+                          const torch::Tensor& mask = {});
 
   torch::nn::ModuleList resblocks;
 };

@@ -27,9 +27,8 @@ torch::Tensor TextTransformerImpl::forward(const torch::Tensor& ids,
       torch::full({l, l}, -std::numeric_limits<float>::infinity(),
                   torch::TensorOptions().dtype(dtype).device(x.device()))
           .triu(1);
-  x = ln_final(transformer(x, mask));
-  torch::Tensor rows = torch::arange(ids.size(0), lengths.options());
-  torch::Tensor pooled = x.index({rows, lengths - 1});
+  // Only each text's end token (its last) is pooled.
+  const torch::Tensor pooled = ln_final(transformer->ForwardAt(x, lengths - 1, mask));
   return torch::matmul(pooled, text_projection);
 }
 

@@ -27,8 +27,10 @@ torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& images) {
   torch::Tensor cls =
       class_embedding.to(x.scalar_type()).expand({x.size(0), 1, x.size(2)});
   x = torch::cat({cls, x}, 1) + positional_embedding.to(x.scalar_type());
-  x = transformer(ln_pre(x));
-  x = ln_post(x.select(1, 0));
+  // Only the class token (position 0) is pooled.
+  const torch::Tensor first = torch::zeros(
+      {x.size(0)}, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+  x = ln_post(transformer->ForwardAt(ln_pre(x), first));
   return torch::matmul(x, proj);
 }
 
