@@ -31,19 +31,11 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
                                          const torch::Tensor& mask) {
   const int64_t n = x.size(0);
   const int64_t l = x.size(1);
-  const int64_t head_dim = width_ / heads_;
   // [N, L, 3, H, hd] -> [3, N, H, L, hd]
   torch::Tensor qkv = torch::linear(x, in_proj_weight, in_proj_bias)
-                          .view({n, l, 3, heads_, head_dim})
+                          .view({n, l, 3, heads_, width_ / heads_})
                           .permute({2, 0, 3, 1, 4});
-  torch::Tensor q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  torch::Tensor scores = torch::matmul(q, qkv[1].transpose(-2, -1));
-  if (mask.defined()) scores = scores + mask;
-  // Softmax in fp32 whatever the compute precision: its sums are where bf16 loses.
-  torch::Tensor weights = torch::softmax(scores, -1, torch::kFloat).to(x.scalar_type());
-  torch::Tensor out =
-      torch::matmul(weights, qkv[2]).transpose(1, 2).reshape({n, l, width_});
-  return out_proj(out);
+  return Attend(qkv[0], qkv[1], qkv[2], mask);
 }
 
 torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
@@ -64,12 +56,24 @@ torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
       torch::linear(x.index({rows, positions}), in_proj_weight.narrow(0, 0, width_),
                     in_proj_bias.narrow(0, 0, width_))
           .view({n, heads_, 1, head_dim});
-  q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  torch::Tensor scores = torch::matmul(q, kv[0].transpose(-2, -1));
-  if (mask.defined())
-    scores = scores + mask.index_select(0, positions).view({n, 1, 1, l});
-  torch::Tensor weights = torch::softmax(scores, -1, torch::kFloat).to(x.scalar_type());
-  torch::Tensor out = torch::matmul(weights, kv[1]).reshape({n, 1, width_});
+  // That position's row of the [L, L] mask, for every head: [N, 1, 1, L].
+  const torch::Tensor row_mask =
+      mask.defined() ? mask.index_select(0, positions).view({n, 1, 1, l}) : mask;
+  return Attend(q, kv[0], kv[1], row_mask);
+}
+
+torch::Tensor SelfAttentionImpl::Attend(const torch::Tensor& q, const torch::Tensor& k,
+                                        const torch::Tensor& v,
+                                        const torch::Tensor& mask) {
+  const int64_t head_dim = width_ / heads_;
+  torch::Tensor scores = torch::matmul(
+      q * (1.0 / std::sqrt(static_cast<double>(head_dim))), k.transpose(-2, -1));
+  if (mask.defined()) scores = scores + mask;
+  // Softmax in fp32 whatever the compute precision: its sums are where bf16 loses.
+  torch::Tensor weights = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  // [N, H, Lq, hd] -> [N, Lq, w]
+  torch::Tensor out =
+      torch::matmul(weights, v).transpose(1, 2).reshape({q.size(0), q.size(2), width_});
   return out_proj(out);
 }
 

@@ -32,9 +32,9 @@ class SelfAttentionImpl : public torch::nn::Module {
   SelfAttentionImpl(int64_t width, int64_t heads);
   // x: [N, L, w]. mask: empty, or an additive [L, L] mask (0 or -inf).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
-  // forward()'s output at one position per sequence, positions [N] (int64): [N, 1, w].
-  // Keys and values are still every token's; only that query is projected and
-  // attended, the work a tower's last layer needs when it keeps one token.
+  // forward()'s output at one position per sequence, positions [N] (int64, on x's
+  // device): [N, 1, w]. Keys and values are still every token's; only that query is
+  // projected and attended, the work a tower's last layer needs when it keeps one token.
   torch::Tensor ForwardAt(const torch::Tensor& x, const torch::Tensor& positions,
                           const torch::Tensor& mask = {});
 
@@ -43,6 +43,12 @@ class SelfAttentionImpl : public torch::nn::Module {
   torch::nn::Linear out_proj{nullptr};
 
  private:
+  // softmax(q k^T / sqrt(hd) + mask) v with the heads merged, then out_proj:
+  // q [N, H, Lq, hd], k and v [N, H, L, hd], mask broadcastable to the scores or
+  // undefined -> [N, Lq, w].
+  torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k,
+                       const torch::Tensor& v, const torch::Tensor& mask);
+
   int64_t width_;
   int64_t heads_;
 };
@@ -86,9 +92,10 @@ class TransformerImpl : public torch::nn::Module {
   TransformerImpl(int64_t width, int64_t layers, int64_t heads, double mlp_ratio,
                   bool quick_gelu);
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {});
-  // forward()'s output at one position per sequence, positions [N] (int64): [N, w].
-  // The towers pool one token, so the last block computes only that one (a twelfth
-  // less work for 12 layers, less the keys and values the last block still needs).
+  // forward()'s output at one position per sequence, positions [N] (int64, on x's
+  // device): [N, w]. The towers pool one token, so the last block computes only that one
+  // (a twelfth less work for 12 layers, less the keys and values the last block still
+  // needs).
   torch::Tensor ForwardAt(torch::Tensor x, const torch::Tensor& positions,
                           const torch::Tensor& mask = {});
 
