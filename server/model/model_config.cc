@@ -105,6 +105,27 @@ absl::StatusOr<double> DoubleField(const json& object, const char* key,
   return it->get<double>();
 }
 
+absl::StatusOr<std::string> StringField(const json& object, const char* key,
+                                        absl::string_view where, const char* fallback) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return std::string(fallback);
+  if (!it->is_string()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".", key, " must be a string"));
+  }
+  return it->get<std::string>();
+}
+
+absl::StatusOr<bool> BoolField(const json& object, const char* key,
+                               absl::string_view where, bool fallback) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".", key, " must be a boolean"));
+  }
+  return it->get<bool>();
+}
+
 absl::StatusOr<json> ParseJson(absl::string_view text) {
   json parsed = json::parse(text.begin(), text.end(), /*cb=*/nullptr,
                             /*allow_exceptions=*/false);
@@ -153,6 +174,148 @@ absl::StatusOr<std::vector<int64_t>> Shape(const ShapeMap& shapes, const std::st
         absl::StrCat("'", key, "' has rank ", it->second.size(), ", expected ", rank));
   }
   return it->second;
+}
+
+// How an open_clip config key is treated. open_clip grows new options over time, and
+// several change the computation without changing a single weight (pooling, masks,
+// norm epsilons), so a checkpoint with such an option would load and return wrong
+// embeddings. Every key is therefore either read, known not to matter at inference,
+// or pinned to the one value clipserve implements; any other key is an error.
+struct KeyRule {
+  const char* key;
+  enum Kind { kRead, kIgnored, kPinned } kind;
+  json value = nullptr;  // kPinned: the value clipserve implements (null: also absent)
+};
+
+// Checks `section` against `rules`: a pinned key must be absent, null, or equal to its
+// value; a key no rule names is rejected.
+absl::Status CheckKeys(const json& section, absl::string_view where,
+                       const std::vector<KeyRule>& rules) {
+  for (const auto& [key, value] : section.items()) {
+    const KeyRule* rule = nullptr;
+    for (const KeyRule& r : rules) {
+      if (key == r.key) rule = &r;
+    }
+    if (rule == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("open_clip config key ", where, ".", key,
+                       " is unknown to clipserve, which cannot tell whether it changes "
+                       "the model; remove it if it does not"));
+    }
+    if (rule->kind != KeyRule::kPinned || value.is_null() || value == rule->value) {
+      continue;
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("open_clip config sets ", where, ".", key, " = ", value.dump(),
+                     "; clipserve implements only ", rule->value.dump()));
+  }
+  return absl::OkStatus();
+}
+
+const std::vector<KeyRule>& ModelRules() {
+  static const auto* rules = new std::vector<KeyRule>{
+      {"embed_dim", KeyRule::kRead},
+      {"vision_cfg", KeyRule::kRead},
+      {"text_cfg", KeyRule::kRead},
+      {"quick_gelu", KeyRule::kRead},
+      // Training-time settings; the checkpoint holds the learned logit_scale.
+      {"cast_dtype", KeyRule::kIgnored},
+      {"output_dict", KeyRule::kIgnored},
+      {"init_logit_scale", KeyRule::kIgnored},
+      // SigLIP's bias and sigmoid loss, CoCa's decoder, a text tower under "text.".
+      {"init_logit_bias", KeyRule::kPinned},
+      {"nonscalar_logit_scale", KeyRule::kPinned, false},
+      {"multimodal_cfg", KeyRule::kPinned},
+      {"custom_text", KeyRule::kPinned, false},
+  };
+  return *rules;
+}
+
+const std::vector<KeyRule>& VisionRules() {
+  static const auto* rules = new std::vector<KeyRule>{
+      {"layers", KeyRule::kRead},
+      {"width", KeyRule::kRead},
+      {"head_width", KeyRule::kRead},
+      {"mlp_ratio", KeyRule::kRead},
+      {"patch_size", KeyRule::kRead},
+      {"image_size", KeyRule::kRead},
+      // Training-time or output-format only, or read only by a pinned-off option.
+      {"patch_dropout", KeyRule::kIgnored},
+      {"output_tokens", KeyRule::kIgnored},
+      {"attn_pooler_queries", KeyRule::kIgnored},
+      {"attn_pooler_heads", KeyRule::kIgnored},
+      {"timm_model_pretrained", KeyRule::kIgnored},
+      {"timm_pool", KeyRule::kIgnored},
+      {"timm_proj", KeyRule::kIgnored},
+      {"timm_proj_bias", KeyRule::kIgnored},
+      {"timm_drop", KeyRule::kIgnored},
+      {"timm_drop_path", KeyRule::kIgnored},
+      // CLIP's ViT pools the class token after ln_post, with learned positions.
+      {"pool_type", KeyRule::kPinned, "tok"},
+      {"global_average_pool", KeyRule::kPinned, false},
+      {"final_ln_after_pool", KeyRule::kPinned, false},
+      {"attentional_pool", KeyRule::kPinned, false},
+      {"pos_embed_type", KeyRule::kPinned, "learnable"},
+      {"no_ln_pre", KeyRule::kPinned, false},
+      {"input_patchnorm", KeyRule::kPinned, false},
+      {"ls_init_value", KeyRule::kPinned},
+      {"act_kwargs", KeyRule::kPinned},
+      {"norm_kwargs", KeyRule::kPinned},
+      {"block_type", KeyRule::kPinned},
+      {"timm_model_name", KeyRule::kPinned},
+  };
+  return *rules;
+}
+
+const std::vector<KeyRule>& TextRules() {
+  static const auto* rules = new std::vector<KeyRule>{
+      {"context_length", KeyRule::kRead},
+      {"vocab_size", KeyRule::kRead},
+      {"width", KeyRule::kRead},
+      {"heads", KeyRule::kRead},
+      {"layers", KeyRule::kRead},
+      {"mlp_ratio", KeyRule::kRead},
+      {"encoder_type", KeyRule::kRead},
+      // Output format, or read only by a pinned-off option (embed_cls, "eos" pooling,
+      // a Hugging Face text tower).
+      {"output_tokens", KeyRule::kIgnored},
+      {"pad_id", KeyRule::kIgnored},
+      {"eos_id", KeyRule::kIgnored},
+      {"hf_model_pretrained", KeyRule::kIgnored},
+      {"hf_proj_type", KeyRule::kIgnored},
+      {"hf_pooler_type", KeyRule::kIgnored},
+      // CLIP's text tower: causal mask, ln_final then the EOT (argmax) token, a bias-free
+      // projection, CLIP's own BPE tokenizer.
+      {"pool_type", KeyRule::kPinned, "argmax"},
+      {"no_causal_mask", KeyRule::kPinned, false},
+      {"final_ln_after_pool", KeyRule::kPinned, false},
+      {"embed_cls", KeyRule::kPinned, false},
+      {"proj_bias", KeyRule::kPinned, false},
+      {"proj_type", KeyRule::kPinned, "linear"},
+      {"ls_init_value", KeyRule::kPinned},
+      {"act_kwargs", KeyRule::kPinned},
+      {"norm_kwargs", KeyRule::kPinned},
+      {"block_type", KeyRule::kPinned},
+      {"hf_model_name", KeyRule::kPinned},
+      {"hf_tokenizer_name", KeyRule::kPinned},
+      {"tokenizer_mode", KeyRule::kPinned},
+      {"tokenizer_kwargs", KeyRule::kPinned},
+  };
+  return *rules;
+}
+
+const std::vector<KeyRule>& PreprocessRules() {
+  static const auto* rules = new std::vector<KeyRule>{
+      {"mean", KeyRule::kRead},
+      {"std", KeyRule::kRead},
+      {"size", KeyRule::kRead},
+      // Resize the short side with bicubic, center-crop, RGB: CLIP's preprocessing.
+      {"mode", KeyRule::kPinned, "RGB"},
+      {"interpolation", KeyRule::kPinned, "bicubic"},
+      {"resize_mode", KeyRule::kPinned, "shortest"},
+      {"fill_color", KeyRule::kPinned, 0},
+  };
+  return *rules;
 }
 
 int IntSqrt(int64_t n) { return static_cast<int>(std::lround(std::sqrt(double(n)))); }
@@ -229,6 +392,9 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
     model = &root["model_cfg"];
     if (root.contains("preprocess_cfg")) {
       const json& pre = root["preprocess_cfg"];
+      if (!pre.is_object())
+        return absl::InvalidArgumentError("preprocess_cfg is not an object");
+      CLIPSERVE_RETURN_IF_ERROR(CheckKeys(pre, "preprocess_cfg", PreprocessRules()));
       if (pre.contains("mean")) {
         CLIPSERVE_ASSIGN_OR_RETURN(c.image_mean,
                                    Triple(pre["mean"], "preprocess_cfg.mean"));
@@ -242,12 +408,15 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
       !model->contains("text_cfg")) {
     return absl::InvalidArgumentError("open_clip config needs vision_cfg and text_cfg");
   }
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(*model, "model_cfg", ModelRules()));
   CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(*model, "embed_dim", "config"));
-  c.quick_gelu = model->value("quick_gelu", false);
+  CLIPSERVE_ASSIGN_OR_RETURN(c.quick_gelu,
+                             BoolField(*model, "quick_gelu", "model_cfg", false));
 
   const json& vision = (*model)["vision_cfg"];
   if (!vision.is_object())
     return absl::InvalidArgumentError("vision_cfg is not an object");
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(vision, "vision_cfg", VisionRules()));
   VisionConfig& v = c.vision;
   CLIPSERVE_ASSIGN_OR_RETURN(v.image_size, IntField(vision, "image_size", "vision_cfg"));
   CLIPSERVE_ASSIGN_OR_RETURN(v.width, IntField(vision, "width", "vision_cfg"));
@@ -265,7 +434,8 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
     v.arch = VisionArch::kModifiedResNet;
     v.layers = 0;
     for (int i = 0; i < 4; ++i) {
-      if (!layers[i].is_number_integer()) {
+      if (!layers[i].is_number_integer() || layers[i].get<int64_t>() < 1 ||
+          layers[i].get<int64_t>() > 1024) {
         return absl::InvalidArgumentError("vision_cfg.layers must be an int or 4 ints");
       }
       v.stage_layers[i] = layers[i].get<int>();
@@ -283,8 +453,11 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
 
   const json& textj = (*model)["text_cfg"];
   if (!textj.is_object()) return absl::InvalidArgumentError("text_cfg is not an object");
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(textj, "text_cfg", TextRules()));
   TextConfig& t = c.text;
-  const std::string encoder = textj.value("encoder_type", std::string("transformer"));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const std::string encoder,
+      StringField(textj, "encoder_type", "text_cfg", "transformer"));
   if (encoder == "cbow") {
     t.arch = TextArch::kCbow;
   } else if (encoder != "transformer") {
@@ -305,13 +478,24 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
     t.heads = 0;
     t.layers = 0;
   }
+  if (root.contains("model_cfg") && root.contains("preprocess_cfg") &&
+      root["preprocess_cfg"].contains("size")) {
+    // open_clip writes the crop size as an int or as [height, width].
+    const json& size = root["preprocess_cfg"]["size"];
+    const json square = json::array({v.image_size, v.image_size});
+    if (size != json(v.image_size) && size != square) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("preprocess_cfg.size ", size.dump(),
+                       " differs from vision_cfg.image_size ", v.image_size));
+    }
+  }
   CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(c));
   return c;
 }
 
 absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   CLIPSERVE_ASSIGN_OR_RETURN(json root, ParseJson(text));
-  if (root.value("model_type", std::string()) != "clip") {
+  if (!root.contains("model_type") || root["model_type"] != "clip") {
     return absl::InvalidArgumentError(
         "config.json is not a Hugging Face CLIP config "
         "(model_type must be \"clip\")");
@@ -352,8 +536,29 @@ absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   CLIPSERVE_ASSIGN_OR_RETURN(const int t_inter, IntField(textj, "intermediate_size",
                                                          "text_config", t.width * 4));
   t.mlp_ratio = double(t_inter) / t.width;
-  const std::string v_act = vision.value("hidden_act", std::string("quick_gelu"));
-  const std::string t_act = textj.value("hidden_act", std::string("quick_gelu"));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const std::string v_act,
+      StringField(vision, "hidden_act", "vision_config", "quick_gelu"));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const std::string t_act,
+      StringField(textj, "hidden_act", "text_config", "quick_gelu"));
+  // Settings transformers reads that change the computation without changing weights.
+  for (const auto& [tower, where] :
+       {std::pair<const json*, const char*>{&vision, "vision_config"},
+        {&textj, "text_config"}}) {
+    CLIPSERVE_ASSIGN_OR_RETURN(const double eps,
+                               DoubleField(*tower, "layer_norm_eps", where, 1e-5));
+    if (eps != 1e-5) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ".layer_norm_eps = ", eps, "; clipserve implements only 1e-05"));
+    }
+  }
+  CLIPSERVE_ASSIGN_OR_RETURN(const int channels,
+                             IntField(vision, "num_channels", "vision_config", 3));
+  if (channels != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vision_config.num_channels = ", channels, "; images are RGB"));
+  }
   if (v_act != t_act) {
     return absl::InvalidArgumentError("vision and text hidden_act differ; unsupported");
   }

@@ -1,6 +1,8 @@
 #include "server/model/model_config.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -95,6 +97,82 @@ TEST(ParseOpenClipConfigTest, ErrorsNameTheField) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// A small open_clip_config.json with `extra` spliced into one section ("model",
+// "vision", "text" or "preprocess"); `extra` is "" or a leading-comma JSON fragment.
+std::string OpenClipJson(absl::string_view section, absl::string_view extra) {
+  auto in = [&](absl::string_view s) { return s == section ? extra : ""; };
+  return absl::StrCat(
+      R"({"model_cfg": {"embed_dim": 32)", in("model"),
+      R"(, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                          "head_width": 16)",
+      in("vision"), R"(}, "text_cfg": {"width": 64, "heads": 4, "layers": 2)", in("text"),
+      R"(}}, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5])", in("preprocess"), "}}");
+}
+
+TEST(ParseOpenClipConfigTest, AcceptsDefaultsSpelledOutAndTrainingOnlyKeys) {
+  ASSERT_TRUE(ParseOpenClipConfig(OpenClipJson("", "")).ok());
+  const std::pair<const char*, const char*> accepted[] = {
+      {"model", R"(, "quick_gelu": false, "cast_dtype": "fp16", "init_logit_bias": null,
+                   "custom_text": false, "output_dict": true)"},
+      {"vision", R"(, "pool_type": "tok", "global_average_pool": false,
+                    "final_ln_after_pool": false, "ls_init_value": null,
+                    "patch_dropout": 0.5, "output_tokens": false, "timm_model_name": null)"},
+      {"text", R"(, "pool_type": "argmax", "no_causal_mask": false, "proj_type": "linear",
+                  "proj_bias": false, "embed_cls": false, "pad_id": 0,
+                  "hf_tokenizer_name": null, "context_length": 77)"},
+      {"preprocess",
+       R"(, "size": 32, "interpolation": "bicubic", "resize_mode": "shortest",
+                        "fill_color": 0.0, "mode": "RGB")"},
+      {"preprocess", R"(, "size": [32, 32])"},
+  };
+  for (const auto& [section, extra] : accepted) {
+    SCOPED_TRACE(extra);
+    auto c = ParseOpenClipConfig(OpenClipJson(section, extra));
+    EXPECT_TRUE(c.ok()) << c.status();
+  }
+}
+
+// Options that change pooling, masking, normalization, tokenization or preprocessing
+// without changing a weight would load and silently give other embeddings.
+TEST(ParseOpenClipConfigTest, RejectsOptionsThatChangeTheComputation) {
+  struct Case {
+    const char* section;
+    const char* extra;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"vision", R"(, "pool_type": "avg")", "vision_cfg.pool_type = \"avg\""},
+      {"vision", R"(, "global_average_pool": true)", "vision_cfg.global_average_pool"},
+      {"vision", R"(, "final_ln_after_pool": true)", "vision_cfg.final_ln_after_pool"},
+      {"vision", R"(, "norm_kwargs": {"eps": 1e-6})", "vision_cfg.norm_kwargs"},
+      {"vision", R"(, "timm_model_name": "vit_base_patch16_siglip_224")",
+       "vision_cfg.timm_model_name"},
+      {"text", R"(, "pool_type": "last")", "clipserve implements only \"argmax\""},
+      {"text", R"(, "no_causal_mask": true)", "text_cfg.no_causal_mask"},
+      {"text", R"(, "final_ln_after_pool": true)", "text_cfg.final_ln_after_pool"},
+      {"text", R"(, "hf_tokenizer_name": "bert-base-uncased")",
+       "text_cfg.hf_tokenizer_name"},
+      {"text", R"(, "tokenizer_kwargs": {"clean": "canonicalize"})",
+       "text_cfg.tokenizer_kwargs"},
+      {"model", R"(, "init_logit_bias": -10)", "model_cfg.init_logit_bias"},
+      {"model", R"(, "custom_text": true)", "model_cfg.custom_text"},
+      {"preprocess", R"(, "resize_mode": "squash")", "preprocess_cfg.resize_mode"},
+      {"preprocess", R"(, "interpolation": "bilinear")", "preprocess_cfg.interpolation"},
+      {"preprocess", R"(, "size": 64)", "preprocess_cfg.size 64 differs"},
+      {"preprocess", R"(, "size": [32, 48])", "differs from vision_cfg.image_size 32"},
+      {"vision", R"(, "shiny_new_option": 1)", "vision_cfg.shiny_new_option is unknown"},
+      {"model", R"(, "quick_gelu": "yes")", "quick_gelu must be a boolean"},
+      {"text", R"(, "encoder_type": 3)", "encoder_type must be a string"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.extra);
+    auto c = ParseOpenClipConfig(OpenClipJson(k.section, k.extra));
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status().message(), HasSubstr(k.message));
+  }
+}
+
 TEST(ParseHfConfigTest, ReadsTheTransformersSchema) {
   auto c = ParseHfConfig(R"({"model_type": "clip", "projection_dim": 32,
       "text_config": {"hidden_size": 64, "intermediate_size": 256,
@@ -109,6 +187,30 @@ TEST(ParseHfConfigTest, ReadsTheTransformersSchema) {
   EXPECT_DOUBLE_EQ(c->vision.mlp_ratio, 4.0);
   EXPECT_TRUE(c->quick_gelu);
   EXPECT_FALSE(ParseHfConfig(R"({"model_type": "bert"})").ok());
+}
+
+TEST(ParseHfConfigTest, RejectsSettingsThatChangeTheComputation) {
+  const std::string towers =
+      R"("text_config": {"hidden_size": 64, "num_attention_heads": 4,
+      "num_hidden_layers": 1, "layer_norm_eps": TEXT_EPS},
+    "vision_config": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+      "image_size": 32, "patch_size": 8, "hidden_act": HIDDEN_ACT, "num_channels": CH}})";
+  auto config = [&](const char* eps, const char* act, const char* channels) {
+    std::string t = absl::StrCat(R"({"model_type": "clip", )", towers);
+    t = absl::StrReplaceAll(t,
+                            {{"TEXT_EPS", eps}, {"HIDDEN_ACT", act}, {"CH", channels}});
+    return ParseHfConfig(t);
+  };
+  auto ok = config("1e-05", R"("quick_gelu")", "3");
+  EXPECT_TRUE(ok.ok()) << ok.status();
+  EXPECT_THAT(config("1e-06", R"("quick_gelu")", "3").status().message(),
+              HasSubstr("text_config.layer_norm_eps"));
+  EXPECT_THAT(config("1e-05", R"("quick_gelu")", "1").status().message(),
+              HasSubstr("num_channels"));
+  EXPECT_THAT(config("1e-05", "7", "3").status().message(),
+              HasSubstr("vision_config.hidden_act must be a string"));
+  EXPECT_THAT(ParseHfConfig(R"({"model_type": 5})").status().message(),
+              HasSubstr("not a Hugging Face CLIP config"));
 }
 
 ShapeMap VitB32Shapes() {
