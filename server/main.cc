@@ -290,9 +290,18 @@ absl::Status Run() {
 
   ModelLoadOptions load;
   CLIPSERVE_ASSIGN_OR_RETURN(load.device, ParseDevice(absl::GetFlag(FLAGS_device)));
+  const std::string cpuinfo = ReadProcCpuinfo();
   CLIPSERVE_ASSIGN_OR_RETURN(
       load.precision,
-      ResolvePrecision(absl::GetFlag(FLAGS_precision), load.device, ReadProcCpuinfo()));
+      ResolvePrecision(absl::GetFlag(FLAGS_precision), load.device, cpuinfo));
+  if (!load.device.is_cuda() && load.precision == Precision::kBFloat16 &&
+      !CpuInfoHasFastBf16(cpuinfo)) {
+    LOG(WARNING) << "--precision=bf16 on a CPU without AMX-BF16 or AVX512-BF16: "
+                    "LibTorch emulates bf16 here, slower than fp32, and some of its "
+                    "fallback kernels (convolutions, batched products) sum in bf16, so "
+                    "embeddings may drift further from fp32; --precision=auto picks fp32 "
+                    "on this CPU";
+  }
   if (!absl::GetFlag(FLAGS_model_config).empty()) {
     load.config_path = absl::GetFlag(FLAGS_model_config);
   }
