@@ -286,6 +286,9 @@ def main():
     base = gbench(os.path.join(r, "blas_Prescott.json")).get(
         "BM_ImageTower/model:0/batch:32/bf16:0/real_time", (None,))[0]
     for core in ("Prescott", "Haswell", "SkylakeX"):
+        if not os.path.exists(os.path.join(r, f"blas_{core}.json")):
+            add(f"| {core} | not run: this CPU lacks its instructions | |")
+            continue
         v = gbench(os.path.join(r, f"blas_{core}.json")).get(
             "BM_ImageTower/model:0/batch:32/bf16:0/real_time", (None,))[0]
         add(f"| {core} | {fmt(v)} | {fmt(ratio(v, base), 2)}x |")
