@@ -202,7 +202,11 @@ absl::Status CheckKeys(const json& section, absl::string_view where,
                        " is unknown to clipserve, which cannot tell whether it changes "
                        "the model; remove it if it does not"));
     }
-    if (rule->kind != KeyRule::kPinned || value.is_null() || value == rule->value) {
+    // open_clip reads null like its default where that is None or False; a null
+    // pool_type or pos_embed_type means something else (no pooling, an error).
+    const bool null_is_default = rule->value.is_null() || rule->value.is_boolean();
+    if (rule->kind != KeyRule::kPinned || (value.is_null() && null_is_default) ||
+        value == rule->value) {
       continue;
     }
     return absl::InvalidArgumentError(
@@ -309,11 +313,12 @@ const std::vector<KeyRule>& PreprocessRules() {
       {"mean", KeyRule::kRead},
       {"std", KeyRule::kRead},
       {"size", KeyRule::kRead},
+      // Only resize_mode "longest" pads, with this color.
+      {"fill_color", KeyRule::kIgnored},
       // Resize the short side with bicubic, center-crop, RGB: CLIP's preprocessing.
       {"mode", KeyRule::kPinned, "RGB"},
       {"interpolation", KeyRule::kPinned, "bicubic"},
       {"resize_mode", KeyRule::kPinned, "shortest"},
-      {"fill_color", KeyRule::kPinned, 0},
   };
   return *rules;
 }
@@ -408,7 +413,8 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
       !model->contains("text_cfg")) {
     return absl::InvalidArgumentError("open_clip config needs vision_cfg and text_cfg");
   }
-  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(*model, "model_cfg", ModelRules()));
+  CLIPSERVE_RETURN_IF_ERROR(
+      CheckKeys(*model, model == &root ? "config" : "model_cfg", ModelRules()));
   CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(*model, "embed_dim", "config"));
   CLIPSERVE_ASSIGN_OR_RETURN(c.quick_gelu,
                              BoolField(*model, "quick_gelu", "model_cfg", false));

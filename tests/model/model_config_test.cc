@@ -85,6 +85,11 @@ TEST(ParseOpenClipConfigTest, ErrorsNameTheField) {
                   .status()
                   .message(),
               HasSubstr("vision_cfg.image_size"));
+  EXPECT_THAT(
+      ParseOpenClipConfig(R"({"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}, "x": 1})")
+          .status()
+          .message(),
+      HasSubstr("config.x is unknown"));
   EXPECT_THAT(ParseOpenClipConfig(R"({"embed_dim": 8,
           "vision_cfg": {"image_size": 30, "layers": 1, "width": 64, "patch_size": 8},
           "text_cfg": {"width": 64, "heads": 1, "layers": 1}})")
@@ -122,8 +127,9 @@ TEST(ParseOpenClipConfigTest, AcceptsDefaultsSpelledOutAndTrainingOnlyKeys) {
                   "hf_tokenizer_name": null, "context_length": 77)"},
       {"preprocess",
        R"(, "size": 32, "interpolation": "bicubic", "resize_mode": "shortest",
-                        "fill_color": 0.0, "mode": "RGB")"},
+                        "fill_color": 255, "mode": "RGB")"},
       {"preprocess", R"(, "size": [32, 32])"},
+      {"vision", R"(, "attentional_pool": null, "act_kwargs": null)"},
   };
   for (const auto& [section, extra] : accepted) {
     SCOPED_TRACE(extra);
@@ -148,6 +154,8 @@ TEST(ParseOpenClipConfigTest, RejectsOptionsThatChangeTheComputation) {
       {"vision", R"(, "timm_model_name": "vit_base_patch16_siglip_224")",
        "vision_cfg.timm_model_name"},
       {"text", R"(, "pool_type": "last")", "clipserve implements only \"argmax\""},
+      {"text", R"(, "pool_type": null)", "text_cfg.pool_type = null"},
+      {"vision", R"(, "pos_embed_type": null)", "vision_cfg.pos_embed_type"},
       {"text", R"(, "no_causal_mask": true)", "text_cfg.no_causal_mask"},
       {"text", R"(, "final_ln_after_pool": true)", "text_cfg.final_ln_after_pool"},
       {"text", R"(, "hf_tokenizer_name": "bert-base-uncased")",
