@@ -44,7 +44,7 @@ if [ "$SMOKE" = 1 ]; then
   PY_MODELS=(ViT-B-32); CONCURRENCY=(1 4)
 else
   REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3; PAIRED_ROUNDS=3
-  MODEL_FILTER="/bf16:$BF16"
+  MODEL_FILTER="/bf16:$BF16|Cuda/"  # CUDA rows (CUDA builds only) have no bf16 arg
   PY_MODELS=(ViT-B-32 ViT-B-16 RN50); CONCURRENCY=(1 4 16 64)
 fi
 GB=(--benchmark_repetitions=$REPS --benchmark_min_time=$MIN_TIME

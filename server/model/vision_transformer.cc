@@ -21,7 +21,7 @@ VisionTransformerImpl::VisionTransformerImpl(const VisionConfig& config,
   proj = register_parameter("proj", torch::zeros({width, embed_dim}));
 }
 
-torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& images) {
+torch::Tensor VisionTransformerImpl::EmbedPatches(const torch::Tensor& images) {
   // conv1 has kernel = stride = patch, so it is one matrix product over the patches:
   // [N, 3, g*p, g*p] -> [N, g, g, 3, p, p] -> [N, g*g, 3*p*p], times the weight seen
   // as [w, 3*p*p]. A product, unlike a convolution, accumulates in fp32 in bf16 on
@@ -30,11 +30,14 @@ torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& images) {
   const int64_t n = images.size(0);
   const int64_t p = conv1->options.kernel_size()->at(0);
   const int64_t g = images.size(2) / p;
-  const torch::Tensor patches = images.view({n, 3, g, p, g, p})
+  const torch::Tensor patches = images.reshape({n, 3, g, p, g, p})
                                     .permute({0, 2, 4, 1, 3, 5})
                                     .reshape({n, g * g, 3 * p * p});
-  torch::Tensor x =
-      torch::linear(patches, conv1->weight.view({conv1->weight.size(0), -1}));
+  return torch::linear(patches, conv1->weight.view({conv1->weight.size(0), -1}));
+}
+
+torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& images) {
+  torch::Tensor x = EmbedPatches(images);
   torch::Tensor cls =
       class_embedding.to(x.scalar_type()).expand({x.size(0), 1, x.size(2)});
   x = torch::cat({cls, x}, 1) + positional_embedding.to(x.scalar_type());

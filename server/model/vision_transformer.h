@@ -15,6 +15,9 @@ class VisionTransformerImpl : public torch::nn::Module {
  public:
   VisionTransformerImpl(const VisionConfig& config, int64_t embed_dim, bool quick_gelu);
   torch::Tensor forward(const torch::Tensor& images);
+  // What conv1 computes, as tokens: images [N, 3, S, S] with S = grid * patch (as
+  // ClipModel checks) -> [N, grid*grid, width], row-major over the grid.
+  torch::Tensor EmbedPatches(const torch::Tensor& images);
 
   torch::nn::Conv2d conv1{nullptr};
   torch::Tensor class_embedding;
