@@ -184,11 +184,12 @@ absl::StatusOr<std::vector<int64_t>> Shape(const ShapeMap& shapes, const std::st
 struct KeyRule {
   const char* key;
   enum Kind { kRead, kIgnored, kPinned } kind;
-  json value = nullptr;  // kPinned: the value clipserve implements (null: also absent)
+  json value = nullptr;  // kPinned: the value clipserve implements (null: only absent)
 };
 
-// Checks `section` against `rules`: a pinned key must be absent, null, or equal to its
-// value; a key no rule names is rejected.
+// Checks `section` against `rules`: a pinned key must be absent, equal to its value, or
+// null where its value is null or a boolean (open_clip's None/False defaults); a key
+// no rule names is rejected.
 absl::Status CheckKeys(const json& section, absl::string_view where,
                        const std::vector<KeyRule>& rules) {
   for (const auto& [key, value] : section.items()) {
