@@ -417,7 +417,9 @@ absl::Status EmbeddingEngine::PrepareImage(ImageInput& input, ImageItem& item) {
                                image::DecodeImage(input.encoded, options_.decode));
     view = decoded;
   }
-  if (device_preprocessor_ != nullptr) {
+  // The device resizes as Pillow resizes RGB; images Pillow would resize in another
+  // mode (palette, alpha: image::ResampleMode) are resized here.
+  if (device_preprocessor_ != nullptr && view.resample == image::ResampleMode::kDirect) {
     // Refused here, not in the batch, when the resize cannot be planned.
     CLIPSERVE_RETURN_IF_ERROR(
         image::PlanResizeAndCrop(view.width, view.height, description_.image_size)

@@ -277,6 +277,21 @@ bool ResizeIsaSupported(ResizeIsa isa) {
   return false;
 }
 
+absl::Status ValidateResizeWindow(int out_width, int out_height, int left, int top,
+                                  int window_width, int window_height) {
+  if (out_width < 1 || out_height < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("resize to an empty size ", out_width, "x", out_height));
+  }
+  if (window_width < 1 || window_height < 1 || left < 0 || top < 0 ||
+      left > out_width - window_width || top > out_height - window_height) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("window ", window_width, "x", window_height, "+", left, "+", top,
+                     " is not inside the ", out_width, "x", out_height, " output"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int out_height,
                                  int left, int top, int window_width, int window_height,
                                  uint8_t* out) {
@@ -292,16 +307,9 @@ absl::Status ResizeBicubicWindowOn(ResizeIsa isa, const RgbImageView& image,
   }
   const absl::Status valid = ValidateRgbView(image);
   if (!valid.ok()) return valid;
-  if (out_width < 1 || out_height < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("resize to an empty size ", out_width, "x", out_height));
-  }
-  if (window_width < 1 || window_height < 1 || left < 0 || top < 0 ||
-      left > out_width - window_width || top > out_height - window_height) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("window ", window_width, "x", window_height, "+", left, "+", top,
-                     " is not inside the ", out_width, "x", out_height, " output"));
-  }
+  const absl::Status window =
+      ValidateResizeWindow(out_width, out_height, left, top, window_width, window_height);
+  if (!window.ok()) return window;
   const BicubicTaps horizontal =
       ComputeBicubicTaps(image.width, out_width, left, window_width);
   const BicubicTaps vertical =

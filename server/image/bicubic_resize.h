@@ -11,12 +11,13 @@
 namespace clipserve::image {
 
 // Pillow 9.4's Image.resize((out_width, out_height), Image.BICUBIC) on an RGB image,
-// bit for bit: ImagingResample's separable two-pass filter (horizontal pass first, its
-// result rounded and clipped to 8 bits, then vertical), antialiased (support 2 * scale
-// when shrinking), Keys cubic with a = -0.5, per-output coefficients normalized to sum
-// 1, then to fixed point with 22 fractional bits (PRECISION_BITS = 32 - 8 - 2) and
-// Pillow's rounding, source windows rounded as Pillow rounds them. An axis whose size
-// does not change is copied, as Pillow skips that pass.
+// bit for bit (image.resample and image.alpha are not consulted: mode_resize.h has the
+// resizes of the other Pillow modes): ImagingResample's separable two-pass filter
+// (horizontal pass first, its result rounded and clipped to 8 bits, then vertical),
+// antialiased (support 2 * scale when shrinking), Keys cubic with a = -0.5, per-output
+// coefficients normalized to sum 1, then to fixed point with 22 fractional bits
+// (PRECISION_BITS = 32 - 8 - 2) and Pillow's rounding, source windows rounded as Pillow
+// rounds them. An axis whose size does not change is copied, as Pillow skips that pass.
 //
 // Writes only the window [left, left + window_width) x [top, top + window_height) of
 // the out_width x out_height result into `out` (window_width * window_height * 3 bytes,
@@ -30,6 +31,12 @@ namespace clipserve::image {
 absl::Status ResizeBicubicWindow(const RgbImageView& image, int out_width, int out_height,
                                  int left, int top, int window_width, int window_height,
                                  uint8_t* out);
+
+// OK when the window [left, left + window_width) x [top, top + window_height) is
+// non-empty and inside an out_width x out_height output (both sides >= 1);
+// INVALID_ARGUMENT naming the window otherwise. Every windowed resize checks it.
+absl::Status ValidateResizeWindow(int out_width, int out_height, int left, int top,
+                                  int window_width, int window_height);
 
 // The instruction sets the resampler is compiled for. Every one gives the same bits;
 // kAuto, what ResizeBicubicWindow() uses, is the widest this CPU runs (AVX2 on x86-64

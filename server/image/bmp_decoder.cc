@@ -101,7 +101,8 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
 
   // Where the palette (or the 40-byte header's trailing masks) starts.
   int64_t position = kFileHeaderSize + header_size;
-  MaskChannel red, green, blue;
+  MaskChannel red, green, blue, alpha;
+  bool has_alpha = false;
   if (compression == kBiBitfields) {
     if (bits < 16) {
       return FormatError(kFormat, absl::StrCat("bitfields with bit depth ", bits));
@@ -112,9 +113,19 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
     }
     if (header_size == 40) position += 12;
     uint32_t r = U32(data + 54), g = U32(data + 58), b = U32(data + 62);
-    if (bits == 32 && r == 0 && g == 0 && b == 0) {
-      r = 0xFF0000, g = 0xFF00, b = 0xFF;  // Pillow reads all-zero masks as BGRA.
+    // Pillow reads an alpha mask from headers of 56 bytes and more only.
+    uint32_t a = header_size >= 56 ? U32(data + 66) : 0;
+    if (bits == 32 && r == 0 && g == 0 && b == 0 && a == 0) {
+      // Pillow reads all-zero masks as BGRA.
+      r = 0xFF0000, g = 0xFF00, b = 0xFF, a = 0xFF000000;
     }
+    // The 32-bit layouts with alpha Pillow knows (RGBA, BGRA, ABGR) open as "RGBA"; it
+    // refuses others that have an alpha mask, and ignores the alpha of any other.
+    has_alpha =
+        bits == 32 && ((r == 0xFF && g == 0xFF00 && b == 0xFF0000 && a == 0xFF000000) ||
+                       (r == 0xFF0000 && g == 0xFF00 && b == 0xFF && a == 0xFF000000) ||
+                       (r == 0xFF000000 && g == 0xFF0000 && b == 0xFF00 && a == 0xFF));
+    if (has_alpha) MakeMaskChannel(a, &alpha);
     if (!MakeMaskChannel(r, &red) || !MakeMaskChannel(g, &green) ||
         !MakeMaskChannel(b, &blue)) {
       return FormatError(kFormat, "bitfield masks are not contiguous");
@@ -131,6 +142,8 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
   }
 
   Palette palette;
+  ResampleMode resample =
+      has_alpha ? ResampleMode::kPremultiplied : ResampleMode::kDirect;
   if (bits <= 8) {
     if (colors == 0) colors = int64_t{1} << bits;
     if (colors > 65536) {
@@ -139,11 +152,18 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
     // BGR entries (OS/2) or BGRX; a palette cut short by the end of the file keeps
     // Pillow's gray defaults for the missing entries.
     const int64_t entry_size = header_size == 12 ? 3 : 4;
+    int64_t entries = 0;
     for (int64_t i = 0; i < colors && i < 256; ++i) {
       const int64_t at = position + i * entry_size;
       if (at + 3 > size) break;
       palette.Set(static_cast<int>(i), data[at + 2], data[at + 1], data[at]);
+      ++entries;
     }
+    // Pillow's mode: two colors are "1" (black and white) or "P", and both resize with
+    // NEAREST; a complete gray ramp (i, i, i) is "L"; any other palette is "P".
+    const bool gray =
+        colors != 2 && entries == colors && palette.IsGrayRamp(static_cast<int>(colors));
+    if (!gray) resample = ResampleMode::kNearest;
     // Pillow's fix for writers whose data offset points at the palette.
     if (data_offset == kFileHeaderSize + header_size) data_offset += 4 * colors;
     position += entry_size * colors;
@@ -158,6 +178,8 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
   }
 
   RgbImage image = NewRgbImage(static_cast<int>(width), static_cast<int>(height));
+  image.resample = resample;
+  if (has_alpha) image.alpha.resize(image.pixels.size() / 3);
   std::vector<uint8_t> indices(bits <= 8 ? static_cast<size_t>(width) : 0);
   for (int64_t r = 0; r < height; ++r) {
     const uint8_t* src = data + data_offset + r * stride;
@@ -214,6 +236,11 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
             dst[x * 3 + 0] = red.Extract(pixel);
             dst[x * 3 + 1] = green.Extract(pixel);
             dst[x * 3 + 2] = blue.Extract(pixel);
+          }
+          if (has_alpha) {
+            uint8_t* alpha_row = &image.alpha[static_cast<size_t>(y * width)];
+            for (int64_t x = 0; x < width; ++x)
+              alpha_row[x] = alpha.Extract(U32(src + x * 4));
           }
         }
         break;

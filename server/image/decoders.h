@@ -42,6 +42,9 @@ absl::Status CheckDeclaredSize(absl::string_view format, int64_t width, int64_t 
 // CheckDeclaredSize().
 RgbImage NewRgbImage(int width, int height);
 
+// Fills image->pixels (RGB) and image->alpha from width * height RGBA8 pixels.
+void SplitAlpha(const uint8_t* rgba, RgbImage* image);
+
 // A 256-entry color table for palette images, as Pillow builds one: entry i starts as
 // gray (i, i, i) and the file's palette overwrites the first entries, so an index past
 // the end of a short palette reads as gray, not black.
@@ -50,6 +53,10 @@ struct Palette {
   void Set(int index, uint8_t r, uint8_t g, uint8_t b);
   // Expands `count` indices to `count` RGB8 pixels.
   void Expand(const uint8_t* indices, int64_t count, uint8_t* rgb) const;
+  // Whether the first `count` entries are the gray ramp (i, i, i): Pillow then reads
+  // the image as gray ("L", resized with BICUBIC) instead of as a palette ("P",
+  // resized with NEAREST).
+  bool IsGrayRamp(int count) const;
 
   uint8_t rgb[256 * 3];
 };

@@ -80,6 +80,8 @@ RgbImage ApplyExifOrientation(RgbImage image, int orientation) {
   out.width = swaps_sides ? h : w;
   out.height = swaps_sides ? w : h;
   out.pixels.resize(image.pixels.size());
+  out.resample = image.resample;
+  out.alpha.resize(image.alpha.size());
   for (int y = 0; y < out.height; ++y) {
     for (int x = 0; x < out.width; ++x) {
       // (sx, sy): the source pixel that lands on output (x, y).
@@ -112,8 +114,10 @@ RgbImage ApplyExifOrientation(RgbImage image, int orientation) {
           sy = x;
           break;
       }
-      std::memcpy(&out.pixels[(size_t{static_cast<unsigned>(y)} * out.width + x) * 3],
-                  &image.pixels[(size_t{static_cast<unsigned>(sy)} * w + sx) * 3], 3);
+      const size_t to = size_t{static_cast<unsigned>(y)} * out.width + x;
+      const size_t from = size_t{static_cast<unsigned>(sy)} * w + sx;
+      std::memcpy(&out.pixels[to * 3], &image.pixels[from * 3], 3);
+      if (!image.alpha.empty()) out.alpha[to] = image.alpha[from];
     }
   }
   return out;

@@ -128,6 +128,11 @@ absl::StatusOr<RgbImage> DecodeGif(absl::string_view encoded,
   RgbImage image = NewRgbImage(width, height);
   palette.Expand(indices.data(), static_cast<int64_t>(indices.size()),
                  image.pixels.data());
+  // Pillow's mode: "P" (resized with NEAREST) unless the palette is missing or the gray
+  // ramp, which Pillow reads as "L".
+  if (map != nullptr && !palette.IsGrayRamp(map->ColorCount)) {
+    image.resample = ResampleMode::kNearest;
+  }
   return image;
 }
 

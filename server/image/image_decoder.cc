@@ -115,6 +115,15 @@ RgbImage NewRgbImage(int width, int height) {
   return image;
 }
 
+void SplitAlpha(const uint8_t* rgba, RgbImage* image) {
+  const size_t pixels = image->pixels.size() / 3;
+  image->alpha.resize(pixels);
+  for (size_t i = 0; i < pixels; ++i) {
+    std::memcpy(&image->pixels[i * 3], &rgba[i * 4], 3);
+    image->alpha[i] = rgba[i * 4 + 3];
+  }
+}
+
 Palette::Palette() {
   for (int i = 0; i < 256; ++i) Set(i, i, i, i);
 }
@@ -123,6 +132,13 @@ void Palette::Set(int index, uint8_t r, uint8_t g, uint8_t b) {
   rgb[index * 3 + 0] = r;
   rgb[index * 3 + 1] = g;
   rgb[index * 3 + 2] = b;
+}
+
+bool Palette::IsGrayRamp(int count) const {
+  for (int i = 0; i < count && i < 256; ++i) {
+    if (rgb[i * 3] != i || rgb[i * 3 + 1] != i || rgb[i * 3 + 2] != i) return false;
+  }
+  return true;
 }
 
 void Palette::Expand(const uint8_t* indices, int64_t count, uint8_t* out) const {

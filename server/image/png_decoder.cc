@@ -66,8 +66,9 @@ bool ReadHeader(PngContext* context, Header* header) {
   return true;
 }
 
-// Phase 2: pixels. `rows` points at height rows of the output (RGB8) or, for palette
-// images, of the index buffer (one byte per pixel); `palette` receives the PLTE.
+// Phase 2: pixels. `rows` points at height rows of the output: RGB8, RGBA8 for color
+// types with alpha, or for palette images the index buffer (one byte per pixel);
+// `palette` receives the PLTE.
 bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
                 size_t row_bytes, Palette* palette) {
   png_structp png = context->png;
@@ -84,10 +85,10 @@ bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
     }
   } else {
     // 1/2/4-bit gray scaled by bit replication (Pillow's "1", "L;2", "L;4"), gray
-    // replicated, alpha dropped; tRNS is never expanded, as convert("RGB") ignores it.
+    // replicated, alpha kept for the caller; tRNS is never expanded, as Pillow keeps it
+    // out of the pixels too.
     png_set_expand_gray_1_2_4_to_8(png);
     png_set_gray_to_rgb(png);
-    png_set_strip_alpha(png);
   }
   png_set_interlace_handling(png);
   png_read_update_info(png, context->info);
@@ -148,16 +149,27 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   const int height = static_cast<int>(header.height);
   RgbImage image = NewRgbImage(width, height);
   const bool is_palette = header.color_type == PNG_COLOR_TYPE_PALETTE;
-  std::vector<uint8_t> indices(is_palette ? image.pixels.size() / 3 : 0);
-  const size_t row_bytes = is_palette ? size_t{header.width} : size_t{header.width} * 3;
-  uint8_t* base = is_palette ? indices.data() : image.pixels.data();
+  const bool has_alpha = (header.color_type & PNG_COLOR_MASK_ALPHA) != 0;
+  // Pillow's modes: "P" for palettes and "1" for 1-bit gray resize with NEAREST, "LA"
+  // and "RGBA" premultiplied.
+  if (is_palette || (header.color_type == PNG_COLOR_TYPE_GRAY && header.bit_depth == 1)) {
+    image.resample = ResampleMode::kNearest;
+  } else if (has_alpha) {
+    image.resample = ResampleMode::kPremultiplied;
+  }
+  // Indices for palettes, RGBA for alpha, else the RGB output itself.
+  const size_t pixels = image.pixels.size() / 3;
+  std::vector<uint8_t> buffer(is_palette ? pixels : has_alpha ? pixels * 4 : 0);
+  const size_t row_bytes = size_t{header.width} * (is_palette ? 1 : has_alpha ? 4 : 3);
+  uint8_t* base = buffer.empty() ? image.pixels.data() : buffer.data();
   std::vector<png_bytep> rows(height);
   for (int y = 0; y < height; ++y) rows[y] = base + y * row_bytes;
   Palette palette;
   if (!ReadPixels(&context, header, rows.data(), row_bytes, &palette)) {
     return FormatError(kFormat, context.message);
   }
-  if (is_palette) palette.Expand(indices.data(), indices.size(), image.pixels.data());
+  if (is_palette) palette.Expand(buffer.data(), buffer.size(), image.pixels.data());
+  if (has_alpha) SplitAlpha(buffer.data(), &image);
   return image;
 }
 

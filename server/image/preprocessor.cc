@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "server/image/bicubic_resize.h"
+#include "server/image/mode_resize.h"
 
 namespace clipserve::image {
 namespace {
@@ -85,8 +85,8 @@ absl::Status Preprocessor::ResizeAndCropInto(const RgbImageView& image,
   const absl::StatusOr<ResizeCropPlan> plan =
       PlanResizeAndCrop(image.width, image.height, size);
   if (!plan.ok()) return plan.status();
-  return ResizeBicubicWindow(image, plan->resized_width, plan->resized_height,
-                             plan->crop_left, plan->crop_top, size, size, out);
+  return ResizeWindowAsPillow(image, plan->resized_width, plan->resized_height,
+                              plan->crop_left, plan->crop_top, size, size, out);
 }
 
 absl::StatusOr<RgbImage> Preprocessor::ResizeAndCrop(const RgbImageView& image) const {

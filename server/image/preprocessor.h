@@ -30,11 +30,13 @@ struct ResizeCropPlan {
 absl::StatusOr<ResizeCropPlan> PlanResizeAndCrop(int width, int height, int size);
 
 // CLIP image preprocessing on decoded RGB8 images, equal to OpenAI's
-//   Compose([Resize(S, InterpolationMode.BICUBIC), CenterCrop(S), ToTensor(),
-//            Normalize(mean, std)])
-// applied to a PIL image with torchvision 0.14 and Pillow 9.4: the uint8 image after
-// the crop is bit-exact (see bicubic_resize.h), and each float is computed in float32
-// as torch does it, ((v / 255) - mean[c]) / std[c]. Output is CHW float32 (3 x S x S),
+//   Compose([Resize(S, InterpolationMode.BICUBIC), CenterCrop(S),
+//            _convert_image_to_rgb, ToTensor(), Normalize(mean, std)])
+// (open_clip's is the same) applied to the image Image.open() gives, with torchvision
+// 0.14 and Pillow 9.4: the uint8 image after the crop is bit-exact, resized the way
+// Pillow resizes the image's mode before the RGB conversion (image.resample;
+// bicubic_resize.h, mode_resize.h), and each float is computed in float32 as torch
+// does it, ((v / 255) - mean[c]) / std[c]. Output is CHW float32 (3 x S x S),
 // channel-major, the layout of one row of an N x 3 x S x S batch tensor.
 //
 // No tensors here: callers own the float buffers (another layer wraps them). Immutable

@@ -18,6 +18,13 @@ absl::Status ValidateRgbView(const RgbImageView& view) {
                                                    " RGB8 image needs ", expected,
                                                    " bytes, got ", view.pixels.size()));
   }
+  const int64_t alpha_expected =
+      view.resample == ResampleMode::kPremultiplied ? expected / 3 : 0;
+  if (static_cast<int64_t>(view.alpha.size()) != alpha_expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a ", view.width, "x", view.height, " image needs ", alpha_expected,
+                     " alpha values, got ", view.alpha.size()));
+  }
   return absl::OkStatus();
 }
 

@@ -15,13 +15,32 @@ namespace clipserve::image {
 // small enough that a few concurrent worst-case requests fit in a server's memory.
 inline constexpr int64_t kDefaultMaxPixels = 40'000'000;
 
+// How the reference pipeline resizes an image. torchvision's Resize runs on the image
+// in the mode Pillow's Image.open() gave it, before convert("RGB"), and Pillow's resize
+// depends on that mode (Image.resize in Pillow 9.4):
+// - kDirect: "RGB" and "L" (and clipserve's 8-bit reading of 16-bit gray): the pixels
+//   are resized as they are. Also every raw RGB8 image a client sends.
+// - kNearest: "P" (palette) and "1" (bilevel): Pillow always resizes these with
+//   NEAREST, whatever filter is asked for.
+// - kPremultiplied: "RGBA" and "LA": Pillow multiplies the colors by alpha ("RGBa",
+//   "La"), resizes colors and alpha, divides by the resized alpha, and convert("RGB")
+//   then drops alpha. Fully transparent areas come out black, whatever color they hide.
+// "CMYK" JPEGs are the one mode not told apart: they are resized after conversion to
+// RGB (kDirect), where Pillow resizes the four CMYK channels and converts after.
+enum class ResampleMode : uint8_t { kDirect, kNearest, kPremultiplied };
+
 // A decoded image: `height` rows of `width` pixels, each pixel 3 bytes R, G, B (HWC,
-// interleaved, no row padding), so pixels.size() == width * height * 3. It owns its
-// pixels; a plain value type (copyable, movable, not synchronized).
+// interleaved, no row padding), so pixels.size() == width * height * 3: what Pillow's
+// convert("RGB") gives, alpha dropped. `resample` says how to resize it; with
+// kPremultiplied, `alpha` holds the width * height alpha values (row-major), and it is
+// empty otherwise. It owns its pixels; a plain value type (copyable, movable, not
+// synchronized).
 struct RgbImage {
   int width = 0;
   int height = 0;
   std::vector<uint8_t> pixels;
+  ResampleMode resample = ResampleMode::kDirect;
+  std::vector<uint8_t> alpha;
 };
 
 // A read-only view of RGB8 pixels laid out as in RgbImage. It does not own the pixels,
@@ -34,14 +53,22 @@ struct RgbImageView {
       : width(width), height(height), pixels(pixels) {}
   // NOLINTNEXTLINE(google-explicit-constructor): a view of an image, like string_view.
   RgbImageView(const RgbImage& image)
-      : width(image.width), height(image.height), pixels(image.pixels) {}
+      : width(image.width),
+        height(image.height),
+        pixels(image.pixels),
+        resample(image.resample),
+        alpha(image.alpha) {}
 
   int width = 0;
   int height = 0;
   absl::Span<const uint8_t> pixels;
+  ResampleMode resample = ResampleMode::kDirect;
+  // width * height values with kPremultiplied, empty otherwise.
+  absl::Span<const uint8_t> alpha;
 };
 
-// OK when `view` has width >= 1, height >= 1 and exactly width * height * 3 bytes;
+// OK when `view` has width >= 1, height >= 1, exactly width * height * 3 bytes of
+// pixels, and width * height alpha values with kPremultiplied (none otherwise);
 // INVALID_ARGUMENT naming the mismatch otherwise. Thread-safe; never blocks.
 absl::Status ValidateRgbView(const RgbImageView& view);
 

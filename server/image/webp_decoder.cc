@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/image/decoders.h"
@@ -55,7 +56,7 @@ absl::string_view FindExifChunk(absl::string_view riff) {
 }
 
 absl::StatusOr<RgbImage> DecodeFirstAnimationFrame(absl::string_view encoded, int width,
-                                                   int height) {
+                                                   int height, bool has_alpha) {
   WebPAnimDecoderOptions options;
   if (!WebPAnimDecoderOptionsInit(&options)) {
     return FormatError(kFormat, "libwebp ABI mismatch");
@@ -82,6 +83,11 @@ absl::StatusOr<RgbImage> DecodeFirstAnimationFrame(absl::string_view encoded, in
     return FormatError(kFormat, "corrupt first animation frame");
   }
   RgbImage image = NewRgbImage(width, height);
+  if (has_alpha) {
+    image.resample = ResampleMode::kPremultiplied;
+    SplitAlpha(rgba, &image);
+    return image;
+  }
   const size_t pixels = image.pixels.size() / 3;
   for (size_t i = 0; i < pixels; ++i) std::memcpy(&image.pixels[i * 3], &rgba[i * 4], 3);
   return image;
@@ -101,22 +107,29 @@ absl::StatusOr<RgbImage> DecodeWebp(absl::string_view encoded,
   if (options.honor_exif_orientation) {
     *exif_orientation = ExifOrientation(FindExifChunk(encoded));
   }
+  // Pillow opens a WebP whose header flags alpha as "RGBA" (resized premultiplied).
+  const bool has_alpha = features.has_alpha != 0;
   if (features.has_animation) {
-    return DecodeFirstAnimationFrame(encoded, features.width, features.height);
+    return DecodeFirstAnimationFrame(encoded, features.width, features.height, has_alpha);
   }
   RgbImage image = NewRgbImage(features.width, features.height);
+  std::vector<uint8_t> rgba(has_alpha ? image.pixels.size() / 3 * 4 : 0);
   WebPDecoderConfig config;
   if (!WebPInitDecoderConfig(&config)) {
     return FormatError(kFormat, "libwebp ABI mismatch");
   }
-  config.output.colorspace = MODE_RGB;
+  config.output.colorspace = has_alpha ? MODE_RGBA : MODE_RGB;
   config.output.is_external_memory = 1;
-  config.output.u.RGBA.rgba = image.pixels.data();
-  config.output.u.RGBA.stride = features.width * 3;
-  config.output.u.RGBA.size = image.pixels.size();
+  config.output.u.RGBA.rgba = has_alpha ? rgba.data() : image.pixels.data();
+  config.output.u.RGBA.stride = features.width * (has_alpha ? 4 : 3);
+  config.output.u.RGBA.size = has_alpha ? rgba.size() : image.pixels.size();
   const VP8StatusCode decoded = WebPDecode(data, encoded.size(), &config);
   WebPFreeDecBuffer(&config.output);
   if (decoded != VP8_STATUS_OK) return WebpError(decoded);
+  if (has_alpha) {
+    image.resample = ResampleMode::kPremultiplied;
+    SplitAlpha(rgba.data(), &image);
+  }
   return image;
 }
 

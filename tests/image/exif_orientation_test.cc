@@ -119,6 +119,19 @@ TEST(ApplyExifOrientationTest, EachOrientation) {
     EXPECT_EQ(out.width, c.width);
     EXPECT_EQ(out.height, c.height);
     EXPECT_THAT(Reds(out), ElementsAreArray(c.reds));
+    EXPECT_TRUE(out.alpha.empty());
+
+    // Alpha turns with the pixels, and the resample mode stays.
+    RgbImage with_alpha = Numbered();
+    with_alpha.resample = ResampleMode::kPremultiplied;
+    for (size_t i = 0; i < with_alpha.pixels.size(); i += 3) {
+      with_alpha.alpha.push_back(static_cast<uint8_t>(100 + with_alpha.pixels[i]));
+    }
+    const RgbImage turned = ApplyExifOrientation(with_alpha, c.orientation);
+    EXPECT_EQ(turned.resample, ResampleMode::kPremultiplied);
+    std::vector<int> alpha_minus_100;
+    for (uint8_t a : turned.alpha) alpha_minus_100.push_back(a - 100);
+    EXPECT_THAT(alpha_minus_100, ElementsAreArray(c.reds));
   }
 }
 

@@ -7,8 +7,12 @@ canvases, JPEG subsampling and EXIF orientations, WebP lossless/alpha/animation)
 records what the reference pipeline gives:
 
   decoded     Image.open(f).convert("RGB"), H x W x 3 uint8, raw
+  alpha       the alpha channel, H x W uint8, raw, for "RGBA" and "LA" images
   resized     torchvision Resize(224, InterpolationMode.BICUBIC) + CenterCrop(224) of
-              that, 224 x 224 x 3 uint8, raw
+              Image.open(f) in the mode Pillow opened it in, then convert("RGB"), as
+              OpenAI's and open_clip's transforms do it (Pillow resizes "P" and "1"
+              with NEAREST, and "RGBA" and "LA" premultiplied by alpha), 224 x 224 x 3
+              uint8, raw
   normalized  ToTensor() + Normalize(OpenAI mean, std) of `resized`, 3 x 224 x 224
               float32 little-endian, raw (shared files only)
   transposed  ImageOps.exif_transpose(Image.open(f)).convert("RGB"), when the file has
@@ -19,6 +23,9 @@ plus manifest.json describing each entry. One deliberate deviation is applied to
 reference: Pillow opens 16-bit grayscale PNGs as mode "I" and convert("RGB") clips them
 to 255 (a white image); clipserve scales 16-bit samples to 8 bits (v >> 8), so for those
 files the reference is Pillow's pipeline on the v >> 8 image, and the entry says so.
+For CMYK JPEGs, which Pillow resizes in CMYK before converting, clipserve resizes the
+converted RGB: their `resized` reference is taken from the RGB image, and the entry
+records in `resize_deviation` how far Pillow's own order lands from it.
 
 Run with Debian's /usr/bin/python3 (python3-pil 9.4, python3-torchvision 0.14):
   make_image_reference.py --images ../shared/images --out build-img/tests/image/reference
@@ -226,6 +233,13 @@ def make_synthetic(images, out):
     write_png(path("png_rgba16.png"),
               np.concatenate([rgb16, rng.integers(0, 65536, (h, w, 1))], 2), 16, 6)
     write_png(path("png_la8.png"), np.concatenate([gray_np[:, :, None], alpha], 2), 8, 4)
+    # A cut-out on a transparent background that hides white, as many logos are saved:
+    # premultiplied resizing turns the background black.
+    cutout = np.full((h, w, 1), 255, np.uint8)
+    cutout[:8], cutout[-8:], cutout[:, :8], cutout[:, -8:] = 0, 0, 0, 0
+    hidden_white = cat_np.copy()
+    hidden_white[cutout[:, :, 0] == 0] = 255
+    write_png(path("png_rgba8_cutout.png"), np.concatenate([hidden_white, cutout], 2), 8, 6)
     write_png(path("png_la16.png"),
               np.concatenate([gray16[:, :, None], rng.integers(0, 65536, (h, w, 1))], 2),
               16, 4)
@@ -297,6 +311,7 @@ def make_synthetic(images, out):
               palette=[(20, 40, 60), (250, 200, 150)])
     cat.convert("1").save(path("bmp_1_bw_pillow.bmp"))
     cat.convert("P").save(path("bmp_8_pillow.bmp"))
+    cat.convert("L").save(path("bmp_8_gray_pillow.bmp"))  # A gray ramp palette: "L".
     with open(os.path.join(out, "bmp_24_bottom_up.bmp"), "rb") as f:
         data = f.read()
     with open(path("bmp_truncated.bmp"), "wb") as f:
@@ -327,6 +342,9 @@ def make_synthetic(images, out):
     frames[0].save(path("gif_animated.gif"), save_all=True, append_images=frames[1:],
                    duration=100, loop=0)
     cat.convert("L").save(path("gif_gray.gif"))
+    # Every gray level, so Pillow writes the full ramp palette and reads it back as "L".
+    ramp = (np.arange(h * w).reshape(h, w) % 256).astype(np.uint8)
+    Image.fromarray(ramp, "L").save(path("gif_gray_ramp.gif"), optimize=False)
 
     # JPEG: gray, chroma subsampling, progressive, CMYK, EXIF orientations, damage.
     cat.convert("L").save(path("jpeg_gray.jpg"), quality=90)
@@ -386,9 +404,24 @@ def reference(file_path, name, source, out, with_floats):
                                       "to 255")
                 entry["pillow_plain_min_value"] = int(plain.min())
                 scaled = (np.asarray(im, dtype=np.int64) >> 8).astype(np.uint8)
-                rgb = Image.fromarray(scaled, "L").convert("RGB")
+                source = Image.fromarray(scaled, "L")
+                rgb = source.convert("RGB")
             else:
+                source = im
                 rgb = im.convert("RGB")
+            if im.mode in ("RGBA", "LA"):
+                entry["alpha"] = write_raw(out, f"alpha/{name}.a",
+                                           np.asarray(im.getchannel("A")))
+            if im.mode == "CMYK":
+                pillow_order = np.asarray(RESIZE_CROP(im).convert("RGB"), dtype=np.int64)
+                source = rgb
+                rgb_order = np.asarray(RESIZE_CROP(rgb), dtype=np.int64)
+                entry["resize_deviation"] = {
+                    "what": "resized after the conversion to RGB, not in CMYK",
+                    "max_abs": int(np.abs(pillow_order - rgb_order).max()),
+                    "differing": int((pillow_order != rgb_order).sum()),
+                }
+            resized = np.asarray(RESIZE_CROP(source).convert("RGB"))
             try:
                 orientation = im.getexif().get(0x0112)
             except Exception:  # Malformed EXIF: no orientation, as in clipserve.
@@ -406,10 +439,9 @@ def reference(file_path, name, source, out, with_floats):
     entry["ok"] = True
     entry["width"], entry["height"] = rgb.size
     entry["decoded"] = write_raw(out, f"decoded/{name}.rgb", np.asarray(rgb))
-    resized = RESIZE_CROP(rgb)
-    entry["resized"] = write_raw(out, f"resized/{name}.rgb", np.asarray(resized))
+    entry["resized"] = write_raw(out, f"resized/{name}.rgb", resized)
     if with_floats:
-        floats = TO_FLOATS(resized).numpy().astype("<f4")
+        floats = TO_FLOATS(Image.fromarray(resized, "RGB")).numpy().astype("<f4")
         entry["normalized"] = write_raw(out, f"normalized/{name}.f32", floats)
     return entry
 

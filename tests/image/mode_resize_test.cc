@@ -1,0 +1,166 @@
+// The Pillow-mode resizes. Expected values were read off Pillow 9.4
+// (Image.resize on "P"/"I" and "RGBA" images); the parity test checks whole files.
+
+#include "server/image/mode_resize.h"
+
+#include <cstdint>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/image/bicubic_resize.h"
+#include "server/image/preprocessor.h"
+
+namespace clipserve::image {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+// A width x 1 image whose pixel x is (x, x, x): the output names its source column.
+RgbImage Ramp(int width, int height) {
+  RgbImage image;
+  image.width = width;
+  image.height = height;
+  for (int i = 0; i < width * height; ++i) {
+    image.pixels.insert(image.pixels.end(), 3, static_cast<uint8_t>(i));
+  }
+  image.resample = ResampleMode::kNearest;
+  return image;
+}
+
+// The first channel of each output pixel.
+std::vector<int> Sources(const std::vector<uint8_t>& rgb) {
+  std::vector<int> out;
+  for (size_t i = 0; i < rgb.size(); i += 3) out.push_back(rgb[i]);
+  return out;
+}
+
+TEST(ResizeNearestWindowTest, PicksPillowsSourceColumns) {
+  struct Case {
+    int in, out;
+    std::vector<int> want;
+  };
+  for (const Case& c : std::vector<Case>{{10, 7, {0, 2, 3, 5, 6, 7, 9}},
+                                         {7, 10, {0, 1, 1, 2, 3, 3, 4, 5, 5, 6}},
+                                         {5, 3, {0, 2, 4}}}) {
+    std::vector<uint8_t> out(static_cast<size_t>(c.out) * 3);
+    ASSERT_TRUE(
+        ResizeNearestWindow(Ramp(c.in, 1), c.out, 1, 0, 0, c.out, 1, out.data()).ok());
+    EXPECT_THAT(Sources(out), ElementsAreArray(c.want)) << c.in << " -> " << c.out;
+  }
+}
+
+// Pillow steps the source position by in/out once per output pixel; for 2 -> 7 the
+// fourth position sums to just under 1.0, where (x + 0.5) * in / out is exactly 1.
+TEST(ResizeNearestWindowTest, AccumulatesThePositionAsPillowDoes) {
+  std::vector<uint8_t> out(7 * 3);
+  ASSERT_TRUE(ResizeNearestWindow(Ramp(2, 1), 7, 1, 0, 0, 7, 1, out.data()).ok());
+  EXPECT_THAT(Sources(out), ElementsAre(0, 0, 0, 0, 1, 1, 1));
+  ASSERT_TRUE(ResizeNearestWindow(Ramp(1, 2), 1, 7, 0, 0, 1, 7, out.data()).ok());
+  EXPECT_THAT(Sources(out), ElementsAre(0, 0, 0, 0, 1, 1, 1));
+}
+
+TEST(ResizeNearestWindowTest, WindowIsThatPartOfTheWholeResize) {
+  const RgbImage image = Ramp(13, 11);
+  std::vector<uint8_t> whole(9 * 8 * 3);
+  ASSERT_TRUE(ResizeNearestWindow(image, 9, 8, 0, 0, 9, 8, whole.data()).ok());
+  std::vector<uint8_t> window(4 * 3 * 3);
+  ASSERT_TRUE(ResizeNearestWindow(image, 9, 8, 2, 5, 4, 3, window.data()).ok());
+  for (int y = 0; y < 3; ++y) {
+    for (int x = 0; x < 4 * 3; ++x) {
+      EXPECT_EQ(window[y * 12 + x], whole[(5 + y) * 27 + 2 * 3 + x]);
+    }
+  }
+  EXPECT_THAT(ResizeNearestWindow(image, 9, 8, 6, 0, 4, 3, window.data()).message(),
+              HasSubstr("not inside"));
+}
+
+RgbImage Rgba(int width, const std::vector<std::vector<uint8_t>>& pixels) {
+  RgbImage image;
+  image.width = width;
+  image.height = static_cast<int>(pixels.size()) / width;
+  for (const auto& p : pixels) {
+    image.pixels.insert(image.pixels.end(), p.begin(), p.begin() + 3);
+    image.alpha.push_back(p[3]);
+  }
+  image.resample = ResampleMode::kPremultiplied;
+  return image;
+}
+
+// Pillow: Image.fromarray(pixels, "RGBA").resize((4, 1), BICUBIC).convert("RGB").
+// Transparent white comes out black; straight resizing would give (255, 255, 255),
+// (206, 105, 110), (37, 148, 118), (200, 27, 96).
+TEST(ResizePremultipliedWindowTest, EqualsPillowsRgbaRoundTrip) {
+  const RgbImage image = Rgba(6, {{255, 255, 255, 0},
+                                  {255, 255, 255, 0},
+                                  {200, 10, 50, 255},
+                                  {10, 200, 50, 128},
+                                  {90, 90, 250, 60},
+                                  {255, 0, 0, 255}});
+  std::vector<uint8_t> out(4 * 3);
+  ASSERT_TRUE(ResizePremultipliedWindow(image, 4, 1, 0, 0, 4, 1, out.data()).ok());
+  EXPECT_THAT(out, ElementsAre(0, 0, 0, 189, 21, 47, 42, 158, 93, 242, 5, 30));
+}
+
+TEST(ResizePremultipliedWindowTest, OpaqueImageResizesAsRgb) {
+  RgbImage image = Ramp(9, 5);
+  image.resample = ResampleMode::kPremultiplied;
+  image.alpha.assign(9 * 5, 255);
+  std::vector<uint8_t> got(4 * 3 * 3), want(4 * 3 * 3);
+  ASSERT_TRUE(ResizePremultipliedWindow(image, 6, 4, 1, 1, 4, 3, got.data()).ok());
+  ASSERT_TRUE(
+      ResizeBicubicWindow(RgbImageView(9, 5, image.pixels), 6, 4, 1, 1, 4, 3, want.data())
+          .ok());
+  EXPECT_EQ(got, want);
+}
+
+// Image.resize returns a copy when the size does not change: the hidden colors of
+// transparent pixels survive, with no premultiplication round trip.
+TEST(ResizePremultipliedWindowTest, SameSizeCopiesWithoutTheRoundTrip) {
+  const RgbImage image = Rgba(3, {{255, 255, 255, 0}, {10, 20, 30, 7}, {1, 2, 3, 255}});
+  std::vector<uint8_t> out(2 * 3);
+  ASSERT_TRUE(ResizePremultipliedWindow(image, 3, 1, 0, 0, 2, 1, out.data()).ok());
+  EXPECT_THAT(out, ElementsAre(255, 255, 255, 10, 20, 30));
+}
+
+TEST(ResizePremultipliedWindowTest, RefusesImagesWithoutAlpha) {
+  RgbImage image = Ramp(4, 4);
+  std::vector<uint8_t> out(2 * 2 * 3);
+  image.resample = ResampleMode::kDirect;
+  EXPECT_THAT(ResizePremultipliedWindow(image, 2, 2, 0, 0, 2, 2, out.data()).message(),
+              HasSubstr("needs an image with alpha"));
+  image.resample = ResampleMode::kPremultiplied;
+  image.alpha.assign(15, 255);  // One short.
+  EXPECT_THAT(ResizePremultipliedWindow(image, 2, 2, 0, 0, 2, 2, out.data()).message(),
+              HasSubstr("alpha values"));
+}
+
+// The preprocessor resizes each image the way Pillow resizes its mode.
+TEST(ResizeWindowAsPillowTest, PreprocessorFollowsTheImagesMode) {
+  auto preprocessor = Preprocessor::Create({.image_size = 4});
+  ASSERT_TRUE(preprocessor.ok());
+  RgbImage image = Ramp(10, 7);
+  for (ResampleMode mode : {ResampleMode::kDirect, ResampleMode::kNearest}) {
+    image.resample = mode;
+    const absl::StatusOr<RgbImage> got = (*preprocessor)->ResizeAndCrop(image);
+    ASSERT_TRUE(got.ok());
+    const absl::StatusOr<ResizeCropPlan> plan = PlanResizeAndCrop(10, 7, 4);
+    ASSERT_TRUE(plan.ok());
+    std::vector<uint8_t> want(4 * 4 * 3);
+    ASSERT_TRUE(ResizeWindowAsPillow(image, plan->resized_width, plan->resized_height,
+                                     plan->crop_left, plan->crop_top, 4, 4, want.data())
+                    .ok());
+    EXPECT_EQ(got->pixels, want);
+  }
+  std::vector<uint8_t> nearest(4 * 4 * 3), bicubic(4 * 4 * 3);
+  image.resample = ResampleMode::kNearest;
+  ASSERT_TRUE(ResizeWindowAsPillow(image, 5, 4, 0, 0, 4, 4, nearest.data()).ok());
+  image.resample = ResampleMode::kDirect;
+  ASSERT_TRUE(ResizeWindowAsPillow(image, 5, 4, 0, 0, 4, 4, bicubic.data()).ok());
+  EXPECT_NE(nearest, bicubic);
+}
+
+}  // namespace
+}  // namespace clipserve::image
