@@ -500,11 +500,12 @@ class EmbeddingEngineDeviceResizeTest : public ::testing::Test {
     });
   }
 
-  // Encoded photos of different sizes and formats, and one raw image.
+  // Encoded photos of different sizes and formats, two palette images (which Pillow,
+  // and so the host path, resizes with NEAREST), and one raw image.
   static std::vector<ImageInput> Inputs() {
-    std::vector<ImageInput> images =
-        EncodedImages({"images/rocket.jpg", "images/coffee.png", "images/chelsea.webp",
-                       "images/very_wide.png"});
+    std::vector<ImageInput> images = EncodedImages(
+        {"images/rocket.jpg", "images/coffee.png", "images/chelsea.webp",
+         "images/very_wide.png", "images/chelsea.gif", "images/palette_gray.png"});
     images.push_back(Raw(ReadShared("images/astronaut.png")));
     return images;
   }
@@ -530,7 +531,7 @@ TEST_F(EmbeddingEngineDeviceResizeTest, RowsEqualTheHostResizedEngines) {
   ASSERT_TRUE(on_device.ok()) << on_device.status();
   ASSERT_TRUE(on_host.ok()) << on_host.status();
   ExpectSameRows(*on_device, *on_host);
-  EXPECT_EQ(device->computed_images(), 5);
+  EXPECT_EQ(device->computed_images(), 7);
 }
 
 TEST_F(EmbeddingEngineDeviceResizeTest, DecodedBytesAreHeldUntilTheirBatchIsDone) {
@@ -566,7 +567,8 @@ TEST_F(EmbeddingEngineDeviceResizeTest, ImagesOverTheBudgetAreResizedOnTheHost) 
 }
 
 TEST_F(EmbeddingEngineDeviceResizeTest, OutOfMemoryRetryInHalvesKeepsTheRows) {
-  auto retried = MakeEngine(/*resize_on_device=*/true, int64_t{1} << 30, /*oom_limit=*/3);
+  // Seven images fail as one batch; the halves, three and four, fit.
+  auto retried = MakeEngine(/*resize_on_device=*/true, int64_t{1} << 30, /*oom_limit=*/4);
   auto plain = MakeEngine(/*resize_on_device=*/false);
   const std::vector<ImageInput> images = Inputs();
   const absl::StatusOr<EmbedResult> all = EmbedImagesAndWait(*retried, images);
