@@ -82,6 +82,7 @@ RgbImage ApplyExifOrientation(RgbImage image, int orientation) {
   out.pixels.resize(image.pixels.size());
   out.resample = image.resample;
   out.alpha.resize(image.alpha.size());
+  out.cmyk.resize(image.cmyk.size());
   for (int y = 0; y < out.height; ++y) {
     for (int x = 0; x < out.width; ++x) {
       // (sx, sy): the source pixel that lands on output (x, y).
@@ -118,6 +119,7 @@ RgbImage ApplyExifOrientation(RgbImage image, int orientation) {
       const size_t from = size_t{static_cast<unsigned>(sy)} * w + sx;
       std::memcpy(&out.pixels[to * 3], &image.pixels[from * 3], 3);
       if (!image.alpha.empty()) out.alpha[to] = image.alpha[from];
+      if (!image.cmyk.empty()) std::memcpy(&out.cmyk[to * 4], &image.cmyk[from * 4], 4);
     }
   }
   return out;

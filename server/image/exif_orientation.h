@@ -16,8 +16,8 @@ int ExifOrientation(absl::string_view exif);
 // ImageOps.exif_transpose() does it: 2 mirror left-right, 3 rotate 180, 4 mirror
 // top-bottom, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90
 // counter-clockwise (5-8 swap width and height). Any other value returns `image`
-// unchanged. Alpha turns with the pixels; the resample mode is kept. `image` must be
-// consistent (ValidateRgbView() OK). Thread-safe.
+// unchanged. Alpha and CMYK values turn with the pixels; the resample mode is kept.
+// `image` must be consistent (ValidateRgbView() OK). Thread-safe.
 RgbImage ApplyExifOrientation(RgbImage image, int orientation);
 
 }  // namespace clipserve::image

@@ -102,28 +102,32 @@ inline uint8_t CmykChannel(int inverted_c, int nk) {
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
-// Phase 2: pixels, into `out` (width * height * 3 bytes). `row` holds one row of
-// 4-component samples when the file is CMYK or YCCK.
-bool Decompress(JpegContext* context, uint8_t* out, uint8_t* row) {
+// Phase 2: pixels, into `out` (width * height * 3 bytes). When the file is CMYK or
+// YCCK, `cmyk` (width * height * 4 bytes) receives the samples as Pillow holds them,
+// un-inverted.
+bool Decompress(JpegContext* context, uint8_t* out, uint8_t* cmyk) {
   if (setjmp(context->jump)) return false;
   jpeg_decompress_struct& cinfo = context->cinfo;
   jpeg_start_decompress(&cinfo);
   const size_t width = cinfo.output_width;
-  const bool cmyk = cinfo.out_color_space == JCS_CMYK;
+  const bool is_cmyk = cinfo.out_color_space == JCS_CMYK;
   while (cinfo.output_scanline < cinfo.output_height) {
-    uint8_t* dst = out + size_t{cinfo.output_scanline} * width * 3;
-    JSAMPROW rows[1] = {cmyk ? row : dst};
+    const size_t y = cinfo.output_scanline;
+    uint8_t* dst = out + y * width * 3;
+    uint8_t* row = is_cmyk ? cmyk + y * width * 4 : nullptr;
+    JSAMPROW rows[1] = {is_cmyk ? row : dst};
     if (jpeg_read_scanlines(&cinfo, rows, 1) != 1) {
       std::snprintf(context->message, JMSG_LENGTH_MAX, "decoder returned no scanline");
       return false;
     }
-    if (cmyk) {
+    if (is_cmyk) {
       for (size_t x = 0; x < width; ++x) {
-        const uint8_t* s = row + x * 4;
+        uint8_t* s = row + x * 4;
         const int nk = s[3];  // 255 - K after un-inverting.
         dst[x * 3 + 0] = CmykChannel(s[0], nk);
         dst[x * 3 + 1] = CmykChannel(s[1], nk);
         dst[x * 3 + 2] = CmykChannel(s[2], nk);
+        for (int c = 0; c < 4; ++c) s[c] = static_cast<uint8_t>(255 - s[c]);
       }
     }
   }
@@ -196,9 +200,12 @@ absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view encoded,
 
   RgbImage image = NewRgbImage(static_cast<int>(cinfo.image_width),
                                static_cast<int>(cinfo.image_height));
-  std::vector<uint8_t> cmyk_row(cinfo.num_components == 4 ? size_t{cinfo.image_width} * 4
-                                                          : 0);
-  if (!Decompress(&context, image.pixels.data(), cmyk_row.data())) {
+  if (cinfo.num_components == 4) {
+    // Pillow's "CMYK", which it resizes before converting.
+    image.resample = ResampleMode::kCmyk;
+    image.cmyk.resize(image.pixels.size() / 3 * 4);
+  }
+  if (!Decompress(&context, image.pixels.data(), image.cmyk.data())) {
     return LibjpegError(context);
   }
   return image;

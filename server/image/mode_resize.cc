@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "server/image/bicubic_resize.h"
 
 namespace clipserve::image {
@@ -32,9 +33,43 @@ std::vector<int> NearestSources(int in_size, int out_size, int first, int count)
 }
 
 // MULDIV255(a, b): a * b / 255 rounded, in Pillow's integer form.
-uint8_t MulDiv255(unsigned a, unsigned b) {
+int MulDiv255(unsigned a, unsigned b) {
   const unsigned t = a * b + 128;
-  return static_cast<uint8_t>(((t >> 8) + t) >> 8);
+  return static_cast<int>(((t >> 8) + t) >> 8);
+}
+
+// Resizes a four-band image given as its first three bands (`three`, 3 bytes a pixel)
+// and its fourth (fourth[i * stride]): the first three into `out` (the window, 3 bytes
+// a pixel), the fourth into `fourth_out` (one value a pixel). The fourth band goes
+// through the RGB resampler replicated into three channels, which applies to it the
+// arithmetic Pillow applies to each band.
+absl::Status ResizeFourBands(int width, int height, absl::Span<const uint8_t> three,
+                             absl::Span<const uint8_t> fourth, size_t stride,
+                             int out_width, int out_height, int left, int top,
+                             int window_width, int window_height, uint8_t* out,
+                             std::vector<uint8_t>* fourth_out) {
+  const absl::Status window =
+      ValidateResizeWindow(out_width, out_height, left, top, window_width, window_height);
+  if (!window.ok()) return window;
+  const size_t pixels = three.size() / 3;
+  std::vector<uint8_t> replicated(pixels * 3);
+  for (size_t i = 0; i < pixels; ++i) {
+    std::memset(&replicated[i * 3], fourth[i * stride], 3);
+  }
+  const absl::Status resized =
+      ResizeBicubicWindow(RgbImageView(width, height, three), out_width, out_height, left,
+                          top, window_width, window_height, out);
+  if (!resized.ok()) return resized;
+  const size_t window_pixels =
+      size_t{static_cast<unsigned>(window_width)} * window_height;
+  std::vector<uint8_t> resized_fourth(window_pixels * 3);
+  const absl::Status resized_4 =
+      ResizeBicubicWindow(RgbImageView(width, height, replicated), out_width, out_height,
+                          left, top, window_width, window_height, resized_fourth.data());
+  if (!resized_4.ok()) return resized_4;
+  fourth_out->resize(window_pixels);
+  for (size_t i = 0; i < window_pixels; ++i) (*fourth_out)[i] = resized_fourth[i * 3];
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -80,45 +115,66 @@ absl::Status ResizePremultipliedWindow(const RgbImageView& image, int out_width,
   }
   const absl::Status valid = ValidateRgbView(image);
   if (!valid.ok()) return valid;
-  const RgbImageView colors(image.width, image.height, image.pixels);
   // Image.resize returns a copy when the size does not change: no premultiplication.
   if (out_width == image.width && out_height == image.height) {
-    return ResizeBicubicWindow(colors, out_width, out_height, left, top, window_width,
+    return ResizeBicubicWindow(RgbImageView(image.width, image.height, image.pixels),
+                               out_width, out_height, left, top, window_width,
                                window_height, out);
   }
-  const absl::Status window =
-      ValidateResizeWindow(out_width, out_height, left, top, window_width, window_height);
-  if (!window.ok()) return window;
-
-  // RGBa, and alpha in all three channels so that the RGB resampler resizes it with the
-  // same per-channel arithmetic Pillow applies to the fourth band.
+  // RGBa: the colors premultiplied by alpha (Pillow's rgbA2rgba).
   const size_t pixels = image.alpha.size();
   std::vector<uint8_t> premultiplied(pixels * 3);
-  std::vector<uint8_t> alpha3(pixels * 3);
   for (size_t i = 0; i < pixels; ++i) {
-    const uint8_t a = image.alpha[i];
     for (int c = 0; c < 3; ++c) {
-      premultiplied[i * 3 + c] = MulDiv255(image.pixels[i * 3 + c], a);
-      alpha3[i * 3 + c] = a;
+      premultiplied[i * 3 + c] =
+          static_cast<uint8_t>(MulDiv255(image.pixels[i * 3 + c], image.alpha[i]));
     }
   }
-  const absl::Status resized = ResizeBicubicWindow(
-      RgbImageView(image.width, image.height, premultiplied), out_width, out_height, left,
-      top, window_width, window_height, out);
+  std::vector<uint8_t> alpha;
+  const absl::Status resized =
+      ResizeFourBands(image.width, image.height, premultiplied, image.alpha, 1, out_width,
+                      out_height, left, top, window_width, window_height, out, &alpha);
   if (!resized.ok()) return resized;
-  const size_t window_pixels =
-      size_t{static_cast<unsigned>(window_width)} * window_height;
-  std::vector<uint8_t> resized_alpha(window_pixels * 3);
-  const absl::Status resized_a = ResizeBicubicWindow(
-      RgbImageView(image.width, image.height, alpha3), out_width, out_height, left, top,
-      window_width, window_height, resized_alpha.data());
-  if (!resized_a.ok()) return resized_a;
   // RGBa -> RGBA (Pillow's rgba2rgbA), then the alpha is dropped.
-  for (size_t i = 0; i < window_pixels; ++i) {
-    const unsigned a = resized_alpha[i * 3];
+  for (size_t i = 0; i < alpha.size(); ++i) {
+    const unsigned a = alpha[i];
     if (a == 0 || a == 255) continue;
     for (int c = 0; c < 3; ++c) {
       out[i * 3 + c] = static_cast<uint8_t>(std::min(255u, 255u * out[i * 3 + c] / a));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ResizeCmykWindow(const RgbImageView& image, int out_width, int out_height,
+                              int left, int top, int window_width, int window_height,
+                              uint8_t* out) {
+  if (image.resample != ResampleMode::kCmyk) {
+    return absl::InvalidArgumentError("a CMYK resize needs a CMYK image");
+  }
+  const absl::Status valid = ValidateRgbView(image);
+  if (!valid.ok()) return valid;
+  // Image.resize returns a copy when the size does not change: the conversion of the
+  // image itself, which `pixels` holds.
+  if (out_width == image.width && out_height == image.height) {
+    return ResizeBicubicWindow(RgbImageView(image.width, image.height, image.pixels),
+                               out_width, out_height, left, top, window_width,
+                               window_height, out);
+  }
+  const size_t pixels = image.cmyk.size() / 4;
+  std::vector<uint8_t> cmy(pixels * 3);
+  for (size_t i = 0; i < pixels; ++i) std::memcpy(&cmy[i * 3], &image.cmyk[i * 4], 3);
+  std::vector<uint8_t> k;
+  const absl::Status resized =
+      ResizeFourBands(image.width, image.height, cmy, image.cmyk.subspan(3), 4, out_width,
+                      out_height, left, top, window_width, window_height, out, &k);
+  if (!resized.ok()) return resized;
+  // Pillow's cmyk2rgb.
+  for (size_t i = 0; i < k.size(); ++i) {
+    const int nk = 255 - k[i];
+    for (int c = 0; c < 3; ++c) {
+      out[i * 3 + c] =
+          static_cast<uint8_t>(std::max(0, nk - MulDiv255(out[i * 3 + c], nk)));
     }
   }
   return absl::OkStatus();
@@ -134,6 +190,9 @@ absl::Status ResizeWindowAsPillow(const RgbImageView& image, int out_width,
     case ResampleMode::kPremultiplied:
       return ResizePremultipliedWindow(image, out_width, out_height, left, top,
                                        window_width, window_height, out);
+    case ResampleMode::kCmyk:
+      return ResizeCmykWindow(image, out_width, out_height, left, top, window_width,
+                              window_height, out);
     case ResampleMode::kDirect:
       break;
   }

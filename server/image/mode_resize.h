@@ -38,8 +38,19 @@ absl::Status ResizePremultipliedWindow(const RgbImageView& image, int out_width,
                                        int out_height, int left, int top,
                                        int window_width, int window_height, uint8_t* out);
 
+// Pillow 9.4's resize(BICUBIC) of a "CMYK" image followed by convert("RGB"), bit for
+// bit: the four channels resized with ResizeBicubicWindow()'s arithmetic, then
+// Pillow's cmyk2rgb (R = clip(255 - K - MULDIV255(C, 255 - K)), G and B alike). When
+// the size does not change, Pillow copies the image: the window of image.pixels. Needs
+// image.resample == kCmyk (INVALID_ARGUMENT otherwise). Allocates two
+// width * height * 3 scratch buffers.
+absl::Status ResizeCmykWindow(const RgbImageView& image, int out_width, int out_height,
+                              int left, int top, int window_width, int window_height,
+                              uint8_t* out);
+
 // The resize the reference pipeline applies to `image`, by image.resample:
-// ResizeBicubicWindow(), ResizeNearestWindow() or ResizePremultipliedWindow().
+// ResizeBicubicWindow(), ResizeNearestWindow(), ResizePremultipliedWindow() or
+// ResizeCmykWindow().
 absl::Status ResizeWindowAsPillow(const RgbImageView& image, int out_width,
                                   int out_height, int left, int top, int window_width,
                                   int window_height, uint8_t* out);

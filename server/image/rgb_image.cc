@@ -18,12 +18,19 @@ absl::Status ValidateRgbView(const RgbImageView& view) {
                                                    " RGB8 image needs ", expected,
                                                    " bytes, got ", view.pixels.size()));
   }
+  const int64_t pixels = expected / 3;
   const int64_t alpha_expected =
-      view.resample == ResampleMode::kPremultiplied ? expected / 3 : 0;
+      view.resample == ResampleMode::kPremultiplied ? pixels : 0;
   if (static_cast<int64_t>(view.alpha.size()) != alpha_expected) {
     return absl::InvalidArgumentError(
         absl::StrCat("a ", view.width, "x", view.height, " image needs ", alpha_expected,
                      " alpha values, got ", view.alpha.size()));
+  }
+  const int64_t cmyk_expected = view.resample == ResampleMode::kCmyk ? pixels * 4 : 0;
+  if (static_cast<int64_t>(view.cmyk.size()) != cmyk_expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a ", view.width, "x", view.height, " image needs ", cmyk_expected,
+                     " CMYK values, got ", view.cmyk.size()));
   }
   return absl::OkStatus();
 }

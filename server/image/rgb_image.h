@@ -25,15 +25,16 @@ inline constexpr int64_t kDefaultMaxPixels = 40'000'000;
 // - kPremultiplied: "RGBA" and "LA": Pillow multiplies the colors by alpha ("RGBa",
 //   "La"), resizes colors and alpha, divides by the resized alpha, and convert("RGB")
 //   then drops alpha. Fully transparent areas come out black, whatever color they hide.
-// "CMYK" JPEGs are the one mode not told apart: they are resized after conversion to
-// RGB (kDirect), where Pillow resizes the four CMYK channels and converts after.
-enum class ResampleMode : uint8_t { kDirect, kNearest, kPremultiplied };
+// - kCmyk: "CMYK" (JPEG): Pillow resizes the four channels and converts to RGB after.
+enum class ResampleMode : uint8_t { kDirect, kNearest, kPremultiplied, kCmyk };
 
 // A decoded image: `height` rows of `width` pixels, each pixel 3 bytes R, G, B (HWC,
 // interleaved, no row padding), so pixels.size() == width * height * 3: what Pillow's
-// convert("RGB") gives, alpha dropped. `resample` says how to resize it; with
-// kPremultiplied, `alpha` holds the width * height alpha values (row-major), and it is
-// empty otherwise. It owns its pixels; a plain value type (copyable, movable, not
+// convert("RGB") gives, alpha dropped. `resample` says how to resize it. With
+// kPremultiplied, `alpha` holds the width * height alpha values (row-major); with
+// kCmyk, `cmyk` holds width * height * 4 values C, M, Y, K as Pillow holds them (its
+// convert("RGB") gives R = 255 - K - C * (255 - K) / 255, rounded and clipped); both
+// are empty otherwise. It owns its pixels; a plain value type (copyable, movable, not
 // synchronized).
 struct RgbImage {
   int width = 0;
@@ -41,6 +42,7 @@ struct RgbImage {
   std::vector<uint8_t> pixels;
   ResampleMode resample = ResampleMode::kDirect;
   std::vector<uint8_t> alpha;
+  std::vector<uint8_t> cmyk;
 };
 
 // A read-only view of RGB8 pixels laid out as in RgbImage. It does not own the pixels,
@@ -57,7 +59,8 @@ struct RgbImageView {
         height(image.height),
         pixels(image.pixels),
         resample(image.resample),
-        alpha(image.alpha) {}
+        alpha(image.alpha),
+        cmyk(image.cmyk) {}
 
   int width = 0;
   int height = 0;
@@ -65,11 +68,14 @@ struct RgbImageView {
   ResampleMode resample = ResampleMode::kDirect;
   // width * height values with kPremultiplied, empty otherwise.
   absl::Span<const uint8_t> alpha;
+  // width * height * 4 values with kCmyk, empty otherwise.
+  absl::Span<const uint8_t> cmyk;
 };
 
 // OK when `view` has width >= 1, height >= 1, exactly width * height * 3 bytes of
-// pixels, and width * height alpha values with kPremultiplied (none otherwise);
-// INVALID_ARGUMENT naming the mismatch otherwise. Thread-safe; never blocks.
+// pixels, width * height alpha values with kPremultiplied and width * height * 4 CMYK
+// values with kCmyk (none otherwise); INVALID_ARGUMENT naming the mismatch otherwise.
+// Thread-safe; never blocks.
 absl::Status ValidateRgbView(const RgbImageView& view);
 
 // The entry point for pixels a client decoded itself: validates `width` and `height`

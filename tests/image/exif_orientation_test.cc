@@ -132,6 +132,22 @@ TEST(ApplyExifOrientationTest, EachOrientation) {
     std::vector<int> alpha_minus_100;
     for (uint8_t a : turned.alpha) alpha_minus_100.push_back(a - 100);
     EXPECT_THAT(alpha_minus_100, ElementsAreArray(c.reds));
+
+    RgbImage with_cmyk = Numbered();
+    with_cmyk.resample = ResampleMode::kCmyk;
+    for (size_t i = 0; i < with_cmyk.pixels.size(); i += 3) {
+      const uint8_t v = with_cmyk.pixels[i];
+      with_cmyk.cmyk.insert(with_cmyk.cmyk.end(),
+                            {v, 1, 2, static_cast<uint8_t>(200 + v)});
+    }
+    const RgbImage turned_cmyk = ApplyExifOrientation(with_cmyk, c.orientation);
+    std::vector<int> cyan, black_minus_200;
+    for (size_t i = 0; i < turned_cmyk.cmyk.size(); i += 4) {
+      cyan.push_back(turned_cmyk.cmyk[i]);
+      black_minus_200.push_back(turned_cmyk.cmyk[i + 3] - 200);
+    }
+    EXPECT_THAT(cyan, ElementsAreArray(c.reds));
+    EXPECT_THAT(black_minus_200, ElementsAreArray(c.reds));
   }
 }
 

@@ -63,11 +63,12 @@ Difference CompareBytes(const std::vector<uint8_t>& got, const std::string& want
 }
 
 // How Pillow resizes the mode a manifest entry was opened in (rgb_image.h). The
-// deliberate 16-bit gray deviation ("I") and CMYK resize as RGB.
+// deliberate 16-bit gray deviation ("I") resizes as RGB.
 ResampleMode PillowResample(const nlohmann::json& entry) {
   const std::string mode = entry["pillow_mode"].get<std::string>();
   if (mode == "P" || mode == "1") return ResampleMode::kNearest;
   if (mode == "RGBA" || mode == "LA") return ResampleMode::kPremultiplied;
+  if (mode == "CMYK") return ResampleMode::kCmyk;
   return ResampleMode::kDirect;
 }
 
@@ -153,15 +154,20 @@ TEST_F(ImageParityTest, DecodedPixelsEqualPillow) {
     } else {
       EXPECT_TRUE(image->alpha.empty());
     }
+    if (e.contains("cmyk")) {
+      EXPECT_EQ(CompareBytes(image->cmyk, ReadReference(e["cmyk"])).differing, 0);
+    } else {
+      EXPECT_TRUE(image->cmyk.empty());
+    }
     ++compared;
   }
   EXPECT_GE(compared, 80);
 }
 
 // Every mode whose resize differs is in the reference: palettes and bilevel images
-// (NEAREST), and alpha (premultiplied), in several formats.
+// (NEAREST), alpha (premultiplied) and CMYK, in several formats.
 TEST_F(ImageParityTest, ReferenceCoversEveryResampleMode) {
-  std::set<std::string> formats_by_mode[3];
+  std::set<std::string> formats_by_mode[4];
   for (const auto& e : Entries()) {
     if (!e["ok"].get<bool>()) continue;
     formats_by_mode[static_cast<int>(PillowResample(e))].insert(
@@ -172,6 +178,8 @@ TEST_F(ImageParityTest, ReferenceCoversEveryResampleMode) {
               ::testing::IsSupersetOf({"PNG P", "PNG 1", "GIF P", "BMP P", "BMP 1"}));
   EXPECT_THAT(formats_by_mode[static_cast<int>(ResampleMode::kPremultiplied)],
               ::testing::IsSupersetOf({"PNG RGBA", "PNG LA", "WEBP RGBA", "BMP RGBA"}));
+  EXPECT_THAT(formats_by_mode[static_cast<int>(ResampleMode::kCmyk)],
+              ::testing::ElementsAre("JPEG CMYK"));
   EXPECT_THAT(formats_by_mode[static_cast<int>(ResampleMode::kDirect)],
               ::testing::IsSupersetOf({"GIF L", "BMP L", "PNG L", "JPEG RGB"}));
 }
@@ -195,6 +203,9 @@ TEST_F(ImageParityTest, ResizeAndCropEqualsTorchvision) {
     const std::string pillow_alpha = e.contains("alpha") ? ReadReference(e["alpha"]) : "";
     pillow.alpha = absl::MakeConstSpan(
         reinterpret_cast<const uint8_t*>(pillow_alpha.data()), pillow_alpha.size());
+    const std::string pillow_cmyk = e.contains("cmyk") ? ReadReference(e["cmyk"]) : "";
+    pillow.cmyk = absl::MakeConstSpan(
+        reinterpret_cast<const uint8_t*>(pillow_cmyk.data()), pillow_cmyk.size());
     const absl::StatusOr<RgbImage> from_pillow = preprocessor_->ResizeAndCrop(pillow);
     ASSERT_TRUE(from_pillow.ok()) << from_pillow.status();
     const Difference resize_only = CompareBytes(from_pillow->pixels, want);
@@ -294,26 +305,6 @@ TEST_F(ImageParityTest, ExifOrientationEqualsExifTranspose) {
   }
   EXPECT_TRUE(saw_chelsea_rot6);
   EXPECT_GE(compared, 10);  // Orientations 2-8 in JPEG, plus PNG, WebP and the cat.
-}
-
-// CMYK JPEGs are resized after their conversion to RGB, where Pillow resizes the CMYK
-// channels and converts after. The reference holds them to the RGB order (the tests
-// above) and records how far Pillow's order lands from it: at most 1 in a few values.
-TEST_F(ImageParityTest, CmykResizesAfterConversionWithinOne) {
-  std::vector<std::string> deviating;
-  for (const auto& e : Entries()) {
-    if (!e.contains("resize_deviation")) continue;
-    const std::string name = e["name"].get<std::string>();
-    deviating.push_back(name);
-    EXPECT_EQ(e["pillow_mode"], "CMYK") << name;
-    const auto& d = e["resize_deviation"];
-    std::printf("cmyk    %-34s Pillow's order: %d values differ, by at most %d\n",
-                name.c_str(), d["differing"].get<int>(), d["max_abs"].get<int>());
-    EXPECT_LE(d["max_abs"].get<int>(), 1) << name;
-    EXPECT_LE(d["differing"].get<int>(), 1000) << name;  // Of 150,528.
-  }
-  EXPECT_THAT(deviating,
-              ::testing::UnorderedElementsAre("chelsea_cmyk.jpg", "jpeg_cmyk.jpg"));
 }
 
 // The one deliberate deviation from Pillow: 16-bit gray is scaled (v >> 8), where

@@ -8,11 +8,12 @@ records what the reference pipeline gives:
 
   decoded     Image.open(f).convert("RGB"), H x W x 3 uint8, raw
   alpha       the alpha channel, H x W uint8, raw, for "RGBA" and "LA" images
+  cmyk        the CMYK values Pillow holds, H x W x 4 uint8, raw, for "CMYK" images
   resized     torchvision Resize(224, InterpolationMode.BICUBIC) + CenterCrop(224) of
               Image.open(f) in the mode Pillow opened it in, then convert("RGB"), as
               OpenAI's and open_clip's transforms do it (Pillow resizes "P" and "1"
-              with NEAREST, and "RGBA" and "LA" premultiplied by alpha), 224 x 224 x 3
-              uint8, raw
+              with NEAREST, "RGBA" and "LA" premultiplied by alpha, "CMYK" before
+              converting), 224 x 224 x 3 uint8, raw
   normalized  ToTensor() + Normalize(OpenAI mean, std) of `resized`, 3 x 224 x 224
               float32 little-endian, raw (shared files only)
   transposed  ImageOps.exif_transpose(Image.open(f)).convert("RGB"), when the file has
@@ -23,9 +24,6 @@ plus manifest.json describing each entry. One deliberate deviation is applied to
 reference: Pillow opens 16-bit grayscale PNGs as mode "I" and convert("RGB") clips them
 to 255 (a white image); clipserve scales 16-bit samples to 8 bits (v >> 8), so for those
 files the reference is Pillow's pipeline on the v >> 8 image, and the entry says so.
-For CMYK JPEGs, which Pillow resizes in CMYK before converting, clipserve resizes the
-converted RGB: their `resized` reference is taken from the RGB image, and the entry
-records in `resize_deviation` how far Pillow's own order lands from it.
 
 Run with Debian's /usr/bin/python3 (python3-pil 9.4, python3-torchvision 0.14):
   make_image_reference.py --images ../shared/images --out build-img/tests/image/reference
@@ -413,14 +411,7 @@ def reference(file_path, name, source, out, with_floats):
                 entry["alpha"] = write_raw(out, f"alpha/{name}.a",
                                            np.asarray(im.getchannel("A")))
             if im.mode == "CMYK":
-                pillow_order = np.asarray(RESIZE_CROP(im).convert("RGB"), dtype=np.int64)
-                source = rgb
-                rgb_order = np.asarray(RESIZE_CROP(rgb), dtype=np.int64)
-                entry["resize_deviation"] = {
-                    "what": "resized after the conversion to RGB, not in CMYK",
-                    "max_abs": int(np.abs(pillow_order - rgb_order).max()),
-                    "differing": int((pillow_order != rgb_order).sum()),
-                }
+                entry["cmyk"] = write_raw(out, f"cmyk/{name}.cmyk", np.asarray(im))
             resized = np.asarray(RESIZE_CROP(source).convert("RGB"))
             try:
                 orientation = im.getexif().get(0x0112)

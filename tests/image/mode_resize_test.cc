@@ -1,5 +1,6 @@
 // The Pillow-mode resizes. Expected values were read off Pillow 9.4
-// (Image.resize on "P"/"I" and "RGBA" images); the parity test checks whole files.
+// (Image.resize on "P"/"I", "RGBA" and "CMYK" images); the parity test checks whole
+// files.
 
 #include "server/image/mode_resize.h"
 
@@ -135,6 +136,29 @@ TEST(ResizePremultipliedWindowTest, RefusesImagesWithoutAlpha) {
   image.alpha.assign(15, 255);  // One short.
   EXPECT_THAT(ResizePremultipliedWindow(image, 2, 2, 0, 0, 2, 2, out.data()).message(),
               HasSubstr("alpha values"));
+}
+
+// Pillow: Image.fromarray(cmyk, "CMYK").resize((4, 1), BICUBIC).convert("RGB").
+// Converting first and resizing the RGB would give (160, 255, 255), (94, 117, 170),
+// (87, 64, 0), (72, 112, 136).
+TEST(ResizeCmykWindowTest, EqualsPillowsCmykResize) {
+  RgbImage image;
+  image.width = 6;
+  image.height = 1;
+  image.resample = ResampleMode::kCmyk;
+  image.cmyk = {0,  0,  0,   0,  255, 0, 0, 0,   10,  200, 30, 100,
+                90, 90, 250, 60, 0,   0, 0, 255, 128, 64,  32, 16};
+  image.pixels = {255, 255, 255, 0, 255, 255, 149, 33,  137,
+                  126, 126, 4,   0, 0,   0,   119, 179, 209};  // Its convert("RGB").
+  std::vector<uint8_t> out(4 * 3);
+  ASSERT_TRUE(ResizeCmykWindow(image, 4, 1, 0, 0, 4, 1, out.data()).ok());
+  EXPECT_THAT(out, ElementsAre(156, 255, 255, 113, 96, 167, 97, 83, 45, 101, 126, 141));
+  // The same size: Pillow copies, so the window of the converted pixels.
+  ASSERT_TRUE(ResizeCmykWindow(image, 6, 1, 2, 0, 4, 1, out.data()).ok());
+  EXPECT_THAT(out, ElementsAre(149, 33, 137, 126, 126, 4, 0, 0, 0, 119, 179, 209));
+  image.cmyk.pop_back();
+  EXPECT_THAT(ResizeCmykWindow(image, 4, 1, 0, 0, 4, 1, out.data()).message(),
+              HasSubstr("CMYK values"));
 }
 
 // The preprocessor resizes each image the way Pillow resizes its mode.
