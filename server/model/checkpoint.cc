@@ -244,6 +244,13 @@ absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
     CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
                                ReadSmallFile((dir / "config.json").string()));
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ParseHfConfig(json));
+    if (fs::is_regular_file(dir / "preprocessor_config.json")) {
+      CLIPSERVE_ASSIGN_OR_RETURN(
+          std::string preprocessor,
+          ReadSmallFile((dir / "preprocessor_config.json").string()));
+      CLIPSERVE_RETURN_IF_ERROR(
+          ApplyHfPreprocessorConfig(preprocessor, &checkpoint.config));
+    }
     CLIPSERVE_ASSIGN_OR_RETURN(
         checkpoint.weights_path,
         FirstExisting(dir, {"model.safetensors", "pytorch_model.bin"}));

@@ -43,7 +43,8 @@ struct ReadCheckpointOptions {
 };
 
 // Reads a checkpoint, detecting its format from the content, not the name: a
-// directory with open_clip_config.json (open_clip) or config.json (Hugging Face); a
+// directory with open_clip_config.json (open_clip) or config.json (Hugging Face, with
+// its preprocessor_config.json when there is one: ApplyHfPreprocessorConfig()); a
 // zip holding constants.pkl (TorchScript archive) or data.pkl (torch.save); a file
 // starting with a plausible safetensors header. Errors: NOT_FOUND (no such path),
 // INVALID_ARGUMENT (unrecognized, truncated or corrupt file, bad config, HF key that

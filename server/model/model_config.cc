@@ -3,6 +3,7 @@
 #include <cmath>
 #include <optional>
 #include <set>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -187,35 +188,39 @@ struct KeyRule {
   json value = nullptr;  // kPinned: the value clipserve implements (null: only absent)
 };
 
-// Checks `section` against `rules`: a pinned key must be absent, equal to its value, or
-// null where its value is null or a boolean (open_clip's None/False defaults); a key
-// no rule names is rejected.
-absl::Status CheckKeys(const json& section, absl::string_view where,
-                       const std::vector<KeyRule>& rules) {
+// Checks `section` of `file` against `rules`: a pinned key must be absent, equal to
+// its value, or null where its value is null or a boolean (None/False defaults, which
+// open_clip and transformers read null as); a key no rule names is rejected. `where`
+// prefixes the key in messages ("" for a file's top level).
+absl::Status CheckKeys(const json& section, absl::string_view file,
+                       absl::string_view where, const std::vector<KeyRule>& rules) {
   for (const auto& [key, value] : section.items()) {
+    const std::string name = where.empty() ? key : absl::StrCat(where, ".", key);
     const KeyRule* rule = nullptr;
     for (const KeyRule& r : rules) {
       if (key == r.key) rule = &r;
     }
     if (rule == nullptr) {
       return absl::InvalidArgumentError(
-          absl::StrCat("open_clip config key ", where, ".", key,
+          absl::StrCat(file, " key ", name,
                        " is unknown to clipserve, which cannot tell whether it changes "
                        "the model; remove it if it does not"));
     }
-    // open_clip reads null like its default where that is None or False; a null
-    // pool_type or pos_embed_type means something else (no pooling, an error).
+    // A null reads like the default where that is None or False; a null pool_type or
+    // pos_embed_type means something else (no pooling, an error).
     const bool null_is_default = rule->value.is_null() || rule->value.is_boolean();
     if (rule->kind != KeyRule::kPinned || (value.is_null() && null_is_default) ||
         value == rule->value) {
       continue;
     }
     return absl::InvalidArgumentError(
-        absl::StrCat("open_clip config sets ", where, ".", key, " = ", value.dump(),
+        absl::StrCat(file, " sets ", name, " = ", value.dump(),
                      "; clipserve implements only ", rule->value.dump()));
   }
   return absl::OkStatus();
 }
+
+constexpr absl::string_view kOpenClip = "open_clip config";
 
 const std::vector<KeyRule>& ModelRules() {
   static const auto* rules = new std::vector<KeyRule>{
@@ -324,6 +329,67 @@ const std::vector<KeyRule>& PreprocessRules() {
   return *rules;
 }
 
+// transformers' CLIPImageProcessor (and its fast twin) as saved in
+// preprocessor_config.json.
+const std::vector<KeyRule>& HfPreprocessorRules() {
+  static const auto* rules = new std::vector<KeyRule>{
+      {"size", KeyRule::kRead},
+      {"crop_size", KeyRule::kRead},
+      {"image_mean", KeyRule::kRead},
+      {"image_std", KeyRule::kRead},
+      {"rescale_factor", KeyRule::kRead},
+      {"image_processor_type", KeyRule::kRead},
+      {"feature_extractor_type", KeyRule::kRead},
+      // Bookkeeping, output layout and tensor type, where the processor runs; and the
+      // RGB conversion, which clipserve always applies.
+      {"processor_class", KeyRule::kIgnored},
+      {"_valid_processor_keys", KeyRule::kIgnored},
+      {"data_format", KeyRule::kIgnored},
+      {"input_data_format", KeyRule::kIgnored},
+      {"return_tensors", KeyRule::kIgnored},
+      {"device", KeyRule::kIgnored},
+      {"disable_grouping", KeyRule::kIgnored},
+      {"do_convert_rgb", KeyRule::kIgnored},
+      // CLIP's steps: resize the short side with bicubic (PIL resample 3), center crop,
+      // scale to [0, 1], normalize; no padding, no crop_pct.
+      {"do_resize", KeyRule::kPinned, true},
+      {"resample", KeyRule::kPinned, 3},
+      {"do_center_crop", KeyRule::kPinned, true},
+      {"do_rescale", KeyRule::kPinned, true},
+      {"do_normalize", KeyRule::kPinned, true},
+      {"default_to_square", KeyRule::kPinned, false},
+      {"do_pad", KeyRule::kPinned, false},
+      {"pad_size", KeyRule::kPinned},
+      {"crop_pct", KeyRule::kPinned},
+  };
+  return *rules;
+}
+
+// The side a preprocessor_config.json size field asks for: an integer, or an object
+// with exactly `keys` (all equal).
+absl::StatusOr<int> HfSide(const json& config, const char* key,
+                           const std::vector<const char*>& keys) {
+  constexpr absl::string_view kFile = "preprocessor_config.json";
+  const json& value = config[key];
+  if (value.is_number_integer()) return IntField(config, key, kFile);
+  const auto wrong = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kFile, " sets ", key, " = ", value.dump(),
+                     "; clipserve implements an integer or {", absl::StrJoin(keys, ", "),
+                     "} with one side (CLIP's short-side resize and square crop)"));
+  };
+  if (!value.is_object() || value.size() != keys.size()) return wrong();
+  std::optional<int> side;
+  for (const char* k : keys) {
+    if (!value.contains(k)) return wrong();
+    CLIPSERVE_ASSIGN_OR_RETURN(const int v,
+                               IntField(value, k, absl::StrCat(kFile, " ", key)));
+    if (side.has_value() && *side != v) return wrong();
+    side = v;
+  }
+  return *side;
+}
+
 int IntSqrt(int64_t n) { return static_cast<int>(std::lround(std::sqrt(double(n)))); }
 
 }  // namespace
@@ -400,7 +466,8 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
       const json& pre = root["preprocess_cfg"];
       if (!pre.is_object())
         return absl::InvalidArgumentError("preprocess_cfg is not an object");
-      CLIPSERVE_RETURN_IF_ERROR(CheckKeys(pre, "preprocess_cfg", PreprocessRules()));
+      CLIPSERVE_RETURN_IF_ERROR(
+          CheckKeys(pre, kOpenClip, "preprocess_cfg", PreprocessRules()));
       if (pre.contains("mean")) {
         CLIPSERVE_ASSIGN_OR_RETURN(c.image_mean,
                                    Triple(pre["mean"], "preprocess_cfg.mean"));
@@ -414,8 +481,8 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
       !model->contains("text_cfg")) {
     return absl::InvalidArgumentError("open_clip config needs vision_cfg and text_cfg");
   }
-  CLIPSERVE_RETURN_IF_ERROR(
-      CheckKeys(*model, model == &root ? "config" : "model_cfg", ModelRules()));
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(
+      *model, kOpenClip, model == &root ? "config" : "model_cfg", ModelRules()));
   CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(*model, "embed_dim", "config"));
   CLIPSERVE_ASSIGN_OR_RETURN(c.quick_gelu,
                              BoolField(*model, "quick_gelu", "model_cfg", false));
@@ -423,7 +490,7 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
   const json& vision = (*model)["vision_cfg"];
   if (!vision.is_object())
     return absl::InvalidArgumentError("vision_cfg is not an object");
-  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(vision, "vision_cfg", VisionRules()));
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(vision, kOpenClip, "vision_cfg", VisionRules()));
   VisionConfig& v = c.vision;
   CLIPSERVE_ASSIGN_OR_RETURN(v.image_size, IntField(vision, "image_size", "vision_cfg"));
   CLIPSERVE_ASSIGN_OR_RETURN(v.width, IntField(vision, "width", "vision_cfg"));
@@ -460,7 +527,7 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
 
   const json& textj = (*model)["text_cfg"];
   if (!textj.is_object()) return absl::InvalidArgumentError("text_cfg is not an object");
-  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(textj, "text_cfg", TextRules()));
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(textj, kOpenClip, "text_cfg", TextRules()));
   TextConfig& t = c.text;
   CLIPSERVE_ASSIGN_OR_RETURN(
       const std::string encoder,
@@ -498,6 +565,56 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
   }
   CLIPSERVE_RETURN_IF_ERROR(ValidateConfig(c));
   return c;
+}
+
+absl::Status ApplyHfPreprocessorConfig(absl::string_view text, ClipConfig* config) {
+  constexpr absl::string_view kFile = "preprocessor_config.json";
+  absl::StatusOr<json> parsed = ParseJson(text);
+  if (!parsed.ok())
+    return absl::InvalidArgumentError(absl::StrCat(kFile, " is not a JSON object"));
+  const json& root = *parsed;
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(root, kFile, "", HfPreprocessorRules()));
+  for (const char* key : {"image_processor_type", "feature_extractor_type"}) {
+    CLIPSERVE_ASSIGN_OR_RETURN(const std::string type, StringField(root, key, kFile, ""));
+    if (!type.empty() && type != "CLIPImageProcessor" &&
+        type != "CLIPImageProcessorFast" && type != "CLIPFeatureExtractor") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kFile, " sets ", key, " = \"", type,
+                       "\"; clipserve implements only CLIP's image processor"));
+    }
+  }
+  const int image_size = config->vision.image_size;
+  struct SideField {
+    const char* key;
+    std::vector<const char*> keys;
+  };
+  for (const SideField& field : std::vector<SideField>{
+           {"size", {"shortest_edge"}}, {"crop_size", {"height", "width"}}}) {
+    const char* key = field.key;
+    if (!root.contains(key) || root[key].is_null()) continue;
+    CLIPSERVE_ASSIGN_OR_RETURN(const int side, HfSide(root, key, field.keys));
+    if (side != image_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kFile, " sets ", key, " to ", side,
+                       " pixels; the model's image_size is ", image_size));
+    }
+  }
+  CLIPSERVE_ASSIGN_OR_RETURN(const double rescale,
+                             DoubleField(root, "rescale_factor", kFile, 1.0 / 255));
+  if (std::abs(rescale * 255 - 1) > 1e-9) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kFile, " sets rescale_factor = ", rescale, "; clipserve implements only 1/255"));
+  }
+  if (root.contains("image_mean") && !root["image_mean"].is_null()) {
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        config->image_mean,
+        Triple(root["image_mean"], absl::StrCat(kFile, " image_mean")));
+  }
+  if (root.contains("image_std") && !root["image_std"].is_null()) {
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        config->image_std, Triple(root["image_std"], absl::StrCat(kFile, " image_std")));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {

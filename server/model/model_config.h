@@ -81,6 +81,15 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view json);
 // Parses a Hugging Face transformers config.json with model_type "clip".
 absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view json);
 
+// Reads the preprocessor_config.json of a Hugging Face CLIP directory (transformers'
+// CLIPImageProcessor, legacy or current schema) into `config`: image_mean and
+// image_std. size (an integer or {"shortest_edge"}) and crop_size (an integer or
+// {"height", "width"}) must equal config->vision.image_size; the steps must be CLIP's
+// (resize with bicubic, center crop, rescale by 1/255, normalize); every other key is
+// known not to matter or an error, as in ParseOpenClipConfig(). INVALID_ARGUMENT
+// naming the key otherwise; `config` may then be partly updated.
+absl::Status ApplyHfPreprocessorConfig(absl::string_view json, ClipConfig* config);
+
 // Tensor name -> shape, as found in a checkpoint.
 using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 

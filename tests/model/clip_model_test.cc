@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -303,6 +304,39 @@ TEST(CorruptCheckpointTest, EachGivesItsSpecificError) {
       EXPECT_THAT(status.message(), HasSubstr(entry["key"].get<std::string>()));
     }
   }
+}
+
+// A Hugging Face directory's preprocessor_config.json gives the normalization, and
+// one that asks for another input size or other steps is refused at load.
+TEST(CheckpointTest, HuggingFaceDirectoryReadsItsPreprocessorConfig) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / "hf_with_preprocessor";
+  fs::remove_all(dir);
+  fs::copy(kFixtures + "/vit_transformer/hf", dir);
+  const auto write = [&](const std::string& text) {
+    std::ofstream(dir / "preprocessor_config.json") << text;
+  };
+  auto plain = ReadCheckpoint(dir.string());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const int size = plain->config.vision.image_size;
+  EXPECT_FLOAT_EQ(plain->config.image_mean[0], 0.48145466f);  // OpenAI's, the default
+
+  write(absl::StrCat(R"({"crop_size": {"height": )", size, R"(, "width": )", size,
+                     R"(}, "do_center_crop": true, "do_convert_rgb": true,
+      "do_normalize": true, "do_rescale": true, "do_resize": true,
+      "image_mean": [0.5, 0.25, 0.125], "image_processor_type": "CLIPImageProcessor",
+      "image_std": [0.5, 0.5, 0.5], "processor_class": "CLIPProcessor", "resample": 3,
+      "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": )",
+                     size, "}}"));
+  auto custom = ReadCheckpoint(dir.string());
+  ASSERT_TRUE(custom.ok()) << custom.status();
+  EXPECT_FLOAT_EQ(custom->config.image_mean[1], 0.25f);
+  EXPECT_FLOAT_EQ(custom->config.image_std[2], 0.5f);
+
+  write(absl::StrCat(R"({"crop_size": )", size + 1, "}"));
+  EXPECT_THAT(ReadCheckpoint(dir.string()).status().message(),
+              HasSubstr("preprocessor_config.json sets crop_size"));
+  fs::remove_all(dir);
 }
 
 TEST(CheckpointTest, MissingPathIsNotFound) {

@@ -221,6 +221,64 @@ TEST(ParseHfConfigTest, RejectsSettingsThatChangeTheComputation) {
               HasSubstr("not a Hugging Face CLIP config"));
 }
 
+// preprocessor_config.json as transformers saves it: the legacy schema of
+// openai/clip-vit-base-patch32 and the current one, with another mean and std.
+TEST(ApplyHfPreprocessorConfigTest, ReadsBothSchemas) {
+  ClipConfig c;  // image_size 224
+  const absl::Status legacy = ApplyHfPreprocessorConfig(R"({
+      "crop_size": 224, "do_center_crop": true, "do_normalize": true, "do_resize": true,
+      "feature_extractor_type": "CLIPFeatureExtractor",
+      "image_mean": [0.48145466, 0.4578275, 0.40821073],
+      "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224})",
+                                                        &c);
+  EXPECT_TRUE(legacy.ok()) << legacy;
+  EXPECT_FLOAT_EQ(c.image_std[0], 0.26862954f);
+  const absl::Status current = ApplyHfPreprocessorConfig(R"({
+      "crop_size": {"height": 224, "width": 224}, "do_center_crop": true,
+      "do_convert_rgb": true, "do_normalize": true, "do_rescale": true, "do_resize": true,
+      "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "CLIPImageProcessor",
+      "image_std": [0.25, 0.25, 0.25], "processor_class": "CLIPProcessor",
+      "resample": 3, "rescale_factor": 0.00392156862745098,
+      "size": {"shortest_edge": 224}, "data_format": "channels_first",
+      "default_to_square": false, "crop_pct": null, "input_data_format": null,
+      "device": null, "return_tensors": null, "disable_grouping": null})",
+                                                         &c);
+  EXPECT_TRUE(current.ok()) << current;
+  EXPECT_FLOAT_EQ(c.image_mean[2], 0.5f);
+  EXPECT_FLOAT_EQ(c.image_std[1], 0.25f);
+  EXPECT_TRUE(ApplyHfPreprocessorConfig("{}", &c).ok());  // Defaults throughout.
+}
+
+TEST(ApplyHfPreprocessorConfigTest, RejectsOtherSizesAndSteps) {
+  struct Case {
+    const char* json;
+    const char* message;
+  };
+  for (const Case& k : std::vector<Case>{
+           {R"({"size": {"shortest_edge": 336}})", "size to 336 pixels"},
+           {R"({"size": 336})", "size to 336 pixels"},
+           {R"({"crop_size": {"height": 224, "width": 200}})", "crop_size"},
+           {R"({"size": {"height": 224, "width": 224}})", "shortest_edge"},
+           {R"({"resample": 2})", "resample = 2"},
+           {R"({"do_center_crop": false})", "do_center_crop = false"},
+           {R"({"do_normalize": false})", "do_normalize"},
+           {R"({"rescale_factor": 1.0})", "rescale_factor"},
+           {R"({"crop_pct": 0.9})", "crop_pct"},
+           {R"({"image_processor_type": "SiglipImageProcessor"})",
+            "SiglipImageProcessor"},
+           {R"({"image_mean": [0.5, 0.5]})", "image_mean must be 3 numbers"},
+           {R"({"brand_new_option": 1})", "brand_new_option is unknown"},
+           {"[1]", "not a JSON object"},
+       }) {
+    SCOPED_TRACE(k.json);
+    ClipConfig c;
+    const absl::Status status = ApplyHfPreprocessorConfig(k.json, &c);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr(k.message));
+    EXPECT_THAT(status.message(), HasSubstr("preprocessor_config.json"));
+  }
+}
+
 ShapeMap VitB32Shapes() {
   ShapeMap s;
   s["visual.proj"] = {768, 512};
