@@ -168,6 +168,12 @@ absl::Status DeviceImagePreprocessor::PreprocessInto(
     }
     const image::RgbImageView& view = images[i];
     CLIPSERVE_RETURN_IF_ERROR(image::ValidateRgbView(view));
+    if (view.resample != image::ResampleMode::kDirect) {
+      return absl::InvalidArgumentError(
+          "the device resize is RGB's; palette, alpha and CMYK images "
+          "(image::ResampleMode) "
+          "are resized by the host preprocessor");
+    }
     CLIPSERVE_ASSIGN_OR_RETURN(const image::ResizeCropPlan crop,
                                image::PlanResizeAndCrop(view.width, view.height, s));
     const image::BicubicTaps horizontal = image::ComputeBicubicTaps(

@@ -55,7 +55,8 @@ class DeviceImagePreprocessor {
   //
   // INVALID_ARGUMENT when the sizes disagree (images and rows, a row outside the
   // batch, the batch's shape, dtype or device) or an image is inconsistent
-  // (image::ValidateRgbView) or cannot be planned (image::PlanResizeAndCrop);
+  // (image::ValidateRgbView), not resized as RGB by Pillow (resample other than
+  // image::ResampleMode::kDirect) or cannot be planned (image::PlanResizeAndCrop);
   // RESOURCE_EXHAUSTED when the device runs out of memory; INTERNAL for other LibTorch
   // errors. Never throws. On error, rows of `batch` may have been partly written.
   absl::Status PreprocessInto(absl::Span<const image::RgbImageView> images,

@@ -417,8 +417,8 @@ absl::Status EmbeddingEngine::PrepareImage(ImageInput& input, ImageItem& item) {
                                image::DecodeImage(input.encoded, options_.decode));
     view = decoded;
   }
-  // The device resizes as Pillow resizes RGB; images Pillow would resize in another
-  // mode (palette, alpha: image::ResampleMode) are resized here.
+  // The device resizes as Pillow resizes RGB; images Pillow resizes in another mode
+  // (palette, alpha, CMYK: image::ResampleMode) are resized here.
   if (device_preprocessor_ != nullptr && view.resample == image::ResampleMode::kDirect) {
     // Refused here, not in the batch, when the resize cannot be planned.
     CLIPSERVE_RETURN_IF_ERROR(

@@ -70,8 +70,8 @@ struct EmbeddingEngineOptions {
   // worker (DeviceImagePreprocessor: the same bits as the host's), so that the
   // preprocessing threads only decode. For GPUs, where decoding then bounds image
   // throughput; on the CPU it only moves the work from the preprocessing threads to
-  // the model's. Images with a palette or alpha (image::ResampleMode other than
-  // kDirect) are still resized on the host. Default false.
+  // the model's. Images with a palette or alpha and CMYK JPEGs (image::ResampleMode
+  // other than kDirect) are still resized on the host. Default false.
   bool resize_on_device = false;
   // With resize_on_device: the most bytes of decoded images held between decoding and
   // their batch. An image that would exceed it is resized on the host instead, as

@@ -160,7 +160,9 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
       ++entries;
     }
     // Pillow's mode: two colors are "1" (black and white) or "P", and both resize with
-    // NEAREST; a complete gray ramp (i, i, i) is "L"; any other palette is "P".
+    // NEAREST; a complete gray ramp (i, i, i) is "L"; any other palette is "P". (Pillow
+    // compares entry i with i & 255, so a ramp repeated past 256 colors would be "L";
+    // clipserve keeps 256 entries and reads such a file as "P".)
     const bool gray =
         colors != 2 && entries == colors && palette.IsGrayRamp(static_cast<int>(colors));
     if (!gray) resample = ResampleMode::kNearest;

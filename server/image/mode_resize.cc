@@ -15,18 +15,30 @@ namespace {
 // Pillow's COORD(): -1 below zero, else truncation.
 int Coord(double v) { return v < 0.0 ? -1 : static_cast<int>(v); }
 
+// Outputs past which the position is computed directly rather than accumulated:
+// Pillow cannot allocate such an image, and accumulating would cost a step per output
+// pixel (an elongated 1 x 9,000,000 palette PNG resizes to 224 x 2 billion).
+constexpr int kMaxAccumulatedOutputs = 1 << 24;
+
 // The source index Pillow's ImagingScaleAffine reads for outputs [first, first + count)
-// of an in_size -> out_size NEAREST resize, -1 where it reads none. The position is
-// accumulated from output 0, as Pillow does it, so that rounding matches.
+// of an in_size -> out_size NEAREST resize, -1 where it reads none (which rounding
+// could give only at the last output; no size Pillow can resize gets there). The
+// position is accumulated from output 0, as Pillow does it, so that rounding matches.
 std::vector<int> NearestSources(int in_size, int out_size, int first, int count) {
   std::vector<int> sources(static_cast<size_t>(count));
   const double scale = static_cast<double>(in_size) / out_size;
+  const auto source_at = [&](double position) {
+    const int source = Coord(position);
+    return source >= 0 && source < in_size ? source : -1;
+  };
+  if (int64_t{first} + count > kMaxAccumulatedOutputs) {
+    for (int i = 0; i < count; ++i)
+      sources[i] = source_at(scale * (0.5 + double(first) + i));
+    return sources;
+  }
   double position = scale * 0.5;  // a[2] + a[0] * 0.5 with a[2] = 0.
   for (int i = 0; i < first + count; ++i) {
-    if (i >= first) {
-      const int source = Coord(position);
-      sources[i - first] = source >= 0 && source < in_size ? source : -1;
-    }
+    if (i >= first) sources[i - first] = source_at(position);
     position += scale;
   }
   return sources;

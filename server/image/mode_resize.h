@@ -19,9 +19,9 @@ namespace clipserve::image {
 // Pillow 9.4's resize of a "P" or "1" image, which is NEAREST whatever filter is asked
 // for, bit for bit: ImagingScaleAffine's source column for output x is
 // int(scale * 0.5 + x * scale) with scale = in / out, the sum accumulated in double one
-// step per output pixel as Pillow does (rows alike); a position past the source (which
-// rounding could give) reads as 0. Palette lookups commute with it, so `image` holds the
-// expanded colors.
+// step per output pixel as Pillow does (rows alike; past 2^24 output pixels, sizes
+// Pillow cannot allocate, the product is computed directly so that the cost stays with
+// the window). Palette lookups commute with it, so `image` holds the expanded colors.
 absl::Status ResizeNearestWindow(const RgbImageView& image, int out_width, int out_height,
                                  int left, int top, int window_width, int window_height,
                                  uint8_t* out);

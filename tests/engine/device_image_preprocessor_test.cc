@@ -185,6 +185,10 @@ TEST(DeviceImagePreprocessorTest, RefusesWhatDoesNotFit) {
   const std::vector<image::RgbImageView> short_view = {
       image::RgbImageView(50, 41, good.pixels)};
   EXPECT_EQ(code(short_view, row0, batch), absl::StatusCode::kInvalidArgument);
+  // An image Pillow resizes in another mode than RGB (here a palette image).
+  image::RgbImageView palette = good;
+  palette.resample = image::ResampleMode::kNearest;
+  EXPECT_EQ(code({palette}, row0, batch), absl::StatusCode::kInvalidArgument);
   // Nothing to do is fine.
   EXPECT_EQ(code({}, {}, batch), absl::StatusCode::kOk);
   EXPECT_TRUE(batch.eq(0).all().item<bool>()) << "a refused call wrote to the batch";

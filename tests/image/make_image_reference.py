@@ -402,17 +402,17 @@ def reference(file_path, name, source, out, with_floats):
                                       "to 255")
                 entry["pillow_plain_min_value"] = int(plain.min())
                 scaled = (np.asarray(im, dtype=np.int64) >> 8).astype(np.uint8)
-                source = Image.fromarray(scaled, "L")
-                rgb = source.convert("RGB")
+                opened = Image.fromarray(scaled, "L")
+                rgb = opened.convert("RGB")
             else:
-                source = im
+                opened = im
                 rgb = im.convert("RGB")
             if im.mode in ("RGBA", "LA"):
                 entry["alpha"] = write_raw(out, f"alpha/{name}.a",
                                            np.asarray(im.getchannel("A")))
             if im.mode == "CMYK":
                 entry["cmyk"] = write_raw(out, f"cmyk/{name}.cmyk", np.asarray(im))
-            resized = np.asarray(RESIZE_CROP(source).convert("RGB"))
+            resized = np.asarray(RESIZE_CROP(opened).convert("RGB"))
             try:
                 orientation = im.getexif().get(0x0112)
             except Exception:  # Malformed EXIF: no orientation, as in clipserve.

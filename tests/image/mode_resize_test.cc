@@ -5,6 +5,7 @@
 #include "server/image/mode_resize.h"
 
 #include <cstdint>
+#include <set>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -161,29 +162,75 @@ TEST(ResizeCmykWindowTest, EqualsPillowsCmykResize) {
               HasSubstr("CMYK values"));
 }
 
-// The preprocessor resizes each image the way Pillow resizes its mode.
-TEST(ResizeWindowAsPillowTest, PreprocessorFollowsTheImagesMode) {
+// The preprocessor resizes each image with the resize of its mode: the same bytes as
+// calling that resize with the preprocessor's plan, and four different results.
+TEST(ResizeWindowAsPillowTest, PreprocessorUsesTheResizeOfEachMode) {
   auto preprocessor = Preprocessor::Create({.image_size = 4});
   ASSERT_TRUE(preprocessor.ok());
-  RgbImage image = Ramp(10, 7);
-  for (ResampleMode mode : {ResampleMode::kDirect, ResampleMode::kNearest}) {
-    image.resample = mode;
+  const absl::StatusOr<ResizeCropPlan> plan = PlanResizeAndCrop(10, 7, 4);
+  ASSERT_TRUE(plan.ok());
+  using Resize =
+      absl::Status (*)(const RgbImageView&, int, int, int, int, int, int, uint8_t*);
+  struct Case {
+    ResampleMode mode;
+    Resize resize;
+  };
+  std::set<std::vector<uint8_t>> distinct;
+  for (const Case& c : {Case{ResampleMode::kDirect, &ResizeBicubicWindow},
+                        Case{ResampleMode::kNearest, &ResizeNearestWindow},
+                        Case{ResampleMode::kPremultiplied, &ResizePremultipliedWindow},
+                        Case{ResampleMode::kCmyk, &ResizeCmykWindow}}) {
+    SCOPED_TRACE(static_cast<int>(c.mode));
+    RgbImage image = Ramp(10, 7);
+    image.resample = c.mode;
+    if (c.mode == ResampleMode::kPremultiplied) {
+      for (int i = 0; i < 70; ++i) image.alpha.push_back(static_cast<uint8_t>(i * 3));
+    }
+    if (c.mode == ResampleMode::kCmyk) {
+      for (int i = 0; i < 70; ++i) {
+        image.cmyk.insert(image.cmyk.end(), {static_cast<uint8_t>(i), 9, 99,
+                                             static_cast<uint8_t>(200 - i)});
+      }
+    }
     const absl::StatusOr<RgbImage> got = (*preprocessor)->ResizeAndCrop(image);
-    ASSERT_TRUE(got.ok());
-    const absl::StatusOr<ResizeCropPlan> plan = PlanResizeAndCrop(10, 7, 4);
-    ASSERT_TRUE(plan.ok());
+    ASSERT_TRUE(got.ok()) << got.status();
     std::vector<uint8_t> want(4 * 4 * 3);
-    ASSERT_TRUE(ResizeWindowAsPillow(image, plan->resized_width, plan->resized_height,
-                                     plan->crop_left, plan->crop_top, 4, 4, want.data())
+    ASSERT_TRUE(c.resize(image, plan->resized_width, plan->resized_height,
+                         plan->crop_left, plan->crop_top, 4, 4, want.data())
                     .ok());
     EXPECT_EQ(got->pixels, want);
+    distinct.insert(want);
   }
-  std::vector<uint8_t> nearest(4 * 4 * 3), bicubic(4 * 4 * 3);
+  EXPECT_EQ(distinct.size(), 4u);
+}
+
+// A 1 x 200,000 palette image resizes to 224 x 44,800,000: the window's source rows
+// are computed directly, not accumulated over 22 million outputs, and still land
+// where (y + 0.5) * scale does.
+TEST(ResizeNearestWindowTest, ExtremeAspectRatioCostsOnlyTheWindow) {
+  const int height = 200'000;
+  RgbImage image;
+  image.width = 1;
+  image.height = height;
   image.resample = ResampleMode::kNearest;
-  ASSERT_TRUE(ResizeWindowAsPillow(image, 5, 4, 0, 0, 4, 4, nearest.data()).ok());
-  image.resample = ResampleMode::kDirect;
-  ASSERT_TRUE(ResizeWindowAsPillow(image, 5, 4, 0, 0, 4, 4, bicubic.data()).ok());
-  EXPECT_NE(nearest, bicubic);
+  for (int y = 0; y < height; ++y) {
+    image.pixels.insert(image.pixels.end(),
+                        {static_cast<uint8_t>(y), static_cast<uint8_t>(y >> 8),
+                         static_cast<uint8_t>(y >> 16)});
+  }
+  const absl::StatusOr<ResizeCropPlan> plan = PlanResizeAndCrop(1, height, 224);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->resized_height, 44'800'000);
+  std::vector<uint8_t> out(224 * 224 * 3);
+  ASSERT_TRUE(ResizeNearestWindow(image, plan->resized_width, plan->resized_height,
+                                  plan->crop_left, plan->crop_top, 224, 224, out.data())
+                  .ok());
+  for (int y = 0; y < 224; ++y) {
+    const uint8_t* p = &out[static_cast<size_t>(y) * 224 * 3];
+    const int source = p[0] | (p[1] << 8) | (p[2] << 16);
+    const double exact = (plan->crop_top + y + 0.5) * height / plan->resized_height;
+    EXPECT_EQ(source, static_cast<int>(exact)) << y;
+  }
 }
 
 }  // namespace
