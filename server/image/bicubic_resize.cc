@@ -143,11 +143,12 @@ void ResampleRowPortable(const uint8_t* src, const BicubicTaps& taps, int width,
   }
 }
 
-// Both passes, with `resample_row` for the horizontal one; compiled once per
-// instruction set below, the vertical pass vectorized by the compiler for each.
-template <void (*resample_row)(const uint8_t*, const BicubicTaps&, int, uint8_t*)>
-CLIPSERVE_ALWAYS_INLINE void RunResize(const ResizeJob& job) {
-  const BicubicTaps& horizontal = *job.horizontal;
+// Both passes, with `resample_row(src, dst)` for the horizontal one (job.window_width
+// outputs of one source row); compiled once per instruction set below, the vertical
+// pass vectorized by the compiler for each.
+template <typename ResampleRow>
+CLIPSERVE_ALWAYS_INLINE void RunResize(const ResizeJob& job,
+                                       const ResampleRow& resample_row) {
   const BicubicTaps& vertical = *job.vertical;
 
   // Source rows the window's vertical taps read.
@@ -169,7 +170,7 @@ CLIPSERVE_ALWAYS_INLINE void RunResize(const ResizeJob& job) {
       last_row.push_back(0);
       src = last_row.data();
     }
-    resample_row(src, horizontal, job.window_width, &temp[(y - row_begin) * row_values]);
+    resample_row(src, &temp[(y - row_begin) * row_values]);
   }
 
   // Vertical pass: whole rows at a time, so the inner loop runs over contiguous bytes.
@@ -189,7 +190,11 @@ CLIPSERVE_ALWAYS_INLINE void RunResize(const ResizeJob& job) {
   }
 }
 
-void RunResizePortable(const ResizeJob& job) { RunResize<ResampleRowPortable>(job); }
+void RunResizePortable(const ResizeJob& job) {
+  RunResize(job, [&job](const uint8_t* src, uint8_t* dst) {
+    ResampleRowPortable(src, *job.horizontal, job.window_width, dst);
+  });
+}
 
 #if defined(__x86_64__)
 #define CLIPSERVE_RESIZE_AVX2 1
@@ -219,18 +224,49 @@ BicubicTaps UniformTaps(const BicubicTaps& taps, int in_size) {
   return uniform;
 }
 
-// The horizontal pass with an output pixel's three channels in three lanes of one
-// vector (the fourth lane carries the next pixel's red and is dropped): the same int32
-// sums as ResampleRowPortable (with UniformTaps, whose extra taps add exact zeros). Reads
-// one byte past the last pixel a tap reads, and writes one byte past the last output
-// pixel.
+// The horizontal pass, two output pixels per vector: pixel xx's three channels in lanes
+// 0-2 and pixel xx + 1's in lanes 4-6 (lanes 3 and 7 carry the next pixel's red and are
+// dropped). The same int32 sums as ResampleRowPortable: `taps` are UniformTaps() (their
+// extra taps add exact zeros) and `pair_weights` holds, for each pair of outputs and
+// tap k, the two outputs' k-th weights side by side. Reads one byte past the last pixel
+// a tap reads, and writes one byte past the last output pixel.
 __attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* src,
-                                                     const BicubicTaps& taps, int width,
-                                                     uint8_t* dst) {
-  for (int xx = 0; xx < width; ++xx) {
+                                                     const BicubicTaps& taps,
+                                                     const int32_t* pair_weights,
+                                                     int width, uint8_t* dst) {
+  const int n = width > 0 ? taps.length[0] : 0;
+  const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  int xx = 0;
+  for (; xx + 1 < width; xx += 2) {
+    const uint8_t* a = src + size_t{static_cast<unsigned>(taps.start[xx])} * 3;
+    const uint8_t* b = src + size_t{static_cast<unsigned>(taps.start[xx + 1])} * 3;
+    const int32_t* k = pair_weights + size_t{static_cast<unsigned>(xx)} * n;
+    __m256i sum = _mm256_set1_epi32(kHalf);
+    for (int x = 0; x < n; ++x) {
+      int32_t bytes_a, bytes_b;
+      std::memcpy(&bytes_a, a + x * 3, sizeof(bytes_a));
+      std::memcpy(&bytes_b, b + x * 3, sizeof(bytes_b));
+      const __m128i both = _mm_insert_epi32(_mm_cvtsi32_si128(bytes_a), bytes_b, 1);
+      const __m256i values = _mm256_cvtepu8_epi32(both);
+      const __m256i weights = _mm256_permutevar8x32_epi32(
+          _mm256_castsi128_si256(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(k + 2 * x))),
+          spread);
+      sum = _mm256_add_epi32(sum, _mm256_mullo_epi32(values, weights));
+    }
+    // Clip8 on every lane: the shifted sums are within int16, so the two saturating
+    // packs (per 128-bit half) clamp them to [0, 255] exactly as it does.
+    const __m256i shifted = _mm256_srai_epi32(sum, kPrecisionBits);
+    const __m256i words = _mm256_packs_epi32(shifted, shifted);
+    const __m256i bytes = _mm256_packus_epi16(words, words);
+    const int32_t pixel_a = _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes));
+    const int32_t pixel_b = _mm_cvtsi128_si32(_mm256_extracti128_si256(bytes, 1));
+    std::memcpy(dst + xx * 3, &pixel_a, sizeof(pixel_a));
+    std::memcpy(dst + (xx + 1) * 3, &pixel_b, sizeof(pixel_b));
+  }
+  if (xx < width) {  // An odd last output, alone in the lower half.
     const uint8_t* p = src + size_t{static_cast<unsigned>(taps.start[xx])} * 3;
     const int32_t* k = &taps.weights[taps.weights_offset[xx]];
-    const int n = taps.length[xx];
     __m128i sum = _mm_set1_epi32(kHalf);
     for (int x = 0; x < n; ++x) {
       int32_t bytes;
@@ -238,8 +274,6 @@ __attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* src,
       const __m128i values = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes));
       sum = _mm_add_epi32(sum, _mm_mullo_epi32(values, _mm_set1_epi32(k[x])));
     }
-    // Clip8 on every lane: the shifted sums are within int16, so the two saturating
-    // packs clamp them to [0, 255] exactly as it does.
     const __m128i shifted = _mm_srai_epi32(sum, kPrecisionBits);
     const __m128i words = _mm_packs_epi32(shifted, shifted);
     const int32_t pixel = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
@@ -251,9 +285,22 @@ __attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* src,
 // pass.
 __attribute__((target("avx2"))) void RunResizeAvx2(const ResizeJob& job) {
   const BicubicTaps uniform = UniformTaps(*job.horizontal, job.width);
-  ResizeJob uniform_job = job;
-  uniform_job.horizontal = &uniform;
-  RunResize<ResampleRowAvx2>(uniform_job);
+  // Outputs 2i and 2i + 1's weights interleaved: tap k of the pair at
+  // pair_weights[2i * n + 2k] and [2i * n + 2k + 1].
+  const int count = job.window_width;
+  const int n = count > 0 ? uniform.length[0] : 0;
+  std::vector<int32_t> pair_weights(uniform.weights.size());
+  for (int i = 0; i + 1 < count; i += 2) {
+    for (int k = 0; k < n; ++k) {
+      pair_weights[size_t{static_cast<unsigned>(i)} * n + 2 * k] =
+          uniform.weights[i * n + k];
+      pair_weights[size_t{static_cast<unsigned>(i)} * n + 2 * k + 1] =
+          uniform.weights[(i + 1) * n + k];
+    }
+  }
+  RunResize(job, [&](const uint8_t* src, uint8_t* dst) {
+    ResampleRowAvx2(src, uniform, pair_weights.data(), count, dst);
+  });
 }
 #endif
 

@@ -1,6 +1,7 @@
 // JPEG through libjpeg-turbo, with the settings Pillow 9.4 uses (libjpeg's defaults:
 // ISLOW DCT, fancy upsampling), so pixels match Pillow's bit for bit.
 
+#include <algorithm>
 #include <csetjmp>
 #include <cstdint>
 #include <vector>
@@ -111,16 +112,26 @@ bool Decompress(JpegContext* context, uint8_t* out, uint8_t* cmyk) {
   jpeg_start_decompress(&cinfo);
   const size_t width = cinfo.output_width;
   const bool is_cmyk = cinfo.out_color_space == JCS_CMYK;
+  // Several rows per call: with fewer rows than the upsampler makes at once (two for
+  // 4:2:0), libjpeg decodes into a spare row and copies it out.
+  constexpr JDIMENSION kRowsPerCall = 16;
   while (cinfo.output_scanline < cinfo.output_height) {
-    const size_t y = cinfo.output_scanline;
-    uint8_t* dst = out + y * width * 3;
-    uint8_t* row = is_cmyk ? cmyk + y * width * 4 : nullptr;
-    JSAMPROW rows[1] = {is_cmyk ? row : dst};
-    if (jpeg_read_scanlines(&cinfo, rows, 1) != 1) {
+    const size_t first = cinfo.output_scanline;
+    const JDIMENSION wanted =
+        std::min<JDIMENSION>(kRowsPerCall, cinfo.output_height - cinfo.output_scanline);
+    JSAMPROW rows[kRowsPerCall];
+    for (JDIMENSION i = 0; i < wanted; ++i) {
+      rows[i] = is_cmyk ? cmyk + (first + i) * width * 4 : out + (first + i) * width * 3;
+    }
+    const JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, wanted);
+    if (got == 0) {
       std::snprintf(context->message, JMSG_LENGTH_MAX, "decoder returned no scanline");
       return false;
     }
-    if (is_cmyk) {
+    if (!is_cmyk) continue;
+    for (JDIMENSION i = 0; i < got; ++i) {
+      uint8_t* dst = out + (first + i) * width * 3;
+      uint8_t* row = rows[i];
       for (size_t x = 0; x < width; ++x) {
         uint8_t* s = row + x * 4;
         const int nk = s[3];  // 255 - K after un-inverting.
