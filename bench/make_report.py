@@ -98,9 +98,41 @@ def vit_b32_image_flops():
     return 2 * macs
 
 
+def metric_sums(path):
+    """Prometheus text: {name with labels: value} of the _sum and _count series."""
+    sums = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and not line.startswith("#") and \
+                    parts[0].split("{")[0].endswith(("_sum", "_count")):
+                sums[parts[0]] = float(parts[1])
+    return sums
+
+
+def server_split_ms(results, n):
+    """Mean ms per image the server spent decoding and preprocessing, waiting in the
+    queue and in the model during round n's concurrency-1 run (from its metrics before
+    and after), or None without them."""
+    paths = [os.path.join(results, f"paired_metrics_{n}_{when}.txt")
+             for when in ("before", "after")]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    before, after = metric_sums(paths[0]), metric_sums(paths[1])
+    split = {}
+    for name in ("preprocess", "queue_wait", "inference"):
+        key = f'clipserve_{name}_seconds_%s{{modality="image"}}'
+        count = after.get(key % "count", 0) - before.get(key % "count", 0)
+        if count <= 0:
+            return None
+        split[name] = 1000 * (after[key % "sum"] - before[key % "sum"]) / count
+    return split
+
+
 def paired_rounds(results, e2e, bf16):
     """The side-by-side rounds of run-benchmarks.sh: per round, in-process batch-32
-    images/s and batch-1 ms, served concurrency-64 images/s and concurrency-1 p50 ms."""
+    images/s and batch-1 ms, served concurrency-64 images/s and concurrency-1 p50 ms,
+    and the server's split of its concurrency-1 time (server_split_ms)."""
     rounds = []
     for n in range(1, 100):
         path = os.path.join(results, f"paired_model_{n}.json")
@@ -115,7 +147,7 @@ def paired_rounds(results, e2e, bf16):
         if not (b32 and b1 and c1 and c64):
             continue
         rounds.append({"b32": b32[0], "b1_ms": b1[1], "c1_p50": c1[0]["latency_ms"]["p50"],
-                       "c64": c64[0]["items_per_s"]})
+                       "c64": c64[0]["items_per_s"], "split": server_split_ms(results, n)})
     return rounds
 
 
@@ -384,6 +416,22 @@ def main():
                 f"{fmt(ratio(p['c64'], p['b32']), 2)}x | {fmt(p['b1_ms'])} | "
                 f"{fmt(p['c1_p50'])} | {fmt(p['c1_p50'] - p['b1_ms'])} |")
         add("")
+        splits = [(i, p["split"]) for i, p in enumerate(paired, 1) if p["split"]]
+        if splits:
+            add("Where the served concurrency-1 time went, from the server's own metrics "
+                "(means per image over each round's run; the client's p50 above also "
+                "holds gRPC and the network stack):")
+            add("")
+            add("| round | decode + preprocess ms | queue wait ms | "
+                "model run, batch 1 ms (stacking and copying included) | "
+                "in-process batch 1 ms | model served minus in process ms |")
+            add("|---|---|---|---|---|---|")
+            for i, split in splits:
+                b1 = paired[i - 1]["b1_ms"]
+                add(f"| {i} | {fmt(split['preprocess'], 2)} | {fmt(split['queue_wait'], 2)} | "
+                    f"{fmt(split['inference'])} | {fmt(b1)} | "
+                    f"{fmt(split['inference'] - b1)} |")
+            add("")
 
     # Memory.
     rss = {e["label"]: e["rss_mb"] for e in e2e if e.get("label") in ("rss_start", "rss_end")}

@@ -94,6 +94,7 @@ if stage e2e; then
 echo "== end to end"
 rm -f "$OUT/e2e.jsonl"
 PORT=$((50000 + RANDOM % 10000))
+METRICS_PORT=$((PORT + 1))
 SERVER_PID=
 stop_server() {
   if [ -n "$SERVER_PID" ]; then kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -101,7 +102,7 @@ stop_server() {
 }
 trap stop_server EXIT
 start_server() {  # flags...
-  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --metrics_port=-1 \
+  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --metrics_port=$METRICS_PORT \
     --model=demo:ViT-B-32 "$@" \
     >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
@@ -110,6 +111,10 @@ start_server() {  # flags...
     sleep 0.2
   done
   echo "server did not start"; cat "$OUT/server.log"; exit 1
+}
+scrape_metrics() {  # file: the server's Prometheus metrics now
+  /usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(\
+'http://127.0.0.1:$METRICS_PORT/metrics', timeout=10).read().decode())" >"$1"
 }
 rss_mb() { awk '/VmRSS/ {print $2 / 1024}' /proc/$SERVER_PID/status; }
 bench() {  # label clip_client-bench-args... (--duration E2E_S unless -n is given)
@@ -136,12 +141,16 @@ done
 # report takes the median round). The server idles while the model benchmark runs.
 PAIRED_BF16=$(/usr/bin/python3 -c "import json,sys; \
 print(int(json.load(open(sys.argv[1])).get('precision') == 'bf16'))" "$OUT/served_model.json")
-rm -f "$OUT"/paired_model_*.json
+# The server's metrics before and after each concurrency-1 run split its latency into
+# decoding and preprocessing, queue wait and the batch-1 model run.
+rm -f "$OUT"/paired_model_*.json "$OUT"/paired_metrics_*.txt
 for round in $(seq "$PAIRED_ROUNDS"); do
   "$BIN/model_benchmark" "${GB[@]}" \
     --benchmark_filter="BM_ImageTower/model:0/batch:(1|32)/bf16:$PAIRED_BF16/" \
     >"$OUT/paired_model_$round.json"
+  scrape_metrics "$OUT/paired_metrics_${round}_before.txt"
   bench "paired$round" --modality image -c 1
+  scrape_metrics "$OUT/paired_metrics_${round}_after.txt"
   bench "paired$round" --modality image -c 64
 done
 stop_server
