@@ -57,7 +57,11 @@ def jsonl(path):
 
 
 def fmt(x, digits=1):
-    return "n/a" if x is None else f"{x:,.{digits}f}"
+    if x is None:
+        return "n/a"
+    text = f"{x:,.{digits}f}"
+    # A value that rounds to zero is written without a sign ("-0.0" otherwise).
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
 
 
 def ratio(a, b):
@@ -119,14 +123,24 @@ def server_split_ms(results, n):
     if not all(os.path.exists(p) for p in paths):
         return None
     before, after = metric_sums(paths[0]), metric_sums(paths[1])
-    split = {}
-    for name in ("preprocess", "queue_wait", "inference"):
-        key = f'clipserve_{name}_seconds_%s{{modality="image"}}'
+
+    def mean(series):  # the mean over the run of histogram `series` (image modality)
+        key = f'{series}_%s{{modality="image"}}'
         count = after.get(key % "count", 0) - before.get(key % "count", 0)
-        if count <= 0:
-            return None
-        split[name] = 1000 * (after[key % "sum"] - before[key % "sum"]) / count
-    return split
+        return (after[key % "sum"] - before[key % "sum"]) / count if count > 0 else None
+
+    split = {name: mean(f"clipserve_{name}_seconds")
+             for name in ("preprocess", "queue_wait", "inference")}
+    batch = mean("clipserve_batch_size")
+    if None in split.values() or batch is None:
+        print(f"warning: round {n}: the image histograms are missing from {paths[1]}",
+              file=sys.stderr)
+        return None
+    if batch != 1:  # The model run is then not one image's.
+        print(f"warning: round {n}: concurrency 1 ran batches of {batch:.2f} images",
+              file=sys.stderr)
+        return None
+    return {name: 1000 * seconds for name, seconds in split.items()}
 
 
 def paired_rounds(results, e2e, bf16):
@@ -418,9 +432,11 @@ def main():
         add("")
         splits = [(i, p["split"]) for i, p in enumerate(paired, 1) if p["split"]]
         if splits:
-            add("Where the served concurrency-1 time went, from the server's own metrics "
-                "(means per image over each round's run; the client's p50 above also "
-                "holds gRPC and the network stack):")
+            add("Where the served concurrency-1 time went, from the server's own metrics: "
+                "means per image over each round's run, every batch one image. The "
+                "client's p50 above also holds gRPC, the wait for a preprocessing thread "
+                "and the reply. The last column compares a served mean with the in-process "
+                "median, measured seconds apart.")
             add("")
             add("| round | decode + preprocess ms | queue wait ms | "
                 "model run, batch 1 ms (stacking and copying included) | "

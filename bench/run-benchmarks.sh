@@ -101,9 +101,11 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; fi
 }
 trap stop_server EXIT
-start_server() {  # flags...
-  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --metrics_port=$METRICS_PORT \
-    --model=demo:ViT-B-32 "$@" \
+start_server() {  # flags... (the metrics endpoint on METRICS_PORT only with METRICS=1)
+  local metrics_port=-1
+  [ "${METRICS:-0}" = 1 ] && metrics_port=$METRICS_PORT
+  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --metrics_host=127.0.0.1 \
+    --metrics_port=$metrics_port --model=demo:ViT-B-32 "$@" \
     >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 600); do
@@ -112,9 +114,11 @@ start_server() {  # flags...
   done
   echo "server did not start"; cat "$OUT/server.log"; exit 1
 }
-scrape_metrics() {  # file: the server's Prometheus metrics now
-  /usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(\
-'http://127.0.0.1:$METRICS_PORT/metrics', timeout=10).read().decode())" >"$1"
+scrape_metrics() {  # file: the server's Prometheus metrics now (no file if that fails)
+  /usr/bin/python3 -c "import sys, urllib.request as u; \
+opener = u.build_opener(u.ProxyHandler({})); \
+sys.stdout.write(opener.open(sys.argv[1], timeout=10).read().decode())" \
+    "http://127.0.0.1:$METRICS_PORT/metrics" >"$1" || rm -f "$1"
 }
 rss_mb() { awk '/VmRSS/ {print $2 / 1024}' /proc/$SERVER_PID/status; }
 bench() {  # label clip_client-bench-args... (--duration E2E_S unless -n is given)
@@ -128,8 +132,9 @@ bench() {  # label clip_client-bench-args... (--duration E2E_S unless -n is give
 d['label']=sys.argv[2]; d['rss_mb']=float(sys.argv[3]); print(json.dumps(d))" \
     "$OUT/last.json" "$label" "$(rss_mb)" >>"$OUT/e2e.jsonl"
 }
-# The model's throughput: no text cache, so every caption reaches the model.
-start_server --text_cache_mb=0
+# The model's throughput: no text cache, so every caption reaches the model. Metrics on
+# for the side-by-side rounds below.
+METRICS=1 start_server --text_cache_mb=0
 "$BIN/clip_client" --target 127.0.0.1:$PORT info --json >"$OUT/served_model.json"
 for c in "${CONCURRENCY[@]}"; do
   bench served --modality image -c "$c"

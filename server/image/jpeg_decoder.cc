@@ -112,8 +112,8 @@ bool Decompress(JpegContext* context, uint8_t* out, uint8_t* cmyk) {
   jpeg_start_decompress(&cinfo);
   const size_t width = cinfo.output_width;
   const bool is_cmyk = cinfo.out_color_space == JCS_CMYK;
-  // Several rows per call: with fewer rows than the upsampler makes at once (two for
-  // 4:2:0), libjpeg decodes into a spare row and copies it out.
+  // Up to 16 rows per call: libjpeg returns at most one row group per call (two rows
+  // for 4:2:0), where asking for one row at a time would take two calls per group.
   constexpr JDIMENSION kRowsPerCall = 16;
   while (cinfo.output_scanline < cinfo.output_height) {
     const size_t first = cinfo.output_scanline;
