@@ -43,6 +43,20 @@ struct EngineRequest {
     return failed.load(std::memory_order_acquire) ||
            (options.cancellation != nullptr && options.cancellation->cancelled());
   }
+  // Why a preprocessing task should answer its items instead of preparing them: the
+  // request failed, was cancelled, or its deadline passed while the task waited in the
+  // pool (the batcher would drop its items anyway, after the work). OK otherwise.
+  absl::Status SkipPreprocessing() const {
+    if (failed.load(std::memory_order_acquire)) {
+      return absl::AbortedError("another item failed");
+    }
+    if (cancelled()) return absl::CancelledError("call cancelled");
+    if (absl::Now() >= options.deadline) {
+      return absl::DeadlineExceededError(
+          "deadline passed while waiting for a preprocessing thread");
+    }
+    return absl::OkStatus();
+  }
   void ItemDone(const absl::Status& status) {
     if (!status.ok()) {
       {
@@ -369,10 +383,9 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
   for (int i = 0; i < n; ++i) {
     absl::Status submitted =
         pool_->Submit([this, request, i, input = std::move(images[i])]() mutable {
-          if (request->cancelled()) {
+          if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
             image_batcher_->Withdraw(1);
-            request->ItemDone(request->failed ? absl::AbortedError("another item failed")
-                                              : absl::CancelledError("call cancelled"));
+            request->ItemDone(skip);
             return;
           }
           const absl::Time started = absl::Now();
@@ -460,6 +473,11 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   text_batcher_->Announce(n);
   absl::Status submitted =
       pool_->Submit([this, request, texts = std::move(texts)]() mutable {
+        if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
+          text_batcher_->Withdraw(static_cast<int>(texts.size()));
+          for (size_t k = 0; k < texts.size(); ++k) request->ItemDone(skip);
+          return;
+        }
         const absl::Time started = absl::Now();
         std::vector<TextItem> items;
         items.reserve(texts.size());

@@ -686,6 +686,20 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   const absl::StatusOr<EmbedResult> images = EmbedImagesAndWait(**engine, {image, image});
   EXPECT_TRUE(images.ok()) << images.status();
 
+  // Requests cancelled or past their deadline are answered without being prepared.
+  EmbedOptions expired;
+  expired.deadline = absl::Now() - absl::Seconds(1);
+  EXPECT_EQ(EmbedImagesAndWait(**engine, {image}, expired).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(EmbedTextsAndWait(**engine, {"a fox"}, expired).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  auto flag = std::make_shared<CancellationFlag>();
+  flag->Cancel();
+  EmbedOptions cancelled;
+  cancelled.cancellation = flag;
+  EXPECT_EQ(EmbedTextsAndWait(**engine, {"a fox"}, cancelled).status().code(),
+            absl::StatusCode::kCancelled);
+
   // Texts: one tokenizing task per request; images: one task per image.
   EXPECT_EQ(observer.preprocessed(Modality::kText), 2);
   EXPECT_EQ(observer.preprocessed(Modality::kImage), 2);
