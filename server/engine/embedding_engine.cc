@@ -122,6 +122,14 @@ struct ImageItem {
 
   absl::Time deadline() const { return request->options.deadline; }
   bool cancelled() const { return request->cancelled(); }
+  // Answers the item, its pixels and budget share given back first: a caller that
+  // sends its next image as soon as it is answered finds the budget free.
+  void Answer(const absl::Status& status) {
+    pixels = {};
+    decoded = {};
+    decoded_bytes = HeldBytes();
+    request->ItemDone(status);
+  }
 };
 
 struct TextItem {
@@ -131,6 +139,7 @@ struct TextItem {
 
   absl::Time deadline() const { return request->options.deadline; }
   bool cancelled() const { return request->cancelled(); }
+  void Answer(const absl::Status& status) { request->ItemDone(status); }
 };
 
 namespace {
@@ -334,13 +343,13 @@ absl::Status EmbeddingEngine::Start() {
       image_batcher_,
       DynamicBatcher<ImageItem>::Create(
           batch, [this](Batch<ImageItem> b) { RunImageBatch(b); },
-          [](ImageItem item, absl::Status status) { item.request->ItemDone(status); }));
+          [](ImageItem item, absl::Status status) { item.Answer(status); }));
   batch.name = "text";
   CLIPSERVE_ASSIGN_OR_RETURN(
       text_batcher_,
       DynamicBatcher<TextItem>::Create(
           batch, [this](Batch<TextItem> b) { RunTextBatch(b); },
-          [](TextItem item, absl::Status status) { item.request->ItemDone(status); }));
+          [](TextItem item, absl::Status status) { item.Answer(status); }));
   watchdog_ = std::thread([this] { WatchdogLoop(); });
   return absl::OkStatus();
 }
@@ -624,7 +633,7 @@ void EmbeddingEngine::RunBatch(
       // (UNAVAILABLE; not reached: Shutdown() stops it after the batchers drained).
       // No item has been answered yet.
       if (started) BatchFinished(id);
-      for (Item& item : items) item.request->ItemDone(ran);
+      for (Item& item : items) item.Answer(ran);
       return;
     }
   }
@@ -717,7 +726,7 @@ void EmbeddingEngine::AnswerRows(std::vector<Item>& items, int begin,
   for (int i = 0; i < n; ++i) {
     Item& item = items[begin + i];
     StoreRow(data + static_cast<size_t>(i) * dim, dim, *item.request, item.index);
-    item.request->ItemDone(absl::OkStatus());
+    item.Answer(absl::OkStatus());
   }
 }
 
@@ -731,7 +740,7 @@ void EmbeddingEngine::FailItems(std::vector<Item>& items, int begin, int end,
           ? status
           : absl::InternalError(absl::StrCat("model failed on a batch of ", end - begin,
                                              ": ", status.message()));
-  for (int i = begin; i < end; ++i) items[i].request->ItemDone(error);
+  for (int i = begin; i < end; ++i) items[i].Answer(error);
 }
 
 void EmbeddingEngine::WatchdogLoop() {

@@ -534,16 +534,22 @@ TEST_F(EmbeddingEngineDeviceResizeTest, RowsEqualTheHostResizedEngines) {
   EXPECT_EQ(device->computed_images(), 7);
 }
 
-TEST_F(EmbeddingEngineDeviceResizeTest, DecodedBytesAreHeldUntilTheirBatchIsDone) {
+TEST_F(EmbeddingEngineDeviceResizeTest, DecodedBytesAreGivenBackBeforeTheAnswer) {
   auto engine = MakeEngine(/*resize_on_device=*/true);
   EXPECT_EQ(engine->device_resize_bytes(), 0);
   ASSERT_TRUE(EmbedImagesAndWait(*engine, Inputs()).ok());
-  // The single image worker has finished the first batch (and freed its items) by the
-  // time it answers the second, whose one image may still be held.
+  // An item's share is given back before it is answered: none is held when the
+  // callback runs, still on the batch's worker.
   const ImageInput raw = Raw(ReadShared("images/chelsea.png"));
-  ASSERT_TRUE(EmbedImagesAndWait(*engine, {raw}).ok());
-  const int64_t held = engine->device_resize_bytes();
-  EXPECT_TRUE(held == 0 || held == static_cast<int64_t>(raw.rgb8.size())) << held;
+  absl::Notification answered;
+  int64_t held_when_answered = -1;
+  engine->EmbedImages({raw}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_TRUE(result.ok()) << result.status();
+    held_when_answered = engine->device_resize_bytes();
+    answered.Notify();
+  });
+  answered.WaitForNotification();
+  EXPECT_EQ(held_when_answered, 0);
   engine->Shutdown();
   EXPECT_EQ(engine->device_resize_bytes(), 0);
 }
