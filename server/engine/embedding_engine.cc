@@ -357,6 +357,7 @@ absl::Status EmbeddingEngine::Start() {
 EmbeddingEngine::~EmbeddingEngine() { Shutdown(); }
 
 void EmbeddingEngine::Shutdown() {
+  absl::MutexLock lock(&shutdown_mu_);
   if (shut_down_.exchange(true)) return;
   // Preprocessing first (it feeds the queues), then the queues, then the model runner
   // (the queues' workers use it while they drain), then the watchdog.

@@ -152,8 +152,9 @@ class EmbeddingEngine : public Engine {
     return pending_requests_.load(std::memory_order_acquire);
   }
 
-  // Finishes queued work and stops every thread. Idempotent.
-  void Shutdown();
+  // Finishes queued work and stops every thread. Idempotent; a call made while
+  // another is still draining returns only once that one has finished.
+  void Shutdown() ABSL_LOCKS_EXCLUDED(shutdown_mu_);
 
  private:
   struct Request;
@@ -216,7 +217,10 @@ class EmbeddingEngine : public Engine {
   std::atomic<int64_t> computed_texts_{0};
   std::atomic<int64_t> pending_requests_{0};
   std::atomic<bool> stuck_{false};
+  // Set when Shutdown() begins (healthy() reads it without a lock).
   std::atomic<bool> shut_down_{false};
+  // Held across the whole of Shutdown(), so a second call waits for the first.
+  absl::Mutex shutdown_mu_;
   absl::Mutex running_mu_;
   int64_t next_batch_id_ ABSL_GUARDED_BY(running_mu_) = 0;
   std::map<int64_t, absl::Time> running_ ABSL_GUARDED_BY(running_mu_);

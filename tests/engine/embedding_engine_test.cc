@@ -6,6 +6,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -727,6 +728,52 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   // After each enqueue and at each batch start.
   EXPECT_GE(observer.depth_reports(Modality::kText), 4);
   EXPECT_GE(observer.depth_reports(Modality::kImage), 3);
+}
+
+// Holds the first preprocessing task until released, so a test can catch Shutdown()
+// in the middle of draining.
+class BlockingObserver : public EngineObserver {
+ public:
+  void OnPreprocessed(Modality /*modality*/, absl::Duration /*elapsed*/) override {
+    if (!entered.HasBeenNotified()) entered.Notify();
+    release.WaitForNotification();
+  }
+  absl::Notification entered;
+  absl::Notification release;
+};
+
+TEST(EmbeddingEngineShutdownTest, ASecondCallReturnsOnlyAfterTheFirstHasDrained) {
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  BlockingObserver observer;
+  EmbeddingEngineOptions options;
+  options.observer = &observer;
+  auto engine = EmbeddingEngine::Create(
+      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  absl::Notification answered;
+  (*engine)->EmbedTexts({"a cat"}, {}, "texts", [&](absl::StatusOr<EmbedResult> r) {
+    EXPECT_TRUE(r.ok()) << r.status();
+    answered.Notify();
+  });
+  observer.entered.WaitForNotification();  // the request's task is held
+
+  std::thread first([&] { (*engine)->Shutdown(); });
+  while ((*engine)->healthy()) std::this_thread::yield();  // the first call began
+  bool answered_when_second_returned = false;
+  absl::Notification second_returned;
+  std::thread second([&] {
+    (*engine)->Shutdown();
+    answered_when_second_returned = answered.HasBeenNotified();
+    second_returned.Notify();
+  });
+  // Whoever calls Shutdown() may destroy the engine next: the second call must not
+  // return while the first is still draining the held request.
+  EXPECT_FALSE(second_returned.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  observer.release.Notify();
+  first.join();
+  second.join();
+  EXPECT_TRUE(answered_when_second_returned);
 }
 
 }  // namespace
