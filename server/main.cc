@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -348,6 +349,11 @@ absl::Status Run() {
   service_options.authenticator = authenticator;
   service_options.metrics = &metrics;
   service_options.slow_request_threshold = absl::Milliseconds(slow_request_ms);
+  // Classify's prompt limit has no flag: it follows a --max_queue_size set below it
+  // (ClipService refuses a limit no single call could meet; --max_items_per_request
+  // above the queue size is refused that way, so the server does not start).
+  service_options.max_classify_prompts =
+      std::min(service_options.max_classify_prompts, cached_engine.max_texts_per_call());
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipService> service,
                              ClipService::Create(&cached_engine, service_options));
 

@@ -44,6 +44,8 @@ class CachingEngine : public Engine {
     inner_->Tokenize(std::move(texts), truncate, std::move(field), std::move(done));
   }
   const ModelDescription& description() const override { return inner_->description(); }
+  // The inner engine's: with no hits, every text of a call reaches it.
+  int max_texts_per_call() const override { return inner_->max_texts_per_call(); }
   bool healthy() const override { return inner_->healthy(); }
 
   EmbeddingCache::Stats text_cache_stats() const { return text_cache_.stats(); }

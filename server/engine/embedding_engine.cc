@@ -474,6 +474,13 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
     return;
   }
   const int n = static_cast<int>(texts.size());
+  if (n > max_texts_per_call()) {
+    // The queue takes a call's texts all at once: refused before any is tokenized.
+    std::move(done)(absl::InvalidArgumentError(
+        absl::StrCat(field, " holds ", n, " texts, more than the text queue holds (",
+                     max_texts_per_call(), ")")));
+    return;
+  }
   auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
                             std::move(done), &pending_requests_);
   request->result.truncated.assign(n, false);

@@ -124,6 +124,8 @@ class EmbeddingEngine : public Engine {
   void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
                 TokenizeCallback done) override;
   const ModelDescription& description() const override { return description_; }
+  // The text queue's size (max_queue_size).
+  int max_texts_per_call() const override { return options_.max_queue_size; }
   bool healthy() const override;
 
   // LibTorch's intra-op thread count in effect.

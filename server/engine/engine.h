@@ -176,6 +176,12 @@ class Engine {
 
   virtual const ModelDescription& description() const = 0;
 
+  // The most texts one EmbedTexts call may carry. A call's texts are queued together,
+  // all or none, so a larger call could never be admitted: it fails with
+  // INVALID_ARGUMENT. Callers size their requests (and refuse to start with limits
+  // above it) by this.
+  virtual int max_texts_per_call() const = 0;
+
   // True while the engine can serve: false when a worker is stuck past the watchdog
   // limit, or after shutdown began.
   virtual bool healthy() const = 0;

@@ -775,6 +775,22 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "label_cache_capacity must not be negative, got ", options.label_cache_capacity));
   }
+  // EmbedText and Similarity send up to max_items_per_request texts to the engine in
+  // one call, Classify up to max_classify_prompts: a limit above what one call may
+  // carry would let valid requests through that the engine must then refuse.
+  const int max_texts = engine->max_texts_per_call();
+  if (options.limits.max_items_per_request > max_texts) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_items_per_request (", options.limits.max_items_per_request,
+        ") is more than the engine queues for one request (", max_texts,
+        ", its max_queue_size): such text requests could never be admitted"));
+  }
+  if (options.max_classify_prompts > max_texts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_classify_prompts (", options.max_classify_prompts,
+                     ") is more than the engine queues for one request (", max_texts,
+                     ", its max_queue_size)"));
+  }
   const ModelDescription& description = engine->description();
   if (description.embed_dim < 1 || description.context_length < 1 ||
       !std::isfinite(description.logit_scale) || !(description.logit_scale > 0)) {

@@ -37,8 +37,9 @@ struct ClipServiceOptions {
   // Classify: labels x templates, the prompts one request may need embedded. Each is
   // one text in the engine's queue, and a request larger than that queue could never
   // be admitted; 512 is half the engine's default text queue (1024 items), so one
-  // Classify leaves room for other work. Counted whether or not labels are cached, so
-  // that a request's validity does not depend on the cache.
+  // Classify leaves room for other work. Create() refuses a value above the engine's
+  // max_texts_per_call(), as it does max_items_per_request. Counted whether or not labels
+  // are cached, so that a request's validity does not depend on the cache.
   int max_classify_prompts = 512;
   // When set, every ClipService call must carry "authorization: Bearer <token>"
   // metadata with a token it accepts, or it ends UNAUTHENTICATED before anything of it

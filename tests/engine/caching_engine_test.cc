@@ -241,5 +241,11 @@ TEST_F(CachingEngineTest, ImagesAreCachedOnlyWhenAskedTo) {
   EXPECT_EQ(fake_.calls().size(), 5u);
 }
 
+TEST(CachingEngineLimitsTest, ReportsTheInnerEnginesTextsPerCall) {
+  FakeEngine fake(FakeEngine::DefaultDescription(), /*max_texts_per_call=*/37);
+  CachingEngine engine(&fake, {});
+  EXPECT_EQ(engine.max_texts_per_call(), 37);
+}
+
 }  // namespace
 }  // namespace clipserve

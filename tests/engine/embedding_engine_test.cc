@@ -730,6 +730,25 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   EXPECT_GE(observer.depth_reports(Modality::kImage), 3);
 }
 
+TEST(EmbeddingEngineLimitsTest, TextsOverTheQueueSizeAreRefusedBeforeTokenizing) {
+  RecordingObserver observer;
+  auto engine = MakeTinyEngine([&observer](EmbeddingEngineOptions& options) {
+    options.max_queue_size = 4;
+    options.max_batch_size = 4;
+    options.max_queue_delay = absl::ZeroDuration();
+    options.observer = &observer;
+  });
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->max_texts_per_call(), 4);
+  const absl::Status over =
+      EmbedTextsAndWait(*engine, {"a", "b", "c", "d", "e"}).status();
+  EXPECT_EQ(over.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(over.message(), HasSubstr("texts holds 5 texts"));
+  EXPECT_EQ(observer.preprocessed(Modality::kText), 0);
+  EXPECT_TRUE(EmbedTextsAndWait(*engine, {"a", "b", "c", "d"}).ok());
+  EXPECT_EQ(observer.preprocessed(Modality::kText), 1);
+}
+
 // Holds the first preprocessing task until released, so a test can catch Shutdown()
 // in the middle of draining.
 class BlockingObserver : public EngineObserver {

@@ -320,7 +320,10 @@ TEST(ServerE2EOverloadTest, BurstOnATinyQueueGetsResourceExhaustedWithRetryInfo)
   EmbeddingEngineOptions options;
   options.max_batch_size = 1;
   options.max_queue_size = 2;
-  Stack stack = Start(options);
+  ClipServiceOptions service;  // limits no larger than the queue (ClipService::Create)
+  service.limits.max_items_per_request = 2;
+  service.max_classify_prompts = 2;
+  Stack stack = Start(options, service);
   constexpr int kCalls = 40;
   std::vector<grpc::Status> statuses(kCalls);
   std::vector<std::thread> threads;

@@ -32,6 +32,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
 using Kind = FakeEngine::Call::Kind;
 
 constexpr float kTolerance = 1e-5f;
@@ -232,6 +233,23 @@ TEST(ClipServiceCreateTest, RejectsBadArguments) {
   FakeEngine widthless(no_width);
   EXPECT_EQ(ClipService::Create(&widthless, {}).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(ClipServiceCreateTest, RejectsLimitsOverWhatOneEngineCallMayCarry) {
+  FakeEngine engine(FakeEngine::DefaultDescription(), /*max_texts_per_call=*/100);
+  ClipServiceOptions options;
+  options.limits.max_items_per_request = 100;
+  options.max_classify_prompts = 100;
+  EXPECT_TRUE(ClipService::Create(&engine, options).ok());
+  options.limits.max_items_per_request = 101;
+  const absl::Status items = ClipService::Create(&engine, options).status();
+  EXPECT_EQ(items.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(items.message(), HasSubstr("max_items_per_request (101)"));
+  options.limits.max_items_per_request = 100;
+  options.max_classify_prompts = 101;
+  const absl::Status prompts = ClipService::Create(&engine, options).status();
+  EXPECT_EQ(prompts.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(prompts.message(), HasSubstr("max_classify_prompts (101)"));
 }
 
 // ---------------------------------------------------------------------------

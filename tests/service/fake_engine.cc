@@ -51,8 +51,10 @@ std::string Item(absl::string_view field, const EmbedOptions& options, int i) {
 
 }  // namespace
 
-FakeEngine::FakeEngine(ModelDescription description)
-    : description_(std::move(description)), worker_([this] { Work(); }) {}
+FakeEngine::FakeEngine(ModelDescription description, int max_texts_per_call)
+    : description_(std::move(description)),
+      max_texts_per_call_(max_texts_per_call),
+      worker_([this] { Work(); }) {}
 
 FakeEngine::~FakeEngine() {
   {

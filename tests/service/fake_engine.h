@@ -51,7 +51,8 @@ class FakeEngine : public Engine {
     std::string field;
   };
 
-  explicit FakeEngine(ModelDescription description);
+  // `max_texts_per_call` is only reported (max_texts_per_call()), not enforced.
+  explicit FakeEngine(ModelDescription description, int max_texts_per_call = 1 << 20);
   // Answers every held request, then stops the answering thread.
   ~FakeEngine() override;
 
@@ -89,6 +90,7 @@ class FakeEngine : public Engine {
   void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
                 TokenizeCallback done) override;
   const ModelDescription& description() const override { return description_; }
+  int max_texts_per_call() const override { return max_texts_per_call_; }
   bool healthy() const override { return true; }
 
  private:
@@ -103,6 +105,7 @@ class FakeEngine : public Engine {
   void ReleaseLocked(size_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ModelDescription description_;
+  const int max_texts_per_call_;
 
   mutable absl::Mutex mu_;
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
