@@ -238,6 +238,15 @@ absl::Status ItemError(const EngineRequest& request, int index,
   return ItemError(request.field, renumbered ? numbers[index] : index, status);
 }
 
+// Answers `count` of `request`'s items that were announced to `batcher` but will never
+// be queued: withdrawn from the announcement, each answered with `status`.
+template <typename Batcher>
+void AnswerUnqueued(Batcher& batcher, EngineRequest& request, int count,
+                    const absl::Status& status) {
+  batcher.Withdraw(count);
+  for (int k = 0; k < count; ++k) request.ItemDone(status);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
@@ -394,8 +403,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
     absl::Status submitted =
         pool_->Submit([this, request, i, input = std::move(images[i])]() mutable {
           if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
-            image_batcher_->Withdraw(1);
-            request->ItemDone(skip);
+            AnswerUnqueued(*image_batcher_, *request, 1, skip);
             return;
           }
           const absl::Time started = absl::Now();
@@ -407,8 +415,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
             options_.observer->OnPreprocessed(Modality::kImage, absl::Now() - started);
           }
           if (!status.ok()) {
-            image_batcher_->Withdraw(1);
-            request->ItemDone(ItemError(*request, i, status));
+            AnswerUnqueued(*image_batcher_, *request, 1, ItemError(*request, i, status));
             return;
           }
           std::vector<ImageItem> one;
@@ -419,8 +426,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
         });
     if (!submitted.ok()) {
       // The pool is full: answer this item and the ones not submitted yet at once.
-      image_batcher_->Withdraw(n - i);
-      for (int k = i; k < n; ++k) request->ItemDone(submitted);
+      AnswerUnqueued(*image_batcher_, *request, n - i, submitted);
       break;
     }
   }
@@ -490,24 +496,23 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   text_batcher_->Announce(n);
   absl::Status submitted =
       pool_->Submit([this, request, texts = std::move(texts)]() mutable {
+        const int count = static_cast<int>(texts.size());
         if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
-          text_batcher_->Withdraw(static_cast<int>(texts.size()));
-          for (size_t k = 0; k < texts.size(); ++k) request->ItemDone(skip);
+          AnswerUnqueued(*text_batcher_, *request, count, skip);
           return;
         }
         const absl::Time started = absl::Now();
         std::vector<TextItem> items;
         items.reserve(texts.size());
-        for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+        for (int i = 0; i < count; ++i) {
           auto encoded = tokenizer_->Encode(texts[i], request->options.truncate);
           if (!encoded.ok()) {
             // Fail the request once, on behalf of every item not yet scheduled.
-            const absl::Status error = ItemError(*request, i, encoded.status());
-            text_batcher_->Withdraw(static_cast<int>(texts.size()));
             if (options_.observer != nullptr) {
               options_.observer->OnPreprocessed(Modality::kText, absl::Now() - started);
             }
-            for (size_t k = 0; k < texts.size(); ++k) request->ItemDone(error);
+            AnswerUnqueued(*text_batcher_, *request, count,
+                           ItemError(*request, i, encoded.status()));
             return;
           }
           request->result.truncated[i] = encoded->truncated;
@@ -527,10 +532,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
         }
         ReportQueueDepth(Modality::kText);
       });
-  if (!submitted.ok()) {
-    text_batcher_->Withdraw(n);
-    for (int k = 0; k < n; ++k) request->ItemDone(submitted);
-  }
+  if (!submitted.ok()) AnswerUnqueued(*text_batcher_, *request, n, submitted);
 }
 
 void EmbeddingEngine::Tokenize(std::vector<std::string> texts, bool truncate,
