@@ -141,16 +141,18 @@ absl::StatusOr<FileKind> SniffFile(const std::string& path) {
   if (got >= 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4) {
     return FileKind::kZip;
   }
-  if (got >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5) {
-    return FileKind::kLegacyPickle;
-  }
+  const bool pickle =
+      got >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5;
+  // safetensors before pickle: its first 8 bytes are a little-endian length, which
+  // may well begin 0x80 0x02..0x05 (a header of 640, 896, 1152 or 1408 bytes mod 64 KiB).
   if (got == 9 && head[8] == '{') {
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(head[i]);
-    // Even a header that runs past the end is reported as broken safetensors.
-    (void)size;
-    if (n > 0) return FileKind::kSafetensors;
+    // A header that runs past the end is still reported as broken safetensors, unless
+    // the bytes read as a pickle too.
+    if (n > 0 && (!pickle || n <= size - 8)) return FileKind::kSafetensors;
   }
+  if (pickle) return FileKind::kLegacyPickle;
   return FileKind::kUnknown;
 }
 

@@ -306,6 +306,34 @@ TEST(CorruptCheckpointTest, EachGivesItsSpecificError) {
   }
 }
 
+// A safetensors header's length is little-endian, so its first bytes can read as a
+// pickle protocol header (0x80 0x02): such a file is still safetensors.
+TEST(CheckpointTest, SafetensorsWhoseLengthLooksLikeAPickleStillLoads) {
+  namespace fs = std::filesystem;
+  const Case c = LoadCase("vit_transformer");
+  const std::string bytes = ReadFile(c.dir + "/model_f32.safetensors");
+  ASSERT_GE(bytes.size(), 8u);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
+  constexpr uint64_t kLength = 0x10280;  // little-endian 80 02 01 00 ...
+  ASSERT_LE(n, kLength);
+  // The same header padded with spaces (the format allows them); the data offsets
+  // count from the header's end, so they stay valid.
+  std::string header = bytes.substr(8, n);
+  header.append(kLength - n, ' ');
+  std::string padded("\x80\x02\x01\0\0\0\0\0", 8);
+  padded += header;
+  padded += bytes.substr(8 + n);
+  const fs::path path = fs::path(::testing::TempDir()) / "pickle_like.safetensors";
+  std::ofstream(path, std::ios::binary) << padded;
+
+  ReadCheckpointOptions options;
+  options.config = c.config;
+  auto checkpoint = ReadCheckpoint(path.string(), options);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(checkpoint->format, CheckpointFormat::kSafetensors);
+}
+
 // A Hugging Face directory's preprocessor_config.json gives the normalization, and
 // one that asks for another input size or other steps is refused at load.
 TEST(CheckpointTest, HuggingFaceDirectoryReadsItsPreprocessorConfig) {
