@@ -41,6 +41,10 @@ struct Value {
   // Containers nested inside this value, counting itself: bounded so that a hostile
   // pickle cannot build chains whose recursive destruction overflows the stack.
   int depth = 0;
+  // Set once the value is inside a container. A placed container may not change any
+  // more (real pickles fill a container before placing it): otherwise a memoized one
+  // could grow after its parent's depth was counted, or be placed inside itself.
+  bool placed = false;
 };
 
 constexpr int kMaxNesting = 256;
@@ -342,12 +346,19 @@ class Machine {
     return absl::OkStatus();
   }
 
-  // Raises `container`'s depth to hold `children`; INVALID_ARGUMENT past kMaxNesting.
+  // Raises `container`'s depth to hold `children` and marks them placed;
+  // INVALID_ARGUMENT past kMaxNesting, for a container already placed in another, or
+  // for one that would hold itself. So values form no cycles, and no chain deeper
+  // than kMaxNesting.
   static absl::Status Deepen(Value& container, const std::vector<ValuePtr>& children) {
+    if (container.placed)
+      return Bad("a container changed after it was placed in another");
     for (const ValuePtr& child : children) {
+      if (child.get() == &container) return Bad("a container placed inside itself");
       container.depth = std::max(container.depth, child->depth + 1);
     }
     if (container.depth > kMaxNesting) return Bad("values nested too deeply");
+    for (const ValuePtr& child : children) child->placed = true;
     return absl::OkStatus();
   }
 

@@ -24,6 +24,33 @@ TEST(TorchPickleTest, HostileNestingIsRefusedNotRecursedInto) {
   EXPECT_THAT(tensors.status().message(), HasSubstr("nested too deeply"));
 }
 
+TEST(TorchPickleTest, AMemoizedListGrownAfterItWasPlacedIsRefused) {
+  // PROTO 2, NONE, an empty list (memo 0); then 1000 x: a new list (memo 1), APPEND it
+  // to the list below, BUILD (drops that one), GET memo 1: each list is placed while
+  // empty and only then given its child, so no depth ever counted the chain.
+  std::string pickle("\x80\x02N]q\x00", 6);
+  for (int i = 0; i < 1000; ++i)
+    pickle +=
+        "]q\x01"
+        "abh\x01";  // (split: \x takes every hex digit)
+  pickle += ".";
+  auto tensors = TensorsFromTorchPickle(pickle, NoStorage);
+  EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tensors.status().message(), HasSubstr("changed after it was placed"));
+}
+
+TEST(TorchPickleTest, AContainerInsideItselfIsRefused) {
+  // An empty list (memo 0) appended to itself; a dict given itself as a value.
+  for (const std::string pickle : {std::string("\x80\x02]q\x00h\x00"
+                                               "a.",
+                                               8),
+                                   std::string("\x80\x02}q\x00K\x01h\x00s.", 10)}) {
+    auto tensors = TensorsFromTorchPickle(pickle, NoStorage);
+    EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(tensors.status().message(), HasSubstr("placed inside itself"));
+  }
+}
+
 TEST(TorchPickleTest, MalformedPicklesAreInvalidArgument) {
   const std::pair<std::string, const char*> cases[] = {
       {"", "ends before STOP"},
