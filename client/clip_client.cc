@@ -355,7 +355,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
       job.cv.SignalAll();
       if (response.has_error()) {
         absl::Status error = FromRpcStatus(response.error());
-        if (options.retry && IsRetryableCode(error.code())) {
+        if (options.retry && IsRetryable(error)) {
           job.states[index] = ItemState::kRetry;
           job.retry.emplace_back(index, std::move(error));
           continue;
@@ -394,7 +394,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
     {
       absl::MutexLock lock(&job.mu);
       absl::Status unanswered = stream_status;
-      bool unanswered_retryable = options.retry && IsRetryableCode(stream_status.code());
+      bool unanswered_retryable = options.retry && IsRetryable(stream_status);
       if (job.stalled) {
         unanswered = absl::DeadlineExceededError(
             absl::StrCat("no answer from the server for ", absl::FormatDuration(stall)));

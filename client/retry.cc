@@ -33,16 +33,17 @@ absl::Status ValidateRetryPolicy(const RetryPolicy& policy) {
   return absl::OkStatus();
 }
 
-bool IsRetryableCode(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnavailable ||
-         code == absl::StatusCode::kResourceExhausted;
+bool IsRetryable(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable ||
+         (status.code() == absl::StatusCode::kResourceExhausted &&
+          RetryInfoDelay(status).has_value());
 }
 
 std::optional<absl::Duration> NextRetryDelay(const RetryPolicy& policy,
                                              const absl::Status& status,
                                              int attempts_made, absl::Duration time_left,
                                              double uniform) {
-  if (status.ok() || !IsRetryableCode(status.code())) return std::nullopt;
+  if (status.ok() || !IsRetryable(status)) return std::nullopt;
   if (attempts_made >= policy.max_attempts) return std::nullopt;
   uniform = std::clamp(uniform, 0.0, 1.0);
   absl::Duration delay;

@@ -53,9 +53,11 @@ struct RetryPolicy {
 // OK, or INVALID_ARGUMENT naming the first field out of its documented range.
 absl::Status ValidateRetryPolicy(const RetryPolicy& policy);
 
-// Whether a call that failed with `code` may be retried: UNAVAILABLE and
-// RESOURCE_EXHAUSTED.
-bool IsRetryableCode(absl::StatusCode code);
+// Whether a call that failed with `status` may be retried: UNAVAILABLE, and
+// RESOURCE_EXHAUSTED when it carries a google.rpc.RetryInfo (the server's full queue or
+// out-of-memory batch). Without one it is permanent: gRPC's own refusal of a message
+// over the size limit, for example, would fail the same way every time.
+bool IsRetryable(const absl::Status& status);
 
 // The wait before the next attempt after `attempts_made` (>= 1) attempts, the last of
 // which failed with `status`; `time_left` is the time until the call's deadline and

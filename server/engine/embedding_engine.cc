@@ -744,12 +744,17 @@ template <typename Item>
 void EmbeddingEngine::FailItems(std::vector<Item>& items, int begin, int end,
                                 const absl::Status& status) {
   // Not the callers' fault: the model failed on these items. Out of memory stays
-  // RESOURCE_EXHAUSTED (retryable); anything else is INTERNAL.
-  const absl::Status error =
+  // RESOURCE_EXHAUSTED, with a RetryInfo so that clients retry once the batches in
+  // flight have given their memory back; anything else is INTERNAL.
+  absl::Status error =
       status.code() == absl::StatusCode::kResourceExhausted
           ? status
           : absl::InternalError(absl::StrCat("model failed on a batch of ", end - begin,
                                              ": ", status.message()));
+  if (error.code() == absl::StatusCode::kResourceExhausted &&
+      !GetRetryInfoPayload(error).has_value()) {
+    SetRetryInfoPayload(absl::Seconds(1), &error);
+  }
   for (int i = begin; i < end; ++i) items[i].Answer(error);
 }
 

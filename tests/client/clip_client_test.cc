@@ -158,9 +158,13 @@ struct FakeServer {
   std::unique_ptr<grpc::Server> server;
   int port = 0;
 
-  explicit FakeServer(std::string name = "fake") {
+  // `max_receive_message_bytes` < 0: gRPC's default limit.
+  explicit FakeServer(std::string name = "fake", int max_receive_message_bytes = -1) {
     service.name = std::move(name);
     grpc::ServerBuilder builder;
+    if (max_receive_message_bytes >= 0) {
+      builder.SetMaxReceiveMessageSize(max_receive_message_bytes);
+    }
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(&service);
     server = builder.BuildAndStart();
@@ -258,6 +262,17 @@ TEST(ClipClientTest, RetriesResourceExhaustedHonouringRetryInfo) {
   EXPECT_EQ(fake.service.embed_image_calls, 3);
   EXPECT_EQ(sleeps, (std::vector<absl::Duration>{absl::Milliseconds(30),
                                                  absl::Milliseconds(30)}));
+}
+
+TEST(ClipClientTest, AMessageOverTheServersLimitIsNotRetried) {
+  FakeServer fake("fake", /*max_receive_message_bytes=*/1024);
+  std::vector<absl::Duration> sleeps;
+  auto client = Connect(fake.target(), &sleeps);
+  auto response = client->EmbedImages(Images({std::string(4096, 'x')}));
+  // gRPC refuses it before the handler, with no RetryInfo: the same every time.
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(sleeps.empty());
+  EXPECT_EQ(fake.service.embed_image_calls, 0);
 }
 
 TEST(ClipClientTest, NoRetryWhenTheCallSaysSo) {

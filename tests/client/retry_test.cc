@@ -48,15 +48,18 @@ TEST(RetryPolicyTest, RejectsOutOfRangeFields) {
   EXPECT_EQ(ValidateRetryPolicy(policy).code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(RetryPolicyTest, OnlyUnavailableAndResourceExhaustedAreRetryable) {
-  EXPECT_TRUE(IsRetryableCode(absl::StatusCode::kUnavailable));
-  EXPECT_TRUE(IsRetryableCode(absl::StatusCode::kResourceExhausted));
+TEST(RetryPolicyTest, OnlyUnavailableAndResourceExhaustedWithRetryInfoAreRetryable) {
+  EXPECT_TRUE(IsRetryable(absl::UnavailableError("down")));
+  EXPECT_TRUE(IsRetryable(Overloaded(absl::Milliseconds(100))));
+  // gRPC's refusal of an oversized message: permanent, no RetryInfo.
+  EXPECT_FALSE(IsRetryable(absl::ResourceExhaustedError(
+      "Received message larger than max (70000000 vs. 67108864)")));
   for (absl::StatusCode code :
        {absl::StatusCode::kOk, absl::StatusCode::kInvalidArgument,
         absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kCancelled,
         absl::StatusCode::kInternal, absl::StatusCode::kUnimplemented,
         absl::StatusCode::kNotFound, absl::StatusCode::kAborted}) {
-    EXPECT_FALSE(IsRetryableCode(code)) << absl::StatusCodeToString(code);
+    EXPECT_FALSE(IsRetryable(absl::Status(code, "x"))) << absl::StatusCodeToString(code);
   }
 }
 

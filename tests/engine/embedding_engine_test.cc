@@ -445,6 +445,8 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, HalvesThatRunOutAgainFailWithResourceExha
   const absl::StatusOr<EmbedResult> result =
       EmbedTextsAndWait(*engine, {"a", "b", "c", "d", "e", "f", "g", "h"});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+  // Retryable later, as a full queue is: the client retries only with a RetryInfo.
+  EXPECT_EQ(GetRetryInfoPayload(result.status()), absl::Seconds(1));
   EXPECT_EQ(engine->computed_texts(), 0);
   // The engine keeps serving: a request within the limit runs.
   EXPECT_TRUE(EmbedTextsAndWait(*engine, {"a", "b"}).ok());
