@@ -61,11 +61,15 @@ struct WorkerStats {
 }  // namespace
 
 absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& options) {
-  if (options.concurrency < 1)
-    return absl::InvalidArgumentError("concurrency must be >= 1");
+  if (options.concurrency < 1 || options.concurrency > kMaxBenchConcurrency) {
+    return absl::InvalidArgumentError(absl::StrCat("concurrency must be 1 to ",
+                                                   kMaxBenchConcurrency, ", got ",
+                                                   options.concurrency));
+  }
   if (options.requests < 0) return absl::InvalidArgumentError("requests must be >= 0");
-  if (options.requests == 0 && options.duration <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("duration must be positive");
+  if (options.requests == 0 && (options.duration <= absl::ZeroDuration() ||
+                                options.duration > kMaxBenchDuration)) {
+    return absl::InvalidArgumentError("duration must be positive and at most a year");
   }
   if (options.items_per_request < 1) {
     return absl::InvalidArgumentError("items_per_request must be >= 1");
@@ -78,6 +82,9 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
   CallOptions call;
   call.timeout = options.timeout;
   call.retry = false;
+  // Connect first, untimed: otherwise the first request of each caller would also
+  // time the TCP (and TLS) handshake. Its answer does not matter.
+  client.CheckHealth("", call).IgnoreError();
 
   std::atomic<int64_t> tickets{0};
   std::atomic<int64_t> completed{0};
@@ -141,6 +148,15 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
   return result;
 }
 
+namespace {
+
+// Items of the requests that succeeded: the work the server did.
+double AnsweredItems(const BenchResult& result, const BenchOptions& options) {
+  return static_cast<double>(result.succeeded) * options.items_per_request;
+}
+
+}  // namespace
+
 nlohmann::ordered_json BenchJson(const BenchResult& result, const BenchOptions& options) {
   const double seconds = std::max(absl::ToDoubleSeconds(result.elapsed), 1e-9);
   nlohmann::ordered_json errors = nlohmann::ordered_json::object();
@@ -150,7 +166,7 @@ nlohmann::ordered_json BenchJson(const BenchResult& result, const BenchOptions& 
   out["items"] = result.items;
   out["errors"] = std::move(errors);
   out["qps"] = result.requests / seconds;
-  out["items_per_s"] = result.items / seconds;
+  out["items_per_s"] = AnsweredItems(result, options) / seconds;
   out["latency_ms"] = {{"p50", result.latency_ms.p50},
                        {"p90", result.latency_ms.p90},
                        {"p99", result.latency_ms.p99},
@@ -168,13 +184,13 @@ std::string BenchText(const BenchResult& result, const BenchOptions& options) {
   std::string out = absl::StrFormat(
       "%s bench: %d callers, %d %s per request, %.2f s\n"
       "requests:   %d (%d ok, %d failed)   %.2f requests/s\n"
-      "items:      %d   %.2f items/s\n"
+      "items:      %d   %.2f items/s answered\n"
       "latency ms: p50 %.1f   p90 %.1f   p99 %.1f   max %.1f%s\n",
       options.modality == BenchModality::kImage ? "image" : "text", options.concurrency,
       options.items_per_request,
       options.modality == BenchModality::kImage ? "images" : "texts", seconds,
       result.requests, result.succeeded, result.requests - result.succeeded,
-      result.requests / seconds, result.items, result.items / seconds,
+      result.requests / seconds, result.items, AnsweredItems(result, options) / seconds,
       result.latency_ms.p50, result.latency_ms.p90, result.latency_ms.p99,
       result.latency_ms.max, result.succeeded == 0 ? " (all failed)" : "");
   for (const auto& [code, count] : result.errors) {
@@ -201,9 +217,9 @@ absl::StatusOr<absl::Duration> ParseBenchDuration(absl::string_view text) {
     return absl::InvalidArgumentError(
         absl::StrCat("bad duration '", text, "' (e.g. 30s, 500ms, 2m, or seconds)"));
   }
-  if (duration <= absl::ZeroDuration() || duration == absl::InfiniteDuration()) {
+  if (duration <= absl::ZeroDuration() || duration > kMaxBenchDuration) {
     return absl::InvalidArgumentError(
-        absl::StrCat("duration '", text, "' must be finite and positive"));
+        absl::StrCat("duration '", text, "' must be positive and at most a year"));
   }
   return duration;
 }

@@ -24,16 +24,20 @@ namespace clipserve {
 
 enum class BenchModality { kImage, kText };
 
+inline constexpr int kMaxBenchConcurrency = 10000;
+inline constexpr absl::Duration kMaxBenchDuration = absl::Hours(24 * 365);
+
 struct BenchOptions {
   BenchModality modality = BenchModality::kImage;
 
-  // Parallel callers, >= 1. Default 4.
+  // Parallel callers (one thread each), 1 to kMaxBenchConcurrency. Default 4.
   int concurrency = 4;
 
   // Stop after this many requests (> 0), or, when 0, after `duration`.
   int64_t requests = 0;
-  // Time to keep sending when requests == 0, > 0. Requests in flight when it ends
-  // still complete and count. Default 30 s.
+  // Time to keep sending when requests == 0, > 0 and at most kMaxBenchDuration.
+  // Requests in flight when it ends still complete (within `timeout`) and count.
+  // Default 30 s.
   absl::Duration duration = absl::Seconds(30);
 
   // Items (images or texts) per request, >= 1. Default 1.
@@ -58,24 +62,28 @@ struct BenchResult {
   // Failed requests by status code name ("RESOURCE_EXHAUSTED"), and one message each.
   std::map<std::string, int64_t> errors;
   std::map<std::string, std::string> error_examples;
-  // From the first request sent to the last answer.
+  // From the first request sent to the last answer. The channel is connected before
+  // (by an untimed health check), so no request's latency holds the connection setup.
   absl::Duration elapsed;
   // Milliseconds, over successful requests (all requests when none succeeded).
   LatencySummary latency_ms;
 };
 
 // Runs the benchmark; blocks until it is over. INVALID_ARGUMENT for bad options.
+// Requests that fail count as errors, never as throughput.
 absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& options);
 
 // {"requests": n, "items": n, "errors": {"CODE": n}, "qps": x, "items_per_s": x,
 //  "latency_ms": {"p50": a, "p90": b, "p99": c, "max": d}, ...} plus the settings.
+// qps counts every request sent; items_per_s only the items of successful ones.
 nlohmann::ordered_json BenchJson(const BenchResult& result, const BenchOptions& options);
 
 // The same for people, several lines.
 std::string BenchText(const BenchResult& result, const BenchOptions& options);
 
 // A --duration value: "30s", "500ms", "2m", "1h30m" (absl::ParseDuration) or a bare
-// number of seconds ("45", "2.5"). INVALID_ARGUMENT unless it is finite and > 0.
+// number of seconds ("45", "2.5"). INVALID_ARGUMENT unless it is > 0 and at most
+// kMaxBenchDuration.
 absl::StatusOr<absl::Duration> ParseBenchDuration(absl::string_view text);
 
 // Short, varied captions of everyday scenes (the default text inputs).

@@ -485,6 +485,11 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
                                         result->error_examples[worst->first])),
         target);
   }
+  if (result->requests == 0) {
+    // A duration too short for any request: nothing was measured.
+    return Fail(absl::DeadlineExceededError(
+        "no request was sent within the duration; nothing was measured"));
+  }
   return EXIT_SUCCESS;
 }
 

@@ -504,6 +504,26 @@ TEST(BenchTest, CountsAddUpAgainstAFakeServer) {
   EXPECT_LE(result->latency_ms.p99, result->latency_ms.max);
 }
 
+TEST(BenchTest, RefusesConcurrencyAndDurationOutOfRange) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  BenchOptions options;
+  options.inputs = {"x"};
+  options.requests = 1;
+  for (int concurrency : {0, kMaxBenchConcurrency + 1}) {
+    options.concurrency = concurrency;
+    EXPECT_EQ(RunBench(*client, options).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << concurrency;
+  }
+  options.concurrency = 1;
+  options.requests = 0;
+  options.duration = kMaxBenchDuration + absl::Seconds(1);
+  EXPECT_EQ(RunBench(*client, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(fake.service.embed_image_calls, 0);
+}
+
 TEST(BenchTest, ErrorsAreCountedByCodeAndNotRetried) {
   FakeServer fake;
   fake.service.refuse_first_unary = 5;
