@@ -94,12 +94,20 @@ absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
   return files;
 }
 
-absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
+absl::StatusOr<std::string> ReadFileBytes(const std::string& path, uint64_t max_bytes) {
   std::error_code error;
   const fs::file_status status = fs::status(path, error);
   if (error) return ErrorFor(path, error);
   if (fs::is_directory(status)) {
     return absl::FailedPreconditionError(absl::StrCat(path, ": is a folder"));
+  }
+  const auto too_big = [&](uint64_t size, absl::string_view at_least) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": ", at_least, size, " bytes, over the limit of ", max_bytes));
+  };
+  if (fs::is_regular_file(status)) {
+    const uint64_t size = fs::file_size(path, error);
+    if (!error && size > max_bytes) return too_big(size, "");
   }
   std::ifstream file(path, std::ios::binary);
   if (!file) {
@@ -110,8 +118,14 @@ absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
     if (saved == ENOENT) return absl::NotFoundError(message);
     return absl::UnknownError(message);
   }
-  std::string bytes((std::istreambuf_iterator<char>(file)),
-                    std::istreambuf_iterator<char>());
+  // Read in chunks, so that a file that grew since, or a pipe, stops at the limit.
+  std::string bytes;
+  char chunk[1 << 16];
+  while (file.read(chunk, sizeof(chunk)) || file.gcount() > 0) {
+    const uint64_t got = static_cast<uint64_t>(file.gcount());
+    if (got > max_bytes - bytes.size()) return too_big(bytes.size() + got, "at least ");
+    bytes.append(chunk, got);
+  }
   if (file.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
   return bytes;
 }

@@ -1,6 +1,8 @@
 #ifndef CLIPSERVE_CLIENT_INPUT_FILES_H_
 #define CLIPSERVE_CLIENT_INPUT_FILES_H_
 
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -26,9 +28,12 @@ bool HasImageExtension(absl::string_view path);
 absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
     const std::vector<std::string>& paths, bool recursive);
 
-// The bytes of a file. NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (a folder)
-// or DATA_LOSS (a read error), each as "path: reason".
-absl::StatusOr<std::string> ReadFileBytes(const std::string& path);
+// The bytes of a file. NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (a folder),
+// DATA_LOSS (a read error), or INVALID_ARGUMENT when it holds more than `max_bytes`
+// (found from its size before reading, or while reading a pipe), each as
+// "path: reason".
+absl::StatusOr<std::string> ReadFileBytes(
+    const std::string& path, uint64_t max_bytes = std::numeric_limits<uint64_t>::max());
 
 // The lines of a text file ("-" reads standard input), one item per line: "\n" or
 // "\r\n" endings are removed, and empty lines are skipped. Errors as ReadFileBytes().

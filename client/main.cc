@@ -20,10 +20,12 @@
 // item of a bulk job names its file or text. See docs/CLIENT.md.
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -144,11 +146,20 @@ absl::StatusOr<std::vector<std::string>> CollectTexts(std::vector<std::string> t
   return texts;
 }
 
-absl::StatusOr<std::vector<std::string>> ReadImages(
-    const std::vector<std::string>& paths) {
+// Room left in a request message for what surrounds an image's bytes.
+constexpr uint64_t kMessageOverheadBytes = 1024;
+
+// The most bytes an image file may hold to fit in a message of `max_message_bytes`.
+uint64_t MaxImageFileBytes(int64_t max_message_bytes) {
+  const uint64_t limit = static_cast<uint64_t>(max_message_bytes);
+  return limit > kMessageOverheadBytes ? limit - kMessageOverheadBytes : 0;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadImages(const std::vector<std::string>& paths,
+                                                    uint64_t max_file_bytes) {
   std::vector<std::string> images;
   for (const std::string& path : paths) {
-    absl::StatusOr<std::string> bytes = ReadFileBytes(path);
+    absl::StatusOr<std::string> bytes = ReadFileBytes(path, max_file_bytes);
     if (!bytes.ok()) return bytes.status();
     images.push_back(*std::move(bytes));
   }
@@ -211,6 +222,7 @@ struct EmbedImageArgs {
   bool skip_errors = false;
   int max_in_flight = 64;
   std::vector<std::string> paths;
+  uint64_t max_file_bytes = 0;  // MaxImageFileBytes(--max_message_bytes)
 };
 
 int EmbedImage(ClipClient& client, const std::string& target,
@@ -226,8 +238,11 @@ int EmbedImage(ClipClient& client, const std::string& target,
   options.on_progress = [&bar](size_t done, size_t) { bar.Update(done); };
   absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> results = client.EmbedStream(
       paths->size(),
-      [&paths](size_t i) -> absl::StatusOr<EmbedItem> {
-        absl::StatusOr<std::string> bytes = ReadFileBytes((*paths)[i]);
+      [&paths, &args](size_t i) -> absl::StatusOr<EmbedItem> {
+        // A file too big for one message fails alone, before it is sent (gRPC would
+        // end the whole stream).
+        absl::StatusOr<std::string> bytes =
+            ReadFileBytes((*paths)[i], args.max_file_bytes);
         if (!bytes.ok()) return bytes.status();
         return EmbedItem::Image(*std::move(bytes));
       },
@@ -291,11 +306,13 @@ struct SimilarityArgs {
   std::optional<float> temperature;
   std::vector<std::string> images;
   std::vector<std::string> texts;
+  uint64_t max_file_bytes = 0;
 };
 
 int Similarity(ClipClient& client, const std::string& target,
                const SimilarityArgs& args) {
-  absl::StatusOr<std::vector<std::string>> images = ReadImages(args.images);
+  absl::StatusOr<std::vector<std::string>> images =
+      ReadImages(args.images, args.max_file_bytes);
   if (!images.ok()) return Fail(images.status());
   v1::SimilarityRequest request;
   for (std::string& image : *images) {
@@ -330,10 +347,12 @@ struct ClassifyArgs {
   int top_k = 0;
   std::optional<float> temperature;
   bool json = false;
+  uint64_t max_file_bytes = 0;
 };
 
 int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& args) {
-  absl::StatusOr<std::vector<std::string>> images = ReadImages(args.images);
+  absl::StatusOr<std::vector<std::string>> images =
+      ReadImages(args.images, args.max_file_bytes);
   if (!images.ok()) return Fail(images.status());
   v1::ClassifyRequest request;
   for (std::string& image : *images) request.add_images()->set_encoded(std::move(image));
@@ -415,6 +434,7 @@ struct BenchArgs {
   std::string images;
   std::string texts_file;
   bool json = false;
+  uint64_t max_file_bytes = 0;
 };
 
 int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
@@ -437,7 +457,8 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
       absl::StatusOr<std::vector<std::string>> paths =
           ExpandImagePaths({args.images}, false);
       if (!paths.ok()) return Fail(paths.status());
-      absl::StatusOr<std::vector<std::string>> images = ReadImages(*paths);
+      absl::StatusOr<std::vector<std::string>> images =
+          ReadImages(*paths, args.max_file_bytes);
       if (!images.ok()) return Fail(images.status());
       options.inputs = *std::move(images);
     } else {
@@ -527,6 +548,12 @@ int main(int argc, char** argv) {
   app.add_option(
       "--tls_server_name", options.tls.server_name_override,
       "Name to expect in the server's certificate instead of the target's host");
+  int64_t max_message_bytes = options.max_receive_message_bytes;
+  app.add_option("--max_message_bytes", max_message_bytes,
+                 "The server's --max_message_bytes: larger responses are refused, and an "
+                 "image file too big to fit in one request fails alone before it is sent")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{4096}, int64_t{std::numeric_limits<int32_t>::max()}));
   app.add_option("--token_file", token_file,
                  "File holding a bearer token, sent as 'authorization: Bearer <token>' "
                  "on every call");
@@ -661,6 +688,12 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   options.deadline = absl::Milliseconds(deadline_ms);
+  options.max_receive_message_bytes = static_cast<int>(max_message_bytes);
+  const uint64_t max_file_bytes = MaxImageFileBytes(max_message_bytes);
+  image_args.max_file_bytes = max_file_bytes;
+  sim_args.max_file_bytes = max_file_bytes;
+  cls_args.max_file_bytes = max_file_bytes;
+  bench_args.max_file_bytes = max_file_bytes;
   options.tls.enabled = tls || !tls_ca.empty() || !tls_cert.empty() ||
                         !options.tls.server_name_override.empty();
   for (auto [path, pem] : {std::pair{&tls_ca, &options.tls.root_certificates_pem},

@@ -96,6 +96,18 @@ TEST_F(InputFilesTest, ReadFileBytesAndErrorsNameThePath) {
   EXPECT_EQ(folder.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(InputFilesTest, ReadFileBytesRefusesAFileOverTheLimit) {
+  const std::string path = Touch("big.jpg", std::string(200000, 'x'));
+  EXPECT_EQ(ReadFileBytes(path, 200000)->size(), 200000u);
+  const absl::Status big = ReadFileBytes(path, 199999).status();
+  EXPECT_EQ(big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(big.message(), path + ": 200000 bytes, over the limit of 199999");
+  // Not a regular file (no size to look at first): refused while reading.
+  const absl::Status piped = ReadFileBytes("/dev/zero", 100000).status();
+  EXPECT_EQ(piped.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(piped.message().rfind("/dev/zero: at least ", 0), 0u) << piped;
+}
+
 TEST_F(InputFilesTest, ReadLinesSkipsBlankLinesAndCarriageReturns) {
   const std::string path = Touch("texts.txt", "a cat\r\n\na dog\n  \nlast");
   auto lines = ReadLines(path);
