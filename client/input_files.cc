@@ -28,8 +28,11 @@ absl::Status ErrorFor(const std::string& path, const std::error_code& error) {
   return absl::UnknownError(message);
 }
 
+// Lists `folder` into `out`. `ancestors` holds the canonical paths of the folders
+// being descended (this one included), so that a link back to one of them is skipped
+// instead of looping.
 absl::Status AddFolder(const fs::path& folder, bool recursive,
-                       std::vector<std::string>* out) {
+                       std::vector<std::string>* out, std::vector<fs::path>* ancestors) {
   std::error_code error;
   fs::directory_iterator it(folder, error);
   if (error) return ErrorFor(folder.string(), error);
@@ -48,9 +51,17 @@ absl::Status AddFolder(const fs::path& folder, bool recursive,
     std::error_code status_error;
     if (entry.is_directory(status_error)) {
       if (!recursive) continue;
-      if (absl::Status status = AddFolder(entry.path(), recursive, out); !status.ok()) {
-        return status;
+      std::error_code canonical_error;
+      fs::path canonical = fs::canonical(entry.path(), canonical_error);
+      if (canonical_error) return ErrorFor(entry.path().string(), canonical_error);
+      if (std::find(ancestors->begin(), ancestors->end(), canonical) !=
+          ancestors->end()) {
+        continue;  // a link back up the tree
       }
+      ancestors->push_back(std::move(canonical));
+      absl::Status status = AddFolder(entry.path(), recursive, out, ancestors);
+      ancestors->pop_back();
+      if (!status.ok()) return status;
     } else if (entry.is_regular_file(status_error) &&
                HasImageExtension(entry.path().filename().string())) {
       out->push_back(entry.path().string());
@@ -79,7 +90,10 @@ absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
     const fs::file_status status = fs::status(path, error);
     if (error) return ErrorFor(path, error);
     if (fs::is_directory(status)) {
-      if (absl::Status added = AddFolder(path, recursive, &files); !added.ok()) {
+      std::vector<fs::path> ancestors = {fs::canonical(path, error)};
+      if (error) return ErrorFor(path, error);
+      if (absl::Status added = AddFolder(path, recursive, &files, &ancestors);
+          !added.ok()) {
         return added;
       }
     } else {

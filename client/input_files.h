@@ -22,7 +22,8 @@ bool HasImageExtension(absl::string_view path);
 // a file is taken as given (whatever its name: the server sniffs the content); a
 // folder contributes its files with an image extension, sorted by name (byte order),
 // skipping hidden entries (".name"); with `recursive`, its subfolders too, each
-// expanded where its name sorts (depth first). Symbolic links are followed.
+// expanded where its name sorts (depth first). Symbolic links are followed, except a
+// link to a folder it is inside of (which would loop).
 // Errors: NOT_FOUND for a path that does not exist, PERMISSION_DENIED for a folder
 // that cannot be listed, INVALID_ARGUMENT when no file at all is found.
 absl::StatusOr<std::vector<std::string>> ExpandImagePaths(

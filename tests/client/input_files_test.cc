@@ -63,6 +63,17 @@ TEST_F(InputFilesTest, RecursiveDescendsWhereTheFolderSorts) {
                                               P("m/z.jpg"), P("z.jpg")}));
 }
 
+TEST_F(InputFilesTest, RecursiveSkipsALinkBackUpTheTree) {
+  Touch("a/x.jpg");
+  Touch("b/y.jpg");
+  fs::create_directory_symlink(root_, root_ / "a" / "loop");        // a/loop -> the root
+  fs::create_directory_symlink(root_ / "b", root_ / "a" / "to_b");  // not a loop
+  auto files = ExpandImagePaths({root_.string()}, /*recursive=*/true);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(*files,
+            (std::vector<std::string>{P("a/to_b/y.jpg"), P("a/x.jpg"), P("b/y.jpg")}));
+}
+
 TEST_F(InputFilesTest, FilesAreTakenAsGivenInArgumentOrder) {
   const std::string second = Touch("photo.dat");
   const std::string first = Touch("x.jpg");
