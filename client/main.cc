@@ -93,6 +93,14 @@ int FailCall(const absl::Status& status, const std::string& target) {
   return Fail(status);
 }
 
+// Codes that say something about the call or the server, not about one item.
+bool IsAboutTheCall(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable ||
+         code == absl::StatusCode::kUnauthenticated ||
+         code == absl::StatusCode::kPermissionDenied ||
+         code == absl::StatusCode::kUnimplemented;
+}
+
 bool IsNpyPath(const std::string& path) { return absl::EndsWithIgnoreCase(path, ".npy"); }
 
 // Writes embeddings (one row per input, in order) as .npy when `output` ends with
@@ -255,7 +263,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
   std::vector<std::string> inputs;
   std::vector<std::vector<float>> rows;
   size_t failed = 0;
-  bool unreachable = false;
+  bool said_call_error = false;
   for (size_t i = 0; i < results->size(); ++i) {
     absl::StatusOr<EmbeddedItem>& result = (*results)[i];
     if (result.ok()) {
@@ -268,10 +276,11 @@ int EmbedImage(ClipClient& client, const std::string& target,
     if (result.status().code() == absl::StatusCode::kCancelled && !args.skip_errors) {
       continue;
     }
-    if (result.status().code() == absl::StatusCode::kUnavailable) {
-      // The server is gone for every item alike: say it once.
-      if (!unreachable) FailCall(result.status(), target);
-      unreachable = true;
+    if (IsAboutTheCall(result.status().code())) {
+      // The server is gone, or refused the call (token, method): every file alike,
+      // said once.
+      if (!said_call_error) FailCall(result.status(), target);
+      said_call_error = true;
       continue;
     }
     const absl::Status named = Prefixed(result.status(), (*paths)[i]);
@@ -280,7 +289,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
                  std::string(named.message()).c_str());
   }
   if (failed > 0 && (!args.skip_errors || rows.empty())) {
-    if (unreachable) {
+    if (said_call_error) {
       // Said above.
     } else if (!args.skip_errors) {
       std::fprintf(stderr,
@@ -715,13 +724,20 @@ int main(int argc, char** argv) {
   ClipClient& c = **client;
   const std::string& target = options.target;
 
-  if (embed_text->parsed()) return EmbedText(c, target, text_args);
-  if (embed_image->parsed()) return EmbedImage(c, target, image_args);
-  if (similarity->parsed()) return Similarity(c, target, sim_args);
-  if (classify->parsed()) return Classify(c, target, cls_args);
-  if (tokenize->parsed()) return Tokenize(c, target, tok_args);
-  if (info->parsed()) return Info(c, target, info_json);
-  if (health->parsed()) return Health(c, target, service);
-  if (bench->parsed()) return Bench(c, target, options.deadline, bench_args);
-  return EXIT_FAILURE;
+  int exit_code = EXIT_FAILURE;
+  if (embed_text->parsed()) exit_code = EmbedText(c, target, text_args);
+  if (embed_image->parsed()) exit_code = EmbedImage(c, target, image_args);
+  if (similarity->parsed()) exit_code = Similarity(c, target, sim_args);
+  if (classify->parsed()) exit_code = Classify(c, target, cls_args);
+  if (tokenize->parsed()) exit_code = Tokenize(c, target, tok_args);
+  if (info->parsed()) exit_code = Info(c, target, info_json);
+  if (health->parsed()) exit_code = Health(c, target, service);
+  if (bench->parsed()) exit_code = Bench(c, target, options.deadline, bench_args);
+  // Output that did not reach standard output (a full disk, a closed pipe) is a
+  // failure, not a success with nothing to show.
+  std::cout.flush();
+  if (!std::cout && exit_code == EXIT_SUCCESS) {
+    return Fail(absl::DataLossError("cannot write to standard output"));
+  }
+  return exit_code;
 }

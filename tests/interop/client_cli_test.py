@@ -270,6 +270,14 @@ class ClientCliTest(unittest.TestCase):
         self.assertIs(got["random_weights"], True)
         self.assertNotIn("embedDim", got)
 
+    def test_output_that_cannot_be_written_fails(self):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [ARGS.client, "--target", self.server.target, "info", "--json"],
+                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("error: DATA_LOSS: cannot write to standard output", result.stderr)
+
     def test_health(self):
         self.assertEqual(self.client("health").stdout.strip(), "SERVING")
 

@@ -175,6 +175,15 @@ class SecurityCliTest(unittest.TestCase):
         self.assertNotEqual(wrong.returncode, 0)
         self.assertIn("error: UNAUTHENTICATED", wrong.stderr)
         self.assertNotIn(WRONG_TOKEN, wrong.stderr)
+        # A refused stream fails every file alike: said once, not once per file.
+        files = []
+        for name in ("a.jpg", "b.jpg", "c.jpg"):
+            with open(self.path(name), "wb") as f:
+                f.write(b"never looked at")
+            files.append(self.path(name))
+        images = self.client("embed-image", "--skip_errors", *files, token=False)
+        self.assertNotEqual(images.returncode, 0)
+        self.assertEqual(images.stderr.count("UNAUTHENTICATED"), 1, images.stderr)
 
     def test_health_needs_no_token(self):
         health = self.client("health", token=False)
