@@ -18,10 +18,24 @@ namespace {
 
 using nlohmann::json;
 
-absl::Status Positive(int value, absl::string_view field) {
-  if (value <= 0) {
+// Every size of a config (widths, layers, image and vocabulary sizes) is at most this,
+// far above any released CLIP model; products of two sizes then fit in int64.
+constexpr int64_t kMaxSize = int64_t{1} << 24;
+// MLP hidden width over model width: released models use 4 (up to about 5).
+constexpr double kMaxMlpRatio = 64;
+
+absl::Status Positive(int64_t value, absl::string_view field) {
+  if (value <= 0 || value > kMaxSize) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, " must be positive, got ", value));
+        absl::StrCat(field, " must be 1 to ", kMaxSize, ", got ", value));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MlpRatio(double ratio, absl::string_view field) {
+  if (!(ratio > 0 && ratio <= kMaxMlpRatio)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " must be > 0 and at most ", kMaxMlpRatio, ", got ", ratio));
   }
   return absl::OkStatus();
 }
@@ -173,6 +187,12 @@ absl::StatusOr<std::vector<int64_t>> Shape(const ShapeMap& shapes, const std::st
   if (it->second.size() != rank) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", key, "' has rank ", it->second.size(), ", expected ", rank));
+  }
+  for (int64_t d : it->second) {
+    if (d < 0 || d > kMaxSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", key, "' has a dimension of ", d, ", over ", kMaxSize));
+    }
   }
   return it->second;
 }
@@ -423,7 +443,7 @@ absl::Status ValidateConfig(const ClipConfig& c) {
           "ModifiedResNet width must be even and width*32 a multiple of heads");
     }
   }
-  if (v.mlp_ratio <= 0) return absl::InvalidArgumentError("vision.mlp_ratio must be > 0");
+  CLIPSERVE_RETURN_IF_ERROR(MlpRatio(v.mlp_ratio, "vision.mlp_ratio"));
   const TextConfig& t = c.text;
   CLIPSERVE_RETURN_IF_ERROR(Positive(t.context_length, "text.context_length"));
   CLIPSERVE_RETURN_IF_ERROR(Positive(t.vocab_size, "text.vocab_size"));
@@ -434,12 +454,39 @@ absl::Status ValidateConfig(const ClipConfig& c) {
     if (t.width % t.heads != 0) {
       return absl::InvalidArgumentError("text.width is not a multiple of text.heads");
     }
-    if (t.mlp_ratio <= 0) return absl::InvalidArgumentError("text.mlp_ratio must be > 0");
+    CLIPSERVE_RETURN_IF_ERROR(MlpRatio(t.mlp_ratio, "text.mlp_ratio"));
   }
   for (int i = 0; i < 3; ++i) {
     if (!(c.image_std[i] > 0)) return absl::InvalidArgumentError("image std must be > 0");
   }
   return absl::OkStatus();
+}
+
+double MinimumParameterCount(const ClipConfig& c) {
+  const VisionConfig& v = c.vision;
+  const TextConfig& t = c.text;
+  const double embed = c.embed_dim;
+  double n = 0;
+  if (v.arch == VisionArch::kVisionTransformer) {
+    const double w = v.width;
+    const double hidden = std::floor(v.width * v.mlp_ratio);  // lround() in the model
+    const double grid = v.patch_size > 0 ? v.image_size / v.patch_size : 0;
+    n += v.layers * (4 * w * w + 2 * w * hidden);  // attention projections, MLP
+    n += (grid * grid + 1) * w;                    // positional embedding
+    n += w * 3.0 * v.patch_size * v.patch_size;    // patch embedding
+    n += w * embed;                                // visual.proj
+  } else {
+    const double e = 32.0 * v.width;  // the attention pool's width
+    const double grid = v.image_size / 32;
+    n += (grid * grid + 1) * e + 3 * e * e + e * embed;  // positions, q/k/v, c_proj
+  }
+  const double w = t.width;
+  n += double{t.vocab_size} * w + w * embed;  // token embedding, text_projection
+  if (t.arch == TextArch::kTransformer) {
+    const double hidden = std::floor(t.width * t.mlp_ratio);
+    n += t.layers * (4 * w * w + 2 * w * hidden) + double{t.context_length} * w;
+  }
+  return n;
 }
 
 std::vector<std::string> PresetNames() {
@@ -714,7 +761,9 @@ absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
       return absl::InvalidArgumentError(
           "visual.positional_embedding is not a square grid + 1");
     }
-    v.image_size = grid * v.patch_size;
+    const int64_t image_size = int64_t{grid} * v.patch_size;
+    CLIPSERVE_RETURN_IF_ERROR(Positive(image_size, "vision.image_size (grid x patch)"));
+    v.image_size = static_cast<int>(image_size);
     v.heads = std::max(1, v.width / 64);
     CLIPSERVE_ASSIGN_OR_RETURN(
         auto fc, Shape(shapes, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2));

@@ -67,6 +67,12 @@ struct ClipConfig {
 // field otherwise.
 absl::Status ValidateConfig(const ClipConfig& config);
 
+// A lower bound on the number of values the weights of a model of `config` hold,
+// counting only its largest matrices (projections, MLPs, embeddings): a checkpoint
+// with fewer cannot fill the model, so loading refuses it before building a model
+// that could be far larger than the file. In double, so that no product overflows.
+double MinimumParameterCount(const ClipConfig& config);
+
 // The built-in presets with OpenAI's published dimensions: RN50, RN101, RN50x4,
 // RN50x16, RN50x64, ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336. NOT_FOUND otherwise.
 absl::StatusOr<ClipConfig> PresetConfig(absl::string_view name);

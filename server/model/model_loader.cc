@@ -65,6 +65,16 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
     }
     CLIPSERVE_ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(spec, read_options));
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.sha256, Sha256OfFile(checkpoint.weights_path));
+    // Shapes alone (of empty tensors, say) could describe a model far larger than the
+    // file: refuse one the checkpoint's values cannot fill before building it.
+    double values = 0;
+    for (const auto& [key, tensor] : checkpoint.weights) values += tensor.numel();
+    const double needed = MinimumParameterCount(checkpoint.config);
+    if (values < needed) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          spec, " holds ", values, " weight values, but the model its shapes describe (",
+          checkpoint.config.name, ") needs at least ", needed));
+    }
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.model,
                                ClipModel::CreateForLoading(checkpoint.config));
     CLIPSERVE_RETURN_IF_ERROR(loaded.model->LoadWeights(std::move(checkpoint.weights)));

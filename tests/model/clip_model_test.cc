@@ -308,6 +308,58 @@ TEST(CorruptCheckpointTest, EachGivesItsSpecificError) {
 
 // A safetensors header's length is little-endian, so its first bytes can read as a
 // pickle protocol header (0x80 0x02): such a file is still safetensors.
+// Loading compares a checkpoint with MinimumParameterCount() before building the
+// model, so the bound must never exceed a real model's count.
+TEST(MinimumParameterCountTest, IsALowerBoundForEveryArchitecture) {
+  std::vector<std::pair<std::string, ClipConfig>> configs;
+  for (const char* name : {"ViT-B-32", "RN50"})
+    configs.emplace_back(name, *PresetConfig(name));
+  for (const char* name : kCases) configs.emplace_back(name, LoadCase(name).config);
+  for (const auto& [name, config] : configs) {
+    auto model = ClipModel::CreateForLoading(config);
+    ASSERT_TRUE(model.ok()) << name << ": " << model.status();
+    const double bound = MinimumParameterCount(config);
+    const double actual = static_cast<double>((*model)->num_parameters());
+    EXPECT_LE(bound, actual) << name;
+    EXPECT_GE(bound, 0.5 * actual) << name;  // close enough to catch a hollow file
+  }
+}
+
+// Empty tensors carry shapes but no bytes: a few hundred bytes of safetensors can
+// describe a ViT-L-sized model. It is refused before that model is built.
+TEST(CheckpointTest, ShapesOfAModelTheFileCannotFillAreRefusedBeforeBuilding) {
+  namespace fs = std::filesystem;
+  nlohmann::json header;
+  // The only bytes: a 1000 x 8 token embedding (the text width must be positive).
+  constexpr int64_t kData = 1000 * 8 * 4;
+  const auto add = [&](const std::string& key, std::vector<int64_t> shape) {
+    header[key] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {kData, kData}}};
+  };
+  add("visual.proj", {1024, 0});
+  add("visual.conv1.weight", {1024, 0, 14, 14});
+  add("visual.positional_embedding", {257, 0});
+  for (int i = 0; i < 24; ++i) {
+    add(absl::StrCat("visual.transformer.resblocks.", i, ".attn.in_proj_weight"),
+        {0, 1024});
+  }
+  add("visual.transformer.resblocks.0.mlp.c_fc.weight", {4096, 0});
+  add("text_projection", {0, 512});
+  header["token_embedding.weight"] = {
+      {"dtype", "F32"}, {"shape", {1000, 8}}, {"data_offsets", {0, kData}}};
+  const std::string text = header.dump();
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    bytes[i] = static_cast<char>((text.size() >> (8 * i)) & 0xff);
+  bytes += text;
+  bytes += std::string(kData, '\0');
+  const fs::path path = fs::path(::testing::TempDir()) / "hollow.safetensors";
+  std::ofstream(path, std::ios::binary) << bytes;
+
+  auto loaded = LoadModel(path.string());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(loaded.status().message(), HasSubstr("needs at least"));
+}
+
 TEST(CheckpointTest, SafetensorsWhoseLengthLooksLikeAPickleStillLoads) {
   namespace fs = std::filesystem;
   const Case c = LoadCase("vit_transformer");
