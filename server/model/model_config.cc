@@ -481,10 +481,12 @@ double MinimumParameterCount(const ClipConfig& c) {
     n += (grid * grid + 1) * e + 3 * e * e + e * embed;  // positions, q/k/v, c_proj
   }
   const double w = t.width;
-  n += double{t.vocab_size} * w + w * embed;  // token embedding, text_projection
+  n += static_cast<double>(t.vocab_size) * w +
+       w * embed;  // token embedding, text_projection
   if (t.arch == TextArch::kTransformer) {
     const double hidden = std::floor(t.width * t.mlp_ratio);
-    n += t.layers * (4 * w * w + 2 * w * hidden) + double{t.context_length} * w;
+    n += t.layers * (4 * w * w + 2 * w * hidden) +
+         static_cast<double>(t.context_length) * w;
   }
   return n;
 }
