@@ -248,19 +248,19 @@ class JoinedCall : public UnaryCall {
 
   // One engine request is done with `status`; its result is stored.
   void Answer(absl::Status status) {
-    bool cancel = false;
     bool last = false;
     absl::Status error;
     {
       absl::MutexLock lock(&mu_);
       if (!status.ok() && error_.ok()) {
         error_ = std::move(status);
-        cancel = true;
+        // Under the lock: once pending_ drops, another answer may finish the call,
+        // which then deletes this object. Only the last answer may touch it after.
+        CancelEngineWork();
       }
       last = --pending_ == 0;
       error = error_;
     }
-    if (cancel) CancelEngineWork();
     // The mutex orders every callback's stores before this read of them.
     if (last) FinishWith(error.ok() ? Compute() : error);
   }

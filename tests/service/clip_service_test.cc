@@ -834,6 +834,92 @@ TEST_F(ClipServiceTest, SimilarityEngineFailureOfOneTowerFailsTheCall) {
   EXPECT_FALSE(response.has_logits_per_image());
 }
 
+// Answers image requests with an error and text requests with rows, each on a thread
+// of its own, and the two requests of a call at the same moment: as a real engine's
+// preprocessing and text workers can, so the two answers of a Similarity call race.
+class RacingEngine : public Engine {
+ public:
+  RacingEngine() : description_(FakeEngine::DefaultDescription()) {}
+  ~RacingEngine() override {
+    absl::MutexLock lock(&mu_);
+    for (std::thread& t : threads_) t.join();
+  }
+
+  void EmbedImages(std::vector<ImageInput> /*images*/, const EmbedOptions& /*options*/,
+                   std::string field, EmbedCallback done) override {
+    Answer([field, done = std::move(done)]() mutable {
+      std::move(done)(absl::InvalidArgumentError(field + "[0]: not an image"));
+    });
+  }
+  void EmbedTexts(std::vector<std::string> texts, const EmbedOptions& /*options*/,
+                  std::string /*field*/, EmbedCallback done) override {
+    EmbedResult result;
+    result.dim = description_.embed_dim;
+    for (const std::string& text : texts) {
+      const std::vector<float> row =
+          FakeEngine::Normalized(FakeEngine::TextVector(text, result.dim));
+      result.values.insert(result.values.end(), row.begin(), row.end());
+      result.truncated.push_back(false);
+      result.num_tokens.push_back(3);
+    }
+    Answer([result = std::move(result), done = std::move(done)]() mutable {
+      std::move(done)(std::move(result));
+    });
+  }
+  void Tokenize(std::vector<std::string> /*texts*/, bool /*truncate*/,
+                std::string /*field*/, TokenizeCallback done) override {
+    std::move(done)(absl::UnimplementedError("not in this test"));
+  }
+  const ModelDescription& description() const override { return description_; }
+  int max_texts_per_call() const override { return 1 << 20; }
+  bool healthy() const override { return true; }
+
+ private:
+  // Runs `answer` on a new thread; every second request releases itself and the one
+  // before it together.
+  void Answer(absl::AnyInvocable<void() &&> answer) {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<absl::Notification> gate = std::move(waiting_);
+    const bool second = gate != nullptr;
+    if (!second) waiting_ = gate = std::make_shared<absl::Notification>();
+    threads_.emplace_back([gate, answer = std::move(answer)]() mutable {
+      gate->WaitForNotification();
+      std::move(answer)();
+    });
+    if (second) gate->Notify();
+  }
+
+  const ModelDescription description_;
+  absl::Mutex mu_;
+  std::shared_ptr<absl::Notification> waiting_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+// The failing answer cancels the other's work, and may not be the last one: the call
+// must not be touched after the other answer finished it (run under ASan and TSan).
+TEST(ClipServiceRaceTest, OneTowerFailingWhileTheOtherAnswersFinishesEveryCallOnce) {
+  RacingEngine engine;
+  absl::StatusOr<std::unique_ptr<ClipService>> service = ClipService::Create(&engine, {});
+  ASSERT_TRUE(service.ok()) << service.status();
+  std::vector<std::unique_ptr<grpc::Service>> services;
+  services.push_back(*std::move(service));
+  ClipServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  absl::StatusOr<std::unique_ptr<ClipServer>> server =
+      ClipServer::Create(server_options, std::move(services));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::ClipService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  const v1::SimilarityRequest request = ImagesAndTexts({Encoded("x")}, {"a"});
+  for (int i = 0; i < 200; ++i) {
+    v1::SimilarityResponse response;
+    const grpc::Status status = stub->Similarity(Context().get(), request, &response);
+    ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << i;
+  }
+  (*server)->Shutdown(absl::Seconds(10));
+}
+
 // ---------------------------------------------------------------------------
 // Classify
 
