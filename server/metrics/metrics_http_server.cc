@@ -35,6 +35,30 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
+  // Every byte a client sends is hostile. Only GET and HEAD are answered, and a request
+  // announcing a body is refused before anything reads it: cpp-httplib would read any
+  // body into memory whole (chunked or compressed ones without limit). One request per
+  // connection, and a client that is idle for a second loses its thread, so idle
+  // connections cannot keep the probes waiting for long.
+  server->set_pre_routing_handler(
+      [](const httplib::Request& request, httplib::Response& response) {
+        const bool get = request.method == "GET" || request.method == "HEAD";
+        const bool body = request.has_header("Transfer-Encoding") ||
+                          (request.has_header("Content-Length") &&
+                           request.get_header_value("Content-Length") != "0");
+        if (get && !body) return httplib::Server::HandlerResponse::Unhandled;
+        response.status = get ? 413 : 405;
+        if (!get) response.set_header("Allow", "GET, HEAD");
+        response.set_header("Connection", "close");
+        response.set_content(
+            get ? "a request body is not accepted\n" : "only GET and HEAD are served\n",
+            "text/plain");
+        return httplib::Server::HandlerResponse::Handled;
+      });
+  server->set_keep_alive_max_count(1);
+  server->set_keep_alive_timeout(1);
+  server->set_read_timeout(1, 0);
+  server->set_write_timeout(5, 0);
   int port = options.port;
   if (port == 0) {
     port = server->bind_to_any_port(options.host);

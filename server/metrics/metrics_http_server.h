@@ -25,9 +25,10 @@ struct MetricsHttpServerOptions {
   // TCP port; 0 lets the kernel pick a free one (read it back with port()). Default
   // 9090, Prometheus' own convention for a metrics port.
   int port = 9090;
-  // Threads answering HTTP requests. Default 2: scrapes and probes are rare and
-  // cheap, and one slow client must not hold up a liveness probe.
-  int threads = 2;
+  // Threads answering HTTP requests. Default 4: scrapes and probes are rare and
+  // cheap, and a few slow clients must not hold up a liveness probe (a connection
+  // that sends nothing for a second is closed).
+  int threads = 4;
 };
 
 // Serves clipserve's operational endpoints over plain HTTP/1.1 (cpp-httplib), on a
@@ -39,8 +40,9 @@ struct MetricsHttpServerOptions {
 //                 "not ready" (readiness: the model is loaded and gRPC is serving,
 //                 not draining)
 //
-// Any other path is 404. The server starts answering in Create(), before the model
-// loads, so liveness probes pass during a long load while /readyz says 503.
+// Any other path is 404; another method 405, a request with a body 413 (neither is
+// read). One request per connection. The server starts answering in Create(), before
+// the model loads, so liveness probes pass during a long load while /readyz says 503.
 //
 // Thread-safe. The Metrics object is not owned and must outlive the server.
 class MetricsHttpServer {

@@ -1,9 +1,18 @@
 #include "server/metrics/metrics_http_server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
@@ -85,6 +94,83 @@ TEST(MetricsHttpServerTest, UnknownPathsAre404) {
   ASSERT_NE(server, nullptr);
   EXPECT_EQ(Get(server->port(), "/").first, 404);
   EXPECT_EQ(Get(server->port(), "/metricsx").first, 404);
+}
+
+// A TCP connection to the loopback port, closed on destruction.
+class RawConnection {
+ public:
+  explicit RawConnection(int port) : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ =
+        connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  }
+  ~RawConnection() { close(fd_); }
+  bool connected() const { return connected_; }
+  void Send(const std::string& bytes) {
+    ASSERT_EQ(send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  // What the server sends until it closes the connection or `timeout` passes.
+  std::string ReadUntilClosed(absl::Duration timeout) {
+    std::string out;
+    const absl::Time give_up = absl::Now() + timeout;
+    while (absl::Now() < give_up) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0) continue;
+      char buffer[4096];
+      const ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
+      if (n <= 0) break;
+      out.append(buffer, static_cast<size_t>(n));
+    }
+    return out;
+  }
+
+ private:
+  const int fd_;
+  bool connected_ = false;
+};
+
+TEST(MetricsHttpServerTest, OtherMethodsAndBodiesAreRefusedWithoutReadingThem) {
+  Metrics metrics;
+  auto server = StartOnLoopback(&metrics);
+  ASSERT_NE(server, nullptr);
+  {
+    // A terabyte announced, none sent: answered at once, not awaited.
+    RawConnection post(server->port());
+    ASSERT_TRUE(post.connected());
+    post.Send(
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n");
+    const std::string reply = post.ReadUntilClosed(absl::Seconds(3));
+    EXPECT_EQ(reply.rfind("HTTP/1.1 405", 0), 0u) << reply;
+    EXPECT_THAT(reply, HasSubstr("Allow: GET, HEAD"));
+  }
+  {
+    RawConnection chunked(server->port());
+    ASSERT_TRUE(chunked.connected());
+    chunked.Send(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    const std::string reply = chunked.ReadUntilClosed(absl::Seconds(3));
+    EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply;
+  }
+  EXPECT_EQ(Get(server->port(), "/healthz").first, 200);  // still serving
+}
+
+TEST(MetricsHttpServerTest, IdleConnectionsDoNotHoldUpProbes) {
+  Metrics metrics;
+  auto server = StartOnLoopback(&metrics);
+  ASSERT_NE(server, nullptr);
+  std::vector<std::unique_ptr<RawConnection>> idle;
+  for (int i = 0; i < 6; ++i) {
+    idle.push_back(std::make_unique<RawConnection>(server->port()));
+    ASSERT_TRUE(idle.back()->connected());
+  }
+  // More idle connections than threads: each is closed after a second of silence.
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(Get(server->port(), "/healthz").first, 200);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
 }
 
 TEST(MetricsHttpServerTest, StopClosesThePortAndIsIdempotent) {
