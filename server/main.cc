@@ -3,13 +3,16 @@
 // Life cycle: parse flags -> load the model and tokenizer -> start the engine (warm-up
 // included) -> open the port, health SERVING -> wait for SIGINT or SIGTERM -> health
 // NOT_SERVING, stop accepting, let calls in flight finish within --shutdown_grace_s ->
-// stop the engine -> exit 0. A start-up failure exits 1 with the reason on stderr.
+// stop the engine -> exit 0. A start-up failure exits 1 with the reason on stderr. A
+// signal during start-up, or a second one during the drain, exits at once with 128 +
+// the signal's number (143 for SIGTERM).
 
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -28,6 +31,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
@@ -226,8 +230,57 @@ sigset_t BlockTerminationSignals() {
   return set;
 }
 
+// Takes SIGTERM and SIGINT (blocked in every thread, so delivered only here) for the
+// whole run. Before Serving() a signal exits at once with 128 + its number: nothing is
+// running yet that could be drained, and a model load can take minutes. While serving
+// the first one asks Run() to drain; a second one during the drain exits at once.
+class TerminationSignals {
+ public:
+  explicit TerminationSignals(const sigset_t& set)
+      : set_(set), thread_([this] { Loop(); }) {}
+  ~TerminationSignals() {
+    done_.store(true);
+    pthread_kill(thread_.native_handle(), SIGTERM);  // wakes sigwait()
+    thread_.join();
+  }
+
+  void Serving() { serving_.store(true); }
+
+  // The signal that asked for a drain, or 0 when none came within `timeout`.
+  int WaitForDrain(absl::Duration timeout) {
+    return drain_.WaitForNotificationWithTimeout(timeout) ? signal_.load() : 0;
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      int signal = 0;
+      if (sigwait(&set_, &signal) != 0) continue;
+      if (done_.load()) return;
+      const char* name = signal == SIGTERM ? "SIGTERM" : "SIGINT";
+      if (!serving_.load()) {
+        LOG(WARNING) << "received " << name << " during start-up: exiting";
+        _exit(128 + signal);
+      }
+      if (drain_.HasBeenNotified()) {
+        LOG(WARNING) << "received " << name << " again while draining: exiting now";
+        _exit(128 + signal);
+      }
+      signal_.store(signal);
+      drain_.Notify();
+    }
+  }
+
+  const sigset_t set_;
+  std::atomic<bool> serving_{false};
+  std::atomic<bool> done_{false};
+  std::atomic<int> signal_{0};
+  absl::Notification drain_;
+  std::thread thread_;  // last: it starts reading the members above
+};
+
 absl::Status Run() {
-  const sigset_t signals = BlockTerminationSignals();
+  TerminationSignals signals(BlockTerminationSignals());
   const absl::Time start = absl::Now();
 
   // Flags that need no model are checked first: a mistake there fails in a moment,
@@ -239,6 +292,11 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       const size_t resize_buffer_bytes,
       MebibytesFlag("device_resize_buffer_mb", FLAGS_device_resize_buffer_mb));
+  const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
+  if (!(grace_s >= 0 && grace_s <= 3600)) {  // NaN fails both
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shutdown_grace_s must be 0 to 3600 seconds, got ", grace_s));
+  }
   // Security flags first: a mistake there fails in a moment, not after the model load.
   ServerTlsFiles tls_files;
   tls_files.cert_file = absl::GetFlag(FLAGS_tls_cert);
@@ -416,18 +474,18 @@ absl::Status Run() {
             << " startup=" << absl::Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
+  signals.Serving();
   bool serving = true;
   int signal = 0;
   while (signal <= 0) {
-    const timespec one_second = {1, 0};
-    signal = sigtimedwait(&signals, nullptr, &one_second);
+    signal = signals.WaitForDrain(absl::Seconds(1));
     if (engine->healthy() != serving) {
       serving = !serving;
       server->SetServing(serving);
       LOG(WARNING) << "health is now " << (serving ? "SERVING" : "NOT_SERVING");
     }
   }
-  const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
+  const absl::Duration grace = absl::Seconds(grace_s);
   const absl::Time drain_start = absl::Now();
   LOG(INFO) << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
             << ", draining for up to " << grace;

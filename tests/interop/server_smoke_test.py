@@ -6,8 +6,11 @@ Usage: /usr/bin/python3 server_smoke_test.py --server PATH --client PATH
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import unittest
 
 import grpc
@@ -69,6 +72,60 @@ class ServerSmokeTest(unittest.TestCase):
         code, output = self.server.terminate()
         self.assertEqual(code, 0, output)
         self.assertIn("received SIGTERM", output)
+
+
+class SignalTest(unittest.TestCase):
+    """SIGTERM during start-up, and a second one during the drain, end the process."""
+
+    @classmethod
+    def setUpClass(cls):
+        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
+        cls.health_pb, cls.health_grpc = lib.import_health()
+        cls.pb, cls.pb_grpc = lib.import_clipserve()
+
+    @staticmethod
+    def wait_for_log(server, text, timeout_s=60):
+        deadline = time.monotonic() + timeout_s
+        while text not in server.output():
+            if time.monotonic() > deadline or server.process.poll() is not None:
+                raise AssertionError(f"no {text!r} in the log:\n" + server.output())
+            time.sleep(0.02)
+
+    def test_sigterm_during_start_up_exits_at_once(self):
+        # ViT-L-14's random weights take many seconds to build: the signal lands then.
+        server = lib.Server(ARGS.server, "--model=demo:ViT-L-14")
+        self.addCleanup(server.kill)
+        self.wait_for_log(server, "metrics, /healthz and /readyz on")
+        code, output = server.terminate(timeout_s=10)
+        self.assertEqual(code, 128 + signal.SIGTERM, output)
+        self.assertIn("received SIGTERM during start-up", output)
+
+    def test_second_sigterm_during_the_drain_exits_at_once(self):
+        server = lib.Server(ARGS.server, "--shutdown_grace_s=600")
+        self.addCleanup(server.kill)
+        channel = server.wait_ready(self.health_pb, self.health_grpc)
+        self.addCleanup(channel.close)
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def requests():
+            yield self.pb.EmbedStreamRequest(id="t", text="a cat")
+            release.wait(120)  # the stream stays open through the drain
+
+        replies = self.pb_grpc.ClipServiceStub(channel).EmbedStream(requests(), timeout=120)
+        self.assertEqual(next(replies).id, "t")
+        server.process.send_signal(signal.SIGTERM)
+        self.wait_for_log(server, "draining for up to")
+        code, output = server.terminate(timeout_s=10)  # the second SIGTERM
+        self.assertEqual(code, 128 + signal.SIGTERM, output)
+        self.assertIn("received SIGTERM again while draining", output)
+
+    def test_a_grace_that_is_not_a_number_fails_at_once(self):
+        for grace in ("nan", "-1", "inf"):
+            result = subprocess.run([ARGS.server, f"--shutdown_grace_s={grace}"],
+                                    capture_output=True, text=True, timeout=30)
+            self.assertEqual(result.returncode, 1, grace)
+            self.assertIn("--shutdown_grace_s must be 0 to 3600 seconds", result.stderr)
 
 
 def cpu_flags():
