@@ -91,14 +91,13 @@ class NvmlSource final : public GpuStatsSource {
     if (const NvmlReturn r = memory_(device, &memory); r != 0) {
       return absl::UnavailableError(absl::StrCat("nvmlDeviceGetMemoryInfo: code ", r));
     }
-    if (const NvmlReturn r = utilization_(device, &utilization); r != 0) {
-      return absl::UnavailableError(
-          absl::StrCat("nvmlDeviceGetUtilizationRates: code ", r));
-    }
     GpuSample sample;
     sample.memory_used_bytes = memory.used;
     sample.memory_total_bytes = memory.total;
-    sample.utilization = utilization.gpu / 100.0;
+    // The memory reading stands on its own: MIG instances report no utilization.
+    if (utilization_(device, &utilization) == 0) {
+      sample.utilization = utilization.gpu / 100.0;
+    }
     return sample;
   }
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -14,8 +15,9 @@ struct GpuSample {
   uint64_t memory_used_bytes = 0;
   uint64_t memory_total_bytes = 0;
   // Fraction of the last sample period (about a second, the driver's choice) during
-  // which a kernel ran, in [0, 1].
-  double utilization = 0;
+  // which a kernel ran, in [0, 1]; nullopt where the driver does not report it (MIG
+  // instances: NVML answers NOT_SUPPORTED there).
+  std::optional<double> utilization;
 };
 
 // Where GPU readings come from: NVML in the server, a fake in tests.

@@ -181,7 +181,7 @@ std::string Metrics::Serialize() const {
       if (sample.ok()) {
         gpu_->memory_used->Set(static_cast<double>(sample->memory_used_bytes));
         gpu_->memory_total->Set(static_cast<double>(sample->memory_total_bytes));
-        gpu_->utilization->Set(sample->utilization);
+        if (sample->utilization.has_value()) gpu_->utilization->Set(*sample->utilization);
       } else {
         gpu_->sample_errors->Increment();
       }

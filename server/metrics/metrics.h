@@ -100,7 +100,8 @@ class Metrics final : public EngineObserver {
 
   // From now on each Serialize() first reads GPU `index` from `source` and sets
   // clipserve_gpu_memory_used_bytes, clipserve_gpu_memory_total_bytes and
-  // clipserve_gpu_utilization_ratio, each labeled device=`device` ("cuda:0"). A failed
+  // clipserve_gpu_utilization_ratio, each labeled device=`device` ("cuda:0"); the
+  // last only when the reading has one (not on MIG instances). A failed
   // reading leaves the previous values and counts
   // clipserve_gpu_sample_errors_total{device}. Call at most once; thread-safe, may
   // run while /metrics is being served. Serialize() then blocks on the NVML reading,

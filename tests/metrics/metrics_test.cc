@@ -286,6 +286,26 @@ TEST(MetricsTest, GpuSeriesAppearOnlyOnceWatchedAndAreReadAtEachScrape) {
   EXPECT_EQ(asked, (std::vector<int>{1, 1, 1}));
 }
 
+TEST(MetricsTest, AGpuWithoutUtilizationStillReportsItsMemory) {
+  Metrics metrics;
+  std::vector<int> asked;
+  GpuSample mig;  // a MIG instance: memory, no utilization
+  mig.memory_used_bytes = 500;
+  mig.memory_total_bytes = 4000;
+  metrics.WatchGpu(std::make_unique<FakeGpu>(std::vector<GpuSample>{mig}, &asked), 0,
+                   "cuda:0");
+  const std::string labels = R"({device="cuda:0"})";
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_memory_used_bytes" + labels),
+              Optional(500.0));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_memory_total_bytes" + labels),
+              Optional(4000.0));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_utilization_ratio" + labels),
+              Optional(0.0));
+  EXPECT_THAT(FindSample(text, "clipserve_gpu_sample_errors_total" + labels),
+              Optional(0.0));
+}
+
 TEST(MetricsTest, NvmlIsUnavailableWithoutTheDriverLibrary) {
   if (void* nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL)) {
     dlclose(nvml);
@@ -301,8 +321,10 @@ TEST(MetricsTest, NvmlReadsTheFirstGpu_CUDA) {
   ASSERT_TRUE(sample.ok()) << sample.status();
   EXPECT_GT(sample->memory_total_bytes, 0u);
   EXPECT_LE(sample->memory_used_bytes, sample->memory_total_bytes);
-  EXPECT_GE(sample->utilization, 0.0);
-  EXPECT_LE(sample->utilization, 1.0);
+  if (sample->utilization.has_value()) {  // not on MIG instances
+    EXPECT_GE(*sample->utilization, 0.0);
+    EXPECT_LE(*sample->utilization, 1.0);
+  }
 }
 
 }  // namespace
