@@ -20,6 +20,7 @@
 #include "server/common/status_macros.h"
 #include "server/model/safetensors.h"
 #include "server/model/torch_pickle.h"
+#include "server/tokenizer/unicode_text.h"
 
 namespace clipserve {
 namespace {
@@ -127,6 +128,13 @@ absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchsc
   return out;
 }
 
+// A model name taken from a file or folder name, which may be any bytes: as valid
+// UTF-8 (ill-formed bytes become U+FFFD), since it travels in protobuf strings and
+// Prometheus labels, both UTF-8 only.
+std::string NameFromPath(const std::string& name) {
+  return IsValidUtf8(name) ? name : EncodeUtf8(DecodeUtf8(name));
+}
+
 // What a file's first bytes say it is.
 enum class FileKind { kZip, kSafetensors, kLegacyPickle, kUnknown };
 
@@ -201,7 +209,7 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config,
                                InferConfigFromStateDict(Shapes(checkpoint.weights)));
   }
-  checkpoint.config.name = fs::path(path).stem().string();
+  checkpoint.config.name = NameFromPath(fs::path(path).stem().string());
   return checkpoint;
 }
 
@@ -263,7 +271,7 @@ absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir.string(), " is a directory without open_clip_config.json or config.json"));
   }
-  checkpoint.config.name = name;
+  checkpoint.config.name = NameFromPath(name);
   return checkpoint;
 }
 

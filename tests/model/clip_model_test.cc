@@ -306,6 +306,21 @@ TEST(CorruptCheckpointTest, EachGivesItsSpecificError) {
   }
 }
 
+// A file name may be any bytes; the model name it gives travels in protobuf strings
+// and Prometheus labels, which must be UTF-8.
+TEST(CheckpointTest, ANameFromIllFormedBytesIsValidUtf8) {
+  namespace fs = std::filesystem;
+  const Case c = LoadCase("vit_transformer");
+  const fs::path path = fs::path(::testing::TempDir()) / "model\xff.safetensors";
+  fs::copy_file(c.dir + "/model_f32.safetensors", path,
+                fs::copy_options::overwrite_existing);
+  ReadCheckpointOptions options;
+  options.config = c.config;
+  auto checkpoint = ReadCheckpoint(path.string(), options);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(checkpoint->config.name, "model\xEF\xBF\xBD");  // U+FFFD
+}
+
 // A safetensors header's length is little-endian, so its first bytes can read as a
 // pickle protocol header (0x80 0x02): such a file is still safetensors.
 // Loading compares a checkpoint with MinimumParameterCount() before building the
