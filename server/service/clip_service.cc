@@ -1046,6 +1046,7 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
     templates = ResolveTemplates(request->templates(), limits);
     status = templates.status();
   }
+  if (status.ok()) status = ValidatePromptSizes(request->labels(), *templates, limits);
   if (status.ok()) {
     const int64_t prompts = int64_t{request->labels_size()} * templates->size();
     if (prompts > options_.max_classify_prompts) {

@@ -195,13 +195,14 @@ absl::StatusOr<std::vector<float>> ToNormalizedEmbeddings(
 absl::StatusOr<float> ResolveLogitScale(bool has_temperature, float temperature,
                                         float model_logit_scale) {
   if (!has_temperature) return model_logit_scale;
-  const float scale = 1.0f / temperature;
-  if (!std::isfinite(temperature) || !(temperature > 0) || !std::isfinite(scale)) {
+  // Below the floor, scaled logits and the loss (up to twice the scale) would overflow
+  // float; CLIP itself caps its scale at 100.
+  if (!(temperature >= kMinTemperature) || !std::isfinite(temperature)) {
     return InvalidArgumentForField(
-        "temperature",
-        absl::StrCat("must be finite and > 0 with a finite inverse, got ", temperature));
+        "temperature", absl::StrCat("must be finite and at least ", kMinTemperature,
+                                    ", got ", temperature));
   }
-  return scale;
+  return 1.0f / temperature;
 }
 
 absl::Status ValidateLabels(const google::protobuf::RepeatedPtrField<std::string>& labels,
@@ -250,6 +251,26 @@ absl::StatusOr<std::vector<std::string>> ResolveTemplates(
     }
   }
   return std::vector<std::string>(templates.begin(), templates.end());
+}
+
+absl::Status ValidatePromptSizes(
+    const google::protobuf::RepeatedPtrField<std::string>& labels,
+    const std::vector<std::string>& templates, const RequestLimits& limits) {
+  if (labels.empty() || templates.empty()) return absl::OkStatus();
+  const auto longer = [](const std::string& a, const std::string& b) {
+    return a.size() < b.size();
+  };
+  const auto label = std::max_element(labels.begin(), labels.end(), longer);
+  const auto longest_template =
+      std::max_element(templates.begin(), templates.end(), longer);
+  const size_t bytes =
+      longest_template->size() - kLabelPlaceholder.size() + label->size();
+  if (bytes <= static_cast<size_t>(limits.max_text_bytes)) return absl::OkStatus();
+  return InvalidArgumentForField(
+      Item("labels", static_cast<int>(label - labels.begin())),
+      absl::StrCat("with templates[", longest_template - templates.begin(),
+                   "] the prompt has ", bytes, " bytes; the limit is ",
+                   limits.max_text_bytes));
 }
 
 std::string ApplyTemplate(absl::string_view template_text, absl::string_view label) {

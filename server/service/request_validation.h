@@ -96,8 +96,11 @@ absl::StatusOr<std::vector<float>> ToNormalizedEmbeddings(
     const google::protobuf::RepeatedPtrField<v1::Embedding>& embeddings, int dim,
     const RequestLimits& limits, absl::string_view field);
 
+// The smallest temperature a request may give: a scale of a million.
+inline constexpr float kMinTemperature = 1e-6f;
+
 // The similarity scale to apply: 1 / temperature when the request has one (it must
-// be finite and > 0, and so must its inverse; else INVALID_ARGUMENT naming
+// be finite and at least kMinTemperature; else INVALID_ARGUMENT naming
 // "temperature"), otherwise the model's `model_logit_scale`.
 absl::StatusOr<float> ResolveLogitScale(bool has_temperature, float temperature,
                                         float model_logit_scale);
@@ -113,6 +116,13 @@ absl::Status ValidateLabels(const google::protobuf::RepeatedPtrField<std::string
 absl::StatusOr<std::vector<std::string>> ResolveTemplates(
     const google::protobuf::RepeatedPtrField<std::string>& templates,
     const RequestLimits& limits);
+
+// Classify: every prompt (each template with each label in its placeholder) within
+// limits.max_text_bytes, as each text is; else INVALID_ARGUMENT naming the label of
+// the longest prompt ("labels[i]"). Checked from the sizes, without building them.
+absl::Status ValidatePromptSizes(
+    const google::protobuf::RepeatedPtrField<std::string>& labels,
+    const std::vector<std::string>& templates, const RequestLimits& limits);
 
 // The template with its placeholder replaced by `label`.
 std::string ApplyTemplate(absl::string_view template_text, absl::string_view label);

@@ -1119,10 +1119,15 @@ TEST_F(ClipServiceTest, InvalidClassifyRequestsAreRejectedBeforeTheEngine) {
        "templates[0]"},
       {"template with two {}",
        ClassifyRequest(images, {"a", "b"}, {"{}", "{} and {}"}, 0), "templates[1]"},
+      // Label and template each within the 16 KiB a text may have; their prompt not.
+      {"prompt over the text limit",
+       ClassifyRequest(images, {"a", std::string(16380, 'x')}, {}, 0), "labels[1]"},
   };
   v1::ClassifyRequest cold = ClassifyRequest(images, {"a", "b"}, {}, 0);
   cold.set_temperature(-2);
   cases.push_back({"negative temperature", cold, "temperature"});
+  cold.set_temperature(3e-39f);  // a finite inverse, but logits that overflow
+  cases.push_back({"temperature below 1e-6", cold, "temperature"});
 
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);

@@ -16,6 +16,7 @@ namespace clipserve {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 // The field named by the BadRequest payload of `status`.
 std::string BadField(const absl::Status& status) {
@@ -126,7 +127,10 @@ TEST(ResolveLogitScaleTest, TemperatureOrModelScale) {
   EXPECT_EQ(*ResolveLogitScale(false, 0, 100), 100.0f);
   EXPECT_EQ(*ResolveLogitScale(true, 0.5f, 100), 2.0f);
   EXPECT_EQ(*ResolveLogitScale(true, 1.0f, 100), 1.0f);
-  for (const float bad : {0.0f, -0.0f, -1.0f, std::nanf(""), INFINITY, 1e-45f}) {
+  EXPECT_EQ(*ResolveLogitScale(true, kMinTemperature, 100), 1.0f / kMinTemperature);
+  // 3e-39 has a finite inverse (3.4e38) but overflows the logits and the loss.
+  for (const float bad :
+       {0.0f, -0.0f, -1.0f, std::nanf(""), INFINITY, 1e-45f, 3e-39f, 0.9e-6f}) {
     EXPECT_EQ(BadField(ResolveLogitScale(true, bad, 100).status()), "temperature") << bad;
   }
 }
@@ -150,6 +154,19 @@ TEST(ResolveTopKTest, ZeroIsFiveAndClamped) {
   EXPECT_EQ(ResolveTopK(0, 3), 3);
   EXPECT_EQ(ResolveTopK(2, 10), 2);
   EXPECT_EQ(ResolveTopK(0xFFFFFFFFu, 10), 10);
+}
+
+TEST(ValidatePromptSizesTest, TheLongestLabelInTheLongestTemplateMustFit) {
+  RequestLimits limits;
+  limits.max_text_bytes = 21;
+  google::protobuf::RepeatedPtrField<std::string> labels;
+  labels.Add("cat");
+  labels.Add(std::string(10, 'x'));
+  EXPECT_TRUE(ValidatePromptSizes(labels, {"a photo of {}", "{}"}, limits).ok());  // 21
+  const absl::Status over =
+      ValidatePromptSizes(labels, {"{}", "a photo of a {}"}, limits);
+  EXPECT_EQ(BadField(over), "labels[1]");
+  EXPECT_THAT(over.message(), HasSubstr("with templates[1] the prompt has 23 bytes"));
 }
 
 }  // namespace
