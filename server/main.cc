@@ -48,6 +48,7 @@
 #include "server/service/bearer_auth.h"
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
+#include "server/service/request_validation.h"
 #include "server/service/server_credentials.h"
 #include "server/tokenizer/bpe_tokenizer.h"
 #include "server/tokenizer/builtin_vocabulary.h"
@@ -324,6 +325,23 @@ absl::Status Run() {
                        ? "none"
                        : absl::StrCat("bearer(", authenticator->size(), " tokens)"));
 
+  // The serving flags, checked now rather than after the model load.
+  const int port = absl::GetFlag(FLAGS_port);
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--port must be 0 to 65535, got ", port));
+  }
+  if (port != 0 && port == absl::GetFlag(FLAGS_metrics_port)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--port and --metrics_port are both ", port));
+  }
+  RequestLimits limits;
+  limits.max_items_per_request = absl::GetFlag(FLAGS_max_items_per_request);
+  limits.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);
+  limits.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
+  limits.max_image_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  CLIPSERVE_RETURN_IF_ERROR(ValidateLimits(limits));
+
   // Metrics first: the engine and the service report into it, so it outlives both.
   Metrics metrics;
   // The HTTP endpoint answers from the start, before the model loads: /healthz says
@@ -377,6 +395,14 @@ absl::Status Run() {
   engine_options.decode.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   engine_options.decode.max_encoded_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   engine_options.observer = &metrics;
+  CLIPSERVE_RETURN_IF_ERROR(ValidateEmbeddingEngineOptions(engine_options));
+  if (limits.max_items_per_request > engine_options.max_queue_size) {
+    // ClipService::Create() refuses it too, but only after the model load.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_items_per_request (", limits.max_items_per_request,
+        ") must not exceed --max_queue_size (", engine_options.max_queue_size,
+        "): a request's texts are queued together"));
+  }
 
   // Loaded on a thread of its own: the OpenMP helper threads LibTorch starts for it
   // end with that thread, so the engine's model runner holds the process's only team
@@ -399,11 +425,7 @@ absl::Status Run() {
   CachingEngine cached_engine(engine.get(), cache_options);
 
   ClipServiceOptions service_options;
-  service_options.limits.max_items_per_request =
-      absl::GetFlag(FLAGS_max_items_per_request);
-  service_options.limits.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);
-  service_options.limits.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
-  service_options.limits.max_image_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  service_options.limits = limits;
   service_options.authenticator = authenticator;
   service_options.metrics = &metrics;
   service_options.slow_request_threshold = absl::Milliseconds(slow_request_ms);
@@ -417,7 +439,7 @@ absl::Status Run() {
 
   ClipServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
-  server_options.port = absl::GetFlag(FLAGS_port);
+  server_options.port = port;
   server_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   server_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   server_options.tls = std::move(tls);

@@ -247,14 +247,20 @@ void AnswerUnqueued(Batcher& batcher, EngineRequest& request, int count,
   for (int k = 0; k < count; ++k) request.ItemDone(status);
 }
 
+// The options of both modality queues (named and with workers set by the engine).
+DynamicBatcherOptions BatcherOptions(const EmbeddingEngineOptions& options, int workers) {
+  DynamicBatcherOptions batch;
+  batch.max_batch_size = options.max_batch_size;
+  batch.max_queue_delay = options.max_queue_delay;
+  batch.max_queue_size = options.max_queue_size;
+  batch.num_workers = workers;
+  batch.wait_only_for_announced = options.wait_only_for_announced;
+  return batch;
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
-    LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
-    const EmbeddingEngineOptions& options) {
-  if (model.model == nullptr || tokenizer == nullptr) {
-    return absl::InvalidArgumentError("the engine needs a model and a tokenizer");
-  }
+absl::Status ValidateEmbeddingEngineOptions(const EmbeddingEngineOptions& options) {
   if (options.preprocess_threads < 1 || options.workers < 0) {
     return absl::InvalidArgumentError(
         "preprocess_threads must be >= 1 and workers >= 0 (0: by device)");
@@ -265,6 +271,17 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
   if (options.max_device_resize_bytes < 0) {
     return absl::InvalidArgumentError("max_device_resize_bytes must be >= 0");
   }
+  return ValidateDynamicBatcherOptions(
+      BatcherOptions(options, std::max(options.workers, 1)));
+}
+
+absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
+    LoadedModel model, std::unique_ptr<BpeTokenizer> tokenizer,
+    const EmbeddingEngineOptions& options) {
+  if (model.model == nullptr || tokenizer == nullptr) {
+    return absl::InvalidArgumentError("the engine needs a model and a tokenizer");
+  }
+  CLIPSERVE_RETURN_IF_ERROR(ValidateEmbeddingEngineOptions(options));
   if (tokenizer->context_length() > model.model->config().text.context_length) {
     return absl::InvalidArgumentError("the tokenizer's context exceeds the model's");
   }
@@ -341,12 +358,7 @@ absl::Status EmbeddingEngine::Start() {
     CLIPSERVE_RETURN_IF_ERROR(warmed);
   }
 
-  DynamicBatcherOptions batch;
-  batch.max_batch_size = options_.max_batch_size;
-  batch.max_queue_delay = options_.max_queue_delay;
-  batch.max_queue_size = options_.max_queue_size;
-  batch.num_workers = workers_;
-  batch.wait_only_for_announced = options_.wait_only_for_announced;
+  DynamicBatcherOptions batch = BatcherOptions(options_, workers_);
   batch.name = "image";
   CLIPSERVE_ASSIGN_OR_RETURN(
       image_batcher_,

@@ -98,6 +98,11 @@ struct EmbeddingEngineOptions {
   int simulate_out_of_memory_above_for_test = 0;
 };
 
+// INVALID_ARGUMENT naming the first option out of range (threads, queue and batch
+// sizes, the queue delay), as EmbeddingEngine::Create() would find it; needs no
+// model, so a server can check its flags before a long load.
+absl::Status ValidateEmbeddingEngineOptions(const EmbeddingEngineOptions& options);
+
 // The real Engine: owns the model, tokenizer, preprocessor, one DynamicBatcher per
 // modality, the preprocessing pool, on the CPU the model runner, and the watchdog.
 //

@@ -120,6 +120,18 @@ class SignalTest(unittest.TestCase):
         self.assertEqual(code, 128 + signal.SIGTERM, output)
         self.assertIn("received SIGTERM again while draining", output)
 
+    def test_flag_mistakes_fail_before_the_model_load(self):
+        # ViT-L-14 takes many seconds to build: each mistake must be caught first.
+        for flags in (["--max_batch_size=0"], ["--max_queue_size=4", "--max_batch_size=8"],
+                      ["--max_items_per_request=2000"], ["--port=70000"],
+                      ["--port=50999", "--metrics_port=50999"], ["--max_text_bytes=0"]):
+            start = time.monotonic()
+            result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", *flags],
+                                    capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 1, flags)
+            self.assertIn("clip_server failed: INVALID_ARGUMENT", result.stderr, flags)
+            self.assertLess(time.monotonic() - start, 3, flags)
+
     def test_a_grace_that_is_not_a_number_fails_at_once(self):
         for grace in ("nan", "-1", "inf"):
             result = subprocess.run([ARGS.server, f"--shutdown_grace_s={grace}"],
