@@ -156,10 +156,13 @@ absl::StatusOr<std::array<float, 3>> Triple(const json& value, absl::string_view
   }
   std::array<float, 3> out{};
   for (int i = 0; i < 3; ++i) {
-    if (!value[i].is_number()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " must be 3 numbers"));
+    // Read as double: a value beyond float's range would make the conversion undefined.
+    const double v = value[i].is_number() ? value[i].get<double>() : std::nan("");
+    if (!std::isfinite(v) || std::abs(v) > 1e6) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " must be 3 numbers of magnitude at most 1e6"));
     }
-    out[i] = value[i].get<float>();
+    out[i] = static_cast<float>(v);
   }
   return out;
 }

@@ -114,6 +114,18 @@ std::string OpenClipJson(absl::string_view section, absl::string_view extra) {
       R"(}}, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5])", in("preprocess"), "}}");
 }
 
+TEST(ParseOpenClipConfigTest, RefusesNumbersBeyondAnyModel) {
+  // 1e300 does not fit a float (converting it would be undefined).
+  EXPECT_THAT(ParseOpenClipConfig(OpenClipJson("preprocess", R"(, "std": [1e300, 1, 1])"))
+                  .status()
+                  .message(),
+              HasSubstr("preprocess_cfg.std must be 3 numbers of magnitude at most 1e6"));
+  EXPECT_THAT(ParseOpenClipConfig(OpenClipJson("vision", R"(, "mlp_ratio": 1000)"))
+                  .status()
+                  .message(),
+              HasSubstr("vision.mlp_ratio must be > 0 and at most 64"));
+}
+
 TEST(ParseOpenClipConfigTest, AcceptsDefaultsSpelledOutAndTrainingOnlyKeys) {
   ASSERT_TRUE(ParseOpenClipConfig(OpenClipJson("", "")).ok());
   const std::pair<const char*, const char*> accepted[] = {
