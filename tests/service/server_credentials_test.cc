@@ -27,8 +27,12 @@ class ServerCredentialsTest : public ::testing::Test {
     delete expired_;
   }
 
+  // Under a name of this test's own: ctest runs each test in a process of its own, in
+  // parallel, and a shared name let one test's files replace another's mid-read.
   static std::string Write(const std::string& name, const std::string& contents) {
-    const std::string path = ::testing::TempDir() + "/server_credentials_test_" + name;
+    const std::string path =
+        ::testing::TempDir() + "/server_credentials_test_" +
+        ::testing::UnitTest::GetInstance()->current_test_info()->name() + "_" + name;
     std::ofstream(path, std::ios::binary | std::ios::trunc) << contents;
     return path;
   }
