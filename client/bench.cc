@@ -33,7 +33,8 @@ PreparedRequests Prepare(const BenchOptions& options) {
   for (const std::string& input : options.inputs) bytes_per_request += input.size();
   bytes_per_request = bytes_per_request / inputs * per_request + 1;
   // Enough variety that consecutive requests differ, within ~64 MiB of copies.
-  size_t count = std::min<size_t>({inputs, 32, (64u << 20) / bytes_per_request});
+  size_t count = std::min<size_t>(
+      {inputs, size_t{kBenchRequestsPrepared}, (64u << 20) / bytes_per_request});
   count = std::max<size_t>(count, 1);
   PreparedRequests prepared;
   for (size_t r = 0; r < count; ++r) {

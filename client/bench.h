@@ -25,6 +25,9 @@ namespace clipserve {
 enum class BenchModality { kImage, kText };
 
 inline constexpr int kMaxBenchConcurrency = 10000;
+// Distinct requests a bench prepares and sends round-robin: enough that consecutive
+// requests differ. So at most this many times items_per_request inputs are used.
+inline constexpr int kBenchRequestsPrepared = 32;
 inline constexpr absl::Duration kMaxBenchDuration = absl::Hours(24 * 365);
 
 struct BenchOptions {

@@ -466,6 +466,10 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
       absl::StatusOr<std::vector<std::string>> paths =
           ExpandImagePaths({args.images}, false);
       if (!paths.ok()) return Fail(paths.status());
+      // Only the first ones can be sent (see kBenchRequestsPrepared): read no more.
+      const size_t used = static_cast<size_t>(kBenchRequestsPrepared) *
+                          static_cast<size_t>(args.items_per_request);
+      if (paths->size() > used) paths->resize(used);
       absl::StatusOr<std::vector<std::string>> images =
           ReadImages(*paths, args.max_file_bytes);
       if (!images.ok()) return Fail(images.status());

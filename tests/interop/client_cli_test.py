@@ -312,6 +312,21 @@ class ClientCliTest(unittest.TestCase):
         self.assertEqual(got["requests"], 4)
         self.assertEqual(got["errors"], {})
 
+    def test_bench_reads_only_the_images_it_can_send(self):
+        # 32 requests are prepared: with one image each, a 33rd file is never read, so
+        # one too big to send does not matter.
+        folder = self.out("many")
+        os.makedirs(folder)
+        for i in range(32):
+            shutil.copy(os.path.join(ARGS.images, "chelsea_q75.jpg"),
+                        os.path.join(folder, f"img{i:02d}.jpg"))
+        with open(os.path.join(folder, "zz_too_big.jpg"), "wb") as f:
+            f.write(b"\0" * 70000)
+        got = json.loads(self.client("--max_message_bytes", "65536", "bench", "--modality",
+                                     "image", "--images", folder, "--requests", "2",
+                                     "--json").stdout)
+        self.assertEqual(got["succeeded"], 2)
+
 
 class ClientWithoutServerTest(unittest.TestCase):
 
