@@ -445,6 +445,9 @@ absl::Status Run() {
   server_options.tls = std::move(tls);
   std::vector<std::unique_ptr<grpc::Service>> services;
   services.push_back(std::move(service));
+  // From here on a signal drains instead of exiting: calls may arrive as soon as the
+  // port opens, before the wait loop below.
+  signals.Serving();
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipServer> server,
                              ClipServer::Create(server_options, std::move(services)));
 
@@ -496,7 +499,6 @@ absl::Status Run() {
             << " startup=" << absl::Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
-  signals.Serving();
   bool serving = true;
   int signal = 0;
   while (signal <= 0) {
