@@ -1,6 +1,7 @@
 #include "server/model/model_loader.h"
 
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -67,8 +68,16 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.sha256, Sha256OfFile(checkpoint.weights_path));
     // Shapes alone (of empty tensors, say) could describe a model far larger than the
     // file: refuse one the checkpoint's values cannot fill before building it.
+    // Values actually stored: each storage once, whatever views of it (stride 0
+    // included) claim.
     double values = 0;
-    for (const auto& [key, tensor] : checkpoint.weights) values += tensor.numel();
+    std::set<const void*> storages;
+    for (const auto& [key, tensor] : checkpoint.weights) {
+      if (!tensor.has_storage() || tensor.element_size() == 0) continue;
+      const c10::Storage& storage = tensor.storage();
+      if (!storages.insert(storage.data()).second) continue;
+      values += static_cast<double>(storage.nbytes()) / tensor.element_size();
+    }
     const double needed = MinimumParameterCount(checkpoint.config);
     if (values < needed) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -402,6 +402,11 @@ class Machine {
     if (global->module == "collections" && global->name == "OrderedDict") {
       return Make(Dict{});
     }
+    if (global->module == "torch.jit._pickle" && global->name == "restore_type_tag") {
+      // LibTorch's torch::pickle_save wraps a dict as restore_type_tag(dict, "Dict[..]").
+      if (tuple->empty()) return Bad("restore_type_tag without a value");
+      return (*tuple)[0];
+    }
     if (global->module == "torch._utils" && global->name == "_rebuild_parameter") {
       if (tuple->empty()) return Bad("_rebuild_parameter without a tensor");
       return (*tuple)[0];

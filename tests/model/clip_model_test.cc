@@ -306,6 +306,34 @@ TEST(CorruptCheckpointTest, EachGivesItsSpecificError) {
   }
 }
 
+// Views with stride 0 repeat one stored value over any shape: their element counts say
+// nothing about what the file holds, so the check counts stored values.
+TEST(CheckpointTest, StrideZeroViewsCannotPassForAModel) {
+  namespace fs = std::filesystem;
+  c10::Dict<std::string, at::Tensor> dict;
+  const auto add = [&](const std::string& key, std::vector<int64_t> shape) {
+    dict.insert(key, torch::zeros({1}).expand(shape));  // one value, stride 0
+  };
+  add("visual.proj", {1024, 512});
+  add("visual.conv1.weight", {1024, 3, 14, 14});
+  add("visual.positional_embedding", {257, 1024});
+  for (int i = 0; i < 24; ++i) {
+    add(absl::StrCat("visual.transformer.resblocks.", i, ".attn.in_proj_weight"),
+        {3072, 1024});
+  }
+  add("visual.transformer.resblocks.0.mlp.c_fc.weight", {4096, 1024});
+  add("text_projection", {8, 512});
+  add("token_embedding.weight", {1000, 8});
+  const std::vector<char> bytes = torch::jit::pickle_save(dict);
+  ASSERT_LT(bytes.size(), 1u << 20);  // the views were saved as views
+  const fs::path path = fs::path(::testing::TempDir()) / "stride0.pt";
+  std::ofstream(path, std::ios::binary).write(bytes.data(), bytes.size());
+
+  auto loaded = LoadModel(path.string());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(loaded.status().message(), HasSubstr("needs at least"));
+}
+
 // A file name may be any bytes; the model name it gives travels in protobuf strings
 // and Prometheus labels, which must be UTF-8.
 TEST(CheckpointTest, ANameFromIllFormedBytesIsValidUtf8) {
