@@ -94,9 +94,14 @@ class NvmlSource final : public GpuStatsSource {
     GpuSample sample;
     sample.memory_used_bytes = memory.used;
     sample.memory_total_bytes = memory.total;
-    // The memory reading stands on its own: MIG instances report no utilization.
-    if (utilization_(device, &utilization) == 0) {
+    // MIG instances report no utilization (NVML_ERROR_NOT_SUPPORTED, 3): the memory
+    // reading stands on its own there. Any other failure fails the reading.
+    constexpr NvmlReturn kNotSupported = 3;
+    if (const NvmlReturn r = utilization_(device, &utilization); r == 0) {
       sample.utilization = utilization.gpu / 100.0;
+    } else if (r != kNotSupported) {
+      return absl::UnavailableError(
+          absl::StrCat("nvmlDeviceGetUtilizationRates: code ", r));
     }
     return sample;
   }
