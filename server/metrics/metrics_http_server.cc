@@ -55,6 +55,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
             "text/plain");
         return httplib::Server::HandlerResponse::Handled;
       });
+  // "Expect: 100-continue" would be answered before the handler above runs, inviting
+  // the client to send its body; refuse it instead (417), which no body follows.
+  server->set_expect_100_continue_handler(
+      [](const httplib::Request&, httplib::Response&) { return 417; });
   server->set_keep_alive_max_count(1);
   server->set_keep_alive_timeout(1);
   server->set_read_timeout(1, 0);

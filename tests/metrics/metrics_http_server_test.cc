@@ -155,6 +155,16 @@ TEST(MetricsHttpServerTest, OtherMethodsAndBodiesAreRefusedWithoutReadingThem) {
     const std::string reply = chunked.ReadUntilClosed(absl::Seconds(3));
     EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply;
   }
+  {
+    // Asked whether to send a body: told not to, rather than "100 Continue".
+    RawConnection expect(server->port());
+    ASSERT_TRUE(expect.connected());
+    expect.Send(
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+        "Expect: 100-continue\r\n\r\n");
+    const std::string reply = expect.ReadUntilClosed(absl::Seconds(3));
+    EXPECT_EQ(reply.rfind("HTTP/1.1 417", 0), 0u) << reply;
+  }
   EXPECT_EQ(Get(server->port(), "/healthz").first, 200);  // still serving
 }
 
