@@ -141,6 +141,41 @@ bool WaitUntilCancelled(const EmbedOptions& options) {
 // ---------------------------------------------------------------------------
 // Fixture: a real ClipServer on a loopback port, ClipService over a FakeEngine.
 
+// ClipService over `engine`, served by a ClipServer on a loopback port, and a stub to
+// it. `server` is null (after a test failure) when anything fails.
+struct LoopbackService {
+  ClipService* service = nullptr;  // owned by server
+  std::unique_ptr<ClipServer> server;
+  std::unique_ptr<v1::ClipService::Stub> stub;
+};
+
+LoopbackService ServeOnLoopback(Engine* engine, const ClipServiceOptions& options) {
+  LoopbackService out;
+  absl::StatusOr<std::unique_ptr<ClipService>> service =
+      ClipService::Create(engine, options);
+  if (!service.ok()) {
+    ADD_FAILURE() << service.status();
+    return out;
+  }
+  out.service = service->get();
+  std::vector<std::unique_ptr<grpc::Service>> services;
+  services.push_back(*std::move(service));
+  ClipServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  absl::StatusOr<std::unique_ptr<ClipServer>> server =
+      ClipServer::Create(server_options, std::move(services));
+  if (!server.ok()) {
+    ADD_FAILURE() << server.status();
+    return out;
+  }
+  out.server = *std::move(server);
+  out.stub = v1::ClipService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", out.server->port()),
+                          grpc::InsecureChannelCredentials()));
+  return out;
+}
+
 class ClipServiceTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(ClipServiceOptions{}); }
@@ -149,21 +184,11 @@ class ClipServiceTest : public ::testing::Test {
 
   void Start(const ClipServiceOptions& options) {
     engine_ = std::make_unique<FakeEngine>(FakeEngine::DefaultDescription());
-    absl::StatusOr<std::unique_ptr<ClipService>> service =
-        ClipService::Create(engine_.get(), options);
-    ASSERT_TRUE(service.ok()) << service.status();
-    service_ = service->get();
-    std::vector<std::unique_ptr<grpc::Service>> services;
-    services.push_back(*std::move(service));
-    ClipServerOptions server_options;
-    server_options.host = "127.0.0.1";
-    server_options.port = 0;
-    absl::StatusOr<std::unique_ptr<ClipServer>> server =
-        ClipServer::Create(server_options, std::move(services));
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    stub_ = v1::ClipService::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials()));
+    LoopbackService serving = ServeOnLoopback(engine_.get(), options);
+    ASSERT_NE(serving.server, nullptr);
+    service_ = serving.service;
+    server_ = std::move(serving.server);
+    stub_ = std::move(serving.stub);
   }
 
   // Answers whatever the engine holds, so that every call can end, then shuts down.
@@ -899,25 +924,16 @@ class RacingEngine : public Engine {
 // must not be touched after the other answer finished it (run under ASan and TSan).
 TEST(ClipServiceRaceTest, OneTowerFailingWhileTheOtherAnswersFinishesEveryCallOnce) {
   RacingEngine engine;
-  absl::StatusOr<std::unique_ptr<ClipService>> service = ClipService::Create(&engine, {});
-  ASSERT_TRUE(service.ok()) << service.status();
-  std::vector<std::unique_ptr<grpc::Service>> services;
-  services.push_back(*std::move(service));
-  ClipServerOptions server_options;
-  server_options.host = "127.0.0.1";
-  server_options.port = 0;
-  absl::StatusOr<std::unique_ptr<ClipServer>> server =
-      ClipServer::Create(server_options, std::move(services));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::ClipService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  LoopbackService serving = ServeOnLoopback(&engine, {});
+  ASSERT_NE(serving.server, nullptr);
   const v1::SimilarityRequest request = ImagesAndTexts({Encoded("x")}, {"a"});
   for (int i = 0; i < 200; ++i) {
     v1::SimilarityResponse response;
-    const grpc::Status status = stub->Similarity(Context().get(), request, &response);
+    const grpc::Status status =
+        serving.stub->Similarity(Context().get(), request, &response);
     ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << i;
   }
-  (*server)->Shutdown(absl::Seconds(10));
+  serving.server->Shutdown(absl::Seconds(10));
 }
 
 // ---------------------------------------------------------------------------
