@@ -137,34 +137,26 @@ TEST(MetricsHttpServerTest, OtherMethodsAndBodiesAreRefusedWithoutReadingThem) {
   Metrics metrics;
   auto server = StartOnLoopback(&metrics);
   ASSERT_NE(server, nullptr);
-  {
-    // A terabyte announced, none sent: answered at once, not awaited.
-    RawConnection post(server->port());
-    ASSERT_TRUE(post.connected());
-    post.Send(
-        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n");
-    const std::string reply = post.ReadUntilClosed(absl::Seconds(3));
-    EXPECT_EQ(reply.rfind("HTTP/1.1 405", 0), 0u) << reply;
-    EXPECT_THAT(reply, HasSubstr("Allow: GET, HEAD"));
-  }
-  {
-    RawConnection chunked(server->port());
-    ASSERT_TRUE(chunked.connected());
-    chunked.Send(
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
-    const std::string reply = chunked.ReadUntilClosed(absl::Seconds(3));
-    EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply;
-  }
-  {
-    // Asked whether to send a body: told not to, rather than "100 Continue".
-    RawConnection expect(server->port());
-    ASSERT_TRUE(expect.connected());
-    expect.Send(
-        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
-        "Expect: 100-continue\r\n\r\n");
-    const std::string reply = expect.ReadUntilClosed(absl::Seconds(3));
-    EXPECT_EQ(reply.rfind("HTTP/1.1 417", 0), 0u) << reply;
-  }
+  // Sends `request` on a connection of its own; what came back within 3 s.
+  const auto exchange = [&](const std::string& request) {
+    RawConnection connection(server->port());
+    EXPECT_TRUE(connection.connected());
+    connection.Send(request);
+    return connection.ReadUntilClosed(absl::Seconds(3));
+  };
+  // A terabyte announced, none sent: answered at once, not awaited.
+  std::string reply = exchange(
+      "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 405", 0), 0u) << reply;
+  EXPECT_THAT(reply, HasSubstr("Allow: GET, HEAD"));
+  reply =
+      exchange("GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply;
+  // Asked whether to send a body: told not to, rather than "100 Continue".
+  reply = exchange(
+      "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+      "Expect: 100-continue\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 417", 0), 0u) << reply;
   EXPECT_EQ(Get(server->port(), "/healthz").first, 200);  // still serving
 }
 
