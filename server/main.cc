@@ -429,9 +429,8 @@ absl::Status Run() {
   service_options.authenticator = authenticator;
   service_options.metrics = &metrics;
   service_options.slow_request_threshold = absl::Milliseconds(slow_request_ms);
-  // Classify's prompt limit has no flag: it follows a --max_queue_size set below it
-  // (ClipService refuses a limit no single call could meet; --max_items_per_request
-  // above the queue size is refused that way, so the server does not start).
+  // Classify's prompt limit has no flag: it follows a --max_queue_size set below it,
+  // since ClipService refuses a limit that no single engine call could meet.
   service_options.max_classify_prompts =
       std::min(service_options.max_classify_prompts, cached_engine.max_texts_per_call());
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipService> service,
