@@ -66,9 +66,12 @@ absl::StatusOr<TensorMap> ReadSafetensors(const std::string& path) {
             tensor = torch::from_blob(
                 data, entry.shape, [file](void*) {}, options);
           } else {
-            // Misaligned data (header length not a multiple of 8): copy it out.
+            // Misaligned data (header length not a multiple of 8): copy it out. An
+            // empty tensor has no buffer (data_ptr() is null): nothing to copy.
             tensor = torch::empty(entry.shape, options);
-            std::memcpy(tensor.data_ptr(), data, entry.end - entry.begin);
+            if (entry.end > entry.begin) {
+              std::memcpy(tensor.data_ptr(), data, entry.end - entry.begin);
+            }
           }
           out.emplace(entry.name, std::move(tensor));
         }
