@@ -38,6 +38,7 @@
 #include "server/common/status_macros.h"
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
+#include "server/logging/grpc_log_forwarding.h"
 #include "server/logging/json_log_sink.h"
 #include "server/metrics/gpu_stats.h"
 #include "server/metrics/metrics.h"
@@ -530,6 +531,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  clipserve::ForwardGrpcLogsToGlog();
   absl::Status status = clipserve::SetLogFormat(absl::GetFlag(FLAGS_log_format));
   if (status.ok()) status = clipserve::MaybeRestartForBetterBlas(argv);
   if (status.ok()) status = clipserve::Run();

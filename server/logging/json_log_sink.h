@@ -50,7 +50,8 @@ class JsonLogSink final : public google::LogSink {
 // a JsonLogSink that lives until exit; glog's own stderr output and its log files are
 // turned off). Call once, after google::InitGoogleLogging() and before other threads
 // log. INVALID_ARGUMENT for any other format. A crash's stack trace (LOG(FATAL),
-// signals) is still written by glog as plain text after the JSON line.
+// signals) is still written by glog as plain text after the JSON line. gRPC core's
+// lines reach the sink only through ForwardGrpcLogsToGlog() (grpc_log_forwarding.h).
 absl::Status SetLogFormat(absl::string_view format);
 
 }  // namespace clipserve

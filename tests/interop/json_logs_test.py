@@ -6,11 +6,13 @@ Usage: /usr/bin/python3 json_logs_test.py --server PATH
 
 import argparse
 import json
+import os
 import queue
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -34,10 +36,12 @@ def http_get(port, path):
 
 class JsonLogsTest(unittest.TestCase):
 
-    def test_every_line_is_json_and_failures_carry_fields(self):
+    def start_server(self, *flags):
+        """Starts clip_server with --log_format=json; returns it and a queue of its
+        stderr lines."""
         process = subprocess.Popen(
             [ARGS.server, "--host=127.0.0.1", "--port=0", "--metrics_host=127.0.0.1",
-             "--metrics_port=0", "--log_format=json", "--slow_request_ms=0"],
+             "--metrics_port=0", "--log_format=json", *flags],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(process.stderr.close)
         self.addCleanup(process.stdout.close)
@@ -45,6 +49,10 @@ class JsonLogsTest(unittest.TestCase):
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(l) for l in process.stderr],
                          daemon=True).start()
+        return process, lines
+
+    def test_every_line_is_json_and_failures_carry_fields(self):
+        process, lines = self.start_server("--slow_request_ms=0")
         records = []
 
         def next_record(timeout_s=120):
@@ -111,6 +119,47 @@ class JsonLogsTest(unittest.TestCase):
         messages = [r["message"] for r in records]
         self.assertTrue(any(m.startswith("received SIGTERM") for m in messages), messages)
         self.assertTrue(messages[-1].startswith("clip_server stopped"), messages)
+
+    def test_grpc_core_errors_are_json_too(self):
+        # gRPC core logs a failed TLS handshake itself (gpr_log), not through
+        # clipserve's code: a plaintext client on a TLS port makes it do so.
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                 "-days", "1", "-subj", "/CN=localhost"],
+                check=True, capture_output=True)
+            process, lines = self.start_server(f"--tls_cert={cert}", f"--tls_key={key}")
+            grpc_port = None
+            deadline = time.monotonic() + 120
+            while grpc_port is None and time.monotonic() < deadline:
+                m = re.match(r".*clip_server serving on 127\.0\.0\.1:(\d+) ",
+                             lines.get(timeout=120))
+                if m:
+                    grpc_port = int(m.group(1))
+            self.assertIsNotNone(grpc_port)
+
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                with self.assertRaises(grpc.FutureTimeoutError):
+                    grpc.channel_ready_future(channel).result(timeout=3)
+            process.send_signal(signal.SIGTERM)
+            self.assertEqual(process.wait(timeout=120), 0)
+
+        records = []
+        while True:
+            try:
+                line = lines.get(timeout=5)
+            except queue.Empty:
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.fail(f"not a JSON line: {line!r}")
+        handshakes = [r for r in records if "andshake" in r["message"]]
+        self.assertTrue(handshakes, records)
+        self.assertEqual(handshakes[0]["severity"], "ERROR")
+        self.assertRegex(handshakes[0]["source"], r"^[\w.]+\.cc:\d+$")
 
 
 if __name__ == "__main__":

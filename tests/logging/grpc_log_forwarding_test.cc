@@ -1,0 +1,69 @@
+#include "server/logging/grpc_log_forwarding.h"
+
+#include <grpc/support/log.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "glog/logging.h"
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+struct Line {
+  google::LogSeverity severity;
+  std::string file;
+  int line;
+  std::string message;
+};
+
+// Collects what glog sends to sinks.
+class CollectingSink final : public google::LogSink {
+ public:
+  void send(google::LogSeverity severity, const char* /*full_filename*/,
+            const char* base_filename, int line, const google::LogMessageTime& /*time*/,
+            const char* message, size_t message_len) override {
+    absl::MutexLock lock(&mu_);
+    lines_.push_back({severity, base_filename, line, std::string(message, message_len)});
+  }
+
+  std::vector<Line> lines() {
+    absl::MutexLock lock(&mu_);
+    return lines_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Line> lines_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(GrpcLogForwardingTest, GrpcCoreLinesReachGlogWithTheirSeverityAndSource) {
+  CollectingSink sink;
+  google::AddLogSink(&sink);
+  ForwardGrpcLogsToGlog();
+  gpr_set_log_verbosity(GPR_LOG_SEVERITY_DEBUG);
+
+  const int error_line = __LINE__ + 1;
+  gpr_log(GPR_ERROR, "handshake failed: %s (%d)", "bad record", 7);
+  gpr_log(GPR_INFO, "an info line");
+  gpr_log(GPR_DEBUG, "a debug line");
+  gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
+  gpr_log(GPR_INFO, "below gRPC's verbosity: not logged");
+  google::RemoveLogSink(&sink);
+
+  const std::vector<Line> lines = sink.lines();
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0].severity, google::GLOG_ERROR);
+  EXPECT_EQ(lines[0].file, "grpc_log_forwarding_test.cc");
+  EXPECT_EQ(lines[0].line, error_line);
+  EXPECT_EQ(lines[0].message, "handshake failed: bad record (7)");
+  EXPECT_EQ(lines[1].severity, google::GLOG_INFO);
+  EXPECT_EQ(lines[1].message, "an info line");
+  EXPECT_EQ(lines[2].severity, google::GLOG_INFO);
+  EXPECT_EQ(lines[2].message, "a debug line");
+}
+
+}  // namespace
+}  // namespace clipserve
