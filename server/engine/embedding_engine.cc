@@ -343,8 +343,7 @@ absl::Status EmbeddingEngine::Start() {
                                                int64_t{tokenizer_->end_of_text_id()}},
                                               torch::kLong)
                                     .unsqueeze(0);
-            encoded = model_.model->EncodeText(ids, torch::tensor({int64_t{2}}), false)
-                          .status();
+            encoded = model_.model->EncodeText(ids, false).status();
           },
           "warming up the model");
       if (warmed.ok()) warmed = encoded;
@@ -725,15 +724,12 @@ void EmbeddingEngine::RunTextBatch(Batch<TextItem>& batch) {
     for (int i = begin; i < end; ++i) longest = std::max(longest, items[i].ids.size());
     torch::Tensor ids = torch::zeros({n, static_cast<int64_t>(longest)},
                                      HostBatchOptions(device, torch::kLong));
-    torch::Tensor lengths = torch::empty({n}, HostBatchOptions(device, torch::kLong));
     int64_t* ids_ptr = ids.data_ptr<int64_t>();
-    int64_t* lengths_ptr = lengths.data_ptr<int64_t>();
     for (int64_t i = 0; i < n; ++i) {
       const std::vector<int32_t>& row = items[begin + i].ids;
       for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
-      lengths_ptr[i] = static_cast<int64_t>(row.size());
     }
-    return model_.model->EncodeText(ids, lengths, /*normalize=*/false);
+    return model_.model->EncodeText(ids, /*normalize=*/false);
   });
 }
 

@@ -8,9 +8,10 @@
 namespace clipserve {
 
 // The continuous bag-of-words text encoder of the CLIP paper's efficiency baseline:
-// the mean of the token embeddings of a text's real tokens (start and end included,
-// padding excluded), then a linear projection. Keys: token_embedding.weight,
-// text_projection. forward takes the same (ids, lengths) as TextTransformer.
+// the mean of the token embeddings of a text's tokens up to its first end token (start
+// and end included, padding and anything after excluded), then a linear projection. Keys:
+// token_embedding.weight, text_projection. forward takes the same (ids, lengths) as
+// TextTransformer.
 class CbowTextEncoderImpl : public torch::nn::Module {
  public:
   CbowTextEncoderImpl(const TextConfig& config, int64_t embed_dim);

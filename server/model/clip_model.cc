@@ -281,20 +281,12 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeImage(const torch::Tensor& images
 }
 
 absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
-                                                    const torch::Tensor& lengths,
                                                     bool normalize) const {
   if (ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) < 1 ||
       ids.size(1) > config_.text.context_length || ids.scalar_type() != torch::kLong) {
     return absl::InvalidArgumentError(absl::StrCat(
         "ids must be int64 [N, L] with 1 <= L <= ", config_.text.context_length, ", got ",
         ShapeString(ids.sizes())));
-  }
-  if (lengths.dim() != 1 || lengths.size(0) != ids.size(0) ||
-      lengths.scalar_type() != torch::kLong) {
-    return absl::InvalidArgumentError("lengths must be int64 [N]");
-  }
-  if (lengths.min().item<int64_t>() < 1 || lengths.max().item<int64_t>() > ids.size(1)) {
-    return absl::InvalidArgumentError("every length must be in [1, L]");
   }
   if (ids.min().item<int64_t>() < 0 ||
       ids.max().item<int64_t>() >= config_.text.vocab_size) {
@@ -305,10 +297,13 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
         c10::InferenceMode guard;
-        out = encode_text_(
-                  ids.to(device_, ids.scalar_type(), /*non_blocking=*/true),
-                  lengths.to(device_, lengths.scalar_type(), /*non_blocking=*/true))
-                  .to(torch::kFloat);
+        const torch::Tensor on_device =
+            ids.to(device_, ids.scalar_type(), /*non_blocking=*/true);
+        // As the reference, text.argmax(-1): the first position of the row's highest
+        // id, which is its end token (the vocabulary's last id), or the first one when
+        // the text itself spells <|endoftext|>. Only the tokens up to there count.
+        const torch::Tensor lengths = on_device.argmax(-1) + 1;
+        out = encode_text_(on_device, lengths).to(torch::kFloat);
         if (normalize) out = NormalizeRows(out);
       },
       "encoding texts"));

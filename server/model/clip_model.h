@@ -70,11 +70,12 @@ class ClipModel {
                                             bool normalize) const;
 
   // ids: int64 [N, L], 1 <= L <= context_length, each row start token, tokens, end
-  // token, then padding; lengths: int64 [N], each in [1, L], the real tokens per row.
-  // Pinned host inputs are copied asynchronously, as for EncodeImage.
+  // token, then padding (id 0). Each row counts up to its first highest id, as the
+  // reference's text.argmax(-1): its end token, or an <|endoftext|> the text typed
+  // earlier (the transformer pools there, CBOW averages up to there; later tokens
+  // change nothing). Pinned host inputs are copied asynchronously, as for EncodeImage.
   // Returns fp32 [N, embed_dim] on the model's device, normalized when `normalize`.
   absl::StatusOr<torch::Tensor> EncodeText(const torch::Tensor& ids,
-                                           const torch::Tensor& lengths,
                                            bool normalize) const;
 
   // exp(learned logit_scale), clamped at 100 as CLIP does.

@@ -13,9 +13,10 @@ namespace clipserve {
 //
 // forward: ids [N, L] int64 with 1 <= L <= context_length (a batch needs padding only
 // to its longest member: the causal mask keeps every position blind to what follows
-// it, so padding after the end token changes nothing), lengths [N] int64 = the number
-// of real tokens of each row (start and end included). Returns the features of each
-// row's end-of-text token, position lengths[i] - 1, projected: [N, embed_dim].
+// it, so padding after the end token changes nothing), lengths [N] int64 = each row's
+// end-of-text position + 1 (ClipModel::EncodeText passes text.argmax(-1) + 1, as the
+// reference). Returns the features at position lengths[i] - 1, projected:
+// [N, embed_dim].
 class TextTransformerImpl : public torch::nn::Module {
  public:
   TextTransformerImpl(const TextConfig& config, int64_t embed_dim, bool quick_gelu);

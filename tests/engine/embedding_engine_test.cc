@@ -143,8 +143,7 @@ class EmbeddingEngineTest : public ::testing::Test {
     EXPECT_TRUE(encoded.ok());
     torch::Tensor ids = torch::zeros({1, 77}, torch::kLong);
     for (size_t k = 0; k < encoded->ids.size(); ++k) ids[0][k] = encoded->ids[k];
-    auto features = reference_->EncodeText(
-        ids, torch::tensor({int64_t(encoded->ids.size())}, torch::kLong), true);
+    auto features = reference_->EncodeText(ids, true);
     EXPECT_TRUE(features.ok());
     return std::vector<float>(features->data_ptr<float>(),
                               features->data_ptr<float>() + 32);
@@ -174,6 +173,24 @@ TEST_F(EmbeddingEngineTest, ImageRowsMatchTheModelRunDirectly) {
   for (int i = 0; i < 6; ++i)
     ExpectRowNear(*result, i, DirectImage(inputs[i].encoded), 1e-5);
   EXPECT_TRUE(result->truncated.empty());
+}
+
+// The tokenizer reads a typed "<|endoftext|>" as the end token, and the reference
+// model stops at the first one: what follows it changes nothing.
+TEST_F(EmbeddingEngineTest, TextEndsAtATypedEndToken) {
+  auto result = Texts({"a photo of a dog <|endoftext|> and a cat", "a photo of a dog",
+                       "a photo of a dog and a cat"});
+  ASSERT_TRUE(result.ok()) << result.status();
+  ExpectRowNear(*result, 0, DirectText("a photo of a dog"), 1e-5);
+  for (int k = 0; k < result->dim; ++k) {
+    EXPECT_NEAR(result->row(0)[k], result->row(1)[k], 1e-5) << k;
+  }
+  float farthest = 0;
+  for (int k = 0; k < result->dim; ++k) {
+    farthest = std::max(farthest, std::abs(result->row(0)[k] - result->row(2)[k]));
+  }
+  EXPECT_GT(farthest, 1e-3);
+  EXPECT_EQ(result->num_tokens[0], 11);  // every token is still counted
 }
 
 TEST_F(EmbeddingEngineTest, RawPixelsEqualTheSameImageEncoded) {

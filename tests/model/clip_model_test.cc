@@ -122,7 +122,6 @@ TEST_P(ReferenceParityTest, EveryLayoutMatchesTheReferenceInFp32) {
   ASSERT_FALSE(c.expected.empty());
   const torch::Tensor& images = c.inputs.at("images");
   const torch::Tensor& texts = c.inputs.at("texts");
-  const torch::Tensor& lengths = c.inputs.at("text_lengths");
   int checked = 0;
   for (const auto& entry : c.manifest["checkpoints"]) {
     const std::string path = entry["path"];
@@ -133,7 +132,7 @@ TEST_P(ReferenceParityTest, EveryLayoutMatchesTheReferenceInFp32) {
     EXPECT_EQ(format, ExpectedFormat(entry["layout"]));
     const auto expected = LoadPt(c.dir + "/" + entry["expected"].get<std::string>());
     auto image_features = model->EncodeImage(images, /*normalize=*/false);
-    auto text_features = model->EncodeText(texts, lengths, /*normalize=*/false);
+    auto text_features = model->EncodeText(texts, /*normalize=*/false);
     ASSERT_TRUE(image_features.ok()) << image_features.status();
     ASSERT_TRUE(text_features.ok()) << text_features.status();
     EXPECT_LE(MaxAbsDiff(*image_features, expected.at("image_features")), 1e-4);
@@ -175,15 +174,14 @@ TEST_P(ReferenceParityTest, BatchOfEightEqualsEightSingles) {
   const torch::Tensor& lengths = c.inputs.at("text_lengths");
   ASSERT_EQ(images.size(0), 8);
   auto batch_images = model->EncodeImage(images, true);
-  auto batch_texts = model->EncodeText(texts, lengths, true);
+  auto batch_texts = model->EncodeText(texts, true);
   ASSERT_TRUE(batch_images.ok() && batch_texts.ok());
   for (int64_t i = 0; i < 8; ++i) {
     auto one_image = model->EncodeImage(images.narrow(0, i, 1), true);
     // Each text alone, padded only to its own length.
     const int64_t len = lengths[i].item<int64_t>();
     auto one_text =
-        model->EncodeText(texts.narrow(0, i, 1).narrow(1, 0, len).contiguous(),
-                          lengths.narrow(0, i, 1), true);
+        model->EncodeText(texts.narrow(0, i, 1).narrow(1, 0, len).contiguous(), true);
     ASSERT_TRUE(one_image.ok() && one_text.ok());
     EXPECT_LE(MaxAbsDiff(*one_image, batch_images->narrow(0, i, 1)), 1e-5)
         << "image " << i;
@@ -205,11 +203,33 @@ TEST_P(ReferenceParityTest, PaddingToLongestEqualsPaddingToContext) {
   const torch::Tensor lengths = c.inputs.at("text_lengths").index_select(0, short_rows);
   const int64_t longest = lengths.max().item<int64_t>();
   ASSERT_LT(longest, texts.size(1));
-  auto full = model->EncodeText(texts, lengths, false);
-  auto trimmed =
-      model->EncodeText(texts.narrow(1, 0, longest).contiguous(), lengths, false);
+  auto full = model->EncodeText(texts, false);
+  auto trimmed = model->EncodeText(texts.narrow(1, 0, longest).contiguous(), false);
   ASSERT_TRUE(full.ok() && trimmed.ok());
   EXPECT_LE(MaxAbsDiff(*full, *trimmed), 1e-5);
+}
+
+// The reference pools at (CBOW: averages up to) text.argmax(-1), the first end token:
+// a text that spells <|endoftext|> ends there, and what follows changes nothing.
+TEST_P(ReferenceParityTest, ATypedEndTokenEndsTheTextAsInTheReference) {
+  const Case c = LoadCase(GetParam());
+  CheckpointFormat format;
+  auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
+  ASSERT_NE(model, nullptr);
+  const int64_t eot = c.config.text.vocab_size - 1;
+  // Row 0 of the fixture has 17 tokens between its start and end tokens.
+  const torch::Tensor text = c.inputs.at("texts").narrow(0, 0, 1);
+  ASSERT_EQ(text[0][18].item<int64_t>(), eot);
+  torch::Tensor typed = text.clone();
+  typed[0][8] = eot;  // the end token, typed among the words
+  const torch::Tensor prefix = text.narrow(1, 0, 9).clone();
+  prefix[0][8] = eot;
+  auto with_typed = model->EncodeText(typed, false);
+  auto alone = model->EncodeText(prefix, false);
+  auto whole = model->EncodeText(text, false);
+  ASSERT_TRUE(with_typed.ok() && alone.ok() && whole.ok());
+  EXPECT_LE(MaxAbsDiff(*with_typed, *alone), 1e-5);
+  EXPECT_GT(MaxAbsDiff(*with_typed, *whole), 1e-3);
 }
 
 TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
@@ -219,13 +239,12 @@ TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
   ASSERT_NE(model, nullptr);
   const torch::Tensor& images = c.inputs.at("images");
   const torch::Tensor& texts = c.inputs.at("texts");
-  const torch::Tensor& lengths = c.inputs.at("text_lengths");
   auto image32 = model->EncodeImage(images, true);
-  auto text32 = model->EncodeText(texts, lengths, true);
+  auto text32 = model->EncodeText(texts, true);
   ASSERT_TRUE(model->To(torch::kCPU, Precision::kBFloat16).ok());
   EXPECT_EQ(model->precision(), Precision::kBFloat16);
   auto image16 = model->EncodeImage(images, true);
-  auto text16 = model->EncodeText(texts, lengths, true);
+  auto text16 = model->EncodeText(texts, true);
   ASSERT_TRUE(image16.ok() && text16.ok());
   EXPECT_EQ(image16->scalar_type(), torch::kFloat);
   EXPECT_GE(MinRowCosine(*image16, *image32), 0.999);
@@ -269,8 +288,7 @@ TEST(InferredArchitectureTest, OpenAiShapedCheckpointsLoadWithoutConfig) {
       EXPECT_EQ(loaded->sha256.size(), 64u);
       EXPECT_EQ(loaded->model->config().vision.heads, c.config.vision.heads);
       auto images = loaded->model->EncodeImage(c.inputs.at("images"), false);
-      auto texts = loaded->model->EncodeText(c.inputs.at("texts"),
-                                             c.inputs.at("text_lengths"), false);
+      auto texts = loaded->model->EncodeText(c.inputs.at("texts"), false);
       ASSERT_TRUE(images.ok() && texts.ok());
       EXPECT_LE(MaxAbsDiff(*images, c.expected.at("image_features")), 1e-4);
       EXPECT_LE(MaxAbsDiff(*texts, c.expected.at("text_features")), 1e-4);
@@ -508,7 +526,6 @@ TEST(DemoModelTest, SeededPresetIsDeterministicAndReportsRandomWeights) {
 struct SampleInputs {
   torch::Tensor images;
   torch::Tensor ids;
-  torch::Tensor lengths;
 };
 SampleInputs MakeSampleInputs(const ClipModel& model, uint64_t seed) {
   auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -524,7 +541,6 @@ SampleInputs MakeSampleInputs(const ClipModel& model, uint64_t seed) {
     in.ids[i].narrow(0, 1, n - 2).copy_(torch::randint(1, vocab - 2, {n - 2}, generator));
     in.ids[i][n - 1] = vocab - 1;
   }
-  in.lengths = torch::tensor(lengths, torch::kLong);
   return in;
 }
 
@@ -532,7 +548,7 @@ SampleInputs MakeSampleInputs(const ClipModel& model, uint64_t seed) {
 std::pair<torch::Tensor, torch::Tensor> EncodeSample(const ClipModel& model,
                                                      const SampleInputs& in) {
   auto image = model.EncodeImage(in.images, true);
-  auto text = model.EncodeText(in.ids, in.lengths, true);
+  auto text = model.EncodeText(in.ids, true);
   EXPECT_TRUE(image.ok()) << image.status();
   EXPECT_TRUE(text.ok()) << text.status();
   if (!image.ok() || !text.ok()) return {};
@@ -610,13 +626,16 @@ TEST(ClipModelTest, RejectsBadInputsWithoutThrowing) {
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ((*model)->EncodeImage(torch::zeros({1, 3, 100, 100}), true).status().code(),
             absl::StatusCode::kInvalidArgument);
-  torch::Tensor ids = torch::full({1, 3}, 49407, torch::kLong);
+  EXPECT_EQ((*model)
+                ->EncodeText(torch::full({1, 78}, 49407, torch::kLong), true)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(
-      (*model)->EncodeText(ids, torch::tensor({4}, torch::kLong), true).status().code(),
+      (*model)->EncodeText(torch::full({2}, 49407, torch::kLong), true).status().code(),
       absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*model)
-                ->EncodeText(torch::full({1, 2}, 50000, torch::kLong),
-                             torch::tensor({2}, torch::kLong), true)
+                ->EncodeText(torch::full({1, 2}, 50000, torch::kLong), true)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
