@@ -135,7 +135,9 @@ ABSL_FLAG(std::string, log_format, "text",
           "severity, source, thread, message and the line's fields).");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
           "On SIGTERM/SIGINT, seconds that calls in flight get to finish before they "
-          "are cancelled. Keep it below Kubernetes' terminationGracePeriodSeconds.");
+          "are cancelled; the batch running then still finishes. Keep it below "
+          "Kubernetes' terminationGracePeriodSeconds minus any preStop sleep and one "
+          "batch's run time.");
 
 namespace clipserve {
 namespace {

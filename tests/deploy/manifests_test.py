@@ -228,9 +228,13 @@ class ManifestsTest(unittest.TestCase):
         for r in self.renders:
             limits = r.container["resources"]["limits"]
             device = self.effective_flags(r)["device"]
+            rolling = r.deployment["spec"]["strategy"]["rollingUpdate"]
             if r.name == "overlays/gpu":
                 self.assertGreaterEqual(int(limits.get("nvidia.com/gpu", 0)), 1)
                 self.assertTrue(device.startswith("cuda"), device)
+                # A surge pod would wait for a spare GPU that maxReplicas leaves none of.
+                self.assertEqual(rolling["maxSurge"], 0)
+                self.assertGreaterEqual(rolling["maxUnavailable"], 1)
                 self.assertIn("cuda", r.container["image"].rpartition(":")[2])
             else:
                 self.assertNotIn("nvidia.com/gpu", limits, r.name)
