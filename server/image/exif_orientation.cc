@@ -53,22 +53,28 @@ int ExifOrientation(absl::string_view exif) {
   uint32_t ifd;
   uint16_t entries;
   if (!tiff.U32(4, &ifd) || !tiff.U16(ifd, &entries)) return 1;
+  // Pillow reads the entries into a dict in order, so when the tag repeats the last
+  // one wins; it keeps what it read before an entry that is cut short.
+  uint32_t value = 1;
   for (uint32_t i = 0; i < entries; ++i) {
     const size_t entry = size_t{ifd} + 2 + size_t{i} * 12;
     uint16_t tag, type;
-    if (!tiff.U16(entry, &tag) || !tiff.U16(entry + 2, &type)) return 1;
+    uint32_t field;
+    if (!tiff.U16(entry, &tag) || !tiff.U16(entry + 2, &type) ||
+        !tiff.U32(entry + 8, &field)) {
+      break;
+    }
     if (tag != kOrientationTag) continue;
-    uint32_t value = 1;
+    value = 1;
     if (type == kTypeShort) {
       uint16_t short_value;
-      if (!tiff.U16(entry + 8, &short_value)) return 1;
+      tiff.U16(entry + 8, &short_value);  // inside the field just read
       value = short_value;
     } else if (type == kTypeLong) {
-      if (!tiff.U32(entry + 8, &value)) return 1;
+      value = field;
     }
-    return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
   }
-  return 1;
+  return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
 }
 
 RgbImage ApplyExifOrientation(RgbImage image, int orientation) {

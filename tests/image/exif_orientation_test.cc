@@ -60,6 +60,18 @@ TEST(ExifOrientationTest, ReadsTheTagInEitherByteOrder) {
   }
 }
 
+// As Pillow's getexif(), which fills a dict entry by entry.
+TEST(ExifOrientationTest, ARepeatedTagCountsItsLastValue) {
+  for (bool le : {true, false}) {
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x0112, 3, 6}, {0x0112, 3, 8}})), 8);
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x0112, 3, 6}, {0x010F, 2, 0}, {0x0112, 3, 3}})),
+              3);
+    // A later entry cut short leaves the earlier value.
+    const std::string two = Tiff(le, {{0x0112, 3, 6}, {0x0112, 3, 8}});
+    EXPECT_EQ(ExifOrientation(two.substr(0, 8 + 2 + 12 + 6)), 6);
+  }
+}
+
 TEST(ExifOrientationTest, MissingOrMalformedIsUpright) {
   EXPECT_EQ(ExifOrientation(""), 1);
   EXPECT_EQ(ExifOrientation("not exif at all"), 1);
