@@ -119,6 +119,31 @@ absl::string_view FindExifChunk(absl::string_view png) {
   return "";
 }
 
+// Deflate codes a run of at most 258 bytes in no fewer than 2 bits, so no stream
+// inflates to more than 1032 times its size. A header whose pixels would need more
+// than the whole file could hold is refused before anything is allocated for them:
+// otherwise a few dozen bytes could make the decoder allocate and clear (and libpng
+// allocate its row buffers for) an image of up to the pixel limit, only to fail on
+// the missing data.
+constexpr double kMaxDeflateRatio = 1032;
+
+absl::Status CheckCompressedSize(const Header& header, size_t file_bytes) {
+  int channels = 1;  // gray, palette indices
+  if (header.color_type == PNG_COLOR_TYPE_GRAY_ALPHA) channels = 2;
+  if (header.color_type == PNG_COLOR_TYPE_RGB) channels = 3;
+  if (header.color_type == PNG_COLOR_TYPE_RGB_ALPHA) channels = 4;
+  // The filtered rows hold at least the packed pixel bits (plus filter bytes).
+  const double raw_bytes =
+      static_cast<double>(header.width) * header.height * channels * header.bit_depth / 8;
+  if (raw_bytes > kMaxDeflateRatio * static_cast<double>(file_bytes)) {
+    return FormatError(kFormat,
+                       absl::StrCat("declared size ", header.width, "x", header.height,
+                                    " needs more pixel data than a ", file_bytes,
+                                    "-byte file can hold compressed"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
@@ -141,6 +166,8 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   const absl::Status size_ok =
       CheckDeclaredSize(kFormat, header.width, header.height, options);
   if (!size_ok.ok()) return size_ok;
+  const absl::Status data_ok = CheckCompressedSize(header, encoded.size());
+  if (!data_ok.ok()) return data_ok;
   if (options.honor_exif_orientation) {
     *exif_orientation = ExifOrientation(FindExifChunk(encoded));
   }

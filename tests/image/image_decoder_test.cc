@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "tests/image/image_test_util.h"
 #include "tests/testing/shared_data.h"
+#include "zlib.h"
 
 namespace clipserve::image {
 namespace {
@@ -76,6 +77,47 @@ TEST(DecodeImageTest, DecompressionBombIsRefusedFromTheHeader) {
   EXPECT_THAT(image.status().message(),
               HasSubstr("PNG: declared size 100000x100000 (10000000000 pixels) exceeds "
                         "the limit of 40000000 pixels"));
+}
+
+// A PNG of `width` x `height` 8-bit RGB whose IDAT holds `rows` rows of black,
+// compressed as tightly as zlib can.
+std::string BlackPng(uint32_t width, uint32_t height, uint32_t rows) {
+  auto be32 = [](uint32_t v) {
+    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
+                       static_cast<char>(v >> 8), static_cast<char>(v)};
+  };
+  auto chunk = [&](const std::string& type, const std::string& data) {
+    const std::string body = type + data;
+    const uLong crc =
+        crc32(0, reinterpret_cast<const Bytef*>(body.data()), uInt(body.size()));
+    return be32(uint32_t(data.size())) + body + be32(uint32_t(crc));
+  };
+  const std::string raw(size_t{rows} * (1 + size_t{width} * 3), '\0');
+  uLongf packed_size = compressBound(uLong(raw.size()));
+  std::string packed(packed_size, '\0');
+  EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(packed.data()), &packed_size,
+                      reinterpret_cast<const Bytef*>(raw.data()), uLong(raw.size()), 9),
+            Z_OK);
+  packed.resize(packed_size);
+  return std::string("\x89PNG\r\n\x1a\n", 8) +
+         chunk("IHDR", be32(width) + be32(height) + std::string("\x08\x02\0\0\0", 5)) +
+         chunk("IDAT", packed) + chunk("IEND", "");
+}
+
+// Deflate inflates at most 1032-fold: a header that claims more pixels than the file
+// could ever hold is refused before the image is allocated.
+TEST(DecodeImageTest, PngClaimingMoreDataThanTheFileCanHoldIsRefusedUpFront) {
+  const std::string hollow = BlackPng(6000, 6000, 1);  // 108 MB of pixels, ~100 bytes
+  ASSERT_LT(hollow.size(), 200u);
+  const absl::StatusOr<RgbImage> image = DecodeImage(hollow);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(),
+              HasSubstr("PNG: declared size 6000x6000 needs more pixel data than a"));
+  // The most compressible real image still decodes: zlib's best is under the bound.
+  const std::string black = BlackPng(2000, 2000, 2000);
+  const absl::StatusOr<RgbImage> decoded = DecodeImage(black);
+  ASSERT_TRUE(decoded.ok()) << decoded.status() << " (" << black.size() << " bytes)";
+  EXPECT_EQ(decoded->width, 2000);
 }
 
 TEST(DecodeImageTest, PixelLimitIsInclusive) {
