@@ -274,6 +274,91 @@ std::string EncodeAdobeCmyk(const std::vector<uint8_t>& rgb, int width, int heig
   return out;
 }
 
+// A progressive gray JPEG of a smooth gradient, libjpeg's standard scan script.
+std::string EncodeProgressiveGray(int width, int height) {
+  jpeg_compress_struct cinfo;
+  jpeg_error_mgr jerr;
+  cinfo.err = jpeg_std_error(&jerr);
+  jpeg_create_compress(&cinfo);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;  // NOLINT(runtime/int): libjpeg's type.
+  jpeg_mem_dest(&cinfo, &buffer, &size);
+  cinfo.image_width = width;
+  cinfo.image_height = height;
+  cinfo.input_components = 1;
+  cinfo.in_color_space = JCS_GRAYSCALE;
+  jpeg_set_defaults(&cinfo);
+  jpeg_simple_progression(&cinfo);
+  jpeg_start_compress(&cinfo, TRUE);
+  std::vector<uint8_t> row(width);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    for (int x = 0; x < width; ++x) {
+      row[x] = static_cast<uint8_t>((x + cinfo.next_scanline) % 256);
+    }
+    JSAMPROW rows[1] = {row.data()};
+    jpeg_write_scanlines(&cinfo, rows, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  std::string out(reinterpret_cast<char*>(buffer), size);
+  std::free(buffer);
+  return out;
+}
+
+// The scans (SOS marker through its entropy-coded data) of a JPEG, in order, and where
+// the end-of-image marker is.
+std::vector<std::string> Scans(const std::string& jpeg, size_t* eoi) {
+  std::vector<std::string> scans;
+  size_t i = 2;
+  while (i + 4 <= jpeg.size()) {
+    const uint8_t marker = static_cast<uint8_t>(jpeg[i + 1]);
+    if (marker == 0xD9) break;
+    const size_t length = (size_t{uint8_t(jpeg[i + 2])} << 8) | uint8_t(jpeg[i + 3]);
+    size_t end = i + 2 + length;
+    if (marker == 0xDA) {  // entropy-coded data up to the next marker but RSTn/stuffing
+      while (end + 1 < jpeg.size() &&
+             !(uint8_t(jpeg[end]) == 0xFF && uint8_t(jpeg[end + 1]) != 0 &&
+               (uint8_t(jpeg[end + 1]) < 0xD0 || uint8_t(jpeg[end + 1]) > 0xD7))) {
+        ++end;
+      }
+      scans.push_back(jpeg.substr(i, end - i));
+    }
+    i = end;
+  }
+  *eoi = i;
+  return scans;
+}
+
+// `jpeg` with `total` scans: its last scan repeated before the end-of-image marker.
+std::string WithScans(const std::string& jpeg, int total) {
+  size_t eoi = 0;
+  const std::vector<std::string> scans = Scans(jpeg, &eoi);
+  std::string out = jpeg.substr(0, eoi);
+  for (int n = static_cast<int>(scans.size()); n < total; ++n) out += scans.back();
+  return out + jpeg.substr(eoi);
+}
+
+// Each scan can be a pass over every block in a few bytes: the scans allowed shrink
+// as the image grows, 32 at the pixel limit, up to 500 for small images.
+TEST(DecodeImageTest, ProgressiveScansAreLimitedByImageSize) {
+  DecodeOptions options;
+  options.max_pixels = 1000 * 1000;
+  const std::string at_limit = EncodeProgressiveGray(1000, 1000);
+  size_t eoi = 0;
+  ASSERT_GE(Scans(at_limit, &eoi).size(), 4u);
+  ASSERT_LT(Scans(at_limit, &eoi).size(), 32u);
+  EXPECT_TRUE(DecodeImage(WithScans(at_limit, 32), options).ok());
+  const absl::StatusOr<RgbImage> refused = DecodeImage(WithScans(at_limit, 33), options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("more than 32 scans, the most allowed at 1000x1000"));
+  // A sixteenth of the pixels: sixteen times as many scans (512), capped at 500.
+  const std::string small = EncodeProgressiveGray(250, 250);
+  EXPECT_TRUE(DecodeImage(WithScans(small, 500), options).ok());
+  EXPECT_THAT(DecodeImage(WithScans(small, 501), options).status().message(),
+              HasSubstr("more than 500 scans"));
+}
+
 // YCCK (CMYK with the color channels in YCbCr) has no Pillow-written sample; its
 // CMYK after libjpeg's transform goes through the same Adobe-inverted conversion.
 TEST(DecodeImageTest, AdobeCmykAndYcckJpegsDecodeToTheirColors) {
