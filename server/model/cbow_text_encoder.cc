@@ -13,7 +13,8 @@ torch::Tensor CbowTextEncoderImpl::forward(const torch::Tensor& ids,
                                            const torch::Tensor& lengths) {
   const int64_t l = ids.size(1);
   torch::Tensor x = token_embedding(ids);  // [N, L, w]
-  // Real tokens are positions [0, length); sum them in fp32 for accuracy.
+  // Counted tokens are positions [0, length), up to the first end token; sum them in
+  // fp32 for accuracy.
   torch::Tensor real =
       (torch::arange(l, lengths.options()).unsqueeze(0) < lengths.unsqueeze(1))
           .to(torch::kFloat)

@@ -27,7 +27,7 @@ torch::Tensor TextTransformerImpl::forward(const torch::Tensor& ids,
       torch::full({l, l}, -std::numeric_limits<float>::infinity(),
                   torch::TensorOptions().dtype(dtype).device(x.device()))
           .triu(1);
-  // Only each text's end token (its last) is pooled.
+  // Only each text's first end token (position lengths - 1) is pooled.
   const torch::Tensor pooled = ln_final(transformer->ForwardAt(x, lengths - 1, mask));
   return torch::matmul(pooled, text_projection);
 }

@@ -309,6 +309,21 @@ TEST(EmbeddingEngineOptionsTest, NegativeWorkersAreRejected) {
   EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The model ends each text at its highest id (CLIP's text.argmax(-1)), which is the
+// end token only when that is the vocabulary's last id.
+TEST(EmbeddingEngineOptionsTest, AnEndTokenThatIsNotTheLastIdIsRefused) {
+  BpeVocabulary vocab = ByteLevelDemoVocabulary();
+  vocab.tokens.push_back("<pad>");  // id 514, above <|endoftext|> (513)
+  auto tokenizer = BpeTokenizer::Create(std::move(vocab), {});
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  auto engine = EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), {});
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(engine.status().message(),
+              HasSubstr("<|endoftext|> is id 513, not its last id 514"));
+}
+
 TEST_F(EmbeddingEngineTest, AfterShutdownRequestsAreUnavailable) {
   engine_->Shutdown();
   EXPECT_FALSE(engine_->healthy());
