@@ -10,6 +10,8 @@ namespace {
 constexpr uint16_t kOrientationTag = 0x0112;
 constexpr uint16_t kTypeShort = 3;
 constexpr uint16_t kTypeLong = 4;
+constexpr uint16_t kTypeSignedShort = 8;
+constexpr uint16_t kTypeSignedLong = 9;
 
 // Bounds-checked reads from a TIFF structure of either byte order.
 class TiffReader {
@@ -53,25 +55,39 @@ int ExifOrientation(absl::string_view exif) {
   uint32_t ifd;
   uint16_t entries;
   if (!tiff.U32(4, &ifd) || !tiff.U16(ifd, &entries)) return 1;
-  // Pillow reads the entries into a dict in order, so when the tag repeats the last
-  // one wins; it keeps what it read before an entry that is cut short.
+  // As Pillow 9.4's getexif() then exif_transpose(): the entries are read in order
+  // into a dict, so when the tag repeats the last stored one wins, and reading stops
+  // (keeping what it has) at an entry cut short. An entry Pillow does not store leaves
+  // an earlier value: a type it has no loader for (TIFF types 1-13 and 16 it has), a
+  // count of 0, or a value whose bytes lie outside the data. SHORT and LONG, signed
+  // or not, give their first value; any other type a value exif_transpose() ignores.
   uint32_t value = 1;
   for (uint32_t i = 0; i < entries; ++i) {
     const size_t entry = size_t{ifd} + 2 + size_t{i} * 12;
     uint16_t tag, type;
-    uint32_t field;
+    uint32_t count, field;
     if (!tiff.U16(entry, &tag) || !tiff.U16(entry + 2, &type) ||
-        !tiff.U32(entry + 8, &field)) {
+        !tiff.U32(entry + 4, &count) || !tiff.U32(entry + 8, &field)) {
       break;
     }
     if (tag != kOrientationTag) continue;
-    value = 1;
-    if (type == kTypeShort) {
-      uint16_t short_value;
-      tiff.U16(entry + 8, &short_value);  // inside the field just read
-      value = short_value;
-    } else if (type == kTypeLong) {
-      value = field;
+    if (type == 0 || (type > 13 && type != 16) || count == 0) continue;
+    const bool is_short = type == kTypeShort || type == kTypeSignedShort;
+    const bool is_long = type == kTypeLong || type == kTypeSignedLong;
+    if (!is_short && !is_long) {
+      value = 1;
+      continue;
+    }
+    const uint64_t bytes = uint64_t{count} * (is_short ? 2 : 4);
+    // Up to 4 bytes sit in the entry itself, more at the offset the field holds.
+    const size_t at = bytes <= 4 ? entry + 8 : field;
+    if (at > exif.size() || exif.size() - at < bytes) continue;
+    if (is_short) {
+      uint16_t first;
+      if (!tiff.U16(at, &first)) continue;
+      value = first;
+    } else if (!tiff.U32(at, &value)) {
+      continue;
     }
   }
   return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;

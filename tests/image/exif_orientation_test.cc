@@ -12,7 +12,9 @@ namespace {
 
 using ::testing::ElementsAreArray;
 
-// A TIFF header and one IFD holding `entries` (tag, type, value), in either byte order.
+// A TIFF header and one IFD holding `entries` (tag, type, value[, count]; count 1 by
+// default), in either byte order. SHORTs and BYTEs are left-justified in the 4-byte
+// value field.
 std::string Tiff(bool little_endian, const std::vector<std::vector<uint32_t>>& entries) {
   std::string s;
   auto put16 = [&](uint32_t v) {
@@ -39,10 +41,13 @@ std::string Tiff(bool little_endian, const std::vector<std::vector<uint32_t>>& e
   for (const auto& e : entries) {
     put16(e[0]);
     put16(e[1]);
-    put32(1);
-    if (e[1] == 3) {  // SHORT: left-justified in the 4-byte value field.
+    put32(e.size() > 3 ? e[3] : 1);
+    if (e[1] == 3 || e[1] == 8) {  // SHORT, SSHORT
       put16(e[2]);
       put16(0);
+    } else if (e[1] == 1 || e[1] == 7) {  // BYTE, UNDEFINED
+      s.push_back(static_cast<char>(e[2]));
+      s.append(3, '\0');
     } else {
       put32(e[2]);
     }
@@ -69,6 +74,44 @@ TEST(ExifOrientationTest, ARepeatedTagCountsItsLastValue) {
     // A later entry cut short leaves the earlier value.
     const std::string two = Tiff(le, {{0x0112, 3, 6}, {0x0112, 3, 8}});
     EXPECT_EQ(ExifOrientation(two.substr(0, 8 + 2 + 12 + 6)), 6);
+  }
+}
+
+// Each expectation is what Pillow 9.4 (Debian's python3-pil) gives for a JPEG with
+// this EXIF: getexif().get(0x0112) and whether ImageOps.exif_transpose() turns it.
+TEST(ExifOrientationTest, EntryTypesAndCountsAsPillowReadsThem) {
+  struct Case {
+    const char* name;
+    std::vector<std::vector<uint32_t>> entries;
+    int expected;
+  };
+  const Case cases[] = {
+      {"BYTE is stored as bytes, which exif_transpose ignores", {{0x0112, 1, 6}}, 1},
+      {"UNDEFINED likewise", {{0x0112, 7, 6}}, 1},
+      {"SSHORT", {{0x0112, 8, 6}}, 6},
+      {"SLONG", {{0x0112, 9, 6}}, 6},
+      {"an unknown type is skipped", {{0x0112, 3, 6}, {0x0112, 99, 1, 8}}, 6},
+      {"type 14 is unknown too", {{0x0112, 3, 6}, {0x0112, 14, 8}}, 6},
+      {"type 0 is skipped", {{0x0112, 3, 6}, {0x0112, 0, 8}}, 6},
+      {"a later BYTE entry replaces it", {{0x0112, 3, 6}, {0x0112, 1, 8}}, 1},
+      {"a count of 0 is skipped", {{0x0112, 3, 6}, {0x0112, 3, 8, 0}}, 6},
+      {"two SHORTs: the first counts", {{0x0112, 3, 6, 2}}, 6},
+  };
+  for (const Case& c : cases) {
+    for (bool le : {true, false}) {
+      EXPECT_EQ(ExifOrientation(Tiff(le, c.entries)), c.expected)
+          << c.name << (le ? " (II)" : " (MM)");
+    }
+  }
+  // Two LONGs are 8 bytes, stored at the offset the entry holds: here the 8 bytes after
+  // the IFD's next-IFD link (8 + 2 + 12 + 4 = 26).
+  for (bool le : {true, false}) {
+    std::string with_values = Tiff(le, {{0x0112, 4, 26, 2}});
+    const std::string six = Tiff(le, {{0x0112, 4, 6}}).substr(18, 4);  // LONG 6
+    with_values += six + six;
+    EXPECT_EQ(ExifOrientation(with_values), 6) << le;
+    // Pointing past the end: not stored, so upright.
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x0112, 4, 1000, 2}})), 1) << le;
   }
 }
 
