@@ -131,11 +131,13 @@ class JsonLogsTest(unittest.TestCase):
                  "-days", "1", "-subj", "/CN=localhost"],
                 check=True, capture_output=True)
             process, lines = self.start_server(f"--tls_cert={cert}", f"--tls_key={key}")
+            raw_lines = []
             grpc_port = None
             deadline = time.monotonic() + 120
             while grpc_port is None and time.monotonic() < deadline:
+                raw_lines.append(lines.get(timeout=120))
                 m = re.match(r".*clip_server serving on 127\.0\.0\.1:(\d+) ",
-                             lines.get(timeout=120))
+                             raw_lines[-1])
                 if m:
                     grpc_port = int(m.group(1))
             self.assertIsNotNone(grpc_port)
@@ -149,9 +151,10 @@ class JsonLogsTest(unittest.TestCase):
         records = []
         while True:
             try:
-                line = lines.get(timeout=5)
+                raw_lines.append(lines.get(timeout=5))
             except queue.Empty:
                 break
+        for line in raw_lines:  # start-up lines included
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
