@@ -1,5 +1,8 @@
-// A small BMP reader (no library): the variants Pillow 9.4 reads without RLE, with
-// every field and offset checked against the buffer before use.
+// A small BMP reader (no library), with every field and offset checked against the
+// buffer before use. It reads the uncompressed and bit-field variants Pillow 9.4
+// reads, with the same pixels, and is more lenient in two ways: it also takes the
+// 52- and 56-byte info headers and any contiguous bit-field masks, which Pillow
+// refuses. RLE-compressed files, which Pillow reads, are refused here.
 
 #include <cstdint>
 #include <cstring>
