@@ -31,6 +31,8 @@ packages=(
   python3-matplotlib
   # deployment manifest checks (tests/deploy/manifests_test.py)
   python3-yaml
+  # the interop tests make their TLS certificates with the openssl command
+  openssl
 )
 
 missing=()
