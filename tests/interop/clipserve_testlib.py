@@ -7,6 +7,7 @@ language would generate theirs from proto/.
 
 import importlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import grpc
 
@@ -120,6 +122,27 @@ class Server:
             channel.close()
             time.sleep(0.05)
         raise TimeoutError(f"clip_server not SERVING after {timeout_s}s")
+
+    def metrics_port(self, timeout_s=60):
+        """The port of the HTTP metrics endpoint, read from the start-up log line."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = re.search(r"metrics, /healthz and /readyz on http://127\.0\.0\.1:(\d+)",
+                          self.output())
+            if m:
+                return int(m.group(1))
+            time.sleep(0.05)
+        raise TimeoutError("clip_server logged no metrics endpoint")
+
+    def calls_in_flight(self, port):
+        """clipserve_requests_in_flight from /metrics: calls whose handler has started
+        and that have not finished."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        m = re.search(r"^clipserve_requests_in_flight ([0-9.e+]+)$", text, re.M)
+        if m is None:
+            raise AssertionError("no clipserve_requests_in_flight in /metrics")
+        return float(m.group(1))
 
     def terminate(self, timeout_s=60):
         """Sends SIGTERM and returns (exit code, output)."""

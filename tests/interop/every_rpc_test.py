@@ -172,13 +172,27 @@ class SigtermUnderLoadTest(unittest.TestCase):
         for t in threads:
             t.start()
         time.sleep(3)
-        # One long call (64 images: at least two full batches after the load's) begun
-        # well before the signal, so a call is surely in the server's hands at SIGTERM
-        # whatever the phase of the load's calls.
+        # One long call (64 images: at least two full batches after the load's), so a
+        # call is surely in the server's hands at SIGTERM whatever the phase of the
+        # load's calls.
         long_request = pb.EmbedImageRequest(images=[pb.Image(encoded=read("coffee.png"))] * 64)
         threads.append(threading.Thread(target=timed_call, args=(long_request,)))
         threads[-1].start()
-        time.sleep(0.7)
+        # A call the client has begun may still be on its way (a 64-image message takes
+        # a while on a busy machine): if it reaches the server only after Shutdown
+        # began, gRPC core cancels it (CANCELLED) or refuses it (UNAVAILABLE) before any
+        # handler runs. So the signal waits until the server reports all five calls
+        # (one per client thread, each thread has one at a time) in its handlers at
+        # once: every call begun before that report was asked for has then either
+        # finished or been in the server's hands, and all of those must finish OK.
+        metrics = server.metrics_port()
+        deadline = time.monotonic() + 60
+        while True:
+            asked_at = time.monotonic()
+            if server.calls_in_flight(metrics) >= 5:
+                break
+            self.assertLess(asked_at, deadline, "the five calls were never in at once")
+            time.sleep(0.005)
         sigterm_at = time.monotonic()
         exit_code, output = server.terminate(timeout_s=120)
         stop.set()
@@ -186,18 +200,12 @@ class SigtermUnderLoadTest(unittest.TestCase):
             t.join()
         channel.close()
         self.assertEqual(exit_code, 0, output)
-        # A call the client began just before the signal may reach the server only after
-        # Shutdown began; gRPC core then cancels it (CANCELLED) or refuses it
-        # (UNAVAILABLE) before any handler runs. Only calls begun well before the signal
-        # are certainly in the server's hands, and those must all finish OK.
-        margin_s = 0.5
-        in_flight = [c for c in calls if c[0] < sigterm_at - margin_s < sigterm_at < c[1]]
-        self.assertGreater(len(in_flight), 0, "no call was in flight at SIGTERM")
-        for start, end, code in in_flight:
-            self.assertEqual(code, grpc.StatusCode.OK)
+        in_hand = [c for c in calls if c[0] < asked_at]
+        self.assertTrue(any(end > sigterm_at for _, end, _ in in_hand),
+                        "no call was in flight at SIGTERM")
         for start, end, code in calls:
-            if start < sigterm_at - margin_s:
-                self.assertEqual(code, grpc.StatusCode.OK)
+            if start < asked_at:
+                self.assertEqual(code, grpc.StatusCode.OK, (start - asked_at, end - sigterm_at))
             else:
                 self.assertIn(code, (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE,
                                      grpc.StatusCode.CANCELLED))
