@@ -285,14 +285,6 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
   if (tokenizer->context_length() > model.model->config().text.context_length) {
     return absl::InvalidArgumentError("the tokenizer's context exceeds the model's");
   }
-  if (tokenizer->end_of_text_id() != tokenizer->vocab_size() - 1) {
-    // ClipModel::EncodeText stops at each row's highest id (text.argmax(-1), as CLIP).
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the tokenizer's <|endoftext|> is id ", tokenizer->end_of_text_id(),
-        ", not its last id ", tokenizer->vocab_size() - 1,
-        ": CLIP's text tower pools at the highest id of a text, so texts would end at "
-        "the wrong token. Check --tokenizer."));
-  }
   if (tokenizer->vocab_size() > model.model->config().text.vocab_size) {
     // Texts whose ids fall past the model's table will fail their batches (INTERNAL).
     LOG(ERROR) << "the tokenizer has " << tokenizer->vocab_size()
@@ -351,7 +343,8 @@ absl::Status EmbeddingEngine::Start() {
                                                int64_t{tokenizer_->end_of_text_id()}},
                                               torch::kLong)
                                     .unsqueeze(0);
-            encoded = model_.model->EncodeText(ids, false).status();
+            encoded = model_.model->EncodeText(ids, false, tokenizer_->end_of_text_id())
+                          .status();
           },
           "warming up the model");
       if (warmed.ok()) warmed = encoded;
@@ -737,7 +730,8 @@ void EmbeddingEngine::RunTextBatch(Batch<TextItem>& batch) {
       const std::vector<int32_t>& row = items[begin + i].ids;
       for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
     }
-    return model_.model->EncodeText(ids, /*normalize=*/false);
+    return model_.model->EncodeText(ids, /*normalize=*/false,
+                                    tokenizer_->end_of_text_id());
   });
 }
 

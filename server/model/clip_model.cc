@@ -281,7 +281,8 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeImage(const torch::Tensor& images
 }
 
 absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
-                                                    bool normalize) const {
+                                                    bool normalize,
+                                                    int64_t end_of_text_id) const {
   if (ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) < 1 ||
       ids.size(1) > config_.text.context_length || ids.scalar_type() != torch::kLong) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -302,7 +303,12 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
         // As the reference, text.argmax(-1): the first position of the row's highest
         // id, which is its end token (the vocabulary's last id), or the first one when
         // the text itself spells <|endoftext|>. Only the tokens up to there count.
-        const torch::Tensor lengths = on_device.argmax(-1) + 1;
+        torch::Tensor end = on_device.argmax(-1);
+        if (end_of_text_id >= 0) {
+          const torch::Tensor is_end = on_device == end_of_text_id;
+          end = torch::where(is_end.any(-1), is_end.to(torch::kInt).argmax(-1), end);
+        }
+        const torch::Tensor lengths = end + 1;
         out = encode_text_(on_device, lengths).to(torch::kFloat);
         if (normalize) out = NormalizeRows(out);
       },

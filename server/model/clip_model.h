@@ -70,13 +70,17 @@ class ClipModel {
                                             bool normalize) const;
 
   // ids: int64 [N, L], 1 <= L <= context_length, each row start token, tokens, end
-  // token, then padding (id 0). Each row counts up to its first highest id, as the
-  // reference's text.argmax(-1): its end token, or an <|endoftext|> the text typed
-  // earlier (the transformer pools there, CBOW averages up to there; later tokens
-  // change nothing). Pinned host inputs are copied asynchronously, as for EncodeImage.
-  // Returns fp32 [N, embed_dim] on the model's device, normalized when `normalize`.
-  absl::StatusOr<torch::Tensor> EncodeText(const torch::Tensor& ids,
-                                           bool normalize) const;
+  // token, then padding (id 0). Each row ends at its first end token, an <|endoftext|>
+  // the text typed included: the transformer pools there, CBOW averages up to there,
+  // later tokens change nothing. That position is the reference's text.argmax(-1)
+  // (CLIP's end token is its vocabulary's last id); with `end_of_text_id` >= 0 it is
+  // the first position holding that id instead, as Hugging Face finds it, which is the
+  // same for CLIP's vocabulary and still right for one with ids above its end token
+  // (a row without it falls back to argmax). Pinned host inputs are copied
+  // asynchronously, as for EncodeImage. Returns fp32 [N, embed_dim] on the model's
+  // device, normalized when `normalize`.
+  absl::StatusOr<torch::Tensor> EncodeText(const torch::Tensor& ids, bool normalize,
+                                           int64_t end_of_text_id = -1) const;
 
   // exp(learned logit_scale), clamped at 100 as CLIP does.
   float logit_scale() const;

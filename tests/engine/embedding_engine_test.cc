@@ -309,19 +309,42 @@ TEST(EmbeddingEngineOptionsTest, NegativeWorkersAreRejected) {
   EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// The model ends each text at its highest id (CLIP's text.argmax(-1)), which is the
-// end token only when that is the vocabulary's last id.
-TEST(EmbeddingEngineOptionsTest, AnEndTokenThatIsNotTheLastIdIsRefused) {
+// A vocabulary with a token above its end token (id 514 > 513): each text still ends
+// at its end token, where argmax would have stopped at the higher id.
+TEST(EmbeddingEngineTextTest, TextsEndAtTheEndTokenWhenHigherIdsExist) {
   BpeVocabulary vocab = ByteLevelDemoVocabulary();
-  vocab.tokens.push_back("<pad>");  // id 514, above <|endoftext|> (513)
+  vocab.tokens.push_back("qq</w>");  // id 514
+  vocab.merges.emplace_back("q", "q</w>");
   auto tokenizer = BpeTokenizer::Create(std::move(vocab), {});
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::vector<int32_t> ids = (*tokenizer)->Encode("a qq")->ids;
+  ASSERT_EQ(ids.size(), 4u);  // start, "a", "qq", end
+  ASSERT_EQ(ids[2], 514);
+  ASSERT_EQ(ids[3], 513);
   LoadedModel loaded;
   loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  const std::unique_ptr<ClipModel> direct =
+      *ClipModel::Create(testing::TinyClipConfig(), 5);
   auto engine = EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), {});
-  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(engine.status().message(),
-              HasSubstr("<|endoftext|> is id 513, not its last id 514"));
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto result = EmbedTextsAndWait(**engine, {"a qq"});
+  ASSERT_TRUE(result.ok()) << result.status();
+
+  const torch::Tensor row =
+      torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kLong)
+          .unsqueeze(0);
+  // Pooled at the end token: the whole row. argmax would pool at 514, i.e. the row
+  // without its end token.
+  const torch::Tensor at_end = *direct->EncodeText(row, true, 513);
+  const torch::Tensor at_argmax = *direct->EncodeText(row.narrow(1, 0, 3), true);
+  float to_end = 0, to_argmax = 0;
+  for (int k = 0; k < result->dim; ++k) {
+    to_end = std::max(to_end, std::abs(result->row(0)[k] - at_end[0][k].item<float>()));
+    to_argmax =
+        std::max(to_argmax, std::abs(result->row(0)[k] - at_argmax[0][k].item<float>()));
+  }
+  EXPECT_LE(to_end, 1e-5);
+  EXPECT_GT(to_argmax, 1e-3);
 }
 
 TEST_F(EmbeddingEngineTest, AfterShutdownRequestsAreUnavailable) {
