@@ -9,7 +9,10 @@
 #   scripts/fetch-gpu-debs.sh [DIR]      # default third_party/gpu-debs (git-ignored)
 #
 # Uses `apt-get download` (no root needed once `apt-get update` has run). The folder
-# then travels to the GPU machine with the source tree.
+# then travels to the GPU machine with the source tree. So does
+# third_party/gpu-shared, a copy of the tests' shared material (../shared/images and
+# ../shared/clip, or $CLIPSERVE_SHARED_DIR) made here too: the *_CUDA tests read real
+# images from it, and ../shared does not travel with the tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-third_party/gpu-debs}
@@ -43,3 +46,15 @@ rm -f "$dir"/*.deb
 (cd "$dir" && apt-get download -q "${closure[@]}")
 printf '%s\n' "${closure[@]}" > "$dir/PACKAGES"
 echo "fetch-gpu-debs: ${#closure[@]} packages, $(du -sh "$dir" | cut -f1), in $dir"
+
+shared=${CLIPSERVE_SHARED_DIR:-../shared}
+if [ -d "$shared/images" ] && [ -d "$shared/clip" ]; then
+  rm -rf third_party/gpu-shared
+  mkdir -p third_party/gpu-shared
+  cp -r "$shared/images" "$shared/clip" third_party/gpu-shared/
+  echo "fetch-gpu-debs: test material, $(du -sh third_party/gpu-shared | cut -f1)," \
+    "in third_party/gpu-shared"
+else
+  echo "fetch-gpu-debs: no $shared/images and $shared/clip to copy; the *_CUDA tests" \
+    "that read images will fail on the GPU machine" >&2
+fi

@@ -4,6 +4,7 @@
 # checks GPU embeddings against CPU fp32, and writes a benchmark table.
 #
 #   scripts/fetch-gpu-debs.sh          # beforehand, on a Debian machine with its archive
+#                                      # (carry third_party/gpu-debs and gpu-shared)
 #   scripts/gpu-check.sh [OUT_DIR]     # on the GPU machine; default build-gpu/report
 #
 # gRPC, Protobuf, Abseil, glog and the other libraries come from the .deb files in
@@ -22,6 +23,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 out=$(mkdir -p "${1:-build-gpu/report}" && cd "${1:-build-gpu/report}" && pwd)
 debs=${CLIPSERVE_GPU_DEBS:-third_party/gpu-debs}
+# The tests' shared material (fetch-gpu-debs.sh copies it beside the .deb files).
+export CLIPSERVE_SHARED_DIR=${CLIPSERVE_SHARED_DIR:-$root/third_party/gpu-shared}
 python=${PYTHON:-python3}
 build=$root/build-gpu/build
 prefix=$root/build-gpu/prefix
@@ -45,6 +48,11 @@ shopt -s nullglob
 deb_files=("$debs"/*.deb)
 if [ ${#deb_files[@]} = 0 ]; then
   echo "gpu-check: no .deb files in $debs; run scripts/fetch-gpu-debs.sh first" >&2
+  exit 1
+fi
+if [ ! -d "$CLIPSERVE_SHARED_DIR/images" ]; then
+  echo "gpu-check: no test images in $CLIPSERVE_SHARED_DIR; run" \
+    "scripts/fetch-gpu-debs.sh first and carry third_party/gpu-shared" >&2
   exit 1
 fi
 step "unpacking ${#deb_files[@]} .deb files into $prefix"
