@@ -72,20 +72,28 @@ absl::StatusOr<Precision> ParsePrecision(absl::string_view name) {
 
 absl::Status CatchTorchErrors(const std::function<void()>& fn, absl::string_view what,
                               absl::StatusCode code) {
+  bool out_of_memory = false;
+  std::string message;
   try {
     fn();
     return absl::OkStatus();
+  } catch (const c10::OutOfMemoryError& e) {
+    out_of_memory = true;
+    message = e.what();
   } catch (const std::exception& e) {
-    std::string message = e.what();
-    // LibTorch messages carry a C++ backtrace after the first line.
-    const size_t newline = message.find('\n');
-    if (newline != std::string::npos) message.resize(newline);
-    if (absl::StrContains(message, "out of memory") ||
-        absl::StrContains(message, "DefaultCPUAllocator: can't allocate")) {
-      return absl::ResourceExhaustedError(absl::StrCat(what, ": ", message));
-    }
-    return absl::Status(code, absl::StrCat(what, ": ", message));
+    message = e.what();
   }
+  // LibTorch messages carry a C++ backtrace after the first line.
+  const size_t newline = message.find('\n');
+  if (newline != std::string::npos) message.resize(newline);
+  // Allocation failures that are not c10::OutOfMemoryError: the CPU allocator's, and
+  // the CUDA libraries' own (CUBLAS_STATUS_ALLOC_FAILED when a worker's first matmul
+  // creates its cuBLAS handle, CUDNN_STATUS_ALLOC_FAILED, ...).
+  out_of_memory = out_of_memory || absl::StrContains(message, "out of memory") ||
+                  absl::StrContains(message, "DefaultCPUAllocator: can't allocate") ||
+                  absl::StrContains(message, "_STATUS_ALLOC_FAILED");
+  return absl::Status(out_of_memory ? absl::StatusCode::kResourceExhausted : code,
+                      absl::StrCat(what, ": ", message));
 }
 
 torch::Tensor NormalizeRows(const torch::Tensor& features) {

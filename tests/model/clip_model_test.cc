@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -611,6 +612,29 @@ TEST(PrecisionTest, AutoPicksBf16OnlyWithFastBf16Instructions) {
   EXPECT_TRUE(ParseDevice("cpu")->is_cpu());
   EXPECT_FALSE(ParseDevice("tpu").ok());
   EXPECT_FALSE(ParseDevice("cuda:x").ok());
+}
+
+TEST(CatchTorchErrorsTest, AllocationFailuresAreResourceExhausted) {
+  EXPECT_TRUE(CatchTorchErrors([] {}, "x").ok());
+  const absl::Status typed = CatchTorchErrors(
+      [] { TORCH_CHECK_WITH(OutOfMemoryError, false, "Tried to allocate 2.00 GiB"); },
+      "running");
+  EXPECT_EQ(typed.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(typed.message()), HasSubstr("running: Tried to allocate"));
+  EXPECT_EQ(CatchTorchErrors(
+                [] {
+                  throw std::runtime_error(
+                      "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                      "`cublasCreate(handle)`\nbacktrace");
+                },
+                "running")
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  const absl::Status other = CatchTorchErrors(
+      [] { throw std::runtime_error("CUDA error: an illegal memory access\nbacktrace"); },
+      "running", absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(other.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(other.message(), "running: CUDA error: an illegal memory access");
 }
 
 TEST(ClipModelTest, RejectsBadInputsWithoutThrowing) {
