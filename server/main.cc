@@ -7,6 +7,13 @@
 // signal during start-up, or a second one during the drain, exits at once with 128 +
 // the signal's number (143 for SIGTERM).
 
+// c10/util/Logging.h before glog: a LibTorch built without glog (NVIDIA's and
+// PyTorch's archives) defines its own LOG and CHECK there, and whichever header comes
+// last wins. After glog, c10's would take this file's LOG() lines (dropping INFO and
+// bypassing the JSON log sink); before it, glog's replace them. Debian's LibTorch uses
+// glog, so there c10's header just includes it. (The model and engine libraries
+// include torch first through their precompiled header.)
+#include <c10/util/Logging.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
