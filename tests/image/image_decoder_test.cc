@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -236,11 +237,11 @@ TEST(DecodeImageTest, ConcurrentDecodesAgree) {
   EXPECT_THAT(mismatches, ::testing::Each(0));
 }
 
-// Encodes a synthetic RGB image as a 4-component JPEG with libjpeg, stored the way
-// Adobe applications store CMYK (inverted: stored = 255 - ink, here R, G, B, 255), in
-// the given color space (JCS_CMYK, or JCS_YCCK which libjpeg transforms to).
-std::string EncodeAdobeCmyk(const std::vector<uint8_t>& rgb, int width, int height,
-                            J_COLOR_SPACE space) {
+// Encodes width x height pixels of `components` samples in `space` with libjpeg:
+// `configure` runs after jpeg_set_defaults(), `fill_row(y, row)` fills each row.
+std::string EncodeWithLibjpeg(int width, int height, int components, J_COLOR_SPACE space,
+                              const std::function<void(jpeg_compress_struct*)>& configure,
+                              const std::function<void(int, uint8_t*)>& fill_row) {
   jpeg_compress_struct cinfo;
   jpeg_error_mgr jerr;
   cinfo.err = jpeg_std_error(&jerr);
@@ -250,20 +251,14 @@ std::string EncodeAdobeCmyk(const std::vector<uint8_t>& rgb, int width, int heig
   jpeg_mem_dest(&cinfo, &buffer, &size);
   cinfo.image_width = width;
   cinfo.image_height = height;
-  cinfo.input_components = 4;
-  cinfo.in_color_space = JCS_CMYK;
+  cinfo.input_components = components;
+  cinfo.in_color_space = space;
   jpeg_set_defaults(&cinfo);
-  jpeg_set_colorspace(&cinfo, space);
-  jpeg_set_quality(&cinfo, 100, TRUE);
+  configure(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
-  std::vector<uint8_t> row(width * 4);
+  std::vector<uint8_t> row(static_cast<size_t>(width) * components);
   while (cinfo.next_scanline < cinfo.image_height) {
-    for (int x = 0; x < width; ++x) {
-      for (int c = 0; c < 3; ++c) {
-        row[x * 4 + c] = rgb[(cinfo.next_scanline * width + x) * 3 + c];
-      }
-      row[x * 4 + 3] = 255;
-    }
+    fill_row(static_cast<int>(cinfo.next_scanline), row.data());
     JSAMPROW rows[1] = {row.data()};
     jpeg_write_scanlines(&cinfo, rows, 1);
   }
@@ -274,35 +269,33 @@ std::string EncodeAdobeCmyk(const std::vector<uint8_t>& rgb, int width, int heig
   return out;
 }
 
+// Encodes a synthetic RGB image as a 4-component JPEG with libjpeg, stored the way
+// Adobe applications store CMYK (inverted: stored = 255 - ink, here R, G, B, 255), in
+// the given color space (JCS_CMYK, or JCS_YCCK which libjpeg transforms to).
+std::string EncodeAdobeCmyk(const std::vector<uint8_t>& rgb, int width, int height,
+                            J_COLOR_SPACE space) {
+  return EncodeWithLibjpeg(
+      width, height, 4, JCS_CMYK,
+      [space](jpeg_compress_struct* cinfo) {
+        jpeg_set_colorspace(cinfo, space);
+        jpeg_set_quality(cinfo, 100, TRUE);
+      },
+      [&](int y, uint8_t* row) {
+        for (int x = 0; x < width; ++x) {
+          for (int c = 0; c < 3; ++c) row[x * 4 + c] = rgb[(y * width + x) * 3 + c];
+          row[x * 4 + 3] = 255;
+        }
+      });
+}
+
 // A progressive gray JPEG of a smooth gradient, libjpeg's standard scan script.
 std::string EncodeProgressiveGray(int width, int height) {
-  jpeg_compress_struct cinfo;
-  jpeg_error_mgr jerr;
-  cinfo.err = jpeg_std_error(&jerr);
-  jpeg_create_compress(&cinfo);
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;  // NOLINT(runtime/int): libjpeg's type.
-  jpeg_mem_dest(&cinfo, &buffer, &size);
-  cinfo.image_width = width;
-  cinfo.image_height = height;
-  cinfo.input_components = 1;
-  cinfo.in_color_space = JCS_GRAYSCALE;
-  jpeg_set_defaults(&cinfo);
-  jpeg_simple_progression(&cinfo);
-  jpeg_start_compress(&cinfo, TRUE);
-  std::vector<uint8_t> row(width);
-  while (cinfo.next_scanline < cinfo.image_height) {
-    for (int x = 0; x < width; ++x) {
-      row[x] = static_cast<uint8_t>((x + cinfo.next_scanline) % 256);
-    }
-    JSAMPROW rows[1] = {row.data()};
-    jpeg_write_scanlines(&cinfo, rows, 1);
-  }
-  jpeg_finish_compress(&cinfo);
-  jpeg_destroy_compress(&cinfo);
-  std::string out(reinterpret_cast<char*>(buffer), size);
-  std::free(buffer);
-  return out;
+  return EncodeWithLibjpeg(
+      width, height, 1, JCS_GRAYSCALE,
+      [](jpeg_compress_struct* cinfo) { jpeg_simple_progression(cinfo); },
+      [&](int y, uint8_t* row) {
+        for (int x = 0; x < width; ++x) row[x] = static_cast<uint8_t>((x + y) % 256);
+      });
 }
 
 // The scans (SOS marker through its entropy-coded data) of a JPEG, in order, and where
