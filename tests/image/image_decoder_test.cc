@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -350,6 +351,70 @@ TEST(DecodeImageTest, ProgressiveScansAreLimitedByImageSize) {
   EXPECT_TRUE(DecodeImage(WithScans(small, 500), options).ok());
   EXPECT_THAT(DecodeImage(WithScans(small, 501), options).status().message(),
               HasSubstr("more than 500 scans"));
+}
+
+// A flat RGB image as a JPEG, configured by `configure` after libjpeg's defaults.
+std::string FlatJpeg(int width, int height,
+                     const std::function<void(jpeg_compress_struct*)>& configure) {
+  return EncodeWithLibjpeg(width, height, 3, JCS_RGB, configure, [&](int, uint8_t* row) {
+    for (int x = 0; x < width; ++x) {
+      row[x * 3 + 0] = 10;
+      row[x * 3 + 1] = 200;
+      row[x * 3 + 2] = 30;
+    }
+  });
+}
+
+// Huffman coding spends at least one bit on each block of a first scan: a header that
+// declares more blocks than the bytes after it have bits is refused before the image
+// is allocated. libjpeg and Pillow would decode it, padding the missing blocks.
+TEST(DecodeImageTest, JpegDeclaringMoreBlocksThanItsDataCanCodeIsRefused) {
+  // 16x16 coded, its frame header (SOF0: FF C0, length, precision, height, width)
+  // patched to declare 4000x4000: 4:2:0 makes 250,000 luma and 2 x 62,500 chroma
+  // blocks, of which the scan codes 6.
+  std::string hollow = FlatJpeg(16, 16, [](jpeg_compress_struct*) {});
+  const size_t sof = hollow.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  hollow.replace(sof + 5, 4, std::string("\x0F\xA0\x0F\xA0", 4));
+  ASSERT_LT(hollow.size(), 1000u);
+  const absl::StatusOr<RgbImage> image = DecodeImage(hollow);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(),
+              HasSubstr("JPEG: declared size 4000x4000 needs at least one bit for each "
+                        "of the first scan's 375000 blocks, more than the"));
+
+  // The most compressible valid files still decode: a flat image with optimized
+  // Huffman tables (two bits a block) and progressive (one bit a block in its first,
+  // DC, scan).
+  const std::string optimized =
+      FlatJpeg(2048, 2048, [](jpeg_compress_struct* c) { c->optimize_coding = TRUE; });
+  const std::string progressive =
+      FlatJpeg(2048, 2048, [](jpeg_compress_struct* c) { jpeg_simple_progression(c); });
+  for (const std::string* jpeg : {&optimized, &progressive}) {
+    const absl::StatusOr<RgbImage> decoded = DecodeImage(*jpeg);
+    ASSERT_TRUE(decoded.ok()) << decoded.status() << " (" << jpeg->size() << " bytes)";
+    EXPECT_EQ(decoded->width, 2048);
+    EXPECT_EQ(decoded->pixels[0], 10);
+  }
+
+  // Arithmetic coding can code a flat image in fewer bits still; the same bound
+  // refuses it (documented in docs/API.md).
+  const std::string arithmetic =
+      FlatJpeg(2048, 2048, [](jpeg_compress_struct* c) { c->arith_code = TRUE; });
+  ASSERT_LT(arithmetic.size(), 1000u);
+  EXPECT_EQ(DecodeImage(arithmetic).status().code(), absl::StatusCode::kInvalidArgument);
+  // A photo coded arithmetically carries far more than a bit a block.
+  const std::string photo = ReadShared("chelsea_q75.jpg");
+  const absl::StatusOr<RgbImage> expected = DecodeImage(photo);
+  ASSERT_TRUE(expected.ok());
+  const std::string recoded = EncodeWithLibjpeg(
+      expected->width, expected->height, 3, JCS_RGB,
+      [](jpeg_compress_struct* c) { c->arith_code = TRUE; },
+      [&](int y, uint8_t* row) {
+        std::memcpy(row, &expected->pixels[size_t{3} * y * expected->width],
+                    size_t{3} * expected->width);
+      });
+  EXPECT_TRUE(DecodeImage(recoded).ok());
 }
 
 // YCCK (CMYK with the color channels in YCbCr) has no Pillow-written sample; its
