@@ -392,6 +392,7 @@ void EmbeddingEngine::Shutdown() {
 
 bool EmbeddingEngine::healthy() const {
   return !stuck_.load(std::memory_order_acquire) &&
+         !device_broken_.load(std::memory_order_acquire) &&
          !shut_down_.load(std::memory_order_acquire);
 }
 
@@ -660,6 +661,12 @@ void EmbeddingEngine::RunBatch(
     }
   }
   BatchFinished(id);
+  for (const FailedRange& range : failed) {
+    if (range.status.code() != absl::StatusCode::kResourceExhausted) {
+      CheckDevice(range.status);
+      break;
+    }
+  }
   // Before the items are answered, so a client that reads the metrics after its
   // answer finds its batch counted.
   ReportBatch(modality, batch, start);
@@ -766,6 +773,17 @@ void EmbeddingEngine::FailItems(std::vector<Item>& items, int begin, int end,
     SetRetryInfoPayload(absl::Seconds(1), &error);
   }
   for (int i = begin; i < end; ++i) items[i].Answer(error);
+}
+
+void EmbeddingEngine::CheckDevice(const absl::Status& batch_error) {
+  const torch::Device& device = model_.model->device();
+  const absl::Status probe = options_.device_probe_for_test
+                                 ? options_.device_probe_for_test()
+                                 : ProbeDevice(device);
+  if (probe.ok() || device_broken_.exchange(true)) return;
+  LOG(ERROR) << "after a batch failed (" << batch_error.message() << "), " << device.str()
+             << " failed a probe: " << probe.message()
+             << "; reporting NOT_SERVING so the process gets restarted";
 }
 
 void EmbeddingEngine::WatchdogLoop() {

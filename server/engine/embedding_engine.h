@@ -96,6 +96,9 @@ struct EmbeddingEngineOptions {
   // RESOURCE_EXHAUSTED before it reaches the model, as a GPU out of memory does, so
   // tests exercise the retry in halves on any device. 0 (the default): never.
   int simulate_out_of_memory_above_for_test = 0;
+  // Test-only. When set, called instead of ProbeDevice() on the model's device after
+  // a batch fails for a reason other than memory, so tests can play a broken device.
+  std::function<absl::Status()> device_probe_for_test;
 };
 
 // INVALID_ARGUMENT naming the first option out of range (threads, queue and batch
@@ -197,6 +200,10 @@ class EmbeddingEngine : public Engine {
   template <typename Item>
   void FailItems(std::vector<Item>& items, int begin, int end,
                  const absl::Status& status);
+  // After a batch failed with `batch_error` (not out of memory): probes the device and
+  // marks the engine unhealthy for good when the probe fails too. A CUDA context
+  // broken by a kernel fault fails every later batch, so only a restart helps.
+  void CheckDevice(const absl::Status& batch_error);
   void WatchdogLoop();
   int64_t BatchStarted() ABSL_LOCKS_EXCLUDED(running_mu_);
   void BatchFinished(int64_t id) ABSL_LOCKS_EXCLUDED(running_mu_);
@@ -224,6 +231,8 @@ class EmbeddingEngine : public Engine {
   std::atomic<int64_t> computed_texts_{0};
   std::atomic<int64_t> pending_requests_{0};
   std::atomic<bool> stuck_{false};
+  // Set once the device failed its probe after a failed batch (CheckDevice()).
+  std::atomic<bool> device_broken_{false};
   // Set when Shutdown() begins (healthy() reads it without a lock).
   std::atomic<bool> shut_down_{false};
   // Held across the whole of Shutdown(), so a second call waits for the first.

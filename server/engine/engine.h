@@ -183,7 +183,8 @@ class Engine {
   virtual int max_texts_per_call() const = 0;
 
   // True while the engine can serve: false when a worker is stuck past the watchdog
-  // limit, or after shutdown began.
+  // limit, when the device failed a probe after a batch failed (a broken CUDA
+  // context), or after shutdown began.
   virtual bool healthy() const = 0;
 };
 

@@ -112,4 +112,20 @@ absl::Status ReleaseCachedDeviceMemory(const torch::Device& device) {
   return absl::OkStatus();
 }
 
+absl::Status ProbeDevice(const torch::Device& device) {
+  if (device.is_cpu()) return absl::OkStatus();
+  try {
+    const torch::Tensor one = torch::ones({1}, torch::TensorOptions().device(device));
+    const float two = (one + 1).item<float>();  // waits for the device
+    if (two != 2.0f) {
+      return absl::InternalError(
+          absl::StrCat(device.str(), " computed 1 + 1 = ", two, " in a probe"));
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(
+        device.str(), " fails a one-element computation: ", FirstLine(e.what())));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace clipserve

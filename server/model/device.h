@@ -69,6 +69,14 @@ absl::StatusOr<std::string> PciBusId(const torch::Device& device);
 // fails. Never throws. Thread-safe.
 absl::Status ReleaseCachedDeviceMemory(const torch::Device& device);
 
+// Runs a one-element computation on `device` and waits for it: INTERNAL, with CUDA's
+// message, when the device cannot compute. After a kernel fault (an illegal address,
+// a device-side assert) CUDA fails every later call in the process, so a batch that
+// failed for such a reason fails this too, where one that failed for its own reason
+// (bad input, a bug in one op) does not. OK at once for the CPU, which has no such
+// state. Never throws. Thread-safe; blocks until the device has run it.
+absl::Status ProbeDevice(const torch::Device& device);
+
 }  // namespace clipserve
 
 #endif  // CLIPSERVE_SERVER_MODEL_DEVICE_H_

@@ -2,6 +2,7 @@
 
 #include <torch/cuda.h>
 
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -390,7 +391,10 @@ TEST(EmbeddingEngineLatencyTest, ALoneRequestDoesNotWaitForTheQueueDelay) {
   }
 }
 
-TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
+// An engine on the tiny model (vocabulary of 1000) whose tokenizer makes "qq" id 1200:
+// a batch holding it fails inside the model, as a bug in one op would.
+std::unique_ptr<EmbeddingEngine> EngineWithATokenPastTheModel(
+    const EmbeddingEngineOptions& options) {
   ClipConfig config = testing::TinyClipConfig();
   config.text.vocab_size = 1000;
   LoadedModel loaded;
@@ -401,23 +405,68 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
   vocab.tokens.push_back("qq</w>");  // id 1200
   vocab.merges.emplace_back("q", "q</w>");
   auto tokenizer = BpeTokenizer::Create(std::move(vocab), {});
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  ASSERT_EQ((*tokenizer)->Encode("qq")->ids[1], 1200);
-  EmbeddingEngineOptions options;
-  options.max_queue_delay = absl::ZeroDuration();
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  if (!tokenizer.ok()) return nullptr;
+  EXPECT_EQ((*tokenizer)->Encode("qq")->ids[1], 1200);
   auto engine =
       EmbeddingEngine::Create(std::move(loaded), *std::move(tokenizer), options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? *std::move(engine) : nullptr;
+}
+
+TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
+  EmbeddingEngineOptions options;
+  options.max_queue_delay = absl::ZeroDuration();
+  auto engine = EngineWithATokenPastTheModel(options);
+  ASSERT_NE(engine, nullptr);
   auto run = [&](std::string text) {
-    return EmbedTextsAndWait(**engine, {std::move(text)}).status();
+    return EmbedTextsAndWait(*engine, {std::move(text)}).status();
   };
   EXPECT_TRUE(run("a").ok());
   const absl::Status failed = run("qq");
   EXPECT_FALSE(failed.ok());
   EXPECT_EQ(failed.code(), absl::StatusCode::kInternal);  // not the caller's fault
   EXPECT_THAT(failed.message(), HasSubstr("token ids"));
-  EXPECT_TRUE(run("a").ok());  // the engine keeps serving
-  EXPECT_TRUE((*engine)->healthy());
+  EXPECT_TRUE(run("a").ok());      // the engine keeps serving
+  EXPECT_TRUE(engine->healthy());  // the CPU passes its probe
+}
+
+// After a batch fails for a reason other than memory, the engine probes its device. A
+// CUDA context broken by a kernel fault fails every later call, so a failing probe
+// marks the engine unhealthy for good (health NOT_SERVING: the orchestrator restarts
+// it); a passing one means the batch failed for its own reason.
+TEST(EmbeddingEngineFailureTest, ADeviceFailingItsProbeAfterAFailedBatchIsUnhealthy) {
+  std::atomic<int> probes{0};
+  std::atomic<bool> device_works{true};
+  EmbeddingEngineOptions options;
+  options.max_queue_delay = absl::Hours(1);  // a request's texts form one batch
+  options.simulate_out_of_memory_above_for_test = 1;
+  options.device_probe_for_test = [&]() -> absl::Status {
+    ++probes;
+    if (device_works) return absl::OkStatus();
+    return absl::InternalError("CUDA error: an illegal memory access was encountered");
+  };
+  auto engine = EngineWithATokenPastTheModel(options);
+  ASSERT_NE(engine, nullptr);
+  auto run = [&](std::vector<std::string> texts) {
+    return EmbedTextsAndWait(*engine, std::move(texts)).status();
+  };
+  EXPECT_TRUE(run({"a"}).ok());
+  EXPECT_EQ(probes, 0);
+  // Out of memory (4 texts, then halves of 2, over the limit of 1): no probe.
+  EXPECT_EQ(run({"a", "b", "c", "d"}).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(probes, 0);
+  EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(probes, 1);
+  EXPECT_TRUE(engine->healthy());
+  device_works = false;
+  EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(probes, 2);
+  EXPECT_FALSE(engine->healthy());
+  // For good: the context does not come back, whatever a later batch does.
+  device_works = true;
+  EXPECT_TRUE(run({"a"}).ok());
+  EXPECT_FALSE(engine->healthy());
 }
 
 // An engine on the tiny model (seed 5) on `device` in `precision`, with the demo

@@ -7,6 +7,9 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -108,6 +111,40 @@ TEST(DeviceTest, CudaBatchesArePinnedAndCopyBackExactly_CUDA) {
       host.to(gpu, torch::kFloat, /*non_blocking=*/true).mul(2).to(torch::kCPU);
   EXPECT_TRUE(torch::equal(round_trip, host * 2));
   EXPECT_TRUE(ReleaseCachedDeviceMemory(gpu).ok());
+}
+
+TEST(DeviceTest, TheCpuPassesItsProbe) { EXPECT_TRUE(ProbeDevice(torch::kCPU).ok()); }
+
+TEST(DeviceTest, AWorkingGpuPassesItsProbe_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const absl::Status probe = ProbeDevice(torch::Device(torch::kCUDA, 0));
+  EXPECT_TRUE(probe.ok()) << probe;
+}
+
+// A device-side assert breaks the CUDA context for the rest of the process, so the
+// fault happens in a process of its own: "threadsafe" death tests run this binary
+// again for the one test.
+TEST(DeviceTest, AGpuBrokenByAKernelFaultFailsItsProbe_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        const torch::Device gpu(torch::kCUDA, 0);
+        const bool fine_before = ProbeDevice(gpu).ok();
+        try {
+          // An index past the end trips the gather kernel's device-side assert.
+          const torch::Tensor values = torch::zeros({2}, torch::device(gpu));
+          const torch::Tensor index =
+              torch::full({1}, 5, torch::dtype(torch::kLong).device(gpu));
+          values.index_select(0, index).cpu();
+        } catch (const std::exception&) {
+          // Expected: the fault surfaces at the copy, or at the probe below.
+        }
+        const absl::Status after = ProbeDevice(gpu);
+        std::fprintf(stderr, "probe after the fault: %s\n", after.ToString().c_str());
+        std::exit(fine_before && after.code() == absl::StatusCode::kInternal ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "probe after the fault: INTERNAL");
 }
 
 }  // namespace
