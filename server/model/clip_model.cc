@@ -297,8 +297,19 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeText(const torch::Tensor& ids,
         "ids must be int64 [N, L] with 1 <= L <= ", config_.text.context_length, ", got ",
         ShapeString(ids.sizes())));
   }
-  if (ids.min().item<int64_t>() < 0 ||
-      ids.max().item<int64_t>() >= config_.text.vocab_size) {
+  // One pass and, for ids already on a GPU, one wait for both bounds; a device that
+  // fails here answers INTERNAL like any other failed run.
+  int64_t lowest = 0;
+  int64_t highest = 0;
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        const auto [min, max] = torch::aminmax(ids);
+        const torch::Tensor bounds = torch::stack({min, max}).cpu();
+        lowest = bounds[0].item<int64_t>();
+        highest = bounds[1].item<int64_t>();
+      },
+      "checking token ids"));
+  if (lowest < 0 || highest >= config_.text.vocab_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("token ids must be in [0, ", config_.text.vocab_size, ")"));
   }

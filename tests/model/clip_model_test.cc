@@ -658,11 +658,18 @@ TEST(ClipModelTest, RejectsBadInputsWithoutThrowing) {
   EXPECT_EQ(
       (*model)->EncodeText(torch::full({2}, 49407, torch::kLong), true).status().code(),
       absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ((*model)
-                ->EncodeText(torch::full({1, 2}, 50000, torch::kLong), true)
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  // Ids must lie in [0, vocab_size): the bounds themselves, in any row.
+  const auto ids_status = [&](int64_t id) {
+    torch::Tensor ids = torch::full({2, 3}, 49406, torch::kLong);
+    ids[1][2] = id;
+    return (*model)->EncodeText(ids, true).status();
+  };
+  EXPECT_TRUE(ids_status(0).ok());
+  EXPECT_TRUE(ids_status(49407).ok());
+  for (const int64_t id : {int64_t{-1}, int64_t{49408}, int64_t{50000}}) {
+    EXPECT_EQ(ids_status(id).code(), absl::StatusCode::kInvalidArgument) << id;
+    EXPECT_THAT(ids_status(id).message(), HasSubstr("token ids must be in [0, 49408)"));
+  }
   EXPECT_EQ((*model)->To(torch::kCPU, Precision::kFloat16).code(),
             absl::StatusCode::kUnimplemented);
 }
