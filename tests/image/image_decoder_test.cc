@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <jpeglib.h>
 // clang-format on
+#include <gif_lib.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -351,6 +352,71 @@ TEST(DecodeImageTest, ProgressiveScansAreLimitedByImageSize) {
   EXPECT_TRUE(DecodeImage(WithScans(small, 500), options).ok());
   EXPECT_THAT(DecodeImage(WithScans(small, 501), options).status().message(),
               HasSubstr("more than 500 scans"));
+}
+
+// A GIF with a `width` x `height` logical screen and one 1x1 frame at its corner, 35
+// bytes whatever the screen's size.
+std::string CanvasGif(uint16_t width, uint16_t height) {
+  std::string gif = "GIF89a";
+  for (const uint16_t side : {width, height}) {
+    gif += static_cast<char>(side & 0xFF);
+    gif += static_cast<char>(side >> 8);
+  }
+  gif += std::string("\x80\0\0", 3);                  // 2-color global palette
+  gif += std::string("\0\0\0\xFF\xFF\xFF", 6);        // black, white
+  gif += std::string(",\0\0\0\0\x01\0\x01\0\0", 10);  // 1x1 frame at 0,0
+  gif += std::string("\x02\x02\x44\x01\0;", 6);       // LZW: clear, 0, end
+  return gif;
+}
+
+// A flat `width` x `height` GIF as giflib writes it.
+std::string FlatGif(int width, int height) {
+  std::string out;
+  int error = 0;
+  GifFileType* gif = EGifOpen(
+      &out,
+      [](GifFileType* g, const GifByteType* data, int n) {
+        static_cast<std::string*>(g->UserData)
+            ->append(reinterpret_cast<const char*>(data), n);
+        return n;
+      },
+      &error);
+  EXPECT_NE(gif, nullptr) << error;
+  if (gif == nullptr) return out;
+  GifColorType colors[2] = {{0, 0, 0}, {10, 200, 30}};
+  ColorMapObject* map = GifMakeMapObject(2, colors);
+  EXPECT_EQ(EGifPutScreenDesc(gif, width, height, 1, 0, map), GIF_OK);
+  EXPECT_EQ(EGifPutImageDesc(gif, 0, 0, width, height, false, nullptr), GIF_OK);
+  std::vector<GifPixelType> row(width, 1);
+  for (int y = 0; y < height; ++y) EGifPutLine(gif, row.data(), width);
+  EXPECT_EQ(EGifCloseFile(gif, &error), GIF_OK) << error;
+  GifFreeMapObject(map);
+  return out;
+}
+
+// A GIF's canvas costs no bytes beyond its size fields, and LZW describes at most about
+// 2,560 pixels a byte: a canvas of more than 4,096 pixels per byte of the file is
+// refused before it is allocated. Pillow decodes it, filled with the background.
+TEST(DecodeImageTest, GifCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
+  const std::string hollow = CanvasGif(6000, 6000);
+  ASSERT_EQ(hollow.size(), 35u);
+  const absl::StatusOr<RgbImage> image = DecodeImage(hollow);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(),
+              HasSubstr("GIF: declared size 6000x6000 is more than 4096 pixels for each "
+                        "byte of a 35-byte file"));
+  // A canvas larger than its frame is fine within the bound (35 x 4096 = 143,360).
+  const absl::StatusOr<RgbImage> small = DecodeImage(CanvasGif(378, 378));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->width, 378);
+  EXPECT_EQ(DecodeImage(CanvasGif(379, 379)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The flattest GIF an encoder writes still decodes.
+  const std::string flat = FlatGif(3000, 3000);
+  const absl::StatusOr<RgbImage> decoded = DecodeImage(flat);
+  ASSERT_TRUE(decoded.ok()) << decoded.status() << " (" << flat.size() << " bytes)";
+  EXPECT_EQ(decoded->width, 3000);
+  EXPECT_EQ(decoded->pixels[1], 200);
 }
 
 // A flat RGB image as a JPEG, configured by `configure` after libjpeg's defaults.
