@@ -38,6 +38,18 @@ absl::Status FormatError(absl::string_view format, absl::string_view what);
 absl::Status CheckDeclaredSize(absl::string_view format, int64_t width, int64_t height,
                                const DecodeOptions& options);
 
+// Some headers can declare an image far larger than the file's data describes: a GIF's
+// logical screen or an animated WebP's canvas costs no bytes beyond its size fields,
+// and lossless WebP codes a flat image in almost none. Every such file would cost a
+// large image's decoding for a few bytes. So past kPixelsFreeOfBytes pixels, a file of
+// these formats needs a byte for each kMaxPixelsPerByte pixels (LZW, GIF's coding,
+// describes at most about 2,560 pixels a byte). OK, or INVALID_ARGUMENT naming the
+// sizes; decoders call it with CheckDeclaredSize(), before allocating.
+inline constexpr int64_t kMaxPixelsPerByte = 4096;
+inline constexpr int64_t kPixelsFreeOfBytes = 4'000'000;
+absl::Status CheckPixelsPerByte(absl::string_view format, int64_t width, int64_t height,
+                                size_t file_bytes);
+
 // A width x height image with zeroed pixels; the size must have passed
 // CheckDeclaredSize().
 RgbImage NewRgbImage(int width, int height);

@@ -107,6 +107,21 @@ absl::Status CheckDeclaredSize(absl::string_view format, int64_t width, int64_t 
   return absl::OkStatus();
 }
 
+absl::Status CheckPixelsPerByte(absl::string_view format, int64_t width, int64_t height,
+                                size_t file_bytes) {
+  const int64_t pixels = width * height;  // both checked by CheckDeclaredSize()
+  if (pixels <= kPixelsFreeOfBytes ||
+      pixels <= kMaxPixelsPerByte * static_cast<int64_t>(file_bytes)) {
+    return absl::OkStatus();
+  }
+  const int64_t needed = (pixels + kMaxPixelsPerByte - 1) / kMaxPixelsPerByte;
+  return FormatError(
+      format,
+      absl::StrCat("declared size ", width, "x", height, " needs a file of at least ",
+                   needed, " bytes (one per ", kMaxPixelsPerByte, " pixels over ",
+                   kPixelsFreeOfBytes, " pixels), not ", file_bytes));
+}
+
 RgbImage NewRgbImage(int width, int height) {
   RgbImage image;
   image.width = width;

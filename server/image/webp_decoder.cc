@@ -104,6 +104,10 @@ absl::StatusOr<RgbImage> DecodeWebp(absl::string_view encoded,
   const absl::Status size_ok =
       CheckDeclaredSize(kFormat, features.width, features.height, options);
   if (!size_ok.ok()) return size_ok;
+  // A flat 6000x6000 lossless WebP is 1,434 bytes and took 107 ms and 125 MB to decode.
+  const absl::Status bytes_ok =
+      CheckPixelsPerByte(kFormat, features.width, features.height, encoded.size());
+  if (!bytes_ok.ok()) return bytes_ok;
   if (options.honor_exif_orientation) {
     *exif_orientation = ExifOrientation(FindExifChunk(encoded));
   }

@@ -7,6 +7,7 @@
 #include <jpeglib.h>
 // clang-format on
 #include <gif_lib.h>
+#include <webp/encode.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -395,21 +396,22 @@ std::string FlatGif(int width, int height) {
 }
 
 // A GIF's canvas costs no bytes beyond its size fields, and LZW describes at most about
-// 2,560 pixels a byte: a canvas of more than 4,096 pixels per byte of the file is
-// refused before it is allocated. Pillow decodes it, filled with the background.
+// 2,560 pixels a byte: past 4 megapixels, a canvas needs a byte of file per 4,096
+// pixels, checked before it is allocated. Pillow decodes it, filled with the background.
 TEST(DecodeImageTest, GifCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
   const std::string hollow = CanvasGif(6000, 6000);
   ASSERT_EQ(hollow.size(), 35u);
   const absl::StatusOr<RgbImage> image = DecodeImage(hollow);
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(image.status().message(),
-              HasSubstr("GIF: declared size 6000x6000 is more than 4096 pixels for each "
-                        "byte of a 35-byte file"));
-  // A canvas larger than its frame is fine within the bound (35 x 4096 = 143,360).
-  const absl::StatusOr<RgbImage> small = DecodeImage(CanvasGif(378, 378));
+  EXPECT_THAT(
+      image.status().message(),
+      HasSubstr("GIF: declared size 6000x6000 needs a file of at least 8790 bytes "
+                "(one per 4096 pixels over 4000000 pixels), not 35"));
+  // Up to 4 megapixels any canvas passes, however few bytes describe it.
+  const absl::StatusOr<RgbImage> small = DecodeImage(CanvasGif(2000, 2000));
   ASSERT_TRUE(small.ok()) << small.status();
-  EXPECT_EQ(small->width, 378);
-  EXPECT_EQ(DecodeImage(CanvasGif(379, 379)).status().code(),
+  EXPECT_EQ(small->width, 2000);
+  EXPECT_EQ(DecodeImage(CanvasGif(2001, 2000)).status().code(),
             absl::StatusCode::kInvalidArgument);
   // The flattest GIF an encoder writes still decodes.
   const std::string flat = FlatGif(3000, 3000);
@@ -417,6 +419,41 @@ TEST(DecodeImageTest, GifCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
   ASSERT_TRUE(decoded.ok()) << decoded.status() << " (" << flat.size() << " bytes)";
   EXPECT_EQ(decoded->width, 3000);
   EXPECT_EQ(decoded->pixels[1], 200);
+}
+
+// `width` x `height` RGB pixels as WebP: flat (10, 200, 30) and lossless, or seeded
+// noise and lossy (quick to encode, and far from flat).
+std::string EncodeWebp(int width, int height, bool noise) {
+  std::vector<uint8_t> rgb(size_t{3} * width * height);
+  std::mt19937 rng(11);
+  for (size_t i = 0; i < rgb.size(); ++i) {
+    rgb[i] = noise ? static_cast<uint8_t>(rng()) : (i % 3 == 1 ? 200 : 10 + 20 * (i % 3));
+  }
+  uint8_t* out = nullptr;
+  const size_t size =
+      noise ? WebPEncodeRGB(rgb.data(), width, height, width * 3, 75, &out)
+            : WebPEncodeLosslessRGB(rgb.data(), width, height, width * 3, &out);
+  std::string webp(reinterpret_cast<const char*>(out), size);
+  WebPFree(out);
+  return webp;
+}
+
+// Lossless WebP codes a flat image in almost no bytes (6000x6000 in 1,434): past 4
+// megapixels, it needs a byte per 4,096 pixels too.
+TEST(DecodeImageTest, WebpDeclaringMorePixelsThanItsBytesJustifyIsRefused) {
+  const std::string flat = EncodeWebp(2048, 2048, false);
+  ASSERT_LT(flat.size(), 2048u * 2048 / 4096);
+  const absl::StatusOr<RgbImage> image = DecodeImage(flat);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(
+      image.status().message(),
+      HasSubstr("WebP: declared size 2048x2048 needs a file of at least 1024 bytes"));
+  const absl::StatusOr<RgbImage> small = DecodeImage(EncodeWebp(2000, 2000, false));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->pixels[1], 200);
+  const absl::StatusOr<RgbImage> busy = DecodeImage(EncodeWebp(2048, 2048, true));
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  EXPECT_EQ(busy->width, 2048);
 }
 
 // A flat RGB image as a JPEG, configured by `configure` after libjpeg's defaults.
