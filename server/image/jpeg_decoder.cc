@@ -111,29 +111,31 @@ bool ReadHeader(JpegContext* context, const uint8_t* data, size_t size, bool sav
   return true;
 }
 
-// Every scan that carries DC coefficients codes each of its blocks in at least one bit
-// with Huffman coding (the DC difference's code), and a valid first scan carries them.
-// So a header whose first scan covers more blocks than the bytes after it have bits is
-// refused before the image is allocated. Otherwise a few hundred bytes ending in an
-// end-of-image marker make libjpeg (and Pillow) decode the whole declared image,
-// padding it with gray: a 634-byte file declaring 6000x6000 took 120 ms and 108 MB.
-// The bound is the same for arithmetic coding, which can code a flat image in even
-// fewer bits: such a file is refused too, where Pillow decodes it.
+// With Huffman coding, every block of every component costs at least one bit in the
+// scan that carries its DC coefficient (the DC difference's code), and every component
+// of a valid file has one. So a header that declares more blocks than the bytes after
+// the first scan header have bits is refused before the image is allocated. Otherwise
+// a few hundred bytes ending in an end-of-image marker make libjpeg (and Pillow)
+// decode the whole declared image, padding it with gray: a 634-byte file declaring
+// 6000x6000 took 120 ms and 108 MB. The first scan alone is not enough: a file whose
+// first scan holds only a subsampled component would pass with a sixth of the bytes
+// (far less with extreme sampling factors). Arithmetic coding can spend less than a
+// bit on a block of a flat area, so an arithmetic-coded image of mostly one color is
+// refused too, where Pillow decodes it.
 absl::Status CheckCodedSize(const jpeg_decompress_struct& cinfo) {
   double blocks = 0;
-  for (int i = 0; i < cinfo.comps_in_scan; ++i) {
-    const jpeg_component_info* component = cinfo.cur_comp_info[i];
-    blocks +=
-        static_cast<double>(component->width_in_blocks) * component->height_in_blocks;
+  for (int i = 0; i < cinfo.num_components; ++i) {
+    const jpeg_component_info& component = cinfo.comp_info[i];
+    blocks += static_cast<double>(component.width_in_blocks) * component.height_in_blocks;
   }
   const size_t coded_bytes = cinfo.src->bytes_in_buffer;
   if (8.0 * static_cast<double>(coded_bytes) < blocks) {
     return FormatError(
         kFormat,
         absl::StrCat("declared size ", cinfo.image_width, "x", cinfo.image_height,
-                     " needs at least one bit for each of the first scan's ",
+                     " needs at least one bit for each of its ",
                      static_cast<int64_t>(blocks), " blocks, more than the ", coded_bytes,
-                     " bytes after its header hold"));
+                     " bytes after its first scan header hold"));
   }
   return absl::OkStatus();
 }
