@@ -40,11 +40,11 @@ absl::Status CheckDeclaredSize(absl::string_view format, int64_t width, int64_t 
 
 // Some headers can declare an image far larger than the file's data describes: a GIF's
 // logical screen or an animated WebP's canvas costs no bytes beyond its size fields,
-// and lossless WebP codes a flat image in almost none. Every such file would cost a
-// large image's decoding for a few bytes. So past kPixelsFreeOfBytes pixels, a file of
-// these formats needs a byte for each kMaxPixelsPerByte pixels (LZW, GIF's coding,
-// describes at most about 2,560 pixels a byte). OK, or INVALID_ARGUMENT naming the
-// sizes; decoders call it with CheckDeclaredSize(), before allocating.
+// so a few bytes could cost a large image's decoding. Past kPixelsFreeOfBytes pixels,
+// such a file needs a byte for each kMaxPixelsPerByte pixels (LZW, GIF's coding,
+// describes at most about 2,730 pixels a byte, so a frame that covers its canvas
+// always passes). OK, or INVALID_ARGUMENT naming the sizes; decoders call it with
+// CheckDeclaredSize(), before allocating.
 inline constexpr int64_t kMaxPixelsPerByte = 4096;
 inline constexpr int64_t kPixelsFreeOfBytes = 4'000'000;
 absl::Status CheckPixelsPerByte(absl::string_view format, int64_t width, int64_t height,

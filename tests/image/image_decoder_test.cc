@@ -396,7 +396,7 @@ std::string FlatGif(int width, int height) {
 }
 
 // A GIF's canvas costs no bytes beyond its size fields, and LZW describes at most about
-// 2,560 pixels a byte: past 4 megapixels, a canvas needs a byte of file per 4,096
+// 2,730 pixels a byte: past 4 megapixels, a canvas needs a byte of file per 4,096
 // pixels, checked before it is allocated. Pillow decodes it, filled with the background.
 TEST(DecodeImageTest, GifCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
   const std::string hollow = CanvasGif(6000, 6000);
@@ -421,39 +421,62 @@ TEST(DecodeImageTest, GifCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
   EXPECT_EQ(decoded->pixels[1], 200);
 }
 
-// `width` x `height` RGB pixels as WebP: flat (10, 200, 30) and lossless, or seeded
-// noise and lossy (quick to encode, and far from flat).
-std::string EncodeWebp(int width, int height, bool noise) {
+// A flat `width` x `height` RGB image (10, 200, 30) as lossless WebP.
+std::string FlatLosslessWebp(int width, int height) {
   std::vector<uint8_t> rgb(size_t{3} * width * height);
-  std::mt19937 rng(11);
-  for (size_t i = 0; i < rgb.size(); ++i) {
-    rgb[i] = noise ? static_cast<uint8_t>(rng()) : (i % 3 == 1 ? 200 : 10 + 20 * (i % 3));
+  for (size_t i = 0; i < rgb.size(); i += 3) {
+    rgb[i] = 10;
+    rgb[i + 1] = 200;
+    rgb[i + 2] = 30;
   }
   uint8_t* out = nullptr;
-  const size_t size =
-      noise ? WebPEncodeRGB(rgb.data(), width, height, width * 3, 75, &out)
-            : WebPEncodeLosslessRGB(rgb.data(), width, height, width * 3, &out);
+  const size_t size = WebPEncodeLosslessRGB(rgb.data(), width, height, width * 3, &out);
   std::string webp(reinterpret_cast<const char*>(out), size);
   WebPFree(out);
   return webp;
 }
 
-// Lossless WebP codes a flat image in almost no bytes (6000x6000 in 1,434): past 4
-// megapixels, it needs a byte per 4,096 pixels too.
-TEST(DecodeImageTest, WebpDeclaringMorePixelsThanItsBytesJustifyIsRefused) {
-  const std::string flat = EncodeWebp(2048, 2048, false);
-  ASSERT_LT(flat.size(), 2048u * 2048 / 4096);
-  const absl::StatusOr<RgbImage> image = DecodeImage(flat);
+// An animated WebP with a `width` x `height` canvas and one 1x1 frame at its corner
+// (RIFF, VP8X with the animation flag, ANIM, one ANMF holding a lossless frame).
+std::string AnimatedWebp(int width, int height) {
+  const auto le = [](uint32_t v, int bytes) {
+    std::string out;
+    for (int i = 0; i < bytes; ++i) out += static_cast<char>((v >> (8 * i)) & 0xFF);
+    return out;
+  };
+  const std::string frame = FlatLosslessWebp(1, 1).substr(12);  // its VP8L chunk
+  const std::string vp8x = "VP8X" + le(10, 4) + std::string("\x02\0\0\0", 4) +
+                           le(width - 1, 3) + le(height - 1, 3);
+  const std::string anim = "ANIM" + le(6, 4) + std::string(6, '\0');
+  const std::string anmf_payload = le(0, 3) + le(0, 3) + le(0, 3) + le(0, 3) +
+                                   le(100, 3) + std::string(1, '\0') + frame;
+  const std::string anmf = "ANMF" + le(anmf_payload.size(), 4) + anmf_payload;
+  const std::string body = "WEBP" + vp8x + anim + anmf;
+  return "RIFF" + le(body.size(), 4) + body;
+}
+
+// An animated WebP's canvas costs no bytes beyond its size fields either: past 4
+// megapixels it needs a byte per 4,096 pixels. A still image is not bounded so:
+// lossless coding has no least cost per pixel, and real screenshots come close.
+TEST(DecodeImageTest, WebpAnimationCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
+  const std::string hollow = AnimatedWebp(6000, 6000);
+  ASSERT_LT(hollow.size(), 100u);
+  const absl::StatusOr<RgbImage> image = DecodeImage(hollow);
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(
       image.status().message(),
-      HasSubstr("WebP: declared size 2048x2048 needs a file of at least 1024 bytes"));
-  const absl::StatusOr<RgbImage> small = DecodeImage(EncodeWebp(2000, 2000, false));
+      HasSubstr("WebP: declared size 6000x6000 needs a file of at least 8790 bytes"));
+  const absl::StatusOr<RgbImage> small = DecodeImage(AnimatedWebp(2000, 2000));
   ASSERT_TRUE(small.ok()) << small.status();
-  EXPECT_EQ(small->pixels[1], 200);
-  const absl::StatusOr<RgbImage> busy = DecodeImage(EncodeWebp(2048, 2048, true));
-  ASSERT_TRUE(busy.ok()) << busy.status();
-  EXPECT_EQ(busy->width, 2048);
+  EXPECT_EQ(small->width, 2000);
+  EXPECT_EQ(DecodeImage(AnimatedWebp(2001, 2000)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A flat still image far past the ratio decodes.
+  const std::string flat = FlatLosslessWebp(2048, 2048);
+  ASSERT_LT(flat.size(), 2048u * 2048 / 4096);
+  const absl::StatusOr<RgbImage> decoded = DecodeImage(flat);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->pixels[1], 200);
 }
 
 // A flat RGB image as a JPEG, configured by `configure` after libjpeg's defaults.
@@ -468,23 +491,45 @@ std::string FlatJpeg(int width, int height,
   });
 }
 
-// Huffman coding spends at least one bit on each block of a first scan: a header that
-// declares more blocks than the bytes after it have bits is refused before the image
-// is allocated. libjpeg and Pillow would decode it, padding the missing blocks.
+// Patches a JPEG's baseline frame header (SOF0: FF C0, length, precision, height,
+// width) to declare `side` x `side` pixels.
+void DeclareSide(std::string* jpeg, uint16_t side) {
+  const size_t sof = jpeg->find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  const char bytes[4] = {static_cast<char>(side >> 8), static_cast<char>(side & 0xFF),
+                         static_cast<char>(side >> 8), static_cast<char>(side & 0xFF)};
+  jpeg->replace(sof + 5, 4, bytes, 4);
+}
+
+// Huffman coding spends at least one bit on each block of each component: a header
+// that declares more blocks than the bytes after the first scan header have bits is
+// refused before the image is allocated. libjpeg and Pillow would decode it, padding
+// the missing blocks with gray.
 TEST(DecodeImageTest, JpegDeclaringMoreBlocksThanItsDataCanCodeIsRefused) {
-  // 16x16 coded, its frame header (SOF0: FF C0, length, precision, height, width)
-  // patched to declare 4000x4000: 4:2:0 makes 250,000 luma and 2 x 62,500 chroma
+  // 16x16 coded, declaring 4000x4000: 4:2:0 makes 250,000 luma and 2 x 62,500 chroma
   // blocks, of which the scan codes 6.
   std::string hollow = FlatJpeg(16, 16, [](jpeg_compress_struct*) {});
-  const size_t sof = hollow.find("\xFF\xC0");
-  ASSERT_NE(sof, std::string::npos);
-  hollow.replace(sof + 5, 4, std::string("\x0F\xA0\x0F\xA0", 4));
+  DeclareSide(&hollow, 4000);
   ASSERT_LT(hollow.size(), 1000u);
   const absl::StatusOr<RgbImage> image = DecodeImage(hollow);
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(image.status().message(),
               HasSubstr("JPEG: declared size 4000x4000 needs at least one bit for each "
-                        "of the first scan's 375000 blocks, more than the"));
+                        "of its 375000 blocks, more than the"));
+
+  // Every component counts, not only the first scan's: here the first scan holds only
+  // Cb (62,500 blocks, 7,813 bytes), and 10,000 bytes of padding follow the image.
+  static const jpeg_scan_info kCbFirst[] = {
+      {1, {1}, 0, 63, 0, 0}, {1, {2}, 0, 63, 0, 0}, {1, {0}, 0, 63, 0, 0}};
+  std::string cb_first = FlatJpeg(16, 16, [](jpeg_compress_struct* c) {
+    c->scan_info = kCbFirst;
+    c->num_scans = 3;
+  });
+  DeclareSide(&cb_first, 4000);
+  cb_first += std::string(10000, '\0');
+  const absl::StatusOr<RgbImage> padded = DecodeImage(cb_first);
+  EXPECT_EQ(padded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(padded.status().message(), HasSubstr("each of its 375000 blocks"));
 
   // The most compressible valid files still decode: a flat image with optimized
   // Huffman tables (two bits a block) and progressive (one bit a block in its first,
