@@ -660,13 +660,14 @@ void EmbeddingEngine::RunBatch(
       return;
     }
   }
-  BatchFinished(id);
+  // Before the batch counts as finished, so the watchdog sees a probe that hangs.
   for (const FailedRange& range : failed) {
     if (range.status.code() != absl::StatusCode::kResourceExhausted) {
       CheckDevice(range.status);
       break;
     }
   }
+  BatchFinished(id);
   // Before the items are answered, so a client that reads the metrics after its
   // answer finds its batch counted.
   ReportBatch(modality, batch, start);
@@ -780,7 +781,11 @@ void EmbeddingEngine::CheckDevice(const absl::Status& batch_error) {
   const absl::Status probe = options_.device_probe_for_test
                                  ? options_.device_probe_for_test()
                                  : ProbeDevice(device);
-  if (probe.ok() || device_broken_.exchange(true)) return;
+  // A probe short of memory says nothing about the context.
+  if (probe.ok() || probe.code() == absl::StatusCode::kResourceExhausted ||
+      device_broken_.exchange(true)) {
+    return;
+  }
   LOG(ERROR) << "after a batch failed (" << batch_error.message() << "), " << device.str()
              << " failed a probe: " << probe.message()
              << "; reporting NOT_SERVING so the process gets restarted";

@@ -2,6 +2,7 @@
 
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
+#include <c10/util/Exception.h>
 #include <torch/cuda.h>
 
 #include <exception>
@@ -121,6 +122,9 @@ absl::Status ProbeDevice(const torch::Device& device) {
       return absl::InternalError(
           absl::StrCat(device.str(), " computed 1 + 1 = ", two, " in a probe"));
     }
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(device.str(), " has no memory for a probe: ", FirstLine(e.what())));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat(
         device.str(), " fails a one-element computation: ", FirstLine(e.what())));

@@ -437,14 +437,13 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
 // it); a passing one means the batch failed for its own reason.
 TEST(EmbeddingEngineFailureTest, ADeviceFailingItsProbeAfterAFailedBatchIsUnhealthy) {
   std::atomic<int> probes{0};
-  std::atomic<bool> device_works{true};
+  std::atomic<absl::StatusCode> device{absl::StatusCode::kOk};
   EmbeddingEngineOptions options;
   options.max_queue_delay = absl::Hours(1);  // a request's texts form one batch
   options.simulate_out_of_memory_above_for_test = 1;
   options.device_probe_for_test = [&]() -> absl::Status {
     ++probes;
-    if (device_works) return absl::OkStatus();
-    return absl::InternalError("CUDA error: an illegal memory access was encountered");
+    return absl::Status(device, "CUDA error: an illegal memory access was encountered");
   };
   auto engine = EngineWithATokenPastTheModel(options);
   ASSERT_NE(engine, nullptr);
@@ -459,12 +458,17 @@ TEST(EmbeddingEngineFailureTest, ADeviceFailingItsProbeAfterAFailedBatchIsUnheal
   EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
   EXPECT_EQ(probes, 1);
   EXPECT_TRUE(engine->healthy());
-  device_works = false;
+  // A probe short of memory says nothing about the context.
+  device = absl::StatusCode::kResourceExhausted;
   EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
   EXPECT_EQ(probes, 2);
+  EXPECT_TRUE(engine->healthy());
+  device = absl::StatusCode::kInternal;
+  EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(probes, 3);
   EXPECT_FALSE(engine->healthy());
   // For good: the context does not come back, whatever a later batch does.
-  device_works = true;
+  device = absl::StatusCode::kOk;
   EXPECT_TRUE(run({"a"}).ok());
   EXPECT_FALSE(engine->healthy());
 }
