@@ -71,11 +71,11 @@ absl::Status ReleaseCachedDeviceMemory(const torch::Device& device);
 
 // Runs a one-element computation on `device` and waits for it: INTERNAL, with CUDA's
 // message, when the device cannot compute; RESOURCE_EXHAUSTED when it has no memory
-// left even for that. After a kernel fault (an illegal address,
-// a device-side assert) CUDA fails every later call in the process, so a batch that
-// failed for such a reason fails this too, where one that failed for its own reason
-// (bad input, a bug in one op) does not. OK at once for the CPU, which has no such
-// state. Never throws. Thread-safe; blocks until the device has run it.
+// left even for that. After a kernel fault (an illegal address, a device-side assert)
+// CUDA fails every later call in the process, so a batch that failed for such a
+// reason fails this too, where one that failed for its own reason (bad input, a bug
+// in one op) does not. OK at once for the CPU, which has no such state. Never throws.
+// Thread-safe; blocks until the device has run it.
 absl::Status ProbeDevice(const torch::Device& device);
 
 }  // namespace clipserve
