@@ -395,9 +395,6 @@ std::string FlatGif(int width, int height) {
   return out;
 }
 
-// A GIF's canvas costs no bytes beyond its size fields, and LZW describes at most about
-// 2,730 pixels a byte: past 4 megapixels, a canvas needs a byte of file per 4,096
-// pixels, checked before it is allocated. Pillow decodes it, filled with the background.
 // Expects `make(width, height)` (a file with that canvas and a tiny frame) refused at
 // 6000x6000 for its few bytes, with `message`, decoded at 2000x2000 (4 megapixels pass
 // whatever the bytes) and refused at 2001x2000.
@@ -413,6 +410,9 @@ void ExpectCanvasBound(const std::function<std::string(int, int)>& make,
             absl::StatusCode::kInvalidArgument);
 }
 
+// A GIF's canvas costs no bytes beyond its size fields, and LZW describes at most about
+// 2,730 pixels a byte: past 4 megapixels, a canvas needs a byte of file per 4,096
+// pixels, checked before it is allocated. Pillow decodes it, filled with the background.
 TEST(DecodeImageTest, GifCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
   ASSERT_EQ(CanvasGif(6000, 6000).size(), 35u);
   ExpectCanvasBound(CanvasGif,
