@@ -6,6 +6,11 @@
 //     Shutdown() drains; items/s covers the whole round trip.
 //   BM_ScheduleRefused: the fail-fast path of a full queue (RESOURCE_EXHAUSTED with a
 //     RetryInfo payload), which overload makes hot.
+//   BM_TimedWait/<wait us>/<0: RealClock, 1: absl::CondVar>: how late a timed wait
+//     returns after its deadline (overshoot_us). RealClock waits on the monotonic
+//     clock through its helper thread; absl::CondVar's own wait (on CLOCK_REALTIME,
+//     which a wall-clock step moves) is what it replaced. This is what a lone item
+//     pays on top of --batch_delay_ms.
 
 #include <atomic>
 #include <memory>
@@ -13,10 +18,13 @@
 #include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "benchmark/benchmark.h"
 #include "server/batching/dynamic_batcher.h"
+#include "server/common/clock.h"
 
 namespace clipserve {
 namespace {
@@ -110,6 +118,38 @@ void BM_ScheduleRefused(benchmark::State& state) {
   (*batcher)->Shutdown();
 }
 BENCHMARK(BM_ScheduleRefused);
+
+void BM_TimedWait(benchmark::State& state) {
+  const absl::Duration wait = absl::Microseconds(state.range(0));
+  const bool absl_wait = state.range(1) == 1;
+  RealClock* clock = RealClock::Get();
+  absl::Mutex mu;
+  absl::CondVar cv;
+  absl::Duration overshoot;
+  absl::MutexLock lock(&mu);
+  for (auto _ : state) {
+    if (absl_wait) {
+      const absl::Time deadline = absl::Now() + wait;
+      while (!cv.WaitWithDeadline(&mu, deadline)) {
+      }
+      overshoot += absl::Now() - deadline;
+    } else {
+      const absl::Time deadline = clock->Now() + wait;
+      while (!clock->WaitWithDeadline(&mu, &cv, deadline)) {
+      }
+      overshoot += clock->Now() - deadline;
+    }
+  }
+  state.counters["overshoot_us"] =
+      absl::ToDoubleMicroseconds(overshoot) / static_cast<double>(state.iterations());
+}
+BENCHMARK(BM_TimedWait)
+    ->ArgNames({"wait_us", "absl"})
+    ->Args({100, 0})
+    ->Args({100, 1})
+    ->Args({1000, 0})
+    ->Args({1000, 1})
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace clipserve

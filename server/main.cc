@@ -38,10 +38,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/notification.h"
-#include "absl/time/clock.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
+#include "server/common/clock.h"
 #include "server/common/status_macros.h"
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
@@ -257,9 +257,15 @@ class TerminationSignals {
 
   void Serving() { serving_.store(true); }
 
-  // The signal that asked for a drain, or 0 when none came within `timeout`.
+  // The signal that asked for a drain, or 0 when none came within `timeout` (on the
+  // monotonic clock: a step of the wall clock does not stall the caller's loop).
   int WaitForDrain(absl::Duration timeout) {
-    return drain_.WaitForNotificationWithTimeout(timeout) ? signal_.load() : 0;
+    RealClock* clock = RealClock::Get();
+    const absl::Time deadline = clock->Now() + timeout;
+    absl::MutexLock lock(&mu_);
+    while (signal_ == 0 && !clock->WaitWithDeadline(&mu_, &drain_, deadline)) {
+    }
+    return signal_;
   }
 
  private:
@@ -273,26 +279,30 @@ class TerminationSignals {
         LOG(WARNING) << "received " << name << " during start-up: exiting";
         _exit(128 + signal);
       }
-      if (drain_.HasBeenNotified()) {
-        LOG(WARNING) << "received " << name << " again while draining: exiting now";
-        _exit(128 + signal);
+      {
+        absl::MutexLock lock(&mu_);
+        if (signal_ != 0) {
+          LOG(WARNING) << "received " << name << " again while draining: exiting now";
+          _exit(128 + signal);
+        }
+        signal_ = signal;
       }
-      signal_.store(signal);
-      drain_.Notify();
+      drain_.SignalAll();
     }
   }
 
   const sigset_t set_;
   std::atomic<bool> serving_{false};
   std::atomic<bool> done_{false};
-  std::atomic<int> signal_{0};
-  absl::Notification drain_;
-  std::thread thread_;  // last: it starts reading the members above
+  absl::Mutex mu_;
+  int signal_ ABSL_GUARDED_BY(mu_) = 0;  // the first SIGTERM or SIGINT while serving
+  absl::CondVar drain_;                  // signalled when signal_ is set
+  std::thread thread_;                   // last: it starts reading the members above
 };
 
 absl::Status Run() {
   TerminationSignals signals(BlockTerminationSignals());
-  const absl::Time start = absl::Now();
+  const absl::Time start = RealClock::Get()->Now();
 
   // Flags that need no model are checked first: a mistake there fails in a moment,
   // not after the model load.
@@ -505,7 +515,7 @@ absl::Status Run() {
             << (engine_options.resize_on_device ? "true" : "false")
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
             << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb) << security
-            << " startup=" << absl::Now() - start;
+            << " startup=" << RealClock::Get()->Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
   bool serving = true;
@@ -519,14 +529,15 @@ absl::Status Run() {
     }
   }
   const absl::Duration grace = absl::Seconds(grace_s);
-  const absl::Time drain_start = absl::Now();
+  const absl::Time drain_start = RealClock::Get()->Now();
   LOG(INFO) << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
             << ", draining for up to " << grace;
   server->Shutdown(grace);
   engine->Shutdown();
   // Before the server and engine its readiness check reads are destroyed.
   if (metrics_http != nullptr) metrics_http->Stop();
-  LOG(INFO) << "clip_server stopped after draining for " << absl::Now() - drain_start;
+  LOG(INFO) << "clip_server stopped after draining for "
+            << RealClock::Get()->Now() - drain_start;
   return absl::OkStatus();
 }
 

@@ -81,7 +81,7 @@ absl::Status ValidateDynamicBatcherOptions(const DynamicBatcherOptions& options)
 
 // How a DynamicBatcher reads an item's deadline and cancellation. The default calls
 // the item's own methods, so an Item type either has
-//   absl::Time deadline() const;  // absl::InfiniteFuture() when there is none
+//   absl::Time deadline() const;  // on the batcher's clock; InfiniteFuture() if none
 //   bool cancelled() const;       // true once the caller no longer wants the result
 // or the owner specializes BatchItemTraits<Item> (for example for a
 // std::unique_ptr<Request>). Both are called by worker threads with the batcher's lock

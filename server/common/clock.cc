@@ -1,18 +1,154 @@
 #include "server/common/clock.h"
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+
 namespace clipserve {
+namespace {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+// A finite wait longer than this is cut short (a spurious wake-up, which callers of
+// WaitWithDeadline handle) so that no deadline overflows the steady clock's range.
+constexpr absl::Duration kLongestWait = absl::Hours(1);
+
+// Signals the CondVar of each thread in RealClock::WaitWithDeadline() once the steady
+// clock reaches its deadline. Its own waits are std::condition_variable waits on the
+// steady clock, which glibc serves with CLOCK_MONOTONIC (pthread_cond_clockwait).
+// One per process, never destroyed; its thread runs for the life of the process.
+class DeadlineTimer {
+ public:
+  // One thread inside RealClock::WaitWithDeadline(); lives on that thread's stack.
+  struct Waiter {
+    absl::Mutex* mu;
+    absl::CondVar* cv;
+    SteadyTime deadline;
+    bool signalled = false;  // the fields below are guarded by the timer's mutex
+    int pins = 0;            // > 0 while the timer thread is signalling this waiter
+  };
+
+  static DeadlineTimer& Get() {
+    static DeadlineTimer* const timer = new DeadlineTimer();
+    return *timer;
+  }
+
+  // Called with waiter->mu held, before waiter->cv->Wait(waiter->mu): the timer thread
+  // locks waiter->mu before it signals, so the signal cannot come before the wait.
+  void Add(Waiter* waiter) {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      waiters_.push_back(waiter);
+      wake = waiter->deadline < sleeping_until_;
+    }
+    if (wake) changed_.notify_one();
+  }
+
+  // Called with waiter->mu released (the timer thread may be waiting for it); returns
+  // once the timer thread no longer touches `waiter`.
+  void Remove(Waiter* waiter) {
+    std::unique_lock<std::mutex> lock(mu_);
+    waiters_.erase(std::find(waiters_.begin(), waiters_.end(), waiter));
+    unpinned_.wait(lock, [waiter] { return waiter->pins == 0; });
+  }
+
+ private:
+  DeadlineTimer() {
+    std::thread([this] { Run(); }).detach();
+  }
+
+  void Run() {
+    std::vector<Waiter*> due;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      const SteadyTime now = std::chrono::steady_clock::now();
+      SteadyTime next = SteadyTime::max();
+      due.clear();
+      for (Waiter* waiter : waiters_) {
+        if (waiter->signalled) continue;
+        if (waiter->deadline <= now) {
+          waiter->signalled = true;
+          ++waiter->pins;
+          due.push_back(waiter);
+        } else {
+          next = std::min(next, waiter->deadline);
+        }
+      }
+      if (!due.empty()) {
+        lock.unlock();
+        for (Waiter* waiter : due) {
+          absl::MutexLock waiter_lock(waiter->mu);
+          waiter->cv->SignalAll();
+        }
+        lock.lock();
+        for (Waiter* waiter : due) --waiter->pins;
+        unpinned_.notify_all();
+        continue;  // waiters added meanwhile are in waiters_; look again
+      }
+      sleeping_until_ = next;
+      if (next == SteadyTime::max()) {
+        changed_.wait(lock);
+      } else {
+        changed_.wait_until(lock, next);
+      }
+      sleeping_until_ = SteadyTime::min();  // awake: Add() need not wake this thread
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable changed_;   // the timer thread sleeps on it
+  std::condition_variable unpinned_;  // notified when pins drop
+  std::vector<Waiter*> waiters_;      // few: one per batcher worker waiting
+  // The deadline the timer thread sleeps until; min() while it is awake.
+  SteadyTime sleeping_until_ = SteadyTime::min();
+};
+
+}  // namespace
+
+RealClock::RealClock()
+    : wall_start_(absl::Now()), steady_start_(std::chrono::steady_clock::now()) {}
 
 RealClock* RealClock::Get() {
   static RealClock* const clock = new RealClock();
   return clock;
 }
 
-absl::Time RealClock::Now() { return absl::Now(); }
+absl::Time RealClock::Now() {
+  return wall_start_ + absl::FromChrono(std::chrono::steady_clock::now() - steady_start_);
+}
+
+absl::Time RealClock::FromWallTime(absl::Time wall) {
+  if (wall == absl::InfiniteFuture() || wall == absl::InfinitePast()) return wall;
+  return Now() + (wall - absl::Now());
+}
 
 bool RealClock::WaitWithDeadline(absl::Mutex* mu, absl::CondVar* cv,
                                  absl::Time deadline) {
-  cv->WaitWithDeadline(mu, deadline);
-  return absl::Now() >= deadline;
+  if (deadline == absl::InfiniteFuture()) {
+    cv->Wait(mu);
+    return false;
+  }
+  const absl::Duration left = deadline - Now();
+  if (left <= absl::ZeroDuration()) return true;
+  DeadlineTimer::Waiter waiter{
+      mu, cv,
+      std::chrono::steady_clock::now() +
+          absl::ToChronoNanoseconds(std::min(left, kLongestWait))};
+  DeadlineTimer& timer = DeadlineTimer::Get();
+  timer.Add(&waiter);
+  cv->Wait(mu);
+  // Leave with *mu released: the timer thread may be blocked on *mu to signal this
+  // waiter, and must be done with it before `waiter` goes out of scope.
+  mu->Unlock();
+  timer.Remove(&waiter);
+  mu->Lock();
+  return Now() >= deadline;
 }
 
 }  // namespace clipserve

@@ -1,6 +1,8 @@
 #ifndef CLIPSERVE_SERVER_COMMON_CLOCK_H_
 #define CLIPSERVE_SERVER_COMMON_CLOCK_H_
 
+#include <chrono>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -20,8 +22,8 @@ class Clock {
  public:
   virtual ~Clock() = default;
 
-  // The current time (for RealClock the wall time, which an NTP step may move back, so
-  // users must tolerate a time earlier than one seen before). Thread-safe; never blocks.
+  // The current time on this clock, never earlier than a time it returned before.
+  // Thread-safe; never blocks.
   virtual absl::Time Now() = 0;
 
   // Atomically releases `*mu` and waits until `*cv` is signalled, until Now() reaches
@@ -34,7 +36,17 @@ class Clock {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) = 0;
 };
 
-// The wall clock: absl::Now() and absl::CondVar::WaitWithDeadline.
+// Real time on the monotonic clock (std::chrono::steady_clock, CLOCK_MONOTONIC), as an
+// absl::Time that read the wall time (absl::Now()) when the process first used it. A
+// step of the wall clock (an NTP correction, a VM resumed, `date -s`) moves neither
+// Now() nor a wait: a queued batch is not held back for as long as the clock stepped
+// back, and a running batch does not look stuck after a step forward.
+//
+// So Now() is not the wall time: convert wall-clock deadlines (gRPC's) with
+// FromWallTime(). absl::CondVar's own timed waits cannot serve WaitWithDeadline(): the
+// Abseil this builds with waits for a CLOCK_REALTIME futex deadline. A helper thread,
+// started on the first finite wait, sleeps on the monotonic clock instead and signals
+// each waiter's CondVar at its deadline, under the waiter's mutex.
 class RealClock final : public Clock {
  public:
   // The process-wide instance; never destroyed. Thread-safe.
@@ -44,11 +56,21 @@ class RealClock final : public Clock {
   RealClock& operator=(const RealClock&) = delete;
 
   absl::Time Now() override;
+  // At a finite deadline the helper thread locks `*mu` and signals `*cv`; a wait longer
+  // than an hour may return early (callers loop anyway).
   bool WaitWithDeadline(absl::Mutex* mu, absl::CondVar* cv, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) override;
 
+  // The time on this clock at which the wall clock, as it reads now, reaches `wall`;
+  // infinite times stay infinite. Thread-safe.
+  absl::Time FromWallTime(absl::Time wall);
+
  private:
-  RealClock() = default;
+  RealClock();
+
+  // absl::Now() and the steady clock, read together when the instance was made.
+  const absl::Time wall_start_;
+  const std::chrono::steady_clock::time_point steady_start_;
 };
 
 }  // namespace clipserve

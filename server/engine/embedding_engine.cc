@@ -9,11 +9,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "glog/logging.h"
 #include "server/batching/dynamic_batcher.h"
 #include "server/batching/request_tracker.h"
 #include "server/batching/split_retry.h"
+#include "server/common/clock.h"
 #include "server/common/status_macros.h"
 #include "server/common/status_payloads.h"
 #include "server/engine/device_image_preprocessor.h"
@@ -24,6 +24,10 @@
 #include "server/tokenizer/bpe_tokenizer.h"
 
 namespace clipserve {
+
+// The engine times everything (deadlines, batch run times, the watchdog) on the
+// monotonic RealClock, which a step of the wall clock does not move.
+static absl::Time SteadyNow() { return RealClock::Get()->Now(); }
 
 // The state one EmbedImages/EmbedTexts call shares with its items.
 struct EngineRequest {
@@ -51,7 +55,7 @@ struct EngineRequest {
       return absl::AbortedError("another item failed");
     }
     if (cancelled()) return absl::CancelledError("call cancelled");
-    if (absl::Now() >= options.deadline) {
+    if (SteadyNow() >= options.deadline) {
       return absl::DeadlineExceededError(
           "deadline passed while waiting for a preprocessing thread");
     }
@@ -204,6 +208,8 @@ std::shared_ptr<EngineRequest> NewRequest(int items, int dim, const EmbedOptions
                                           std::atomic<int64_t>* pending) {
   auto request = std::make_shared<EngineRequest>();
   request->options = options;
+  // From here on every time in the engine is on the monotonic RealClock.
+  request->options.deadline = RealClock::Get()->FromWallTime(options.deadline);
   request->field = std::move(field);
   request->result.dim = dim;
   request->result.values.assign(static_cast<size_t>(items) * dim, 0.0f);
@@ -386,7 +392,11 @@ void EmbeddingEngine::Shutdown() {
   if (image_batcher_) image_batcher_->Shutdown();
   if (text_batcher_) text_batcher_->Shutdown();
   if (runner_) runner_->Shutdown();
-  stop_watchdog_.Notify();
+  {
+    absl::MutexLock lock(&running_mu_);
+    stop_watchdog_ = true;
+  }
+  watchdog_wakeup_.Signal();
   if (watchdog_.joinable()) watchdog_.join();
 }
 
@@ -419,13 +429,13 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
             AnswerUnqueued(*image_batcher_, *request, 1, skip);
             return;
           }
-          const absl::Time started = absl::Now();
+          const absl::Time started = SteadyNow();
           ImageItem item;
           item.request = request;
           item.index = i;
           const absl::Status status = PrepareImage(input, item);
           if (options_.observer != nullptr) {
-            options_.observer->OnPreprocessed(Modality::kImage, absl::Now() - started);
+            options_.observer->OnPreprocessed(Modality::kImage, SteadyNow() - started);
           }
           if (!status.ok()) {
             AnswerUnqueued(*image_batcher_, *request, 1, ItemError(*request, i, status));
@@ -514,7 +524,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           AnswerUnqueued(*text_batcher_, *request, count, skip);
           return;
         }
-        const absl::Time started = absl::Now();
+        const absl::Time started = SteadyNow();
         std::vector<TextItem> items;
         items.reserve(texts.size());
         for (int i = 0; i < count; ++i) {
@@ -522,7 +532,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           if (!encoded.ok()) {
             // Fail the request once, on behalf of every item not yet scheduled.
             if (options_.observer != nullptr) {
-              options_.observer->OnPreprocessed(Modality::kText, absl::Now() - started);
+              options_.observer->OnPreprocessed(Modality::kText, SteadyNow() - started);
             }
             AnswerUnqueued(*text_batcher_, *request, count,
                            ItemError(*request, i, encoded.status()));
@@ -537,7 +547,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           items.push_back(std::move(item));
         }
         if (options_.observer != nullptr) {
-          options_.observer->OnPreprocessed(Modality::kText, absl::Now() - started);
+          options_.observer->OnPreprocessed(Modality::kText, SteadyNow() - started);
         }
         absl::Status scheduled = text_batcher_->Schedule(&items);
         if (!scheduled.ok()) {
@@ -571,7 +581,7 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts, bool truncate,
 int64_t EmbeddingEngine::BatchStarted() {
   absl::MutexLock lock(&running_mu_);
   const int64_t id = next_batch_id_++;
-  running_.emplace(id, absl::Now());
+  running_.emplace(id, SteadyNow());
   return id;
 }
 
@@ -591,7 +601,7 @@ template <typename Item>
 void EmbeddingEngine::ReportBatch(Modality modality, const Batch<Item>& batch,
                                   absl::Time start) {
   if (options_.observer == nullptr) return;
-  const absl::Duration inference = absl::Now() - start;
+  const absl::Duration inference = SteadyNow() - start;
   std::vector<absl::Duration> waits(batch.items.size());
   for (size_t i = 0; i < waits.size(); ++i) waits[i] = batch.QueueWait(i);
   options_.observer->OnBatch(modality, waits, inference);
@@ -612,7 +622,7 @@ void EmbeddingEngine::RunBatch(
   std::vector<std::pair<int, torch::Tensor>> done;
   std::vector<FailedRange> failed;
   const auto run = [&] {
-    start = absl::Now();
+    start = SteadyNow();
     id = BatchStarted();
     started = true;
     DeviceStreamScope stream(device);
@@ -792,14 +802,19 @@ void EmbeddingEngine::CheckDevice(const absl::Status& batch_error) {
 }
 
 void EmbeddingEngine::WatchdogLoop() {
-  while (!stop_watchdog_.WaitForNotificationWithTimeout(options_.watchdog_interval)) {
-    absl::Time oldest = absl::InfiniteFuture();
-    {
-      absl::MutexLock lock(&running_mu_);
-      for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
+  absl::MutexLock lock(&running_mu_);
+  absl::Time next_check = SteadyNow() + options_.watchdog_interval;
+  while (!stop_watchdog_) {
+    if (!RealClock::Get()->WaitWithDeadline(&running_mu_, &watchdog_wakeup_,
+                                            next_check)) {
+      continue;
     }
-    if (oldest != absl::InfiniteFuture() &&
-        absl::Now() - oldest > options_.watchdog_timeout && !stuck_.exchange(true)) {
+    const absl::Time now = SteadyNow();
+    next_check = now + options_.watchdog_interval;
+    absl::Time oldest = absl::InfiniteFuture();
+    for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
+    if (oldest != absl::InfiniteFuture() && now - oldest > options_.watchdog_timeout &&
+        !stuck_.exchange(true)) {
       LOG(ERROR) << "a batch has been running for over " << options_.watchdog_timeout
                  << "; reporting NOT_SERVING so the process gets restarted";
     }

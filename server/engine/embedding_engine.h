@@ -13,7 +13,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/engine/engine.h"
 #include "server/image/image_decoder.h"
@@ -240,7 +239,8 @@ class EmbeddingEngine : public Engine {
   absl::Mutex running_mu_;
   int64_t next_batch_id_ ABSL_GUARDED_BY(running_mu_) = 0;
   std::map<int64_t, absl::Time> running_ ABSL_GUARDED_BY(running_mu_);
-  absl::Notification stop_watchdog_;
+  absl::CondVar watchdog_wakeup_;  // signalled when stop_watchdog_ is set
+  bool stop_watchdog_ ABSL_GUARDED_BY(running_mu_) = false;
   std::thread watchdog_;
 };
 

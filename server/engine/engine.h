@@ -48,7 +48,8 @@ struct EmbedOptions {
   bool normalize = true;
   // Texts: cut at the context length (else an over-long text is INVALID_ARGUMENT).
   bool truncate = true;
-  // Items still queued at the deadline are dropped with DEADLINE_EXCEEDED.
+  // Items still queued at the deadline are dropped with DEADLINE_EXCEEDED. Wall-clock
+  // time (absl::Now()'s, as gRPC reports deadlines); engines convert it to their clock.
   absl::Time deadline = absl::InfiniteFuture();
   // Optional: items still queued when it is set are dropped with CANCELLED.
   std::shared_ptr<const CancellationFlag> cancellation;

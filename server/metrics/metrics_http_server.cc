@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "httplib.h"
+#include "server/common/clock.h"
 #include "server/metrics/metrics.h"
 
 namespace clipserve {
@@ -94,9 +95,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
   self->listener_ = std::thread([raw] { raw->server_->listen_after_bind(); });
   // Stop() only reaches a server that has entered its accept loop; wait for it so that
   // a Stop() right after Create() cannot be lost (and leave the thread unjoinable).
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  RealClock* clock = RealClock::Get();
+  const absl::Time give_up = clock->Now() + absl::Seconds(10);
   while (!self->server_->is_running()) {
-    if (absl::Now() > give_up) {
+    if (clock->Now() > give_up) {
       self->server_->stop();
       return absl::InternalError("the metrics HTTP server did not start within 10 s");
     }

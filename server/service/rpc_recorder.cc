@@ -1,6 +1,5 @@
 #include "server/service/rpc_recorder.h"
 
-#include <algorithm>
 #include <utility>
 
 #include "server/logging/structured_log.h"
@@ -44,9 +43,8 @@ RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer,
 void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) const {
   if (!call.started_) return;
   call.started_ = false;
-  // A wall clock stepped back by NTP must not produce a negative duration.
-  const absl::Duration elapsed =
-      std::max(clock_->Now() - call.start_, absl::ZeroDuration());
+  // Never negative: a Clock never goes back (RealClock is monotonic).
+  const absl::Duration elapsed = clock_->Now() - call.start_;
   if (options_.metrics != nullptr) {
     options_.metrics->RequestFinished(call.rpc_, status.code(), elapsed);
   }

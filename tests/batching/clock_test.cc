@@ -16,12 +16,26 @@ namespace {
 
 const absl::Time kStart = absl::FromUnixSeconds(1000);
 
-TEST(RealClockTest, IsASingletonOnTheWallClock) {
+TEST(RealClockTest, IsASingletonThatNeverGoesBack) {
   EXPECT_EQ(RealClock::Get(), RealClock::Get());
-  const absl::Time before = absl::Now();
-  const absl::Time now = RealClock::Get()->Now();
-  EXPECT_LE(before, now);
-  EXPECT_LE(now, absl::Now());
+  absl::Time last = RealClock::Get()->Now();
+  for (int i = 0; i < 100000; ++i) {
+    const absl::Time now = RealClock::Get()->Now();
+    ASSERT_GE(now, last);
+    last = now;
+  }
+  // It starts on the wall time, and steady and wall clocks drift apart only slowly.
+  EXPECT_LT(absl::AbsDuration(RealClock::Get()->Now() - absl::Now()), absl::Seconds(1));
+}
+
+TEST(RealClockTest, FiniteDeadlineEndsTheWait) {
+  absl::Mutex mu;
+  absl::CondVar cv;
+  absl::MutexLock lock(&mu);
+  const absl::Time deadline = RealClock::Get()->Now() + absl::Milliseconds(20);
+  while (!RealClock::Get()->WaitWithDeadline(&mu, &cv, deadline)) {
+  }
+  EXPECT_GE(RealClock::Get()->Now(), deadline);
 }
 
 TEST(RealClockTest, PastDeadlineReturnsAtOnce) {
