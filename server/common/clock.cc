@@ -9,6 +9,13 @@
 
 #include "absl/time/clock.h"
 
+// std::condition_variable::wait_until(steady_clock) must wait on CLOCK_MONOTONIC; a
+// libstdc++ without pthread_cond_clockwait (GCC < 10 or glibc < 2.30) would convert
+// the deadline to CLOCK_REALTIME, which is the very thing this file avoids.
+#if defined(__GLIBCXX__) && !defined(_GLIBCXX_USE_PTHREAD_COND_CLOCKWAIT)
+#error "RealClock needs a libstdc++ built with pthread_cond_clockwait"
+#endif
+
 namespace clipserve {
 namespace {
 
@@ -18,10 +25,14 @@ using SteadyTime = std::chrono::steady_clock::time_point;
 // WaitWithDeadline handle) so that no deadline overflows the steady clock's range.
 constexpr absl::Duration kLongestWait = absl::Hours(1);
 
+// How soon the timer thread tries again to signal a due waiter whose mutex was busy.
+constexpr std::chrono::microseconds kBusyRetry(50);
+
 // Signals the CondVar of each thread in RealClock::WaitWithDeadline() once the steady
-// clock reaches its deadline. Its own waits are std::condition_variable waits on the
-// steady clock, which glibc serves with CLOCK_MONOTONIC (pthread_cond_clockwait).
-// One per process, never destroyed; its thread runs for the life of the process.
+// clock reaches its deadline, holding the waiter's mutex (taken with TryLock). Its own
+// waits are std::condition_variable waits on the steady clock, which glibc serves with
+// CLOCK_MONOTONIC (pthread_cond_clockwait). One per process, never destroyed; its thread
+// runs for the life of the process.
 class DeadlineTimer {
  public:
   // One thread inside RealClock::WaitWithDeadline(); lives on that thread's stack.
@@ -73,7 +84,6 @@ class DeadlineTimer {
       for (Waiter* waiter : waiters_) {
         if (waiter->signalled) continue;
         if (waiter->deadline <= now) {
-          waiter->signalled = true;
           ++waiter->pins;
           due.push_back(waiter);
         } else {
@@ -81,15 +91,30 @@ class DeadlineTimer {
         }
       }
       if (!due.empty()) {
+        // Never blocks on a waiter's mutex: one that is busy (its owner may itself be
+        // in a timed wait, or slow) is tried again shortly, and holds back neither
+        // the other waiters nor their Remove().
         lock.unlock();
+        bool busy = false;
         for (Waiter* waiter : due) {
-          absl::MutexLock waiter_lock(waiter->mu);
-          waiter->cv->SignalAll();
+          const bool locked = waiter->mu->TryLock();
+          if (locked) {
+            waiter->cv->SignalAll();
+            waiter->mu->Unlock();
+          }
+          busy = busy || !locked;
+          {
+            std::lock_guard<std::mutex> relock(mu_);
+            waiter->signalled = waiter->signalled || locked;
+            --waiter->pins;
+          }
+          unpinned_.notify_all();
         }
         lock.lock();
-        for (Waiter* waiter : due) --waiter->pins;
-        unpinned_.notify_all();
-        continue;  // waiters added meanwhile are in waiters_; look again
+        // Waiters added meanwhile are in waiters_: look again, at once or, when a
+        // mutex was busy, after kBusyRetry.
+        if (!busy) continue;
+        next = std::chrono::steady_clock::now() + kBusyRetry;
       }
       sleeping_until_ = next;
       if (next == SteadyTime::max()) {
@@ -123,7 +148,7 @@ absl::Time RealClock::Now() {
   return wall_start_ + absl::FromChrono(std::chrono::steady_clock::now() - steady_start_);
 }
 
-absl::Time RealClock::FromWallTime(absl::Time wall) {
+absl::Time Clock::FromWallTime(absl::Time wall) {
   if (wall == absl::InfiniteFuture() || wall == absl::InfinitePast()) return wall;
   return Now() + (wall - absl::Now());
 }

@@ -34,6 +34,11 @@ class Clock {
   // and must outlive the call.
   virtual bool WaitWithDeadline(absl::Mutex* mu, absl::CondVar* cv, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) = 0;
+
+  // The time on this clock at which the wall clock (absl::Now(), as it reads now)
+  // reaches `wall`: Now() + (wall - absl::Now()). Converts a deadline given in wall
+  // time (gRPC's) to this clock once, as it arrives. Infinite times stay infinite.
+  absl::Time FromWallTime(absl::Time wall);
 };
 
 // Real time on the monotonic clock (std::chrono::steady_clock, CLOCK_MONOTONIC), as an
@@ -56,14 +61,11 @@ class RealClock final : public Clock {
   RealClock& operator=(const RealClock&) = delete;
 
   absl::Time Now() override;
-  // At a finite deadline the helper thread locks `*mu` and signals `*cv`; a wait longer
+  // At a finite deadline the helper thread signals `*cv` holding `*mu` (taken with
+  // TryLock, tried again every 50 us while another thread holds it); a wait longer
   // than an hour may return early (callers loop anyway).
   bool WaitWithDeadline(absl::Mutex* mu, absl::CondVar* cv, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) override;
-
-  // The time on this clock at which the wall clock, as it reads now, reaches `wall`;
-  // infinite times stay infinite. Thread-safe.
-  absl::Time FromWallTime(absl::Time wall);
 
  private:
   RealClock();

@@ -25,12 +25,10 @@
 
 namespace clipserve {
 
-// The engine times everything (deadlines, batch run times, the watchdog) on the
-// monotonic RealClock, which a step of the wall clock does not move.
-static absl::Time SteadyNow() { return RealClock::Get()->Now(); }
-
 // The state one EmbedImages/EmbedTexts call shares with its items.
 struct EngineRequest {
+  // The engine's clock; options.deadline is on it.
+  Clock* clock = nullptr;
   EmbedOptions options;
   std::string field;
   EmbedResult result;
@@ -55,7 +53,7 @@ struct EngineRequest {
       return absl::AbortedError("another item failed");
     }
     if (cancelled()) return absl::CancelledError("call cancelled");
-    if (SteadyNow() >= options.deadline) {
+    if (clock->Now() >= options.deadline) {
       return absl::DeadlineExceededError(
           "deadline passed while waiting for a preprocessing thread");
     }
@@ -203,13 +201,15 @@ void StoreRow(const float* features, int dim, EngineRequest& request, int index)
   for (int k = 0; k < dim; ++k) out[k] = static_cast<float>(features[k] * scale);
 }
 
-std::shared_ptr<EngineRequest> NewRequest(int items, int dim, const EmbedOptions& options,
-                                          std::string field, EmbedCallback done,
+std::shared_ptr<EngineRequest> NewRequest(Clock* clock, int items, int dim,
+                                          const EmbedOptions& options, std::string field,
+                                          EmbedCallback done,
                                           std::atomic<int64_t>* pending) {
   auto request = std::make_shared<EngineRequest>();
+  request->clock = clock;
   request->options = options;
-  // From here on every time in the engine is on the monotonic RealClock.
-  request->options.deadline = RealClock::Get()->FromWallTime(options.deadline);
+  // From here on every time in the engine is on its clock (RealClock: monotonic).
+  request->options.deadline = clock->FromWallTime(options.deadline);
   request->field = std::move(field);
   request->result.dim = dim;
   request->result.values.assign(static_cast<size_t>(items) * dim, 0.0f);
@@ -261,6 +261,7 @@ DynamicBatcherOptions BatcherOptions(const EmbeddingEngineOptions& options, int 
   batch.max_queue_size = options.max_queue_size;
   batch.num_workers = workers;
   batch.wait_only_for_announced = options.wait_only_for_announced;
+  batch.clock = options.clock;
   return batch;
 }
 
@@ -276,6 +277,11 @@ absl::Status ValidateEmbeddingEngineOptions(const EmbeddingEngineOptions& option
   }
   if (options.max_device_resize_bytes < 0) {
     return absl::InvalidArgumentError("max_device_resize_bytes must be >= 0");
+  }
+  if (options.watchdog_interval <= absl::ZeroDuration() ||
+      options.watchdog_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "watchdog_interval must be > 0 and watchdog_timeout >= 0");
   }
   return ValidateDynamicBatcherOptions(
       BatcherOptions(options, std::max(options.workers, 1)));
@@ -307,7 +313,10 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
 EmbeddingEngine::EmbeddingEngine(LoadedModel model,
                                  std::unique_ptr<BpeTokenizer> tokenizer,
                                  const EmbeddingEngineOptions& options)
-    : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
+      model_(std::move(model)),
+      tokenizer_(std::move(tokenizer)) {
   workers_ =
       options.workers > 0 ? options.workers : (model_.model->device().is_cuda() ? 2 : 1);
   description_ = Describe(model_, *tokenizer_);
@@ -417,7 +426,7 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
     return;
   }
   const int n = static_cast<int>(images.size());
-  auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
+  auto request = NewRequest(clock_, n, description_.embed_dim, options, std::move(field),
                             std::move(done), &pending_requests_);
   // One preprocessing task per image, so a request's images decode in parallel. The
   // batcher knows they are coming, so a partial batch can wait for them.
@@ -429,13 +438,13 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
             AnswerUnqueued(*image_batcher_, *request, 1, skip);
             return;
           }
-          const absl::Time started = SteadyNow();
+          const absl::Time started = clock_->Now();
           ImageItem item;
           item.request = request;
           item.index = i;
           const absl::Status status = PrepareImage(input, item);
           if (options_.observer != nullptr) {
-            options_.observer->OnPreprocessed(Modality::kImage, SteadyNow() - started);
+            options_.observer->OnPreprocessed(Modality::kImage, clock_->Now() - started);
           }
           if (!status.ok()) {
             AnswerUnqueued(*image_batcher_, *request, 1, ItemError(*request, i, status));
@@ -510,7 +519,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
                      max_texts_per_call(), ")")));
     return;
   }
-  auto request = NewRequest(n, description_.embed_dim, options, std::move(field),
+  auto request = NewRequest(clock_, n, description_.embed_dim, options, std::move(field),
                             std::move(done), &pending_requests_);
   request->result.truncated.assign(n, false);
   request->result.num_tokens.assign(n, 0);
@@ -524,7 +533,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           AnswerUnqueued(*text_batcher_, *request, count, skip);
           return;
         }
-        const absl::Time started = SteadyNow();
+        const absl::Time started = clock_->Now();
         std::vector<TextItem> items;
         items.reserve(texts.size());
         for (int i = 0; i < count; ++i) {
@@ -532,7 +541,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           if (!encoded.ok()) {
             // Fail the request once, on behalf of every item not yet scheduled.
             if (options_.observer != nullptr) {
-              options_.observer->OnPreprocessed(Modality::kText, SteadyNow() - started);
+              options_.observer->OnPreprocessed(Modality::kText, clock_->Now() - started);
             }
             AnswerUnqueued(*text_batcher_, *request, count,
                            ItemError(*request, i, encoded.status()));
@@ -547,7 +556,7 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           items.push_back(std::move(item));
         }
         if (options_.observer != nullptr) {
-          options_.observer->OnPreprocessed(Modality::kText, SteadyNow() - started);
+          options_.observer->OnPreprocessed(Modality::kText, clock_->Now() - started);
         }
         absl::Status scheduled = text_batcher_->Schedule(&items);
         if (!scheduled.ok()) {
@@ -581,7 +590,7 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts, bool truncate,
 int64_t EmbeddingEngine::BatchStarted() {
   absl::MutexLock lock(&running_mu_);
   const int64_t id = next_batch_id_++;
-  running_.emplace(id, SteadyNow());
+  running_.emplace(id, clock_->Now());
   return id;
 }
 
@@ -601,7 +610,7 @@ template <typename Item>
 void EmbeddingEngine::ReportBatch(Modality modality, const Batch<Item>& batch,
                                   absl::Time start) {
   if (options_.observer == nullptr) return;
-  const absl::Duration inference = SteadyNow() - start;
+  const absl::Duration inference = clock_->Now() - start;
   std::vector<absl::Duration> waits(batch.items.size());
   for (size_t i = 0; i < waits.size(); ++i) waits[i] = batch.QueueWait(i);
   options_.observer->OnBatch(modality, waits, inference);
@@ -622,7 +631,7 @@ void EmbeddingEngine::RunBatch(
   std::vector<std::pair<int, torch::Tensor>> done;
   std::vector<FailedRange> failed;
   const auto run = [&] {
-    start = SteadyNow();
+    start = clock_->Now();
     id = BatchStarted();
     started = true;
     DeviceStreamScope stream(device);
@@ -802,19 +811,23 @@ void EmbeddingEngine::CheckDevice(const absl::Status& batch_error) {
 }
 
 void EmbeddingEngine::WatchdogLoop() {
-  absl::MutexLock lock(&running_mu_);
-  absl::Time next_check = SteadyNow() + options_.watchdog_interval;
-  while (!stop_watchdog_) {
-    if (!RealClock::Get()->WaitWithDeadline(&running_mu_, &watchdog_wakeup_,
-                                            next_check)) {
-      continue;
+  absl::Time next_check = clock_->Now() + options_.watchdog_interval;
+  while (true) {
+    bool report = false;
+    {
+      absl::MutexLock lock(&running_mu_);
+      while (!stop_watchdog_ &&
+             !clock_->WaitWithDeadline(&running_mu_, &watchdog_wakeup_, next_check)) {
+      }
+      if (stop_watchdog_) return;
+      const absl::Time now = clock_->Now();
+      next_check = now + options_.watchdog_interval;
+      absl::Time oldest = absl::InfiniteFuture();
+      for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
+      report = oldest != absl::InfiniteFuture() &&
+               now - oldest > options_.watchdog_timeout && !stuck_.exchange(true);
     }
-    const absl::Time now = SteadyNow();
-    next_check = now + options_.watchdog_interval;
-    absl::Time oldest = absl::InfiniteFuture();
-    for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
-    if (oldest != absl::InfiniteFuture() && now - oldest > options_.watchdog_timeout &&
-        !stuck_.exchange(true)) {
+    if (report) {
       LOG(ERROR) << "a batch has been running for over " << options_.watchdog_timeout
                  << "; reporting NOT_SERVING so the process gets restarted";
     }

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/common/clock.h"
 #include "server/engine/engine.h"
 #include "server/image/image_decoder.h"
 #include "server/model/model_loader.h"
@@ -98,6 +99,9 @@ struct EmbeddingEngineOptions {
   // Test-only. When set, called instead of ProbeDevice() on the model's device after
   // a batch fails for a reason other than memory, so tests can play a broken device.
   std::function<absl::Status()> device_probe_for_test;
+  // Test-only. The clock for deadlines, the queue delay, run times and the watchdog;
+  // not owned, must outlive the engine. nullptr (the default): RealClock::Get().
+  Clock* clock = nullptr;
 };
 
 // INVALID_ARGUMENT naming the first option out of range (threads, queue and batch
@@ -203,11 +207,12 @@ class EmbeddingEngine : public Engine {
   // marks the engine unhealthy for good when the probe fails too. A CUDA context
   // broken by a kernel fault fails every later batch, so only a restart helps.
   void CheckDevice(const absl::Status& batch_error);
-  void WatchdogLoop();
+  void WatchdogLoop() ABSL_LOCKS_EXCLUDED(running_mu_);
   int64_t BatchStarted() ABSL_LOCKS_EXCLUDED(running_mu_);
   void BatchFinished(int64_t id) ABSL_LOCKS_EXCLUDED(running_mu_);
 
   const EmbeddingEngineOptions options_;
+  Clock* const clock_;  // options_.clock, else RealClock::Get()
   int workers_ = 1;
   LoadedModel model_;
   std::unique_ptr<BpeTokenizer> tokenizer_;

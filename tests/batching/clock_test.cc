@@ -45,6 +45,41 @@ TEST(RealClockTest, PastDeadlineReturnsAtOnce) {
   EXPECT_TRUE(RealClock::Get()->WaitWithDeadline(&mu, &cv, absl::InfinitePast()));
 }
 
+// A thread in a timed wait holds `outer`, the mutex of another timed waiter whose
+// deadline comes first. The helper thread must not block on `outer` (its holder waits
+// for the helper), so both waits end.
+TEST(RealClockTest, AWaiterHoldingAnotherWaitersMutexDoesNotStallTheTimer) {
+  RealClock* clock = RealClock::Get();
+  absl::Mutex outer;
+  absl::Mutex inner;
+  absl::CondVar outer_cv;
+  absl::CondVar inner_cv;
+  absl::Notification first_done;
+  absl::Notification second_done;
+  bool first_waits = false;
+  const absl::Time first_deadline = clock->Now() + absl::Milliseconds(20);
+  std::thread first([&] {
+    absl::MutexLock lock(&outer);
+    first_waits = true;
+    while (!clock->WaitWithDeadline(&outer, &outer_cv, first_deadline)) {
+    }
+    first_done.Notify();
+  });
+  std::thread second([&] {
+    absl::MutexLock hold(&outer);
+    outer.Await(absl::Condition(&first_waits));  // `first` has registered its wait
+    absl::MutexLock lock(&inner);
+    const absl::Time deadline = clock->Now() + absl::Milliseconds(40);
+    while (!clock->WaitWithDeadline(&inner, &inner_cv, deadline)) {
+    }
+    second_done.Notify();
+  });
+  EXPECT_TRUE(second_done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_TRUE(first_done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  second.join();
+  first.join();
+}
+
 TEST(RealClockTest, SignalWakesAWaiter) {
   absl::Mutex mu;
   absl::CondVar cv;

@@ -14,6 +14,7 @@
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/common/fake_clock.h"
 #include "server/common/status_payloads.h"
 #include "server/image/image_decoder.h"
 #include "server/image/preprocessor.h"
@@ -733,6 +734,48 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   }
   EXPECT_FALSE((*engine)->healthy());
 }
+
+// A watchdog that looked every 0 s would spin holding the engine's batch lock.
+TEST(EmbeddingEngineOptionsTest, TheWatchdogNeedsAPositiveInterval) {
+  EmbeddingEngineOptions options;
+  EXPECT_TRUE(ValidateEmbeddingEngineOptions(options).ok());
+  options.watchdog_timeout = absl::ZeroDuration();  // allowed: any batch is "stuck"
+  EXPECT_TRUE(ValidateEmbeddingEngineOptions(options).ok());
+  options.watchdog_timeout = -absl::Seconds(1);
+  EXPECT_EQ(ValidateEmbeddingEngineOptions(options).code(),
+            absl::StatusCode::kInvalidArgument);
+  options.watchdog_timeout = absl::Seconds(1);
+  options.watchdog_interval = absl::ZeroDuration();
+  EXPECT_EQ(ValidateEmbeddingEngineOptions(options).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A request's deadline is a wall-clock time (gRPC's); the engine converts it once, as
+// the request arrives, to its own clock, which need not read the wall time (RealClock
+// is monotonic, and parts from the wall clock when that steps). Here the engine's
+// clock reads 15 years ahead of, or behind, the wall clock.
+class EmbeddingEngineClockTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(EmbeddingEngineClockTest, WallClockDeadlinesAreMetOnTheEnginesClock) {
+  FakeClock clock(absl::Now() + GetParam() * absl::Hours(24 * 365 * 15));
+  auto engine = MakeTinyEngine(
+      [&clock](EmbeddingEngineOptions& options) { options.clock = &clock; });
+  ASSERT_NE(engine, nullptr);
+  EmbedOptions live;
+  live.deadline = absl::Now() + absl::Minutes(10);
+  EXPECT_TRUE(EmbedTextsAndWait(*engine, {"a cat"}, live).ok());
+  EmbedOptions expired;
+  expired.deadline = absl::Now() - absl::Seconds(1);
+  EXPECT_EQ(EmbedTextsAndWait(*engine, {"a cat"}, expired).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(EmbedImagesAndWait(*engine, EncodedImages({"images/chelsea.png"}), expired)
+                .status()
+                .code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+INSTANTIATE_TEST_SUITE_P(AheadAndBehind, EmbeddingEngineClockTest,
+                         ::testing::Values(1, -1));
 
 // Records what the engine reports, for the observer test below.
 class RecordingObserver : public EngineObserver {
