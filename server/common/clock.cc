@@ -40,8 +40,9 @@ class DeadlineTimer {
     absl::Mutex* mu;
     absl::CondVar* cv;
     SteadyTime deadline;
-    bool signalled = false;  // the fields below are guarded by the timer's mutex
-    int pins = 0;            // > 0 while the timer thread is signalling this waiter
+    // These two are guarded by the timer's mutex.
+    bool signalled = false;  // the timer thread has signalled it
+    int pins = 0;            // > 0 while the timer thread is signalling it
   };
 
   static DeadlineTimer& Get() {
@@ -50,7 +51,7 @@ class DeadlineTimer {
   }
 
   // Called with waiter->mu held, before waiter->cv->Wait(waiter->mu): the timer thread
-  // locks waiter->mu before it signals, so the signal cannot come before the wait.
+  // holds waiter->mu when it signals, so the signal cannot come before the wait.
   void Add(Waiter* waiter) {
     bool wake = false;
     {
