@@ -34,6 +34,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -545,6 +546,15 @@ absl::Status Run() {
 }  // namespace clipserve
 
 int main(int argc, char** argv) {
+  // Abseil's --help lists only flags defined in a file named after the program
+  // (clip_server.cc, clip_server_main.cc, ...); clip_server's are all in this one.
+  // Abseil hands the filter the file's path without its leading '/'.
+  absl::FlagsUsageConfig usage;
+  usage.contains_helpshort_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  usage.contains_help_flags = usage.contains_helpshort_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Serves CLIP embeddings over gRPC.\n"
       "Usage: clip_server [--model=demo:ViT-B-32|PATH] [--port=50051] [flags]");

@@ -6,6 +6,7 @@ Usage: /usr/bin/python3 server_smoke_test.py --server PATH --client PATH
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,25 @@ class ServerSmokeTest(unittest.TestCase):
         code, output = self.server.terminate()
         self.assertEqual(code, 0, output)
         self.assertIn("received SIGTERM", output)
+
+
+class UsageTest(unittest.TestCase):
+
+    def test_help_lists_every_flag_with_its_default(self):
+        # Abseil's --help shows only flags from a file named after the program unless
+        # told otherwise; clip_server's live in server/main.cc.
+        main_cc = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "..", "..", "server", "main.cc")
+        with open(main_cc) as f:
+            names = re.findall(r"^ABSL_FLAG\(\s*[\w:]+,\s*(\w+),", f.read(), re.M)
+        self.assertGreater(len(names), 20)
+        result = subprocess.run([ARGS.server, "--help"], capture_output=True, text=True,
+                                timeout=30)
+        output = result.stdout + result.stderr
+        self.assertNotIn("No flags matched", output)
+        for name in names:
+            self.assertRegex(output, rf"--{name} \(", name)
+        self.assertRegex(output, r"--max_batch_size \([^)]*\); default: 32;")
 
 
 class SignalTest(unittest.TestCase):
