@@ -169,8 +169,9 @@ bool RealClock::WaitWithDeadline(absl::Mutex* mu, absl::CondVar* cv,
   DeadlineTimer& timer = DeadlineTimer::Get();
   timer.Add(&waiter);
   cv->Wait(mu);
-  // Leave with *mu released: the timer thread may be blocked on *mu to signal this
-  // waiter, and must be done with it before `waiter` goes out of scope.
+  // Remove() waits until the timer thread is done with `waiter` (so it can go out of
+  // scope). The timer only ever TryLocks *mu, so holding *mu here would be safe too;
+  // *mu is released as in FakeClock, which does block on it.
   mu->Unlock();
   timer.Remove(&waiter);
   mu->Lock();
