@@ -6,7 +6,8 @@
 Renders deploy/k8s/base and every overlay (tests/deploy/kustomize_lite.py) and checks,
 for each: the gRPC probes (startup, readiness, liveness) on the port clip_server
 listens on, resources, the security context against the Dockerfile's USER, the drain
-timing (terminationGracePeriodSeconds > preStop sleep + --shutdown_grace_s), the
+timing (terminationGracePeriodSeconds >= preStop sleep + --shutdown_grace_s + one
+batch), the
 model volume, the Services, HPA and PDB selecting the Deployment's pods, and that every
 flag the pods get is an ABSL_FLAG of server/main.cc. Also checks the Dockerfile, the
 compose file and scripts/install-deps.sh. Needs python3-yaml.
@@ -30,6 +31,10 @@ RENDERS = ("base", "overlays/cpu", "overlays/gpu")
 GRPC_PORT = 50051
 METRICS_PORT = 9090  # --metrics_port's default (the HTTP /metrics endpoint)
 QUEUE_METRIC = "clipserve_queue_wait_seconds_p90"
+# Seconds left after the preStop sleep and --shutdown_grace_s for the batch that is
+# running when the drain ends: the server finishes it before it exits. A ViT-B/32 batch
+# of 32 images takes 0.8 s (bf16) to 1.5 s (fp32) on 2 CPU cores (docs/PERFORMANCE.md).
+BATCH_MARGIN_S = 5
 # Flags absl itself defines (absl/flags/parse.cc) that the manifests may use.
 ABSL_BUILTIN_FLAGS = {"flagfile"}
 
@@ -269,7 +274,8 @@ class ManifestsTest(unittest.TestCase):
                 sleep = float(command[1])
             drain = float(self.effective_flags(r)["shutdown_grace_s"])
             grace = r.pod["spec"].get("terminationGracePeriodSeconds", 30)
-            self.assertGreater(grace, sleep + drain, r.name)
+            # The batch running when the drain ends still finishes before exit.
+            self.assertGreaterEqual(grace, sleep + drain + BATCH_MARGIN_S, r.name)
 
     def test_model_comes_from_a_read_only_volume(self):
         for r in self.renders:
@@ -387,7 +393,8 @@ class ManifestsTest(unittest.TestCase):
             self.assertEqual(test[-1], "health")
             targets = {str(p).rsplit(":", 1)[-1] for p in s.get("ports", [])}
             self.assertLessEqual({str(GRPC_PORT), str(METRICS_PORT)}, targets)
-            self.assertGreater(duration_seconds(s.get("stop_grace_period", "10s")), drain)
+            self.assertGreaterEqual(duration_seconds(s.get("stop_grace_period", "10s")),
+                                    drain + BATCH_MARGIN_S)
             command = s.get("command", [])
             for arg in command if isinstance(command, list) else shlex.split(command):
                 self.assertIn(arg[2:].partition("=")[0], known, arg)
