@@ -16,10 +16,14 @@ GB=(--benchmark_min_time=0.01 --benchmark_format=json)
   >"$OUT/model.json"
 /usr/bin/python3 "$HERE/python_baseline.py" --models ViT-B-32 --batch 2 --runs 1 \
   --precisions bf16 >"$OUT/python.jsonl"
+/usr/bin/python3 "$HERE/request_memory.py" --server "$BIN/clip_server" \
+  --model=demo:ViT-B-32 --calls 3 --images 1 --side 64 --limits 0,64 \
+  >"$OUT/request_memory.md"
 /usr/bin/python3 "$HERE/make_report.py" --results "$OUT" --out_dir "$OUT/report"
 for f in PERFORMANCE.md performance.png; do
   test -s "$OUT/report/$f" || { echo "no $f"; exit 1; }
 done
 grep -q "BM_ImageTower" "$OUT/model.json"
 grep -q '"items_per_s"' "$OUT/python.jsonl"
+grep -q '^| 64 | .* | 3 | 0 | 0 |' "$OUT/request_memory.md"
 echo "benchmarks ran; report written"

@@ -57,6 +57,7 @@
 #include "server/service/bearer_auth.h"
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
+#include "server/service/request_memory_budget.h"
 #include "server/service/request_validation.h"
 #include "server/service/server_credentials.h"
 #include "server/tokenizer/bpe_tokenizer.h"
@@ -107,6 +108,10 @@ ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
 ABSL_FLAG(int32_t, max_text_bytes, 16384, "Longest text accepted, in UTF-8 bytes.");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes.");
+ABSL_FLAG(double, max_request_memory_mb, 256,
+          "Most MiB of requests held by calls in flight; a call past it is refused at "
+          "once with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; "
+          "0 = no limit. The process holds up to about 3x this for requests.");
 ABSL_FLAG(double, text_cache_mb, 64,
           "Text embeddings remembered (LRU, MiB); a repeated text skips the model. "
           "0 disables.");
@@ -309,6 +314,16 @@ absl::Status Run() {
   // not after the model load.
   CLIPSERVE_ASSIGN_OR_RETURN(const size_t text_cache_bytes,
                              MebibytesFlag("text_cache_mb", FLAGS_text_cache_mb));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const size_t request_memory_bytes,
+      MebibytesFlag("max_request_memory_mb", FLAGS_max_request_memory_mb));
+  if (absl::Status status =
+          ValidateRequestMemoryLimit(static_cast<int64_t>(request_memory_bytes),
+                                     absl::GetFlag(FLAGS_max_message_bytes));
+      !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_request_memory_mb and --max_message_bytes: ", status.message()));
+  }
   CLIPSERVE_ASSIGN_OR_RETURN(const size_t image_cache_bytes,
                              MebibytesFlag("image_cache_mb", FLAGS_image_cache_mb));
   CLIPSERVE_ASSIGN_OR_RETURN(
@@ -449,6 +464,7 @@ absl::Status Run() {
   service_options.limits = limits;
   service_options.authenticator = authenticator;
   service_options.metrics = &metrics;
+  service_options.max_request_memory_bytes = static_cast<int64_t>(request_memory_bytes);
   service_options.slow_request_threshold = absl::Milliseconds(slow_request_ms);
   // Classify's prompt limit has no flag: it follows a --max_queue_size set below it,
   // since ClipService refuses a limit that no single engine call could meet.
@@ -515,8 +531,9 @@ absl::Status Run() {
             << " resize_on_device="
             << (engine_options.resize_on_device ? "true" : "false")
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
-            << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb) << security
-            << " startup=" << RealClock::Get()->Now() - start;
+            << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb)
+            << " max_request_memory_mb=" << absl::GetFlag(FLAGS_max_request_memory_mb)
+            << security << " startup=" << RealClock::Get()->Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
   bool serving = true;

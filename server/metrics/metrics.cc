@@ -48,6 +48,14 @@ Metrics::Metrics(const MetricsOptions& options)
   in_flight_ = &GaugeFamily(r, "clipserve_requests_in_flight",
                             "RPCs started and not finished yet.")
                     .Add({});
+  request_memory_ = &GaugeFamily(r, "clipserve_request_memory_bytes",
+                                 "Bytes of requests held by calls in flight, as counted "
+                                 "against --max_request_memory_mb.")
+                         .Add({});
+  request_memory_limit_ =
+      &GaugeFamily(r, "clipserve_request_memory_limit_bytes",
+                   "--max_request_memory_mb in bytes; 0 when there is no limit.")
+           .Add({});
   model_info_ = &GaugeFamily(r, "clipserve_model_info",
                              "The served model, described by the labels; always 1.");
   label_cache_hits_ =
@@ -95,6 +103,19 @@ Metrics::Metrics(const MetricsOptions& options)
 Metrics::~Metrics() = default;
 
 void Metrics::RequestStarted() { in_flight_->Increment(); }
+
+void Metrics::AddRequestMemory(int64_t delta) {
+  // prometheus-cpp documents Increment() and Decrement() for non-negative amounts.
+  if (delta >= 0) {
+    request_memory_->Increment(static_cast<double>(delta));
+  } else {
+    request_memory_->Decrement(-static_cast<double>(delta));
+  }
+}
+
+void Metrics::SetRequestMemoryLimit(int64_t bytes) {
+  request_memory_limit_->Set(static_cast<double>(bytes));
+}
 
 void Metrics::RequestFinished(absl::string_view rpc, absl::StatusCode code,
                               absl::Duration elapsed) {

@@ -1,6 +1,7 @@
 #ifndef CLIPSERVE_SERVER_METRICS_METRICS_H_
 #define CLIPSERVE_SERVER_METRICS_METRICS_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -65,6 +66,11 @@ class Metrics final : public EngineObserver {
   // observes `elapsed`. Call once per RequestStarted().
   void RequestFinished(absl::string_view rpc, absl::StatusCode code,
                        absl::Duration elapsed);
+  // Bytes of requests held (RequestMemoryBudget) changed by `delta`:
+  // clipserve_request_memory_bytes += delta.
+  void AddRequestMemory(int64_t delta);
+  // The budget's limit in bytes, 0 for none: clipserve_request_memory_limit_bytes.
+  void SetRequestMemoryLimit(int64_t bytes);
 
   // --- The engine (EngineObserver) ---
 
@@ -141,6 +147,8 @@ class Metrics final : public EngineObserver {
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   prometheus::Family<prometheus::Histogram>* request_duration_ = nullptr;
   prometheus::Gauge* in_flight_ = nullptr;
+  prometheus::Gauge* request_memory_ = nullptr;
+  prometheus::Gauge* request_memory_limit_ = nullptr;
   prometheus::Family<prometheus::Gauge>* model_info_ = nullptr;
   absl::Mutex model_mu_;
   prometheus::Gauge* model_info_series_ ABSL_GUARDED_BY(model_mu_) = nullptr;

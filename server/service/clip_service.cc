@@ -32,6 +32,7 @@
 #include "server/metrics/metrics.h"
 #include "server/model/contrastive_loss.h"
 #include "server/service/grpc_status.h"
+#include "server/service/request_memory_budget.h"
 #include "server/service/request_parsing.h"
 
 namespace clipserve {
@@ -201,6 +202,12 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     Finish(grpc_status);
   }
 
+  // Keeps `reservation` until the call is deleted, when gRPC has let go of the
+  // request and response.
+  void Hold(RequestMemoryBudget::Reservation reservation) {
+    reservation_ = std::move(reservation);
+  }
+
   void OnCancel() override { cancellation_->Cancel(); }
   void OnDone() override {
     if (!finished_.load(std::memory_order_acquire)) {
@@ -222,7 +229,21 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   std::atomic<bool> finished_{false};
   const google::protobuf::Message* raw_response_ = nullptr;
   grpc::ByteBuffer* raw_out_ = nullptr;
+  RequestMemoryBudget::Reservation reservation_;
 };
+
+// Reserves a call's request bytes in `budget` and hands them to the call; false after
+// finishing the call with the budget's RESOURCE_EXHAUSTED when they do not fit.
+bool Admit(RequestMemoryBudget* budget, size_t request_bytes, UnaryCall* call) {
+  absl::StatusOr<RequestMemoryBudget::Reservation> reservation =
+      budget->Reserve(static_cast<int64_t>(request_bytes));
+  if (!reservation.ok()) {
+    call->FinishWith(reservation.status());
+    return false;
+  }
+  call->Hold(*std::move(reservation));
+  return true;
+}
 
 // A unary call of a method with raw bytes (see request_parsing.h), owning its request
 // and response messages.
@@ -471,8 +492,10 @@ class EmbedStreamCall final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   EmbedStreamCall(const grpc::CallbackServerContext& context, Engine* engine,
-                  const ClipServiceOptions& options, const RpcRecorder* recorder)
+                  const ClipServiceOptions& options, const RpcRecorder* recorder,
+                  RequestMemoryBudget* request_memory)
       : engine_(engine),
+        request_memory_(request_memory),
         limits_(options.limits),
         max_in_flight_(options.max_stream_items_in_flight),
         deadline_(DeadlineOf(context)),
@@ -668,6 +691,11 @@ class EmbedStreamCall final
           "id", absl::StrCat("id of ", item_id->size(), " bytes is over the limit of ",
                              kMaxStreamIdBytes, " bytes"));
     }
+    // The item's bytes count against the budget until the engine has answered it
+    // (the reservation travels in the engine's callback). An invalid item fails with
+    // its own error instead; it holds nothing once this returns.
+    absl::StatusOr<RequestMemoryBudget::Reservation> reservation =
+        request_memory_->Reserve(static_cast<int64_t>(bytes.Length()));
     EmbedOptions options;
     options.normalize = OptionalTrue(item.has_normalize(), item.normalize());
     options.truncate = OptionalTrue(item.has_truncate(), item.truncate());
@@ -677,26 +705,36 @@ class EmbedStreamCall final
       case v1::EmbedStreamRequest::kImage: {
         absl::StatusOr<ImageInput> image = ToImageInput(item.image(), limits_, "image");
         if (invalid.ok()) invalid = image.status();
+        if (invalid.ok()) invalid = reservation.status();
         if (!invalid.ok()) break;
         std::vector<ImageInput> images;
         images.push_back(*std::move(image));
         StartEngine();
         engine_->EmbedImages(
             std::move(images), options, "image",
-            [this, id = std::move(*item_id)](absl::StatusOr<EmbedResult> r) mutable {
+            [this, id = std::move(*item_id),
+             held = *std::move(reservation)](absl::StatusOr<EmbedResult> r) mutable {
+              // Returned before the answer is queued: the engine may destroy its
+              // callback only after the stream, and so perhaps the service, is gone.
+              held.Release();
               OnEmbedded(std::move(id), "image", false, std::move(r));
             });
         return;
       }
       case v1::EmbedStreamRequest::kText: {
         if (invalid.ok()) invalid = ValidateText(item.text(), limits_, "text");
+        if (invalid.ok()) invalid = reservation.status();
         if (!invalid.ok()) break;
         std::vector<std::string> texts;
         texts.push_back(std::move(*item.mutable_text()));
         StartEngine();
         engine_->EmbedTexts(
             std::move(texts), options, "text",
-            [this, id = std::move(*item_id)](absl::StatusOr<EmbedResult> r) mutable {
+            [this, id = std::move(*item_id),
+             held = *std::move(reservation)](absl::StatusOr<EmbedResult> r) mutable {
+              // Returned before the answer is queued: the engine may destroy its
+              // callback only after the stream, and so perhaps the service, is gone.
+              held.Release();
               OnEmbedded(std::move(id), "text", true, std::move(r));
             });
         return;
@@ -714,6 +752,7 @@ class EmbedStreamCall final
   }
 
   Engine* const engine_;
+  RequestMemoryBudget* const request_memory_;
   const RequestLimits limits_;
   const int max_in_flight_;
   const absl::Time deadline_;
@@ -794,6 +833,11 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "max_classify_prompts must be at least 1, got ", options.max_classify_prompts));
   }
+  if (options.max_request_memory_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_request_memory_bytes must not be negative, got ",
+                     options.max_request_memory_bytes));
+  }
   if (options.label_cache_capacity < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "label_cache_capacity must not be negative, got ", options.label_cache_capacity));
@@ -835,7 +879,8 @@ ClipService::ClipService(Engine* engine, const ClipServiceOptions& options)
         recorder.clock = options.clock;
         return recorder;
       }()),
-      label_cache_(static_cast<size_t>(options.label_cache_capacity)) {}
+      label_cache_(static_cast<size_t>(options.label_cache_capacity)),
+      request_memory_(options.max_request_memory_bytes, options.metrics) {}
 
 absl::Status ClipService::Authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.authenticator == nullptr) return absl::OkStatus();
@@ -856,6 +901,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
     return FinishedUnary(context, recorder_, "EmbedImage", auth);
   }
   auto* call = new UnaryCall(*context, &recorder_, "EmbedImage");
+  if (!Admit(&request_memory_, request->ByteSizeLong(), call)) return call;
   absl::StatusOr<std::vector<ImageInput>> images =
       ToImageInputs(request->images(), options_.limits, "images");
   if (!images.ok()) {
@@ -890,6 +936,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
   }
   auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
       *context, &recorder_, "EmbedText", response_bytes);
+  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);
@@ -936,6 +983,7 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
   const RequestLimits& limits = options_.limits;
   auto* call =
       new SimilarityCall(*context, &recorder_, response_bytes, description.embed_dim);
+  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
   if (absl::Status parsed =
           ParseRequest(*request_bytes, &call->request, SimilarityFieldName);
       !parsed.ok()) {
@@ -1053,6 +1101,7 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
   const RequestLimits& limits = options_.limits;
   const int dim = description.embed_dim;
   auto* call = new ClassifyCall(*context, &recorder_, response_bytes, dim, &label_cache_);
+  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);
@@ -1136,7 +1185,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ClipService::EmbedS
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
     return new FinishedStream(*context, recorder_, "EmbedStream", auth);
   }
-  return new EmbedStreamCall(*context, engine_, options_, &recorder_);
+  return new EmbedStreamCall(*context, engine_, options_, &recorder_, &request_memory_);
 }
 
 grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* context,
@@ -1147,6 +1196,7 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
   }
   auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
       *context, &recorder_, "Tokenize", response_bytes);
+  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);

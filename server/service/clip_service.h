@@ -1,6 +1,7 @@
 #ifndef CLIPSERVE_SERVER_SERVICE_CLIP_SERVICE_H_
 #define CLIPSERVE_SERVER_SERVICE_CLIP_SERVICE_H_
 
+#include <cstdint>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -13,6 +14,7 @@
 #include "server/engine/engine.h"
 #include "server/service/bearer_auth.h"
 #include "server/service/label_embedding_cache.h"
+#include "server/service/request_memory_budget.h"
 #include "server/service/request_validation.h"
 #include "server/service/rpc_recorder.h"
 
@@ -41,6 +43,16 @@ struct ClipServiceOptions {
   // max_texts_per_call(), as it does max_items_per_request. Counted whether or not labels
   // are cached, so that a request's validity does not depend on the cache.
   int max_classify_prompts = 512;
+  // Bytes of requests held by calls in flight at most (see RequestMemoryBudget):
+  // each call counts its request's size from its arrival until it is done, an
+  // EmbedStream item until the engine has answered it, and a call or item that would
+  // pass the limit is refused at once with RESOURCE_EXHAUSTED and a RetryInfo. 0
+  // means no limit. Default 256 MiB: four requests of the largest default message
+  // size, or hundreds of typical ones, which is more than the engine's queues take
+  // in at once; the process holds up to about three times this for requests (see
+  // docs/OPERATIONS.md). Keep it at least the server's largest message size
+  // (ValidateRequestMemoryLimit()), or such requests can never be admitted.
+  int64_t max_request_memory_bytes = int64_t{256} << 20;
   // When set, every ClipService call must carry "authorization: Bearer <token>"
   // metadata with a token it accepts, or it ends UNAUTHENTICATED before anything of it
   // is looked at. nullptr (the default): no token is asked for. The health and
@@ -79,7 +91,9 @@ using ClipServiceBase = v1::ClipService::WithCallbackMethod_EmbedImage<
 
 // clipserve.v1.ClipService over an Engine, with gRPC's callback API.
 //
-// Handlers never block: they validate the request (INVALID_ARGUMENT with a
+// Handlers never block: they reserve the request's bytes in the service's
+// RequestMemoryBudget (RESOURCE_EXHAUSTED with RetryInfo when over
+// max_request_memory_bytes), validate the request (INVALID_ARGUMENT with a
 // google.rpc.BadRequest naming the offending item, before the engine sees anything),
 // convert it, hand it to the engine, and return; the call is finished from the
 // engine's callback. Each call's EmbedOptions carries the client's deadline and a
@@ -107,7 +121,8 @@ using ClipServiceBase = v1::ClipService::WithCallbackMethod_EmbedImage<
 class ClipService final : public ClipServiceBase {
  public:
   // INVALID_ARGUMENT for a null engine or options out of range (limits not positive,
-  // max_stream_items_in_flight or max_classify_prompts < 1, label_cache_capacity < 0);
+  // max_stream_items_in_flight or max_classify_prompts < 1, label_cache_capacity or
+  // max_request_memory_bytes < 0);
   // FAILED_PRECONDITION when the engine describes no embedding width or context
   // length, or no finite positive logit scale.
   static absl::StatusOr<std::unique_ptr<ClipService>> Create(
@@ -140,6 +155,8 @@ class ClipService final : public ClipServiceBase {
 
   // Classify's label cache (for metrics and tests).
   const LabelEmbeddingCache& label_cache() const { return label_cache_; }
+  // Bytes of requests held now (for tests).
+  int64_t request_memory_used() const { return request_memory_.used(); }
 
  private:
   ClipService(Engine* engine, const ClipServiceOptions& options);
@@ -151,6 +168,7 @@ class ClipService final : public ClipServiceBase {
   const ClipServiceOptions options_;
   const RpcRecorder recorder_;
   LabelEmbeddingCache label_cache_;
+  RequestMemoryBudget request_memory_;
 };
 
 }  // namespace clipserve

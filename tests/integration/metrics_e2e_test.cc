@@ -120,6 +120,10 @@ TEST_F(MetricsE2ETest, CountsWhatTheClientSent) {
       FindSample(text, R"(clipserve_request_duration_seconds_count{rpc="EmbedText"})"),
       Optional(4.0));
   EXPECT_THAT(FindSample(text, "clipserve_requests_in_flight"), Optional(0.0));
+  // The service's request memory budget reports to the same registry.
+  EXPECT_THAT(
+      FindSample(text, "clipserve_request_memory_limit_bytes"),
+      Optional(static_cast<double>(ClipServiceOptions{}.max_request_memory_bytes)));
 
   const std::string t = R"({modality="text"})";
   EXPECT_THAT(FindSample(text, "clipserve_batch_size_count" + t), Optional(3.0));

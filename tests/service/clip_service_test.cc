@@ -1,6 +1,7 @@
 #include "server/service/clip_service.h"
 
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,6 +26,7 @@
 #include "server/model/contrastive_loss.h"
 #include "server/service/clip_server.h"
 #include "server/service/grpc_status.h"
+#include "server/service/request_memory_budget.h"
 #include "tests/service/fake_engine.h"
 
 namespace clipserve {
@@ -249,6 +251,10 @@ TEST(ClipServiceCreateTest, RejectsBadArguments) {
             absl::StatusCode::kInvalidArgument);
   options = {};
   options.label_cache_capacity = -1;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = {};
+  options.max_request_memory_bytes = -1;
   EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(ClipService::Create(&engine, {}).ok());
@@ -554,6 +560,104 @@ TEST_F(ClipServiceTest, EngineResourceExhaustedReachesTheClientWithRetryInfo) {
     v1::TokenizeResponse response;
     check(stub_->Tokenize(Context().get(), request, &response));
   }
+}
+
+// A call's request bytes are returned when gRPC deletes the call, which may be just
+// after its client has the answer; this waits (bounded) for the budget to show it.
+bool AwaitRequestMemory(const ClipService& service, int64_t bytes) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (service.request_memory_used() != bytes) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+void ExpectOverMemoryLimit(const grpc::Status& status) {
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_request_memory_mb"));
+  google::rpc::RetryInfo retry_info;
+  const google::rpc::Status details = RpcStatus(status);
+  ASSERT_EQ(details.details_size(), 1);
+  ASSERT_TRUE(details.details(0).UnpackTo(&retry_info));
+  EXPECT_EQ(retry_info.retry_delay().nanos(),
+            absl::ToInt64Nanoseconds(RequestMemoryBudget::kRetryAfter));
+}
+
+TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine) {
+  ClipServiceOptions options;
+  options.max_request_memory_bytes = 2000;
+  Restart(options);
+  engine_->set_hold(true);
+
+  // One call of some 1500 bytes is held by the engine...
+  v1::EmbedImageRequest big;
+  *big.add_images() = Encoded(std::string(1500, 'j'));
+  v1::EmbedImageResponse big_response;
+  grpc::ClientContext big_context;
+  grpc::Status big_status;
+  absl::Notification big_done;
+  stub_->async()->EmbedImage(&big_context, &big, &big_response, [&](grpc::Status s) {
+    big_status = std::move(s);
+    big_done.Notify();
+  });
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  EXPECT_EQ(service_->request_memory_used(), static_cast<int64_t>(big.ByteSizeLong()));
+
+  // ...so no method admits another 600 bytes, and none of them reaches the engine.
+  const std::string text(600, 't');
+  {
+    SCOPED_TRACE("EmbedImage");
+    v1::EmbedImageRequest request;
+    *request.add_images() = Encoded(std::string(600, 'j'));
+    v1::EmbedImageResponse response;
+    ExpectOverMemoryLimit(EmbedImage(request, &response));
+  }
+  {
+    SCOPED_TRACE("EmbedText");
+    v1::EmbedTextRequest request;
+    request.add_texts(text);
+    v1::EmbedTextResponse response;
+    ExpectOverMemoryLimit(EmbedText(request, &response));
+  }
+  {
+    SCOPED_TRACE("Similarity");
+    v1::SimilarityRequest request;
+    *request.mutable_images()->mutable_images()->add_images() = Encoded("png");
+    request.mutable_texts()->mutable_texts()->add_texts(text);
+    v1::SimilarityResponse response;
+    ExpectOverMemoryLimit(Similarity(request, &response));
+  }
+  {
+    SCOPED_TRACE("Classify");
+    v1::ClassifyRequest request;
+    *request.add_images() = Encoded("png");
+    request.add_labels(text);
+    request.add_labels("dog");
+    v1::ClassifyResponse response;
+    ExpectOverMemoryLimit(Classify(request, &response));
+  }
+  {
+    SCOPED_TRACE("Tokenize");
+    v1::TokenizeRequest request;
+    request.add_texts(text);
+    v1::TokenizeResponse response;
+    ExpectOverMemoryLimit(stub_->Tokenize(Context().get(), request, &response));
+  }
+  EXPECT_EQ(engine_->calls().size(), 1u);
+  EXPECT_EQ(service_->request_memory_used(), static_cast<int64_t>(big.ByteSizeLong()));
+
+  // Once the held call is done its bytes are free again.
+  engine_->set_hold(false);
+  ASSERT_TRUE(big_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(big_status.ok()) << big_status.error_message();
+  ASSERT_TRUE(AwaitRequestMemory(*service_, 0));
+  v1::EmbedTextRequest request;
+  request.add_texts(text);
+  v1::EmbedTextResponse response;
+  const grpc::Status status = EmbedText(request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
 }
 
 TEST_F(ClipServiceTest, EngineErrorsKeepTheirCode) {
@@ -1352,6 +1456,51 @@ TEST_F(ClipServiceTest, EmbedStreamKeepsAtMostTheLimitInFlight) {
   for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << id;
   EXPECT_EQ(engine_->max_outstanding(), kLimit);
   EXPECT_EQ(engine_->calls().size(), static_cast<size_t>(kItems));
+}
+
+TEST_F(ClipServiceTest, EmbedStreamItemsPastTheRequestMemoryLimitFailAlone) {
+  ClipServiceOptions options;
+  options.max_request_memory_bytes = 2000;
+  Restart(options);
+  engine_->set_hold(true);
+
+  auto context = Context(absl::Seconds(30));
+  auto stream = stub_->EmbedStream(context.get());
+  // The first item's 1500 bytes are held while the engine holds it...
+  ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  EXPECT_GE(service_->request_memory_used(), 1500);
+  // ...so the next 600 bytes do not fit: that item alone fails, at once.
+  ASSERT_TRUE(stream->Write(TextItem("refused", std::string(600, 'r'))));
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.id(), "refused");
+  ASSERT_TRUE(response.has_error());
+  EXPECT_EQ(response.error().code(),
+            static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_THAT(response.error().message(), HasSubstr("--max_request_memory_mb"));
+  // A small item still fits beside the big one.
+  ASSERT_TRUE(stream->Write(TextItem("small", "a cat")));
+  ASSERT_TRUE(engine_->AwaitHeld(2));
+
+  // Once the engine has answered, the stream holds nothing and admits the 600 bytes.
+  engine_->set_hold(false);
+  std::map<std::string, bool> answered;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(stream->Read(&response));
+    answered[response.id()] = response.has_embedding();
+  }
+  EXPECT_EQ(answered, (std::map<std::string, bool>{{"big", true}, {"small", true}}));
+  EXPECT_EQ(service_->request_memory_used(), 0);
+  ASSERT_TRUE(stream->Write(TextItem("retried", std::string(600, 'r'))));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.id(), "retried");
+  EXPECT_TRUE(response.has_embedding());
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_FALSE(stream->Read(&response));
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(service_->request_memory_used(), 0);
 }
 
 TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
