@@ -9,11 +9,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "server/common/clock.h"
 
 namespace clipserve {
 namespace {
@@ -105,6 +105,8 @@ ClipClient::ClipClient(const ClientOptions& options, std::string channel_target,
                        std::shared_ptr<grpc::Channel> channel)
     : options_(options),
       env_(CompleteEnvironment(options.retry_environment)),
+      stall_clock_(options.stall_clock != nullptr ? options.stall_clock
+                                                  : RealClock::Get()),
       channel_target_(std::move(channel_target)),
       channel_(std::move(channel)),
       stub_(v1::ClipService::NewStub(channel_)),
@@ -277,7 +279,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
       job.reader_done = false;
       job.stalled = false;
       job.answered_in_pass = 0;
-      job.last_progress = absl::Now();
+      job.last_progress = stall_clock_->Now();
     }
 
     grpc::ClientContext context;
@@ -316,7 +318,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
         request.set_truncate(options.truncate);
         {
           absl::MutexLock lock(&job.mu);
-          if (job.in_flight++ == 0) job.last_progress = absl::Now();
+          if (job.in_flight++ == 0) job.last_progress = stall_clock_->Now();
           job.states[index] = ItemState::kSent;
           job.cv.SignalAll();
         }
@@ -330,14 +332,15 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
     std::thread watchdog([&] {
       absl::MutexLock lock(&job.mu);
       while (!job.reader_done) {
-        const absl::Time now = absl::Now();
+        const absl::Time now = stall_clock_->Now();
         if (job.in_flight > 0 && now - job.last_progress >= stall) {
           job.stalled = true;
           context.TryCancel();
           return;
         }
-        job.cv.WaitWithTimeout(
-            &job.mu, job.in_flight > 0 ? job.last_progress + stall - now : stall);
+        // Not absl::CondVar's timed wait, which this Abseil times on the wall clock.
+        stall_clock_->WaitWithDeadline(
+            &job.mu, &job.cv, (job.in_flight > 0 ? job.last_progress : now) + stall);
       }
     });
 
@@ -351,7 +354,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
         continue;  // not an answer to an outstanding item of ours: ignore it
       }
       --job.in_flight;
-      job.last_progress = absl::Now();
+      job.last_progress = stall_clock_->Now();
       job.cv.SignalAll();
       if (response.has_error()) {
         absl::Status error = FromRpcStatus(response.error());

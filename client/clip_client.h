@@ -21,6 +21,8 @@
 
 namespace clipserve {
 
+class Clock;
+
 // How a ClipClient connects, waits and retries. Every default is what the clip_client
 // command line uses.
 struct ClientOptions {
@@ -77,6 +79,12 @@ struct ClientOptions {
 
   // Clock, sleep and randomness of retries; empty functions mean the real ones.
   RetryEnvironment retry_environment;
+
+  // Time source of EmbedStream's stall watchdog; not owned, must outlive the client.
+  // nullptr means RealClock (server/common/clock.h), which runs on the monotonic
+  // clock, so a step of the wall clock neither ends a stream as stalled nor extends
+  // its wait.
+  Clock* stall_clock = nullptr;
 
   // Resolves names in a comma-separated target; empty means getaddrinfo.
   HostResolver host_resolver;
@@ -136,6 +144,7 @@ struct EmbedStreamOptions {
 
   // Longest wait for the next answer while items are in flight, > 0; when it passes
   // the stream is cancelled and its unanswered items fail with DEADLINE_EXCEEDED.
+  // Timed on the monotonic clock (ClientOptions::stall_clock).
   // nullopt means ClientOptions::deadline (the most one call may take).
   std::optional<absl::Duration> stall_timeout;
 
@@ -242,6 +251,7 @@ class ClipClient {
 
   const ClientOptions options_;
   const RetryEnvironment env_;
+  Clock* const stall_clock_;
   const std::string channel_target_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ClipService::Stub> stub_;

@@ -9,10 +9,12 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/bench.h"
@@ -23,6 +25,7 @@
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/error_details.h"
 #include "gtest/gtest.h"
+#include "server/common/fake_clock.h"
 
 namespace clipserve {
 namespace {
@@ -69,6 +72,7 @@ class FakeClipService final : public v1::ClipService::Service {
   std::atomic<int> stream_calls{0};
   std::atomic<int> refuse_first_unary{0};         // unary calls to refuse with RetryInfo
   std::atomic<int> break_first_stream_after{-1};  // answers before UNAVAILABLE
+  std::atomic<int> hanging{0};                    // "hang" items being held
   int stream_batch = 3;  // items read before answering them in reverse
 
   grpc::Status EmbedImage(grpc::ServerContext*, const v1::EmbedImageRequest* request,
@@ -117,6 +121,7 @@ class FakeClipService final : public v1::ClipService::Service {
         v1::EmbedStreamResponse response;
         response.set_id(request.id());
         if (text == "hang") {
+          ++hanging;
           while (!context->IsCancelled()) absl::SleepFor(absl::Milliseconds(5));
           return grpc::Status::CANCELLED;
         }
@@ -465,6 +470,43 @@ TEST(EmbedStreamTest, StalledStreamEndsWithDeadlineExceeded) {
   EXPECT_TRUE((*results)[0].ok());
   EXPECT_EQ((*results)[1].status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+// The watchdog runs on ClientOptions::stall_clock (RealClock, monotonic, by default):
+// here a FakeClock that only the test moves, by far more than the stall timeout but
+// only once the "hang" item is in flight. On the wall clock (absl::Now()), as it was,
+// the watchdog ignores the fake clock and the pass ends at its 30 s deadline instead.
+TEST(EmbedStreamTest, TheStallWatchdogRunsOnTheClientsClock) {
+  FakeServer fake;
+  fake.service.stream_batch = 1;
+  FakeClock clock;
+  ClientOptions client_options;
+  client_options.target = fake.target();
+  client_options.stall_clock = &clock;
+  auto client = ClipClient::Create(client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  EmbedStreamOptions options;
+  options.stall_timeout = absl::Hours(1);
+  options.timeout = absl::Seconds(30);
+  absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> results;
+  absl::Notification done;
+  std::thread stream([&] {
+    results = (*client)->EmbedStream(Texts({"a", "hang"}), options);
+    done.Notify();
+  });
+  // The first answer may still be on its way when "hang" arrives, and it moves the
+  // watchdog's deadline; so time moves on in steps until the stream ends.
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (!done.HasBeenNotified() && absl::Now() < give_up) {
+    if (fake.service.hanging > 0) clock.AdvanceTime(absl::Hours(1));
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  stream.join();
+  ASSERT_TRUE(results.ok()) << results.status();
+  EXPECT_TRUE((*results)[0].ok());
+  EXPECT_EQ((*results)[1].status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string((*results)[1].status().message()),
+              HasSubstr("no answer from the server for 1h"));
 }
 
 TEST(EmbedStreamTest, RejectsBadOptions) {
