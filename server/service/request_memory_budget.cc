@@ -79,15 +79,14 @@ void RequestMemoryBudget::Return(int64_t bytes) {
 absl::Status ValidateRequestMemoryLimit(int64_t capacity_bytes,
                                         int64_t max_message_bytes) {
   if (capacity_bytes < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request memory limit must not be negative, got ",
-                     capacity_bytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request memory limit must not be negative, got ", capacity_bytes, " bytes"));
   }
   if (capacity_bytes > 0 && capacity_bytes < max_message_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the request memory limit (", Size(capacity_bytes),
-        ") is smaller than the largest message (", Size(max_message_bytes),
-        "): a request of that size could never be admitted"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request memory limit (", Size(capacity_bytes),
+                     ") is smaller than the largest message (", Size(max_message_bytes),
+                     "): a request of that size could never be admitted"));
   }
   return absl::OkStatus();
 }

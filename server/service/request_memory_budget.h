@@ -89,7 +89,8 @@ class RequestMemoryBudget {
 // INVALID_ARGUMENT when `capacity_bytes` is negative, or positive but smaller than
 // `max_message_bytes`: a request of the largest size gRPC accepts could then never be
 // admitted.
-absl::Status ValidateRequestMemoryLimit(int64_t capacity_bytes, int64_t max_message_bytes);
+absl::Status ValidateRequestMemoryLimit(int64_t capacity_bytes,
+                                        int64_t max_message_bytes);
 
 }  // namespace clipserve
 
