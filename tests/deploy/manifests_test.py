@@ -7,10 +7,9 @@ Renders deploy/k8s/base and every overlay (tests/deploy/kustomize_lite.py) and c
 for each: the gRPC probes (startup, readiness, liveness) on the port clip_server
 listens on, resources, the security context against the Dockerfile's USER, the drain
 timing (terminationGracePeriodSeconds >= preStop sleep + --shutdown_grace_s + one
-batch), the
-model volume, the Services, HPA and PDB selecting the Deployment's pods, and that every
-flag the pods get is an ABSL_FLAG of server/main.cc. Also checks the Dockerfile, the
-compose file and scripts/install-deps.sh. Needs python3-yaml.
+batch), the model volume, the Services, HPA and PDB selecting the Deployment's pods,
+and that every flag the pods get is an ABSL_FLAG of server/main.cc. Also checks the
+Dockerfile, the compose file and scripts/install-deps.sh. Needs python3-yaml.
 """
 
 import argparse
