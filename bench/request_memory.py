@@ -61,10 +61,11 @@ def run(args, limit_mb, pb, pb_grpc, health_pb, health_grpc):
         payload_mb = request.ByteSize() / 1e6
 
         codes = {}
-        # One channel per call: each upload gets its own connection, as separate
-        # clients would.
+        # One channel per call, each with a connection of its own (gRPC would share one
+        # subchannel between channels with the same arguments), as separate clients.
         channels = [grpc.insecure_channel(
-            server.target, options=[("grpc.max_send_message_length", 64 << 20)])
+            server.target, options=[("grpc.max_send_message_length", 64 << 20),
+                                    ("grpc.use_local_subchannel_pool", 1)])
             for _ in range(args.calls)]
 
         def call(i):

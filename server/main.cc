@@ -155,7 +155,8 @@ ABSL_FLAG(double, shutdown_grace_s, 30.0,
 namespace clipserve {
 namespace {
 
-// A size flag in MiB as bytes; INVALID_ARGUMENT when negative or absurd.
+// A size flag in MiB as bytes; INVALID_ARGUMENT when negative, absurd, or so small
+// that it would round to 0 bytes (which means "off" or "no limit").
 absl::StatusOr<size_t> MebibytesFlag(absl::string_view name,
                                      const absl::Flag<double>& flag) {
   const double mib = absl::GetFlag(flag);
@@ -163,7 +164,12 @@ absl::StatusOr<size_t> MebibytesFlag(absl::string_view name,
     return absl::InvalidArgumentError(
         absl::StrCat("--", name, " must be between 0 and 1048576, not ", mib));
   }
-  return static_cast<size_t>(mib * (1 << 20));
+  const auto bytes = static_cast<size_t>(mib * (1 << 20));
+  if (mib > 0 && bytes == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, "=", mib, " is less than a byte; 0 turns it off"));
+  }
+  return bytes;
 }
 
 std::string ReadProcCpuinfo() {

@@ -56,6 +56,12 @@ Metrics::Metrics(const MetricsOptions& options)
       &GaugeFamily(r, "clipserve_request_memory_limit_bytes",
                    "--max_request_memory_mb in bytes; 0 when there is no limit.")
            .Add({});
+  request_memory_refusals_ =
+      &CounterFamily(
+           r, "clipserve_request_memory_refusals_total",
+           "Calls and EmbedStream items refused with RESOURCE_EXHAUSTED because "
+           "they would pass --max_request_memory_mb.")
+           .Add({});
   model_info_ = &GaugeFamily(r, "clipserve_model_info",
                              "The served model, described by the labels; always 1.");
   label_cache_hits_ =
@@ -105,13 +111,15 @@ Metrics::~Metrics() = default;
 void Metrics::RequestStarted() { in_flight_->Increment(); }
 
 void Metrics::AddRequestMemory(int64_t delta) {
-  // prometheus-cpp documents Increment() and Decrement() for non-negative amounts.
+  // prometheus-cpp's Gauge::Increment(v) and Decrement(v) are meant for v >= 0.
   if (delta >= 0) {
     request_memory_->Increment(static_cast<double>(delta));
   } else {
     request_memory_->Decrement(-static_cast<double>(delta));
   }
 }
+
+void Metrics::RecordRequestMemoryRefusal() { request_memory_refusals_->Increment(); }
 
 void Metrics::SetRequestMemoryLimit(int64_t bytes) {
   request_memory_limit_->Set(static_cast<double>(bytes));

@@ -71,6 +71,9 @@ class Metrics final : public EngineObserver {
   void AddRequestMemory(int64_t delta);
   // The budget's limit in bytes, 0 for none: clipserve_request_memory_limit_bytes.
   void SetRequestMemoryLimit(int64_t bytes);
+  // A call or EmbedStream item refused for lack of room in the budget:
+  // clipserve_request_memory_refusals_total + 1.
+  void RecordRequestMemoryRefusal();
 
   // --- The engine (EngineObserver) ---
 
@@ -149,6 +152,7 @@ class Metrics final : public EngineObserver {
   prometheus::Gauge* in_flight_ = nullptr;
   prometheus::Gauge* request_memory_ = nullptr;
   prometheus::Gauge* request_memory_limit_ = nullptr;
+  prometheus::Counter* request_memory_refusals_ = nullptr;
   prometheus::Family<prometheus::Gauge>* model_info_ = nullptr;
   absl::Mutex model_mu_;
   prometheus::Gauge* model_info_series_ ABSL_GUARDED_BY(model_mu_) = nullptr;

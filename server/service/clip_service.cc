@@ -202,8 +202,8 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     Finish(grpc_status);
   }
 
-  // Keeps `reservation` until the call is deleted, when gRPC has let go of the
-  // request and response.
+  // Keeps `reservation` until the call is deleted in OnDone(); gRPC frees the
+  // request and response just after that.
   void Hold(RequestMemoryBudget::Reservation reservation) {
     reservation_ = std::move(reservation);
   }

@@ -59,6 +59,7 @@ absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
   int64_t used = used_.load(std::memory_order_relaxed);
   do {
     if (capacity_ > 0 && bytes > capacity_ - used) {
+      if (metrics_ != nullptr) metrics_->RecordRequestMemoryRefusal();
       return ResourceExhaustedWithRetry(
           absl::StrCat("the server holds ", Size(used),
                        " of requests in flight; this one (", Size(bytes),

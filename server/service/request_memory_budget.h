@@ -17,22 +17,31 @@ class Metrics;
 //
 // gRPC caps each message (--max_message_bytes) but not how many calls are in flight,
 // and with the callback API every call that arrives is held until the engine answers
-// it. Each call reserves its request's size here before it is parsed and keeps the
-// reservation until it is deleted; an EmbedStream item keeps one from its parse until
-// the engine has answered it. A reservation that does not fit is refused at once
-// with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo, so the refused request is freed
-// at once instead of waiting, and the client retries when earlier calls are done.
+// it. Each call reserves its request's size here as its handler starts (before the
+// methods that take raw bytes parse them) and keeps the reservation until gRPC is
+// done with the call; an EmbedStream item keeps one from its parse until the engine
+// has answered it. A reservation that does not fit is refused at once with
+// RESOURCE_EXHAUSTED and a google.rpc.RetryInfo, so the refused request is freed at
+// once instead of waiting, and the client retries when earlier calls are done.
 //
-// What is counted is the request as it arrived on the wire. The service holds up to
-// about three times that while a call is in flight (the received message, the parsed
-// one, and the engine's copy of its images or texts); docs/OPERATIONS.md sizes pods
-// from it.
+// What is counted is the request's serialized size as gRPC hands it over (after any
+// decompression; EmbedImage, which gRPC parses itself, counts its parsed message's
+// size, the same number). The service holds up to about three times that while a
+// call is in flight (the received message, the parsed one, and the engine's copy of
+// its images or texts); docs/OPERATIONS.md sizes pods from it.
+//
+// The budget is shared by all clients, first come, first served: one client with
+// many large calls in flight can take it all, and while small calls keep it nearly
+// full a request of the largest size waits for a gap. Keep the limit several times
+// --max_message_bytes (the default is four times).
 //
 // Thread-safe and lock-free; never blocks.
 class RequestMemoryBudget {
  public:
-  // How long a refused client is asked to wait: about one batch of a busy engine.
-  static constexpr absl::Duration kRetryAfter = absl::Milliseconds(100);
+  // How long a refused client is asked to wait. Room comes back only as whole calls
+  // finish, which under the load that fills the budget takes batches, not one: a
+  // client retrying sooner would upload its request again only to be refused again.
+  static constexpr absl::Duration kRetryAfter = absl::Seconds(1);
 
   // Bytes held by one call; returned to the budget on destruction. Move-only. A
   // default-constructed one holds nothing.
@@ -61,7 +70,7 @@ class RequestMemoryBudget {
 
   // `capacity_bytes` 0 means no limit (sizes are still counted); it must not be
   // negative. `metrics` (optional, not owned, must outlive the budget) gets the bytes
-  // held as the clipserve_request_memory_bytes gauge.
+  // held (clipserve_request_memory_bytes), the limit and each refusal.
   explicit RequestMemoryBudget(int64_t capacity_bytes, Metrics* metrics = nullptr);
   // Every reservation must have been released.
   ~RequestMemoryBudget();

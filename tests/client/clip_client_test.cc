@@ -473,8 +473,8 @@ TEST(EmbedStreamTest, StalledStreamEndsWithDeadlineExceeded) {
 }
 
 // The watchdog runs on ClientOptions::stall_clock (RealClock, monotonic, by default):
-// here a FakeClock that only the test moves, by far more than the stall timeout but
-// only once the "hang" item is in flight. On the wall clock (absl::Now()), as it was,
+// here a FakeClock that only the test moves, by far more than the stall timeout, once
+// "a" is answered and "hang" is in flight. On the wall clock (absl::Now()), as it was,
 // the watchdog ignores the fake clock and the pass ends at its 30 s deadline instead.
 TEST(EmbedStreamTest, TheStallWatchdogRunsOnTheClientsClock) {
   FakeServer fake;
@@ -488,17 +488,19 @@ TEST(EmbedStreamTest, TheStallWatchdogRunsOnTheClientsClock) {
   EmbedStreamOptions options;
   options.stall_timeout = absl::Hours(1);
   options.timeout = absl::Seconds(30);
+  std::atomic<size_t> settled{0};
+  options.on_progress = [&settled](size_t done, size_t) { settled = done; };
   absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> results;
   absl::Notification done;
   std::thread stream([&] {
     results = (*client)->EmbedStream(Texts({"a", "hang"}), options);
     done.Notify();
   });
-  // The first answer may still be on its way when "hang" arrives, and it moves the
-  // watchdog's deadline; so time moves on in steps until the stream ends.
+  // Time moves only after the client has settled "a" (before that, a stall would
+  // fail it too) and while the server holds "hang"; in steps, until the stream ends.
   const absl::Time give_up = absl::Now() + absl::Seconds(20);
   while (!done.HasBeenNotified() && absl::Now() < give_up) {
-    if (fake.service.hanging > 0) clock.AdvanceTime(absl::Hours(1));
+    if (settled >= 1 && fake.service.hanging > 0) clock.AdvanceTime(absl::Hours(1));
     absl::SleepFor(absl::Milliseconds(5));
   }
   stream.join();

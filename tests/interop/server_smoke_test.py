@@ -145,7 +145,8 @@ class SignalTest(unittest.TestCase):
         for flags in (["--max_batch_size=0"], ["--max_queue_size=4", "--max_batch_size=8"],
                       ["--max_items_per_request=2000"], ["--port=70000"],
                       ["--port=50999", "--metrics_port=50999"], ["--max_text_bytes=0"],
-                      ["--max_request_memory_mb=63"], ["--max_request_memory_mb=-1"]):
+                      ["--max_request_memory_mb=63"], ["--max_request_memory_mb=-1"],
+                      ["--text_cache_mb=1e-9"]):
             start = time.monotonic()
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",

@@ -580,8 +580,9 @@ void ExpectOverMemoryLimit(const grpc::Status& status) {
   const google::rpc::Status details = RpcStatus(status);
   ASSERT_EQ(details.details_size(), 1);
   ASSERT_TRUE(details.details(0).UnpackTo(&retry_info));
-  EXPECT_EQ(retry_info.retry_delay().nanos(),
-            absl::ToInt64Nanoseconds(RequestMemoryBudget::kRetryAfter));
+  EXPECT_EQ(absl::Seconds(retry_info.retry_delay().seconds()) +
+                absl::Nanoseconds(retry_info.retry_delay().nanos()),
+            RequestMemoryBudget::kRetryAfter);
 }
 
 TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine) {

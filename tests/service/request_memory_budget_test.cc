@@ -137,7 +137,7 @@ TEST(RequestMemoryBudgetTest, ConcurrentReservationsNeverPassTheLimit) {
   EXPECT_EQ(budget.used(), 0);
 }
 
-TEST(RequestMemoryBudgetTest, MetricsFollowTheBytesHeldAndShowTheLimit) {
+TEST(RequestMemoryBudgetTest, MetricsFollowTheBytesHeldAndCountRefusals) {
   Metrics metrics;
   RequestMemoryBudget budget(int64_t{3} << 20, &metrics);
   EXPECT_THAT(metrics.Serialize(),
@@ -148,6 +148,10 @@ TEST(RequestMemoryBudgetTest, MetricsFollowTheBytesHeldAndShowTheLimit) {
   EXPECT_THAT(metrics.Serialize(), HasSubstr("clipserve_request_memory_bytes 2000\n"));
   a->Release();
   EXPECT_THAT(metrics.Serialize(), HasSubstr("clipserve_request_memory_bytes 500\n"));
+  EXPECT_FALSE(budget.Reserve(int64_t{3} << 20).ok());
+  EXPECT_FALSE(budget.Reserve(int64_t{3} << 20).ok());
+  EXPECT_THAT(metrics.Serialize(),
+              HasSubstr("clipserve_request_memory_refusals_total 2\n"));
   b->Release();
   EXPECT_THAT(metrics.Serialize(), HasSubstr("clipserve_request_memory_bytes 0\n"));
 }
