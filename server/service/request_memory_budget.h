@@ -32,8 +32,8 @@ class Metrics;
 //
 // The budget is shared by all clients, first come, first served: one client with
 // many large calls in flight can take it all, and while small calls keep it nearly
-// full a request of the largest size waits for a gap. Keep the limit several times
-// --max_message_bytes (the default is four times).
+// full a request of the largest size is refused (and retried) until a gap opens.
+// Keep the limit several times --max_message_bytes (the default is four times).
 //
 // Thread-safe and lock-free; never blocks.
 class RequestMemoryBudget {
