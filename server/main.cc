@@ -112,6 +112,28 @@ ABSL_FLAG(double, max_request_memory_mb, 256,
           "Most MiB of requests held by calls in flight; a call past it is refused at "
           "once with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; "
           "0 = no limit. The process holds up to about 3x this for requests.");
+ABSL_FLAG(double, max_connection_age_s, 0,
+          "Send each client connection GOAWAY once it is this many seconds old (gRPC "
+          "adds up to 10% jitter): clients reconnect for their next calls and spread "
+          "over replicas added since they connected. 0 = never.");
+ABSL_FLAG(double, max_connection_age_grace_s, 0,
+          "After --max_connection_age_s, seconds that calls in flight on the old "
+          "connection get to finish before they are cancelled (UNAVAILABLE, which "
+          "clip_client retries). 0 = no limit.");
+ABSL_FLAG(double, max_connection_idle_s, 0,
+          "Send GOAWAY to a connection with no call in flight for this many seconds. "
+          "0 = never.");
+ABSL_FLAG(double, keepalive_time_s, 60,
+          "Ping each connection, idle or not, after this many seconds without a ping, "
+          "and close it when no answer comes within --keepalive_timeout_s, cancelling "
+          "its calls: frees what a client that vanished without closing its socket "
+          "held. 0 = no pings.");
+ABSL_FLAG(double, keepalive_timeout_s, 20,
+          "Seconds a keepalive ping may go unanswered before the connection is closed.");
+ABSL_FLAG(double, min_client_ping_interval_s, 10,
+          "Clients may send keepalive pings this often, with or without calls in "
+          "flight; one that pings more often is sent away with GOAWAY "
+          "\"too_many_pings\". 0 = any rate.");
 ABSL_FLAG(double, text_cache_mb, 64,
           "Text embeddings remembered (LRU, MiB); a repeated text skips the model. "
           "0 disables.");
@@ -170,6 +192,21 @@ absl::StatusOr<size_t> MebibytesFlag(absl::string_view name,
         absl::StrCat("--", name, "=", mib, " is less than a byte; 0 turns it off"));
   }
   return bytes;
+}
+
+// A duration flag in seconds: 0 means `zero` (never, or no limit) where that is
+// given and is refused otherwise; INVALID_ARGUMENT when negative, NaN or over 2,000,000
+// seconds (gRPC counts milliseconds in an int).
+absl::StatusOr<absl::Duration> SecondsFlag(absl::string_view name,
+                                           const absl::Flag<double>& flag,
+                                           std::optional<absl::Duration> zero) {
+  const double seconds = absl::GetFlag(flag);
+  if (!(seconds >= 0 && seconds <= 2'000'000) || (seconds == 0 && !zero.has_value())) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " must be ",
+                                                   zero.has_value() ? "0" : "more than 0",
+                                                   " to 2000000 seconds, not ", seconds));
+  }
+  return seconds == 0 ? *zero : absl::Seconds(seconds);
 }
 
 std::string ReadProcCpuinfo() {
@@ -340,6 +377,29 @@ absl::Status Run() {
     return absl::InvalidArgumentError(
         absl::StrCat("--shutdown_grace_s must be 0 to 3600 seconds, got ", grace_s));
   }
+  ClipServerOptions server_options;
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      server_options.max_connection_age,
+      SecondsFlag("max_connection_age_s", FLAGS_max_connection_age_s,
+                  absl::InfiniteDuration()));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      server_options.max_connection_age_grace,
+      SecondsFlag("max_connection_age_grace_s", FLAGS_max_connection_age_grace_s,
+                  absl::InfiniteDuration()));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      server_options.max_connection_idle,
+      SecondsFlag("max_connection_idle_s", FLAGS_max_connection_idle_s,
+                  absl::InfiniteDuration()));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      server_options.keepalive_time,
+      SecondsFlag("keepalive_time_s", FLAGS_keepalive_time_s, absl::InfiniteDuration()));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      server_options.keepalive_timeout,
+      SecondsFlag("keepalive_timeout_s", FLAGS_keepalive_timeout_s, std::nullopt));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      server_options.min_client_ping_interval,
+      SecondsFlag("min_client_ping_interval_s", FLAGS_min_client_ping_interval_s,
+                  absl::ZeroDuration()));
   // Security flags first: a mistake there fails in a moment, not after the model load.
   ServerTlsFiles tls_files;
   tls_files.cert_file = absl::GetFlag(FLAGS_tls_cert);
@@ -479,7 +539,6 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipService> service,
                              ClipService::Create(&cached_engine, service_options));
 
-  ClipServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
   server_options.port = port;
   server_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);

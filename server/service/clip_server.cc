@@ -1,6 +1,9 @@
 #include "server/service/clip_server.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -14,6 +17,42 @@
 #include "grpcpp/server_builder.h"
 
 namespace clipserve {
+namespace {
+
+// A duration as gRPC's int milliseconds channel argument: INT_MAX, gRPC's "never",
+// for an infinite one (or one too long to say otherwise), at least 1 ms otherwise.
+int GrpcMillis(absl::Duration duration) {
+  constexpr int64_t kNever = std::numeric_limits<int>::max();
+  if (duration == absl::InfiniteDuration()) return static_cast<int>(kNever);
+  return static_cast<int>(std::clamp<int64_t>(
+      absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))), 1, kNever));
+}
+
+absl::Status ValidateConnectionOptions(const ClipServerOptions& options) {
+  const std::pair<const char*, absl::Duration> positive[] = {
+      {"max_connection_age", options.max_connection_age},
+      {"max_connection_age_grace", options.max_connection_age_grace},
+      {"max_connection_idle", options.max_connection_idle},
+      {"keepalive_time", options.keepalive_time},
+      {"keepalive_timeout", options.keepalive_timeout},
+  };
+  for (const auto& [name, duration] : positive) {
+    if (duration <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be positive (infinite for never), not ",
+                       absl::FormatDuration(duration)));
+    }
+  }
+  if (options.keepalive_timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("keepalive_timeout must be finite");
+  }
+  if (options.min_client_ping_interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("min_client_ping_interval must not be negative");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
     const ClipServerOptions& options,
@@ -24,6 +63,9 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
   }
   if (options.max_receive_message_bytes <= 0 || options.max_send_message_bytes <= 0) {
     return absl::InvalidArgumentError("message size limits must be positive");
+  }
+  if (absl::Status status = ValidateConnectionOptions(options); !status.ok()) {
+    return status;
   }
   if (options.tls.has_value()) {
     if (absl::Status status = ValidateServerTlsConfig(*options.tls); !status.ok()) {
@@ -45,6 +87,23 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
   // gRPC sets SO_REUSEPORT by default, which would let a second server silently share
   // the port with a running one; a clear bind error is what an operator wants.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                             GrpcMillis(options.max_connection_age));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                             GrpcMillis(options.max_connection_age_grace));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             GrpcMillis(options.max_connection_idle));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             GrpcMillis(options.keepalive_time));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             GrpcMillis(options.keepalive_timeout));
+  // Pings on connections without calls, both ways: the server's keepalive finds a
+  // vanished idle client too, and clients that keep idle connections warm are welcome.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             options.min_client_ping_interval == absl::ZeroDuration()
+                                 ? 0
+                                 : GrpcMillis(options.min_client_ping_interval));
   for (const auto& service : services) builder.RegisterService(service.get());
 
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

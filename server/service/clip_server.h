@@ -33,6 +33,31 @@ struct ClipServerOptions {
   // certificate, and with client_ca_pem set demands client certificates signed by
   // that CA (mutual TLS). Read it with LoadServerTlsConfig().
   std::optional<ServerTlsConfig> tls;
+
+  // HTTP/2 connection management. absl::InfiniteDuration() means never.
+  //
+  // Once a connection is this old (gRPC adds up to 10% jitter) the server sends it
+  // GOAWAY: the client opens a new connection for its next calls, re-resolving DNS, so
+  // long-lived clients spread over replicas added since they connected. Calls in
+  // flight on the old connection get max_connection_age_grace to finish; the rest are
+  // cancelled and the client sees UNAVAILABLE, which ClipClient retries.
+  absl::Duration max_connection_age = absl::InfiniteDuration();
+  absl::Duration max_connection_age_grace = absl::InfiniteDuration();
+  // GOAWAY to a connection that has had no call in flight for this long.
+  absl::Duration max_connection_idle = absl::InfiniteDuration();
+  // The server pings every connection, idle or not, after this long without a ping,
+  // and closes it when no answer comes within keepalive_timeout, cancelling its calls:
+  // a client that vanished without closing its socket (a crashed host, a cut network)
+  // releases its streams and socket within about keepalive_time + keepalive_timeout
+  // instead of the kernel's TCP timeouts. InfiniteDuration() sends no pings.
+  absl::Duration keepalive_time = absl::Seconds(60);
+  absl::Duration keepalive_timeout = absl::Seconds(20);
+  // Clients may ping (their own keepalive) this often, with or without calls in
+  // flight; ZeroDuration() accepts any rate. A client that pings more often is sent
+  // away after a few such pings with GOAWAY "too_many_pings", as gRPC does. gRPC's own
+  // default, 5 minutes and no pings without calls, sends away clients configured with
+  // a common 10-30 s keepalive.
+  absl::Duration min_client_ping_interval = absl::Seconds(10);
 };
 
 // Hosts clipserve's gRPC services together with the standard grpc.health.v1.Health
@@ -50,8 +75,9 @@ class ClipServer {
  public:
   // Builds the server, binds the port and starts serving `services` (which the server
   // owns). Errors: UNAVAILABLE when the address cannot be bound (port in use, bad
-  // host), INVALID_ARGUMENT for options out of range or TLS material that
-  // ValidateServerTlsConfig() refuses.
+  // host), INVALID_ARGUMENT for options out of range (a duration above is zero or
+  // negative, min_client_ping_interval negative, keepalive_timeout infinite) or TLS
+  // material that ValidateServerTlsConfig() refuses.
   static absl::StatusOr<std::unique_ptr<ClipServer>> Create(
       const ClipServerOptions& options,
       std::vector<std::unique_ptr<grpc::Service>> services);

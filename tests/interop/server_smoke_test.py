@@ -146,7 +146,9 @@ class SignalTest(unittest.TestCase):
                       ["--max_items_per_request=2000"], ["--port=70000"],
                       ["--port=50999", "--metrics_port=50999"], ["--max_text_bytes=0"],
                       ["--max_request_memory_mb=63"], ["--max_request_memory_mb=-1"],
-                      ["--text_cache_mb=1e-9"]):
+                      ["--text_cache_mb=1e-9"], ["--max_connection_age_s=-1"],
+                      ["--keepalive_timeout_s=0"], ["--keepalive_time_s=nan"],
+                      ["--min_client_ping_interval_s=3e6"]):
             start = time.monotonic()
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
@@ -171,6 +173,30 @@ def cpu_flags():
             if line.startswith("flags"):
                 return set(line.split(":", 1)[1].split())
     return set()
+
+
+class ConnectionFlagsTest(unittest.TestCase):
+    """The connection management flags reach gRPC."""
+
+    @classmethod
+    def setUpClass(cls):
+        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
+        cls.health_pb, cls.health_grpc = lib.import_health()
+
+    def test_max_connection_age_ends_a_call_after_the_grace(self):
+        # A Health Watch never ends on its own; an old connection's does, with UNAVAILABLE.
+        server = lib.Server(ARGS.server, "--max_connection_age_s=0.5",
+                            "--max_connection_age_grace_s=0.5")
+        self.addCleanup(server.kill)
+        channel = server.wait_ready(self.health_pb, self.health_grpc)
+        self.addCleanup(channel.close)
+        watch = self.health_grpc.HealthStub(channel).Watch(
+            self.health_pb.HealthCheckRequest(service=""), timeout=30)
+        self.assertEqual(next(watch).status, self.health_pb.HealthCheckResponse.SERVING)
+        with self.assertRaises(grpc.RpcError) as caught:
+            next(watch)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                         caught.exception.details())
 
 
 class BlasKernelTest(unittest.TestCase):

@@ -1,5 +1,6 @@
 #include "server/service/clip_server.h"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -16,14 +17,14 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
+#include "tests/testing/tcp_proxy.h"
 
 namespace clipserve {
 namespace {
 
 using grpc::health::v1::HealthCheckResponse;
 
-std::unique_ptr<ClipServer> StartServer() {
-  ClipServerOptions options;
+std::unique_ptr<ClipServer> StartServer(ClipServerOptions options = {}) {
   options.host = "127.0.0.1";
   options.port = 0;
   std::vector<std::unique_ptr<grpc::Service>> services;
@@ -142,6 +143,162 @@ TEST(ClipServerTest, MessageSizeLimitIsOnByDefault) {
     EXPECT_EQ(status.error_code(), too_large ? grpc::StatusCode::RESOURCE_EXHAUSTED
                                              : grpc::StatusCode::UNIMPLEMENTED)
         << status.error_message();
+  }
+}
+
+// Polls `done` every 10 ms for up to `timeout`; true once it holds.
+bool PollUntil(const std::function<bool()>& done, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
+
+std::unique_ptr<testing::TcpProxy> ProxyTo(const ClipServer& server) {
+  auto proxy = testing::TcpProxy::Start(server.port());
+  EXPECT_TRUE(proxy.ok()) << proxy.status();
+  return proxy.ok() ? *std::move(proxy) : nullptr;
+}
+
+std::shared_ptr<grpc::Channel> ChannelTo(int port, grpc::ChannelArguments args = {}) {
+  return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+// One health check over `channel`, which opens its connection.
+void CheckHealth(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  grpc::health::v1::HealthCheckRequest request;
+  HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+TEST(ClipServerTest, ConnectionDefaults) {
+  const ClipServerOptions defaults;
+  EXPECT_EQ(defaults.max_connection_age, absl::InfiniteDuration());
+  EXPECT_EQ(defaults.max_connection_age_grace, absl::InfiniteDuration());
+  EXPECT_EQ(defaults.max_connection_idle, absl::InfiniteDuration());
+  EXPECT_EQ(defaults.keepalive_time, absl::Seconds(60));
+  EXPECT_EQ(defaults.keepalive_timeout, absl::Seconds(20));
+  EXPECT_EQ(defaults.min_client_ping_interval, absl::Seconds(10));
+}
+
+// A client that vanishes without closing its socket, played by a proxy that turns
+// into a black hole, is found by the server's keepalive pings and its connection
+// closed. An idle connection is pinged again and again, not only once or twice.
+TEST(ClipServerTest, KeepaliveClosesTheConnectionOfAVanishedClient) {
+  ClipServerOptions options;
+  options.keepalive_time = absl::Milliseconds(100);
+  options.keepalive_timeout = absl::Milliseconds(500);
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto proxy = ProxyTo(*server);
+  ASSERT_NE(proxy, nullptr);
+  auto channel = ChannelTo(proxy->port());
+  CheckHealth(channel);  // then the connection stays idle
+  ASSERT_TRUE(
+      PollUntil([&] { return proxy->pings_from_server() >= 5; }, absl::Seconds(20)))
+      << "server pings: " << proxy->pings_from_server();
+  EXPECT_EQ(proxy->closed(), 0);
+  proxy->BlackHole();
+  // Well within gRPC's default keepalive timeout of 20 s.
+  EXPECT_TRUE(PollUntil([&] { return proxy->closed() >= 1; }, absl::Seconds(8)));
+}
+
+// A connection past its maximum age gets GOAWAY; a call still running on it is
+// cancelled once the grace period ends, and the connection closes.
+TEST(ClipServerTest, MaxConnectionAgeEndsConnectionsAfterTheGrace) {
+  ClipServerOptions options;
+  options.max_connection_age = absl::Milliseconds(200);
+  options.max_connection_age_grace = absl::Milliseconds(300);
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto proxy = ProxyTo(*server);
+  ASSERT_NE(proxy, nullptr);
+  auto stub = grpc::health::v1::Health::NewStub(ChannelTo(proxy->port()));
+  // Watch streams health changes and never ends on its own.
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+  grpc::health::v1::HealthCheckRequest request;
+  auto watch = stub->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+  EXPECT_FALSE(watch->Read(&response));
+  const grpc::Status status = watch->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_TRUE(PollUntil([&] { return proxy->closed() >= 1; }, absl::Seconds(20)));
+}
+
+TEST(ClipServerTest, MaxConnectionIdleClosesConnectionsWithoutCalls) {
+  ClipServerOptions options;
+  options.max_connection_idle = absl::Milliseconds(200);
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto proxy = ProxyTo(*server);
+  ASSERT_NE(proxy, nullptr);
+  auto channel = ChannelTo(proxy->port());  // kept: its end would close the connection
+  CheckHealth(channel);
+  EXPECT_TRUE(PollUntil([&] { return proxy->closed() >= 1; }, absl::Seconds(20)));
+}
+
+// Clients that keep their connections warm with their own keepalive pings are served
+// when they ping no more often than min_client_ping_interval, even with no call in
+// flight; faster pingers are sent away, as gRPC does.
+TEST(ClipServerTest, ClientPingsAreWelcomeDownToTheMinimumInterval) {
+  for (const absl::Duration interval : {absl::Milliseconds(50), absl::Seconds(10)}) {
+    SCOPED_TRACE(absl::FormatDuration(interval));
+    ClipServerOptions options;
+    options.keepalive_time = absl::InfiniteDuration();  // only the client pings
+    options.min_client_ping_interval = interval;
+    auto server = StartServer(options);
+    ASSERT_NE(server, nullptr);
+    auto proxy = ProxyTo(*server);
+    ASSERT_NE(proxy, nullptr);
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 100);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, 100);
+    auto channel = ChannelTo(proxy->port(), args);
+    CheckHealth(channel);
+    if (interval < absl::Seconds(1)) {
+      ASSERT_TRUE(
+          PollUntil([&] { return proxy->pings_from_client() >= 6; }, absl::Seconds(30)))
+          << "client pings: " << proxy->pings_from_client();
+      EXPECT_EQ(proxy->closed(), 0);
+    } else {
+      EXPECT_TRUE(PollUntil([&] { return proxy->closed() >= 1; }, absl::Seconds(30)))
+          << "client pings: " << proxy->pings_from_client();
+    }
+  }
+}
+
+TEST(ClipServerTest, RejectsConnectionDurationsOutOfRange) {
+  const std::vector<std::pair<const char*, std::function<void(ClipServerOptions&)>>>
+      cases = {
+          {"zero age", [](auto& o) { o.max_connection_age = absl::ZeroDuration(); }},
+          {"negative grace",
+           [](auto& o) { o.max_connection_age_grace = -absl::Seconds(1); }},
+          {"zero idle", [](auto& o) { o.max_connection_idle = absl::ZeroDuration(); }},
+          {"zero keepalive", [](auto& o) { o.keepalive_time = absl::ZeroDuration(); }},
+          {"infinite timeout",
+           [](auto& o) { o.keepalive_timeout = absl::InfiniteDuration(); }},
+          {"negative ping interval",
+           [](auto& o) { o.min_client_ping_interval = -absl::Milliseconds(1); }},
+      };
+  for (const auto& [name, change] : cases) {
+    ClipServerOptions options;
+    options.host = "127.0.0.1";
+    options.port = 0;
+    change(options);
+    auto server = ClipServer::Create(options, {});
+    EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument) << name;
   }
 }
 
