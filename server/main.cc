@@ -202,9 +202,9 @@ absl::StatusOr<absl::Duration> SecondsFlag(absl::string_view name,
                                            std::optional<absl::Duration> zero) {
   const double seconds = absl::GetFlag(flag);
   if (!(seconds >= 0 && seconds <= 2'000'000) || (seconds == 0 && !zero.has_value())) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, " must be ",
-                                                   zero.has_value() ? "0" : "more than 0",
-                                                   " to 2000000 seconds, not ", seconds));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", name, zero.has_value() ? " must be 0 to " : " must be above 0 and at most ",
+        "2000000 seconds, not ", seconds));
   }
   return seconds == 0 ? *zero : absl::Seconds(seconds);
 }
@@ -510,6 +510,7 @@ absl::Status Run() {
   // end with that thread, so the engine's model runner holds the process's only team
   // and its helpers keep spin-waiting between parallel regions (see ModelRunner).
   absl::StatusOr<LoadedModel> loading;
+  LOG(INFO) << "loading model " << absl::GetFlag(FLAGS_model);
   std::thread([&] { loading = LoadModel(absl::GetFlag(FLAGS_model), load); }).join();
   CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, std::move(loading));
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> tokenizer,
@@ -598,7 +599,9 @@ absl::Status Run() {
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
             << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb)
             << " max_request_memory_mb=" << absl::GetFlag(FLAGS_max_request_memory_mb)
-            << security << " startup=" << RealClock::Get()->Now() - start;
+            << " max_connection_age_s=" << absl::GetFlag(FLAGS_max_connection_age_s)
+            << " keepalive_time_s=" << absl::GetFlag(FLAGS_keepalive_time_s) << security
+            << " startup=" << RealClock::Get()->Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
   bool serving = true;

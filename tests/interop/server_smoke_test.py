@@ -149,15 +149,15 @@ class SignalTest(unittest.TestCase):
                       ["--text_cache_mb=1e-9"], ["--max_connection_age_s=-1"],
                       ["--keepalive_timeout_s=0"], ["--keepalive_time_s=nan"],
                       ["--min_client_ping_interval_s=3e6"]):
-            start = time.monotonic()
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
                                     capture_output=True, text=True, timeout=120)
             self.assertEqual(result.returncode, 1, flags)
             self.assertIn("clip_server failed: INVALID_ARGUMENT", result.stderr, flags)
-            # (ViT-L-14 takes over 6 s to build here; a mistake is found in under 1 s.)
-            self.assertLess(time.monotonic() - start, 4, flags)
+            # Found before the model load starts. (Not a time bound: with 2 cores shared
+            # by parallel tests, "under 4 s" failed.)
+            self.assertNotIn("loading model", result.stderr, flags)
 
     def test_a_grace_that_is_not_a_number_fails_at_once(self):
         for grace in ("nan", "-1", "inf"):
