@@ -17,6 +17,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
+#include "tests/testing/poll_until.h"
 #include "tests/testing/tcp_proxy.h"
 
 namespace clipserve {
@@ -146,16 +147,6 @@ TEST(ClipServerTest, MessageSizeLimitIsOnByDefault) {
   }
 }
 
-// Polls `done` every 10 ms for up to `timeout`; true once it holds.
-bool PollUntil(const std::function<bool()>& done, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return true;
-}
-
 std::unique_ptr<testing::TcpProxy> ProxyTo(const ClipServer& server) {
   auto proxy = testing::TcpProxy::Start(server.port());
   EXPECT_TRUE(proxy.ok()) << proxy.status();
@@ -177,6 +168,8 @@ void CheckHealth(const std::shared_ptr<grpc::Channel>& channel) {
   const grpc::Status status = stub->Check(&context, request, &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
 }
+
+using testing::PollUntil;
 
 TEST(ClipServerTest, ConnectionDefaults) {
   const ClipServerOptions defaults;

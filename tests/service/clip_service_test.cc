@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -28,6 +29,7 @@
 #include "server/service/grpc_status.h"
 #include "server/service/request_memory_budget.h"
 #include "tests/service/fake_engine.h"
+#include "tests/testing/poll_until.h"
 
 namespace clipserve {
 namespace {
@@ -132,12 +134,19 @@ double CrossEntropy(const std::vector<double>& logits, int label) {
 
 // CancellationFlag has no hook to be notified on, so this polls it (bounded).
 bool WaitUntilCancelled(const EmbedOptions& options) {
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (!options.cancellation->cancelled()) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(1));
+  return testing::PollUntil([&] { return options.cancellation->cancelled(); });
+}
+
+// The delay of the one RetryInfo in `status`'s details; nullopt when the details are
+// anything else.
+std::optional<absl::Duration> RetryDelayOf(const grpc::Status& status) {
+  const google::rpc::Status details = RpcStatus(status);
+  google::rpc::RetryInfo retry_info;
+  if (details.details_size() != 1 || !details.details(0).UnpackTo(&retry_info)) {
+    return std::nullopt;
   }
-  return true;
+  return absl::Seconds(retry_info.retry_delay().seconds()) +
+         absl::Nanoseconds(retry_info.retry_delay().nanos());
 }
 
 // ---------------------------------------------------------------------------
@@ -531,12 +540,7 @@ TEST_F(ClipServiceTest, EngineResourceExhaustedReachesTheClientWithRetryInfo) {
   auto check = [](const grpc::Status& status) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
     EXPECT_EQ(status.error_message(), "image queue full");
-    google::rpc::RetryInfo retry_info;
-    const google::rpc::Status details = RpcStatus(status);
-    ASSERT_EQ(details.details_size(), 1);
-    ASSERT_TRUE(details.details(0).UnpackTo(&retry_info));
-    EXPECT_EQ(retry_info.retry_delay().seconds(), 0);
-    EXPECT_EQ(retry_info.retry_delay().nanos(), 250000000);
+    EXPECT_EQ(RetryDelayOf(status), absl::Milliseconds(250));
   };
   {
     SCOPED_TRACE("EmbedImage");
@@ -565,24 +569,13 @@ TEST_F(ClipServiceTest, EngineResourceExhaustedReachesTheClientWithRetryInfo) {
 // A call's request bytes are returned when gRPC deletes the call, which may be just
 // after its client has the answer; this waits (bounded) for the budget to show it.
 bool AwaitRequestMemory(const ClipService& service, int64_t bytes) {
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (service.request_memory_used() != bytes) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return true;
+  return testing::PollUntil([&] { return service.request_memory_used() == bytes; });
 }
 
 void ExpectOverMemoryLimit(const grpc::Status& status) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(status.error_message(), HasSubstr("--max_request_memory_mb"));
-  google::rpc::RetryInfo retry_info;
-  const google::rpc::Status details = RpcStatus(status);
-  ASSERT_EQ(details.details_size(), 1);
-  ASSERT_TRUE(details.details(0).UnpackTo(&retry_info));
-  EXPECT_EQ(absl::Seconds(retry_info.retry_delay().seconds()) +
-                absl::Nanoseconds(retry_info.retry_delay().nanos()),
-            RequestMemoryBudget::kRetryAfter);
+  EXPECT_EQ(RetryDelayOf(status), RequestMemoryBudget::kRetryAfter);
 }
 
 TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine) {
