@@ -62,7 +62,7 @@ class DeadlineTimer {
     if (wake) changed_.notify_one();
   }
 
-  // Called with waiter->mu released (the timer thread may be waiting for it); returns
+  // Called with waiter->mu held or not (the timer thread never blocks on it); returns
   // once the timer thread no longer touches `waiter`.
   void Remove(Waiter* waiter) {
     std::unique_lock<std::mutex> lock(mu_);
@@ -170,11 +170,9 @@ bool RealClock::WaitWithDeadline(absl::Mutex* mu, absl::CondVar* cv,
   timer.Add(&waiter);
   cv->Wait(mu);
   // Remove() waits until the timer thread is done with `waiter` (so it can go out of
-  // scope). The timer only ever TryLocks *mu, so holding *mu here would be safe too;
-  // *mu is released as in FakeClock, which does block on it.
-  mu->Unlock();
+  // scope). *mu stays held: the timer thread only ever TryLocks it, so one that is
+  // about to signal `waiter` finds it busy, lets go and unpins at once.
   timer.Remove(&waiter);
-  mu->Lock();
   return Now() >= deadline;
 }
 
