@@ -29,6 +29,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpcpp/support/error_details.h"
+#include "server/common/request_id.h"
 #include "server/metrics/metrics.h"
 #include "server/model/contrastive_loss.h"
 #include "server/service/grpc_status.h"
@@ -41,6 +42,21 @@ namespace {
 using google::protobuf::RepeatedPtrField;
 
 // The client's deadline as an absl::Time; gRPC reports "none" as time_point::max().
+// The call's request id (see request_id.h): the client's first x-request-id when it is
+// valid, else a new one (an invalid id is replaced, not refused). Sent back in the
+// response's initial metadata either way, so the client learns the id the log uses.
+std::string AssignRequestId(grpc::CallbackServerContext* context) {
+  std::string id;
+  const auto [first, last] = context->client_metadata().equal_range(kRequestIdKey);
+  if (first != last) {
+    const absl::string_view sent(first->second.data(), first->second.size());
+    if (IsValidRequestId(sent)) id = std::string(sent);
+  }
+  if (id.empty()) id = NewRequestId();
+  context->AddInitialMetadata(kRequestIdKey, id);
+  return id;
+}
+
 absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   const std::chrono::system_clock::time_point deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) {
@@ -160,11 +176,12 @@ std::string SimilarityFieldName(absl::string_view path) {
 // the call.
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+  UnaryCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
             absl::string_view rpc)
       : deadline_(DeadlineOf(context)),
         recorder_(recorder),
-        record_(recorder->Start(rpc, context.peer())) {}
+        record_(recorder->Start(rpc, context.peer(), RpcRecorder::Kind::kUnary,
+                                AssignRequestId(&context))) {}
 
   EmbedOptions MakeEmbedOptions(bool normalize, bool truncate) const {
     EmbedOptions options;
@@ -250,7 +267,7 @@ bool Admit(RequestMemoryBudget* budget, size_t request_bytes, UnaryCall* call) {
 template <typename Request, typename Response>
 class RawUnaryCall final : public UnaryCall {
  public:
-  RawUnaryCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+  RawUnaryCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
                absl::string_view rpc, grpc::ByteBuffer* out)
       : UnaryCall(context, recorder, rpc) {
     SerializeOnFinish(&response, out);
@@ -309,7 +326,7 @@ class JoinedCall : public UnaryCall {
 
 class SimilarityCall final : public JoinedCall {
  public:
-  SimilarityCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+  SimilarityCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
                  grpc::ByteBuffer* out, int dim)
       : JoinedCall(context, recorder, "Similarity"), dim_(dim) {
     SerializeOnFinish(&response_, out);
@@ -363,7 +380,7 @@ class SimilarityCall final : public JoinedCall {
 
 class ClassifyCall final : public JoinedCall {
  public:
-  ClassifyCall(const grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+  ClassifyCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
                grpc::ByteBuffer* out, int dim, LabelEmbeddingCache* cache)
       : JoinedCall(context, recorder, "Classify"), dim_(dim), cache_(cache) {
     SerializeOnFinish(&response_, out);
@@ -491,7 +508,7 @@ class ClassifyCall final : public JoinedCall {
 class EmbedStreamCall final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  EmbedStreamCall(const grpc::CallbackServerContext& context, Engine* engine,
+  EmbedStreamCall(grpc::CallbackServerContext& context, Engine* engine,
                   const ClipServiceOptions& options, const RpcRecorder* recorder,
                   RequestMemoryBudget* request_memory)
       : engine_(engine),
@@ -500,8 +517,8 @@ class EmbedStreamCall final
         max_in_flight_(options.max_stream_items_in_flight),
         deadline_(DeadlineOf(context)),
         recorder_(recorder),
-        record_(
-            recorder->Start("EmbedStream", context.peer(), RpcRecorder::Kind::kStream)) {
+        record_(recorder->Start("EmbedStream", context.peer(), RpcRecorder::Kind::kStream,
+                                AssignRequestId(&context))) {
     StartRead(&read_);  // reading_ starts true
   }
 
@@ -793,7 +810,8 @@ grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
                                         const RpcRecorder& recorder,
                                         absl::string_view rpc,
                                         const absl::Status& status) {
-  RpcRecorder::Call call = recorder.Start(rpc, context->peer());
+  RpcRecorder::Call call = recorder.Start(rpc, context->peer(), RpcRecorder::Kind::kUnary,
+                                          AssignRequestId(context));
   recorder.End(call, status, RpcRecorder::Logging::kQuiet);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
@@ -805,10 +823,10 @@ grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
 class FinishedStream final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  FinishedStream(const grpc::CallbackServerContext& context, const RpcRecorder& recorder,
+  FinishedStream(grpc::CallbackServerContext& context, const RpcRecorder& recorder,
                  absl::string_view rpc, const absl::Status& status) {
-    RpcRecorder::Call call =
-        recorder.Start(rpc, context.peer(), RpcRecorder::Kind::kStream);
+    RpcRecorder::Call call = recorder.Start(
+        rpc, context.peer(), RpcRecorder::Kind::kStream, AssignRequestId(&context));
     recorder.End(call, status, RpcRecorder::Logging::kQuiet);
     Finish(ToGrpcStatus(status));
   }
@@ -1240,7 +1258,9 @@ grpc::ServerUnaryReactor* ClipService::GetModelInfo(
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
     return FinishedUnary(context, recorder_, "GetModelInfo", auth);
   }
-  RpcRecorder::Call record = recorder_.Start("GetModelInfo", context->peer());
+  RpcRecorder::Call record =
+      recorder_.Start("GetModelInfo", context->peer(), RpcRecorder::Kind::kUnary,
+                      AssignRequestId(context));
   const ModelDescription& d = engine_->description();
   response->set_name(d.name);
   v1::VisionTowerInfo* vision = response->mutable_vision();

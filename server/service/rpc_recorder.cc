@@ -28,12 +28,13 @@ RpcRecorder::RpcRecorder(const RpcRecorderOptions& options)
     : options_(options),
       clock_(options.clock != nullptr ? options.clock : RealClock::Get()) {}
 
-RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer,
-                                     Kind kind) const {
+RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer, Kind kind,
+                                     std::string request_id) const {
   Call call;
   call.stream_ = kind == Kind::kStream;
   call.rpc_ = std::string(rpc);
   call.peer_ = std::move(peer);
+  call.request_id_ = std::move(request_id);
   call.start_ = clock_->Now();
   call.started_ = true;
   if (options_.metrics != nullptr) options_.metrics->RequestStarted();
@@ -65,6 +66,7 @@ void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) c
     fields.Add("error", message);
   }
   fields.Add("peer", call.peer_);
+  if (!call.request_id_.empty()) fields.Add("request_id", call.request_id_);
   fields.Add("duration_ms", absl::ToDoubleMilliseconds(elapsed));
   if (status.ok()) {
     CLIPSERVE_LOG_FIELDS(WARNING, "slow request", fields);

@@ -32,7 +32,8 @@ struct RpcRecorderOptions {
 
 // The one place where ClipService records how each RPC ended: the request counter by
 // RPC and status code, the duration histogram, the in-flight gauge, and one log line
-// per failed call (RPC, code, message, peer, duration) and per slow successful call.
+// per failed call (RPC, code, message, peer, request id, duration) and per slow
+// successful call.
 //
 // Thread-safe; Start() and End() never block for long. The recorder must outlive
 // every Call it started.
@@ -47,6 +48,7 @@ class RpcRecorder {
     friend class RpcRecorder;
     std::string rpc_;
     std::string peer_;
+    std::string request_id_;
     absl::Time start_;
     bool stream_ = false;
     bool started_ = false;
@@ -61,8 +63,10 @@ class RpcRecorder {
   enum class Kind { kUnary, kStream };
 
   // A call of `rpc` (the method name, "EmbedText") from `peer` (grpc's peer(),
-  // "ipv4:10.0.0.7:51234") has started: counted in flight from now.
-  Call Start(absl::string_view rpc, std::string peer, Kind kind = Kind::kUnary) const;
+  // "ipv4:10.0.0.7:51234") has started: counted in flight from now. Its log line, if
+  // any, names `request_id` (see request_id.h) unless that is empty.
+  Call Start(absl::string_view rpc, std::string peer, Kind kind = Kind::kUnary,
+             std::string request_id = "") const;
 
   // `call` ended with `status` (the code and message its client receives). Call it
   // once per Start(), just before the RPC's Finish(), so that a client reading the

@@ -90,8 +90,11 @@ class JsonLogsTest(unittest.TestCase):
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             embed_text = channel.unary_unary("/clipserve.v1.ClipService/EmbedText")
             with self.assertRaises(grpc.RpcError) as caught:
-                embed_text(b"", timeout=30)
+                embed_text(b"", timeout=30, metadata=[("x-request-id", "req-42/a")])
             self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            # The id comes back to the client, as the id the log line names.
+            self.assertIn(("x-request-id", "req-42/a"),
+                          list(caught.exception.initial_metadata()))
 
         status, body = http_get(metrics_port, "/metrics")
         self.assertEqual(status, 200)
@@ -115,6 +118,7 @@ class JsonLogsTest(unittest.TestCase):
         self.assertEqual(failed[0]["code"], "INVALID_ARGUMENT")
         self.assertIn("texts", failed[0]["error"])
         self.assertTrue(failed[0]["peer"].startswith("ipv4:127.0.0.1:"), failed[0])
+        self.assertEqual(failed[0]["request_id"], "req-42/a")
         self.assertIsInstance(failed[0]["duration_ms"], (int, float))
         messages = [r["message"] for r in records]
         self.assertTrue(any(m.startswith("received SIGTERM") for m in messages), messages)

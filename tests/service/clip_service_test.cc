@@ -532,6 +532,60 @@ TEST_F(ClipServiceTest, InvalidTextsAreRejectedBeforeTheEngine) {
 }
 
 // ---------------------------------------------------------------------------
+// Request ids
+
+// The x-request-id of the server's initial metadata, or "" when there is none.
+std::string RequestIdSentBack(const grpc::ClientContext& context) {
+  const auto& metadata = context.GetServerInitialMetadata();
+  const auto found = metadata.find("x-request-id");
+  return found == metadata.end()
+             ? ""
+             : std::string(found->second.data(), found->second.size());
+}
+
+TEST_F(ClipServiceTest, ACallsRequestIdIsTheClientsOrANewOneAndComesBack) {
+  // (sent id or none, whether it is kept)
+  const std::vector<std::pair<std::optional<std::string>, bool>> cases = {
+      {"3f2a9c1e-7b4d", true},
+      {std::nullopt, false},
+      {"two words", false},
+      {std::string(129, 'x'), false}};
+  for (const auto& [sent, kept] : cases) {
+    SCOPED_TRACE(sent.value_or("(none)"));
+    for (const bool fails : {false, true}) {
+      v1::TokenizeRequest request;
+      if (!fails) request.add_texts("a cat");  // no texts: INVALID_ARGUMENT
+      v1::TokenizeResponse response;
+      auto context = Context();
+      if (sent.has_value()) context->AddMetadata("x-request-id", *sent);
+      const grpc::Status status = stub_->Tokenize(context.get(), request, &response);
+      EXPECT_EQ(status.ok(), !fails) << status.error_message();
+      const std::string id = RequestIdSentBack(*context);
+      if (kept) {
+        EXPECT_EQ(id, *sent);
+      } else {
+        EXPECT_THAT(id, ::testing::MatchesRegex("[0-9a-f]{16}"));
+      }
+    }
+  }
+}
+
+TEST_F(ClipServiceTest, EmbedStreamSendsItsRequestIdBack) {
+  auto context = Context();
+  context->AddMetadata("x-request-id", "stream-7");
+  auto stream = stub_->EmbedStream(context.get());
+  v1::EmbedStreamRequest item;
+  item.set_id("a");
+  item.set_text("a cat");
+  ASSERT_TRUE(stream->Write(item));
+  v1::EmbedStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(RequestIdSentBack(*context), "stream-7");
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// ---------------------------------------------------------------------------
 // Engine errors, deadlines, cancellation
 
 TEST_F(ClipServiceTest, EngineResourceExhaustedReachesTheClientWithRetryInfo) {

@@ -117,6 +117,20 @@ TEST_F(RpcRecorderTest, AFailedCallIsLoggedOnceWithItsDetails) {
                                      "duration_ms=12"));
 }
 
+TEST_F(RpcRecorderTest, AFailedCallsLineNamesItsRequestId) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call call = recorder.Start("EmbedText", "ipv4:10.0.0.7:5555",
+                                          RpcRecorder::Kind::kUnary, "req-42");
+  clock_.AdvanceTime(absl::Milliseconds(12));
+  recorder.End(call, absl::InvalidArgumentError("texts[1] is empty"));
+  const auto lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].text,
+            R"(request failed rpc=EmbedText code=INVALID_ARGUMENT )"
+            R"(error="texts[1] is empty" peer=ipv4:10.0.0.7:5555 request_id=req-42 )"
+            R"(duration_ms=12)");
+}
+
 TEST_F(RpcRecorderTest, AQuietFailureIsCountedButNotLogged) {
   RpcRecorder recorder(Options());
   RpcRecorder::Call call = recorder.Start("EmbedText", "peer");
