@@ -14,6 +14,8 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "server/common/clock.h"
+#include "server/common/request_id.h"
+#include "server/common/status_macros.h"
 
 namespace clipserve {
 namespace {
@@ -60,6 +62,17 @@ RetryEnvironment CompleteEnvironment(RetryEnvironment env) {
   if (!env.sleep) env.sleep = real.sleep;
   if (!env.uniform) env.uniform = real.uniform;
   return env;
+}
+
+// The id a call sends: the caller's when valid, a new one when none was given.
+absl::StatusOr<std::string> RequestIdFor(const std::string& given) {
+  if (given.empty()) return NewRequestId();
+  if (!IsValidRequestId(given)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_id must be 1 to ", kMaxRequestIdBytes,
+                     " visible ASCII characters (no spaces or control characters)"));
+  }
+  return given;
 }
 
 }  // namespace
@@ -112,10 +125,12 @@ ClipClient::ClipClient(const ClientOptions& options, std::string channel_target,
       stub_(v1::ClipService::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
-void ClipClient::PrepareContext(absl::Time deadline, grpc::ClientContext* context) const {
+void ClipClient::PrepareContext(absl::Time deadline, const std::string& request_id,
+                                grpc::ClientContext* context) const {
   if (deadline != absl::InfiniteFuture()) {
     context->set_deadline(absl::ToChronoTime(deadline));
   }
+  context->AddMetadata(kRequestIdKey, request_id);
   if (!options_.bearer_token.empty()) {
     context->AddMetadata("authorization", absl::StrCat("Bearer ", options_.bearer_token));
   }
@@ -133,13 +148,14 @@ absl::StatusOr<Response> ClipClient::Unary(
   if (call.timeout.has_value() && *call.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("call timeout must be positive");
   }
+  CLIPSERVE_ASSIGN_OR_RETURN(const std::string request_id, RequestIdFor(call.request_id));
   const absl::Time deadline = DeadlineOf(call);
   RetryPolicy policy = options_.retry;
   if (!call.retry) policy.max_attempts = 1;
   Response response;
   absl::Status status = RunWithRetries(policy, env_, deadline, [&](int) {
     grpc::ClientContext context;
-    PrepareContext(deadline, &context);
+    PrepareContext(deadline, request_id, &context);
     response.Clear();
     return FromGrpcStatus((stub->*method)(&context, request, &response));
   });
@@ -261,6 +277,8 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
   if (stall <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("stall_timeout must be positive");
   }
+  CLIPSERVE_ASSIGN_OR_RETURN(const std::string request_id,
+                             RequestIdFor(options.request_id));
   const absl::Time deadline = options.timeout == absl::InfiniteDuration()
                                   ? absl::InfiniteFuture()
                                   : env_.now() + options.timeout;
@@ -283,7 +301,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
     }
 
     grpc::ClientContext context;
-    PrepareContext(deadline, &context);
+    PrepareContext(deadline, request_id, &context);
     std::unique_ptr<
         grpc::ClientReaderWriter<v1::EmbedStreamRequest, v1::EmbedStreamResponse>>
         stream = stub_->EmbedStream(&context);

@@ -100,6 +100,10 @@ struct CallOptions {
   // Retry UNAVAILABLE / RESOURCE_EXHAUSTED per ClientOptions::retry. Default true; a
   // load generator turns it off to see every refusal.
   bool retry = true;
+  // Sent as `x-request-id` with every attempt, so the server's log lines about the
+  // call (and its retries) name it: 1 to 128 visible ASCII characters, e.g. the id of
+  // the request this call serves. Empty (the default): a new random id per call.
+  std::string request_id;
 };
 
 // One input of ClipClient::EmbedStream: an encoded image (a file's bytes as they
@@ -158,6 +162,9 @@ struct EmbedStreamOptions {
   // those codes, on a new stream. A pass that completes any item resets the attempt
   // count. Default true.
   bool retry = true;
+
+  // As CallOptions::request_id: one id for the job's every stream.
+  std::string request_id;
 
   // Called after each item is settled (answered, or failed for good), with the number
   // settled so far and the total. Called from internal threads, one call at a time;
@@ -244,8 +251,9 @@ class ClipClient {
                                                               const Request&, Response*),
                                  const Request& request, const CallOptions& call);
 
-  // Sets the deadline and the bearer token metadata of one attempt.
-  void PrepareContext(absl::Time deadline, grpc::ClientContext* context) const;
+  // Sets the deadline, the bearer token and the request id metadata of one attempt.
+  void PrepareContext(absl::Time deadline, const std::string& request_id,
+                      grpc::ClientContext* context) const;
 
   absl::Time DeadlineOf(const CallOptions& call) const;
 

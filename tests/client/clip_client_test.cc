@@ -31,6 +31,7 @@ namespace clipserve {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
 using ::testing::Not;
 
 google::rpc::Status RpcError(int code, const std::string& message,
@@ -75,8 +76,10 @@ class FakeClipService final : public v1::ClipService::Service {
   std::atomic<int> hanging{0};                    // "hang" items being held
   int stream_batch = 3;  // items read before answering them in reverse
 
-  grpc::Status EmbedImage(grpc::ServerContext*, const v1::EmbedImageRequest* request,
+  grpc::Status EmbedImage(grpc::ServerContext* context,
+                          const v1::EmbedImageRequest* request,
                           v1::EmbedImageResponse* response) override {
+    RecordRequestId(*context);
     const int call = ++embed_image_calls;
     if (call <= refuse_first_unary) {
       return GrpcError(RpcError(8, "image queue is full", absl::Milliseconds(30)));
@@ -103,6 +106,7 @@ class FakeClipService final : public v1::ClipService::Service {
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::EmbedStreamResponse, v1::EmbedStreamRequest>* stream)
       override {
+    RecordRequestId(*context);
     const int call = ++stream_calls;
     int answered = 0;
     std::vector<v1::EmbedStreamRequest> batch;
@@ -146,7 +150,21 @@ class FakeClipService final : public v1::ClipService::Service {
 
   std::string name = "fake";
 
+  // The x-request-id of each EmbedImage and EmbedStream call, in order ("" if none).
+  std::vector<std::string> request_ids() {
+    absl::MutexLock lock(&mu_);
+    return request_ids_;
+  }
+
  private:
+  void RecordRequestId(const grpc::ServerContext& context) {
+    const auto found = context.client_metadata().find("x-request-id");
+    absl::MutexLock lock(&mu_);
+    request_ids_.push_back(found == context.client_metadata().end()
+                               ? ""
+                               : std::string(found->second.data(), found->second.size()));
+  }
+
   // True the first time `text` is seen.
   bool Seen(const std::string& text) {
     absl::MutexLock lock(&mu_);
@@ -156,6 +174,7 @@ class FakeClipService final : public v1::ClipService::Service {
   }
   absl::Mutex mu_;
   std::vector<std::string> seen_;
+  std::vector<std::string> request_ids_;
 };
 
 struct FakeServer {
@@ -267,6 +286,30 @@ TEST(ClipClientTest, RetriesResourceExhaustedHonouringRetryInfo) {
   EXPECT_EQ(fake.service.embed_image_calls, 3);
   EXPECT_EQ(sleeps, (std::vector<absl::Duration>{absl::Milliseconds(30),
                                                  absl::Milliseconds(30)}));
+}
+
+TEST(ClipClientTest, EveryAttemptOfACallSendsItsOneRequestId) {
+  FakeServer fake;
+  fake.service.refuse_first_unary = 2;
+  auto client = Connect(fake.target());
+  ASSERT_TRUE(client->EmbedImages(Images({"abc"})).ok());  // three attempts
+  ASSERT_TRUE(client->EmbedImages(Images({"abc"})).ok());
+  CallOptions call;
+  call.request_id = "job-9/item-3";
+  ASSERT_TRUE(client->EmbedImages(Images({"abc"}), call).ok());
+  const std::vector<std::string> ids = fake.service.request_ids();
+  ASSERT_EQ(ids.size(), 5u);
+  EXPECT_THAT(ids[0], MatchesRegex("[0-9a-f]{16}"));
+  EXPECT_EQ(ids[1], ids[0]);
+  EXPECT_EQ(ids[2], ids[0]);
+  EXPECT_THAT(ids[3], MatchesRegex("[0-9a-f]{16}"));
+  EXPECT_NE(ids[3], ids[0]);
+  EXPECT_EQ(ids[4], "job-9/item-3");
+
+  call.request_id = "two words";
+  EXPECT_EQ(client->EmbedImages(Images({"abc"}), call).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(fake.service.request_ids().size(), 5u);  // refused before sending
 }
 
 TEST(ClipClientTest, AMessageOverTheServersLimitIsNotRetried) {
@@ -421,6 +464,19 @@ TEST(EmbedStreamTest, ABrokenStreamResumesWithTheUnansweredItems) {
     EXPECT_EQ((*results)[i]->embedding[0], static_cast<float>(i + 1));
   }
   EXPECT_EQ(fake.service.stream_calls, 2);
+}
+
+TEST(EmbedStreamTest, EveryStreamOfAJobSendsItsOneRequestId) {
+  FakeServer fake;
+  fake.service.break_first_stream_after = 1;
+  auto client = Connect(fake.target());
+  EmbedStreamOptions options;
+  options.request_id = "bulk-1";
+  ASSERT_TRUE(client->EmbedStream(Texts({"a", "b", "c", "d"}), options).ok());
+  EXPECT_EQ(fake.service.request_ids(), (std::vector<std::string>{"bulk-1", "bulk-1"}));
+  options.request_id = std::string(129, 'x');
+  EXPECT_EQ(client->EmbedStream(Texts({"a"}), options).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(EmbedStreamTest, WithoutRetriesABrokenStreamFailsTheRest) {
