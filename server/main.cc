@@ -114,7 +114,7 @@ ABSL_FLAG(double, max_request_memory_mb, 256,
           "0 = no limit. The process holds up to about 3x this for requests.");
 ABSL_FLAG(double, max_connection_age_s, 0,
           "Send each client connection GOAWAY once it is this many seconds old (gRPC "
-          "adds up to 10% jitter): clients reconnect for their next calls and spread "
+          "adds +-10% jitter): clients reconnect for their next calls and spread "
           "over replicas added since they connected. 0 = never.");
 ABSL_FLAG(double, max_connection_age_grace_s, 0,
           "After --max_connection_age_s, seconds that calls in flight on the old "
@@ -206,7 +206,12 @@ absl::StatusOr<absl::Duration> SecondsFlag(absl::string_view name,
         "--", name, zero.has_value() ? " must be 0 to " : " must be above 0 and at most ",
         "2000000 seconds, not ", seconds));
   }
-  return seconds == 0 ? *zero : absl::Seconds(seconds);
+  if (seconds == 0) return *zero;
+  if (absl::Seconds(seconds) <= absl::ZeroDuration()) {  // below absl's resolution
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, "=", seconds, " rounds to 0 seconds"));
+  }
+  return absl::Seconds(seconds);
 }
 
 std::string ReadProcCpuinfo() {
@@ -600,7 +605,13 @@ absl::Status Run() {
             << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb)
             << " max_request_memory_mb=" << absl::GetFlag(FLAGS_max_request_memory_mb)
             << " max_connection_age_s=" << absl::GetFlag(FLAGS_max_connection_age_s)
-            << " keepalive_time_s=" << absl::GetFlag(FLAGS_keepalive_time_s) << security
+            << " max_connection_age_grace_s="
+            << absl::GetFlag(FLAGS_max_connection_age_grace_s)
+            << " max_connection_idle_s=" << absl::GetFlag(FLAGS_max_connection_idle_s)
+            << " keepalive_time_s=" << absl::GetFlag(FLAGS_keepalive_time_s)
+            << " keepalive_timeout_s=" << absl::GetFlag(FLAGS_keepalive_timeout_s)
+            << " min_client_ping_interval_s="
+            << absl::GetFlag(FLAGS_min_client_ping_interval_s) << security
             << " startup=" << RealClock::Get()->Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.

@@ -36,7 +36,7 @@ struct ClipServerOptions {
 
   // HTTP/2 connection management. absl::InfiniteDuration() means never.
   //
-  // Once a connection is this old (gRPC adds up to 10% jitter) the server sends it
+  // Once a connection is this old (gRPC adds ±10% jitter) the server sends it
   // GOAWAY: the client opens a new connection for its next calls, re-resolving DNS, so
   // long-lived clients spread over replicas added since they connected. Calls in
   // flight on the old connection get max_connection_age_grace to finish; the rest are

@@ -41,10 +41,12 @@ namespace {
 
 using google::protobuf::RepeatedPtrField;
 
-// The client's deadline as an absl::Time; gRPC reports "none" as time_point::max().
 // The call's request id (see request_id.h): the client's first x-request-id when it is
 // valid, else a new one (an invalid id is replaced, not refused). Sent back in the
-// response's initial metadata either way, so the client learns the id the log uses.
+// trailing metadata either way, so the client learns the id the log uses. Not in the
+// initial metadata: a custom header there would stop gRPC from answering errors
+// Trailers-Only, and clients' and proxies' gRPC retries (gRFC A6, Envoy) treat a
+// response whose headers arrived as committed, never retrying it.
 std::string AssignRequestId(grpc::CallbackServerContext* context) {
   std::string id;
   const auto [first, last] = context->client_metadata().equal_range(kRequestIdKey);
@@ -53,10 +55,11 @@ std::string AssignRequestId(grpc::CallbackServerContext* context) {
     if (IsValidRequestId(sent)) id = std::string(sent);
   }
   if (id.empty()) id = NewRequestId();
-  context->AddInitialMetadata(kRequestIdKey, id);
+  context->AddTrailingMetadata(kRequestIdKey, id);
   return id;
 }
 
+// The client's deadline as an absl::Time; gRPC reports "none" as time_point::max().
 absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   const std::chrono::system_clock::time_point deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) {

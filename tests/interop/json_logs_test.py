@@ -94,7 +94,7 @@ class JsonLogsTest(unittest.TestCase):
             self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
             # The id comes back to the client, as the id the log line names.
             self.assertIn(("x-request-id", "req-42/a"),
-                          list(caught.exception.initial_metadata()))
+                          list(caught.exception.trailing_metadata()))
 
         status, body = http_get(metrics_port, "/metrics")
         self.assertEqual(status, 200)

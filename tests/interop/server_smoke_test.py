@@ -148,7 +148,8 @@ class SignalTest(unittest.TestCase):
                       ["--max_request_memory_mb=63"], ["--max_request_memory_mb=-1"],
                       ["--text_cache_mb=1e-9"], ["--max_connection_age_s=-1"],
                       ["--keepalive_timeout_s=0"], ["--keepalive_time_s=nan"],
-                      ["--min_client_ping_interval_s=3e6"]):
+                      ["--min_client_ping_interval_s=3e6"],
+                      ["--max_connection_age_s=1e-10"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],

@@ -534,9 +534,9 @@ TEST_F(ClipServiceTest, InvalidTextsAreRejectedBeforeTheEngine) {
 // ---------------------------------------------------------------------------
 // Request ids
 
-// The x-request-id of the server's initial metadata, or "" when there is none.
+// The x-request-id of the server's trailing metadata, or "" when there is none.
 std::string RequestIdSentBack(const grpc::ClientContext& context) {
-  const auto& metadata = context.GetServerInitialMetadata();
+  const auto& metadata = context.GetServerTrailingMetadata();
   const auto found = metadata.find("x-request-id");
   return found == metadata.end()
              ? ""
@@ -580,9 +580,9 @@ TEST_F(ClipServiceTest, EmbedStreamSendsItsRequestIdBack) {
   ASSERT_TRUE(stream->Write(item));
   v1::EmbedStreamResponse answer;
   ASSERT_TRUE(stream->Read(&answer));
-  EXPECT_EQ(RequestIdSentBack(*context), "stream-7");
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(RequestIdSentBack(*context), "stream-7");
 }
 
 // ---------------------------------------------------------------------------
