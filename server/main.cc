@@ -134,6 +134,9 @@ ABSL_FLAG(double, min_client_ping_interval_s, 10,
           "Clients may send keepalive pings this often, with or without calls in "
           "flight; one that pings more often is sent away with GOAWAY "
           "\"too_many_pings\". 0 = any rate.");
+ABSL_FLAG(int32_t, max_concurrent_streams, 256,
+          "Most calls one client connection may have open at once; its further calls "
+          "wait on the client's side until one ends. 0 = no limit.");
 ABSL_FLAG(double, text_cache_mb, 64,
           "Text embeddings remembered (LRU, MiB); a repeated text skips the model. "
           "0 disables.");
@@ -405,6 +408,12 @@ absl::Status Run() {
       server_options.min_client_ping_interval,
       SecondsFlag("min_client_ping_interval_s", FLAGS_min_client_ping_interval_s,
                   absl::ZeroDuration()));
+  server_options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  if (server_options.max_concurrent_streams < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_concurrent_streams must not be negative (0 = no limit), got ",
+                     server_options.max_concurrent_streams));
+  }
   // Security flags first: a mistake there fails in a moment, not after the model load.
   ServerTlsFiles tls_files;
   tls_files.cert_file = absl::GetFlag(FLAGS_tls_cert);
@@ -611,8 +620,9 @@ absl::Status Run() {
             << " keepalive_time_s=" << absl::GetFlag(FLAGS_keepalive_time_s)
             << " keepalive_timeout_s=" << absl::GetFlag(FLAGS_keepalive_timeout_s)
             << " min_client_ping_interval_s="
-            << absl::GetFlag(FLAGS_min_client_ping_interval_s) << security
-            << " startup=" << RealClock::Get()->Now() - start;
+            << absl::GetFlag(FLAGS_min_client_ping_interval_s)
+            << " max_concurrent_streams=" << absl::GetFlag(FLAGS_max_concurrent_streams)
+            << security << " startup=" << RealClock::Get()->Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
   bool serving = true;

@@ -49,6 +49,11 @@ absl::Status ValidateConnectionOptions(const ClipServerOptions& options) {
   if (options.min_client_ping_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("min_client_ping_interval must not be negative");
   }
+  if (options.max_concurrent_streams < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_concurrent_streams must not be negative (0 for no limit), not ",
+                     options.max_concurrent_streams));
+  }
   return absl::OkStatus();
 }
 
@@ -104,6 +109,10 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
                              options.min_client_ping_interval == absl::ZeroDuration()
                                  ? 0
                                  : GrpcMillis(options.min_client_ping_interval));
+  if (options.max_concurrent_streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               options.max_concurrent_streams);
+  }
   for (const auto& service : services) builder.RegisterService(service.get());
 
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -58,6 +58,12 @@ struct ClipServerOptions {
   // default, 5 minutes and no pings without calls, sends away clients configured with
   // a common 10-30 s keepalive.
   absl::Duration min_client_ping_interval = absl::Seconds(10);
+  // Most calls (streams) one connection may have open at once, announced to the client
+  // in HTTP/2 SETTINGS; 0 lifts the limit. A client's further calls wait on its side
+  // for a free stream (within their deadlines) and use no server memory meanwhile, so
+  // one connection cannot hold an unbounded number of calls, each with its buffers
+  // and a message of up to max_receive_message_bytes in transit.
+  int max_concurrent_streams = 256;
 };
 
 // Hosts clipserve's gRPC services together with the standard grpc.health.v1.Health
@@ -76,7 +82,8 @@ class ClipServer {
   // Builds the server, binds the port and starts serving `services` (which the server
   // owns). Errors: UNAVAILABLE when the address cannot be bound (port in use, bad
   // host), INVALID_ARGUMENT for options out of range (a duration above is zero or
-  // negative, min_client_ping_interval negative, keepalive_timeout infinite) or TLS
+  // negative, min_client_ping_interval negative, keepalive_timeout infinite,
+  // max_concurrent_streams negative) or TLS
   // material that ValidateServerTlsConfig() refuses.
   static absl::StatusOr<std::unique_ptr<ClipServer>> Create(
       const ClipServerOptions& options,

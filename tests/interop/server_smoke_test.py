@@ -149,7 +149,7 @@ class SignalTest(unittest.TestCase):
                       ["--text_cache_mb=1e-9"], ["--max_connection_age_s=-1"],
                       ["--keepalive_timeout_s=0"], ["--keepalive_time_s=nan"],
                       ["--min_client_ping_interval_s=3e6"],
-                      ["--max_connection_age_s=1e-10"]):
+                      ["--max_connection_age_s=1e-10"], ["--max_concurrent_streams=-1"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
@@ -198,6 +198,22 @@ class ConnectionFlagsTest(unittest.TestCase):
             next(watch)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
+
+    def test_max_concurrent_streams_makes_a_connections_next_call_wait(self):
+        server = lib.Server(ARGS.server, "--max_concurrent_streams=1")
+        self.addCleanup(server.kill)
+        channel = server.wait_ready(self.health_pb, self.health_grpc)
+        self.addCleanup(channel.close)
+        stub = self.health_grpc.HealthStub(channel)
+        watch = stub.Watch(self.health_pb.HealthCheckRequest(service=""), timeout=30)
+        self.assertEqual(next(watch).status, self.health_pb.HealthCheckResponse.SERVING)
+        request = self.health_pb.HealthCheckRequest(service="")
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub.Check(request, timeout=0.5)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        watch.cancel()
+        self.assertEqual(stub.Check(request, timeout=10).status,
+                         self.health_pb.HealthCheckResponse.SERVING)
 
 
 class BlasKernelTest(unittest.TestCase):

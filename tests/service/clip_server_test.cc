@@ -179,6 +179,7 @@ TEST(ClipServerTest, ConnectionDefaults) {
   EXPECT_EQ(defaults.keepalive_time, absl::Seconds(60));
   EXPECT_EQ(defaults.keepalive_timeout, absl::Seconds(20));
   EXPECT_EQ(defaults.min_client_ping_interval, absl::Seconds(10));
+  EXPECT_EQ(defaults.max_concurrent_streams, 256);
 }
 
 // A client that vanishes without closing its socket, played by a proxy that turns
@@ -276,7 +277,57 @@ TEST(ClipServerTest, ClientPingsAreWelcomeDownToTheMinimumInterval) {
   }
 }
 
-TEST(ClipServerTest, RejectsConnectionDurationsOutOfRange) {
+// Opens a Health Watch over `stub`, which holds a stream open until `context` is
+// cancelled, and waits for its first answer: the stream is then open on the server.
+std::unique_ptr<grpc::ClientReader<HealthCheckResponse>> OpenWatch(
+    grpc::health::v1::Health::Stub& stub, grpc::ClientContext& context) {
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto watch = stub.Watch(&context, grpc::health::v1::HealthCheckRequest());
+  HealthCheckResponse response;
+  EXPECT_TRUE(watch->Read(&response));
+  return watch;
+}
+
+grpc::StatusCode HealthCheckCode(grpc::health::v1::Health::Stub& stub,
+                                 absl::Duration deadline) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  HealthCheckResponse response;
+  return stub.Check(&context, grpc::health::v1::HealthCheckRequest(), &response)
+      .error_code();
+}
+
+// A connection holds at most max_concurrent_streams calls; the client's next call
+// waits for one of them to end, while other connections are served meanwhile.
+TEST(ClipServerTest, MaxConcurrentStreamsBoundsTheCallsOfOneConnection) {
+  ClipServerOptions options;
+  options.max_concurrent_streams = 2;
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto full = grpc::health::v1::Health::NewStub(ChannelTo(server->port()));
+  grpc::ClientContext first_context;
+  grpc::ClientContext second_context;
+  auto first = OpenWatch(*full, first_context);
+  auto second = OpenWatch(*full, second_context);
+  EXPECT_EQ(HealthCheckCode(*full, absl::Milliseconds(500)),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+
+  // Another connection (its own subchannel, not the shared one) is not affected.
+  grpc::ChannelArguments own_connection;
+  own_connection.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto other =
+      grpc::health::v1::Health::NewStub(ChannelTo(server->port(), own_connection));
+  EXPECT_EQ(HealthCheckCode(*other, absl::Seconds(10)), grpc::StatusCode::OK);
+
+  // Once a stream ends, the full connection has room again.
+  first_context.TryCancel();
+  EXPECT_EQ(first->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(HealthCheckCode(*full, absl::Seconds(10)), grpc::StatusCode::OK);
+  second_context.TryCancel();
+  EXPECT_EQ(second->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+TEST(ClipServerTest, RejectsConnectionOptionsOutOfRange) {
   const std::vector<std::pair<const char*, std::function<void(ClipServerOptions&)>>>
       cases = {
           {"zero age", [](auto& o) { o.max_connection_age = absl::ZeroDuration(); }},
@@ -288,6 +339,7 @@ TEST(ClipServerTest, RejectsConnectionDurationsOutOfRange) {
            [](auto& o) { o.keepalive_timeout = absl::InfiniteDuration(); }},
           {"negative ping interval",
            [](auto& o) { o.min_client_ping_interval = -absl::Milliseconds(1); }},
+          {"negative stream limit", [](auto& o) { o.max_concurrent_streams = -1; }},
       };
   for (const auto& [name, change] : cases) {
     ClipServerOptions options;
