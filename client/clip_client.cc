@@ -159,7 +159,10 @@ absl::StatusOr<Response> ClipClient::Unary(
     response.Clear();
     return FromGrpcStatus((stub->*method)(&context, request, &response));
   });
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    SetRequestId(request_id, &status);
+    return status;
+  }
   return response;
 }
 
@@ -376,6 +379,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
       job.cv.SignalAll();
       if (response.has_error()) {
         absl::Status error = FromRpcStatus(response.error());
+        SetRequestId(request_id, &error);
         if (options.retry && IsRetryable(error)) {
           job.states[index] = ItemState::kRetry;
           job.retry.emplace_back(index, std::move(error));
@@ -426,6 +430,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
       } else if (unanswered.ok()) {
         unanswered = absl::InternalError("the stream ended without answering this item");
       }
+      SetRequestId(request_id, &unanswered);
       std::optional<absl::Duration> longest_hint;
       for (auto& [index, status] : job.retry) {
         std::optional<absl::Duration> hint = RetryInfoDelay(status);

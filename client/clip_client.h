@@ -177,9 +177,11 @@ struct EmbedStreamOptions {
 // Every method blocks the calling thread until the answer, a non-retryable error, or
 // the deadline. Errors come back as absl::Status with the server's gRPC code, message
 // and rich details (google.rpc.BadRequest, RetryInfo) as payloads; read them with
-// BadRequestOf() / RetryInfoDelay() from client/status_details.h. A server that
-// cannot be reached is UNAVAILABLE (after the retries), a passed deadline
-// DEADLINE_EXCEEDED.
+// BadRequestOf() / RetryInfoDelay() from client/status_details.h. The error of a call
+// (or of an EmbedStream item the server failed or left unanswered) also carries the
+// call's x-request-id, read with RequestIdOf(), to find the server's log line about
+// it. A server that cannot be reached is UNAVAILABLE (after the retries), a passed
+// deadline DEADLINE_EXCEEDED.
 //
 // Thread-safe: one ClipClient (one channel, HTTP/2-multiplexed, balanced over the
 // target's servers) is meant to be shared by all threads of a process.

@@ -51,9 +51,19 @@ namespace {
 // --max_items_per_request (256), and big enough to batch well.
 constexpr size_t kTextsPerRequest = 128;
 
+// "CODE: message", and the call's request id when the error came from a call, for
+// finding the server's log line about it.
+std::string ErrorText(const absl::Status& status) {
+  std::string text =
+      absl::StrCat(absl::StatusCodeToString(status.code()), ": ", status.message());
+  if (std::optional<std::string> id = RequestIdOf(status); id.has_value()) {
+    absl::StrAppend(&text, " (request id ", *id, ")");
+  }
+  return text;
+}
+
 int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
-               std::string(status.message()).c_str());
+  std::fprintf(stderr, "error: %s\n", ErrorText(status).c_str());
   return EXIT_FAILURE;
 }
 
@@ -284,9 +294,8 @@ int EmbedImage(ClipClient& client, const std::string& target,
       continue;
     }
     const absl::Status named = Prefixed(result.status(), (*paths)[i]);
-    std::fprintf(stderr, "%s: %s: %s\n", args.skip_errors ? "warning" : "error",
-                 absl::StatusCodeToString(named.code()).c_str(),
-                 std::string(named.message()).c_str());
+    std::fprintf(stderr, "%s: %s\n", args.skip_errors ? "warning" : "error",
+                 ErrorText(named).c_str());
   }
   if (failed > 0 && (!args.skip_errors || rows.empty())) {
     if (said_call_error) {

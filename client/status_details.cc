@@ -95,4 +95,15 @@ void SetRetryInfo(absl::Duration delay, absl::Status* status) {
   status->SetPayload(kRetryInfoUrl, absl::Cord(info.SerializeAsString()));
 }
 
+void SetRequestId(absl::string_view request_id, absl::Status* status) {
+  if (status->ok()) return;
+  status->SetPayload(kRequestIdUrl, absl::Cord(request_id));
+}
+
+std::optional<std::string> RequestIdOf(const absl::Status& status) {
+  const auto payload = status.GetPayload(kRequestIdUrl);
+  if (!payload.has_value()) return std::nullopt;
+  return std::string(*payload);
+}
+
 }  // namespace clipserve

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -52,6 +53,18 @@ std::optional<google::rpc::BadRequest> BadRequestOf(const absl::Status& status);
 // `list` ("images[3]", also nested as "images.images[3]"), that item's index.
 std::optional<size_t> BadRequestItemIndex(const absl::Status& status,
                                           absl::string_view list);
+
+// The payload URL under which ClipClient puts, on the error of a call it sent or
+// tried to send, the call's `x-request-id`: the id that the server's log line about
+// the failure names. Kept on the client; never sent.
+inline constexpr absl::string_view kRequestIdUrl = "clipserve/x-request-id";
+
+// Puts `request_id` on a non-OK status under kRequestIdUrl (replacing any). No effect
+// on OK.
+void SetRequestId(absl::string_view request_id, absl::Status* status);
+
+// The request id ClipClient put on a failed call's status, or nullopt.
+std::optional<std::string> RequestIdOf(const absl::Status& status);
 
 // Adds a RetryInfo payload (for tests and fakes that play the server).
 void SetRetryInfo(absl::Duration delay, absl::Status* status);

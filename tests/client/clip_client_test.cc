@@ -312,6 +312,26 @@ TEST(ClipClientTest, EveryAttemptOfACallSendsItsOneRequestId) {
   EXPECT_EQ(fake.service.request_ids().size(), 5u);  // refused before sending
 }
 
+// The error of a call names the id the server saw, to find its log line.
+TEST(ClipClientTest, AFailedCallsErrorCarriesItsRequestId) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  auto made_up = client->EmbedImages(Images({"bad"}));
+  ASSERT_EQ(made_up.status().code(), absl::StatusCode::kInvalidArgument);
+  CallOptions call;
+  call.request_id = "job-9/item-3";
+  auto given = client->EmbedImages(Images({"bad"}), call);
+  ASSERT_EQ(given.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RequestIdOf(given.status()), "job-9/item-3");
+  const std::vector<std::string> ids = fake.service.request_ids();
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_EQ(RequestIdOf(made_up.status()), ids[0]);
+  // Details survive next to it.
+  EXPECT_TRUE(BadRequestOf(given.status()).has_value());
+  // Not on success.
+  EXPECT_TRUE(client->EmbedImages(Images({"abc"}), call).ok());
+}
+
 TEST(ClipClientTest, AMessageOverTheServersLimitIsNotRetried) {
   FakeServer fake("fake", /*max_receive_message_bytes=*/1024);
   std::vector<absl::Duration> sleeps;
@@ -477,6 +497,49 @@ TEST(EmbedStreamTest, EveryStreamOfAJobSendsItsOneRequestId) {
   options.request_id = std::string(129, 'x');
   EXPECT_EQ(client->EmbedStream(Texts({"a"}), options).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Items the server failed or left unanswered carry the job's request id; an item the
+// loader failed was never sent and carries none.
+TEST(EmbedStreamTest, ItemsTheServerFailedCarryTheJobsRequestId) {
+  FakeServer fake;
+  fake.service.break_first_stream_after = 2;
+  auto client = Connect(fake.target());
+  EmbedStreamOptions options;
+  options.max_in_flight = 3;
+  options.retry = false;
+  options.request_id = "bulk-2";
+  const std::vector<std::string> texts = {"a", "missing", "bad", "dddd", "eeeee"};
+  auto results = client->EmbedStream(
+      texts.size(),
+      [&texts](size_t i) -> absl::StatusOr<EmbedItem> {
+        if (i == 1) return absl::NotFoundError("missing.txt: No such file or directory");
+        return EmbedItem::Text(texts[i]);
+      },
+      options);
+  ASSERT_TRUE(results.ok());
+  int bad = 0, unavailable = 0, missing = 0;
+  for (const auto& result : *results) {
+    if (result.ok()) continue;
+    switch (result.status().code()) {
+      case absl::StatusCode::kInvalidArgument:
+        ++bad;
+        EXPECT_EQ(RequestIdOf(result.status()), "bulk-2");
+        break;
+      case absl::StatusCode::kUnavailable:
+        ++unavailable;
+        EXPECT_EQ(RequestIdOf(result.status()), "bulk-2");
+        break;
+      default:
+        ++missing;
+        EXPECT_EQ(result.status().code(), absl::StatusCode::kNotFound);
+        EXPECT_FALSE(RequestIdOf(result.status()).has_value());
+    }
+  }
+  // The fake reads "a", "bad" and "dddd", answers the last two and breaks the stream.
+  EXPECT_EQ(bad, 1);
+  EXPECT_EQ(unavailable, 2);
+  EXPECT_EQ(missing, 1);
 }
 
 TEST(EmbedStreamTest, WithoutRetriesABrokenStreamFailsTheRest) {

@@ -86,6 +86,19 @@ TEST(RetryInfoTest, SetAndReadBack) {
   EXPECT_EQ(RetryInfoDelay(status), absl::Milliseconds(2500));
 }
 
+TEST(RequestIdTest, SetOnErrorsOnlyAndReadBack) {
+  absl::Status status = absl::InvalidArgumentError("bad");
+  EXPECT_FALSE(RequestIdOf(status).has_value());
+  SetRequestId("job-7", &status);
+  EXPECT_EQ(RequestIdOf(status), "job-7");
+  SetRequestId("job-8", &status);
+  EXPECT_EQ(RequestIdOf(status), "job-8");
+  EXPECT_EQ(status.message(), "bad");
+  absl::Status ok;
+  SetRequestId("job-9", &ok);
+  EXPECT_FALSE(RequestIdOf(ok).has_value());
+}
+
 TEST(BadRequestItemIndexTest, FindsTheItemOfTheNamedList) {
   absl::Status status = absl::InvalidArgumentError("bad");
   google::rpc::BadRequest bad_request;

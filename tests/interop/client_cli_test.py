@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import numpy as np
@@ -182,6 +183,27 @@ class ClientCliTest(unittest.TestCase):
         result = self.client("embed-image", locked, check=False)
         self.assertNotEqual(result.returncode, 0)
         self.assertRegex(result.stderr, r"^error: PERMISSION_DENIED: .*locked\.jpg")
+
+    def test_a_failed_call_names_the_request_id_the_server_logged(self):
+        bad = os.path.join(self.bad, "not_an_image.jpg")
+        result = self.client("similarity", "--images", bad, "--texts", "a cat",
+                             check=False)
+        self.assertNotEqual(result.returncode, 0)
+        match = re.search(r"^error: INVALID_ARGUMENT: .*\(request id ([0-9a-f]{16})\)$",
+                          result.stderr, re.MULTILINE)
+        self.assertIsNotNone(match, result.stderr)
+        # The server's "request failed" line names the same id (written as the call
+        # ends, so possibly a moment after the client has its answer).
+        line = None
+        for _ in range(100):
+            line = next((l for l in self.server.output().splitlines()
+                         if match.group(1) in l), None)
+            if line is not None:
+                break
+            time.sleep(0.1)
+        self.assertIsNotNone(line, f"request id {match.group(1)} not in the server log")
+        self.assertIn("request failed", line)
+        self.assertIn("rpc=Similarity", line)
 
     # -- embed-text --------------------------------------------------------------
 
