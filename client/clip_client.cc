@@ -14,6 +14,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "server/common/clock.h"
+#include "server/common/grpc_millis.h"
 #include "server/common/request_id.h"
 #include "server/common/status_macros.h"
 
@@ -85,6 +86,14 @@ absl::StatusOr<std::unique_ptr<ClipClient>> ClipClient::Create(
   if (options.max_receive_message_bytes <= 0) {
     return absl::InvalidArgumentError("max_receive_message_bytes must be positive");
   }
+  if (options.keepalive_time <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "keepalive_time must be positive (infinite for no pings)");
+  }
+  if (options.keepalive_timeout <= absl::ZeroDuration() ||
+      options.keepalive_timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("keepalive_timeout must be positive and finite");
+  }
   if (options.load_balancing_policy != "round_robin" &&
       options.load_balancing_policy != "pick_first") {
     return absl::InvalidArgumentError(absl::StrCat("unknown load_balancing_policy '",
@@ -106,6 +115,14 @@ absl::StatusOr<std::unique_ptr<ClipClient>> ClipClient::Create(
   args.SetServiceConfigJSON(absl::StrCat(R"({"loadBalancingConfig":[{")",
                                          options.load_balancing_policy, R"(":{}}]})"));
   args.SetUserAgentPrefix("clipserve-client/0.1");
+  if (options.keepalive_time != absl::InfiniteDuration()) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, GrpcMillis(options.keepalive_time));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, GrpcMillis(options.keepalive_timeout));
+    // Idle connections too: a dead one is found before a call is sent on it.
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    // gRPC's client otherwise stops after 2 pings without data in between.
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
   if (!options.tls.server_name_override.empty()) {
     args.SetSslTargetNameOverride(options.tls.server_name_override);
   }

@@ -46,6 +46,19 @@ struct ClientOptions {
   // embeddings of 256 texts of a wide model).
   int max_receive_message_bytes = 64 << 20;
 
+  // Keepalive. The channel pings a server connection after keepalive_time without a
+  // ping, idle or not, and drops it when no answer comes within keepalive_timeout:
+  // its calls fail with UNAVAILABLE (retried on a new connection) and the channel
+  // reconnects. Without pings, a server that vanished without closing its socket (a
+  // crashed node, a cut network) would keep each call on that connection waiting
+  // until its deadline, which ends it with DEADLINE_EXCEEDED, not retried.
+  // keepalive_time: > 0, InfiniteDuration() for no pings; default 20 s, above
+  // clip_server's default --min_client_ping_interval_s (10). A server that allows
+  // fewer pings answers GOAWAY "too_many_pings", and gRPC then doubles this client's
+  // interval. keepalive_timeout: > 0 and finite.
+  absl::Duration keepalive_time = absl::Seconds(20);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
+
   // Load-balancing policy over the target's addresses: "round_robin" (default: spread
   // calls over every server) or "pick_first".
   std::string load_balancing_policy = "round_robin";

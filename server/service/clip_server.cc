@@ -1,9 +1,6 @@
 #include "server/service/clip_server.h"
 
-#include <algorithm>
 #include <chrono>
-#include <cstdint>
-#include <limits>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -15,18 +12,10 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/common/grpc_millis.h"
 
 namespace clipserve {
 namespace {
-
-// A duration as gRPC's int milliseconds channel argument: INT_MAX, gRPC's "never",
-// for an infinite one (or one too long to say otherwise), at least 1 ms otherwise.
-int GrpcMillis(absl::Duration duration) {
-  constexpr int64_t kNever = std::numeric_limits<int>::max();
-  if (duration == absl::InfiniteDuration()) return static_cast<int>(kNever);
-  return static_cast<int>(std::clamp<int64_t>(
-      absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))), 1, kNever));
-}
 
 absl::Status ValidateConnectionOptions(const ClipServerOptions& options) {
   const std::pair<const char*, absl::Duration> positive[] = {

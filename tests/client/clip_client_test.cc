@@ -26,6 +26,8 @@
 #include "grpcpp/support/error_details.h"
 #include "gtest/gtest.h"
 #include "server/common/fake_clock.h"
+#include "tests/testing/poll_until.h"
+#include "tests/testing/tcp_proxy.h"
 
 namespace clipserve {
 namespace {
@@ -183,11 +185,19 @@ struct FakeServer {
   int port = 0;
 
   // `max_receive_message_bytes` < 0: gRPC's default limit.
-  explicit FakeServer(std::string name = "fake", int max_receive_message_bytes = -1) {
+  // `welcome_any_ping`: accept client keepalive pings at any rate, idle or not.
+  explicit FakeServer(std::string name = "fake", int max_receive_message_bytes = -1,
+                      bool welcome_any_ping = false) {
     service.name = std::move(name);
     grpc::ServerBuilder builder;
     if (max_receive_message_bytes >= 0) {
       builder.SetMaxReceiveMessageSize(max_receive_message_bytes);
+    }
+    if (welcome_any_ping) {
+      builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                                 0);
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
     }
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(&service);
@@ -273,6 +283,54 @@ TEST(ClipClientTest, AcceptsTlsAndBearerTokenOptions) {
   EXPECT_TRUE(ClipClient::Create(options).ok());
   options.tls = {};
   EXPECT_TRUE(ClipClient::Create(options).ok());  // plaintext + token
+}
+
+TEST(ClipClientTest, KeepaliveDefaultsAndLimits) {
+  const ClientOptions defaults;
+  EXPECT_EQ(defaults.keepalive_time, absl::Seconds(20));
+  EXPECT_EQ(defaults.keepalive_timeout, absl::Seconds(10));
+  ClientOptions options;
+  options.keepalive_time = absl::InfiniteDuration();  // no pings
+  EXPECT_TRUE(ClipClient::Create(options).ok());
+  options.keepalive_time = absl::ZeroDuration();
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = ClientOptions();
+  options.keepalive_timeout = absl::InfiniteDuration();
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.keepalive_timeout = -absl::Seconds(1);
+  EXPECT_EQ(ClipClient::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A server that vanishes without closing its socket, played by a proxy that turns
+// into a black hole, is found by the client's keepalive pings and its connection
+// dropped: a call sent into it fails with UNAVAILABLE, which ClipClient retries, not
+// with DEADLINE_EXCEEDED at its deadline. An idle connection is pinged again and
+// again, not only once or twice.
+TEST(ClipClientTest, KeepaliveDropsTheConnectionOfAVanishedServer) {
+  FakeServer fake("fake", -1, /*welcome_any_ping=*/true);
+  auto proxy = testing::TcpProxy::Start(fake.port);
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", (*proxy)->port());
+  options.keepalive_time = absl::Milliseconds(100);
+  options.keepalive_timeout = absl::Seconds(2);  // slack for a loaded machine
+  auto client = ClipClient::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->GetModelInfo().ok());  // then the connection stays idle
+  ASSERT_TRUE(testing::PollUntil([&] { return (*proxy)->pings_from_client() >= 5; },
+                                 absl::Seconds(20)))
+      << "client pings: " << (*proxy)->pings_from_client();
+  EXPECT_EQ((*proxy)->closed(), 0);
+  (*proxy)->BlackHole();
+  CallOptions once;
+  once.retry = false;  // a retry would go into the black hole too
+  once.timeout = absl::Seconds(60);
+  EXPECT_EQ((*client)->GetModelInfo(once).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_GE((*proxy)->closed(), 1);
 }
 
 TEST(ClipClientTest, RetriesResourceExhaustedHonouringRetryInfo) {
