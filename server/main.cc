@@ -112,6 +112,11 @@ ABSL_FLAG(double, max_request_memory_mb, 256,
           "Most MiB of requests held by calls in flight; a call past it is refused at "
           "once with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; "
           "0 = no limit. The process holds up to about 3x this for requests.");
+ABSL_FLAG(double, max_request_memory_per_client_mb, 0,
+          "Most MiB of requests one client host may hold in flight, within "
+          "--max_request_memory_mb; past it its calls are refused the same way. At least "
+          "--max_message_bytes; 0 = no per-client limit. Keep 0 behind a proxy or "
+          "sidecar, where every call comes from the proxy's address.");
 ABSL_FLAG(double, max_connection_age_s, 0,
           "Send each client connection GOAWAY once it is this many seconds old (gRPC "
           "adds +-10% jitter): clients reconnect for their next calls and spread "
@@ -368,12 +373,18 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       const size_t request_memory_bytes,
       MebibytesFlag("max_request_memory_mb", FLAGS_max_request_memory_mb));
-  if (absl::Status status =
-          ValidateRequestMemoryLimit(static_cast<int64_t>(request_memory_bytes),
-                                     absl::GetFlag(FLAGS_max_message_bytes));
+  CLIPSERVE_ASSIGN_OR_RETURN(const size_t request_memory_per_client_bytes,
+                             MebibytesFlag("max_request_memory_per_client_mb",
+                                           FLAGS_max_request_memory_per_client_mb));
+  if (absl::Status status = ValidateRequestMemoryLimit(
+          static_cast<int64_t>(request_memory_bytes),
+          absl::GetFlag(FLAGS_max_message_bytes),
+          static_cast<int64_t>(request_memory_per_client_bytes));
       !status.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_request_memory_mb and --max_message_bytes: ", status.message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_request_memory_mb, --max_request_memory_per_client_mb and "
+                     "--max_message_bytes: ",
+                     status.message()));
   }
   CLIPSERVE_ASSIGN_OR_RETURN(const size_t image_cache_bytes,
                              MebibytesFlag("image_cache_mb", FLAGS_image_cache_mb));
@@ -546,6 +557,8 @@ absl::Status Run() {
   service_options.authenticator = authenticator;
   service_options.metrics = &metrics;
   service_options.max_request_memory_bytes = static_cast<int64_t>(request_memory_bytes);
+  service_options.max_request_memory_per_client_bytes =
+      static_cast<int64_t>(request_memory_per_client_bytes);
   service_options.slow_request_threshold = absl::Milliseconds(slow_request_ms);
   // Classify's prompt limit has no flag: it follows a --max_queue_size set below it,
   // since ClipService refuses a limit that no single engine call could meet.
@@ -613,6 +626,8 @@ absl::Status Run() {
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
             << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb)
             << " max_request_memory_mb=" << absl::GetFlag(FLAGS_max_request_memory_mb)
+            << " max_request_memory_per_client_mb="
+            << absl::GetFlag(FLAGS_max_request_memory_per_client_mb)
             << " max_connection_age_s=" << absl::GetFlag(FLAGS_max_connection_age_s)
             << " max_connection_age_grace_s="
             << absl::GetFlag(FLAGS_max_connection_age_grace_s)

@@ -62,6 +62,17 @@ Metrics::Metrics(const MetricsOptions& options)
            "Calls and EmbedStream items refused with RESOURCE_EXHAUSTED because "
            "they would pass --max_request_memory_mb.")
            .Add({});
+  request_memory_client_limit_ =
+      &GaugeFamily(r, "clipserve_request_memory_client_limit_bytes",
+                   "--max_request_memory_per_client_mb in bytes; 0 when there is no "
+                   "per-client limit.")
+           .Add({});
+  request_memory_client_refusals_ =
+      &CounterFamily(
+           r, "clipserve_request_memory_client_refusals_total",
+           "Calls and EmbedStream items refused with RESOURCE_EXHAUSTED because "
+           "their client would pass --max_request_memory_per_client_mb.")
+           .Add({});
   model_info_ = &GaugeFamily(r, "clipserve_model_info",
                              "The served model, described by the labels; always 1.");
   label_cache_hits_ =
@@ -120,6 +131,14 @@ void Metrics::AddRequestMemory(int64_t delta) {
 }
 
 void Metrics::RecordRequestMemoryRefusal() { request_memory_refusals_->Increment(); }
+
+void Metrics::RecordRequestMemoryClientRefusal() {
+  request_memory_client_refusals_->Increment();
+}
+
+void Metrics::SetRequestMemoryClientLimit(int64_t bytes) {
+  request_memory_client_limit_->Set(static_cast<double>(bytes));
+}
 
 void Metrics::SetRequestMemoryLimit(int64_t bytes) {
   request_memory_limit_->Set(static_cast<double>(bytes));

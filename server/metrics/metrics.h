@@ -74,6 +74,12 @@ class Metrics final : public EngineObserver {
   // A call or EmbedStream item refused for lack of room in the budget:
   // clipserve_request_memory_refusals_total + 1.
   void RecordRequestMemoryRefusal();
+  // The budget's per-client limit in bytes, 0 for none:
+  // clipserve_request_memory_client_limit_bytes.
+  void SetRequestMemoryClientLimit(int64_t bytes);
+  // A call or EmbedStream item refused because its client holds its share:
+  // clipserve_request_memory_client_refusals_total + 1.
+  void RecordRequestMemoryClientRefusal();
 
   // --- The engine (EngineObserver) ---
 
@@ -153,6 +159,8 @@ class Metrics final : public EngineObserver {
   prometheus::Gauge* request_memory_ = nullptr;
   prometheus::Gauge* request_memory_limit_ = nullptr;
   prometheus::Counter* request_memory_refusals_ = nullptr;
+  prometheus::Gauge* request_memory_client_limit_ = nullptr;
+  prometheus::Counter* request_memory_client_refusals_ = nullptr;
   prometheus::Family<prometheus::Gauge>* model_info_ = nullptr;
   absl::Mutex model_mu_;
   prometheus::Gauge* model_info_series_ ABSL_GUARDED_BY(model_mu_) = nullptr;

@@ -33,6 +33,7 @@
 #include "server/metrics/metrics.h"
 #include "server/model/contrastive_loss.h"
 #include "server/service/grpc_status.h"
+#include "server/service/peer_address.h"
 #include "server/service/request_memory_budget.h"
 #include "server/service/request_parsing.h"
 
@@ -166,6 +167,14 @@ std::string SimilarityFieldName(absl::string_view path) {
   return std::string(path);
 }
 
+// The name a call's client has in `budget`: its host address when the budget limits
+// each client, else "" (and no work).
+std::string BudgetClientOf(const RequestMemoryBudget& budget,
+                           const grpc::CallbackServerContext& context) {
+  if (budget.per_client_capacity() == 0) return std::string();
+  return PeerHost(context.peer());
+}
+
 // ---------------------------------------------------------------------------
 // Unary calls
 
@@ -254,9 +263,10 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
 // Reserves a call's request bytes in `budget` and hands them to the call; false after
 // finishing the call with the budget's RESOURCE_EXHAUSTED when they do not fit.
-bool Admit(RequestMemoryBudget* budget, size_t request_bytes, UnaryCall* call) {
-  absl::StatusOr<RequestMemoryBudget::Reservation> reservation =
-      budget->Reserve(static_cast<int64_t>(request_bytes));
+bool Admit(RequestMemoryBudget* budget, size_t request_bytes,
+           const grpc::CallbackServerContext& context, UnaryCall* call) {
+  absl::StatusOr<RequestMemoryBudget::Reservation> reservation = budget->Reserve(
+      static_cast<int64_t>(request_bytes), BudgetClientOf(*budget, context));
   if (!reservation.ok()) {
     call->FinishWith(reservation.status());
     return false;
@@ -516,6 +526,7 @@ class EmbedStreamCall final
                   RequestMemoryBudget* request_memory)
       : engine_(engine),
         request_memory_(request_memory),
+        budget_client_(BudgetClientOf(*request_memory, context)),
         limits_(options.limits),
         max_in_flight_(options.max_stream_items_in_flight),
         deadline_(DeadlineOf(context)),
@@ -715,7 +726,7 @@ class EmbedStreamCall final
     // (the reservation travels in the engine's callback). An invalid item fails with
     // its own error instead; it holds nothing once this returns.
     absl::StatusOr<RequestMemoryBudget::Reservation> reservation =
-        request_memory_->Reserve(static_cast<int64_t>(bytes.Length()));
+        request_memory_->Reserve(static_cast<int64_t>(bytes.Length()), budget_client_);
     EmbedOptions options;
     options.normalize = OptionalTrue(item.has_normalize(), item.normalize());
     options.truncate = OptionalTrue(item.has_truncate(), item.truncate());
@@ -773,6 +784,7 @@ class EmbedStreamCall final
 
   Engine* const engine_;
   RequestMemoryBudget* const request_memory_;
+  const std::string budget_client_;  // BudgetClientOf() this call
   const RequestLimits limits_;
   const int max_in_flight_;
   const absl::Time deadline_;
@@ -859,6 +871,11 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
         absl::StrCat("max_request_memory_bytes must not be negative, got ",
                      options.max_request_memory_bytes));
   }
+  if (options.max_request_memory_per_client_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_request_memory_per_client_bytes must not be negative, got ",
+                     options.max_request_memory_per_client_bytes));
+  }
   if (options.label_cache_capacity < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "label_cache_capacity must not be negative, got ", options.label_cache_capacity));
@@ -901,7 +918,8 @@ ClipService::ClipService(Engine* engine, const ClipServiceOptions& options)
         return recorder;
       }()),
       label_cache_(static_cast<size_t>(options.label_cache_capacity)),
-      request_memory_(options.max_request_memory_bytes, options.metrics) {}
+      request_memory_(options.max_request_memory_bytes,
+                      options.max_request_memory_per_client_bytes, options.metrics) {}
 
 absl::Status ClipService::Authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.authenticator == nullptr) return absl::OkStatus();
@@ -922,7 +940,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
     return FinishedUnary(context, recorder_, "EmbedImage", auth);
   }
   auto* call = new UnaryCall(*context, &recorder_, "EmbedImage");
-  if (!Admit(&request_memory_, request->ByteSizeLong(), call)) return call;
+  if (!Admit(&request_memory_, request->ByteSizeLong(), *context, call)) return call;
   absl::StatusOr<std::vector<ImageInput>> images =
       ToImageInputs(request->images(), options_.limits, "images");
   if (!images.ok()) {
@@ -957,7 +975,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
   }
   auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
       *context, &recorder_, "EmbedText", response_bytes);
-  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
+  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);
@@ -1004,7 +1022,7 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
   const RequestLimits& limits = options_.limits;
   auto* call =
       new SimilarityCall(*context, &recorder_, response_bytes, description.embed_dim);
-  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
+  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed =
           ParseRequest(*request_bytes, &call->request, SimilarityFieldName);
       !parsed.ok()) {
@@ -1122,7 +1140,7 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
   const RequestLimits& limits = options_.limits;
   const int dim = description.embed_dim;
   auto* call = new ClassifyCall(*context, &recorder_, response_bytes, dim, &label_cache_);
-  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
+  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);
@@ -1217,7 +1235,7 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
   }
   auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
       *context, &recorder_, "Tokenize", response_bytes);
-  if (!Admit(&request_memory_, request_bytes->Length(), call)) return call;
+  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
     call->FinishWith(parsed);

@@ -53,6 +53,13 @@ struct ClipServiceOptions {
   // docs/OPERATIONS.md). Keep it at least the server's largest message size
   // (ValidateRequestMemoryLimit()), or such requests can never be admitted.
   int64_t max_request_memory_bytes = int64_t{256} << 20;
+  // Bytes of requests one client (its host address, PeerHost()) may hold in flight at
+  // most, within max_request_memory_bytes, so that one client with many large calls
+  // cannot take the whole budget from the others; past it its calls and items are
+  // refused the same way. 0 (the default): no per-client limit. Leave it 0 behind a
+  // proxy or sidecar that opens the connections itself (Envoy, Istio, Linkerd): every
+  // call then comes from the proxy's address, and it would limit all clients together.
+  int64_t max_request_memory_per_client_bytes = 0;
   // When set, every ClipService call must carry "authorization: Bearer <token>"
   // metadata with a token it accepts, or it ends UNAUTHENTICATED before anything of it
   // is looked at. nullptr (the default): no token is asked for. The health and
@@ -122,7 +129,7 @@ class ClipService final : public ClipServiceBase {
  public:
   // INVALID_ARGUMENT for a null engine or options out of range (limits not positive,
   // max_stream_items_in_flight or max_classify_prompts < 1, label_cache_capacity or
-  // max_request_memory_bytes < 0);
+  // max_request_memory_bytes or max_request_memory_per_client_bytes < 0);
   // FAILED_PRECONDITION when the engine describes no embedding width or context
   // length, or no finite positive logit scale.
   static absl::StatusOr<std::unique_ptr<ClipService>> Create(

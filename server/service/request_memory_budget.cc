@@ -23,7 +23,8 @@ std::string Size(int64_t bytes) {
 
 RequestMemoryBudget::Reservation::Reservation(Reservation&& other) noexcept
     : budget_(std::exchange(other.budget_, nullptr)),
-      bytes_(std::exchange(other.bytes_, 0)) {}
+      bytes_(std::exchange(other.bytes_, 0)),
+      client_(std::exchange(other.client_, std::string())) {}
 
 RequestMemoryBudget::Reservation& RequestMemoryBudget::Reservation::operator=(
     Reservation&& other) noexcept {
@@ -31,6 +32,7 @@ RequestMemoryBudget::Reservation& RequestMemoryBudget::Reservation::operator=(
     Release();
     budget_ = std::exchange(other.budget_, nullptr);
     bytes_ = std::exchange(other.bytes_, 0);
+    client_ = std::exchange(other.client_, std::string());
   }
   return *this;
 }
@@ -38,15 +40,23 @@ RequestMemoryBudget::Reservation& RequestMemoryBudget::Reservation::operator=(
 RequestMemoryBudget::Reservation::~Reservation() { Release(); }
 
 void RequestMemoryBudget::Reservation::Release() {
-  if (budget_ != nullptr) budget_->Return(bytes_);
+  if (budget_ != nullptr) budget_->Return(bytes_, client_);
   budget_ = nullptr;
   bytes_ = 0;
+  client_.clear();
 }
 
-RequestMemoryBudget::RequestMemoryBudget(int64_t capacity_bytes, Metrics* metrics)
-    : capacity_(std::max<int64_t>(capacity_bytes, 0)), metrics_(metrics) {
+RequestMemoryBudget::RequestMemoryBudget(int64_t capacity_bytes, int64_t per_client_bytes,
+                                         Metrics* metrics)
+    : capacity_(std::max<int64_t>(capacity_bytes, 0)),
+      per_client_capacity_(std::max<int64_t>(per_client_bytes, 0)),
+      metrics_(metrics) {
   DCHECK_GE(capacity_bytes, 0);
-  if (metrics_ != nullptr) metrics_->SetRequestMemoryLimit(capacity_);
+  DCHECK_GE(per_client_bytes, 0);
+  if (metrics_ != nullptr) {
+    metrics_->SetRequestMemoryLimit(capacity_);
+    metrics_->SetRequestMemoryClientLimit(per_client_capacity_);
+  }
 }
 
 RequestMemoryBudget::~RequestMemoryBudget() {
@@ -54,8 +64,41 @@ RequestMemoryBudget::~RequestMemoryBudget() {
 }
 
 absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
-    int64_t bytes) {
+    int64_t bytes, absl::string_view client) {
   bytes = std::max<int64_t>(bytes, 0);
+  if (per_client_capacity_ == 0 || client.empty()) {
+    if (absl::Status status = TakeFromTotal(bytes); !status.ok()) return status;
+    return Reservation(this, bytes, std::string());
+  }
+  absl::MutexLock lock(&clients_mu_);
+  const auto it = clients_.find(client);
+  const int64_t held = it == clients_.end() ? 0 : it->second;
+  if (bytes > per_client_capacity_ - held) {
+    if (metrics_ != nullptr) metrics_->RecordRequestMemoryClientRefusal();
+    return ResourceExhaustedWithRetry(
+        absl::StrCat("this client (", client, ") holds ", Size(held),
+                     " of requests in flight; this one (", Size(bytes),
+                     ") would pass the limit of ", Size(per_client_capacity_),
+                     " per client (--max_request_memory_per_client_mb); retry after its "
+                     "earlier calls finish"),
+        kRetryAfter);
+  }
+  if (absl::Status status = TakeFromTotal(bytes); !status.ok()) return status;
+  if (it == clients_.end()) {
+    clients_.emplace(client, bytes);
+  } else {
+    it->second += bytes;
+  }
+  return Reservation(this, bytes, std::string(client));
+}
+
+int64_t RequestMemoryBudget::used_by(absl::string_view client) const {
+  absl::MutexLock lock(&clients_mu_);
+  const auto it = clients_.find(client);
+  return it == clients_.end() ? 0 : it->second;
+}
+
+absl::Status RequestMemoryBudget::TakeFromTotal(int64_t bytes) {
   int64_t used = used_.load(std::memory_order_relaxed);
   do {
     if (capacity_ > 0 && bytes > capacity_ - used) {
@@ -69,19 +112,45 @@ absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
     }
   } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
   if (metrics_ != nullptr) metrics_->AddRequestMemory(bytes);
-  return Reservation(this, bytes);
+  return absl::OkStatus();
 }
 
-void RequestMemoryBudget::Return(int64_t bytes) {
+void RequestMemoryBudget::Return(int64_t bytes, const std::string& client) {
   used_.fetch_sub(bytes, std::memory_order_relaxed);
   if (metrics_ != nullptr) metrics_->AddRequestMemory(-bytes);
+  if (client.empty()) return;
+  absl::MutexLock lock(&clients_mu_);
+  const auto it = clients_.find(client);
+  if (it == clients_.end()) {
+    DCHECK(false) << "a reservation of " << client << " that its budget does not know";
+    return;
+  }
+  it->second -= bytes;
+  if (it->second <= 0) clients_.erase(it);
 }
 
-absl::Status ValidateRequestMemoryLimit(int64_t capacity_bytes,
-                                        int64_t max_message_bytes) {
+absl::Status ValidateRequestMemoryLimit(int64_t capacity_bytes, int64_t max_message_bytes,
+                                        int64_t per_client_bytes) {
   if (capacity_bytes < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the request memory limit must not be negative, got ", capacity_bytes, " bytes"));
+  }
+  if (per_client_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the per-client request memory limit must not be negative, got ",
+                     per_client_bytes, " bytes"));
+  }
+  if (per_client_bytes > 0 && per_client_bytes < max_message_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the per-client request memory limit (", Size(per_client_bytes),
+                     ") is smaller than the largest message (", Size(max_message_bytes),
+                     "): a request of that size could never be admitted"));
+  }
+  if (per_client_bytes > 0 && capacity_bytes > 0 && per_client_bytes > capacity_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the per-client request memory limit (", Size(per_client_bytes),
+                     ") is above the request memory limit (", Size(capacity_bytes),
+                     ") and would never apply"));
   }
   if (capacity_bytes > 0 && capacity_bytes < max_message_bytes) {
     return absl::InvalidArgumentError(

@@ -3,9 +3,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
+#include <utility>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace clipserve {
@@ -30,12 +36,15 @@ class Metrics;
 // call is in flight (the received message, the parsed one, and the engine's copy of
 // its images or texts); docs/OPERATIONS.md sizes pods from it.
 //
-// The budget is shared by all clients, first come, first served: one client with
-// many large calls in flight can take it all, and while small calls keep it nearly
-// full a request of the largest size is refused (and retried) until a gap opens.
-// Keep the limit several times --max_message_bytes (the default is four times).
+// The budget is shared by all clients, first come, first served: while small calls
+// keep it nearly full a request of the largest size is refused (and retried) until a
+// gap opens, so keep the limit several times --max_message_bytes (the default is four
+// times). Without a per-client limit one client with many large calls in flight can
+// take all of it; with one, each client (by its host address, PeerHost()) holds at
+// most that much, and the others keep the rest.
 //
-// Thread-safe and lock-free; never blocks.
+// Thread-safe; never blocks for long: lock-free without a per-client limit, one short
+// mutex hold per reservation and release with it.
 class RequestMemoryBudget {
  public:
   // How long a refused client is asked to wait. Room comes back only as whole calls
@@ -61,17 +70,22 @@ class RequestMemoryBudget {
 
    private:
     friend class RequestMemoryBudget;
-    Reservation(RequestMemoryBudget* budget, int64_t bytes)
-        : budget_(budget), bytes_(bytes) {}
+    Reservation(RequestMemoryBudget* budget, int64_t bytes, std::string client)
+        : budget_(budget), bytes_(bytes), client_(std::move(client)) {}
 
     RequestMemoryBudget* budget_ = nullptr;
     int64_t bytes_ = 0;
+    std::string client_;  // "" when not counted per client
   };
 
   // `capacity_bytes` 0 means no limit (sizes are still counted); it must not be
   // negative. `metrics` (optional, not owned, must outlive the budget) gets the bytes
   // held (clipserve_request_memory_bytes), the limit and each refusal.
-  explicit RequestMemoryBudget(int64_t capacity_bytes, Metrics* metrics = nullptr);
+  explicit RequestMemoryBudget(int64_t capacity_bytes, Metrics* metrics = nullptr)
+      : RequestMemoryBudget(capacity_bytes, 0, metrics) {}
+  // As above, and no client may hold more than `per_client_bytes` at once (0: no such
+  // limit; not negative). See ValidateRequestMemoryLimit().
+  RequestMemoryBudget(int64_t capacity_bytes, int64_t per_client_bytes, Metrics* metrics);
   // Every reservation must have been released.
   ~RequestMemoryBudget();
   RequestMemoryBudget(const RequestMemoryBudget&) = delete;
@@ -81,25 +95,40 @@ class RequestMemoryBudget {
   // kRetryAfter when they do not fit beside what is held; a request larger than the
   // whole capacity is refused the same way (the caller's limits should rule it out,
   // see ValidateRequestMemoryLimit()).
-  absl::StatusOr<Reservation> Reserve(int64_t bytes);
+  //
+  // `client` names the caller for the per-client limit: PeerHost() of the call's
+  // peer. With a per-client limit, RESOURCE_EXHAUSTED (same RetryInfo) too when the
+  // bytes do not fit beside what that client holds. "" is not limited per client.
+  absl::StatusOr<Reservation> Reserve(int64_t bytes, absl::string_view client = "");
 
   int64_t capacity() const { return capacity_; }
+  int64_t per_client_capacity() const { return per_client_capacity_; }
   // Bytes held now.
   int64_t used() const { return used_.load(std::memory_order_relaxed); }
+  // Bytes `client` holds now (0 without a per-client limit).
+  int64_t used_by(absl::string_view client) const ABSL_LOCKS_EXCLUDED(clients_mu_);
 
  private:
-  void Return(int64_t bytes);
+  // Adds `bytes` to the total unless that passes the capacity.
+  absl::Status TakeFromTotal(int64_t bytes);
+  void Return(int64_t bytes, const std::string& client) ABSL_LOCKS_EXCLUDED(clients_mu_);
 
   const int64_t capacity_;
+  const int64_t per_client_capacity_;
   Metrics* const metrics_;
   std::atomic<int64_t> used_{0};
+  mutable absl::Mutex clients_mu_;
+  // Bytes held by each client holding any; an entry goes when its client holds none,
+  // so the map is as large as the clients with calls in flight.
+  absl::flat_hash_map<std::string, int64_t> clients_ ABSL_GUARDED_BY(clients_mu_);
 };
 
-// INVALID_ARGUMENT when `capacity_bytes` is negative, or positive but smaller than
-// `max_message_bytes`: a request of the largest size gRPC accepts could then never be
-// admitted.
-absl::Status ValidateRequestMemoryLimit(int64_t capacity_bytes,
-                                        int64_t max_message_bytes);
+// INVALID_ARGUMENT when `capacity_bytes` or `per_client_bytes` is negative, or one is
+// positive but smaller than `max_message_bytes` (a request of the largest size gRPC
+// accepts could then never be admitted), or the per-client limit is above a total
+// limit it could then never reach.
+absl::Status ValidateRequestMemoryLimit(int64_t capacity_bytes, int64_t max_message_bytes,
+                                        int64_t per_client_bytes = 0);
 
 }  // namespace clipserve
 

@@ -149,7 +149,10 @@ class SignalTest(unittest.TestCase):
                       ["--text_cache_mb=1e-9"], ["--max_connection_age_s=-1"],
                       ["--keepalive_timeout_s=0"], ["--keepalive_time_s=nan"],
                       ["--min_client_ping_interval_s=3e6"],
-                      ["--max_connection_age_s=1e-10"], ["--max_concurrent_streams=-1"]):
+                      ["--max_connection_age_s=1e-10"], ["--max_concurrent_streams=-1"],
+                      ["--max_request_memory_per_client_mb=32"],
+                      ["--max_request_memory_per_client_mb=512"],
+                      ["--max_request_memory_per_client_mb=-1"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],

@@ -31,6 +31,10 @@ TEST(MetricsTest, KnownSeriesExistAtZeroBeforeAnyWork) {
   EXPECT_THAT(FindSample(text, "clipserve_request_memory_bytes"), Optional(0.0));
   EXPECT_THAT(FindSample(text, "clipserve_request_memory_limit_bytes"), Optional(0.0));
   EXPECT_THAT(FindSample(text, "clipserve_request_memory_refusals_total"), Optional(0.0));
+  EXPECT_THAT(FindSample(text, "clipserve_request_memory_client_limit_bytes"),
+              Optional(0.0));
+  EXPECT_THAT(FindSample(text, "clipserve_request_memory_client_refusals_total"),
+              Optional(0.0));
   for (const char* modality : {"image", "text"}) {
     const std::string labels = absl::StrCat("{modality=\"", modality, "\"}");
     EXPECT_THAT(FindSample(text, "clipserve_queue_depth" + labels), Optional(0.0));
@@ -70,10 +74,10 @@ TEST(MetricsTest, EveryMetricIsPrefixedAndDocumented) {
       EXPECT_THAT(std::string(line), StartsWith("clipserve_"));
     }
   }
-  // Requests, duration, in flight, request memory, its limit and refusals, model info,
-  // label cache x2, preprocess, queue wait, inference, batch size, queue depth,
-  // embedding cache x2.
-  EXPECT_EQ(help_lines, 16);
+  // Requests, duration, in flight, request memory, its limit and refusals, the
+  // per-client limit and refusals, model info, label cache x2, preprocess, queue wait,
+  // inference, batch size, queue depth, embedding cache x2.
+  EXPECT_EQ(help_lines, 18);
 }
 
 TEST(MetricsTest, RequestsAreCountedByRpcAndCodeAndTimedByRpc) {

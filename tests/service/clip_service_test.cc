@@ -152,15 +152,17 @@ std::optional<absl::Duration> RetryDelayOf(const grpc::Status& status) {
 // ---------------------------------------------------------------------------
 // Fixture: a real ClipServer on a loopback port, ClipService over a FakeEngine.
 
-// ClipService over `engine`, served by a ClipServer on a loopback port, and a stub to
-// it. `server` is null (after a test failure) when anything fails.
+// ClipService over `engine`, served by a ClipServer on a loopback port (listening on
+// `host`, which must take connections to 127.0.0.1), and a stub to it over
+// 127.0.0.1. `server` is null (after a test failure) when anything fails.
 struct LoopbackService {
   ClipService* service = nullptr;  // owned by server
   std::unique_ptr<ClipServer> server;
   std::unique_ptr<v1::ClipService::Stub> stub;
 };
 
-LoopbackService ServeOnLoopback(Engine* engine, const ClipServiceOptions& options) {
+LoopbackService ServeOnLoopback(Engine* engine, const ClipServiceOptions& options,
+                                const std::string& host = "127.0.0.1") {
   LoopbackService out;
   absl::StatusOr<std::unique_ptr<ClipService>> service =
       ClipService::Create(engine, options);
@@ -172,7 +174,7 @@ LoopbackService ServeOnLoopback(Engine* engine, const ClipServiceOptions& option
   std::vector<std::unique_ptr<grpc::Service>> services;
   services.push_back(*std::move(service));
   ClipServerOptions server_options;
-  server_options.host = "127.0.0.1";
+  server_options.host = host;
   server_options.port = 0;
   absl::StatusOr<std::unique_ptr<ClipServer>> server =
       ClipServer::Create(server_options, std::move(services));
@@ -1504,6 +1506,74 @@ TEST_F(ClipServiceTest, EmbedStreamKeepsAtMostTheLimitInFlight) {
   for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << id;
   EXPECT_EQ(engine_->max_outstanding(), kLimit);
   EXPECT_EQ(engine_->calls().size(), static_cast<size_t>(kItems));
+}
+
+// With a per-client limit, one client past its share is refused while another client
+// is still admitted. The two clients are IPv4 and IPv6 loopback connections to a
+// dual-stack server: two host addresses on one machine.
+TEST(ClipServicePerClientMemoryTest, AClientPastItsShareIsRefusedWhileAnotherIsServed) {
+  FakeEngine engine(FakeEngine::DefaultDescription());
+  ClipServiceOptions options;
+  options.max_request_memory_bytes = 4000;
+  options.max_request_memory_per_client_bytes = 2000;
+  LoopbackService serving = ServeOnLoopback(&engine, options, "[::]");
+  ASSERT_NE(serving.server, nullptr);
+  auto v6_stub = v1::ClipService::NewStub(
+      grpc::CreateChannel(absl::StrCat("[::1]:", serving.server->port()),
+                          grpc::InsecureChannelCredentials()));
+  {
+    v1::TokenizeResponse response;
+    const grpc::Status probe =
+        v6_stub->Tokenize(Context().get(), v1::TokenizeRequest(), &response);
+    if (probe.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        probe.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      GTEST_SKIP() << "no IPv6 loopback on this machine";
+    }
+  }
+  engine.set_hold(true);
+
+  // The IPv4 client's call of some 1500 bytes is held by the engine...
+  v1::EmbedImageRequest big;
+  *big.add_images() = Encoded(std::string(1500, 'j'));
+  v1::EmbedImageResponse big_response;
+  grpc::ClientContext big_context;
+  grpc::Status big_status;
+  absl::Notification big_done;
+  serving.stub->async()->EmbedImage(&big_context, &big, &big_response,
+                                    [&](grpc::Status s) {
+                                      big_status = std::move(s);
+                                      big_done.Notify();
+                                    });
+  ASSERT_TRUE(engine.AwaitHeld(1));
+
+  // ...so its next 600 bytes pass its share of 2000, although the total has room.
+  v1::EmbedTextRequest text;
+  text.add_texts(std::string(600, 't'));
+  v1::EmbedTextResponse refused_response;
+  const grpc::Status refused =
+      serving.stub->EmbedText(Context().get(), text, &refused_response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("--max_request_memory_per_client_mb"));
+  EXPECT_EQ(RetryDelayOf(refused), RequestMemoryBudget::kRetryAfter);
+
+  // The IPv6 client's same request is admitted: it reaches the engine.
+  v1::EmbedTextResponse v6_response;
+  grpc::ClientContext v6_context;
+  grpc::Status v6_status;
+  absl::Notification v6_done;
+  v6_stub->async()->EmbedText(&v6_context, &text, &v6_response, [&](grpc::Status s) {
+    v6_status = std::move(s);
+    v6_done.Notify();
+  });
+  ASSERT_TRUE(engine.AwaitHeld(2));
+
+  engine.set_hold(false);
+  ASSERT_TRUE(big_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(v6_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(big_status.ok()) << big_status.error_message();
+  EXPECT_TRUE(v6_status.ok()) << v6_status.error_message();
+  EXPECT_TRUE(AwaitRequestMemory(*serving.service, 0));
+  serving.server->Shutdown(absl::Seconds(10));
 }
 
 TEST_F(ClipServiceTest, EmbedStreamItemsPastTheRequestMemoryLimitFailAlone) {

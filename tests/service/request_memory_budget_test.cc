@@ -156,6 +156,122 @@ TEST(RequestMemoryBudgetTest, MetricsFollowTheBytesHeldAndCountRefusals) {
   EXPECT_THAT(metrics.Serialize(), HasSubstr("clipserve_request_memory_bytes 0\n"));
 }
 
+// One client holds at most its share; another still gets the rest of the budget.
+TEST(RequestMemoryBudgetTest, AClientPastItsShareIsRefusedWhileOthersAreServed) {
+  RequestMemoryBudget budget(1000, 600, nullptr);
+  absl::StatusOr<Reservation> a1 = budget.Reserve(400, "10.0.0.1");
+  absl::StatusOr<Reservation> a2 = budget.Reserve(200, "10.0.0.1");  // exactly its share
+  ASSERT_TRUE(a1.ok() && a2.ok());
+  EXPECT_EQ(budget.used_by("10.0.0.1"), 600);
+  const absl::StatusOr<Reservation> a3 = budget.Reserve(1, "10.0.0.1");
+  EXPECT_EQ(a3.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(a3.status().message(), HasSubstr("10.0.0.1"));
+  EXPECT_THAT(a3.status().message(), HasSubstr("--max_request_memory_per_client_mb"));
+  EXPECT_EQ(GetRetryInfoPayload(a3.status()), RequestMemoryBudget::kRetryAfter);
+  // The refusal kept nothing.
+  EXPECT_EQ(budget.used_by("10.0.0.1"), 600);
+  EXPECT_EQ(budget.used(), 600);
+
+  // Another client has the rest of the total, and no more.
+  absl::StatusOr<Reservation> b = budget.Reserve(400, "10.0.0.2");
+  ASSERT_TRUE(b.ok()) << b.status();
+  const absl::StatusOr<Reservation> b2 = budget.Reserve(1, "10.0.0.2");
+  EXPECT_EQ(b2.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(b2.status().message(), HasSubstr("--max_request_memory_mb"));
+  EXPECT_EQ(budget.used_by("10.0.0.2"), 400);
+
+  // Released bytes come back to their client, and a client holding nothing is
+  // forgotten.
+  a1->Release();
+  EXPECT_EQ(budget.used_by("10.0.0.1"), 200);
+  EXPECT_TRUE(budget.Reserve(400, "10.0.0.1").ok());
+  a2->Release();
+  b->Release();
+  EXPECT_EQ(budget.used_by("10.0.0.1"), 0);
+  EXPECT_EQ(budget.used_by("10.0.0.2"), 0);
+  EXPECT_EQ(budget.used(), 0);
+}
+
+TEST(RequestMemoryBudgetTest, WithoutAClientOrAPerClientLimitOnlyTheTotalCounts) {
+  RequestMemoryBudget shared(1000, 600, nullptr);
+  absl::StatusOr<Reservation> anonymous = shared.Reserve(900);
+  ASSERT_TRUE(anonymous.ok());
+  EXPECT_EQ(shared.used(), 900);
+  RequestMemoryBudget total_only(1000);
+  absl::StatusOr<Reservation> one = total_only.Reserve(900, "10.0.0.1");
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(total_only.used_by("10.0.0.1"), 0);  // not tracked
+}
+
+TEST(RequestMemoryBudgetTest, AMovedReservationReturnsItsBytesToItsClient) {
+  RequestMemoryBudget budget(1000, 600, nullptr);
+  absl::StatusOr<Reservation> r = budget.Reserve(500, "c");
+  ASSERT_TRUE(r.ok());
+  Reservation moved = *std::move(r);
+  Reservation assigned;
+  assigned = std::move(moved);
+  EXPECT_EQ(budget.used_by("c"), 500);
+  assigned.Release();
+  EXPECT_EQ(budget.used_by("c"), 0);
+  EXPECT_EQ(budget.used(), 0);
+}
+
+// Many threads as a few clients: no client ever holds more than its share, nor all
+// together more than the total.
+TEST(RequestMemoryBudgetTest, ConcurrentClientsNeverPassTheirShare) {
+  constexpr int64_t kCapacity = 10'000;
+  constexpr int64_t kShare = 4'000;
+  RequestMemoryBudget budget(kCapacity, kShare, nullptr);
+  std::atomic<int64_t> held_by[2] = {0, 0};  // what each client's threads hold
+  std::atomic<bool> over{false};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      const int client = t % 2;
+      const std::string name = absl::StrCat("10.0.0.", client);
+      std::mt19937 random(4321 + t);
+      std::uniform_int_distribution<int64_t> size(1, 1500);
+      std::vector<Reservation> mine;
+      for (int i = 0; i < 20'000; ++i) {
+        if (!mine.empty() && (random() % 2 == 0)) {
+          held_by[client].fetch_sub(mine.back().bytes());
+          mine.pop_back();
+          continue;
+        }
+        absl::StatusOr<Reservation> r = budget.Reserve(size(random), name);
+        if (!r.ok()) {
+          refused.fetch_add(1);
+          continue;
+        }
+        if (held_by[client].fetch_add(r->bytes()) + r->bytes() > kShare) over = true;
+        mine.push_back(*std::move(r));
+      }
+      for (Reservation& r : mine) held_by[client].fetch_sub(r.bytes());
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_FALSE(over.load()) << "a client held more than its share at once";
+  EXPECT_GT(refused.load(), 0) << "no share was ever full; the test proves nothing";
+  EXPECT_EQ(budget.used(), 0);
+  EXPECT_EQ(budget.used_by("10.0.0.0"), 0);
+  EXPECT_EQ(budget.used_by("10.0.0.1"), 0);
+}
+
+TEST(RequestMemoryBudgetTest, MetricsShowThePerClientLimitAndCountItsRefusals) {
+  Metrics metrics;
+  RequestMemoryBudget budget(int64_t{3} << 20, int64_t{1} << 20, &metrics);
+  EXPECT_THAT(metrics.Serialize(),
+              HasSubstr("clipserve_request_memory_client_limit_bytes 1048576\n"));
+  absl::StatusOr<Reservation> a = budget.Reserve(int64_t{1} << 20, "c");
+  ASSERT_TRUE(a.ok());
+  EXPECT_FALSE(budget.Reserve(1, "c").ok());
+  EXPECT_THAT(metrics.Serialize(),
+              HasSubstr("clipserve_request_memory_client_refusals_total 1\n"));
+  EXPECT_THAT(metrics.Serialize(),
+              HasSubstr("clipserve_request_memory_refusals_total 0\n"));
+}
+
 TEST(ValidateRequestMemoryLimitTest, NeedsRoomForTheLargestMessageUnlessUnlimited) {
   EXPECT_TRUE(ValidateRequestMemoryLimit(0, 64 << 20).ok());
   EXPECT_TRUE(ValidateRequestMemoryLimit(64 << 20, 64 << 20).ok());
@@ -163,6 +279,24 @@ TEST(ValidateRequestMemoryLimitTest, NeedsRoomForTheLargestMessageUnlessUnlimite
   EXPECT_EQ(small.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(small.message(), HasSubstr("could never be admitted"));
   EXPECT_EQ(ValidateRequestMemoryLimit(-1, 64 << 20).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ValidateRequestMemoryLimitTest, APerClientLimitFitsTheLargestMessageAndTheTotal) {
+  constexpr int64_t kMessage = 64 << 20;
+  EXPECT_TRUE(ValidateRequestMemoryLimit(256 << 20, kMessage, 0).ok());
+  EXPECT_TRUE(ValidateRequestMemoryLimit(256 << 20, kMessage, kMessage).ok());
+  EXPECT_TRUE(ValidateRequestMemoryLimit(256 << 20, kMessage, 256 << 20).ok());
+  EXPECT_TRUE(ValidateRequestMemoryLimit(0, kMessage, 512 << 20).ok());  // no total
+  const absl::Status small =
+      ValidateRequestMemoryLimit(256 << 20, kMessage, kMessage - 1);
+  EXPECT_EQ(small.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(small.message(), HasSubstr("could never be admitted"));
+  const absl::Status above =
+      ValidateRequestMemoryLimit(256 << 20, kMessage, (256 << 20) + 1);
+  EXPECT_EQ(above.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(above.message(), HasSubstr("would never apply"));
+  EXPECT_EQ(ValidateRequestMemoryLimit(256 << 20, kMessage, -1).code(),
             absl::StatusCode::kInvalidArgument);
 }
 
