@@ -409,8 +409,9 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
       }
       ++job.answered_in_pass;
       if (!response.has_embedding()) {
-        job.SettleLocked(index,
-                         absl::InternalError("the server answered without a result"));
+        absl::Status error = absl::InternalError("the server answered without a result");
+        SetRequestId(request_id, &error);
+        job.SettleLocked(index, std::move(error));
         continue;
       }
       EmbeddedItem result;

@@ -876,6 +876,14 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
         absl::StrCat("max_request_memory_per_client_bytes must not be negative, got ",
                      options.max_request_memory_per_client_bytes));
   }
+  if (options.max_request_memory_bytes > 0 &&
+      options.max_request_memory_per_client_bytes > options.max_request_memory_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_request_memory_per_client_bytes (",
+                     options.max_request_memory_per_client_bytes,
+                     ") must not be above max_request_memory_bytes (",
+                     options.max_request_memory_bytes, ")"));
+  }
   if (options.label_cache_capacity < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "label_cache_capacity must not be negative, got ", options.label_cache_capacity));

@@ -14,7 +14,7 @@ std::string PeerHost(absl::string_view peer) {
   }
   if (absl::ConsumePrefix(&rest, "ipv6:")) {
     const std::string decoded = absl::StrReplaceAll(
-        rest, {{"%5B", "["}, {"%5b", "["}, {"%5D", "]"}, {"%5d", "]"}});
+        rest, {{"%5B", "["}, {"%5b", "["}, {"%5D", "]"}, {"%5d", "]"}, {"%25", "%"}});
     const size_t close = decoded.rfind(']');
     if (decoded.empty() || decoded[0] != '[' || close == std::string::npos || close < 2) {
       return std::string(peer);

@@ -12,6 +12,7 @@ namespace clipserve {
 //   "ipv4:10.1.2.3:41234"       -> "10.1.2.3"
 //   "ipv6:[fd00::7]:41234"      -> "fd00::7" (also with the brackets %-encoded, as
 //                                   newer gRPC versions write them)
+//   "ipv6:[fe80::1%eth0]:41234" -> "fe80::1%eth0" (a zone id's "%" also from "%25")
 //   anything else ("unix:/run/clip.sock", "") -> the peer string as it is.
 // Thread-safe; never blocks.
 std::string PeerHost(absl::string_view peer);

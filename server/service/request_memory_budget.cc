@@ -66,30 +66,40 @@ RequestMemoryBudget::~RequestMemoryBudget() {
 absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
     int64_t bytes, absl::string_view client) {
   bytes = std::max<int64_t>(bytes, 0);
-  if (per_client_capacity_ == 0 || client.empty()) {
+  // Nothing to count for a client: an empty request holds none of its share (and a
+  // client entry exists only while it holds bytes).
+  if (per_client_capacity_ == 0 || client.empty() || bytes == 0) {
     if (absl::Status status = TakeFromTotal(bytes); !status.ok()) return status;
     return Reservation(this, bytes, std::string());
   }
+  int64_t held = 0;
+  {
+    absl::MutexLock lock(&clients_mu_);
+    const auto it = clients_.find(client);
+    held = it == clients_.end() ? 0 : it->second;
+    if (bytes <= per_client_capacity_ - held) {
+      if (absl::Status status = TakeFromTotal(bytes); !status.ok()) return status;
+      if (it == clients_.end()) {
+        clients_.emplace(client, bytes);
+      } else {
+        it->second += bytes;
+      }
+      return Reservation(this, bytes, std::string(client));
+    }
+  }
+  if (metrics_ != nullptr) metrics_->RecordRequestMemoryClientRefusal();
+  return ResourceExhaustedWithRetry(
+      absl::StrCat("this client (", client, ") holds ", Size(held),
+                   " of requests in flight; this one (", Size(bytes),
+                   ") would pass the limit of ", Size(per_client_capacity_),
+                   " per client (--max_request_memory_per_client_mb); retry after its "
+                   "earlier calls finish"),
+      kRetryAfter);
+}
+
+size_t RequestMemoryBudget::clients_holding() const {
   absl::MutexLock lock(&clients_mu_);
-  const auto it = clients_.find(client);
-  const int64_t held = it == clients_.end() ? 0 : it->second;
-  if (bytes > per_client_capacity_ - held) {
-    if (metrics_ != nullptr) metrics_->RecordRequestMemoryClientRefusal();
-    return ResourceExhaustedWithRetry(
-        absl::StrCat("this client (", client, ") holds ", Size(held),
-                     " of requests in flight; this one (", Size(bytes),
-                     ") would pass the limit of ", Size(per_client_capacity_),
-                     " per client (--max_request_memory_per_client_mb); retry after its "
-                     "earlier calls finish"),
-        kRetryAfter);
-  }
-  if (absl::Status status = TakeFromTotal(bytes); !status.ok()) return status;
-  if (it == clients_.end()) {
-    clients_.emplace(client, bytes);
-  } else {
-    it->second += bytes;
-  }
-  return Reservation(this, bytes, std::string(client));
+  return clients_.size();
 }
 
 int64_t RequestMemoryBudget::used_by(absl::string_view client) const {
@@ -126,6 +136,7 @@ void RequestMemoryBudget::Return(int64_t bytes, const std::string& client) {
     return;
   }
   it->second -= bytes;
+  DCHECK_GE(it->second, 0) << "more returned for " << client << " than it held";
   if (it->second <= 0) clients_.erase(it);
 }
 

@@ -99,7 +99,8 @@ class RequestMemoryBudget {
   // `client` names the caller for the per-client limit: PeerHost() of the call's
   // peer. With a per-client limit, RESOURCE_EXHAUSTED (same RetryInfo) too when the
   // bytes do not fit beside what that client holds. "" is not limited per client.
-  absl::StatusOr<Reservation> Reserve(int64_t bytes, absl::string_view client = "");
+  absl::StatusOr<Reservation> Reserve(int64_t bytes, absl::string_view client = "")
+      ABSL_LOCKS_EXCLUDED(clients_mu_);
 
   int64_t capacity() const { return capacity_; }
   int64_t per_client_capacity() const { return per_client_capacity_; }
@@ -107,6 +108,9 @@ class RequestMemoryBudget {
   int64_t used() const { return used_.load(std::memory_order_relaxed); }
   // Bytes `client` holds now (0 without a per-client limit).
   int64_t used_by(absl::string_view client) const ABSL_LOCKS_EXCLUDED(clients_mu_);
+  // Clients that hold bytes now: the entries kept per client, none for a client once
+  // it holds nothing.
+  size_t clients_holding() const ABSL_LOCKS_EXCLUDED(clients_mu_);
 
  private:
   // Adds `bytes` to the total unless that passes the capacity.

@@ -268,6 +268,15 @@ TEST(ClipServiceCreateTest, RejectsBadArguments) {
   options.max_request_memory_bytes = -1;
   EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
             absl::StatusCode::kInvalidArgument);
+  options = {};
+  options.max_request_memory_per_client_bytes = -1;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.max_request_memory_per_client_bytes = options.max_request_memory_bytes + 1;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.max_request_memory_bytes = 0;  // no total: any share is allowed
+  EXPECT_TRUE(ClipService::Create(&engine, options).ok());
   EXPECT_TRUE(ClipService::Create(&engine, {}).ok());
 
   ModelDescription no_width = FakeEngine::DefaultDescription();

@@ -203,6 +203,27 @@ TEST(RequestMemoryBudgetTest, WithoutAClientOrAPerClientLimitOnlyTheTotalCounts)
   EXPECT_EQ(total_only.used_by("10.0.0.1"), 0);  // not tracked
 }
 
+// An empty request (a client can send one: the budget is taken before parsing) holds
+// nothing of its client's share, so no entry is kept for it, and releasing two of them
+// in any order beside a real one leaves the accounts right.
+TEST(RequestMemoryBudgetTest, EmptyRequestsKeepNoClientEntry) {
+  RequestMemoryBudget budget(1000, 600, nullptr);
+  absl::StatusOr<Reservation> empty1 = budget.Reserve(0, "c");
+  absl::StatusOr<Reservation> empty2 = budget.Reserve(0, "c");
+  ASSERT_TRUE(empty1.ok() && empty2.ok());
+  EXPECT_EQ(budget.clients_holding(), 0u);
+  absl::StatusOr<Reservation> real = budget.Reserve(100, "c");
+  ASSERT_TRUE(real.ok());
+  EXPECT_EQ(budget.clients_holding(), 1u);
+  empty1->Release();
+  empty2->Release();
+  EXPECT_EQ(budget.used_by("c"), 100);
+  real->Release();
+  EXPECT_EQ(budget.used_by("c"), 0);
+  EXPECT_EQ(budget.clients_holding(), 0u);
+  EXPECT_EQ(budget.used(), 0);
+}
+
 TEST(RequestMemoryBudgetTest, AMovedReservationReturnsItsBytesToItsClient) {
   RequestMemoryBudget budget(1000, 600, nullptr);
   absl::StatusOr<Reservation> r = budget.Reserve(500, "c");
@@ -256,6 +277,7 @@ TEST(RequestMemoryBudgetTest, ConcurrentClientsNeverPassTheirShare) {
   EXPECT_EQ(budget.used(), 0);
   EXPECT_EQ(budget.used_by("10.0.0.0"), 0);
   EXPECT_EQ(budget.used_by("10.0.0.1"), 0);
+  EXPECT_EQ(budget.clients_holding(), 0u);
 }
 
 TEST(RequestMemoryBudgetTest, MetricsShowThePerClientLimitAndCountItsRefusals) {
