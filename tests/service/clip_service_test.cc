@@ -1630,6 +1630,40 @@ TEST_F(ClipServiceTest, EmbedStreamItemsPastTheRequestMemoryLimitFailAlone) {
   EXPECT_EQ(service_->request_memory_used(), 0);
 }
 
+// An EmbedStream item counts against its client's share too: with room left in the
+// total, the client's item past its share fails alone, with the per-client message.
+TEST_F(ClipServiceTest, EmbedStreamItemsPastTheClientsShareFailAlone) {
+  ClipServiceOptions options;
+  options.max_request_memory_bytes = 4000;
+  options.max_request_memory_per_client_bytes = 2000;
+  Restart(options);
+  engine_->set_hold(true);
+
+  auto context = Context(absl::Seconds(30));
+  auto stream = stub_->EmbedStream(context.get());
+  ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  ASSERT_TRUE(stream->Write(TextItem("refused", std::string(600, 'r'))));
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.id(), "refused");
+  ASSERT_TRUE(response.has_error());
+  EXPECT_EQ(response.error().code(),
+            static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_THAT(response.error().message(),
+              HasSubstr("--max_request_memory_per_client_mb"));
+
+  engine_->set_hold(false);
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.id(), "big");
+  EXPECT_TRUE(response.has_embedding());
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_FALSE(stream->Read(&response));
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(service_->request_memory_used(), 0);
+}
+
 TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
   engine_->set_hold(true);
   grpc::ClientContext context;
