@@ -87,6 +87,20 @@ v1::Image Raw(uint32_t width, uint32_t height, char fill) {
   return Raw(width, height, fill, size_t{width} * height * 3);
 }
 
+v1::EmbedStreamRequest TextItem(std::string id, std::string text) {
+  v1::EmbedStreamRequest item;
+  item.set_id(std::move(id));
+  item.set_text(std::move(text));
+  return item;
+}
+
+v1::EmbedStreamRequest ImageItem(std::string id, v1::Image image) {
+  v1::EmbedStreamRequest item;
+  item.set_id(std::move(id));
+  *item.mutable_image() = std::move(image);
+  return item;
+}
+
 // What the fake engine computes for `image`.
 std::vector<float> FakeImage(const v1::Image& image, bool normalize = true) {
   ImageInput input;
@@ -216,6 +230,53 @@ class ClipServiceTest : public ::testing::Test {
   void Restart(const ClipServiceOptions& options) {
     Stop();
     Start(options);
+  }
+
+  // Restarts under `options`, whose limit admits a 1500-byte EmbedStream item and a
+  // small one beside it but not 600 bytes more: that item alone fails at once,
+  // naming `flag`, and is admitted once the engine has answered the others.
+  void ExpectAStreamItemPastTheLimitFailsAlone(const ClipServiceOptions& options,
+                                               absl::string_view flag) {
+    Restart(options);
+    engine_->set_hold(true);
+
+    auto context = Context(absl::Seconds(30));
+    auto stream = stub_->EmbedStream(context.get());
+    // The first item's 1500 bytes are held while the engine holds it...
+    ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
+    ASSERT_TRUE(engine_->AwaitHeld(1));
+    EXPECT_GE(service_->request_memory_used(), 1500);
+    // ...so the next 600 bytes do not fit: that item alone fails, at once.
+    ASSERT_TRUE(stream->Write(TextItem("refused", std::string(600, 'r'))));
+    v1::EmbedStreamResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.id(), "refused");
+    ASSERT_TRUE(response.has_error());
+    EXPECT_EQ(response.error().code(),
+              static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+    EXPECT_THAT(response.error().message(), HasSubstr(std::string(flag)));
+    // A small item still fits beside the big one.
+    ASSERT_TRUE(stream->Write(TextItem("small", "a cat")));
+    ASSERT_TRUE(engine_->AwaitHeld(2));
+
+    // Once the engine has answered, the stream holds nothing and admits the 600 bytes.
+    engine_->set_hold(false);
+    std::map<std::string, bool> answered;
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(stream->Read(&response));
+      answered[response.id()] = response.has_embedding();
+    }
+    EXPECT_EQ(answered, (std::map<std::string, bool>{{"big", true}, {"small", true}}));
+    EXPECT_EQ(service_->request_memory_used(), 0);
+    ASSERT_TRUE(stream->Write(TextItem("retried", std::string(600, 'r'))));
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.id(), "retried");
+    EXPECT_TRUE(response.has_embedding());
+    ASSERT_TRUE(stream->WritesDone());
+    EXPECT_FALSE(stream->Read(&response));
+    const grpc::Status status = stream->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(service_->request_memory_used(), 0);
   }
 
   grpc::Status EmbedImage(const v1::EmbedImageRequest& request,
@@ -1380,20 +1441,6 @@ TEST_F(ClipServiceTest, TokenizeReturnsIdsAndTheContextLength) {
 // ---------------------------------------------------------------------------
 // EmbedStream
 
-v1::EmbedStreamRequest TextItem(std::string id, std::string text) {
-  v1::EmbedStreamRequest item;
-  item.set_id(std::move(id));
-  item.set_text(std::move(text));
-  return item;
-}
-
-v1::EmbedStreamRequest ImageItem(std::string id, v1::Image image) {
-  v1::EmbedStreamRequest item;
-  item.set_id(std::move(id));
-  *item.mutable_image() = std::move(image);
-  return item;
-}
-
 TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemselves) {
   std::vector<v1::EmbedStreamRequest> items = {
       ImageItem("img-ok", Encoded("png of a cat")), TextItem("txt-ok", "a dog"),
@@ -1588,46 +1635,7 @@ TEST(ClipServicePerClientMemoryTest, AClientPastItsShareIsRefusedWhileAnotherIsS
 TEST_F(ClipServiceTest, EmbedStreamItemsPastTheRequestMemoryLimitFailAlone) {
   ClipServiceOptions options;
   options.max_request_memory_bytes = 2000;
-  Restart(options);
-  engine_->set_hold(true);
-
-  auto context = Context(absl::Seconds(30));
-  auto stream = stub_->EmbedStream(context.get());
-  // The first item's 1500 bytes are held while the engine holds it...
-  ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
-  ASSERT_TRUE(engine_->AwaitHeld(1));
-  EXPECT_GE(service_->request_memory_used(), 1500);
-  // ...so the next 600 bytes do not fit: that item alone fails, at once.
-  ASSERT_TRUE(stream->Write(TextItem("refused", std::string(600, 'r'))));
-  v1::EmbedStreamResponse response;
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_EQ(response.id(), "refused");
-  ASSERT_TRUE(response.has_error());
-  EXPECT_EQ(response.error().code(),
-            static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
-  EXPECT_THAT(response.error().message(), HasSubstr("--max_request_memory_mb"));
-  // A small item still fits beside the big one.
-  ASSERT_TRUE(stream->Write(TextItem("small", "a cat")));
-  ASSERT_TRUE(engine_->AwaitHeld(2));
-
-  // Once the engine has answered, the stream holds nothing and admits the 600 bytes.
-  engine_->set_hold(false);
-  std::map<std::string, bool> answered;
-  for (int i = 0; i < 2; ++i) {
-    ASSERT_TRUE(stream->Read(&response));
-    answered[response.id()] = response.has_embedding();
-  }
-  EXPECT_EQ(answered, (std::map<std::string, bool>{{"big", true}, {"small", true}}));
-  EXPECT_EQ(service_->request_memory_used(), 0);
-  ASSERT_TRUE(stream->Write(TextItem("retried", std::string(600, 'r'))));
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_EQ(response.id(), "retried");
-  EXPECT_TRUE(response.has_embedding());
-  ASSERT_TRUE(stream->WritesDone());
-  EXPECT_FALSE(stream->Read(&response));
-  const grpc::Status status = stream->Finish();
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(service_->request_memory_used(), 0);
+  ExpectAStreamItemPastTheLimitFailsAlone(options, "--max_request_memory_mb");
 }
 
 // An EmbedStream item counts against its client's share too: with room left in the
@@ -1636,32 +1644,7 @@ TEST_F(ClipServiceTest, EmbedStreamItemsPastTheClientsShareFailAlone) {
   ClipServiceOptions options;
   options.max_request_memory_bytes = 4000;
   options.max_request_memory_per_client_bytes = 2000;
-  Restart(options);
-  engine_->set_hold(true);
-
-  auto context = Context(absl::Seconds(30));
-  auto stream = stub_->EmbedStream(context.get());
-  ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
-  ASSERT_TRUE(engine_->AwaitHeld(1));
-  ASSERT_TRUE(stream->Write(TextItem("refused", std::string(600, 'r'))));
-  v1::EmbedStreamResponse response;
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_EQ(response.id(), "refused");
-  ASSERT_TRUE(response.has_error());
-  EXPECT_EQ(response.error().code(),
-            static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
-  EXPECT_THAT(response.error().message(),
-              HasSubstr("--max_request_memory_per_client_mb"));
-
-  engine_->set_hold(false);
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_EQ(response.id(), "big");
-  EXPECT_TRUE(response.has_embedding());
-  ASSERT_TRUE(stream->WritesDone());
-  EXPECT_FALSE(stream->Read(&response));
-  const grpc::Status status = stream->Finish();
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(service_->request_memory_used(), 0);
+  ExpectAStreamItemPastTheLimitFailsAlone(options, "--max_request_memory_per_client_mb");
 }
 
 TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
