@@ -866,23 +866,15 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "max_classify_prompts must be at least 1, got ", options.max_classify_prompts));
   }
-  if (options.max_request_memory_bytes < 0) {
+  // The message size limit is the server's, checked where it is known (main.cc); the
+  // rest of the budget's checks are the same.
+  if (absl::Status status = ValidateRequestMemoryLimit(
+          options.max_request_memory_bytes, /*max_message_bytes=*/0,
+          options.max_request_memory_per_client_bytes);
+      !status.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("max_request_memory_bytes must not be negative, got ",
-                     options.max_request_memory_bytes));
-  }
-  if (options.max_request_memory_per_client_bytes < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_request_memory_per_client_bytes must not be negative, got ",
-                     options.max_request_memory_per_client_bytes));
-  }
-  if (options.max_request_memory_bytes > 0 &&
-      options.max_request_memory_per_client_bytes > options.max_request_memory_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_request_memory_per_client_bytes (",
-                     options.max_request_memory_per_client_bytes,
-                     ") must not be above max_request_memory_bytes (",
-                     options.max_request_memory_bytes, ")"));
+        absl::StrCat("max_request_memory_bytes and max_request_memory_per_client_bytes: ",
+                     status.message()));
   }
   if (options.label_cache_capacity < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
