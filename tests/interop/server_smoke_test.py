@@ -1,7 +1,8 @@
 """A Python gRPC client finds a real clip_server SERVING, reflected, and stoppable.
 
 Usage: /usr/bin/python3 server_smoke_test.py --server PATH --client PATH
-           --proto_dir DIR --googleapis_dir DIR
+           --proto_dir DIR --googleapis_dir DIR [TestClass ...]
+ctest runs each test class as its own entry (tests/CMakeLists.txt).
 """
 
 import argparse
