@@ -145,14 +145,17 @@ absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
 // taken out too but never occupy a batch slot: they go to the drop callback with
 // CANCELLED or DEADLINE_EXCEEDED, so their owner can answer them. (An item is only
 // checked when a batch is formed, so one whose deadline falls within the queue delay is
-// answered when its batch would have run.) A request's items may so end up in several
+// answered when its batch would have run.) A Schedule() that finds the queue too full
+// first drops the dead items queued, so that they never keep live ones out while the
+// workers are busy with a long batch. A request's items may so end up in several
 // batches; RequestTracker (request_tracker.h) tells its owner when all are done.
 //
 // Batches are formed in FIFO order, items keep their order inside a batch, and with
 // one worker batches also finish in order; with several they may finish out of order.
 //
-// Callbacks run on worker threads, never with the batcher's lock held; they may call
-// Schedule() but must not call Shutdown() or destroy the batcher, and must not throw
+// Callbacks run on worker threads, and the drop callback also on a thread in
+// Schedule(), never with the batcher's lock held; they may call Schedule() but must
+// not call Shutdown() or destroy the batcher, and must not throw
 // (clipserve does not use exceptions; one escaping a worker ends the process).
 //
 // Thread-safe: Schedule() and NumQueuedItems() may be called from any thread.
@@ -185,12 +188,16 @@ class DynamicBatcher {
   // is untouched (ownership stays with the caller, as in TF Serving's Schedule()):
   //   INVALID_ARGUMENT    `items` is null or empty, or holds more than max_queue_size
   //                       items, which could never be queued (retrying cannot help).
-  //   RESOURCE_EXHAUSTED  the queue lacks room for all of them right now. The status
-  //                       carries a google.rpc.RetryInfo payload (status_payloads.h)
-  //                       with EstimateRetryDelay(): roughly how long until workers
-  //                       have taken enough batches off the queue to make room.
+  //   RESOURCE_EXHAUSTED  the queue lacks room for all of them right now, counting
+  //                       only its live items. The status carries a
+  //                       google.rpc.RetryInfo payload (status_payloads.h) with
+  //                       EstimateRetryDelay(): roughly how long until workers have
+  //                       taken enough batches off the queue to make room.
   //   UNAVAILABLE         Shutdown() has begun.
-  // Never blocks on the workers (it takes the queue's lock only). Thread-safe.
+  // When the queue is too full, the cancelled and expired items in it are taken out
+  // and handed to the drop callback on this thread, before returning, whatever the
+  // status: so the caller must not hold a lock that the drop callback takes. Never
+  // blocks on the workers (it takes the queue's lock only). Thread-safe.
   absl::Status Schedule(std::vector<Item>* items) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Stops accepting items (Schedule() returns UNAVAILABLE from now on), lets the
@@ -243,6 +250,12 @@ class DynamicBatcher {
   // Moves up to max_batch_size live items into `*batch`, dead ones into `*dropped`.
   void FormBatchLocked(Batch<Item>* batch, std::vector<Dropped>* dropped)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves every dead item in the queue into `*dropped`; the live ones keep their order.
+  void DropDeadLocked(std::vector<Dropped>* dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why `item` should not run at `now`: its deadline passed (whether or not that also
+  // cancelled it), or it was cancelled; nullopt when it is live.
+  static std::optional<DropReason> DeadReason(const Item& item, absl::Time now);
+  void DeliverDrops(std::vector<Dropped>* dropped);
   absl::Status DropStatus(DropReason reason) const;
 
   const Options options_;
@@ -302,6 +315,7 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
   }
   bool notify = false;
   std::optional<absl::Duration> retry_delay;
+  std::vector<Dropped> dropped;
   {
     absl::MutexLock lock(&mu_);
     // These items are no longer on their way, whatever happens to them below.
@@ -309,6 +323,11 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
     if (shutting_down_) {
       return absl::UnavailableError(
           absl::StrCat(options_.name, " batcher is shutting down"));
+    }
+    if (queue_.size() + count > static_cast<size_t>(options_.max_queue_size)) {
+      // Calls that timed out or went away while a long batch runs must not keep
+      // live ones out.
+      DropDeadLocked(&dropped);
     }
     const size_t queued = queue_.size();
     if (queued + count > static_cast<size_t>(options_.max_queue_size)) {
@@ -325,6 +344,7 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
       notify = notify || queued == 0 || (queued < full && queued + count >= full);
     }
   }
+  DeliverDrops(&dropped);
   if (retry_delay.has_value()) {
     if (notify) work_available_.Signal();
     absl::Status status = absl::ResourceExhaustedError(
@@ -397,9 +417,7 @@ void DynamicBatcher<Item>::WorkerLoop() {
     }
     // Another worker may take what is left, or time the new oldest item.
     if (more) work_available_.Signal();
-    for (Dropped& item : dropped) {
-      drop_item_(std::move(item.item), DropStatus(item.reason));
-    }
+    DeliverDrops(&dropped);
     if (batch.items.empty()) continue;
     const absl::Time start = clock_->Now();
     process_batch_(std::move(batch));
@@ -435,16 +453,45 @@ void DynamicBatcher<Item>::FormBatchLocked(Batch<Item>* batch,
   batch->enqueue_times.reserve(std::min(max_size, queue_.size()));
   while (!queue_.empty() && batch->items.size() < max_size) {
     Entry& entry = queue_.front();
-    if (Traits::Cancelled(entry.item)) {
-      dropped->push_back(Dropped{std::move(entry.item), DropReason::kCancelled});
-    } else if (Traits::Deadline(entry.item) <= now) {
-      dropped->push_back(Dropped{std::move(entry.item), DropReason::kDeadlineExceeded});
+    if (std::optional<DropReason> reason = DeadReason(entry.item, now)) {
+      dropped->push_back(Dropped{std::move(entry.item), *reason});
     } else {
       batch->items.push_back(std::move(entry.item));
       batch->enqueue_times.push_back(entry.enqueue_time);
     }
     queue_.pop_front();
   }
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::DropDeadLocked(std::vector<Dropped>* dropped) {
+  const absl::Time now = clock_->Now();
+  std::deque<Entry> live;
+  for (Entry& entry : queue_) {
+    if (std::optional<DropReason> reason = DeadReason(entry.item, now)) {
+      dropped->push_back(Dropped{std::move(entry.item), *reason});
+    } else {
+      live.push_back(std::move(entry));
+    }
+  }
+  queue_ = std::move(live);
+}
+
+template <typename Item>
+std::optional<typename DynamicBatcher<Item>::DropReason> DynamicBatcher<Item>::DeadReason(
+    const Item& item, absl::Time now) {
+  // A server call is cancelled when its deadline passes: the deadline is the reason.
+  if (Traits::Deadline(item) <= now) return DropReason::kDeadlineExceeded;
+  if (Traits::Cancelled(item)) return DropReason::kCancelled;
+  return std::nullopt;
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::DeliverDrops(std::vector<Dropped>* dropped) {
+  for (Dropped& item : *dropped) {
+    drop_item_(std::move(item.item), DropStatus(item.reason));
+  }
+  dropped->clear();
 }
 
 template <typename Item>

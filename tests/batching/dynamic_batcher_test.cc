@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -422,6 +423,74 @@ TEST_F(DynamicBatcherTest, QueueFullIsResourceExhaustedWithAnHonestRetryDelay) {
   EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 1), ElementsAre(2, 3),
                                                ElementsAre(4, 5), ElementsAre(6, 7)));
   EXPECT_THAT(recorder_.drops(), IsEmpty());
+}
+
+TEST_F(DynamicBatcherTest, AFullQueueDropsItsDeadItemsToMakeRoom) {
+  DynamicBatcherOptions options = Options(2, absl::Hours(1));
+  options.max_queue_size = 4;
+  auto batcher = Make(options);
+  // The worker is busy with a long batch while the queue fills up.
+  absl::Notification first_started;
+  absl::Notification release_first;
+  recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
+    if (batch.items[0].id == 0) {
+      first_started.Notify();
+      release_first.WaitForNotification();
+    }
+  });
+  // A failed assertion below must not leave the worker blocked (the batcher's
+  // destructor joins it).
+  absl::Cleanup release = [&] {
+    if (!release_first.HasBeenNotified()) release_first.Notify();
+  };
+  std::vector<TestItem> first = Items({0, 1});
+  ASSERT_TRUE(batcher->Schedule(&first).ok());
+  first_started.WaitForNotification();
+  const absl::Time soon = clock_.Now() + absl::Seconds(1);
+  std::vector<TestItem> queued;
+  queued.emplace_back(2, soon);
+  queued.emplace_back(3);
+  queued.emplace_back(4);
+  queued.emplace_back(5, soon);
+  std::shared_ptr<std::atomic<bool>> cancel_3 = queued[1].cancel;
+  ASSERT_TRUE(batcher->Schedule(&queued).ok());
+
+  // Every queued item is live: refused, and nothing dropped.
+  std::vector<TestItem> refused = Items({6});
+  EXPECT_EQ(batcher->Schedule(&refused).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(recorder_.drops(), IsEmpty());
+
+  // Items 2 and 5 time out and item 3's caller goes away: their slots are free again,
+  // and they are answered before Schedule() returns, with the worker still busy.
+  cancel_3->store(true);
+  clock_.AdvanceTime(absl::Seconds(1));
+  std::vector<TestItem> admitted = Items({6, 7});
+  ASSERT_TRUE(batcher->Schedule(&admitted).ok());
+  EXPECT_THAT(recorder_.drops(),
+              ElementsAre(IsDrop(2, absl::StatusCode::kDeadlineExceeded),
+                          IsDrop(3, absl::StatusCode::kCancelled),
+                          IsDrop(5, absl::StatusCode::kDeadlineExceeded)));
+  EXPECT_EQ(batcher->NumQueuedItems(), 3);
+  EXPECT_EQ(recorder_.num_batches(), 0u);
+
+  std::move(release).Invoke();
+  ASSERT_TRUE(recorder_.WaitFor(2, 3));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 1), ElementsAre(4, 6)));
+  EXPECT_EQ(batcher->NumQueuedItems(), 1);  // item 7 waits for company
+}
+
+TEST_F(DynamicBatcherTest, AnExpiredItemIsDeadlineExceededThoughItsCallWasCancelled) {
+  // gRPC cancels a server call when its deadline passes; the client sees
+  // DEADLINE_EXCEEDED, and so do the server's logs and metrics.
+  auto batcher = Make(Options(2, absl::Hours(1)));
+  std::vector<TestItem> items = Items({0, 1, 2});
+  items[0].deadline_ = clock_.Now();
+  items[0].cancel->store(true);
+  ASSERT_TRUE(batcher->Schedule(&items).ok());
+  ASSERT_TRUE(recorder_.WaitFor(1, 1));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1, 2)));
+  EXPECT_THAT(recorder_.drops(),
+              ElementsAre(IsDrop(0, absl::StatusCode::kDeadlineExceeded)));
 }
 
 TEST_F(DynamicBatcherTest, ItemsExpiredWhenTheBatchFormsAreDropped) {
