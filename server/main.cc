@@ -684,6 +684,7 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   clipserve::ForwardGrpcLogsToGlog();
+  clipserve::ForwardProtobufLogsToGlog();
   absl::Status status = clipserve::SetLogFormat(absl::GetFlag(FLAGS_log_format));
   if (status.ok()) status = clipserve::MaybeRestartForBetterBlas(argv);
   if (status.ok()) status = clipserve::Run();

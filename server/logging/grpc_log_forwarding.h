@@ -12,6 +12,15 @@ namespace clipserve {
 // gRPC's. Process-wide; call once at start-up, after google::InitGoogleLogging().
 void ForwardGrpcLogsToGlog();
 
+// The same for Protobuf's log lines (GOOGLE_LOG), which by default go straight to
+// stderr: a client that sends a string field with invalid UTF-8 makes the parser log
+// one. Protobuf's ERROR lines in a server are about the bytes it was given, that is a
+// client's input (the call itself fails with INVALID_ARGUMENT and is logged), so they
+// become glog WARNINGs, and a client cannot make the server log ERRORs at will; its
+// WARNING stays WARNING, INFO stays INFO, and FATAL becomes ERROR (Protobuf then
+// aborts). Process-wide; call once at start-up, after google::InitGoogleLogging().
+void ForwardProtobufLogsToGlog();
+
 }  // namespace clipserve
 
 #endif  // CLIPSERVE_SERVER_LOGGING_GRPC_LOG_FORWARDING_H_

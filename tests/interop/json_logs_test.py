@@ -95,10 +95,14 @@ class JsonLogsTest(unittest.TestCase):
             # The id comes back to the client, as the id the log line names.
             self.assertIn(("x-request-id", "req-42/a"),
                           list(caught.exception.trailing_metadata()))
+            # texts[0] is not UTF-8: Protobuf's parser logs that itself, as JSON too.
+            with self.assertRaises(grpc.RpcError) as caught:
+                embed_text(b"\x0a\x01\xff", timeout=30)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
 
         status, body = http_get(metrics_port, "/metrics")
         self.assertEqual(status, 200)
-        self.assertIn('clipserve_requests_total{code="INVALID_ARGUMENT",rpc="EmbedText"} 1',
+        self.assertIn('clipserve_requests_total{code="INVALID_ARGUMENT",rpc="EmbedText"} 2',
                       body)
         self.assertRegex(body, r'clipserve_model_info\{[^}]*model="demo:ViT-B-32"[^}]*\} 1')
 
@@ -112,7 +116,13 @@ class JsonLogsTest(unittest.TestCase):
                 break
 
         failed = [r for r in records if r["message"] == "request failed"]
-        self.assertEqual(len(failed), 1, records)
+        self.assertEqual(len(failed), 2, records)
+        self.assertIn("texts[0]", failed[1]["error"])
+        protobuf = [r for r in records if "invalid UTF-8" in r["message"]
+                    and r["message"] != "request failed"]
+        self.assertEqual(len(protobuf), 1, records)
+        # A client's bytes: not an ERROR of the server's.
+        self.assertEqual(protobuf[0]["severity"], "WARNING")
         self.assertEqual(failed[0]["severity"], "WARNING")
         self.assertEqual(failed[0]["rpc"], "EmbedText")
         self.assertEqual(failed[0]["code"], "INVALID_ARGUMENT")

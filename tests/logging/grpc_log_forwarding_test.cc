@@ -7,6 +7,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
+#include "google/protobuf/stubs/logging.h"
+#include "google/protobuf/wrappers.pb.h"
 #include "gtest/gtest.h"
 
 namespace clipserve {
@@ -63,6 +65,32 @@ TEST(GrpcLogForwardingTest, GrpcCoreLinesReachGlogWithTheirSeverityAndSource) {
   EXPECT_EQ(lines[1].message, "an info line");
   EXPECT_EQ(lines[2].severity, google::GLOG_INFO);
   EXPECT_EQ(lines[2].message, "a debug line");
+}
+
+TEST(ProtobufLogForwardingTest, ParserErrorsReachGlogAsWarnings) {
+  CollectingSink sink;
+  google::AddLogSink(&sink);
+  ForwardProtobufLogsToGlog();
+
+  // What a client's string field with invalid UTF-8 makes the parser say.
+  google::protobuf::StringValue value;
+  EXPECT_FALSE(value.ParseFromString(std::string("\x0a\x01\xff", 3)));
+  const int info_line = __LINE__ + 1;
+  GOOGLE_LOG(INFO) << "an info line";
+  GOOGLE_LOG(WARNING) << "a warning line";
+  google::RemoveLogSink(&sink);
+
+  const std::vector<Line> lines = sink.lines();
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0].severity, google::GLOG_WARNING);
+  EXPECT_NE(lines[0].message.find("contains invalid UTF-8 data"), std::string::npos)
+      << lines[0].message;
+  EXPECT_EQ(lines[1].severity, google::GLOG_INFO);
+  EXPECT_EQ(lines[1].file, "grpc_log_forwarding_test.cc");
+  EXPECT_EQ(lines[1].line, info_line);
+  EXPECT_EQ(lines[1].message, "an info line");
+  EXPECT_EQ(lines[2].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[2].message, "a warning line");
 }
 
 }  // namespace
