@@ -243,10 +243,31 @@ struct EmbedImageArgs {
   uint64_t max_file_bytes = 0;  // MaxImageFileBytes(--max_message_bytes)
 };
 
+// The image files to embed. With --skip_errors, a path that cannot be read (missing,
+// or a folder that cannot be listed) is a warning, counted in `*unreadable`, like a
+// file that fails later; it is an error when no file is left.
+absl::StatusOr<std::vector<std::string>> FilesToEmbed(const EmbedImageArgs& args,
+                                                      size_t* unreadable) {
+  if (!args.skip_errors) return ExpandImagePaths(args.paths, args.recursive);
+  std::vector<std::string> files;
+  for (const std::string& path : args.paths) {
+    absl::StatusOr<std::vector<std::string>> found =
+        ExpandImagePaths({path}, args.recursive);
+    if (found.ok()) {
+      files.insert(files.end(), found->begin(), found->end());
+    } else if (found.status().code() != absl::StatusCode::kInvalidArgument) {
+      std::fprintf(stderr, "warning: %s\n", ErrorText(found.status()).c_str());
+      ++*unreadable;
+    }  // else a folder without images, which is no failure of its own
+  }
+  if (files.empty()) return ExpandImagePaths(args.paths, args.recursive).status();
+  return files;
+}
+
 int EmbedImage(ClipClient& client, const std::string& target,
                const EmbedImageArgs& args) {
-  absl::StatusOr<std::vector<std::string>> paths =
-      ExpandImagePaths(args.paths, args.recursive);
+  size_t unreadable = 0;
+  absl::StatusOr<std::vector<std::string>> paths = FilesToEmbed(args, &unreadable);
   if (!paths.ok()) return Fail(paths.status());
   ProgressBar bar(StderrIsTerminal() && paths->size() > 1, paths->size(), "images");
   EmbedStreamOptions options;
@@ -272,7 +293,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
 
   std::vector<std::string> inputs;
   std::vector<std::vector<float>> rows;
-  size_t failed = 0;
+  size_t failed = unreadable;
   bool said_call_error = false;
   for (size_t i = 0; i < results->size(); ++i) {
     absl::StatusOr<EmbeddedItem>& result = (*results)[i];
@@ -310,7 +331,8 @@ int EmbedImage(ClipClient& client, const std::string& target,
     return EXIT_FAILURE;
   }
   if (failed > 0) {
-    std::fprintf(stderr, "warning: skipped %zu of %zu files\n", failed, paths->size());
+    std::fprintf(stderr, "warning: skipped %zu of %zu files\n", failed,
+                 paths->size() + unreadable);
   }
   if (absl::Status status = WriteEmbeddings(args.output, inputs, rows); !status.ok()) {
     return Fail(status);

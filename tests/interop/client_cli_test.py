@@ -159,6 +159,20 @@ class ClientCliTest(unittest.TestCase):
         rows = self.jsonl(self.client("embed-image", "--skip_errors", self.bad).stdout)
         self.assertEqual([r["input"] for r in rows], paths)
 
+    def test_embed_image_skip_errors_names_a_missing_path_and_embeds_the_rest(self):
+        missing = os.path.join(self.tmp, "no_such_photo.jpg")
+        npy = self.out("missing.npy")
+        result = self.client("embed-image", "--skip_errors", "--output", npy, missing,
+                             self.bad)
+        self.assertRegex(result.stderr, r"(?m)^warning: NOT_FOUND: .*no_such_photo\.jpg")
+        # The missing path and not_an_image.jpg, of 5.
+        self.assertIn("warning: skipped 2 of 5 files", result.stderr)
+        self.assertEqual(np.load(npy).shape, (3, 512))
+        # With nothing left to embed it is still an error.
+        result = self.client("embed-image", "--skip_errors", missing, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertRegex(result.stderr, r"(?m)^error: NOT_FOUND: .*no_such_photo\.jpg")
+
     def test_embed_image_missing_file_fails_naming_it(self):
         missing = os.path.join(self.tmp, "no_such_photo.jpg")
         result = self.client("embed-image", missing, check=False)
