@@ -369,6 +369,10 @@ absl::Status Run() {
 
   // Flags that need no model are checked first: a mistake there fails in a moment,
   // not after the model load.
+  if (absl::GetFlag(FLAGS_max_message_bytes) <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_message_bytes must be > 0, got ", absl::GetFlag(FLAGS_max_message_bytes)));
+  }
   CLIPSERVE_ASSIGN_OR_RETURN(const size_t text_cache_bytes,
                              MebibytesFlag("text_cache_mb", FLAGS_text_cache_mb));
   CLIPSERVE_ASSIGN_OR_RETURN(
@@ -499,6 +503,12 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       load.precision,
       ResolvePrecision(absl::GetFlag(FLAGS_precision), load.device, cpuinfo));
+  // ClipModel::To() refuses both too, but only after the model load.
+  if (!load.device.is_cuda() && load.precision == Precision::kFloat16) {
+    return absl::InvalidArgumentError(
+        "--precision=fp16 needs --device=cuda; use fp32 or bf16 on the CPU");
+  }
+  CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(load.device));
   if (!load.device.is_cuda() && load.precision == Precision::kBFloat16 &&
       !CpuInfoHasFastBf16(cpuinfo)) {
     LOG(WARNING) << "--precision=bf16 on a CPU without AMX-BF16 or AVX512-BF16: "

@@ -153,16 +153,29 @@ class SignalTest(unittest.TestCase):
                       ["--max_connection_age_s=1e-10"], ["--max_concurrent_streams=-1"],
                       ["--max_request_memory_per_client_mb=32"],
                       ["--max_request_memory_per_client_mb=512"],
-                      ["--max_request_memory_per_client_mb=-1"]):
+                      ["--max_request_memory_per_client_mb=-1"],
+                      ["--max_message_bytes=0"], ["--precision=fp16"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
                                     capture_output=True, text=True, timeout=120)
             self.assertEqual(result.returncode, 1, flags)
             self.assertIn("clip_server failed: INVALID_ARGUMENT", result.stderr, flags)
+            # The message names the flag that is wrong (the last one given).
+            self.assertIn(flags[-1].split("=")[0].lstrip("-"),
+                          result.stderr.split("clip_server failed:")[1], flags)
             # Found before the model load starts. (Not a time bound: with 2 cores shared
             # by parallel tests, "under 4 s" failed.)
             self.assertNotIn("loading model", result.stderr, flags)
+
+    def test_a_device_this_build_cannot_use_fails_before_the_model_load(self):
+        # A build without CUDA (CI's), or a machine without a GPU.
+        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--device=cuda",
+                                 "--metrics_host=127.0.0.1", "--metrics_port=0"],
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("clip_server failed: UNAVAILABLE: cuda", result.stderr)
+        self.assertNotIn("loading model", result.stderr)
 
     def test_a_grace_that_is_not_a_number_fails_at_once(self):
         for grace in ("nan", "-1", "inf"):
