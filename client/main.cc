@@ -20,6 +20,7 @@
 // item of a bulk job names its file or text. See docs/CLIENT.md.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client/bench.h"
 #include "client/clip_client.h"
@@ -46,6 +48,26 @@
 
 namespace clipserve {
 namespace {
+
+// CLI11's PositiveNumber and NonNegativeNumber say "Value 0 not in range 0.000000 to
+// 1797...(309 digits)" for 0, which reads as if 0 were allowed, give a word such as
+// "abc" the same range message, and let "nan" through. These name what is wanted.
+CLI::Validator FiniteNumberAtLeast(double minimum, bool inclusive, const char* wanted) {
+  return CLI::Validator(
+      [minimum, inclusive, wanted](std::string& input) -> std::string {
+        double value = 0;
+        if (!absl::SimpleAtod(input, &value) || std::isnan(value)) {
+          return absl::StrCat("'", input, "' is not a number");
+        }
+        if (std::isinf(value) || value < minimum || (!inclusive && value == minimum)) {
+          return absl::StrCat("must be ", wanted, ", got ", input);
+        }
+        return std::string();
+      },
+      inclusive ? "NUMBER>=0" : "NUMBER>0");
+}
+const CLI::Validator kPositive = FiniteNumberAtLeast(0, false, "a positive number");
+const CLI::Validator kNonNegative = FiniteNumberAtLeast(0, true, "0 or more");
 
 // Texts per EmbedText / Tokenize request: well under the server's default
 // --max_items_per_request (256), and big enough to batch well.
@@ -575,7 +597,7 @@ int main(int argc, char** argv) {
                  "Deadline per call in milliseconds (retries included); for embed-image, "
                  "the longest wait for the next result")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   bool tls = false;
   std::string tls_ca, tls_cert, tls_key, token_file;
   app.add_flag("--tls", tls,
@@ -641,7 +663,7 @@ int main(int argc, char** argv) {
       ->add_option("--max_in_flight", image_args.max_in_flight,
                    "Images sent and not yet answered, at most")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   embed_image->add_option("paths", image_args.paths, "Image files or folders")
       ->required();
 
@@ -655,7 +677,7 @@ int main(int argc, char** argv) {
   similarity
       ->add_option("--temperature", sim_args.temperature,
                    "Scale logits by 1/T instead of the model's logit scale")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   similarity->add_option("--images", sim_args.images, "Image files")->required();
   similarity->add_option("--texts", sim_args.texts, "Texts")->required();
 
@@ -671,11 +693,11 @@ int main(int argc, char** argv) {
       "--templates", cls_args.templates,
       "Prompt templates with {} for the label (default \"a photo of a {}.\")");
   classify->add_option("--top_k", cls_args.top_k, "Labels per image (default 5)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   classify
       ->add_option("--temperature", cls_args.temperature,
                    "Scale logits by 1/T instead of the model's logit scale")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   classify->add_flag("--json", cls_args.json, "Print JSON");
 
   // tokenize
@@ -712,18 +734,18 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"image", "text"}));
   bench->add_option("--concurrency,-c", bench_args.concurrency, "Parallel callers")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   CLI::Option* duration_opt = bench->add_option(
       "--duration", bench_args.duration, "How long to run: 30s, 2m, ... (default 10s)");
   CLI::Option* requests_opt =
       bench->add_option("--requests,-n", bench_args.requests, "Stop after N requests")
-          ->check(CLI::PositiveNumber);
+          ->check(kPositive);
   duration_opt->excludes(requests_opt);
   bench
       ->add_option("--items_per_request,-k", bench_args.items_per_request,
                    "Images or texts per request")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   bench->add_option("--images", bench_args.images,
                     "Folder of images to send (default: synthetic 640x480 JPEG photos)");
   bench->add_option("--texts_file", bench_args.texts_file,

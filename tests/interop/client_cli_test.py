@@ -380,6 +380,27 @@ class ClientWithoutServerTest(unittest.TestCase):
                              result.stderr)
 
 
+    def test_numbers_out_of_range_say_what_is_wanted(self):
+        image = os.path.join(ARGS.images, "chelsea.png")
+        for args, message in (
+                (["--deadline_ms", "0", "health"],
+                 "--deadline_ms: must be a positive number, got 0"),
+                (["--deadline_ms", "abc", "health"], "--deadline_ms: 'abc' is not a number"),
+                (["similarity", "--temperature", "nan", "--images", image, "--texts", "a"],
+                 "--temperature: 'nan' is not a number"),
+                (["classify", "--temperature", "inf", image, "--labels", "a,b"],
+                 "--temperature: must be a positive number, got inf"),
+                (["classify", "--top_k", "-1", image, "--labels", "a,b"],
+                 "--top_k: must be 0 or more, got -1"),
+                (["bench", "--concurrency", "0"],
+                 "--concurrency: must be a positive number, got 0")):
+            result = subprocess.run([ARGS.client, *args], capture_output=True, text=True,
+                                    timeout=60)
+            self.assertNotEqual(result.returncode, 0, args)
+            self.assertIn(message, result.stderr, args)
+            self.assertNotIn("not in range", result.stderr, args)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", required=True)
