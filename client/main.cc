@@ -20,6 +20,7 @@
 // item of a bulk job names its file or text. See docs/CLIENT.md.
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -157,8 +158,7 @@ absl::Status WriteEmbeddings(const std::string& output,
   if (!output.empty() && output != "-") {
     file.open(output, std::ios::trunc);
     if (!file) {
-      return absl::PermissionDeniedError(
-          absl::StrCat(output, ": cannot open for writing"));
+      return absl::ErrnoToStatus(errno, absl::StrCat(output, ": cannot open for writing"));
     }
     out = &file;
   }

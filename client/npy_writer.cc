@@ -2,7 +2,6 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <fstream>
 #include <vector>
 
@@ -54,8 +53,9 @@ absl::Status WriteNpyFile(const std::string& path, size_t rows, size_t cols,
                           absl::Span<const float> values) {
   std::ofstream file(path, std::ios::binary | std::ios::trunc);
   if (!file) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(path, ": cannot open for writing: ", std::strerror(errno)));
+    // NOT_FOUND for a missing folder, PERMISSION_DENIED, FAILED_PRECONDITION for a
+    // folder in the file's place...: what the system said.
+    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open for writing"));
   }
   absl::Status status = WriteNpy(file, rows, cols, values);
   file.close();

@@ -68,10 +68,13 @@ TEST(WriteNpyFileTest, WritesFileAndNamesPathOnError) {
   EXPECT_EQ(bytes.size(), NpyHeader(1, 2).size() + 8);
   std::filesystem::remove(path);
 
+  // The code says what is wrong: a missing folder, or a folder where the file goes.
   absl::Status status =
       WriteNpyFile("/nonexistent-dir/x.npy", 1, 1, std::vector<float>{1});
-  EXPECT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
   EXPECT_NE(status.message().find("/nonexistent-dir/x.npy"), std::string::npos) << status;
+  EXPECT_EQ(WriteNpyFile(::testing::TempDir(), 1, 1, std::vector<float>{1}).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
