@@ -108,6 +108,27 @@ std::string BlackPng(uint32_t width, uint32_t height, uint32_t rows) {
          chunk("IDAT", packed) + chunk("IEND", "");
 }
 
+// Pillow checks the CRC of IHDR (and of every chunk before the first IDAT), never
+// IDAT's.
+TEST(DecodeImageTest, PngCrcsAreCheckedWherePillowChecksThem) {
+  const std::string good = BlackPng(16, 16, 16);
+  auto with_broken_crc = [&](const std::string& type) {
+    std::string png = good;
+    const size_t at = png.find(type);
+    const uint32_t length = (uint32_t(uint8_t(png[at - 4])) << 24) |
+                            (uint32_t(uint8_t(png[at - 3])) << 16) |
+                            (uint32_t(uint8_t(png[at - 2])) << 8) | uint8_t(png[at - 1]);
+    png[at + 4 + length] ^= 0x5a;  // the first byte of the chunk's CRC
+    return png;
+  };
+  const absl::StatusOr<RgbImage> idat = DecodeImage(with_broken_crc("IDAT"));
+  ASSERT_TRUE(idat.ok()) << idat.status();
+  EXPECT_EQ(idat->width, 16);
+  EXPECT_EQ(idat->pixels, DecodeImage(good)->pixels);
+  EXPECT_EQ(DecodeImage(with_broken_crc("IHDR")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Deflate inflates at most 1032-fold: a header that claims more pixels than the file
 // could ever hold is refused before the image is allocated.
 TEST(DecodeImageTest, PngClaimingMoreDataThanTheFileCanHoldIsRefusedUpFront) {
