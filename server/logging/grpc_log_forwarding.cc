@@ -42,6 +42,8 @@ void LogProtobufThroughGlog(google::protobuf::LogLevel level, const char* filena
 
 void ForwardGrpcLogsToGlog() { gpr_set_log_function(&LogThroughGlog); }
 
-void ForwardProtobufLogsToGlog() { google::protobuf::SetLogHandler(&LogProtobufThroughGlog); }
+void ForwardProtobufLogsToGlog() {
+  google::protobuf::SetLogHandler(&LogProtobufThroughGlog);
+}
 
 }  // namespace clipserve
