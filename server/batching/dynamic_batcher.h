@@ -466,6 +466,12 @@ void DynamicBatcher<Item>::FormBatchLocked(Batch<Item>* batch,
 template <typename Item>
 void DynamicBatcher<Item>::DropDeadLocked(std::vector<Dropped>* dropped) {
   const absl::Time now = clock_->Now();
+  // A queue full of live items (overload) is left as it is, not rebuilt.
+  if (std::none_of(queue_.begin(), queue_.end(), [now](const Entry& entry) {
+        return DeadReason(entry.item, now).has_value();
+      })) {
+    return;
+  }
   std::deque<Entry> live;
   for (Entry& entry : queue_) {
     if (std::optional<DropReason> reason = DeadReason(entry.item, now)) {
