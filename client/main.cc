@@ -158,7 +158,8 @@ absl::Status WriteEmbeddings(const std::string& output,
   if (!output.empty() && output != "-") {
     file.open(output, std::ios::trunc);
     if (!file) {
-      return absl::ErrnoToStatus(errno,
+      const int error = errno;  // before anything else can change it
+      return absl::ErrnoToStatus(error != 0 ? error : EIO,
                                  absl::StrCat(output, ": cannot open for writing"));
     }
     out = &file;

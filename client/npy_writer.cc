@@ -55,7 +55,9 @@ absl::Status WriteNpyFile(const std::string& path, size_t rows, size_t cols,
   if (!file) {
     // NOT_FOUND for a missing folder, PERMISSION_DENIED, FAILED_PRECONDITION for a
     // folder in the file's place...: what the system said.
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open for writing"));
+    const int error = errno;  // before anything else can change it
+    return absl::ErrnoToStatus(error != 0 ? error : EIO,
+                               absl::StrCat(path, ": cannot open for writing"));
   }
   absl::Status status = WriteNpy(file, rows, cols, values);
   file.close();

@@ -16,6 +16,7 @@
 # its compile_commands.json gives the commands) and Debian's archive; it installs
 # nothing: the packages are unpacked under build/libtorch-headers.
 set -euo pipefail
+shopt -s inherit_errexit  # failures inside $(...) stop the script too
 cd "$(dirname "$0")/.."
 root=$PWD
 cuda=0
@@ -43,22 +44,31 @@ apt_options=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourcePar
 apt-get "${apt_options[@]}" update >"$work/apt.log" 2>&1 || {
   tail -5 "$work/apt.log"; exit 1; }
 
-# unpack PACKAGE: downloads it and prints the folder it is unpacked in.
+# unpack PACKAGE: downloads the archive's current version of it (once) and prints the
+# folder it is unpacked in.
 unpack() {
-  local dir=$work/x/$1
+  local version
+  version=$(apt-cache "${apt_options[@]}" show --no-all-versions "$1" 2>/dev/null |
+    sed -n 's/^Version: //p') || version=
+  [ -n "$version" ] || { echo "check-libtorch-headers: no package $1" >&2; return 1; }
+  local dir=$work/x/$1_${version//:/%}
   if [ ! -d "$dir" ]; then
-    (cd "$work/debs" && rm -f "$1"_*.deb &&
-      apt-get "${apt_options[@]}" download "$1" >>"$work/apt.log" 2>&1)
-    mkdir -p "$dir.tmp"
-    dpkg -x "$work/debs/$1"_*.deb "$dir.tmp"
+    rm -rf "$work/debs/$1" "$dir.tmp"
+    mkdir -p "$work/debs/$1" "$dir.tmp"
+    (cd "$work/debs/$1" && apt-get "${apt_options[@]}" download "$1=$version") \
+      >>"$work/apt.log" 2>&1 || {
+      echo "check-libtorch-headers: cannot download $1 (see $work/apt.log)" >&2
+      return 1
+    }
+    dpkg -x "$work/debs/$1/"*.deb "$dir.tmp"
+    rm -rf "$work/debs/$1"
     mv "$dir.tmp" "$dir"
   fi
   echo "$dir"
 }
 
 torch=$(unpack libtorch-dev)/usr/include
-version=$(dpkg-deb -f "$work/debs/"libtorch-dev_*.deb Version)
-echo "LibTorch headers from Debian unstable's libtorch-dev $version"
+echo "LibTorch headers from Debian unstable's libtorch-dev: ${torch%/usr/include}"
 extra=()
 if [ -n "$libstdcxx" ]; then
   std=$(unpack "libstdc++-$libstdcxx-dev")/usr/include

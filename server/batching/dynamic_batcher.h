@@ -84,9 +84,11 @@ absl::Status ValidateDynamicBatcherOptions(const DynamicBatcherOptions& options)
 //   absl::Time deadline() const;  // on the batcher's clock; InfiniteFuture() if none
 //   bool cancelled() const;       // true once the caller no longer wants the result
 // or the owner specializes BatchItemTraits<Item> (for example for a
-// std::unique_ptr<Request>). Both are called by worker threads with the batcher's lock
-// held: they must be cheap, must not block or call into the batcher, and cancelled()
-// must be safe to call while another thread cancels the item (an atomic flag).
+// std::unique_ptr<Request>). Both are called with the batcher's lock held, by worker
+// threads and by Schedule() (on a full queue): they must be cheap, must not block or
+// call into the batcher, and cancelled() must be safe to call while another thread
+// cancels the item (an atomic flag). An item past its deadline is dropped as
+// DEADLINE_EXCEEDED whether or not it is also cancelled.
 template <typename Item>
 struct BatchItemTraits {
   static absl::Time Deadline(const Item& item) { return item.deadline(); }
@@ -195,8 +197,9 @@ class DynamicBatcher {
   //                       taken enough batches off the queue to make room.
   //   UNAVAILABLE         Shutdown() has begun.
   // When the queue is too full, the cancelled and expired items in it are taken out
-  // and handed to the drop callback on this thread, before returning, whatever the
-  // status: so the caller must not hold a lock that the drop callback takes. Never
+  // and handed to the drop callback on this thread before it returns (OK or
+  // RESOURCE_EXHAUSTED): so the caller must not hold a lock that the drop callback
+  // takes. Never
   // blocks on the workers (it takes the queue's lock only). Thread-safe.
   absl::Status Schedule(std::vector<Item>* items) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -344,9 +347,10 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
       notify = notify || queued == 0 || (queued < full && queued + count >= full);
     }
   }
+  // A worker first: answering the dropped items may take a while.
+  if (notify) work_available_.Signal();
   DeliverDrops(&dropped);
   if (retry_delay.has_value()) {
-    if (notify) work_available_.Signal();
     absl::Status status = absl::ResourceExhaustedError(
         absl::StrCat(options_.name, " queue is full (", options_.max_queue_size,
                      " items); retry after ", absl::FormatDuration(*retry_delay)));
@@ -354,7 +358,6 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
     return status;
   }
   items->clear();
-  if (notify) work_available_.Signal();
   return absl::OkStatus();
 }
 

@@ -73,8 +73,8 @@ bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
                 size_t row_bytes, Palette* palette) {
   png_structp png = context->png;
   if (setjmp(png_jmpbuf(png))) return false;
-  // Like Pillow, which checks the CRC of every chunk before the first IDAT (libpng
-  // did too, in ReadHeader) but never IDAT's: a wrong one there is used quietly.
+  // Like Pillow, which never checks IDAT's CRC: a wrong one there is used quietly.
+  // (IHDR's and PLTE's, which Pillow checks, libpng checked in ReadHeader.)
   png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_DEFAULT);
   png_set_strip_16(png);  // 16-bit samples keep their high byte: v >> 8.
   if (header.color_type == PNG_COLOR_TYPE_PALETTE) {

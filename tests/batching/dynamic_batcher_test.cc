@@ -426,12 +426,13 @@ TEST_F(DynamicBatcherTest, QueueFullIsResourceExhaustedWithAnHonestRetryDelay) {
 }
 
 TEST_F(DynamicBatcherTest, AFullQueueDropsItsDeadItemsToMakeRoom) {
+  // Declared before the batcher, which is destroyed (its worker joined) first.
+  absl::Notification first_started;
+  absl::Notification release_first;
   DynamicBatcherOptions options = Options(2, absl::Hours(1));
   options.max_queue_size = 4;
   auto batcher = Make(options);
   // The worker is busy with a long batch while the queue fills up.
-  absl::Notification first_started;
-  absl::Notification release_first;
   recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
     if (batch.items[0].id == 0) {
       first_started.Notify();

@@ -169,8 +169,8 @@ class SignalTest(unittest.TestCase):
             self.assertNotIn("loading model", result.stderr, flags)
 
     def test_a_device_this_build_cannot_use_fails_before_the_model_load(self):
-        # A build without CUDA (CI's), or a machine without a GPU.
-        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--device=cuda",
+        # No machine here has 64 GPUs; a build without CUDA (CI's) has none at all.
+        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--device=cuda:63",
                                  "--metrics_host=127.0.0.1", "--metrics_port=0"],
                                 capture_output=True, text=True, timeout=120)
         self.assertEqual(result.returncode, 1)
