@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -125,12 +124,7 @@ absl::StatusOr<std::string> ReadFileBytes(const std::string& path, uint64_t max_
   }
   std::ifstream file(path, std::ios::binary);
   if (!file) {
-    const int saved = errno;
-    const std::string message =
-        absl::StrCat(path, ": cannot open: ", std::strerror(saved));
-    if (saved == EACCES) return absl::PermissionDeniedError(message);
-    if (saved == ENOENT) return absl::NotFoundError(message);
-    return absl::UnknownError(message);
+    return OpenError(path, "cannot open", errno);
   }
   // Read in chunks, so that a file that grew since, or a pipe, stops at the limit.
   std::string bytes;
@@ -160,6 +154,11 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
     }
   }
   return std::string(token);
+}
+
+absl::Status OpenError(absl::string_view path, absl::string_view what, int error) {
+  if (error == 0) return absl::UnknownError(absl::StrCat(path, ": ", what));
+  return absl::ErrnoToStatus(error, absl::StrCat(path, ": ", what));
 }
 
 std::vector<std::string> SplitLines(absl::string_view text) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -45,6 +46,13 @@ absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path);
 // what is left is not one token of visible ASCII characters (the message never
 // repeats the file's contents); read errors as ReadFileBytes().
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
+// The status for a file that could not be opened: "path: what: <the system's
+// reason>", with the code absl::ErrnoToStatus() gives `error` (NOT_FOUND for a
+// missing file or folder, PERMISSION_DENIED, FAILED_PRECONDITION for a folder in a
+// file's place...); UNKNOWN when `error` is 0 (the stream said nothing). Pass errno
+// as read right after the failed open, before anything else can change it.
+absl::Status OpenError(absl::string_view path, absl::string_view what, int error);
 
 // Splits text into lines as ReadLines() does.
 std::vector<std::string> SplitLines(absl::string_view text);

@@ -158,9 +158,7 @@ absl::Status WriteEmbeddings(const std::string& output,
   if (!output.empty() && output != "-") {
     file.open(output, std::ios::trunc);
     if (!file) {
-      const int error = errno;  // before anything else can change it
-      return absl::ErrnoToStatus(error != 0 ? error : EIO,
-                                 absl::StrCat(output, ": cannot open for writing"));
+      return OpenError(output, "cannot open for writing", errno);
     }
     out = &file;
   }

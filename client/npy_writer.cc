@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/input_files.h"
 
 namespace clipserve {
 
@@ -53,11 +54,7 @@ absl::Status WriteNpyFile(const std::string& path, size_t rows, size_t cols,
                           absl::Span<const float> values) {
   std::ofstream file(path, std::ios::binary | std::ios::trunc);
   if (!file) {
-    // NOT_FOUND for a missing folder, PERMISSION_DENIED, FAILED_PRECONDITION for a
-    // folder in the file's place...: what the system said.
-    const int error = errno;  // before anything else can change it
-    return absl::ErrnoToStatus(error != 0 ? error : EIO,
-                               absl::StrCat(path, ": cannot open for writing"));
+    return OpenError(path, "cannot open for writing", errno);
   }
   absl::Status status = WriteNpy(file, rows, cols, values);
   file.close();

@@ -1,5 +1,6 @@
 #include "client/input_files.h"
 
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -142,6 +143,21 @@ TEST_F(InputFilesTest, ReadTokenFileTrimsAndWantsOneToken) {
     EXPECT_EQ(std::string(bad.status().message()).find("line2"), std::string::npos);
   }
   EXPECT_EQ(ReadTokenFile(P("missing")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(OpenErrorTest, CodeAndReasonFromErrno) {
+  const absl::Status missing = OpenError("out/a.npy", "cannot open for writing", ENOENT);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(missing.message(),
+            "out/a.npy: cannot open for writing: No such file or directory");
+  EXPECT_EQ(OpenError("a", "cannot open", EACCES).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(OpenError("a", "cannot open", EISDIR).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // A stream that failed without an errno: no made-up reason.
+  const absl::Status unknown = OpenError("a", "cannot open", 0);
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kUnknown);
+  EXPECT_EQ(unknown.message(), "a: cannot open");
 }
 
 TEST(HasImageExtensionTest, KnownExtensionsAnyCase) {
