@@ -374,18 +374,26 @@ absl::Status EmbeddingEngine::Start() {
   }
 
   DynamicBatcherOptions batch = BatcherOptions(options_, workers_);
+  // A queue whose items all died forms no batch, which would leave the depth gauge at
+  // its last enqueue: each drop reports it, before answering.
+  auto drop_image = [this](ImageItem item, absl::Status status) {
+    ReportQueueDepth(Modality::kImage);
+    item.Answer(status);
+  };
+  auto drop_text = [this](TextItem item, absl::Status status) {
+    ReportQueueDepth(Modality::kText);
+    item.Answer(status);
+  };
   batch.name = "image";
   CLIPSERVE_ASSIGN_OR_RETURN(
       image_batcher_,
       DynamicBatcher<ImageItem>::Create(
-          batch, [this](Batch<ImageItem> b) { RunImageBatch(b); },
-          [](ImageItem item, absl::Status status) { item.Answer(status); }));
+          batch, [this](Batch<ImageItem> b) { RunImageBatch(b); }, drop_image));
   batch.name = "text";
   CLIPSERVE_ASSIGN_OR_RETURN(
       text_batcher_,
       DynamicBatcher<TextItem>::Create(
-          batch, [this](Batch<TextItem> b) { RunTextBatch(b); },
-          [](TextItem item, absl::Status status) { item.Answer(status); }));
+          batch, [this](Batch<TextItem> b) { RunTextBatch(b); }, drop_text));
   watchdog_ = std::thread([this] { WatchdogLoop(); });
   return absl::OkStatus();
 }

@@ -133,8 +133,9 @@ class EngineObserver {
                        absl::Span<const absl::Duration> /*queue_waits*/,
                        absl::Duration /*inference*/) {}
 
-  // Items now waiting in the modality's queue; reported after each enqueue and when a
-  // batch starts, so between reports the depth is unchanged.
+  // Items now waiting in the modality's queue; reported after each enqueue, when a
+  // batch starts and when queued items are dropped, so between reports the depth is
+  // unchanged.
   virtual void OnQueueDepth(Modality /*modality*/, int /*items*/) {}
 
   // One lookup in an embedding cache (CachingEngine) found its item or did not.

@@ -799,6 +799,7 @@ class RecordingObserver : public EngineObserver {
   void OnQueueDepth(Modality modality, int items) override {
     absl::MutexLock lock(&mu_);
     ++depth_reports_[static_cast<int>(modality)];
+    last_depth_[static_cast<int>(modality)] = items;
     EXPECT_GE(items, 0);
   }
   int preprocessed(Modality m) {
@@ -809,6 +810,18 @@ class RecordingObserver : public EngineObserver {
     absl::MutexLock lock(&mu_);
     return depth_reports_[static_cast<int>(m)];
   }
+  // The last depth reported, -1 before any.
+  int last_depth(Modality m) {
+    absl::MutexLock lock(&mu_);
+    return last_depth_[static_cast<int>(m)];
+  }
+  void AwaitLastDepth(Modality m, int items) {
+    absl::MutexLock lock(&mu_);
+    const auto reached = [this, m, items]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return last_depth_[static_cast<int>(m)] == items;
+    };
+    mu_.Await(absl::Condition(&reached));
+  }
   std::vector<BatchReport> batches() {
     absl::MutexLock lock(&mu_);
     return batches_;
@@ -818,6 +831,7 @@ class RecordingObserver : public EngineObserver {
   absl::Mutex mu_;
   int preprocessed_[2] = {0, 0};
   int depth_reports_[2] = {0, 0};
+  int last_depth_[2] = {-1, -1};
   std::vector<BatchReport> batches_;
 };
 
@@ -881,6 +895,36 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   // After each enqueue and at each batch start.
   EXPECT_GE(observer.depth_reports(Modality::kText), 4);
   EXPECT_GE(observer.depth_reports(Modality::kImage), 3);
+}
+
+// Items that die in the queue form no batch; the gauge must not keep showing them.
+TEST(EmbeddingEngineObserverTest, QueueDepthFallsWhenQueuedItemsAreDropped) {
+  FakeClock clock(absl::Now());
+  RecordingObserver observer;
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.clock = &clock;
+    options.observer = &observer;
+    options.max_queue_delay = absl::Hours(1);
+    options.wait_only_for_announced = false;  // so the two texts wait in the queue
+  });
+  ASSERT_NE(engine, nullptr);
+  auto flag = std::make_shared<CancellationFlag>();
+  EmbedOptions options;
+  options.cancellation = flag;
+  absl::Notification answered;
+  absl::Status status;
+  engine->EmbedTexts({"a cat", "a dog"}, options, "texts",
+                     [&](absl::StatusOr<EmbedResult> r) {
+                       status = r.status();
+                       answered.Notify();
+                     });
+  observer.AwaitLastDepth(Modality::kText, 2);
+  flag->Cancel();
+  clock.AdvanceTime(absl::Hours(2));  // the worker wakes and finds only dead items
+  answered.WaitForNotification();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(observer.batches().empty());
+  EXPECT_EQ(observer.last_depth(Modality::kText), 0);
 }
 
 TEST(EmbeddingEngineLimitsTest, TextsOverTheQueueSizeAreRefusedBeforeTokenizing) {
