@@ -107,7 +107,8 @@ ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
           "Largest image accepted (width x height), checked before decoding.");
 ABSL_FLAG(int32_t, max_text_bytes, 16384, "Longest text accepted, in UTF-8 bytes.");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20,
-          "Largest request or response message in bytes.");
+          "Largest request or response message in bytes. A unary call whose response "
+          "would be larger fails with RESOURCE_EXHAUSTED giving its size.");
 ABSL_FLAG(double, max_request_memory_mb, 256,
           "Most MiB of requests held by calls in flight; a call past it is refused at "
           "once with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; "
@@ -570,6 +571,7 @@ absl::Status Run() {
   service_options.max_request_memory_bytes = static_cast<int64_t>(request_memory_bytes);
   service_options.max_request_memory_per_client_bytes =
       static_cast<int64_t>(request_memory_per_client_bytes);
+  service_options.max_response_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   service_options.slow_request_threshold = absl::Milliseconds(slow_request_ms);
   // Classify's prompt limit has no flag: it follows a --max_queue_size set below it,
   // since ClipService refuses a limit that no single engine call could meet.

@@ -188,12 +188,18 @@ std::string BudgetClientOf(const RequestMemoryBudget& budget,
 // the call.
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
-            absl::string_view rpc)
+  // What each call takes from its service.
+  struct Env {
+    const RpcRecorder* recorder;
+    int64_t max_response_bytes;  // the largest response gRPC sends (0: no limit)
+  };
+
+  UnaryCall(grpc::CallbackServerContext& context, const Env& env, absl::string_view rpc)
       : deadline_(DeadlineOf(context)),
-        recorder_(recorder),
-        record_(recorder->Start(rpc, context.peer(), RpcRecorder::Kind::kUnary,
-                                AssignRequestId(&context))) {}
+        max_response_bytes_(env.max_response_bytes),
+        recorder_(env.recorder),
+        record_(env.recorder->Start(rpc, context.peer(), RpcRecorder::Kind::kUnary,
+                                    AssignRequestId(&context))) {}
 
   EmbedOptions MakeEmbedOptions(bool normalize, bool truncate) const {
     EmbedOptions options;
@@ -204,11 +210,11 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     return options;
   }
 
-  // For a method with raw bytes: FinishWith(OK) serializes `response` (owned by the
-  // subclass) into `out` (owned by gRPC) first.
-  void SerializeOnFinish(const google::protobuf::Message* response,
-                         grpc::ByteBuffer* out) {
-    raw_response_ = response;
+  // The response, which FinishWith(OK) first checks against max_response_bytes
+  // (RESOURCE_EXHAUSTED when larger), then for a method with raw bytes serializes into
+  // `out` (owned by gRPC; nullptr where gRPC serializes a typed response itself).
+  void SetResponse(const google::protobuf::Message* response, grpc::ByteBuffer* out) {
+    checked_response_ = response;
     raw_out_ = out;
   }
 
@@ -218,8 +224,11 @@ class UnaryCall : public grpc::ServerUnaryReactor {
       LOG(DFATAL) << "ClipService call finished twice; second status: " << status;
       return;
     }
-    if (status.ok() && raw_out_ != nullptr) {
-      status = SerializeResponse(*raw_response_, raw_out_);
+    if (status.ok() && checked_response_ != nullptr) {
+      status = CheckResponseSize(*checked_response_, max_response_bytes_);
+      if (status.ok() && raw_out_ != nullptr) {
+        status = SerializeResponse(*checked_response_, raw_out_);
+      }
     }
     recorder_->End(record_, status);
     const grpc::Status grpc_status = ToGrpcStatus(status);
@@ -251,12 +260,13 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
  private:
   const absl::Time deadline_;
+  const int64_t max_response_bytes_;
   const RpcRecorder* const recorder_;
   RpcRecorder::Call record_;
   const std::shared_ptr<CancellationFlag> cancellation_ =
       std::make_shared<CancellationFlag>();
   std::atomic<bool> finished_{false};
-  const google::protobuf::Message* raw_response_ = nullptr;
+  const google::protobuf::Message* checked_response_ = nullptr;
   grpc::ByteBuffer* raw_out_ = nullptr;
   RequestMemoryBudget::Reservation reservation_;
 };
@@ -280,10 +290,10 @@ bool Admit(RequestMemoryBudget* budget, size_t request_bytes,
 template <typename Request, typename Response>
 class RawUnaryCall final : public UnaryCall {
  public:
-  RawUnaryCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+  RawUnaryCall(grpc::CallbackServerContext& context, const Env& env,
                absl::string_view rpc, grpc::ByteBuffer* out)
-      : UnaryCall(context, recorder, rpc) {
-    SerializeOnFinish(&response, out);
+      : UnaryCall(context, env, rpc) {
+    SetResponse(&response, out);
   }
 
   Request request;
@@ -339,10 +349,10 @@ class JoinedCall : public UnaryCall {
 
 class SimilarityCall final : public JoinedCall {
  public:
-  SimilarityCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+  SimilarityCall(grpc::CallbackServerContext& context, const Env& env,
                  grpc::ByteBuffer* out, int dim)
-      : JoinedCall(context, recorder, "Similarity"), dim_(dim) {
-    SerializeOnFinish(&response_, out);
+      : JoinedCall(context, env, "Similarity"), dim_(dim) {
+    SetResponse(&response_, out);
   }
 
   v1::SimilarityRequest request;
@@ -393,10 +403,10 @@ class SimilarityCall final : public JoinedCall {
 
 class ClassifyCall final : public JoinedCall {
  public:
-  ClassifyCall(grpc::CallbackServerContext& context, const RpcRecorder* recorder,
+  ClassifyCall(grpc::CallbackServerContext& context, const Env& env,
                grpc::ByteBuffer* out, int dim, LabelEmbeddingCache* cache)
-      : JoinedCall(context, recorder, "Classify"), dim_(dim), cache_(cache) {
-    SerializeOnFinish(&response_, out);
+      : JoinedCall(context, env, "Classify"), dim_(dim), cache_(cache) {
+    SetResponse(&response_, out);
   }
 
   v1::ClassifyRequest request;
@@ -876,6 +886,10 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
         absl::StrCat("max_request_memory_bytes and max_request_memory_per_client_bytes: ",
                      status.message()));
   }
+  if (options.max_response_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_response_bytes must not be negative, got ", options.max_response_bytes));
+  }
   if (options.label_cache_capacity < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "label_cache_capacity must not be negative, got ", options.label_cache_capacity));
@@ -939,7 +953,9 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
     return FinishedUnary(context, recorder_, "EmbedImage", auth);
   }
-  auto* call = new UnaryCall(*context, &recorder_, "EmbedImage");
+  auto* call = new UnaryCall(
+      *context, UnaryCall::Env{&recorder_, options_.max_response_bytes}, "EmbedImage");
+  call->SetResponse(response, /*out=*/nullptr);
   if (!Admit(&request_memory_, request->ByteSizeLong(), *context, call)) return call;
   absl::StatusOr<std::vector<ImageInput>> images =
       ToImageInputs(request->images(), options_.limits, "images");
@@ -974,7 +990,8 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
     return FinishedUnary(context, recorder_, "EmbedText", auth);
   }
   auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
-      *context, &recorder_, "EmbedText", response_bytes);
+      *context, UnaryCall::Env{&recorder_, options_.max_response_bytes}, "EmbedText",
+      response_bytes);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
@@ -1020,8 +1037,9 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
   }
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
-  auto* call =
-      new SimilarityCall(*context, &recorder_, response_bytes, description.embed_dim);
+  auto* call = new SimilarityCall(*context,
+                                  UnaryCall::Env{&recorder_, options_.max_response_bytes},
+                                  response_bytes, description.embed_dim);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed =
           ParseRequest(*request_bytes, &call->request, SimilarityFieldName);
@@ -1139,7 +1157,9 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
   const int dim = description.embed_dim;
-  auto* call = new ClassifyCall(*context, &recorder_, response_bytes, dim, &label_cache_);
+  auto* call =
+      new ClassifyCall(*context, UnaryCall::Env{&recorder_, options_.max_response_bytes},
+                       response_bytes, dim, &label_cache_);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
@@ -1234,7 +1254,8 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
     return FinishedUnary(context, recorder_, "Tokenize", auth);
   }
   auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
-      *context, &recorder_, "Tokenize", response_bytes);
+      *context, UnaryCall::Env{&recorder_, options_.max_response_bytes}, "Tokenize",
+      response_bytes);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {

@@ -60,6 +60,12 @@ struct ClipServiceOptions {
   // proxy or sidecar that opens the connections itself (Envoy, Istio, Linkerd): every
   // call then comes from the proxy's address, and it would limit all clients together.
   int64_t max_request_memory_per_client_bytes = 0;
+  // The largest response gRPC will send (the server's max send message size, set
+  // from --max_message_bytes). A unary response over it ends RESOURCE_EXHAUSTED with
+  // its size, counted as such, instead of failing inside gRPC after the call was
+  // counted OK. 0 (the default): not checked here. EmbedStream's responses, one item
+  // each, are not checked.
+  int64_t max_response_bytes = 0;
   // When set, every ClipService call must carry "authorization: Bearer <token>"
   // metadata with a token it accepts, or it ends UNAUTHENTICATED before anything of it
   // is looked at. nullptr (the default): no token is asked for. The health and
@@ -129,7 +135,8 @@ class ClipService final : public ClipServiceBase {
  public:
   // INVALID_ARGUMENT for a null engine or options out of range (limits not positive,
   // max_stream_items_in_flight or max_classify_prompts < 1, label_cache_capacity or
-  // max_request_memory_bytes or max_request_memory_per_client_bytes < 0);
+  // max_request_memory_bytes, max_request_memory_per_client_bytes or
+  // max_response_bytes < 0);
   // FAILED_PRECONDITION when the engine describes no embedding width or context
   // length, or no finite positive logit scale.
   static absl::StatusOr<std::unique_ptr<ClipService>> Create(

@@ -55,6 +55,17 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
       absl::StrCat("the request is not a valid ", descriptor.full_name()));
 }
 
+absl::Status CheckResponseSize(const google::protobuf::Message& message,
+                               int64_t max_bytes) {
+  const size_t size = message.ByteSizeLong();
+  if (max_bytes <= 0 || size <= static_cast<uint64_t>(max_bytes)) {
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the response is ", size, " bytes, over the largest message this server sends (",
+      max_bytes, " bytes): ask for fewer items per call"));
+}
+
 absl::Status SerializeResponse(const google::protobuf::Message& message,
                                grpc::ByteBuffer* out) {
   bool own_buffer = false;

@@ -1,6 +1,7 @@
 #ifndef CLIPSERVE_SERVER_SERVICE_REQUEST_PARSING_H_
 #define CLIPSERVE_SERVER_SERVICE_REQUEST_PARSING_H_
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -31,6 +32,13 @@ namespace clipserve {
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
                           google::protobuf::Message* message,
                           absl::FunctionRef<std::string(absl::string_view)> field_name);
+
+// OK when `message` serializes to at most `max_bytes` bytes (0: no limit), else
+// RESOURCE_EXHAUSTED with both sizes. Checked before a response is sent: gRPC would
+// refuse to send a larger one and tell the client only "Sent message larger than max",
+// after the server had counted the call as OK.
+absl::Status CheckResponseSize(const google::protobuf::Message& message,
+                               int64_t max_bytes);
 
 // Serializes `message` into `out` (replacing its contents). INTERNAL if serialization
 // fails.

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import unittest
+import urllib.request
 
 import grpc
 
@@ -231,6 +232,30 @@ class ConnectionFlagsTest(unittest.TestCase):
         watch.cancel()
         self.assertEqual(stub.Check(request, timeout=10).status,
                          self.health_pb.HealthCheckResponse.SERVING)
+
+    def test_a_response_over_max_message_bytes_is_refused_and_counted_so(self):
+        # 8 KiB: one 512-wide embedding (2 KiB) fits, eight (16 KiB) do not.
+        server = lib.Server(ARGS.server, "--max_message_bytes=8192",
+                            "--text_cache_mb=0")
+        self.addCleanup(server.kill)
+        channel = server.wait_ready(self.health_pb, self.health_grpc)
+        self.addCleanup(channel.close)
+        clip_pb, clip_grpc = lib.import_clipserve()
+        stub = clip_grpc.ClipServiceStub(channel)
+        one = stub.EmbedText(clip_pb.EmbedTextRequest(texts=["a cat"]), timeout=60)
+        self.assertEqual(len(one.embeddings), 1)
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub.EmbedText(clip_pb.EmbedTextRequest(texts=["a cat"] * 8), timeout=60)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertRegex(caught.exception.details(),
+                         r"^the response is \d+ bytes, over the largest message this "
+                         r"server sends \(8192 bytes\)")
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port()}/metrics",
+                                    timeout=10) as reply:
+            metrics = reply.read().decode()
+        for code, count in (("OK", 1), ("RESOURCE_EXHAUSTED", 1)):
+            self.assertRegex(metrics, rf'clipserve_requests_total{{[^}}]*code="{code}"'
+                             rf'[^}}]*rpc="EmbedText"[^}}]*}} {count}\n')
 
 
 class BlasKernelTest(unittest.TestCase):

@@ -1,5 +1,6 @@
 #include "server/service/clip_service.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -326,6 +327,10 @@ TEST(ClipServiceCreateTest, RejectsBadArguments) {
   EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
             absl::StatusCode::kInvalidArgument);
   options = {};
+  options.max_response_bytes = -1;
+  EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = {};
   options.max_request_memory_bytes = -1;
   EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -449,6 +454,93 @@ TEST_F(ClipServiceTest, EmbedImageReturnsNormalizedEmbeddingsInRequestOrder) {
   // The client's deadline reaches the engine (give or take transport rounding).
   EXPECT_LT(absl::AbsDuration(calls[0].options.deadline - client_deadline),
             absl::Seconds(1));
+}
+
+// gRPC would refuse to send them only after the service counted the call OK, and tell
+// the client just "Sent message larger than max".
+TEST_F(ClipServiceTest, ResponsesOverTheLargestMessageAreResourceExhausted) {
+  const auto images = [](int n) {
+    v1::EmbedImageRequest request;
+    for (int i = 0; i < n; ++i) *request.add_images() = Encoded("png");
+    return request;
+  };
+  const auto texts = [](int n) {
+    v1::EmbedTextRequest request;
+    for (int i = 0; i < n; ++i) request.add_texts("a cat");
+    return request;
+  };
+  const auto tokenize = [](int n) {
+    v1::TokenizeRequest request;
+    for (int i = 0; i < n; ++i) request.add_texts("a cat");
+    return request;
+  };
+  const auto similarity = [](int n) {
+    v1::SimilarityRequest request;
+    for (int i = 0; i < n; ++i) {
+      *request.mutable_images()->mutable_images()->add_images() = Encoded("png");
+      request.mutable_texts()->mutable_texts()->add_texts("a cat");
+    }
+    return request;
+  };
+  // The sizes without a limit (the default): 1 and 16 items.
+  constexpr int kMany = 16;
+  v1::EmbedImageResponse image_responses[2];
+  v1::EmbedTextResponse text_responses[2];
+  v1::TokenizeResponse token_responses[2];
+  v1::SimilarityResponse similarity_responses[2];
+  for (int i = 0; i < 2; ++i) {
+    const int n = i == 0 ? 1 : kMany;
+    ASSERT_TRUE(EmbedImage(images(n), &image_responses[i]).ok());
+    ASSERT_TRUE(EmbedText(texts(n), &text_responses[i]).ok());
+    ASSERT_TRUE(stub_->Tokenize(Context().get(), tokenize(n), &token_responses[i]).ok());
+    ASSERT_TRUE(Similarity(similarity(n), &similarity_responses[i]).ok());
+  }
+  const std::vector<const google::protobuf::Message*> ones = {
+      &image_responses[0], &text_responses[0], &token_responses[0],
+      &similarity_responses[0]};
+  const std::vector<const google::protobuf::Message*> manys = {
+      &image_responses[1], &text_responses[1], &token_responses[1],
+      &similarity_responses[1]};
+  size_t limit = 0;
+  for (const auto* one : ones) limit = std::max(limit, one->ByteSizeLong());
+  for (const auto* many : manys) ASSERT_GT(many->ByteSizeLong(), limit);
+
+  ClipServiceOptions options;
+  options.max_response_bytes = static_cast<int64_t>(limit);
+  Restart(options);
+  const auto expect_too_large = [&](const grpc::Status& status,
+                                    const google::protobuf::Message& unlimited) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_EQ(status.error_message(),
+              absl::StrCat("the response is ", unlimited.ByteSizeLong(),
+                           " bytes, over the largest message this server sends (", limit,
+                           " bytes): ask for fewer items per call"));
+  };
+  {
+    SCOPED_TRACE("EmbedImage");
+    v1::EmbedImageResponse response;
+    EXPECT_TRUE(EmbedImage(images(1), &response).ok());
+    expect_too_large(EmbedImage(images(kMany), &response), image_responses[1]);
+  }
+  {
+    SCOPED_TRACE("EmbedText");
+    v1::EmbedTextResponse response;
+    EXPECT_TRUE(EmbedText(texts(1), &response).ok());
+    expect_too_large(EmbedText(texts(kMany), &response), text_responses[1]);
+  }
+  {
+    SCOPED_TRACE("Tokenize");
+    v1::TokenizeResponse response;
+    EXPECT_TRUE(stub_->Tokenize(Context().get(), tokenize(1), &response).ok());
+    expect_too_large(stub_->Tokenize(Context().get(), tokenize(kMany), &response),
+                     token_responses[1]);
+  }
+  {
+    SCOPED_TRACE("Similarity");
+    v1::SimilarityResponse response;
+    EXPECT_TRUE(Similarity(similarity(1), &response).ok());
+    expect_too_large(Similarity(similarity(kMany), &response), similarity_responses[1]);
+  }
 }
 
 TEST_F(ClipServiceTest, EmbedImageWithoutNormalizeKeepsRawEmbeddings) {
