@@ -149,18 +149,20 @@ absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
 // checked when a batch is formed, so one whose deadline falls within the queue delay is
 // answered when its batch would have run.) A Schedule() that finds the queue too full
 // first drops the dead items queued, so that they never keep live ones out while the
-// workers are busy with a long batch. A request's items may so end up in several
-// batches; RequestTracker (request_tracker.h) tells its owner when all are done.
+// workers are busy with a long batch; DropDead() does the same on request. A
+// request's items may so end up in several batches; RequestTracker
+// (request_tracker.h) tells its owner when all are done.
 //
 // Batches are formed in FIFO order, items keep their order inside a batch, and with
 // one worker batches also finish in order; with several they may finish out of order.
 //
 // Callbacks run on worker threads, and the drop callback also on a thread in
-// Schedule(), never with the batcher's lock held; they may call Schedule() but must
-// not call Shutdown() or destroy the batcher, and must not throw
-// (clipserve does not use exceptions; one escaping a worker ends the process).
+// Schedule() or DropDead(), never with the batcher's lock held; they may call Schedule()
+// but must not call Shutdown() or destroy the batcher, and must not throw (clipserve does
+// not use exceptions; one escaping a worker ends the process).
 //
-// Thread-safe: Schedule() and NumQueuedItems() may be called from any thread.
+// Thread-safe: Schedule(), DropDead() and NumQueuedItems() may be called from any
+// thread.
 template <typename Item>
 class DynamicBatcher {
  public:
@@ -209,6 +211,15 @@ class DynamicBatcher {
   // Blocks until the last callback has returned. Idempotent and thread-safe; must not
   // be called from a callback.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_, join_mu_);
+
+  // Takes every cancelled or expired item out of the queue now, wherever it is in the
+  // queue, and hands each to the drop callback on this thread before returning; the
+  // live items keep their order. For a caller that has just learnt of a cancellation
+  // (a gRPC call's OnCancel()): the dead items then free their memory at once, not
+  // when a batch reaches them, which behind a long queue can take many batches. One
+  // pass over the queue under its lock; the same lock rule as Schedule(). Thread-safe;
+  // after Shutdown() has begun it drops what is still queued the same way.
+  void DropDead() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Items waiting in the queue now (a gauge for metrics). Thread-safe; never blocks
   // for long.
@@ -395,6 +406,16 @@ void DynamicBatcher<Item>::Shutdown() {
   absl::MutexLock lock(&join_mu_);
   for (std::thread& worker : workers_) worker.join();
   workers_.clear();
+}
+
+template <typename Item>
+void DynamicBatcher<Item>::DropDead() {
+  std::vector<Dropped> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    DropDeadLocked(&dropped);
+  }
+  DeliverDrops(&dropped);
 }
 
 template <typename Item>

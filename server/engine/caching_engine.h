@@ -47,6 +47,7 @@ class CachingEngine : public Engine {
   // The inner engine's: with no hits, every text of a call reaches it.
   int max_texts_per_call() const override { return inner_->max_texts_per_call(); }
   bool healthy() const override { return inner_->healthy(); }
+  void DropDeadItems() override { inner_->DropDeadItems(); }
 
   EmbeddingCache::Stats text_cache_stats() const { return text_cache_.stats(); }
   EmbeddingCache::Stats image_cache_stats() const { return image_cache_.stats(); }

@@ -423,6 +423,11 @@ bool EmbeddingEngine::healthy() const {
          !shut_down_.load(std::memory_order_acquire);
 }
 
+void EmbeddingEngine::DropDeadItems() {
+  image_batcher_->DropDead();
+  text_batcher_->DropDead();
+}
+
 int EmbeddingEngine::QueuedImages() const { return image_batcher_->NumQueuedItems(); }
 int EmbeddingEngine::QueuedTexts() const { return text_batcher_->NumQueuedItems(); }
 

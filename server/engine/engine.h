@@ -188,6 +188,14 @@ class Engine {
   // limit, when the device failed a probe after a batch failed (a broken CUDA
   // context), or after shutdown began.
   virtual bool healthy() const = 0;
+
+  // Answers at once the queued items of requests that were cancelled or passed their
+  // deadline (CANCELLED or DEADLINE_EXCEEDED, through their callbacks, possibly on
+  // this thread), instead of when a batch reaches them, so that their memory is freed
+  // now. For a caller that has just learnt that a request was cancelled. Never blocks
+  // for long; callers must not hold a lock a callback takes. Default: nothing (an
+  // engine without queues).
+  virtual void DropDeadItems() {}
 };
 
 }  // namespace clipserve

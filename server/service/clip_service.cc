@@ -183,19 +183,21 @@ std::string BudgetClientOf(const RequestMemoryBudget& budget,
 // validation error, else from an engine callback), deleted by gRPC's OnDone(), which
 // comes only after Finish() and after the handler returned, so the request and
 // response stay valid until then. OnCancel() may come at any time before OnDone(),
-// also after the engine was called or after Finish(): it only sets the flag, which
-// the engine reads, and the engine still answers (with CANCELLED), which finishes
-// the call.
+// also after the engine was called or after Finish(): it sets the flag, which the
+// engine reads, and asks the engine to drop the dead items queued now; the engine
+// still answers (with CANCELLED), which finishes the call, possibly inside OnCancel().
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
   // What each call takes from its service.
   struct Env {
     const RpcRecorder* recorder;
+    Engine* engine;
     int64_t max_response_bytes;  // the largest response gRPC sends (0: no limit)
   };
 
   UnaryCall(grpc::CallbackServerContext& context, const Env& env, absl::string_view rpc)
       : deadline_(DeadlineOf(context)),
+        engine_(env.engine),
         max_response_bytes_(env.max_response_bytes),
         recorder_(env.recorder),
         record_(env.recorder->Start(rpc, context.peer(), RpcRecorder::Kind::kUnary,
@@ -246,7 +248,13 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     reservation_ = std::move(reservation);
   }
 
-  void OnCancel() override { cancellation_->Cancel(); }
+  // gRPC holds the call until this returns, even when the engine finishes it inside.
+  void OnCancel() override {
+    cancellation_->Cancel();
+    // Its queued items (and any other cancelled call's) free their memory and budget
+    // now, not when a batch reaches them.
+    engine_->DropDeadItems();
+  }
   void OnDone() override {
     if (!finished_.load(std::memory_order_acquire)) {
       LOG(DFATAL) << "ClipService call done before it was finished";
@@ -260,6 +268,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
  private:
   const absl::Time deadline_;
+  Engine* const engine_;
   const int64_t max_response_bytes_;
   const RpcRecorder* const recorder_;
   RpcRecorder::Call record_;
@@ -592,6 +601,7 @@ class EmbedStreamCall final
 
   void OnCancel() override {
     cancellation_->Cancel();
+    Engine* const engine = engine_;  // Run() may finish the call
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
@@ -599,6 +609,9 @@ class EmbedStreamCall final
       actions = NextActionsLocked();
     }
     Run(actions);
+    // The stream's queued items free their memory now; their answers (CANCELLED)
+    // come back through the engine callbacks, which take mu_ and may finish the call.
+    engine->DropDeadItems();
   }
 
   // Pairs with Run()'s store before Finish(), as in UnaryCall::OnDone().
@@ -954,7 +967,8 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
     return FinishedUnary(context, recorder_, "EmbedImage", auth);
   }
   auto* call = new UnaryCall(
-      *context, UnaryCall::Env{&recorder_, options_.max_response_bytes}, "EmbedImage");
+      *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
+      "EmbedImage");
   call->SetResponse(response, /*out=*/nullptr);
   if (!Admit(&request_memory_, request->ByteSizeLong(), *context, call)) return call;
   absl::StatusOr<std::vector<ImageInput>> images =
@@ -990,8 +1004,8 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
     return FinishedUnary(context, recorder_, "EmbedText", auth);
   }
   auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
-      *context, UnaryCall::Env{&recorder_, options_.max_response_bytes}, "EmbedText",
-      response_bytes);
+      *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
+      "EmbedText", response_bytes);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
@@ -1037,9 +1051,9 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
   }
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
-  auto* call = new SimilarityCall(*context,
-                                  UnaryCall::Env{&recorder_, options_.max_response_bytes},
-                                  response_bytes, description.embed_dim);
+  auto* call = new SimilarityCall(
+      *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
+      response_bytes, description.embed_dim);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed =
           ParseRequest(*request_bytes, &call->request, SimilarityFieldName);
@@ -1157,9 +1171,9 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
   const ModelDescription& description = engine_->description();
   const RequestLimits& limits = options_.limits;
   const int dim = description.embed_dim;
-  auto* call =
-      new ClassifyCall(*context, UnaryCall::Env{&recorder_, options_.max_response_bytes},
-                       response_bytes, dim, &label_cache_);
+  auto* call = new ClassifyCall(
+      *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
+      response_bytes, dim, &label_cache_);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {
@@ -1254,8 +1268,8 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
     return FinishedUnary(context, recorder_, "Tokenize", auth);
   }
   auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
-      *context, UnaryCall::Env{&recorder_, options_.max_response_bytes}, "Tokenize",
-      response_bytes);
+      *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
+      "Tokenize", response_bytes);
   if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
   if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
       !parsed.ok()) {

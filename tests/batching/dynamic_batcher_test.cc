@@ -480,6 +480,37 @@ TEST_F(DynamicBatcherTest, AFullQueueDropsItsDeadItemsToMakeRoom) {
   EXPECT_EQ(batcher->NumQueuedItems(), 1);  // item 7 waits for company
 }
 
+TEST_F(DynamicBatcherTest, DropDeadAnswersDeadItemsAnywhereInTheQueueAtOnce) {
+  auto batcher = Make(Options(10, absl::Hours(1)));
+  std::vector<TestItem> items = Items({0, 1, 2, 3, 4});
+  items[4].deadline_ = clock_.Now() + absl::Seconds(1);
+  std::shared_ptr<std::atomic<bool>> cancel_1 = items[1].cancel;
+  std::shared_ptr<std::atomic<bool>> cancel_3 = items[3].cancel;
+  ASSERT_TRUE(batcher->Schedule(&items).ok());
+  // Nothing dead yet: the queue is left as it is.
+  batcher->DropDead();
+  EXPECT_THAT(recorder_.drops(), IsEmpty());
+  EXPECT_EQ(batcher->NumQueuedItems(), 5);
+
+  // Items 1 and 3 are cancelled and item 4 expires while the partial batch waits out
+  // its hour: they are answered before DropDead() returns, not an hour later.
+  cancel_1->store(true);
+  cancel_3->store(true);
+  clock_.AdvanceTime(absl::Seconds(1));
+  batcher->DropDead();
+  EXPECT_THAT(recorder_.drops(),
+              ElementsAre(IsDrop(1, absl::StatusCode::kCancelled),
+                          IsDrop(3, absl::StatusCode::kCancelled),
+                          IsDrop(4, absl::StatusCode::kDeadlineExceeded)));
+  EXPECT_EQ(batcher->NumQueuedItems(), 2);
+  EXPECT_EQ(recorder_.num_batches(), 0u);
+
+  // The live ones keep their place and their enqueue time.
+  clock_.AdvanceTime(absl::Hours(1) - absl::Seconds(1));
+  ASSERT_TRUE(recorder_.WaitFor(1, 3));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 2)));
+}
+
 TEST_F(DynamicBatcherTest, AnExpiredItemIsDeadlineExceededThoughItsCallWasCancelled) {
   // gRPC cancels a server call when its deadline passes; the client sees
   // DEADLINE_EXCEEDED, and so do the server's logs and metrics.

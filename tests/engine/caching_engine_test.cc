@@ -247,5 +247,14 @@ TEST(CachingEngineLimitsTest, ReportsTheInnerEnginesTextsPerCall) {
   EXPECT_EQ(engine.max_texts_per_call(), 37);
 }
 
+// A cancelled call's misses wait in the inner engine's queues: the request to drop
+// them must reach it.
+TEST(CachingEngineCancelTest, DropDeadItemsReachesTheInnerEngine) {
+  FakeEngine fake(FakeEngine::DefaultDescription());
+  CachingEngine engine(&fake, {});
+  engine.DropDeadItems();
+  EXPECT_EQ(fake.drop_dead_calls(), 1);
+}
+
 }  // namespace
 }  // namespace clipserve

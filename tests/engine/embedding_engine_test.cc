@@ -927,6 +927,54 @@ TEST(EmbeddingEngineObserverTest, QueueDepthFallsWhenQueuedItemsAreDropped) {
   EXPECT_EQ(observer.last_depth(Modality::kText), 0);
 }
 
+TEST(EmbeddingEngineCancelTest, DropDeadItemsAnswersCancelledQueuedRequestsAtOnce) {
+  FakeClock clock(absl::Now());
+  RecordingObserver observer;
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.clock = &clock;
+    options.observer = &observer;
+    options.max_queue_delay = absl::Hours(1);
+    options.wait_only_for_announced = false;
+  });
+  ASSERT_NE(engine, nullptr);
+  auto flag = std::make_shared<CancellationFlag>();
+  EmbedOptions cancellable;
+  cancellable.cancellation = flag;
+  absl::Notification texts_answered, image_answered, live_answered;
+  absl::Status texts_status, image_status;
+  engine->EmbedTexts({"a cat", "a dog"}, cancellable, "texts",
+                     [&](absl::StatusOr<EmbedResult> r) {
+                       texts_status = r.status();
+                       texts_answered.Notify();
+                     });
+  engine->EmbedTexts({"a bird"}, {}, "texts", [&](absl::StatusOr<EmbedResult> r) {
+    EXPECT_TRUE(r.ok()) << r.status();
+    live_answered.Notify();
+  });
+  engine->EmbedImages(EncodedImages({"images/chelsea.png"}), cancellable, "images",
+                      [&](absl::StatusOr<EmbedResult> r) {
+                        image_status = r.status();
+                        image_answered.Notify();
+                      });
+  observer.AwaitLastDepth(Modality::kText, 3);
+  observer.AwaitLastDepth(Modality::kImage, 1);
+
+  flag->Cancel();
+  engine->DropDeadItems();
+  // Answered on this thread, before it returned: no batch had to reach them.
+  EXPECT_TRUE(texts_answered.HasBeenNotified());
+  EXPECT_TRUE(image_answered.HasBeenNotified());
+  EXPECT_EQ(texts_status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(image_status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine->QueuedTexts(), 1);
+  EXPECT_EQ(engine->QueuedImages(), 0);
+  EXPECT_EQ(observer.last_depth(Modality::kText), 1);
+  EXPECT_FALSE(live_answered.HasBeenNotified());
+
+  clock.AdvanceTime(absl::Hours(1));  // the live text's batch runs as it would have
+  live_answered.WaitForNotification();
+}
+
 TEST(EmbeddingEngineLimitsTest, TextsOverTheQueueSizeAreRefusedBeforeTokenizing) {
   RecordingObserver observer;
   auto engine = MakeTinyEngine([&observer](EmbeddingEngineOptions& options) {

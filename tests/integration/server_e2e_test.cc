@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -24,6 +25,7 @@
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
 #include "tests/integration/loopback_stack.h"
+#include "tests/testing/poll_until.h"
 #include "tests/testing/shared_data.h"
 
 namespace clipserve {
@@ -314,6 +316,53 @@ TEST_F(ServerE2ETest, ExpiredDeadlineItemsAreNeverComputed) {
   }
   EXPECT_EQ(stack_.engine->pending_requests(), 0);
   EXPECT_EQ(stack_.engine->computed_images(), before);
+}
+
+// A cancelled call's items leave the queue at once (the service's OnCancel() asks the
+// engine to drop them, which answers the call inside it), not an hour later when the
+// partial batch they wait in would run.
+TEST(ServerE2ECancelTest, CancelledCallsLeaveTheQueueAtOnce) {
+  EmbeddingEngineOptions options;
+  options.max_queue_delay = absl::Hours(1);
+  options.wait_only_for_announced = false;  // a partial batch waits out the delay
+  Stack stack = Start(options);
+  const auto queued_texts = [&](int n) {
+    return testing::PollUntil([&] { return stack.engine->QueuedTexts() == n; });
+  };
+
+  pb::EmbedTextRequest request;
+  request.add_texts("a cat");
+  request.add_texts("a dog");
+  pb::EmbedTextResponse response;
+  grpc::ClientContext context;
+  absl::Notification done;
+  grpc::Status status;
+  stack.stub->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  ASSERT_TRUE(queued_texts(2));
+  context.TryCancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(queued_texts(0));
+  EXPECT_TRUE(testing::PollUntil([&] { return stack.engine->pending_requests() == 0; }));
+
+  // A stream's queued item too.
+  grpc::ClientContext stream_context;
+  auto stream = stack.stub->EmbedStream(&stream_context);
+  pb::EmbedStreamRequest item;
+  item.set_id("a");
+  item.set_text("a bird");
+  ASSERT_TRUE(stream->Write(item));
+  ASSERT_TRUE(queued_texts(1));
+  stream_context.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(queued_texts(0));
+  EXPECT_TRUE(testing::PollUntil([&] { return stack.engine->pending_requests() == 0; }));
+
+  stack.server->Shutdown(absl::Seconds(5));
+  stack.engine->Shutdown();
 }
 
 TEST(ServerE2EOverloadTest, BurstOnATinyQueueGetsResourceExhaustedWithRetryInfo) {

@@ -935,6 +935,47 @@ TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
   EXPECT_TRUE(EmbedImage(request, &next).ok());
 }
 
+// A cancelled call's queued items are dropped at once, not when the engine's workers
+// reach them: its request memory is free while the engine is still busy.
+TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy) {
+  engine_->set_hold(true);
+  engine_->set_drop_dead_items(true);
+  v1::EmbedTextRequest request;
+  request.add_texts(std::string(1000, 't'));
+  v1::EmbedTextResponse response;
+  grpc::ClientContext context;
+  grpc::Status status;
+  absl::Notification done;
+  stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  EXPECT_GE(service_->request_memory_used(), 1000);
+  EXPECT_EQ(engine_->drop_dead_calls(), 0);
+
+  context.TryCancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  // Still holding: only the service's OnCancel() can have let the answer out.
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
+  EXPECT_GE(engine_->drop_dead_calls(), 1);
+
+  // The same for a stream's items.
+  grpc::ClientContext stream_context;
+  auto stream = stub_->EmbedStream(&stream_context);
+  ASSERT_TRUE(stream->Write(TextItem("a", std::string(1000, 's'))));
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  EXPECT_GE(service_->request_memory_used(), 1000);
+  const int drops_before = engine_->drop_dead_calls();
+  stream_context.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
+  EXPECT_GT(engine_->drop_dead_calls(), drops_before);
+}
+
 // ---------------------------------------------------------------------------
 // Similarity
 

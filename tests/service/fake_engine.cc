@@ -153,7 +153,7 @@ void FakeEngine::ReleaseAll() {
 
 void FakeEngine::ReleaseLocked(size_t n) {
   for (; n > 0 && !held_.empty(); --n) {
-    ready_.push_back(std::move(held_.front()));
+    ready_.push_back(std::move(held_.front().answer));
     held_.pop_front();
   }
   changed_.SignalAll();
@@ -200,17 +200,52 @@ void FakeEngine::Submit(Call call, Answer answer) {
   calls_.push_back(std::move(call));
   ++outstanding_;
   max_outstanding_ = std::max(max_outstanding_, outstanding_);
-  (hold_ ? held_ : ready_).push_back(std::move(counted));
+  if (hold_) {
+    held_.push_back(Held{std::move(counted), calls_.back().options});
+  } else {
+    ready_.push_back(std::move(counted));
+  }
   changed_.SignalAll();
 }
 
-absl::Status FakeEngine::DeliveryStatus(const EmbedOptions& options) const {
+void FakeEngine::DropDeadItems() {
+  absl::MutexLock lock(&mu_);
+  ++drop_dead_calls_;
+  if (!drop_dead_items_) return;
+  std::deque<Held> live;
+  for (Held& held : held_) {
+    if (DeadStatus(held.options).ok()) {
+      live.push_back(std::move(held));
+    } else {
+      ready_.push_back(std::move(held.answer));
+    }
+  }
+  held_ = std::move(live);
+  changed_.SignalAll();
+}
+
+void FakeEngine::set_drop_dead_items(bool drop) {
+  absl::MutexLock lock(&mu_);
+  drop_dead_items_ = drop;
+}
+
+int FakeEngine::drop_dead_calls() const {
+  absl::MutexLock lock(&mu_);
+  return drop_dead_calls_;
+}
+
+absl::Status FakeEngine::DeadStatus(const EmbedOptions& options) {
   if (options.cancellation != nullptr && options.cancellation->cancelled()) {
     return absl::CancelledError("cancelled while queued");
   }
   if (absl::Now() > options.deadline) {
     return absl::DeadlineExceededError("deadline passed while queued");
   }
+  return absl::OkStatus();
+}
+
+absl::Status FakeEngine::DeliveryStatus(const EmbedOptions& options) const {
+  if (absl::Status dead = DeadStatus(options); !dead.ok()) return dead;
   absl::MutexLock lock(&mu_);
   return error_;
 }

@@ -34,7 +34,10 @@ namespace clipserve {
 // cancellation flag is set by then gets CANCELLED, one past its deadline
 // DEADLINE_EXCEEDED, and while set_error() holds a status every request gets it.
 // Answers run on the fake's own thread, never the caller's. With set_hold(true) they
-// wait until Release*() is called, so tests can look at queued work.
+// wait until Release*() is called, so tests can look at queued work. DropDeadItems()
+// is counted; after set_drop_dead_items(true) it also releases the held answers of
+// requests cancelled or past their deadline, as a real engine drops their queued
+// items (by default they stay held: answers that come late, after the cancel).
 //
 // Thread-safe.
 class FakeEngine : public Engine {
@@ -92,12 +95,22 @@ class FakeEngine : public Engine {
   const ModelDescription& description() const override { return description_; }
   int max_texts_per_call() const override { return max_texts_per_call_; }
   bool healthy() const override { return true; }
+  void DropDeadItems() override;
+  void set_drop_dead_items(bool drop);
+  // DropDeadItems() calls so far.
+  int drop_dead_calls() const;
 
  private:
   using Answer = absl::AnyInvocable<void() &&>;
+  struct Held {
+    Answer answer;
+    EmbedOptions options;  // for Tokenize, the defaults: never dead
+  };
 
   // Records the call, then holds or queues its answer.
   void Submit(Call call, Answer answer);
+  // CANCELLED or DEADLINE_EXCEEDED for a request that is dead now, else OK.
+  static absl::Status DeadStatus(const EmbedOptions& options);
   // The status of a request at delivery time, before its items are looked at.
   absl::Status DeliveryStatus(const EmbedOptions& options) const;
   void Work();
@@ -111,7 +124,9 @@ class FakeEngine : public Engine {
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
-  std::deque<Answer> held_ ABSL_GUARDED_BY(mu_);
+  std::deque<Held> held_ ABSL_GUARDED_BY(mu_);
+  bool drop_dead_items_ ABSL_GUARDED_BY(mu_) = false;
+  int drop_dead_calls_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<Answer> ready_ ABSL_GUARDED_BY(mu_);
   int outstanding_ ABSL_GUARDED_BY(mu_) = 0;
   int max_outstanding_ ABSL_GUARDED_BY(mu_) = 0;
