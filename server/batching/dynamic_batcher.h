@@ -145,13 +145,13 @@ absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
 // waited max_queue_delay (by the clock), or at once while shutting down. Items whose
 // call was cancelled or whose deadline has passed (by the clock, at that moment) are
 // taken out too but never occupy a batch slot: they go to the drop callback with
-// CANCELLED or DEADLINE_EXCEEDED, so their owner can answer them. (An item is only
-// checked when a batch is formed, so one whose deadline falls within the queue delay is
-// answered when its batch would have run.) A Schedule() that finds the queue too full
-// first drops the dead items queued, so that they never keep live ones out while the
-// workers are busy with a long batch; DropDead() does the same on request. A
-// request's items may so end up in several batches; RequestTracker
-// (request_tracker.h) tells its owner when all are done.
+// CANCELLED or DEADLINE_EXCEEDED, so their owner can answer them. A queued item is
+// checked when a batch is formed, when a Schedule() finds the queue too full (the dead
+// items then never keep live ones out while the workers are busy with a long batch),
+// and when DropDead() is called (on a cancellation); so one whose deadline passes
+// unnoticed is answered when its batch would have run. Schedule() never queues an item
+// that is dead already. A request's items may so end up in several batches;
+// RequestTracker (request_tracker.h) tells its owner when all are done.
 //
 // Batches are formed in FIFO order, items keep their order inside a batch, and with
 // one worker batches also finish in order; with several they may finish out of order.
@@ -185,7 +185,9 @@ class DynamicBatcher {
   // Shutdown(): runs every item still queued, then joins the workers.
   ~DynamicBatcher() { Shutdown(); }
 
-  // Enqueues all of `*items` at the back of the queue, or none of them.
+  // Enqueues all of `*items` at the back of the queue, or none of them. Items already
+  // cancelled or expired are not queued: on OK they go to the drop callback on this
+  // thread before it returns.
   //
   // OK: the items were moved out and `*items` is left empty; each one will reach the
   // process callback or the drop callback exactly once. On any other status `*items`
@@ -193,7 +195,7 @@ class DynamicBatcher {
   //   INVALID_ARGUMENT    `items` is null or empty, or holds more than max_queue_size
   //                       items, which could never be queued (retrying cannot help).
   //   RESOURCE_EXHAUSTED  the queue lacks room for all of them right now, counting
-  //                       only its live items. The status carries a
+  //                       only live items, its own and these. The status carries a
   //                       google.rpc.RetryInfo payload (status_payloads.h) with
   //                       EstimateRetryDelay(): roughly how long until workers have
   //                       taken enough batches off the queue to make room.
@@ -201,8 +203,7 @@ class DynamicBatcher {
   // When the queue is too full, the cancelled and expired items in it are taken out
   // and handed to the drop callback on this thread before it returns (OK or
   // RESOURCE_EXHAUSTED): so the caller must not hold a lock that the drop callback
-  // takes. Never
-  // blocks on the workers (it takes the queue's lock only). Thread-safe.
+  // takes. Never blocks on the workers (it takes the queue's lock only). Thread-safe.
   absl::Status Schedule(std::vector<Item>* items) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Stops accepting items (Schedule() returns UNAVAILABLE from now on), lets the
@@ -338,24 +339,40 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
       return absl::UnavailableError(
           absl::StrCat(options_.name, " batcher is shutting down"));
     }
-    if (queue_.size() + count > static_cast<size_t>(options_.max_queue_size)) {
+    // Read under the lock so that enqueue times never decrease along the queue.
+    const absl::Time now = clock_->Now();
+    // Items that are dead already (their call was cancelled while they were being
+    // preprocessed, maybe after a DropDead()) are answered, never queued.
+    std::vector<std::optional<DropReason>> dead(count);
+    size_t live = 0;
+    for (size_t i = 0; i < count; ++i) {
+      dead[i] = DeadReason((*items)[i], now);
+      if (!dead[i].has_value()) ++live;
+    }
+    if (queue_.size() + live > static_cast<size_t>(options_.max_queue_size)) {
       // Calls that timed out or went away while a long batch runs must not keep
       // live ones out.
       DropDeadLocked(&dropped);
     }
     const size_t queued = queue_.size();
-    if (queued + count > static_cast<size_t>(options_.max_queue_size)) {
+    if (queued + live > static_cast<size_t>(options_.max_queue_size)) {
       retry_delay = batching_internal::EstimateRetryDelay(
           options_, run_time_.Get(),
-          static_cast<int64_t>(queued + count) - options_.max_queue_size);
+          static_cast<int64_t>(queued + live) - options_.max_queue_size);
     } else {
-      // Read under the lock so that enqueue times never decrease along the queue.
-      const absl::Time now = clock_->Now();
-      for (Item& item : *items) queue_.push_back(Entry{std::move(item), now});
+      for (size_t i = 0; i < count; ++i) {
+        Item& item = (*items)[i];
+        if (dead[i].has_value()) {
+          dropped.push_back(Dropped{std::move(item), *dead[i]});
+        } else {
+          queue_.push_back(Entry{std::move(item), now});
+        }
+      }
       const size_t full = static_cast<size_t>(options_.max_batch_size);
       // Wake a worker when it has a new oldest item to time, or a full batch to take.
       // A worker that forms a batch and leaves items behind wakes the next one.
-      notify = notify || queued == 0 || (queued < full && queued + count >= full);
+      notify = notify ||
+               (live > 0 && (queued == 0 || (queued < full && queued + live >= full)));
     }
   }
   // A worker first: answering the dropped items may take a while.

@@ -511,6 +511,61 @@ TEST_F(DynamicBatcherTest, DropDeadAnswersDeadItemsAnywhereInTheQueueAtOnce) {
   EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 2)));
 }
 
+// A call cancelled while its items were being prepared (maybe after its DropDead())
+// must not leave them queued until a batch reaches them.
+TEST_F(DynamicBatcherTest, ItemsDeadOnArrivalAreAnsweredNotQueued) {
+  auto batcher = Make(Options(10, absl::Hours(1)));
+  std::vector<TestItem> items = Items({0, 1, 2});
+  items[0].cancel->store(true);
+  items[2].deadline_ = clock_.Now();
+  ASSERT_TRUE(batcher->Schedule(&items).ok());
+  EXPECT_TRUE(items.empty());
+  EXPECT_THAT(recorder_.drops(),
+              ElementsAre(IsDrop(0, absl::StatusCode::kCancelled),
+                          IsDrop(2, absl::StatusCode::kDeadlineExceeded)));
+  EXPECT_EQ(batcher->NumQueuedItems(), 1);
+  clock_.AdvanceTime(absl::Hours(1));
+  ASSERT_TRUE(recorder_.WaitFor(1, 2));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1)));
+}
+
+TEST_F(DynamicBatcherTest, ItemsDeadOnArrivalNeedNoRoomInAFullQueue) {
+  // Declared before the batcher, which is destroyed (its worker joined) first.
+  absl::Notification first_started;
+  absl::Notification release_first;
+  DynamicBatcherOptions options = Options(2, absl::Hours(1));
+  options.max_queue_size = 2;
+  auto batcher = Make(options);
+  recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
+    if (batch.items[0].id == 0) {
+      first_started.Notify();
+      release_first.WaitForNotification();
+    }
+  });
+  absl::Cleanup release = [&] {
+    if (!release_first.HasBeenNotified()) release_first.Notify();
+  };
+  std::vector<TestItem> first = Items({0, 1});
+  ASSERT_TRUE(batcher->Schedule(&first).ok());
+  first_started.WaitForNotification();
+  std::vector<TestItem> queued = Items({2, 3});
+  ASSERT_TRUE(batcher->Schedule(&queued).ok());
+
+  // The queue is full of live items: dead ones are answered, a live one is refused.
+  std::vector<TestItem> dead = Items({4, 5});
+  for (TestItem& item : dead) item.cancel->store(true);
+  ASSERT_TRUE(batcher->Schedule(&dead).ok());
+  EXPECT_THAT(recorder_.drops(), ElementsAre(IsDrop(4, absl::StatusCode::kCancelled),
+                                             IsDrop(5, absl::StatusCode::kCancelled)));
+  std::vector<TestItem> refused = Items({6});
+  EXPECT_EQ(batcher->Schedule(&refused).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(refused.size(), 1u);
+
+  std::move(release).Invoke();
+  ASSERT_TRUE(recorder_.WaitFor(2, 2));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 1), ElementsAre(2, 3)));
+}
+
 TEST_F(DynamicBatcherTest, AnExpiredItemIsDeadlineExceededThoughItsCallWasCancelled) {
   // gRPC cancels a server call when its deadline passes; the client sees
   // DEADLINE_EXCEEDED, and so do the server's logs and metrics.
