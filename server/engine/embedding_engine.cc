@@ -614,6 +614,7 @@ void EmbeddingEngine::BatchFinished(int64_t id) {
 
 void EmbeddingEngine::ReportQueueDepth(Modality modality) {
   if (options_.observer == nullptr) return;
+  absl::MutexLock lock(&depth_mu_);
   options_.observer->OnQueueDepth(modality, modality == Modality::kImage
                                                 ? image_batcher_->NumQueuedItems()
                                                 : text_batcher_->NumQueuedItems());

@@ -195,8 +195,10 @@ class EmbeddingEngine : public Engine {
   // Reports a batch that ran from `start` until now to the observer, if any.
   template <typename Item>
   void ReportBatch(Modality modality, const Batch<Item>& batch, absl::Time start);
-  // Reports the modality's queue depth to the observer, if any.
-  void ReportQueueDepth(Modality modality);
+  // Reports the modality's queue depth to the observer, if any. Each read and its
+  // report happen under depth_mu_, so reports come in the order of their reads and
+  // the last one is the depth after the last change.
+  void ReportQueueDepth(Modality modality) ABSL_LOCKS_EXCLUDED(depth_mu_);
   // Stores row i of `rows` (fp32 [n, dim] on the CPU) as item begin + i's result and
   // answers it.
   template <typename Item>
@@ -244,6 +246,8 @@ class EmbeddingEngine : public Engine {
   std::atomic<bool> shut_down_{false};
   // Held across the whole of Shutdown(), so a second call waits for the first.
   absl::Mutex shutdown_mu_;
+  // Orders the queue-depth reports (ReportQueueDepth()); taken before a batcher's lock.
+  absl::Mutex depth_mu_;
   absl::Mutex running_mu_;
   int64_t next_batch_id_ ABSL_GUARDED_BY(running_mu_) = 0;
   std::map<int64_t, absl::Time> running_ ABSL_GUARDED_BY(running_mu_);

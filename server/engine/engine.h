@@ -134,8 +134,8 @@ class EngineObserver {
                        absl::Duration /*inference*/) {}
 
   // Items now waiting in the modality's queue; reported after each enqueue, when a
-  // batch starts and when queued items are dropped, so between reports the depth is
-  // unchanged.
+  // batch starts and when queued items are dropped, one report at a time, so the last
+  // one is the current depth.
   virtual void OnQueueDepth(Modality /*modality*/, int /*items*/) {}
 
   // One lookup in an embedding cache (CachingEngine) found its item or did not.

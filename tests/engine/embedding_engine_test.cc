@@ -815,12 +815,14 @@ class RecordingObserver : public EngineObserver {
     absl::MutexLock lock(&mu_);
     return last_depth_[static_cast<int>(m)];
   }
-  void AwaitLastDepth(Modality m, int items) {
+  // Waits (bounded, only so that a bug fails instead of hanging) for a report of
+  // `items`.
+  bool AwaitLastDepth(Modality m, int items) {
     absl::MutexLock lock(&mu_);
     const auto reached = [this, m, items]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return last_depth_[static_cast<int>(m)] == items;
     };
-    mu_.Await(absl::Condition(&reached));
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(60));
   }
   std::vector<BatchReport> batches() {
     absl::MutexLock lock(&mu_);
@@ -918,7 +920,7 @@ TEST(EmbeddingEngineObserverTest, QueueDepthFallsWhenQueuedItemsAreDropped) {
                        status = r.status();
                        answered.Notify();
                      });
-  observer.AwaitLastDepth(Modality::kText, 2);
+  ASSERT_TRUE(observer.AwaitLastDepth(Modality::kText, 2));
   flag->Cancel();
   clock.AdvanceTime(absl::Hours(2));  // the worker wakes and finds only dead items
   answered.WaitForNotification();
@@ -956,8 +958,8 @@ TEST(EmbeddingEngineCancelTest, DropDeadItemsAnswersCancelledQueuedRequestsAtOnc
                         image_status = r.status();
                         image_answered.Notify();
                       });
-  observer.AwaitLastDepth(Modality::kText, 3);
-  observer.AwaitLastDepth(Modality::kImage, 1);
+  ASSERT_TRUE(observer.AwaitLastDepth(Modality::kText, 3));
+  ASSERT_TRUE(observer.AwaitLastDepth(Modality::kImage, 1));
 
   flag->Cancel();
   engine->DropDeadItems();
