@@ -263,8 +263,10 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   }
 
  protected:
-  // Asks the engine to drop this call's queued work.
+  // Marks this call's queued work dead; the engine drops it when it next looks, or at
+  // once through engine()->DropDeadItems().
   void CancelEngineWork() { cancellation_->Cancel(); }
+  Engine* engine() const { return engine_; }
 
  private:
   const absl::Time deadline_;
@@ -312,7 +314,8 @@ class RawUnaryCall final : public UnaryCall {
 // A unary call that waits for several engine requests running concurrently. Each
 // engine callback stores its result in its own member and then calls Answer(); the
 // last answer finishes the call with the first error, or with Compute(). The first
-// error also cancels the other requests' queued work.
+// error also cancels the other requests' queued work and has the engine answer it at
+// once, so the call fails without waiting for their batches.
 class JoinedCall : public UnaryCall {
  public:
   using UnaryCall::UnaryCall;
@@ -330,6 +333,7 @@ class JoinedCall : public UnaryCall {
   // One engine request is done with `status`; its result is stored.
   void Answer(absl::Status status) {
     bool last = false;
+    Engine* drop_dead_in = nullptr;
     absl::Status error;
     {
       absl::MutexLock lock(&mu_);
@@ -338,12 +342,19 @@ class JoinedCall : public UnaryCall {
         // Under the lock: once pending_ drops, another answer may finish the call,
         // which then deletes this object. Only the last answer may touch it after.
         CancelEngineWork();
+        drop_dead_in = engine();
       }
       last = --pending_ == 0;
       error = error_;
     }
     // The mutex orders every callback's stores before this read of them.
-    if (last) FinishWith(error.ok() ? Compute() : error);
+    if (last) {
+      FinishWith(error.ok() ? Compute() : error);
+    } else if (drop_dead_in != nullptr) {
+      // Not the last answer: `this` may be gone by now, and the answers this brings
+      // (CANCELLED) may finish the call.
+      drop_dead_in->DropDeadItems();
+    }
   }
 
  protected:
@@ -601,7 +612,8 @@ class EmbedStreamCall final
 
   void OnCancel() override {
     cancellation_->Cancel();
-    Engine* const engine = engine_;  // Run() may finish the call
+    // Copied: nothing touches `this` after Run() may have finished the call.
+    Engine* const engine = engine_;
     Actions actions;
     {
       absl::MutexLock lock(&mu_);

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -935,47 +936,6 @@ TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
   EXPECT_TRUE(EmbedImage(request, &next).ok());
 }
 
-// A cancelled call's queued items are dropped at once, not when the engine's workers
-// reach them: its request memory is free while the engine is still busy.
-TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy) {
-  engine_->set_hold(true);
-  engine_->set_drop_dead_items(true);
-  v1::EmbedTextRequest request;
-  request.add_texts(std::string(1000, 't'));
-  v1::EmbedTextResponse response;
-  grpc::ClientContext context;
-  grpc::Status status;
-  absl::Notification done;
-  stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
-  ASSERT_TRUE(engine_->AwaitHeld(1));
-  EXPECT_GE(service_->request_memory_used(), 1000);
-  EXPECT_EQ(engine_->drop_dead_calls(), 0);
-
-  context.TryCancel();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
-  // Still holding: only the service's OnCancel() can have let the answer out.
-  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
-  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
-  EXPECT_GE(engine_->drop_dead_calls(), 1);
-
-  // The same for a stream's items.
-  grpc::ClientContext stream_context;
-  auto stream = stub_->EmbedStream(&stream_context);
-  ASSERT_TRUE(stream->Write(TextItem("a", std::string(1000, 's'))));
-  ASSERT_TRUE(engine_->AwaitHeld(1));
-  EXPECT_GE(service_->request_memory_used(), 1000);
-  const int drops_before = engine_->drop_dead_calls();
-  stream_context.TryCancel();
-  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
-  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
-  EXPECT_GT(engine_->drop_dead_calls(), drops_before);
-}
-
 // ---------------------------------------------------------------------------
 // Similarity
 
@@ -1203,6 +1163,95 @@ TEST_F(ClipServiceTest, InvalidSimilarityRequestsAreRejectedBeforeTheEngine) {
     EXPECT_EQ(BadField(status), c.field);
   }
   EXPECT_TRUE(engine_->calls().empty());
+}
+
+// A cancelled call's queued items are dropped at once, not when the engine's workers
+// reach them: its request memory is free while the engine is still busy.
+TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy) {
+  engine_->set_hold(true);
+  engine_->set_drop_dead_items(true);
+  v1::EmbedTextRequest request;
+  request.add_texts(std::string(1000, 't'));
+  v1::EmbedTextResponse response;
+  grpc::ClientContext context;
+  grpc::Status status;
+  absl::Notification done;
+  stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  EXPECT_GE(service_->request_memory_used(), 1000);
+  EXPECT_EQ(engine_->drop_dead_calls(), 0);
+
+  context.TryCancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  // Still holding: only the service's OnCancel() can have let the answer out.
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
+  EXPECT_GE(engine_->drop_dead_calls(), 1);
+
+  // The same for a stream's items.
+  grpc::ClientContext stream_context;
+  auto stream = stub_->EmbedStream(&stream_context);
+  ASSERT_TRUE(stream->Write(TextItem("a", std::string(1000, 's'))));
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  EXPECT_GE(service_->request_memory_used(), 1000);
+  const int drops_before = engine_->drop_dead_calls();
+  stream_context.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
+  EXPECT_GT(engine_->drop_dead_calls(), drops_before);
+
+  // And a Similarity call's two engine requests, both answered inside OnCancel().
+  const v1::SimilarityRequest similarity =
+      ImagesAndTexts({Encoded(std::string(1000, 'i'))}, {"a cat"});
+  v1::SimilarityResponse similarity_response;
+  grpc::ClientContext similarity_context;
+  absl::Notification similarity_done;
+  stub_->async()->Similarity(&similarity_context, &similarity, &similarity_response,
+                             [&](grpc::Status s) {
+                               status = std::move(s);
+                               similarity_done.Notify();
+                             });
+  ASSERT_TRUE(engine_->AwaitHeld(2));
+  EXPECT_GE(service_->request_memory_used(), 1000);
+  similarity_context.TryCancel();
+  ASSERT_TRUE(similarity_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
+}
+
+// When one tower of a Similarity call fails, the other's queued work is dropped at
+// once: the call fails without waiting for the batch that work is queued for.
+TEST_F(ClipServiceTest, SimilarityFailsWithoutWaitingForTheOtherTowersQueue) {
+  engine_->set_hold(true);
+  engine_->set_drop_dead_items(true);
+  const v1::SimilarityRequest request =
+      ImagesAndTexts({Encoded("undecodable bytes")}, {"a cat"});
+  v1::SimilarityResponse response;
+  grpc::ClientContext context;
+  grpc::Status status;
+  absl::Notification done;
+  stub_->async()->Similarity(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  // Should an assertion fail, the call still ends before what it uses goes away.
+  absl::Cleanup end_call = [&] {
+    engine_->set_hold(false);
+    done.WaitForNotification();
+  };
+  ASSERT_TRUE(engine_->AwaitHeld(2));
+  ASSERT_TRUE(engine_->ReleaseOne());  // the images: INVALID_ARGUMENT
+  // The texts stay held by the fake unless the service had them dropped.
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadField(status), "images[0]");
+  EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
 }
 
 TEST_F(ClipServiceTest, SimilarityEngineFailureOfOneTowerFailsTheCall) {

@@ -209,19 +209,24 @@ void FakeEngine::Submit(Call call, Answer answer) {
 }
 
 void FakeEngine::DropDeadItems() {
-  absl::MutexLock lock(&mu_);
-  ++drop_dead_calls_;
-  if (!drop_dead_items_) return;
-  std::deque<Held> live;
-  for (Held& held : held_) {
-    if (DeadStatus(held.options).ok()) {
-      live.push_back(std::move(held));
-    } else {
-      ready_.push_back(std::move(held.answer));
+  std::vector<Answer> dead;
+  {
+    absl::MutexLock lock(&mu_);
+    ++drop_dead_calls_;
+    if (!drop_dead_items_) return;
+    std::deque<Held> live;
+    for (Held& held : held_) {
+      if (DeadStatus(held.options).ok()) {
+        live.push_back(std::move(held));
+      } else {
+        dead.push_back(std::move(held.answer));
+      }
     }
+    held_ = std::move(live);
+    changed_.SignalAll();
   }
-  held_ = std::move(live);
-  changed_.SignalAll();
+  // On this thread, as EmbeddingEngine answers the items it drops.
+  for (Answer& answer : dead) std::move(answer)();
 }
 
 void FakeEngine::set_drop_dead_items(bool drop) {

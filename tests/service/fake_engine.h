@@ -33,11 +33,12 @@ namespace clipserve {
 // Every answer is computed when it is delivered, like a real queue: a request whose
 // cancellation flag is set by then gets CANCELLED, one past its deadline
 // DEADLINE_EXCEEDED, and while set_error() holds a status every request gets it.
-// Answers run on the fake's own thread, never the caller's. With set_hold(true) they
-// wait until Release*() is called, so tests can look at queued work. DropDeadItems()
-// is counted; after set_drop_dead_items(true) it also releases the held answers of
-// requests cancelled or past their deadline, as a real engine drops their queued
-// items (by default they stay held: answers that come late, after the cancel).
+// Answers run on the fake's own thread, never the caller's, except as below. With
+// set_hold(true) they wait until Release*() is called, so tests can look at queued
+// work. DropDeadItems() is counted; after set_drop_dead_items(true) it also delivers
+// the held answers of requests cancelled or past their deadline, on the calling
+// thread before it returns, as EmbeddingEngine answers the queued items it drops (by
+// default they stay held: answers that come late, after the cancel).
 //
 // Thread-safe.
 class FakeEngine : public Engine {
