@@ -138,8 +138,9 @@ class EmbeddingEngine : public Engine {
   // The text queue's size (max_queue_size).
   int max_texts_per_call() const override { return options_.max_queue_size; }
   bool healthy() const override;
-  // Both queues' dead items (DynamicBatcher::DropDead()); items still being
-  // preprocessed are dropped when their task runs, before any work.
+  // Both queues' dead items (DynamicBatcher::DropDead()). Items waiting for a
+  // preprocessing thread are dropped when their task starts, before any work; items
+  // being preprocessed, when they reach their queue (never queued).
   void DropDeadItems() override;
 
   // LibTorch's intra-op thread count in effect.
