@@ -7,7 +7,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -141,6 +140,37 @@ class Recorder {
 };
 
 MATCHER_P2(IsDrop, id, code, "") { return arg.id == id && arg.code == code; }
+
+// Holds the worker inside the batch that starts with item 0, so that the queue fills
+// up behind it, until Release() or until the gate is destroyed. Declare it after the
+// batcher: it is then destroyed first and releases the worker before the batcher's
+// destructor joins it, even when an assertion ends the test early.
+class BatchGate {
+ public:
+  explicit BatchGate(Recorder* recorder) {
+    recorder->set_on_batch([state = state_](const Batch<TestItem>& batch) {
+      if (batch.items[0].id != 0) return;
+      state->started.Notify();
+      state->release.WaitForNotification();
+    });
+  }
+  BatchGate(const BatchGate&) = delete;
+  BatchGate& operator=(const BatchGate&) = delete;
+  ~BatchGate() { Release(); }
+
+  void AwaitStarted() { state_->started.WaitForNotification(); }
+  void Release() {
+    if (!state_->release.HasBeenNotified()) state_->release.Notify();
+  }
+
+ private:
+  struct State {
+    absl::Notification started;
+    absl::Notification release;
+  };
+  // Shared with the callback, which may still be returning from its wait.
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
 
 class DynamicBatcherTest : public ::testing::Test {
  protected:
@@ -426,27 +456,14 @@ TEST_F(DynamicBatcherTest, QueueFullIsResourceExhaustedWithAnHonestRetryDelay) {
 }
 
 TEST_F(DynamicBatcherTest, AFullQueueDropsItsDeadItemsToMakeRoom) {
-  // Declared before the batcher, which is destroyed (its worker joined) first.
-  absl::Notification first_started;
-  absl::Notification release_first;
   DynamicBatcherOptions options = Options(2, absl::Hours(1));
   options.max_queue_size = 4;
   auto batcher = Make(options);
   // The worker is busy with a long batch while the queue fills up.
-  recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
-    if (batch.items[0].id == 0) {
-      first_started.Notify();
-      release_first.WaitForNotification();
-    }
-  });
-  // A failed assertion below must not leave the worker blocked (the batcher's
-  // destructor joins it).
-  absl::Cleanup release = [&] {
-    if (!release_first.HasBeenNotified()) release_first.Notify();
-  };
+  BatchGate gate(&recorder_);
   std::vector<TestItem> first = Items({0, 1});
   ASSERT_TRUE(batcher->Schedule(&first).ok());
-  first_started.WaitForNotification();
+  gate.AwaitStarted();
   const absl::Time soon = clock_.Now() + absl::Seconds(1);
   std::vector<TestItem> queued;
   queued.emplace_back(2, soon);
@@ -474,7 +491,7 @@ TEST_F(DynamicBatcherTest, AFullQueueDropsItsDeadItemsToMakeRoom) {
   EXPECT_EQ(batcher->NumQueuedItems(), 3);
   EXPECT_EQ(recorder_.num_batches(), 0u);
 
-  std::move(release).Invoke();
+  gate.Release();
   ASSERT_TRUE(recorder_.WaitFor(2, 3));
   EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 1), ElementsAre(4, 6)));
   EXPECT_EQ(batcher->NumQueuedItems(), 1);  // item 7 waits for company
@@ -530,24 +547,13 @@ TEST_F(DynamicBatcherTest, ItemsDeadOnArrivalAreAnsweredNotQueued) {
 }
 
 TEST_F(DynamicBatcherTest, ItemsDeadOnArrivalNeedNoRoomInAFullQueue) {
-  // Declared before the batcher, which is destroyed (its worker joined) first.
-  absl::Notification first_started;
-  absl::Notification release_first;
   DynamicBatcherOptions options = Options(2, absl::Hours(1));
   options.max_queue_size = 2;
   auto batcher = Make(options);
-  recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
-    if (batch.items[0].id == 0) {
-      first_started.Notify();
-      release_first.WaitForNotification();
-    }
-  });
-  absl::Cleanup release = [&] {
-    if (!release_first.HasBeenNotified()) release_first.Notify();
-  };
+  BatchGate gate(&recorder_);
   std::vector<TestItem> first = Items({0, 1});
   ASSERT_TRUE(batcher->Schedule(&first).ok());
-  first_started.WaitForNotification();
+  gate.AwaitStarted();
   std::vector<TestItem> queued = Items({2, 3});
   ASSERT_TRUE(batcher->Schedule(&queued).ok());
 
@@ -561,7 +567,7 @@ TEST_F(DynamicBatcherTest, ItemsDeadOnArrivalNeedNoRoomInAFullQueue) {
   EXPECT_EQ(batcher->Schedule(&refused).code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(refused.size(), 1u);
 
-  std::move(release).Invoke();
+  gate.Release();
   ASSERT_TRUE(recorder_.WaitFor(2, 2));
   EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 1), ElementsAre(2, 3)));
 }

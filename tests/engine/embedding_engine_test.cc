@@ -903,16 +903,23 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   EXPECT_GE(observer.depth_reports(Modality::kImage), 3);
 }
 
+// An engine on `clock` whose partial batches wait an hour, however many items are
+// announced, so that what is queued stays queued until the clock is advanced.
+std::unique_ptr<EmbeddingEngine> MakeWaitingEngine(FakeClock* clock,
+                                                   RecordingObserver* observer) {
+  return MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.clock = clock;
+    options.observer = observer;
+    options.max_queue_delay = absl::Hours(1);
+    options.wait_only_for_announced = false;
+  });
+}
+
 // Items that die in the queue form no batch; the gauge must not keep showing them.
 TEST(EmbeddingEngineObserverTest, QueueDepthFallsWhenQueuedItemsAreDropped) {
   FakeClock clock(absl::Now());
   RecordingObserver observer;
-  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
-    options.clock = &clock;
-    options.observer = &observer;
-    options.max_queue_delay = absl::Hours(1);
-    options.wait_only_for_announced = false;  // so the two texts wait in the queue
-  });
+  auto engine = MakeWaitingEngine(&clock, &observer);
   ASSERT_NE(engine, nullptr);
   auto flag = std::make_shared<CancellationFlag>();
   EmbedOptions options;
@@ -936,12 +943,7 @@ TEST(EmbeddingEngineObserverTest, QueueDepthFallsWhenQueuedItemsAreDropped) {
 TEST(EmbeddingEngineCancelTest, DropDeadItemsAnswersCancelledQueuedRequestsAtOnce) {
   FakeClock clock(absl::Now());
   RecordingObserver observer;
-  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
-    options.clock = &clock;
-    options.observer = &observer;
-    options.max_queue_delay = absl::Hours(1);
-    options.wait_only_for_announced = false;
-  });
+  auto engine = MakeWaitingEngine(&clock, &observer);
   ASSERT_NE(engine, nullptr);
   auto flag = std::make_shared<CancellationFlag>();
   EmbedOptions cancellable;
