@@ -6,6 +6,11 @@
 //     Shutdown() drains; items/s covers the whole round trip.
 //   BM_ScheduleRefused: the fail-fast path of a full queue (RESOURCE_EXHAUSTED with a
 //     RetryInfo payload), which overload makes hot.
+//   BM_CancelQueued/<queued items>/<0: one by one, 1: all at once>: the calls of a
+//     full queue (one item each, behind a busy worker) are cancelled, and each
+//     cancellation calls DropDead(), as every call's OnCancel() does; one by one is a
+//     client giving up on its calls in turn, all at once a client that disconnects.
+//     ns_per_cancel is what one cancellation costs, its drop callback included.
 //   BM_TimedWait/<wait us>/<0: RealClock, 1: absl::CondVar>: how late a timed wait
 //     returns after its deadline (overshoot_us). RealClock waits on the monotonic
 //     clock through its helper thread; absl::CondVar's own wait (on CLOCK_REALTIME,
@@ -31,8 +36,12 @@ namespace {
 
 struct BenchItem {
   int value = 0;
+  // The call's cancellation flag, as a server call's; none in most benchmarks.
+  const std::atomic<bool>* cancel = nullptr;
   absl::Time deadline() const { return absl::InfiniteFuture(); }
-  bool cancelled() const { return false; }
+  bool cancelled() const {
+    return cancel != nullptr && cancel->load(std::memory_order_acquire);
+  }
 };
 
 void BM_ScheduleAndProcess(benchmark::State& state) {
@@ -118,6 +127,58 @@ void BM_ScheduleRefused(benchmark::State& state) {
   (*batcher)->Shutdown();
 }
 BENCHMARK(BM_ScheduleRefused);
+
+void BM_CancelQueued(benchmark::State& state) {
+  const int queued = static_cast<int>(state.range(0));
+  const bool all_at_once = state.range(1) == 1;
+  DynamicBatcherOptions options;
+  options.name = "bench";
+  options.max_batch_size = queued;
+  options.max_queue_size = queued;
+  options.max_queue_delay = absl::Hours(1);
+  absl::Notification release;
+  int64_t dropped = 0;  // only DropDead() callers (this thread) drop here
+  auto batcher = DynamicBatcher<BenchItem>::Create(
+      options, [&](Batch<BenchItem>) { release.WaitForNotification(); },
+      [&](BenchItem, absl::Status) { ++dropped; });
+  if (!batcher.ok()) {
+    state.SkipWithError(std::string(batcher.status().message()).c_str());
+    return;
+  }
+  // A full batch keeps the one worker busy until released: the queue stays as filled.
+  std::vector<BenchItem> items(static_cast<size_t>(queued));
+  (*batcher)->Schedule(&items).IgnoreError();
+  while ((*batcher)->NumQueuedItems() != 0) std::this_thread::yield();
+  std::vector<std::atomic<bool>> flags(static_cast<size_t>(queued));
+  for (auto _ : state) {
+    state.PauseTiming();
+    for (int i = 0; i < queued; ++i) {
+      flags[i].store(false);
+      std::vector<BenchItem> one(1);
+      one[0].cancel = &flags[i];
+      if (!(*batcher)->Schedule(&one).ok()) state.SkipWithError("refused");
+    }
+    state.ResumeTiming();
+    if (all_at_once) {
+      for (std::atomic<bool>& flag : flags) flag.store(true, std::memory_order_release);
+    }
+    for (int i = 0; i < queued; ++i) {
+      if (!all_at_once) flags[i].store(true, std::memory_order_release);
+      (*batcher)->DropDead();
+    }
+  }
+  if (dropped != state.iterations() * queued) state.SkipWithError("items were lost");
+  release.Notify();
+  (*batcher)->Shutdown();
+  state.counters["ns_per_cancel"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * queued),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_CancelQueued)
+    ->ArgNames({"queued", "all_at_once"})
+    ->Args({64, 0})
+    ->Args({1024, 0})
+    ->Args({1024, 1});
 
 void BM_TimedWait(benchmark::State& state) {
   const absl::Duration wait = absl::Microseconds(state.range(0));

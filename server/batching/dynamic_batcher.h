@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -166,7 +167,8 @@ absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
 template <typename Item>
 class DynamicBatcher {
  public:
-  static_assert(std::is_move_constructible_v<Item>, "items are moved into batches");
+  static_assert(std::is_move_constructible_v<Item> && std::is_move_assignable_v<Item>,
+                "items are moved into batches and within the queue");
 
   using Options = DynamicBatcherOptions;
   // Runs one batch (takes ownership of it). Blocking is fine: it is the worker's job.
@@ -343,7 +345,7 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
     const absl::Time now = clock_->Now();
     // Items that are dead already (their call was cancelled while they were being
     // preprocessed, maybe after a DropDead()) are answered, never queued.
-    std::vector<std::optional<DropReason>> dead(count);
+    absl::InlinedVector<std::optional<DropReason>, 16> dead(count);
     size_t live = 0;
     for (size_t i = 0; i < count; ++i) {
       dead[i] = DeadReason((*items)[i], now);
@@ -507,21 +509,21 @@ void DynamicBatcher<Item>::FormBatchLocked(Batch<Item>* batch,
 template <typename Item>
 void DynamicBatcher<Item>::DropDeadLocked(std::vector<Dropped>* dropped) {
   const absl::Time now = clock_->Now();
-  // A queue full of live items (overload) is left as it is, not rebuilt.
-  if (std::none_of(queue_.begin(), queue_.end(), [now](const Entry& entry) {
-        return DeadReason(entry.item, now).has_value();
-      })) {
-    return;
-  }
-  std::deque<Entry> live;
-  for (Entry& entry : queue_) {
-    if (std::optional<DropReason> reason = DeadReason(entry.item, now)) {
-      dropped->push_back(Dropped{std::move(entry.item), *reason});
+  // Compacted in place: the live items move forward over the dead ones, and nothing
+  // before the first dead item is touched (a queue of live items is left as it is).
+  auto dead_reason = [now](const Entry& entry) { return DeadReason(entry.item, now); };
+  auto out = std::find_if(queue_.begin(), queue_.end(), [&](const Entry& entry) {
+    return dead_reason(entry).has_value();
+  });
+  for (auto it = out; it != queue_.end(); ++it) {
+    if (std::optional<DropReason> reason = dead_reason(*it)) {
+      dropped->push_back(Dropped{std::move(it->item), *reason});
     } else {
-      live.push_back(std::move(entry));
+      *out = std::move(*it);
+      ++out;
     }
   }
-  queue_ = std::move(live);
+  queue_.erase(out, queue_.end());
 }
 
 template <typename Item>

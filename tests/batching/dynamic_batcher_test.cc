@@ -499,7 +499,7 @@ TEST_F(DynamicBatcherTest, AFullQueueDropsItsDeadItemsToMakeRoom) {
 
 TEST_F(DynamicBatcherTest, DropDeadAnswersDeadItemsAnywhereInTheQueueAtOnce) {
   auto batcher = Make(Options(10, absl::Hours(1)));
-  std::vector<TestItem> items = Items({0, 1, 2, 3, 4});
+  std::vector<TestItem> items = Items({0, 1, 2, 3, 4, 5});
   items[4].deadline_ = clock_.Now() + absl::Seconds(1);
   std::shared_ptr<std::atomic<bool>> cancel_1 = items[1].cancel;
   std::shared_ptr<std::atomic<bool>> cancel_3 = items[3].cancel;
@@ -507,7 +507,7 @@ TEST_F(DynamicBatcherTest, DropDeadAnswersDeadItemsAnywhereInTheQueueAtOnce) {
   // Nothing dead yet: the queue is left as it is.
   batcher->DropDead();
   EXPECT_THAT(recorder_.drops(), IsEmpty());
-  EXPECT_EQ(batcher->NumQueuedItems(), 5);
+  EXPECT_EQ(batcher->NumQueuedItems(), 6);
 
   // Items 1 and 3 are cancelled and item 4 expires while the partial batch waits out
   // its hour: they are answered before DropDead() returns, not an hour later.
@@ -519,13 +519,14 @@ TEST_F(DynamicBatcherTest, DropDeadAnswersDeadItemsAnywhereInTheQueueAtOnce) {
               ElementsAre(IsDrop(1, absl::StatusCode::kCancelled),
                           IsDrop(3, absl::StatusCode::kCancelled),
                           IsDrop(4, absl::StatusCode::kDeadlineExceeded)));
-  EXPECT_EQ(batcher->NumQueuedItems(), 2);
+  EXPECT_EQ(batcher->NumQueuedItems(), 3);
   EXPECT_EQ(recorder_.num_batches(), 0u);
 
-  // The live ones keep their place and their enqueue time.
+  // The live ones, before, between and after the dead ones, keep their order and
+  // their enqueue time.
   clock_.AdvanceTime(absl::Hours(1) - absl::Seconds(1));
   ASSERT_TRUE(recorder_.WaitFor(1, 3));
-  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 2)));
+  EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(0, 2, 5)));
 }
 
 // A call cancelled while its items were being prepared (maybe after its DropDead())
