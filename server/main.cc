@@ -108,7 +108,8 @@ ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
 ABSL_FLAG(int32_t, max_text_bytes, 16384, "Longest text accepted, in UTF-8 bytes.");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes. A unary call whose response "
-          "would be larger fails with RESOURCE_EXHAUSTED giving its size.");
+          "would be larger fails with RESOURCE_EXHAUSTED giving its size. At least the "
+          "largest one-item response of the model (checked after the load).");
 ABSL_FLAG(double, max_request_memory_mb, 256,
           "Most MiB of requests held by calls in flight; a call past it is refused at "
           "once with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; "
@@ -564,6 +565,14 @@ absl::Status Run() {
   // every callback first.
   CachingEngine cached_engine(engine.get(), cache_options);
 
+  // Known only now that the model is: the embedding width sets the smallest answer.
+  if (const int64_t one_item = LargestOneItemResponseBytes(engine->description());
+      absl::GetFlag(FLAGS_max_message_bytes) < one_item) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_message_bytes (", absl::GetFlag(FLAGS_max_message_bytes),
+                     ") is less than a one-item response of this model takes (", one_item,
+                     " bytes): no call could be answered"));
+  }
   ClipServiceOptions service_options;
   service_options.limits = limits;
   service_options.authenticator = authenticator;

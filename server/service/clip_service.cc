@@ -883,7 +883,54 @@ class FinishedStream final
   void OnDone() override { delete this; }
 };
 
+// GetModelInfo's answer.
+void DescribeModel(const ModelDescription& d, v1::ModelInfo* out) {
+  out->set_name(d.name);
+  v1::VisionTowerInfo* vision = out->mutable_vision();
+  vision->set_architecture(d.vision_architecture);
+  vision->set_width(d.vision_width);
+  vision->set_layers(d.vision_layers);
+  vision->set_patch_size(d.vision_patch_size);
+  vision->set_heads(d.vision_heads);
+  for (const int blocks : d.vision_stage_layers) vision->add_stage_layers(blocks);
+  v1::TextTowerInfo* text = out->mutable_text();
+  text->set_architecture(d.text_architecture);
+  text->set_width(d.text_width);
+  text->set_layers(d.text_layers);
+  text->set_heads(d.text_heads);
+  out->set_embed_dim(d.embed_dim);
+  out->set_image_size(d.image_size);
+  out->mutable_image_mean()->Add(d.image_mean.begin(), d.image_mean.end());
+  out->mutable_image_std()->Add(d.image_std.begin(), d.image_std.end());
+  out->set_context_length(d.context_length);
+  out->set_vocab_size(d.vocab_size);
+  out->set_logit_scale(d.logit_scale);
+  out->set_precision(d.precision);
+  out->set_device(d.device);
+  out->set_checkpoint_format(d.checkpoint_format);
+  out->set_checkpoint_sha256(d.checkpoint_sha256);
+  out->set_random_weights(d.random_weights);
+}
+
 }  // namespace
+
+int64_t LargestOneItemResponseBytes(const ModelDescription& d) {
+  v1::ModelInfo info;
+  DescribeModel(d, &info);
+  v1::EmbedTextResponse text;
+  text.add_embeddings()->mutable_values()->Resize(d.embed_dim, 1.0f);
+  text.set_dim(static_cast<uint32_t>(d.embed_dim));
+  text.set_model(d.name);
+  text.add_truncated(true);
+  text.add_num_tokens(static_cast<uint32_t>(d.context_length));
+  v1::EmbedStreamResponse stream;
+  stream.set_id(std::string(kMaxStreamIdBytes, 'x'));
+  stream.mutable_embedding()->mutable_values()->Resize(d.embed_dim, 1.0f);
+  stream.set_truncated(true);
+  stream.set_num_tokens(static_cast<uint32_t>(d.context_length));
+  return static_cast<int64_t>(
+      std::max({info.ByteSizeLong(), text.ByteSizeLong(), stream.ByteSizeLong()}));
+}
 
 // ---------------------------------------------------------------------------
 // ClipService
@@ -942,6 +989,13 @@ absl::StatusOr<std::unique_ptr<ClipService>> ClipService::Create(
         "the engine describes embed_dim=", description.embed_dim, " context_length=",
         description.context_length, " logit_scale=", description.logit_scale,
         "; each must be positive (and the scale finite)"));
+  }
+  if (const int64_t needed = LargestOneItemResponseBytes(description);
+      options.max_response_bytes > 0 && options.max_response_bytes < needed) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_response_bytes (", options.max_response_bytes,
+        ") is less than a one-item response of this model takes (", needed, " bytes, ",
+        description.embed_dim, "-wide embeddings): no call could be answered"));
   }
   return std::unique_ptr<ClipService>(new ClipService(engine, options));
 }
@@ -1329,32 +1383,7 @@ grpc::ServerUnaryReactor* ClipService::GetModelInfo(
   RpcRecorder::Call record =
       recorder_.Start("GetModelInfo", context->peer(), RpcRecorder::Kind::kUnary,
                       AssignRequestId(context));
-  const ModelDescription& d = engine_->description();
-  response->set_name(d.name);
-  v1::VisionTowerInfo* vision = response->mutable_vision();
-  vision->set_architecture(d.vision_architecture);
-  vision->set_width(d.vision_width);
-  vision->set_layers(d.vision_layers);
-  vision->set_patch_size(d.vision_patch_size);
-  vision->set_heads(d.vision_heads);
-  for (const int blocks : d.vision_stage_layers) vision->add_stage_layers(blocks);
-  v1::TextTowerInfo* text = response->mutable_text();
-  text->set_architecture(d.text_architecture);
-  text->set_width(d.text_width);
-  text->set_layers(d.text_layers);
-  text->set_heads(d.text_heads);
-  response->set_embed_dim(d.embed_dim);
-  response->set_image_size(d.image_size);
-  response->mutable_image_mean()->Add(d.image_mean.begin(), d.image_mean.end());
-  response->mutable_image_std()->Add(d.image_std.begin(), d.image_std.end());
-  response->set_context_length(d.context_length);
-  response->set_vocab_size(d.vocab_size);
-  response->set_logit_scale(d.logit_scale);
-  response->set_precision(d.precision);
-  response->set_device(d.device);
-  response->set_checkpoint_format(d.checkpoint_format);
-  response->set_checkpoint_sha256(d.checkpoint_sha256);
-  response->set_random_weights(d.random_weights);
+  DescribeModel(engine_->description(), response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   recorder_.End(record, absl::OkStatus());
   reactor->Finish(grpc::Status::OK);

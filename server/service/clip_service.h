@@ -64,7 +64,9 @@ struct ClipServiceOptions {
   // from --max_message_bytes). A unary response over it ends RESOURCE_EXHAUSTED with
   // its size, counted as such, instead of failing inside gRPC after the call was
   // counted OK. 0 (the default): not checked here. EmbedStream's responses, one item
-  // each, are not checked.
+  // each, are not checked: Create() refuses a limit below the largest one-item
+  // response of the engine's model (a 256-byte stream id and an embedding), so they
+  // always fit.
   int64_t max_response_bytes = 0;
   // When set, every ClipService call must carry "authorization: Bearer <token>"
   // metadata with a token it accepts, or it ends UNAUTHENTICATED before anything of it
@@ -86,6 +88,12 @@ struct ClipServiceOptions {
   // Time source for call durations; not owned. nullptr means RealClock::Get().
   Clock* clock = nullptr;
 };
+
+// The largest of the responses that answer one item with the model `d` describes:
+// GetModelInfo's, a one-text EmbedText's and an EmbedStream item's with the longest id
+// (kMaxStreamIdBytes). ClipService::Create() refuses a max_response_bytes below it,
+// since such a server could answer nothing. Thread-safe.
+int64_t LargestOneItemResponseBytes(const ModelDescription& d);
 
 // The generated service with every method on gRPC's callback API. The methods whose
 // requests hold `string` fields receive the request's bytes and parse them themselves
@@ -136,7 +144,8 @@ class ClipService final : public ClipServiceBase {
   // INVALID_ARGUMENT for a null engine or options out of range (limits not positive,
   // max_stream_items_in_flight or max_classify_prompts < 1, label_cache_capacity or
   // max_request_memory_bytes, max_request_memory_per_client_bytes or
-  // max_response_bytes < 0);
+  // max_response_bytes < 0), or a max_response_bytes below the largest response that
+  // answers one item (GetModelInfo, one text, or one stream item with the longest id);
   // FAILED_PRECONDITION when the engine describes no embedding width or context
   // length, or no finite positive logit scale.
   static absl::StatusOr<std::unique_ptr<ClipService>> Create(

@@ -169,6 +169,18 @@ class SignalTest(unittest.TestCase):
             # by parallel tests, "under 4 s" failed.)
             self.assertNotIn("loading model", result.stderr, flags)
 
+    def test_a_message_limit_no_answer_fits_in_fails_after_the_load(self):
+        # The demo ViT-B-32's 512-wide embeddings take 2 KiB and more in one response.
+        result = subprocess.run([ARGS.server, "--model=demo:ViT-B-32", "--port=0",
+                                 "--metrics_host=127.0.0.1", "--metrics_port=0",
+                                 "--max_message_bytes=1000"],
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertRegex(result.stderr, r"clip_server failed: INVALID_ARGUMENT: "
+                         r"--max_message_bytes \(1000\) is less than a one-item response "
+                         r"of this model takes \(\d+ bytes\)")
+        self.assertNotIn("serving on", result.stderr)
+
     def test_a_device_this_build_cannot_use_fails_before_the_model_load(self):
         # No machine here has 64 GPUs; a build without CUDA (CI's) has none at all.
         result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--device=cuda:63",

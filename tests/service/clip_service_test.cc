@@ -331,6 +331,16 @@ TEST(ClipServiceCreateTest, RejectsBadArguments) {
   options.max_response_bytes = -1;
   EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // A limit no one-item answer fits in: the longest stream id with an embedding.
+  const int64_t one_item = LargestOneItemResponseBytes(FakeEngine::DefaultDescription());
+  EXPECT_GT(one_item, kMaxStreamIdBytes + 4 * FakeEngine::DefaultDescription().embed_dim);
+  options.max_response_bytes = one_item - 1;
+  const absl::Status too_small = ClipService::Create(&engine, options).status();
+  EXPECT_EQ(too_small.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(too_small.message(),
+              HasSubstr(absl::StrCat("max_response_bytes (", one_item - 1, ")")));
+  options.max_response_bytes = one_item;
+  EXPECT_TRUE(ClipService::Create(&engine, options).ok());
   options = {};
   options.max_request_memory_bytes = -1;
   EXPECT_EQ(ClipService::Create(&engine, options).status().code(),
@@ -483,8 +493,8 @@ TEST_F(ClipServiceTest, ResponsesOverTheLargestMessageAreResourceExhausted) {
     }
     return request;
   };
-  // The sizes without a limit (the default): 1 and 16 items.
-  constexpr int kMany = 16;
+  // The sizes without a limit (the default): 1 and 64 items.
+  constexpr int kMany = 64;
   v1::EmbedImageResponse image_responses[2];
   v1::EmbedTextResponse text_responses[2];
   v1::TokenizeResponse token_responses[2];
@@ -504,6 +514,10 @@ TEST_F(ClipServiceTest, ResponsesOverTheLargestMessageAreResourceExhausted) {
       &similarity_responses[1]};
   size_t limit = 0;
   for (const auto* one : ones) limit = std::max(limit, one->ByteSizeLong());
+  // No server may send less than its largest one-item response.
+  limit = std::max(
+      limit,
+      static_cast<size_t>(LargestOneItemResponseBytes(FakeEngine::DefaultDescription())));
   for (const auto* many : manys) ASSERT_GT(many->ByteSizeLong(), limit);
 
   ClipServiceOptions options;
