@@ -756,6 +756,9 @@ class EmbedStreamCall final
       invalid = InvalidArgumentForField(
           "id", absl::StrCat("id of ", item_id->size(), " bytes is over the limit of ",
                              kMaxStreamIdBytes, " bytes"));
+      // Not echoed: an error as large as the id could pass the send limit, and a
+      // response gRPC refuses to send ends the whole stream.
+      item_id->clear();
     }
     // The item's bytes count against the budget until the engine has answered it
     // (the reservation travels in the engine's callback). An invalid item fails with

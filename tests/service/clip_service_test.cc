@@ -1646,7 +1646,6 @@ TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemse
   v1::EmbedStreamRequest no_input;
   no_input.set_id("no-input");
   items.push_back(no_input);
-  items.push_back(TextItem(std::string(257, 'i'), "id too long"));
   items.push_back(ImageItem("undecodable", Encoded("undecodable bytes")));
   v1::EmbedStreamRequest raw_values = TextItem("unnormalized", "raw please");
   raw_values.set_normalize(false);
@@ -1694,13 +1693,8 @@ TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemse
   expect_embedding("raw-ok", FakeImage(Raw(1, 2, 'r')));
 
   const std::map<std::string, std::string> bad = {
-      {"raw-bad", "image"},
-      {"utf8-bad", "text"},
-      {"no-input", "input"},
-      {std::string(257, 'i'), "id"},
-      {"undecodable", "image"},
-      {"no-truncate", "text"},
-      {"", "id"},
+      {"raw-bad", "image"},     {"utf8-bad", "text"},    {"no-input", "input"},
+      {"undecodable", "image"}, {"no-truncate", "text"}, {"", "id"},
   };
   for (const auto& [id, field] : bad) {
     SCOPED_TRACE(id);
@@ -1713,6 +1707,32 @@ TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemse
   }
   // Only the items that passed validation reached the engine, one request each.
   EXPECT_EQ(engine_->calls().size(), 7u);
+}
+
+// An id over the limit is not echoed: the error would be as large as the id, and a
+// response over the send limit would end the whole stream.
+TEST_F(ClipServiceTest, EmbedStreamDoesNotEchoAnIdOverTheLimit) {
+  for (const size_t length :
+       {static_cast<size_t>(kMaxStreamIdBytes) + 1, static_cast<size_t>(1 << 20)}) {
+    SCOPED_TRACE(length);
+    auto context = Context();
+    auto stream = stub_->EmbedStream(context.get());
+    ASSERT_TRUE(stream->Write(TextItem(std::string(length, 'i'), "id too long")));
+    ASSERT_TRUE(stream->Write(TextItem("after", "a dog")));
+    ASSERT_TRUE(stream->WritesDone());
+    std::map<std::string, v1::EmbedStreamResponse> answers;
+    v1::EmbedStreamResponse response;
+    while (stream->Read(&response)) answers[response.id()] = response;
+    const grpc::Status status = stream->Finish();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(answers.size(), 2u);
+    ASSERT_TRUE(answers[""].has_error());
+    EXPECT_EQ(BadField(answers[""].error()), "id");
+    EXPECT_EQ(answers[""].error().message(),
+              absl::StrCat("id: id of ", length, " bytes is over the limit of ",
+                           kMaxStreamIdBytes, " bytes"));
+    EXPECT_TRUE(answers["after"].has_embedding());
+  }
 }
 
 TEST_F(ClipServiceTest, EmbedStreamKeepsAtMostTheLimitInFlight) {
