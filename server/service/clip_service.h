@@ -32,9 +32,10 @@ struct ClipServiceOptions {
   // is held back by gRPC's own flow control. 64 items keep a few engine batches' worth
   // queued per stream without buffering unboundedly.
   int max_stream_items_in_flight = 64;
-  // Classify: (label, templates) embeddings remembered, in entries. 4096 entries of a
-  // 512-wide model take 8 MiB (16 MiB at 1024 wide) and hold a few hundred label sets;
-  // 0 disables the cache.
+  // Classify: (label, templates) embeddings remembered, in entries. Keys are 32-byte
+  // digests, so 4096 entries of a 512-wide model take about 8 MiB (16 MiB at 1024
+  // wide) whatever labels and templates clients send, and hold a few hundred label
+  // sets; 0 disables the cache.
   int label_cache_capacity = 4096;
   // Classify: labels x templates, the prompts one request may need embedded. Each is
   // one text in the engine's queue, and a request larger than that queue could never

@@ -1,20 +1,21 @@
 #include "server/service/label_embedding_cache.h"
 
-#include "absl/strings/str_cat.h"
+#include "server/engine/embedding_cache.h"
 
 namespace clipserve {
 
 std::string LabelEmbeddingCache::TemplatesKey(absl::Span<const std::string> templates) {
-  // Length-prefixed pieces cannot run into one another, whatever bytes they hold.
-  std::string key = absl::StrCat(templates.size(), "|");
-  for (const std::string& piece : templates)
-    absl::StrAppend(&key, piece.size(), ":", piece);
-  return key;
+  // Length-prefixed fields (EmbeddingCacheKey) cannot run into one another, whatever
+  // bytes they hold.
+  EmbeddingCacheKey key;
+  key.Add("classify templates").Add(static_cast<int64_t>(templates.size()));
+  for (const std::string& piece : templates) key.Add(piece);
+  return key.Finish();
 }
 
 std::string LabelEmbeddingCache::Key(absl::string_view templates_key,
                                      absl::string_view label) {
-  return absl::StrCat(templates_key, label.size(), ":", label);
+  return EmbeddingCacheKey().Add(templates_key).Add(label).Finish();
 }
 
 }  // namespace clipserve

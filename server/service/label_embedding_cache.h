@@ -32,10 +32,12 @@ class LabelEmbeddingCache {
 
   explicit LabelEmbeddingCache(size_t capacity) : lru_(capacity, &OneEntry) {}
 
-  // The part of a key shared by every label of one request: an unambiguous encoding
-  // of the template list (order and repeats matter, as they do for the mean).
+  // The part of a key shared by every label of one request: a SHA-256 digest of the
+  // template list (order and repeats matter, as they do for the mean), 32 bytes
+  // however long the client's templates are.
   static std::string TemplatesKey(absl::Span<const std::string> templates);
-  // The key of `label` under templates encoded by TemplatesKey().
+  // The key of `label` under templates encoded by TemplatesKey(): a 32-byte digest of
+  // both, so that an entry costs the same whatever text the client sent.
   static std::string Key(absl::string_view templates_key, absl::string_view label);
 
   // The embedding stored under `key`, now the most recently used entry, or nullptr.

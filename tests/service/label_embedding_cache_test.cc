@@ -26,6 +26,15 @@ TEST(LabelEmbeddingCacheTest, KeysDoNotCollide) {
             LabelEmbeddingCache::TemplatesKey({"b", "a"}));
 }
 
+// Entries are counted, not sized: a key must not grow with what the client sent.
+TEST(LabelEmbeddingCacheTest, KeysAreDigestsWhateverTheTextsLength) {
+  const std::vector<std::string> templates(256, std::string(16384, 't'));
+  const std::string templates_key = LabelEmbeddingCache::TemplatesKey(templates);
+  EXPECT_EQ(templates_key.size(), 32u);
+  EXPECT_EQ(LabelEmbeddingCache::Key(templates_key, std::string(16384, 'l')).size(), 32u);
+  EXPECT_EQ(LabelEmbeddingCache::TemplatesKey({}).size(), 32u);
+}
+
 TEST(LabelEmbeddingCacheTest, EvictsTheLeastRecentlyUsed) {
   LabelEmbeddingCache cache(2);
   cache.Insert("a", Value(1));
