@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "glog/logging.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpcpp/support/error_details.h"
@@ -267,6 +268,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   // once through engine()->DropDeadItems().
   void CancelEngineWork() { cancellation_->Cancel(); }
   Engine* engine() const { return engine_; }
+  int64_t max_response_bytes() const { return max_response_bytes_; }
 
  private:
   const absl::Time deadline_;
@@ -470,7 +472,45 @@ class ClassifyCall final : public JoinedCall {
 
   static constexpr absl::string_view kPromptsField = "label_prompts";
 
+  // RESOURCE_EXHAUSTED, before any model work, when even the smallest response this
+  // request could get (each image's top_k shortest labels, their scores zero) is over
+  // the largest message the server sends: Classify's responses grow with the labels'
+  // text, images x top_k copies of it, which a small request can make large.
+  absl::Status CheckResponseCanFit() const {
+    const int64_t limit = max_response_bytes();
+    if (limit <= 0) return absl::OkStatus();
+    std::vector<size_t> score_bytes;
+    score_bytes.reserve(static_cast<size_t>(request.labels_size()));
+    v1::LabelScore score;
+    for (int label = 0; label < request.labels_size(); ++label) {
+      score.set_label(request.labels(label));
+      score.set_index(label);
+      score_bytes.push_back(RepeatedFieldBytes(score.ByteSizeLong()));
+    }
+    std::partial_sort(score_bytes.begin(), score_bytes.begin() + top_k,
+                      score_bytes.end());
+    const size_t row =
+        std::accumulate(score_bytes.begin(), score_bytes.begin() + top_k, size_t{0});
+    const size_t least =
+        static_cast<size_t>(request.images_size()) * RepeatedFieldBytes(row);
+    if (least <= static_cast<size_t>(limit)) return absl::OkStatus();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the response would be at least ", least, " bytes (",
+                     request.images_size(), " images x top_k ", top_k,
+                     " labels), over the largest message this server "
+                     "sends (",
+                     limit,
+                     " bytes): ask for fewer images, shorter labels or a smaller "
+                     "top_k per call"));
+  }
+
  private:
+  // What an element of `bytes` takes in a repeated message field numbered below 16:
+  // its tag, its length and itself.
+  static size_t RepeatedFieldBytes(size_t bytes) {
+    return 1 + google::protobuf::io::CodedOutputStream::VarintSize64(bytes) + bytes;
+  }
+
   // Averages each missing label's prompt rows, normalizes, stores and caches them.
   absl::Status StoreLabelEmbeddings(const EmbedResult& prompts) {
     for (size_t j = 0; j < missing_labels.size(); ++j) {
@@ -500,6 +540,11 @@ class ClassifyCall final : public JoinedCall {
         ScaledLogits(image_rows, label_rows, dim_, scale);
     if (!logits.ok()) return absl::InternalError(logits.status().message());
     const std::vector<float> probs = RowSoftmax(*logits, num_images, num_labels);
+    // Built one image at a time and measured before it joins the response: one over
+    // the limit is refused with its exact size, never held whole.
+    const int64_t limit = max_response_bytes();
+    size_t size = 0;
+    v1::Classification result;
     std::vector<int> order(num_labels);
     for (int i = 0; i < num_images; ++i) {
       const float* row_logits = logits->data() + static_cast<size_t>(i) * num_labels;
@@ -512,15 +557,23 @@ class ClassifyCall final : public JoinedCall {
                           return row_logits[a] > row_logits[b] ||
                                  (row_logits[a] == row_logits[b] && a < b);
                         });
-      v1::Classification* result = response_.add_results();
+      result.Clear();
       for (int r = 0; r < top_k; ++r) {
         const int label = order[r];
-        v1::LabelScore* score = result->add_labels();
+        v1::LabelScore* score = result.add_labels();
         score->set_label(request.labels(label));
         score->set_index(label);
         score->set_probability(row_probs[label]);
         score->set_logit(row_logits[label]);
       }
+      size += RepeatedFieldBytes(result.ByteSizeLong());
+      if (limit <= 0 || size <= static_cast<size_t>(limit)) {
+        response_.add_results()->Swap(&result);
+      }
+    }
+    if (limit > 0 && size > static_cast<size_t>(limit)) {
+      response_.Clear();
+      return ResponseTooLargeError(size, limit);
     }
     return absl::OkStatus();
   }
@@ -1284,6 +1337,10 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
 
   const int num_labels = request->labels_size();
   call->top_k = ResolveTopK(request->top_k(), num_labels);
+  if (absl::Status fits = call->CheckResponseCanFit(); !fits.ok()) {
+    call->FinishWith(std::move(fits));
+    return call;
+  }
   call->num_templates = static_cast<int>(templates->size());
   call->templates_key = LabelEmbeddingCache::TemplatesKey(*templates);
   call->label_rows.resize(static_cast<size_t>(num_labels) * dim);

@@ -61,6 +61,10 @@ absl::Status CheckResponseSize(const google::protobuf::Message& message,
   if (max_bytes <= 0 || size <= static_cast<uint64_t>(max_bytes)) {
     return absl::OkStatus();
   }
+  return ResponseTooLargeError(size, max_bytes);
+}
+
+absl::Status ResponseTooLargeError(size_t size, int64_t max_bytes) {
   return absl::ResourceExhaustedError(absl::StrCat(
       "the response is ", size, " bytes, over the largest message this server sends (",
       max_bytes, " bytes): ask for fewer items per call"));

@@ -40,6 +40,9 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
 absl::Status CheckResponseSize(const google::protobuf::Message& message,
                                int64_t max_bytes);
 
+// CheckResponseSize()'s error for a response of `size` bytes over `max_bytes`.
+absl::Status ResponseTooLargeError(size_t size, int64_t max_bytes);
+
 // Serializes `message` into `out` (replacing its contents). INTERNAL if serialization
 // fails.
 absl::Status SerializeResponse(const google::protobuf::Message& message,

@@ -1471,6 +1471,52 @@ TEST_F(ClipServiceTest, ClassifyTopKDefaultsToFiveAndIsClampedToTheLabels) {
   EXPECT_EQ(response.results(0).labels_size(), 3);
 }
 
+// Classify copies a label's text into every image's top_k scores, so a small request
+// can ask for a response far over the send limit.
+TEST_F(ClipServiceTest, ClassifyResponsesOverTheLargestMessageAreResourceExhausted) {
+  const std::vector<v1::Image> images(4, Raw(1, 1, 'c'));
+  const std::vector<std::string> labels = {"first cat", "second dog", "third car",
+                                           "fourth bus"};
+  const v1::ClassifyRequest request = ClassifyRequest(images, labels, {}, 4);
+  v1::ClassifyResponse unlimited;
+  ASSERT_TRUE(Classify(request, &unlimited).ok());
+  const int64_t size = static_cast<int64_t>(unlimited.ByteSizeLong());
+  ASSERT_GE(size - 1, LargestOneItemResponseBytes(FakeEngine::DefaultDescription()));
+
+  ClipServiceOptions options;
+  options.max_response_bytes = size;
+  Restart(options);
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(Classify(request, &response).ok());
+  EXPECT_EQ(response.ByteSizeLong(), unlimited.ByteSizeLong());
+
+  // One byte less: the model ran (the scores decide the size), and the response is
+  // refused with its exact size.
+  options.max_response_bytes = size - 1;
+  Restart(options);
+  grpc::Status status = Classify(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(status.error_message(),
+            absl::StrCat("the response is ", size,
+                         " bytes, over the largest message this server sends (", size - 1,
+                         " bytes): ask for fewer items per call"));
+  EXPECT_EQ(engine_->CountCalls(Kind::kImages), 1);
+
+  // Labels so long that no ranking could fit: refused before any model work.
+  Restart(options);
+  const std::vector<std::string> long_labels = {
+      std::string(100, 'a'), std::string(100, 'b'), std::string(100, 'c'),
+      std::string(100, 'd')};
+  status = Classify(ClassifyRequest(images, long_labels, {}, 4), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(),
+              ::testing::StartsWith("the response would be at least "));
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("(4 images x top_k 4 labels), over the largest message this "
+                        "server sends"));
+  EXPECT_THAT(engine_->calls(), ::testing::IsEmpty());
+}
+
 TEST_F(ClipServiceTest, ClassifyUsesTheDefaultTemplate) {
   v1::ClassifyResponse response;
   ASSERT_TRUE(
