@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -701,7 +702,16 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves CLIP embeddings over gRPC.\n"
       "Usage: clip_server [--model=demo:ViT-B-32|PATH] [--port=50051] [flags]");
-  absl::ParseCommandLine(argc, argv);
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    // Abseil never reads a flag's value from the next word: "--resize_on_device false"
+    // sets the flag and leaves "false" here, and "clip_server model.pt" would serve the
+    // demo model. Both are mistakes to report, not to ignore.
+    std::cerr << "clip_server: unexpected argument '" << positional[1]
+              << "': flags are --name=value (--model=PATH for a checkpoint); see --help"
+              << std::endl;
+    return EXIT_FAILURE;
+  }
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   clipserve::ForwardGrpcLogsToGlog();

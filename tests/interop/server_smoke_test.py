@@ -96,6 +96,18 @@ class UsageTest(unittest.TestCase):
         self.assertRegex(output, r"--max_batch_size \([^)]*\); default: 32;")
 
 
+    def test_a_word_that_is_not_a_flag_is_refused(self):
+        # Abseil leaves such words unread: "--resize_on_device false" would turn the
+        # flag on, and a checkpoint path without --model= would serve the demo model.
+        for args in (["model.pt"], ["--resize_on_device", "false"]):
+            result = subprocess.run([ARGS.server, *args], capture_output=True, text=True,
+                                    timeout=30)
+            self.assertEqual(result.returncode, 1, args)
+            self.assertIn(f"clip_server: unexpected argument '{args[-1]}': flags are "
+                          "--name=value", result.stderr, args)
+            self.assertNotIn("loading model", result.stderr, args)
+
+
 class SignalTest(unittest.TestCase):
     """SIGTERM during start-up, and a second one during the drain, end the process."""
 
