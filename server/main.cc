@@ -87,16 +87,16 @@ ABSL_FLAG(std::string, precision, "auto",
 ABSL_FLAG(int32_t, max_batch_size, 32, "Most items in one model run, per modality.");
 ABSL_FLAG(double, max_queue_delay_ms, 2.0,
           "How long a partial batch waits for company while more items are still being "
-          "preprocessed; with none on their way it runs at once.");
+          "preprocessed; with none on their way it runs at once. 0 to 60000.");
 ABSL_FLAG(int32_t, max_queue_size, 1024,
           "Items waiting per modality before requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int32_t, workers, 0,
-          "Batch workers per modality; 0 picks by device: 1 on the CPU, 2 per GPU "
-          "(each with its own CUDA stream).");
+          "Batch workers per modality, 0 to 64; 0 picks by device: 1 on the CPU, 2 per "
+          "GPU (each with its own CUDA stream).");
 ABSL_FLAG(int32_t, intra_op_threads, 0,
-          "LibTorch threads per model run; 0 = one per CPU core.");
+          "LibTorch threads per model run, 0 to 1024; 0 = one per CPU core.");
 ABSL_FLAG(int32_t, preprocess_threads, 2,
-          "Threads decoding images and tokenizing texts.");
+          "Threads decoding images and tokenizing texts, 1 to 256.");
 ABSL_FLAG(bool, resize_on_device, false,
           "Resize, crop and normalize decoded images on the model's device (the same "
           "bits as on the CPU), so the preprocessing threads only decode. For GPUs.");
@@ -224,6 +224,13 @@ absl::StatusOr<absl::Duration> SecondsFlag(absl::string_view name,
         absl::StrCat("--", name, "=", seconds, " rounds to 0 seconds"));
   }
   return absl::Seconds(seconds);
+}
+
+// INVALID_ARGUMENT naming --`name` unless lo <= its value <= hi.
+absl::Status CheckIntFlag(absl::string_view name, int64_t value, int64_t lo, int64_t hi) {
+  if (value >= lo && value <= hi) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", name, " must be ", lo, " to ", hi, ", got ", value));
 }
 
 std::string ReadProcCpuinfo() {
@@ -465,6 +472,19 @@ absl::Status Run() {
   if (port < 0 || port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port must be 0 to 65535, got ", port));
+  }
+  CLIPSERVE_RETURN_IF_ERROR(
+      CheckIntFlag("metrics_port", absl::GetFlag(FLAGS_metrics_port), -1, 65535));
+  // Thread counts past these are typing mistakes: each thread is a real one.
+  CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag("workers", absl::GetFlag(FLAGS_workers), 0, 64));
+  CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag(
+      "preprocess_threads", absl::GetFlag(FLAGS_preprocess_threads), 1, 256));
+  CLIPSERVE_RETURN_IF_ERROR(
+      CheckIntFlag("intra_op_threads", absl::GetFlag(FLAGS_intra_op_threads), 0, 1024));
+  if (const double delay_ms = absl::GetFlag(FLAGS_max_queue_delay_ms);
+      !(delay_ms >= 0 && delay_ms <= 60'000)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_queue_delay_ms must be 0 to 60000 (a minute), got ", delay_ms));
   }
   if (port != 0 && port == absl::GetFlag(FLAGS_metrics_port)) {
     return absl::InvalidArgumentError(

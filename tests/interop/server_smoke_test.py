@@ -167,7 +167,11 @@ class SignalTest(unittest.TestCase):
                       ["--max_request_memory_per_client_mb=32"],
                       ["--max_request_memory_per_client_mb=512"],
                       ["--max_request_memory_per_client_mb=-1"],
-                      ["--max_message_bytes=0"], ["--precision=fp16"]):
+                      ["--max_message_bytes=0"], ["--precision=fp16"],
+                      ["--max_queue_delay_ms=-1"], ["--max_queue_delay_ms=nan"],
+                      ["--preprocess_threads=0"], ["--preprocess_threads=100000"],
+                      ["--workers=-1"], ["--workers=1000"], ["--intra_op_threads=-1"],
+                      ["--metrics_port=70000"], ["--metrics_port=-2"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
