@@ -111,6 +111,6 @@ USER 10001:10001
 # 50051: gRPC (clipserve.v1 and grpc.health.v1). 9090: Prometheus /metrics and HTTP
 # health (--metrics_port).
 EXPOSE 50051 9090
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \
   CMD ["clip_client", "--target=localhost:50051", "--deadline_ms=2000", "health"]
 ENTRYPOINT ["clip_server", "--host=0.0.0.0", "--port=50051"]

@@ -65,7 +65,8 @@
 #include "server/tokenizer/builtin_vocabulary.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0",
-          "Address to listen on: 0.0.0.0 (all IPv4 interfaces), 127.0.0.1, or [::].");
+          "Address to listen on: 0.0.0.0 or [::] (every interface, IPv4 and IPv6: gRPC "
+          "listens dual-stack on either wildcard), 127.0.0.1, or one address.");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one and logs it.");
 ABSL_FLAG(
     std::string, model, "demo:ViT-B-32",
@@ -169,7 +170,8 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "call must send 'authorization: Bearer <token>' or gets UNAUTHENTICATED; "
           "health checks and reflection need none. Read once at start-up.");
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
-          "Address the HTTP endpoint (/metrics, /healthz, /readyz) listens on.");
+          "Address the HTTP endpoint (/metrics, /healthz, /readyz) listens on. 0.0.0.0 "
+          "is IPv4 only; :: is IPv6 and IPv4 (where the host has IPv6).");
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; 0 picks a free "
           "one and logs it; -1 turns the endpoint off.");
