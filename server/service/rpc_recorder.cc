@@ -55,6 +55,10 @@ void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) c
   if (status.ok() && !slow) return;
   if (!status.ok() && logging == Logging::kQuiet) return;
 
+  const bool error = !status.ok() && IsServerFault(status.code());
+  int64_t suppressed = 0;
+  if (!error && !AdmitWarning(clock_->Now(), &suppressed)) return;
+
   LogFields fields;
   fields.Add("rpc", call.rpc_);
   fields.Add("code", StatusCodeLabel(status.code()));
@@ -68,13 +72,31 @@ void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) c
   fields.Add("peer", call.peer_);
   if (!call.request_id_.empty()) fields.Add("request_id", call.request_id_);
   fields.Add("duration_ms", absl::ToDoubleMilliseconds(elapsed));
+  if (suppressed > 0) fields.Add("suppressed", suppressed);
   if (status.ok()) {
     CLIPSERVE_LOG_FIELDS(WARNING, "slow request", fields);
-  } else if (IsServerFault(status.code())) {
+  } else if (error) {
     CLIPSERVE_LOG_FIELDS(ERROR, "request failed", fields);
   } else {
     CLIPSERVE_LOG_FIELDS(WARNING, "request failed", fields);
   }
+}
+
+bool RpcRecorder::AdmitWarning(absl::Time now, int64_t* suppressed) const {
+  if (options_.max_warning_lines_per_second <= 0) return true;
+  absl::MutexLock lock(&rate_mu_);
+  if (now - window_start_ >= absl::Seconds(1)) {
+    window_start_ = now;
+    window_lines_ = 0;
+  }
+  if (window_lines_ >= options_.max_warning_lines_per_second) {
+    ++suppressed_;
+    return false;
+  }
+  ++window_lines_;
+  *suppressed = suppressed_;
+  suppressed_ = 0;
+  return true;
 }
 
 }  // namespace clipserve

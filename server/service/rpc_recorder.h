@@ -1,10 +1,13 @@
 #ifndef CLIPSERVE_SERVER_SERVICE_RPC_RECORDER_H_
 #define CLIPSERVE_SERVER_SERVICE_RPC_RECORDER_H_
 
+#include <cstdint>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/common/clock.h"
 
@@ -23,6 +26,13 @@ struct RpcRecorderOptions {
   // Longest error message copied into a log line, in bytes; longer ones are cut.
   // Default 512: enough for any message of ours, bounded for a hostile one.
   size_t max_logged_message_bytes = 512;
+  // WARNING lines (failed calls that are not server faults, and slow calls) logged in
+  // one second of the clock at most; the next line after a full second then carries
+  // suppressed=N, the lines left out since the last one. A client sending invalid
+  // requests in a loop would otherwise write a line per call. ERROR lines (server
+  // faults) are never left out. 0: no limit. Every call is counted in the metrics
+  // either way.
+  int max_warning_lines_per_second = 20;
 
   // --- Test-only ---
 
@@ -33,9 +43,10 @@ struct RpcRecorderOptions {
 // The one place where ClipService records how each RPC ended: the request counter by
 // RPC and status code, the duration histogram, the in-flight gauge, and one log line
 // per failed call (RPC, code, message, peer, request id, duration) and per slow
-// successful call.
+// successful call, at a bounded rate (see max_warning_lines_per_second).
 //
-// Thread-safe; Start() and End() never block for long. The recorder must outlive
+// Thread-safe; Start() and End() never block for long (End() of a call that logs
+// takes one mutex for the rate limit). The recorder must outlive
 // every Call it started.
 class RpcRecorder {
  public:
@@ -78,8 +89,16 @@ class RpcRecorder {
            Logging logging = Logging::kDefault) const;
 
  private:
+  // Whether a WARNING line may be logged at `now`; when it may, `*suppressed` is the
+  // number of lines left out since the last one logged.
+  bool AdmitWarning(absl::Time now, int64_t* suppressed) const;
+
   const RpcRecorderOptions options_;
   Clock* const clock_;
+  mutable absl::Mutex rate_mu_;
+  mutable absl::Time window_start_ ABSL_GUARDED_BY(rate_mu_) = absl::InfinitePast();
+  mutable int window_lines_ ABSL_GUARDED_BY(rate_mu_) = 0;
+  mutable int64_t suppressed_ ABSL_GUARDED_BY(rate_mu_) = 0;
 };
 
 }  // namespace clipserve

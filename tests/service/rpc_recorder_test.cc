@@ -117,6 +117,58 @@ TEST_F(RpcRecorderTest, AFailedCallIsLoggedOnceWithItsDetails) {
                                      "duration_ms=12"));
 }
 
+// A client sending bad requests in a loop must not write a line per call: at most
+// max_warning_lines_per_second WARNING lines a second, and the next line says how many
+// were left out. Server faults are always logged; every call is counted.
+TEST_F(RpcRecorderTest, WarningLinesAreRateLimited) {
+  RpcRecorderOptions options = Options();
+  options.max_warning_lines_per_second = 3;
+  RpcRecorder recorder(options);
+  const auto fail = [&](absl::Status status) {
+    RpcRecorder::Call call = recorder.Start("EmbedText", "ipv4:10.0.0.7:5555");
+    recorder.End(call, status);
+  };
+  for (int i = 0; i < 10; ++i) fail(absl::InvalidArgumentError("bad"));
+  fail(absl::InternalError("broken"));
+  auto lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 4u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(lines[i].severity, google::GLOG_WARNING);
+    EXPECT_THAT(lines[i].text, ::testing::Not(HasSubstr("suppressed")));
+  }
+  EXPECT_EQ(lines[3].severity, google::GLOG_ERROR);
+
+  // Within the same second: still left out. A second later: logged, with the count.
+  clock_.AdvanceTime(absl::Milliseconds(999));
+  fail(absl::InvalidArgumentError("bad"));
+  EXPECT_EQ(sink_.lines().size(), 4u);
+  clock_.AdvanceTime(absl::Milliseconds(1));
+  fail(absl::ResourceExhaustedError("full"));
+  lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 5u);
+  EXPECT_THAT(lines[4].fields, ::testing::Contains("suppressed=8"));
+  fail(absl::InvalidArgumentError("bad"));
+  lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_THAT(lines[5].text, ::testing::Not(HasSubstr("suppressed")));
+
+  EXPECT_THAT(FindSample(metrics_.Serialize(),
+                         R"(clipserve_requests_total{code="INVALID_ARGUMENT",)"
+                         R"(rpc="EmbedText"})"),
+              Optional(12.0));
+}
+
+TEST_F(RpcRecorderTest, ZeroLinesPerSecondMeansNoLimit) {
+  RpcRecorderOptions options = Options();
+  options.max_warning_lines_per_second = 0;
+  RpcRecorder recorder(options);
+  for (int i = 0; i < 50; ++i) {
+    RpcRecorder::Call call = recorder.Start("EmbedText", "ipv4:10.0.0.7:5555");
+    recorder.End(call, absl::InvalidArgumentError("bad"));
+  }
+  EXPECT_EQ(sink_.lines().size(), 50u);
+}
+
 TEST_F(RpcRecorderTest, AFailedCallsLineNamesItsRequestId) {
   RpcRecorder recorder(Options());
   RpcRecorder::Call call = recorder.Start("EmbedText", "ipv4:10.0.0.7:5555",
