@@ -492,6 +492,12 @@ absl::Status Run() {
     return absl::InvalidArgumentError(
         absl::StrCat("--port and --metrics_port are both ", port));
   }
+  // Taken or unusable, the port would otherwise be found only after the model load.
+  if (absl::Status can_listen = CheckCanListen(absl::GetFlag(FLAGS_host), port);
+      !can_listen.ok()) {
+    return absl::Status(can_listen.code(),
+                        absl::StrCat("--host and --port: ", can_listen.message()));
+  }
   RequestLimits limits;
   limits.max_items_per_request = absl::GetFlag(FLAGS_max_items_per_request);
   limits.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);

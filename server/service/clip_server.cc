@@ -1,10 +1,19 @@
 #include "server/service/clip_server.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <string>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "glog/logging.h"
@@ -47,6 +56,45 @@ absl::Status ValidateConnectionOptions(const ClipServerOptions& options) {
 }
 
 }  // namespace
+
+absl::Status CheckCanListen(absl::string_view host, int port) {
+  if (port == 0) return absl::OkStatus();
+  const std::string address = absl::StrCat(host, ":", port);
+  // gRPC writes IPv6 addresses in brackets; getaddrinfo() takes them bare.
+  absl::string_view name = host;
+  if (absl::StartsWith(name, "[") && absl::EndsWith(name, "]")) {
+    name = name.substr(1, name.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int error =
+          getaddrinfo(std::string(name).c_str(), service.c_str(), &hints, &found);
+      error != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", address,
+                                                   ": the host does not resolve (",
+                                                   gai_strerror(error), ")"));
+  }
+  absl::Status status;
+  for (const addrinfo* a = found; a != nullptr && status.ok(); a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;  // an address family this host lacks; gRPC skips it too
+    // As gRPC's listeners: a port in TIME_WAIT is free, one with a listener is not.
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      const int error = errno;
+      status = absl::UnavailableError(
+          absl::StrCat("cannot listen on ", address, ": ", std::strerror(error)));
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return status;
+}
 
 absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
     const ClipServerOptions& options,

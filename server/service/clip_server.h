@@ -18,8 +18,9 @@ namespace clipserve {
 
 // Where and how the gRPC server listens.
 struct ClipServerOptions {
-  // Address to bind; "0.0.0.0" listens on every IPv4 interface (what a container
-  // needs), "127.0.0.1" on loopback only, "[::]" on every IPv6 and IPv4 interface.
+  // Address to bind; "0.0.0.0" and "[::]" listen on every interface, IPv4 and IPv6
+  // (gRPC binds either wildcard dual-stack; what a container needs), "127.0.0.1" on
+  // loopback only.
   std::string host = "0.0.0.0";
   // TCP port. 0 lets the kernel pick a free one (tests); read it back with port().
   int port = 50051;
@@ -65,6 +66,14 @@ struct ClipServerOptions {
   // and a message of up to max_receive_message_bytes in transit.
   int max_concurrent_streams = 256;
 };
+
+// Whether a server could listen on `host`:`port` now, checked by binding (and
+// closing) a socket on each address `host` resolves to, as gRPC would: UNAVAILABLE
+// naming the address when one is taken, INVALID_ARGUMENT when `host` does not resolve
+// to any. Port 0 is always OK. Lets a start-up fail before a minutes-long model load
+// rather than after it; the port can still be taken in between, which Create() then
+// reports. Thread-safe.
+absl::Status CheckCanListen(absl::string_view host, int port);
 
 // Hosts clipserve's gRPC services together with the standard grpc.health.v1.Health
 // service and server reflection.

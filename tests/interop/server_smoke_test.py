@@ -9,6 +9,7 @@ import argparse
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -196,6 +197,20 @@ class SignalTest(unittest.TestCase):
                          r"--max_message_bytes \(1000\) is less than a one-item response "
                          r"of this model takes \(\d+ bytes\)")
         self.assertNotIn("serving on", result.stderr)
+
+    def test_a_port_in_use_fails_before_the_model_load(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
+                                     "--host=127.0.0.1", f"--port={port}",
+                                     "--metrics_host=127.0.0.1", "--metrics_port=0"],
+                                    capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(f"clip_server failed: UNAVAILABLE: --host and --port: cannot listen "
+                      f"on 127.0.0.1:{port}: Address already in use", result.stderr)
+        self.assertNotIn("loading model", result.stderr)
 
     def test_a_device_this_build_cannot_use_fails_before_the_model_load(self):
         # No machine here has 64 GPUs; a build without CUDA (CI's) has none at all.

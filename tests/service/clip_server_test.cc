@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "client/clip_client.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
+#include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -117,6 +118,25 @@ TEST(ClipServerTest, PortInUseIsUnavailable) {
   services.push_back(std::make_unique<clipserve::v1::ClipService::CallbackService>());
   auto second = ClipServer::Create(options, std::move(services));
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+}
+
+TEST(ClipServerTest, CheckCanListenFindsATakenPortBeforeAnyServerStarts) {
+  auto first = StartServer();  // listens on 0.0.0.0 (dual-stack) or 127.0.0.1
+  ASSERT_NE(first, nullptr);
+  for (const char* host : {"127.0.0.1", "localhost"}) {
+    SCOPED_TRACE(host);
+    const absl::Status taken = CheckCanListen(host, first->port());
+    EXPECT_EQ(taken.code(), absl::StatusCode::kUnavailable) << taken;
+    EXPECT_THAT(std::string(taken.message()),
+                ::testing::StartsWith(
+                    absl::StrCat("cannot listen on ", host, ":", first->port(), ": ")));
+  }
+  EXPECT_TRUE(CheckCanListen("127.0.0.1", 0).ok());
+  // The port is free again once its server is gone (and its check left nothing bound).
+  const int port = first->port();
+  first.reset();
+  EXPECT_TRUE(CheckCanListen("127.0.0.1", port).ok());
+  EXPECT_TRUE(CheckCanListen("127.0.0.1", port).ok());
 }
 
 // Message size limits are on without any option set: gRPC refuses a larger request
