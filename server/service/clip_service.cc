@@ -1083,16 +1083,22 @@ absl::Status ClipService::Authenticate(const grpc::CallbackServerContext& contex
 }
 
 grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* context,
-                                                  const v1::EmbedImageRequest* request,
-                                                  v1::EmbedImageResponse* response) {
+                                                  const grpc::ByteBuffer* request_bytes,
+                                                  grpc::ByteBuffer* response_bytes) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
     return FinishedUnary(context, recorder_, "EmbedImage", auth);
   }
-  auto* call = new UnaryCall(
+  auto* call = new RawUnaryCall<v1::EmbedImageRequest, v1::EmbedImageResponse>(
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
-      "EmbedImage");
-  call->SetResponse(response, /*out=*/nullptr);
-  if (!Admit(&request_memory_, request->ByteSizeLong(), *context, call)) return call;
+      "EmbedImage", response_bytes);
+  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
+  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
+      !parsed.ok()) {
+    call->FinishWith(parsed);
+    return call;
+  }
+  const v1::EmbedImageRequest* request = &call->request;
+  v1::EmbedImageResponse* response = &call->response;
   absl::StatusOr<std::vector<ImageInput>> images =
       ToImageInputs(request->images(), options_.limits, "images");
   if (!images.ok()) {

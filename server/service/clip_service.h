@@ -96,13 +96,15 @@ struct ClipServiceOptions {
 // since such a server could answer nothing. Thread-safe.
 int64_t LargestOneItemResponseBytes(const ModelDescription& d);
 
-// The generated service with every method on gRPC's callback API. The methods whose
-// requests hold `string` fields receive the request's bytes and parse them themselves
-// (request_parsing.h): a proto3 parser rejects a message with invalid UTF-8 in any
-// string before a typed handler runs, and gRPC 1.51 then answers UNIMPLEMENTED with
-// no message, where the contract promises INVALID_ARGUMENT naming the item (and, in
-// EmbedStream, an error for that item alone). Clients see the same typed service.
-using ClipServiceBase = v1::ClipService::WithCallbackMethod_EmbedImage<
+// The generated service with every method on gRPC's callback API. The methods that
+// take input receive the request's bytes and parse them themselves
+// (request_parsing.h): a proto3 parser rejects a malformed message, or one with
+// invalid UTF-8 in any string, before a typed handler runs, and gRPC 1.51 then answers
+// UNIMPLEMENTED with no message, where the contract promises INVALID_ARGUMENT naming
+// the item (and, in EmbedStream, an error for that item alone); and the request
+// memory budget is charged before the bytes are parsed into a second copy. Clients
+// see the same typed service. GetModelInfo's request is empty.
+using ClipServiceBase = v1::ClipService::WithRawCallbackMethod_EmbedImage<
     v1::ClipService::WithRawCallbackMethod_EmbedText<
         v1::ClipService::WithRawCallbackMethod_Similarity<
             v1::ClipService::WithRawCallbackMethod_Classify<
@@ -155,10 +157,10 @@ class ClipService final : public ClipServiceBase {
   ClipService(const ClipService&) = delete;
   ClipService& operator=(const ClipService&) = delete;
 
+  // The methods that take input take raw bytes (see ClipServiceBase).
   grpc::ServerUnaryReactor* EmbedImage(grpc::CallbackServerContext* context,
-                                       const v1::EmbedImageRequest* request,
-                                       v1::EmbedImageResponse* response) override;
-  // The methods whose requests hold strings take raw bytes (see ClipServiceBase).
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* EmbedText(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override;

@@ -23,6 +23,7 @@
 #include "google/rpc/status.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/error_details.h"
 #include "gtest/gtest.h"
@@ -303,6 +304,40 @@ class ClipServiceTest : public ::testing::Test {
   std::unique_ptr<ClipServer> server_;
   std::unique_ptr<v1::ClipService::Stub> stub_;
 };
+
+// Bytes that are no valid request (a length-delimited field cut short) are
+// INVALID_ARGUMENT naming the message type, whichever method with input receives
+// them; gRPC's own parser would answer UNIMPLEMENTED with no message.
+TEST_F(ClipServiceTest, MalformedRequestsAreInvalidArgument) {
+  grpc::GenericStub generic(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials()));
+  const std::string bytes("\x0a\x05\x0a", 3);
+  const std::vector<std::pair<std::string, std::string>> methods = {
+      {"EmbedImage", "EmbedImageRequest"},
+      {"EmbedText", "EmbedTextRequest"},
+      {"Similarity", "SimilarityRequest"},
+      {"Classify", "ClassifyRequest"},
+      {"Tokenize", "TokenizeRequest"}};
+  for (const auto& [method, type] : methods) {
+    SCOPED_TRACE(method);
+    grpc::Slice slice(bytes);
+    const grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    absl::Notification done;
+    grpc::Status status;
+    generic.UnaryCall(&context, "/clipserve.v1.ClipService/" + method, {}, &request,
+                      &response, [&](grpc::Status s) {
+                        status = std::move(s);
+                        done.Notify();
+                      });
+    done.WaitForNotification();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(status.error_message(), "the request is not a valid clipserve.v1." + type);
+  }
+  EXPECT_THAT(engine_->calls(), ::testing::IsEmpty());
+}
 
 // ---------------------------------------------------------------------------
 // Create
