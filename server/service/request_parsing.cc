@@ -1,5 +1,6 @@
 #include "server/service/request_parsing.h"
 
+#include <algorithm>
 #include <climits>
 #include <vector>
 
@@ -20,6 +21,28 @@ using google::protobuf::UnknownFieldSet;
 bool ParseWireFormat(absl::string_view bytes, UnknownFieldSet* fields) {
   return bytes.size() <= static_cast<size_t>(INT_MAX) &&
          fields->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
+}
+
+// Whether a message of type `descriptor` can hold a `string` field at any depth
+// (`seen`: the types on the way here, for recursive ones).
+bool MayHoldStrings(const google::protobuf::Descriptor& descriptor,
+                    std::vector<const google::protobuf::Descriptor*>* seen) {
+  if (std::find(seen->begin(), seen->end(), &descriptor) != seen->end()) return false;
+  seen->push_back(&descriptor);
+  for (int i = 0; i < descriptor.field_count(); ++i) {
+    const google::protobuf::FieldDescriptor& field = *descriptor.field(i);
+    if (field.type() == google::protobuf::FieldDescriptor::TYPE_STRING) return true;
+    if (field.type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&
+        MayHoldStrings(*field.message_type(), seen)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool MayHoldStrings(const google::protobuf::Descriptor& descriptor) {
+  std::vector<const google::protobuf::Descriptor*> seen;
+  return MayHoldStrings(descriptor, &seen);
 }
 
 }  // namespace
@@ -47,6 +70,10 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
   }
   const google::protobuf::Descriptor& descriptor = *message->GetDescriptor();
   message->Clear();
+  if (!MayHoldStrings(descriptor)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request is not a valid ", descriptor.full_name()));
+  }
   if (std::optional<std::string> field =
           FindInvalidUtf8Field(descriptor, Flatten(bytes))) {
     return InvalidArgumentForField(field_name(*field), "not valid UTF-8");
@@ -85,6 +112,9 @@ absl::Status SerializeResponse(const google::protobuf::Message& message,
 
 std::optional<std::string> FindInvalidUtf8Field(
     const google::protobuf::Descriptor& descriptor, absl::string_view bytes) {
+  // Messages without strings (images, embeddings: most of a large request's bytes)
+  // are not parsed again.
+  if (!MayHoldStrings(descriptor)) return std::nullopt;
   UnknownFieldSet fields;
   if (!ParseWireFormat(bytes, &fields)) return std::nullopt;
   absl::flat_hash_map<int, int> index_of;  // per field number, the next item index
