@@ -34,7 +34,7 @@ int ReadInput(GifFileType* gif, GifByteType* out, int length) {
 
 absl::Status GiflibError(int code) {
   if (code == D_GIF_ERR_NOT_ENOUGH_MEM) {
-    return absl::ResourceExhaustedError("GIF: out of memory");
+    return OutOfMemoryError("GIF", "out of memory");
   }
   if (code == D_GIF_ERR_READ_FAILED) return FormatError(kFormat, "data is truncated");
   const char* text = GifErrorString(code);

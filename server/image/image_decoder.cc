@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/status_payloads.h"
 #include "server/image/decoders.h"
 #include "server/image/exif_orientation.h"
 
@@ -89,6 +90,12 @@ namespace internal {
 
 absl::Status FormatError(absl::string_view format, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(format, ": ", what));
+}
+
+absl::Status OutOfMemoryError(absl::string_view format, absl::string_view what) {
+  absl::Status status = absl::ResourceExhaustedError(absl::StrCat(format, ": ", what));
+  SetRetryInfoPayload(kOutOfMemoryRetryDelay, &status);
+  return status;
 }
 
 absl::Status CheckDeclaredSize(absl::string_view format, int64_t width, int64_t height,

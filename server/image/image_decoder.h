@@ -60,7 +60,8 @@ struct DecodeOptions {
 //   (checked from the header, before pixel memory is allocated); truncated or corrupt
 //   data, including a JPEG that ends early (libjpeg's "premature end of data" warning
 //   is an error here, as Pillow raises on such files); unsupported variants.
-// - RESOURCE_EXHAUSTED: a codec ran out of memory.
+// - RESOURCE_EXHAUSTED: a codec ran out of memory, with a RetryInfo of 1 s (the memory
+//   may be back once other work is done; see docs/API.md).
 // Never crashes or exits on malformed input: codec errors come back through
 // setjmp/longjmp error managers, and no codec global state is touched.
 //

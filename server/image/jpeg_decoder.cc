@@ -195,7 +195,7 @@ bool Decompress(JpegContext* context, uint8_t* out, uint8_t* cmyk) {
 
 absl::Status LibjpegError(const JpegContext& context) {
   if (context.out_of_memory) {
-    return absl::ResourceExhaustedError(absl::StrCat("JPEG: ", context.message));
+    return OutOfMemoryError("JPEG", context.message);
   }
   return FormatError(kFormat, context.message);
 }

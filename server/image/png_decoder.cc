@@ -156,13 +156,13 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   context.size = encoded.size();
   context.png =
       png_create_read_struct(PNG_LIBPNG_VER_STRING, &context, PngError, PngWarning);
-  if (context.png == nullptr) return absl::ResourceExhaustedError("PNG: out of memory");
+  if (context.png == nullptr) return OutOfMemoryError("PNG", "out of memory");
   context.info = png_create_info_struct(context.png);
   struct Cleanup {
     PngContext* context;
     ~Cleanup() { png_destroy_read_struct(&context->png, &context->info, nullptr); }
   } cleanup{&context};
-  if (context.info == nullptr) return absl::ResourceExhaustedError("PNG: out of memory");
+  if (context.info == nullptr) return OutOfMemoryError("PNG", "out of memory");
 
   Header header;
   if (!ReadHeader(&context, &header)) return FormatError(kFormat, context.message);

@@ -37,7 +37,7 @@ absl::string_view Vp8StatusText(VP8StatusCode status) {
 
 absl::Status WebpError(VP8StatusCode status) {
   if (status == VP8_STATUS_OUT_OF_MEMORY) {
-    return absl::ResourceExhaustedError("WebP: out of memory");
+    return OutOfMemoryError("WebP", "out of memory");
   }
   return FormatError(kFormat, Vp8StatusText(status));
 }

@@ -21,6 +21,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/common/status_payloads.h"
+#include "server/image/decoders.h"
 #include "tests/image/image_test_util.h"
 #include "tests/testing/shared_data.h"
 #include "zlib.h"
@@ -49,6 +51,15 @@ TEST(SniffImageFormatTest, UsesMagicNumbersNotNames) {
   EXPECT_EQ(SniffImageFormat("RIFF\0\0\0\0WAVE"), ImageFormat::kUnknown);
   EXPECT_EQ(SniffImageFormat(std::string("RIFF\0\0\0\0WEBP", 12)), ImageFormat::kWebp);
   EXPECT_EQ(ImageFormatName(ImageFormat::kWebp), "WebP");
+}
+
+// API.md: RESOURCE_EXHAUSTED without a RetryInfo means retrying will not help, which
+// is wrong for a codec's failed allocation.
+TEST(DecodeImageTest, ACodecOutOfMemoryIsRetryable) {
+  const absl::Status status = internal::OutOfMemoryError("PNG", "out of memory");
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(), "PNG: out of memory");
+  EXPECT_EQ(GetRetryInfoPayload(status), absl::Seconds(1));
 }
 
 TEST(DecodeImageTest, EmptyInputIsInvalidArgument) {
