@@ -39,9 +39,9 @@ class CachingEngine : public Engine {
                    std::string field, EmbedCallback done) override;
   void EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
                   std::string field, EmbedCallback done) override;
-  void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
-                TokenizeCallback done) override {
-    inner_->Tokenize(std::move(texts), truncate, std::move(field), std::move(done));
+  void Tokenize(std::vector<std::string> texts, const EmbedOptions& options,
+                std::string field, TokenizeCallback done) override {
+    inner_->Tokenize(std::move(texts), options, std::move(field), std::move(done));
   }
   const ModelDescription& description() const override { return inner_->description(); }
   // The inner engine's: with no hits, every text of a call reaches it.

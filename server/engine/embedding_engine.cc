@@ -580,14 +580,29 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   if (!submitted.ok()) AnswerUnqueued(*text_batcher_, *request, n, submitted);
 }
 
-void EmbeddingEngine::Tokenize(std::vector<std::string> texts, bool truncate,
-                               std::string field, TokenizeCallback done) {
+void EmbeddingEngine::Tokenize(std::vector<std::string> texts,
+                               const EmbedOptions& options, std::string field,
+                               TokenizeCallback done) {
   auto shared_done = std::make_shared<TokenizeCallback>(std::move(done));
-  absl::Status submitted = pool_->Submit(
-      [this, texts = std::move(texts), truncate, field, shared_done]() mutable {
+  const bool truncate = options.truncate;
+  const absl::Time deadline = clock_->FromWallTime(options.deadline);
+  absl::Status submitted =
+      pool_->Submit([this, texts = std::move(texts), truncate, deadline,
+                     cancellation = options.cancellation, field, shared_done]() mutable {
         std::vector<TokenizedResult> out;
         out.reserve(texts.size());
         for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+          // A call that went away, waiting for this thread or during a long request,
+          // costs the threads images share no more.
+          if (cancellation != nullptr && cancellation->cancelled()) {
+            std::move (*shared_done)(absl::CancelledError("call cancelled"));
+            return;
+          }
+          if (clock_->Now() >= deadline) {
+            std::move (*shared_done)(absl::DeadlineExceededError(
+                "deadline passed before the texts were tokenized"));
+            return;
+          }
           auto encoded = tokenizer_->Encode(texts[i], truncate);
           if (!encoded.ok()) {
             std::move (*shared_done)(ItemError(field, i, encoded.status()));

@@ -132,8 +132,8 @@ class EmbeddingEngine : public Engine {
                    std::string field, EmbedCallback done) override;
   void EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
                   std::string field, EmbedCallback done) override;
-  void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
-                TokenizeCallback done) override;
+  void Tokenize(std::vector<std::string> texts, const EmbedOptions& options,
+                std::string field, TokenizeCallback done) override;
   const ModelDescription& description() const override { return description_; }
   // The text queue's size (max_queue_size).
   int max_texts_per_call() const override { return options_.max_queue_size; }

@@ -172,9 +172,11 @@ class Engine {
   virtual void EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
                           std::string field, EmbedCallback done) = 0;
 
-  // Tokenizes `texts` with the model's tokenizer (no model run).
-  virtual void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
-                        TokenizeCallback done) = 0;
+  // Tokenizes `texts` with the model's tokenizer (no model run). Of `options`, it
+  // reads truncate, and the deadline and cancellation: a call dead before or while it
+  // runs is answered DEADLINE_EXCEEDED or CANCELLED without tokenizing the rest.
+  virtual void Tokenize(std::vector<std::string> texts, const EmbedOptions& options,
+                        std::string field, TokenizeCallback done) = 0;
 
   virtual const ModelDescription& description() const = 0;
 

@@ -1418,7 +1418,9 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
   }
   const size_t count = texts->size();
   engine_->Tokenize(
-      *std::move(texts), OptionalTrue(request->has_truncate(), request->truncate()),
+      *std::move(texts),
+      call->MakeEmbedOptions(/*normalize=*/false,
+                             OptionalTrue(request->has_truncate(), request->truncate())),
       "texts",
       [this, call, response, count](absl::StatusOr<std::vector<TokenizedResult>> result) {
         absl::Status status = result.status();

@@ -278,10 +278,33 @@ TEST_F(EmbeddingEngineTest, CancelledAndExpiredRequestsAreNotComputed) {
   EXPECT_EQ(engine_->pending_requests(), 0);
 }
 
+TEST_F(EmbeddingEngineTest, TokenizeOfADeadCallTokenizesNothing) {
+  const auto tokenize = [&](const EmbedOptions& options) {
+    absl::Notification done;
+    absl::StatusOr<std::vector<TokenizedResult>> out;
+    engine_->Tokenize({"a photo of a cat", "a dog"}, options, "texts",
+                      [&](absl::StatusOr<std::vector<TokenizedResult>> r) {
+                        out = std::move(r);
+                        done.Notify();
+                      });
+    done.WaitForNotification();
+    return out.status();
+  };
+  EmbedOptions cancelled;
+  auto flag = std::make_shared<CancellationFlag>();
+  flag->Cancel();
+  cancelled.cancellation = flag;
+  EXPECT_EQ(tokenize(cancelled).code(), absl::StatusCode::kCancelled);
+  EmbedOptions expired;
+  expired.deadline = absl::Now() - absl::Seconds(1);
+  EXPECT_EQ(tokenize(expired).code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(tokenize(EmbedOptions{}).ok());
+}
+
 TEST_F(EmbeddingEngineTest, TokenizeAndDescription) {
   absl::Notification done;
   absl::StatusOr<std::vector<TokenizedResult>> out;
-  engine_->Tokenize({"a photo of a cat"}, true, "texts",
+  engine_->Tokenize({"a photo of a cat"}, EmbedOptions{}, "texts",
                     [&](absl::StatusOr<std::vector<TokenizedResult>> r) {
                       out = std::move(r);
                       done.Notify();

@@ -1346,7 +1346,7 @@ class RacingEngine : public Engine {
       std::move(done)(std::move(result));
     });
   }
-  void Tokenize(std::vector<std::string> /*texts*/, bool /*truncate*/,
+  void Tokenize(std::vector<std::string> /*texts*/, const EmbedOptions& /*options*/,
                 std::string /*field*/, TokenizeCallback done) override {
     std::move(done)(absl::UnimplementedError("not in this test"));
   }
@@ -1713,6 +1713,12 @@ TEST_F(ClipServiceTest, TokenizeReturnsIdsAndTheContextLength) {
   invalid.add_texts("\xED\xBF\xBF");
   EXPECT_EQ(BadField(stub_->Tokenize(Context().get(), invalid, &response)), "texts[0]");
   EXPECT_EQ(engine_->CountCalls(Kind::kTokenize), 2);
+  // The engine gets the call's deadline and cancellation, so a call that went away
+  // costs no tokenizing.
+  for (const FakeEngine::Call& call : engine_->calls()) {
+    EXPECT_NE(call.options.cancellation, nullptr);
+    EXPECT_LT(call.options.deadline, absl::Now() + absl::Seconds(11));
+  }
 }
 
 // ---------------------------------------------------------------------------

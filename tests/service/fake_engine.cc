@@ -322,14 +322,15 @@ void FakeEngine::EmbedTexts(std::vector<std::string> texts, const EmbedOptions& 
   });
 }
 
-void FakeEngine::Tokenize(std::vector<std::string> texts, bool truncate,
+void FakeEngine::Tokenize(std::vector<std::string> texts, const EmbedOptions& options,
                           std::string field, TokenizeCallback done) {
-  Call call{Call::Kind::kTokenize, static_cast<int>(texts.size()), texts, {}, field};
-  Submit(std::move(call), [this, texts = std::move(texts), truncate,
+  const bool truncate = options.truncate;
+  Call call{Call::Kind::kTokenize, static_cast<int>(texts.size()), texts, options, field};
+  Submit(std::move(call), [this, texts = std::move(texts), truncate, options,
                            field = std::move(field), done = std::move(done)]() mutable {
     absl::StatusOr<std::vector<TokenizedResult>> result =
         [&]() -> absl::StatusOr<std::vector<TokenizedResult>> {
-      if (absl::Status status = DeliveryStatus(EmbedOptions{}); !status.ok()) {
+      if (absl::Status status = DeliveryStatus(options); !status.ok()) {
         return status;
       }
       const int context = description_.context_length;

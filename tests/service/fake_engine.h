@@ -51,7 +51,7 @@ class FakeEngine : public Engine {
     Kind kind;
     int items = 0;
     std::vector<std::string> texts;  // kTexts and kTokenize
-    EmbedOptions options;            // not for kTokenize
+    EmbedOptions options;
     std::string field;
   };
 
@@ -91,8 +91,8 @@ class FakeEngine : public Engine {
                    std::string field, EmbedCallback done) override;
   void EmbedTexts(std::vector<std::string> texts, const EmbedOptions& options,
                   std::string field, EmbedCallback done) override;
-  void Tokenize(std::vector<std::string> texts, bool truncate, std::string field,
-                TokenizeCallback done) override;
+  void Tokenize(std::vector<std::string> texts, const EmbedOptions& options,
+                std::string field, TokenizeCallback done) override;
   const ModelDescription& description() const override { return description_; }
   int max_texts_per_call() const override { return max_texts_per_call_; }
   bool healthy() const override { return true; }
