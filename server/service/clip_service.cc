@@ -298,6 +298,20 @@ bool Admit(RequestMemoryBudget* budget, size_t request_bytes,
   return true;
 }
 
+// Admit(), then parses `bytes` into `*request` (ParseRequest(), `field_name` as there);
+// false after finishing the call with the refusal or the parse error.
+bool AdmitAndParse(RequestMemoryBudget* budget, const grpc::ByteBuffer& bytes,
+                   const grpc::CallbackServerContext& context, UnaryCall* call,
+                   google::protobuf::Message* request,
+                   absl::FunctionRef<std::string(absl::string_view)> field_name) {
+  if (!Admit(budget, bytes.Length(), context, call)) return false;
+  if (absl::Status parsed = ParseRequest(bytes, request, field_name); !parsed.ok()) {
+    call->FinishWith(parsed);
+    return false;
+  }
+  return true;
+}
+
 // A unary call of a method with raw bytes (see request_parsing.h), owning its request
 // and response messages.
 template <typename Request, typename Response>
@@ -1091,10 +1105,8 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
   auto* call = new RawUnaryCall<v1::EmbedImageRequest, v1::EmbedImageResponse>(
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       "EmbedImage", response_bytes);
-  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
-  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
-      !parsed.ok()) {
-    call->FinishWith(parsed);
+  if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
+                     KeepFieldName)) {
     return call;
   }
   const v1::EmbedImageRequest* request = &call->request;
@@ -1134,10 +1146,8 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
   auto* call = new RawUnaryCall<v1::EmbedTextRequest, v1::EmbedTextResponse>(
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       "EmbedText", response_bytes);
-  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
-  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
-      !parsed.ok()) {
-    call->FinishWith(parsed);
+  if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
+                     KeepFieldName)) {
     return call;
   }
   const v1::EmbedTextRequest* request = &call->request;
@@ -1182,11 +1192,8 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
   auto* call = new SimilarityCall(
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       response_bytes, description.embed_dim);
-  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
-  if (absl::Status parsed =
-          ParseRequest(*request_bytes, &call->request, SimilarityFieldName);
-      !parsed.ok()) {
-    call->FinishWith(parsed);
+  if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
+                     SimilarityFieldName)) {
     return call;
   }
   const v1::SimilarityRequest* request = &call->request;
@@ -1302,10 +1309,8 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
   auto* call = new ClassifyCall(
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       response_bytes, dim, &label_cache_);
-  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
-  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
-      !parsed.ok()) {
-    call->FinishWith(parsed);
+  if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
+                     KeepFieldName)) {
     return call;
   }
   const v1::ClassifyRequest* request = &call->request;
@@ -1402,10 +1407,8 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
   auto* call = new RawUnaryCall<v1::TokenizeRequest, v1::TokenizeResponse>(
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       "Tokenize", response_bytes);
-  if (!Admit(&request_memory_, request_bytes->Length(), *context, call)) return call;
-  if (absl::Status parsed = ParseRequest(*request_bytes, &call->request, KeepFieldName);
-      !parsed.ok()) {
-    call->FinishWith(parsed);
+  if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
+                     KeepFieldName)) {
     return call;
   }
   const v1::TokenizeRequest* request = &call->request;
