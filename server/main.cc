@@ -471,10 +471,7 @@ absl::Status Run() {
 
   // The serving flags, checked now rather than after the model load.
   const int port = absl::GetFlag(FLAGS_port);
-  if (port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--port must be 0 to 65535, got ", port));
-  }
+  CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag("port", port, 0, 65535));
   CLIPSERVE_RETURN_IF_ERROR(
       CheckIntFlag("metrics_port", absl::GetFlag(FLAGS_metrics_port), -1, 65535));
   // Thread counts past these are typing mistakes: each thread is a real one.
