@@ -729,11 +729,12 @@ int main(int argc, char** argv) {
       "Usage: clip_server [--model=demo:ViT-B-32|PATH] [--port=50051] [flags]");
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {
-    // Abseil never reads a flag's value from the next word: "--resize_on_device false"
-    // sets the flag and leaves "false" here, and "clip_server model.pt" would serve the
-    // demo model. Both are mistakes to report, not to ignore.
+    // Abseil leaves here what no flag took: a boolean flag never takes the next word,
+    // so "--resize_on_device false" sets it and leaves "false", and "clip_server
+    // model.pt" would serve the demo model. Both are mistakes to report, not ignore.
     std::cerr << "clip_server: unexpected argument '" << positional[1]
-              << "': flags are --name=value (--model=PATH for a checkpoint); see --help"
+              << "': give flags as --name=value (a boolean flag never takes the next "
+                 "word), a checkpoint as --model=PATH; see --help"
               << std::endl;
     return EXIT_FAILURE;
   }

@@ -60,10 +60,14 @@ absl::Status ValidateConnectionOptions(const ClipServerOptions& options) {
 absl::Status CheckCanListen(absl::string_view host, int port) {
   if (port == 0) return absl::OkStatus();
   const std::string address = absl::StrCat(host, ":", port);
-  // gRPC writes IPv6 addresses in brackets; getaddrinfo() takes them bare.
+  // gRPC writes IPv6 addresses in brackets, and cannot split a bare one from its
+  // port; getaddrinfo() takes them bare.
   absl::string_view name = host;
   if (absl::StartsWith(name, "[") && absl::EndsWith(name, "]")) {
     name = name.substr(1, name.size() - 2);
+  } else if (absl::StrContains(name, ':')) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot listen on ", address, ": write an IPv6 address in brackets, as [::1]"));
   }
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -78,22 +82,29 @@ absl::Status CheckCanListen(absl::string_view host, int port) {
                                                    ": the host does not resolve (",
                                                    gai_strerror(error), ")"));
   }
-  absl::Status status;
-  for (const addrinfo* a = found; a != nullptr && status.ok(); a = a->ai_next) {
+  // Like gRPC, which serves when at least one of the addresses binds (localhost's
+  // ::1 may be unusable where IPv6 is off): refused only when none does.
+  bool bound = false;
+  std::string errors;
+  for (const addrinfo* a = found; a != nullptr && !bound; a = a->ai_next) {
     const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) continue;  // an address family this host lacks; gRPC skips it too
     // As gRPC's listeners: a port in TIME_WAIT is free, one with a listener is not.
     const int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0) {
-      const int error = errno;
-      status = absl::UnavailableError(
-          absl::StrCat("cannot listen on ", address, ": ", std::strerror(error)));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      bound = true;
+    } else {
+      const char* reason = std::strerror(errno);
+      if (!absl::StrContains(errors, reason)) {
+        absl::StrAppend(&errors, errors.empty() ? "" : "; ", reason);
+      }
     }
     close(fd);
   }
   freeaddrinfo(found);
-  return status;
+  if (bound || errors.empty()) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ": ", errors));
 }
 
 absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(

@@ -81,7 +81,8 @@ struct ClipServiceOptions {
   Metrics* metrics = nullptr;
   // A successful unary call taking at least this long is logged as slow (streams
   // never are); zero disables.
-  // Default 1 s (see RpcRecorderOptions). Failed calls are always logged.
+  // Default 1 s (see RpcRecorderOptions). Failed calls are logged, WARNING lines at
+  // most RpcRecorderOptions::max_warning_lines_per_second (20) a second.
   absl::Duration slow_request_threshold = absl::Seconds(1);
 
   // --- Test-only ---

@@ -104,7 +104,7 @@ class UsageTest(unittest.TestCase):
             result = subprocess.run([ARGS.server, *args], capture_output=True, text=True,
                                     timeout=30)
             self.assertEqual(result.returncode, 1, args)
-            self.assertIn(f"clip_server: unexpected argument '{args[-1]}': flags are "
+            self.assertIn(f"clip_server: unexpected argument '{args[-1]}': give flags as "
                           "--name=value", result.stderr, args)
             self.assertNotIn("loading model", result.stderr, args)
 

@@ -121,22 +121,24 @@ TEST(ClipServerTest, PortInUseIsUnavailable) {
 }
 
 TEST(ClipServerTest, CheckCanListenFindsATakenPortBeforeAnyServerStarts) {
-  auto first = StartServer();  // listens on 0.0.0.0 (dual-stack) or 127.0.0.1
+  auto first = StartServer();  // listens on 127.0.0.1
   ASSERT_NE(first, nullptr);
-  for (const char* host : {"127.0.0.1", "localhost"}) {
-    SCOPED_TRACE(host);
-    const absl::Status taken = CheckCanListen(host, first->port());
-    EXPECT_EQ(taken.code(), absl::StatusCode::kUnavailable) << taken;
-    EXPECT_THAT(std::string(taken.message()),
-                ::testing::StartsWith(
-                    absl::StrCat("cannot listen on ", host, ":", first->port(), ": ")));
-  }
-  EXPECT_TRUE(CheckCanListen("127.0.0.1", 0).ok());
-  // The port is free again once its server is gone (and its check left nothing bound).
   const int port = first->port();
-  first.reset();
-  EXPECT_TRUE(CheckCanListen("127.0.0.1", port).ok());
-  EXPECT_TRUE(CheckCanListen("127.0.0.1", port).ok());
+  const absl::Status taken = CheckCanListen("127.0.0.1", port);
+  EXPECT_EQ(taken.code(), absl::StatusCode::kUnavailable) << taken;
+  EXPECT_EQ(taken.message(), absl::StrCat("cannot listen on 127.0.0.1:", port,
+                                          ": Address already in use"));
+  // The IPv4 wildcard takes every IPv4 address, 127.0.0.1's port included.
+  EXPECT_EQ(CheckCanListen("0.0.0.0", port).code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(CheckCanListen("127.0.0.1", 0).ok());
+}
+
+// gRPC cannot split "::1:50051" into a host and a port; it would fail after the load.
+TEST(ClipServerTest, CheckCanListenAsksForBracketsAroundIPv6) {
+  const absl::Status bare = CheckCanListen("::1", 50051);
+  EXPECT_EQ(bare.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bare.message(),
+            "cannot listen on ::1:50051: write an IPv6 address in brackets, as [::1]");
 }
 
 // Message size limits are on without any option set: gRPC refuses a larger request
