@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -111,6 +112,9 @@ namespace {
 #define CLIPSERVE_ALWAYS_INLINE inline
 #endif
 
+// How many bytes past a source row's last pixel a horizontal row function may read.
+constexpr size_t kRowReadSlack = 8;
+
 // What one resize computes, after validation.
 struct ResizeJob {
   const uint8_t* pixels;  // The source, width * height * 3 bytes.
@@ -156,19 +160,21 @@ CLIPSERVE_ALWAYS_INLINE void RunResize(const ResizeJob& job,
   const int row_begin = rows.begin, row_end = rows.end;
 
   // Horizontal pass, into 8-bit rows as Pillow's intermediate image. A row function
-  // may read one byte past a row's last pixel (the next row's first byte, or for the
-  // image's last row a padded copy) and write one byte past its last output (the next
-  // row's first byte, written after it, or a spare byte at the end).
+  // may read up to kRowReadSlack bytes past a row's last pixel (the next rows' bytes,
+  // or for rows that end closer than that to the image's end a padded copy) and write
+  // one byte past its last output (the next row's first byte, written after it, or a
+  // spare byte at the end).
   const size_t row_values = size_t{static_cast<unsigned>(job.window_width)} * 3;
   const size_t src_stride = size_t{static_cast<unsigned>(job.width)} * 3;
+  const size_t image_bytes = src_stride * static_cast<unsigned>(job.height);
   std::vector<uint8_t> temp(row_values * (row_end - row_begin) + 1);
-  std::vector<uint8_t> last_row;
+  std::vector<uint8_t> padded_row;
   for (int y = row_begin; y < row_end; ++y) {
     const uint8_t* src = job.pixels + y * src_stride;
-    if (y == job.height - 1) {
-      last_row.assign(src, src + src_stride);
-      last_row.push_back(0);
-      src = last_row.data();
+    if (image_bytes - (y + 1) * src_stride < kRowReadSlack) {
+      padded_row.assign(src, src + src_stride);
+      padded_row.resize(src_stride + kRowReadSlack, 0);
+      src = padded_row.data();
     }
     resample_row(src, &temp[(y - row_begin) * row_values]);
   }
@@ -199,63 +205,110 @@ void RunResizePortable(const ResizeJob& job) {
 #if defined(__x86_64__)
 #define CLIPSERVE_RESIZE_AVX2 1
 
-// `taps` with every output reading the same number of source positions, the most any
-// reads: a shorter window is moved left where it would run past `in_size` and gets
-// zero weights where it grew, which add exact zeros to its sums. A loop whose length
-// never changes costs no branch mispredictions.
-BicubicTaps UniformTaps(const BicubicTaps& taps, int in_size) {
+// vpmaddwd multiplies int16s and a weight has 22 fractional bits, so each weight is
+// split as w = high * 2^11 + low with low in [0, 2^11): the sums of value * high and of
+// value * low are exact in int32, and (high_sum << 11) + low_sum is Pillow's sum.
+constexpr int kLowWeightBits = 11;
+
+// The horizontal taps as ResampleRowAvx2() reads them. Every output reads the same even
+// number of source positions, 2 * pairs (the most any reads, rounded up): a shorter
+// window moves left where it would run past `in_size` (not below 0) and gets zero
+// weights where it grew, which add exact zeros to its sums; a loop whose length never
+// changes costs no branch mispredictions. For outputs 2i and 2i + 1 and the tap pair
+// (2j, 2j + 1), weights[(i * pairs + j) * 32 ...] holds two vectors of 16 int16s, the
+// high parts and then the low parts, each laid out as the values they multiply: the
+// pair of output 2i's weights three times and a pair of zeros, then output 2i + 1's.
+struct MaddTaps {
+  int pairs = 0;
+  std::vector<int> start;
+  std::vector<int16_t> weights;
+};
+
+// nullopt when a weight's high part does not fit in int16 (bicubic weights stay far
+// below 2^26, so it does not happen; the caller then takes the portable loop).
+std::optional<MaddTaps> MakeMaddTaps(const BicubicTaps& taps, int in_size) {
   const int count = static_cast<int>(taps.start.size());
   int n = 0;
   for (int i = 0; i < count; ++i) n = std::max(n, taps.length[i]);
-  BicubicTaps uniform;
-  uniform.start.resize(count);
-  uniform.length.assign(count, n);
-  uniform.weights_offset.resize(count);
-  uniform.weights.assign(size_t{static_cast<unsigned>(count)} * n, 0);
+  MaddTaps madd;
+  madd.pairs = (n + 1) / 2;
+  const int even = 2 * madd.pairs;
+  madd.start.resize(count);
+  madd.weights.assign(size_t{static_cast<unsigned>((count + 1) / 2)} * madd.pairs * 32,
+                      0);
   for (int i = 0; i < count; ++i) {
-    const int start = std::min(taps.start[i], in_size - n);
-    uniform.start[i] = start;
-    uniform.weights_offset[i] = i * n;
+    const int start = std::max(0, std::min(taps.start[i], in_size - even));
+    madd.start[i] = start;
     const int shift = taps.start[i] - start;
     for (int k = 0; k < taps.length[i]; ++k) {
-      uniform.weights[i * n + shift + k] = taps.weights[taps.weights_offset[i] + k];
+      const int32_t w = taps.weights[taps.weights_offset[i] + k];
+      const int32_t high = w >> kLowWeightBits;  // Rounds down: low is not negative.
+      const int32_t low = w - high * (int32_t{1} << kLowWeightBits);
+      if (high < std::numeric_limits<int16_t>::min() ||
+          high > std::numeric_limits<int16_t>::max()) {
+        return std::nullopt;
+      }
+      const int tap = shift + k;
+      int16_t* block = &madd.weights[(size_t{static_cast<unsigned>(i / 2)} * madd.pairs +
+                                      static_cast<unsigned>(tap / 2)) *
+                                     32];
+      for (int channel = 0; channel < 3; ++channel) {
+        const int lane = (i % 2) * 8 + channel * 2 + tap % 2;
+        block[lane] = static_cast<int16_t>(high);
+        block[16 + lane] = static_cast<int16_t>(low);
+      }
     }
   }
-  return uniform;
+  return madd;
 }
 
-// The horizontal pass, two output pixels per vector: pixel xx's three channels in lanes
-// 0-2 and pixel xx + 1's in lanes 4-6 (lanes 3 and 7 carry the next pixel's red and are
-// dropped). The same int32 sums as ResampleRowPortable: `taps` are UniformTaps() (their
-// extra taps add exact zeros) and `pair_weights` holds, for each pair of outputs and
-// tap k, the two outputs' k-th weights side by side. Reads one byte past the last pixel
-// a tap reads, and writes one byte past the last output pixel.
+// The horizontal pass, two output pixels per vector, two taps per multiply-add: in
+// each 128-bit half (pixel xx in the lower, xx + 1 in the upper), the six bytes of a
+// tap pair (R0 G0 B0 R1 G1 B1) become the int16 pairs (R0, R1), (G0, G1), (B0, B1) and
+// a pair of zeros, and vpmaddwd against the pair's weights adds both taps of a channel
+// into one int32 lane. The same int32 sums as ResampleRowPortable. Reads up to 5 bytes
+// past the row's end (8-byte loads of 6, and windows that a row narrower than them
+// pushes past its end, with zero weights there), and writes one byte past the last
+// output pixel.
 __attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* src,
-                                                     const BicubicTaps& taps,
-                                                     const int32_t* pair_weights,
-                                                     int width, uint8_t* dst) {
-  const int n = width > 0 ? taps.length[0] : 0;
-  const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+                                                     const MaddTaps& taps, int width,
+                                                     uint8_t* dst) {
+  const int pairs = taps.pairs;
+  const __m128i pair_bytes =
+      _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
+  const __m256i gather = _mm256_broadcastsi128_si256(pair_bytes);
+  const auto load8 = [](const uint8_t* p) {
+    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  };
+  const auto load16 = [](const int16_t* k) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(k));
+  };
   int xx = 0;
   for (; xx + 1 < width; xx += 2) {
     const uint8_t* a = src + size_t{static_cast<unsigned>(taps.start[xx])} * 3;
     const uint8_t* b = src + size_t{static_cast<unsigned>(taps.start[xx + 1])} * 3;
-    const int32_t* k = pair_weights + size_t{static_cast<unsigned>(xx)} * n;
-    __m256i sum = _mm256_set1_epi32(kHalf);
-    for (int x = 0; x < n; ++x) {
-      int32_t bytes_a, bytes_b;
-      std::memcpy(&bytes_a, a + x * 3, sizeof(bytes_a));
-      std::memcpy(&bytes_b, b + x * 3, sizeof(bytes_b));
-      const __m128i both = _mm_insert_epi32(_mm_cvtsi32_si128(bytes_a), bytes_b, 1);
-      const __m256i values = _mm256_cvtepu8_epi32(both);
-      const __m256i weights = _mm256_permutevar8x32_epi32(
-          _mm256_castsi128_si256(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(k + 2 * x))),
-          spread);
-      sum = _mm256_add_epi32(sum, _mm256_mullo_epi32(values, weights));
+    const int16_t* k = &taps.weights[size_t{static_cast<unsigned>(xx / 2)} * pairs * 32];
+    __m256i high = _mm256_setzero_si256();
+    __m256i low = _mm256_setzero_si256();
+    for (int j = 0; j < pairs; ++j) {
+      const __m256i both = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(load8(a + 6 * j)), load8(b + 6 * j), 1);
+      const __m256i values = _mm256_shuffle_epi8(both, gather);
+      high = _mm256_add_epi32(
+          high,
+          _mm256_madd_epi16(
+              values, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + 32 * j))));
+      low = _mm256_add_epi32(
+          low,
+          _mm256_madd_epi16(values, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                        k + 32 * j + 16))));
     }
+    const __m256i sum =
+        _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(high, kLowWeightBits), low),
+                         _mm256_set1_epi32(kHalf));
     // Clip8 on every lane: the shifted sums are within int16, so the two saturating
-    // packs (per 128-bit half) clamp them to [0, 255] exactly as it does.
+    // packs (per 128-bit half) clamp them to [0, 255] exactly as it does. Lanes 3 and
+    // 7 (the zero pairs) give the 0 written past each pixel.
     const __m256i shifted = _mm256_srai_epi32(sum, kPrecisionBits);
     const __m256i words = _mm256_packs_epi32(shifted, shifted);
     const __m256i bytes = _mm256_packus_epi16(words, words);
@@ -264,16 +317,18 @@ __attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* src,
     std::memcpy(dst + xx * 3, &pixel_a, sizeof(pixel_a));
     std::memcpy(dst + (xx + 1) * 3, &pixel_b, sizeof(pixel_b));
   }
-  if (xx < width) {  // An odd last output, alone in the lower half.
-    const uint8_t* p = src + size_t{static_cast<unsigned>(taps.start[xx])} * 3;
-    const int32_t* k = &taps.weights[taps.weights_offset[xx]];
-    __m128i sum = _mm_set1_epi32(kHalf);
-    for (int x = 0; x < n; ++x) {
-      int32_t bytes;
-      std::memcpy(&bytes, p + x * 3, sizeof(bytes));
-      const __m128i values = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes));
-      sum = _mm_add_epi32(sum, _mm_mullo_epi32(values, _mm_set1_epi32(k[x])));
+  if (xx < width) {  // An odd last output: the lower half alone.
+    const uint8_t* a = src + size_t{static_cast<unsigned>(taps.start[xx])} * 3;
+    const int16_t* k = &taps.weights[size_t{static_cast<unsigned>(xx / 2)} * pairs * 32];
+    __m128i high = _mm_setzero_si128();
+    __m128i low = _mm_setzero_si128();
+    for (int j = 0; j < pairs; ++j) {
+      const __m128i values = _mm_shuffle_epi8(load8(a + 6 * j), pair_bytes);
+      high = _mm_add_epi32(high, _mm_madd_epi16(values, load16(k + 32 * j)));
+      low = _mm_add_epi32(low, _mm_madd_epi16(values, load16(k + 32 * j + 16)));
     }
+    const __m128i sum = _mm_add_epi32(
+        _mm_add_epi32(_mm_slli_epi32(high, kLowWeightBits), low), _mm_set1_epi32(kHalf));
     const __m128i shifted = _mm_srai_epi32(sum, kPrecisionBits);
     const __m128i words = _mm_packs_epi32(shifted, shifted);
     const int32_t pixel = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
@@ -284,22 +339,13 @@ __attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* src,
 // AVX2 also brings 32-bit multiplies (SSE2 has none) and eight lanes to the vertical
 // pass.
 __attribute__((target("avx2"))) void RunResizeAvx2(const ResizeJob& job) {
-  const BicubicTaps uniform = UniformTaps(*job.horizontal, job.width);
-  // Outputs 2i and 2i + 1's weights interleaved: tap k of the pair at
-  // pair_weights[2i * n + 2k] and [2i * n + 2k + 1].
-  const int count = job.window_width;
-  const int n = count > 0 ? uniform.length[0] : 0;
-  std::vector<int32_t> pair_weights(uniform.weights.size());
-  for (int i = 0; i + 1 < count; i += 2) {
-    for (int k = 0; k < n; ++k) {
-      pair_weights[size_t{static_cast<unsigned>(i)} * n + 2 * k] =
-          uniform.weights[i * n + k];
-      pair_weights[size_t{static_cast<unsigned>(i)} * n + 2 * k + 1] =
-          uniform.weights[(i + 1) * n + k];
-    }
+  const std::optional<MaddTaps> madd = MakeMaddTaps(*job.horizontal, job.width);
+  if (!madd.has_value()) {
+    RunResizePortable(job);
+    return;
   }
   RunResize(job, [&](const uint8_t* src, uint8_t* dst) {
-    ResampleRowAvx2(src, uniform, pair_weights.data(), count, dst);
+    ResampleRowAvx2(src, *madd, job.window_width, dst);
   });
 }
 #endif
