@@ -510,16 +510,14 @@ template <typename Item>
 void DynamicBatcher<Item>::DropDeadLocked(std::vector<Dropped>* dropped) {
   const absl::Time now = clock_->Now();
   // Compacted in place: the live items move forward over the dead ones, and nothing
-  // before the first dead item is touched (a queue of live items is left as it is).
-  auto dead_reason = [now](const Entry& entry) { return DeadReason(entry.item, now); };
-  auto out = std::find_if(queue_.begin(), queue_.end(), [&](const Entry& entry) {
-    return dead_reason(entry).has_value();
-  });
-  for (auto it = out; it != queue_.end(); ++it) {
-    if (std::optional<DropReason> reason = dead_reason(*it)) {
+  // before the first dead item is moved (a queue of live items is left as it is). Each
+  // item's fate is decided once.
+  auto out = queue_.begin();
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (std::optional<DropReason> reason = DeadReason(it->item, now)) {
       dropped->push_back(Dropped{std::move(it->item), *reason});
     } else {
-      *out = std::move(*it);
+      if (out != it) *out = std::move(*it);
       ++out;
     }
   }
