@@ -35,6 +35,10 @@ std::string SerializeRetryInfo(absl::Duration retry_delay);
 // Thread-safe; never blocks.
 absl::StatusOr<absl::Duration> ParseRetryInfo(absl::string_view serialized);
 
+// The RetryInfo delay for a server-side allocation that failed (a codec's, a model
+// batch's): other calls giving their memory back may cure it within about a batch.
+inline constexpr absl::Duration kOutOfMemoryRetryDelay = absl::Seconds(1);
+
 // Attaches a RetryInfo payload asking the client to wait `retry_delay` before retrying
 // (under kRetryInfoPayloadUrl, replacing any previous one). No effect on an OK status.
 void SetRetryInfoPayload(absl::Duration retry_delay, absl::Status* status);

@@ -819,7 +819,7 @@ void EmbeddingEngine::FailItems(std::vector<Item>& items, int begin, int end,
                                              ": ", status.message()));
   if (error.code() == absl::StatusCode::kResourceExhausted &&
       !GetRetryInfoPayload(error).has_value()) {
-    SetRetryInfoPayload(absl::Seconds(1), &error);
+    SetRetryInfoPayload(kOutOfMemoryRetryDelay, &error);
   }
   for (int i = begin; i < end; ++i) items[i].Answer(error);
 }

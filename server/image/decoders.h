@@ -13,7 +13,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/time/time.h"
 #include "server/image/image_decoder.h"
 #include "server/image/rgb_image.h"
 
@@ -33,10 +32,9 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
 // INVALID_ARGUMENT "<format>: <what>".
 absl::Status FormatError(absl::string_view format, absl::string_view what);
 
-// RESOURCE_EXHAUSTED "<format>: <what>" with a RetryInfo of kOutOfMemoryRetryDelay: a
-// codec's allocation failed, which other work giving memory back may cure, as for a
-// model batch that ran out of memory.
-inline constexpr absl::Duration kOutOfMemoryRetryDelay = absl::Seconds(1);
+// RESOURCE_EXHAUSTED "<format>: <what>" with a RetryInfo of kOutOfMemoryRetryDelay
+// (status_payloads.h): a codec's allocation failed, which other work giving memory back
+// may cure, as for a model batch that ran out of memory.
 absl::Status OutOfMemoryError(absl::string_view format, absl::string_view what);
 
 // OK when the declared `width` x `height` has both sides >= 1 and at most

@@ -13,7 +13,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "glog/logging.h"
