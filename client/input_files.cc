@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace clipserve {
 namespace {
@@ -29,9 +30,11 @@ absl::Status ErrorFor(const std::string& path, const std::error_code& error) {
 
 // Lists `folder` into `out`. `ancestors` holds the canonical paths of the folders
 // being descended (this one included), so that a link back to one of them is skipped
-// instead of looping.
+// instead of looping. With `unlisted`, a subfolder that cannot be listed is skipped and
+// its error appended there; without, it fails the listing.
 absl::Status AddFolder(const fs::path& folder, bool recursive,
-                       std::vector<std::string>* out, std::vector<fs::path>* ancestors) {
+                       std::vector<std::string>* out, std::vector<fs::path>* ancestors,
+                       std::vector<absl::Status>* unlisted) {
   std::error_code error;
   fs::directory_iterator it(folder, error);
   if (error) return ErrorFor(folder.string(), error);
@@ -52,15 +55,21 @@ absl::Status AddFolder(const fs::path& folder, bool recursive,
       if (!recursive) continue;
       std::error_code canonical_error;
       fs::path canonical = fs::canonical(entry.path(), canonical_error);
-      if (canonical_error) return ErrorFor(entry.path().string(), canonical_error);
-      if (std::find(ancestors->begin(), ancestors->end(), canonical) !=
-          ancestors->end()) {
+      absl::Status status;
+      if (canonical_error) {
+        status = ErrorFor(entry.path().string(), canonical_error);
+      } else if (std::find(ancestors->begin(), ancestors->end(), canonical) !=
+                 ancestors->end()) {
         continue;  // a link back up the tree
+      } else {
+        ancestors->push_back(std::move(canonical));
+        status = AddFolder(entry.path(), recursive, out, ancestors, unlisted);
+        ancestors->pop_back();
       }
-      ancestors->push_back(std::move(canonical));
-      absl::Status status = AddFolder(entry.path(), recursive, out, ancestors);
-      ancestors->pop_back();
-      if (!status.ok()) return status;
+      if (!status.ok()) {
+        if (unlisted == nullptr) return status;
+        unlisted->push_back(std::move(status));
+      }
     } else if (entry.is_regular_file(status_error) &&
                HasImageExtension(entry.path().filename().string())) {
       out->push_back(entry.path().string());
@@ -82,7 +91,8 @@ bool HasImageExtension(absl::string_view path) {
 }
 
 absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
-    const std::vector<std::string>& paths, bool recursive) {
+    const std::vector<std::string>& paths, bool recursive,
+    std::vector<absl::Status>* unlisted) {
   std::vector<std::string> files;
   for (const std::string& path : paths) {
     std::error_code error;
@@ -91,7 +101,7 @@ absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
     if (fs::is_directory(status)) {
       std::vector<fs::path> ancestors = {fs::canonical(path, error)};
       if (error) return ErrorFor(path, error);
-      if (absl::Status added = AddFolder(path, recursive, &files, &ancestors);
+      if (absl::Status added = AddFolder(path, recursive, &files, &ancestors, unlisted);
           !added.ok()) {
         return added;
       }
@@ -162,10 +172,11 @@ absl::Status OpenError(absl::string_view path, absl::string_view what, int error
 }
 
 std::vector<std::string> SplitLines(absl::string_view text) {
+  absl::ConsumePrefix(&text, "\xEF\xBB\xBF");  // a UTF-8 byte order mark
   std::vector<std::string> lines;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     absl::ConsumeSuffix(&line, "\r");
-    if (!line.empty()) lines.emplace_back(line);
+    if (!absl::StripAsciiWhitespace(line).empty()) lines.emplace_back(line);
   }
   return lines;
 }
@@ -174,6 +185,7 @@ absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path) {
   if (path == "-") {
     std::ostringstream text;
     text << std::cin.rdbuf();
+    if (std::cin.bad()) return absl::DataLossError("standard input: read error");
     return SplitLines(text.str());
   }
   absl::StatusOr<std::string> bytes = ReadFileBytes(path);

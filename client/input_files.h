@@ -26,9 +26,13 @@ bool HasImageExtension(absl::string_view path);
 // expanded where its name sorts (depth first). Symbolic links are followed, except a
 // link to a folder it is inside of (which would loop).
 // Errors: NOT_FOUND for a path that does not exist, PERMISSION_DENIED for a folder
-// that cannot be listed, INVALID_ARGUMENT when no file at all is found.
+// that cannot be listed, INVALID_ARGUMENT when no file at all is found. With
+// `unlisted`, a subfolder found on the way that cannot be listed (a lost+found owned by
+// root) is skipped, its error appended there, instead of failing the whole expansion;
+// the paths given must still be readable themselves.
 absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
-    const std::vector<std::string>& paths, bool recursive);
+    const std::vector<std::string>& paths, bool recursive,
+    std::vector<absl::Status>* unlisted = nullptr);
 
 // The bytes of a file. NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (a folder),
 // DATA_LOSS (a read error), or INVALID_ARGUMENT when it holds more than `max_bytes`
@@ -38,7 +42,9 @@ absl::StatusOr<std::string> ReadFileBytes(
     const std::string& path, uint64_t max_bytes = std::numeric_limits<uint64_t>::max());
 
 // The lines of a text file ("-" reads standard input), one item per line: "\n" or
-// "\r\n" endings are removed, and empty lines are skipped. Errors as ReadFileBytes().
+// "\r\n" endings and a UTF-8 byte order mark at the start are removed, and blank lines
+// (empty or only ASCII whitespace) are skipped; other lines are kept as they are.
+// Errors as ReadFileBytes(), DATA_LOSS for a read error on standard input.
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path);
 
 // The bearer token in a file (--token_file): its contents with surrounding whitespace

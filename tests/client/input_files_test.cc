@@ -121,12 +121,49 @@ TEST_F(InputFilesTest, ReadFileBytesRefusesAFileOverTheLimit) {
 }
 
 TEST_F(InputFilesTest, ReadLinesSkipsBlankLinesAndCarriageReturns) {
-  const std::string path = Touch("texts.txt", "a cat\r\n\na dog\n  \nlast");
+  const std::string path =
+      Touch("texts.txt", "a cat\r\n\na dog\n  \n\t \r\n  indented \nlast");
   auto lines = ReadLines(path);
   ASSERT_TRUE(lines.ok());
-  EXPECT_EQ(*lines, (std::vector<std::string>{"a cat", "a dog", "  ", "last"}));
+  EXPECT_EQ(*lines, (std::vector<std::string>{"a cat", "a dog", "  indented ", "last"}));
   EXPECT_TRUE(SplitLines("").empty());
+  EXPECT_TRUE(SplitLines(" \n\t\n").empty());
   EXPECT_EQ(SplitLines("one\n"), std::vector<std::string>{"one"});
+}
+
+TEST_F(InputFilesTest, ReadLinesDropsAByteOrderMarkAtTheStartOnly) {
+  EXPECT_EQ(SplitLines("\xEF\xBB\xBF"
+                       "a cat\n\xEF\xBB\xBF"
+                       "a dog"),
+            (std::vector<std::string>{"a cat",
+                                      "\xEF\xBB\xBF"
+                                      "a dog"}));
+  EXPECT_TRUE(SplitLines("\xEF\xBB\xBF").empty());
+}
+
+// A subfolder that cannot be listed fails the expansion, or with `unlisted` is set
+// aside there while the rest is listed. Needs a user that file modes bind (not root).
+TEST_F(InputFilesTest, AnUnlistableSubfolderIsSetAsideWhenAsked) {
+  Touch("a.jpg");
+  Touch("locked/b.jpg");
+  Touch("z/c.jpg");
+  fs::permissions(root_ / "locked", fs::perms::none);
+  std::error_code listed;
+  fs::directory_iterator probe(root_ / "locked", listed);
+  if (!listed) {
+    fs::permissions(root_ / "locked", fs::perms::owner_all);
+    GTEST_SKIP() << "this user lists folders whatever their mode (root)";
+  }
+  const auto failed = ExpandImagePaths({root_.string()}, /*recursive=*/true);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kPermissionDenied);
+  std::vector<absl::Status> unlisted;
+  const auto files = ExpandImagePaths({root_.string()}, /*recursive=*/true, &unlisted);
+  fs::permissions(root_ / "locked", fs::perms::owner_all);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(*files, (std::vector<std::string>{P("a.jpg"), P("z/c.jpg")}));
+  ASSERT_EQ(unlisted.size(), 1u);
+  EXPECT_EQ(unlisted[0].code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(unlisted[0].message().rfind(P("locked"), 0), 0u) << unlisted[0];
 }
 
 TEST_F(InputFilesTest, ReadTokenFileTrimsAndWantsOneToken) {
