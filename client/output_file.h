@@ -1,0 +1,50 @@
+#ifndef CLIPSERVE_CLIENT_OUTPUT_FILE_H_
+#define CLIPSERVE_CLIENT_OUTPUT_FILE_H_
+
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace clipserve {
+
+// A file that clip_client writes whole or not at all. Open() creates an empty
+// temporary file beside `path` ("<path>.partial-<pid>"), so that a path that cannot
+// be written fails before any work is done; the caller writes write_path(), and
+// Commit() renames it over `path`, so that a run that fails midway leaves a file
+// already at `path` as it was. The temporary file is removed when the object is
+// destroyed uncommitted (not when the process is killed). A path that exists and is
+// not a regular file (a pipe, /dev/stdout) is written in place: write_path() is
+// `path`, Open() checks nothing and Commit() does nothing.
+//
+// Not thread-safe; move-only.
+class OutputFile {
+ public:
+  // Errors as OpenError() (input_files.h), naming `path`.
+  static absl::StatusOr<OutputFile> Open(const std::string& path);
+
+  OutputFile(OutputFile&& other) noexcept;
+  OutputFile& operator=(OutputFile&&) = delete;
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  ~OutputFile();
+
+  const std::string& path() const { return path_; }
+  const std::string& write_path() const { return write_path_; }
+
+  // Moves write_path() to path(). Errors as OpenError(), naming path().
+  absl::Status Commit();
+
+ private:
+  OutputFile(std::string path, std::string write_path)
+      : path_(std::move(path)), write_path_(std::move(write_path)) {}
+
+  std::string path_;
+  std::string write_path_;
+  bool pending_ = true;  // write_path() is a temporary file still to be moved or removed
+};
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_CLIENT_OUTPUT_FILE_H_
