@@ -40,7 +40,7 @@ struct BenchOptions {
   int64_t requests = 0;
   // Time to keep sending when requests == 0, > 0 and at most kMaxBenchDuration.
   // Requests in flight when it ends still complete (within `timeout`) and count.
-  // Default 30 s.
+  // Default 30 s here; clip_client bench's --duration defaults to 10 s.
   absl::Duration duration = absl::Seconds(30);
 
   // Items (images or texts) per request, >= 1. Default 1.

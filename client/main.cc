@@ -43,6 +43,7 @@
 #include "client/clip_client.h"
 #include "client/input_files.h"
 #include "client/npy_writer.h"
+#include "client/output_file.h"
 #include "client/output_format.h"
 #include "client/progress_bar.h"
 #include "client/status_details.h"
@@ -70,9 +71,9 @@ CLI::Validator FiniteNumberAtLeast(double minimum, bool inclusive, const char* w
 const CLI::Validator kPositive = FiniteNumberAtLeast(0, false, "a positive number");
 const CLI::Validator kNonNegative = FiniteNumberAtLeast(0, true, "0 or more");
 
-// Texts per EmbedText / Tokenize request: well under the server's default
-// --max_items_per_request (256), and big enough to batch well.
-constexpr size_t kTextsPerRequest = 128;
+// Texts per EmbedText / Tokenize request by default (--texts_per_request): well under
+// the server's default --max_items_per_request (256), and big enough to batch well.
+constexpr int kTextsPerRequest = 128;
 
 // "CODE: message", and the call's request id when the error came from a call, for
 // finding the server's log line about it.
@@ -126,22 +127,26 @@ int FailCall(const absl::Status& status, const std::string& target) {
   return Fail(status);
 }
 
-// Codes that say something about the call or the server, not about one item.
-bool IsAboutTheCall(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnavailable ||
-         code == absl::StatusCode::kUnauthenticated ||
-         code == absl::StatusCode::kPermissionDenied ||
-         code == absl::StatusCode::kUnimplemented;
-}
-
 bool IsNpyPath(const std::string& path) { return absl::EndsWithIgnoreCase(path, ".npy"); }
 
-// Writes embeddings (one row per input, in order) as .npy when `output` ends with
-// .npy, else as JSON lines to `output` ("" or "-": stdout).
-absl::Status WriteEmbeddings(const std::string& output,
+bool IsStdout(const std::string& output) { return output.empty() || output == "-"; }
+
+// The file an embedding command writes, opened before the work so that a path that
+// cannot be written fails at once; nullopt for stdout ("" or "-").
+absl::StatusOr<std::optional<OutputFile>> OpenOutput(const std::string& output) {
+  if (IsStdout(output)) return std::optional<OutputFile>();
+  absl::StatusOr<OutputFile> file = OutputFile::Open(output);
+  if (!file.ok()) return file.status();
+  return std::optional<OutputFile>(*std::move(file));
+}
+
+// Writes embeddings (one row per input, in order): as .npy when the output's name ends
+// with .npy, else as JSON lines; into `file`, then moved into place, or to stdout when
+// there is none.
+absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
                              const std::vector<std::string>& inputs,
                              const std::vector<std::vector<float>>& rows) {
-  if (IsNpyPath(output)) {
+  if (file.has_value() && IsNpyPath(file->path())) {
     const size_t dim = rows.empty() ? 0 : rows[0].size();
     std::vector<float> flat;
     flat.reserve(rows.size() * dim);
@@ -151,25 +156,28 @@ absl::Status WriteEmbeddings(const std::string& output,
       }
       flat.insert(flat.end(), row.begin(), row.end());
     }
-    return WriteNpyFile(output, rows.size(), dim, flat);
+    const absl::Status written = WriteNpyFile(file->write_path(), rows.size(), dim, flat);
+    return written.ok() ? file->Commit() : written;
   }
-  std::ofstream file;
+  std::ofstream stream;
   std::ostream* out = &std::cout;
-  if (!output.empty() && output != "-") {
-    file.open(output, std::ios::trunc);
-    if (!file) {
-      return OpenError(output, "cannot open for writing", errno);
-    }
-    out = &file;
+  if (file.has_value()) {
+    stream.open(file->write_path(), std::ios::trunc);
+    if (!stream) return OpenError(file->path(), "cannot open for writing", errno);
+    out = &stream;
   }
   for (size_t i = 0; i < rows.size(); ++i) {
     *out << EmbeddingJsonLine(i, inputs[i], rows[i]) << '\n';
   }
   out->flush();
-  if (!*out)
+  if (!*out) {
     return absl::DataLossError(
-        absl::StrCat(output.empty() ? "stdout" : output, ": write failed"));
-  return absl::OkStatus();
+        absl::StrCat(file.has_value() ? file->path() : "stdout", ": write failed"));
+  }
+  if (!file.has_value()) return absl::OkStatus();
+  stream.close();
+  if (!stream) return absl::DataLossError(absl::StrCat(file->path(), ": write failed"));
+  return file->Commit();
 }
 
 // Texts from arguments, then from the lines of `file` when given.
@@ -217,6 +225,7 @@ struct EmbedTextArgs {
   std::string output;
   bool normalize = true;
   bool truncate = true;
+  int texts_per_request = kTextsPerRequest;
   std::string file;
   std::vector<std::string> texts;
 };
@@ -224,12 +233,15 @@ struct EmbedTextArgs {
 int EmbedText(ClipClient& client, const std::string& target, const EmbedTextArgs& args) {
   absl::StatusOr<std::vector<std::string>> texts = CollectTexts(args.texts, args.file);
   if (!texts.ok()) return Fail(texts.status());
+  absl::StatusOr<std::optional<OutputFile>> output = OpenOutput(args.output);
+  if (!output.ok()) return Fail(output.status());
   std::vector<std::vector<float>> rows;
   rows.reserve(texts->size());
-  ProgressBar bar(StderrIsTerminal() && texts->size() > kTextsPerRequest, texts->size(),
+  const size_t per_request = static_cast<size_t>(args.texts_per_request);
+  ProgressBar bar(StderrIsTerminal() && texts->size() > per_request, texts->size(),
                   "texts");
-  for (size_t offset = 0; offset < texts->size(); offset += kTextsPerRequest) {
-    const size_t end = std::min(texts->size(), offset + kTextsPerRequest);
+  for (size_t offset = 0; offset < texts->size(); offset += per_request) {
+    const size_t end = std::min(texts->size(), offset + per_request);
     v1::EmbedTextRequest request;
     for (size_t i = offset; i < end; ++i) request.add_texts((*texts)[i]);
     request.set_normalize(args.normalize);
@@ -249,7 +261,7 @@ int EmbedText(ClipClient& client, const std::string& target, const EmbedTextArgs
     bar.Update(end);
   }
   bar.Finish();
-  if (absl::Status status = WriteEmbeddings(args.output, *texts, rows); !status.ok()) {
+  if (absl::Status status = WriteEmbeddings(*output, *texts, rows); !status.ok()) {
     return Fail(status);
   }
   return EXIT_SUCCESS;
@@ -266,15 +278,20 @@ struct EmbedImageArgs {
 };
 
 // The image files to embed. With --skip_errors, a path that cannot be read (missing,
-// or a folder that cannot be listed) is a warning, counted in `*unreadable`, like a
-// file that fails later; it is an error when no file is left.
+// or a folder or subfolder that cannot be listed) is a warning, counted in
+// `*unreadable`, like a file that fails later; it is an error when no file is left.
 absl::StatusOr<std::vector<std::string>> FilesToEmbed(const EmbedImageArgs& args,
                                                       size_t* unreadable) {
   if (!args.skip_errors) return ExpandImagePaths(args.paths, args.recursive);
   std::vector<std::string> files;
   for (const std::string& path : args.paths) {
+    std::vector<absl::Status> unlisted;
     absl::StatusOr<std::vector<std::string>> found =
-        ExpandImagePaths({path}, args.recursive);
+        ExpandImagePaths({path}, args.recursive, &unlisted);
+    for (const absl::Status& error : unlisted) {
+      std::fprintf(stderr, "warning: %s\n", ErrorText(error).c_str());
+      ++*unreadable;
+    }
     if (found.ok()) {
       files.insert(files.end(), found->begin(), found->end());
     } else if (found.status().code() != absl::StatusCode::kInvalidArgument) {
@@ -291,6 +308,11 @@ int EmbedImage(ClipClient& client, const std::string& target,
   size_t unreadable = 0;
   absl::StatusOr<std::vector<std::string>> paths = FilesToEmbed(args, &unreadable);
   if (!paths.ok()) return Fail(paths.status());
+  absl::StatusOr<std::optional<OutputFile>> output = OpenOutput(args.output);
+  if (!output.ok()) return Fail(output.status());
+  // Which files failed here (could not be read), not at the server. Each item is
+  // read once, on the stream's writer thread; looked at once the stream is done.
+  std::vector<char> read_here(paths->size(), 0);
   ProgressBar bar(StderrIsTerminal() && paths->size() > 1, paths->size(), "images");
   EmbedStreamOptions options;
   options.normalize = args.normalize;
@@ -299,12 +321,15 @@ int EmbedImage(ClipClient& client, const std::string& target,
   options.on_progress = [&bar](size_t done, size_t) { bar.Update(done); };
   absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> results = client.EmbedStream(
       paths->size(),
-      [&paths, &args](size_t i) -> absl::StatusOr<EmbedItem> {
+      [&paths, &args, &read_here](size_t i) -> absl::StatusOr<EmbedItem> {
         // A file too big for one message fails alone, before it is sent (gRPC would
         // end the whole stream).
         absl::StatusOr<std::string> bytes =
             ReadFileBytes((*paths)[i], args.max_file_bytes);
-        if (!bytes.ok()) return bytes.status();
+        if (!bytes.ok()) {
+          read_here[i] = 1;
+          return bytes.status();
+        }
         return EmbedItem::Image(*std::move(bytes));
       },
       options);
@@ -316,7 +341,11 @@ int EmbedImage(ClipClient& client, const std::string& target,
   std::vector<std::string> inputs;
   std::vector<std::vector<float>> rows;
   size_t failed = unreadable;
-  bool said_call_error = false;
+  // The first failure that is not a file's own (IsTheItemsOwnError): the server gone,
+  // refusing the call, overloaded or failing, or no answer in time. It befalls every
+  // file alike, so it is said once, and it fails the job even with --skip_errors.
+  absl::Status job_error;
+  size_t job_failed = 0;
   for (size_t i = 0; i < results->size(); ++i) {
     absl::StatusOr<EmbeddedItem>& result = (*results)[i];
     if (result.ok()) {
@@ -329,21 +358,28 @@ int EmbedImage(ClipClient& client, const std::string& target,
     if (result.status().code() == absl::StatusCode::kCancelled && !args.skip_errors) {
       continue;
     }
-    if (IsAboutTheCall(result.status().code())) {
-      // The server is gone, or refused the call (token, method): every file alike,
-      // said once.
-      if (!said_call_error) FailCall(result.status(), target);
-      said_call_error = true;
+    if (!IsTheItemsOwnError(result.status(), read_here[i] != 0)) {
+      if (job_error.ok()) job_error = result.status();
+      ++job_failed;
       continue;
     }
     const absl::Status named = Prefixed(result.status(), (*paths)[i]);
     std::fprintf(stderr, "%s: %s\n", args.skip_errors ? "warning" : "error",
                  ErrorText(named).c_str());
   }
+  if (!job_error.ok()) {
+    FailCall(job_error, target);
+    if (args.skip_errors) {
+      std::fprintf(stderr,
+                   "nothing written: %zu of %zu files failed for a reason not their own; "
+                   "--skip_errors skips only files that cannot be read or are not valid "
+                   "images\n",
+                   job_failed, paths->size());
+    }
+    return EXIT_FAILURE;
+  }
   if (failed > 0 && (!args.skip_errors || rows.empty())) {
-    if (said_call_error) {
-      // Said above.
-    } else if (!args.skip_errors) {
+    if (!args.skip_errors) {
       std::fprintf(stderr,
                    "nothing written; --skip_errors embeds the other files and reports "
                    "the failed ones\n");
@@ -356,7 +392,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
     std::fprintf(stderr, "warning: skipped %zu of %zu files\n", failed,
                  paths->size() + unreadable);
   }
-  if (absl::Status status = WriteEmbeddings(args.output, inputs, rows); !status.ok()) {
+  if (absl::Status status = WriteEmbeddings(*output, inputs, rows); !status.ok()) {
     return Fail(status);
   }
   return EXIT_SUCCESS;
@@ -437,6 +473,7 @@ int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& 
 struct TokenizeArgs {
   bool json = false;
   bool truncate = true;
+  int texts_per_request = kTextsPerRequest;
   std::string file;
   std::vector<std::string> texts;
 };
@@ -445,8 +482,9 @@ int Tokenize(ClipClient& client, const std::string& target, const TokenizeArgs& 
   absl::StatusOr<std::vector<std::string>> texts = CollectTexts(args.texts, args.file);
   if (!texts.ok()) return Fail(texts.status());
   v1::TokenizeResponse all;
-  for (size_t offset = 0; offset < texts->size(); offset += kTextsPerRequest) {
-    const size_t end = std::min(texts->size(), offset + kTextsPerRequest);
+  const size_t per_request = static_cast<size_t>(args.texts_per_request);
+  for (size_t offset = 0; offset < texts->size(); offset += per_request) {
+    const size_t end = std::min(texts->size(), offset + per_request);
     v1::TokenizeRequest request;
     for (size_t i = offset; i < end; ++i) request.add_texts((*texts)[i]);
     request.set_truncate(args.truncate);
@@ -642,6 +680,12 @@ int main(int argc, char** argv) {
   embed_text->add_option(
       "--file,-f", text_args.file,
       "Read texts from a file, one per line (blank lines skipped; - = stdin)");
+  embed_text
+      ->add_option("--texts_per_request", text_args.texts_per_request,
+                   "Texts sent in one request, at most the server's "
+                   "--max_items_per_request")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   embed_text->add_option("texts", text_args.texts, "Texts to embed");
 
   // embed-image
@@ -712,6 +756,12 @@ int main(int argc, char** argv) {
   tokenize->add_option(
       "--file,-f", tok_args.file,
       "Read texts from a file, one per line (blank lines skipped; - = stdin)");
+  tokenize
+      ->add_option("--texts_per_request", tok_args.texts_per_request,
+                   "Texts sent in one request, at most the server's "
+                   "--max_items_per_request")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   tokenize->add_option("texts", tok_args.texts, "Texts to tokenize");
 
   // info

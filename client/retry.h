@@ -23,8 +23,9 @@ namespace clipserve {
 // returns the last error at once instead of sleeping into a DEADLINE_EXCEEDED.
 struct RetryPolicy {
   // Attempts per call, the first one included; 1 disables retries. Default 4: with the
-  // default backoff a call rides out about 1.5 s of unavailability, a server restart
-  // behind a load balancer, without hiding an outage for long.
+  // default backoff (waits of about 100, 200 and 400 ms) a call rides out about 0.7 s
+  // of unavailability, a connection reset or a replica going away behind a load
+  // balancer, without hiding an outage for long.
   int max_attempts = 4;
 
   // Wait before the first retry when the server gave no RetryInfo, > 0. Default 100 ms:

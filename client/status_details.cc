@@ -106,4 +106,9 @@ std::optional<std::string> RequestIdOf(const absl::Status& status) {
   return std::string(*payload);
 }
 
+bool IsTheItemsOwnError(const absl::Status& status, bool local) {
+  if (status.ok()) return false;
+  return local || status.code() == absl::StatusCode::kInvalidArgument;
+}
+
 }  // namespace clipserve

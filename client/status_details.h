@@ -54,6 +54,14 @@ std::optional<google::rpc::BadRequest> BadRequestOf(const absl::Status& status);
 std::optional<size_t> BadRequestItemIndex(const absl::Status& status,
                                           absl::string_view list);
 
+// Whether an item's error is the item's own, so that a job over many items (clip_client
+// embed-image --skip_errors) may skip that item and go on: an error `local` to the
+// client (a file it could not read), or INVALID_ARGUMENT from the server (not an
+// image, too many pixels, a text too long). Any other error (the server unreachable,
+// refusing the call, overloaded or failing, the deadline passed) is not about the item
+// and would befall the others alike.
+bool IsTheItemsOwnError(const absl::Status& status, bool local);
+
 // The payload URL under which ClipClient puts, on the error of a call it sent or
 // tried to send, the call's `x-request-id`: the id that the server's log line about
 // the failure names. Kept on the client; never sent.

@@ -110,5 +110,22 @@ TEST(BadRequestItemIndexTest, FindsTheItemOfTheNamedList) {
   EXPECT_FALSE(BadRequestItemIndex(absl::InvalidArgumentError("x"), "texts").has_value());
 }
 
+TEST(IsTheItemsOwnErrorTest, OnlyLocalOrInvalidInputErrorsAreTheItems) {
+  EXPECT_TRUE(IsTheItemsOwnError(absl::InvalidArgumentError("not an image"), false));
+  EXPECT_TRUE(IsTheItemsOwnError(absl::NotFoundError("x.jpg: no such file"), true));
+  EXPECT_TRUE(IsTheItemsOwnError(absl::PermissionDeniedError("x.jpg: denied"), true));
+  for (const absl::Status& status :
+       {absl::UnavailableError("connection refused"),
+        absl::UnauthenticatedError("missing bearer token"),
+        absl::PermissionDeniedError("not allowed"),
+        absl::DeadlineExceededError("no answer from the server"),
+        absl::ResourceExhaustedError("the queue is full"),
+        absl::InternalError("model failed"), absl::CancelledError("shutting down"),
+        absl::UnimplementedError("no such method")}) {
+    EXPECT_FALSE(IsTheItemsOwnError(status, false)) << status;
+  }
+  EXPECT_FALSE(IsTheItemsOwnError(absl::OkStatus(), true));
+}
+
 }  // namespace
 }  // namespace clipserve

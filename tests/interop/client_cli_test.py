@@ -20,7 +20,9 @@ import sys
 import tempfile
 import time
 import unittest
+from concurrent import futures
 
+import grpc
 import numpy as np
 
 import clipserve_testlib as lib
@@ -234,6 +236,12 @@ class ClientCliTest(unittest.TestCase):
         rows = self.jsonl(self.client("embed-text", "--file", texts_file, "a cat").stdout)
         self.assertEqual([r["input"] for r in rows],
                          ["a cat", "a photo of a dog", "a rocket on the launch pad"])
+        # One text per request (for a server with a low --max_items_per_request): the
+        # same rows.
+        one_by_one = self.out("one_by_one.npy")
+        self.client("embed-text", "--texts_per_request", "1", "--file", texts_file, "-o",
+                    one_by_one, "--", "a cat", "-x-")
+        np.testing.assert_allclose(np.load(one_by_one), array, atol=ATOL)
 
     # -- similarity, classify, tokenize, info, health ------------------------------
 
@@ -379,6 +387,19 @@ class ClientWithoutServerTest(unittest.TestCase):
             self.assertEqual(len(re.findall(r"(?m)^error:", result.stderr)), 1,
                              result.stderr)
 
+    def test_an_output_that_cannot_be_written_fails_before_any_call(self):
+        target = f"127.0.0.1:{lib.free_port()}"
+        image = os.path.join(ARGS.images, "chelsea.png")
+        output = os.path.join(tempfile.gettempdir(), "no_such_folder_for_clip_client",
+                              "x.npy")
+        for args in (["embed-image", "-o", output, image],
+                     ["embed-text", "-o", output, "a cat"]):
+            result = subprocess.run([ARGS.client, "--target", target, *args],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(result.returncode, 0, args)
+            # The path, not the server nobody listens on.
+            self.assertRegex(result.stderr, r"^error: NOT_FOUND: " + re.escape(output) +
+                             ": cannot write", args)
 
     def test_numbers_out_of_range_say_what_is_wanted(self):
         image = os.path.join(ARGS.images, "chelsea.png")
@@ -399,6 +420,65 @@ class ClientWithoutServerTest(unittest.TestCase):
             self.assertNotEqual(result.returncode, 0, args)
             self.assertIn(message, result.stderr, args)
             self.assertNotIn("not in range", result.stderr, args)
+
+
+class SkipErrorsAgainstAFailingServerTest(unittest.TestCase):
+    """--skip_errors skips files, not a failing server.
+
+    A fake ClipService answers the stream's first image and fails the others with
+    INTERNAL (as a model failing its batches would): the job fails, the error is said
+    once, and an output file from an earlier run is left as it was.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
+        pb, pb_grpc = lib.import_clipserve()
+
+        class FailingAfterTheFirst(pb_grpc.ClipServiceServicer):
+            def EmbedStream(self, request_iterator, context):
+                for request in request_iterator:
+                    response = pb.EmbedStreamResponse(id=request.id)
+                    if request.id == "0":
+                        response.embedding.values.extend([0.6, 0.8])
+                    else:
+                        response.error.code = 13  # INTERNAL
+                        response.error.message = "model failed on a batch of 1"
+                    yield response
+
+        cls.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_ClipServiceServicer_to_server(FailingAfterTheFirst(), cls.server)
+        cls.target = f"127.0.0.1:{cls.server.add_insecure_port('127.0.0.1:0')}"
+        cls.server.start()
+        cls.tmp = tempfile.mkdtemp(prefix="clip_client_failing_server_")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop(None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_the_job_fails_and_an_earlier_output_stays(self):
+        files = []
+        for name in ("a.png", "b.png", "c.png"):
+            files.append(os.path.join(self.tmp, name))
+            shutil.copy(os.path.join(ARGS.images, "chelsea.png"), files[-1])
+        npy = os.path.join(self.tmp, "x.npy")
+        with open(npy, "wb") as f:
+            f.write(b"an earlier run")
+        result = subprocess.run(
+            [ARGS.client, "--target", self.target, "embed-image", "--skip_errors",
+             "--max_in_flight", "1", "-o", npy, *files],
+            capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            len(re.findall(r"(?m)^error: INTERNAL: model failed", result.stderr)), 1,
+            result.stderr)
+        self.assertNotIn("warning:", result.stderr)
+        self.assertIn("nothing written: 2 of 3 files failed for a reason not their own",
+                      result.stderr)
+        with open(npy, "rb") as f:
+            self.assertEqual(f.read(), b"an earlier run")
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["a.png", "b.png", "c.png", "x.npy"])
 
 
 if __name__ == "__main__":
