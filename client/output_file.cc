@@ -17,6 +17,10 @@ namespace clipserve {
 absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
   std::error_code error;
   const std::filesystem::file_status status = std::filesystem::status(path, error);
+  if (!error && std::filesystem::is_directory(status)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": cannot write: is a folder (name a file in it)"));
+  }
   if (!error && std::filesystem::exists(status) &&
       !std::filesystem::is_regular_file(status)) {
     OutputFile in_place(path, path);

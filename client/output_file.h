@@ -21,7 +21,8 @@ namespace clipserve {
 // Not thread-safe; move-only.
 class OutputFile {
  public:
-  // Errors as OpenError() (input_files.h), naming `path`.
+  // FAILED_PRECONDITION when `path` is a folder; other errors as OpenError()
+  // (input_files.h), naming `path`.
   static absl::StatusOr<OutputFile> Open(const std::string& path);
 
   OutputFile(OutputFile&& other) noexcept;

@@ -48,6 +48,15 @@ TEST_F(OutputFileTest, APathThatCannotBeWrittenFailsAtOpenNamingIt) {
       << file.status();
 }
 
+TEST_F(OutputFileTest, AFolderIsRefusedAtOpen) {
+  const absl::StatusOr<OutputFile> file = OutputFile::Open(root_.string());
+  EXPECT_EQ(file.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      file.status().message().rfind(root_.string() + ": cannot write: is a folder", 0),
+      0u)
+      << file.status();
+}
+
 TEST_F(OutputFileTest, CommitReplacesTheFileWithWhatWasWritten) {
   const std::string path = (root_ / "x.jsonl").string();
   Write(path, "old");
