@@ -218,6 +218,16 @@ void PrintJson(const nlohmann::ordered_json& json) {
   std::cout << DumpJson(json) << std::endl;
 }
 
+// --texts_per_request, for the subcommands that send texts in chunks.
+void AddTextsPerRequestOption(CLI::App* command, int* texts_per_request) {
+  command
+      ->add_option("--texts_per_request", *texts_per_request,
+                   "Texts sent in one request, at most the server's "
+                   "--max_items_per_request")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+}
+
 // ---------------------------------------------------------------------------
 // Subcommands
 
@@ -680,12 +690,7 @@ int main(int argc, char** argv) {
   embed_text->add_option(
       "--file,-f", text_args.file,
       "Read texts from a file, one per line (blank lines skipped; - = stdin)");
-  embed_text
-      ->add_option("--texts_per_request", text_args.texts_per_request,
-                   "Texts sent in one request, at most the server's "
-                   "--max_items_per_request")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
+  AddTextsPerRequestOption(embed_text, &text_args.texts_per_request);
   embed_text->add_option("texts", text_args.texts, "Texts to embed");
 
   // embed-image
@@ -756,12 +761,7 @@ int main(int argc, char** argv) {
   tokenize->add_option(
       "--file,-f", tok_args.file,
       "Read texts from a file, one per line (blank lines skipped; - = stdin)");
-  tokenize
-      ->add_option("--texts_per_request", tok_args.texts_per_request,
-                   "Texts sent in one request, at most the server's "
-                   "--max_items_per_request")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
+  AddTextsPerRequestOption(tokenize, &tok_args.texts_per_request);
   tokenize->add_option("texts", tok_args.texts, "Texts to tokenize");
 
   // info

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "tests/testing/fresh_test_dir.h"
 
 namespace clipserve {
 namespace {
@@ -16,14 +17,7 @@ namespace fs = std::filesystem;
 
 class InputFilesTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    root_ =
-        fs::path(::testing::TempDir()) /
-        ("input_files_test_" +
-         std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-  }
+  void SetUp() override { root_ = testing::FreshTestDir("input_files_test"); }
   void TearDown() override { fs::remove_all(root_); }
 
   std::string Touch(const std::string& relative, const std::string& content = "x") {

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "tests/testing/fresh_test_dir.h"
 
 namespace clipserve {
 namespace {
@@ -16,14 +17,7 @@ namespace fs = std::filesystem;
 
 class OutputFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    root_ =
-        fs::path(::testing::TempDir()) /
-        ("output_file_test_" +
-         std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-  }
+  void SetUp() override { root_ = testing::FreshTestDir("output_file_test"); }
   void TearDown() override { fs::remove_all(root_); }
 
   static void Write(const std::string& path, const std::string& text) {
