@@ -93,7 +93,9 @@ ABSL_FLAG(int32_t, max_queue_size, 1024,
           "Items waiting per modality before requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int32_t, workers, 0,
           "Batch workers per modality, 0 to 64; 0 picks by device: 1 on the CPU, 2 per "
-          "GPU (each with its own CUDA stream).");
+          "GPU (each with its own CUDA stream). On the CPU every batch runs on one "
+          "model runner that takes text batches first, so more than 1 only queues "
+          "batches there, and image batches wait while text batches keep coming.");
 ABSL_FLAG(int32_t, intra_op_threads, 0,
           "LibTorch threads per model run, 0 to 1024; 0 = one per CPU core.");
 ABSL_FLAG(int32_t, preprocess_threads, 2,
@@ -553,6 +555,9 @@ absl::Status Run() {
   engine_options.max_queue_delay =
       absl::Milliseconds(absl::GetFlag(FLAGS_max_queue_delay_ms));
   engine_options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  // Room for the largest request's images, whatever --max_queue_size allows.
+  engine_options.max_pending_preprocess =
+      std::max(engine_options.max_pending_preprocess, engine_options.max_queue_size);
   engine_options.workers = absl::GetFlag(FLAGS_workers);
   engine_options.preprocess_threads = absl::GetFlag(FLAGS_preprocess_threads);
   engine_options.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);

@@ -283,6 +283,13 @@ absl::Status ValidateEmbeddingEngineOptions(const EmbeddingEngineOptions& option
     return absl::InvalidArgumentError(
         "watchdog_interval must be > 0 and watchdog_timeout >= 0");
   }
+  if (options.max_pending_preprocess < options.max_queue_size) {
+    // An image request of up to max_queue_size items submits one task per image: a
+    // larger one than the pool holds would be refused (and retried) forever.
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_pending_preprocess (", options.max_pending_preprocess,
+                     ") must be at least max_queue_size (", options.max_queue_size, ")"));
+  }
   return ValidateDynamicBatcherOptions(
       BatcherOptions(options, std::max(options.workers, 1)));
 }

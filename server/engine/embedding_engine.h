@@ -62,7 +62,8 @@ struct EmbeddingEngineOptions {
   // this process may use (its affinity mask): a batch is the only work that should use
   // every core.
   int intra_op_threads = 0;
-  // Preprocessing tasks waiting at most; beyond, requests get RESOURCE_EXHAUSTED.
+  // Preprocessing tasks waiting at most; beyond, requests get RESOURCE_EXHAUSTED. At
+  // least max_queue_size: an image request submits one task per image.
   int max_pending_preprocess = 4096;
   // Image decoding limits (pixels, encoded bytes, EXIF orientation).
   image::DecodeOptions decode;

@@ -764,6 +764,19 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
 }
 
 // A watchdog that looked every 0 s would spin holding the engine's batch lock.
+// An image request of up to max_queue_size items submits one preprocessing task per
+// image: a pool holding fewer would refuse such a request every time it came.
+TEST(EmbeddingEngineOptionsTest, ThePoolHoldsTheLargestRequestsImages) {
+  EmbeddingEngineOptions options;
+  options.max_queue_size = 64;
+  options.max_pending_preprocess = 64;
+  EXPECT_TRUE(ValidateEmbeddingEngineOptions(options).ok());
+  options.max_pending_preprocess = 63;
+  const absl::Status small = ValidateEmbeddingEngineOptions(options);
+  EXPECT_EQ(small.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(small.message(), HasSubstr("max_pending_preprocess (63)"));
+}
+
 TEST(EmbeddingEngineOptionsTest, TheWatchdogNeedsAPositiveInterval) {
   EmbeddingEngineOptions options;
   EXPECT_TRUE(ValidateEmbeddingEngineOptions(options).ok());
