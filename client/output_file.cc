@@ -13,16 +13,31 @@
 #include "client/input_files.h"
 
 namespace clipserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Whether `path` can be opened for writing, without changing it.
+bool CanWriteInPlace(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
+
+}  // namespace
 
 absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
   std::error_code error;
-  const std::filesystem::file_status status = std::filesystem::status(path, error);
-  if (!error && std::filesystem::is_directory(status)) {
+  const fs::file_status link = fs::symlink_status(path, error);
+  const bool exists = !error && fs::exists(link);
+  if (exists && fs::is_directory(fs::status(path, error))) {
     return absl::FailedPreconditionError(
         absl::StrCat(path, ": cannot write: is a folder (name a file in it)"));
   }
-  if (!error && std::filesystem::exists(status) &&
-      !std::filesystem::is_regular_file(status)) {
+  if (exists && !fs::is_regular_file(link)) {
+    // A link (/dev/stdout, a user's link) is written through, a pipe or a device
+    // as it is: renaming over either would replace it.
     OutputFile in_place(path, path);
     in_place.pending_ = false;
     return in_place;
@@ -30,8 +45,20 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
   std::string temporary = absl::StrCat(path, ".partial-", getpid());
   const int fd =
       ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) return OpenError(path, "cannot write", errno);
+  if (fd < 0) {
+    const int open_error = errno;
+    // A file that may be written in a folder that may not: written in place.
+    if (exists && CanWriteInPlace(path)) {
+      OutputFile in_place(path, path);
+      in_place.pending_ = false;
+      return in_place;
+    }
+    return OpenError(path, "cannot write", open_error);
+  }
   ::close(fd);
+  if (exists) {  // the replacement keeps the file's permission bits
+    fs::permissions(temporary, link.permissions(), error);
+  }
   return OutputFile(path, std::move(temporary));
 }
 

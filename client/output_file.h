@@ -10,13 +10,18 @@
 namespace clipserve {
 
 // A file that clip_client writes whole or not at all. Open() creates an empty
-// temporary file beside `path` ("<path>.partial-<pid>"), so that a path that cannot
-// be written fails before any work is done; the caller writes write_path(), and
-// Commit() renames it over `path`, so that a run that fails midway leaves a file
-// already at `path` as it was. The temporary file is removed when the object is
-// destroyed uncommitted (not when the process is killed). A path that exists and is
-// not a regular file (a pipe, /dev/stdout) is written in place: write_path() is
-// `path`, Open() checks nothing and Commit() does nothing.
+// temporary file beside `path` ("<path>.partial-<pid>", with the permission bits of a
+// file already there), so that a path that cannot be written fails before any work is
+// done; the caller writes write_path(), and Commit() renames it over `path`, so that a
+// run that fails midway leaves a file already at `path` as it was. The temporary file
+// is removed when the object is destroyed uncommitted (not when the process is
+// killed).
+//
+// Written in place instead (write_path() is `path`, Commit() does nothing): a path
+// that is a symbolic link (/dev/stdout, written through) or exists and is not a
+// regular file (a pipe, a device), where Open() checks nothing; and a file that may be
+// written in a folder where no file may be created, where Open() checks that the file
+// opens for writing.
 //
 // Not thread-safe; move-only.
 class OutputFile {

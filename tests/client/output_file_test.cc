@@ -78,6 +78,57 @@ TEST_F(OutputFileTest, AnUncommittedFileLeavesTheOldOneAndNoTemporary) {
   EXPECT_EQ(Entries(), 1);
 }
 
+// /dev/stdout with stdout redirected to a file is such a link: renaming over it would
+// replace /dev/stdout itself (when /dev is writable, as for root in a container).
+TEST_F(OutputFileTest, ALinkIsWrittenThrough) {
+  const std::string target = (root_ / "target.jsonl").string();
+  const std::string link = (root_ / "link.jsonl").string();
+  Write(target, "old");
+  fs::create_symlink(target, link);
+  absl::StatusOr<OutputFile> file = OutputFile::Open(link);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->write_path(), link);
+  Write(file->write_path(), "new");
+  ASSERT_TRUE(file->Commit().ok());
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(Read(target), "new");
+  EXPECT_EQ(Entries(), 2);
+}
+
+TEST_F(OutputFileTest, TheReplacementKeepsThePermissionBits) {
+  const std::string path = (root_ / "x.npy").string();
+  Write(path, "old");
+  const fs::perms mode =
+      fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read;  // 0640
+  fs::permissions(path, mode);
+  absl::StatusOr<OutputFile> file = OutputFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  Write(file->write_path(), "new");
+  ASSERT_TRUE(file->Commit().ok());
+  EXPECT_EQ(Read(path), "new");
+  EXPECT_EQ(fs::status(path).permissions(), mode);
+}
+
+// Needs a user that file modes bind (not root).
+TEST_F(OutputFileTest, AWritableFileInAFolderThatIsNotIsWrittenInPlace) {
+  const std::string path = (root_ / "x.jsonl").string();
+  Write(path, "old");
+  fs::permissions(root_, fs::perms::owner_read | fs::perms::owner_exec);
+  const bool can_create = std::ofstream((root_ / "probe").string()).good();
+  if (can_create) {
+    fs::permissions(root_, fs::perms::owner_all);
+    GTEST_SKIP() << "this user creates files whatever the folder's mode (root)";
+  }
+  absl::StatusOr<OutputFile> file = OutputFile::Open(path);
+  const absl::StatusOr<OutputFile> beside =
+      OutputFile::Open((root_ / "new.jsonl").string());
+  fs::permissions(root_, fs::perms::owner_all);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->write_path(), path);
+  EXPECT_EQ(Read(path), "old");  // opened to check, not truncated
+  EXPECT_EQ(beside.status().code(), absl::StatusCode::kPermissionDenied);
+}
+
 TEST_F(OutputFileTest, APipeOrDeviceIsWrittenInPlace) {
   absl::StatusOr<OutputFile> file = OutputFile::Open("/dev/null");
   ASSERT_TRUE(file.ok()) << file.status();
