@@ -58,8 +58,8 @@ def main():
     parser.add_argument("--bad_fraction", type=float, default=0.1)
     parser.add_argument("--out", default=os.path.join(ROOT, "build", "soak.json"))
     args = parser.parse_args()
-    if not (args.window > 0 and args.minutes * 60 >= args.window):
-        parser.error("--window must be > 0 and --minutes must hold at least one window")
+    if not (args.window > 0 and args.minutes * 60 > args.window):
+        parser.error("--window must be > 0 and --minutes must last longer than one window")
     if not (0 < args.load <= 1 and 0 <= args.bad_fraction <= 1):
         parser.error("--load must be in (0, 1] and --bad_fraction in [0, 1]")
 
@@ -167,6 +167,8 @@ def main():
     finally:
         server.kill()
 
+    if not windows:  # the run ended as its only window did, before recording it
+        sys.exit("no window was recorded: give --minutes more than one --window")
     first, last = windows[0], windows[-1]
     # A window without a good call has no p99: that is no flat latency either.
     p99_ok = (first["p99_ms"] is not None and last["p99_ms"] is not None

@@ -763,7 +763,6 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   EXPECT_FALSE((*engine)->healthy());
 }
 
-// A watchdog that looked every 0 s would spin holding the engine's batch lock.
 // An image request of up to max_queue_size items submits one preprocessing task per
 // image: a pool holding fewer would refuse such a request every time it came.
 TEST(EmbeddingEngineOptionsTest, ThePoolHoldsTheLargestRequestsImages) {
@@ -777,6 +776,7 @@ TEST(EmbeddingEngineOptionsTest, ThePoolHoldsTheLargestRequestsImages) {
   EXPECT_THAT(small.message(), HasSubstr("max_pending_preprocess (63)"));
 }
 
+// A watchdog that looked every 0 s would spin holding the engine's batch lock.
 TEST(EmbeddingEngineOptionsTest, TheWatchdogNeedsAPositiveInterval) {
   EmbeddingEngineOptions options;
   EXPECT_TRUE(ValidateEmbeddingEngineOptions(options).ok());

@@ -422,12 +422,12 @@ class ClientWithoutServerTest(unittest.TestCase):
             self.assertNotIn("not in range", result.stderr, args)
 
 
-class SkipErrorsAgainstAFailingServerTest(unittest.TestCase):
-    """--skip_errors skips files, not a failing server.
+class ClientAgainstAFakeServerTest(unittest.TestCase):
+    """clip_client against a fake ClipService that fails in chosen ways.
 
-    A fake ClipService answers the stream's first image and fails the others with
-    INTERNAL (as a model failing its batches would): the job fails, the error is said
-    once, and an output file from an earlier run is left as it was.
+    Its EmbedStream answers the first image and fails the others with INTERNAL (as a
+    model failing its batches would); its EmbedText refuses more than one text a
+    request (as a server with --max_items_per_request=1 does).
     """
 
     @classmethod
@@ -446,6 +446,12 @@ class SkipErrorsAgainstAFailingServerTest(unittest.TestCase):
                         response.error.message = "model failed on a batch of 1"
                     yield response
 
+            def EmbedText(self, request, context):
+                if len(request.texts) > 1:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "texts: at most 1 item per request")
+                return pb.EmbedTextResponse(embeddings=[pb.Embedding(values=[0.6, 0.8])])
+
         cls.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_ClipServiceServicer_to_server(FailingAfterTheFirst(), cls.server)
         cls.target = f"127.0.0.1:{cls.server.add_insecure_port('127.0.0.1:0')}"
@@ -457,7 +463,21 @@ class SkipErrorsAgainstAFailingServerTest(unittest.TestCase):
         cls.server.stop(None)
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def test_the_job_fails_and_an_earlier_output_stays(self):
+    def test_texts_per_request_fits_a_servers_item_limit(self):
+        texts = ["a cat", "a dog", "a rocket"]
+        refused = subprocess.run(
+            [ARGS.client, "--target", self.target, "embed-text", *texts],
+            capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("INVALID_ARGUMENT", refused.stderr)
+        fitted = subprocess.run(
+            [ARGS.client, "--target", self.target, "embed-text", "--texts_per_request",
+             "1", *texts], capture_output=True, text=True, timeout=60)
+        self.assertEqual(fitted.returncode, 0, fitted.stderr)
+        rows = [json.loads(line) for line in fitted.stdout.splitlines()]
+        self.assertEqual([r["input"] for r in rows], texts)
+
+    def test_skip_errors_fails_the_job_and_an_earlier_output_stays(self):
         files = []
         for name in ("a.png", "b.png", "c.png"):
             files.append(os.path.join(self.tmp, name))
