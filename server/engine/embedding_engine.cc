@@ -237,11 +237,29 @@ absl::Status ItemError(const std::string& field, int index, const absl::Status& 
 }
 
 // ItemError for item `index` of an embed request, under the caller's own numbering.
+int CallerNumber(const EngineRequest& request, int index) {
+  const std::vector<int>& numbers = request.options.item_numbers;
+  return index < static_cast<int>(numbers.size()) ? numbers[index] : index;
+}
+
 absl::Status ItemError(const EngineRequest& request, int index,
                        const absl::Status& status) {
-  const std::vector<int>& numbers = request.options.item_numbers;
-  const bool renumbered = index < static_cast<int>(numbers.size());
-  return ItemError(request.field, renumbered ? numbers[index] : index, status);
+  return ItemError(request.field, CallerNumber(request, index), status);
+}
+
+// INTERNAL for a text whose ids pass the model's table (the server's tokenizer does
+// not match its model: not the caller's fault), so that the text fails its own
+// request instead of the whole batch it would have joined.
+absl::Status CheckTokenIds(const EngineRequest& request, int index,
+                           const std::vector<int32_t>& ids, int vocab_size) {
+  for (const int32_t id : ids) {
+    if (id >= 0 && id < vocab_size) continue;
+    return absl::InternalError(
+        absl::StrCat(request.field, "[", CallerNumber(request, index),
+                     "]: the tokenizer gave id ", id, ", past the model's ", vocab_size,
+                     " token ids; the server's --tokenizer does not match its model"));
+  }
+  return absl::OkStatus();
 }
 
 // Answers `count` of `request`'s items that were announced to `batcher` but will never
@@ -305,7 +323,7 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
     return absl::InvalidArgumentError("the tokenizer's context exceeds the model's");
   }
   if (tokenizer->vocab_size() > model.model->config().text.vocab_size) {
-    // Texts whose ids fall past the model's table will fail their batches (INTERNAL).
+    // Texts whose ids fall past the model's table fail their requests (INTERNAL).
     LOG(ERROR) << "the tokenizer has " << tokenizer->vocab_size()
                << " tokens but the model's embedding table only "
                << model.model->config().text.vocab_size
@@ -327,6 +345,7 @@ EmbeddingEngine::EmbeddingEngine(LoadedModel model,
   workers_ =
       options.workers > 0 ? options.workers : (model_.model->device().is_cuda() ? 2 : 1);
   description_ = Describe(model_, *tokenizer_);
+  check_token_ids_ = tokenizer_->vocab_size() > description_.vocab_size;
 }
 
 int EmbeddingEngine::intra_op_threads() const { return at::get_num_threads(); }
@@ -558,13 +577,17 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
         items.reserve(texts.size());
         for (int i = 0; i < count; ++i) {
           auto encoded = tokenizer_->Encode(texts[i], request->options.truncate);
-          if (!encoded.ok()) {
+          absl::Status failed =
+              encoded.ok() ? absl::OkStatus() : ItemError(*request, i, encoded.status());
+          if (failed.ok() && check_token_ids_) {
+            failed = CheckTokenIds(*request, i, encoded->ids, description_.vocab_size);
+          }
+          if (!failed.ok()) {
             // Fail the request once, on behalf of every item not yet scheduled.
             if (options_.observer != nullptr) {
               options_.observer->OnPreprocessed(Modality::kText, clock_->Now() - started);
             }
-            AnswerUnqueued(*text_batcher_, *request, count,
-                           ItemError(*request, i, encoded.status()));
+            AnswerUnqueued(*text_batcher_, *request, count, failed);
             return;
           }
           request->result.truncated[i] = encoded->truncated;
@@ -680,6 +703,10 @@ void EmbeddingEngine::RunBatch(
           const int limit = options_.simulate_out_of_memory_above_for_test;
           if (limit > 0 && end - begin > limit) {
             return absl::ResourceExhaustedError("simulated out of memory (test)");
+          }
+          if (options_.model_fault_for_test) {
+            CLIPSERVE_RETURN_IF_ERROR(
+                options_.model_fault_for_test(modality, end - begin));
           }
           absl::StatusOr<torch::Tensor> rows;
           CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(

@@ -97,6 +97,10 @@ struct EmbeddingEngineOptions {
   // RESOURCE_EXHAUSTED before it reaches the model, as a GPU out of memory does, so
   // tests exercise the retry in halves on any device. 0 (the default): never.
   int simulate_out_of_memory_above_for_test = 0;
+  // Test-only. When set, called before each model run over `items` items of a batch;
+  // a status other than OK fails that run as the model failing would (any code but
+  // RESOURCE_EXHAUSTED then makes the engine probe its device).
+  std::function<absl::Status(Modality modality, int items)> model_fault_for_test;
   // Test-only. When set, called instead of ProbeDevice() on the model's device after
   // a batch fails for a reason other than memory, so tests can play a broken device.
   std::function<absl::Status()> device_probe_for_test;
@@ -230,6 +234,9 @@ class EmbeddingEngine : public Engine {
   // give it back when destroyed, so this outlives the queues).
   std::atomic<int64_t> device_resize_bytes_{0};
   ModelDescription description_;
+  // The tokenizer can give ids past the model's embedding table (a --tokenizer that
+  // does not match the model): each text's ids are then checked before it is queued.
+  bool check_token_ids_ = false;
   std::unique_ptr<ThreadPool> pool_;
   // On the CPU, the one thread every model run goes through (null on a GPU, where
   // each worker drives its own CUDA stream). Declared before the batchers, whose

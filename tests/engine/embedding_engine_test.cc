@@ -26,6 +26,7 @@
 namespace clipserve {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 std::string ReadShared(const std::string& relative) {
@@ -383,8 +384,6 @@ TEST_F(EmbeddingEngineTest, AfterShutdownRequestsAreUnavailable) {
   EXPECT_EQ(Texts({"a"}).status().code(), absl::StatusCode::kUnavailable);
 }
 
-// A tokenizer that can emit an id (for "qq") past the model's embedding table: the
-// model refuses the whole batch holding it, which must fail only that batch's request.
 // With an hour of queue delay, a lone request would hang if its partial batch waited
 // for company that is not on its way.
 TEST(EmbeddingEngineLatencyTest, ALoneRequestDoesNotWaitForTheQueueDelay) {
@@ -420,8 +419,8 @@ TEST(EmbeddingEngineLatencyTest, ALoneRequestDoesNotWaitForTheQueueDelay) {
   }
 }
 
-// An engine on the tiny model (vocabulary of 1000) whose tokenizer makes "qq" id 1200:
-// a batch holding it fails inside the model, as a bug in one op would.
+// An engine on the tiny model (vocabulary of 1000) whose tokenizer makes "qq" id 1200,
+// past the model's table, as a --tokenizer that does not match the model would.
 std::unique_ptr<EmbeddingEngine> EngineWithATokenPastTheModel(
     const EmbeddingEngineOptions& options) {
   ClipConfig config = testing::TinyClipConfig();
@@ -443,19 +442,74 @@ std::unique_ptr<EmbeddingEngine> EngineWithATokenPastTheModel(
   return engine.ok() ? *std::move(engine) : nullptr;
 }
 
+// Such a text fails its own request, before it joins a batch: the texts batched with
+// it are answered, and no failed batch sends the engine to probe its device.
+TEST(EmbeddingEngineTextTest, ATokenPastTheModelFailsOnlyItsRequest) {
+  std::atomic<int> probes{0};
+  EmbeddingEngineOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_delay = absl::Hours(1);  // a batch waits for every announced text
+  options.device_probe_for_test = [&] {
+    ++probes;
+    return absl::OkStatus();
+  };
+  auto engine = EngineWithATokenPastTheModel(options);
+  ASSERT_NE(engine, nullptr);
+  absl::StatusOr<EmbedResult> good, bad;
+  absl::Notification good_done, bad_done;
+  EmbedOptions renumbered;
+  renumbered.item_numbers = {4, 7};
+  engine->EmbedTexts({"a", "a qq"}, renumbered, "texts",
+                     [&](absl::StatusOr<EmbedResult> r) {
+                       bad = std::move(r);
+                       bad_done.Notify();
+                     });
+  engine->EmbedTexts({"a", "b"}, {}, "texts", [&](absl::StatusOr<EmbedResult> r) {
+    good = std::move(r);
+    good_done.Notify();
+  });
+  ASSERT_TRUE(bad_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  ASSERT_TRUE(good_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInternal);  // not the caller's fault
+  EXPECT_THAT(bad.status().message(), AllOf(HasSubstr("texts[7]"), HasSubstr("id 1200"),
+                                            HasSubstr("1000"), HasSubstr("--tokenizer")));
+  EXPECT_EQ(probes, 0);
+  EXPECT_TRUE(EmbedTextsAndWait(*engine, {"a"}).ok());
+}
+
+// A tiny engine whose model runs over texts fail with INTERNAL while `*fail` is true,
+// as a bug in one op would.
+std::unique_ptr<EmbeddingEngine> EngineWithAFailingModel(EmbeddingEngineOptions options,
+                                                         const std::atomic<bool>* fail) {
+  options.model_fault_for_test = [fail](Modality modality, int) {
+    return modality == Modality::kText && *fail
+               ? absl::InternalError("simulated failure in the model (test)")
+               : absl::OkStatus();
+  };
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  auto engine = EmbeddingEngine::Create(
+      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? *std::move(engine) : nullptr;
+}
+
 TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
+  std::atomic<bool> fail{false};
   EmbeddingEngineOptions options;
   options.max_queue_delay = absl::ZeroDuration();
-  auto engine = EngineWithATokenPastTheModel(options);
+  auto engine = EngineWithAFailingModel(options, &fail);
   ASSERT_NE(engine, nullptr);
   auto run = [&](std::string text) {
     return EmbedTextsAndWait(*engine, {std::move(text)}).status();
   };
   EXPECT_TRUE(run("a").ok());
-  const absl::Status failed = run("qq");
-  EXPECT_FALSE(failed.ok());
+  fail = true;
+  const absl::Status failed = run("b");
+  fail = false;
   EXPECT_EQ(failed.code(), absl::StatusCode::kInternal);  // not the caller's fault
-  EXPECT_THAT(failed.message(), HasSubstr("token ids"));
+  EXPECT_THAT(failed.message(), HasSubstr("simulated failure in the model"));
   EXPECT_TRUE(run("a").ok());      // the engine keeps serving
   EXPECT_TRUE(engine->healthy());  // the CPU passes its probe
 }
@@ -466,6 +520,7 @@ TEST(EmbeddingEngineFailureTest, AFailingBatchFailsOnlyItsRequests) {
 // it); a passing one means the batch failed for its own reason.
 TEST(EmbeddingEngineFailureTest, ADeviceFailingItsProbeAfterAFailedBatchIsUnhealthy) {
   std::atomic<int> probes{0};
+  std::atomic<bool> fail{false};
   std::atomic<absl::StatusCode> device{absl::StatusCode::kOk};
   EmbeddingEngineOptions options;
   options.max_queue_delay = absl::Hours(1);  // a request's texts form one batch
@@ -474,7 +529,7 @@ TEST(EmbeddingEngineFailureTest, ADeviceFailingItsProbeAfterAFailedBatchIsUnheal
     ++probes;
     return absl::Status(device, "CUDA error: an illegal memory access was encountered");
   };
-  auto engine = EngineWithATokenPastTheModel(options);
+  auto engine = EngineWithAFailingModel(options, &fail);
   ASSERT_NE(engine, nullptr);
   auto run = [&](std::vector<std::string> texts) {
     return EmbedTextsAndWait(*engine, std::move(texts)).status();
@@ -484,20 +539,22 @@ TEST(EmbeddingEngineFailureTest, ADeviceFailingItsProbeAfterAFailedBatchIsUnheal
   // Out of memory (4 texts, then halves of 2, over the limit of 1): no probe.
   EXPECT_EQ(run({"a", "b", "c", "d"}).code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(probes, 0);
-  EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
+  fail = true;
+  EXPECT_EQ(run({"a"}).code(), absl::StatusCode::kInternal);
   EXPECT_EQ(probes, 1);
   EXPECT_TRUE(engine->healthy());
   // A probe short of memory says nothing about the context.
   device = absl::StatusCode::kResourceExhausted;
-  EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(run({"a"}).code(), absl::StatusCode::kInternal);
   EXPECT_EQ(probes, 2);
   EXPECT_TRUE(engine->healthy());
   device = absl::StatusCode::kInternal;
-  EXPECT_EQ(run({"qq"}).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(run({"a"}).code(), absl::StatusCode::kInternal);
   EXPECT_EQ(probes, 3);
   EXPECT_FALSE(engine->healthy());
   // For good: the context does not come back, whatever a later batch does.
   device = absl::StatusCode::kOk;
+  fail = false;
   EXPECT_TRUE(run({"a"}).ok());
   EXPECT_FALSE(engine->healthy());
 }
