@@ -94,8 +94,8 @@ ABSL_FLAG(int32_t, max_queue_size, 1024,
 ABSL_FLAG(int32_t, workers, 0,
           "Batch workers per modality, 0 to 64; 0 picks by device: 1 on the CPU, 2 per "
           "GPU (each with its own CUDA stream). On the CPU every batch runs on one "
-          "model runner that takes text batches first, so more than 1 only queues "
-          "batches there, and image batches wait while text batches keep coming.");
+          "model runner, so more than 1 only queues batches there; it takes text "
+          "batches first, but never more than one ahead of a waiting image batch.");
 ABSL_FLAG(int32_t, intra_op_threads, 0,
           "LibTorch threads per model run, 0 to 1024; 0 = one per CPU core.");
 ABSL_FLAG(int32_t, preprocess_threads, 2,

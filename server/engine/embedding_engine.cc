@@ -731,7 +731,8 @@ void EmbeddingEngine::RunBatch(
   if (runner_ == nullptr) {
     run();
   } else {
-    // Text batches are short: they go before queued image batches.
+    // Text batches are short: they go before queued image batches (at most one
+    // ahead of each, so several text workers cannot starve images).
     const absl::Status ran = runner_->Run(modality == Modality::kText ? 1 : 0, run);
     if (!ran.ok()) {
       // The batch threw past every catch (INTERNAL), or the runner had stopped

@@ -7,7 +7,8 @@
 
 namespace clipserve {
 
-ModelRunner::ModelRunner() : thread_([this] { Loop(); }) {}
+ModelRunner::ModelRunner(int max_overtakes)
+    : max_overtakes_(std::max(max_overtakes, 0)), thread_([this] { Loop(); }) {}
 
 ModelRunner::~ModelRunner() { Shutdown(); }
 
@@ -16,7 +17,7 @@ absl::Status ModelRunner::Run(int priority, absl::FunctionRef<void()> task) {
   std::string error;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the model runner is shutting down");
-  const Waiting entry{priority, next_sequence_++, &task, &done, &error};
+  const Waiting entry{priority, next_sequence_++, 0, &task, &done, &error};
   const auto before = [](const Waiting& a, const Waiting& b) {
     return a.priority != b.priority ? a.priority > b.priority : a.sequence < b.sequence;
   };
@@ -26,6 +27,23 @@ absl::Status ModelRunner::Run(int priority, absl::FunctionRef<void()> task) {
   while (!done) task_done_.Wait(&mu_);
   if (!error.empty()) return absl::InternalError(error);
   return absl::OkStatus();
+}
+
+ModelRunner::Waiting ModelRunner::TakeNext() {
+  // The earliest task passed over max_overtakes_ times, else the front.
+  auto next = waiting_.begin();
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if (it->overtaken >= max_overtakes_ &&
+        (next->overtaken < max_overtakes_ || it->sequence < next->sequence)) {
+      next = it;
+    }
+  }
+  for (Waiting& other : waiting_) {
+    if (other.sequence < next->sequence) ++other.overtaken;
+  }
+  const Waiting taken = *next;
+  waiting_.erase(next);
+  return taken;
 }
 
 void ModelRunner::Loop() {
@@ -41,8 +59,7 @@ void ModelRunner::Loop() {
       }
       while (waiting_.empty() && !stopping_) work_available_.Wait(&mu_);
       if (waiting_.empty()) return;  // stopping, and nothing left
-      next = waiting_.front();
-      waiting_.erase(waiting_.begin());
+      next = TakeNext();
     }
     // Written before `finished` is set under mu_, so the caller reads it after.
     try {

@@ -14,8 +14,9 @@
 namespace clipserve {
 
 // One thread that runs every model computation of a CPU engine, one at a time, the
-// highest priority first (in arrival order within a priority); callers block until
-// theirs has run.
+// highest priority first (in arrival order within a priority), except that a task
+// passed over by `max_overtakes` later arrivals runs next; callers block until theirs
+// has run.
 //
 // Why one thread: LibTorch's CPU kernels parallelize with OpenMP, and GNU libgomp
 // keeps a team of helper threads for each thread that starts parallel work. Once the
@@ -30,7 +31,9 @@ namespace clipserve {
 // Thread-safe. A task must not call Run() or Shutdown() (it would wait for itself).
 class ModelRunner {
  public:
-  ModelRunner();
+  // `max_overtakes` >= 0: how many tasks that arrived later, with a higher priority,
+  // may run before a queued task (0: arrival order only).
+  explicit ModelRunner(int max_overtakes = 1);
   ~ModelRunner();  // Shutdown()
   ModelRunner(const ModelRunner&) = delete;
   ModelRunner& operator=(const ModelRunner&) = delete;
@@ -41,10 +44,10 @@ class ModelRunner {
   // INTERNAL, with the exception's message, when `task` threw (the runner goes on).
   // Never throws.
   //
-  // Priorities are strict: a caller that keeps a higher priority queued can starve
-  // lower ones. The engine queues at most one batch per batch worker, so with its
-  // default of one worker per modality an image batch waits behind at most one text
-  // batch.
+  // Priorities are not strict: once `max_overtakes` later tasks have gone first, a
+  // task goes before any other, so callers that keep a higher priority queued (text
+  // batches from several workers) delay a lower one (an image batch) by a bounded
+  // number of tasks instead of starving it.
   absl::Status Run(int priority, absl::FunctionRef<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Runs the tasks already queued, then joins the thread; later Run() calls return
@@ -58,12 +61,16 @@ class ModelRunner {
   struct Waiting {
     int priority = 0;
     int64_t sequence = 0;
+    int overtaken = 0;  // later arrivals that ran before this task
     absl::FunctionRef<void()>* task = nullptr;  // the caller's, alive until done
     bool* done = nullptr;                       // the caller's; set under mu_
     std::string* error = nullptr;  // the caller's: what the task threw, if it did
   };
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes and returns the task to run next; waiting_ must not be empty.
+  Waiting TakeNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const int max_overtakes_;
   mutable absl::Mutex mu_;
   // Kept sorted: highest priority first, then lowest sequence. Short (one entry per
   // blocked caller), so a vector with sorted insertion is enough.

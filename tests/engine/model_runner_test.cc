@@ -81,7 +81,7 @@ TEST(ModelRunnerTest, ATaskThatThrowsFailsOnlyItsOwnRun) {
 }
 
 TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
-  ModelRunner runner;
+  ModelRunner runner(/*max_overtakes=*/2);
   Blocker blocker(runner);
   absl::Mutex mu;
   std::vector<int> order;
@@ -104,6 +104,42 @@ TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
   blocker.Release();
   for (std::thread& caller : callers) caller.join();
   EXPECT_EQ(order, (std::vector<int>{1, 3, 0, 2}));
+}
+
+// Runs tasks of `priorities`, queued in that order while `runner` is busy, and returns
+// the order (indices into `priorities`) they ran in.
+std::vector<int> RunOrder(ModelRunner& runner, const std::vector<int>& priorities) {
+  Blocker blocker(runner);
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < static_cast<int>(priorities.size()); ++i) {
+    callers.emplace_back([&, i] {
+      EXPECT_TRUE(runner
+                      .Run(priorities[i],
+                           [&, i] {
+                             absl::MutexLock lock(&mu);
+                             order.push_back(i);
+                           })
+                      .ok());
+    });
+    WaitForQueued(runner, i + 1);  // one at a time, so arrival order is known
+  }
+  blocker.Release();
+  for (std::thread& caller : callers) caller.join();
+  return order;
+}
+
+// Text batches (priority 1) from several workers that keep coming do not starve an
+// image batch (priority 0): it runs once `max_overtakes` later tasks went first.
+TEST(ModelRunnerTest, ALowerPriorityRunsOnceOvertakenTheMostTimes) {
+  const std::vector<int> priorities = {0, 1, 1, 1, 0, 1};
+  ModelRunner one(/*max_overtakes=*/1);
+  EXPECT_EQ(RunOrder(one, priorities), (std::vector<int>{1, 0, 2, 3, 5, 4}));
+  ModelRunner two(/*max_overtakes=*/2);
+  EXPECT_EQ(RunOrder(two, priorities), (std::vector<int>{1, 2, 0, 3, 5, 4}));
+  ModelRunner none(/*max_overtakes=*/0);  // arrival order
+  EXPECT_EQ(RunOrder(none, priorities), (std::vector<int>{0, 1, 2, 3, 4, 5}));
 }
 
 TEST(ModelRunnerTest, ShutdownRunsWhatIsQueuedThenRefuses) {
