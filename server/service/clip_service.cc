@@ -298,14 +298,16 @@ bool Admit(RequestMemoryBudget* budget, size_t request_bytes,
   return true;
 }
 
-// Admit(), then parses `bytes` into `*request` (ParseRequest(), `field_name` as there);
-// false after finishing the call with the refusal or the parse error.
+// Admit(), then parses `bytes` into `*request` (ParseRequest(), `max_items` and
+// `field_name` as there); false after finishing the call with the refusal or the
+// parse error.
 bool AdmitAndParse(RequestMemoryBudget* budget, const grpc::ByteBuffer& bytes,
                    const grpc::CallbackServerContext& context, UnaryCall* call,
-                   google::protobuf::Message* request,
+                   google::protobuf::Message* request, int max_items,
                    absl::FunctionRef<std::string(absl::string_view)> field_name) {
   if (!Admit(budget, bytes.Length(), context, call)) return false;
-  if (absl::Status parsed = ParseRequest(bytes, request, field_name); !parsed.ok()) {
+  if (absl::Status parsed = ParseRequest(bytes, request, max_items, field_name);
+      !parsed.ok()) {
     call->FinishWith(parsed);
     return false;
   }
@@ -808,7 +810,9 @@ class EmbedStreamCall final
 
   void StartItem(const grpc::ByteBuffer& bytes) {
     v1::EmbedStreamRequest item;
-    if (absl::Status parsed = ParseRequest(bytes, &item, KeepFieldName); !parsed.ok()) {
+    if (absl::Status parsed =
+            ParseRequest(bytes, &item, limits_.max_items_per_request, KeepFieldName);
+        !parsed.ok()) {
       // Echo the id when it can be read (and sent back) at all.
       std::string id =
           ReadUtf8Field(Flatten(bytes), v1::EmbedStreamRequest::kIdFieldNumber)
@@ -1106,7 +1110,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       "EmbedImage", response_bytes);
   if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
-                     KeepFieldName)) {
+                     options_.limits.max_items_per_request, KeepFieldName)) {
     return call;
   }
   const v1::EmbedImageRequest* request = &call->request;
@@ -1147,7 +1151,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       "EmbedText", response_bytes);
   if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
-                     KeepFieldName)) {
+                     options_.limits.max_items_per_request, KeepFieldName)) {
     return call;
   }
   const v1::EmbedTextRequest* request = &call->request;
@@ -1193,7 +1197,7 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       response_bytes, description.embed_dim);
   if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
-                     SimilarityFieldName)) {
+                     options_.limits.max_items_per_request, SimilarityFieldName)) {
     return call;
   }
   const v1::SimilarityRequest* request = &call->request;
@@ -1310,7 +1314,7 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       response_bytes, dim, &label_cache_);
   if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
-                     KeepFieldName)) {
+                     options_.limits.max_items_per_request, KeepFieldName)) {
     return call;
   }
   const v1::ClassifyRequest* request = &call->request;
@@ -1408,7 +1412,7 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
       *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
       "Tokenize", response_bytes);
   if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
-                     KeepFieldName)) {
+                     options_.limits.max_items_per_request, KeepFieldName)) {
     return call;
   }
   const v1::TokenizeRequest* request = &call->request;

@@ -6,9 +6,12 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/unknown_field_set.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/slice.h"
+#include "server/common/status_macros.h"
 #include "server/service/grpc_status.h"
 #include "server/service/request_validation.h"
 
@@ -45,6 +48,70 @@ bool MayHoldStrings(const google::protobuf::Descriptor& descriptor) {
   return MayHoldStrings(descriptor, &seen);
 }
 
+// What CheckEntryCounts() found: the largest count of one repeated field's entries in
+// one message (and the top-level field it is under), and the unknown fields in all.
+struct EntryCounts {
+  int64_t most = 0;
+  const google::protobuf::FieldDescriptor* most_under = nullptr;
+  int64_t unknown = 0;
+};
+
+// Whether a parser keeps each entry of `field` (nullptr: unknown) as an object of its
+// own. Repeated numbers cost no more than their wire bytes; a singular field seen
+// again replaces or merges into the one value.
+bool KeptApart(const google::protobuf::FieldDescriptor* field) {
+  using google::protobuf::FieldDescriptor;
+  if (field == nullptr) return true;
+  return field->is_repeated() && (field->type() == FieldDescriptor::TYPE_STRING ||
+                                  field->type() == FieldDescriptor::TYPE_BYTES ||
+                                  field->type() == FieldDescriptor::TYPE_MESSAGE ||
+                                  field->type() == FieldDescriptor::TYPE_GROUP);
+}
+
+// Counts the entries of one message of type `descriptor` read from `in` up to its
+// limit, nested messages included (`top`: the top-level field they are under, null at
+// the top level). False when the bytes are not well-formed wire format.
+bool CountEntries(google::protobuf::io::CodedInputStream* in,
+                  const google::protobuf::Descriptor& descriptor,
+                  const google::protobuf::FieldDescriptor* top, EntryCounts* counts) {
+  using google::protobuf::internal::WireFormatLite;
+  absl::flat_hash_map<int, int64_t> per_field;
+  while (true) {
+    const uint32_t tag = in->ReadTag();
+    if (tag == 0) return in->ConsumedEntireMessage();
+    const google::protobuf::FieldDescriptor* field =
+        descriptor.FindFieldByNumber(WireFormatLite::GetTagFieldNumber(tag));
+    if (field == nullptr) {
+      ++counts->unknown;
+    } else if (KeptApart(field)) {
+      const int64_t count = ++per_field[field->number()];
+      if (count > counts->most) {
+        counts->most = count;
+        counts->most_under = top != nullptr ? top : field;
+      }
+    }
+    if (field != nullptr &&
+        field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&
+        WireFormatLite::GetTagWireType(tag) ==
+            WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      uint32_t length = 0;
+      if (!in->ReadVarint32(&length)) return false;
+      const auto limit = in->PushLimit(static_cast<int>(length));
+      // The recursion budget bounds the depth (our messages do not nest themselves).
+      if (!in->IncrementRecursionDepth()) return false;
+      if (!CountEntries(in, *field->message_type(), top != nullptr ? top : field,
+                        counts)) {
+        return false;
+      }
+      in->DecrementRecursionDepth();
+      if (in->BytesUntilLimit() != 0) return false;
+      in->PopLimit(limit);
+    } else if (!WireFormatLite::SkipField(in, tag)) {
+      return false;
+    }
+  }
+}
+
 }  // namespace
 
 std::string Flatten(const grpc::ByteBuffer& buffer) {
@@ -58,9 +125,33 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
   return out;
 }
 
+absl::Status CheckEntryCounts(
+    const grpc::ByteBuffer& bytes, const google::protobuf::Descriptor& descriptor,
+    int max_items, absl::FunctionRef<std::string(absl::string_view)> field_name) {
+  grpc::ByteBuffer copy(bytes);  // the reader takes a mutable one; the copy shares slices
+  grpc::ProtoBufferReader reader(&copy);
+  google::protobuf::io::CodedInputStream in(&reader);
+  EntryCounts counts;
+  if (!CountEntries(&in, descriptor, nullptr, &counts)) return absl::OkStatus();
+  if (counts.most > max_items) {
+    return InvalidArgumentForField(
+        field_name(counts.most_under->name()),
+        absl::StrCat(counts.most, " items is over the limit of ", max_items,
+                     " per request"));
+  }
+  if (counts.unknown > max_items) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request holds ", counts.unknown, " fields that a ", descriptor.full_name(),
+        " does not have, over the limit of ", max_items));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
-                          google::protobuf::Message* message,
+                          google::protobuf::Message* message, int max_items,
                           absl::FunctionRef<std::string(absl::string_view)> field_name) {
+  CLIPSERVE_RETURN_IF_ERROR(
+      CheckEntryCounts(bytes, *message->GetDescriptor(), max_items, field_name));
   // GenericDeserialize consumes its buffer; the copy shares the slices.
   grpc::ByteBuffer copy(bytes);
   if (grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(

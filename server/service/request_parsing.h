@@ -25,13 +25,27 @@
 
 namespace clipserve {
 
-// Parses `bytes` into `message`. When they do not parse: INVALID_ARGUMENT naming, with
-// a google.rpc.BadRequest, the first string field whose value is not valid UTF-8 (its
+// Parses `bytes` into `message`, after CheckEntryCounts(bytes, its type, `max_items`)
+// (whose error it returns). When they do not parse: INVALID_ARGUMENT naming, with a
+// google.rpc.BadRequest, the first string field whose value is not valid UTF-8 (its
 // path as FindInvalidUtf8Field() spells it, passed through `field_name`), else
 // INVALID_ARGUMENT saying the bytes are not a message of that type.
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
-                          google::protobuf::Message* message,
+                          google::protobuf::Message* message, int max_items,
                           absl::FunctionRef<std::string(absl::string_view)> field_name);
+
+// Checks, without building anything, how many objects parsing `bytes` (a serialized
+// message of type `descriptor`) would create: a 2-byte empty string or message on the
+// wire costs a parser some 50 to 100 bytes of memory, so a request under the message
+// size limit could otherwise take gigabytes before its item count is checked.
+// INVALID_ARGUMENT, with a google.rpc.BadRequest naming the top-level field (as
+// `field_name` gives it), when one repeated string, bytes or message field (nested ones
+// included) holds more than `max_items` entries; INVALID_ARGUMENT when the message
+// holds more than `max_items` fields its type does not know, in all. OK otherwise, also
+// when the bytes are not well-formed (the parse reports that).
+absl::Status CheckEntryCounts(
+    const grpc::ByteBuffer& bytes, const google::protobuf::Descriptor& descriptor,
+    int max_items, absl::FunctionRef<std::string(absl::string_view)> field_name);
 
 // OK when `message` serializes to at most `max_bytes` bytes (0: no limit), else
 // RESOURCE_EXHAUSTED with both sizes. Checked before a response is sent: gRPC would

@@ -26,6 +26,8 @@ grpc::ByteBuffer Buffer(const std::string& bytes) {
 
 std::string Identity(absl::string_view path) { return std::string(path); }
 
+constexpr int kMaxItems = 256;
+
 std::string BadField(const absl::Status& status) {
   const auto payload = status.GetPayload(kBadRequestTypeUrl);
   if (!payload.has_value()) return "<no BadRequest>";
@@ -40,7 +42,7 @@ TEST(ParseRequestTest, ParsesValidRequests) {
   request.add_texts("caf\xC3\xA9");
   request.set_truncate(false);
   v1::EmbedTextRequest parsed;
-  ASSERT_TRUE(ParseRequest(Buffer(Bytes(request)), &parsed, Identity).ok());
+  ASSERT_TRUE(ParseRequest(Buffer(Bytes(request)), &parsed, kMaxItems, Identity).ok());
   EXPECT_EQ(parsed.SerializeAsString(), request.SerializeAsString());
 }
 
@@ -50,7 +52,8 @@ TEST(ParseRequestTest, NamesTheFieldWithInvalidUtf8) {
   request.add_texts("ok");
   request.add_texts("bad \xFF");
   v1::EmbedTextRequest parsed;
-  const absl::Status status = ParseRequest(Buffer(Bytes(request)), &parsed, Identity);
+  const absl::Status status =
+      ParseRequest(Buffer(Bytes(request)), &parsed, kMaxItems, Identity);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(BadField(status), "texts[2]");
   EXPECT_EQ(status.message(), "texts[2]: not valid UTF-8");
@@ -65,17 +68,104 @@ TEST(ParseRequestTest, NamesNestedFieldsThroughTheRename) {
             "texts.texts.texts[1]");
   v1::SimilarityRequest parsed;
   const absl::Status status =
-      ParseRequest(Buffer(Bytes(request)), &parsed,
+      ParseRequest(Buffer(Bytes(request)), &parsed, kMaxItems,
                    [](absl::string_view path) { return "renamed " + std::string(path); });
   EXPECT_EQ(BadField(status), "renamed texts.texts.texts[1]");
 }
 
 TEST(ParseRequestTest, BytesThatAreNoMessageAreInvalidArgument) {
   v1::EmbedTextRequest parsed;
-  const absl::Status status = ParseRequest(Buffer("\xFF\xFF\xFF"), &parsed, Identity);
+  const absl::Status status =
+      ParseRequest(Buffer("\xFF\xFF\xFF"), &parsed, kMaxItems, Identity);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message(), "the request is not a valid clipserve.v1.EmbedTextRequest");
   EXPECT_EQ(BadField(status), "<no BadRequest>");
+}
+
+// A field's tag and a zero length: an empty string or message, 2 bytes on the wire.
+std::string EmptyEntries(int field_number, int count) {
+  std::string bytes;
+  for (int i = 0; i < count; ++i) {
+    bytes.push_back(static_cast<char>(field_number << 3 | 2));
+    bytes.push_back('\0');
+  }
+  return bytes;
+}
+
+// 32 MiB of empty texts (16.7 million) would take a parser about a gigabyte: they are
+// refused before any is built.
+TEST(ParseRequestTest, TooManyEntriesAreRefusedBeforeTheyAreBuilt) {
+  const std::string bytes = EmptyEntries(1, 16 << 20);
+  v1::EmbedTextRequest parsed;
+  const absl::Status status = ParseRequest(Buffer(bytes), &parsed, kMaxItems, Identity);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "texts: 16777216 items is over the limit of 256 per request");
+  EXPECT_EQ(BadField(status), "texts");
+  EXPECT_EQ(parsed.texts_size(), 0);
+}
+
+TEST(CheckEntryCountsTest, CountsEachRepeatedFieldUpToTheLimit) {
+  const google::protobuf::Descriptor& text = *v1::EmbedTextRequest::descriptor();
+  EXPECT_TRUE(CheckEntryCounts(Buffer(EmptyEntries(1, 256)), text, 256, Identity).ok());
+  const absl::Status over =
+      CheckEntryCounts(Buffer(EmptyEntries(1, 257)), text, 256, Identity);
+  EXPECT_EQ(over.message(), "texts: 257 items is over the limit of 256 per request");
+  // Classify's lists are counted apart: 256 of each is fine.
+  const google::protobuf::Descriptor& classify = *v1::ClassifyRequest::descriptor();
+  EXPECT_TRUE(CheckEntryCounts(Buffer(EmptyEntries(1, 256) + EmptyEntries(2, 256) +
+                                      EmptyEntries(3, 256)),
+                               classify, 256, Identity)
+                  .ok());
+  EXPECT_EQ(BadField(CheckEntryCounts(Buffer(EmptyEntries(2, 10) + EmptyEntries(3, 300)),
+                                      classify, 256, Identity)),
+            "templates");
+}
+
+// Nested lists are named by the top-level field they are under, through `field_name`.
+TEST(CheckEntryCountsTest, NamesNestedListsByTheirTopLevelField) {
+  v1::SimilarityRequest request;
+  request.mutable_images()->mutable_images()->add_images()->set_encoded("jpeg");
+  for (int i = 0; i < 300; ++i) {
+    request.mutable_texts()->mutable_embeddings()->add_embeddings()->add_values(1);
+  }
+  const auto renamed = [](absl::string_view path) {
+    return "renamed " + std::string(path);
+  };
+  const absl::Status status = CheckEntryCounts(
+      Buffer(Bytes(request)), *v1::SimilarityRequest::descriptor(), 256, renamed);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(BadField(status), "renamed texts");
+  EXPECT_EQ(status.message(),
+            "renamed texts: 300 items is over the limit of 256 per request");
+}
+
+TEST(CheckEntryCountsTest, NumbersAreNotCountedButUnknownFieldsAre) {
+  // 1000 floats of one embedding, unpacked (one tag each): a parser stores 4 bytes each.
+  std::string values;
+  for (int i = 0; i < 1000; ++i) values += std::string("\x0D\0\0\x80\x3F", 5);
+  EXPECT_TRUE(
+      CheckEntryCounts(Buffer(values), *v1::Embedding::descriptor(), 256, Identity).ok());
+  // Fields the type does not have are kept as they came: counted, all together.
+  const google::protobuf::Descriptor& text = *v1::EmbedTextRequest::descriptor();
+  EXPECT_TRUE(CheckEntryCounts(Buffer(EmptyEntries(9, 200) + EmptyEntries(10, 56)), text,
+                               256, Identity)
+                  .ok());
+  const absl::Status unknown = CheckEntryCounts(
+      Buffer(EmptyEntries(9, 200) + EmptyEntries(10, 57)), text, 256, Identity);
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(unknown.message(),
+            "the request holds 257 fields that a clipserve.v1.EmbedTextRequest does not "
+            "have, over the limit of 256");
+}
+
+TEST(CheckEntryCountsTest, MalformedBytesAreLeftToTheParse) {
+  const google::protobuf::Descriptor& text = *v1::EmbedTextRequest::descriptor();
+  EXPECT_TRUE(CheckEntryCounts(Buffer("\xFF\xFF\xFF"), text, 1, Identity).ok());
+  // A nested length past the end of the message.
+  EXPECT_TRUE(CheckEntryCounts(Buffer(std::string("\x0A\x05\x0A", 3)),
+                               *v1::SimilarityRequest::descriptor(), 1, Identity)
+                  .ok());
 }
 
 TEST(ReadUtf8FieldTest, ReadsTheLastValidValue) {
