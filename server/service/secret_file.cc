@@ -35,7 +35,9 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
   if (path.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("no file given for the ", what));
   }
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, before the check
+  // below could refuse it. Reads of a regular file ignore it.
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return ErrnoError(errno, what, path);
   struct stat info;
   if (fstat(fd, &info) != 0) {

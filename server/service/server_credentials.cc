@@ -60,7 +60,10 @@ absl::Status ValidateServerTlsConfig(const ServerTlsConfig& config) {
   {
     BioPtr bio = MemoryBio(config.private_key_pem);
     if (bio != nullptr) {
-      key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+      // A callback that gives no passphrase: without one OpenSSL would prompt for an
+      // encrypted key's on the terminal (or read stdin), and start-up would wait there.
+      pem_password_cb* no_passphrase = [](char*, int, int, void*) { return -1; };
+      key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
     }
     ERR_clear_error();
   }

@@ -1,6 +1,14 @@
 #include "server/service/server_credentials.h"
 
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <fstream>
+#include <future>
 #include <string>
 
 #include "absl/status/status.h"
@@ -163,6 +171,48 @@ TEST_F(ServerCredentialsTest, ValidateChecksAConfigBuiltInMemory) {
   EXPECT_EQ(ValidateServerTlsConfig(config).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// An encrypted key is refused at once. OpenSSL's default would ask for its passphrase
+// on the terminal, or without one read it from stdin (the test offers it there: a
+// prompt would read it and accept the key, or wait on a terminal).
+TEST_F(ServerCredentialsTest, AnEncryptedKeyIsRefusedWithoutAPrompt) {
+  std::string encrypted;
+  {
+    BIO* in = BIO_new_mem_buf(pki_->server.key_pem.data(),
+                              static_cast<int>(pki_->server.key_pem.size()));
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(in, nullptr, nullptr, nullptr);
+    ASSERT_NE(key, nullptr);
+    BIO* out = BIO_new(BIO_s_mem());
+    char passphrase[] = "hunter2";
+    ASSERT_EQ(PEM_write_bio_PrivateKey(out, key, EVP_aes_128_cbc(),
+                                       reinterpret_cast<unsigned char*>(passphrase), 7,
+                                       nullptr, nullptr),
+              1);
+    char* data = nullptr;
+    const long size = BIO_get_mem_data(out, &data);
+    encrypted.assign(data, static_cast<size_t>(size));
+    BIO_free(out);
+    EVP_PKEY_free(key);
+    BIO_free(in);
+  }
+  ASSERT_THAT(encrypted, HasSubstr("ENCRYPTED"));
+  int offered[2];
+  ASSERT_EQ(pipe(offered), 0);
+  ASSERT_EQ(write(offered[1], "hunter2\n", 8), 8);
+  close(offered[1]);
+  const int saved_stdin = dup(0);
+  ASSERT_GE(saved_stdin, 0);
+  ASSERT_EQ(dup2(offered[0], 0), 0);
+  const absl::Status status =
+      ValidateServerTlsConfig({pki_->server.cert_pem, encrypted, ""});
+  dup2(saved_stdin, 0);
+  close(saved_stdin);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("not an unencrypted PEM"));
+  char unread[16];
+  EXPECT_EQ(read(offered[0], unread, sizeof(unread)), 8);  // nobody read the passphrase
+  close(offered[0]);
+}
+
 TEST(SecretFileTest, RefusesHugeFiles) {
   const std::string path = ::testing::TempDir() + "/secret_file_test_big";
   std::ofstream(path, std::ios::binary | std::ios::trunc)
@@ -172,6 +222,23 @@ TEST(SecretFileTest, RefusesHugeFiles) {
   EXPECT_THAT(std::string(read.status().message()), HasSubstr("larger than"));
   EXPECT_EQ(ReadSecretFile("/dev/zero", "test file").status().code(),
             absl::StatusCode::kInvalidArgument);  // not a regular file
+}
+
+// Opening a FIFO for reading waits for a writer: a path to one must fail, not hang.
+TEST(SecretFileTest, RefusesAFifoWithoutWaitingForAWriter) {
+  const std::string path = ::testing::TempDir() + "/secret_file_test_fifo";
+  unlink(path.c_str());
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  auto read = std::async(std::launch::async,
+                         [&] { return ReadSecretFile(path, "test file").status(); });
+  if (read.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "ReadSecretFile waits for a writer on a FIFO";
+    std::ofstream(path) << "";  // a writer, so the read (and the test) can end
+  }
+  const absl::Status status = read.get();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("not a regular file"));
+  unlink(path.c_str());
 }
 
 }  // namespace
