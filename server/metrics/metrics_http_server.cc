@@ -14,6 +14,25 @@
 
 namespace clipserve {
 
+namespace {
+
+// Refuses, in `response`, a request that is not a GET or HEAD (405) or announces a
+// body (413); false, leaving `response` alone, for any other request.
+bool Refuse(const httplib::Request& request, bool announces_body,
+            httplib::Response& response) {
+  const bool get = request.method == "GET" || request.method == "HEAD";
+  if (get && !announces_body) return false;
+  response.status = get ? 413 : 405;
+  if (!get) response.set_header("Allow", "GET, HEAD");
+  response.set_header("Connection", "close");
+  response.set_content(
+      get ? "a request body is not accepted\n" : "only GET and HEAD are served\n",
+      "text/plain");
+  return true;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
     const MetricsHttpServerOptions& options, const Metrics* metrics) {
   if (metrics == nullptr) {
@@ -41,25 +60,23 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
   // body into memory whole (chunked or compressed ones without limit). One request per
   // connection, and a client that is idle for a second loses its thread, so idle
   // connections cannot keep the probes waiting for long.
-  server->set_pre_routing_handler(
-      [](const httplib::Request& request, httplib::Response& response) {
-        const bool get = request.method == "GET" || request.method == "HEAD";
-        const bool body = request.has_header("Transfer-Encoding") ||
-                          (request.has_header("Content-Length") &&
-                           request.get_header_value("Content-Length") != "0");
-        if (get && !body) return httplib::Server::HandlerResponse::Unhandled;
-        response.status = get ? 413 : 405;
-        if (!get) response.set_header("Allow", "GET, HEAD");
-        response.set_header("Connection", "close");
-        response.set_content(
-            get ? "a request body is not accepted\n" : "only GET and HEAD are served\n",
-            "text/plain");
-        return httplib::Server::HandlerResponse::Handled;
-      });
-  // "Expect: 100-continue" would be answered before the handler above runs, inviting
-  // the client to send its body; refuse it instead (417), which no body follows.
+  server->set_pre_routing_handler([](const httplib::Request& request,
+                                     httplib::Response& response) {
+    const bool body = request.has_header("Transfer-Encoding") ||
+                      (request.has_header("Content-Length") &&
+                       request.get_header_value("Content-Length") != "0");
+    return Refuse(request, body, response) ? httplib::Server::HandlerResponse::Handled
+                                           : httplib::Server::HandlerResponse::Unhandled;
+  });
+  // "Expect: 100-continue" is answered before the handler above runs; its default
+  // answer invites the client to send its body. Refused here with a whole response:
+  // any code but 100 and 417 makes cpp-httplib send `response` and stop, where 417
+  // would send a bare status line and go on to route the request.
   server->set_expect_100_continue_handler(
-      [](const httplib::Request&, httplib::Response&) { return 417; });
+      [](const httplib::Request& request, httplib::Response& response) {
+        Refuse(request, /*announces_body=*/true, response);
+        return response.status;
+      });
   server->set_keep_alive_max_count(1);
   server->set_keep_alive_timeout(1);
   server->set_read_timeout(1, 0);

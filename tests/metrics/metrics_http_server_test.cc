@@ -24,6 +24,7 @@ namespace {
 
 using ::clipserve::testing::FindSample;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::Optional;
 
 std::unique_ptr<MetricsHttpServer> StartOnLoopback(const Metrics* metrics) {
@@ -152,11 +153,18 @@ TEST(MetricsHttpServerTest, OtherMethodsAndBodiesAreRefusedWithoutReadingThem) {
   reply =
       exchange("GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
   EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply;
-  // Asked whether to send a body: told not to, rather than "100 Continue".
+  // Asked whether to send a body: refused with one whole response, rather than
+  // "100 Continue" (or a bare status line with another response after it).
   reply = exchange(
       "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
       "Expect: 100-continue\r\n\r\n");
-  EXPECT_EQ(reply.rfind("HTTP/1.1 417", 0), 0u) << reply;
+  EXPECT_EQ(reply.rfind("HTTP/1.1 405", 0), 0u) << reply;
+  EXPECT_EQ(reply.find("HTTP/1.1", 1), std::string::npos) << reply;
+  EXPECT_THAT(reply, HasSubstr("Allow: GET, HEAD"));
+  reply = exchange("GET /metrics HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply;
+  EXPECT_EQ(reply.find("HTTP/1.1", 1), std::string::npos) << reply;
+  EXPECT_THAT(reply, Not(HasSubstr("clipserve_")));       // no metrics after the refusal
   EXPECT_EQ(Get(server->port(), "/healthz").first, 200);  // still serving
 }
 
