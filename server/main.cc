@@ -108,7 +108,8 @@ ABSL_FLAG(double, device_resize_buffer_mb, 1024,
           "past it, images are resized on the CPU instead.");
 ABSL_FLAG(int32_t, max_items_per_request, 256, "Most images or texts in one request.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
-          "Largest image accepted (width x height), checked before decoding.");
+          "Largest image accepted (width x height, at most 1000000000), checked before "
+          "decoding.");
 ABSL_FLAG(int32_t, max_text_bytes, 16384, "Longest text accepted, in UTF-8 bytes.");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20,
           "Largest request or response message in bytes. A unary call whose response "

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -481,7 +482,14 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
           ImageItem item;
           item.request = request;
           item.index = i;
-          const absl::Status status = PrepareImage(input, item);
+          absl::Status status;
+          try {
+            status = PrepareImage(input, item);
+          } catch (const std::bad_alloc&) {
+            // Thrown past this task, it would end the process.
+            status = absl::ResourceExhaustedError("out of memory preparing the image");
+            SetRetryInfoPayload(kOutOfMemoryRetryDelay, &status);
+          }
           if (options_.observer != nullptr) {
             options_.observer->OnPreprocessed(Modality::kImage, clock_->Now() - started);
           }

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -61,26 +62,35 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded,
   }
   int orientation = 1;
   absl::StatusOr<RgbImage> image;
-  switch (SniffImageFormat(encoded)) {
-    case ImageFormat::kJpeg:
-      image = internal::DecodeJpeg(encoded, options, &orientation);
-      break;
-    case ImageFormat::kPng:
-      image = internal::DecodePng(encoded, options, &orientation);
-      break;
-    case ImageFormat::kWebp:
-      image = internal::DecodeWebp(encoded, options, &orientation);
-      break;
-    case ImageFormat::kGif:
-      image = internal::DecodeGif(encoded, options);
-      break;
-    case ImageFormat::kBmp:
-      image = internal::DecodeBmp(encoded, options);
-      break;
-    case ImageFormat::kUnknown:
-      return absl::InvalidArgumentError(
-          "unrecognized image format: the data starts with no JPEG, PNG, GIF, WebP or "
-          "BMP signature");
+  const ImageFormat format = SniffImageFormat(encoded);
+  // The decoders' own buffers are vectors: one the allocator refuses (a large image
+  // on a loaded or memory-limited machine) fails this image alone, as a codec's
+  // refused allocation does. Their libjpeg, libpng, giflib and libwebp state is freed
+  // by destructors on the way out.
+  try {
+    switch (format) {
+      case ImageFormat::kJpeg:
+        image = internal::DecodeJpeg(encoded, options, &orientation);
+        break;
+      case ImageFormat::kPng:
+        image = internal::DecodePng(encoded, options, &orientation);
+        break;
+      case ImageFormat::kWebp:
+        image = internal::DecodeWebp(encoded, options, &orientation);
+        break;
+      case ImageFormat::kGif:
+        image = internal::DecodeGif(encoded, options);
+        break;
+      case ImageFormat::kBmp:
+        image = internal::DecodeBmp(encoded, options);
+        break;
+      case ImageFormat::kUnknown:
+        return absl::InvalidArgumentError(
+            "unrecognized image format: the data starts with no JPEG, PNG, GIF, WebP or "
+            "BMP signature");
+    }
+  } catch (const std::bad_alloc&) {
+    return internal::OutOfMemoryError(ImageFormatName(format), "out of memory");
   }
   if (!image.ok() || !options.honor_exif_orientation || orientation == 1) return image;
   return ApplyExifOrientation(*std::move(image), orientation);

@@ -24,9 +24,10 @@ ImageFormat SniffImageFormat(absl::string_view encoded);
 struct DecodeOptions {
   // Largest width * height accepted, checked against the dimensions the header declares
   // before any pixel memory is allocated. Default kDefaultMaxPixels (40 megapixels).
-  // A decode holds the 3-byte-per-pixel result plus the codec's buffers (palette
-  // indices; a progressive JPEG's coefficients, 2 bytes per sample): keep the limit to
-  // what the process can allocate.
+  // A decode holds the 3-byte-per-pixel result plus the codec's buffers and the
+  // planes kept for the resize: palette indices (1 byte per pixel), RGBA then alpha (5),
+  // CMYK samples (4), a progressive JPEG's coefficients (2 bytes per sample), an
+  // animated WebP's two canvases (8). Keep the limit to what the process can allocate.
   int64_t max_pixels = kDefaultMaxPixels;
 
   // Largest encoded input accepted, in bytes. 32 MiB: a 40-megapixel JPEG at high
@@ -60,8 +61,9 @@ struct DecodeOptions {
 //   (checked from the header, before pixel memory is allocated); truncated or corrupt
 //   data, including a JPEG that ends early (libjpeg's "premature end of data" warning
 //   is an error here, as Pillow raises on such files); unsupported variants.
-// - RESOURCE_EXHAUSTED: a codec ran out of memory, with a RetryInfo of 1 s (the memory
-//   may be back once other work is done; see docs/API.md).
+// - RESOURCE_EXHAUSTED: a codec, or an allocation of the decoder's own, ran out of
+//   memory, with a RetryInfo of 1 s (the memory may be back once other work is done;
+//   see docs/API.md).
 // Never crashes or exits on malformed input: codec errors come back through
 // setjmp/longjmp error managers, and no codec global state is touched.
 //

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/image/decoders.h"
 #include "server/image/exif_orientation.h"
@@ -30,6 +32,17 @@ void PngError(png_structp png, png_const_charp message) {
   auto* context = static_cast<PngContext*>(png_get_error_ptr(png));
   std::snprintf(context->message, sizeof(context->message), "%s", message);
   png_longjmp(png, 1);
+}
+
+// The error for what PngError() recorded: libpng's refused allocations ("Out of
+// memory", "Insufficient memory", zlib's "insufficient memory") are
+// RESOURCE_EXHAUSTED as for the other codecs, anything else the file's fault.
+absl::Status PngFailure(const PngContext& context) {
+  const absl::string_view message = context.message;
+  if (absl::StrContains(absl::AsciiStrToLower(message), "memory")) {
+    return OutOfMemoryError(kFormat, message);
+  }
+  return FormatError(kFormat, message);
 }
 
 void PngWarning(png_structp, png_const_charp) {}  // Never print to stderr.
@@ -165,7 +178,7 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   if (context.info == nullptr) return OutOfMemoryError("PNG", "out of memory");
 
   Header header;
-  if (!ReadHeader(&context, &header)) return FormatError(kFormat, context.message);
+  if (!ReadHeader(&context, &header)) return PngFailure(context);
   const absl::Status size_ok =
       CheckDeclaredSize(kFormat, header.width, header.height, options);
   if (!size_ok.ok()) return size_ok;
@@ -196,7 +209,7 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   for (int y = 0; y < height; ++y) rows[y] = base + y * row_bytes;
   Palette palette;
   if (!ReadPixels(&context, header, rows.data(), row_bytes, &palette)) {
-    return FormatError(kFormat, context.message);
+    return PngFailure(context);
   }
   if (is_palette) palette.Expand(buffer.data(), buffer.size(), image.pixels.data());
   if (has_alpha) SplitAlpha(buffer.data(), &image);

@@ -3,9 +3,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/image/decoders.h"
 #include "server/image/mode_resize.h"
 
 namespace clipserve::image {
@@ -105,8 +107,15 @@ absl::Status Preprocessor::PreprocessInto(const RgbImageView& image,
     return absl::InvalidArgumentError(absl::StrCat(
         "output holds ", out.size(), " floats, one image needs ", floats_per_image_));
   }
-  std::vector<uint8_t> hwc(static_cast<size_t>(floats_per_image_));
-  const absl::Status status = ResizeAndCropInto(image, hwc.data());
+  std::vector<uint8_t> hwc;
+  absl::Status status;
+  try {
+    hwc.resize(static_cast<size_t>(floats_per_image_));
+    status = ResizeAndCropInto(image, hwc.data());
+  } catch (const std::bad_alloc&) {
+    // The resize's scratch (several bytes per source pixel for alpha and CMYK).
+    return internal::OutOfMemoryError("resize", "out of memory");
+  }
   if (!status.ok()) return status;
   const size_t plane = static_cast<size_t>(floats_per_image_ / 3);
   for (int c = 0; c < 3; ++c) {

@@ -40,6 +40,11 @@ absl::Status ValidateLimits(const RequestLimits& limits) {
         " max_image_pixels=", limits.max_image_pixels,
         " max_image_bytes=", limits.max_image_bytes));
   }
+  if (limits.max_image_pixels > kMaxImagePixelsLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_image_pixels=", limits.max_image_pixels, " is over ",
+                     kMaxImagePixelsLimit, " (a 3 GB RGB image)"));
+  }
   return absl::OkStatus();
 }
 

@@ -49,7 +49,12 @@ struct RequestLimits {
   int64_t max_image_bytes = int64_t{64} << 20;
 };
 
-// Validates the limits themselves: INVALID_ARGUMENT unless every one is positive.
+// The largest max_image_pixels accepted: a gigapixel, whose RGB is 3 GB before the
+// decoder's and the resize's scratch.
+inline constexpr int64_t kMaxImagePixelsLimit = 1'000'000'000;
+
+// Validates the limits themselves: INVALID_ARGUMENT unless every one is positive and
+// max_image_pixels is at most kMaxImagePixelsLimit.
 absl::Status ValidateLimits(const RequestLimits& limits);
 
 // Longest EmbedStreamRequest.id, in bytes (fixed by the contract).

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdio>
 #include <jpeglib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 // clang-format on
 #include <gif_lib.h>
 #include <webp/encode.h>
@@ -13,12 +15,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/common/status_payloads.h"
@@ -155,6 +159,47 @@ TEST(DecodeImageTest, PngClaimingMoreDataThanTheFileCanHoldIsRefusedUpFront) {
   ASSERT_TRUE(decoded.ok()) << decoded.status() << " (" << black.size() << " bytes)";
   EXPECT_EQ(decoded->width, 2000);
 }
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+// The sanitizers' allocators abort on a refused allocation (and need more address
+// space than the limit below leaves).
+
+// Bytes of address space this process has mapped.
+int64_t MappedBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t pages = 0;
+  statm >> pages;
+  return pages * sysconf(_SC_PAGESIZE);
+}
+
+// Decodes `png` with its address space capped 64 MiB above what the process holds,
+// and exits 0 when that fails with RESOURCE_EXHAUSTED, out of memory (else 1).
+[[noreturn]] void DecodeUnderAnAddressSpaceCap(const std::string& png,
+                                               const DecodeOptions& options) {
+  const rlim_t cap = static_cast<rlim_t>(MappedBytes() + (int64_t{64} << 20));
+  rlimit limit;
+  limit.rlim_cur = cap;
+  limit.rlim_max = cap;
+  if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(2);
+  const absl::Status status = DecodeImage(png, options).status();
+  std::fprintf(stderr, "%s\n", status.ToString().c_str());
+  const bool refused = status.code() == absl::StatusCode::kResourceExhausted &&
+                       absl::StrContains(status.message(), "out of memory");
+  std::_Exit(refused ? 0 : 1);
+}
+
+// An image the allocator refuses fails alone, RESOURCE_EXHAUSTED, instead of ending
+// the process with an uncaught std::bad_alloc. Run in a child process whose address
+// space cannot take the image's 192 MB.
+TEST(DecodeImageDeathTest, AnImageTheAllocatorRefusesIsResourceExhausted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string png = BlackPng(8000, 8000, 8000);
+  DecodeOptions options;
+  options.max_pixels = 100'000'000;
+  EXPECT_EXIT(DecodeUnderAnAddressSpaceCap(png, options), ::testing::ExitedWithCode(0),
+              "PNG: out of memory");
+}
+#endif
 
 TEST(DecodeImageTest, PixelLimitIsInclusive) {
   const std::string png = ReadShared("chelsea.png");  // 451 x 300 = 135300 pixels.

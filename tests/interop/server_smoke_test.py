@@ -172,7 +172,8 @@ class SignalTest(unittest.TestCase):
                       ["--max_queue_delay_ms=-1"], ["--max_queue_delay_ms=nan"],
                       ["--preprocess_threads=0"], ["--preprocess_threads=100000"],
                       ["--workers=-1"], ["--workers=1000"], ["--intra_op_threads=-1"],
-                      ["--metrics_port=70000"], ["--metrics_port=-2"]):
+                      ["--metrics_port=70000"], ["--metrics_port=-2"],
+                      ["--max_image_pixels=1000000001"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],

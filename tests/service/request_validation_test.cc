@@ -51,6 +51,20 @@ std::string Encode(uint32_t cp) {
   return out;
 }
 
+TEST(ValidateLimitsTest, LimitsArePositiveAndImagesAtMostAGigapixel) {
+  RequestLimits limits;
+  EXPECT_TRUE(ValidateLimits(limits).ok());
+  limits.max_image_pixels = kMaxImagePixelsLimit;
+  EXPECT_TRUE(ValidateLimits(limits).ok());
+  limits.max_image_pixels = kMaxImagePixelsLimit + 1;
+  EXPECT_EQ(ValidateLimits(limits).code(), absl::StatusCode::kInvalidArgument);
+  limits.max_image_pixels = 0;
+  EXPECT_EQ(ValidateLimits(limits).code(), absl::StatusCode::kInvalidArgument);
+  limits = RequestLimits();
+  limits.max_items_per_request = 0;
+  EXPECT_EQ(ValidateLimits(limits).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(IsValidUtf8Test, AcceptsEveryScalarValueAndRejectsSurrogates) {
   for (uint32_t cp = 0; cp <= 0x10FFFF; ++cp) {
     const bool surrogate = cp >= 0xD800 && cp <= 0xDFFF;
