@@ -1,14 +1,24 @@
 #include "server/metrics/metrics_http_server.h"
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "absl/time/time.h"
-#include "httplib.h"
 #include "server/common/clock.h"
 #include "server/metrics/metrics.h"
 
@@ -16,22 +26,87 @@ namespace clipserve {
 
 namespace {
 
-// Refuses, in `response`, a request that is not a GET or HEAD (405) or announces a
-// body (413); false, leaving `response` alone, for any other request.
-bool Refuse(const httplib::Request& request, bool announces_body,
-            httplib::Response& response) {
-  const bool get = request.method == "GET" || request.method == "HEAD";
-  if (get && !announces_body) return false;
-  response.status = get ? 413 : 405;
-  if (!get) response.set_header("Allow", "GET, HEAD");
-  response.set_header("Connection", "close");
-  response.set_content(
-      get ? "a request body is not accepted\n" : "only GET and HEAD are served\n",
-      "text/plain");
-  return true;
+// Request line and headers, through their blank line.
+constexpr size_t kMaxHeadBytes = 8192;
+// After the response, how long the client's unread bytes are drained before the
+// socket closes: closing with bytes unread sends a reset, which can destroy the
+// response before the client reads it.
+constexpr absl::Duration kLinger = absl::Milliseconds(500);
+
+std::string Response(int status, absl::string_view reason, absl::string_view type,
+                     absl::string_view body, bool head_only,
+                     absl::string_view extra_headers = "") {
+  std::string out =
+      absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: ", type,
+                   "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n",
+                   extra_headers, "\r\n");
+  if (!head_only) out.append(body.data(), body.size());
+  return out;
+}
+
+std::string Error(int status, absl::string_view reason, absl::string_view body,
+                  bool head_only = false, absl::string_view extra_headers = "") {
+  return Response(status, reason, "text/plain", body, head_only, extra_headers);
+}
+
+// Binds and listens on `host`:`port`; the socket, or -1 (errno set).
+int Listen(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), std::to_string(port).c_str(),
+                  &hints, &found) != 0) {
+    errno = EADDRNOTAVAIL;
+    return -1;
+  }
+  int fd = -1;
+  for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                a->ai_protocol);
+    if (fd < 0) continue;
+    // SO_REUSEADDR only: SO_REUSEPORT would let a second server share the port with
+    // a running one unnoticed, where a clear bind error is better.
+    const int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+      const int error = errno;
+      close(fd);
+      fd = -1;
+      errno = error;
+    }
+  }
+  freeaddrinfo(found);
+  return fd;
+}
+
+int BoundPort(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return -1;
+  if (address.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+  }
+  if (address.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port);
+  }
+  return -1;
 }
 
 }  // namespace
+
+struct MetricsHttpServer::Connection {
+  enum class State { kReading, kWriting, kDraining };
+
+  int fd = -1;
+  absl::Time accepted;
+  absl::Time deadline;  // closed then, whatever its state
+  State state = State::kReading;
+  std::string in;  // the request head so far
+  std::string out;
+  size_t sent = 0;
+};
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
     const MetricsHttpServerOptions& options, const Metrics* metrics) {
@@ -42,90 +117,44 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("metrics port ", options.port, " is outside 0..65535"));
   }
-  if (options.threads < 1) {
+  if (options.max_connections < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics max_connections must be at least 1, got ", options.max_connections));
+  }
+  if (options.connection_deadline <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("metrics threads must be at least 1, got ", options.threads));
+        absl::StrCat("metrics connection_deadline must be positive, got ",
+                     absl::FormatDuration(options.connection_deadline)));
   }
-  auto server = std::make_unique<httplib::Server>();
-  const int threads = options.threads;
-  server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  // cpp-httplib also sets SO_REUSEPORT by default, which would let a second server
-  // share the port with a running one unnoticed; a clear bind error is better.
-  server->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
-  // Every byte a client sends is hostile. Only GET and HEAD are answered, and a request
-  // announcing a body is refused before anything reads it: cpp-httplib would read any
-  // body into memory whole (chunked or compressed ones without limit). One request per
-  // connection, and a client that is idle for a second loses its thread, so idle
-  // connections cannot keep the probes waiting for long.
-  server->set_pre_routing_handler([](const httplib::Request& request,
-                                     httplib::Response& response) {
-    const bool body = request.has_header("Transfer-Encoding") ||
-                      (request.has_header("Content-Length") &&
-                       request.get_header_value("Content-Length") != "0");
-    return Refuse(request, body, response) ? httplib::Server::HandlerResponse::Handled
-                                           : httplib::Server::HandlerResponse::Unhandled;
-  });
-  // "Expect: 100-continue" is answered before the handler above runs; its default
-  // answer invites the client to send its body. Refused here with a whole response:
-  // any code but 100 and 417 makes cpp-httplib send `response` and stop, where 417
-  // would send a bare status line and go on to route the request.
-  server->set_expect_100_continue_handler(
-      [](const httplib::Request& request, httplib::Response& response) {
-        Refuse(request, /*announces_body=*/true, response);
-        return response.status;
-      });
-  server->set_keep_alive_max_count(1);
-  server->set_keep_alive_timeout(1);
-  server->set_read_timeout(1, 0);
-  server->set_write_timeout(5, 0);
-  int port = options.port;
-  if (port == 0) {
-    port = server->bind_to_any_port(options.host);
-  } else if (!server->bind_to_port(options.host, port)) {
-    port = -1;
-  }
-  if (port <= 0) {
+  const int listen_fd = Listen(options.host, options.port);
+  if (listen_fd < 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", options.host,
-                                               ":", options.port,
-                                               " (address in use or invalid)"));
+                                               ":", options.port, " (",
+                                               std::strerror(errno), ")"));
   }
-
-  std::unique_ptr<MetricsHttpServer> self(new MetricsHttpServer(std::move(server), port));
-  MetricsHttpServer* raw = self.get();
-  self->server_->Get(
-      "/metrics", [metrics](const httplib::Request&, httplib::Response& response) {
-        response.set_content(metrics->Serialize(), std::string(Metrics::kContentType));
-      });
-  self->server_->Get("/healthz",
-                     [](const httplib::Request&, httplib::Response& response) {
-                       response.set_content("ok\n", "text/plain");
-                     });
-  self->server_->Get(
-      "/readyz", [raw](const httplib::Request&, httplib::Response& response) {
-        const bool ready = raw->Ready();
-        response.status = ready ? 200 : 503;
-        response.set_content(ready ? "ready\n" : "not ready\n", "text/plain");
-      });
-  self->listener_ = std::thread([raw] { raw->server_->listen_after_bind(); });
-  // Stop() only reaches a server that has entered its accept loop; wait for it so that
-  // a Stop() right after Create() cannot be lost (and leave the thread unjoinable).
-  RealClock* clock = RealClock::Get();
-  const absl::Time give_up = clock->Now() + absl::Seconds(10);
-  while (!self->server_->is_running()) {
-    if (clock->Now() > give_up) {
-      self->server_->stop();
-      return absl::InternalError("the metrics HTTP server did not start within 10 s");
-    }
-    absl::SleepFor(absl::Milliseconds(1));
+  const int port = BoundPort(listen_fd);
+  const int wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (port <= 0 || wake_fd < 0) {
+    const std::string error = std::strerror(errno);
+    close(listen_fd);
+    if (wake_fd >= 0) close(wake_fd);
+    return absl::InternalError(absl::StrCat("cannot start the metrics server: ", error));
   }
-  return self;
+  std::unique_ptr<MetricsHttpServer> server(
+      new MetricsHttpServer(options, metrics, listen_fd, wake_fd, port));
+  // Connections made from now on wait in the listen backlog until the thread runs.
+  server->thread_ = std::thread([raw = server.get()] { raw->Loop(); });
+  return server;
 }
 
-MetricsHttpServer::MetricsHttpServer(std::unique_ptr<httplib::Server> server, int port)
-    : server_(std::move(server)), port_(port) {}
+MetricsHttpServer::MetricsHttpServer(const MetricsHttpServerOptions& options,
+                                     const Metrics* metrics, int listen_fd, int wake_fd,
+                                     int port)
+    : options_(options),
+      metrics_(metrics),
+      listen_fd_(listen_fd),
+      wake_fd_(wake_fd),
+      port_(port) {}
 
 MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
@@ -148,8 +177,159 @@ void MetricsHttpServer::Stop() {
   absl::MutexLock lock(&stop_mu_);
   if (stopped_) return;
   stopped_ = true;
-  if (server_ != nullptr) server_->stop();
-  if (listener_.joinable()) listener_.join();
+  const uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof(one)) != sizeof(one)) {
+    // Only fails when the counter would overflow: the thread is being woken anyway.
+  }
+  if (thread_.joinable()) thread_.join();
+  // Closed, not just left unserved: a client connecting now is refused at once.
+  close(listen_fd_);
+  close(wake_fd_);
+}
+
+std::string MetricsHttpServer::Respond(const std::string& head) const {
+  const std::vector<absl::string_view> lines = absl::StrSplit(head, "\r\n");
+  const std::vector<absl::string_view> request_line =
+      absl::StrSplit(lines[0], absl::MaxSplits(' ', 2));
+  if (request_line.size() != 3 || request_line[1].empty() || request_line[1][0] != '/' ||
+      !absl::StartsWith(request_line[2], "HTTP/1.")) {
+    return Error(400, "Bad Request", "not an HTTP/1.x request\n");
+  }
+  const absl::string_view method = request_line[0];
+  const bool head_only = method == "HEAD";
+  bool announces_body = false;
+  for (size_t i = 1; i < lines.size(); ++i) {
+    const size_t colon = lines[i].find(':');
+    if (colon == absl::string_view::npos) continue;  // the blank lines at the end
+    const std::string name = absl::AsciiStrToLower(lines[i].substr(0, colon));
+    const absl::string_view value =
+        absl::StripAsciiWhitespace(lines[i].substr(colon + 1));
+    if (name == "transfer-encoding" || name == "expect" ||
+        (name == "content-length" && value != "0")) {
+      announces_body = true;
+    }
+  }
+  if (method != "GET" && !head_only) {
+    return Error(405, "Method Not Allowed", "only GET and HEAD are served\n",
+                 /*head_only=*/false, "Allow: GET, HEAD\r\n");
+  }
+  if (announces_body) {
+    return Error(413, "Payload Too Large", "a request body is not accepted\n", head_only);
+  }
+  const absl::string_view target = request_line[1];
+  const absl::string_view path = target.substr(0, target.find('?'));
+  if (path == "/metrics") {
+    return Response(200, "OK", Metrics::kContentType, metrics_->Serialize(), head_only);
+  }
+  if (path == "/healthz") return Response(200, "OK", "text/plain", "ok\n", head_only);
+  if (path == "/readyz") {
+    return Ready() ? Response(200, "OK", "text/plain", "ready\n", head_only)
+                   : Response(503, "Service Unavailable", "text/plain", "not ready\n",
+                              head_only);
+  }
+  return Response(404, "Not Found", "text/plain", "not found\n", head_only);
+}
+
+void MetricsHttpServer::Loop() {
+  RealClock* clock = RealClock::Get();
+  std::vector<Connection> connections;
+  std::vector<pollfd> polled;
+  const auto close_at = [&](size_t i) {
+    close(connections[i].fd);
+    connections.erase(connections.begin() + static_cast<std::ptrdiff_t>(i));
+  };
+  while (true) {
+    // Wait for the next event, or the nearest deadline.
+    const absl::Time now = clock->Now();
+    absl::Time wake_at = absl::InfiniteFuture();
+    polled.clear();
+    polled.push_back({wake_fd_, POLLIN, 0});
+    polled.push_back({listen_fd_, POLLIN, 0});
+    for (const Connection& c : connections) {
+      polled.push_back(
+          {c.fd,
+           static_cast<short>(c.state == Connection::State::kWriting ? POLLOUT : POLLIN),
+           0});
+      wake_at = std::min(wake_at, c.deadline);
+    }
+    int timeout_ms = -1;
+    if (wake_at != absl::InfiniteFuture()) {
+      timeout_ms = static_cast<int>(
+          std::clamp<int64_t>(absl::ToInt64Milliseconds(wake_at - now) + 1, 0, 60'000));
+    }
+    if (poll(polled.data(), polled.size(), timeout_ms) < 0) {
+      // EINTR, or ENOMEM for the poll set: look again shortly.
+      absl::SleepFor(absl::Milliseconds(errno == EINTR ? 0 : 10));
+      continue;
+    }
+    if (polled[0].revents != 0) break;  // Stop()
+
+    // Serve the open connections first: `polled` lists them in order from index 2.
+    const absl::Time after = clock->Now();
+    for (size_t i = connections.size(); i-- > 0;) {
+      Connection& c = connections[i];
+      const short events = polled[i + 2].revents;
+      bool done = after >= c.deadline || (events & (POLLERR | POLLNVAL)) != 0;
+      if (!done && c.state != Connection::State::kWriting &&
+          (events & (POLLIN | POLLHUP))) {
+        char buffer[4096];
+        const ssize_t n = recv(c.fd, buffer, sizeof(buffer), 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+          done = true;  // the client closed (or broke) its side
+        } else if (n > 0 && c.state == Connection::State::kReading) {
+          c.in.append(buffer, static_cast<size_t>(n));
+          const size_t end = c.in.find("\r\n\r\n");
+          if (end != std::string::npos) {
+            c.in.resize(end + 4);  // bytes after the head are not read
+            c.out = Respond(c.in);
+          } else if (c.in.size() > kMaxHeadBytes) {
+            c.out = Error(431, "Request Header Fields Too Large",
+                          "request line and headers over 8 KiB\n");
+          }
+          if (!c.out.empty()) {
+            c.state = Connection::State::kWriting;
+            c.in = std::string();
+          }
+        }
+      }
+      if (!done && c.state == Connection::State::kWriting) {
+        const ssize_t n =
+            send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+        if (n > 0) c.sent += static_cast<size_t>(n);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) done = true;
+        if (c.sent == c.out.size()) {
+          shutdown(c.fd, SHUT_WR);
+          c.state = Connection::State::kDraining;
+          c.out = std::string();
+          c.deadline = std::min(c.deadline, after + kLinger);
+        }
+      }
+      if (done) close_at(i);
+    }
+
+    // Then take new connections; past the limit, each closes the oldest open one.
+    if (polled[1].revents & POLLIN) {
+      for (int taken = 0; taken < options_.max_connections; ++taken) {
+        const int fd =
+            accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;  // EAGAIN: none left (others: the next poll retries)
+        if (static_cast<int>(connections.size()) >= options_.max_connections) {
+          const auto oldest =
+              std::min_element(connections.begin(), connections.end(),
+                               [](const Connection& a, const Connection& b) {
+                                 return a.accepted < b.accepted;
+                               });
+          close_at(static_cast<size_t>(oldest - connections.begin()));
+        }
+        Connection c;
+        c.fd = fd;
+        c.accepted = after;
+        c.deadline = after + options_.connection_deadline;
+        connections.push_back(std::move(c));
+      }
+    }
+  }
+  for (const Connection& c : connections) close(c.fd);
 }
 
 }  // namespace clipserve

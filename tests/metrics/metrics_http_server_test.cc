@@ -9,8 +9,10 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -27,8 +29,8 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::Optional;
 
-std::unique_ptr<MetricsHttpServer> StartOnLoopback(const Metrics* metrics) {
-  MetricsHttpServerOptions options;
+std::unique_ptr<MetricsHttpServer> StartOnLoopback(
+    const Metrics* metrics, MetricsHttpServerOptions options = {}) {
   options.host = "127.0.0.1";
   options.port = 0;
   auto server = MetricsHttpServer::Create(options, metrics);
@@ -114,6 +116,17 @@ class RawConnection {
     ASSERT_EQ(send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL),
               static_cast<ssize_t>(bytes.size()));
   }
+  // Whether `bytes` could be sent: false once the server closed the connection (the
+  // first send after its close may still succeed; the next one fails).
+  bool TrySend(const std::string& bytes) {
+    pollfd p{fd_, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0) {
+      char probe;
+      if (recv(fd_, &probe, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return false;  // closed
+    }
+    return send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
   // What the server sends until it closes the connection or `timeout` passes.
   std::string ReadUntilClosed(absl::Duration timeout) {
     std::string out;
@@ -177,10 +190,103 @@ TEST(MetricsHttpServerTest, IdleConnectionsDoNotHoldUpProbes) {
     idle.push_back(std::make_unique<RawConnection>(server->port()));
     ASSERT_TRUE(idle.back()->connected());
   }
-  // More idle connections than threads: each is closed after a second of silence.
+  // Idle connections hold nothing up: the server waits on none of them.
   const absl::Time start = absl::Now();
   EXPECT_EQ(Get(server->port(), "/healthz").first, 200);
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+// Clients that send a byte now and then never go idle: each is closed at its deadline
+// all the same, and none keeps a probe waiting meanwhile.
+TEST(MetricsHttpServerTest, TricklingClientsAreClosedAtTheirDeadlineAndHoldUpNoProbe) {
+  Metrics metrics;
+  MetricsHttpServerOptions options;
+  options.connection_deadline = absl::Seconds(1);
+  auto server = StartOnLoopback(&metrics, options);
+  ASSERT_NE(server, nullptr);
+  constexpr int kClients = 8;
+  std::vector<std::unique_ptr<RawConnection>> slow;
+  for (int i = 0; i < kClients; ++i) {
+    slow.push_back(std::make_unique<RawConnection>(server->port()));
+    ASSERT_TRUE(slow.back()->connected());
+    slow.back()->Send("GET /healthz HTTP/1.1\r\nX-Slow: ");
+  }
+  std::vector<absl::Duration> open_for(kClients, absl::InfiniteDuration());
+  const absl::Time start = absl::Now();
+  std::thread trickle([&] {
+    // A byte per client every 100 ms, until the server closes it (for up to 5 s).
+    int open = kClients;
+    while (open > 0 && absl::Now() - start < absl::Seconds(5)) {
+      for (int i = 0; i < kClients; ++i) {
+        if (open_for[i] == absl::InfiniteDuration() && !slow[i]->TrySend("x")) {
+          open_for[i] = absl::Now() - start;
+          --open;
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  const absl::Time probe = absl::Now();
+  EXPECT_EQ(Get(server->port(), "/healthz").first, 200);
+  EXPECT_LT(absl::Now() - probe, absl::Milliseconds(500));
+  trickle.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_GE(open_for[i], absl::Milliseconds(900)) << i;
+    EXPECT_LT(open_for[i], absl::Seconds(3)) << i;  // the deadline of 1 s, with slack
+  }
+}
+
+// Past max_connections, a new connection closes the oldest: a probe is answered at
+// once however many connections sit open.
+TEST(MetricsHttpServerTest, ANewConnectionPastTheLimitClosesTheOldest) {
+  Metrics metrics;
+  MetricsHttpServerOptions options;
+  options.max_connections = 4;
+  options.connection_deadline = absl::Seconds(30);
+  auto server = StartOnLoopback(&metrics, options);
+  ASSERT_NE(server, nullptr);
+  std::vector<std::unique_ptr<RawConnection>> idle;
+  for (int i = 0; i < 8; ++i) {
+    idle.push_back(std::make_unique<RawConnection>(server->port()));
+    ASSERT_TRUE(idle.back()->connected());
+  }
+  const absl::Time probe = absl::Now();
+  EXPECT_EQ(Get(server->port(), "/healthz").first, 200);
+  EXPECT_LT(absl::Now() - probe, absl::Seconds(2));
+  // The first one was closed to make room (long before its deadline).
+  const absl::Time read = absl::Now();
+  EXPECT_EQ(idle[0]->ReadUntilClosed(absl::Seconds(10)), "");
+  EXPECT_LT(absl::Now() - read, absl::Seconds(5));
+}
+
+TEST(MetricsHttpServerTest, HeadLongHeadsAndNonHttpRequests) {
+  Metrics metrics;
+  auto server = StartOnLoopback(&metrics);
+  ASSERT_NE(server, nullptr);
+  const auto exchange = [&](const std::string& request) {
+    RawConnection connection(server->port());
+    EXPECT_TRUE(connection.connected());
+    connection.Send(request);
+    return connection.ReadUntilClosed(absl::Seconds(3));
+  };
+  // HEAD: the headers GET would send, no body.
+  std::string reply = exchange("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << reply;
+  EXPECT_THAT(reply, HasSubstr("Content-Length: 3\r\n"));
+  EXPECT_TRUE(absl::EndsWith(reply, "\r\n\r\n")) << reply;
+  // A query string does not change the path.
+  reply = exchange("GET /readyz?verbose=1 HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 503", 0), 0u) << reply;
+  // Headers past 8 KiB: refused, not buffered on.
+  reply = exchange("GET /healthz HTTP/1.1\r\nX-Big: " + std::string(9000, 'a'));
+  EXPECT_EQ(reply.rfind("HTTP/1.1 431", 0), 0u) << reply;
+  for (const std::string request :
+       {"GET healthz HTTP/1.1\r\n\r\n", "GET /healthz\r\n\r\n", "\x16\x03\x01\r\n\r\n",
+        "GET /healthz HTTP/2.0\r\n\r\n"}) {
+    reply = exchange(request);
+    EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0u) << request << " -> " << reply;
+  }
 }
 
 TEST(MetricsHttpServerTest, StopClosesThePortAndIsIdempotent) {
@@ -218,10 +324,14 @@ TEST(MetricsHttpServerTest, BadOptionsAreInvalidArgument) {
   EXPECT_EQ(MetricsHttpServer::Create(options, &metrics).status().code(),
             absl::StatusCode::kInvalidArgument);
   options.port = 0;
-  options.threads = 0;
+  options.max_connections = 0;
   EXPECT_EQ(MetricsHttpServer::Create(options, &metrics).status().code(),
             absl::StatusCode::kInvalidArgument);
-  options.threads = 1;
+  options.max_connections = 1;
+  options.connection_deadline = absl::ZeroDuration();
+  EXPECT_EQ(MetricsHttpServer::Create(options, &metrics).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.connection_deadline = absl::Seconds(1);
   EXPECT_EQ(MetricsHttpServer::Create(options, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
