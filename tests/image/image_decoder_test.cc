@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/config.h"
 #include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -160,7 +161,7 @@ TEST(DecodeImageTest, PngClaimingMoreDataThanTheFileCanHoldIsRefusedUpFront) {
   EXPECT_EQ(decoded->width, 2000);
 }
 
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if !defined(ABSL_HAVE_ADDRESS_SANITIZER) && !defined(ABSL_HAVE_THREAD_SANITIZER)
 // The sanitizers' allocators abort on a refused allocation (and need more address
 // space than the limit below leaves).
 
