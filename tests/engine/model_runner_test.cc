@@ -80,32 +80,6 @@ TEST(ModelRunnerTest, ATaskThatThrowsFailsOnlyItsOwnRun) {
   EXPECT_TRUE(ran);
 }
 
-TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
-  ModelRunner runner(/*max_overtakes=*/2);
-  Blocker blocker(runner);
-  absl::Mutex mu;
-  std::vector<int> order;
-  std::vector<std::thread> callers;
-  // Queued while the runner is busy, one at a time so arrival order is known:
-  // priorities 0, 1, 0, 1 -> run as 1 (second), 1 (fourth), 0 (first), 0 (third).
-  const int priorities[] = {0, 1, 0, 1};
-  for (int i = 0; i < 4; ++i) {
-    callers.emplace_back([&, i] {
-      ASSERT_TRUE(runner
-                      .Run(priorities[i],
-                           [&, i] {
-                             absl::MutexLock lock(&mu);
-                             order.push_back(i);
-                           })
-                      .ok());
-    });
-    WaitForQueued(runner, i + 1);
-  }
-  blocker.Release();
-  for (std::thread& caller : callers) caller.join();
-  EXPECT_EQ(order, (std::vector<int>{1, 3, 0, 2}));
-}
-
 // Runs tasks of `priorities`, queued in that order while `runner` is busy, and returns
 // the order (indices into `priorities`) they ran in.
 std::vector<int> RunOrder(ModelRunner& runner, const std::vector<int>& priorities) {
@@ -128,6 +102,12 @@ std::vector<int> RunOrder(ModelRunner& runner, const std::vector<int>& prioritie
   blocker.Release();
   for (std::thread& caller : callers) caller.join();
   return order;
+}
+
+TEST(ModelRunnerTest, HigherPriorityFirstThenArrivalOrder) {
+  ModelRunner runner(/*max_overtakes=*/2);
+  // Priorities 0, 1, 0, 1 -> run as 1 (second), 1 (fourth), 0 (first), 0 (third).
+  EXPECT_EQ(RunOrder(runner, {0, 1, 0, 1}), (std::vector<int>{1, 3, 0, 2}));
 }
 
 // Text batches (priority 1) from several workers that keep coming do not starve an

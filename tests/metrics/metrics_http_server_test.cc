@@ -147,16 +147,20 @@ class RawConnection {
   bool connected_ = false;
 };
 
+// Sends `request` on a connection of its own to `port`; what came back within 3 s.
+std::string Exchange(int port, const std::string& request) {
+  RawConnection connection(port);
+  EXPECT_TRUE(connection.connected());
+  connection.Send(request);
+  return connection.ReadUntilClosed(absl::Seconds(3));
+}
+
 TEST(MetricsHttpServerTest, OtherMethodsAndBodiesAreRefusedWithoutReadingThem) {
   Metrics metrics;
   auto server = StartOnLoopback(&metrics);
   ASSERT_NE(server, nullptr);
-  // Sends `request` on a connection of its own; what came back within 3 s.
   const auto exchange = [&](const std::string& request) {
-    RawConnection connection(server->port());
-    EXPECT_TRUE(connection.connected());
-    connection.Send(request);
-    return connection.ReadUntilClosed(absl::Seconds(3));
+    return Exchange(server->port(), request);
   };
   // A terabyte announced, none sent: answered at once, not awaited.
   std::string reply = exchange(
@@ -265,10 +269,7 @@ TEST(MetricsHttpServerTest, HeadLongHeadsAndNonHttpRequests) {
   auto server = StartOnLoopback(&metrics);
   ASSERT_NE(server, nullptr);
   const auto exchange = [&](const std::string& request) {
-    RawConnection connection(server->port());
-    EXPECT_TRUE(connection.connected());
-    connection.Send(request);
-    return connection.ReadUntilClosed(absl::Seconds(3));
+    return Exchange(server->port(), request);
   };
   // HEAD: the headers GET would send, no body.
   std::string reply = exchange("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
