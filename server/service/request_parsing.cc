@@ -48,24 +48,57 @@ bool MayHoldStrings(const google::protobuf::Descriptor& descriptor) {
   return MayHoldStrings(descriptor, &seen);
 }
 
-// What CheckEntryCounts() found: the largest count of one repeated field's entries in
-// one message (and the top-level field it is under), and the unknown fields in all.
+// Unknown fields allowed per item of max_items: a client built against a newer
+// contract may send a few fields per image that this server does not know.
+constexpr int64_t kUnknownFieldsPerItem = 16;
+
+// What CheckEntryCounts() found: for each field, its entries over the whole request
+// (the field with the most, and the top-level field it is under), and the unknown
+// fields in all.
 struct EntryCounts {
+  absl::flat_hash_map<const google::protobuf::FieldDescriptor*, int64_t> per_field;
   int64_t most = 0;
   const google::protobuf::FieldDescriptor* most_under = nullptr;
   int64_t unknown = 0;
 };
 
-// Whether a parser keeps each entry of `field` (nullptr: unknown) as an object of its
-// own. Repeated numbers cost no more than their wire bytes; a singular field seen
-// again replaces or merges into the one value.
-bool KeptApart(const google::protobuf::FieldDescriptor* field) {
+// Whether a parser may make an object of its own for each entry of `field`: repeated
+// strings, bytes and messages, and messages (a singular message seen again is merged
+// into the first, so a repeated parent's lists grow with each copy). Numbers and
+// singular strings cost no more than their wire bytes.
+bool Counted(const google::protobuf::FieldDescriptor& field) {
   using google::protobuf::FieldDescriptor;
-  if (field == nullptr) return true;
-  return field->is_repeated() && (field->type() == FieldDescriptor::TYPE_STRING ||
-                                  field->type() == FieldDescriptor::TYPE_BYTES ||
-                                  field->type() == FieldDescriptor::TYPE_MESSAGE ||
-                                  field->type() == FieldDescriptor::TYPE_GROUP);
+  if (field.type() == FieldDescriptor::TYPE_MESSAGE ||
+      field.type() == FieldDescriptor::TYPE_GROUP) {
+    return true;
+  }
+  return field.is_repeated() && (field.type() == FieldDescriptor::TYPE_STRING ||
+                                 field.type() == FieldDescriptor::TYPE_BYTES);
+}
+
+// Counts the fields of a group, which a parser keeps whole among the unknown fields,
+// up to its end tag for `field_number`. False when the bytes are not well-formed.
+bool CountGroup(google::protobuf::io::CodedInputStream* in, int field_number,
+                EntryCounts* counts) {
+  using google::protobuf::internal::WireFormatLite;
+  if (!in->IncrementRecursionDepth()) return false;
+  while (true) {
+    const uint32_t tag = in->ReadTag();
+    if (tag == 0) return false;  // the end came before the group's end
+    const int number = WireFormatLite::GetTagFieldNumber(tag);
+    switch (WireFormatLite::GetTagWireType(tag)) {
+      case WireFormatLite::WIRETYPE_END_GROUP:
+        in->DecrementRecursionDepth();
+        return number == field_number;
+      case WireFormatLite::WIRETYPE_START_GROUP:
+        ++counts->unknown;
+        if (!CountGroup(in, number, counts)) return false;
+        break;
+      default:
+        ++counts->unknown;
+        if (!WireFormatLite::SkipField(in, tag)) return false;
+    }
+  }
 }
 
 // Counts the entries of one message of type `descriptor` read from `in` up to its
@@ -75,25 +108,32 @@ bool CountEntries(google::protobuf::io::CodedInputStream* in,
                   const google::protobuf::Descriptor& descriptor,
                   const google::protobuf::FieldDescriptor* top, EntryCounts* counts) {
   using google::protobuf::internal::WireFormatLite;
-  absl::flat_hash_map<int, int64_t> per_field;
   while (true) {
     const uint32_t tag = in->ReadTag();
     if (tag == 0) return in->ConsumedEntireMessage();
-    const google::protobuf::FieldDescriptor* field =
-        descriptor.FindFieldByNumber(WireFormatLite::GetTagFieldNumber(tag));
-    if (field == nullptr) {
+    const int number = WireFormatLite::GetTagFieldNumber(tag);
+    const WireFormatLite::WireType wire_type = WireFormatLite::GetTagWireType(tag);
+    if (wire_type == WireFormatLite::WIRETYPE_END_GROUP) return false;
+    const google::protobuf::FieldDescriptor* field = descriptor.FindFieldByNumber(number);
+    // A known message sent as a group is kept among the unknown fields too.
+    if (field == nullptr || wire_type == WireFormatLite::WIRETYPE_START_GROUP) {
       ++counts->unknown;
-    } else if (KeptApart(field)) {
-      const int64_t count = ++per_field[field->number()];
+      if (wire_type == WireFormatLite::WIRETYPE_START_GROUP) {
+        if (!CountGroup(in, number, counts)) return false;
+      } else if (!WireFormatLite::SkipField(in, tag)) {
+        return false;
+      }
+      continue;
+    }
+    if (Counted(*field)) {
+      const int64_t count = ++counts->per_field[field];
       if (count > counts->most) {
         counts->most = count;
         counts->most_under = top != nullptr ? top : field;
       }
     }
-    if (field != nullptr &&
-        field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&
-        WireFormatLite::GetTagWireType(tag) ==
-            WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+    if (field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&
+        wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       uint32_t length = 0;
       if (!in->ReadVarint32(&length)) return false;
       const auto limit = in->PushLimit(static_cast<int>(length));
@@ -132,17 +172,20 @@ absl::Status CheckEntryCounts(
   grpc::ProtoBufferReader reader(&copy);
   google::protobuf::io::CodedInputStream in(&reader);
   EntryCounts counts;
-  if (!CountEntries(&in, descriptor, nullptr, &counts)) return absl::OkStatus();
+  // Bytes that are not well-formed are left to the parse, which refuses them; what
+  // was counted before them is checked all the same, since the parse builds it first.
+  CountEntries(&in, descriptor, nullptr, &counts);
   if (counts.most > max_items) {
     return InvalidArgumentForField(
         field_name(counts.most_under->name()),
         absl::StrCat(counts.most, " items is over the limit of ", max_items,
                      " per request"));
   }
-  if (counts.unknown > max_items) {
+  const int64_t max_unknown = kUnknownFieldsPerItem * max_items;
+  if (counts.unknown > max_unknown) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the request holds ", counts.unknown, " fields that a ", descriptor.full_name(),
-        " does not have, over the limit of ", max_items));
+        " does not have, over the limit of ", max_unknown));
   }
   return absl::OkStatus();
 }

@@ -36,13 +36,15 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
 
 // Checks, without building anything, how many objects parsing `bytes` (a serialized
 // message of type `descriptor`) would create: a 2-byte empty string or message on the
-// wire costs a parser some 50 to 100 bytes of memory, so a request under the message
+// wire costs a parser some 35 to 100 bytes of memory, so a request under the message
 // size limit could otherwise take gigabytes before its item count is checked.
 // INVALID_ARGUMENT, with a google.rpc.BadRequest naming the top-level field (as
-// `field_name` gives it), when one repeated string, bytes or message field (nested ones
-// included) holds more than `max_items` entries; INVALID_ARGUMENT when the message
-// holds more than `max_items` fields its type does not know, in all. OK otherwise, also
-// when the bytes are not well-formed (the parse reports that).
+// `field_name` gives it), when the entries of one repeated string or bytes field, or
+// of one message field, over the whole request (nested ones included: a singular
+// message sent again is merged into the first) number more than `max_items`;
+// INVALID_ARGUMENT when the request holds more than 16 x `max_items` fields its types
+// do not know (a group's fields included), in all. Bytes that are not well-formed
+// are checked up to where they stop being so; the parse then refuses them.
 absl::Status CheckEntryCounts(
     const grpc::ByteBuffer& bytes, const google::protobuf::Descriptor& descriptor,
     int max_items, absl::FunctionRef<std::string(absl::string_view)> field_name);

@@ -140,32 +140,75 @@ TEST(CheckEntryCountsTest, NamesNestedListsByTheirTopLevelField) {
             "renamed texts: 300 items is over the limit of 256 per request");
 }
 
+// A field's tag with `wire_type`, `number` < 16.
+std::string Tag(int number, int wire_type) {
+  return std::string(1, static_cast<char>(number << 3 | wire_type));
+}
+
 TEST(CheckEntryCountsTest, NumbersAreNotCountedButUnknownFieldsAre) {
   // 1000 floats of one embedding, unpacked (one tag each): a parser stores 4 bytes each.
   std::string values;
-  for (int i = 0; i < 1000; ++i) values += std::string("\x0D\0\0\x80\x3F", 5);
+  for (int i = 0; i < 1000; ++i) values += Tag(1, 5) + std::string("\0\0\x80\x3F", 4);
   EXPECT_TRUE(
-      CheckEntryCounts(Buffer(values), *v1::Embedding::descriptor(), 256, Identity).ok());
-  // Fields the type does not have are kept as they came: counted, all together.
+      CheckEntryCounts(Buffer(values), *v1::Embedding::descriptor(), 4, Identity).ok());
+  // Fields the type does not have are kept as they came: 16 per item of the limit are
+  // allowed (a newer client's few fields on each image), counted all together.
   const google::protobuf::Descriptor& text = *v1::EmbedTextRequest::descriptor();
-  EXPECT_TRUE(CheckEntryCounts(Buffer(EmptyEntries(9, 200) + EmptyEntries(10, 56)), text,
-                               256, Identity)
+  EXPECT_TRUE(CheckEntryCounts(Buffer(EmptyEntries(9, 40) + EmptyEntries(10, 24)), text,
+                               4, Identity)
                   .ok());
   const absl::Status unknown = CheckEntryCounts(
-      Buffer(EmptyEntries(9, 200) + EmptyEntries(10, 57)), text, 256, Identity);
+      Buffer(EmptyEntries(9, 40) + EmptyEntries(10, 25)), text, 4, Identity);
   EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(unknown.message(),
-            "the request holds 257 fields that a clipserve.v1.EmbedTextRequest does not "
-            "have, over the limit of 256");
+            "the request holds 65 fields that a clipserve.v1.EmbedTextRequest does not "
+            "have, over the limit of 64");
+  // A group is kept whole among the unknown fields: what it holds counts too.
+  const std::string group = Tag(9, 3) + EmptyEntries(1, 100) + Tag(9, 4);
+  EXPECT_EQ(CheckEntryCounts(Buffer(group), text, 4, Identity).message(),
+            "the request holds 101 fields that a clipserve.v1.EmbedTextRequest does not "
+            "have, over the limit of 64");
+  // 256 images each with two fields this server does not know (yet) are fine.
+  v1::EmbedImageRequest images;
+  for (int i = 0; i < 256; ++i) {
+    v1::Image* image = images.add_images();
+    image->set_encoded("jpeg");
+    image->GetReflection()->MutableUnknownFields(image)->AddLengthDelimited(14, "");
+    image->GetReflection()->MutableUnknownFields(image)->AddLengthDelimited(15, "");
+  }
+  EXPECT_TRUE(CheckEntryCounts(Buffer(Bytes(images)),
+                               *v1::EmbedImageRequest::descriptor(), 256, Identity)
+                  .ok());
 }
 
-TEST(CheckEntryCountsTest, MalformedBytesAreLeftToTheParse) {
+// A singular message sent again is merged into the first: the lists of its copies add
+// up, and are counted together.
+TEST(CheckEntryCountsTest, CopiesOfASingularMessageAreCountedTogether) {
+  v1::SimilarityRequest one;
+  one.mutable_images()->mutable_images()->add_images()->set_encoded("jpeg");
+  std::string copies;
+  for (int i = 0; i < 300; ++i) copies += one.SerializeAsString();
+  v1::SimilarityRequest merged;
+  ASSERT_TRUE(merged.ParseFromString(copies));
+  ASSERT_EQ(merged.images().images().images_size(), 300);
+  const absl::Status status = CheckEntryCounts(
+      Buffer(copies), *v1::SimilarityRequest::descriptor(), 256, Identity);
+  EXPECT_EQ(status.message(), "images: 300 items is over the limit of 256 per request");
+}
+
+TEST(CheckEntryCountsTest, MalformedBytesAreCheckedUpToWhereTheyBreak) {
   const google::protobuf::Descriptor& text = *v1::EmbedTextRequest::descriptor();
   EXPECT_TRUE(CheckEntryCounts(Buffer("\xFF\xFF\xFF"), text, 1, Identity).ok());
   // A nested length past the end of the message.
   EXPECT_TRUE(CheckEntryCounts(Buffer(std::string("\x0A\x05\x0A", 3)),
                                *v1::SimilarityRequest::descriptor(), 1, Identity)
                   .ok());
+  // A parser builds every text before the stray byte at the end: counted all the same.
+  for (const std::string& end : {std::string(1, '\0'), std::string("\xFF")}) {
+    const absl::Status status =
+        CheckEntryCounts(Buffer(EmptyEntries(1, 300) + end), text, 256, Identity);
+    EXPECT_EQ(status.message(), "texts: 300 items is over the limit of 256 per request");
+  }
 }
 
 TEST(ReadUtf8FieldTest, ReadsTheLastValidValue) {
