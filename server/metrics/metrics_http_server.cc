@@ -32,6 +32,8 @@ constexpr size_t kMaxHeadBytes = 8192;
 // socket closes: closing with bytes unread sends a reset, which can destroy the
 // response before the client reads it.
 constexpr absl::Duration kLinger = absl::Milliseconds(500);
+// How long accepting pauses when it fails for want of descriptors or memory.
+constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
 
 std::string Response(int status, absl::string_view reason, absl::string_view type,
                      absl::string_view body, bool head_only,
@@ -234,6 +236,10 @@ void MetricsHttpServer::Loop() {
   RealClock* clock = RealClock::Get();
   std::vector<Connection> connections;
   std::vector<pollfd> polled;
+  // While accept() fails for want of descriptors or memory, the pending connection
+  // keeps the listening socket readable: it is left out of poll() for a while
+  // instead of waking it again at once.
+  absl::Time accept_paused_until = absl::InfinitePast();
   const auto close_at = [&](size_t i) {
     close(connections[i].fd);
     connections.erase(connections.begin() + static_cast<std::ptrdiff_t>(i));
@@ -244,7 +250,9 @@ void MetricsHttpServer::Loop() {
     absl::Time wake_at = absl::InfiniteFuture();
     polled.clear();
     polled.push_back({wake_fd_, POLLIN, 0});
-    polled.push_back({listen_fd_, POLLIN, 0});
+    const bool accept_paused = now < accept_paused_until;
+    polled.push_back({accept_paused ? -1 : listen_fd_, POLLIN, 0});
+    if (accept_paused) wake_at = accept_paused_until;
     for (const Connection& c : connections) {
       polled.push_back(
           {c.fd,
@@ -279,7 +287,7 @@ void MetricsHttpServer::Loop() {
         } else if (n > 0 && c.state == Connection::State::kReading) {
           c.in.append(buffer, static_cast<size_t>(n));
           const size_t end = c.in.find("\r\n\r\n");
-          if (end != std::string::npos) {
+          if (end != std::string::npos && end + 4 <= kMaxHeadBytes) {
             c.in.resize(end + 4);  // bytes after the head are not read
             c.out = Respond(c.in);
           } else if (c.in.size() > kMaxHeadBytes) {
@@ -312,7 +320,12 @@ void MetricsHttpServer::Loop() {
       for (int taken = 0; taken < options_.max_connections; ++taken) {
         const int fd =
             accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) break;  // EAGAIN: none left (others: the next poll retries)
+        if (fd < 0) {
+          if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            accept_paused_until = after + kAcceptPause;
+          }
+          break;  // EAGAIN: none left; ECONNABORTED and the like: the next poll
+        }
         if (static_cast<int>(connections.size()) >= options_.max_connections) {
           const auto oldest =
               std::min_element(connections.begin(), connections.end(),

@@ -28,6 +28,11 @@ using BioPtr = std::unique_ptr<BIO, BioFree>;
 using X509Ptr = std::unique_ptr<X509, X509Free>;
 using KeyPtr = std::unique_ptr<EVP_PKEY, KeyFree>;
 
+// A PEM password callback that gives none: with no callback, OpenSSL prompts for an
+// encrypted block's passphrase on the terminal (or reads stdin), and start-up would
+// wait there. Any PEM block can say it is encrypted, certificates too.
+int NoPassphrase(char*, int, int, void*) { return -1; }
+
 BioPtr MemoryBio(const std::string& pem) {
   return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
 }
@@ -37,7 +42,7 @@ std::vector<X509Ptr> ReadCertificates(const std::string& pem) {
   std::vector<X509Ptr> certs;
   BioPtr bio = MemoryBio(pem);
   if (bio == nullptr) return certs;
-  while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+  while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr)) {
     certs.emplace_back(cert);
   }
   ERR_clear_error();  // the read past the last certificate leaves an error queued
@@ -60,10 +65,7 @@ absl::Status ValidateServerTlsConfig(const ServerTlsConfig& config) {
   {
     BioPtr bio = MemoryBio(config.private_key_pem);
     if (bio != nullptr) {
-      // A callback that gives no passphrase: without one OpenSSL would prompt for an
-      // encrypted key's on the terminal (or read stdin), and start-up would wait there.
-      pem_password_cb* no_passphrase = [](char*, int, int, void*) { return -1; };
-      key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
+      key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr));
     }
     ERR_clear_error();
   }
