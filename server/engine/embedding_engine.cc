@@ -237,12 +237,14 @@ absl::Status ItemError(const std::string& field, int index, const absl::Status& 
   return BadRequestError(absl::StrCat(field, "[", index, "]"), status.message());
 }
 
-// ItemError for item `index` of an embed request, under the caller's own numbering.
+// The number the caller gave item `index` of an embed request (its own index unless
+// the request was renumbered).
 int CallerNumber(const EngineRequest& request, int index) {
   const std::vector<int>& numbers = request.options.item_numbers;
   return index < static_cast<int>(numbers.size()) ? numbers[index] : index;
 }
 
+// ItemError for item `index` of an embed request, under the caller's own numbering.
 absl::Status ItemError(const EngineRequest& request, int index,
                        const absl::Status& status) {
   return ItemError(request.field, CallerNumber(request, index), status);

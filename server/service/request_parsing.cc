@@ -76,6 +76,18 @@ bool Counted(const google::protobuf::FieldDescriptor& field) {
                                  field.type() == FieldDescriptor::TYPE_BYTES);
 }
 
+// Whether a parser reads an entry of `wire_type` into `field`, rather than keeping
+// it among the unknown fields.
+bool WireTypeFits(const google::protobuf::FieldDescriptor& field,
+                  google::protobuf::internal::WireFormatLite::WireType wire_type) {
+  using google::protobuf::internal::WireFormatLite;
+  const WireFormatLite::WireType own = WireFormatLite::WireTypeForFieldType(
+      static_cast<WireFormatLite::FieldType>(field.type()));
+  // Repeated numbers may come packed, one length-delimited run, or one by one.
+  return wire_type == own ||
+         (field.is_packable() && wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+}
+
 // Counts the fields of a group, which a parser keeps whole among the unknown fields,
 // up to its end tag for `field_number`. False when the bytes are not well-formed.
 bool CountGroup(google::protobuf::io::CodedInputStream* in, int field_number,
@@ -115,8 +127,9 @@ bool CountEntries(google::protobuf::io::CodedInputStream* in,
     const WireFormatLite::WireType wire_type = WireFormatLite::GetTagWireType(tag);
     if (wire_type == WireFormatLite::WIRETYPE_END_GROUP) return false;
     const google::protobuf::FieldDescriptor* field = descriptor.FindFieldByNumber(number);
-    // A known message sent as a group is kept among the unknown fields too.
-    if (field == nullptr || wire_type == WireFormatLite::WIRETYPE_START_GROUP) {
+    // A known field on the wire in another form than its type's (a message sent as a
+    // group, a bool as bytes) is kept among the unknown fields too.
+    if (field == nullptr || !WireTypeFits(*field, wire_type)) {
       ++counts->unknown;
       if (wire_type == WireFormatLite::WIRETYPE_START_GROUP) {
         if (!CountGroup(in, number, counts)) return false;

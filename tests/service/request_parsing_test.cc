@@ -168,6 +168,13 @@ TEST(CheckEntryCountsTest, NumbersAreNotCountedButUnknownFieldsAre) {
   EXPECT_EQ(CheckEntryCounts(Buffer(group), text, 4, Identity).message(),
             "the request holds 101 fields that a clipserve.v1.EmbedTextRequest does not "
             "have, over the limit of 64");
+  // So is a known field in another form than its type's: `normalize` (2, a bool) as
+  // bytes, which a parser keeps as it came, each copy apart.
+  EXPECT_EQ(CheckEntryCounts(Buffer(EmptyEntries(2, 65)), text, 4, Identity).code(),
+            absl::StatusCode::kInvalidArgument);
+  v1::EmbedTextRequest parsed;
+  ASSERT_TRUE(parsed.ParseFromString(EmptyEntries(2, 65)));
+  EXPECT_EQ(parsed.GetReflection()->GetUnknownFields(parsed).field_count(), 65);
   // 256 images each with two fields this server does not know (yet) are fine.
   v1::EmbedImageRequest images;
   for (int i = 0; i < 256; ++i) {
