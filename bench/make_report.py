@@ -199,7 +199,11 @@ def main():
     add = lines.append
 
     def tower(kind, model_index, batch, bf16, tokens=None):
-        name = f"BM_{kind}Tower/model:{model_index}/batch:{batch}/bf16:{bf16}"
+        """bf16: 0 (fp32), 1 (bf16) or "int8" (the BM_*TowerInt8 rows)."""
+        if bf16 == "int8":
+            name = f"BM_{kind}TowerInt8/model:{model_index}/batch:{batch}/int8:1"
+        else:
+            name = f"BM_{kind}Tower/model:{model_index}/batch:{batch}/bf16:{bf16}"
         if tokens is not None:
             name += f"/tokens:{tokens}"
         return model.get(name + "/real_time", (None, None, ""))
@@ -259,6 +263,17 @@ def main():
     fp32_32 = tower("Image", 0, 32, 0)[0]
     add(f"| image tower batch 32: bf16 vs fp32 | {fmt(bf16_32)} | {fmt(fp32_32)} | "
         f"{fmt(ratio(bf16_32, fp32_32), 2)}x | |")
+    int8_32 = tower("Image", 0, 32, "int8")[0]
+    if int8_32:
+        add(f"| image tower batch 32: int8 vs bf16 | {fmt(int8_32)} | {fmt(bf16_32)} | "
+            f"{fmt(ratio(int8_32, bf16_32), 2)}x | |")
+    served_int8 = max((e["items_per_s"] for e in e2e
+                       if e.get("label") == "served_int8" and e["modality"] == "image"),
+                      default=None)
+    if served_int8:
+        add(f"| served images/s with `--precision=int8` (best concurrency) vs best eager "
+            f"PyTorch image tower, batch 32 | {fmt(served_int8)} | {fmt(img_best)} | "
+            f"{fmt(ratio(served_int8, img_best), 2)}x | |")
     paired = paired_rounds(r, e2e, served_bf16)
     if paired:
         # The median round of the side-by-side runs (see "Dynamic batching, side by side").
@@ -348,19 +363,20 @@ def main():
     add("")
     add("| model | tower | precision | batch 1 | batch 8 | batch 32 | batch 64 |")
     add("|---|---|---|---|---|---|---|")
+    names = {0: "fp32", 1: "bf16", "int8": "int8"}
     for i, name in enumerate(MODELS):
-        for bf16 in (0, 1):
+        for bf16 in (0, 1, "int8"):
             cells = [fmt(tower("Image", i, b, bf16)[0]) for b in (1, 8, 32, 64)]
             if all(c == "n/a" for c in cells):
                 continue
-            add(f"| {name} | image | {'bf16' if bf16 else 'fp32'} | " + " | ".join(cells) + " |")
-    for bf16 in (0, 1):
+            add(f"| {name} | image | {names[bf16]} | " + " | ".join(cells) + " |")
+    for bf16 in (0, 1, "int8"):
         for tokens in (20, 77):
             cells = [fmt(tower("Text", 0, b, bf16, tokens)[0]) for b in (1, 8, 32, 64)]
             if all(c == "n/a" for c in cells):
                 continue
             add(f"| ViT-B-32 / B-16 / RN50 | text, {tokens} tokens | "
-                f"{'bf16' if bf16 else 'fp32'} | " + " | ".join(cells) + " |")
+                f"{names[bf16]} | " + " | ".join(cells) + " |")
     add("")
 
     # Python baseline.
@@ -404,12 +420,15 @@ def main():
     add("")
     add("| modality | concurrency | items/s | p50 ms | p99 ms | errors |")
     add("|---|---|---|---|---|---|")
-    for e in e2e:
-        if e.get("label") != "served":
-            continue
-        add(f"| {e['modality']} | {e['concurrency']} | {fmt(e['items_per_s'])} | "
-            f"{fmt(e['latency_ms']['p50'], 2)} | {fmt(e['latency_ms']['p99'], 2)} | "
-            f"{sum(e['errors'].values()) if e['errors'] else 0} |")
+    suffixes = {"served": "", "served_int8": ", `--precision=int8`"}
+    for label, suffix in suffixes.items():
+        for e in e2e:
+            if e.get("label") != label:
+                continue
+            add(f"| {e['modality']}{suffix} | {e['concurrency']} | "
+                f"{fmt(e['items_per_s'])} | {fmt(e['latency_ms']['p50'], 2)} | "
+                f"{fmt(e['latency_ms']['p99'], 2)} | "
+                f"{sum(e['errors'].values()) if e['errors'] else 0} |")
     add("")
     add("![throughput vs concurrency](performance.png)")
     add("")
@@ -518,12 +537,13 @@ def main():
         f.write("\n".join(lines))
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for modality, marker in (("image", "o"), ("text", "s")):
-        points = sorted((e["concurrency"], e["items_per_s"]) for e in e2e
-                        if e.get("label") == "served" and e["modality"] == modality)
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
-                    label=f"{modality}s/s served")
+    for label, suffix, style in (("served", "", "-"), ("served_int8", ", int8", ":")):
+        for modality, marker, color in (("image", "o", "C0"), ("text", "s", "C1")):
+            points = sorted((e["concurrency"], e["items_per_s"]) for e in e2e
+                            if e.get("label") == label and e["modality"] == modality)
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
+                        linestyle=style, color=color, label=f"{modality}s/s served{suffix}")
     if img_best:
         ax.axhline(img_best, linestyle="--", color="C0", alpha=0.6,
                    label="eager PyTorch image tower, batch 32")

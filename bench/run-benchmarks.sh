@@ -40,11 +40,12 @@ else
 fi
 if [ "$SMOKE" = 1 ]; then
   REPS=1; MIN_TIME=0.01; E2E_S=2s; PY_RUNS=1; PAIRED_ROUNDS=1
-  MODEL_FILTER="BM_(Image|Text)Tower/model:0/batch:1/bf16:$BF16/"
+  MODEL_FILTER="BM_(Image|Text)Tower(Int8)?/model:0/batch:1/(bf16:$BF16|int8:1)/"
   PY_MODELS=(ViT-B-32); CONCURRENCY=(1 4)
 else
   REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3; PAIRED_ROUNDS=3
-  MODEL_FILTER="/bf16:$BF16|Cuda/"  # CUDA rows (CUDA builds only) have no bf16 arg
+  # CUDA rows (CUDA builds only) and int8 rows have no bf16 arg.
+  MODEL_FILTER="/bf16:$BF16|Cuda/|Int8/"
   PY_MODELS=(ViT-B-32 ViT-B-16 RN50); CONCURRENCY=(1 4 16 64)
 fi
 GB=(--benchmark_repetitions=$REPS --benchmark_min_time=$MIN_TIME
@@ -162,6 +163,13 @@ stop_server
 # The same captions with the default text cache: repeats skip the model.
 start_server
 bench cached --modality text -c 16
+stop_server
+# int8 (--precision=int8), served the same way as the default precision above.
+start_server --precision=int8 --text_cache_mb=0
+for c in "${CONCURRENCY[@]}"; do
+  bench served_int8 --modality image -c "$c"
+  bench served_int8 --modality text -c "$c"
+done
 stop_server
 # Memory: fp32 weights; 100,000 text requests (the built-in captions, so mostly cache
 # hits: the request path at full speed), then images through the model; RSS after

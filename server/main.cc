@@ -54,6 +54,7 @@
 #include "server/metrics/metrics_http_server.h"
 #include "server/model/blas_kernel.h"
 #include "server/model/device.h"
+#include "server/model/model_config.h"
 #include "server/model/model_loader.h"
 #include "server/service/bearer_auth.h"
 #include "server/service/clip_server.h"
@@ -83,8 +84,9 @@ ABSL_FLAG(std::string, tokenizer, "",
           "built-in CLIP vocabulary (which demo models use too).");
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, precision, "auto",
-          "fp32, bf16, fp16 (CUDA only) or auto: bf16 on CPUs with AMX/AVX512-BF16, "
-          "fp32 on other CPUs, fp16 on CUDA. Outputs are always fp32.");
+          "fp32, bf16, fp16 (CUDA only), int8 (CPU only: the transformers' large linear "
+          "products in int8, the rest as auto picks) or auto: bf16 on CPUs with "
+          "AMX/AVX512-BF16, fp32 on other CPUs, fp16 on CUDA. Outputs are always fp32.");
 ABSL_FLAG(int32_t, max_batch_size, 32, "Most items in one model run, per modality.");
 ABSL_FLAG(double, max_queue_delay_ms, 2.0,
           "How long a partial batch waits for company while more items are still being "
@@ -537,8 +539,14 @@ absl::Status Run() {
   // ClipModel::To() refuses both too, but only after the model load.
   if (!load.device.is_cuda() && load.precision == Precision::kFloat16) {
     return absl::InvalidArgumentError(
-        "--precision=fp16 needs --device=cuda; use fp32 or bf16 on the CPU");
+        "--precision=fp16 needs --device=cuda; use fp32, bf16 or int8 on the CPU");
   }
+  if (load.device.is_cuda() && load.precision == Precision::kInt8) {
+    return absl::InvalidArgumentError(
+        "--precision=int8 runs on the CPU only; use fp16 or bf16 on CUDA");
+  }
+  // int8 products where they pay, the rest as --precision=auto would run it.
+  load.int8.bf16 = CpuInfoHasFastBf16(cpuinfo);
   CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(load.device));
   if (!load.device.is_cuda() && load.precision == Precision::kBFloat16 &&
       !CpuInfoHasFastBf16(cpuinfo)) {
@@ -583,6 +591,12 @@ absl::Status Run() {
   LOG(INFO) << "loading model " << absl::GetFlag(FLAGS_model);
   std::thread([&] { loading = LoadModel(absl::GetFlag(FLAGS_model), load); }).join();
   CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, std::move(loading));
+  if (load.precision == Precision::kInt8 &&
+      loaded.model->config().vision.arch == VisionArch::kModifiedResNet) {
+    LOG(INFO) << "--precision=int8 quantizes transformer layers only: this ResNet "
+                 "image tower runs as --precision="
+              << (load.int8.bf16 ? "bf16" : "fp32") << " would";
+  }
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> tokenizer,
                              MakeTokenizer(loaded));
   CLIPSERVE_ASSIGN_OR_RETURN(

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <utility>
@@ -15,6 +16,7 @@
 #include "server/common/status_macros.h"
 #include "server/model/cbow_text_encoder.h"
 #include "server/model/device.h"
+#include "server/model/layers.h"
 #include "server/model/modified_resnet.h"
 #include "server/model/text_transformer.h"
 #include "server/model/vision_transformer.h"
@@ -34,8 +36,33 @@ torch::ScalarType ScalarTypeOf(Precision precision) {
       return torch::kBFloat16;
     case Precision::kFloat16:
       return torch::kHalf;
+    case Precision::kInt8:  // what is not an int8 product: see Int8Options
+      return torch::kFloat;
   }
   return torch::kFloat;
+}
+
+// Selects LibTorch's quantized engine for Int8Linear: oneDNN (VNNI or AMX kernels where
+// the CPU has them), else FBGEMM. The choice is process-wide.
+absl::Status SelectInt8Engine() {
+  const std::vector<at::QEngine>& engines = at::globalContext().supportedQEngines();
+  for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
+    if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
+      at::globalContext().setQEngine(engine);
+      return absl::OkStatus();
+    }
+  }
+  return absl::UnimplementedError(
+      "int8 needs a LibTorch built with the oneDNN or FBGEMM quantized engine");
+}
+
+// Packs every transformer block's linear layers under `module` for int8 from
+// `min_rows` rows on, or (negative) drops the packing.
+void SetInt8(torch::nn::Module& module, int64_t min_rows) {
+  for (const std::shared_ptr<torch::nn::Module>& m : module.modules()) {
+    if (auto* attention = m->as<SelfAttentionImpl>()) attention->SetInt8(min_rows);
+    if (auto* mlp = m->as<MlpImpl>()) mlp->SetInt8(min_rows);
+  }
 }
 
 void AddNamed(const torch::nn::Module& module, const std::string& prefix,
@@ -58,6 +85,8 @@ absl::string_view PrecisionName(Precision precision) {
       return "bf16";
     case Precision::kFloat16:
       return "fp16";
+    case Precision::kInt8:
+      return "int8";
   }
   return "fp32";
 }
@@ -66,8 +95,9 @@ absl::StatusOr<Precision> ParsePrecision(absl::string_view name) {
   if (name == "fp32") return Precision::kFloat32;
   if (name == "bf16") return Precision::kBFloat16;
   if (name == "fp16") return Precision::kFloat16;
+  if (name == "int8") return Precision::kInt8;
   return absl::InvalidArgumentError(
-      absl::StrCat("precision '", name, "' is not fp32, bf16 or fp16"));
+      absl::StrCat("precision '", name, "' is not fp32, bf16, fp16 or int8"));
 }
 
 absl::Status CatchTorchErrors(const std::function<void()>& fn, absl::string_view what,
@@ -238,17 +268,35 @@ absl::Status ClipModel::LoadWeights(TensorMap weights) {
       "copying checkpoint weights");
 }
 
-absl::Status ClipModel::To(const torch::Device& device, Precision precision) {
+absl::Status ClipModel::To(const torch::Device& device, Precision precision,
+                           const Int8Options& int8_options) {
   if (device.is_cpu() && precision == Precision::kFloat16) {
-    return absl::UnimplementedError("fp16 is not supported on CPU; use fp32 or bf16");
+    return absl::UnimplementedError(
+        "fp16 is not supported on CPU; use fp32, bf16 or int8");
   }
+  const bool int8 = precision == Precision::kInt8;
+  if (int8 && !device.is_cpu()) {
+    return absl::UnimplementedError("int8 runs on the CPU only; use fp16 or bf16 on a GPU");
+  }
+  if (int8) CLIPSERVE_RETURN_IF_ERROR(SelectInt8Engine());
   CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(device));
-  const torch::ScalarType dtype = ScalarTypeOf(precision);
+  const torch::ScalarType dtype =
+      int8 && int8_options.bf16 ? torch::kBFloat16 : ScalarTypeOf(precision);
+  int64_t min_rows = -1;
+  if (int8) {
+    min_rows = int8_options.min_rows >= 0 ? int8_options.min_rows
+               : int8_options.bf16        ? Int8Options::kBf16MinRows
+                                          : Int8Options::kFp32MinRows;
+  }
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
         torch::NoGradGuard no_grad;
         visual_->to(device, dtype);
         text_->to(device, dtype);
+        // Packed from the weights just converted, after any earlier packing is dropped
+        // (so from bf16-rounded weights when the rest runs in bf16).
+        SetInt8(*visual_, min_rows);
+        SetInt8(*text_, min_rows);
         // BatchNorm's integer counter stays integer; logit_scale stays fp32.
         logit_scale_ = logit_scale_.to(device, torch::kFloat);
         // Workers run on streams of their own, which do not wait for the stream
@@ -258,6 +306,7 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision) {
       "moving the model"));
   device_ = device;
   precision_ = precision;
+  dtype_ = dtype;
   return absl::OkStatus();
 }
 
@@ -280,7 +329,7 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeImage(const torch::Tensor& images
         // Copied in the caller's dtype, asynchronously when the caller's buffer is
         // pinned (HostBatchOptions), then converted on the device.
         torch::Tensor x = images.to(device_, images.scalar_type(), /*non_blocking=*/true)
-                              .to(ScalarTypeOf(precision_));
+                              .to(dtype_);
         out = encode_image_(x).to(torch::kFloat);
         if (normalize) out = NormalizeRows(out);
       },

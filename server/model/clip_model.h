@@ -16,11 +16,30 @@
 
 namespace clipserve {
 
-// The precision a model computes in. Outputs are always fp32.
-enum class Precision { kFloat32, kBFloat16, kFloat16 };
+// The precision a model computes in. Outputs are always fp32. kInt8 (CPU only): the
+// linear layers of every transformer block multiply int8 weights (one scale per
+// output row) by int8-quantized inputs (one scale per call) once a product is large
+// enough to pay for it; everything else runs in fp32 or bf16 (Int8Options).
+enum class Precision { kFloat32, kBFloat16, kFloat16, kInt8 };
 
-absl::string_view PrecisionName(Precision precision);  // "fp32", "bf16", "fp16"
-// Parses "fp32", "bf16", "fp16". INVALID_ARGUMENT otherwise.
+// How Precision::kInt8 runs.
+struct Int8Options {
+  // Where the int8 kernel starts to beat the other dtype on a product of CLIP's
+  // widths, measured on a 2-core EPYC (Zen 4): it pays a fixed cost per call, about
+  // 2 ms, for its input's new scale.
+  static constexpr int64_t kBf16MinRows = 512;
+  static constexpr int64_t kFp32MinRows = 128;
+
+  // Everything but the int8 products in bf16 (for CPUs with AVX512-BF16 or AMX);
+  // otherwise fp32.
+  bool bf16 = false;
+  // The fewest input rows (batch x tokens) a linear layer takes the int8 kernel for;
+  // smaller products run in the dtype above. Negative: the default for that dtype.
+  int64_t min_rows = -1;
+};
+
+absl::string_view PrecisionName(Precision precision);  // "fp32", "bf16", "fp16", "int8"
+// Parses "fp32", "bf16", "fp16", "int8". INVALID_ARGUMENT otherwise.
 absl::StatusOr<Precision> ParsePrecision(absl::string_view name);
 
 // Tensors by checkpoint key ("visual.conv1.weight", "token_embedding.weight", ...).
@@ -56,9 +75,12 @@ class ClipModel {
   // naming the first missing, unexpected or misshapen key and both shapes.
   absl::Status LoadWeights(TensorMap weights);
 
-  // Moves the weights to `device` in `precision`. UNIMPLEMENTED for fp16 on CPU,
+  // Moves the weights to `device` in `precision` (int8 packs its int8 weights here,
+  // once, beside the fp32 ones). UNIMPLEMENTED for fp16 on CPU, int8 on a GPU or
+  // without a quantized engine,
   // INVALID_ARGUMENT/UNAVAILABLE when the device cannot be used.
-  absl::Status To(const torch::Device& device, Precision precision);
+  absl::Status To(const torch::Device& device, Precision precision,
+                  const Int8Options& int8_options = {});
 
   // images: float [N, 3, S, S], S = config().vision.image_size, already normalized,
   // on any device. A pinned host tensor is copied to a GPU asynchronously on the
@@ -107,6 +129,8 @@ class ClipModel {
   torch::Tensor logit_scale_;
   torch::Device device_ = torch::kCPU;
   Precision precision_ = Precision::kFloat32;
+  // What the towers compute in (inputs are converted to it).
+  torch::ScalarType dtype_ = torch::kFloat;
 };
 
 // L2-normalizes each row (features [N, D]).

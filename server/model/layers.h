@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 // Building blocks shared by CLIP's towers. Submodule and parameter names equal the
 // OpenAI/open_clip checkpoint keys, so loading is a strict name-and-shape match.
 // Tensors are batch-first: [batch, sequence, width].
@@ -25,6 +27,35 @@ class LayerNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LayerNorm);
 
+// A linear layer's weight quantized to int8, one scale per output row (symmetric), and
+// packed once for LibTorch's dynamic int8 kernel on the current quantized engine. Each
+// call quantizes its input to uint8 with one scale for the whole tensor, multiplies in
+// int8 with int32 sums, and adds the bias in fp32. Immutable once built: calls may run
+// concurrently.
+class Int8Linear {
+ public:
+  // weight [out, in] and bias [out] (or undefined), on the CPU in any float dtype.
+  Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias);
+  // x: [..., in] on the CPU -> [..., out] in x's dtype.
+  torch::Tensor operator()(const torch::Tensor& x) const;
+
+ private:
+  c10::IValue packed_;
+};
+
+// The int8 choice of a linear layer: its packed weight, and the fewest rows of input
+// (the product of all but the last dimension) it is used for. The kernel pays a fixed
+// cost per call for its input's new scale (about 2 ms on a 2-core EPYC), so smaller
+// products run as before, on the layer's own weights.
+struct Int8Projection {
+  Int8Linear linear;
+  int64_t min_rows;
+};
+
+// x W^T + b, through `int8` when it is set and x has at least its min_rows rows.
+torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
+                      const torch::Tensor& weight, const torch::Tensor& bias);
+
 // Multi-head self-attention with nn.MultiheadAttention's parameter names:
 // in_proj_weight [3w, w], in_proj_bias [3w], out_proj.{weight,bias}.
 class SelfAttentionImpl : public torch::nn::Module {
@@ -37,6 +68,10 @@ class SelfAttentionImpl : public torch::nn::Module {
   // projected and attended, the work a tower's last layer needs when it keeps one token.
   torch::Tensor ForwardAt(const torch::Tensor& x, const torch::Tensor& positions,
                           const torch::Tensor& mask = {});
+  // From now on runs the projections as Int8Projection with `min_rows`, packed from the
+  // current weights (on the CPU); a negative `min_rows` drops them. Not concurrently
+  // with forward().
+  void SetInt8(int64_t min_rows);
 
   torch::Tensor in_proj_weight;
   torch::Tensor in_proj_bias;
@@ -48,9 +83,14 @@ class SelfAttentionImpl : public torch::nn::Module {
   // undefined -> [N, Lq, w].
   torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k,
                        const torch::Tensor& v, const torch::Tensor& mask);
+  // Rows [0, w) and [w, 3w) of x's projection: [..., w] and [..., 2w].
+  torch::Tensor ProjectQ(const torch::Tensor& x) const;
+  torch::Tensor ProjectKV(const torch::Tensor& x) const;
 
   int64_t width_;
   int64_t heads_;
+  // Set by SetInt8(true): the query rows, the key and value rows, and out_proj.
+  std::optional<Int8Projection> int8_q_, int8_kv_, int8_out_;
 };
 TORCH_MODULE(SelfAttention);
 
@@ -59,12 +99,15 @@ class MlpImpl : public torch::nn::Module {
  public:
   MlpImpl(int64_t width, int64_t hidden, bool quick_gelu);
   torch::Tensor forward(const torch::Tensor& x);
+  // As SelfAttention::SetInt8, for c_fc and c_proj.
+  void SetInt8(int64_t min_rows);
 
   torch::nn::Linear c_fc{nullptr};
   torch::nn::Linear c_proj{nullptr};
 
  private:
   bool quick_gelu_;
+  std::optional<Int8Projection> int8_fc_, int8_proj_;
 };
 TORCH_MODULE(Mlp);
 

@@ -17,6 +17,8 @@ struct ModelLoadOptions {
   // Where the model runs and in what precision.
   torch::Device device = torch::kCPU;
   Precision precision = Precision::kFloat32;
+  // For Precision::kInt8: how the rest runs.
+  Int8Options int8;
   // An open_clip JSON config to use instead of inferring the architecture from a bare
   // state dict (see ReadCheckpointOptions::config).
   std::optional<std::string> config_path;

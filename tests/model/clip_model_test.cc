@@ -254,6 +254,39 @@ TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
       << "bf16 run should not be bit-identical";
 }
 
+TEST_P(ReferenceParityTest, Int8StaysCloseToFp32AndGoesBackExactly) {
+  const Case c = LoadCase(GetParam());
+  CheckpointFormat format;
+  auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
+  ASSERT_NE(model, nullptr);
+  const torch::Tensor& images = c.inputs.at("images");
+  const torch::Tensor& texts = c.inputs.at("texts");
+  auto image32 = model->EncodeImage(images, true);
+  auto text32 = model->EncodeText(texts, true);
+  // Every product in int8, however small (these inputs are a few rows).
+  Int8Options int8;
+  int8.min_rows = 0;
+  ASSERT_TRUE(model->To(torch::kCPU, Precision::kInt8, int8).ok());
+  EXPECT_EQ(model->precision(), Precision::kInt8);
+  auto image8 = model->EncodeImage(images, true);
+  auto text8 = model->EncodeText(texts, true);
+  ASSERT_TRUE(image8.ok() && text8.ok());
+  EXPECT_EQ(image8->scalar_type(), torch::kFloat);
+  // These towers are a few dozen wide, where one rounding step is a larger share of a
+  // row than at CLIP's widths (the full-size test below holds int8 to 0.999).
+  EXPECT_GE(MinRowCosine(*image8, *image32), 0.995);
+  EXPECT_GE(MinRowCosine(*text8, *text32), 0.995);
+  if (std::string(GetParam()) != "vit_cbow") {
+    EXPECT_GT(MaxAbsDiff(*text8, *text32), 0.0) << "the text transformer ran in fp32";
+  }
+  ASSERT_TRUE(model->To(torch::kCPU, Precision::kFloat32).ok());
+  auto image_again = model->EncodeImage(images, true);
+  auto text_again = model->EncodeText(texts, true);
+  ASSERT_TRUE(image_again.ok() && text_again.ok());
+  EXPECT_TRUE(torch::equal(*image_again, *image32));
+  EXPECT_TRUE(torch::equal(*text_again, *text32));
+}
+
 TEST_P(ReferenceParityTest, InferredArchitectureMatchesConfigButForHeads) {
   const Case c = LoadCase(GetParam());
   auto checkpoint = ReadCheckpoint(c.dir + "/state_dict.pt");
@@ -569,6 +602,38 @@ TEST(DemoModelTest, FullSizeViTB32InBf16StaysWithinCosine999OfFp32) {
   ASSERT_TRUE(image16.defined() && image32.defined());
   EXPECT_GE(MinRowCosine(image16, image32), 0.999);
   EXPECT_GE(MinRowCosine(text16, text32), 0.999);
+}
+
+TEST(DemoModelTest, FullSizeViTB32InInt8StaysWithinCosine999OfFp32) {
+  auto loaded = LoadModel("demo:ViT-B-32");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ClipModel& model = *loaded->model;
+  const SampleInputs in = MakeSampleInputs(model, 12);
+  const auto [image32, text32] = EncodeSample(model, in);
+  // The rest in fp32 and in bf16, every product in int8.
+  for (const bool bf16 : {false, true}) {
+    Int8Options int8;
+    int8.bf16 = bf16;
+    int8.min_rows = 0;
+    ASSERT_TRUE(model.To(torch::kCPU, Precision::kInt8, int8).ok());
+    const auto [image8, text8] = EncodeSample(model, in);
+    ASSERT_TRUE(image8.defined() && image32.defined());
+    EXPECT_GE(MinRowCosine(image8, image32), 0.999) << "bf16 " << bf16;
+    EXPECT_GE(MinRowCosine(text8, text32), 0.999) << "bf16 " << bf16;
+    std::cout << "int8 (rest in " << (bf16 ? "bf16" : "fp32")
+              << ") vs fp32, lowest cosine: images " << MinRowCosine(image8, image32)
+              << ", texts " << MinRowCosine(text8, text32) << "\n";
+  }
+}
+
+TEST(PrecisionTest, Int8IsForTheCpuOnly) {
+  auto model = ClipModel::Create(LoadCase("vit_transformer").config);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const absl::Status status = (*model)->To(torch::Device(torch::kCUDA, 0), Precision::kInt8);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
+  EXPECT_EQ((*model)->precision(), Precision::kFloat32);
+  EXPECT_EQ(*ParsePrecision("int8"), Precision::kInt8);
+  EXPECT_EQ(PrecisionName(Precision::kInt8), "int8");
 }
 
 // On a GPU, in fp16 and bf16, both image tower families stay within cosine 0.999 of

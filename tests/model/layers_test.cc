@@ -1,10 +1,12 @@
 // The towers' building blocks: computing one position per sequence gives the rows of
-// the full computation.
+// the full computation; int8 linear layers compute what their rounding says.
 
 #include "server/model/layers.h"
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "gtest/gtest.h"
@@ -61,6 +63,102 @@ TEST(TransformerTest, ForwardAtUnderACausalMaskIgnoresLaterTokens) {
   const torch::Tensor positions = torch::tensor({4, 2}, torch::kLong);
   EXPECT_TRUE(torch::allclose(transformer->ForwardAt(x, positions, CausalMask(8)),
                               transformer->ForwardAt(changed, positions, CausalMask(8))));
+}
+
+// What Int8Linear must compute, in double: the weight rounded to int8 with one
+// symmetric scale per row, the input rounded to uint8 with one affine scale for the
+// whole tensor (its range widened to hold 0, the zero point rounded to an integer),
+// their product exact, then the bias.
+torch::Tensor Int8Reference(const torch::Tensor& x, const torch::Tensor& w,
+                            const torch::Tensor& b) {
+  const torch::Tensor wd = w.to(torch::kDouble);
+  const torch::Tensor w_scale = wd.abs().amax(1, /*keepdim=*/true) / 127.0;
+  const torch::Tensor w_rounded = (wd / w_scale).round().clamp(-128, 127) * w_scale;
+  const double lo = std::min(x.min().item<double>(), 0.0);
+  const double hi = std::max(x.max().item<double>(), 0.0);
+  const double scale = static_cast<float>((hi - lo) / 255.0);
+  const double zero_point = std::clamp(std::nearbyint(-lo / scale), 0.0, 255.0);
+  const torch::Tensor xd = x.to(torch::kDouble);
+  const torch::Tensor x_rounded =
+      ((xd / scale).round() + zero_point).clamp(0, 255).sub(zero_point) * scale;
+  return torch::matmul(x_rounded, w_rounded.t()) + b.to(torch::kDouble);
+}
+
+TEST(Int8LinearTest, ComputesTheProductOfItsRoundedWeightAndInput) {
+  torch::manual_seed(23);
+  const torch::InferenceMode inference;
+  const torch::Tensor w = torch::randn({48, 64}) * 0.1;
+  const torch::Tensor b = torch::randn({48});
+  const torch::Tensor x = torch::randn({3, 5, 64});
+  const Int8Linear linear(w, b);
+  const torch::Tensor got = linear(x);
+  ASSERT_EQ(got.sizes(), (std::vector<int64_t>{3, 5, 48}));
+  ASSERT_EQ(got.scalar_type(), torch::kFloat);
+  const torch::Tensor want = Int8Reference(x, w, b);
+  const torch::Tensor exact = torch::nn::functional::linear(x, w, b).to(torch::kDouble);
+  const double rounding_error = (want - exact).abs().max().item<double>();
+  const double error = (got.to(torch::kDouble) - want).abs().max().item<double>();
+  // The int8 rounding moves outputs by ~1e-2; the kernel must agree with its
+  // description to fp32's precision.
+  EXPECT_GT(rounding_error, 1e-3);
+  EXPECT_LT(error, 1e-4) << "the int8 rounding alone differs by " << rounding_error;
+}
+
+void SetInt8(Transformer& transformer, int64_t min_rows) {
+  for (const auto& block : *transformer->resblocks) {
+    block->as<ResidualAttentionBlock>()->attn->SetInt8(min_rows);
+    block->as<ResidualAttentionBlock>()->mlp->SetInt8(min_rows);
+  }
+}
+
+TEST(Int8LinearTest, TakesTheDtypeOfItsInput) {
+  torch::manual_seed(25);
+  const torch::InferenceMode inference;
+  const torch::Tensor w = torch::randn({16, 32});
+  const Int8Linear linear(w.to(torch::kBFloat16), torch::Tensor());
+  const torch::Tensor x = torch::randn({4, 32});
+  const torch::Tensor got = linear(x.to(torch::kBFloat16));
+  EXPECT_EQ(got.scalar_type(), torch::kBFloat16);
+  EXPECT_GE(torch::cosine_similarity(got.to(torch::kFloat), torch::matmul(x, w.t()), 1)
+                .min()
+                .item<float>(),
+            0.999);
+}
+
+TEST(Int8LinearTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
+  torch::manual_seed(24);
+  const torch::InferenceMode inference;
+  Transformer transformer = RandomTransformer(32, 2, 4, true);
+  const torch::Tensor x = torch::randn({2, 7, 32});
+  const torch::Tensor fp32 = transformer->forward(x);
+  SetInt8(transformer, 0);
+  const torch::Tensor int8 = transformer->forward(x);
+  const torch::Tensor positions = torch::tensor({int64_t{6}, int64_t{2}});
+  const torch::Tensor int8_at = transformer->ForwardAt(x, positions);
+  SetInt8(transformer, -1);
+  EXPECT_TRUE(torch::equal(transformer->forward(x), fp32));
+  EXPECT_GT((int8 - fp32).abs().max().item<float>(), 1e-4) << "int8 did not run";
+  EXPECT_GE(torch::cosine_similarity(int8.flatten(1), fp32.flatten(1), 1).min().item<float>(),
+            0.999);
+  // The query of one position is quantized with its own scale, so ForwardAt agrees
+  // with the full forward to int8's precision, not exactly.
+  const torch::Tensor rows = int8.index({torch::arange(2), positions});
+  EXPECT_GE(torch::cosine_similarity(int8_at, rows, 1).min().item<float>(), 0.999);
+}
+
+// Products of fewer rows than the threshold keep the layer's own weights: 2 x 7 = 14
+// rows in, so a threshold of 15 leaves every layer of this input in fp32 and one of 14
+// does not.
+TEST(Int8LinearTest, ProductsBelowTheRowThresholdStayExact) {
+  torch::manual_seed(26);
+  const torch::InferenceMode inference;
+  Transformer transformer = RandomTransformer(32, 2, 4, false);
+  const torch::Tensor x = torch::randn({2, 7, 32});
+  const torch::Tensor fp32 = transformer->forward(x);
+  SetInt8(transformer, 15);
+  EXPECT_TRUE(torch::equal(transformer->forward(x), fp32));
+  SetInt8(transformer, 14);
+  EXPECT_FALSE(torch::equal(transformer->forward(x), fp32));
 }
 
 }  // namespace
