@@ -306,6 +306,7 @@ def main():
     # The compute ceiling.
     mm_bf16 = model.get("BM_Matmul/bf16:1/real_time", (None,))[0]
     mm_fp32 = model.get("BM_Matmul/bf16:0/real_time", (None,))[0]
+    mm_int8 = model.get("BM_MatmulInt8/real_time", (None,))[0]
     if mm_bf16:
         flops = vit_b32_image_flops()
         add("## Compute ceiling")
@@ -322,8 +323,13 @@ def main():
         if mm_fp32:
             add(f"| fp32 matmul, same shape | | {fmt(mm_fp32 / 1e9)} | "
                 f"{100 * mm_fp32 / mm_bf16:.0f}% |")
+        if mm_int8:
+            add(f"| int8 matmul (Int8Linear, a new input each call), same shape | | "
+                f"{fmt(mm_int8 / 1e9)} | {100 * mm_int8 / mm_bf16:.0f}% |")
         for label, ips in (("clipserve image tower, bf16, batch 32", bf16_32),
+                           ("clipserve image tower, int8, batch 32", int8_32),
                            ("served images (best concurrency)", served_img),
+                           ("served images, int8 (best concurrency)", served_int8),
                            ("eager PyTorch image tower (best)", img_best)):
             if ips:
                 add(f"| {label} | {fmt(ips)} | {fmt(ips * flops / 1e9)} | "
@@ -332,7 +338,9 @@ def main():
         if img_best:
             add(f"Twice the eager baseline would need {fmt(2 * img_best * flops / 1e9)} "
                 f"GFLOP/s, {2 * img_best * flops / mm_bf16:.1f}x what the cores reach "
-                "on the product the network is made of.")
+                "on the product the network is made of in bf16"
+                + (f", {2 * img_best * flops / mm_int8:.1f}x in int8 (where every "
+                   "other operation would have to cost nothing)." if mm_int8 else "."))
             add("")
 
     # fp32 BLAS kernels.

@@ -24,6 +24,7 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "server/model/layers.h"
 #include "server/model/model_loader.h"
 
 namespace clipserve {
@@ -167,6 +169,35 @@ void BM_Matmul(benchmark::State& state) {
   state.SetLabel(bf16 ? "bf16 FLOP/s" : "fp32 FLOP/s");
 }
 
+// The same product through Int8Linear, each call on a new input (as in a tower, where
+// every batch brings its own scale): items/s count the fp32-equivalent operations.
+void BM_MatmulInt8(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  UseEveryCpu();
+  const int64_t m = 32 * 50, k = 768, n = 3072;
+  torch::manual_seed(0);
+  std::vector<torch::Tensor> inputs;
+  for (int i = 0; i < kInputBatches; ++i) inputs.push_back(torch::randn({m, k}));
+  // The int8 engine clip_server selects (ClipModel::To), so the packing matches.
+  for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
+    const auto& engines = at::globalContext().supportedQEngines();
+    if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
+      at::globalContext().setQEngine(engine);
+      break;
+    }
+  }
+  const Int8Linear linear(torch::randn({n, k}), torch::Tensor());
+  torch::Tensor out = linear(inputs[0]);  // warm-up
+  int next = 1;
+  for (auto _ : state) {
+    out = linear(inputs[next]);
+    next = (next + 1) % kInputBatches;
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * 2 * m * n * k);
+  state.SetLabel("int8 FLOP/s");
+}
+
 Precision CpuPrecision(const benchmark::State& state) {
   return state.range(2) != 0 ? Precision::kBFloat16 : Precision::kFloat32;
 }
@@ -213,6 +244,8 @@ BENCHMARK(BM_Matmul)
     ->Arg(1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+BENCHMARK(BM_MatmulInt8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK(BM_TextTower)
     ->ArgNames({"model", "batch", "bf16", "tokens"})
