@@ -339,8 +339,11 @@ def main():
             add(f"Twice the eager baseline would need {fmt(2 * img_best * flops / 1e9)} "
                 f"GFLOP/s, {2 * img_best * flops / mm_bf16:.1f}x what the cores reach "
                 "on the product the network is made of in bf16"
-                + (f", {2 * img_best * flops / mm_int8:.1f}x in int8 (where every "
-                   "other operation would have to cost nothing)." if mm_int8 else "."))
+                + (f"; in int8, {100 * 2 * img_best * flops / mm_int8:.0f}% of that "
+                   "product's rate over the whole network, where the int8 tower "
+                   f"reaches {100 * (int8_32 or 0) * flops / mm_int8:.0f}% (attention, "
+                   "norms, activations and the conversions around each int8 product "
+                   "stay in bf16)." if mm_int8 else "."))
             add("")
 
     # fp32 BLAS kernels.
