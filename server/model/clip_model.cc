@@ -276,7 +276,8 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision,
   }
   const bool int8 = precision == Precision::kInt8;
   if (int8 && !device.is_cpu()) {
-    return absl::UnimplementedError("int8 runs on the CPU only; use fp16 or bf16 on a GPU");
+    return absl::UnimplementedError(
+        "int8 runs on the CPU only; use fp16 or bf16 on a GPU");
   }
   if (int8) CLIPSERVE_RETURN_IF_ERROR(SelectInt8Engine());
   CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(device));
@@ -328,8 +329,8 @@ absl::StatusOr<torch::Tensor> ClipModel::EncodeImage(const torch::Tensor& images
         c10::InferenceMode guard;
         // Copied in the caller's dtype, asynchronously when the caller's buffer is
         // pinned (HostBatchOptions), then converted on the device.
-        torch::Tensor x = images.to(device_, images.scalar_type(), /*non_blocking=*/true)
-                              .to(dtype_);
+        torch::Tensor x =
+            images.to(device_, images.scalar_type(), /*non_blocking=*/true).to(dtype_);
         out = encode_image_(x).to(torch::kFloat);
         if (normalize) out = NormalizeRows(out);
       },

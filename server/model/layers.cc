@@ -104,13 +104,14 @@ void SelfAttentionImpl::SetInt8(int64_t min_rows) {
   int8_kv_.reset();
   int8_out_.reset();
   if (min_rows < 0) return;
-  int8_q_.emplace(Int8Projection{Int8Linear(in_proj_weight.narrow(0, 0, width_),
-                                            in_proj_bias.narrow(0, 0, width_)),
-                                 min_rows});
+  int8_q_.emplace(Int8Projection{
+      Int8Linear(in_proj_weight.narrow(0, 0, width_), in_proj_bias.narrow(0, 0, width_)),
+      min_rows});
   int8_kv_.emplace(Int8Projection{Int8Linear(in_proj_weight.narrow(0, width_, 2 * width_),
                                              in_proj_bias.narrow(0, width_, 2 * width_)),
                                   min_rows});
-  int8_out_.emplace(Int8Projection{Int8Linear(out_proj->weight, out_proj->bias), min_rows});
+  int8_out_.emplace(
+      Int8Projection{Int8Linear(out_proj->weight, out_proj->bias), min_rows});
 }
 
 torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,

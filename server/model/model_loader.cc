@@ -91,7 +91,8 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
     loaded.format = checkpoint.format;
     loaded.directory = checkpoint.directory;
   }
-  CLIPSERVE_RETURN_IF_ERROR(loaded.model->To(options.device, options.precision, options.int8));
+  CLIPSERVE_RETURN_IF_ERROR(
+      loaded.model->To(options.device, options.precision, options.int8));
   return loaded;
 }
 

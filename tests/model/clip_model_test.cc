@@ -629,7 +629,8 @@ TEST(DemoModelTest, FullSizeViTB32InInt8StaysWithinCosine999OfFp32) {
 TEST(PrecisionTest, Int8IsForTheCpuOnly) {
   auto model = ClipModel::Create(LoadCase("vit_transformer").config);
   ASSERT_TRUE(model.ok()) << model.status();
-  const absl::Status status = (*model)->To(torch::Device(torch::kCUDA, 0), Precision::kInt8);
+  const absl::Status status =
+      (*model)->To(torch::Device(torch::kCUDA, 0), Precision::kInt8);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
   EXPECT_EQ((*model)->precision(), Precision::kFloat32);
   EXPECT_EQ(*ParsePrecision("int8"), Precision::kInt8);

@@ -6,8 +6,11 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -138,12 +141,41 @@ TEST(Int8LinearTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
   SetInt8(transformer, -1);
   EXPECT_TRUE(torch::equal(transformer->forward(x), fp32));
   EXPECT_GT((int8 - fp32).abs().max().item<float>(), 1e-4) << "int8 did not run";
-  EXPECT_GE(torch::cosine_similarity(int8.flatten(1), fp32.flatten(1), 1).min().item<float>(),
-            0.999);
+  EXPECT_GE(
+      torch::cosine_similarity(int8.flatten(1), fp32.flatten(1), 1).min().item<float>(),
+      0.999);
   // The query of one position is quantized with its own scale, so ForwardAt agrees
   // with the full forward to int8's precision, not exactly.
   const torch::Tensor rows = int8.index({torch::arange(2), positions});
   EXPECT_GE(torch::cosine_similarity(int8_at, rows, 1).min().item<float>(), 0.999);
+}
+
+// The engine's workers may share a tower: concurrent calls on one packed weight give
+// what each gives alone.
+TEST(Int8LinearTest, ConcurrentCallsGiveWhatEachGivesAlone) {
+  torch::manual_seed(27);
+  const Int8Linear linear(torch::randn({256, 128}), torch::randn({256}));
+  std::vector<torch::Tensor> inputs, alone;
+  {
+    const torch::InferenceMode inference;
+    for (int i = 0; i < 4; ++i) {
+      inputs.push_back(torch::randn({64 + 16 * i, 128}) * (i + 1));
+      alone.push_back(linear(inputs.back()));
+    }
+  }
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      const torch::InferenceMode inference;
+      for (int round = 0; round < 25; ++round) {
+        const int i = (t + round) % 4;
+        if (!torch::equal(linear(inputs[i]), alone[i])) ++mismatches;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 // Products of fewer rows than the threshold keep the layer's own weights: 2 x 7 = 14
