@@ -370,7 +370,10 @@ def main():
     add("## Model in process (items/s)")
     add("")
     add("`bench/model_benchmark`: preprocessed inputs straight into the towers, LibTorch "
-        "with one intra-op thread per core. Text rows: every text 20 or 77 tokens.")
+        "with one intra-op thread per core. Text rows: every text 20 or 77 tokens. "
+        "int8 rows: products under 512 rows (a ViT-B-32 batch under 11 images, 20-token "
+        "texts under 26) and RN50's whole image tower run exactly as the bf16 rows, so "
+        "their differences from the bf16 rows there are this VM's noise.")
     add("")
     add("| model | tower | precision | batch 1 | batch 8 | batch 32 | batch 64 |")
     add("|---|---|---|---|---|---|---|")

@@ -25,8 +25,6 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -65,9 +63,7 @@ ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
     ModelLoadOptions options;
     options.precision = precision;
     // As clip_server runs int8: the rest as --precision=auto would.
-    std::ifstream cpuinfo("/proc/cpuinfo");
-    options.int8.bf16 = CpuInfoHasFastBf16(std::string(
-        std::istreambuf_iterator<char>(cpuinfo), std::istreambuf_iterator<char>()));
+    options.int8.bf16 = CpuInfoHasFastBf16(ReadProcCpuinfo());
     if (cuda) options.device = torch::Device(torch::kCUDA, 0);
     auto loaded = LoadModel(std::string("demo:") + kPresets[preset], options);
     if (!loaded.ok()) return nullptr;

@@ -240,13 +240,6 @@ absl::Status CheckIntFlag(absl::string_view name, int64_t value, int64_t lo, int
       absl::StrCat("--", name, " must be ", lo, " to ", hi, ", got ", value));
 }
 
-std::string ReadProcCpuinfo() {
-  std::ifstream in("/proc/cpuinfo");
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& loaded) {
   BpeTokenizer::Options options;
   options.context_length = loaded.model->config().text.context_length;
@@ -544,6 +537,12 @@ absl::Status Run() {
   if (load.device.is_cuda() && load.precision == Precision::kInt8) {
     return absl::InvalidArgumentError(
         "--precision=int8 runs on the CPU only; use fp16 or bf16 on CUDA");
+  }
+  if (load.precision == Precision::kInt8 && !CpuInfoHasInt8Dot(cpuinfo)) {
+    return absl::InvalidArgumentError(
+        "--precision=int8 needs int8 dot-product instructions (avx512_vnni, avx_vnni or "
+        "amx_int8 in /proc/cpuinfo); without them oneDNN's int8 sums can saturate. Use "
+        "--precision=auto");
   }
   // int8 products where they pay, the rest as --precision=auto would run it.
   load.int8.bf16 = CpuInfoHasFastBf16(cpuinfo);

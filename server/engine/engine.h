@@ -99,7 +99,7 @@ struct ModelDescription {
   int context_length = 0;
   int vocab_size = 0;
   float logit_scale = 0;  // exp(learned), clamped at 100
-  std::string precision;  // "fp32", "bf16", "fp16"
+  std::string precision;  // "fp32", "bf16", "fp16", "int8"
   std::string device;     // "cpu", "cuda:0"
   std::string checkpoint_format;
   std::string checkpoint_sha256;

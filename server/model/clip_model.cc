@@ -232,6 +232,10 @@ int64_t ClipModel::num_parameters() const {
 }
 
 absl::Status ClipModel::LoadWeights(TensorMap weights) {
+  if (precision_ == Precision::kInt8) {
+    // The packed int8 weights would keep the old values.
+    return absl::FailedPreconditionError("LoadWeights after To(int8): load first");
+  }
   static const std::set<std::string> kIgnored = {"input_resolution", "context_length",
                                                  "vocab_size"};
   for (const std::string& key : kIgnored) weights.erase(key);

@@ -73,12 +73,14 @@ class ClipModel {
   // context_length and vocab_size are ignored). Entries are released as they are
   // copied, so loading holds at most one extra copy of the weights. INVALID_ARGUMENT
   // naming the first missing, unexpected or misshapen key and both shapes.
+  // FAILED_PRECONDITION after To(int8): load first.
   absl::Status LoadWeights(TensorMap weights);
 
   // Moves the weights to `device` in `precision` (int8 packs its int8 weights here,
-  // once, beside the fp32 ones). UNIMPLEMENTED for fp16 on CPU, int8 on a GPU or
+  // once, beside the float ones). UNIMPLEMENTED for fp16 on CPU, int8 on a GPU or
   // without a quantized engine,
-  // INVALID_ARGUMENT/UNAVAILABLE when the device cannot be used.
+  // INVALID_ARGUMENT/UNAVAILABLE when the device cannot be used. After a failure once
+  // the conversion started, the model may be partly converted: discard it.
   absl::Status To(const torch::Device& device, Precision precision,
                   const Int8Options& int8_options = {});
 

@@ -89,7 +89,7 @@ class SelfAttentionImpl : public torch::nn::Module {
 
   int64_t width_;
   int64_t heads_;
-  // Set by SetInt8(true): the query rows, the key and value rows, and out_proj.
+  // Set by SetInt8(min_rows >= 0): the query rows, the key and value rows, and out_proj.
   std::optional<Int8Projection> int8_q_, int8_kv_, int8_out_;
 };
 TORCH_MODULE(SelfAttention);

@@ -1,6 +1,7 @@
 #include "server/model/model_loader.h"
 
 #include <fstream>
+#include <initializer_list>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -13,14 +14,37 @@
 
 namespace clipserve {
 
-bool CpuInfoHasFastBf16(absl::string_view cpuinfo) {
+namespace {
+
+// True when a "flags" line of `cpuinfo` lists one of `wanted`.
+bool CpuInfoHasAnyFlag(absl::string_view cpuinfo,
+                       std::initializer_list<absl::string_view> wanted) {
   for (absl::string_view line : absl::StrSplit(cpuinfo, '\n')) {
     if (!absl::StartsWith(line, "flags")) continue;
-    for (absl::string_view flag : absl::StrSplit(line, ' ')) {
-      if (flag == "amx_bf16" || flag == "avx512_bf16") return true;
+    for (absl::string_view flag : absl::StrSplit(line, absl::ByAnyChar(" \t"))) {
+      for (absl::string_view w : wanted) {
+        if (flag == w) return true;
+      }
     }
   }
   return false;
+}
+
+}  // namespace
+
+std::string ReadProcCpuinfo() {
+  std::ifstream in("/proc/cpuinfo");
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+bool CpuInfoHasFastBf16(absl::string_view cpuinfo) {
+  return CpuInfoHasAnyFlag(cpuinfo, {"amx_bf16", "avx512_bf16"});
+}
+
+bool CpuInfoHasInt8Dot(absl::string_view cpuinfo) {
+  return CpuInfoHasAnyFlag(cpuinfo, {"avx512_vnni", "avx_vnni", "amx_int8"});
 }
 
 absl::StatusOr<torch::Device> ParseDevice(absl::string_view name) {

@@ -43,12 +43,20 @@ struct LoadedModel {
 // instructions oneDNN uses for fast bf16 matrix products.
 bool CpuInfoHasFastBf16(absl::string_view cpuinfo);
 
+// The contents of /proc/cpuinfo (empty where it cannot be read).
+std::string ReadProcCpuinfo();
+
+// True when `cpuinfo` lists int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or
+// AMX-INT8). Without them oneDNN multiplies uint8 by int8 with vpmaddubsw, whose
+// int16 sums of pairs saturate: --precision=int8 refuses such CPUs.
+bool CpuInfoHasInt8Dot(absl::string_view cpuinfo);
+
 // Parses --device: "cpu", "cuda" or "cuda:N". INVALID_ARGUMENT otherwise.
 absl::StatusOr<torch::Device> ParseDevice(absl::string_view name);
 
-// Resolves --precision for `device`: "fp32", "bf16", "fp16" as given; "auto" picks
-// what the device does fastest at CLIP's accuracy (bf16 embeddings stay within cosine
-// 0.999 of fp32): fp16 on CUDA, bf16 on CPUs with AMX-BF16 or AVX512-BF16 (several
+// Resolves --precision for `device`: "fp32", "bf16", "fp16", "int8" as given; "auto"
+// picks what the device does fastest at CLIP's accuracy (bf16 embeddings stay within
+// cosine 0.999 of fp32): fp16 on CUDA, bf16 on CPUs with AMX-BF16 or AVX512-BF16 (several
 // times the fp32 throughput there), fp32 on other CPUs. `cpuinfo` is the contents of
 // /proc/cpuinfo (read by the caller, so tests can pass their own).
 absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,

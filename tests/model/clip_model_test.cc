@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -255,6 +256,8 @@ TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
 }
 
 TEST_P(ReferenceParityTest, Int8StaysCloseToFp32AndGoesBackExactly) {
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo()))
+    GTEST_SKIP() << "no int8 dot products on this CPU";
   const Case c = LoadCase(GetParam());
   CheckpointFormat format;
   auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
@@ -276,9 +279,15 @@ TEST_P(ReferenceParityTest, Int8StaysCloseToFp32AndGoesBackExactly) {
   // row than at CLIP's widths (the full-size test below holds int8 to 0.999).
   EXPECT_GE(MinRowCosine(*image8, *image32), 0.995);
   EXPECT_GE(MinRowCosine(*text8, *text32), 0.995);
+  // Each transformer ran int8 products (a ResNet image tower and CBOW have none).
+  if (absl::StartsWith(GetParam(), "vit")) {
+    EXPECT_GT(MaxAbsDiff(*image8, *image32), 0.0) << "the vision transformer ran in fp32";
+  }
   if (std::string(GetParam()) != "vit_cbow") {
     EXPECT_GT(MaxAbsDiff(*text8, *text32), 0.0) << "the text transformer ran in fp32";
   }
+  EXPECT_EQ(model->LoadWeights(model->NamedTensors()).code(),
+            absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(model->To(torch::kCPU, Precision::kFloat32).ok());
   auto image_again = model->EncodeImage(images, true);
   auto text_again = model->EncodeText(texts, true);
@@ -605,11 +614,15 @@ TEST(DemoModelTest, FullSizeViTB32InBf16StaysWithinCosine999OfFp32) {
 }
 
 TEST(DemoModelTest, FullSizeViTB32InInt8StaysWithinCosine999OfFp32) {
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo()))
+    GTEST_SKIP() << "no int8 dot products on this CPU";
   auto loaded = LoadModel("demo:ViT-B-32");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ClipModel& model = *loaded->model;
   const SampleInputs in = MakeSampleInputs(model, 12);
   const auto [image32, text32] = EncodeSample(model, in);
+  ASSERT_TRUE(model.To(torch::kCPU, Precision::kBFloat16).ok());
+  const auto [image16, text16] = EncodeSample(model, in);
   // The rest in fp32 and in bf16, every product in int8.
   for (const bool bf16 : {false, true}) {
     Int8Options int8;
@@ -620,6 +633,9 @@ TEST(DemoModelTest, FullSizeViTB32InInt8StaysWithinCosine999OfFp32) {
     ASSERT_TRUE(image8.defined() && image32.defined());
     EXPECT_GE(MinRowCosine(image8, image32), 0.999) << "bf16 " << bf16;
     EXPECT_GE(MinRowCosine(text8, text32), 0.999) << "bf16 " << bf16;
+    // Not the bf16 model's results: the int8 products ran.
+    EXPECT_GT(MaxAbsDiff(image8, image16), 1e-4) << "bf16 " << bf16;
+    EXPECT_GT(MaxAbsDiff(text8, text16), 1e-4) << "bf16 " << bf16;
     std::cout << "int8 (rest in " << (bf16 ? "bf16" : "fp32")
               << ") vs fp32, lowest cosine: images " << MinRowCosine(image8, image32)
               << ", texts " << MinRowCosine(text8, text32) << "\n";
@@ -634,6 +650,11 @@ TEST(PrecisionTest, Int8IsForTheCpuOnly) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
   EXPECT_EQ((*model)->precision(), Precision::kFloat32);
   EXPECT_EQ(*ParsePrecision("int8"), Precision::kInt8);
+  EXPECT_TRUE(CpuInfoHasInt8Dot("flags\t\t: fpu avx512f avx512_vnni avx512_bf16\n"));
+  EXPECT_TRUE(CpuInfoHasInt8Dot("flags\t\t: fpu avx2 avx_vnni\n"));
+  EXPECT_TRUE(CpuInfoHasInt8Dot("flags\t\t: fpu amx_int8 amx_tile\n"));
+  EXPECT_FALSE(CpuInfoHasInt8Dot("flags\t\t: fpu avx2 avx512f avx512bw\n"));
+  EXPECT_FALSE(CpuInfoHasInt8Dot("model name\t: avx512_vnni in a name\n"));
   EXPECT_EQ(PrecisionName(Precision::kInt8), "int8");
 }
 
