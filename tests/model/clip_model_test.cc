@@ -234,38 +234,59 @@ TEST_P(ReferenceParityTest, ATypedEndTokenEndsTheTextAsInTheReference) {
   EXPECT_GT(MaxAbsDiff(*with_typed, *whole), 1e-3);
 }
 
-TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
-  const Case c = LoadCase(GetParam());
+// A case's first checkpoint, loaded, and its inputs' normalized fp32 embeddings.
+struct Fp32Run {
+  Case c;
+  std::unique_ptr<ClipModel> model;
+  torch::Tensor images, texts;
+  torch::Tensor image32, text32;
+};
+
+Fp32Run LoadAndRunFp32(const std::string& name) {
+  Fp32Run run;
+  run.c = LoadCase(name);
   CheckpointFormat format;
-  auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
-  ASSERT_NE(model, nullptr);
-  const torch::Tensor& images = c.inputs.at("images");
-  const torch::Tensor& texts = c.inputs.at("texts");
-  auto image32 = model->EncodeImage(images, true);
-  auto text32 = model->EncodeText(texts, true);
+  run.model = LoadEntry(run.c, run.c.manifest["checkpoints"][0], &format);
+  if (run.model == nullptr) return run;
+  run.images = run.c.inputs.at("images");
+  run.texts = run.c.inputs.at("texts");
+  auto image = run.model->EncodeImage(run.images, true);
+  auto text = run.model->EncodeText(run.texts, true);
+  EXPECT_TRUE(image.ok() && text.ok());
+  if (image.ok() && text.ok()) {
+    run.image32 = *image;
+    run.text32 = *text;
+  }
+  return run;
+}
+
+TEST_P(ReferenceParityTest, Bf16StaysWithinCosine999OfFp32) {
+  Fp32Run run = LoadAndRunFp32(GetParam());
+  ASSERT_TRUE(run.model != nullptr && run.image32.defined());
+  ClipModel* model = run.model.get();
+  const torch::Tensor& images = run.images;
+  const torch::Tensor& texts = run.texts;
   ASSERT_TRUE(model->To(torch::kCPU, Precision::kBFloat16).ok());
   EXPECT_EQ(model->precision(), Precision::kBFloat16);
   auto image16 = model->EncodeImage(images, true);
   auto text16 = model->EncodeText(texts, true);
   ASSERT_TRUE(image16.ok() && text16.ok());
   EXPECT_EQ(image16->scalar_type(), torch::kFloat);
-  EXPECT_GE(MinRowCosine(*image16, *image32), 0.999);
-  EXPECT_GE(MinRowCosine(*text16, *text32), 0.999);
-  EXPECT_GT(MaxAbsDiff(*image16, *image32), 0.0)
+  EXPECT_GE(MinRowCosine(*image16, run.image32), 0.999);
+  EXPECT_GE(MinRowCosine(*text16, run.text32), 0.999);
+  EXPECT_GT(MaxAbsDiff(*image16, run.image32), 0.0)
       << "bf16 run should not be bit-identical";
 }
 
 TEST_P(ReferenceParityTest, Int8StaysCloseToFp32AndGoesBackExactly) {
-  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo()))
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
     GTEST_SKIP() << "no int8 dot products on this CPU";
-  const Case c = LoadCase(GetParam());
-  CheckpointFormat format;
-  auto model = LoadEntry(c, c.manifest["checkpoints"][0], &format);
-  ASSERT_NE(model, nullptr);
-  const torch::Tensor& images = c.inputs.at("images");
-  const torch::Tensor& texts = c.inputs.at("texts");
-  auto image32 = model->EncodeImage(images, true);
-  auto text32 = model->EncodeText(texts, true);
+  }
+  Fp32Run run = LoadAndRunFp32(GetParam());
+  ASSERT_TRUE(run.model != nullptr && run.image32.defined());
+  ClipModel* model = run.model.get();
+  const torch::Tensor& images = run.images;
+  const torch::Tensor& texts = run.texts;
   // Every product in int8, however small (these inputs are a few rows).
   Int8Options int8;
   int8.min_rows = 0;
@@ -277,14 +298,15 @@ TEST_P(ReferenceParityTest, Int8StaysCloseToFp32AndGoesBackExactly) {
   EXPECT_EQ(image8->scalar_type(), torch::kFloat);
   // These towers are a few dozen wide, where one rounding step is a larger share of a
   // row than at CLIP's widths (the full-size test below holds int8 to 0.999).
-  EXPECT_GE(MinRowCosine(*image8, *image32), 0.995);
-  EXPECT_GE(MinRowCosine(*text8, *text32), 0.995);
+  EXPECT_GE(MinRowCosine(*image8, run.image32), 0.995);
+  EXPECT_GE(MinRowCosine(*text8, run.text32), 0.995);
   // Each transformer ran int8 products (a ResNet image tower and CBOW have none).
   if (absl::StartsWith(GetParam(), "vit")) {
-    EXPECT_GT(MaxAbsDiff(*image8, *image32), 0.0) << "the vision transformer ran in fp32";
+    EXPECT_GT(MaxAbsDiff(*image8, run.image32), 0.0)
+        << "the vision transformer ran in fp32";
   }
   if (std::string(GetParam()) != "vit_cbow") {
-    EXPECT_GT(MaxAbsDiff(*text8, *text32), 0.0) << "the text transformer ran in fp32";
+    EXPECT_GT(MaxAbsDiff(*text8, run.text32), 0.0) << "the text transformer ran in fp32";
   }
   EXPECT_EQ(model->LoadWeights(model->NamedTensors()).code(),
             absl::StatusCode::kFailedPrecondition);
@@ -292,8 +314,8 @@ TEST_P(ReferenceParityTest, Int8StaysCloseToFp32AndGoesBackExactly) {
   auto image_again = model->EncodeImage(images, true);
   auto text_again = model->EncodeText(texts, true);
   ASSERT_TRUE(image_again.ok() && text_again.ok());
-  EXPECT_TRUE(torch::equal(*image_again, *image32));
-  EXPECT_TRUE(torch::equal(*text_again, *text32));
+  EXPECT_TRUE(torch::equal(*image_again, run.image32));
+  EXPECT_TRUE(torch::equal(*text_again, run.text32));
 }
 
 TEST_P(ReferenceParityTest, InferredArchitectureMatchesConfigButForHeads) {
@@ -614,8 +636,9 @@ TEST(DemoModelTest, FullSizeViTB32InBf16StaysWithinCosine999OfFp32) {
 }
 
 TEST(DemoModelTest, FullSizeViTB32InInt8StaysWithinCosine999OfFp32) {
-  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo()))
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
     GTEST_SKIP() << "no int8 dot products on this CPU";
+  }
   auto loaded = LoadModel("demo:ViT-B-32");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ClipModel& model = *loaded->model;

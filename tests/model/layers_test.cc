@@ -89,8 +89,9 @@ torch::Tensor Int8Reference(const torch::Tensor& x, const torch::Tensor& w,
 }
 
 TEST(Int8LinearTest, ComputesTheProductOfItsRoundedWeightAndInput) {
-  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo()))
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
     GTEST_SKIP() << "no int8 dot products on this CPU";
+  }
   torch::manual_seed(23);
   const torch::InferenceMode inference;
   const torch::Tensor w = torch::randn({48, 64}) * 0.1;
@@ -118,8 +119,9 @@ void SetInt8(Transformer& transformer, int64_t min_rows) {
 }
 
 TEST(Int8LinearTest, TakesTheDtypeOfItsInput) {
-  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo()))
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
     GTEST_SKIP() << "no int8 dot products on this CPU";
+  }
   torch::manual_seed(25);
   const torch::InferenceMode inference;
   const torch::Tensor w = torch::randn({16, 32});
@@ -134,8 +136,9 @@ TEST(Int8LinearTest, TakesTheDtypeOfItsInput) {
 }
 
 TEST(Int8LinearTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
-  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo()))
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
     GTEST_SKIP() << "no int8 dot products on this CPU";
+  }
   torch::manual_seed(24);
   const torch::InferenceMode inference;
   Transformer transformer = RandomTransformer(32, 2, 4, true);
