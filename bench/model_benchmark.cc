@@ -24,7 +24,6 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -174,13 +173,10 @@ void BM_MatmulInt8(benchmark::State& state) {
   torch::manual_seed(0);
   std::vector<torch::Tensor> inputs;
   for (int i = 0; i < kInputBatches; ++i) inputs.push_back(torch::randn({m, k}));
-  // The int8 engine clip_server selects (ClipModel::To), so the packing matches.
-  for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
-    const auto& engines = at::globalContext().supportedQEngines();
-    if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
-      at::globalContext().setQEngine(engine);
-      break;
-    }
+  // The int8 engine clip_server selects, so the packing matches.
+  if (!SelectInt8Engine().ok()) {
+    state.SkipWithError("no int8 engine in this LibTorch");
+    return;
   }
   const Int8Linear linear(torch::randn({n, k}), torch::Tensor());
   torch::Tensor out = linear(inputs[0]);  // warm-up

@@ -42,20 +42,6 @@ torch::ScalarType ScalarTypeOf(Precision precision) {
   return torch::kFloat;
 }
 
-// Selects LibTorch's quantized engine for Int8Linear: oneDNN (VNNI or AMX kernels where
-// the CPU has them), else FBGEMM. The choice is process-wide.
-absl::Status SelectInt8Engine() {
-  const std::vector<at::QEngine>& engines = at::globalContext().supportedQEngines();
-  for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
-    if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
-      at::globalContext().setQEngine(engine);
-      return absl::OkStatus();
-    }
-  }
-  return absl::UnimplementedError(
-      "int8 needs a LibTorch built with the oneDNN or FBGEMM quantized engine");
-}
-
 // Packs every transformer block's linear layers under `module` for int8 from
 // `min_rows` rows on, or (negative) drops the packing.
 void SetInt8(torch::nn::Module& module, int64_t min_rows) {
@@ -89,6 +75,18 @@ absl::string_view PrecisionName(Precision precision) {
       return "int8";
   }
   return "fp32";
+}
+
+absl::Status SelectInt8Engine() {
+  const std::vector<at::QEngine>& engines = at::globalContext().supportedQEngines();
+  for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
+    if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
+      at::globalContext().setQEngine(engine);
+      return absl::OkStatus();
+    }
+  }
+  return absl::UnimplementedError(
+      "int8 needs a LibTorch built with the oneDNN or FBGEMM quantized engine");
 }
 
 absl::StatusOr<Precision> ParsePrecision(absl::string_view name) {

@@ -42,6 +42,11 @@ absl::string_view PrecisionName(Precision precision);  // "fp32", "bf16", "fp16"
 // Parses "fp32", "bf16", "fp16", "int8". INVALID_ARGUMENT otherwise.
 absl::StatusOr<Precision> ParsePrecision(absl::string_view name);
 
+// Selects LibTorch's quantized engine for int8 products (ClipModel::To does): oneDNN
+// (VNNI or AMX kernels where the CPU has them), else FBGEMM. The choice is
+// process-wide. UNIMPLEMENTED when LibTorch has neither.
+absl::Status SelectInt8Engine();
+
 // Tensors by checkpoint key ("visual.conv1.weight", "token_embedding.weight", ...).
 using TensorMap = std::map<std::string, torch::Tensor>;
 
