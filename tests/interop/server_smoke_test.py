@@ -318,9 +318,9 @@ class Int8Test(unittest.TestCase):
         pb, pb_grpc = self.pb, self.pb_grpc
         rng = np.random.default_rng(5)
         # Smooth random colours, upscaled: closer to a photo than pixel noise. 12 images
-        # of 50 tokens and 32 texts of 20 make products of 600 and 640 rows, past the
-        # 512 from which int8 runs (beside bf16) on this CPU; with fp32 beside it, from
-        # 128.
+        # of 50 tokens and 32 texts of 20 make products of 600 and 640 rows in one
+        # batch each, past the 512 from which int8 runs beside bf16 (from 128 beside
+        # fp32).
         small = rng.integers(0, 256, (12, 12, 12, 3), dtype=np.uint8)
         images = [pb.Image(raw=pb.RawImage(
             width=240, height=240, rgb8=np.kron(s, np.ones((20, 20, 1), np.uint8)).tobytes()))
@@ -330,7 +330,11 @@ class Int8Test(unittest.TestCase):
         texts = [" ".join(rng.choice(words, 18)) for _ in range(32)]
         results = {}
         for precision in ("fp32", "int8", "auto"):
-            server = lib.Server(ARGS.server, f"--precision={precision}", "--text_cache_mb=0")
+            # A batch waits for every item of the request still being preprocessed (at
+            # the 2 ms default, the first images preprocessed could run without the
+            # rest, under 512 rows).
+            server = lib.Server(ARGS.server, f"--precision={precision}", "--text_cache_mb=0",
+                                "--max_queue_delay_ms=10000")
             self.addCleanup(server.kill)
             channel = server.wait_ready(self.health_pb, self.health_grpc)
             self.addCleanup(channel.close)
