@@ -12,12 +12,12 @@ LayerNormImpl::LayerNormImpl(int64_t width, double eps) : width_(width), eps_(ep
 }
 
 torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
-  if (x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat) {
-    return torch::layer_norm(x, {width_}, weight, bias, eps_);
-  }
+  return Float(x).to(x.scalar_type());
+}
+
+torch::Tensor LayerNormImpl::Float(const torch::Tensor& x) {
   return torch::layer_norm(x.to(torch::kFloat), {width_}, weight.to(torch::kFloat),
-                           bias.to(torch::kFloat), eps_)
-      .to(x.scalar_type());
+                           bias.to(torch::kFloat), eps_);
 }
 
 namespace {
@@ -46,19 +46,24 @@ Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias) {
 }
 
 torch::Tensor Int8Linear::operator()(const torch::Tensor& x) const {
+  return Float(x).to(x.scalar_type());
+}
+
+torch::Tensor Int8Linear::Float(const torch::Tensor& x) const {
   static const c10::OperatorHandle linear = QuantizedOp("quantized::linear_dynamic");
-  // The kernel takes and gives fp32.
   std::vector<c10::IValue> stack{x.to(torch::kFloat).contiguous(), packed_,
                                  /*reduce_range=*/false};
   linear.callBoxed(&stack);
-  return stack.at(0).toTensor().to(x.scalar_type());
+  return stack.at(0).toTensor();
+}
+
+bool Int8Projection::Takes(const torch::Tensor& x) const {
+  return x.numel() / x.size(-1) >= min_rows;
 }
 
 torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
                       const torch::Tensor& weight, const torch::Tensor& bias) {
-  if (int8.has_value() && x.numel() / x.size(-1) >= int8->min_rows) {
-    return int8->linear(x);
-  }
+  if (int8.has_value() && int8->Takes(x)) return int8->linear(x);
   return torch::linear(x, weight, bias);
 }
 
@@ -69,47 +74,44 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t width, int64_t heads)
   out_proj = register_module("out_proj", torch::nn::Linear(width, width));
 }
 
+bool SelfAttentionImpl::TakesInt8(const torch::Tensor& x) const {
+  return int8_qkv_.has_value() && int8_qkv_->Takes(x);
+}
+
 torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
                                          const torch::Tensor& mask) {
-  const int64_t n = x.size(0);
-  const int64_t l = x.size(1);
-  const int64_t head_dim = width_ / heads_;
-  if (int8_q_.has_value() && x.size(0) * x.size(1) >= int8_q_->min_rows) {
-    // The same products as the packed projection below, in two kernels: the query
-    // rows and the key and value rows are packed apart for ForwardAt.
-    torch::Tensor q = ProjectQ(x).view({n, l, heads_, head_dim}).transpose(1, 2);
-    torch::Tensor kv =
-        ProjectKV(x).view({n, l, 2, heads_, head_dim}).permute({2, 0, 3, 1, 4});
-    return Attend(q, kv[0], kv[1], mask);
+  if (TakesInt8(x)) {
+    // [N, L, 3, H, hd] -> [3, N, H, L, hd]
+    const torch::Tensor qkv = ProjectInt8(x).permute({2, 0, 3, 1, 4});
+    return Attend(qkv[0], qkv[1], qkv[2], mask, /*q_scaled=*/true);
   }
+  const int64_t head_dim = width_ / heads_;
   // [N, L, 3, H, hd] -> [3, N, H, L, hd]
   torch::Tensor qkv = torch::linear(x, in_proj_weight, in_proj_bias)
-                          .view({n, l, 3, heads_, head_dim})
+                          .view({x.size(0), x.size(1), 3, heads_, head_dim})
                           .permute({2, 0, 3, 1, 4});
-  return Attend(qkv[0], qkv[1], qkv[2], mask);
+  return Attend(qkv[0], qkv[1], qkv[2], mask, /*q_scaled=*/false);
 }
 
-torch::Tensor SelfAttentionImpl::ProjectQ(const torch::Tensor& x) const {
-  return Project(int8_q_, x, in_proj_weight.narrow(0, 0, width_),
-                 in_proj_bias.narrow(0, 0, width_));
-}
-
-torch::Tensor SelfAttentionImpl::ProjectKV(const torch::Tensor& x) const {
-  return Project(int8_kv_, x, in_proj_weight.narrow(0, width_, 2 * width_),
-                 in_proj_bias.narrow(0, width_, 2 * width_));
+torch::Tensor SelfAttentionImpl::ProjectInt8(const torch::Tensor& x) const {
+  return int8_qkv_->linear.Float(x)
+      .to(in_proj_weight.scalar_type())
+      .view({x.size(0), x.size(1), 3, heads_, width_ / heads_});
 }
 
 void SelfAttentionImpl::SetInt8(int64_t min_rows) {
-  int8_q_.reset();
-  int8_kv_.reset();
+  int8_qkv_.reset();
   int8_out_.reset();
   if (min_rows < 0) return;
-  int8_q_.emplace(Int8Projection{
-      Int8Linear(in_proj_weight.narrow(0, 0, width_), in_proj_bias.narrow(0, 0, width_)),
-      min_rows});
-  int8_kv_.emplace(Int8Projection{Int8Linear(in_proj_weight.narrow(0, width_, 2 * width_),
-                                             in_proj_bias.narrow(0, width_, 2 * width_)),
-                                  min_rows});
+  // One product for queries, keys and values: each call quantizes its input and pays a
+  // fixed cost. The query rows come divided by sqrt(hd), as Attend would divide them.
+  torch::Tensor row_scale = torch::ones({3 * width_});
+  row_scale.narrow(0, 0, width_)
+      .fill_(1.0 / std::sqrt(static_cast<double>(width_ / heads_)));
+  int8_qkv_.emplace(
+      Int8Projection{Int8Linear(in_proj_weight.to(torch::kFloat) * row_scale.unsqueeze(1),
+                                in_proj_bias.to(torch::kFloat) * row_scale),
+                     min_rows});
   int8_out_.emplace(
       Int8Projection{Int8Linear(out_proj->weight, out_proj->bias), min_rows});
 }
@@ -120,25 +122,41 @@ torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
   const int64_t n = x.size(0);
   const int64_t l = x.size(1);
   const int64_t head_dim = width_ / heads_;
-  // Keys and values: rows [w, 3w) of the packed projection. [N, L, 2, H, hd] ->
-  // [2, N, H, L, hd]
-  torch::Tensor kv =
-      ProjectKV(x).view({n, l, 2, heads_, head_dim}).permute({2, 0, 3, 1, 4});
-  // The query of each sequence's one position: [N, H, 1, hd].
   const torch::Tensor rows = torch::arange(n, positions.options());
-  torch::Tensor q = ProjectQ(x.index({rows, positions})).view({n, heads_, 1, head_dim});
   // That position's row of the [L, L] mask, for every head: [N, 1, 1, L].
   const torch::Tensor row_mask =
       mask.defined() ? mask.index_select(0, positions).view({n, 1, 1, l}) : mask;
-  return Attend(q, kv[0], kv[1], row_mask);
+  if (TakesInt8(x)) {
+    // Every position's query too: one int8 product costs less than two, and the
+    // queries are a third of it in one layer.
+    const torch::Tensor qkv = ProjectInt8(x);
+    // [N, 3, H, hd] -> the queries [N, H, 1, hd]
+    const torch::Tensor q = qkv.index({rows, positions}).select(1, 0).unsqueeze(2);
+    // [N, L, 2, H, hd] -> [2, N, H, L, hd]
+    const torch::Tensor kv = qkv.narrow(2, 1, 2).permute({2, 0, 3, 1, 4});
+    return Attend(q, kv[0], kv[1], row_mask, /*q_scaled=*/true);
+  }
+  // Keys and values: rows [w, 3w) of the packed projection. [N, L, 2, H, hd] ->
+  // [2, N, H, L, hd]
+  const torch::Tensor kv = torch::linear(x, in_proj_weight.narrow(0, width_, 2 * width_),
+                                         in_proj_bias.narrow(0, width_, 2 * width_))
+                               .view({n, l, 2, heads_, head_dim})
+                               .permute({2, 0, 3, 1, 4});
+  // The query of each sequence's one position: [N, H, 1, hd].
+  const torch::Tensor q =
+      torch::linear(x.index({rows, positions}), in_proj_weight.narrow(0, 0, width_),
+                    in_proj_bias.narrow(0, 0, width_))
+          .view({n, heads_, 1, head_dim});
+  return Attend(q, kv[0], kv[1], row_mask, /*q_scaled=*/false);
 }
 
 torch::Tensor SelfAttentionImpl::Attend(const torch::Tensor& q, const torch::Tensor& k,
-                                        const torch::Tensor& v,
-                                        const torch::Tensor& mask) {
+                                        const torch::Tensor& v, const torch::Tensor& mask,
+                                        bool q_scaled) {
   const int64_t head_dim = width_ / heads_;
-  torch::Tensor scores = torch::matmul(
-      q * (1.0 / std::sqrt(static_cast<double>(head_dim))), k.transpose(-2, -1));
+  const torch::Tensor scaled_q =
+      q_scaled ? q : q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  torch::Tensor scores = torch::matmul(scaled_q, k.transpose(-2, -1));
   if (mask.defined()) scores = scores + mask;
   // Softmax in fp32 whatever the compute precision: its sums are where bf16 loses.
   torch::Tensor weights = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
@@ -154,18 +172,46 @@ MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu)
   c_proj = register_module("c_proj", torch::nn::Linear(hidden, width));
 }
 
+namespace {
+
+// QuickGELU(h) = h * sigmoid(1.702 h).
+constexpr double kQuickGeluSlope = 1.702;
+
+}  // namespace
+
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = Project(int8_fc_, x, c_fc->weight, c_fc->bias);
-  h = quick_gelu_ ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
-  return Project(int8_proj_, h, c_proj->weight, c_proj->bias);
+  if (TakesInt8(x)) {
+    // Both products in int8 and the activation between them in place, in their fp32:
+    // no conversions. c_fc's packing comes multiplied by the QuickGELU slope s and
+    // c_proj's divided by it, so that silu(s h) / s = QuickGELU(h) takes one pass.
+    torch::Tensor h = int8_fc_->linear.Float(x);
+    if (quick_gelu_) {
+      torch::silu_(h);
+    } else {
+      torch::gelu_(h);
+    }
+    return int8_proj_->linear.Float(h).to(c_fc->weight.scalar_type());
+  }
+  torch::Tensor h = c_fc(x);
+  h = quick_gelu_ ? h * torch::sigmoid(kQuickGeluSlope * h) : torch::gelu(h);
+  return c_proj(h);
+}
+
+bool MlpImpl::TakesInt8(const torch::Tensor& x) const {
+  // c_proj's rows are c_fc's: both take x or neither does.
+  return int8_fc_.has_value() && int8_fc_->Takes(x);
 }
 
 void MlpImpl::SetInt8(int64_t min_rows) {
   int8_fc_.reset();
   int8_proj_.reset();
   if (min_rows < 0) return;
-  int8_fc_.emplace(Int8Projection{Int8Linear(c_fc->weight, c_fc->bias), min_rows});
-  int8_proj_.emplace(Int8Projection{Int8Linear(c_proj->weight, c_proj->bias), min_rows});
+  const double slope = quick_gelu_ ? kQuickGeluSlope : 1.0;
+  int8_fc_.emplace(Int8Projection{Int8Linear(c_fc->weight.to(torch::kFloat) * slope,
+                                             c_fc->bias.to(torch::kFloat) * slope),
+                                  min_rows});
+  int8_proj_.emplace(Int8Projection{
+      Int8Linear(c_proj->weight.to(torch::kFloat) / slope, c_proj->bias), min_rows});
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,
@@ -179,10 +225,19 @@ ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t he
       Mlp(width, static_cast<int64_t>(std::lround(width * mlp_ratio)), quick_gelu));
 }
 
+namespace {
+
+// ln(x), in fp32 for a layer that takes it in int8.
+torch::Tensor Normalize(LayerNorm& ln, const torch::Tensor& x, bool for_int8) {
+  return for_int8 ? ln->Float(x) : ln(x);
+}
+
+}  // namespace
+
 torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x,
                                                   const torch::Tensor& mask) {
-  torch::Tensor h = x + attn(ln_1(x), mask);
-  return h + mlp(ln_2(h));
+  torch::Tensor h = x + attn(Normalize(ln_1, x, attn->TakesInt8(x)), mask);
+  return h + mlp(Normalize(ln_2, h, mlp->TakesInt8(h)));
 }
 
 torch::Tensor ResidualAttentionBlockImpl::ForwardAt(const torch::Tensor& x,
@@ -190,8 +245,9 @@ torch::Tensor ResidualAttentionBlockImpl::ForwardAt(const torch::Tensor& x,
                                                     const torch::Tensor& mask) {
   const torch::Tensor rows = torch::arange(x.size(0), positions.options());
   torch::Tensor h =
-      x.index({rows, positions}).unsqueeze(1) + attn->ForwardAt(ln_1(x), positions, mask);
-  return h + mlp(ln_2(h));
+      x.index({rows, positions}).unsqueeze(1) +
+      attn->ForwardAt(Normalize(ln_1, x, attn->TakesInt8(x)), positions, mask);
+  return h + mlp(Normalize(ln_2, h, mlp->TakesInt8(h)));
 }
 
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads,

@@ -17,6 +17,8 @@ class LayerNormImpl : public torch::nn::Module {
  public:
   explicit LayerNormImpl(int64_t width, double eps = 1e-5);
   torch::Tensor forward(const torch::Tensor& x);
+  // The same, returned in fp32: the input int8 products take without a conversion.
+  torch::Tensor Float(const torch::Tensor& x);
 
   torch::Tensor weight;
   torch::Tensor bias;
@@ -38,6 +40,9 @@ class Int8Linear {
   Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias);
   // x: [..., in] on the CPU -> [..., out] in x's dtype.
   torch::Tensor operator()(const torch::Tensor& x) const;
+  // The same in fp32, the kernel's own input and output dtype: x is converted only if
+  // it is not fp32, the result not at all.
+  torch::Tensor Float(const torch::Tensor& x) const;
 
  private:
   c10::IValue packed_;
@@ -50,6 +55,9 @@ class Int8Linear {
 struct Int8Projection {
   Int8Linear linear;
   int64_t min_rows;
+
+  // Whether x (its rows: the product of all but the last dimension) is large enough.
+  bool Takes(const torch::Tensor& x) const;
 };
 
 // x W^T + b, through `int8` when it is set and x has at least its min_rows rows.
@@ -61,7 +69,8 @@ torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Te
 class SelfAttentionImpl : public torch::nn::Module {
  public:
   SelfAttentionImpl(int64_t width, int64_t heads);
-  // x: [N, L, w]. mask: empty, or an additive [L, L] mask (0 or -inf).
+  // x: [N, L, w] in the weights' dtype, or in fp32 where TakesInt8(x). mask: empty, or
+  // an additive [L, L] mask (0 or -inf). Returns the weights' dtype.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // forward()'s output at one position per sequence, positions [N] (int64, on x's
   // device): [N, 1, w]. Keys and values are still every token's; only that query is
@@ -72,6 +81,9 @@ class SelfAttentionImpl : public torch::nn::Module {
   // current weights (on the CPU); a negative `min_rows` drops them. Not concurrently
   // with forward().
   void SetInt8(int64_t min_rows);
+  // Whether forward(x) and ForwardAt(x) project x's keys and values in int8; they then
+  // take x in fp32 as readily as in the weights' dtype.
+  bool TakesInt8(const torch::Tensor& x) const;
 
   torch::Tensor in_proj_weight;
   torch::Tensor in_proj_bias;
@@ -79,18 +91,19 @@ class SelfAttentionImpl : public torch::nn::Module {
 
  private:
   // softmax(q k^T / sqrt(hd) + mask) v with the heads merged, then out_proj:
-  // q [N, H, Lq, hd], k and v [N, H, L, hd], mask broadcastable to the scores or
-  // undefined -> [N, Lq, w].
+  // q [N, H, Lq, hd] (already divided by sqrt(hd) if `q_scaled`), k and v [N, H, L, hd],
+  // mask broadcastable to the scores or undefined -> [N, Lq, w].
   torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k,
-                       const torch::Tensor& v, const torch::Tensor& mask);
-  // Rows [0, w) and [w, 3w) of x's projection: [..., w] and [..., 2w].
-  torch::Tensor ProjectQ(const torch::Tensor& x) const;
-  torch::Tensor ProjectKV(const torch::Tensor& x) const;
+                       const torch::Tensor& v, const torch::Tensor& mask, bool q_scaled);
+  // x's int8 projection, the queries divided by sqrt(hd), in the weights' dtype:
+  // [N, L, 3, H, hd].
+  torch::Tensor ProjectInt8(const torch::Tensor& x) const;
 
   int64_t width_;
   int64_t heads_;
-  // Set by SetInt8(min_rows >= 0): the query rows, the key and value rows, and out_proj.
-  std::optional<Int8Projection> int8_q_, int8_kv_, int8_out_;
+  // Set by SetInt8(min_rows >= 0): the whole input projection, its query rows divided by
+  // sqrt(hd) (Attend's scaling, for free), and out_proj.
+  std::optional<Int8Projection> int8_qkv_, int8_out_;
 };
 TORCH_MODULE(SelfAttention);
 
@@ -98,9 +111,14 @@ TORCH_MODULE(SelfAttention);
 class MlpImpl : public torch::nn::Module {
  public:
   MlpImpl(int64_t width, int64_t hidden, bool quick_gelu);
+  // x: [..., w] in the weights' dtype, or in fp32 where TakesInt8(x). Returns the
+  // weights' dtype.
   torch::Tensor forward(const torch::Tensor& x);
   // As SelfAttention::SetInt8, for c_fc and c_proj.
   void SetInt8(int64_t min_rows);
+  // Whether forward(x) runs in int8 (both products, with the activation between them
+  // in fp32).
+  bool TakesInt8(const torch::Tensor& x) const;
 
   torch::nn::Linear c_fc{nullptr};
   torch::nn::Linear c_proj{nullptr};
