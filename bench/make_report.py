@@ -341,9 +341,10 @@ def main():
                 "on the product the network is made of in bf16"
                 + (f"; in int8, {100 * 2 * img_best * flops / mm_int8:.0f}% of that "
                    "product's rate over the whole network, where the int8 tower "
-                   f"reaches {100 * (int8_32 or 0) * flops / mm_int8:.0f}% (attention, "
-                   "norms, activations and the conversions around each int8 product "
-                   "stay in bf16)." if mm_int8 else "."))
+                   f"reaches {100 * (int8_32 or 0) * flops / mm_int8:.0f}% (the patch "
+                   "embedding and attention run in bf16; the norms, the activations, "
+                   "the softmax and each product's quantization of its input are "
+                   "passes over memory)." if mm_int8 else "."))
             add("")
 
     # fp32 BLAS kernels.
