@@ -160,6 +160,39 @@ TEST(Int8LinearTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
   EXPECT_GE(torch::cosine_similarity(int8_at, rows, 1).min().item<float>(), 0.999);
 }
 
+// The int8 MLP packs c_fc times QuickGELU's slope and c_proj divided by it, so that
+// one in-place silu between them is the activation: the same integers as packing the
+// layers plainly (per-row scales absorb the factors), so the same result to fp32's
+// rounding as the plain composition, for QuickGELU and for exact GELU.
+TEST(Int8LinearTest, MlpFoldsItsActivationIntoItsPackingWithoutChangingTheResult) {
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
+    GTEST_SKIP() << "no int8 dot products on this CPU";
+  }
+  torch::manual_seed(28);
+  const torch::InferenceMode inference;
+  for (const bool quick_gelu : {true, false}) {
+    SCOPED_TRACE(::testing::Message() << "quick_gelu " << quick_gelu);
+    Mlp mlp(64, 256, quick_gelu);
+    for (torch::Tensor& p : mlp->parameters()) p.normal_(0.0, 0.2);
+    const torch::Tensor x = torch::randn({3, 11, 64});
+    const auto activation = [&](const torch::Tensor& h) {
+      return quick_gelu ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
+    };
+    const Int8Linear fc(mlp->c_fc->weight, mlp->c_fc->bias);
+    const Int8Linear proj(mlp->c_proj->weight, mlp->c_proj->bias);
+    const torch::Tensor want = proj(activation(fc(x)));
+    const torch::Tensor exact = mlp->c_proj(activation(mlp->c_fc(x)));
+    mlp->SetInt8(0);
+    ASSERT_TRUE(mlp->TakesInt8(x));
+    const torch::Tensor got = mlp->forward(x);
+    const float scale = want.abs().max().item<float>();
+    const float rounding = (want - exact).abs().max().item<float>();
+    EXPECT_GT(rounding, 1e-3 * scale) << "int8 did not round";
+    EXPECT_LT((got - want).abs().max().item<float>(), 1e-5 * scale)
+        << "int8's own rounding moves it by " << rounding;
+  }
+}
+
 // The engine's workers may share a tower: concurrent calls on one packed weight give
 // what each gives alone.
 TEST(Int8LinearTest, ConcurrentCallsGiveWhatEachGivesAlone) {
