@@ -319,8 +319,8 @@ class Int8Test(unittest.TestCase):
         rng = np.random.default_rng(5)
         # Smooth random colours, upscaled: closer to a photo than pixel noise. 12 images
         # of 50 tokens and 32 texts of 20 make products of 600 and 640 rows in one
-        # batch each, past the 512 from which int8 runs beside bf16 (from 128 beside
-        # fp32).
+        # batch each, past the 32 from which int8 runs beside bf16 (beside fp32, every
+        # product is int8).
         small = rng.integers(0, 256, (12, 12, 12, 3), dtype=np.uint8)
         images = [pb.Image(raw=pb.RawImage(
             width=240, height=240, rgb8=np.kron(s, np.ones((20, 20, 1), np.uint8)).tobytes()))
@@ -332,7 +332,7 @@ class Int8Test(unittest.TestCase):
         for precision in ("fp32", "int8", "auto"):
             # A batch waits for every item of the request still being preprocessed (at
             # the 2 ms default, the first images preprocessed could run without the
-            # rest, under 512 rows).
+            # rest): one batch per request, as the comparison of precisions assumes.
             server = lib.Server(ARGS.server, f"--precision={precision}", "--text_cache_mb=0",
                                 "--max_queue_delay_ms=10000")
             self.addCleanup(server.kill)
