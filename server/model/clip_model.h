@@ -24,14 +24,15 @@ enum class Precision { kFloat32, kBFloat16, kFloat16, kInt8 };
 
 // How Precision::kInt8 runs.
 struct Int8Options {
-  // Where the int8 kernel starts to beat the other dtype, measured on a 2-core EPYC
-  // (Zen 4) with the kernels prepared for the shape (oneDNN keeps them per row count;
-  // a new row count costs either dtype about a millisecond per product, once). Beside
-  // bf16: even at 20 rows (a 768 x 3072 product 0.29 vs 0.31 ms), 1.4x faster at 50
-  // (0.38 vs 0.52 ms; a ViT-B-32 image alone ran in 18 instead of 27 ms). Beside fp32,
-  // int8 won at every size measured (3x at 20 rows), so it takes every product.
-  static constexpr int64_t kBf16MinRows = 32;
-  static constexpr int64_t kFp32MinRows = 0;
+  // Where the int8 kernel starts to beat the other dtype on a product of CLIP's
+  // widths (768 x 3072), measured on a 2-core EPYC (Zen 4), each call on a new input as
+  // in serving: about 400 rows beside bf16, 80 beside fp32. Each new input scale costs
+  // it 0.4 to 1.3 ms (oneDNN prepares its quantization and product for that scale):
+  // at 50 rows 0.90 ms against bf16's 0.63, at 200 rows 2.4 against 1.6, at 1600 rows
+  // 8.1 against 13.2. An input seen before runs without that cost, so a benchmark that
+  // repeats its inputs shows int8 ahead from 20 rows: it is not.
+  static constexpr int64_t kBf16MinRows = 512;
+  static constexpr int64_t kFp32MinRows = 128;
 
   // Everything but the int8 products in bf16 (for CPUs with AVX512-BF16 or AMX);
   // otherwise fp32.

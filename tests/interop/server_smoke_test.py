@@ -319,8 +319,8 @@ class Int8Test(unittest.TestCase):
         rng = np.random.default_rng(5)
         # Smooth random colours, upscaled: closer to a photo than pixel noise. 12 images
         # of 50 tokens and 32 texts of 20 make products of 600 and 640 rows in one
-        # batch each, past the 32 from which int8 runs beside bf16 (beside fp32, every
-        # product is int8).
+        # batch each, past the 512 from which int8 runs beside bf16 (from 128 beside
+        # fp32).
         small = rng.integers(0, 256, (12, 12, 12, 3), dtype=np.uint8)
         images = [pb.Image(raw=pb.RawImage(
             width=240, height=240, rgb8=np.kron(s, np.ones((20, 20, 1), np.uint8)).tobytes()))
@@ -346,6 +346,18 @@ class Int8Test(unittest.TestCase):
             text = stub.EmbedText(pb.EmbedTextRequest(texts=texts), timeout=120)
             results[precision] = [np.array([e.values for e in r.embeddings])
                                   for r in (image, text)]
+            if precision == "int8":
+                # Alone, an item is quantized with scales of its own (docs/API.md): it
+                # moves by int8's rounding, no more.
+                alone = [np.array([stub.EmbedImage(pb.EmbedImageRequest(images=[i]),
+                                                   timeout=60).embeddings[0].values
+                                   for i in images[:3]]),
+                         np.array([stub.EmbedText(pb.EmbedTextRequest(texts=[t]),
+                                                  timeout=60).embeddings[0].values
+                                   for t in texts[:3]])]
+                for one, batched in zip(alone, results[precision]):
+                    cosines = (one * batched[:3]).sum(1)
+                    self.assertGreaterEqual(cosines.min(), 0.999, cosines)
             server.terminate()
         for fp32, int8, auto in zip(results["fp32"], results["int8"], results["auto"]):
             cosines = (fp32 * int8).sum(1)  # all L2-normalized
