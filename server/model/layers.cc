@@ -103,8 +103,9 @@ void SelfAttentionImpl::SetInt8(int64_t min_rows) {
   int8_qkv_.reset();
   int8_out_.reset();
   if (min_rows < 0) return;
-  // One product for queries, keys and values: each call quantizes its input and pays a
-  // fixed cost. The query rows come divided by sqrt(hd), as Attend would divide them.
+  // One product for queries, keys and values: each call pays for its input's
+  // quantization and new scale. The query rows come divided by sqrt(hd), as Attend
+  // would divide them.
   torch::Tensor row_scale = torch::ones({3 * width_});
   row_scale.narrow(0, 0, width_)
       .fill_(1.0 / std::sqrt(static_cast<double>(width_ / heads_)));

@@ -49,9 +49,11 @@ class Int8Linear {
 };
 
 // The int8 choice of a linear layer: its packed weight, and the fewest rows of input
-// (the product of all but the last dimension) it is used for. The kernel pays a fixed
-// cost per call, new oneDNN primitives for its input's new scale (0.5 to 2 ms on a
-// 2-core EPYC), so smaller products run as before, on the layer's own weights.
+// (the product of all but the last dimension) it is used for; smaller products run as
+// before, on the layer's own weights. Each call pays for its input's new scale
+// (oneDNN prepares kernels for it, 0.4 to 1.3 ms on a 2-core EPYC) and a pass to
+// quantize the input, so small products are faster unquantized (Int8Options has the
+// measured thresholds).
 struct Int8Projection {
   Int8Linear linear;
   int64_t min_rows;
@@ -74,15 +76,16 @@ class SelfAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // forward()'s output at one position per sequence, positions [N] (int64, on x's
   // device): [N, 1, w]. Keys and values are still every token's; only that query is
-  // projected and attended, the work a tower's last layer needs when it keeps one token.
+  // attended, the work a tower's last layer needs when it keeps one token (in int8,
+  // every query comes in the one product with the keys and values: cheaper than two).
   torch::Tensor ForwardAt(const torch::Tensor& x, const torch::Tensor& positions,
                           const torch::Tensor& mask = {});
   // From now on runs the projections as Int8Projection with `min_rows`, packed from the
   // current weights (on the CPU); a negative `min_rows` drops them. Not concurrently
   // with forward().
   void SetInt8(int64_t min_rows);
-  // Whether forward(x) and ForwardAt(x) project x's keys and values in int8; they then
-  // take x in fp32 as readily as in the weights' dtype.
+  // Whether forward(x) and ForwardAt(x) project x's queries, keys and values in int8;
+  // they then take x in fp32 as readily as in the weights' dtype.
   bool TakesInt8(const torch::Tensor& x) const;
 
   torch::Tensor in_proj_weight;

@@ -154,16 +154,39 @@ TEST(Int8LinearTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
   EXPECT_GE(
       torch::cosine_similarity(int8.flatten(1), fp32.flatten(1), 1).min().item<float>(),
       0.999);
-  // The query of one position is quantized with its own scale, so ForwardAt agrees
-  // with the full forward to int8's precision, not exactly.
+  // ForwardAt's out_proj and MLP quantize their few rows with scales of their own, so
+  // it agrees with the full forward to int8's precision, not exactly.
   const torch::Tensor rows = int8.index({torch::arange(2), positions});
   EXPECT_GE(torch::cosine_similarity(int8_at, rows, 1).min().item<float>(), 0.999);
 }
 
+// Weights on int8's grid: each row a random scale times integers in [-127, 127], one
+// of them +-127. Rounding them to int8 is exact, and stays exact when the row is
+// multiplied by any factor first, so a folded factor cannot move a weight's integer.
+torch::Tensor GridWeights(int64_t rows, int64_t cols) {
+  torch::Tensor steps = torch::randint(-127, 128, {rows, cols}).to(torch::kFloat);
+  steps.select(1, 0).copy_(torch::where(torch::rand({rows}) < 0.5, -127.0, 127.0));
+  return steps * (torch::rand({rows, 1}) * 0.004 + 0.001);
+}
+
+// got against want, the same int8 products computed without a folded factor. The
+// inputs are quantized at run time, so a value on a rounding boundary may round the
+// other way on one path and move its row by one rounding step; all else agrees to
+// fp32's rounding. `rounding` is int8's own error, to show the products ran.
+void ExpectSameInt8Result(const torch::Tensor& got, const torch::Tensor& want,
+                          const torch::Tensor& exact) {
+  const float scale = want.abs().max().item<float>();
+  const torch::Tensor error = (got - want).abs().flatten();
+  const float rounding = (want - exact).abs().max().item<float>();
+  EXPECT_GT(rounding, 1e-3 * scale) << "int8 did not round";
+  EXPECT_LT(torch::quantile(error, 0.9).item<float>(), 1e-5 * scale)
+      << "int8's own rounding moves it by " << rounding;
+  EXPECT_LT(error.max().item<float>(), 0.1 * rounding);
+}
+
 // The int8 MLP packs c_fc times QuickGELU's slope and c_proj divided by it, so that
-// one in-place silu between them is the activation: the same integers as packing the
-// layers plainly (per-row scales absorb the factors), so the same result to fp32's
-// rounding as the plain composition, for QuickGELU and for exact GELU.
+// one in-place silu between them is the activation: the result of packing the layers
+// plainly, for QuickGELU and for exact GELU.
 TEST(Int8LinearTest, MlpFoldsItsActivationIntoItsPackingWithoutChangingTheResult) {
   if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
     GTEST_SKIP() << "no int8 dot products on this CPU";
@@ -173,7 +196,10 @@ TEST(Int8LinearTest, MlpFoldsItsActivationIntoItsPackingWithoutChangingTheResult
   for (const bool quick_gelu : {true, false}) {
     SCOPED_TRACE(::testing::Message() << "quick_gelu " << quick_gelu);
     Mlp mlp(64, 256, quick_gelu);
-    for (torch::Tensor& p : mlp->parameters()) p.normal_(0.0, 0.2);
+    mlp->c_fc->weight.copy_(GridWeights(256, 64));
+    mlp->c_fc->bias.normal_(0.0, 0.2);
+    mlp->c_proj->weight.copy_(GridWeights(64, 256));
+    mlp->c_proj->bias.normal_(0.0, 0.2);
     const torch::Tensor x = torch::randn({3, 11, 64});
     const auto activation = [&](const torch::Tensor& h) {
       return quick_gelu ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
@@ -184,13 +210,58 @@ TEST(Int8LinearTest, MlpFoldsItsActivationIntoItsPackingWithoutChangingTheResult
     const torch::Tensor exact = mlp->c_proj(activation(mlp->c_fc(x)));
     mlp->SetInt8(0);
     ASSERT_TRUE(mlp->TakesInt8(x));
-    const torch::Tensor got = mlp->forward(x);
-    const float scale = want.abs().max().item<float>();
-    const float rounding = (want - exact).abs().max().item<float>();
-    EXPECT_GT(rounding, 1e-3 * scale) << "int8 did not round";
-    EXPECT_LT((got - want).abs().max().item<float>(), 1e-5 * scale)
-        << "int8's own rounding moves it by " << rounding;
+    ExpectSameInt8Result(mlp->forward(x), want, exact);
   }
+}
+
+// SelfAttention packs its query rows divided by sqrt(hd) and skips that division in
+// Attend: the result of packing in_proj plainly and dividing the queries, in forward
+// and in ForwardAt. Scores of a few units, where a missing or doubled division would
+// change the weights.
+TEST(Int8LinearTest, AttentionFoldsItsQueryScaleIntoItsPackingWithoutChangingTheResult) {
+  if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
+    GTEST_SKIP() << "no int8 dot products on this CPU";
+  }
+  torch::manual_seed(29);
+  const torch::InferenceMode inference;
+  const int64_t n = 3, l = 9, width = 64, heads = 4, hd = width / heads;
+  SelfAttention attention(width, heads);
+  attention->in_proj_weight.copy_(GridWeights(3 * width, width));
+  attention->in_proj_bias.normal_(0.0, 0.2);
+  attention->out_proj->weight.copy_(GridWeights(width, width));
+  attention->out_proj->bias.normal_(0.0, 0.2);
+  const torch::Tensor x = torch::randn({n, l, width});
+  const torch::Tensor mask = CausalMask(l);
+  const Int8Linear in_proj(attention->in_proj_weight, attention->in_proj_bias);
+  const Int8Linear out_proj(attention->out_proj->weight, attention->out_proj->bias);
+  // softmax(q k^T / sqrt(hd) + mask) v, heads merged: [N, L, w].
+  const auto merged = [&](bool int8) {
+    // [N, L, 3, H, hd] -> [3, N, H, L, hd]
+    const torch::Tensor qkv =
+        (int8 ? in_proj(x)
+              : torch::linear(x, attention->in_proj_weight, attention->in_proj_bias))
+            .view({n, l, 3, heads, hd})
+            .permute({2, 0, 3, 1, 4});
+    const torch::Tensor scores =
+        torch::matmul(qkv[0] / std::sqrt(static_cast<double>(hd)),
+                      qkv[1].transpose(-2, -1)) +
+        mask;
+    return torch::matmul(torch::softmax(scores, -1), qkv[2])
+        .transpose(1, 2)
+        .reshape({n, l, width});
+  };
+  const torch::Tensor want = out_proj(merged(true));
+  const torch::Tensor exact = attention->out_proj(merged(false));
+  attention->SetInt8(0);
+  ASSERT_TRUE(attention->TakesInt8(x));
+  ExpectSameInt8Result(attention->forward(x, mask), want, exact);
+  // ForwardAt: the same queries' rows, then out_proj on those 3 rows alone (above the
+  // threshold of 0, so in int8 with a scale of their own).
+  const torch::Tensor positions = torch::tensor({int64_t{8}, int64_t{0}, int64_t{4}});
+  const torch::Tensor rows = torch::arange(n);
+  ExpectSameInt8Result(attention->ForwardAt(x, positions, mask).squeeze(1),
+                       out_proj(merged(true).index({rows, positions})),
+                       exact.index({rows, positions}));
 }
 
 // The engine's workers may share a tower: concurrent calls on one packed weight give
