@@ -71,24 +71,23 @@ ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
   return it->second.model.get();
 }
 
-// Prepared inputs a tower cycles through. Each batch is new to the kernels, as served
-// batches are: int8's kernels cache what they prepared for an input's scale, so one
-// batch repeated would time only cache hits.
-constexpr int kInputBatches = 4;
-
-// Runs `encode(i)` (one tower on prepared batch i of `batch` items) once untimed, then
-// in the timed loop through the batches in turn. The untimed run pays for kernel
-// selection and for memory the allocator has not handed out yet.
-template <typename Encode>
-void TimeTower(benchmark::State& state, int preset, int64_t batch, Encode encode) {
-  if (!encode(0).ok()) {
+// Runs `encode(input)` (one tower on a batch of `batch` items) on a new input from
+// `make()` each iteration, made with the timer paused: served batches are each new to
+// the kernels, and int8's kernels prepare themselves for each new input scale and keep
+// what they prepared, so repeated inputs would time only that cache. One untimed run
+// first pays for kernel selection and for memory the allocator has not handed out yet.
+template <typename Make, typename Encode>
+void TimeTower(benchmark::State& state, int preset, int64_t batch, Make make,
+               Encode encode) {
+  if (!encode(make()).ok()) {
     state.SkipWithError("warm-up failed");
     return;
   }
-  int next = 1;
   for (auto _ : state) {
-    absl::StatusOr<torch::Tensor> features = encode(next);
-    next = (next + 1) % kInputBatches;
+    state.PauseTiming();
+    const torch::Tensor input = make();
+    state.ResumeTiming();
+    absl::StatusOr<torch::Tensor> features = encode(input);
     if (!features.ok()) {
       state.SkipWithError(std::string(features.status().message()).c_str());
       return;
@@ -112,12 +111,14 @@ void ImageTower(benchmark::State& state, Precision precision, bool cuda) {
   }
   const int64_t size = model->config().vision.image_size;
   torch::manual_seed(0);
-  std::vector<torch::Tensor> images;
-  for (int i = 0; i < kInputBatches; ++i) {
-    images.push_back(torch::randn({batch, 3, size, size}).to(model->device()));
-  }
-  TimeTower(state, preset, batch,
-            [&](int i) { return model->EncodeImage(images[i], /*normalize=*/true); });
+  TimeTower(
+      state, preset, batch,
+      [&] {
+        return torch::randn({batch, 3, size, size}).to(model->device());
+      },
+      [&](const torch::Tensor& images) {
+        return model->EncodeImage(images, /*normalize=*/true);
+      });
 }
 
 void TextTower(benchmark::State& state, Precision precision, bool cuda) {
@@ -132,15 +133,17 @@ void TextTower(benchmark::State& state, Precision precision, bool cuda) {
   }
   const int64_t vocab = model->config().text.vocab_size;
   torch::manual_seed(0);
-  std::vector<torch::Tensor> ids;
-  for (int i = 0; i < kInputBatches; ++i) {
-    torch::Tensor batch_ids = torch::randint(1, vocab - 2, {batch, tokens}, torch::kLong);
-    batch_ids.index_put_({torch::indexing::Slice(), 0}, vocab - 2);           // start
-    batch_ids.index_put_({torch::indexing::Slice(), tokens - 1}, vocab - 1);  // end
-    ids.push_back(batch_ids.to(model->device()));
-  }
-  TimeTower(state, preset, batch,
-            [&](int i) { return model->EncodeText(ids[i], /*normalize=*/true); });
+  TimeTower(
+      state, preset, batch,
+      [&] {
+        torch::Tensor ids = torch::randint(1, vocab - 2, {batch, tokens}, torch::kLong);
+        ids.index_put_({torch::indexing::Slice(), 0}, vocab - 2);           // start
+        ids.index_put_({torch::indexing::Slice(), tokens - 1}, vocab - 1);  // end
+        return ids.to(model->device());
+      },
+      [&](const torch::Tensor& ids) {
+        return model->EncodeText(ids, /*normalize=*/true);
+      });
 }
 
 // The roofline: one matrix product of the shape that dominates a ViT-B-32 batch of 32
@@ -165,25 +168,25 @@ void BM_Matmul(benchmark::State& state) {
 }
 
 // The same product through Int8Linear, each call on a new input (as in a tower, where
-// every batch brings its own scale): items/s count the fp32-equivalent operations.
+// every batch brings its own scale, which the kernel prepares for): items/s count the
+// fp32-equivalent operations.
 void BM_MatmulInt8(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   UseEveryCpu();
   const int64_t m = 32 * 50, k = 768, n = 3072;
   torch::manual_seed(0);
-  std::vector<torch::Tensor> inputs;
-  for (int i = 0; i < kInputBatches; ++i) inputs.push_back(torch::randn({m, k}));
   // The int8 engine clip_server selects, so the packing matches.
   if (!SelectInt8Engine().ok()) {
     state.SkipWithError("no int8 engine in this LibTorch");
     return;
   }
   const Int8Linear linear(torch::randn({n, k}), torch::Tensor());
-  torch::Tensor out = linear(inputs[0]);  // warm-up
-  int next = 1;
+  torch::Tensor out = linear(torch::randn({m, k}));  // warm-up
   for (auto _ : state) {
-    out = linear(inputs[next]);
-    next = (next + 1) % kInputBatches;
+    state.PauseTiming();
+    const torch::Tensor input = torch::randn({m, k});
+    state.ResumeTiming();
+    out = linear(input);
     benchmark::DoNotOptimize(out.data_ptr());
   }
   state.SetItemsProcessed(state.iterations() * 2 * m * n * k);
