@@ -42,9 +42,9 @@ TEST(TorchPickleTest, AMemoizedListGrownAfterItWasPlacedIsRefused) {
 TEST(TorchPickleTest, AContainerInsideItselfIsRefused) {
   // An empty list (memo 0) appended to itself; a dict given itself as a value.
   for (const std::string& pickle : {std::string("\x80\x02]q\x00h\x00"
-                                               "a.",
-                                               8),
-                                   std::string("\x80\x02}q\x00K\x01h\x00s.", 10)}) {
+                                                "a.",
+                                                8),
+                                    std::string("\x80\x02}q\x00K\x01h\x00s.", 10)}) {
     auto tensors = TensorsFromTorchPickle(pickle, NoStorage);
     EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(tensors.status().message(), HasSubstr("placed inside itself"));
