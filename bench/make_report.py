@@ -372,11 +372,10 @@ def main():
     add("")
     add("`bench/model_benchmark`: preprocessed inputs straight into the towers, LibTorch "
         "with one intra-op thread per core. Text rows: every text 20 or 77 tokens. "
-        "Each iteration gets new inputs, as served batches are (int8's kernels are "
-        "prepared for each new input scale). int8 rows: products under 512 rows (a "
-        "ViT-B-32 batch under 11 images, 20-token texts under 26) and RN50's whole image "
-        "tower run exactly as the bf16 rows, so their differences from the bf16 rows "
-        "there are this VM's noise.")
+        "Each iteration gets new inputs, as served batches are. int8 rows: every "
+        "transformer linear product in int8 (oneDNN's int8 matmul, the input quantized "
+        "per call), the rest in bf16; RN50's image tower has no transformer and runs "
+        "exactly as the bf16 row, so its difference from that row is this VM's noise.")
     add("")
     add("| model | tower | precision | batch 1 | batch 8 | batch 32 | batch 64 |")
     add("|---|---|---|---|---|---|---|")

@@ -73,9 +73,10 @@ ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
 
 // Runs `encode(input)` (one tower on a batch of `batch` items) on a new input from
 // `make()` each iteration, made with the timer paused: served batches are each new to
-// the kernels, and int8's kernels prepare themselves for each new input scale and keep
-// what they prepared, so repeated inputs would time only that cache. One untimed run
-// first pays for kernel selection and for memory the allocator has not handed out yet.
+// the kernels, which may keep what they prepared for an input (LibTorch's quantized
+// ops did, per input scale), so repeated inputs could time only that cache. One untimed
+// run first pays for kernel selection and compilation and for memory the allocator has
+// not handed out yet.
 template <typename Make, typename Encode>
 void TimeTower(benchmark::State& state, int preset, int64_t batch, Make make,
                Encode encode) {
@@ -168,25 +169,24 @@ void BM_Matmul(benchmark::State& state) {
 }
 
 // The same product through Int8Linear, each call on a new input (as in a tower, where
-// every batch brings its own scale, which the kernel prepares for): items/s count the
-// fp32-equivalent operations.
+// every batch brings its own scale), its quantization included, fp32 in and out:
+// items/s count the fp32-equivalent operations.
 void BM_MatmulInt8(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   UseEveryCpu();
   const int64_t m = 32 * 50, k = 768, n = 3072;
   torch::manual_seed(0);
-  // The int8 engine clip_server selects, so the packing matches.
-  if (!SelectInt8Engine().ok()) {
-    state.SkipWithError("no int8 engine in this LibTorch");
+  if (!CheckInt8Kernel().ok()) {
+    state.SkipWithError("no int8 kernel in this build");
     return;
   }
   const Int8Linear linear(torch::randn({n, k}), torch::Tensor());
-  torch::Tensor out = linear(torch::randn({m, k}));  // warm-up
+  torch::Tensor out = *linear.Apply(torch::randn({m, k}), torch::kFloat);  // warm-up
   for (auto _ : state) {
     state.PauseTiming();
     const torch::Tensor input = torch::randn({m, k});
     state.ResumeTiming();
-    out = linear(input);
+    out = *linear.Apply(input, torch::kFloat);
     benchmark::DoNotOptimize(out.data_ptr());
   }
   state.SetItemsProcessed(state.iterations() * 2 * m * n * k);

@@ -20,6 +20,8 @@ packages=(
   prometheus-cpp-dev
   # tensors; without libopenblas0-openmp Debian's LibTorch falls back to reference BLAS
   libtorch-dev libopenblas0-openmp
+  # the headers of the oneDNN LibTorch links: int8 products call its matmul directly
+  libdnnl-dev
   # images
   libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
   # tests and benchmarks

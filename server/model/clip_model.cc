@@ -16,6 +16,7 @@
 #include "server/common/status_macros.h"
 #include "server/model/cbow_text_encoder.h"
 #include "server/model/device.h"
+#include "server/model/int8_linear.h"
 #include "server/model/layers.h"
 #include "server/model/modified_resnet.h"
 #include "server/model/text_transformer.h"
@@ -75,18 +76,6 @@ absl::string_view PrecisionName(Precision precision) {
       return "int8";
   }
   return "fp32";
-}
-
-absl::Status SelectInt8Engine() {
-  const std::vector<at::QEngine>& engines = at::globalContext().supportedQEngines();
-  for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
-    if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
-      at::globalContext().setQEngine(engine);
-      return absl::OkStatus();
-    }
-  }
-  return absl::UnimplementedError(
-      "int8 needs a LibTorch built with the oneDNN or FBGEMM quantized engine");
 }
 
 absl::StatusOr<Precision> ParsePrecision(absl::string_view name) {
@@ -281,15 +270,14 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision,
     return absl::UnimplementedError(
         "int8 runs on the CPU only; use fp16 or bf16 on a GPU");
   }
-  if (int8) CLIPSERVE_RETURN_IF_ERROR(SelectInt8Engine());
+  if (int8) CLIPSERVE_RETURN_IF_ERROR(CheckInt8Kernel());
   CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(device));
   const torch::ScalarType dtype =
       int8 && int8_options.bf16 ? torch::kBFloat16 : ScalarTypeOf(precision);
   int64_t min_rows = -1;
   if (int8) {
-    min_rows = int8_options.min_rows >= 0 ? int8_options.min_rows
-               : int8_options.bf16        ? Int8Options::kBf16MinRows
-                                          : Int8Options::kFp32MinRows;
+    min_rows =
+        int8_options.min_rows >= 0 ? int8_options.min_rows : Int8Options::kDefaultMinRows;
   }
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {

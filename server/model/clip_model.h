@@ -18,38 +18,29 @@ namespace clipserve {
 
 // The precision a model computes in. Outputs are always fp32. kInt8 (CPU only): the
 // linear layers of every transformer block multiply int8 weights (one scale per
-// output row) by int8-quantized inputs (one scale per call) once a product is large
-// enough to pay for it; everything else runs in fp32 or bf16 (Int8Options).
+// output row) by int8-quantized inputs (one scale per call, Int8Linear); everything
+// else runs in fp32 or bf16 (Int8Options).
 enum class Precision { kFloat32, kBFloat16, kFloat16, kInt8 };
 
 // How Precision::kInt8 runs.
 struct Int8Options {
-  // Where the int8 kernel starts to beat the other dtype on a product of CLIP's
-  // widths (768 x 3072), measured on a 2-core EPYC (Zen 4), each call on a new input as
-  // in serving: about 400 rows beside bf16, 80 beside fp32. Each new input scale costs
-  // it 0.4 to 1.3 ms (oneDNN prepares its quantization and product for that scale):
-  // at 50 rows 0.90 ms against bf16's 0.63, at 200 rows 2.4 against 1.6, at 1600 rows
-  // 8.1 against 13.2. An input seen before runs without that cost, so a benchmark that
-  // repeats its inputs shows int8 ahead from 20 rows: it is not.
-  static constexpr int64_t kBf16MinRows = 512;
-  static constexpr int64_t kFp32MinRows = 128;
+  // Every product from one row: int8 (its quantization included) beats bf16 at every
+  // size of CLIP's, measured on a 2-core EPYC (Zen 4) with each call on a new input, as
+  // in serving: a ViT-B-32 image alone (50 rows) 13.5 ms against 26.4, a 20-token
+  // caption alone 4.8 ms against 9.0 (bench/model_benchmark). fp32 is slower still.
+  static constexpr int64_t kDefaultMinRows = 1;
 
   // Everything but the int8 products in bf16 (for CPUs with AVX512-BF16 or AMX);
   // otherwise fp32.
   bool bf16 = false;
   // The fewest input rows (batch x tokens) a linear layer takes the int8 kernel for;
-  // smaller products run in the dtype above. Negative: the default for that dtype.
+  // smaller products run in the dtype above. Negative: kDefaultMinRows.
   int64_t min_rows = -1;
 };
 
 absl::string_view PrecisionName(Precision precision);  // "fp32", "bf16", "fp16", "int8"
 // Parses "fp32", "bf16", "fp16", "int8". INVALID_ARGUMENT otherwise.
 absl::StatusOr<Precision> ParsePrecision(absl::string_view name);
-
-// Selects LibTorch's quantized engine for int8 products (ClipModel::To does): oneDNN
-// (VNNI or AMX kernels where the CPU has them), else FBGEMM. The choice is
-// process-wide. UNIMPLEMENTED when LibTorch has neither.
-absl::Status SelectInt8Engine();
 
 // Tensors by checkpoint key ("visual.conv1.weight", "token_embedding.weight", ...).
 using TensorMap = std::map<std::string, torch::Tensor>;

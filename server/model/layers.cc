@@ -20,51 +20,18 @@ torch::Tensor LayerNormImpl::Float(const torch::Tensor& x) {
                            bias.to(torch::kFloat), eps_);
 }
 
-namespace {
-
-c10::OperatorHandle QuantizedOp(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-}
-
-}  // namespace
-
-Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias) {
-  // Symmetric per-row scales: the largest magnitude of each row maps to 127. An
-  // all-zero row gets scale 1 (any scale represents it exactly).
-  const torch::Tensor w = weight.to(torch::kFloat).contiguous();
-  const torch::Tensor max_abs = w.abs().amax(1);
-  const torch::Tensor scales =
-      torch::where(max_abs > 0, max_abs / 127.0, torch::ones_like(max_abs))
-          .to(torch::kDouble);
-  const torch::Tensor q = torch::quantize_per_channel(
-      w, scales, torch::zeros({weight.size(0)}, torch::kLong), 0, torch::kQInt8);
-  static const c10::OperatorHandle prepack = QuantizedOp("quantized::linear_prepack");
-  std::vector<c10::IValue> stack{
-      q, bias.defined() ? c10::IValue(bias.to(torch::kFloat)) : c10::IValue()};
-  prepack.callBoxed(&stack);
-  packed_ = std::move(stack.at(0));
-}
-
-torch::Tensor Int8Linear::operator()(const torch::Tensor& x) const {
-  return Float(x).to(x.scalar_type());
-}
-
-torch::Tensor Int8Linear::Float(const torch::Tensor& x) const {
-  static const c10::OperatorHandle linear = QuantizedOp("quantized::linear_dynamic");
-  std::vector<c10::IValue> stack{x.to(torch::kFloat).contiguous(), packed_,
-                                 /*reduce_range=*/false};
-  linear.callBoxed(&stack);
-  return stack.at(0).toTensor();
-}
-
 bool Int8Projection::Takes(const torch::Tensor& x) const {
   return x.numel() / x.size(-1) >= min_rows;
 }
 
 torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
                       const torch::Tensor& weight, const torch::Tensor& bias) {
-  if (int8.has_value() && int8->Takes(x)) return int8->linear(x);
-  return torch::linear(x, weight, bias);
+  if (int8.has_value() && int8->Takes(x)) {
+    if (std::optional<torch::Tensor> y = int8->linear.Apply(x, weight.scalar_type())) {
+      return *y;
+    }
+  }
+  return torch::linear(x.to(weight.scalar_type()), weight, bias);
 }
 
 SelfAttentionImpl::SelfAttentionImpl(int64_t width, int64_t heads)
@@ -81,22 +48,27 @@ bool SelfAttentionImpl::TakesInt8(const torch::Tensor& x) const {
 torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
                                          const torch::Tensor& mask) {
   if (TakesInt8(x)) {
-    // [N, L, 3, H, hd] -> [3, N, H, L, hd]
-    const torch::Tensor qkv = ProjectInt8(x).permute({2, 0, 3, 1, 4});
-    return Attend(qkv[0], qkv[1], qkv[2], mask, /*q_scaled=*/true);
+    if (std::optional<torch::Tensor> projected = ProjectInt8(x)) {
+      // [N, L, 3, H, hd] -> [3, N, H, L, hd]
+      const torch::Tensor qkv = projected->permute({2, 0, 3, 1, 4});
+      return Attend(qkv[0], qkv[1], qkv[2], mask, /*q_scaled=*/true);
+    }
   }
   const int64_t head_dim = width_ / heads_;
   // [N, L, 3, H, hd] -> [3, N, H, L, hd]
-  torch::Tensor qkv = torch::linear(x, in_proj_weight, in_proj_bias)
-                          .view({x.size(0), x.size(1), 3, heads_, head_dim})
-                          .permute({2, 0, 3, 1, 4});
+  torch::Tensor qkv =
+      torch::linear(x.to(in_proj_weight.scalar_type()), in_proj_weight, in_proj_bias)
+          .view({x.size(0), x.size(1), 3, heads_, head_dim})
+          .permute({2, 0, 3, 1, 4});
   return Attend(qkv[0], qkv[1], qkv[2], mask, /*q_scaled=*/false);
 }
 
-torch::Tensor SelfAttentionImpl::ProjectInt8(const torch::Tensor& x) const {
-  return int8_qkv_->linear.Float(x)
-      .to(in_proj_weight.scalar_type())
-      .view({x.size(0), x.size(1), 3, heads_, width_ / heads_});
+std::optional<torch::Tensor> SelfAttentionImpl::ProjectInt8(
+    const torch::Tensor& x) const {
+  std::optional<torch::Tensor> qkv =
+      int8_qkv_->linear.Apply(x, in_proj_weight.scalar_type());
+  if (!qkv.has_value()) return std::nullopt;
+  return qkv->view({x.size(0), x.size(1), 3, heads_, width_ / heads_});
 }
 
 void SelfAttentionImpl::SetInt8(int64_t min_rows) {
@@ -130,22 +102,24 @@ torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
   if (TakesInt8(x)) {
     // Every position's query too: one int8 product costs less than two, and the
     // queries are a third of it in one layer.
-    const torch::Tensor qkv = ProjectInt8(x);
-    // [N, 3, H, hd] -> the queries [N, H, 1, hd]
-    const torch::Tensor q = qkv.index({rows, positions}).select(1, 0).unsqueeze(2);
-    // [N, L, 2, H, hd] -> [2, N, H, L, hd]
-    const torch::Tensor kv = qkv.narrow(2, 1, 2).permute({2, 0, 3, 1, 4});
-    return Attend(q, kv[0], kv[1], row_mask, /*q_scaled=*/true);
+    if (std::optional<torch::Tensor> qkv = ProjectInt8(x)) {
+      // [N, 3, H, hd] -> the queries [N, H, 1, hd]
+      const torch::Tensor q = qkv->index({rows, positions}).select(1, 0).unsqueeze(2);
+      // [N, L, 2, H, hd] -> [2, N, H, L, hd]
+      const torch::Tensor kv = qkv->narrow(2, 1, 2).permute({2, 0, 3, 1, 4});
+      return Attend(q, kv[0], kv[1], row_mask, /*q_scaled=*/true);
+    }
   }
+  const torch::Tensor xw = x.to(in_proj_weight.scalar_type());
   // Keys and values: rows [w, 3w) of the packed projection. [N, L, 2, H, hd] ->
   // [2, N, H, L, hd]
-  const torch::Tensor kv = torch::linear(x, in_proj_weight.narrow(0, width_, 2 * width_),
+  const torch::Tensor kv = torch::linear(xw, in_proj_weight.narrow(0, width_, 2 * width_),
                                          in_proj_bias.narrow(0, width_, 2 * width_))
                                .view({n, l, 2, heads_, head_dim})
                                .permute({2, 0, 3, 1, 4});
   // The query of each sequence's one position: [N, H, 1, hd].
   const torch::Tensor q =
-      torch::linear(x.index({rows, positions}), in_proj_weight.narrow(0, 0, width_),
+      torch::linear(xw.index({rows, positions}), in_proj_weight.narrow(0, 0, width_),
                     in_proj_bias.narrow(0, 0, width_))
           .view({n, heads_, 1, head_dim});
   return Attend(q, kv[0], kv[1], row_mask, /*q_scaled=*/false);
@@ -182,18 +156,13 @@ constexpr double kQuickGeluSlope = 1.702;
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   if (TakesInt8(x)) {
-    // Both products in int8 and the activation between them in place, in their fp32:
-    // no conversions. c_fc's packing comes multiplied by the QuickGELU slope s and
-    // c_proj's divided by it, so that silu(s h) / s = QuickGELU(h) takes one pass.
-    torch::Tensor h = int8_fc_->linear.Float(x);
-    if (quick_gelu_) {
-      torch::silu_(h);
-    } else {
-      torch::gelu_(h);
+    // Both products in int8, the activation fused into c_fc's: no pass of its own.
+    const torch::ScalarType dtype = c_fc->weight.scalar_type();
+    if (std::optional<torch::Tensor> h = int8_fc_->linear.Apply(x, dtype)) {
+      if (std::optional<torch::Tensor> y = int8_proj_->linear.Apply(*h, dtype)) return *y;
     }
-    return int8_proj_->linear.Float(h).to(c_fc->weight.scalar_type());
   }
-  torch::Tensor h = c_fc(x);
+  torch::Tensor h = c_fc(x.to(c_fc->weight.scalar_type()));
   h = quick_gelu_ ? h * torch::sigmoid(kQuickGeluSlope * h) : torch::gelu(h);
   return c_proj(h);
 }
@@ -207,12 +176,11 @@ void MlpImpl::SetInt8(int64_t min_rows) {
   int8_fc_.reset();
   int8_proj_.reset();
   if (min_rows < 0) return;
-  const double slope = quick_gelu_ ? kQuickGeluSlope : 1.0;
-  int8_fc_.emplace(Int8Projection{Int8Linear(c_fc->weight.to(torch::kFloat) * slope,
-                                             c_fc->bias.to(torch::kFloat) * slope),
-                                  min_rows});
-  int8_proj_.emplace(Int8Projection{
-      Int8Linear(c_proj->weight.to(torch::kFloat) / slope, c_proj->bias), min_rows});
+  int8_fc_.emplace(Int8Projection{
+      Int8Linear(c_fc->weight, c_fc->bias,
+                 quick_gelu_ ? Int8Activation::kQuickGelu : Int8Activation::kGelu),
+      min_rows});
+  int8_proj_.emplace(Int8Projection{Int8Linear(c_proj->weight, c_proj->bias), min_rows});
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,

@@ -5,6 +5,8 @@
 
 #include <optional>
 
+#include "server/model/int8_linear.h"
+
 // Building blocks shared by CLIP's towers. Submodule and parameter names equal the
 // OpenAI/open_clip checkpoint keys, so loading is a strict name-and-shape match.
 // Tensors are batch-first: [batch, sequence, width].
@@ -29,31 +31,11 @@ class LayerNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LayerNorm);
 
-// A linear layer's weight quantized to int8, one scale per output row (symmetric), and
-// packed once for LibTorch's dynamic int8 kernel on the current quantized engine. Each
-// call quantizes its input to uint8 with one scale for the whole tensor, multiplies in
-// int8 with int32 sums, and adds the bias in fp32. Immutable once built: calls may run
-// concurrently.
-class Int8Linear {
- public:
-  // weight [out, in] and bias [out] (or undefined), on the CPU in any float dtype.
-  Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias);
-  // x: [..., in] on the CPU -> [..., out] in x's dtype.
-  torch::Tensor operator()(const torch::Tensor& x) const;
-  // The same in fp32, the kernel's own input and output dtype: x is converted only if
-  // it is not fp32, the result not at all.
-  torch::Tensor Float(const torch::Tensor& x) const;
-
- private:
-  c10::IValue packed_;
-};
-
 // The int8 choice of a linear layer: its packed weight, and the fewest rows of input
 // (the product of all but the last dimension) it is used for; smaller products run as
-// before, on the layer's own weights. Each call pays for its input's new scale
-// (oneDNN prepares kernels for it, 0.4 to 1.3 ms on a 2-core EPYC) and a pass to
-// quantize the input, so small products are faster unquantized (Int8Options has the
-// measured thresholds).
+// before, on the layer's own weights. Each call pays for a pass to find its input's
+// range and one to quantize it, so small products are faster unquantized
+// (Int8Options has the measured thresholds).
 struct Int8Projection {
   Int8Linear linear;
   int64_t min_rows;
@@ -62,7 +44,8 @@ struct Int8Projection {
   bool Takes(const torch::Tensor& x) const;
 };
 
-// x W^T + b, through `int8` when it is set and x has at least its min_rows rows.
+// x W^T + b in the weight's dtype, through `int8` when it is set and x has at least
+// its min_rows rows (and only finite values).
 torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
                       const torch::Tensor& weight, const torch::Tensor& bias);
 
@@ -99,8 +82,8 @@ class SelfAttentionImpl : public torch::nn::Module {
   torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k,
                        const torch::Tensor& v, const torch::Tensor& mask, bool q_scaled);
   // x's int8 projection, the queries divided by sqrt(hd), in the weights' dtype:
-  // [N, L, 3, H, hd].
-  torch::Tensor ProjectInt8(const torch::Tensor& x) const;
+  // [N, L, 3, H, hd]. nullopt where x is not finite (Int8Linear::Apply).
+  std::optional<torch::Tensor> ProjectInt8(const torch::Tensor& x) const;
 
   int64_t width_;
   int64_t heads_;
@@ -119,8 +102,8 @@ class MlpImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
   // As SelfAttention::SetInt8, for c_fc and c_proj.
   void SetInt8(int64_t min_rows);
-  // Whether forward(x) runs in int8 (both products, with the activation between them
-  // in fp32).
+  // Whether forward(x) runs in int8 (both products, the activation fused into the
+  // first).
   bool TakesInt8(const torch::Tensor& x) const;
 
   torch::nn::Linear c_fc{nullptr};

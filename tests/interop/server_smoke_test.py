@@ -347,9 +347,9 @@ class Int8Test(unittest.TestCase):
             results[precision] = [np.array([e.values for e in r.embeddings])
                                   for r in (image, text)]
             if precision == "int8":
-                # Alone, an item's products are under 512 rows and run unquantized, in
-                # its batch they ran in int8 (docs/API.md): it moves by int8's rounding,
-                # no more.
+                # Alone, an item's products are quantized with scales of their own,
+                # in its batch with the batch's (docs/API.md): it moves by int8's
+                # rounding, no more.
                 alone = [np.array([stub.EmbedImage(pb.EmbedImageRequest(images=[i]),
                                                    timeout=60).embeddings[0].values
                                    for i in images[:3]]),

@@ -1,0 +1,443 @@
+#include "server/model/int8_linear.h"
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "absl/strings/str_cat.h"
+
+#if CLIPSERVE_WITH_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#endif
+
+namespace clipserve {
+
+namespace {
+
+// QuickGELU(h) = h * sigmoid(1.702 h): oneDNN's swish with alpha 1.702.
+constexpr float kQuickGeluSlope = 1.702f;
+
+// The weight rounded to int8 with one symmetric scale per row: the largest magnitude
+// of each row maps to 127. An all-zero row gets scale 1 (any scale represents it).
+struct RowQuantized {
+  torch::Tensor values;  // int8 [out, in]
+  torch::Tensor scales;  // fp32 [out]
+};
+
+RowQuantized QuantizeRows(const torch::Tensor& weight) {
+  const torch::Tensor w = weight.to(torch::kFloat).contiguous();
+  const torch::Tensor max_abs = w.abs().amax(1);
+  const torch::Tensor scales =
+      torch::where(max_abs > 0, max_abs / 127.0, torch::ones_like(max_abs));
+  return {
+      (w / scales.unsqueeze(1)).round().clamp(-127, 127).to(torch::kChar).contiguous(),
+      scales.contiguous()};
+}
+
+// One affine scale for a whole input: [lo, hi] (widened to hold 0) onto [0, 255].
+struct InputScale {
+  float scale;
+  int32_t zero_point;
+};
+
+// nullopt when x holds a value that is not finite.
+std::optional<InputScale> ChooseInputScale(const torch::Tensor& x) {
+  const auto [lo_t, hi_t] = torch::aminmax(x);
+  const double lo = std::min(lo_t.item<double>(), 0.0);
+  const double hi = std::max(hi_t.item<double>(), 0.0);
+  if (!std::isfinite(lo) || !std::isfinite(hi)) return std::nullopt;
+  const float scale = static_cast<float>((hi - lo) / 255.0);
+  // All zeros, or a range so small its scale is not a normal float: every value
+  // rounds to 0 at scale 1.
+  if (!(scale >= std::numeric_limits<float>::min())) return InputScale{1.0f, 0};
+  return InputScale{
+      scale, static_cast<int32_t>(std::clamp(std::nearbyint(-lo / scale), 0.0, 255.0))};
+}
+
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(c10::BFloat16 v) { return static_cast<float>(v); }
+
+// q = clamp(nearbyint(x / scale) + zero_point, 0, 255): the rounding the reference
+// describes (half to even), with the zero point added after it.
+template <typename T>
+void QuantizeSpanScalar(const T* x, uint8_t* q, int64_t n, float scale,
+                        int32_t zero_point) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t r =
+        static_cast<int32_t>(std::nearbyint(ToFloat(x[i]) / scale)) + zero_point;
+    q[i] = static_cast<uint8_t>(std::clamp(r, 0, 255));
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CLIPSERVE_QUANTIZE_AVX512 1
+// GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then
+// reports as maybe uninitialized (GCC bug 105593): not a fault of this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+// The same, 16 at a time: vcvtps2dq rounds half to even in the default rounding mode,
+// as nearbyint does.
+__attribute__((target("avx512f"))) inline void QuantizeBlockAvx512(__m512 v, uint8_t* q,
+                                                                   __m512 scale,
+                                                                   __m512i zero_point) {
+  __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v, scale)), zero_point);
+  r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_setzero_si512()),
+                       _mm512_set1_epi32(255));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(r));
+}
+
+__attribute__((target("avx512f"))) void QuantizeSpanAvx512(const float* x, uint8_t* q,
+                                                           int64_t n, float scale,
+                                                           int32_t zero_point) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  const __m512i vzero = _mm512_set1_epi32(zero_point);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    QuantizeBlockAvx512(_mm512_loadu_ps(x + i), q + i, vscale, vzero);
+  }
+  QuantizeSpanScalar(x + i, q + i, n - i, scale, zero_point);
+}
+
+__attribute__((target("avx512f"))) void QuantizeSpanAvx512(const c10::BFloat16* x,
+                                                           uint8_t* q, int64_t n,
+                                                           float scale,
+                                                           int32_t zero_point) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  const __m512i vzero = _mm512_set1_epi32(zero_point);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    // bf16 is the top half of an fp32.
+    const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                               reinterpret_cast<const __m256i*>(x + i))),
+                                           16);
+    QuantizeBlockAvx512(_mm512_castsi512_ps(wide), q + i, vscale, vzero);
+  }
+  QuantizeSpanScalar(x + i, q + i, n - i, scale, zero_point);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+template <typename T>
+void QuantizeSpan(const T* x, uint8_t* q, int64_t n, float scale, int32_t zero_point) {
+#if CLIPSERVE_QUANTIZE_AVX512
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return QuantizeSpanAvx512(x, q, n, scale, zero_point);
+#endif
+  QuantizeSpanScalar(x, q, n, scale, zero_point);
+}
+
+// x (contiguous fp32 or bf16) quantized to uint8 at `s`, in parallel.
+torch::Tensor QuantizeInput(const torch::Tensor& x, const InputScale& s) {
+  torch::Tensor q = torch::empty(x.sizes(), x.options().dtype(torch::kByte));
+  uint8_t* out = q.data_ptr<uint8_t>();
+  const int32_t zero_point = s.zero_point;
+  constexpr int64_t kGrain = 1 << 15;
+  if (x.scalar_type() == torch::kBFloat16) {
+    const c10::BFloat16* in = x.data_ptr<c10::BFloat16>();
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      QuantizeSpan(in + begin, out + begin, end - begin, s.scale, zero_point);
+    });
+  } else {
+    const float* in = x.data_ptr<float>();
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      QuantizeSpan(in + begin, out + begin, end - begin, s.scale, zero_point);
+    });
+  }
+  return q;
+}
+
+// x as a contiguous [rows, in] matrix the quantizer reads: fp32 and bf16 as they are.
+torch::Tensor AsRows(const torch::Tensor& x) {
+  const torch::Tensor rows = x.reshape({-1, x.size(-1)});
+  return rows.scalar_type() == torch::kBFloat16 ? rows.contiguous()
+                                                : rows.to(torch::kFloat).contiguous();
+}
+
+std::vector<int64_t> OutputShape(const torch::Tensor& x, int64_t out) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  return shape;
+}
+
+}  // namespace
+
+#if CLIPSERVE_WITH_DNNL
+
+namespace {
+
+using dnnl_dt = dnnl::memory::data_type;
+using dnnl_tag = dnnl::memory::format_tag;
+
+const dnnl::engine& CpuEngine() {
+  static const dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+// A product's compiled kernel: one per input row count, width, output dtype and
+// activation, shared by every layer of that shape (the scales, the bias and the
+// weights are arguments).
+struct Product {
+  dnnl::matmul primitive;
+  size_t scratchpad_bytes;
+};
+
+using ProductKey = std::tuple<int64_t, int64_t, int64_t, int, int>;
+
+dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t out,
+                                             bool bf16, Int8Activation activation,
+                                             const dnnl::memory::desc& weights) {
+  const dnnl::memory::desc src({rows, in}, dnnl_dt::u8, dnnl_tag::ab);
+  const dnnl::memory::desc dst({rows, out}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32,
+                               dnnl_tag::ab);
+  const dnnl::memory::desc per_column({1, out}, dnnl_dt::f32, dnnl_tag::ab);
+  // acc * (input scale x row scale) + (bias - zero point x weight row sum x that
+  // scale), then the activation.
+  dnnl::post_ops ops;
+  ops.append_binary(dnnl::algorithm::binary_mul, per_column);
+  ops.append_binary(dnnl::algorithm::binary_add, per_column);
+  if (activation == Int8Activation::kQuickGelu) {
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, kQuickGeluSlope, 0.0f);
+  } else if (activation == Int8Activation::kGelu) {
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  }
+  dnnl::primitive_attr attr;
+  // Each call brings its own scratchpad: concurrent calls share no buffer.
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  attr.set_post_ops(ops);
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), attr,
+                                      CpuEngine());
+}
+
+// Compiled products by shape. Bounded: a row count is a batch's items times its
+// tokens, so hostile traffic could ask for many; past kCapacity the cache starts over
+// (calls in flight keep theirs).
+class ProductCache {
+ public:
+  static ProductCache& Global() {
+    static ProductCache* cache = new ProductCache;
+    return *cache;
+  }
+
+  std::shared_ptr<const Product> Get(int64_t rows, int64_t in, int64_t out, bool bf16,
+                                     Int8Activation activation,
+                                     const dnnl::memory::desc& weights) {
+    const ProductKey key{rows, in, out, bf16, static_cast<int>(activation)};
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = products_.find(key);
+      if (it != products_.end()) return it->second;
+    }
+    // Compiled outside the lock (about a millisecond): other shapes need not wait.
+    const dnnl::matmul::primitive_desc pd =
+        DescribeProduct(rows, in, out, bf16, activation, weights);
+    auto product = std::make_shared<const Product>(
+        Product{dnnl::matmul(pd), pd.scratchpad_desc().get_size()});
+    absl::MutexLock lock(&mu_);
+    if (products_.size() >= kCapacity) products_.clear();
+    return products_.emplace(key, std::move(product)).first->second;
+  }
+
+ private:
+  static constexpr size_t kCapacity = 4096;
+  absl::Mutex mu_;
+  absl::flat_hash_map<ProductKey, std::shared_ptr<const Product>> products_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+struct Int8Linear::Impl {
+  int64_t in = 0;
+  int64_t out = 0;
+  Int8Activation activation = Int8Activation::kNone;
+  dnnl::memory::desc weights_desc;
+  dnnl::memory weights;      // int8, oneDNN's blocked layout
+  torch::Tensor row_scales;  // fp32 [out]
+  torch::Tensor row_sums;    // fp32 [out]: each row's integers summed
+  torch::Tensor bias;        // fp32 [out]
+};
+
+Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
+                       Int8Activation activation) {
+  auto impl = std::make_unique<Impl>();
+  impl->out = weight.size(0);
+  impl->in = weight.size(1);
+  impl->activation = activation;
+  const RowQuantized q = QuantizeRows(weight);
+  impl->row_scales = q.scales;
+  impl->row_sums = q.values.sum(1, /*keepdim=*/false, torch::kLong).to(torch::kFloat);
+  impl->bias = bias.defined() ? bias.to(torch::kFloat).contiguous()
+                              : torch::zeros({impl->out}, torch::kFloat);
+  // The layout the kernel picks for a large product; every row count takes the same
+  // (oneDNN's blocking of the weights depends on their shape alone).
+  const dnnl::memory::desc any({impl->in, impl->out}, dnnl_dt::s8, dnnl_tag::any);
+  impl->weights_desc =
+      DescribeProduct(1024, impl->in, impl->out, false, activation, any).weights_desc();
+  impl->weights = dnnl::memory(impl->weights_desc, CpuEngine());
+  // values is [out, in] row-major: the [in, out] matrix in column-major order.
+  dnnl::memory plain({{impl->in, impl->out}, dnnl_dt::s8, dnnl_tag::ba}, CpuEngine(),
+                     q.values.data_ptr<int8_t>());
+  dnnl::stream stream(CpuEngine());
+  dnnl::reorder(plain, impl->weights).execute(stream, plain, impl->weights);
+  stream.wait();
+  impl_ = std::move(impl);
+}
+
+std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
+                                               c10::ScalarType dtype) const {
+  TORCH_CHECK(x.size(-1) == impl_->in, "Int8Linear: input width ", x.size(-1),
+              ", weight width ", impl_->in);
+  TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16,
+              "Int8Linear outputs fp32 or bf16");
+  const torch::Tensor rows = AsRows(x);
+  const std::optional<InputScale> s = ChooseInputScale(rows);
+  if (!s.has_value()) return std::nullopt;
+  const torch::Tensor q = QuantizeInput(rows, *s);
+  const int64_t m = rows.size(0);
+  const bool bf16 = dtype == torch::kBFloat16;
+  const std::shared_ptr<const Product> product = ProductCache::Global().Get(
+      m, impl_->in, impl_->out, bf16, impl_->activation, impl_->weights_desc);
+  // Per call: each column's scale, and its bias less the zero point's share.
+  const torch::Tensor scales = (impl_->row_scales * s->scale).contiguous();
+  const torch::Tensor shifts =
+      (impl_->bias - impl_->row_sums * scales * static_cast<float>(s->zero_point))
+          .contiguous();
+  torch::Tensor y = torch::empty({m, impl_->out}, x.options().dtype(dtype));
+  torch::Tensor scratchpad = torch::empty(
+      {static_cast<int64_t>(product->scratchpad_bytes)}, x.options().dtype(torch::kByte));
+  const dnnl::engine& engine = CpuEngine();
+  const dnnl::memory::desc per_column({1, impl_->out}, dnnl_dt::f32, dnnl_tag::ab);
+  dnnl::stream stream(engine);
+  product->primitive.execute(
+      stream,
+      {{DNNL_ARG_SRC, dnnl::memory({{m, impl_->in}, dnnl_dt::u8, dnnl_tag::ab}, engine,
+                                   q.data_ptr<uint8_t>())},
+       {DNNL_ARG_WEIGHTS, impl_->weights},
+       {DNNL_ARG_DST,
+        dnnl::memory({{m, impl_->out}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab},
+                     engine, y.data_ptr())},
+       {DNNL_ARG_SCRATCHPAD,
+        dnnl::memory(
+            {{static_cast<int64_t>(product->scratchpad_bytes)}, dnnl_dt::u8, dnnl_tag::a},
+            engine, scratchpad.data_ptr())},
+       {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+        dnnl::memory(per_column, engine, scales.data_ptr<float>())},
+       {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
+        dnnl::memory(per_column, engine, shifts.data_ptr<float>())}});
+  stream.wait();
+  return y.view(OutputShape(x, impl_->out));
+}
+
+absl::Status CheckInt8Kernel() {
+  try {
+    const dnnl::memory::desc any({256, 256}, dnnl_dt::s8, dnnl_tag::any);
+    const dnnl::matmul::primitive_desc pd =
+        DescribeProduct(256, 256, 256, false, Int8Activation::kQuickGelu, any);
+    const std::string impl = pd.impl_info_str();
+    if (impl.rfind("ref", 0) == 0) {
+      return absl::UnimplementedError(absl::StrCat(
+          "oneDNN has only its reference int8 matmul on this CPU (", impl, ")"));
+    }
+  } catch (const dnnl::error& e) {
+    return absl::UnimplementedError(absl::StrCat("oneDNN int8 matmul: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+#else  // !CLIPSERVE_WITH_DNNL
+
+namespace {
+
+c10::OperatorHandle QuantizedOp(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+}  // namespace
+
+struct Int8Linear::Impl {
+  int64_t in = 0;
+  int64_t out = 0;
+  Int8Activation activation = Int8Activation::kNone;
+  c10::IValue packed;
+};
+
+Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
+                       Int8Activation activation) {
+  auto impl = std::make_unique<Impl>();
+  impl->out = weight.size(0);
+  impl->in = weight.size(1);
+  impl->activation = activation;
+  const RowQuantized rq = QuantizeRows(weight);
+  const torch::Tensor q = torch::_make_per_channel_quantized_tensor(
+      rq.values, rq.scales.to(torch::kDouble), torch::zeros({impl->out}, torch::kLong),
+      0);
+  static const c10::OperatorHandle prepack = QuantizedOp("quantized::linear_prepack");
+  std::vector<c10::IValue> stack{
+      q, bias.defined() ? c10::IValue(bias.to(torch::kFloat)) : c10::IValue()};
+  prepack.callBoxed(&stack);
+  impl->packed = std::move(stack.at(0));
+  impl_ = std::move(impl);
+}
+
+std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
+                                               c10::ScalarType dtype) const {
+  TORCH_CHECK(x.size(-1) == impl_->in, "Int8Linear: input width ", x.size(-1),
+              ", weight width ", impl_->in);
+  const torch::Tensor rows = x.reshape({-1, x.size(-1)}).to(torch::kFloat).contiguous();
+  if (!ChooseInputScale(rows).has_value()) return std::nullopt;
+  static const c10::OperatorHandle linear = QuantizedOp("quantized::linear_dynamic");
+  std::vector<c10::IValue> stack{rows, impl_->packed, /*reduce_range=*/false};
+  linear.callBoxed(&stack);
+  torch::Tensor y = stack.at(0).toTensor();
+  if (impl_->activation == Int8Activation::kQuickGelu) {
+    y = y * torch::sigmoid(kQuickGeluSlope * y);
+  } else if (impl_->activation == Int8Activation::kGelu) {
+    torch::gelu_(y);
+  }
+  return y.to(dtype).view(OutputShape(x, impl_->out));
+}
+
+absl::Status CheckInt8Kernel() {
+  const std::vector<at::QEngine>& engines = at::globalContext().supportedQEngines();
+  for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
+    if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
+      at::globalContext().setQEngine(engine);
+      return absl::OkStatus();
+    }
+  }
+  return absl::UnimplementedError(
+      "int8 needs oneDNN's headers at build time, or a LibTorch built with the oneDNN "
+      "or FBGEMM quantized engine");
+}
+
+#endif  // CLIPSERVE_WITH_DNNL
+
+Int8Linear::~Int8Linear() = default;
+Int8Linear::Int8Linear(Int8Linear&&) noexcept = default;
+Int8Linear& Int8Linear::operator=(Int8Linear&&) noexcept = default;
+
+int64_t Int8Linear::in_features() const { return impl_->in; }
+int64_t Int8Linear::out_features() const { return impl_->out; }
+
+}  // namespace clipserve
