@@ -74,6 +74,22 @@ void SetInt8(Transformer& transformer, int64_t min_rows) {
   }
 }
 
+// Attend runs bf16 scores through LibTorch's bf16 softmax because it sums and divides
+// in fp32 and rounds only its output: the fp32 softmax rounded to bf16, but for one
+// ulp on a few weights. A LibTorch that summed in bf16 would miss by far more.
+TEST(AttentionTest, Bf16SoftmaxIsTheFp32SoftmaxRounded) {
+  torch::manual_seed(33);
+  const torch::InferenceMode inference;
+  const torch::Tensor scores =
+      (torch::randn({8, 12, 77, 77}) * 4 + CausalMask(77)).to(torch::kBFloat16);
+  const torch::Tensor got = torch::softmax(scores, -1).to(torch::kFloat);
+  const torch::Tensor want =
+      torch::softmax(scores, -1, torch::kFloat).to(torch::kBFloat16).to(torch::kFloat);
+  // bf16 has 8 significant bits: one ulp is at most 2^-7 of the value.
+  EXPECT_TRUE((got - want).abs().le(want.abs() * std::ldexp(1.0, -7)).all().item<bool>());
+  EXPECT_LT(got.ne(want).to(torch::kFloat).mean().item<float>(), 1e-4);
+}
+
 TEST(Int8LayersTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
   if (!CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
     GTEST_SKIP() << "no int8 dot products on this CPU";
