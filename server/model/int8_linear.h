@@ -38,8 +38,9 @@ class Int8Linear {
   Int8Linear& operator=(Int8Linear&&) noexcept;
 
   // x: [..., in], fp32 or bf16, on the CPU -> activation(x W^T + b): [..., out] in
-  // `dtype` (fp32 or bf16). nullopt when x holds a value that is not finite: no scale
-  // represents it, and the caller runs the layer unquantized instead.
+  // `dtype` (fp32 or bf16). nullopt when x holds a value that is not finite (no scale
+  // represents it), or spans so small a range that the bias overflows in units of its
+  // scale: the caller then runs the layer unquantized.
   std::optional<at::Tensor> Apply(const at::Tensor& x, c10::ScalarType dtype) const;
 
   int64_t in_features() const;

@@ -123,8 +123,9 @@ TEST_F(Int8LinearTest, ReadsAndWritesFp32OrBf16) {
       0.999);
 }
 
-// No scale represents an infinity or a NaN: the caller is told, not given garbage. All
-// zeros is representable: the bias, through the activation.
+// No scale represents an infinity or a NaN, nor a bias in units of a vanishing one: the
+// caller is told, not given garbage. All zeros is representable: the bias, through the
+// activation.
 TEST_F(Int8LinearTest, RefusesInputsThatAreNotFiniteAndTakesZeros) {
   const torch::InferenceMode inference;
   torch::manual_seed(32);
@@ -137,6 +138,9 @@ TEST_F(Int8LinearTest, RefusesInputsThatAreNotFiniteAndTakesZeros) {
     x[2][7] = bad;
     EXPECT_FALSE(linear.Apply(x, torch::kFloat).has_value()) << bad;
   }
+  // A range of 1e-36: its scale (times the rows' ~0.02) is so small that the bias in
+  // units of it overflows.
+  EXPECT_FALSE(linear.Apply(torch::randn({3, 16}) * 1e-36, torch::kFloat).has_value());
   const std::optional<torch::Tensor> zeros =
       linear.Apply(torch::zeros({3, 16}), torch::kFloat);
   ASSERT_TRUE(zeros.has_value());
