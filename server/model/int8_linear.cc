@@ -267,9 +267,6 @@ class ProductCache {
 }  // namespace
 
 struct Int8Linear::Impl {
-  int64_t in = 0;
-  int64_t out = 0;
-  Int8Activation activation = Int8Activation::kNone;
   dnnl::memory::desc weights_desc;
   dnnl::memory weights;      // int8, oneDNN's blocked layout
   torch::Tensor row_scales;  // fp32 [out]
@@ -277,38 +274,34 @@ struct Int8Linear::Impl {
   torch::Tensor bias;        // fp32 [out]
 };
 
-Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
-                       Int8Activation activation) {
+std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(const torch::Tensor& weight,
+                                                             const torch::Tensor& bias,
+                                                             Int8Activation activation) {
+  const int64_t out = weight.size(0);
+  const int64_t in = weight.size(1);
   auto impl = std::make_unique<Impl>();
-  impl->out = weight.size(0);
-  impl->in = weight.size(1);
-  impl->activation = activation;
   const RowQuantized q = QuantizeRows(weight);
   impl->row_scales = q.scales;
   impl->row_sums = q.values.sum(1, /*keepdim=*/false, torch::kLong).to(torch::kFloat);
   impl->bias = bias.defined() ? bias.to(torch::kFloat).contiguous()
-                              : torch::zeros({impl->out}, torch::kFloat);
+                              : torch::zeros({out}, torch::kFloat);
   // The layout the kernel picks for a large product; every row count takes the same
   // (oneDNN's blocking of the weights depends on their shape alone).
-  const dnnl::memory::desc any({impl->in, impl->out}, dnnl_dt::s8, dnnl_tag::any);
+  const dnnl::memory::desc any({in, out}, dnnl_dt::s8, dnnl_tag::any);
   impl->weights_desc =
-      DescribeProduct(1024, impl->in, impl->out, false, activation, any).weights_desc();
+      DescribeProduct(1024, in, out, false, activation, any).weights_desc();
   impl->weights = dnnl::memory(impl->weights_desc, CpuEngine());
   // values is [out, in] row-major: the [in, out] matrix in column-major order.
-  dnnl::memory plain({{impl->in, impl->out}, dnnl_dt::s8, dnnl_tag::ba}, CpuEngine(),
+  dnnl::memory plain({{in, out}, dnnl_dt::s8, dnnl_tag::ba}, CpuEngine(),
                      q.values.data_ptr<int8_t>());
   dnnl::stream stream(CpuEngine());
   dnnl::reorder(plain, impl->weights).execute(stream, plain, impl->weights);
   stream.wait();
-  impl_ = std::move(impl);
+  return impl;
 }
 
-std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
-                                               c10::ScalarType dtype) const {
-  TORCH_CHECK(x.size(-1) == impl_->in, "Int8Linear: input width ", x.size(-1),
-              ", weight width ", impl_->in);
-  TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16,
-              "Int8Linear outputs fp32 or bf16");
+std::optional<torch::Tensor> Int8Linear::ApplyChecked(const torch::Tensor& x,
+                                                      c10::ScalarType dtype) const {
   const torch::Tensor rows = AsRows(x);
   const std::optional<InputScale> s = ChooseInputScale(rows);
   if (!s.has_value()) return std::nullopt;
@@ -322,22 +315,22 @@ std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
   const torch::Tensor q = QuantizeInput(rows, *s);
   const int64_t m = rows.size(0);
   const bool bf16 = dtype == torch::kBFloat16;
-  const std::shared_ptr<const Product> product = ProductCache::Global().Get(
-      m, impl_->in, impl_->out, bf16, impl_->activation, impl_->weights_desc);
-  torch::Tensor y = torch::empty({m, impl_->out}, x.options().dtype(dtype));
+  const std::shared_ptr<const Product> product =
+      ProductCache::Global().Get(m, in_, out_, bf16, activation_, impl_->weights_desc);
+  torch::Tensor y = torch::empty({m, out_}, x.options().dtype(dtype));
   torch::Tensor scratchpad = torch::empty(
       {static_cast<int64_t>(product->scratchpad_bytes)}, x.options().dtype(torch::kByte));
   const dnnl::engine& engine = CpuEngine();
-  const dnnl::memory::desc per_column({1, impl_->out}, dnnl_dt::f32, dnnl_tag::ab);
+  const dnnl::memory::desc per_column({1, out_}, dnnl_dt::f32, dnnl_tag::ab);
   dnnl::stream stream(engine);
   product->primitive.execute(
       stream,
-      {{DNNL_ARG_SRC, dnnl::memory({{m, impl_->in}, dnnl_dt::u8, dnnl_tag::ab}, engine,
+      {{DNNL_ARG_SRC, dnnl::memory({{m, in_}, dnnl_dt::u8, dnnl_tag::ab}, engine,
                                    q.data_ptr<uint8_t>())},
        {DNNL_ARG_WEIGHTS, impl_->weights},
        {DNNL_ARG_BIAS, dnnl::memory(per_column, engine, biases.data_ptr<float>())},
        {DNNL_ARG_DST,
-        dnnl::memory({{m, impl_->out}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab},
+        dnnl::memory({{m, out_}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab},
                      engine, y.data_ptr())},
        {DNNL_ARG_SCRATCHPAD,
         dnnl::memory(
@@ -346,7 +339,7 @@ std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
         dnnl::memory(per_column, engine, scales.data_ptr<float>())}});
   stream.wait();
-  return y.view(OutputShape(x, impl_->out));
+  return y.view(OutputShape(x, out_));
 }
 
 absl::Status CheckInt8Kernel() {
@@ -376,47 +369,40 @@ c10::OperatorHandle QuantizedOp(const char* name) {
 }  // namespace
 
 struct Int8Linear::Impl {
-  int64_t in = 0;
-  int64_t out = 0;
-  Int8Activation activation = Int8Activation::kNone;
   c10::IValue packed;
 };
 
-Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
-                       Int8Activation activation) {
+std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(
+    const torch::Tensor& weight, const torch::Tensor& bias,
+    Int8Activation /*activation*/) {
   auto impl = std::make_unique<Impl>();
-  impl->out = weight.size(0);
-  impl->in = weight.size(1);
-  impl->activation = activation;
   // The same rounding as QuantizeRows, through LibTorch's own quantizer.
   const torch::Tensor q = torch::quantize_per_channel(
       weight.to(torch::kFloat).contiguous(),
       QuantizeRows(weight).scales.to(torch::kDouble),
-      torch::zeros({impl->out}, torch::kLong), 0, torch::kQInt8);
+      torch::zeros({weight.size(0)}, torch::kLong), 0, torch::kQInt8);
   static const c10::OperatorHandle prepack = QuantizedOp("quantized::linear_prepack");
   std::vector<c10::IValue> stack{
       q, bias.defined() ? c10::IValue(bias.to(torch::kFloat)) : c10::IValue()};
   prepack.callBoxed(&stack);
   impl->packed = std::move(stack.at(0));
-  impl_ = std::move(impl);
+  return impl;
 }
 
-std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
-                                               c10::ScalarType dtype) const {
-  TORCH_CHECK(x.size(-1) == impl_->in, "Int8Linear: input width ", x.size(-1),
-              ", weight width ", impl_->in);
+std::optional<torch::Tensor> Int8Linear::ApplyChecked(const torch::Tensor& x,
+                                                      c10::ScalarType dtype) const {
   const torch::Tensor rows = x.reshape({-1, x.size(-1)}).to(torch::kFloat).contiguous();
   if (!ChooseInputScale(rows).has_value()) return std::nullopt;
   static const c10::OperatorHandle linear = QuantizedOp("quantized::linear_dynamic");
   std::vector<c10::IValue> stack{rows, impl_->packed, /*reduce_range=*/false};
   linear.callBoxed(&stack);
   torch::Tensor y = stack.at(0).toTensor();
-  if (impl_->activation == Int8Activation::kQuickGelu) {
+  if (activation_ == Int8Activation::kQuickGelu) {
     y = y * torch::sigmoid(kQuickGeluSlope * y);
-  } else if (impl_->activation == Int8Activation::kGelu) {
+  } else if (activation_ == Int8Activation::kGelu) {
     torch::gelu_(y);
   }
-  return y.to(dtype).view(OutputShape(x, impl_->out));
+  return y.to(dtype).view(OutputShape(x, out_));
 }
 
 absl::Status CheckInt8Kernel() {
@@ -434,11 +420,24 @@ absl::Status CheckInt8Kernel() {
 
 #endif  // CLIPSERVE_WITH_DNNL
 
+Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
+                       Int8Activation activation)
+    : in_(weight.size(1)),
+      out_(weight.size(0)),
+      activation_(activation),
+      impl_(MakeImpl(weight, bias, activation)) {}
+
 Int8Linear::~Int8Linear() = default;
 Int8Linear::Int8Linear(Int8Linear&&) noexcept = default;
 Int8Linear& Int8Linear::operator=(Int8Linear&&) noexcept = default;
 
-int64_t Int8Linear::in_features() const { return impl_->in; }
-int64_t Int8Linear::out_features() const { return impl_->out; }
+std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
+                                               c10::ScalarType dtype) const {
+  TORCH_CHECK(x.size(-1) == in_, "Int8Linear: input width ", x.size(-1),
+              ", weight width ", in_);
+  TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16,
+              "Int8Linear outputs fp32 or bf16");
+  return ApplyChecked(x, dtype);
+}
 
 }  // namespace clipserve

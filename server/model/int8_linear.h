@@ -43,11 +43,23 @@ class Int8Linear {
   // scale: the caller then runs the layer unquantized.
   std::optional<at::Tensor> Apply(const at::Tensor& x, c10::ScalarType dtype) const;
 
-  int64_t in_features() const;
-  int64_t out_features() const;
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
 
  private:
+  // The kernel's state: oneDNN's packed weights and scales, or LibTorch's packed
+  // weight (int8_linear.cc, one definition per backend).
   struct Impl;
+  static std::unique_ptr<const Impl> MakeImpl(const at::Tensor& weight,
+                                              const at::Tensor& bias,
+                                              Int8Activation activation);
+  // Apply, its arguments checked.
+  std::optional<at::Tensor> ApplyChecked(const at::Tensor& x,
+                                         c10::ScalarType dtype) const;
+
+  int64_t in_ = 0;
+  int64_t out_ = 0;
+  Int8Activation activation_ = Int8Activation::kNone;
   std::unique_ptr<const Impl> impl_;
 };
 
