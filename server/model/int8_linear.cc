@@ -264,9 +264,8 @@ class ProductCache {
       ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace
-
-struct Int8Linear::Impl {
+// A weight packed for oneDNN's int8 matmul.
+struct OneDnnWeights {
   dnnl::memory::desc weights_desc;
   dnnl::memory weights;      // int8, oneDNN's blocked layout
   torch::Tensor row_scales;  // fp32 [out]
@@ -274,63 +273,62 @@ struct Int8Linear::Impl {
   torch::Tensor bias;        // fp32 [out]
 };
 
-std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(const torch::Tensor& weight,
-                                                             const torch::Tensor& bias,
-                                                             Int8Activation activation) {
+OneDnnWeights PackForOneDnn(const torch::Tensor& weight, const torch::Tensor& bias,
+                            Int8Activation activation) {
   const int64_t out = weight.size(0);
   const int64_t in = weight.size(1);
-  auto impl = std::make_unique<Impl>();
+  OneDnnWeights packed;
   const RowQuantized q = QuantizeRows(weight);
-  impl->row_scales = q.scales;
-  impl->row_sums = q.values.sum(1, /*keepdim=*/false, torch::kLong).to(torch::kFloat);
-  impl->bias = bias.defined() ? bias.to(torch::kFloat).contiguous()
-                              : torch::zeros({out}, torch::kFloat);
+  packed.row_scales = q.scales;
+  packed.row_sums = q.values.sum(1, /*keepdim=*/false, torch::kLong).to(torch::kFloat);
+  packed.bias = bias.defined() ? bias.to(torch::kFloat).contiguous()
+                               : torch::zeros({out}, torch::kFloat);
   // The layout the kernel picks for a large product; every row count takes the same
   // (oneDNN's blocking of the weights depends on their shape alone).
   const dnnl::memory::desc any({in, out}, dnnl_dt::s8, dnnl_tag::any);
-  impl->weights_desc =
+  packed.weights_desc =
       DescribeProduct(1024, in, out, false, activation, any).weights_desc();
-  impl->weights = dnnl::memory(impl->weights_desc, CpuEngine());
+  packed.weights = dnnl::memory(packed.weights_desc, CpuEngine());
   // values is [out, in] row-major: the [in, out] matrix in column-major order.
   dnnl::memory plain({{in, out}, dnnl_dt::s8, dnnl_tag::ba}, CpuEngine(),
                      q.values.data_ptr<int8_t>());
   dnnl::stream stream(CpuEngine());
-  dnnl::reorder(plain, impl->weights).execute(stream, plain, impl->weights);
+  dnnl::reorder(plain, packed.weights).execute(stream, plain, packed.weights);
   stream.wait();
-  return impl;
+  return packed;
 }
 
-std::optional<torch::Tensor> Int8Linear::ApplyChecked(const torch::Tensor& x,
-                                                      c10::ScalarType dtype) const {
+std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int64_t out,
+                                         Int8Activation activation,
+                                         const torch::Tensor& x, c10::ScalarType dtype) {
   const torch::Tensor rows = AsRows(x);
   const std::optional<InputScale> s = ChooseInputScale(rows);
   if (!s.has_value()) return std::nullopt;
   // Per call: each column's scale, and its bias in units of that scale less the zero
   // point's share. A scale so small that a bias overflows there has no int8 form.
-  const torch::Tensor scales = (impl_->row_scales * s->scale).contiguous();
+  const torch::Tensor scales = (w.row_scales * s->scale).contiguous();
   const torch::Tensor biases =
-      (impl_->bias / scales - impl_->row_sums * static_cast<float>(s->zero_point))
-          .contiguous();
+      (w.bias / scales - w.row_sums * static_cast<float>(s->zero_point)).contiguous();
   if (!biases.isfinite().all().item<bool>()) return std::nullopt;
   const torch::Tensor q = QuantizeInput(rows, *s);
   const int64_t m = rows.size(0);
   const bool bf16 = dtype == torch::kBFloat16;
   const std::shared_ptr<const Product> product =
-      ProductCache::Global().Get(m, in_, out_, bf16, activation_, impl_->weights_desc);
-  torch::Tensor y = torch::empty({m, out_}, x.options().dtype(dtype));
+      ProductCache::Global().Get(m, in, out, bf16, activation, w.weights_desc);
+  torch::Tensor y = torch::empty({m, out}, x.options().dtype(dtype));
   torch::Tensor scratchpad = torch::empty(
       {static_cast<int64_t>(product->scratchpad_bytes)}, x.options().dtype(torch::kByte));
   const dnnl::engine& engine = CpuEngine();
-  const dnnl::memory::desc per_column({1, out_}, dnnl_dt::f32, dnnl_tag::ab);
+  const dnnl::memory::desc per_column({1, out}, dnnl_dt::f32, dnnl_tag::ab);
   dnnl::stream stream(engine);
   product->primitive.execute(
       stream,
-      {{DNNL_ARG_SRC, dnnl::memory({{m, in_}, dnnl_dt::u8, dnnl_tag::ab}, engine,
+      {{DNNL_ARG_SRC, dnnl::memory({{m, in}, dnnl_dt::u8, dnnl_tag::ab}, engine,
                                    q.data_ptr<uint8_t>())},
-       {DNNL_ARG_WEIGHTS, impl_->weights},
+       {DNNL_ARG_WEIGHTS, w.weights},
        {DNNL_ARG_BIAS, dnnl::memory(per_column, engine, biases.data_ptr<float>())},
        {DNNL_ARG_DST,
-        dnnl::memory({{m, out_}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab},
+        dnnl::memory({{m, out}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab},
                      engine, y.data_ptr())},
        {DNNL_ARG_SCRATCHPAD,
         dnnl::memory(
@@ -339,10 +337,10 @@ std::optional<torch::Tensor> Int8Linear::ApplyChecked(const torch::Tensor& x,
        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
         dnnl::memory(per_column, engine, scales.data_ptr<float>())}});
   stream.wait();
-  return y.view(OutputShape(x, out_));
+  return y.view(OutputShape(x, out));
 }
 
-absl::Status CheckInt8Kernel() {
+absl::Status CheckOneDnnKernel() {
   try {
     const dnnl::memory::desc any({256, 256}, dnnl_dt::s8, dnnl_tag::any);
     const dnnl::matmul::primitive_desc pd =
@@ -358,7 +356,9 @@ absl::Status CheckInt8Kernel() {
   return absl::OkStatus();
 }
 
-#else  // !CLIPSERVE_WITH_DNNL
+}  // namespace
+
+#endif  // CLIPSERVE_WITH_DNNL
 
 namespace {
 
@@ -366,16 +366,8 @@ c10::OperatorHandle QuantizedOp(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
 
-}  // namespace
-
-struct Int8Linear::Impl {
-  c10::IValue packed;
-};
-
-std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(
-    const torch::Tensor& weight, const torch::Tensor& bias,
-    Int8Activation /*activation*/) {
-  auto impl = std::make_unique<Impl>();
+// The weight as LibTorch's packed int8 linear weight (with its bias).
+c10::IValue PackForLibTorch(const torch::Tensor& weight, const torch::Tensor& bias) {
   // The same rounding as QuantizeRows, through LibTorch's own quantizer.
   const torch::Tensor q = torch::quantize_per_channel(
       weight.to(torch::kFloat).contiguous(),
@@ -385,27 +377,28 @@ std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(
   std::vector<c10::IValue> stack{
       q, bias.defined() ? c10::IValue(bias.to(torch::kFloat)) : c10::IValue()};
   prepack.callBoxed(&stack);
-  impl->packed = std::move(stack.at(0));
-  return impl;
+  return std::move(stack.at(0));
 }
 
-std::optional<torch::Tensor> Int8Linear::ApplyChecked(const torch::Tensor& x,
-                                                      c10::ScalarType dtype) const {
+std::optional<torch::Tensor> ApplyLibTorch(const c10::IValue& packed, int64_t out,
+                                           Int8Activation activation,
+                                           const torch::Tensor& x,
+                                           c10::ScalarType dtype) {
   const torch::Tensor rows = x.reshape({-1, x.size(-1)}).to(torch::kFloat).contiguous();
   if (!ChooseInputScale(rows).has_value()) return std::nullopt;
   static const c10::OperatorHandle linear = QuantizedOp("quantized::linear_dynamic");
-  std::vector<c10::IValue> stack{rows, impl_->packed, /*reduce_range=*/false};
+  std::vector<c10::IValue> stack{rows, packed, /*reduce_range=*/false};
   linear.callBoxed(&stack);
   torch::Tensor y = stack.at(0).toTensor();
-  if (activation_ == Int8Activation::kQuickGelu) {
+  if (activation == Int8Activation::kQuickGelu) {
     y = y * torch::sigmoid(kQuickGeluSlope * y);
-  } else if (activation_ == Int8Activation::kGelu) {
+  } else if (activation == Int8Activation::kGelu) {
     torch::gelu_(y);
   }
-  return y.to(dtype).view(OutputShape(x, out_));
+  return y.to(dtype).view(OutputShape(x, out));
 }
 
-absl::Status CheckInt8Kernel() {
+absl::Status CheckLibTorchKernel() {
   const std::vector<at::QEngine>& engines = at::globalContext().supportedQEngines();
   for (at::QEngine engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM}) {
     if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
@@ -414,18 +407,76 @@ absl::Status CheckInt8Kernel() {
     }
   }
   return absl::UnimplementedError(
-      "int8 needs oneDNN's headers at build time, or a LibTorch built with the oneDNN "
-      "or FBGEMM quantized engine");
+      "LibTorch's int8 kernel needs a LibTorch built with the oneDNN or FBGEMM "
+      "quantized engine");
 }
 
-#endif  // CLIPSERVE_WITH_DNNL
+}  // namespace
+
+Int8Kernel DefaultInt8Kernel() {
+#if CLIPSERVE_WITH_DNNL
+  return Int8Kernel::kOneDnn;
+#else
+  return Int8Kernel::kLibTorch;
+#endif
+}
+
+absl::Status CheckInt8Kernel(Int8Kernel kernel) {
+  if (kernel == Int8Kernel::kLibTorch) return CheckLibTorchKernel();
+#if CLIPSERVE_WITH_DNNL
+  return CheckOneDnnKernel();
+#else
+  return absl::UnimplementedError(
+      "this build calls oneDNN through LibTorch only: it was built without oneDNN's "
+      "headers (libdnnl-dev), or against a LibTorch with a oneDNN of its own");
+#endif
+}
+
+// One kernel's packed weight.
+struct Int8Linear::Impl {
+  Int8Kernel kernel;
+#if CLIPSERVE_WITH_DNNL
+  OneDnnWeights onednn;  // kOneDnn
+#endif
+  c10::IValue libtorch;  // kLibTorch
+};
+
+std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(const torch::Tensor& weight,
+                                                             const torch::Tensor& bias,
+                                                             Int8Activation activation,
+                                                             Int8Kernel kernel) {
+  auto impl = std::make_unique<Impl>();
+  impl->kernel = kernel;
+#if CLIPSERVE_WITH_DNNL
+  if (kernel == Int8Kernel::kOneDnn) {
+    impl->onednn = PackForOneDnn(weight, bias, activation);
+    return impl;
+  }
+#else
+  (void)activation;
+  TORCH_CHECK(kernel == Int8Kernel::kLibTorch, "Int8Linear: ",
+              CheckInt8Kernel(kernel).message());
+#endif
+  impl->libtorch = PackForLibTorch(weight, bias);
+  return impl;
+}
+
+std::optional<torch::Tensor> Int8Linear::ApplyChecked(const torch::Tensor& x,
+                                                      c10::ScalarType dtype) const {
+#if CLIPSERVE_WITH_DNNL
+  if (impl_->kernel == Int8Kernel::kOneDnn) {
+    return ApplyOneDnn(impl_->onednn, in_, out_, activation_, x, dtype);
+  }
+#endif
+  return ApplyLibTorch(impl_->libtorch, out_, activation_, x, dtype);
+}
 
 Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
-                       Int8Activation activation)
+                       Int8Activation activation, Int8Kernel kernel)
     : in_(weight.size(1)),
       out_(weight.size(0)),
       activation_(activation),
-      impl_(MakeImpl(weight, bias, activation)) {}
+      impl_(MakeImpl(weight, bias, activation, kernel)) {}
 
 Int8Linear::~Int8Linear() = default;
 Int8Linear::Int8Linear(Int8Linear&&) noexcept = default;

@@ -17,42 +17,56 @@ enum class Int8Activation {
   kGelu,       // exact (erf) GELU
 };
 
+// The int8 kernel an Int8Linear runs on. Both compute the same rounding (below).
+enum class Int8Kernel {
+  // oneDNN's int8 matmul, called directly: the scales are arguments of a product
+  // compiled once per input row count, and the activation is fused into it. Needs
+  // oneDNN's headers at build time (libdnnl-dev) and a LibTorch that runs on that same
+  // shared libdnnl, as Debian's does.
+  kOneDnn,
+  // LibTorch's dynamic quantized linear, on its oneDNN or FBGEMM quantized engine: it
+  // prepares its kernel for each new input scale, and the activation runs as a pass
+  // of its own. Any LibTorch with a quantized engine (NVIDIA's and PyTorch's archives).
+  kLibTorch,
+};
+
+// kOneDnn where this build has it, kLibTorch otherwise.
+Int8Kernel DefaultInt8Kernel();
+
 // A linear layer's weight quantized to int8, one symmetric scale per output row, laid
 // out once for oneDNN's int8 matmul. Each call quantizes its input to uint8 with one
 // affine scale for the whole tensor (its range widened to hold 0), multiplies in int8
 // with int32 sums, and scales, adds the bias and applies the activation on the way
 // out, in the dtype asked for: one pass over the input to quantize it, one product.
 // Immutable once built: calls may run concurrently.
-//
-// Built with oneDNN's headers (libdnnl-dev, the library LibTorch links on Debian) the
-// scales are arguments of a product compiled once per input row count. Without them it
-// falls back to LibTorch's dynamic quantized linear, which prepares its kernel for each
-// new input scale, and the activation runs as a pass of its own.
 class Int8Linear {
  public:
   // weight [out, in] and bias [out] (or undefined), on the CPU in any float dtype.
+  // Throws c10::Error for a kernel this build lacks (CheckInt8Kernel).
   Int8Linear(const at::Tensor& weight, const at::Tensor& bias,
-             Int8Activation activation = Int8Activation::kNone);
+             Int8Activation activation = Int8Activation::kNone,
+             Int8Kernel kernel = DefaultInt8Kernel());
   ~Int8Linear();
   Int8Linear(Int8Linear&&) noexcept;
   Int8Linear& operator=(Int8Linear&&) noexcept;
 
   // x: [..., in], fp32 or bf16, on the CPU -> activation(x W^T + b): [..., out] in
   // `dtype` (fp32 or bf16). nullopt when x holds a value that is not finite (no scale
-  // represents it), or spans so small a range that the bias overflows in units of its
-  // scale: the caller then runs the layer unquantized.
+  // represents it), or (kOneDnn, which adds the bias to the integer sums) spans so
+  // small a range that the bias overflows in units of its scale: the caller then runs
+  // the layer unquantized.
   std::optional<at::Tensor> Apply(const at::Tensor& x, c10::ScalarType dtype) const;
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
 
  private:
-  // The kernel's state: oneDNN's packed weights and scales, or LibTorch's packed
-  // weight (int8_linear.cc, one definition per backend).
+  // The kernel's packed weight.
   struct Impl;
   static std::unique_ptr<const Impl> MakeImpl(const at::Tensor& weight,
                                               const at::Tensor& bias,
-                                              Int8Activation activation);
+                                              Int8Activation activation,
+                                              Int8Kernel kernel);
   // Apply, its arguments checked.
   std::optional<at::Tensor> ApplyChecked(const at::Tensor& x,
                                          c10::ScalarType dtype) const;
@@ -63,10 +77,11 @@ class Int8Linear {
   std::unique_ptr<const Impl> impl_;
 };
 
-// Whether this build and CPU run Int8Linear on a real int8 kernel: UNIMPLEMENTED when
-// oneDNN (or LibTorch's quantized engine, without oneDNN's headers) has none but a
-// reference loop for it.
-absl::Status CheckInt8Kernel();
+// Whether this build and CPU run Int8Linear on `kernel` for real: UNIMPLEMENTED when
+// the build lacks it, or oneDNN has only a reference loop for it, or LibTorch has no
+// quantized engine. For kLibTorch it selects LibTorch's quantized engine (oneDNN's,
+// else FBGEMM's), a process-wide setting.
+absl::Status CheckInt8Kernel(Int8Kernel kernel = DefaultInt8Kernel());
 
 }  // namespace clipserve
 
