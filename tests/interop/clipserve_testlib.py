@@ -77,12 +77,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+SERVING_ON = re.compile(r"clip_server serving on 127\.0\.0\.1:(\d+) ")
+
+
 class Server:
     """A clip_server child process on a loopback port."""
 
     def __init__(self, binary, *flags):
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
+        # The server binds port 0 and logs the port the kernel gave it (`port` reads it
+        # back): a port found free here and passed on could be taken, by another test's
+        # server or by an outgoing connection's ephemeral port, before the server binds.
+        self._port = None
         # Tests run in parallel (and beside other servers): the HTTP endpoint takes a
         # free port rather than the default 9090, unless a test chooses one.
         if not any(f.startswith("--metrics_port") for f in flags):
@@ -92,13 +97,39 @@ class Server:
         # every thread that logs blocks and the server stops answering.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [binary, "--host=127.0.0.1", f"--port={self.port}", *flags],
+            [binary, "--host=127.0.0.1", "--port=0", *flags],
             stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    @property
+    def port(self):
+        """The server's gRPC port, once it logs that it serves (waits up to 60 s).
+
+        Raises if the process exits first.
+        """
+        if self._port is None:
+            deadline = time.monotonic() + 60
+            while self._port is None:
+                m = SERVING_ON.search(self.output())
+                if m:
+                    self._port = int(m.group(1))
+                elif self.process.poll() is not None:
+                    raise RuntimeError("clip_server exited early:\n" + self.output())
+                elif time.monotonic() > deadline:
+                    raise TimeoutError("clip_server logged no serving port after 60s")
+                else:
+                    time.sleep(0.05)
+        return self._port
+
+    @property
+    def target(self):
+        return f"127.0.0.1:{self.port}"
 
     def output(self):
         """Everything the server has logged so far."""
-        self.log.seek(0)
-        return self.log.read()
+        # pread leaves the file offset alone: the server's writes share it, and a seek
+        # here would send a line it writes meanwhile over earlier ones.
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def wait_ready(self, health_pb, health_grpc, timeout_s=60):
         """Polls the health service until SERVING and returns a channel to the server.

@@ -318,9 +318,7 @@ class Int8Test(unittest.TestCase):
         pb, pb_grpc = self.pb, self.pb_grpc
         rng = np.random.default_rng(5)
         # Smooth random colours, upscaled: closer to a photo than pixel noise. 12 images
-        # of 50 tokens and 32 texts of 20 make products of 600 and 640 rows in one
-        # batch each, past the 512 from which int8 runs beside bf16 (from 128 beside
-        # fp32).
+        # of 50 tokens and 32 texts of 20: products of 600 and 640 rows, one batch each.
         small = rng.integers(0, 256, (12, 12, 12, 3), dtype=np.uint8)
         images = [pb.Image(raw=pb.RawImage(
             width=240, height=240, rgb8=np.kron(s, np.ones((20, 20, 1), np.uint8)).tobytes()))
