@@ -79,6 +79,13 @@ class ServerSmokeTest(unittest.TestCase):
         self.assertIn("received SIGTERM", output)
 
 
+# For a server that is to fail before it serves: not the default port. A bind to
+# 0.0.0.0:50051 fails while any connection on this machine has 50051 as its local
+# (ephemeral) port, or had it in the last minute (TIME_WAIT), and these tests' clients
+# open thousands of connections.
+LOOPBACK_ANY_PORT = ("--host=127.0.0.1", "--port=0")
+
+
 class UsageTest(unittest.TestCase):
 
     def test_help_lists_every_flag_with_its_default(self):
@@ -102,8 +109,8 @@ class UsageTest(unittest.TestCase):
         # Abseil leaves such words unread: "--resize_on_device false" would turn the
         # flag on, and a checkpoint path without --model= would serve the demo model.
         for args in (["model.pt"], ["--resize_on_device", "false"]):
-            result = subprocess.run([ARGS.server, *args], capture_output=True, text=True,
-                                    timeout=30)
+            result = subprocess.run([ARGS.server, *LOOPBACK_ANY_PORT, *args],
+                                    capture_output=True, text=True, timeout=30)
             self.assertEqual(result.returncode, 1, args)
             self.assertIn(f"clip_server: unexpected argument '{args[-1]}': give flags as "
                           "--name=value", result.stderr, args)
@@ -177,7 +184,7 @@ class SignalTest(unittest.TestCase):
                       ["--metrics_port=70000"], ["--metrics_port=-2"],
                       ["--max_image_pixels=1000000001"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
-            result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
+            result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", *LOOPBACK_ANY_PORT,
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
                                     capture_output=True, text=True, timeout=120)
             self.assertEqual(result.returncode, 1, flags)
@@ -218,7 +225,8 @@ class SignalTest(unittest.TestCase):
     def test_a_device_this_build_cannot_use_fails_before_the_model_load(self):
         # No machine here has 64 GPUs; a build without CUDA (CI's) has none at all.
         result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--device=cuda:63",
-                                 "--metrics_host=127.0.0.1", "--metrics_port=0"],
+                                 *LOOPBACK_ANY_PORT, "--metrics_host=127.0.0.1",
+                                 "--metrics_port=0"],
                                 capture_output=True, text=True, timeout=120)
         self.assertEqual(result.returncode, 1)
         self.assertIn("clip_server failed: UNAVAILABLE: cuda", result.stderr)
@@ -226,7 +234,8 @@ class SignalTest(unittest.TestCase):
 
     def test_a_grace_that_is_not_a_number_fails_at_once(self):
         for grace in ("nan", "-1", "inf"):
-            result = subprocess.run([ARGS.server, f"--shutdown_grace_s={grace}"],
+            result = subprocess.run([ARGS.server, *LOOPBACK_ANY_PORT,
+                                     f"--shutdown_grace_s={grace}"],
                                     capture_output=True, text=True, timeout=30)
             self.assertEqual(result.returncode, 1, grace)
             self.assertIn("--shutdown_grace_s must be 0 to 3600 seconds", result.stderr)
@@ -372,7 +381,8 @@ class BlasKernelTest(unittest.TestCase):
     def run_server(self, *flags):
         env = dict(os.environ, OPENBLAS_CORETYPE="Prescott")
         # A missing model makes the server exit right after the kernel choice.
-        result = subprocess.run([ARGS.server, "--model=/nonexistent/model.pt", *flags],
+        result = subprocess.run([ARGS.server, "--model=/nonexistent/model.pt",
+                                 *LOOPBACK_ANY_PORT, *flags],
                                 capture_output=True, text=True, timeout=60, env=env)
         self.assertNotEqual(result.returncode, 0)
         return result.stderr
