@@ -454,21 +454,11 @@ std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(const torch::Tensor
   }
 #else
   (void)activation;
-  TORCH_CHECK(kernel == Int8Kernel::kLibTorch, "Int8Linear: ",
-              CheckInt8Kernel(kernel).message());
+  TORCH_CHECK(kernel == Int8Kernel::kLibTorch,
+              "Int8Linear: ", CheckInt8Kernel(kernel).message());
 #endif
   impl->libtorch = PackForLibTorch(weight, bias);
   return impl;
-}
-
-std::optional<torch::Tensor> Int8Linear::ApplyChecked(const torch::Tensor& x,
-                                                      c10::ScalarType dtype) const {
-#if CLIPSERVE_WITH_DNNL
-  if (impl_->kernel == Int8Kernel::kOneDnn) {
-    return ApplyOneDnn(impl_->onednn, in_, out_, activation_, x, dtype);
-  }
-#endif
-  return ApplyLibTorch(impl_->libtorch, out_, activation_, x, dtype);
 }
 
 Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
@@ -488,7 +478,12 @@ std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
               ", weight width ", in_);
   TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16,
               "Int8Linear outputs fp32 or bf16");
-  return ApplyChecked(x, dtype);
+#if CLIPSERVE_WITH_DNNL
+  if (impl_->kernel == Int8Kernel::kOneDnn) {
+    return ApplyOneDnn(impl_->onednn, in_, out_, activation_, x, dtype);
+  }
+#endif
+  return ApplyLibTorch(impl_->libtorch, out_, activation_, x, dtype);
 }
 
 }  // namespace clipserve

@@ -33,8 +33,8 @@ enum class Int8Kernel {
 // kOneDnn where this build has it, kLibTorch otherwise.
 Int8Kernel DefaultInt8Kernel();
 
-// A linear layer's weight quantized to int8, one symmetric scale per output row, laid
-// out once for oneDNN's int8 matmul. Each call quantizes its input to uint8 with one
+// A linear layer's weight quantized to int8, one symmetric scale per output row, packed
+// once for its kernel. Each call quantizes its input to uint8 with one
 // affine scale for the whole tensor (its range widened to hold 0), multiplies in int8
 // with int32 sums, and scales, adds the bias and applies the activation on the way
 // out, in the dtype asked for: one pass over the input to quantize it, one product.
@@ -67,9 +67,6 @@ class Int8Linear {
                                               const at::Tensor& bias,
                                               Int8Activation activation,
                                               Int8Kernel kernel);
-  // Apply, its arguments checked.
-  std::optional<at::Tensor> ApplyChecked(const at::Tensor& x,
-                                         c10::ScalarType dtype) const;
 
   int64_t in_ = 0;
   int64_t out_ = 0;
