@@ -107,22 +107,32 @@ class Server:
         Raises if the process exits first.
         """
         if self._port is None:
-            deadline = time.monotonic() + 60
-            while self._port is None:
-                m = SERVING_ON.search(self.output())
-                if m:
-                    self._port = int(m.group(1))
-                elif self.process.poll() is not None:
-                    raise RuntimeError("clip_server exited early:\n" + self.output())
-                elif time.monotonic() > deadline:
-                    raise TimeoutError("clip_server logged no serving port after 60s")
-                else:
-                    time.sleep(0.05)
+            self._port = int(self.wait_for_log(SERVING_ON).group(1))
         return self._port
 
     @property
     def target(self):
         return f"127.0.0.1:{self.port}"
+
+    def wait_for_log(self, pattern, timeout_s=60):
+        """The first match of `pattern` (a regex) in the log, once the server writes it.
+
+        Raises if the process exits first, or after timeout_s.
+        """
+        deadline = time.monotonic() + timeout_s
+        pattern = re.compile(pattern)
+        while True:
+            exited = self.process.poll() is not None  # before the read: its last lines
+            m = pattern.search(self.output())
+            if m:
+                return m
+            if exited:
+                raise RuntimeError(f"clip_server exited with no {pattern.pattern!r} in its log:\n"
+                                   + self.output())
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {pattern.pattern!r} in clip_server's log after "
+                                   f"{timeout_s}s:\n" + self.output())
+            time.sleep(0.02)
 
     def output(self):
         """Everything the server has logged so far."""
@@ -156,14 +166,8 @@ class Server:
 
     def metrics_port(self, timeout_s=60):
         """The port of the HTTP metrics endpoint, read from the start-up log line."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            m = re.search(r"metrics, /healthz and /readyz on http://127\.0\.0\.1:(\d+)",
-                          self.output())
-            if m:
-                return int(m.group(1))
-            time.sleep(0.05)
-        raise TimeoutError("clip_server logged no metrics endpoint")
+        return int(self.wait_for_log(
+            r"metrics, /healthz and /readyz on http://127\.0\.0\.1:(\d+)", timeout_s).group(1))
 
     def calls_in_flight(self, port):
         """clipserve_requests_in_flight from /metrics: calls whose handler has started

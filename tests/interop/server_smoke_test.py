@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import unittest
 import urllib.request
 
@@ -126,19 +125,11 @@ class SignalTest(unittest.TestCase):
         cls.health_pb, cls.health_grpc = lib.import_health()
         cls.pb, cls.pb_grpc = lib.import_clipserve()
 
-    @staticmethod
-    def wait_for_log(server, text, timeout_s=60):
-        deadline = time.monotonic() + timeout_s
-        while text not in server.output():
-            if time.monotonic() > deadline or server.process.poll() is not None:
-                raise AssertionError(f"no {text!r} in the log:\n" + server.output())
-            time.sleep(0.02)
-
     def test_sigterm_during_start_up_exits_at_once(self):
         # ViT-L-14's random weights take many seconds to build: the signal lands then.
         server = lib.Server(ARGS.server, "--model=demo:ViT-L-14")
         self.addCleanup(server.kill)
-        self.wait_for_log(server, "metrics, /healthz and /readyz on")
+        server.wait_for_log(re.escape("metrics, /healthz and /readyz on"))
         code, output = server.terminate(timeout_s=10)
         self.assertEqual(code, 128 + signal.SIGTERM, output)
         self.assertIn("received SIGTERM during start-up", output)
@@ -158,7 +149,7 @@ class SignalTest(unittest.TestCase):
         replies = self.pb_grpc.ClipServiceStub(channel).EmbedStream(requests(), timeout=120)
         self.assertEqual(next(replies).id, "t")
         server.process.send_signal(signal.SIGTERM)
-        self.wait_for_log(server, "draining for up to")
+        server.wait_for_log(re.escape("draining for up to"))
         code, output = server.terminate(timeout_s=10)  # the second SIGTERM
         self.assertEqual(code, 128 + signal.SIGTERM, output)
         self.assertIn("received SIGTERM again while draining", output)
