@@ -55,11 +55,11 @@ struct InputScale {
   int32_t zero_point;
 };
 
-// nullopt when x holds a value that is not finite.
-std::optional<InputScale> ChooseInputScale(const torch::Tensor& x) {
-  const auto [lo_t, hi_t] = torch::aminmax(x);
-  const double lo = std::min(lo_t.item<double>(), 0.0);
-  const double hi = std::max(hi_t.item<double>(), 0.0);
+// The scale of an input whose values span [min, max]; nullopt when either is not
+// finite.
+std::optional<InputScale> ChooseInputScale(double min, double max) {
+  const double lo = std::min(min, 0.0);
+  const double hi = std::max(max, 0.0);
   if (!std::isfinite(lo) || !std::isfinite(hi)) return std::nullopt;
   const float scale = static_cast<float>((hi - lo) / 255.0);
   // All zeros, or a range so small its scale is not a normal float: every value
@@ -67,6 +67,14 @@ std::optional<InputScale> ChooseInputScale(const torch::Tensor& x) {
   if (!(scale >= std::numeric_limits<float>::min())) return InputScale{1.0f, 0};
   return InputScale{
       scale, static_cast<int32_t>(std::clamp(std::nearbyint(-lo / scale), 0.0, 255.0))};
+}
+
+// x's scale: from `range` where its writer found it, else from a pass over x.
+std::optional<InputScale> ChooseInputScale(const torch::Tensor& x,
+                                           const std::optional<ValueRange>& range) {
+  if (range.has_value()) return ChooseInputScale(range->min, range->max);
+  const auto [lo, hi] = torch::aminmax(x);
+  return ChooseInputScale(lo.item<double>(), hi.item<double>());
 }
 
 std::vector<int64_t> OutputShape(const torch::Tensor& x, int64_t out) {
@@ -300,9 +308,10 @@ OneDnnWeights PackForOneDnn(const torch::Tensor& weight, const torch::Tensor& bi
 
 std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int64_t out,
                                          Int8Activation activation,
-                                         const torch::Tensor& x, c10::ScalarType dtype) {
+                                         const torch::Tensor& x, c10::ScalarType dtype,
+                                         const std::optional<ValueRange>& range) {
   const torch::Tensor rows = AsRows(x);
-  const std::optional<InputScale> s = ChooseInputScale(rows);
+  const std::optional<InputScale> s = ChooseInputScale(rows, range);
   if (!s.has_value()) return std::nullopt;
   // Per call: each column's scale, and its bias in units of that scale less the zero
   // point's share. A scale so small that a bias overflows there has no int8 form.
@@ -382,10 +391,10 @@ c10::IValue PackForLibTorch(const torch::Tensor& weight, const torch::Tensor& bi
 
 std::optional<torch::Tensor> ApplyLibTorch(const c10::IValue& packed, int64_t out,
                                            Int8Activation activation,
-                                           const torch::Tensor& x,
-                                           c10::ScalarType dtype) {
+                                           const torch::Tensor& x, c10::ScalarType dtype,
+                                           const std::optional<ValueRange>& range) {
   const torch::Tensor rows = x.reshape({-1, x.size(-1)}).to(torch::kFloat).contiguous();
-  if (!ChooseInputScale(rows).has_value()) return std::nullopt;
+  if (!ChooseInputScale(rows, range).has_value()) return std::nullopt;
   static const c10::OperatorHandle linear = QuantizedOp("quantized::linear_dynamic");
   std::vector<c10::IValue> stack{rows, packed, /*reduce_range=*/false};
   linear.callBoxed(&stack);
@@ -472,18 +481,19 @@ Int8Linear::~Int8Linear() = default;
 Int8Linear::Int8Linear(Int8Linear&&) noexcept = default;
 Int8Linear& Int8Linear::operator=(Int8Linear&&) noexcept = default;
 
-std::optional<torch::Tensor> Int8Linear::Apply(const torch::Tensor& x,
-                                               c10::ScalarType dtype) const {
+std::optional<torch::Tensor> Int8Linear::Apply(
+    const torch::Tensor& x, c10::ScalarType dtype,
+    const std::optional<ValueRange>& range) const {
   TORCH_CHECK(x.size(-1) == in_, "Int8Linear: input width ", x.size(-1),
               ", weight width ", in_);
   TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16,
               "Int8Linear outputs fp32 or bf16");
 #if CLIPSERVE_WITH_DNNL
   if (impl_->kernel == Int8Kernel::kOneDnn) {
-    return ApplyOneDnn(impl_->onednn, in_, out_, activation_, x, dtype);
+    return ApplyOneDnn(impl_->onednn, in_, out_, activation_, x, dtype, range);
   }
 #endif
-  return ApplyLibTorch(impl_->libtorch, out_, activation_, x, dtype);
+  return ApplyLibTorch(impl_->libtorch, out_, activation_, x, dtype, range);
 }
 
 }  // namespace clipserve

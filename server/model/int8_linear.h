@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "absl/status/status.h"
+#include "server/model/value_range.h"
 
 namespace clipserve {
 
@@ -54,8 +55,10 @@ class Int8Linear {
   // `dtype` (fp32 or bf16). nullopt when x holds a value that is not finite (no scale
   // represents it), or (kOneDnn, which adds the bias to the integer sums) spans so
   // small a range that the bias overflows in units of its scale: the caller then runs
-  // the layer unquantized.
-  std::optional<at::Tensor> Apply(const at::Tensor& x, c10::ScalarType dtype) const;
+  // the layer unquantized. `range`, where given, must be x's smallest and largest
+  // value, as the kernel that wrote x found them: it saves the pass that finds them.
+  std::optional<at::Tensor> Apply(const at::Tensor& x, c10::ScalarType dtype,
+                                  const std::optional<ValueRange>& range = {}) const;
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

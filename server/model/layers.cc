@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "server/model/row_layer_norm.h"
+
 namespace clipserve {
 
 namespace F = torch::nn::functional;
@@ -12,10 +14,24 @@ LayerNormImpl::LayerNormImpl(int64_t width, double eps) : width_(width), eps_(ep
 }
 
 torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
-  return Float(x).to(x.scalar_type());
+  // fp32 stays on LibTorch's layer_norm: the reference's own kernel, to the last bit.
+  if (x.scalar_type() == torch::kBFloat16 && RowLayerNormTakes(x, weight, bias)) {
+    return RowLayerNorm(x, weight, bias, eps_, torch::kBFloat16).y;
+  }
+  return FloatOnLibTorch(x).to(x.scalar_type());
 }
 
-torch::Tensor LayerNormImpl::Float(const torch::Tensor& x) {
+NormalizedRows LayerNormImpl::Float(const torch::Tensor& x) {
+  if (RowLayerNormTakes(x, weight, bias)) {
+    NormalizedRows n = RowLayerNorm(x, weight, bias, eps_, torch::kFloat);
+    // Not finite: the int8 products decline it, and the layers run exactly as without
+    // int8, on LibTorch's layer_norm.
+    if (n.range.has_value()) return n;
+  }
+  return {FloatOnLibTorch(x), std::nullopt};
+}
+
+torch::Tensor LayerNormImpl::FloatOnLibTorch(const torch::Tensor& x) {
   return torch::layer_norm(x.to(torch::kFloat), {width_}, weight.to(torch::kFloat),
                            bias.to(torch::kFloat), eps_);
 }
@@ -25,9 +41,11 @@ bool Int8Projection::Takes(const torch::Tensor& x) const {
 }
 
 torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
-                      const torch::Tensor& weight, const torch::Tensor& bias) {
+                      const torch::Tensor& weight, const torch::Tensor& bias,
+                      const std::optional<ValueRange>& range) {
   if (int8.has_value() && int8->Takes(x)) {
-    if (std::optional<torch::Tensor> y = int8->linear.Apply(x, weight.scalar_type())) {
+    if (std::optional<torch::Tensor> y =
+            int8->linear.Apply(x, weight.scalar_type(), range)) {
       return *y;
     }
   }
@@ -46,9 +64,10 @@ bool SelfAttentionImpl::TakesInt8(const torch::Tensor& x) const {
 }
 
 torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
-                                         const torch::Tensor& mask) {
+                                         const torch::Tensor& mask,
+                                         const std::optional<ValueRange>& range) {
   if (TakesInt8(x)) {
-    if (std::optional<torch::Tensor> projected = ProjectInt8(x)) {
+    if (std::optional<torch::Tensor> projected = ProjectInt8(x, range)) {
       // [N, L, 3, H, hd] -> [3, N, H, L, hd]
       const torch::Tensor qkv = projected->permute({2, 0, 3, 1, 4});
       return Attend(qkv[0], qkv[1], qkv[2], mask, /*q_scaled=*/true);
@@ -64,9 +83,9 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
 }
 
 std::optional<torch::Tensor> SelfAttentionImpl::ProjectInt8(
-    const torch::Tensor& x) const {
+    const torch::Tensor& x, const std::optional<ValueRange>& range) const {
   std::optional<torch::Tensor> qkv =
-      int8_qkv_->linear.Apply(x, in_proj_weight.scalar_type());
+      int8_qkv_->linear.Apply(x, in_proj_weight.scalar_type(), range);
   if (!qkv.has_value()) return std::nullopt;
   return qkv->view({x.size(0), x.size(1), 3, heads_, width_ / heads_});
 }
@@ -91,7 +110,8 @@ void SelfAttentionImpl::SetInt8(int64_t min_rows) {
 
 torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
                                            const torch::Tensor& positions,
-                                           const torch::Tensor& mask) {
+                                           const torch::Tensor& mask,
+                                           const std::optional<ValueRange>& range) {
   const int64_t n = x.size(0);
   const int64_t l = x.size(1);
   const int64_t head_dim = width_ / heads_;
@@ -102,7 +122,7 @@ torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
   if (TakesInt8(x)) {
     // Every position's query too: one int8 product costs less than two, and the
     // queries are a third of it in one layer.
-    if (std::optional<torch::Tensor> qkv = ProjectInt8(x)) {
+    if (std::optional<torch::Tensor> qkv = ProjectInt8(x, range)) {
       // [N, 3, H, hd] -> the queries [N, H, 1, hd]
       const torch::Tensor q = qkv->index({rows, positions}).select(1, 0).unsqueeze(2);
       // [N, L, 2, H, hd] -> [2, N, H, L, hd]
@@ -160,11 +180,12 @@ constexpr double kQuickGeluSlope = 1.702;
 
 }  // namespace
 
-torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+torch::Tensor MlpImpl::forward(const torch::Tensor& x,
+                               const std::optional<ValueRange>& range) {
   if (TakesInt8(x)) {
     // Both products in int8, the activation fused into c_fc's: no pass of its own.
     const torch::ScalarType dtype = c_fc->weight.scalar_type();
-    if (std::optional<torch::Tensor> h = int8_fc_->linear.Apply(x, dtype)) {
+    if (std::optional<torch::Tensor> h = int8_fc_->linear.Apply(x, dtype, range)) {
       if (std::optional<torch::Tensor> y = int8_proj_->linear.Apply(*h, dtype)) return *y;
     }
   }
@@ -202,27 +223,33 @@ ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t he
 
 namespace {
 
-// ln(x), in fp32 for a layer that takes it in int8.
-torch::Tensor Normalize(LayerNorm& ln, const torch::Tensor& x, bool for_int8) {
-  return for_int8 ? ln->Float(x) : ln(x);
+// ln(x), in fp32 and with its range for a layer that takes it in int8.
+NormalizedRows Normalize(LayerNorm& ln, const torch::Tensor& x, bool for_int8) {
+  if (for_int8) return ln->Float(x);
+  return {ln(x), std::nullopt};
+}
+
+// h + mlp(ln_2(h)).
+torch::Tensor AddMlp(ResidualAttentionBlockImpl& block, const torch::Tensor& h) {
+  const NormalizedRows n = Normalize(block.ln_2, h, block.mlp->TakesInt8(h));
+  return h + block.mlp(n.y, n.range);
 }
 
 }  // namespace
 
 torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x,
                                                   const torch::Tensor& mask) {
-  torch::Tensor h = x + attn(Normalize(ln_1, x, attn->TakesInt8(x)), mask);
-  return h + mlp(Normalize(ln_2, h, mlp->TakesInt8(h)));
+  const NormalizedRows n = Normalize(ln_1, x, attn->TakesInt8(x));
+  return AddMlp(*this, x + attn(n.y, mask, n.range));
 }
 
 torch::Tensor ResidualAttentionBlockImpl::ForwardAt(const torch::Tensor& x,
                                                     const torch::Tensor& positions,
                                                     const torch::Tensor& mask) {
   const torch::Tensor rows = torch::arange(x.size(0), positions.options());
-  torch::Tensor h =
-      x.index({rows, positions}).unsqueeze(1) +
-      attn->ForwardAt(Normalize(ln_1, x, attn->TakesInt8(x)), positions, mask);
-  return h + mlp(Normalize(ln_2, h, mlp->TakesInt8(h)));
+  const NormalizedRows n = Normalize(ln_1, x, attn->TakesInt8(x));
+  return AddMlp(*this, x.index({rows, positions}).unsqueeze(1) +
+                           attn->ForwardAt(n.y, positions, mask, n.range));
 }
 
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads,

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "server/model/int8_linear.h"
+#include "server/model/row_layer_norm.h"
 
 // Building blocks shared by CLIP's towers. Submodule and parameter names equal the
 // OpenAI/open_clip checkpoint keys, so loading is a strict name-and-shape match.
@@ -14,18 +15,24 @@
 namespace clipserve {
 
 // LayerNorm that always computes in fp32 (CLIP's fp16 trick), whatever the dtype of
-// its input and weights, and returns the input's dtype. Keys: weight, bias.
+// its input and weights, and returns the input's dtype. Keys: weight, bias. fp32
+// inputs run on LibTorch's layer_norm (the reference's kernel, to the last bit); bf16
+// ones, and the fp32 output for int8 products, on RowLayerNorm where it takes them.
 class LayerNormImpl : public torch::nn::Module {
  public:
   explicit LayerNormImpl(int64_t width, double eps = 1e-5);
   torch::Tensor forward(const torch::Tensor& x);
-  // The same, returned in fp32: the input int8 products take without a conversion.
-  torch::Tensor Float(const torch::Tensor& x);
+  // The same, returned in fp32 (the input int8 products take without a conversion),
+  // with its range where it is all finite (what they quantize it to).
+  NormalizedRows Float(const torch::Tensor& x);
 
   torch::Tensor weight;
   torch::Tensor bias;
 
  private:
+  // LibTorch's layer_norm in fp32.
+  torch::Tensor FloatOnLibTorch(const torch::Tensor& x);
+
   int64_t width_;
   double eps_;
 };
@@ -33,9 +40,9 @@ TORCH_MODULE(LayerNorm);
 
 // The int8 choice of a linear layer: its packed weight, and the fewest rows of input
 // (the product of all but the last dimension) it is used for; smaller products run as
-// before, on the layer's own weights. Each call pays for a pass to find its input's
-// range and one to quantize it, so small products are faster unquantized
-// (Int8Options has the measured thresholds).
+// before, on the layer's own weights. Each call pays for a pass to quantize its input
+// and, unless the layer before gives it (RowLayerNorm), one to find its range, so small
+// products are faster unquantized (Int8Options has the measured thresholds).
 struct Int8Projection {
   Int8Linear linear;
   int64_t min_rows;
@@ -45,9 +52,10 @@ struct Int8Projection {
 };
 
 // x W^T + b in the weight's dtype, through `int8` when it is set and x has at least
-// its min_rows rows (and only finite values).
+// its min_rows rows (and only finite values). `range`: as Int8Linear::Apply's.
 torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
-                      const torch::Tensor& weight, const torch::Tensor& bias);
+                      const torch::Tensor& weight, const torch::Tensor& bias,
+                      const std::optional<ValueRange>& range = {});
 
 // Multi-head self-attention with nn.MultiheadAttention's parameter names:
 // in_proj_weight [3w, w], in_proj_bias [3w], out_proj.{weight,bias}.
@@ -55,14 +63,17 @@ class SelfAttentionImpl : public torch::nn::Module {
  public:
   SelfAttentionImpl(int64_t width, int64_t heads);
   // x: [N, L, w] in the weights' dtype, or in fp32 where TakesInt8(x). mask: empty, or
-  // an additive [L, L] mask (0 or -inf). Returns the weights' dtype.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // an additive [L, L] mask (0 or -inf). range: x's, where its writer found it (for the
+  // int8 projection; see Int8Linear::Apply). Returns the weights' dtype.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {},
+                        const std::optional<ValueRange>& range = {});
   // forward()'s output at one position per sequence, positions [N] (int64, on x's
   // device): [N, 1, w]. Keys and values are still every token's; only that query is
   // attended, the work a tower's last layer needs when it keeps one token (in int8,
   // every query comes in the one product with the keys and values: cheaper than two).
   torch::Tensor ForwardAt(const torch::Tensor& x, const torch::Tensor& positions,
-                          const torch::Tensor& mask = {});
+                          const torch::Tensor& mask = {},
+                          const std::optional<ValueRange>& range = {});
   // From now on runs the projections as Int8Projection with `min_rows`, packed from the
   // current weights (on the CPU); a negative `min_rows` drops them. Not concurrently
   // with forward().
@@ -83,7 +94,8 @@ class SelfAttentionImpl : public torch::nn::Module {
                        const torch::Tensor& v, const torch::Tensor& mask, bool q_scaled);
   // x's int8 projection, the queries divided by sqrt(hd), in the weights' dtype:
   // [N, L, 3, H, hd]. nullopt where x is not finite (Int8Linear::Apply).
-  std::optional<torch::Tensor> ProjectInt8(const torch::Tensor& x) const;
+  std::optional<torch::Tensor> ProjectInt8(const torch::Tensor& x,
+                                           const std::optional<ValueRange>& range) const;
 
   int64_t width_;
   int64_t heads_;
@@ -97,9 +109,10 @@ TORCH_MODULE(SelfAttention);
 class MlpImpl : public torch::nn::Module {
  public:
   MlpImpl(int64_t width, int64_t hidden, bool quick_gelu);
-  // x: [..., w] in the weights' dtype, or in fp32 where TakesInt8(x). Returns the
-  // weights' dtype.
-  torch::Tensor forward(const torch::Tensor& x);
+  // x: [..., w] in the weights' dtype, or in fp32 where TakesInt8(x). range: as
+  // SelfAttention::forward's. Returns the weights' dtype.
+  torch::Tensor forward(const torch::Tensor& x,
+                        const std::optional<ValueRange>& range = {});
   // As SelfAttention::SetInt8, for c_fc and c_proj.
   void SetInt8(int64_t min_rows);
   // Whether forward(x) runs in int8 (both products, the activation fused into the

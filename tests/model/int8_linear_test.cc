@@ -184,6 +184,38 @@ TEST_P(Int8LinearTest, RefusesInputsThatAreNotFiniteAndTakesZeros) {
   EXPECT_TRUE(torch::allclose(*zeros, QuickGelu(b).expand({3, 8}), 1e-5, 1e-6));
 }
 
+// A caller that wrote x (RowLayerNorm) passes its range instead of a pass to find it:
+// the same result. oneDNN's kernel quantizes with the range it is given; LibTorch's
+// finds its own in its kernel, and takes from it only whether x is finite.
+TEST_P(Int8LinearTest, AGivenRangeStandsInForThePassThatFindsIt) {
+  const torch::InferenceMode inference;
+  torch::manual_seed(33);
+  const Int8Linear linear = Make(torch::randn({8, 16}), torch::randn({8}));
+  const torch::Tensor x = torch::randn({5, 16}) + 0.5;
+  const ValueRange range{x.min().item<float>(), x.max().item<float>()};
+  const std::optional<torch::Tensor> found = linear.Apply(x, torch::kFloat);
+  const std::optional<torch::Tensor> given = linear.Apply(x, torch::kFloat, range);
+  ASSERT_TRUE(found.has_value() && given.has_value());
+  EXPECT_TRUE(torch::equal(*found, *given));
+  EXPECT_FALSE(linear
+                   .Apply(x, torch::kFloat,
+                          ValueRange{-std::numeric_limits<float>::infinity(), 1.0f})
+                   .has_value());
+  if (GetParam() == Int8Kernel::kOneDnn) {
+    // A wider range: the scale of x with a row that spans it, to the last bit.
+    torch::Tensor wide = torch::zeros({1, 16});
+    wide[0][0] = range.min * 3;
+    wide[0][1] = range.max * 3;
+    const std::optional<torch::Tensor> with_row =
+        linear.Apply(torch::cat({x, wide}), torch::kFloat);
+    const std::optional<torch::Tensor> widened =
+        linear.Apply(x, torch::kFloat, ValueRange{range.min * 3, range.max * 3});
+    ASSERT_TRUE(with_row.has_value() && widened.has_value());
+    EXPECT_TRUE(torch::equal(with_row->narrow(0, 0, 5), *widened));
+    EXPECT_FALSE(torch::equal(*widened, *found));
+  }
+}
+
 // The engine's workers may share a tower: concurrent calls on one packed weight give
 // what each gives alone, across row counts compiled on first use by any thread.
 TEST_P(Int8LinearTest, ConcurrentCallsGiveWhatEachGivesAlone) {
