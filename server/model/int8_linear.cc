@@ -1,6 +1,5 @@
 #include "server/model/int8_linear.h"
 
-#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -13,12 +12,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/model/uint8_quantize.h"
 
 #if CLIPSERVE_WITH_DNNL
 #include <oneapi/dnnl/dnnl.hpp>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -88,103 +85,6 @@ std::vector<int64_t> OutputShape(const torch::Tensor& x, int64_t out) {
 #if CLIPSERVE_WITH_DNNL
 
 namespace {
-
-inline float ToFloat(float v) { return v; }
-inline float ToFloat(c10::BFloat16 v) { return static_cast<float>(v); }
-
-// q = clamp(nearbyint(x / scale) + zero_point, 0, 255): the rounding the reference
-// describes (half to even), with the zero point added after it.
-template <typename T>
-void QuantizeSpanScalar(const T* x, uint8_t* q, int64_t n, float scale,
-                        int32_t zero_point) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t r =
-        static_cast<int32_t>(std::nearbyint(ToFloat(x[i]) / scale)) + zero_point;
-    q[i] = static_cast<uint8_t>(std::clamp(r, 0, 255));
-  }
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CLIPSERVE_QUANTIZE_AVX512 1
-// GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then
-// reports as maybe uninitialized (GCC bug 105593): not a fault of this code.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-// The same, 16 at a time: vcvtps2dq rounds half to even in the default rounding mode,
-// as nearbyint does.
-__attribute__((target("avx512f"))) inline void QuantizeBlockAvx512(__m512 v, uint8_t* q,
-                                                                   __m512 scale,
-                                                                   __m512i zero_point) {
-  __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v, scale)), zero_point);
-  r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_setzero_si512()),
-                       _mm512_set1_epi32(255));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(r));
-}
-
-__attribute__((target("avx512f"))) void QuantizeSpanAvx512(const float* x, uint8_t* q,
-                                                           int64_t n, float scale,
-                                                           int32_t zero_point) {
-  const __m512 vscale = _mm512_set1_ps(scale);
-  const __m512i vzero = _mm512_set1_epi32(zero_point);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    QuantizeBlockAvx512(_mm512_loadu_ps(x + i), q + i, vscale, vzero);
-  }
-  QuantizeSpanScalar(x + i, q + i, n - i, scale, zero_point);
-}
-
-__attribute__((target("avx512f"))) void QuantizeSpanAvx512(const c10::BFloat16* x,
-                                                           uint8_t* q, int64_t n,
-                                                           float scale,
-                                                           int32_t zero_point) {
-  const __m512 vscale = _mm512_set1_ps(scale);
-  const __m512i vzero = _mm512_set1_epi32(zero_point);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    // bf16 is the top half of an fp32.
-    const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                               reinterpret_cast<const __m256i*>(x + i))),
-                                           16);
-    QuantizeBlockAvx512(_mm512_castsi512_ps(wide), q + i, vscale, vzero);
-  }
-  QuantizeSpanScalar(x + i, q + i, n - i, scale, zero_point);
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
-
-template <typename T>
-void QuantizeSpan(const T* x, uint8_t* q, int64_t n, float scale, int32_t zero_point) {
-#if CLIPSERVE_QUANTIZE_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return QuantizeSpanAvx512(x, q, n, scale, zero_point);
-#endif
-  QuantizeSpanScalar(x, q, n, scale, zero_point);
-}
-
-// x (contiguous fp32 or bf16) quantized to uint8 at `s`, in parallel.
-torch::Tensor QuantizeInput(const torch::Tensor& x, const InputScale& s) {
-  torch::Tensor q = torch::empty(x.sizes(), x.options().dtype(torch::kByte));
-  uint8_t* out = q.data_ptr<uint8_t>();
-  const int32_t zero_point = s.zero_point;
-  constexpr int64_t kGrain = 1 << 15;
-  if (x.scalar_type() == torch::kBFloat16) {
-    const c10::BFloat16* in = x.data_ptr<c10::BFloat16>();
-    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      QuantizeSpan(in + begin, out + begin, end - begin, s.scale, zero_point);
-    });
-  } else {
-    const float* in = x.data_ptr<float>();
-    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      QuantizeSpan(in + begin, out + begin, end - begin, s.scale, zero_point);
-    });
-  }
-  return q;
-}
 
 // x as a contiguous [rows, in] matrix the quantizer reads: fp32 and bf16 as they are.
 torch::Tensor AsRows(const torch::Tensor& x) {
@@ -319,7 +219,7 @@ std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int
   const torch::Tensor biases =
       (w.bias / scales - w.row_sums * static_cast<float>(s->zero_point)).contiguous();
   if (!biases.isfinite().all().item<bool>()) return std::nullopt;
-  const torch::Tensor q = QuantizeInput(rows, *s);
+  const torch::Tensor q = QuantizeToUint8(rows, s->scale, s->zero_point);
   const int64_t m = rows.size(0);
   const bool bf16 = dtype == torch::kBFloat16;
   const std::shared_ptr<const Product> product =

@@ -1,18 +1,17 @@
 #include "server/model/row_layer_norm.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/BFloat16.h>
-#include <torch/torch.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define CLIPSERVE_ROW_LAYER_NORM_AVX512 1
-#endif
+#include "server/model/avx512_rows.h"
 
 namespace clipserve {
 
@@ -33,52 +32,29 @@ struct RowShape {
   float eps;
 };
 
-#if CLIPSERVE_ROW_LAYER_NORM_AVX512
+#if CLIPSERVE_ROWS_AVX512
 RowsRange Merge(const RowsRange& a, const RowsRange& b) {
   return {std::min(a.min, b.min), std::max(a.max, b.max), a.finite && b.finite};
 }
 
-// GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then
-// reports as (maybe) uninitialized (GCC bug 105593): not a fault of this code.
+// GCC bug 105593, around the reductions: see avx512_rows.h.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
-#define CLIPSERVE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-// 16 values from p where `m` has a bit, 0 elsewhere.
-CLIPSERVE_AVX512 inline __m512 Load16(const float* p, __mmask16 m) {
-  return _mm512_maskz_loadu_ps(m, p);
-}
-CLIPSERVE_AVX512 inline __m512 Load16(const c10::BFloat16* p, __mmask16 m) {
-  // bf16 is the top half of an fp32.
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-
-CLIPSERVE_AVX512 inline void Store16(__m512 v, float* p, __mmask16 m) {
-  _mm512_mask_storeu_ps(p, m, v);
-}
-// Rounded to nearest even as c10::BFloat16 rounds, NaN to 0x7fc0.
-CLIPSERVE_AVX512 inline void Store16(__m512 v, c10::BFloat16* p, __mmask16 m) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_srli_epi32(
-      _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
-  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
-                                  _mm512_set1_epi32(0x7fc0));
-  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(rounded));
-}
+using avx512_rows::Load16;
+using avx512_rows::Store16;
 
 // 16 values (where `m` has a bit) normalized and stored, their range and whether any
 // is not finite added to lo, hi and not_finite.
 template <typename In, typename Out>
-CLIPSERVE_AVX512 inline void NormalizeBlock(const In* x, Out* y, const float* weight,
-                                            const float* bias, __m512 mean, __m512 rstd,
-                                            __mmask16 m, __m512& lo, __m512& hi,
-                                            __mmask16& not_finite) {
+CLIPSERVE_AVX512_TARGET inline void NormalizeBlock(const In* x, Out* y,
+                                                   const float* weight, const float* bias,
+                                                   __m512 mean, __m512 rstd, __mmask16 m,
+                                                   __m512& lo, __m512& hi,
+                                                   __mmask16& not_finite) {
   const __m512 v =
       _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(Load16(x, m), mean), rstd),
                       _mm512_maskz_loadu_ps(m, weight), _mm512_maskz_loadu_ps(m, bias));
@@ -91,11 +67,10 @@ CLIPSERVE_AVX512 inline void NormalizeBlock(const In* x, Out* y, const float* we
 }
 
 template <typename In, typename Out>
-CLIPSERVE_AVX512 void NormalizeRow(const In* x, Out* y, const RowShape& s,
-                                   RowsRange& range) {
+CLIPSERVE_AVX512_TARGET void NormalizeRow(const In* x, Out* y, const RowShape& s,
+                                          RowsRange& range) {
   const int64_t full = s.width / 16 * 16;
-  // The last, partial block's lanes (none when the width is a multiple of 16).
-  const __mmask16 tail = static_cast<__mmask16>((1u << (s.width - full)) - 1);
+  const __mmask16 tail = avx512_rows::TailMask(s.width);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < full; i += 16) sum = _mm512_add_ps(sum, Load16(x + i, 0xffff));
   if (tail) sum = _mm512_add_ps(sum, Load16(x + full, tail));
@@ -132,7 +107,6 @@ CLIPSERVE_AVX512 void NormalizeRow(const In* x, Out* y, const RowShape& s,
   range.max = std::max(range.max, _mm512_reduce_max_ps(hi));
 }
 
-#undef CLIPSERVE_AVX512
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -162,24 +136,14 @@ RowsRange NormalizeInParallel(const at::Tensor& x, at::Tensor& y, const RowShape
              : NormalizeInParallel<In, float>(x, y, s);
 }
 
-#endif  // CLIPSERVE_ROW_LAYER_NORM_AVX512
-
-bool CpuHasAvx512() {
-#if CLIPSERVE_ROW_LAYER_NORM_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
-                             __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl");
-  return avx512;
-#else
-  return false;
-#endif
-}
+#endif  // CLIPSERVE_ROWS_AVX512
 
 }  // namespace
 
 bool RowLayerNormTakes(const at::Tensor& x, const at::Tensor& weight,
                        const at::Tensor& bias) {
-  if (!CpuHasAvx512() || !x.is_cpu() || x.dim() == 0 || x.size(-1) == 0) return false;
+  if (!avx512_rows::CpuHasAvx512() || !x.is_cpu() || x.dim() == 0 || x.size(-1) == 0)
+    return false;
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
   // No autograd: a graph to record goes through LibTorch's layer_norm.
   return !(at::GradMode::is_enabled() &&
@@ -202,7 +166,7 @@ NormalizedRows RowLayerNorm(const at::Tensor& x, const at::Tensor& weight,
   const RowShape shape{width, w.data_ptr<float>(), b.data_ptr<float>(),
                        static_cast<float>(eps)};
   at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_dtype));
-#if CLIPSERVE_ROW_LAYER_NORM_AVX512
+#if CLIPSERVE_ROWS_AVX512
   const RowsRange range = x.scalar_type() == at::kBFloat16
                               ? NormalizeInParallel<c10::BFloat16>(rows, y, shape)
                               : NormalizeInParallel<float>(rows, y, shape);

@@ -1,0 +1,76 @@
+#ifndef CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
+#define CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
+
+// What the row kernels (RowLayerNorm, RowSoftmax) share: whether the CPU runs their
+// AVX-512 code, and 16-value loads and stores of fp32 and bf16 rows. Private to
+// server/model's .cc files.
+
+#include <c10/util/BFloat16.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CLIPSERVE_ROWS_AVX512 1
+#define CLIPSERVE_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
+#endif
+
+namespace clipserve::avx512_rows {
+
+// Whether this CPU has AVX-512 F, BW and VL (and this build can use them).
+inline bool CpuHasAvx512() {
+#if CLIPSERVE_ROWS_AVX512
+  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
+                             __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+  return avx512;
+#else
+  return false;
+#endif
+}
+
+#if CLIPSERVE_ROWS_AVX512
+// GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then
+// reports as (maybe) uninitialized (GCC bug 105593): not a fault of this code. Files
+// that use the reductions (_mm512_reduce_*) repeat this around them.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+// 16 values from p where `m` has a bit, 0 elsewhere.
+CLIPSERVE_AVX512_TARGET inline __m512 Load16(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+CLIPSERVE_AVX512_TARGET inline __m512 Load16(const c10::BFloat16* p, __mmask16 m) {
+  // bf16 is the top half of an fp32.
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+CLIPSERVE_AVX512_TARGET inline void Store16(__m512 v, float* p, __mmask16 m) {
+  _mm512_mask_storeu_ps(p, m, v);
+}
+// Rounded to nearest even as c10::BFloat16 rounds, NaN to 0x7fc0.
+CLIPSERVE_AVX512_TARGET inline void Store16(__m512 v, c10::BFloat16* p, __mmask16 m) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                                  _mm512_set1_epi32(0x7fc0));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(rounded));
+}
+
+// The lanes of a row's last, partial block of 16 (none when 16 divides the width).
+inline __mmask16 TailMask(int64_t width) {
+  return static_cast<__mmask16>((1u << (width % 16)) - 1);
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // CLIPSERVE_ROWS_AVX512
+
+}  // namespace clipserve::avx512_rows
+
+#endif  // CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
