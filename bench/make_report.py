@@ -508,11 +508,14 @@ def main():
     add("## Microbenchmarks")
     add("")
     add("Items are images for the image benchmarks, tokens for the tokenizer's encode "
-        "benchmarks, and queued items for the batcher's (a no-op model).")
+        "benchmarks, queued items for the batcher's (a no-op model), and rows for the "
+        "kernel benchmarks (ViT-B-32 batch-32 shapes: a LayerNorm feeding an int8 "
+        "product, with the range it quantizes with, and the attention softmax; `ours:0` "
+        "is LibTorch's ops, `ours:1` clipserve's kernel).")
     add("")
     add("| benchmark | what | items/s | time per iteration |")
     add("|---|---|---|---|")
-    for f in ("tokenizer", "image", "batcher"):
+    for f in ("tokenizer", "image", "batcher", "kernel"):
         for name, (ips, ms, label) in sorted(gbench(os.path.join(r, f + ".json")).items()):
             add(f"| {name} | {label} | {fmt(ips)} | {fmt(ms, 3)} ms |")
     add("")

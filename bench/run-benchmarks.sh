@@ -27,7 +27,7 @@ stage() {  # runs stage $1 when asked, recording when it ran (the report lists t
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j2 --target clip_server clip_client tokenizer_benchmark \
-  image_benchmark batcher_benchmark model_benchmark
+  image_benchmark batcher_benchmark kernel_benchmark model_benchmark
 BIN=$ROOT/build/bin
 
 # Without AMX-BF16 or AVX512-BF16, LibTorch emulates bf16 (a ViT-B-32 image batch of
@@ -56,6 +56,7 @@ echo "== microbenchmarks"
 "$BIN/tokenizer_benchmark" "${GB[@]}" >"$OUT/tokenizer.json"
 "$BIN/image_benchmark" "${GB[@]}" >"$OUT/image.json"
 "$BIN/batcher_benchmark" "${GB[@]}" >"$OUT/batcher.json"
+"$BIN/kernel_benchmark" "${GB[@]}" >"$OUT/kernel.json"
 fi
 
 if stage model; then

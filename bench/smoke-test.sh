@@ -11,6 +11,7 @@ GB=(--benchmark_min_time=0.01 --benchmark_format=json)
 "$BIN/tokenizer_benchmark" "${GB[@]}" >"$OUT/tokenizer.json"
 "$BIN/image_benchmark" "${GB[@]}" --benchmark_filter=640x480 >"$OUT/image.json"
 "$BIN/batcher_benchmark" "${GB[@]}" --benchmark_filter=items:8/workers:1 >"$OUT/batcher.json"
+"$BIN/kernel_benchmark" "${GB[@]}" >"$OUT/kernel.json"
 "$BIN/model_benchmark" "${GB[@]}" \
   --benchmark_filter='BM_(ImageTower/model:0/batch:1/bf16:1|TextTower/model:0/batch:1/bf16:1/tokens:20)' \
   >"$OUT/model.json"
@@ -24,6 +25,7 @@ for f in PERFORMANCE.md performance.png; do
   test -s "$OUT/report/$f" || { echo "no $f"; exit 1; }
 done
 grep -q "BM_ImageTower" "$OUT/model.json"
+grep -q "BM_Softmax" "$OUT/kernel.json"
 grep -q '"items_per_s"' "$OUT/python.jsonl"
 grep -q '^| 64 | .* | 3 | 0 | 0 |' "$OUT/request_memory.md"
 echo "benchmarks ran; report written"

@@ -1,0 +1,78 @@
+// clipserve's own CPU kernels against the LibTorch ops they replace, on the shapes of
+// a ViT-B-32 image batch of 32 (50 tokens, width 768, 12 heads), bf16 activations.
+//
+//   BM_LayerNormForInt8/ours:O   a LayerNorm feeding an int8 product: its fp32 output
+//       and the range the product quantizes with. O=0: LibTorch (x.float(),
+//       layer_norm, aminmax); O=1: RowLayerNorm, one pass.
+//   BM_Softmax/ours:O   attention weights, softmax over 50 bf16 scores in fp32. O=0:
+//       LibTorch's bf16 softmax; O=1: RowSoftmax.
+//
+// Items are rows. One LibTorch intra-op thread per CPU this process may use, as
+// clip_server's default.
+
+#include <sched.h>
+#include <torch/torch.h>
+
+#include "benchmark/benchmark.h"
+#include "server/model/row_layer_norm.h"
+#include "server/model/row_softmax.h"
+
+namespace clipserve {
+namespace {
+
+void UseEveryCpu() {
+  cpu_set_t set;
+  at::set_num_threads(sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1);
+}
+
+void BM_LayerNormForInt8(benchmark::State& state) {
+  UseEveryCpu();
+  const torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  const torch::Tensor x = torch::randn({32, 50, 768}).to(torch::kBFloat16);
+  const torch::Tensor w = torch::rand({768}).to(torch::kBFloat16);
+  const torch::Tensor b = torch::randn({768}).to(torch::kBFloat16);
+  const bool ours = state.range(0) == 1;
+  if (ours && !RowLayerNormTakes(x, w, b)) {
+    state.SkipWithError("RowLayerNorm needs AVX-512");
+    return;
+  }
+  for (auto _ : state) {
+    if (ours) {
+      const NormalizedRows n = RowLayerNorm(x, w, b, 1e-5, torch::kFloat);
+      benchmark::DoNotOptimize(n.range);
+    } else {
+      const torch::Tensor y = torch::layer_norm(x.to(torch::kFloat), {768},
+                                                w.to(torch::kFloat), b.to(torch::kFloat));
+      const auto [lo, hi] = torch::aminmax(y);
+      benchmark::DoNotOptimize(lo.item<float>() + hi.item<float>());
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * 32 * 50);
+  state.SetLabel(ours ? "RowLayerNorm" : "LibTorch");
+}
+BENCHMARK(BM_LayerNormForInt8)->ArgName("ours")->Arg(0)->Arg(1)->UseRealTime();
+
+void BM_Softmax(benchmark::State& state) {
+  UseEveryCpu();
+  const torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  const torch::Tensor scores = (torch::randn({32, 12, 50, 50}) * 4).to(torch::kBFloat16);
+  const bool ours = state.range(0) == 1;
+  if (ours && !RowSoftmaxTakes(scores)) {
+    state.SkipWithError("RowSoftmax needs AVX-512");
+    return;
+  }
+  for (auto _ : state) {
+    const torch::Tensor weights = ours ? RowSoftmax(scores) : torch::softmax(scores, -1);
+    benchmark::DoNotOptimize(weights.data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * 32 * 12 * 50);
+  state.SetLabel(ours ? "RowSoftmax" : "LibTorch");
+}
+BENCHMARK(BM_Softmax)->ArgName("ours")->Arg(0)->Arg(1)->UseRealTime();
+
+}  // namespace
+}  // namespace clipserve
+
+BENCHMARK_MAIN();
