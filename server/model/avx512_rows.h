@@ -27,15 +27,22 @@ inline bool CpuHasAvx512() {
 #endif
 }
 
-#if CLIPSERVE_ROWS_AVX512
 // GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then
-// reports as (maybe) uninitialized (GCC bug 105593): not a fault of this code. Files
-// that use the reductions (_mm512_reduce_*) repeat this around them.
+// reports as (maybe) uninitialized (GCC bug 105593): not a fault of this code. Code
+// around them (and around the _mm512_reduce_* helpers) sits between these two.
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+#define CLIPSERVE_AVX512_WARNINGS_OFF                             \
+  _Pragma("GCC diagnostic push")                                  \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+          _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define CLIPSERVE_AVX512_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define CLIPSERVE_AVX512_WARNINGS_OFF
+#define CLIPSERVE_AVX512_WARNINGS_ON
 #endif
+
+#if CLIPSERVE_ROWS_AVX512
+CLIPSERVE_AVX512_WARNINGS_OFF
 
 // 16 values from p where `m` has a bit, 0 elsewhere.
 CLIPSERVE_AVX512_TARGET inline __m512 Load16(const float* p, __mmask16 m) {
@@ -66,9 +73,7 @@ inline __mmask16 TailMask(int64_t width) {
   return static_cast<__mmask16>((1u << (width % 16)) - 1);
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+CLIPSERVE_AVX512_WARNINGS_ON
 #endif  // CLIPSERVE_ROWS_AVX512
 
 }  // namespace clipserve::avx512_rows

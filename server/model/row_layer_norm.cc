@@ -37,14 +37,9 @@ RowsRange Merge(const RowsRange& a, const RowsRange& b) {
   return {std::min(a.min, b.min), std::max(a.max, b.max), a.finite && b.finite};
 }
 
-// GCC bug 105593, around the reductions: see avx512_rows.h.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
-using avx512_rows::Load16;
+    using avx512_rows::Load16;
 using avx512_rows::Store16;
 
 // 16 values (where `m` has a bit) normalized and stored, their range and whether any
@@ -107,9 +102,7 @@ CLIPSERVE_AVX512_TARGET void NormalizeRow(const In* x, Out* y, const RowShape& s
   range.max = std::max(range.max, _mm512_reduce_max_ps(hi));
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+CLIPSERVE_AVX512_WARNINGS_ON
 
 // Rows [begin, end) of x into y, in tasks of at least 32K values (smaller ones cost
 // more to hand out than to run).

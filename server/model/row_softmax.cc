@@ -18,14 +18,9 @@ namespace clipserve {
 namespace {
 
 #if CLIPSERVE_ROWS_AVX512
-// GCC bug 105593, around the reductions: see avx512_rows.h.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
-using avx512_rows::Load16;
+    using avx512_rows::Load16;
 using avx512_rows::Store16;
 
 // exp(x) for x <= 0 (softmax's x - max), to about 1 ulp: x = n ln2 + r with |r| <=
@@ -97,9 +92,7 @@ CLIPSERVE_AVX512_TARGET void SoftmaxRow(const T* x, T* y, int64_t width, float* 
   }
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+CLIPSERVE_AVX512_WARNINGS_ON
 
 template <typename T>
 void SoftmaxInParallel(const at::Tensor& x, at::Tensor& y) {

@@ -9,9 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#endif
+#include "server/model/avx512_rows.h"
 
 namespace clipserve {
 
@@ -34,18 +32,12 @@ void QuantizeSpanScalar(const T* x, uint8_t* q, int64_t n, float scale,
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define CLIPSERVE_QUANTIZE_AVX512 1
-// GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then
-// reports as maybe uninitialized (GCC bug 105593): not a fault of this code.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
-// The same, 16 at a time: vcvtps2dq rounds half to even in the default rounding mode,
-// as nearbyint does.
-__attribute__((target("avx512f"))) inline void QuantizeBlockAvx512(__m512 v, uint8_t* q,
-                                                                   __m512 scale,
-                                                                   __m512i zero_point) {
+    // The same, 16 at a time: vcvtps2dq rounds half to even in the default rounding mode,
+    // as nearbyint does.
+    __attribute__((target("avx512f"))) inline void
+    QuantizeBlockAvx512(__m512 v, uint8_t* q, __m512 scale, __m512i zero_point) {
   __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v, scale)), zero_point);
   r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_setzero_si512()),
                        _mm512_set1_epi32(255));
@@ -80,9 +72,7 @@ __attribute__((target("avx512f"))) void QuantizeSpanAvx512(const c10::BFloat16* 
   }
   QuantizeSpanScalar(x + i, q + i, n - i, scale, zero_point);
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+CLIPSERVE_AVX512_WARNINGS_ON
 #endif
 
 template <typename T>
