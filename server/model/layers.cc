@@ -42,11 +42,9 @@ bool Int8Projection::Takes(const torch::Tensor& x) const {
 }
 
 torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
-                      const torch::Tensor& weight, const torch::Tensor& bias,
-                      const std::optional<ValueRange>& range) {
+                      const torch::Tensor& weight, const torch::Tensor& bias) {
   if (int8.has_value() && int8->Takes(x)) {
-    if (std::optional<torch::Tensor> y =
-            int8->linear.Apply(x, weight.scalar_type(), range)) {
+    if (std::optional<torch::Tensor> y = int8->linear.Apply(x, weight.scalar_type())) {
       return *y;
     }
   }

@@ -52,10 +52,9 @@ struct Int8Projection {
 };
 
 // x W^T + b in the weight's dtype, through `int8` when it is set and x has at least
-// its min_rows rows (and only finite values). `range`: as Int8Linear::Apply's.
+// its min_rows rows (and only finite values).
 torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
-                      const torch::Tensor& weight, const torch::Tensor& bias,
-                      const std::optional<ValueRange>& range = {});
+                      const torch::Tensor& weight, const torch::Tensor& bias);
 
 // Multi-head self-attention with nn.MultiheadAttention's parameter names:
 // in_proj_weight [3w, w], in_proj_bias [3w], out_proj.{weight,bias}.
