@@ -39,7 +39,7 @@ RowsRange Merge(const RowsRange& a, const RowsRange& b) {
 
 CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
-    using avx512_rows::Load16;
+using avx512_rows::Load16;
 using avx512_rows::Store16;
 
 // 16 values (where `m` has a bit) normalized and stored, their range and whether any

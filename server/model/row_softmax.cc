@@ -20,7 +20,7 @@ namespace {
 #if CLIPSERVE_ROWS_AVX512
 CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
-    using avx512_rows::Load16;
+using avx512_rows::Load16;
 using avx512_rows::Store16;
 
 // exp(x) for x <= 0 (softmax's x - max), to about 1 ulp: x = n ln2 + r with |r| <=

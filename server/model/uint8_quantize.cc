@@ -34,10 +34,11 @@ void QuantizeSpanScalar(const T* x, uint8_t* q, int64_t n, float scale,
 #define CLIPSERVE_QUANTIZE_AVX512 1
 CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
-    // The same, 16 at a time: vcvtps2dq rounds half to even in the default rounding mode,
-    // as nearbyint does.
-    __attribute__((target("avx512f"))) inline void
-    QuantizeBlockAvx512(__m512 v, uint8_t* q, __m512 scale, __m512i zero_point) {
+// The same, 16 at a time: vcvtps2dq rounds half to even in the default rounding mode,
+// as nearbyint does.
+__attribute__((target("avx512f"))) inline void QuantizeBlockAvx512(__m512 v, uint8_t* q,
+                                                                   __m512 scale,
+                                                                   __m512i zero_point) {
   __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v, scale)), zero_point);
   r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_setzero_si512()),
                        _mm512_set1_epi32(255));
