@@ -1,10 +1,11 @@
 #ifndef CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
 #define CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
 
-// What the row kernels (RowLayerNorm, RowSoftmax) share: whether the CPU runs their
-// AVX-512 code, and 16-value loads and stores of fp32 and bf16 rows. Private to
-// server/model's .cc files.
+// What the row kernels (RowLayerNorm, RowSoftmax, the uint8 quantizer) share: whether
+// the CPU runs their AVX-512 code, which tensors they take, and 16-value loads and
+// stores of fp32 and bf16 rows. Private to server/model's .cc files.
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -25,6 +26,13 @@ inline bool CpuHasAvx512() {
 #else
   return false;
 #endif
+}
+
+// Whether a row kernel takes x: fp32 or bf16 on the CPU, at least one value per row,
+// and a CPU with AVX-512. Whether autograd records x is each kernel's own question.
+inline bool TakesRows(const at::Tensor& x) {
+  return CpuHasAvx512() && x.is_cpu() && x.dim() > 0 && x.size(-1) > 0 &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
 }
 
 // GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then

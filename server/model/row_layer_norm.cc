@@ -135,9 +135,7 @@ RowsRange NormalizeInParallel(const at::Tensor& x, at::Tensor& y, const RowShape
 
 bool RowLayerNormTakes(const at::Tensor& x, const at::Tensor& weight,
                        const at::Tensor& bias) {
-  if (!avx512_rows::CpuHasAvx512() || !x.is_cpu() || x.dim() == 0 || x.size(-1) == 0)
-    return false;
-  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
+  if (!avx512_rows::TakesRows(x)) return false;
   // No autograd: a graph to record goes through LibTorch's layer_norm.
   return !(at::GradMode::is_enabled() &&
            (x.requires_grad() || weight.requires_grad() || bias.requires_grad()));

@@ -113,11 +113,7 @@ void SoftmaxInParallel(const at::Tensor& x, at::Tensor& y) {
 }  // namespace
 
 bool RowSoftmaxTakes(const at::Tensor& x) {
-  if (!avx512_rows::CpuHasAvx512() || !x.is_cpu() || x.dim() == 0 || x.size(-1) == 0) {
-    return false;
-  }
-  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
-  return !(at::GradMode::is_enabled() && x.requires_grad());
+  return avx512_rows::TakesRows(x) && !(at::GradMode::is_enabled() && x.requires_grad());
 }
 
 at::Tensor RowSoftmax(const at::Tensor& x) {

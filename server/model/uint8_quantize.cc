@@ -30,57 +30,32 @@ void QuantizeSpanScalar(const T* x, uint8_t* q, int64_t n, float scale,
   }
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CLIPSERVE_QUANTIZE_AVX512 1
+#if CLIPSERVE_ROWS_AVX512
 CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
-// The same, 16 at a time: vcvtps2dq rounds half to even in the default rounding mode,
-// as nearbyint does.
-__attribute__((target("avx512f"))) inline void QuantizeBlockAvx512(__m512 v, uint8_t* q,
-                                                                   __m512 scale,
-                                                                   __m512i zero_point) {
-  __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v, scale)), zero_point);
-  r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_setzero_si512()),
-                       _mm512_set1_epi32(255));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(r));
-}
-
-__attribute__((target("avx512f"))) void QuantizeSpanAvx512(const float* x, uint8_t* q,
-                                                           int64_t n, float scale,
-                                                           int32_t zero_point) {
+// The same, 16 at a time (the tail under a mask): vcvtps2dq rounds half to even in
+// the default rounding mode, as nearbyint does.
+template <typename T>
+CLIPSERVE_AVX512_TARGET void QuantizeSpanAvx512(const T* x, uint8_t* q, int64_t n,
+                                                float scale, int32_t zero_point) {
   const __m512 vscale = _mm512_set1_ps(scale);
   const __m512i vzero = _mm512_set1_epi32(zero_point);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    QuantizeBlockAvx512(_mm512_loadu_ps(x + i), q + i, vscale, vzero);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16{0xffff} : avx512_rows::TailMask(n - i);
+    __m512i r = _mm512_add_epi32(
+        _mm512_cvtps_epi32(_mm512_div_ps(avx512_rows::Load16(x + i, m), vscale)), vzero);
+    r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_setzero_si512()),
+                         _mm512_set1_epi32(255));
+    _mm_mask_storeu_epi8(q + i, m, _mm512_cvtepi32_epi8(r));
   }
-  QuantizeSpanScalar(x + i, q + i, n - i, scale, zero_point);
-}
-
-__attribute__((target("avx512f"))) void QuantizeSpanAvx512(const c10::BFloat16* x,
-                                                           uint8_t* q, int64_t n,
-                                                           float scale,
-                                                           int32_t zero_point) {
-  const __m512 vscale = _mm512_set1_ps(scale);
-  const __m512i vzero = _mm512_set1_epi32(zero_point);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    // bf16 is the top half of an fp32.
-    const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                               reinterpret_cast<const __m256i*>(x + i))),
-                                           16);
-    QuantizeBlockAvx512(_mm512_castsi512_ps(wide), q + i, vscale, vzero);
-  }
-  QuantizeSpanScalar(x + i, q + i, n - i, scale, zero_point);
 }
 CLIPSERVE_AVX512_WARNINGS_ON
 #endif
 
 template <typename T>
 void QuantizeSpan(const T* x, uint8_t* q, int64_t n, float scale, int32_t zero_point) {
-#if CLIPSERVE_QUANTIZE_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return QuantizeSpanAvx512(x, q, n, scale, zero_point);
+#if CLIPSERVE_ROWS_AVX512
+  if (avx512_rows::CpuHasAvx512()) return QuantizeSpanAvx512(x, q, n, scale, zero_point);
 #endif
   QuantizeSpanScalar(x, q, n, scale, zero_point);
 }
