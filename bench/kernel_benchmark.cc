@@ -6,6 +6,9 @@
 //       layer_norm, aminmax); O=1: RowLayerNorm, one pass.
 //   BM_Softmax/ours:O   attention weights, softmax over 50 bf16 scores in fp32. O=0:
 //       LibTorch's bf16 softmax; O=1: RowSoftmax.
+//   BM_QuickGelu/ours:O   the MLP's activation on its 3072-wide bf16 hidden rows.
+//       O=0: LibTorch's h * sigmoid(1.702 h); O=1: QuickGeluInPlace (a fresh copy of
+//       the input restored, untimed, before each call).
 //
 // Items are rows. One LibTorch intra-op thread per CPU this process may use, as
 // clip_server's default.
@@ -14,6 +17,7 @@
 #include <torch/torch.h>
 
 #include "benchmark/benchmark.h"
+#include "server/model/quick_gelu.h"
 #include "server/model/row_layer_norm.h"
 #include "server/model/row_softmax.h"
 
@@ -71,6 +75,34 @@ void BM_Softmax(benchmark::State& state) {
   state.SetLabel(ours ? "RowSoftmax" : "LibTorch");
 }
 BENCHMARK(BM_Softmax)->ArgName("ours")->Arg(0)->Arg(1)->UseRealTime();
+
+void BM_QuickGelu(benchmark::State& state) {
+  UseEveryCpu();
+  const torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  const torch::Tensor h = (torch::randn({32 * 50, 3072}) * 2).to(torch::kBFloat16);
+  torch::Tensor work = h.clone();
+  const bool ours = state.range(0) == 1;
+  if (ours && !QuickGeluTakes(work)) {
+    state.SkipWithError("QuickGeluInPlace needs AVX-512");
+    return;
+  }
+  for (auto _ : state) {
+    if (ours) {
+      state.PauseTiming();
+      work.copy_(h);
+      state.ResumeTiming();
+      QuickGeluInPlace(work);
+      benchmark::DoNotOptimize(work.data_ptr());
+    } else {
+      const torch::Tensor y = h * torch::sigmoid(kQuickGeluSlope * h);
+      benchmark::DoNotOptimize(y.data_ptr());
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * 32 * 50);
+  state.SetLabel(ours ? "QuickGeluInPlace" : "LibTorch");
+}
+BENCHMARK(BM_QuickGelu)->ArgName("ours")->Arg(0)->Arg(1)->UseRealTime();
 
 }  // namespace
 }  // namespace clipserve

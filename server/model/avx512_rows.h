@@ -1,9 +1,9 @@
 #ifndef CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
 #define CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
 
-// What the row kernels (RowLayerNorm, RowSoftmax, the uint8 quantizer) share: whether
-// the CPU runs their AVX-512 code, which tensors they take, and 16-value loads and
-// stores of fp32 and bf16 rows. Private to server/model's .cc files.
+// What the row kernels (RowLayerNorm, RowSoftmax, QuickGelu, the uint8 quantizer)
+// share: whether the CPU runs their AVX-512 code, which tensors they take, 16-value
+// loads and stores of fp32 and bf16 rows, and exp. Private to server/model's .cc files.
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
@@ -74,6 +74,30 @@ CLIPSERVE_AVX512_TARGET inline void Store16(__m512 v, c10::BFloat16* p, __mmask1
   rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
                                   _mm512_set1_epi32(0x7fc0));
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(rounded));
+}
+
+// exp(x) for x <= 0 (softmax's x - max, sigmoid's -|x|), to about 1 ulp: x = n ln2 + r
+// with |r| <= ln2 / 2 (ln2 in two parts, so n ln2 is exact), exp(r) by Cephes' expf
+// polynomial, times 2^n (scalef rounds into the subnormals as exp does). Below -104
+// exp is under half the smallest subnormal: 0 (and 0 for a NaN x: callers that can
+// meet one handle it themselves).
+CLIPSERVE_AVX512_TARGET inline __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  // 1 + r + r^2 p
+  const __m512 e =
+      _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(e, n);
 }
 
 // The lanes of a row's last, partial block of 16 (none when 16 divides the width).

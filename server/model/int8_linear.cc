@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/model/quick_gelu.h"
 #include "server/model/uint8_quantize.h"
 
 #if CLIPSERVE_WITH_DNNL
@@ -25,9 +26,6 @@
 namespace clipserve {
 
 namespace {
-
-// QuickGELU(h) = h * sigmoid(1.702 h): oneDNN's swish with alpha 1.702.
-constexpr float kQuickGeluSlope = 1.702f;
 
 // The weight rounded to int8 with one symmetric scale per row: the largest magnitude
 // of each row maps to 127. An all-zero row gets scale 1 (any scale represents it).
@@ -124,6 +122,7 @@ dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t o
   dnnl::post_ops ops;
   ops.append_binary(dnnl::algorithm::binary_mul, per_column);
   if (activation == Int8Activation::kQuickGelu) {
+    // QuickGELU is oneDNN's swish, x * sigmoid(alpha x), with alpha 1.702.
     ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, kQuickGeluSlope, 0.0f);
   } else if (activation == Int8Activation::kGelu) {
     ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);

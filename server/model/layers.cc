@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "server/model/quick_gelu.h"
 #include "server/model/row_layer_norm.h"
 #include "server/model/row_softmax.h"
 
@@ -175,13 +176,6 @@ MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu)
   c_proj = register_module("c_proj", torch::nn::Linear(hidden, width));
 }
 
-namespace {
-
-// QuickGELU(h) = h * sigmoid(1.702 h).
-constexpr double kQuickGeluSlope = 1.702;
-
-}  // namespace
-
 torch::Tensor MlpImpl::forward(const torch::Tensor& x,
                                const std::optional<ValueRange>& range) {
   if (TakesInt8(x)) {
@@ -192,7 +186,15 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x,
     }
   }
   torch::Tensor h = c_fc(x.to(c_fc->weight.scalar_type()));
-  h = quick_gelu_ ? h * torch::sigmoid(kQuickGeluSlope * h) : torch::gelu(h);
+  if (!quick_gelu_) {
+    h = torch::gelu(h);
+  } else if (h.scalar_type() == torch::kBFloat16 && QuickGeluTakes(h)) {
+    // One pass in fp32, rounded once, where LibTorch's three passes round each step to
+    // bf16. fp32 stays on LibTorch's ops, the reference's own, to the last bit.
+    QuickGeluInPlace(h);
+  } else {
+    h = h * torch::sigmoid(static_cast<double>(kQuickGeluSlope) * h);
+  }
   return c_proj(h);
 }
 

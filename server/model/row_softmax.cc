@@ -20,31 +20,9 @@ namespace {
 #if CLIPSERVE_ROWS_AVX512
 CLIPSERVE_AVX512_WARNINGS_OFF  // see avx512_rows.h
 
+using avx512_rows::ExpNonPositive;
 using avx512_rows::Load16;
 using avx512_rows::Store16;
-
-// exp(x) for x <= 0 (softmax's x - max), to about 1 ulp: x = n ln2 + r with |r| <=
-// ln2 / 2 (ln2 in two parts, so n ln2 is exact), exp(r) by Cephes' expf polynomial,
-// times 2^n (scalef rounds into the subnormals as exp does). Below -104 exp is under
-// half the smallest subnormal: 0.
-CLIPSERVE_AVX512_TARGET inline __m512 ExpNonPositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  const __m512 n =
-      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  // 1 + r + r^2 p
-  const __m512 e =
-      _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(e, n);
-}
 
 // One row of `width` values from x into y; `e` holds width fp32 values of scratch.
 template <typename T>

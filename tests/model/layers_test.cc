@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "server/model/model_loader.h"
+#include "server/model/quick_gelu.h"
 
 namespace clipserve {
 namespace {
@@ -88,6 +89,37 @@ TEST(AttentionTest, Bf16SoftmaxIsTheFp32SoftmaxRounded) {
   // bf16 has 8 significant bits: one ulp is at most 2^-7 of the value.
   EXPECT_TRUE((got - want).abs().le(want.abs() * std::ldexp(1.0, -7)).all().item<bool>());
   EXPECT_LT(got.ne(want).to(torch::kFloat).mean().item<float>(), 1e-4);
+}
+
+// bf16 QuickGELU runs in fp32 and rounds once (QuickGeluInPlace), where LibTorch's
+// h * sigmoid(1.702 h) rounds each of its three steps to bf16; fp32 stays on those
+// LibTorch ops, the reference's own, to the last bit.
+TEST(MlpTest, Bf16QuickGeluRoundsOnceAndFp32StaysOnLibTorch) {
+  torch::manual_seed(29);
+  const torch::InferenceMode inference;
+  Mlp mlp(64, 256, /*quick_gelu=*/true);
+  for (torch::Tensor& p : mlp->parameters()) p.normal_(0.0, 0.3);
+  const torch::Tensor x = torch::randn({4, 50, 64});
+  const auto libtorch = [&](const torch::Tensor& in) {
+    const torch::Tensor h = mlp->c_fc(in);
+    return mlp->c_proj(h * torch::sigmoid(1.702 * h));
+  };
+  // The process's first product may round differently from every later one (LibTorch
+  // sets up its threads on it): that one runs before the comparison.
+  mlp->c_fc(x);
+  EXPECT_TRUE(torch::equal(mlp->forward(x), libtorch(x)));
+
+  mlp->to(torch::kBFloat16);
+  const torch::Tensor xb = x.to(torch::kBFloat16);
+  const torch::Tensor h = mlp->c_fc(xb);
+  if (!QuickGeluTakes(h)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  // 1.702 h in fp32, then the rest in double, rounded once to bf16.
+  const torch::Tensor z = (h.to(torch::kFloat) * 1.702f).to(torch::kDouble);
+  const torch::Tensor once =
+      (h.to(torch::kDouble) * torch::sigmoid(z)).to(torch::kBFloat16);
+  const torch::Tensor got = mlp->forward(xb);
+  EXPECT_TRUE(torch::equal(got, mlp->c_proj(once)));
+  EXPECT_FALSE(torch::equal(got, libtorch(xb)));
 }
 
 TEST(Int8LayersTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
