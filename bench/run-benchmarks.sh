@@ -43,7 +43,7 @@ if [ "$SMOKE" = 1 ]; then
   MODEL_FILTER="BM_(Image|Text)Tower(Int8)?/model:0/batch:1/(bf16:$BF16|int8:1)/"
   PY_MODELS=(ViT-B-32); CONCURRENCY=(1 4)
 else
-  REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3; PAIRED_ROUNDS=3
+  REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3; PAIRED_ROUNDS=5
   # CUDA rows (CUDA builds only) and int8 rows have no bf16 arg.
   MODEL_FILTER="/bf16:$BF16|Cuda/|Int8/"
   PY_MODELS=(ViT-B-32 ViT-B-16 RN50); CONCURRENCY=(1 4 16 64)
