@@ -1,7 +1,7 @@
 #ifndef CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
 #define CLIPSERVE_SERVER_MODEL_AVX512_ROWS_H_
 
-// What the row kernels (RowLayerNorm, RowSoftmax, QuickGelu, the uint8 quantizer)
+// What the row kernels (RowLayerNorm, RowSoftmax, QuickGeluInPlace, the uint8 quantizer)
 // share: whether the CPU runs their AVX-512 code, which tensors they take, 16-value
 // loads and stores of fp32 and bf16 rows, and exp. Private to server/model's .cc files.
 
