@@ -226,7 +226,7 @@ def main():
     add("")
     add(f"On {m['cpu']}, {m['cores']} cores ({', '.join(m['flags'])}), Linux "
         f"{m['kernel']}; report written {m['date']}. Reproduce with `{args.command}` "
-        "(about 15 minutes; `SMOKE=1` for a few seconds; `STAGES=...` reruns some "
+        "(about 20 minutes; `SMOKE=1` for a few seconds; `STAGES=...` reruns some "
         "stages). Throughputs are medians of repeated runs; the machine ran nothing "
         "else. Models are the demo presets: random weights, real cost.")
     if stages:

@@ -2,7 +2,7 @@
 # Runs every clipserve benchmark on this machine and writes docs/PERFORMANCE.md and
 # docs/performance.png from the results (kept in build/bench-results/).
 #
-#   bash bench/run-benchmarks.sh            full run (about 15 minutes on 2 cores)
+#   bash bench/run-benchmarks.sh            full run (about 20 minutes on 2 cores)
 #   SMOKE=1 bash bench/run-benchmarks.sh    a few seconds of each, report to build/
 #   STAGES="model" bash bench/run-benchmarks.sh
 #       rerun only some stages (micro, model, python, e2e), keep the other results
