@@ -104,8 +104,8 @@ TEST(MlpTest, Bf16QuickGeluRoundsOnceAndFp32StaysOnLibTorch) {
     const torch::Tensor h = mlp->c_fc(in);
     return mlp->c_proj(h * torch::sigmoid(1.702 * h));
   };
-  // The process's first product may round differently from every later one (LibTorch
-  // sets up its threads on it): that one runs before the comparison.
+  // This process's first fp32 product rounded differently from every later one when
+  // this test ran alone (cause not pinned down): one runs before the comparison.
   mlp->c_fc(x);
   EXPECT_TRUE(torch::equal(mlp->forward(x), libtorch(x)));
 
