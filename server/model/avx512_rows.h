@@ -28,11 +28,16 @@ inline bool CpuHasAvx512() {
 #endif
 }
 
-// Whether a row kernel takes x: fp32 or bf16 on the CPU, at least one value per row,
-// and a CPU with AVX-512. Whether autograd records x is each kernel's own question.
-inline bool TakesRows(const at::Tensor& x) {
-  return CpuHasAvx512() && x.is_cpu() && x.dim() > 0 && x.size(-1) > 0 &&
+// Whether an elementwise kernel takes x: fp32 or bf16 on the CPU, and a CPU with
+// AVX-512. Layout and whether autograd records x are each kernel's own question.
+inline bool TakesValues(const at::Tensor& x) {
+  return CpuHasAvx512() && x.is_cpu() &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+}
+
+// Whether a row kernel takes x: as TakesValues, with at least one value per row.
+inline bool TakesRows(const at::Tensor& x) {
+  return TakesValues(x) && x.dim() > 0 && x.size(-1) > 0;
 }
 
 // GCC 12's AVX-512 conversion intrinsics start from an "undefined" register it then
@@ -103,6 +108,12 @@ CLIPSERVE_AVX512_TARGET inline __m512 ExpNonPositive(__m512 x) {
 // The lanes of a row's last, partial block of 16 (none when 16 divides the width).
 inline __mmask16 TailMask(int64_t width) {
   return static_cast<__mmask16>((1u << (width % 16)) - 1);
+}
+
+// The lanes of the block of 16 that starts with `left` values left: all 16, or the
+// tail's.
+inline __mmask16 BlockMask(int64_t left) {
+  return left >= 16 ? __mmask16{0xffff} : TailMask(left);
 }
 
 CLIPSERVE_AVX512_WARNINGS_ON

@@ -22,7 +22,7 @@ CLIPSERVE_AVX512_TARGET void QuickGeluSpan(T* h, int64_t n) {
   const __m512 slope = _mm512_set1_ps(kQuickGeluSlope);
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16{0xffff} : avx512_rows::TailMask(n - i);
+    const __mmask16 m = avx512_rows::BlockMask(n - i);
     const __m512 v = avx512_rows::Load16(h + i, m);
     const __m512 z = _mm512_mul_ps(v, slope);
     // -|z|: the sign bit set.
@@ -50,7 +50,7 @@ void QuickGeluInParallel(at::Tensor& h) {
 }  // namespace
 
 bool QuickGeluTakes(const at::Tensor& h) {
-  return avx512_rows::TakesRows(h) && h.is_contiguous() &&
+  return avx512_rows::TakesValues(h) && h.is_contiguous() &&
          !(at::GradMode::is_enabled() && h.requires_grad());
 }
 

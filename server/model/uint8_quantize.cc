@@ -41,7 +41,7 @@ CLIPSERVE_AVX512_TARGET void QuantizeSpanAvx512(const T* x, uint8_t* q, int64_t 
   const __m512 vscale = _mm512_set1_ps(scale);
   const __m512i vzero = _mm512_set1_epi32(zero_point);
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16{0xffff} : avx512_rows::TailMask(n - i);
+    const __mmask16 m = avx512_rows::BlockMask(n - i);
     __m512i r = _mm512_add_epi32(
         _mm512_cvtps_epi32(_mm512_div_ps(avx512_rows::Load16(x + i, m), vscale)), vzero);
     r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_setzero_si512()),

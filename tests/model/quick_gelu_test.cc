@@ -128,5 +128,21 @@ TEST_F(QuickGeluTest, TakesOnlyWhatItCanWriteInPlace) {
   EXPECT_THROW(QuickGeluInPlace(strided), c10::Error);
 }
 
+// Elementwise, it needs no rows: a scalar and empty tensors are its to take.
+TEST_F(QuickGeluTest, TakesScalarsAndEmptyTensors) {
+  torch::Tensor scalar = torch::tensor(1.5f);
+  ASSERT_TRUE(QuickGeluTakes(scalar));
+  const torch::Tensor want = Exact(scalar);
+  QuickGeluInPlace(scalar);
+  EXPECT_EQ(scalar.dim(), 0);
+  EXPECT_LT(MaxRelativeError(scalar, want), 4 * std::ldexp(1.0, -23));
+  for (const auto& shape : {std::vector<int64_t>{0}, std::vector<int64_t>{3, 0}}) {
+    torch::Tensor empty = torch::zeros(shape, torch::kBFloat16);
+    ASSERT_TRUE(QuickGeluTakes(empty));
+    QuickGeluInPlace(empty);
+    EXPECT_EQ(empty.sizes(), torch::IntArrayRef(shape));
+  }
+}
+
 }  // namespace
 }  // namespace clipserve
