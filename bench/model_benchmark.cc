@@ -8,6 +8,7 @@
 //       context length pays, 20 a typical caption with padding to the longest.
 //
 //   BM_Matmul/bf16:P   FLOP/s of the product that dominates a ViT-B-32 batch of 32
+//   BM_MatmulBf16Packed   the same in bf16 on Bf16Linear, the towers' bf16 kernel
 //
 // M: 0 = ViT-B-32, 1 = ViT-B-16, 2 = RN50, 3 = ViT-L-14. P: 0 = fp32, 1 = bf16.
 // Threads: one LibTorch intra-op thread per CPU this process may use, as
@@ -32,6 +33,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "server/model/bf16_linear.h"
 #include "server/model/layers.h"
 #include "server/model/model_loader.h"
 
@@ -168,6 +170,28 @@ void BM_Matmul(benchmark::State& state) {
   state.SetLabel(bf16 ? "bf16 FLOP/s" : "fp32 FLOP/s");
 }
 
+// The same bf16 product on Bf16Linear (its weight laid out once), as the towers run
+// their transformer products in bf16 where the build has it.
+void BM_MatmulBf16Packed(benchmark::State& state) {
+  const torch::InferenceMode inference;
+  UseEveryCpu();
+  const int64_t m = 32 * 50, k = 768, n = 3072;
+  torch::manual_seed(0);
+  if (!Bf16Linear::Available()) {
+    state.SkipWithError("no Bf16Linear in this build or CPU");
+    return;
+  }
+  const torch::Tensor a = torch::randn({m, k}).to(torch::kBFloat16);
+  const Bf16Linear linear(torch::randn({n, k}), torch::Tensor());
+  torch::Tensor out = linear.Apply(a);  // warm-up
+  for (auto _ : state) {
+    out = linear.Apply(a);
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * 2 * m * n * k);
+  state.SetLabel("bf16 FLOP/s");
+}
+
 // The same product through Int8Linear, each call on a new input (as in a tower, where
 // every batch brings its own scale), its quantization included, fp32 in and out:
 // items/s count the fp32-equivalent operations.
@@ -239,6 +263,8 @@ BENCHMARK(BM_Matmul)
     ->Arg(1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+BENCHMARK(BM_MatmulBf16Packed)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK(BM_MatmulInt8)->Unit(benchmark::kMillisecond)->UseRealTime();
 

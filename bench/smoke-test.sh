@@ -27,6 +27,7 @@ done
 grep -q "BM_ImageTower" "$OUT/model.json"
 grep -q "BM_Softmax" "$OUT/kernel.json"
 grep -q "BM_QuickGelu" "$OUT/kernel.json"
+grep -q "BM_Linear" "$OUT/kernel.json"
 grep -q '"items_per_s"' "$OUT/python.jsonl"
 grep -q '^| 64 | .* | 3 | 0 | 0 |' "$OUT/request_memory.md"
 echo "benchmarks ran; report written"

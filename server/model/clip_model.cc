@@ -43,12 +43,19 @@ torch::ScalarType ScalarTypeOf(Precision precision) {
   return torch::kFloat;
 }
 
-// Packs every transformer block's linear layers under `module` for int8 from
-// `min_rows` rows on, or (negative) drops the packing.
-void SetInt8(torch::nn::Module& module, int64_t min_rows) {
+// Packs every transformer block's linear layers under `module`, from their current
+// weights: for int8 from `min_rows` rows on (a negative one drops that packing), and
+// for Bf16Linear where `bf16_packing` and they are bf16 on the CPU.
+void SetProducts(torch::nn::Module& module, int64_t min_rows, bool bf16_packing) {
   for (const std::shared_ptr<torch::nn::Module>& m : module.modules()) {
-    if (auto* attention = m->as<SelfAttentionImpl>()) attention->SetInt8(min_rows);
-    if (auto* mlp = m->as<MlpImpl>()) mlp->SetInt8(min_rows);
+    if (auto* attention = m->as<SelfAttentionImpl>()) {
+      attention->SetInt8(min_rows);
+      attention->SetBf16Packing(bf16_packing);
+    }
+    if (auto* mlp = m->as<MlpImpl>()) {
+      mlp->SetInt8(min_rows);
+      mlp->SetBf16Packing(bf16_packing);
+    }
   }
 }
 
@@ -285,9 +292,10 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision,
         visual_->to(device, dtype);
         text_->to(device, dtype);
         // Packed from the weights just converted, after any earlier packing is dropped
-        // (so from bf16-rounded weights when the rest runs in bf16).
-        SetInt8(*visual_, min_rows);
-        SetInt8(*text_, min_rows);
+        // (so from bf16-rounded weights when the rest runs in bf16). bf16 weights are
+        // laid out once for oneDNN's bf16 product (Bf16Linear), where the build has it.
+        SetProducts(*visual_, min_rows, /*bf16_packing=*/true);
+        SetProducts(*text_, min_rows, /*bf16_packing=*/true);
         // BatchNorm's integer counter stays integer; logit_scale stays fp32.
         logit_scale_ = logit_scale_.to(device, torch::kFloat);
         // Workers run on streams of their own, which do not wait for the stream

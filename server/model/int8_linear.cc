@@ -18,9 +18,7 @@
 #if CLIPSERVE_WITH_DNNL
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "server/model/dnnl_products.h"
 #endif
 
 namespace clipserve {
@@ -94,19 +92,11 @@ torch::Tensor AsRows(const torch::Tensor& x) {
 using dnnl_dt = dnnl::memory::data_type;
 using dnnl_tag = dnnl::memory::format_tag;
 
-const dnnl::engine& CpuEngine() {
-  static const dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
-  return *engine;
-}
+using dnnl_products::CpuEngine;
 
-// A product's compiled kernel: one per input row count, width, output dtype and
-// activation, shared by every layer of that shape (the scales, the bias and the
-// weights are arguments).
-struct Product {
-  dnnl::matmul primitive;
-  size_t scratchpad_bytes;
-};
-
+// A product's key: input row count, width, output width, output dtype (bf16 or
+// fp32) and activation. Layers of one shape share the product (the scales, the
+// bias and the weights are arguments).
 using ProductKey = std::tuple<int64_t, int64_t, int64_t, int, int>;
 
 dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t out,
@@ -134,42 +124,6 @@ dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t o
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, per_column, dst),
                                       attr, CpuEngine());
 }
-
-// Compiled products by shape. Bounded: a row count is a batch's items times its
-// tokens, so hostile traffic could ask for many; past kCapacity the cache starts over
-// (calls in flight keep theirs).
-class ProductCache {
- public:
-  static ProductCache& Global() {
-    static ProductCache* cache = new ProductCache;
-    return *cache;
-  }
-
-  std::shared_ptr<const Product> Get(int64_t rows, int64_t in, int64_t out, bool bf16,
-                                     Int8Activation activation,
-                                     const dnnl::memory::desc& weights) {
-    const ProductKey key{rows, in, out, bf16, static_cast<int>(activation)};
-    {
-      absl::MutexLock lock(&mu_);
-      auto it = products_.find(key);
-      if (it != products_.end()) return it->second;
-    }
-    // Compiled outside the lock (about a millisecond): other shapes need not wait.
-    const dnnl::matmul::primitive_desc pd =
-        DescribeProduct(rows, in, out, bf16, activation, weights);
-    auto product = std::make_shared<const Product>(
-        Product{dnnl::matmul(pd), pd.scratchpad_desc().get_size()});
-    absl::MutexLock lock(&mu_);
-    if (products_.size() >= kCapacity) products_.clear();
-    return products_.emplace(key, std::move(product)).first->second;
-  }
-
- private:
-  static constexpr size_t kCapacity = 4096;
-  absl::Mutex mu_;
-  absl::flat_hash_map<ProductKey, std::shared_ptr<const Product>> products_
-      ABSL_GUARDED_BY(mu_);
-};
 
 // A weight packed for oneDNN's int8 matmul.
 struct OneDnnWeights {
@@ -221,8 +175,10 @@ std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int
   const torch::Tensor q = QuantizeToUint8(rows, s->scale, s->zero_point);
   const int64_t m = rows.size(0);
   const bool bf16 = dtype == torch::kBFloat16;
-  const std::shared_ptr<const Product> product =
-      ProductCache::Global().Get(m, in, out, bf16, activation, w.weights_desc);
+  static auto* const products = new dnnl_products::ProductCache<ProductKey>;
+  const std::shared_ptr<const dnnl_products::Product> product = products->Get(
+      ProductKey{m, in, out, bf16, static_cast<int>(activation)},
+      [&] { return DescribeProduct(m, in, out, bf16, activation, w.weights_desc); });
   torch::Tensor y = torch::empty({m, out}, x.options().dtype(dtype));
   torch::Tensor scratchpad = torch::empty(
       {static_cast<int64_t>(product->scratchpad_bytes)}, x.options().dtype(torch::kByte));

@@ -42,15 +42,38 @@ bool Int8Projection::Takes(const torch::Tensor& x) const {
   return x.numel() / x.size(-1) >= min_rows;
 }
 
-torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
+torch::Tensor Linear(const std::optional<Bf16Linear>& packed, const torch::Tensor& x,
+                     const torch::Tensor& weight, const torch::Tensor& bias) {
+  const torch::Tensor xw = x.to(weight.scalar_type());
+  if (packed.has_value() && packed->Takes(xw)) return packed->Apply(xw);
+  return torch::linear(xw, weight, bias);
+}
+
+torch::Tensor Project(const std::optional<Int8Projection>& int8,
+                      const std::optional<Bf16Linear>& packed, const torch::Tensor& x,
                       const torch::Tensor& weight, const torch::Tensor& bias) {
   if (int8.has_value() && int8->Takes(x)) {
     if (std::optional<torch::Tensor> y = int8->linear.Apply(x, weight.scalar_type())) {
       return *y;
     }
   }
-  return torch::linear(x.to(weight.scalar_type()), weight, bias);
+  return Linear(packed, x, weight, bias);
 }
+
+namespace {
+
+// `weight` and `bias` packed for Bf16Linear where `on`, they are bf16 on the CPU and
+// the build has it; nullopt otherwise.
+std::optional<Bf16Linear> PackBf16(bool on, const torch::Tensor& weight,
+                                   const torch::Tensor& bias) {
+  if (!on || !Bf16Linear::Available() || !weight.is_cpu() ||
+      weight.scalar_type() != torch::kBFloat16) {
+    return std::nullopt;
+  }
+  return Bf16Linear(weight, bias);
+}
+
+}  // namespace
 
 SelfAttentionImpl::SelfAttentionImpl(int64_t width, int64_t heads)
     : width_(width), heads_(heads) {
@@ -75,10 +98,9 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x,
   }
   const int64_t head_dim = width_ / heads_;
   // [N, L, 3, H, hd] -> [3, N, H, L, hd]
-  torch::Tensor qkv =
-      torch::linear(x.to(in_proj_weight.scalar_type()), in_proj_weight, in_proj_bias)
-          .view({x.size(0), x.size(1), 3, heads_, head_dim})
-          .permute({2, 0, 3, 1, 4});
+  torch::Tensor qkv = Linear(packed_qkv_, x, in_proj_weight, in_proj_bias)
+                          .view({x.size(0), x.size(1), 3, heads_, head_dim})
+                          .permute({2, 0, 3, 1, 4});
   return Attend(qkv[0], qkv[1], qkv[2], mask, /*q_scaled=*/false);
 }
 
@@ -106,6 +128,11 @@ void SelfAttentionImpl::SetInt8(int64_t min_rows) {
                      min_rows});
   int8_out_.emplace(
       Int8Projection{Int8Linear(out_proj->weight, out_proj->bias), min_rows});
+}
+
+void SelfAttentionImpl::SetBf16Packing(bool on) {
+  packed_qkv_ = PackBf16(on, in_proj_weight, in_proj_bias);
+  packed_out_ = PackBf16(on, out_proj->weight, out_proj->bias);
 }
 
 torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
@@ -167,7 +194,7 @@ torch::Tensor SelfAttentionImpl::Attend(const torch::Tensor& q, const torch::Ten
   // [N, H, Lq, hd] -> [N, Lq, w]
   torch::Tensor out =
       torch::matmul(weights, v).transpose(1, 2).reshape({q.size(0), q.size(2), width_});
-  return Project(int8_out_, out, out_proj->weight, out_proj->bias);
+  return Project(int8_out_, packed_out_, out, out_proj->weight, out_proj->bias);
 }
 
 MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu)
@@ -185,7 +212,7 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x,
       if (std::optional<torch::Tensor> y = int8_proj_->linear.Apply(*h, dtype)) return *y;
     }
   }
-  torch::Tensor h = c_fc(x.to(c_fc->weight.scalar_type()));
+  torch::Tensor h = Linear(packed_fc_, x, c_fc->weight, c_fc->bias);
   if (!quick_gelu_) {
     h = torch::gelu(h);
   } else if (h.scalar_type() == torch::kBFloat16 && QuickGeluTakes(h)) {
@@ -195,7 +222,12 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x,
   } else {
     h = h * torch::sigmoid(static_cast<double>(kQuickGeluSlope) * h);
   }
-  return c_proj(h);
+  return Linear(packed_proj_, h, c_proj->weight, c_proj->bias);
+}
+
+void MlpImpl::SetBf16Packing(bool on) {
+  packed_fc_ = PackBf16(on, c_fc->weight, c_fc->bias);
+  packed_proj_ = PackBf16(on, c_proj->weight, c_proj->bias);
 }
 
 bool MlpImpl::TakesInt8(const torch::Tensor& x) const {

@@ -5,6 +5,7 @@
 
 #include <optional>
 
+#include "server/model/bf16_linear.h"
 #include "server/model/int8_linear.h"
 #include "server/model/row_layer_norm.h"
 
@@ -51,9 +52,15 @@ struct Int8Projection {
   bool Takes(const torch::Tensor& x) const;
 };
 
-// x W^T + b in the weight's dtype, through `int8` when it is set and x has at least
-// its min_rows rows (and only finite values).
-torch::Tensor Project(const std::optional<Int8Projection>& int8, const torch::Tensor& x,
+// x W^T + b in the weight's dtype: on `packed` where it is set and takes x, else on
+// LibTorch.
+torch::Tensor Linear(const std::optional<Bf16Linear>& packed, const torch::Tensor& x,
+                     const torch::Tensor& weight, const torch::Tensor& bias);
+
+// The same, through `int8` when it is set and x has at least its min_rows rows (and
+// only finite values).
+torch::Tensor Project(const std::optional<Int8Projection>& int8,
+                      const std::optional<Bf16Linear>& packed, const torch::Tensor& x,
                       const torch::Tensor& weight, const torch::Tensor& bias);
 
 // Multi-head self-attention with nn.MultiheadAttention's parameter names:
@@ -77,6 +84,10 @@ class SelfAttentionImpl : public torch::nn::Module {
   // current weights (on the CPU); a negative `min_rows` drops them. Not concurrently
   // with forward().
   void SetInt8(int64_t min_rows);
+  // From now on runs the bf16 projections of forward() on Bf16Linear, packed from the
+  // current weights, where `on`, the weights are bf16 on the CPU and the build has
+  // Bf16Linear; otherwise drops them. Not concurrently with forward().
+  void SetBf16Packing(bool on);
   // Whether forward(x) and ForwardAt(x) project x's queries, keys and values in int8;
   // they then take x in fp32 as readily as in the weights' dtype.
   bool TakesInt8(const torch::Tensor& x) const;
@@ -101,6 +112,8 @@ class SelfAttentionImpl : public torch::nn::Module {
   // Set by SetInt8(min_rows >= 0): the whole input projection, its query rows divided by
   // sqrt(hd) (Attend's scaling, for free), and out_proj.
   std::optional<Int8Projection> int8_qkv_, int8_out_;
+  // Set by SetBf16Packing(true): the whole input projection, and out_proj.
+  std::optional<Bf16Linear> packed_qkv_, packed_out_;
 };
 TORCH_MODULE(SelfAttention);
 
@@ -114,6 +127,8 @@ class MlpImpl : public torch::nn::Module {
                         const std::optional<ValueRange>& range = {});
   // As SelfAttention::SetInt8, for c_fc and c_proj.
   void SetInt8(int64_t min_rows);
+  // As SelfAttention::SetBf16Packing, for c_fc and c_proj.
+  void SetBf16Packing(bool on);
   // Whether forward(x) runs in int8 (both products, the activation fused into the
   // first).
   bool TakesInt8(const torch::Tensor& x) const;
@@ -124,6 +139,7 @@ class MlpImpl : public torch::nn::Module {
  private:
   bool quick_gelu_;
   std::optional<Int8Projection> int8_fc_, int8_proj_;
+  std::optional<Bf16Linear> packed_fc_, packed_proj_;
 };
 TORCH_MODULE(Mlp);
 

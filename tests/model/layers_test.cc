@@ -75,6 +75,50 @@ void SetInt8(Transformer& transformer, int64_t min_rows) {
   }
 }
 
+void SetBf16Packing(Transformer& transformer, bool on) {
+  for (const auto& block : *transformer->resblocks) {
+    block->as<ResidualAttentionBlock>()->attn->SetBf16Packing(on);
+    block->as<ResidualAttentionBlock>()->mlp->SetBf16Packing(on);
+  }
+}
+
+// With packing on, all four projections of every bf16 block run on weights laid out
+// once (Bf16Linear): the same result as LibTorch's, and blind to later writes to the
+// module's weights until packed again.
+TEST(Bf16PackingTest, EveryProjectionRunsOnTheWeightsPackedOnce) {
+  if (!Bf16Linear::Available()) GTEST_SKIP() << "no Bf16Linear in this build or CPU";
+  torch::manual_seed(31);
+  const torch::InferenceMode inference;
+  Transformer transformer = RandomTransformer(64, 2, 4, true);
+  transformer->to(torch::kBFloat16);
+  const torch::Tensor x = torch::randn({3, 50, 64}).to(torch::kBFloat16);
+  const torch::Tensor mask = CausalMask(50).to(torch::kBFloat16);
+  const torch::Tensor libtorch = transformer->forward(x, mask);
+  SetBf16Packing(transformer, true);
+  const torch::Tensor packed = transformer->forward(x, mask);
+  const torch::Tensor lf = libtorch.to(torch::kFloat);
+  EXPECT_TRUE((packed.to(torch::kFloat) - lf)
+                  .abs()
+                  .le(lf.abs() * 0.02 + 0.02)
+                  .all()
+                  .item<bool>());
+
+  // One projection at a time: zeroed in the module, it still counts while packed.
+  for (const auto& block : *transformer->resblocks) {
+    auto* b = block->as<ResidualAttentionBlock>();
+    for (torch::Tensor* weight : {&b->attn->in_proj_weight, &b->attn->out_proj->weight,
+                                  &b->mlp->c_fc->weight, &b->mlp->c_proj->weight}) {
+      const torch::Tensor saved = weight->clone();
+      weight->zero_();
+      EXPECT_TRUE(torch::equal(transformer->forward(x, mask), packed));
+      weight->copy_(saved);
+    }
+  }
+  SetBf16Packing(transformer, false);
+  transformer->resblocks->ptr<ResidualAttentionBlockImpl>(0)->mlp->c_fc->weight.zero_();
+  EXPECT_FALSE(torch::equal(transformer->forward(x, mask), packed));
+}
+
 // Attend runs bf16 scores through LibTorch's bf16 softmax because it sums and divides
 // in fp32 and rounds only its output: the fp32 softmax rounded to bf16, but for one
 // ulp on a few weights. A LibTorch that summed in bf16 would miss by far more.
@@ -91,6 +135,13 @@ TEST(AttentionTest, Bf16SoftmaxIsTheFp32SoftmaxRounded) {
   EXPECT_LT(got.ne(want).to(torch::kFloat).mean().item<float>(), 1e-4);
 }
 
+// x W^T + b as Python's F.linear computes it (at::linear, the bias added inside the
+// product). LibTorch C++'s nn::Linear::forward adds it afterwards to [N, L, w] inputs,
+// a second bf16 rounding: the layers call at::linear.
+torch::Tensor Dense(const torch::nn::Linear& linear, const torch::Tensor& x) {
+  return torch::linear(x, linear->weight, linear->bias);
+}
+
 // bf16 QuickGELU runs in fp32 and rounds once (QuickGeluInPlace), where LibTorch's
 // h * sigmoid(1.702 h) rounds each of its three steps to bf16; fp32 stays on those
 // LibTorch ops, the reference's own, to the last bit.
@@ -101,24 +152,24 @@ TEST(MlpTest, Bf16QuickGeluRoundsOnceAndFp32StaysOnLibTorch) {
   for (torch::Tensor& p : mlp->parameters()) p.normal_(0.0, 0.3);
   const torch::Tensor x = torch::randn({4, 50, 64});
   const auto libtorch = [&](const torch::Tensor& in) {
-    const torch::Tensor h = mlp->c_fc(in);
-    return mlp->c_proj(h * torch::sigmoid(1.702 * h));
+    const torch::Tensor h = Dense(mlp->c_fc, in);
+    return Dense(mlp->c_proj, h * torch::sigmoid(1.702 * h));
   };
   // This process's first fp32 product rounded differently from every later one when
   // this test ran alone (cause not pinned down): one runs before the comparison.
-  mlp->c_fc(x);
+  Dense(mlp->c_fc, x);
   EXPECT_TRUE(torch::equal(mlp->forward(x), libtorch(x)));
 
   mlp->to(torch::kBFloat16);
   const torch::Tensor xb = x.to(torch::kBFloat16);
-  const torch::Tensor h = mlp->c_fc(xb);
+  const torch::Tensor h = Dense(mlp->c_fc, xb);
   if (!QuickGeluTakes(h)) GTEST_SKIP() << "no AVX-512 on this CPU";
   // 1.702 h in fp32, then the rest in double, rounded once to bf16.
   const torch::Tensor z = (h.to(torch::kFloat) * 1.702f).to(torch::kDouble);
   const torch::Tensor once =
       (h.to(torch::kDouble) * torch::sigmoid(z)).to(torch::kBFloat16);
   const torch::Tensor got = mlp->forward(xb);
-  EXPECT_TRUE(torch::equal(got, mlp->c_proj(once)));
+  EXPECT_TRUE(torch::equal(got, Dense(mlp->c_proj, once)));
   EXPECT_FALSE(torch::equal(got, libtorch(xb)));
 }
 

@@ -1,0 +1,54 @@
+#ifndef CLIPSERVE_SERVER_MODEL_BF16_LINEAR_H_
+#define CLIPSERVE_SERVER_MODEL_BF16_LINEAR_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+
+namespace clipserve {
+
+// A bf16 linear layer whose weight is laid out once, at construction, in the blocked
+// form oneDNN's bf16 matmul reads. LibTorch 1.13's bf16 linear hands oneDNN the weight
+// in its plain layout, and oneDNN reorders it on every call: on this project's
+// ViT-B-32 shapes that costs a fifth of a batch-32 product and half of a batch-1 one
+// (bench/kernel_benchmark BM_Bf16Linear). The product is the same kernel's, so the
+// results are LibTorch's (bit for bit on the machines measured). Each input row count
+// compiles a product of its own once (a bounded cache shared by every layer of that
+// shape). Immutable once built: calls may run concurrently.
+class Bf16Linear {
+ public:
+  // Whether this build has it (it calls oneDNN directly: CLIPSERVE_WITH_DNNL, as
+  // Int8Linear's kOneDnn kernel does) and oneDNN has more than its reference loop
+  // for bf16 on this CPU.
+  static bool Available();
+
+  // weight [out, in] and bias [out] (or undefined), on the CPU in any float dtype
+  // (rounded to bf16). Throws c10::Error where !Available().
+  Bf16Linear(const at::Tensor& weight, const at::Tensor& bias);
+  ~Bf16Linear();
+  Bf16Linear(Bf16Linear&&) noexcept;
+  Bf16Linear& operator=(Bf16Linear&&) noexcept;
+
+  // Whether Apply takes x: bf16 on the CPU, [..., in] with at least one row, and no
+  // autograd graph to record.
+  bool Takes(const at::Tensor& x) const;
+
+  // x W^T + b: [..., out] in bf16, the sums in fp32 as LibTorch's bf16 linear does.
+  // Throws c10::Error where !Takes(x).
+  at::Tensor Apply(const at::Tensor& x) const;
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+
+ private:
+  struct Impl;  // the packed weight and bias
+
+  int64_t in_ = 0;
+  int64_t out_ = 0;
+  std::unique_ptr<const Impl> impl_;
+};
+
+}  // namespace clipserve
+
+#endif  // CLIPSERVE_SERVER_MODEL_BF16_LINEAR_H_
