@@ -44,8 +44,9 @@ if [ "$SMOKE" = 1 ]; then
   PY_MODELS=(ViT-B-32); CONCURRENCY=(1 4)
 else
   REPS=3; MIN_TIME=0.2; E2E_S=10s; PY_RUNS=3; PAIRED_ROUNDS=5
-  # CUDA rows (CUDA builds only) and int8 rows have no bf16 arg.
-  MODEL_FILTER="/bf16:$BF16|Cuda/|Int8/"
+  # CUDA rows (CUDA builds only), int8 rows and the packed bf16 product have no bf16
+  # arg.
+  MODEL_FILTER="/bf16:$BF16|Cuda/|Int8/|BM_MatmulBf16Packed"
   PY_MODELS=(ViT-B-32 ViT-B-16 RN50); CONCURRENCY=(1 4 16 64)
 fi
 GB=(--benchmark_repetitions=$REPS --benchmark_min_time=$MIN_TIME
