@@ -90,14 +90,9 @@ Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias)
       DescribeProduct(1024, in_, out_, bias.defined(),
                       dnnl::memory::desc({in_, out_}, dnnl_dt::bf16, dnnl_tag::any))
           .weights_desc();
-  impl->weights = dnnl::memory(impl->weights_desc, CpuEngine());
   const at::Tensor plain_weight = weight.to(torch::kBFloat16).contiguous();
-  // [out, in] row-major: the [in, out] matrix in column-major order.
-  dnnl::memory plain({{in_, out_}, dnnl_dt::bf16, dnnl_tag::ba}, CpuEngine(),
-                     plain_weight.data_ptr());
-  dnnl::stream stream(CpuEngine());
-  dnnl::reorder(plain, impl->weights).execute(stream, plain, impl->weights);
-  stream.wait();
+  impl->weights = dnnl_products::PackWeight(plain_weight.data_ptr(), in_, out_,
+                                            dnnl_dt::bf16, impl->weights_desc);
   impl_ = std::move(impl);
 }
 
@@ -111,26 +106,18 @@ at::Tensor Bf16Linear::Apply(const at::Tensor& x) const {
       ProductKey{m, in_, out_, bias},
       [&] { return DescribeProduct(m, in_, out_, bias, impl_->weights_desc); });
   at::Tensor y = torch::empty({m, out_}, rows.options());
-  at::Tensor scratchpad = torch::empty({static_cast<int64_t>(product->scratchpad_bytes)},
-                                       rows.options().dtype(torch::kByte));
   const dnnl::engine& engine = CpuEngine();
   std::unordered_map<int, dnnl::memory> args{
       {DNNL_ARG_SRC,
        dnnl::memory({{m, in_}, dnnl_dt::bf16, dnnl_tag::ab}, engine, rows.data_ptr())},
       {DNNL_ARG_WEIGHTS, impl_->weights},
       {DNNL_ARG_DST,
-       dnnl::memory({{m, out_}, dnnl_dt::bf16, dnnl_tag::ab}, engine, y.data_ptr())},
-      {DNNL_ARG_SCRATCHPAD,
-       dnnl::memory(
-           {{static_cast<int64_t>(product->scratchpad_bytes)}, dnnl_dt::u8, dnnl_tag::a},
-           engine, scratchpad.data_ptr())}};
+       dnnl::memory({{m, out_}, dnnl_dt::bf16, dnnl_tag::ab}, engine, y.data_ptr())}};
   if (bias) {
     args.emplace(DNNL_ARG_BIAS, dnnl::memory({{1, out_}, dnnl_dt::bf16, dnnl_tag::ab},
                                              engine, impl_->bias.data_ptr()));
   }
-  dnnl::stream stream(engine);
-  product->primitive.execute(stream, args);
-  stream.wait();
+  dnnl_products::Execute(*product, std::move(args));
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_;
   return y.view(shape);

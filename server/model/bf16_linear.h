@@ -10,10 +10,10 @@ namespace clipserve {
 
 // A bf16 linear layer whose weight is laid out once, at construction, in the blocked
 // form oneDNN's bf16 matmul reads. LibTorch 1.13's bf16 linear hands oneDNN the weight
-// in its plain layout, and oneDNN reorders it on every call: on this project's
-// ViT-B-32 shapes that costs a fifth of a batch-32 product and half of a batch-1 one
-// (bench/kernel_benchmark BM_Bf16Linear). The product is the same kernel's, so the
-// results are LibTorch's (bit for bit on the machines measured). Each input row count
+// in its plain layout, and oneDNN reorders it on every call: on the MLP's first
+// ViT-B-32 product that was a quarter of a batch-32 call's time and 40% of a batch-1
+// call's (bench/kernel_benchmark BM_Linear). The product is the same kernel's, so the
+// results are LibTorch's (bit for bit on the machine measured). Each input row count
 // compiles a product of its own once (a bounded cache shared by every layer of that
 // shape). Immutable once built: calls may run concurrently.
 class Bf16Linear {

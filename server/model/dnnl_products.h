@@ -2,12 +2,17 @@
 #define CLIPSERVE_SERVER_MODEL_DNNL_PRODUCTS_H_
 
 // What the products that call oneDNN's matmul directly (Int8Linear, Bf16Linear) share:
-// the CPU engine and a bounded cache of compiled products. Private to server/model's
-// .cc files, and only where CLIPSERVE_WITH_DNNL is set.
+// the CPU engine, packing a weight into the layout a product reads, a bounded cache of
+// compiled products, and running one. Private to server/model's .cc files, and only
+// where CLIPSERVE_WITH_DNNL is set.
+
+#include <ATen/ATen.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -19,6 +24,20 @@ namespace clipserve::dnnl_products {
 inline const dnnl::engine& CpuEngine() {
   static const dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
   return *engine;
+}
+
+// A weight held row-major as [out, in] (the [in, out] matrix in column-major order)
+// at `plain`, of `type`, copied into `layout` (a product's weights_desc()).
+inline dnnl::memory PackWeight(const void* plain, int64_t in, int64_t out,
+                               dnnl::memory::data_type type,
+                               const dnnl::memory::desc& layout) {
+  dnnl::memory packed(layout, CpuEngine());
+  dnnl::memory from({{in, out}, type, dnnl::memory::format_tag::ba}, CpuEngine(),
+                    const_cast<void*>(plain));  // only read
+  dnnl::stream stream(CpuEngine());
+  dnnl::reorder(from, packed).execute(stream, from, packed);
+  stream.wait();
+  return packed;
 }
 
 // A product's compiled kernel, and the scratchpad each call brings (calls share no
@@ -57,6 +76,20 @@ class ProductCache {
   absl::Mutex mu_;
   absl::flat_hash_map<Key, std::shared_ptr<const Product>> products_ ABSL_GUARDED_BY(mu_);
 };
+
+// Runs `product` on `args` (every argument but the scratchpad) with a scratchpad of its
+// own, and waits for it.
+inline void Execute(const Product& product, std::unordered_map<int, dnnl::memory> args) {
+  const auto bytes = static_cast<int64_t>(product.scratchpad_bytes);
+  const at::Tensor scratchpad = at::empty({bytes}, at::kByte);
+  args.emplace(
+      DNNL_ARG_SCRATCHPAD,
+      dnnl::memory({{bytes}, dnnl::memory::data_type::u8, dnnl::memory::format_tag::a},
+                   CpuEngine(), scratchpad.data_ptr()));
+  dnnl::stream stream(CpuEngine());
+  product.primitive.execute(stream, args);
+  stream.wait();
+}
 
 }  // namespace clipserve::dnnl_products
 

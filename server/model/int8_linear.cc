@@ -149,13 +149,8 @@ OneDnnWeights PackForOneDnn(const torch::Tensor& weight, const torch::Tensor& bi
   const dnnl::memory::desc any({in, out}, dnnl_dt::s8, dnnl_tag::any);
   packed.weights_desc =
       DescribeProduct(1024, in, out, false, activation, any).weights_desc();
-  packed.weights = dnnl::memory(packed.weights_desc, CpuEngine());
-  // values is [out, in] row-major: the [in, out] matrix in column-major order.
-  dnnl::memory plain({{in, out}, dnnl_dt::s8, dnnl_tag::ba}, CpuEngine(),
-                     q.values.data_ptr<int8_t>());
-  dnnl::stream stream(CpuEngine());
-  dnnl::reorder(plain, packed.weights).execute(stream, plain, packed.weights);
-  stream.wait();
+  packed.weights = dnnl_products::PackWeight(q.values.data_ptr<int8_t>(), in, out,
+                                             dnnl_dt::s8, packed.weights_desc);
   return packed;
 }
 
@@ -180,13 +175,10 @@ std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int
       ProductKey{m, in, out, bf16, static_cast<int>(activation)},
       [&] { return DescribeProduct(m, in, out, bf16, activation, w.weights_desc); });
   torch::Tensor y = torch::empty({m, out}, x.options().dtype(dtype));
-  torch::Tensor scratchpad = torch::empty(
-      {static_cast<int64_t>(product->scratchpad_bytes)}, x.options().dtype(torch::kByte));
   const dnnl::engine& engine = CpuEngine();
   const dnnl::memory::desc per_column({1, out}, dnnl_dt::f32, dnnl_tag::ab);
-  dnnl::stream stream(engine);
-  product->primitive.execute(
-      stream,
+  dnnl_products::Execute(
+      *product,
       {{DNNL_ARG_SRC, dnnl::memory({{m, in}, dnnl_dt::u8, dnnl_tag::ab}, engine,
                                    q.data_ptr<uint8_t>())},
        {DNNL_ARG_WEIGHTS, w.weights},
@@ -194,13 +186,8 @@ std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int
        {DNNL_ARG_DST,
         dnnl::memory({{m, out}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab},
                      engine, y.data_ptr())},
-       {DNNL_ARG_SCRATCHPAD,
-        dnnl::memory(
-            {{static_cast<int64_t>(product->scratchpad_bytes)}, dnnl_dt::u8, dnnl_tag::a},
-            engine, scratchpad.data_ptr())},
        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
         dnnl::memory(per_column, engine, scales.data_ptr<float>())}});
-  stream.wait();
   return y.view(OutputShape(x, out));
 }
 
