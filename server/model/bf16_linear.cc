@@ -80,10 +80,11 @@ Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias)
   TORCH_CHECK(!bias.defined() || (bias.numel() == out_ && bias.is_cpu()),
               "Bf16Linear: bias must have the weight's ", out_, " rows");
   auto impl = std::make_unique<Impl>();
-  if (bias.defined())
+  if (bias.defined()) {
     impl->bias = bias.to(torch::kBFloat16, /*non_blocking=*/false, /*copy=*/true)
                      .contiguous()
                      .view({1, out_});
+  }
   // The layout oneDNN picks for a large product; every row count takes the same (its
   // blocking of the weights depends on their shape alone).
   impl->weights_desc =
