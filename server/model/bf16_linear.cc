@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -50,9 +49,8 @@ dnnl_products::ProductCache<ProductKey>& Products() {
 }  // namespace
 
 struct Bf16Linear::Impl {
-  dnnl::memory::desc weights_desc;
-  dnnl::memory weights;  // bf16, oneDNN's blocked layout
-  at::Tensor bias;       // bf16 [1, out], a copy of its own, or undefined
+  dnnl_products::PackedWeight weights;  // bf16
+  at::Tensor bias;                      // bf16 [1, out], a copy of its own, or undefined
 };
 
 bool Bf16Linear::Available() {
@@ -61,9 +59,8 @@ bool Bf16Linear::Available() {
   static const bool available = [] {
     try {
       const dnnl::memory::desc any({256, 256}, dnnl_dt::bf16, dnnl_tag::any);
-      const std::string impl =
-          DescribeProduct(256, 256, 256, /*bias=*/true, any).impl_info_str();
-      return impl.rfind("ref", 0) != 0;
+      return !dnnl_products::IsReference(
+          DescribeProduct(256, 256, 256, /*bias=*/true, any));
     } catch (const dnnl::error&) {
       return false;
     }
@@ -85,15 +82,12 @@ Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias)
                      .contiguous()
                      .view({1, out_});
   }
-  // The layout oneDNN picks for a large product; every row count takes the same (its
-  // blocking of the weights depends on their shape alone).
-  impl->weights_desc =
-      DescribeProduct(1024, in_, out_, bias.defined(),
-                      dnnl::memory::desc({in_, out_}, dnnl_dt::bf16, dnnl_tag::any))
-          .weights_desc();
   const at::Tensor plain_weight = weight.to(torch::kBFloat16).contiguous();
-  impl->weights = dnnl_products::PackWeight(plain_weight.data_ptr(), in_, out_,
-                                            dnnl_dt::bf16, impl->weights_desc);
+  impl->weights = dnnl_products::PackWeight(
+      plain_weight.data_ptr(), in_, out_, dnnl_dt::bf16,
+      [&](int64_t rows, const dnnl::memory::desc& any) {
+        return DescribeProduct(rows, in_, out_, bias.defined(), any);
+      });
   impl_ = std::move(impl);
 }
 
@@ -105,13 +99,13 @@ at::Tensor Bf16Linear::Apply(const at::Tensor& x) const {
   const bool bias = impl_->bias.defined();
   const std::shared_ptr<const dnnl_products::Product> product = Products().Get(
       ProductKey{m, in_, out_, bias},
-      [&] { return DescribeProduct(m, in_, out_, bias, impl_->weights_desc); });
+      [&] { return DescribeProduct(m, in_, out_, bias, impl_->weights.layout); });
   at::Tensor y = torch::empty({m, out_}, rows.options());
   const dnnl::engine& engine = CpuEngine();
   std::unordered_map<int, dnnl::memory> args{
       {DNNL_ARG_SRC,
        dnnl::memory({{m, in_}, dnnl_dt::bf16, dnnl_tag::ab}, engine, rows.data_ptr())},
-      {DNNL_ARG_WEIGHTS, impl_->weights},
+      {DNNL_ARG_WEIGHTS, impl_->weights.memory},
       {DNNL_ARG_DST,
        dnnl::memory({{m, out_}, dnnl_dt::bf16, dnnl_tag::ab}, engine, y.data_ptr())}};
   if (bias) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
@@ -26,16 +27,37 @@ inline const dnnl::engine& CpuEngine() {
   return *engine;
 }
 
-// A weight held row-major as [out, in] (the [in, out] matrix in column-major order)
-// at `plain`, of `type`, copied into `layout` (a product's weights_desc()).
-inline dnnl::memory PackWeight(const void* plain, int64_t in, int64_t out,
-                               dnnl::memory::data_type type,
-                               const dnnl::memory::desc& layout) {
-  dnnl::memory packed(layout, CpuEngine());
+// Whether oneDNN chose only its reference loop for `pd`: far slower than LibTorch's
+// own kernels (a CPU without the instructions oneDNN's fast kernels need).
+inline bool IsReference(const dnnl::matmul::primitive_desc& pd) {
+  return std::string_view(pd.impl_info_str()).rfind("ref", 0) == 0;
+}
+
+// A weight laid out once for a product's kernel.
+struct PackedWeight {
+  dnnl::memory::desc layout;
+  dnnl::memory memory;
+};
+
+// The weight held row-major as [out, in] (the [in, out] matrix in column-major order)
+// at `plain`, of `type`, copied into the layout the kernel picks for a large product,
+// describe(rows, weights) (a dnnl::matmul::primitive_desc for weights of
+// format_tag::any). Every row count takes that layout: oneDNN's blocking of the
+// weights depends on their shape alone.
+template <typename Describe>
+PackedWeight PackWeight(const void* plain, int64_t in, int64_t out,
+                        dnnl::memory::data_type type, Describe describe) {
+  constexpr int64_t kLargeProductRows = 1024;
+  PackedWeight packed;
+  packed.layout =
+      describe(kLargeProductRows,
+               dnnl::memory::desc({in, out}, type, dnnl::memory::format_tag::any))
+          .weights_desc();
+  packed.memory = dnnl::memory(packed.layout, CpuEngine());
   dnnl::memory from({{in, out}, type, dnnl::memory::format_tag::ba}, CpuEngine(),
                     const_cast<void*>(plain));  // only read
   dnnl::stream stream(CpuEngine());
-  dnnl::reorder(from, packed).execute(stream, from, packed);
+  dnnl::reorder(from, packed.memory).execute(stream, from, packed.memory);
   stream.wait();
   return packed;
 }

@@ -127,11 +127,10 @@ dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t o
 
 // A weight packed for oneDNN's int8 matmul.
 struct OneDnnWeights {
-  dnnl::memory::desc weights_desc;
-  dnnl::memory weights;      // int8, oneDNN's blocked layout
-  torch::Tensor row_scales;  // fp32 [out]
-  torch::Tensor row_sums;    // fp32 [out]: each row's integers summed
-  torch::Tensor bias;        // fp32 [out]
+  dnnl_products::PackedWeight weights;  // int8
+  torch::Tensor row_scales;             // fp32 [out]
+  torch::Tensor row_sums;               // fp32 [out]: each row's integers summed
+  torch::Tensor bias;                   // fp32 [out]
 };
 
 OneDnnWeights PackForOneDnn(const torch::Tensor& weight, const torch::Tensor& bias,
@@ -144,13 +143,11 @@ OneDnnWeights PackForOneDnn(const torch::Tensor& weight, const torch::Tensor& bi
   packed.row_sums = q.values.sum(1, /*keepdim=*/false, torch::kLong).to(torch::kFloat);
   packed.bias = bias.defined() ? bias.to(torch::kFloat).contiguous()
                                : torch::zeros({out}, torch::kFloat);
-  // The layout the kernel picks for a large product; every row count takes the same
-  // (oneDNN's blocking of the weights depends on their shape alone).
-  const dnnl::memory::desc any({in, out}, dnnl_dt::s8, dnnl_tag::any);
-  packed.weights_desc =
-      DescribeProduct(1024, in, out, false, activation, any).weights_desc();
-  packed.weights = dnnl_products::PackWeight(q.values.data_ptr<int8_t>(), in, out,
-                                             dnnl_dt::s8, packed.weights_desc);
+  packed.weights = dnnl_products::PackWeight(
+      q.values.data_ptr<int8_t>(), in, out, dnnl_dt::s8,
+      [&](int64_t rows, const dnnl::memory::desc& any) {
+        return DescribeProduct(rows, in, out, /*bf16=*/false, activation, any);
+      });
   return packed;
 }
 
@@ -173,7 +170,7 @@ std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int
   static auto* const products = new dnnl_products::ProductCache<ProductKey>;
   const std::shared_ptr<const dnnl_products::Product> product = products->Get(
       ProductKey{m, in, out, bf16, static_cast<int>(activation)},
-      [&] { return DescribeProduct(m, in, out, bf16, activation, w.weights_desc); });
+      [&] { return DescribeProduct(m, in, out, bf16, activation, w.weights.layout); });
   torch::Tensor y = torch::empty({m, out}, x.options().dtype(dtype));
   const dnnl::engine& engine = CpuEngine();
   const dnnl::memory::desc per_column({1, out}, dnnl_dt::f32, dnnl_tag::ab);
@@ -181,7 +178,7 @@ std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int
       *product,
       {{DNNL_ARG_SRC, dnnl::memory({{m, in}, dnnl_dt::u8, dnnl_tag::ab}, engine,
                                    q.data_ptr<uint8_t>())},
-       {DNNL_ARG_WEIGHTS, w.weights},
+       {DNNL_ARG_WEIGHTS, w.weights.memory},
        {DNNL_ARG_BIAS, dnnl::memory(per_column, engine, biases.data_ptr<float>())},
        {DNNL_ARG_DST,
         dnnl::memory({{m, out}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab},
@@ -196,10 +193,10 @@ absl::Status CheckOneDnnKernel() {
     const dnnl::memory::desc any({256, 256}, dnnl_dt::s8, dnnl_tag::any);
     const dnnl::matmul::primitive_desc pd =
         DescribeProduct(256, 256, 256, false, Int8Activation::kQuickGelu, any);
-    const std::string impl = pd.impl_info_str();
-    if (impl.rfind("ref", 0) == 0) {
-      return absl::UnimplementedError(absl::StrCat(
-          "oneDNN has only its reference int8 matmul on this CPU (", impl, ")"));
+    if (dnnl_products::IsReference(pd)) {
+      return absl::UnimplementedError(
+          absl::StrCat("oneDNN has only its reference int8 matmul on this CPU (",
+                       pd.impl_info_str(), ")"));
     }
   } catch (const dnnl::error& e) {
     return absl::UnimplementedError(absl::StrCat("oneDNN int8 matmul: ", e.what()));
