@@ -43,18 +43,12 @@ torch::ScalarType ScalarTypeOf(Precision precision) {
   return torch::kFloat;
 }
 
-// Packs every transformer block's linear layers under `module`, from their current
-// weights: for int8 from `min_rows` rows on (a negative one drops that packing), and
-// for Bf16Linear where `bf16_packing` and they are bf16 on the CPU.
+// Packs the linear layers of every transformer under `module` (see
+// Transformer::SetProducts).
 void SetProducts(torch::nn::Module& module, int64_t min_rows, bool bf16_packing) {
   for (const std::shared_ptr<torch::nn::Module>& m : module.modules()) {
-    if (auto* attention = m->as<SelfAttentionImpl>()) {
-      attention->SetInt8(min_rows);
-      attention->SetBf16Packing(bf16_packing);
-    }
-    if (auto* mlp = m->as<MlpImpl>()) {
-      mlp->SetInt8(min_rows);
-      mlp->SetBf16Packing(bf16_packing);
+    if (auto* transformer = m->as<TransformerImpl>()) {
+      transformer->SetProducts(min_rows, bf16_packing);
     }
   }
 }

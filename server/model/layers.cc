@@ -146,18 +146,28 @@ torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
   // That position's row of the [L, L] mask, for every head: [N, 1, 1, L].
   const torch::Tensor row_mask =
       mask.defined() ? mask.index_select(0, positions).view({n, 1, 1, l}) : mask;
+  // [N, L, 3, H, hd] (the queries divided by sqrt(hd) where q_scaled) -> attention of
+  // each sequence's one query.
+  const auto attend_at = [&](const torch::Tensor& qkv, bool q_scaled) {
+    // [N, 3, H, hd] -> the queries [N, H, 1, hd]
+    const torch::Tensor q = qkv.index({rows, positions}).select(1, 0).unsqueeze(2);
+    // [N, L, 2, H, hd] -> [2, N, H, L, hd]
+    const torch::Tensor kv = qkv.narrow(2, 1, 2).permute({2, 0, 3, 1, 4});
+    return Attend(q, kv[0], kv[1], row_mask, q_scaled);
+  };
+  // In int8 and on the packed bf16 weights, every position's query comes in the one
+  // product with the keys and values: a third more rows of work in the last layer, on
+  // the weights laid out once, instead of two products of their own.
   if (TakesInt8(x)) {
-    // Every position's query too: one int8 product costs less than two, and the
-    // queries are a third of it in one layer.
     if (std::optional<torch::Tensor> qkv = ProjectInt8(x, range)) {
-      // [N, 3, H, hd] -> the queries [N, H, 1, hd]
-      const torch::Tensor q = qkv->index({rows, positions}).select(1, 0).unsqueeze(2);
-      // [N, L, 2, H, hd] -> [2, N, H, L, hd]
-      const torch::Tensor kv = qkv->narrow(2, 1, 2).permute({2, 0, 3, 1, 4});
-      return Attend(q, kv[0], kv[1], row_mask, /*q_scaled=*/true);
+      return attend_at(*qkv, /*q_scaled=*/true);
     }
   }
   const torch::Tensor xw = x.to(in_proj_weight.scalar_type());
+  if (packed_qkv_.has_value() && packed_qkv_->Takes(xw)) {
+    return attend_at(packed_qkv_->Apply(xw).view({n, l, 3, heads_, head_dim}),
+                     /*q_scaled=*/false);
+  }
   // Keys and values: rows [w, 3w) of the packed projection. [N, L, 2, H, hd] ->
   // [2, N, H, L, hd]
   const torch::Tensor kv = torch::linear(xw, in_proj_weight.narrow(0, width_, 2 * width_),
@@ -315,6 +325,16 @@ torch::Tensor TransformerImpl::ForwardAt(torch::Tensor x, const torch::Tensor& p
   return resblocks->ptr<ResidualAttentionBlockImpl>(layers - 1)
       ->ForwardAt(x, positions, mask)
       .squeeze(1);
+}
+
+void TransformerImpl::SetProducts(int64_t min_rows, bool bf16_packing) {
+  for (const auto& block : *resblocks) {
+    auto* b = block->as<ResidualAttentionBlock>();
+    b->attn->SetInt8(min_rows);
+    b->attn->SetBf16Packing(bf16_packing);
+    b->mlp->SetInt8(min_rows);
+    b->mlp->SetBf16Packing(bf16_packing);
+  }
 }
 
 }  // namespace clipserve

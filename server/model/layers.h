@@ -75,8 +75,9 @@ class SelfAttentionImpl : public torch::nn::Module {
                         const std::optional<ValueRange>& range = {});
   // forward()'s output at one position per sequence, positions [N] (int64, on x's
   // device): [N, 1, w]. Keys and values are still every token's; only that query is
-  // attended, the work a tower's last layer needs when it keeps one token (in int8,
-  // every query comes in the one product with the keys and values: cheaper than two).
+  // attended, the work a tower's last layer needs when it keeps one token (in int8 and
+  // on packed bf16 weights, every query comes in the one product with the keys and
+  // values: the weights as laid out for forward(), and one call instead of two).
   torch::Tensor ForwardAt(const torch::Tensor& x, const torch::Tensor& positions,
                           const torch::Tensor& mask = {},
                           const std::optional<ValueRange>& range = {});
@@ -84,9 +85,9 @@ class SelfAttentionImpl : public torch::nn::Module {
   // current weights (on the CPU); a negative `min_rows` drops them. Not concurrently
   // with forward().
   void SetInt8(int64_t min_rows);
-  // From now on runs the bf16 projections of forward() on Bf16Linear, packed from the
-  // current weights, where `on`, the weights are bf16 on the CPU and the build has
-  // Bf16Linear; otherwise drops them. Not concurrently with forward().
+  // From now on runs the bf16 projections of forward() and ForwardAt() on Bf16Linear,
+  // packed from the current weights, where `on`, the weights are bf16 on the CPU and the
+  // build has Bf16Linear; otherwise drops them. Not concurrently with forward().
   void SetBf16Packing(bool on);
   // Whether forward(x) and ForwardAt(x) project x's queries, keys and values in int8;
   // they then take x in fp32 as readily as in the weights' dtype.
@@ -173,6 +174,10 @@ class TransformerImpl : public torch::nn::Module {
   // needs).
   torch::Tensor ForwardAt(torch::Tensor x, const torch::Tensor& positions,
                           const torch::Tensor& mask = {});
+  // Every block's SelfAttention::SetInt8(min_rows) and SetBf16Packing(bf16_packing)
+  // (and the same for its Mlp): packed from the current weights. Not concurrently with
+  // forward().
+  void SetProducts(int64_t min_rows, bool bf16_packing);
 
   torch::nn::ModuleList resblocks;
 };

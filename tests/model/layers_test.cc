@@ -68,23 +68,9 @@ TEST(TransformerTest, ForwardAtUnderACausalMaskIgnoresLaterTokens) {
                               transformer->ForwardAt(changed, positions, CausalMask(8))));
 }
 
-void SetInt8(Transformer& transformer, int64_t min_rows) {
-  for (const auto& block : *transformer->resblocks) {
-    block->as<ResidualAttentionBlock>()->attn->SetInt8(min_rows);
-    block->as<ResidualAttentionBlock>()->mlp->SetInt8(min_rows);
-  }
-}
-
-void SetBf16Packing(Transformer& transformer, bool on) {
-  for (const auto& block : *transformer->resblocks) {
-    block->as<ResidualAttentionBlock>()->attn->SetBf16Packing(on);
-    block->as<ResidualAttentionBlock>()->mlp->SetBf16Packing(on);
-  }
-}
-
 // With packing on, all four projections of every bf16 block run on weights laid out
-// once (Bf16Linear): the same result as LibTorch's, and blind to later writes to the
-// module's weights until packed again.
+// once (Bf16Linear), in forward() and in ForwardAt(): the same result as LibTorch's,
+// and blind to later writes to the module's weights until packed again.
 TEST(Bf16PackingTest, EveryProjectionRunsOnTheWeightsPackedOnce) {
   if (!Bf16Linear::Available()) GTEST_SKIP() << "no Bf16Linear in this build or CPU";
   torch::manual_seed(31);
@@ -93,15 +79,19 @@ TEST(Bf16PackingTest, EveryProjectionRunsOnTheWeightsPackedOnce) {
   transformer->to(torch::kBFloat16);
   const torch::Tensor x = torch::randn({3, 50, 64}).to(torch::kBFloat16);
   const torch::Tensor mask = CausalMask(50).to(torch::kBFloat16);
+  const torch::Tensor positions = torch::tensor({49, 0, 17}, torch::kLong);
+  const auto expect_close = [](const torch::Tensor& got, const torch::Tensor& want) {
+    const torch::Tensor w = want.to(torch::kFloat);
+    EXPECT_TRUE(
+        (got.to(torch::kFloat) - w).abs().le(w.abs() * 0.02 + 0.02).all().item<bool>());
+  };
   const torch::Tensor libtorch = transformer->forward(x, mask);
-  SetBf16Packing(transformer, true);
+  const torch::Tensor libtorch_at = transformer->ForwardAt(x, positions, mask);
+  transformer->SetProducts(/*min_rows=*/-1, /*bf16_packing=*/true);
   const torch::Tensor packed = transformer->forward(x, mask);
-  const torch::Tensor lf = libtorch.to(torch::kFloat);
-  EXPECT_TRUE((packed.to(torch::kFloat) - lf)
-                  .abs()
-                  .le(lf.abs() * 0.02 + 0.02)
-                  .all()
-                  .item<bool>());
+  const torch::Tensor packed_at = transformer->ForwardAt(x, positions, mask);
+  expect_close(packed, libtorch);
+  expect_close(packed_at, libtorch_at);
 
   // One projection at a time: zeroed in the module, it still counts while packed.
   for (const auto& block : *transformer->resblocks) {
@@ -111,10 +101,11 @@ TEST(Bf16PackingTest, EveryProjectionRunsOnTheWeightsPackedOnce) {
       const torch::Tensor saved = weight->clone();
       weight->zero_();
       EXPECT_TRUE(torch::equal(transformer->forward(x, mask), packed));
+      EXPECT_TRUE(torch::equal(transformer->ForwardAt(x, positions, mask), packed_at));
       weight->copy_(saved);
     }
   }
-  SetBf16Packing(transformer, false);
+  transformer->SetProducts(/*min_rows=*/-1, /*bf16_packing=*/false);
   transformer->resblocks->ptr<ResidualAttentionBlockImpl>(0)->mlp->c_fc->weight.zero_();
   EXPECT_FALSE(torch::equal(transformer->forward(x, mask), packed));
 }
@@ -182,11 +173,11 @@ TEST(Int8LayersTest, BlocksSwitchToInt8AndBackToTheExactFp32Result) {
   Transformer transformer = RandomTransformer(32, 2, 4, true);
   const torch::Tensor x = torch::randn({2, 7, 32});
   const torch::Tensor fp32 = transformer->forward(x);
-  SetInt8(transformer, 0);
+  transformer->SetProducts(/*min_rows=*/0, /*bf16_packing=*/false);
   const torch::Tensor int8 = transformer->forward(x);
   const torch::Tensor positions = torch::tensor({int64_t{6}, int64_t{2}});
   const torch::Tensor int8_at = transformer->ForwardAt(x, positions);
-  SetInt8(transformer, -1);
+  transformer->SetProducts(/*min_rows=*/-1, /*bf16_packing=*/false);
   EXPECT_TRUE(torch::equal(transformer->forward(x), fp32));
   EXPECT_GT((int8 - fp32).abs().max().item<float>(), 1e-4) << "int8 did not run";
   EXPECT_GE(
@@ -262,7 +253,7 @@ TEST(Int8LayersTest, InputsThatAreNotFiniteRunUnquantized) {
   x[1][3][5] = std::numeric_limits<float>::infinity();
   const torch::Tensor fp32 = transformer->forward(x);
   ASSERT_TRUE(fp32.isnan().any().item<bool>());
-  SetInt8(transformer, 0);
+  transformer->SetProducts(/*min_rows=*/0, /*bf16_packing=*/false);
   const torch::Tensor int8 = transformer->forward(x);
   EXPECT_TRUE(torch::equal(int8.isnan(), fp32.isnan()));
   EXPECT_TRUE(torch::equal(torch::nan_to_num(int8), torch::nan_to_num(fp32)));
@@ -333,9 +324,9 @@ TEST(Int8LayersTest, ProductsBelowTheRowThresholdStayExact) {
   Transformer transformer = RandomTransformer(32, 2, 4, false);
   const torch::Tensor x = torch::randn({2, 7, 32});
   const torch::Tensor fp32 = transformer->forward(x);
-  SetInt8(transformer, 15);
+  transformer->SetProducts(/*min_rows=*/15, /*bf16_packing=*/false);
   EXPECT_TRUE(torch::equal(transformer->forward(x), fp32));
-  SetInt8(transformer, 14);
+  transformer->SetProducts(/*min_rows=*/14, /*bf16_packing=*/false);
   EXPECT_FALSE(torch::equal(transformer->forward(x), fp32));
 }
 
