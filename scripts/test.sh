@@ -3,7 +3,8 @@
 #   1. the release preset (build/): every unit, integration and interop test (CTest);
 #   2. the asan preset (build-asan/, clang + ASan + UBSan, leak checks on): every
 #      unit and integration test, the model, the engine and the server end to end
-#      included (not the interop tests);
+#      included (not the interop tests), built without direct calls to oneDNN (the
+#      LibTorch fallbacks the CUDA image runs);
 #   3. the tsan preset (build-tsan/, clang + ThreadSanitizer): every unit and
 #      integration test (batcher, engine, caches, the gRPC service, the server end to
 #      end), not the interop tests;
