@@ -156,8 +156,9 @@ torch::Tensor SelfAttentionImpl::ForwardAt(const torch::Tensor& x,
     return Attend(q, kv[0], kv[1], row_mask, q_scaled);
   };
   // In int8 and on the packed bf16 weights, every position's query comes in the one
-  // product with the keys and values: a third more rows of work in the last layer, on
-  // the weights laid out once, instead of two products of their own.
+  // product with the keys and values (half as much work again as theirs, all but one
+  // query per sequence unused): one product on the weights laid out once costs less
+  // than two, the keys' and values' on a slice of the weights LibTorch lays out anew.
   if (TakesInt8(x)) {
     if (std::optional<torch::Tensor> qkv = ProjectInt8(x, range)) {
       return attend_at(*qkv, /*q_scaled=*/true);
