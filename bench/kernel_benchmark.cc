@@ -13,6 +13,9 @@
 //       on R bf16 rows: 50 is a batch of one image, 1600 of 32. O=0: LibTorch's
 //       linear, which hands oneDNN the weight in its plain layout to reorder on each
 //       call; O=1: Bf16Linear, the weight laid out once.
+//   BM_LinearQuickGelu/rows:R/fused:F   that product and its QuickGELU. F=0:
+//       Bf16Linear, then QuickGeluInPlace, a pass of its own; F=1: Bf16Linear with
+//       the activation fused into the product.
 //
 // Items are rows. One LibTorch intra-op thread per CPU this process may use, as
 // clip_server's default.
@@ -135,6 +138,34 @@ void BM_Linear(benchmark::State& state) {
 }
 BENCHMARK(BM_Linear)
     ->ArgNames({"rows", "ours"})
+    ->ArgsProduct({{50, 1600}, {0, 1}})
+    ->UseRealTime();
+
+void BM_LinearQuickGelu(benchmark::State& state) {
+  UseEveryCpu();
+  const torch::InferenceMode inference;
+  torch::manual_seed(0);
+  const int64_t rows = state.range(0);
+  const bool fused = state.range(1) == 1;
+  const torch::Tensor w = torch::randn({3072, 768}).to(torch::kBFloat16);
+  const torch::Tensor b = torch::randn({3072}).to(torch::kBFloat16);
+  const torch::Tensor x = torch::randn({rows, 768}).to(torch::kBFloat16);
+  if (!Bf16Linear::Available(LinearActivation::kQuickGelu)) {
+    state.SkipWithError("no Bf16Linear in this build or CPU");
+    return;
+  }
+  const Bf16Linear linear(w, b,
+                          fused ? LinearActivation::kQuickGelu : LinearActivation::kNone);
+  for (auto _ : state) {
+    torch::Tensor y = linear.Apply(x);
+    if (!fused) QuickGeluInPlace(y);
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * rows);
+  state.SetLabel(fused ? "fused" : "Bf16Linear, then QuickGeluInPlace");
+}
+BENCHMARK(BM_LinearQuickGelu)
+    ->ArgNames({"rows", "fused"})
     ->ArgsProduct({{50, 1600}, {0, 1}})
     ->UseRealTime();
 

@@ -23,16 +23,19 @@ using dnnl_dt = dnnl::memory::data_type;
 using dnnl_tag = dnnl::memory::format_tag;
 using dnnl_products::CpuEngine;
 
-// rows, in, out, whether there is a bias.
-using ProductKey = std::tuple<int64_t, int64_t, int64_t, bool>;
+// rows, in, out, whether there is a bias, the activation.
+using ProductKey = std::tuple<int64_t, int64_t, int64_t, bool, LinearActivation>;
 
 dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t out,
-                                             bool bias,
+                                             bool bias, LinearActivation activation,
                                              const dnnl::memory::desc& weights) {
   const dnnl::memory::desc src({rows, in}, dnnl_dt::bf16, dnnl_tag::ab);
   const dnnl::memory::desc dst({rows, out}, dnnl_dt::bf16, dnnl_tag::ab);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::post_ops ops;
+  dnnl_products::AppendActivation(ops, activation);
+  attr.set_post_ops(ops);
   const dnnl::matmul::desc desc =
       bias ? dnnl::matmul::desc(src, weights,
                                 dnnl::memory::desc({1, out}, dnnl_dt::bf16, dnnl_tag::ab),
@@ -53,25 +56,39 @@ struct Bf16Linear::Impl {
   at::Tensor bias;                      // bf16 [1, out], a copy of its own, or undefined
 };
 
-bool Bf16Linear::Available() {
+bool Bf16Linear::Available(LinearActivation activation) {
   // Not where oneDNN has only its reference loop for bf16 (a CPU without AVX-512):
   // LibTorch's own kernels are faster there.
-  static const bool available = [] {
+  const auto check = [](LinearActivation a) {
     try {
       const dnnl::memory::desc any({256, 256}, dnnl_dt::bf16, dnnl_tag::any);
       return !dnnl_products::IsReference(
-          DescribeProduct(256, 256, 256, /*bias=*/true, any));
+          DescribeProduct(256, 256, 256, /*bias=*/true, a, any));
     } catch (const dnnl::error&) {
       return false;
     }
-  }();
-  return available;
+  };
+  static const bool none = check(LinearActivation::kNone);
+  static const bool quick_gelu = none && check(LinearActivation::kQuickGelu);
+  static const bool gelu = none && check(LinearActivation::kGelu);
+  switch (activation) {
+    case LinearActivation::kNone:
+      return none;
+    case LinearActivation::kQuickGelu:
+      return quick_gelu;
+    case LinearActivation::kGelu:
+      return gelu;
+  }
+  return false;
 }
 
-Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias)
+Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias,
+                       LinearActivation activation)
     : in_(weight.dim() == 2 ? weight.size(1) : 0),
-      out_(weight.dim() == 2 ? weight.size(0) : 0) {
-  TORCH_CHECK(Available(), "Bf16Linear: oneDNN has only its reference bf16 product here");
+      out_(weight.dim() == 2 ? weight.size(0) : 0),
+      activation_(activation) {
+  TORCH_CHECK(Available(activation),
+              "Bf16Linear: oneDNN has only its reference bf16 product here");
   TORCH_CHECK(weight.dim() == 2 && weight.is_cpu(),
               "Bf16Linear: weight must be 2-D on the CPU");
   TORCH_CHECK(!bias.defined() || (bias.numel() == out_ && bias.is_cpu()),
@@ -86,7 +103,7 @@ Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias)
   impl->weights = dnnl_products::PackWeight(
       plain_weight.data_ptr(), in_, out_, dnnl_dt::bf16,
       [&](int64_t rows, const dnnl::memory::desc& any) {
-        return DescribeProduct(rows, in_, out_, bias.defined(), any);
+        return DescribeProduct(rows, in_, out_, bias.defined(), activation_, any);
       });
   impl_ = std::move(impl);
 }
@@ -97,9 +114,10 @@ at::Tensor Bf16Linear::Apply(const at::Tensor& x) const {
   const at::Tensor rows = x.reshape({-1, in_}).contiguous();
   const int64_t m = rows.size(0);
   const bool bias = impl_->bias.defined();
-  const std::shared_ptr<const dnnl_products::Product> product = Products().Get(
-      ProductKey{m, in_, out_, bias},
-      [&] { return DescribeProduct(m, in_, out_, bias, impl_->weights.layout); });
+  const std::shared_ptr<const dnnl_products::Product> product =
+      Products().Get(ProductKey{m, in_, out_, bias, activation_}, [&] {
+        return DescribeProduct(m, in_, out_, bias, activation_, impl_->weights.layout);
+      });
   at::Tensor y = torch::empty({m, out_}, rows.options());
   const dnnl::engine& engine = CpuEngine();
   std::unordered_map<int, dnnl::memory> args{
@@ -122,11 +140,16 @@ at::Tensor Bf16Linear::Apply(const at::Tensor& x) const {
 
 struct Bf16Linear::Impl {};
 
-bool Bf16Linear::Available() { return false; }
+bool Bf16Linear::Available(LinearActivation activation) {
+  (void)activation;
+  return false;
+}
 
-Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias) {
+Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias,
+                       LinearActivation activation) {
   (void)weight;
   (void)bias;
+  (void)activation;
   TORCH_CHECK(false,
               "Bf16Linear needs a build that calls oneDNN directly (libdnnl-dev, and a "
               "LibTorch on that same libdnnl)");

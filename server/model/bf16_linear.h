@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "server/model/linear_activation.h"
+
 namespace clipserve {
 
 // A bf16 linear layer whose weight is laid out once, at construction, in the blocked
@@ -20,12 +22,13 @@ class Bf16Linear {
  public:
   // Whether this build has it (it calls oneDNN directly: CLIPSERVE_WITH_DNNL, as
   // Int8Linear's kOneDnn kernel does) and oneDNN has more than its reference loop
-  // for bf16 on this CPU.
-  static bool Available();
+  // for bf16 on this CPU, with `activation` fused.
+  static bool Available(LinearActivation activation = LinearActivation::kNone);
 
   // weight [out, in] and bias [out] (or undefined), on the CPU in any float dtype
-  // (rounded to bf16). Throws c10::Error where !Available().
-  Bf16Linear(const at::Tensor& weight, const at::Tensor& bias);
+  // (rounded to bf16). Throws c10::Error where !Available(activation).
+  Bf16Linear(const at::Tensor& weight, const at::Tensor& bias,
+             LinearActivation activation = LinearActivation::kNone);
   ~Bf16Linear();
   Bf16Linear(Bf16Linear&&) noexcept;
   Bf16Linear& operator=(Bf16Linear&&) noexcept;
@@ -34,8 +37,12 @@ class Bf16Linear {
   // autograd graph to record.
   bool Takes(const at::Tensor& x) const;
 
-  // x W^T + b: [..., out] in bf16, the sums in fp32 as LibTorch's bf16 linear does.
-  // Throws c10::Error where !Takes(x).
+  // activation(x W^T + b): [..., out] in bf16, the sums in fp32 as LibTorch's bf16
+  // linear does. An activation runs on those fp32 sums, in the product's pass, and the
+  // result is rounded to bf16 once: where LibTorch would round the product, then the
+  // activation's result again, and pass over the [rows, out] output a second time
+  // (QuickGeluInPlace's 1.0 ms after each ViT-B-32 batch-32 c_fc). Throws c10::Error
+  // where !Takes(x).
   at::Tensor Apply(const at::Tensor& x) const;
 
   int64_t in_features() const { return in_; }
@@ -46,6 +53,7 @@ class Bf16Linear {
 
   int64_t in_ = 0;
   int64_t out_ = 0;
+  LinearActivation activation_ = LinearActivation::kNone;
   std::unique_ptr<const Impl> impl_;
 };
 

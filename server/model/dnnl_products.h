@@ -19,6 +19,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "server/model/linear_activation.h"
+#include "server/model/quick_gelu.h"
 
 namespace clipserve::dnnl_products {
 
@@ -31,6 +33,17 @@ inline const dnnl::engine& CpuEngine() {
 // own kernels (a CPU without the instructions oneDNN's fast kernels need).
 inline bool IsReference(const dnnl::matmul::primitive_desc& pd) {
   return std::string_view(pd.impl_info_str()).rfind("ref", 0) == 0;
+}
+
+// Appends `activation` to a product's post-ops: it then runs on the fp32 sums, after
+// the post-ops before it, and the product rounds its result once.
+inline void AppendActivation(dnnl::post_ops& ops, LinearActivation activation) {
+  if (activation == LinearActivation::kQuickGelu) {
+    // QuickGELU is oneDNN's swish, x * sigmoid(alpha x), with alpha 1.702.
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, kQuickGeluSlope, 0.0f);
+  } else if (activation == LinearActivation::kGelu) {
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  }
 }
 
 // A weight laid out once for a product's kernel.

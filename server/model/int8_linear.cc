@@ -100,7 +100,7 @@ using dnnl_products::CpuEngine;
 using ProductKey = std::tuple<int64_t, int64_t, int64_t, int, int>;
 
 dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t out,
-                                             bool bf16, Int8Activation activation,
+                                             bool bf16, LinearActivation activation,
                                              const dnnl::memory::desc& weights) {
   const dnnl::memory::desc src({rows, in}, dnnl_dt::u8, dnnl_tag::ab);
   const dnnl::memory::desc dst({rows, out}, bf16 ? dnnl_dt::bf16 : dnnl_dt::f32,
@@ -111,12 +111,7 @@ dnnl::matmul::primitive_desc DescribeProduct(int64_t rows, int64_t in, int64_t o
   // post-op, 10% faster than a second post-op adding the bias after the scale.
   dnnl::post_ops ops;
   ops.append_binary(dnnl::algorithm::binary_mul, per_column);
-  if (activation == Int8Activation::kQuickGelu) {
-    // QuickGELU is oneDNN's swish, x * sigmoid(alpha x), with alpha 1.702.
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, kQuickGeluSlope, 0.0f);
-  } else if (activation == Int8Activation::kGelu) {
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
-  }
+  dnnl_products::AppendActivation(ops, activation);
   dnnl::primitive_attr attr;
   // Each call brings its own scratchpad: concurrent calls share no buffer.
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -134,7 +129,7 @@ struct OneDnnWeights {
 };
 
 OneDnnWeights PackForOneDnn(const torch::Tensor& weight, const torch::Tensor& bias,
-                            Int8Activation activation) {
+                            LinearActivation activation) {
   const int64_t out = weight.size(0);
   const int64_t in = weight.size(1);
   OneDnnWeights packed;
@@ -152,7 +147,7 @@ OneDnnWeights PackForOneDnn(const torch::Tensor& weight, const torch::Tensor& bi
 }
 
 std::optional<torch::Tensor> ApplyOneDnn(const OneDnnWeights& w, int64_t in, int64_t out,
-                                         Int8Activation activation,
+                                         LinearActivation activation,
                                          const torch::Tensor& x, c10::ScalarType dtype,
                                          const std::optional<ValueRange>& range) {
   const torch::Tensor rows = AsRows(x);
@@ -192,7 +187,7 @@ absl::Status CheckOneDnnKernel() {
   try {
     const dnnl::memory::desc any({256, 256}, dnnl_dt::s8, dnnl_tag::any);
     const dnnl::matmul::primitive_desc pd =
-        DescribeProduct(256, 256, 256, false, Int8Activation::kQuickGelu, any);
+        DescribeProduct(256, 256, 256, false, LinearActivation::kQuickGelu, any);
     if (dnnl_products::IsReference(pd)) {
       return absl::UnimplementedError(
           absl::StrCat("oneDNN has only its reference int8 matmul on this CPU (",
@@ -229,7 +224,7 @@ c10::IValue PackForLibTorch(const torch::Tensor& weight, const torch::Tensor& bi
 }
 
 std::optional<torch::Tensor> ApplyLibTorch(const c10::IValue& packed, int64_t out,
-                                           Int8Activation activation,
+                                           LinearActivation activation,
                                            const torch::Tensor& x, c10::ScalarType dtype,
                                            const std::optional<ValueRange>& range) {
   const torch::Tensor rows = x.reshape({-1, x.size(-1)}).to(torch::kFloat).contiguous();
@@ -238,9 +233,9 @@ std::optional<torch::Tensor> ApplyLibTorch(const c10::IValue& packed, int64_t ou
   std::vector<c10::IValue> stack{rows, packed, /*reduce_range=*/false};
   linear.callBoxed(&stack);
   torch::Tensor y = stack.at(0).toTensor();
-  if (activation == Int8Activation::kQuickGelu) {
+  if (activation == LinearActivation::kQuickGelu) {
     y = y * torch::sigmoid(kQuickGeluSlope * y);
-  } else if (activation == Int8Activation::kGelu) {
+  } else if (activation == LinearActivation::kGelu) {
     torch::gelu_(y);
   }
   return y.to(dtype).view(OutputShape(x, out));
@@ -291,7 +286,7 @@ struct Int8Linear::Impl {
 
 std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(const torch::Tensor& weight,
                                                              const torch::Tensor& bias,
-                                                             Int8Activation activation,
+                                                             LinearActivation activation,
                                                              Int8Kernel kernel) {
   auto impl = std::make_unique<Impl>();
   impl->kernel = kernel;
@@ -310,7 +305,7 @@ std::unique_ptr<const Int8Linear::Impl> Int8Linear::MakeImpl(const torch::Tensor
 }
 
 Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias,
-                       Int8Activation activation, Int8Kernel kernel)
+                       LinearActivation activation, Int8Kernel kernel)
     : in_(weight.size(1)),
       out_(weight.size(0)),
       activation_(activation),

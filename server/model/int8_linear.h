@@ -7,16 +7,10 @@
 #include <optional>
 
 #include "absl/status/status.h"
+#include "server/model/linear_activation.h"
 #include "server/model/value_range.h"
 
 namespace clipserve {
-
-// The activation an Int8Linear applies to its product, in the same pass.
-enum class Int8Activation {
-  kNone,
-  kQuickGelu,  // h * sigmoid(1.702 h), OpenAI CLIP's
-  kGelu,       // exact (erf) GELU
-};
 
 // The int8 kernel an Int8Linear runs on. Both compute the same rounding (below).
 enum class Int8Kernel {
@@ -45,7 +39,7 @@ class Int8Linear {
   // weight [out, in] and bias [out] (or undefined), on the CPU in any float dtype.
   // Throws c10::Error for a kernel this build lacks (CheckInt8Kernel).
   Int8Linear(const at::Tensor& weight, const at::Tensor& bias,
-             Int8Activation activation = Int8Activation::kNone,
+             LinearActivation activation = LinearActivation::kNone,
              Int8Kernel kernel = DefaultInt8Kernel());
   ~Int8Linear();
   Int8Linear(Int8Linear&&) noexcept;
@@ -68,12 +62,12 @@ class Int8Linear {
   struct Impl;
   static std::unique_ptr<const Impl> MakeImpl(const at::Tensor& weight,
                                               const at::Tensor& bias,
-                                              Int8Activation activation,
+                                              LinearActivation activation,
                                               Int8Kernel kernel);
 
   int64_t in_ = 0;
   int64_t out_ = 0;
-  Int8Activation activation_ = Int8Activation::kNone;
+  LinearActivation activation_ = LinearActivation::kNone;
   std::unique_ptr<const Impl> impl_;
 };
 

@@ -64,13 +64,14 @@ namespace {
 
 // `weight` and `bias` packed for Bf16Linear where `on`, they are bf16 on the CPU and
 // the build has it; nullopt otherwise.
-std::optional<Bf16Linear> PackBf16(bool on, const torch::Tensor& weight,
-                                   const torch::Tensor& bias) {
-  if (!on || !Bf16Linear::Available() || !weight.is_cpu() ||
+std::optional<Bf16Linear> PackBf16(
+    bool on, const torch::Tensor& weight, const torch::Tensor& bias,
+    LinearActivation activation = LinearActivation::kNone) {
+  if (!on || !Bf16Linear::Available(activation) || !weight.is_cpu() ||
       weight.scalar_type() != torch::kBFloat16) {
     return std::nullopt;
   }
-  return Bf16Linear(weight, bias);
+  return Bf16Linear(weight, bias, activation);
 }
 
 }  // namespace
@@ -224,7 +225,12 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x,
       if (std::optional<torch::Tensor> y = int8_proj_->linear.Apply(*h, dtype)) return *y;
     }
   }
-  torch::Tensor h = Linear(packed_fc_, x, c_fc->weight, c_fc->bias);
+  const torch::Tensor xw = x.to(c_fc->weight.scalar_type());
+  // The activation fused into the packed product: no pass of its own.
+  if (packed_fc_.has_value() && packed_fc_->Takes(xw)) {
+    return Linear(packed_proj_, packed_fc_->Apply(xw), c_proj->weight, c_proj->bias);
+  }
+  torch::Tensor h = torch::linear(xw, c_fc->weight, c_fc->bias);
   if (!quick_gelu_) {
     h = torch::gelu(h);
   } else if (h.scalar_type() == torch::kBFloat16 && QuickGeluTakes(h)) {
@@ -238,7 +244,7 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x,
 }
 
 void MlpImpl::SetBf16Packing(bool on) {
-  packed_fc_ = PackBf16(on, c_fc->weight, c_fc->bias);
+  packed_fc_ = PackBf16(on, c_fc->weight, c_fc->bias, Activation());
   packed_proj_ = PackBf16(on, c_proj->weight, c_proj->bias);
 }
 
@@ -251,10 +257,8 @@ void MlpImpl::SetInt8(int64_t min_rows) {
   int8_fc_.reset();
   int8_proj_.reset();
   if (min_rows < 0) return;
-  int8_fc_.emplace(Int8Projection{
-      Int8Linear(c_fc->weight, c_fc->bias,
-                 quick_gelu_ ? Int8Activation::kQuickGelu : Int8Activation::kGelu),
-      min_rows});
+  int8_fc_.emplace(
+      Int8Projection{Int8Linear(c_fc->weight, c_fc->bias, Activation()), min_rows});
   int8_proj_.emplace(Int8Projection{Int8Linear(c_proj->weight, c_proj->bias), min_rows});
 }
 

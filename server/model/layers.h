@@ -128,7 +128,8 @@ class MlpImpl : public torch::nn::Module {
                         const std::optional<ValueRange>& range = {});
   // As SelfAttention::SetInt8, for c_fc and c_proj.
   void SetInt8(int64_t min_rows);
-  // As SelfAttention::SetBf16Packing, for c_fc and c_proj.
+  // As SelfAttention::SetBf16Packing, for c_fc (the activation fused into its product)
+  // and c_proj.
   void SetBf16Packing(bool on);
   // Whether forward(x) runs in int8 (both products, the activation fused into the
   // first).
@@ -138,6 +139,10 @@ class MlpImpl : public torch::nn::Module {
   torch::nn::Linear c_proj{nullptr};
 
  private:
+  LinearActivation Activation() const {
+    return quick_gelu_ ? LinearActivation::kQuickGelu : LinearActivation::kGelu;
+  }
+
   bool quick_gelu_;
   std::optional<Int8Projection> int8_fc_, int8_proj_;
   std::optional<Bf16Linear> packed_fc_, packed_proj_;

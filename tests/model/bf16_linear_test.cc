@@ -1,5 +1,6 @@
 // Bf16Linear computes LibTorch's bf16 linear (at::linear, the bias added inside the
-// product), from a weight laid out once, for any row count, from any thread.
+// product), from a weight laid out once, for any row count, from any thread, with an
+// activation fused where asked.
 
 #include "server/model/bf16_linear.h"
 
@@ -69,6 +70,36 @@ TEST_F(Bf16LinearTest, RoundsOnceFromFp32Sums) {
       torch::linear(x.to(torch::kDouble).abs(), w.to(torch::kDouble).abs()) *
           (768 * std::ldexp(1.0, -24));
   EXPECT_TRUE((got - exact).abs().le(bound).all().item<bool>());
+}
+
+// An activation runs on the fp32 sums, bias added, and the result rounds once: against
+// the activation of the product in double, each value is within one bf16 ulp plus what
+// fp32 sums can lose (both activations' slopes stay under 1.2) and the last bits of
+// oneDNN's fp32 exp and erf.
+TEST_F(Bf16LinearTest, FusesTheActivationIntoTheFp32Sums) {
+  torch::manual_seed(46);
+  const torch::InferenceMode inference;
+  const torch::Tensor w = (torch::randn({96, 768}) * 0.05).to(torch::kBFloat16);
+  const torch::Tensor b = torch::randn({96}).to(torch::kBFloat16);
+  const torch::Tensor x = torch::randn({2, 50, 768}).to(torch::kBFloat16);
+  const torch::Tensor exact =
+      torch::linear(x.to(torch::kDouble), w.to(torch::kDouble), b.to(torch::kDouble));
+  const torch::Tensor sums_bound =
+      torch::linear(x.to(torch::kDouble).abs(), w.to(torch::kDouble).abs()) *
+      (768 * std::ldexp(1.0, -24));
+  for (const LinearActivation activation :
+       {LinearActivation::kQuickGelu, LinearActivation::kGelu}) {
+    SCOPED_TRACE(static_cast<int>(activation));
+    if (!Bf16Linear::Available(activation)) GTEST_SKIP() << "not fused on this CPU";
+    const torch::Tensor want = activation == LinearActivation::kQuickGelu
+                                   ? exact * torch::sigmoid(1.702 * exact)
+                                   : torch::gelu(exact);
+    const torch::Tensor got = Bf16Linear(w, b, activation).Apply(x);
+    ASSERT_EQ(got.scalar_type(), torch::kBFloat16);
+    const torch::Tensor bound =
+        want.abs() * (std::ldexp(1.0, -8) + std::ldexp(1.0, -18)) + sums_bound * 1.25;
+    EXPECT_TRUE((got.to(torch::kDouble) - want).abs().le(bound).all().item<bool>());
+  }
 }
 
 // Laid out once: changing the tensor it was built from later changes nothing.
@@ -146,6 +177,8 @@ TEST_F(Bf16LinearTest, ConcurrentCallsAgreeWithSerialOnes) {
 TEST(Bf16LinearBuildTest, AvailableWhereTheCpuHasBf16Instructions) {
   if (!CpuInfoHasFastBf16(ReadProcCpuinfo())) GTEST_SKIP() << "no bf16 instructions";
   EXPECT_TRUE(Bf16Linear::Available());
+  EXPECT_TRUE(Bf16Linear::Available(LinearActivation::kQuickGelu));
+  EXPECT_TRUE(Bf16Linear::Available(LinearActivation::kGelu));
 }
 #else
 // A build that calls oneDNN only through LibTorch has none, and says so.

@@ -53,7 +53,7 @@ class Int8LinearTest : public ::testing::TestWithParam<Int8Kernel> {
   }
 
   Int8Linear Make(const torch::Tensor& w, const torch::Tensor& b,
-                  Int8Activation activation = Int8Activation::kNone) const {
+                  LinearActivation activation = LinearActivation::kNone) const {
     return Int8Linear(w, b, activation, GetParam());
   }
 };
@@ -73,7 +73,7 @@ TEST(Int8KernelTest, TheDefaultIsOneDnnWhereBuiltIn) {
   EXPECT_EQ(DefaultInt8Kernel(), Int8Kernel::kLibTorch);
   EXPECT_EQ(CheckInt8Kernel(Int8Kernel::kOneDnn).code(),
             absl::StatusCode::kUnimplemented);
-  EXPECT_THROW(Int8Linear(torch::ones({2, 2}), torch::Tensor(), Int8Activation::kNone,
+  EXPECT_THROW(Int8Linear(torch::ones({2, 2}), torch::Tensor(), LinearActivation::kNone,
                           Int8Kernel::kOneDnn),
                c10::Error);
 #endif
@@ -119,9 +119,9 @@ TEST_P(Int8LinearTest, AppliesItsActivationToTheProduct) {
   const torch::Tensor x = torch::randn({2, 9, 32});
   const torch::Tensor product = Int8Reference(x, w, b);
   const std::optional<torch::Tensor> quick =
-      Make(w, b, Int8Activation::kQuickGelu).Apply(x, torch::kFloat);
+      Make(w, b, LinearActivation::kQuickGelu).Apply(x, torch::kFloat);
   const std::optional<torch::Tensor> gelu =
-      Make(w, b, Int8Activation::kGelu).Apply(x, torch::kFloat);
+      Make(w, b, LinearActivation::kGelu).Apply(x, torch::kFloat);
   ASSERT_TRUE(quick.has_value() && gelu.has_value());
   EXPECT_LT((quick->to(torch::kDouble) - QuickGelu(product)).abs().max().item<double>(),
             1e-4);
@@ -159,7 +159,7 @@ TEST_P(Int8LinearTest, RefusesInputsThatAreNotFiniteAndTakesZeros) {
   const torch::InferenceMode inference;
   torch::manual_seed(32);
   const torch::Tensor b = torch::randn({8});
-  const Int8Linear linear = Make(torch::randn({8, 16}), b, Int8Activation::kQuickGelu);
+  const Int8Linear linear = Make(torch::randn({8, 16}), b, LinearActivation::kQuickGelu);
   for (const float bad :
        {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
         std::numeric_limits<float>::quiet_NaN()}) {
@@ -221,7 +221,7 @@ TEST_P(Int8LinearTest, AGivenRangeStandsInForThePassThatFindsIt) {
 TEST_P(Int8LinearTest, ConcurrentCallsGiveWhatEachGivesAlone) {
   torch::manual_seed(27);
   const Int8Linear linear =
-      Make(torch::randn({256, 128}), torch::randn({256}), Int8Activation::kGelu);
+      Make(torch::randn({256, 128}), torch::randn({256}), LinearActivation::kGelu);
   std::vector<torch::Tensor> inputs, alone;
   {
     const torch::InferenceMode inference;
