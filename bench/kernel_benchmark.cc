@@ -114,15 +114,25 @@ void BM_QuickGelu(benchmark::State& state) {
 }
 BENCHMARK(BM_QuickGelu)->ArgName("ours")->Arg(0)->Arg(1)->UseRealTime();
 
+// The MLP's first product (768 into 3072, with a bias) and `rows` bf16 rows for it.
+struct MlpFirstProduct {
+  torch::Tensor w, b, x;
+};
+
+MlpFirstProduct MakeMlpFirstProduct(int64_t rows) {
+  torch::manual_seed(0);
+  // Braced: the three draws happen in this order.
+  return {torch::randn({3072, 768}).to(torch::kBFloat16),
+          torch::randn({3072}).to(torch::kBFloat16),
+          torch::randn({rows, 768}).to(torch::kBFloat16)};
+}
+
 void BM_Linear(benchmark::State& state) {
   UseEveryCpu();
   const torch::InferenceMode inference;
-  torch::manual_seed(0);
   const int64_t rows = state.range(0);
   const bool ours = state.range(1) == 1;
-  const torch::Tensor w = torch::randn({3072, 768}).to(torch::kBFloat16);
-  const torch::Tensor b = torch::randn({3072}).to(torch::kBFloat16);
-  const torch::Tensor x = torch::randn({rows, 768}).to(torch::kBFloat16);
+  const auto [w, b, x] = MakeMlpFirstProduct(rows);
   if (ours && !Bf16Linear::Available()) {
     state.SkipWithError("no Bf16Linear in this build or CPU");
     return;
@@ -144,12 +154,9 @@ BENCHMARK(BM_Linear)
 void BM_LinearQuickGelu(benchmark::State& state) {
   UseEveryCpu();
   const torch::InferenceMode inference;
-  torch::manual_seed(0);
   const int64_t rows = state.range(0);
   const bool fused = state.range(1) == 1;
-  const torch::Tensor w = torch::randn({3072, 768}).to(torch::kBFloat16);
-  const torch::Tensor b = torch::randn({3072}).to(torch::kBFloat16);
-  const torch::Tensor x = torch::randn({rows, 768}).to(torch::kBFloat16);
+  const auto [w, b, x] = MakeMlpFirstProduct(rows);
   if (!Bf16Linear::Available(LinearActivation::kQuickGelu)) {
     state.SkipWithError("no Bf16Linear in this build or CPU");
     return;

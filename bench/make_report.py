@@ -522,7 +522,9 @@ def main():
         "product, with the range it quantizes with; the attention softmax; the MLP's "
         "QuickGELU on its 3072-wide hidden rows; the MLP's first bf16 product on 50 "
         "rows, a batch of one image, and 1600, of 32; `ours:0` is LibTorch's ops, "
-        "`ours:1` clipserve's kernel).")
+        "`ours:1` clipserve's kernel; that product and its QuickGELU, `fused:0` as two "
+        "passes, `fused:1` with the activation inside the product, as the towers run "
+        "it).")
     add("")
     add("| benchmark | what | items/s | time per iteration |")
     add("|---|---|---|---|")
