@@ -42,10 +42,16 @@ bool Int8Projection::Takes(const torch::Tensor& x) const {
   return x.numel() / x.size(-1) >= min_rows;
 }
 
+std::optional<torch::Tensor> ApplyPacked(const std::optional<Bf16Linear>& packed,
+                                         const torch::Tensor& xw) {
+  if (!packed.has_value() || !packed->Takes(xw)) return std::nullopt;
+  return packed->Apply(xw);
+}
+
 torch::Tensor Linear(const std::optional<Bf16Linear>& packed, const torch::Tensor& x,
                      const torch::Tensor& weight, const torch::Tensor& bias) {
   const torch::Tensor xw = x.to(weight.scalar_type());
-  if (packed.has_value() && packed->Takes(xw)) return packed->Apply(xw);
+  if (std::optional<torch::Tensor> y = ApplyPacked(packed, xw)) return *y;
   return torch::linear(xw, weight, bias);
 }
 
@@ -227,8 +233,8 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x,
   }
   const torch::Tensor xw = x.to(c_fc->weight.scalar_type());
   // The activation fused into the packed product: no pass of its own.
-  if (packed_fc_.has_value() && packed_fc_->Takes(xw)) {
-    return Linear(packed_proj_, packed_fc_->Apply(xw), c_proj->weight, c_proj->bias);
+  if (std::optional<torch::Tensor> h = ApplyPacked(packed_fc_, xw)) {
+    return Linear(packed_proj_, *h, c_proj->weight, c_proj->bias);
   }
   torch::Tensor h = torch::linear(xw, c_fc->weight, c_fc->bias);
   if (!quick_gelu_) {

@@ -52,6 +52,11 @@ struct Int8Projection {
   bool Takes(const torch::Tensor& x) const;
 };
 
+// `packed` applied to xw (already in its weights' dtype) where it is set and takes xw;
+// nullopt where the caller runs the product another way.
+std::optional<torch::Tensor> ApplyPacked(const std::optional<Bf16Linear>& packed,
+                                         const torch::Tensor& xw);
+
 // x W^T + b in the weight's dtype: on `packed` where it is set and takes x, else on
 // LibTorch.
 torch::Tensor Linear(const std::optional<Bf16Linear>& packed, const torch::Tensor& x,
