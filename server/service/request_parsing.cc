@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -52,11 +53,15 @@ bool MayHoldStrings(const google::protobuf::Descriptor& descriptor) {
 // contract may send a few fields per image that this server does not know.
 constexpr int64_t kUnknownFieldsPerItem = 16;
 
-// What CheckEntryCounts() found: for each field, its entries over the whole request
-// (the field with the most, and the top-level field it is under), and the unknown
-// fields in all.
+// What CheckEntryCounts() found: for each field under each top-level field, its
+// entries over the whole request (the most, and the top-level field they are under),
+// and the unknown fields in all. A field is counted apart under each top-level field:
+// SimilarityRequest's images and texts both hold an EmbeddingList, and each may carry
+// the limit.
 struct EntryCounts {
-  absl::flat_hash_map<const google::protobuf::FieldDescriptor*, int64_t> per_field;
+  using Key = std::pair<const google::protobuf::FieldDescriptor*,
+                        const google::protobuf::FieldDescriptor*>;  // top, field
+  absl::flat_hash_map<Key, int64_t> per_field;
   int64_t most = 0;
   const google::protobuf::FieldDescriptor* most_under = nullptr;
   int64_t unknown = 0;
@@ -139,10 +144,11 @@ bool CountEntries(google::protobuf::io::CodedInputStream* in,
       continue;
     }
     if (Counted(*field)) {
-      const int64_t count = ++counts->per_field[field];
+      const google::protobuf::FieldDescriptor* under = top != nullptr ? top : field;
+      const int64_t count = ++counts->per_field[{under, field}];
       if (count > counts->most) {
         counts->most = count;
-        counts->most_under = top != nullptr ? top : field;
+        counts->most_under = under;
       }
     }
     if (field->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE &&

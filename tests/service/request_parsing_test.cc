@@ -140,6 +140,29 @@ TEST(CheckEntryCountsTest, NamesNestedListsByTheirTopLevelField) {
             "renamed texts: 300 items is over the limit of 256 per request");
 }
 
+// SimilarityRequest's images and texts may both be precomputed embeddings: the same
+// field of the same message type under two top-level fields, each with its own limit.
+TEST(CheckEntryCountsTest, OneFieldUnderTwoTopLevelFieldsIsCountedApart) {
+  const auto request = [](int images, int texts) {
+    v1::SimilarityRequest request;
+    for (int i = 0; i < images; ++i) {
+      request.mutable_images()->mutable_embeddings()->add_embeddings()->add_values(1);
+    }
+    for (int i = 0; i < texts; ++i) {
+      request.mutable_texts()->mutable_embeddings()->add_embeddings()->add_values(1);
+    }
+    return Buffer(Bytes(request));
+  };
+  const google::protobuf::Descriptor& similarity = *v1::SimilarityRequest::descriptor();
+  EXPECT_TRUE(CheckEntryCounts(request(256, 256), similarity, 256, Identity).ok());
+  EXPECT_TRUE(CheckEntryCounts(request(200, 100), similarity, 256, Identity).ok());
+  const absl::Status images =
+      CheckEntryCounts(request(257, 1), similarity, 256, Identity);
+  EXPECT_EQ(images.message(), "images: 257 items is over the limit of 256 per request");
+  const absl::Status texts = CheckEntryCounts(request(3, 257), similarity, 256, Identity);
+  EXPECT_EQ(texts.message(), "texts: 257 items is over the limit of 256 per request");
+}
+
 // A field's tag with `wire_type`, `number` < 16.
 std::string Tag(int number, int wire_type) {
   return std::string(1, static_cast<char>(number << 3 | wire_type));
