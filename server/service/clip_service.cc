@@ -615,6 +615,11 @@ class ClassifyCall final : public JoinedCall {
 // have all come back, because their callbacks point at this object, which OnDone()
 // deletes.
 //
+// A client's cancel also ends the outstanding read, just as its half-close does, and
+// gRPC may report the read before OnCancel(): with nothing in flight the stream then
+// finishes OK, and OnCancel() comes after. So a stream is recorded (RpcRecorder) in
+// OnDone(), which comes after OnCancel() if there is one: CANCELLED when there was.
+//
 // Every decision is taken under mu_; the gRPC operations it calls for run after mu_
 // is released (Run()), and nothing touches `this` after Finish().
 class EmbedStreamCall final
@@ -687,6 +692,7 @@ class EmbedStreamCall final
     {
       absl::MutexLock lock(&mu_);
       broken_ = true;
+      cancelled_ = true;
       actions = NextActionsLocked();
     }
     Run(actions);
@@ -700,6 +706,12 @@ class EmbedStreamCall final
     if (!finish_started_.load(std::memory_order_acquire)) {
       LOG(DFATAL) << "EmbedStream call done before it was finished";
     }
+    absl::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      status = cancelled_ ? absl::CancelledError("stream cancelled") : finish_status_;
+    }
+    recorder_->End(record_, status);
     delete this;
   }
 
@@ -719,8 +731,9 @@ class EmbedStreamCall final
       queue_.clear();
       if (!reading_ && !writing_ && engine_pending_ == 0) {
         finished_ = true;
+        finish_status_ = absl::CancelledError("stream cancelled");
         actions.finish = true;
-        actions.status = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled");
+        actions.status = ToGrpcStatus(finish_status_);
       }
       return actions;
     }
@@ -736,7 +749,7 @@ class EmbedStreamCall final
     }
     // No item in flight means nothing queued, being written, or in the engine.
     if (half_closed_ && !reading_ && in_flight_ == 0) {
-      finished_ = true;
+      finished_ = true;  // finish_status_ stays OK
       actions.finish = true;
       actions.status = grpc::Status::OK;
     }
@@ -747,10 +760,6 @@ class EmbedStreamCall final
     if (actions.write) StartWrite(&write_);
     if (actions.read) StartRead(&read_);
     if (actions.finish) {
-      recorder_->End(
-          record_,
-          absl::Status(static_cast<absl::StatusCode>(actions.status.error_code()),
-                       actions.status.error_message()));
       // The finish was decided under mu_ after every other callback's last change,
       // so this store publishes all of them to OnDone() (see UnaryCall::FinishWith).
       finish_started_.store(true, std::memory_order_release);
@@ -898,7 +907,7 @@ class EmbedStreamCall final
   const int max_in_flight_;
   const absl::Time deadline_;
   const RpcRecorder* const recorder_;
-  // Ended by the one Run() that finishes the call.
+  // Ended in OnDone().
   RpcRecorder::Call record_;
   const std::shared_ptr<CancellationFlag> cancellation_ =
       std::make_shared<CancellationFlag>();
@@ -916,6 +925,9 @@ class EmbedStreamCall final
   bool half_closed_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // What the call finished with, and whether OnCancel() came (before or after).
+  absl::Status finish_status_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   // Set just before Finish(), read by OnDone(): orders the call's writes before its
   // deletion where ThreadSanitizer can see it.
   std::atomic<bool> finish_started_{false};

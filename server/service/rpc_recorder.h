@@ -81,7 +81,8 @@ class RpcRecorder {
 
   // `call` ended with `status` (the code and message its client receives). Call it
   // once per Start(), just before the RPC's Finish(), so that a client reading the
-  // metrics after its answer finds its call counted. A second End() of the same call
+  // metrics after its answer finds its call counted; a stream, whose client may cancel
+  // it after its Finish(), when gRPC is done with it. A second End() of the same call
   // does nothing. With Logging::kQuiet a failure is counted but not logged: for
   // refusals whose caller logs them itself at a bounded rate (a bad bearer token).
   enum class Logging { kDefault, kQuiet };

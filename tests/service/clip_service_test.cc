@@ -27,10 +27,12 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/error_details.h"
 #include "gtest/gtest.h"
+#include "server/metrics/metrics.h"
 #include "server/model/contrastive_loss.h"
 #include "server/service/clip_server.h"
 #include "server/service/grpc_status.h"
 #include "server/service/request_memory_budget.h"
+#include "tests/metrics/prometheus_text.h"
 #include "tests/service/fake_engine.h"
 #include "tests/testing/poll_until.h"
 
@@ -1974,6 +1976,50 @@ TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
   ASSERT_TRUE(next->Read(&response));
   EXPECT_EQ(response.id(), "c");
   EXPECT_TRUE(next->Finish().ok());
+}
+
+// A client that cancels a stream with nothing in flight ends its read as a half-close
+// would: the call counts as CANCELLED all the same, whichever gRPC reports first.
+TEST_F(ClipServiceTest, EmbedStreamCancelledWithNothingInFlightIsCountedCancelled) {
+  Metrics metrics;
+  ClipServiceOptions options;
+  options.metrics = &metrics;
+  Restart(options);
+  constexpr int kStreams = 20;
+  for (int i = 0; i < kStreams; ++i) {
+    grpc::ClientContext context;
+    auto stream = stub_->EmbedStream(&context);
+    ASSERT_TRUE(stream->Write(TextItem("a", "first")));
+    v1::EmbedStreamResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    context.TryCancel();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // Counted when gRPC is done with the call, which may be after the client's Finish().
+  const std::string cancelled =
+      R"(clipserve_requests_total{code="CANCELLED",rpc="EmbedStream"})";
+  EXPECT_TRUE(testing::PollUntil([&] {
+    return testing::FindSample(metrics.Serialize(), cancelled) == kStreams;
+  })) << metrics.Serialize();
+  EXPECT_EQ(
+      testing::FindSample(metrics.Serialize(),
+                          R"(clipserve_requests_total{code="OK",rpc="EmbedStream"})"),
+      std::nullopt);
+
+  // A stream the client half-closes is counted OK.
+  auto context = Context();
+  auto stream = stub_->EmbedStream(context.get());
+  ASSERT_TRUE(stream->Write(TextItem("b", "second")));
+  ASSERT_TRUE(stream->WritesDone());
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_TRUE(testing::PollUntil([&] {
+    return testing::FindSample(
+               metrics.Serialize(),
+               R"(clipserve_requests_total{code="OK",rpc="EmbedStream"})") == 1.0;
+  }));
+  Stop();  // before `metrics`, which the service records into
 }
 
 TEST_F(ClipServiceTest, EmbedStreamWithNoItemsFinishesOk) {
