@@ -53,11 +53,12 @@ struct EngineRequest {
     if (failed.load(std::memory_order_acquire)) {
       return absl::AbortedError("another item failed");
     }
-    if (cancelled()) return absl::CancelledError("call cancelled");
+    // gRPC cancels a call when its deadline passes: then the deadline is the reason.
     if (clock->Now() >= options.deadline) {
       return absl::DeadlineExceededError(
           "deadline passed while waiting for a preprocessing thread");
     }
+    if (cancelled()) return absl::CancelledError("call cancelled");
     return absl::OkStatus();
   }
   void ItemDone(const absl::Status& status) {
@@ -634,13 +635,14 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts,
         for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
           // A call that went away, waiting for this thread or during a long request,
           // costs the threads images share no more.
-          if (cancellation != nullptr && cancellation->cancelled()) {
-            std::move (*shared_done)(absl::CancelledError("call cancelled"));
-            return;
-          }
+          // The deadline first: gRPC cancels a call when it passes.
           if (clock_->Now() >= deadline) {
             std::move (*shared_done)(absl::DeadlineExceededError(
                 "deadline passed before the texts were tokenized"));
+            return;
+          }
+          if (cancellation != nullptr && cancellation->cancelled()) {
+            std::move (*shared_done)(absl::CancelledError("call cancelled"));
             return;
           }
           auto encoded = tokenizer_->Encode(texts[i], truncate);

@@ -72,6 +72,22 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 
 bool OptionalTrue(bool has, bool value) { return !has || value; }
 
+// gRPC cancels a call when its deadline passes, so the engine may find the call's
+// cancellation flag set before it looks at the deadline (or, on its own clock, a hair
+// before it). A call that ends CANCELLED at its deadline is recorded as its client
+// sees it: DEADLINE_EXCEEDED. The slack covers the clocks' conversions; a client that
+// cancels itself that close to its deadline loses nothing by it.
+constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(1);
+
+absl::Status CancelledByDeadline(absl::Status status, absl::Time deadline) {
+  if (status.code() != absl::StatusCode::kCancelled ||
+      absl::Now() + kDeadlineSlack < deadline) {
+    return status;
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("deadline exceeded (", status.message(), ")"));
+}
+
 // An engine answer that is not what was asked for is the engine's bug, not the
 // client's: INTERNAL.
 absl::Status CheckShape(const EmbedResult& result, int rows, int dim, bool texts) {
@@ -233,6 +249,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
         status = SerializeResponse(*checked_response_, raw_out_);
       }
     }
+    status = CancelledByDeadline(std::move(status), deadline_);
     recorder_->End(record_, status);
     const grpc::Status grpc_status = ToGrpcStatus(status);
     // gRPC runs OnDone() only after Finish(), but it orders the two inside its core
@@ -711,7 +728,7 @@ class EmbedStreamCall final
       absl::MutexLock lock(&mu_);
       status = cancelled_ ? absl::CancelledError("stream cancelled") : finish_status_;
     }
-    recorder_->End(record_, status);
+    recorder_->End(record_, CancelledByDeadline(std::move(status), deadline_));
     delete this;
   }
 

@@ -275,6 +275,13 @@ TEST_F(EmbeddingEngineTest, CancelledAndExpiredRequestsAreNotComputed) {
   EmbedOptions expired;
   expired.deadline = absl::Now() - absl::Seconds(1);
   EXPECT_EQ(Texts({"a"}, expired).status().code(), absl::StatusCode::kDeadlineExceeded);
+  // gRPC cancels a call when its deadline passes: then the deadline is the reason.
+  EmbedOptions both = expired;
+  both.cancellation = flag;
+  EXPECT_EQ(Texts({"a"}, both).status().code(), absl::StatusCode::kDeadlineExceeded);
+  ImageInput image;
+  image.encoded = ReadShared("images/chelsea.png");
+  EXPECT_EQ(Images({image}, both).status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(engine_->computed_texts(), computed);
   EXPECT_EQ(engine_->pending_requests(), 0);
 }
@@ -303,6 +310,8 @@ TEST_F(EmbeddingEngineTest, TokenizeOfADeadCallTokenizesNothing) {
   EXPECT_EQ(tokenize(cancelled).code(), absl::StatusCode::kCancelled);
   EmbedOptions expired;
   expired.deadline = absl::Now() - absl::Seconds(1);
+  EXPECT_EQ(tokenize(expired).code(), absl::StatusCode::kDeadlineExceeded);
+  expired.cancellation = flag;  // as gRPC cancels a call past its deadline
   EXPECT_EQ(tokenize(expired).code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(tokenize(EmbedOptions{}).code(), absl::StatusCode::kInvalidArgument);
 }

@@ -940,6 +940,10 @@ TEST_F(ClipServiceTest, EngineErrorsKeepTheirCode) {
 }
 
 TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
+  Metrics metrics;
+  ClipServiceOptions options;
+  options.metrics = &metrics;
+  Restart(options);
   engine_->set_hold(true);
   v1::EmbedTextRequest request;
   request.add_texts("slow");
@@ -959,6 +963,38 @@ TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
   engine_->set_hold(false);
   v1::EmbedTextResponse next;
   EXPECT_TRUE(EmbedText(request, &next).ok());
+  // The call is counted as its client saw it end: the cancel was its deadline's.
+  const std::string text = metrics.Serialize();
+  EXPECT_EQ(
+      testing::FindSample(
+          text, R"(clipserve_requests_total{code="DEADLINE_EXCEEDED",rpc="EmbedText"})"),
+      1.0)
+      << text;
+  EXPECT_EQ(testing::FindSample(
+                text, R"(clipserve_requests_total{code="CANCELLED",rpc="EmbedText"})"),
+            std::nullopt);
+  Stop();  // before `metrics`, which the service records into
+}
+
+TEST_F(ClipServiceTest, AStreamPastItsDeadlineIsCountedAsDeadlineExceeded) {
+  Metrics metrics;
+  ClipServiceOptions options;
+  options.metrics = &metrics;
+  Restart(options);
+  engine_->set_hold(true);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(300)));
+  auto stream = stub_->EmbedStream(&context);
+  ASSERT_TRUE(stream->Write(TextItem("a", "slow")));
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  engine_->set_hold(false);
+  EXPECT_TRUE(testing::PollUntil([&] {
+    return testing::FindSample(
+               metrics.Serialize(),
+               R"(clipserve_requests_total{code="DEADLINE_EXCEEDED",rpc="EmbedStream"})") ==
+           1.0;
+  })) << metrics.Serialize();
+  Stop();  // before `metrics`, which the service records into
 }
 
 TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
