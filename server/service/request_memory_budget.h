@@ -31,8 +31,7 @@ class Metrics;
 // once instead of waiting, and the client retries when earlier calls are done.
 //
 // What is counted is the request's serialized size as gRPC hands it over (after any
-// decompression; EmbedImage, which gRPC parses itself, counts its parsed message's
-// size, the same number). The service holds up to about three times that while a
+// decompression). The service holds up to about three times that while a
 // call is in flight (the received message, the parsed one, and the engine's copy of
 // its images or texts); docs/OPERATIONS.md sizes pods from it.
 //
