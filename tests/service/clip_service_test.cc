@@ -237,6 +237,28 @@ class ClipServiceTest : public ::testing::Test {
     Start(options);
   }
 
+  // Restarts with the service recording its calls into a new metrics_.
+  void RestartRecordingMetrics() {
+    Stop();
+    metrics_ = std::make_unique<Metrics>();
+    ClipServiceOptions options;
+    options.metrics = metrics_.get();
+    Start(options);
+  }
+
+  // How many `rpc` calls metrics_ counts as ended with `code`; nullopt for none.
+  std::optional<double> CountedCalls(absl::string_view rpc, absl::string_view code) {
+    return testing::FindSample(
+        metrics_->Serialize(),
+        absl::StrCat("clipserve_requests_total{code=\"", code, "\",rpc=\"", rpc, "\"}"));
+  }
+
+  // Waits up to 10 s until CountedCalls(rpc, code) is `n`: a stream is counted when
+  // gRPC is done with it, which may be after its client's Finish().
+  bool AwaitCountedCalls(absl::string_view rpc, absl::string_view code, double n) {
+    return testing::PollUntil([&] { return CountedCalls(rpc, code) == n; });
+  }
+
   // Restarts under `options`, whose limit admits a 1500-byte EmbedStream item and a
   // small one beside it but not 600 bytes more: that item alone fails at once,
   // naming `flag`, and is admitted once the engine has answered the others.
@@ -301,6 +323,7 @@ class ClipServiceTest : public ::testing::Test {
     return stub_->Classify(Context().get(), request, response);
   }
 
+  std::unique_ptr<Metrics> metrics_;  // outlives the server (TearDown() stops it)
   std::unique_ptr<FakeEngine> engine_;
   ClipService* service_ = nullptr;  // owned by server_
   std::unique_ptr<ClipServer> server_;
@@ -940,10 +963,7 @@ TEST_F(ClipServiceTest, EngineErrorsKeepTheirCode) {
 }
 
 TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
-  Metrics metrics;
-  ClipServiceOptions options;
-  options.metrics = &metrics;
-  Restart(options);
+  RestartRecordingMetrics();
   engine_->set_hold(true);
   v1::EmbedTextRequest request;
   request.add_texts("slow");
@@ -964,23 +984,12 @@ TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
   v1::EmbedTextResponse next;
   EXPECT_TRUE(EmbedText(request, &next).ok());
   // The call is counted as its client saw it end: the cancel was its deadline's.
-  const std::string text = metrics.Serialize();
-  EXPECT_EQ(
-      testing::FindSample(
-          text, R"(clipserve_requests_total{code="DEADLINE_EXCEEDED",rpc="EmbedText"})"),
-      1.0)
-      << text;
-  EXPECT_EQ(testing::FindSample(
-                text, R"(clipserve_requests_total{code="CANCELLED",rpc="EmbedText"})"),
-            std::nullopt);
-  Stop();  // before `metrics`, which the service records into
+  EXPECT_EQ(CountedCalls("EmbedText", "DEADLINE_EXCEEDED"), 1.0);
+  EXPECT_EQ(CountedCalls("EmbedText", "CANCELLED"), std::nullopt);
 }
 
 TEST_F(ClipServiceTest, AStreamPastItsDeadlineIsCountedAsDeadlineExceeded) {
-  Metrics metrics;
-  ClipServiceOptions options;
-  options.metrics = &metrics;
-  Restart(options);
+  RestartRecordingMetrics();
   engine_->set_hold(true);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(300)));
@@ -988,13 +997,7 @@ TEST_F(ClipServiceTest, AStreamPastItsDeadlineIsCountedAsDeadlineExceeded) {
   ASSERT_TRUE(stream->Write(TextItem("a", "slow")));
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   engine_->set_hold(false);
-  EXPECT_TRUE(testing::PollUntil([&] {
-    return testing::FindSample(
-               metrics.Serialize(),
-               R"(clipserve_requests_total{code="DEADLINE_EXCEEDED",rpc="EmbedStream"})") ==
-           1.0;
-  })) << metrics.Serialize();
-  Stop();  // before `metrics`, which the service records into
+  EXPECT_TRUE(AwaitCountedCalls("EmbedStream", "DEADLINE_EXCEEDED", 1));
 }
 
 TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
@@ -2017,10 +2020,7 @@ TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
 // A client that cancels a stream with nothing in flight ends its read as a half-close
 // would: the call counts as CANCELLED all the same, whichever gRPC reports first.
 TEST_F(ClipServiceTest, EmbedStreamCancelledWithNothingInFlightIsCountedCancelled) {
-  Metrics metrics;
-  ClipServiceOptions options;
-  options.metrics = &metrics;
-  Restart(options);
+  RestartRecordingMetrics();
   constexpr int kStreams = 20;
   for (int i = 0; i < kStreams; ++i) {
     grpc::ClientContext context;
@@ -2031,16 +2031,8 @@ TEST_F(ClipServiceTest, EmbedStreamCancelledWithNothingInFlightIsCountedCancelle
     context.TryCancel();
     EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
-  // Counted when gRPC is done with the call, which may be after the client's Finish().
-  const std::string cancelled =
-      R"(clipserve_requests_total{code="CANCELLED",rpc="EmbedStream"})";
-  EXPECT_TRUE(testing::PollUntil([&] {
-    return testing::FindSample(metrics.Serialize(), cancelled) == kStreams;
-  })) << metrics.Serialize();
-  EXPECT_EQ(
-      testing::FindSample(metrics.Serialize(),
-                          R"(clipserve_requests_total{code="OK",rpc="EmbedStream"})"),
-      std::nullopt);
+  EXPECT_TRUE(AwaitCountedCalls("EmbedStream", "CANCELLED", kStreams));
+  EXPECT_EQ(CountedCalls("EmbedStream", "OK"), std::nullopt);
 
   // A stream the client half-closes is counted OK.
   auto context = Context();
@@ -2050,12 +2042,7 @@ TEST_F(ClipServiceTest, EmbedStreamCancelledWithNothingInFlightIsCountedCancelle
   v1::EmbedStreamResponse response;
   ASSERT_TRUE(stream->Read(&response));
   EXPECT_TRUE(stream->Finish().ok());
-  EXPECT_TRUE(testing::PollUntil([&] {
-    return testing::FindSample(
-               metrics.Serialize(),
-               R"(clipserve_requests_total{code="OK",rpc="EmbedStream"})") == 1.0;
-  }));
-  Stop();  // before `metrics`, which the service records into
+  EXPECT_TRUE(AwaitCountedCalls("EmbedStream", "OK", 1));
 }
 
 TEST_F(ClipServiceTest, EmbedStreamWithNoItemsFinishesOk) {
