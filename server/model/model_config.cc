@@ -533,11 +533,11 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
       !model->contains("text_cfg")) {
     return absl::InvalidArgumentError("open_clip config needs vision_cfg and text_cfg");
   }
-  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(
-      *model, kOpenClip, model == &root ? "config" : "model_cfg", ModelRules()));
-  CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(*model, "embed_dim", "config"));
+  const char* const model_where = model == &root ? "config" : "model_cfg";
+  CLIPSERVE_RETURN_IF_ERROR(CheckKeys(*model, kOpenClip, model_where, ModelRules()));
+  CLIPSERVE_ASSIGN_OR_RETURN(c.embed_dim, IntField(*model, "embed_dim", model_where));
   CLIPSERVE_ASSIGN_OR_RETURN(c.quick_gelu,
-                             BoolField(*model, "quick_gelu", "model_cfg", false));
+                             BoolField(*model, "quick_gelu", model_where, false));
 
   const json& vision = (*model)["vision_cfg"];
   if (!vision.is_object())

@@ -96,6 +96,17 @@ TEST(ParseOpenClipConfigTest, ErrorsNameTheField) {
                   .status()
                   .message(),
               HasSubstr("patch_size"));
+  // Model-level keys are named by the section they sit in: flat, or under model_cfg.
+  EXPECT_THAT(ParseOpenClipConfig(R"({"model_cfg": {"vision_cfg": {}, "text_cfg": {}}})")
+                  .status()
+                  .message(),
+              HasSubstr("model_cfg.embed_dim"));
+  EXPECT_THAT(
+      ParseOpenClipConfig(
+          R"({"embed_dim": 8, "quick_gelu": 1, "vision_cfg": {}, "text_cfg": {}})")
+          .status()
+          .message(),
+      HasSubstr("config.quick_gelu must be a boolean"));
   EXPECT_EQ(ParseOpenClipConfig(R"({"embed_dim": -1, "vision_cfg": {}, "text_cfg": {}})")
                 .status()
                 .code(),
