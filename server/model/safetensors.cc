@@ -163,7 +163,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   const size_t size = static_cast<size_t>(st.st_size);
   if (size < 8) {
     ::close(fd);
-    return Bad("shorter than its 8-byte header length");
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", Bad("shorter than its 8-byte header length").message()));
   }
   void* mapping = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
@@ -175,7 +176,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
       absl::string_view(reinterpret_cast<const char*>(bytes), size), size);
   if (!entries.ok()) {
     ::munmap(mapping, size);
-    return entries.status();
+    return absl::Status(entries.status().code(),
+                        absl::StrCat(path, ": ", entries.status().message()));
   }
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];

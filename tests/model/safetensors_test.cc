@@ -1,6 +1,8 @@
 #include "server/model/safetensors.h"
 
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <string>
 
 #include "absl/status/status.h"
@@ -76,6 +78,24 @@ TEST(SafetensorsHeaderTest, RejectsEveryMalformation) {
     EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
     EXPECT_THAT(entries.status().message(), HasSubstr(c.message));
   }
+}
+
+// A file's header errors name the file: a server names it once, at load.
+TEST(SafetensorsFileTest, ErrorsNameTheFile) {
+  const std::string dir = ::testing::TempDir();
+  const std::string short_path = dir + "/short.safetensors";
+  std::ofstream(short_path, std::ios::binary) << "abc";
+  const absl::Status too_short = SafetensorsFile::Open(short_path).status();
+  EXPECT_EQ(too_short.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(too_short.message(), HasSubstr(short_path + ": malformed safetensors"));
+  const std::string f64_path = dir + "/f64.safetensors";
+  std::ofstream(f64_path, std::ios::binary)
+      << File(R"({"x": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})", 8);
+  const absl::Status f64 = SafetensorsFile::Open(f64_path).status();
+  EXPECT_EQ(f64.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(f64.message(), HasSubstr(f64_path + ": unsupported safetensors dtype"));
+  std::remove(short_path.c_str());
+  std::remove(f64_path.c_str());
 }
 
 TEST(SafetensorsFileTest, MissingFileIsNotFound) {
