@@ -75,9 +75,11 @@ ABSL_FLAG(
     "RN50x16, RN50x64, ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336), or a checkpoint: "
     "an OpenAI .pt, a torch.save state dict, a .safetensors file, an open_clip "
     "directory or a Hugging Face CLIP directory.");
-ABSL_FLAG(std::string, model_config, "",
-          "open_clip JSON config for a bare state dict whose architecture cannot be "
-          "inferred from its shapes (head width other than 64).");
+ABSL_FLAG(
+    std::string, model_config, "",
+    "open_clip JSON config for a bare state dict whose architecture cannot be "
+    "inferred from its shapes: a head width other than 64, or GELU (\"quick_gelu\": "
+    "false) where QuickGELU, OpenAI's, is assumed.");
 ABSL_FLAG(std::string, tokenizer, "",
           "Tokenizer files: a bpe_simple_vocab_16e6.txt.gz, or a directory with "
           "vocab.json + merges.txt. Default: the files next to the checkpoint, else the "
@@ -590,6 +592,13 @@ absl::Status Run() {
   LOG(INFO) << "loading model " << absl::GetFlag(FLAGS_model);
   std::thread([&] { loading = LoadModel(absl::GetFlag(FLAGS_model), load); }).join();
   CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, std::move(loading));
+  if (loaded.activation_assumed) {
+    LOG(WARNING)
+        << "the checkpoint's shapes cannot tell QuickGELU from GELU: running "
+           "QuickGELU, as OpenAI's models do; for a model of open_clip's own "
+           "architectures (GELU) pass --model_config with \"quick_gelu\": false, "
+           "or load its open_clip folder";
+  }
   if (load.precision == Precision::kInt8 &&
       loaded.model->config().vision.arch == VisionArch::kModifiedResNet) {
     LOG(INFO) << "--precision=int8 quantizes transformer layers only: this ResNet "

@@ -176,6 +176,44 @@ ShapeMap Shapes(const TensorMap& weights) {
   return shapes;
 }
 
+// The config of the open_clip folder `dir` (its open_clip_config.json).
+absl::StatusOr<ClipConfig> ReadOpenClipFolderConfig(const fs::path& dir) {
+  CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
+                             ReadSmallFile((dir / "open_clip_config.json").string()));
+  return ParseOpenClipConfig(json);
+}
+
+// The config of the Hugging Face folder `dir`: its config.json, with the normalization
+// of its preprocessor_config.json when there is one.
+absl::StatusOr<ClipConfig> ReadHfFolderConfig(const fs::path& dir) {
+  CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
+                             ReadSmallFile((dir / "config.json").string()));
+  CLIPSERVE_ASSIGN_OR_RETURN(ClipConfig config, ParseHfConfig(json));
+  if (fs::is_regular_file(dir / "preprocessor_config.json")) {
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        std::string preprocessor,
+        ReadSmallFile((dir / "preprocessor_config.json").string()));
+    CLIPSERVE_RETURN_IF_ERROR(ApplyHfPreprocessorConfig(preprocessor, &config));
+  }
+  return config;
+}
+
+// Whether `weights` carry Hugging Face CLIPModel key names.
+bool HasHuggingFaceKeys(const TensorMap& weights) {
+  for (const auto& [key, tensor] : weights) {
+    if (absl::StartsWith(key, "vision_model.") || absl::StartsWith(key, "text_model.")) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The name of the folder `dir` as a model name.
+std::string FolderName(const fs::path& dir) {
+  return NameFromPath(dir.filename().empty() ? dir.parent_path().filename().string()
+                                             : dir.filename().string());
+}
+
 absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
                                            const ReadCheckpointOptions& options) {
   CLIPSERVE_ASSIGN_OR_RETURN(FileKind kind, SniffFile(path));
@@ -206,11 +244,42 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
           " is not a recognized checkpoint (expected a TorchScript archive, a "
           "torch.save zip file, or safetensors)"));
   }
+  // The weights file of an open_clip or Hugging Face folder, named instead of its
+  // folder: the config beside it describes it.
+  const fs::path dir = fs::path(path).parent_path();
+  if (HasHuggingFaceKeys(checkpoint.weights)) {
+    if (options.config.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path,
+                       " holds Hugging Face CLIP weights, which their config.json "
+                       "describes: --model_config is for OpenAI/open_clip key names"));
+    }
+    if (!fs::is_regular_file(dir / "config.json")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path,
+          " holds Hugging Face CLIP weights (vision_model.*, text_model.*) with no "
+          "config.json beside it: load the model's folder, with its config.json"));
+    }
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadHfFolderConfig(dir));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights,
+                               MapHuggingFaceKeys(std::move(checkpoint.weights)));
+    checkpoint.format = CheckpointFormat::kHuggingFace;
+    checkpoint.config.name = FolderName(dir);
+    return checkpoint;
+  }
   if (options.config.has_value()) {
     checkpoint.config = *options.config;
+  } else if (fs::is_regular_file(dir / "open_clip_config.json")) {
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadOpenClipFolderConfig(dir));
+    checkpoint.format = CheckpointFormat::kOpenClip;
+    checkpoint.config.name = FolderName(dir);
+    return checkpoint;
   } else {
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config,
                                InferConfigFromStateDict(Shapes(checkpoint.weights)));
+    // OpenAI's archives are QuickGELU models; a bare state dict may be either.
+    checkpoint.activation_assumed =
+        checkpoint.format != CheckpointFormat::kOpenAiTorchScript;
   }
   checkpoint.config.name = NameFromPath(fs::path(path).stem().string());
   return checkpoint;
@@ -241,12 +310,8 @@ absl::StatusOr<TensorMap> ReadAnyWeights(const std::string& path) {
 absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
   Checkpoint checkpoint;
   checkpoint.directory = dir.string();
-  const std::string name = dir.filename().empty() ? dir.parent_path().filename().string()
-                                                  : dir.filename().string();
   if (fs::is_regular_file(dir / "open_clip_config.json")) {
-    CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
-                               ReadSmallFile((dir / "open_clip_config.json").string()));
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ParseOpenClipConfig(json));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadOpenClipFolderConfig(dir));
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights_path,
                                FirstExisting(dir, {"open_clip_model.safetensors",
                                                    "open_clip_pytorch_model.bin"}));
@@ -254,16 +319,7 @@ absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
                                ReadAnyWeights(checkpoint.weights_path));
     checkpoint.format = CheckpointFormat::kOpenClip;
   } else if (fs::is_regular_file(dir / "config.json")) {
-    CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
-                               ReadSmallFile((dir / "config.json").string()));
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ParseHfConfig(json));
-    if (fs::is_regular_file(dir / "preprocessor_config.json")) {
-      CLIPSERVE_ASSIGN_OR_RETURN(
-          std::string preprocessor,
-          ReadSmallFile((dir / "preprocessor_config.json").string()));
-      CLIPSERVE_RETURN_IF_ERROR(
-          ApplyHfPreprocessorConfig(preprocessor, &checkpoint.config));
-    }
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadHfFolderConfig(dir));
     CLIPSERVE_ASSIGN_OR_RETURN(
         checkpoint.weights_path,
         FirstExisting(dir, {"model.safetensors", "pytorch_model.bin"}));
@@ -274,7 +330,7 @@ absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir.string(), " is a directory without open_clip_config.json or config.json"));
   }
-  checkpoint.config.name = NameFromPath(name);
+  checkpoint.config.name = FolderName(dir);
   return checkpoint;
 }
 
@@ -415,7 +471,14 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
   if (ec || !fs::exists(status)) {
     return absl::NotFoundError(absl::StrCat("no checkpoint at ", path));
   }
-  if (fs::is_directory(status)) return ReadDirectory(fs::path(path));
+  if (fs::is_directory(status)) {
+    if (options.config.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model_config is for a single weights file; the folder ", path,
+                       " carries its own config"));
+    }
+    return ReadDirectory(fs::path(path));
+  }
   return ReadWeightsFile(path, options);
 }
 

@@ -33,12 +33,16 @@ struct Checkpoint {
   std::string weights_path;
   // The directory holding the checkpoint, where tokenizer files may sit.
   std::string directory;
+  // True where the architecture came from a bare state dict's shapes, which cannot
+  // tell QuickGELU (OpenAI's, assumed) from GELU (open_clip's own architectures):
+  // the loader warns, and --model_config (an open_clip config) settles it.
+  bool activation_assumed = false;
 };
 
 struct ReadCheckpointOptions {
   // Architecture to use instead of inferring it from a bare state dict's shapes
-  // (needed for checkpoints whose head width is not 64). Ignored for directories,
-  // which carry their own config.
+  // (needed for checkpoints whose head width is not 64, or whose activation is GELU).
+  // INVALID_ARGUMENT with a directory or Hugging Face weights, which carry their own.
   std::optional<ClipConfig> config;
 };
 
@@ -46,7 +50,9 @@ struct ReadCheckpointOptions {
 // directory with open_clip_config.json (open_clip) or config.json (Hugging Face, with
 // its preprocessor_config.json when there is one: ApplyHfPreprocessorConfig()); a
 // zip holding constants.pkl (TorchScript archive) or data.pkl (torch.save); a file
-// starting with a plausible safetensors header. Errors: NOT_FOUND (no such path),
+// starting with a plausible safetensors header. A weights file inside an open_clip
+// folder (without options.config) or with Hugging Face key names takes the config
+// of its folder, as the folder itself would. Errors: NOT_FOUND (no such path),
 // INVALID_ARGUMENT (unrecognized, truncated or corrupt file, bad config, HF key that
 // maps nowhere), UNIMPLEMENTED (legacy pre-1.6 torch.save format).
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,

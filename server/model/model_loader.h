@@ -37,6 +37,8 @@ struct LoadedModel {
   bool random_weights = false;
   // Folder of the checkpoint, where tokenizer files may sit; empty for the demo.
   std::string directory;
+  // Checkpoint::activation_assumed: QuickGELU was assumed for a bare state dict.
+  bool activation_assumed = false;
 };
 
 // True when /proc/cpuinfo-style `cpuinfo` lists AMX-BF16 or AVX512-BF16, the

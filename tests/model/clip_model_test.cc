@@ -96,7 +96,8 @@ std::unique_ptr<ClipModel> LoadEntry(const Case& c, const nlohmann::json& entry,
                            (entry.contains("dir") ? entry["dir"].get<std::string>()
                                                   : entry["path"].get<std::string>());
   ReadCheckpointOptions options;
-  options.config = c.config;  // head counts are not in the shapes of tiny models
+  // Head counts are not in the shapes of tiny models; a folder has its own config.
+  if (!entry.contains("dir")) options.config = c.config;
   auto checkpoint = ReadCheckpoint(path, options);
   EXPECT_TRUE(checkpoint.ok()) << path << ": " << checkpoint.status();
   if (!checkpoint.ok()) return nullptr;
@@ -356,7 +357,84 @@ TEST_P(ReferenceParityTest, InferredArchitectureMatchesConfigButForHeads) {
   EXPECT_EQ(inferred.text.vocab_size, c.config.text.vocab_size);
 }
 
+// The weights file of an open_clip or Hugging Face folder, named instead of the folder,
+// loads as the folder does: with its config (vit_gelu's GELU included) and key names.
+TEST_P(ReferenceParityTest, AFoldersWeightsFileLoadsWithTheFoldersConfig) {
+  const Case c = LoadCase(GetParam());
+  int checked = 0;
+  for (const auto& entry : c.manifest["checkpoints"]) {
+    if (!entry.contains("dir")) continue;
+    const std::string path = entry["path"];
+    SCOPED_TRACE(c.name + "/" + path);
+    auto checkpoint = ReadCheckpoint(c.dir + "/" + path);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    EXPECT_EQ(checkpoint->format, ExpectedFormat(entry["layout"]));
+    EXPECT_EQ(checkpoint->config.quick_gelu, c.config.quick_gelu);
+    EXPECT_EQ(checkpoint->config.vision.heads, c.config.vision.heads);
+    EXPECT_FALSE(checkpoint->activation_assumed);
+    EXPECT_EQ(checkpoint->config.name, entry["dir"].get<std::string>());
+    auto model = ClipModel::Create(checkpoint->config);
+    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_TRUE((*model)->LoadWeights(std::move(checkpoint->weights)).ok());
+    const auto expected = LoadPt(c.dir + "/" + entry["expected"].get<std::string>());
+    auto images = (*model)->EncodeImage(c.inputs.at("images"), false);
+    auto texts = (*model)->EncodeText(c.inputs.at("texts"), false);
+    ASSERT_TRUE(images.ok() && texts.ok());
+    EXPECT_LE(MaxAbsDiff(*images, expected.at("image_features")), 1e-4);
+    EXPECT_LE(MaxAbsDiff(*texts, expected.at("text_features")), 1e-4);
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);  // open_clip's safetensors and .bin, and Hugging Face's
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, ReferenceParityTest, ::testing::ValuesIn(kCases));
+
+// A bare state dict's shapes cannot tell QuickGELU from GELU: the checkpoint says it
+// assumed QuickGELU, except for OpenAI's archives (QuickGELU models) and where a config
+// was given.
+TEST(CheckpointTest, ABareStateDictSaysItsActivationWasAssumed) {
+  const Case c = LoadCase("vit_gelu");
+  for (const char* file : {"state_dict.pt", "model_f32.safetensors"}) {
+    auto bare = ReadCheckpoint(c.dir + "/" + file);
+    ASSERT_TRUE(bare.ok()) << bare.status();
+    EXPECT_TRUE(bare->activation_assumed) << file;
+    EXPECT_TRUE(bare->config.quick_gelu) << file;
+  }
+  auto openai = ReadCheckpoint(c.dir + "/openai.pt");
+  ASSERT_TRUE(openai.ok()) << openai.status();
+  EXPECT_FALSE(openai->activation_assumed);
+  ReadCheckpointOptions options;
+  options.config = c.config;
+  auto configured = ReadCheckpoint(c.dir + "/state_dict.pt", options);
+  ASSERT_TRUE(configured.ok()) << configured.status();
+  EXPECT_FALSE(configured->activation_assumed);
+  EXPECT_FALSE(configured->config.quick_gelu);
+}
+
+// --model_config is for a single weights file with OpenAI/open_clip key names: a folder
+// or Hugging Face weights carry their own config, and refuse one rather than ignore it.
+TEST(CheckpointTest, AConfigForAFolderOrHuggingFaceWeightsIsRefused) {
+  namespace fs = std::filesystem;
+  const Case c = LoadCase("vit_gelu");
+  ReadCheckpointOptions options;
+  options.config = c.config;
+  for (const char* path : {"open_clip", "hf", "hf/model.safetensors"}) {
+    const absl::Status status = ReadCheckpoint(c.dir + "/" + path, options).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << path;
+    EXPECT_THAT(status.message(), HasSubstr("config")) << path;
+  }
+  // Hugging Face weights away from their config.json cannot be read as a model.
+  const fs::path dir = fs::path(::testing::TempDir()) / "hf_weights_alone";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy(c.dir + "/hf/model.safetensors", dir / "model.safetensors");
+  const absl::Status alone =
+      ReadCheckpoint((dir / "model.safetensors").string()).status();
+  EXPECT_EQ(alone.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(alone.message(),
+              HasSubstr("load the model's folder, with its config.json"));
+  fs::remove_all(dir);
+}
 
 // Checkpoints whose head counts follow OpenAI's width/64 rule load from the shapes
 // alone, as a real OpenAI .pt does, and still match the reference.
