@@ -101,7 +101,9 @@ ABSL_FLAG(int32_t, workers, 0,
           "model runner, so more than 1 only queues batches there; it takes text "
           "batches first, but never more than one ahead of a waiting image batch.");
 ABSL_FLAG(int32_t, intra_op_threads, 0,
-          "LibTorch threads per model run, 0 to 1024; 0 = one per CPU core.");
+          "LibTorch threads per model run, 0 to 1024; 0 = one per CPU this process may "
+          "use: its affinity mask, or its cgroup's CPU limit (docker --cpus, a "
+          "Kubernetes limit) where smaller, rounded up.");
 ABSL_FLAG(int32_t, preprocess_threads, 2,
           "Threads decoding images and tokenizing texts, 1 to 256.");
 ABSL_FLAG(bool, resize_on_device, false,

@@ -1,6 +1,5 @@
 #include "server/engine/embedding_engine.h"
 
-#include <sched.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include "server/batching/request_tracker.h"
 #include "server/batching/split_retry.h"
 #include "server/common/clock.h"
+#include "server/common/cpu_limit.h"
 #include "server/common/status_macros.h"
 #include "server/common/status_payloads.h"
 #include "server/engine/device_image_preprocessor.h"
@@ -149,15 +149,6 @@ struct TextItem {
 namespace {
 
 std::string DeviceName(const torch::Device& device) { return device.str(); }
-
-// CPUs this process may run on (its affinity mask, as cpusets and Kubernetes' static
-// CPU manager set it), not all the machine's.
-int UsableCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
 
 ModelDescription Describe(const LoadedModel& loaded, const BpeTokenizer& tokenizer) {
   const ClipModel& model = *loaded.model;

@@ -59,8 +59,8 @@ struct EmbeddingEngineOptions {
   // machine's core count): preprocessing overlaps with the model run.
   int preprocess_threads = 2;
   // LibTorch intra-op threads (process-wide: at::set_num_threads). 0 means one per CPU
-  // this process may use (its affinity mask): a batch is the only work that should use
-  // every core.
+  // this process may keep busy (UsableCpus(): its affinity mask, or its cgroup's CPU
+  // limit where smaller): a batch is the only work that should use every core.
   int intra_op_threads = 0;
   // Preprocessing tasks waiting at most; beyond, requests get RESOURCE_EXHAUSTED. At
   // least max_queue_size: an image request submits one task per image.
