@@ -13,7 +13,8 @@
 //   info        [--json]
 //   health      [--service NAME]
 //   bench       --modality image|text [--concurrency N] [--duration 30s | --requests N]
-//               [--items_per_request K] [--images DIR] [--texts_file F] [--json]
+//               [--items_per_request K] [--images DIR [--recursive]] [--texts_file F]
+//               [--json]
 //
 // Results go to stdout (or --output); progress bars go to stderr when it is a
 // terminal. Errors print "error: CODE: message" on stderr and exit non-zero; a failed
@@ -542,6 +543,7 @@ struct BenchArgs {
   int64_t requests = 0;
   int items_per_request = 1;
   std::string images;
+  bool recursive = false;
   std::string texts_file;
   bool json = false;
   uint64_t max_file_bytes = 0;
@@ -565,7 +567,7 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
   if (options.modality == BenchModality::kImage) {
     if (!args.images.empty()) {
       absl::StatusOr<std::vector<std::string>> paths =
-          ExpandImagePaths({args.images}, false);
+          ExpandImagePaths({args.images}, args.recursive);
       if (!paths.ok()) return Fail(paths.status());
       // Only the first ones can be sent (see kBenchRequestsPrepared): read no more.
       const size_t used = static_cast<size_t>(kBenchRequestsPrepared) *
@@ -798,8 +800,12 @@ int main(int argc, char** argv) {
       ->check(kPositive);
   bench->add_option("--images", bench_args.images,
                     "Folder of images to send (default: synthetic 640x480 JPEG photos)");
+  bench->add_flag("--recursive,-r", bench_args.recursive,
+                  "Also take the images of --images' subfolders");
   bench->add_option("--texts_file", bench_args.texts_file,
-                    "Texts to send, one per line (default: built-in captions)");
+                    "Texts to send, one per line (default: built-in captions). They "
+                    "repeat: run the server with --text_cache_mb=0 to measure its model, "
+                    "not its text cache");
   bench->add_flag("--json", bench_args.json, "Print JSON");
 
   CLI11_PARSE(app, argc, argv);

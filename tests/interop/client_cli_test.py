@@ -356,6 +356,19 @@ class ClientCliTest(unittest.TestCase):
         self.assertEqual(got["requests"], 4)
         self.assertEqual(got["errors"], {})
 
+    def test_bench_takes_the_images_of_subfolders_with_recursive(self):
+        folder = self.out("nested")
+        os.makedirs(os.path.join(folder, "sub"))
+        shutil.copy(os.path.join(ARGS.images, "chelsea_q75.jpg"),
+                    os.path.join(folder, "sub", "a.jpg"))
+        refused = self.client("bench", "--modality", "image", "--images", folder,
+                              "--requests", "1", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("use --recursive", refused.stderr)
+        got = json.loads(self.client("bench", "--modality", "image", "--images", folder,
+                                     "--recursive", "--requests", "2", "--json").stdout)
+        self.assertEqual(got["succeeded"], 2)
+
     def test_bench_reads_only_the_images_it_can_send(self):
         # 32 requests are prepared: with one image each, a 33rd file is never read, so
         # one too big to send does not matter.
