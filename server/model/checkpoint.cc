@@ -208,10 +208,14 @@ bool HasHuggingFaceKeys(const TensorMap& weights) {
   return false;
 }
 
-// The name of the folder `dir` as a model name.
+// The name of the folder `dir` as a model name ("" and "." name the working folder).
 std::string FolderName(const fs::path& dir) {
-  return NameFromPath(dir.filename().empty() ? dir.parent_path().filename().string()
-                                             : dir.filename().string());
+  std::error_code ec;
+  fs::path full = fs::absolute(dir.empty() ? fs::path(".") : dir, ec);
+  if (ec) full = dir;
+  full = full.lexically_normal();
+  return NameFromPath(full.filename().empty() ? full.parent_path().filename().string()
+                                              : full.filename().string());
 }
 
 absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,

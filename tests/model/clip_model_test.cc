@@ -389,6 +389,19 @@ TEST_P(ReferenceParityTest, AFoldersWeightsFileLoadsWithTheFoldersConfig) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, ReferenceParityTest, ::testing::ValuesIn(kCases));
 
+// A weights file named from inside its folder ("model.safetensors", a relative path
+// with no folder in it) still takes the folder's name.
+TEST(CheckpointTest, AFoldersWeightsFileNamedFromInsideTakesTheFoldersName) {
+  namespace fs = std::filesystem;
+  const fs::path before = fs::current_path();
+  fs::current_path(kFixtures + "/vit_gelu/open_clip");
+  auto checkpoint = ReadCheckpoint("open_clip_model.safetensors");
+  fs::current_path(before);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(checkpoint->config.name, "open_clip");
+  EXPECT_EQ(checkpoint->format, CheckpointFormat::kOpenClip);
+}
+
 // A bare state dict's shapes cannot tell QuickGELU from GELU: the checkpoint says it
 // assumed QuickGELU, except for OpenAI's archives (QuickGELU models) and where a config
 // was given.
