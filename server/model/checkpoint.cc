@@ -208,6 +208,9 @@ bool HasHuggingFaceKeys(const TensorMap& weights) {
   return false;
 }
 
+// The two folder layouts that carry their own config.
+enum class FolderKind { kOpenClip, kHuggingFace };
+
 // The name of the folder `dir` as a model name ("" and "." name the working folder).
 std::string FolderName(const fs::path& dir) {
   std::error_code ec;
@@ -216,6 +219,23 @@ std::string FolderName(const fs::path& dir) {
   full = full.lexically_normal();
   return NameFromPath(full.filename().empty() ? full.parent_path().filename().string()
                                               : full.filename().string());
+}
+
+// Gives `checkpoint`, whose weights (as read) came from a file in the `kind` folder
+// `dir`, that folder's config, key names, format and name.
+absl::Status TakeFolderConfig(const fs::path& dir, FolderKind kind,
+                              Checkpoint* checkpoint) {
+  if (kind == FolderKind::kOpenClip) {
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint->config, ReadOpenClipFolderConfig(dir));
+    checkpoint->format = CheckpointFormat::kOpenClip;
+  } else {
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint->config, ReadHfFolderConfig(dir));
+    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint->weights,
+                               MapHuggingFaceKeys(std::move(checkpoint->weights)));
+    checkpoint->format = CheckpointFormat::kHuggingFace;
+  }
+  checkpoint->config.name = FolderName(dir);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
@@ -264,19 +284,14 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
           " holds Hugging Face CLIP weights (vision_model.*, text_model.*) with no "
           "config.json beside it: load the model's folder, with its config.json"));
     }
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadHfFolderConfig(dir));
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights,
-                               MapHuggingFaceKeys(std::move(checkpoint.weights)));
-    checkpoint.format = CheckpointFormat::kHuggingFace;
-    checkpoint.config.name = FolderName(dir);
+    CLIPSERVE_RETURN_IF_ERROR(
+        TakeFolderConfig(dir, FolderKind::kHuggingFace, &checkpoint));
     return checkpoint;
   }
   if (options.config.has_value()) {
     checkpoint.config = *options.config;
   } else if (fs::is_regular_file(dir / "open_clip_config.json")) {
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadOpenClipFolderConfig(dir));
-    checkpoint.format = CheckpointFormat::kOpenClip;
-    checkpoint.config.name = FolderName(dir);
+    CLIPSERVE_RETURN_IF_ERROR(TakeFolderConfig(dir, FolderKind::kOpenClip, &checkpoint));
     return checkpoint;
   } else {
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config,
@@ -314,27 +329,23 @@ absl::StatusOr<TensorMap> ReadAnyWeights(const std::string& path) {
 absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
   Checkpoint checkpoint;
   checkpoint.directory = dir.string();
+  FolderKind kind;
   if (fs::is_regular_file(dir / "open_clip_config.json")) {
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadOpenClipFolderConfig(dir));
+    kind = FolderKind::kOpenClip;
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights_path,
                                FirstExisting(dir, {"open_clip_model.safetensors",
                                                    "open_clip_pytorch_model.bin"}));
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights,
-                               ReadAnyWeights(checkpoint.weights_path));
-    checkpoint.format = CheckpointFormat::kOpenClip;
   } else if (fs::is_regular_file(dir / "config.json")) {
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config, ReadHfFolderConfig(dir));
+    kind = FolderKind::kHuggingFace;
     CLIPSERVE_ASSIGN_OR_RETURN(
         checkpoint.weights_path,
         FirstExisting(dir, {"model.safetensors", "pytorch_model.bin"}));
-    CLIPSERVE_ASSIGN_OR_RETURN(TensorMap hf, ReadAnyWeights(checkpoint.weights_path));
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, MapHuggingFaceKeys(std::move(hf)));
-    checkpoint.format = CheckpointFormat::kHuggingFace;
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         dir.string(), " is a directory without open_clip_config.json or config.json"));
   }
-  checkpoint.config.name = FolderName(dir);
+  CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadAnyWeights(checkpoint.weights_path));
+  CLIPSERVE_RETURN_IF_ERROR(TakeFolderConfig(dir, kind, &checkpoint));
   return checkpoint;
 }
 
