@@ -9,7 +9,7 @@
 #      integration test (batcher, engine, caches, the gRPC service, the server end to
 #      end), not the interop tests;
 #   4. the fuzz preset (build-fuzz/, clang + ASan/UBSan): each libFuzzer target for
-#      CLIPSERVE_FUZZ_SECONDS (default 30), seeded from ../shared.
+#      CLIPSERVE_FUZZ_SECONDS (default 30), seeded from ../shared and tests/fuzz.
 # Installs missing Debian packages first. Extra arguments go to the release ctest
 # (for example: scripts/test.sh -L unit, or -R Tokenizer). CLIPSERVE_SKIP_ASAN=1 skips
 # step 2, CLIPSERVE_SKIP_TSAN=1 step 3, CLIPSERVE_SKIP_FUZZ=1 step 4.

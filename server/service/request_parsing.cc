@@ -14,7 +14,7 @@
 #include "grpcpp/support/slice.h"
 #include "server/common/status_macros.h"
 #include "server/service/grpc_status.h"
-#include "server/service/request_validation.h"
+#include "server/tokenizer/unicode_text.h"
 
 namespace clipserve {
 namespace {
