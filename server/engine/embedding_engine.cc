@@ -35,7 +35,8 @@ struct EngineRequest {
   EmbedResult result;
   EmbedCallback done;
   std::shared_ptr<RequestTracker> tracker;
-  // Set once any item failed: the request's other queued items are then dropped.
+  // Set once any item failed: the request's other items are then dropped (DropDead()
+  // takes the queued ones out at once; see FailedFirst()).
   std::atomic<bool> failed{false};
   // The error that failed the request. Recorded before `failed` is set, so the
   // CANCELLED drops that `failed` causes can never be reported in its place.
@@ -61,15 +62,19 @@ struct EngineRequest {
     if (cancelled()) return absl::CancelledError("call cancelled");
     return absl::OkStatus();
   }
-  void ItemDone(const absl::Status& status) {
+  // Answers one item. True when `status` is the request's first failure: its other
+  // queued items are then dead, and the caller should have the batcher drop them.
+  bool ItemDone(const absl::Status& status) {
+    bool first_failure = false;
     if (!status.ok()) {
       {
         absl::MutexLock lock(&mu);
         if (first_error.ok()) first_error = status;
       }
-      failed.store(true, std::memory_order_release);
+      first_failure = !failed.exchange(true, std::memory_order_acq_rel);
     }
     tracker->ItemDone(status);
+    return first_failure;
   }
   absl::Status FirstError() {
     absl::MutexLock lock(&mu);
@@ -258,12 +263,15 @@ absl::Status CheckTokenIds(const EngineRequest& request, int index,
 }
 
 // Answers `count` of `request`'s items that were announced to `batcher` but will never
-// be queued: withdrawn from the announcement, each answered with `status`.
+// be queued: withdrawn from the announcement, each answered with `status`. True when
+// that failed the request (EngineRequest::ItemDone()).
 template <typename Batcher>
-void AnswerUnqueued(Batcher& batcher, EngineRequest& request, int count,
+bool AnswerUnqueued(Batcher& batcher, EngineRequest& request, int count,
                     const absl::Status& status) {
   batcher.Withdraw(count);
-  for (int k = 0; k < count; ++k) request.ItemDone(status);
+  bool first_failure = false;
+  for (int k = 0; k < count; ++k) first_failure |= request.ItemDone(status);
+  return first_failure;
 }
 
 // The options of both modality queues (named and with workers set by the engine).
@@ -469,7 +477,9 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
     absl::Status submitted =
         pool_->Submit([this, request, i, input = std::move(images[i])]() mutable {
           if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
-            AnswerUnqueued(*image_batcher_, *request, 1, skip);
+            if (AnswerUnqueued(*image_batcher_, *request, 1, skip)) {
+              image_batcher_->DropDead();
+            }
             return;
           }
           const absl::Time started = clock_->Now();
@@ -487,19 +497,29 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
           if (options_.observer != nullptr) {
             options_.observer->OnPreprocessed(Modality::kImage, clock_->Now() - started);
           }
+          // A request's images are queued one by one: when one fails, the ones
+          // already queued are dropped now (here, above and below), or the error, the
+          // call's answer, would wait until a batch reached them, behind the whole
+          // queue under load.
           if (!status.ok()) {
-            AnswerUnqueued(*image_batcher_, *request, 1, ItemError(*request, i, status));
+            if (AnswerUnqueued(*image_batcher_, *request, 1,
+                               ItemError(*request, i, status))) {
+              image_batcher_->DropDead();
+            }
+            ReportQueueDepth(Modality::kImage);
             return;
           }
           std::vector<ImageItem> one;
           one.push_back(std::move(item));
           absl::Status scheduled = image_batcher_->Schedule(&one);
-          if (!scheduled.ok()) request->ItemDone(scheduled);
+          if (!scheduled.ok() && request->ItemDone(scheduled)) image_batcher_->DropDead();
           ReportQueueDepth(Modality::kImage);
         });
     if (!submitted.ok()) {
       // The pool is full: answer this item and the ones not submitted yet at once.
-      AnswerUnqueued(*image_batcher_, *request, n - i, submitted);
+      if (AnswerUnqueued(*image_batcher_, *request, n - i, submitted)) {
+        image_batcher_->DropDead();
+      }
       break;
     }
   }

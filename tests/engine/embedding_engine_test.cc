@@ -1090,6 +1090,46 @@ TEST(EmbeddingEngineCancelTest, DropDeadItemsAnswersCancelledQueuedRequestsAtOnc
   live_answered.WaitForNotification();
 }
 
+// A request's images are queued one by one. When one fails, its queued siblings are
+// dropped at once: the error, the call's answer, must not wait until a batch reaches
+// them (behind the whole queue, under load). Other requests' images stay queued.
+TEST(EmbeddingEngineFailureTest, AFailedImageDropsItsRequestsQueuedImagesAtOnce) {
+  FakeClock clock(absl::Now());
+  RecordingObserver observer;
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.clock = &clock;
+    options.observer = &observer;
+    options.max_queue_delay = absl::Hours(1);
+    options.wait_only_for_announced = false;
+    // One preprocessing thread: the good images are queued before the bad one fails.
+    options.preprocess_threads = 1;
+  });
+  ASSERT_NE(engine, nullptr);
+  absl::Notification other_answered, failed_answered;
+  engine->EmbedImages(EncodedImages({"images/chelsea.png"}), {}, "images",
+                      [&](absl::StatusOr<EmbedResult> r) {
+                        EXPECT_TRUE(r.ok()) << r.status();
+                        other_answered.Notify();
+                      });
+  absl::Status status;
+  engine->EmbedImages(
+      EncodedImages({"images/chelsea.png", "images/chelsea.png", "images/truncated.jpg"}),
+      {}, "images", [&](absl::StatusOr<EmbedResult> r) {
+        status = r.status();
+        failed_answered.Notify();
+      });
+  // The clock stands still: only the drop can answer the failed request.
+  ASSERT_TRUE(failed_answered.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(status.message(), HasSubstr("images[2]"));
+  EXPECT_EQ(engine->QueuedImages(), 1);
+  EXPECT_TRUE(observer.batches().empty());
+  EXPECT_FALSE(other_answered.HasBeenNotified());
+
+  clock.AdvanceTime(absl::Hours(1));  // the other request's batch runs as it would have
+  other_answered.WaitForNotification();
+}
+
 TEST(EmbeddingEngineLimitsTest, TextsOverTheQueueSizeAreRefusedBeforeTokenizing) {
   RecordingObserver observer;
   auto engine = MakeTinyEngine([&observer](EmbeddingEngineOptions& options) {
