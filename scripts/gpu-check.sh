@@ -77,7 +77,13 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=$PATH:/usr/local/cuda/bin
 fi
+# Debian keeps a few headers in the multiarch folder (jconfig.h, openssl's
+# configuration.h), which the Find modules do not add: without it the build fails, or
+# takes the host's own jconfig.h (Ubuntu's libjpeg-turbo8 says version 80, the
+# unpacked libjpeg is 62, and every JPEG decode then fails at run time).
+arch_include="-isystem $prefix/usr/include/$arch"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
+  -DCMAKE_C_FLAGS="$arch_include" -DCMAKE_CXX_FLAGS="$arch_include" \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" \
   -DPKG_CONFIG_EXECUTABLE="$pkg_config" -DOPENSSL_ROOT_DIR="$prefix/usr" \
   -DProtobuf_PROTOC_EXECUTABLE="$prefix/usr/bin/protoc" \
@@ -105,7 +111,7 @@ done
 [ $status = 0 ] || { echo "gpu-check: a *_CUDA test failed or skipped (logs in $out)"; exit 1; }
 
 step "model benchmark on the GPU (from tensors already on the device)"
-"$build/bin/model_benchmark" --benchmark_filter='Cuda' --benchmark_min_time=1 \
+"$build/bin/model_benchmark" --benchmark_filter='Cuda' --benchmark_min_time=0.5 \
   --benchmark_format=json >"$out/model_benchmark.json" 2>"$out/model_benchmark.log"
 
 step "JPEG decode, with and without preprocessing, on one CPU core"
@@ -140,7 +146,7 @@ e2e() {  # precision [modalities] [label server-flags...]: a fresh server, then 
   fi
   for modality in $modalities; do
     "$build/bin/clip_client" --target 127.0.0.1:$port bench --modality $modality \
-      -c 64 -k 16 --duration 15s --json >"$out/e2e-$label-$modality.json"
+      -c 64 -k 16 --duration 10s --json >"$out/e2e-$label-$modality.json"
   done
   stop_server
 }
