@@ -690,9 +690,9 @@ void EmbeddingEngine::ReportQueueDepth(Modality modality) {
 
 template <typename Item>
 void EmbeddingEngine::ReportBatch(Modality modality, const Batch<Item>& batch,
-                                  absl::Time start) {
+                                  absl::Time start, absl::Time end) {
   if (options_.observer == nullptr) return;
-  const absl::Duration inference = clock_->Now() - start;
+  const absl::Duration inference = end - start;
   std::vector<absl::Duration> waits(batch.items.size());
   for (size_t i = 0; i < waits.size(); ++i) waits[i] = batch.QueueWait(i);
   options_.observer->OnBatch(modality, waits, inference);
@@ -761,11 +761,16 @@ void EmbeddingEngine::RunBatch(
       // The batch threw past every catch (INTERNAL), or the runner had stopped
       // (UNAVAILABLE; not reached: Shutdown() stops it after the batchers drained).
       // No item has been answered yet.
-      if (started) BatchFinished(id);
+      if (started) {
+        BatchFinished(id);
+        ReportBatch(modality, batch, start, clock_->Now());
+      }
       for (Item& item : items) item.Answer(ran);
       return;
     }
   }
+  // The model run ends here: a device probe is not part of its time.
+  const absl::Time end = clock_->Now();
   // Before the batch counts as finished, so the watchdog sees a probe that hangs.
   for (const FailedRange& range : failed) {
     if (range.status.code() != absl::StatusCode::kResourceExhausted) {
@@ -776,7 +781,7 @@ void EmbeddingEngine::RunBatch(
   BatchFinished(id);
   // Before the items are answered, so a client that reads the metrics after its
   // answer finds its batch counted.
-  ReportBatch(modality, batch, start);
+  ReportBatch(modality, batch, start, end);
   for (auto& [begin, rows] : done) AnswerRows(items, begin, rows, computed);
   for (const FailedRange& range : failed) {
     FailItems(items, range.begin, range.end, range.status);

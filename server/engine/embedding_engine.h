@@ -198,9 +198,11 @@ class EmbeddingEngine : public Engine {
   template <typename Item>
   void RunBatch(Modality modality, Batch<Item>& batch, std::atomic<int64_t>& computed,
                 const std::function<absl::StatusOr<torch::Tensor>(int, int)>& encode);
-  // Reports a batch that ran from `start` until now to the observer, if any.
+  // Reports a batch whose model run went from `start` to `end` to the observer, if
+  // any.
   template <typename Item>
-  void ReportBatch(Modality modality, const Batch<Item>& batch, absl::Time start);
+  void ReportBatch(Modality modality, const Batch<Item>& batch, absl::Time start,
+                   absl::Time end);
   // Reports the modality's queue depth to the observer, if any. Each read and its
   // report happen under depth_mu_, so reports come in the order of their reads and
   // the last one is the depth after the last change.

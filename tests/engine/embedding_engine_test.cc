@@ -1130,6 +1130,32 @@ TEST(EmbeddingEngineFailureTest, AFailedImageDropsItsRequestsQueuedImagesAtOnce)
   other_answered.WaitForNotification();
 }
 
+// clipserve_inference_seconds times the model run: the device probe that follows a
+// failed batch is not part of it.
+TEST(EmbeddingEngineFailureTest, TheProbeAfterAFailedBatchIsNotInItsInferenceTime) {
+  FakeClock clock(absl::Now());
+  RecordingObserver observer;
+  std::atomic<int> probes{0};
+  std::atomic<bool> fail{true};
+  EmbeddingEngineOptions options;
+  options.clock = &clock;
+  options.observer = &observer;
+  options.max_queue_delay = absl::ZeroDuration();
+  options.device_probe_for_test = [&] {
+    ++probes;
+    clock.AdvanceTime(absl::Seconds(10));  // a probe that takes ten seconds
+    return absl::OkStatus();
+  };
+  auto engine = EngineWithAFailingModel(options, &fail);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(EmbedTextsAndWait(*engine, {"a"}).status().code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(probes, 1);
+  ASSERT_EQ(observer.batches().size(), 1u);
+  EXPECT_EQ(observer.batches()[0].items, 1u);
+  EXPECT_LT(observer.batches()[0].inference, absl::Seconds(10));
+}
+
 TEST(EmbeddingEngineLimitsTest, TextsOverTheQueueSizeAreRefusedBeforeTokenizing) {
   RecordingObserver observer;
   auto engine = MakeTinyEngine([&observer](EmbeddingEngineOptions& options) {
