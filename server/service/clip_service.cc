@@ -857,11 +857,14 @@ class EmbedStreamCall final
       // response gRPC refuses to send ends the whole stream.
       item_id->clear();
     }
-    // The item's bytes count against the budget until the engine has answered it
+    // A valid item's bytes count against the budget until the engine has answered it
     // (the reservation travels in the engine's callback). An invalid item fails with
-    // its own error instead; it holds nothing once this returns.
-    absl::StatusOr<RequestMemoryBudget::Reservation> reservation =
-        request_memory_->Reserve(static_cast<int64_t>(bytes.Length()), budget_client_);
+    // its own error before it is weighed: it would hold nothing, and is no refusal.
+    const auto reserve = [&] {
+      return request_memory_->Reserve(static_cast<int64_t>(bytes.Length()),
+                                      budget_client_);
+    };
+    absl::StatusOr<RequestMemoryBudget::Reservation> reservation;
     EmbedOptions options;
     options.normalize = OptionalTrue(item.has_normalize(), item.normalize());
     options.truncate = OptionalTrue(item.has_truncate(), item.truncate());
@@ -871,7 +874,10 @@ class EmbedStreamCall final
       case v1::EmbedStreamRequest::kImage: {
         absl::StatusOr<ImageInput> image = ToImageInput(item.image(), limits_, "image");
         if (invalid.ok()) invalid = image.status();
-        if (invalid.ok()) invalid = reservation.status();
+        if (invalid.ok()) {
+          reservation = reserve();
+          invalid = reservation.status();
+        }
         if (!invalid.ok()) break;
         std::vector<ImageInput> images;
         images.push_back(*std::move(image));
@@ -889,7 +895,10 @@ class EmbedStreamCall final
       }
       case v1::EmbedStreamRequest::kText: {
         if (invalid.ok()) invalid = ValidateText(item.text(), limits_, "text");
-        if (invalid.ok()) invalid = reservation.status();
+        if (invalid.ok()) {
+          reservation = reserve();
+          invalid = reservation.status();
+        }
         if (!invalid.ok()) break;
         std::vector<std::string> texts;
         texts.push_back(std::move(*item.mutable_text()));

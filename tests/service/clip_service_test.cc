@@ -238,10 +238,9 @@ class ClipServiceTest : public ::testing::Test {
   }
 
   // Restarts with the service recording its calls into a new metrics_.
-  void RestartRecordingMetrics() {
+  void RestartRecordingMetrics(ClipServiceOptions options = {}) {
     Stop();
     metrics_ = std::make_unique<Metrics>();
-    ClipServiceOptions options;
     options.metrics = metrics_.get();
     Start(options);
   }
@@ -262,10 +261,15 @@ class ClipServiceTest : public ::testing::Test {
   // Restarts under `options`, whose limit admits a 1500-byte EmbedStream item and a
   // small one beside it but not 600 bytes more: that item alone fails at once,
   // naming `flag`, and is admitted once the engine has answered the others.
+  // `counter`: the metric that counts the refusals of that limit.
   void ExpectAStreamItemPastTheLimitFailsAlone(const ClipServiceOptions& options,
-                                               absl::string_view flag) {
-    Restart(options);
+                                               absl::string_view flag,
+                                               absl::string_view counter) {
+    RestartRecordingMetrics(options);
     engine_->set_hold(true);
+    const auto refusals = [&] {
+      return testing::FindSample(metrics_->Serialize(), counter).value_or(0);
+    };
 
     auto context = Context(absl::Seconds(30));
     auto stream = stub_->EmbedStream(context.get());
@@ -282,6 +286,17 @@ class ClipServiceTest : public ::testing::Test {
     EXPECT_EQ(response.error().code(),
               static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
     EXPECT_THAT(response.error().message(), HasSubstr(std::string(flag)));
+    EXPECT_EQ(refusals(), 1);
+    // An invalid item as large fails for what is wrong with it, and is no refusal:
+    // it would hold nothing.
+    v1::EmbedStreamRequest no_input;
+    no_input.set_id(std::string(600, 'i'));  // over the 256-byte limit of an id
+    ASSERT_TRUE(stream->Write(no_input));
+    ASSERT_TRUE(stream->Read(&response));
+    ASSERT_TRUE(response.has_error());
+    EXPECT_EQ(response.error().code(),
+              static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+    EXPECT_EQ(refusals(), 1);
     // A small item still fits beside the big one.
     ASSERT_TRUE(stream->Write(TextItem("small", "a cat")));
     ASSERT_TRUE(engine_->AwaitHeld(2));
@@ -1979,7 +1994,8 @@ TEST(ClipServicePerClientMemoryTest, AClientPastItsShareIsRefusedWhileAnotherIsS
 TEST_F(ClipServiceTest, EmbedStreamItemsPastTheRequestMemoryLimitFailAlone) {
   ClipServiceOptions options;
   options.max_request_memory_bytes = 2000;
-  ExpectAStreamItemPastTheLimitFailsAlone(options, "--max_request_memory_mb");
+  ExpectAStreamItemPastTheLimitFailsAlone(options, "--max_request_memory_mb",
+                                          "clipserve_request_memory_refusals_total");
 }
 
 // An EmbedStream item counts against its client's share too: with room left in the
@@ -1988,7 +2004,9 @@ TEST_F(ClipServiceTest, EmbedStreamItemsPastTheClientsShareFailAlone) {
   ClipServiceOptions options;
   options.max_request_memory_bytes = 4000;
   options.max_request_memory_per_client_bytes = 2000;
-  ExpectAStreamItemPastTheLimitFailsAlone(options, "--max_request_memory_per_client_mb");
+  ExpectAStreamItemPastTheLimitFailsAlone(
+      options, "--max_request_memory_per_client_mb",
+      "clipserve_request_memory_client_refusals_total");
 }
 
 TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
