@@ -106,10 +106,15 @@ absl::Status CatchTorchErrors(const std::function<void()>& fn, absl::string_view
   if (newline != std::string::npos) message.resize(newline);
   // Allocation failures that are not c10::OutOfMemoryError: the CPU allocator's, and
   // the CUDA libraries' own (CUBLAS_STATUS_ALLOC_FAILED when a worker's first matmul
-  // creates its cuBLAS handle, CUDNN_STATUS_ALLOC_FAILED, ...).
+  // creates its cuBLAS handle, CUDNN_STATUS_ALLOC_FAILED, ...). cublasCreate() on a
+  // nearly full GPU mostly says CUBLAS_STATUS_NOT_INITIALIZED instead; as memory,
+  // the batch is retried after the cached blocks are released, which gives the
+  // handle its room.
   out_of_memory = out_of_memory || absl::StrContains(message, "out of memory") ||
                   absl::StrContains(message, "DefaultCPUAllocator: can't allocate") ||
-                  absl::StrContains(message, "_STATUS_ALLOC_FAILED");
+                  absl::StrContains(message, "_STATUS_ALLOC_FAILED") ||
+                  (absl::StrContains(message, "CUBLAS_STATUS_NOT_INITIALIZED") &&
+                   absl::StrContains(message, "cublasCreate"));
   return absl::Status(out_of_memory ? absl::StatusCode::kResourceExhausted : code,
                       absl::StrCat(what, ": ", message));
 }

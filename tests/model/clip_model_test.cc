@@ -850,6 +850,25 @@ TEST(CatchTorchErrorsTest, AllocationFailuresAreResourceExhausted) {
                 "running")
                 .code(),
             absl::StatusCode::kResourceExhausted);
+  // What cublasCreate() mostly says when the GPU is nearly full.
+  EXPECT_EQ(CatchTorchErrors(
+                [] {
+                  throw std::runtime_error(
+                      "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
+                      "`cublasCreate(handle)`\nbacktrace");
+                },
+                "running")
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(CatchTorchErrors(
+                [] {
+                  throw std::runtime_error(
+                      "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
+                      "`cublasLtMatmul(...)`");
+                },
+                "running")
+                .code(),
+            absl::StatusCode::kInternal);
   const absl::Status other = CatchTorchErrors(
       [] { throw std::runtime_error("CUDA error: an illegal memory access\nbacktrace"); },
       "running", absl::StatusCode::kInvalidArgument);
