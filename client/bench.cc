@@ -76,6 +76,9 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
     return absl::InvalidArgumentError("items_per_request must be >= 1");
   }
   if (options.inputs.empty()) return absl::InvalidArgumentError("no bench inputs");
+  if (options.unique_texts && options.modality != BenchModality::kText) {
+    return absl::InvalidArgumentError("unique texts are for a text bench");
+  }
   if (options.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("timeout must be positive");
   }
@@ -101,11 +104,23 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
       const int64_t ticket = tickets.fetch_add(1);
       if (options.requests > 0 ? ticket >= options.requests : Steady::now() >= end) break;
       const size_t which = static_cast<size_t>(ticket) % prepared.size();
+      v1::EmbedTextRequest unique;
+      if (options.unique_texts) {
+        // Made before the clock starts: the copy is not the server's time.
+        unique = prepared.texts[which];
+        for (int k = 0; k < unique.texts_size(); ++k) {
+          absl::StrAppend(unique.mutable_texts(k), " ",
+                          ticket * options.items_per_request + k);
+        }
+      }
       const Steady::time_point sent = Steady::now();
       absl::Status status =
           options.modality == BenchModality::kImage
               ? client.EmbedImages(prepared.images[which], call).status()
-              : client.EmbedTexts(prepared.texts[which], call).status();
+              : client
+                    .EmbedTexts(options.unique_texts ? unique : prepared.texts[which],
+                                call)
+                    .status();
       const double ms =
           std::chrono::duration<double, std::milli>(Steady::now() - sent).count();
       if (status.ok()) {
@@ -177,6 +192,8 @@ nlohmann::ordered_json BenchJson(const BenchResult& result, const BenchOptions& 
   out["modality"] = options.modality == BenchModality::kImage ? "image" : "text";
   out["concurrency"] = options.concurrency;
   out["items_per_request"] = options.items_per_request;
+  if (options.modality == BenchModality::kText)
+    out["unique_texts"] = options.unique_texts;
   return out;
 }
 

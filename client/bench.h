@@ -49,6 +49,11 @@ struct BenchOptions {
   // The inputs, used round-robin: encoded images, or texts. At least one.
   std::vector<std::string> inputs;
 
+  // Texts only: each text sent gets " <n>" appended, n counting every text of the run,
+  // so no two texts repeat and a server's text cache answers none of them (the
+  // suffix adds a token or two). False: the inputs as they are.
+  bool unique_texts = false;
+
   // Deadline of each request, > 0. Default 30 s.
   absl::Duration timeout = absl::Seconds(30);
 

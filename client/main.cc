@@ -545,6 +545,7 @@ struct BenchArgs {
   std::string images;
   bool recursive = false;
   std::string texts_file;
+  bool unique_texts = false;
   bool json = false;
   uint64_t max_file_bytes = 0;
 };
@@ -557,6 +558,7 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
   options.concurrency = args.concurrency;
   options.requests = args.requests;
   options.items_per_request = args.items_per_request;
+  options.unique_texts = args.unique_texts;
   options.timeout = timeout;
   options.duration = absl::Seconds(10);
   if (!args.duration.empty()) {
@@ -804,8 +806,12 @@ int main(int argc, char** argv) {
                   "Also take the images of --images' subfolders");
   bench->add_option("--texts_file", bench_args.texts_file,
                     "Texts to send, one per line (default: built-in captions). They "
-                    "repeat: run the server with --text_cache_mb=0 to measure its model, "
-                    "not its text cache");
+                    "repeat: run the server with --text_cache_mb=0, or pass "
+                    "--unique_texts, to measure its model, not its text cache");
+  bench->add_flag("--unique_texts", bench_args.unique_texts,
+                  "Append \" <n>\" to each text sent (n counts the run's texts), so none "
+                  "repeats and the server's text cache answers none (a token or two "
+                  "longer)");
   bench->add_flag("--json", bench_args.json, "Print JSON");
 
   CLI11_PARSE(app, argc, argv);

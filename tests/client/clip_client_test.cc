@@ -98,6 +98,17 @@ class FakeClipService final : public v1::ClipService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status EmbedText(grpc::ServerContext*, const v1::EmbedTextRequest* request,
+                         v1::EmbedTextResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& text : request->texts()) {
+      texts_.push_back(text);
+      response->add_embeddings()->add_values(static_cast<float>(text.size()));
+    }
+    response->set_dim(1);
+    return grpc::Status::OK;
+  }
+
   grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
                             v1::ModelInfo* info) override {
     info->set_name(name);
@@ -152,6 +163,12 @@ class FakeClipService final : public v1::ClipService::Service {
 
   std::string name = "fake";
 
+  // Every text EmbedText was sent, in the order they came.
+  std::vector<std::string> texts() {
+    absl::MutexLock lock(&mu_);
+    return texts_;
+  }
+
   // The x-request-id of each EmbedImage and EmbedStream call, in order ("" if none).
   std::vector<std::string> request_ids() {
     absl::MutexLock lock(&mu_);
@@ -177,6 +194,7 @@ class FakeClipService final : public v1::ClipService::Service {
   absl::Mutex mu_;
   std::vector<std::string> seen_;
   std::vector<std::string> request_ids_;
+  std::vector<std::string> texts_;
 };
 
 struct FakeServer {
@@ -746,6 +764,47 @@ TEST(BenchTest, RefusesConcurrencyAndDurationOutOfRange) {
   options.concurrency = 1;
   options.requests = 0;
   options.duration = kMaxBenchDuration + absl::Seconds(1);
+  EXPECT_EQ(RunBench(*client, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(fake.service.embed_image_calls, 0);
+}
+
+// --unique_texts: no text is sent twice, each is its input with a number appended; a
+// plain text bench sends its inputs as they are.
+TEST(BenchTest, UniqueTextsNeverRepeat) {
+  for (const bool unique : {false, true}) {
+    FakeServer fake;
+    auto client = Connect(fake.target());
+    BenchOptions options;
+    options.modality = BenchModality::kText;
+    options.concurrency = 3;
+    options.requests = 10;
+    options.items_per_request = 2;
+    options.inputs = {"a cat", "a dog"};
+    options.unique_texts = unique;
+    auto result = RunBench(*client, options);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->succeeded, 10);
+    EXPECT_EQ(BenchJson(*result, options)["unique_texts"], unique);
+    std::vector<std::string> texts = fake.service.texts();
+    ASSERT_EQ(texts.size(), 20u);
+    for (const std::string& text : texts) {
+      EXPECT_THAT(text, unique ? ::testing::MatchesRegex("a (cat|dog) [0-9]+")
+                               : ::testing::MatchesRegex("a (cat|dog)"));
+    }
+    std::sort(texts.begin(), texts.end());
+    const size_t distinct = std::unique(texts.begin(), texts.end()) - texts.begin();
+    EXPECT_EQ(distinct, unique ? 20u : 2u);
+  }
+}
+
+TEST(BenchTest, UniqueTextsAreRefusedForImages) {
+  FakeServer fake;
+  auto client = Connect(fake.target());
+  BenchOptions options;
+  options.requests = 1;
+  options.inputs = {"x"};
+  options.unique_texts = true;
   EXPECT_EQ(RunBench(*client, options).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(fake.service.embed_image_calls, 0);
