@@ -35,8 +35,8 @@ struct EngineRequest {
   EmbedResult result;
   EmbedCallback done;
   std::shared_ptr<RequestTracker> tracker;
-  // Set once any item failed: the request's other items are then dropped (DropDead()
-  // takes the queued ones out at once; see FailedFirst()).
+  // Set once any item failed: the request's other items are then dropped (the queued
+  // ones at once, by DropDead(): see ItemDone()).
   std::atomic<bool> failed{false};
   // The error that failed the request. Recorded before `failed` is set, so the
   // CANCELLED drops that `failed` causes can never be reported in its place.
@@ -506,7 +506,6 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
                                ItemError(*request, i, status))) {
               image_batcher_->DropDead();
             }
-            ReportQueueDepth(Modality::kImage);
             return;
           }
           std::vector<ImageItem> one;
