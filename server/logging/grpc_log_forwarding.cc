@@ -2,21 +2,95 @@
 
 #include <grpc/support/log.h>
 
+#include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "glog/logging.h"
 #include "google/protobuf/stubs/logging.h"
+#include "server/common/clock.h"
 
 namespace clipserve {
 namespace {
 
+std::atomic<Clock*> forwarded_log_clock{nullptr};
+
+Clock& ForwardedLogClock() {
+  Clock* clock = forwarded_log_clock.load(std::memory_order_acquire);
+  return clock != nullptr ? *clock : *RealClock::Get();
+}
+
+// At most kMaxForwardedLinesPerSecond lines in a second of the clock; the first line
+// after a full second learns how many were left out since the last one logged.
+class LineLimiter {
+ public:
+  // Whether a line may be logged now; when it may, `*suppressed` is the number left
+  // out before it.
+  bool Admit(int64_t* suppressed) {
+    const absl::Time now = ForwardedLogClock().Now();
+    absl::MutexLock lock(&mu_);
+    // A clock set back (a test's) starts a window too.
+    if (now < window_start_ || now - window_start_ >= absl::Seconds(1)) {
+      window_start_ = now;
+      window_lines_ = 0;
+    }
+    if (window_lines_ >= kMaxForwardedLinesPerSecond) {
+      ++suppressed_;
+      return false;
+    }
+    ++window_lines_;
+    *suppressed = suppressed_;
+    suppressed_ = 0;
+    return true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int window_lines_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+LineLimiter& GrpcLines() {
+  static LineLimiter* const limiter = new LineLimiter();
+  return *limiter;
+}
+
+LineLimiter& ProtobufLines() {
+  static LineLimiter* const limiter = new LineLimiter();
+  return *limiter;
+}
+
+// One forwarded line, with suppressed=N when lines were left out before it.
+void Log(const char* file, int line, google::LogSeverity severity, const char* message,
+         int64_t suppressed) {
+  google::LogMessage log(file, line, severity);
+  log.stream() << message;
+  if (suppressed > 0) log.stream() << " suppressed=" << suppressed;
+}
+
+// Whether gRPC's `file` is where a peer's failed TLS handshake is reported: the
+// peer's doing (a port scanner, a client speaking plaintext), not the server's.
+bool ReportsHandshakes(const char* file) {
+  return file != nullptr && (std::strstr(file, "ssl_transport_security") != nullptr ||
+                             std::strstr(file, "handshake") != nullptr);
+}
+
 void LogThroughGlog(gpr_log_func_args* args) {
-  const google::LogSeverity severity =
+  google::LogSeverity severity =
       args->severity == GPR_LOG_SEVERITY_ERROR ? google::GLOG_ERROR : google::GLOG_INFO;
+  if (severity == google::GLOG_ERROR && ReportsHandshakes(args->file)) {
+    severity = google::GLOG_WARNING;
+  }
+  int64_t suppressed = 0;
+  if (!GrpcLines().Admit(&suppressed)) return;
   // glog keeps only the file's base name, as for its own lines.
-  google::LogMessage(args->file != nullptr ? args->file : "grpc", args->line, severity)
-          .stream()
-      << (args->message != nullptr ? args->message : "");
+  Log(args->file != nullptr ? args->file : "grpc", args->line, severity,
+      args->message != nullptr ? args->message : "", suppressed);
 }
 
 void LogProtobufThroughGlog(google::protobuf::LogLevel level, const char* filename,
@@ -34,8 +108,13 @@ void LogProtobufThroughGlog(google::protobuf::LogLevel level, const char* filena
       severity = google::GLOG_ERROR;
       break;
   }
-  google::LogMessage(filename != nullptr ? filename : "protobuf", line, severity).stream()
-      << message;
+  int64_t suppressed = 0;
+  // FATAL is never left out: Protobuf aborts after it.
+  if (level != google::protobuf::LOGLEVEL_FATAL && !ProtobufLines().Admit(&suppressed)) {
+    return;
+  }
+  Log(filename != nullptr ? filename : "protobuf", line, severity, message.c_str(),
+      suppressed);
 }
 
 }  // namespace
@@ -44,6 +123,10 @@ void ForwardGrpcLogsToGlog() { gpr_set_log_function(&LogThroughGlog); }
 
 void ForwardProtobufLogsToGlog() {
   google::protobuf::SetLogHandler(&LogProtobufThroughGlog);
+}
+
+void SetForwardedLogClockForTest(Clock* clock) {
+  forwarded_log_clock.store(clock, std::memory_order_release);
 }
 
 }  // namespace clipserve

@@ -10,6 +10,7 @@
 #include "google/protobuf/stubs/logging.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "gtest/gtest.h"
+#include "server/common/fake_clock.h"
 
 namespace clipserve {
 namespace {
@@ -91,6 +92,61 @@ TEST(ProtobufLogForwardingTest, ParserErrorsReachGlogAsWarnings) {
   EXPECT_EQ(lines[1].message, "an info line");
   EXPECT_EQ(lines[2].severity, google::GLOG_WARNING);
   EXPECT_EQ(lines[2].message, "a warning line");
+}
+
+// A peer's failed TLS handshake is the peer's doing: a WARNING, not a server ERROR.
+TEST(GrpcLogForwardingTest, APeersFailedHandshakeIsAWarning) {
+  CollectingSink sink;
+  google::AddLogSink(&sink);
+  ForwardGrpcLogsToGlog();
+  gpr_log("src/core/tsi/ssl_transport_security.cc", 1501, GPR_LOG_SEVERITY_ERROR,
+          "Handshake failed with fatal error SSL_ERROR_SSL: %s", "wrong version number");
+  gpr_log("src/core/lib/security/transport/security_handshaker.cc", 90,
+          GPR_LOG_SEVERITY_ERROR, "Security handshake failed");
+  gpr_log("src/core/lib/surface/server.cc", 10, GPR_LOG_SEVERITY_ERROR, "a server fault");
+  google::RemoveLogSink(&sink);
+
+  const std::vector<Line> lines = sink.lines();
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[1].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[2].severity, google::GLOG_ERROR);
+}
+
+// A client can make gRPC or Protobuf log a line per call; each source logs at most
+// kMaxForwardedLinesPerSecond a second, and the next line says how many it left out.
+TEST(ForwardedLogLimitTest, EachSourceLogsAtMostItsLinesPerSecond) {
+  // Ahead of the real clock, so the limits start a fresh second.
+  FakeClock clock(absl::Now() + absl::Hours(1));
+  SetForwardedLogClockForTest(&clock);
+  CollectingSink sink;
+  google::AddLogSink(&sink);
+  ForwardGrpcLogsToGlog();
+  ForwardProtobufLogsToGlog();
+
+  const int over = kMaxForwardedLinesPerSecond + 5;
+  google::protobuf::StringValue value;
+  for (int i = 0; i < over; ++i) {
+    gpr_log(GPR_ERROR, "handshake %d", i);
+    EXPECT_FALSE(value.ParseFromString(std::string("\x0a\x01\xff", 3)));
+  }
+  clock.AdvanceTime(absl::Milliseconds(999));
+  gpr_log(GPR_ERROR, "still the same second");
+  std::vector<Line> lines = sink.lines();
+  EXPECT_EQ(lines.size(), 2u * kMaxForwardedLinesPerSecond);
+
+  clock.AdvanceTime(absl::Milliseconds(1));
+  gpr_log(GPR_ERROR, "the next second");
+  EXPECT_FALSE(value.ParseFromString(std::string("\x0a\x01\xfe", 3)));
+  google::RemoveLogSink(&sink);
+  SetForwardedLogClockForTest(nullptr);
+
+  lines = sink.lines();
+  ASSERT_EQ(lines.size(), 2u * kMaxForwardedLinesPerSecond + 2);
+  EXPECT_EQ(lines[lines.size() - 2].message, "the next second suppressed=6");
+  EXPECT_NE(lines.back().message.find("invalid UTF-8"), std::string::npos);
+  EXPECT_NE(lines.back().message.find(" suppressed=5"), std::string::npos)
+      << lines.back().message;
 }
 
 }  // namespace
