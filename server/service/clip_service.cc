@@ -249,6 +249,12 @@ class UnaryCall : public grpc::ServerUnaryReactor {
         status = SerializeResponse(*checked_response_, raw_out_);
       }
     }
+    // A call gRPC cancelled (the client, its deadline, the server's shutdown) is over
+    // for its client, whatever the engine answered: a batch that was already running
+    // still answers OK, which the client never sees.
+    if (grpc_cancelled_.load(std::memory_order_acquire)) {
+      status = absl::CancelledError("call cancelled");
+    }
     status = CancelledByDeadline(std::move(status), deadline_);
     recorder_->End(record_, status);
     const grpc::Status grpc_status = ToGrpcStatus(status);
@@ -268,6 +274,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
   // gRPC holds the call until this returns, even when the engine finishes it inside.
   void OnCancel() override {
+    grpc_cancelled_.store(true, std::memory_order_release);
     cancellation_->Cancel();
     // Its queued items (and any other cancelled call's) free their memory and budget
     // now, not when a batch reaches them.
@@ -296,6 +303,8 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   const std::shared_ptr<CancellationFlag> cancellation_ =
       std::make_shared<CancellationFlag>();
   std::atomic<bool> finished_{false};
+  // Set by OnCancel() (the cancellation flag is also set by CancelEngineWork()).
+  std::atomic<bool> grpc_cancelled_{false};
   const google::protobuf::Message* checked_response_ = nullptr;
   grpc::ByteBuffer* raw_out_ = nullptr;
   RequestMemoryBudget::Reservation reservation_;

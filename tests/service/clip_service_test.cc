@@ -1041,6 +1041,32 @@ TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
   EXPECT_TRUE(EmbedImage(request, &next).ok());
 }
 
+// The engine may answer OK a call the client has cancelled (its batch was running):
+// the client sees CANCELLED, and so do the metrics.
+TEST_F(ClipServiceTest, ACallCancelledWhileItsBatchRanIsCountedCancelled) {
+  RestartRecordingMetrics();
+  engine_->set_hold(true);
+  engine_->set_answer_dead_requests(true);
+  v1::EmbedTextRequest request;
+  request.add_texts("a cat");
+  v1::EmbedTextResponse response;
+  grpc::ClientContext context;
+  grpc::Status status;
+  absl::Notification done;
+  stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  context.TryCancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(WaitUntilCancelled(engine_->calls()[0].options));  // OnCancel() ran
+  engine_->set_hold(false);                                      // the engine answers OK
+  EXPECT_TRUE(AwaitCountedCalls("EmbedText", "CANCELLED", 1));
+  EXPECT_EQ(CountedCalls("EmbedText", "OK").value_or(0), 0);
+}
+
 // ---------------------------------------------------------------------------
 // Similarity
 

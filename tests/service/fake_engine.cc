@@ -250,9 +250,16 @@ absl::Status FakeEngine::DeadStatus(const EmbedOptions& options) {
 }
 
 absl::Status FakeEngine::DeliveryStatus(const EmbedOptions& options) const {
-  if (absl::Status dead = DeadStatus(options); !dead.ok()) return dead;
   absl::MutexLock lock(&mu_);
+  if (!answer_dead_requests_) {
+    if (absl::Status dead = DeadStatus(options); !dead.ok()) return dead;
+  }
   return error_;
+}
+
+void FakeEngine::set_answer_dead_requests(bool answer) {
+  absl::MutexLock lock(&mu_);
+  answer_dead_requests_ = answer;
 }
 
 void FakeEngine::Work() {

@@ -71,6 +71,10 @@ class FakeEngine : public Engine {
   void set_hold(bool hold);
   // Every request fails with `status` until cleared with absl::OkStatus().
   void set_error(absl::Status status);
+  // While true, a request cancelled or past its deadline by the time it is delivered
+  // is answered as a live one is: as a batch that was already running when the call
+  // died.
+  void set_answer_dead_requests(bool answer);
 
   // Waits up to 10 s until at least `n` answers are held; false on timeout.
   bool AwaitHeld(int n);
@@ -125,6 +129,7 @@ class FakeEngine : public Engine {
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
+  bool answer_dead_requests_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<Held> held_ ABSL_GUARDED_BY(mu_);
   bool drop_dead_items_ ABSL_GUARDED_BY(mu_) = false;
   int drop_dead_calls_ ABSL_GUARDED_BY(mu_) = 0;
