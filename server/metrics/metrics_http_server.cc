@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "server/common/clock.h"
 #include "server/metrics/metrics.h"
@@ -44,6 +45,20 @@ std::string Response(int status, absl::string_view reason, absl::string_view typ
                    extra_headers, "\r\n");
   if (!head_only) out.append(body.data(), body.size());
   return out;
+}
+
+// Where the head of the request in `in` ends: just past the empty line that ends it,
+// lines ended by CRLF or by a bare LF (RFC 9112 section 2.2 lets a server take both);
+// npos while that line has not come.
+size_t HeadEnd(const std::string& in) {
+  size_t start = 0;  // of the current line
+  for (size_t lf = in.find('\n'); lf != std::string::npos; lf = in.find('\n', start)) {
+    const size_t length = lf - start;
+    // The request line is never empty; an empty line after it ends the head.
+    if (start > 0 && (length == 0 || (length == 1 && in[start] == '\r'))) return lf + 1;
+    start = lf + 1;
+  }
+  return std::string::npos;
 }
 
 std::string Error(int status, absl::string_view reason, absl::string_view body,
@@ -190,19 +205,39 @@ void MetricsHttpServer::Stop() {
 }
 
 std::string MetricsHttpServer::Respond(const std::string& head) const {
-  const std::vector<absl::string_view> lines = absl::StrSplit(head, "\r\n");
+  std::vector<absl::string_view> lines = absl::StrSplit(head, '\n');
+  for (absl::string_view& line : lines) absl::ConsumeSuffix(&line, "\r");
   const std::vector<absl::string_view> request_line =
       absl::StrSplit(lines[0], absl::MaxSplits(' ', 2));
-  if (request_line.size() != 3 || request_line[1].empty() || request_line[1][0] != '/' ||
-      !absl::StartsWith(request_line[2], "HTTP/1.")) {
+  if (request_line.size() != 3 || !absl::StartsWith(request_line[2], "HTTP/1.")) {
+    return Error(400, "Bad Request", "not an HTTP/1.x request\n");
+  }
+  absl::string_view target = request_line[1];
+  // The absolute form (http://host/path), which a server must take too (RFC 9112
+  // section 3.2.2): the path is what follows the authority.
+  for (const absl::string_view scheme : {"http://", "https://"}) {
+    if (absl::StartsWithIgnoreCase(target, scheme)) {
+      target.remove_prefix(scheme.size());
+      const size_t slash = target.find('/');
+      target = slash == absl::string_view::npos ? "/" : target.substr(slash);
+    }
+  }
+  if (target.empty() || target[0] != '/') {
     return Error(400, "Bad Request", "not an HTTP/1.x request\n");
   }
   const absl::string_view method = request_line[0];
   const bool head_only = method == "HEAD";
   bool announces_body = false;
   for (size_t i = 1; i < lines.size(); ++i) {
+    if (lines[i].empty()) continue;  // the blank line at the end
     const size_t colon = lines[i].find(':');
-    if (colon == absl::string_view::npos) continue;  // the blank lines at the end
+    // A field line is a name, a colon and a value; no whitespace before the colon,
+    // which could hide a header from this server that a proxy reads (RFC 9112
+    // section 5.1).
+    if (colon == absl::string_view::npos || colon == 0 ||
+        absl::ascii_isspace(static_cast<unsigned char>(lines[i][colon - 1]))) {
+      return Error(400, "Bad Request", "a header line is not \"name: value\"\n");
+    }
     const std::string name = absl::AsciiStrToLower(lines[i].substr(0, colon));
     const absl::string_view value =
         absl::StripAsciiWhitespace(lines[i].substr(colon + 1));
@@ -218,7 +253,6 @@ std::string MetricsHttpServer::Respond(const std::string& head) const {
   if (announces_body) {
     return Error(413, "Payload Too Large", "a request body is not accepted\n", head_only);
   }
-  const absl::string_view target = request_line[1];
   const absl::string_view path = target.substr(0, target.find('?'));
   if (path == "/metrics") {
     return Response(200, "OK", Metrics::kContentType, metrics_->Serialize(), head_only);
@@ -286,9 +320,9 @@ void MetricsHttpServer::Loop() {
           done = true;  // the client closed (or broke) its side
         } else if (n > 0 && c.state == Connection::State::kReading) {
           c.in.append(buffer, static_cast<size_t>(n));
-          const size_t end = c.in.find("\r\n\r\n");
-          if (end != std::string::npos && end + 4 <= kMaxHeadBytes) {
-            c.in.resize(end + 4);  // bytes after the head are not read
+          const size_t end = HeadEnd(c.in);
+          if (end != std::string::npos && end <= kMaxHeadBytes) {
+            c.in.resize(end);  // bytes after the head are not read
             c.out = Respond(c.in);
           } else if (c.in.size() > kMaxHeadBytes) {
             c.out = Error(431, "Request Header Fields Too Large",

@@ -44,7 +44,9 @@ struct MetricsHttpServerOptions {
 // HEAD is answered as GET without the body. Any other path is 404; another method 405;
 // a request that announces a body (Content-Length, Transfer-Encoding, Expect) 413,
 // its body never read; a request line and headers over 8 KiB 431; anything that is
-// not an HTTP/1.x request 400. One request per connection. The server starts
+// not an HTTP/1.x request, or has a header line without a colon or with whitespace
+// before it, 400. Lines may end with CRLF or a bare LF; the target may be a path or an
+// absolute URL. One request per connection. The server starts
 // answering in Create(), before the model loads, so liveness probes pass during a
 // long load while /readyz says 503.
 //

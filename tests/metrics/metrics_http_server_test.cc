@@ -303,6 +303,35 @@ TEST(MetricsHttpServerTest, HeadLongHeadsAndNonHttpRequests) {
   }
 }
 
+// What RFC 9112 asks of a server beyond CRLF lines and origin-form targets: lines
+// ended by a bare LF (as naive probe scripts send them) and absolute-form targets are
+// served; a header with whitespace before its colon, or without a colon, is refused.
+TEST(MetricsHttpServerTest, BareLineFeedsAbsoluteTargetsAndMalformedHeaders) {
+  Metrics metrics;
+  auto server = StartOnLoopback(&metrics);
+  ASSERT_NE(server, nullptr);
+  const auto status_line = [&](const std::string& request) {
+    const std::string reply = Exchange(server->port(), request);
+    return reply.substr(0, reply.find("\r\n"));
+  };
+  EXPECT_EQ(status_line("GET /healthz HTTP/1.1\n\n"), "HTTP/1.1 200 OK");
+  EXPECT_EQ(status_line("GET /healthz HTTP/1.1\nHost: x\n\n"), "HTTP/1.1 200 OK");
+  EXPECT_EQ(status_line("GET /healthz HTTP/1.1\r\nHost: x\n\r\n"), "HTTP/1.1 200 OK");
+  EXPECT_EQ(status_line("GET http://probe:9090/healthz HTTP/1.1\r\n\r\n"),
+            "HTTP/1.1 200 OK");
+  EXPECT_EQ(status_line("GET HTTP://probe/readyz?x=1 HTTP/1.1\r\n\r\n"),
+            "HTTP/1.1 503 Service Unavailable");
+  EXPECT_EQ(status_line("GET http://probe HTTP/1.1\r\n\r\n"), "HTTP/1.1 404 Not Found");
+  for (const std::string request :
+       {"GET /healthz HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nTransfer-Encoding\t: chunked\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\n: empty name\r\n\r\n",
+        "GET ftp://x/healthz HTTP/1.1\n\n"}) {
+    EXPECT_EQ(status_line(request), "HTTP/1.1 400 Bad Request") << request;
+  }
+}
+
 #if !defined(ABSL_HAVE_ADDRESS_SANITIZER) && !defined(ABSL_HAVE_THREAD_SANITIZER)
 // (The sanitizers' runtimes need descriptors of their own: out of them, they fail.)
 
