@@ -57,7 +57,7 @@ absl::Status ValidateConnectionOptions(const ClipServerOptions& options) {
 }  // namespace
 
 absl::Status CheckCanListen(absl::string_view host, int port) {
-  if (port == 0) return absl::OkStatus();
+  // Port 0 too: its bind takes a free port, so only the host can fail it.
   const std::string address = absl::StrCat(host, ":", port);
   // gRPC writes IPv6 addresses in brackets, and cannot split a bare one from its
   // port; getaddrinfo() takes them bare.

@@ -71,10 +71,10 @@ struct ClipServerOptions {
 // closing) a socket on the addresses `host` resolves to, as gRPC would: OK when one
 // of them binds (gRPC then serves on those it can); UNAVAILABLE naming the address and
 // the reasons when none does; INVALID_ARGUMENT when `host` does not resolve or is an
-// IPv6 address without brackets (which gRPC cannot split from the port). Port 0 is
-// always OK. Lets a start-up fail before a minutes-long model load rather than after
-// it; the port can still be taken in between, which Create() then reports.
-// Thread-safe.
+// IPv6 address without brackets (which gRPC cannot split from the port). With port 0
+// only the host is checked (a bind then takes any free port). Lets a start-up fail before
+// a minutes-long model load rather than after it; the port can still be taken in between,
+// which Create() then reports. Thread-safe.
 absl::Status CheckCanListen(absl::string_view host, int port);
 
 // Hosts clipserve's gRPC services together with the standard grpc.health.v1.Health

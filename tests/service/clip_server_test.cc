@@ -139,6 +139,8 @@ TEST(ClipServerTest, CheckCanListenAsksForBracketsAroundIPv6) {
   EXPECT_EQ(bare.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(bare.message(),
             "cannot listen on ::1:50051: write an IPv6 address in brackets, as [::1]");
+  // Port 0 (any free port) does not skip the host's check.
+  EXPECT_EQ(CheckCanListen("::1", 0).code(), absl::StatusCode::kInvalidArgument);
 }
 
 // Message size limits are on without any option set: gRPC refuses a larger request
