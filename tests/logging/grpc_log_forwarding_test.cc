@@ -99,6 +99,7 @@ TEST(GrpcLogForwardingTest, APeersFailedHandshakeIsAWarning) {
   CollectingSink sink;
   google::AddLogSink(&sink);
   ForwardGrpcLogsToGlog();
+  gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);  // unset until gRPC's own init
   gpr_log("src/core/tsi/ssl_transport_security.cc", 1501, GPR_LOG_SEVERITY_ERROR,
           "Handshake failed with fatal error SSL_ERROR_SSL: %s", "wrong version number");
   gpr_log("src/core/lib/security/transport/security_handshaker.cc", 90,
@@ -123,6 +124,7 @@ TEST(ForwardedLogLimitTest, EachSourceLogsAtMostItsLinesPerSecond) {
   google::AddLogSink(&sink);
   ForwardGrpcLogsToGlog();
   ForwardProtobufLogsToGlog();
+  gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);  // unset until gRPC's own init
 
   const int over = kMaxForwardedLinesPerSecond + 5;
   google::protobuf::StringValue value;
