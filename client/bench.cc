@@ -7,6 +7,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -83,6 +84,10 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
     return absl::InvalidArgumentError("timeout must be positive");
   }
   const PreparedRequests prepared = Prepare(options);
+  // Where this run's unique texts start: random, so that a second run against the
+  // same server (its cache holding the first run's texts) does not repeat them.
+  absl::BitGen random;
+  const uint64_t unique_start = absl::Uniform<uint64_t>(random, 0, kUniqueTextSuffixes);
   CallOptions call;
   call.timeout = options.timeout;
   call.retry = false;
@@ -108,9 +113,12 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
       if (options.unique_texts) {
         // Made before the clock starts: the copy is not the server's time.
         unique = prepared.texts[which];
+        const uint64_t first =
+            unique_start + static_cast<uint64_t>(ticket) *
+                               static_cast<uint64_t>(options.items_per_request);
         for (int k = 0; k < unique.texts_size(); ++k) {
-          absl::StrAppend(unique.mutable_texts(k), " ",
-                          ticket * options.items_per_request + k);
+          absl::StrAppend(unique.mutable_texts(k),
+                          UniqueTextSuffix(first + static_cast<uint64_t>(k)));
         }
       }
       const Steady::time_point sent = Steady::now();
@@ -240,6 +248,55 @@ absl::StatusOr<absl::Duration> ParseBenchDuration(absl::string_view text) {
         absl::StrCat("duration '", text, "' must be positive and at most a year"));
   }
   return duration;
+}
+
+const std::vector<std::string>& UniqueTextWords() {
+  static const std::vector<std::string>* const words = new std::vector<std::string>{
+      "red",      "blue",   "green",    "black",   "white",   "brown",   "gray",
+      "pink",     "orange", "yellow",   "purple",  "gold",    "silver",  "dark",
+      "light",    "big",    "small",    "old",     "new",     "young",   "tall",
+      "long",     "short",  "round",    "square",  "wide",    "flat",    "tiny",
+      "huge",     "little", "warm",     "cold",    "hot",     "dog",     "cat",
+      "bird",     "fish",   "horse",    "cow",     "sheep",   "goat",    "duck",
+      "bear",     "lion",   "tiger",    "wolf",    "fox",     "deer",    "rabbit",
+      "mouse",    "frog",   "owl",      "tree",    "flower",  "grass",   "leaf",
+      "rock",     "stone",  "river",    "lake",    "sea",     "beach",   "hill",
+      "mountain", "forest", "field",    "garden",  "park",    "road",    "street",
+      "bridge",   "city",   "town",     "house",   "room",    "door",    "window",
+      "wall",     "floor",  "roof",     "table",   "chair",   "bed",     "desk",
+      "lamp",     "clock",  "book",     "pen",     "paper",   "bag",     "box",
+      "cup",      "bowl",   "plate",    "bottle",  "glass",   "knife",   "spoon",
+      "fork",     "bread",  "cake",     "apple",   "banana",  "car",     "bus",
+      "train",    "boat",   "plane",    "bike",    "truck",   "ship",    "wheel",
+      "engine",   "ball",   "game",     "toy",     "kite",    "hat",     "shirt",
+      "shoe",     "coat",   "dress",    "man",     "woman",   "boy",     "girl",
+      "child",    "baby",   "family",   "friend",  "team",    "group",   "people",
+      "crowd",    "player", "doctor",   "teacher", "farmer",  "sun",     "moon",
+      "star",     "sky",    "cloud",    "rain",    "snow",    "wind",    "storm",
+      "fire",     "night",  "day",      "morning", "evening", "summer",  "winter",
+      "spring",   "music",  "song",     "dance",   "art",     "photo",   "picture",
+      "painting", "map",    "sign",     "flag",    "letter",  "word",    "number",
+      "line",     "circle", "heart",    "food",    "water",   "milk",    "coffee",
+      "tea",      "juice",  "soup",     "rice",    "meat",    "egg",     "cheese",
+      "salad",    "pizza",  "sandwich", "fruit",   "run",     "walk",    "jump",
+      "swim",     "fly",    "sit",      "stand",   "sleep",   "eat",     "drink",
+      "read",     "write",  "play",     "sing",    "smile",   "look",    "happy",
+      "sad",      "busy",   "quiet",    "loud",    "clean",   "empty",   "full",
+      "open",     "closed", "fast",     "slow",    "soft",    "hard",    "sharp",
+      "bright",   "north",  "south",    "east",    "west",    "left",    "right",
+      "top",      "bottom", "front",    "back",    "middle",  "inside",  "outside",
+      "near",     "far",    "one",      "two",     "three",   "four",    "five",
+      "six",      "seven",  "eight",    "nine",    "ten",     "hundred", "first",
+      "second",   "third",  "last",     "next",    "time",    "year",    "week",
+      "month",    "hour",   "minute",   "job",
+  };
+  return *words;
+}
+
+std::string UniqueTextSuffix(uint64_t n) {
+  const std::vector<std::string>& words = UniqueTextWords();
+  return absl::StrCat(" ", words[n % 256], " ", words[(n >> 8) % 256], " ",
+                      words[(n >> 16) % 256]);
 }
 
 const std::vector<std::string>& DefaultCaptions() {

@@ -49,9 +49,11 @@ struct BenchOptions {
   // The inputs, used round-robin: encoded images, or texts. At least one.
   std::vector<std::string> inputs;
 
-  // Texts only: each text sent gets " <n>" appended, n counting every text of the run,
-  // so no two texts repeat and a server's text cache answers none of them (the
-  // suffix adds a token or two). False: the inputs as they are.
+  // Texts only: each text sent gets UniqueTextSuffix(start + n) appended, n counting
+  // the run's texts from a random start, so that no two texts of a run (up to
+  // kUniqueTextSuffixes of them) nor, but by rare chance, of two runs repeat, and a
+  // server's text cache answers none of them. Each text is 3 tokens longer. False: the
+  // inputs as they are.
   bool unique_texts = false;
 
   // Deadline of each request, > 0. Default 30 s.
@@ -96,6 +98,17 @@ absl::StatusOr<absl::Duration> ParseBenchDuration(absl::string_view text);
 
 // Short, varied captions of everyday scenes (the default text inputs).
 const std::vector<std::string>& DefaultCaptions();
+
+// Distinct suffixes UniqueTextSuffix() makes before they repeat: 256^3.
+inline constexpr uint64_t kUniqueTextSuffixes = uint64_t{1} << 24;
+
+// " w1 w2 w3": three of 256 common English words, each one token of CLIP's vocabulary
+// (not digits: CLIP's tokenizer makes each digit a token), chosen by the digits of `n`
+// in base 256; distinct for n below kUniqueTextSuffixes, then repeating.
+std::string UniqueTextSuffix(uint64_t n);
+
+// The 256 words UniqueTextSuffix() draws from.
+const std::vector<std::string>& UniqueTextWords();
 
 // `count` synthetic 640x480 JPEG photos with seeds 1..count (the default image
 // inputs; see synthetic_image.h).

@@ -809,9 +809,9 @@ int main(int argc, char** argv) {
                     "repeat: run the server with --text_cache_mb=0, or pass "
                     "--unique_texts, to measure its model, not its text cache");
   bench->add_flag("--unique_texts", bench_args.unique_texts,
-                  "Append \" <n>\" to each text sent (n counts the run's texts), so none "
-                  "repeats and the server's text cache answers none (a token or two "
-                  "longer)");
+                  "Append three common words to each text sent, different for every text "
+                  "of the run (from a random start), so none repeats and the server's "
+                  "text cache answers none; each text is 3 tokens longer");
   bench->add_flag("--json", bench_args.json, "Print JSON");
 
   CLI11_PARSE(app, argc, argv);

@@ -1,13 +1,19 @@
 #include "client/bench.h"
 
+#include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/synthetic_image.h"
 #include "gtest/gtest.h"
 #include "server/image/image_decoder.h"
+#include "server/tokenizer/bpe_tokenizer.h"
+#include "tests/testing/shared_data.h"
 
 namespace clipserve {
 namespace {
@@ -36,6 +42,39 @@ TEST(DefaultCaptionsTest, ManyDistinctShortCaptions) {
     EXPECT_FALSE(caption.empty());
     EXPECT_LT(caption.size(), 80u) << caption;
   }
+}
+
+// The words --unique_texts appends: 256 distinct ones, each a single token of the
+// real CLIP vocabulary, so a suffix adds exactly 3 tokens.
+TEST(UniqueTextSuffixTest, ThreeSingleTokenWordsDistinctForEveryNumberInRange) {
+  const std::vector<std::string>& words = UniqueTextWords();
+  ASSERT_EQ(words.size(), 256u);
+  EXPECT_EQ(std::set<std::string>(words.begin(), words.end()).size(), 256u);
+  absl::StatusOr<std::unique_ptr<BpeTokenizer>> clip =
+      LoadTokenizerNextTo(testing::SharedPath("clip"));
+  ASSERT_TRUE(clip.ok()) << clip.status();
+  for (const std::string& word : words) {
+    const absl::StatusOr<EncodedText> encoded = (*clip)->Encode(word);
+    ASSERT_TRUE(encoded.ok());
+    EXPECT_EQ(encoded->ids.size(), 3u) << word;  // start, the word, end
+  }
+  const absl::StatusOr<EncodedText> suffixed =
+      (*clip)->Encode("a photo of a cat" + UniqueTextSuffix(123456789));
+  ASSERT_TRUE(suffixed.ok());
+  EXPECT_EQ(suffixed->ids.size(), 2u + 5u + 3u);
+
+  // Each digit of the number in base 256 picks a word: neighbours, and numbers that
+  // differ only in their highest digit, differ.
+  std::set<std::string> suffixes;
+  for (uint64_t n : {uint64_t{0}, uint64_t{1}, uint64_t{255}, uint64_t{256},
+                     uint64_t{65535}, uint64_t{65536}, kUniqueTextSuffixes - 1}) {
+    EXPECT_TRUE(suffixes.insert(UniqueTextSuffix(n)).second) << n;
+  }
+  EXPECT_EQ(UniqueTextSuffix(7), UniqueTextSuffix(7 + kUniqueTextSuffixes));
+  EXPECT_EQ(UniqueTextSuffix(0), " " + words[0] + " " + words[0] + " " + words[0]);
+  std::set<std::string> spread;
+  for (uint64_t n = 0; n < 70000; ++n) spread.insert(UniqueTextSuffix(n * 239));
+  EXPECT_EQ(spread.size(), 70000u);
 }
 
 TEST(SyntheticImageTest, DeterministicPerSeedAndDifferentAcrossSeeds) {

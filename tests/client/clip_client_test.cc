@@ -769,8 +769,8 @@ TEST(BenchTest, RefusesConcurrencyAndDurationOutOfRange) {
   EXPECT_EQ(fake.service.embed_image_calls, 0);
 }
 
-// --unique_texts: no text is sent twice, each is its input with a number appended; a
-// plain text bench sends its inputs as they are.
+// --unique_texts: no text is sent twice, each is its input with three words appended;
+// a plain text bench sends its inputs as they are.
 TEST(BenchTest, UniqueTextsNeverRepeat) {
   for (const bool unique : {false, true}) {
     FakeServer fake;
@@ -789,8 +789,9 @@ TEST(BenchTest, UniqueTextsNeverRepeat) {
     std::vector<std::string> texts = fake.service.texts();
     ASSERT_EQ(texts.size(), 20u);
     for (const std::string& text : texts) {
-      EXPECT_THAT(text, unique ? ::testing::MatchesRegex("a (cat|dog) [0-9]+")
-                               : ::testing::MatchesRegex("a (cat|dog)"));
+      EXPECT_THAT(text, unique
+                            ? ::testing::MatchesRegex("a (cat|dog) [a-z]+ [a-z]+ [a-z]+")
+                            : ::testing::MatchesRegex("a (cat|dog)"));
     }
     std::sort(texts.begin(), texts.end());
     const size_t distinct = std::unique(texts.begin(), texts.end()) - texts.begin();
