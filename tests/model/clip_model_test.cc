@@ -841,33 +841,20 @@ TEST(CatchTorchErrorsTest, AllocationFailuresAreResourceExhausted) {
       "running");
   EXPECT_EQ(typed.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(typed.message()), HasSubstr("running: Tried to allocate"));
-  EXPECT_EQ(CatchTorchErrors(
-                [] {
-                  throw std::runtime_error(
-                      "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
-                      "`cublasCreate(handle)`\nbacktrace");
-                },
-                "running")
-                .code(),
+  // The code a LibTorch exception with `message` becomes.
+  const auto code_of = [](const char* message) {
+    return CatchTorchErrors([message] { throw std::runtime_error(message); }, "running")
+        .code();
+  };
+  EXPECT_EQ(code_of("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                    "`cublasCreate(handle)`\nbacktrace"),
             absl::StatusCode::kResourceExhausted);
   // What cublasCreate() mostly says when the GPU is nearly full.
-  EXPECT_EQ(CatchTorchErrors(
-                [] {
-                  throw std::runtime_error(
-                      "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
-                      "`cublasCreate(handle)`\nbacktrace");
-                },
-                "running")
-                .code(),
+  EXPECT_EQ(code_of("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
+                    "`cublasCreate(handle)`\nbacktrace"),
             absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(CatchTorchErrors(
-                [] {
-                  throw std::runtime_error(
-                      "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
-                      "`cublasLtMatmul(...)`");
-                },
-                "running")
-                .code(),
+  EXPECT_EQ(code_of("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
+                    "`cublasLtMatmul(...)`"),
             absl::StatusCode::kInternal);
   const absl::Status other = CatchTorchErrors(
       [] { throw std::runtime_error("CUDA error: an illegal memory access\nbacktrace"); },
