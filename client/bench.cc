@@ -54,6 +54,13 @@ PreparedRequests Prepare(const BenchOptions& options) {
   return prepared;
 }
 
+// Where a run's unique texts start: random, so that a second run against the same
+// server (its cache holding the first run's texts) does not repeat them.
+uint64_t RandomUniqueStart() {
+  absl::BitGen random;
+  return absl::Uniform<uint64_t>(random, 0, kUniqueTextSuffixes);
+}
+
 struct WorkerStats {
   std::vector<double> ok_ms, failed_ms;
   std::map<std::string, int64_t> errors;
@@ -84,10 +91,7 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
     return absl::InvalidArgumentError("timeout must be positive");
   }
   const PreparedRequests prepared = Prepare(options);
-  // Where this run's unique texts start: random, so that a second run against the
-  // same server (its cache holding the first run's texts) does not repeat them.
-  absl::BitGen random;
-  const uint64_t unique_start = absl::Uniform<uint64_t>(random, 0, kUniqueTextSuffixes);
+  const uint64_t unique_start = options.unique_texts ? RandomUniqueStart() : 0;
   CallOptions call;
   call.timeout = options.timeout;
   call.retry = false;
