@@ -61,32 +61,50 @@ std::string AssignRequestId(grpc::CallbackServerContext* context) {
   return id;
 }
 
-// The client's deadline as an absl::Time; gRPC reports "none" as time_point::max().
-absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
-  const std::chrono::system_clock::time_point deadline = context.deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) {
-    return absl::InfiniteFuture();
+// A call's deadline, and how close to it a cancel counts as the deadline's.
+//
+// gRPC cancels a call when its deadline passes, but the first cancel is often the
+// client's: its deadline timer started before the server's, which counts from the
+// request's arrival, so the client's cancel can arrive a transit time before the
+// server's deadline. The engine may also find the cancellation flag set before it
+// looks at the deadline. A call that ends CANCELLED that close to its deadline is
+// recorded as its client saw it end: DEADLINE_EXCEEDED. The slack is a tenth of the
+// time the call had when it arrived, at least 1 ms (the clocks' conversions) and at
+// most 100 ms, so a client that cancels itself early is still counted CANCELLED.
+class CallDeadline {
+ public:
+  explicit CallDeadline(const grpc::CallbackServerContext& context)
+      : at_(DeadlineOf(context)),
+        slack_(std::clamp((at_ - absl::Now()) / 10, absl::Milliseconds(1),
+                          absl::Milliseconds(100))) {}
+
+  absl::Time at() const { return at_; }
+
+  // `status`, or DEADLINE_EXCEEDED where it is CANCELLED within the slack of the
+  // deadline or past it.
+  absl::Status Label(absl::Status status) const {
+    if (status.code() != absl::StatusCode::kCancelled || absl::Now() + slack_ < at_) {
+      return status;
+    }
+    return absl::DeadlineExceededError(
+        absl::StrCat("deadline exceeded (", status.message(), ")"));
   }
-  return absl::FromChrono(deadline);
-}
+
+ private:
+  // The client's deadline as an absl::Time; gRPC reports "none" as time_point::max().
+  static absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+    const std::chrono::system_clock::time_point deadline = context.deadline();
+    if (deadline == std::chrono::system_clock::time_point::max()) {
+      return absl::InfiniteFuture();
+    }
+    return absl::FromChrono(deadline);
+  }
+
+  const absl::Time at_;
+  const absl::Duration slack_;
+};
 
 bool OptionalTrue(bool has, bool value) { return !has || value; }
-
-// gRPC cancels a call when its deadline passes, so the engine may find the call's
-// cancellation flag set before it looks at the deadline (or, on its own clock, a hair
-// before it). A call that ends CANCELLED at its deadline is recorded as its client
-// sees it: DEADLINE_EXCEEDED. The slack covers the clocks' conversions; a client that
-// cancels itself that close to its deadline loses nothing by it.
-constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(1);
-
-absl::Status CancelledByDeadline(absl::Status status, absl::Time deadline) {
-  if (status.code() != absl::StatusCode::kCancelled ||
-      absl::Now() + kDeadlineSlack < deadline) {
-    return status;
-  }
-  return absl::DeadlineExceededError(
-      absl::StrCat("deadline exceeded (", status.message(), ")"));
-}
 
 // An engine answer that is not what was asked for is the engine's bug, not the
 // client's: INTERNAL.
@@ -213,7 +231,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   };
 
   UnaryCall(grpc::CallbackServerContext& context, const Env& env, absl::string_view rpc)
-      : deadline_(DeadlineOf(context)),
+      : deadline_(context),
         engine_(env.engine),
         max_response_bytes_(env.max_response_bytes),
         recorder_(env.recorder),
@@ -224,7 +242,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     EmbedOptions options;
     options.normalize = normalize;
     options.truncate = truncate;
-    options.deadline = deadline_;
+    options.deadline = deadline_.at();
     options.cancellation = cancellation_;
     return options;
   }
@@ -255,7 +273,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     if (grpc_cancelled_.load(std::memory_order_acquire)) {
       status = absl::CancelledError("call cancelled");
     }
-    status = CancelledByDeadline(std::move(status), deadline_);
+    status = deadline_.Label(std::move(status));
     recorder_->End(record_, status);
     const grpc::Status grpc_status = ToGrpcStatus(status);
     // gRPC runs OnDone() only after Finish(), but it orders the two inside its core
@@ -295,7 +313,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   int64_t max_response_bytes() const { return max_response_bytes_; }
 
  private:
-  const absl::Time deadline_;
+  const CallDeadline deadline_;
   Engine* const engine_;
   const int64_t max_response_bytes_;
   const RpcRecorder* const recorder_;
@@ -659,7 +677,7 @@ class EmbedStreamCall final
         budget_client_(BudgetClientOf(*request_memory, context)),
         limits_(options.limits),
         max_in_flight_(options.max_stream_items_in_flight),
-        deadline_(DeadlineOf(context)),
+        deadline_(context),
         recorder_(recorder),
         record_(recorder->Start("EmbedStream", context.peer(), RpcRecorder::Kind::kStream,
                                 AssignRequestId(&context))) {
@@ -737,7 +755,7 @@ class EmbedStreamCall final
       absl::MutexLock lock(&mu_);
       status = cancelled_ ? absl::CancelledError("stream cancelled") : finish_status_;
     }
-    recorder_->End(record_, CancelledByDeadline(std::move(status), deadline_));
+    recorder_->End(record_, deadline_.Label(std::move(status)));
     delete this;
   }
 
@@ -877,7 +895,7 @@ class EmbedStreamCall final
     EmbedOptions options;
     options.normalize = OptionalTrue(item.has_normalize(), item.normalize());
     options.truncate = OptionalTrue(item.has_truncate(), item.truncate());
-    options.deadline = deadline_;
+    options.deadline = deadline_.at();
     options.cancellation = cancellation_;
     switch (item.input_case()) {
       case v1::EmbedStreamRequest::kImage: {
@@ -940,7 +958,7 @@ class EmbedStreamCall final
   const std::string budget_client_;  // BudgetClientOf() this call
   const RequestLimits limits_;
   const int max_in_flight_;
-  const absl::Time deadline_;
+  const CallDeadline deadline_;
   const RpcRecorder* const recorder_;
   // Ended in OnDone().
   RpcRecorder::Call record_;

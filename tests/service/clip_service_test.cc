@@ -983,7 +983,9 @@ TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
   v1::EmbedTextRequest request;
   request.add_texts("slow");
   v1::EmbedTextResponse response;
-  const absl::Time client_deadline = absl::Now() + absl::Milliseconds(300);
+  // Long enough that the client's own cancel at its deadline, which may reach the
+  // server before the server's deadline timer fires, falls within the 100 ms slack.
+  const absl::Time client_deadline = absl::Now() + absl::Seconds(1);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(client_deadline));
   EXPECT_EQ(stub_->EmbedText(&context, request, &response).error_code(),
@@ -1007,7 +1009,7 @@ TEST_F(ClipServiceTest, AStreamPastItsDeadlineIsCountedAsDeadlineExceeded) {
   RestartRecordingMetrics();
   engine_->set_hold(true);
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(300)));
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   auto stream = stub_->EmbedStream(&context);
   ASSERT_TRUE(stream->Write(TextItem("a", "slow")));
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
@@ -1053,6 +1055,7 @@ TEST_F(ClipServiceTest, ACallCancelledWhileItsBatchRanIsCountedCancelled) {
   grpc::ClientContext context;
   grpc::Status status;
   absl::Notification done;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
   stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
     status = std::move(s);
     done.Notify();
@@ -1065,6 +1068,36 @@ TEST_F(ClipServiceTest, ACallCancelledWhileItsBatchRanIsCountedCancelled) {
   engine_->set_hold(false);                                      // the engine answers OK
   EXPECT_TRUE(AwaitCountedCalls("EmbedText", "CANCELLED", 1));
   EXPECT_EQ(CountedCalls("EmbedText", "OK").value_or(0), 0);
+  // A deadline far off does not make an early cancel the deadline's.
+  EXPECT_EQ(CountedCalls("EmbedText", "DEADLINE_EXCEEDED"), std::nullopt);
+}
+
+// The client's deadline timer starts before the server's, which counts from the
+// request's arrival, so the client's cancel at its deadline can reach the server
+// first. A cancel that close to the deadline is counted as the client saw it end.
+TEST_F(ClipServiceTest, ACancelJustBeforeTheDeadlineIsCountedAsTheDeadlines) {
+  RestartRecordingMetrics();
+  engine_->set_hold(true);
+  engine_->set_answer_dead_requests(true);
+  v1::EmbedTextRequest request;
+  request.add_texts("a cat");
+  v1::EmbedTextResponse response;
+  const absl::Time deadline = absl::Now() + absl::Seconds(1);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(deadline));
+  absl::Notification done;
+  stub_->async()->EmbedText(&context, &request, &response,
+                            [&](const grpc::Status&) { done.Notify(); });
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  // Real time: the server's deadline timer is gRPC's. Cancelled late, the call meets
+  // its deadline first and is counted the same.
+  absl::SleepFor(deadline - absl::Milliseconds(30) - absl::Now());
+  context.TryCancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(WaitUntilCancelled(engine_->calls()[0].options));  // the server heard it
+  engine_->set_hold(false);
+  EXPECT_TRUE(AwaitCountedCalls("EmbedText", "DEADLINE_EXCEEDED", 1));
+  EXPECT_EQ(CountedCalls("EmbedText", "CANCELLED"), std::nullopt);
 }
 
 // ---------------------------------------------------------------------------
