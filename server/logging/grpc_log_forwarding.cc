@@ -7,12 +7,10 @@
 #include <cstring>
 #include <string>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
 #include "glog/logging.h"
 #include "google/protobuf/stubs/logging.h"
 #include "server/common/clock.h"
+#include "server/common/line_rate_limiter.h"
 
 namespace clipserve {
 namespace {
@@ -24,44 +22,16 @@ Clock& ForwardedLogClock() {
   return clock != nullptr ? *clock : *RealClock::Get();
 }
 
-// At most kMaxForwardedLinesPerSecond lines in a second of the clock; the first line
-// after a full second learns how many were left out since the last one logged.
-class LineLimiter {
- public:
-  // Whether a line may be logged now; when it may, `*suppressed` is the number left
-  // out before it.
-  bool Admit(int64_t* suppressed) {
-    const absl::Time now = ForwardedLogClock().Now();
-    absl::MutexLock lock(&mu_);
-    // A clock set back (a test's) starts a window too.
-    if (now < window_start_ || now - window_start_ >= absl::Seconds(1)) {
-      window_start_ = now;
-      window_lines_ = 0;
-    }
-    if (window_lines_ >= kMaxForwardedLinesPerSecond) {
-      ++suppressed_;
-      return false;
-    }
-    ++window_lines_;
-    *suppressed = suppressed_;
-    suppressed_ = 0;
-    return true;
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  int window_lines_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
-LineLimiter& GrpcLines() {
-  static LineLimiter* const limiter = new LineLimiter();
+// Each source may write at most kMaxForwardedLinesPerSecond lines a second.
+LineRateLimiter& GrpcLines() {
+  static LineRateLimiter* const limiter =
+      new LineRateLimiter(kMaxForwardedLinesPerSecond);
   return *limiter;
 }
 
-LineLimiter& ProtobufLines() {
-  static LineLimiter* const limiter = new LineLimiter();
+LineRateLimiter& ProtobufLines() {
+  static LineRateLimiter* const limiter =
+      new LineRateLimiter(kMaxForwardedLinesPerSecond);
   return *limiter;
 }
 
@@ -87,7 +57,7 @@ void LogThroughGlog(gpr_log_func_args* args) {
     severity = google::GLOG_WARNING;
   }
   int64_t suppressed = 0;
-  if (!GrpcLines().Admit(&suppressed)) return;
+  if (!GrpcLines().Admit(ForwardedLogClock().Now(), &suppressed)) return;
   // glog keeps only the file's base name, as for its own lines.
   Log(args->file != nullptr ? args->file : "grpc", args->line, severity,
       args->message != nullptr ? args->message : "", suppressed);
@@ -110,7 +80,8 @@ void LogProtobufThroughGlog(google::protobuf::LogLevel level, const char* filena
   }
   int64_t suppressed = 0;
   // FATAL is never left out: Protobuf aborts after it.
-  if (level != google::protobuf::LOGLEVEL_FATAL && !ProtobufLines().Admit(&suppressed)) {
+  if (level != google::protobuf::LOGLEVEL_FATAL &&
+      !ProtobufLines().Admit(ForwardedLogClock().Now(), &suppressed)) {
     return;
   }
   Log(filename != nullptr ? filename : "protobuf", line, severity, message.c_str(),

@@ -26,7 +26,8 @@ bool IsServerFault(absl::StatusCode code) {
 
 RpcRecorder::RpcRecorder(const RpcRecorderOptions& options)
     : options_(options),
-      clock_(options.clock != nullptr ? options.clock : RealClock::Get()) {}
+      clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
+      warning_lines_(options.max_warning_lines_per_second) {}
 
 RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer, Kind kind,
                                      std::string request_id) const {
@@ -57,7 +58,7 @@ void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) c
 
   const bool error = !status.ok() && IsServerFault(status.code());
   int64_t suppressed = 0;
-  if (!error && !AdmitWarning(clock_->Now(), &suppressed)) return;
+  if (!error && !warning_lines_.Admit(clock_->Now(), &suppressed)) return;
 
   LogFields fields;
   fields.Add("rpc", call.rpc_);
@@ -80,23 +81,6 @@ void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) c
   } else {
     CLIPSERVE_LOG_FIELDS(WARNING, "request failed", fields);
   }
-}
-
-bool RpcRecorder::AdmitWarning(absl::Time now, int64_t* suppressed) const {
-  if (options_.max_warning_lines_per_second <= 0) return true;
-  absl::MutexLock lock(&rate_mu_);
-  if (now - window_start_ >= absl::Seconds(1)) {
-    window_start_ = now;
-    window_lines_ = 0;
-  }
-  if (window_lines_ >= options_.max_warning_lines_per_second) {
-    ++suppressed_;
-    return false;
-  }
-  ++window_lines_;
-  *suppressed = suppressed_;
-  suppressed_ = 0;
-  return true;
 }
 
 }  // namespace clipserve

@@ -4,12 +4,11 @@
 #include <cstdint>
 #include <string>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/common/clock.h"
+#include "server/common/line_rate_limiter.h"
 
 namespace clipserve {
 
@@ -90,16 +89,10 @@ class RpcRecorder {
            Logging logging = Logging::kDefault) const;
 
  private:
-  // Whether a WARNING line may be logged at `now`; when it may, `*suppressed` is the
-  // number of lines left out since the last one logged.
-  bool AdmitWarning(absl::Time now, int64_t* suppressed) const;
-
   const RpcRecorderOptions options_;
   Clock* const clock_;
-  mutable absl::Mutex rate_mu_;
-  mutable absl::Time window_start_ ABSL_GUARDED_BY(rate_mu_) = absl::InfinitePast();
-  mutable int window_lines_ ABSL_GUARDED_BY(rate_mu_) = 0;
-  mutable int64_t suppressed_ ABSL_GUARDED_BY(rate_mu_) = 0;
+  // Bounds the WARNING lines (options_.max_warning_lines_per_second).
+  mutable LineRateLimiter warning_lines_;
 };
 
 }  // namespace clipserve
