@@ -236,7 +236,9 @@ class UnaryCall : public grpc::ServerUnaryReactor {
         max_response_bytes_(env.max_response_bytes),
         recorder_(env.recorder),
         record_(env.recorder->Start(rpc, context.peer(), RpcRecorder::Kind::kUnary,
-                                    AssignRequestId(&context))) {}
+                                    AssignRequestId(&context))) {
+    constructed_.store(true, std::memory_order_release);
+  }
 
   EmbedOptions MakeEmbedOptions(bool normalize, bool truncate) const {
     EmbedOptions options;
@@ -292,6 +294,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
   // gRPC holds the call until this returns, even when the engine finishes it inside.
   void OnCancel() override {
+    (void)constructed_.load(std::memory_order_acquire);  // see constructed_
     grpc_cancelled_.store(true, std::memory_order_release);
     cancellation_->Cancel();
     // Its queued items (and any other cancelled call's) free their memory and budget
@@ -323,6 +326,10 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   std::atomic<bool> finished_{false};
   // Set by OnCancel() (the cancellation flag is also set by CancelEngineWork()).
   std::atomic<bool> grpc_cancelled_{false};
+  // Set at the end of the constructor, read first by OnCancel(), which gRPC may run on
+  // another thread: gRPC's own ordering is inside its core library, where
+  // ThreadSanitizer cannot see it.
+  std::atomic<bool> constructed_{false};
   const google::protobuf::Message* checked_response_ = nullptr;
   grpc::ByteBuffer* raw_out_ = nullptr;
   RequestMemoryBudget::Reservation reservation_;
@@ -681,10 +688,12 @@ class EmbedStreamCall final
         recorder_(recorder),
         record_(recorder->Start("EmbedStream", context.peer(), RpcRecorder::Kind::kStream,
                                 AssignRequestId(&context))) {
+    constructed_.store(true, std::memory_order_release);
     StartRead(&read_);  // reading_ starts true
   }
 
   void OnReadDone(bool ok) override {
+    SeeConstruction();
     if (!ok) {  // half-close, or the call is over
       Actions actions;
       {
@@ -716,6 +725,7 @@ class EmbedStreamCall final
   }
 
   void OnWriteDone(bool ok) override {
+    SeeConstruction();
     if (!ok) cancellation_->Cancel();
     Actions actions;
     {
@@ -729,6 +739,7 @@ class EmbedStreamCall final
   }
 
   void OnCancel() override {
+    SeeConstruction();
     cancellation_->Cancel();
     // Copied: nothing touches `this` after Run() may have finished the call.
     Engine* const engine = engine_;
@@ -799,6 +810,9 @@ class EmbedStreamCall final
     }
     return actions;
   }
+
+  // See constructed_.
+  void SeeConstruction() const { (void)constructed_.load(std::memory_order_acquire); }
 
   void Run(const Actions& actions) {
     if (actions.write) StartWrite(&write_);
@@ -984,6 +998,10 @@ class EmbedStreamCall final
   // Set just before Finish(), read by OnDone(): orders the call's writes before its
   // deletion where ThreadSanitizer can see it.
   std::atomic<bool> finish_started_{false};
+  // Set at the end of the constructor, read first by each of gRPC's callbacks: gRPC
+  // hands the call to its threads inside its core library, where ThreadSanitizer cannot
+  // see that the constructor's writes come first.
+  std::atomic<bool> constructed_{false};
   // Items read whose answer is not written yet.
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   // Engine requests whose callback has not run yet.
