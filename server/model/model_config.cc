@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "server/common/status_macros.h"
+#include "server/model/json_excerpt.h"
 
 namespace clipserve {
 namespace {
@@ -237,8 +238,8 @@ absl::Status CheckKeys(const json& section, absl::string_view file,
       continue;
     }
     return absl::InvalidArgumentError(
-        absl::StrCat(file, " sets ", name, " = ", value.dump(),
-                     "; clipserve implements only ", rule->value.dump()));
+        absl::StrCat(file, " sets ", name, " = ", JsonExcerpt(value),
+                     "; clipserve implements only ", JsonExcerpt(rule->value)));
   }
   return absl::OkStatus();
 }
@@ -397,7 +398,7 @@ absl::StatusOr<int> HfSide(const json& config, const char* key,
   if (value.is_number_integer()) return IntField(config, key, kFile);
   const auto wrong = [&] {
     return absl::InvalidArgumentError(
-        absl::StrCat(kFile, " sets ", key, " = ", value.dump(),
+        absl::StrCat(kFile, " sets ", key, " = ", JsonExcerpt(value),
                      "; clipserve implements an integer or {", absl::StrJoin(keys, ", "),
                      "} with one side (CLIP's short-side resize and square crop)"));
   };
@@ -611,7 +612,7 @@ absl::StatusOr<ClipConfig> ParseOpenClipConfig(absl::string_view text) {
     const json square = json::array({v.image_size, v.image_size});
     if (size != json(v.image_size) && size != square) {
       return absl::InvalidArgumentError(
-          absl::StrCat("preprocess_cfg.size ", size.dump(),
+          absl::StrCat("preprocess_cfg.size ", JsonExcerpt(size),
                        " differs from vision_cfg.image_size ", v.image_size));
     }
   }

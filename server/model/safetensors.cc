@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "server/model/json_excerpt.h"
 
 namespace clipserve {
 namespace {
@@ -78,8 +79,8 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
     if (!value["dtype"].is_string() ||
         !ParseDtype(value["dtype"].get<std::string>(), &entry.dtype, &element_size)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("unsupported safetensors dtype ", value["dtype"].dump(), " for ",
-                       where, " (supported: F32, F16, BF16, I64)"));
+          absl::StrCat("unsupported safetensors dtype ", JsonExcerpt(value["dtype"]),
+                       " for ", where, " (supported: F32, F16, BF16, I64)"));
     }
     const nlohmann::json& shape = value["shape"];
     if (!shape.is_array() || shape.size() > 8)

@@ -1,5 +1,7 @@
 #include "server/model/model_config.h"
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -164,6 +166,8 @@ TEST(ParseOpenClipConfigTest, AcceptsDefaultsSpelledOutAndTrainingOnlyKeys) {
 // Options that change pooling, masking, normalization, tokenization or preprocessing
 // without changing a weight would load and silently give other embeddings.
 TEST(ParseOpenClipConfigTest, RejectsOptionsThatChangeTheComputation) {
+  const std::string kDeepPoolType = absl::StrCat(
+      R"(, "pool_type": )", std::string(1'000'000, '['), std::string(1'000'000, ']'));
   struct Case {
     const char* section;
     const char* extra;
@@ -194,6 +198,8 @@ TEST(ParseOpenClipConfigTest, RejectsOptionsThatChangeTheComputation) {
       {"vision", R"(, "shiny_new_option": 1)", "vision_cfg.shiny_new_option is unknown"},
       {"model", R"(, "quick_gelu": "yes")", "quick_gelu must be a boolean"},
       {"text", R"(, "encoder_type": 3)", "encoder_type must be a string"},
+      // Printed cut short: in full, a million levels would overflow the stack.
+      {"text", kDeepPoolType.c_str(), "text_cfg.pool_type = [[[[...]]]]"},
   };
   for (const Case& k : cases) {
     SCOPED_TRACE(k.extra);

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -78,6 +79,19 @@ TEST(SafetensorsHeaderTest, RejectsEveryMalformation) {
     EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
     EXPECT_THAT(entries.status().message(), HasSubstr(c.message));
   }
+}
+
+// The error names the bad dtype without printing all of it: a million levels of
+// nesting would overflow the stack of a printer that recurses.
+TEST(SafetensorsHeaderTest, ADeeplyNestedDtypeIsRefusedNotACrash) {
+  constexpr int kDepth = 1'000'000;
+  auto entries = Parse(File(absl::StrCat(R"({"x": {"dtype": )", std::string(kDepth, '['),
+                                         std::string(kDepth, ']'),
+                                         R"(, "shape": [], "data_offsets": [0, 0]}})"),
+                            0));
+  EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(entries.status().message(),
+              HasSubstr("unsupported safetensors dtype [[[[...]]]] for tensor 'x'"));
 }
 
 // A file's header errors name the file: a server names it once, at load.

@@ -258,6 +258,33 @@ class ClipServiceTest : public ::testing::Test {
     return testing::PollUntil([&] { return CountedCalls(rpc, code) == n; });
   }
 
+  // Sends an EmbedText with `deadline` whose answer the engine holds, cancels it from
+  // the client at `cancel_at`, waits until the server has heard the cancel, then lets
+  // the engine answer it as a batch that was already running (OK). Returns what the
+  // client saw.
+  grpc::Status CancelAHeldEmbedText(absl::Time deadline, absl::Time cancel_at) {
+    engine_->set_hold(true);
+    engine_->set_answer_dead_requests(true);
+    v1::EmbedTextRequest request;
+    request.add_texts("a cat");
+    v1::EmbedTextResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(deadline));
+    grpc::Status status;
+    absl::Notification done;
+    stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
+      status = std::move(s);
+      done.Notify();
+    });
+    EXPECT_TRUE(engine_->AwaitHeld(1));
+    absl::SleepFor(cancel_at - absl::Now());
+    context.TryCancel();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_TRUE(WaitUntilCancelled(engine_->calls().at(0).options));  // OnCancel() ran
+    engine_->set_hold(false);
+    return status;
+  }
+
   // Restarts under `options`, whose limit admits a 1500-byte EmbedStream item and a
   // small one beside it but not 600 bytes more: that item alone fails at once,
   // naming `flag`, and is admitted once the engine has answered the others.
@@ -1047,25 +1074,9 @@ TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
 // the client sees CANCELLED, and so do the metrics.
 TEST_F(ClipServiceTest, ACallCancelledWhileItsBatchRanIsCountedCancelled) {
   RestartRecordingMetrics();
-  engine_->set_hold(true);
-  engine_->set_answer_dead_requests(true);
-  v1::EmbedTextRequest request;
-  request.add_texts("a cat");
-  v1::EmbedTextResponse response;
-  grpc::ClientContext context;
-  grpc::Status status;
-  absl::Notification done;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
-  stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
-  ASSERT_TRUE(engine_->AwaitHeld(1));
-  context.TryCancel();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
-  ASSERT_TRUE(WaitUntilCancelled(engine_->calls()[0].options));  // OnCancel() ran
-  engine_->set_hold(false);                                      // the engine answers OK
+  const absl::Time now = absl::Now();
+  EXPECT_EQ(CancelAHeldEmbedText(now + absl::Seconds(60), now).error_code(),
+            grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(AwaitCountedCalls("EmbedText", "CANCELLED", 1));
   EXPECT_EQ(CountedCalls("EmbedText", "OK").value_or(0), 0);
   // A deadline far off does not make an early cancel the deadline's.
@@ -1077,25 +1088,10 @@ TEST_F(ClipServiceTest, ACallCancelledWhileItsBatchRanIsCountedCancelled) {
 // first. A cancel that close to the deadline is counted as the client saw it end.
 TEST_F(ClipServiceTest, ACancelJustBeforeTheDeadlineIsCountedAsTheDeadlines) {
   RestartRecordingMetrics();
-  engine_->set_hold(true);
-  engine_->set_answer_dead_requests(true);
-  v1::EmbedTextRequest request;
-  request.add_texts("a cat");
-  v1::EmbedTextResponse response;
-  const absl::Time deadline = absl::Now() + absl::Seconds(1);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(deadline));
-  absl::Notification done;
-  stub_->async()->EmbedText(&context, &request, &response,
-                            [&](const grpc::Status&) { done.Notify(); });
-  ASSERT_TRUE(engine_->AwaitHeld(1));
   // Real time: the server's deadline timer is gRPC's. Cancelled late, the call meets
   // its deadline first and is counted the same.
-  absl::SleepFor(deadline - absl::Milliseconds(30) - absl::Now());
-  context.TryCancel();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  ASSERT_TRUE(WaitUntilCancelled(engine_->calls()[0].options));  // the server heard it
-  engine_->set_hold(false);
+  const absl::Time deadline = absl::Now() + absl::Seconds(1);
+  CancelAHeldEmbedText(deadline, deadline - absl::Milliseconds(30));
   EXPECT_TRUE(AwaitCountedCalls("EmbedText", "DEADLINE_EXCEEDED", 1));
   EXPECT_EQ(CountedCalls("EmbedText", "CANCELLED"), std::nullopt);
 }
