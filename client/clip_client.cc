@@ -115,6 +115,14 @@ absl::StatusOr<std::unique_ptr<ClipClient>> ClipClient::Create(
   args.SetServiceConfigJSON(absl::StrCat(R"({"loadBalancingConfig":[{")",
                                          options.load_balancing_policy, R"(":{}}]})"));
   args.SetUserAgentPrefix("clipserve-client/0.1");
+  // After a failed connection attempt gRPC refuses calls at once, without trying, until
+  // its reconnect backoff (1 s by default, up to 120 s) has passed: retries sent sooner
+  // could not reach a server that came back meanwhile. Its backoff follows the retry
+  // policy's instead. (gRPC's "min reconnect backoff" is really the connect timeout,
+  // 20 s, and stays.)
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              GrpcMillis(options.retry.initial_backoff));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, GrpcMillis(options.retry.max_backoff));
   if (options.keepalive_time != absl::InfiniteDuration()) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, GrpcMillis(options.keepalive_time));
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, GrpcMillis(options.keepalive_timeout));

@@ -205,7 +205,7 @@ struct FakeServer {
   // `max_receive_message_bytes` < 0: gRPC's default limit.
   // `welcome_any_ping`: accept client keepalive pings at any rate, idle or not.
   explicit FakeServer(std::string name = "fake", int max_receive_message_bytes = -1,
-                      bool welcome_any_ping = false) {
+                      bool welcome_any_ping = false, int listen_port = 0) {
     service.name = std::move(name);
     grpc::ServerBuilder builder;
     if (max_receive_message_bytes >= 0) {
@@ -217,7 +217,8 @@ struct FakeServer {
                                  0);
       builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
     }
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.AddListeningPort(absl::StrCat("127.0.0.1:", listen_port),
+                             grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(&service);
     server = builder.BuildAndStart();
   }
@@ -467,6 +468,30 @@ TEST(ClipClientTest, NoServerIsUnavailableAfterBoundedRetries) {
   EXPECT_EQ(info.status().code(), absl::StatusCode::kUnavailable) << info.status();
   EXPECT_EQ(sleeps.size(), 3u) << "4 attempts by default";
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+// A server that starts listening while a call is being retried is reached by the
+// retries: gRPC's own reconnect backoff (1 s by default) would otherwise fail them
+// at once, without trying to connect.
+TEST(ClipClientTest, RetriesReachAServerThatStartsListeningMeanwhile) {
+  int port;
+  {
+    FakeServer gone;  // a port that was just free, and is closed again
+    port = gone.port;
+  }
+  std::vector<absl::Duration> sleeps;
+  auto client = Connect(absl::StrCat("127.0.0.1:", port), &sleeps);
+  absl::StatusOr<v1::ModelInfo> info;
+  std::thread call([&] { info = client->GetModelInfo(); });
+  // Real time: the reconnect backoff is gRPC's. The retries come 80, 240 and 560 ms
+  // after the first attempt (the least jitter); gRPC tries to connect about 100 and
+  // 260 ms after it (+-20%), and by default first after 1 s.
+  absl::SleepFor(absl::Milliseconds(150));
+  FakeServer late("late", -1, false, port);
+  call.join();
+  ASSERT_EQ(late.port, port);
+  ASSERT_TRUE(info.ok()) << info.status() << " after " << sleeps.size() << " retries";
+  EXPECT_EQ(info->name(), "late");
 }
 
 TEST(ClipClientTest, RoundRobinSpreadsCallsOverEveryEndpoint) {
