@@ -17,12 +17,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Whether `path` can be opened for writing, without changing it.
-bool CanWriteInPlace(const std::string& path) {
+// 0 when `path` can be opened for writing (checked without changing it), else errno.
+int WriteError(const std::string& path) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) return errno;
   ::close(fd);
-  return true;
+  return 0;
 }
 
 }  // namespace
@@ -42,13 +42,21 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
     in_place.pending_ = false;
     return in_place;
   }
+  // A file that may not be written (read-only) is refused now, as a shell's `>` would
+  // refuse it, not replaced, nor failed after the work: its replacement would get its
+  // permission bits before being written.
+  if (exists) {
+    if (const int error = WriteError(path); error != 0) {
+      return OpenError(path, "cannot write", error);
+    }
+  }
   std::string temporary = absl::StrCat(path, ".partial-", getpid());
   const int fd =
       ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) {
     const int open_error = errno;
     // A file that may be written in a folder that may not: written in place.
-    if (exists && CanWriteInPlace(path)) {
+    if (exists) {
       OutputFile in_place(path, path);
       in_place.pending_ = false;
       return in_place;

@@ -129,6 +129,22 @@ TEST_F(OutputFileTest, AWritableFileInAFolderThatIsNotIsWrittenInPlace) {
   EXPECT_EQ(beside.status().code(), absl::StatusCode::kPermissionDenied);
 }
 
+// Refused at once, not after the work: the replacement, which keeps the file's
+// permission bits, could not have been written.
+TEST_F(OutputFileTest, AReadOnlyFileIsRefusedAtOpen) {
+  const std::string path = (root_ / "x.npy").string();
+  Write(path, "old");
+  fs::permissions(path, fs::perms::owner_read | fs::perms::group_read);
+  if (std::ofstream(path, std::ios::app).good()) {
+    GTEST_SKIP() << "this user writes files whatever their mode (root)";
+  }
+  absl::StatusOr<OutputFile> file = OutputFile::Open(path);
+  EXPECT_EQ(file.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(file.status().message().find(path), std::string::npos) << file.status();
+  EXPECT_EQ(Read(path), "old");
+  EXPECT_EQ(Entries(), 1) << "no temporary left";
+}
+
 TEST_F(OutputFileTest, APipeOrDeviceIsWrittenInPlace) {
   absl::StatusOr<OutputFile> file = OutputFile::Open("/dev/null");
   ASSERT_TRUE(file.ok()) << file.status();
