@@ -451,7 +451,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
             absl::StrCat("no answer from the server for ", absl::FormatDuration(stall)));
         unanswered_retryable = false;
       } else if (job.stop) {
-        unanswered = absl::CancelledError("not processed: stopped at the first error");
+        unanswered = NotProcessedError();
         unanswered_retryable = false;
       } else if (unanswered.ok()) {
         unanswered = absl::InternalError("the stream ended without answering this item");

@@ -166,8 +166,8 @@ struct EmbedStreamOptions {
   std::optional<absl::Duration> stall_timeout;
 
   // Stop at the first item that fails for good (after retries): the stream is
-  // cancelled and the items not answered yet fail with CANCELLED. Default false: every
-  // item is tried.
+  // cancelled and the items not answered yet fail with CANCELLED, marked as such
+  // (IsNotProcessed). Default false: every item is tried.
   bool stop_on_error = false;
 
   // Retry, per ClientOptions::retry, items that failed with UNAVAILABLE or

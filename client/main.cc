@@ -365,10 +365,9 @@ int EmbedImage(ClipClient& client, const std::string& target,
       continue;
     }
     ++failed;
-    // Items never tried because an earlier one failed need no line of their own.
-    if (result.status().code() == absl::StatusCode::kCancelled && !args.skip_errors) {
-      continue;
-    }
+    // Items never tried because an earlier one failed need no line of their own (a
+    // CANCELLED from the server, which dropped the item, is said).
+    if (IsNotProcessed(result.status())) continue;
     if (!IsTheItemsOwnError(result.status(), read_here[i] != 0)) {
       if (job_error.ok()) job_error = result.status();
       ++job_failed;

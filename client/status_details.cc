@@ -106,6 +106,17 @@ std::optional<std::string> RequestIdOf(const absl::Status& status) {
   return std::string(*payload);
 }
 
+absl::Status NotProcessedError() {
+  absl::Status status = absl::CancelledError("not processed: stopped at the first error");
+  status.SetPayload(kNotProcessedUrl, absl::Cord());
+  return status;
+}
+
+bool IsNotProcessed(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kCancelled &&
+         status.GetPayload(kNotProcessedUrl).has_value();
+}
+
 bool IsTheItemsOwnError(const absl::Status& status, bool local) {
   if (status.ok()) return false;
   return local || status.code() == absl::StatusCode::kInvalidArgument;

@@ -74,6 +74,18 @@ void SetRequestId(absl::string_view request_id, absl::Status* status);
 // The request id ClipClient put on a failed call's status, or nullopt.
 std::optional<std::string> RequestIdOf(const absl::Status& status);
 
+// The payload URL under which ClipClient::EmbedStream marks the CANCELLED error of an
+// item it did not send or gave up on because an earlier item failed
+// (EmbedStreamOptions::stop_on_error): a CANCELLED from the server is not marked.
+inline constexpr absl::string_view kNotProcessedUrl = "clipserve/not-processed";
+
+// An item's error for having been left out after an earlier item failed: CANCELLED,
+// marked under kNotProcessedUrl.
+absl::Status NotProcessedError();
+
+// Whether `status` is NotProcessedError()'s (whatever payloads were added since).
+bool IsNotProcessed(const absl::Status& status);
+
 // Adds a RetryInfo payload (for tests and fakes that play the server).
 void SetRetryInfo(absl::Duration delay, absl::Status* status);
 

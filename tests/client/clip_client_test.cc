@@ -678,7 +678,7 @@ TEST(EmbedStreamTest, StopOnErrorCancelsTheRest) {
   auto results = client->EmbedStream(Texts(texts), options);
   ASSERT_TRUE(results.ok());
   EXPECT_EQ((*results)[1].status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(results->back().status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(IsNotProcessed(results->back().status())) << results->back().status();
   EXPECT_LT(std::count_if(results->begin(), results->end(),
                           [](const auto& r) { return r.ok(); }),
             10);

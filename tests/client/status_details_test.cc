@@ -99,6 +99,16 @@ TEST(RequestIdTest, SetOnErrorsOnlyAndReadBack) {
   EXPECT_FALSE(RequestIdOf(ok).has_value());
 }
 
+TEST(NotProcessedTest, OnlyTheClientsOwnMarkCounts) {
+  absl::Status status = NotProcessedError();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  SetRequestId("job-7", &status);
+  EXPECT_TRUE(IsNotProcessed(status));
+  // A CANCELLED from the server (it dropped the item, or is shutting down) is not.
+  EXPECT_FALSE(IsNotProcessed(absl::CancelledError(NotProcessedError().message())));
+  EXPECT_FALSE(IsNotProcessed(absl::OkStatus()));
+}
+
 TEST(BadRequestItemIndexTest, FindsTheItemOfTheNamedList) {
   absl::Status status = absl::InvalidArgumentError("bad");
   google::rpc::BadRequest bad_request;

@@ -439,8 +439,9 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
     """clip_client against a fake ClipService that fails in chosen ways.
 
     Its EmbedStream answers the first image and fails the others with INTERNAL (as a
-    model failing its batches would); its EmbedText refuses more than one text a
-    request (as a server with --max_items_per_request=1 does).
+    model failing its batches would), or a BMP with CANCELLED (as a server that
+    dropped the item); its EmbedText refuses more than one text a request (as a server
+    with --max_items_per_request=1 does).
     """
 
     @classmethod
@@ -454,6 +455,9 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
                     response = pb.EmbedStreamResponse(id=request.id)
                     if request.id == "0":
                         response.embedding.values.extend([0.6, 0.8])
+                    elif request.image.encoded.startswith(b"BM"):
+                        response.error.code = 1  # CANCELLED
+                        response.error.message = "dropped"
                     else:
                         response.error.code = 13  # INTERNAL
                         response.error.message = "model failed on a batch of 1"
@@ -512,6 +516,21 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
         with open(npy, "rb") as f:
             self.assertEqual(f.read(), b"an earlier run")
         self.assertEqual(sorted(os.listdir(self.tmp)), ["a.png", "b.png", "c.png", "x.npy"])
+
+    def test_a_cancelled_item_from_the_server_is_said(self):
+        files = [os.path.join(self.tmp, "first.png"), os.path.join(self.tmp, "second.bmp")]
+        shutil.copy(os.path.join(ARGS.images, "chelsea.png"), files[0])
+        shutil.copy(os.path.join(ARGS.images, "chelsea.bmp"), files[1])
+        try:
+            result = subprocess.run(
+                [ARGS.client, "--target", self.target, "embed-image", "--max_in_flight",
+                 "1", *files], capture_output=True, text=True, timeout=60)
+        finally:
+            for f in files:
+                os.remove(f)
+        self.assertNotEqual(result.returncode, 0, result.stderr)
+        # Only the client's own "not processed" items go unsaid.
+        self.assertRegex(result.stderr, r"(?m)^error: CANCELLED: dropped")
 
 
 if __name__ == "__main__":
