@@ -558,6 +558,16 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
   options.requests = args.requests;
   options.items_per_request = args.items_per_request;
   options.unique_texts = args.unique_texts;
+  // Inputs for the other modality would be dropped, and the run's numbers read as
+  // though they were measured on them.
+  if (options.modality == BenchModality::kImage && !args.texts_file.empty()) {
+    return Fail(absl::InvalidArgumentError("--texts_file is for --modality text"));
+  }
+  if (options.modality == BenchModality::kText &&
+      (!args.images.empty() || args.recursive)) {
+    return Fail(
+        absl::InvalidArgumentError("--images and --recursive are for --modality image"));
+  }
   options.timeout = timeout;
   options.duration = absl::Seconds(10);
   if (!args.duration.empty()) {

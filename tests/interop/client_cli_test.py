@@ -356,6 +356,19 @@ class ClientCliTest(unittest.TestCase):
         self.assertEqual(got["requests"], 4)
         self.assertEqual(got["errors"], {})
 
+    def test_bench_refuses_inputs_of_the_other_modality(self):
+        texts_file = self.out("captions.txt")
+        with open(texts_file, "w") as f:
+            f.write("a red car\n")
+        for args, flag in ((("--modality", "text", "--images", self.good), "--images"),
+                           (("--modality", "text", "--recursive"), "--recursive"),
+                           (("--modality", "image", "--texts_file", texts_file),
+                            "--texts_file")):
+            result = self.client("bench", *args, "--requests", "1", check=False)
+            self.assertNotEqual(result.returncode, 0, args)
+            self.assertIn("INVALID_ARGUMENT", result.stderr)
+            self.assertIn(flag, result.stderr)
+
     def test_bench_takes_the_images_of_subfolders_with_recursive(self):
         folder = self.out("nested")
         os.makedirs(os.path.join(folder, "sub"))
