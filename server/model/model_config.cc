@@ -483,6 +483,14 @@ double MinimumParameterCount(const ClipConfig& c) {
     const double e = 32.0 * v.width;  // the attention pool's width
     const double grid = v.image_size / 32;
     n += (grid * grid + 1) * e + 3 * e * e + e * embed;  // positions, q/k/v, c_proj
+    const double stem = v.width / 2;
+    n += 9 * stem * stem + 9 * stem * v.width;  // the stem's second and third convs
+    for (int s = 0; s < 4; ++s) {
+      // Each Bottleneck's 3x3 conv (planes x planes x 9) and its 1x1 expansion
+      // (planes x 4 planes); the stage's blocks may be many, each stage's twice as wide.
+      const double planes = std::ldexp(static_cast<double>(v.width), s);
+      n += v.stage_layers[s] * 13 * planes * planes;
+    }
   }
   const double w = t.width;
   n += static_cast<double>(t.vocab_size) * w +

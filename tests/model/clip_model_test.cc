@@ -551,6 +551,15 @@ TEST(MinimumParameterCountTest, IsALowerBoundForEveryArchitecture) {
   for (const char* name : {"ViT-B-32", "RN50"})
     configs.emplace_back(name, *PresetConfig(name));
   for (const char* name : kCases) configs.emplace_back(name, LoadCase(name).config);
+  // A ResNet whose weight is in its many narrow blocks, beside a small text tower: the
+  // attention pool alone would be a fraction of it.
+  ClipConfig deep_resnet = *PresetConfig("RN50");
+  deep_resnet.vision.width = 8;
+  deep_resnet.vision.stage_layers = {1, 1, 1, 200};
+  deep_resnet.text.width = 64;
+  deep_resnet.text.heads = 4;
+  deep_resnet.text.layers = 1;
+  configs.emplace_back("RN with 200 blocks in stage 4", deep_resnet);
   for (const auto& [name, config] : configs) {
     auto model = ClipModel::CreateForLoading(config);
     ASSERT_TRUE(model.ok()) << name << ": " << model.status();
