@@ -595,11 +595,17 @@ absl::Status Run() {
   std::thread([&] { loading = LoadModel(absl::GetFlag(FLAGS_model), load); }).join();
   CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, std::move(loading));
   if (loaded.activation_assumed) {
+    const ClipConfig& config = loaded.model->config();
     LOG(WARNING)
-        << "the checkpoint's shapes cannot tell QuickGELU from GELU: running "
-           "QuickGELU, as OpenAI's models do; for a model of open_clip's own "
-           "architectures (GELU) pass --model_config with \"quick_gelu\": false, "
-           "or load its open_clip folder";
+        << "the checkpoint's shapes cannot tell QuickGELU from GELU, nor the attention "
+           "heads: running QuickGELU, as OpenAI's models do, with "
+        << config.vision.heads << " image"
+        << (config.text.arch == TextArch::kTransformer
+                ? absl::StrCat(" and ", config.text.heads, " text")
+                : "")
+        << " heads, as released models of these widths have; for a model of "
+           "open_clip's own architectures (GELU) pass --model_config with "
+           "\"quick_gelu\": false, or load its open_clip folder";
   }
   if (load.precision == Precision::kInt8 &&
       loaded.model->config().vision.arch == VisionArch::kModifiedResNet) {

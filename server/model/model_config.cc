@@ -1,5 +1,6 @@
 #include "server/model/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <set>
@@ -759,6 +760,15 @@ absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   return c;
 }
 
+int VisionTransformerHeads(int width) {
+  // open_clip's ViT-H-14 (1280), ViT-g-14 (1408), ViT-bigG-14 (1664) and ViT-e-14
+  // (1792): 16 heads of 80, 88, 104 and 112.
+  for (int wide : {1280, 1408, 1664, 1792}) {
+    if (width == wide) return 16;
+  }
+  return std::max(1, width / 64);
+}
+
 absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
   ClipConfig c;
   c.name = "checkpoint";
@@ -778,7 +788,7 @@ absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
     const int64_t image_size = int64_t{grid} * v.patch_size;
     CLIPSERVE_RETURN_IF_ERROR(Positive(image_size, "vision.image_size (grid x patch)"));
     v.image_size = static_cast<int>(image_size);
-    v.heads = std::max(1, v.width / 64);
+    v.heads = VisionTransformerHeads(v.width);
     CLIPSERVE_ASSIGN_OR_RETURN(
         auto fc, Shape(shapes, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2));
     v.mlp_ratio = double(fc[0]) / v.width;

@@ -99,11 +99,17 @@ absl::Status ApplyHfPreprocessorConfig(absl::string_view json, ClipConfig* confi
 // Tensor name -> shape, as found in a checkpoint.
 using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 
+// The attention heads of a released CLIP ViT image tower of `width`, which its
+// shapes cannot tell: 64 wide (OpenAI's, and open_clip's up to ViT-L), except
+// open_clip's ViT-H, -g, -bigG and -e (widths 1280, 1408, 1664, 1792), which have 16.
+int VisionTransformerHeads(int width);
+
 // Infers the architecture from OpenAI/open_clip state-dict shapes the way OpenAI's
 // build_model does: ViT when `visual.proj` exists, else ModifiedResNet; widths,
-// layers, patch size, resolution and context from the shapes; heads = width / 64
-// (the convention of every released checkpoint: shapes cannot tell heads apart). A
-// state dict without `ln_final.weight` and `positional_embedding` has the CBOW text
+// layers, patch size, resolution and context from the shapes. Shapes cannot tell
+// heads apart: a ViT image tower's are VisionTransformerHeads(width), the text
+// tower's and a ResNet's attention pool's 64 wide, as in every released checkpoint.
+// A state dict without `ln_final.weight` and `positional_embedding` has the CBOW text
 // encoder. INVALID_ARGUMENT naming the missing key or inconsistent shape.
 absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes);
 

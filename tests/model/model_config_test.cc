@@ -342,6 +342,39 @@ TEST(InferConfigTest, ViTB32FromShapesMatchesPreset) {
   EXPECT_EQ(inferred->text.context_length, 77);
 }
 
+// Shapes cannot tell heads apart; open_clip's widest towers do not have 64-wide
+// heads, and 64-wide ones would load and give other embeddings.
+TEST(InferConfigTest, WideOpenClipImageTowersHave16Heads) {
+  const struct {
+    int width, mlp, text_width, heads, text_heads;
+  } cases[] = {
+      {1280, 5120, 1024, 16, 16},  // ViT-H-14
+      {1408, 6144, 1024, 16, 16},  // ViT-g-14
+      {1664, 8192, 1280, 16, 20},  // ViT-bigG-14
+      {1024, 4096, 768, 16, 12},   // ViT-L-14
+      {384, 1536, 384, 6, 6},      // ViT-S-32
+  };
+  for (const auto& k : cases) {
+    SCOPED_TRACE(k.width);
+    ShapeMap s;
+    s["visual.proj"] = {k.width, 1024};
+    s["visual.conv1.weight"] = {k.width, 3, 14, 14};
+    s["visual.positional_embedding"] = {257, k.width};
+    s["visual.transformer.resblocks.0.attn.in_proj_weight"] = {3 * k.width, k.width};
+    s["visual.transformer.resblocks.0.mlp.c_fc.weight"] = {k.mlp, k.width};
+    s["transformer.resblocks.0.attn.in_proj_weight"] = {3 * k.text_width, k.text_width};
+    s["transformer.resblocks.0.mlp.c_fc.weight"] = {4 * k.text_width, k.text_width};
+    s["text_projection"] = {k.text_width, 1024};
+    s["token_embedding.weight"] = {49408, k.text_width};
+    s["positional_embedding"] = {77, k.text_width};
+    s["ln_final.weight"] = {k.text_width};
+    auto c = InferConfigFromStateDict(s);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->vision.heads, k.heads);
+    EXPECT_EQ(c->text.heads, k.text_heads);
+  }
+}
+
 TEST(InferConfigTest, ResNetStagesFromKeys) {
   ShapeMap s;
   s["visual.attnpool.positional_embedding"] = {50, 2048};
