@@ -238,6 +238,15 @@ absl::Status TakeFolderConfig(const fs::path& dir, FolderKind kind,
   return absl::OkStatus();
 }
 
+// A file torch.save wrote before PyTorch 1.6: a bare pickle, which clipserve does not
+// read (only the zip format, or safetensors).
+absl::Status LegacyPickleError(const std::string& path) {
+  return absl::UnimplementedError(absl::StrCat(
+      path,
+      " uses torch.save's legacy (pre-1.6) format; re-save it with a current "
+      "PyTorch (torch.save writes zip files by default)"));
+}
+
 absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
                                            const ReadCheckpointOptions& options) {
   CLIPSERVE_ASSIGN_OR_RETURN(FileKind kind, SniffFile(path));
@@ -258,10 +267,7 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
       break;
     }
     case FileKind::kLegacyPickle:
-      return absl::UnimplementedError(absl::StrCat(
-          path,
-          " uses torch.save's legacy (pre-1.6) format; re-save it with a current "
-          "PyTorch (torch.save writes zip files by default)"));
+      return LegacyPickleError(path);
     case FileKind::kUnknown:
       return absl::InvalidArgumentError(absl::StrCat(
           path,
@@ -322,6 +328,7 @@ absl::StatusOr<TensorMap> ReadAnyWeights(const std::string& path) {
     bool is_torchscript = false;
     return ReadTorchZip(path, &is_torchscript);
   }
+  if (kind == FileKind::kLegacyPickle) return LegacyPickleError(path);
   return absl::InvalidArgumentError(
       absl::StrCat(path, " is not safetensors or a torch.save zip"));
 }

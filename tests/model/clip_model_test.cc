@@ -25,6 +25,7 @@
 #include "server/model/contrastive_loss.h"
 #include "server/model/model_config.h"
 #include "server/model/model_loader.h"
+#include "tests/testing/fresh_test_dir.h"
 
 namespace clipserve {
 namespace {
@@ -661,6 +662,24 @@ TEST(CheckpointTest, HuggingFaceDirectoryReadsItsPreprocessorConfig) {
   write(absl::StrCat(R"({"crop_size": )", size + 1, "}"));
   EXPECT_THAT(ReadCheckpoint(dir.string()).status().message(),
               HasSubstr("preprocessor_config.json sets crop_size"));
+  fs::remove_all(dir);
+}
+
+// Named alone or found in its folder, a pre-1.6 torch.save file gets the same advice.
+TEST(CheckpointTest, ALegacyPickleSaysHowToReSaveIt) {
+  namespace fs = std::filesystem;
+  const fs::path dir = testing::FreshTestDir("legacy_pickle");
+  fs::copy_file(kFixtures + "/vit_gelu/open_clip/open_clip_config.json",
+                dir / "open_clip_config.json");
+  const fs::path weights = dir / "open_clip_pytorch_model.bin";
+  std::ofstream(weights, std::ios::binary)
+      << std::string("\x80\x02\x8a\x0a", 4) << std::string(100, 'x');
+  for (const fs::path& path : {dir, weights}) {
+    SCOPED_TRACE(path.string());
+    const absl::Status status = ReadCheckpoint(path.string()).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
+    EXPECT_THAT(status.message(), HasSubstr("legacy (pre-1.6) format; re-save it"));
+  }
   fs::remove_all(dir);
 }
 
