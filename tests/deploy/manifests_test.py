@@ -209,6 +209,10 @@ class ManifestsTest(unittest.TestCase):
 
     def test_ports_and_scrape_annotations(self):
         for r in self.renders:
+            flags = self.effective_flags(r)
+            # The ports the server really listens on (a flag set in a ConfigMap too).
+            self.assertEqual(int(flags["port"]), GRPC_PORT, r.name)
+            self.assertEqual(int(flags["metrics_port"]), METRICS_PORT, r.name)
             ports = {p["name"]: p["containerPort"] for p in r.container["ports"]}
             self.assertEqual(ports.get("grpc"), GRPC_PORT, r.name)
             self.assertEqual(ports.get("metrics"), METRICS_PORT, r.name)
@@ -226,7 +230,8 @@ class ManifestsTest(unittest.TestCase):
             threads = int(self.effective_flags(r)["intra_op_threads"])
             # 0 means one thread per node core, which oversubscribes a CPU limit.
             self.assertGreaterEqual(threads, 1, f"{r.name}: set --intra_op_threads")
-            self.assertLessEqual(threads, cpu_quantity(resources["limits"]["cpu"]), r.name)
+            # Equal: fewer leave limited cores idle, more oversubscribe them.
+            self.assertEqual(threads, cpu_quantity(resources["limits"]["cpu"]), r.name)
 
     def test_gpu_overlay_and_only_it_asks_for_a_gpu(self):
         for r in self.renders:
@@ -372,6 +377,9 @@ class ManifestsTest(unittest.TestCase):
         self.assertEqual(len(health), 1, "one HEALTHCHECK")
         self.assertRegex(health[0], r"CMD .*clip_client.*health")
         self.assertEqual(d.entrypoint()[:1], ["clip_server"])
+        # The health check asks the port the server listens on.
+        self.assertIn(f"--port={GRPC_PORT}", d.entrypoint())
+        self.assertRegex(health[0], rf"--target=localhost:{GRPC_PORT}\b")
         self.assertRegex(d.all_text, r"RUN [^\n]*scripts/install-deps\.sh")
         self.assertRegex(d.all_text, r"RUN [^\n]*ctest [^\n]*-L unit")
         self.assertRegex(d.all_text, r"ARG VARIANT")
