@@ -180,7 +180,7 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "health checks and reflection need none. Read once at start-up.");
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
           "Address the HTTP endpoint (/metrics, /healthz, /readyz) listens on. 0.0.0.0 "
-          "is IPv4 only; :: is IPv6 and IPv4 (where the host has IPv6).");
+          "is IPv4 only; :: (or [::]) is IPv6 and IPv4 (where the host has IPv6).");
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; 0 picks a free "
           "one and logs it; -1 turns the endpoint off.");

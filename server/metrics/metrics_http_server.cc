@@ -66,8 +66,12 @@ std::string Error(int status, absl::string_view reason, absl::string_view body,
   return Response(status, reason, "text/plain", body, head_only, extra_headers);
 }
 
-// Binds and listens on `host`:`port`; the socket, or -1 (errno set).
-int Listen(const std::string& host, int port) {
+// Binds and listens on `host`:`port`; the socket, or -1 (errno set). An IPv6 address
+// may come bracketed, as --host spells it ("[::]").
+int Listen(std::string host, int port) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

@@ -18,7 +18,7 @@ class Metrics;
 
 struct MetricsHttpServerOptions {
   // Address to bind: "0.0.0.0" (every IPv4 interface, what Prometheus in another pod
-  // needs), "127.0.0.1" (loopback only) or "::".
+  // needs), "127.0.0.1" (loopback only) or "::" (also spelled "[::]", as --host is).
   std::string host = "0.0.0.0";
   // TCP port; 0 lets the kernel pick a free one (read it back with port()). Default
   // 9090, Prometheus' own convention for a metrics port.

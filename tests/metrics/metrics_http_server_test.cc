@@ -411,6 +411,26 @@ TEST(MetricsHttpServerTest, APortInUseIsUnavailable) {
   EXPECT_EQ(Get(first->port(), "/healthz").first, 200);
 }
 
+// --host takes an IPv6 address bracketed; --metrics_host takes it either way.
+TEST(MetricsHttpServerTest, AnIpv6AddressMayComeBracketed) {
+  Metrics metrics;
+  MetricsHttpServerOptions options;
+  options.port = 0;
+  options.host = "::1";
+  if (!MetricsHttpServer::Create(options, &metrics).ok()) {
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  options.host = "[::1]";
+  auto server = MetricsHttpServer::Create(options, &metrics);
+  ASSERT_TRUE(server.ok()) << server.status();
+  httplib::Client client("::1", (*server)->port());
+  client.set_connection_timeout(5);
+  client.set_read_timeout(5);
+  httplib::Result result = client.Get("/healthz");
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status, 200);
+}
+
 TEST(MetricsHttpServerTest, BadOptionsAreInvalidArgument) {
   Metrics metrics;
   MetricsHttpServerOptions options;
