@@ -364,6 +364,8 @@ absl::Status EmbeddingEngine::Start() {
   pre.mean = config.image_mean;
   pre.stddev = config.image_std;
   CLIPSERVE_ASSIGN_OR_RETURN(preprocessor_, image::Preprocessor::Create(pre));
+  decode_ = options_.decode;
+  decode_.resize_short_side = config.vision.image_size;
   if (options_.resize_on_device) {
     CLIPSERVE_ASSIGN_OR_RETURN(
         device_preprocessor_,
@@ -534,8 +536,7 @@ absl::Status EmbeddingEngine::PrepareImage(ImageInput& input, ImageItem& item) {
                                       input.rgb8.size()),
                   input.width, input.height, options_.decode.max_pixels));
   } else {
-    CLIPSERVE_ASSIGN_OR_RETURN(decoded,
-                               image::DecodeImage(input.encoded, options_.decode));
+    CLIPSERVE_ASSIGN_OR_RETURN(decoded, image::DecodeImage(input.encoded, decode_));
     view = decoded;
   }
   // The device resizes as Pillow resizes RGB; images Pillow resizes in another mode

@@ -230,6 +230,9 @@ class EmbeddingEngine : public Engine {
   LoadedModel model_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
   std::unique_ptr<image::Preprocessor> preprocessor_;
+  // options_.decode, refusing from the header an image too elongated for the model's
+  // input size (set by Start()).
+  image::DecodeOptions decode_;
   // Set with resize_on_device.
   std::unique_ptr<DeviceImagePreprocessor> device_preprocessor_;
   // Bytes of decoded images held for the device resize (items own their share and

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <utility>
 
@@ -9,6 +10,7 @@
 #include "server/common/status_payloads.h"
 #include "server/image/decoders.h"
 #include "server/image/exif_orientation.h"
+#include "server/image/preprocessor.h"
 
 namespace clipserve::image {
 namespace {
@@ -120,6 +122,18 @@ absl::Status CheckDeclaredSize(absl::string_view format, int64_t width, int64_t 
         format,
         absl::StrCat("declared size ", width, "x", height, " (", width * height,
                      " pixels) exceeds the limit of ", options.max_pixels, " pixels"));
+  }
+  if (options.resize_short_side > 0) {
+    constexpr int64_t kMaxSide = std::numeric_limits<int>::max();
+    if (width > kMaxSide || height > kMaxSide) {
+      return FormatError(format, absl::StrCat("declared size ", width, "x", height,
+                                              " has a side over ", kMaxSide));
+    }
+    const absl::Status resizable =
+        PlanResizeAndCrop(static_cast<int>(width), static_cast<int>(height),
+                          options.resize_short_side)
+            .status();
+    if (!resizable.ok()) return FormatError(format, resizable.message());
   }
   return absl::OkStatus();
 }

@@ -39,6 +39,11 @@ struct DecodeOptions {
   // sideways comes out upright. Default false: the OpenAI/torchvision reference
   // pipeline (Image.open(f).convert("RGB")) ignores EXIF, and embeddings must match it.
   bool honor_exif_orientation = false;
+
+  // When > 0, the side the image's short side will be resized to (the model's input
+  // size): an image PlanResizeAndCrop() would refuse as too elongated for it is
+  // refused from its header, before its pixels are decoded for nothing. 0: no check.
+  int resize_short_side = 0;
 };
 
 // Decodes an encoded image to RGB8, the way Pillow 9.4's Image.open(f).convert("RGB")
@@ -57,8 +62,9 @@ struct DecodeOptions {
 //
 // Errors, all with the reason in the message:
 // - INVALID_ARGUMENT: empty input; input longer than options.max_encoded_bytes; no known
-//   signature; a declared size with a zero side or more than options.max_pixels
-//   (checked from the header, before pixel memory is allocated); truncated or corrupt
+//   signature; a declared size with a zero side or more than options.max_pixels, or
+//   too elongated to resize to options.resize_short_side (checked from the header,
+//   before pixel memory is allocated); truncated or corrupt
 //   data, including a JPEG that ends early (libjpeg's "premature end of data" warning
 //   is an error here, as Pillow raises on such files); unsupported variants.
 // - RESOURCE_EXHAUSTED: a codec, or an allocation of the decoder's own, ran out of

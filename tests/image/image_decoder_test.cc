@@ -161,6 +161,20 @@ TEST(DecodeImageTest, PngClaimingMoreDataThanTheFileCanHoldIsRefusedUpFront) {
   EXPECT_EQ(decoded->width, 2000);
 }
 
+// An image too elongated to resize to the model's input is refused from its header,
+// before its pixels (here 10 million rows, 40 MB of row buffers) are decoded.
+TEST(DecodeImageTest, AnImageTooElongatedToResizeIsRefusedBeforeDecoding) {
+  const std::string elongated = BlackPng(1, 10'000'000, 10'000'000);
+  DecodeOptions options;
+  options.resize_short_side = 224;  // 224 x 2.24 billion: past any int side
+  const absl::StatusOr<RgbImage> image = DecodeImage(elongated, options);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(),
+              HasSubstr("PNG: a 1x10000000 image is too elongated to resize to 224"));
+  const absl::StatusOr<RgbImage> square = DecodeImage(BlackPng(16, 16, 16), options);
+  EXPECT_TRUE(square.ok()) << square.status();
+}
+
 #if !defined(ABSL_HAVE_ADDRESS_SANITIZER) && !defined(ABSL_HAVE_THREAD_SANITIZER)
 // The sanitizers' allocators abort on a refused allocation (and need more address
 // space than the limit below leaves).
