@@ -65,8 +65,13 @@ absl::StatusOr<RgbImage> DecodeFirstAnimationFrame(absl::string_view encoded, in
   options.use_threads = 0;
   const WebPData data = {reinterpret_cast<const uint8_t*>(encoded.data()),
                          encoded.size()};
+  // WebPAnimDecoderNew fails alike for a file its demuxer refuses and for a canvas
+  // (8 bytes a pixel) it cannot allocate: the demuxer alone tells them apart.
+  WebPDemuxer* demuxer = WebPDemux(&data);
+  if (demuxer == nullptr) return FormatError(kFormat, "corrupt animation");
+  WebPDemuxDelete(demuxer);
   WebPAnimDecoder* decoder = WebPAnimDecoderNew(&data, &options);
-  if (decoder == nullptr) return FormatError(kFormat, "corrupt animation");
+  if (decoder == nullptr) return OutOfMemoryError(kFormat, "out of memory");
   struct Cleanup {
     WebPAnimDecoder* decoder;
     ~Cleanup() { WebPAnimDecoderDelete(decoder); }

@@ -187,16 +187,16 @@ int64_t MappedBytes() {
   return pages * sysconf(_SC_PAGESIZE);
 }
 
-// Decodes `png` with its address space capped 64 MiB above what the process holds,
+// Decodes `encoded` with its address space capped 64 MiB above what the process holds,
 // and exits 0 when that fails with RESOURCE_EXHAUSTED, out of memory (else 1).
-[[noreturn]] void DecodeUnderAnAddressSpaceCap(const std::string& png,
+[[noreturn]] void DecodeUnderAnAddressSpaceCap(const std::string& encoded,
                                                const DecodeOptions& options) {
   const rlim_t cap = static_cast<rlim_t>(MappedBytes() + (int64_t{64} << 20));
   rlimit limit;
   limit.rlim_cur = cap;
   limit.rlim_max = cap;
   if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(2);
-  const absl::Status status = DecodeImage(png, options).status();
+  const absl::Status status = DecodeImage(encoded, options).status();
   std::fprintf(stderr, "%s\n", status.ToString().c_str());
   const bool refused = status.code() == absl::StatusCode::kResourceExhausted &&
                        absl::StrContains(status.message(), "out of memory");
@@ -534,8 +534,9 @@ std::string FlatLosslessWebp(int width, int height) {
 }
 
 // An animated WebP with a `width` x `height` canvas and one 1x1 frame at its corner
-// (RIFF, VP8X with the animation flag, ANIM, one ANMF holding a lossless frame).
-std::string AnimatedWebp(int width, int height) {
+// (RIFF, VP8X with the animation flag, ANIM, one ANMF holding a lossless frame), and
+// an unknown chunk of `padding` bytes after it.
+std::string AnimatedWebp(int width, int height, uint32_t padding = 0) {
   const auto le = [](uint32_t v, int bytes) {
     std::string out;
     for (int i = 0; i < bytes; ++i) out += static_cast<char>((v >> (8 * i)) & 0xFF);
@@ -548,7 +549,8 @@ std::string AnimatedWebp(int width, int height) {
   const std::string anmf_payload = le(0, 3) + le(0, 3) + le(0, 3) + le(0, 3) +
                                    le(100, 3) + std::string(1, '\0') + frame;
   const std::string anmf = "ANMF" + le(anmf_payload.size(), 4) + anmf_payload;
-  const std::string body = "WEBP" + vp8x + anim + anmf;
+  std::string body = "WEBP" + vp8x + anim + anmf;
+  if (padding > 0) body += "XPAD" + le(padding, 4) + std::string(padding, '\0');
   return "RIFF" + le(body.size(), 4) + body;
 }
 
@@ -557,7 +559,7 @@ std::string AnimatedWebp(int width, int height) {
 // lossless coding has no least cost per pixel, and real screenshots come close.
 TEST(DecodeImageTest, WebpAnimationCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
   ASSERT_LT(AnimatedWebp(6000, 6000).size(), 100u);
-  ExpectCanvasBound(AnimatedWebp,
+  ExpectCanvasBound([](int width, int height) { return AnimatedWebp(width, height); },
                     "WebP: declared size 6000x6000 needs a file of at least 8790 bytes");
   // A flat still image far past the ratio decodes.
   const std::string flat = FlatLosslessWebp(2048, 2048);
@@ -566,6 +568,22 @@ TEST(DecodeImageTest, WebpAnimationCanvasBeyondWhatItsBytesCouldDescribeIsRefuse
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(decoded->pixels[1], 200);
 }
+
+#if !defined(ABSL_HAVE_ADDRESS_SANITIZER) && !defined(ABSL_HAVE_THREAD_SANITIZER)
+// libwebp's animation decoder fails alike for a corrupt file and for canvases (8 bytes a
+// pixel) it cannot allocate: the latter is RESOURCE_EXHAUSTED, not a corrupt file.
+TEST(DecodeImageDeathTest, AnAnimatedWebpCanvasTheAllocatorRefusesIsResourceExhausted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string webp = AnimatedWebp(8000, 8000, 16'000);  // 512 MB of canvases
+  DecodeOptions options;
+  options.max_pixels = 100'000'000;
+  EXPECT_EXIT(DecodeUnderAnAddressSpaceCap(webp, options), ::testing::ExitedWithCode(0),
+              "WebP: out of memory");
+  // Without the allocator's refusal, the same file decodes: it is not corrupt.
+  const absl::StatusOr<RgbImage> small = DecodeImage(AnimatedWebp(2000, 2000, 16'000));
+  EXPECT_TRUE(small.ok()) << small.status();
+}
+#endif
 
 // A flat RGB image as a JPEG, configured by `configure` after libjpeg's defaults.
 std::string FlatJpeg(int width, int height,
