@@ -130,10 +130,15 @@ int FailCall(const absl::Status& status, const std::string& target) {
 
 bool IsNpyPath(const std::string& path) { return absl::EndsWithIgnoreCase(path, ".npy"); }
 
-bool IsStdout(const std::string& output) { return output.empty() || output == "-"; }
+// "" or "-", or a name of stdout's own descriptor: opening /dev/stdout would truncate
+// a file the shell opened for appending (>>).
+bool IsStdout(const std::string& output) {
+  return output.empty() || output == "-" || output == "/dev/stdout" ||
+         output == "/dev/fd/1" || output == "/proc/self/fd/1";
+}
 
 // The file an embedding command writes, opened before the work so that a path that
-// cannot be written fails at once; nullopt for stdout ("" or "-").
+// cannot be written fails at once; nullopt for stdout (IsStdout()).
 absl::StatusOr<std::optional<OutputFile>> OpenOutput(const std::string& output) {
   if (IsStdout(output)) return std::optional<OutputFile>();
   absl::StatusOr<OutputFile> file = OutputFile::Open(output);

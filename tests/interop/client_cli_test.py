@@ -356,6 +356,19 @@ class ClientCliTest(unittest.TestCase):
         self.assertEqual(got["requests"], 4)
         self.assertEqual(got["errors"], {})
 
+    def test_output_to_dev_stdout_appends_where_the_shell_appends(self):
+        path = self.out("all.jsonl")
+        for text in ("a red car", "a blue boat"):
+            with open(path, "ab") as appended:  # the shell's >>
+                result = subprocess.run(
+                    [ARGS.client, "--target", self.server.target, "embed-text", "-o",
+                     "/dev/stdout", text], stdout=appended, stderr=subprocess.PIPE,
+                    timeout=120)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        with open(path) as f:
+            rows = [json.loads(line) for line in f]
+        self.assertEqual([r["input"] for r in rows], ["a red car", "a blue boat"])
+
     def test_bench_refuses_inputs_of_the_other_modality(self):
         texts_file = self.out("captions.txt")
         with open(texts_file, "w") as f:
