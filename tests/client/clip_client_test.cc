@@ -226,6 +226,12 @@ struct FakeServer {
   std::string target() const { return absl::StrCat("127.0.0.1:", port); }
 };
 
+// A port that was just free, and is closed again: nothing listens there.
+int JustFreedPort() {
+  FakeServer gone;
+  return gone.port;
+}
+
 std::unique_ptr<ClipClient> Connect(const std::string& target,
                                     std::vector<absl::Duration>* sleeps = nullptr) {
   ClientOptions options;
@@ -456,11 +462,7 @@ TEST(ClipClientTest, UnimplementedMethodsAreUnimplemented) {
 }
 
 TEST(ClipClientTest, NoServerIsUnavailableAfterBoundedRetries) {
-  int port;
-  {
-    FakeServer gone;  // a port that was just free, and is closed again
-    port = gone.port;
-  }
+  const int port = JustFreedPort();
   std::vector<absl::Duration> sleeps;
   auto client = Connect(absl::StrCat("127.0.0.1:", port), &sleeps);
   const absl::Time start = absl::Now();
@@ -474,11 +476,7 @@ TEST(ClipClientTest, NoServerIsUnavailableAfterBoundedRetries) {
 // retries: gRPC's own reconnect backoff (1 s by default) would otherwise fail them
 // at once, without trying to connect.
 TEST(ClipClientTest, RetriesReachAServerThatStartsListeningMeanwhile) {
-  int port;
-  {
-    FakeServer gone;  // a port that was just free, and is closed again
-    port = gone.port;
-  }
+  const int port = JustFreedPort();
   std::vector<absl::Duration> sleeps;
   auto client = Connect(absl::StrCat("127.0.0.1:", port), &sleeps);
   absl::StatusOr<v1::ModelInfo> info;
