@@ -247,33 +247,48 @@ absl::Status LegacyPickleError(const std::string& path) {
       "PyTorch (torch.save writes zip files by default)"));
 }
 
-absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
-                                           const ReadCheckpointOptions& options) {
+// The weights in the file `path`, whatever its kind, with the format they came in:
+// kOpenAiTorchScript, kStateDict (a torch.save zip) or kSafetensors.
+struct WeightsFile {
+  TensorMap weights;
+  CheckpointFormat format;
+};
+
+absl::StatusOr<WeightsFile> ReadAnyWeights(const std::string& path) {
   CLIPSERVE_ASSIGN_OR_RETURN(FileKind kind, SniffFile(path));
-  Checkpoint checkpoint;
-  checkpoint.weights_path = path;
-  checkpoint.directory = fs::path(path).parent_path().string();
+  WeightsFile file;
   switch (kind) {
     case FileKind::kZip: {
       bool is_torchscript = false;
-      CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadTorchZip(path, &is_torchscript));
-      checkpoint.format = is_torchscript ? CheckpointFormat::kOpenAiTorchScript
-                                         : CheckpointFormat::kStateDict;
-      break;
+      CLIPSERVE_ASSIGN_OR_RETURN(file.weights, ReadTorchZip(path, &is_torchscript));
+      file.format = is_torchscript ? CheckpointFormat::kOpenAiTorchScript
+                                   : CheckpointFormat::kStateDict;
+      return file;
     }
     case FileKind::kSafetensors: {
-      CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadSafetensors(path));
-      checkpoint.format = CheckpointFormat::kSafetensors;
-      break;
+      CLIPSERVE_ASSIGN_OR_RETURN(file.weights, ReadSafetensors(path));
+      file.format = CheckpointFormat::kSafetensors;
+      return file;
     }
     case FileKind::kLegacyPickle:
       return LegacyPickleError(path);
     case FileKind::kUnknown:
-      return absl::InvalidArgumentError(absl::StrCat(
-          path,
-          " is not a recognized checkpoint (expected a TorchScript archive, a "
-          "torch.save zip file, or safetensors)"));
+      break;
   }
+  return absl::InvalidArgumentError(
+      absl::StrCat(path,
+                   " is not a recognized checkpoint (expected a TorchScript archive, a "
+                   "torch.save zip file, or safetensors)"));
+}
+
+absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
+                                           const ReadCheckpointOptions& options) {
+  CLIPSERVE_ASSIGN_OR_RETURN(WeightsFile file, ReadAnyWeights(path));
+  Checkpoint checkpoint;
+  checkpoint.weights_path = path;
+  checkpoint.directory = fs::path(path).parent_path().string();
+  checkpoint.weights = std::move(file.weights);
+  checkpoint.format = file.format;
   // The weights file of an open_clip or Hugging Face folder, named instead of its
   // folder: the config beside it describes it.
   const fs::path dir = fs::path(path).parent_path();
@@ -321,18 +336,6 @@ absl::StatusOr<std::string> FirstExisting(const fs::path& dir,
   return absl::NotFoundError(absl::StrCat(dir.string(), " has no ", list));
 }
 
-absl::StatusOr<TensorMap> ReadAnyWeights(const std::string& path) {
-  CLIPSERVE_ASSIGN_OR_RETURN(FileKind kind, SniffFile(path));
-  if (kind == FileKind::kSafetensors) return ReadSafetensors(path);
-  if (kind == FileKind::kZip) {
-    bool is_torchscript = false;
-    return ReadTorchZip(path, &is_torchscript);
-  }
-  if (kind == FileKind::kLegacyPickle) return LegacyPickleError(path);
-  return absl::InvalidArgumentError(
-      absl::StrCat(path, " is not safetensors or a torch.save zip"));
-}
-
 absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
   Checkpoint checkpoint;
   checkpoint.directory = dir.string();
@@ -351,7 +354,9 @@ absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir.string(), " is a directory without open_clip_config.json or config.json"));
   }
-  CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights, ReadAnyWeights(checkpoint.weights_path));
+  // The folder's config describes its weights, whatever file format carries them.
+  CLIPSERVE_ASSIGN_OR_RETURN(WeightsFile file, ReadAnyWeights(checkpoint.weights_path));
+  checkpoint.weights = std::move(file.weights);
   CLIPSERVE_RETURN_IF_ERROR(TakeFolderConfig(dir, kind, &checkpoint));
   return checkpoint;
 }

@@ -683,6 +683,25 @@ TEST(CheckpointTest, ALegacyPickleSaysHowToReSaveIt) {
   fs::remove_all(dir);
 }
 
+// A weights file of no known kind gets one message, named alone or found in its folder.
+TEST(CheckpointTest, AnUnknownWeightsFileListsTheKindsRead) {
+  namespace fs = std::filesystem;
+  const fs::path dir = testing::FreshTestDir("unknown_weights");
+  fs::copy_file(kFixtures + "/vit_gelu/open_clip/open_clip_config.json",
+                dir / "open_clip_config.json");
+  const fs::path weights = dir / "open_clip_model.safetensors";
+  std::ofstream(weights, std::ios::binary) << "<html>not found</html>";
+  for (const fs::path& path : {dir, weights}) {
+    SCOPED_TRACE(path.string());
+    const absl::Status status = ReadCheckpoint(path.string()).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_THAT(status.message(),
+                HasSubstr("is not a recognized checkpoint (expected a TorchScript "
+                          "archive, a torch.save zip file, or safetensors)"));
+  }
+  fs::remove_all(dir);
+}
+
 TEST(CheckpointTest, MissingPathIsNotFound) {
   EXPECT_EQ(ReadCheckpoint("/nonexistent/model.pt").status().code(),
             absl::StatusCode::kNotFound);
