@@ -33,7 +33,8 @@ def gbench(path):
     runs, medians = {}, {}
     for b in data["benchmarks"]:
         if b.get("error_occurred"):
-            continue
+            # A benchmark that found its own result wrong: no number to report.
+            sys.exit(f"{path}: {b['name']} failed: {b.get('error_message', '')}")
         name = b["run_name"]
         ms = b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
         rate = b.get("items_per_second")

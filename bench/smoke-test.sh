@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI's smoke test of the benchmarks: each binary and script runs for a moment and the
-# report generator turns their output into a report. Numbers are not checked: a
+# report generator turns their output into a report, failing on any benchmark that
+# found its own result wrong (SkipWithError). Numbers are not checked: a
 # benchmark is not a timed test. Usage: bench/smoke-test.sh BIN_DIR
 set -euo pipefail
 BIN=$1
