@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "tests/testing/fresh_test_dir.h"
+#include "tests/testing/unprivileged.h"
 
 namespace clipserve {
 namespace {
@@ -136,28 +137,31 @@ TEST_F(InputFilesTest, ReadLinesDropsAByteOrderMarkAtTheStartOnly) {
 }
 
 // A subfolder that cannot be listed fails the expansion, or with `unlisted` is set
-// aside there while the rest is listed. Needs a user that file modes bind (not root).
+// aside there while the rest is listed. Needs a user that file modes bind: as root,
+// it runs as nobody.
 TEST_F(InputFilesTest, AnUnlistableSubfolderIsSetAsideWhenAsked) {
   Touch("a.jpg");
   Touch("locked/b.jpg");
   Touch("z/c.jpg");
-  fs::permissions(root_ / "locked", fs::perms::none);
-  std::error_code listed;
-  fs::directory_iterator probe(root_ / "locked", listed);
-  if (!listed) {
+  testing::RunUnprivileged(root_, [&] {
+    fs::permissions(root_ / "locked", fs::perms::none);
+    std::error_code listed;
+    fs::directory_iterator probe(root_ / "locked", listed);
+    if (!listed) {
+      fs::permissions(root_ / "locked", fs::perms::owner_all);
+      GTEST_SKIP() << "this user lists folders whatever their mode";
+    }
+    const auto failed = ExpandImagePaths({root_.string()}, /*recursive=*/true);
+    EXPECT_EQ(failed.status().code(), absl::StatusCode::kPermissionDenied);
+    std::vector<absl::Status> unlisted;
+    const auto files = ExpandImagePaths({root_.string()}, /*recursive=*/true, &unlisted);
     fs::permissions(root_ / "locked", fs::perms::owner_all);
-    GTEST_SKIP() << "this user lists folders whatever their mode (root)";
-  }
-  const auto failed = ExpandImagePaths({root_.string()}, /*recursive=*/true);
-  EXPECT_EQ(failed.status().code(), absl::StatusCode::kPermissionDenied);
-  std::vector<absl::Status> unlisted;
-  const auto files = ExpandImagePaths({root_.string()}, /*recursive=*/true, &unlisted);
-  fs::permissions(root_ / "locked", fs::perms::owner_all);
-  ASSERT_TRUE(files.ok()) << files.status();
-  EXPECT_EQ(*files, (std::vector<std::string>{P("a.jpg"), P("z/c.jpg")}));
-  ASSERT_EQ(unlisted.size(), 1u);
-  EXPECT_EQ(unlisted[0].code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(unlisted[0].message().rfind(P("locked"), 0), 0u) << unlisted[0];
+    ASSERT_TRUE(files.ok()) << files.status();
+    EXPECT_EQ(*files, (std::vector<std::string>{P("a.jpg"), P("z/c.jpg")}));
+    ASSERT_EQ(unlisted.size(), 1u);
+    EXPECT_EQ(unlisted[0].code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(unlisted[0].message().rfind(P("locked"), 0), 0u) << unlisted[0];
+  });
 }
 
 TEST_F(InputFilesTest, ReadTokenFileTrimsAndWantsOneToken) {

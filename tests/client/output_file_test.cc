@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "tests/testing/fresh_test_dir.h"
+#include "tests/testing/unprivileged.h"
 
 namespace clipserve {
 namespace {
@@ -109,24 +110,26 @@ TEST_F(OutputFileTest, TheReplacementKeepsThePermissionBits) {
   EXPECT_EQ(fs::status(path).permissions(), mode);
 }
 
-// Needs a user that file modes bind (not root).
+// Needs a user that file modes bind: as root, it runs as nobody.
 TEST_F(OutputFileTest, AWritableFileInAFolderThatIsNotIsWrittenInPlace) {
   const std::string path = (root_ / "x.jsonl").string();
   Write(path, "old");
-  fs::permissions(root_, fs::perms::owner_read | fs::perms::owner_exec);
-  const bool can_create = std::ofstream((root_ / "probe").string()).good();
-  if (can_create) {
+  testing::RunUnprivileged(root_, [&] {
+    fs::permissions(root_, fs::perms::owner_read | fs::perms::owner_exec);
+    const bool can_create = std::ofstream((root_ / "probe").string()).good();
+    if (can_create) {
+      fs::permissions(root_, fs::perms::owner_all);
+      GTEST_SKIP() << "this user creates files whatever the folder's mode";
+    }
+    absl::StatusOr<OutputFile> file = OutputFile::Open(path);
+    const absl::StatusOr<OutputFile> beside =
+        OutputFile::Open((root_ / "new.jsonl").string());
     fs::permissions(root_, fs::perms::owner_all);
-    GTEST_SKIP() << "this user creates files whatever the folder's mode (root)";
-  }
-  absl::StatusOr<OutputFile> file = OutputFile::Open(path);
-  const absl::StatusOr<OutputFile> beside =
-      OutputFile::Open((root_ / "new.jsonl").string());
-  fs::permissions(root_, fs::perms::owner_all);
-  ASSERT_TRUE(file.ok()) << file.status();
-  EXPECT_EQ(file->write_path(), path);
-  EXPECT_EQ(Read(path), "old");  // opened to check, not truncated
-  EXPECT_EQ(beside.status().code(), absl::StatusCode::kPermissionDenied);
+    ASSERT_TRUE(file.ok()) << file.status();
+    EXPECT_EQ(file->write_path(), path);
+    EXPECT_EQ(Read(path), "old");  // opened to check, not truncated
+    EXPECT_EQ(beside.status().code(), absl::StatusCode::kPermissionDenied);
+  });
 }
 
 // Refused at once, not after the work: the replacement, which keeps the file's
@@ -135,14 +138,16 @@ TEST_F(OutputFileTest, AReadOnlyFileIsRefusedAtOpen) {
   const std::string path = (root_ / "x.npy").string();
   Write(path, "old");
   fs::permissions(path, fs::perms::owner_read | fs::perms::group_read);
-  if (std::ofstream(path, std::ios::app).good()) {
-    GTEST_SKIP() << "this user writes files whatever their mode (root)";
-  }
-  absl::StatusOr<OutputFile> file = OutputFile::Open(path);
-  EXPECT_EQ(file.status().code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_NE(file.status().message().find(path), std::string::npos) << file.status();
-  EXPECT_EQ(Read(path), "old");
-  EXPECT_EQ(Entries(), 1) << "no temporary left";
+  testing::RunUnprivileged(root_, [&] {
+    if (std::ofstream(path, std::ios::app).good()) {
+      GTEST_SKIP() << "this user writes files whatever their mode";
+    }
+    absl::StatusOr<OutputFile> file = OutputFile::Open(path);
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_NE(file.status().message().find(path), std::string::npos) << file.status();
+    EXPECT_EQ(Read(path), "old");
+    EXPECT_EQ(Entries(), 1) << "no temporary left";
+  });
 }
 
 TEST_F(OutputFileTest, APipeOrDeviceIsWrittenInPlace) {
