@@ -641,6 +641,11 @@ TEST_F(EmbeddingEngineOutOfMemoryTest, TextsRetriedInHalvesMatchTextsEmbeddedAlo
   ExpectRowsMatchAlone(*all, texts.size(),
                        [&](int i) { return EmbedTextsAndWait(*plain, {texts[i]}); });
   EXPECT_EQ(retried->computed_texts(), 8);
+  // A limit of 2 fails both halves of the 8-text batch: the batch did form whole, so
+  // the rows above came through the retry.
+  auto tight = MakeEngine(/*limit=*/2);
+  EXPECT_EQ(EmbedTextsAndWait(*tight, texts).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 TEST_F(EmbeddingEngineOutOfMemoryTest, HalvesThatRunOutAgainFailWithResourceExhausted) {

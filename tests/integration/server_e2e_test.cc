@@ -300,22 +300,39 @@ TEST_F(ServerE2ETest, BadInputsNameTheItemAndTheServerKeepsServing) {
   EXPECT_TRUE(stack_.stub->EmbedText(context.get(), request, &response).ok());
 }
 
-TEST_F(ServerE2ETest, ExpiredDeadlineItemsAreNeverComputed) {
-  const int64_t before = stack_.engine->computed_images();
+// Items queued for a batch that would run after their deadline are never computed:
+// the call reaches the engine, its deadline passes while it waits, and the batch
+// that runs later holds none of its images.
+TEST(ServerE2EDeadlineTest, ExpiredDeadlineItemsAreNeverComputed) {
+  EmbeddingEngineOptions options;
+  options.max_queue_delay = absl::Seconds(4);
+  options.wait_only_for_announced = false;  // a partial batch waits out the delay
+  Stack stack = Start(options);
+  const int64_t before = stack.engine->computed_images();
   pb::EmbedImageRequest request;
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 8; ++i) {
     request.add_images()->set_encoded(ReadShared("images/astronaut.png"));
-  pb::EmbedImageResponse response;
-  auto context = Context(absl::Milliseconds(1));
-  EXPECT_EQ(stack_.stub->EmbedImage(context.get(), request, &response).error_code(),
-            grpc::StatusCode::DEADLINE_EXCEEDED);
-  // Let the server finish what the request started, then count.
-  const absl::Time limit = absl::Now() + absl::Seconds(30);
-  while (stack_.engine->pending_requests() > 0 && absl::Now() < limit) {
-    absl::SleepFor(absl::Milliseconds(5));
   }
-  EXPECT_EQ(stack_.engine->pending_requests(), 0);
-  EXPECT_EQ(stack_.engine->computed_images(), before);
+  pb::EmbedImageResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  grpc::Status status;
+  absl::Notification done;
+  stack.stub->async()->EmbedImage(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  // Queued, well before the deadline.
+  EXPECT_TRUE(testing::PollUntil([&] { return stack.engine->QueuedImages() == 8; }));
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // Past the time the partial batch would have run.
+  EXPECT_TRUE(testing::PollUntil([&] { return stack.engine->pending_requests() == 0; },
+                                 absl::Seconds(30)));
+  EXPECT_EQ(stack.engine->QueuedImages(), 0);
+  EXPECT_EQ(stack.engine->computed_images(), before);
+  stack.server->Shutdown(absl::Seconds(5));
+  stack.engine->Shutdown();
 }
 
 // A cancelled call's items leave the queue at once (the service's OnCancel() asks the

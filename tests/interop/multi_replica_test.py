@@ -58,8 +58,14 @@ class MultiReplicaTest(unittest.TestCase):
                 [ARGS.client, "--target", target, "--deadline_ms", "120000",
                  "embed-text", "-f", path, "-o", out],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        time.sleep(1.0)
+        # Killed while it is answering: calls on it are in flight.
         victim = servers[0]
+        port = victim.metrics_port()
+        deadline = time.monotonic() + 120
+        while victim.calls_in_flight(port) == 0:
+            self.assertLess(time.monotonic(), deadline, "no call reached the victim")
+            self.assertTrue(any(p.poll() is None for p in clients), "clients done")
+            time.sleep(0.01)
         self.assertIsNone(victim.process.poll(), "the victim ended before the kill")
         victim.process.kill()  # SIGKILL: no drain, connections reset mid-call
         victim.process.wait()
@@ -80,6 +86,7 @@ class MultiReplicaTest(unittest.TestCase):
             with open(out) as f:
                 rows = [json.loads(line) for line in f]
             self.assertEqual(len(rows), TEXTS_PER_CLIENT, out)
+            self.assertEqual([r["input"] for r in rows], texts, out)
             for i in (0, TEXTS_PER_CLIENT - 1):
                 np.testing.assert_allclose(np.array(rows[i]["embedding"]),
                                            expected[texts[i]], atol=ATOL)
