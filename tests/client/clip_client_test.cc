@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -477,18 +478,26 @@ TEST(ClipClientTest, NoServerIsUnavailableAfterBoundedRetries) {
 // at once, without trying to connect.
 TEST(ClipClientTest, RetriesReachAServerThatStartsListeningMeanwhile) {
   const int port = JustFreedPort();
-  std::vector<absl::Duration> sleeps;
-  auto client = Connect(absl::StrCat("127.0.0.1:", port), &sleeps);
-  absl::StatusOr<v1::ModelInfo> info;
-  std::thread call([&] { info = client->GetModelInfo(); });
-  // Real time: the reconnect backoff is gRPC's. The retries come 80, 240 and 560 ms
-  // after the first attempt (the least jitter); gRPC tries to connect about 100 and
-  // 260 ms after it (+-20%), and by default first after 1 s.
-  absl::SleepFor(absl::Milliseconds(150));
-  FakeServer late("late", -1, false, port);
-  call.join();
-  ASSERT_EQ(late.port, port);
-  ASSERT_TRUE(info.ok()) << info.status() << " after " << sleeps.size() << " retries";
+  ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port);
+  options.deadline = absl::Seconds(10);
+  // The server starts once the first attempt has failed. Real time: the reconnect
+  // backoff is gRPC's. The retries come 80, 240 and 560 ms after the first attempt
+  // (the least jitter); gRPC tries to connect about 100 and 260 ms after it
+  // (+-20%), and by default first after 1 s.
+  std::optional<FakeServer> late;
+  int retries = 0;
+  options.retry_environment.sleep = [&](absl::Duration d) {
+    if (retries++ == 0) late.emplace("late", -1, false, port);
+    absl::SleepFor(d);
+  };
+  options.retry_environment.uniform = [] { return 0.0; };
+  auto client = ClipClient::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::StatusOr<v1::ModelInfo> info = (*client)->GetModelInfo();
+  ASSERT_TRUE(late.has_value());
+  ASSERT_EQ(late->port, port);
+  ASSERT_TRUE(info.ok()) << info.status() << " after " << retries << " retries";
   EXPECT_EQ(info->name(), "late");
 }
 

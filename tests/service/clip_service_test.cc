@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -53,6 +54,54 @@ std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout = absl::Seco
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   return context;
+}
+
+using Rpc = v1::ClipService::StubInterface::async_interface;
+
+// A unary call left to run while the test goes on: it holds all that gRPC uses until
+// the call ends. Destroyed unanswered (a failed assertion), it cancels the call and
+// waits for its end.
+template <typename Request, typename Response>
+struct AsyncCall {
+  grpc::ClientContext context;
+  Request request;
+  Response response;
+  grpc::Status status;
+  absl::Notification done;
+
+  AsyncCall() = default;
+  AsyncCall(const AsyncCall&) = delete;
+  AsyncCall& operator=(const AsyncCall&) = delete;
+  ~AsyncCall() {
+    if (!done.HasBeenNotified()) {
+      context.TryCancel();
+      done.WaitForNotification();
+    }
+  }
+
+  // Whether the call ended within 10 s.
+  bool Await() { return done.WaitForNotificationWithTimeout(absl::Seconds(10)); }
+};
+
+// Starts `method` of `rpc` (&Rpc::EmbedText, say) with `request`, and with `deadline`
+// when it is finite, and returns at once.
+template <typename Request, typename Response>
+std::unique_ptr<AsyncCall<Request, Response>> StartCall(
+    Rpc* rpc,
+    void (Rpc::*method)(grpc::ClientContext*, const Request*, Response*,
+                        std::function<void(grpc::Status)>),
+    Request request, absl::Time deadline = absl::InfiniteFuture()) {
+  auto call = std::make_unique<AsyncCall<Request, Response>>();
+  call->request = std::move(request);
+  if (deadline != absl::InfiniteFuture()) {
+    call->context.set_deadline(absl::ToChronoTime(deadline));
+  }
+  AsyncCall<Request, Response>* raw = call.get();
+  (rpc->*method)(&raw->context, &raw->request, &raw->response, [raw](grpc::Status s) {
+    raw->status = std::move(s);
+    raw->done.Notify();
+  });
+  return call;
 }
 
 google::rpc::Status RpcStatus(const grpc::Status& status) {
@@ -267,22 +316,17 @@ class ClipServiceTest : public ::testing::Test {
     engine_->set_answer_dead_requests(true);
     v1::EmbedTextRequest request;
     request.add_texts("a cat");
-    v1::EmbedTextResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(deadline));
-    grpc::Status status;
-    absl::Notification done;
-    stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
-      status = std::move(s);
-      done.Notify();
-    });
-    EXPECT_TRUE(engine_->AwaitHeld(1));
+    auto call = StartCall(stub_->async(), &Rpc::EmbedText, request, deadline);
+    if (!engine_->AwaitHeld(1)) {
+      ADD_FAILURE() << "the call never reached the engine";
+      return grpc::Status(grpc::StatusCode::INTERNAL, "not held");
+    }
     absl::SleepFor(cancel_at - absl::Now());
-    context.TryCancel();
-    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    call->context.TryCancel();
+    EXPECT_TRUE(call->Await());
     EXPECT_TRUE(WaitUntilCancelled(engine_->calls().at(0).options));  // OnCancel() ran
     engine_->set_hold(false);
-    return status;
+    return call->status;
   }
 
   // Restarts under `options`, whose limit admits a 1500-byte EmbedStream item and a
@@ -920,18 +964,12 @@ TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine)
   engine_->set_hold(true);
 
   // One call of some 1500 bytes is held by the engine...
-  v1::EmbedImageRequest big;
-  *big.add_images() = Encoded(std::string(1500, 'j'));
-  v1::EmbedImageResponse big_response;
-  grpc::ClientContext big_context;
-  grpc::Status big_status;
-  absl::Notification big_done;
-  stub_->async()->EmbedImage(&big_context, &big, &big_response, [&](grpc::Status s) {
-    big_status = std::move(s);
-    big_done.Notify();
-  });
+  v1::EmbedImageRequest big_request;
+  *big_request.add_images() = Encoded(std::string(1500, 'j'));
+  auto big = StartCall(stub_->async(), &Rpc::EmbedImage, big_request);
   ASSERT_TRUE(engine_->AwaitHeld(1));
-  EXPECT_EQ(service_->request_memory_used(), static_cast<int64_t>(big.ByteSizeLong()));
+  EXPECT_EQ(service_->request_memory_used(),
+            static_cast<int64_t>(big_request.ByteSizeLong()));
 
   // ...so no method admits another 600 bytes, and none of them reaches the engine.
   const std::string text(600, 't');
@@ -974,12 +1012,13 @@ TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine)
     ExpectOverMemoryLimit(stub_->Tokenize(Context().get(), request, &response));
   }
   EXPECT_EQ(engine_->calls().size(), 1u);
-  EXPECT_EQ(service_->request_memory_used(), static_cast<int64_t>(big.ByteSizeLong()));
+  EXPECT_EQ(service_->request_memory_used(),
+            static_cast<int64_t>(big_request.ByteSizeLong()));
 
   // Once the held call is done its bytes are free again.
   engine_->set_hold(false);
-  ASSERT_TRUE(big_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_TRUE(big_status.ok()) << big_status.error_message();
+  ASSERT_TRUE(big->Await());
+  EXPECT_TRUE(big->status.ok()) << big->status.error_message();
   ASSERT_TRUE(AwaitRequestMemory(*service_, 0));
   v1::EmbedTextRequest request;
   request.add_texts(text);
@@ -1012,7 +1051,8 @@ TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
   v1::EmbedTextResponse response;
   // Long enough that the client's own cancel at its deadline, which may reach the
   // server before the server's deadline timer fires, falls within the 100 ms slack.
-  const absl::Time client_deadline = absl::Now() + absl::Seconds(1);
+  // Real time, and long enough to reach the engine on a loaded machine.
+  const absl::Time client_deadline = absl::Now() + absl::Seconds(3);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(client_deadline));
   EXPECT_EQ(stub_->EmbedText(&context, request, &response).error_code(),
@@ -1048,20 +1088,13 @@ TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
   engine_->set_hold(true);
   v1::EmbedImageRequest request;
   *request.add_images() = Encoded("png");
-  v1::EmbedImageResponse response;
-  grpc::ClientContext context;
-  grpc::Status status;
-  absl::Notification done;
-  stub_->async()->EmbedImage(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
+  auto cancelled = StartCall(stub_->async(), &Rpc::EmbedImage, request);
   ASSERT_TRUE(engine_->AwaitHeld(1));
   const FakeEngine::Call call = engine_->calls()[0];
   EXPECT_FALSE(call.options.cancellation->cancelled());
-  context.TryCancel();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  cancelled->context.TryCancel();
+  ASSERT_TRUE(cancelled->Await());
+  EXPECT_EQ(cancelled->status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(WaitUntilCancelled(call.options));
   // The engine's callback comes after OnCancel; the reactor must still be alive.
   engine_->ReleaseAll();
@@ -1089,8 +1122,8 @@ TEST_F(ClipServiceTest, ACallCancelledWhileItsBatchRanIsCountedCancelled) {
 TEST_F(ClipServiceTest, ACancelJustBeforeTheDeadlineIsCountedAsTheDeadlines) {
   RestartRecordingMetrics();
   // Real time: the server's deadline timer is gRPC's. Cancelled late, the call meets
-  // its deadline first and is counted the same.
-  const absl::Time deadline = absl::Now() + absl::Seconds(1);
+  // its deadline first and is counted the same. The call has 3 s to reach the engine.
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
   CancelAHeldEmbedText(deadline, deadline - absl::Milliseconds(30));
   EXPECT_TRUE(AwaitCountedCalls("EmbedText", "DEADLINE_EXCEEDED", 1));
   EXPECT_EQ(CountedCalls("EmbedText", "CANCELLED"), std::nullopt);
@@ -1165,19 +1198,13 @@ TEST_F(ClipServiceTest, SimilarityIsTheScaledCosineOfBothTowersRunConcurrently) 
 
   // Hold the engine: both towers must be asked before either answers.
   engine_->set_hold(true);
-  v1::SimilarityResponse response;
-  grpc::Status status;
-  absl::Notification done;
-  grpc::ClientContext context;
-  stub_->async()->Similarity(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
+  auto similarity = StartCall(stub_->async(), &Rpc::Similarity, request);
   ASSERT_TRUE(engine_->AwaitHeld(2));
   engine_->set_hold(false);
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(similarity->Await());
+  ASSERT_TRUE(similarity->status.ok()) << similarity->status.error_message();
 
+  const v1::SimilarityResponse& response = similarity->response;
   ExpectSimilarity(response, ExpectedLogits(images, texts, 20.0), 20.0f);
   EXPECT_FALSE(response.has_loss());
   const std::vector<FakeEngine::Call> calls = engine_->calls();
@@ -1332,21 +1359,14 @@ TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy)
   engine_->set_drop_dead_items(true);
   v1::EmbedTextRequest request;
   request.add_texts(std::string(1000, 't'));
-  v1::EmbedTextResponse response;
-  grpc::ClientContext context;
-  grpc::Status status;
-  absl::Notification done;
-  stub_->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
+  auto text = StartCall(stub_->async(), &Rpc::EmbedText, request);
   ASSERT_TRUE(engine_->AwaitHeld(1));
   EXPECT_GE(service_->request_memory_used(), 1000);
   EXPECT_EQ(engine_->drop_dead_calls(), 0);
 
-  context.TryCancel();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  text->context.TryCancel();
+  ASSERT_TRUE(text->Await());
+  EXPECT_EQ(text->status.error_code(), grpc::StatusCode::CANCELLED);
   // Still holding: only the service's OnCancel() can have let the answer out.
   EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
   EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
@@ -1366,21 +1386,14 @@ TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy)
   EXPECT_GT(engine_->drop_dead_calls(), drops_before);
 
   // And a Similarity call's two engine requests, both answered inside OnCancel().
-  const v1::SimilarityRequest similarity =
-      ImagesAndTexts({Encoded(std::string(1000, 'i'))}, {"a cat"});
-  v1::SimilarityResponse similarity_response;
-  grpc::ClientContext similarity_context;
-  absl::Notification similarity_done;
-  stub_->async()->Similarity(&similarity_context, &similarity, &similarity_response,
-                             [&](grpc::Status s) {
-                               status = std::move(s);
-                               similarity_done.Notify();
-                             });
+  auto similarity =
+      StartCall(stub_->async(), &Rpc::Similarity,
+                ImagesAndTexts({Encoded(std::string(1000, 'i'))}, {"a cat"}));
   ASSERT_TRUE(engine_->AwaitHeld(2));
   EXPECT_GE(service_->request_memory_used(), 1000);
-  similarity_context.TryCancel();
-  ASSERT_TRUE(similarity_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  similarity->context.TryCancel();
+  ASSERT_TRUE(similarity->Await());
+  EXPECT_EQ(similarity->status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
   EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
 }
@@ -1390,27 +1403,14 @@ TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy)
 TEST_F(ClipServiceTest, SimilarityFailsWithoutWaitingForTheOtherTowersQueue) {
   engine_->set_hold(true);
   engine_->set_drop_dead_items(true);
-  const v1::SimilarityRequest request =
-      ImagesAndTexts({Encoded("undecodable bytes")}, {"a cat"});
-  v1::SimilarityResponse response;
-  grpc::ClientContext context;
-  grpc::Status status;
-  absl::Notification done;
-  stub_->async()->Similarity(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
-  // Should an assertion fail, the call still ends before what it uses goes away.
-  absl::Cleanup end_call = [&] {
-    engine_->set_hold(false);
-    done.WaitForNotification();
-  };
+  auto similarity = StartCall(stub_->async(), &Rpc::Similarity,
+                              ImagesAndTexts({Encoded("undecodable bytes")}, {"a cat"}));
   ASSERT_TRUE(engine_->AwaitHeld(2));
   ASSERT_TRUE(engine_->ReleaseOne());  // the images: INVALID_ARGUMENT
   // The texts stay held by the fake unless the service had them dropped.
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(BadField(status), "images[0]");
+  ASSERT_TRUE(similarity->Await());
+  EXPECT_EQ(similarity->status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadField(similarity->status), "images[0]");
   EXPECT_TRUE(testing::PollUntil([&] { return engine_->outstanding() == 0; }));
 }
 
@@ -2003,17 +2003,9 @@ TEST(ClipServicePerClientMemoryTest, AClientPastItsShareIsRefusedWhileAnotherIsS
   engine.set_hold(true);
 
   // The IPv4 client's call of some 1500 bytes is held by the engine...
-  v1::EmbedImageRequest big;
-  *big.add_images() = Encoded(std::string(1500, 'j'));
-  v1::EmbedImageResponse big_response;
-  grpc::ClientContext big_context;
-  grpc::Status big_status;
-  absl::Notification big_done;
-  serving.stub->async()->EmbedImage(&big_context, &big, &big_response,
-                                    [&](grpc::Status s) {
-                                      big_status = std::move(s);
-                                      big_done.Notify();
-                                    });
+  v1::EmbedImageRequest big_request;
+  *big_request.add_images() = Encoded(std::string(1500, 'j'));
+  auto big = StartCall(serving.stub->async(), &Rpc::EmbedImage, big_request);
   ASSERT_TRUE(engine.AwaitHeld(1));
 
   // ...so its next 600 bytes pass its share of 2000, although the total has room.
@@ -2027,21 +2019,14 @@ TEST(ClipServicePerClientMemoryTest, AClientPastItsShareIsRefusedWhileAnotherIsS
   EXPECT_EQ(RetryDelayOf(refused), RequestMemoryBudget::kRetryAfter);
 
   // The IPv6 client's same request is admitted: it reaches the engine.
-  v1::EmbedTextResponse v6_response;
-  grpc::ClientContext v6_context;
-  grpc::Status v6_status;
-  absl::Notification v6_done;
-  v6_stub->async()->EmbedText(&v6_context, &text, &v6_response, [&](grpc::Status s) {
-    v6_status = std::move(s);
-    v6_done.Notify();
-  });
+  auto v6 = StartCall(v6_stub->async(), &Rpc::EmbedText, text);
   ASSERT_TRUE(engine.AwaitHeld(2));
 
   engine.set_hold(false);
-  ASSERT_TRUE(big_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  ASSERT_TRUE(v6_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_TRUE(big_status.ok()) << big_status.error_message();
-  EXPECT_TRUE(v6_status.ok()) << v6_status.error_message();
+  ASSERT_TRUE(big->Await());
+  ASSERT_TRUE(v6->Await());
+  EXPECT_TRUE(big->status.ok()) << big->status.error_message();
+  EXPECT_TRUE(v6->status.ok()) << v6->status.error_message();
   EXPECT_TRUE(AwaitRequestMemory(*serving.service, 0));
   serving.server->Shutdown(absl::Seconds(10));
 }
