@@ -359,6 +359,9 @@ class Int8Test(unittest.TestCase):
                     self.assertGreaterEqual(cosines.min(), 0.999, cosines)
             server.terminate()
         for fp32, int8, auto in zip(results["fp32"], results["int8"], results["auto"]):
+            # The rows are far apart, so a swapped or stale row fails the checks.
+            apart = fp32 @ fp32.T - 2 * np.eye(len(fp32))
+            self.assertLess(apart.max(), 0.99, apart)
             cosines = (fp32 * int8).sum(1)  # all L2-normalized
             self.assertGreaterEqual(cosines.min(), 0.999, cosines)
             # Not what fp32 or auto (bf16 or fp32) gives: the int8 kernel ran.

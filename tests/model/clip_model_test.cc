@@ -766,6 +766,16 @@ SampleInputs MakeSampleInputs(const ClipModel& model, uint64_t seed) {
   return in;
 }
 
+// Expects the unit rows of `rows` far enough apart (cosine below 0.99) that a check
+// of each at cosine 0.999 against its reference would fail a swapped or stale row.
+void ExpectRowsApart(const torch::Tensor& rows) {
+  ASSERT_TRUE(rows.defined());
+  const torch::Tensor unit = rows.to(torch::kDouble);
+  const torch::Tensor cosines =
+      unit.matmul(unit.t()) - torch::eye(rows.size(0), torch::kDouble) * 2;
+  EXPECT_LT(cosines.max().item<double>(), 0.99) << cosines;
+}
+
 // Encodes `in` with `model` as it is now placed, normalized; the results on the CPU.
 std::pair<torch::Tensor, torch::Tensor> EncodeSample(const ClipModel& model,
                                                      const SampleInputs& in) {
@@ -785,6 +795,8 @@ TEST(DemoModelTest, FullSizeViTB32InBf16StaysWithinCosine999OfFp32) {
   ClipModel& model = *loaded->model;
   const SampleInputs in = MakeSampleInputs(model, 11);
   const auto [image32, text32] = EncodeSample(model, in);
+  ExpectRowsApart(image32);
+  ExpectRowsApart(text32);
   ASSERT_TRUE(model.To(torch::kCPU, Precision::kBFloat16).ok());
   const auto [image16, text16] = EncodeSample(model, in);
   ASSERT_TRUE(image16.defined() && image32.defined());
@@ -801,6 +813,8 @@ TEST(DemoModelTest, FullSizeViTB32InInt8StaysWithinCosine999OfFp32) {
   ClipModel& model = *loaded->model;
   const SampleInputs in = MakeSampleInputs(model, 12);
   const auto [image32, text32] = EncodeSample(model, in);
+  ExpectRowsApart(image32);
+  ExpectRowsApart(text32);
   ASSERT_TRUE(model.To(torch::kCPU, Precision::kBFloat16).ok());
   const auto [image16, text16] = EncodeSample(model, in);
   // The rest in fp32 and in bf16, every product in int8.
@@ -848,6 +862,8 @@ TEST(DemoModelTest, GpuHalfPrecisionStaysWithinCosine999OfCpuFp32_CUDA) {
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     const SampleInputs in = MakeSampleInputs(*cpu->model, 12);
     const auto [image32, text32] = EncodeSample(*cpu->model, in);
+    ExpectRowsApart(image32);
+    ExpectRowsApart(text32);
     for (Precision precision : {Precision::kFloat16, Precision::kBFloat16}) {
       SCOPED_TRACE(std::string(PrecisionName(precision)));
       // Straight from the fp32 weights (the seeded demo gives the same ones).
