@@ -665,41 +665,37 @@ TEST(CheckpointTest, HuggingFaceDirectoryReadsItsPreprocessorConfig) {
   fs::remove_all(dir);
 }
 
-// Named alone or found in its folder, a pre-1.6 torch.save file gets the same advice.
-TEST(CheckpointTest, ALegacyPickleSaysHowToReSaveIt) {
+// A weights file of a kind clipserve does not read gets the same answer named alone
+// or found in its open_clip folder: a pre-1.6 torch.save file the advice to re-save
+// it, anything else the kinds that are read.
+TEST(CheckpointTest, AnUnreadWeightsFileGetsOneAnswerAloneOrInItsFolder) {
   namespace fs = std::filesystem;
-  const fs::path dir = testing::FreshTestDir("legacy_pickle");
-  fs::copy_file(kFixtures + "/vit_gelu/open_clip/open_clip_config.json",
-                dir / "open_clip_config.json");
-  const fs::path weights = dir / "open_clip_pytorch_model.bin";
-  std::ofstream(weights, std::ios::binary)
-      << std::string("\x80\x02\x8a\x0a", 4) << std::string(100, 'x');
-  for (const fs::path& path : {dir, weights}) {
-    SCOPED_TRACE(path.string());
-    const absl::Status status = ReadCheckpoint(path.string()).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
-    EXPECT_THAT(status.message(), HasSubstr("legacy (pre-1.6) format; re-save it"));
+  struct Case {
+    std::string bytes;
+    absl::StatusCode code;
+    std::string message;
+  };
+  const Case cases[] = {
+      {std::string("\x80\x02\x8a\x0a", 4) + std::string(100, 'x'),
+       absl::StatusCode::kUnimplemented, "legacy (pre-1.6) format; re-save it"},
+      {"<html>not found</html>", absl::StatusCode::kInvalidArgument,
+       "is not a recognized checkpoint (expected a TorchScript archive, a torch.save "
+       "zip file, or safetensors)"},
+  };
+  for (const Case& c : cases) {
+    const fs::path dir = testing::FreshTestDir("unread_weights");
+    fs::copy_file(kFixtures + "/vit_gelu/open_clip/open_clip_config.json",
+                  dir / "open_clip_config.json");
+    const fs::path weights = dir / "open_clip_pytorch_model.bin";
+    std::ofstream(weights, std::ios::binary) << c.bytes;
+    for (const fs::path& path : {dir, weights}) {
+      SCOPED_TRACE(path.string());
+      const absl::Status status = ReadCheckpoint(path.string()).status();
+      EXPECT_EQ(status.code(), c.code) << status;
+      EXPECT_THAT(status.message(), HasSubstr(c.message));
+    }
+    fs::remove_all(dir);
   }
-  fs::remove_all(dir);
-}
-
-// A weights file of no known kind gets one message, named alone or found in its folder.
-TEST(CheckpointTest, AnUnknownWeightsFileListsTheKindsRead) {
-  namespace fs = std::filesystem;
-  const fs::path dir = testing::FreshTestDir("unknown_weights");
-  fs::copy_file(kFixtures + "/vit_gelu/open_clip/open_clip_config.json",
-                dir / "open_clip_config.json");
-  const fs::path weights = dir / "open_clip_model.safetensors";
-  std::ofstream(weights, std::ios::binary) << "<html>not found</html>";
-  for (const fs::path& path : {dir, weights}) {
-    SCOPED_TRACE(path.string());
-    const absl::Status status = ReadCheckpoint(path.string()).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
-    EXPECT_THAT(status.message(),
-                HasSubstr("is not a recognized checkpoint (expected a TorchScript "
-                          "archive, a torch.save zip file, or safetensors)"));
-  }
-  fs::remove_all(dir);
 }
 
 TEST(CheckpointTest, MissingPathIsNotFound) {
