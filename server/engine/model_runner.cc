@@ -83,6 +83,11 @@ void ModelRunner::Shutdown() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool ModelRunner::stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
 int ModelRunner::queued() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(waiting_.size());

@@ -56,6 +56,8 @@ class ModelRunner {
 
   // Tasks queued and not yet started (for tests).
   int queued() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether Shutdown() has begun (for tests).
+  bool stopping() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Waiting {

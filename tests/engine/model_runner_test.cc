@@ -130,6 +130,8 @@ TEST(ModelRunnerTest, ShutdownRunsWhatIsQueuedThenRefuses) {
       [&] { EXPECT_TRUE(runner.Run(0, [&] { queued_ran = true; }).ok()); });
   WaitForQueued(runner, 1);
   std::thread stopper([&] { runner.Shutdown(); });
+  // Released once the shutdown has begun: the queued task runs during it.
+  while (!runner.stopping()) std::this_thread::yield();
   blocker.Release();
   stopper.join();
   queued.join();
