@@ -267,6 +267,7 @@ TEST_F(EmbeddingEngineTest, ErrorsUseTheCallersItemNumbersWhenGiven) {
 
 TEST_F(EmbeddingEngineTest, CancelledAndExpiredRequestsAreNotComputed) {
   const int64_t computed = engine_->computed_texts();
+  const int64_t computed_images = engine_->computed_images();
   auto flag = std::make_shared<CancellationFlag>();
   flag->Cancel();
   EmbedOptions cancelled;
@@ -283,6 +284,7 @@ TEST_F(EmbeddingEngineTest, CancelledAndExpiredRequestsAreNotComputed) {
   image.encoded = ReadShared("images/chelsea.png");
   EXPECT_EQ(Images({image}, both).status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(engine_->computed_texts(), computed);
+  EXPECT_EQ(engine_->computed_images(), computed_images);
   EXPECT_EQ(engine_->pending_requests(), 0);
 }
 
