@@ -11,7 +11,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -25,6 +24,7 @@
 #include "server/service/clip_server.h"
 #include "server/service/clip_service.h"
 #include "tests/integration/loopback_stack.h"
+#include "tests/testing/async_call.h"
 #include "tests/testing/poll_until.h"
 #include "tests/testing/shared_data.h"
 
@@ -313,19 +313,12 @@ TEST(ServerE2EDeadlineTest, ExpiredDeadlineItemsAreNeverComputed) {
   for (int i = 0; i < 8; ++i) {
     request.add_images()->set_encoded(ReadShared("images/astronaut.png"));
   }
-  pb::EmbedImageResponse response;
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-  grpc::Status status;
-  absl::Notification done;
-  stack.stub->async()->EmbedImage(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
+  auto call = testing::StartCall(stack.stub->async(), &testing::Rpc::EmbedImage, request,
+                                 absl::Now() + absl::Seconds(2));
   // Queued, well before the deadline.
   EXPECT_TRUE(testing::PollUntil([&] { return stack.engine->QueuedImages() == 8; }));
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ASSERT_TRUE(call->Await(absl::Seconds(30)));
+  EXPECT_EQ(call->status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   // Past the time the partial batch would have run.
   EXPECT_TRUE(testing::PollUntil([&] { return stack.engine->pending_requests() == 0; },
                                  absl::Seconds(30)));
@@ -350,18 +343,11 @@ TEST(ServerE2ECancelTest, CancelledCallsLeaveTheQueueAtOnce) {
   pb::EmbedTextRequest request;
   request.add_texts("a cat");
   request.add_texts("a dog");
-  pb::EmbedTextResponse response;
-  grpc::ClientContext context;
-  absl::Notification done;
-  grpc::Status status;
-  stack.stub->async()->EmbedText(&context, &request, &response, [&](grpc::Status s) {
-    status = std::move(s);
-    done.Notify();
-  });
+  auto call = testing::StartCall(stack.stub->async(), &testing::Rpc::EmbedText, request);
   ASSERT_TRUE(queued_texts(2));
-  context.TryCancel();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  call->context.TryCancel();
+  ASSERT_TRUE(call->Await(absl::Seconds(30)));
+  EXPECT_EQ(call->status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(queued_texts(0));
   EXPECT_TRUE(testing::PollUntil([&] { return stack.engine->pending_requests() == 0; }));
 

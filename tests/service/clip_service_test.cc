@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -35,6 +34,7 @@
 #include "server/service/request_memory_budget.h"
 #include "tests/metrics/prometheus_text.h"
 #include "tests/service/fake_engine.h"
+#include "tests/testing/async_call.h"
 #include "tests/testing/poll_until.h"
 
 namespace clipserve {
@@ -56,53 +56,8 @@ std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout = absl::Seco
   return context;
 }
 
-using Rpc = v1::ClipService::StubInterface::async_interface;
-
-// A unary call left to run while the test goes on: it holds all that gRPC uses until
-// the call ends. Destroyed unanswered (a failed assertion), it cancels the call and
-// waits for its end.
-template <typename Request, typename Response>
-struct AsyncCall {
-  grpc::ClientContext context;
-  Request request;
-  Response response;
-  grpc::Status status;
-  absl::Notification done;
-
-  AsyncCall() = default;
-  AsyncCall(const AsyncCall&) = delete;
-  AsyncCall& operator=(const AsyncCall&) = delete;
-  ~AsyncCall() {
-    if (!done.HasBeenNotified()) {
-      context.TryCancel();
-      done.WaitForNotification();
-    }
-  }
-
-  // Whether the call ended within 10 s.
-  bool Await() { return done.WaitForNotificationWithTimeout(absl::Seconds(10)); }
-};
-
-// Starts `method` of `rpc` (&Rpc::EmbedText, say) with `request`, and with `deadline`
-// when it is finite, and returns at once.
-template <typename Request, typename Response>
-std::unique_ptr<AsyncCall<Request, Response>> StartCall(
-    Rpc* rpc,
-    void (Rpc::*method)(grpc::ClientContext*, const Request*, Response*,
-                        std::function<void(grpc::Status)>),
-    Request request, absl::Time deadline = absl::InfiniteFuture()) {
-  auto call = std::make_unique<AsyncCall<Request, Response>>();
-  call->request = std::move(request);
-  if (deadline != absl::InfiniteFuture()) {
-    call->context.set_deadline(absl::ToChronoTime(deadline));
-  }
-  AsyncCall<Request, Response>* raw = call.get();
-  (rpc->*method)(&raw->context, &raw->request, &raw->response, [raw](grpc::Status s) {
-    raw->status = std::move(s);
-    raw->done.Notify();
-  });
-  return call;
-}
+using testing::Rpc;
+using testing::StartCall;
 
 google::rpc::Status RpcStatus(const grpc::Status& status) {
   google::rpc::Status out;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <system_error>
@@ -38,6 +39,7 @@ inline void RunUnprivileged(const std::filesystem::path& dir,
   }
   constexpr uid_t kNobody = 65534;
   ChownTree(dir, kNobody, kNobody);
+  if (::testing::Test::HasFatalFailure()) return;
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0) << "fork failed";
@@ -47,7 +49,13 @@ inline void RunUnprivileged(const std::filesystem::path& dir,
       std::fprintf(stderr, "cannot become nobody\n");
       std::_Exit(2);
     }
-    body();
+    // The child ends here whatever happens: it must not go on to the next tests.
+    try {
+      body();
+    } catch (...) {
+      std::fprintf(stderr, "the unprivileged body threw\n");
+      std::_Exit(1);
+    }
     std::fflush(nullptr);
     std::_Exit(::testing::Test::HasFailure() ? 1 : ::testing::Test::IsSkipped() ? 3 : 0);
   }
