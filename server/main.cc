@@ -109,6 +109,10 @@ ABSL_FLAG(int32_t, preprocess_threads, 2,
 ABSL_FLAG(bool, resize_on_device, false,
           "Resize, crop and normalize decoded images on the model's device (the same "
           "bits as on the CPU), so the preprocessing threads only decode. For GPUs.");
+ABSL_FLAG(bool, exif_orientation, false,
+          "Turn photos upright by their EXIF orientation tag (JPEG, PNG, WebP) before "
+          "resizing, as Pillow's ImageOps.exif_transpose() does. Off by default, as in "
+          "CLIP's reference preprocessing, which ignores the tag.");
 ABSL_FLAG(double, device_resize_buffer_mb, 1024,
           "With --resize_on_device: most MiB of decoded images waiting for their batch; "
           "past it, images are resized on the CPU instead.");
@@ -576,6 +580,7 @@ absl::Status Run() {
   engine_options.resize_on_device = absl::GetFlag(FLAGS_resize_on_device);
   engine_options.max_device_resize_bytes = static_cast<int64_t>(resize_buffer_bytes);
   engine_options.decode.max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
+  engine_options.decode.honor_exif_orientation = absl::GetFlag(FLAGS_exif_orientation);
   engine_options.decode.max_encoded_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   engine_options.observer = &metrics;
   CLIPSERVE_RETURN_IF_ERROR(ValidateEmbeddingEngineOptions(engine_options));
@@ -707,6 +712,8 @@ absl::Status Run() {
             << " preprocess_threads=" << engine_options.preprocess_threads
             << " resize_on_device="
             << (engine_options.resize_on_device ? "true" : "false")
+            << " exif_orientation="
+            << (engine_options.decode.honor_exif_orientation ? "true" : "false")
             << " text_cache_mb=" << absl::GetFlag(FLAGS_text_cache_mb)
             << " image_cache_mb=" << absl::GetFlag(FLAGS_image_cache_mb)
             << " max_request_memory_mb=" << absl::GetFlag(FLAGS_max_request_memory_mb)

@@ -101,6 +101,11 @@ class UsageTest(unittest.TestCase):
         self.assertNotIn("No flags matched", output)
         for name in names:
             self.assertRegex(output, rf"--{name} \(", name)
+        # And the README's table of flags has a row for each.
+        with open(os.path.join(os.path.dirname(main_cc), "..", "README.md")) as f:
+            readme = f.read()
+        for name in names:
+            self.assertRegex(readme, rf"(?m)^\| [^|]*`--{name}`[^|]*\|", name)
         self.assertRegex(output, r"--max_batch_size \([^)]*\); default: 32;")
 
 
@@ -367,6 +372,54 @@ class Int8Test(unittest.TestCase):
             # Not what fp32 or auto (bf16 or fp32) gives: the int8 kernel ran.
             self.assertGreater(np.abs(fp32 - int8).max(), 1e-4)
             self.assertGreater(np.abs(auto - int8).max(), 1e-4)
+
+
+class ExifOrientationTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
+        cls.health_pb, cls.health_grpc = lib.import_health()
+        cls.pb, cls.pb_grpc = lib.import_clipserve()
+
+    def test_exif_orientation_turns_photos_upright_only_when_asked(self):
+        import io
+        from PIL import Image, ImageOps
+        pb, pb_grpc = self.pb, self.pb_grpc
+        rng = np.random.default_rng(9)
+        # A photo stored sideways: its EXIF says to turn it 90 degrees clockwise (6).
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        stored = Image.fromarray(np.kron(small, np.ones((40, 40, 1), np.uint8)))
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        buffer = io.BytesIO()
+        stored.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+        jpeg = buffer.getvalue()
+
+        def raw(image):
+            return pb.Image(raw=pb.RawImage(width=image.width, height=image.height,
+                                            rgb8=image.convert("RGB").tobytes()))
+
+        # The same pixels as Pillow decodes them, as stored and turned upright.
+        as_stored = Image.open(io.BytesIO(jpeg))
+        as_stored.load()
+        upright = ImageOps.exif_transpose(as_stored)
+        self.assertEqual((upright.width, upright.height), (as_stored.height, as_stored.width))
+        for flag, expected in (("false", as_stored), ("true", upright)):
+            server = lib.Server(ARGS.server, "--precision=fp32", "--text_cache_mb=0",
+                                f"--exif_orientation={flag}")
+            self.addCleanup(server.kill)
+            channel = server.wait_ready(self.health_pb, self.health_grpc)
+            self.addCleanup(channel.close)
+            stub = pb_grpc.ClipServiceStub(channel)
+            reply = stub.EmbedImage(pb.EmbedImageRequest(
+                images=[pb.Image(encoded=jpeg), raw(expected), raw(upright if flag ==
+                                                                  "false" else as_stored)]),
+                timeout=120)
+            rows = np.array([e.values for e in reply.embeddings])
+            np.testing.assert_allclose(rows[0], rows[1], atol=1e-5, err_msg=flag)
+            self.assertGreater(np.abs(rows[0] - rows[2]).max(), 1e-3, flag)
+            server.terminate()
 
 
 class BlasKernelTest(unittest.TestCase):
