@@ -348,6 +348,7 @@ EmbeddingEngine::EmbeddingEngine(LoadedModel model,
   workers_ =
       options.workers > 0 ? options.workers : (model_.model->device().is_cuda() ? 2 : 1);
   description_ = Describe(model_, *tokenizer_);
+  description_.exif_orientation = options_.decode.honor_exif_orientation;
   check_token_ids_ = tokenizer_->vocab_size() > description_.vocab_size;
 }
 

@@ -104,6 +104,7 @@ struct ModelDescription {
   std::string checkpoint_format;
   std::string checkpoint_sha256;
   bool random_weights = false;
+  bool exif_orientation = false;  // the decode option: images turned upright by EXIF
 };
 
 // Which tower an input goes through (metrics label values "image" and "text").

@@ -1067,6 +1067,7 @@ void DescribeModel(const ModelDescription& d, v1::ModelInfo* out) {
   out->set_checkpoint_format(d.checkpoint_format);
   out->set_checkpoint_sha256(d.checkpoint_sha256);
   out->set_random_weights(d.random_weights);
+  out->set_exif_orientation(d.exif_orientation);
 }
 
 }  // namespace

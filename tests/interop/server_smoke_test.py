@@ -412,6 +412,8 @@ class ExifOrientationTest(unittest.TestCase):
             channel = server.wait_ready(self.health_pb, self.health_grpc)
             self.addCleanup(channel.close)
             stub = pb_grpc.ClipServiceStub(channel)
+            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+            self.assertEqual(info.exif_orientation, flag == "true")
             reply = stub.EmbedImage(pb.EmbedImageRequest(
                 images=[pb.Image(encoded=jpeg), raw(expected), raw(upright if flag ==
                                                                   "false" else as_stored)]),
