@@ -47,9 +47,7 @@ class ClientCliTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
-        cls.health_pb, cls.health_grpc = lib.import_health()
-        cls.pb, cls.pb_grpc = lib.import_clipserve()
+        lib.set_up_stubs(cls, ARGS)
         cls.server = lib.Server(ARGS.server, "--model=demo:ViT-B-32", "--precision=fp32")
         cls.channel = cls.server.wait_ready(cls.health_pb, cls.health_grpc, timeout_s=120)
         cls.stub = cls.pb_grpc.ClipServiceStub(cls.channel)

@@ -71,6 +71,14 @@ def import_clipserve():
             importlib.import_module("clipserve.v1.clip_service_pb2_grpc"))
 
 
+def set_up_stubs(cls, args):
+    """Compiles the stubs and sets a test class's health_pb, health_grpc, pb and
+    pb_grpc: the set-up most test classes share."""
+    compile_stubs(args.proto_dir, args.googleapis_dir)
+    cls.health_pb, cls.health_grpc = import_health()
+    cls.pb, cls.pb_grpc = import_clipserve()
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -29,9 +29,7 @@ class EveryRpcTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
-        cls.health_pb, cls.health_grpc = lib.import_health()
-        cls.pb, cls.pb_grpc = lib.import_clipserve()
+        lib.set_up_stubs(cls, ARGS)
         from google.rpc import error_details_pb2, status_pb2
         cls.error_details_pb2, cls.status_pb2 = error_details_pb2, status_pb2
         cls.server = lib.Server(ARGS.server, "--model=demo:ViT-B-32")

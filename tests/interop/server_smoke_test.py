@@ -126,9 +126,7 @@ class SignalTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
-        cls.health_pb, cls.health_grpc = lib.import_health()
-        cls.pb, cls.pb_grpc = lib.import_clipserve()
+        lib.set_up_stubs(cls, ARGS)
 
     def test_sigterm_during_start_up_exits_at_once(self):
         # ViT-L-14's random weights take many seconds to build: the signal lands then.
@@ -313,9 +311,7 @@ class Int8Test(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
-        cls.health_pb, cls.health_grpc = lib.import_health()
-        cls.pb, cls.pb_grpc = lib.import_clipserve()
+        lib.set_up_stubs(cls, ARGS)
 
     def test_int8_serves_within_cosine_999_of_fp32(self):
         if not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
@@ -378,9 +374,7 @@ class ExifOrientationTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        lib.compile_stubs(ARGS.proto_dir, ARGS.googleapis_dir)
-        cls.health_pb, cls.health_grpc = lib.import_health()
-        cls.pb, cls.pb_grpc = lib.import_clipserve()
+        lib.set_up_stubs(cls, ARGS)
 
     def test_exif_orientation_turns_photos_upright_only_when_asked(self):
         import io
