@@ -64,7 +64,7 @@ ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
     ModelLoadOptions options;
     options.precision = precision;
     // As clip_server runs int8: the rest as --precision=auto would.
-    options.int8.bf16 = CpuInfoHasFastBf16(ReadProcCpuinfo());
+    options.int8.bf16 = CpuInfoPrefersBf16(ReadProcCpuinfo());
     if (cuda) options.device = torch::Device(torch::kCUDA, 0);
     auto loaded = LoadModel(std::string("demo:") + kPresets[preset], options);
     if (!loaded.ok()) return nullptr;

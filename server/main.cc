@@ -87,8 +87,9 @@ ABSL_FLAG(std::string, tokenizer, "",
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, precision, "auto",
           "fp32, bf16, fp16 (CUDA only), int8 (CPU only: the transformers' large linear "
-          "products in int8, the rest as auto picks) or auto: bf16 on CPUs with "
-          "AMX/AVX512-BF16, fp32 on other CPUs, fp16 on CUDA. Outputs are always fp32.");
+          "products in int8, the rest as auto picks) or auto: bf16 on CPUs with AMX-BF16 "
+          "or AMD's AVX512-BF16, fp32 on other CPUs, fp16 on CUDA. Outputs are always "
+          "fp32.");
 ABSL_FLAG(int32_t, max_batch_size, 32, "Most items in one model run, per modality.");
 ABSL_FLAG(double, max_queue_delay_ms, 2.0,
           "How long a partial batch waits for company while more items are still being "
@@ -553,15 +554,21 @@ absl::Status Run() {
         "--precision=auto");
   }
   // int8 products where they pay, the rest as --precision=auto would run it.
-  load.int8.bf16 = CpuInfoHasFastBf16(cpuinfo);
+  load.int8.bf16 = CpuInfoPrefersBf16(cpuinfo);
   CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(load.device));
   if (!load.device.is_cuda() && load.precision == Precision::kBFloat16 &&
-      !CpuInfoHasFastBf16(cpuinfo)) {
+      !CpuInfoHasBf16(cpuinfo)) {
     LOG(WARNING) << "--precision=bf16 on a CPU without AMX-BF16 or AVX512-BF16: "
                     "LibTorch emulates bf16 here, slower than fp32, and some of its "
                     "fallback kernels (convolutions, batched products) sum in bf16, so "
                     "embeddings may drift further from fp32; --precision=auto picks fp32 "
                     "on this CPU";
+  } else if (!load.device.is_cuda() && load.precision == Precision::kBFloat16 &&
+             !CpuInfoPrefersBf16(cpuinfo)) {
+    LOG(WARNING) << "--precision=bf16 on a CPU whose only bf16 instruction is Intel's "
+                    "AVX512-BF16 (no AMX): its bf16 products peak at the fp32 rate and "
+                    "batches ran slower than fp32 on OpenBLAS's AVX-512 kernels; "
+                    "--precision=auto picks fp32 on this CPU";
   }
   if (!absl::GetFlag(FLAGS_model_config).empty()) {
     load.config_path = absl::GetFlag(FLAGS_model_config);

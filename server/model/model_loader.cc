@@ -6,6 +6,7 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -30,6 +31,17 @@ bool CpuInfoHasAnyFlag(absl::string_view cpuinfo,
   return false;
 }
 
+// True when the "vendor_id" line of `cpuinfo` says AuthenticAMD.
+bool CpuInfoVendorIsAmd(absl::string_view cpuinfo) {
+  for (absl::string_view line : absl::StrSplit(cpuinfo, '\n')) {
+    if (!absl::StartsWith(line, "vendor_id")) continue;
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) continue;
+    return absl::StripAsciiWhitespace(line.substr(colon + 1)) == "AuthenticAMD";
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string ReadProcCpuinfo() {
@@ -39,8 +51,13 @@ std::string ReadProcCpuinfo() {
   return out.str();
 }
 
-bool CpuInfoHasFastBf16(absl::string_view cpuinfo) {
+bool CpuInfoHasBf16(absl::string_view cpuinfo) {
   return CpuInfoHasAnyFlag(cpuinfo, {"amx_bf16", "avx512_bf16"});
+}
+
+bool CpuInfoPrefersBf16(absl::string_view cpuinfo) {
+  return CpuInfoHasAnyFlag(cpuinfo, {"amx_bf16"}) ||
+         (CpuInfoHasAnyFlag(cpuinfo, {"avx512_bf16"}) && CpuInfoVendorIsAmd(cpuinfo));
 }
 
 bool CpuInfoHasInt8Dot(absl::string_view cpuinfo) {
@@ -64,7 +81,7 @@ absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,
                                            absl::string_view cpuinfo) {
   if (flag != "auto") return ParsePrecision(flag);
   if (device.is_cuda()) return Precision::kFloat16;
-  return CpuInfoHasFastBf16(cpuinfo) ? Precision::kBFloat16 : Precision::kFloat32;
+  return CpuInfoPrefersBf16(cpuinfo) ? Precision::kBFloat16 : Precision::kFloat32;
 }
 
 absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,

@@ -41,9 +41,19 @@ struct LoadedModel {
   bool activation_assumed = false;
 };
 
-// True when /proc/cpuinfo-style `cpuinfo` lists AMX-BF16 or AVX512-BF16, the
-// instructions oneDNN uses for fast bf16 matrix products.
-bool CpuInfoHasFastBf16(absl::string_view cpuinfo);
+// True when /proc/cpuinfo-style `cpuinfo` lists AMX-BF16 or AVX512-BF16: oneDNN runs
+// bf16 products on the CPU's own bf16 instructions, where without them LibTorch
+// emulates bf16, slower than fp32.
+bool CpuInfoHasBf16(absl::string_view cpuinfo);
+
+// True when bf16 matrix products outrun fp32 ones on the CPU `cpuinfo` describes:
+// AMX-BF16 (Intel's tile unit), or AVX512-BF16 on an AMD CPU (vendor_id AuthenticAMD),
+// where one bf16 dot-product instruction does twice the arithmetic of an fp32 FMA. An
+// Intel CPU whose only bf16 instruction is AVX512-BF16 (Cooper Lake, or a Sapphire
+// Rapids or later whose VM hides AMX) is not one: its bf16 dot product peaks at the
+// rate of its fp32 FMAs, and oneDNN's bf16 product ran a ViT-B-32 image batch of 32 at
+// 0.63x the fp32 one on OpenBLAS's AVX-512 kernels (docs/PERFORMANCE.md).
+bool CpuInfoPrefersBf16(absl::string_view cpuinfo);
 
 // The contents of /proc/cpuinfo (empty where it cannot be read).
 std::string ReadProcCpuinfo();
@@ -58,8 +68,8 @@ absl::StatusOr<torch::Device> ParseDevice(absl::string_view name);
 
 // Resolves --precision for `device`: "fp32", "bf16", "fp16", "int8" as given; "auto"
 // picks what the device does fastest at CLIP's accuracy (bf16 embeddings stay within
-// cosine 0.999 of fp32): fp16 on CUDA, bf16 on CPUs with AMX-BF16 or AVX512-BF16 (several
-// times the fp32 throughput there), fp32 on other CPUs. `cpuinfo` is the contents of
+// cosine 0.999 of fp32): fp16 on CUDA, bf16 on CPUs where CpuInfoPrefersBf16, fp32 on
+// other CPUs. `cpuinfo` is the contents of
 // /proc/cpuinfo (read by the caller, so tests can pass their own).
 absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,
                                            const torch::Device& device,

@@ -175,7 +175,7 @@ TEST_F(Bf16LinearTest, ConcurrentCallsAgreeWithSerialOnes) {
 // A CPU with bf16 instructions has oneDNN's fast bf16 product: Bf16Linear is not left
 // off where it pays (the tests above would skip, not fail).
 TEST(Bf16LinearBuildTest, AvailableWhereTheCpuHasBf16Instructions) {
-  if (!CpuInfoHasFastBf16(ReadProcCpuinfo())) GTEST_SKIP() << "no bf16 instructions";
+  if (!CpuInfoHasBf16(ReadProcCpuinfo())) GTEST_SKIP() << "no bf16 instructions";
   EXPECT_TRUE(Bf16Linear::Available());
   EXPECT_TRUE(Bf16Linear::Available(LinearActivation::kQuickGelu));
   EXPECT_TRUE(Bf16Linear::Available(LinearActivation::kGelu));

@@ -876,14 +876,34 @@ TEST(DemoModelTest, GpuHalfPrecisionStaysWithinCosine999OfCpuFp32_CUDA) {
   }
 }
 
-TEST(PrecisionTest, AutoPicksBf16OnlyWithFastBf16Instructions) {
-  const char* amx = "processor : 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n";
-  const char* avx512bf16 = "flags\t\t: fpu avx512f avx512_bf16\n";
-  const char* plain = "flags\t\t: fpu sse avx2 avx512f\n";
+TEST(PrecisionTest, AutoPicksBf16WhereItOutrunsFp32) {
+  const char* amx =
+      "processor : 0\nvendor_id\t: GenuineIntel\n"
+      "flags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n";
+  const char* amd_avx512bf16 =
+      "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx512f avx512_bf16\n";
+  // Cooper Lake, or a Sapphire Rapids in a VM that hides AMX: bf16 instructions, but
+  // products no faster than fp32's.
+  const char* intel_avx512bf16 =
+      "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f avx512_bf16\n";
+  const char* amd_plain = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512f\n";
+  const char* no_vendor = "flags\t\t: fpu avx512f avx512_bf16\n";
   EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, amx), Precision::kBFloat16);
-  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, avx512bf16), Precision::kBFloat16);
-  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, plain), Precision::kFloat32);
-  EXPECT_EQ(*ResolvePrecision("auto", torch::Device(torch::kCUDA, 0), plain),
+  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, amd_avx512bf16), Precision::kBFloat16);
+  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, intel_avx512bf16),
+            Precision::kFloat32);
+  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, amd_plain), Precision::kFloat32);
+  EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, no_vendor), Precision::kFloat32);
+  // bf16 runs natively (not emulated) wherever the instructions are.
+  EXPECT_TRUE(CpuInfoHasBf16(intel_avx512bf16));
+  EXPECT_TRUE(CpuInfoHasBf16(amx));
+  EXPECT_FALSE(CpuInfoHasBf16(amd_plain));
+  // The vendor comes from its own line, not from a flag or a model name.
+  EXPECT_FALSE(CpuInfoPrefersBf16(
+      "vendor_id\t: GenuineIntel\nmodel name\t: AuthenticAMD lookalike\n"
+      "flags\t\t: fpu avx512_bf16\n"));
+  EXPECT_TRUE(CpuInfoPrefersBf16("vendor_id : AuthenticAMD\nflags : avx512_bf16\n"));
+  EXPECT_EQ(*ResolvePrecision("auto", torch::Device(torch::kCUDA, 0), amd_plain),
             Precision::kFloat16);
   EXPECT_EQ(*ResolvePrecision("fp32", torch::kCPU, amx), Precision::kFloat32);
   EXPECT_FALSE(ResolvePrecision("fp8", torch::kCPU, amx).ok());
