@@ -195,6 +195,8 @@ def main():
         with open(os.path.join(r, "served_model.json")) as f:
             served_precision = json.load(f).get("precision", "bf16")
     served_bf16 = 1 if served_precision == "bf16" else 0
+    # --precision=int8 runs what is not an int8 product as auto does.
+    int8_rest = served_precision
     m = machine()
     lines = []
     add = lines.append
@@ -256,18 +258,20 @@ def main():
         f"tower on 20-token captions padded to 77 as clip.tokenize does, batch 32 | "
         f"{fmt(served_txt)} | "
         f"{fmt(txt_best)} | {fmt(ratio(served_txt, txt_best), 2)}x | >= 3x |")
-    short = tower("Text", 0, 32, 1, 20)[0]
-    padded = tower("Text", 0, 32, 1, 77)[0]
-    add(f"| text tower, batch 32 bf16: 20-token captions vs the same padded to 77 | "
+    short = tower("Text", 0, 32, served_bf16, 20)[0]
+    padded = tower("Text", 0, 32, served_bf16, 77)[0]
+    add(f"| text tower, batch 32 {served_precision}: 20-token captions vs the same padded "
+        f"to 77 | "
         f"{fmt(short)} texts/s | {fmt(padded)} texts/s | {fmt(ratio(short, padded), 2)}x | >= 3x |")
     bf16_32 = tower("Image", 0, 32, 1)[0]
     fp32_32 = tower("Image", 0, 32, 0)[0]
     add(f"| image tower batch 32: bf16 vs fp32 | {fmt(bf16_32)} | {fmt(fp32_32)} | "
         f"{fmt(ratio(bf16_32, fp32_32), 2)}x | |")
     int8_32 = tower("Image", 0, 32, "int8")[0]
+    served_32 = bf16_32 if served_bf16 else fp32_32
     if int8_32:
-        add(f"| image tower batch 32: int8 vs bf16 | {fmt(int8_32)} | {fmt(bf16_32)} | "
-            f"{fmt(ratio(int8_32, bf16_32), 2)}x | |")
+        add(f"| image tower batch 32: int8 vs {served_precision} (`auto` here) | "
+            f"{fmt(int8_32)} | {fmt(served_32)} | {fmt(ratio(int8_32, served_32), 2)}x | |")
     served_int8 = max((e["items_per_s"] for e in e2e
                        if e.get("label") == "served_int8" and e["modality"] == "image"),
                       default=None)
@@ -311,7 +315,10 @@ def main():
     mm_bf16 = mm_bf16_packed or mm_bf16_libtorch
     mm_fp32 = model.get("BM_Matmul/bf16:0/real_time", (None,))[0]
     mm_int8 = model.get("BM_MatmulInt8/real_time", (None,))[0]
-    if mm_bf16:
+    # The reference: the faster of the bf16 and fp32 products (the one --precision=auto
+    # should pick).
+    mm_ref, ref_name = max(((mm_bf16 or 0, "bf16"), (mm_fp32 or 0, "fp32")))
+    if mm_ref:
         flops = vit_b32_image_flops()
         add("## Compute ceiling")
         add("")
@@ -319,40 +326,44 @@ def main():
             "apart; patch embedding, attention, MLPs, projection). `BM_Matmul` runs the "
             "product that dominates a batch of 32 (1600 x 768 by 768 x 3072) through "
             "LibTorch, alone; `BM_MatmulBf16Packed` runs it on Bf16Linear, the kernel "
-            "the towers' bf16 products use (the weight laid out once for oneDNN), the "
-            "most this machine's cores give a CLIP layer in bf16.")
+            "the towers' bf16 products use (the weight laid out once for oneDNN); the "
+            "fp32 row runs on the OpenBLAS kernels clip_server picks. The faster of "
+            f"the bf16 and fp32 products, here {ref_name}, is the most this machine's "
+            "cores give a CLIP layer short of int8.")
         add("")
-        add("| | images/s | GFLOP/s | of the bf16 matmul |")
+        add(f"| | images/s | GFLOP/s | of the {ref_name} matmul |")
         add("|---|---|---|---|")
         if mm_bf16_packed:
             add(f"| bf16 matmul, 1600 x 768 x 3072, Bf16Linear | | "
-                f"{fmt(mm_bf16_packed / 1e9)} | 100% |")
+                f"{fmt(mm_bf16_packed / 1e9)} | {100 * mm_bf16_packed / mm_ref:.0f}% |")
         if mm_bf16_libtorch:
             add(f"| bf16 matmul, same shape, LibTorch's linear | | "
-                f"{fmt(mm_bf16_libtorch / 1e9)} | {100 * mm_bf16_libtorch / mm_bf16:.0f}% |")
+                f"{fmt(mm_bf16_libtorch / 1e9)} | {100 * mm_bf16_libtorch / mm_ref:.0f}% |")
         if mm_fp32:
             add(f"| fp32 matmul, same shape | | {fmt(mm_fp32 / 1e9)} | "
-                f"{100 * mm_fp32 / mm_bf16:.0f}% |")
+                f"{100 * mm_fp32 / mm_ref:.0f}% |")
         if mm_int8:
             add(f"| int8 matmul (Int8Linear, a new input each call), same shape | | "
-                f"{fmt(mm_int8 / 1e9)} | {100 * mm_int8 / mm_bf16:.0f}% |")
+                f"{fmt(mm_int8 / 1e9)} | {100 * mm_int8 / mm_ref:.0f}% |")
         for label, ips in (("clipserve image tower, bf16, batch 32", bf16_32),
+                           ("clipserve image tower, fp32, batch 32", fp32_32),
                            ("clipserve image tower, int8, batch 32", int8_32),
                            ("served images (best concurrency)", served_img),
                            ("served images, int8 (best concurrency)", served_int8),
                            ("eager PyTorch image tower (best)", img_best)):
             if ips:
                 add(f"| {label} | {fmt(ips)} | {fmt(ips * flops / 1e9)} | "
-                    f"{100 * ips * flops / mm_bf16:.0f}% |")
+                    f"{100 * ips * flops / mm_ref:.0f}% |")
         add("")
         if img_best:
             add(f"Twice the eager baseline would need {fmt(2 * img_best * flops / 1e9)} "
-                f"GFLOP/s, {2 * img_best * flops / mm_bf16:.1f}x what the cores reach "
-                "on the product the network is made of in bf16"
+                f"GFLOP/s, {2 * img_best * flops / mm_ref:.1f}x what the cores reach "
+                f"on the product the network is made of in {ref_name}"
                 + (f"; in int8, {100 * 2 * img_best * flops / mm_int8:.0f}% of that "
                    "product's rate over the whole network, where the int8 tower "
                    f"reaches {100 * (int8_32 or 0) * flops / mm_int8:.0f}% (the patch "
-                   "embedding and attention run in bf16; the norms, the activations, "
+                   f"embedding and attention run in {int8_rest}; the norms, the "
+                   "activations, "
                    "the softmax and each product's quantization of its input are "
                    "passes over memory)." if mm_int8 else "."))
             add("")
@@ -384,8 +395,10 @@ def main():
         "with one intra-op thread per core. Text rows: every text 20 or 77 tokens. "
         "Each iteration gets new inputs, as served batches are. int8 rows: every "
         "transformer linear product in int8 (oneDNN's int8 matmul, the input quantized "
-        "per call), the rest in bf16; RN50's image tower has no transformer and runs "
-        "exactly as the bf16 row, so its difference from that row is this VM's noise.")
+        f"per call), the rest in {int8_rest} as `--precision=auto` runs it here; RN50's "
+        f"image tower has no transformer and runs exactly as the {int8_rest} row, so its "
+        "difference from that row is this VM's noise. fp32 rows: on the OpenBLAS "
+        "kernels clip_server picks (`--blas_kernel`).")
     add("")
     add("| model | tower | precision | batch 1 | batch 8 | batch 32 | batch 64 |")
     add("|---|---|---|---|---|---|---|")
@@ -409,7 +422,8 @@ def main():
     add("## Eager PyTorch baseline (batch 32)")
     add("")
     add("`bench/python_baseline.py`: the reference networks of tests/reference in eager "
-        "PyTorch (Debian's python3-torch, same LibTorch and thread count), texts padded "
+        "PyTorch (Debian's python3-torch, same LibTorch, thread count and OpenBLAS "
+        "kernels), texts padded "
         "to 77 as `clip.tokenize` does. clipserve columns: the in-process towers above "
         "at batch 32.")
     add("")

@@ -38,6 +38,15 @@ else
   BF16=0; PY_PRECISIONS=(fp32)
   echo "note: this CPU has no AMX-BF16 or AVX512-BF16; measuring fp32 only"
 fi
+# OpenBLAS kernel families this CPU can run, weakest first: a kernel whose
+# instructions the CPU lacks would die of SIGILL. Every fp32 row runs on the last, as
+# clip_server (--blas_kernel=auto) and, for a fair baseline, Python do; OpenBLAS
+# 0.3.21 would otherwise fall back to Prescott on CPUs it does not know.
+CORES=(Prescott)
+has() { for f in "$@"; do grep -qw "$f" /proc/cpuinfo || return 1; done; }
+if has avx2 fma; then CORES+=(Haswell); fi
+if has avx512f avx512bw avx512vl avx512dq; then CORES+=(SkylakeX); fi
+export OPENBLAS_CORETYPE=${CORES[-1]}
 if [ "$SMOKE" = 1 ]; then
   REPS=1; MIN_TIME=0.01; E2E_S=2s; PY_RUNS=1; PAIRED_ROUNDS=1
   MODEL_FILTER="BM_(Image|Text)Tower(Int8)?/model:0/batch:1/(bf16:$BF16|int8:1)/"
@@ -63,12 +72,8 @@ fi
 if stage model; then
 echo "== model in process"
 "$BIN/model_benchmark" "${GB[@]}" --benchmark_filter="$MODEL_FILTER" >"$OUT/model.json"
-# fp32 on the kernels the CPU supports vs the 2004 kernels OpenBLAS falls back to;
-# a kernel whose instructions the CPU lacks would die of SIGILL, so it is not run.
-CORES=(Prescott)
-has() { for f in "$@"; do grep -qw "$f" /proc/cpuinfo || return 1; done; }
-if has avx2 fma; then CORES+=(Haswell); fi
-if has avx512f avx512bw avx512vl avx512dq; then CORES+=(SkylakeX); fi
+# fp32 on the kernels the CPU supports vs the 2004 kernels OpenBLAS falls back to
+# (CORES, from the top).
 rm -f "$OUT"/blas_*.json
 for core in "${CORES[@]}"; do
   OPENBLAS_CORETYPE=$core "$BIN/model_benchmark" "${GB[@]}" \
