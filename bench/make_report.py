@@ -565,7 +565,8 @@ def main():
     add("## Threads")
     add("")
     add("- LibTorch intra-op threads (`--intra_op_threads`, default 0 = one per CPU the "
-        "process may use): a batch is the one piece of work that should use every core.")
+        "process may use: its affinity mask, or its cgroup's CPU limit where smaller): a "
+        "batch is the one piece of work that should use every core.")
     add("- Batch workers per modality (`--workers`, default 0 = 1 on the CPU, 2 per GPU): "
         "they form and answer batches. On the CPU every model run goes through one "
         "model-runner thread (text batches before waiting image batches), so batches "

@@ -52,7 +52,7 @@ bool CpuInfoHasBf16(absl::string_view cpuinfo);
 // Intel CPU whose only bf16 instruction is AVX512-BF16 (Cooper Lake, or a Sapphire
 // Rapids or later whose VM hides AMX) is not one: its bf16 dot product peaks at the
 // rate of its fp32 FMAs, and oneDNN's bf16 product ran a ViT-B-32 image batch of 32 at
-// 0.63x the fp32 one on OpenBLAS's AVX-512 kernels (docs/PERFORMANCE.md).
+// 0.62x the fp32 one on OpenBLAS's AVX-512 kernels (docs/PERFORMANCE.md).
 bool CpuInfoPrefersBf16(absl::string_view cpuinfo);
 
 // The contents of /proc/cpuinfo (empty where it cannot be read).
