@@ -146,10 +146,10 @@ bool Bf16Linear::Available(LinearActivation activation) {
 }
 
 Bf16Linear::Bf16Linear(const at::Tensor& weight, const at::Tensor& bias,
-                       LinearActivation activation) {
+                       LinearActivation activation)
+    : activation_(activation) {
   (void)weight;
   (void)bias;
-  (void)activation;
   TORCH_CHECK(false,
               "Bf16Linear needs a build that calls oneDNN directly (libdnnl-dev, and a "
               "LibTorch on that same libdnnl)");

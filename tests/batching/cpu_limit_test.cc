@@ -99,7 +99,9 @@ TEST(UsableCpusTest, IsAtLeastOneAndAtMostTheMachinesCpus) {
   const int cpus = UsableCpus();
   EXPECT_GE(cpus, 1);
   EXPECT_LE(cpus, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  if (std::optional<int> limit = CgroupCpuLimit()) EXPECT_LE(cpus, *limit);
+  if (std::optional<int> limit = CgroupCpuLimit()) {
+    EXPECT_LE(cpus, *limit);
+  }
 }
 
 }  // namespace
