@@ -104,6 +104,7 @@ class Server:
         # and once its 64 KiB fill up (one line per failed call adds up under load)
         # every thread that logs blocks and the server stops answering.
         self.log = tempfile.TemporaryFile(mode="w+")
+        self._final_output = None  # what the log held when it was closed
         self.process = subprocess.Popen(
             [binary, "--host=127.0.0.1", "--port=0", *flags],
             stdout=self.log, stderr=subprocess.STDOUT, text=True)
@@ -144,6 +145,8 @@ class Server:
 
     def output(self):
         """Everything the server has logged so far."""
+        if self.log.closed:
+            return self._final_output
         # pread leaves the file offset alone: the server's writes share it, and a seek
         # here would send a line it writes meanwhile over earlier ones.
         fd = self.log.fileno()
@@ -192,9 +195,17 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=timeout_s)
+        self._close_log()
         return self.process.returncode, self.output()
 
     def kill(self):
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._close_log()
+
+    def _close_log(self):
+        """Once the process has exited: keeps its log's text and closes the file."""
+        if not self.log.closed:
+            self._final_output = self.output()
+            self.log.close()
