@@ -538,6 +538,14 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       load.precision,
       ResolvePrecision(absl::GetFlag(FLAGS_precision), load.device, cpuinfo));
+  if (absl::GetFlag(FLAGS_precision) == "auto" && !load.device.is_cuda()) {
+    LOG(INFO) << "--precision=auto: "
+              << (CpuInfoPrefersBf16(cpuinfo) ? "bf16 (AMX-BF16, or AMD's AVX512-BF16)"
+                  : CpuInfoHasBf16(cpuinfo)
+                      ? "fp32 (this CPU's bf16 is Intel's AVX512-BF16 without AMX, no "
+                        "faster than fp32)"
+                      : "fp32 (no bf16 instructions)");
+  }
   // ClipModel::To() refuses both too, but only after the model load.
   if (!load.device.is_cuda() && load.precision == Precision::kFloat16) {
     return absl::InvalidArgumentError(
