@@ -47,12 +47,13 @@ struct LoadedModel {
 bool CpuInfoHasBf16(absl::string_view cpuinfo);
 
 // True when bf16 matrix products outrun fp32 ones on the CPU `cpuinfo` describes:
-// AMX-BF16 (Intel's tile unit), or AVX512-BF16 on an AMD CPU (vendor_id AuthenticAMD),
-// where one bf16 dot-product instruction does twice the arithmetic of an fp32 FMA. An
-// Intel CPU whose only bf16 instruction is AVX512-BF16 (Cooper Lake, or a Sapphire
-// Rapids or later whose VM hides AMX) is not one: its bf16 dot product peaks at the
-// rate of its fp32 FMAs, and oneDNN's bf16 product ran a ViT-B-32 image batch of 32 at
-// 0.62x the fp32 one on OpenBLAS's AVX-512 kernels (docs/PERFORMANCE.md).
+// AMX-BF16 (Intel's tile unit), or AVX512-BF16 on an AMD CPU (vendor_id AuthenticAMD;
+// on an EPYC VM the bf16 ViT-B-32 image tower ran a batch of 32 2.3x as fast as fp32
+// on OpenBLAS's AVX-512 kernels, docs/PERFORMANCE.md at 44c4113). An Intel CPU whose
+// only bf16 instruction is AVX512-BF16 (Cooper Lake, or a Sapphire Rapids or later
+// whose VM hides AMX) is not one: its bf16 dot products peak at the arithmetic rate of
+// its fp32 FMAs, and the same batch ran at 0.62x fp32 on an Intel Xeon VM
+// (docs/PERFORMANCE.md).
 bool CpuInfoPrefersBf16(absl::string_view cpuinfo);
 
 // The contents of /proc/cpuinfo (empty where it cannot be read).
@@ -69,8 +70,8 @@ absl::StatusOr<torch::Device> ParseDevice(absl::string_view name);
 // Resolves --precision for `device`: "fp32", "bf16", "fp16", "int8" as given; "auto"
 // picks what the device does fastest at CLIP's accuracy (bf16 embeddings stay within
 // cosine 0.999 of fp32): fp16 on CUDA, bf16 on CPUs where CpuInfoPrefersBf16, fp32 on
-// other CPUs. `cpuinfo` is the contents of
-// /proc/cpuinfo (read by the caller, so tests can pass their own).
+// other CPUs. `cpuinfo` is the contents of /proc/cpuinfo (read by the caller, so tests
+// can pass their own).
 absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,
                                            const torch::Device& device,
                                            absl::string_view cpuinfo);
