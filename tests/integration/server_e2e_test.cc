@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/time/clock.h"
+#include "client/status_details.h"
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "google/rpc/error_details.pb.h"
@@ -369,21 +370,6 @@ TEST(ServerE2ECancelTest, CancelledCallsLeaveTheQueueAtOnce) {
   stack.engine->Shutdown();
 }
 
-// The RetryInfo delay of a RESOURCE_EXHAUSTED status (a test failure when none).
-absl::Duration RetryDelay(const grpc::Status& status) {
-  google::rpc::Status details;
-  EXPECT_TRUE(grpc::ExtractErrorDetails(status, &details).ok());
-  for (const auto& any : details.details()) {
-    google::rpc::RetryInfo retry;
-    if (any.UnpackTo(&retry)) {
-      return absl::Seconds(retry.retry_delay().seconds()) +
-             absl::Nanoseconds(retry.retry_delay().nanos());
-    }
-  }
-  ADD_FAILURE() << "no RetryInfo in " << status.error_message();
-  return absl::ZeroDuration();
-}
-
 // A call whose items do not fit in what is left of the queue is refused whole, with a
 // delay to retry after; a call that fits is served, and so are the items that were
 // waiting. The queue stays full by construction: a partial batch waits an hour.
@@ -414,7 +400,7 @@ TEST(ServerE2EOverloadTest,
       context.get(), text_request({"a dog", "a bird"}), &refused_response);
   ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << refused.error_message();
-  EXPECT_GT(RetryDelay(refused), absl::ZeroDuration());
+  EXPECT_GT(RetryInfoDelay(FromGrpcStatus(refused)), absl::ZeroDuration());
   EXPECT_EQ(stack.engine->QueuedTexts(), 1);  // none of the refused call's items
 
   // One more item fills the batch, which runs at once with the waiting item.
@@ -462,7 +448,7 @@ TEST(ServerE2EOverloadTest, ABurstOnATinyQueueEndsEachCallServedOrRefusedWithRet
       continue;
     }
     ASSERT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-    EXPECT_GT(RetryDelay(s), absl::ZeroDuration());
+    EXPECT_GT(RetryInfoDelay(FromGrpcStatus(s)), absl::ZeroDuration());
   }
   EXPECT_GT(ok, 0);  // the first call finds the queue empty, and fits it
   stack.server->Shutdown(absl::Seconds(5));

@@ -85,8 +85,9 @@ TEST_F(QuickGeluTest, Bf16IsTheRoundedResult) {
   const torch::Tensor sigmoid_bf16 = torch::sigmoid(z).to(torch::kBFloat16);
   const torch::Tensor twice =
       (h.to(torch::kDouble) * sigmoid_bf16.to(torch::kDouble)).to(torch::kBFloat16);
-  EXPECT_GT(twice.ne(want).to(torch::kDouble).mean().item<double>(), 10 * mismatched);
-  EXPECT_GT(twice.ne(want).to(torch::kDouble).mean().item<double>(), 1e-3);
+  const double twice_mismatched = twice.ne(want).to(torch::kDouble).mean().item<double>();
+  EXPECT_GT(twice_mismatched, 10 * mismatched);
+  EXPECT_GT(twice_mismatched, 1e-3);
 }
 
 // +inf stays +inf; -inf and NaN give NaN (-inf * 0, as LibTorch's formula gives them);
