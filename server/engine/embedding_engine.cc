@@ -132,12 +132,13 @@ struct ImageItem {
   absl::Time deadline() const { return request->options.deadline; }
   bool cancelled() const { return request->cancelled(); }
   // Answers the item, its pixels and budget share given back first: a caller that
-  // sends its next image as soon as it is answered finds the budget free.
-  void Answer(const absl::Status& status) {
+  // sends its next image as soon as it is answered finds the budget free. Returns
+  // EngineRequest::ItemDone's answer.
+  bool Answer(const absl::Status& status) {
     pixels = {};
     decoded = {};
     decoded_bytes = HeldBytes();
-    request->ItemDone(status);
+    return request->ItemDone(status);
   }
 };
 
@@ -514,7 +515,9 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
           std::vector<ImageItem> one;
           one.push_back(std::move(item));
           absl::Status scheduled = image_batcher_->Schedule(&one);
-          if (!scheduled.ok() && request->ItemDone(scheduled)) image_batcher_->DropDead();
+          // Refused, the item is still ours: answered through it, its share goes back.
+          if (!scheduled.ok() && one.front().Answer(scheduled))
+            image_batcher_->DropDead();
           ReportQueueDepth(Modality::kImage);
         });
     if (!submitted.ok()) {

@@ -767,6 +767,67 @@ TEST_F(EmbeddingEngineDeviceResizeTest, DecodedBytesAreGivenBackBeforeTheAnswer)
   EXPECT_EQ(engine->device_resize_bytes(), 0);
 }
 
+// The same when the queue refuses the image: its share is back when its call is
+// answered. One worker, batches of one and a queue of one: the first image's batch is
+// held in the model, the second image waits in the queue, and the third is refused;
+// at its answer the first two hold their shares and the third holds none.
+TEST_F(EmbeddingEngineDeviceResizeTest, ARefusedImagesBytesAreGivenBackBeforeTheAnswer) {
+  absl::Notification running, release;
+  // Notified once an image waits in the queue while the first one's batch runs.
+  struct QueueWatch : EngineObserver {
+    explicit QueueWatch(const absl::Notification& running) : running(running) {}
+    void OnQueueDepth(Modality modality, int items) override {
+      if (modality == Modality::kImage && items == 1 && running.HasBeenNotified() &&
+          !queued.HasBeenNotified()) {
+        queued.Notify();
+      }
+    }
+    const absl::Notification& running;
+    absl::Notification queued;
+  } watch(running);
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.resize_on_device = true;
+    options.observer = &watch;
+    options.workers = 1;
+    options.max_batch_size = 1;
+    options.max_queue_size = 1;
+    options.model_fault_for_test = [&](Modality, int) {
+      if (!running.HasBeenNotified()) {
+        running.Notify();
+        release.WaitForNotification();
+      }
+      return absl::OkStatus();
+    };
+  });
+  ASSERT_NE(engine, nullptr);
+  const ImageInput raw = Raw(ReadShared("images/chelsea.png"));
+  const auto share = static_cast<int64_t>(raw.rgb8.size());
+  absl::Notification first_done, second_done, third_done;
+  auto expect_ok = [](absl::Notification* done) {
+    return [done](absl::StatusOr<EmbedResult> result) {
+      EXPECT_TRUE(result.ok()) << result.status();
+      done->Notify();
+    };
+  };
+  engine->EmbedImages({raw}, {}, "images", expect_ok(&first_done));
+  running.WaitForNotification();
+  engine->EmbedImages({raw}, {}, "images", expect_ok(&second_done));
+  watch.queued.WaitForNotification();
+  int64_t held_when_answered = -1;
+  engine->EmbedImages({raw}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+    held_when_answered = engine->device_resize_bytes();
+    third_done.Notify();
+  });
+  third_done.WaitForNotification();
+  EXPECT_EQ(held_when_answered, 2 * share);
+  release.Notify();
+  first_done.WaitForNotification();
+  second_done.WaitForNotification();
+  engine->Shutdown();
+  EXPECT_EQ(engine->device_resize_bytes(), 0);
+}
+
 TEST_F(EmbeddingEngineDeviceResizeTest, ImagesOverTheBudgetAreResizedOnTheHost) {
   // Room for one of the two images at a time: the other is resized on the host, and
   // the batch mixes both kinds of rows. No room at all: every image goes the host way.
