@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/unknown_field_set.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/slice.h"
@@ -18,14 +18,6 @@
 
 namespace clipserve {
 namespace {
-
-using google::protobuf::UnknownField;
-using google::protobuf::UnknownFieldSet;
-
-bool ParseWireFormat(absl::string_view bytes, UnknownFieldSet* fields) {
-  return bytes.size() <= static_cast<size_t>(INT_MAX) &&
-         fields->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
-}
 
 // Whether a message of type `descriptor` can hold a `string` field at any depth
 // (`seen`: the types on the way here, for recursive ones).
@@ -114,6 +106,47 @@ bool CountGroup(google::protobuf::io::CodedInputStream* in, int field_number,
       default:
         ++counts->unknown;
         if (!WireFormatLite::SkipField(in, tag)) return false;
+    }
+  }
+}
+
+// Walks the top-level fields of `bytes`, a serialized message, and calls `visit` with
+// the number and value of each length-delimited one, in order, without building
+// anything: a request refused by the parse may be up to the message size limit of
+// 2-byte fields, which as an UnknownFieldSet would take some 25 times its size. False
+// when the bytes are not well-formed wire format, however far `visit` was called.
+bool ForEachLengthDelimitedField(
+    absl::string_view bytes,
+    absl::FunctionRef<void(int number, absl::string_view value)> visit) {
+  using google::protobuf::internal::WireFormatLite;
+  if (bytes.size() > static_cast<size_t>(INT_MAX)) return false;
+  google::protobuf::io::CodedInputStream in(
+      reinterpret_cast<const uint8_t*>(bytes.data()), static_cast<int>(bytes.size()));
+  while (true) {
+    const uint32_t tag = in.ReadTag();
+    if (tag == 0) return in.ConsumedEntireMessage();
+    const int number = WireFormatLite::GetTagFieldNumber(tag);
+    if (number == 0) return false;
+    switch (WireFormatLite::GetTagWireType(tag)) {
+      case WireFormatLite::WIRETYPE_LENGTH_DELIMITED: {
+        uint32_t length = 0;
+        if (!in.ReadVarint32(&length) || length > static_cast<uint32_t>(INT_MAX)) {
+          return false;
+        }
+        const size_t at = static_cast<size_t>(in.CurrentPosition());
+        if (!in.Skip(static_cast<int>(length))) return false;
+        visit(number, bytes.substr(at, length));
+        break;
+      }
+      case WireFormatLite::WIRETYPE_START_GROUP: {
+        EntryCounts unused;
+        if (!CountGroup(&in, number, &unused)) return false;
+        break;
+      }
+      case WireFormatLite::WIRETYPE_END_GROUP:
+        return false;
+      default:
+        if (!WireFormatLite::SkipField(&in, tag)) return false;
     }
   }
 }
@@ -266,46 +299,42 @@ absl::Status SerializeResponse(const google::protobuf::Message& message,
 std::optional<std::string> FindInvalidUtf8Field(
     const google::protobuf::Descriptor& descriptor, absl::string_view bytes) {
   // Messages without strings (images, embeddings: most of a large request's bytes)
-  // are not parsed again.
+  // are not walked again.
   if (!MayHoldStrings(descriptor)) return std::nullopt;
-  UnknownFieldSet fields;
-  if (!ParseWireFormat(bytes, &fields)) return std::nullopt;
+  std::optional<std::string> found;
   absl::flat_hash_map<int, int> index_of;  // per field number, the next item index
-  for (int i = 0; i < fields.field_count(); ++i) {
-    const UnknownField& field = fields.field(i);
-    if (field.type() != UnknownField::TYPE_LENGTH_DELIMITED) continue;
-    const google::protobuf::FieldDescriptor* described =
-        descriptor.FindFieldByNumber(field.number());
-    if (described == nullptr) continue;
-    const int index = index_of[field.number()]++;
-    const std::string name = described->is_repeated()
-                                 ? absl::StrCat(described->name(), "[", index, "]")
-                                 : described->name();
-    if (described->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
-      if (!IsValidUtf8(field.length_delimited())) return name;
-    } else if (described->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) {
-      if (std::optional<std::string> inner = FindInvalidUtf8Field(
-              *described->message_type(), field.length_delimited())) {
-        return absl::StrCat(name, ".", *inner);
-      }
-    }
-  }
-  return std::nullopt;
+  const bool well_formed =
+      ForEachLengthDelimitedField(bytes, [&](int number, absl::string_view value) {
+        if (found.has_value()) return;  // the rest is only checked to be well-formed
+        const google::protobuf::FieldDescriptor* described =
+            descriptor.FindFieldByNumber(number);
+        if (described == nullptr) return;
+        const int index = index_of[number]++;
+        const auto name = [&] {
+          return described->is_repeated()
+                     ? absl::StrCat(described->name(), "[", index, "]")
+                     : described->name();
+        };
+        if (described->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
+          if (!IsValidUtf8(value)) found = name();
+        } else if (described->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) {
+          if (std::optional<std::string> inner =
+                  FindInvalidUtf8Field(*described->message_type(), value)) {
+            found = absl::StrCat(name(), ".", *inner);
+          }
+        }
+      });
+  return well_formed ? found : std::nullopt;
 }
 
 std::optional<std::string> ReadUtf8Field(absl::string_view bytes, int field_number) {
-  UnknownFieldSet fields;
-  if (!ParseWireFormat(bytes, &fields)) return std::nullopt;
-  std::optional<std::string> value;
-  for (int i = 0; i < fields.field_count(); ++i) {
-    const UnknownField& field = fields.field(i);
-    if (field.number() == field_number &&
-        field.type() == UnknownField::TYPE_LENGTH_DELIMITED) {
-      value = field.length_delimited();
-    }
-  }
-  if (value.has_value() && !IsValidUtf8(*value)) return std::nullopt;
-  return value;
+  std::optional<absl::string_view> value;
+  const bool well_formed =
+      ForEachLengthDelimitedField(bytes, [&](int number, absl::string_view field) {
+        if (number == field_number) value = field;
+      });
+  if (!well_formed || !value.has_value() || !IsValidUtf8(*value)) return std::nullopt;
+  return std::string(*value);
 }
 
 }  // namespace clipserve

@@ -1,5 +1,10 @@
 #include "server/service/request_parsing.h"
 
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <new>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -12,6 +17,19 @@
 
 namespace clipserve {
 namespace {
+
+// Bytes this thread allocates through operator new while counting (see the
+// replacement at the end of this file).
+thread_local bool counting_allocations = false;
+thread_local int64_t allocated_bytes = 0;
+
+int64_t BytesAllocatedBy(const std::function<void()>& run) {
+  allocated_bytes = 0;
+  counting_allocations = true;
+  run();
+  counting_allocations = false;
+  return allocated_bytes;
+}
 
 // Proto3 C++ serializes invalid UTF-8 in a string field (it only logs), so tests can
 // produce the bytes a careless client would send.
@@ -254,6 +272,56 @@ TEST(ReadUtf8FieldTest, ReadsTheLastValidValue) {
   EXPECT_EQ(ReadUtf8Field("\xFF\xFF", 1), std::nullopt);
 }
 
+// What the parse refused is walked, not built: as protobuf's UnknownFieldSet, each of
+// these 2-byte fields would take 16 bytes and more (a string or a set of its own), so
+// a request of 2-byte fields up to the message size limit took some 25 times its
+// size. One million `normalize` flags (numbers are not counted: a parser keeps one),
+// empty groups and empty ids around the fields looked for.
+std::string ManyTinyFields(int count) {
+  std::string bytes;
+  for (int i = 0; i < count; ++i) {
+    bytes += i % 3 == 0 ? "\x10\x01" : i % 3 == 1 ? "\x1B\x1C" : std::string("\x0A\0", 2);
+  }
+  return bytes;
+}
+
+TEST(FindInvalidUtf8FieldTest, BuildsNothingFromTheFieldsItWalks) {
+  const google::protobuf::Descriptor& stream = *v1::EmbedStreamRequest::descriptor();
+  FindInvalidUtf8Field(stream, "");  // the descriptors' lazy parts, built once
+  const std::string bytes = ManyTinyFields(1 << 20) + std::string("\x0A\x01\xFF", 3);
+  std::optional<std::string> field;
+  const int64_t allocated =
+      BytesAllocatedBy([&] { field = FindInvalidUtf8Field(stream, bytes); });
+  EXPECT_EQ(field, "id");
+  EXPECT_LT(allocated, 4096);
+}
+
+// The whole refusal of a million flags (which the entry counts let through, as a
+// parser keeps one) and a text that is not UTF-8: one copy of the bytes (Flatten),
+// little more.
+TEST(ParseRequestTest, ARefusalBuildsNothingFromTheFieldsItWalks) {
+  std::string bytes;
+  for (int i = 0; i < 1 << 20; ++i) bytes += "\x10\x01";
+  bytes += std::string("\x0A\x01\xFF", 3);
+  const grpc::ByteBuffer buffer = Buffer(bytes);
+  v1::EmbedTextRequest parsed;
+  absl::Status status = ParseRequest(buffer, &parsed, kMaxItems, Identity);  // lazy parts
+  const int64_t allocated = BytesAllocatedBy(
+      [&] { status = ParseRequest(buffer, &parsed, kMaxItems, Identity); });
+  EXPECT_EQ(status.message(), "texts[0]: not valid UTF-8");
+  EXPECT_LT(allocated, static_cast<int64_t>(bytes.size()) + (64 << 10));
+}
+
+TEST(ReadUtf8FieldTest, BuildsNothingFromTheFieldsItWalks) {
+  const std::string bytes = ManyTinyFields(1 << 20) + "\x0A\x01x" + "\x1A\x01\xFF";
+  ReadUtf8Field("", 1);
+  std::optional<std::string> id;
+  const int64_t allocated = BytesAllocatedBy(
+      [&] { id = ReadUtf8Field(bytes, v1::EmbedStreamRequest::kIdFieldNumber); });
+  EXPECT_EQ(id, "x");
+  EXPECT_LT(allocated, 4096);
+}
+
 TEST(SerializeResponseTest, RoundTrips) {
   v1::EmbedTextResponse response;
   response.add_embeddings()->add_values(0.5f);
@@ -265,3 +333,15 @@ TEST(SerializeResponseTest, RoundTrips) {
 
 }  // namespace
 }  // namespace clipserve
+
+// Counts what BytesAllocatedBy() asks for; the array and nothrow forms come through
+// these.
+void* operator new(std::size_t size) {
+  if (clipserve::counting_allocations) {
+    clipserve::allocated_bytes += static_cast<int64_t>(size);
+  }
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t /*size*/) noexcept { std::free(p); }
