@@ -1533,20 +1533,23 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
   return call;
 }
 
-grpc::ServerUnaryReactor* ClipService::GetModelInfo(
-    grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* /*request*/,
-    v1::ModelInfo* response) {
+grpc::ServerUnaryReactor* ClipService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request_bytes,
+                                                    grpc::ByteBuffer* response_bytes) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
     return FinishedUnary(context, recorder_, "GetModelInfo", auth);
   }
-  RpcRecorder::Call record =
-      recorder_.Start("GetModelInfo", context->peer(), RpcRecorder::Kind::kUnary,
-                      AssignRequestId(context));
-  DescribeModel(engine_->description(), response);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  recorder_.End(record, absl::OkStatus());
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  auto* call = new RawUnaryCall<v1::GetModelInfoRequest, v1::ModelInfo>(
+      *context, UnaryCall::Env{&recorder_, engine_, options_.max_response_bytes},
+      "GetModelInfo", response_bytes);
+  // The request has no fields: only unknown ones, from a newer client, are counted.
+  if (!AdmitAndParse(&request_memory_, *request_bytes, *context, call, &call->request,
+                     options_.limits.max_items_per_request, KeepFieldName)) {
+    return call;
+  }
+  DescribeModel(engine_->description(), &call->response);
+  call->FinishWith(absl::OkStatus());
+  return call;
 }
 
 }  // namespace clipserve

@@ -104,14 +104,16 @@ int64_t LargestOneItemResponseBytes(const ModelDescription& d);
 // UNIMPLEMENTED with no message, where the contract promises INVALID_ARGUMENT naming
 // the item (and, in EmbedStream, an error for that item alone); and the request
 // memory budget is charged before the bytes are parsed into a second copy. Clients
-// see the same typed service. GetModelInfo's request is empty.
+// see the same typed service. GetModelInfo's request is empty, but raw too: a typed
+// parser keeps whatever unknown fields come, which for a message size's worth of
+// 2-byte groups takes some 25 times that size, before a handler could refuse them.
 using ClipServiceBase = v1::ClipService::WithRawCallbackMethod_EmbedImage<
     v1::ClipService::WithRawCallbackMethod_EmbedText<
         v1::ClipService::WithRawCallbackMethod_Similarity<
             v1::ClipService::WithRawCallbackMethod_Classify<
                 v1::ClipService::WithRawCallbackMethod_EmbedStream<
                     v1::ClipService::WithRawCallbackMethod_Tokenize<
-                        v1::ClipService::WithCallbackMethod_GetModelInfo<
+                        v1::ClipService::WithRawCallbackMethod_GetModelInfo<
                             v1::ClipService::Service>>>>>>>;
 
 // clipserve.v1.ClipService over an Engine, with gRPC's callback API.
@@ -177,8 +179,8 @@ class ClipService final : public ClipServiceBase {
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetModelInfoRequest* request,
-                                         v1::ModelInfo* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
   // Classify's label cache (for metrics and tests).
   const LabelEmbeddingCache& label_cache() const { return label_cache_; }
