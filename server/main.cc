@@ -183,6 +183,11 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "File of accepted bearer tokens, one per line. When set, every ClipService "
           "call must send 'authorization: Bearer <token>' or gets UNAUTHENTICATED; "
           "health checks and reflection need none. Read once at start-up.");
+ABSL_FLAG(bool, reflection, true,
+          "Serve gRPC server reflection (grpcurl's list and describe). It needs no "
+          "token, and gRPC's own parser keeps every unknown field of its requests: a "
+          "hostile --max_message_bytes request can take some 50 times that in memory. "
+          "Turn it off where untrusted clients reach the port.");
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
           "Address the HTTP endpoint (/metrics, /healthz, /readyz) listens on. 0.0.0.0 "
           "is IPv4 only; :: (or [::]) is IPv6 and IPv4 (where the host has IPv6).");
@@ -444,6 +449,7 @@ absl::Status Run() {
       SecondsFlag("min_client_ping_interval_s", FLAGS_min_client_ping_interval_s,
                   absl::ZeroDuration()));
   server_options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  server_options.reflection = absl::GetFlag(FLAGS_reflection);
   if (server_options.max_concurrent_streams < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_concurrent_streams must not be negative (0 = no limit), got ",
@@ -743,6 +749,7 @@ absl::Status Run() {
             << " min_client_ping_interval_s="
             << absl::GetFlag(FLAGS_min_client_ping_interval_s)
             << " max_concurrent_streams=" << absl::GetFlag(FLAGS_max_concurrent_streams)
+            << " reflection=" << (absl::GetFlag(FLAGS_reflection) ? "on" : "off")
             << security << " startup=" << RealClock::Get()->Now() - start;
 
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.

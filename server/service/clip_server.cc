@@ -4,11 +4,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -18,6 +21,8 @@
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/server_builder_option.h"
+#include "grpcpp/impl/server_builder_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/common/grpc_millis.h"
@@ -53,6 +58,26 @@ absl::Status ValidateConnectionOptions(const ClipServerOptions& options) {
   }
   return absl::OkStatus();
 }
+
+// Leaves the plugin named `name` out of one server (plugins are registered for the
+// whole process).
+class WithoutPlugin final : public grpc::ServerBuilderOption {
+ public:
+  explicit WithoutPlugin(std::string name) : name_(std::move(name)) {}
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(
+      std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [&](const std::unique_ptr<grpc::ServerBuilderPlugin>& plugin) {
+                         return plugin->name() == name_;
+                       }),
+        plugins->end());
+  }
+
+ private:
+  const std::string name_;
+};
 
 }  // namespace
 
@@ -159,6 +184,10 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
   if (options.max_concurrent_streams > 0) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                options.max_concurrent_streams);
+  }
+  if (!options.reflection) {
+    builder.SetOption(std::make_unique<WithoutPlugin>(
+        grpc::reflection::ProtoServerReflectionPlugin().name()));
   }
   for (const auto& service : services) builder.RegisterService(service.get());
 

@@ -30,6 +30,12 @@ struct ClipServerOptions {
   int max_receive_message_bytes = 64 << 20;
   // Largest response message sent, in bytes.
   int max_send_message_bytes = 64 << 20;
+  // Serve grpc.reflection.v1alpha.ServerReflection (what `grpcurl list` asks). It
+  // needs no token, and gRPC's own parser reads its requests: every unknown field of
+  // a hostile one is kept, and echoed in the reply, so one request of
+  // max_receive_message_bytes took some 50 times that in memory. Off on networks that
+  // are not trusted (the Kubernetes manifests turn it off).
+  bool reflection = true;
   // nullopt (the default): plaintext. Otherwise the port speaks TLS only, with this
   // certificate, and with client_ca_pem set demands client certificates signed by
   // that CA (mutual TLS). Read it with LoadServerTlsConfig().

@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/clip_client.h"
@@ -15,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
@@ -90,6 +93,56 @@ TEST(ClipServerTest, UnbuiltMethodsAnswerUnimplemented) {
   clipserve::v1::ModelInfo response;
   EXPECT_EQ(stub->GetModelInfo(&context, request, &response).error_code(),
             grpc::StatusCode::UNIMPLEMENTED);
+}
+
+// Reflection's list_services, sent as the one message of a call; the reply's bytes.
+absl::StatusOr<std::string> ListServices(int port) {
+  grpc::GenericStub generic(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
+                                                grpc::InsecureChannelCredentials()));
+  grpc::Slice slice(std::string("\x3a\x00", 2));  // list_services = ""
+  const grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&context,
+                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", {},
+                    &request, &response, [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        status.error_message());
+  }
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return absl::InternalError("no response bytes");
+  std::string bytes;
+  for (const grpc::Slice& part : slices) {
+    bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
+  }
+  return bytes;
+}
+
+TEST(ClipServerTest, ReflectionIsOnUnlessTurnedOff) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  const absl::StatusOr<std::string> listed = ListServices(server->port());
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_THAT(*listed, ::testing::HasSubstr("clipserve.v1.ClipService"));
+
+  ClipServerOptions options;
+  options.reflection = false;
+  auto without = StartServer(options);
+  ASSERT_NE(without, nullptr);
+  EXPECT_EQ(ListServices(without->port()).status().code(),
+            absl::StatusCode::kUnimplemented);
+  // Process-wide, the plugin still serves the servers that want it.
+  auto again = StartServer();
+  ASSERT_NE(again, nullptr);
+  EXPECT_TRUE(ListServices(again->port()).ok());
 }
 
 TEST(ClipServerTest, ShutdownRefusesNewCallsAndIsIdempotent) {
