@@ -21,11 +21,17 @@ namespace clipserve {
 namespace {
 
 // CLIP's pre-tokenizer pattern. The reference compiles it with re.IGNORECASE and the
-// `regex` module, whose \s is White_Space; RE2 spells that class out.
+// `regex` module, whose \s is White_Space; RE2 spells that class out. RE2 folds case
+// into a class by adding each member's case variants, the `regex` module does not:
+// U+0345 (a combining mark whose uppercase is Greek iota) would be a letter here and
+// is matched by no alternative there, so the reference drops it. The classes are
+// matched without folding, U+0345 left out of both; over every code point, each then
+// falls in the class the reference puts it in (as far as both know it: the Unicode
+// versions of RE2 and `regex` differ).
 std::string PreTokenizerPattern() {
   return absl::StrCat(
-      R"((?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^)",
-      kWhiteSpaceRe2Class, R"(\p{L}\p{N}]+)");
+      R"((?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|(?-i:[\p{L}]+)|[\p{N}]|)",
+      R"((?-i:[^)", kWhiteSpaceRe2Class, R"(\p{L}\p{N}\x{345}]+))");
 }
 
 uint64_t PairKey(int32_t left, int32_t right) {
