@@ -91,11 +91,14 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded,
             "unrecognized image format: the data starts with no JPEG, PNG, GIF, WebP or "
             "BMP signature");
     }
+    // Turning the image upright takes a second copy of it.
+    if (image.ok() && options.honor_exif_orientation && orientation != 1) {
+      image = ApplyExifOrientation(*std::move(image), orientation);
+    }
   } catch (const std::bad_alloc&) {
     return internal::OutOfMemoryError(ImageFormatName(format), "out of memory");
   }
-  if (!image.ok() || !options.honor_exif_orientation || orientation == 1) return image;
-  return ApplyExifOrientation(*std::move(image), orientation);
+  return image;
 }
 
 namespace internal {

@@ -214,6 +214,7 @@ TEST(DecodeImageDeathTest, AnImageTheAllocatorRefusesIsResourceExhausted) {
   EXPECT_EXIT(DecodeUnderAnAddressSpaceCap(png, options), ::testing::ExitedWithCode(0),
               "PNG: out of memory");
 }
+
 #endif
 
 TEST(DecodeImageTest, PixelLimitIsInclusive) {
@@ -596,6 +597,27 @@ std::string FlatJpeg(int width, int height,
     }
   });
 }
+
+#if !defined(ABSL_HAVE_ADDRESS_SANITIZER) && !defined(ABSL_HAVE_THREAD_SANITIZER)
+// As AnImageTheAllocatorRefusesIsResourceExhausted, when the decode fits and turning it
+// upright (--exif_orientation) takes the second copy that does not: a 4000x3400 JPEG is
+// 41 MB of pixels.
+TEST(DecodeImageDeathTest, AnUprightCopyTheAllocatorRefusesIsResourceExhausted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::string jpeg = FlatJpeg(4000, 3400, [](jpeg_compress_struct*) {});
+  // An Exif APP1 segment whose IFD0 holds Orientation = 6, after the SOI marker.
+  jpeg.insert(2, std::string("\xFF\xE1\x00\x22"
+                             "Exif\0\0MM\0\x2A\0\0\0\x08\0\x01"
+                             "\x01\x12\0\x03\0\0\0\x01\0\x06\0\0"
+                             "\0\0\0\0",
+                             36));
+  DecodeOptions options;
+  options.max_pixels = 100'000'000;
+  options.honor_exif_orientation = true;
+  EXPECT_EXIT(DecodeUnderAnAddressSpaceCap(jpeg, options), ::testing::ExitedWithCode(0),
+              "JPEG: out of memory");
+}
+#endif
 
 // Patches a JPEG's baseline frame header (SOF0: FF C0, length, precision, height,
 // width) to declare `side` x `side` pixels.
