@@ -63,11 +63,16 @@ absl::StatusOr<RgbImage> DecodeGif(absl::string_view encoded,
   // extension that sets the transparency flag before the image gives its index.
   int transparency = -1;
   for (;;) {
+    // Pillow skips any byte that starts no record (some encoders leave stray ones, a
+    // spare block terminator for one); giflib would refuse the file.
+    while (input.position < input.size && input.data[input.position] != ',' &&
+           input.data[input.position] != '!' && input.data[input.position] != ';') {
+      ++input.position;
+    }
     GifRecordType record;
     if (DGifGetRecordType(gif, &record) == GIF_ERROR) return GiflibError(gif->Error);
     if (record == IMAGE_DESC_RECORD_TYPE) break;
     if (record == TERMINATE_RECORD_TYPE) return FormatError(kFormat, "no image in file");
-    if (record != EXTENSION_RECORD_TYPE) continue;
     int code = 0;
     GifByteType* block = nullptr;
     if (DGifGetExtension(gif, &code, &block) == GIF_ERROR) return GiflibError(gif->Error);

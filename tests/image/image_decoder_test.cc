@@ -506,6 +506,26 @@ void ExpectCanvasBound(const std::function<std::string(int, int)>& make,
 // A GIF's canvas costs no bytes beyond its size fields, and LZW describes at most about
 // 2,730 pixels a byte: past 4 megapixels, a canvas needs a byte of file per 4,096
 // pixels, checked before it is allocated. Pillow decodes it, filled with the background.
+// Bytes that start no record (',' image, '!' extension, ';' end) are skipped, as
+// Pillow's reader skips them: some encoders leave a stray block terminator. Pillow
+// 9.4 decodes the file below to the original's pixels.
+TEST(DecodeImageTest, GifBytesBetweenRecordsAreSkippedAsPillowSkipsThem) {
+  const std::string gif = ReadShared("chelsea.gif");
+  // Header (6) and logical screen (7), then the global palette its flags declare.
+  const auto flags = static_cast<uint8_t>(gif[10]);
+  const size_t first_record = 13 + ((flags & 0x80) != 0 ? 3u << ((flags & 7) + 1) : 0);
+  ASSERT_EQ(gif[first_record], ',');
+  const std::string padded =
+      gif.substr(0, first_record) + std::string("\0\0x", 3) + gif.substr(first_record);
+  const absl::StatusOr<RgbImage> image = DecodeImage(padded);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->pixels, DecodeImage(gif)->pixels);
+  // Nothing but such bytes after the screen: no image, as in Pillow.
+  EXPECT_EQ(
+      DecodeImage(gif.substr(0, first_record) + std::string("\0", 1)).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DecodeImageTest, GifCanvasBeyondWhatItsBytesCouldDescribeIsRefused) {
   ASSERT_EQ(CanvasGif(6000, 6000).size(), 35u);
   ExpectCanvasBound(CanvasGif,
