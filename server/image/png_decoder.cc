@@ -71,6 +71,9 @@ bool ReadHeader(PngContext* context, Header* header) {
   // Pillow's convert("RGB") needs only IHDR, PLTE and IDAT: skip every ancillary chunk
   // (text, ICC profiles, ...) unparsed, so none can cost time or memory.
   png_set_keep_unknown_chunks(context->png, PNG_HANDLE_CHUNK_NEVER, nullptr, -1);
+  // Pillow checks the CRC of every chunk before the first IDAT, ancillary ones too
+  // (libpng's default only warns about those).
+  png_set_crc_action(context->png, PNG_CRC_DEFAULT, PNG_CRC_ERROR_QUIT);
   // libpng's default caps each side at 1,000,000; DecodeOptions::max_pixels governs.
   png_set_user_limits(context->png, PNG_UINT_31_MAX, PNG_UINT_31_MAX);
   png_read_info(context->png, context->info);
@@ -87,7 +90,7 @@ bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
   png_structp png = context->png;
   if (setjmp(png_jmpbuf(png))) return false;
   // Like Pillow, which never checks IDAT's CRC: a wrong one there is used quietly.
-  // (IHDR's and PLTE's, which Pillow checks, libpng checked in ReadHeader.)
+  // (Those of the chunks before it, which Pillow checks, ReadHeader checked.)
   png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_DEFAULT);
   png_set_strip_16(png);  // 16-bit samples keep their high byte: v >> 8.
   if (header.color_type == PNG_COLOR_TYPE_PALETTE) {

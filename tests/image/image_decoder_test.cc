@@ -124,8 +124,8 @@ std::string BlackPng(uint32_t width, uint32_t height, uint32_t rows) {
          chunk("IDAT", packed) + chunk("IEND", "");
 }
 
-// Pillow checks the CRC of IHDR (and of every chunk before the first IDAT), never
-// IDAT's.
+// Pillow checks the CRC of IHDR and of every other chunk before the first IDAT, never
+// IDAT's or those after it.
 TEST(DecodeImageTest, PngCrcsAreCheckedWherePillowChecksThem) {
   const std::string good = BlackPng(16, 16, 16);
   auto with_broken_crc = [&](const std::string& type) {
@@ -143,6 +143,26 @@ TEST(DecodeImageTest, PngCrcsAreCheckedWherePillowChecksThem) {
   EXPECT_EQ(idat->pixels, DecodeImage(good)->pixels);
   EXPECT_EQ(DecodeImage(with_broken_crc("IHDR")).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // An ancillary chunk's too (Pillow: "broken PNG file"), before IDAT only.
+  const std::string text_body =
+      std::string("tEXtComment", 11) + std::string(1, '\0') + "hi";
+  const uLong text_crc =
+      crc32(0, reinterpret_cast<const Bytef*>(text_body.data()), uInt(text_body.size()));
+  const std::string text =
+      std::string("\0\0\0\x0A", 4) + text_body +
+      std::string{static_cast<char>(text_crc >> 24), static_cast<char>(text_crc >> 16),
+                  static_cast<char>(text_crc >> 8), static_cast<char>(text_crc)};
+  const size_t idat_at = good.find("IDAT") - 4;
+  const size_t iend_at = good.find("IEND") - 4;
+  std::string broken_text = text;
+  broken_text.back() ^= 0x5a;
+  EXPECT_TRUE(DecodeImage(good.substr(0, idat_at) + text + good.substr(idat_at)).ok());
+  EXPECT_EQ(DecodeImage(good.substr(0, idat_at) + broken_text + good.substr(idat_at))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(
+      DecodeImage(good.substr(0, iend_at) + broken_text + good.substr(iend_at)).ok());
 }
 
 // Deflate inflates at most 1032-fold: a header that claims more pixels than the file
