@@ -1,5 +1,6 @@
 #include "server/image/exif_orientation.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -8,10 +9,33 @@ namespace clipserve::image {
 namespace {
 
 constexpr uint16_t kOrientationTag = 0x0112;
-constexpr uint16_t kTypeShort = 3;
-constexpr uint16_t kTypeLong = 4;
-constexpr uint16_t kTypeSignedShort = 8;
-constexpr uint16_t kTypeSignedLong = 9;
+
+// Bytes per value of each TIFF type Pillow 9.4 has a loader for (1-13 and 16), 0 for
+// the others.
+int TypeSize(uint16_t type) {
+  switch (type) {
+    case 1:
+    case 2:
+    case 6:
+    case 7:  // BYTE, ASCII, SBYTE, UNDEFINED
+      return 1;
+    case 3:
+    case 8:  // SHORT, SSHORT
+      return 2;
+    case 4:
+    case 9:
+    case 11:
+    case 13:  // LONG, SLONG, FLOAT, IFD
+      return 4;
+    case 5:
+    case 10:
+    case 12:
+    case 16:  // RATIONAL, SRATIONAL, DOUBLE, LONG8
+      return 8;
+    default:
+      return 0;
+  }
+}
 
 // Bounds-checked reads from a TIFF structure of either byte order.
 class TiffReader {
@@ -34,6 +58,69 @@ class TiffReader {
     return true;
   }
 
+  bool U64(size_t offset, uint64_t* value) const {
+    uint32_t a, b;
+    if (!U32(offset, &a) || !U32(offset + 4, &b)) return false;
+    *value = little_endian_ ? (uint64_t{b} << 32) | a : (uint64_t{a} << 32) | b;
+    return true;
+  }
+
+  // The first value of type `type` at `offset` as Pillow compares it with 1..8: a
+  // number (a rational as its quotient, NaN for a zero denominator), or NaN for the
+  // types Pillow keeps as bytes or text. False when the bytes are not there.
+  bool Number(uint16_t type, size_t offset, double* value) const {
+    uint16_t u16;
+    uint32_t u32, den;
+    uint64_t u64;
+    switch (type) {
+      case 6:
+        if (offset >= data_.size()) return false;
+        *value = static_cast<int8_t>(data_[offset]);
+        return true;
+      case 3:
+      case 8:
+        if (!U16(offset, &u16)) return false;
+        *value = type == 3 ? static_cast<double>(u16)
+                           : static_cast<double>(static_cast<int16_t>(u16));
+        return true;
+      case 4:
+      case 9:
+      case 13:
+        if (!U32(offset, &u32)) return false;
+        *value = type == 9 ? static_cast<double>(static_cast<int32_t>(u32))
+                           : static_cast<double>(u32);
+        return true;
+      case 11: {
+        if (!U32(offset, &u32)) return false;
+        float f;
+        std::memcpy(&f, &u32, sizeof(f));
+        *value = f;
+        return true;
+      }
+      case 12:
+        if (!U64(offset, &u64)) return false;
+        std::memcpy(value, &u64, sizeof(*value));
+        return true;
+      case 16:
+        if (!U64(offset, &u64)) return false;
+        *value = static_cast<double>(u64);
+        return true;
+      case 5:
+      case 10: {
+        if (!U32(offset, &u32) || !U32(offset + 4, &den)) return false;
+        const double num = type == 10 ? static_cast<double>(static_cast<int32_t>(u32))
+                                      : static_cast<double>(u32);
+        const double d = type == 10 ? static_cast<double>(static_cast<int32_t>(den))
+                                    : static_cast<double>(den);
+        *value = d == 0 ? std::nan("") : num / d;
+        return true;
+      }
+      default:
+        *value = std::nan("");
+        return true;
+    }
+  }
+
  private:
   absl::string_view data_;
   bool little_endian_;
@@ -43,10 +130,14 @@ class TiffReader {
 
 int ExifOrientation(absl::string_view exif) {
   if (exif.substr(0, 6) == absl::string_view("Exif\0\0", 6)) exif.remove_prefix(6);
+  // The byte order Pillow takes from the first two bytes, with either of the two
+  // spellings of 42 it accepts after them (not BigTIFF's 43).
+  const absl::string_view head = exif.substr(0, 4);
   bool little_endian;
-  if (exif.substr(0, 4) == absl::string_view("II*\0", 4)) {
+  if (head == absl::string_view("II*\0", 4) || head == absl::string_view("II\0*", 4)) {
     little_endian = true;
-  } else if (exif.substr(0, 4) == absl::string_view("MM\0*", 4)) {
+  } else if (head == absl::string_view("MM\0*", 4) ||
+             head == absl::string_view("MM*\0", 4)) {
     little_endian = false;
   } else {
     return 1;
@@ -58,10 +149,10 @@ int ExifOrientation(absl::string_view exif) {
   // As Pillow 9.4's getexif() then exif_transpose(): the entries are read in order
   // into a dict, so when the tag repeats the last stored one wins, and reading stops
   // (keeping what it has) at an entry cut short. An entry Pillow does not store leaves
-  // an earlier value: a type it has no loader for (TIFF types 1-13 and 16 it has), a
-  // count of 0, or a value whose bytes lie outside the data. SHORT and LONG, signed
-  // or not, give their first value; any other type a value exif_transpose() ignores.
-  uint32_t value = 1;
+  // an earlier value: a type it has no loader for, a count of 0, or a value whose
+  // bytes lie outside the data. The first value of a stored entry is the orientation
+  // when it equals 1..8 as a number (6, 6.0 and 12/2 alike); bytes and text never do.
+  double value = 1;
   for (uint32_t i = 0; i < entries; ++i) {
     const size_t entry = size_t{ifd} + 2 + size_t{i} * 12;
     uint16_t tag, type;
@@ -71,26 +162,18 @@ int ExifOrientation(absl::string_view exif) {
       break;
     }
     if (tag != kOrientationTag) continue;
-    if (type == 0 || (type > 13 && type != 16) || count == 0) continue;
-    const bool is_short = type == kTypeShort || type == kTypeSignedShort;
-    const bool is_long = type == kTypeLong || type == kTypeSignedLong;
-    if (!is_short && !is_long) {
-      value = 1;
-      continue;
-    }
-    const uint64_t bytes = uint64_t{count} * (is_short ? 2 : 4);
+    const int size = TypeSize(type);
+    if (size == 0 || count == 0) continue;
+    const uint64_t bytes = uint64_t{count} * size;
     // Up to 4 bytes sit in the entry itself, more at the offset the field holds.
     const size_t at = bytes <= 4 ? entry + 8 : field;
     if (at > exif.size() || exif.size() - at < bytes) continue;
-    if (is_short) {
-      uint16_t first;
-      if (!tiff.U16(at, &first)) continue;
-      value = first;
-    } else if (!tiff.U32(at, &value)) {
-      continue;
-    }
+    tiff.Number(type, at, &value);
   }
-  return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+  for (int orientation = 1; orientation <= 8; ++orientation) {
+    if (value == orientation) return orientation;
+  }
+  return 1;
 }
 
 RgbImage ApplyExifOrientation(RgbImage image, int orientation) {

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -14,7 +15,7 @@ using ::testing::ElementsAreArray;
 
 // A TIFF header and one IFD holding `entries` (tag, type, value[, count]; count 1 by
 // default), in either byte order. SHORTs and BYTEs are left-justified in the 4-byte
-// value field.
+// value field; other values fill it (a FLOAT's bits, or an offset).
 std::string Tiff(bool little_endian, const std::vector<std::vector<uint32_t>>& entries) {
   std::string s;
   auto put16 = [&](uint32_t v) {
@@ -45,7 +46,7 @@ std::string Tiff(bool little_endian, const std::vector<std::vector<uint32_t>>& e
     if (e[1] == 3 || e[1] == 8) {  // SHORT, SSHORT
       put16(e[2]);
       put16(0);
-    } else if (e[1] == 1 || e[1] == 7) {  // BYTE, UNDEFINED
+    } else if (e[1] == 1 || e[1] == 6 || e[1] == 7) {  // BYTE, SBYTE, UNDEFINED
       s.push_back(static_cast<char>(e[2]));
       s.append(3, '\0');
     } else {
@@ -96,6 +97,12 @@ TEST(ExifOrientationTest, EntryTypesAndCountsAsPillowReadsThem) {
       {"a later BYTE entry replaces it", {{0x0112, 3, 6}, {0x0112, 1, 8}}, 1},
       {"a count of 0 is skipped", {{0x0112, 3, 6}, {0x0112, 3, 8, 0}}, 6},
       {"two SHORTs: the first counts", {{0x0112, 3, 6, 2}}, 6},
+      {"SBYTE", {{0x0112, 6, 6}}, 6},
+      {"SBYTE -2", {{0x0112, 6, 0xFE}}, 1},
+      {"FLOAT 6.0", {{0x0112, 11, 0x40C00000}}, 6},
+      {"FLOAT 6.5", {{0x0112, 11, 0x40D00000}}, 1},
+      {"IFD", {{0x0112, 13, 6}}, 6},
+      {"ASCII is text, which exif_transpose ignores", {{0x0112, 2, 6}}, 1},
   };
   for (const Case& c : cases) {
     for (bool le : {true, false}) {
@@ -112,6 +119,43 @@ TEST(ExifOrientationTest, EntryTypesAndCountsAsPillowReadsThem) {
     EXPECT_EQ(ExifOrientation(with_values), 6) << le;
     // Pointing past the end: not stored, so upright.
     EXPECT_EQ(ExifOrientation(Tiff(le, {{0x0112, 4, 1000, 2}})), 1) << le;
+  }
+  // 8-byte types, their value at offset 26 likewise (as Pillow gave them: 6.0, 6, nan).
+  struct Wide {
+    const char* name;
+    uint32_t type;
+    uint32_t high, low;  // the 8 bytes as two 32-bit words, in the file's order
+    int expected;
+  };
+  const Wide wide[] = {
+      {"RATIONAL 12/2", 5, 12, 2, 6},
+      {"RATIONAL 13/2", 5, 13, 2, 1},
+      {"RATIONAL 6/0", 5, 6, 0, 1},
+      {"SRATIONAL -12/-2", 10, 0xFFFFFFF4, 0xFFFFFFFE, 6},
+      {"DOUBLE 6.0", 12, 0x40180000, 0, 6},
+      {"LONG8 6", 16, 0, 6, 6},
+  };
+  for (const Wide& w : wide) {
+    for (bool le : {true, false}) {
+      std::string tiff = Tiff(le, {{0x0112, w.type, 26}});
+      // Words as LONGs of this byte order; DOUBLE and LONG8 swap them in II.
+      const bool swap = le && (w.type == 12 || w.type == 16);
+      for (uint32_t word : {swap ? w.low : w.high, swap ? w.high : w.low}) {
+        tiff += Tiff(le, {{0x0112, 4, word}}).substr(18, 4);
+      }
+      EXPECT_EQ(ExifOrientation(tiff), w.expected) << w.name << (le ? " (II)" : " (MM)");
+    }
+  }
+}
+
+// Pillow accepts 42 spelled either way after the byte order mark.
+TEST(ExifOrientationTest, EitherSpellingOfTheTiffMagic) {
+  for (bool le : {true, false}) {
+    std::string tiff = Tiff(le, {{0x0112, 3, 6}});
+    std::swap(tiff[2], tiff[3]);
+    EXPECT_EQ(ExifOrientation(tiff), 6) << le;
+    tiff[2] = '+';  // BigTIFF: another layout, not read
+    EXPECT_EQ(ExifOrientation(tiff), 1) << le;
   }
 }
 
