@@ -516,8 +516,9 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
           one.push_back(std::move(item));
           absl::Status scheduled = image_batcher_->Schedule(&one);
           // Refused, the item is still ours: answered through it, its share goes back.
-          if (!scheduled.ok() && one.front().Answer(scheduled))
+          if (!scheduled.ok() && one.front().Answer(scheduled)) {
             image_batcher_->DropDead();
+          }
           ReportQueueDepth(Modality::kImage);
         });
     if (!submitted.ok()) {

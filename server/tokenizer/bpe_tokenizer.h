@@ -35,10 +35,11 @@ struct EncodedText {
 // pattern
 //   <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
 // (case-insensitive, as the reference's `regex` module matches it: see
-// PreTokenizerPattern() for U+0345), each piece's UTF-8 bytes become byte symbols, the last one
-// marked end-of-word, and the merges are applied lowest rank first, every occurrence of
-// a pair left to right, as the reference does. The special-token spellings match in the
-// text too, as in the reference: "<|endoftext|>" typed by a user is token 49407.
+// PreTokenizerPattern() for U+0345), each piece's UTF-8 bytes become byte symbols, the
+// last one marked end-of-word, and the merges are applied lowest rank first, every
+// occurrence of a pair left to right, as the reference does. The special-token
+// spellings match in the text too, as in the reference: "<|endoftext|>" typed by a
+// user is token 49407.
 //
 // Immutable after Create() apart from its internal word cache (bounded, see WordCache),
 // so one instance serves any number of threads; Encode and Decode never block except
