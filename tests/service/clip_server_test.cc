@@ -9,7 +9,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/clip_client.h"
@@ -17,11 +16,11 @@
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "tests/testing/poll_until.h"
+#include "tests/testing/raw_call.h"
 #include "tests/testing/tcp_proxy.h"
 
 namespace clipserve {
@@ -97,33 +96,15 @@ TEST(ClipServerTest, UnbuiltMethodsAnswerUnimplemented) {
 
 // Reflection's list_services, sent as the one message of a call; the reply's bytes.
 absl::StatusOr<std::string> ListServices(int port) {
-  grpc::GenericStub generic(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
-                                                grpc::InsecureChannelCredentials()));
-  grpc::Slice slice(std::string("\x3a\x00", 2));  // list_services = ""
-  const grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-  absl::Notification done;
-  grpc::Status status;
-  generic.UnaryCall(&context,
-                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", {},
-                    &request, &response, [&](grpc::Status s) {
-                      status = std::move(s);
-                      done.Notify();
-                    });
-  done.WaitForNotification();
+  std::string reply;
+  const grpc::Status status = testing::CallWithBytes(
+      port, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+      std::string("\x3a\x00", 2), &reply);  // list_services = ""
   if (!status.ok()) {
     return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                         status.error_message());
   }
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return absl::InternalError("no response bytes");
-  std::string bytes;
-  for (const grpc::Slice& part : slices) {
-    bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
-  }
-  return bytes;
+  return reply;
 }
 
 TEST(ClipServerTest, ReflectionIsOnUnlessTurnedOff) {

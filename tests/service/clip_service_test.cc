@@ -23,7 +23,6 @@
 #include "google/rpc/status.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/error_details.h"
 #include "gtest/gtest.h"
@@ -36,6 +35,7 @@
 #include "tests/service/fake_engine.h"
 #include "tests/testing/async_call.h"
 #include "tests/testing/poll_until.h"
+#include "tests/testing/raw_call.h"
 
 namespace clipserve {
 namespace {
@@ -371,27 +371,11 @@ class ClipServiceTest : public ::testing::Test {
   std::unique_ptr<v1::ClipService::Stub> stub_;
 };
 
-// Calls ClipService's `method` with `bytes` as its request; the response's bytes go
-// to `response` when given.
+// Calls ClipService's `method` with `bytes` as its request (testing::CallWithBytes).
 grpc::Status CallWithBytes(const ClipServer& server, const std::string& method,
-                           const std::string& bytes,
-                           grpc::ByteBuffer* response = nullptr) {
-  grpc::GenericStub generic(grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()),
-                                                grpc::InsecureChannelCredentials()));
-  grpc::Slice slice(bytes);
-  const grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer ignored;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  absl::Notification done;
-  grpc::Status status;
-  generic.UnaryCall(&context, "/clipserve.v1.ClipService/" + method, {}, &request,
-                    response != nullptr ? response : &ignored, [&](grpc::Status s) {
-                      status = std::move(s);
-                      done.Notify();
-                    });
-  done.WaitForNotification();
-  return status;
+                           const std::string& bytes, std::string* response = nullptr) {
+  return testing::CallWithBytes(server.port(), "/clipserve.v1.ClipService/" + method,
+                                bytes, response);
 }
 
 // Bytes that are no valid request (a length-delimited field cut short) are
@@ -417,15 +401,9 @@ TEST_F(ClipServiceTest, MalformedRequestsAreInvalidArgument) {
 // client, are answered; more than 16 per item of the request limit are refused
 // unbuilt, as in every other method.
 TEST_F(ClipServiceTest, GetModelInfoRefusesAFloodOfUnknownFields) {
-  grpc::ByteBuffer response;
-  ASSERT_TRUE(
-      CallWithBytes(*server_, "GetModelInfo", "\x0b\x0c\x10\x01", &response).ok());
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(response.Dump(&slices).ok());
   std::string info_bytes;
-  for (const grpc::Slice& slice : slices) {
-    info_bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
+  ASSERT_TRUE(
+      CallWithBytes(*server_, "GetModelInfo", "\x0b\x0c\x10\x01", &info_bytes).ok());
   v1::ModelInfo info;
   ASSERT_TRUE(info.ParseFromString(info_bytes));
   EXPECT_EQ(info.embed_dim(), FakeEngine::DefaultDescription().embed_dim);
