@@ -29,6 +29,16 @@ absl::StatusOr<RgbImage> DecodeGif(absl::string_view encoded,
 absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
                                    const DecodeOptions& options);
 
+// The EXIF orientation (1-8) that ImageOps.exif_transpose(Image.open(f)) finds in the
+// PNG file `png` in Pillow 9.4: from the last eXIf chunk or tEXt/zTXt/iTXt "exif" before
+// the image data, else from those chunks anywhere (getexif() then loads the image and
+// reads the chunks after it), else from a hex-coded "Raw profile type exif" text chunk;
+// where that EXIF holds no orientation tag, from the tiff:Orientation of an
+// "XML:com.adobe.xmp" text chunk. 1 where none says otherwise, and where Pillow would
+// raise (EXIF it cannot read; a text chunk it refuses). Bounds-checked; a compressed
+// text chunk is inflated only for those keys, to at most 1 MiB as Pillow does it.
+int PngExifOrientation(absl::string_view png);
+
 // INVALID_ARGUMENT "<format>: <what>".
 absl::Status FormatError(absl::string_view format, absl::string_view what);
 

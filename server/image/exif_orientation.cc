@@ -129,7 +129,13 @@ class TiffReader {
 }  // namespace
 
 int ExifOrientation(absl::string_view exif) {
+  return ReadExifOrientationTag(exif).orientation;
+}
+
+ExifOrientationTag ReadExifOrientationTag(absl::string_view exif) {
+  ExifOrientationTag result;
   if (exif.substr(0, 6) == absl::string_view("Exif\0\0", 6)) exif.remove_prefix(6);
+  if (exif.empty()) return result;
   // The byte order Pillow takes from the first two bytes, with either of the two
   // spellings of 42 it accepts after them (not BigTIFF's 43).
   const absl::string_view head = exif.substr(0, 4);
@@ -140,12 +146,18 @@ int ExifOrientation(absl::string_view exif) {
              head == absl::string_view("MM*\0", 4)) {
     little_endian = false;
   } else {
-    return 1;
+    result.readable = false;
+    return result;
   }
   const TiffReader tiff(exif, little_endian);
   uint32_t ifd;
   uint16_t entries;
-  if (!tiff.U32(4, &ifd) || !tiff.U16(ifd, &entries)) return 1;
+  if (!tiff.U32(4, &ifd)) {
+    result.readable = false;
+    return result;
+  }
+  // An IFD that is not there holds no tags (Pillow warns).
+  if (!tiff.U16(ifd, &entries)) return result;
   // As Pillow 9.4's getexif() then exif_transpose(): the entries are read in order
   // into a dict, so when the tag repeats the last stored one wins, and reading stops
   // (keeping what it has) at an entry cut short. An entry Pillow does not store leaves
@@ -169,11 +181,12 @@ int ExifOrientation(absl::string_view exif) {
     const size_t at = bytes <= 4 ? entry + 8 : field;
     if (at > exif.size() || exif.size() - at < bytes) continue;
     tiff.Number(type, at, &value);
+    result.present = true;
   }
   for (int orientation = 1; orientation <= 8; ++orientation) {
-    if (value == orientation) return orientation;
+    if (value == orientation) result.orientation = orientation;
   }
-  return 1;
+  return result;
 }
 
 RgbImage ApplyExifOrientation(RgbImage image, int orientation) {

@@ -11,7 +11,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/image/decoders.h"
-#include "server/image/exif_orientation.h"
 
 namespace clipserve::image::internal {
 namespace {
@@ -122,22 +121,6 @@ bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
   return true;
 }
 
-// The payload of the first eXIf chunk, or "" when there is none. Walks the chunk list
-// with bounds checks only (CRCs are not verified: the tag only rotates the image).
-absl::string_view FindExifChunk(absl::string_view png) {
-  size_t offset = 8;
-  while (png.size() >= 12 && offset <= png.size() - 12) {
-    const auto* p = reinterpret_cast<const uint8_t*>(png.data()) + offset;
-    const uint32_t length = (uint32_t{p[0]} << 24) | (p[1] << 16) | (p[2] << 8) | p[3];
-    const absl::string_view type = png.substr(offset + 4, 4);
-    if (length > png.size() - offset - 12) return "";
-    if (type == "eXIf") return png.substr(offset + 8, length);
-    if (type == "IEND") return "";
-    offset += size_t{length} + 12;
-  }
-  return "";
-}
-
 // Deflate codes a run of at most 258 bytes in no fewer than 2 bits, so no stream
 // inflates to more than 1032 times its size. A header whose pixels would need more
 // than the whole file could hold is refused before anything is allocated for them:
@@ -188,7 +171,7 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   const absl::Status data_ok = CheckCompressedSize(header, encoded.size());
   if (!data_ok.ok()) return data_ok;
   if (options.honor_exif_orientation) {
-    *exif_orientation = ExifOrientation(FindExifChunk(encoded));
+    *exif_orientation = PngExifOrientation(encoded);
   }
 
   const int width = static_cast<int>(header.width);

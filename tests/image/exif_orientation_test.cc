@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -194,6 +195,32 @@ std::vector<int> Reds(const RgbImage& image) {
   std::vector<int> reds;
   for (size_t i = 0; i < image.pixels.size(); i += 3) reds.push_back(image.pixels[i]);
   return reds;
+}
+
+// What a PNG's XMP fallback needs: whether Pillow could read the EXIF at all, and
+// whether it holds the tag whatever its value.
+TEST(ExifOrientationTest, ReadExifOrientationTagTellsAbsentFromUnreadable) {
+  auto read = [](absl::string_view exif) {
+    const ExifOrientationTag tag = ReadExifOrientationTag(exif);
+    return std::vector<int>{tag.readable, tag.present, tag.orientation};
+  };
+  EXPECT_EQ(read(""), (std::vector<int>{1, 0, 1}));
+  EXPECT_EQ(read(std::string("Exif\0\0", 6)), (std::vector<int>{1, 0, 1}));
+  EXPECT_EQ(read(Tiff(true, {{0x010F, 2, 0}})), (std::vector<int>{1, 0, 1}));
+  EXPECT_EQ(read(Tiff(true, {{0x0112, 3, 6}})), (std::vector<int>{1, 1, 6}));
+  EXPECT_EQ(read(Tiff(false, {{0x0112, 3, 9}})), (std::vector<int>{1, 1, 1}));
+  EXPECT_EQ(read(Tiff(true, {{0x0112, 3, 0}})), (std::vector<int>{1, 1, 1}));
+  // An IFD offset past the end: no tags, as Pillow reads it (with a warning).
+  std::string far = Tiff(true, {{0x0112, 3, 6}});
+  far[4] = '\x7f';
+  EXPECT_EQ(read(far), (std::vector<int>{1, 0, 1}));
+  // Pillow raises: no TIFF magic, a header cut short, BigTIFF, "Exif\0\0" twice.
+  EXPECT_EQ(read("JFIF"), (std::vector<int>{0, 0, 1}));
+  EXPECT_EQ(read(std::string("II*\0\x08\0", 6)), (std::vector<int>{0, 0, 1}));
+  EXPECT_EQ(read(std::string("II+\0\x08\0\0\0\0\0\0\0", 12)),
+            (std::vector<int>{0, 0, 1}));
+  EXPECT_EQ(read(std::string("Exif\0\0Exif\0\0", 12) + Tiff(true, {{0x0112, 3, 6}})),
+            (std::vector<int>{0, 0, 1}));
 }
 
 TEST(ApplyExifOrientationTest, EachOrientation) {

@@ -99,29 +99,37 @@ TEST(DecodeImageTest, DecompressionBombIsRefusedFromTheHeader) {
                         "the limit of 40000000 pixels"));
 }
 
-// A PNG of `width` x `height` 8-bit RGB whose IDAT holds `rows` rows of black,
-// compressed as tightly as zlib can.
-std::string BlackPng(uint32_t width, uint32_t height, uint32_t rows) {
-  auto be32 = [](uint32_t v) {
-    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
-                       static_cast<char>(v >> 8), static_cast<char>(v)};
-  };
-  auto chunk = [&](const std::string& type, const std::string& data) {
-    const std::string body = type + data;
-    const uLong crc =
-        crc32(0, reinterpret_cast<const Bytef*>(body.data()), uInt(body.size()));
-    return be32(uint32_t(data.size())) + body + be32(uint32_t(crc));
-  };
-  const std::string raw(size_t{rows} * (1 + size_t{width} * 3), '\0');
+std::string Be32(uint32_t v) {
+  return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
+                     static_cast<char>(v >> 8), static_cast<char>(v)};
+}
+
+// A PNG chunk: length, type, data, CRC.
+std::string PngChunk(const std::string& type, const std::string& data) {
+  const std::string body = type + data;
+  const uLong crc =
+      crc32(0, reinterpret_cast<const Bytef*>(body.data()), uInt(body.size()));
+  return Be32(uint32_t(data.size())) + body + Be32(uint32_t(crc));
+}
+
+std::string Deflate(const std::string& raw) {
   uLongf packed_size = compressBound(uLong(raw.size()));
   std::string packed(packed_size, '\0');
   EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(packed.data()), &packed_size,
                       reinterpret_cast<const Bytef*>(raw.data()), uLong(raw.size()), 9),
             Z_OK);
   packed.resize(packed_size);
+  return packed;
+}
+
+// A PNG of `width` x `height` 8-bit RGB whose IDAT holds `rows` rows of black,
+// compressed as tightly as zlib can, with `before_idat` (whole chunks) after IHDR.
+std::string BlackPng(uint32_t width, uint32_t height, uint32_t rows,
+                     const std::string& before_idat = "") {
+  const std::string raw(size_t{rows} * (1 + size_t{width} * 3), '\0');
   return std::string("\x89PNG\r\n\x1a\n", 8) +
-         chunk("IHDR", be32(width) + be32(height) + std::string("\x08\x02\0\0\0", 5)) +
-         chunk("IDAT", packed) + chunk("IEND", "");
+         PngChunk("IHDR", Be32(width) + Be32(height) + std::string("\x08\x02\0\0\0", 5)) +
+         before_idat + PngChunk("IDAT", Deflate(raw)) + PngChunk("IEND", "");
 }
 
 // Pillow checks the CRC of IHDR and of every other chunk before the first IDAT, never
@@ -163,6 +171,47 @@ TEST(DecodeImageTest, PngCrcsAreCheckedWherePillowChecksThem) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(
       DecodeImage(good.substr(0, iend_at) + broken_text + good.substr(iend_at)).ok());
+}
+
+// A compressed text chunk counts where it inflates to at most 1 MiB, Pillow's
+// MAX_TEXT_CHUNK; past that Pillow refuses the file, and clipserve leaves it upright.
+// (tests/image/make_image_reference.py holds the other PNG orientation cases, each
+// checked against Pillow.)
+TEST(DecodeImageTest, PngTextOrientationWithinPillowsTextLimit) {
+  DecodeOptions options;
+  options.honor_exif_orientation = true;
+  const std::string xmp_tag = "<x tiff:Orientation=\"6\"/>";
+  auto decoded_width = [&](const std::string& chunk) {
+    const absl::StatusOr<RgbImage> image =
+        DecodeImage(BlackPng(16, 8, 8, chunk), options);
+    EXPECT_TRUE(image.ok()) << image.status();
+    return image.ok() ? image->width : -1;
+  };
+  const std::string key = std::string("XML:com.adobe.xmp") + '\0';
+  for (const size_t size : {size_t{1} << 20, (size_t{1} << 20) + 1}) {
+    SCOPED_TRACE(size);
+    const std::string xmp = std::string(size - xmp_tag.size(), ' ') + xmp_tag;
+    const int expected = size <= (size_t{1} << 20) ? 8 : 16;  // 6: a quarter turn
+    EXPECT_EQ(decoded_width(PngChunk("zTXt", key + '\0' + Deflate(xmp))), expected);
+    EXPECT_EQ(
+        decoded_width(PngChunk("iTXt", key + std::string("\1\0\0\0", 4) + Deflate(xmp))),
+        expected);
+  }
+  EXPECT_EQ(decoded_width(PngChunk("tEXt", key + std::string(2 << 20, ' ') + xmp_tag)),
+            8);
+  // A zTXt stream cut short still gives the text it holds.
+  const std::string cut = Deflate(std::string(4000, ' ') + xmp_tag);
+  EXPECT_EQ(decoded_width(PngChunk("zTXt", key + '\0' + cut.substr(0, cut.size() - 4))),
+            8);
+  EXPECT_EQ(decoded_width(PngChunk("zTXt", key + '\0' + "not zlib" + xmp_tag)), 16);
+  // Pillow refuses more than 64 MiB of text in all.
+  const std::string full_chunk = PngChunk(
+      "zTXt",
+      key + '\0' + Deflate(std::string((1 << 20) - xmp_tag.size(), ' ') + xmp_tag));
+  std::string chunks;
+  for (int i = 0; i < 64; ++i) chunks += full_chunk;
+  EXPECT_EQ(decoded_width(chunks), 8);
+  EXPECT_EQ(decoded_width(chunks + full_chunk), 16);
 }
 
 // Deflate inflates at most 1032-fold: a header that claims more pixels than the file

@@ -87,7 +87,7 @@ ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
 
 
 def write_png(path, samples, bit_depth, color_type, palette=None, trns=None,
-              interlace=False, chunks_before_idat=(), end=True):
+              interlace=False, chunks_before_idat=(), chunks_after_idat=(), end=True):
     """samples: H x W x C integer array of sample values."""
     height, width, _ = samples.shape
     raw = bytearray()
@@ -111,6 +111,8 @@ def write_png(path, samples, bit_depth, color_type, palette=None, trns=None,
     if trns is not None:
         data += png_chunk(b"tRNS", trns)
     data += png_chunk(b"IDAT", zlib.compress(bytes(raw), 9))
+    for kind, payload in chunks_after_idat:
+        data += png_chunk(kind, payload)
     if end:
         data += png_chunk(b"IEND", b"")
     with open(path, "wb") as f:
@@ -203,6 +205,38 @@ def exif_bytes(orientation):
     return exif.tobytes()
 
 
+def png_exif(orientation):
+    """An eXIf chunk: the TIFF structure without JPEG's "Exif\0\0"."""
+    return (b"eXIf", exif_bytes(orientation)[6:])
+
+
+def png_text(key, value, kind=b"tEXt", compressed=False):
+    """A tEXt, zTXt or iTXt chunk (iTXt with empty language and translated key)."""
+    if kind == b"tEXt":
+        return (kind, key + b"\0" + value)
+    if kind == b"zTXt":
+        return (kind, key + b"\0\0" + zlib.compress(value))
+    body = zlib.compress(value) if compressed else value
+    return (kind, key + b"\0" + bytes([int(compressed), 0]) + b"\0\0" + body)
+
+
+def raw_profile(exif):
+    """EXIF as ImageMagick stores it in a "Raw profile type exif" text chunk."""
+    hexed = exif.hex()
+    lines = [hexed[i:i + 72] for i in range(0, len(hexed), 72)]
+    return b"\nexif\n%8d\n" % len(exif) + "\n".join(lines).encode() + b"\n"
+
+
+def xmp(orientation, attribute=False):
+    """An XMP packet holding tiff:Orientation as an element or as an attribute."""
+    tag = (f'tiff:Orientation="{orientation}"/>' if attribute else
+           f"><tiff:Orientation>{orientation}</tiff:Orientation></rdf:Description>")
+    return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+            '"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+            'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" ' + tag +
+            "</rdf:RDF></x:xmpmeta>").encode()
+
+
 def make_synthetic(images, out):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(1234)
@@ -260,8 +294,37 @@ def make_synthetic(images, out):
               palette=cat.quantize(colors=16).getpalette()[:48])
     write_png(path("png_gray16_adam7.png"), gray16[:, :, None], 16, 0, interlace=True)
     write_png(path("png_no_iend.png"), cat_np, 8, 2, end=False)
-    write_png(path("png_exif_rot8.png"), cat_np, 8, 2,
-              chunks_before_idat=[(b"eXIf", exif_bytes(8)[6:])])  # No "Exif\0\0" in PNG.
+    write_png(path("png_exif_rot8.png"), cat_np, 8, 2, chunks_before_idat=[png_exif(8)])
+    # Where Pillow 9.4 finds a PNG's orientation: the last "exif" before the image data,
+    # else the last anywhere (getexif() then loads the image), else the hex "Raw profile
+    # type exif" text, and the XMP packet's tiff:Orientation where the EXIF has no tag.
+    raw = b"XML:com.adobe.xmp", b"Raw profile type exif"
+    without_tag = Image.Exif()
+    without_tag[0x010F] = "clipserve"
+    png_meta = {
+        "twice": ([png_exif(6), png_exif(8)], []),
+        "after_idat": ([], [png_exif(3)]),
+        "before_beats_after": ([png_exif(6)], [png_exif(8)]),
+        "marker_twice": ([(b"eXIf", exif_bytes(6))], []),  # Pillow cannot read it.
+        "text_key": ([png_text(b"exif", exif_bytes(2))], []),
+        "raw_profile_ztxt": ([png_text(raw[1], raw_profile(exif_bytes(6)), b"zTXt")], []),
+        "raw_profile_after_idat": ([], [png_text(raw[1], raw_profile(exif_bytes(5)))]),
+        "raw_profile_bad_hex": ([png_text(raw[1], b"\nexif\n 2\n45zz\n"),
+                                 png_text(raw[0], xmp(6), b"iTXt")], []),
+        "xmp_element": ([png_text(raw[0], xmp(8), b"iTXt")], []),
+        "xmp_attribute_compressed": (
+            [png_text(raw[0], xmp(7, True), b"iTXt", compressed=True)], []),
+        "xmp_after_idat": ([], [png_text(raw[0], xmp(3), b"zTXt")]),
+        "xmp_not_utf8": ([png_text(raw[0], xmp(3) + b"\xff", b"iTXt")], []),
+        "xmp_under_exif_without_tag": (
+            [(b"eXIf", without_tag.tobytes()[6:]), png_text(raw[0], xmp(4))], []),
+        "xmp_under_exif_tag_1": ([png_exif(1), png_text(raw[0], xmp(6), b"iTXt")], []),
+        "xmp_after_idat_exif_before": (
+            [(b"eXIf", without_tag.tobytes()[6:])], [png_text(raw[0], xmp(3))]),
+    }
+    for case, (before, after) in png_meta.items():
+        write_png(path(f"png_orientation_{case}.png"), cat_np, 8, 2,
+                  chunks_before_idat=before, chunks_after_idat=after)
     write_png(path("png_1x1_palette.png"), np.zeros((1, 1, 1), np.uint8), 1, 3,
               palette=[200, 100, 50])
     with open(os.path.join(images, "chelsea.png"), "rb") as f:
@@ -413,12 +476,16 @@ def reference(file_path, name, source, out, with_floats):
             if im.mode == "CMYK":
                 entry["cmyk"] = write_raw(out, f"cmyk/{name}.cmyk", np.asarray(im))
             resized = np.asarray(RESIZE_CROP(opened).convert("RGB"))
-            try:
-                orientation = im.getexif().get(0x0112)
-            except Exception:  # Malformed EXIF: no orientation, as in clipserve.
-                orientation = None
+            # As users call it, ImageOps.exif_transpose(Image.open(f)): getexif() runs
+            # before the image is loaded, which decides which PNG chunks count.
+            with Image.open(file_path) as fresh:
+                try:
+                    orientation = fresh.getexif().get(0x0112)
+                except Exception:  # Malformed EXIF: no orientation, as in clipserve.
+                    orientation = None
+                if im.format in ("JPEG", "PNG", "WEBP") and orientation not in (None, 1):
+                    upright = ImageOps.exif_transpose(fresh).convert("RGB")
             if im.format in ("JPEG", "PNG", "WEBP") and orientation not in (None, 1):
-                upright = ImageOps.exif_transpose(im).convert("RGB")
                 entry["exif_orientation"] = int(orientation)
                 entry["transposed"] = write_raw(out, f"transposed/{name}.rgb",
                                                 np.asarray(upright))
