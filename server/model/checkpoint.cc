@@ -2,7 +2,6 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <openssl/evp.h>
-#include <torch/script.h>
 
 #include <array>
 #include <cstdio>
@@ -85,17 +84,11 @@ absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchsc
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {
         caffe2::serialize::PyTorchStreamReader reader(path);
+        // Both torch.save and TorchScript archives pickle their tensors into data.pkl
+        // with storages in data/; TorchScript's have constants.pkl and code beside it,
+        // which is never run (torch::jit::load would run it, and its unpickler crashes
+        // on hostile bytes).
         *is_torchscript = reader.hasRecord("constants.pkl");
-        if (*is_torchscript) {
-          torch::jit::Module module = torch::jit::load(path, torch::kCPU);
-          for (const auto& p : module.named_parameters(/*recurse=*/true)) {
-            out.emplace(p.name, p.value);
-          }
-          for (const auto& b : module.named_buffers(/*recurse=*/true)) {
-            out.emplace(b.name, b.value);
-          }
-          return;
-        }
         if (!reader.hasRecord("data.pkl")) {
           throw std::runtime_error(
               "zip file is neither a TorchScript archive nor torch.save");
@@ -120,9 +113,10 @@ absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchsc
               owner->get(), {numel}, [owner](void*) {},
               torch::TensorOptions().dtype(dtype));
         };
-        auto tensors = TensorsFromTorchPickle(
-            absl::string_view(static_cast<const char*>(pickle.get()), pickle_size),
-            loader);
+        const absl::string_view bytes(static_cast<const char*>(pickle.get()),
+                                      pickle_size);
+        auto tensors = *is_torchscript ? TensorsFromTorchScriptPickle(bytes, loader)
+                                       : TensorsFromTorchPickle(bytes, loader);
         if (!tensors.ok())
           throw std::runtime_error(std::string(tensors.status().message()));
         out = *std::move(tensors);

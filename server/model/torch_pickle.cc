@@ -26,6 +26,11 @@ struct Global {
   std::string name;
 };
 struct Opaque {};  // an object of a class we do not interpret
+// A TorchScript module (class "__torch__.<...>"): its attributes, the dict BUILD gives
+// it (null until then). Nothing of the class is run.
+struct Object {
+  ValuePtr state;
+};
 // Distinct types so the variant can tell them apart.
 struct Tuple : std::vector<ValuePtr> {
   Tuple() = default;
@@ -36,7 +41,7 @@ using Dict = std::vector<std::pair<ValuePtr, ValuePtr>>;
 
 struct Value {
   std::variant<None, Mark, bool, int64_t, double, std::string, Tuple, List, Dict, Global,
-               Opaque, torch::Tensor>
+               Opaque, Object, torch::Tensor>
       v;
   // Containers nested inside this value, counting itself: bounded so that a hostile
   // pickle cannot build chains whose recursive destruction overflows the stack.
@@ -57,7 +62,7 @@ ValuePtr Make(T value) {
 }
 
 absl::Status Bad(absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("malformed torch.save pickle: ", what));
+  return absl::InvalidArgumentError(absl::StrCat("malformed checkpoint pickle: ", what));
 }
 
 bool StorageDtype(const std::string& name, torch::ScalarType* dtype) {
@@ -258,15 +263,27 @@ class Machine {
           stack_.push_back(result);
           break;
         }
-        case 0x81: {  // NEWOBJ: cls.__new__(cls, *args) -> inert
+        case 0x81: {  // NEWOBJ: cls.__new__(cls, *args), inert but for modules
           CLIPSERVE_RETURN_IF_ERROR(Pop().status());
-          CLIPSERVE_RETURN_IF_ERROR(Pop().status());
-          stack_.push_back(Make(Opaque{}));
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr cls, Pop());
+          const auto* global = std::get_if<Global>(&cls->v);
+          const bool module =
+              global != nullptr && (global->module == "__torch__" ||
+                                    absl::StartsWith(global->module, "__torch__."));
+          stack_.push_back(module ? Make(Object{}) : Make(Opaque{}));
           break;
         }
-        case 'b': {  // BUILD: setstate; only objects we ignore get state
-          CLIPSERVE_RETURN_IF_ERROR(Pop().status());
+        case 'b': {  // BUILD: setstate. A module keeps a dict state as its attributes
+          // (its __setstate__, if it has one, is not run); other objects drop theirs.
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr state, Pop());
           if (stack_.empty()) return Bad("BUILD on an empty stack");
+          Value& target = *stack_.back();
+          auto* object = std::get_if<Object>(&target.v);
+          if (object != nullptr && object->state == nullptr &&
+              std::holds_alternative<Dict>(state->v)) {
+            CLIPSERVE_RETURN_IF_ERROR(Deepen(target, {state}));
+            object->state = state;
+          }
           break;
         }
         default:
@@ -451,7 +468,37 @@ class Machine {
   std::map<std::string, ValuePtr> storages_;
 };
 
+// Adds the tensors among `object`'s attributes to `out` as "<prefix><name>", and those
+// of its submodules under "<prefix><name>.". Recursion is bounded by kMaxNesting.
+void CollectModuleTensors(const Object& object, const std::string& prefix,
+                          TensorMap* out) {
+  if (object.state == nullptr) return;
+  for (const auto& [key, value] : std::get<Dict>(object.state->v)) {
+    const auto* name = std::get_if<std::string>(&key->v);
+    if (name == nullptr) continue;
+    if (const auto* tensor = std::get_if<torch::Tensor>(&value->v)) {
+      out->emplace(prefix + *name, *tensor);
+    } else if (const auto* module = std::get_if<Object>(&value->v)) {
+      CollectModuleTensors(*module, absl::StrCat(prefix, *name, "."), out);
+    }
+  }
+}
+
 }  // namespace
+
+absl::StatusOr<TensorMap> TensorsFromTorchScriptPickle(
+    absl::string_view pickle, const StorageLoader& load_storage) {
+  Machine machine(pickle, load_storage);
+  CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr root, machine.Run());
+  const auto* module = std::get_if<Object>(&root->v);
+  if (module == nullptr) {
+    return absl::InvalidArgumentError("TorchScript archive holds no module");
+  }
+  TensorMap out;
+  CollectModuleTensors(*module, "", &out);
+  if (out.empty()) return absl::InvalidArgumentError("checkpoint holds no tensors");
+  return out;
+}
 
 absl::StatusOr<TensorMap> TensorsFromTorchPickle(absl::string_view pickle,
                                                  const StorageLoader& load_storage) {

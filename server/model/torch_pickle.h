@@ -32,6 +32,17 @@ using StorageLoader = std::function<absl::StatusOr<torch::Tensor>(
 absl::StatusOr<TensorMap> TensorsFromTorchPickle(absl::string_view pickle,
                                                  const StorageLoader& load_storage);
 
+// Reads the tensors out of the pickle of a TorchScript archive (`data.pkl` of
+// torch.jit.save, as OpenAI's released checkpoints are), with the same machine: each
+// module is an object of a "__torch__.*" class whose BUILD state holds its attributes.
+// Nothing in the archive is run, neither its code nor any __setstate__ (a module whose
+// state is not a dict contributes no tensors), so a hostile archive can only be
+// refused. Returns every tensor attribute by its dotted path ("visual.conv1.weight");
+// parameters and buffers alike. INVALID_ARGUMENT as above, or when the root is not a
+// module.
+absl::StatusOr<TensorMap> TensorsFromTorchScriptPickle(absl::string_view pickle,
+                                                       const StorageLoader& load_storage);
+
 }  // namespace clipserve
 
 #endif  // CLIPSERVE_SERVER_MODEL_TORCH_PICKLE_H_

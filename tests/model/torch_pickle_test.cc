@@ -68,5 +68,86 @@ TEST(TorchPickleTest, MalformedPicklesAreInvalidArgument) {
   }
 }
 
+// Pickle pieces for TorchScript's data.pkl, as torch.jit.save writes them.
+std::string Unicode(const std::string& s) {
+  const uint32_t n = static_cast<uint32_t>(s.size());
+  return std::string("X") + static_cast<char>(n & 0xFF) + static_cast<char>(n >> 8) +
+         std::string(2, '\0') + s;
+}
+
+// An object of the TorchScript class `cls`, NEWOBJ'd and BUILD with `state_items` (a
+// MARK'd run of key/value pickles) as its dict state.
+std::string Module(const std::string& cls, const std::string& state_items) {
+  return "c__torch__.m\n" + cls + "\n)\x81}(" + state_items + "ub";
+}
+
+// _rebuild_tensor_v2(storage `key` of 4 floats, 0, (4,), (1,)).
+std::string Tensor(const std::string& key) {
+  return "ctorch._utils\n_rebuild_tensor_v2\n((" + Unicode("storage") +
+         "ctorch\nFloatStorage\n" + Unicode(key) + Unicode("cpu") +
+         std::string("K\x04tQK\x00(K\x04t(K\x01ttR", 16);
+}
+
+absl::StatusOr<torch::Tensor> CountingStorage(const std::string& key, torch::ScalarType,
+                                              int64_t numel) {
+  return torch::arange(numel, torch::kFloat) + 10 * std::stoi(key);
+}
+
+TEST(TorchScriptPickleTest, ModulesGiveTheirTensorsByDottedPath) {
+  const std::string pickle =
+      "\x80\x02" +
+      Module("Root", Unicode("scale") + Tensor("0") + Unicode("visual") +
+                         Module("Sub", Unicode("weight") + Tensor("1") +
+                                           Unicode("training") + "\x89") +
+                         Unicode("training") + "\x88") +
+      ".";
+  auto tensors = TensorsFromTorchScriptPickle(pickle, CountingStorage);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_EQ(tensors->size(), 2u);
+  EXPECT_TRUE(tensors->at("scale").equal(torch::arange(4, torch::kFloat)));
+  EXPECT_TRUE(tensors->at("visual.weight").equal(torch::arange(4, torch::kFloat) + 10));
+}
+
+// A module with its own __setstate__ is pickled with that method's state, not a dict:
+// LibTorch would run the method while loading; here the module is inert, its state
+// unread.
+TEST(TorchScriptPickleTest, StateThatIsNotADictIsNeverInterpreted) {
+  const std::string setstate_module =
+      "c__torch__.m\nHook\n)\x81(" + Tensor("1") + "\x88tb";
+  auto tensors = TensorsFromTorchScriptPickle(
+      "\x80\x02" +
+          Module("Root", Unicode("w") + Tensor("0") + Unicode("hook") + setstate_module) +
+          ".",
+      CountingStorage);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  EXPECT_EQ(tensors->size(), 1u);
+  EXPECT_EQ(tensors->count("w"), 1u);
+  auto alone =
+      TensorsFromTorchScriptPickle("\x80\x02" + setstate_module + ".", CountingStorage);
+  EXPECT_EQ(alone.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(alone.status().message(), HasSubstr("holds no tensors"));
+}
+
+TEST(TorchScriptPickleTest, MalformedArchivesAreInvalidArgument) {
+  const std::pair<std::string, const char*> cases[] = {
+      // The bytes that crashed LibTorch's unpickler (torch::jit::load).
+      {"\x80\x02R.", "stack underflow"},
+      {"\x80\x02"
+       "b.",
+       "stack underflow"},
+      {"\x80\x02Q.", "stack underflow"},
+      {"\x80\x02}.", "holds no module"},
+      // A class outside __torch__ is no module: its state is dropped.
+      {std::string("\x80\x02") + "cos\nsystem\n)\x81}(" + Unicode("w") + Tensor("0") +
+           "ub.",
+       "holds no module"},
+  };
+  for (const auto& [pickle, message] : cases) {
+    auto tensors = TensorsFromTorchScriptPickle(pickle, CountingStorage);
+    EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument) << message;
+    EXPECT_THAT(tensors.status().message(), HasSubstr(message));
+  }
+}
+
 }  // namespace
 }  // namespace clipserve

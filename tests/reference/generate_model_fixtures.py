@@ -12,6 +12,7 @@ fp32 mix, torch.save) for load-time and memory measurements; it is not part of C
 """
 
 import argparse
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import shutil
 import struct
 import sys
 import time
+import zipfile
 
 import torch
 
@@ -356,6 +358,17 @@ def write_corrupt(out, base_sd, base_dir, log):
     put("empty.pt", b"", "unknown", "reject: empty file")
     put("empty.safetensors", b"", "safetensors",
         "reject: empty file (no 8-byte header length)")
+    # 16. a TorchScript archive whose data.pkl is 4 hostile bytes (REDUCE on an empty
+    # stack), which made LibTorch's own unpickler (torch::jit::load) crash the process
+    with zipfile.ZipFile(os.path.join(base_dir, "openai.pt")) as z:
+        records = [(info, z.read(info)) for info in z.infolist()]
+    blob = io.BytesIO()
+    with zipfile.ZipFile(blob, "w", zipfile.ZIP_STORED) as z:
+        for info, data in records:
+            z.writestr(info, b"\x80\x02R." if info.filename.endswith("/data.pkl") else data)
+    put("torchscript_hostile_pickle.pt", blob.getvalue(), "torch_zip",
+        "reject: malformed pickle (stack underflow), read without running anything",
+        "stack underflow")
     with open(os.path.join(d, "manifest.json"), "w") as f:
         json.dump(entries, f, indent=2)
     log("%-22s %5.2fs  %d files" % ("corrupt", time.time() - t0, len(entries)))
