@@ -128,6 +128,7 @@ class Machine {
           stack_.push_back(Make(Dict{}));
           break;
         case ']':
+        case 0x8f:  // EMPTY_SET: kept as a list; a set never holds weights
           stack_.push_back(Make(List{}));
           break;
         case ')':
@@ -148,9 +149,16 @@ class Machine {
           stack_.push_back(Make(static_cast<int64_t>(static_cast<int32_t>(n))));
           break;
         }
-        case 0x8a: {  // LONG1: little-endian two's complement of n bytes
-          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t n, ReadUint(1));
-          if (n > 8) return Bad("integer wider than 64 bits");
+        case 0x8a:    // LONG1: little-endian two's complement of n bytes
+        case 0x8b: {  // LONG4: the same with a 4-byte count
+          CLIPSERVE_ASSIGN_OR_RETURN(uint64_t n, ReadUint(op == 0x8a ? 1 : 4));
+          if (n > 8) {
+            // Wider than 64 bits: never a size, stride or count of a tensor, but a
+            // training checkpoint may hold one beside its weights (a seed, a hash).
+            CLIPSERVE_RETURN_IF_ERROR(Skip(n));
+            stack_.push_back(Make(Opaque{}));
+            break;
+          }
           CLIPSERVE_ASSIGN_OR_RETURN(uint64_t raw, ReadUint(n));
           int64_t value = static_cast<int64_t>(raw);
           if (n > 0 && n < 8 && (raw >> (8 * n - 1)) & 1) value -= int64_t{1} << (8 * n);
@@ -245,9 +253,16 @@ class Machine {
           CLIPSERVE_RETURN_IF_ERROR(Append({value}));
           break;
         }
-        case 'e': {  // APPENDS
+        case 'e':     // APPENDS
+        case 0x90: {  // ADDITEMS (to a set)
           CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
           CLIPSERVE_RETURN_IF_ERROR(Append(items));
+          break;
+        }
+        case 0x91: {  // FROZENSET: kept as a tuple
+          CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
+          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr tuple, NewTuple(std::move(items)));
+          stack_.push_back(std::move(tuple));
           break;
         }
         case 'Q': {  // BINPERSID

@@ -93,6 +93,20 @@ absl::StatusOr<torch::Tensor> CountingStorage(const std::string& key, torch::Sca
   return torch::arange(numel, torch::kFloat) + 10 * std::stoi(key);
 }
 
+// What a training checkpoint may hold beside its weights: integers wider than 64 bits
+// (LONG1, LONG4), sets and frozensets (protocol 4). None is read; none fails the file.
+TEST(TorchPickleTest, ValuesBesideTheWeightsAreSkipped) {
+  const std::string pickle =
+      std::string("\x80\x04}(") + Unicode("seed") + "\x8a\x09" + std::string(9, '\xff') +
+      Unicode("hash") + std::string("\x8b\x10\0\0\0", 5) + std::string(16, '\x01') +
+      Unicode("tags") + "\x8f(" + Unicode("a") + Unicode("b") + "\x90" +
+      Unicode("frozen") + "(K\x01\x91" + Unicode("w") + Tensor("0") + "u.";
+  auto tensors = TensorsFromTorchPickle(pickle, CountingStorage);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_EQ(tensors->size(), 1u);
+  EXPECT_TRUE(tensors->at("w").equal(torch::arange(4, torch::kFloat)));
+}
+
 TEST(TorchScriptPickleTest, ModulesGiveTheirTensorsByDottedPath) {
   const std::string pickle =
       "\x80\x02" +
