@@ -233,8 +233,15 @@ absl::Status ClipModel::LoadWeights(TensorMap weights) {
                                                  "vocab_size"};
   for (const std::string& key : kIgnored) weights.erase(key);
   TensorMap targets = NamedTensors();
+  // BatchNorm's step counter: inference never reads it, and PyTorch's own loading
+  // leaves it as it was when a state dict lacks it (converters that keep only float
+  // tensors drop it).
+  const auto optional = [](const std::string& key) {
+    return absl::EndsWith(key, ".num_batches_tracked");
+  };
   for (const auto& [key, target] : targets) {
     auto it = weights.find(key);
+    if (it == weights.end() && optional(key)) continue;
     if (it == weights.end()) {
       return absl::InvalidArgumentError(absl::StrCat("checkpoint is missing '", key,
                                                      "' (the model expects shape ",
@@ -258,6 +265,7 @@ absl::Status ClipModel::LoadWeights(TensorMap weights) {
         torch::NoGradGuard no_grad;
         for (auto& [key, target] : targets) {
           auto it = weights.find(key);
+          if (it == weights.end()) continue;  // optional(key)
           target.copy_(it->second);
           weights.erase(it);  // release the checkpoint's copy at once
         }

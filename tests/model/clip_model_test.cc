@@ -403,6 +403,34 @@ TEST(CheckpointTest, AFoldersWeightsFileNamedFromInsideTakesTheFoldersName) {
   EXPECT_EQ(checkpoint->format, CheckpointFormat::kOpenClip);
 }
 
+// Converters that keep only float tensors drop BatchNorm's num_batches_tracked, as
+// PyTorch's load_state_dict allows; the model reads it nowhere, so such a ResNet
+// loads and gives the reference's features. Any other missing key is still refused.
+TEST(CheckpointTest, AResNetWithoutBatchNormStepCountersLoads) {
+  const Case c = LoadCase("resnet_transformer");
+  ReadCheckpointOptions options;
+  options.config = c.config;
+  auto checkpoint = ReadCheckpoint(c.dir + "/state_dict.pt", options);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  int dropped = 0;
+  for (auto it = checkpoint->weights.begin(); it != checkpoint->weights.end();) {
+    const bool counter = absl::EndsWith(it->first, ".num_batches_tracked");
+    dropped += counter;
+    it = counter ? checkpoint->weights.erase(it) : std::next(it);
+  }
+  ASSERT_GT(dropped, 10);
+  auto model = ClipModel::Create(checkpoint->config);
+  ASSERT_TRUE(model.ok()) << model.status();
+  TensorMap without_bias = checkpoint->weights;
+  without_bias.erase("visual.bn1.bias");
+  const absl::Status missing = (*model)->LoadWeights(std::move(without_bias));
+  EXPECT_THAT(missing.message(), HasSubstr("missing 'visual.bn1.bias'"));
+  ASSERT_TRUE((*model)->LoadWeights(std::move(checkpoint->weights)).ok());
+  const auto features = (*model)->EncodeImage(c.inputs.at("images"), /*normalize=*/false);
+  ASSERT_TRUE(features.ok()) << features.status();
+  EXPECT_LE(MaxAbsDiff(*features, c.expected.at("image_features")), 1e-4);
+}
+
 // A bare state dict's shapes cannot tell QuickGELU from GELU: the checkpoint says it
 // assumed QuickGELU, except for OpenAI's archives (QuickGELU models) and where a config
 // was given.
