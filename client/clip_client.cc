@@ -57,10 +57,30 @@ absl::Status ValidateSecurity(const ClientOptions& options) {
   return absl::OkStatus();
 }
 
-RetryEnvironment CompleteEnvironment(RetryEnvironment env) {
+// Waits `delay` while the channel makes progress. A synchronous client's channel
+// runs only while a call or a watch of its state is in flight: during a plain sleep
+// the connection attempt a failed call started is never completed, so every retry
+// found the channel still failing and a server that had started listening meanwhile
+// was never reached (unless another gRPC thread in the process happened to poll).
+void WaitWatchingChannel(grpc::Channel& channel, absl::Duration delay) {
+  const absl::Time end = absl::Now() + delay;
+  for (absl::Time now = absl::Now(); now < end; now = absl::Now()) {
+    const grpc_connectivity_state state = channel.GetState(/*try_to_connect=*/true);
+    if (state == GRPC_CHANNEL_READY) {
+      absl::SleepFor(end - now);
+      return;
+    }
+    channel.WaitForStateChange(state, absl::ToChronoTime(end));
+  }
+}
+
+RetryEnvironment CompleteEnvironment(RetryEnvironment env,
+                                     const std::shared_ptr<grpc::Channel>& channel) {
   RetryEnvironment real = RetryEnvironment::Real();
   if (!env.now) env.now = real.now;
-  if (!env.sleep) env.sleep = real.sleep;
+  if (!env.sleep) {
+    env.sleep = [channel](absl::Duration delay) { WaitWatchingChannel(*channel, delay); };
+  }
   if (!env.uniform) env.uniform = real.uniform;
   return env;
 }
@@ -142,7 +162,7 @@ absl::StatusOr<std::unique_ptr<ClipClient>> ClipClient::Create(
 ClipClient::ClipClient(const ClientOptions& options, std::string channel_target,
                        std::shared_ptr<grpc::Channel> channel)
     : options_(options),
-      env_(CompleteEnvironment(options.retry_environment)),
+      env_(CompleteEnvironment(options.retry_environment, channel)),
       stall_clock_(options.stall_clock != nullptr ? options.stall_clock
                                                   : RealClock::Get()),
       channel_target_(std::move(channel_target)),

@@ -90,7 +90,8 @@ struct ClientOptions {
 
   // --- Test-only.
 
-  // Clock, sleep and randomness of retries; empty functions mean the real ones.
+  // Clock, sleep and randomness of retries; empty functions mean the real ones (the
+  // real sleep keeps the channel connecting meanwhile).
   RetryEnvironment retry_environment;
 
   // Time source of EmbedStream's stall watchdog; not owned, must outlive the client.

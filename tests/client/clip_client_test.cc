@@ -5,8 +5,14 @@
 
 #include "client/clip_client.h"
 
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -499,6 +505,72 @@ TEST(ClipClientTest, RetriesReachAServerThatStartsListeningMeanwhile) {
   ASSERT_EQ(late->port, port);
   ASSERT_TRUE(info.ok()) << info.status() << " after " << retries << " retries";
   EXPECT_EQ(info->name(), "late");
+}
+
+// A gRPC server in another process that starts listening on `port` `delay_s` seconds
+// after it is spawned and answers GetModelInfo with the name "late" (Python's grpcio,
+// which the tests' dependencies include). Killed when destroyed.
+class LateServerProcess {
+ public:
+  LateServerProcess(int port, double delay_s) {
+    static constexpr char kScript[] = R"(
+import sys, time
+from concurrent import futures
+import grpc
+port, delay = int(sys.argv[1]), float(sys.argv[2])
+time.sleep(delay)
+info = grpc.unary_unary_rpc_method_handler(lambda request, context: b"\n\x04late")
+server = grpc.server(futures.ThreadPoolExecutor(2))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+    "clipserve.v1.ClipService", {"GetModelInfo": info}),))
+server.add_insecure_port("127.0.0.1:%d" % port)
+server.start()
+server.wait_for_termination(30)
+)";
+    const std::string port_arg = std::to_string(port);
+    const std::string delay_arg = std::to_string(delay_s);
+    const char* argv[] = {"/usr/bin/python3", "-c",   kScript, port_arg.c_str(),
+                          delay_arg.c_str(),  nullptr};
+    spawned_ = posix_spawn(&pid_, argv[0], nullptr, nullptr, const_cast<char**>(argv),
+                           environ) == 0;
+  }
+  ~LateServerProcess() {
+    if (!spawned_) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  bool spawned() const { return spawned_; }
+
+ private:
+  pid_t pid_ = -1;
+  bool spawned_ = false;
+};
+
+// The same with the server in another process, as in real use: no gRPC thread of the
+// client's process then happens to poll its connection attempts, so only waiting on
+// the channel between retries lets a retry find the server.
+TEST(ClipClientTest, RetriesReachAServerInAnotherProcessThatStartsMeanwhile) {
+  if (std::system("/usr/bin/python3 -c 'import grpc' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "/usr/bin/python3 has no grpc module (python3-grpcio)";
+  }
+  const int port = JustFreedPort();
+  ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port);
+  options.deadline = absl::Seconds(20);
+  // Attempts at about 0, 0.1, 0.3, 0.7, 1.5, 3.1 and 6.3 s; the server listens after
+  // half a second and its interpreter's start.
+  options.retry.max_attempts = 7;
+  options.retry_environment.uniform = [] { return 0.5; };
+  auto client = ClipClient::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Time start = absl::Now();
+  LateServerProcess late(port, 0.5);
+  ASSERT_TRUE(late.spawned());
+  const absl::StatusOr<v1::ModelInfo> info = (*client)->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status() << " after " << absl::Now() - start;
+  EXPECT_EQ(info->name(), "late");
+  // It was retried: the server was not there for the first attempt.
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
 }
 
 TEST(ClipClientTest, RoundRobinSpreadsCallsOverEveryEndpoint) {
