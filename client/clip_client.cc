@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client/reply_check.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -204,6 +205,7 @@ absl::StatusOr<Response> ClipClient::Unary(
     response.Clear();
     return FromGrpcStatus((stub->*method)(&context, request, &response));
   });
+  if (status.ok()) status = CheckReply(request, response);
   if (!status.ok()) {
     SetRequestId(request_id, &status);
     return status;
@@ -285,6 +287,8 @@ struct StreamJob {
   std::vector<std::pair<size_t, absl::Status>> retry ABSL_GUARDED_BY(mu);
   size_t settled ABSL_GUARDED_BY(mu) = 0;
   bool stop ABSL_GUARDED_BY(mu) = false;  // stop_on_error tripped
+  // Width of the embeddings answered so far, 0 before the first.
+  size_t width ABSL_GUARDED_BY(mu) = 0;
 
   // Per pass.
   int in_flight ABSL_GUARDED_BY(mu) = 0;
@@ -442,6 +446,16 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
         job.SettleLocked(index, std::move(error));
         continue;
       }
+      // Every embedding of the job as wide as the first, checked as each arrives, so a
+      // server cannot make the client keep rows it could not write.
+      if (absl::Status malformed = CheckStreamEmbedding(job.width, response.embedding());
+          !malformed.ok()) {
+        SetRequestId(request_id, &malformed);
+        job.SettleLocked(index, std::move(malformed));
+        if (job.stop) context.TryCancel();
+        continue;
+      }
+      job.width = static_cast<size_t>(response.embedding().values_size());
       EmbeddedItem result;
       result.embedding.assign(response.embedding().values().begin(),
                               response.embedding().values().end());

@@ -75,7 +75,8 @@ grpc::Status GrpcError(const google::rpc::Status& rpc) {
 
 // Texts drive the fake: "bad..." fails with INVALID_ARGUMENT, "busy..." is refused
 // with RESOURCE_EXHAUSTED the first time it is seen, "hang" is never answered. The
-// embedding of a text is {its length, its first byte}.
+// embedding of a text is {its length, its first byte} in streams ("wide" gets a third
+// float), {its length} in EmbedText (which leaves "unanswered" out of its reply).
 class FakeClipService final : public v1::ClipService::Service {
  public:
   std::atomic<int> embed_image_calls{0};
@@ -110,6 +111,7 @@ class FakeClipService final : public v1::ClipService::Service {
     absl::MutexLock lock(&mu_);
     for (const std::string& text : request->texts()) {
       texts_.push_back(text);
+      if (text == "unanswered") continue;  // a server that drops an item
       response->add_embeddings()->add_values(static_cast<float>(text.size()));
     }
     response->set_dim(1);
@@ -158,6 +160,7 @@ class FakeClipService final : public v1::ClipService::Service {
         } else {
           response.mutable_embedding()->add_values(static_cast<float>(text.size()));
           response.mutable_embedding()->add_values(text.empty() ? 0.0f : text[0]);
+          if (text == "wide") response.mutable_embedding()->add_values(1);
           response.set_num_tokens(static_cast<uint32_t>(text.size()));
         }
         stream->Write(response);
@@ -571,6 +574,34 @@ TEST(ClipClientTest, RetriesReachAServerInAnotherProcessThatStartsMeanwhile) {
   EXPECT_EQ(info->name(), "late");
   // It was retried: the server was not there for the first attempt.
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
+}
+
+// Replies that do not fit their request fail the call (reply_check_test.cc has the
+// checks themselves): a dropped item would shift every later row onto the wrong input.
+TEST(ClipClientTest, RepliesThatDoNotFitTheRequestFail) {
+  FakeServer server;
+  auto client = Connect(server.target());
+  v1::EmbedTextRequest request;
+  request.add_texts("a");
+  request.add_texts("unanswered");
+  request.add_texts("c");
+  const auto dropped = client->EmbedTexts(request);
+  EXPECT_EQ(dropped.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(dropped.status().message(), HasSubstr("2 embeddings for 3 inputs"));
+  EXPECT_TRUE(RequestIdOf(dropped.status()).has_value());
+
+  // A stream item wider than the others fails alone, as it arrives.
+  const std::vector<std::string> texts = {"a", "wide", "b"};
+  EmbedStreamOptions options;
+  options.stop_on_error = false;
+  auto results = client->EmbedStream(
+      texts.size(), [&](size_t i) { return EmbedItem::Text(texts[i]); }, options);
+  ASSERT_TRUE(results.ok()) << results.status();
+  EXPECT_TRUE((*results)[0].ok());
+  EXPECT_EQ((*results)[1].status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT((*results)[1].status().message(),
+              HasSubstr("an embedding of 3 floats among ones of 2"));
+  EXPECT_TRUE((*results)[2].ok());
 }
 
 TEST(ClipClientTest, RoundRobinSpreadsCallsOverEveryEndpoint) {

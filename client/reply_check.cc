@@ -1,0 +1,125 @@
+#include "client/reply_check.h"
+
+#include <cstdint>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace clipserve {
+namespace {
+
+absl::Status Malformed(absl::string_view what) {
+  return absl::InternalError(absl::StrCat("the server's reply is malformed: ", what));
+}
+
+absl::Status CheckCount(absl::string_view what, int64_t got, int64_t sent) {
+  if (got == sent) return absl::OkStatus();
+  return Malformed(absl::StrCat(got, " ", what, " for ", sent, " inputs"));
+}
+
+// `count` embeddings, all of one width of at least 1 float, which `dim` says when set.
+absl::Status CheckEmbeddings(
+    const google::protobuf::RepeatedPtrField<v1::Embedding>& embeddings, int64_t count,
+    uint32_t dim) {
+  if (absl::Status status = CheckCount("embeddings", embeddings.size(), count);
+      !status.ok()) {
+    return status;
+  }
+  size_t width = dim;
+  for (const v1::Embedding& embedding : embeddings) {
+    if (absl::Status status = CheckStreamEmbedding(width, embedding); !status.ok()) {
+      return status;
+    }
+    width = static_cast<size_t>(embedding.values_size());
+  }
+  return absl::OkStatus();
+}
+
+// A rows x cols matrix, its values all there.
+absl::Status CheckMatrix(absl::string_view name, const v1::Matrix& matrix, int64_t rows,
+                         int64_t cols) {
+  if (matrix.rows() != rows || matrix.cols() != cols ||
+      matrix.values_size() != rows * cols) {
+    return Malformed(absl::StrCat(name, " is ", matrix.rows(), " x ", matrix.cols(),
+                                  " with ", matrix.values_size(), " values, for ", rows,
+                                  " x ", cols, " inputs"));
+  }
+  return absl::OkStatus();
+}
+
+int64_t Count(const v1::ImageSet& set) {
+  return set.has_embeddings() ? set.embeddings().embeddings_size()
+                              : set.images().images_size();
+}
+
+int64_t Count(const v1::TextSet& set) {
+  return set.has_embeddings() ? set.embeddings().embeddings_size()
+                              : set.texts().texts_size();
+}
+
+}  // namespace
+
+absl::Status CheckStreamEmbedding(size_t width, const v1::Embedding& embedding) {
+  const size_t got = static_cast<size_t>(embedding.values_size());
+  if (got == 0) return Malformed("an empty embedding");
+  if (width != 0 && got != width) {
+    return Malformed(
+        absl::StrCat("an embedding of ", got, " floats among ones of ", width));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckReply(const v1::EmbedImageRequest& request,
+                        const v1::EmbedImageResponse& response) {
+  return CheckEmbeddings(response.embeddings(), request.images_size(), response.dim());
+}
+
+absl::Status CheckReply(const v1::EmbedTextRequest& request,
+                        const v1::EmbedTextResponse& response) {
+  return CheckEmbeddings(response.embeddings(), request.texts_size(), response.dim());
+}
+
+absl::Status CheckReply(const v1::SimilarityRequest& request,
+                        const v1::SimilarityResponse& response) {
+  const int64_t n = Count(request.images());
+  const int64_t m = Count(request.texts());
+  for (const auto& [name, matrix, rows, cols] :
+       {std::make_tuple("logits_per_image", &response.logits_per_image(), n, m),
+        std::make_tuple("probs", &response.probs(), n, m),
+        std::make_tuple("logits_per_text", &response.logits_per_text(), m, n)}) {
+    if (absl::Status status = CheckMatrix(name, *matrix, rows, cols); !status.ok()) {
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckReply(const v1::ClassifyRequest& request,
+                        const v1::ClassifyResponse& response) {
+  if (absl::Status status =
+          CheckCount("classifications", response.results_size(), request.images_size());
+      !status.ok()) {
+    return status;
+  }
+  for (const v1::Classification& result : response.results()) {
+    if (result.labels_size() > request.labels_size()) {
+      return Malformed(absl::StrCat(result.labels_size(), " labels ranked of ",
+                                    request.labels_size()));
+    }
+    for (const v1::LabelScore& score : result.labels()) {
+      if (score.index() >= static_cast<uint32_t>(request.labels_size())) {
+        return Malformed(absl::StrCat("label index ", score.index(), " of ",
+                                      request.labels_size(), " labels"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckReply(const v1::TokenizeRequest& request,
+                        const v1::TokenizeResponse& response) {
+  return CheckCount("tokenized texts", response.texts_size(), request.texts_size());
+}
+
+}  // namespace clipserve

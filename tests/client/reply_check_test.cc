@@ -1,0 +1,109 @@
+#include "client/reply_check.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace clipserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+void ExpectMalformed(const absl::Status& status, const std::string& what) {
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal) << status;
+  EXPECT_THAT(status.message(), HasSubstr(what));
+}
+
+v1::Matrix MatrixOf(uint32_t rows, uint32_t cols, int values) {
+  v1::Matrix m;
+  m.set_rows(rows);
+  m.set_cols(cols);
+  for (int i = 0; i < values; ++i) m.add_values(0.5f);
+  return m;
+}
+
+TEST(CheckReplyTest, EmbeddingsMatchTheInputsInCountAndWidth) {
+  v1::EmbedTextRequest request;
+  request.add_texts("a");
+  request.add_texts("b");
+  v1::EmbedTextResponse response;
+  response.set_dim(2);
+  for (int i = 0; i < 2; ++i) {
+    response.add_embeddings()->add_values(1);
+    response.mutable_embeddings(i)->add_values(2);
+  }
+  EXPECT_TRUE(CheckReply(request, response).ok());
+  v1::EmbedTextResponse ragged = response;
+  ragged.mutable_embeddings(1)->add_values(3);
+  ExpectMalformed(CheckReply(request, ragged),
+                  "an embedding of 3 floats among ones of 2");
+  v1::EmbedTextResponse wrong_dim = response;
+  wrong_dim.set_dim(512);
+  ExpectMalformed(CheckReply(request, wrong_dim),
+                  "an embedding of 2 floats among ones of 512");
+  v1::EmbedTextResponse short_reply = response;
+  short_reply.mutable_embeddings()->RemoveLast();
+  ExpectMalformed(CheckReply(request, short_reply), "1 embeddings for 2 inputs");
+  v1::EmbedImageRequest images;
+  images.add_images();
+  v1::EmbedImageResponse empty_row;
+  empty_row.add_embeddings();
+  ExpectMalformed(CheckReply(images, empty_row), "an empty embedding");
+}
+
+// The sizes of a Similarity reply come from the server: a 30-byte reply claiming
+// 2^31 rows of 0 columns made the client build a table without end.
+TEST(CheckReplyTest, SimilarityMatricesMatchTheInputs) {
+  v1::SimilarityRequest request;
+  request.mutable_images()->mutable_images()->add_images();
+  request.mutable_images()->mutable_images()->add_images();
+  for (int i = 0; i < 3; ++i) request.mutable_texts()->mutable_texts()->add_texts("t");
+  v1::SimilarityResponse response;
+  *response.mutable_logits_per_image() = MatrixOf(2, 3, 6);
+  *response.mutable_probs() = MatrixOf(2, 3, 6);
+  *response.mutable_logits_per_text() = MatrixOf(3, 2, 6);
+  EXPECT_TRUE(CheckReply(request, response).ok());
+  v1::SimilarityResponse huge = response;
+  *huge.mutable_logits_per_image() = MatrixOf(0x7fffffff, 0, 0);
+  ExpectMalformed(CheckReply(request, huge), "logits_per_image is 2147483647 x 0");
+  v1::SimilarityResponse missing = response;
+  missing.mutable_probs()->mutable_values()->RemoveLast();
+  ExpectMalformed(CheckReply(request, missing), "probs is 2 x 3 with 5 values");
+  v1::SimilarityResponse untransposed = response;
+  *untransposed.mutable_logits_per_text() = MatrixOf(2, 3, 6);
+  ExpectMalformed(CheckReply(request, untransposed), "logits_per_text is 2 x 3");
+  // Embeddings given instead of inputs count the same.
+  v1::SimilarityRequest embedded;
+  embedded.mutable_images()->mutable_embeddings()->add_embeddings();
+  embedded.mutable_images()->mutable_embeddings()->add_embeddings();
+  *embedded.mutable_texts() = request.texts();
+  EXPECT_TRUE(CheckReply(embedded, response).ok());
+}
+
+TEST(CheckReplyTest, ClassificationsAndTokenizationsMatchTheInputs) {
+  v1::ClassifyRequest classify;
+  classify.add_images();
+  classify.add_images();
+  classify.add_labels("cat");
+  classify.add_labels("dog");
+  v1::ClassifyResponse results;
+  for (int i = 0; i < 2; ++i) results.add_results()->add_labels()->set_index(1);
+  EXPECT_TRUE(CheckReply(classify, results).ok());
+  v1::ClassifyResponse dropped = results;
+  dropped.mutable_results()->RemoveLast();
+  ExpectMalformed(CheckReply(classify, dropped), "1 classifications for 2 inputs");
+  v1::ClassifyResponse bad_index = results;
+  bad_index.mutable_results(0)->mutable_labels(0)->set_index(2);
+  ExpectMalformed(CheckReply(classify, bad_index), "label index 2 of 2 labels");
+
+  v1::TokenizeRequest tokenize;
+  tokenize.add_texts("a");
+  tokenize.add_texts("b");
+  v1::TokenizeResponse tokens;
+  tokens.add_texts();
+  ExpectMalformed(CheckReply(tokenize, tokens), "1 tokenized texts for 2 inputs");
+  tokens.add_texts();
+  EXPECT_TRUE(CheckReply(tokenize, tokens).ok());
+}
+
+}  // namespace
+}  // namespace clipserve
