@@ -148,10 +148,12 @@ absl::StatusOr<std::optional<OutputFile>> OpenOutput(const std::string& output) 
 
 // Writes embeddings (one row per input, in order): as .npy when the output's name ends
 // with .npy, else as JSON lines; into `file`, then moved into place, or to stdout when
-// there is none.
+// there is none. With `name_npy_rows`, an .npy file's rows are named on stdout, one
+// RowJsonLine each (rows of skipped files are missing from it).
 absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
                              const std::vector<std::string>& inputs,
-                             const std::vector<std::vector<float>>& rows) {
+                             const std::vector<std::vector<float>>& rows,
+                             bool name_npy_rows = false) {
   if (file.has_value() && IsNpyPath(file->path())) {
     const size_t dim = rows.empty() ? 0 : rows[0].size();
     std::vector<float> flat;
@@ -163,7 +165,13 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
       flat.insert(flat.end(), row.begin(), row.end());
     }
     const absl::Status written = WriteNpyFile(file->write_path(), rows.size(), dim, flat);
-    return written.ok() ? file->Commit() : written;
+    if (!written.ok()) return written;
+    if (absl::Status committed = file->Commit(); !committed.ok()) return committed;
+    if (!name_npy_rows) return absl::OkStatus();
+    for (size_t i = 0; i < inputs.size(); ++i)
+      std::cout << RowJsonLine(i, inputs[i]) << '\n';
+    std::cout.flush();
+    return std::cout ? absl::OkStatus() : absl::DataLossError("stdout: write failed");
   }
   std::ofstream stream;
   std::ostream* out = &std::cout;
@@ -407,7 +415,8 @@ int EmbedImage(ClipClient& client, const std::string& target,
     std::fprintf(stderr, "warning: skipped %zu of %zu files\n", failed,
                  paths->size() + unreadable);
   }
-  if (absl::Status status = WriteEmbeddings(*output, inputs, rows); !status.ok()) {
+  if (absl::Status status = WriteEmbeddings(*output, inputs, rows, args.skip_errors);
+      !status.ok()) {
     return Fail(status);
   }
   return EXIT_SUCCESS;

@@ -98,6 +98,13 @@ std::string EmbeddingJsonLine(size_t index, absl::string_view input,
   return DumpJson(line);
 }
 
+std::string RowJsonLine(size_t index, absl::string_view input) {
+  json line = json::object();
+  line["index"] = index;
+  line["input"] = std::string(input);
+  return DumpJson(line);
+}
+
 json SimilarityJson(const v1::SimilarityResponse& response, bool paired,
                     const std::vector<std::string>& images,
                     const std::vector<std::string>& texts) {

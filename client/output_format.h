@@ -38,6 +38,10 @@ std::string DumpJson(const nlohmann::ordered_json& json, int indent = -1);
 std::string EmbeddingJsonLine(size_t index, absl::string_view input,
                               absl::Span<const float> embedding);
 
+// The same without the embedding, naming the input of row `index` of an .npy file:
+// {"index": i, "input": "..."}.
+std::string RowJsonLine(size_t index, absl::string_view input);
+
 // {"logits_per_image": [[...]], "logits_per_text": [[...]], "probs": [[...]],
 //  "logit_scale": x} and, when `paired`, "loss": {"image_to_text", "text_to_image",
 // "mean"}. `images` and `texts` (the inputs, for reference) are added as "images" and

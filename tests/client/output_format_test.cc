@@ -47,6 +47,11 @@ TEST(EmbeddingJsonLineTest, DocumentedKeysInOrder) {
       R"({"index":3,"input":"images/cat \"1\".jpg","embedding":[0.5,-0.25]})");
 }
 
+TEST(EmbeddingJsonLineTest, RowLineNamesTheInputOnly) {
+  EXPECT_EQ(RowJsonLine(2, "images/cat \"1\".jpg"),
+            R"({"index":2,"input":"images/cat \"1\".jpg"})");
+}
+
 TEST(EmbeddingJsonLineTest, InvalidUtf8InputDoesNotThrow) {
   const std::string line = EmbeddingJsonLine(0, "bad\xff.jpg", std::vector<float>{1});
   EXPECT_NE(line.find("bad\xEF\xBF\xBD.jpg"), std::string::npos) << line;

@@ -159,6 +159,9 @@ class ClientCliTest(unittest.TestCase):
         self.assertEqual(array.shape, (3, 512))
         paths = [os.path.join(self.bad, n) for n in sorted(GOOD)]
         np.testing.assert_allclose(array, self.rpc_images(paths), atol=ATOL)
+        # stdout names the file of each row of the array.
+        self.assertEqual(self.jsonl(result.stdout),
+                         [{"index": i, "input": p} for i, p in enumerate(paths)])
         rows = self.jsonl(self.client("embed-image", "--skip_errors", self.bad).stdout)
         self.assertEqual([r["input"] for r in rows], paths)
 
