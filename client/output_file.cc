@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
+#include <random>
 #include <system_error>
 #include <utility>
 
@@ -50,9 +51,20 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
       return OpenError(path, "cannot write", error);
     }
   }
+  // Created, never reused: a file or link already at that name (left by a killed run
+  // of the same pid, as in a container; or put there in a folder others may write
+  // to) is not written through, nor renamed over the output. Another name is tried.
   std::string temporary = absl::StrCat(path, ".partial-", getpid());
-  const int fd =
-      ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  int fd = -1;
+  std::random_device random;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    if (attempt > 0) {
+      temporary = absl::StrCat(path, ".partial-", getpid(), "-", absl::Hex(random()));
+    }
+    fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                0666);
+    if (fd >= 0 || errno != EEXIST) break;
+  }
   if (fd < 0) {
     const int open_error = errno;
     // A file that may be written in a folder that may not: written in place.

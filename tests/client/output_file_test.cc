@@ -1,5 +1,7 @@
 #include "client/output_file.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -7,6 +9,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/fresh_test_dir.h"
 #include "tests/testing/unprivileged.h"
@@ -94,6 +97,27 @@ TEST_F(OutputFileTest, ALinkIsWrittenThrough) {
   EXPECT_TRUE(fs::is_symlink(link));
   EXPECT_EQ(Read(target), "new");
   EXPECT_EQ(Entries(), 2);
+}
+
+// Whatever already sits at the temporary name, a link planted there or a file a
+// killed run of the same pid left, is neither written through nor renamed over the
+// output: the temporary file is a new one.
+TEST_F(OutputFileTest, TheTemporaryFileIsAlwaysANewOne) {
+  const std::string path = (root_ / "x.npy").string();
+  const std::string taken = absl::StrCat(path, ".partial-", getpid());
+  const std::string elsewhere = (root_ / "elsewhere").string();
+  Write(elsewhere, "theirs");
+  fs::create_symlink(elsewhere, taken);
+  absl::StatusOr<OutputFile> file = OutputFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_NE(file->write_path(), taken);
+  EXPECT_EQ(file->write_path().rfind(taken + "-", 0), 0u) << file->write_path();
+  Write(file->write_path(), "ours");
+  ASSERT_TRUE(file->Commit().ok());
+  EXPECT_EQ(Read(path), "ours");
+  EXPECT_FALSE(fs::is_symlink(path));
+  EXPECT_EQ(Read(elsewhere), "theirs");
+  EXPECT_TRUE(fs::is_symlink(taken));  // left as it was found
 }
 
 TEST_F(OutputFileTest, TheReplacementKeepsThePermissionBits) {
