@@ -96,8 +96,14 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
   call.timeout = options.timeout;
   call.retry = false;
   // Connect first, untimed: otherwise the first request of each caller would also
-  // time the TCP (and TLS) handshake. Its answer does not matter.
-  client.CheckHealth("", call).IgnoreError();
+  // time the TCP (and TLS) handshake. Its answer does not matter, unless the server
+  // cannot be reached: the callers' unretried requests would then fail in
+  // microseconds, spinning through the whole duration.
+  const absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> health =
+      client.CheckHealth("", call);
+  if (!health.ok() && health.status().code() == absl::StatusCode::kUnavailable) {
+    return health.status();
+  }
 
   std::atomic<int64_t> tickets{0};
   std::atomic<int64_t> completed{0};

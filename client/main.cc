@@ -93,15 +93,19 @@ int Fail(const absl::Status& status) {
 }
 
 // `status` with "prefix: " before its message (details kept).
-absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
-  if (status.ok() || prefix.empty() || absl::StartsWith(status.message(), prefix)) {
-    return status;
-  }
+absl::Status WithPrefix(const absl::Status& status, absl::string_view prefix) {
+  if (status.ok() || prefix.empty()) return status;
   absl::Status out(status.code(), absl::StrCat(prefix, ": ", status.message()));
   status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
     out.SetPayload(url, payload);
   });
   return out;
+}
+
+// The same, unless the message starts so already.
+absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
+  if (absl::StartsWith(status.message(), absl::StrCat(prefix, ": "))) return status;
+  return WithPrefix(status, prefix);
 }
 
 // A text as it appears in an error message: quoted and shortened.
@@ -386,7 +390,10 @@ int EmbedImage(ClipClient& client, const std::string& target,
       ++job_failed;
       continue;
     }
-    const absl::Status named = Prefixed(result.status(), (*paths)[i]);
+    // A file that could not be read here is named by its error already; the server's
+    // errors name no file (a file may well be called "image", as its messages start).
+    const absl::Status named =
+        read_here[i] != 0 ? result.status() : WithPrefix(result.status(), (*paths)[i]);
     std::fprintf(stderr, "%s: %s\n", args.skip_errors ? "warning" : "error",
                  ErrorText(named).c_str());
   }
@@ -625,7 +632,7 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
   };
   absl::StatusOr<BenchResult> result = RunBench(client, options);
   bar.Finish(/*erase=*/true);
-  if (!result.ok()) return Fail(result.status());
+  if (!result.ok()) return FailCall(result.status(), target);
   if (args.json) {
     PrintJson(BenchJson(*result, options));
   } else {

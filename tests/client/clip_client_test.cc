@@ -946,6 +946,18 @@ TEST(BenchTest, UniqueTextsAreRefusedForImages) {
   EXPECT_EQ(fake.service.embed_image_calls, 0);
 }
 
+// Against no server, the bench fails at once instead of counting an hour of
+// immediate UNAVAILABLEs.
+TEST(BenchTest, AServerThatCannotBeReachedFailsAtOnce) {
+  auto client = Connect(absl::StrCat("127.0.0.1:", JustFreedPort()));
+  BenchOptions options;
+  options.inputs = {"x"};
+  options.duration = absl::Hours(1);
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(RunBench(*client, options).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LT(absl::Now() - start, absl::Minutes(1));
+}
+
 TEST(BenchTest, ErrorsAreCountedByCodeAndNotRetried) {
   FakeServer fake;
   fake.service.refuse_first_unary = 5;

@@ -69,10 +69,10 @@ class ClientCliTest(unittest.TestCase):
         cls.server.kill()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def client(self, *args, target=None, check=True, user=None):
+    def client(self, *args, target=None, check=True, user=None, cwd=None):
         result = subprocess.run(
             [ARGS.client, "--target", target or self.server.target, *args],
-            capture_output=True, text=True, timeout=120, user=user)
+            capture_output=True, text=True, timeout=120, user=user, cwd=cwd)
         if check:
             self.assertEqual(result.returncode, 0,
                              f"clip_client {' '.join(args)}\nstderr: {result.stderr}")
@@ -164,6 +164,19 @@ class ClientCliTest(unittest.TestCase):
                          [{"index": i, "input": p} for i, p in enumerate(paths)])
         rows = self.jsonl(self.client("embed-image", "--skip_errors", self.bad).stdout)
         self.assertEqual([r["input"] for r in rows], paths)
+
+    def test_a_file_named_like_the_start_of_the_servers_message_is_named(self):
+        # The server's message starts "image: ..."; files named "im" or "image" kept
+        # their names out of the warnings.
+        folder = self.out("prefix")
+        os.makedirs(folder)
+        for name in ("im", "image"):
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(b"not an image")
+        result = self.client("embed-image", "--skip_errors", "im", "image",
+                             os.path.join(self.bad, GOOD[0]), cwd=folder)
+        self.assertIn("warning: INVALID_ARGUMENT: im: image", result.stderr)
+        self.assertIn("warning: INVALID_ARGUMENT: image: image", result.stderr)
 
     def test_embed_image_skip_errors_names_a_missing_path_and_embeds_the_rest(self):
         missing = os.path.join(self.tmp, "no_such_photo.jpg")
