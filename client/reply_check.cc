@@ -1,5 +1,6 @@
 #include "client/reply_check.h"
 
+#include <cmath>
 #include <cstdint>
 #include <tuple>
 
@@ -36,7 +37,15 @@ absl::Status CheckEmbeddings(
   return absl::OkStatus();
 }
 
-// A rows x cols matrix, its values all there.
+// NaN and infinities, which JSON cannot hold (they would be written as null).
+bool AllFinite(const google::protobuf::RepeatedField<float>& values) {
+  for (const float v : values) {
+    if (!std::isfinite(v)) return false;
+  }
+  return true;
+}
+
+// A rows x cols matrix, its values all there and finite.
 absl::Status CheckMatrix(absl::string_view name, const v1::Matrix& matrix, int64_t rows,
                          int64_t cols) {
   if (matrix.rows() != rows || matrix.cols() != cols ||
@@ -45,6 +54,7 @@ absl::Status CheckMatrix(absl::string_view name, const v1::Matrix& matrix, int64
                                   " with ", matrix.values_size(), " values, for ", rows,
                                   " x ", cols, " inputs"));
   }
+  if (!AllFinite(matrix.values())) return Malformed(absl::StrCat(name, " is not finite"));
   return absl::OkStatus();
 }
 
@@ -63,6 +73,7 @@ int64_t Count(const v1::TextSet& set) {
 absl::Status CheckStreamEmbedding(size_t width, const v1::Embedding& embedding) {
   const size_t got = static_cast<size_t>(embedding.values_size());
   if (got == 0) return Malformed("an empty embedding");
+  if (!AllFinite(embedding.values())) return Malformed("an embedding that is not finite");
   if (width != 0 && got != width) {
     return Malformed(
         absl::StrCat("an embedding of ", got, " floats among ones of ", width));

@@ -33,7 +33,8 @@ inline absl::Status CheckReply(const grpc::health::v1::HealthCheckRequest&,
 }
 
 // One embedding of a stream whose earlier ones were `width` floats wide (0 for the
-// first): INTERNAL when it is empty or of another width.
+// first): INTERNAL when it is empty, of another width, or holds NaN or an infinity
+// (as in every reply: the server answers none).
 absl::Status CheckStreamEmbedding(size_t width, const v1::Embedding& embedding);
 
 }  // namespace clipserve

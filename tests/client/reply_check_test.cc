@@ -1,5 +1,7 @@
 #include "client/reply_check.h"
 
+#include <cmath>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -43,6 +45,9 @@ TEST(CheckReplyTest, EmbeddingsMatchTheInputsInCountAndWidth) {
   v1::EmbedTextResponse short_reply = response;
   short_reply.mutable_embeddings()->RemoveLast();
   ExpectMalformed(CheckReply(request, short_reply), "1 embeddings for 2 inputs");
+  v1::EmbedTextResponse nan = response;
+  nan.mutable_embeddings(0)->set_values(1, std::nanf(""));
+  ExpectMalformed(CheckReply(request, nan), "an embedding that is not finite");
   v1::EmbedImageRequest images;
   images.add_images();
   v1::EmbedImageResponse empty_row;
@@ -68,6 +73,9 @@ TEST(CheckReplyTest, SimilarityMatricesMatchTheInputs) {
   v1::SimilarityResponse missing = response;
   missing.mutable_probs()->mutable_values()->RemoveLast();
   ExpectMalformed(CheckReply(request, missing), "probs is 2 x 3 with 5 values");
+  v1::SimilarityResponse infinite = response;
+  infinite.mutable_probs()->set_values(0, INFINITY);
+  ExpectMalformed(CheckReply(request, infinite), "probs is not finite");
   v1::SimilarityResponse untransposed = response;
   *untransposed.mutable_logits_per_text() = MatrixOf(2, 3, 6);
   ExpectMalformed(CheckReply(request, untransposed), "logits_per_text is 2 x 3");
