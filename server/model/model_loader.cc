@@ -88,6 +88,13 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
                                       const ModelLoadOptions& options) {
   LoadedModel loaded;
   if (absl::StartsWith(spec, "demo:")) {
+    if (options.config_path.has_value()) {
+      // Ignoring it would hide the mistake until the demo model is swapped for a real
+      // one (a config file that does not even exist was accepted).
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model_config is for a checkpoint; ", spec,
+                       " is built from its preset (drop --model_config)"));
+    }
     CLIPSERVE_ASSIGN_OR_RETURN(ClipConfig config, PresetConfig(spec.substr(5)));
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.model,
                                ClipModel::Create(config, options.demo_seed));

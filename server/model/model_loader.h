@@ -20,7 +20,7 @@ struct ModelLoadOptions {
   // For Precision::kInt8: how the rest runs.
   Int8Options int8;
   // An open_clip JSON config to use instead of inferring the architecture from a bare
-  // state dict (see ReadCheckpointOptions::config).
+  // state dict (see ReadCheckpointOptions::config). INVALID_ARGUMENT with a demo model.
   std::optional<std::string> config_path;
   // Seed of the demo model's random weights.
   uint64_t demo_seed = 0;

@@ -765,6 +765,13 @@ TEST(DemoModelTest, SeededPresetIsDeterministicAndReportsRandomWeights) {
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(torch::equal(*features, *again));
   EXPECT_EQ(LoadModel("demo:NoSuchNet").status().code(), absl::StatusCode::kNotFound);
+  // A config file is for checkpoints: given with a demo model, it is refused, not
+  // ignored (even one that does not exist was accepted).
+  ModelLoadOptions with_config;
+  with_config.config_path = "/no/such/open_clip_config.json";
+  const auto configured = LoadModel("demo:ViT-B-32", with_config);
+  EXPECT_EQ(configured.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(configured.status().message(), HasSubstr("drop --model_config"));
 }
 
 // Four random images and four texts of 5, 12, 30 and 77 tokens (start, random ids,
