@@ -403,8 +403,14 @@ class ManifestsTest(unittest.TestCase):
             self.assertGreaterEqual(duration_seconds(s.get("stop_grace_period", "10s")),
                                     drain + BATCH_MARGIN_S)
             command = s.get("command", [])
-            for arg in command if isinstance(command, list) else shlex.split(command):
+            command = command if isinstance(command, list) else shlex.split(command)
+            for arg in command:
                 self.assertIn(arg[2:].partition("=")[0], known, arg)
+            # Hardened as the configmap: no reflection, nothing published beyond the
+            # host's loopback.
+            self.assertIn("--reflection=false", command)
+            for port in s.get("ports", []):
+                self.assertTrue(str(port).startswith("127.0.0.1:"), port)
 
     def test_install_deps_lists_python3_yaml(self):
         self.assertRegex(read("scripts/install-deps.sh"), r"\bpython3-yaml\b")
