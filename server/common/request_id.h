@@ -11,7 +11,8 @@ namespace clipserve {
 // Request ids tie a call to the server's log lines about it. A client (or a proxy such
 // as Envoy) sends one in the `x-request-id` metadata; the server logs it with every
 // line about the call, makes one up when there is none, and returns it in the
-// response's initial metadata. ClipClient sends one per call, the same for each retry.
+// response's trailing metadata (docs/API.md says why not the initial). ClipClient
+// sends one per call, the same for each retry.
 inline constexpr char kRequestIdKey[] = "x-request-id";
 inline constexpr size_t kMaxRequestIdBytes = 128;
 

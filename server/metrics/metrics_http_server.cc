@@ -91,6 +91,12 @@ int Listen(std::string host, int port) {
     // a running one unnoticed, where a clear bind error is better.
     const int yes = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    if (a->ai_family == AF_INET6) {
+      // "::" means IPv4 too, as gRPC's port takes it, also on hosts whose
+      // net.ipv6.bindv6only=1 makes IPv6 sockets IPv6-only by default.
+      const int no = 0;
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof(no));
+    }
     if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
       const int error = errno;
       close(fd);

@@ -1,10 +1,14 @@
 #include "server/metrics/metrics_http_server.h"
 
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -431,6 +435,50 @@ TEST(MetricsHttpServerTest, AnIpv6AddressMayComeBracketed) {
   httplib::Result result = client.Get("/healthz");
   ASSERT_TRUE(result);
   EXPECT_EQ(result->status, 200);
+}
+
+// Run in a network namespace of its own whose net.ipv6.bindv6only is 1, as on some
+// hosts: "::" must still take IPv4 connections, as the flag's help and gRPC's port do.
+// Exits 0 when /healthz answers on 127.0.0.1, 1 when not, 2 when the namespace could
+// not be set up.
+void ServeDualStackWhereIpv6IsOnlyByDefault() {
+  if (unshare(CLONE_NEWNET) != 0) std::_Exit(2);
+  // A new namespace's loopback is down.
+  const int s = socket(AF_INET, SOCK_DGRAM, 0);
+  ifreq lo{};
+  std::snprintf(lo.ifr_name, sizeof(lo.ifr_name), "lo");
+  if (s < 0 || ioctl(s, SIOCGIFFLAGS, &lo) != 0) std::_Exit(2);
+  lo.ifr_flags |= IFF_UP;
+  if (ioctl(s, SIOCSIFFLAGS, &lo) != 0) std::_Exit(2);
+  close(s);
+  FILE* sysctl = std::fopen("/proc/sys/net/ipv6/bindv6only", "w");
+  if (sysctl == nullptr || std::fputs("1", sysctl) < 0 || std::fclose(sysctl) != 0) {
+    std::_Exit(2);
+  }
+  Metrics metrics;
+  MetricsHttpServerOptions options;
+  options.host = "::";
+  options.port = 0;
+  auto server = MetricsHttpServer::Create(options, &metrics);
+  if (!server.ok()) std::_Exit(2);
+  const int status = Get((*server)->port(), "/healthz").first;
+  std::fprintf(stderr, "healthz over IPv4: %d\n", status);
+  std::_Exit(status == 200 ? 0 : 1);
+}
+
+TEST(MetricsHttpServerDeathTest, DualStackAlsoWhereIpv6IsOnlyByDefault) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // Only where this process may make a network namespace (root outside a container
+  // that drops CAP_SYS_ADMIN).
+  const pid_t probe = fork();
+  if (probe == 0) std::_Exit(unshare(CLONE_NEWNET) == 0 ? 0 : 1);
+  int probed = -1;
+  ASSERT_EQ(waitpid(probe, &probed, 0), probe);
+  if (!WIFEXITED(probed) || WEXITSTATUS(probed) != 0) {
+    GTEST_SKIP() << "no network namespace may be made here";
+  }
+  EXPECT_EXIT(ServeDualStackWhereIpv6IsOnlyByDefault(), ::testing::ExitedWithCode(0),
+              "healthz over IPv4: 200");
 }
 
 TEST(MetricsHttpServerTest, BadOptionsAreInvalidArgument) {
