@@ -269,14 +269,12 @@ void MlpImpl::SetInt8(int64_t min_rows) {
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,
-                                                       double mlp_ratio,
+                                                       int64_t mlp_width,
                                                        bool quick_gelu) {
   ln_1 = register_module("ln_1", LayerNorm(width));
   attn = register_module("attn", SelfAttention(width, heads));
   ln_2 = register_module("ln_2", LayerNorm(width));
-  mlp = register_module(
-      "mlp",
-      Mlp(width, static_cast<int64_t>(std::lround(width * mlp_ratio)), quick_gelu));
+  mlp = register_module("mlp", Mlp(width, mlp_width, quick_gelu));
 }
 
 namespace {
@@ -311,10 +309,10 @@ torch::Tensor ResidualAttentionBlockImpl::ForwardAt(const torch::Tensor& x,
 }
 
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads,
-                                 double mlp_ratio, bool quick_gelu) {
+                                 int64_t mlp_width, bool quick_gelu) {
   resblocks = register_module("resblocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < layers; ++i) {
-    resblocks->push_back(ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu));
+    resblocks->push_back(ResidualAttentionBlock(width, heads, mlp_width, quick_gelu));
   }
 }
 

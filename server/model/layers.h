@@ -157,7 +157,8 @@ TORCH_MODULE(Mlp);
 // Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 class ResidualAttentionBlockImpl : public torch::nn::Module {
  public:
-  ResidualAttentionBlockImpl(int64_t width, int64_t heads, double mlp_ratio,
+  // `mlp_width`: the MLP's hidden width (VisionConfig::MlpWidth()).
+  ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_width,
                              bool quick_gelu);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // forward()'s output at one position per sequence (see SelfAttention::ForwardAt):
@@ -175,7 +176,7 @@ TORCH_MODULE(ResidualAttentionBlock);
 // A stack of blocks under the key prefix "resblocks.N.".
 class TransformerImpl : public torch::nn::Module {
  public:
-  TransformerImpl(int64_t width, int64_t layers, int64_t heads, double mlp_ratio,
+  TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_width,
                   bool quick_gelu);
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {});
   // forward()'s output at one position per sequence, positions [N] (int64, on x's

@@ -34,6 +34,13 @@ absl::Status Positive(int64_t value, absl::string_view field) {
   return absl::OkStatus();
 }
 
+// int(width * mlp_ratio) as Python computes it: the double product, truncated.
+int64_t TruncatedMlpWidth(int width, double mlp_ratio, int mlp_width) {
+  if (mlp_width > 0) return mlp_width;
+  const double hidden = width * mlp_ratio;
+  return hidden >= 0 && hidden < 9.0e18 ? static_cast<int64_t>(hidden) : 0;
+}
+
 absl::Status MlpRatio(double ratio, absl::string_view field) {
   if (!(ratio > 0 && ratio <= kMaxMlpRatio)) {
     return absl::InvalidArgumentError(
@@ -419,6 +426,14 @@ int IntSqrt(int64_t n) { return static_cast<int>(std::lround(std::sqrt(double(n)
 
 }  // namespace
 
+int64_t VisionConfig::MlpWidth() const {
+  return TruncatedMlpWidth(width, mlp_ratio, mlp_width);
+}
+
+int64_t TextConfig::MlpWidth() const {
+  return TruncatedMlpWidth(width, mlp_ratio, mlp_width);
+}
+
 absl::Status ValidateConfig(const ClipConfig& c) {
   CLIPSERVE_RETURN_IF_ERROR(Positive(c.embed_dim, "embed_dim"));
   const VisionConfig& v = c.vision;
@@ -449,6 +464,10 @@ absl::Status ValidateConfig(const ClipConfig& c) {
     }
   }
   CLIPSERVE_RETURN_IF_ERROR(MlpRatio(v.mlp_ratio, "vision.mlp_ratio"));
+  if (v.arch == VisionArch::kVisionTransformer) {
+    CLIPSERVE_RETURN_IF_ERROR(
+        Positive(v.MlpWidth(), "vision MLP width (width x mlp_ratio)"));
+  }
   const TextConfig& t = c.text;
   CLIPSERVE_RETURN_IF_ERROR(Positive(t.context_length, "text.context_length"));
   CLIPSERVE_RETURN_IF_ERROR(Positive(t.vocab_size, "text.vocab_size"));
@@ -460,6 +479,8 @@ absl::Status ValidateConfig(const ClipConfig& c) {
       return absl::InvalidArgumentError("text.width is not a multiple of text.heads");
     }
     CLIPSERVE_RETURN_IF_ERROR(MlpRatio(t.mlp_ratio, "text.mlp_ratio"));
+    CLIPSERVE_RETURN_IF_ERROR(
+        Positive(t.MlpWidth(), "text MLP width (width x mlp_ratio)"));
   }
   for (int i = 0; i < 3; ++i) {
     if (!(c.image_std[i] > 0)) return absl::InvalidArgumentError("image std must be > 0");
@@ -474,7 +495,7 @@ double MinimumParameterCount(const ClipConfig& c) {
   double n = 0;
   if (v.arch == VisionArch::kVisionTransformer) {
     const double w = v.width;
-    const double hidden = std::floor(v.width * v.mlp_ratio);  // lround() in the model
+    const double hidden = static_cast<double>(v.MlpWidth());
     const double grid = v.patch_size > 0 ? v.image_size / v.patch_size : 0;
     n += v.layers * (4 * w * w + 2 * w * hidden);  // attention projections, MLP
     n += (grid * grid + 1) * w;                    // positional embedding
@@ -497,7 +518,7 @@ double MinimumParameterCount(const ClipConfig& c) {
   n += static_cast<double>(t.vocab_size) * w +
        w * embed;  // token embedding, text_projection
   if (t.arch == TextArch::kTransformer) {
-    const double hidden = std::floor(t.width * t.mlp_ratio);
+    const double hidden = static_cast<double>(t.MlpWidth());
     n += t.layers * (4 * w * w + 2 * w * hidden) +
          static_cast<double>(t.context_length) * w;
   }
@@ -709,6 +730,7 @@ absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   CLIPSERVE_ASSIGN_OR_RETURN(const int v_inter, IntField(vision, "intermediate_size",
                                                          "vision_config", v.width * 4));
   v.mlp_ratio = double(v_inter) / v.width;
+  v.mlp_width = v_inter;
   TextConfig& t = c.text;
   CLIPSERVE_ASSIGN_OR_RETURN(t.width, IntField(textj, "hidden_size", "text_config", 512));
   CLIPSERVE_ASSIGN_OR_RETURN(t.layers,
@@ -722,6 +744,7 @@ absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view text) {
   CLIPSERVE_ASSIGN_OR_RETURN(const int t_inter, IntField(textj, "intermediate_size",
                                                          "text_config", t.width * 4));
   t.mlp_ratio = double(t_inter) / t.width;
+  t.mlp_width = t_inter;
   CLIPSERVE_ASSIGN_OR_RETURN(
       const std::string v_act,
       StringField(vision, "hidden_act", "vision_config", "quick_gelu"));
@@ -792,6 +815,7 @@ absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
     CLIPSERVE_ASSIGN_OR_RETURN(
         auto fc, Shape(shapes, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2));
     v.mlp_ratio = double(fc[0]) / v.width;
+    v.mlp_width = static_cast<int>(fc[0]);
   } else if (shapes.count("visual.attnpool.positional_embedding") > 0) {
     v.arch = VisionArch::kModifiedResNet;
     v.patch_size = 0;
@@ -840,6 +864,7 @@ absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
     CLIPSERVE_ASSIGN_OR_RETURN(
         auto fc, Shape(shapes, "transformer.resblocks.0.mlp.c_fc.weight", 2));
     t.mlp_ratio = double(fc[0]) / t.width;
+    t.mlp_width = static_cast<int>(fc[0]);
   }
   // Every released OpenAI/open_clip checkpoint of this layout uses QuickGELU.
   c.quick_gelu = true;

@@ -33,8 +33,11 @@ struct VisionConfig {
   std::array<int, 4> stage_layers = {0, 0, 0, 0};
   // Attention heads (ViT blocks, or the ResNet's attention pool).
   int heads = 12;
-  // Hidden width of each MLP = width * mlp_ratio.
+  // Hidden width of each MLP: mlp_width where a checkpoint's shapes or a Hugging Face
+  // config give it, else width * mlp_ratio truncated, as open_clip's int() takes it.
   double mlp_ratio = 4.0;
+  int mlp_width = 0;
+  int64_t MlpWidth() const;
 };
 
 struct TextConfig {
@@ -46,7 +49,10 @@ struct TextConfig {
   // Transformer only.
   int heads = 8;
   int layers = 12;
+  // As VisionConfig's.
   double mlp_ratio = 4.0;
+  int mlp_width = 0;
+  int64_t MlpWidth() const;
 };
 
 struct ClipConfig {

@@ -12,7 +12,7 @@ TextTransformerImpl::TextTransformerImpl(const TextConfig& config, int64_t embed
       "positional_embedding", torch::zeros({config.context_length, config.width}));
   transformer = register_module("transformer",
                                 Transformer(config.width, config.layers, config.heads,
-                                            config.mlp_ratio, quick_gelu));
+                                            config.MlpWidth(), quick_gelu));
   ln_final = register_module("ln_final", LayerNorm(config.width));
   text_projection =
       register_parameter("text_projection", torch::zeros({config.width, embed_dim}));

@@ -16,7 +16,7 @@ VisionTransformerImpl::VisionTransformerImpl(const VisionConfig& config,
   ln_pre = register_module("ln_pre", LayerNorm(width));
   transformer = register_module(
       "transformer",
-      Transformer(width, config.layers, config.heads, config.mlp_ratio, quick_gelu));
+      Transformer(width, config.layers, config.heads, config.MlpWidth(), quick_gelu));
   ln_post = register_module("ln_post", LayerNorm(width));
   proj = register_parameter("proj", torch::zeros({width, embed_dim}));
 }

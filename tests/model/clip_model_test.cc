@@ -431,6 +431,27 @@ TEST(CheckpointTest, AResNetWithoutBatchNormStepCountersLoads) {
   EXPECT_LE(MaxAbsDiff(*features, c.expected.at("image_features")), 1e-4);
 }
 
+// The towers' MLPs are as wide as the config's MlpWidth(): open_clip's int(width *
+// mlp_ratio), not its rounding (64 x 2.5390625 = 162.5 made 163, refusing open_clip's
+// 162-wide checkpoint).
+TEST(ClipModelTest, MlpHiddenWidthIsTheConfigs) {
+  ClipConfig config = *PresetConfig("ViT-B-32");
+  config.vision.width = 64;
+  config.vision.heads = 4;
+  config.vision.layers = 1;
+  config.vision.mlp_ratio = 2.5390625;
+  config.text.width = 64;
+  config.text.heads = 4;
+  config.text.layers = 2;
+  config.text.mlp_width = 293;
+  config.embed_dim = 32;
+  auto model = ClipModel::Create(config);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const TensorMap tensors = (*model)->NamedTensors();
+  EXPECT_EQ(tensors.at("visual.transformer.resblocks.0.mlp.c_fc.weight").size(0), 162);
+  EXPECT_EQ(tensors.at("transformer.resblocks.1.mlp.c_proj.weight").size(1), 293);
+}
+
 // A bare state dict's shapes cannot tell QuickGELU from GELU: the checkpoint says it
 // assumed QuickGELU, except for OpenAI's archives (QuickGELU models) and where a config
 // was given.

@@ -20,7 +20,7 @@ namespace {
 // A Transformer with seeded random parameters (constructors leave some uninitialized).
 Transformer RandomTransformer(int64_t width, int64_t layers, int64_t heads,
                               bool quick_gelu) {
-  Transformer transformer(width, layers, heads, /*mlp_ratio=*/4.0, quick_gelu);
+  Transformer transformer(width, layers, heads, /*mlp_width=*/4 * width, quick_gelu);
   torch::NoGradGuard no_grad;
   for (torch::Tensor& p : transformer->parameters()) p.normal_(0.0, 0.2);
   return transformer;

@@ -67,6 +67,20 @@ TEST(ParseOpenClipConfigTest, VitWithPreprocessing) {
   EXPECT_FLOAT_EQ(c->image_std[2], 0.25f);
 }
 
+// The MLP's hidden width as open_clip builds it: int(width * mlp_ratio), truncated
+// (64 x 2.5390625 = 162.5 is 162, where rounding made 163 and refused the checkpoint).
+TEST(ParseOpenClipConfigTest, MlpWidthIsTruncatedAsInOpenClip) {
+  auto c = ParseOpenClipConfig(R"({
+    "model_cfg": {"embed_dim": 32,
+      "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                     "head_width": 16, "mlp_ratio": 2.5390625},
+      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
+                   "layers": 2, "mlp_ratio": 2.99}}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->vision.MlpWidth(), 162);
+  EXPECT_EQ(c->text.MlpWidth(), 191);  // 191.36
+}
+
 TEST(ParseOpenClipConfigTest, ResNetAndCbow) {
   auto c = ParseOpenClipConfig(R"({"embed_dim": 32,
       "vision_cfg": {"image_size": 64, "layers": [1, 2, 1, 1], "width": 16,
@@ -224,6 +238,16 @@ TEST(ParseHfConfigTest, ReadsTheTransformersSchema) {
   EXPECT_DOUBLE_EQ(c->vision.mlp_ratio, 4.0);
   EXPECT_TRUE(c->quick_gelu);
   EXPECT_FALSE(ParseHfConfig(R"({"model_type": "bert"})").ok());
+  // intermediate_size is the hidden width itself, whatever ratio it makes.
+  auto odd = ParseHfConfig(R"({"model_type": "clip", "projection_dim": 32,
+      "text_config": {"hidden_size": 96, "intermediate_size": 293,
+        "num_attention_heads": 4, "num_hidden_layers": 2, "hidden_act": "quick_gelu"},
+      "vision_config": {"hidden_size": 1024, "intermediate_size": 2730,
+        "num_attention_heads": 4, "num_hidden_layers": 2, "image_size": 32,
+        "patch_size": 8, "hidden_act": "quick_gelu"}})");
+  ASSERT_TRUE(odd.ok()) << odd.status();
+  EXPECT_EQ(odd->vision.MlpWidth(), 2730);
+  EXPECT_EQ(odd->text.MlpWidth(), 293);
 }
 
 TEST(ParseHfConfigTest, RejectsSettingsThatChangeTheComputation) {
