@@ -32,6 +32,9 @@ wanted=(
 # HTTP/Kerberos stack that only prometheus-cpp's unused push client needs.
 skip='^(libc6|libc6-dev|libc-dev-bin|linux-libc-dev|libcrypt.*|libgcc-s1|gcc-.*-base|libstdc\+\+6|libunwind-[0-9]+(-dev)?|libnsl.*|libtirpc.*|rpcsvc-proto|libcurl.*|libgnutls.*|libkrb5.*|libk5crypto.*|libgssapi.*|libkeyutils.*|libcom-err.*|libldap.*|libsasl2.*|librtmp.*|libssh2.*|libpsl.*|libnghttp2.*|libidn2.*|libunistring.*|libnettle.*|libhogweed.*|libgmp.*|libp11-kit.*|libtasn1.*|libffi.*|libdb5.*|libprometheus-cpp-push.*|libprometheus-cpp-pull.*|civetweb|libcivetweb.*)$'
 
+# Stale package lists name versions the archive has replaced (404): refresh them
+# first where this user may.
+if [ "$(id -u)" = 0 ]; then apt-get update -qq || true; fi
 mapfile -t closure < <(
   apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
     --no-breaks --no-replaces --no-enhances "${wanted[@]}" |
@@ -43,7 +46,11 @@ fi
 
 mkdir -p "$dir"
 rm -f "$dir"/*.deb
-(cd "$dir" && apt-get download -q "${closure[@]}")
+(cd "$dir" && apt-get download -q "${closure[@]}") || {
+  echo "fetch-gpu-debs: download failed; if the archive answered 404, run" \
+    "apt-get update (as root) and try again" >&2
+  exit 1
+}
 printf '%s\n' "${closure[@]}" > "$dir/PACKAGES"
 echo "fetch-gpu-debs: ${#closure[@]} packages, $(du -sh "$dir" | cut -f1), in $dir"
 
