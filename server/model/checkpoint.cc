@@ -19,6 +19,7 @@
 #include "server/common/status_macros.h"
 #include "server/model/safetensors.h"
 #include "server/model/torch_pickle.h"
+#include "server/model/zip_directory.h"
 #include "server/tokenizer/unicode_text.h"
 
 namespace clipserve {
@@ -80,6 +81,15 @@ absl::StatusOr<TensorMap> ReadSafetensors(const std::string& path) {
 }
 
 absl::StatusOr<TensorMap> ReadTorchZip(const std::string& path, bool* is_torchscript) {
+  // Before LibTorch's reader inflates anything (it would inflate a record whole).
+  CLIPSERVE_ASSIGN_OR_RETURN(const std::vector<ZipRecord> records,
+                             ReadZipDirectory(path));
+  std::error_code size_error;
+  const uint64_t file_size = fs::file_size(path, size_error);
+  if (size_error) return absl::InvalidArgumentError(absl::StrCat("cannot stat ", path));
+  if (absl::Status status = CheckInflatedSize(records, file_size); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", status.message()));
+  }
   TensorMap out;
   CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
       [&] {

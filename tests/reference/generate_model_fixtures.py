@@ -170,6 +170,10 @@ def write_case(out, name, seed, cfg, options, log):
           extra_keys_to_ignore=["input_resolution", "context_length", "vocab_size"])
     ck.write_state_dict(os.path.join(d, "state_dict.pt"), sd, half_keys)
     entry("state_dict.pt", "torch_state_dict", "openai_mixed")
+    # The same records in a zip64 archive, as torch.save writes one past 4 GiB.
+    rezip(os.path.join(d, "state_dict.pt"), os.path.join(d, "state_dict_zip64.pt"),
+          zip64=True)
+    entry("state_dict_zip64.pt", "torch_state_dict", "openai_mixed")
 
     if not options.get("openai_only"):
         ck.write_wrapped_state_dict(os.path.join(d, "state_dict_wrapped.pt"), sd, half_keys)
@@ -225,6 +229,26 @@ def write_case(out, name, seed, cfg, options, log):
         json.dump(manifest, f, indent=2)
     log("%-22s %5.2fs  %s" % (name, time.time() - t0, ", ".join(e["path"] for e in entries)))
     return model, sd
+
+
+def rezip(source, target, zip64=False, deflate=False, extra=None):
+    """`source`'s records written again: as zip64 (every size and the directory in
+    zip64 form), deflated, and/or with `extra` (name, bytes) records added."""
+    with zipfile.ZipFile(source) as z:
+        records = [(info.filename, z.read(info)) for info in z.infolist()]
+    records += list(extra or [])
+    limit = zipfile.ZIP64_LIMIT
+    if zip64:
+        zipfile.ZIP64_LIMIT = 0  # what 4 GiB makes zipfile do
+    try:
+        with zipfile.ZipFile(target, "w") as z:
+            for name, data in records:
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+                with z.open(info, "w", force_zip64=zip64) as f:
+                    f.write(data)
+    finally:
+        zipfile.ZIP64_LIMIT = limit
 
 
 # ------------------------------------------------------------------------- corrupt files
@@ -358,7 +382,16 @@ def write_corrupt(out, base_sd, base_dir, log):
     put("empty.pt", b"", "unknown", "reject: empty file")
     put("empty.safetensors", b"", "safetensors",
         "reject: empty file (no 8-byte header length)")
-    # 16. a TorchScript archive whose data.pkl is 4 hostile bytes (REDUCE on an empty
+    # 16. deflated records that would inflate to far more than the file (64 MiB of
+    # zeros in 64 KiB): LibTorch inflates a record whole before anything is checked
+    prefix = zipfile.ZipFile(os.path.join(base_dir, "state_dict.pt")).namelist()[0]
+    prefix = prefix.split("/")[0]
+    rezip(os.path.join(base_dir, "state_dict.pt"), os.path.join(d, "deflated_bomb.pt"),
+          deflate=True, extra=[(prefix + "/data/9999", bytes(64 << 20))])
+    entries.append({"file": "deflated_bomb.pt", "format": "torch_zip", "config": cfg_rel,
+                    "expect": "reject: records would inflate to over 4x the file",
+                    "key": "would inflate"})
+    # 17. a TorchScript archive whose data.pkl is 4 hostile bytes (REDUCE on an empty
     # stack), which made LibTorch's own unpickler (torch::jit::load) crash the process
     with zipfile.ZipFile(os.path.join(base_dir, "openai.pt")) as z:
         records = [(info, z.read(info)) for info in z.infolist()]

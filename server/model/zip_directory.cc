@@ -1,0 +1,153 @@
+#include "server/model/zip_directory.h"
+
+#include <algorithm>
+#include <fstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace clipserve {
+namespace {
+
+constexpr uint32_t kEndOfDirectory = 0x06054b50;
+constexpr uint32_t kZip64Locator = 0x07064b50;
+constexpr uint32_t kZip64EndOfDirectory = 0x06064b50;
+constexpr uint32_t kDirectoryEntry = 0x02014b50;
+constexpr size_t kEndSize = 22;
+constexpr size_t kLocatorSize = 20;
+constexpr size_t kZip64EndSize = 56;
+constexpr size_t kEntrySize = 46;
+
+absl::Status Bad(absl::string_view path, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": not a readable zip: ", what));
+}
+
+uint64_t Le(absl::string_view bytes, size_t at, int width) {
+  uint64_t value = 0;
+  for (int i = width - 1; i >= 0; --i) {
+    value = (value << 8) | static_cast<uint8_t>(bytes[at + static_cast<size_t>(i)]);
+  }
+  return value;
+}
+
+// `length` bytes of the file at `offset`, or false when the file has fewer.
+bool ReadAt(std::ifstream& in, uint64_t offset, uint64_t length, std::string* out) {
+  out->assign(length, '\0');
+  in.clear();
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(out->data(), static_cast<std::streamsize>(length));
+  return in.gcount() == static_cast<std::streamsize>(length);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ZipRecord>> ReadZipDirectory(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
+  // The end record is the last 22 bytes but for a comment of at most 64 KiB.
+  const uint64_t tail_size = std::min<uint64_t>(file_size, kEndSize + 0xFFFF);
+  std::string tail;
+  if (!ReadAt(in, file_size - tail_size, tail_size, &tail))
+    return Bad(path, "short read");
+  size_t end = std::string::npos;
+  for (size_t i = tail.size() >= kEndSize ? tail.size() - kEndSize + 1 : 0; i-- > 0;) {
+    // The comment must fit (bytes after it are tolerated, as miniz tolerates them).
+    if (Le(tail, i, 4) == kEndOfDirectory &&
+        i + kEndSize + Le(tail, i + 20, 2) <= tail.size()) {
+      end = i;
+      break;
+    }
+  }
+  if (end == std::string::npos) return Bad(path, "no end of central directory");
+  uint64_t entries = Le(tail, end + 10, 2);
+  uint64_t directory_size = Le(tail, end + 12, 4);
+  uint64_t directory_offset = Le(tail, end + 16, 4);
+  if (entries == 0xFFFF || directory_size == 0xFFFFFFFF ||
+      directory_offset == 0xFFFFFFFF) {
+    // zip64: a locator just before the end record points at the zip64 end record.
+    if (end < kLocatorSize || Le(tail, end - kLocatorSize, 4) != kZip64Locator) {
+      return Bad(path, "zip64 sizes without a zip64 locator");
+    }
+    const uint64_t at = Le(tail, end - kLocatorSize + 8, 8);
+    std::string record;
+    if (at > file_size || !ReadAt(in, at, kZip64EndSize, &record) ||
+        Le(record, 0, 4) != kZip64EndOfDirectory) {
+      return Bad(path, "no zip64 end of central directory");
+    }
+    entries = Le(record, 32, 8);
+    directory_size = Le(record, 40, 8);
+    directory_offset = Le(record, 48, 8);
+  }
+  if (directory_offset > file_size || directory_size > file_size - directory_offset ||
+      entries > directory_size / kEntrySize) {
+    return Bad(path, "central directory outside the file");
+  }
+  std::string directory;
+  if (!ReadAt(in, directory_offset, directory_size, &directory)) {
+    return Bad(path, "short read");
+  }
+  std::vector<ZipRecord> records;
+  records.reserve(entries);
+  size_t at = 0;
+  for (uint64_t i = 0; i < entries; ++i) {
+    if (directory.size() - at < kEntrySize || Le(directory, at, 4) != kDirectoryEntry) {
+      return Bad(path, "malformed central directory entry");
+    }
+    ZipRecord record;
+    record.method = static_cast<uint16_t>(Le(directory, at + 10, 2));
+    record.compressed_size = Le(directory, at + 20, 4);
+    record.size = Le(directory, at + 24, 4);
+    const size_t name_length = Le(directory, at + 28, 2);
+    const size_t extra_length = Le(directory, at + 30, 2);
+    const size_t comment_length = Le(directory, at + 32, 2);
+    const size_t length = kEntrySize + name_length + extra_length + comment_length;
+    if (directory.size() - at < length)
+      return Bad(path, "malformed central directory entry");
+    record.name = directory.substr(at + kEntrySize, name_length);
+    // A zip64 extra field (id 1) holds the sizes the entry marks with 0xFFFFFFFF, in
+    // this order.
+    const absl::string_view extra(directory.data() + at + kEntrySize + name_length,
+                                  extra_length);
+    for (size_t e = 0; e + 4 <= extra.size();) {
+      const uint64_t id = Le(extra, e, 2);
+      const size_t field = Le(extra, e + 2, 2);
+      if (extra.size() - e - 4 < field) break;
+      if (id == 1) {
+        size_t next = e + 4;
+        for (uint64_t* value : {&record.size, &record.compressed_size}) {
+          if (*value != 0xFFFFFFFF) continue;
+          if (next + 8 > e + 4 + field) return Bad(path, "short zip64 extra field");
+          *value = Le(extra, next, 8);
+          next += 8;
+        }
+      }
+      e += 4 + field;
+    }
+    records.push_back(std::move(record));
+    at += length;
+  }
+  return records;
+}
+
+absl::Status CheckInflatedSize(const std::vector<ZipRecord>& records,
+                               uint64_t file_size) {
+  uint64_t inflated = 0;
+  const ZipRecord* largest = nullptr;
+  for (const ZipRecord& record : records) {
+    if (record.method == 0) continue;
+    inflated += std::min<uint64_t>(record.size, UINT64_MAX - inflated);
+    if (largest == nullptr || record.size > largest->size) largest = &record;
+  }
+  if (largest == nullptr || inflated / kMaxInflatedToFileRatio <= file_size) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the archive's compressed records would inflate to ", inflated,
+      " bytes, more than ", kMaxInflatedToFileRatio, " times the file's ", file_size,
+      " (the largest, ", largest->name, ", to ", largest->size,
+      "); torch.save stores tensors uncompressed: re-save the checkpoint with it"));
+}
+
+}  // namespace clipserve
