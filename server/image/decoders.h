@@ -29,15 +29,27 @@ absl::StatusOr<RgbImage> DecodeGif(absl::string_view encoded,
 absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
                                    const DecodeOptions& options);
 
-// The EXIF orientation (1-8) that ImageOps.exif_transpose(Image.open(f)) finds in the
-// PNG file `png` in Pillow 9.4: from the last eXIf chunk or tEXt/zTXt/iTXt "exif" before
-// the image data, else from those chunks anywhere (getexif() then loads the image and
-// reads the chunks after it), else from a hex-coded "Raw profile type exif" text chunk;
-// where that EXIF holds no orientation tag, from the tiff:Orientation of an
+// What Pillow 9.4 makes of the chunks of the PNG file `png` beside its pixels (read
+// by libpng, which skips the ancillary chunks; DecodePng() calls this after libpng
+// read the header, so the chunks before the image data have sound CRCs).
+//
+// INVALID_ARGUMENT where Pillow refuses the file for a chunk: a zTXt chunk naming a
+// compression method other than 0; a zTXt, compressed iTXt or iCCP chunk that
+// inflates to more than 1 MiB; text chunks holding more than 64 MiB in all; an empty
+// sRGB chunk or one iCCP; a pHYs chunk under 9 bytes; a chunk after the image data
+// that the file cuts short. Also, as a deliberate difference, where compressed chunks
+// inflate to more than 64 MiB in all (Pillow does not count some of them). APNG
+// chunks are not checked as Pillow checks them.
+//
+// Otherwise the EXIF orientation (1-8) that ImageOps.exif_transpose(Image.open(f))
+// finds: from the last eXIf chunk or tEXt/zTXt/iTXt "exif" before the image data,
+// else from those chunks anywhere (getexif() then loads the image and reads the
+// chunks after it), else from a hex-coded "Raw profile type exif" text chunk; where
+// that EXIF holds no orientation tag, from the tiff:Orientation of an
 // "XML:com.adobe.xmp" text chunk. 1 where none says otherwise, and where Pillow would
-// raise (EXIF it cannot read; a text chunk it refuses). Bounds-checked; a compressed
-// text chunk is inflated only for those keys, to at most 1 MiB as Pillow does it.
-int PngExifOrientation(absl::string_view png);
+// raise (EXIF it cannot read). Bounds-checked; compressed chunks are inflated 16 KiB
+// at a time, to at most 1 MiB each, as Pillow does.
+absl::StatusOr<int> ReadPngChunks(absl::string_view png);
 
 // INVALID_ARGUMENT "<format>: <what>".
 absl::Status FormatError(absl::string_view format, absl::string_view what);

@@ -170,9 +170,9 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   if (!size_ok.ok()) return size_ok;
   const absl::Status data_ok = CheckCompressedSize(header, encoded.size());
   if (!data_ok.ok()) return data_ok;
-  if (options.honor_exif_orientation) {
-    *exif_orientation = PngExifOrientation(encoded);
-  }
+  const absl::StatusOr<int> orientation = ReadPngChunks(encoded);
+  if (!orientation.ok()) return orientation.status();
+  if (options.honor_exif_orientation) *exif_orientation = *orientation;
 
   const int width = static_cast<int>(header.width);
   const int height = static_cast<int>(header.height);

@@ -174,24 +174,28 @@ TEST(DecodeImageTest, PngCrcsAreCheckedWherePillowChecksThem) {
 }
 
 // A compressed text chunk counts where it inflates to at most 1 MiB, Pillow's
-// MAX_TEXT_CHUNK; past that Pillow refuses the file, and clipserve leaves it upright.
-// (tests/image/make_image_reference.py holds the other PNG orientation cases, each
-// checked against Pillow.)
-TEST(DecodeImageTest, PngTextOrientationWithinPillowsTextLimit) {
+// MAX_TEXT_CHUNK; past that Pillow refuses the file, and so does clipserve, as it
+// does past 64 MiB of text. (tests/image/make_image_reference.py holds the other
+// PNG orientation and chunk cases, each checked against Pillow.)
+TEST(DecodeImageTest, PngTextWithinPillowsLimitsGivesItsOrientation) {
   DecodeOptions options;
   options.honor_exif_orientation = true;
   const std::string xmp_tag = "<x tiff:Orientation=\"6\"/>";
+  // The decoded width (8 where turned a quarter), or -1 where refused.
   auto decoded_width = [&](const std::string& chunk) {
     const absl::StatusOr<RgbImage> image =
         DecodeImage(BlackPng(16, 8, 8, chunk), options);
-    EXPECT_TRUE(image.ok()) << image.status();
-    return image.ok() ? image->width : -1;
+    if (!image.ok()) {
+      EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+      return -1;
+    }
+    return image->width;
   };
   const std::string key = std::string("XML:com.adobe.xmp") + '\0';
   for (const size_t size : {size_t{1} << 20, (size_t{1} << 20) + 1}) {
     SCOPED_TRACE(size);
     const std::string xmp = std::string(size - xmp_tag.size(), ' ') + xmp_tag;
-    const int expected = size <= (size_t{1} << 20) ? 8 : 16;  // 6: a quarter turn
+    const int expected = size <= (size_t{1} << 20) ? 8 : -1;
     EXPECT_EQ(decoded_width(PngChunk("zTXt", key + '\0' + Deflate(xmp))), expected);
     EXPECT_EQ(
         decoded_width(PngChunk("iTXt", key + std::string("\1\0\0\0", 4) + Deflate(xmp))),
@@ -211,7 +215,23 @@ TEST(DecodeImageTest, PngTextOrientationWithinPillowsTextLimit) {
   std::string chunks;
   for (int i = 0; i < 64; ++i) chunks += full_chunk;
   EXPECT_EQ(decoded_width(chunks), 8);
-  EXPECT_EQ(decoded_width(chunks + full_chunk), 16);
+  EXPECT_EQ(decoded_width(chunks + full_chunk), -1);
+}
+
+// What Pillow does not count as text, this reader inflates only so far: 65 ICC
+// profiles of 1 MiB each (a few kilobytes of file) are refused, a deliberate
+// difference from Pillow, which would inflate every one.
+TEST(DecodeImageTest, PngCompressedChunksInflateToAt64MiBInAll) {
+  const std::string profile =
+      PngChunk("iCCP", std::string("icc\0\0", 5) + Deflate(std::string(1 << 20, 'p')));
+  std::string profiles;
+  for (int i = 0; i < 64; ++i) profiles += profile;
+  EXPECT_TRUE(DecodeImage(BlackPng(16, 8, 8, profiles)).ok());
+  const std::string bomb = BlackPng(16, 8, 8, profiles + profile);
+  ASSERT_LT(bomb.size(), 100'000u);
+  const absl::StatusOr<RgbImage> image = DecodeImage(bomb);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("inflate to more than 64 MiB"));
 }
 
 // Deflate inflates at most 1032-fold: a header that claims more pixels than the file

@@ -325,6 +325,36 @@ def make_synthetic(images, out):
     for case, (before, after) in png_meta.items():
         write_png(path(f"png_orientation_{case}.png"), cat_np, 8, 2,
                   chunks_before_idat=before, chunks_after_idat=after)
+    # Chunks libpng skips and Pillow's PngStream reads, before the image data or after:
+    # the files it refuses for them (x_), and some it reads though they look wrong.
+    big = zlib.compress(b"a" * ((1 << 20) + 1))
+    png_chunks = {
+        "x_ztxt_method1": [(b"zTXt", b"k\0\x01xx")],
+        "x_ztxt_over_1mib": [(b"zTXt", b"k\0\0" + big)],
+        "x_itxt_over_1mib": [(b"iTXt", b"k\0\x01\0\0\0" + big)],
+        "x_iccp_over_1mib": [(b"iCCP", b"icc\0\0" + big)],
+        "x_iccp_no_name_end": [(b"iCCP", b"icc-and-no-nul")],
+        "x_phys_short": [(b"pHYs", b"\0\0\0\1")],
+        "x_srgb_empty": [(b"sRGB", b"")],
+        "ztxt_corrupt": [(b"zTXt", b"k\0\0not zlib")],
+        "ztxt_empty_key_1mib": [(b"zTXt", b"\0\0" + zlib.compress(b"a" * (1 << 20)))],
+        "iccp_method1_read_at_nul": [(b"iCCP", b"icc\0\x01xx")],
+        "itxt_method1": [(b"iTXt", b"k\0\x01\x01\0\0" + big)],
+        "text_2mib": [(b"tEXt", b"k\0" + b"a" * (2 << 20))],
+    }
+    for case, chunks in png_chunks.items():
+        for where in ("before", "after"):
+            placed = {"chunks_before_idat" if where == "before" else "chunks_after_idat":
+                      chunks}
+            write_png(path(f"png_chunk_{case}_{where}_idat.png"), cat_np, 8, 2, **placed)
+    with open(path("png_exif_rot8.png"), "rb") as f:
+        whole = f.read()
+    # A tEXt chunk the file cuts short, after the image data (IEND dropped).
+    with open(path("png_chunk_x_cut_text_after_idat.png"), "wb") as f:
+        f.write(whole[:-12] + struct.pack(">I", 100) + b"tEXtk\0cut")
+    # A CRC that does not match, after the image data: not checked.
+    with open(path("png_chunk_bad_crc_after_idat.png"), "wb") as f:
+        f.write(whole[:-12] + png_chunk(b"tEXt", b"k\0v")[:-1] + b"\0" + whole[-12:])
     write_png(path("png_1x1_palette.png"), np.zeros((1, 1, 1), np.uint8), 1, 3,
               palette=[200, 100, 50])
     with open(os.path.join(images, "chelsea.png"), "rb") as f:
