@@ -26,6 +26,7 @@
 #include "server/model/model_config.h"
 #include "server/model/model_loader.h"
 #include "tests/testing/fresh_test_dir.h"
+#include "tests/testing/tiny_clip_config.h"
 
 namespace clipserve {
 namespace {
@@ -435,16 +436,9 @@ TEST(CheckpointTest, AResNetWithoutBatchNormStepCountersLoads) {
 // mlp_ratio), not its rounding (64 x 2.5390625 = 162.5 made 163, refusing open_clip's
 // 162-wide checkpoint).
 TEST(ClipModelTest, MlpHiddenWidthIsTheConfigs) {
-  ClipConfig config = *PresetConfig("ViT-B-32");
-  config.vision.width = 64;
-  config.vision.heads = 4;
-  config.vision.layers = 1;
+  ClipConfig config = testing::TinyClipConfig();  // width 64
   config.vision.mlp_ratio = 2.5390625;
-  config.text.width = 64;
-  config.text.heads = 4;
-  config.text.layers = 2;
   config.text.mlp_width = 293;
-  config.embed_dim = 32;
   auto model = ClipModel::Create(config);
   ASSERT_TRUE(model.ok()) << model.status();
   const TensorMap tensors = (*model)->NamedTensors();
