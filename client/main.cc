@@ -172,8 +172,9 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
     if (!written.ok()) return written;
     if (absl::Status committed = file->Commit(); !committed.ok()) return committed;
     if (!name_npy_rows) return absl::OkStatus();
-    for (size_t i = 0; i < inputs.size(); ++i)
+    for (size_t i = 0; i < inputs.size(); ++i) {
       std::cout << RowJsonLine(i, inputs[i]) << '\n';
+    }
     std::cout.flush();
     return std::cout ? absl::OkStatus() : absl::DataLossError("stdout: write failed");
   }

@@ -11,11 +11,11 @@ namespace clipserve {
 
 // A file that clip_client writes whole or not at all. Open() creates an empty
 // temporary file beside `path` ("<path>.partial-<pid>", or with a random suffix after
-// the pid when that name is taken; with the permission bits of a file already there), so that a path that cannot be written fails before any work is
-// done; the caller writes write_path(), and Commit() renames it over `path`, so that a
-// run that fails midway leaves a file already at `path` as it was. The temporary file
-// is removed when the object is destroyed uncommitted (not when the process is
-// killed).
+// the pid when that name is taken; with the permission bits of a file already there), so
+// that a path that cannot be written fails before any work is done; the caller writes
+// write_path(), and Commit() renames it over `path`, so that a run that fails midway
+// leaves a file already at `path` as it was. The temporary file is removed when the
+// object is destroyed uncommitted (not when the process is killed).
 //
 // Written in place instead (write_path() is `path`, Commit() does nothing): a path
 // that is a symbolic link (/dev/stdout, written through) or exists and is not a

@@ -104,8 +104,9 @@ class ChunkReader {
     }
     if (type == "tEXt" || type == "zTXt" || type == "iTXt") return ReadText(type, body);
     if (type == "iCCP") return ReadIccProfile(body);
-    if (type == "sRGB" && body.empty())
+    if (type == "sRGB" && body.empty()) {
       return FormatError(kFormat, "an sRGB chunk is empty");
+    }
     if (type == "pHYs" && body.size() < 9) {
       return FormatError(kFormat, "a pHYs chunk is shorter than 9 bytes");
     }
@@ -315,7 +316,6 @@ bool IsChunkType(absl::string_view type) {
 absl::StatusOr<int> ReadPngChunks(absl::string_view png) {
   ChunkReader reader;
   bool seen_idat = false;
-  bool in_idat_run = false;
   bool animated = false;
   size_t offset = 8;
   // As Pillow: up to IEND, a chunk type it cannot read, or a header cut short.
@@ -327,11 +327,9 @@ absl::StatusOr<int> ReadPngChunks(absl::string_view png) {
     // An APNG's frames after the image data are not read (Pillow stops at them too).
     if (seen_idat && animated && type == "fcTL") break;
     if (type == "acTL") animated = true;
-    if (type == "IDAT") {
-      if (!seen_idat) reader.ReachedImageData();
-      seen_idat = in_idat_run = true;
-    } else {
-      in_idat_run = false;
+    if (type == "IDAT" && !seen_idat) {
+      reader.ReachedImageData();
+      seen_idat = true;
     }
     if (length > png.size() - offset - 8) {
       // libpng judges the image data, and refuses what it needs and misses; Pillow
@@ -340,7 +338,7 @@ absl::StatusOr<int> ReadPngChunks(absl::string_view png) {
       return FormatError(kFormat, absl::StrCat("the ", type, " chunk at byte ", offset,
                                                " runs past the end of the file"));
     }
-    if (!in_idat_run) {
+    if (type != "IDAT") {
       CLIPSERVE_RETURN_IF_ERROR(reader.Read(type, png.substr(offset + 8, length)));
     }
     offset += size_t{length} + 12;

@@ -219,7 +219,8 @@ class Machine {
           stack_.push_back(it->second);
           break;
         }
-        case 't': {  // TUPLE
+        case 't':     // TUPLE
+        case 0x91: {  // FROZENSET: kept as a tuple
           CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
           CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr tuple, NewTuple(std::move(items)));
           stack_.push_back(std::move(tuple));
@@ -257,12 +258,6 @@ class Machine {
         case 0x90: {  // ADDITEMS (to a set)
           CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
           CLIPSERVE_RETURN_IF_ERROR(Append(items));
-          break;
-        }
-        case 0x91: {  // FROZENSET: kept as a tuple
-          CLIPSERVE_ASSIGN_OR_RETURN(std::vector<ValuePtr> items, PopToMark());
-          CLIPSERVE_ASSIGN_OR_RETURN(ValuePtr tuple, NewTuple(std::move(items)));
-          stack_.push_back(std::move(tuple));
           break;
         }
         case 'Q': {  // BINPERSID
