@@ -38,7 +38,13 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
   }
   if (exists && !fs::is_regular_file(link)) {
     // A link (/dev/stdout, a user's link) is written through, a pipe or a device
-    // as it is: renaming over either would replace it.
+    // as it is: renaming over either would replace it. A link to a file this user may
+    // not write is refused now, as the file itself would be.
+    if (fs::is_symlink(link) && fs::is_regular_file(fs::status(path, error))) {
+      if (const int error = WriteError(path); error != 0) {
+        return OpenError(path, "cannot write", error);
+      }
+    }
     OutputFile in_place(path, path);
     in_place.pending_ = false;
     return in_place;

@@ -18,10 +18,10 @@ namespace clipserve {
 // object is destroyed uncommitted (not when the process is killed).
 //
 // Written in place instead (write_path() is `path`, Commit() does nothing): a path
-// that is a symbolic link (/dev/stdout, written through) or exists and is not a
-// regular file (a pipe, a device), where Open() checks nothing; and a file that may be
-// written in a folder where no file may be created, where Open() checks that the file
-// opens for writing.
+// that is a symbolic link (/dev/stdout, written through; Open() checks that a link to
+// a regular file opens for writing) or exists and is not a regular file (a pipe, a
+// device), where Open() checks nothing; and a file that may be written in a folder
+// where no file may be created, where Open() checks that the file opens for writing.
 //
 // Not thread-safe; move-only.
 class OutputFile {

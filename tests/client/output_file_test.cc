@@ -174,6 +174,24 @@ TEST_F(OutputFileTest, AReadOnlyFileIsRefusedAtOpen) {
   });
 }
 
+// The same through a link: written through, it is refused at once too, not after
+// the work.
+TEST_F(OutputFileTest, ALinkToAReadOnlyFileIsRefusedAtOpen) {
+  const std::string target = (root_ / "x.npy").string();
+  const std::string link = (root_ / "link.npy").string();
+  Write(target, "old");
+  fs::permissions(target, fs::perms::owner_read | fs::perms::group_read);
+  fs::create_symlink(target, link);
+  testing::RunUnprivileged(root_, [&] {
+    if (std::ofstream(target, std::ios::app).good()) {
+      GTEST_SKIP() << "this user writes files whatever their mode";
+    }
+    absl::StatusOr<OutputFile> file = OutputFile::Open(link);
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(Read(target), "old");
+  });
+}
+
 TEST_F(OutputFileTest, APipeOrDeviceIsWrittenInPlace) {
   absl::StatusOr<OutputFile> file = OutputFile::Open("/dev/null");
   ASSERT_TRUE(file.ok()) << file.status();
