@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <string>
@@ -92,14 +93,19 @@ int Fail(const absl::Status& status) {
   return EXIT_FAILURE;
 }
 
-// `status` with "prefix: " before its message (details kept).
-absl::Status WithPrefix(const absl::Status& status, absl::string_view prefix) {
-  if (status.ok() || prefix.empty()) return status;
-  absl::Status out(status.code(), absl::StrCat(prefix, ": ", status.message()));
+// `status` with `message` instead of its own (details kept).
+absl::Status WithMessage(const absl::Status& status, absl::string_view message) {
+  absl::Status out(status.code(), message);
   status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
     out.SetPayload(url, payload);
   });
   return out;
+}
+
+// `status` with "prefix: " before its message (details kept).
+absl::Status WithPrefix(const absl::Status& status, absl::string_view prefix) {
+  if (status.ok() || prefix.empty()) return status;
+  return WithMessage(status, absl::StrCat(prefix, ": ", status.message()));
 }
 
 // The same, unless the message starts so already.
@@ -121,7 +127,19 @@ absl::Status NameItem(const absl::Status& status, absl::string_view list,
   std::optional<size_t> index = BadRequestItemIndex(status, list);
   if (!index.has_value() || offset + *index >= names.size()) return status;
   const std::string& name = names[offset + *index];
-  return Prefixed(status, texts ? QuoteText(name) : name);
+  absl::Status named = status;
+  if (offset > 0) {
+    // The server counts the items of its request, one of several: the message says
+    // where the item stands in the whole list.
+    const std::string in_request = absl::StrCat(list, "[", *index, "]");
+    std::string message(status.message());
+    if (const size_t at = message.find(in_request); at != std::string::npos) {
+      message.replace(at, in_request.size(),
+                      absl::StrCat(list, "[", offset + *index, "]"));
+      named = WithMessage(status, message);
+    }
+  }
+  return Prefixed(named, texts ? QuoteText(name) : name);
 }
 
 // Errors of whole calls: UNAVAILABLE says which server could not be reached.
@@ -666,6 +684,36 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
 }  // namespace
 }  // namespace clipserve
 
+namespace clipserve {
+namespace {
+
+// CLI11 takes a flag's value after '=' only: "--normalize false" is the flag (true)
+// and then an input, "false", embedded with normalization on. A flag followed by a
+// word that spells a truth value is refused before anything runs (before any "--",
+// after which every word is an input).
+absl::Status RefuseSpacedFlagValues(int argc, char** argv) {
+  static constexpr absl::string_view kFlags[] = {
+      "--tls",  "--normalize",   "--truncate",     "--recursive", "-r",
+      "--json", "--skip_errors", "--unique_texts", "--paired"};
+  static constexpr absl::string_view kValues[] = {"true", "false", "yes", "no",
+                                                  "on",   "off",   "1",   "0"};
+  for (int i = 1; i + 1 < argc; ++i) {
+    const absl::string_view flag = argv[i];
+    if (flag == "--") break;
+    const std::string value = absl::AsciiStrToLower(argv[i + 1]);
+    if (std::find(std::begin(kFlags), std::end(kFlags), flag) != std::end(kFlags) &&
+        std::find(std::begin(kValues), std::end(kValues), value) != std::end(kValues)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          flag, " ", argv[i + 1], ": a flag takes its value after '=' (", flag, "=",
+          argv[i + 1], "); an input that spells one goes after --"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace clipserve
+
 int main(int argc, char** argv) {
   using namespace clipserve;  // NOLINT(build/namespaces): main only
   CLI::App app{"clip_client: talk to a clipserve CLIP embedding server"};
@@ -845,6 +893,9 @@ int main(int argc, char** argv) {
                   "text cache answers none; each text is 3 tokens longer");
   bench->add_flag("--json", bench_args.json, "Print JSON");
 
+  if (absl::Status spaced = RefuseSpacedFlagValues(argc, argv); !spaced.ok()) {
+    return Fail(spaced);
+  }
   CLI11_PARSE(app, argc, argv);
   options.deadline = absl::Milliseconds(deadline_ms);
   options.max_receive_message_bytes = static_cast<int>(max_message_bytes);

@@ -165,6 +165,17 @@ class ClientCliTest(unittest.TestCase):
         rows = self.jsonl(self.client("embed-image", "--skip_errors", self.bad).stdout)
         self.assertEqual([r["input"] for r in rows], paths)
 
+    def test_a_flag_value_after_a_space_is_refused(self):
+        # CLI11 would take "--normalize false" as the flag and a text "false".
+        for args in (["embed-text", "--normalize", "false", "a cat"],
+                     ["tokenize", "--truncate", "0", "a cat"]):
+            refused = self.client(*args, check=False)
+            self.assertNotEqual(refused.returncode, 0, args)
+            self.assertIn(f"{args[1]}={args[2]}", refused.stderr)
+        # After --, such a word is an input.
+        rows = self.jsonl(self.client("embed-text", "--normalize", "--", "false").stdout)
+        self.assertEqual([r["input"] for r in rows], ["false"])
+
     def test_a_file_named_like_the_start_of_the_servers_message_is_named(self):
         # The server's message starts "image: ..."; files named "im" or "image" kept
         # their names out of the warnings.
@@ -267,6 +278,12 @@ class ClientCliTest(unittest.TestCase):
         self.client("embed-text", "--texts_per_request", "1", "--file", texts_file, "-o",
                     one_by_one, "--", "a cat", "-x-")
         np.testing.assert_allclose(np.load(one_by_one), array, atol=ATOL)
+        # An error names the text's place in the whole list, not in its request.
+        long_text = " ".join(["word"] * 100)
+        refused = self.client("embed-text", "--texts_per_request", "2", "--truncate=false",
+                              "a", "b", "c", long_text, check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn(": texts[3]: ", refused.stderr)
 
     # -- similarity, classify, tokenize, info, health ------------------------------
 
