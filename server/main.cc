@@ -32,8 +32,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/status/statusor.h"
@@ -115,8 +117,8 @@ ABSL_FLAG(bool, exif_orientation, false,
           "resizing, as Pillow's ImageOps.exif_transpose() does. Off by default, as in "
           "CLIP's reference preprocessing, which ignores the tag.");
 ABSL_FLAG(double, device_resize_buffer_mb, 1024,
-          "With --resize_on_device: most MiB of decoded images waiting for their batch; "
-          "past it, images are resized on the CPU instead.");
+          "With --resize_on_device (refused without it): most MiB of decoded images "
+          "waiting for their batch; past it, images are resized on the CPU instead.");
 ABSL_FLAG(int32_t, max_items_per_request, 256, "Most images or texts in one request.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
           "Largest image accepted (width x height, at most 1000000000), checked before "
@@ -143,7 +145,7 @@ ABSL_FLAG(double, max_connection_age_s, 0,
 ABSL_FLAG(double, max_connection_age_grace_s, 0,
           "After --max_connection_age_s, seconds that calls in flight on the old "
           "connection get to finish before they are cancelled (UNAVAILABLE, which "
-          "clip_client retries). 0 = no limit.");
+          "clip_client retries). 0 = no limit. Refused without --max_connection_age_s.");
 ABSL_FLAG(double, max_connection_idle_s, 0,
           "Send GOAWAY to a connection with no call in flight for this many seconds. "
           "0 = never.");
@@ -420,6 +422,16 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       const size_t resize_buffer_bytes,
       MebibytesFlag("device_resize_buffer_mb", FLAGS_device_resize_buffer_mb));
+  // A flag that only tunes another feature is refused without it, not ignored: the
+  // mistake would otherwise show only once the feature is switched on.
+  if (const absl::CommandLineFlag* flag =
+          absl::FindCommandLineFlag("device_resize_buffer_mb");
+      !absl::GetFlag(FLAGS_resize_on_device) &&
+      flag->CurrentValue() != flag->DefaultValue()) {
+    return absl::InvalidArgumentError(
+        "--device_resize_buffer_mb does nothing without --resize_on_device: drop it or "
+        "add --resize_on_device");
+  }
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   if (!(grace_s >= 0 && grace_s <= 3600)) {  // NaN fails both
     return absl::InvalidArgumentError(
@@ -434,6 +446,12 @@ absl::Status Run() {
       server_options.max_connection_age_grace,
       SecondsFlag("max_connection_age_grace_s", FLAGS_max_connection_age_grace_s,
                   absl::InfiniteDuration()));
+  if (server_options.max_connection_age == absl::InfiniteDuration() &&
+      absl::GetFlag(FLAGS_max_connection_age_grace_s) != 0) {
+    return absl::InvalidArgumentError(
+        "--max_connection_age_grace_s does nothing without --max_connection_age_s: drop "
+        "it or set both");
+  }
   CLIPSERVE_ASSIGN_OR_RETURN(
       server_options.max_connection_idle,
       SecondsFlag("max_connection_idle_s", FLAGS_max_connection_idle_s,

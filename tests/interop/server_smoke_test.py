@@ -176,7 +176,10 @@ class SignalTest(unittest.TestCase):
                       ["--preprocess_threads=0"], ["--preprocess_threads=100000"],
                       ["--workers=-1"], ["--workers=1000"], ["--intra_op_threads=-1"],
                       ["--metrics_port=70000"], ["--metrics_port=-2"],
-                      ["--max_image_pixels=1000000001"]):
+                      ["--max_image_pixels=1000000001"],
+                      # Flags that only tune another feature, given without it.
+                      ["--max_connection_age_grace_s=60"],
+                      ["--device_resize_buffer_mb=64"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", *LOOPBACK_ANY_PORT,
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
