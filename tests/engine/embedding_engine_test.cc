@@ -952,6 +952,46 @@ TEST_P(EmbeddingEngineClockTest, WallClockDeadlinesAreMetOnTheEnginesClock) {
 INSTANTIATE_TEST_SUITE_P(AheadAndBehind, EmbeddingEngineClockTest,
                          ::testing::Values(1, -1));
 
+// A FakeClock that moves 1 ms forward each time it is read, so that time passes while
+// the engine works through a request, at a pace the test knows.
+class TickingClock final : public Clock {
+ public:
+  explicit TickingClock(absl::Time start) : clock_(start) {}
+  absl::Time Now() override {
+    clock_.AdvanceTime(absl::Milliseconds(1));
+    return clock_.Now();
+  }
+  bool WaitWithDeadline(absl::Mutex* mu, absl::CondVar* cv, absl::Time deadline) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return clock_.WaitWithDeadline(mu, cv, deadline);
+  }
+
+ private:
+  FakeClock clock_;
+};
+
+// A text request's deadline is checked before each of its texts is tokenized, not only
+// before the first: the deadline (100 ticks away) passes while the 300 texts are read,
+// before the last one, which is over the context with truncate off and would fail the
+// request with INVALID_ARGUMENT had it been reached.
+TEST(EmbeddingEngineDeadlineTest, ADeadlinePassingWhileTokenizingStopsTheRequest) {
+  TickingClock clock(absl::Now());
+  auto engine = MakeTinyEngine(
+      [&clock](EmbeddingEngineOptions& options) { options.clock = &clock; });
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::string> texts(299, "a photo of a cat");
+  std::string too_long;
+  for (int i = 0; i < 100; ++i) too_long += "cat ";
+  texts.push_back(too_long);
+  EmbedOptions options;
+  options.truncate = false;
+  options.deadline = absl::Now() + absl::Milliseconds(100);
+  const absl::StatusOr<EmbedResult> result = EmbedTextsAndWait(*engine, texts, options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << result.status();
+  EXPECT_EQ(engine->computed_texts(), 0);
+}
+
 // Records what the engine reports, for the observer test below.
 class RecordingObserver : public EngineObserver {
  public:
