@@ -110,10 +110,10 @@ stop_server() {
 }
 trap stop_server EXIT
 start_server() {  # flags... (the metrics endpoint on METRICS_PORT only with METRICS=1)
-  local metrics_port=-1
-  [ "${METRICS:-0}" = 1 ] && metrics_port=$METRICS_PORT
-  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT --metrics_host=127.0.0.1 \
-    --metrics_port=$metrics_port --model=demo:ViT-B-32 "$@" \
+  local metrics=(--metrics_port=-1)
+  [ "${METRICS:-0}" = 1 ] && metrics=(--metrics_host=127.0.0.1 --metrics_port=$METRICS_PORT)
+  "$BIN/clip_server" --host=127.0.0.1 --port=$PORT "${metrics[@]}" \
+    --model=demo:ViT-B-32 "$@" \
     >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 600); do

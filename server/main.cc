@@ -229,6 +229,22 @@ absl::StatusOr<size_t> MebibytesFlag(absl::string_view name,
   return bytes;
 }
 
+// Whether --`name` was given a value other than its default (on the command line or in
+// a --flagfile). A flag that only tunes another feature is refused without it, not
+// ignored: the mistake would otherwise show only once the feature is switched on.
+bool FlagChanged(absl::string_view name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
+}
+
+// INVALID_ARGUMENT when --`name` was changed although `feature` is off.
+absl::Status CheckTuningFlag(absl::string_view name, bool feature_on,
+                             absl::string_view feature) {
+  if (feature_on || !FlagChanged(name)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("--", name, " does nothing without ",
+                                                 feature, ": drop it or set both"));
+}
+
 // A duration flag in seconds: 0 means `zero` (never, or no limit) where that is
 // given and is refused otherwise; INVALID_ARGUMENT when negative, NaN or over 2,000,000
 // seconds (gRPC counts milliseconds in an int).
@@ -306,10 +322,11 @@ absl::Status MaybeRestartForBetterBlas(char** argv) {
     LOG(INFO) << "OpenBLAS fp32 kernels: " << current;
     return absl::OkStatus();
   }
-  LOG(WARNING) << "OpenBLAS runs " << current
-               << " fp32 kernels, older than this CPU supports; restarting with "
-                  "OPENBLAS_CORETYPE="
-               << *better << " (--blas_kernel=keep prevents this)";
+  // Expected with Debian's OpenBLAS on CPUs newer than it knows: not a WARNING.
+  LOG(INFO) << "OpenBLAS runs " << current
+            << " fp32 kernels, older than this CPU supports; restarting with "
+               "OPENBLAS_CORETYPE="
+            << *better << " (--blas_kernel=keep prevents this)";
   setenv("OPENBLAS_CORETYPE", better->c_str(), /*overwrite=*/1);
   setenv(kRestartedFrom, current.c_str(), /*overwrite=*/1);
   google::FlushLogFiles(google::GLOG_INFO);
@@ -422,16 +439,9 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       const size_t resize_buffer_bytes,
       MebibytesFlag("device_resize_buffer_mb", FLAGS_device_resize_buffer_mb));
-  // A flag that only tunes another feature is refused without it, not ignored: the
-  // mistake would otherwise show only once the feature is switched on.
-  if (const absl::CommandLineFlag* flag =
-          absl::FindCommandLineFlag("device_resize_buffer_mb");
-      !absl::GetFlag(FLAGS_resize_on_device) &&
-      flag->CurrentValue() != flag->DefaultValue()) {
-    return absl::InvalidArgumentError(
-        "--device_resize_buffer_mb does nothing without --resize_on_device: drop it or "
-        "add --resize_on_device");
-  }
+  CLIPSERVE_RETURN_IF_ERROR(CheckTuningFlag("device_resize_buffer_mb",
+                                            absl::GetFlag(FLAGS_resize_on_device),
+                                            "--resize_on_device"));
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   if (!(grace_s >= 0 && grace_s <= 3600)) {  // NaN fails both
     return absl::InvalidArgumentError(
@@ -446,12 +456,10 @@ absl::Status Run() {
       server_options.max_connection_age_grace,
       SecondsFlag("max_connection_age_grace_s", FLAGS_max_connection_age_grace_s,
                   absl::InfiniteDuration()));
-  if (server_options.max_connection_age == absl::InfiniteDuration() &&
-      absl::GetFlag(FLAGS_max_connection_age_grace_s) != 0) {
-    return absl::InvalidArgumentError(
-        "--max_connection_age_grace_s does nothing without --max_connection_age_s: drop "
-        "it or set both");
-  }
+  CLIPSERVE_RETURN_IF_ERROR(
+      CheckTuningFlag("max_connection_age_grace_s",
+                      server_options.max_connection_age != absl::InfiniteDuration(),
+                      "--max_connection_age_s"));
   CLIPSERVE_ASSIGN_OR_RETURN(
       server_options.max_connection_idle,
       SecondsFlag("max_connection_idle_s", FLAGS_max_connection_idle_s,
@@ -462,6 +470,9 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       server_options.keepalive_timeout,
       SecondsFlag("keepalive_timeout_s", FLAGS_keepalive_timeout_s, std::nullopt));
+  CLIPSERVE_RETURN_IF_ERROR(CheckTuningFlag(
+      "keepalive_timeout_s", server_options.keepalive_time != absl::InfiniteDuration(),
+      "pings (--keepalive_time_s above 0)"));
   CLIPSERVE_ASSIGN_OR_RETURN(
       server_options.min_client_ping_interval,
       SecondsFlag("min_client_ping_interval_s", FLAGS_min_client_ping_interval_s,
@@ -505,6 +516,9 @@ absl::Status Run() {
   CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag("port", port, 0, 65535));
   CLIPSERVE_RETURN_IF_ERROR(
       CheckIntFlag("metrics_port", absl::GetFlag(FLAGS_metrics_port), -1, 65535));
+  CLIPSERVE_RETURN_IF_ERROR(
+      CheckTuningFlag("metrics_host", absl::GetFlag(FLAGS_metrics_port) >= 0,
+                      "the endpoint (--metrics_port=-1 turns it off)"));
   // Thread counts past these are typing mistakes: each thread is a real one.
   CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag("workers", absl::GetFlag(FLAGS_workers), 0, 64));
   CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag(

@@ -179,7 +179,9 @@ class SignalTest(unittest.TestCase):
                       ["--max_image_pixels=1000000001"],
                       # Flags that only tune another feature, given without it.
                       ["--max_connection_age_grace_s=60"],
-                      ["--device_resize_buffer_mb=64"]):
+                      ["--device_resize_buffer_mb=64"],
+                      ["--keepalive_time_s=0", "--keepalive_timeout_s=5"],
+                      ["--metrics_port=-1", "--metrics_host=::1"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", *LOOPBACK_ANY_PORT,
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
