@@ -52,12 +52,14 @@ absl::StatusOr<std::vector<std::string>> ParseBearerTokens(absl::string_view con
 }
 
 absl::StatusOr<std::vector<std::string>> ReadBearerTokenFile(const std::string& path) {
-  absl::StatusOr<std::string> contents = ReadSecretFile(path, "bearer token file");
+  absl::StatusOr<std::string> contents =
+      ReadSecretFile(path, "bearer token file (--auth_token_file)");
   if (!contents.ok()) return contents.status();
   absl::StatusOr<std::vector<std::string>> tokens = ParseBearerTokens(*contents);
   if (!tokens.ok()) {
     return absl::Status(tokens.status().code(),
-                        absl::StrCat("'", path, "': ", tokens.status().message()));
+                        absl::StrCat("bearer token file (--auth_token_file) '", path,
+                                     "': ", tokens.status().message()));
   }
   return tokens;
 }

@@ -258,8 +258,11 @@ class SecurityCliTest(unittest.TestCase):
             f"--tls_cert={cert}", f"--tls_key={self.path('client.key')}"))
         empty = self.path("empty_tokens")
         open(empty, "w").close()
-        self.assertIn("holds no token", self.start_fails(f"--auth_token_file={empty}"))
-        self.assertIn("No such file", self.start_fails("--auth_token_file=/no/such/file"))
+        # Every message names the flag and the file (docs/SECURITY.md).
+        self.assertIn(f"(--auth_token_file) '{empty}': token file holds no token",
+                      self.start_fails(f"--auth_token_file={empty}"))
+        self.assertRegex(self.start_fails("--auth_token_file=/no/such/file"),
+                         r"\(--auth_token_file\).*'/no/such/file'.*No such file")
 
 
 if __name__ == "__main__":
