@@ -714,6 +714,7 @@ absl::Status Run() {
   server_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   server_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   server_options.tls = std::move(tls);
+  const ClipService& clip_service = *service;  // the server owns it from here on
   std::vector<std::unique_ptr<grpc::Service>> services;
   services.push_back(std::move(service));
   // From here on a signal drains instead of exiting: calls may arrive as soon as the
@@ -799,6 +800,7 @@ absl::Status Run() {
   const absl::Time drain_start = RealClock::Get()->Now();
   LOG(INFO) << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
             << ", draining for up to " << grace;
+  clip_service.ShutdownBegins(grace);
   server->Shutdown(grace);
   engine->Shutdown();
   // Before the server and engine its readiness check reads are destroyed.

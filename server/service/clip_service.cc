@@ -213,6 +213,11 @@ std::string BudgetClientOf(const RequestMemoryBudget& budget,
 // ---------------------------------------------------------------------------
 // Unary calls
 
+// What a call that brought no request message and was not cancelled is answered.
+absl::Status NoRequestError() {
+  return absl::InvalidArgumentError("the call carried no request message");
+}
+
 // One unary call: the reactor gRPC drives, and the owner of the call's cancellation
 // flag. Created by the handler, finished exactly once (from the handler on a
 // validation error, else from an engine callback), deleted by gRPC's OnDone(), which
@@ -286,6 +291,21 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     Finish(grpc_status);
   }
 
+  // Ends a call that brought no request message, which gRPC hands a raw-bytes handler
+  // too: one cancelled (by its client or its deadline) during its upload, or one whose
+  // client closed it without sending a message. Only the latter is the client's
+  // mistake, and only OnCancel(), which gRPC runs before OnDone() for a call cancelled
+  // before it was finished, tells them apart: the call is recorded in OnDone().
+  void FinishWithoutRequest() {
+    if (finished_.exchange(true, std::memory_order_acq_rel)) {
+      LOG(DFATAL) << "ClipService call finished twice";
+      return;
+    }
+    record_when_done_ = true;
+    finished_.store(true, std::memory_order_release);  // see FinishWith()
+    Finish(ToGrpcStatus(NoRequestError()));
+  }
+
   // Keeps `reservation` until the call is deleted in OnDone(); gRPC frees the
   // request and response just after that.
   void Hold(RequestMemoryBudget::Reservation reservation) {
@@ -304,6 +324,12 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   void OnDone() override {
     if (!finished_.load(std::memory_order_acquire)) {
       LOG(DFATAL) << "ClipService call done before it was finished";
+    }
+    if (record_when_done_) {
+      recorder_->End(record_, grpc_cancelled_.load(std::memory_order_acquire)
+                                  ? deadline_.Label(absl::CancelledError(
+                                        "the call ended before its request arrived"))
+                                  : NoRequestError());
     }
     delete this;
   }
@@ -324,6 +350,8 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   const std::shared_ptr<CancellationFlag> cancellation_ =
       std::make_shared<CancellationFlag>();
   std::atomic<bool> finished_{false};
+  // Set by FinishWithoutRequest(), before finished_.
+  bool record_when_done_ = false;
   // Set by OnCancel() (the cancellation flag is also set by CancelEngineWork()).
   std::atomic<bool> grpc_cancelled_{false};
   // Set at the end of the constructor, read first by OnCancel(), which gRPC may run on
@@ -356,6 +384,10 @@ bool AdmitAndParse(RequestMemoryBudget* budget, const grpc::ByteBuffer& bytes,
                    const grpc::CallbackServerContext& context, UnaryCall* call,
                    google::protobuf::Message* request, int max_items,
                    absl::FunctionRef<std::string(absl::string_view)> field_name) {
+  if (!bytes.Valid()) {
+    call->FinishWithoutRequest();
+    return false;
+  }
   if (!Admit(budget, bytes.Length(), context, call)) return false;
   if (absl::Status parsed = ParseRequest(bytes, request, max_items, field_name);
       !parsed.ok()) {

@@ -182,6 +182,11 @@ class ClipService final : public ClipServiceBase {
                                          const grpc::ByteBuffer* request,
                                          grpc::ByteBuffer* response) override;
 
+  // The server's shutdown begins, with `grace` for the calls in flight (see
+  // RpcRecorder::ShutdownBegins()). Call it just before grpc::Server::Shutdown().
+  // Thread-safe.
+  void ShutdownBegins(absl::Duration grace) const { recorder_.ShutdownBegins(grace); }
+
   // Classify's label cache (for metrics and tests).
   const LabelEmbeddingCache& label_cache() const { return label_cache_; }
   // Bytes of requests held now (for tests).

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "server/logging/structured_log.h"
 #include "server/metrics/metrics.h"
 
@@ -42,11 +43,28 @@ RpcRecorder::Call RpcRecorder::Start(absl::string_view rpc, std::string peer, Ki
   return call;
 }
 
-void RpcRecorder::End(Call& call, const absl::Status& status, Logging logging) const {
+void RpcRecorder::ShutdownBegins(absl::Duration grace) const {
+  const int64_t ns = absl::ToUnixNanos(clock_->Now() + grace);
+  int64_t current = shutdown_cutoff_ns_.load(std::memory_order_relaxed);
+  while (ns < current && !shutdown_cutoff_ns_.compare_exchange_weak(
+                             current, ns, std::memory_order_relaxed)) {
+  }
+}
+
+void RpcRecorder::End(Call& call, const absl::Status& ended, Logging logging) const {
   if (!call.started_) return;
   call.started_ = false;
+  const absl::Time now = clock_->Now();
   // Never negative: a Clock never goes back (RealClock is monotonic).
-  const absl::Duration elapsed = clock_->Now() - call.start_;
+  const absl::Duration elapsed = now - call.start_;
+  const absl::Status status =
+      ended.code() == absl::StatusCode::kCancelled &&
+              absl::ToUnixNanos(now) >=
+                  shutdown_cutoff_ns_.load(std::memory_order_relaxed)
+          ? absl::UnavailableError(absl::StrCat(
+                "cancelled by the server's shutdown at the end of its grace (",
+                ended.message(), ")"))
+          : ended;
   if (options_.metrics != nullptr) {
     options_.metrics->RequestFinished(call.rpc_, status.code(), elapsed);
   }

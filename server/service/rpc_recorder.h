@@ -1,7 +1,9 @@
 #ifndef CLIPSERVE_SERVER_SERVICE_RPC_RECORDER_H_
 #define CLIPSERVE_SERVER_SERVICE_RPC_RECORDER_H_
 
+#include <atomic>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "absl/status/status.h"
@@ -88,11 +90,21 @@ class RpcRecorder {
   void End(Call& call, const absl::Status& status,
            Logging logging = Logging::kDefault) const;
 
+  // The server's shutdown begins now, with `grace` for the calls in flight: gRPC
+  // cancels those still running when it ends, and their clients see UNAVAILABLE, not
+  // CANCELLED. From then on a call that ends CANCELLED is recorded as UNAVAILABLE, so
+  // that the CANCELLED count keeps meaning clients that gave up. Thread-safe; the
+  // earliest end of a grace counts.
+  void ShutdownBegins(absl::Duration grace) const;
+
  private:
   const RpcRecorderOptions options_;
   Clock* const clock_;
   // Bounds the WARNING lines (options_.max_warning_lines_per_second).
   mutable LineRateLimiter warning_lines_;
+  // When ShutdownBegins()'s grace ends, in nanoseconds since the Unix epoch on
+  // clock_; INT64_MAX: no shutdown has begun.
+  mutable std::atomic<int64_t> shutdown_cutoff_ns_{std::numeric_limits<int64_t>::max()};
 };
 
 }  // namespace clipserve

@@ -1083,6 +1083,23 @@ TEST_F(ClipServiceTest, ACallCancelledWhileItsBatchRanIsCountedCancelled) {
   EXPECT_EQ(CountedCalls("EmbedText", "DEADLINE_EXCEEDED"), std::nullopt);
 }
 
+// gRPC runs a raw-bytes handler even for a call that brought no request message. One
+// cancelled during its upload is counted CANCELLED, not as a malformed request; one its
+// client closed without a message is refused, saying so.
+TEST_F(ClipServiceTest, ACallWithoutARequestMessageIsCountedAsItEnded) {
+  RestartRecordingMetrics();
+  const grpc::Status closed = testing::CallWithoutMessage(
+      server_->port(), "/clipserve.v1.ClipService/EmbedText", /*cancel=*/false);
+  EXPECT_EQ(closed.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(closed.error_message(), HasSubstr("carried no request message"));
+  EXPECT_TRUE(AwaitCountedCalls("EmbedText", "INVALID_ARGUMENT", 1));
+  const grpc::Status cancelled = testing::CallWithoutMessage(
+      server_->port(), "/clipserve.v1.ClipService/EmbedText", /*cancel=*/true);
+  EXPECT_EQ(cancelled.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(AwaitCountedCalls("EmbedText", "CANCELLED", 1));
+  EXPECT_EQ(CountedCalls("EmbedText", "INVALID_ARGUMENT"), 1);
+}
+
 // The client's deadline timer starts before the server's, which counts from the
 // request's arrival, so the client's cancel at its deadline can reach the server
 // first. A cancel that close to the deadline is counted as the client saw it end.

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
@@ -93,6 +94,44 @@ TEST_F(RpcRecorderTest, CountsTimesAndTracksCallsInFlight) {
       FindSample(text, R"(clipserve_request_duration_seconds_sum{rpc="EmbedImage"})"),
       Optional(0.5));
   EXPECT_TRUE(sink_.lines().empty());  // fast and successful: nothing logged
+}
+
+// Calls the server's shutdown cancels when its grace ends reach their clients as
+// UNAVAILABLE, and are counted so; a client's cancel before then stays CANCELLED.
+TEST_F(RpcRecorderTest, CallsCancelledWhenTheShutdownGraceEndsAreUnavailable) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call before = recorder.Start("EmbedText", "ipv4:127.0.0.1:1000");
+  RpcRecorder::Call after =
+      recorder.Start("EmbedStream", "ipv4:127.0.0.1:1001", RpcRecorder::Kind::kStream);
+  RpcRecorder::Call failed = recorder.Start("EmbedText", "ipv4:127.0.0.1:1002");
+  recorder.ShutdownBegins(absl::Seconds(30));
+  recorder.ShutdownBegins(absl::Seconds(60));  // the earliest end counts
+  clock_.AdvanceTime(absl::Seconds(29));
+  recorder.End(before, absl::CancelledError("call cancelled"));
+  clock_.AdvanceTime(absl::Seconds(1));
+  recorder.End(after, absl::CancelledError("stream cancelled"));
+  recorder.End(failed, absl::InternalError("boom"));  // other codes stay as they are
+
+  const std::string text = metrics_.Serialize();
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="CANCELLED",)"
+                               R"(rpc="EmbedText"})"),
+              Optional(1.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="UNAVAILABLE",)"
+                               R"(rpc="EmbedStream"})"),
+              Optional(1.0));
+  EXPECT_EQ(FindSample(text, R"(clipserve_requests_total{code="CANCELLED",)"
+                             R"(rpc="EmbedStream"})"),
+            std::nullopt);
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="INTERNAL",)"
+                               R"(rpc="EmbedText"})"),
+              Optional(1.0));
+  bool logged = false;
+  for (const auto& line : sink_.lines()) {
+    logged |= absl::StrContains(line.text,
+                                "rpc=EmbedStream code=UNAVAILABLE "
+                                "error=\"cancelled by the server's shutdown");
+  }
+  EXPECT_TRUE(logged);
 }
 
 TEST_F(RpcRecorderTest, AFailedCallIsLoggedOnceWithItsDetails) {
