@@ -21,6 +21,8 @@ struct MemoryInput {
   const uint8_t* data;
   size_t size;
   size_t position;
+  // Whether a read past the end gets one block terminator (a zero byte), once.
+  bool pad_terminator = false;
 };
 
 int ReadInput(GifFileType* gif, GifByteType* out, int length) {
@@ -29,6 +31,11 @@ int ReadInput(GifFileType* gif, GifByteType* out, int length) {
       std::min(static_cast<size_t>(std::max(length, 0)), input->size - input->position);
   std::memcpy(out, input->data + input->position, n);
   input->position += n;
+  if (n < static_cast<size_t>(std::max(length, 0)) && input->pad_terminator) {
+    out[n] = 0;
+    input->pad_terminator = false;
+    return static_cast<int>(n + 1);
+  }
   return static_cast<int>(n);
 }
 
@@ -108,6 +115,11 @@ absl::StatusOr<RgbImage> DecodeGif(absl::string_view encoded,
   std::vector<uint8_t> indices(
       static_cast<size_t>(width) * height,
       static_cast<uint8_t>(transparency >= 0 ? transparency : 0));
+  // After the last pixel giflib reads on to the frame's block terminator. Pillow stops
+  // at the last pixel, so a file that ends there (no terminator, no trailer) decodes
+  // in Pillow: one terminator is supplied. A frame whose pixels are cut short still
+  // fails, as in Pillow: the supplied terminator ends its data early.
+  input.pad_terminator = true;
   if (frame.Width > 0 && frame.Height > 0) {
     // Interlaced frames store rows 0, 8, 16, ..., then 4, 12, ..., then 2, 6, ...,
     // then 1, 3, ...

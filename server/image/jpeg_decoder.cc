@@ -47,6 +47,8 @@ struct JpegContext {
   bool created = false;
   // Scans allowed for this file (AllowedScans()); set once the header is read.
   int max_scans = kMaxScans;
+  // Set once every row has been read out, before jpeg_finish_decompress().
+  bool all_rows_out = false;
 };
 
 int AllowedScans(int64_t width, int64_t height, int64_t max_pixels) {
@@ -70,11 +72,15 @@ JpegContext* ContextOf(j_common_ptr cinfo) {
 void ErrorExit(j_common_ptr cinfo) { Fail(cinfo); }
 
 // libjpeg reports recoverable corruption as warnings (msg_level -1) and carries on.
-// Pillow ignores those, except that a stream ending early makes Pillow raise ("image
-// file is truncated"); libjpeg would pad it with gray, so that warning is an error here.
+// Pillow ignores those, except that a stream ending before the last row makes Pillow
+// raise ("image file is truncated"); libjpeg would pad it with gray, so that warning
+// is an error here until every row is out. After that (the file ends inside a marker
+// past the scan) Pillow has its image, and so has this decoder.
 void EmitMessage(j_common_ptr cinfo, int msg_level) {
   if (msg_level != -1) return;  // Trace messages.
-  if (cinfo->err->msg_code == JWRN_JPEG_EOF) Fail(cinfo);
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF && !ContextOf(cinfo)->all_rows_out) {
+    Fail(cinfo);
+  }
   ++cinfo->err->num_warnings;
 }
 
@@ -189,6 +195,7 @@ bool Decompress(JpegContext* context, uint8_t* out, uint8_t* cmyk) {
       }
     }
   }
+  context->all_rows_out = true;
   jpeg_finish_decompress(&cinfo);
   return true;
 }
@@ -252,10 +259,12 @@ absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view encoded,
     for (jpeg_saved_marker_ptr m = cinfo.marker_list; m != nullptr; m = m->next) {
       const absl::string_view payload(reinterpret_cast<const char*>(m->data),
                                       m->data_length);
+      // Pillow takes the first APP1 segment starting "Exif\0" as the EXIF, and
+      // reads no orientation from it unless "Exif\0\0" and a TIFF header follow.
       if (m->marker == JPEG_APP0 + 1 &&
-          payload.substr(0, 6) == absl::string_view("Exif\0\0", 6)) {
+          payload.substr(0, 5) == absl::string_view("Exif\0", 5)) {
         *exif_orientation = ExifOrientation(payload);
-        break;  // Pillow reads the first Exif segment.
+        break;
       }
     }
   }

@@ -42,17 +42,23 @@ absl::Status WebpError(VP8StatusCode status) {
   return FormatError(kFormat, Vp8StatusText(status));
 }
 
-// The payload of the RIFF chunk "EXIF", or "" when there is none.
-absl::string_view FindExifChunk(absl::string_view riff) {
-  size_t offset = 12;  // "RIFF" <size> "WEBP"
-  while (riff.size() >= 8 && offset <= riff.size() - 8) {
-    const auto* p = reinterpret_cast<const uint8_t*>(riff.data()) + offset + 4;
-    const uint32_t length = p[0] | (p[1] << 8) | (p[2] << 16) | (uint32_t{p[3]} << 24);
-    if (length > riff.size() - offset - 8) return "";
-    if (riff.substr(offset, 4) == "EXIF") return riff.substr(offset + 8, length);
-    offset += 8 + size_t{length} + (length & 1);  // Chunks are padded to even sizes.
+// The EXIF orientation of the file's first "EXIF" chunk, 1 when there is none, found
+// as Pillow finds it: through libwebp's demuxer, which reads chunks besides the image
+// only in the extended format (a VP8X header) and only from a well-formed file.
+int WebpExifOrientation(absl::string_view encoded) {
+  const WebPData data = {reinterpret_cast<const uint8_t*>(encoded.data()),
+                         encoded.size()};
+  WebPDemuxer* demuxer = WebPDemux(&data);
+  if (demuxer == nullptr) return 1;
+  int orientation = 1;
+  WebPChunkIterator chunk;
+  if (WebPDemuxGetChunk(demuxer, "EXIF", 1, &chunk)) {
+    orientation = ExifOrientation(absl::string_view(
+        reinterpret_cast<const char*>(chunk.chunk.bytes), chunk.chunk.size));
+    WebPDemuxReleaseChunkIterator(&chunk);
   }
-  return "";
+  WebPDemuxDelete(demuxer);
+  return orientation;
 }
 
 absl::StatusOr<RgbImage> DecodeFirstAnimationFrame(absl::string_view encoded, int width,
@@ -120,7 +126,7 @@ absl::StatusOr<RgbImage> DecodeWebp(absl::string_view encoded,
     if (!bytes_ok.ok()) return bytes_ok;
   }
   if (options.honor_exif_orientation) {
-    *exif_orientation = ExifOrientation(FindExifChunk(encoded));
+    *exif_orientation = WebpExifOrientation(encoded);
   }
   // Pillow opens a WebP whose header flags alpha as "RGBA" (resized premultiplied).
   const bool has_alpha = features.has_alpha != 0;

@@ -426,6 +426,10 @@ def make_synthetic(images, out):
          gif_bigger_screen(gif_bytes(transparency=7), 13, 9, 8, 2)),
         ("gif_short_palette.gif", gif_short_palette(gif_bytes(), 3)),
         ("gif_truncated.gif", gif_bytes()[:1500]),
+        # Every pixel there, then the file ends: without the trailer, and without the
+        # frame's block terminator too (Pillow stops reading at the last pixel).
+        ("gif_no_trailer.gif", gif_bytes(interlace=False)[:-1]),
+        ("gif_no_block_terminator.gif", gif_bytes(interlace=False)[:-2]),
     ]:
         with open(path(name), "wb") as f:
             f.write(data)
@@ -455,6 +459,22 @@ def make_synthetic(images, out):
         f.write(data + b"garbage after EOI")
     with open(path("jpeg_truncated_scan.jpg"), "wb") as f:
         f.write(data[:len(data) * 2 // 3])
+    # Two bytes of the last rows' entropy data turned into a marker whose length runs
+    # past the end of the file: libjpeg ends the scan there (filling the rest of it)
+    # and meets the end of the file only once every row is out. Pillow keeps the image.
+    damaged = bytearray(data)
+    damaged[len(data) - 40:len(data) - 36] = b"\xff\xe8\x45\x79"
+    with open(path("jpeg_marker_past_the_end.jpg"), "wb") as f:
+        f.write(bytes(damaged))
+    # A first APP1 segment starting "Exif\0" but not "Exif\0\0": Pillow takes it as the
+    # EXIF (finding no orientation in it) and never reads the good one after it.
+    buf = io.BytesIO()
+    oriented.save(buf, "JPEG", quality=95, exif=exif_bytes(6))
+    upright = buf.getvalue()
+    bad_exif = b"Exif\0X" + exif_bytes(6)[6:]
+    with open(path("jpeg_exif_first_segment_malformed.jpg"), "wb") as f:
+        f.write(upright[:2] + b"\xff\xe1" + struct.pack(">H", len(bad_exif) + 2) + bad_exif
+                + upright[2:])
 
     # WebP: lossless, alpha, animation, EXIF.
     rgba = Image.fromarray(np.concatenate([cat_np, alpha.astype(np.uint8)], 2), "RGBA")
@@ -462,6 +482,16 @@ def make_synthetic(images, out):
     rgba.save(path("webp_lossless_alpha.webp"), lossless=True, exact=True)
     rgba.save(path("webp_lossy_alpha.webp"), quality=80)
     cat.save(path("webp_lossy_exif_rot3.webp"), quality=80, exif=exif_bytes(3))
+    # An EXIF chunk after the image of a simple (no VP8X header) WebP: libwebp's
+    # demuxer, through which Pillow reads chunks, skips it, so the image stays as it is.
+    buf = io.BytesIO()
+    cat.save(buf, "WEBP", quality=80)
+    simple = buf.getvalue()
+    assert simple[12:16] == b"VP8 "
+    exif = exif_bytes(6)
+    simple += b"EXIF" + struct.pack("<I", len(exif)) + exif + b"\0" * (len(exif) % 2)
+    with open(path("webp_simple_trailing_exif.webp"), "wb") as f:
+        f.write(simple[:4] + struct.pack("<I", len(simple) - 8) + simple[8:])
     frames[0].save(path("webp_animated.webp"), save_all=True, append_images=frames[1:],
                    duration=100, loop=0, quality=80)
     buf = io.BytesIO()
