@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -65,6 +66,7 @@
 #include "server/service/request_validation.h"
 #include "server/service/server_credentials.h"
 #include "server/tokenizer/bpe_tokenizer.h"
+#include "server/tokenizer/bpe_vocabulary.h"
 #include "server/tokenizer/builtin_vocabulary.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0",
@@ -84,8 +86,10 @@ ABSL_FLAG(
     "false) where QuickGELU, OpenAI's, is assumed.");
 ABSL_FLAG(std::string, tokenizer, "",
           "Tokenizer files: a bpe_simple_vocab_16e6.txt.gz, or a directory with "
-          "vocab.json + merges.txt. Default: the files next to the checkpoint, else the "
-          "built-in CLIP vocabulary (which demo models use too).");
+          "vocab.json + merges.txt, or with a tokenizer.json (its BPE vocabulary), or "
+          "that tokenizer.json. "
+          "Default: the files next to the checkpoint, else the built-in CLIP vocabulary "
+          "(which demo models use too).");
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, precision, "auto",
           "fp32, bf16, fp16 (CUDA only), int8 (CPU only: the transformers' large linear "
@@ -280,6 +284,12 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
   if (!flag.empty()) {
     if (absl::EndsWith(flag, ".gz")) {
       CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, LoadOpenAiVocabulary(flag));
+      return BpeTokenizer::Create(std::move(vocab), options);
+    }
+    // Named itself, it is read even where vocab.json + merges.txt lie beside it.
+    if (std::filesystem::path(flag).filename() ==
+        std::filesystem::path(std::string(kHuggingFaceTokenizerFileName))) {
+      CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, LoadHuggingFaceTokenizerJson(flag));
       return BpeTokenizer::Create(std::move(vocab), options);
     }
     return LoadTokenizerNextTo(flag, options);

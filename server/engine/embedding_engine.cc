@@ -331,6 +331,14 @@ absl::StatusOr<std::unique_ptr<EmbeddingEngine>> EmbeddingEngine::Create(
                << " tokens but the model's embedding table only "
                << model.model->config().text.vocab_size
                << "; texts using the extra tokens will fail. Check --tokenizer.";
+  } else if (tokenizer->vocab_size() < model.model->config().text.vocab_size) {
+    // Harmless where the table was padded, but also what a checkpoint served with
+    // another vocabulary than its own looks like.
+    LOG(WARNING) << "the tokenizer has " << tokenizer->vocab_size()
+                 << " tokens and the model's embedding table "
+                 << model.model->config().text.vocab_size
+                 << ": if the checkpoint came with its own tokenizer, pass it with "
+                    "--tokenizer.";
   }
   std::unique_ptr<EmbeddingEngine> engine(
       new EmbeddingEngine(std::move(model), std::move(tokenizer), options));

@@ -270,6 +270,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
       fs::is_directory(path, error) ? fs::path(path) : fs::path(path).parent_path();
   const fs::path vocab_json = dir / std::string(kHuggingFaceVocabFileName);
   const fs::path merges = dir / std::string(kHuggingFaceMergesFileName);
+  const fs::path tokenizer_json = dir / std::string(kHuggingFaceTokenizerFileName);
   const fs::path openai = dir / std::string(kOpenAiVocabFileName);
   if (fs::exists(vocab_json, error) && fs::exists(merges, error)) {
     CLIPSERVE_ASSIGN_OR_RETURN(
@@ -277,14 +278,19 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
         LoadHuggingFaceVocabulary(vocab_json.string(), merges.string()));
     return BpeTokenizer::Create(std::move(vocab), options);
   }
+  if (fs::exists(tokenizer_json, error)) {
+    CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
+                               LoadHuggingFaceTokenizerJson(tokenizer_json.string()));
+    return BpeTokenizer::Create(std::move(vocab), options);
+  }
   if (fs::exists(openai, error)) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
                                LoadOpenAiVocabulary(openai.string()));
     return BpeTokenizer::Create(std::move(vocab), options);
   }
-  return absl::NotFoundError(absl::StrCat("no tokenizer next to ", path, ": looked for ",
-                                          vocab_json.string(), " with ", merges.string(),
-                                          ", and for ", openai.string()));
+  return absl::NotFoundError(absl::StrCat(
+      "no tokenizer next to ", path, ": looked for ", vocab_json.string(), " with ",
+      merges.string(), ", for ", tokenizer_json.string(), " and for ", openai.string()));
 }
 
 }  // namespace clipserve

@@ -117,9 +117,9 @@ class BpeTokenizer {
 
 // Finds and loads the tokenizer files that come with a checkpoint. `path` is the
 // checkpoint's directory, or a file in it. Looks for, in this order, Hugging Face's
-// vocab.json + merges.txt, then OpenAI's bpe_simple_vocab_16e6.txt.gz.
-// NOT_FOUND (naming the files looked for) when neither is there; otherwise what
-// LoadHuggingFaceVocabulary / LoadOpenAiVocabulary and BpeTokenizer::Create return.
+// vocab.json + merges.txt, its tokenizer.json, then OpenAI's
+// bpe_simple_vocab_16e6.txt.gz. NOT_FOUND (naming the files looked for) when neither is
+// there; otherwise what the loaders (bpe_vocabulary.h) and BpeTokenizer::Create return.
 // Blocks on file I/O; thread-safe.
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
     const std::string& path, const BpeTokenizer::Options& options = {});

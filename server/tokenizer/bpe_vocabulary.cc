@@ -139,6 +139,30 @@ absl::StatusOr<std::string> Gunzip(absl::string_view compressed,
   return out;
 }
 
+// The tokens of a JSON object from token to id, the ids exactly 0..n-1; `source` names
+// it in errors.
+absl::StatusOr<std::vector<std::string>> TokensFromJson(const nlohmann::json& json,
+                                                        absl::string_view source) {
+  std::vector<std::string> tokens(json.size());
+  std::vector<bool> seen(json.size(), false);
+  for (const auto& [token, id_json] : json.items()) {
+    if (!id_json.is_number_integer()) {
+      return absl::DataLossError(
+          absl::StrCat(source, ": the id of '", token, "' is not an integer"));
+    }
+    const int64_t id = id_json.get<int64_t>();
+    if (id < 0 || id >= static_cast<int64_t>(json.size()) || seen[id]) {
+      return absl::DataLossError(absl::StrCat(source, ": id ", id, " of '", token,
+                                              "' is out of range or repeated; ids must "
+                                              "be 0..",
+                                              json.size() - 1, " once each"));
+    }
+    seen[id] = true;
+    tokens[id] = token;
+  }
+  return tokens;
+}
+
 }  // namespace
 
 char32_t ByteToSymbol(uint8_t byte) { return kByteTables.to_symbol[byte]; }
@@ -193,30 +217,69 @@ absl::StatusOr<BpeVocabulary> ParseHuggingFaceVocabulary(absl::string_view vocab
     return absl::DataLossError("vocab.json is not a JSON object");
   }
   BpeVocabulary vocab;
-  vocab.tokens.resize(json.size());
-  std::vector<bool> seen(json.size(), false);
-  for (const auto& [token, id_json] : json.items()) {
-    if (!id_json.is_number_integer()) {
-      return absl::DataLossError(
-          absl::StrCat("vocab.json: the id of '", token, "' is not an integer"));
-    }
-    const int64_t id = id_json.get<int64_t>();
-    if (id < 0 || id >= static_cast<int64_t>(json.size()) || seen[id]) {
-      return absl::DataLossError(
-          absl::StrCat("vocab.json: id ", id, " of '", token,
-                       "' is out of range or repeated; ids must be "
-                       "0..",
-                       json.size() - 1, " once each"));
-    }
-    seen[id] = true;
-    vocab.tokens[id] = token;
-  }
+  CLIPSERVE_ASSIGN_OR_RETURN(vocab.tokens, TokensFromJson(json, "vocab.json"));
 
   const std::vector<absl::string_view> lines =
       absl::StrSplit(absl::StripAsciiWhitespace(merges_txt), '\n');
   for (size_t i = 1; i < lines.size() && i <= kClipMergeCount; ++i) {
     CLIPSERVE_ASSIGN_OR_RETURN(auto merge, ParseMergeLine(lines[i], i + 1));
     vocab.merges.push_back(std::move(merge));
+  }
+  return vocab;
+}
+
+absl::StatusOr<BpeVocabulary> ParseHuggingFaceTokenizerJson(
+    absl::string_view tokenizer_json) {
+  const nlohmann::json json =
+      nlohmann::json::parse(tokenizer_json.begin(), tokenizer_json.end(), /*cb=*/nullptr,
+                            /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    return absl::DataLossError("tokenizer.json is not a JSON object");
+  }
+  const auto model = json.find("model");
+  if (model == json.end() || !model->is_object()) {
+    return absl::DataLossError("tokenizer.json has no \"model\" object");
+  }
+  const auto type = model->find("type");
+  if (type == model->end() || !type->is_string() || type->get<std::string>() != "BPE") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer.json holds a ",
+        type != model->end() && type->is_string() ? type->get<std::string>() : "untyped",
+        " model, not the byte-level BPE of CLIP"));
+  }
+  const auto tokens = model->find("vocab");
+  const auto merges = model->find("merges");
+  if (tokens == model->end() || !tokens->is_object() || merges == model->end() ||
+      !merges->is_array()) {
+    return absl::DataLossError(
+        "tokenizer.json: the model needs a \"vocab\" object and a \"merges\" list");
+  }
+  BpeVocabulary vocab;
+  CLIPSERVE_ASSIGN_OR_RETURN(vocab.tokens, TokensFromJson(*tokens, "tokenizer.json"));
+  // A merge is "left right" (tokenizers before 0.20) or ["left", "right"].
+  for (size_t i = 0; i < merges->size() && i < kClipMergeCount; ++i) {
+    const nlohmann::json& merge = (*merges)[i];
+    if (merge.is_string()) {
+      CLIPSERVE_ASSIGN_OR_RETURN(
+          auto pair, ParseMergeLine(merge.get_ref<const std::string&>(), i + 1));
+      vocab.merges.push_back(std::move(pair));
+    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() &&
+               merge[1].is_string()) {
+      vocab.merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
+    } else {
+      return absl::DataLossError(
+          absl::StrCat("tokenizer.json: merge ", i + 1, " is not two symbols"));
+    }
+  }
+  return vocab;
+}
+
+absl::StatusOr<BpeVocabulary> LoadHuggingFaceTokenizerJson(const std::string& path) {
+  CLIPSERVE_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
+  absl::StatusOr<BpeVocabulary> vocab = ParseHuggingFaceTokenizerJson(text);
+  if (!vocab.ok()) {
+    return absl::Status(vocab.status().code(),
+                        absl::StrCat(path, ": ", vocab.status().message()));
   }
   return vocab;
 }

@@ -23,6 +23,7 @@ inline constexpr absl::string_view kEndOfWordSuffix = "</w>";
 inline constexpr absl::string_view kOpenAiVocabFileName = "bpe_simple_vocab_16e6.txt.gz";
 inline constexpr absl::string_view kHuggingFaceVocabFileName = "vocab.json";
 inline constexpr absl::string_view kHuggingFaceMergesFileName = "merges.txt";
+inline constexpr absl::string_view kHuggingFaceTokenizerFileName = "tokenizer.json";
 
 // How many merges CLIP uses: OpenAI's simple_tokenizer and Hugging Face's CLIPTokenizer
 // both keep lines 1 .. 49152-256-2 of the merges file, so 256 bytes + 256 end-of-word
@@ -82,6 +83,20 @@ absl::StatusOr<BpeVocabulary> ParseHuggingFaceVocabulary(absl::string_view vocab
 // than kMaxVocabularyFileBytes or does not parse. Blocks on file I/O; thread-safe.
 absl::StatusOr<BpeVocabulary> LoadHuggingFaceVocabulary(
     const std::string& vocab_json_path, const std::string& merges_path);
+
+// The vocabulary of a Hugging Face "fast" tokenizer file (tokenizer.json): its
+// model.vocab (token to id, the ids exactly 0..n-1) and the first kClipMergeCount of its
+// model.merges, each "left right" or ["left", "right"]. Only the vocabulary is taken:
+// texts are cleaned and split as CLIP's tokenizer does, whatever normalizer and
+// pre-tokenizer the file names. INVALID_ARGUMENT when its model is not BPE; DATA_LOSS
+// when it does not parse.
+absl::StatusOr<BpeVocabulary> ParseHuggingFaceTokenizerJson(
+    absl::string_view tokenizer_json);
+
+// Reads and parses a tokenizer.json (see ParseHuggingFaceTokenizerJson). NOT_FOUND when
+// it does not exist; DATA_LOSS when it cannot be read or is larger than
+// kMaxVocabularyFileBytes. Blocks on file I/O; thread-safe.
+absl::StatusOr<BpeVocabulary> LoadHuggingFaceTokenizerJson(const std::string& path);
 
 // A tiny byte-level vocabulary for tests and tools that need one without files: the
 // 256 byte symbols, the same with "</w>", <|startoftext|> (512) and <|endoftext|>

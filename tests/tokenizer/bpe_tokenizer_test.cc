@@ -160,6 +160,34 @@ TEST_F(OpenAiTokenizerTest, HuggingFaceFilesOfTheSameVocabularyGiveTheSameIds) {
   EXPECT_EQ(ExpectAllCasesMatch(**hf, cases()), 1296);
 }
 
+// The same with a tokenizer.json alone, as a checkpoint folder may carry it: merges in
+// both of the tokenizers library's spellings, ids in an order of their own.
+TEST_F(OpenAiTokenizerTest, AHuggingFaceTokenizerJsonOfTheSameVocabularyGivesTheSameIds) {
+  absl::StatusOr<BpeVocabulary> vocab = LoadOpenAiVocabulary(VocabPath());
+  ASSERT_TRUE(vocab.ok()) << vocab.status();
+  for (const bool pairs : {false, true}) {
+    SCOPED_TRACE(pairs ? "merges as pairs" : "merges as strings");
+    nlohmann::json tokens = nlohmann::json::object();
+    for (size_t id = 0; id < vocab->tokens.size(); ++id) tokens[vocab->tokens[id]] = id;
+    nlohmann::json merges = nlohmann::json::array();
+    for (const auto& [left, right] : vocab->merges) {
+      merges.push_back(pairs ? nlohmann::json::array({left, right})
+                             : nlohmann::json(absl::StrCat(left, " ", right)));
+    }
+    nlohmann::json file = {
+        {"version", "1.0"},
+        {"normalizer", nullptr},
+        {"model", {{"type", "BPE"}, {"vocab", tokens}, {"merges", merges}}}};
+    const std::string dir =
+        MakeTempDir(pairs ? "tokenizer_json_pairs" : "tokenizer_json");
+    std::ofstream(dir + "/tokenizer.json") << file.dump();
+    absl::StatusOr<std::unique_ptr<BpeTokenizer>> loaded = LoadTokenizerNextTo(dir);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ((*loaded)->vocab_size(), 49408);
+    EXPECT_EQ(ExpectAllCasesMatch(**loaded, cases()), 1296);
+  }
+}
+
 TEST_F(OpenAiTokenizerTest, AtExactlyTheContextLengthNothingIsCut) {
   // The case file's long run of x needs exactly 75 tokens + start + end.
   const auto it = std::find_if(cases().begin(), cases().end(),

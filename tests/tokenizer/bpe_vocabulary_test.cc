@@ -114,6 +114,35 @@ TEST(HuggingFaceVocabularyTest, MalformedFilesAreDataLoss) {
       absl::StatusCode::kDataLoss);
 }
 
+TEST(HuggingFaceTokenizerJsonTest, TakesTheModelsVocabularyAndMerges) {
+  const absl::StatusOr<BpeVocabulary> vocab = ParseHuggingFaceTokenizerJson(
+      R"({"model": {"type": "BPE", "vocab": {"b": 1, "a": 0, "ab": 2, "abc": 3, "c": 4},
+                    "merges": ["a b", ["ab", "c"]]}})");
+  ASSERT_TRUE(vocab.ok()) << vocab.status();
+  EXPECT_EQ(vocab->tokens, (std::vector<std::string>{"a", "b", "ab", "abc", "c"}));
+  EXPECT_EQ(vocab->merges,
+            (std::vector<std::pair<std::string, std::string>>{{"a", "b"}, {"ab", "c"}}));
+}
+
+TEST(HuggingFaceTokenizerJsonTest, OtherModelsAndMalformedFilesAreRefused) {
+  EXPECT_EQ(ParseHuggingFaceTokenizerJson(
+                R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}})")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  for (const char* json :
+       {"not json", "[]", R"({"model": 1})", R"({"model": {"type": "BPE"}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": {}}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": 1}, "merges": []}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a"]]}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [[1, 2]]}})"}) {
+    EXPECT_EQ(ParseHuggingFaceTokenizerJson(json).status().code(),
+              absl::StatusCode::kDataLoss)
+        << json;
+  }
+}
+
 TEST(HuggingFaceVocabularyTest, MissingFileIsNotFound) {
   const std::string merges = WriteTemp("merges.txt", "#version: 0.2\n");
   EXPECT_EQ(LoadHuggingFaceVocabulary(::testing::TempDir() + "/nope.json", merges)
