@@ -92,9 +92,9 @@ class RpcRecorder {
 
   // The server's shutdown begins now, with `grace` for the calls in flight: gRPC
   // cancels those still running when it ends, and their clients see UNAVAILABLE, not
-  // CANCELLED. From then on a call that ends CANCELLED is recorded as UNAVAILABLE, so
-  // that the CANCELLED count keeps meaning clients that gave up. Thread-safe; the
-  // earliest end of a grace counts.
+  // CANCELLED. A call that ends CANCELLED once the grace is over is recorded as
+  // UNAVAILABLE, so that the CANCELLED count keeps meaning clients that gave up.
+  // Thread-safe; the earliest end of a grace counts.
   void ShutdownBegins(absl::Duration grace) const;
 
  private:
