@@ -317,7 +317,9 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision,
 }
 
 float ClipModel::logit_scale() const {
-  return std::min(100.0f, std::exp(logit_scale_.item<float>()));
+  const float scale = std::exp(logit_scale_.item<float>());
+  // NaN passes through (std::min would make it 100), for the service to refuse.
+  return std::isnan(scale) ? scale : std::min(100.0f, scale);
 }
 
 absl::StatusOr<torch::Tensor> ClipModel::EncodeImage(const torch::Tensor& images,

@@ -106,7 +106,7 @@ class ClipModel {
   absl::StatusOr<torch::Tensor> EncodeText(const torch::Tensor& ids, bool normalize,
                                            int64_t end_of_text_id = -1) const;
 
-  // exp(learned logit_scale), clamped at 100 as CLIP does.
+  // exp(learned logit_scale), clamped at 100 as CLIP does; NaN for a NaN one.
   float logit_scale() const;
 
   const ClipConfig& config() const { return config_; }

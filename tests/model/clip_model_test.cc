@@ -6,9 +6,11 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/cuda.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -444,6 +446,23 @@ TEST(ClipModelTest, MlpHiddenWidthIsTheConfigs) {
   const TensorMap tensors = (*model)->NamedTensors();
   EXPECT_EQ(tensors.at("visual.transformer.resblocks.0.mlp.c_fc.weight").size(0), 162);
   EXPECT_EQ(tensors.at("transformer.resblocks.1.mlp.c_proj.weight").size(1), 293);
+}
+
+// exp(logit_scale), at most 100 as in CLIP; a NaN one stays NaN (the service refuses
+// to serve it) rather than being clamped to 100.
+TEST(ClipModelTest, LogitScaleIsClampedAt100AndNaNStaysNaN) {
+  auto model = ClipModel::Create(testing::TinyClipConfig());
+  ASSERT_TRUE(model.ok()) << model.status();
+  torch::NoGradGuard no_grad;
+  torch::Tensor logit_scale = (*model)->NamedTensors().at("logit_scale");
+  logit_scale.fill_(-3.0);
+  EXPECT_FLOAT_EQ((*model)->logit_scale(), std::exp(-3.0f));
+  logit_scale.fill_(50.0);
+  EXPECT_EQ((*model)->logit_scale(), 100.0f);
+  logit_scale.fill_(std::numeric_limits<float>::infinity());
+  EXPECT_EQ((*model)->logit_scale(), 100.0f);
+  logit_scale.fill_(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_TRUE(std::isnan((*model)->logit_scale()));
 }
 
 // A bare state dict's shapes cannot tell QuickGELU from GELU: the checkpoint says it
