@@ -15,6 +15,7 @@
 // include torch first through their precompiled header.)
 #include <c10/util/Logging.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -416,9 +417,25 @@ class TerminationSignals {
   std::thread thread_;                   // last: it starts reading the members above
 };
 
+// Raises the soft limit on open files to the hard one: every client connection takes a
+// descriptor, and the usual soft default (1024) is reached long before the machine's
+// memory, after which connections and probes alike are refused.
+void RaiseOpenFilesLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  const rlim_t before = limit.rlim_cur;
+  limit.rlim_cur = limit.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    PLOG(WARNING) << "cannot raise the open files limit from " << before;
+    return;
+  }
+  LOG(INFO) << "open files limit raised from " << before << " to " << limit.rlim_cur;
+}
+
 absl::Status Run() {
   TerminationSignals signals(BlockTerminationSignals());
   const absl::Time start = RealClock::Get()->Now();
+  RaiseOpenFilesLimit();
 
   // Flags that need no model are checked first: a mistake there fails in a moment,
   // not after the model load.

@@ -8,6 +8,7 @@ ctest runs each test class as its own entry (tests/CMakeLists.txt).
 import argparse
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -451,6 +452,27 @@ class BlasKernelTest(unittest.TestCase):
         output = self.run_server("--blas_kernel=keep")
         self.assertIn("OpenBLAS fp32 kernels: Prescott", output)
         self.assertNotIn("restart", output)
+
+
+class OpenFilesLimitTest(unittest.TestCase):
+    """Every connection takes a descriptor: the soft limit is raised to the hard one."""
+
+    def test_the_soft_limit_is_raised_to_the_hard_one(self):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        # (An unlimited hard limit is more than the kernel's nr_open allows as a soft one.)
+        if hard == resource.RLIM_INFINITY or hard <= 256:
+            self.skipTest(f"the hard limit ({hard}) is not one to raise to")
+
+        def lower_soft_limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+        # A missing model makes the server exit right after the start-up steps.
+        result = subprocess.run([ARGS.server, "--model=/nonexistent/model.pt",
+                                 *LOOPBACK_ANY_PORT, "--metrics_port=-1"],
+                                capture_output=True, text=True, timeout=60,
+                                preexec_fn=lower_soft_limit)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(f"open files limit raised from 256 to {hard}", result.stderr)
 
 
 class ClientAgainstNoServerTest(unittest.TestCase):
