@@ -1,6 +1,7 @@
 #include "server/metrics/metrics_http_server.h"
 
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -12,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -97,7 +99,7 @@ int Listen(std::string host, int port) {
       const int no = 0;
       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof(no));
     }
-    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
       const int error = errno;
       close(fd);
       fd = -1;
@@ -121,12 +123,31 @@ int BoundPort(int fd) {
   return -1;
 }
 
+// The address bytes of `address` (IPv4 mapped into IPv6 as plain IPv4), "" for
+// another family.
+std::string PeerAddress(const sockaddr_storage& address) {
+  if (address.ss_family == AF_INET) {
+    const auto& v4 = reinterpret_cast<const sockaddr_in&>(address);
+    return std::string(reinterpret_cast<const char*>(&v4.sin_addr), 4);
+  }
+  if (address.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(address);
+    const auto* bytes = reinterpret_cast<const char*>(&v6.sin6_addr);
+    if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) return std::string(bytes + 12, 4);
+    return std::string(bytes, 16);
+  }
+  return "";
+}
+
 }  // namespace
 
 struct MetricsHttpServer::Connection {
   enum class State { kReading, kWriting, kDraining };
 
   int fd = -1;
+  // The client's address (4 bytes for IPv4, also when mapped into IPv6; 16 for IPv6),
+  // without the port.
+  std::string peer;
   absl::Time accepted;
   absl::Time deadline;  // closed then, whatever its state
   State state = State::kReading;
@@ -134,6 +155,23 @@ struct MetricsHttpServer::Connection {
   std::string out;
   size_t sent = 0;
 };
+
+// The oldest connection of the address holding the most (ties: the older one).
+size_t MetricsHttpServer::EvictionVictim(const std::vector<Connection>& connections) {
+  absl::flat_hash_map<absl::string_view, int> per_peer;
+  for (const Connection& c : connections) ++per_peer[c.peer];
+  size_t victim = 0;
+  for (size_t i = 1; i < connections.size(); ++i) {
+    const int count = per_peer[connections[i].peer];
+    const int victim_count = per_peer[connections[victim].peer];
+    if (count > victim_count ||
+        (count == victim_count &&
+         connections[i].accepted < connections[victim].accepted)) {
+      victim = i;
+    }
+  }
+  return victim;
+}
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
     const MetricsHttpServerOptions& options, const Metrics* metrics) {
@@ -359,11 +397,15 @@ void MetricsHttpServer::Loop() {
       if (done) close_at(i);
     }
 
-    // Then take new connections; past the limit, each closes the oldest open one.
+    // Then take new connections; past the limit, each closes the oldest open one of
+    // the address that holds the most, so that a flood from one address closes its own
+    // connections, not a probe's from another.
     if (polled[1].revents & POLLIN) {
       for (int taken = 0; taken < options_.max_connections; ++taken) {
-        const int fd =
-            accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        sockaddr_storage address{};
+        socklen_t address_size = sizeof(address);
+        const int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&address),
+                               &address_size, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
           if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
             accept_paused_until = after + kAcceptPause;
@@ -371,15 +413,11 @@ void MetricsHttpServer::Loop() {
           break;  // EAGAIN: none left; ECONNABORTED and the like: the next poll
         }
         if (static_cast<int>(connections.size()) >= options_.max_connections) {
-          const auto oldest =
-              std::min_element(connections.begin(), connections.end(),
-                               [](const Connection& a, const Connection& b) {
-                                 return a.accepted < b.accepted;
-                               });
-          close_at(static_cast<size_t>(oldest - connections.begin()));
+          close_at(EvictionVictim(connections));
         }
         Connection c;
         c.fd = fd;
+        c.peer = PeerAddress(address);
         c.accepted = after;
         c.deadline = after + options_.connection_deadline;
         connections.push_back(std::move(c));

@@ -1,11 +1,13 @@
 #ifndef CLIPSERVE_SERVER_METRICS_METRICS_HTTP_SERVER_H_
 #define CLIPSERVE_SERVER_METRICS_METRICS_HTTP_SERVER_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -23,8 +25,9 @@ struct MetricsHttpServerOptions {
   // TCP port; 0 lets the kernel pick a free one (read it back with port()). Default
   // 9090, Prometheus' own convention for a metrics port.
   int port = 9090;
-  // Connections open at once. Past it, a new connection closes the oldest one, so a
-  // flood of connections cannot keep a probe waiting behind it. Default 64.
+  // Connections open at once. Past it, a new connection closes the oldest one of the
+  // client address that holds the most, so that a flood of connections cannot keep a
+  // probe waiting behind it, nor close a probe from another address. Default 64.
   int max_connections = 64;
   // Time from accepting a connection to having sent its whole response; a connection
   // still open then is closed, however steadily it sends or reads. Default 2 s: a
@@ -90,6 +93,10 @@ class MetricsHttpServer {
 
  private:
   struct Connection;
+
+  // Which of `connections` (not empty) a new one past max_connections closes: the
+  // oldest of the address holding the most, the older one on a tie.
+  static size_t EvictionVictim(const std::vector<Connection>& connections);
 
   MetricsHttpServer(const MetricsHttpServerOptions& options, const Metrics* metrics,
                     int listen_fd, int wake_fd, int port);

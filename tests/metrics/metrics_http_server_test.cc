@@ -111,7 +111,16 @@ TEST(MetricsHttpServerTest, UnknownPathsAre404) {
 // A TCP connection to the loopback port, closed on destruction.
 class RawConnection {
  public:
-  explicit RawConnection(int port) : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+  // Connects to 127.0.0.1:`port` from `source` (an IPv4 loopback address; 0: the
+  // kernel's choice, 127.0.0.1).
+  explicit RawConnection(int port, uint32_t source = 0)
+      : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    if (source != 0) {
+      sockaddr_in from{};
+      from.sin_family = AF_INET;
+      from.sin_addr.s_addr = htonl(source);
+      if (bind(fd_, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) return;
+    }
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(static_cast<uint16_t>(port));
@@ -273,6 +282,31 @@ TEST(MetricsHttpServerTest, ANewConnectionPastTheLimitClosesTheOldest) {
   const absl::Time read = absl::Now();
   EXPECT_EQ(idle[0]->ReadUntilClosed(absl::Seconds(10)), "");
   EXPECT_LT(absl::Now() - read, absl::Seconds(5));
+}
+
+// The connection closed to make room is the oldest of the address holding the most:
+// a flood from one address closes its own connections, and a slow probe from another
+// address, older than all of them, is still answered.
+TEST(MetricsHttpServerTest, AFloodFromOneAddressClosesItsOwnConnections) {
+  Metrics metrics;
+  MetricsHttpServerOptions options;
+  options.max_connections = 4;
+  options.connection_deadline = absl::Seconds(30);
+  auto server = StartOnLoopback(&metrics, options);
+  ASSERT_NE(server, nullptr);
+  RawConnection probe(server->port(), /*source=*/0x7F000002);  // 127.0.0.2
+  if (!probe.connected()) GTEST_SKIP() << "cannot connect from 127.0.0.2 here";
+  std::vector<std::unique_ptr<RawConnection>> flood;
+  for (int i = 0; i < 8; ++i) {
+    flood.push_back(std::make_unique<RawConnection>(server->port()));
+    ASSERT_TRUE(flood.back()->connected());
+  }
+  // Answered only once the server has taken every connection before it.
+  EXPECT_EQ(Get(server->port(), "/healthz").first, 200);
+  probe.Send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_THAT(probe.ReadUntilClosed(absl::Seconds(10)), HasSubstr("200 OK"));
+  // The flood's first connection was closed to make room.
+  EXPECT_EQ(flood[0]->ReadUntilClosed(absl::Seconds(10)), "");
 }
 
 TEST(MetricsHttpServerTest, HeadLongHeadsAndNonHttpRequests) {
