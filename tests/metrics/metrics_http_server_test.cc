@@ -261,20 +261,32 @@ TEST(MetricsHttpServerTest, TricklingClientsAreClosedAtTheirDeadlineAndHoldUpNoP
   }
 }
 
+// A server on loopback that holds 4 connections at most, each for up to 30 s.
+std::unique_ptr<MetricsHttpServer> StartWithFourConnections(const Metrics* metrics) {
+  MetricsHttpServerOptions options;
+  options.max_connections = 4;
+  options.connection_deadline = absl::Seconds(30);
+  return StartOnLoopback(metrics, options);
+}
+
+// Twice as many idle connections from 127.0.0.1 as that server holds, in order.
+std::vector<std::unique_ptr<RawConnection>> EightIdleConnections(int port) {
+  std::vector<std::unique_ptr<RawConnection>> idle;
+  for (int i = 0; i < 8; ++i) {
+    idle.push_back(std::make_unique<RawConnection>(port));
+    EXPECT_TRUE(idle.back()->connected());
+  }
+  return idle;
+}
+
 // Past max_connections, a new connection closes the oldest: a probe is answered at
 // once however many connections sit open.
 TEST(MetricsHttpServerTest, ANewConnectionPastTheLimitClosesTheOldest) {
   Metrics metrics;
-  MetricsHttpServerOptions options;
-  options.max_connections = 4;
-  options.connection_deadline = absl::Seconds(30);
-  auto server = StartOnLoopback(&metrics, options);
+  auto server = StartWithFourConnections(&metrics);
   ASSERT_NE(server, nullptr);
-  std::vector<std::unique_ptr<RawConnection>> idle;
-  for (int i = 0; i < 8; ++i) {
-    idle.push_back(std::make_unique<RawConnection>(server->port()));
-    ASSERT_TRUE(idle.back()->connected());
-  }
+  const std::vector<std::unique_ptr<RawConnection>> idle =
+      EightIdleConnections(server->port());
   const absl::Time probe = absl::Now();
   EXPECT_EQ(Get(server->port(), "/healthz").first, 200);
   EXPECT_LT(absl::Now() - probe, absl::Seconds(2));
@@ -289,18 +301,12 @@ TEST(MetricsHttpServerTest, ANewConnectionPastTheLimitClosesTheOldest) {
 // address, older than all of them, is still answered.
 TEST(MetricsHttpServerTest, AFloodFromOneAddressClosesItsOwnConnections) {
   Metrics metrics;
-  MetricsHttpServerOptions options;
-  options.max_connections = 4;
-  options.connection_deadline = absl::Seconds(30);
-  auto server = StartOnLoopback(&metrics, options);
+  auto server = StartWithFourConnections(&metrics);
   ASSERT_NE(server, nullptr);
   RawConnection probe(server->port(), /*source=*/0x7F000002);  // 127.0.0.2
   if (!probe.connected()) GTEST_SKIP() << "cannot connect from 127.0.0.2 here";
-  std::vector<std::unique_ptr<RawConnection>> flood;
-  for (int i = 0; i < 8; ++i) {
-    flood.push_back(std::make_unique<RawConnection>(server->port()));
-    ASSERT_TRUE(flood.back()->connected());
-  }
+  const std::vector<std::unique_ptr<RawConnection>> flood =
+      EightIdleConnections(server->port());
   // Answered only once the server has taken every connection before it.
   EXPECT_EQ(Get(server->port(), "/healthz").first, 200);
   probe.Send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
