@@ -122,7 +122,8 @@ ABSL_FLAG(bool, exif_orientation, false,
           "resizing, as Pillow's ImageOps.exif_transpose() does. Off by default, as in "
           "CLIP's reference preprocessing, which ignores the tag.");
 ABSL_FLAG(double, device_resize_buffer_mb, 1024,
-          "With --resize_on_device (refused without it): most MiB of decoded images "
+          "With --resize_on_device (another value is refused without it): most MiB of "
+          "decoded images "
           "waiting for their batch; past it, images are resized on the CPU instead.");
 ABSL_FLAG(int32_t, max_items_per_request, 256, "Most images or texts in one request.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000,
@@ -150,7 +151,8 @@ ABSL_FLAG(double, max_connection_age_s, 0,
 ABSL_FLAG(double, max_connection_age_grace_s, 0,
           "After --max_connection_age_s, seconds that calls in flight on the old "
           "connection get to finish before they are cancelled (UNAVAILABLE, which "
-          "clip_client retries). 0 = no limit. Refused without --max_connection_age_s.");
+          "clip_client retries). 0 = no limit. Another value is refused without "
+          "--max_connection_age_s.");
 ABSL_FLAG(double, max_connection_idle_s, 0,
           "Send GOAWAY to a connection with no call in flight for this many seconds. "
           "0 = never.");
@@ -285,13 +287,13 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
   if (!flag.empty()) {
     if (absl::EndsWith(flag, ".gz")) {
       CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, LoadOpenAiVocabulary(flag));
-      return BpeTokenizer::Create(std::move(vocab), options);
+      return CreateTokenizerFrom(std::move(vocab), options, flag);
     }
     // Named itself, it is read even where vocab.json + merges.txt lie beside it.
     if (std::filesystem::path(flag).filename() ==
         std::filesystem::path(std::string(kHuggingFaceTokenizerFileName))) {
       CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, LoadHuggingFaceTokenizerJson(flag));
-      return BpeTokenizer::Create(std::move(vocab), options);
+      return CreateTokenizerFrom(std::move(vocab), options, flag);
     }
     return LoadTokenizerNextTo(flag, options);
   }

@@ -49,7 +49,8 @@ struct EngineRequest {
   }
   // Why a preprocessing task should answer its items instead of preparing them: the
   // request failed, was cancelled, or its deadline passed while the task waited in the
-  // pool (the batcher would drop its items anyway, after the work). OK otherwise.
+  // pool or (for texts, checked before each one) worked on its earlier items: the
+  // batcher would drop its items anyway, after the work. OK otherwise.
   absl::Status SkipPreprocessing() const {
     if (failed.load(std::memory_order_acquire)) {
       return absl::AbortedError("another item failed");

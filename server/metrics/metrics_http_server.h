@@ -27,7 +27,8 @@ struct MetricsHttpServerOptions {
   int port = 9090;
   // Connections open at once. Past it, a new connection closes the oldest one of the
   // client address that holds the most, so that a flood of connections cannot keep a
-  // probe waiting behind it, nor close a probe from another address. Default 64.
+  // probe waiting behind it, and a flood from one address does not close a probe from
+  // another (one from many addresses still can). Default 64.
   int max_connections = 64;
   // Time from accepting a connection to having sent its whole response; a connection
   // still open then is closed, however steadily it sends or reads. Default 2 s: a

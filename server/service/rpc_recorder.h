@@ -93,7 +93,9 @@ class RpcRecorder {
   // The server's shutdown begins now, with `grace` for the calls in flight: gRPC
   // cancels those still running when it ends, and their clients see UNAVAILABLE, not
   // CANCELLED. A call that ends CANCELLED once the grace is over is recorded as
-  // UNAVAILABLE, so that the CANCELLED count keeps meaning clients that gave up.
+  // UNAVAILABLE, so that a rollout does not swell the CANCELLED count. (gRPC 1.51 tells
+  // a handler no reason for a cancel: calls that outlive --max_connection_age_grace_s,
+  // or whose connection the keepalive found dead, still count as CANCELLED.)
   // Thread-safe; the earliest end of a grace counts.
   void ShutdownBegins(absl::Duration grace) const;
 

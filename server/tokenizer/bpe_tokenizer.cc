@@ -262,6 +262,17 @@ absl::StatusOr<std::string> BpeTokenizer::Decode(absl::Span<const int32_t> ids) 
   return absl::StrReplaceAll(EncodeUtf8(DecodeUtf8(bytes)), {{kEndOfWordSuffix, " "}});
 }
 
+absl::StatusOr<std::unique_ptr<BpeTokenizer>> CreateTokenizerFrom(
+    BpeVocabulary vocab, const BpeTokenizer::Options& options, absl::string_view source) {
+  absl::StatusOr<std::unique_ptr<BpeTokenizer>> tokenizer =
+      BpeTokenizer::Create(std::move(vocab), options);
+  if (!tokenizer.ok()) {
+    return absl::Status(tokenizer.status().code(),
+                        absl::StrCat(source, ": ", tokenizer.status().message()));
+  }
+  return tokenizer;
+}
+
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
     const std::string& path, const BpeTokenizer::Options& options) {
   namespace fs = std::filesystem;
@@ -276,17 +287,18 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
     CLIPSERVE_ASSIGN_OR_RETURN(
         BpeVocabulary vocab,
         LoadHuggingFaceVocabulary(vocab_json.string(), merges.string()));
-    return BpeTokenizer::Create(std::move(vocab), options);
+    return CreateTokenizerFrom(std::move(vocab), options,
+                               absl::StrCat(vocab_json.string(), ", ", merges.string()));
   }
   if (fs::exists(tokenizer_json, error)) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
                                LoadHuggingFaceTokenizerJson(tokenizer_json.string()));
-    return BpeTokenizer::Create(std::move(vocab), options);
+    return CreateTokenizerFrom(std::move(vocab), options, tokenizer_json.string());
   }
   if (fs::exists(openai, error)) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
                                LoadOpenAiVocabulary(openai.string()));
-    return BpeTokenizer::Create(std::move(vocab), options);
+    return CreateTokenizerFrom(std::move(vocab), options, openai.string());
   }
   return absl::NotFoundError(absl::StrCat(
       "no tokenizer next to ", path, ": looked for ", vocab_json.string(), " with ",

@@ -115,12 +115,17 @@ class BpeTokenizer {
   mutable WordCache cache_;
 };
 
+// BpeTokenizer::Create(), with an error prefixed by `source`, the file(s) `vocab` was
+// read from: a vocabulary that is not CLIP's is refused naming where it came from.
+absl::StatusOr<std::unique_ptr<BpeTokenizer>> CreateTokenizerFrom(
+    BpeVocabulary vocab, const BpeTokenizer::Options& options, absl::string_view source);
+
 // Finds and loads the tokenizer files that come with a checkpoint. `path` is the
 // checkpoint's directory, or a file in it. Looks for, in this order, Hugging Face's
 // vocab.json + merges.txt, its tokenizer.json, then OpenAI's
-// bpe_simple_vocab_16e6.txt.gz. NOT_FOUND (naming the files looked for) when neither is
-// there; otherwise what the loaders (bpe_vocabulary.h) and BpeTokenizer::Create return.
-// Blocks on file I/O; thread-safe.
+// bpe_simple_vocab_16e6.txt.gz. NOT_FOUND (naming the files looked for) when none is
+// there; otherwise what the loaders (bpe_vocabulary.h) and CreateTokenizerFrom()
+// return. Blocks on file I/O; thread-safe.
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
     const std::string& path, const BpeTokenizer::Options& options = {});
 

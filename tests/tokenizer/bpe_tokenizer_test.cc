@@ -352,6 +352,17 @@ TEST_F(OpenAiTokenizerTest, WordCacheIsUsedAndBounded) {
   EXPECT_EQ(uncached->cache_size(), 0u);
 }
 
+// A byte-level BPE that is not CLIP's (here with no byte symbols at all) is refused
+// naming the file it came from.
+TEST(LoadTokenizerNextToTest, AVocabularyThatIsNotClipsNamesItsFile) {
+  const std::string dir = MakeTempDir("not_clip");
+  std::ofstream(dir + "/tokenizer.json")
+      << R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
+  const absl::Status status = LoadTokenizerNextTo(dir).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr(dir + "/tokenizer.json: "));
+}
+
 TEST_F(OpenAiTokenizerTest, LoadTokenizerNextToFindsOpenAiFile) {
   const std::string dir = MakeTempDir("openai");
   std::filesystem::copy_file(VocabPath(), dir + "/bpe_simple_vocab_16e6.txt.gz");
