@@ -48,6 +48,7 @@
 #include "absl/time/time.h"
 #include "glog/logging.h"
 #include "server/common/clock.h"
+#include "server/common/idle_heap_trimmer.h"
 #include "server/common/status_macros.h"
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
@@ -814,15 +815,25 @@ absl::Status Run() {
             << " reflection=" << (absl::GetFlag(FLAGS_reflection) ? "on" : "off")
             << security << " startup=" << RealClock::Get()->Now() - start;
 
-  // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1.
+  // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1,
+  // and give a burst's freed memory back once the calls have stopped.
   bool serving = true;
   int signal = 0;
+  constexpr absl::Duration kQuietBeforeTrim = absl::Seconds(10);
+  IdleHeapTrimmer heap_trimmer(kQuietBeforeTrim);
   while (signal <= 0) {
     signal = signals.WaitForDrain(absl::Seconds(1));
     if (engine->healthy() != serving) {
       serving = !serving;
       server->SetServing(serving);
       LOG(WARNING) << "health is now " << (serving ? "SERVING" : "NOT_SERVING");
+    }
+    if (int64_t released = 0;
+        heap_trimmer.Tick(RealClock::Get()->Now(), metrics.requests_started(),
+                          metrics.requests_in_flight(), &released) &&
+        released >= (int64_t{64} << 20)) {
+      LOG(INFO) << "no calls for " << kQuietBeforeTrim << ": gave " << (released >> 20)
+                << " MiB of freed memory back to the system";
     }
   }
   const absl::Duration grace = absl::Seconds(grace_s);

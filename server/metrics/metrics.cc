@@ -119,7 +119,11 @@ Metrics::Metrics(const MetricsOptions& options)
 
 Metrics::~Metrics() = default;
 
-void Metrics::RequestStarted() { in_flight_->Increment(); }
+void Metrics::RequestStarted() {
+  in_flight_->Increment();
+  requests_started_.fetch_add(1, std::memory_order_relaxed);
+  requests_in_flight_.fetch_add(1, std::memory_order_relaxed);
+}
 
 void Metrics::AddRequestMemory(int64_t delta) {
   // prometheus-cpp's Gauge::Increment(v) and Decrement(v) are meant for v >= 0.
@@ -147,6 +151,7 @@ void Metrics::SetRequestMemoryLimit(int64_t bytes) {
 void Metrics::RequestFinished(absl::string_view rpc, absl::StatusCode code,
                               absl::Duration elapsed) {
   in_flight_->Decrement();
+  requests_in_flight_.fetch_sub(1, std::memory_order_relaxed);
   const std::string method(rpc);
   requests_->Add({{"rpc", method}, {"code", StatusCodeLabel(code)}}).Increment();
   request_duration_->Add({{"rpc", method}}, options_.latency_buckets_seconds)

@@ -1,6 +1,7 @@
 #ifndef CLIPSERVE_SERVER_METRICS_METRICS_H_
 #define CLIPSERVE_SERVER_METRICS_METRICS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -66,6 +67,13 @@ class Metrics final : public EngineObserver {
   // observes `elapsed`. Call once per RequestStarted().
   void RequestFinished(absl::string_view rpc, absl::StatusCode code,
                        absl::Duration elapsed);
+  // Calls started so far, and in flight now (what the two above counted).
+  int64_t requests_started() const {
+    return requests_started_.load(std::memory_order_relaxed);
+  }
+  int64_t requests_in_flight() const {
+    return requests_in_flight_.load(std::memory_order_relaxed);
+  }
   // Bytes of requests held (RequestMemoryBudget) changed by `delta`:
   // clipserve_request_memory_bytes += delta.
   void AddRequestMemory(int64_t delta);
@@ -156,6 +164,8 @@ class Metrics final : public EngineObserver {
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   prometheus::Family<prometheus::Histogram>* request_duration_ = nullptr;
   prometheus::Gauge* in_flight_ = nullptr;
+  std::atomic<int64_t> requests_started_{0};
+  std::atomic<int64_t> requests_in_flight_{0};
   prometheus::Gauge* request_memory_ = nullptr;
   prometheus::Gauge* request_memory_limit_ = nullptr;
   prometheus::Counter* request_memory_refusals_ = nullptr;
