@@ -55,8 +55,7 @@ bool IdleHeapTrimmer::Tick(absl::Time now, int64_t calls_started, int64_t calls_
     return false;
   }
   if (now - quiet_since_ < quiet_for_) return false;
-  if (trimmed_ && trimmed_at_started_ == calls_started) return false;
-  trimmed_ = true;
+  if (trimmed_at_started_ == calls_started) return false;
   trimmed_at_started_ = calls_started;
   *released = trim_();
   return true;

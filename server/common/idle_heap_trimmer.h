@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 
 #include "absl/time/time.h"
 
@@ -43,8 +44,8 @@ class IdleHeapTrimmer {
   bool ticked_ = false;
   int64_t last_started_ = 0;
   absl::Time quiet_since_;
-  bool trimmed_ = false;
-  int64_t trimmed_at_started_ = 0;
+  // The count of calls started when it last trimmed; none before the first trim.
+  std::optional<int64_t> trimmed_at_started_;
 };
 
 }  // namespace clipserve
