@@ -5,27 +5,13 @@
 #include <string_view>
 
 #include "absl/strings/string_view.h"
+#include "server/common/utf8.h"  // the UTF-8 conversions at the edges
 
 // The Unicode operations CLIP's reference tokenizer borrows from CPython, reimplemented
 // from tables generated out of CPython 3.11 (Unicode 14.0; see gen_unicode_tables.py) so
 // that clipserve needs no ICU. Text is handled as UTF-8 at the edges and as code points
 // (std::u32string) inside. Every function here is pure: thread-safe, never blocks.
 namespace clipserve {
-
-// True when `text` is well-formed UTF-8 (RFC 3629): no overlong forms, no surrogates
-// (U+D800..U+DFFF), nothing above U+10FFFF, no truncated sequence. NUL is allowed.
-bool IsValidUtf8(absl::string_view text);
-
-// Decodes UTF-8 into code points. Ill-formed input does not fail: each maximal ill-formed
-// subpart becomes one U+FFFD, as Python's bytes.decode("utf-8", errors="replace") does.
-std::u32string DecodeUtf8(absl::string_view text);
-
-// Appends `code_point` to `out` as UTF-8; a surrogate or a value above U+10FFFF is
-// written as U+FFFD.
-void AppendUtf8(char32_t code_point, std::string* out);
-
-// The UTF-8 form of `text` (see AppendUtf8).
-std::string EncodeUtf8(std::u32string_view text);
 
 // Normalization Form C, equal to Python's unicodedata.normalize("NFC", text):
 // canonical decomposition (Hangul by formula), canonical ordering of combining marks,
