@@ -20,14 +20,10 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
-// One request of each distinct composition, prepared once so the loop only sends.
-struct PreparedRequests {
-  std::vector<v1::EmbedImageRequest> images;
-  std::vector<v1::EmbedTextRequest> texts;
-  size_t size() const { return images.empty() ? texts.size() : images.size(); }
-};
-
-PreparedRequests Prepare(const BenchOptions& options) {
+// Image requests of distinct compositions, prepared once so the loop only sends.
+// Texts are small: each text request is made as it is sent (TextRequest()), so that a
+// run goes through every line of --texts_file.
+std::vector<v1::EmbedImageRequest> PrepareImageRequests(const BenchOptions& options) {
   const size_t inputs = options.inputs.size();
   const size_t per_request = static_cast<size_t>(options.items_per_request);
   size_t bytes_per_request = 0;
@@ -37,21 +33,31 @@ PreparedRequests Prepare(const BenchOptions& options) {
   size_t count = std::min<size_t>(
       {inputs, size_t{kBenchRequestsPrepared}, (64u << 20) / bytes_per_request});
   count = std::max<size_t>(count, 1);
-  PreparedRequests prepared;
+  std::vector<v1::EmbedImageRequest> prepared(count);
   for (size_t r = 0; r < count; ++r) {
-    if (options.modality == BenchModality::kImage) {
-      v1::EmbedImageRequest& request = prepared.images.emplace_back();
-      for (size_t k = 0; k < per_request; ++k) {
-        request.add_images()->set_encoded(options.inputs[(r * per_request + k) % inputs]);
-      }
-    } else {
-      v1::EmbedTextRequest& request = prepared.texts.emplace_back();
-      for (size_t k = 0; k < per_request; ++k) {
-        request.add_texts(options.inputs[(r * per_request + k) % inputs]);
-      }
+    for (size_t k = 0; k < per_request; ++k) {
+      prepared[r].add_images()->set_encoded(
+          options.inputs[(r * per_request + k) % inputs]);
     }
   }
   return prepared;
+}
+
+// The text request of `ticket`: the next items_per_request inputs, round-robin over all
+// of them, each with its unique suffix when asked for.
+v1::EmbedTextRequest TextRequest(const BenchOptions& options, int64_t ticket,
+                                 uint64_t unique_start) {
+  const uint64_t per_request = static_cast<uint64_t>(options.items_per_request);
+  const uint64_t first = static_cast<uint64_t>(ticket) * per_request;
+  v1::EmbedTextRequest request;
+  for (uint64_t k = 0; k < per_request; ++k) {
+    std::string* text = request.add_texts();
+    *text = options.inputs[(first + k) % options.inputs.size()];
+    if (options.unique_texts) {
+      absl::StrAppend(text, UniqueTextSuffix(unique_start + first + k));
+    }
+  }
+  return request;
 }
 
 // Where a run's unique texts start: random, so that a second run against the same
@@ -90,7 +96,12 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
   if (options.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("timeout must be positive");
   }
-  const PreparedRequests prepared = Prepare(options);
+  if (options.give_up_after <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("give_up_after must be positive");
+  }
+  const std::vector<v1::EmbedImageRequest> images =
+      options.modality == BenchModality::kImage ? PrepareImageRequests(options)
+                                                : std::vector<v1::EmbedImageRequest>();
   const uint64_t unique_start = options.unique_texts ? RandomUniqueStart() : 0;
   CallOptions call;
   call.timeout = options.timeout;
@@ -113,34 +124,42 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
       start + std::chrono::nanoseconds(absl::ToInt64Nanoseconds(options.duration));
   const double run_seconds = absl::ToDoubleSeconds(options.duration);
   absl::Mutex progress_mu;
+  // Since when (nanoseconds into the run) every answer has been UNAVAILABLE, -1 while
+  // the last one was not; `lost` once that has lasted give_up_after.
+  std::atomic<int64_t> unavailable_since{-1};
+  std::atomic<bool> lost{false};
+  const int64_t give_up_ns = absl::ToInt64Nanoseconds(options.give_up_after);
 
   auto worker = [&](WorkerStats& mine) {
     for (;;) {
+      if (lost.load(std::memory_order_relaxed)) break;
       const int64_t ticket = tickets.fetch_add(1);
       if (options.requests > 0 ? ticket >= options.requests : Steady::now() >= end) break;
-      const size_t which = static_cast<size_t>(ticket) % prepared.size();
-      v1::EmbedTextRequest unique;
-      if (options.unique_texts) {
-        // Made before the clock starts: the copy is not the server's time.
-        unique = prepared.texts[which];
-        const uint64_t first =
-            unique_start + static_cast<uint64_t>(ticket) *
-                               static_cast<uint64_t>(options.items_per_request);
-        for (int k = 0; k < unique.texts_size(); ++k) {
-          absl::StrAppend(unique.mutable_texts(k),
-                          UniqueTextSuffix(first + static_cast<uint64_t>(k)));
-        }
-      }
+      // Made before the clock starts: building it is not the server's time.
+      const v1::EmbedTextRequest text = options.modality == BenchModality::kText
+                                            ? TextRequest(options, ticket, unique_start)
+                                            : v1::EmbedTextRequest();
       const Steady::time_point sent = Steady::now();
       absl::Status status =
           options.modality == BenchModality::kImage
-              ? client.EmbedImages(prepared.images[which], call).status()
-              : client
-                    .EmbedTexts(options.unique_texts ? unique : prepared.texts[which],
-                                call)
-                    .status();
+              ? client
+                    .EmbedImages(images[static_cast<size_t>(ticket) % images.size()],
+                                 call)
+                    .status()
+              : client.EmbedTexts(text, call).status();
+      const Steady::time_point answered = Steady::now();
       const double ms =
-          std::chrono::duration<double, std::milli>(Steady::now() - sent).count();
+          std::chrono::duration<double, std::milli>(answered - sent).count();
+      const int64_t at_ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(answered - start).count();
+      if (status.code() == absl::StatusCode::kUnavailable) {
+        int64_t since = -1;
+        if (!unavailable_since.compare_exchange_strong(since, at_ns)) {
+          if (at_ns - since >= give_up_ns) lost.store(true, std::memory_order_relaxed);
+        }
+      } else {
+        unavailable_since.store(-1);
+      }
       if (status.ok()) {
         mine.ok_ms.push_back(ms);
       } else {
@@ -179,6 +198,11 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
   result.requests = result.succeeded + static_cast<int64_t>(failed_ms.size());
   result.items = result.requests * options.items_per_request;
   result.latency_ms = SummarizeLatencies(ok_ms.empty() ? failed_ms : ok_ms);
+  if (lost.load()) {
+    result.stopped_early =
+        absl::StrCat("every answer for ", absl::FormatDuration(options.give_up_after),
+                     " was UNAVAILABLE (", result.error_examples["UNAVAILABLE"], ")");
+  }
   return result;
 }
 
@@ -212,6 +236,7 @@ nlohmann::ordered_json BenchJson(const BenchResult& result, const BenchOptions& 
   out["items_per_request"] = options.items_per_request;
   if (options.modality == BenchModality::kText)
     out["unique_texts"] = options.unique_texts;
+  if (!result.stopped_early.empty()) out["stopped_early"] = result.stopped_early;
   return out;
 }
 
@@ -236,6 +261,9 @@ std::string BenchText(const BenchResult& result, const BenchOptions& options) {
                         ? ""
                         : absl::StrCat(" (e.g. ", example->second, ")"),
                     "\n");
+  }
+  if (!result.stopped_early.empty()) {
+    absl::StrAppend(&out, "stopped:    early: ", result.stopped_early, "\n");
   }
   return out;
 }

@@ -59,6 +59,11 @@ struct BenchOptions {
   // Deadline of each request, > 0. Default 30 s.
   absl::Duration timeout = absl::Seconds(30);
 
+  // The run stops early once every answer for this long has been UNAVAILABLE: the
+  // server went away mid-run, and the callers, whose requests are not retried, would
+  // otherwise spin through failures that take microseconds each until the end. > 0.
+  absl::Duration give_up_after = absl::Seconds(3);
+
   // Called after each request with the requests completed and the fraction of the
   // run done (by count or by time). From worker threads, concurrently.
   std::function<void(int64_t completed, double fraction)> on_progress;
@@ -77,6 +82,8 @@ struct BenchResult {
   absl::Duration elapsed;
   // Milliseconds, over successful requests (all requests when none succeeded).
   LatencySummary latency_ms;
+  // Why the run stopped before its end (give_up_after), "" when it did not.
+  std::string stopped_early;
 };
 
 // Runs the benchmark; blocks until it is over. INVALID_ARGUMENT for bad options.

@@ -8,6 +8,7 @@
 #include <iterator>
 #include <sstream>
 #include <system_error>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -15,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "server/common/utf8.h"
 
 namespace clipserve {
 namespace {
@@ -182,15 +184,26 @@ std::vector<std::string> SplitLines(absl::string_view text) {
 }
 
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path) {
+  std::string bytes;
   if (path == "-") {
     std::ostringstream text;
     text << std::cin.rdbuf();
     if (std::cin.bad()) return absl::DataLossError("standard input: read error");
-    return SplitLines(text.str());
+    bytes = std::move(text).str();
+  } else {
+    absl::StatusOr<std::string> read = ReadFileBytes(path);
+    if (!read.ok()) return read.status();
+    bytes = *std::move(read);
   }
-  absl::StatusOr<std::string> bytes = ReadFileBytes(path);
-  if (!bytes.ok()) return bytes.status();
-  return SplitLines(*bytes);
+  // Texts travel as Protobuf strings, which must be UTF-8: say which line is not,
+  // here, rather than send it to be refused.
+  if (const size_t valid = ValidUtf8PrefixLength(bytes); valid != bytes.size()) {
+    const auto line = std::count(bytes.begin(), bytes.begin() + valid, '\n') + 1;
+    return absl::InvalidArgumentError(
+        absl::StrCat(path == "-" ? "standard input" : path, ": line ", line,
+                     " is not valid UTF-8 (texts must be UTF-8)"));
+  }
+  return SplitLines(bytes);
 }
 
 }  // namespace clipserve

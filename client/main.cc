@@ -48,7 +48,9 @@
 #include "client/output_file.h"
 #include "client/output_format.h"
 #include "client/progress_bar.h"
+#include "client/reply_check.h"
 #include "client/status_details.h"
+#include "server/common/utf8.h"
 
 namespace clipserve {
 namespace {
@@ -116,7 +118,7 @@ absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
 
 // A text as it appears in an error message: quoted and shortened.
 std::string QuoteText(const std::string& text) {
-  std::string shown = text.size() > 60 ? absl::StrCat(text.substr(0, 57), "...") : text;
+  std::string shown = text.size() > 60 ? absl::StrCat(Utf8Prefix(text, 57), "...") : text;
   return absl::StrCat("text \"", shown, "\"");
 }
 
@@ -220,6 +222,13 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
 // Texts from arguments, then from the lines of `file` when given.
 absl::StatusOr<std::vector<std::string>> CollectTexts(std::vector<std::string> texts,
                                                       const std::string& file) {
+  // Texts travel as Protobuf strings, which must be UTF-8 (ReadLines checks a file's).
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (!IsValidUtf8(texts[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "text argument ", i + 1, " is not valid UTF-8 (texts must be UTF-8)"));
+    }
+  }
   if (!file.empty()) {
     absl::StatusOr<std::vector<std::string>> lines = ReadLines(file);
     if (!lines.ok()) return lines.status();
@@ -284,6 +293,7 @@ int EmbedText(ClipClient& client, const std::string& target, const EmbedTextArgs
   if (!output.ok()) return Fail(output.status());
   std::vector<std::vector<float>> rows;
   rows.reserve(texts->size());
+  std::string model;  // that of the first reply
   const size_t per_request = static_cast<size_t>(args.texts_per_request);
   ProgressBar bar(StderrIsTerminal() && texts->size() > per_request, texts->size(),
                   "texts");
@@ -302,7 +312,25 @@ int EmbedText(ClipClient& client, const std::string& target, const EmbedTextArgs
       return Fail(
           absl::InternalError("the server returned a wrong number of embeddings"));
     }
+    // Each reply was checked alone (CheckReply); the rows of all of them go into one
+    // table, from one model. Two replicas serving different models (a rollout behind a
+    // round-robin target) must not mix in it.
+    if (offset == 0) {
+      model = response->model();
+    } else if (response->model() != model) {
+      bar.Finish(/*erase=*/true);
+      return Fail(absl::InternalError(
+          absl::StrCat("the server's reply is malformed: texts from ", offset + 1,
+                       " on were embedded by model \"", response->model(),
+                       "\", those before by \"", model, "\"")));
+    }
     for (const v1::Embedding& embedding : response->embeddings()) {
+      if (absl::Status status =
+              CheckStreamEmbedding(rows.empty() ? 0 : rows[0].size(), embedding);
+          !status.ok()) {
+        bar.Finish(/*erase=*/true);
+        return Fail(status);
+      }
       rows.emplace_back(embedding.values().begin(), embedding.values().end());
     }
     bar.Update(end);
@@ -387,7 +415,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
 
   std::vector<std::string> inputs;
   std::vector<std::vector<float>> rows;
-  size_t failed = unreadable;
+  size_t failed = 0;  // of the files found (a path that could not be read is not one)
   // The first failure that is not a file's own (IsTheItemsOwnError): the server gone,
   // refusing the call, overloaded or failing, or no answer in time. It befalls every
   // file alike, so it is said once, and it fails the job even with --skip_errors.
@@ -437,9 +465,14 @@ int EmbedImage(ClipClient& client, const std::string& target,
     }
     return EXIT_FAILURE;
   }
-  if (failed > 0) {
-    std::fprintf(stderr, "warning: skipped %zu of %zu files\n", failed,
-                 paths->size() + unreadable);
+  if (failed > 0 || unreadable > 0) {
+    std::string skipped =
+        absl::StrCat("skipped ", failed, " of ", paths->size(), " files");
+    if (unreadable > 0) {
+      absl::StrAppend(&skipped, " and ", unreadable, unreadable == 1 ? " path" : " paths",
+                      " that could not be read");
+    }
+    std::fprintf(stderr, "warning: %s\n", skipped.c_str());
   }
   if (absl::Status status = WriteEmbeddings(*output, inputs, rows, args.skip_errors);
       !status.ok()) {
@@ -672,6 +705,11 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
         absl::Status(code, absl::StrCat("every request failed: ",
                                         result->error_examples[worst->first])),
         target);
+  }
+  if (!result->stopped_early.empty()) {
+    return FailCall(absl::UnavailableError(
+                        absl::StrCat("the bench stopped early: ", result->stopped_early)),
+                    target);
   }
   if (result->requests == 0) {
     // A duration too short for any request: nothing was measured.

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -103,6 +104,18 @@ absl::Status CheckReply(const v1::SimilarityRequest& request,
       return status;
     }
   }
+  // At most 1e6 (a temperature of 1e-6), never 0: the logits above are scaled by it.
+  if (!std::isfinite(response.logit_scale()) || response.logit_scale() <= 0) {
+    return Malformed(absl::StrCat("logit_scale is ", response.logit_scale()));
+  }
+  if (request.paired()) {
+    if (!response.has_loss()) return Malformed("no loss for paired inputs");
+    const v1::ContrastiveLoss& loss = response.loss();
+    if (!std::isfinite(loss.image_to_text()) || !std::isfinite(loss.text_to_image()) ||
+        !std::isfinite(loss.mean())) {
+      return Malformed("the loss is not finite");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -118,10 +131,23 @@ absl::Status CheckReply(const v1::ClassifyRequest& request,
       return Malformed(absl::StrCat(result.labels_size(), " labels ranked of ",
                                     request.labels_size()));
     }
+    std::vector<bool> ranked(static_cast<size_t>(request.labels_size()), false);
     for (const v1::LabelScore& score : result.labels()) {
       if (score.index() >= static_cast<uint32_t>(request.labels_size())) {
         return Malformed(absl::StrCat("label index ", score.index(), " of ",
                                       request.labels_size(), " labels"));
+      }
+      // What the client prints is the reply's label: it must be the one at its index.
+      if (score.label() != request.labels(static_cast<int>(score.index()))) {
+        return Malformed(absl::StrCat("the label at index ", score.index(),
+                                      " is not the one asked for"));
+      }
+      if (ranked[score.index()]) {
+        return Malformed(absl::StrCat("label index ", score.index(), " ranked twice"));
+      }
+      ranked[score.index()] = true;
+      if (!std::isfinite(score.probability()) || !std::isfinite(score.logit())) {
+        return Malformed("a label score that is not finite");
       }
     }
   }

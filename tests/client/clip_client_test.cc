@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,7 +82,9 @@ class FakeClipService final : public v1::ClipService::Service {
  public:
   std::atomic<int> embed_image_calls{0};
   std::atomic<int> stream_calls{0};
-  std::atomic<int> refuse_first_unary{0};         // unary calls to refuse with RetryInfo
+  std::atomic<int> refuse_first_unary{0};  // unary calls to refuse with RetryInfo
+  std::atomic<int> unavailable_after{
+      -1};  // image calls answered, then UNAVAILABLE ever after
   std::atomic<int> break_first_stream_after{-1};  // answers before UNAVAILABLE
   std::atomic<int> hanging{0};                    // "hang" items being held
   int stream_batch = 3;  // items read before answering them in reverse
@@ -93,6 +96,9 @@ class FakeClipService final : public v1::ClipService::Service {
     const int call = ++embed_image_calls;
     if (call <= refuse_first_unary) {
       return GrpcError(RpcError(8, "image queue is full", absl::Milliseconds(30)));
+    }
+    if (unavailable_after >= 0 && call > unavailable_after) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server went away");
     }
     for (int i = 0; i < request->images_size(); ++i) {
       if (request->images(i).encoded() == "bad") {
@@ -932,6 +938,49 @@ TEST(BenchTest, UniqueTextsNeverRepeat) {
     const size_t distinct = std::unique(texts.begin(), texts.end()) - texts.begin();
     EXPECT_EQ(distinct, unique ? 20u : 2u);
   }
+}
+
+// Every line of --texts_file is sent, round-robin, however many there are.
+TEST(BenchTest, TextRequestsGoThroughEveryInput) {
+  for (const int per_request : {1, 3}) {
+    FakeServer fake;
+    auto client = Connect(fake.target());
+    BenchOptions options;
+    options.modality = BenchModality::kText;
+    options.concurrency = 2;
+    options.items_per_request = per_request;
+    for (int i = 0; i < 100; ++i) options.inputs.push_back(absl::StrCat("caption ", i));
+    options.requests = 100;
+    auto result = RunBench(*client, options);
+    ASSERT_TRUE(result.ok()) << result.status();
+    std::map<std::string, int> sent;
+    for (const std::string& text : fake.service.texts()) ++sent[text];
+    ASSERT_EQ(sent.size(), 100u) << per_request;
+    for (const auto& [text, count] : sent) EXPECT_EQ(count, per_request) << text;
+  }
+}
+
+// A server lost mid-run ends the run (its callers would spin through instant
+// failures until the end), with the reason, and what came before is kept.
+TEST(BenchTest, AServerLostMidRunStopsTheRun) {
+  FakeServer fake;
+  fake.service.unavailable_after = 5;
+  auto client = Connect(fake.target());
+  BenchOptions options;
+  options.concurrency = 1;
+  options.inputs = {"x"};
+  options.duration = absl::Hours(1);
+  options.give_up_after = absl::Milliseconds(200);
+  const absl::Time start = absl::Now();
+  auto result = RunBench(*client, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_LT(absl::Now() - start, absl::Minutes(1));
+  EXPECT_EQ(result->succeeded, 5);
+  EXPECT_GT(result->errors.at("UNAVAILABLE"), 0);
+  EXPECT_THAT(result->stopped_early,
+              ::testing::HasSubstr("was UNAVAILABLE (the server went away)"));
+  EXPECT_THAT(BenchText(*result, options), ::testing::HasSubstr("stopped:    early"));
+  EXPECT_EQ(BenchJson(*result, options)["stopped_early"], result->stopped_early);
 }
 
 TEST(BenchTest, UniqueTextsAreRefusedForImages) {

@@ -66,7 +66,13 @@ TEST(CheckReplyTest, SimilarityMatricesMatchTheInputs) {
   *response.mutable_logits_per_image() = MatrixOf(2, 3, 6);
   *response.mutable_probs() = MatrixOf(2, 3, 6);
   *response.mutable_logits_per_text() = MatrixOf(3, 2, 6);
+  response.set_logit_scale(100);
   EXPECT_TRUE(CheckReply(request, response).ok());
+  for (const float scale : {0.0f, -1.0f, NAN, INFINITY}) {
+    v1::SimilarityResponse bad_scale = response;
+    bad_scale.set_logit_scale(scale);
+    ExpectMalformed(CheckReply(request, bad_scale), "logit_scale is");
+  }
   v1::SimilarityResponse huge = response;
   *huge.mutable_logits_per_image() = MatrixOf(0x7fffffff, 0, 0);
   ExpectMalformed(CheckReply(request, huge), "logits_per_image is 2147483647 x 0");
@@ -87,6 +93,32 @@ TEST(CheckReplyTest, SimilarityMatricesMatchTheInputs) {
   EXPECT_TRUE(CheckReply(embedded, response).ok());
 }
 
+// The loss of paired inputs is there and finite.
+TEST(CheckReplyTest, APairedSimilarityHasAFiniteLoss) {
+  v1::SimilarityRequest request;
+  request.mutable_images()->mutable_images()->add_images();
+  request.mutable_texts()->mutable_texts()->add_texts("t");
+  request.set_paired(true);
+  v1::SimilarityResponse response;
+  *response.mutable_logits_per_image() = MatrixOf(1, 1, 1);
+  *response.mutable_probs() = MatrixOf(1, 1, 1);
+  *response.mutable_logits_per_text() = MatrixOf(1, 1, 1);
+  response.set_logit_scale(100);
+  ExpectMalformed(CheckReply(request, response), "no loss for paired inputs");
+  response.mutable_loss()->set_image_to_text(0.5f);
+  response.mutable_loss()->set_text_to_image(0.25f);
+  response.mutable_loss()->set_mean(0.375f);
+  EXPECT_TRUE(CheckReply(request, response).ok());
+  for (const int field : {0, 1, 2}) {
+    v1::SimilarityResponse bad = response;
+    v1::ContrastiveLoss* loss = bad.mutable_loss();
+    if (field == 0) loss->set_image_to_text(NAN);
+    if (field == 1) loss->set_text_to_image(INFINITY);
+    if (field == 2) loss->set_mean(NAN);
+    ExpectMalformed(CheckReply(request, bad), "the loss is not finite");
+  }
+}
+
 TEST(CheckReplyTest, ClassificationsAndTokenizationsMatchTheInputs) {
   v1::ClassifyRequest classify;
   classify.add_images();
@@ -94,8 +126,28 @@ TEST(CheckReplyTest, ClassificationsAndTokenizationsMatchTheInputs) {
   classify.add_labels("cat");
   classify.add_labels("dog");
   v1::ClassifyResponse results;
-  for (int i = 0; i < 2; ++i) results.add_results()->add_labels()->set_index(1);
+  for (int i = 0; i < 2; ++i) {
+    v1::LabelScore* score = results.add_results()->add_labels();
+    score->set_index(1);
+    score->set_label("dog");
+    score->set_probability(0.75f);
+    score->set_logit(21.5f);
+  }
   EXPECT_TRUE(CheckReply(classify, results).ok());
+  // The client prints the reply's label: it must be the one at its index.
+  v1::ClassifyResponse wrong_label = results;
+  wrong_label.mutable_results(1)->mutable_labels(0)->set_label("evil");
+  ExpectMalformed(CheckReply(classify, wrong_label),
+                  "the label at index 1 is not the one asked for");
+  v1::ClassifyResponse twice = results;
+  *twice.mutable_results(0)->add_labels() = results.results(0).labels(0);
+  ExpectMalformed(CheckReply(classify, twice), "label index 1 ranked twice");
+  v1::ClassifyResponse nan = results;
+  nan.mutable_results(0)->mutable_labels(0)->set_probability(NAN);
+  ExpectMalformed(CheckReply(classify, nan), "a label score that is not finite");
+  v1::ClassifyResponse infinite = results;
+  infinite.mutable_results(1)->mutable_labels(0)->set_logit(-INFINITY);
+  ExpectMalformed(CheckReply(classify, infinite), "a label score that is not finite");
   v1::ClassifyResponse dropped = results;
   dropped.mutable_results()->RemoveLast();
   ExpectMalformed(CheckReply(classify, dropped), "1 classifications for 2 inputs");

@@ -195,8 +195,9 @@ class ClientCliTest(unittest.TestCase):
         result = self.client("embed-image", "--skip_errors", "--output", npy, missing,
                              self.bad)
         self.assertRegex(result.stderr, r"(?m)^warning: NOT_FOUND: .*no_such_photo\.jpg")
-        # The missing path and not_an_image.jpg, of 5.
-        self.assertIn("warning: skipped 2 of 5 files", result.stderr)
+        # not_an_image.jpg of the 4 files found; the missing path is no file.
+        self.assertIn("warning: skipped 1 of 4 files and 1 path that could not be read",
+                      result.stderr)
         self.assertEqual(np.load(npy).shape, (3, 512))
         # With nothing left to embed it is still an error.
         result = self.client("embed-image", "--skip_errors", missing, check=False)
@@ -258,6 +259,19 @@ class ClientCliTest(unittest.TestCase):
         self.assertIn("rpc=Similarity", line)
 
     # -- embed-text --------------------------------------------------------------
+
+    def test_texts_that_are_not_utf8_are_refused_before_any_call(self):
+        latin1 = self.out("latin1.txt")
+        with open(latin1, "wb") as f:
+            f.write(b"a cat\n\ncaf\xe9 au lait\n")
+        refused = self.client("embed-text", "--file", latin1, check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertEqual(refused.stderr, f"error: INVALID_ARGUMENT: {latin1}: line 3 is not "
+                         "valid UTF-8 (texts must be UTF-8)\n")
+        refused = self.client("embed-text", "a cat", b"caf\xe9", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertEqual(refused.stderr, "error: INVALID_ARGUMENT: text argument 2 is not "
+                         "valid UTF-8 (texts must be UTF-8)\n")
 
     def test_embed_text_args_and_file(self):
         texts_file = self.out("texts.txt")
@@ -536,7 +550,13 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
                 if len(request.texts) > 1:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                   "texts: at most 1 item per request")
-                return pb.EmbedTextResponse(embeddings=[pb.Embedding(values=[0.6, 0.8])])
+                # As two replicas serving different models would answer.
+                if request.texts[0] == "wide":
+                    return pb.EmbedTextResponse(
+                        embeddings=[pb.Embedding(values=[0.6, 0.8, 0.0])], model="m")
+                model = "other" if request.texts[0] == "other" else "m"
+                return pb.EmbedTextResponse(embeddings=[pb.Embedding(values=[0.6, 0.8])],
+                                            model=model)
 
         cls.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_ClipServiceServicer_to_server(FailingAfterTheFirst(), cls.server)
@@ -562,6 +582,18 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
         self.assertEqual(fitted.returncode, 0, fitted.stderr)
         rows = [json.loads(line) for line in fitted.stdout.splitlines()]
         self.assertEqual([r["input"] for r in rows], texts)
+
+    def test_rows_of_other_widths_or_models_across_requests_are_refused(self):
+        for texts, message in ((["a cat", "wide"], "an embedding of 3 floats among ones of 2"),
+                               (["a cat", "other"], 'texts from 2 on were embedded by '
+                                'model "other", those before by "m"')):
+            result = subprocess.run(
+                [ARGS.client, "--target", self.target, "embed-text", "--texts_per_request",
+                 "1", *texts], capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(result.returncode, 0, texts)
+            self.assertEqual(result.stdout, "", texts)
+            self.assertEqual(result.stderr, "error: INTERNAL: the server's reply is "
+                             f"malformed: {message}\n")
 
     def test_skip_errors_fails_the_job_and_an_earlier_output_stays(self):
         files = []
