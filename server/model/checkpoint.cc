@@ -427,6 +427,15 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
       [&] {
         for (auto& [key, tensor] : hf) {
           if (absl::EndsWith(key, "position_ids")) continue;
+          // Transposing or fusing below makes each tensor whole: a view that repeats
+          // its stored values (stride 0) would turn bytes of file into gigabytes
+          // before the model's own checks run. Real checkpoints hold none.
+          if (tensor.numel() * tensor.element_size() >
+              static_cast<int64_t>(tensor.storage().nbytes())) {
+            throw std::invalid_argument(
+                absl::StrCat("Hugging Face tensor '", key,
+                             "' repeats stored values (a stride-0 or overlapping view)"));
+          }
           if (auto it = kDirect.find(key); it != kDirect.end()) {
             out.emplace(it->second, std::move(tensor));
             continue;

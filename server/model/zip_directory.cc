@@ -51,38 +51,51 @@ absl::StatusOr<std::vector<ZipRecord>> ReadZipDirectory(const std::string& path)
   std::string tail;
   if (!ReadAt(in, file_size - tail_size, tail_size, &tail))
     return Bad(path, "short read");
+  // The directory checked here must be the one LibTorch's reader (miniz) then reads,
+  // or a bomb could hide behind a harmless decoy: its rules are followed, and a file
+  // they read ambiguously is refused. The end record is the last signature with a
+  // whole record after it; its comment length is not looked at.
   size_t end = std::string::npos;
   for (size_t i = tail.size() >= kEndSize ? tail.size() - kEndSize + 1 : 0; i-- > 0;) {
-    // The comment must fit (bytes after it are tolerated, as miniz tolerates them).
-    if (Le(tail, i, 4) == kEndOfDirectory &&
-        i + kEndSize + Le(tail, i + 20, 2) <= tail.size()) {
+    if (Le(tail, i, 4) == kEndOfDirectory) {
       end = i;
       break;
     }
   }
   if (end == std::string::npos) return Bad(path, "no end of central directory");
+  const uint64_t end_offset = file_size - tail_size + end;
   uint64_t entries = Le(tail, end + 10, 2);
   uint64_t directory_size = Le(tail, end + 12, 4);
   uint64_t directory_offset = Le(tail, end + 16, 4);
-  if (entries == 0xFFFF || directory_size == 0xFFFFFFFF ||
-      directory_offset == 0xFFFFFFFF) {
-    // zip64: a locator just before the end record points at the zip64 end record.
-    if (end < kLocatorSize || Le(tail, end - kLocatorSize, 4) != kZip64Locator) {
-      return Bad(path, "zip64 sizes without a zip64 locator");
-    }
+  // Where the directory must end: right before the end record, or before the zip64
+  // end record and its locator (miniz 3 reads a gap as data prepended to the archive
+  // and moves every offset by it; miniz 2 does not: both agree only without one).
+  uint64_t directory_end = end_offset;
+  // zip64: a locator just before the end record. miniz then takes the zip64 values,
+  // whatever the classic ones say.
+  if (end >= kLocatorSize && Le(tail, end - kLocatorSize, 4) == kZip64Locator) {
     const uint64_t at = Le(tail, end - kLocatorSize + 8, 8);
     std::string record;
     if (at > file_size || !ReadAt(in, at, kZip64EndSize, &record) ||
         Le(record, 0, 4) != kZip64EndOfDirectory) {
       return Bad(path, "no zip64 end of central directory");
     }
+    // miniz 3 looks right before the locator first, miniz 2 where the locator points.
+    directory_end = end_offset - kLocatorSize - kZip64EndSize;
+    if (at != directory_end) return Bad(path, "zip64 end record away from its locator");
     entries = Le(record, 32, 8);
     directory_size = Le(record, 40, 8);
     directory_offset = Le(record, 48, 8);
+  } else if (entries == 0xFFFF || directory_size == 0xFFFFFFFF ||
+             directory_offset == 0xFFFFFFFF) {
+    return Bad(path, "zip64 sizes without a zip64 locator");
   }
   if (directory_offset > file_size || directory_size > file_size - directory_offset ||
       entries > directory_size / kEntrySize) {
     return Bad(path, "central directory outside the file");
+  }
+  if (directory_offset + directory_size != directory_end) {
+    return Bad(path, "central directory not right before its end record");
   }
   std::string directory;
   if (!ReadAt(in, directory_offset, directory_size, &directory)) {

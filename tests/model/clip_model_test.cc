@@ -694,6 +694,27 @@ TEST(CheckpointTest, SafetensorsWhoseLengthLooksLikeAPickleStillLoads) {
   EXPECT_EQ(checkpoint->format, CheckpointFormat::kSafetensors);
 }
 
+// Hugging Face weights are transposed and fused before the model's checks: a view that
+// repeats one stored value (stride 0) would be made whole there, gigabytes from a file
+// of bytes.
+TEST(CheckpointTest, HuggingFaceViewsThatRepeatStoredValuesAreRefused) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / "hf_stride0";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy(kFixtures + "/vit_transformer/hf/config.json", dir / "config.json");
+  c10::Dict<std::string, at::Tensor> dict;
+  dict.insert("visual_projection.weight", torch::zeros({1}).expand({20000, 20000}));
+  const std::vector<char> bytes = torch::jit::pickle_save(dict);
+  ASSERT_LT(bytes.size(), 1u << 20);  // the view was saved as a view
+  std::ofstream(dir / "pytorch_model.bin", std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  auto checkpoint = ReadCheckpoint(dir.string());
+  EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(checkpoint.status().message(),
+              HasSubstr("'visual_projection.weight' repeats stored values"));
+}
+
 // A Hugging Face directory's preprocessor_config.json gives the normalization, and
 // one that asks for another input size or other steps is refused at load.
 TEST(CheckpointTest, HuggingFaceDirectoryReadsItsPreprocessorConfig) {

@@ -59,6 +59,7 @@ TEST(TorchPickleTest, MalformedPicklesAreInvalidArgument) {
       {"\x80\x02X\x10\x00\x00\x00ab.", "truncated"},
       {"\x80\x02s.", "stack underflow"},
       {"\x80\x02N.", "holds no dict"},
+      {"\x80\x02N.", "save its state_dict() instead"},
       {"\x80\x02}.", "no tensors"},
   };
   for (const auto& [pickle, message] : cases) {
@@ -66,6 +67,18 @@ TEST(TorchPickleTest, MalformedPicklesAreInvalidArgument) {
     EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument) << message;
     EXPECT_THAT(tensors.status().message(), HasSubstr(message));
   }
+}
+
+// Each operation may make a value of about 100 bytes: a pickle may run 2^21 of them.
+TEST(TorchPickleTest, APickleOfTooManyOperationsIsRefused) {
+  std::string pickle;
+  for (int i = 0; i < (1 << 21); ++i) pickle += "\x80\x02";  // PROTO 2, makes nothing
+  auto tensors = TensorsFromTorchPickle(pickle + "}.", NoStorage);
+  EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tensors.status().message(), HasSubstr("more than 2097152 operations"));
+  // Two fewer PROTOs: the dict and STOP make 2^21 operations in all, which run.
+  tensors = TensorsFromTorchPickle(pickle.substr(4) + "}.", NoStorage);
+  EXPECT_THAT(tensors.status().message(), HasSubstr("no tensors"));
 }
 
 // Pickle pieces for TorchScript's data.pkl, as torch.jit.save writes them.
@@ -120,6 +133,20 @@ TEST(TorchScriptPickleTest, ModulesGiveTheirTensorsByDottedPath) {
   ASSERT_EQ(tensors->size(), 2u);
   EXPECT_TRUE(tensors->at("scale").equal(torch::arange(4, torch::kFloat)));
   EXPECT_TRUE(tensors->at("visual.weight").equal(torch::arange(4, torch::kFloat) + 10));
+}
+
+// A module memoized and placed in two parents, each level holding the one below twice,
+// would be walked once per path: 2^depth times for a few bytes per level.
+TEST(TorchScriptPickleTest, AModuleHeldByTwoParentsIsRefused) {
+  const std::string pickle =
+      "\x80\x02" +
+      Module("Root", Unicode("a") + Module("Sub", Unicode("w") + Tensor("0")) + "q\x05" +
+                         Unicode("b") + "h\x05") +
+      ".";
+  auto tensors = TensorsFromTorchScriptPickle(pickle, CountingStorage);
+  EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tensors.status().message(),
+              HasSubstr("module 'b.' is also a submodule elsewhere"));
 }
 
 // A module with its own __setstate__ is pickled with that method's state, not a dict:

@@ -138,6 +138,46 @@ TEST(ZipDirectoryTest, WhatIsNoReadableZipIsInvalidArgument) {
             absl::StatusCode::kNotFound);
 }
 
+// The directory read must be the one LibTorch's zip reader (miniz) reads, or a bomb
+// could hide behind a harmless decoy directory.
+TEST(ZipDirectoryTest, ReadsTheDirectoryMinizReads) {
+  // miniz takes the last end record, whatever its comment length: one that claims a
+  // comment running past the file was skipped for an earlier one, a decoy.
+  std::string long_comment = Zip(kEntries, false);
+  long_comment.replace(long_comment.size() - 2, 2, "\xff\xff");
+  auto records = ReadZipDirectory(Write("long_comment.zip", long_comment));
+  ASSERT_TRUE(records.ok()) << records.status();
+  ASSERT_EQ(records->size(), 2u);
+  EXPECT_EQ((*records)[1].method, 8);
+
+  // With a zip64 locator miniz takes the zip64 values even where the classic ones are
+  // not saturated (a decoy: here an empty directory).
+  std::string decoy = Zip(kEntries, true);
+  const size_t classic = decoy.size() - 22;
+  decoy.replace(classic + 8, 12, std::string(12, '\0'));  // 0 entries, 0 bytes at 0
+  records = ReadZipDirectory(Write("zip64_decoy.zip", decoy));
+  ASSERT_TRUE(records.ok()) << records.status();
+  ASSERT_EQ(records->size(), 2u);
+  EXPECT_EQ((*records)[1].size, uint64_t{1} << 20);
+
+  // A gap between the directory and its end record moves every offset in miniz 3
+  // (the gap read as data before the archive) and none in miniz 2: refused.
+  for (const bool zip64 : {false, true}) {
+    std::string gap = Zip(kEntries, zip64);
+    gap.insert(gap.size() - 22 - (zip64 ? 76 : 0), 10, '\0');
+    if (zip64) {
+      // The locator points where the zip64 end record now is.
+      const size_t locator = gap.size() - 22 - 20;
+      std::string at;
+      Put(&at, locator - 56, 8);
+      gap.replace(locator + 8, 8, at);
+    }
+    records = ReadZipDirectory(Write("gap.zip", gap));
+    EXPECT_EQ(records.status().code(), absl::StatusCode::kInvalidArgument) << zip64;
+    EXPECT_THAT(records.status().message(), HasSubstr("not right before its end record"));
+  }
+}
+
 TEST(ZipDirectoryTest, CompressedRecordsMayNotInflateToMoreThanFourTimesTheFile) {
   std::vector<ZipRecord> records = {
       {"a/data.pkl", 0, 100, 100}, {"a/data/0", 8, 10, 300}, {"a/data/1", 8, 10, 100}};
