@@ -52,14 +52,19 @@ struct EngineRequest {
   // pool or (for texts, checked before each one) worked on its earlier items: the
   // batcher would drop its items anyway, after the work. OK otherwise.
   absl::Status SkipPreprocessing() const {
+    return Ended("before preprocessing finished");
+  }
+  // Why the request's items should not be computed, `when` saying at which stage it
+  // was found ("before preprocessing finished"); OK while the request is live.
+  absl::Status Ended(absl::string_view when) const {
     if (failed.load(std::memory_order_acquire)) {
       return absl::AbortedError("another item failed");
     }
     // gRPC cancels a call when its deadline passes: then the deadline is the reason.
     if (clock->Now() >= options.deadline) {
-      return absl::DeadlineExceededError("deadline passed before preprocessing finished");
+      return absl::DeadlineExceededError(absl::StrCat("deadline passed ", when));
     }
-    if (cancelled()) return absl::CancelledError("call cancelled");
+    if (cancelled()) return absl::CancelledError(absl::StrCat("call cancelled ", when));
     return absl::OkStatus();
   }
   // Answers one item. True when `status` is the request's first failure: its other
@@ -600,8 +605,8 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   // Tokenizing is fast (microseconds a text): one task for the whole request, which
   // then schedules all its items at once (all or none).
   text_batcher_->Announce(n);
-  absl::Status submitted =
-      pool_->Submit([this, request, texts = std::move(texts)]() mutable {
+  absl::Status submitted = pool_->Submit(
+      [this, request, texts = std::move(texts)]() mutable {
         const int count = static_cast<int>(texts.size());
         if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
           AnswerUnqueued(*text_batcher_, *request, count, skip);
@@ -653,7 +658,8 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
           for (size_t k = 0; k < items.size(); ++k) request->ItemDone(scheduled);
         }
         ReportQueueDepth(Modality::kText);
-      });
+      },
+      ThreadPool::Priority::kQuick);
   if (!submitted.ok()) AnswerUnqueued(*text_batcher_, *request, n, submitted);
 }
 
@@ -663,9 +669,9 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts,
   auto shared_done = std::make_shared<TokenizeCallback>(std::move(done));
   const bool truncate = options.truncate;
   const absl::Time deadline = clock_->FromWallTime(options.deadline);
-  absl::Status submitted =
-      pool_->Submit([this, texts = std::move(texts), truncate, deadline,
-                     cancellation = options.cancellation, field, shared_done]() mutable {
+  absl::Status submitted = pool_->Submit(
+      [this, texts = std::move(texts), truncate, deadline,
+       cancellation = options.cancellation, field, shared_done]() mutable {
         std::vector<TokenizedResult> out;
         out.reserve(texts.size());
         for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
@@ -689,7 +695,8 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts,
           out.push_back({std::move(encoded->ids), encoded->truncated});
         }
         std::move (*shared_done)(std::move(out));
-      });
+      },
+      ThreadPool::Priority::kQuick);
   if (!submitted.ok()) std::move (*shared_done)(submitted);
 }
 
@@ -729,7 +736,7 @@ void EmbeddingEngine::RunBatch(
     const std::function<absl::StatusOr<torch::Tensor>(int, int)>& encode) {
   ReportQueueDepth(modality);
   std::vector<Item>& items = batch.items;
-  const int n = static_cast<int>(items.size());
+  int n = static_cast<int>(items.size());
   const torch::Device& device = model_.model->device();
   absl::Time start;
   int64_t id = 0;
@@ -737,7 +744,28 @@ void EmbeddingEngine::RunBatch(
   // The rows of each range that ran, answered only after the batch is reported.
   std::vector<std::pair<int, torch::Tensor>> done;
   std::vector<FailedRange> failed;
+  // Items whose call ended after the batch formed, while it waited for the model (the
+  // runner busy with the other modality's batch): answered, never computed.
+  std::vector<std::pair<Item, absl::Status>> ended;
   const auto run = [&] {
+    size_t live = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      absl::Status status =
+          items[i].request->Ended("while its batch waited for the model");
+      if (!status.ok()) {
+        ended.emplace_back(std::move(items[i]), std::move(status));
+        continue;
+      }
+      if (live != i) {
+        items[live] = std::move(items[i]);
+        batch.enqueue_times[live] = batch.enqueue_times[i];
+      }
+      ++live;
+    }
+    items.resize(live);
+    batch.enqueue_times.resize(live);
+    n = static_cast<int>(live);
+    if (n == 0) return;
     start = clock_->Now();
     id = BatchStarted();
     started = true;
@@ -791,11 +819,14 @@ void EmbeddingEngine::RunBatch(
         ReportBatch(modality, batch, start, clock_->Now());
       }
       for (Item& item : items) item.Answer(ran);
+      for (auto& [item, status] : ended) item.Answer(status);
       return;
     }
   }
   // The model run ends here: a device probe is not part of its time.
   const absl::Time end = clock_->Now();
+  for (auto& [item, status] : ended) item.Answer(status);
+  if (!started) return;  // every item had ended
   // Before the batch counts as finished, so the watchdog sees a probe that hangs.
   for (const FailedRange& range : failed) {
     if (range.status.code() != absl::StatusCode::kResourceExhausted) {

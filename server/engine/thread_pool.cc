@@ -19,16 +19,16 @@ absl::StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(int num_threads,
 
 ThreadPool::~ThreadPool() { Shutdown(); }
 
-absl::Status ThreadPool::Submit(Task task) {
+absl::Status ThreadPool::Submit(Task task, Priority priority) {
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the preprocessing pool is shutting down");
-  if (static_cast<int>(tasks_.size()) >= max_pending_) {
+  if (static_cast<int>(quick_.size() + slow_.size()) >= max_pending_) {
     absl::Status status = absl::ResourceExhaustedError("the preprocessing queue is full");
     // Tasks take milliseconds; by then a few hundred will have drained.
     SetRetryInfoPayload(absl::Milliseconds(100), &status);
     return status;
   }
-  tasks_.push_back(std::move(task));
+  (priority == Priority::kQuick ? quick_ : slow_).push_back(std::move(task));
   work_available_.Signal();
   return absl::OkStatus();
 }
@@ -38,10 +38,13 @@ void ThreadPool::Loop() {
     Task task;
     {
       absl::MutexLock lock(&mu_);
-      while (!stopping_ && tasks_.empty()) work_available_.Wait(&mu_);
-      if (tasks_.empty()) return;  // stopping and drained
-      task = std::move(tasks_.front());
-      tasks_.pop_front();
+      while (!stopping_ && quick_.empty() && slow_.empty()) work_available_.Wait(&mu_);
+      if (quick_.empty() && slow_.empty()) return;  // stopping and drained
+      const bool quick = !quick_.empty() && (slow_.empty() || overtakes_ < kMaxOvertakes);
+      std::deque<Task>& from = quick ? quick_ : slow_;
+      overtakes_ = quick && !slow_.empty() ? overtakes_ + 1 : 0;
+      task = std::move(from.front());
+      from.pop_front();
     }
     std::move(task)();
   }

@@ -14,23 +14,32 @@
 
 namespace clipserve {
 
-// A fixed set of threads running tasks from one bounded FIFO queue: the engine's
+// A fixed set of threads running tasks from a bounded queue: the engine's
 // preprocessing pool (decoding, resizing, tokenizing), kept off gRPC's threads.
+//
+// Two priorities, each first in first out: a quick task (tokenizing a request's texts,
+// microseconds a text) goes before the slow ones queued (decoding an image, up to
+// hundreds of milliseconds), or one large image request would hold every text call
+// behind its decodes. Not strictly: after kMaxOvertakes quick tasks in a row a slow one
+// waiting goes first, so a flood of texts does not starve images.
 //
 // Thread-safe. Tasks must not throw and must not call Shutdown().
 class ThreadPool {
  public:
   using Task = absl::AnyInvocable<void() &&>;
+  enum class Priority { kQuick, kSlow };
+  static constexpr int kMaxOvertakes = 8;
 
   // Starts `num_threads` (>= 1) threads; at most `max_pending` (>= 1) tasks wait.
   static absl::StatusOr<std::unique_ptr<ThreadPool>> Create(int num_threads,
                                                             int max_pending);
   ~ThreadPool();  // Shutdown()
 
-  // Queues `task`. RESOURCE_EXHAUSTED when max_pending tasks already wait,
-  // UNAVAILABLE after Shutdown; the task is not run then (and is destroyed here).
-  // Never blocks on the workers.
-  absl::Status Submit(Task task) ABSL_LOCKS_EXCLUDED(mu_);
+  // Queues `task`. RESOURCE_EXHAUSTED when max_pending tasks (of both priorities)
+  // already wait, UNAVAILABLE after Shutdown; the task is not run then (and is
+  // destroyed here). Never blocks on the workers.
+  absl::Status Submit(Task task, Priority priority = Priority::kSlow)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Runs the tasks already queued, then joins the threads. Idempotent.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
@@ -45,7 +54,10 @@ class ThreadPool {
   std::vector<std::thread> threads_;
   absl::Mutex join_mu_;
   absl::Mutex mu_;
-  std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  std::deque<Task> quick_ ABSL_GUARDED_BY(mu_);
+  std::deque<Task> slow_ ABSL_GUARDED_BY(mu_);
+  // Quick tasks started in a row while a slow one waited.
+  int overtakes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Signalled when a task is queued or stopping_ is set. A CondVar rather than
   // Mutex::Await(Condition): ThreadSanitizer sees the hand-over through it (see

@@ -879,6 +879,61 @@ TEST_F(EmbeddingEngineDeviceResizeTest, GpuResizedRowsMatchCpu_CUDA) {
                       EmbedImagesAndWait(*cpu, Inputs()), 0.9999);
 }
 
+// A text batch formed while an image batch holds the model waits for it; a call that
+// ends meanwhile is answered, and its texts are never computed.
+TEST(EmbeddingEngineCancelTest, ACallEndedWhileItsBatchWaitedForTheModelIsNotComputed) {
+  absl::Notification image_running, release;
+  struct TextQueueWatch : EngineObserver {
+    void OnQueueDepth(Modality modality, int items) override {
+      if (modality != Modality::kText) return;
+      if (items > 0) queued = true;
+      if (items == 0 && queued && !formed.HasBeenNotified()) formed.Notify();
+    }
+    std::atomic<bool> queued{false};
+    absl::Notification formed;  // a text batch left the queue
+  } watch;
+  std::atomic<int> text_batches_run{0};
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.observer = &watch;
+    options.model_fault_for_test = [&](Modality modality, int) {
+      if (modality == Modality::kText) {
+        ++text_batches_run;
+      } else if (!image_running.HasBeenNotified()) {
+        image_running.Notify();
+        release.WaitForNotification();
+      }
+      return absl::OkStatus();
+    };
+  });
+  ASSERT_NE(engine, nullptr);
+  ImageInput image;
+  image.encoded = ReadShared("images/chelsea.png");
+  absl::Notification image_done, text_done;
+  engine->EmbedImages({image}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_TRUE(result.ok()) << result.status();
+    image_done.Notify();
+  });
+  image_running.WaitForNotification();
+  auto flag = std::make_shared<CancellationFlag>();
+  EmbedOptions options;
+  options.cancellation = flag;
+  engine->EmbedTexts({"a cat", "a dog"}, options, "texts",
+                     [&](absl::StatusOr<EmbedResult> result) {
+                       EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+                       EXPECT_THAT(result.status().message(),
+                                   HasSubstr("while its batch waited for the model"));
+                       text_done.Notify();
+                     });
+  watch.formed.WaitForNotification();  // formed live, now waiting for the runner
+  flag->Cancel();
+  release.Notify();
+  image_done.WaitForNotification();
+  text_done.WaitForNotification();
+  EXPECT_EQ(text_batches_run.load(), 0);
+  EXPECT_EQ(engine->computed_texts(), 0);
+  engine->Shutdown();
+}
+
 TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   LoadedModel loaded;
   loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);

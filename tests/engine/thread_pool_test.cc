@@ -1,7 +1,10 @@
 #include "server/engine/thread_pool.h"
 
 #include <atomic>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
@@ -46,6 +49,44 @@ TEST(ThreadPoolTest, BoundedQueueRefusesAndShutdownDrains) {
   (*pool)->Shutdown();
   EXPECT_EQ(ran.load(), 2);
   EXPECT_EQ((*pool)->Submit([] {}).code(), absl::StatusCode::kUnavailable);
+}
+
+// Quick tasks (tokenizing) go before slow ones already queued (decoding), but a slow
+// one goes first after kMaxOvertakes quick ones in a row.
+TEST(ThreadPoolTest, QuickTasksOvertakeSlowOnesABoundedNumberOfTimes) {
+  auto pool = ThreadPool::Create(1, 100);
+  ASSERT_TRUE(pool.ok());
+  absl::Notification release;
+  absl::Notification started;
+  ASSERT_TRUE((*pool)
+                  ->Submit([&] {
+                    started.Notify();
+                    release.WaitForNotification();
+                  })
+                  .ok());
+  started.WaitForNotification();   // the one worker is busy: what follows queues
+  std::vector<std::string> order;  // only the one worker writes it
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(
+        (*pool)->Submit([&order, i] { order.push_back(absl::StrCat("s", i)); }).ok());
+  }
+  for (int i = 0; i < ThreadPool::kMaxOvertakes + 2; ++i) {
+    ASSERT_TRUE((*pool)
+                    ->Submit([&order, i] { order.push_back(absl::StrCat("q", i)); },
+                             ThreadPool::Priority::kQuick)
+                    .ok());
+  }
+  release.Notify();
+  (*pool)->Shutdown();
+  std::vector<std::string> expected;
+  for (int i = 0; i < ThreadPool::kMaxOvertakes; ++i)
+    expected.push_back(absl::StrCat("q", i));
+  expected.push_back("s0");
+  for (int i = ThreadPool::kMaxOvertakes; i < ThreadPool::kMaxOvertakes + 2; ++i) {
+    expected.push_back(absl::StrCat("q", i));
+  }
+  expected.push_back("s1");
+  EXPECT_EQ(order, expected);
 }
 
 TEST(ThreadPoolTest, RejectsBadSizes) {
