@@ -962,6 +962,7 @@ void EmbeddingEngine::WatchdogLoop() {
   absl::Time next_check = clock_->Now() + options_.watchdog_interval;
   while (true) {
     bool report = false;
+    bool stuck = false;
     {
       absl::MutexLock lock(&running_mu_);
       while (!stop_watchdog_ &&
@@ -972,12 +973,21 @@ void EmbeddingEngine::WatchdogLoop() {
       next_check = now + options_.watchdog_interval;
       absl::Time oldest = absl::InfiniteFuture();
       for (const auto& [id, start] : running_) oldest = std::min(oldest, start);
-      report = oldest != absl::InfiniteFuture() &&
-               now - oldest > options_.watchdog_timeout && !stuck_.exchange(true);
+      const bool over =
+          oldest != absl::InfiniteFuture() && now - oldest > options_.watchdog_timeout;
+      // A batch that finishes after all was slow, not hung: health comes back.
+      if (over != stuck_.load(std::memory_order_relaxed)) {
+        stuck_.store(over, std::memory_order_release);
+        report = true;
+      }
+      stuck = over;
     }
-    if (report) {
+    if (report && stuck) {
       LOG(ERROR) << "a batch has been running for over " << options_.watchdog_timeout
                  << "; reporting NOT_SERVING so the process gets restarted";
+    } else if (report) {
+      LOG(WARNING) << "the batch that ran past " << options_.watchdog_timeout
+                   << " has finished; reporting SERVING again";
     }
   }
 }

@@ -80,8 +80,9 @@ struct EmbeddingEngineOptions {
   // 1,100 queued 640x480 photos, or 29 of 12 megapixels.
   int64_t max_device_resize_bytes = int64_t{1} << 30;
   // A batch running longer than this marks the engine unhealthy (health then turns
-  // NOT_SERVING so an orchestrator restarts the process). Default 120 s: far above a
-  // ViT-L batch of 64 on a slow CPU.
+  // NOT_SERVING so an orchestrator restarts the process), until it finishes.
+  // InfiniteDuration() turns the watchdog off. Default 120 s: far above a ViT-L batch
+  // of 64 on a slow CPU.
   absl::Duration watchdog_timeout = absl::Seconds(120);
   // How often the watchdog looks. Default 1 s.
   absl::Duration watchdog_interval = absl::Seconds(1);

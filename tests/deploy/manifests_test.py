@@ -314,6 +314,24 @@ class ManifestsTest(unittest.TestCase):
                 for port in service["spec"]["ports"]:
                     self.assertIn(port["targetPort"], port_names | {GRPC_PORT})
 
+    def test_replicas_spread_over_nodes_and_zones(self):
+        for r in self.renders:
+            labels = r.pod["metadata"]["labels"]
+            spread = {c["topologyKey"]: c for c in r.pod["spec"]["topologySpreadConstraints"]}
+            self.assertEqual(set(spread), {"kubernetes.io/hostname",
+                                           "topology.kubernetes.io/zone"}, r.name)
+            for c in spread.values():
+                # Soft: a cluster of one node (or zone) still schedules every replica.
+                self.assertEqual(c["whenUnsatisfiable"], "ScheduleAnyway", r.name)
+                self.assertLessEqual(c["labelSelector"]["matchLabels"].items(),
+                                     labels.items(), r.name)
+
+    def test_dockerignore_leaves_out_the_gpu_downloads(self):
+        with open(os.path.join(ROOT, ".dockerignore")) as f:
+            ignored = f.read().split()
+        self.assertIn("third_party/gpu-debs/", ignored)
+        self.assertIn("third_party/gpu-shared/", ignored)
+
     def test_services_headless_and_cluster_ip(self):
         for r in self.renders:
             services = r.of_kind("Service")

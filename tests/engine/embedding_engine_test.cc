@@ -952,6 +952,41 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
   EXPECT_FALSE((*engine)->healthy());
 }
 
+// A batch past the limit that finishes after all was slow, not hung: health returns.
+TEST(EmbeddingEngineWatchdogTest, HealthReturnsWhenTheSlowBatchFinishes) {
+  absl::Notification running, release;
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.watchdog_timeout = absl::ZeroDuration();  // any running batch is "stuck"
+    options.watchdog_interval = absl::Microseconds(200);
+    options.model_fault_for_test = [&](Modality, int) {
+      if (!running.HasBeenNotified()) {
+        running.Notify();
+        release.WaitForNotification();
+      }
+      return absl::OkStatus();
+    };
+  });
+  ASSERT_NE(engine, nullptr);
+  absl::Notification done;
+  engine->EmbedTexts({"a cat"}, {}, "texts", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_TRUE(result.ok()) << result.status();
+    done.Notify();
+  });
+  running.WaitForNotification();
+  // The watchdog looks every 200 us; ten seconds is ample on a loaded machine.
+  const auto wait_for_health = [&](bool healthy) {
+    for (int i = 0; i < 10000 && engine->healthy() != healthy; ++i) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return engine->healthy() == healthy;
+  };
+  EXPECT_TRUE(wait_for_health(false));
+  release.Notify();
+  done.WaitForNotification();
+  EXPECT_TRUE(wait_for_health(true));
+  engine->Shutdown();
+}
+
 // An image request of up to max_queue_size items submits one preprocessing task per
 // image: a pool holding fewer would refuse such a request every time it came.
 TEST(EmbeddingEngineOptionsTest, ThePoolHoldsTheLargestRequestsImages) {

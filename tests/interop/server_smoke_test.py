@@ -138,6 +138,28 @@ class SignalTest(unittest.TestCase):
         self.assertEqual(code, 128 + signal.SIGTERM, output)
         self.assertIn("received SIGTERM during start-up", output)
 
+    def test_sighup_drains_like_sigterm(self):
+        # A server started by hand in a terminal or SSH session that closes.
+        server = lib.Server(ARGS.server)
+        self.addCleanup(server.kill)
+        channel = server.wait_ready(self.health_pb, self.health_grpc)
+        channel.close()
+        server.process.send_signal(signal.SIGHUP)
+        code = server.process.wait(timeout=60)
+        output = server.output()
+        self.assertEqual(code, 0, output)
+        self.assertIn("received SIGHUP, draining for up to", output)
+
+    def test_a_crash_writes_its_signal_and_stack(self):
+        server = lib.Server(ARGS.server)
+        self.addCleanup(server.kill)
+        server.wait_ready(self.health_pb, self.health_grpc).close()
+        server.process.send_signal(signal.SIGSEGV)
+        code = server.process.wait(timeout=60)
+        output = server.output()
+        self.assertEqual(code, -signal.SIGSEGV, output)
+        self.assertRegex(output, r"\*\*\* SIGSEGV .*received by PID")
+
     def test_second_sigterm_during_the_drain_exits_at_once(self):
         server = lib.Server(ARGS.server, "--shutdown_grace_s=600")
         self.addCleanup(server.kill)
@@ -177,7 +199,7 @@ class SignalTest(unittest.TestCase):
                       ["--preprocess_threads=0"], ["--preprocess_threads=100000"],
                       ["--workers=-1"], ["--workers=1000"], ["--intra_op_threads=-1"],
                       ["--metrics_port=70000"], ["--metrics_port=-2"],
-                      ["--max_image_pixels=1000000001"],
+                      ["--max_image_pixels=1000000001"], ["--batch_watchdog_s=-1"],
                       # Flags that only tune another feature, given without it.
                       ["--max_connection_age_grace_s=60"],
                       ["--device_resize_buffer_mb=64"],
