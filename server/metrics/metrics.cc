@@ -41,6 +41,10 @@ Metrics::Metrics(const MetricsOptions& options)
   prometheus::Registry& r = *registry_;
   requests_ = &CounterFamily(r, "clipserve_requests_total",
                              "RPCs finished, by method and gRPC status code.");
+  stream_item_failures_ = &CounterFamily(
+      r, "clipserve_stream_item_failures_total",
+      "Items of a stream that failed (answered with an error in the stream, which goes "
+      "on), by method and gRPC status code.");
   request_duration_ = &HistogramFamily(
       r, "clipserve_request_duration_seconds",
       "Time from receiving an RPC to finishing it, by method (EmbedStream: the "
@@ -156,6 +160,11 @@ void Metrics::RequestFinished(absl::string_view rpc, absl::StatusCode code,
   requests_->Add({{"rpc", method}, {"code", StatusCodeLabel(code)}}).Increment();
   request_duration_->Add({{"rpc", method}}, options_.latency_buckets_seconds)
       .Observe(absl::ToDoubleSeconds(elapsed));
+}
+
+void Metrics::StreamItemFailed(absl::string_view rpc, absl::StatusCode code) {
+  stream_item_failures_->Add({{"rpc", std::string(rpc)}, {"code", StatusCodeLabel(code)}})
+      .Increment();
 }
 
 void Metrics::OnPreprocessed(Modality modality, absl::Duration elapsed) {

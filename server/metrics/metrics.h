@@ -67,6 +67,9 @@ class Metrics final : public EngineObserver {
   // observes `elapsed`. Call once per RequestStarted().
   void RequestFinished(absl::string_view rpc, absl::StatusCode code,
                        absl::Duration elapsed);
+  // An item of a stream of `rpc` failed with `code` (the stream goes on):
+  // clipserve_stream_item_failures_total{rpc,code} + 1.
+  void StreamItemFailed(absl::string_view rpc, absl::StatusCode code);
   // Calls started so far, and in flight now (what the two above counted).
   int64_t requests_started() const {
     return requests_started_.load(std::memory_order_relaxed);
@@ -162,6 +165,7 @@ class Metrics final : public EngineObserver {
   std::shared_ptr<prometheus::Registry> registry_;
 
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  prometheus::Family<prometheus::Counter>* stream_item_failures_ = nullptr;
   prometheus::Family<prometheus::Histogram>* request_duration_ = nullptr;
   prometheus::Gauge* in_flight_ = nullptr;
   std::atomic<int64_t> requests_started_{0};

@@ -876,12 +876,13 @@ class EmbedStreamCall final
     Run(actions);
   }
 
-  static v1::EmbedStreamResponse ErrorResponse(std::string id,
-                                               const absl::Status& status) {
+  // Answers the item `id` with `status`, counted and logged as a failed item.
+  void FailItem(std::string id, const absl::Status& status, bool from_engine) {
+    recorder_->ItemFailed(record_, id, status);
     v1::EmbedStreamResponse response;
     response.set_id(std::move(id));
     *response.mutable_error() = ToRpcStatus(status);
-    return response;
+    Enqueue(response, from_engine);
   }
 
   void OnEmbedded(std::string id, absl::string_view field, bool text,
@@ -893,7 +894,7 @@ class EmbedStreamCall final
       // The engine names the item "<field>[0]"; in a stream item it is just <field>.
       status =
           RenameEngineItems(status, field, [field](int) { return std::string(field); });
-      Enqueue(ErrorResponse(std::move(id), status), /*from_engine=*/true);
+      FailItem(std::move(id), status, /*from_engine=*/true);
       return;
     }
     v1::EmbedStreamResponse response;
@@ -917,7 +918,7 @@ class EmbedStreamCall final
           ReadUtf8Field(Flatten(bytes), v1::EmbedStreamRequest::kIdFieldNumber)
               .value_or("");
       if (id.size() > static_cast<size_t>(kMaxStreamIdBytes)) id.clear();
-      Enqueue(ErrorResponse(std::move(id), parsed), /*from_engine=*/false);
+      FailItem(std::move(id), parsed, /*from_engine=*/false);
       return;
     }
     std::string* item_id = item.mutable_id();
@@ -991,7 +992,7 @@ class EmbedStreamCall final
         if (invalid.ok()) invalid = InvalidArgumentForField("input", "set image or text");
         break;
     }
-    Enqueue(ErrorResponse(std::move(*item_id), invalid), /*from_engine=*/false);
+    FailItem(std::move(*item_id), invalid, /*from_engine=*/false);
   }
 
   void StartEngine() {

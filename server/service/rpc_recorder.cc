@@ -74,30 +74,51 @@ void RpcRecorder::End(Call& call, const absl::Status& ended, Logging logging) co
   if (status.ok() && !slow) return;
   if (!status.ok() && logging == Logging::kQuiet) return;
 
-  const bool error = !status.ok() && IsServerFault(status.code());
+  if (!status.ok()) {
+    LogFailure(call, "request failed", status, "", elapsed);
+    return;
+  }
   int64_t suppressed = 0;
-  if (!error && !warning_lines_.Admit(clock_->Now(), &suppressed)) return;
-
+  if (!warning_lines_.Admit(clock_->Now(), &suppressed)) return;
   LogFields fields;
   fields.Add("rpc", call.rpc_);
   fields.Add("code", StatusCodeLabel(status.code()));
-  if (!status.ok()) {
-    absl::string_view message = status.message();
-    if (message.size() > options_.max_logged_message_bytes) {
-      message = message.substr(0, options_.max_logged_message_bytes);
-    }
-    fields.Add("error", message);
-  }
   fields.Add("peer", call.peer_);
   if (!call.request_id_.empty()) fields.Add("request_id", call.request_id_);
   fields.Add("duration_ms", absl::ToDoubleMilliseconds(elapsed));
   if (suppressed > 0) fields.Add("suppressed", suppressed);
-  if (status.ok()) {
-    CLIPSERVE_LOG_FIELDS(WARNING, "slow request", fields);
-  } else if (error) {
-    CLIPSERVE_LOG_FIELDS(ERROR, "request failed", fields);
+  CLIPSERVE_LOG_FIELDS(WARNING, "slow request", fields);
+}
+
+void RpcRecorder::ItemFailed(const Call& call, absl::string_view id,
+                             const absl::Status& status) const {
+  if (status.ok()) return;
+  if (options_.metrics != nullptr) {
+    options_.metrics->StreamItemFailed(call.rpc_, status.code());
+  }
+  LogFailure(call, "stream item failed", status, id, clock_->Now() - call.start_);
+}
+
+void RpcRecorder::LogFailure(const Call& call, absl::string_view message,
+                             const absl::Status& status, absl::string_view item_id,
+                             absl::Duration elapsed) const {
+  const bool error = IsServerFault(status.code());
+  int64_t suppressed = 0;
+  if (!error && !warning_lines_.Admit(clock_->Now(), &suppressed)) return;
+  const size_t limit = options_.max_logged_message_bytes;
+  LogFields fields;
+  fields.Add("rpc", call.rpc_);
+  fields.Add("code", StatusCodeLabel(status.code()));
+  fields.Add("error", status.message().substr(0, limit));
+  fields.Add("peer", call.peer_);
+  if (!call.request_id_.empty()) fields.Add("request_id", call.request_id_);
+  if (!item_id.empty()) fields.Add("item_id", item_id.substr(0, limit));
+  fields.Add("duration_ms", absl::ToDoubleMilliseconds(elapsed));
+  if (suppressed > 0) fields.Add("suppressed", suppressed);
+  if (error) {
+    CLIPSERVE_LOG_FIELDS(ERROR, message, fields);
   } else {
-    CLIPSERVE_LOG_FIELDS(WARNING, "request failed", fields);
+    CLIPSERVE_LOG_FIELDS(WARNING, message, fields);
   }
 }
 

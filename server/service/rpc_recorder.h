@@ -90,6 +90,14 @@ class RpcRecorder {
   void End(Call& call, const absl::Status& status,
            Logging logging = Logging::kDefault) const;
 
+  // An item of the stream `call` failed with `status`, answered in the stream, which
+  // goes on: counted in clipserve_stream_item_failures_total{rpc,code} and logged as a
+  // failed call is ("stream item failed", with the item's `id`), at the same bounded
+  // rate. A stream's own code says nothing of its items: without this, a bulk job whose
+  // every image fails would show only an OK stream.
+  void ItemFailed(const Call& call, absl::string_view id,
+                  const absl::Status& status) const;
+
   // The server's shutdown begins now, with `grace` for the calls in flight: gRPC
   // cancels those still running when it ends, and their clients see UNAVAILABLE, not
   // CANCELLED. A call that ends CANCELLED once the grace is over is recorded as
@@ -107,6 +115,12 @@ class RpcRecorder {
   // When ShutdownBegins()'s grace ends, in nanoseconds since the Unix epoch on
   // clock_; INT64_MAX: no shutdown has begun.
   mutable std::atomic<int64_t> shutdown_cutoff_ns_{std::numeric_limits<int64_t>::max()};
+
+  // Logs a failure of `call` (`message`: "request failed", "stream item failed") with
+  // `status`, the item's id when not empty, and `elapsed`; ERROR for a server fault,
+  // else WARNING at the bounded rate.
+  void LogFailure(const Call& call, absl::string_view message, const absl::Status& status,
+                  absl::string_view item_id, absl::Duration elapsed) const;
 };
 
 }  // namespace clipserve

@@ -1820,6 +1820,7 @@ TEST_F(ClipServiceTest, TokenizeReturnsIdsAndTheContextLength) {
 // EmbedStream
 
 TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemselves) {
+  RestartRecordingMetrics();
   std::vector<v1::EmbedStreamRequest> items = {
       ImageItem("img-ok", Encoded("png of a cat")), TextItem("txt-ok", "a dog"),
       ImageItem("raw-bad", Raw(2, 2, 'a', 5)),      TextItem("utf8-bad", "\xFF"),
@@ -1889,6 +1890,11 @@ TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemse
   }
   // Only the items that passed validation reached the engine, one request each.
   EXPECT_EQ(engine_->calls().size(), 7u);
+  // The stream ends OK: its failed items are counted apart, each answered before this.
+  EXPECT_THAT(testing::FindSample(metrics_->Serialize(),
+                                  R"(clipserve_stream_item_failures_total{)"
+                                  R"(code="INVALID_ARGUMENT",rpc="EmbedStream"})"),
+              ::testing::Optional(static_cast<double>(bad.size())));
 }
 
 // An id over the limit is not echoed: the error would be as large as the id, and a

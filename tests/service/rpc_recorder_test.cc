@@ -222,6 +222,36 @@ TEST_F(RpcRecorderTest, AFailedCallsLineNamesItsRequestId) {
             R"(duration_ms=12)");
 }
 
+// A stream's failed item is counted apart from the stream's own code, and logged like a
+// failed call, with the item's id.
+TEST_F(RpcRecorderTest, AFailedStreamItemIsCountedAndLoggedWithItsId) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call call = recorder.Start("EmbedStream", "ipv4:10.0.0.7:5555",
+                                          RpcRecorder::Kind::kStream, "req-7");
+  clock_.AdvanceTime(absl::Milliseconds(5));
+  recorder.ItemFailed(call, "photo-3", absl::InvalidArgumentError("image: not an image"));
+  recorder.ItemFailed(call, "photo-4", absl::InternalError("model failed"));
+  recorder.End(call, absl::OkStatus());
+  const std::string text = metrics_.Serialize();
+  EXPECT_THAT(FindSample(text, R"(clipserve_stream_item_failures_total{)"
+                               R"(code="INVALID_ARGUMENT",rpc="EmbedStream"})"),
+              Optional(1.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_stream_item_failures_total{)"
+                               R"(code="INTERNAL",rpc="EmbedStream"})"),
+              Optional(1.0));
+  EXPECT_THAT(
+      FindSample(text, R"(clipserve_requests_total{code="OK",rpc="EmbedStream"})"),
+      Optional(1.0));
+  const auto lines = sink_.lines();
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[0].text,
+            R"(stream item failed rpc=EmbedStream code=INVALID_ARGUMENT )"
+            R"(error="image: not an image" peer=ipv4:10.0.0.7:5555 request_id=req-7 )"
+            R"(item_id=photo-3 duration_ms=5)");
+  EXPECT_EQ(lines[1].severity, google::GLOG_ERROR);
+}
+
 TEST_F(RpcRecorderTest, AQuietFailureIsCountedButNotLogged) {
   RpcRecorder recorder(Options());
   RpcRecorder::Call call = recorder.Start("EmbedText", "peer");
