@@ -197,7 +197,9 @@ class DynamicBatcher {
   //   INVALID_ARGUMENT    `items` is null or empty, or holds more than max_queue_size
   //                       items, which could never be queued (retrying cannot help).
   //   RESOURCE_EXHAUSTED  the queue lacks room for all of them right now, counting
-  //                       only live items, its own and these. The status carries a
+  //                       its live items, these and the room Announce() holds for
+  //                       items on their way (never for items announced: their room
+  //                       is held). The status carries a
   //                       google.rpc.RetryInfo payload (status_payloads.h) with
   //                       EstimateRetryDelay(): roughly how long until workers have
   //                       taken enough batches off the queue to make room.
@@ -229,10 +231,16 @@ class DynamicBatcher {
   int NumQueuedItems() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Says that `n` more items are on their way (being preprocessed), so that under
-  // wait_only_for_announced a partial batch waits for them. Each Schedule() of k items
-  // settles up to k announced ones, whether or not it succeeds; Withdraw() settles
-  // items that will never be scheduled (failed or cancelled on the way). Thread-safe.
-  void Announce(int n) ABSL_LOCKS_EXCLUDED(mu_);
+  // wait_only_for_announced a partial batch waits for them, and holds room in the queue
+  // for them: queued and announced items together stay within max_queue_size, so a
+  // Schedule() of announced items is never refused for room. A request is so refused
+  // (RESOURCE_EXHAUSTED with a RetryInfo, as Schedule()) before its items are
+  // preprocessed, not one image at a time after each decode; INVALID_ARGUMENT for more
+  // than max_queue_size; UNAVAILABLE after Shutdown(). On any refusal nothing is
+  // announced. Each Schedule() of k items settles up to k announced ones, whether or
+  // not it succeeds; Withdraw() settles items that will never be scheduled (failed or
+  // cancelled on the way). Thread-safe; the same lock rule as Schedule().
+  absl::Status Announce(int n) ABSL_LOCKS_EXCLUDED(mu_);
   void Withdraw(int n) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -274,6 +282,10 @@ class DynamicBatcher {
   static std::optional<DropReason> DeadReason(const Item& item, absl::Time now);
   void DeliverDrops(std::vector<Dropped>* dropped);
   absl::Status DropStatus(DropReason reason) const;
+  // "text queue is full: ..." for a refusal of `wanted` items, with `queued` items in
+  // the queue and room `held` for items on their way.
+  std::string FullMessage(size_t queued, size_t held, size_t wanted,
+                          absl::Duration retry_delay) const;
 
   const Options options_;
   Clock* const clock_;
@@ -332,6 +344,7 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
   }
   bool notify = false;
   std::optional<absl::Duration> retry_delay;
+  std::string full_message;
   std::vector<Dropped> dropped;
   {
     absl::MutexLock lock(&mu_);
@@ -351,16 +364,20 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
       dead[i] = DeadReason((*items)[i], now);
       if (!dead[i].has_value()) ++live;
     }
-    if (queue_.size() + live > static_cast<size_t>(options_.max_queue_size)) {
+    // Room held for other items on their way counts as taken (these items' own was
+    // settled above).
+    const size_t held = static_cast<size_t>(announced_);
+    if (queue_.size() + held + live > static_cast<size_t>(options_.max_queue_size)) {
       // Calls that timed out or went away while a long batch runs must not keep
       // live ones out.
       DropDeadLocked(&dropped);
     }
     const size_t queued = queue_.size();
-    if (queued + live > static_cast<size_t>(options_.max_queue_size)) {
+    if (queued + held + live > static_cast<size_t>(options_.max_queue_size)) {
       retry_delay = batching_internal::EstimateRetryDelay(
           options_, run_time_.Get(),
-          static_cast<int64_t>(queued + live) - options_.max_queue_size);
+          static_cast<int64_t>(queued + held + live) - options_.max_queue_size);
+      full_message = FullMessage(queued, held, live, *retry_delay);
     } else {
       for (size_t i = 0; i < count; ++i) {
         Item& item = (*items)[i];
@@ -381,9 +398,7 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
   if (notify) work_available_.Signal();
   DeliverDrops(&dropped);
   if (retry_delay.has_value()) {
-    absl::Status status = absl::ResourceExhaustedError(
-        absl::StrCat(options_.name, " queue is full (", options_.max_queue_size,
-                     " items); retry after ", absl::FormatDuration(*retry_delay)));
+    absl::Status status = absl::ResourceExhaustedError(full_message);
     SetRetryInfoPayload(*retry_delay, &status);
     return status;
   }
@@ -392,10 +407,50 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
 }
 
 template <typename Item>
-void DynamicBatcher<Item>::Announce(int n) {
-  if (n <= 0) return;
-  absl::MutexLock lock(&mu_);
-  announced_ += n;
+std::string DynamicBatcher<Item>::FullMessage(size_t queued, size_t held, size_t wanted,
+                                              absl::Duration retry_delay) const {
+  return absl::StrCat(options_.name, " queue is full: ", queued, " items queued and ",
+                      held, " on their way of ", options_.max_queue_size,
+                      ", no room for ", wanted, " more; retry after ",
+                      absl::FormatDuration(retry_delay));
+}
+
+template <typename Item>
+absl::Status DynamicBatcher<Item>::Announce(int n) {
+  if (n <= 0) return absl::OkStatus();
+  if (n > options_.max_queue_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(n, " items are more than the ", options_.name,
+                     " queue can ever hold (", options_.max_queue_size, ")"));
+  }
+  std::vector<Dropped> dropped;
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return absl::UnavailableError(
+          absl::StrCat(options_.name, " batcher is shutting down"));
+    }
+    const auto fits = [&] {
+      return static_cast<int64_t>(queue_.size()) + announced_ + n <=
+             options_.max_queue_size;
+    };
+    if (!fits()) DropDeadLocked(&dropped);
+    if (fits()) {
+      announced_ += n;
+    } else {
+      const size_t queued = queue_.size();
+      const size_t held = static_cast<size_t>(announced_);
+      const absl::Duration retry_delay = batching_internal::EstimateRetryDelay(
+          options_, run_time_.Get(),
+          static_cast<int64_t>(queued + held) + n - options_.max_queue_size);
+      status = absl::ResourceExhaustedError(
+          FullMessage(queued, held, static_cast<size_t>(n), retry_delay));
+      SetRetryInfoPayload(retry_delay, &status);
+    }
+  }
+  DeliverDrops(&dropped);
+  return status;
 }
 
 template <typename Item>

@@ -488,8 +488,12 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
   auto request = NewRequest(clock_, n, description_.embed_dim, options, std::move(field),
                             std::move(done), &pending_requests_);
   // One preprocessing task per image, so a request's images decode in parallel. The
-  // batcher knows they are coming, so a partial batch can wait for them.
-  image_batcher_->Announce(n);
+  // batcher knows they are coming, so a partial batch can wait for them, and holds
+  // room for them: a request is refused for a full queue here, before any decoding.
+  if (absl::Status room = image_batcher_->Announce(n); !room.ok()) {
+    for (int k = 0; k < n; ++k) request->ItemDone(room);
+    return;
+  }
   for (int i = 0; i < n; ++i) {
     absl::Status submitted =
         pool_->Submit([this, request, i, input = std::move(images[i])]() mutable {
@@ -603,8 +607,11 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   request->result.truncated.assign(n, false);
   request->result.num_tokens.assign(n, 0);
   // Tokenizing is fast (microseconds a text): one task for the whole request, which
-  // then schedules all its items at once (all or none).
-  text_batcher_->Announce(n);
+  // then schedules all its items at once into the room announcing them holds.
+  if (absl::Status room = text_batcher_->Announce(n); !room.ok()) {
+    for (int k = 0; k < n; ++k) request->ItemDone(room);
+    return;
+  }
   absl::Status submitted = pool_->Submit(
       [this, request, texts = std::move(texts)]() mutable {
         const int count = static_cast<int>(texts.size());

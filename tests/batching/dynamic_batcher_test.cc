@@ -310,7 +310,7 @@ TEST_F(DynamicBatcherTest, APartialBatchWaitsForAnnouncedItems) {
   DynamicBatcherOptions options = Options(4, absl::Milliseconds(10));
   options.wait_only_for_announced = true;
   auto batcher = Make(options);
-  batcher->Announce(3);
+  ASSERT_TRUE(batcher->Announce(3).ok());
   std::vector<TestItem> first = Items({1});
   ASSERT_TRUE(batcher->Schedule(&first).ok());  // two more are on their way
   clock_.AdvanceTime(absl::Milliseconds(4));
@@ -333,7 +333,7 @@ TEST_F(DynamicBatcherTest, AnnouncedItemsThatNeverComeWaitOnlyTheDelay) {
   DynamicBatcherOptions options = Options(4, absl::Milliseconds(10));
   options.wait_only_for_announced = true;
   auto batcher = Make(options);
-  batcher->Announce(5);
+  ASSERT_TRUE(batcher->Announce(5).ok());
   std::vector<TestItem> items = Items({1});
   ASSERT_TRUE(batcher->Schedule(&items).ok());
   clock_.AdvanceTime(absl::Milliseconds(10) - absl::Nanoseconds(1));
@@ -350,15 +350,54 @@ TEST_F(DynamicBatcherTest, ARefusedScheduleStillSettlesItsAnnouncement) {
   options.max_queue_size = 4;
   options.wait_only_for_announced = true;
   auto batcher = Make(options);
-  batcher->Announce(6);
+  ASSERT_TRUE(batcher->Announce(4).ok());
   std::vector<TestItem> first = Items({1});
   ASSERT_TRUE(batcher->Schedule(&first).ok());
-  EXPECT_EQ(recorder_.num_batches(), 0u);  // five more announced
+  EXPECT_EQ(recorder_.num_batches(), 0u);  // three more announced
   std::vector<TestItem> too_many = Items({2, 3, 4, 5, 6});
   EXPECT_EQ(batcher->Schedule(&too_many).code(), absl::StatusCode::kInvalidArgument);
   // Refused, yet no longer on their way: {1} runs though the clock never moves.
   ASSERT_TRUE(recorder_.WaitFor(1));
   EXPECT_THAT(recorder_.batches(), ElementsAre(ElementsAre(1)));
+}
+
+// Announcing holds room: queued and announced items stay within max_queue_size, so a
+// request is refused before its items are preprocessed, and announced ones always fit.
+TEST_F(DynamicBatcherTest, AnnouncingHoldsRoomInTheQueue) {
+  // Batches of 8 and an hour of delay: nothing leaves the queue below 8 items.
+  DynamicBatcherOptions options = Options(8, absl::Hours(1));
+  options.max_queue_size = 8;
+  auto batcher = Make(options);
+  EXPECT_EQ(batcher->Announce(9).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(batcher->Announce(6).ok());
+  std::vector<TestItem> one = Items({10});
+  ASSERT_TRUE(batcher->Schedule(&one).ok());  // settles one of the six
+  // Queued 1, on their way 5: room for two more items, not three.
+  const absl::Status refused = batcher->Announce(3);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(
+      std::string(refused.message()),
+      ::testing::HasSubstr("1 items queued and 5 on their way of 8, no room for 3"));
+  EXPECT_TRUE(GetRetryInfoPayload(refused).has_value());
+  ASSERT_TRUE(batcher->Announce(2).ok());
+  EXPECT_EQ(batcher->Announce(1).code(), absl::StatusCode::kResourceExhausted);
+  // Announced items fit whatever was refused meanwhile.
+  std::vector<TestItem> more = Items({11, 12, 13});
+  ASSERT_TRUE(batcher->Schedule(&more).ok());
+  EXPECT_EQ(batcher->NumQueuedItems(), 4);
+  EXPECT_EQ(batcher->Announce(1).code(), absl::StatusCode::kResourceExhausted);
+  batcher->Shutdown();
+  EXPECT_EQ(batcher->Announce(1).code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(DynamicBatcherTest, WithdrawingGivesTheRoomBack) {
+  DynamicBatcherOptions options = Options(4, absl::Hours(1));
+  options.max_queue_size = 4;  // nothing is queued: no batch ever forms
+  auto batcher = Make(options);
+  ASSERT_TRUE(batcher->Announce(4).ok());
+  EXPECT_EQ(batcher->Announce(1).code(), absl::StatusCode::kResourceExhausted);
+  batcher->Withdraw(2);  // two failed on their way
+  EXPECT_TRUE(batcher->Announce(2).ok());
 }
 
 TEST_F(DynamicBatcherTest, OrderIsPreservedAcrossBatches) {

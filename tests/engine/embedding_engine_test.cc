@@ -883,14 +883,16 @@ TEST_F(EmbeddingEngineDeviceResizeTest, GpuResizedRowsMatchCpu_CUDA) {
 // ends meanwhile is answered, and its texts are never computed.
 TEST(EmbeddingEngineCancelTest, ACallEndedWhileItsBatchWaitedForTheModelIsNotComputed) {
   absl::Notification image_running, release;
+  // The text depth is first reported after the texts were queued (by their tokenizing
+  // task, which may find them gone already, then by the batch): the first report of an
+  // empty queue comes once their batch has formed.
   struct TextQueueWatch : EngineObserver {
     void OnQueueDepth(Modality modality, int items) override {
-      if (modality != Modality::kText) return;
-      if (items > 0) queued = true;
-      if (items == 0 && queued && !formed.HasBeenNotified()) formed.Notify();
+      if (modality == Modality::kText && items == 0 && !formed.HasBeenNotified()) {
+        formed.Notify();
+      }
     }
-    std::atomic<bool> queued{false};
-    absl::Notification formed;  // a text batch left the queue
+    absl::Notification formed;
   } watch;
   std::atomic<int> text_batches_run{0};
   auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
@@ -950,6 +952,68 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
     EmbedTextsAndWait(**engine, texts).IgnoreError();
   }
   EXPECT_FALSE((*engine)->healthy());
+}
+
+// A request the queue has no room for is refused before its images are decoded: under
+// overload, decoding images only to refuse them took the CPU the model needed.
+TEST(EmbeddingEngineQueueTest, ARequestWithoutRoomIsRefusedBeforeDecoding) {
+  absl::Notification running, release;
+  struct Watch : EngineObserver {
+    explicit Watch(const absl::Notification& running) : running(running) {}
+    void OnPreprocessed(Modality modality, absl::Duration) override {
+      if (modality == Modality::kImage) ++decoded;
+    }
+    // An image queued while the first one's batch runs (the first left the queue).
+    void OnQueueDepth(Modality modality, int items) override {
+      if (modality == Modality::kImage && items == 1 && running.HasBeenNotified() &&
+          !queued.HasBeenNotified()) {
+        queued.Notify();
+      }
+    }
+    const absl::Notification& running;
+    std::atomic<int> decoded{0};
+    absl::Notification queued;
+  } watch(running);
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.observer = &watch;
+    options.workers = 1;
+    options.max_batch_size = 1;
+    options.max_queue_size = 1;
+    options.model_fault_for_test = [&](Modality, int) {
+      if (!running.HasBeenNotified()) {
+        running.Notify();
+        release.WaitForNotification();
+      }
+      return absl::OkStatus();
+    };
+  });
+  ASSERT_NE(engine, nullptr);
+  ImageInput image;
+  image.encoded = ReadShared("images/chelsea.png");
+  absl::Notification first_done, second_done;
+  engine->EmbedImages({image}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_TRUE(result.ok()) << result.status();
+    first_done.Notify();
+  });
+  running.WaitForNotification();  // the first image's batch holds the model
+  engine->EmbedImages({image}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_TRUE(result.ok()) << result.status();
+    second_done.Notify();
+  });
+  watch.queued.WaitForNotification();  // the second waits in the full queue
+  EXPECT_EQ(watch.decoded.load(), 2);
+  absl::Notification third_done;
+  engine->EmbedImages({image}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_TRUE(GetRetryInfoPayload(result.status()).has_value());
+    third_done.Notify();
+  });
+  third_done.WaitForNotification();
+  EXPECT_EQ(watch.decoded.load(), 2);  // the third was never decoded
+  release.Notify();
+  first_done.WaitForNotification();
+  second_done.WaitForNotification();
+  engine->Shutdown();
 }
 
 // A batch past the limit that finishes after all was slow, not hung: health returns.
