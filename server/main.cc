@@ -358,13 +358,18 @@ absl::Status MaybeRestartForBetterBlas(char** argv) {
 // Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread started later, so
 // they are received synchronously below rather than in an async-signal handler. A
 // SIGHUP (the terminal or SSH session of a server started by hand closed) stops it as
-// SIGTERM does, with a drain, rather than killing it mid-call.
+// SIGTERM does, with a drain, rather than killing it mid-call; unless it was ignored
+// when the server started (`nohup`): a blocked signal is queued even when ignored, and
+// sigwait() would then take it.
 sigset_t BlockTerminationSignals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
+  struct sigaction hangup {};
+  if (sigaction(SIGHUP, nullptr, &hangup) != 0 || hangup.sa_handler != SIG_IGN) {
+    sigaddset(&set, SIGHUP);
+  }
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   return set;
 }

@@ -994,7 +994,7 @@ void EmbeddingEngine::WatchdogLoop() {
                  << "; reporting NOT_SERVING so the process gets restarted";
     } else if (report) {
       LOG(WARNING) << "the batch that ran past " << options_.watchdog_timeout
-                   << " has finished; reporting SERVING again";
+                   << " has finished; the watchdog no longer holds health NOT_SERVING";
     }
   }
 }

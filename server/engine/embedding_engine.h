@@ -81,8 +81,7 @@ struct EmbeddingEngineOptions {
   int64_t max_device_resize_bytes = int64_t{1} << 30;
   // A batch running longer than this marks the engine unhealthy (health then turns
   // NOT_SERVING so an orchestrator restarts the process), until it finishes.
-  // InfiniteDuration() turns the watchdog off. Default 120 s: far above a ViT-L batch
-  // of 64 on a slow CPU.
+  // InfiniteDuration() turns the watchdog off. Default 120 s (--batch_watchdog_s).
   absl::Duration watchdog_timeout = absl::Seconds(120);
   // How often the watchdog looks. Default 1 s.
   absl::Duration watchdog_interval = absl::Seconds(1);

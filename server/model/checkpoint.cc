@@ -3,6 +3,7 @@
 #include <caffe2/serialize/inline_container.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -420,6 +422,30 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
       {"vision_model.encoder.layers.", "visual.transformer.resblocks."},
       {"text_model.encoder.layers.", "transformer.resblocks."},
   }};
+  // Transposing or fusing below makes each tensor whole, before the model's own checks
+  // run: views that repeat stored values (stride 0), or many tensors over one storage,
+  // would turn bytes of file into gigabytes. Real checkpoints store each value once.
+  uint64_t view_bytes = 0;
+  uint64_t stored_bytes = 0;
+  absl::flat_hash_set<const void*> storages;
+  for (const auto& [key, tensor] : hf) {
+    if (absl::EndsWith(key, "position_ids")) continue;
+    const uint64_t storage = tensor.storage().nbytes();
+    const uint64_t element = static_cast<uint64_t>(tensor.element_size());
+    if (static_cast<uint64_t>(tensor.numel()) >
+        storage / std::max<uint64_t>(element, 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Hugging Face tensor '", key,
+                       "' repeats stored values (a stride-0 or overlapping view)"));
+    }
+    view_bytes += static_cast<uint64_t>(tensor.numel()) * element;
+    if (storages.insert(tensor.storage().data()).second) stored_bytes += storage;
+  }
+  if (view_bytes > stored_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Hugging Face tensors hold ", view_bytes, " bytes over ",
+                     stored_bytes, " stored: they share stored values"));
+  }
   TensorMap out;
   // "<block prefix>|weight" -> {q, k, v}
   std::map<std::string, std::array<torch::Tensor, 3>> qkv;
@@ -427,15 +453,6 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
       [&] {
         for (auto& [key, tensor] : hf) {
           if (absl::EndsWith(key, "position_ids")) continue;
-          // Transposing or fusing below makes each tensor whole: a view that repeats
-          // its stored values (stride 0) would turn bytes of file into gigabytes
-          // before the model's own checks run. Real checkpoints hold none.
-          if (tensor.numel() * tensor.element_size() >
-              static_cast<int64_t>(tensor.storage().nbytes())) {
-            throw std::invalid_argument(
-                absl::StrCat("Hugging Face tensor '", key,
-                             "' repeats stored values (a stride-0 or overlapping view)"));
-          }
           if (auto it = kDirect.find(key); it != kDirect.end()) {
             out.emplace(it->second, std::move(tensor));
             continue;

@@ -71,10 +71,17 @@ absl::StatusOr<std::vector<ZipRecord>> ReadZipDirectory(const std::string& path)
   // end record and its locator (miniz 3 reads a gap as data prepended to the archive
   // and moves every offset by it; miniz 2 does not: both agree only without one).
   uint64_t directory_end = end_offset;
-  // zip64: a locator just before the end record. miniz then takes the zip64 values,
-  // whatever the classic ones say.
-  if (end >= kLocatorSize && Le(tail, end - kLocatorSize, 4) == kZip64Locator) {
-    const uint64_t at = Le(tail, end - kLocatorSize + 8, 8);
+  // zip64: a locator just before the end record (read from the file: the end record
+  // may sit at the very start of the tail read above). miniz looks for it where there
+  // is room for it and a zip64 end record, and then takes the zip64 values, whatever
+  // the classic ones say.
+  std::string locator;
+  if (end_offset >= kLocatorSize + kZip64EndSize &&
+      !ReadAt(in, end_offset - kLocatorSize, kLocatorSize, &locator)) {
+    return Bad(path, "short read");
+  }
+  if (!locator.empty() && Le(locator, 0, 4) == kZip64Locator) {
+    const uint64_t at = Le(locator, 8, 8);
     std::string record;
     if (at > file_size || !ReadAt(in, at, kZip64EndSize, &record) ||
         Le(record, 0, 4) != kZip64EndOfDirectory) {

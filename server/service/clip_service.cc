@@ -876,9 +876,13 @@ class EmbedStreamCall final
     Run(actions);
   }
 
-  // Answers the item `id` with `status`, counted and logged as a failed item.
+  // Answers the item `id` with `status`, counted and logged as a failed item; not the
+  // items cancelled because the stream itself was (their answers are never sent, and
+  // the stream counts as CANCELLED).
   void FailItem(std::string id, const absl::Status& status, bool from_engine) {
-    recorder_->ItemFailed(record_, id, status);
+    if (status.code() != absl::StatusCode::kCancelled || !cancellation_->cancelled()) {
+      recorder_->ItemFailed(record_, id, status);
+    }
     v1::EmbedStreamResponse response;
     response.set_id(std::move(id));
     *response.mutable_error() = ToRpcStatus(status);

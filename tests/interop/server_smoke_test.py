@@ -150,6 +150,22 @@ class SignalTest(unittest.TestCase):
         self.assertEqual(code, 0, output)
         self.assertIn("received SIGHUP, draining for up to", output)
 
+    def test_sighup_is_ignored_under_nohup(self):
+        # As nohup does: SIGHUP ignored when the server starts (exec keeps an ignored
+        # signal ignored); the session's end must not stop it.
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            server = lib.Server(ARGS.server)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+        self.addCleanup(server.kill)
+        server.wait_ready(self.health_pb, self.health_grpc).close()
+        server.process.send_signal(signal.SIGHUP)
+        channel = server.wait_ready(self.health_pb, self.health_grpc)  # still serving
+        channel.close()
+        self.assertIsNone(server.process.poll())
+        self.assertNotIn("received SIGHUP", server.output())
+
     def test_a_crash_writes_its_signal_and_stack(self):
         server = lib.Server(ARGS.server)
         self.addCleanup(server.kill)

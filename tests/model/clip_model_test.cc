@@ -713,6 +713,22 @@ TEST(CheckpointTest, HuggingFaceViewsThatRepeatStoredValuesAreRefused) {
   EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(checkpoint.status().message(),
               HasSubstr("'visual_projection.weight' repeats stored values"));
+  // Many tensors over one storage, each inside it: fused, they would be copied each.
+  c10::Dict<std::string, at::Tensor> shared;
+  const torch::Tensor one = torch::zeros({64, 64});
+  for (int layer = 0; layer < 50; ++layer) {
+    for (const char* proj : {"q", "k", "v"}) {
+      shared.insert(absl::StrCat("vision_model.encoder.layers.", layer, ".self_attn.",
+                                 proj, "_proj.weight"),
+                    one);
+    }
+  }
+  const std::vector<char> shared_bytes = torch::jit::pickle_save(shared);
+  std::ofstream(dir / "pytorch_model.bin", std::ios::binary | std::ios::trunc)
+      .write(shared_bytes.data(), static_cast<std::streamsize>(shared_bytes.size()));
+  checkpoint = ReadCheckpoint(dir.string());
+  EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(checkpoint.status().message(), HasSubstr("they share stored values"));
 }
 
 // A Hugging Face directory's preprocessor_config.json gives the normalization, and

@@ -160,6 +160,13 @@ TEST(ZipDirectoryTest, ReadsTheDirectoryMinizReads) {
   ASSERT_EQ(records->size(), 2u);
   EXPECT_EQ((*records)[1].size, uint64_t{1} << 20);
 
+  // The same with the end record at the very start of the last 64 KiB + 22 bytes (the
+  // most miniz searches): its zip64 locator lies before them.
+  std::string far = decoy + std::string(0xFFFF, 'x');
+  records = ReadZipDirectory(Write("zip64_decoy_far.zip", far));
+  ASSERT_TRUE(records.ok()) << records.status();
+  ASSERT_EQ(records->size(), 2u);
+
   // A gap between the directory and its end record moves every offset in miniz 3
   // (the gap read as data before the archive) and none in miniz 2: refused.
   for (const bool zip64 : {false, true}) {

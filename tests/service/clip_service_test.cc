@@ -2040,6 +2040,7 @@ TEST_F(ClipServiceTest, EmbedStreamItemsPastTheClientsShareFailAlone) {
 }
 
 TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
+  RestartRecordingMetrics();
   engine_->set_hold(true);
   grpc::ClientContext context;
   auto stream = stub_->EmbedStream(&context);
@@ -2053,8 +2054,13 @@ TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
   for (const FakeEngine::Call& call : calls)
     EXPECT_TRUE(WaitUntilCancelled(call.options));
 
-  // The engine answers after the cancel; the stream ends cleanly and a new one works.
+  // The engine answers after the cancel (CANCELLED, on this thread); the stream ends
+  // cleanly and a new one works. Those answers are never sent: no item failure counts.
   engine_->set_hold(false);
+  EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
+                                R"(clipserve_stream_item_failures_total{)"
+                                R"(code="CANCELLED",rpc="EmbedStream"})"),
+            std::nullopt);
   auto next_context = Context();
   auto next = stub_->EmbedStream(next_context.get());
   ASSERT_TRUE(next->Write(TextItem("c", "third")));
