@@ -592,6 +592,46 @@ std::unique_ptr<EmbeddingEngine> MakeTinyEngine(
   return moved.ok() && engine.ok() ? *std::move(engine) : nullptr;
 }
 
+// A model_fault_for_test that holds the first batch in the model, `running` notified,
+// until `release` is.
+std::function<absl::Status(Modality, int)> HoldFirstBatch(absl::Notification& running,
+                                                          absl::Notification& release) {
+  return [&running, &release](Modality, int) {
+    if (!running.HasBeenNotified()) {
+      running.Notify();
+      release.WaitForNotification();
+    }
+    return absl::OkStatus();
+  };
+}
+
+// Watches the image queue of an engine whose first batch HoldFirstBatch() holds:
+// notifies `queued` once an image waits in the queue while that batch runs (the first
+// image has left the queue then), and counts the images decoded.
+struct ImageQueueWatch : EngineObserver {
+  explicit ImageQueueWatch(const absl::Notification& running) : running(running) {}
+  void OnPreprocessed(Modality modality, absl::Duration) override {
+    if (modality == Modality::kImage) ++decoded;
+  }
+  void OnQueueDepth(Modality modality, int items) override {
+    if (modality == Modality::kImage && items == 1 && running.HasBeenNotified() &&
+        !queued.HasBeenNotified()) {
+      queued.Notify();
+    }
+  }
+  const absl::Notification& running;
+  std::atomic<int> decoded{0};
+  absl::Notification queued;
+};
+
+// An EmbedCallback that expects success, then notifies `done`.
+EmbedCallback ExpectOkThenNotify(absl::Notification* done) {
+  return [done](absl::StatusOr<EmbedResult> result) {
+    EXPECT_TRUE(result.ok()) << result.status();
+    done->Notify();
+  };
+}
+
 // Expects row i of `all` to equal the single row `alone(i)` gives, for i < n.
 void ExpectRowsMatchAlone(const EmbedResult& all, int n,
                           const std::function<absl::StatusOr<EmbedResult>(int)>& alone) {
@@ -773,45 +813,22 @@ TEST_F(EmbeddingEngineDeviceResizeTest, DecodedBytesAreGivenBackBeforeTheAnswer)
 // at its answer the first two hold their shares and the third holds none.
 TEST_F(EmbeddingEngineDeviceResizeTest, ARefusedImagesBytesAreGivenBackBeforeTheAnswer) {
   absl::Notification running, release;
-  // Notified once an image waits in the queue while the first one's batch runs.
-  struct QueueWatch : EngineObserver {
-    explicit QueueWatch(const absl::Notification& running) : running(running) {}
-    void OnQueueDepth(Modality modality, int items) override {
-      if (modality == Modality::kImage && items == 1 && running.HasBeenNotified() &&
-          !queued.HasBeenNotified()) {
-        queued.Notify();
-      }
-    }
-    const absl::Notification& running;
-    absl::Notification queued;
-  } watch(running);
+  ImageQueueWatch watch(running);
   auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
     options.resize_on_device = true;
     options.observer = &watch;
     options.workers = 1;
     options.max_batch_size = 1;
     options.max_queue_size = 1;
-    options.model_fault_for_test = [&](Modality, int) {
-      if (!running.HasBeenNotified()) {
-        running.Notify();
-        release.WaitForNotification();
-      }
-      return absl::OkStatus();
-    };
+    options.model_fault_for_test = HoldFirstBatch(running, release);
   });
   ASSERT_NE(engine, nullptr);
   const ImageInput raw = Raw(ReadShared("images/chelsea.png"));
   const auto share = static_cast<int64_t>(raw.rgb8.size());
   absl::Notification first_done, second_done, third_done;
-  auto expect_ok = [](absl::Notification* done) {
-    return [done](absl::StatusOr<EmbedResult> result) {
-      EXPECT_TRUE(result.ok()) << result.status();
-      done->Notify();
-    };
-  };
-  engine->EmbedImages({raw}, {}, "images", expect_ok(&first_done));
+  engine->EmbedImages({raw}, {}, "images", ExpectOkThenNotify(&first_done));
   running.WaitForNotification();
-  engine->EmbedImages({raw}, {}, "images", expect_ok(&second_done));
+  engine->EmbedImages({raw}, {}, "images", ExpectOkThenNotify(&second_done));
   watch.queued.WaitForNotification();
   int64_t held_when_answered = -1;
   engine->EmbedImages({raw}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
@@ -911,10 +928,7 @@ TEST(EmbeddingEngineCancelTest, ACallEndedWhileItsBatchWaitedForTheModelIsNotCom
   ImageInput image;
   image.encoded = ReadShared("images/chelsea.png");
   absl::Notification image_done, text_done;
-  engine->EmbedImages({image}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
-    EXPECT_TRUE(result.ok()) << result.status();
-    image_done.Notify();
-  });
+  engine->EmbedImages({image}, {}, "images", ExpectOkThenNotify(&image_done));
   image_running.WaitForNotification();
   auto flag = std::make_shared<CancellationFlag>();
   EmbedOptions options;
@@ -958,48 +972,21 @@ TEST(EmbeddingEngineWatchdogTest, ABatchPastTheLimitMarksTheEngineUnhealthy) {
 // overload, decoding images only to refuse them took the CPU the model needed.
 TEST(EmbeddingEngineQueueTest, ARequestWithoutRoomIsRefusedBeforeDecoding) {
   absl::Notification running, release;
-  struct Watch : EngineObserver {
-    explicit Watch(const absl::Notification& running) : running(running) {}
-    void OnPreprocessed(Modality modality, absl::Duration) override {
-      if (modality == Modality::kImage) ++decoded;
-    }
-    // An image queued while the first one's batch runs (the first left the queue).
-    void OnQueueDepth(Modality modality, int items) override {
-      if (modality == Modality::kImage && items == 1 && running.HasBeenNotified() &&
-          !queued.HasBeenNotified()) {
-        queued.Notify();
-      }
-    }
-    const absl::Notification& running;
-    std::atomic<int> decoded{0};
-    absl::Notification queued;
-  } watch(running);
+  ImageQueueWatch watch(running);
   auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
     options.observer = &watch;
     options.workers = 1;
     options.max_batch_size = 1;
     options.max_queue_size = 1;
-    options.model_fault_for_test = [&](Modality, int) {
-      if (!running.HasBeenNotified()) {
-        running.Notify();
-        release.WaitForNotification();
-      }
-      return absl::OkStatus();
-    };
+    options.model_fault_for_test = HoldFirstBatch(running, release);
   });
   ASSERT_NE(engine, nullptr);
   ImageInput image;
   image.encoded = ReadShared("images/chelsea.png");
   absl::Notification first_done, second_done;
-  engine->EmbedImages({image}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
-    EXPECT_TRUE(result.ok()) << result.status();
-    first_done.Notify();
-  });
+  engine->EmbedImages({image}, {}, "images", ExpectOkThenNotify(&first_done));
   running.WaitForNotification();  // the first image's batch holds the model
-  engine->EmbedImages({image}, {}, "images", [&](absl::StatusOr<EmbedResult> result) {
-    EXPECT_TRUE(result.ok()) << result.status();
-    second_done.Notify();
-  });
+  engine->EmbedImages({image}, {}, "images", ExpectOkThenNotify(&second_done));
   watch.queued.WaitForNotification();  // the second waits in the full queue
   EXPECT_EQ(watch.decoded.load(), 2);
   absl::Notification third_done;
@@ -1022,20 +1009,11 @@ TEST(EmbeddingEngineWatchdogTest, HealthReturnsWhenTheSlowBatchFinishes) {
   auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
     options.watchdog_timeout = absl::ZeroDuration();  // any running batch is "stuck"
     options.watchdog_interval = absl::Microseconds(200);
-    options.model_fault_for_test = [&](Modality, int) {
-      if (!running.HasBeenNotified()) {
-        running.Notify();
-        release.WaitForNotification();
-      }
-      return absl::OkStatus();
-    };
+    options.model_fault_for_test = HoldFirstBatch(running, release);
   });
   ASSERT_NE(engine, nullptr);
   absl::Notification done;
-  engine->EmbedTexts({"a cat"}, {}, "texts", [&](absl::StatusOr<EmbedResult> result) {
-    EXPECT_TRUE(result.ok()) << result.status();
-    done.Notify();
-  });
+  engine->EmbedTexts({"a cat"}, {}, "texts", ExpectOkThenNotify(&done));
   running.WaitForNotification();
   // The watchdog looks every 200 us; ten seconds is ample on a loaded machine.
   const auto wait_for_health = [&](bool healthy) {

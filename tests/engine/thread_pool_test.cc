@@ -1,6 +1,7 @@
 #include "server/engine/thread_pool.h"
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,21 @@
 
 namespace clipserve {
 namespace {
+
+// Gives the pool's one worker a task that runs until `release` is notified, and returns
+// once it runs: the queue is then empty. False when the pool refused it.
+bool OccupyTheWorker(ThreadPool& pool, absl::Notification& release) {
+  auto started = std::make_shared<absl::Notification>();
+  if (!pool.Submit([started, &release] {
+             started->Notify();
+             release.WaitForNotification();
+           })
+           .ok()) {
+    return false;
+  }
+  started->WaitForNotification();
+  return true;
+}
 
 TEST(ThreadPoolTest, RunsEveryTask) {
   auto pool = ThreadPool::Create(2, 100);
@@ -33,14 +49,7 @@ TEST(ThreadPoolTest, BoundedQueueRefusesAndShutdownDrains) {
   auto pool = ThreadPool::Create(1, 2);
   ASSERT_TRUE(pool.ok());
   absl::Notification release;
-  absl::Notification started;
-  ASSERT_TRUE((*pool)
-                  ->Submit([&] {
-                    started.Notify();
-                    release.WaitForNotification();
-                  })
-                  .ok());
-  started.WaitForNotification();  // the worker is busy; the queue is empty
+  ASSERT_TRUE(OccupyTheWorker(**pool, release));  // the queue is empty
   std::atomic<int> ran{0};
   EXPECT_TRUE((*pool)->Submit([&] { ++ran; }).ok());
   EXPECT_TRUE((*pool)->Submit([&] { ++ran; }).ok());
@@ -57,15 +66,8 @@ TEST(ThreadPoolTest, QuickTasksOvertakeSlowOnesABoundedNumberOfTimes) {
   auto pool = ThreadPool::Create(1, 100);
   ASSERT_TRUE(pool.ok());
   absl::Notification release;
-  absl::Notification started;
-  ASSERT_TRUE((*pool)
-                  ->Submit([&] {
-                    started.Notify();
-                    release.WaitForNotification();
-                  })
-                  .ok());
-  started.WaitForNotification();   // the one worker is busy: what follows queues
-  std::vector<std::string> order;  // only the one worker writes it
+  ASSERT_TRUE(OccupyTheWorker(**pool, release));  // what follows queues
+  std::vector<std::string> order;                 // only the one worker writes it
   for (int i = 0; i < 2; ++i) {
     ASSERT_TRUE(
         (*pool)->Submit([&order, i] { order.push_back(absl::StrCat("s", i)); }).ok());
