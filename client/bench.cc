@@ -68,7 +68,7 @@ uint64_t RandomUniqueStart() {
 }
 
 struct WorkerStats {
-  std::vector<double> ok_ms, failed_ms;
+  LatencyHistogram ok_ms, failed_ms;
   std::map<std::string, int64_t> errors;
   std::map<std::string, std::string> examples;
 };
@@ -161,9 +161,9 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
         unavailable_since.store(-1);
       }
       if (status.ok()) {
-        mine.ok_ms.push_back(ms);
+        mine.ok_ms.Add(ms);
       } else {
-        mine.failed_ms.push_back(ms);
+        mine.failed_ms.Add(ms);
         const std::string code = absl::StatusCodeToString(status.code());
         if (mine.errors[code]++ == 0) mine.examples[code] = std::string(status.message());
       }
@@ -186,18 +186,18 @@ absl::StatusOr<BenchResult> RunBench(ClipClient& client, const BenchOptions& opt
 
   BenchResult result;
   result.elapsed = absl::FromChrono(Steady::now() - start);
-  std::vector<double> ok_ms, failed_ms;
+  LatencyHistogram ok_ms, failed_ms;
   for (WorkerStats& mine : stats) {
-    ok_ms.insert(ok_ms.end(), mine.ok_ms.begin(), mine.ok_ms.end());
-    failed_ms.insert(failed_ms.end(), mine.failed_ms.begin(), mine.failed_ms.end());
+    ok_ms.Merge(mine.ok_ms);
+    failed_ms.Merge(mine.failed_ms);
     for (const auto& [code, count] : mine.errors) result.errors[code] += count;
     for (const auto& [code, message] : mine.examples)
       result.error_examples.emplace(code, message);
   }
-  result.succeeded = static_cast<int64_t>(ok_ms.size());
-  result.requests = result.succeeded + static_cast<int64_t>(failed_ms.size());
+  result.succeeded = ok_ms.count();
+  result.requests = result.succeeded + failed_ms.count();
   result.items = result.requests * options.items_per_request;
-  result.latency_ms = SummarizeLatencies(ok_ms.empty() ? failed_ms : ok_ms);
+  result.latency_ms = (ok_ms.count() > 0 ? ok_ms : failed_ms).Summarize();
   if (lost.load()) {
     result.stopped_early =
         absl::StrCat("every answer for ", absl::FormatDuration(options.give_up_after),
