@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -216,6 +217,13 @@ ABSL_FLAG(double, batch_watchdog_s, 120.0,
           "health NOT_SERVING, so that an orchestrator restarts the server, until the "
           "batch finishes; 0 turns the watchdog off. Raise it for models whose largest "
           "batch takes longer on this machine.");
+ABSL_FLAG(double, exit_after_unhealthy_s, 0.0,
+          "Exit with status 70 once health has been NOT_SERVING for this many seconds "
+          "for a reason of the engine's (the watchdog's stuck batch, a failed device), "
+          "not a drain, so that a restart policy replaces the process where nothing "
+          "acts on health (Docker and Compose restart an exited container, never an "
+          "unhealthy one); 0 (the default) never exits: Kubernetes' liveness probe "
+          "restarts it.");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
           "On SIGTERM/SIGINT, seconds that calls in flight get to finish before they "
           "are cancelled; the batch running then still finishes. Keep it below "
@@ -224,6 +232,9 @@ ABSL_FLAG(double, shutdown_grace_s, 30.0,
 
 namespace clipserve {
 namespace {
+
+// The exit status after --exit_after_unhealthy_s (EX_SOFTWARE in sysexits.h).
+constexpr int kExitUnhealthy = 70;
 
 // A size flag in MiB as bytes; INVALID_ARGUMENT when negative, absurd, or so small
 // that it would round to 0 bytes (which means "off" or "no limit").
@@ -497,6 +508,10 @@ absl::Status Run() {
   CLIPSERVE_ASSIGN_OR_RETURN(
       const absl::Duration watchdog_timeout,
       SecondsFlag("batch_watchdog_s", FLAGS_batch_watchdog_s, absl::InfiniteDuration()));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const absl::Duration exit_after_unhealthy,
+      SecondsFlag("exit_after_unhealthy_s", FLAGS_exit_after_unhealthy_s,
+                  absl::InfiniteDuration()));
   ClipServerOptions server_options;
   CLIPSERVE_ASSIGN_OR_RETURN(
       server_options.max_connection_age,
@@ -839,6 +854,7 @@ absl::Status Run() {
   // Wait for a signal; once a second, mirror the engine's health into grpc.health.v1,
   // and give a burst's freed memory back once the calls have stopped.
   bool serving = true;
+  absl::Time unhealthy_since;
   int signal = 0;
   constexpr absl::Duration kQuietBeforeTrim = absl::Seconds(10);
   IdleHeapTrimmer heap_trimmer(kQuietBeforeTrim);
@@ -848,6 +864,19 @@ absl::Status Run() {
       serving = !serving;
       server->SetServing(serving);
       LOG(WARNING) << "health is now " << (serving ? "SERVING" : "NOT_SERVING");
+      unhealthy_since = RealClock::Get()->Now();
+    }
+    if (!serving && signal <= 0 &&
+        RealClock::Get()->Now() - unhealthy_since >= exit_after_unhealthy) {
+      // No drain: the stuck batch holds its worker, and the engine's shutdown would
+      // wait for it. Calls in flight end with the connection.
+      LOG(ERROR) << "health has been NOT_SERVING for "
+                 << RealClock::Get()->Now() - unhealthy_since
+                 << " (--exit_after_unhealthy_s): exiting with status " << kExitUnhealthy
+                 << " for a restart";
+      google::FlushLogFiles(google::GLOG_INFO);
+      std::fflush(stderr);
+      std::_Exit(kExitUnhealthy);
     }
     if (int64_t released = 0;
         heap_trimmer.Tick(RealClock::Get()->Now(), metrics.requests_started(),

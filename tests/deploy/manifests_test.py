@@ -427,6 +427,11 @@ class ManifestsTest(unittest.TestCase):
             # Hardened as the configmap: no reflection, nothing published beyond the
             # host's loopback.
             self.assertIn("--reflection=false", command)
+            # Compose restarts an exited container, never an unhealthy one.
+            self.assertEqual(s.get("restart"), "unless-stopped")
+            self.assertTrue(any(arg.startswith("--exit_after_unhealthy_s=") and
+                                float(arg.partition("=")[2]) > 0 for arg in command),
+                            command)
             for port in s.get("ports", []):
                 self.assertTrue(str(port).startswith("127.0.0.1:"), port)
 

@@ -206,6 +206,7 @@ class SignalTest(unittest.TestCase):
                       ["--keepalive_timeout_s=0"], ["--keepalive_time_s=nan"],
                       ["--min_client_ping_interval_s=3e6"],
                       ["--max_connection_age_s=1e-10"], ["--max_concurrent_streams=-1"],
+                      ["--exit_after_unhealthy_s=-1"],
                       ["--max_request_memory_per_client_mb=32"],
                       ["--max_request_memory_per_client_mb=512"],
                       ["--max_request_memory_per_client_mb=-1"],
@@ -285,6 +286,38 @@ def cpu_flags():
             if line.startswith("flags"):
                 return set(line.split(":", 1)[1].split())
     return set()
+
+
+class UnhealthyExitTest(unittest.TestCase):
+    """--exit_after_unhealthy_s ends a server whose health stays NOT_SERVING."""
+
+    @classmethod
+    def setUpClass(cls):
+        lib.set_up_stubs(cls, ARGS)
+
+    def test_a_batch_stuck_past_the_watchdog_ends_the_process(self):
+        # One batch of 256 images on one thread runs for many seconds here; a watchdog
+        # of 0.1 s calls it stuck, and one second of NOT_SERVING ends the process long
+        # before the batch would finish.
+        server = lib.Server(ARGS.server, "--batch_watchdog_s=0.1",
+                            "--exit_after_unhealthy_s=1", "--intra_op_threads=1",
+                            "--max_batch_size=256", "--max_queue_size=256",
+                            "--max_queue_delay_ms=10000")
+        self.addCleanup(server.kill)
+        channel = server.wait_ready(self.health_pb, self.health_grpc)
+        self.addCleanup(channel.close)
+        gray = self.pb.Image(raw=self.pb.RawImage(width=224, height=224,
+                                                  rgb8=bytes([128]) * (224 * 224 * 3)))
+        call = self.pb_grpc.ClipServiceStub(channel).EmbedImage.future(
+            self.pb.EmbedImageRequest(images=[gray] * 256), timeout=300)
+        code = server.process.wait(timeout=120)
+        output = server.output()
+        self.assertEqual(code, 70, output)
+        self.assertRegex(output, r"health is now NOT_SERVING(.|\n)*health has been "
+                                 r"NOT_SERVING for .* \(--exit_after_unhealthy_s\): "
+                                 r"exiting with status 70")
+        with self.assertRaises(grpc.RpcError):
+            call.result()
 
 
 class ConnectionFlagsTest(unittest.TestCase):
