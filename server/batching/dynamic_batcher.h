@@ -237,9 +237,17 @@ class DynamicBatcher {
   // (RESOURCE_EXHAUSTED with a RetryInfo, as Schedule()) before its items are
   // preprocessed, not one image at a time after each decode; INVALID_ARGUMENT for more
   // than max_queue_size; UNAVAILABLE after Shutdown(). On any refusal nothing is
-  // announced. Each Schedule() of k items settles up to k announced ones, whether or
-  // not it succeeds; Withdraw() settles items that will never be scheduled (failed or
-  // cancelled on the way). Thread-safe; the same lock rule as Schedule().
+  // announced.
+  //
+  // Under sustained load the queue frees room a batch at a time and small requests
+  // would take each bit of it, so a large request could be refused for ever. So a
+  // refused request sets its item count aside (the largest refused lately, until twice
+  // its retry delay and a second have passed): smaller requests are then refused
+  // unless they fit beside that room, while one at least as large (its retry, or
+  // another as large) takes the room and ends the claim. Each Schedule() of k items
+  // settles up to k announced ones, whether or not it succeeds; Withdraw() settles items
+  // that will never be scheduled (failed or cancelled on the way). Thread-safe; the same
+  // lock rule as Schedule().
   absl::Status Announce(int n) ABSL_LOCKS_EXCLUDED(mu_);
   void Withdraw(int n) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -283,8 +291,8 @@ class DynamicBatcher {
   void DeliverDrops(std::vector<Dropped>* dropped);
   absl::Status DropStatus(DropReason reason) const;
   // "text queue is full: ..." for a refusal of `wanted` items, with `queued` items in
-  // the queue and room `held` for items on their way.
-  std::string FullMessage(size_t queued, size_t held, size_t wanted,
+  // the queue, room `held` for items on their way and `set_aside` for a larger request.
+  std::string FullMessage(size_t queued, size_t held, size_t wanted, size_t set_aside,
                           absl::Duration retry_delay) const;
 
   const Options options_;
@@ -302,6 +310,12 @@ class DynamicBatcher {
   std::deque<Entry> queue_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   int64_t announced_ ABSL_GUARDED_BY(mu_) = 0;
+  // Room Announce() keeps from smaller requests for the largest one refused lately.
+  struct Claim {
+    int64_t items;
+    absl::Time until;
+  };
+  std::optional<Claim> claim_ ABSL_GUARDED_BY(mu_);
   batching_internal::RunTimeAverage run_time_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -377,7 +391,7 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
       retry_delay = batching_internal::EstimateRetryDelay(
           options_, run_time_.Get(),
           static_cast<int64_t>(queued + held + live) - options_.max_queue_size);
-      full_message = FullMessage(queued, held, live, *retry_delay);
+      full_message = FullMessage(queued, held, live, 0, *retry_delay);
     } else {
       for (size_t i = 0; i < count; ++i) {
         Item& item = (*items)[i];
@@ -408,11 +422,15 @@ absl::Status DynamicBatcher<Item>::Schedule(std::vector<Item>* items) {
 
 template <typename Item>
 std::string DynamicBatcher<Item>::FullMessage(size_t queued, size_t held, size_t wanted,
+                                              size_t set_aside,
                                               absl::Duration retry_delay) const {
-  return absl::StrCat(options_.name, " queue is full: ", queued, " items queued and ",
-                      held, " on their way of ", options_.max_queue_size,
-                      ", no room for ", wanted, " more; retry after ",
-                      absl::FormatDuration(retry_delay));
+  return absl::StrCat(
+      options_.name, " queue is full: ", queued, " items queued and ", held,
+      " on their way of ", options_.max_queue_size,
+      set_aside > 0 ? absl::StrCat(", ", set_aside,
+                                   " set aside for a larger request refused before")
+                    : "",
+      ", no room for ", wanted, " more; retry after ", absl::FormatDuration(retry_delay));
 }
 
 template <typename Item>
@@ -431,22 +449,33 @@ absl::Status DynamicBatcher<Item>::Announce(int n) {
       return absl::UnavailableError(
           absl::StrCat(options_.name, " batcher is shutting down"));
     }
+    const absl::Time now = clock_->Now();
+    if (claim_.has_value() && now >= claim_->until) claim_.reset();
+    // A claim keeps its room from smaller requests only.
+    const int64_t set_aside = claim_.has_value() && n < claim_->items ? claim_->items : 0;
     const auto fits = [&] {
-      return static_cast<int64_t>(queue_.size()) + announced_ + n <=
+      return static_cast<int64_t>(queue_.size()) + announced_ + n + set_aside <=
              options_.max_queue_size;
     };
     if (!fits()) DropDeadLocked(&dropped);
     if (fits()) {
       announced_ += n;
+      if (set_aside == 0) claim_.reset();  // this request was the largest refused
     } else {
       const size_t queued = queue_.size();
       const size_t held = static_cast<size_t>(announced_);
       const absl::Duration retry_delay = batching_internal::EstimateRetryDelay(
           options_, run_time_.Get(),
-          static_cast<int64_t>(queued + held) + n - options_.max_queue_size);
+          static_cast<int64_t>(queued + held) + n + set_aside - options_.max_queue_size);
       status = absl::ResourceExhaustedError(
-          FullMessage(queued, held, static_cast<size_t>(n), retry_delay));
+          FullMessage(queued, held, static_cast<size_t>(n),
+                      static_cast<size_t>(set_aside), retry_delay));
       SetRetryInfoPayload(retry_delay, &status);
+      // The largest request refused claims the room it needs; smaller ones refused
+      // for the claim's sake neither grow nor prolong it.
+      if (set_aside == 0) {
+        claim_ = Claim{n, now + 2 * retry_delay + absl::Seconds(1)};
+      }
     }
   }
   DeliverDrops(&dropped);

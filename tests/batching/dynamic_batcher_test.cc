@@ -372,15 +372,14 @@ TEST_F(DynamicBatcherTest, AnnouncingHoldsRoomInTheQueue) {
   ASSERT_TRUE(batcher->Announce(6).ok());
   std::vector<TestItem> one = Items({10});
   ASSERT_TRUE(batcher->Schedule(&one).ok());  // settles one of the six
-  // Queued 1, on their way 5: room for two more items, not three.
-  const absl::Status refused = batcher->Announce(3);
+  // Queued 1, on their way 5: room for two more items.
+  ASSERT_TRUE(batcher->Announce(2).ok());
+  const absl::Status refused = batcher->Announce(1);
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(
       std::string(refused.message()),
-      ::testing::HasSubstr("1 items queued and 5 on their way of 8, no room for 3"));
+      ::testing::HasSubstr("1 items queued and 7 on their way of 8, no room for 1"));
   EXPECT_TRUE(GetRetryInfoPayload(refused).has_value());
-  ASSERT_TRUE(batcher->Announce(2).ok());
-  EXPECT_EQ(batcher->Announce(1).code(), absl::StatusCode::kResourceExhausted);
   // Announced items fit whatever was refused meanwhile.
   std::vector<TestItem> more = Items({11, 12, 13});
   ASSERT_TRUE(batcher->Schedule(&more).ok());
@@ -398,6 +397,46 @@ TEST_F(DynamicBatcherTest, WithdrawingGivesTheRoomBack) {
   EXPECT_EQ(batcher->Announce(1).code(), absl::StatusCode::kResourceExhausted);
   batcher->Withdraw(2);  // two failed on their way
   EXPECT_TRUE(batcher->Announce(2).ok());
+}
+
+TEST_F(DynamicBatcherTest, ARefusedRequestSetsItsRoomAsideFromSmallerOnes) {
+  DynamicBatcherOptions options = Options(8, absl::Hours(1));
+  options.max_queue_size = 8;  // nothing is queued: room frees only by withdrawals
+  auto batcher = Make(options);
+  ASSERT_TRUE(batcher->Announce(6).ok());
+  EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted);
+  batcher->Withdraw(3);  // 3 on their way: 5 free, but 4 of them claimed
+  const absl::Status refused = batcher->Announce(2);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::HasSubstr("0 items queued and 3 on their way of 8, 4 set aside "
+                                   "for a larger request refused before, no room for 2"));
+  EXPECT_TRUE(GetRetryInfoPayload(refused).has_value());
+  ASSERT_TRUE(batcher->Announce(1).ok());  // fits beside the claim
+  ASSERT_TRUE(batcher->Announce(4).ok());  // the refused request's retry takes its room
+  batcher->Withdraw(8);
+  // The claim ended with it: small requests fill the queue again.
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(batcher->Announce(2).ok()) << i;
+}
+
+TEST_F(DynamicBatcherTest, AClaimLapsesWhenItsRequestDoesNotComeBack) {
+  DynamicBatcherOptions options = Options(8, absl::Hours(1));
+  options.max_queue_size = 8;
+  auto batcher = Make(options);
+  ASSERT_TRUE(batcher->Announce(8).ok());
+  const absl::Status refused = batcher->Announce(5);
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  const std::optional<absl::Duration> retry = GetRetryInfoPayload(refused);
+  ASSERT_TRUE(retry.has_value());
+  batcher->Withdraw(8);
+  EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted);
+  // Refusals for the claim's sake do not prolong it: it lapses twice the retry delay
+  // and a second after the refusal that made it.
+  clock_.AdvanceTime(2 * *retry + absl::Seconds(1) - absl::Milliseconds(1));
+  EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted);
+  clock_.AdvanceTime(absl::Milliseconds(1));
+  EXPECT_TRUE(batcher->Announce(4).ok());
+  EXPECT_TRUE(batcher->Announce(4).ok());
 }
 
 TEST_F(DynamicBatcherTest, OrderIsPreservedAcrossBatches) {
