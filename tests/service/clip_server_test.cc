@@ -205,6 +205,41 @@ TEST(ClipServerTest, MessageSizeLimitIsOnByDefault) {
   }
 }
 
+TEST(ClipServerTest, CompressedRequestsAreRefusedBeforeTheyAreInflated) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  const std::string target = absl::StrCat("127.0.0.1:", server->port());
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  auto clip = clipserve::v1::ClipService::NewStub(channel);
+  // 64 MiB of one byte: about 65 KB of gzip.
+  clipserve::v1::EmbedImageRequest image;
+  image.add_images()->set_encoded(std::string((64 << 20) - 1024, 'x'));
+  for (const grpc_compression_algorithm algorithm :
+       {GRPC_COMPRESS_GZIP, GRPC_COMPRESS_DEFLATE}) {
+    grpc::ClientContext health_context;
+    health_context.set_compression_algorithm(algorithm);
+    HealthCheckResponse health_response;
+    const grpc::Status health_status = health->Check(
+        &health_context, grpc::health::v1::HealthCheckRequest(), &health_response);
+    EXPECT_EQ(health_status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(health_status.error_message(), ::testing::HasSubstr("is disabled"));
+
+    grpc::ClientContext image_context;
+    image_context.set_compression_algorithm(algorithm);
+    image_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    clipserve::v1::EmbedImageResponse image_response;
+    const grpc::Status image_status =
+        clip->EmbedImage(&image_context, image, &image_response);
+    EXPECT_EQ(image_status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(image_status.error_message(), ::testing::HasSubstr("is disabled"));
+  }
+  grpc::ClientContext plain;  // the same call uncompressed is answered
+  HealthCheckResponse response;
+  EXPECT_TRUE(
+      health->Check(&plain, grpc::health::v1::HealthCheckRequest(), &response).ok());
+}
+
 std::unique_ptr<testing::TcpProxy> ProxyTo(const ClipServer& server) {
   auto proxy = testing::TcpProxy::Start(server.port());
   EXPECT_TRUE(proxy.ok()) << proxy.status();
