@@ -43,6 +43,30 @@ namespace {
 
 using google::protobuf::RepeatedPtrField;
 
+// What an element of `bytes` bytes takes in a message field numbered below 16 (a
+// submessage, a string, a packed list): its tag, its length and itself.
+size_t FieldBytes(size_t bytes) {
+  return 1 + google::protobuf::io::CodedOutputStream::VarintSize64(bytes) + bytes;
+}
+
+// A packed list of `count` floats as a field (nothing when empty).
+size_t PackedFloatsBytes(size_t count) { return count == 0 ? 0 : FieldBytes(4 * count); }
+
+// `count` Embedding messages of `dim` floats in a repeated field.
+size_t EmbeddingsBytes(size_t count, int dim) {
+  return count * FieldBytes(PackedFloatsBytes(static_cast<size_t>(dim)));
+}
+
+// A Matrix message of `rows` x `cols` floats as a field.
+size_t MatrixBytes(size_t rows, size_t cols) {
+  const auto varint_field = [](size_t value) {
+    return value == 0 ? 0
+                      : 1 + google::protobuf::io::CodedOutputStream::VarintSize64(value);
+  };
+  return FieldBytes(varint_field(rows) + varint_field(cols) +
+                    PackedFloatsBytes(rows * cols));
+}
+
 // The call's request id (see request_id.h): the client's first x-request-id when it is
 // valid, else a new one (an invalid id is replaced, not refused). Sent back in the
 // trailing metadata either way, so the client learns the id the log uses. Not in the
@@ -304,6 +328,19 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     record_when_done_ = true;
     finished_.store(true, std::memory_order_release);  // see FinishWith()
     Finish(ToGrpcStatus(NoRequestError()));
+  }
+
+  // RESOURCE_EXHAUSTED, before any model work, when the response is sure to take more
+  // than `least` bytes (`what` says of what) and that is over the largest message the
+  // server sends, which FinishWith() would only find after the work.
+  absl::Status CheckResponseCanFit(size_t least, absl::string_view what) const {
+    if (max_response_bytes_ <= 0 || least <= static_cast<size_t>(max_response_bytes_)) {
+      return absl::OkStatus();
+    }
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the response would be at least ", least, " bytes (", what,
+                     "), over the largest message this server sends (",
+                     max_response_bytes_, " bytes): ask for fewer items per call"));
   }
 
   // Keeps `reservation` until the call is deleted in OnDone(); gRPC frees the
@@ -575,7 +612,7 @@ class ClassifyCall final : public JoinedCall {
   // request could get (each image's top_k shortest labels, their scores zero) is over
   // the largest message the server sends: Classify's responses grow with the labels'
   // text, images x top_k copies of it, which a small request can make large.
-  absl::Status CheckResponseCanFit() const {
+  absl::Status CheckLabelsCanFit() const {
     const int64_t limit = max_response_bytes();
     if (limit <= 0) return absl::OkStatus();
     std::vector<size_t> score_bytes;
@@ -584,14 +621,13 @@ class ClassifyCall final : public JoinedCall {
     for (int label = 0; label < request.labels_size(); ++label) {
       score.set_label(request.labels(label));
       score.set_index(label);
-      score_bytes.push_back(RepeatedFieldBytes(score.ByteSizeLong()));
+      score_bytes.push_back(FieldBytes(score.ByteSizeLong()));
     }
     std::partial_sort(score_bytes.begin(), score_bytes.begin() + top_k,
                       score_bytes.end());
     const size_t row =
         std::accumulate(score_bytes.begin(), score_bytes.begin() + top_k, size_t{0});
-    const size_t least =
-        static_cast<size_t>(request.images_size()) * RepeatedFieldBytes(row);
+    const size_t least = static_cast<size_t>(request.images_size()) * FieldBytes(row);
     if (least <= static_cast<size_t>(limit)) return absl::OkStatus();
     return absl::ResourceExhaustedError(
         absl::StrCat("the response would be at least ", least, " bytes (",
@@ -604,12 +640,6 @@ class ClassifyCall final : public JoinedCall {
   }
 
  private:
-  // What an element of `bytes` takes in a repeated message field numbered below 16:
-  // its tag, its length and itself.
-  static size_t RepeatedFieldBytes(size_t bytes) {
-    return 1 + google::protobuf::io::CodedOutputStream::VarintSize64(bytes) + bytes;
-  }
-
   // Averages each missing label's prompt rows, normalizes, stores and caches them.
   absl::Status StoreLabelEmbeddings(const EmbedResult& prompts) {
     for (size_t j = 0; j < missing_labels.size(); ++j) {
@@ -665,7 +695,7 @@ class ClassifyCall final : public JoinedCall {
         score->set_probability(row_probs[label]);
         score->set_logit(row_logits[label]);
       }
-      size += RepeatedFieldBytes(result.ByteSizeLong());
+      size += FieldBytes(result.ByteSizeLong());
       if (limit <= 0 || size <= static_cast<size_t>(limit)) {
         response_.add_results()->Swap(&result);
       }
@@ -1243,6 +1273,14 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
     return call;
   }
   const int count = static_cast<int>(images->size());
+  const int dim = engine_->description().embed_dim;
+  if (absl::Status fits = call->CheckResponseCanFit(
+          EmbeddingsBytes(static_cast<size_t>(count), dim),
+          absl::StrCat(count, " embeddings of ", dim, " floats"));
+      !fits.ok()) {
+    call->FinishWith(std::move(fits));
+    return call;
+  }
   engine_->EmbedImages(
       *std::move(images),
       call->MakeEmbedOptions(OptionalTrue(request->has_normalize(), request->normalize()),
@@ -1284,6 +1322,16 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
     return call;
   }
   const int count = static_cast<int>(texts->size());
+  const int dim = engine_->description().embed_dim;
+  if (absl::Status fits = call->CheckResponseCanFit(
+          // and at least a byte each for truncated and num_tokens
+          EmbeddingsBytes(static_cast<size_t>(count), dim) +
+              2 * static_cast<size_t>(count),
+          absl::StrCat(count, " embeddings of ", dim, " floats"));
+      !fits.ok()) {
+    call->FinishWith(std::move(fits));
+    return call;
+  }
   engine_->EmbedTexts(
       *std::move(texts),
       call->MakeEmbedOptions(OptionalTrue(request->has_normalize(), request->normalize()),
@@ -1393,6 +1441,14 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
         absl::StrCat("paired inputs need as many texts as images; got ", call->num_images,
                      " images and ", call->num_texts, " texts"));
   }
+  if (status.ok()) {
+    // Both logit matrices and the probabilities.
+    const size_t n = static_cast<size_t>(call->num_images);
+    const size_t m = static_cast<size_t>(call->num_texts);
+    status = call->CheckResponseCanFit(
+        3 * MatrixBytes(n, m),
+        absl::StrCat("three ", n, " x ", m, " matrices of floats"));
+  }
   if (!status.ok()) {
     call->FinishWith(status);
     return call;
@@ -1473,7 +1529,7 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
 
   const int num_labels = request->labels_size();
   call->top_k = ResolveTopK(request->top_k(), num_labels);
-  if (absl::Status fits = call->CheckResponseCanFit(); !fits.ok()) {
+  if (absl::Status fits = call->CheckLabelsCanFit(); !fits.ok()) {
     call->FinishWith(std::move(fits));
     return call;
   }

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -644,17 +645,36 @@ TEST_F(ClipServiceTest, ResponsesOverTheLargestMessageAreResourceExhausted) {
                            " bytes, over the largest message this server sends (", limit,
                            " bytes): ask for fewer items per call"));
   };
+  // The embeddings' and matrices' sizes are known from the request: refused before
+  // any model work, not after it.
+  const auto expect_refused_first = [&](const grpc::Status& status,
+                                        absl::string_view what) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(),
+                ::testing::StartsWith("the response would be at least "));
+    EXPECT_THAT(status.error_message(),
+                HasSubstr(absl::StrCat(" bytes (", what,
+                                       "), over the largest message this server sends (",
+                                       limit, " bytes): ask for fewer items per call")));
+  };
+  const size_t dim = static_cast<size_t>(FakeEngine::DefaultDescription().embed_dim);
   {
     SCOPED_TRACE("EmbedImage");
     v1::EmbedImageResponse response;
     EXPECT_TRUE(EmbedImage(images(1), &response).ok());
-    expect_too_large(EmbedImage(images(kMany), &response), image_responses[1]);
+    const int before = engine_->CountCalls(Kind::kImages);
+    expect_refused_first(EmbedImage(images(kMany), &response),
+                         absl::StrCat(kMany, " embeddings of ", dim, " floats"));
+    EXPECT_EQ(engine_->CountCalls(Kind::kImages), before);
   }
   {
     SCOPED_TRACE("EmbedText");
     v1::EmbedTextResponse response;
     EXPECT_TRUE(EmbedText(texts(1), &response).ok());
-    expect_too_large(EmbedText(texts(kMany), &response), text_responses[1]);
+    const int before = engine_->CountCalls(Kind::kTexts);
+    expect_refused_first(EmbedText(texts(kMany), &response),
+                         absl::StrCat(kMany, " embeddings of ", dim, " floats"));
+    EXPECT_EQ(engine_->CountCalls(Kind::kTexts), before);
   }
   {
     SCOPED_TRACE("Tokenize");
@@ -667,7 +687,52 @@ TEST_F(ClipServiceTest, ResponsesOverTheLargestMessageAreResourceExhausted) {
     SCOPED_TRACE("Similarity");
     v1::SimilarityResponse response;
     EXPECT_TRUE(Similarity(similarity(1), &response).ok());
-    expect_too_large(Similarity(similarity(kMany), &response), similarity_responses[1]);
+    const int before = engine_->CountCalls(Kind::kImages);
+    expect_refused_first(
+        Similarity(similarity(kMany), &response),
+        absl::StrCat("three ", kMany, " x ", kMany, " matrices of floats"));
+    EXPECT_EQ(engine_->CountCalls(Kind::kImages), before);
+  }
+  // The early check never refuses what fits: at exactly the responses' sizes all are
+  // answered, and a byte less is refused after the work, with the exact size.
+  for (int i = 0; i < 4; ++i) {
+    SCOPED_TRACE(i);
+    ClipServiceOptions exact;
+    exact.max_response_bytes = static_cast<int64_t>(manys[i]->ByteSizeLong());
+    Restart(exact);
+    const auto call = [&](auto* response) {
+      if constexpr (std::is_same_v<decltype(*response), v1::EmbedImageResponse&>) {
+        return EmbedImage(images(kMany), response);
+      } else if constexpr (std::is_same_v<decltype(*response), v1::EmbedTextResponse&>) {
+        return EmbedText(texts(kMany), response);
+      } else if constexpr (std::is_same_v<decltype(*response), v1::TokenizeResponse&>) {
+        return stub_->Tokenize(Context().get(), tokenize(kMany), response);
+      } else {
+        return Similarity(similarity(kMany), response);
+      }
+    };
+    const auto check = [&](auto* response) {
+      EXPECT_TRUE(call(response).ok());
+      EXPECT_EQ(response->ByteSizeLong(), manys[i]->ByteSizeLong());
+      exact.max_response_bytes -= 1;
+      Restart(exact);
+      limit = static_cast<size_t>(exact.max_response_bytes);
+      expect_too_large(call(response), *manys[i]);
+    };
+    switch (i) {
+      case 0:
+        check(std::make_unique<v1::EmbedImageResponse>().get());
+        break;
+      case 1:
+        check(std::make_unique<v1::EmbedTextResponse>().get());
+        break;
+      case 2:
+        check(std::make_unique<v1::TokenizeResponse>().get());
+        break;
+      default:
+        check(std::make_unique<v1::SimilarityResponse>().get());
+        break;
+    }
   }
 }
 
