@@ -20,12 +20,12 @@
 #include "clipserve/v1/clip_service.grpc.pb.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/impl/server_builder_option.h"
 #include "grpcpp/impl/server_builder_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/common/grpc_millis.h"
+#include "server/service/health_service.h"
 
 namespace clipserve {
 namespace {
@@ -151,9 +151,13 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
   }
 
   // Both are process-wide switches that only take effect for servers built later;
-  // calling them again is harmless.
-  grpc::EnableDefaultHealthCheckService(true);
+  // calling them again is harmless. Health is HealthService, not gRPC's default.
+  grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  auto health = std::make_unique<HealthService>(std::vector<std::string>{
+      "", std::string(clipserve::v1::ClipService::service_full_name())});
+  HealthService* const health_service = health.get();
+  services.push_back(std::move(health));
 
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host, ":", options.port);
@@ -205,17 +209,17 @@ absl::StatusOr<std::unique_ptr<ClipServer>> ClipServer::Create(
         absl::StrCat("cannot listen on ", address, " (address in use or invalid)"));
   }
 
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus("", true);
-  health->SetServingStatus(clipserve::v1::ClipService::service_full_name(), true);
-
   return std::unique_ptr<ClipServer>(
-      new ClipServer(std::move(services), std::move(server), bound_port));
+      new ClipServer(std::move(services), health_service, std::move(server), bound_port));
 }
 
 ClipServer::ClipServer(std::vector<std::unique_ptr<grpc::Service>> services,
-                       std::unique_ptr<grpc::Server> server, int port)
-    : services_(std::move(services)), server_(std::move(server)), port_(port) {}
+                       HealthService* health, std::unique_ptr<grpc::Server> server,
+                       int port)
+    : services_(std::move(services)),
+      health_(health),
+      server_(std::move(server)),
+      port_(port) {}
 
 ClipServer::~ClipServer() { Shutdown(absl::ZeroDuration()); }
 
@@ -224,7 +228,7 @@ void ClipServer::SetServing(bool serving) {
   if (shut_down_) return;
   serving_ = serving;
   // Updates every status Create() registered ("" and the ClipService).
-  server_->GetHealthCheckService()->SetServingStatus(serving);
+  health_->SetServing(serving);
 }
 
 bool ClipServer::serving() const {
@@ -238,8 +242,12 @@ void ClipServer::Shutdown(absl::Duration grace) {
     if (shut_down_) return;
     shut_down_ = true;
   }
-  // grpc::Server::Shutdown first marks every health status NOT_SERVING, then refuses
-  // new calls and waits for calls in flight until the deadline, cancelling the rest.
+  // Health first: NOT_SERVING for every status, and the end of every Watch call, which
+  // would otherwise stay open as a call in flight until the grace ran out (gRPC's
+  // client-side health checking keeps one open on each connection).
+  // grpc::Server::Shutdown then refuses new calls and waits for calls in flight until
+  // the deadline, cancelling the rest.
+  health_->Shutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   server_->Wait();
 }

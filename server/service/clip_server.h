@@ -16,6 +16,8 @@
 
 namespace clipserve {
 
+class HealthService;
+
 // Where and how the gRPC server listens.
 struct ClipServerOptions {
   // Address to bind; "0.0.0.0" and "[::]" listen on every interface, IPv4 and IPv6
@@ -130,11 +132,12 @@ class ClipServer {
   void Shutdown(absl::Duration grace);
 
  private:
-  ClipServer(std::vector<std::unique_ptr<grpc::Service>> services,
+  ClipServer(std::vector<std::unique_ptr<grpc::Service>> services, HealthService* health,
              std::unique_ptr<grpc::Server> server, int port);
 
-  // Declared before server_ so that they outlive it.
+  // Declared before server_ so that they outlive it; the health service among them.
   std::vector<std::unique_ptr<grpc::Service>> services_;
+  HealthService* const health_;
   std::unique_ptr<grpc::Server> server_;
   const int port_;
 

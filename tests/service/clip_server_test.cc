@@ -3,12 +3,14 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/clip_client.h"
@@ -388,6 +390,49 @@ grpc::StatusCode HealthCheckCode(grpc::health::v1::Health::Stub& stub,
   HealthCheckResponse response;
   return stub.Check(&context, grpc::health::v1::HealthCheckRequest(), &response)
       .error_code();
+}
+
+TEST(ClipServerTest, WatchesFollowHealthAndEndWhenTheDrainStarts) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stub = grpc::health::v1::Health::NewStub(ChannelTo(server->port()));
+  grpc::ClientContext whole_context, unknown_context;
+  whole_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  unknown_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto whole = stub->Watch(&whole_context, grpc::health::v1::HealthCheckRequest());
+  grpc::health::v1::HealthCheckRequest unknown_request;
+  unknown_request.set_service("no.such.Service");
+  auto unknown = stub->Watch(&unknown_context, unknown_request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(whole->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+  ASSERT_TRUE(unknown->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+  server->SetServing(false);
+  ASSERT_TRUE(whole->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  server->SetServing(false);  // no change, no answer
+  server->SetServing(true);
+  ASSERT_TRUE(whole->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
+  // A drain with a long grace: the watches are told and end at its start rather than
+  // holding it until the grace runs out (gRPC's default service kept them open).
+  absl::Notification drained;
+  std::thread drain([&] {
+    server->Shutdown(absl::Hours(1));
+    drained.Notify();
+  });
+  ASSERT_TRUE(whole->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(whole->Read(&response));
+  EXPECT_TRUE(whole->Finish().ok());
+  EXPECT_FALSE(unknown->Read(&response));  // still unknown: nothing more to say
+  EXPECT_TRUE(unknown->Finish().ok());
+  const bool in_time = drained.WaitForNotificationWithTimeout(absl::Seconds(30));
+  EXPECT_TRUE(in_time) << "the drain waited for the watches";
+  if (!in_time) whole_context.TryCancel();
+  drain.join();
 }
 
 // A connection holds at most max_concurrent_streams calls; the client's next call
