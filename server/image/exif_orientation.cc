@@ -160,10 +160,12 @@ ExifOrientationTag ReadExifOrientationTag(absl::string_view exif) {
   if (!tiff.U16(ifd, &entries)) return result;
   // As Pillow 9.4's getexif() then exif_transpose(): the entries are read in order
   // into a dict, so when the tag repeats the last stored one wins, and reading stops
-  // (keeping what it has) at an entry cut short. An entry Pillow does not store leaves
-  // an earlier value: a type it has no loader for, a count of 0, or a value whose
-  // bytes lie outside the data. The first value of a stored entry is the orientation
-  // when it equals 1..8 as a number (6, 6.0 and 12/2 alike); bytes and text never do.
+  // (keeping what it has) at an entry cut short, or at any entry, of whatever tag,
+  // whose value of more than 4 bytes runs past the end of the data (its read raises
+  // "Truncated File Read", which ends the directory). An entry Pillow does not store
+  // leaves an earlier value: a type it has no loader for, or a count of 0. The first
+  // value of a stored entry is the orientation when it equals 1..8 as a number (6,
+  // 6.0 and 12/2 alike); bytes and text never do.
   double value = 1;
   for (uint32_t i = 0; i < entries; ++i) {
     const size_t entry = size_t{ifd} + 2 + size_t{i} * 12;
@@ -173,13 +175,13 @@ ExifOrientationTag ReadExifOrientationTag(absl::string_view exif) {
         !tiff.U32(entry + 4, &count) || !tiff.U32(entry + 8, &field)) {
       break;
     }
-    if (tag != kOrientationTag) continue;
     const int size = TypeSize(type);
     if (size == 0 || count == 0) continue;
     const uint64_t bytes = uint64_t{count} * size;
     // Up to 4 bytes sit in the entry itself, more at the offset the field holds.
     const size_t at = bytes <= 4 ? entry + 8 : field;
-    if (at > exif.size() || exif.size() - at < bytes) continue;
+    if (at > exif.size() || exif.size() - at < bytes) break;
+    if (tag != kOrientationTag) continue;
     tiff.Number(type, at, &value);
     result.present = true;
   }

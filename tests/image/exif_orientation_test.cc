@@ -120,6 +120,22 @@ TEST(ExifOrientationTest, EntryTypesAndCountsAsPillowReadsThem) {
     EXPECT_EQ(ExifOrientation(with_values), 6) << le;
     // Pointing past the end: not stored, so upright.
     EXPECT_EQ(ExifOrientation(Tiff(le, {{0x0112, 4, 1000, 2}})), 1) << le;
+    // Any entry whose value runs past the end (here an ASCII Make of 20 bytes) ends
+    // the directory: an orientation after it is never read, one before it stays.
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x010F, 2, 1000, 20}, {0x0112, 3, 6}})), 1)
+        << le;
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x0112, 3, 6}, {0x010F, 2, 1000, 20}})), 6)
+        << le;
+    EXPECT_EQ(ExifOrientation(Tiff(le, {{0x010F, 99, 1000, 20}, {0x0112, 3, 6}})), 6)
+        << le << ": a type Pillow has no loader for is skipped before its value is read";
+    // A value that ends right at the end of the data is read; a byte further is not.
+    const size_t end = Tiff(le, {{0x010F, 2, 0, 8}, {0x0112, 3, 6}}).size();
+    for (const uint32_t offset : {end, end + 1}) {
+      const std::string tiff =
+          Tiff(le, {{0x010F, 2, static_cast<uint32_t>(offset), 8}, {0x0112, 3, 6}}) +
+          std::string("ABCDEFG\0", 8);
+      EXPECT_EQ(ExifOrientation(tiff), offset == end ? 6 : 1) << le << " " << offset;
+    }
   }
   // 8-byte types, their value at offset 26 likewise (as Pillow gave them: 6.0, 6, nan).
   struct Wide {
