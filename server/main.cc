@@ -302,17 +302,35 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
   options.max_input_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_text_bytes));
   const std::string flag = absl::GetFlag(FLAGS_tokenizer);
   if (!flag.empty()) {
+    namespace fs = std::filesystem;
+    std::error_code error;
+    const fs::file_status status = fs::status(flag, error);
+    // Not the folder it would be in: a mistyped name must not load whatever
+    // tokenizer lies beside it.
+    if (!fs::exists(status)) {
+      return absl::NotFoundError(
+          absl::StrCat("--tokenizer=", flag, ": no such file or folder"));
+    }
+    if (fs::is_directory(status)) return LoadTokenizerNextTo(flag, options);
+    const fs::path name = fs::path(flag).filename();
     if (absl::EndsWith(flag, ".gz")) {
       CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, LoadOpenAiVocabulary(flag));
       return CreateTokenizerFrom(std::move(vocab), options, flag);
     }
     // Named itself, it is read even where vocab.json + merges.txt lie beside it.
-    if (std::filesystem::path(flag).filename() ==
-        std::filesystem::path(std::string(kHuggingFaceTokenizerFileName))) {
+    if (name == fs::path(std::string(kHuggingFaceTokenizerFileName))) {
       CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab, LoadHuggingFaceTokenizerJson(flag));
       return CreateTokenizerFrom(std::move(vocab), options, flag);
     }
-    return LoadTokenizerNextTo(flag, options);
+    if (name == fs::path(std::string(kHuggingFaceVocabFileName)) ||
+        name == fs::path(std::string(kHuggingFaceMergesFileName))) {
+      return LoadTokenizerNextTo(flag, options);  // the pair in its folder
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tokenizer=", flag, " is no tokenizer file: give CLIP's ", kOpenAiVocabFileName,
+        " (or another .gz of that format), a ", kHuggingFaceTokenizerFileName, ", a ",
+        kHuggingFaceVocabFileName, " or ", kHuggingFaceMergesFileName,
+        " (the other beside it), or a folder holding them"));
   }
   // A demo model has no files; it tokenizes with CLIP's own vocabulary, so token
   // counts, truncation and text costs are those of a real deployment.
@@ -739,6 +757,9 @@ absl::Status Run() {
   }
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> tokenizer,
                              MakeTokenizer(loaded));
+  LOG(INFO) << "tokenizer: "
+            << (tokenizer->source().empty() ? "CLIP's built-in vocabulary"
+                                            : tokenizer->source());
   CLIPSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<EmbeddingEngine> engine,
       EmbeddingEngine::Create(std::move(loaded), std::move(tokenizer), engine_options));

@@ -264,8 +264,10 @@ absl::StatusOr<std::string> BpeTokenizer::Decode(absl::Span<const int32_t> ids) 
 
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> CreateTokenizerFrom(
     BpeVocabulary vocab, const BpeTokenizer::Options& options, absl::string_view source) {
+  BpeTokenizer::Options with_source = options;
+  with_source.source = std::string(source);
   absl::StatusOr<std::unique_ptr<BpeTokenizer>> tokenizer =
-      BpeTokenizer::Create(std::move(vocab), options);
+      BpeTokenizer::Create(std::move(vocab), with_source);
   if (!tokenizer.ok()) {
     return absl::Status(tokenizer.status().code(),
                         absl::StrCat(source, ": ", tokenizer.status().message()));

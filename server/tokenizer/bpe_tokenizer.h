@@ -55,6 +55,8 @@ class BpeTokenizer {
     size_t max_input_bytes = 16384;
     // The cache of words already split into tokens (see WordCache::Options).
     WordCache::Options cache;
+    // The file(s) the vocabulary was read from, for the log ("" when it is built in).
+    std::string source;
   };
 
   // Checks and compiles `vocab`. INVALID_ARGUMENT when the options are out of range, or
@@ -86,6 +88,7 @@ class BpeTokenizer {
   int32_t end_of_text_id() const { return end_of_text_id_; }
   int vocab_size() const { return static_cast<int>(tokens_.size()); }
   int context_length() const { return options_.context_length; }
+  const std::string& source() const { return options_.source; }
 
   // Words in the word cache now; for tests and metrics. Thread-safe.
   size_t cache_size() const { return cache_.size(); }
@@ -116,7 +119,8 @@ class BpeTokenizer {
 };
 
 // BpeTokenizer::Create(), with an error prefixed by `source`, the file(s) `vocab` was
-// read from: a vocabulary that is not CLIP's is refused naming where it came from.
+// read from: a vocabulary that is not CLIP's is refused naming where it came from. The
+// tokenizer's source() is `source`.
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> CreateTokenizerFrom(
     BpeVocabulary vocab, const BpeTokenizer::Options& options, absl::string_view source);
 

@@ -9,10 +9,12 @@ import argparse
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import unittest
 import urllib.request
@@ -120,6 +122,40 @@ class UsageTest(unittest.TestCase):
             self.assertIn(f"clip_server: unexpected argument '{args[-1]}': give flags as "
                           "--name=value", result.stderr, args)
             self.assertNotIn("loading model", result.stderr, args)
+
+
+class TokenizerFlagTest(unittest.TestCase):
+    """--tokenizer names files that exist; the server logs what it read."""
+
+    VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                         "third_party", "clip", "bpe_simple_vocab_16e6.txt.gz")
+
+    def run_server(self, tokenizer):
+        server = lib.Server(ARGS.server, f"--tokenizer={tokenizer}")
+        self.addCleanup(server.kill)
+        return server
+
+    def test_a_path_that_is_not_there_is_refused_not_read_beside(self):
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(self.VOCAB, folder)
+            for typo in ("custom_tokenzier", "vocab.jsn"):
+                server = self.run_server(os.path.join(folder, typo))
+                code = server.process.wait(timeout=120)
+                output = server.output()
+                self.assertEqual(code, 1, output)
+                self.assertIn(f"--tokenizer={folder}/{typo}: no such file or folder",
+                              output)
+            # A file that is there but no tokenizer's is refused too.
+            other = os.path.join(folder, "notes.txt")
+            with open(other, "w") as f:
+                f.write("not a vocabulary")
+            server = self.run_server(other)
+            self.assertEqual(server.process.wait(timeout=120), 1, server.output())
+            self.assertIn(f"--tokenizer={other} is no tokenizer file", server.output())
+            # The folder itself is read, and the log names the file.
+            server = self.run_server(folder)
+            server.wait_for_log(re.escape(
+                f"tokenizer: {folder}/bpe_simple_vocab_16e6.txt.gz"))
 
 
 class SignalTest(unittest.TestCase):
