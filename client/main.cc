@@ -934,7 +934,14 @@ int main(int argc, char** argv) {
   if (absl::Status spaced = RefuseSpacedFlagValues(argc, argv); !spaced.ok()) {
     return Fail(spaced);
   }
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and the like print and exit 0; mistakes read as every other failure.
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success))
+      return app.exit(e);
+    return Fail(absl::InvalidArgumentError(absl::StrCat(e.what(), " (see --help)")));
+  }
   options.deadline = absl::Milliseconds(deadline_ms);
   options.max_receive_message_bytes = static_cast<int>(max_message_bytes);
   const uint64_t max_file_bytes = MaxImageFileBytes(max_message_bytes);

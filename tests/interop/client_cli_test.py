@@ -165,6 +165,15 @@ class ClientCliTest(unittest.TestCase):
         rows = self.jsonl(self.client("embed-image", "--skip_errors", self.bad).stdout)
         self.assertEqual([r["input"] for r in rows], paths)
 
+    def test_usage_mistakes_read_as_every_other_failure(self):
+        for args in (["--tls_cert=x.pem", "health"], ["--deadline_ms=0", "health"],
+                     ["no-such-command"], ["embed-text", "--no_such_flag", "a cat"]):
+            refused = self.client(*args, check=False)
+            self.assertEqual(refused.returncode, 1, args)
+            self.assertRegex(refused.stderr, r"^error: INVALID_ARGUMENT: .*\(see --help\)\n$",
+                             args)
+        self.assertEqual(self.client("--help", check=False).returncode, 0)
+
     def test_a_flag_value_after_a_space_is_refused(self):
         # CLI11 would take "--normalize false" as the flag and a text "false".
         for args in (["embed-text", "--normalize", "false", "a cat"],
