@@ -384,6 +384,20 @@ class ManifestsTest(unittest.TestCase):
         self.assertIn(QUEUE_METRIC, doc)
         self.assertIn("round_robin", doc)
 
+    def test_the_docs_list_every_metric_the_server_defines(self):
+        names = set()
+        for folder, _, files in os.walk(os.path.join(ROOT, "server")):
+            for name in files:
+                if name.endswith(".cc"):
+                    with open(os.path.join(folder, name)) as f:
+                        names |= set(re.findall(r'"(clipserve_[a-z_]+)"', f.read()))
+        self.assertGreater(len(names), 15)
+        metrics_doc = read("docs/METRICS.md")
+        operations = read("docs/OPERATIONS.md")
+        for name in sorted(names):
+            self.assertRegex(metrics_doc, rf"\b{name}\b", "docs/METRICS.md")
+            self.assertRegex(operations, rf"`{name}[{{`]", "docs/OPERATIONS.md's list")
+
     def test_dockerfile(self):
         d = self.dockerfile
         self.assertGreaterEqual(len([k for k, _ in d.instructions if k == "FROM"]), 2)
