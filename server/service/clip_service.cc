@@ -720,7 +720,12 @@ class ClassifyCall final : public JoinedCall {
 // answers a bad item with its error at once), and writes answers one at a time from a
 // queue in completion order. Items count as in flight from their read until their
 // answer is written; at max_in_flight no further read is issued, which is the flow
-// control. After the client's half-close and the last answer, finishes OK.
+// control. An item that does not fit the request memory budget while the stream's own
+// earlier items hold some of it waits for them (parked: the stream reads no further
+// until one of them is answered, then it tries again), so that one client's stream of
+// large items is slowed down rather than refused item by item; with none of its own
+// held, the item fails alone (RESOURCE_EXHAUSTED, with a RetryInfo). After the
+// client's half-close and the last answer, finishes OK.
 //
 // Cancellation (or a failed write) marks the stream broken: queued answers are
 // dropped, no further reads are issued, the engine is told to drop queued work, and
@@ -839,6 +844,8 @@ class EmbedStreamCall final
     bool read = false;
     bool finish = false;
     grpc::Status status;
+    // A parked item to start again.
+    std::optional<grpc::ByteBuffer> retry;
   };
 
   Actions NextActionsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -846,6 +853,7 @@ class EmbedStreamCall final
     if (finished_) return actions;
     if (broken_) {
       queue_.clear();
+      parked_.reset();
       if (!reading_ && !writing_ && engine_pending_ == 0) {
         finished_ = true;
         finish_status_ = absl::CancelledError("stream cancelled");
@@ -860,7 +868,15 @@ class EmbedStreamCall final
       queue_.pop_front();
       actions.write = true;
     }
-    if (!reading_ && !half_closed_ && in_flight_ < max_in_flight_) {
+    // Some of the stream's memory came back (or none is held): the parked item tries
+    // again. reading_ keeps the call from finishing while it starts, as in OnReadDone().
+    if (parked_.has_value() && !reading_ && (released_since_park_ || held_items_ == 0)) {
+      actions.retry = std::move(parked_);
+      parked_.reset();
+      reading_ = true;
+    }
+    if (!reading_ && !half_closed_ && !parked_.has_value() &&
+        in_flight_ < max_in_flight_) {
       reading_ = true;
       actions.read = true;
     }
@@ -885,6 +901,34 @@ class EmbedStreamCall final
       finish_started_.store(true, std::memory_order_release);
       Finish(actions.status);
     }
+    if (actions.retry.has_value()) {  // never with finish: reading_ was set for it
+      StartItem(*actions.retry);
+      Actions next;
+      {
+        absl::MutexLock lock(&mu_);
+        reading_ = false;
+        next = NextActionsLocked();
+      }
+      Run(next);
+    }
+  }
+
+  // Parks the item `bytes`, which the request memory budget refused, when the stream's
+  // own items hold some of it: true when parked.
+  bool Park(const grpc::ByteBuffer& bytes) {
+    absl::MutexLock lock(&mu_);
+    if (broken_ || held_items_ == 0) return false;
+    parked_ = bytes;
+    released_since_park_ = false;
+    return true;
+  }
+
+  // An item's reservation came back (before its answer is queued, which then looks
+  // at a parked item).
+  void Released() {
+    absl::MutexLock lock(&mu_);
+    --held_items_;
+    released_since_park_ = true;
   }
 
   // Queues the answer of an item (dropped when the stream is broken).
@@ -968,9 +1012,17 @@ class EmbedStreamCall final
     // A valid item's bytes count against the budget until the engine has answered it
     // (the reservation travels in the engine's callback). An invalid item fails with
     // its own error before it is weighed: it would hold nothing, and is no refusal.
-    const auto reserve = [&] {
-      return request_memory_->Reserve(static_cast<int64_t>(bytes.Length()),
-                                      budget_client_);
+    // Refused while the stream's own items hold memory, the item waits for them
+    // (Park()) rather than fail: only a refusal that fails it is counted.
+    bool parked = false;
+    const auto reserve = [&]() -> absl::StatusOr<RequestMemoryBudget::Reservation> {
+      const int64_t size = static_cast<int64_t>(bytes.Length());
+      absl::StatusOr<RequestMemoryBudget::Reservation> held =
+          request_memory_->TryReserve(size, budget_client_);
+      if (held.ok()) return held;
+      parked = Park(bytes);
+      if (parked) return held;
+      return request_memory_->Reserve(size, budget_client_);
     };
     absl::StatusOr<RequestMemoryBudget::Reservation> reservation;
     EmbedOptions options;
@@ -984,6 +1036,7 @@ class EmbedStreamCall final
         if (invalid.ok()) invalid = image.status();
         if (invalid.ok()) {
           reservation = reserve();
+          if (parked) return;
           invalid = reservation.status();
         }
         if (!invalid.ok()) break;
@@ -997,6 +1050,7 @@ class EmbedStreamCall final
               // Returned before the answer is queued: the engine may destroy its
               // callback only after the stream, and so perhaps the service, is gone.
               held.Release();
+              Released();
               OnEmbedded(std::move(id), "image", false, std::move(r));
             });
         return;
@@ -1005,6 +1059,7 @@ class EmbedStreamCall final
         if (invalid.ok()) invalid = ValidateText(item.text(), limits_, "text");
         if (invalid.ok()) {
           reservation = reserve();
+          if (parked) return;
           invalid = reservation.status();
         }
         if (!invalid.ok()) break;
@@ -1018,6 +1073,7 @@ class EmbedStreamCall final
               // Returned before the answer is queued: the engine may destroy its
               // callback only after the stream, and so perhaps the service, is gone.
               held.Release();
+              Released();
               OnEmbedded(std::move(id), "text", true, std::move(r));
             });
         return;
@@ -1029,9 +1085,11 @@ class EmbedStreamCall final
     FailItem(std::move(*item_id), invalid, /*from_engine=*/false);
   }
 
+  // An item holding a reservation goes to the engine.
   void StartEngine() {
     absl::MutexLock lock(&mu_);
     ++engine_pending_;
+    ++held_items_;
   }
 
   Engine* const engine_;
@@ -1073,6 +1131,12 @@ class EmbedStreamCall final
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   // Engine requests whose callback has not run yet.
   int engine_pending_ ABSL_GUARDED_BY(mu_) = 0;
+  // Engine requests whose reservation has not come back yet.
+  int held_items_ ABSL_GUARDED_BY(mu_) = 0;
+  // An item the request memory budget refused while held_items_ > 0, read but not
+  // started (counted in in_flight_), and whether a reservation came back since.
+  std::optional<grpc::ByteBuffer> parked_ ABSL_GUARDED_BY(mu_);
+  bool released_since_park_ ABSL_GUARDED_BY(mu_) = false;
   // Serialized answers waiting for their turn to be written.
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
 };

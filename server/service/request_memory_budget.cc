@@ -64,12 +64,14 @@ RequestMemoryBudget::~RequestMemoryBudget() {
 }
 
 absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
-    int64_t bytes, absl::string_view client) {
+    int64_t bytes, absl::string_view client, bool count_refusal) {
   bytes = std::max<int64_t>(bytes, 0);
   // Nothing to count for a client: an empty request holds none of its share (and a
   // client entry exists only while it holds bytes).
   if (per_client_capacity_ == 0 || client.empty() || bytes == 0) {
-    if (absl::Status status = TakeFromTotal(bytes); !status.ok()) return status;
+    if (absl::Status status = TakeFromTotal(bytes, count_refusal); !status.ok()) {
+      return status;
+    }
     return Reservation(this, bytes, std::string());
   }
   int64_t held = 0;
@@ -78,7 +80,9 @@ absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
     const auto it = clients_.find(client);
     held = it == clients_.end() ? 0 : it->second;
     if (bytes <= per_client_capacity_ - held) {
-      if (absl::Status status = TakeFromTotal(bytes); !status.ok()) return status;
+      if (absl::Status status = TakeFromTotal(bytes, count_refusal); !status.ok()) {
+        return status;
+      }
       if (it == clients_.end()) {
         clients_.emplace(client, bytes);
       } else {
@@ -87,7 +91,7 @@ absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
       return Reservation(this, bytes, std::string(client));
     }
   }
-  if (metrics_ != nullptr) metrics_->RecordRequestMemoryClientRefusal();
+  if (metrics_ != nullptr && count_refusal) metrics_->RecordRequestMemoryClientRefusal();
   return ResourceExhaustedWithRetry(
       absl::StrCat("this client (", client, ") holds ", Size(held),
                    " of requests in flight; this one (", Size(bytes),
@@ -108,11 +112,11 @@ int64_t RequestMemoryBudget::used_by(absl::string_view client) const {
   return it == clients_.end() ? 0 : it->second;
 }
 
-absl::Status RequestMemoryBudget::TakeFromTotal(int64_t bytes) {
+absl::Status RequestMemoryBudget::TakeFromTotal(int64_t bytes, bool count_refusal) {
   int64_t used = used_.load(std::memory_order_relaxed);
   do {
     if (capacity_ > 0 && bytes > capacity_ - used) {
-      if (metrics_ != nullptr) metrics_->RecordRequestMemoryRefusal();
+      if (metrics_ != nullptr && count_refusal) metrics_->RecordRequestMemoryRefusal();
       return ResourceExhaustedWithRetry(
           absl::StrCat("the server holds ", Size(used),
                        " of requests in flight; this one (", Size(bytes),

@@ -99,7 +99,16 @@ class RequestMemoryBudget {
   // peer. With a per-client limit, RESOURCE_EXHAUSTED (same RetryInfo) too when the
   // bytes do not fit beside what that client holds. "" is not limited per client.
   absl::StatusOr<Reservation> Reserve(int64_t bytes, absl::string_view client = "")
-      ABSL_LOCKS_EXCLUDED(clients_mu_);
+      ABSL_LOCKS_EXCLUDED(clients_mu_) {
+    return Reserve(bytes, client, /*count_refusal=*/true);
+  }
+  // As Reserve(), but a refusal is not counted in the metrics: for a caller that may
+  // wait and try again rather than refuse (an EmbedStream item waiting for its
+  // stream's earlier items), and calls Reserve() when it does refuse.
+  absl::StatusOr<Reservation> TryReserve(int64_t bytes, absl::string_view client = "")
+      ABSL_LOCKS_EXCLUDED(clients_mu_) {
+    return Reserve(bytes, client, /*count_refusal=*/false);
+  }
 
   int64_t capacity() const { return capacity_; }
   int64_t per_client_capacity() const { return per_client_capacity_; }
@@ -112,8 +121,11 @@ class RequestMemoryBudget {
   size_t clients_holding() const ABSL_LOCKS_EXCLUDED(clients_mu_);
 
  private:
+  absl::StatusOr<Reservation> Reserve(int64_t bytes, absl::string_view client,
+                                      bool count_refusal)
+      ABSL_LOCKS_EXCLUDED(clients_mu_);
   // Adds `bytes` to the total unless that passes the capacity.
-  absl::Status TakeFromTotal(int64_t bytes);
+  absl::Status TakeFromTotal(int64_t bytes, bool count_refusal);
   void Return(int64_t bytes, const std::string& client) ABSL_LOCKS_EXCLUDED(clients_mu_);
 
   const int64_t capacity_;

@@ -213,6 +213,12 @@ LoopbackService ServeOnLoopback(Engine* engine, const ClipServiceOptions& option
   return out;
 }
 
+// A call's request bytes are returned when gRPC deletes the call, which may be just
+// after its client has the answer; this waits (bounded) for the budget to show it.
+bool AwaitRequestMemory(const ClipService& service, int64_t bytes) {
+  return testing::PollUntil([&] { return service.request_memory_used() == bytes; });
+}
+
 class ClipServiceTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(ClipServiceOptions{}); }
@@ -298,13 +304,16 @@ class ClipServiceTest : public ::testing::Test {
       return testing::FindSample(metrics_->Serialize(), counter).value_or(0);
     };
 
-    auto context = Context(absl::Seconds(30));
-    auto stream = stub_->EmbedStream(context.get());
-    // The first item's 1500 bytes are held while the engine holds it...
-    ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
+    // Another call of the same client holds 1500 bytes while the engine holds it...
+    v1::EmbedTextRequest big_request;
+    big_request.add_texts(std::string(1500, 'b'));
+    auto big = StartCall(stub_->async(), &Rpc::EmbedText, big_request);
     ASSERT_TRUE(engine_->AwaitHeld(1));
     EXPECT_GE(service_->request_memory_used(), 1500);
-    // ...so the next 600 bytes do not fit: that item alone fails, at once.
+    // ...so a stream's item of 600 bytes does not fit, and the stream holds nothing of
+    // its own to wait for: that item alone fails, at once.
+    auto context = Context(absl::Seconds(30));
+    auto stream = stub_->EmbedStream(context.get());
     ASSERT_TRUE(stream->Write(TextItem("refused", std::string(600, 'r'))));
     v1::EmbedStreamResponse response;
     ASSERT_TRUE(stream->Read(&response));
@@ -324,19 +333,18 @@ class ClipServiceTest : public ::testing::Test {
     EXPECT_EQ(response.error().code(),
               static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
     EXPECT_EQ(refusals(), 1);
-    // A small item still fits beside the big one.
+    // A small item still fits beside the big call.
     ASSERT_TRUE(stream->Write(TextItem("small", "a cat")));
     ASSERT_TRUE(engine_->AwaitHeld(2));
 
-    // Once the engine has answered, the stream holds nothing and admits the 600 bytes.
+    // Once the engine has answered, nothing is held and the 600 bytes are admitted.
     engine_->set_hold(false);
-    std::map<std::string, bool> answered;
-    for (int i = 0; i < 2; ++i) {
-      ASSERT_TRUE(stream->Read(&response));
-      answered[response.id()] = response.has_embedding();
-    }
-    EXPECT_EQ(answered, (std::map<std::string, bool>{{"big", true}, {"small", true}}));
-    EXPECT_EQ(service_->request_memory_used(), 0);
+    ASSERT_TRUE(big->Await());
+    EXPECT_TRUE(big->status.ok()) << big->status.error_message();
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.id(), "small");
+    EXPECT_TRUE(response.has_embedding());
+    EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
     ASSERT_TRUE(stream->Write(TextItem("retried", std::string(600, 'r'))));
     ASSERT_TRUE(stream->Read(&response));
     EXPECT_EQ(response.id(), "retried");
@@ -975,12 +983,6 @@ TEST_F(ClipServiceTest, EngineResourceExhaustedReachesTheClientWithRetryInfo) {
     v1::TokenizeResponse response;
     check(stub_->Tokenize(Context().get(), request, &response));
   }
-}
-
-// A call's request bytes are returned when gRPC deletes the call, which may be just
-// after its client has the answer; this waits (bounded) for the budget to show it.
-bool AwaitRequestMemory(const ClipService& service, int64_t bytes) {
-  return testing::PollUntil([&] { return service.request_memory_used() == bytes; });
 }
 
 void ExpectOverMemoryLimit(const grpc::Status& status) {
@@ -2102,6 +2104,43 @@ TEST_F(ClipServiceTest, EmbedStreamItemsPastTheClientsShareFailAlone) {
   ExpectAStreamItemPastTheLimitFailsAlone(
       options, "--max_request_memory_per_client_mb",
       "clipserve_request_memory_client_refusals_total");
+}
+
+// A stream whose own earlier item holds the memory its next item needs is slowed
+// down, not refused: the item waits for it, and the stream reads no further meanwhile.
+TEST_F(ClipServiceTest, AnEmbedStreamItemPastTheLimitWaitsForTheStreamsOwn) {
+  ClipServiceOptions options;
+  options.max_request_memory_bytes = 2000;
+  RestartRecordingMetrics(options);
+  engine_->set_hold(true);
+  auto context = Context(absl::Seconds(30));
+  auto stream = stub_->EmbedStream(context.get());
+  ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  // 600 bytes do not fit beside the stream's own 1500; the small item after them
+  // would, but is not read before them.
+  ASSERT_TRUE(stream->Write(TextItem("waits", std::string(600, 'w'))));
+  ASSERT_TRUE(stream->Write(TextItem("small", "a cat")));
+  ASSERT_TRUE(stream->WritesDone());
+  engine_->set_hold(false);
+  std::vector<std::string> ids;
+  v1::EmbedStreamResponse response;
+  while (stream->Read(&response)) {
+    EXPECT_TRUE(response.has_embedding())
+        << response.id() << ": " << response.error().message();
+    ids.push_back(response.id());
+  }
+  EXPECT_THAT(ids, ::testing::UnorderedElementsAre("big", "waits", "small"));
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<std::string> order;
+  for (const FakeEngine::Call& call : engine_->calls()) order.push_back(call.texts.at(0));
+  EXPECT_THAT(order, ElementsAre(std::string(1500, 'b'), std::string(600, 'w'), "a cat"));
+  EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
+                                "clipserve_request_memory_refusals_total")
+                .value_or(0),
+            0);
+  EXPECT_EQ(service_->request_memory_used(), 0);
 }
 
 TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {

@@ -150,6 +150,10 @@ TEST(RequestMemoryBudgetTest, MetricsFollowTheBytesHeldAndCountRefusals) {
   EXPECT_THAT(metrics.Serialize(), HasSubstr("clipserve_request_memory_bytes 500\n"));
   EXPECT_FALSE(budget.Reserve(int64_t{3} << 20).ok());
   EXPECT_FALSE(budget.Reserve(int64_t{3} << 20).ok());
+  // A caller that will wait and try again is refused the same way, uncounted.
+  const absl::StatusOr<Reservation> tried = budget.TryReserve(int64_t{3} << 20);
+  EXPECT_EQ(tried.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryInfoPayload(tried.status()), RequestMemoryBudget::kRetryAfter);
   EXPECT_THAT(metrics.Serialize(),
               HasSubstr("clipserve_request_memory_refusals_total 2\n"));
   b->Release();
@@ -288,6 +292,7 @@ TEST(RequestMemoryBudgetTest, MetricsShowThePerClientLimitAndCountItsRefusals) {
   absl::StatusOr<Reservation> a = budget.Reserve(int64_t{1} << 20, "c");
   ASSERT_TRUE(a.ok());
   EXPECT_FALSE(budget.Reserve(1, "c").ok());
+  EXPECT_FALSE(budget.TryReserve(1, "c").ok());  // uncounted
   EXPECT_THAT(metrics.Serialize(),
               HasSubstr("clipserve_request_memory_client_refusals_total 1\n"));
   EXPECT_THAT(metrics.Serialize(),
