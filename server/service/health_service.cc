@@ -39,8 +39,10 @@ class HealthService::WatchReactor final
 
   void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    // A write in flight finishes with ok = false, which finishes the call.
-    if (!writing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    // Even with a write in flight: gRPC may report it done with ok = true after this,
+    // and nothing would finish the call then (its OnDone() never coming, the service's
+    // destructor would wait for it for ever).
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
   }
 
   void OnDone() override {
