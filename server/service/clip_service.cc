@@ -724,7 +724,9 @@ class ClassifyCall final : public JoinedCall {
 // earlier items hold some of it waits for them (parked: the stream reads no further
 // until one of them is answered, then it tries again), so that one client's stream of
 // large items is slowed down rather than refused item by item; with none of its own
-// held, the item fails alone (RESOURCE_EXHAUSTED, with a RetryInfo). After the
+// held, or when parked items already hold as much again as the budget (the service's
+// parking budget, which bounds what waiting streams keep), the item fails alone
+// (RESOURCE_EXHAUSTED, with a RetryInfo). After the
 // client's half-close and the last answer, finishes OK.
 //
 // Cancellation (or a failed write) marks the stream broken: queued answers are
@@ -745,9 +747,10 @@ class EmbedStreamCall final
  public:
   EmbedStreamCall(grpc::CallbackServerContext& context, Engine* engine,
                   const ClipServiceOptions& options, const RpcRecorder* recorder,
-                  RequestMemoryBudget* request_memory)
+                  RequestMemoryBudget* request_memory, RequestMemoryBudget* parking)
       : engine_(engine),
         request_memory_(request_memory),
+        parking_(parking),
         budget_client_(BudgetClientOf(*request_memory, context)),
         limits_(options.limits),
         max_in_flight_(options.max_stream_items_in_flight),
@@ -854,6 +857,7 @@ class EmbedStreamCall final
     if (broken_) {
       queue_.clear();
       parked_.reset();
+      parked_room_.Release();
       if (!reading_ && !writing_ && engine_pending_ == 0) {
         finished_ = true;
         finish_status_ = absl::CancelledError("stream cancelled");
@@ -873,6 +877,7 @@ class EmbedStreamCall final
     if (parked_.has_value() && !reading_ && (released_since_park_ || held_items_ == 0)) {
       actions.retry = std::move(parked_);
       parked_.reset();
+      parked_room_.Release();
       reading_ = true;
     }
     if (!reading_ && !half_closed_ && !parked_.has_value() &&
@@ -913,13 +918,25 @@ class EmbedStreamCall final
     }
   }
 
-  // Parks the item `bytes`, which the request memory budget refused, when the stream's
-  // own items hold some of it: true when parked.
-  bool Park(const grpc::ByteBuffer& bytes) {
+  // How many reservations of the stream's items have come back so far.
+  int64_t ReleasesSoFar() {
+    absl::MutexLock lock(&mu_);
+    return releases_;
+  }
+
+  // Parks the item `bytes`, which the request memory budget refused after
+  // `releases_seen` releases, when the stream's own items hold some of it and the
+  // parking budget has room: true when parked.
+  bool Park(const grpc::ByteBuffer& bytes, int64_t releases_seen) {
     absl::MutexLock lock(&mu_);
     if (broken_ || held_items_ == 0) return false;
+    absl::StatusOr<RequestMemoryBudget::Reservation> room =
+        parking_->TryReserve(static_cast<int64_t>(bytes.Length()), budget_client_);
+    if (!room.ok()) return false;
     parked_ = bytes;
-    released_since_park_ = false;
+    parked_room_ = *std::move(room);
+    // A release between the refusal and now: try again at once.
+    released_since_park_ = releases_ != releases_seen;
     return true;
   }
 
@@ -928,6 +945,7 @@ class EmbedStreamCall final
   void Released() {
     absl::MutexLock lock(&mu_);
     --held_items_;
+    ++releases_;
     released_since_park_ = true;
   }
 
@@ -1017,10 +1035,11 @@ class EmbedStreamCall final
     bool parked = false;
     const auto reserve = [&]() -> absl::StatusOr<RequestMemoryBudget::Reservation> {
       const int64_t size = static_cast<int64_t>(bytes.Length());
+      const int64_t releases_seen = ReleasesSoFar();
       absl::StatusOr<RequestMemoryBudget::Reservation> held =
           request_memory_->TryReserve(size, budget_client_);
       if (held.ok()) return held;
-      parked = Park(bytes);
+      parked = Park(bytes, releases_seen);
       if (parked) return held;
       return request_memory_->Reserve(size, budget_client_);
     };
@@ -1094,7 +1113,8 @@ class EmbedStreamCall final
 
   Engine* const engine_;
   RequestMemoryBudget* const request_memory_;
-  const std::string budget_client_;  // BudgetClientOf() this call
+  RequestMemoryBudget* const parking_;  // bounds the bytes of parked items
+  const std::string budget_client_;     // BudgetClientOf() this call
   const RequestLimits limits_;
   const int max_in_flight_;
   const CallDeadline deadline_;
@@ -1136,7 +1156,9 @@ class EmbedStreamCall final
   // An item the request memory budget refused while held_items_ > 0, read but not
   // started (counted in in_flight_), and whether a reservation came back since.
   std::optional<grpc::ByteBuffer> parked_ ABSL_GUARDED_BY(mu_);
+  RequestMemoryBudget::Reservation parked_room_ ABSL_GUARDED_BY(mu_);  // in parking_
   bool released_since_park_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t releases_ ABSL_GUARDED_BY(mu_) = 0;
   // Serialized answers waiting for their turn to be written.
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
 };
@@ -1301,7 +1323,9 @@ ClipService::ClipService(Engine* engine, const ClipServiceOptions& options)
       }()),
       label_cache_(static_cast<size_t>(options.label_cache_capacity)),
       request_memory_(options.max_request_memory_bytes,
-                      options.max_request_memory_per_client_bytes, options.metrics) {}
+                      options.max_request_memory_per_client_bytes, options.metrics),
+      stream_parking_(options.max_request_memory_bytes,
+                      options.max_request_memory_per_client_bytes, nullptr) {}
 
 absl::Status ClipService::Authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.authenticator == nullptr) return absl::OkStatus();
@@ -1640,7 +1664,8 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ClipService::EmbedS
   if (absl::Status auth = Authenticate(*context); !auth.ok()) {
     return new FinishedStream(*context, recorder_, "EmbedStream", auth);
   }
-  return new EmbedStreamCall(*context, engine_, options_, &recorder_, &request_memory_);
+  return new EmbedStreamCall(*context, engine_, options_, &recorder_, &request_memory_,
+                             &stream_parking_);
 }
 
 grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* context,

@@ -191,6 +191,8 @@ class ClipService final : public ClipServiceBase {
   const LabelEmbeddingCache& label_cache() const { return label_cache_; }
   // Bytes of requests held now (for tests).
   int64_t request_memory_used() const { return request_memory_.used(); }
+  // Bytes of EmbedStream items waiting for their stream's own memory (for tests).
+  int64_t stream_items_waiting_bytes() const { return stream_parking_.used(); }
 
  private:
   ClipService(Engine* engine, const ClipServiceOptions& options);
@@ -203,6 +205,10 @@ class ClipService final : public ClipServiceBase {
   const RpcRecorder recorder_;
   LabelEmbeddingCache label_cache_;
   RequestMemoryBudget request_memory_;
+  // EmbedStream items refused by request_memory_ that wait for their own stream's
+  // items (read, so held in memory too): bounded as requests in flight are, so that
+  // waiting streams hold at most that much more.
+  RequestMemoryBudget stream_parking_;
 };
 
 }  // namespace clipserve

@@ -2117,14 +2117,22 @@ TEST_F(ClipServiceTest, AnEmbedStreamItemPastTheLimitWaitsForTheStreamsOwn) {
   auto stream = stub_->EmbedStream(context.get());
   ASSERT_TRUE(stream->Write(TextItem("big", std::string(1500, 'b'))));
   ASSERT_TRUE(engine_->AwaitHeld(1));
-  // 600 bytes do not fit beside the stream's own 1500; the small item after them
-  // would, but is not read before them.
+  // An item larger than the whole budget could never fit: it fails at once.
+  ASSERT_TRUE(stream->Write(TextItem("huge", std::string(2500, 'h'))));
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.id(), "huge");
+  EXPECT_EQ(response.error().code(),
+            static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  // 600 bytes do not fit beside the stream's own 1500: they wait, and the small item
+  // after them, which would fit, is not read before them.
   ASSERT_TRUE(stream->Write(TextItem("waits", std::string(600, 'w'))));
+  ASSERT_TRUE(
+      testing::PollUntil([&] { return service_->stream_items_waiting_bytes() > 0; }));
   ASSERT_TRUE(stream->Write(TextItem("small", "a cat")));
   ASSERT_TRUE(stream->WritesDone());
   engine_->set_hold(false);
   std::vector<std::string> ids;
-  v1::EmbedStreamResponse response;
   while (stream->Read(&response)) {
     EXPECT_TRUE(response.has_embedding())
         << response.id() << ": " << response.error().message();
@@ -2139,7 +2147,8 @@ TEST_F(ClipServiceTest, AnEmbedStreamItemPastTheLimitWaitsForTheStreamsOwn) {
   EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
                                 "clipserve_request_memory_refusals_total")
                 .value_or(0),
-            0);
+            1);  // "huge" alone
+  EXPECT_EQ(service_->stream_items_waiting_bytes(), 0);
   EXPECT_EQ(service_->request_memory_used(), 0);
 }
 
