@@ -309,7 +309,10 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
     // tokenizer lies beside it.
     if (!fs::exists(status)) {
       return absl::NotFoundError(
-          absl::StrCat("--tokenizer=", flag, ": no such file or folder"));
+          absl::StrCat("--tokenizer=", flag, ": ",
+                       error && error != std::errc::no_such_file_or_directory
+                           ? error.message()
+                           : "no such file or folder"));
     }
     if (fs::is_directory(status)) return LoadTokenizerNextTo(flag, options);
     const fs::path name = fs::path(flag).filename();
@@ -324,7 +327,22 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
     }
     if (name == fs::path(std::string(kHuggingFaceVocabFileName)) ||
         name == fs::path(std::string(kHuggingFaceMergesFileName))) {
-      return LoadTokenizerNextTo(flag, options);  // the pair in its folder
+      // The pair, never another tokenizer of that folder.
+      const fs::path folder = fs::path(flag).parent_path();
+      const std::string vocab =
+          (folder / std::string(kHuggingFaceVocabFileName)).string();
+      const std::string merges =
+          (folder / std::string(kHuggingFaceMergesFileName)).string();
+      for (const std::string& file : {vocab, merges}) {
+        if (!fs::exists(file, error)) {
+          return absl::NotFoundError(absl::StrCat("--tokenizer=", flag, ": ", file,
+                                                  ", its other half, is not there"));
+        }
+      }
+      CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary pair,
+                                 LoadHuggingFaceVocabulary(vocab, merges));
+      return CreateTokenizerFrom(std::move(pair), options,
+                                 absl::StrCat(vocab, ", ", merges));
     }
     return absl::InvalidArgumentError(absl::StrCat(
         "--tokenizer=", flag, " is no tokenizer file: give CLIP's ", kOpenAiVocabFileName,

@@ -152,6 +152,15 @@ class TokenizerFlagTest(unittest.TestCase):
             server = self.run_server(other)
             self.assertEqual(server.process.wait(timeout=120), 1, server.output())
             self.assertIn(f"--tokenizer={other} is no tokenizer file", server.output())
+            # Half of a Hugging Face pair is not completed by another tokenizer there.
+            vocab = os.path.join(folder, "vocab.json")
+            with open(vocab, "w") as f:
+                f.write("{}")
+            server = self.run_server(vocab)
+            self.assertEqual(server.process.wait(timeout=120), 1, server.output())
+            self.assertIn(f"{folder}/merges.txt, its other half, is not there",
+                          server.output())
+            os.remove(vocab)
             # The folder itself is read, and the log names the file.
             server = self.run_server(folder)
             server.wait_for_log(re.escape(
@@ -332,10 +341,11 @@ class UnhealthyExitTest(unittest.TestCase):
         lib.set_up_stubs(cls, ARGS)
 
     def test_a_batch_stuck_past_the_watchdog_ends_the_process(self):
-        # One batch of 256 images on one thread runs for many seconds here; a watchdog
-        # of 0.1 s calls it stuck, and one second of NOT_SERVING ends the process long
-        # before the batch would finish.
-        server = lib.Server(ARGS.server, "--batch_watchdog_s=0.1",
+        # One batch of 256 ViT-B/16 images in fp32 on one thread runs for a minute here,
+        # and for many seconds on the fastest core; a watchdog of 0.1 s calls it stuck,
+        # and one second of NOT_SERVING ends the process long before it would finish.
+        server = lib.Server(ARGS.server, "--model=demo:ViT-B-16", "--precision=fp32",
+                            "--batch_watchdog_s=0.1",
                             "--exit_after_unhealthy_s=1", "--intra_op_threads=1",
                             "--max_batch_size=256", "--max_queue_size=256",
                             "--max_queue_delay_ms=10000")
