@@ -41,10 +41,11 @@ double LatencyHistogram::Percentile(double p) const {
   if (count_ == 0) return 0;
   if (!(p > 0)) return buckets_.begin()->second.min;
   if (p >= 100) return buckets_.rbegin()->second.max;
-  // Nearest rank: ceil(p / 100 * n), 1-based. Rounding p / 100 * n first keeps exact
-  // products such as 0.9 * 10 from landing just above an integer.
+  // Nearest rank: ceil(p / 100 * n), 1-based. Shrinking the product by a relative
+  // 1e-12 first keeps exact products such as 0.9 * 10 from landing just above an
+  // integer, at any count (an absolute rounding would fail past a few million).
   const double n = static_cast<double>(count_);
-  const double rank = std::max(1.0, std::ceil(std::round(p / 100.0 * n * 1e9) / 1e9));
+  const double rank = std::max(1.0, std::ceil(p / 100.0 * n * (1 - 1e-12)));
   int64_t below = 0;
   for (const auto& [index, bucket] : buckets_) {
     below += bucket.count;
