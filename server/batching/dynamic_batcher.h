@@ -242,12 +242,15 @@ class DynamicBatcher {
   // Under sustained load the queue frees room a batch at a time and small requests
   // would take each bit of it, so a large request could be refused for ever. So a
   // refused request sets its item count aside (the largest refused lately, until twice
-  // its retry delay and a second have passed): smaller requests are then refused
-  // unless they fit beside that room, while one at least as large (its retry, or
-  // another as large) takes the room and ends the claim. Each Schedule() of k items
-  // settles up to k announced ones, whether or not it succeeds; Withdraw() settles items
-  // that will never be scheduled (failed or cancelled on the way). Thread-safe; the same
-  // lock rule as Schedule().
+  // its retry delay and a second have passed): while at least a batch of items is
+  // queued or on its way (the queue drains by itself), smaller requests are refused
+  // unless they fit beside that room; one at least as large (its retry, or another as
+  // large) takes the room and ends the claim. With less than a batch pending, the room
+  // is not held: a partial batch may be waiting for the very items it would refuse,
+  // and an idle queue must not refuse anyone for a request that never came back. Each
+  // Schedule() of k items settles up to k announced ones, whether or not it succeeds;
+  // Withdraw() settles items that will never be scheduled (failed or cancelled on the
+  // way). Thread-safe; the same lock rule as Schedule().
   absl::Status Announce(int n) ABSL_LOCKS_EXCLUDED(mu_);
   void Withdraw(int n) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -451,8 +454,12 @@ absl::Status DynamicBatcher<Item>::Announce(int n) {
     }
     const absl::Time now = clock_->Now();
     if (claim_.has_value() && now >= claim_->until) claim_.reset();
-    // A claim keeps its room from smaller requests only.
-    const int64_t set_aside = claim_.has_value() && n < claim_->items ? claim_->items : 0;
+    // A claim keeps its room from smaller requests only, and only while the queue
+    // drains by itself.
+    const bool draining =
+        static_cast<int64_t>(queue_.size()) + announced_ >= options_.max_batch_size;
+    const int64_t set_aside =
+        claim_.has_value() && n < claim_->items && draining ? claim_->items : 0;
     const auto fits = [&] {
       return static_cast<int64_t>(queue_.size()) + announced_ + n + set_aside <=
              options_.max_queue_size;
@@ -460,7 +467,8 @@ absl::Status DynamicBatcher<Item>::Announce(int n) {
     if (!fits()) DropDeadLocked(&dropped);
     if (fits()) {
       announced_ += n;
-      if (set_aside == 0) claim_.reset();  // this request was the largest refused
+      // This request was the largest refused (or as large).
+      if (claim_.has_value() && n >= claim_->items) claim_.reset();
     } else {
       const size_t queued = queue_.size();
       const size_t held = static_cast<size_t>(announced_);
@@ -473,7 +481,7 @@ absl::Status DynamicBatcher<Item>::Announce(int n) {
       SetRetryInfoPayload(retry_delay, &status);
       // The largest request refused claims the room it needs; smaller ones refused
       // for the claim's sake neither grow nor prolong it.
-      if (set_aside == 0) {
+      if (!claim_.has_value() || n >= claim_->items) {
         claim_ = Claim{n, now + 2 * retry_delay + absl::Seconds(1)};
       }
     }

@@ -400,7 +400,8 @@ TEST_F(DynamicBatcherTest, WithdrawingGivesTheRoomBack) {
 }
 
 TEST_F(DynamicBatcherTest, ARefusedRequestSetsItsRoomAsideFromSmallerOnes) {
-  DynamicBatcherOptions options = Options(8, absl::Hours(1));
+  // Batches of 2: with 2 or more items pending the queue drains by itself.
+  DynamicBatcherOptions options = Options(2, absl::Hours(1));
   options.max_queue_size = 8;  // nothing is queued: room frees only by withdrawals
   auto batcher = Make(options);
   ASSERT_TRUE(batcher->Announce(6).ok());
@@ -420,7 +421,7 @@ TEST_F(DynamicBatcherTest, ARefusedRequestSetsItsRoomAsideFromSmallerOnes) {
 }
 
 TEST_F(DynamicBatcherTest, AClaimLapsesWhenItsRequestDoesNotComeBack) {
-  DynamicBatcherOptions options = Options(8, absl::Hours(1));
+  DynamicBatcherOptions options = Options(2, absl::Hours(1));
   options.max_queue_size = 8;
   auto batcher = Make(options);
   ASSERT_TRUE(batcher->Announce(8).ok());
@@ -428,7 +429,7 @@ TEST_F(DynamicBatcherTest, AClaimLapsesWhenItsRequestDoesNotComeBack) {
   ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
   const std::optional<absl::Duration> retry = GetRetryInfoPayload(refused);
   ASSERT_TRUE(retry.has_value());
-  batcher->Withdraw(8);
+  batcher->Withdraw(6);  // 2 left on their way: a batch pending
   EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted);
   // Refusals for the claim's sake do not prolong it: it lapses twice the retry delay
   // and a second after the refusal that made it.
@@ -436,7 +437,23 @@ TEST_F(DynamicBatcherTest, AClaimLapsesWhenItsRequestDoesNotComeBack) {
   EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted);
   clock_.AdvanceTime(absl::Milliseconds(1));
   EXPECT_TRUE(batcher->Announce(4).ok());
-  EXPECT_TRUE(batcher->Announce(4).ok());
+  EXPECT_TRUE(batcher->Announce(2).ok());
+}
+
+// With less than a batch pending, a claim holds no room: a partial batch may wait for
+// the items it would refuse, and an idle queue must not refuse anyone.
+TEST_F(DynamicBatcherTest, AClaimHoldsNoRoomWhileLessThanABatchIsPending) {
+  DynamicBatcherOptions options = Options(2, absl::Hours(1));
+  options.max_queue_size = 8;
+  auto batcher = Make(options);
+  ASSERT_TRUE(batcher->Announce(8).ok());
+  ASSERT_EQ(batcher->Announce(8).code(), absl::StatusCode::kResourceExhausted);
+  batcher->Withdraw(7);                    // one item on its way
+  EXPECT_TRUE(batcher->Announce(1).ok());  // 1 + 1 + 8 set aside would not fit
+  EXPECT_EQ(batcher->Announce(1).code(), absl::StatusCode::kResourceExhausted)
+      << "a batch pending: the claim holds its room again";
+  batcher->Withdraw(2);
+  EXPECT_TRUE(batcher->Announce(8).ok());  // the claimant comes back
 }
 
 TEST_F(DynamicBatcherTest, OrderIsPreservedAcrossBatches) {

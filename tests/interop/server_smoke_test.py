@@ -419,9 +419,11 @@ class ConnectionFlagsTest(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as caught:
             stub.EmbedText(clip_pb.EmbedTextRequest(texts=["a cat"] * 8), timeout=60)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # Known from the request: refused before any model work.
         self.assertRegex(caught.exception.details(),
-                         r"^the response is \d+ bytes, over the largest message this "
-                         r"server sends \(8192 bytes\)")
+                         r"^the response would be at least \d+ bytes \(8 embeddings of "
+                         r"512 floats\), over the largest message this server sends "
+                         r"\(8192 bytes\)")
         with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port()}/metrics",
                                     timeout=10) as reply:
             metrics = reply.read().decode()
