@@ -339,10 +339,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
                                                   ", its other half, is not there"));
         }
       }
-      CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary pair,
-                                 LoadHuggingFaceVocabulary(vocab, merges));
-      return CreateTokenizerFrom(std::move(pair), options,
-                                 absl::StrCat(vocab, ", ", merges));
+      return LoadHuggingFacePair(folder.string(), options);
     }
     return absl::InvalidArgumentError(absl::StrCat(
         "--tokenizer=", flag, " is no tokenizer file: give CLIP's ", kOpenAiVocabFileName,

@@ -275,6 +275,16 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> CreateTokenizerFrom(
   return tokenizer;
 }
 
+absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadHuggingFacePair(
+    const std::string& dir, const BpeTokenizer::Options& options) {
+  const std::filesystem::path folder(dir);
+  const std::string vocab = (folder / std::string(kHuggingFaceVocabFileName)).string();
+  const std::string merges = (folder / std::string(kHuggingFaceMergesFileName)).string();
+  CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary pair,
+                             LoadHuggingFaceVocabulary(vocab, merges));
+  return CreateTokenizerFrom(std::move(pair), options, absl::StrCat(vocab, ", ", merges));
+}
+
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
     const std::string& path, const BpeTokenizer::Options& options) {
   namespace fs = std::filesystem;
@@ -286,11 +296,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
   const fs::path tokenizer_json = dir / std::string(kHuggingFaceTokenizerFileName);
   const fs::path openai = dir / std::string(kOpenAiVocabFileName);
   if (fs::exists(vocab_json, error) && fs::exists(merges, error)) {
-    CLIPSERVE_ASSIGN_OR_RETURN(
-        BpeVocabulary vocab,
-        LoadHuggingFaceVocabulary(vocab_json.string(), merges.string()));
-    return CreateTokenizerFrom(std::move(vocab), options,
-                               absl::StrCat(vocab_json.string(), ", ", merges.string()));
+    return LoadHuggingFacePair(dir.string(), options);
   }
   if (fs::exists(tokenizer_json, error)) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,

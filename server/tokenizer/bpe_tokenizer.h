@@ -124,6 +124,11 @@ class BpeTokenizer {
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> CreateTokenizerFrom(
     BpeVocabulary vocab, const BpeTokenizer::Options& options, absl::string_view source);
 
+// Loads Hugging Face's vocab.json + merges.txt in the folder `dir` (the loaders'
+// errors when one is missing or malformed). Blocks on file I/O; thread-safe.
+absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadHuggingFacePair(
+    const std::string& dir, const BpeTokenizer::Options& options);
+
 // Finds and loads the tokenizer files that come with a checkpoint. `path` is the
 // checkpoint's directory, or a file in it. Looks for, in this order, Hugging Face's
 // vocab.json + merges.txt, its tokenizer.json, then OpenAI's
