@@ -624,6 +624,18 @@ struct ImageQueueWatch : EngineObserver {
   absl::Notification queued;
 };
 
+// Sets `options` for one worker, batches of one item and room for one queued item, the
+// first batch held by HoldFirstBatch() while `watch` watches the image queue.
+void OneQueuedItemBehindAHeldBatch(EmbeddingEngineOptions& options,
+                                   ImageQueueWatch& watch, absl::Notification& running,
+                                   absl::Notification& release) {
+  options.observer = &watch;
+  options.workers = 1;
+  options.max_batch_size = 1;
+  options.max_queue_size = 1;
+  options.model_fault_for_test = HoldFirstBatch(running, release);
+}
+
 // An EmbedCallback that expects success, then notifies `done`.
 EmbedCallback ExpectOkThenNotify(absl::Notification* done) {
   return [done](absl::StatusOr<EmbedResult> result) {
@@ -816,11 +828,7 @@ TEST_F(EmbeddingEngineDeviceResizeTest, ARefusedImagesBytesAreGivenBackBeforeThe
   ImageQueueWatch watch(running);
   auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
     options.resize_on_device = true;
-    options.observer = &watch;
-    options.workers = 1;
-    options.max_batch_size = 1;
-    options.max_queue_size = 1;
-    options.model_fault_for_test = HoldFirstBatch(running, release);
+    OneQueuedItemBehindAHeldBatch(options, watch, running, release);
   });
   ASSERT_NE(engine, nullptr);
   const ImageInput raw = Raw(ReadShared("images/chelsea.png"));
@@ -974,11 +982,7 @@ TEST(EmbeddingEngineQueueTest, ARequestWithoutRoomIsRefusedBeforeDecoding) {
   absl::Notification running, release;
   ImageQueueWatch watch(running);
   auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
-    options.observer = &watch;
-    options.workers = 1;
-    options.max_batch_size = 1;
-    options.max_queue_size = 1;
-    options.model_fault_for_test = HoldFirstBatch(running, release);
+    OneQueuedItemBehindAHeldBatch(options, watch, running, release);
   });
   ASSERT_NE(engine, nullptr);
   ImageInput image;
