@@ -657,8 +657,7 @@ absl::Status Run() {
     http_options.port = metrics_port;
     CLIPSERVE_ASSIGN_OR_RETURN(metrics_http,
                                MetricsHttpServer::Create(http_options, &metrics));
-    LOG(INFO) << "metrics, /healthz and /readyz on http://" << http_options.host << ":"
-              << metrics_http->port();
+    LOG(INFO) << "metrics, /healthz and /readyz on http://" << metrics_http->authority();
   } else {
     LOG(INFO) << "metrics endpoint off (--metrics_port=" << metrics_port << ")";
   }

@@ -223,6 +223,13 @@ MetricsHttpServer::MetricsHttpServer(const MetricsHttpServerOptions& options,
 
 MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
+std::string MetricsHttpServer::authority() const {
+  const absl::string_view host = options_.host;
+  const bool bare_ipv6 = absl::StrContains(host, ':') && !absl::StartsWith(host, "[");
+  return bare_ipv6 ? absl::StrCat("[", host, "]:", port_)
+                   : absl::StrCat(host, ":", port_);
+}
+
 void MetricsHttpServer::SetReadinessCheck(std::function<bool()> ready) {
   absl::MutexLock lock(&mu_);
   ready_ = std::move(ready);

@@ -79,6 +79,10 @@ class MetricsHttpServer {
   // The TCP port actually bound.
   int port() const { return port_; }
 
+  // The host and bound port as a URL writes them ("0.0.0.0:9090", "[::]:9090"): an
+  // IPv6 address in brackets however --metrics_host spelled it.
+  std::string authority() const;
+
   // What /readyz asks. Until it is set, /readyz answers 503. `ready` is called on the
   // server's thread for each probe; it must be thread-safe and quick, and stay
   // callable until Stop() returns (or the check is replaced).

@@ -477,6 +477,22 @@ TEST(MetricsHttpServerTest, AnIpv6AddressMayComeBracketed) {
   EXPECT_EQ(result->status, 200);
 }
 
+// The start-up log's URL: "http://:::9090" would be no URL.
+TEST(MetricsHttpServerTest, TheAuthorityBracketsAnIpv6HostHoweverItWasSpelled) {
+  Metrics metrics;
+  auto v4 = StartOnLoopback(&metrics);
+  ASSERT_NE(v4, nullptr);
+  EXPECT_EQ(v4->authority(), "127.0.0.1:" + std::to_string(v4->port()));
+  for (const std::string host : {"::", "[::]"}) {
+    MetricsHttpServerOptions options;
+    options.host = host;
+    options.port = 0;
+    auto server = MetricsHttpServer::Create(options, &metrics);
+    if (!server.ok()) GTEST_SKIP() << "no IPv6 here: " << server.status();
+    EXPECT_EQ((*server)->authority(), "[::]:" + std::to_string((*server)->port()));
+  }
+}
+
 // Run in a network namespace of its own whose net.ipv6.bindv6only is 1, as on some
 // hosts: "::" must still take IPv4 connections, as the flag's help and gRPC's port do.
 // Exits 0 when /healthz answers on 127.0.0.1, 1 when not, 2 when the namespace could
