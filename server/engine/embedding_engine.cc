@@ -8,7 +8,9 @@
 #include <new>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "glog/logging.h"
 #include "server/batching/dynamic_batcher.h"
 #include "server/batching/request_tracker.h"
@@ -896,25 +898,48 @@ void EmbeddingEngine::RunImageBatch(Batch<ImageItem>& batch) {
            });
 }
 
+absl::StatusOr<torch::Tensor> EmbeddingEngine::EncodeTexts(
+    const std::vector<TextItem>& items, int begin, int end) {
+  const int64_t n = end - begin;
+  // Identical token ids run once: callers that send the same label or query at the
+  // same time each miss the cache, and their items meet here. source[i] is the row of
+  // the run that answers item begin + i.
+  absl::flat_hash_map<absl::Span<const int32_t>, int64_t> row_of_ids;
+  std::vector<int64_t> source(n);
+  std::vector<int> distinct;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto [it, added] = row_of_ids.try_emplace(
+        absl::MakeConstSpan(items[begin + i].ids), static_cast<int64_t>(distinct.size()));
+    if (added) distinct.push_back(begin + static_cast<int>(i));
+    source[i] = it->second;
+  }
+  const int64_t m = static_cast<int64_t>(distinct.size());
+  // Padded only to the longest text of this range: the causal mask and end-token
+  // pooling make the padding invisible to the real tokens.
+  size_t longest = 0;
+  for (int item : distinct) longest = std::max(longest, items[item].ids.size());
+  torch::Tensor ids =
+      torch::zeros({m, static_cast<int64_t>(longest)},
+                   HostBatchOptions(model_.model->device(), torch::kLong));
+  int64_t* ids_ptr = ids.data_ptr<int64_t>();
+  for (int64_t r = 0; r < m; ++r) {
+    const std::vector<int32_t>& row = items[distinct[r]].ids;
+    for (size_t k = 0; k < row.size(); ++k) ids_ptr[r * longest + k] = row[k];
+  }
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      torch::Tensor rows,
+      model_.model->EncodeText(ids, /*normalize=*/false, tokenizer_->end_of_text_id()));
+  if (m == n) return rows;
+  repeated_texts_.fetch_add(n - m, std::memory_order_relaxed);
+  return rows.index_select(
+      0, torch::tensor(source, torch::TensorOptions().dtype(torch::kLong))
+             .to(rows.device()));
+}
+
 void EmbeddingEngine::RunTextBatch(Batch<TextItem>& batch) {
   const std::vector<TextItem>& items = batch.items;
-  const torch::Device& device = model_.model->device();
-  RunBatch(Modality::kText, batch, computed_texts_, [&](int begin, int end) {
-    const int64_t n = end - begin;
-    // Padded only to the longest text of this range: the causal mask and end-token
-    // pooling make the padding invisible to the real tokens.
-    size_t longest = 0;
-    for (int i = begin; i < end; ++i) longest = std::max(longest, items[i].ids.size());
-    torch::Tensor ids = torch::zeros({n, static_cast<int64_t>(longest)},
-                                     HostBatchOptions(device, torch::kLong));
-    int64_t* ids_ptr = ids.data_ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      const std::vector<int32_t>& row = items[begin + i].ids;
-      for (size_t k = 0; k < row.size(); ++k) ids_ptr[i * longest + k] = row[k];
-    }
-    return model_.model->EncodeText(ids, /*normalize=*/false,
-                                    tokenizer_->end_of_text_id());
-  });
+  RunBatch(Modality::kText, batch, computed_texts_,
+           [&](int begin, int end) { return EncodeTexts(items, begin, end); });
 }
 
 template <typename Item>

@@ -120,8 +120,9 @@ absl::Status ValidateEmbeddingEngineOptions(const EmbeddingEngineOptions& option
 // A request travels: caller thread (validation only) -> preprocessing pool (decode +
 // resize + normalize, or tokenize) -> modality queue -> batch worker (stack, run the
 // model, split rows, normalize per request) -> the request's callback once all its
-// items are done. A text batch is padded only to its longest member. A batch whose
-// model run fails fails only its own items.
+// items are done. A text batch is padded only to its longest member, and runs each
+// distinct text once however many of its items carry it. A batch whose model run
+// fails fails only its own items.
 //
 // Thread-safe. Destruction shuts down: queued work finishes, then threads join.
 class EmbeddingEngine : public Engine {
@@ -164,6 +165,11 @@ class EmbeddingEngine : public Engine {
   int64_t computed_texts() const {
     return computed_texts_.load(std::memory_order_relaxed);
   }
+  // Of computed_texts(), those answered with the row of an identical text (the same
+  // token ids) in the same batch, which the model ran once for all of them.
+  int64_t repeated_texts() const {
+    return repeated_texts_.load(std::memory_order_relaxed);
+  }
   // Bytes of decoded images now waiting to be resized on the device (see
   // max_device_resize_bytes).
   int64_t device_resize_bytes() const {
@@ -191,6 +197,10 @@ class EmbeddingEngine : public Engine {
   absl::StatusOr<torch::Tensor> StackImages(const std::vector<ImageItem>& items,
                                             int begin, int end);
   void RunImageBatch(Batch<ImageItem>& batch);
+  // The unnormalized embeddings of text items [begin, end), one row each; the model
+  // runs each distinct sequence of token ids once (see repeated_texts()).
+  absl::StatusOr<torch::Tensor> EncodeTexts(const std::vector<TextItem>& items, int begin,
+                                            int end);
   void RunTextBatch(Batch<TextItem>& batch);
   // Runs `batch` on the model's device through `encode(begin, end)` (the features of
   // items [begin, end), on any device), on this worker's own CUDA stream, retrying in
@@ -252,6 +262,7 @@ class EmbeddingEngine : public Engine {
 
   std::atomic<int64_t> computed_images_{0};
   std::atomic<int64_t> computed_texts_{0};
+  std::atomic<int64_t> repeated_texts_{0};
   std::atomic<int64_t> pending_requests_{0};
   std::atomic<bool> stuck_{false};
   // Set once the device failed its probe after a failed batch (CheckDevice()).

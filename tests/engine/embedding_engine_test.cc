@@ -673,6 +673,46 @@ void ExpectCosineAtLeast(const absl::StatusOr<EmbedResult>& got,
 
 // A batch that runs out of memory is retried once in two halves: each item still gets
 // its own row, as computed alone; a half that runs out again fails only its items.
+// Callers that send the same new text at once each miss the cache; when their items
+// share a batch, the model runs the text once. The batch forms only when full (4), so
+// both requests' items are in it.
+TEST(EmbeddingEngineRepeatsTest, IdenticalTextsInABatchRunOnceAndAnswerEveryItem) {
+  auto engine = MakeTinyEngine([](EmbeddingEngineOptions& options) {
+    options.max_batch_size = 4;
+    options.workers = 1;
+  });
+  ASSERT_NE(engine, nullptr);
+  absl::Notification first_done, second_done;
+  absl::StatusOr<EmbedResult> first, second;
+  engine->EmbedTexts({"a red bus", "two birds", "a red bus"}, {}, "texts",
+                     [&](absl::StatusOr<EmbedResult> r) {
+                       first = std::move(r);
+                       first_done.Notify();
+                     });
+  engine->EmbedTexts({"a red bus"}, {}, "texts", [&](absl::StatusOr<EmbedResult> r) {
+    second = std::move(r);
+    second_done.Notify();
+  });
+  first_done.WaitForNotification();
+  second_done.WaitForNotification();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(engine->computed_texts(), 4);
+  EXPECT_EQ(engine->repeated_texts(), 2);
+  // Each row is its own text's embedding, computed alone.
+  auto alone =
+      MakeTinyEngine([](EmbeddingEngineOptions& options) { options.max_batch_size = 1; });
+  ASSERT_NE(alone, nullptr);
+  const std::vector<std::string> texts = {"a red bus", "two birds", "a red bus"};
+  ExpectRowsMatchAlone(*first, 3,
+                       [&](int i) { return EmbedTextsAndWait(*alone, {texts[i]}); });
+  ExpectRowsMatchAlone(*second, 1,
+                       [&](int) { return EmbedTextsAndWait(*alone, {"a red bus"}); });
+  EXPECT_EQ(first->num_tokens[0], first->num_tokens[2]);
+  EXPECT_EQ(second->num_tokens[0], first->num_tokens[0]);
+  EXPECT_NE(first->num_tokens[1], 0);
+}
+
 class EmbeddingEngineOutOfMemoryTest : public ::testing::Test {
  protected:
   // A tiny-model engine whose model runs fail above `limit` items.
