@@ -137,9 +137,10 @@ ABSL_FLAG(int32_t, max_message_bytes, 64 << 20,
           "would be larger fails with RESOURCE_EXHAUSTED giving its size. At least the "
           "largest one-item response of the model (checked after the load).");
 ABSL_FLAG(double, max_request_memory_mb, 256,
-          "Most MiB of requests held by calls in flight; a call past it is refused at "
-          "once with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; "
-          "0 = no limit. The process holds up to about 3x this for requests.");
+          "Most MiB of requests held by calls in flight, with the responses they ask "
+          "for until their clients have read them; a call past it is refused at once "
+          "with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; 0 = no "
+          "limit. The process holds up to about 3x this for requests.");
 ABSL_FLAG(double, max_request_memory_per_client_mb, 0,
           "Most MiB of requests one client host may hold in flight, within "
           "--max_request_memory_mb; past it its calls are refused the same way. At least "

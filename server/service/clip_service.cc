@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -65,6 +66,19 @@ size_t MatrixBytes(size_t rows, size_t cols) {
   };
   return FieldBytes(varint_field(rows) + varint_field(cols) +
                     PackedFloatsBytes(rows * cols));
+}
+
+// At most the bytes a TokenizeResponse for `texts` takes: each text gives at most
+// `context_length` ids and at most 2 more than its bytes (start and end, and no token
+// is shorter than a byte), each id up to 3 bytes (ids are below 2^21), plus its
+// truncated flag.
+size_t TokenizedTextsBytes(const std::vector<std::string>& texts, int context_length) {
+  size_t total = 0;
+  for (const std::string& text : texts) {
+    const size_t ids = std::min(text.size() + 2, static_cast<size_t>(context_length));
+    total += FieldBytes(FieldBytes(3 * ids) + 2);
+  }
+  return total;
 }
 
 // The call's request id (see request_id.h): the client's first x-request-id when it is
@@ -330,22 +344,43 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     Finish(ToGrpcStatus(NoRequestError()));
   }
 
-  // RESOURCE_EXHAUSTED, before any model work, when the response is sure to take more
-  // than `least` bytes (`what` says of what) and that is over the largest message the
-  // server sends, which FinishWith() would only find after the work.
-  absl::Status CheckResponseCanFit(size_t least, absl::string_view what) const {
-    if (max_response_bytes_ <= 0 || least <= static_cast<size_t>(max_response_bytes_)) {
-      return absl::OkStatus();
+  // Before any model work, for a response sure to take at least `least` bytes (`what`
+  // says of what): RESOURCE_EXHAUSTED when that is over the largest message the
+  // server sends, which FinishWith() would only find after the work; else
+  // ReserveResponse(least).
+  absl::Status AdmitResponse(size_t least, absl::string_view what) {
+    if (max_response_bytes_ > 0 && least > static_cast<size_t>(max_response_bytes_)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the response would be at least ", least, " bytes (", what,
+                       "), over the largest message this server sends (",
+                       max_response_bytes_, " bytes): ask for fewer items per call"));
     }
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the response would be at least ", least, " bytes (", what,
-                     "), over the largest message this server sends (",
-                     max_response_bytes_, " bytes): ask for fewer items per call"));
+    return ReserveResponse(least);
   }
 
-  // Keeps `reservation` until the call is deleted in OnDone(); gRPC frees the
-  // request and response just after that.
-  void Hold(RequestMemoryBudget::Reservation reservation) {
+  // Reserves `bytes` for the response beside the request in the budget Hold() was
+  // given (the budget's RESOURCE_EXHAUSTED when they do not fit), until OnDone(): gRPC
+  // holds a response until its client has read it, and a client that reads none
+  // (an HTTP/2 window of 0) would otherwise hold response after response, each up to
+  // the largest message, for a few bytes of request. Once per call, before the work.
+  absl::Status ReserveResponse(size_t bytes) {
+    if (budget_ == nullptr) return absl::OkStatus();
+    absl::StatusOr<RequestMemoryBudget::Reservation> reserved =
+        budget_->ReserveBeside(reservation_,
+                               static_cast<int64_t>(std::min<size_t>(
+                                   bytes, std::numeric_limits<int64_t>::max())),
+                               budget_client_);
+    if (!reserved.ok()) return reserved.status();
+    response_reservation_ = *std::move(reserved);
+    return absl::OkStatus();
+  }
+
+  // Keeps `reservation`, made in `budget` for `client`, until the call is deleted in
+  // OnDone(); gRPC frees the request and response just after that.
+  void Hold(RequestMemoryBudget* budget, std::string client,
+            RequestMemoryBudget::Reservation reservation) {
+    budget_ = budget;
+    budget_client_ = std::move(client);
     reservation_ = std::move(reservation);
   }
 
@@ -397,20 +432,24 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   std::atomic<bool> constructed_{false};
   const google::protobuf::Message* checked_response_ = nullptr;
   grpc::ByteBuffer* raw_out_ = nullptr;
+  RequestMemoryBudget* budget_ = nullptr;
+  std::string budget_client_;
   RequestMemoryBudget::Reservation reservation_;
+  RequestMemoryBudget::Reservation response_reservation_;
 };
 
 // Reserves a call's request bytes in `budget` and hands them to the call; false after
 // finishing the call with the budget's RESOURCE_EXHAUSTED when they do not fit.
 bool Admit(RequestMemoryBudget* budget, size_t request_bytes,
            const grpc::CallbackServerContext& context, UnaryCall* call) {
-  absl::StatusOr<RequestMemoryBudget::Reservation> reservation = budget->Reserve(
-      static_cast<int64_t>(request_bytes), BudgetClientOf(*budget, context));
+  std::string client = BudgetClientOf(*budget, context);
+  absl::StatusOr<RequestMemoryBudget::Reservation> reservation =
+      budget->Reserve(static_cast<int64_t>(request_bytes), client);
   if (!reservation.ok()) {
     call->FinishWith(reservation.status());
     return false;
   }
-  call->Hold(*std::move(reservation));
+  call->Hold(budget, std::move(client), *std::move(reservation));
   return true;
 }
 
@@ -608,13 +647,12 @@ class ClassifyCall final : public JoinedCall {
 
   static constexpr absl::string_view kPromptsField = "label_prompts";
 
-  // RESOURCE_EXHAUSTED, before any model work, when even the smallest response this
+  // Before any model work: RESOURCE_EXHAUSTED when even the smallest response this
   // request could get (each image's top_k shortest labels, their scores zero) is over
-  // the largest message the server sends: Classify's responses grow with the labels'
-  // text, images x top_k copies of it, which a small request can make large.
-  absl::Status CheckLabelsCanFit() const {
-    const int64_t limit = max_response_bytes();
-    if (limit <= 0) return absl::OkStatus();
+  // the largest message the server sends, since Classify's responses grow with the
+  // labels' text, images x top_k copies of it, which a small request can make large;
+  // else ReserveResponse() for the largest it could get (the top_k longest labels).
+  absl::Status AdmitResults() {
     std::vector<size_t> score_bytes;
     score_bytes.reserve(static_cast<size_t>(request.labels_size()));
     v1::LabelScore score;
@@ -623,20 +661,26 @@ class ClassifyCall final : public JoinedCall {
       score.set_index(label);
       score_bytes.push_back(FieldBytes(score.ByteSizeLong()));
     }
-    std::partial_sort(score_bytes.begin(), score_bytes.begin() + top_k,
-                      score_bytes.end());
-    const size_t row =
+    std::sort(score_bytes.begin(), score_bytes.end());
+    const size_t shortest =
         std::accumulate(score_bytes.begin(), score_bytes.begin() + top_k, size_t{0});
-    const size_t least = static_cast<size_t>(request.images_size()) * FieldBytes(row);
-    if (least <= static_cast<size_t>(limit)) return absl::OkStatus();
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the response would be at least ", least, " bytes (",
-                     request.images_size(), " images x top_k ", top_k,
-                     " labels), over the largest message this server "
-                     "sends (",
-                     limit,
-                     " bytes): ask for fewer images, shorter labels or a smaller "
-                     "top_k per call"));
+    const size_t least =
+        static_cast<size_t>(request.images_size()) * FieldBytes(shortest);
+    const int64_t limit = max_response_bytes();
+    if (limit > 0 && least > static_cast<size_t>(limit)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the response would be at least ", least, " bytes (",
+                       request.images_size(), " images x top_k ", top_k,
+                       " labels), over the largest message this server sends (", limit,
+                       " bytes): ask for fewer images, shorter labels or a smaller top_k "
+                       "per call"));
+    }
+    // Scores as their largest (a probability and a logit each, 5 bytes).
+    const size_t longest =
+        std::accumulate(score_bytes.end() - top_k, score_bytes.end(), size_t{0}) +
+        10 * static_cast<size_t>(top_k);
+    const size_t most = static_cast<size_t>(request.images_size()) * FieldBytes(longest);
+    return ReserveResponse(limit > 0 ? std::min(most, static_cast<size_t>(limit)) : most);
   }
 
  private:
@@ -1362,9 +1406,9 @@ grpc::ServerUnaryReactor* ClipService::EmbedImage(grpc::CallbackServerContext* c
   }
   const int count = static_cast<int>(images->size());
   const int dim = engine_->description().embed_dim;
-  if (absl::Status fits = call->CheckResponseCanFit(
-          EmbeddingsBytes(static_cast<size_t>(count), dim),
-          absl::StrCat(count, " embeddings of ", dim, " floats"));
+  if (absl::Status fits =
+          call->AdmitResponse(EmbeddingsBytes(static_cast<size_t>(count), dim),
+                              absl::StrCat(count, " embeddings of ", dim, " floats"));
       !fits.ok()) {
     call->FinishWith(std::move(fits));
     return call;
@@ -1411,7 +1455,7 @@ grpc::ServerUnaryReactor* ClipService::EmbedText(grpc::CallbackServerContext* co
   }
   const int count = static_cast<int>(texts->size());
   const int dim = engine_->description().embed_dim;
-  if (absl::Status fits = call->CheckResponseCanFit(
+  if (absl::Status fits = call->AdmitResponse(
           // and at least a byte each for truncated and num_tokens
           EmbeddingsBytes(static_cast<size_t>(count), dim) +
               2 * static_cast<size_t>(count),
@@ -1533,9 +1577,9 @@ grpc::ServerUnaryReactor* ClipService::Similarity(grpc::CallbackServerContext* c
     // Both logit matrices and the probabilities.
     const size_t n = static_cast<size_t>(call->num_images);
     const size_t m = static_cast<size_t>(call->num_texts);
-    status = call->CheckResponseCanFit(
-        3 * MatrixBytes(n, m),
-        absl::StrCat("three ", n, " x ", m, " matrices of floats"));
+    status =
+        call->AdmitResponse(3 * MatrixBytes(n, m),
+                            absl::StrCat("three ", n, " x ", m, " matrices of floats"));
   }
   if (!status.ok()) {
     call->FinishWith(status);
@@ -1617,7 +1661,7 @@ grpc::ServerUnaryReactor* ClipService::Classify(grpc::CallbackServerContext* con
 
   const int num_labels = request->labels_size();
   call->top_k = ResolveTopK(request->top_k(), num_labels);
-  if (absl::Status fits = call->CheckLabelsCanFit(); !fits.ok()) {
+  if (absl::Status fits = call->AdmitResults(); !fits.ok()) {
     call->FinishWith(std::move(fits));
     return call;
   }
@@ -1687,6 +1731,12 @@ grpc::ServerUnaryReactor* ClipService::Tokenize(grpc::CallbackServerContext* con
       ToTextInputs(request->texts(), options_.limits, "texts");
   if (!texts.ok()) {
     call->FinishWith(texts.status());
+    return call;
+  }
+  if (absl::Status reserved = call->ReserveResponse(
+          TokenizedTextsBytes(*texts, engine_->description().context_length));
+      !reserved.ok()) {
+    call->FinishWith(std::move(reserved));
     return call;
   }
   const size_t count = texts->size();

@@ -122,11 +122,13 @@ using ClipServiceBase = v1::ClipService::WithRawCallbackMethod_EmbedImage<
 // RequestMemoryBudget (RESOURCE_EXHAUSTED with RetryInfo when over
 // max_request_memory_bytes), validate the request (INVALID_ARGUMENT with a
 // google.rpc.BadRequest naming the offending item, before the engine sees anything),
-// convert it, hand it to the engine, and return; the call is finished from the
-// engine's callback. Each call's EmbedOptions carries the client's deadline and a
-// CancellationFlag that is set when the call is cancelled (client cancel, deadline,
-// server shutdown), so its queued items are dropped. Engine errors reach the client
-// unchanged through ToGrpcStatus() (RESOURCE_EXHAUSTED keeps its RetryInfo).
+// reserve the response the request asks for in the same budget (gRPC holds it until
+// the client has read it), convert the request, hand it to the engine, and return; the
+// call is finished from the engine's callback. Each call's EmbedOptions carries the
+// client's deadline and a CancellationFlag that is set when the call is cancelled (client
+// cancel, deadline, server shutdown), so its queued items are dropped. Engine errors
+// reach the client unchanged through ToGrpcStatus() (RESOURCE_EXHAUSTED keeps its
+// RetryInfo).
 //
 // Every call is recorded once, as it finishes, by an RpcRecorder: metrics (when
 // options.metrics is set) and one log line per failed or slow call.

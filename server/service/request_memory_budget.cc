@@ -94,11 +94,22 @@ absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::Reserve(
   if (metrics_ != nullptr && count_refusal) metrics_->RecordRequestMemoryClientRefusal();
   return ResourceExhaustedWithRetry(
       absl::StrCat("this client (", client, ") holds ", Size(held),
-                   " of requests in flight; this one (", Size(bytes),
-                   ") would pass the limit of ", Size(per_client_capacity_),
+                   " of requests and responses in flight; ", Size(bytes),
+                   " more would pass the limit of ", Size(per_client_capacity_),
                    " per client (--max_request_memory_per_client_mb); retry after its "
                    "earlier calls finish"),
       kRetryAfter);
+}
+
+absl::StatusOr<RequestMemoryBudget::Reservation> RequestMemoryBudget::ReserveBeside(
+    const Reservation& held, int64_t bytes, absl::string_view client) {
+  bytes = std::max<int64_t>(bytes, 0);
+  if (capacity_ > 0)
+    bytes = std::min(bytes, std::max<int64_t>(capacity_ - held.bytes(), 0));
+  if (per_client_capacity_ > 0 && !client.empty()) {
+    bytes = std::min(bytes, std::max<int64_t>(per_client_capacity_ - held.bytes(), 0));
+  }
+  return Reserve(bytes, client, /*count_refusal=*/true);
 }
 
 size_t RequestMemoryBudget::clients_holding() const {
@@ -119,8 +130,8 @@ absl::Status RequestMemoryBudget::TakeFromTotal(int64_t bytes, bool count_refusa
       if (metrics_ != nullptr && count_refusal) metrics_->RecordRequestMemoryRefusal();
       return ResourceExhaustedWithRetry(
           absl::StrCat("the server holds ", Size(used),
-                       " of requests in flight; this one (", Size(bytes),
-                       ") would pass its limit of ", Size(capacity_),
+                       " of requests and responses in flight; ", Size(bytes),
+                       " more would pass its limit of ", Size(capacity_),
                        " (--max_request_memory_mb); retry after earlier calls finish"),
           kRetryAfter);
     }

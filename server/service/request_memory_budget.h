@@ -18,8 +18,9 @@ namespace clipserve {
 
 class Metrics;
 
-// A limit on the bytes of requests the service holds at once, so that many concurrent
-// large requests cannot take the process past its memory limit.
+// A limit on the bytes of requests, and of the responses gRPC has yet to send, that
+// the service holds at once, so that many concurrent large requests, or clients that
+// do not read their responses, cannot take the process past its memory limit.
 //
 // gRPC caps each message (--max_message_bytes) but not how many calls are in flight,
 // and with the callback API every call that arrives is held until the engine answers
@@ -30,8 +31,9 @@ class Metrics;
 // RESOURCE_EXHAUSTED and a google.rpc.RetryInfo, so the refused request is freed at
 // once instead of waiting, and the client retries when earlier calls are done.
 //
-// What is counted is the request's serialized size as gRPC hands it over (after any
-// decompression). The service holds up to about three times that while a
+// What is counted is the request's serialized size as gRPC hands it over, and for a
+// unary call also its response's (reserved before the model work, from the items
+// asked for; see ClipService). The service holds up to about three times that while a
 // call is in flight (the received message, the parsed one, and the engine's copy of
 // its images or texts); docs/OPERATIONS.md sizes pods from it.
 //
@@ -109,6 +111,15 @@ class RequestMemoryBudget {
       ABSL_LOCKS_EXCLUDED(clients_mu_) {
     return Reserve(bytes, client, /*count_refusal=*/false);
   }
+
+  // Reserves `bytes` more for a call that already holds `held` (a reservation of this
+  // budget, made for the same `client`), as Reserve() does, except that what would
+  // take the call past the whole capacity or the per-client limit is left out: a call
+  // is refused for what others hold, never for its own size alone. For a unary call's
+  // response, which gRPC holds until its client has read it.
+  absl::StatusOr<Reservation> ReserveBeside(const Reservation& held, int64_t bytes,
+                                            absl::string_view client = "")
+      ABSL_LOCKS_EXCLUDED(clients_mu_);
 
   int64_t capacity() const { return capacity_; }
   int64_t per_client_capacity() const { return per_client_capacity_; }

@@ -991,6 +991,17 @@ void ExpectOverMemoryLimit(const grpc::Status& status) {
   EXPECT_EQ(RetryDelayOf(status), RequestMemoryBudget::kRetryAfter);
 }
 
+// The bytes `count` embeddings of the fake engine's width take in a response, which a
+// call reserves beside its request before the engine work.
+int64_t EmbeddingsResponseBytes(int count) {
+  v1::EmbedTextResponse response;
+  for (int i = 0; i < count; ++i) {
+    response.add_embeddings()->mutable_values()->Resize(
+        FakeEngine::DefaultDescription().embed_dim, 0.0f);
+  }
+  return static_cast<int64_t>(response.ByteSizeLong());
+}
+
 TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine) {
   ClipServiceOptions options;
   options.max_request_memory_bytes = 2000;
@@ -1002,8 +1013,9 @@ TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine)
   *big_request.add_images() = Encoded(std::string(1500, 'j'));
   auto big = StartCall(stub_->async(), &Rpc::EmbedImage, big_request);
   ASSERT_TRUE(engine_->AwaitHeld(1));
-  EXPECT_EQ(service_->request_memory_used(),
-            static_cast<int64_t>(big_request.ByteSizeLong()));
+  const int64_t held =
+      static_cast<int64_t>(big_request.ByteSizeLong()) + EmbeddingsResponseBytes(1);
+  EXPECT_EQ(service_->request_memory_used(), held);
 
   // ...so no method admits another 600 bytes, and none of them reaches the engine.
   const std::string text(600, 't');
@@ -1046,8 +1058,7 @@ TEST_F(ClipServiceTest, CallsPastTheRequestMemoryLimitAreRefusedBeforeTheEngine)
     ExpectOverMemoryLimit(stub_->Tokenize(Context().get(), request, &response));
   }
   EXPECT_EQ(engine_->calls().size(), 1u);
-  EXPECT_EQ(service_->request_memory_used(),
-            static_cast<int64_t>(big_request.ByteSizeLong()));
+  EXPECT_EQ(service_->request_memory_used(), held);
 
   // Once the held call is done its bytes are free again.
   engine_->set_hold(false);
@@ -1405,6 +1416,69 @@ TEST_F(ClipServiceTest, InvalidSimilarityRequestsAreRejectedBeforeTheEngine) {
 
 // A cancelled call's queued items are dropped at once, not when the engine's workers
 // reach them: its request memory is free while the engine is still busy.
+// gRPC holds a response until its client reads it: a client that reads none would
+// hold response after response for a few bytes of request each. So each call
+// reserves its response beside its request, before the engine work, until gRPC is
+// done with it: small requests asking for large responses fill the budget too.
+TEST_F(ClipServiceTest, ResponsesCountAgainstTheRequestMemoryLimit) {
+  ClipServiceOptions options;
+  options.max_request_memory_bytes = 3000;
+  Restart(options);
+  engine_->set_hold(true);
+  // 50 one-byte texts: about 150 bytes of request, 50 embeddings of response.
+  v1::EmbedTextRequest many;
+  for (int i = 0; i < 50; ++i) many.add_texts("a");
+  auto held = StartCall(stub_->async(), &Rpc::EmbedText, many);
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  const int64_t response_bytes = EmbeddingsResponseBytes(50);
+  ASSERT_GT(response_bytes, 1500);
+  // And at least a byte each for the texts' truncated and num_tokens.
+  EXPECT_EQ(service_->request_memory_used(),
+            static_cast<int64_t>(many.ByteSizeLong()) + response_bytes + 2 * 50);
+  // A second such request is refused, though its request alone would fit.
+  v1::EmbedTextResponse response;
+  ExpectOverMemoryLimit(EmbedText(many, &response));
+  {
+    SCOPED_TRACE("Tokenize: up to 3 bytes an id, and 2 ids more than its bytes");
+    v1::TokenizeRequest request;
+    for (int i = 0; i < 100; ++i) request.add_texts("ab");
+    v1::TokenizeResponse tokenized;
+    ExpectOverMemoryLimit(stub_->Tokenize(Context().get(), request, &tokenized));
+  }
+  {
+    SCOPED_TRACE("Classify: each image's top_k longest labels");
+    v1::ClassifyRequest request;
+    for (int i = 0; i < 40; ++i) *request.add_images() = Encoded("j");
+    request.add_labels(std::string(40, 'l'));
+    request.add_labels("dog");
+    request.set_top_k(1);
+    v1::ClassifyResponse classified;
+    ExpectOverMemoryLimit(Classify(request, &classified));
+  }
+  {
+    SCOPED_TRACE("Similarity: three n x m matrices");
+    v1::SimilarityRequest request;
+    for (int i = 0; i < 20; ++i) {
+      *request.mutable_images()->mutable_images()->add_images() = Encoded("j");
+      request.mutable_texts()->mutable_texts()->add_texts("a");
+    }
+    v1::SimilarityResponse similar;
+    ExpectOverMemoryLimit(Similarity(request, &similar));
+  }
+  EXPECT_EQ(engine_->calls().size(), 1u);
+  engine_->set_hold(false);
+  ASSERT_TRUE(held->Await());
+  EXPECT_TRUE(held->status.ok()) << held->status.error_message();
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  // A response larger than the whole budget alone is not refused for that: a call
+  // counts at most the budget.
+  v1::EmbedTextRequest huge;
+  for (int i = 0; i < 100; ++i) huge.add_texts("a");
+  ASSERT_GT(EmbeddingsResponseBytes(100), 3000);
+  EXPECT_TRUE(EmbedText(huge, &response).ok());
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+}
+
 TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy) {
   engine_->set_hold(true);
   engine_->set_drop_dead_items(true);

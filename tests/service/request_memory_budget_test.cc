@@ -196,6 +196,40 @@ TEST(RequestMemoryBudgetTest, AClientPastItsShareIsRefusedWhileOthersAreServed) 
   EXPECT_EQ(budget.used(), 0);
 }
 
+// A call's response, reserved beside its request: refused for what others hold, but
+// never for being too large alone, which only waiting could not help.
+TEST(RequestMemoryBudgetTest, ReservingBesideACallsOwnBytesTakesAtMostTheLimits) {
+  RequestMemoryBudget budget(1000, 600, nullptr);
+  absl::StatusOr<Reservation> request = budget.Reserve(100, "10.0.0.1");
+  ASSERT_TRUE(request.ok());
+  // Past the per-client limit: counts up to it, 500 of the 900.
+  absl::StatusOr<Reservation> response = budget.ReserveBeside(*request, 900, "10.0.0.1");
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->bytes(), 500);
+  EXPECT_EQ(budget.used_by("10.0.0.1"), 600);
+  // Beside what another call of the same client holds it is refused.
+  absl::StatusOr<Reservation> second = budget.Reserve(10, "10.0.0.1");
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  response->Release();
+  request->Release();
+
+  // Past the total, without a client: counts up to the total.
+  RequestMemoryBudget total(1000);
+  absl::StatusOr<Reservation> held = total.Reserve(300);
+  ASSERT_TRUE(held.ok());
+  absl::StatusOr<Reservation> whole = total.ReserveBeside(*held, 5000);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->bytes(), 700);
+  // Beside another call's bytes it is refused, with the RetryInfo of a request.
+  whole->Release();
+  absl::StatusOr<Reservation> small = total.Reserve(200);
+  ASSERT_TRUE(small.ok());
+  const absl::StatusOr<Reservation> refused = total.ReserveBeside(*held, 600);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryInfoPayload(refused.status()), RequestMemoryBudget::kRetryAfter);
+  EXPECT_EQ(total.used(), 500);
+}
+
 TEST(RequestMemoryBudgetTest, WithoutAClientOrAPerClientLimitOnlyTheTotalCounts) {
   RequestMemoryBudget shared(1000, 600, nullptr);
   absl::StatusOr<Reservation> anonymous = shared.Reserve(900);
