@@ -914,9 +914,14 @@ absl::Status Run() {
       std::fflush(stderr);
       std::_Exit(kExitUnhealthy);
     }
+    // A call counts as finished once it has answered, but gRPC holds its request and
+    // response until the client has read them (request_memory_used() counts them):
+    // trimming meanwhile would give back nothing of theirs, and no later tick would.
+    const int64_t busy =
+        metrics.requests_in_flight() + (clip_service.request_memory_used() > 0 ? 1 : 0);
     if (int64_t released = 0;
-        heap_trimmer.Tick(RealClock::Get()->Now(), metrics.requests_started(),
-                          metrics.requests_in_flight(), &released) &&
+        heap_trimmer.Tick(RealClock::Get()->Now(), metrics.requests_started(), busy,
+                          &released) &&
         released >= (int64_t{64} << 20)) {
       LOG(INFO) << "no calls for " << kQuietBeforeTrim << ": gave " << (released >> 20)
                 << " MiB of freed memory back to the system";
