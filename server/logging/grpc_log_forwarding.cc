@@ -43,17 +43,26 @@ void Log(const char* file, int line, google::LogSeverity severity, const char* m
   if (suppressed > 0) log.stream() << " suppressed=" << suppressed;
 }
 
-// Whether gRPC's `file` is where a peer's failed TLS handshake is reported: the
-// peer's doing (a port scanner, a client speaking plaintext), not the server's.
-bool ReportsHandshakes(const char* file) {
-  return file != nullptr && (std::strstr(file, "ssl_transport_security") != nullptr ||
-                             std::strstr(file, "handshake") != nullptr);
+// Whether gRPC's ERROR line from `file` reports what a peer sent, its doing and not
+// the server's: a failed TLS handshake (a port scanner, a client speaking plaintext),
+// a header the HPACK parser refuses (a bad grpc-timeout or content-type), a call
+// compressed with an algorithm the server has disabled (gzip, see ClipServer).
+bool ReportsAPeer(const char* file, const char* message) {
+  if (file == nullptr) return false;
+  if (std::strstr(file, "ssl_transport_security") != nullptr ||
+      std::strstr(file, "handshake") != nullptr ||
+      std::strstr(file, "hpack_parser") != nullptr) {
+    return true;
+  }
+  const char* base = std::strrchr(file, '/');
+  return std::strcmp(base != nullptr ? base + 1 : file, "call.cc") == 0 &&
+         message != nullptr && std::strstr(message, "ompression") != nullptr;
 }
 
 void LogThroughGlog(gpr_log_func_args* args) {
   google::LogSeverity severity =
       args->severity == GPR_LOG_SEVERITY_ERROR ? google::GLOG_ERROR : google::GLOG_INFO;
-  if (severity == google::GLOG_ERROR && ReportsHandshakes(args->file)) {
+  if (severity == google::GLOG_ERROR && ReportsAPeer(args->file, args->message)) {
     severity = google::GLOG_WARNING;
   }
   int64_t suppressed = 0;

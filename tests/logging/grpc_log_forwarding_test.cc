@@ -95,7 +95,7 @@ TEST(ProtobufLogForwardingTest, ParserErrorsReachGlogAsWarnings) {
 }
 
 // A peer's failed TLS handshake is the peer's doing: a WARNING, not a server ERROR.
-TEST(GrpcLogForwardingTest, APeersFailedHandshakeIsAWarning) {
+TEST(GrpcLogForwardingTest, WhatAPeerSentIsAWarning) {
   CollectingSink sink;
   google::AddLogSink(&sink);
   ForwardGrpcLogsToGlog();
@@ -105,13 +105,24 @@ TEST(GrpcLogForwardingTest, APeersFailedHandshakeIsAWarning) {
   gpr_log("src/core/lib/security/transport/security_handshaker.cc", 90,
           GPR_LOG_SEVERITY_ERROR, "Security handshake failed");
   gpr_log("src/core/lib/surface/server.cc", 10, GPR_LOG_SEVERITY_ERROR, "a server fault");
+  // What gRPC 1.51 writes for a call with a bad header or a disabled compression,
+  // any client, before the token check.
+  gpr_log("src/core/ext/transport/chttp2/transport/hpack_parser.cc", 1218,
+          GPR_LOG_SEVERITY_ERROR,
+          "Error parsing metadata: error=invalid value key=grpc-timeout value=x");
+  gpr_log("src/core/lib/surface/call.cc", 1211, GPR_LOG_SEVERITY_ERROR,
+          "Compression algorithm 'gzip' is disabled.");
+  gpr_log("src/core/lib/surface/call.cc", 99, GPR_LOG_SEVERITY_ERROR, "a call fault");
   google::RemoveLogSink(&sink);
 
   const std::vector<Line> lines = sink.lines();
-  ASSERT_EQ(lines.size(), 3u);
+  ASSERT_EQ(lines.size(), 6u);
   EXPECT_EQ(lines[0].severity, google::GLOG_WARNING);
   EXPECT_EQ(lines[1].severity, google::GLOG_WARNING);
   EXPECT_EQ(lines[2].severity, google::GLOG_ERROR);
+  EXPECT_EQ(lines[3].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[4].severity, google::GLOG_WARNING);
+  EXPECT_EQ(lines[5].severity, google::GLOG_ERROR);
 }
 
 // A client can make gRPC or Protobuf log a line per call; each source logs at most
