@@ -252,6 +252,22 @@ absl::Status ClipModel::LoadWeights(TensorMap weights) {
           "'", key, "' has shape ", ShapeString(it->second.sizes()),
           " in the checkpoint but the model expects ", ShapeString(target.sizes())));
     }
+    // A NaN or an infinity in a weight would answer every call OK with NaN
+    // embeddings. logit_scale may be +inf (clamped to log 100, as CLIP does).
+    if (key != "logit_scale" && it->second.is_floating_point() &&
+        !torch::isfinite(it->second).all().item<bool>()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", key, "' holds NaN or infinite values in the checkpoint"));
+    }
+  }
+  if (auto scale = weights.find("logit_scale");
+      scale != weights.end() && scale->second.numel() == 1) {
+    const float value = scale->second.to(torch::kFloat).item<float>();
+    if (!(std::exp(value) > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'logit_scale' is ", value, " in the checkpoint: exp(", value,
+                       ") is not a positive temperature scale"));
+    }
   }
   for (const auto& [key, tensor] : weights) {
     if (targets.count(key) == 0) {

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "server/common/status_macros.h"
 
@@ -79,7 +80,14 @@ absl::StatusOr<torch::Device> ParseDevice(absl::string_view name) {
 absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,
                                            const torch::Device& device,
                                            absl::string_view cpuinfo) {
-  if (flag != "auto") return ParsePrecision(flag);
+  if (flag != "auto") {
+    absl::StatusOr<Precision> precision = ParsePrecision(flag);
+    if (!precision.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("precision '", flag, "' is not auto, fp32, bf16, fp16 or int8"));
+    }
+    return precision;
+  }
   if (device.is_cuda()) return Precision::kFloat16;
   return CpuInfoPrefersBf16(cpuinfo) ? Precision::kBFloat16 : Precision::kFloat32;
 }
@@ -128,9 +136,13 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
     }
     const double needed = MinimumParameterCount(checkpoint.config);
     if (values < needed) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          spec, " holds ", values, " weight values, but the model its shapes describe (",
-          checkpoint.config.name, ") needs at least ", needed));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s holds %.0f weight values, but the model it describes (%s, from %s) needs "
+          "at least %.0f: a config that does not match the checkpoint's tensors, or "
+          "tensors stored hollow",
+          spec, values, checkpoint.config.name,
+          options.config_path.has_value() ? "--model_config" : "its config or shapes",
+          needed));
     }
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.model,
                                ClipModel::CreateForLoading(checkpoint.config));

@@ -434,6 +434,36 @@ TEST(CheckpointTest, AResNetWithoutBatchNormStepCountersLoads) {
   EXPECT_LE(MaxAbsDiff(*features, c.expected.at("image_features")), 1e-4);
 }
 
+// A weight that is not finite would load and answer every call OK with NaN
+// embeddings; a logit_scale whose exp() is 0 would scale every logit to 0.
+TEST(ClipModelTest, NonFiniteWeightsAndAZeroScaleAreRefusedAtLoad) {
+  auto model = ClipModel::Create(testing::TinyClipConfig(), /*seed=*/1);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto weights_with = [&](const std::string& key, float value) {
+    TensorMap weights;
+    for (const auto& [name, tensor] : (*model)->NamedTensors()) {
+      weights[name] = tensor.clone();
+    }
+    weights.at(key).view({-1})[0] = value;
+    return weights;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  absl::Status status = (*model)->LoadWeights(weights_with("visual.proj", nan));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("'visual.proj' holds NaN or infinite"));
+  status = (*model)->LoadWeights(weights_with("token_embedding.weight", -inf));
+  EXPECT_THAT(status.message(), HasSubstr("'token_embedding.weight' holds NaN"));
+  status = (*model)->LoadWeights(weights_with("logit_scale", -200));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("'logit_scale' is -200 in the checkpoint"));
+  EXPECT_THAT((*model)->LoadWeights(weights_with("logit_scale", nan)).message(),
+              HasSubstr("'logit_scale' is nan"));
+  // +inf is clamped to 100, as CLIP does.
+  ASSERT_TRUE((*model)->LoadWeights(weights_with("logit_scale", inf)).ok());
+  EXPECT_EQ((*model)->logit_scale(), 100.0f);
+}
+
 // The towers' MLPs are as wide as the config's MlpWidth(): open_clip's int(width *
 // mlp_ratio), not its rounding (64 x 2.5390625 = 162.5 made 163, refusing open_clip's
 // 162-wide checkpoint).
@@ -1000,6 +1030,10 @@ TEST(PrecisionTest, AutoPicksBf16WhereItOutrunsFp32) {
             Precision::kFloat32);
   EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, amd_plain), Precision::kFloat32);
   EXPECT_EQ(*ResolvePrecision("auto", torch::kCPU, no_vendor), Precision::kFloat32);
+  EXPECT_EQ(*ResolvePrecision("int8", torch::kCPU, amx), Precision::kInt8);
+  // Names are lower case; the refusal lists every choice of the flag, auto too.
+  EXPECT_THAT(ResolvePrecision("FP32", torch::kCPU, amx).status().message(),
+              HasSubstr("'FP32' is not auto, fp32, bf16, fp16 or int8"));
   // bf16 runs natively (not emulated) wherever the instructions are.
   EXPECT_TRUE(CpuInfoHasBf16(intel_avx512bf16));
   EXPECT_TRUE(CpuInfoHasBf16(amx));
