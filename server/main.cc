@@ -209,7 +209,8 @@ ABSL_FLAG(int32_t, metrics_port, 9090,
 ABSL_FLAG(int32_t, slow_request_ms, 1000,
           "Log one WARNING line for each successful call (EmbedStream excepted) that "
           "takes at least this many milliseconds; 0 turns it off. Failed calls are "
-          "always logged.");
+          "logged whatever their time (at most 20 WARNING lines a second; a refused "
+          "token, one line per 10 s).");
 ABSL_FLAG(std::string, log_format, "text",
           "text (glog's lines) or json (one JSON object per line on stderr: time, "
           "severity, source, thread, message and the line's fields).");
