@@ -752,18 +752,26 @@ absl::Status Run() {
   LOG(INFO) << "loading model " << absl::GetFlag(FLAGS_model);
   std::thread([&] { loading = LoadModel(absl::GetFlag(FLAGS_model), load); }).join();
   CLIPSERVE_ASSIGN_OR_RETURN(LoadedModel loaded, std::move(loading));
+  const ClipConfig& config = loaded.model->config();
+  const std::string heads =
+      absl::StrCat(config.vision.heads, " image",
+                   config.text.arch == TextArch::kTransformer
+                       ? absl::StrCat(" and ", config.text.heads, " text")
+                       : "",
+                   " heads");
   if (loaded.activation_assumed) {
-    const ClipConfig& config = loaded.model->config();
     LOG(WARNING)
         << "the checkpoint's shapes cannot tell QuickGELU from GELU, nor the attention "
            "heads: running QuickGELU, as OpenAI's models do, with "
-        << config.vision.heads << " image"
-        << (config.text.arch == TextArch::kTransformer
-                ? absl::StrCat(" and ", config.text.heads, " text")
-                : "")
-        << " heads, as released models of these widths have; for a model of "
+        << heads
+        << ", as released models of these widths have; for a model of "
            "open_clip's own architectures (GELU) pass --model_config with "
            "\"quick_gelu\": false, or load its open_clip folder";
+  } else if (loaded.heads_assumed) {
+    LOG(INFO) << "an OpenAI archive does not record its attention heads: running "
+              << heads
+              << ", as OpenAI's released models of these widths have (width / 64); "
+                 "for a model with other heads pass --model_config";
   }
   if (load.precision == Precision::kInt8 &&
       loaded.model->config().vision.arch == VisionArch::kModifiedResNet) {

@@ -326,6 +326,7 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
     // OpenAI's archives are QuickGELU models; a bare state dict may be either.
     checkpoint.activation_assumed =
         checkpoint.format != CheckpointFormat::kOpenAiTorchScript;
+    checkpoint.heads_assumed = true;
   }
   checkpoint.config.name = NameFromPath(fs::path(path).stem().string());
   return checkpoint;

@@ -37,6 +37,9 @@ struct Checkpoint {
   // tell QuickGELU (OpenAI's, assumed) from GELU (open_clip's own architectures):
   // the loader warns, and --model_config (an open_clip config) settles it.
   bool activation_assumed = false;
+  // True wherever the architecture came from the shapes, OpenAI's archives too: the
+  // attention heads then follow OpenAI's rule (width / 64), which shapes cannot check.
+  bool heads_assumed = false;
 };
 
 struct ReadCheckpointOptions {

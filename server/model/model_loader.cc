@@ -151,6 +151,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
     loaded.format = checkpoint.format;
     loaded.directory = checkpoint.directory;
     loaded.activation_assumed = checkpoint.activation_assumed;
+    loaded.heads_assumed = checkpoint.heads_assumed;
   }
   CLIPSERVE_RETURN_IF_ERROR(
       loaded.model->To(options.device, options.precision, options.int8));

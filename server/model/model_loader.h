@@ -39,6 +39,8 @@ struct LoadedModel {
   std::string directory;
   // Checkpoint::activation_assumed: QuickGELU was assumed for a bare state dict.
   bool activation_assumed = false;
+  // Checkpoint::heads_assumed: the attention heads follow OpenAI's rule.
+  bool heads_assumed = false;
 };
 
 // True when /proc/cpuinfo-style `cpuinfo` lists AMX-BF16 or AVX512-BF16: oneDNN runs

@@ -415,6 +415,7 @@ TEST(CheckpointTest, AResNetWithoutBatchNormStepCountersLoads) {
   options.config = c.config;
   auto checkpoint = ReadCheckpoint(c.dir + "/state_dict.pt", options);
   ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_FALSE(checkpoint->heads_assumed);  // the config gives them
   int dropped = 0;
   for (auto it = checkpoint->weights.begin(); it != checkpoint->weights.end();) {
     const bool counter = absl::EndsWith(it->first, ".num_batches_tracked");
@@ -553,6 +554,9 @@ TEST(InferredArchitectureTest, OpenAiShapedCheckpointsLoadWithoutConfig) {
       auto loaded = LoadModel(c.dir + "/" + file);
       ASSERT_TRUE(loaded.ok()) << loaded.status();
       EXPECT_FALSE(loaded->random_weights);
+      // Logged at start-up: the heads come from OpenAI's rule, not the file.
+      EXPECT_TRUE(loaded->heads_assumed);
+      EXPECT_EQ(loaded->activation_assumed, std::string(file) == "state_dict.pt");
       EXPECT_EQ(loaded->sha256.size(), 64u);
       EXPECT_EQ(loaded->model->config().vision.heads, c.config.vision.heads);
       auto images = loaded->model->EncodeImage(c.inputs.at("images"), false);
