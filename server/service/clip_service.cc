@@ -764,11 +764,13 @@ class ClassifyCall final : public JoinedCall {
 // answers a bad item with its error at once), and writes answers one at a time from a
 // queue in completion order. Items count as in flight from their read until their
 // answer is written; at max_in_flight no further read is issued, which is the flow
-// control. An item that does not fit the request memory budget while the stream's own
+// control. Each item reserves its bytes and its answer's in the request memory budget
+// until the answer is written (a client that reads no answers holds the budget, not
+// memory outside it). An item that does not fit the budget while the stream's own
 // earlier items hold some of it waits for them (parked: the stream reads no further
-// until one of them is answered, then it tries again), so that one client's stream of
-// large items is slowed down rather than refused item by item; with none of its own
-// held, or when parked items already hold as much again as the budget (the service's
+// until the answer of one of them is written, then it tries again), so that one client's
+// stream of large items is slowed down rather than refused item by item; with none of its
+// own held, or when parked items already hold as much again as the budget (the service's
 // parking budget, which bounds what waiting streams keep), the item fails alone
 // (RESOURCE_EXHAUSTED, with a RetryInfo). After the
 // client's half-close and the last answer, finishes OK.
@@ -846,6 +848,8 @@ class EmbedStreamCall final
       absl::MutexLock lock(&mu_);
       writing_ = false;
       --in_flight_;
+      write_held_.Release();
+      if (std::exchange(write_item_held_, false)) ReleasedLocked();
       if (!ok) broken_ = true;
       actions = NextActionsLocked();
     }
@@ -912,7 +916,9 @@ class EmbedStreamCall final
     }
     if (!writing_ && !queue_.empty()) {
       writing_ = true;
-      write_.Swap(&queue_.front());
+      write_.Swap(&queue_.front().bytes);
+      write_held_ = std::move(queue_.front().held);
+      write_item_held_ = queue_.front().item_held;
       queue_.pop_front();
       actions.write = true;
     }
@@ -984,17 +990,18 @@ class EmbedStreamCall final
     return true;
   }
 
-  // An item's reservation came back (before its answer is queued, which then looks
-  // at a parked item).
-  void Released() {
-    absl::MutexLock lock(&mu_);
+  // An item's reservation came back (the caller then looks at a parked item).
+  void ReleasedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     --held_items_;
     ++releases_;
     released_since_park_ = true;
   }
 
-  // Queues the answer of an item (dropped when the stream is broken).
-  void Enqueue(const v1::EmbedStreamResponse& response, bool from_engine) {
+  // Queues the answer of an item with the item's reservation `held`, if it has one,
+  // which comes back once the answer is written: gRPC holds an answer until the client
+  // has read it. Dropped when the stream is broken.
+  void Enqueue(const v1::EmbedStreamResponse& response, bool from_engine,
+               std::optional<RequestMemoryBudget::Reservation> held = std::nullopt) {
     grpc::ByteBuffer bytes;
     absl::Status serialized = SerializeResponse(response, &bytes);
     if (!serialized.ok()) {
@@ -1006,7 +1013,14 @@ class EmbedStreamCall final
     {
       absl::MutexLock lock(&mu_);
       if (from_engine) --engine_pending_;
-      if (!broken_) queue_.push_back(std::move(bytes));
+      Answer answer{std::move(bytes), {}, held.has_value()};
+      if (held.has_value()) answer.held = *std::move(held);
+      if (!broken_) {
+        queue_.push_back(std::move(answer));
+      } else if (answer.item_held) {
+        answer.held.Release();
+        ReleasedLocked();
+      }
       actions = NextActionsLocked();
     }
     Run(actions);
@@ -1015,18 +1029,21 @@ class EmbedStreamCall final
   // Answers the item `id` with `status`, counted and logged as a failed item; not the
   // items cancelled because the stream itself was (their answers are never sent, and
   // the stream counts as CANCELLED).
-  void FailItem(std::string id, const absl::Status& status, bool from_engine) {
+  void FailItem(std::string id, const absl::Status& status, bool from_engine,
+                std::optional<RequestMemoryBudget::Reservation> held = std::nullopt) {
     if (status.code() != absl::StatusCode::kCancelled || !cancellation_->cancelled()) {
       recorder_->ItemFailed(record_, id, status);
     }
     v1::EmbedStreamResponse response;
     response.set_id(std::move(id));
     *response.mutable_error() = ToRpcStatus(status);
-    Enqueue(response, from_engine);
+    Enqueue(response, from_engine, std::move(held));
   }
 
+  // The engine's answer to an item holding `held`.
   void OnEmbedded(std::string id, absl::string_view field, bool text,
-                  absl::StatusOr<EmbedResult> result) {
+                  absl::StatusOr<EmbedResult> result,
+                  RequestMemoryBudget::Reservation held) {
     absl::Status status = result.status();
     if (status.ok())
       status = CheckShape(*result, 1, engine_->description().embed_dim, text);
@@ -1034,7 +1051,7 @@ class EmbedStreamCall final
       // The engine names the item "<field>[0]"; in a stream item it is just <field>.
       status =
           RenameEngineItems(status, field, [field](int) { return std::string(field); });
-      FailItem(std::move(id), status, /*from_engine=*/true);
+      FailItem(std::move(id), status, /*from_engine=*/true, std::move(held));
       return;
     }
     v1::EmbedStreamResponse response;
@@ -1045,7 +1062,7 @@ class EmbedStreamCall final
       response.set_truncated(result->truncated[0]);
       response.set_num_tokens(static_cast<uint32_t>(result->num_tokens[0]));
     }
-    Enqueue(response, /*from_engine=*/true);
+    Enqueue(response, /*from_engine=*/true, std::move(held));
   }
 
   void StartItem(const grpc::ByteBuffer& bytes) {
@@ -1071,14 +1088,19 @@ class EmbedStreamCall final
       // response gRPC refuses to send ends the whole stream.
       item_id->clear();
     }
-    // A valid item's bytes count against the budget until the engine has answered it
-    // (the reservation travels in the engine's callback). An invalid item fails with
-    // its own error before it is weighed: it would hold nothing, and is no refusal.
+    // A valid item's bytes and its answer's count against the budget until the answer
+    // is written (the reservation travels in the engine's callback, then with the
+    // answer). An invalid item fails with its own error before it is weighed: it
+    // would hold nothing, and is no refusal.
     // Refused while the stream's own items hold memory, the item waits for them
     // (Park()) rather than fail: only a refusal that fails it is counted.
     bool parked = false;
     const auto reserve = [&]() -> absl::StatusOr<RequestMemoryBudget::Reservation> {
-      const int64_t size = static_cast<int64_t>(bytes.Length());
+      // The item and its answer: its id, an embedding, a text's truncated and
+      // num_tokens (at most 8 bytes).
+      const int64_t size =
+          static_cast<int64_t>(bytes.Length() + FieldBytes(item_id->size()) +
+                               EmbeddingsBytes(1, engine_->description().embed_dim) + 8);
       const int64_t releases_seen = ReleasesSoFar();
       absl::StatusOr<RequestMemoryBudget::Reservation> held =
           request_memory_->TryReserve(size, budget_client_);
@@ -1110,11 +1132,9 @@ class EmbedStreamCall final
             std::move(images), options, "image",
             [this, id = std::move(*item_id),
              held = *std::move(reservation)](absl::StatusOr<EmbedResult> r) mutable {
-              // Returned before the answer is queued: the engine may destroy its
-              // callback only after the stream, and so perhaps the service, is gone.
-              held.Release();
-              Released();
-              OnEmbedded(std::move(id), "image", false, std::move(r));
+              // Moved out: the engine may destroy its callback only after the stream,
+              // and so perhaps the service, is gone.
+              OnEmbedded(std::move(id), "image", false, std::move(r), std::move(held));
             });
         return;
       }
@@ -1133,11 +1153,9 @@ class EmbedStreamCall final
             std::move(texts), options, "text",
             [this, id = std::move(*item_id),
              held = *std::move(reservation)](absl::StatusOr<EmbedResult> r) mutable {
-              // Returned before the answer is queued: the engine may destroy its
-              // callback only after the stream, and so perhaps the service, is gone.
-              held.Release();
-              Released();
-              OnEmbedded(std::move(id), "text", true, std::move(r));
+              // Moved out: the engine may destroy its callback only after the stream,
+              // and so perhaps the service, is gone.
+              OnEmbedded(std::move(id), "text", true, std::move(r), std::move(held));
             });
         return;
       }
@@ -1195,7 +1213,8 @@ class EmbedStreamCall final
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   // Engine requests whose callback has not run yet.
   int engine_pending_ ABSL_GUARDED_BY(mu_) = 0;
-  // Engine requests whose reservation has not come back yet.
+  // Items whose reservation has not come back yet: from their start until their
+  // answer is written (or dropped with a broken stream).
   int held_items_ ABSL_GUARDED_BY(mu_) = 0;
   // An item the request memory budget refused while held_items_ > 0, read but not
   // started (counted in in_flight_), and whether a reservation came back since.
@@ -1203,8 +1222,16 @@ class EmbedStreamCall final
   RequestMemoryBudget::Reservation parked_room_ ABSL_GUARDED_BY(mu_);  // in parking_
   bool released_since_park_ ABSL_GUARDED_BY(mu_) = false;
   int64_t releases_ ABSL_GUARDED_BY(mu_) = 0;
-  // Serialized answers waiting for their turn to be written.
-  std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
+  // Serialized answers waiting for their turn to be written, each with its item's
+  // reservation (held_items_ counts it), and those of the answer being written.
+  struct Answer {
+    grpc::ByteBuffer bytes;
+    RequestMemoryBudget::Reservation held;
+    bool item_held = false;
+  };
+  std::deque<Answer> queue_ ABSL_GUARDED_BY(mu_);
+  RequestMemoryBudget::Reservation write_held_ ABSL_GUARDED_BY(mu_);
+  bool write_item_held_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Ends a unary call refused before any work started (a bad bearer token): counted

@@ -45,8 +45,9 @@ struct ClipServiceOptions {
   // are cached, so that a request's validity does not depend on the cache.
   int max_classify_prompts = 512;
   // Bytes of requests held by calls in flight at most (see RequestMemoryBudget):
-  // each call counts its request's size from its arrival until it is done, an
-  // EmbedStream item until the engine has answered it, and a call or item that would
+  // each call counts its request's size (and its response's) from its arrival until
+  // it is done, an EmbedStream item (and its answer) until the answer is written, and
+  // a call or item that would
   // pass the limit is refused at once with RESOURCE_EXHAUSTED and a RetryInfo. 0
   // means no limit. Default 256 MiB: four requests of the largest default message
   // size, or hundreds of typical ones, which is more than the engine's queues take

@@ -26,8 +26,8 @@ class Metrics;
 // and with the callback API every call that arrives is held until the engine answers
 // it. Each call reserves its request's size here as its handler starts (before the
 // methods that take raw bytes parse them) and keeps the reservation until gRPC is
-// done with the call; an EmbedStream item keeps one from its parse until the engine
-// has answered it. A reservation that does not fit is refused at once with
+// done with the call; an EmbedStream item keeps one from its parse until its answer
+// is written. A reservation that does not fit is refused at once with
 // RESOURCE_EXHAUSTED and a google.rpc.RetryInfo, so the refused request is freed at
 // once instead of waiting, and the client retries when earlier calls are done.
 //

@@ -2226,6 +2226,30 @@ TEST_F(ClipServiceTest, AnEmbedStreamItemPastTheLimitWaitsForTheStreamsOwn) {
   EXPECT_EQ(service_->request_memory_used(), 0);
 }
 
+// gRPC holds an answer until its client reads it, so a stream item reserves its
+// answer with itself and keeps both until the answer is written: a client that
+// reads none holds its budget, not memory outside it.
+TEST_F(ClipServiceTest, AnEmbedStreamItemReservesItsAnswerUntilItIsWritten) {
+  engine_->set_hold(true);
+  auto context = Context(absl::Seconds(30));
+  auto stream = stub_->EmbedStream(context.get());
+  const v1::EmbedStreamRequest item = TextItem("one", "a cat");
+  ASSERT_TRUE(stream->Write(item));
+  ASSERT_TRUE(engine_->AwaitHeld(1));
+  // Its bytes, and at least the answer's embedding.
+  EXPECT_GE(service_->request_memory_used(),
+            static_cast<int64_t>(item.ByteSizeLong()) + EmbeddingsResponseBytes(1));
+  engine_->set_hold(false);
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_TRUE(response.has_embedding()) << response.error().message();
+  // Its reservation came back with the write, before the stream ends.
+  EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_FALSE(stream->Read(&response));
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
 TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
   RestartRecordingMetrics();
   engine_->set_hold(true);
