@@ -903,6 +903,8 @@ absl::Status Run() {
   int signal = 0;
   constexpr absl::Duration kQuietBeforeTrim = absl::Seconds(10);
   IdleHeapTrimmer heap_trimmer(kQuietBeforeTrim);
+  int64_t last_held = 0;
+  int64_t memory_returns = 0;
   while (signal <= 0) {
     signal = signals.WaitForDrain(absl::Seconds(1));
     if (engine->healthy() != serving) {
@@ -924,13 +926,16 @@ absl::Status Run() {
       std::_Exit(kExitUnhealthy);
     }
     // A call counts as finished once it has answered, but gRPC holds its request and
-    // response until the client has read them (request_memory_used() counts them):
-    // trimming meanwhile would give back nothing of theirs, and no later tick would.
-    const int64_t busy =
-        metrics.requests_in_flight() + (clip_service.request_memory_used() > 0 ? 1 : 0);
+    // response until the client has read them (request_memory_used() counts them), so
+    // memory coming back counts as activity too: a quiet spell after it trims again.
+    // Memory held by a client that never reads does not hold off trimming.
+    const int64_t held = clip_service.request_memory_used();
+    if (held < last_held) ++memory_returns;
+    last_held = held;
     if (int64_t released = 0;
-        heap_trimmer.Tick(RealClock::Get()->Now(), metrics.requests_started(), busy,
-                          &released) &&
+        heap_trimmer.Tick(RealClock::Get()->Now(),
+                          metrics.requests_started() + memory_returns,
+                          metrics.requests_in_flight(), &released) &&
         released >= (int64_t{64} << 20)) {
       LOG(INFO) << "no calls for " << kQuietBeforeTrim << ": gave " << (released >> 20)
                 << " MiB of freed memory back to the system";

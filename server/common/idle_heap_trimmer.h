@@ -30,9 +30,10 @@ class IdleHeapTrimmer {
   IdleHeapTrimmer(const IdleHeapTrimmer&) = delete;
   IdleHeapTrimmer& operator=(const IdleHeapTrimmer&) = delete;
 
-  // One look at the server at `now`: `calls_started`, how many calls it has started
-  // so far, and `calls_in_flight`. Trims when both have stood still (and none is in
-  // flight) for `quiet_for`, unless it already trimmed at this count of calls: the
+  // One look at the server at `now`: `calls_started`, a count that moves with each
+  // call started (and whatever else frees memory: clip_server adds each time request
+  // memory comes back), and `calls_in_flight`. Trims when both have stood still (and
+  // none is in flight) for `quiet_for`, unless it already trimmed at this count: the
   // start-up (the model load frees its buffers) counts as a burst. Returns whether it
   // trimmed, and then sets `*released` to what the trim returned.
   bool Tick(absl::Time now, int64_t calls_started, int64_t calls_in_flight,

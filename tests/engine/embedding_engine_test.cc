@@ -671,8 +671,6 @@ void ExpectCosineAtLeast(const absl::StatusOr<EmbedResult>& got,
   }
 }
 
-// A batch that runs out of memory is retried once in two halves: each item still gets
-// its own row, as computed alone; a half that runs out again fails only its items.
 // Callers that send the same new text at once each miss the cache; when their items
 // share a batch, the model runs the text once. The batch forms only when full (4), so
 // both requests' items are in it.
@@ -713,6 +711,8 @@ TEST(EmbeddingEngineRepeatsTest, IdenticalTextsInABatchRunOnceAndAnswerEveryItem
   EXPECT_NE(first->num_tokens[1], 0);
 }
 
+// A batch that runs out of memory is retried once in two halves: each item still gets
+// its own row, as computed alone; a half that runs out again fails only its items.
 class EmbeddingEngineOutOfMemoryTest : public ::testing::Test {
  protected:
   // A tiny-model engine whose model runs fail above `limit` items.

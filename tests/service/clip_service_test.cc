@@ -1414,8 +1414,6 @@ TEST_F(ClipServiceTest, InvalidSimilarityRequestsAreRejectedBeforeTheEngine) {
   EXPECT_TRUE(engine_->calls().empty());
 }
 
-// A cancelled call's queued items are dropped at once, not when the engine's workers
-// reach them: its request memory is free while the engine is still busy.
 // gRPC holds a response until its client reads it: a client that reads none would
 // hold response after response for a few bytes of request each. So each call
 // reserves its response beside its request, before the engine work, until gRPC is
@@ -1479,6 +1477,8 @@ TEST_F(ClipServiceTest, ResponsesCountAgainstTheRequestMemoryLimit) {
   EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
 }
 
+// A cancelled call's queued items are dropped at once, not when the engine's workers
+// reach them: its request memory is free while the engine is still busy.
 TEST_F(ClipServiceTest, ACancelledCallFreesItsRequestMemoryWhileTheEngineIsBusy) {
   engine_->set_hold(true);
   engine_->set_drop_dead_items(true);
