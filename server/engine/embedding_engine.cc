@@ -396,18 +396,33 @@ absl::Status EmbeddingEngine::Start() {
     absl::Status warmed;
     const auto warm_up = [&] {
       absl::Status encoded;
+      // Finite weights can still overflow (a value near the largest float, or fp16's
+      // range): a model whose towers give NaN or infinity for a blank image or an
+      // empty text would answer every call OK with them.
+      const auto finite = [&encoded](const absl::StatusOr<torch::Tensor>& rows,
+                                     absl::string_view tower) {
+        encoded = rows.status();
+        if (encoded.ok() && !torch::isfinite(*rows).all().item<bool>()) {
+          encoded = absl::FailedPreconditionError(
+              absl::StrCat("the ", tower, " tower gives NaN or infinite values for a ",
+                           tower == "image" ? "blank image" : "empty text",
+                           ": the checkpoint's weights overflow at this precision"));
+        }
+        return encoded.ok();
+      };
       warmed = CatchTorchErrors(
           [&] {
             const int64_t s = config.vision.image_size;
-            encoded =
-                model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false).status();
-            if (!encoded.ok()) return;
+            if (!finite(model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false),
+                        "image")) {
+              return;
+            }
             torch::Tensor ids = torch::tensor({int64_t{tokenizer_->start_of_text_id()},
                                                int64_t{tokenizer_->end_of_text_id()}},
                                               torch::kLong)
                                     .unsqueeze(0);
-            encoded = model_.model->EncodeText(ids, false, tokenizer_->end_of_text_id())
-                          .status();
+            finite(model_.model->EncodeText(ids, false, tokenizer_->end_of_text_id()),
+                   "text");
           },
           "warming up the model");
       if (warmed.ok()) warmed = encoded;

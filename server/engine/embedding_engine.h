@@ -86,7 +86,8 @@ struct EmbeddingEngineOptions {
   // How often the watchdog looks. Default 1 s.
   absl::Duration watchdog_interval = absl::Seconds(1);
   // Run one image and one text through the model before Create returns, so the first
-  // request does not pay for oneDNN's kernel selection and allocator warm-up.
+  // request does not pay for oneDNN's kernel selection and allocator warm-up; a
+  // tower that gives NaN or infinity then fails Create (FAILED_PRECONDITION).
   bool warm_up = true;
   // Optional: told about preprocessing times, batches (size, queue waits, model run
   // time) and queue depths, for metrics. Not owned; must outlive the engine. nullptr

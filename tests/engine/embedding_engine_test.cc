@@ -671,6 +671,27 @@ void ExpectCosineAtLeast(const absl::StatusOr<EmbedResult>& got,
   }
 }
 
+// A finite weight can still overflow: near the largest float the towers give NaN,
+// and every call would be answered OK with it. The warm-up refuses such a model.
+TEST(EmbeddingEngineWarmUpTest, ATowerGivingNonFiniteValuesFailsCreate) {
+  for (const char* key : {"visual.proj", "text_projection"}) {
+    SCOPED_TRACE(key);
+    LoadedModel loaded;
+    loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+    {
+      torch::NoGradGuard no_grad;
+      loaded.model->NamedTensors().at(key).fill_(3e38f);
+    }
+    auto engine = EmbeddingEngine::Create(
+        std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), {});
+    EXPECT_EQ(engine.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(
+        engine.status().message(),
+        HasSubstr(absl::StrCat(std::string(key) == "visual.proj" ? "image" : "text",
+                               " tower gives NaN or infinite values")));
+  }
+}
+
 // Callers that send the same new text at once each miss the cache; when their items
 // share a batch, the model runs the text once. The batch forms only when full (4), so
 // both requests' items are in it.
