@@ -142,7 +142,8 @@ ABSL_FLAG(double, max_request_memory_mb, 256,
           "with RESOURCE_EXHAUSTED and a RetryInfo. At least --max_message_bytes; 0 = no "
           "limit. The process holds up to about 3x this for requests.");
 ABSL_FLAG(double, max_request_memory_per_client_mb, 0,
-          "Most MiB of requests one client host may hold in flight, within "
+          "Most MiB of requests (and the responses they ask for) one client host may "
+          "hold in flight, within "
           "--max_request_memory_mb; past it its calls are refused the same way. At least "
           "--max_message_bytes and at most --max_request_memory_mb (when set); 0 = no "
           "per-client limit. Keep 0 behind a proxy or sidecar, where every call comes "
