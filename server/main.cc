@@ -143,11 +143,10 @@ ABSL_FLAG(double, max_request_memory_mb, 256,
           "limit. The process holds up to about 3x this for requests.");
 ABSL_FLAG(double, max_request_memory_per_client_mb, 0,
           "Most MiB of requests (and the responses they ask for) one client host may "
-          "hold in flight, within "
-          "--max_request_memory_mb; past it its calls are refused the same way. At least "
-          "--max_message_bytes and at most --max_request_memory_mb (when set); 0 = no "
-          "per-client limit. Keep 0 behind a proxy or sidecar, where every call comes "
-          "from the proxy's address.");
+          "hold in flight, within --max_request_memory_mb; past it its calls are refused "
+          "the same way. At least --max_message_bytes and at most "
+          "--max_request_memory_mb (when set); 0 = no per-client limit. Keep 0 behind a "
+          "proxy or sidecar, where every call comes from the proxy's address.");
 ABSL_FLAG(double, max_connection_age_s, 0,
           "Send each client connection GOAWAY once it is this many seconds old (gRPC "
           "adds +-10% jitter): clients reconnect for their next calls and spread "

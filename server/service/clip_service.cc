@@ -848,8 +848,10 @@ class EmbedStreamCall final
       absl::MutexLock lock(&mu_);
       writing_ = false;
       --in_flight_;
-      write_held_.Release();
-      if (std::exchange(write_item_held_, false)) ReleasedLocked();
+      if (write_held_.has_value()) {
+        write_held_.reset();
+        ReleasedLocked();
+      }
       if (!ok) broken_ = true;
       actions = NextActionsLocked();
     }
@@ -918,7 +920,6 @@ class EmbedStreamCall final
       writing_ = true;
       write_.Swap(&queue_.front().bytes);
       write_held_ = std::move(queue_.front().held);
-      write_item_held_ = queue_.front().item_held;
       queue_.pop_front();
       actions.write = true;
     }
@@ -1013,12 +1014,10 @@ class EmbedStreamCall final
     {
       absl::MutexLock lock(&mu_);
       if (from_engine) --engine_pending_;
-      Answer answer{std::move(bytes), {}, held.has_value()};
-      if (held.has_value()) answer.held = *std::move(held);
       if (!broken_) {
-        queue_.push_back(std::move(answer));
-      } else if (answer.item_held) {
-        answer.held.Release();
+        queue_.push_back({std::move(bytes), std::move(held)});
+      } else if (held.has_value()) {
+        held.reset();
         ReleasedLocked();
       }
       actions = NextActionsLocked();
@@ -1223,15 +1222,14 @@ class EmbedStreamCall final
   bool released_since_park_ ABSL_GUARDED_BY(mu_) = false;
   int64_t releases_ ABSL_GUARDED_BY(mu_) = 0;
   // Serialized answers waiting for their turn to be written, each with its item's
-  // reservation (held_items_ counts it), and those of the answer being written.
+  // reservation if it has one (held_items_ counts it), and that of the answer being
+  // written.
   struct Answer {
     grpc::ByteBuffer bytes;
-    RequestMemoryBudget::Reservation held;
-    bool item_held = false;
+    std::optional<RequestMemoryBudget::Reservation> held;
   };
   std::deque<Answer> queue_ ABSL_GUARDED_BY(mu_);
-  RequestMemoryBudget::Reservation write_held_ ABSL_GUARDED_BY(mu_);
-  bool write_item_held_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<RequestMemoryBudget::Reservation> write_held_ ABSL_GUARDED_BY(mu_);
 };
 
 // Ends a unary call refused before any work started (a bad bearer token): counted
