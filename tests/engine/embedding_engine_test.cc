@@ -694,11 +694,13 @@ TEST(EmbeddingEngineWarmUpTest, ATowerGivingNonFiniteValuesFailsCreate) {
 
 // Callers that send the same new text at once each miss the cache; when their items
 // share a batch, the model runs the text once. The batch forms only when full (4), so
-// both requests' items are in it.
+// both requests' items are in it: not before (wait_only_for_announced would run the
+// first request's three alone when the second has not been announced yet).
 TEST(EmbeddingEngineRepeatsTest, IdenticalTextsInABatchRunOnceAndAnswerEveryItem) {
   auto engine = MakeTinyEngine([](EmbeddingEngineOptions& options) {
     options.max_batch_size = 4;
     options.workers = 1;
+    options.wait_only_for_announced = false;
   });
   ASSERT_NE(engine, nullptr);
   absl::Notification first_done, second_done;
