@@ -35,6 +35,8 @@ packages=(
   python3-yaml
   # the interop tests make their TLS certificates with the openssl command
   openssl
+  # tests/interop/slow_reader_test.py drives HTTP/2 by hand, as no gRPC client can
+  python3-h2
 )
 
 missing=()
