@@ -32,6 +32,13 @@ absl::Status ValidateDynamicBatcherOptions(const DynamicBatcherOptions& options)
                      absl::FormatDuration(options.min_retry_delay), " and ",
                      absl::FormatDuration(options.max_retry_delay)));
   }
+  if (options.expected_batch_run_time.has_value() &&
+      (*options.expected_batch_run_time < absl::ZeroDuration() ||
+       *options.expected_batch_run_time == absl::InfiniteDuration())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected_batch_run_time must be finite and >= 0, got ",
+                     absl::FormatDuration(*options.expected_batch_run_time)));
+  }
   return absl::OkStatus();
 }
 
@@ -54,7 +61,8 @@ absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
   const int64_t batches =
       (std::max<int64_t>(items_to_free, 1) + batch_size - 1) / batch_size;
   const int64_t rounds = (batches + workers - 1) / workers;
-  const absl::Duration per_round = batch_run_time.value_or(options.max_queue_delay);
+  const absl::Duration per_round = batch_run_time.value_or(
+      options.expected_batch_run_time.value_or(options.max_queue_delay));
   return std::clamp(per_round * rounds, options.min_retry_delay, options.max_retry_delay);
 }
 

@@ -63,6 +63,12 @@ struct DynamicBatcherOptions {
   absl::Duration min_retry_delay = absl::Milliseconds(10);
   absl::Duration max_retry_delay = absl::Seconds(5);
 
+  // How long a full batch is expected to run before any batch has (from a warm-up
+  // run, say), >= 0 when set: the RetryInfo estimate's time per batch until the first
+  // batch ends and the measured average takes over. Unset: max_queue_delay, which
+  // tells clients refused during a long first batch to come back far too soon.
+  std::optional<absl::Duration> expected_batch_run_time;
+
   // When true, a partial batch waits for company only while items are announced
   // (Announce()) and not yet scheduled or withdrawn: with nothing on its way, waiting
   // could only add latency, so the batch runs as soon as a worker is free. A lone
@@ -127,8 +133,8 @@ class RunTimeAverage {
 // The RetryInfo delay for a request refused because `items_to_free` more queue slots
 // would have to empty first: queue slots free as workers take batches, so that takes
 // ceil(ceil(items_to_free / max_batch_size) / num_workers) rounds of one batch run
-// time each (`batch_run_time`, or max_queue_delay before any batch has run), clamped
-// to [min_retry_delay, max_retry_delay].
+// time each (`batch_run_time`; before any batch has run, expected_batch_run_time or
+// else max_queue_delay), clamped to [min_retry_delay, max_retry_delay].
 absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
                                   std::optional<absl::Duration> batch_run_time,
                                   int64_t items_to_free);

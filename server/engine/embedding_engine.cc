@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -392,6 +393,8 @@ absl::Status EmbeddingEngine::Start() {
                                                        options_.max_pending_preprocess));
 
   if (!model_.model->device().is_cuda()) runner_ = std::make_unique<ModelRunner>();
+  // How long each tower's warm-up item took (on the engine's clock), when it ran.
+  std::optional<absl::Duration> image_warm_up, text_warm_up;
   if (options_.warm_up) {
     absl::Status warmed;
     const auto warm_up = [&] {
@@ -413,16 +416,21 @@ absl::Status EmbeddingEngine::Start() {
       warmed = CatchTorchErrors(
           [&] {
             const int64_t s = config.vision.image_size;
+            absl::Time start = clock_->Now();
             if (!finite(model_.model->EncodeImage(torch::zeros({1, 3, s, s}), false),
                         "image")) {
               return;
             }
+            image_warm_up = clock_->Now() - start;
             torch::Tensor ids = torch::tensor({int64_t{tokenizer_->start_of_text_id()},
                                                int64_t{tokenizer_->end_of_text_id()}},
                                               torch::kLong)
                                     .unsqueeze(0);
-            finite(model_.model->EncodeText(ids, false, tokenizer_->end_of_text_id()),
-                   "text");
+            start = clock_->Now();
+            if (finite(model_.model->EncodeText(ids, false, tokenizer_->end_of_text_id()),
+                       "text")) {
+              text_warm_up = clock_->Now() - start;
+            }
           },
           "warming up the model");
       if (warmed.ok()) warmed = encoded;
@@ -447,12 +455,22 @@ absl::Status EmbeddingEngine::Start() {
     ReportQueueDepth(Modality::kText);
     item.Answer(status);
   };
+  // Until a batch has run, a refused request is told to come back after a full batch
+  // at the warm-up item's pace: the first batch of a cold server (new replicas get
+  // bursts) can take seconds, and clients retry when told. Rough (an item costs less
+  // in a batch than alone, the warm-up text is empty, and the first run of a model
+  // pays for its set-up), but of the right order; the first batch to end replaces it.
+  const auto full_batch = [&](std::optional<absl::Duration> one) {
+    return one.has_value() ? std::optional(*one * options_.max_batch_size) : one;
+  };
   batch.name = "image";
+  batch.expected_batch_run_time = full_batch(image_warm_up);
   CLIPSERVE_ASSIGN_OR_RETURN(
       image_batcher_,
       DynamicBatcher<ImageItem>::Create(
           batch, [this](Batch<ImageItem> b) { RunImageBatch(b); }, drop_image));
   batch.name = "text";
+  batch.expected_batch_run_time = full_batch(text_warm_up);
   CLIPSERVE_ASSIGN_OR_RETURN(
       text_batcher_,
       DynamicBatcher<TextItem>::Create(

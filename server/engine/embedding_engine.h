@@ -87,7 +87,9 @@ struct EmbeddingEngineOptions {
   absl::Duration watchdog_interval = absl::Seconds(1);
   // Run one image and one text through the model before Create returns, so the first
   // request does not pay for oneDNN's kernel selection and allocator warm-up; a
-  // tower that gives NaN or infinity then fails Create (FAILED_PRECONDITION).
+  // tower that gives NaN or infinity then fails Create (FAILED_PRECONDITION). Their
+  // times, on `clock`, times max_batch_size, are what a full batch is expected to take
+  // until one has run (the RetryInfo estimate of a full queue).
   bool warm_up = true;
   // Optional: told about preprocessing times, batches (size, queue waits, model run
   // time) and queue depths, for metrics. Not owned; must outlive the engine. nullptr

@@ -871,6 +871,27 @@ TEST(EstimateRetryDelayTest, RoundsOfBatchRunTime) {
   // Before any batch has run, a round counts as max_queue_delay (then clamped).
   EXPECT_EQ(EstimateRetryDelay(options, std::nullopt, 64), absl::Milliseconds(20));
   EXPECT_EQ(EstimateRetryDelay(options, std::nullopt, 1), absl::Milliseconds(10));
+  // ... unless a full batch's time is expected (a warm-up's), which a measured
+  // average then replaces.
+  options.expected_batch_run_time = absl::Milliseconds(700);
+  EXPECT_EQ(EstimateRetryDelay(options, std::nullopt, 64), absl::Milliseconds(2800));
+  EXPECT_EQ(EstimateRetryDelay(options, std::nullopt, 1), absl::Milliseconds(700));
+  EXPECT_EQ(EstimateRetryDelay(options, run, 1), run);
+}
+
+TEST(ValidateDynamicBatcherOptionsTest, AnExpectedBatchRunTimeIsFiniteAndNotNegative) {
+  DynamicBatcherOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_size = 8;
+  EXPECT_TRUE(ValidateDynamicBatcherOptions(options).ok());
+  options.expected_batch_run_time = absl::ZeroDuration();
+  EXPECT_TRUE(ValidateDynamicBatcherOptions(options).ok());
+  options.expected_batch_run_time = -absl::Milliseconds(1);
+  EXPECT_EQ(ValidateDynamicBatcherOptions(options).code(),
+            absl::StatusCode::kInvalidArgument);
+  options.expected_batch_run_time = absl::InfiniteDuration();
+  EXPECT_EQ(ValidateDynamicBatcherOptions(options).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RunTimeAverageTest, StartsAtTheFirstSampleAndMovesAQuarterTowardsEachNext) {

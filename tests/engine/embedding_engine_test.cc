@@ -1191,6 +1191,39 @@ TEST(EmbeddingEngineDeadlineTest, ADeadlinePassingWhileTokenizingStopsTheRequest
   EXPECT_EQ(engine->computed_texts(), 0);
 }
 
+// Until a batch has run, a full queue's RetryInfo counts a full batch at the warm-up
+// item's pace: max_queue_delay (an hour here, 2 ms in clip_server) says nothing of how
+// long a cold server's first batch takes, and clients retry when told. The clock moves
+// 1 ms a read, so each warm-up item takes 1 ms and a full batch of 16 is expected to
+// take 16 ms.
+TEST(EmbeddingEngineQueueTest, BeforeAnyBatchHasRunARefusalWaitsForAWarmUpPacedBatch) {
+  TickingClock clock(absl::Now());
+  absl::Notification running, release;
+  auto engine = MakeTinyEngine([&](EmbeddingEngineOptions& options) {
+    options.clock = &clock;
+    options.workers = 1;
+    options.max_batch_size = 16;
+    options.max_queue_size = 16;
+    options.model_fault_for_test = HoldFirstBatch(running, release);
+  });
+  ASSERT_NE(engine, nullptr);
+  absl::Notification first_done, second_done, third_done;
+  engine->EmbedTexts({"a cat"}, {}, "texts", ExpectOkThenNotify(&first_done));
+  running.WaitForNotification();  // the first batch holds the model
+  engine->EmbedTexts(std::vector<std::string>(16, "a dog"), {}, "texts",
+                     ExpectOkThenNotify(&second_done));
+  engine->EmbedTexts({"a bird"}, {}, "texts", [&](absl::StatusOr<EmbedResult> result) {
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(GetRetryInfoPayload(result.status()), absl::Milliseconds(16));
+    third_done.Notify();
+  });
+  third_done.WaitForNotification();
+  release.Notify();
+  first_done.WaitForNotification();
+  second_done.WaitForNotification();
+  engine->Shutdown();
+}
+
 // Records what the engine reports, for the observer test below.
 class RecordingObserver : public EngineObserver {
  public:
