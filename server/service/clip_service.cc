@@ -1026,13 +1026,15 @@ class EmbedStreamCall final
   }
 
   // Answers the item `id` with `status`, counted and logged as a failed item; not the
-  // items cancelled because the stream itself was (their answers are never sent, and
-  // the stream counts as CANCELLED).
+  // items that failed because the stream itself ended, cancelled or past its deadline
+  // (an item's deadline is its stream's): their answers are never sent, and the
+  // stream counts once, as CANCELLED or DEADLINE_EXCEEDED.
   void FailItem(std::string id, const absl::Status& status, bool from_engine,
                 std::optional<RequestMemoryBudget::Reservation> held = std::nullopt) {
-    if (status.code() != absl::StatusCode::kCancelled || !cancellation_->cancelled()) {
-      recorder_->ItemFailed(record_, id, status);
-    }
+    const bool stream_ended =
+        status.code() == absl::StatusCode::kDeadlineExceeded ||
+        (status.code() == absl::StatusCode::kCancelled && cancellation_->cancelled());
+    if (!stream_ended) recorder_->ItemFailed(record_, id, status);
     v1::EmbedStreamResponse response;
     response.set_id(std::move(id));
     *response.mutable_error() = ToRpcStatus(status);

@@ -1117,16 +1117,26 @@ TEST_F(ClipServiceTest, ClientDeadlineReachesTheEngineAndCancelsQueuedWork) {
   EXPECT_EQ(CountedCalls("EmbedText", "CANCELLED"), std::nullopt);
 }
 
+// Its items, which the engine answers DEADLINE_EXCEEDED (their deadline is the
+// stream's), are never answered in the stream: they are not item failures too.
 TEST_F(ClipServiceTest, AStreamPastItsDeadlineIsCountedAsDeadlineExceeded) {
   RestartRecordingMetrics();
   engine_->set_hold(true);
+  engine_->set_answer_dead_requests(true);
+  engine_->set_error(absl::DeadlineExceededError("deadline passed while queued"));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   auto stream = stub_->EmbedStream(&context);
   ASSERT_TRUE(stream->Write(TextItem("a", "slow")));
+  ASSERT_TRUE(stream->Write(ImageItem("b", Encoded("slower"))));
+  ASSERT_TRUE(engine_->AwaitHeld(2));
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   engine_->set_hold(false);
   EXPECT_TRUE(AwaitCountedCalls("EmbedStream", "DEADLINE_EXCEEDED", 1));
+  EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
+                                R"(clipserve_stream_item_failures_total{)"
+                                R"(code="DEADLINE_EXCEEDED",rpc="EmbedStream"})"),
+            std::nullopt);
 }
 
 TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
