@@ -1020,7 +1020,8 @@ void EmbeddingEngine::CheckDevice(const absl::Status& batch_error) {
   }
   LOG(ERROR) << "after a batch failed (" << batch_error.message() << "), " << device.str()
              << " failed a probe: " << probe.message()
-             << "; reporting NOT_SERVING so the process gets restarted";
+             << "; reporting NOT_SERVING from now on (a liveness probe, or "
+                "--exit_after_unhealthy_s, restarts the process)";
 }
 
 void EmbeddingEngine::WatchdogLoop() {
@@ -1049,7 +1050,8 @@ void EmbeddingEngine::WatchdogLoop() {
     }
     if (report && stuck) {
       LOG(ERROR) << "a batch has been running for over " << options_.watchdog_timeout
-                 << "; reporting NOT_SERVING so the process gets restarted";
+                 << "; reporting NOT_SERVING until it ends (a liveness probe, or "
+                    "--exit_after_unhealthy_s, restarts a process that stays so)";
     } else if (report) {
       LOG(WARNING) << "the batch that ran past " << options_.watchdog_timeout
                    << " has finished; the watchdog no longer holds health NOT_SERVING";
