@@ -1,6 +1,7 @@
 // PNG through libpng, reproducing Pillow 9.4's PNG modes followed by convert("RGB").
 
 #include <png.h>
+#include <zlib.h>
 
 #include <csetjmp>
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "server/image/decoders.h"
 
 namespace clipserve::image::internal {
@@ -24,12 +26,29 @@ struct PngContext {
   const uint8_t* data = nullptr;
   size_t size = 0;
   size_t position = 0;
+  // Once the pixels are being read, a read past the end of the file is answered with
+  // zeros (and `padded` set) rather than failing: see ReadPixels().
+  bool pad_past_end = false;
+  size_t padded = 0;  // zero bytes read past the end
+  // Set by PngError(): whether every row of every pass had been read.
+  bool rows_done = false;
   char message[256] = {};
 };
+
+// Zero bytes read past the end of a file at most: more than a zlib stream's end and
+// checksum, the last CRC and the next chunk's header need, and few enough that a file
+// declaring an IDAT chunk of gigabytes costs nothing to refuse.
+constexpr size_t kMaxPadding = 32;
 
 void PngError(png_structp png, png_const_charp message) {
   auto* context = static_cast<PngContext*>(png_get_error_ptr(png));
   std::snprintf(context->message, sizeof(context->message), "%s", message);
+  // After the last row libpng reads on to the end of the zlib stream (the row and pass
+  // numbers have moved past the image then), failing where the file was cut short.
+  context->rows_done =
+      png_get_interlace_type(png, context->info) != PNG_INTERLACE_NONE
+          ? png_get_current_pass_number(png) >= 7
+          : png_get_current_row_number(png) >= png_get_image_height(png, context->info);
   png_longjmp(png, 1);
 }
 
@@ -48,8 +67,16 @@ void PngWarning(png_structp, png_const_charp) {}  // Never print to stderr.
 
 void PngRead(png_structp png, png_bytep out, size_t length) {
   auto* context = static_cast<PngContext*>(png_get_io_ptr(png));
-  if (length > context->size - context->position) {
-    png_error(png, "data is truncated");
+  const size_t left = context->size - context->position;
+  if (length > left) {
+    if (!context->pad_past_end || length - left > kMaxPadding - context->padded) {
+      png_error(png, "data is truncated");
+    }
+    std::memcpy(out, context->data + context->position, left);
+    std::memset(out + left, 0, length - left);
+    context->position = context->size;
+    context->padded += length - left;
+    return;
   }
   std::memcpy(out, context->data + context->position, length);
   context->position += length;
@@ -60,6 +87,7 @@ struct Header {
   png_uint_32 height = 0;
   int bit_depth = 0;
   int color_type = 0;
+  int interlace = PNG_INTERLACE_NONE;
 };
 
 // Phase 1: signature and chunks up to the first IDAT. As in every setjmp frame here,
@@ -77,17 +105,21 @@ bool ReadHeader(PngContext* context, Header* header) {
   png_set_user_limits(context->png, PNG_UINT_31_MAX, PNG_UINT_31_MAX);
   png_read_info(context->png, context->info);
   png_get_IHDR(context->png, context->info, &header->width, &header->height,
-               &header->bit_depth, &header->color_type, nullptr, nullptr, nullptr);
+               &header->bit_depth, &header->color_type, &header->interlace, nullptr,
+               nullptr);
   return true;
 }
 
 // Phase 2: pixels. `rows` points at height rows of the output: RGB8, RGBA8 for color
 // types with alpha, or for palette images the index buffer (one byte per pixel);
 // `palette` receives the PLTE.
-bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
-                size_t row_bytes, Palette* palette) {
+bool ReadPixels(PngContext* context, const Header& header, bool image_data_cut_short,
+                png_bytep* rows, size_t row_bytes, Palette* palette) {
   png_structp png = context->png;
   if (setjmp(png_jmpbuf(png))) return false;
+  // A zlib stream the file cuts short has no checksum to check; past the end of the
+  // file libpng reads zeros in its place (see below).
+  if (image_data_cut_short) png_set_option(png, PNG_IGNORE_ADLER32, PNG_OPTION_ON);
   // Like Pillow, which never checks IDAT's CRC: a wrong one there is used quietly.
   // (Those of the chunks before it, which Pillow checks, ReadHeader checked.)
   png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_DEFAULT);
@@ -116,9 +148,103 @@ bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
     return false;
   }
   // png_read_end() is not called: like Pillow, accept files whose chunks after the
-  // image data (IEND included) are missing or broken.
+  // image data (IEND included) are missing or broken. Pillow also accepts a file cut
+  // short anywhere after the last compressed byte its rows need (in the zlib stream's
+  // end code or checksum, or the last IDAT's CRC), where libpng reads on to the end of
+  // the stream: past the end of the file it reads a few zeros (neither the zlib
+  // checksum nor the CRC is checked there), and the caller then checks that the bytes
+  // present held every row.
+  context->pad_past_end = true;
   png_read_image(png, rows);
   return true;
+}
+
+int Channels(const Header& header) {
+  switch (header.color_type) {
+    case PNG_COLOR_TYPE_GRAY_ALPHA:
+      return 2;
+    case PNG_COLOR_TYPE_RGB:
+      return 3;
+    case PNG_COLOR_TYPE_RGB_ALPHA:
+      return 4;
+    default:
+      return 1;  // gray, palette indices
+  }
+}
+
+// The bytes the image data inflates to: each row of each pass (Adam7 for interlaced
+// files) with its filter byte.
+uint64_t FilteredBytes(const Header& header) {
+  struct Pass {
+    uint32_t x0, dx, y0, dy;
+  };
+  static constexpr Pass kAdam7[] = {{0, 8, 0, 8}, {4, 8, 0, 8}, {0, 4, 4, 8},
+                                    {2, 4, 0, 4}, {0, 2, 2, 4}, {1, 2, 0, 2},
+                                    {0, 1, 1, 2}};
+  static constexpr Pass kWhole[] = {{0, 1, 0, 1}};
+  const absl::Span<const Pass> passes = header.interlace != PNG_INTERLACE_NONE
+                                            ? absl::MakeConstSpan(kAdam7)
+                                            : absl::MakeConstSpan(kWhole);
+  const uint64_t bits =
+      static_cast<uint64_t>(Channels(header)) * static_cast<uint64_t>(header.bit_depth);
+  uint64_t total = 0;
+  for (const Pass& pass : passes) {
+    if (header.width <= pass.x0 || header.height <= pass.y0) continue;
+    const uint64_t width = (header.width - pass.x0 + pass.dx - 1) / pass.dx;
+    const uint64_t rows = (header.height - pass.y0 + pass.dy - 1) / pass.dy;
+    total += rows * (1 + (width * bits + 7) / 8);
+  }
+  return total;
+}
+
+// The image data as the file holds it: the payloads of its run of IDAT chunks, the
+// last one possibly cut short by the end of the file (`cut_short`).
+struct ImageData {
+  std::vector<absl::string_view> parts;
+  bool cut_short = false;
+};
+
+ImageData FindImageData(absl::string_view png) {
+  ImageData found;
+  for (size_t at = 8; at + 8 <= png.size();) {
+    const auto* p = reinterpret_cast<const unsigned char*>(png.data() + at);
+    const size_t length =
+        (size_t{p[0]} << 24) | (size_t{p[1]} << 16) | (size_t{p[2]} << 8) | size_t{p[3]};
+    if (png.substr(at + 4, 4) == "IDAT") {
+      found.parts.push_back(png.substr(at + 8, length));  // clipped at the end
+      if (length > png.size() - at - 8) found.cut_short = true;
+    } else if (!found.parts.empty()) {
+      break;  // the image data is one run of IDAT chunks
+    }
+    if (length > png.size() - at - 8) break;
+    at += 8 + length + 4;
+  }
+  return found;
+}
+
+// Whether `data` inflates to at least FilteredBytes(): inflating is sequential, so
+// the zeros libpng read past the end of the file changed no byte of the rows then.
+bool ImageDataIsWhole(const ImageData& data, const Header& header) {
+  const uint64_t needed = FilteredBytes(header);
+  z_stream z = {};
+  if (inflateInit(&z) != Z_OK) return false;
+  uint64_t produced = 0;
+  int ret = Z_OK;
+  unsigned char sink[1 << 16];
+  for (size_t i = 0; i < data.parts.size() && ret == Z_OK && produced < needed; ++i) {
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.parts[i].data()));
+    z.avail_in = static_cast<uInt>(data.parts[i].size());
+    // Output zlib holds back for want of room counts even once the input is read.
+    do {
+      z.next_out = sink;
+      z.avail_out = sizeof(sink);
+      ret = inflate(&z, Z_SYNC_FLUSH);
+      produced += sizeof(sink) - z.avail_out;
+    } while (ret == Z_OK && produced < needed && (z.avail_in > 0 || z.avail_out == 0));
+    if (ret == Z_BUF_ERROR) ret = Z_OK;  // no progress possible: the next part
+  }
+  inflateEnd(&z);
+  return produced >= needed;
 }
 
 // Deflate codes a run of at most 258 bytes in no fewer than 2 bits, so no stream
@@ -130,10 +256,7 @@ bool ReadPixels(PngContext* context, const Header& header, png_bytep* rows,
 constexpr double kMaxDeflateRatio = 1032;
 
 absl::Status CheckCompressedSize(const Header& header, size_t file_bytes) {
-  int channels = 1;  // gray, palette indices
-  if (header.color_type == PNG_COLOR_TYPE_GRAY_ALPHA) channels = 2;
-  if (header.color_type == PNG_COLOR_TYPE_RGB) channels = 3;
-  if (header.color_type == PNG_COLOR_TYPE_RGB_ALPHA) channels = 4;
+  const int channels = Channels(header);
   // The filtered rows hold at least the packed pixel bits (plus filter bytes).
   const double raw_bytes =
       static_cast<double>(header.width) * header.height * channels * header.bit_depth / 8;
@@ -194,7 +317,16 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   std::vector<png_bytep> rows(height);
   for (int y = 0; y < height; ++y) rows[y] = base + y * row_bytes;
   Palette palette;
-  if (!ReadPixels(&context, header, rows.data(), row_bytes, &palette)) {
+  const ImageData image_data = FindImageData(encoded);
+  const bool read = ReadPixels(&context, header, image_data.cut_short, rows.data(),
+                               row_bytes, &palette);
+  if (context.padded > 0) {
+    // Every row is in `rows` when the bytes present hold them all and libpng, if it
+    // failed, failed only after the last row, on the zeros past the end.
+    if ((!read && !context.rows_done) || !ImageDataIsWhole(image_data, header)) {
+      return FormatError(kFormat, "data is truncated");
+    }
+  } else if (!read) {
     return PngFailure(context);
   }
   if (is_palette) palette.Expand(buffer.data(), buffer.size(), image.pixels.data());

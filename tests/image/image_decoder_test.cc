@@ -236,6 +236,75 @@ TEST(DecodeImageTest, PngCompressedChunksInflateToAt64MiBInAll) {
 
 // Deflate inflates at most 1032-fold: a header that claims more pixels than the file
 // could ever hold is refused before the image is allocated.
+// Pillow decodes a PNG cut short anywhere after the last compressed byte its rows need
+// (in the zlib stream's end code or checksum, or the last IDAT's CRC), and refuses it
+// when rows are missing; libpng reads on to the stream's end. For chelsea.png the
+// last 22 bytes can go (tests/image/make_image_reference.py does not cut files).
+TEST(DecodeImageTest, PngCutShortAfterItsLastRowDecodesAsPillowDoes) {
+  const std::string whole = ReadShared("chelsea.png");
+  const absl::StatusOr<RgbImage> expected = DecodeImage(whole);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  for (size_t cut = 1; cut <= 40; ++cut) {
+    const absl::StatusOr<RgbImage> image =
+        DecodeImage(whole.substr(0, whole.size() - cut));
+    if (cut <= 22) {
+      ASSERT_TRUE(image.ok()) << "cut " << cut << ": " << image.status();
+      EXPECT_EQ(image->pixels, expected->pixels) << "cut " << cut;
+    } else {
+      EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument) << cut;
+      EXPECT_THAT(image.status().message(), HasSubstr("PNG: data is truncated")) << cut;
+    }
+  }
+}
+
+// The same for an interlaced file, whose rows come in seven passes: a 37x23 gradient,
+// each pixel its own value, so that a row of any pass left out would show.
+TEST(DecodeImageTest, AnInterlacedPngCutShortAfterItsLastPassDecodesWhole) {
+  constexpr uint32_t kWidth = 37, kHeight = 23;
+  auto value = [](uint32_t x, uint32_t y, int c) {
+    return static_cast<char>((x * 7 + y * 13 + c * 29) & 0xff);
+  };
+  struct Pass {
+    uint32_t x0, dx, y0, dy;
+  };
+  constexpr Pass kAdam7[] = {{0, 8, 0, 8}, {4, 8, 0, 8}, {0, 4, 4, 8}, {2, 4, 0, 4},
+                             {0, 2, 2, 4}, {1, 2, 0, 2}, {0, 1, 1, 2}};
+  std::string raw;
+  for (const Pass& pass : kAdam7) {
+    if (pass.x0 >= kWidth || pass.y0 >= kHeight) continue;
+    for (uint32_t y = pass.y0; y < kHeight; y += pass.dy) {
+      raw += '\0';  // filter: none
+      for (uint32_t x = pass.x0; x < kWidth; x += pass.dx) {
+        for (int c = 0; c < 3; ++c) raw += value(x, y, c);
+      }
+    }
+  }
+  const std::string png = std::string("\x89PNG\r\n\x1a\n", 8) +
+                          PngChunk("IHDR", Be32(kWidth) + Be32(kHeight) +
+                                               std::string("\x08\x02\0\0\x01", 5)) +
+                          PngChunk("IDAT", Deflate(raw)) + PngChunk("IEND", "");
+  const absl::StatusOr<RgbImage> whole = DecodeImage(png);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  std::vector<uint8_t> expected;
+  for (uint32_t y = 0; y < kHeight; ++y) {
+    for (uint32_t x = 0; x < kWidth; ++x) {
+      for (int c = 0; c < 3; ++c)
+        expected.push_back(static_cast<uint8_t>(value(x, y, c)));
+    }
+  }
+  ASSERT_EQ(whole->pixels, expected);
+  // IEND (12 bytes), the IDAT's CRC (4) and the zlib checksum (4): every row is there.
+  for (size_t cut = 1; cut <= 20; ++cut) {
+    const absl::StatusOr<RgbImage> image = DecodeImage(png.substr(0, png.size() - cut));
+    ASSERT_TRUE(image.ok()) << "cut " << cut << ": " << image.status();
+    EXPECT_EQ(image->pixels, expected) << "cut " << cut;
+  }
+  // Well into the compressed rows: refused.
+  const absl::StatusOr<RgbImage> short_rows = DecodeImage(png.substr(0, png.size() - 60));
+  EXPECT_EQ(short_rows.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(short_rows.status().message(), HasSubstr("PNG: data is truncated"));
+}
+
 TEST(DecodeImageTest, PngClaimingMoreDataThanTheFileCanHoldIsRefusedUpFront) {
   const std::string hollow = BlackPng(6000, 6000, 1);  // 108 MB of pixels, ~100 bytes
   ASSERT_LT(hollow.size(), 200u);
