@@ -197,43 +197,51 @@ uint64_t FilteredBytes(const Header& header) {
   return total;
 }
 
-// The image data as the file holds it: the payloads of its run of IDAT chunks, the
-// last one possibly cut short by the end of the file (`cut_short`).
-struct ImageData {
-  std::vector<absl::string_view> parts;
-  bool cut_short = false;
-};
-
-ImageData FindImageData(absl::string_view png) {
-  ImageData found;
+// Calls `visit(payload, cut_short)` for each chunk of the file's run of IDAT chunks,
+// in order, while it returns true; the last payload may be cut short by the end of the
+// file. Allocates nothing: a file can hold millions of empty chunks.
+template <typename Visit>
+void ForEachImageDataChunk(absl::string_view png, Visit visit) {
+  bool in_image_data = false;
   for (size_t at = 8; at + 8 <= png.size();) {
     const auto* p = reinterpret_cast<const unsigned char*>(png.data() + at);
     const size_t length =
         (size_t{p[0]} << 24) | (size_t{p[1]} << 16) | (size_t{p[2]} << 8) | size_t{p[3]};
+    const bool cut_short = length > png.size() - at - 8;
     if (png.substr(at + 4, 4) == "IDAT") {
-      found.parts.push_back(png.substr(at + 8, length));  // clipped at the end
-      if (length > png.size() - at - 8) found.cut_short = true;
-    } else if (!found.parts.empty()) {
-      break;  // the image data is one run of IDAT chunks
+      in_image_data = true;
+      if (!visit(png.substr(at + 8, length), cut_short)) return;  // clipped at the end
+    } else if (in_image_data) {
+      return;  // the image data is one run of IDAT chunks
     }
-    if (length > png.size() - at - 8) break;
+    if (cut_short) return;
     at += 8 + length + 4;
   }
-  return found;
 }
 
-// Whether `data` inflates to at least FilteredBytes(): inflating is sequential, so
-// the zeros libpng read past the end of the file changed no byte of the rows then.
-bool ImageDataIsWhole(const ImageData& data, const Header& header) {
+// Whether the file ends inside its image data.
+bool ImageDataCutShort(absl::string_view png) {
+  bool cut = false;
+  ForEachImageDataChunk(png, [&cut](absl::string_view, bool cut_short) {
+    cut = cut_short;
+    return true;
+  });
+  return cut;
+}
+
+// Whether the image data present inflates to at least FilteredBytes(): inflating is
+// sequential, so the zeros libpng read past the end of the file changed no byte of
+// the rows then.
+bool ImageDataIsWhole(absl::string_view png, const Header& header) {
   const uint64_t needed = FilteredBytes(header);
   z_stream z = {};
   if (inflateInit(&z) != Z_OK) return false;
   uint64_t produced = 0;
   int ret = Z_OK;
   unsigned char sink[1 << 16];
-  for (size_t i = 0; i < data.parts.size() && ret == Z_OK && produced < needed; ++i) {
-    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.parts[i].data()));
-    z.avail_in = static_cast<uInt>(data.parts[i].size());
+  ForEachImageDataChunk(png, [&](absl::string_view payload, bool) {
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(payload.data()));
+    z.avail_in = static_cast<uInt>(payload.size());
     // Output zlib holds back for want of room counts even once the input is read.
     do {
       z.next_out = sink;
@@ -241,8 +249,9 @@ bool ImageDataIsWhole(const ImageData& data, const Header& header) {
       ret = inflate(&z, Z_SYNC_FLUSH);
       produced += sizeof(sink) - z.avail_out;
     } while (ret == Z_OK && produced < needed && (z.avail_in > 0 || z.avail_out == 0));
-    if (ret == Z_BUF_ERROR) ret = Z_OK;  // no progress possible: the next part
-  }
+    if (ret == Z_BUF_ERROR) ret = Z_OK;  // no progress possible: the next chunk
+    return ret == Z_OK && produced < needed;
+  });
   inflateEnd(&z);
   return produced >= needed;
 }
@@ -317,13 +326,12 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   std::vector<png_bytep> rows(height);
   for (int y = 0; y < height; ++y) rows[y] = base + y * row_bytes;
   Palette palette;
-  const ImageData image_data = FindImageData(encoded);
-  const bool read = ReadPixels(&context, header, image_data.cut_short, rows.data(),
+  const bool read = ReadPixels(&context, header, ImageDataCutShort(encoded), rows.data(),
                                row_bytes, &palette);
   if (context.padded > 0) {
     // Every row is in `rows` when the bytes present hold them all and libpng, if it
     // failed, failed only after the last row, on the zeros past the end.
-    if ((!read && !context.rows_done) || !ImageDataIsWhole(image_data, header)) {
+    if ((!read && !context.rows_done) || !ImageDataIsWhole(encoded, header)) {
       return FormatError(kFormat, "data is truncated");
     }
   } else if (!read) {
