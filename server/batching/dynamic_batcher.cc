@@ -54,15 +54,17 @@ void RunTimeAverage::Add(absl::Duration sample) {
 }
 
 absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
-                                  std::optional<absl::Duration> batch_run_time,
+                                  std::optional<absl::Duration> run_time_per_item,
                                   int64_t items_to_free) {
   const int64_t batch_size = std::max(options.max_batch_size, 1);
   const int64_t workers = std::max(options.num_workers, 1);
   const int64_t batches =
       (std::max<int64_t>(items_to_free, 1) + batch_size - 1) / batch_size;
   const int64_t rounds = (batches + workers - 1) / workers;
-  const absl::Duration per_round = batch_run_time.value_or(
-      options.expected_batch_run_time.value_or(options.max_queue_delay));
+  const absl::Duration per_round =
+      run_time_per_item.has_value()
+          ? *run_time_per_item * batch_size
+          : options.expected_batch_run_time.value_or(options.max_queue_delay);
   return std::clamp(per_round * rounds, options.min_retry_delay, options.max_retry_delay);
 }
 

@@ -118,8 +118,8 @@ struct Batch {
 
 namespace batching_internal {
 
-// Exponential moving average of batch run times, each new sample weighted 1/4 (about
-// the last four batches count). Thread-compatible.
+// Exponential moving average of durations (the batchers': a batch's run time per
+// item), each new sample weighted 1/4 (about the last four count). Thread-compatible.
 class RunTimeAverage {
  public:
   void Add(absl::Duration sample);
@@ -132,11 +132,14 @@ class RunTimeAverage {
 
 // The RetryInfo delay for a request refused because `items_to_free` more queue slots
 // would have to empty first: queue slots free as workers take batches, so that takes
-// ceil(ceil(items_to_free / max_batch_size) / num_workers) rounds of one batch run
-// time each (`batch_run_time`; before any batch has run, expected_batch_run_time or
-// else max_queue_delay), clamped to [min_retry_delay, max_retry_delay].
+// ceil(ceil(items_to_free / max_batch_size) / num_workers) rounds of one full batch's
+// run time each (max_batch_size x `run_time_per_item`, the recent batches' average;
+// before any batch has run, expected_batch_run_time or else max_queue_delay), clamped
+// to [min_retry_delay, max_retry_delay]. Per item, so that a small batch (a cold
+// server's first lone request) does not pass for a full one: the queue is full only
+// under load, when batches are full and the per-item time is a full batch's.
 absl::Duration EstimateRetryDelay(const DynamicBatcherOptions& options,
-                                  std::optional<absl::Duration> batch_run_time,
+                                  std::optional<absl::Duration> run_time_per_item,
                                   int64_t items_to_free);
 
 }  // namespace batching_internal
@@ -325,6 +328,7 @@ class DynamicBatcher {
     absl::Time until;
   };
   std::optional<Claim> claim_ ABSL_GUARDED_BY(mu_);
+  // Batch run times per item.
   batching_internal::RunTimeAverage run_time_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -560,9 +564,10 @@ void DynamicBatcher<Item>::WorkerLoop() {
     if (more) work_available_.Signal();
     DeliverDrops(&dropped);
     if (batch.items.empty()) continue;
+    const int64_t items = static_cast<int64_t>(batch.items.size());
     const absl::Time start = clock_->Now();
     process_batch_(std::move(batch));
-    last_run_time = clock_->Now() - start;
+    last_run_time = (clock_->Now() - start) / items;
   }
 }
 

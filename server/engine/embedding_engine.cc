@@ -456,12 +456,16 @@ absl::Status EmbeddingEngine::Start() {
     item.Answer(status);
   };
   // Until a batch has run, a refused request is told to come back after a full batch
-  // at the warm-up item's pace: the first batch of a cold server (new replicas get
-  // bursts) can take seconds, and clients retry when told. Rough (an item costs less
-  // in a batch than alone, the warm-up text is empty, and the first run of a model
-  // pays for its set-up), but of the right order; the first batch to end replaces it.
+  // at the warm-up item's pace: on the CPU the first batch of a cold server (new
+  // replicas get bursts) can take seconds, and clients retry when told. Rough (an
+  // item costs less in a batch than alone, the warm-up text is empty, and the first
+  // run pays for its set-up: up to 3x long here), but of the right order; the first
+  // batch to end replaces it. Not on a GPU, where a batch costs about what one item
+  // does and the first run loads kernels: that would say seconds for milliseconds.
+  const bool on_gpu = model_.model->device().is_cuda();
   const auto full_batch = [&](std::optional<absl::Duration> one) {
-    return one.has_value() ? std::optional(*one * options_.max_batch_size) : one;
+    return one.has_value() && !on_gpu ? std::optional(*one * options_.max_batch_size)
+                                      : std::nullopt;
   };
   batch.name = "image";
   batch.expected_batch_run_time = full_batch(image_warm_up);

@@ -849,6 +849,40 @@ TEST_F(DynamicBatcherTest, CallbacksMayScheduleMoreWork) {
                                                ElementsAre(2), ElementsAre(3)));
 }
 
+// The run time learned from a small batch counts per item: a cold server's first lone
+// item (100 ms here) does not make a full batch of 4 look like 100 ms to the requests
+// refused while full batches run.
+TEST_F(DynamicBatcherTest, ARetryDelayCountsFullBatchesWhateverSizeTheLastRanAt) {
+  DynamicBatcherOptions options = Options(4, absl::Milliseconds(5));
+  options.max_queue_size = 4;
+  options.num_workers = 1;
+  auto batcher = Make(options);
+  absl::Notification second_started;
+  absl::Notification release_second;
+  recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
+    clock_.AdvanceTime(absl::Milliseconds(100) * batch.items.size());
+    if (batch.items[0].id == 1) {
+      second_started.Notify();
+      release_second.WaitForNotification();
+    }
+  });
+  std::vector<TestItem> lone = Items({0});
+  ASSERT_TRUE(batcher->Schedule(&lone).ok());
+  clock_.AdvanceTime(absl::Milliseconds(5));  // the partial batch's wait
+  ASSERT_TRUE(recorder_.WaitFor(1));
+  std::vector<TestItem> full = Items({1, 2, 3, 4});
+  ASSERT_TRUE(batcher->Schedule(&full).ok());
+  second_started.WaitForNotification();
+  std::vector<TestItem> queued = Items({5, 6, 7, 8});
+  ASSERT_TRUE(batcher->Schedule(&queued).ok());
+  std::vector<TestItem> refused = Items({100});
+  const absl::Status status = batcher->Schedule(&refused);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryInfoPayload(status), absl::Milliseconds(400));
+  release_second.Notify();
+  ASSERT_TRUE(recorder_.WaitFor(3));
+}
+
 TEST(EstimateRetryDelayTest, RoundsOfBatchRunTime) {
   DynamicBatcherOptions options;
   options.max_batch_size = 8;
@@ -856,16 +890,17 @@ TEST(EstimateRetryDelayTest, RoundsOfBatchRunTime) {
   options.max_queue_delay = absl::Milliseconds(5);
   options.min_retry_delay = absl::Milliseconds(10);
   options.max_retry_delay = absl::Seconds(5);
-  const absl::Duration run = absl::Milliseconds(40);
+  const absl::Duration per_item = absl::Milliseconds(5);
+  const absl::Duration run = 8 * per_item;  // a full batch
   using batching_internal::EstimateRetryDelay;
   // 1..16 items: up to two batches, one per worker: one round.
-  EXPECT_EQ(EstimateRetryDelay(options, run, 1), run);
-  EXPECT_EQ(EstimateRetryDelay(options, run, 16), run);
+  EXPECT_EQ(EstimateRetryDelay(options, per_item, 1), run);
+  EXPECT_EQ(EstimateRetryDelay(options, per_item, 16), run);
   // 17..32 items: three or four batches: two rounds.
-  EXPECT_EQ(EstimateRetryDelay(options, run, 17), 2 * run);
-  EXPECT_EQ(EstimateRetryDelay(options, run, 32), 2 * run);
+  EXPECT_EQ(EstimateRetryDelay(options, per_item, 17), 2 * run);
+  EXPECT_EQ(EstimateRetryDelay(options, per_item, 32), 2 * run);
   // Clamped at both ends.
-  EXPECT_EQ(EstimateRetryDelay(options, absl::Milliseconds(1), 1),
+  EXPECT_EQ(EstimateRetryDelay(options, absl::Microseconds(100), 1),
             absl::Milliseconds(10));
   EXPECT_EQ(EstimateRetryDelay(options, absl::Seconds(1), 1000), absl::Seconds(5));
   // Before any batch has run, a round counts as max_queue_delay (then clamped).
@@ -876,7 +911,7 @@ TEST(EstimateRetryDelayTest, RoundsOfBatchRunTime) {
   options.expected_batch_run_time = absl::Milliseconds(700);
   EXPECT_EQ(EstimateRetryDelay(options, std::nullopt, 64), absl::Milliseconds(2800));
   EXPECT_EQ(EstimateRetryDelay(options, std::nullopt, 1), absl::Milliseconds(700));
-  EXPECT_EQ(EstimateRetryDelay(options, run, 1), run);
+  EXPECT_EQ(EstimateRetryDelay(options, per_item, 1), run);
 }
 
 TEST(ValidateDynamicBatcherOptionsTest, AnExpectedBatchRunTimeIsFiniteAndNotNegative) {
