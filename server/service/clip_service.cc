@@ -882,11 +882,21 @@ class EmbedStreamCall final
       LOG(DFATAL) << "EmbedStream call done before it was finished";
     }
     absl::Status status;
+    std::vector<std::pair<std::string, absl::Status>> past_deadline;
     {
       absl::MutexLock lock(&mu_);
       status = cancelled_ ? absl::CancelledError("stream cancelled") : finish_status_;
+      past_deadline.swap(past_deadline_items_);
     }
-    recorder_->End(record_, deadline_.Label(std::move(status)));
+    status = deadline_.Label(std::move(status));
+    // Answered in a stream that went on to finish OK (the engine's deadline check can
+    // beat gRPC's own timer): failed items after all.
+    if (status.ok()) {
+      for (const auto& [id, failed] : past_deadline) {
+        recorder_->ItemFailed(record_, id, failed);
+      }
+    }
+    recorder_->End(record_, status);
     delete this;
   }
 
@@ -1028,13 +1038,19 @@ class EmbedStreamCall final
   // Answers the item `id` with `status`, counted and logged as a failed item; not the
   // items that failed because the stream itself ended, cancelled or past its deadline
   // (an item's deadline is its stream's): their answers are never sent, and the
-  // stream counts once, as CANCELLED or DEADLINE_EXCEEDED.
+  // stream counts once, as CANCELLED or DEADLINE_EXCEEDED. Items past the deadline
+  // count once the stream is done, if it finished OK after all (OnDone()).
   void FailItem(std::string id, const absl::Status& status, bool from_engine,
                 std::optional<RequestMemoryBudget::Reservation> held = std::nullopt) {
-    const bool stream_ended =
-        status.code() == absl::StatusCode::kDeadlineExceeded ||
-        (status.code() == absl::StatusCode::kCancelled && cancellation_->cancelled());
-    if (!stream_ended) recorder_->ItemFailed(record_, id, status);
+    if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+      absl::MutexLock lock(&mu_);
+      if (past_deadline_items_.size() < kMaxPastDeadlineItems) {
+        past_deadline_items_.emplace_back(id, status);
+      }
+    } else if (status.code() != absl::StatusCode::kCancelled ||
+               !cancellation_->cancelled()) {
+      recorder_->ItemFailed(record_, id, status);
+    }
     v1::EmbedStreamResponse response;
     response.set_id(std::move(id));
     *response.mutable_error() = ToRpcStatus(status);
@@ -1202,6 +1218,11 @@ class EmbedStreamCall final
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // What the call finished with, and whether OnCancel() came (before or after).
   absl::Status finish_status_ ABSL_GUARDED_BY(mu_);
+  // Items that failed past the stream's deadline, for OnDone(): the items in flight
+  // and the few read before gRPC's timer ends the stream, kept up to a bound.
+  static constexpr size_t kMaxPastDeadlineItems = 1024;
+  std::vector<std::pair<std::string, absl::Status>> past_deadline_items_
+      ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   // Set just before Finish(), read by OnDone(): orders the call's writes before its
   // deletion where ThreadSanitizer can see it.

@@ -1139,6 +1139,28 @@ TEST_F(ClipServiceTest, AStreamPastItsDeadlineIsCountedAsDeadlineExceeded) {
             std::nullopt);
 }
 
+// The engine checks deadlines on its own clock, and can answer an item
+// DEADLINE_EXCEEDED before gRPC's timer ends the stream; one that then finishes OK
+// (here: no deadline at all, the engine's answer forced) counts its item as failed.
+TEST_F(ClipServiceTest, AnItemPastTheDeadlineOfAStreamThatFinishesOkCounts) {
+  RestartRecordingMetrics();
+  engine_->set_answer_dead_requests(true);
+  engine_->set_error(absl::DeadlineExceededError("deadline passed while queued"));
+  auto context = Context();
+  auto stream = stub_->EmbedStream(context.get());
+  ASSERT_TRUE(stream->Write(TextItem("a", "late")));
+  ASSERT_TRUE(stream->WritesDone());
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.error().code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_TRUE(AwaitCountedCalls("EmbedStream", "OK", 1));
+  EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
+                                R"(clipserve_stream_item_failures_total{)"
+                                R"(code="DEADLINE_EXCEEDED",rpc="EmbedStream"})"),
+            1.0);
+}
+
 TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
   engine_->set_hold(true);
   v1::EmbedImageRequest request;
