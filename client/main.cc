@@ -219,14 +219,17 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
   return file->Commit();
 }
 
-// Texts from arguments, then from the lines of `file` when given.
-absl::StatusOr<std::vector<std::string>> CollectTexts(std::vector<std::string> texts,
-                                                      const std::string& file) {
+// Texts (or labels: `noun`) from arguments, then from the lines of `file` when given;
+// `sources` names both in the error for none.
+absl::StatusOr<std::vector<std::string>> CollectTexts(
+    std::vector<std::string> texts, const std::string& file,
+    absl::string_view noun = "text",
+    absl::string_view sources = "TEXT arguments or --file") {
   // Texts travel as Protobuf strings, which must be UTF-8 (ReadLines checks a file's).
   for (size_t i = 0; i < texts.size(); ++i) {
     if (!IsValidUtf8(texts[i])) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "text argument ", i + 1, " is not valid UTF-8 (texts must be UTF-8)"));
+          noun, " argument ", i + 1, " is not valid UTF-8 (", noun, "s must be UTF-8)"));
     }
   }
   if (!file.empty()) {
@@ -235,7 +238,7 @@ absl::StatusOr<std::vector<std::string>> CollectTexts(std::vector<std::string> t
     texts.insert(texts.end(), lines->begin(), lines->end());
   }
   if (texts.empty()) {
-    return absl::InvalidArgumentError("no texts: give TEXT arguments or --file");
+    return absl::InvalidArgumentError(absl::StrCat("no ", noun, "s: give ", sources));
   }
   return texts;
 }
@@ -524,6 +527,7 @@ int Similarity(ClipClient& client, const std::string& target,
 struct ClassifyArgs {
   std::vector<std::string> images;
   std::vector<std::string> labels;
+  std::string labels_file;
   std::vector<std::string> templates;
   int top_k = 0;
   std::optional<float> temperature;
@@ -535,9 +539,12 @@ int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& 
   absl::StatusOr<std::vector<std::string>> images =
       ReadImages(args.images, args.max_file_bytes);
   if (!images.ok()) return Fail(images.status());
+  absl::StatusOr<std::vector<std::string>> labels =
+      CollectTexts(args.labels, args.labels_file, "label", "--labels or --labels_file");
+  if (!labels.ok()) return Fail(labels.status());
   v1::ClassifyRequest request;
   for (std::string& image : *images) request.add_images()->set_encoded(std::move(image));
-  for (const std::string& label : args.labels) request.add_labels(label);
+  for (const std::string& label : *labels) request.add_labels(label);
   for (const std::string& t : args.templates) request.add_templates(t);
   request.set_top_k(static_cast<uint32_t>(args.top_k));
   if (args.temperature.has_value()) request.set_temperature(*args.temperature);
@@ -856,9 +863,14 @@ int main(int argc, char** argv) {
   CLI::App* classify =
       app.add_subcommand("classify", "Zero-shot classification of images among labels");
   classify->add_option("images", cls_args.images, "Image files")->required();
-  classify->add_option("--labels", cls_args.labels, "Candidate labels, comma-separated")
-      ->delimiter(',')
-      ->required();
+  classify
+      ->add_option("--labels", cls_args.labels,
+                   "Candidate labels, comma-separated (a label with a comma: "
+                   "--labels_file)")
+      ->delimiter(',');
+  classify->add_option("--labels_file", cls_args.labels_file,
+                       "Read labels from a file, one per line, commas kept (blank lines "
+                       "skipped; - = stdin); after those of --labels");
   classify->add_option(
       "--templates", cls_args.templates,
       "Prompt templates with {} for the label (default \"a photo of a {}.\")");

@@ -360,6 +360,19 @@ class ClientCliTest(unittest.TestCase):
                                     r["labels"][1]["probability"])
             self.assertIn(r["labels"][0]["label"], ("cat", "dog", "rocket"))
 
+    def test_classify_labels_file_keeps_commas(self):
+        path = os.path.join(self.good, "chelsea.png")
+        labels = self.out("labels.txt")
+        with open(labels, "w") as f:
+            f.write("\ufeffWashington, D.C.\r\n\nParis\n")
+        got = json.loads(self.client("classify", path, "--labels", "a cat",
+                                     "--labels_file", labels, "--json").stdout)
+        self.assertEqual(sorted(r["label"] for r in got[0]["labels"]),
+                         ["Paris", "Washington, D.C.", "a cat"])
+        none = self.client("classify", path, check=False)
+        self.assertNotEqual(none.returncode, 0)
+        self.assertIn("no labels: give --labels or --labels_file", none.stderr)
+
     def test_tokenize_json_matches_rpc(self):
         texts = ["a photo of a cat", "x " * 100]
         got = json.loads(self.client("tokenize", "--json", "--", *texts).stdout)
