@@ -154,11 +154,24 @@ absl::StatusOr<std::vector<ZipRecord>> ReadZipDirectory(const std::string& path)
 absl::Status CheckInflatedSize(const std::vector<ZipRecord>& records,
                                uint64_t file_size) {
   uint64_t inflated = 0;
+  uint64_t stored = 0;
   const ZipRecord* largest = nullptr;
   for (const ZipRecord& record : records) {
-    if (record.method == 0) continue;
+    if (record.method == 0) {
+      // Each stored record's bytes lie in the file, apart from the others': LibTorch
+      // copies each whole, so entries sharing one record would multiply it in memory.
+      const uint64_t bytes = std::max(record.size, record.compressed_size);
+      stored += std::min<uint64_t>(bytes, UINT64_MAX - stored);
+      continue;
+    }
     inflated += std::min<uint64_t>(record.size, UINT64_MAX - inflated);
     if (largest == nullptr || record.size > largest->size) largest = &record;
+  }
+  if (stored > file_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the archive's stored records hold ", stored,
+                     " bytes in all, more than the file's ", file_size,
+                     ": its entries overlap, which no zip writer does"));
   }
   if (largest == nullptr || inflated / kMaxInflatedToFileRatio <= file_size) {
     return absl::OkStatus();

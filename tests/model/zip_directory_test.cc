@@ -187,16 +187,21 @@ TEST(ZipDirectoryTest, ReadsTheDirectoryMinizReads) {
 
 TEST(ZipDirectoryTest, CompressedRecordsMayNotInflateToMoreThanFourTimesTheFile) {
   std::vector<ZipRecord> records = {
-      {"a/data.pkl", 0, 100, 100}, {"a/data/0", 8, 10, 300}, {"a/data/1", 8, 10, 100}};
+      {"a/data.pkl", 0, 10, 10}, {"a/data/0", 8, 10, 300}, {"a/data/1", 8, 10, 100}};
   EXPECT_TRUE(CheckInflatedSize(records, 100).ok());  // 400 <= 4 x 100
   const absl::Status refused = CheckInflatedSize(records, 99);
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(refused.message(), HasSubstr("inflate to 400 bytes"));
   EXPECT_THAT(refused.message(), HasSubstr("a/data/0"));
-  // Stored records inflate to nothing more than they are.
-  records[1].method = 0;
-  records[2].method = 0;
-  EXPECT_TRUE(CheckInflatedSize(records, 1).ok());
+  // Stored records inflate to nothing more than they are, but each must lie in the
+  // file apart from the others: entries that share one stored record (a review's
+  // 8 MiB file naming one record 256 times took 2.3 GB) are refused.
+  records = {{"a/data.pkl", 0, 100, 100}, {"a/data/0", 0, 300, 300}};
+  EXPECT_TRUE(CheckInflatedSize(records, 400).ok());
+  const absl::Status overlapping = CheckInflatedSize(records, 399);
+  EXPECT_EQ(overlapping.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(overlapping.message(),
+              HasSubstr("stored records hold 400 bytes in all, more than the file's 399"));
 }
 
 }  // namespace
