@@ -557,7 +557,8 @@ absl::StatusOr<TensorMap> TensorsFromTorchPickle(absl::string_view pickle,
     const auto* tensor = std::get_if<torch::Tensor>(&value->v);
     if (name == nullptr || tensor == nullptr) continue;
     all_module_prefixed = all_module_prefixed && absl::StartsWith(*name, "module.");
-    out.emplace(*name, *tensor);
+    // A key given twice keeps its last value, as in the Python dict torch.load makes.
+    out.insert_or_assign(*name, *tensor);
   }
   if (out.empty()) return absl::InvalidArgumentError("checkpoint holds no tensors");
   if (all_module_prefixed) {

@@ -120,6 +120,17 @@ TEST(TorchPickleTest, ValuesBesideTheWeightsAreSkipped) {
   EXPECT_TRUE(tensors->at("w").equal(torch::arange(4, torch::kFloat)));
 }
 
+// Python's dict keeps the last value of a key set twice, and so does torch.load: a
+// crafted file gave the first to clipserve and the last to PyTorch (a review).
+TEST(TorchPickleTest, AKeyGivenTwiceKeepsItsLastValue) {
+  const std::string pickle = std::string("\x80\x04}(") + Unicode("w") + Tensor("0") +
+                             Unicode("w") + Tensor("1") + "u.";
+  auto tensors = TensorsFromTorchPickle(pickle, CountingStorage);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_EQ(tensors->size(), 1u);
+  EXPECT_TRUE(tensors->at("w").equal(torch::arange(4, torch::kFloat) + 10));
+}
+
 TEST(TorchScriptPickleTest, ModulesGiveTheirTensorsByDottedPath) {
   const std::string pickle =
       "\x80\x02" +
