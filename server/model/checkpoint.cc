@@ -29,14 +29,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
 torch::ScalarType TorchType(SafetensorsDtype dtype) {
   switch (dtype) {
     case SafetensorsDtype::kF32:
@@ -185,7 +177,7 @@ ShapeMap Shapes(const TensorMap& weights) {
 // The config of the open_clip folder `dir` (its open_clip_config.json).
 absl::StatusOr<ClipConfig> ReadOpenClipFolderConfig(const fs::path& dir) {
   CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
-                             ReadSmallFile((dir / "open_clip_config.json").string()));
+                             ReadConfigFile((dir / "open_clip_config.json").string()));
   return ParseOpenClipConfig(json);
 }
 
@@ -193,12 +185,12 @@ absl::StatusOr<ClipConfig> ReadOpenClipFolderConfig(const fs::path& dir) {
 // of its preprocessor_config.json when there is one.
 absl::StatusOr<ClipConfig> ReadHfFolderConfig(const fs::path& dir) {
   CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
-                             ReadSmallFile((dir / "config.json").string()));
+                             ReadConfigFile((dir / "config.json").string()));
   CLIPSERVE_ASSIGN_OR_RETURN(ClipConfig config, ParseHfConfig(json));
   if (fs::is_regular_file(dir / "preprocessor_config.json")) {
     CLIPSERVE_ASSIGN_OR_RETURN(
         std::string preprocessor,
-        ReadSmallFile((dir / "preprocessor_config.json").string()));
+        ReadConfigFile((dir / "preprocessor_config.json").string()));
     CLIPSERVE_RETURN_IF_ERROR(ApplyHfPreprocessorConfig(preprocessor, &config));
   }
   return config;
@@ -520,6 +512,29 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
         absl::StatusCode::kInvalidArgument));
   }
   return out;
+}
+
+absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (error || !fs::exists(status)) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  }
+  if (!fs::is_regular_file(status)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+  }
+  const uintmax_t size = fs::file_size(path, error);
+  if (error) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  if (size > kMaxConfigFileBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " holds ", size, " bytes, more than ", kMaxConfigFileBytes,
+                     ": not a configuration"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,

@@ -49,6 +49,13 @@ struct ReadCheckpointOptions {
   std::optional<ClipConfig> config;
 };
 
+// The contents of a JSON configuration file (config.json, --model_config, ...):
+// NOT_FOUND when it cannot be opened; INVALID_ARGUMENT when it is not a regular file
+// (a FIFO would block the start-up, /dev/zero fill the memory) or holds more than
+// kMaxConfigFileBytes, far more than any real configuration.
+inline constexpr uint64_t kMaxConfigFileBytes = uint64_t{16} << 20;
+absl::StatusOr<std::string> ReadConfigFile(const std::string& path);
+
 // Reads a checkpoint, detecting its format from the content, not the name: a
 // directory with open_clip_config.json (open_clip) or config.json (Hugging Face, with
 // its preprocessor_config.json when there is one: ApplyHfPreprocessorConfig()); a

@@ -112,13 +112,9 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
   } else {
     ReadCheckpointOptions read_options;
     if (options.config_path.has_value()) {
-      std::ifstream in(*options.config_path, std::ios::binary);
-      if (!in) {
-        return absl::NotFoundError(absl::StrCat("cannot read ", *options.config_path));
-      }
-      std::ostringstream text;
-      text << in.rdbuf();
-      CLIPSERVE_ASSIGN_OR_RETURN(read_options.config, ParseOpenClipConfig(text.str()));
+      CLIPSERVE_ASSIGN_OR_RETURN(const std::string text,
+                                 ReadConfigFile(*options.config_path));
+      CLIPSERVE_ASSIGN_OR_RETURN(read_options.config, ParseOpenClipConfig(text));
     }
     CLIPSERVE_ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(spec, read_options));
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.sha256, Sha256OfFile(checkpoint.weights_path));

@@ -879,6 +879,29 @@ TEST(DemoModelTest, SeededPresetIsDeterministicAndReportsRandomWeights) {
   EXPECT_THAT(configured.status().message(), HasSubstr("drop --model_config"));
 }
 
+// Configuration files (--model_config, a folder's config.json) are read whole, so
+// only regular files of a sane size are: /dev/zero filled 3 GB before a review killed
+// it, and a FIFO blocked the start-up.
+TEST(ReadConfigFileTest, OnlyRegularFilesOfAtMost16MiB) {
+  const std::filesystem::path dir = testing::FreshTestDir("read_config_file");
+  const std::string small = (dir / "config.json").string();
+  std::ofstream(small) << R"({"embed_dim": 512})";
+  const absl::StatusOr<std::string> text = ReadConfigFile(small);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, R"({"embed_dim": 512})");
+  const absl::StatusOr<std::string> device = ReadConfigFile("/dev/zero");
+  EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(device.status().message(), HasSubstr("/dev/zero is not a regular file"));
+  const std::string large = (dir / "large.json").string();
+  std::ofstream{large};
+  std::filesystem::resize_file(large, kMaxConfigFileBytes + 1);  // sparse
+  const absl::StatusOr<std::string> too_large = ReadConfigFile(large);
+  EXPECT_EQ(too_large.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(too_large.status().message(), HasSubstr("more than 16777216"));
+  EXPECT_EQ(ReadConfigFile((dir / "missing.json").string()).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 // Four random images and four texts of 5, 12, 30 and 77 tokens (start, random ids,
 // end, zero padding) for `model`, from a generator seeded with `seed`.
 struct SampleInputs {
