@@ -989,7 +989,19 @@ void EmbeddingEngine::AnswerRows(std::vector<Item>& items, int begin,
   const float* data = rows.data_ptr<float>();
   for (int i = 0; i < n; ++i) {
     Item& item = items[begin + i];
-    StoreRow(data + static_cast<size_t>(i) * dim, dim, *item.request, item.index);
+    const float* row = data + static_cast<size_t>(i) * dim;
+    // Weights that are finite can still overflow on some inputs only (the warm-up's
+    // blank image and empty text can pass): never answer OK with NaN or infinity.
+    if (!std::all_of(row, row + dim, [](float v) { return std::isfinite(v); })) {
+      LOG_EVERY_N(ERROR, 1000)
+          << "the model gave NaN or infinite values for an item: its weights overflow "
+             "at this precision";
+      item.Answer(absl::InternalError(
+          "the model gave NaN or infinite values for this item (its weights overflow "
+          "at this precision)"));
+      continue;
+    }
+    StoreRow(row, dim, *item.request, item.index);
     item.Answer(absl::OkStatus());
   }
 }

@@ -692,6 +692,26 @@ TEST(EmbeddingEngineWarmUpTest, ATowerGivingNonFiniteValuesFailsCreate) {
   }
 }
 
+// Weights that overflow only on some inputs pass the warm-up (a blank image is all
+// zeros, and so is its patch embedding here): such an item fails INTERNAL rather than
+// being answered OK with NaN, and the other tower still serves.
+TEST(EmbeddingEngineWarmUpTest, AnItemTheModelGivesNonFiniteValuesForFails) {
+  LoadedModel loaded;
+  loaded.model = *ClipModel::Create(testing::TinyClipConfig(), 5);
+  {
+    torch::NoGradGuard no_grad;
+    loaded.model->NamedTensors().at("visual.conv1.weight").fill_(3e38f);
+  }
+  auto engine = EmbeddingEngine::Create(
+      std::move(loaded), *BpeTokenizer::Create(ByteLevelDemoVocabulary(), {}), {});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const absl::StatusOr<EmbedResult> image =
+      EmbedImagesAndWait(**engine, EncodedImages({"images/chelsea.png"}));
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(image.status().message(), HasSubstr("NaN or infinite values"));
+  EXPECT_TRUE(EmbedTextsAndWait(**engine, {"a cat"}).ok());
+}
+
 // Callers that send the same new text at once each miss the cache; when their items
 // share a batch, the model runs the text once. The batch forms only when full (4), so
 // both requests' items are in it: not before (wait_only_for_announced would run the
