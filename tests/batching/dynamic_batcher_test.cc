@@ -195,6 +195,21 @@ class DynamicBatcherTest : public ::testing::Test {
     return batcher.ok() ? *std::move(batcher) : nullptr;
   }
 
+  // Each batch "runs" `per_item` of fake time per item; the batch whose first item is
+  // `held_id` then notifies `started` and waits for `release`, so the queue behind it
+  // can fill up.
+  void RunBatchesAndHold(absl::Duration per_item, int held_id,
+                         absl::Notification& started, absl::Notification& release) {
+    recorder_.set_on_batch(
+        [this, per_item, held_id, &started, &release](const Batch<TestItem>& batch) {
+          clock_.AdvanceTime(per_item * static_cast<int64_t>(batch.items.size()));
+          if (batch.items[0].id == held_id) {
+            started.Notify();
+            release.WaitForNotification();
+          }
+        });
+  }
+
   FakeClock clock_;
   Recorder recorder_;
 };
@@ -500,17 +515,11 @@ TEST_F(DynamicBatcherTest, QueueFullIsResourceExhaustedWithAnHonestRetryDelay) {
   options.num_workers = 1;
   auto batcher = Make(options);
 
-  // Each batch "runs" 100 ms of fake time; the second one then blocks until released,
-  // so the queue behind it fills up.
+  // Each batch of 2 "runs" 100 ms of fake time; the second one then blocks until
+  // released, so the queue behind it fills up.
   absl::Notification second_started;
   absl::Notification release_second;
-  recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
-    clock_.AdvanceTime(absl::Milliseconds(100));
-    if (batch.items[0].id == 2) {
-      second_started.Notify();
-      release_second.WaitForNotification();
-    }
-  });
+  RunBatchesAndHold(absl::Milliseconds(50), 2, second_started, release_second);
   std::vector<TestItem> first = Items({0, 1});
   ASSERT_TRUE(batcher->Schedule(&first).ok());
   ASSERT_TRUE(recorder_.WaitFor(1));
@@ -859,13 +868,7 @@ TEST_F(DynamicBatcherTest, ARetryDelayCountsFullBatchesWhateverSizeTheLastRanAt)
   auto batcher = Make(options);
   absl::Notification second_started;
   absl::Notification release_second;
-  recorder_.set_on_batch([&](const Batch<TestItem>& batch) {
-    clock_.AdvanceTime(absl::Milliseconds(100) * batch.items.size());
-    if (batch.items[0].id == 1) {
-      second_started.Notify();
-      release_second.WaitForNotification();
-    }
-  });
+  RunBatchesAndHold(absl::Milliseconds(100), 1, second_started, release_second);
   std::vector<TestItem> lone = Items({0});
   ASSERT_TRUE(batcher->Schedule(&lone).ok());
   clock_.AdvanceTime(absl::Milliseconds(5));  // the partial batch's wait

@@ -200,8 +200,9 @@ TEST(ZipDirectoryTest, CompressedRecordsMayNotInflateToMoreThanFourTimesTheFile)
   EXPECT_TRUE(CheckInflatedSize(records, 400).ok());
   const absl::Status overlapping = CheckInflatedSize(records, 399);
   EXPECT_EQ(overlapping.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(overlapping.message(),
-              HasSubstr("stored records hold 400 bytes in all, more than the file's 399"));
+  EXPECT_THAT(
+      overlapping.message(),
+      HasSubstr("stored records hold 400 bytes in all, more than the file's 399"));
 }
 
 }  // namespace

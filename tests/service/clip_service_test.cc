@@ -263,6 +263,14 @@ class ClipServiceTest : public ::testing::Test {
         absl::StrCat("clipserve_requests_total{code=\"", code, "\",rpc=\"", rpc, "\"}"));
   }
 
+  // clipserve_stream_item_failures_total of EmbedStream items failed with `code`.
+  std::optional<double> CountedItemFailures(absl::string_view code) {
+    return testing::FindSample(
+        metrics_->Serialize(),
+        absl::StrCat("clipserve_stream_item_failures_total{code=\"", code,
+                     "\",rpc=\"EmbedStream\"}"));
+  }
+
   // Waits up to 10 s until CountedCalls(rpc, code) is `n`: a stream is counted when
   // gRPC is done with it, which may be after its client's Finish().
   bool AwaitCountedCalls(absl::string_view rpc, absl::string_view code, double n) {
@@ -1133,10 +1141,7 @@ TEST_F(ClipServiceTest, AStreamPastItsDeadlineIsCountedAsDeadlineExceeded) {
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   engine_->set_hold(false);
   EXPECT_TRUE(AwaitCountedCalls("EmbedStream", "DEADLINE_EXCEEDED", 1));
-  EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
-                                R"(clipserve_stream_item_failures_total{)"
-                                R"(code="DEADLINE_EXCEEDED",rpc="EmbedStream"})"),
-            std::nullopt);
+  EXPECT_EQ(CountedItemFailures("DEADLINE_EXCEEDED"), std::nullopt);
 }
 
 // The engine checks deadlines on its own clock, and can answer an item
@@ -1155,10 +1160,7 @@ TEST_F(ClipServiceTest, AnItemPastTheDeadlineOfAStreamThatFinishesOkCounts) {
   EXPECT_EQ(response.error().code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_TRUE(stream->Finish().ok());
   EXPECT_TRUE(AwaitCountedCalls("EmbedStream", "OK", 1));
-  EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
-                                R"(clipserve_stream_item_failures_total{)"
-                                R"(code="DEADLINE_EXCEEDED",rpc="EmbedStream"})"),
-            1.0);
+  EXPECT_EQ(CountedItemFailures("DEADLINE_EXCEEDED"), 1.0);
 }
 
 TEST_F(ClipServiceTest, ClientCancelSetsTheCancellationFlag) {
@@ -2064,9 +2066,7 @@ TEST_F(ClipServiceTest, EmbedStreamAnswersEveryItemOnceAndBadItemsOnlyFailThemse
   // Only the items that passed validation reached the engine, one request each.
   EXPECT_EQ(engine_->calls().size(), 7u);
   // The stream ends OK: its failed items are counted apart, each answered before this.
-  EXPECT_THAT(testing::FindSample(metrics_->Serialize(),
-                                  R"(clipserve_stream_item_failures_total{)"
-                                  R"(code="INVALID_ARGUMENT",rpc="EmbedStream"})"),
+  EXPECT_THAT(CountedItemFailures("INVALID_ARGUMENT"),
               ::testing::Optional(static_cast<double>(bad.size())));
 }
 
@@ -2300,10 +2300,7 @@ TEST_F(ClipServiceTest, EmbedStreamCancelDropsQueuedWork) {
   // The engine answers after the cancel (CANCELLED, on this thread); the stream ends
   // cleanly and a new one works. Those answers are never sent: no item failure counts.
   engine_->set_hold(false);
-  EXPECT_EQ(testing::FindSample(metrics_->Serialize(),
-                                R"(clipserve_stream_item_failures_total{)"
-                                R"(code="CANCELLED",rpc="EmbedStream"})"),
-            std::nullopt);
+  EXPECT_EQ(CountedItemFailures("CANCELLED"), std::nullopt);
   auto next_context = Context();
   auto next = stub_->EmbedStream(next_context.get());
   ASSERT_TRUE(next->Write(TextItem("c", "third")));
