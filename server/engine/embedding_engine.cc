@@ -458,10 +458,11 @@ absl::Status EmbeddingEngine::Start() {
   // Until a batch has run, a refused request is told to come back after a full batch
   // at the warm-up item's pace: on the CPU the first batch of a cold server (new
   // replicas get bursts) can take seconds, and clients retry when told. Rough (an
-  // item costs less in a batch than alone, the warm-up text is empty, and the first
-  // run pays for its set-up: up to 3x long here), but of the right order; the first
-  // batch to end replaces it. Not on a GPU, where a batch costs about what one item
-  // does and the first run loads kernels: that would say seconds for milliseconds.
+  // item costs less in a batch than alone and the first run pays for its set-up, so
+  // it errs long; the warm-up text is empty, which errs short for long texts), but of
+  // the right order; the first batch to end replaces it. Not on a GPU, where a batch
+  // costs about what one item does and the first run loads kernels: that would say
+  // seconds for milliseconds.
   const bool on_gpu = model_.model->device().is_cuda();
   const auto full_batch = [&](std::optional<absl::Duration> one) {
     return one.has_value() && !on_gpu ? std::optional(*one * options_.max_batch_size)
