@@ -10,7 +10,6 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -18,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/common/small_file.h"
 #include "server/common/status_macros.h"
 #include "server/model/safetensors.h"
 #include "server/model/torch_pickle.h"
@@ -515,26 +515,7 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
 }
 
 absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
-  std::error_code error;
-  const fs::file_status status = fs::status(path, error);
-  if (error || !fs::exists(status)) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  }
-  if (!fs::is_regular_file(status)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
-  }
-  const uintmax_t size = fs::file_size(path, error);
-  if (error) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  if (size > kMaxConfigFileBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " holds ", size, " bytes, more than ", kMaxConfigFileBytes,
-                     ": not a configuration"));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
+  return ReadSmallFile(path, "model configuration", kMaxConfigFileBytes);
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,

@@ -1,6 +1,7 @@
 #ifndef CLIPSERVE_SERVER_MODEL_CHECKPOINT_H_
 #define CLIPSERVE_SERVER_MODEL_CHECKPOINT_H_
 
+#include <cstddef>
 #include <optional>
 #include <string>
 
@@ -49,11 +50,11 @@ struct ReadCheckpointOptions {
   std::optional<ClipConfig> config;
 };
 
-// The contents of a JSON configuration file (config.json, --model_config, ...):
-// NOT_FOUND when it cannot be opened; INVALID_ARGUMENT when it is not a regular file
-// (a FIFO would block the start-up, /dev/zero fill the memory) or holds more than
-// kMaxConfigFileBytes, far more than any real configuration.
-inline constexpr uint64_t kMaxConfigFileBytes = uint64_t{16} << 20;
+// The contents of a JSON configuration file (config.json, --model_config, ...), read
+// by ReadSmallFile() (its errors) with a cap of kMaxConfigFileBytes, far more than any
+// real configuration: a FIFO would otherwise block the start-up, /dev/zero fill the
+// memory.
+inline constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
 absl::StatusOr<std::string> ReadConfigFile(const std::string& path);
 
 // Reads a checkpoint, detecting its format from the content, not the name: a

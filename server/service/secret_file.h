@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "server/common/small_file.h"
 
 namespace clipserve {
 
@@ -14,13 +15,12 @@ namespace clipserve {
 // a large file quickly.
 inline constexpr size_t kMaxSecretFileBytes = 1 << 20;
 
-// Reads a small file named on the command line (a PEM certificate or key, a token
-// list) at start-up. `what` describes it in errors ("TLS private key"). Errors, each
-// naming `what` and `path` but never the contents: INVALID_ARGUMENT for an empty path,
-// a directory or a file over kMaxSecretFileBytes; NOT_FOUND; PERMISSION_DENIED; other
-// read errors as UNKNOWN with the errno text. Blocks on the file system.
-absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
-                                           absl::string_view what);
+// A PEM certificate or key, or a token list: ReadSmallFile() capped at
+// kMaxSecretFileBytes. Its errors never quote the contents.
+inline absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
+                                                  absl::string_view what) {
+  return ReadSmallFile(path, what, kMaxSecretFileBytes);
+}
 
 }  // namespace clipserve
 

@@ -891,13 +891,15 @@ TEST(ReadConfigFileTest, OnlyRegularFilesOfAtMost16MiB) {
   EXPECT_EQ(*text, R"({"embed_dim": 512})");
   const absl::StatusOr<std::string> device = ReadConfigFile("/dev/zero");
   EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(device.status().message(), HasSubstr("/dev/zero is not a regular file"));
+  EXPECT_THAT(
+      device.status().message(),
+      HasSubstr("cannot read model configuration '/dev/zero': not a regular file"));
   const std::string large = (dir / "large.json").string();
   std::ofstream{large};
   std::filesystem::resize_file(large, kMaxConfigFileBytes + 1);  // sparse
   const absl::StatusOr<std::string> too_large = ReadConfigFile(large);
   EXPECT_EQ(too_large.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(too_large.status().message(), HasSubstr("more than 16777216"));
+  EXPECT_THAT(too_large.status().message(), HasSubstr("larger than 16777216 bytes"));
   EXPECT_EQ(ReadConfigFile((dir / "missing.json").string()).status().code(),
             absl::StatusCode::kNotFound);
 }

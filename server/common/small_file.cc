@@ -1,10 +1,11 @@
-#include "server/service/secret_file.h"
+#include "server/common/small_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -30,8 +31,8 @@ absl::Status ErrnoError(int error, absl::string_view what, const std::string& pa
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
-                                           absl::string_view what) {
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view what,
+                                          size_t max_bytes) {
   if (path.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("no file given for the ", what));
   }
@@ -51,6 +52,7 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
         absl::StrCat("cannot read ", what, " '", path, "': not a regular file"));
   }
   std::string contents;
+  contents.reserve(std::min(static_cast<size_t>(info.st_size), max_bytes));
   char buffer[8192];
   while (true) {
     const ssize_t n = read(fd, buffer, sizeof(buffer));
@@ -61,13 +63,12 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
       return ErrnoError(error, what, path);
     }
     if (n == 0) break;
-    contents.append(buffer, static_cast<size_t>(n));
-    if (contents.size() > kMaxSecretFileBytes) {
+    if (static_cast<size_t>(n) > max_bytes - contents.size()) {
       close(fd);
-      return absl::InvalidArgumentError(absl::StrCat("cannot read ", what, " '", path,
-                                                     "': larger than ",
-                                                     kMaxSecretFileBytes, " bytes"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot read ", what, " '", path, "': larger than ", max_bytes, " bytes"));
     }
+    contents.append(buffer, static_cast<size_t>(n));
   }
   close(fd);
   return contents;
