@@ -314,6 +314,30 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision,
         torch::NoGradGuard no_grad;
         visual_->to(device, dtype);
         text_->to(device, dtype);
+      },
+      "moving the model"));
+  // LoadWeights() refused non-finite weights, but a finite fp32 value can overflow a
+  // narrower type (fp16 ends at 65504): every call would then answer with NaN rows,
+  // which the engine fails one by one. Refuse the precision here instead.
+  if (dtype != torch::kFloat) {
+    for (const auto& [key, tensor] : NamedTensors()) {
+      if (key == "logit_scale" || !tensor.is_floating_point()) continue;
+      bool finite = true;
+      CLIPSERVE_RETURN_IF_ERROR(
+          CatchTorchErrors([&] { finite = torch::isfinite(tensor).all().item<bool>(); },
+                           "checking the converted weights"));
+      if (!finite) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "'", key, "' holds values beyond the range of ", c10::toString(dtype),
+            ", which --precision=", PrecisionName(precision),
+            " runs it in: use --precision=",
+            dtype == torch::kHalf ? "bf16 or fp32" : "fp32"));
+      }
+    }
+  }
+  CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(
+      [&] {
+        torch::NoGradGuard no_grad;
         // Packed from the weights just converted, after any earlier packing is dropped
         // (so from bf16-rounded weights when the rest runs in bf16). bf16 weights are
         // laid out once for oneDNN's bf16 product (Bf16Linear), where the build has it.

@@ -78,9 +78,10 @@ class ClipModel {
 
   // Moves the weights to `device` in `precision` (int8 packs its int8 weights here,
   // once, beside the float ones). UNIMPLEMENTED for fp16 on CPU, int8 on a GPU or
-  // without a quantized engine,
-  // INVALID_ARGUMENT/UNAVAILABLE when the device cannot be used. After a failure once
-  // the conversion started, the model may be partly converted: discard it.
+  // without a quantized engine; INVALID_ARGUMENT/UNAVAILABLE when the device cannot be
+  // used; INVALID_ARGUMENT naming the first weight that overflows the narrower type
+  // (fp16 ends at 65504). After a failure once the conversion started, the model may be
+  // partly converted: discard it.
   absl::Status To(const torch::Device& device, Precision precision,
                   const Int8Options& int8_options = {});
 

@@ -465,6 +465,40 @@ TEST(ClipModelTest, NonFiniteWeightsAndAZeroScaleAreRefusedAtLoad) {
   EXPECT_EQ((*model)->logit_scale(), 100.0f);
 }
 
+// A weight finite in fp32 can overflow the narrower type To() converts it to (fp16
+// ends at 65504, bf16 a little below fp32's end): every answer would be NaN.
+TEST(ClipModelTest, AWeightThePrecisionCannotHoldIsRefusedByName) {
+  const auto model_with = [](const std::string& key, float value) {
+    auto model = ClipModel::Create(testing::TinyClipConfig(), /*seed=*/1);
+    EXPECT_TRUE(model.ok()) << model.status();
+    torch::NoGradGuard no_grad;
+    (*model)->NamedTensors().at(key).view({-1})[0] = value;
+    return std::move(*model);
+  };
+  // Rounds to infinity in bf16 (round to nearest: above 3.3961e38).
+  const float beyond_bf16 = 3.4e38f;
+  absl::Status status =
+      model_with("visual.proj", beyond_bf16)->To(torch::kCPU, Precision::kBFloat16);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(),
+              HasSubstr("'visual.proj' holds values beyond the range of BFloat16, which "
+                        "--precision=bf16 runs it in: use --precision=fp32"));
+  Int8Options int8;
+  int8.bf16 = true;
+  if (CpuInfoHasInt8Dot(ReadProcCpuinfo())) {
+    status = model_with("token_embedding.weight", -beyond_bf16)
+                 ->To(torch::kCPU, Precision::kInt8, int8);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(),
+                HasSubstr("'token_embedding.weight' holds values beyond"));
+  }
+  // The same value in fp32, and a value beyond fp16's range in bf16, are fine.
+  EXPECT_TRUE(
+      model_with("visual.proj", beyond_bf16)->To(torch::kCPU, Precision::kFloat32).ok());
+  EXPECT_TRUE(
+      model_with("visual.proj", 1e5f)->To(torch::kCPU, Precision::kBFloat16).ok());
+}
+
 // The towers' MLPs are as wide as the config's MlpWidth(): open_clip's int(width *
 // mlp_ratio), not its rounding (64 x 2.5390625 = 162.5 made 163, refusing open_clip's
 // 162-wide checkpoint).
