@@ -142,7 +142,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
     }
     CLIPSERVE_ASSIGN_OR_RETURN(loaded.model,
                                ClipModel::CreateForLoading(checkpoint.config));
-    CLIPSERVE_RETURN_IF_ERROR(loaded.model->LoadWeights(std::move(checkpoint.weights)));
+    if (absl::Status status = loaded.model->LoadWeights(std::move(checkpoint.weights));
+        !status.ok()) {
+      // Its errors name the key; the file is what the operator has to go and fix.
+      return absl::Status(status.code(),
+                          absl::StrCat(checkpoint.weights_path, ": ", status.message()));
+    }
     loaded.name = checkpoint.config.name;
     loaded.format = checkpoint.format;
     loaded.directory = checkpoint.directory;
