@@ -328,14 +328,20 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   Palette palette;
   const bool read = ReadPixels(&context, header, ImageDataCutShort(encoded), rows.data(),
                                row_bytes, &palette);
-  if (context.padded > 0) {
-    // Every row is in `rows` when the bytes present hold them all and libpng, if it
-    // failed, failed only after the last row, on the zeros past the end.
-    if ((!read && !context.rows_done) || !ImageDataIsWhole(encoded, header)) {
+  // After the last row libpng reads on to the end of the zlib stream. Where the data
+  // stops first (the file ends: zeros were read past it; or the IDAT chunks end: a
+  // stream without its final block or checksum), every row is in `rows` when the bytes
+  // present hold them all and libpng failed, if at all, only after the last row. Pillow
+  // keeps such an image; it refuses a stream that is there and wrong (a bad checksum).
+  const bool ran_out_of_data =
+      context.padded > 0 || absl::string_view(context.message) == "Not enough image data";
+  if (ran_out_of_data && (read || context.rows_done)) {
+    if (!ImageDataIsWhole(encoded, header)) {
       return FormatError(kFormat, "data is truncated");
     }
   } else if (!read) {
-    return PngFailure(context);
+    return context.padded > 0 ? FormatError(kFormat, "data is truncated")
+                              : PngFailure(context);
   }
   if (is_palette) palette.Expand(buffer.data(), buffer.size(), image.pixels.data());
   if (has_alpha) SplitAlpha(buffer.data(), &image);

@@ -310,6 +310,65 @@ TEST(DecodeImageTest, AnInterlacedPngCutShortAfterItsLastPassDecodesWhole) {
   }
 }
 
+// A whole file whose zlib stream stops short of its end (no final block, no or part
+// of the checksum) or goes on after it: Pillow decodes each once every row is there,
+// and refuses only a checksum that is all there and wrong.
+TEST(DecodeImageTest,
+     PngWhoseZlibStreamDoesNotEndCleanlyAfterItsRowsDecodesAsPillowDoes) {
+  constexpr uint32_t kWidth = 37, kHeight = 23;
+  std::string raw;
+  std::vector<uint8_t> expected;
+  for (uint32_t y = 0; y < kHeight; ++y) {
+    raw += '\0';  // filter: none
+    for (uint32_t x = 0; x < kWidth; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        const auto v = static_cast<uint8_t>((x * 7 + y * 13 + c * 29) & 0xff);
+        raw += static_cast<char>(v);
+        expected.push_back(v);
+      }
+    }
+  }
+  const std::string whole = Deflate(raw);
+  // All the rows, flushed to a byte boundary, but no final block and no checksum.
+  std::string unfinished(compressBound(uLong(raw.size())) + 64, '\0');
+  z_stream z = {};
+  ASSERT_EQ(deflateInit(&z, 9), Z_OK);
+  z.next_in = reinterpret_cast<Bytef*>(raw.data());
+  z.avail_in = uInt(raw.size());
+  z.next_out = reinterpret_cast<Bytef*>(unfinished.data());
+  z.avail_out = uInt(unfinished.size());
+  ASSERT_EQ(deflate(&z, Z_SYNC_FLUSH), Z_OK);
+  unfinished.resize(z.total_out);
+  deflateEnd(&z);
+  std::string wrong_checksum = whole;
+  wrong_checksum.back() ^= 0x01;
+  const auto png = [&](const std::vector<std::string>& idats) {
+    std::string out =
+        std::string("\x89PNG\r\n\x1a\n", 8) +
+        PngChunk("IHDR", Be32(kWidth) + Be32(kHeight) + std::string("\x08\x02\0\0\0", 5));
+    for (const std::string& idat : idats) out += PngChunk("IDAT", idat);
+    return out + PngChunk("IEND", "");
+  };
+  const std::pair<std::string, std::string> accepted[] = {
+      {"whole", png({whole})},
+      {"no final block", png({unfinished})},
+      {"no final block, two IDATs",
+       png({unfinished.substr(0, 100), unfinished.substr(100)})},
+      {"no checksum", png({whole.substr(0, whole.size() - 4)})},
+      {"3 bytes of checksum", png({whole.substr(0, whole.size() - 1)})},
+      {"bytes after the stream", png({whole + "junkjunk"})},
+  };
+  for (const auto& [name, file] : accepted) {
+    const absl::StatusOr<RgbImage> image = DecodeImage(file);
+    EXPECT_TRUE(image.ok()) << name << ": " << image.status();
+    if (image.ok()) {
+      EXPECT_EQ(image->pixels, expected) << name;
+    }
+  }
+  const absl::StatusOr<RgbImage> refused = DecodeImage(png({wrong_checksum}));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Deflate inflates at most 1032-fold: a header that claims more pixels than the file
 // could ever hold is refused before the image is allocated.
 TEST(DecodeImageTest, PngClaimingMoreDataThanTheFileCanHoldIsRefusedUpFront) {
