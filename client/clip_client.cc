@@ -292,8 +292,12 @@ struct StreamJob {
 
   // Per pass.
   int in_flight ABSL_GUARDED_BY(mu) = 0;
+  // While the stream opens: that waits for the connection, for as long as gRPC's
+  // connect timeout (20 s) allows, with no item in flight yet.
+  bool opening ABSL_GUARDED_BY(mu) = false;
   bool reader_done ABSL_GUARDED_BY(mu) = false;
   bool stalled ABSL_GUARDED_BY(mu) = false;
+  bool stalled_opening ABSL_GUARDED_BY(mu) = false;
   size_t answered_in_pass ABSL_GUARDED_BY(mu) = 0;
   absl::Time last_progress ABSL_GUARDED_BY(mu);
 
@@ -346,17 +350,43 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
       for (size_t i : pending) job.states[i] = ItemState::kQueued;
       job.retry.clear();
       job.in_flight = 0;
+      job.opening = true;
       job.reader_done = false;
       job.stalled = false;
+      job.stalled_opening = false;
       job.answered_in_pass = 0;
       job.last_progress = stall_clock_->Now();
     }
 
     grpc::ClientContext context;
     PrepareContext(deadline, request_id, &context);
+    // Watchdog: cancels the pass when the stream has not opened within `stall`, or
+    // no answer comes for `stall` while items are in flight.
+    std::thread watchdog([&] {
+      absl::MutexLock lock(&job.mu);
+      while (!job.reader_done) {
+        const absl::Time now = stall_clock_->Now();
+        const bool waiting = job.opening || job.in_flight > 0;
+        if (waiting && now - job.last_progress >= stall) {
+          job.stalled = true;
+          job.stalled_opening = job.opening;
+          context.TryCancel();
+          return;
+        }
+        // Not absl::CondVar's timed wait, which this Abseil times on the wall clock.
+        stall_clock_->WaitWithDeadline(&job.mu, &job.cv,
+                                       (waiting ? job.last_progress : now) + stall);
+      }
+    });
     std::unique_ptr<
         grpc::ClientReaderWriter<v1::EmbedStreamRequest, v1::EmbedStreamResponse>>
         stream = stub_->EmbedStream(&context);
+    {
+      absl::MutexLock lock(&job.mu);
+      job.opening = false;
+      job.last_progress = stall_clock_->Now();
+      job.cv.SignalAll();
+    }
 
     // Writer: loads and sends the pass's items, keeping at most max_in_flight
     // unanswered.
@@ -395,23 +425,6 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
         if (!stream->Write(request)) break;  // the stream is over; Finish() says why
       }
       stream->WritesDone();
-    });
-
-    // Watchdog: cancels the pass when no answer comes for `stall` while items are
-    // in flight.
-    std::thread watchdog([&] {
-      absl::MutexLock lock(&job.mu);
-      while (!job.reader_done) {
-        const absl::Time now = stall_clock_->Now();
-        if (job.in_flight > 0 && now - job.last_progress >= stall) {
-          job.stalled = true;
-          context.TryCancel();
-          return;
-        }
-        // Not absl::CondVar's timed wait, which this Abseil times on the wall clock.
-        stall_clock_->WaitWithDeadline(
-            &job.mu, &job.cv, (job.in_flight > 0 ? job.last_progress : now) + stall);
-      }
     });
 
     // Reader: this thread.
@@ -482,7 +495,11 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
       bool unanswered_retryable = options.retry && IsRetryable(stream_status);
       if (job.stalled) {
         unanswered = absl::DeadlineExceededError(
-            absl::StrCat("no answer from the server for ", absl::FormatDuration(stall)));
+            job.stalled_opening
+                ? absl::StrCat("the server did not accept the stream within ",
+                               absl::FormatDuration(stall))
+                : absl::StrCat("no answer from the server for ",
+                               absl::FormatDuration(stall)));
         unanswered_retryable = false;
       } else if (job.stop) {
         unanswered = NotProcessedError();

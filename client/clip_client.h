@@ -160,8 +160,9 @@ struct EmbedStreamOptions {
   // grows with its input; stall_timeout catches a server that stops answering.
   absl::Duration timeout = absl::InfiniteDuration();
 
-  // Longest wait for the next answer while items are in flight, > 0; when it passes
-  // the stream is cancelled and its unanswered items fail with DEADLINE_EXCEEDED.
+  // Longest wait for the stream to open (the connection included) and for the next
+  // answer while items are in flight, > 0; when it passes the stream is cancelled and
+  // its unanswered items fail with DEADLINE_EXCEEDED.
   // Timed on the monotonic clock (ClientOptions::stall_clock).
   // nullopt means ClientOptions::deadline (the most one call may take).
   std::optional<absl::Duration> stall_timeout;

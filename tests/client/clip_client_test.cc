@@ -814,6 +814,28 @@ TEST(EmbedStreamTest, StalledStreamEndsWithDeadlineExceeded) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
 }
 
+// Opening a stream waits for the connection: to a peer that accepts TCP but never
+// speaks HTTP/2 (a stopped server), gRPC's connect timeout of 20 s, then UNAVAILABLE,
+// as it was. The stall timeout bounds that wait too.
+TEST(EmbedStreamTest, AStreamThatCannotOpenStallsLikeOneThatGetsNoAnswer) {
+  FakeServer fake;
+  auto proxy = testing::TcpProxy::Start(fake.port);
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  (*proxy)->BlackHole();
+  auto client = Connect(absl::StrCat("127.0.0.1:", (*proxy)->port()));
+  EmbedStreamOptions options;
+  options.stall_timeout = absl::Milliseconds(300);
+  auto results = client->EmbedStream(Texts({"a", "b"}), options);
+  ASSERT_TRUE(results.ok()) << results.status();
+  for (const auto& result : *results) {
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded)
+        << result.status();
+    EXPECT_THAT(std::string(result.status().message()),
+                HasSubstr("the server did not accept the stream within 300ms"));
+  }
+  EXPECT_GE((*proxy)->accepted(), 1);
+}
+
 // The watchdog runs on ClientOptions::stall_clock (RealClock, monotonic, by default):
 // here a FakeClock that only the test moves, by far more than the stall timeout, once
 // "a" is answered and "hang" is in flight. On the wall clock (absl::Now()), as it was,
