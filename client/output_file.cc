@@ -1,6 +1,7 @@
 #include "client/output_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -24,6 +25,22 @@ int WriteError(const std::string& path) {
   if (fd < 0) return errno;
   ::close(fd);
   return 0;
+}
+
+// Whether renaming over `path`, a file this user may write, would be refused: in a
+// folder with the sticky bit (/tmp), only the owner of the file or of the folder (or
+// root) may replace or remove it, while a shell's `>` may still write it.
+bool StickyFolderKeepsFile(const std::string& path) {
+  fs::path folder = fs::path(path).parent_path();
+  if (folder.empty()) folder = ".";
+  struct stat file_info, folder_info;
+  if (::stat(path.c_str(), &file_info) != 0 ||
+      ::stat(folder.c_str(), &folder_info) != 0) {
+    return false;
+  }
+  const uid_t me = geteuid();
+  return (folder_info.st_mode & S_ISVTX) != 0 && me != 0 && file_info.st_uid != me &&
+         folder_info.st_uid != me;
 }
 
 }  // namespace
@@ -55,6 +72,12 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
   if (exists) {
     if (const int error = WriteError(path); error != 0) {
       return OpenError(path, "cannot write", error);
+    }
+    // Written in place, as `>` would, rather than failed after the work.
+    if (StickyFolderKeepsFile(path)) {
+      OutputFile in_place(path, path);
+      in_place.pending_ = false;
+      return in_place;
     }
   }
   // Created, never reused: a file or link already at that name (left by a killed run

@@ -21,7 +21,9 @@ namespace clipserve {
 // that is a symbolic link (/dev/stdout, written through; Open() checks that a link to
 // a regular file opens for writing) or exists and is not a regular file (a pipe, a
 // device), where Open() checks nothing; and a file that may be written in a folder
-// where no file may be created, where Open() checks that the file opens for writing.
+// where no file may be created, or in a sticky folder (/tmp) where this user may not
+// rename over it (neither the file nor the folder is theirs), where Open() checks that
+// the file opens for writing.
 //
 // Not thread-safe; move-only.
 class OutputFile {

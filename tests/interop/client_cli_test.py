@@ -246,6 +246,31 @@ class ClientCliTest(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertRegex(result.stderr, r"^error: PERMISSION_DENIED: .*locked\.jpg")
 
+    def test_a_file_in_a_sticky_folder_another_user_owns_is_written_in_place(self):
+        # A sticky folder (/tmp) lets only the owner of a file, or of the folder,
+        # rename over it; a shell's `>` may still write it. Needs root, to own the
+        # file while the client runs as nobody.
+        if os.geteuid() != 0:
+            self.skipTest("needs root, to make a file nobody may write but not own")
+        folder = tempfile.mkdtemp(prefix="clip_client_cli_sticky_")
+        self.addCleanup(shutil.rmtree, folder)
+        os.chmod(folder, 0o1777)
+        output = os.path.join(folder, "texts.jsonl")
+        with open(output, "w") as f:
+            f.write("old\n")
+        os.chmod(output, 0o666)
+        try:
+            result = self.client("embed-text", "-o", output, "a cat", check=False,
+                                 user=65534)
+        except PermissionError:  # a checkout nobody may enter
+            self.skipTest("nobody cannot run the client from this checkout")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with open(output) as f:
+            rows = [json.loads(line) for line in f]
+        self.assertEqual([r["input"] for r in rows], ["a cat"])
+        self.assertEqual(os.stat(output).st_uid, 0)  # the same file, written in place
+        self.assertEqual(sorted(os.listdir(folder)), ["texts.jsonl"])
+
     def test_a_failed_call_names_the_request_id_the_server_logged(self):
         bad = os.path.join(self.bad, "not_an_image.jpg")
         result = self.client("similarity", "--images", bad, "--texts", "a cat",
