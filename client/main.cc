@@ -41,6 +41,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "client/bench.h"
 #include "client/clip_client.h"
 #include "client/input_files.h"
@@ -219,19 +220,27 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
   return file->Commit();
 }
 
-// Texts (or labels: `noun`) from arguments, then from the lines of `file` when given;
-// `sources` names both in the error for none.
-absl::StatusOr<std::vector<std::string>> CollectTexts(
-    std::vector<std::string> texts, const std::string& file,
-    absl::string_view noun = "text",
-    absl::string_view sources = "TEXT arguments or --file") {
-  // Texts travel as Protobuf strings, which must be UTF-8 (ReadLines checks a file's).
+// Texts from the command line (or labels, templates: `noun`) travel as Protobuf
+// strings, which must be UTF-8: refused here, before any call (ReadLines checks a
+// file's).
+absl::Status CheckUtf8Arguments(const std::vector<std::string>& texts,
+                                absl::string_view noun) {
   for (size_t i = 0; i < texts.size(); ++i) {
     if (!IsValidUtf8(texts[i])) {
       return absl::InvalidArgumentError(absl::StrCat(
           noun, " argument ", i + 1, " is not valid UTF-8 (", noun, "s must be UTF-8)"));
     }
   }
+  return absl::OkStatus();
+}
+
+// Texts (or labels: `noun`) from arguments, then from the lines of `file` when given;
+// `sources` names both in the error for none.
+absl::StatusOr<std::vector<std::string>> CollectTexts(
+    std::vector<std::string> texts, const std::string& file,
+    absl::string_view noun = "text",
+    absl::string_view sources = "TEXT arguments or --file") {
+  if (absl::Status utf8 = CheckUtf8Arguments(texts, noun); !utf8.ok()) return utf8;
   if (!file.empty()) {
     absl::StatusOr<std::vector<std::string>> lines = ReadLines(file);
     if (!lines.ok()) return lines.status();
@@ -495,6 +504,9 @@ struct SimilarityArgs {
 
 int Similarity(ClipClient& client, const std::string& target,
                const SimilarityArgs& args) {
+  if (absl::Status utf8 = CheckUtf8Arguments(args.texts, "text"); !utf8.ok()) {
+    return Fail(utf8);
+  }
   absl::StatusOr<std::vector<std::string>> images =
       ReadImages(args.images, args.max_file_bytes);
   if (!images.ok()) return Fail(images.status());
@@ -542,6 +554,9 @@ int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& 
   absl::StatusOr<std::vector<std::string>> labels =
       CollectTexts(args.labels, args.labels_file, "label", "--labels or --labels_file");
   if (!labels.ok()) return Fail(labels.status());
+  if (absl::Status utf8 = CheckUtf8Arguments(args.templates, "template"); !utf8.ok()) {
+    return Fail(utf8);
+  }
   v1::ClassifyRequest request;
   for (std::string& image : *images) request.add_images()->set_encoded(std::move(image));
   for (const std::string& label : *labels) request.add_labels(label);
@@ -952,6 +967,19 @@ int main(int argc, char** argv) {
     // --help and the like print and exit 0; mistakes read as every other failure.
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success))
       return app.exit(e);
+    // A mistyped subcommand is left over as an extra argument, and CLI11 reports only
+    // that none was given.
+    const std::vector<std::string> left = app.remaining();
+    if (app.get_subcommands().empty() && !left.empty() &&
+        !absl::StartsWith(left[0], "-")) {
+      std::vector<std::string> names;
+      for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+        names.push_back(sub->get_name());
+      }
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("unknown subcommand '", left[0], "': give one of ",
+                       absl::StrJoin(names, ", "), " (see --help)")));
+    }
     return Fail(absl::InvalidArgumentError(absl::StrCat(e.what(), " (see --help)")));
   }
   options.deadline = absl::Milliseconds(deadline_ms);

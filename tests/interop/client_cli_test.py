@@ -173,6 +173,11 @@ class ClientCliTest(unittest.TestCase):
             self.assertRegex(refused.stderr, r"^error: INVALID_ARGUMENT: .*\(see --help\)\n$",
                              args)
         self.assertEqual(self.client("--help", check=False).returncode, 0)
+        # CLI11 would say only that a subcommand is required.
+        mistyped = self.client("embed-txt", "a cat", check=False)
+        self.assertEqual(mistyped.returncode, 1)
+        self.assertRegex(mistyped.stderr, r"^error: INVALID_ARGUMENT: unknown subcommand "
+                         r"'embed-txt': give one of .*embed-text.* \(see --help\)\n$")
 
     def test_a_flag_value_after_a_space_is_refused(self):
         # CLI11 would take "--normalize false" as the flag and a text "false".
@@ -306,6 +311,19 @@ class ClientCliTest(unittest.TestCase):
         self.assertNotEqual(refused.returncode, 0)
         self.assertEqual(refused.stderr, "error: INVALID_ARGUMENT: text argument 2 is not "
                          "valid UTF-8 (texts must be UTF-8)\n")
+
+    def test_similarity_texts_and_classify_templates_are_checked_for_utf8_too(self):
+        path = os.path.join(self.good, "rocket.jpg")
+        refused = self.client("similarity", "--images", path, "--texts", "a cat", b"caf\xe9",
+                              check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertEqual(refused.stderr, "error: INVALID_ARGUMENT: text argument 2 is not "
+                         "valid UTF-8 (texts must be UTF-8)\n")
+        refused = self.client("classify", path, "--labels", "cat,dog",
+                              "--templates", b"a photo of a {} \xe9", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertEqual(refused.stderr, "error: INVALID_ARGUMENT: template argument 1 is "
+                         "not valid UTF-8 (templates must be UTF-8)\n")
 
     def test_embed_text_args_and_file(self):
         texts_file = self.out("texts.txt")
