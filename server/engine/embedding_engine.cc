@@ -998,8 +998,9 @@ void EmbeddingEngine::AnswerRows(std::vector<Item>& items, int begin,
           << "the model gave NaN or infinite values for an item: its weights overflow "
              "at this precision";
       item.Answer(absl::InternalError(
-          "the model gave NaN or infinite values for this item (its weights overflow "
-          "at this precision)"));
+          absl::StrCat(item.request->field, "[", CallerNumber(*item.request, item.index),
+                       "]: the model gave NaN or infinite values for this item (its "
+                       "weights overflow at this precision)")));
       continue;
     }
     StoreRow(row, dim, *item.request, item.index);

@@ -185,17 +185,30 @@ std::optional<int> ItemIndex(absl::string_view field, absl::string_view list) {
   return index;
 }
 
-// The engine names a bad item "<field>[i]" after the list it was given. Where that
+// The engine names a failed item "<field>[i]" after the list it was given. Where that
 // list is not the request's (Classify's prompts, EmbedStream's single item), this
 // renames "<engine_list>[i]" to rename(i) in the BadRequest detail and at the start
-// of the message; every other status passes unchanged.
+// of the message (INTERNAL errors name their item there too, without a detail); every
+// other status passes unchanged.
 absl::Status RenameEngineItems(const absl::Status& status, absl::string_view engine_list,
                                absl::FunctionRef<std::string(int)> rename) {
   if (status.ok()) return status;
   const auto payload = status.GetPayload(kBadRequestTypeUrl);
   google::rpc::BadRequest bad_request;
   if (!payload.has_value() || !bad_request.ParseFromString(std::string(*payload))) {
-    return status;
+    const absl::string_view message = status.message();
+    const size_t end = message.find("]: ");
+    const std::optional<int> index =
+        end == absl::string_view::npos
+            ? std::nullopt
+            : ItemIndex(message.substr(0, end + 1), engine_list);
+    if (!index.has_value()) return status;
+    absl::Status out(status.code(),
+                     absl::StrCat(rename(*index), message.substr(end + 1)));
+    status.ForEachPayload([&out](absl::string_view url, const absl::Cord& bytes) {
+      out.SetPayload(url, bytes);
+    });
+    return out;
   }
   std::string message(status.message());
   for (google::rpc::BadRequest::FieldViolation& violation :

@@ -44,6 +44,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 using Kind = FakeEngine::Call::Kind;
 
 constexpr float kTolerance = 1e-5f;
@@ -1940,6 +1941,38 @@ TEST_F(ClipServiceTest, ClassifyLimitsLabelsTimesTemplates) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(BadField(status), "labels");
   EXPECT_EQ(engine_->CountCalls(Kind::kTexts), 1);
+}
+
+// The engine names an item it failed with INTERNAL (NaN from the model) at the start
+// of the message, under the list it was given: renamed to the request's own field
+// where that list is not the request's, so that the caller can tell which input to
+// drop. Classify's prompt 2 here is templates[0] applied to labels[1].
+TEST_F(ClipServiceTest, AnItemTheEngineFailsInternallyIsNamedAsTheRequestNamesIt) {
+  const std::string bad(FakeEngine::kNonFinite);
+  v1::EmbedTextRequest texts;
+  texts.add_texts("a cat");
+  texts.add_texts(bad);
+  v1::EmbedTextResponse embedded;
+  grpc::Status status = EmbedText(texts, &embedded);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(status.error_message(), StartsWith("texts[1]: the model gave NaN"));
+
+  v1::ClassifyResponse classified;
+  status = Classify(ClassifyRequest({Encoded("i")}, {"a", bad, "c"}, {"{}", "x {}"}, 0),
+                    &classified);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(status.error_message(), StartsWith("labels[1]: the model gave NaN"));
+
+  auto context = Context();
+  auto stream = stub_->EmbedStream(context.get());
+  ASSERT_TRUE(stream->Write(TextItem("bad", bad)));
+  ASSERT_TRUE(stream->WritesDone());
+  v1::EmbedStreamResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.error().code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(response.error().message(), StartsWith("text: the model gave NaN"));
+  EXPECT_FALSE(stream->Read(&response));
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 TEST_F(ClipServiceTest, ClassifyTemperatureReplacesTheModelScale) {

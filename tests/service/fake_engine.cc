@@ -317,6 +317,11 @@ void FakeEngine::EmbedTexts(std::vector<std::string> texts, const EmbedOptions& 
               Item(field, options, static_cast<int>(i)),
               absl::StrCat("text is ", tokens, " tokens, over the context of ", context));
         }
+        if (texts[i] == kNonFinite) {
+          return absl::InternalError(
+              absl::StrCat(Item(field, options, static_cast<int>(i)),
+                           ": the model gave NaN or infinite values for this item"));
+        }
         std::vector<float> v = TextVector(texts[i], out.dim);
         if (options.normalize) v = Normalized(std::move(v));
         out.values.insert(out.values.end(), v.begin(), v.end());

@@ -27,7 +27,9 @@ namespace clipserve {
 // byte plus start and end: num_tokens = min(bytes + 2, context_length); longer texts
 // are truncated, or INVALID_ARGUMENT naming "<field>[i]" with truncate=false. An
 // encoded image whose bytes start with kUndecodable is INVALID_ARGUMENT naming
-// "<field>[i]", as a real decoder would answer. Tokenize gives ids byte + 1 between
+// "<field>[i]", as a real decoder would answer; a text equal to kNonFinite is
+// INTERNAL "<field>[i]: ...", as EmbeddingEngine answers an item the model gives NaN
+// for. Tokenize gives ids byte + 1 between
 // the start (49406) and end (49407) tokens.
 //
 // Every answer is computed when it is delivered, like a real queue: a request whose
@@ -44,6 +46,7 @@ namespace clipserve {
 class FakeEngine : public Engine {
  public:
   static constexpr absl::string_view kUndecodable = "undecodable";
+  static constexpr absl::string_view kNonFinite = "non-finite";
 
   // One request as the fake received it.
   struct Call {
