@@ -104,7 +104,8 @@ ABSL_FLAG(double, max_queue_delay_ms, 2.0,
           "How long a partial batch waits for company while more items are still being "
           "preprocessed; with none on their way it runs at once. 0 to 60000.");
 ABSL_FLAG(int32_t, max_queue_size, 1024,
-          "Items waiting per modality before requests get RESOURCE_EXHAUSTED.");
+          "Items waiting per modality before requests get RESOURCE_EXHAUSTED; at least "
+          "--max_items_per_request and --max_batch_size.");
 ABSL_FLAG(int32_t, workers, 0,
           "Batch workers per modality, 0 to 64; 0 picks by device: 1 on the CPU, 2 per "
           "GPU (each with its own CUDA stream). On the CPU every batch runs on one "
