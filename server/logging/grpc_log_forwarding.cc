@@ -11,6 +11,7 @@
 #include "google/protobuf/stubs/logging.h"
 #include "server/common/clock.h"
 #include "server/common/line_rate_limiter.h"
+#include "server/logging/structured_log.h"
 
 namespace clipserve {
 namespace {
@@ -35,11 +36,13 @@ LineRateLimiter& ProtobufLines() {
   return *limiter;
 }
 
-// One forwarded line, with suppressed=N when lines were left out before it.
+// One forwarded line, with suppressed=N when lines were left out before it. gRPC
+// quotes what a peer sent (a header value it refuses) as it came: its control
+// characters are escaped, so that no peer can start a line of its own in the log.
 void Log(const char* file, int line, google::LogSeverity severity, const char* message,
          int64_t suppressed) {
   google::LogMessage log(file, line, severity);
-  log.stream() << message;
+  log.stream() << EscapeControlCharacters(message);
   if (suppressed > 0) log.stream() << " suppressed=" << suppressed;
 }
 

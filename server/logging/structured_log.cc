@@ -14,39 +14,43 @@ bool NeedsQuotes(absl::string_view value) {
   if (value.empty()) return true;
   for (const char c : value) {
     if (c == ' ' || c == '"' || c == '=' || c == '\\' ||
-        static_cast<unsigned char>(c) < 0x20) {
+        static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
       return true;
     }
   }
   return false;
 }
 
+// Appends `c`, escaped when it is a control character; false when it is not one.
+bool AppendEscapedControl(char c, std::string* out) {
+  switch (c) {
+    case '\n':
+      *out += "\\n";
+      return true;
+    case '\r':
+      *out += "\\r";
+      return true;
+    case '\t':
+      *out += "\\t";
+      return true;
+    default:
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        absl::StrAppend(out, "\\x",
+                        absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+        return true;
+      }
+      return false;
+  }
+}
+
 std::string Quote(absl::string_view value) {
   std::string out = "\"";
   for (const char c : value) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppend(&out, "\\x",
-                          absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
-        } else {
-          out += c;
-        }
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (!AppendEscapedControl(c, &out)) {
+      out += c;
     }
   }
   out += '"';
@@ -54,6 +58,15 @@ std::string Quote(absl::string_view value) {
 }
 
 }  // namespace
+
+std::string EscapeControlCharacters(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    if (!AppendEscapedControl(c, &out)) out += c;
+  }
+  return out;
+}
 
 LogFields& LogFields::Add(absl::string_view key, absl::string_view value) {
   fields_.push_back({std::string(key), std::string(value), false});

@@ -125,6 +125,30 @@ TEST(GrpcLogForwardingTest, WhatAPeerSentIsAWarning) {
   EXPECT_EQ(lines[5].severity, google::GLOG_ERROR);
 }
 
+// gRPC quotes a header value it refuses as the peer sent it, before any token check: a
+// line break in it would start a line of the peer's own in the text log, an escape
+// sequence rewrite the terminal showing it. Both come out escaped.
+TEST(GrpcLogForwardingTest, APeersControlCharactersAreEscaped) {
+  CollectingSink sink;
+  google::AddLogSink(&sink);
+  ForwardGrpcLogsToGlog();
+  ForwardProtobufLogsToGlog();
+  gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);  // unset until gRPC's own init
+  gpr_log("src/core/ext/transport/chttp2/transport/hpack_parser.cc", 1218,
+          GPR_LOG_SEVERITY_ERROR,
+          "Error parsing metadata: error=invalid value key=grpc-timeout value=%s",
+          "1S\r\nE1207 00:00:00.000000 1 main.cc:1] FORGED\x1b[2J\x7f\t");
+  GOOGLE_LOG(WARNING) << "line\nbreak";
+  google::RemoveLogSink(&sink);
+
+  const std::vector<Line> lines = sink.lines();
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].message,
+            "Error parsing metadata: error=invalid value key=grpc-timeout "
+            "value=1S\\r\\nE1207 00:00:00.000000 1 main.cc:1] FORGED\\x1b[2J\\x7f\\t");
+  EXPECT_EQ(lines[1].message, "line\\nbreak");
+}
+
 // A client can make gRPC or Protobuf log a line per call; each source logs at most
 // kMaxForwardedLinesPerSecond a second, and the next line says how many it left out.
 TEST(ForwardedLogLimitTest, EachSourceLogsAtMostItsLinesPerSecond) {

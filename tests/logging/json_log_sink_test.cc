@@ -27,10 +27,11 @@ TEST(LogFieldsTest, LogfmtQuotesOnlyWhatNeedsIt) {
       .Add("peer", "")
       .Add("count", 3)
       .Add("duration_ms", 12.5)
-      .Add("line", "a\nb");
+      .Add("line", "a\nb")
+      .Add("ansi", "\x1b[2Jx\x7f");
   EXPECT_EQ(fields.ToLogfmt(),
             R"( rpc=EmbedText error="texts[0] is \"bad\"" peer="" count=3 )"
-            R"(duration_ms=12.5 line="a\nb")");
+            R"(duration_ms=12.5 line="a\nb" ansi="\x1b[2Jx\x7f")");
   EXPECT_EQ(LogFields().ToLogfmt(), "");
 }
 
