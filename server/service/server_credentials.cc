@@ -6,6 +6,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -84,8 +85,23 @@ absl::Status ValidateServerTlsConfig(const ServerTlsConfig& config) {
   if (X509_cmp_current_time(X509_get0_notBefore(chain[0].get())) > 0) {
     return absl::InvalidArgumentError("the certificate is not valid yet");
   }
-  if (!config.client_ca_pem.empty() && ReadCertificates(config.client_ca_pem).empty()) {
-    return absl::InvalidArgumentError("the client CA file holds no PEM certificate");
+  if (!config.client_ca_pem.empty()) {
+    const std::vector<X509Ptr> client_cas = ReadCertificates(config.client_ca_pem);
+    if (client_cas.empty()) {
+      return absl::InvalidArgumentError("the client CA file holds no PEM certificate");
+    }
+    // Else every handshake would fail, each with only a generic "certificate verify
+    // failed" on both sides, none pointing at this file.
+    const bool any_valid_now =
+        std::any_of(client_cas.begin(), client_cas.end(), [](const X509Ptr& ca) {
+          return X509_cmp_current_time(X509_get0_notAfter(ca.get())) > 0 &&
+                 X509_cmp_current_time(X509_get0_notBefore(ca.get())) < 0;
+        });
+    if (!any_valid_now) {
+      return absl::InvalidArgumentError(
+          "no certificate of the client CA file is valid now (each has expired or is "
+          "not valid yet): no client certificate could be verified");
+    }
   }
   return absl::OkStatus();
 }

@@ -142,6 +142,9 @@ TEST_F(ServerCredentialsTest, WrongContentsAreInvalidArgument) {
       {"expired", expired_->cert_pem, expired_->key_pem, "", "expired"},
       {"garbage client CA", pki_->server.cert_pem, pki_->server.key_pem, "garbage",
        "client CA file holds no PEM certificate"},
+      // Would start, then fail every handshake with a generic verify error.
+      {"expired client CA", pki_->server.cert_pem, pki_->server.key_pem,
+       expired_->cert_pem, "no certificate of the client CA file is valid now"},
   };
   for (const Case& c : cases) {
     ServerTlsFiles files;
@@ -152,6 +155,10 @@ TEST_F(ServerCredentialsTest, WrongContentsAreInvalidArgument) {
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.name;
     EXPECT_THAT(std::string(status.message()), HasSubstr(c.expected)) << c.name;
   }
+  // A bundle where one has expired and another is valid is fine.
+  const ServerTlsFiles mixed_ca =
+      Files(pki_->server, expired_->cert_pem + pki_->ca.cert_pem);
+  EXPECT_TRUE(LoadServerTlsConfig(mixed_ca).ok());
   ServerTlsFiles empty_ca = Files(pki_->server, "");
   empty_ca.client_ca_file = Write("empty_ca.pem", "");
   EXPECT_EQ(LoadError(empty_ca).code(), absl::StatusCode::kInvalidArgument);
