@@ -35,6 +35,11 @@ absl::StatusOr<std::vector<std::string>> ParseBearerTokens(absl::string_view con
     ++line_number;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;
+    if (line.size() > kMaxBearerTokenBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token file line ", line_number, ": a token may hold at most ",
+          kMaxBearerTokenBytes, " characters (gRPC refuses request headers over 8 KiB)"));
+    }
     for (const char c : line) {
       if (!IsTokenChar(c)) {
         return absl::InvalidArgumentError(absl::StrCat(

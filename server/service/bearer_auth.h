@@ -2,6 +2,7 @@
 #define CLIPSERVE_SERVER_SERVICE_BEARER_AUTH_H_
 
 #include <array>
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <string>
@@ -14,12 +15,18 @@
 
 namespace clipserve {
 
+// Longest token ParseBearerTokens() accepts. gRPC refuses a call whose request
+// headers exceed 8 KiB (its default, which the server keeps), the token among them,
+// with a RESOURCE_EXHAUSTED that does not say why: a longer token would be accepted at
+// start-up and then fail every call. 2 KiB is left for the other headers.
+inline constexpr size_t kMaxBearerTokenBytes = 6 * 1024;
+
 // Parses the contents of a token file: one token per line, surrounding whitespace
 // (spaces, tabs, CR) trimmed, blank lines skipped. Every token must consist of
 // visible ASCII characters (0x21..0x7E, what an HTTP/2 header value "Bearer <token>"
-// can carry unchanged). Errors: INVALID_ARGUMENT when there is no token at all, or
-// when a line holds a character outside that set (the message names the line number,
-// never the token).
+// can carry unchanged), at most kMaxBearerTokenBytes of them. Errors: INVALID_ARGUMENT
+// when there is no token at all, or when a line holds a character outside that set or
+// too many (the message names the line number, never the token).
 absl::StatusOr<std::vector<std::string>> ParseBearerTokens(absl::string_view contents);
 
 // Reads and parses a token file (see ParseBearerTokens). Errors: NOT_FOUND /

@@ -54,6 +54,17 @@ TEST(ParseBearerTokensTest, BadCharacterNamesTheLineNotTheToken) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ParseBearerTokensTest, ATokenMustFitInTheHeadersGrpcAccepts) {
+  const std::string longest(kMaxBearerTokenBytes, 't');
+  auto tokens = ParseBearerTokens("short\n" + longest + "\n");
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  EXPECT_EQ(tokens->back(), longest);
+  tokens = ParseBearerTokens("short\n" + longest + "u\n");
+  ASSERT_EQ(tokens.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(tokens.status().message()),
+              HasSubstr("line 2: a token may hold at most 6144 characters"));
+}
+
 TEST(ReadBearerTokenFileTest, ReadsFileAndRefusesEmptyOrMissingOnes) {
   auto tokens = ReadBearerTokenFile(WriteTemp("two", "first\nsecond\n"));
   ASSERT_TRUE(tokens.ok()) << tokens.status();

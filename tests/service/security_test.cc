@@ -231,6 +231,17 @@ TEST_F(SecurityTest, TokenMissingOrWrongIsUnauthenticatedRightIsOk) {
   EXPECT_EQ((*refused)[0].status().code(), absl::StatusCode::kUnauthenticated);
 }
 
+// The longest token a token file may hold works end to end: it and the other headers
+// of a call fit in the 8 KiB gRPC accepts (a token 1.7 KiB longer did not).
+TEST_F(SecurityTest, TheLongestTokenAllowedIsAccepted) {
+  const std::string longest(kMaxBearerTokenBytes, 'k');
+  Start(std::nullopt, {longest});
+  EXPECT_TRUE(Info(*Client("", nullptr, longest)).ok());
+  auto results = Client("", nullptr, longest)->EmbedStream({EmbedItem::Text("a")});
+  ASSERT_TRUE(results.ok()) << results.status();
+  EXPECT_TRUE((*results)[0].ok()) << (*results)[0].status();
+}
+
 TEST_F(SecurityTest, HealthNeedsNoToken) {
   Start(std::nullopt, {kToken});
   EXPECT_TRUE(Health(*Client("")).ok());
