@@ -203,7 +203,16 @@ absl::StatusOr<Response> ClipClient::Unary(
     grpc::ClientContext context;
     PrepareContext(deadline, request_id, &context);
     response.Clear();
-    return FromGrpcStatus((stub->*method)(&context, request, &response));
+    absl::Status attempt = FromGrpcStatus((stub->*method)(&context, request, &response));
+    // This client never cancels a unary call: CANCELLED is the server's doing, as when
+    // it begins to shut down while the request is still arriving (gRPC hands a unary
+    // call over only once its request is whole, and kills the calls not handed over
+    // yet). Every call here is idempotent: retried like UNAVAILABLE.
+    if (attempt.code() == absl::StatusCode::kCancelled) {
+      attempt = absl::UnavailableError(
+          absl::StrCat("the server cancelled the call: ", attempt.message()));
+    }
+    return attempt;
   });
   if (status.ok()) status = CheckReply(request, response);
   if (!status.ok()) {

@@ -83,6 +83,9 @@ class FakeClipService final : public v1::ClipService::Service {
   std::atomic<int> embed_image_calls{0};
   std::atomic<int> stream_calls{0};
   std::atomic<int> refuse_first_unary{0};  // unary calls to refuse with RetryInfo
+  // Unary calls to answer CANCELLED, as gRPC answers one whose request was still
+  // arriving when the server began to shut down.
+  std::atomic<int> cancel_first_unary{0};
   std::atomic<int> unavailable_after{
       -1};  // image calls answered, then UNAVAILABLE ever after
   std::atomic<int> break_first_stream_after{-1};  // answers before UNAVAILABLE
@@ -94,6 +97,9 @@ class FakeClipService final : public v1::ClipService::Service {
                           v1::EmbedImageResponse* response) override {
     RecordRequestId(*context);
     const int call = ++embed_image_calls;
+    if (call <= cancel_first_unary) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "CANCELLED");
+    }
     if (call <= refuse_first_unary) {
       return GrpcError(RpcError(8, "image queue is full", absl::Milliseconds(30)));
     }
@@ -391,6 +397,25 @@ TEST(ClipClientTest, RetriesResourceExhaustedHonouringRetryInfo) {
   EXPECT_EQ(fake.service.embed_image_calls, 3);
   EXPECT_EQ(sleeps, (std::vector<absl::Duration>{absl::Milliseconds(30),
                                                  absl::Milliseconds(30)}));
+}
+
+// The client never cancels a unary call itself: a CANCELLED is the server's (a drain
+// that caught the request mid-upload), and the call is retried like UNAVAILABLE.
+TEST(ClipClientTest, AUnaryCallTheServerCancelledIsRetried) {
+  FakeServer fake;
+  fake.service.cancel_first_unary = 1;
+  auto client = Connect(fake.target());
+  auto response = client->EmbedImages(Images({"abc"}));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(fake.service.embed_image_calls, 2);
+
+  fake.service.embed_image_calls = 0;
+  CallOptions once;
+  once.retry = false;
+  const absl::Status status = client->EmbedImages(Images({"abc"}), once).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("the server cancelled the call: CANCELLED"));
 }
 
 TEST(ClipClientTest, EveryAttemptOfACallSendsItsOneRequestId) {
