@@ -2,8 +2,9 @@
 // queueing, batch formation, wake-ups and hand-off between the producer and workers.
 //
 //   BM_ScheduleAndProcess/<items per request>/<workers>/<max queue delay us>
-//     one producer thread schedules requests until the benchmark stops, then
-//     Shutdown() drains; items/s covers the whole round trip.
+//     one producer thread schedules requests until the benchmark stops; its last
+//     iteration Shutdown()s the batcher, which drains the queue before the clock
+//     stops, so items/s covers every item's round trip.
 //   BM_ScheduleRefused: the fail-fast path of a full queue (RESOURCE_EXHAUSTED with a
 //     RetryInfo payload), which overload makes hot.
 //   BM_CancelQueued/<queued items>/<0: one by one, 1: all at once>: the calls of a
@@ -69,14 +70,18 @@ void BM_ScheduleAndProcess(benchmark::State& state) {
   }
   int64_t refused = 0;
   std::vector<BenchItem> items;
+  benchmark::IterationCount done = 0;
   for (auto _ : state) {
     items.resize(items_per_request);
     while (!(*batcher)->Schedule(&items).ok()) {
       ++refused;
       std::this_thread::yield();
     }
+    // The drain is part of the measured work: the clock stops after the loop, so the
+    // last iteration waits for every queued item (up to max_queue_size) to be run.
+    if (++done == state.max_iterations) (*batcher)->Shutdown();
   }
-  (*batcher)->Shutdown();  // the drain is part of the measured work
+  if (done != state.max_iterations) (*batcher)->Shutdown();
   const int64_t total = state.iterations() * items_per_request;
   if (processed.load() != total) state.SkipWithError("items were lost");
   state.SetItemsProcessed(total);
@@ -119,6 +124,12 @@ void BM_ScheduleRefused(benchmark::State& state) {
   fill.resize(8);
   (*batcher)->Schedule(&fill).IgnoreError();
   std::vector<BenchItem> items(1);
+  if ((*batcher)->Schedule(&items).code() != absl::StatusCode::kResourceExhausted) {
+    state.SkipWithError("the full queue took the item: not the refusal path");
+    release.Notify();
+    (*batcher)->Shutdown();
+    return;
+  }
   for (auto _ : state) {
     absl::Status status = (*batcher)->Schedule(&items);
     benchmark::DoNotOptimize(status);
