@@ -318,7 +318,7 @@ void BM_ResizeCrop640x480(benchmark::State& state) {
   const auto isa = static_cast<ResizeIsa>(state.range(0));
   state.SetLabel(isa == ResizeIsa::kAvx2 ? "avx2" : "portable");
   if (!ResizeIsaSupported(isa)) {
-    state.SkipWithError("this CPU lacks the instruction set");
+    state.SkipWithError("not on this machine: the CPU lacks the instruction set");
     return;
   }
   const RgbImage image = PhotoLike(640, 480);

@@ -48,7 +48,7 @@ void BM_LayerNormForInt8(benchmark::State& state) {
   const torch::Tensor b = torch::randn({768}).to(torch::kBFloat16);
   const bool ours = state.range(0) == 1;
   if (ours && !RowLayerNormTakes(x, w, b)) {
-    state.SkipWithError("RowLayerNorm needs AVX-512");
+    state.SkipWithError("not on this machine: RowLayerNorm needs AVX-512");
     return;
   }
   for (auto _ : state) {
@@ -74,7 +74,7 @@ void BM_Softmax(benchmark::State& state) {
   const torch::Tensor scores = (torch::randn({32, 12, 50, 50}) * 4).to(torch::kBFloat16);
   const bool ours = state.range(0) == 1;
   if (ours && !RowSoftmaxTakes(scores)) {
-    state.SkipWithError("RowSoftmax needs AVX-512");
+    state.SkipWithError("not on this machine: RowSoftmax needs AVX-512");
     return;
   }
   for (auto _ : state) {
@@ -94,7 +94,7 @@ void BM_QuickGelu(benchmark::State& state) {
   torch::Tensor work = h.clone();
   const bool ours = state.range(0) == 1;
   if (ours && !QuickGeluTakes(work)) {
-    state.SkipWithError("QuickGeluInPlace needs AVX-512");
+    state.SkipWithError("not on this machine: QuickGeluInPlace needs AVX-512");
     return;
   }
   for (auto _ : state) {
@@ -134,7 +134,7 @@ void BM_Linear(benchmark::State& state) {
   const bool ours = state.range(1) == 1;
   const auto [w, b, x] = MakeMlpFirstProduct(rows);
   if (ours && !Bf16Linear::Available()) {
-    state.SkipWithError("no Bf16Linear in this build or CPU");
+    state.SkipWithError("not on this machine: no Bf16Linear in this build or CPU");
     return;
   }
   const std::optional<Bf16Linear> packed =
@@ -158,7 +158,7 @@ void BM_LinearQuickGelu(benchmark::State& state) {
   const bool fused = state.range(1) == 1;
   const auto [w, b, x] = MakeMlpFirstProduct(rows);
   if (!Bf16Linear::Available(LinearActivation::kQuickGelu)) {
-    state.SkipWithError("no Bf16Linear in this build or CPU");
+    state.SkipWithError("not on this machine: no Bf16Linear in this build or CPU");
     return;
   }
   const Bf16Linear linear(w, b,

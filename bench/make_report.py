@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Writes PERFORMANCE.md and performance.png from bench/run-benchmarks.sh's results.
 
-Every ratio in the report is between numbers of the same run. Usage:
+Every number comes from the results; the report says when each stage ran and at which
+commit, so that a ratio between stages shows how far apart its two numbers were
+measured. Usage:
   /usr/bin/python3 bench/make_report.py --results build/bench-results --out_dir docs
 """
 
@@ -23,6 +25,11 @@ import python_baseline  # noqa: E402
 
 MODELS = ["ViT-B-32", "ViT-B-16", "RN50"]
 
+# Benchmarks that skipped themselves because this machine or build lacks what they
+# measure (their error message starts with UNAVAILABLE): {name: reason}.
+UNAVAILABLE = "not on this machine: "
+not_run = {}
+
 
 def gbench(path):
     """{run name: (items/s, ms per iteration, label)}, medians when repeated."""
@@ -33,8 +40,12 @@ def gbench(path):
     runs, medians = {}, {}
     for b in data["benchmarks"]:
         if b.get("error_occurred"):
+            message = b.get("error_message", "")
+            if message.startswith(UNAVAILABLE):
+                not_run[b["run_name"]] = message[len(UNAVAILABLE):]
+                continue
             # A benchmark that found its own result wrong: no number to report.
-            sys.exit(f"{path}: {b['name']} failed: {b.get('error_message', '')}")
+            sys.exit(f"{path}: {b['name']} failed: {message}")
         name = b["run_name"]
         ms = b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
         rate = b.get("items_per_second")
@@ -67,6 +78,29 @@ def fmt(x, digits=1):
 
 def ratio(a, b):
     return None if not a or not b else a / b
+
+
+def stage_spread(stages):
+    """How far apart the stages ran, for the ratios that compare two of them."""
+    times, commits = [], []
+    for _, when in stages:
+        parts = when.split()
+        try:
+            times.append(datetime.datetime.strptime(" ".join(parts[:2]), "%Y-%m-%d %H:%M"))
+        except (ValueError, IndexError):
+            return "A ratio between stages compares runs of different times."
+        if len(parts) > 3 and parts[3] not in commits:
+            commits.append(parts[3])
+    span = max(times) - min(times)
+    minutes = span.total_seconds() / 60
+    if minutes <= 60 and len(commits) <= 1:
+        return ("Ratios between stages compare runs minutes apart, at one commit, on the "
+                "same idle machine.")
+    spread = (f"{minutes:.0f} minutes" if minutes < 120
+              else f"{minutes / 60:.1f} hours")
+    return (f"The stages ran {spread} apart, at commits {' and '.join(commits)}: a ratio between "
+            "two stages (served vs eager PyTorch, served vs in process) compares runs "
+            "that far apart, on the same machine; the side-by-side rounds below do not.")
 
 
 def machine():
@@ -229,14 +263,21 @@ def main():
     add("")
     add(f"On {m['cpu']}, {m['cores']} cores ({', '.join(m['flags'])}), Linux "
         f"{m['kernel']}; report written {m['date']}. Reproduce with `{args.command}` "
-        "(about 20 minutes; `SMOKE=1` for a few seconds; `STAGES=...` reruns some "
-        "stages). Throughputs are medians of repeated runs; the machine ran nothing "
-        "else. Models are the demo presets: random weights, real cost.")
+        "(about 20 minutes; `SMOKE=1` for a minute or so, into build/; `STAGES=...` "
+        "reruns some stages). Microbenchmark, in-process and eager-PyTorch throughputs "
+        "are medians of repeated runs; each end-to-end figure is one run of "
+        "`clip_client bench` (\"best concurrency\": the highest of those runs), except "
+        "the side-by-side rounds below, whose median round the headline uses. The "
+        "machine ran nothing else. Models are the demo presets: random weights, real "
+        "cost.")
     if stages:
         add("")
         add("Stages (when each last ran, and at which commit): " + "; ".join(
-            f"{name} {when}" for name, when in stages) + ". Ratios between stages "
-            "compare runs minutes apart on the same idle machine.")
+            f"{name} {when}" for name, when in stages) + ". " + stage_spread(stages))
+    if not_run:
+        add("")
+        add("Not run on this machine: " + "; ".join(
+            f"{name} ({reason})" for name, reason in sorted(not_run.items())) + ".")
     add("")
 
     # Headlines.
@@ -254,8 +295,8 @@ def main():
         f"image tower, batch 32 | {fmt(served_img)} | {fmt(img_best)} | "
         f"{fmt(ratio(served_img, img_best), 2)}x | >= 2x |")
     add(f"| served captions/s (clip_client bench's built-in captions, each made unique "
-        f"by a three-word suffix, about 8-17 tokens, padded to the longest of each "
-        f"batch; no cache) vs best eager PyTorch text "
+        f"by a three-word suffix, 9 to 18 tokens with start and end, padded to the "
+        f"longest of each batch; no cache) vs best eager PyTorch text "
         f"tower on 20-token captions padded to 77 as clip.tokenize does, batch 32 | "
         f"{fmt(served_txt)} | "
         f"{fmt(txt_best)} | {fmt(ratio(served_txt, txt_best), 2)}x | >= 3x |")

@@ -183,7 +183,7 @@ void BM_MatmulBf16Packed(benchmark::State& state) {
   const int64_t m = 32 * 50, k = 768, n = 3072;
   torch::manual_seed(0);
   if (!Bf16Linear::Available()) {
-    state.SkipWithError("no Bf16Linear in this build or CPU");
+    state.SkipWithError("not on this machine: no Bf16Linear in this build or CPU");
     return;
   }
   const torch::Tensor a = torch::randn({m, k}).to(torch::kBFloat16);
@@ -206,7 +206,7 @@ void BM_MatmulInt8(benchmark::State& state) {
   const int64_t m = 32 * 50, k = 768, n = 3072;
   torch::manual_seed(0);
   if (!CheckInt8Kernel().ok()) {
-    state.SkipWithError("no int8 kernel in this build");
+    state.SkipWithError("not on this machine: no int8 kernel in this build");
     return;
   }
   const Int8Linear linear(torch::randn({n, k}), torch::Tensor());

@@ -3,7 +3,8 @@
 # docs/performance.png from the results (kept in build/bench-results/).
 #
 #   bash bench/run-benchmarks.sh            full run (about 20 minutes on 2 cores)
-#   SMOKE=1 bash bench/run-benchmarks.sh    a few seconds of each, report to build/
+#   SMOKE=1 bash bench/run-benchmarks.sh    a moment of each (about a minute), results
+#                                           and report in build/bench-results-smoke/
 #   STAGES="model" bash bench/run-benchmarks.sh
 #       rerun only some stages (micro, model, python, e2e), keep the other results
 #
@@ -13,7 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SMOKE=${SMOKE:-0}
+# Smoke runs keep results of their own: one repetition of each must never stand in for
+# a full run's medians when STAGES= later reruns only some stages.
 OUT=$ROOT/build/bench-results
+[ "$SMOKE" = 1 ] && OUT=$ROOT/build/bench-results-smoke
 mkdir -p "$OUT"
 STAGES=${STAGES:-micro model python e2e}
 stage() {  # runs stage $1 when asked, recording when it ran (the report lists them)
