@@ -786,7 +786,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--deadline_ms", deadline_ms,
                  "Deadline per call in milliseconds (retries included); for embed-image, "
-                 "the longest wait for the next result")
+                 "the longest wait for the stream to open (connecting included) and for "
+                 "each next result")
       ->capture_default_str()
       ->check(kPositive);
   bool tls = false;

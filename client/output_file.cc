@@ -73,8 +73,14 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
     if (const int error = WriteError(path); error != 0) {
       return OpenError(path, "cannot write", error);
     }
-    // Written in place, as `>` would, rather than failed after the work.
+    // Written in place, as `>` would, rather than failed after the work. `>` opens
+    // with O_CREAT, which the kernel refuses there (fs.protected_regular) for a file
+    // of another user: checked now the same way, without changing the file.
     if (StickyFolderKeepsFile(path)) {
+      const int fd =
+          ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+      if (fd < 0) return OpenError(path, "cannot write", errno);
+      ::close(fd);
       OutputFile in_place(path, path);
       in_place.pending_ = false;
       return in_place;
