@@ -236,6 +236,40 @@ ABSL_FLAG(double, shutdown_grace_s, 30.0,
 namespace clipserve {
 namespace {
 
+// Whether the command line asks for --help (or --helpshort), which Abseil 20220623
+// answers with exit status 1, as if help were a failure: a script that checks a binary
+// with `clip_server --help` would read it as broken. Other usage flags (--helpfull,
+// --helpmatch, ...) stay Abseil's.
+bool AsksForHelp(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") return false;
+    if (arg == "--help" || arg == "-help" || arg == "--helpshort" ||
+        arg == "-helpshort") {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Abseil's --help in its format ("--name (help); default: value;"), for the flags of
+// this file, sorted by name.
+void PrintHelp(std::ostream& out) {
+  out << absl::ProgramUsageMessage() << "\n\n  Flags from server/main.cc:\n";
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "server/main.cc")) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](const auto* a, const auto* b) { return a->Name() < b->Name(); });
+  for (const absl::CommandLineFlag* flag : flags) {
+    const std::string value = flag->DefaultValue();
+    out << "    --" << flag->Name() << " (" << flag->Help() << "); default: "
+        << (flag->IsOfType<std::string>() ? absl::StrCat("\"", value, "\"") : value)
+        << ";\n";
+  }
+}
+
 // The exit status after --exit_after_unhealthy_s (EX_SOFTWARE in sysexits.h).
 constexpr int kExitUnhealthy = 70;
 
@@ -972,6 +1006,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves CLIP embeddings over gRPC.\n"
       "Usage: clip_server [--model=demo:ViT-B-32|PATH] [--port=50051] [flags]");
+  if (clipserve::AsksForHelp(argc, argv)) {
+    clipserve::PrintHelp(std::cout);
+    return EXIT_SUCCESS;
+  }
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {
     // Abseil leaves here what no flag took: a boolean flag never takes the next word,
