@@ -98,7 +98,9 @@ def stage_spread(stages):
                 "same idle machine.")
     spread = (f"{minutes:.0f} minutes" if minutes < 120
               else f"{minutes / 60:.1f} hours")
-    return (f"The stages ran {spread} apart, at commits {' and '.join(commits)}: a ratio between "
+    at = (f"at commit {commits[0]}" if len(commits) == 1
+          else f"at commits {' and '.join(commits)}")
+    return (f"The stages ran {spread} apart, {at}: a ratio between "
             "two stages (served vs eager PyTorch, served vs in process) compares runs "
             "that far apart, on the same machine; the side-by-side rounds below do not.")
 
@@ -274,10 +276,8 @@ def main():
         add("")
         add("Stages (when each last ran, and at which commit): " + "; ".join(
             f"{name} {when}" for name, when in stages) + ". " + stage_spread(stages))
-    if not_run:
-        add("")
-        add("Not run on this machine: " + "; ".join(
-            f"{name} ({reason})" for name, reason in sorted(not_run.items())) + ".")
+    # Filled in once every result file has been read (see below).
+    not_run_at = len(lines)
     add("")
 
     # Headlines.
@@ -622,6 +622,10 @@ def main():
         "oversubscribe the cores in practice.")
     add("- gRPC's own threads only parse and hand off requests.")
     add("")
+
+    if not_run:
+        lines[not_run_at:not_run_at] = ["", "Not run on this machine: " + "; ".join(
+            f"{name} ({reason})" for name, reason in sorted(not_run.items())) + "."]
 
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "PERFORMANCE.md"), "w") as f:

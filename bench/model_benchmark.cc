@@ -32,6 +32,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
 #include "server/model/bf16_linear.h"
 #include "server/model/layers.h"
@@ -54,7 +56,8 @@ void UseEveryCpu() {
 }
 
 // One loaded model per (preset, precision, device), kept for the whole run.
-ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
+// The model of `preset` in `precision`, loaded once; else why it could not be.
+absl::StatusOr<ClipModel*> GetModel(int preset, Precision precision, bool cuda = false) {
   UseEveryCpu();
   using Key = std::tuple<int, Precision, bool>;
   static auto* const models = new std::map<Key, LoadedModel>();
@@ -67,10 +70,30 @@ ClipModel* GetModel(int preset, Precision precision, bool cuda = false) {
     options.int8.bf16 = CpuInfoPrefersBf16(ReadProcCpuinfo());
     if (cuda) options.device = torch::Device(torch::kCUDA, 0);
     auto loaded = LoadModel(std::string("demo:") + kPresets[preset], options);
-    if (!loaded.ok()) return nullptr;
+    if (!loaded.ok()) return loaded.status();
     it = models->emplace(key, *std::move(loaded)).first;
   }
   return it->second.model.get();
+}
+
+// Sets `model`, or skips the benchmark: "not on this machine" where the build or CPU
+// lacks the precision's kernels (int8 without oneDNN's) or the device, for the report
+// to list; any other failure is the benchmark's own.
+bool LoadOrSkip(benchmark::State& state, int preset, Precision precision, bool cuda,
+                ClipModel** model) {
+  const absl::StatusOr<ClipModel*> loaded = GetModel(preset, precision, cuda);
+  if (loaded.ok()) {
+    *model = *loaded;
+    return true;
+  }
+  const absl::StatusCode code = loaded.status().code();
+  const std::string message = absl::StrCat(
+      code == absl::StatusCode::kUnimplemented || code == absl::StatusCode::kUnavailable
+          ? "not on this machine: "
+          : "model failed to load: ",
+      loaded.status().message());
+  state.SkipWithError(message.c_str());
+  return false;
 }
 
 // Runs `encode(input)` (one tower on a batch of `batch` items) on a new input from
@@ -107,11 +130,8 @@ void ImageTower(benchmark::State& state, Precision precision, bool cuda) {
   torch::NoGradGuard no_grad;
   const int preset = static_cast<int>(state.range(0));
   const int64_t batch = state.range(1);
-  ClipModel* model = GetModel(preset, precision, cuda);
-  if (model == nullptr) {
-    state.SkipWithError("model failed to load");
-    return;
-  }
+  ClipModel* model = nullptr;
+  if (!LoadOrSkip(state, preset, precision, cuda, &model)) return;
   const int64_t size = model->config().vision.image_size;
   torch::manual_seed(0);
   TimeTower(
@@ -132,11 +152,8 @@ void TextTower(benchmark::State& state, Precision precision, bool cuda) {
   const int preset = static_cast<int>(state.range(0));
   const int64_t batch = state.range(1);
   const int64_t tokens = state.range(3);
-  ClipModel* model = GetModel(preset, precision, cuda);
-  if (model == nullptr) {
-    state.SkipWithError("model failed to load");
-    return;
-  }
+  ClipModel* model = nullptr;
+  if (!LoadOrSkip(state, preset, precision, cuda, &model)) return;
   const int64_t vocab = model->config().text.vocab_size;
   torch::manual_seed(0);
   TimeTower(
