@@ -320,8 +320,9 @@ absl::Status ClipModel::To(const torch::Device& device, Precision precision,
   // narrower type (fp16 ends at 65504): every call would then answer with NaN rows,
   // which the engine fails one by one. Refuse the precision here instead.
   if (dtype != torch::kFloat) {
-    for (const auto& [key, tensor] : NamedTensors()) {
-      if (key == "logit_scale" || !tensor.is_floating_point()) continue;
+    for (const auto& [key, converted] : NamedTensors()) {
+      if (key == "logit_scale" || !converted.is_floating_point()) continue;
+      const torch::Tensor& tensor = converted;  // a binding cannot be captured in C++17
       bool finite = true;
       CLIPSERVE_RETURN_IF_ERROR(
           CatchTorchErrors([&] { finite = torch::isfinite(tensor).all().item<bool>(); },
