@@ -20,8 +20,10 @@ namespace {
 namespace fs = std::filesystem;
 
 // 0 when `path` can be opened for writing (checked without changing it), else errno.
-int WriteError(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+// `extra_flags` (O_CREAT) asks as an open that may create the file would.
+int WriteError(const std::string& path, int extra_flags = 0) {
+  const int fd =
+      ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | extra_flags, 0666);
   if (fd < 0) return errno;
   ::close(fd);
   return 0;
@@ -62,9 +64,7 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
         return OpenError(path, "cannot write", error);
       }
     }
-    OutputFile in_place(path, path);
-    in_place.pending_ = false;
-    return in_place;
+    return InPlace(path);
   }
   // A file that may not be written (read-only) is refused now, as a shell's `>` would
   // refuse it, not replaced, nor failed after the work: its replacement would get its
@@ -77,13 +77,10 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
     // with O_CREAT, which the kernel refuses there (fs.protected_regular) for a file
     // of another user: checked now the same way, without changing the file.
     if (StickyFolderKeepsFile(path)) {
-      const int fd =
-          ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
-      if (fd < 0) return OpenError(path, "cannot write", errno);
-      ::close(fd);
-      OutputFile in_place(path, path);
-      in_place.pending_ = false;
-      return in_place;
+      if (const int error = WriteError(path, O_CREAT); error != 0) {
+        return OpenError(path, "cannot write", error);
+      }
+      return InPlace(path);
     }
   }
   // Created, never reused: a file or link already at that name (left by a killed run
@@ -104,9 +101,7 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
     const int open_error = errno;
     // A file that may be written in a folder that may not: written in place.
     if (exists) {
-      OutputFile in_place(path, path);
-      in_place.pending_ = false;
-      return in_place;
+      return InPlace(path);
     }
     return OpenError(path, "cannot write", open_error);
   }
@@ -115,6 +110,12 @@ absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
     fs::permissions(temporary, link.permissions(), error);
   }
   return OutputFile(path, std::move(temporary));
+}
+
+OutputFile OutputFile::InPlace(const std::string& path) {
+  OutputFile in_place(path, path);
+  in_place.pending_ = false;
+  return in_place;
 }
 
 OutputFile::OutputFile(OutputFile&& other) noexcept

@@ -47,6 +47,8 @@ class OutputFile {
  private:
   OutputFile(std::string path, std::string write_path)
       : path_(std::move(path)), write_path_(std::move(write_path)) {}
+  // Written in place: write_path() is `path`, Commit() does nothing.
+  static OutputFile InPlace(const std::string& path);
 
   std::string path_;
   std::string write_path_;
