@@ -63,7 +63,11 @@ std::string EscapeControlCharacters(absl::string_view text) {
   std::string out;
   out.reserve(text.size());
   for (const char c : text) {
-    if (!AppendEscapedControl(c, &out)) out += c;
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (!AppendEscapedControl(c, &out)) {
+      out += c;
+    }
   }
   return out;
 }

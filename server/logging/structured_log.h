@@ -45,9 +45,10 @@ class LogFields {
 };
 
 // `text` with its control characters (below 0x20, and DEL) written as escapes: \n,
-// \r, \t, else \xHH. For text from outside (a peer's header value in a gRPC log line)
-// that goes into a text log as it is, where a line break would start a forged line and
-// an ANSI escape sequence rewrite the terminal that shows it.
+// \r, \t, else \xHH; a backslash is doubled, so that a peer's own "\n" (backslash,
+// n) cannot pass for an escaped line break. For text from outside (a peer's header value
+// in a gRPC log line) that goes into a text log as it is, where a line break would start
+// a forged line and an ANSI escape sequence rewrite the terminal that shows it.
 std::string EscapeControlCharacters(absl::string_view text);
 
 // Logs `message` with `fields` through glog at `severity`, as if LOG(severity) had been

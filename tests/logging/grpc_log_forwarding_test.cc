@@ -127,7 +127,8 @@ TEST(GrpcLogForwardingTest, WhatAPeerSentIsAWarning) {
 
 // gRPC quotes a header value it refuses as the peer sent it, before any token check: a
 // line break in it would start a line of the peer's own in the text log, an escape
-// sequence rewrite the terminal showing it. Both come out escaped.
+// sequence rewrite the terminal showing it. Both come out escaped, and a backslash of
+// the peer's doubled, so that its own \n (backslash, n) cannot read as a line break.
 TEST(GrpcLogForwardingTest, APeersControlCharactersAreEscaped) {
   CollectingSink sink;
   google::AddLogSink(&sink);
@@ -137,7 +138,7 @@ TEST(GrpcLogForwardingTest, APeersControlCharactersAreEscaped) {
   gpr_log("src/core/ext/transport/chttp2/transport/hpack_parser.cc", 1218,
           GPR_LOG_SEVERITY_ERROR,
           "Error parsing metadata: error=invalid value key=grpc-timeout value=%s",
-          "1S\r\nE1207 00:00:00.000000 1 main.cc:1] FORGED\x1b[2J\x7f\t");
+          "1S\r\nE1207 00:00:00.000000 1 main.cc:1] FORGED\x1b[2J\x7f\t\\n");
   GOOGLE_LOG(WARNING) << "line\nbreak";
   google::RemoveLogSink(&sink);
 
@@ -145,7 +146,8 @@ TEST(GrpcLogForwardingTest, APeersControlCharactersAreEscaped) {
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[0].message,
             "Error parsing metadata: error=invalid value key=grpc-timeout "
-            "value=1S\\r\\nE1207 00:00:00.000000 1 main.cc:1] FORGED\\x1b[2J\\x7f\\t");
+            "value=1S\\r\\nE1207 00:00:00.000000 1 main.cc:1] FORGED\\x1b[2J\\x7f\\t"
+            "\\\\n");
   EXPECT_EQ(lines[1].message, "line\\nbreak");
 }
 
