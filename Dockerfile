@@ -23,6 +23,11 @@
 #
 # Runtime stage: only the two binaries and the shared libraries they load (glibc,
 # libstdc++ and libgcc_s come from the runtime image), as uid 10001, on RUNTIME_IMAGE.
+# The libraries go to /usr/local/lib/clipserve, which the two binaries name as their
+# RPATH (set with patchelf; an RPATH, unlike a RUNPATH, also serves the libraries they
+# load): the dynamic linker's cache is left alone, so every other program of the image
+# keeps the image's own libraries (a bookworm libssl or libz registered there would
+# shadow an Ubuntu base image's newer ones for all of them).
 # The CUDA variant must name NVIDIA's CUDA base image for Ubuntu 24.04 there (the
 # runtime stage refuses VARIANT=cuda on an image without CUDA): its glibc (2.39) is new
 # enough for
@@ -37,6 +42,9 @@
 
 ARG VARIANT=cpu
 ARG RUNTIME_IMAGE=debian:bookworm-slim
+# The C/C++ runtime (glibc, libstdc++, libgcc_s), which the image copies from no stage:
+# the runtime image's own serves the binaries.
+ARG RUNTIME_LIBS='/(libc|libm|libmvec|libpthread|libdl|librt|libresolv|ld-linux-x86-64|libstdc\+\+|libgcc_s)\.so'
 
 # Stand-in for the team's shared/ test data; `--build-context shared=../shared`
 # replaces this stage. It holds one marker file so that copying it never fails.
@@ -51,6 +59,7 @@ ARG CUDA_PACKAGES=cuda-toolkit-12-6
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-libtorch-cuda.sh scripts/
 RUN bash scripts/install-deps.sh \
+ && apt-get update -qq && apt-get install -y -qq --no-install-recommends patchelf \
  && case "$VARIANT" in \
       cpu) ;; \
       cuda) bash scripts/install-libtorch-cuda.sh "$LIBTORCH_URL" "$CUDA_PACKAGES" ;; \
@@ -79,12 +88,14 @@ RUN if [ "$RUN_TESTS" = 1 ]; then \
 # The binaries, and every shared library they load except the C/C++ runtime the base
 # image already has (copying glibc would mix it with the image's ld.so). LibTorch's
 # own folder is copied whole: it dlopens libraries (cuDNN engines, NVRTC) ldd misses.
+# The binaries find them by their RPATH (see the top of this file).
+ARG RUNTIME_LIBS
 RUN mkdir -p /out/bin /out/lib \
  && cp build/bin/clip_server build/bin/clip_client /out/bin/ \
  && for b in /out/bin/*; do ldd "$b" | awk '/=> \//{print $3}'; done | sort -u \
-    | grep -Ev '/(libc|libm|libmvec|libpthread|libdl|librt|libresolv|ld-linux-x86-64|libstdc\+\+|libgcc_s)\.so' \
-    | xargs -r cp -L -t /out/lib/ \
- && if [ -d /opt/libtorch/lib ]; then cp -L /opt/libtorch/lib/*.so* /out/lib/; fi
+    | grep -Ev "$RUNTIME_LIBS" | xargs -r cp -L -t /out/lib/ \
+ && if [ -d /opt/libtorch/lib ]; then cp -L /opt/libtorch/lib/*.so* /out/lib/; fi \
+ && patchelf --force-rpath --set-rpath /usr/local/lib/clipserve /out/bin/*
 
 FROM ${RUNTIME_IMAGE}
 ARG VARIANT
@@ -104,9 +115,13 @@ RUN groupadd --gid 10001 clipserve \
             --shell /usr/sbin/nologin clipserve
 COPY --from=build /out/lib/ /usr/local/lib/clipserve/
 COPY --from=build /out/bin/ /usr/local/bin/
-# Fails the build if any library the binaries need is missing from this image.
-RUN echo /usr/local/lib/clipserve > /etc/ld.so.conf.d/clipserve.conf && ldconfig \
- && ! ldd /usr/local/bin/clip_server /usr/local/bin/clip_client | grep 'not found'
+# Fails the build if any library the binaries need is missing from this image, or
+# comes from anywhere but the copied folder and the image's C/C++ runtime.
+ARG RUNTIME_LIBS
+RUN ! ldd /usr/local/bin/clip_server /usr/local/bin/clip_client | grep 'not found' \
+ && ! ldd /usr/local/bin/clip_server /usr/local/bin/clip_client \
+      | awk '/=> \//{print $3}' | grep -v '^/usr/local/lib/clipserve/' \
+      | grep -Ev "$RUNTIME_LIBS"
 USER 10001:10001
 # 50051: gRPC (clipserve.v1 and grpc.health.v1). 9090: Prometheus /metrics and HTTP
 # health (--metrics_port).
