@@ -43,16 +43,22 @@ bool AppendEscapedControl(char c, std::string* out) {
   }
 }
 
-std::string Quote(absl::string_view value) {
-  std::string out = "\"";
-  for (const char c : value) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (!AppendEscapedControl(c, &out)) {
-      out += c;
+// Appends `text` with its backslashes doubled and its control characters escaped;
+// with `escape_quotes`, its double quotes written as \" too.
+void AppendEscaped(absl::string_view text, bool escape_quotes, std::string* out) {
+  for (const char c : text) {
+    if (c == '\\' || (escape_quotes && c == '"')) {
+      *out += '\\';
+      *out += c;
+    } else if (!AppendEscapedControl(c, out)) {
+      *out += c;
     }
   }
+}
+
+std::string Quote(absl::string_view value) {
+  std::string out = "\"";
+  AppendEscaped(value, /*escape_quotes=*/true, &out);
   out += '"';
   return out;
 }
@@ -62,13 +68,7 @@ std::string Quote(absl::string_view value) {
 std::string EscapeControlCharacters(absl::string_view text) {
   std::string out;
   out.reserve(text.size());
-  for (const char c : text) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (!AppendEscapedControl(c, &out)) {
-      out += c;
-    }
-  }
+  AppendEscaped(text, /*escape_quotes=*/false, &out);
   return out;
 }
 
