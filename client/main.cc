@@ -8,7 +8,8 @@
 //   embed-image [--output FILE] [--normalize=false] [--recursive] [--skip_errors]
 //               [--] PATH...
 //   similarity  [--paired] [--json] [--temperature T] --images PATH... --texts TEXT...
-//   classify    IMAGE... --labels a,b,c [--templates T1 T2 ...] [--top_k K] [--json]
+//   classify    [--labels a,b,c] [--labels_file F] [--templates T]... [--top_k K]
+//               [--json] IMAGE...
 //   tokenize    [--json] [--file TEXTS.txt] [--] TEXT...
 //   info        [--json]
 //   health      [--service NAME]
@@ -879,17 +880,23 @@ int main(int argc, char** argv) {
   CLI::App* classify =
       app.add_subcommand("classify", "Zero-shot classification of images among labels");
   classify->add_option("images", cls_args.images, "Image files")->required();
+  // --labels and --templates take one argument each time they are given (repeat them
+  // for more), so that the image paths after them stay images: a greedy option would
+  // take `--labels cat,dog photo.jpg`'s photo.jpg as a third label.
   classify
       ->add_option("--labels", cls_args.labels,
                    "Candidate labels, comma-separated (a label with a comma: "
-                   "--labels_file)")
-      ->delimiter(',');
+                   "--labels_file); repeat for more")
+      ->delimiter(',')
+      ->allow_extra_args(false);
   classify->add_option("--labels_file", cls_args.labels_file,
                        "Read labels from a file, one per line, commas kept (blank lines "
                        "skipped; - = stdin); after those of --labels");
-  classify->add_option(
-      "--templates", cls_args.templates,
-      "Prompt templates with {} for the label (default \"a photo of a {}.\")");
+  classify
+      ->add_option("--templates", cls_args.templates,
+                   "Prompt template with {} for the label; repeat for more, whose "
+                   "embeddings are averaged (default \"a photo of a {}.\")")
+      ->allow_extra_args(false);
   classify->add_option("--top_k", cls_args.top_k, "Labels per image (default 5)")
       ->check(kNonNegative);
   classify

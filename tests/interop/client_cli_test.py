@@ -403,6 +403,24 @@ class ClientCliTest(unittest.TestCase):
                                     r["labels"][1]["probability"])
             self.assertIn(r["labels"][0]["label"], ("cat", "dog", "rocket"))
 
+    def test_classify_options_before_the_images_take_one_argument_each(self):
+        paths = [os.path.join(self.good, n) for n in ("chelsea.png", "rocket.jpg")]
+
+        def classify(*args):
+            got = json.loads(self.client("classify", *args, "--json").stdout)
+            self.assertEqual([r["image"] for r in got], paths)
+            for r in got:
+                self.assertEqual(sorted(s["label"] for s in r["labels"]), ["cat", "dog"])
+            return [{s["label"]: s["logit"] for s in r["labels"]} for r in got]
+
+        one = classify("--labels", "cat,dog", "--templates", "a photo of a {}.", *paths)
+        self.assertEqual(one, classify(*paths, "--labels", "cat,dog"))
+        # Repeated, each adds one: two templates average two prompts per label.
+        two = classify("--labels", "cat", "--labels", "dog",
+                       "--templates", "a photo of a {}.", "--templates", "a drawing of a {}.",
+                       *paths)
+        self.assertNotEqual(one, two)
+
     def test_classify_labels_file_keeps_commas(self):
         path = os.path.join(self.good, "chelsea.png")
         labels = self.out("labels.txt")
