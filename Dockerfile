@@ -58,8 +58,7 @@ ARG LIBTORCH_URL=https://download.pytorch.org/libtorch/cu126/libtorch-cxx11-abi-
 ARG CUDA_PACKAGES=cuda-toolkit-12-6
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-libtorch-cuda.sh scripts/
-RUN bash scripts/install-deps.sh \
- && apt-get update -qq && apt-get install -y -qq --no-install-recommends patchelf \
+RUN bash scripts/install-deps.sh patchelf \
  && case "$VARIANT" in \
       cpu) ;; \
       cuda) bash scripts/install-libtorch-cuda.sh "$LIBTORCH_URL" "$CUDA_PACKAGES" ;; \

@@ -2,6 +2,9 @@
 # Installs every Debian package clipserve needs to build, test and run.
 # Idempotent: packages already present are skipped, and apt-get is not called at all
 # when nothing is missing. Debian bookworm packages only; run as root or with sudo.
+#
+#   bash scripts/install-deps.sh [EXTRA_PACKAGE...]
+#       the extra packages too, in the same apt-get call (the Dockerfile adds patchelf)
 set -euo pipefail
 
 packages=(
@@ -37,6 +40,7 @@ packages=(
   openssl
   # tests/interop/slow_reader_test.py drives HTTP/2 by hand, as no gRPC client can
   python3-h2
+  "$@"
 )
 
 missing=()
