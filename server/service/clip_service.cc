@@ -400,6 +400,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   // gRPC holds the call until this returns, even when the engine finishes it inside.
   void OnCancel() override {
     (void)constructed_.load(std::memory_order_acquire);  // see constructed_
+    recorder_->Cancelled(record_);
     grpc_cancelled_.store(true, std::memory_order_release);
     cancellation_->Cancel();
     // Its queued items (and any other cancelled call's) free their memory and budget
@@ -873,6 +874,7 @@ class EmbedStreamCall final
 
   void OnCancel() override {
     SeeConstruction();
+    recorder_->Cancelled(record_);
     cancellation_->Cancel();
     // Copied: nothing touches `this` after Run() may have finished the call.
     Engine* const engine = engine_;

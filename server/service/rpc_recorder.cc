@@ -1,5 +1,6 @@
 #include "server/service/rpc_recorder.h"
 
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -51,16 +52,25 @@ void RpcRecorder::ShutdownBegins(absl::Duration grace) const {
   }
 }
 
+void RpcRecorder::Cancelled(Call& call) const {
+  int64_t never = std::numeric_limits<int64_t>::max();
+  call.cancelled_.ns.compare_exchange_strong(never, absl::ToUnixNanos(clock_->Now()),
+                                             std::memory_order_relaxed);
+}
+
 void RpcRecorder::End(Call& call, const absl::Status& ended, Logging logging) const {
   if (!call.started_) return;
   call.started_ = false;
   const absl::Time now = clock_->Now();
   // Never negative: a Clock never goes back (RealClock is monotonic).
   const absl::Duration elapsed = now - call.start_;
+  const int64_t cancelled_ns = call.cancelled_.ns.load(std::memory_order_relaxed);
+  const int64_t cancel_ns = cancelled_ns != std::numeric_limits<int64_t>::max()
+                                ? cancelled_ns
+                                : absl::ToUnixNanos(now);
   const absl::Status status =
       ended.code() == absl::StatusCode::kCancelled &&
-              absl::ToUnixNanos(now) >=
-                  shutdown_cutoff_ns_.load(std::memory_order_relaxed)
+              cancel_ns >= shutdown_cutoff_ns_.load(std::memory_order_relaxed)
           ? absl::UnavailableError(absl::StrCat(
                 "cancelled by the server's shutdown at the end of its grace (",
                 ended.message(), ")"))

@@ -51,19 +51,33 @@ struct RpcRecorderOptions {
 // every Call it started.
 class RpcRecorder {
  public:
-  // One RPC being recorded; created by Start(), ended by End().
+  // One RPC being recorded; created by Start(), ended by End(), movable until then.
   class Call {
    public:
     Call() = default;
 
    private:
     friend class RpcRecorder;
+    // When Cancelled() saw gRPC cancel the call, in nanoseconds since the Unix epoch
+    // on the recorder's clock; INT64_MAX: not cancelled. Atomic: a reactor's
+    // OnCancel() may run on one thread while End() runs on another.
+    struct CancelTime {
+      CancelTime() = default;
+      CancelTime(CancelTime&& other) noexcept
+          : ns(other.ns.load(std::memory_order_relaxed)) {}
+      CancelTime& operator=(CancelTime&& other) noexcept {
+        ns.store(other.ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        return *this;
+      }
+      std::atomic<int64_t> ns{std::numeric_limits<int64_t>::max()};
+    };
     std::string rpc_;
     std::string peer_;
     std::string request_id_;
     absl::Time start_;
     bool stream_ = false;
     bool started_ = false;
+    CancelTime cancelled_;
   };
 
   explicit RpcRecorder(const RpcRecorderOptions& options);
@@ -98,13 +112,19 @@ class RpcRecorder {
   void ItemFailed(const Call& call, absl::string_view id,
                   const absl::Status& status) const;
 
+  // gRPC cancelled `call` now (its reactor's OnCancel()). Thread-safe against End()
+  // of the same call; the first time counts. See ShutdownBegins().
+  void Cancelled(Call& call) const;
+
   // The server's shutdown begins now, with `grace` for the calls in flight: gRPC
   // cancels those still running when it ends, and their clients see UNAVAILABLE, not
-  // CANCELLED. A call that ends CANCELLED once the grace is over is recorded as
-  // UNAVAILABLE, so that a rollout does not swell the CANCELLED count. (gRPC 1.51 tells
-  // a handler no reason for a cancel: calls that outlive --max_connection_age_grace_s,
-  // or whose connection the keepalive found dead, still count as CANCELLED.)
-  // Thread-safe; the earliest end of a grace counts.
+  // CANCELLED. A call that ends CANCELLED is recorded as UNAVAILABLE, so that a
+  // rollout does not swell the CANCELLED count, when gRPC cancelled it once the grace
+  // was over (Cancelled()), or, where Cancelled() was not called, when it ends then: a
+  // client's cancel just before the cutoff stays CANCELLED though the call ends after.
+  // (gRPC 1.51 tells a handler no reason for a cancel: calls that outlive
+  // --max_connection_age_grace_s, or whose connection the keepalive found dead, still
+  // count as CANCELLED.) Thread-safe; the earliest end of a grace counts.
   void ShutdownBegins(absl::Duration grace) const;
 
  private:

@@ -134,6 +134,32 @@ TEST_F(RpcRecorderTest, CallsCancelledWhenTheShutdownGraceEndsAreUnavailable) {
   EXPECT_TRUE(logged);
 }
 
+// What counts is when gRPC cancelled a call, where its reactor says so: a client's
+// cancel just before the cutoff stays CANCELLED though the call ends after it, and the
+// shutdown's cancel at the cutoff is UNAVAILABLE however the call ends.
+TEST_F(RpcRecorderTest, ACallIsLabelledByWhenItWasCancelled) {
+  RpcRecorder recorder(Options());
+  RpcRecorder::Call client = recorder.Start("EmbedText", "ipv4:127.0.0.1:1000");
+  RpcRecorder::Call shutdown = recorder.Start("EmbedImage", "ipv4:127.0.0.1:1001");
+  recorder.ShutdownBegins(absl::Seconds(30));
+  clock_.AdvanceTime(absl::Seconds(30) - absl::Milliseconds(1));
+  recorder.Cancelled(client);
+  clock_.AdvanceTime(absl::Milliseconds(1));
+  recorder.Cancelled(shutdown);
+  recorder.Cancelled(client);  // the first time counts
+  clock_.AdvanceTime(absl::Milliseconds(5));
+  recorder.End(client, absl::CancelledError("call cancelled"));
+  recorder.End(shutdown, absl::CancelledError("call cancelled"));
+
+  const std::string text = metrics_.Serialize();
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="CANCELLED",)"
+                               R"(rpc="EmbedText"})"),
+              Optional(1.0));
+  EXPECT_THAT(FindSample(text, R"(clipserve_requests_total{code="UNAVAILABLE",)"
+                               R"(rpc="EmbedImage"})"),
+              Optional(1.0));
+}
+
 TEST_F(RpcRecorderTest, AFailedCallIsLoggedOnceWithItsDetails) {
   RpcRecorder recorder(Options());
   RpcRecorder::Call call = recorder.Start("EmbedText", "ipv4:10.0.0.7:5555");
