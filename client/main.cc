@@ -190,7 +190,8 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
       }
       flat.insert(flat.end(), row.begin(), row.end());
     }
-    const absl::Status written = WriteNpyFile(file->write_path(), rows.size(), dim, flat);
+    const absl::Status written =
+        WriteNpyFile(file->write_path(), rows.size(), dim, flat, file->appends());
     if (!written.ok()) return written;
     if (absl::Status committed = file->Commit(); !committed.ok()) return committed;
     if (!name_npy_rows) return absl::OkStatus();
@@ -203,7 +204,7 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
   std::ofstream stream;
   std::ostream* out = &std::cout;
   if (file.has_value()) {
-    stream.open(file->write_path(), std::ios::trunc);
+    stream.open(file->write_path(), file->appends() ? std::ios::app : std::ios::trunc);
     if (!stream) return OpenError(file->path(), "cannot open for writing", errno);
     out = &stream;
   }

@@ -51,8 +51,8 @@ absl::Status WriteNpy(std::ostream& out, size_t rows, size_t cols,
 }
 
 absl::Status WriteNpyFile(const std::string& path, size_t rows, size_t cols,
-                          absl::Span<const float> values) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+                          absl::Span<const float> values, bool append) {
+  std::ofstream file(path, std::ios::binary | (append ? std::ios::app : std::ios::trunc));
   if (!file) {
     return OpenError(path, "cannot open for writing", errno);
   }

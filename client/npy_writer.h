@@ -26,9 +26,10 @@ std::string NpyHeader(size_t rows, size_t cols);
 absl::Status WriteNpy(std::ostream& out, size_t rows, size_t cols,
                       absl::Span<const float> values);
 
-// WriteNpy() into a file at `path`, created or replaced; errors name the path.
+// WriteNpy() into a file at `path`, created or replaced (with `append`, written
+// after what it holds: OutputFile::appends()); errors name the path.
 absl::Status WriteNpyFile(const std::string& path, size_t rows, size_t cols,
-                          absl::Span<const float> values);
+                          absl::Span<const float> values, bool append = false);
 
 }  // namespace clipserve
 

@@ -11,7 +11,12 @@
 #include <system_error>
 #include <utility>
 
+#include "absl/algorithm/container.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "client/input_files.h"
 
 namespace clipserve {
@@ -45,9 +50,30 @@ bool StickyFolderKeepsFile(const std::string& path) {
          folder_info.st_uid != me;
 }
 
+// Whether `path` names one of this process's open descriptors: /dev/stdin, /dev/stdout,
+// /dev/stderr, /dev/fd/N or /proc/self/fd/N.
+bool IsDescriptorName(absl::string_view path) {
+  if (path == "/dev/stdin" || path == "/dev/stdout" || path == "/dev/stderr") return true;
+  for (absl::string_view folder : {"/dev/fd/", "/proc/self/fd/"}) {
+    if (absl::ConsumePrefix(&path, folder)) {
+      return !path.empty() && absl::c_all_of(path, absl::ascii_isdigit);
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
+  if (IsDescriptorName(path)) {
+    // Refused now if the descriptor is closed or was not opened for writing.
+    if (const int error = WriteError(path); error != 0) {
+      return OpenError(path, "cannot write", error);
+    }
+    OutputFile descriptor = InPlace(path);
+    descriptor.appends_ = true;
+    return descriptor;
+  }
   std::error_code error;
   const fs::file_status link = fs::symlink_status(path, error);
   const bool exists = !error && fs::exists(link);
@@ -121,7 +147,8 @@ OutputFile OutputFile::InPlace(const std::string& path) {
 OutputFile::OutputFile(OutputFile&& other) noexcept
     : path_(std::move(other.path_)),
       write_path_(std::move(other.write_path_)),
-      pending_(std::exchange(other.pending_, false)) {}
+      pending_(std::exchange(other.pending_, false)),
+      appends_(other.appends_) {}
 
 OutputFile::~OutputFile() {
   if (pending_) std::remove(write_path_.c_str());

@@ -25,6 +25,11 @@ namespace clipserve {
 // rename over it (neither the file nor the folder is theirs), where Open() checks that
 // the file opens for writing.
 //
+// A name of one of this process's descriptors other than stdout's (/dev/stderr,
+// /dev/fd/N, /proc/self/fd/N) is written in place and appended to (appends()): it
+// reopens the file the shell redirected that descriptor to, which truncating would
+// empty of what was written there before (`2>>log`).
+//
 // Not thread-safe; move-only.
 class OutputFile {
  public:
@@ -40,6 +45,9 @@ class OutputFile {
 
   const std::string& path() const { return path_; }
   const std::string& write_path() const { return write_path_; }
+  // Whether write_path() is written after what it holds (std::ios::app), not
+  // truncated: a descriptor's name, see above.
+  bool appends() const { return appends_; }
 
   // Moves write_path() to path(). Errors as OpenError(), naming path().
   absl::Status Commit();
@@ -53,6 +61,7 @@ class OutputFile {
   std::string path_;
   std::string write_path_;
   bool pending_ = true;  // write_path() is a temporary file still to be moved or removed
+  bool appends_ = false;
 };
 
 }  // namespace clipserve
