@@ -773,6 +773,25 @@ absl::Status RefuseSpacedFlagValues(int argc, char** argv) {
   return absl::OkStatus();
 }
 
+// CLI11 reads "-hi there" as -h (help, exit 0, nothing done) and "-of course" as
+// "-o 'f course'" (a file of that name written): a text that begins with '-' given
+// before "--" must not be taken for options. So a short option joined to more
+// characters (a letter after one '-', then anything) is refused before anything runs;
+// short options are given apart, their values too (-o FILE).
+absl::Status RefuseJoinedShortOptions(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.size() > 2 && arg[0] == '-' && absl::ascii_isalpha(arg[1])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", arg, "' reads as the option ", arg.substr(0, 2),
+                       " joined to more: give a short option apart (", arg.substr(0, 2),
+                       " VALUE), and a text that begins with '-' after --"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 }  // namespace clipserve
 
@@ -969,6 +988,9 @@ int main(int argc, char** argv) {
 
   if (absl::Status spaced = RefuseSpacedFlagValues(argc, argv); !spaced.ok()) {
     return Fail(spaced);
+  }
+  if (absl::Status joined = RefuseJoinedShortOptions(argc, argv); !joined.ok()) {
+    return Fail(joined);
   }
   try {
     app.parse(argc, argv);

@@ -190,6 +190,21 @@ class ClientCliTest(unittest.TestCase):
         rows = self.jsonl(self.client("embed-text", "--normalize", "--", "false").stdout)
         self.assertEqual([r["input"] for r in rows], ["false"])
 
+    def test_a_text_that_reads_as_joined_short_options_is_refused(self):
+        # CLI11 would take "-hi there" as -h (help, exit 0, nothing written) and
+        # "-of course" as -o "f course" (a file of that name).
+        for text in ("-hi there", "-of course"):
+            refused = self.client("embed-text", "-o", self.out("x.npy"), "a cat", text,
+                                  check=False, cwd=self.tmp)
+            self.assertEqual(refused.returncode, 1, refused.stdout)
+            self.assertIn(f"'{text}' reads as the option {text[:2]} joined to more",
+                          refused.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "f course")))
+        self.assertFalse(os.path.exists(self.out("x.npy")))
+        # After --, such a word is a text.
+        rows = self.jsonl(self.client("embed-text", "--", "-hi there").stdout)
+        self.assertEqual([r["input"] for r in rows], ["-hi there"])
+
     def test_a_file_named_like_the_start_of_the_servers_message_is_named(self):
         # The server's message starts "image: ..."; files named "im" or "image" kept
         # their names out of the warnings.
