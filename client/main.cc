@@ -60,22 +60,35 @@ namespace {
 // CLI11's PositiveNumber and NonNegativeNumber say "Value 0 not in range 0.000000 to
 // 1797...(309 digits)" for 0, which reads as if 0 were allowed, give a word such as
 // "abc" the same range message, and let "nan" through. These name what is wanted.
-CLI::Validator FiniteNumberAtLeast(double minimum, bool inclusive, const char* wanted) {
+// Values of more than `maximum` are refused too.
+CLI::Validator FiniteNumberAtLeast(double minimum, bool inclusive, std::string wanted,
+                                   double maximum = std::numeric_limits<double>::max()) {
   return CLI::Validator(
-      [minimum, inclusive, wanted](std::string& input) -> std::string {
+      [minimum, inclusive, wanted, maximum](std::string& input) -> std::string {
         double value = 0;
         if (!absl::SimpleAtod(input, &value) || std::isnan(value)) {
           return absl::StrCat("'", input, "' is not a number");
         }
-        if (std::isinf(value) || value < minimum || (!inclusive && value == minimum)) {
+        if (std::isinf(value) || value < minimum || (!inclusive && value == minimum) ||
+            value > maximum) {
           return absl::StrCat("must be ", wanted, ", got ", input);
         }
         return std::string();
       },
-      inclusive ? "NUMBER>=0" : "NUMBER>0");
+      absl::StrCat("NUMBER", inclusive ? ">=" : ">", minimum));
 }
 const CLI::Validator kPositive = FiniteNumberAtLeast(0, false, "a positive number");
 const CLI::Validator kNonNegative = FiniteNumberAtLeast(0, true, "0 or more");
+
+// --temperature travels as a float, which the server wants finite and at least 1e-6
+// (clip_service.proto): 1e-50 would reach it as 0 and 1e39 as inf, refused there
+// with a value the user never typed.
+constexpr double kMinTemperature = 1e-6;
+const CLI::Validator kTemperature =
+    FiniteNumberAtLeast(kMinTemperature, true,
+                        absl::StrCat("from ", kMinTemperature, " to ",
+                                     std::numeric_limits<float>::max(), " (a float)"),
+                        std::numeric_limits<float>::max());
 
 // Texts per EmbedText / Tokenize request by default (--texts_per_request): well under
 // the server's default --max_items_per_request (256), and big enough to batch well.
@@ -891,7 +904,7 @@ int main(int argc, char** argv) {
   similarity
       ->add_option("--temperature", sim_args.temperature,
                    "Scale logits by 1/T instead of the model's logit scale")
-      ->check(kPositive);
+      ->check(kTemperature);
   similarity->add_option("--images", sim_args.images, "Image files")->required();
   similarity->add_option("--texts", sim_args.texts, "Texts")->required();
 
@@ -922,7 +935,7 @@ int main(int argc, char** argv) {
   classify
       ->add_option("--temperature", cls_args.temperature,
                    "Scale logits by 1/T instead of the model's logit scale")
-      ->check(kPositive);
+      ->check(kTemperature);
   classify->add_flag("--json", cls_args.json, "Print JSON");
 
   // tokenize

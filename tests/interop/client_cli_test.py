@@ -629,7 +629,12 @@ class ClientWithoutServerTest(unittest.TestCase):
                 (["similarity", "--temperature", "nan", "--images", image, "--texts", "a"],
                  "--temperature: 'nan' is not a number"),
                 (["classify", "--temperature", "inf", image, "--labels", "a,b"],
-                 "--temperature: must be a positive number, got inf"),
+                 "--temperature: must be from 1e-06 to 3.40282e+38 (a float), got inf"),
+                # A float: 1e-50 would reach the server as 0, 1e39 as inf.
+                (["similarity", "--temperature", "1e-50", "--images", image, "--texts", "a"],
+                 "--temperature: must be from 1e-06 to 3.40282e+38 (a float), got 1e-50"),
+                (["classify", "--temperature", "1e39", image, "--labels", "a,b"],
+                 "--temperature: must be from 1e-06 to 3.40282e+38 (a float), got 1e39"),
                 (["classify", "--top_k", "-1", image, "--labels", "a,b"],
                  "--top_k: must be 0 or more, got -1"),
                 (["bench", "--concurrency", "0"],
