@@ -1,12 +1,12 @@
 #include "client/input_files.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <iterator>
-#include <sstream>
 #include <system_error>
 #include <utility>
 
@@ -183,13 +183,24 @@ std::vector<std::string> SplitLines(absl::string_view text) {
   return lines;
 }
 
-absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path) {
+absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
+                                                   absl::string_view noun) {
   std::string bytes;
   if (path == "-") {
-    std::ostringstream text;
-    text << std::cin.rdbuf();
-    if (std::cin.bad()) return absl::DataLossError("standard input: read error");
-    bytes = std::move(text).str();
+    // read(2) itself: `stream << std::cin.rdbuf()` flags a failed read on the stream
+    // it writes, not on std::cin, and stops as at the end.
+    char chunk[1 << 16];
+    while (true) {
+      const ssize_t n = ::read(STDIN_FILENO, chunk, sizeof chunk);
+      if (n > 0) {
+        bytes.append(chunk, static_cast<size_t>(n));
+      } else if (n == 0) {
+        break;
+      } else if (errno != EINTR) {
+        return absl::DataLossError(absl::StrCat("standard input: read error: ",
+                                                std::system_category().message(errno)));
+      }
+    }
   } else {
     absl::StatusOr<std::string> read = ReadFileBytes(path);
     if (!read.ok()) return read.status();
@@ -201,7 +212,7 @@ absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path) {
     const auto line = std::count(bytes.begin(), bytes.begin() + valid, '\n') + 1;
     return absl::InvalidArgumentError(
         absl::StrCat(path == "-" ? "standard input" : path, ": line ", line,
-                     " is not valid UTF-8 (texts must be UTF-8)"));
+                     " is not valid UTF-8 (", noun, "s must be UTF-8)"));
   }
   return SplitLines(bytes);
 }

@@ -45,8 +45,10 @@ absl::StatusOr<std::string> ReadFileBytes(
 // "\r\n" endings and a UTF-8 byte order mark at the start are removed, and blank lines
 // (empty or only ASCII whitespace) are skipped; other lines are kept as they are.
 // Errors as ReadFileBytes(), DATA_LOSS for a read error on standard input,
-// INVALID_ARGUMENT "path: line N is not valid UTF-8 ..." for the first line that is not.
-absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path);
+// INVALID_ARGUMENT "path: line N is not valid UTF-8 (<noun>s must be UTF-8)" for the
+// first line that is not.
+absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
+                                                   absl::string_view noun = "text");
 
 // The bearer token in a file (--token_file): its contents with surrounding whitespace
 // (a trailing newline) removed. INVALID_ARGUMENT "path: ..." when nothing is left or

@@ -237,28 +237,36 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
 
 // Texts from the command line (or labels, templates: `noun`) travel as Protobuf
 // strings, which must be UTF-8: refused here, before any call (ReadLines checks a
-// file's).
+// file's). The error names "<noun> argument N", or "<noun> N <from>" for items split
+// from arguments (from = "of --labels").
 absl::Status CheckUtf8Arguments(const std::vector<std::string>& texts,
-                                absl::string_view noun) {
+                                absl::string_view noun, absl::string_view from = "") {
   for (size_t i = 0; i < texts.size(); ++i) {
     if (!IsValidUtf8(texts[i])) {
       return absl::InvalidArgumentError(absl::StrCat(
-          noun, " argument ", i + 1, " is not valid UTF-8 (", noun, "s must be UTF-8)"));
+          noun, from.empty() ? " argument " : " ", i + 1, from.empty() ? "" : " ", from,
+          " is not valid UTF-8 (", noun, "s must be UTF-8)"));
     }
   }
   return absl::OkStatus();
 }
 
-// Texts (or labels: `noun`) from arguments, then from the lines of `file` when given;
-// `sources` names both in the error for none.
+// Texts (or labels: `noun`, split from arguments `from`, as CheckUtf8Arguments()) from
+// arguments, then from the lines of `file` when given; `sources` names both in the
+// error for none.
 absl::StatusOr<std::vector<std::string>> CollectTexts(
     std::vector<std::string> texts, const std::string& file,
-    absl::string_view noun = "text",
+    absl::string_view noun = "text", absl::string_view from = "",
     absl::string_view sources = "TEXT arguments or --file") {
-  if (absl::Status utf8 = CheckUtf8Arguments(texts, noun); !utf8.ok()) return utf8;
+  if (absl::Status utf8 = CheckUtf8Arguments(texts, noun, from); !utf8.ok()) return utf8;
   if (!file.empty()) {
-    absl::StatusOr<std::vector<std::string>> lines = ReadLines(file);
+    absl::StatusOr<std::vector<std::string>> lines = ReadLines(file, noun);
     if (!lines.ok()) return lines.status();
+    if (lines->empty() && texts.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file == "-" ? "standard input" : file, ": no ", noun,
+                       "s (blank lines are skipped)"));
+    }
     texts.insert(texts.end(), lines->begin(), lines->end());
   }
   if (texts.empty()) {
@@ -566,8 +574,15 @@ int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& 
   absl::StatusOr<std::vector<std::string>> images =
       ReadImages(args.images, args.max_file_bytes);
   if (!images.ok()) return Fail(images.status());
+  // "cat, dog" means "cat" and "dog", and "a,,b" two labels (CLI11 keeps "" alone).
+  std::vector<std::string> split_labels;
+  for (const std::string& label : args.labels) {
+    const absl::string_view trimmed = absl::StripAsciiWhitespace(label);
+    if (!trimmed.empty()) split_labels.emplace_back(trimmed);
+  }
   absl::StatusOr<std::vector<std::string>> labels =
-      CollectTexts(args.labels, args.labels_file, "label", "--labels or --labels_file");
+      CollectTexts(std::move(split_labels), args.labels_file, "label", "of --labels",
+                   "--labels or --labels_file");
   if (!labels.ok()) return Fail(labels.status());
   if (absl::Status utf8 = CheckUtf8Arguments(args.templates, "template"); !utf8.ok()) {
     return Fail(utf8);

@@ -69,10 +69,10 @@ class ClientCliTest(unittest.TestCase):
         cls.server.kill()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def client(self, *args, target=None, check=True, user=None, cwd=None):
+    def client(self, *args, target=None, check=True, user=None, cwd=None, stdin=None):
         result = subprocess.run(
             [ARGS.client, "--target", target or self.server.target, *args],
-            capture_output=True, text=True, timeout=120, user=user, cwd=cwd)
+            capture_output=True, text=True, timeout=120, user=user, cwd=cwd, stdin=stdin)
         if check:
             self.assertEqual(result.returncode, 0,
                              f"clip_client {' '.join(args)}\nstderr: {result.stderr}")
@@ -339,6 +339,42 @@ class ClientCliTest(unittest.TestCase):
         self.assertNotEqual(refused.returncode, 0)
         self.assertEqual(refused.stderr, "error: INVALID_ARGUMENT: template argument 1 is "
                          "not valid UTF-8 (templates must be UTF-8)\n")
+
+    def test_labels_are_trimmed_and_their_errors_name_where_they_came_from(self):
+        path = os.path.join(self.good, "chelsea.png")
+        got = json.loads(self.client("classify", path, "--labels", " cat , dog,,",
+                                     "--json").stdout)
+        self.assertEqual(sorted(r["label"] for r in got[0]["labels"]), ["cat", "dog"])
+        refused = self.client("classify", path, "--labels", b"cat,\xff", check=False)
+        self.assertEqual(refused.stderr, "error: INVALID_ARGUMENT: label 2 of --labels is "
+                         "not valid UTF-8 (labels must be UTF-8)\n")
+        labels = self.out("labels.txt")
+        with open(labels, "wb") as f:
+            f.write(b"cat\n\xff\n")
+        refused = self.client("classify", path, "--labels_file", labels, check=False)
+        self.assertEqual(refused.stderr, f"error: INVALID_ARGUMENT: {labels}: line 2 is "
+                         "not valid UTF-8 (labels must be UTF-8)\n")
+
+    def test_an_empty_or_unreadable_texts_file_is_named(self):
+        blank = self.out("blank.txt")
+        with open(blank, "w") as f:
+            f.write("\n  \n")
+        refused = self.client("embed-text", "--file", blank, check=False)
+        self.assertEqual(refused.stderr, f"error: INVALID_ARGUMENT: {blank}: no texts "
+                         "(blank lines are skipped)\n")
+        with open(blank) as stdin:
+            refused = self.client("embed-text", "--file", "-", check=False, stdin=stdin)
+        self.assertEqual(refused.stderr, "error: INVALID_ARGUMENT: standard input: no texts "
+                         "(blank lines are skipped)\n")
+        # A read that fails is an error, not the end of the texts.
+        folder = os.open(self.tmp, os.O_RDONLY)
+        try:
+            refused = self.client("embed-text", "--file", "-", check=False, stdin=folder)
+        finally:
+            os.close(folder)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertEqual(refused.stderr, "error: DATA_LOSS: standard input: read error: "
+                         "Is a directory\n")
 
     def test_embed_text_args_and_file(self):
         texts_file = self.out("texts.txt")
