@@ -249,8 +249,9 @@ std::string BenchText(const BenchResult& result, const BenchOptions& options) {
       "latency ms: p50 %.1f   p90 %.1f   p99 %.1f   max %.1f%s\n",
       options.modality == BenchModality::kImage ? "image" : "text", options.concurrency,
       options.items_per_request,
-      options.modality == BenchModality::kImage ? "images" : "texts", seconds,
-      result.requests, result.succeeded, result.requests - result.succeeded,
+      absl::StrCat(options.modality == BenchModality::kImage ? "image" : "text",
+                   options.items_per_request == 1 ? "" : "s"),
+      seconds, result.requests, result.succeeded, result.requests - result.succeeded,
       result.requests / seconds, result.items, AnsweredItems(result, options) / seconds,
       result.latency_ms.p50, result.latency_ms.p90, result.latency_ms.p99,
       result.latency_ms.max, result.succeeded == 0 ? " (all failed)" : "");

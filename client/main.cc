@@ -1,21 +1,11 @@
 // clip_client: the command line for a clipserve server.
 //
-//   clip_client [--target HOST:PORT[,HOST:PORT...]] [--deadline_ms N]
-//               [--tls] [--tls_ca CA.pem] [--tls_cert CERT.pem --tls_key KEY.pem]
-//               [--tls_server_name NAME] [--token_file TOKEN] SUBCOMMAND ...
+//   clip_client [GLOBAL OPTIONS: --target, --deadline_ms, TLS, --token_file, ...]
+//               SUBCOMMAND [OPTIONS] [ARGS...]
 //
-//   embed-text  [--output FILE] [--normalize=false] [--file TEXTS.txt] [--] TEXT...
-//   embed-image [--output FILE] [--normalize=false] [--recursive] [--skip_errors]
-//               [--] PATH...
-//   similarity  [--paired] [--json] [--temperature T] --images PATH... --texts TEXT...
-//   classify    [--labels a,b,c] [--labels_file F] [--templates T]... [--top_k K]
-//               [--json] IMAGE...
-//   tokenize    [--json] [--file TEXTS.txt] [--] TEXT...
-//   info        [--json]
-//   health      [--service NAME]
-//   bench       --modality image|text [--concurrency N] [--duration 30s | --requests N]
-//               [--items_per_request K] [--images DIR [--recursive]] [--texts_file F]
-//               [--json]
+// Subcommands: embed-text, embed-image, similarity, classify, tokenize, info, health
+// and bench; `clip_client SUBCOMMAND --help` lists each one's options, and
+// docs/CLIENT.md describes them all.
 //
 // Results go to stdout (or --output); progress bars go to stderr when it is a
 // terminal. Errors print "error: CODE: message" on stderr and exit non-zero; a failed
@@ -206,13 +196,16 @@ absl::Status WriteEmbeddings(std::optional<OutputFile>& file,
     const absl::Status written =
         WriteNpyFile(file->write_path(), rows.size(), dim, flat, file->appends());
     if (!written.ok()) return written;
-    if (absl::Status committed = file->Commit(); !committed.ok()) return committed;
-    if (!name_npy_rows) return absl::OkStatus();
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      std::cout << RowJsonLine(i, inputs[i]) << '\n';
+    // The rows are named before the file is moved into place: a run whose stdout
+    // fails leaves an earlier file as it was, as any failed run does.
+    if (name_npy_rows) {
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        std::cout << RowJsonLine(i, inputs[i]) << '\n';
+      }
+      std::cout.flush();
+      if (!std::cout) return absl::DataLossError("stdout: write failed");
     }
-    std::cout.flush();
-    return std::cout ? absl::OkStatus() : absl::DataLossError("stdout: write failed");
+    return file->Commit();
   }
   std::ofstream stream;
   std::ostream* out = &std::cout;
@@ -394,23 +387,32 @@ absl::StatusOr<std::vector<std::string>> FilesToEmbed(const EmbedImageArgs& args
                                                       size_t* unreadable) {
   if (!args.skip_errors) return ExpandImagePaths(args.paths, args.recursive);
   std::vector<std::string> files;
+  absl::StatusCode unreadable_code = absl::StatusCode::kOk;  // the first warning's
+  const auto warn = [&](const absl::Status& error) {
+    std::fprintf(stderr, "warning: %s\n", ErrorText(error).c_str());
+    ++*unreadable;
+    if (unreadable_code == absl::StatusCode::kOk) unreadable_code = error.code();
+  };
   for (const std::string& path : args.paths) {
     std::vector<absl::Status> unlisted;
     absl::StatusOr<std::vector<std::string>> found =
         ExpandImagePaths({path}, args.recursive, &unlisted);
-    for (const absl::Status& error : unlisted) {
-      std::fprintf(stderr, "warning: %s\n", ErrorText(error).c_str());
-      ++*unreadable;
-    }
+    for (const absl::Status& error : unlisted) warn(error);
     if (found.ok()) {
       files.insert(files.end(), found->begin(), found->end());
     } else if (found.status().code() != absl::StatusCode::kInvalidArgument) {
-      std::fprintf(stderr, "warning: %s\n", ErrorText(found.status()).c_str());
-      ++*unreadable;
+      warn(found.status());
     }  // else a folder without images, which is no failure of its own
   }
-  if (files.empty()) return ExpandImagePaths(args.paths, args.recursive).status();
-  return files;
+  if (!files.empty()) return files;
+  // Every path failed (each warned of above), or the folders hold no images.
+  if (*unreadable > 0) {
+    return absl::Status(unreadable_code,
+                        absl::StrCat("no image file found: ", *unreadable,
+                                     *unreadable == 1 ? " path" : " paths",
+                                     " could not be read (see above)"));
+  }
+  return ExpandImagePaths(args.paths, args.recursive).status();
 }
 
 int EmbedImage(ClipClient& client, const std::string& target,
@@ -496,7 +498,8 @@ int EmbedImage(ClipClient& client, const std::string& target,
                    "nothing written; --skip_errors embeds the other files and reports "
                    "the failed ones\n");
     } else {
-      std::fprintf(stderr, "error: every one of the %zu files failed\n", failed);
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("every one of the ", failed, " files failed (see above)")));
     }
     return EXIT_FAILURE;
   }

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/synthetic_image.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/image/image_decoder.h"
 #include "server/tokenizer/bpe_tokenizer.h"
@@ -138,6 +139,10 @@ TEST(BenchJsonTest, ContractKeysAndRates) {
   EXPECT_EQ(json["latency_ms"]["p50"], 10.0);
   EXPECT_EQ(json["latency_ms"]["max"], 40.0);
   EXPECT_NE(BenchText(result, options).find("RESOURCE_EXHAUSTED 2"), std::string::npos);
+  options.modality = BenchModality::kText;
+  EXPECT_THAT(BenchText(result, options), ::testing::HasSubstr(", 2 texts per request,"));
+  options.items_per_request = 1;
+  EXPECT_THAT(BenchText(result, options), ::testing::HasSubstr(", 1 text per request,"));
 }
 
 }  // namespace

@@ -228,10 +228,32 @@ class ClientCliTest(unittest.TestCase):
         self.assertIn("warning: skipped 1 of 4 files and 1 path that could not be read",
                       result.stderr)
         self.assertEqual(np.load(npy).shape, (3, 512))
-        # With nothing left to embed it is still an error.
+        # With nothing left to embed it is still an error, said once.
         result = self.client("embed-image", "--skip_errors", missing, check=False)
         self.assertNotEqual(result.returncode, 0)
-        self.assertRegex(result.stderr, r"(?m)^error: NOT_FOUND: .*no_such_photo\.jpg")
+        self.assertEqual(result.stderr,
+                         f"warning: NOT_FOUND: {missing}: No such file or directory\n"
+                         "error: NOT_FOUND: no image file found: 1 path could not be read "
+                         "(see above)\n")
+        # Every file read and failed: an error like any other.
+        not_an_image = os.path.join(self.bad, "not_an_image.jpg")
+        result = self.client("embed-image", "--skip_errors", not_an_image, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertTrue(result.stderr.endswith(
+            "error: INVALID_ARGUMENT: every one of the 1 files failed (see above)\n"),
+            result.stderr)
+
+    def test_skip_errors_npy_stays_as_it_was_when_stdout_fails(self):
+        npy = self.out("kept.npy")
+        np.save(npy, np.zeros((1, 2), np.float32))
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [ARGS.client, "--target", self.server.target, "embed-image",
+                 "--skip_errors", "-o", npy, self.bad],
+                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("error: DATA_LOSS: stdout: write failed", result.stderr)
+        self.assertEqual(np.load(npy).shape, (1, 2))
 
     def test_embed_image_missing_file_fails_naming_it(self):
         missing = os.path.join(self.tmp, "no_such_photo.jpg")
