@@ -68,9 +68,10 @@ std::string Error(int status, absl::string_view reason, absl::string_view body,
   return Response(status, reason, "text/plain", body, head_only, extra_headers);
 }
 
-// Binds and listens on `host`:`port`; the socket, or -1 (errno set). An IPv6 address
+// Binds and listens on `host`:`port`; the socket, or -1 with the reason in `*error`
+// ("the host does not resolve (...)", or the last bind's strerror). An IPv6 address
 // may come bracketed, as --host spells it ("[::]").
-int Listen(std::string host, int port) {
+int Listen(std::string host, int port, std::string* error) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }
@@ -79,12 +80,14 @@ int Listen(std::string host, int port) {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* found = nullptr;
-  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), std::to_string(port).c_str(),
-                  &hints, &found) != 0) {
-    errno = EADDRNOTAVAIL;
+  if (const int resolved =
+          getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
+      resolved != 0) {
+    *error = absl::StrCat("the host does not resolve (", gai_strerror(resolved), ")");
     return -1;
   }
   int fd = -1;
+  errno = EADDRNOTAVAIL;  // for a name that resolves to no address
   for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
     fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                 a->ai_protocol);
@@ -106,6 +109,7 @@ int Listen(std::string host, int port) {
       errno = error;
     }
   }
+  if (fd < 0) *error = std::strerror(errno);
   freeaddrinfo(found);
   return fd;
 }
@@ -191,11 +195,16 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
         absl::StrCat("metrics connection_deadline must be positive, got ",
                      absl::FormatDuration(options.connection_deadline)));
   }
-  const int listen_fd = Listen(options.host, options.port);
+  if (options.host.empty()) {
+    return absl::InvalidArgumentError(
+        "no host to listen on: give an address (0.0.0.0 for every IPv4 interface, :: "
+        "for every interface, 127.0.0.1 for this machine only) or a name");
+  }
+  std::string error;
+  const int listen_fd = Listen(options.host, options.port, &error);
   if (listen_fd < 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", options.host,
-                                               ":", options.port, " (",
-                                               std::strerror(errno), ")"));
+                                               ":", options.port, ": ", error));
   }
   const int port = BoundPort(listen_fd);
   const int wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -65,9 +65,9 @@ struct MetricsHttpServerOptions {
 class MetricsHttpServer {
  public:
   // Binds `options.host`:`options.port` and starts serving on a thread of its own.
-  // INVALID_ARGUMENT for a null `metrics`, a port outside 0..65535, max_connections
-  // < 1 or a connection_deadline <= 0; UNAVAILABLE when the address cannot be bound
-  // (port in use, bad host).
+  // INVALID_ARGUMENT for a null `metrics`, an empty host, a port outside 0..65535,
+  // max_connections < 1 or a connection_deadline <= 0; UNAVAILABLE when the address
+  // cannot be bound (port in use, a host that does not resolve), saying why.
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Create(
       const MetricsHttpServerOptions& options, const Metrics* metrics);
 

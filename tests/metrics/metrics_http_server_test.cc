@@ -453,8 +453,25 @@ TEST(MetricsHttpServerTest, APortInUseIsUnavailable) {
   auto second = MetricsHttpServer::Create(options, &metrics);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(second.status().message(), HasSubstr(std::to_string(first->port())));
+  EXPECT_THAT(second.status().message(), HasSubstr("Address already in use"));
   // The first one still answers.
   EXPECT_EQ(Get(first->port(), "/healthz").first, 200);
+}
+
+// A host that does not resolve says so (it once read "Cannot assign requested
+// address"); an empty one is refused, not taken as every IPv4 interface.
+TEST(MetricsHttpServerTest, ABadHostSaysWhy) {
+  Metrics metrics;
+  MetricsHttpServerOptions options;
+  options.port = 0;
+  options.host = "no-such-host.invalid";
+  auto unresolved = MetricsHttpServer::Create(options, &metrics);
+  EXPECT_EQ(unresolved.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(unresolved.status().message(),
+              HasSubstr("no-such-host.invalid:0: the host does not resolve ("));
+  options.host = "";
+  EXPECT_EQ(MetricsHttpServer::Create(options, &metrics).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // --host takes an IPv6 address bracketed; --metrics_host takes it either way.
