@@ -94,11 +94,12 @@ ABSL_FLAG(std::string, tokenizer, "",
           "Default: the files next to the checkpoint, else the built-in CLIP vocabulary "
           "(which demo models use too).");
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N.");
-ABSL_FLAG(std::string, precision, "auto",
-          "fp32, bf16, fp16 (CUDA only), int8 (CPU only: the transformers' large linear "
-          "products in int8, the rest as auto picks) or auto: bf16 on CPUs with AMX-BF16 "
-          "or AMD's AVX512-BF16, fp32 on other CPUs, fp16 on CUDA. Outputs are always "
-          "fp32.");
+ABSL_FLAG(
+    std::string, precision, "auto",
+    "fp32, bf16, fp16 (CUDA only), int8 (CPU only: every linear product of the "
+    "transformers in int8, the rest as auto picks) or auto: bf16 on CPUs with AMX-BF16 "
+    "or AMD's AVX512-BF16, fp32 on other CPUs, fp16 on CUDA. Outputs are always "
+    "fp32.");
 ABSL_FLAG(int32_t, max_batch_size, 32, "Most items in one model run, per modality.");
 ABSL_FLAG(double, max_queue_delay_ms, 2.0,
           "How long a partial batch waits for company while more items are still being "
@@ -228,7 +229,8 @@ ABSL_FLAG(double, exit_after_unhealthy_s, 0.0,
           "unhealthy one); 0 (the default) never exits: Kubernetes' liveness probe "
           "restarts it.");
 ABSL_FLAG(double, shutdown_grace_s, 30.0,
-          "On SIGTERM/SIGINT, seconds that calls in flight get to finish before they "
+          "On SIGTERM, SIGINT or SIGHUP, seconds that calls in flight get to finish "
+          "before they "
           "are cancelled; the batch running then still finishes. Keep it below "
           "Kubernetes' terminationGracePeriodSeconds minus any preStop sleep and one "
           "batch's run time.");
@@ -665,6 +667,30 @@ absl::Status Run() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_queue_delay_ms must be 0 to 60000 (a minute), got ", delay_ms));
   }
+  // Checked by the libraries too, under their own names: the flags are named here.
+  const std::pair<absl::string_view, int64_t> at_least_one[] = {
+      {"max_batch_size", absl::GetFlag(FLAGS_max_batch_size)},
+      {"max_items_per_request", absl::GetFlag(FLAGS_max_items_per_request)},
+      {"max_text_bytes", absl::GetFlag(FLAGS_max_text_bytes)}};
+  for (const auto& [name, value] : at_least_one) {
+    if (value < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " must be at least 1, got ", value));
+    }
+  }
+  CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag("max_image_pixels",
+                                         absl::GetFlag(FLAGS_max_image_pixels), 1,
+                                         kMaxImagePixelsLimit));
+  if (absl::GetFlag(FLAGS_max_queue_size) < absl::GetFlag(FLAGS_max_batch_size)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_queue_size (", absl::GetFlag(FLAGS_max_queue_size),
+                     ") must be at least --max_batch_size (",
+                     absl::GetFlag(FLAGS_max_batch_size), ")"));
+  }
+  if (absl::GetFlag(FLAGS_max_items_per_request) == 1) {
+    LOG(WARNING) << "--max_items_per_request=1 refuses every Classify call, which "
+                    "needs at least two labels";
+  }
   if (port != 0 && port == absl::GetFlag(FLAGS_metrics_port)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port and --metrics_port are both ", port));
@@ -692,8 +718,14 @@ absl::Status Run() {
     MetricsHttpServerOptions http_options;
     http_options.host = absl::GetFlag(FLAGS_metrics_host);
     http_options.port = metrics_port;
-    CLIPSERVE_ASSIGN_OR_RETURN(metrics_http,
-                               MetricsHttpServer::Create(http_options, &metrics));
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> created =
+        MetricsHttpServer::Create(http_options, &metrics);
+    if (!created.ok()) {
+      return absl::Status(created.status().code(),
+                          absl::StrCat("--metrics_host and --metrics_port: ",
+                                       created.status().message()));
+    }
+    metrics_http = *std::move(created);
     LOG(INFO) << "metrics, /healthz and /readyz on http://" << metrics_http->authority();
   } else {
     LOG(INFO) << "metrics endpoint off (--metrics_port=" << metrics_port << ")";
@@ -705,7 +737,12 @@ absl::Status Run() {
   }
 
   ModelLoadOptions load;
-  CLIPSERVE_ASSIGN_OR_RETURN(load.device, ParseDevice(absl::GetFlag(FLAGS_device)));
+  absl::StatusOr<torch::Device> device = ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("--device: ", device.status().message()));
+  }
+  load.device = *device;
   const std::string cpuinfo = ReadProcCpuinfo();
   CLIPSERVE_ASSIGN_OR_RETURN(
       load.precision,
@@ -733,7 +770,7 @@ absl::Status Run() {
         "amx_int8 in /proc/cpuinfo); without them oneDNN's int8 sums can saturate. Use "
         "--precision=auto");
   }
-  // int8 products where they pay, the rest as --precision=auto would run it.
+  // The transformers' linear products in int8, the rest as --precision=auto runs it.
   load.int8.bf16 = CpuInfoPrefersBf16(cpuinfo);
   CLIPSERVE_RETURN_IF_ERROR(CheckDeviceUsable(load.device));
   if (!load.device.is_cuda() && load.precision == Precision::kBFloat16 &&

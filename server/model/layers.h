@@ -42,8 +42,8 @@ TORCH_MODULE(LayerNorm);
 // The int8 choice of a linear layer: its packed weight, and the fewest rows of input
 // (the product of all but the last dimension) it is used for; smaller products run as
 // before, on the layer's own weights. Each call pays for a pass to quantize its input
-// and, unless the layer before gives it (RowLayerNorm), one to find its range, so small
-// products are faster unquantized (Int8Options has the measured thresholds).
+// and, unless the layer before gives it (RowLayerNorm), one to find its range; even so
+// int8 is faster from one row on the CPUs measured (Int8Options::kDefaultMinRows).
 struct Int8Projection {
   Int8Linear linear;
   int64_t min_rows;

@@ -74,7 +74,7 @@ absl::StatusOr<torch::Device> ParseDevice(absl::string_view name) {
     return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("device '", name, "' is not cpu, cuda or cuda:N"));
+      absl::StrCat("device '", name, "' is not cpu, cuda or cuda:N (N from 0 to 63)"));
 }
 
 absl::StatusOr<Precision> ResolvePrecision(absl::string_view flag,

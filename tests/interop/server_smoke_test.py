@@ -268,15 +268,17 @@ class SignalTest(unittest.TestCase):
                       ["--max_connection_age_grace_s=60"],
                       ["--device_resize_buffer_mb=64"],
                       ["--keepalive_time_s=0", "--keepalive_timeout_s=5"],
-                      ["--metrics_port=-1", "--metrics_host=::1"]):
+                      ["--metrics_port=-1", "--metrics_host=::1"],
+                      ["--max_items_per_request=0"], ["--max_image_pixels=0"],
+                      ["--metrics_host="], ["--device=cuda:64"]):
             # A port of its own for the metrics endpoint, which starts before some checks.
             result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", *LOOPBACK_ANY_PORT,
                                      "--metrics_host=127.0.0.1", "--metrics_port=0", *flags],
                                     capture_output=True, text=True, timeout=120)
             self.assertEqual(result.returncode, 1, flags)
             self.assertIn("clip_server failed: INVALID_ARGUMENT", result.stderr, flags)
-            # The message names the flag that is wrong (the last one given).
-            self.assertIn(flags[-1].split("=")[0].lstrip("-"),
+            # The message names the flag that is wrong (the last one given), as spelled.
+            self.assertIn(flags[-1].split("=")[0],
                           result.stderr.split("clip_server failed:")[1], flags)
             # Found before the model load starts. (Not a time bound: with 2 cores shared
             # by parallel tests, "under 4 s" failed.)
