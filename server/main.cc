@@ -335,6 +335,22 @@ absl::Status CheckIntFlag(absl::string_view name, int64_t value, int64_t lo, int
       absl::StrCat("--", name, " must be ", lo, " to ", hi, ", got ", value));
 }
 
+// NOT_FOUND when --tokenizer names nothing there: checked before the model load too.
+// Not the folder it would be in: a mistyped name must not load whatever tokenizer
+// lies beside it.
+absl::Status CheckTokenizerFlagExists() {
+  const std::string flag = absl::GetFlag(FLAGS_tokenizer);
+  if (flag.empty()) return absl::OkStatus();
+  std::error_code error;
+  if (std::filesystem::exists(std::filesystem::status(flag, error))) {
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "--tokenizer=", flag, ": ",
+      error && error != std::errc::no_such_file_or_directory ? error.message()
+                                                             : "no such file or folder"));
+}
+
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& loaded) {
   BpeTokenizer::Options options;
   options.context_length = loaded.model->config().text.context_length;
@@ -343,16 +359,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
   if (!flag.empty()) {
     namespace fs = std::filesystem;
     std::error_code error;
+    CLIPSERVE_RETURN_IF_ERROR(CheckTokenizerFlagExists());
     const fs::file_status status = fs::status(flag, error);
-    // Not the folder it would be in: a mistyped name must not load whatever
-    // tokenizer lies beside it.
-    if (!fs::exists(status)) {
-      return absl::NotFoundError(
-          absl::StrCat("--tokenizer=", flag, ": ",
-                       error && error != std::errc::no_such_file_or_directory
-                           ? error.message()
-                           : "no such file or folder"));
-    }
     if (fs::is_directory(status)) return LoadTokenizerNextTo(flag, options);
     const fs::path name = fs::path(flag).filename();
     if (absl::EndsWith(flag, ".gz")) {
@@ -681,6 +689,7 @@ absl::Status Run() {
   CLIPSERVE_RETURN_IF_ERROR(CheckIntFlag("max_image_pixels",
                                          absl::GetFlag(FLAGS_max_image_pixels), 1,
                                          kMaxImagePixelsLimit));
+  CLIPSERVE_RETURN_IF_ERROR(CheckTokenizerFlagExists());
   if (absl::GetFlag(FLAGS_max_queue_size) < absl::GetFlag(FLAGS_max_batch_size)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_queue_size (", absl::GetFlag(FLAGS_max_queue_size),

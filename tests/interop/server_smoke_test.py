@@ -147,6 +147,8 @@ class TokenizerFlagTest(unittest.TestCase):
                 self.assertEqual(code, 1, output)
                 self.assertIn(f"--tokenizer={folder}/{typo}: no such file or folder",
                               output)
+                # Before the model load, which may take minutes for a large one.
+                self.assertNotIn("loading model", output)
             # A file that is there but no tokenizer's is refused too.
             other = os.path.join(folder, "notes.txt")
             with open(other, "w") as f:
