@@ -562,8 +562,14 @@ int Similarity(ClipClient& client, const std::string& target,
   return EXIT_SUCCESS;
 }
 
+// Images per Classify request by default (--images_per_request): one batch of the
+// server's default --max_batch_size, and few files read at a time.
+constexpr int kImagesPerClassifyRequest = 32;
+
 struct ClassifyArgs {
-  std::vector<std::string> images;
+  std::vector<std::string> images;  // files or folders
+  bool recursive = false;
+  int images_per_request = kImagesPerClassifyRequest;
   std::vector<std::string> labels;
   std::string labels_file;
   std::vector<std::string> templates;
@@ -574,9 +580,9 @@ struct ClassifyArgs {
 };
 
 int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& args) {
-  absl::StatusOr<std::vector<std::string>> images =
-      ReadImages(args.images, args.max_file_bytes);
-  if (!images.ok()) return Fail(images.status());
+  absl::StatusOr<std::vector<std::string>> paths =
+      ExpandImagePaths(args.images, args.recursive);
+  if (!paths.ok()) return Fail(paths.status());
   // "cat, dog" means "cat" and "dog", and "a,,b" two labels (CLI11 keeps "" alone).
   std::vector<std::string> split_labels;
   for (const std::string& label : args.labels) {
@@ -590,20 +596,46 @@ int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& 
   if (absl::Status utf8 = CheckUtf8Arguments(args.templates, "template"); !utf8.ok()) {
     return Fail(utf8);
   }
-  v1::ClassifyRequest request;
-  for (std::string& image : *images) request.add_images()->set_encoded(std::move(image));
-  for (const std::string& label : *labels) request.add_labels(label);
-  for (const std::string& t : args.templates) request.add_templates(t);
-  request.set_top_k(static_cast<uint32_t>(args.top_k));
-  if (args.temperature.has_value()) request.set_temperature(*args.temperature);
-  absl::StatusOr<v1::ClassifyResponse> response = client.Classify(request);
-  if (!response.ok()) {
-    return FailCall(NameItem(response.status(), "images", args.images, 0, false), target);
+  // A request per images_per_request images, each file read just before its request
+  // is sent; the server's label cache embeds the prompts once. The results are small
+  // (top_k labels an image) and printed together at the end.
+  v1::ClassifyResponse all;
+  const size_t per_request = static_cast<size_t>(args.images_per_request);
+  ProgressBar bar(StderrIsTerminal() && paths->size() > per_request, paths->size(),
+                  "images");
+  for (size_t offset = 0; offset < paths->size(); offset += per_request) {
+    const size_t end = std::min(paths->size(), offset + per_request);
+    absl::StatusOr<std::vector<std::string>> images = ReadImages(
+        std::vector<std::string>(paths->begin() + offset, paths->begin() + end),
+        args.max_file_bytes);
+    if (!images.ok()) {
+      bar.Finish(/*erase=*/true);
+      return Fail(images.status());
+    }
+    v1::ClassifyRequest request;
+    for (std::string& image : *images) {
+      request.add_images()->set_encoded(std::move(image));
+    }
+    for (const std::string& label : *labels) request.add_labels(label);
+    for (const std::string& t : args.templates) request.add_templates(t);
+    request.set_top_k(static_cast<uint32_t>(args.top_k));
+    if (args.temperature.has_value()) request.set_temperature(*args.temperature);
+    absl::StatusOr<v1::ClassifyResponse> response = client.Classify(request);
+    if (!response.ok()) {
+      bar.Finish(/*erase=*/true);
+      return FailCall(NameItem(response.status(), "images", *paths, offset, false),
+                      target);
+    }
+    for (v1::Classification& result : *response->mutable_results()) {
+      *all.add_results() = std::move(result);
+    }
+    bar.Update(end);
   }
+  bar.Finish();
   if (args.json) {
-    PrintJson(ClassifyJson(*response, args.images));
+    PrintJson(ClassifyJson(all, *paths));
   } else {
-    std::cout << ClassifyText(*response, args.images);
+    std::cout << ClassifyText(all, *paths);
   }
   return EXIT_SUCCESS;
 }
@@ -930,7 +962,15 @@ int main(int argc, char** argv) {
   ClassifyArgs cls_args;
   CLI::App* classify =
       app.add_subcommand("classify", "Zero-shot classification of images among labels");
-  classify->add_option("images", cls_args.images, "Image files")->required();
+  classify->add_option("images", cls_args.images, "Image files or folders")->required();
+  classify->add_flag("--recursive,-r", cls_args.recursive,
+                     "Descend into subfolders of folders");
+  classify
+      ->add_option("--images_per_request", cls_args.images_per_request,
+                   "Images sent in each request: at most the server's "
+                   "--max_items_per_request")
+      ->capture_default_str()
+      ->check(kPositive);
   // --labels and --templates take one argument each time they are given (repeat them
   // for more), so that the image paths after them stay images: a greedy option would
   // take `--labels cat,dog photo.jpg`'s photo.jpg as a third label.

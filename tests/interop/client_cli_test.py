@@ -476,6 +476,30 @@ class ClientCliTest(unittest.TestCase):
                                     r["labels"][1]["probability"])
             self.assertIn(r["labels"][0]["label"], ("cat", "dog", "rocket"))
 
+    def test_classify_a_folder_in_several_requests(self):
+        got = json.loads(self.client("classify", "--labels", "cat,dog", "--recursive",
+                                     "--images_per_request", "2", self.good,
+                                     "--json").stdout)
+        rows = self.jsonl(self.client("embed-image", "--recursive", self.good).stdout)
+        paths = [r["input"] for r in rows]
+        self.assertGreater(len(paths), 2)  # more than one request
+        self.assertEqual([r["image"] for r in got], paths)
+        # The same as one request of all the images (bf16 rounds by batch a little).
+        one = json.loads(self.client("classify", "--labels", "cat,dog", *paths,
+                                     "--json").stdout)
+        for a, b in zip(got, one):
+            self.assertEqual([s["label"] for s in a["labels"]],
+                             [s["label"] for s in b["labels"]])
+            for x, y in zip(a["labels"], b["labels"]):
+                self.assertAlmostEqual(x["logit"], y["logit"], delta=1e-3)
+        # An item's error names its file, wherever it stands in the list.
+        bad = os.path.join(self.bad, "not_an_image.jpg")
+        refused = self.client("classify", "--labels", "cat,dog", "--images_per_request",
+                              "2", *paths, bad, check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn(f"error: INVALID_ARGUMENT: {bad}: images[{len(paths)}]",
+                      refused.stderr)
+
     def test_classify_options_before_the_images_take_one_argument_each(self):
         paths = [os.path.join(self.good, n) for n in ("chelsea.png", "rocket.jpg")]
 
