@@ -862,6 +862,8 @@ int main(int argc, char** argv) {
   using namespace clipserve;  // NOLINT(build/namespaces): main only
   CLI::App app{"clip_client: talk to a clipserve CLIP embedding server"};
   app.require_subcommand(1);
+  // The options above the subcommands may also follow it: `clip_client info --target X`.
+  app.fallthrough();
   ClientOptions options;
   int64_t deadline_ms = 30000;
   app.add_option("--target", options.target,

@@ -565,6 +565,13 @@ class ClientCliTest(unittest.TestCase):
     def test_health(self):
         self.assertEqual(self.client("health").stdout.strip(), "SERVING")
 
+    def test_global_options_may_follow_the_subcommand(self):
+        result = subprocess.run([ARGS.client, "info", "--json", "--target",
+                                 self.server.target, "--deadline_ms", "60000"],
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)["embed_dim"], 512)
+
     # -- bench -------------------------------------------------------------------
 
     def test_bench_json_counts_add_up(self):
