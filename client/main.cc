@@ -728,6 +728,10 @@ int Bench(ClipClient& client, const std::string& target, absl::Duration timeout,
     return Fail(
         absl::InvalidArgumentError("--images and --recursive are for --modality image"));
   }
+  if (args.recursive && args.images.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--recursive descends into the folder of --images, which is not given"));
+  }
   options.timeout = timeout;
   options.duration = absl::Seconds(10);
   if (!args.duration.empty()) {

@@ -638,14 +638,15 @@ class ClientCliTest(unittest.TestCase):
         self.assertNotEqual(closed.returncode, 0)
         self.assertIn("/dev/fd/9: cannot write", closed.stderr)
 
-    def test_bench_refuses_inputs_of_the_other_modality(self):
+    def test_bench_refuses_inputs_of_the_other_modality_or_none(self):
         texts_file = self.out("captions.txt")
         with open(texts_file, "w") as f:
             f.write("a red car\n")
         for args, flag in ((("--modality", "text", "--images", self.good), "--images"),
                            (("--modality", "text", "--recursive"), "--recursive"),
                            (("--modality", "image", "--texts_file", texts_file),
-                            "--texts_file")):
+                            "--texts_file"),
+                           (("--modality", "image", "--recursive"), "--recursive")):
             result = self.client("bench", *args, "--requests", "1", check=False)
             self.assertNotEqual(result.returncode, 0, args)
             self.assertIn("INVALID_ARGUMENT", result.stderr)
