@@ -687,6 +687,10 @@ int Info(ClipClient& client, const std::string& target, bool json) {
 
 int Health(ClipClient& client, const std::string& target, const std::string& service) {
   auto status = client.CheckHealth(service);
+  if (status.status().code() == absl::StatusCode::kNotFound) {
+    // The server's message ("unknown service") names none.
+    return Fail(Prefixed(status.status(), absl::StrCat("--service '", service, "'")));
+  }
   if (!status.ok()) return FailCall(status.status(), target);
   const std::string name =
       grpc::health::v1::HealthCheckResponse::ServingStatus_Name(*status);

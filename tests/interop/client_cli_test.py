@@ -564,6 +564,10 @@ class ClientCliTest(unittest.TestCase):
 
     def test_health(self):
         self.assertEqual(self.client("health").stdout.strip(), "SERVING")
+        unknown = self.client("health", "--service", "no.such.Service", check=False)
+        self.assertEqual(unknown.returncode, 1)
+        self.assertRegex(unknown.stderr, r"^error: NOT_FOUND: --service 'no\.such\.Service': "
+                         r"unknown service")
 
     def test_global_options_may_follow_the_subcommand(self):
         result = subprocess.run([ARGS.client, "info", "--json", "--target",
