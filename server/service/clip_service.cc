@@ -1130,9 +1130,22 @@ class EmbedStreamCall final
     const auto reserve = [&]() -> absl::StatusOr<RequestMemoryBudget::Reservation> {
       // The item and its answer: its id, an embedding, a text's truncated and
       // num_tokens (at most 8 bytes).
-      const int64_t size =
-          static_cast<int64_t>(bytes.Length() + FieldBytes(item_id->size()) +
+      const int64_t item_bytes = static_cast<int64_t>(bytes.Length());
+      int64_t answer_bytes =
+          static_cast<int64_t>(FieldBytes(item_id->size()) +
                                EmbeddingsBytes(1, engine_->description().embed_dim) + 8);
+      // As a unary call's response beside its request (ReserveBeside()): the part of
+      // the answer past the whole budget, or past the client's share, is left out, so
+      // that an item as large as the largest message still passes an empty budget
+      // (which startup makes at least that large) instead of failing every retry.
+      for (const int64_t limit :
+           {request_memory_->capacity(),
+            budget_client_.empty() ? 0 : request_memory_->per_client_capacity()}) {
+        if (limit > 0) {
+          answer_bytes = std::min(answer_bytes, std::max<int64_t>(limit - item_bytes, 0));
+        }
+      }
+      const int64_t size = item_bytes + answer_bytes;
       const int64_t releases_seen = ReleasesSoFar();
       absl::StatusOr<RequestMemoryBudget::Reservation> held =
           request_memory_->TryReserve(size, budget_client_);

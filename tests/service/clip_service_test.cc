@@ -2245,6 +2245,35 @@ TEST_F(ClipServiceTest, EmbedStreamItemsPastTheClientsShareFailAlone) {
       "clipserve_request_memory_client_refusals_total");
 }
 
+// An item that fits the budget alone, but not with its answer, is served when nothing
+// else is held, as a unary call of the same size is: the budget is at least the
+// largest message, so such an item would otherwise fail every retry.
+TEST_F(ClipServiceTest, AnEmbedStreamItemAsLargeAsTheBudgetFitsAnEmptyOne) {
+  for (const bool per_client : {false, true}) {
+    SCOPED_TRACE(per_client ? "per-client share" : "total");
+    ClipServiceOptions options;
+    options.max_request_memory_bytes = per_client ? 4000 : 2000;
+    options.max_request_memory_per_client_bytes = per_client ? 2000 : 0;
+    Restart(options);
+    // 1990 bytes: the answer's 50 or so would take the item past 2000.
+    v1::EmbedStreamRequest item = TextItem("full", std::string(1900, 'f'));
+    while (item.ByteSizeLong() < 1990) item.mutable_text()->push_back('f');
+    ASSERT_EQ(item.ByteSizeLong(), 1990u);
+    auto context = Context(absl::Seconds(30));
+    auto stream = stub_->EmbedStream(context.get());
+    ASSERT_TRUE(stream->Write(item));
+    ASSERT_TRUE(stream->WritesDone());
+    v1::EmbedStreamResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.id(), "full");
+    EXPECT_TRUE(response.has_embedding()) << response.error().message();
+    EXPECT_FALSE(stream->Read(&response));
+    const grpc::Status status = stream->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_TRUE(AwaitRequestMemory(*service_, 0));
+  }
+}
+
 // A stream whose own earlier item holds the memory its next item needs is slowed
 // down, not refused: the item waits for it, and the stream reads no further meanwhile.
 TEST_F(ClipServiceTest, AnEmbedStreamItemPastTheLimitWaitsForTheStreamsOwn) {
