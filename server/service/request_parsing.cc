@@ -329,11 +329,11 @@ std::optional<std::string> FindInvalidUtf8Field(
 
 std::optional<std::string> ReadUtf8Field(absl::string_view bytes, int field_number) {
   std::optional<absl::string_view> value;
-  const bool well_formed =
-      ForEachLengthDelimitedField(bytes, [&](int number, absl::string_view field) {
-        if (number == field_number) value = field;
-      });
-  if (!well_formed || !value.has_value() || !IsValidUtf8(*value)) return std::nullopt;
+  // Walked up to the first malformed byte, if any: what comes before it still reads.
+  ForEachLengthDelimitedField(bytes, [&](int number, absl::string_view field) {
+    if (number == field_number) value = field;
+  });
+  if (!value.has_value() || !IsValidUtf8(*value)) return std::nullopt;
   return std::string(*value);
 }
 

@@ -76,8 +76,9 @@ std::optional<std::string> FindInvalidUtf8Field(
     const google::protobuf::Descriptor& descriptor, absl::string_view bytes);
 
 // The last value of the top-level length-delimited field `field_number` in `bytes`
-// (the value a parser keeps for a singular field), when the bytes are well-formed wire
-// format and it is present and valid UTF-8; else nullopt.
+// (the value a parser keeps for a singular field), when it is present and valid UTF-8;
+// else nullopt. Bytes that are not well-formed wire format are read up to the first
+// malformed field: the id of a stream item that holds garbage after it still reads.
 std::optional<std::string> ReadUtf8Field(absl::string_view bytes, int field_number);
 
 }  // namespace clipserve

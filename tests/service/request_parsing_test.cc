@@ -284,6 +284,10 @@ TEST(ReadUtf8FieldTest, ReadsTheLastValidValue) {
   EXPECT_EQ(ReadUtf8Field(bytes, v1::EmbedStreamRequest::kTextFieldNumber), std::nullopt);
   EXPECT_EQ(ReadUtf8Field(bytes, 9), std::nullopt);
   EXPECT_EQ(ReadUtf8Field("\xFF\xFF", 1), std::nullopt);
+  // Read up to the first malformed field, as a stream item's id is echoed.
+  EXPECT_EQ(
+      ReadUtf8Field(Bytes(item) + "\xFF\xFF", v1::EmbedStreamRequest::kIdFieldNumber),
+      "second");
 }
 
 // What the parse refused is walked, not built: as protobuf's UnknownFieldSet, each of
