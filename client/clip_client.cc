@@ -466,6 +466,7 @@ absl::StatusOr<std::vector<absl::StatusOr<EmbeddedItem>>> ClipClient::EmbedStrea
         absl::Status error = absl::InternalError("the server answered without a result");
         SetRequestId(request_id, &error);
         job.SettleLocked(index, std::move(error));
+        if (job.stop) context.TryCancel();
         continue;
       }
       // Every embedding of the job as wide as the first, checked as each arrives, so a

@@ -132,7 +132,10 @@ std::string QuoteText(const std::string& text) {
 absl::Status NameItem(const absl::Status& status, absl::string_view list,
                       const std::vector<std::string>& names, size_t offset, bool texts) {
   std::optional<size_t> index = BadRequestItemIndex(status, list);
-  if (!index.has_value() || offset + *index >= names.size()) return status;
+  // Compared without adding: the index comes from the server, and may be huge.
+  if (!index.has_value() || offset >= names.size() || *index >= names.size() - offset) {
+    return status;
+  }
   const std::string& name = names[offset + *index];
   absl::Status named = status;
   if (offset > 0) {

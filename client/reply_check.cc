@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -89,6 +90,16 @@ absl::Status CheckReply(const v1::EmbedImageRequest& request,
 
 absl::Status CheckReply(const v1::EmbedTextRequest& request,
                         const v1::EmbedTextResponse& response) {
+  // One of each per text, as the proto says; none from an older server.
+  for (const auto& [what, got] :
+       {std::make_pair("truncated flags", response.truncated_size()),
+        std::make_pair("token counts", response.num_tokens_size())}) {
+    if (got != 0) {
+      if (absl::Status count = CheckCount(what, got, request.texts_size()); !count.ok()) {
+        return count;
+      }
+    }
+  }
   return CheckEmbeddings(response.embeddings(), request.texts_size(), response.dim());
 }
 

@@ -66,9 +66,17 @@ absl::StatusOr<Endpoint> ParseEndpoint(absl::string_view entry) {
     endpoint.host = std::string(entry.substr(0, colon));
     port = entry.substr(colon + 1);
     if (absl::StrContains(endpoint.host, ':')) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "IPv6 address in '", entry, "' needs brackets: [", endpoint.host, "]:", port));
+      // "::1" alone is an address without a port, not host "::" and port 1.
+      if (IsIpv6Literal(std::string(entry))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "IPv6 address '", entry, "' needs brackets and a port: [", entry, "]:PORT"));
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", entry, "' is neither host:port nor [IPv6 address]:port"));
     }
+  }
+  if (std::any_of(endpoint.host.begin(), endpoint.host.end(), absl::ascii_isspace)) {
+    return absl::InvalidArgumentError(absl::StrCat("space in the host of '", entry, "'"));
   }
   if (endpoint.host.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("missing host in '", entry, "'"));
@@ -129,9 +137,30 @@ absl::StatusOr<std::string> ToChannelTarget(absl::string_view target,
                                             const HostResolver& resolve) {
   target = absl::StripAsciiWhitespace(target);
   if (target.empty()) return absl::InvalidArgumentError("empty target");
-  if (absl::StrContains(target, "://")) return std::string(target);
-  for (absl::string_view scheme : kSchemes) {
-    if (absl::StartsWithIgnoreCase(target, scheme)) return std::string(target);
+  // A gRPC URI ("dns:///name:port"), passed through whole: gRPC reads its scheme as
+  // written, so one in capitals would be taken for a host name.
+  const auto is_uri = [](absl::string_view text) {
+    // "scheme://...", the scheme a letter, then letters, digits, '+', '-' or '.'.
+    if (const size_t at = text.find("://");
+        at != absl::string_view::npos && at > 0 && absl::ascii_isalpha(text[0]) &&
+        std::all_of(text.begin(), text.begin() + at, [](char c) {
+          return absl::ascii_isalnum(c) || c == '+' || c == '-' || c == '.';
+        })) {
+      return true;
+    }
+    for (absl::string_view scheme : kSchemes) {
+      if (absl::StartsWithIgnoreCase(text, scheme)) return true;
+    }
+    return false;
+  };
+  if (is_uri(target)) {
+    const absl::string_view scheme = target.substr(0, target.find(':'));
+    if (std::any_of(scheme.begin(), scheme.end(), absl::ascii_isupper)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the scheme of '", target, "' is written in lowercase (",
+                       absl::AsciiStrToLower(scheme), ":)"));
+    }
+    return std::string(target);  // "ipv4:" and "ipv6:" take lists of their own
   }
   std::vector<Endpoint> endpoints;
   for (absl::string_view entry : absl::StrSplit(target, ',')) {
@@ -139,6 +168,12 @@ absl::StatusOr<std::string> ToChannelTarget(absl::string_view target,
     if (entry.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("empty entry in target '", target, "'"));
+    }
+    if (is_uri(entry)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", entry, "' in target '", target,
+                       "': a comma-separated list takes host:port entries; give a URI "
+                       "(dns:///name:port) alone"));
     }
     absl::StatusOr<Endpoint> endpoint = ParseEndpoint(entry);
     if (!endpoint.ok()) return endpoint.status();

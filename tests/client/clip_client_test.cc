@@ -163,7 +163,9 @@ class FakeClipService final : public v1::ClipService::Service {
           while (!context->IsCancelled()) absl::SleepFor(absl::Milliseconds(5));
           return grpc::Status::CANCELLED;
         }
-        if (text.rfind("bad", 0) == 0) {
+        if (text == "no result") {
+          // Neither an embedding nor an error: a broken server.
+        } else if (text.rfind("bad", 0) == 0) {
           *response.mutable_error() =
               RpcError(3, "text: bad text", absl::ZeroDuration(), "text");
         } else if (text.rfind("busy", 0) == 0 && Seen(text)) {
@@ -823,6 +825,28 @@ TEST(EmbedStreamTest, StopOnErrorCancelsTheRest) {
   EXPECT_LT(std::count_if(results->begin(), results->end(),
                           [](const auto& r) { return r.ok(); }),
             10);
+}
+
+// An answer without a result is an error too: with stop_on_error it cancels the
+// stream, and an item the server is still working on fails as not processed rather
+// than being waited for.
+TEST(EmbedStreamTest, StopOnErrorCancelsTheRestAfterAnAnswerWithoutAResult) {
+  FakeServer fake;
+  fake.service.stream_batch = 1;
+  auto client = Connect(fake.target());
+  EmbedStreamOptions options;
+  options.stop_on_error = true;
+  options.stall_timeout = absl::Seconds(20);
+  const absl::Time start = absl::Now();
+  auto results = client->EmbedStream(Texts({"a", "no result", "hang", "d"}), options);
+  ASSERT_TRUE(results.ok()) << results.status();
+  EXPECT_TRUE((*results)[0].ok());
+  EXPECT_EQ((*results)[1].status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string((*results)[1].status().message()),
+              HasSubstr("without a result"));
+  EXPECT_TRUE(IsNotProcessed((*results)[2].status())) << (*results)[2].status();
+  EXPECT_TRUE(IsNotProcessed((*results)[3].status())) << (*results)[3].status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "waited for the stall timeout";
 }
 
 TEST(EmbedStreamTest, StalledStreamEndsWithDeadlineExceeded) {

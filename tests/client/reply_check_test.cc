@@ -48,6 +48,20 @@ TEST(CheckReplyTest, EmbeddingsMatchTheInputsInCountAndWidth) {
   v1::EmbedTextResponse nan = response;
   nan.mutable_embeddings(0)->set_values(1, std::nanf(""));
   ExpectMalformed(CheckReply(request, nan), "an embedding that is not finite");
+  // The per-text flags and counts: one per text when sent at all, so that a caller
+  // reading response.truncated(i) for each text stays in bounds.
+  v1::EmbedTextResponse counted = response;
+  counted.add_truncated(false);
+  counted.add_truncated(true);
+  counted.add_num_tokens(5);
+  counted.add_num_tokens(77);
+  EXPECT_TRUE(CheckReply(request, counted).ok());
+  v1::EmbedTextResponse short_flags = counted;
+  short_flags.mutable_truncated()->RemoveLast();
+  ExpectMalformed(CheckReply(request, short_flags), "1 truncated flags for 2 inputs");
+  v1::EmbedTextResponse long_counts = counted;
+  long_counts.add_num_tokens(3);
+  ExpectMalformed(CheckReply(request, long_counts), "3 token counts for 2 inputs");
   v1::EmbedImageRequest images;
   images.add_images();
   v1::EmbedImageResponse empty_row;

@@ -38,7 +38,8 @@ TEST(ToChannelTargetTest, UrisPassThrough) {
   FakeDns dns;
   for (const char* uri :
        {"dns:///clip.example:50051", "dns:clip:1", "ipv4:1.2.3.4:5", "ipv6:[::1]:5",
-        "unix:///tmp/clip.sock", "unix-abstract:clip", "xds:///clip", "custom://thing"}) {
+        "ipv4:1.2.3.4:5,1.2.3.5:5", "unix:///tmp/clip.sock", "unix-abstract:clip",
+        "xds:///clip", "custom://thing"}) {
     EXPECT_EQ(ToChannelTarget(uri, dns.Resolver()).value(), uri);
   }
 }
@@ -93,11 +94,26 @@ TEST(ToChannelTargetTest, MalformedTargetsAreInvalidArgument) {
   for (const char* bad :
        {"", "   ", "localhost", "localhost:", "localhost:0", "localhost:65536",
         "localhost:http", ":50051", "::1:50051", "[::1]", "[::1:50051", "[nothost]:1",
-        "10.0.0.1:1,", "10.0.0.1:1,,10.0.0.2:1", "10.0.0.1:1,10.0.0.2"}) {
+        "10.0.0.1:1,", "10.0.0.1:1,,10.0.0.2:1", "10.0.0.1:1,10.0.0.2",
+        // A URI in a list would reach gRPC whole, as one name to look up.
+        "a:1, dns:///b:2", "10.0.0.1:1,ipv4:10.0.0.2:1",
+        // gRPC reads schemes as written: this would be a host name.
+        "DNS:///127.0.0.1:1", "IPV4:127.0.0.1:1",
+        // A space inside a host would be looked up with it.
+        "127.0.0.1 :1", "a b:1", "10.0.0.1:1,10.0.0.2 :1"}) {
     auto target = ToChannelTarget(bad, dns.Resolver());
     EXPECT_EQ(target.status().code(), absl::StatusCode::kInvalidArgument)
         << "'" << bad << "' -> " << target.status();
   }
+}
+
+// An IPv6 address without brackets is not cut at its last colon into a "port".
+TEST(ToChannelTargetTest, AnUnbracketedIpv6AddressIsNamedWhole) {
+  FakeDns dns;
+  auto target = ToChannelTarget("2001:db8::5", dns.Resolver());
+  EXPECT_EQ(target.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(target.status().message(),
+            "IPv6 address '2001:db8::5' needs brackets and a port: [2001:db8::5]:PORT");
 }
 
 TEST(SystemHostResolverTest, ResolvesLocalhostNumerically) {
