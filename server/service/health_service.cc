@@ -5,16 +5,40 @@
 #include <utility>
 
 #include "glog/logging.h"
+#include "server/service/grpc_status.h"
+#include "server/service/request_parsing.h"
 
 namespace clipserve {
 
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
+namespace {
+
+// The request of a Check or Watch: its one field, and up to 16 unknown ones (see
+// CheckEntryCounts()).
+absl::StatusOr<HealthCheckRequest> ParseHealthRequest(const grpc::ByteBuffer& bytes) {
+  HealthCheckRequest request;
+  absl::Status parsed =
+      ParseRequest(bytes, &request, /*max_items=*/1,
+                   [](absl::string_view path) { return std::string(path); });
+  if (!parsed.ok()) return parsed;
+  return request;
+}
+
+// A Watch refused before it started: finishes at once.
+class RefusedWatch final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  explicit RefusedWatch(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
 // One Watch call: writes the latest status whenever it differs from the last one
 // written, one write at a time, and ends after Shutdown()'s NOT_SERVING is written.
 class HealthService::WatchReactor final
-    : public grpc::ServerWriteReactor<HealthCheckResponse> {
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   WatchReactor(HealthService* owner, std::string service)
       : owner_(owner), service_(std::move(service)) {}
@@ -55,7 +79,13 @@ class HealthService::WatchReactor final
     if (writing_ || finished_) return;
     if (wanted_.has_value() && wanted_ != written_) {
       written_ = *wanted_;
-      response_.set_status(*written_);
+      HealthCheckResponse response;
+      response.set_status(*written_);
+      if (absl::Status serialized = SerializeResponse(response, &response_);
+          !serialized.ok()) {
+        FinishLocked(ToGrpcStatus(serialized));
+        return;
+      }
       writing_ = true;
       StartWrite(&response_);
       return;
@@ -77,7 +107,7 @@ class HealthService::WatchReactor final
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_after_write_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  HealthCheckResponse response_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer response_ ABSL_GUARDED_BY(mu_);  // the write in flight
 
   friend class HealthService;
 };
@@ -130,26 +160,34 @@ void HealthService::Forget(WatchReactor* watch) {
 }
 
 grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* context,
-                                               const HealthCheckRequest* request,
-                                               HealthCheckResponse* response) {
+                                               const grpc::ByteBuffer* request,
+                                               grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<HealthCheckRequest> parsed = ParseHealthRequest(*request);
+  if (!parsed.ok()) {
+    reactor->Finish(ToGrpcStatus(parsed.status()));
+    return reactor;
+  }
   Status status;
   {
     absl::MutexLock lock(&mu_);
-    status = StatusOfLocked(request->service());
+    status = StatusOfLocked(parsed->service());
   }
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
     reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service"));
-  } else {
-    response->set_status(status);
-    reactor->Finish(grpc::Status::OK);
+    return reactor;
   }
+  HealthCheckResponse answer;
+  answer.set_status(status);
+  reactor->Finish(ToGrpcStatus(SerializeResponse(answer, response)));
   return reactor;
 }
 
-grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
-    grpc::CallbackServerContext* /*context*/, const HealthCheckRequest* request) {
-  auto* watch = new WatchReactor(this, request->service());
+grpc::ServerWriteReactor<grpc::ByteBuffer>* HealthService::Watch(
+    grpc::CallbackServerContext* /*context*/, const grpc::ByteBuffer* request) {
+  absl::StatusOr<HealthCheckRequest> parsed = ParseHealthRequest(*request);
+  if (!parsed.ok()) return new RefusedWatch(parsed.status());
+  auto* watch = new WatchReactor(this, parsed->service());
   absl::MutexLock lock(&mu_);
   watches_.insert(watch);
   watch->Update(StatusOfLocked(watch->service_), /*last=*/shut_down_);
