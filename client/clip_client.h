@@ -169,7 +169,10 @@ struct EmbedStreamOptions {
 
   // Stop at the first item that fails for good (after retries): the stream is
   // cancelled and the items not answered yet fail with CANCELLED, marked as such
-  // (IsNotProcessed). Default false: every item is tried.
+  // (IsNotProcessed). Default false: every item is tried, except that an item larger
+  // than the server's largest message ends the whole stream (gRPC's
+  // RESOURCE_EXHAUSTED, for every item not answered yet): give the loader a size
+  // limit (ReadFileBytes' max_bytes), as clip_client does.
   bool stop_on_error = false;
 
   // Retry, per ClientOptions::retry, items that failed with UNAVAILABLE or
