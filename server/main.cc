@@ -228,12 +228,12 @@ ABSL_FLAG(double, exit_after_unhealthy_s, 0.0,
           "acts on health (Docker and Compose restart an exited container, never an "
           "unhealthy one); 0 (the default) never exits: Kubernetes' liveness probe "
           "restarts it.");
-ABSL_FLAG(double, shutdown_grace_s, 30.0,
-          "On SIGTERM, SIGINT or SIGHUP, seconds that calls in flight get to finish "
-          "before they "
-          "are cancelled; the batch running then still finishes. Keep it below "
-          "Kubernetes' terminationGracePeriodSeconds minus any preStop sleep and one "
-          "batch's run time.");
+ABSL_FLAG(
+    double, shutdown_grace_s, 30.0,
+    "On SIGTERM, SIGINT or SIGHUP, seconds that calls in flight get to finish "
+    "before they are cancelled; the batch running then still finishes. Keep it below "
+    "Kubernetes' terminationGracePeriodSeconds minus any preStop sleep and one "
+    "batch's run time.");
 
 namespace clipserve {
 namespace {
