@@ -3,6 +3,7 @@
 
 #include "server/model/clip_model.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/cuda.h>
 
@@ -35,6 +36,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 const std::string kFixtures = CLIPSERVE_MODEL_FIXTURES;
 const char* const kCases[] = {"vit_transformer", "resnet_transformer", "vit_cbow",
@@ -647,6 +649,47 @@ TEST(CheckpointTest, StrideZeroViewsCannotPassForAModel) {
   auto loaded = LoadModel(path.string());
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(loaded.status().message(), HasSubstr("needs at least"));
+}
+
+// LibTorch's zip reader finds records ignoring case and reads a name up to a NUL, and
+// the pickle caches storages by key: "ABCDEFGH" and "abcdefgh\0x" each loaded record
+// data/abcdefgh again (256 spellings of one 4 MiB record took 1.2 GB). A key must name
+// its record exactly; the exact key twice still loads, once.
+TEST(CheckpointTest, AStorageKeyMustNameItsRecordExactly) {
+  namespace fs = std::filesystem;
+  const auto unicode = [](const std::string& text) {
+    const auto n = static_cast<uint32_t>(text.size());
+    return std::string("X") + static_cast<char>(n & 0xFF) + static_cast<char>(n >> 8) +
+           std::string(2, '\0') + text;
+  };
+  // _rebuild_tensor_v2(storage `key` of 4 floats, 0, (4,), (1,)).
+  const auto tensor = [&](const std::string& key) {
+    return "ctorch._utils\n_rebuild_tensor_v2\n((" + unicode("storage") +
+           "ctorch\nFloatStorage\n" + unicode(key) + unicode("cpu") +
+           std::string("K\x04tQK\x00(K\x04t(K\x01ttR", 16);
+  };
+  const auto read = [&](const std::string& second_key) {
+    const std::string pickle = std::string("\x80\x02}(") + unicode("a") +
+                               tensor("abcdefgh") + unicode("b") + tensor(second_key) +
+                               "u.";
+    const fs::path path = fs::path(::testing::TempDir()) / "aliased.pt";
+    {
+      caffe2::serialize::PyTorchStreamWriter writer(path.string());
+      writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+      const float values[4] = {1, 2, 3, 4};
+      writer.writeRecord("data/abcdefgh", values, sizeof values);
+      writer.writeEndOfFile();
+    }
+    return ReadCheckpoint(path.string()).status();
+  };
+  for (const std::string& alias :
+       {std::string("ABCDEFGH"), std::string("abcdefgh\0x", 10)}) {
+    const absl::Status status = read(alias);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_THAT(status.message(), HasSubstr("names its record exactly")) << status;
+  }
+  // The exact key twice gets past the storages (to the missing model keys).
+  EXPECT_THAT(read("abcdefgh").message(), Not(HasSubstr("storage record")));
 }
 
 // A file name may be any bytes; the model name it gives travels in protobuf strings
