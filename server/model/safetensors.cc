@@ -95,7 +95,10 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
         return Bad(absl::StrCat(where, ": shape entries must be non-negative integers"));
       }
       const uint64_t d = dim.get<uint64_t>();
-      if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / d) {
+      // Past int64 it would turn negative in a tensor's shape (beside a 0, which keeps
+      // the byte count from overflowing).
+      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / d)) {
         return Bad(absl::StrCat(where, ": shape overflows"));
       }
       bytes *= d;

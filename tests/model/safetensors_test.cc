@@ -62,6 +62,11 @@ TEST(SafetensorsHeaderTest, RejectsEveryMalformation) {
                 "data_offsets": [0, 4]}})",
             4),
        "overflow"},
+      // Beside a 0 no byte count overflows, but the dimension would turn negative.
+      {File(R"({"x": {"dtype": "F32", "shape": [0, 18446744073709551615],
+                "data_offsets": [0, 0]}})",
+            0),
+       "'x': shape overflows"},
       {File(R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                 "y": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
             8),
