@@ -430,6 +430,7 @@ class Machine {
     CLIPSERVE_ASSIGN_OR_RETURN(torch::Tensor storage, loader_(*key, dtype, *numel));
     ValuePtr value = Make(storage);
     storages_.emplace(*key, value);
+    storage_values_.insert(value.get());
     return value;
   }
 
@@ -455,6 +456,11 @@ class Machine {
       const auto* offset = std::get_if<int64_t>(&(*tuple)[1]->v);
       if (storage == nullptr || offset == nullptr)
         return Bad("bad _rebuild_tensor_v2 args");
+      // A storage, never a tensor rebuilt before: torch.load refuses a view of a view,
+      // whose offset would count from its storage's start, not the view's.
+      if (!storage_values_.contains((*tuple)[0].get())) {
+        return Bad("_rebuild_tensor_v2 of a tensor, not of a storage");
+      }
       CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> size,
                                  IntTuple((*tuple)[2], "size"));
       CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> stride,
@@ -487,6 +493,8 @@ class Machine {
   std::vector<ValuePtr> stack_;
   std::unordered_map<uint64_t, ValuePtr> memo_;
   std::map<std::string, ValuePtr> storages_;
+  // The values of storages_: what _rebuild_tensor_v2 may view.
+  absl::flat_hash_set<const Value*> storage_values_;
 };
 
 // Adds the tensors among `object`'s attributes to `out` as "<prefix><name>", and those

@@ -120,6 +120,18 @@ TEST(TorchPickleTest, ValuesBesideTheWeightsAreSkipped) {
   EXPECT_TRUE(tensors->at("w").equal(torch::arange(4, torch::kFloat)));
 }
 
+// _rebuild_tensor_v2 views a storage; torch.load refuses one given a tensor (a view
+// of a view), whose offset would count from the storage's start.
+TEST(TorchPickleTest, AViewOfATensorIsRefused) {
+  const std::string view_of_view =
+      "ctorch._utils\n_rebuild_tensor_v2\n(" + Tensor("0") + "K\x01(K\x02t(K\x01ttR";
+  const std::string pickle =
+      std::string("\x80\x04}(") + Unicode("w") + view_of_view + "u.";
+  auto tensors = TensorsFromTorchPickle(pickle, CountingStorage);
+  EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tensors.status().message(), HasSubstr("not of a storage"));
+}
+
 // Python's dict keeps the last value of a key set twice, and so does torch.load: a
 // crafted file gave the first to clipserve and the last to PyTorch (a review).
 TEST(TorchPickleTest, AKeyGivenTwiceKeepsItsLastValue) {
