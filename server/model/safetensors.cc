@@ -17,9 +17,11 @@
 namespace clipserve {
 namespace {
 
-// The format allows 100 MB, but the header is parsed into a JSON tree of about 30 times
-// its size: a CLIP checkpoint's (ViT-bigG: about 1,000 entries of about 100 bytes)
-// needs a small fraction of this.
+// The format allows 100 MB, but the header is parsed into a JSON tree of some 30 to
+// 35 times its size (a 16 MiB header of empty objects or nested arrays took a
+// failing load's peak RSS from about 180 MB to 670 to 757 MB, in a review): a CLIP
+// checkpoint's (ViT-bigG: about 1,000 entries of about 100 bytes) needs a small
+// fraction of this.
 constexpr uint64_t kMaxHeaderBytes = 16ull << 20;
 
 absl::Status Bad(absl::string_view what) {
