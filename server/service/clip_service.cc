@@ -242,9 +242,6 @@ google::rpc::Status ToRpcStatus(const absl::Status& status) {
   return rpc_status;
 }
 
-// Field names for ParseRequest(): the path of an invalid string field as it is.
-std::string KeepFieldName(absl::string_view path) { return std::string(path); }
-
 // In a SimilarityRequest the texts are at "texts.texts.texts[i]" (TextSet, TextList);
 // errors call them "texts[i]", like every other Similarity error.
 std::string SimilarityFieldName(absl::string_view path) {

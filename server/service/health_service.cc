@@ -19,9 +19,7 @@ namespace {
 // CheckEntryCounts()).
 absl::StatusOr<HealthCheckRequest> ParseHealthRequest(const grpc::ByteBuffer& bytes) {
   HealthCheckRequest request;
-  absl::Status parsed =
-      ParseRequest(bytes, &request, /*max_items=*/1,
-                   [](absl::string_view path) { return std::string(path); });
+  absl::Status parsed = ParseRequest(bytes, &request, /*max_items=*/1, KeepFieldName);
   if (!parsed.ok()) return parsed;
   return request;
 }

@@ -34,6 +34,9 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes,
                           google::protobuf::Message* message, int max_items,
                           absl::FunctionRef<std::string(absl::string_view)> field_name);
 
+// A `field_name` for ParseRequest(): the path of an invalid string field as it is.
+inline std::string KeepFieldName(absl::string_view path) { return std::string(path); }
+
 // Checks, without building anything, how many objects parsing `bytes` (a serialized
 // message of type `descriptor`) would create: a 2-byte empty string or message on the
 // wire costs a parser some 35 to 100 bytes of memory, so a request under the message
