@@ -29,6 +29,7 @@
 #include "server/model/model_config.h"
 #include "server/model/model_loader.h"
 #include "tests/testing/fresh_test_dir.h"
+#include "tests/testing/pickle_bytes.h"
 #include "tests/testing/tiny_clip_config.h"
 
 namespace clipserve {
@@ -657,21 +658,12 @@ TEST(CheckpointTest, StrideZeroViewsCannotPassForAModel) {
 // its record exactly; the exact key twice still loads, once.
 TEST(CheckpointTest, AStorageKeyMustNameItsRecordExactly) {
   namespace fs = std::filesystem;
-  const auto unicode = [](const std::string& text) {
-    const auto n = static_cast<uint32_t>(text.size());
-    return std::string("X") + static_cast<char>(n & 0xFF) + static_cast<char>(n >> 8) +
-           std::string(2, '\0') + text;
-  };
-  // _rebuild_tensor_v2(storage `key` of 4 floats, 0, (4,), (1,)).
-  const auto tensor = [&](const std::string& key) {
-    return "ctorch._utils\n_rebuild_tensor_v2\n((" + unicode("storage") +
-           "ctorch\nFloatStorage\n" + unicode(key) + unicode("cpu") +
-           std::string("K\x04tQK\x00(K\x04t(K\x01ttR", 16);
-  };
+  using testing::PickleFloatTensor;
+  using testing::PickleUnicode;
   const auto read = [&](const std::string& second_key) {
-    const std::string pickle = std::string("\x80\x02}(") + unicode("a") +
-                               tensor("abcdefgh") + unicode("b") + tensor(second_key) +
-                               "u.";
+    const std::string pickle = std::string("\x80\x02}(") + PickleUnicode("a") +
+                               PickleFloatTensor("abcdefgh") + PickleUnicode("b") +
+                               PickleFloatTensor(second_key) + "u.";
     const fs::path path = fs::path(::testing::TempDir()) / "aliased.pt";
     {
       caffe2::serialize::PyTorchStreamWriter writer(path.string());

@@ -4,6 +4,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/pickle_bytes.h"
 
 namespace clipserve {
 namespace {
@@ -82,11 +83,7 @@ TEST(TorchPickleTest, APickleOfTooManyOperationsIsRefused) {
 }
 
 // Pickle pieces for TorchScript's data.pkl, as torch.jit.save writes them.
-std::string Unicode(const std::string& s) {
-  const uint32_t n = static_cast<uint32_t>(s.size());
-  return std::string("X") + static_cast<char>(n & 0xFF) + static_cast<char>(n >> 8) +
-         std::string(2, '\0') + s;
-}
+std::string Unicode(const std::string& s) { return testing::PickleUnicode(s); }
 
 // An object of the TorchScript class `cls`, NEWOBJ'd and BUILD with `state_items` (a
 // MARK'd run of key/value pickles) as its dict state.
@@ -95,11 +92,7 @@ std::string Module(const std::string& cls, const std::string& state_items) {
 }
 
 // _rebuild_tensor_v2(storage `key` of 4 floats, 0, (4,), (1,)).
-std::string Tensor(const std::string& key) {
-  return "ctorch._utils\n_rebuild_tensor_v2\n((" + Unicode("storage") +
-         "ctorch\nFloatStorage\n" + Unicode(key) + Unicode("cpu") +
-         std::string("K\x04tQK\x00(K\x04t(K\x01ttR", 16);
-}
+std::string Tensor(const std::string& key) { return testing::PickleFloatTensor(key); }
 
 absl::StatusOr<torch::Tensor> CountingStorage(const std::string& key, torch::ScalarType,
                                               int64_t numel) {
