@@ -165,8 +165,7 @@ bool IsNpyPath(const std::string& path) { return absl::EndsWithIgnoreCase(path, 
 // "" or "-", or a name of stdout's own descriptor: opening /dev/stdout would truncate
 // a file the shell opened for appending (>>).
 bool IsStdout(const std::string& output) {
-  return output.empty() || output == "-" || output == "/dev/stdout" ||
-         output == "/dev/fd/1" || output == "/proc/self/fd/1";
+  return output.empty() || output == "-" || DescriptorNamed(output) == 1;
 }
 
 // The file an embedding command writes, opened before the work so that a path that

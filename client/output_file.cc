@@ -13,7 +13,7 @@
 
 #include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
@@ -50,22 +50,24 @@ bool StickyFolderKeepsFile(const std::string& path) {
          folder_info.st_uid != me;
 }
 
-// Whether `path` names one of this process's open descriptors: /dev/stdin, /dev/stdout,
-// /dev/stderr, /dev/fd/N or /proc/self/fd/N.
-bool IsDescriptorName(absl::string_view path) {
-  if (path == "/dev/stdin" || path == "/dev/stdout" || path == "/dev/stderr") return true;
-  for (absl::string_view folder : {"/dev/fd/", "/proc/self/fd/"}) {
-    if (absl::ConsumePrefix(&path, folder)) {
-      return !path.empty() && absl::c_all_of(path, absl::ascii_isdigit);
-    }
-  }
-  return false;
-}
-
 }  // namespace
 
+std::optional<int> DescriptorNamed(absl::string_view path) {
+  if (path == "/dev/stdin") return 0;
+  if (path == "/dev/stdout") return 1;
+  if (path == "/dev/stderr") return 2;
+  for (absl::string_view folder : {"/dev/fd/", "/proc/self/fd/"}) {
+    int descriptor;
+    if (absl::ConsumePrefix(&path, folder) && !path.empty() &&
+        absl::c_all_of(path, absl::ascii_isdigit) && absl::SimpleAtoi(path, &descriptor)) {
+      return descriptor;
+    }
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<OutputFile> OutputFile::Open(const std::string& path) {
-  if (IsDescriptorName(path)) {
+  if (DescriptorNamed(path).has_value()) {
     // Refused now if the descriptor is closed or was not opened for writing.
     if (const int error = WriteError(path); error != 0) {
       return OpenError(path, "cannot write", error);

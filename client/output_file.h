@@ -1,11 +1,13 @@
 #ifndef CLIPSERVE_CLIENT_OUTPUT_FILE_H_
 #define CLIPSERVE_CLIENT_OUTPUT_FILE_H_
 
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace clipserve {
 
@@ -63,6 +65,11 @@ class OutputFile {
   bool pending_ = true;  // write_path() is a temporary file still to be moved or removed
   bool appends_ = false;
 };
+
+// The descriptor that `path` names in this process: 0, 1 and 2 for /dev/stdin,
+// /dev/stdout and /dev/stderr, N for /dev/fd/N and /proc/self/fd/N; nullopt for any
+// other path (a number past int included).
+std::optional<int> DescriptorNamed(absl::string_view path);
 
 }  // namespace clipserve
 

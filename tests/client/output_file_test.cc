@@ -199,5 +199,19 @@ TEST_F(OutputFileTest, APipeOrDeviceIsWrittenInPlace) {
   EXPECT_TRUE(file->Commit().ok());
 }
 
+TEST(DescriptorNamedTest, NamesTheDescriptorOfEachSpelling) {
+  EXPECT_EQ(DescriptorNamed("/dev/stdin"), 0);
+  EXPECT_EQ(DescriptorNamed("/dev/stdout"), 1);
+  EXPECT_EQ(DescriptorNamed("/dev/stderr"), 2);
+  EXPECT_EQ(DescriptorNamed("/dev/fd/1"), 1);
+  EXPECT_EQ(DescriptorNamed("/proc/self/fd/1"), 1);
+  EXPECT_EQ(DescriptorNamed("/dev/fd/017"), 17);
+  for (const char* other : {"", "-", "/dev/fd/", "/dev/fd/+1", "/dev/fd/-1", "/dev/fd/1x",
+                            "/dev/fd/1/", "/dev/fd/99999999999", "/proc/1/fd/1",
+                            "/dev/null", "dev/stdout", "/dev/stdout2"}) {
+    EXPECT_EQ(DescriptorNamed(other), std::nullopt) << other;
+  }
+}
+
 }  // namespace
 }  // namespace clipserve
