@@ -59,7 +59,8 @@ std::optional<int> DescriptorNamed(absl::string_view path) {
   for (absl::string_view folder : {"/dev/fd/", "/proc/self/fd/"}) {
     int descriptor;
     if (absl::ConsumePrefix(&path, folder) && !path.empty() &&
-        absl::c_all_of(path, absl::ascii_isdigit) && absl::SimpleAtoi(path, &descriptor)) {
+        absl::c_all_of(path, absl::ascii_isdigit) &&
+        absl::SimpleAtoi(path, &descriptor)) {
       return descriptor;
     }
   }

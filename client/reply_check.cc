@@ -1,5 +1,6 @@
 #include "client/reply_check.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -137,11 +138,15 @@ absl::Status CheckReply(const v1::ClassifyRequest& request,
       !status.ok()) {
     return status;
   }
+  // top_k labels, 0 meaning 5, at most all of them (the proto's ClassifyRequest.top_k).
+  const int64_t top_k = std::min<int64_t>(request.top_k() == 0 ? 5 : request.top_k(),
+                                          request.labels_size());
   for (const v1::Classification& result : response.results()) {
-    if (result.labels_size() > request.labels_size()) {
+    if (result.labels_size() != top_k) {
       return Malformed(absl::StrCat(result.labels_size(), " labels ranked of ",
-                                    request.labels_size()));
+                                    request.labels_size(), " for a top ", top_k));
     }
+    const v1::LabelScore* previous = nullptr;
     std::vector<bool> ranked(static_cast<size_t>(request.labels_size()), false);
     for (const v1::LabelScore& score : result.labels()) {
       if (score.index() >= static_cast<uint32_t>(request.labels_size())) {
@@ -160,6 +165,16 @@ absl::Status CheckReply(const v1::ClassifyRequest& request,
       if (!std::isfinite(score.probability()) || !std::isfinite(score.logit())) {
         return Malformed("a label score that is not finite");
       }
+      if (score.probability() < 0 || score.probability() > 1) {
+        return Malformed(absl::StrCat("a probability of ", score.probability()));
+      }
+      // Most probable first (the proto's Classification.labels): what the client
+      // prints as the best label must be it.
+      if (previous != nullptr && score.probability() > previous->probability()) {
+        return Malformed(absl::StrCat("label index ", score.index(),
+                                      " ranked below a less probable one"));
+      }
+      previous = &score;
     }
   }
   return absl::OkStatus();

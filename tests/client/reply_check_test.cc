@@ -140,21 +140,46 @@ TEST(CheckReplyTest, ClassificationsAndTokenizationsMatchTheInputs) {
   classify.add_labels("cat");
   classify.add_labels("dog");
   v1::ClassifyResponse results;
+  // top_k 0 is 5, clamped to the 2 labels: both ranked, the more probable first.
   for (int i = 0; i < 2; ++i) {
-    v1::LabelScore* score = results.add_results()->add_labels();
+    v1::Classification* result = results.add_results();
+    v1::LabelScore* score = result->add_labels();
     score->set_index(1);
     score->set_label("dog");
     score->set_probability(0.75f);
     score->set_logit(21.5f);
+    score = result->add_labels();
+    score->set_index(0);
+    score->set_label("cat");
+    score->set_probability(0.25f);
+    score->set_logit(20.4f);
   }
   EXPECT_TRUE(CheckReply(classify, results).ok());
+  // As many labels as top_k asks for, no fewer, no more.
+  v1::ClassifyRequest top1 = classify;
+  top1.set_top_k(1);
+  ExpectMalformed(CheckReply(top1, results), "2 labels ranked of 2 for a top 1");
+  v1::ClassifyResponse best = results;
+  for (v1::Classification& result : *best.mutable_results()) {
+    result.mutable_labels()->RemoveLast();
+  }
+  EXPECT_TRUE(CheckReply(top1, best).ok());
+  ExpectMalformed(CheckReply(classify, best), "1 labels ranked of 2 for a top 2");
+  // Most probable first: the client prints the first as the best.
+  v1::ClassifyResponse unordered = results;
+  unordered.mutable_results(1)->mutable_labels()->SwapElements(0, 1);
+  ExpectMalformed(CheckReply(classify, unordered),
+                  "label index 1 ranked below a less probable one");
+  v1::ClassifyResponse over_one = results;
+  over_one.mutable_results(0)->mutable_labels(0)->set_probability(1.5f);
+  ExpectMalformed(CheckReply(classify, over_one), "a probability of 1.5");
   // The client prints the reply's label: it must be the one at its index.
   v1::ClassifyResponse wrong_label = results;
   wrong_label.mutable_results(1)->mutable_labels(0)->set_label("evil");
   ExpectMalformed(CheckReply(classify, wrong_label),
                   "the label at index 1 is not the one asked for");
   v1::ClassifyResponse twice = results;
-  *twice.mutable_results(0)->add_labels() = results.results(0).labels(0);
+  *twice.mutable_results(0)->mutable_labels(1) = results.results(0).labels(0);
   ExpectMalformed(CheckReply(classify, twice), "label index 1 ranked twice");
   v1::ClassifyResponse nan = results;
   nan.mutable_results(0)->mutable_labels(0)->set_probability(NAN);
