@@ -35,6 +35,7 @@
 #include "absl/strings/str_join.h"
 #include "client/bench.h"
 #include "client/clip_client.h"
+#include "client/error_naming.h"
 #include "client/input_files.h"
 #include "client/npy_writer.h"
 #include "client/output_file.h"
@@ -98,58 +99,6 @@ std::string ErrorText(const absl::Status& status) {
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "error: %s\n", ErrorText(status).c_str());
   return EXIT_FAILURE;
-}
-
-// `status` with `message` instead of its own (details kept).
-absl::Status WithMessage(const absl::Status& status, absl::string_view message) {
-  absl::Status out(status.code(), message);
-  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
-    out.SetPayload(url, payload);
-  });
-  return out;
-}
-
-// `status` with "prefix: " before its message (details kept).
-absl::Status WithPrefix(const absl::Status& status, absl::string_view prefix) {
-  if (status.ok() || prefix.empty()) return status;
-  return WithMessage(status, absl::StrCat(prefix, ": ", status.message()));
-}
-
-// The same, unless the message starts so already.
-absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
-  if (absl::StartsWith(status.message(), absl::StrCat(prefix, ": "))) return status;
-  return WithPrefix(status, prefix);
-}
-
-// A text as it appears in an error message: quoted and shortened.
-std::string QuoteText(const std::string& text) {
-  std::string shown = text.size() > 60 ? absl::StrCat(Utf8Prefix(text, 57), "...") : text;
-  return absl::StrCat("text \"", shown, "\"");
-}
-
-// An error of a call about several items, with the offending one named when the
-// server's BadRequest points at it ("images[2]" -> the third path).
-absl::Status NameItem(const absl::Status& status, absl::string_view list,
-                      const std::vector<std::string>& names, size_t offset, bool texts) {
-  std::optional<size_t> index = BadRequestItemIndex(status, list);
-  // Compared without adding: the index comes from the server, and may be huge.
-  if (!index.has_value() || offset >= names.size() || *index >= names.size() - offset) {
-    return status;
-  }
-  const std::string& name = names[offset + *index];
-  absl::Status named = status;
-  if (offset > 0) {
-    // The server counts the items of its request, one of several: the message says
-    // where the item stands in the whole list.
-    const std::string in_request = absl::StrCat(list, "[", *index, "]");
-    std::string message(status.message());
-    if (const size_t at = message.find(in_request); at != std::string::npos) {
-      message.replace(at, in_request.size(),
-                      absl::StrCat(list, "[", offset + *index, "]"));
-      named = WithMessage(status, message);
-    }
-  }
-  return Prefixed(named, texts ? QuoteText(name) : name);
 }
 
 // Errors of whole calls: UNAVAILABLE says which server could not be reached.
