@@ -286,6 +286,23 @@ class SignalTest(unittest.TestCase):
             # by parallel tests, "under 4 s" failed.)
             self.assertNotIn("loading model", result.stderr, flags)
 
+    def test_one_item_per_request_warns_that_classify_cannot_work(self):
+        # Classify needs two labels, so such a server refuses every Classify call. The
+        # port mistake after it ends the run before the model load.
+        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--host=127.0.0.1",
+                                 "--port=50999", "--metrics_port=50999",
+                                 "--max_items_per_request=1"],
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("--max_items_per_request=1 refuses every Classify call",
+                      result.stderr)
+        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--host=127.0.0.1",
+                                 "--port=50999", "--metrics_port=50999",
+                                 "--max_items_per_request=2"],
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn("refuses every Classify call", result.stderr)
+
     def test_a_message_limit_no_answer_fits_in_fails_after_the_load(self):
         # The demo ViT-B-32's 512-wide embeddings take 2 KiB and more in one response.
         result = subprocess.run([ARGS.server, "--model=demo:ViT-B-32", "--port=0",
