@@ -49,6 +49,7 @@
 #include "absl/time/time.h"
 #include "glog/logging.h"
 #include "server/common/clock.h"
+#include "server/common/cpu_limit.h"
 #include "server/common/idle_heap_trimmer.h"
 #include "server/common/status_macros.h"
 #include "server/engine/caching_engine.h"
@@ -695,6 +696,13 @@ absl::Status Run() {
         absl::StrCat("--max_queue_size (", absl::GetFlag(FLAGS_max_queue_size),
                      ") must be at least --max_batch_size (",
                      absl::GetFlag(FLAGS_max_batch_size), ")"));
+  }
+  if (const int cpus = UsableCpus(); absl::GetFlag(FLAGS_intra_op_threads) > cpus) {
+    LOG(WARNING) << "--intra_op_threads=" << absl::GetFlag(FLAGS_intra_op_threads)
+                 << " is more than the " << cpus
+                 << " CPUs this process may use (its affinity and cgroup CPU limit): "
+                    "OpenMP threads past the cores wait on each other and every batch "
+                    "runs slower; 0 takes that count";
   }
   if (absl::GetFlag(FLAGS_max_items_per_request) == 1) {
     LOG(WARNING) << "--max_items_per_request=1 refuses every Classify call, which "

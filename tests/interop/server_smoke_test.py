@@ -303,6 +303,20 @@ class SignalTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertNotIn("refuses every Classify call", result.stderr)
 
+    def test_more_intra_op_threads_than_usable_cpus_warns(self):
+        # The CPUs this process may use: its affinity, or a smaller cgroup limit; one
+        # more than the affinity is past either. The port mistake ends the run early.
+        too_many = len(os.sched_getaffinity(0)) + 1
+        for threads, warned in ((too_many, True), (1, False)):
+            result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
+                                     "--host=127.0.0.1", "--port=50999",
+                                     "--metrics_port=50999",
+                                     f"--intra_op_threads={threads}"],
+                                    capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertEqual(f"--intra_op_threads={threads} is more than the" in
+                             result.stderr, warned, result.stderr)
+
     def test_a_message_limit_no_answer_fits_in_fails_after_the_load(self):
         # The demo ViT-B-32's 512-wide embeddings take 2 KiB and more in one response.
         result = subprocess.run([ARGS.server, "--model=demo:ViT-B-32", "--port=0",
