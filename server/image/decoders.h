@@ -41,15 +41,17 @@ absl::StatusOr<RgbImage> DecodeBmp(absl::string_view encoded,
 // inflate to more than 64 MiB in all (Pillow does not count some of them). APNG
 // chunks are not checked as Pillow checks them.
 //
-// Otherwise the EXIF orientation (1-8) that ImageOps.exif_transpose(Image.open(f))
+// Otherwise, with `want_orientation`, the EXIF orientation (1-8) that
+// ImageOps.exif_transpose(Image.open(f))
 // finds: from the last eXIf chunk or tEXt/zTXt/iTXt "exif" before the image data,
 // else from those chunks anywhere (getexif() then loads the image and reads the
 // chunks after it), else from a hex-coded "Raw profile type exif" text chunk; where
 // that EXIF holds no orientation tag, from the tiff:Orientation of an
 // "XML:com.adobe.xmp" text chunk. 1 where none says otherwise, and where Pillow would
 // raise (EXIF it cannot read). Bounds-checked; compressed chunks are inflated 16 KiB
-// at a time, to at most 1 MiB each, as Pillow does.
-absl::StatusOr<int> ReadPngChunks(absl::string_view png);
+// at a time, to at most 1 MiB each, as Pillow does. Without `want_orientation`, 1:
+// the chunks are checked but no EXIF or XMP is read.
+absl::StatusOr<int> ReadPngChunks(absl::string_view png, bool want_orientation);
 
 // INVALID_ARGUMENT "<format>: <what>".
 absl::Status FormatError(absl::string_view format, absl::string_view what);

@@ -238,26 +238,30 @@ class ChunkReader {
 };
 
 // bytes.fromhex("".join(value.split("\n")[3:])): pairs of hex digits, ASCII white
-// space skipped between pairs. False where Python raises.
+// space skipped between pairs. False where Python raises. Read in place: a text of
+// newlines (64 MiB from a small zTXt) split into lines would take 16 bytes a line.
 bool HexProfile(absl::string_view value, std::string* bytes) {
-  std::vector<absl::string_view> lines = absl::StrSplit(value, '\n');
   bytes->clear();
+  // The first three lines dropped, the others joined without their newlines.
+  for (int line = 0; line < 3; ++line) {
+    const size_t end = value.find('\n');
+    if (end == absl::string_view::npos) return true;
+    value.remove_prefix(end + 1);
+  }
   int high = -1;
-  for (size_t i = 3; i < lines.size(); ++i) {
-    for (const char c : lines[i]) {
-      const bool space = c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
-      if (space && high < 0) continue;
-      if (!absl::ascii_isxdigit(static_cast<unsigned char>(c))) return false;
-      const int digit =
-          absl::ascii_isdigit(static_cast<unsigned char>(c))
-              ? c - '0'
-              : absl::ascii_tolower(static_cast<unsigned char>(c)) - 'a' + 10;
-      if (high < 0) {
-        high = digit;
-      } else {
-        bytes->push_back(static_cast<char>(high * 16 + digit));
-        high = -1;
-      }
+  for (const char c : value) {
+    if (c == '\n') continue;
+    const bool space = c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+    if (space && high < 0) continue;
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c))) return false;
+    const int digit = absl::ascii_isdigit(static_cast<unsigned char>(c))
+                          ? c - '0'
+                          : absl::ascii_tolower(static_cast<unsigned char>(c)) - 'a' + 10;
+    if (high < 0) {
+      high = digit;
+    } else {
+      bytes->push_back(static_cast<char>(high * 16 + digit));
+      high = -1;
     }
   }
   return high < 0;
@@ -313,7 +317,7 @@ bool IsChunkType(absl::string_view type) {
 
 }  // namespace
 
-absl::StatusOr<int> ReadPngChunks(absl::string_view png) {
+absl::StatusOr<int> ReadPngChunks(absl::string_view png, bool want_orientation) {
   ChunkReader reader;
   bool seen_idat = false;
   bool animated = false;
@@ -343,7 +347,7 @@ absl::StatusOr<int> ReadPngChunks(absl::string_view png) {
     }
     offset += size_t{length} + 12;
   }
-  return Orientation(reader.info());
+  return want_orientation ? Orientation(reader.info()) : 1;
 }
 
 }  // namespace clipserve::image::internal

@@ -302,7 +302,8 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
   if (!size_ok.ok()) return size_ok;
   const absl::Status data_ok = CheckCompressedSize(header, encoded.size());
   if (!data_ok.ok()) return data_ok;
-  const absl::StatusOr<int> orientation = ReadPngChunks(encoded);
+  const absl::StatusOr<int> orientation =
+      ReadPngChunks(encoded, options.honor_exif_orientation);
   if (!orientation.ok()) return orientation.status();
   if (options.honor_exif_orientation) *exif_orientation = *orientation;
 

@@ -439,6 +439,39 @@ TEST(DecodeImageDeathTest, AnImageTheAllocatorRefusesIsResourceExhausted) {
               "PNG: out of memory");
 }
 
+// Decodes `encoded` with its address space capped `headroom` bytes above what the
+// process holds, and exits 0 when it decodes (else 1).
+[[noreturn]] void DecodeWithin(const std::string& encoded, const DecodeOptions& options,
+                               int64_t headroom) {
+  const rlim_t cap = static_cast<rlim_t>(MappedBytes() + headroom);
+  rlimit limit;
+  limit.rlim_cur = cap;
+  limit.rlim_max = cap;
+  if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(2);
+  const absl::Status status = DecodeImage(encoded, options).status();
+  std::fprintf(stderr, "%s\n", status.ToString().c_str());
+  std::_Exit(status.ok() ? 0 : 1);
+}
+
+// A "Raw profile type exif" tEXt of 24 MiB of newlines (Pillow caps only compressed
+// text chunks, at 1 MiB each): read in place, it takes memory in proportion to its
+// text, asked for its orientation or not (split into lines it took 16 bytes a line,
+// 384 MiB).
+TEST(DecodeImageDeathTest, APngRawProfileOfNewlinesTakesNoMoreThanItsText) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string png =
+      BlackPng(16, 8, 8,
+               PngChunk("tEXt", std::string("Raw profile type exif\0", 22) +
+                                    std::string(24 << 20, '\n')));
+  for (const bool honor : {false, true}) {
+    SCOPED_TRACE(honor);
+    DecodeOptions options;
+    options.honor_exif_orientation = honor;
+    EXPECT_EXIT(DecodeWithin(png, options, int64_t{96} << 20),
+                ::testing::ExitedWithCode(0), "OK");
+  }
+}
+
 #endif
 
 TEST(DecodeImageTest, PixelLimitIsInclusive) {
