@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <set>
 #include <utility>
 #include <vector>
@@ -96,6 +97,11 @@ absl::Status CatchTorchErrors(const std::function<void()>& fn, absl::string_view
     fn();
     return absl::OkStatus();
   } catch (const c10::OutOfMemoryError& e) {
+    out_of_memory = true;
+    message = e.what();
+  } catch (const std::bad_alloc& e) {
+    // A standard container's allocation beside the tensors (the engine's encode step
+    // builds vectors in here): memory as much as the allocator's.
     out_of_memory = true;
     message = e.what();
   } catch (const std::exception& e) {

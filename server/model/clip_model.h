@@ -140,9 +140,9 @@ class ClipModel {
 torch::Tensor NormalizeRows(const torch::Tensor& features);
 
 // Runs `fn`, turning a LibTorch exception into `code` (RESOURCE_EXHAUSTED for out of
-// memory: c10::OutOfMemoryError, or an allocator's or CUDA library's allocation
-// failure by its message) with "what: " and the exception's first line. The model
-// boundary's only catch site: nothing in server/model lets an exception escape.
+// memory: c10::OutOfMemoryError, std::bad_alloc, or an allocator's or CUDA library's
+// allocation failure by its message) with "what: " and the exception's first line. The
+// model boundary's only catch site: nothing in server/model lets an exception escape.
 absl::Status CatchTorchErrors(const std::function<void()>& fn, absl::string_view what,
                               absl::StatusCode code = absl::StatusCode::kInternal);
 

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -1149,6 +1150,11 @@ TEST(CatchTorchErrorsTest, AllocationFailuresAreResourceExhausted) {
       "running");
   EXPECT_EQ(typed.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(typed.message()), HasSubstr("running: Tried to allocate"));
+  // A standard container's failed allocation beside the tensors is memory too.
+  const absl::Status standard =
+      CatchTorchErrors([] { throw std::bad_alloc(); }, "running");
+  EXPECT_EQ(standard.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(standard.message(), "running: std::bad_alloc");
   // The code a LibTorch exception with `message` becomes.
   const auto code_of = [](const char* message) {
     return CatchTorchErrors([message] { throw std::runtime_error(message); }, "running")
