@@ -256,6 +256,31 @@ bool ImageDataIsWhole(absl::string_view png, const Header& header) {
   return produced >= needed;
 }
 
+// Whether the image data's zlib stream stops unfinished where its run of IDAT chunks
+// ends, with no error in what is there. libpng then reads on for more data, and fails
+// on whatever it meets there: a chunk that is not IDAT ("Not enough image data"), or
+// bytes that are no chunk header at all ("invalid chunk type"). Pillow stops at
+// either, and keeps the image when the rows are there.
+bool ImageDataEndsUnfinished(absl::string_view png) {
+  z_stream z = {};
+  if (inflateInit(&z) != Z_OK) return false;
+  int ret = Z_OK;
+  unsigned char sink[1 << 16];
+  ForEachImageDataChunk(png, [&](absl::string_view payload, bool) {
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(payload.data()));
+    z.avail_in = static_cast<uInt>(payload.size());
+    do {
+      z.next_out = sink;
+      z.avail_out = sizeof(sink);
+      ret = inflate(&z, Z_NO_FLUSH);
+    } while (ret == Z_OK && (z.avail_in > 0 || z.avail_out == 0));
+    if (ret == Z_BUF_ERROR) ret = Z_OK;  // no progress possible: the next chunk
+    return ret == Z_OK;
+  });
+  inflateEnd(&z);
+  return ret == Z_OK;  // neither the stream's end (Z_STREAM_END) nor an error
+}
+
 // Deflate codes a run of at most 258 bytes in no fewer than 2 bits, so no stream
 // inflates to more than 1032 times its size. A header whose pixels would need more
 // than the whole file could hold is refused before anything is allocated for them:
@@ -331,11 +356,14 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view encoded,
                                row_bytes, &palette);
   // After the last row libpng reads on to the end of the zlib stream. Where the data
   // stops first (the file ends: zeros were read past it; or the IDAT chunks end: a
-  // stream without its final block or checksum), every row is in `rows` when the bytes
-  // present hold them all and libpng failed, if at all, only after the last row. Pillow
-  // keeps such an image; it refuses a stream that is there and wrong (a bad checksum).
+  // stream without its final block or checksum, followed by another chunk or by bytes
+  // that are none), every row is in `rows` when the bytes present hold them all and
+  // libpng failed, if at all, only after the last row. Pillow keeps such an image; it
+  // refuses a stream that is there and wrong (a bad checksum).
   const bool ran_out_of_data =
-      context.padded > 0 || absl::string_view(context.message) == "Not enough image data";
+      context.padded > 0 ||
+      absl::string_view(context.message) == "Not enough image data" ||
+      (!read && context.rows_done && ImageDataEndsUnfinished(encoded));
   if (ran_out_of_data && (read || context.rows_done)) {
     if (!ImageDataIsWhole(encoded, header)) {
       return FormatError(kFormat, "data is truncated");

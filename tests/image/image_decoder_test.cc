@@ -256,6 +256,49 @@ TEST(DecodeImageTest, PngCutShortAfterItsLastRowDecodesAsPillowDoes) {
   }
 }
 
+// A zlib stream without its checksum, then bytes that are no chunk (a zeroed IEND):
+// libpng, reading on for the checksum, fails on the chunk type after the last row;
+// Pillow keeps the image, as where the file ends there. A checksum that is there and
+// wrong is refused by both. (Both checked against Pillow 9.4.)
+TEST(DecodeImageTest, APngStreamLeftUnendedBeforeBytesThatAreNoChunkDecodes) {
+  constexpr uint32_t kWidth = 37, kHeight = 23;
+  std::string raw;
+  std::vector<uint8_t> expected;
+  for (uint32_t y = 0; y < kHeight; ++y) {
+    raw += '\0';  // filter: none
+    for (uint32_t x = 0; x < kWidth; ++x) {
+      for (uint32_t c = 0; c < 3; ++c) {
+        expected.push_back(static_cast<uint8_t>((x * 7 + y * 13 + c * 29) & 0xff));
+        raw += static_cast<char>(expected.back());
+      }
+    }
+  }
+  const std::string stream = Deflate(raw);
+  auto png = [&](const std::string& image_data, const std::string& after) {
+    return std::string("\x89PNG\r\n\x1a\n", 8) +
+           PngChunk("IHDR",
+                    Be32(kWidth) + Be32(kHeight) + std::string("\x08\x02\0\0\0", 5)) +
+           PngChunk("IDAT", image_data) + after;
+  };
+  const std::string unended = stream.substr(0, stream.size() - 4);
+  for (const std::string& after :
+       {std::string(12, '\0'), std::string("\0\0\0\x05junk!xxxx", 13), std::string()}) {
+    const absl::StatusOr<RgbImage> image = DecodeImage(png(unended, after));
+    ASSERT_TRUE(image.ok()) << image.status();
+    EXPECT_EQ(image->pixels, expected);
+  }
+  std::string wrong_checksum = stream;
+  wrong_checksum.back() ^= 1;
+  EXPECT_EQ(DecodeImage(png(wrong_checksum, std::string(12, '\0'))).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Rows missing are refused however the data ends.
+  const std::string cut = Deflate(raw.substr(0, raw.size() / 2));
+  EXPECT_EQ(DecodeImage(png(cut.substr(0, cut.size() - 4), std::string(12, '\0')))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // The same for an interlaced file, whose rows come in seven passes: a 37x23 gradient,
 // each pixel its own value, so that a row of any pass left out would show. Its zlib
 // stream is stored, not compressed, so that the zeros libpng reads past the end make
