@@ -251,7 +251,9 @@ class DynamicBatcher {
   // Under sustained load the queue frees room a batch at a time and small requests
   // would take each bit of it, so a large request could be refused for ever. So a
   // refused request sets its item count aside (the largest refused lately, until twice
-  // its retry delay and a second have passed): while at least a batch of items is
+  // its retry delay and a second have passed, or sooner its `deadline`, on the
+  // batcher's clock: a client retries within its call's deadline, as clip_client does,
+  // so past it no retry comes to take the room): while at least a batch of items is
   // queued or on its way (the queue drains by itself), smaller requests are refused
   // unless they fit beside that room; one at least as large (its retry, or another as
   // large) takes the room and ends the claim. With less than a batch pending, the room
@@ -260,7 +262,8 @@ class DynamicBatcher {
   // Schedule() of k items settles up to k announced ones, whether or not it succeeds;
   // Withdraw() settles items that will never be scheduled (failed or cancelled on the
   // way). Thread-safe; the same lock rule as Schedule().
-  absl::Status Announce(int n) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Announce(int n, absl::Time deadline = absl::InfiniteFuture())
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Withdraw(int n) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -447,7 +450,7 @@ std::string DynamicBatcher<Item>::FullMessage(size_t queued, size_t held, size_t
 }
 
 template <typename Item>
-absl::Status DynamicBatcher<Item>::Announce(int n) {
+absl::Status DynamicBatcher<Item>::Announce(int n, absl::Time deadline) {
   if (n <= 0) return absl::OkStatus();
   if (n > options_.max_queue_size) {
     return absl::InvalidArgumentError(
@@ -492,7 +495,7 @@ absl::Status DynamicBatcher<Item>::Announce(int n) {
       // The largest request refused claims the room it needs; smaller ones refused
       // for the claim's sake neither grow nor prolong it.
       if (!claim_.has_value() || n >= claim_->items) {
-        claim_ = Claim{n, now + 2 * retry_delay + absl::Seconds(1)};
+        claim_ = Claim{n, std::min(now + 2 * retry_delay + absl::Seconds(1), deadline)};
       }
     }
   }

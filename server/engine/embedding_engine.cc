@@ -530,7 +530,8 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
   // One preprocessing task per image, so a request's images decode in parallel. The
   // batcher knows they are coming, so a partial batch can wait for them, and holds
   // room for them: a request is refused for a full queue here, before any decoding.
-  if (absl::Status room = image_batcher_->Announce(n); !room.ok()) {
+  if (absl::Status room = image_batcher_->Announce(n, request->options.deadline);
+      !room.ok()) {
     for (int k = 0; k < n; ++k) request->ItemDone(room);
     return;
   }
@@ -648,7 +649,8 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
   request->result.num_tokens.assign(n, 0);
   // Tokenizing is fast (microseconds a text): one task for the whole request, which
   // then schedules all its items at once into the room announcing them holds.
-  if (absl::Status room = text_batcher_->Announce(n); !room.ok()) {
+  if (absl::Status room = text_batcher_->Announce(n, request->options.deadline);
+      !room.ok()) {
     for (int k = 0; k < n; ++k) request->ItemDone(room);
     return;
   }

@@ -455,6 +455,26 @@ TEST_F(DynamicBatcherTest, AClaimLapsesWhenItsRequestDoesNotComeBack) {
   EXPECT_TRUE(batcher->Announce(2).ok());
 }
 
+// A client retries within its call's deadline: past it, no retry comes to take the
+// room, and smaller requests get it back at once.
+TEST_F(DynamicBatcherTest, AClaimEndsAtItsRequestsDeadline) {
+  DynamicBatcherOptions options = Options(2, absl::Hours(1));
+  options.max_queue_size = 8;
+  auto batcher = Make(options);
+  ASSERT_TRUE(batcher->Announce(8).ok());
+  const absl::Time deadline = clock_.Now() + absl::Milliseconds(50);
+  const absl::Status refused = batcher->Announce(5, deadline);
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_GT(*GetRetryInfoPayload(refused), absl::ZeroDuration());
+  batcher->Withdraw(6);  // 2 left on their way: a batch pending
+  EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted);
+  clock_.AdvanceTime(absl::Milliseconds(49));
+  EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted);
+  clock_.AdvanceTime(absl::Milliseconds(1));
+  EXPECT_TRUE(batcher->Announce(4).ok());
+  EXPECT_TRUE(batcher->Announce(2).ok());
+}
+
 // With less than a batch pending, a claim holds no room: a partial batch may wait for
 // the items it would refuse, and an idle queue must not refuse anyone.
 TEST_F(DynamicBatcherTest, AClaimHoldsNoRoomWhileLessThanABatchIsPending) {
