@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -66,6 +67,33 @@ size_t HeadEnd(const std::string& in) {
 std::string Error(int status, absl::string_view reason, absl::string_view body,
                   bool head_only = false, absl::string_view extra_headers = "") {
   return Response(status, reason, "text/plain", body, head_only, extra_headers);
+}
+
+// Whether the request (or the part of it received) is a HEAD request.
+bool IsHead(absl::string_view in) { return absl::StartsWith(in, "HEAD "); }
+
+// HTTP-version for HTTP/1: "HTTP/1." and one digit (RFC 9112 section 2.3).
+bool IsHttp1Version(absl::string_view version) {
+  return version.size() == 8 && absl::StartsWith(version, "HTTP/1.") &&
+         absl::ascii_isdigit(static_cast<unsigned char>(version[7]));
+}
+
+// tchar (RFC 9110 section 5.6.2).
+bool IsTokenChar(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+         absl::string_view("!#$%&'*+-.^_`|~").find(c) != absl::string_view::npos;
+}
+
+// A field value's characters: visible ASCII, spaces, tabs and obs-text (bytes past
+// 0x7f); no other control character (RFC 9110 section 5.5).
+bool IsFieldValueChar(char c) {
+  const auto byte = static_cast<unsigned char>(c);
+  return byte == '\t' || (byte >= 0x20 && byte != 0x7f);
+}
+
+// A Content-Length of no bytes: one or more zeros.
+bool IsZero(absl::string_view value) {
+  return !value.empty() && absl::c_all_of(value, [](char c) { return c == '0'; });
 }
 
 // Binds and listens on `host`:`port`; the socket, or -1 with the reason in `*error`
@@ -271,48 +299,55 @@ void MetricsHttpServer::Stop() {
 std::string MetricsHttpServer::Respond(const std::string& head) const {
   std::vector<absl::string_view> lines = absl::StrSplit(head, '\n');
   for (absl::string_view& line : lines) absl::ConsumeSuffix(&line, "\r");
-  const std::vector<absl::string_view> request_line =
-      absl::StrSplit(lines[0], absl::MaxSplits(' ', 2));
-  if (request_line.size() != 3 || !absl::StartsWith(request_line[2], "HTTP/1.")) {
-    return Error(400, "Bad Request", "not an HTTP/1.x request\n");
+  const std::vector<absl::string_view> request_line = absl::StrSplit(lines[0], ' ');
+  // Every answer to HEAD, errors included, goes without its body (RFC 9110 section
+  // 9.3.2).
+  const bool head_only = IsHead(head);
+  if (request_line.size() != 3 || !IsHttp1Version(request_line[2])) {
+    return Error(400, "Bad Request", "not an HTTP/1.x request\n", head_only);
+  }
+  const absl::string_view method = request_line[0];
+  if (method != "GET" && !head_only) {
+    return Error(405, "Method Not Allowed", "only GET and HEAD are served\n",
+                 /*head_only=*/false, "Allow: GET, HEAD\r\n");
   }
   absl::string_view target = request_line[1];
   // The absolute form (http://host/path), which a server must take too (RFC 9112
-  // section 3.2.2): the path is what follows the authority.
+  // section 3.2.2): the path is what follows the authority, which ends at the first
+  // '/', '?' or '#' ("http://host?x" is the path "/" with a query).
   for (const absl::string_view scheme : {"http://", "https://"}) {
     if (absl::StartsWithIgnoreCase(target, scheme)) {
       target.remove_prefix(scheme.size());
-      const size_t slash = target.find('/');
-      target = slash == absl::string_view::npos ? "/" : target.substr(slash);
+      const size_t end = target.find_first_of("/?#");
+      target =
+          end == absl::string_view::npos || target[end] != '/' ? "/" : target.substr(end);
     }
   }
   if (target.empty() || target[0] != '/') {
-    return Error(400, "Bad Request", "not an HTTP/1.x request\n");
+    return Error(400, "Bad Request", "not an HTTP/1.x request\n", head_only);
   }
-  const absl::string_view method = request_line[0];
-  const bool head_only = method == "HEAD";
   bool announces_body = false;
   for (size_t i = 1; i < lines.size(); ++i) {
     if (lines[i].empty()) continue;  // the blank line at the end
     const size_t colon = lines[i].find(':');
-    // A field line is a name, a colon and a value; no whitespace before the colon,
-    // which could hide a header from this server that a proxy reads (RFC 9112
-    // section 5.1).
+    // A field line is a name of token characters, a colon and a value of visible
+    // characters, spaces and tabs (RFC 9110 section 5): no whitespace in or before
+    // the name, which could hide a header from this server that a proxy reads (RFC
+    // 9112 section 5.1), no line folded onto the one before, no NUL or other control
+    // character in the value.
     if (colon == absl::string_view::npos || colon == 0 ||
-        absl::ascii_isspace(static_cast<unsigned char>(lines[i][colon - 1]))) {
-      return Error(400, "Bad Request", "a header line is not \"name: value\"\n");
+        !absl::c_all_of(lines[i].substr(0, colon), IsTokenChar) ||
+        !absl::c_all_of(lines[i].substr(colon + 1), IsFieldValueChar)) {
+      return Error(400, "Bad Request", "a header line is not \"name: value\"\n",
+                   head_only);
     }
     const std::string name = absl::AsciiStrToLower(lines[i].substr(0, colon));
     const absl::string_view value =
         absl::StripAsciiWhitespace(lines[i].substr(colon + 1));
     if (name == "transfer-encoding" || name == "expect" ||
-        (name == "content-length" && value != "0")) {
+        (name == "content-length" && !IsZero(value))) {
       announces_body = true;
     }
-  }
-  if (method != "GET" && !head_only) {
-    return Error(405, "Method Not Allowed", "only GET and HEAD are served\n",
-                 /*head_only=*/false, "Allow: GET, HEAD\r\n");
   }
   if (announces_body) {
     return Error(413, "Payload Too Large", "a request body is not accepted\n", head_only);
@@ -390,7 +425,7 @@ void MetricsHttpServer::Loop() {
             c.out = Respond(c.in);
           } else if (c.in.size() > kMaxHeadBytes) {
             c.out = Error(431, "Request Header Fields Too Large",
-                          "request line and headers over 8 KiB\n");
+                          "request line and headers over 8 KiB\n", IsHead(c.in));
           }
           if (!c.out.empty()) {
             c.state = Connection::State::kWriting;

@@ -45,14 +45,14 @@ struct MetricsHttpServerOptions {
 //                 "not ready" (readiness: the model is loaded and gRPC is serving,
 //                 not draining)
 //
-// HEAD is answered as GET without the body. Any other path is 404; another method 405;
-// a request that announces a body (Content-Length, Transfer-Encoding, Expect) 413,
-// its body never read; a request line and headers over 8 KiB 431; anything that is
-// not an HTTP/1.x request, or has a header line without a colon or with whitespace
-// before it, 400. Lines may end with CRLF or a bare LF; the target may be a path or an
-// absolute URL. One request per connection. The server starts
-// answering in Create(), before the model loads, so liveness probes pass during a
-// long load while /readyz says 503.
+// HEAD is answered as GET without the body (its errors too). Any other path is 404;
+// another method 405; a request that announces a body (Content-Length,
+// Transfer-Encoding, Expect) 413, its body never read; a request line and headers over
+// 8 KiB 431; anything that is not an HTTP/1.x request, or has a header line that is
+// not a token, a colon and a value without control characters, 400. Lines may end with
+// CRLF or a bare LF; the target may be a path or an absolute URL. One request per
+// connection. The server starts answering in Create(), before the model loads, so
+// liveness probes pass during a long load while /readyz says 503.
 //
 // Why not an HTTP library: every byte that reaches this port is hostile, and what a
 // general-purpose server (cpp-httplib 0.11, used before) cannot give is a deadline on

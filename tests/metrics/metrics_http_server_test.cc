@@ -343,9 +343,24 @@ TEST(MetricsHttpServerTest, HeadLongHeadsAndNonHttpRequests) {
   EXPECT_EQ(reply.rfind("HTTP/1.1 431", 0), 0u) << reply;
   for (const std::string request :
        {"GET healthz HTTP/1.1\r\n\r\n", "GET /healthz\r\n\r\n", "\x16\x03\x01\r\n\r\n",
-        "GET /healthz HTTP/2.0\r\n\r\n"}) {
+        "GET /healthz HTTP/2.0\r\n\r\n", "GET /healthz HTTP/1.\r\n\r\n",
+        "GET /healthz HTTP/1.1 junk\r\n\r\n", "GET /healthz HTTP/1.10\r\n\r\n"}) {
     reply = exchange(request);
     EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0u) << request << " -> " << reply;
+  }
+  // Answers to HEAD have no body, errors included.
+  for (const std::string& request : std::vector<std::string>{
+           "HEAD /healthz HTTP/1.1\r\nbad\r\n\r\n", "HEAD /healthz HTTP/1.9x\r\n\r\n",
+           "HEAD /healthz HTTP/1.1\r\nX-Big: " + std::string(9000, 'a')}) {
+    reply = exchange(request);
+    EXPECT_THAT(reply, HasSubstr("Content-Length: "));
+    EXPECT_TRUE(absl::EndsWith(reply, "\r\n\r\n"))
+        << request.substr(0, 40) << " -> " << reply;
+  }
+  // Any method but GET and HEAD is 405, whatever its target.
+  for (const std::string request :
+       {"OPTIONS * HTTP/1.1\r\n\r\n", "CONNECT a:443 HTTP/1.1\r\n\r\n"}) {
+    EXPECT_EQ(exchange(request).rfind("HTTP/1.1 405", 0), 0u) << request;
   }
 }
 
@@ -368,12 +383,21 @@ TEST(MetricsHttpServerTest, BareLineFeedsAbsoluteTargetsAndMalformedHeaders) {
   EXPECT_EQ(status_line("GET HTTP://probe/readyz?x=1 HTTP/1.1\r\n\r\n"),
             "HTTP/1.1 503 Service Unavailable");
   EXPECT_EQ(status_line("GET http://probe HTTP/1.1\r\n\r\n"), "HTTP/1.1 404 Not Found");
-  for (const std::string request :
-       {"GET /healthz HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
-        "GET /healthz HTTP/1.1\r\nTransfer-Encoding\t: chunked\r\n\r\n",
-        "GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
-        "GET /healthz HTTP/1.1\r\n: empty name\r\n\r\n",
-        "GET ftp://x/healthz HTTP/1.1\n\n"}) {
+  // An authority ends at '?': the path is "/", not one found in the query.
+  EXPECT_EQ(status_line("GET http://x?/healthz HTTP/1.1\r\n\r\n"),
+            "HTTP/1.1 404 Not Found");
+  EXPECT_EQ(status_line("GET /healthz HTTP/1.1\r\nContent-Length: 00\r\n\r\n"),
+            "HTTP/1.1 200 OK");
+  for (const std::string& request : std::vector<std::string>{
+           "GET /healthz HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+           "GET /healthz HTTP/1.1\r\nTransfer-Encoding\t: chunked\r\n\r\n",
+           "GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+           "GET /healthz HTTP/1.1\r\n: empty name\r\n\r\n",
+           "GET /healthz HTTP/1.1\r\nX Y: z\r\n\r\n",
+           "GET /healthz HTTP/1.1\r\n Host: x\r\n\r\n",
+           "GET /healthz HTTP/1.1\r\nHost: x\r\n Content-Length: 5\r\n\r\n",
+           std::string("GET /healthz HTTP/1.1\r\nX: a\0b\r\n\r\n", 33),
+           "GET ftp://x/healthz HTTP/1.1\n\n"}) {
     EXPECT_EQ(status_line(request), "HTTP/1.1 400 Bad Request") << request;
   }
 }
