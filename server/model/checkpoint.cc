@@ -264,11 +264,25 @@ absl::Status LegacyPickleError(const std::string& path) {
 struct WeightsFile {
   TensorMap weights;
   CheckpointFormat format;
+  std::vector<std::string> files;  // Checkpoint::weight_files
 };
 
-absl::StatusOr<WeightsFile> ReadAnyWeights(const std::string& path) {
+// DataParallel's "module." before every key, as a training checkpoint saves its
+// state_dict(), dropped (from torch.save files and safetensors converted from them).
+void StripDataParallelPrefix(TensorMap* weights) {
+  if (weights->empty()) return;
+  for (const auto& [key, tensor] : *weights) {
+    if (!absl::StartsWith(key, "module.")) return;
+  }
+  TensorMap stripped;
+  for (auto& [key, tensor] : *weights) stripped.emplace(key.substr(7), std::move(tensor));
+  *weights = std::move(stripped);
+}
+
+absl::StatusOr<WeightsFile> ReadOneWeightsFile(const std::string& path) {
   CLIPSERVE_ASSIGN_OR_RETURN(FileKind kind, SniffFile(path));
   WeightsFile file;
+  file.files = {path};
   switch (kind) {
     case FileKind::kZip: {
       bool is_torchscript = false;
@@ -293,6 +307,68 @@ absl::StatusOr<WeightsFile> ReadAnyWeights(const std::string& path) {
                    "torch.save zip file, or safetensors)"));
 }
 
+// Whether `path` names the index of a checkpoint in several files.
+bool IsShardIndex(const std::string& path) {
+  return absl::EndsWith(fs::path(path).filename().string(), ".index.json");
+}
+
+// The weights of every shard the index at `path` names, read from beside it: all of
+// one kind (safetensors or torch.save files), each tensor in one shard only, every
+// tensor of the index in the shard it names.
+absl::StatusOr<WeightsFile> ReadShardedWeights(const std::string& path) {
+  CLIPSERVE_ASSIGN_OR_RETURN(std::string json, ReadConfigFile(path));
+  absl::StatusOr<ShardIndex> index = ParseShardIndex(json);
+  if (!index.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", index.status().message()));
+  }
+  const fs::path dir = fs::path(path).parent_path();
+  WeightsFile out;
+  std::map<std::string, std::string> file_of;  // tensor -> the shard it came from
+  for (size_t i = 0; i < index->files.size(); ++i) {
+    const std::string shard = (dir / index->files[i]).string();
+    if (!fs::is_regular_file(shard)) {
+      return absl::NotFoundError(absl::StrCat(path, " names the shard ", index->files[i],
+                                              ", which is not there"));
+    }
+    CLIPSERVE_ASSIGN_OR_RETURN(WeightsFile file, ReadOneWeightsFile(shard));
+    if (file.format == CheckpointFormat::kOpenAiTorchScript ||
+        (i > 0 && file.format != out.format)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": the shard ", index->files[i], " is a ",
+          CheckpointFormatName(file.format), " file among ",
+          i > 0 ? CheckpointFormatName(out.format) : "state dict", " shards"));
+    }
+    out.format = file.format;
+    out.files.push_back(shard);
+    for (auto& [name, tensor] : file.weights) {
+      if (const auto [at, added] = file_of.emplace(name, index->files[i]); !added) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": '", name, "' is in both ", at->second, " and ", index->files[i]));
+      }
+      out.weights.emplace(name, std::move(tensor));
+    }
+  }
+  for (const auto& [name, file] : index->tensor_file) {
+    const auto it = file_of.find(name);
+    if (it == file_of.end() || it->second != file) {
+      return absl::InvalidArgumentError(absl::StrCat(path, " places '", name, "' in ",
+                                                     file, ", which does not hold it"));
+    }
+  }
+  return out;
+}
+
+// The weights at `path`: one file of any kind, or every shard of an index.
+absl::StatusOr<WeightsFile> ReadAnyWeights(const std::string& path) {
+  CLIPSERVE_ASSIGN_OR_RETURN(WeightsFile file, IsShardIndex(path)
+                                                   ? ReadShardedWeights(path)
+                                                   : ReadOneWeightsFile(path));
+  if (file.format != CheckpointFormat::kOpenAiTorchScript) {
+    StripDataParallelPrefix(&file.weights);
+  }
+  return file;
+}
+
 absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
                                            const ReadCheckpointOptions& options) {
   CLIPSERVE_ASSIGN_OR_RETURN(WeightsFile file, ReadAnyWeights(path));
@@ -300,6 +376,7 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
   checkpoint.weights_path = path;
   checkpoint.directory = fs::path(path).parent_path().string();
   checkpoint.weights = std::move(file.weights);
+  checkpoint.weight_files = std::move(file.files);
   checkpoint.format = file.format;
   // The weights file of an open_clip or Hugging Face folder, named instead of its
   // folder: the config beside it describes it.
@@ -352,24 +429,44 @@ absl::StatusOr<std::string> FirstExisting(const fs::path& dir,
 absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
   Checkpoint checkpoint;
   checkpoint.directory = dir.string();
-  FolderKind kind;
-  if (fs::is_regular_file(dir / "open_clip_config.json")) {
-    kind = FolderKind::kOpenClip;
-    CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.weights_path,
-                               FirstExisting(dir, {"open_clip_model.safetensors",
-                                                   "open_clip_pytorch_model.bin"}));
-  } else if (fs::is_regular_file(dir / "config.json")) {
-    kind = FolderKind::kHuggingFace;
-    CLIPSERVE_ASSIGN_OR_RETURN(
-        checkpoint.weights_path,
-        FirstExisting(dir, {"model.safetensors", "pytorch_model.bin"}));
-  } else {
+  const bool open_clip = fs::is_regular_file(dir / "open_clip_config.json");
+  const bool hugging_face = fs::is_regular_file(dir / "config.json");
+  if (!open_clip && !hugging_face) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir.string(), " is a directory without open_clip_config.json or config.json"));
+  }
+  // A model hub's folder may hold both configs and the weights of either: open_clip's
+  // first, else Hugging Face's (one file, or the index of several).
+  absl::StatusOr<std::string> open_clip_weights =
+      open_clip ? FirstExisting(
+                      dir, {"open_clip_model.safetensors", "open_clip_pytorch_model.bin"})
+                : absl::NotFoundError("");
+  absl::StatusOr<std::string> hf_weights =
+      hugging_face && !open_clip_weights.ok()
+          ? FirstExisting(
+                dir, {"model.safetensors", "pytorch_model.bin",
+                      "model.safetensors.index.json", "pytorch_model.bin.index.json"})
+          : absl::NotFoundError("");
+  FolderKind kind;
+  if (open_clip_weights.ok()) {
+    kind = FolderKind::kOpenClip;
+    checkpoint.weights_path = *std::move(open_clip_weights);
+  } else if (hf_weights.ok()) {
+    kind = FolderKind::kHuggingFace;
+    checkpoint.weights_path = *std::move(hf_weights);
+  } else if (!hugging_face) {
+    return open_clip_weights.status();
+  } else if (!open_clip) {
+    return hf_weights.status();
+  } else {
+    return absl::NotFoundError(absl::StrCat(
+        open_clip_weights.status().message(), ", nor the Hugging Face weights of its ",
+        "config.json: ", hf_weights.status().message()));
   }
   // The folder's config describes its weights, whatever file format carries them.
   CLIPSERVE_ASSIGN_OR_RETURN(WeightsFile file, ReadAnyWeights(checkpoint.weights_path));
   checkpoint.weights = std::move(file.weights);
+  checkpoint.weight_files = std::move(file.files);
   CLIPSERVE_RETURN_IF_ERROR(TakeFolderConfig(dir, kind, &checkpoint));
   return checkpoint;
 }
@@ -550,22 +647,24 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
   return ReadWeightsFile(path, options);
 }
 
-absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"),
-                                             &std::fclose);
-  if (!file) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+absl::StatusOr<std::string> Sha256OfFiles(const std::vector<std::string>& paths) {
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(),
                                                          &EVP_MD_CTX_free);
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
     return absl::InternalError("SHA-256 unavailable");
   }
   std::vector<unsigned char> buffer(1 << 20);
-  size_t n = 0;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), file.get())) > 0) {
-    EVP_DigestUpdate(ctx.get(), buffer.data(), n);
+  for (const std::string& path : paths) {
+    std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"),
+                                               &std::fclose);
+    if (!file) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+    size_t n = 0;
+    while ((n = std::fread(buffer.data(), 1, buffer.size(), file.get())) > 0) {
+      EVP_DigestUpdate(ctx.get(), buffer.data(), n);
+    }
+    if (std::ferror(file.get()))
+      return absl::DataLossError(absl::StrCat("read error on ", path));
   }
-  if (std::ferror(file.get()))
-    return absl::DataLossError(absl::StrCat("read error on ", path));
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   EVP_DigestFinal_ex(ctx.get(), digest, &length);

@@ -30,8 +30,12 @@ struct Checkpoint {
   ClipConfig config;
   TensorMap weights;
   CheckpointFormat format = CheckpointFormat::kStateDict;
-  // The file the weights came from (inside a directory for open_clip/HF).
+  // The file the weights came from (inside a directory for open_clip/HF; the index of
+  // a checkpoint in several files).
   std::string weights_path;
+  // The files whose bytes hold the weights: weights_path, or the shards its index
+  // names, in the order it first names them.
+  std::vector<std::string> weight_files;
   // The directory holding the checkpoint, where tokenizer files may sit.
   std::string directory;
   // True where the architecture came from a bare state dict's shapes, which cannot
@@ -61,9 +65,14 @@ absl::StatusOr<std::string> ReadConfigFile(const std::string& path);
 // directory with open_clip_config.json (open_clip) or config.json (Hugging Face, with
 // its preprocessor_config.json when there is one: ApplyHfPreprocessorConfig()); a
 // zip holding constants.pkl (TorchScript archive) or data.pkl (torch.save); a file
-// starting with a plausible safetensors header. A weights file inside an open_clip
-// folder (without options.config) or with Hugging Face key names takes the config
-// of its folder, as the folder itself would. Errors: NOT_FOUND (no such path),
+// starting with a plausible safetensors header; a "*.index.json" file, the index of a
+// checkpoint in several such files beside it (a Hugging Face folder's
+// model.safetensors.index.json or pytorch_model.bin.index.json, read when the folder
+// has no single weights file). A model hub's folder with both configs takes open_clip's
+// weights, else Hugging Face's. A "module." before every key (DataParallel) is
+// dropped. A weights file inside an open_clip folder (without options.config) or with
+// Hugging Face key names takes the config of its folder, as the folder itself would.
+// Errors: NOT_FOUND (no such path),
 // INVALID_ARGUMENT (unrecognized, truncated or corrupt file, bad config, HF key that
 // maps nowhere), UNIMPLEMENTED (legacy pre-1.6 torch.save format).
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
@@ -74,8 +83,9 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
 // dropped. INVALID_ARGUMENT naming a key it cannot map or an incomplete q/k/v set.
 absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf);
 
-// Hex SHA-256 of a file's bytes.
-absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
+// Hex SHA-256 of a file's bytes, or of several files' bytes one after another (what
+// `cat FILES | sha256sum` prints).
+absl::StatusOr<std::string> Sha256OfFiles(const std::vector<std::string>& paths);
 
 }  // namespace clipserve
 

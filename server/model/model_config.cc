@@ -872,4 +872,34 @@ absl::StatusOr<ClipConfig> InferConfigFromStateDict(const ShapeMap& shapes) {
   return c;
 }
 
+absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view text) {
+  CLIPSERVE_ASSIGN_OR_RETURN(json parsed, ParseJson(text));
+  const auto map = parsed.find("weight_map");
+  if (map == parsed.end() || !map->is_object() || map->empty()) {
+    return absl::InvalidArgumentError(
+        "the shard index has no weight_map object naming each tensor's file");
+  }
+  ShardIndex index;
+  for (const auto& item : map->items()) {
+    const std::string& tensor = item.key();
+    const json& file = item.value();
+    if (!file.is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the shard index's weight_map gives '", tensor, "' no file name"));
+    }
+    const std::string& name = file.get_ref<const std::string&>();
+    if (name.empty() || name == "." || name == ".." ||
+        name.find_first_of(std::string("/\\\0", 3)) != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the shard index places '", tensor, "' in ", JsonExcerpt(file),
+                       ", which is not a file name beside the index"));
+    }
+    if (std::find(index.files.begin(), index.files.end(), name) == index.files.end()) {
+      index.files.push_back(name);
+    }
+    index.tensor_file.emplace(tensor, name);
+  }
+  return index;
+}
+
 }  // namespace clipserve

@@ -102,6 +102,20 @@ absl::StatusOr<ClipConfig> ParseHfConfig(absl::string_view json);
 // naming the key otherwise; `config` may then be partly updated.
 absl::Status ApplyHfPreprocessorConfig(absl::string_view json, ClipConfig* config);
 
+// The index of a checkpoint split over several files (model.safetensors.index.json or
+// pytorch_model.bin.index.json, as Hugging Face's save_pretrained() writes past its
+// shard size): {"metadata": {...}, "weight_map": {"<tensor>": "<file>", ...}}.
+struct ShardIndex {
+  // The shards' file names, each once, in the order the weight map first names them.
+  std::vector<std::string> files;
+  // Tensor name -> the file the index places it in.
+  std::map<std::string, std::string> tensor_file;
+};
+
+// INVALID_ARGUMENT unless weight_map is a non-empty object of strings, each a plain
+// file name (no folder part, not "." or "..": the shards sit beside the index).
+absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view json);
+
 // Tensor name -> shape, as found in a checkpoint.
 using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 

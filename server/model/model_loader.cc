@@ -117,7 +117,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec,
       CLIPSERVE_ASSIGN_OR_RETURN(read_options.config, ParseOpenClipConfig(text));
     }
     CLIPSERVE_ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(spec, read_options));
-    CLIPSERVE_ASSIGN_OR_RETURN(loaded.sha256, Sha256OfFile(checkpoint.weights_path));
+    CLIPSERVE_ASSIGN_OR_RETURN(loaded.sha256, Sha256OfFiles(checkpoint.weight_files));
     // Shapes alone (of empty tensors, say) could describe a model far larger than the
     // file: refuse one the checkpoint's values cannot fill before building it.
     // Values actually stored: each storage once, whatever views of it (stride 0

@@ -559,21 +559,14 @@ absl::StatusOr<TensorMap> TensorsFromTorchPickle(absl::string_view pickle,
     }
   }
   TensorMap out;
-  bool all_module_prefixed = true;
   for (const auto& [key, value] : *dict) {
     const auto* name = std::get_if<std::string>(&key->v);
     const auto* tensor = std::get_if<torch::Tensor>(&value->v);
     if (name == nullptr || tensor == nullptr) continue;
-    all_module_prefixed = all_module_prefixed && absl::StartsWith(*name, "module.");
     // A key given twice keeps its last value, as in the Python dict torch.load makes.
     out.insert_or_assign(*name, *tensor);
   }
   if (out.empty()) return absl::InvalidArgumentError("checkpoint holds no tensors");
-  if (all_module_prefixed) {
-    TensorMap stripped;
-    for (auto& [key, tensor] : out) stripped.emplace(key.substr(7), std::move(tensor));
-    out = std::move(stripped);
-  }
   return out;
 }
 

@@ -26,9 +26,9 @@ using StorageLoader = std::function<absl::StatusOr<torch::Tensor>(
 // own unpickler cannot read state dicts (no OrderedDict, no SETITEM).
 //
 // Returns the string-keyed tensors of the top-level dict, or of its "state_dict"
-// entry when that is a dict; a "module." prefix on every key (DataParallel) is
-// stripped. INVALID_ARGUMENT for a malformed pickle, an unsupported opcode, a tensor
-// view outside its storage, or no tensors at all.
+// entry when that is a dict (ReadCheckpoint() drops a DataParallel "module." prefix,
+// of safetensors files too). INVALID_ARGUMENT for a malformed pickle, an unsupported
+// opcode, a tensor view outside its storage, or no tensors at all.
 absl::StatusOr<TensorMap> TensorsFromTorchPickle(absl::string_view pickle,
                                                  const StorageLoader& load_storage);
 

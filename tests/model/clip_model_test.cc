@@ -892,6 +892,88 @@ TEST(CheckpointTest, AnUnreadWeightsFileGetsOneAnswerAloneOrInItsFolder) {
   }
 }
 
+// A Hugging Face folder in shards: each shard read from beside the index, once, and
+// the index and the shards must agree.
+TEST(CheckpointTest, AShardIndexMustAgreeWithItsShards) {
+  namespace fs = std::filesystem;
+  const fs::path dir = testing::FreshTestDir("hf_shards");
+  fs::remove_all(dir);
+  fs::copy(kFixtures + "/vit_transformer/hf_sharded", dir);
+  const fs::path index = dir / "model.safetensors.index.json";
+  std::string original;
+  {
+    std::ifstream in(index);
+    original.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto whole = ReadCheckpoint(dir.string());
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->format, CheckpointFormat::kHuggingFace);
+  EXPECT_EQ(whole->weight_files.size(), 3u);
+  EXPECT_TRUE(absl::EndsWith(whole->weights_path, "model.safetensors.index.json"));
+  // The digest covers every shard's bytes, in the index's order.
+  auto digest = Sha256OfFiles(whole->weight_files);
+  ASSERT_TRUE(digest.ok());
+  EXPECT_NE(*digest, *Sha256OfFiles({index.string()}));
+  const auto refused = [&](const std::string& text) {
+    std::ofstream(index, std::ios::trunc) << text;
+    return ReadCheckpoint(dir.string()).status();
+  };
+  const std::string first = "model-00001-of-00003.safetensors";
+  const std::string second = "model-00002-of-00003.safetensors";
+  // A tensor the index places in a shard that does not hold it.
+  std::string moved = original;
+  const size_t at = moved.find(first);
+  ASSERT_NE(at, std::string::npos);
+  moved.replace(at, first.size(), second);
+  EXPECT_THAT(refused(moved).message(), HasSubstr(", which does not hold it"));
+  // A shard that is not there, and names that are not files beside the index.
+  EXPECT_EQ(refused(R"({"weight_map": {"logit_scale": "model-9.safetensors"}})").code(),
+            absl::StatusCode::kNotFound);
+  for (const char* name : {"../hf/model.safetensors", "/etc/passwd", "..", ""}) {
+    SCOPED_TRACE(name);
+    const absl::Status status =
+        refused(absl::StrCat(R"({"weight_map": {"logit_scale": ")", name, R"("}})"));
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr("is not a file name beside the index"));
+  }
+  EXPECT_THAT(refused(R"({"metadata": {}})").message(), HasSubstr("no weight_map"));
+  EXPECT_THAT(refused("[]").message(), HasSubstr("model.safetensors.index.json: "));
+  // One tensor in two shards.
+  fs::copy_file(dir / first, dir / "copy.safetensors");
+  std::string twice = original;
+  twice.insert(twice.rfind('}', twice.rfind('}') - 1),
+               R"(, "zzz.extra": "copy.safetensors")");
+  EXPECT_THAT(refused(twice).message(), HasSubstr("' is in both "));
+  std::ofstream(index, std::ios::trunc) << original;
+  ASSERT_TRUE(ReadCheckpoint(dir.string()).ok());
+  fs::remove_all(dir);
+}
+
+// A model hub's folder may hold open_clip's config beside config.json with only the
+// Hugging Face weights: those are read.
+TEST(CheckpointTest, AFolderWithBothConfigsReadsTheWeightsItHas) {
+  namespace fs = std::filesystem;
+  const fs::path dir = testing::FreshTestDir("both_configs");
+  fs::remove_all(dir);
+  fs::copy(kFixtures + "/vit_transformer/hf", dir);
+  fs::copy_file(kFixtures + "/vit_transformer/open_clip/open_clip_config.json",
+                dir / "open_clip_config.json");
+  auto hf = ReadCheckpoint(dir.string());
+  ASSERT_TRUE(hf.ok()) << hf.status();
+  EXPECT_EQ(hf->format, CheckpointFormat::kHuggingFace);
+  fs::copy_file(kFixtures + "/vit_transformer/open_clip/open_clip_model.safetensors",
+                dir / "open_clip_model.safetensors");
+  auto open_clip = ReadCheckpoint(dir.string());
+  ASSERT_TRUE(open_clip.ok()) << open_clip.status();
+  EXPECT_EQ(open_clip->format, CheckpointFormat::kOpenClip);
+  fs::remove(dir / "open_clip_model.safetensors");
+  fs::remove(dir / "model.safetensors");
+  const absl::Status neither = ReadCheckpoint(dir.string()).status();
+  EXPECT_EQ(neither.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(neither.message(), HasSubstr("nor the Hugging Face weights of its"));
+  fs::remove_all(dir);
+}
+
 TEST(CheckpointTest, MissingPathIsNotFound) {
   EXPECT_EQ(ReadCheckpoint("/nonexistent/model.pt").status().code(),
             absl::StatusCode::kNotFound);

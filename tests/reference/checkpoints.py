@@ -414,14 +414,38 @@ def hf_config(cfg, logit_scale_init_value=2.6592):
     }
 
 
-def write_hf_dir(directory, cfg, state_dict, fmt):
+def write_hf_dir(directory, cfg, state_dict, fmt, shards=1):
     """config.json + model.safetensors (fmt "safetensors") or pytorch_model.bin ("bin"),
-    float32 with int64 position_ids buffers."""
+    float32 with int64 position_ids buffers. With shards > 1, the tensors split over
+    that many files named as transformers' save_pretrained() names them
+    (model-00001-of-00002.safetensors, ...), with the index it writes beside them
+    (model.safetensors.index.json: metadata.total_size and weight_map); returns the
+    index's name, else the weights file's."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hf_config(cfg), f, indent=2)
     hf = openai_to_hf(as_float32(state_dict), cfg)
-    if fmt == "safetensors":
-        write_safetensors(os.path.join(directory, "model.safetensors"), hf)
-    else:
-        torch.save(torch_state_dict(hf), os.path.join(directory, "pytorch_model.bin"))
+    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+
+    def write(name, tensors):
+        if fmt == "safetensors":
+            write_safetensors(os.path.join(directory, name), tensors)
+        else:
+            torch.save(torch_state_dict(tensors), os.path.join(directory, name))
+
+    if shards == 1:
+        write("%s.%s" % (stem, ext), hf)
+        return "%s.%s" % (stem, ext)
+    keys = sorted(hf)
+    weight_map = {}
+    for i in range(shards):
+        name = "%s-%05d-of-%05d.%s" % (stem, i + 1, shards, ext)
+        part = {k: hf[k] for k in keys[i::shards]}
+        write(name, part)
+        weight_map.update({k: name for k in part})
+    total = sum(t.numel() * t.element_size() for t in hf.values())
+    index = "%s.%s.index.json" % (stem, ext)
+    with open(os.path.join(directory, index), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f,
+                  indent=2)
+    return index

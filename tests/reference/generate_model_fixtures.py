@@ -181,6 +181,10 @@ def write_case(out, name, seed, cfg, options, log):
               key_prefix="module.", container_key="state_dict")
         ck.write_safetensors(os.path.join(d, "model_f32.safetensors"), ck.as_float32(sd))
         entry("model_f32.safetensors", "safetensors", "F32")
+        # A training checkpoint's state_dict converted as it is (DataParallel's prefix).
+        ck.write_safetensors(os.path.join(d, "model_f32_ddp.safetensors"),
+                             {"module." + k: v for k, v in ck.as_float32(sd).items()})
+        entry("model_f32_ddp.safetensors", "safetensors", "F32", key_prefix="module.")
         for tag, dtype in (("f16", torch.float16), ("bf16", torch.bfloat16)):
             low = ck.all_floats_to(sd, dtype)
             ck.write_safetensors(os.path.join(d, "model_%s.safetensors" % tag), low)
@@ -203,6 +207,13 @@ def write_case(out, name, seed, cfg, options, log):
             entry("hf_bin/pytorch_model.bin", "hf_dir", "F32", dir="hf_bin",
                   config_file="hf_bin/config.json",
                   extra_keys_to_ignore=list(ck._HF_IGNORED))
+            # Split over files with an index, as save_pretrained() does past its shard
+            # size (ViT-bigG and its fine-tunes come so).
+            for sub, fmt in (("hf_sharded", "safetensors"), ("hf_sharded_bin", "bin")):
+                index = ck.write_hf_dir(os.path.join(d, sub), cfg, sd, fmt, shards=3)
+                entry(sub + "/" + index, "hf_dir", "F32", dir=sub,
+                      config_file=sub + "/config.json",
+                      extra_keys_to_ignore=list(ck._HF_IGNORED))
 
     manifest = {
         "case": name,

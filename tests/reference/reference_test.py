@@ -281,6 +281,28 @@ class LayoutTest(FixtureTestCase):
                                         rtol=2e-5, msg=case)
 
 
+    def test_hf_sharded_dirs(self):
+        # The shards together hold the one-file folder's tensors, each once, each in the
+        # shard its index names.
+        for case in HF_CASES:
+            whole = ck.read_safetensors(case_path(case, "hf", "model.safetensors"))
+            for sub, index_name in (("hf_sharded", "model.safetensors.index.json"),
+                                    ("hf_sharded_bin", "pytorch_model.bin.index.json")):
+                index = load_json(case_path(case, sub, index_name))
+                merged = {}
+                for name in sorted(set(index["weight_map"].values())):
+                    path = case_path(case, sub, name)
+                    part = torch.load(path) if name.endswith(".bin") else \
+                        ck.read_safetensors(path)
+                    self.assertTrue(set(part).isdisjoint(merged), name)
+                    for k in part:
+                        self.assertEqual(index["weight_map"][k], name)
+                    merged.update(part)
+                self.assertEqual(set(merged), set(whole))
+                for k in whole:
+                    self.assertTensorEqual(merged[k], whole[k], "%s %s %s" % (case, sub, k))
+
+
 def hf_style_forward(hf, hcfg, inputs):
     """transformers' CLIPModel forward, re-derived from HF key names (batch-first, q
     scaled before the product, eos pooled at its first occurrence)."""
