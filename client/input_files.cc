@@ -151,7 +151,7 @@ absl::StatusOr<std::string> ReadFileBytes(const std::string& path, uint64_t max_
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  absl::StatusOr<std::string> bytes = ReadFileBytes(path);
+  absl::StatusOr<std::string> bytes = ReadFileBytes(path, kMaxTokenFileBytes);
   if (!bytes.ok()) return bytes.status();
   const absl::string_view token = absl::StripAsciiWhitespace(*bytes);
   if (token.empty()) {
@@ -184,7 +184,8 @@ std::vector<std::string> SplitLines(absl::string_view text) {
 }
 
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
-                                                   absl::string_view noun) {
+                                                   absl::string_view noun,
+                                                   uint64_t max_bytes) {
   std::string bytes;
   if (path == "-") {
     // read(2) itself: `stream << std::cin.rdbuf()` flags a failed read on the stream
@@ -193,6 +194,11 @@ absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
     while (true) {
       const ssize_t n = ::read(STDIN_FILENO, chunk, sizeof chunk);
       if (n > 0) {
+        if (static_cast<uint64_t>(n) > max_bytes - bytes.size()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("standard input: at least ", bytes.size() + n,
+                           " bytes, over the limit of ", max_bytes));
+        }
         bytes.append(chunk, static_cast<size_t>(n));
       } else if (n == 0) {
         break;
@@ -202,7 +208,7 @@ absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
       }
     }
   } else {
-    absl::StatusOr<std::string> read = ReadFileBytes(path);
+    absl::StatusOr<std::string> read = ReadFileBytes(path, max_bytes);
     if (!read.ok()) return read.status();
     bytes = *std::move(read);
   }

@@ -41,19 +41,31 @@ absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
 absl::StatusOr<std::string> ReadFileBytes(
     const std::string& path, uint64_t max_bytes = std::numeric_limits<uint64_t>::max());
 
+// The most bytes ReadLines() reads by default: far more texts than any job sends
+// (some 15 million captions), and a bound on what /dev/zero or an endless pipe can
+// make the client hold.
+inline constexpr uint64_t kMaxTextFileBytes = uint64_t{1} << 30;
+
+// The most bytes of a --token_file (a token is a line) and of a TLS file (a PEM
+// certificate chain or key), read whole.
+inline constexpr uint64_t kMaxTokenFileBytes = uint64_t{64} << 10;
+inline constexpr uint64_t kMaxPemFileBytes = uint64_t{16} << 20;
+
 // The lines of a text file ("-" reads standard input), one item per line: "\n" or
 // "\r\n" endings and a UTF-8 byte order mark at the start are removed, and blank lines
 // (empty or only ASCII whitespace) are skipped; other lines are kept as they are.
-// Errors as ReadFileBytes(), DATA_LOSS for a read error on standard input,
-// INVALID_ARGUMENT "path: line N is not valid UTF-8 (<noun>s must be UTF-8)" for the
-// first line that is not.
-absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
-                                                   absl::string_view noun = "text");
+// Errors as ReadFileBytes() (more than `max_bytes`, from standard input too), DATA_LOSS
+// for a read error on standard input, INVALID_ARGUMENT "path: line N is not valid
+// UTF-8 (<noun>s must be UTF-8)" for the first line that is not.
+absl::StatusOr<std::vector<std::string>> ReadLines(
+    const std::string& path, absl::string_view noun = "text",
+    uint64_t max_bytes = kMaxTextFileBytes);
 
 // The bearer token in a file (--token_file): its contents with surrounding whitespace
 // (a trailing newline) removed. INVALID_ARGUMENT "path: ..." when nothing is left or
 // what is left is not one token of visible ASCII characters (the message never
-// repeats the file's contents); read errors as ReadFileBytes().
+// repeats the file's contents); read errors as ReadFileBytes(), with a limit of
+// kMaxTokenFileBytes.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 
 // The status for a file that could not be opened: "path: what: <the system's

@@ -1058,7 +1058,7 @@ int main(int argc, char** argv) {
                            std::pair{&tls_cert, &options.tls.cert_chain_pem},
                            std::pair{&tls_key, &options.tls.private_key_pem}}) {
     if (path->empty()) continue;
-    absl::StatusOr<std::string> bytes = ReadFileBytes(*path);
+    absl::StatusOr<std::string> bytes = ReadFileBytes(*path, kMaxPemFileBytes);
     if (!bytes.ok()) return Fail(bytes.status());
     *pem = *std::move(bytes);
   }

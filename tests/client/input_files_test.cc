@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/fresh_test_dir.h"
 #include "tests/testing/unprivileged.h"
@@ -15,6 +16,7 @@ namespace clipserve {
 namespace {
 
 namespace fs = std::filesystem;
+using ::testing::HasSubstr;
 
 class InputFilesTest : public ::testing::Test {
  protected:
@@ -162,6 +164,26 @@ TEST_F(InputFilesTest, AnUnlistableSubfolderIsSetAsideWhenAsked) {
     EXPECT_EQ(unlisted[0].code(), absl::StatusCode::kPermissionDenied);
     EXPECT_EQ(unlisted[0].message().rfind(P("locked"), 0), 0u) << unlisted[0];
   });
+}
+
+// /dev/zero, an endless pipe or a huge file is refused at the limit, not read into
+// memory until the client is killed.
+TEST_F(InputFilesTest, TextAndTokenFilesAreReadUpToALimit) {
+  const std::string path = Touch("texts", "a cat\na dog\n");
+  ASSERT_TRUE(ReadLines(path, "text", 12).ok());
+  const absl::Status over = ReadLines(path, "text", 11).status();
+  EXPECT_EQ(over.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(over.message()), HasSubstr("12 bytes, over the limit of 11"));
+  // A device of endless bytes has no size to check first: the read stops at the limit.
+  const absl::Status endless = ReadLines("/dev/zero", "text", 1 << 20).status();
+  EXPECT_EQ(endless.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(endless.message()), HasSubstr("over the limit of 1048576"));
+  EXPECT_EQ(ReadTokenFile("/dev/zero").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadTokenFile(Touch("long_token", std::string(kMaxTokenFileBytes + 1, 'x')))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(InputFilesTest, ReadTokenFileTrimsAndWantsOneToken) {
