@@ -500,7 +500,9 @@ class Machine {
 // Adds the tensors among `object`'s attributes to `out` as "<prefix><name>", and those
 // of its submodules under "<prefix><name>.". Recursion is bounded by kMaxNesting. A
 // module met twice (`visited`) is refused: a few bytes of memoized modules, each held
-// twice by the next, would be walked once per path, 2^depth times.
+// twice by the next, would be walked once per path, 2^depth times. An attribute its
+// state sets twice has its last value, as the Python dict the state is; a dotted name
+// two paths give ("a.b" beside a submodule "a" holding "b") is refused.
 absl::Status CollectModuleTensors(const Object& object, const std::string& prefix,
                                   absl::flat_hash_set<const Object*>* visited,
                                   TensorMap* out) {
@@ -510,14 +512,24 @@ absl::Status CollectModuleTensors(const Object& object, const std::string& prefi
                      "' is also a submodule elsewhere"));
   }
   if (object.state == nullptr) return absl::OkStatus();
+  // Each name's last value, in the order the names first came.
+  std::vector<std::string> names;
+  std::unordered_map<std::string, const Value*> last;
   for (const auto& [key, value] : std::get<Dict>(object.state->v)) {
     const auto* name = std::get_if<std::string>(&key->v);
     if (name == nullptr) continue;
+    if (last.insert_or_assign(*name, value.get()).second) names.push_back(*name);
+  }
+  for (const std::string& name : names) {
+    const Value* value = last.at(name);
     if (const auto* tensor = std::get_if<torch::Tensor>(&value->v)) {
-      out->emplace(prefix + *name, *tensor);
+      if (!out->emplace(prefix + name, *tensor).second) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "malformed TorchScript archive: '", prefix, name, "' is given by two paths"));
+      }
     } else if (const auto* module = std::get_if<Object>(&value->v)) {
       CLIPSERVE_RETURN_IF_ERROR(
-          CollectModuleTensors(*module, absl::StrCat(prefix, *name, "."), visited, out));
+          CollectModuleTensors(*module, absl::StrCat(prefix, name, "."), visited, out));
     }
   }
   return absl::OkStatus();

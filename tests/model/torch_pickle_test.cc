@@ -151,6 +151,26 @@ TEST(TorchScriptPickleTest, ModulesGiveTheirTensorsByDottedPath) {
   EXPECT_TRUE(tensors->at("visual.weight").equal(torch::arange(4, torch::kFloat) + 10));
 }
 
+// A module's state is a Python dict: an attribute set twice has its last value, as
+// torch.jit.load gives it. A dotted name two paths give is refused.
+TEST(TorchScriptPickleTest, AnAttributeSetTwiceKeepsItsLastValue) {
+  auto tensors = TensorsFromTorchScriptPickle(
+      "\x80\x02" +
+          Module("Root", Unicode("w") + Tensor("0") + Unicode("w") + Tensor("1")) + ".",
+      CountingStorage);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_EQ(tensors->size(), 1u);
+  EXPECT_TRUE(tensors->at("w").equal(torch::arange(4, torch::kFloat) + 10));
+  auto clash = TensorsFromTorchScriptPickle(
+      "\x80\x02" +
+          Module("Root", Unicode("a.w") + Tensor("0") + Unicode("a") +
+                             Module("Sub", Unicode("w") + Tensor("1"))) +
+          ".",
+      CountingStorage);
+  EXPECT_EQ(clash.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(clash.status().message(), HasSubstr("'a.w' is given by two paths"));
+}
+
 // A module memoized and placed in two parents, each level holding the one below twice,
 // would be walked once per path: 2^depth times for a few bytes per level.
 TEST(TorchScriptPickleTest, AModuleHeldByTwoParentsIsRefused) {
