@@ -6,6 +6,7 @@
 #include <csetjmp>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -229,15 +230,22 @@ bool ImageDataCutShort(absl::string_view png) {
   return cut;
 }
 
-// Whether the image data present inflates to at least FilteredBytes(): inflating is
-// sequential, so the zeros libpng read past the end of the file changed no byte of
-// the rows then.
-bool ImageDataIsWhole(absl::string_view png, const Header& header) {
-  const uint64_t needed = FilteredBytes(header);
-  z_stream z = {};
-  if (inflateInit(&z) != Z_OK) return false;
+// What the image data's zlib stream gives, inflated chunk by chunk until `enough`
+// bytes came out or the IDAT run ends.
+struct InflatedImageData {
   uint64_t produced = 0;
-  int ret = Z_OK;
+  // Z_OK where the input ran out first, Z_STREAM_END at the stream's end, else the
+  // error.
+  int end = Z_OK;
+};
+
+InflatedImageData InflateImageData(absl::string_view png, uint64_t enough) {
+  InflatedImageData out;
+  z_stream z = {};
+  if (inflateInit(&z) != Z_OK) {
+    out.end = Z_MEM_ERROR;
+    return out;
+  }
   unsigned char sink[1 << 16];
   ForEachImageDataChunk(png, [&](absl::string_view payload, bool) {
     z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(payload.data()));
@@ -246,14 +254,23 @@ bool ImageDataIsWhole(absl::string_view png, const Header& header) {
     do {
       z.next_out = sink;
       z.avail_out = sizeof(sink);
-      ret = inflate(&z, Z_SYNC_FLUSH);
-      produced += sizeof(sink) - z.avail_out;
-    } while (ret == Z_OK && produced < needed && (z.avail_in > 0 || z.avail_out == 0));
-    if (ret == Z_BUF_ERROR) ret = Z_OK;  // no progress possible: the next chunk
-    return ret == Z_OK && produced < needed;
+      out.end = inflate(&z, Z_SYNC_FLUSH);
+      out.produced += sizeof(sink) - z.avail_out;
+    } while (out.end == Z_OK && out.produced < enough &&
+             (z.avail_in > 0 || z.avail_out == 0));
+    if (out.end == Z_BUF_ERROR) out.end = Z_OK;  // no progress possible: the next chunk
+    return out.end == Z_OK && out.produced < enough;
   });
   inflateEnd(&z);
-  return produced >= needed;
+  return out;
+}
+
+// Whether the image data present inflates to at least FilteredBytes(): inflating is
+// sequential, so the zeros libpng read past the end of the file changed no byte of
+// the rows then.
+bool ImageDataIsWhole(absl::string_view png, const Header& header) {
+  const uint64_t needed = FilteredBytes(header);
+  return InflateImageData(png, needed).produced >= needed;
 }
 
 // Whether the image data's zlib stream stops unfinished where its run of IDAT chunks
@@ -262,23 +279,7 @@ bool ImageDataIsWhole(absl::string_view png, const Header& header) {
 // bytes that are no chunk header at all ("invalid chunk type"). Pillow stops at
 // either, and keeps the image when the rows are there.
 bool ImageDataEndsUnfinished(absl::string_view png) {
-  z_stream z = {};
-  if (inflateInit(&z) != Z_OK) return false;
-  int ret = Z_OK;
-  unsigned char sink[1 << 16];
-  ForEachImageDataChunk(png, [&](absl::string_view payload, bool) {
-    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(payload.data()));
-    z.avail_in = static_cast<uInt>(payload.size());
-    do {
-      z.next_out = sink;
-      z.avail_out = sizeof(sink);
-      ret = inflate(&z, Z_NO_FLUSH);
-    } while (ret == Z_OK && (z.avail_in > 0 || z.avail_out == 0));
-    if (ret == Z_BUF_ERROR) ret = Z_OK;  // no progress possible: the next chunk
-    return ret == Z_OK;
-  });
-  inflateEnd(&z);
-  return ret == Z_OK;  // neither the stream's end (Z_STREAM_END) nor an error
+  return InflateImageData(png, std::numeric_limits<uint64_t>::max()).end == Z_OK;
 }
 
 // Deflate codes a run of at most 258 bytes in no fewer than 2 bits, so no stream
