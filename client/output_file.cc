@@ -57,10 +57,13 @@ std::optional<int> DescriptorNamed(absl::string_view path) {
   if (path == "/dev/stdout") return 1;
   if (path == "/dev/stderr") return 2;
   for (absl::string_view folder : {"/dev/fd/", "/proc/self/fd/"}) {
+    absl::string_view number = path;
     int descriptor;
-    if (absl::ConsumePrefix(&path, folder) && !path.empty() &&
-        absl::c_all_of(path, absl::ascii_isdigit) &&
-        absl::SimpleAtoi(path, &descriptor)) {
+    // Digits as the kernel names the entries: no sign, no zero before others.
+    if (absl::ConsumePrefix(&number, folder) && !number.empty() &&
+        absl::c_all_of(number, absl::ascii_isdigit) &&
+        (number.size() == 1 || number[0] != '0') &&
+        absl::SimpleAtoi(number, &descriptor)) {
       return descriptor;
     }
   }

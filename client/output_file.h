@@ -67,8 +67,9 @@ class OutputFile {
 };
 
 // The descriptor that `path` names in this process: 0, 1 and 2 for /dev/stdin,
-// /dev/stdout and /dev/stderr, N for /dev/fd/N and /proc/self/fd/N; nullopt for any
-// other path (a number past int included).
+// /dev/stdout and /dev/stderr, N for /dev/fd/N and /proc/self/fd/N as the kernel
+// spells N (decimal, no leading zero); nullopt for any other path (a number past int
+// included).
 std::optional<int> DescriptorNamed(absl::string_view path);
 
 }  // namespace clipserve

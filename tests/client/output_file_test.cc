@@ -205,10 +205,13 @@ TEST(DescriptorNamedTest, NamesTheDescriptorOfEachSpelling) {
   EXPECT_EQ(DescriptorNamed("/dev/stderr"), 2);
   EXPECT_EQ(DescriptorNamed("/dev/fd/1"), 1);
   EXPECT_EQ(DescriptorNamed("/proc/self/fd/1"), 1);
-  EXPECT_EQ(DescriptorNamed("/dev/fd/017"), 17);
-  for (const char* other : {"", "-", "/dev/fd/", "/dev/fd/+1", "/dev/fd/-1", "/dev/fd/1x",
-                            "/dev/fd/1/", "/dev/fd/99999999999", "/proc/1/fd/1",
-                            "/dev/null", "dev/stdout", "/dev/stdout2"}) {
+  EXPECT_EQ(DescriptorNamed("/dev/fd/17"), 17);
+  EXPECT_EQ(DescriptorNamed("/dev/fd/0"), 0);
+  // /dev/fd/01 is no entry there; a second folder after the first is no descriptor.
+  for (const char* other :
+       {"", "-", "/dev/fd/", "/dev/fd/01", "/dev/fd//proc/self/fd/1", "/dev/fd/+1",
+        "/dev/fd/-1", "/dev/fd/1x", "/dev/fd/1/", "/dev/fd/99999999999", "/proc/1/fd/1",
+        "/dev/null", "dev/stdout", "/dev/stdout2"}) {
     EXPECT_EQ(DescriptorNamed(other), std::nullopt) << other;
   }
 }
