@@ -173,19 +173,22 @@ absl::Status OpenError(absl::string_view path, absl::string_view what, int error
   return absl::ErrnoToStatus(error, absl::StrCat(path, ": ", what));
 }
 
-std::vector<std::string> SplitLines(absl::string_view text) {
+std::optional<std::vector<std::string>> SplitLines(absl::string_view text,
+                                                   size_t max_lines) {
   absl::ConsumePrefix(&text, "\xEF\xBB\xBF");  // a UTF-8 byte order mark
   std::vector<std::string> lines;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     absl::ConsumeSuffix(&line, "\r");
-    if (!absl::StripAsciiWhitespace(line).empty()) lines.emplace_back(line);
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    if (lines.size() == max_lines) return std::nullopt;
+    lines.emplace_back(line);
   }
   return lines;
 }
 
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
                                                    absl::string_view noun,
-                                                   uint64_t max_bytes) {
+                                                   uint64_t max_bytes, size_t max_lines) {
   std::string bytes;
   if (path == "-") {
     // read(2) itself: `stream << std::cin.rdbuf()` flags a failed read on the stream
@@ -220,7 +223,13 @@ absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
         absl::StrCat(path == "-" ? "standard input" : path, ": line ", line,
                      " is not valid UTF-8 (", noun, "s must be UTF-8)"));
   }
-  return SplitLines(bytes);
+  std::optional<std::vector<std::string>> lines = SplitLines(bytes, max_lines);
+  if (!lines.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(path == "-" ? "standard input" : path,
+                                                   ": more than ", max_lines, " ", noun,
+                                                   "s, over the limit (split the file)"));
+  }
+  return *std::move(lines);
 }
 
 }  // namespace clipserve

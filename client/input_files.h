@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,10 +42,12 @@ absl::StatusOr<std::vector<std::string>> ExpandImagePaths(
 absl::StatusOr<std::string> ReadFileBytes(
     const std::string& path, uint64_t max_bytes = std::numeric_limits<uint64_t>::max());
 
-// The most bytes ReadLines() reads by default: far more texts than any job sends
-// (some 15 million captions), and a bound on what /dev/zero or an endless pipe can
-// make the client hold.
-inline constexpr uint64_t kMaxTextFileBytes = uint64_t{1} << 30;
+// The most bytes and lines ReadLines() reads by default: millions of captions, more
+// than one job sends, and a bound on what /dev/zero or an endless pipe (`yes`) can
+// make the client hold: each line kept costs its bytes and some 32 more, so at most
+// about 0.7 GiB.
+inline constexpr uint64_t kMaxTextFileBytes = uint64_t{256} << 20;
+inline constexpr size_t kMaxTextFileLines = size_t{4} << 20;
 
 // The most bytes of a --token_file (a token is a line) and of a TLS file (a PEM
 // certificate chain or key), read whole.
@@ -56,10 +59,12 @@ inline constexpr uint64_t kMaxPemFileBytes = uint64_t{16} << 20;
 // (empty or only ASCII whitespace) are skipped; other lines are kept as they are.
 // Errors as ReadFileBytes() (more than `max_bytes`, from standard input too), DATA_LOSS
 // for a read error on standard input, INVALID_ARGUMENT "path: line N is not valid
-// UTF-8 (<noun>s must be UTF-8)" for the first line that is not.
-absl::StatusOr<std::vector<std::string>> ReadLines(
-    const std::string& path, absl::string_view noun = "text",
-    uint64_t max_bytes = kMaxTextFileBytes);
+// UTF-8 (<noun>s must be UTF-8)" for the first line that is not, or for more than
+// `max_lines` lines to keep (refused before they are kept).
+absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path,
+                                                   absl::string_view noun = "text",
+                                                   uint64_t max_bytes = kMaxTextFileBytes,
+                                                   size_t max_lines = kMaxTextFileLines);
 
 // The bearer token in a file (--token_file): its contents with surrounding whitespace
 // (a trailing newline) removed. INVALID_ARGUMENT "path: ..." when nothing is left or
@@ -75,8 +80,10 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 // as read right after the failed open, before anything else can change it.
 absl::Status OpenError(absl::string_view path, absl::string_view what, int error);
 
-// Splits text into lines as ReadLines() does.
-std::vector<std::string> SplitLines(absl::string_view text);
+// Splits text into lines as ReadLines() does; nullopt where there are more than
+// `max_lines` to keep.
+std::optional<std::vector<std::string>> SplitLines(
+    absl::string_view text, size_t max_lines = std::numeric_limits<size_t>::max());
 
 }  // namespace clipserve
 

@@ -1,5 +1,8 @@
 #include "client/input_files.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -123,19 +126,19 @@ TEST_F(InputFilesTest, ReadLinesSkipsBlankLinesAndCarriageReturns) {
   auto lines = ReadLines(path);
   ASSERT_TRUE(lines.ok());
   EXPECT_EQ(*lines, (std::vector<std::string>{"a cat", "a dog", "  indented ", "last"}));
-  EXPECT_TRUE(SplitLines("").empty());
-  EXPECT_TRUE(SplitLines(" \n\t\n").empty());
-  EXPECT_EQ(SplitLines("one\n"), std::vector<std::string>{"one"});
+  EXPECT_TRUE(SplitLines("")->empty());
+  EXPECT_TRUE(SplitLines(" \n\t\n")->empty());
+  EXPECT_EQ(*SplitLines("one\n"), std::vector<std::string>{"one"});
 }
 
 TEST_F(InputFilesTest, ReadLinesDropsAByteOrderMarkAtTheStartOnly) {
-  EXPECT_EQ(SplitLines("\xEF\xBB\xBF"
-                       "a cat\n\xEF\xBB\xBF"
-                       "a dog"),
+  EXPECT_EQ(*SplitLines("\xEF\xBB\xBF"
+                        "a cat\n\xEF\xBB\xBF"
+                        "a dog"),
             (std::vector<std::string>{"a cat",
                                       "\xEF\xBB\xBF"
                                       "a dog"}));
-  EXPECT_TRUE(SplitLines("\xEF\xBB\xBF").empty());
+  EXPECT_TRUE(SplitLines("\xEF\xBB\xBF")->empty());
 }
 
 // A subfolder that cannot be listed fails the expansion, or with `unlisted` is set
@@ -178,6 +181,28 @@ TEST_F(InputFilesTest, TextAndTokenFilesAreReadUpToALimit) {
   const absl::Status endless = ReadLines("/dev/zero", "text", 1 << 20).status();
   EXPECT_EQ(endless.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(endless.message()), HasSubstr("over the limit of 1048576"));
+  // Short lines cost more kept than read (`yes`): their count is bounded too, before
+  // they are kept.
+  ASSERT_TRUE(ReadLines(path, "text", 100, 2).ok());
+  const absl::Status lines = ReadLines(path, "label", 100, 1).status();
+  EXPECT_EQ(lines.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(lines.message()),
+              HasSubstr("more than 1 labels, over the limit"));
+  EXPECT_FALSE(SplitLines("y\ny\ny\n", 2).has_value());
+  // Standard input stops at the byte limit too.
+  const int saved = dup(STDIN_FILENO);
+  ASSERT_GE(saved, 0);
+  const int zero = open("/dev/zero", O_RDONLY);
+  ASSERT_GE(zero, 0);
+  ASSERT_EQ(dup2(zero, STDIN_FILENO), STDIN_FILENO);
+  const absl::Status from_stdin = ReadLines("-", "text", 1 << 20).status();
+  dup2(saved, STDIN_FILENO);
+  close(saved);
+  close(zero);
+  EXPECT_EQ(from_stdin.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(
+      std::string(from_stdin.message()),
+      HasSubstr("standard input: at least 1114112 bytes, over the limit of 1048576"));
   EXPECT_EQ(ReadTokenFile("/dev/zero").status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ReadTokenFile(Touch("long_token", std::string(kMaxTokenFileBytes + 1, 'x')))
