@@ -253,7 +253,8 @@ class DynamicBatcher {
   // refused request sets its item count aside (the largest refused lately, until twice
   // its retry delay and a second have passed, or sooner its `deadline`, on the
   // batcher's clock: a client retries within its call's deadline, as clip_client does,
-  // so past it no retry comes to take the room): while at least a batch of items is
+  // so past it no retry comes to take the room; a request as large refused later takes
+  // the claim over only if it would hold it as long): while at least a batch of items is
   // queued or on its way (the queue drains by itself), smaller requests are refused
   // unless they fit beside that room; one at least as large (its retry, or another as
   // large) takes the room and ends the claim. With less than a batch pending, the room
@@ -493,9 +494,12 @@ absl::Status DynamicBatcher<Item>::Announce(int n, absl::Time deadline) {
                       static_cast<size_t>(set_aside), retry_delay));
       SetRetryInfoPayload(retry_delay, &status);
       // The largest request refused claims the room it needs; smaller ones refused
-      // for the claim's sake neither grow nor prolong it.
-      if (!claim_.has_value() || n >= claim_->items) {
-        claim_ = Claim{n, std::min(now + 2 * retry_delay + absl::Seconds(1), deadline)};
+      // for the claim's sake neither grow nor prolong it, and one that gives up sooner
+      // than the claim's holder does not cut the claim short.
+      const absl::Time until =
+          std::min(now + 2 * retry_delay + absl::Seconds(1), deadline);
+      if (!claim_.has_value() || (n >= claim_->items && until >= claim_->until)) {
+        claim_ = Claim{n, until};
       }
     }
   }

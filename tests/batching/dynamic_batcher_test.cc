@@ -475,6 +475,24 @@ TEST_F(DynamicBatcherTest, AClaimEndsAtItsRequestsDeadline) {
   EXPECT_TRUE(batcher->Announce(2).ok());
 }
 
+// A request as large that gives up sooner does not cut a claim short: the first
+// claimant's retry would find its room gone.
+TEST_F(DynamicBatcherTest, ARequestThatGivesUpSoonerLeavesTheClaimAsItWas) {
+  DynamicBatcherOptions options = Options(2, absl::Hours(1));
+  options.max_queue_size = 8;
+  auto batcher = Make(options);
+  ASSERT_TRUE(batcher->Announce(8).ok());
+  ASSERT_EQ(batcher->Announce(5, clock_.Now() + absl::Seconds(30)).code(),
+            absl::StatusCode::kResourceExhausted);
+  ASSERT_EQ(batcher->Announce(5, clock_.Now() + absl::Milliseconds(10)).code(),
+            absl::StatusCode::kResourceExhausted);
+  batcher->Withdraw(6);  // 2 left on their way: a batch pending
+  clock_.AdvanceTime(absl::Milliseconds(20));
+  EXPECT_EQ(batcher->Announce(4).code(), absl::StatusCode::kResourceExhausted)
+      << "the first claim holds past the second request's deadline";
+  EXPECT_TRUE(batcher->Announce(5).ok());  // the first claimant's retry
+}
+
 // With less than a batch pending, a claim holds no room: a partial batch may wait for
 // the items it would refuse, and an idle queue must not refuse anyone.
 TEST_F(DynamicBatcherTest, AClaimHoldsNoRoomWhileLessThanABatchIsPending) {
