@@ -374,6 +374,13 @@ class ManifestsTest(unittest.TestCase):
             gpu = r.name == "overlays/gpu"
             self.assertEqual(pods, [QUEUE_METRIC] if gpu else [], r.name)
             self.assertEqual(len(cpu), 1, r.name)
+            if gpu:
+                # Saturated decoding threads must pass the CPU target by more than the
+                # HPA's 10% tolerance, or they never scale the pods out.
+                target = cpu[0]["resource"]["target"]["averageUtilization"]
+                limit = cpu_quantity(r.container["resources"]["limits"]["cpu"])
+                busy = 100 * int(self.effective_flags(r)["preprocess_threads"]) / limit
+                self.assertGreater(busy, 1.1 * target, r.name)
             # A PDB that needs every replica up would block node drains.
             pdb = r.one("PodDisruptionBudget")["spec"]
             if "minAvailable" in pdb:
