@@ -331,12 +331,15 @@ absl::StatusOr<WeightsFile> ReadShardedWeights(const std::string& path) {
                                               ", which is not there"));
     }
     CLIPSERVE_ASSIGN_OR_RETURN(WeightsFile file, ReadOneWeightsFile(shard));
-    if (file.format == CheckpointFormat::kOpenAiTorchScript ||
-        (i > 0 && file.format != out.format)) {
+    if (file.format == CheckpointFormat::kOpenAiTorchScript) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": the shard ", index->files[i],
+                       " is a TorchScript archive, not weights"));
+    }
+    if (i > 0 && file.format != out.format) {
       return absl::InvalidArgumentError(absl::StrCat(
-          path, ": the shard ", index->files[i], " is a ",
-          CheckpointFormatName(file.format), " file among ",
-          i > 0 ? CheckpointFormatName(out.format) : "state dict", " shards"));
+          path, ": the shards are of two kinds (", CheckpointFormatName(out.format),
+          ", then ", CheckpointFormatName(file.format), " in ", index->files[i], ")"));
     }
     out.format = file.format;
     out.files.push_back(shard);
@@ -411,7 +414,10 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
         checkpoint.format != CheckpointFormat::kOpenAiTorchScript;
     checkpoint.heads_assumed = true;
   }
-  checkpoint.config.name = NameFromPath(fs::path(path).stem().string());
+  // "model.safetensors.index.json" is named as its shards would be: "model".
+  fs::path stem = fs::path(path).stem();
+  if (IsShardIndex(path)) stem = stem.stem().stem();
+  checkpoint.config.name = NameFromPath(stem.string());
   return checkpoint;
 }
 
@@ -443,9 +449,8 @@ absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
                 : absl::NotFoundError("");
   absl::StatusOr<std::string> hf_weights =
       hugging_face && !open_clip_weights.ok()
-          ? FirstExisting(
-                dir, {"model.safetensors", "pytorch_model.bin",
-                      "model.safetensors.index.json", "pytorch_model.bin.index.json"})
+          ? FirstExisting(dir, {"model.safetensors", "model.safetensors.index.json",
+                                "pytorch_model.bin", "pytorch_model.bin.index.json"})
           : absl::NotFoundError("");
   FolderKind kind;
   if (open_clip_weights.ok()) {

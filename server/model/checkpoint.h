@@ -34,7 +34,7 @@ struct Checkpoint {
   // a checkpoint in several files).
   std::string weights_path;
   // The files whose bytes hold the weights: weights_path, or the shards its index
-  // names, in the order it first names them.
+  // names, sorted by name.
   std::vector<std::string> weight_files;
   // The directory holding the checkpoint, where tokenizer files may sit.
   std::string directory;
@@ -74,7 +74,8 @@ absl::StatusOr<std::string> ReadConfigFile(const std::string& path);
 // Hugging Face key names takes the config of its folder, as the folder itself would.
 // Errors: NOT_FOUND (no such path),
 // INVALID_ARGUMENT (unrecognized, truncated or corrupt file, bad config, HF key that
-// maps nowhere), UNIMPLEMENTED (legacy pre-1.6 torch.save format).
+// maps nowhere), UNIMPLEMENTED (legacy pre-1.6 torch.save format), RESOURCE_EXHAUSTED
+// (memory ran out while reading).
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
                                           const ReadCheckpointOptions& options = {});
 
@@ -84,7 +85,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
 absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf);
 
 // Hex SHA-256 of a file's bytes, or of several files' bytes one after another (what
-// `cat FILES | sha256sum` prints).
+// `cat FILES | sha256sum` prints, for shards `cat model-*.safetensors | sha256sum`).
 absl::StatusOr<std::string> Sha256OfFiles(const std::vector<std::string>& paths);
 
 }  // namespace clipserve

@@ -894,11 +894,12 @@ absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view text) {
           absl::StrCat("the shard index places '", tensor, "' in ", JsonExcerpt(file),
                        ", which is not a file name beside the index"));
     }
-    if (std::find(index.files.begin(), index.files.end(), name) == index.files.end()) {
-      index.files.push_back(name);
-    }
     index.tensor_file.emplace(tensor, name);
   }
+  for (const auto& [tensor, file] : index.tensor_file) index.files.push_back(file);
+  std::sort(index.files.begin(), index.files.end());
+  index.files.erase(std::unique(index.files.begin(), index.files.end()),
+                    index.files.end());
   return index;
 }
 

@@ -106,7 +106,8 @@ absl::Status ApplyHfPreprocessorConfig(absl::string_view json, ClipConfig* confi
 // pytorch_model.bin.index.json, as Hugging Face's save_pretrained() writes past its
 // shard size): {"metadata": {...}, "weight_map": {"<tensor>": "<file>", ...}}.
 struct ShardIndex {
-  // The shards' file names, each once, in the order the weight map first names them.
+  // The shards' file names, each once, sorted (save_pretrained() numbers them with
+  // zeros before: model-00001-of-00003.safetensors, ...).
   std::vector<std::string> files;
   // Tensor name -> the file the index places it in.
   std::map<std::string, std::string> tensor_file;

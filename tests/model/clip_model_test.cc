@@ -905,21 +905,44 @@ TEST(CheckpointTest, AShardIndexMustAgreeWithItsShards) {
     std::ifstream in(index);
     original.assign(std::istreambuf_iterator<char>(in), {});
   }
+  const std::string first = "model-00001-of-00003.safetensors";
+  const std::string second = "model-00002-of-00003.safetensors";
+  const std::string third = "model-00003-of-00003.safetensors";
+  // The first and third shards swapped, so that the tensor named first (in sorted
+  // order, as the index is read) sits in the last shard.
+  fs::rename(dir / first, dir / "swap");
+  fs::rename(dir / third, dir / first);
+  fs::rename(dir / "swap", dir / third);
+  for (size_t at = 0; (at = original.find("-of-00003", at)) != std::string::npos;) {
+    const size_t digit = at - 1;  // 1 <-> 3
+    original[digit] = original[digit] == '1' ? '3' : original[digit] == '3' ? '1' : '2';
+    at += 9;
+  }
+  std::ofstream(index, std::ios::trunc) << original;
   auto whole = ReadCheckpoint(dir.string());
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_EQ(whole->format, CheckpointFormat::kHuggingFace);
-  EXPECT_EQ(whole->weight_files.size(), 3u);
   EXPECT_TRUE(absl::EndsWith(whole->weights_path, "model.safetensors.index.json"));
-  // The digest covers every shard's bytes, in the index's order.
+  // The digest covers every shard's bytes in the order of their names: what
+  // `cat model-*.safetensors | sha256sum` prints.
+  ASSERT_EQ(whole->weight_files,
+            (std::vector<std::string>{(dir / first).string(), (dir / second).string(),
+                                      (dir / third).string()}));
+  {
+    std::ofstream cat(dir / "cat.bin", std::ios::binary);
+    for (const std::string& name : {first, second, third}) {
+      std::ifstream shard(dir / name, std::ios::binary);
+      cat << shard.rdbuf();
+    }
+  }
   auto digest = Sha256OfFiles(whole->weight_files);
   ASSERT_TRUE(digest.ok());
-  EXPECT_NE(*digest, *Sha256OfFiles({index.string()}));
+  EXPECT_EQ(*digest, *Sha256OfFiles({(dir / "cat.bin").string()}));
+  fs::remove(dir / "cat.bin");
   const auto refused = [&](const std::string& text) {
     std::ofstream(index, std::ios::trunc) << text;
     return ReadCheckpoint(dir.string()).status();
   };
-  const std::string first = "model-00001-of-00003.safetensors";
-  const std::string second = "model-00002-of-00003.safetensors";
   // A tensor the index places in a shard that does not hold it.
   std::string moved = original;
   const size_t at = moved.find(first);
