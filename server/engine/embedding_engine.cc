@@ -535,9 +535,10 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
     for (int k = 0; k < n; ++k) request->ItemDone(room);
     return;
   }
+  const absl::Time submitted_at = clock_->Now();
   for (int i = 0; i < n; ++i) {
-    absl::Status submitted =
-        pool_->Submit([this, request, i, input = std::move(images[i])]() mutable {
+    absl::Status submitted = pool_->Submit(
+        [this, request, i, submitted_at, input = std::move(images[i])]() mutable {
           if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
             if (AnswerUnqueued(*image_batcher_, *request, 1, skip)) {
               image_batcher_->DropDead();
@@ -545,6 +546,9 @@ void EmbeddingEngine::EmbedImages(std::vector<ImageInput> images,
             return;
           }
           const absl::Time started = clock_->Now();
+          if (options_.observer != nullptr) {
+            options_.observer->OnPreprocessWait(Modality::kImage, started - submitted_at);
+          }
           ImageItem item;
           item.request = request;
           item.index = i;
@@ -654,14 +658,18 @@ void EmbeddingEngine::EmbedTexts(std::vector<std::string> texts,
     for (int k = 0; k < n; ++k) request->ItemDone(room);
     return;
   }
+  const absl::Time submitted_at = clock_->Now();
   absl::Status submitted = pool_->Submit(
-      [this, request, texts = std::move(texts)]() mutable {
+      [this, request, submitted_at, texts = std::move(texts)]() mutable {
         const int count = static_cast<int>(texts.size());
         if (absl::Status skip = request->SkipPreprocessing(); !skip.ok()) {
           AnswerUnqueued(*text_batcher_, *request, count, skip);
           return;
         }
         const absl::Time started = clock_->Now();
+        if (options_.observer != nullptr) {
+          options_.observer->OnPreprocessWait(Modality::kText, started - submitted_at);
+        }
         // Fails the request once, on behalf of every item (none is scheduled yet).
         const auto fail = [&](const absl::Status& status) {
           if (options_.observer != nullptr) {

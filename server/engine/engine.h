@@ -123,6 +123,11 @@ class EngineObserver {
  public:
   virtual ~EngineObserver() = default;
 
+  // One preprocessing task starts, `waited` after it was submitted: how long it waited
+  // for one of the preprocessing threads (the tasks OnPreprocessed() reports, when
+  // they run; not those skipped for a call that ended meanwhile).
+  virtual void OnPreprocessWait(Modality /*modality*/, absl::Duration /*waited*/) {}
+
   // One preprocessing task is done (successfully or not): decode + resize + normalize
   // of one image, or cleaning + BPE of one request's texts. `elapsed` is its run time.
   virtual void OnPreprocessed(Modality /*modality*/, absl::Duration /*elapsed*/) {}

@@ -89,6 +89,9 @@ Metrics::Metrics(const MetricsOptions& options)
                      "Classify label-embedding cache lookups that had to embed.")
            .Add({});
 
+  auto& preprocess_wait = HistogramFamily(
+      r, "clipserve_preprocess_wait_seconds",
+      "Time a preprocessing task waited for one of the --preprocess_threads.");
   auto& preprocess = HistogramFamily(
       r, "clipserve_preprocess_seconds",
       "One preprocessing task: decode + resize + normalize of one image (decode "
@@ -111,6 +114,7 @@ Metrics::Metrics(const MetricsOptions& options)
   for (Modality modality : {Modality::kImage, Modality::kText}) {
     const prometheus::Labels labels = {{"modality", std::string(ModalityName(modality))}};
     PerModality& m = Of(modality);
+    m.preprocess_wait = &preprocess_wait.Add(labels, options_.latency_buckets_seconds);
     m.preprocess = &preprocess.Add(labels, options_.latency_buckets_seconds);
     m.queue_wait = &queue_wait.Add(labels, options_.latency_buckets_seconds);
     m.inference = &inference.Add(labels, options_.latency_buckets_seconds);
@@ -165,6 +169,10 @@ void Metrics::RequestFinished(absl::string_view rpc, absl::StatusCode code,
 void Metrics::StreamItemFailed(absl::string_view rpc, absl::StatusCode code) {
   stream_item_failures_->Add({{"rpc", std::string(rpc)}, {"code", StatusCodeLabel(code)}})
       .Increment();
+}
+
+void Metrics::OnPreprocessWait(Modality modality, absl::Duration waited) {
+  Of(modality).preprocess_wait->Observe(absl::ToDoubleSeconds(waited));
 }
 
 void Metrics::OnPreprocessed(Modality modality, absl::Duration elapsed) {

@@ -94,6 +94,8 @@ class Metrics final : public EngineObserver {
 
   // --- The engine (EngineObserver) ---
 
+  // clipserve_preprocess_wait_seconds{modality}.
+  void OnPreprocessWait(Modality modality, absl::Duration waited) override;
   // clipserve_preprocess_seconds{modality}.
   void OnPreprocessed(Modality modality, absl::Duration elapsed) override;
   // clipserve_batch_size{modality} observes queue_waits.size(),
@@ -149,6 +151,7 @@ class Metrics final : public EngineObserver {
 
  private:
   struct PerModality {
+    prometheus::Histogram* preprocess_wait = nullptr;
     prometheus::Histogram* preprocess = nullptr;
     prometheus::Histogram* queue_wait = nullptr;
     prometheus::Histogram* inference = nullptr;

@@ -1254,6 +1254,11 @@ class RecordingObserver : public EngineObserver {
     size_t items;
     absl::Duration inference;
   };
+  void OnPreprocessWait(Modality modality, absl::Duration waited) override {
+    absl::MutexLock lock(&mu_);
+    ++waits_[static_cast<int>(modality)];
+    EXPECT_GE(waited, absl::ZeroDuration());
+  }
   void OnPreprocessed(Modality modality, absl::Duration elapsed) override {
     absl::MutexLock lock(&mu_);
     ++preprocessed_[static_cast<int>(modality)];
@@ -1275,6 +1280,10 @@ class RecordingObserver : public EngineObserver {
   int preprocessed(Modality m) {
     absl::MutexLock lock(&mu_);
     return preprocessed_[static_cast<int>(m)];
+  }
+  int waits(Modality m) {
+    absl::MutexLock lock(&mu_);
+    return waits_[static_cast<int>(m)];
   }
   int depth_reports(Modality m) {
     absl::MutexLock lock(&mu_);
@@ -1304,6 +1313,7 @@ class RecordingObserver : public EngineObserver {
  private:
   absl::Mutex mu_;
   int preprocessed_[2] = {0, 0};
+  int waits_[2] = {0, 0};
   int depth_reports_[2] = {0, 0};
   int last_depth_[2] = {-1, -1};
   absl::CondVar depth_reported_;
@@ -1349,9 +1359,12 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   EXPECT_EQ(EmbedTextsAndWait(**engine, {"a fox"}, cancelled).status().code(),
             absl::StatusCode::kCancelled);
 
-  // Texts: one tokenizing task per request; images: one task per image.
+  // Texts: one tokenizing task per request; images: one task per image. Each task
+  // that ran reported its wait for a thread first.
   EXPECT_EQ(observer.preprocessed(Modality::kText), 2);
   EXPECT_EQ(observer.preprocessed(Modality::kImage), 2);
+  EXPECT_EQ(observer.waits(Modality::kText), 2);
+  EXPECT_EQ(observer.waits(Modality::kImage), 2);
   size_t text_items = 0, image_items = 0;
   int text_batches = 0;
   for (const auto& batch : observer.batches()) {

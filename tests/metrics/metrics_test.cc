@@ -44,6 +44,8 @@ TEST(MetricsTest, KnownSeriesExistAtZeroBeforeAnyWork) {
                 Optional(0.0));
     EXPECT_THAT(FindSample(text, "clipserve_preprocess_seconds_count" + labels),
                 Optional(0.0));
+    EXPECT_THAT(FindSample(text, "clipserve_preprocess_wait_seconds_count" + labels),
+                Optional(0.0));
     EXPECT_THAT(FindSample(text, "clipserve_inference_seconds_count" + labels),
                 Optional(0.0));
     EXPECT_THAT(FindSample(text, "clipserve_embedding_cache_hits_total" + labels),
@@ -76,9 +78,9 @@ TEST(MetricsTest, EveryMetricIsPrefixedAndDocumented) {
     }
   }
   // Requests, duration, in flight, request memory, its limit and refusals, the
-  // per-client limit and refusals, model info, label cache x2, preprocess, queue wait,
-  // inference, batch size, queue depth, embedding cache x2.
-  EXPECT_EQ(help_lines, 18);
+  // per-client limit and refusals, model info, label cache x2, preprocess wait,
+  // preprocess, queue wait, inference, batch size, queue depth, embedding cache x2.
+  EXPECT_EQ(help_lines, 19);
 }
 
 TEST(MetricsTest, RequestsAreCountedByRpcAndCodeAndTimedByRpc) {
@@ -126,6 +128,7 @@ TEST(MetricsTest, BatchesFillSizeQueueWaitAndInferenceHistograms) {
   metrics.OnBatch(Modality::kText, {absl::Milliseconds(1)}, absl::Milliseconds(10));
   metrics.OnBatch(Modality::kImage, {}, absl::Milliseconds(10));  // ignored
   metrics.OnPreprocessed(Modality::kImage, absl::Milliseconds(4));
+  metrics.OnPreprocessWait(Modality::kText, absl::Milliseconds(30));
 
   const std::string text = metrics.Serialize();
   const std::string t = R"({modality="text"})";
@@ -156,6 +159,14 @@ TEST(MetricsTest, BatchesFillSizeQueueWaitAndInferenceHistograms) {
   EXPECT_THAT(FindSample(text, "clipserve_inference_seconds_count" + i), Optional(0.0));
   EXPECT_THAT(FindSample(text, "clipserve_preprocess_seconds_count" + i), Optional(1.0));
   EXPECT_THAT(FindSample(text, "clipserve_preprocess_seconds_count" + t), Optional(0.0));
+  EXPECT_THAT(FindSample(text, "clipserve_preprocess_wait_seconds_count" + t),
+              Optional(1.0));
+  EXPECT_THAT(FindSample(text, "clipserve_preprocess_wait_seconds_count" + i),
+              Optional(0.0));
+  const std::optional<double> waited =
+      FindSample(text, "clipserve_preprocess_wait_seconds_sum" + t);
+  ASSERT_TRUE(waited.has_value());
+  EXPECT_NEAR(*waited, 0.03, 1e-9);
 }
 
 TEST(MetricsTest, QueueDepthIsTheLastReport) {
