@@ -431,17 +431,26 @@ int64_t MappedBytes() {
   return pages * sysconf(_SC_PAGESIZE);
 }
 
-// Decodes `encoded` with its address space capped 64 MiB above what the process holds,
-// and exits 0 when that fails with RESOURCE_EXHAUSTED, out of memory (else 1).
-[[noreturn]] void DecodeUnderAnAddressSpaceCap(const std::string& encoded,
-                                               const DecodeOptions& options) {
-  const rlim_t cap = static_cast<rlim_t>(MappedBytes() + (int64_t{64} << 20));
+// Decodes `encoded` with this process's address space capped `headroom` bytes above
+// what it holds (for good: call it in a death test's child), printing the status on
+// stderr; exits 2 where the cap cannot be set.
+absl::Status DecodeWithHeadroom(const std::string& encoded, const DecodeOptions& options,
+                                int64_t headroom) {
+  const rlim_t cap = static_cast<rlim_t>(MappedBytes() + headroom);
   rlimit limit;
   limit.rlim_cur = cap;
   limit.rlim_max = cap;
   if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(2);
   const absl::Status status = DecodeImage(encoded, options).status();
   std::fprintf(stderr, "%s\n", status.ToString().c_str());
+  return status;
+}
+
+// Exits 0 when decoding `encoded` within 64 MiB of headroom fails with
+// RESOURCE_EXHAUSTED, out of memory (else 1).
+[[noreturn]] void DecodeUnderAnAddressSpaceCap(const std::string& encoded,
+                                               const DecodeOptions& options) {
+  const absl::Status status = DecodeWithHeadroom(encoded, options, int64_t{64} << 20);
   const bool refused = status.code() == absl::StatusCode::kResourceExhausted &&
                        absl::StrContains(status.message(), "out of memory");
   std::_Exit(refused ? 0 : 1);
@@ -459,18 +468,10 @@ TEST(DecodeImageDeathTest, AnImageTheAllocatorRefusesIsResourceExhausted) {
               "PNG: out of memory");
 }
 
-// Decodes `encoded` with its address space capped `headroom` bytes above what the
-// process holds, and exits 0 when it decodes (else 1).
+// Exits 0 when `encoded` decodes within `headroom` bytes of address space (else 1).
 [[noreturn]] void DecodeWithin(const std::string& encoded, const DecodeOptions& options,
                                int64_t headroom) {
-  const rlim_t cap = static_cast<rlim_t>(MappedBytes() + headroom);
-  rlimit limit;
-  limit.rlim_cur = cap;
-  limit.rlim_max = cap;
-  if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(2);
-  const absl::Status status = DecodeImage(encoded, options).status();
-  std::fprintf(stderr, "%s\n", status.ToString().c_str());
-  std::_Exit(status.ok() ? 0 : 1);
+  std::_Exit(DecodeWithHeadroom(encoded, options, headroom).ok() ? 0 : 1);
 }
 
 // A "Raw profile type exif" tEXt of 24 MiB of newlines (Pillow caps only compressed
