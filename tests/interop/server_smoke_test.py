@@ -286,36 +286,30 @@ class SignalTest(unittest.TestCase):
             # by parallel tests, "under 4 s" failed.)
             self.assertNotIn("loading model", result.stderr, flags)
 
+    def warnings_before_a_port_mistake(self, flag):
+        """stderr of a start with `flag` that a port mistake ends before the model load:
+        what the flag checks log, without a server to stop."""
+        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--host=127.0.0.1",
+                                 "--port=50999", "--metrics_port=50999", flag],
+                                capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        return result.stderr
+
     def test_one_item_per_request_warns_that_classify_cannot_work(self):
-        # Classify needs two labels, so such a server refuses every Classify call. The
-        # port mistake after it ends the run before the model load.
-        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--host=127.0.0.1",
-                                 "--port=50999", "--metrics_port=50999",
-                                 "--max_items_per_request=1"],
-                                capture_output=True, text=True, timeout=120)
-        self.assertEqual(result.returncode, 1, result.stderr)
+        # Classify needs two labels, so such a server refuses every Classify call.
         self.assertIn("--max_items_per_request=1 refuses every Classify call",
-                      result.stderr)
-        result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14", "--host=127.0.0.1",
-                                 "--port=50999", "--metrics_port=50999",
-                                 "--max_items_per_request=2"],
-                                capture_output=True, text=True, timeout=120)
-        self.assertEqual(result.returncode, 1, result.stderr)
-        self.assertNotIn("refuses every Classify call", result.stderr)
+                      self.warnings_before_a_port_mistake("--max_items_per_request=1"))
+        self.assertNotIn("refuses every Classify call",
+                         self.warnings_before_a_port_mistake("--max_items_per_request=2"))
 
     def test_more_intra_op_threads_than_usable_cpus_warns(self):
         # The CPUs this process may use: its affinity, or a smaller cgroup limit; one
-        # more than the affinity is past either. The port mistake ends the run early.
+        # more than the affinity is past either.
         too_many = len(os.sched_getaffinity(0)) + 1
         for threads, warned in ((too_many, True), (1, False)):
-            result = subprocess.run([ARGS.server, "--model=demo:ViT-L-14",
-                                     "--host=127.0.0.1", "--port=50999",
-                                     "--metrics_port=50999",
-                                     f"--intra_op_threads={threads}"],
-                                    capture_output=True, text=True, timeout=120)
-            self.assertEqual(result.returncode, 1, result.stderr)
-            self.assertEqual(f"--intra_op_threads={threads} is more than the" in
-                             result.stderr, warned, result.stderr)
+            stderr = self.warnings_before_a_port_mistake(f"--intra_op_threads={threads}")
+            self.assertEqual(f"--intra_op_threads={threads} is more than the" in stderr,
+                             warned, stderr)
 
     def test_a_message_limit_no_answer_fits_in_fails_after_the_load(self):
         # The demo ViT-B-32's 512-wide embeddings take 2 KiB and more in one response.
