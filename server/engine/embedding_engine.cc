@@ -726,9 +726,21 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts,
   auto shared_done = std::make_shared<TokenizeCallback>(std::move(done));
   const bool truncate = options.truncate;
   const absl::Time deadline = clock_->FromWallTime(options.deadline);
+  const absl::Time submitted_at = clock_->Now();
   absl::Status submitted = pool_->Submit(
-      [this, texts = std::move(texts), truncate, deadline,
+      [this, texts = std::move(texts), truncate, deadline, submitted_at,
        cancellation = options.cancellation, field, shared_done]() mutable {
+        // Reported as text preprocessing, as EmbedTexts' tokenizing is: these tasks
+        // take the threads images decode on. A task answered before it tokenized
+        // anything (its call already ended) reports nothing, as there.
+        const absl::Time started = clock_->Now();
+        bool reported = false;
+        const auto answer = [&](absl::StatusOr<std::vector<TokenizedResult>> result) {
+          if (reported) {
+            options_.observer->OnPreprocessed(Modality::kText, clock_->Now() - started);
+          }
+          std::move (*shared_done)(std::move(result));
+        };
         std::vector<TokenizedResult> out;
         out.reserve(texts.size());
         for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
@@ -736,22 +748,26 @@ void EmbeddingEngine::Tokenize(std::vector<std::string> texts,
           // costs the threads images share no more.
           // The deadline first: gRPC cancels a call when it passes.
           if (clock_->Now() >= deadline) {
-            std::move (*shared_done)(absl::DeadlineExceededError(
+            answer(absl::DeadlineExceededError(
                 "deadline passed before the texts were tokenized"));
             return;
           }
           if (cancellation != nullptr && cancellation->cancelled()) {
-            std::move (*shared_done)(absl::CancelledError("call cancelled"));
+            answer(absl::CancelledError("call cancelled"));
             return;
+          }
+          if (!reported && options_.observer != nullptr) {
+            reported = true;
+            options_.observer->OnPreprocessWait(Modality::kText, started - submitted_at);
           }
           auto encoded = tokenizer_->Encode(texts[i], truncate);
           if (!encoded.ok()) {
-            std::move (*shared_done)(ItemError(field, i, encoded.status()));
+            answer(ItemError(field, i, encoded.status()));
             return;
           }
           out.push_back({std::move(encoded->ids), encoded->truncated});
         }
-        std::move (*shared_done)(std::move(out));
+        answer(std::move(out));
       },
       ThreadPool::Priority::kQuick);
   if (!submitted.ok()) std::move (*shared_done)(submitted);

@@ -1358,12 +1358,27 @@ TEST(EmbeddingEngineObserverTest, ReportsPreprocessingBatchesAndQueueDepth) {
   cancelled.cancellation = flag;
   EXPECT_EQ(EmbedTextsAndWait(**engine, {"a fox"}, cancelled).status().code(),
             absl::StatusCode::kCancelled);
+  // Tokenize's tasks share the threads and count as text preprocessing; one whose call
+  // already ended counts as nothing.
+  const auto tokenize = [&](const EmbedOptions& options) {
+    absl::Notification done;
+    absl::StatusCode code = absl::StatusCode::kUnknown;
+    (*engine)->Tokenize({"a cat", "a dog"}, options, "texts",
+                        [&](absl::StatusOr<std::vector<TokenizedResult>> r) {
+                          code = r.status().code();
+                          done.Notify();
+                        });
+    done.WaitForNotification();
+    return code;
+  };
+  EXPECT_EQ(tokenize(EmbedOptions{}), absl::StatusCode::kOk);
+  EXPECT_EQ(tokenize(expired), absl::StatusCode::kDeadlineExceeded);
 
-  // Texts: one tokenizing task per request; images: one task per image. Each task
-  // that ran reported its wait for a thread first.
-  EXPECT_EQ(observer.preprocessed(Modality::kText), 2);
+  // Texts: one tokenizing task per request (two EmbedTexts, one Tokenize); images: one
+  // task per image. Each task that ran reported its wait for a thread first.
+  EXPECT_EQ(observer.preprocessed(Modality::kText), 3);
   EXPECT_EQ(observer.preprocessed(Modality::kImage), 2);
-  EXPECT_EQ(observer.waits(Modality::kText), 2);
+  EXPECT_EQ(observer.waits(Modality::kText), 3);
   EXPECT_EQ(observer.waits(Modality::kImage), 2);
   size_t text_items = 0, image_items = 0;
   int text_batches = 0;
