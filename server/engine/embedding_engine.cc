@@ -994,10 +994,13 @@ absl::StatusOr<torch::Tensor> EmbeddingEngine::EncodeTexts(
       torch::Tensor rows,
       model_.model->EncodeText(ids, /*normalize=*/false, tokenizer_->end_of_text_id()));
   if (m == n) return rows;
-  repeated_texts_.fetch_add(n - m, std::memory_order_relaxed);
-  return rows.index_select(
+  torch::Tensor answered = rows.index_select(
       0, torch::tensor(source, torch::TensorOptions().dtype(torch::kLong))
              .to(rows.device()));
+  // Counted once the rows exist: a range that fails before is retried in halves, and
+  // each half counts its own repeats.
+  repeated_texts_.fetch_add(n - m, std::memory_order_relaxed);
+  return answered;
 }
 
 void EmbeddingEngine::RunTextBatch(Batch<TextItem>& batch) {
