@@ -8,7 +8,9 @@
 #include <variant>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -430,7 +432,7 @@ class Machine {
     CLIPSERVE_ASSIGN_OR_RETURN(torch::Tensor storage, loader_(*key, dtype, *numel));
     ValuePtr value = Make(storage);
     storages_.emplace(*key, value);
-    storage_values_.insert(value.get());
+    storage_values_.emplace(value.get(), *key);
     return value;
   }
 
@@ -458,31 +460,45 @@ class Machine {
         return Bad("bad _rebuild_tensor_v2 args");
       // A storage, never a tensor rebuilt before: torch.load refuses a view of a view,
       // whose offset would count from its storage's start, not the view's.
-      if (!storage_values_.contains((*tuple)[0].get())) {
+      const auto viewed = storage_values_.find((*tuple)[0].get());
+      if (viewed == storage_values_.end()) {
         return Bad("_rebuild_tensor_v2 of a tensor, not of a storage");
       }
-      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> size,
-                                 IntTuple((*tuple)[2], "size"));
-      CLIPSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> stride,
-                                 IntTuple((*tuple)[3], "stride"));
-      if (size.size() != stride.size()) return Bad("size and stride ranks differ");
+      // What is wrong, and with which record: the tensor's own name is not known
+      // until the dict that holds it is built.
+      const auto naming_storage = [&](const absl::Status& status) {
+        return absl::Status(
+            status.code(),
+            absl::StrCat(status.message(), " (a view of storage record data/",
+                         absl::CHexEscape(viewed->second), ")"));
+      };
+      const auto bad_view = [&](absl::string_view what) {
+        return naming_storage(Bad(what));
+      };
+      absl::StatusOr<std::vector<int64_t>> size = IntTuple((*tuple)[2], "size");
+      if (!size.ok()) return naming_storage(size.status());
+      absl::StatusOr<std::vector<int64_t>> stride = IntTuple((*tuple)[3], "stride");
+      if (!stride.ok()) return naming_storage(stride.status());
+      if (size->size() != stride->size()) return bad_view("size and stride ranks differ");
       // The view must stay inside its storage.
-      if (*offset < 0) return Bad("negative storage offset");
+      if (*offset < 0) return bad_view("negative storage offset");
       int64_t last = *offset;
       bool empty = false;
-      for (size_t d = 0; d < size.size(); ++d) {
-        if (size[d] < 0 || stride[d] < 0) return Bad("negative size or stride");
-        if (size[d] == 0) empty = true;
-        if (size[d] > 0 && stride[d] > 0 &&
-            (size[d] - 1) > (std::numeric_limits<int64_t>::max() - last) / stride[d]) {
-          return Bad("tensor view overflows");
+      for (size_t d = 0; d < size->size(); ++d) {
+        const int64_t extent = (*size)[d], step = (*stride)[d];
+        if (extent < 0 || step < 0) return bad_view("negative size or stride");
+        if (extent == 0) empty = true;
+        if (extent > 0 && step > 0 &&
+            (extent - 1) > (std::numeric_limits<int64_t>::max() - last) / step) {
+          return bad_view("tensor view overflows");
         }
-        if (size[d] > 0) last += (size[d] - 1) * stride[d];
+        if (extent > 0) last += (extent - 1) * step;
       }
       if (!empty && last >= storage->numel()) {
-        return Bad("tensor view reaches outside its storage");
+        return bad_view(absl::StrCat("tensor view reaches element ", last,
+                                     " of a storage of ", storage->numel()));
       }
-      return Make(storage->as_strided(size, stride, *offset));
+      return Make(storage->as_strided(*size, *stride, *offset));
     }
     return Make(Opaque{});
   }
@@ -493,8 +509,8 @@ class Machine {
   std::vector<ValuePtr> stack_;
   std::unordered_map<uint64_t, ValuePtr> memo_;
   std::map<std::string, ValuePtr> storages_;
-  // The values of storages_: what _rebuild_tensor_v2 may view.
-  absl::flat_hash_set<const Value*> storage_values_;
+  // The values of storages_, with their keys: what _rebuild_tensor_v2 may view.
+  absl::flat_hash_map<const Value*, std::string> storage_values_;
 };
 
 // Adds the tensors among `object`'s attributes to `out` as "<prefix><name>", and those

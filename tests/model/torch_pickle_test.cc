@@ -10,6 +10,7 @@ namespace clipserve {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 absl::StatusOr<torch::Tensor> NoStorage(const std::string&, torch::ScalarType, int64_t) {
   return absl::InvalidArgumentError("no storages in this test");
@@ -123,6 +124,28 @@ TEST(TorchPickleTest, AViewOfATensorIsRefused) {
   auto tensors = TensorsFromTorchPickle(pickle, CountingStorage);
   EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(tensors.status().message(), HasSubstr("not of a storage"));
+}
+
+// A bad view names the storage record it views: the tensor's own name is not known
+// yet, and the record is what a user can look for in the zip.
+TEST(TorchPickleTest, ABadViewNamesItsStorageRecord) {
+  const auto view = [](const std::string& size, const std::string& stride) {
+    return "ctorch._utils\n_rebuild_tensor_v2\n((" + Unicode("storage") +
+           "ctorch\nFloatStorage\n" + Unicode("7") + Unicode("cpu") +
+           std::string("K\x04tQK\x00", 6) + size + stride + "tR";
+  };
+  for (const auto& [bad, why] : std::vector<std::pair<std::string, std::string>>{
+           {view("(K\x05t", "(K\x01t"), "reaches element 4 of a storage of 4"},
+           {view("(K\x02K\x02t", "(K\x01t"), "ranks differ"},
+           {view(Unicode("x"), "(K\x01t"), "size is not a tuple"}}) {
+    const std::string pickle = std::string("\x80\x04}(") + Unicode("w") + bad + "u.";
+    auto tensors = TensorsFromTorchPickle(pickle, CountingStorage);
+    EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument) << why;
+    const std::string message(tensors.status().message());
+    EXPECT_THAT(message, HasSubstr(why));
+    EXPECT_THAT(message, HasSubstr("storage record data/7"));
+    EXPECT_THAT(message, Not(HasSubstr("pickle: malformed")));
+  }
 }
 
 // Python's dict keeps the last value of a key set twice, and so does torch.load: a
