@@ -32,6 +32,8 @@ namespace fs = std::filesystem;
 
 torch::ScalarType TorchType(SafetensorsDtype dtype) {
   switch (dtype) {
+    case SafetensorsDtype::kF64:
+      return torch::kDouble;
     case SafetensorsDtype::kF32:
       return torch::kFloat;
     case SafetensorsDtype::kF16:
@@ -40,6 +42,16 @@ torch::ScalarType TorchType(SafetensorsDtype dtype) {
       return torch::kBFloat16;
     case SafetensorsDtype::kI64:
       return torch::kLong;
+    case SafetensorsDtype::kI32:
+      return torch::kInt;
+    case SafetensorsDtype::kI16:
+      return torch::kShort;
+    case SafetensorsDtype::kI8:
+      return torch::kChar;
+    case SafetensorsDtype::kU8:
+      return torch::kByte;
+    case SafetensorsDtype::kBool:
+      return torch::kBool;
   }
   return torch::kFloat;
 }

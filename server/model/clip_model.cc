@@ -26,6 +26,26 @@
 namespace clipserve {
 namespace {
 
+// The name PyTorch users know an integer dtype by.
+const char* IntegerTypeName(torch::ScalarType type) {
+  switch (type) {
+    case torch::kBool:
+      return "bool";
+    case torch::kByte:
+      return "uint8";
+    case torch::kChar:
+      return "int8";
+    case torch::kShort:
+      return "int16";
+    case torch::kInt:
+      return "int32";
+    case torch::kLong:
+      return "int64";
+    default:
+      return "an integer type";
+  }
+}
+
 std::string ShapeString(c10::IntArrayRef shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -258,10 +278,23 @@ absl::Status ClipModel::LoadWeights(TensorMap weights) {
           "'", key, "' has shape ", ShapeString(it->second.sizes()),
           " in the checkpoint but the model expects ", ShapeString(target.sizes())));
     }
+    // Integers where a floating weight belongs are quantized or damaged values that
+    // copying would turn into floats without a word (torch.save and safetensors both
+    // store every integer dtype, for buffers).
+    if (target.is_floating_point() && !it->second.is_floating_point()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", key, "' is ", IntegerTypeName(it->second.scalar_type()),
+                       " in the checkpoint; the model expects a floating-point weight"));
+    }
     // A NaN or an infinity in a weight would answer every call OK with NaN
     // embeddings. logit_scale may be +inf (clamped to log 100, as CLIP does).
+    // A double past float's range becomes an infinity in the copy: checked as copied.
     if (key != "logit_scale" && it->second.is_floating_point() &&
-        !torch::isfinite(it->second).all().item<bool>()) {
+        !torch::isfinite(it->second.scalar_type() == torch::kDouble
+                             ? it->second.to(target.scalar_type())
+                             : it->second)
+             .all()
+             .item<bool>()) {
       return absl::InvalidArgumentError(
           absl::StrCat("'", key, "' holds NaN or infinite values in the checkpoint"));
     }

@@ -28,23 +28,28 @@ absl::Status Bad(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("malformed safetensors: ", what));
 }
 
+struct DtypeName {
+  absl::string_view name;
+  SafetensorsDtype dtype;
+  uint64_t size;
+};
+constexpr DtypeName kDtypes[] = {
+    {"F64", SafetensorsDtype::kF64, 8}, {"F32", SafetensorsDtype::kF32, 4},
+    {"F16", SafetensorsDtype::kF16, 2}, {"BF16", SafetensorsDtype::kBF16, 2},
+    {"I64", SafetensorsDtype::kI64, 8}, {"I32", SafetensorsDtype::kI32, 4},
+    {"I16", SafetensorsDtype::kI16, 2}, {"I8", SafetensorsDtype::kI8, 1},
+    {"U8", SafetensorsDtype::kU8, 1},   {"BOOL", SafetensorsDtype::kBool, 1},
+};
+
 bool ParseDtype(const std::string& name, SafetensorsDtype* dtype, uint64_t* size) {
-  if (name == "F32") {
-    *dtype = SafetensorsDtype::kF32;
-    *size = 4;
-  } else if (name == "F16") {
-    *dtype = SafetensorsDtype::kF16;
-    *size = 2;
-  } else if (name == "BF16") {
-    *dtype = SafetensorsDtype::kBF16;
-    *size = 2;
-  } else if (name == "I64") {
-    *dtype = SafetensorsDtype::kI64;
-    *size = 8;
-  } else {
-    return false;
+  for (const DtypeName& known : kDtypes) {
+    if (known.name == name) {
+      *dtype = known.dtype;
+      *size = known.size;
+      return true;
+    }
   }
-  return true;
+  return false;
 }
 
 }  // namespace
@@ -83,9 +88,9 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
     uint64_t element_size = 0;
     if (!value["dtype"].is_string() ||
         !ParseDtype(value["dtype"].get<std::string>(), &entry.dtype, &element_size)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unsupported safetensors dtype ", JsonExcerpt(value["dtype"]),
-                       " for ", where, " (supported: F32, F16, BF16, I64)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unsupported safetensors dtype ", JsonExcerpt(value["dtype"]), " for ", where,
+          " (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)"));
     }
     const nlohmann::json& shape = value["shape"];
     if (!shape.is_array() || shape.size() > 8)

@@ -15,7 +15,20 @@
 
 namespace clipserve {
 
-enum class SafetensorsDtype { kF32, kF16, kBF16, kI64 };
+// The dtypes torch.save's storages have (what safetensors' own torch loader maps):
+// floating weights in any of them load, converted to the model's precision.
+enum class SafetensorsDtype {
+  kF64,
+  kF32,
+  kF16,
+  kBF16,
+  kI64,
+  kI32,
+  kI16,
+  kI8,
+  kU8,
+  kBool
+};
 
 struct SafetensorsEntry {
   std::string name;

@@ -467,6 +467,20 @@ TEST(ClipModelTest, NonFiniteWeightsAndAZeroScaleAreRefusedAtLoad) {
   // +inf is clamped to 100, as CLIP does.
   ASSERT_TRUE((*model)->LoadWeights(weights_with("logit_scale", inf)).ok());
   EXPECT_EQ((*model)->logit_scale(), 100.0f);
+  // Doubles load, converted; one past float's range would be an infinity.
+  TensorMap doubles = weights_with("visual.proj", 0.5f);
+  for (auto& [name, tensor] : doubles) tensor = tensor.to(torch::kDouble);
+  ASSERT_TRUE((*model)->LoadWeights(doubles).ok());
+  EXPECT_EQ((*model)->NamedTensors().at("visual.proj").view({-1})[0].item<float>(), 0.5f);
+  doubles.at("ln_final.weight").view({-1})[0] = 1e300;
+  status = (*model)->LoadWeights(std::move(doubles));
+  EXPECT_THAT(status.message(), HasSubstr("'ln_final.weight' holds NaN or infinite"));
+  // Integers where a floating weight belongs are refused, not converted.
+  TensorMap integers = weights_with("visual.proj", 1);
+  integers.at("visual.proj") = integers.at("visual.proj").to(torch::kChar);
+  status = (*model)->LoadWeights(std::move(integers));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("'visual.proj' is int8 in the checkpoint"));
 }
 
 // A weight finite in fp32 can overflow the narrower type To() converts it to (fp16

@@ -41,6 +41,34 @@ TEST(SafetensorsHeaderTest, ParsesEntriesInNameOrder) {
   EXPECT_EQ((*entries)[1].end, 12u);
 }
 
+// Every dtype a torch.save storage may have, each with its element size: two elements
+// must span exactly twice that many bytes.
+TEST(SafetensorsHeaderTest, TakesTheDtypesTorchSaveHas) {
+  const struct {
+    const char* name;
+    SafetensorsDtype dtype;
+    int size;
+  } dtypes[] = {
+      {"F64", SafetensorsDtype::kF64, 8}, {"F32", SafetensorsDtype::kF32, 4},
+      {"F16", SafetensorsDtype::kF16, 2}, {"BF16", SafetensorsDtype::kBF16, 2},
+      {"I64", SafetensorsDtype::kI64, 8}, {"I32", SafetensorsDtype::kI32, 4},
+      {"I16", SafetensorsDtype::kI16, 2}, {"I8", SafetensorsDtype::kI8, 1},
+      {"U8", SafetensorsDtype::kU8, 1},   {"BOOL", SafetensorsDtype::kBool, 1},
+  };
+  for (const auto& d : dtypes) {
+    const auto header = [&](int bytes) {
+      return File(absl::StrCat(R"({"x": {"dtype": ")", d.name,
+                               R"(", "shape": [2], "data_offsets": [0, )", bytes, "]}}"),
+                  bytes);
+    };
+    auto entries = Parse(header(2 * d.size));
+    ASSERT_TRUE(entries.ok()) << d.name << ": " << entries.status();
+    EXPECT_EQ((*entries)[0].dtype, d.dtype) << d.name;
+    EXPECT_THAT(Parse(header(2 * d.size + 1)).status().message(), HasSubstr("need"))
+        << d.name;
+  }
+}
+
 TEST(SafetensorsHeaderTest, RejectsEveryMalformation) {
   const struct {
     std::string file;
@@ -51,7 +79,10 @@ TEST(SafetensorsHeaderTest, RejectsEveryMalformation) {
       {File("{}", 0, 1ull << 40), "exceeds"},
       {File("[1, 2]", 0), "not a JSON object"},
       {File("{not json", 0), "not a JSON object"},
-      {File(R"({"x": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}})", 1), "I8"},
+      {File(R"({"x": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}})", 1),
+       "F8_E4M3"},
+      {File(R"({"x": {"dtype": "U16", "shape": [1], "data_offsets": [0, 2]}})", 2),
+       "U16"},
       {File(R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})", 4),
        "need 8"},
       {File(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}})", 4),
@@ -107,14 +138,14 @@ TEST(SafetensorsFileTest, ErrorsNameTheFile) {
   const absl::Status too_short = SafetensorsFile::Open(short_path).status();
   EXPECT_EQ(too_short.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(too_short.message(), HasSubstr(short_path + ": malformed safetensors"));
-  const std::string f64_path = dir + "/f64.safetensors";
-  std::ofstream(f64_path, std::ios::binary)
-      << File(R"({"x": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})", 8);
-  const absl::Status f64 = SafetensorsFile::Open(f64_path).status();
-  EXPECT_EQ(f64.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(f64.message(), HasSubstr(f64_path + ": unsupported safetensors dtype"));
+  const std::string f8_path = dir + "/f8.safetensors";
+  std::ofstream(f8_path, std::ios::binary)
+      << File(R"({"x": {"dtype": "F8_E5M2", "shape": [1], "data_offsets": [0, 1]}})", 1);
+  const absl::Status f8 = SafetensorsFile::Open(f8_path).status();
+  EXPECT_EQ(f8.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(f8.message(), HasSubstr(f8_path + ": unsupported safetensors dtype"));
   std::remove(short_path.c_str());
-  std::remove(f64_path.c_str());
+  std::remove(f8_path.c_str());
 }
 
 TEST(SafetensorsFileTest, MissingFileIsNotFound) {

@@ -181,6 +181,10 @@ def write_case(out, name, seed, cfg, options, log):
               key_prefix="module.", container_key="state_dict")
         ck.write_safetensors(os.path.join(d, "model_f32.safetensors"), ck.as_float32(sd))
         entry("model_f32.safetensors", "safetensors", "F32")
+        # Double precision, as a conversion from numpy may leave it: the same values.
+        ck.write_safetensors(os.path.join(d, "model_f64.safetensors"),
+                             ck.all_floats_to(sd, torch.float64))
+        entry("model_f64.safetensors", "safetensors", "F64")
         # A training checkpoint's state_dict converted as it is (DataParallel's prefix).
         ck.write_safetensors(os.path.join(d, "model_f32_ddp.safetensors"),
                              {"module." + k: v for k, v in ck.as_float32(sd).items()})
@@ -357,13 +361,13 @@ def write_corrupt(out, base_sd, base_dir, log):
     put("offsets_size_mismatch.safetensors", ck.safetensors_pack(h, data), "safetensors",
         "reject: ln_final.bias data_offsets span 256 bytes but shape [63] F32 needs 252",
         "ln_final.bias")
-    # 8. unsupported dtype
+    # 8. an integer tensor for a floating weight
     bad = dict(sd)
     bad["text_projection"] = (sd["text_projection"] * 100).round().clamp(-127, 127).to(
         torch.int8)
     hh, dd = ck.safetensors_layout(bad, {"format": "pt"})
-    put("unsupported_dtype_i8.safetensors", ck.safetensors_pack(hh, dd), "safetensors",
-        "reject: text_projection has dtype I8 (weights must be F32, F16 or BF16)",
+    put("integer_weight_i8.safetensors", ck.safetensors_pack(hh, dd), "safetensors",
+        "reject: text_projection has dtype I8 (a weight must be F64, F32, F16 or BF16)",
         "text_projection")
     # 9-11. well-formed files with the wrong tensors
     bad = {k: v for k, v in sd.items() if k != "ln_final.weight"}

@@ -556,7 +556,7 @@ class ReferenceMathTest(FixtureTestCase):
 
 
 class CorruptTest(FixtureTestCase):
-    STRUCTURAL = ("missing_key", "unexpected_key", "misshapen_key", "unsupported_dtype_i8")
+    STRUCTURAL = ("missing_key", "unexpected_key", "misshapen_key", "integer_weight_i8")
 
     def test_every_corrupt_file_is_rejected(self):
         entries = load_json(os.path.join(FIXTURES, "corrupt", "manifest.json"))
