@@ -14,9 +14,10 @@
 namespace clipserve {
 namespace {
 
-absl::Status ErrnoError(int error, absl::string_view what, const std::string& path) {
+absl::Status ErrnoError(int error, absl::string_view verb, absl::string_view what,
+                        const std::string& path) {
   const std::string message =
-      absl::StrCat("cannot read ", what, " '", path, "': ", std::strerror(error));
+      absl::StrCat(verb, " ", what, " '", path, "': ", std::strerror(error));
   switch (error) {
     case ENOENT:
     case ENOTDIR:
@@ -31,6 +32,18 @@ absl::Status ErrnoError(int error, absl::string_view what, const std::string& pa
 
 }  // namespace
 
+absl::Status FileError(int error, absl::string_view what, const std::string& path) {
+  return ErrnoError(error, "cannot read", what, path);
+}
+
+absl::StatusOr<bool> IsRegularFile(const std::string& path, absl::string_view what) {
+  struct stat info;
+  if (stat(path.c_str(), &info) == 0) return S_ISREG(info.st_mode);
+  const int error = errno;
+  if (error == ENOENT || error == ENOTDIR) return false;
+  return ErrnoError(error, "cannot look for", what, path);
+}
+
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view what,
                                           size_t max_bytes) {
   if (path.empty()) {
@@ -39,12 +52,12 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_
   // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, before the check
   // below could refuse it. Reads of a regular file ignore it.
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return ErrnoError(errno, what, path);
+  if (fd < 0) return FileError(errno, what, path);
   struct stat info;
   if (fstat(fd, &info) != 0) {
     const int error = errno;
     close(fd);
-    return ErrnoError(error, what, path);
+    return FileError(error, what, path);
   }
   if (!S_ISREG(info.st_mode)) {
     close(fd);
@@ -60,7 +73,7 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_
       if (errno == EINTR) continue;
       const int error = errno;
       close(fd);
-      return ErrnoError(error, what, path);
+      return FileError(error, what, path);
     }
     if (n == 0) break;
     if (static_cast<size_t>(n) > max_bytes - contents.size()) {

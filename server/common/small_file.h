@@ -23,6 +23,17 @@ namespace clipserve {
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view what,
                                           size_t max_bytes);
 
+// The status for `error` (an errno value) from opening or reading `what` at `path`, as
+// ReadSmallFile gives it: NOT_FOUND (ENOENT, ENOTDIR), PERMISSION_DENIED (EACCES,
+// EPERM), else UNKNOWN; "cannot read <what> '<path>': <strerror>".
+absl::Status FileError(int error, absl::string_view what, const std::string& path);
+
+// Whether `path` is a regular file (links followed): false when nothing is there or
+// when it is something else. The file system's refusal to say (a folder on the way that
+// may not be searched) is an error, as FileError gives it but "cannot look for": a
+// missing permission must not pass for a missing file.
+absl::StatusOr<bool> IsRegularFile(const std::string& path, absl::string_view what);
+
 }  // namespace clipserve
 
 #endif  // CLIPSERVE_SERVER_COMMON_SMALL_FILE_H_

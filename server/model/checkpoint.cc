@@ -5,9 +5,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <utility>
@@ -169,10 +169,13 @@ absl::StatusOr<FileKind> SniffFile(const std::string& path) {
   std::error_code ec;
   const uint64_t size = fs::file_size(path, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot stat ", path));
-  std::ifstream in(path, std::ios::binary);
+  // Opened here, so that an unreadable file is named as one, not as an unrecognized
+  // format.
+  std::unique_ptr<FILE, int (*)(FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!in) return FileError(errno, "checkpoint", path);
   std::array<char, 9> head{};
-  in.read(head.data(), head.size());
-  const size_t got = static_cast<size_t>(in.gcount());
+  const size_t got = std::fread(head.data(), 1, head.size(), in.get());
+  if (std::ferror(in.get())) return FileError(errno, "checkpoint", path);
   if (got >= 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4) {
     return FileKind::kZip;
   }
@@ -213,7 +216,10 @@ absl::StatusOr<ClipConfig> ReadHfFolderConfig(const fs::path& dir) {
   CLIPSERVE_ASSIGN_OR_RETURN(std::string json,
                              ReadConfigFile((dir / "config.json").string()));
   CLIPSERVE_ASSIGN_OR_RETURN(ClipConfig config, ParseHfConfig(json));
-  if (fs::is_regular_file(dir / "preprocessor_config.json")) {
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const bool has_preprocessor,
+      IsRegularFile((dir / "preprocessor_config.json").string(), "model configuration"));
+  if (has_preprocessor) {
     CLIPSERVE_ASSIGN_OR_RETURN(
         std::string preprocessor,
         ReadConfigFile((dir / "preprocessor_config.json").string()));
@@ -338,7 +344,8 @@ absl::StatusOr<WeightsFile> ReadShardedWeights(const std::string& path) {
   std::map<std::string, std::string> file_of;  // tensor -> the shard it came from
   for (size_t i = 0; i < index->files.size(); ++i) {
     const std::string shard = (dir / index->files[i]).string();
-    if (!fs::is_regular_file(shard)) {
+    CLIPSERVE_ASSIGN_OR_RETURN(const bool present, IsRegularFile(shard, "checkpoint"));
+    if (!present) {
       return absl::NotFoundError(absl::StrCat(path, " names the shard ", index->files[i],
                                               ", which is not there"));
     }
@@ -403,7 +410,10 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
                        " holds Hugging Face CLIP weights, which their config.json "
                        "describes: --model_config is for OpenAI/open_clip key names"));
     }
-    if (!fs::is_regular_file(dir / "config.json")) {
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        const bool has_config,
+        IsRegularFile((dir / "config.json").string(), "model configuration"));
+    if (!has_config) {
       return absl::InvalidArgumentError(absl::StrCat(
           path,
           " holds Hugging Face CLIP weights (vision_model.*, text_model.*) with no "
@@ -413,9 +423,12 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
         TakeFolderConfig(dir, FolderKind::kHuggingFace, &checkpoint));
     return checkpoint;
   }
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const bool beside_open_clip_config,
+      IsRegularFile((dir / "open_clip_config.json").string(), "model configuration"));
   if (options.config.has_value()) {
     checkpoint.config = *options.config;
-  } else if (fs::is_regular_file(dir / "open_clip_config.json")) {
+  } else if (beside_open_clip_config) {
     CLIPSERVE_RETURN_IF_ERROR(TakeFolderConfig(dir, FolderKind::kOpenClip, &checkpoint));
     return checkpoint;
   } else {
@@ -437,7 +450,9 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
 absl::StatusOr<std::string> FirstExisting(const fs::path& dir,
                                           std::initializer_list<const char*> names) {
   for (const char* name : names) {
-    if (fs::is_regular_file(dir / name)) return (dir / name).string();
+    const std::string path = (dir / name).string();
+    CLIPSERVE_ASSIGN_OR_RETURN(const bool present, IsRegularFile(path, "checkpoint"));
+    if (present) return path;
   }
   std::string list;
   for (const char* name : names) absl::StrAppend(&list, list.empty() ? "" : " or ", name);
@@ -447,8 +462,12 @@ absl::StatusOr<std::string> FirstExisting(const fs::path& dir,
 absl::StatusOr<Checkpoint> ReadDirectory(const fs::path& dir) {
   Checkpoint checkpoint;
   checkpoint.directory = dir.string();
-  const bool open_clip = fs::is_regular_file(dir / "open_clip_config.json");
-  const bool hugging_face = fs::is_regular_file(dir / "config.json");
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const bool open_clip,
+      IsRegularFile((dir / "open_clip_config.json").string(), "model configuration"));
+  CLIPSERVE_ASSIGN_OR_RETURN(
+      const bool hugging_face,
+      IsRegularFile((dir / "config.json").string(), "model configuration"));
   if (!open_clip && !hugging_face) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir.string(), " is a directory without open_clip_config.json or config.json"));
@@ -650,9 +669,11 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path,
                                           const ReadCheckpointOptions& options) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
-  if (ec || !fs::exists(status)) {
+  if (status.type() == fs::file_type::not_found) {
     return absl::NotFoundError(absl::StrCat("no checkpoint at ", path));
   }
+  // A folder on the way that may not be searched, and the like.
+  if (ec) return FileError(ec.value(), "checkpoint", path);
   if (fs::is_directory(status)) {
     if (options.config.has_value()) {
       return absl::InvalidArgumentError(

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/common/small_file.h"
 #include "server/common/status_macros.h"
 #include "server/tokenizer/text_cleaner.h"
 #include "server/tokenizer/unicode_text.h"
@@ -295,15 +296,23 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
   const fs::path merges = dir / std::string(kHuggingFaceMergesFileName);
   const fs::path tokenizer_json = dir / std::string(kHuggingFaceTokenizerFileName);
   const fs::path openai = dir / std::string(kOpenAiVocabFileName);
-  if (fs::exists(vocab_json, error) && fs::exists(merges, error)) {
+  // A folder that may not be searched is named as such, not taken for an empty one.
+  const auto present = [](const fs::path& file) {
+    return IsRegularFile(file.string(), "tokenizer file");
+  };
+  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_vocab_json, present(vocab_json));
+  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_merges, present(merges));
+  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_tokenizer_json, present(tokenizer_json));
+  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_openai, present(openai));
+  if (has_vocab_json && has_merges) {
     return LoadHuggingFacePair(dir.string(), options);
   }
-  if (fs::exists(tokenizer_json, error)) {
+  if (has_tokenizer_json) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
                                LoadHuggingFaceTokenizerJson(tokenizer_json.string()));
     return CreateTokenizerFrom(std::move(vocab), options, tokenizer_json.string());
   }
-  if (fs::exists(openai, error)) {
+  if (has_openai) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
                                LoadOpenAiVocabulary(openai.string()));
     return CreateTokenizerFrom(std::move(vocab), options, openai.string());

@@ -4,8 +4,6 @@
 
 #include <array>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -16,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
+#include "server/common/small_file.h"
 #include "server/common/status_macros.h"
 #include "server/tokenizer/unicode_text.h"
 
@@ -82,26 +81,15 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseMergeLine(absl::string_
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::error_code error;
-  if (!std::filesystem::exists(path, error)) {
-    return absl::NotFoundError(absl::StrCat("vocabulary file not found: ", path));
+  absl::StatusOr<std::string> data =
+      ReadSmallFile(path, "vocabulary file", kMaxVocabularyFileBytes);
+  // Missing and unreadable files keep their codes (an operator fixes a path or a
+  // permission); anything else is a file that cannot serve as a vocabulary.
+  if (data.ok() || absl::IsNotFound(data.status()) ||
+      absl::IsPermissionDenied(data.status())) {
+    return data;
   }
-  const uintmax_t size = std::filesystem::file_size(path, error);
-  if (error) {
-    return absl::DataLossError(
-        absl::StrCat("cannot read vocabulary file ", path, ": ", error.message()));
-  }
-  if (size > kMaxVocabularyFileBytes) {
-    return absl::DataLossError(absl::StrCat("vocabulary file ", path, " has ", size,
-                                            " bytes, more than the ",
-                                            kMaxVocabularyFileBytes, " allowed"));
-  }
-  std::ifstream in(path, std::ios::binary);
-  std::string data(static_cast<size_t>(size), '\0');
-  if (!in.read(data.data(), static_cast<std::streamsize>(data.size()))) {
-    return absl::DataLossError(absl::StrCat("cannot read vocabulary file ", path));
-  }
-  return data;
+  return absl::DataLossError(data.status().message());
 }
 
 absl::StatusOr<std::string> Gunzip(absl::string_view compressed,

@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/fresh_test_dir.h"
+#include "tests/testing/unprivileged.h"
 
 namespace clipserve {
 namespace {
@@ -100,6 +101,34 @@ TEST_F(SmallFileTest, AMissingFileIsNotFoundAndAnEmptyPathInvalid) {
   const absl::Status empty = ReadSmallFile("", "test file", 10).status();
   EXPECT_EQ(empty.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(empty.message()), HasSubstr("no file given for the test file"));
+}
+
+// Present, absent, or not for this user to know: a folder that may not be searched
+// is an error, not an absence. Needs a user that file modes bind: as root, it runs as
+// nobody.
+TEST_F(SmallFileTest, IsRegularFileTellsAbsentFromForbidden) {
+  const auto said = [](const std::string& path) -> std::string {
+    const absl::StatusOr<bool> is = IsRegularFile(path, "test file");
+    if (!is.ok()) return is.status().ToString();
+    return *is ? "a file" : "no file";
+  };
+  const std::string file = Write("file", "x");
+  EXPECT_EQ(said(file), "a file");
+  EXPECT_EQ(said(dir_.string()), "no file");
+  EXPECT_EQ(said((dir_ / "missing").string()), "no file");
+  EXPECT_EQ(said(file + "/below"), "no file");
+  std::filesystem::create_directories(dir_ / "locked");
+  const std::string inside = Write("locked/file", "x");
+  testing::RunUnprivileged(dir_, [&] {
+    std::filesystem::permissions(dir_ / "locked", std::filesystem::perms::none);
+    const absl::StatusOr<bool> forbidden = IsRegularFile(inside, "test file");
+    std::filesystem::permissions(dir_ / "locked", std::filesystem::perms::owner_all);
+    if (forbidden.ok()) GTEST_SKIP() << "this user searches folders whatever their mode";
+    EXPECT_EQ(forbidden.status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_THAT(
+        std::string(forbidden.status().message()),
+        HasSubstr("cannot look for test file '" + inside + "': Permission denied"));
+  });
 }
 
 }  // namespace

@@ -32,6 +32,7 @@
 #include "tests/testing/fresh_test_dir.h"
 #include "tests/testing/pickle_bytes.h"
 #include "tests/testing/tiny_clip_config.h"
+#include "tests/testing/unprivileged.h"
 
 namespace clipserve {
 namespace {
@@ -904,6 +905,51 @@ TEST(CheckpointTest, AnUnreadWeightsFileGetsOneAnswerAloneOrInItsFolder) {
     }
     fs::remove_all(dir);
   }
+}
+
+// What file modes forbid is named as such, with the path, never as a missing or
+// unrecognized checkpoint (or, from a throwing std::filesystem call, a crash): an
+// operator must fix a permission, not look for a file. Needs a user that file modes
+// bind: as root, it runs as nobody.
+TEST(CheckpointTest, WhatMayNotBeReadIsPermissionDenied) {
+  namespace fs = std::filesystem;
+  const fs::path dir = testing::FreshTestDir("unreadable_checkpoint");
+  const fs::path folder = dir / "open_clip";
+  fs::create_directories(folder);
+  fs::copy_file(kFixtures + "/vit_gelu/open_clip/open_clip_config.json",
+                folder / "open_clip_config.json");
+  fs::copy_file(kFixtures + "/vit_gelu/open_clip/open_clip_model.safetensors",
+                folder / "open_clip_model.safetensors");
+  fs::copy_file(kFixtures + "/vit_gelu/model_f32.safetensors",
+                dir / "secret.safetensors");
+  testing::RunUnprivileged(dir, [&] {
+    fs::permissions(dir / "secret.safetensors", fs::perms::none);
+    fs::permissions(folder, fs::perms::none);
+    if (std::ifstream(dir / "secret.safetensors").is_open()) {
+      fs::permissions(folder, fs::perms::owner_all);
+      GTEST_SKIP() << "this user reads files whatever their mode";
+    }
+    const struct {
+      fs::path path;
+      std::string names;
+    } cases[] = {
+        {dir / "secret.safetensors",
+         "cannot read checkpoint '" + (dir / "secret.safetensors").string() + "'"},
+        {folder, "cannot look for model configuration '" +
+                     (folder / "open_clip_config.json").string() + "'"},
+        {folder / "open_clip_model.safetensors", "cannot read checkpoint '"},
+    };
+    for (const auto& c : cases) {
+      SCOPED_TRACE(c.path.string());
+      const absl::Status status = ReadCheckpoint(c.path.string()).status();
+      EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+      EXPECT_THAT(std::string(status.message()), HasSubstr(c.names));
+      EXPECT_THAT(std::string(status.message()), HasSubstr("Permission denied"));
+    }
+    fs::permissions(folder, fs::perms::owner_all);
+    fs::permissions(dir / "secret.safetensors", fs::perms::owner_all);
+  });
+  fs::remove_all(dir);
 }
 
 // A Hugging Face folder in shards: each shard read from beside the index, once, and

@@ -18,6 +18,7 @@
 #include "nlohmann/json.hpp"
 #include "server/tokenizer/unicode_text.h"
 #include "tests/testing/shared_data.h"
+#include "tests/testing/unprivileged.h"
 
 namespace clipserve {
 namespace {
@@ -387,6 +388,39 @@ TEST(LoadTokenizerNextToTest, NothingThereIsNotFound) {
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(loaded.status().message(), HasSubstr("vocab.json"));
   EXPECT_THAT(loaded.status().message(), HasSubstr("bpe_simple_vocab_16e6.txt.gz"));
+}
+
+// A folder that may not be searched is not an empty one, nor a vocabulary file that
+// may not be read a corrupt one. Needs a user that file modes bind: as root, it runs
+// as nobody.
+TEST(LoadTokenizerNextToTest, WhatMayNotBeReadIsPermissionDenied) {
+  namespace fs = std::filesystem;
+  const fs::path dir = MakeTempDir("unreadable");
+  fs::create_directories(dir / "locked");
+  fs::create_directories(dir / "unreadable_file");
+  std::ofstream(dir / "unreadable_file" / "bpe_simple_vocab_16e6.txt.gz") << "x";
+  testing::RunUnprivileged(dir, [&] {
+    const fs::path file = dir / "unreadable_file" / "bpe_simple_vocab_16e6.txt.gz";
+    fs::permissions(dir / "locked", fs::perms::none);
+    fs::permissions(file, fs::perms::none);
+    if (std::ifstream(file).is_open()) {
+      fs::permissions(dir / "locked", fs::perms::owner_all);
+      GTEST_SKIP() << "this user reads files whatever their mode";
+    }
+    const absl::Status locked = LoadTokenizerNextTo((dir / "locked").string()).status();
+    const absl::Status unreadable =
+        LoadTokenizerNextTo((dir / "unreadable_file").string()).status();
+    fs::permissions(dir / "locked", fs::perms::owner_all);
+    EXPECT_EQ(locked.code(), absl::StatusCode::kPermissionDenied) << locked;
+    EXPECT_THAT(
+        std::string(locked.message()),
+        HasSubstr("cannot look for tokenizer file '" + (dir / "locked").string()));
+    EXPECT_EQ(unreadable.code(), absl::StatusCode::kPermissionDenied) << unreadable;
+    EXPECT_THAT(std::string(unreadable.message()),
+                HasSubstr("cannot read vocabulary file '" + file.string() +
+                          "': Permission denied"));
+  });
+  fs::remove_all(dir);
 }
 
 TEST(LoadTokenizerNextToTest, CorruptVocabularyIsDataLoss) {
