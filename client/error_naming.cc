@@ -56,4 +56,11 @@ absl::Status NameItem(const absl::Status& status, absl::string_view list,
   return Prefixed(named, texts ? QuoteText(name) : name);
 }
 
+std::string UnavailablePrefix(absl::string_view target, size_t answered, size_t total,
+                              absl::string_view items) {
+  if (answered == 0) return absl::StrCat("cannot reach the server at ", target);
+  return absl::StrCat("lost the server at ", target, " after ", answered, " of ", total,
+                      " ", items);
+}
+
 }  // namespace clipserve

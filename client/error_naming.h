@@ -36,6 +36,13 @@ std::string QuoteText(const std::string& text);
 absl::Status NameItem(const absl::Status& status, absl::string_view list,
                       const std::vector<std::string>& names, size_t offset, bool texts);
 
+// What an UNAVAILABLE that ended a job of `total` `items` ("images", "texts") says
+// before its message: "cannot reach the server at <target>" when nothing had been
+// answered, else "lost the server at <target> after N of <total> <items>" (the server
+// was reached, and answered N: a connection cut or a restart, not a wrong address).
+std::string UnavailablePrefix(absl::string_view target, size_t answered, size_t total,
+                              absl::string_view items);
+
 }  // namespace clipserve
 
 #endif  // CLIPSERVE_CLIENT_ERROR_NAMING_H_

@@ -101,10 +101,12 @@ int Fail(const absl::Status& status) {
   return EXIT_FAILURE;
 }
 
-// Errors of whole calls: UNAVAILABLE says which server could not be reached.
-int FailCall(const absl::Status& status, const std::string& target) {
+// Errors of whole calls: UNAVAILABLE says which server could not be reached, or, in a
+// job of `total` `items` of which `answered` had been, which one was lost.
+int FailCall(const absl::Status& status, const std::string& target, size_t answered = 0,
+             size_t total = 0, absl::string_view items = "") {
   if (status.code() == absl::StatusCode::kUnavailable) {
-    return Fail(Prefixed(status, absl::StrCat("cannot reach the server at ", target)));
+    return Fail(Prefixed(status, UnavailablePrefix(target, answered, total, items)));
   }
   return Fail(status);
 }
@@ -285,7 +287,8 @@ int EmbedText(ClipClient& client, const std::string& target, const EmbedTextArgs
     absl::StatusOr<v1::EmbedTextResponse> response = client.EmbedTexts(request);
     if (!response.ok()) {
       bar.Finish(/*erase=*/true);
-      return FailCall(NameItem(response.status(), "texts", *texts, offset, true), target);
+      return FailCall(NameItem(response.status(), "texts", *texts, offset, true), target,
+                      offset, texts->size(), "texts");
     }
     if (response->embeddings_size() != static_cast<int>(end - offset)) {
       return Fail(
@@ -409,9 +412,11 @@ int EmbedImage(ClipClient& client, const std::string& target,
   // file alike, so it is said once, and it fails the job even with --skip_errors.
   absl::Status job_error;
   size_t job_failed = 0;
+  size_t answered = 0;  // embedded, or failed for a reason of the file's own
   for (size_t i = 0; i < results->size(); ++i) {
     absl::StatusOr<EmbeddedItem>& result = (*results)[i];
     if (result.ok()) {
+      ++answered;
       inputs.push_back((*paths)[i]);
       rows.push_back(std::move(result->embedding));
       continue;
@@ -425,6 +430,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
       ++job_failed;
       continue;
     }
+    ++answered;
     // A file that could not be read here is named by its error already; the server's
     // errors name no file (a file may well be called "image", as its messages start).
     const absl::Status named =
@@ -433,7 +439,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
                  ErrorText(named).c_str());
   }
   if (!job_error.ok()) {
-    FailCall(job_error, target);
+    FailCall(job_error, target, answered, paths->size(), "images");
     if (args.skip_errors) {
       std::fprintf(stderr,
                    "nothing written: %zu of %zu files failed for a reason not their own; "
@@ -575,7 +581,7 @@ int Classify(ClipClient& client, const std::string& target, const ClassifyArgs& 
     if (!response.ok()) {
       bar.Finish(/*erase=*/true);
       return FailCall(NameItem(response.status(), "images", *paths, offset, false),
-                      target);
+                      target, offset, paths->size(), "images");
     }
     for (v1::Classification& result : *response->mutable_results()) {
       *all.add_results() = std::move(result);
@@ -611,7 +617,8 @@ int Tokenize(ClipClient& client, const std::string& target, const TokenizeArgs& 
     request.set_truncate(args.truncate);
     absl::StatusOr<v1::TokenizeResponse> response = client.Tokenize(request);
     if (!response.ok()) {
-      return FailCall(NameItem(response.status(), "texts", *texts, offset, true), target);
+      return FailCall(NameItem(response.status(), "texts", *texts, offset, true), target,
+                      offset, texts->size(), "texts");
     }
     all.set_context_length(response->context_length());
     for (v1::TokenizedText& t : *response->mutable_texts())

@@ -81,5 +81,12 @@ TEST(ErrorNamingTest, AnIndexPastTheItemsSentNamesNothing) {
   EXPECT_EQ(NameItem(texts, "images", paths, 0, false), texts);
 }
 
+// A server that answered part of a job was reached: losing it is not a wrong address.
+TEST(ErrorNamingTest, AnUnavailableServerIsLostOnlyOnceItAnswered) {
+  EXPECT_EQ(UnavailablePrefix("h:1", 0, 40, "images"), "cannot reach the server at h:1");
+  EXPECT_EQ(UnavailablePrefix("h:1", 37, 40, "images"),
+            "lost the server at h:1 after 37 of 40 images");
+}
+
 }  // namespace
 }  // namespace clipserve

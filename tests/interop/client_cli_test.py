@@ -772,6 +772,9 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
                 if len(request.texts) > 1:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                   "texts: at most 1 item per request")
+                # As a server lost partway through a job answers every retry.
+                if request.texts[0] == "gone":
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
                 # As two replicas serving different models would answer.
                 if request.texts[0] == "wide":
                     return pb.EmbedTextResponse(
@@ -804,6 +807,16 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
         self.assertEqual(fitted.returncode, 0, fitted.stderr)
         rows = [json.loads(line) for line in fitted.stdout.splitlines()]
         self.assertEqual([r["input"] for r in rows], texts)
+
+    def test_a_server_lost_partway_is_not_one_never_reached(self):
+        result = subprocess.run(
+            [ARGS.client, "--target", self.target, "embed-text", "--texts_per_request",
+             "1", "a cat", "a dog", "gone"], capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(result.stdout, "")
+        self.assertRegex(result.stderr, r"^error: UNAVAILABLE: lost the server at " +
+                         re.escape(self.target) + r" after 2 of 3 texts: connection reset"
+                         r" \(request id [0-9a-f]+\)\n$")
 
     def test_rows_of_other_widths_or_models_across_requests_are_refused(self):
         for texts, message in ((["a cat", "wide"], "an embedding of 3 floats among ones of 2"),
