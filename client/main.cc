@@ -430,7 +430,7 @@ int EmbedImage(ClipClient& client, const std::string& target,
       ++job_failed;
       continue;
     }
-    ++answered;
+    if (read_here[i] == 0) ++answered;  // a file failed here never reached the server
     // A file that could not be read here is named by its error already; the server's
     // errors name no file (a file may well be called "image", as its messages start).
     const absl::Status named =

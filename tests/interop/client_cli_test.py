@@ -760,6 +760,9 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
                     response = pb.EmbedStreamResponse(id=request.id)
                     if request.id == "0":
                         response.embedding.values.extend([0.6, 0.8])
+                    elif request.image.encoded.startswith(b"GIF"):
+                        # As a server lost partway through a stream.
+                        context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
                     elif request.image.encoded.startswith(b"BM"):
                         response.error.code = 1  # CANCELLED
                         response.error.message = "dropped"
@@ -817,6 +820,26 @@ class ClientAgainstAFakeServerTest(unittest.TestCase):
         self.assertRegex(result.stderr, r"^error: UNAVAILABLE: lost the server at " +
                          re.escape(self.target) + r" after 2 of 3 texts: connection reset"
                          r" \(request id [0-9a-f]+\)\n$")
+
+    def test_a_server_lost_partway_counts_only_what_it_answered(self):
+        # The file too big to send fails here, and was never the server's to answer.
+        files = [os.path.join(self.tmp, n) for n in ("first.png", "big.png", "last.gif")]
+        shutil.copy(os.path.join(ARGS.images, "one_pixel.png"), files[0])
+        with open(files[1], "wb") as f:
+            f.write(b"\0" * 70000)
+        with open(files[2], "wb") as f:
+            f.write(b"GIF89a")  # what the fake server looks at
+        try:
+            result = subprocess.run(
+                [ARGS.client, "--target", self.target, "--max_message_bytes", "65536",
+                 "embed-image", "--skip_errors", "--max_in_flight", "1", *files],
+                capture_output=True, text=True, timeout=60)
+        finally:
+            for f in files:
+                os.remove(f)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertRegex(result.stderr, r"(?m)^error: UNAVAILABLE: lost the server at " +
+                         re.escape(self.target) + r" after 1 of 3 images: connection reset")
 
     def test_rows_of_other_widths_or_models_across_requests_are_refused(self):
         for texts, message in ((["a cat", "wide"], "an embedding of 3 floats among ones of 2"),
