@@ -56,6 +56,10 @@ torch::ScalarType TorchType(SafetensorsDtype dtype) {
   return torch::kFloat;
 }
 
+// safetensors and torch.save both store little-endian data, which is used in place.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "checkpoint data is read in place as little-endian");
+
 // Tensors that alias the mapped file (no copy); the mapping lives while any does.
 absl::StatusOr<TensorMap> ReadSafetensors(const std::string& path) {
   CLIPSERVE_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> opened,
@@ -423,15 +427,17 @@ absl::StatusOr<Checkpoint> ReadWeightsFile(const std::string& path,
         TakeFolderConfig(dir, FolderKind::kHuggingFace, &checkpoint));
     return checkpoint;
   }
-  CLIPSERVE_ASSIGN_OR_RETURN(
-      const bool beside_open_clip_config,
-      IsRegularFile((dir / "open_clip_config.json").string(), "model configuration"));
   if (options.config.has_value()) {
     checkpoint.config = *options.config;
-  } else if (beside_open_clip_config) {
-    CLIPSERVE_RETURN_IF_ERROR(TakeFolderConfig(dir, FolderKind::kOpenClip, &checkpoint));
-    return checkpoint;
   } else {
+    CLIPSERVE_ASSIGN_OR_RETURN(
+        const bool beside_open_clip_config,
+        IsRegularFile((dir / "open_clip_config.json").string(), "model configuration"));
+    if (beside_open_clip_config) {
+      CLIPSERVE_RETURN_IF_ERROR(
+          TakeFolderConfig(dir, FolderKind::kOpenClip, &checkpoint));
+      return checkpoint;
+    }
     CLIPSERVE_ASSIGN_OR_RETURN(checkpoint.config,
                                InferConfigFromStateDict(Shapes(checkpoint.weights)));
     // OpenAI's archives are QuickGELU models; a bare state dict may be either.
@@ -648,6 +654,15 @@ absl::StatusOr<TensorMap> MapHuggingFaceKeys(TensorMap hf) {
         return absl::InvalidArgumentError(
             absl::StrCat("Hugging Face checkpoint lacks the ",
                          absl::string_view(&"qkv"[i], 1), "_proj.", kind, " of ", block));
+      }
+      // Before torch::cat, which would promote one integer part beside floating ones
+      // past the loader's check that weights are floating-point.
+      if (!parts[i].is_floating_point()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the Hugging Face checkpoint's ",
+                         absl::string_view(&"qkv"[i], 1), "_proj.", kind, " of ", block,
+                         " holds integers; the model expects a floating-point "
+                         "weight"));
       }
     }
     CLIPSERVE_RETURN_IF_ERROR(CatchTorchErrors(

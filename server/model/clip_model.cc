@@ -290,7 +290,8 @@ absl::Status ClipModel::LoadWeights(TensorMap weights) {
     // embeddings. logit_scale may be +inf (clamped to log 100, as CLIP does).
     // A double past float's range becomes an infinity in the copy: checked as copied.
     if (key != "logit_scale" && it->second.is_floating_point() &&
-        !torch::isfinite(it->second.scalar_type() == torch::kDouble
+        !torch::isfinite(it->second.scalar_type() == torch::kDouble &&
+                                 target.is_floating_point()
                              ? it->second.to(target.scalar_type())
                              : it->second)
              .all()

@@ -15,8 +15,10 @@
 
 namespace clipserve {
 
-// The dtypes torch.save's storages have (what safetensors' own torch loader maps):
-// floating weights in any of them load, converted to the model's precision.
+// The dtypes torch.save's storages have, as safetensors names them (its own torch
+// loader also maps U16/U32/U64 and the F8 types, which no CLIP checkpoint uses):
+// floating weights in any of the four floating ones load, converted to the model's
+// precision. The data is little-endian, as this host's.
 enum class SafetensorsDtype {
   kF64,
   kF32,

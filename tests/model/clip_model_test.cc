@@ -804,6 +804,69 @@ TEST(CheckpointTest, SafetensorsWhoseLengthLooksLikeAPickleStillLoads) {
   EXPECT_EQ(checkpoint->format, CheckpointFormat::kSafetensors);
 }
 
+// With a config given, what lies beside the weights is never looked at: a broken entry
+// there does not matter.
+TEST(CheckpointTest, AGivenConfigLooksAtNothingBesideTheWeights) {
+  namespace fs = std::filesystem;
+  const Case c = LoadCase("vit_transformer");
+  const fs::path dir = testing::FreshTestDir("config_given");
+  fs::copy_file(c.dir + "/model_f32.safetensors", dir / "model.safetensors");
+  fs::create_symlink("open_clip_config.json", dir / "open_clip_config.json");
+  ReadCheckpointOptions options;
+  options.config = c.config;
+  const auto checkpoint = ReadCheckpoint((dir / "model.safetensors").string(), options);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  fs::remove_all(dir);
+}
+
+// Each safetensors dtype becomes the torch dtype of the same name, values and all.
+TEST(CheckpointTest, SafetensorsDtypesKeepTheirValues) {
+  namespace fs = std::filesystem;
+  std::string data;
+  nlohmann::json header = nlohmann::json::object();
+  const auto add = [&](const std::string& name, const char* dtype, const void* values,
+                       size_t bytes) {
+    header[name] = {{"dtype", dtype},
+                    {"shape", {2}},
+                    {"data_offsets", {data.size(), data.size() + bytes}}};
+    data.append(static_cast<const char*>(values), bytes);
+  };
+  const double f64[] = {1.5, -2.25};
+  const int64_t i64[] = {int64_t{1} << 40, -9};
+  const int32_t i32[] = {70000, -8};
+  const int16_t i16[] = {300, -301};
+  const int8_t i8[] = {5, -6};
+  const uint8_t u8[] = {200, 1};
+  const uint8_t b8[] = {1, 0};
+  add("f64", "F64", f64, sizeof(f64));
+  add("i64", "I64", i64, sizeof(i64));
+  add("i32", "I32", i32, sizeof(i32));
+  add("i16", "I16", i16, sizeof(i16));
+  add("i8", "I8", i8, sizeof(i8));
+  add("u8", "U8", u8, sizeof(u8));
+  add("bool", "BOOL", b8, sizeof(b8));
+  const std::string json = header.dump();
+  std::string file(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    file[i] = static_cast<char>((json.size() >> (8 * i)) & 0xff);
+  file += json + data;
+  const fs::path path = fs::path(::testing::TempDir()) / "dtypes.safetensors";
+  std::ofstream(path, std::ios::binary) << file;
+  ReadCheckpointOptions options;
+  options.config = testing::TinyClipConfig();
+  auto checkpoint = ReadCheckpoint(path.string(), options);
+  fs::remove(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const TensorMap& w = checkpoint->weights;
+  EXPECT_TRUE(w.at("f64").equal(torch::tensor({1.5, -2.25}, torch::kDouble)));
+  EXPECT_TRUE(w.at("i64").equal(torch::tensor({int64_t{1} << 40, int64_t{-9}})));
+  EXPECT_TRUE(w.at("i32").equal(torch::tensor({70000, -8}, torch::kInt)));
+  EXPECT_TRUE(w.at("i16").equal(torch::tensor({300, -301}, torch::kShort)));
+  EXPECT_TRUE(w.at("i8").equal(torch::tensor({5, -6}, torch::kChar)));
+  EXPECT_TRUE(w.at("u8").equal(torch::tensor({200, 1}, torch::kByte)));
+  EXPECT_TRUE(w.at("bool").equal(torch::tensor({true, false}, torch::kBool)));
+}
+
 // Hugging Face weights are transposed and fused before the model's checks: a view that
 // repeats one stored value (stride 0) would be made whole there, gigabytes from a file
 // of bytes.
@@ -839,6 +902,30 @@ TEST(CheckpointTest, HuggingFaceViewsThatRepeatStoredValuesAreRefused) {
   checkpoint = ReadCheckpoint(dir.string());
   EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(checkpoint.status().message(), HasSubstr("they share stored values"));
+}
+
+// An integer q, k or v part would be promoted to float by the fusing torch::cat, past
+// the model's check that weights are floating-point (a review found it).
+TEST(CheckpointTest, AHuggingFaceIntegerAttentionPartIsRefused) {
+  namespace fs = std::filesystem;
+  const fs::path dir = testing::FreshTestDir("hf_integer_q");
+  fs::copy(kFixtures + "/vit_transformer/hf/config.json", dir / "config.json");
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const char* proj : {"q", "k", "v"}) {
+    const torch::Tensor part = torch::ones({64, 64});
+    dict.insert(
+        absl::StrCat("vision_model.encoder.layers.0.self_attn.", proj, "_proj.weight"),
+        std::string(proj) == "q" ? part.to(torch::kChar) : part);
+  }
+  const std::vector<char> bytes = torch::jit::pickle_save(dict);
+  std::ofstream(dir / "pytorch_model.bin", std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  const absl::Status status = ReadCheckpoint(dir.string()).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(
+      std::string(status.message()),
+      HasSubstr("q_proj.weight of visual.transformer.resblocks.0. holds integers"));
+  fs::remove_all(dir);
 }
 
 // A Hugging Face directory's preprocessor_config.json gives the normalization, and

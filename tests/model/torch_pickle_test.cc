@@ -10,7 +10,6 @@ namespace clipserve {
 namespace {
 
 using ::testing::HasSubstr;
-using ::testing::Not;
 
 absl::StatusOr<torch::Tensor> NoStorage(const std::string&, torch::ScalarType, int64_t) {
   return absl::InvalidArgumentError("no storages in this test");
@@ -144,7 +143,9 @@ TEST(TorchPickleTest, ABadViewNamesItsStorageRecord) {
     const std::string message(tensors.status().message());
     EXPECT_THAT(message, HasSubstr(why));
     EXPECT_THAT(message, HasSubstr("storage record data/7"));
-    EXPECT_THAT(message, Not(HasSubstr("pickle: malformed")));
+    // Said once: the storage is not named again by a caller that wraps the error.
+    EXPECT_EQ(message.find("(a view of storage record"),
+              message.rfind("(a view of storage record"));
   }
 }
 
