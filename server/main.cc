@@ -51,6 +51,7 @@
 #include "server/common/clock.h"
 #include "server/common/cpu_limit.h"
 #include "server/common/idle_heap_trimmer.h"
+#include "server/common/small_file.h"
 #include "server/common/status_macros.h"
 #include "server/engine/caching_engine.h"
 #include "server/engine/embedding_engine.h"
@@ -338,18 +339,18 @@ absl::Status CheckIntFlag(absl::string_view name, int64_t value, int64_t lo, int
 
 // NOT_FOUND when --tokenizer names nothing there: checked before the model load too.
 // Not the folder it would be in: a mistyped name must not load whatever tokenizer
-// lies beside it.
+// lies beside it. A folder on the way that may not be searched is PERMISSION_DENIED.
 absl::Status CheckTokenizerFlagExists() {
   const std::string flag = absl::GetFlag(FLAGS_tokenizer);
   if (flag.empty()) return absl::OkStatus();
   std::error_code error;
-  if (std::filesystem::exists(std::filesystem::status(flag, error))) {
-    return absl::OkStatus();
+  const std::filesystem::file_status status = std::filesystem::status(flag, error);
+  if (std::filesystem::exists(status)) return absl::OkStatus();
+  if (status.type() == std::filesystem::file_type::not_found) {
+    return absl::NotFoundError(
+        absl::StrCat("--tokenizer=", flag, ": no such file or folder"));
   }
-  return absl::NotFoundError(absl::StrCat(
-      "--tokenizer=", flag, ": ",
-      error && error != std::errc::no_such_file_or_directory ? error.message()
-                                                             : "no such file or folder"));
+  return FileError(error ? error.value() : ENOENT, "tokenizer (--tokenizer)", flag);
 }
 
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& loaded) {
@@ -382,7 +383,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> MakeTokenizer(const LoadedModel& l
       const std::string merges =
           (folder / std::string(kHuggingFaceMergesFileName)).string();
       for (const std::string& file : {vocab, merges}) {
-        if (!fs::exists(file, error)) {
+        CLIPSERVE_ASSIGN_OR_RETURN(const bool present,
+                                   IsRegularFile(file, "tokenizer file"));
+        if (!present) {
           return absl::NotFoundError(absl::StrCat("--tokenizer=", flag, ": ", file,
                                                   ", its other half, is not there"));
         }

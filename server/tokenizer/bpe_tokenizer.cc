@@ -300,18 +300,20 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> LoadTokenizerNextTo(
   const auto present = [](const fs::path& file) {
     return IsRegularFile(file.string(), "tokenizer file");
   };
+  // Each looked for only when those before are not there: a broken entry the loader
+  // would not use must not stop it.
   CLIPSERVE_ASSIGN_OR_RETURN(const bool has_vocab_json, present(vocab_json));
-  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_merges, present(merges));
-  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_tokenizer_json, present(tokenizer_json));
-  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_openai, present(openai));
-  if (has_vocab_json && has_merges) {
-    return LoadHuggingFacePair(dir.string(), options);
+  if (has_vocab_json) {
+    CLIPSERVE_ASSIGN_OR_RETURN(const bool has_merges, present(merges));
+    if (has_merges) return LoadHuggingFacePair(dir.string(), options);
   }
+  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_tokenizer_json, present(tokenizer_json));
   if (has_tokenizer_json) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
                                LoadHuggingFaceTokenizerJson(tokenizer_json.string()));
     return CreateTokenizerFrom(std::move(vocab), options, tokenizer_json.string());
   }
+  CLIPSERVE_ASSIGN_OR_RETURN(const bool has_openai, present(openai));
   if (has_openai) {
     CLIPSERVE_ASSIGN_OR_RETURN(BpeVocabulary vocab,
                                LoadOpenAiVocabulary(openai.string()));

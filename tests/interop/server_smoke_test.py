@@ -171,6 +171,31 @@ class TokenizerFlagTest(unittest.TestCase):
                 f"tokenizer: {folder}/bpe_simple_vocab_16e6.txt.gz"))
 
 
+    def test_a_folder_the_server_may_not_search_is_permission_denied(self):
+        # Not a missing file: the operator has a permission to fix. Root reads files
+        # whatever their mode: as root, the server runs as nobody.
+        folder = tempfile.mkdtemp(prefix="clip_server_locked_tokenizer_")
+        self.addCleanup(shutil.rmtree, folder)
+        os.chmod(folder, 0o755)
+        locked = os.path.join(folder, "locked")
+        os.mkdir(locked)
+        shutil.copy(self.VOCAB, locked)
+        os.chmod(locked, 0)
+        self.addCleanup(os.chmod, locked, 0o755)
+        for name in ("vocab.json", "bpe_simple_vocab_16e6.txt.gz"):
+            tokenizer = os.path.join(locked, name)
+            try:
+                result = subprocess.run(
+                    [ARGS.server, *LOOPBACK_ANY_PORT, f"--tokenizer={tokenizer}"],
+                    capture_output=True, text=True, timeout=60,
+                    user=65534 if os.geteuid() == 0 else None)
+            except PermissionError:  # a checkout nobody may enter
+                self.skipTest("nobody cannot run the server from this checkout")
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertIn(f"PERMISSION_DENIED: cannot read tokenizer (--tokenizer) "
+                          f"'{tokenizer}': Permission denied", result.stderr)
+
+
 class SignalTest(unittest.TestCase):
     """SIGTERM during start-up, and a second one during the drain, end the process."""
 
