@@ -994,11 +994,15 @@ absl::StatusOr<torch::Tensor> EmbeddingEngine::EncodeTexts(
       torch::Tensor rows,
       model_.model->EncodeText(ids, /*normalize=*/false, tokenizer_->end_of_text_id()));
   if (m == n) return rows;
-  torch::Tensor answered = rows.index_select(
-      0, torch::tensor(source, torch::TensorOptions().dtype(torch::kLong))
-             .to(rows.device()));
-  // Counted once the rows exist: a range that fails before is retried in halves, and
-  // each half counts its own repeats.
+  // Brought to the host here, not after return as other rows are, so that the repeats
+  // are counted only once nothing is left to fail: a range that fails before is
+  // retried in halves, and each half counts its own.
+  torch::Tensor answered =
+      rows.index_select(0,
+                        torch::tensor(source, torch::TensorOptions().dtype(torch::kLong))
+                            .to(rows.device()))
+          .to(torch::kCPU)
+          .contiguous();
   repeated_texts_.fetch_add(n - m, std::memory_order_relaxed);
   return answered;
 }
